@@ -1,0 +1,97 @@
+"""save_pretrained / from_pretrained: model.safetensors + config.yaml (+ tokenizer), written atomically.
+
+Files are written into a temporary folder beside the target and swapped in with ``os.replace``,
+so a crash mid-save never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, load_config
+
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+
+
+def atomic_write_dir(target: Path, fill) -> None:
+    """Call ``fill(tmpdir)`` then move each file it wrote into ``target`` atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target))
+    try:
+        fill(tmp)
+        for item in tmp.iterdir():
+            dest = target / item.name
+            if item.is_dir():
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(item, dest)
+            else:
+                os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained(model, path: str | Path) -> None:
+    path = Path(path)
+    tied = model.cfg.tie_embeddings
+    state = {
+        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")
+    }
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "archzoo": "1"})
+        (tmp / CONFIG).write_text(yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
+        if getattr(model, "tokenizer", None) is not None:
+            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+
+    atomic_write_dir(path, fill)
+
+
+def from_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a folder written by ``save_pretrained``."""
+    from .model import ArchZooLM
+
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise ConfigError(f"not an archzoo checkpoint: {name} is missing", source=str(path))
+    cfg = load_config(path / CONFIG)
+    with torch.device("meta"):
+        model = ArchZooLM(cfg)
+    state = load_file(str(path / WEIGHTS), device=str(device or "cpu"))
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    # Non-persistent buffers (RoPE frequencies) were created on meta; rebuild them for real.
+    _rebuild_buffers(model, device)
+    if dtype is not None:
+        model.to(dtype)
+    tok = path / "tokenizer"
+    if tok.is_dir():
+        from transformers import AutoTokenizer
+
+        model.tokenizer = AutoTokenizer.from_pretrained(str(tok))
+    return model.eval()
+
+
+def _rebuild_buffers(model, device) -> None:
+    from .layers.rope import RotaryEmbedding
+
+    for m in model.modules():
+        if isinstance(m, RotaryEmbedding):
+            fresh = RotaryEmbedding(m.dim, m.theta)
+            m.inv_freq = fresh.inv_freq.to(device or "cpu")
+        elif hasattr(m, "rebuild_buffers"):
+            m.rebuild_buffers(device or "cpu")
+    for name, buf in model.named_buffers():
+        if buf.is_meta:
+            raise RuntimeError(f"buffer {name} was not restored from {WEIGHTS}")

@@ -1,0 +1,156 @@
+"""Softmax attention: MHA, GQA, MQA (``n_kv_heads``), sliding window (``window``) and CLA (``cla_group``).
+
+Caches: a global layer holds K/V buffers of ``max_seq_len`` positions written at ``pos``; a
+sliding-window layer holds a ring buffer of ``min(window, max_seq_len)`` slots (position p lives
+in slot ``p % W``), so its size stops growing. A CLA member holds nothing and reads the K/V its
+group leader put in ``ctx.shared`` during the same forward call.
+
+``attend`` is the one function a fused kernel replaces: it takes absolute positions for the
+queries and keys and builds the causal / window mask from them, so prefill, decode, ring buffers
+and CLA all go through the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import LayerState, dtype_bytes
+from ..config import AttentionConfig
+from .rope import RotaryEmbedding, apply_rope
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor | None,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal (optionally windowed) attention by absolute position.
+
+    q (B, H, T, D); k (B, Hkv, S, D); v (B, Hkv, S, Dv) with H % Hkv == 0; q_pos (T,) and
+    k_pos (S,) absolute positions, a negative key position marks an empty slot. ``k_pos=None``
+    means the keys are the queries' own tokens. Key j is visible to query i when
+    ``k_pos[j] <= q_pos[i]`` and, with a window, ``k_pos[j] > q_pos[i] - window``.
+    Returns (B, H, T, Dv).
+    """
+    gqa = q.shape[1] != k.shape[1]
+    T = q.shape[2]
+    if k_pos is None and (window is None or window >= T):
+        # The common training / prefill case: SDPA's own causal mask selects its fused kernels.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale, enable_gqa=gqa)
+    if k_pos is None:
+        k_pos = q_pos
+    visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=gqa)
+
+
+def ring_positions(pos: int, slots: int, device: torch.device) -> torch.Tensor:
+    """Absolute position held by each ring-buffer slot after ``pos`` tokens (-1 where empty)."""
+    s = torch.arange(slots, device=device)
+    p = s + slots * torch.div(pos - 1 - s, slots, rounding_mode="floor")
+    return torch.where(s < pos, p, torch.full_like(p, -1))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: AttentionConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.kv_source = layer_idx if kv_source is None else kv_source
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
+        self.head_dim = cfg.head_dim or d_model // cfg.n_heads
+        self.window = cfg.window
+        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        if self.owns_kv:
+            self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+            self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
+        self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
+
+    @property
+    def owns_kv(self) -> bool:
+        return self.kv_source == self.layer_idx
+
+    # ------------------------------------------------------------------ state
+
+    @staticmethod
+    def cache_slots(cfg: AttentionConfig, max_seq_len: int) -> int:
+        return max_seq_len if cfg.window is None else min(cfg.window, max_seq_len)
+
+    @staticmethod
+    def bounded_state(cfg: AttentionConfig) -> bool:
+        return cfg.window is not None
+
+    @staticmethod
+    def state_bytes(cfg: AttentionConfig, d_model: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        n_kv = cfg.n_kv_heads or cfg.n_heads
+        head_dim = cfg.head_dim or d_model // cfg.n_heads
+        return 2 * batch_size * n_kv * Attention.cache_slots(cfg, seq_len) * head_dim * dtype_bytes(dtype)
+
+    def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState | None:
+        if not self.owns_kv:
+            return None
+        shape = (batch_size, self.n_kv_heads, self.cache_slots(self.cfg, max_seq_len), self.head_dim)
+        return LayerState(
+            k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device)
+        )
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        B, T, _ = x.shape
+        q_pos = torch.arange(ctx.pos, ctx.pos + T, device=x.device)
+        cos, sin = self.rope(q_pos, x.dtype)
+        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (B,H,T,D)
+        if self.owns_kv:
+            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
+            v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            k = apply_rope(k, cos, sin)
+            kv = self._with_cache(k, v, q_pos, state, ctx.pos)
+            ctx.shared[self.layer_idx] = kv
+        else:
+            kv = ctx.shared[self.kv_source]
+        k, v, k_pos = kv
+        o = attend(q, k, v, q_pos, k_pos, self.window)  # (B,H,T,D)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _with_cache(self, k, v, q_pos, state: LayerState | None, pos: int):
+        """Write new K/V into the cache; return the keys, values and key positions to attend over."""
+        if state is None:
+            return k, v, None
+        kb, vb = state["k"], state["v"]
+        T, slots = k.shape[2], kb.shape[2]
+        if self.window is None:
+            kb[:, :, pos : pos + T] = k.to(kb.dtype)
+            vb[:, :, pos : pos + T] = v.to(vb.dtype)
+            if pos == 0:
+                return k, v, None
+            keys, values = kb[:, :, : pos + T].to(k.dtype), vb[:, :, : pos + T].to(v.dtype)
+            return keys, values, torch.arange(pos + T, device=k.device)
+        # Ring buffer. One new token: write first, then attend over the buffer (the slot it
+        # overwrites held position pos - W, already outside the window). Several new tokens: an
+        # earlier one may still need a slot a later one overwrites, so attend over the old
+        # buffer plus the new keys, then write.
+        if T == 1:
+            kb[:, :, pos % slots] = k[:, :, 0].to(kb.dtype)
+            vb[:, :, pos % slots] = v[:, :, 0].to(vb.dtype)
+            return kb.to(k.dtype), vb.to(v.dtype), ring_positions(pos + 1, slots, k.device)
+        if pos == 0:
+            keys, values, k_pos = k, v, None
+        else:
+            keys = torch.cat([kb.to(k.dtype), k], dim=2)
+            values = torch.cat([vb.to(v.dtype), v], dim=2)
+            k_pos = torch.cat([ring_positions(pos, slots, k.device), q_pos])
+        n = min(T, slots)
+        idx = q_pos[-n:] % slots
+        kb[:, :, idx] = k[:, :, -n:].to(kb.dtype)
+        vb[:, :, idx] = v[:, :, -n:].to(vb.dtype)
+        return keys, values, k_pos

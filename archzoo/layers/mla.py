@@ -1,0 +1,114 @@
+"""Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434).
+
+Keys and values come from a shared latent ``c_kv = norm(W_dkv x)`` of ``kv_lora_rank`` dims;
+position enters only through a decoupled RoPE key of ``qk_rope_head_dim`` dims shared by all
+heads. The cache holds ``c_kv`` and that RoPE key per token and nothing else.
+
+Two equivalent ways to attend:
+- decompressed (training, prefill): up-project the latent to per-head keys and values, then
+  ordinary multi-head attention;
+- absorbed (decode): fold ``W_uk`` into the query (``q_lat = q_nope @ W_uk``) and ``W_uv`` into
+  the output, so every head attends directly over the cached latent: multi-query attention with
+  one "head" of dim ``kv_lora_rank + qk_rope_head_dim`` and values of dim ``kv_lora_rank``. Each
+  step reads only the latent cache, never materialising per-head K/V.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cache import LayerState, dtype_bytes
+from ..config import MLAConfig
+from .attention import attend
+from .norm import RMSNorm
+from .rope import RotaryEmbedding, apply_rope
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: MLAConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        H, dn, dr, dv, r = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        self.n_heads, self.dn, self.dr, self.dv, self.r = H, dn, dr, dv, r
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(d_model, cfg.q_lora_rank, bias=False)
+            self.q_a_norm = RMSNorm(cfg.q_lora_rank)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * (dn + dr), bias=False)
+        else:
+            self.q_proj = nn.Linear(d_model, H * (dn + dr), bias=False)
+        self.kv_a_proj = nn.Linear(d_model, r + dr, bias=False)  # latent and shared RoPE key
+        self.kv_a_norm = RMSNorm(r)
+        self.kv_b_proj = nn.Linear(r, H * (dn + dv), bias=False)  # W_uk and W_uv, per head
+        self.o_proj = nn.Linear(H * dv, d_model, bias=False)
+        self.rope = RotaryEmbedding(dr, cfg.rope_theta)
+        self.scale = (dn + dr) ** -0.5
+        self.absorb: bool | None = None  # None: absorbed when decoding over a cache; tests force either path
+
+    @staticmethod
+    def bounded_state(cfg: MLAConfig) -> bool:
+        return False
+
+    @staticmethod
+    def state_bytes(cfg: MLAConfig, d_model: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        return batch_size * seq_len * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes(dtype)
+
+    def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState:
+        return LayerState(
+            c_kv=torch.zeros(batch_size, max_seq_len, self.r, dtype=dtype, device=device),
+            k_rope=torch.zeros(batch_size, max_seq_len, self.dr, dtype=dtype, device=device),
+        )
+
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.q_lora_rank:
+            return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
+        return self.q_proj(x)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        B, T, _ = x.shape
+        pos = ctx.pos
+        q_pos = torch.arange(pos, pos + T, device=x.device)
+        cos, sin = self.rope(q_pos, x.dtype)
+        q = self._queries(x).view(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
+        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin)
+        c_kv, k_rope = self.kv_a_proj(x).split([self.r, self.dr], dim=-1)
+        c_kv = self.kv_a_norm(c_kv)  # (B,T,r)
+        k_rope = apply_rope(k_rope, cos, sin)  # (B,T,dr)
+
+        k_pos = None
+        if state is not None:
+            state["c_kv"][:, pos : pos + T] = c_kv.to(state["c_kv"].dtype)
+            state["k_rope"][:, pos : pos + T] = k_rope.to(state["k_rope"].dtype)
+            if pos > 0:
+                c_kv = state["c_kv"][:, : pos + T].to(x.dtype)
+                k_rope = state["k_rope"][:, : pos + T].to(x.dtype)
+                k_pos = torch.arange(pos + T, device=x.device)
+        absorb = self.absorb if self.absorb is not None else (state is not None and pos > 0)
+        if absorb:
+            o = self._absorbed(q_nope, q_rope, c_kv, k_rope, q_pos, k_pos)
+        else:
+            o = self._decompressed(q_nope, q_rope, c_kv, k_rope, q_pos, k_pos)
+        return self.o_proj(o)
+
+    def _decompressed(self, q_nope, q_rope, c_kv, k_rope, q_pos, k_pos) -> torch.Tensor:
+        B, H, T, _ = q_nope.shape
+        S = c_kv.shape[1]
+        kv = self.kv_b_proj(c_kv).view(B, S, H, self.dn + self.dv).transpose(1, 2)  # (B,H,S,dn+dv)
+        k_nope, v = kv.split([self.dn, self.dv], dim=-1)
+        k = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, self.dr)], dim=-1)
+        q = torch.cat([q_nope, q_rope], dim=-1)
+        o = attend(q, k, v, q_pos, k_pos, scale=self.scale)  # (B,H,T,dv)
+        return o.transpose(1, 2).reshape(B, T, H * self.dv)
+
+    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, q_pos, k_pos) -> torch.Tensor:
+        B, H, T, _ = q_nope.shape
+        w = self.kv_b_proj.weight.view(H, self.dn + self.dv, self.r)
+        w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # (H,dn,r), (H,dv,r)
+        q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
+        q = torch.cat([q_lat, q_rope], dim=-1)  # (B,H,T,r+dr)
+        k = torch.cat([c_kv, k_rope], dim=-1)[:, None]  # (B,1,S,r+dr): one head shared by all
+        o_lat = attend(q, k, c_kv[:, None], q_pos, k_pos, scale=self.scale)  # (B,H,T,r)
+        o = torch.einsum("bhtr,hvr->bthv", o_lat, w_uv)
+        return o.reshape(B, T, H * self.dv)

@@ -1,0 +1,190 @@
+"""ArchZooLM: embed -> blocks (pre-norm mixer + FFN) -> norm -> head."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cache import Cache
+from .config import ModelConfig, load_config
+from .layers import ForwardContext, ffn_class, mixer_class, state_owners
+from .layers.norm import RMSNorm
+from .sampling import sample_next
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, kv_source: int):
+        super().__init__()
+        block = cfg.blocks[layer_idx]
+        self.layer_idx = layer_idx
+        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = mixer_class(block.mixer.type)(block.mixer, cfg.d_model, layer_idx, kv_source)
+        if block.ffn.type == "none":
+            self.ffn_norm, self.ffn = None, None
+        else:
+            self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.ffn = ffn_class(block.ffn.type).from_config(block.ffn, cfg.d_model)
+
+    def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x), state, ctx)
+        if self.ffn is not None:
+            x = x + self.ffn(self.ffn_norm(x))
+        return x
+
+
+class ArchZooLM(nn.Module):
+    def __init__(self, cfg: ModelConfig | dict | str | Path):
+        super().__init__()
+        cfg = load_config(cfg)
+        self.cfg = cfg
+        self.state_owners = state_owners(cfg)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i, self.state_owners[i]) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tokenizer = None  # set by importers (from_hf); saved with save_pretrained
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style: N(0, init_std) everywhere, residual output projections scaled by 1/sqrt(2L).
+
+        Modules with an initialisation of their own (Mamba's dt and A, S4D's spectrum, the MoE
+        router) define ``init_weights()``, called afterwards.
+        """
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            nn.init.normal_(p, 0.0, s)
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_weights"):
+                m.init_weights()
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    # ----------------------------------------------------------------- cache
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Cache:
+        """Preallocate every layer's state for ``batch_size`` sequences of up to ``max_seq_len`` tokens."""
+        if batch_size < 1 or max_seq_len < 1:
+            raise ValueError(f"batch_size and max_seq_len must be positive, got {batch_size} and {max_seq_len}")
+        ref = self.embed.weight
+        dtype = dtype or ref.dtype
+        device = device or ref.device
+        layers = [b.mixer.new_state(batch_size, max_seq_len, dtype, device) for b in self.blocks]
+        bounded = all(
+            mixer_class(blk.mixer.type).bounded_state(blk.mixer)
+            and (getattr(blk.mixer, "window", None) or 0) <= max_seq_len
+            for i, blk in enumerate(self.cfg.blocks)
+            if self.state_owners[i] == i
+        )
+        return Cache(layers, batch_size, max_seq_len, capacity=None if bounded else max_seq_len)
+
+    # --------------------------------------------------------------- forward
+
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab). With a cache: prefill or decode from ``cache.seq_len``."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        pos = 0
+        if cache is not None:
+            pos = cache.seq_len
+            if B != cache.batch_size:
+                raise ValueError(f"input batch {B} does not match the cache's batch_size {cache.batch_size}")
+            if cache.capacity is not None and pos + T > cache.capacity:
+                raise ValueError(
+                    f"cache holds {cache.capacity} tokens; {pos} seen + {T} new exceeds it (new_cache(max_seq_len=...))"
+                )
+        ctx = ForwardContext(pos=pos)
+        x = self.embed(input_ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.layers[i] if cache is not None else None, ctx)
+        if cache is not None:
+            cache.seq_len = pos + T
+        return self.lm_head(self.norm(x))
+
+    @property
+    def aux_loss(self) -> torch.Tensor:
+        """MoE balance + z losses of the last forward (0 for a model without MoE)."""
+        losses = [
+            m.aux_loss
+            for m in self.modules()
+            if m is not self and isinstance(getattr(m, "aux_loss", None), torch.Tensor)
+        ]
+        if not losses:
+            return torch.zeros((), device=self.embed.weight.device)
+        return torch.stack([loss.float() for loss in losses]).sum()
+
+    # -------------------------------------------------------------- generate
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample up to ``max_new_tokens`` after a batch of equal-length prompts, through the cache.
+
+        temperature 0 is greedy. A sequence that emitted ``eos_token_id`` keeps emitting it;
+        generation stops early once every sequence has. Returns (B, T + new).
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        B, T = input_ids.shape
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        eos_t = torch.tensor(eos, device=input_ids.device, dtype=input_ids.dtype)
+        cache = self.new_cache(B, T + max_new_tokens)
+        out = [input_ids]
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        logits = self(input_ids, cache=cache)[:, -1]
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if eos:
+                nxt = torch.where(done, eos_t[0], nxt)
+                done |= torch.isin(nxt, eos_t)
+            out.append(nxt[:, None])
+            if eos and bool(done.all()):
+                break
+            logits = self(nxt[:, None], cache=cache)[:, -1]
+        return torch.cat(out, dim=1)
+
+    # ---------------------------------------------------------------- saving
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        seen, n = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (exclude_embeddings and name.startswith(("embed.", "lm_head."))):
+                continue
+            seen.add(id(p))
+            n += p.numel()
+        return n
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path)
+
+
+def build_model(cfg: ModelConfig | dict | str | Path) -> ArchZooLM:
+    """A model of ``cfg`` (a ModelConfig, a dict, or a YAML path) with fresh weights."""
+    return ArchZooLM(load_config(cfg))

@@ -1,0 +1,1 @@
+"""Lightning distillation trainer, installed as ``archzoo.train``."""
