@@ -126,7 +126,7 @@ class ArchZooLM(nn.Module):
         ]
         if not losses:
             return torch.zeros((), device=self.embed.weight.device)
-        return torch.stack([loss.float() for loss in losses]).sum()
+        return sum(losses[1:], losses[0])
 
     # -------------------------------------------------------------- generate
 

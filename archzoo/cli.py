@@ -1,0 +1,210 @@
+"""The ``archzoo`` command (also ``python -m archzoo``).
+
+A user error (bad YAML, missing file, impossible shape) exits 2 with one line
+``error: <file>: <field.path>: <what is wrong>`` on stderr and no traceback. Subcommands import
+their heavy modules lazily so ``archzoo inspect`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import ConfigError
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit status 2."""
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _parse_dtype(name: str):
+    import torch
+
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
+    if name not in table:
+        raise UserError(f"--dtype: unknown dtype {name!r}; expected one of {', '.join(table)}")
+    return table[name]
+
+
+def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", batch_size: int = 1) -> dict:
+    """What ``archzoo inspect`` reports for one config, as a JSON-able dict."""
+    import torch
+
+    from .cache import cache_bytes, cache_bytes_per_layer
+    from .config import load_config
+    from .model import ArchZooLM
+
+    cfg = load_config(src)
+    dtype = _parse_dtype(dtype_name)
+    with torch.device("meta"):
+        model = ArchZooLM(cfg)
+    pattern = []
+    for i, b in enumerate(cfg.blocks):
+        m = b.mixer
+        tag = {"attention": "A", "mla": "L", "linear_attention": "N", "s4": "S", "mamba": "M"}[m.type]
+        if m.type == "attention" and m.window is not None:
+            tag = "W"
+        if model.state_owners[i] != i:
+            tag = tag.lower()  # shares another layer's cache (CLA)
+        pattern.append(tag + ("E" if b.ffn.type == "moe" else ""))
+    per_token_a = cache_bytes(cfg, batch_size, 1, dtype)
+    per_layer = cache_bytes_per_layer(cfg, batch_size, max(lengths), dtype)
+    return {
+        "config": str(src),
+        "parameters": model.num_parameters(),
+        "parameters_non_embedding": model.num_parameters(exclude_embeddings=True),
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "layer_pattern": " ".join(pattern),
+        "mixers": sorted({b.mixer.type for b in cfg.blocks}),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": batch_size,
+        "cache_bytes_per_token": per_token_a,
+        "cache_bytes": {str(n): cache_bytes(cfg, batch_size, n, dtype) for n in lengths},
+        "cache_bytes_per_layer_at_max": per_layer,
+    }
+
+
+PATTERN_KEY = (
+    "A attention, W sliding window, L MLA, N linear attention, S S4D, M Mamba, E MoE FFN; "
+    "lower case: reads a CLA leader's cache"
+)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    lengths = sorted({int(x) for x in args.lengths.split(",")})
+    rows = [inspect_config(src, lengths, args.dtype, args.batch_size) for src in args.configs]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"archzoo inspect ({args.dtype}, batch {args.batch_size})")
+    table.add_column("config")
+    table.add_column("params", justify="right")
+    table.add_column("layers")
+    table.add_column("cache/token", justify="right")
+    for n in lengths:
+        table.add_column(f"cache @{n if n < 1024 else str(n // 1024) + 'k'}", justify="right")
+    for r in rows:
+        table.add_row(
+            r["config"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            r["layer_pattern"],
+            _fmt_bytes(r["cache_bytes_per_token"]),
+            *[_fmt_bytes(r["cache_bytes"][str(n)]) for n in lengths],
+        )
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print(f"layer pattern: {PATTERN_KEY}", style="dim")
+    return 0
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).__dict__[func](args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archzoo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("inspect", help="parameters, layer pattern and cache size of model configs")
+    q.add_argument("configs", nargs="+", help="model YAML files")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--lengths", default="4096,32768", help="comma-separated sequence lengths (default 4096,32768)")
+    q.add_argument("--dtype", default="bf16", help="cache dtype: bf16 (default), fp16, fp32")
+    q.add_argument("--batch-size", type=int, default=1)
+    q.set_defaults(func=cmd_inspect)
+
+    g = sub.add_parser("generate", help="generate text with a checkpoint or teacher")
+    g.add_argument("model", help="archzoo checkpoint folder, HF folder, .gguf file or teacher name")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--device", default=None)
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("teacher", help="fetch a built-in teacher")
+    tsub = t.add_subparsers(dest="teacher_command", required=True)
+    tf = tsub.add_parser("fetch", help="download / locate a teacher and print its path")
+    tf.add_argument("name", help="teacher name, e.g. smollm2-135m")
+    tf.add_argument("--cache-dir", default=None)
+    tf.set_defaults(func=_lazy("archzoo.teacher", "teacher_cli"))
+
+    c = sub.add_parser("convert", help="initialise a student from a teacher")
+    c.add_argument("--teacher", required=True, help="teacher name, HF folder, .gguf file or archzoo checkpoint")
+    c.add_argument("--student", required=True, help="student model YAML")
+    c.add_argument("--output-dir", required=True)
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="converter option")
+    c.set_defaults(func=_lazy("archzoo.convert.cli", "convert_cli"))
+
+    d = sub.add_parser("distill", help="distil a student from a teacher (Lightning)")
+    d.add_argument("config", help="run YAML (configs/distill/...)")
+    d.add_argument("--output-dir", required=True)
+    d.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
+    d.set_defaults(func=_lazy("archzoo.train.cli", "distill_cli"))
+
+    b = sub.add_parser("bench", help="benchmark suite -> charts, report and JSON")
+    b.add_argument("config", help="bench YAML (configs/bench/...) or 'kernels'")
+    b.add_argument("--output-dir", default="bench-out")
+    b.set_defaults(func=_lazy("archzoo.bench.cli", "bench_cli"))
+    return p
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .teacher import resolve_teacher
+
+    model = resolve_teacher(args.model)
+    if model.tokenizer is None:
+        raise UserError(f"{args.model}: no tokenizer is stored with this model")
+    if args.device:
+        model.to(args.device)
+    ids = torch.tensor([model.tokenizer.encode(args.prompt)], device=model.embed.weight.device)
+    out = model.generate(
+        ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, eos_token_id=model.tokenizer.eos_token_id
+    )
+    print(model.tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UserError, FileNotFoundError) as e:
+        msg = str(e).replace("\n", " ")
+        if isinstance(e, FileNotFoundError) and e.filename:
+            msg = f"{e.filename}: no such file"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """RMS of the difference over RMS of the reference."""
+    out, ref = out.double(), ref.double()
+    return ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = rel_err(out, ref)
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+def load_yaml(path: Path | str) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def f64_model(src, init_std: float = 0.2, seed: int = 0):
+    """A model in float64 with weights large enough that every layer visibly changes the logits."""
+    import archzoo
+
+    data = load_yaml(src) if isinstance(src, str | Path) else dict(src)
+    data["init_std"] = init_std
+    torch.manual_seed(seed)
+    return archzoo.build_model(data).double().eval()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

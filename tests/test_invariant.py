@@ -1,0 +1,75 @@
+"""Full forward == prefill + decode steps, for every shipped config and several splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MODEL_CONFIGS, assert_close, f64_model
+
+T = 48  # longer than every tiny config's window and linear-attention chunk
+
+SPLITS = [
+    [1] * T,  # token by token from the start
+    [7] + [1] * (T - 7),  # short prefill, then decode
+    [T - 1, 1],  # long prefill, one step
+    [5, 11, 1, 1, 20, 10],  # chunked prefill with multi-token steps
+    [T],  # prefill only
+]
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_full_forward_equals_prefill_plus_decode(path):
+    model = f64_model(path)
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, T))
+    with torch.no_grad():
+        full = model(ids)
+        for split in SPLITS:
+            assert sum(split) == T
+            cache = model.new_cache(2, T)
+            outs, pos = [], 0
+            for n in split:
+                outs.append(model(ids[:, pos : pos + n], cache=cache))
+                pos += n
+                assert cache.seq_len == pos
+            assert_close(f"{path.stem} logits, split {split[:6]}", torch.cat(outs, 1), full, 1e-10)
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_cache_reuse_after_reset(path):
+    model = f64_model(path)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 20))
+    cache = model.new_cache(1, 20)
+    with torch.no_grad():
+        a = model(ids, cache=cache)
+        cache.reset()
+        b = model(ids, cache=cache)
+    assert torch.equal(a, b)
+
+
+def test_bounded_cache_runs_past_max_seq_len():
+    """A cache of only windowed layers accepts any length; a global layer's cache refuses to overflow."""
+    import archzoo
+
+    cfg = {
+        "vocab_size": 64,
+        "d_model": 32,
+        "n_layers": 2,
+        "init_std": 0.2,
+        "mixer": {"type": "attention", "n_heads": 2, "window": 4},
+        "ffn": {"type": "swiglu", "d_ff": 32},
+    }
+    model = archzoo.build_model(cfg).double().eval()
+    ids = torch.randint(0, 64, (1, 30))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(1, 8)
+        assert cache.capacity is None
+        steps = torch.cat([model(ids[:, i : i + 1], cache=cache) for i in range(30)], 1)
+    assert_close("windowed logits past max_seq_len", steps, full, 1e-10)
+    cfg["layers"] = [{"at": [1], "mixer": {"window": None}}]
+    model = archzoo.build_model(cfg).eval()
+    cache = model.new_cache(1, 8)
+    model(ids[:, :8], cache=cache)
+    with pytest.raises(ValueError, match="cache holds 8 tokens"):
+        model(ids[:, 8:9], cache=cache)
