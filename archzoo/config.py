@@ -83,6 +83,7 @@ class MLAConfig(_Strict):
     qk_rope_head_dim: int = Field(gt=0)
     v_head_dim: int = Field(gt=0)
     rope_theta: float = Field(default=10000.0, gt=0)
+    kv_norm: bool = Field(default=True, description="RMSNorm on the latent (DeepSeek-V2); off keeps conversion exact")
 
     @model_validator(mode="after")
     def _check(self) -> MLAConfig:

@@ -39,7 +39,7 @@ class MLA(nn.Module):
         else:
             self.q_proj = nn.Linear(d_model, H * (dn + dr), bias=False)
         self.kv_a_proj = nn.Linear(d_model, r + dr, bias=False)  # latent and shared RoPE key
-        self.kv_a_norm = RMSNorm(r)
+        self.kv_a_norm = RMSNorm(r) if cfg.kv_norm else nn.Identity()
         self.kv_b_proj = nn.Linear(r, H * (dn + dv), bias=False)  # W_uk and W_uv, per head
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
         self.rope = RotaryEmbedding(dr, cfg.rope_theta)

@@ -1,0 +1,168 @@
+"""Teacher -> student initialisers (step 2 of the recipe in DESIGN.md).
+
+``convert(teacher, student_cfg, **options)`` builds the student and fills it from the teacher:
+embeddings, norms, head and FFNs are copied (or upcycled into MoE experts); each mixer is
+initialised by the converter of its family, one module per family in this package, each citing
+the method it follows. A student with fewer layers takes a subset of the teacher's layers
+(``layers=[...]``, default: evenly spaced, first and last included).
+
+Options (all optional):
+    layers          teacher layer index for each student layer
+    seed            RNG seed for whatever a converter initialises randomly (default 0)
+    cla_share       'first' (default: the group leader keeps its own K/V projection) or 'mean'
+    mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs
+    moe_noise       relative std of the noise added to upcycled experts (default 0.01)
+Unknown options are an error, not ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig, load_config
+
+CONVERTERS: dict[str, str] = {
+    "attention": "archzoo.convert.attention:convert_attention",
+    "mla": "archzoo.convert.mla:convert_mla",
+    "linear_attention": "archzoo.convert.linear_attention:convert_linear_attention",
+    "mamba": "archzoo.convert.mamba:convert_mamba",
+    "s4": "archzoo.convert.s4:convert_s4",
+}
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "layers": None,
+    "seed": 0,
+    "cla_share": "first",
+    "mla_rope": "high",
+    "moe_noise": 0.01,
+}
+
+
+@dataclass
+class ConvertContext:
+    """What a family converter may look at beyond its own pair of modules."""
+
+    teacher: Any
+    student: Any
+    layer_map: list[int]  # teacher layer of each student layer
+    options: dict[str, Any]
+    generator: torch.Generator
+    notes: list[str] = field(default_factory=list)
+
+    def teacher_mixer(self, student_layer: int):
+        return self.teacher.blocks[self.layer_map[student_layer]].mixer
+
+    def group_members(self, student_layer: int) -> list[int]:
+        """Student layers that read ``student_layer``'s state (CLA), itself included."""
+        owners = self.student.state_owners
+        return [i for i, o in enumerate(owners) if o == student_layer]
+
+
+def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
+    if n_student > n_teacher:
+        raise ValueError(f"student has {n_student} layers, more than the teacher's {n_teacher}; pass layers=[...]")
+    if n_student == 1:
+        return [0]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+def _converter(family: str):
+    if family not in CONVERTERS:
+        raise ValueError(f"no converter for mixer {family!r}; converters exist for {', '.join(CONVERTERS)}")
+    module, attr = CONVERTERS[family].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@torch.no_grad()
+def convert(teacher, student_cfg: ModelConfig | dict | str, **options: Any):
+    """Initialise a student of ``student_cfg`` from ``teacher`` (an ArchZooLM, e.g. from ``from_hf``)."""
+    from ..model import ArchZooLM
+
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown convert option(s) {sorted(unknown)}; expected {', '.join(DEFAULT_OPTIONS)}")
+    opts = {**DEFAULT_OPTIONS, **options}
+    cfg = load_config(student_cfg)
+    tcfg = teacher.cfg
+    if cfg.vocab_size != tcfg.vocab_size or cfg.d_model != tcfg.d_model:
+        raise ValueError(
+            f"student vocab_size/d_model {cfg.vocab_size}/{cfg.d_model} must match the teacher's "
+            f"{tcfg.vocab_size}/{tcfg.d_model}"
+        )
+    layer_map = list(opts["layers"]) if opts["layers"] is not None else default_layer_map(tcfg.n_layers, cfg.n_layers)
+    if len(layer_map) != cfg.n_layers or not all(0 <= i < tcfg.n_layers for i in layer_map):
+        raise ValueError(f"layers={layer_map} must give one teacher layer in [0, {tcfg.n_layers}) per student layer")
+    cfg = _adapt_config(cfg, teacher, layer_map, opts)
+
+    dev, dtype = teacher.embed.weight.device, teacher.embed.weight.dtype
+    gen = torch.Generator(device="cpu").manual_seed(int(opts["seed"]))
+    torch.manual_seed(int(opts["seed"]))
+    student = ArchZooLM(cfg).to(dev, dtype)
+    ctx = ConvertContext(teacher, student, layer_map, opts, gen)
+
+    student.embed.weight.copy_(teacher.embed.weight)
+    if not cfg.tie_embeddings:
+        student.lm_head.weight.copy_(teacher.lm_head.weight)
+    elif not tcfg.tie_embeddings:
+        ctx.notes.append("student ties embeddings; the teacher's separate lm_head was dropped")
+    student.norm.weight.copy_(teacher.norm.weight)
+    for i, block in enumerate(student.blocks):
+        tblock = teacher.blocks[layer_map[i]]
+        block.mixer_norm.weight.copy_(tblock.mixer_norm.weight)
+        _converter(cfg.blocks[i].mixer.type)(tblock.mixer, block.mixer, i, ctx)
+        if block.ffn is not None:
+            _convert_ffn(tblock, block, i, ctx)
+    student.tokenizer = getattr(teacher, "tokenizer", None)
+    student.convert_notes = ctx.notes
+    return student
+
+
+def _adapt_config(cfg: ModelConfig, teacher, layer_map: list[int], opts: dict[str, Any]) -> ModelConfig:
+    """Per-family config adjustments a converter needs to be exact (e.g. MLA's RoPE base)."""
+    from .mla import adapt_mla_config
+
+    data = cfg.to_dict()
+    changed = False
+    for i, block in enumerate(cfg.blocks):
+        if block.mixer.type == "mla":
+            changed |= adapt_mla_config(data, i, block.mixer, teacher.blocks[layer_map[i]].mixer, opts)
+    return load_config(data) if changed else cfg
+
+
+def _convert_ffn(tblock, block, i: int, ctx: ConvertContext) -> None:
+    from ..layers.mlp import SwiGLU
+    from ..layers.moe import MoE
+
+    src, dst = tblock.ffn, block.ffn
+    if src is None:
+        raise ValueError(f"student layer {i} has an FFN but teacher layer {ctx.layer_map[i]} has none")
+    if not isinstance(src, SwiGLU):
+        raise ValueError(f"teacher layer {ctx.layer_map[i]}: only a dense SwiGLU FFN can be converted from")
+    block.ffn_norm.weight.copy_(tblock.ffn_norm.weight)
+    if isinstance(dst, SwiGLU):
+        if dst.gate_proj.weight.shape != src.gate_proj.weight.shape:
+            raise ValueError(
+                f"layer {i}: student d_ff {dst.gate_proj.out_features} != teacher d_ff {src.gate_proj.out_features}"
+            )
+        dst.load_state_dict(src.state_dict())
+    elif isinstance(dst, MoE):
+        from .moe import upcycle
+
+        upcycle(src, dst, ctx)
+    else:
+        raise ValueError(f"layer {i}: no FFN converter for {type(dst).__name__}")
+
+
+def copy_linear(dst: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    if dst.weight.shape != weight.shape:
+        raise ValueError(f"shape {tuple(weight.shape)} does not fit {tuple(dst.weight.shape)}")
+    dst.weight.copy_(weight)
+    if dst.bias is not None:
+        dst.bias.copy_(bias if bias is not None else torch.zeros_like(dst.bias))
+
+
+__all__ = ["CONVERTERS", "ConvertContext", "convert", "copy_linear", "default_layer_map"]

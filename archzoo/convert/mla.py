@@ -1,0 +1,103 @@
+"""Attention -> MLA by a joint low-rank factorisation of the K/V projections.
+
+Follows MHA2MLA (Ji et al. 2025, "Towards Economical Inference: Enabling DeepSeek's Multi-Head
+Latent Attention in Any Transformer-based LLMs") and TransMLA (Meng et al. 2025):
+
+1. Partial RoPE. Of the teacher's head_dim D rotary dimensions, ``qk_rope_head_dim`` keep RoPE:
+   ``mla_rope='high'`` keeps the highest-frequency pairs (MHA2MLA's S_high), which in the
+   rotate_half layout are dims ``[0, dr/2)`` and ``[D/2, D/2 + dr/2)``. The student's RoPE base
+   is set to ``theta ** (dr / D)`` so its dr/2 frequencies are exactly those teacher pairs.
+   The shared RoPE key is the mean over the teacher's K/V heads (exact for an MQA teacher).
+2. The other ``D - dr`` key dimensions of every K/V head and the full value heads are stacked
+   into one matrix and factorised by SVD; the top ``kv_lora_rank`` right singular vectors form
+   the down-projection to the cached latent, the scaled left ones the per-head up-projections
+   (W_uk, W_uv). At full rank this is exact.
+3. Queries and the output projection are copied, permuted to the nope/rope split.
+
+So: ``qk_nope_head_dim + qk_rope_head_dim`` must equal the teacher's head_dim and ``v_head_dim``
+must equal it too. ``kv_norm`` and ``q_lora_rank`` add normalisations the teacher does not have:
+the conversion then is no longer exact (a note says so); the student configs switch them off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import ConvertContext, copy_linear
+
+
+def rope_dims(D: int, dr: int, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the teacher head dims that keep RoPE (in student order) and those that drop it."""
+    if how != "high":
+        raise ValueError(f"mla_rope={how!r}; supported: 'high'")
+    half = torch.arange(dr // 2)
+    keep = torch.cat([half, half + D // 2])
+    mask = torch.ones(D, dtype=torch.bool)
+    mask[keep] = False
+    return keep, torch.nonzero(mask).squeeze(-1)
+
+
+def _check_dims(src, m, i: int) -> None:
+    D = src.head_dim
+    if m.qk_nope_head_dim + m.qk_rope_head_dim != D or m.v_head_dim != D or m.n_heads != src.n_heads:
+        raise ValueError(
+            f"student layer {i}: MLA from a teacher with {src.n_heads} heads of dim {D} needs n_heads={src.n_heads}, "
+            f"qk_nope_head_dim + qk_rope_head_dim = {D} and v_head_dim = {D}; got {m.n_heads}, "
+            f"{m.qk_nope_head_dim} + {m.qk_rope_head_dim}, {m.v_head_dim}"
+        )
+
+
+def adapt_mla_config(data: dict[str, Any], i: int, m, src, opts: dict[str, Any]) -> bool:
+    """Set the student's RoPE base so its frequencies equal the kept teacher pairs."""
+    _check_dims(src, m, i)
+    theta = src.rope.theta ** (m.qk_rope_head_dim / src.head_dim)
+    if abs(theta - m.rope_theta) <= 1e-9 * theta:
+        return False
+    data.setdefault("layers", []).append({"at": [i], "mixer": {"type": "mla", "rope_theta": theta}})
+    return True
+
+
+def convert_mla(src, dst, i: int, ctx: ConvertContext) -> None:
+    from ..layers.attention import Attention
+
+    if not isinstance(src, Attention) or not src.owns_kv:
+        raise ValueError(f"student layer {i}: MLA converts from a teacher attention layer with its own K/V")
+    m = dst.cfg
+    _check_dims(src, m, i)
+    H, n_kv, D, dn, dr, r = src.n_heads, src.n_kv_heads, src.head_dim, dst.dn, dst.dr, dst.r
+    keep, drop = rope_dims(D, dr, ctx.options["mla_rope"])
+    d = src.q_proj.in_features
+    f32 = torch.float64  # factorise in float64; the result is cast to the student dtype
+    if any(lin.bias is not None for lin in (src.q_proj, src.k_proj, src.v_proj)):
+        ctx.notes.append(f"layer {i}: the teacher's Q/K/V biases have no place in MLA and were dropped")
+    if m.kv_norm or m.q_lora_rank:
+        ctx.notes.append(f"layer {i}: kv_norm / q_lora_rank make the MLA conversion approximate")
+
+    wq = src.q_proj.weight.to(f32).view(H, D, d)
+    wq = torch.cat([wq[:, drop], wq[:, keep]], dim=1).reshape(H * D, d)  # per head [nope; rope]
+    if m.q_lora_rank:
+        U, S, Vh = torch.linalg.svd(wq, full_matrices=False)
+        k = min(m.q_lora_rank, S.numel())
+        dst.q_a_proj.weight.zero_()[:k].copy_(Vh[:k])
+        dst.q_b_proj.weight.zero_()[:, :k].copy_(U[:, :k] * S[:k])
+    else:
+        copy_linear(dst.q_proj, wq.to(dst.q_proj.weight.dtype))
+
+    wk = src.k_proj.weight.to(f32).view(n_kv, D, d)
+    wv = src.v_proj.weight.to(f32).view(n_kv, D, d)
+    stacked = torch.cat([wk[:, drop], wv], dim=1).reshape(n_kv * (dn + D), d)  # per kv head [k_nope; v]
+    U, S, Vh = torch.linalg.svd(stacked, full_matrices=False)
+    k = min(r, S.numel())
+    down = torch.zeros(r, d, dtype=f32)
+    down[:k] = Vh[:k]
+    up = torch.zeros(n_kv * (dn + D), r, dtype=f32)
+    up[:, :k] = U[:, :k] * S[:k]
+    up = up.view(n_kv, dn + D, r).repeat_interleave(H // n_kv, dim=0)  # (H, dn + dv, r)
+    k_rope = wk[:, keep].mean(0)  # (dr, d), shared by every head
+    dst.kv_a_proj.weight.copy_(torch.cat([down, k_rope]).to(dst.kv_a_proj.weight.dtype))
+    dst.kv_b_proj.weight.copy_(up.reshape(H * (dn + D), r).to(dst.kv_b_proj.weight.dtype))
+    copy_linear(dst.o_proj, src.o_proj.weight)
+    if k < r:
+        ctx.notes.append(f"layer {i}: kv_lora_rank {r} exceeds the K/V rank {k}; extra latent dims are zero")
