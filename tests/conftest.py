@@ -36,4 +36,14 @@ def f64_model(src, init_std: float = 0.2, seed: int = 0):
     return archzoo.build_model(data).double().eval()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests run tiny float64 ops, where torch's intra-op threads cost more than they give
+    (over 10x slower on a busy 2-core CI machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

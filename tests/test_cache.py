@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_CONFIGS, load_yaml
 
 import archzoo
+
+from conftest import MODEL_CONFIGS, load_yaml
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_CONFIGS
 
 import archzoo
+
+from conftest import MODEL_CONFIGS
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)

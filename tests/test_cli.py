@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
-from conftest import MODEL_CONFIGS
-
 from archzoo.cli import main
+
+from conftest import MODEL_CONFIGS
 
 
 def test_inspect_table(capsys):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import MODEL_CONFIGS, ROOT, load_yaml
 
 import archzoo
 from archzoo.config import parse_layer_indices
+
+from conftest import MODEL_CONFIGS, ROOT, load_yaml
 
 FAMILIES = ["mha", "gqa", "mqa", "mla", "cla", "swa", "linear", "based", "s4", "mamba", "jamba", "moe"]
 

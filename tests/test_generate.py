@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import MODEL_CONFIGS, f64_model
 
 from archzoo.sampling import sample_next
+
+from conftest import MODEL_CONFIGS, f64_model
 
 GQA = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
 SWA = next(p for p in MODEL_CONFIGS if p.stem == "swa")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_CONFIGS, assert_close, load_yaml, requires_cuda
 
 import archzoo
+
+from conftest import MODEL_CONFIGS, assert_close, load_yaml, requires_cuda
 
 pytestmark = [pytest.mark.gpu, requires_cuda]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from conftest import MODEL_CONFIGS, assert_close, f64_model
 
 T = 48  # longer than every tiny config's window and linear-attention chunk
@@ -73,3 +74,16 @@ def test_bounded_cache_runs_past_max_seq_len():
     model(ids[:, :8], cache=cache)
     with pytest.raises(ValueError, match="cache holds 8 tokens"):
         model(ids[:, 8:9], cache=cache)
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_cached_forward_is_differentiable_per_call(path):
+    """With gradients on, each cached call backpropagates on its own: the cache holds no autograd history."""
+    model = f64_model(path)
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 12))
+    cache = model.new_cache(1, 12)
+    for chunk in (ids[:, :5], ids[:, 5:6], ids[:, 6:12]):
+        model(chunk, cache=cache).square().mean().backward()
+    for state in cache.layers:
+        for name, t in state.buffers.items() if state is not None else []:
+            assert t.grad_fn is None and not t.requires_grad, f"cache buffer {name} carries autograd history"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MODEL_CONFIGS, assert_close, f64_model
 
 from archzoo.layers import ForwardContext
+
+from conftest import MODEL_CONFIGS, assert_close, f64_model
 
 MLA = next(p for p in MODEL_CONFIGS if p.stem == "mla")
 

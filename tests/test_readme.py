@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
-
 from archzoo.cli import _fmt_bytes, inspect_config
+
+from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -123,23 +123,32 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _with_cache(self, k, v, q_pos, state: LayerState | None, pos: int):
-        """Write new K/V into the cache; return the keys, values and key positions to attend over."""
+        """Write new K/V into the cache; return the keys, values and key positions to attend over.
+
+        Cache buffers never carry autograd history (writes are detached). When gradients are
+        wanted, the new keys join the cached ones by concatenation so they stay differentiable;
+        otherwise attention reads the buffers in place.
+        """
         if state is None:
             return k, v, None
         kb, vb = state["k"], state["v"]
         T, slots = k.shape[2], kb.shape[2]
+        grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
         if self.window is None:
-            kb[:, :, pos : pos + T] = k.to(kb.dtype)
-            vb[:, :, pos : pos + T] = v.to(vb.dtype)
+            kb[:, :, pos : pos + T] = k.detach().to(kb.dtype)
+            vb[:, :, pos : pos + T] = v.detach().to(vb.dtype)
             if pos == 0:
                 return k, v, None
-            keys, values = kb[:, :, : pos + T].to(k.dtype), vb[:, :, : pos + T].to(v.dtype)
-            return keys, values, torch.arange(pos + T, device=k.device)
+            k_pos = torch.arange(pos + T, device=k.device)
+            if grad:
+                keys = torch.cat([kb[:, :, :pos].to(k.dtype), k], dim=2)
+                return keys, torch.cat([vb[:, :, :pos].to(v.dtype), v], dim=2), k_pos
+            return kb[:, :, : pos + T].to(k.dtype), vb[:, :, : pos + T].to(v.dtype), k_pos
         # Ring buffer. One new token: write first, then attend over the buffer (the slot it
         # overwrites held position pos - W, already outside the window). Several new tokens: an
         # earlier one may still need a slot a later one overwrites, so attend over the old
         # buffer plus the new keys, then write.
-        if T == 1:
+        if T == 1 and not grad:
             kb[:, :, pos % slots] = k[:, :, 0].to(kb.dtype)
             vb[:, :, pos % slots] = v[:, :, 0].to(vb.dtype)
             return kb.to(k.dtype), vb.to(v.dtype), ring_positions(pos + 1, slots, k.device)
@@ -151,6 +160,6 @@ class Attention(nn.Module):
             k_pos = torch.cat([ring_positions(pos, slots, k.device), q_pos])
         n = min(T, slots)
         idx = q_pos[-n:] % slots
-        kb[:, :, idx] = k[:, :, -n:].to(kb.dtype)
-        vb[:, :, idx] = v[:, :, -n:].to(vb.dtype)
+        kb[:, :, idx] = k[:, :, -n:].detach().to(kb.dtype)
+        vb[:, :, idx] = v[:, :, -n:].detach().to(vb.dtype)
         return keys, values, k_pos

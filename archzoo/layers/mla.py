@@ -79,11 +79,16 @@ class MLA(nn.Module):
 
         k_pos = None
         if state is not None:
-            state["c_kv"][:, pos : pos + T] = c_kv.to(state["c_kv"].dtype)
-            state["k_rope"][:, pos : pos + T] = k_rope.to(state["k_rope"].dtype)
+            # Buffers never carry autograd history; with gradients on, new entries join by concatenation.
+            state["c_kv"][:, pos : pos + T] = c_kv.detach().to(state["c_kv"].dtype)
+            state["k_rope"][:, pos : pos + T] = k_rope.detach().to(state["k_rope"].dtype)
             if pos > 0:
-                c_kv = state["c_kv"][:, : pos + T].to(x.dtype)
-                k_rope = state["k_rope"][:, : pos + T].to(x.dtype)
+                if torch.is_grad_enabled() and c_kv.requires_grad:
+                    c_kv = torch.cat([state["c_kv"][:, :pos].to(x.dtype), c_kv], dim=1)
+                    k_rope = torch.cat([state["k_rope"][:, :pos].to(x.dtype), k_rope], dim=1)
+                else:
+                    c_kv = state["c_kv"][:, : pos + T].to(x.dtype)
+                    k_rope = state["k_rope"][:, : pos + T].to(x.dtype)
                 k_pos = torch.arange(pos + T, device=x.device)
         absorb = self.absorb if self.absorb is not None else (state is not None and pos > 0)
         if absorb:

@@ -1,0 +1,18 @@
+"""archzoo kernels: one function per op, each with a naive fp32 reference and a Triton kernel.
+
+Dispatch (DESIGN.md): Triton for CUDA tensors, and for CPU tensors when ``TRITON_INTERPRET=1``
+(set it before ``triton`` is first imported); the naive reference otherwise.
+``last_backend(op)`` names the backend that ran ``op`` last.
+"""
+
+from ._dispatch import last_backend
+from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from .selective_scan import selective_scan_fn, selective_state_update
+
+__all__ = [
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "last_backend",
+    "selective_scan_fn",
+    "selective_state_update",
+]

@@ -1,0 +1,94 @@
+"""Causal linear attention (Katharopoulos et al. 2020) with the feature maps of ``feature_maps.py``.
+
+A BASED model (Arora et al. 2024) is this layer with ``feature_map: taylor`` interleaved with
+sliding-window softmax attention layers (configs/models/based.yaml).
+
+Per head: q, k projected to ``feature_dim`` dims and mapped by phi to F dims, v to ``head_dim``;
+``o_t = phi(q_t) S_t / (phi(q_t) z_t + eps)`` with ``S_t = sum_{s<=t} phi(k_s) v_s^T`` and
+``z_t = sum_{s<=t} phi(k_s)``. No positional encoding: order enters only through causality.
+
+Training and prefill run the chunked parallel form (``chunk_size`` from the config); a cache holds
+the recurrent state ``S`` (B, H, F, Dv) and ``z`` (B, H, F), updated in place, whatever the length.
+The state is kept in at least fp32 (a bf16 running sum stops absorbing small increments once it
+has grown), and ``state_bytes`` counts it at that width. With the identity map the normaliser is
+applied as for the others; it is then not guaranteed positive and can blow up where phi(q) z ~ 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..cache import LayerState, dtype_bytes
+from ..config import LinearAttentionConfig
+from ..kernels.linear_attention import linear_attention
+from .feature_maps import build_feature_map, feature_map_dim
+
+
+def _dims(cfg: LinearAttentionConfig, d_model: int) -> tuple[int, int, int]:
+    """(feature_dim fed to phi, F = dim of phi's output, Dv) of one head."""
+    head_dim = cfg.head_dim or d_model // cfg.n_heads
+    feature_dim = cfg.feature_dim or head_dim
+    return feature_dim, feature_map_dim(cfg.feature_map, feature_dim), head_dim
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The recurrent state's dtype for a cache of ``dtype``: at least fp32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class LinearAttention(nn.Module):
+    def __init__(self, cfg: LinearAttentionConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
+        super().__init__()
+        if kv_source is not None and kv_source != layer_idx:
+            raise ValueError(f"kv_source={kv_source}: linear attention layer {layer_idx} cannot share another's state")
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.n_heads = H = cfg.n_heads
+        self.feature_dim, self.state_dim, self.head_dim = _dims(cfg, d_model)
+        self.q_proj = nn.Linear(d_model, H * self.feature_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, H * self.feature_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, H * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(H * self.head_dim, d_model, bias=False)
+        # Separate maps for queries and keys (they differ only when learned: hedgehog, as in LoLCATs).
+        self.q_map = build_feature_map(cfg.feature_map, H, self.feature_dim)
+        self.k_map = build_feature_map(cfg.feature_map, H, self.feature_dim)
+
+    # ------------------------------------------------------------------ state
+
+    @staticmethod
+    def bounded_state(cfg: LinearAttentionConfig) -> bool:
+        return True
+
+    @staticmethod
+    def state_bytes(cfg: LinearAttentionConfig, d_model: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        _, F, Dv = _dims(cfg, d_model)
+        return batch_size * cfg.n_heads * F * (Dv + 1) * dtype_bytes(state_dtype(dtype))
+
+    def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState:
+        sd = state_dtype(dtype)
+        H, F, Dv = self.n_heads, self.state_dim, self.head_dim
+        return LayerState(
+            S=torch.zeros(batch_size, H, F, Dv, dtype=sd, device=device),
+            z=torch.zeros(batch_size, H, F, dtype=sd, device=device),
+        )
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        B, T, _ = x.shape
+        H = self.n_heads
+        q = self.q_map(self.q_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
+        k = self.k_map(self.k_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
+        v = self.v_proj(x).view(B, T, H, self.head_dim)  # (B, T, H, Dv)
+        # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
+        initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
+        if initial is not None and torch.is_grad_enabled():
+            initial = (initial[0].clone(), initial[1].clone())  # autograd saves them; the cache is updated in place
+        o, final = linear_attention(
+            q, k, v, initial, output_final_state=state is not None, eps=self.cfg.eps, chunk_size=self.cfg.chunk_size
+        )
+        if state is not None:
+            state["S"].copy_(final[0].detach())  # the cache never carries autograd history
+            state["z"].copy_(final[1].detach())
+        return self.o_proj(o.reshape(B, T, H * self.head_dim))

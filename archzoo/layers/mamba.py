@@ -1,0 +1,177 @@
+"""The Mamba block (Gu & Dao 2023, "Mamba: Linear-time sequence modeling with selective state
+spaces", arXiv:2312.00752, Sec. 3.4 and Fig. 3).
+
+    x, z   = in_proj(u)                             d_model -> 2 d_inner
+    x      = SiLU(depthwise causal conv1d(x))       width d_conv
+    dt, B, C = x_proj(x)                            d_inner -> dt_rank + 2 d_state
+    dt     = softplus(dt_proj(dt))                  dt_rank -> d_inner, with bias
+    y      = selective_scan(x, dt, A, B, C) + D x   h_t = exp(dt A) h_{t-1} + dt B_t x_t, y_t = C_t h_t
+    out    = out projection(y * SiLU(z))
+
+The convolution and the scan go through ``archzoo.kernels`` (``causal_conv1d_fn`` /
+``causal_conv1d_update``, ``selective_scan_fn`` / ``selective_state_update``, with the
+causal-conv1d and mamba_ssm signatures).
+
+Initialisation (``init_weights``, the reference implementation's): ``A = -exp(A_log)`` with
+``A_log[c, n] = log(n + 1)`` (S4D-Real), ``D = 1``, the dt bias the inverse softplus of a ``dt``
+drawn log-uniformly in ``[dt_min, dt_max]`` and floored at ``dt_init_floor``, ``dt_proj.weight``
+uniform in ``±dt_rank^-0.5``, the conv as PyTorch's default ``Conv1d`` init, biases zero.
+``A_log``, ``D`` and ``dt_proj.bias`` carry ``_no_weight_decay = True`` (mamba_ssm's marker;
+``no_weight_decay_names`` lists them): an optimiser should exclude them from weight decay.
+The output projection is named ``o_proj`` so the model's residual init (std / sqrt(2 L)) applies,
+as mamba_ssm rescales its ``out_proj``.
+
+Decode state (``LayerState``):
+- ``conv`` (B, d_inner, d_conv - 1) in the cache dtype: the last ``d_conv - 1`` conv inputs,
+  oldest first (causal-conv1d's ``conv_state`` convention with ``state_len = d_conv - 1``, the
+  least it accepts; mamba_ssm allocates ``d_conv``, one column that is never read);
+- ``ssm`` (B, d_inner, d_state) in fp32 (or the cache dtype when it is wider): the scan's state
+  accumulates over the whole sequence, so it is not rounded to 16 bits (as mamba_ssm's kernels).
+
+With a state, several tokens (prefill, or a chunk after it) run the sequence kernels from the
+stored conv inputs and SSM state and write the final ones back; one token runs the update
+kernels. At ``ctx.pos == 0`` the state is zeroed first, so a reused cache starts clean. The
+buffers hold values only (no autograd history): gradients do not flow from one call into the
+next through the cache, and the one-token update kernels are not differentiable (as mamba_ssm's
+are not), so decode belongs under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import LayerState, dtype_bytes
+from ..config import MambaConfig, mamba_dims
+from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
+
+
+def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The SSM state's dtype for a cache of ``dtype``: fp32, or ``dtype`` where it is wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class Mamba(nn.Module):
+    no_weight_decay_names = ("A_log", "D", "dt_proj.bias")
+
+    def __init__(self, cfg: MambaConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.d_model = d_model
+        self.d_inner, self.dt_rank = mamba_dims(d_model, cfg)
+        self.d_state, self.d_conv = cfg.d_state, cfg.d_conv
+        Di, N, R = self.d_inner, self.d_state, self.dt_rank
+        self.in_proj = nn.Linear(d_model, 2 * Di, bias=cfg.bias)  # x and z
+        self.conv1d = nn.Conv1d(Di, Di, cfg.d_conv, groups=Di, bias=cfg.conv_bias)  # weight (Di, 1, d_conv)
+        self.x_proj = nn.Linear(Di, R + 2 * N, bias=False)  # dt, B, C
+        self.dt_proj = nn.Linear(R, Di, bias=True)
+        self.A_log = nn.Parameter(torch.empty(Di, N))
+        self.D = nn.Parameter(torch.empty(Di))
+        self.o_proj = nn.Linear(Di, d_model, bias=cfg.bias)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.dt_proj.bias._no_weight_decay = True
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Mamba's initialisation (module docstring); the model calls it again after its generic init."""
+        cfg, Di, N = self.cfg, self.d_inner, self.d_state
+        dev = self.A_log.device
+        self.A_log.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float64, device=dev)).expand(Di, N))
+        self.D.fill_(1.0)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        dt = torch.exp(torch.rand(Di, dtype=torch.float64, device=dev) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.conv1d.reset_parameters()
+        for lin in (self.in_proj, self.o_proj):
+            if lin.bias is not None:
+                lin.bias.zero_()
+
+    # ------------------------------------------------------------------ state
+
+    @staticmethod
+    def bounded_state(cfg: MambaConfig) -> bool:
+        return True
+
+    @staticmethod
+    def state_bytes(cfg: MambaConfig, d_model: int, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        d_inner, _ = mamba_dims(d_model, cfg)
+        conv = batch_size * d_inner * (cfg.d_conv - 1) * dtype_bytes(dtype)
+        ssm = batch_size * d_inner * cfg.d_state * dtype_bytes(ssm_state_dtype(dtype))
+        return conv + ssm
+
+    def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState:
+        return LayerState(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, dtype=dtype, device=device),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, dtype=ssm_state_dtype(dtype), device=device),
+        )
+
+    # ---------------------------------------------------------------- forward
+
+    def _A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.to(ssm_state_dtype(self.A_log.dtype)))  # (Di, N)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        B, T, d = x.shape
+        if d != self.d_model:
+            raise ValueError(f"x has {d} features, expected d_model={self.d_model}")
+        if state is not None and ctx.pos == 0:
+            state.zero_()  # a sequence starts at position 0 whatever the buffers held
+        if state is not None and T == 1 and not torch.is_grad_enabled():
+            # The in-place update kernels are for inference; with gradients on, one token takes
+            # the sequence path below, which leaves the buffers free of autograd history.
+            return self._step(x[:, 0], state)[:, None]
+        R, N = self.dt_rank, self.d_state
+        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, Di, T) each
+        weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
+        # Initial states: none at position 0; later, copies (a kernel may save its inputs for backward,
+        # and the buffers are overwritten below).
+        conv0 = ssm0 = None
+        if state is not None and ctx.pos > 0:
+            conv0, ssm0 = state["conv"].clone(), state["ssm"].clone()
+        if state is None:
+            xs = causal_conv1d_fn(xs, weight, self.conv1d.bias, activation="silu")
+        else:
+            xs, conv_final = causal_conv1d_fn(
+                xs, weight, self.conv1d.bias, initial_states=conv0, return_final_states=True, activation="silu"
+            )
+            state["conv"].copy_(conv_final.detach())
+        dt, Bm, Cm = self.x_proj(xs.transpose(1, 2)).split([R, N, N], dim=-1)  # (B, T, R), (B, T, N) x2
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, Di, T); the bias goes in the scan
+        out = selective_scan_fn(
+            xs,
+            dt,
+            self._A(),
+            Bm.transpose(1, 2),  # (B, N, T)
+            Cm.transpose(1, 2),
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            return_last_state=state is not None,
+            initial_state=ssm0,
+        )
+        if state is not None:
+            out, last = out
+            state["ssm"].copy_(last.detach())
+        return self.o_proj(out.transpose(1, 2))  # (B, T, d_model)
+
+    def _step(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One token x (B, d_model) -> (B, d_model); updates ``conv`` and ``ssm`` in place."""
+        R, N = self.dt_rank, self.d_state
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, Di) each
+        xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        dt, Bm, Cm = self.x_proj(xs).split([R, N, N], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, Di)
+        y = selective_state_update(
+            state["ssm"], xs, dt, self._A(), Bm, Cm, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
+        )
+        for buf in state.buffers.values():
+            buf.detach_()  # the kernels wrote values that carry autograd history; the cache keeps none
+        return self.o_proj(y)
