@@ -165,3 +165,15 @@ def test_saved_config_roundtrips(tmp_path):
         again = archzoo.load_config(cfg.to_dict())
         assert again == cfg, path
         assert load_yaml(path)  # file is plain YAML
+
+
+def test_student_cache_comments_are_true():
+    """Each student config states its cache size at 4k and 32k tokens; the figures must be right."""
+    import re
+
+    for path in sorted((ROOT / "configs" / "students").glob("*.yaml")):
+        m = re.search(r"# cache \(bf16, batch 1\): ([\d.]+) MiB at 4k tokens, ([\d.]+) MiB at 32k", path.read_text())
+        assert m, f"{path.name}: no cache comment"
+        cfg = archzoo.load_config(path)
+        for text, n in zip(m.groups(), (4096, 32768), strict=True):
+            assert f"{archzoo.cache_bytes(cfg, 1, n) / 2**20:.1f}" == text, f"{path.name} @ {n}"
