@@ -1,11 +1,22 @@
 """archzoo: a model-architecture zoo for efficient LLM inference."""
 
+from . import convert  # a callable module: archzoo.convert(teacher, student_cfg, **options)
 from .cache import Cache, LayerState, cache_bytes
 from .checkpoint import from_pretrained
 from .config import ConfigError, ModelConfig, load_config
 from .model import ArchZooLM, build_model
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavy imports (transformers, the converters) load on first use, so `import archzoo` stays fast.
+    if name == "from_hf":
+        from .hf import from_hf
+
+        return from_hf
+    raise AttributeError(f"module 'archzoo' has no attribute {name!r}")
+
 
 __all__ = [
     "ArchZooLM",
@@ -14,6 +25,8 @@ __all__ = [
     "LayerState",
     "ModelConfig",
     "build_model",
+    "convert",
+    "from_hf",
     "cache_bytes",
     "from_pretrained",
     "load_config",

@@ -18,6 +18,8 @@ Unknown options are an error, not ignored.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,5 +166,15 @@ def copy_linear(dst: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor |
     if dst.bias is not None:
         dst.bias.copy_(bias if bias is not None else torch.zeros_like(dst.bias))
 
+
+class _CallableModule(types.ModuleType):
+    """``archzoo.convert`` is this package (it holds one module per family) and, as DESIGN.md's
+    interface says, the function: calling the package calls :func:`convert`."""
+
+    def __call__(self, teacher, student_cfg, **options):
+        return convert(teacher, student_cfg, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["CONVERTERS", "ConvertContext", "convert", "copy_linear", "default_layer_map"]
