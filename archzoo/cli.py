@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_lazy("archzoo.train.cli", "distill_cli"))
 
     b = sub.add_parser("bench", help="benchmark suite -> charts, report and JSON")
-    b.add_argument("config", help="bench YAML (configs/bench/...) or 'kernels'")
-    b.add_argument("--output-dir", default="bench-out")
+    b.add_argument("config", help="benchmark: kernels | conversion")
+    b.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     b.set_defaults(func=_lazy("archzoo.bench.cli", "bench_cli"))
     return p
 

@@ -1,0 +1,1 @@
+"""Benchmarks: conversion quality, kernels, the Pareto report."""
