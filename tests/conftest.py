@@ -6,6 +6,15 @@ import pytest
 import torch
 import yaml
 
+# Triton fixes interpreted vs compiled mode when it is first imported. Import the kernel modules
+# now, before any test module, so that on a CPU-only machine they run in the interpreter
+# (TRITON_INTERPRET=1 is set only for that import; the other tests keep the naive CPU path).
+from archzoo.kernels._testing import import_triton_kernels  # noqa: E402
+
+TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
+    "archzoo.kernels.selective_scan.triton", "archzoo.kernels.causal_conv1d.triton"
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
 

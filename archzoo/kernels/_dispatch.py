@@ -9,6 +9,7 @@ is logged once, never taken silently.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -21,6 +22,7 @@ _LAST_BACKEND: dict[str, str] = {}
 _LOGGED: set[tuple[str, str]] = set()
 
 
+@functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

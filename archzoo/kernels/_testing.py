@@ -34,8 +34,7 @@ def import_triton_kernels(*names: str) -> tuple[list[ModuleType] | None, str | N
                 "triton was imported in compiled mode before this test module and there is no GPU; "
                 "run with TRITON_INTERPRET=1 set before pytest starts"
             )
-        return [importlib.import_module(n) for n in names], None
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"  # triton.jit picks interpreted mode when a kernel is defined
     try:
         importlib.import_module("triton.language")
         try:  # imported lazily by Triton's launcher; it checks the mode at import time
@@ -45,6 +44,11 @@ def import_triton_kernels(*names: str) -> tuple[list[ModuleType] | None, str | N
         mods = [importlib.import_module(n) for n in names]
     finally:
         del os.environ["TRITON_INTERPRET"]
+    from triton.runtime.jit import JITFunction
+
+    for mod in mods:
+        if any(isinstance(v, JITFunction) for v in vars(mod).values()):
+            return None, f"{mod.__name__} was imported in compiled mode before this test module and there is no GPU"
     return mods, None
 
 

@@ -1,33 +1,31 @@
 """Triton selective scan (Mamba's S6, Gu & Dao 2023, arXiv:2312.00752): forward, backward, decode step.
 
 Design (docs/kernels.md has the long form):
-- One program per (batch, block of BLOCK_D channels) holds the state h (BLOCK_D, N) in fp32
-  registers and walks the sequence in chunks of BLOCK_L steps. Each chunk loads (BLOCK_D, BLOCK_L)
-  tiles of u / delta / z and (N, BLOCK_L) tiles of B / C, discretises on the fly
-  (dt = softplus(delta + bias), a = exp(dt A), b = dt u B), and runs the linear recurrence
-  h_t = a_t h_{t-1} + b_t inside the chunk as an associative scan over pairs (a, b); the carry
-  between chunks is the last column. y = <C, h> + D u and the SiLU(z) gate are fused in.
-- The forward stores only the state at the start of each chunk (b, n_chunks, d, n) fp32. The
-  backward walks the chunks in reverse, recomputes the chunk's states from that checkpoint, and
-  runs the adjoint recurrence g_t = dy_t C_t + a_{t+1} g_{t+1} as a reverse associative scan
-  (over triples, so that the coefficient a_{t+1} need not be shifted in registers).
-- Gradients of per-channel parameters (A, D, delta_bias, and B / C when they are (d, n)) are
-  summed over the chunk in registers and written once per program; gradients of B / C of shape
-  (b, [g,] n, l) are summed over the program's channels and added with fp32 atomics.
-Inputs may be fp32, bf16 or fp16 (fp64 is computed in fp32); the state is always fp32.
+- One program per (batch, block of BLOCK_D channels) walks the sequence in chunks of BLOCK_L
+  steps. A chunk loads (BLOCK_D, BLOCK_L) tiles of u / delta (/ z) once, coalesced along time,
+  and then loops over the n state dimensions: for state i it discretises on the fly
+  (dt = softplus(delta + bias), a = exp(dt A_i), b = dt u B_i), runs h_t = a_t h_{t-1} + b_t over
+  the chunk as an associative scan along time (each thread scans its own run of consecutive steps,
+  then the runs are joined across lanes), adds C_i h to y and keeps the last column as the carry.
+  The D skip and the SiLU(z) gate are fused at the end of the chunk.
+- The forward stores only the state at the start of each chunk (b, n_chunks, d, n) fp32 (and,
+  when z is given, the pre-gate y for dz). The backward walks the chunks in reverse, recomputes
+  each state's h from that checkpoint, and runs the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} as a
+  reverse associative scan (a_{t+1} comes from a second, shifted load of delta).
+- Per-channel parameter gradients (A, D, delta_bias, and B / C when they are (d, n)) are summed in
+  registers and written once per program; gradients of B / C of shape (b, [g,] n, l) are summed
+  over the program's channels and added with fp32 atomics.
+Inputs may be fp32, bf16 or fp16, and the state and all arithmetic are fp32; with an fp64 input
+everything runs in fp64 instead (ACC), so float64 models keep float64 accuracy.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_scan, check_update
-
-LOG2E = 1.4426950408889634
+from ._checks import check_scan, check_update, compute_dtype
 
 
 @triton.jit
@@ -42,17 +40,39 @@ def _fwd_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _rev_combine(fa_r, p_r, v_r, fa_l, p_l, v_l):
-    # Reverse scan: the first triple covers later steps [m+1, e], the second earlier ones [s, m].
-    # A segment maps the adjoint carry c (= g at e + 1) to g_s = v + p * a_{e+1} * c; fa is its first a.
-    m = p_l * fa_r
-    return fa_l, m * p_r, v_l + m * v_r
+def _rev_combine(a_r, b_r, a_l, b_l):
+    # Reverse scan of g_t = a_t g_{t+1} + b_t: the first pair covers later steps, the second earlier ones.
+    return a_l * a_r, b_l + a_l * b_r
+
+
+@triton.jit
+def _column(tile, offs, i):
+    """tile[:, i] for a small (BLOCK_D, BLOCK_N) tile (offs = arange over its columns)."""
+    return tl.sum(tl.where(offs[None, :] == i, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _load_state_params(A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
+                       s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l,
+                       VAR_B: tl.constexpr, VAR_C: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """A[:, i] (BLOCK_D,) and B, C of state i as broadcastable ACC tiles: (1, BLOCK_L) rows, or
+    (BLOCK_D, 1) columns for input-independent (d, n) B / C."""
+    A_i = tl.load(A_ptr + offs_d * s_A_d + i * s_A_n, mask=mask_d, other=0.0).to(ACC)
+    if VAR_B:
+        B_i = tl.load(B_row + i * s_B_n + offs_t * s_B_l, mask=mask_t, other=0.0).to(ACC)[None, :]
+    else:
+        B_i = tl.load(B_ptr + offs_d * s_B_g + i * s_B_n, mask=mask_d, other=0.0).to(ACC)[:, None]
+    if VAR_C:
+        C_i = tl.load(C_row + i * s_C_n + offs_t * s_C_l, mask=mask_t, other=0.0).to(ACC)[None, :]
+    else:
+        C_i = tl.load(C_ptr + offs_d * s_C_g + i * s_C_n, mask=mask_d, other=0.0).to(ACC)[:, None]
+    return A_i, B_i, C_i
 
 
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, hlast_ptr, ckpt_ptr,
+    out_ptr, y_ptr, hlast_ptr, ckpt_ptr,
     d, L, n, n_chunks, d_per_group,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -63,94 +83,89 @@ def _scan_fwd_kernel(
     s_C_b, s_C_g, s_C_n, s_C_l,
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, STORE_LAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, STORE_Y: tl.constexpr, STORE_LAST: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
+    """out (and the pre-gate y, when STORE_Y) share out's strides s_o_*."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     dn_offs = offs_d[:, None] * n + offs_n[None, :]  # into contiguous (d, n) state tiles
-
-    A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-    A2 = A2.to(tl.float32) * 1.4426950408889634  # (BLOCK_D, BLOCK_N), exp(x) = exp2(x log2 e)
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
     grp = (pid_d * BLOCK_D) // d_per_group  # the block lies inside one group of B / C
-    if VAR_B:
-        B_base = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
-    else:
-        Bc = tl.load(B_ptr + offs_d[:, None] * s_B_g + offs_n[None, :] * s_B_n, mask=mask_dn, other=0.0)
-        Bc = Bc.to(tl.float32)
-    if VAR_C:
-        C_base = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
-    else:
-        Cc = tl.load(C_ptr + offs_d[:, None] * s_C_g + offs_n[None, :] * s_C_n, mask=mask_dn, other=0.0)
-        Cc = Cc.to(tl.float32)
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g
     if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * d * n + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        H = tl.load(h0_ptr + pid_b * d * n + dn_offs, mask=mask_dn, other=0.0).to(ACC)
     else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        H = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
 
     for chunk in range(0, n_chunks):
         offs_t = chunk * BLOCK_L + offs_l
         mask_t = offs_t < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]
         if STORE_CKPT:
-            tl.store(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, h, mask=mask_dn)
+            tl.store(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, H, mask=mask_dn)
         u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0)
-        u = u.to(tl.float32)
+        u = u.to(ACC)
         dt = tl.load(
             dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0
-        ).to(tl.float32)
+        ).to(ACC)
         if HAS_BIAS:
             dt = dt + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask_dt, dt, 0.0)  # padding: a = 1, b = 0 keeps the state
         x = dt * u  # (BLOCK_D, BLOCK_L)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        if VAR_B:
-            Bt = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
-            bx = x[:, None, :] * Bt[None, :, :]
-        else:
-            bx = x[:, None, :] * Bc[:, :, None]
-        ca, cb = tl.associative_scan((a, bx), 2, _fwd_combine)
-        hs = ca * h[:, :, None] + cb  # (BLOCK_D, BLOCK_N, BLOCK_L): h_t for every step of the chunk
-        if VAR_C:
-            Ct = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
-        else:
-            y = tl.sum(hs * Cc[:, :, None], axis=1)
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)
         if HAS_D:
-            y += Dv[:, None] * u
+            y = Dv[:, None] * u
+        else:
+            y = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
+        A_nx, B_nx, C_nx = _load_state_params(
+            A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
+            s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+        )  # fmt: skip
+        for i in range(0, n):
+            A_i, B_i, C_i = A_nx, B_nx, C_nx
+            A_nx, B_nx, C_nx = _load_state_params(  # prefetch the next state's parameters (wraps at the end)
+                A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+                s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+            )  # fmt: skip
+            a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])  # exp(dt A) as exp2
+            ca, cb = tl.associative_scan((a, x * B_i), 1, _fwd_combine)
+            h = ca * _column(H, offs_n, i)[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of state i
+            y += h * C_i
+            h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+            H = tl.where(offs_n[None, :] == i, h_end[:, None], H)
+        o_offs = pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_t[None, :] * s_o_l
+        if STORE_Y:
+            tl.store(y_ptr + o_offs, y.to(y_ptr.dtype.element_ty), mask=mask_dt)
         if HAS_Z:
             zz = tl.load(
                 z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0
-            ).to(tl.float32)
+            ).to(ACC)
             y = y * zz * tl.sigmoid(zz)
-        o_ptrs = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_t[None, :] * s_o_l
-        tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(out_ptr + o_offs, y.to(out_ptr.dtype.element_ty), mask=mask_dt)
     if STORE_LAST:
-        tl.store(hlast_ptr + pid_b * d * n + dn_offs, h, mask=mask_dn)
+        tl.store(hlast_ptr + pid_b * d * n + dn_offs, H, mask=mask_dn)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr, dlast_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, y_ptr, dout_ptr, dlast_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     d, L, n, n_chunks, d_per_group,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
+    s_y_b, s_y_d, s_y_l,
     s_do_b, s_do_d, s_do_l,
     s_g_b, s_g_d, s_g_l,
     s_A_d, s_A_n,
@@ -161,63 +176,49 @@ def _scan_bwd_kernel(
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, STORE_DH0: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """du, ddelta, dz (b, d, l) share the strides s_g_*; the parameter
-    gradients dA / dD / dbias (and dB / dC for (d, n) B / C) as per-batch partials (b, d, [n]) fp32."""
+    """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C)
+    are written as per-batch partials (b, d, [n]) fp32; dB / dC of shape (b, [g,] n, l) get fp32 atomics."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     mask_d = offs_d < d
-    mask_n = offs_n < n
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = mask_d[:, None] & (offs_n < n)[None, :]
     dn_offs = offs_d[:, None] * n + offs_n[None, :]
-
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
     if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
     grp = (pid_d * BLOCK_D) // d_per_group
-    if VAR_B:
-        B_base = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n
-        dB_base = dB_ptr + pid_b * s_dB_b + grp * s_dB_g + offs_n[:, None] * s_dB_n
-    else:
-        Bc = tl.load(B_ptr + offs_d[:, None] * s_B_g + offs_n[None, :] * s_B_n, mask=mask_dn, other=0.0)
-        Bc = Bc.to(tl.float32)
-        dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    if VAR_C:
-        C_base = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
-        dC_base = dC_ptr + pid_b * s_dC_b + grp * s_dC_g + offs_n[:, None] * s_dC_n
-    else:
-        Cc = tl.load(C_ptr + offs_d[:, None] * s_C_g + offs_n[None, :] * s_C_n, mask=mask_dn, other=0.0)
-        Cc = Cc.to(tl.float32)
-        dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    # carry = a_{e+1} g_{e+1}: the adjoint flowing into the last state of the chunk from the right
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g
+    dB_row = dB_ptr + pid_b * s_dB_b + grp * s_dB_g
+    dC_row = dC_ptr + pid_b * s_dC_b + grp * s_dC_g
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+    dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+    dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=ACC)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
+    # G[:, i] = g_{e+1} for state i: the adjoint at the first step after the chunk (dlast at the end)
     if HAS_DLAST:
-        carry = tl.load(dlast_ptr + pid_b * d * n + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        G = tl.load(dlast_ptr + pid_b * d * n + dn_offs, mask=mask_dn, other=0.0).to(ACC)
     else:
-        carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        G = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
 
     for rev in range(0, n_chunks):
         chunk = n_chunks - 1 - rev
         offs_t = chunk * BLOCK_L + offs_l
         mask_t = offs_t < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        mask_nt = mask_n[:, None] & mask_t[None, :]
-        # ---- recompute the chunk's forward from its checkpoint
-        h0 = tl.load(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, mask=mask_dn, other=0.0)
+        H0 = tl.load(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, mask=mask_dn, other=0.0)
         u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0)
-        u = u.to(tl.float32)
+        u = u.to(ACC)
         r = tl.load(
             dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + offs_t[None, :] * s_dt_l, mask=mask_dt, other=0.0
-        ).to(tl.float32)
+        ).to(ACC)
         if HAS_BIAS:
             r = r + bias[:, None]
         if SOFTPLUS:
@@ -226,47 +227,66 @@ def _scan_bwd_kernel(
             dt = r
         dt = tl.where(mask_dt, dt, 0.0)
         x = dt * u
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        if VAR_B:
-            Bt = tl.load(B_base + offs_t[None, :] * s_B_l, mask=mask_nt, other=0.0).to(tl.float32)
-            Bx = Bt[None, :, :]
-        else:
-            Bx = Bc[:, :, None]
-        bx = x[:, None, :] * Bx
-        ca, cb = tl.associative_scan((a, bx), 2, _fwd_combine)
-        hs = ca * h0[:, :, None] + cb  # h_t
-        if VAR_C:
-            Ct = tl.load(C_base + offs_t[None, :] * s_C_l, mask=mask_nt, other=0.0).to(tl.float32)
-            Cx = Ct[None, :, :]
-        else:
-            Cx = Cc[:, :, None]
-        dout = tl.load(
+        # dt one step ahead, for the adjoint's coefficient a_{t+1} (0 past the end: a = 1 there)
+        mask_nx = mask_d[:, None] & (offs_t + 1 < L)[None, :]
+        dt_nx = tl.load(
+            dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + (offs_t + 1)[None, :] * s_dt_l, mask=mask_nx, other=0.0
+        ).to(ACC)
+        if HAS_BIAS:
+            dt_nx = dt_nx + bias[:, None]
+        if SOFTPLUS:
+            dt_nx = _softplus(dt_nx)
+        dt_nx = tl.where(mask_nx, dt_nx, 0.0)
+        dy = tl.load(
             dout_ptr + pid_b * s_do_b + offs_d[:, None] * s_do_d + offs_t[None, :] * s_do_l, mask=mask_dt, other=0.0
-        ).to(tl.float32)
+        ).to(ACC)
+        g_offs = pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_t[None, :] * s_g_l
         if HAS_Z:
-            y = tl.sum(hs * Cx, axis=1)
-            if HAS_D:
-                y += Dv[:, None] * u
             zz = tl.load(
                 z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_t[None, :] * s_z_l, mask=mask_dt, other=0.0
-            ).to(tl.float32)
+            ).to(ACC)
+            yy = tl.load(
+                y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d + offs_t[None, :] * s_y_l, mask=mask_dt, other=0.0
+            ).to(ACC)
             sig = tl.sigmoid(zz)
-            dy = dout * zz * sig
-            dz = dout * y * sig * (1.0 + zz * (1.0 - sig))
-            dz_ptrs = dz_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_t[None, :] * s_g_l
-            tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
-        else:
-            dy = dout
-        # ---- adjoint: g_t = dy_t C_t + a_{t+1} g_{t+1}, by a reverse scan over (a, 1, dy C)
-        ones = tl.full((BLOCK_D, BLOCK_N, BLOCK_L), 1.0, tl.float32)
-        _, pp, vv = tl.associative_scan((a, ones, dy[:, None, :] * Cx), 2, _rev_combine, reverse=True)
-        g = vv + pp * carry[:, :, None]  # (BLOCK_D, BLOCK_N, BLOCK_L)
-        carry = tl.sum(tl.where(offs_l[None, None, :] == 0, a * g, 0.0), axis=2)
-        # ---- local gradients
-        dx = tl.sum(g * Bx, axis=1)  # (BLOCK_D, BLOCK_L)
-        w = g * (hs - bx)  # g_t * a_t h_{t-1}
-        ddt = u * dx + tl.sum(w * A[:, :, None], axis=1)
-        dA_acc += tl.sum(w * dt[:, None, :], axis=2)
+            tl.store(
+                dz_ptr + g_offs, (dy * yy * sig * (1.0 + zz * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask_dt
+            )
+            dy = dy * zz * sig
+        dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
+        ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
+        A_nx, B_nx, C_nx = _load_state_params(
+            A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
+            s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+        )  # fmt: skip
+        for i in range(0, n):
+            A_i, B_i, C_i = A_nx, B_nx, C_nx
+            A_nx, B_nx, C_nx = _load_state_params(
+                A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+                s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+            )  # fmt: skip
+            a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])
+            b = x * B_i
+            ca, cb = tl.associative_scan((a, b), 1, _fwd_combine)
+            h = ca * _column(H0, offs_n, i)[:, None] + cb  # h_t, recomputed
+            a_nx = tl.exp2(dt_nx * (A_i * 1.4426950408889634)[:, None])  # a_{t+1}
+            pa, pv = tl.associative_scan((a_nx, dy * C_i), 1, _rev_combine, reverse=True)
+            g = pv + pa * _column(G, offs_n, i)[:, None]  # dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}
+            g_start = tl.sum(tl.where(offs_l[None, :] == 0, g, 0.0), axis=1)
+            G = tl.where(offs_n[None, :] == i, g_start[:, None], G)
+            dx += g * B_i
+            w = g * (h - b)  # g_t a_t h_{t-1}
+            ddt += w * A_i[:, None]
+            dA_acc += tl.where(offs_n[None, :] == i, tl.sum(w * dt, axis=1)[:, None], 0.0)
+            if VAR_B:
+                tl.atomic_add(dB_row + i * s_dB_n + offs_t * s_dB_l, tl.sum(g * x, axis=0), mask=mask_t)
+            else:
+                dB_acc += tl.where(offs_n[None, :] == i, tl.sum(g * x, axis=1)[:, None], 0.0)
+            if VAR_C:
+                tl.atomic_add(dC_row + i * s_dC_n + offs_t * s_dC_l, tl.sum(h * dy, axis=0), mask=mask_t)
+            else:
+                dC_acc += tl.where(offs_n[None, :] == i, tl.sum(h * dy, axis=1)[:, None], 0.0)
+        ddt += u * dx
         du = dx * dt
         if HAS_D:
             du += dy * Dv[:, None]
@@ -276,18 +296,8 @@ def _scan_bwd_kernel(
         ddt = tl.where(mask_dt, ddt, 0.0)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=1)
-        du_ptrs = du_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_t[None, :] * s_g_l
-        tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mask_dt)
-        ddt_ptrs = ddt_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_t[None, :] * s_g_l
-        tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
-        if VAR_B:
-            tl.atomic_add(dB_base + offs_t[None, :] * s_dB_l, tl.sum(g * x[:, None, :], axis=0), mask=mask_nt)
-        else:
-            dB_acc += tl.sum(g * x[:, None, :], axis=2)
-        if VAR_C:
-            tl.atomic_add(dC_base + offs_t[None, :] * s_dC_l, tl.sum(hs * dy[:, None, :], axis=0), mask=mask_nt)
-        else:
-            dC_acc += tl.sum(hs * dy[:, None, :], axis=2)
+        tl.store(du_ptr + g_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(ddt_ptr + g_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
 
     part = pid_b * d * n + dn_offs  # per-batch partials (b, d, n)
     tl.store(dA_ptr + part, dA_acc, mask=mask_dn)
@@ -299,8 +309,14 @@ def _scan_bwd_kernel(
         tl.store(dD_ptr + pid_b * d + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.store(dbias_ptr + pid_b * d + offs_d, dbias_acc, mask=mask_d)
-    if STORE_DH0:
-        tl.store(dh0_ptr + part, carry, mask=mask_dn)
+    if STORE_DH0:  # dL/dh_{-1} = a_0 g_0
+        r0 = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(ACC)
+        if HAS_BIAS:
+            r0 = r0 + bias
+        if SOFTPLUS:
+            r0 = _softplus(r0)
+        A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+        tl.store(dh0_ptr + part, tl.exp(r0[:, None] * A.to(ACC)) * G, mask=mask_dn)
 
 
 @triton.jit
@@ -313,7 +329,7 @@ def _state_update_kernel(
     s_B_b, s_B_g, s_B_n,
     s_C_b, s_C_g, s_C_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -325,23 +341,23 @@ def _state_update_kernel(
     grp = (pid_d * BLOCK_D) // d_per_group
 
     s_ptrs = state_ptr + pid_b * s_s_b + offs_d[:, None] * s_s_d + offs_n[None, :] * s_s_n
-    h = tl.load(s_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.load(s_ptrs, mask=mask_dn, other=0.0).to(ACC)
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(ACC)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(ACC)
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
     if SOFTPLUS:
         dt = _softplus(dt)
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    B = tl.load(B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n * s_B_n, mask=mask_n, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n * s_C_n, mask=mask_n, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(ACC)
+    B = tl.load(B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n * s_B_n, mask=mask_n, other=0.0).to(ACC)
+    C = tl.load(C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n * s_C_n, mask=mask_n, other=0.0).to(ACC)
     h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * B[None, :]
     tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
     y = tl.sum(h * C[None, :], axis=1)
     if HAS_D:
-        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32) * x
+        y += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(ACC) * x
     if HAS_Z:
-        zz = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
+        zz = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(ACC)
         y = y * zz * tl.sigmoid(zz)
     tl.store(out_ptr + pid_b * s_o_b + offs_d * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
@@ -350,8 +366,21 @@ def _state_update_kernel(
 # host side
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _tl_dtype(dt: torch.dtype):
+    """Accumulation / state dtype of the kernels: fp32, or fp64 when an input is fp64."""
+    return tl.float64 if dt == torch.float64 else tl.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# host side
 
 
 def _pow2_divisor(m: int, cap: int) -> int:
@@ -365,35 +394,40 @@ def _pow2_divisor(m: int, cap: int) -> int:
 def _block_d(d: int, groups: int, cap: int) -> int:
     """Channels per program: <= cap, and a divisor of d / groups so a block never straddles two groups."""
     if groups == 1:
-        return min(cap, triton.next_power_of_2(d))
+        return min(cap, _next_pow2(d))
     return _pow2_divisor(d // groups, cap)
 
 
 # Tuning hook (benchmarks/tune_ssm_kernels.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}.
 CONFIG_OVERRIDE: dict[str, dict] = {}
+# Defaults on CUDA, from benchmarks/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, l=4096, bf16):
+# one warp per program, so the scans and row reductions stay inside a warp, and many programs per SM.
+CUDA_CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1), "bwd": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1)}
 
 
 def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
-    """Block sizes and warps. Small blocks under the interpreter (tests), tuned ones on CUDA."""
-    block_n = triton.next_power_of_2(n)
+    """Block sizes and warps: small blocks under the interpreter (tests), tuned ones on CUDA.
+
+    The backward must use the forward's BLOCK_L when it reads the forward's checkpoints; the
+    callers take care of that.
+    """
+    block_n = _next_pow2(n)
     if device.type != "cuda":
         return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=8, num_warps=1)
-    over = CONFIG_OVERRIDE.get("bwd" if backward else "fwd")
-    if over:
-        return dict(over, BLOCK_D=_block_d(d, groups, over["BLOCK_D"]), BLOCK_N=block_n)
-    # Keep the (BLOCK_D, BLOCK_N, BLOCK_L) tiles at ~32 fp32 registers per thread each.
-    block_l = 32 if backward else 64
-    block_d = _block_d(d, groups, max(1, 4096 // (block_n * block_l)))
-    return dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=4)
+    key = "bwd" if backward else "fwd"
+    cfg = CONFIG_OVERRIDE.get(key) or CUDA_CONFIG[key]
+    # short sequences: a smaller chunk wastes less work on padding
+    block_l = min(cfg["BLOCK_L"], max(16, _next_pow2(L)))
+    return dict(cfg, BLOCK_D=_block_d(d, groups, cfg["BLOCK_D"]), BLOCK_N=block_n, BLOCK_L=block_l)
 
 
-def _bc_view(t: torch.Tensor) -> tuple[torch.Tensor, bool, int, tuple[int, int, int, int]]:
-    """-> (tensor, variable, groups, strides (s_b, s_g, s_n, s_l)); a (d, n) tensor is not variable."""
-    if t.dim() == 2:  # (d, n): the 'group' index is the channel
-        return t, False, t.shape[0], (0, t.stride(0), t.stride(1), 0)
+def _bc_view(t: torch.Tensor) -> tuple[bool, tuple[int, int, int, int]]:
+    """-> (variable, strides (s_b, s_g, s_n, s_l)); for a (d, n) tensor the 'group' index is the channel."""
+    if t.dim() == 2:
+        return False, (0, t.stride(0), t.stride(1), 0)
     if t.dim() == 3:  # (b, n, l)
-        return t, True, 1, (t.stride(0), 0, t.stride(1), t.stride(2))
-    return t, True, t.shape[1], (t.stride(0), t.stride(1), t.stride(2), t.stride(3))
+        return True, (t.stride(0), 0, t.stride(1), t.stride(2))
+    return True, tuple(t.stride())
 
 
 def _groups(B: torch.Tensor, C: torch.Tensor, grouped_dim: int) -> int:
@@ -405,82 +439,87 @@ def _groups(B: torch.Tensor, C: torch.Tensor, grouped_dim: int) -> int:
 
 
 def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt, store_last):
+    """-> out, last state or None, checkpoints or None, pre-gate y or None (saved for dz)."""
     b, d, L = u.shape
     n = A.shape[1]
     groups = _groups(B, C, 4)
     cfg = scan_config(d, n, L, groups, False, u.device)
     if store_ckpt:  # the backward re-reads these checkpoints: use its chunk length
         cfg = dict(cfg, BLOCK_L=scan_config(d, n, L, groups, True, u.device)["BLOCK_L"])
-    n_chunks = triton.cdiv(L, cfg["BLOCK_L"])
+    n_chunks = _cdiv(L, cfg["BLOCK_L"])
     out = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
-    hlast = torch.empty((b, d, n), device=u.device, dtype=torch.float32) if store_last else None
-    ckpt = torch.empty((b, n_chunks, d, n), device=u.device, dtype=torch.float32) if store_ckpt else None
-    Bv, var_b, _, sB = _bc_view(B)
-    Cv, var_c, _, sC = _bc_view(C)
+    store_y = store_ckpt and z is not None
+    y = torch.empty_like(out) if store_y else None
+    cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
+    hlast = torch.empty((b, d, n), device=u.device, dtype=cdt) if store_last else None
+    ckpt = torch.empty((b, n_chunks, d, n), device=u.device, dtype=cdt) if store_ckpt else None
+    var_b, sB = _bc_view(B)
+    var_c, sC = _bc_view(C)
     zz = z if z is not None else u
-    dummy = u
-    grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
+    dummy = out
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
     _scan_fwd_kernel[grid](
-        u, delta, A, Bv, Cv,
+        u, delta, A, B, C,
         D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
-        h0 if h0 is not None else dummy, out,
+        h0 if h0 is not None else dummy, out, y if y is not None else dummy,
         hlast if hlast is not None else dummy, ckpt if ckpt is not None else dummy,
         d, L, n, n_chunks, d // groups,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
         *A.stride(), *sB, *sC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_LAST=store_last,
+        SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_Y=store_y, STORE_LAST=store_last,
+        ACC=_tl_dtype(cdt),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
-    return out, hlast, ckpt
+    return out, hlast, ckpt, y
 
 
-def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast, softplus, need_dh0):
+def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, softplus, need_dh0):
     b, d, L = u.shape
     n = A.shape[1]
     groups = _groups(B, C, 4)
     cfg = scan_config(d, n, L, groups, True, u.device)
     n_chunks = ckpt.shape[1]
-    assert n_chunks == triton.cdiv(L, cfg["BLOCK_L"])
-    f32 = dict(device=u.device, dtype=torch.float32)
+    if n_chunks != _cdiv(L, cfg["BLOCK_L"]):
+        raise RuntimeError("selective scan: the checkpoints were written with another chunk length")
+    f32 = dict(device=u.device, dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout))
     du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
     dz = torch.empty((b, d, L), device=u.device, dtype=z.dtype) if z is not None else None
     dA = torch.empty((b, d, n), **f32)
-    Bv, var_b, _, sB = _bc_view(B)
-    Cv, var_c, _, sC = _bc_view(C)
-    # dB / dC: fp32 atomics into (b, g, n, l) when variable, else per-batch partials (b, d, n)
+    var_b, sB = _bc_view(B)
+    var_c, sC = _bc_view(C)
+    # dB / dC: fp32 atomics into (b, [g,] n, l) when variable, else per-batch partials (b, d, n)
     dB = torch.zeros(B.shape, **f32) if var_b else torch.empty((b, d, n), **f32)
     dC = torch.zeros(C.shape, **f32) if var_c else torch.empty((b, d, n), **f32)
+    sdB = _bc_view(dB)[1] if var_b else (0, 0, 0, 0)
+    sdC = _bc_view(dC)[1] if var_c else (0, 0, 0, 0)
     dD = torch.empty((b, d), **f32) if D is not None else None
     dbias = torch.empty((b, d), **f32) if delta_bias is not None else None
     dh0 = torch.empty((b, d, n), **f32) if need_dh0 else None
-    _, _, _, sdB = _bc_view(dB) if var_b else (None, None, None, (0, 0, 0, 0))
-    _, _, _, sdC = _bc_view(dC) if var_c else (None, None, None, (0, 0, 0, 0))
     zz = z if z is not None else u
+    yy = y if y is not None else u
     dummy = dA
-    grid = (b, triton.cdiv(d, cfg["BLOCK_D"]))
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
     _scan_bwd_kernel[grid](
-        u, delta, A, Bv, Cv, D if D is not None else dummy, zz,
-        delta_bias if delta_bias is not None else dummy, ckpt, dout, dlast if dlast is not None else dummy,
+        u, delta, A, B, C, D if D is not None else dummy, zz,
+        delta_bias if delta_bias is not None else dummy, ckpt, yy, dout, dlast if dlast is not None else dummy,
         du, ddelta, dz if dz is not None else dummy, dA, dB, dC,
         dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0 if dh0 is not None else dummy,
         d, L, n, n_chunks, d // groups,
-        *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *du.stride(),
+        *u.stride(), *delta.stride(), *zz.stride(), *yy.stride(), *dout.stride(), *du.stride(),
         *A.stride(), *sB, *sC, *sdB, *sdC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_DLAST=dlast is not None, STORE_DH0=need_dh0,
+        ACC=_tl_dtype(f32["dtype"]),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
-    dA = dA.sum(0)
-    dB = dB if var_b else dB.sum(0)
-    dC = dC if var_c else dC.sum(0)
     return (
         du,
         ddelta,
-        dA.to(A.dtype),
-        dB.to(B.dtype),
-        dC.to(C.dtype),
+        dA.sum(0).to(A.dtype),
+        (dB if var_b else dB.sum(0)).to(B.dtype),
+        (dC if var_c else dC.sum(0)).to(C.dtype),
         dD.sum(0).to(D.dtype) if D is not None else None,
         dz,
         dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
@@ -500,11 +539,11 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, return_last_state):
         u, delta, z = _contig_last(u), _contig_last(delta), _contig_last(z)
         need_grad = any(ctx.needs_input_grad[:9])
-        out, hlast, ckpt = _scan_forward(
+        out, hlast, ckpt, y = _scan_forward(
             u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt=need_grad, store_last=return_last_state
         )
         if need_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y)
         ctx.softplus = softplus
         ctx.return_last_state = return_last_state
         ctx.has_h0 = h0 is not None
@@ -513,14 +552,14 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *rest):
-        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, ckpt, y = ctx.saved_tensors
         dlast = rest[0] if ctx.return_last_state else None
         dout = _contig_last(dout)
         if dlast is not None:
-            dlast = dlast.float().contiguous()
+            dlast = dlast.to(ckpt.dtype).contiguous()
         need_dh0 = ctx.has_h0 and ctx.needs_input_grad[8]
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_backward(
-            u, delta, A, B, C, D, z, delta_bias, ckpt, dout, dlast, ctx.softplus, need_dh0
+            u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, ctx.softplus, need_dh0
         )
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_dtype)
@@ -543,20 +582,18 @@ def selective_scan_fn(
     """Selective scan in Triton; same signature and semantics as ``naive_selective_scan_fn``.
 
     u, delta, z (b, d, l); A (d, n); B, C (d, n), (b, n, l) or (b, g, n, l); D, delta_bias (d,);
-    initial_state (b, d, n). Returns out (b, d, l) in u's dtype (and the final state (b, d, n), fp32).
+    initial_state (b, d, n). Returns out (b, d, l) in u's dtype (and the final state (b, d, n) in fp32, or
+    fp64 when an input is fp64).
     """
     check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    h0 = initial_state.to(cdt).contiguous() if initial_state is not None else None
     if u.shape[-1] == 0:
         out = u.new_empty(u.shape)
         if not return_last_state:
             return out
-        last = h0.clone() if h0 is not None else u.new_zeros((*u.shape[:2], A.shape[1]), dtype=torch.float32)
-        return out, last.to(torch.float64) if u.dtype == torch.float64 else last
-    res = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, return_last_state)
-    if return_last_state and u.dtype == torch.float64:
-        return res[0], res[1].to(torch.float64)
-    return res
+        return out, h0.clone() if h0 is not None else u.new_zeros((*u.shape[:2], A.shape[1]), dtype=cdt)
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, return_last_state)
 
 
 def selective_state_update(
@@ -574,20 +611,21 @@ def selective_state_update(
     """One decode step in Triton; ``state`` (b, d, n) is updated IN PLACE. Same semantics as the naive one."""
     b, d, n = check_update(state, x, dt, A, B, C, D, z, dt_bias)
     groups = _groups(B, C, 3)
-    block_n = triton.next_power_of_2(n)
+    block_n = _next_pow2(n)
     block_d = _block_d(d, groups, 4 if state.device.type != "cuda" else max(1, 2048 // block_n))
     out = torch.empty((b, d), device=x.device, dtype=x.dtype)
     sB = (B.stride(0), 0, B.stride(1)) if B.dim() == 2 else B.stride()
     sC = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else C.stride()
     zz = z if z is not None else x
     dummy = x
-    grid = (b, triton.cdiv(d, block_d))
+    grid = (b, _cdiv(d, block_d))
     _state_update_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else dummy, zz, dt_bias if dt_bias is not None else dummy, out,
         d, n, d // groups,
         *state.stride(), *x.stride(), *dt.stride(), *zz.stride(), *out.stride(),
         *A.stride(), *sB, *sC,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        ACC=_tl_dtype(compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)),
         BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4 if state.device.type == "cuda" else 1,
     )  # fmt: skip
     return out

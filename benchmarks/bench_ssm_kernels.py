@@ -1,0 +1,271 @@
+"""Benchmark archzoo's Triton SSM kernels against their public peers on one GPU, in one process.
+
+    python benchmarks/bench_ssm_kernels.py --out results/ssm_kernels.json
+
+Times (median of ``triton.testing.do_bench``) forward and forward+backward of
+- the selective scan at b=4, d=2048, n=16, bf16, l in {1k, 4k, 16k}, Mamba's configuration
+  (D skip, SiLU(z) gate, delta_bias, softplus; B, C (b, n, l)): archzoo Triton vs mamba_ssm's CUDA
+  ``selective_scan_fn`` and its PyTorch ``selective_scan_ref``;
+- the causal conv1d (width 4, SiLU) at the same b, d, l: archzoo Triton vs the causal-conv1d
+  package and ``F.conv1d``;
+- the decode steps (``selective_state_update``, ``causal_conv1d_update``) at b=4, d=2048;
+and the peak extra memory of one call. Peers that are not importable are listed as
+'not installed' in the table and the JSON. Prints a table with ratios (peer time / ours, so > 1
+means archzoo is faster) and writes every number to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+NOT_INSTALLED = "not installed"
+
+
+def _peers() -> dict[str, object]:
+    """Import the optional peers; a missing one maps to the string NOT_INSTALLED (with the reason)."""
+    peers: dict[str, object] = {}
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn, selective_scan_ref
+
+        peers["mamba_ssm"] = selective_scan_fn
+        peers["mamba_ssm_ref"] = selective_scan_ref
+    except Exception as e:  # ImportError, or a broken CUDA extension (an ABI mismatch raises OSError)
+        peers["mamba_ssm"] = peers["mamba_ssm_ref"] = f"{NOT_INSTALLED} ({type(e).__name__}: {e})"
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+        peers["mamba_ssm_update"] = selective_state_update
+    except Exception as e:
+        peers["mamba_ssm_update"] = f"{NOT_INSTALLED} ({type(e).__name__}: {e})"
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+
+        peers["causal_conv1d"] = causal_conv1d_fn
+        peers["causal_conv1d_update"] = causal_conv1d_update
+    except Exception as e:
+        peers["causal_conv1d"] = peers["causal_conv1d_update"] = f"{NOT_INSTALLED} ({type(e).__name__}: {e})"
+    return peers
+
+
+def _measure(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> dict:
+    """Median time (ms) by do_bench, and the peak memory one call allocates beyond what exists already (MiB)."""
+    import triton.testing
+
+    fn()  # compile / warm up
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none, return_mode="median")
+    return {"ms": ms, "peak_mib": peak}
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+
+
+def _scan_inputs(b: int, d: int, L: int, n: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s, dt=dtype: torch.randn(*s, device="cuda", generator=g, dtype=torch.float32).to(dt)
+    return dict(
+        u=r(b, d, L),
+        delta=(0.5 * r(b, d, L, dt=torch.float32) - 4.0).to(dtype),  # softplus(delta + bias) ~ 0.01 .. 0.1
+        A=-torch.exp(r(d, n, dt=torch.float32) * 0.5),
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d, dt=torch.float32),
+        z=r(b, d, L),
+        delta_bias=0.1 * r(d, dt=torch.float32),
+    )
+
+
+def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max_len: int) -> dict:
+    ins = _scan_inputs(b, d, L, n, torch.bfloat16)
+    grads = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
+    gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
+    res: dict[str, dict] = {}
+    outs: dict[str, torch.Tensor] = {}
+    for name, fn in impls.items():
+        if isinstance(fn, str):
+            res[name] = {"status": fn}
+            continue
+        if name == "mamba_ssm_ref" and L > ref_max_len:
+            res[name] = {"status": f"skipped (l > --ref-max-len {ref_max_len})"}
+            continue
+
+        def call(t: dict[str, torch.Tensor], fn=fn) -> torch.Tensor:
+            return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True)
+
+        try:
+            with torch.no_grad():
+                outs[name] = call(ins)
+                fwd = _measure(lambda call=call: call(ins))
+            fb = _measure(lambda call=call: call(grads).backward(gout), grad_to_none=list(grads.values()))
+            res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
+            res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
+        except torch.cuda.OutOfMemoryError as e:
+            res[name] = {"status": f"out of memory ({str(e).splitlines()[0]})"}
+        torch.cuda.empty_cache()
+    ref = next((outs[k] for k in ("mamba_ssm", "mamba_ssm_ref") if k in outs), None)
+    if ref is not None and "archzoo" in outs:
+        res["archzoo"]["rel_err_vs_peer"] = _rel(outs["archzoo"].float(), ref.float())
+    return res
+
+
+def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(b, d, L, device="cuda", generator=g).to(torch.bfloat16)
+    w = torch.randn(d, W, device="cuda", generator=g) / W**0.5
+    bias = torch.randn(d, device="cuda", generator=g)
+    gout = torch.randn(b, d, L, device="cuda").to(torch.bfloat16)
+    xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, bias))
+    res: dict[str, dict] = {}
+    outs: dict[str, torch.Tensor] = {}
+    for name, fn in impls.items():
+        if isinstance(fn, str):
+            res[name] = {"status": fn}
+            continue
+        with torch.no_grad():
+            outs[name] = fn(x, w, bias)
+            fwd = _measure(lambda fn=fn: fn(x, w, bias))
+        fb = _measure(lambda fn=fn: fn(xg, wg, bg).backward(gout), grad_to_none=[xg, wg, bg])
+        res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
+        res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
+    if "archzoo" in outs:
+        for peer in ("causal_conv1d", "F.conv1d"):
+            if peer in outs:
+                res["archzoo"][f"rel_err_vs_{peer}"] = _rel(outs["archzoo"].float(), outs[peer].float())
+    return res
+
+
+def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int) -> dict:
+    from archzoo.kernels import causal_conv1d_update, selective_state_update
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt)
+    state = r(b, d, n, dt=torch.float32)
+    x, dt, z = r(b, d), r(b, d), r(b, d)
+    A, D, bias = -torch.rand(d, n, device="cuda") - 0.5, r(d, dt=torch.float32), r(d, dt=torch.float32)
+    B, C = r(b, n), r(b, n)
+    conv_state, w, cb = r(b, d, W), r(d, W, dt=torch.float32), r(d, dt=torch.float32)
+    res: dict[str, dict] = {}
+    upd = {"archzoo": selective_state_update, "mamba_ssm (triton)": peers["mamba_ssm_update"]}
+    for name, fn in upd.items():
+        if isinstance(fn, str):
+            res[f"selective_state_update/{name}"] = {"status": fn}
+            continue
+        m = _measure(lambda fn=fn: fn(state, x, dt, A, B, C, D, z, bias, True))
+        res[f"selective_state_update/{name}"] = {"status": "ok", "ms": m["ms"]}
+    cupd = {"archzoo": causal_conv1d_update, "causal_conv1d": peers["causal_conv1d_update"]}
+    for name, fn in cupd.items():
+        if isinstance(fn, str):
+            res[f"causal_conv1d_update/{name}"] = {"status": fn}
+            continue
+        m = _measure(lambda fn=fn: fn(x, conv_state, w, cb, "silu"))
+        res[f"causal_conv1d_update/{name}"] = {"status": "ok", "ms": m["ms"]}
+    return res
+
+
+def _fmt_ms(r: dict, key: str) -> str:
+    return f"{r[key]:.3f}" if r.get("status") == "ok" else r["status"].split(" (")[0]
+
+
+def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
+    head = "| l | impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB fwd / fwd+bwd |"
+    lines = [f"\n## {title}", head, "|---|---|---|---|---|---|---|"]
+    for L, res in rows.items():
+        mine = res.get(ours, {})
+        for name, r in res.items():
+
+            def ratio(k: str, r: dict = r, mine: dict = mine) -> str:
+                both = r.get("status") == "ok" and mine.get("status") == "ok"
+                return f"{r[k] / mine[k]:.2f}" if both else "-"
+
+            peak = f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}" if r.get("status") == "ok" else "-"
+            lines.append(
+                f"| {L} | {name} | {_fmt_ms(r, 'fwd_ms')} | {_fmt_ms(r, 'fwdbwd_ms')} | {ratio('fwd_ms')} "
+                f"| {ratio('fwdbwd_ms')} | {peak} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--lengths", default="1024,4096,16384")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--dstate", type=int, default=16)
+    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--ref-max-len", type=int, default=4096, help="skip mamba_ssm's PyTorch reference above this")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("error: this benchmark needs a CUDA GPU")
+
+    import triton
+
+    import archzoo.kernels as K
+    from archzoo.kernels.causal_conv1d import get_backend
+
+    peers = _peers()
+    lengths = [int(s) for s in args.lengths.split(",")]
+    b, d, n, W = args.batch, args.dim, args.dstate, args.width
+    scan_impls = {
+        "archzoo": K.selective_scan_fn,
+        "mamba_ssm": peers["mamba_ssm"],
+        "mamba_ssm_ref": peers["mamba_ssm_ref"],
+    }
+    f_conv = lambda x, w, bias: F.silu(F.conv1d(x, w.unsqueeze(1).to(x.dtype), bias.to(x.dtype), padding=W - 1,
+                                                groups=x.shape[1])[..., : x.shape[-1]])  # fmt: skip
+    pkg = peers["causal_conv1d"]
+    conv_impls = {
+        "archzoo": lambda x, w, bias: K.causal_conv1d_fn(x, w, bias, activation="silu"),
+        "causal_conv1d": pkg if isinstance(pkg, str) else (lambda x, w, bias: pkg(x, w, bias, activation="silu")),
+        "F.conv1d": f_conv,
+    }
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "shape": {"b": b, "d": d, "n": n, "width": W, "dtype": "bfloat16"},
+        "peers": {k: ("ok" if not isinstance(v, str) else v) for k, v in peers.items()},
+        "selective_scan": {},
+        "causal_conv1d": {},
+    }
+    for L in lengths:
+        results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len)
+        print(f"selective_scan l={L}: done", flush=True)
+        results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W)
+        print(f"causal_conv1d l={L}: done", flush=True)
+    results["conv_backend_archzoo"] = {"setting": get_backend(), "last_ran": K.last_backend("causal_conv1d_fn")}
+    results["scan_backend_archzoo"] = K.last_backend("selective_scan_fn")
+    results["decode"] = bench_decode(peers, b, d, n, W)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+
+    print(f"\ndevice: {results['device']}; torch {results['torch']}; triton {results['triton']}")
+    print(f"shape: b={b} d={d} n={n} width={W} bf16; ratio = peer ms / archzoo ms (> 1: archzoo faster)")
+    for k, v in results["peers"].items():
+        if v != "ok":
+            print(f"peer {k}: {v}")
+    print(_table("selective_scan_fn (D, z, delta_bias, softplus)", results["selective_scan"]))
+    print(_table(f"causal_conv1d_fn (width {W}, silu; archzoo backend: {results['conv_backend_archzoo']})",
+                 results["causal_conv1d"]))  # fmt: skip
+    print(f"\n## decode step (b={b}, d={d})")
+    for k, r in results["decode"].items():
+        print(f"| {k} | {_fmt_ms(r, 'ms')} ms |")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

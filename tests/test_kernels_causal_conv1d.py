@@ -1,0 +1,182 @@
+"""Causal conv1d: the Triton kernels against the naive fp32 reference.
+
+Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (tiny shapes, small
+blocks); with one they run compiled on CUDA, in fp32 here and in bf16 in the tests marked ``gpu``.
+Output, final states and every gradient are compared by relative error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.causal_conv1d import naive_causal_conv1d_fn, naive_causal_conv1d_update
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.causal_conv1d.triton")
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+T = _mods[0] if _mods else None
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _inputs(b, d, L, W, bias, init, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)
+    ins = dict(
+        x=r(b, d, L).to(dtype),
+        weight=r(d, W) / W**0.5,
+        bias=r(d) if bias else None,
+        initial_states=r(b, d, W - 1).to(dtype) if init else None,
+    )
+    return {k: None if v is None else v.to(device) for k, v in ins.items()}
+
+
+def _run(fn, ins, activation, final):
+    leaf = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in ins.items()}
+    res = fn(
+        leaf["x"], leaf["weight"], leaf["bias"], initial_states=leaf["initial_states"],
+        return_final_states=final, activation=activation,
+    )  # fmt: skip
+    out, fs = res if final else (res, None)
+    gen = torch.Generator().manual_seed(1)
+    loss = (out.float() * torch.randn(out.shape, generator=gen).to(out.device)).sum()
+    if fs is not None:
+        loss = loss + (fs.float() * torch.randn(fs.shape, generator=gen).to(fs.device)).sum()
+    loss.backward()
+    got = {"out": out, "final_states": fs}
+    got.update({f"d{k}": v.grad for k, v in leaf.items() if v is not None})
+    return {k: v for k, v in got.items() if v is not None}
+
+
+def _compare(ins, activation, final, tol):
+    ref = _run(naive_causal_conv1d_fn, {k: None if v is None else v.float() for k, v in ins.items()}, activation, final)
+    got = _run(T.causal_conv1d_fn, ins, activation, final)
+    assert got.keys() == ref.keys()
+    assert got["out"].dtype == ins["x"].dtype, "out dtype"
+    for name in ref:
+        assert got[name].shape == ref[name].shape, name
+        err = rel_err(got[name], ref[name])
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+# (b, d, L, W, bias, initial_states, activation, return_final_states)
+CASES = {
+    "w4_full": (2, 6, 19, 4, True, True, "silu", True),
+    "w2_l1": (1, 5, 1, 2, False, True, None, True),
+    "w8_short": (2, 3, 5, 8, True, False, "swish", True),
+    "w3_noinit": (1, 7, 17, 3, True, False, None, False),
+    "w5_block_multiple": (2, 4, 16, 5, False, True, "silu", False),
+    "w6_init_l2": (1, 4, 2, 6, True, True, "silu", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_conv_matches_naive(case):
+    b, d, L, W, bias, init, act, final = CASES[case]
+    _compare(_inputs(b, d, L, W, bias, init, torch.float32, DEV), act, final, tol=1e-5)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_conv_matches_naive_bf16_gpu(case):
+    b, d, L, W, bias, init, act, final = CASES[case]
+    _compare(_inputs(b, d, L, W, bias, init, torch.bfloat16, "cuda"), act, final, tol=2e-2)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("W", [2, 4, 7])
+def test_conv_long_gpu(W):
+    _compare(_inputs(2, 300, 2000, W, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+
+
+def test_conv_float64():
+    """float64 inputs are computed in float64."""
+    ins = _inputs(2, 5, 11, 4, True, True, torch.float64, DEV)
+    ins = {k: None if v is None else v.double() for k, v in ins.items()}
+    got = _run(T.causal_conv1d_fn, ins, "silu", True)
+    ref = _run(naive_causal_conv1d_fn, ins, "silu", True)
+    assert got["out"].dtype == torch.float64, "out dtype"
+    for name in ref:
+        assert rel_err(got[name], ref[name]) < 1e-12, name
+
+
+def test_naive_matches_torch_conv1d():
+    ins = _inputs(2, 5, 11, 4, True, False, torch.float32, "cpu")
+    ref = F.silu(F.conv1d(ins["x"], ins["weight"][:, None], ins["bias"], padding=3, groups=5)[..., :11])
+    assert rel_err(naive_causal_conv1d_fn(ins["x"], ins["weight"], ins["bias"], activation="silu"), ref) < 1e-6
+
+
+def test_conv_strided_x():
+    ins = _inputs(2, 5, 12, 4, True, True, torch.float32, DEV)
+    ins["x"] = ins["x"].transpose(1, 2).contiguous().transpose(1, 2)  # channel-last layout
+    _compare(ins, "silu", True, tol=1e-5)
+
+
+@pytest.mark.parametrize("state_len,s", [(4, 1), (3, 1), (6, 3)], ids=["w_state", "w-1_state", "multi_token"])
+def test_update_matches_naive(state_len, s):
+    b, d, W = 2, 5, 4
+    gen = torch.Generator().manual_seed(0)
+    state = torch.randn(b, d, state_len, generator=gen).to(DEV)
+    x = torch.randn(b, d, s, generator=gen).to(DEV)
+    w, bias = torch.randn(d, W, generator=gen).to(DEV), torch.randn(d, generator=gen).to(DEV)
+    s_ref, s_got = state.clone(), state.clone()
+    ref = naive_causal_conv1d_update(x, s_ref, w, bias, "silu")
+    got = T.causal_conv1d_update(x, s_got, w, bias, "silu")
+    assert rel_err(got, ref) < 1e-5, "out"
+    assert rel_err(s_got, s_ref) < 1e-6, "conv_state"
+    ref2 = naive_causal_conv1d_update(x[..., 0], s_ref, w, None, None)  # (b, d) input
+    got2 = T.causal_conv1d_update(x[..., 0], s_got, w, None, None)
+    assert got2.shape == (b, d) and rel_err(got2, ref2) < 1e-5, "out (b, d)"
+    assert rel_err(s_got, s_ref) < 1e-6, "conv_state after (b, d) step"
+
+
+def test_prefill_then_update_equals_full():
+    """conv over [0, s) returning final states, then decode steps, reproduces the full conv."""
+    b, d, L, W, s = 2, 6, 11, 4, 5
+    ins = _inputs(b, d, L, W, True, False, torch.float32, DEV)
+    full = naive_causal_conv1d_fn(ins["x"], ins["weight"], ins["bias"], activation="silu")
+    out, fs = T.causal_conv1d_fn(ins["x"][..., :s], ins["weight"], ins["bias"], return_final_states=True,
+                                 activation="silu")  # fmt: skip
+    state = torch.zeros(b, d, W, device=DEV)  # Mamba's layout: state_len = W
+    state[..., 1:] = fs
+    steps = [T.causal_conv1d_update(ins["x"][..., t], state, ins["weight"], ins["bias"], "silu") for t in range(s, L)]
+    assert rel_err(torch.cat([out, torch.stack(steps, -1)], -1), full) < 1e-5, "out"
+    # and a chunked prefill from initial_states
+    second = T.causal_conv1d_fn(ins["x"][..., s:], ins["weight"], ins["bias"], initial_states=fs, activation="silu")
+    assert rel_err(second, full[..., s:]) < 1e-5, "out from initial_states"
+
+
+def test_bad_inputs_raise_value_error():
+    x, w = torch.randn(2, 4, 5), torch.randn(4, 4)
+    with pytest.raises(ValueError, match="width"):
+        K.causal_conv1d_fn(x, torch.randn(4, 9))
+    with pytest.raises(ValueError, match="weight"):
+        K.causal_conv1d_fn(x, torch.randn(3, 4))
+    with pytest.raises(ValueError, match="activation"):
+        K.causal_conv1d_fn(x, w, activation="relu")
+    with pytest.raises(ValueError, match="initial_states"):
+        K.causal_conv1d_fn(x, w, initial_states=torch.randn(2, 4, 4))
+    with pytest.raises(ValueError, match="conv_state"):
+        K.causal_conv1d_update(x[..., 0], torch.randn(2, 4, 2), w)
+    with pytest.raises(ValueError, match="seq_idx"):
+        K.causal_conv1d_fn(x, w, seq_idx=torch.zeros(2, 5, dtype=torch.int32))
+
+
+def test_dispatch_reports_backend(monkeypatch):
+    ins = _inputs(1, 3, 6, 3, True, False, torch.float32, "cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ref = K.causal_conv1d_fn(ins["x"], ins["weight"], ins["bias"])
+    assert K.last_backend("causal_conv1d_fn") == "naive"
+    if DEV == "cpu":  # Triton is in interpreter mode here: the variable routes CPU tensors to it
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        got = K.causal_conv1d_fn(ins["x"], ins["weight"], ins["bias"])
+        assert K.last_backend("causal_conv1d_fn") == "triton"
+        assert rel_err(got, ref) < 1e-6, "out"
+    with pytest.raises(ValueError, match="backend"):
+        K.causal_conv1d.set_backend("cudnn")

@@ -1,0 +1,160 @@
+"""Whole runs with tiny models on random tokens: outputs, exact resume, DDP on 2 CPU processes, a NaN stop."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from archzoo.train.module import DistillModule, NonFiniteLossError
+from archzoo.train.run import run_distill
+
+import archzoo
+
+from conftest import ROOT, assert_close
+
+TEACHER = {
+    "vocab_size": 64,
+    "d_model": 32,
+    "n_layers": 2,
+    "mixer": {"type": "attention", "n_heads": 4, "n_kv_heads": 2},
+    "ffn": {"type": "swiglu", "d_ff": 64},
+    "init_std": 0.1,
+}
+STUDENT = {**TEACHER, "mixer": {"type": "attention", "n_heads": 4, "n_kv_heads": 1}}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("teacher")
+    torch.manual_seed(0)
+    archzoo.build_model(TEACHER).save_pretrained(path)
+    return path
+
+
+def _config(teacher_dir: Path, **over) -> dict:
+    cfg = {
+        "teacher": str(teacher_dir),
+        "student": {"config": STUDENT, "init": "random"},
+        "data": {"source": "random", "block_len": 16, "batch_size": 4, "n_blocks": 64, "val_fraction": 0.125},
+        "stages": [
+            {"name": "align", "type": "align", "steps": 3},
+            {"name": "kd", "type": "kd", "steps": 5, "ce_weight": 0.5, "token_chunk": 24},
+        ],
+        "optimizer": {"lr": 3e-3, "warmup_steps": 1},
+        "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1, "enable_progress_bar": False},
+        "checkpoint": {"every_n_steps": 3},
+        "export": {"every_n_steps": 4},
+    }
+    for key, value in over.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def _losses(path: Path) -> dict[int, float]:
+    with open(path, newline="") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def test_run_writes_metrics_checkpoint_and_a_loadable_student(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_distill(_config(teacher_dir), out)
+    assert result["global_step"] == 8
+    with open(out / "logs" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for key in ("train/loss", "train/kl", "train/ce", "train/aux", "train/align", "train/tokens_per_s", "train/lr"):
+        assert any(r.get(key) for r in rows), f"metrics.csv has no {key}"
+    assert any(r.get("val/ppl") for r in rows) and any(r.get("val/kl") for r in rows)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 8, "the last step is checkpointed even off the every_n_steps grid"
+    assert not any(k.startswith("teacher") for k in ckpt["state_dict"]), "the teacher is not checkpointed"
+    student = archzoo.from_pretrained(out / "student")
+    saved = {k[len("student.") :]: v for k, v in ckpt["state_dict"].items()}
+    for name, p in student.state_dict().items():
+        assert torch.equal(p, saved[name]), f"exported {name} differs from the final weights"
+    assert student(torch.randint(64, (1, 5))).shape == (1, 5, 64)
+    assert yaml.safe_load((out / "run.yaml").read_text())["stages"][1]["name"] == "kd"
+    with pytest.raises(archzoo.ConfigError, match="already holds a run; pass --resume"):
+        run_distill(_config(teacher_dir), out)
+
+
+def test_resume_continues_with_the_same_losses(teacher_dir, tmp_path):
+    full = tmp_path / "full"
+    run_distill(_config(teacher_dir), full)
+    part = tmp_path / "part"
+    run_distill(_config(teacher_dir, trainer={"max_steps": 4}), part)  # stops inside the kd stage
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    run_distill(_config(teacher_dir), part, resume=True)
+    want, got = _losses(full / "logs" / "metrics.csv"), _losses(part / "logs" / "metrics.csv")
+    assert sorted(got) == sorted(want) == list(range(8)), "one metrics.csv holds the whole run"
+    for step in range(8):
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), f"train/loss at step {step}"
+    a, b = archzoo.from_pretrained(full / "student"), archzoo.from_pretrained(part / "student")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert_close(f"resumed {name}", q, p, 1e-6)
+
+
+def test_resume_needs_a_checkpoint_and_the_same_student(teacher_dir, tmp_path):
+    with pytest.raises(archzoo.ConfigError, match="no checkpoint to resume from"):
+        run_distill(_config(teacher_dir), tmp_path / "none", resume=True)
+    out = tmp_path / "run"
+    run_distill(_config(teacher_dir, trainer={"max_steps": 2}), out)
+    other = _config(teacher_dir, student={"config": {**STUDENT, "n_layers": 1}})
+    with pytest.raises(archzoo.ConfigError, match="student differ from the run being resumed"):
+        run_distill(other, out, resume=True)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(teacher_dir, tmp_path, monkeypatch):
+    kd_step = DistillModule.kd_step
+
+    def poisoned(self, ids, targets, stage):  # the loss turns NaN at step 4 (0-based)
+        loss, parts = kd_step(self, ids, targets, stage)
+        return (loss * float("nan"), parts) if self.global_step == 4 else (loss, parts)
+
+    monkeypatch.setattr(DistillModule, "kd_step", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 4 \(stage 'kd'"):
+        run_distill(_config(teacher_dir, export={"every_n_steps": None}), out)
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert not (out / "student").exists(), "a diverged student is not exported as the result"
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(teacher_dir, tmp_path):
+    """2 ranks x 2 rows per micro-batch see the same rows as 1 rank x 4, so the weights must agree.
+
+    An align stage trains the mixers only, so DDP must allow unused parameters."""
+    stages = [
+        {"name": "align", "type": "align", "steps": 2},
+        {"name": "kd", "type": "kd", "steps": 2, "ce_weight": 0.5},
+    ]
+    base = _config(teacher_dir, stages=stages)
+    ddp = _config(
+        teacher_dir,
+        stages=stages,
+        data={"batch_size": 2},
+        trainer={"strategy": "ddp_find_unused_parameters_true", "devices": 2},
+    )
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(ddp))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "archzoo", "distill", str(cfg_path), "--output-dir", str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, f"DDP run failed:\n{proc.stderr[-3000:]}"
+    assert (tmp_path / "ddp" / "logs" / "metrics.csv").is_file()
+    run_distill(base, tmp_path / "single")
+    a = archzoo.from_pretrained(tmp_path / "single" / "student")
+    b = archzoo.from_pretrained(tmp_path / "ddp" / "student")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert_close(f"DDP {name}", q, p, 1e-5)

@@ -1,0 +1,44 @@
+"""``archzoo distill CONFIG --output-dir DIR [--resume]`` (wired in archzoo/cli.py).
+
+Also runnable as ``python -m archzoo.train.cli`` with the same arguments. A bad run config
+exits 2 with one ``error: <file>: <field.path>: ...`` line (archzoo.cli's handler); a
+non-finite loss exits 1 with one line, leaving the last checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def add_distill_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", help="run YAML (configs/distill/...)")
+    p.add_argument("--output-dir", required=True, help="checkpoints, exported student, logs")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
+    return p
+
+
+def distill_cli(args: argparse.Namespace) -> int:
+    from .module import NonFiniteLossError
+    from .run import run_distill
+
+    try:
+        result = run_distill(args.config, args.output_dir, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {args.config}: {e}", file=sys.stderr)
+        return 1
+    if result["is_global_zero"]:
+        print(json.dumps({"global_step": result["global_step"], "student": result["student"], **result["metrics"]}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from archzoo.cli import main as archzoo_main
+
+    return archzoo_main(["distill", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

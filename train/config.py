@@ -1,0 +1,375 @@
+"""The distillation run YAML (``archzoo distill CONFIG``), validated with pydantic at the edge.
+
+Unknown keys are errors (``extra="forbid"``); a stage's ``type`` (align | kd) picks its schema,
+so a KD-only key on an align stage is reported as unknown. ``load_run_config`` turns every
+failure into an :class:`archzoo.ConfigError` reading ``<file>: <field.path>: <message>``.
+
+Relative paths inside a run YAML (the student config, a student checkpoint, data files, a
+teacher folder) are resolved against the folder of the run YAML, so a run works from any
+working directory; a run given as a dict resolves them against the working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from archzoo.config import ConfigError, ModelConfig, _FieldError, _first_error, load_config, parse_layer_indices
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _field(name: str, message: str) -> _FieldError:
+    return _FieldError(name, message, absolute=False)
+
+
+# ----------------------------------------------------------------------------- student
+
+
+class StudentConfig(_Strict):
+    """The student's architecture and how its weights start."""
+
+    config: str | dict[str, Any] | None = Field(
+        default=None, description="model YAML path or inline dict; may be omitted when init is a checkpoint"
+    )
+    init: str = Field(
+        default="convert",
+        description="'convert' (archzoo.convert from the teacher), 'random', or an archzoo checkpoint folder",
+    )
+    convert: dict[str, Any] = Field(default_factory=dict, description="options passed to archzoo.convert")
+    teacher_layers: list[int] | None = Field(
+        default=None,
+        description="teacher layer each student layer is converted from and aligned to; default: the same index",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StudentConfig:
+        if self.config is None and self.init in ("convert", "random"):
+            raise _field("config", f"required when init is {self.init!r} (only a checkpoint carries its own config)")
+        if self.convert and self.init != "convert":
+            raise _field("convert", f"converter options need init: convert, not init: {self.init!r}")
+        return self
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+class _StageBase(_Strict):
+    name: str = Field(min_length=1)
+    steps: int = Field(gt=0, description="optimizer steps of this stage")
+    lr: float | None = Field(default=None, gt=0, description="peak learning rate; default optimizer.lr")
+    warmup_steps: int | None = Field(default=None, ge=0, description="default optimizer.warmup_steps")
+
+    @field_validator("trainable", check_fields=False)
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one parameter-name glob, e.g. ['*'] or ['blocks.*.mixer.*']")
+        return v
+
+
+class AlignStage(_StageBase):
+    """Per-layer mixer alignment: each student mixer gets the teacher's input to that layer and
+    regresses the teacher mixer's output (LoLCATs attention transfer, Zhang et al. 2024; MOHAWK's
+    hidden-state alignment, Bick et al. 2024)."""
+
+    type: Literal["align"] = "align"
+    trainable: list[str] = Field(default_factory=lambda: ["blocks.*.mixer.*"])
+    layers: list[int] | str | None = Field(default=None, description="student layers to align; default all")
+
+
+class KDStage(_StageBase):
+    """End-to-end logit distillation (Hinton et al. 2015) plus optional CE and the MoE aux loss."""
+
+    type: Literal["kd"] = "kd"
+    trainable: list[str] = Field(default_factory=lambda: ["*"])
+    temperature: float = Field(default=1.0, gt=0)
+    kl: Literal["forward", "reverse", "jsd"] = "forward"
+    jsd_beta: float = Field(default=0.5, gt=0, lt=1, description="teacher weight of the JSD mixture")
+    kl_weight: float = Field(default=1.0, ge=0)
+    ce_weight: float = Field(default=0.0, ge=0)
+    aux_weight: float = Field(default=1.0, ge=0, description="weight of student.aux_loss (MoE balance + z)")
+    token_chunk: int = Field(default=1024, gt=0, description="tokens per loss chunk (bounds logit memory)")
+    vocab_chunk: int | None = Field(default=None, gt=0, description="vocabulary chunk inside a token chunk")
+
+    @model_validator(mode="after")
+    def _check(self) -> KDStage:
+        if self.kl_weight == 0 and self.ce_weight == 0:
+            raise _field("kl_weight", "kl_weight and ce_weight are both 0: the stage would train nothing")
+        return self
+
+
+StageConfig = Annotated[AlignStage | KDStage, Field(discriminator="type")]
+
+# -------------------------------------------------------------------------------- rest
+
+
+class DataConfig(_Strict):
+    source: Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "random"]
+    path: str | None = Field(default=None, description="file or folder for text | jsonl | parquet | datasets")
+    text_field: str = Field(default="text", description="column / key holding the text (jsonl, parquet, datasets)")
+    split: str | None = Field(default=None, description="split of a saved DatasetDict (source: datasets)")
+    edition: Literal["all", "modern", "folio"] = Field(default="all", description="Shakespeare edition(s)")
+    block_len: int = Field(default=512, ge=1, description="input tokens per packed block (rows hold block_len + 1)")
+    batch_size: int = Field(default=8, gt=0, description="blocks per micro-batch per device")
+    seed: int = 0
+    num_workers: int = Field(default=0, ge=0)
+    val_fraction: float = Field(default=0.05, ge=0, lt=1, description="fraction of blocks held out for validation")
+    max_val_blocks: int | None = Field(default=64, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, description="stop tokenising after this many tokens")
+    n_blocks: int = Field(default=256, gt=0, description="blocks of uniform random tokens (source: random)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        needs_path = self.source in ("text", "jsonl", "parquet", "datasets")
+        if needs_path and self.path is None:
+            raise _field("path", f"source {self.source!r} needs a path")
+        if not needs_path and self.path is not None:
+            raise _field("path", f"source {self.source!r} takes no path")
+        if self.split is not None and self.source != "datasets":
+            raise _field("split", f"only a saved `datasets` folder has splits, not source {self.source!r}")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    """AdamW (Loshchilov & Hutter 2019); linear warmup then cosine, WSD (Hu et al. 2024) or constant,
+    restarted at every stage."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(default=3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="wsd: final fraction of a stage spent decaying")
+    no_decay: list[str] = Field(
+        default_factory=lambda: ["*.A_log", "*.D", "*.A_log_re", "*.A_im", "*.log_dt"],
+        description="globs of parameters without weight decay, besides every 1-D parameter (norms, biases)",
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
+        return v
+
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+class TrainerConfig(_Strict):
+    """Keys passed to ``lightning.Trainer`` (only these; anything else is an error)."""
+
+    max_steps: int | None = Field(default=None, gt=0, description="default: the sum of the stages' steps")
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(default=1, gt=0)
+    strategy: str = "auto"
+    precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
+    accumulate_grad_batches: int = Field(default=1, gt=0)
+    gradient_clip_val: float | None = Field(default=1.0, gt=0)
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    log_every_n_steps: int = Field(default=10, gt=0)
+    val_check_interval: int | float | None = Field(default=None, gt=0, description="micro-batches or epoch fraction")
+    limit_val_batches: int | float | None = Field(default=None, ge=0)
+    num_sanity_val_steps: int = Field(default=0, ge=-1)
+    deterministic: bool | None = None
+    enable_progress_bar: bool | None = Field(default=None, description="default: a Rich bar when stdout is a TTY")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        # Sharding strategies (fsdp, deepspeed) rename and flatten the student's parameters, which
+        # stage freezing by name and the student export rely on; they are refused, not half-run.
+        known = ["auto", *StrategyRegistry.available_strategies()]
+        supported = [s for s in known if s in ("auto", "single_device") or s.startswith("ddp")]
+        if v not in supported:
+            what = "not supported by the distillation trainer" if v in known else "unknown"
+            raise ValueError(f"strategy {v!r} is {what}; expected one of {', '.join(supported)}")
+        return v
+
+
+class ExportConfig(_Strict):
+    every_n_steps: int | None = Field(
+        default=None, gt=0, description="also export the student every n steps; always at the end"
+    )
+
+
+class CheckpointConfig(_Strict):
+    every_n_steps: int = Field(default=100, gt=0, description="save checkpoints/last.ckpt every n optimizer steps")
+
+
+class LoggingConfig(_Strict):
+    tensorboard: bool = False
+
+
+class RunConfig(_Strict):
+    teacher: str = Field(min_length=1, description="fetch name (smollm2-135m), HF folder, .gguf file or checkpoint")
+    student: StudentConfig
+    data: DataConfig
+    stages: list[StageConfig] = Field(min_length=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    seed: int = Field(default=0, description="seed of the student's random init and of Lightning")
+
+    _source: str | None = PrivateAttr(default=None)
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _student_cfg: ModelConfig | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        names = [s.name for s in self.stages]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _FieldError(f"stages.{i}.name", f"stage name {name!r} is used twice")
+        total = sum(s.steps for s in self.stages)
+        if self.trainer.max_steps is not None and self.trainer.max_steps > total:
+            raise _FieldError(
+                "trainer.max_steps",
+                f"max_steps={self.trainer.max_steps} exceeds the stages' {total} steps; add steps to a stage",
+            )
+        strategy = self.trainer.strategy
+        partial = any(s.type == "align" or s.trainable != ["*"] for s in self.stages)
+        if strategy.startswith("ddp") and not strategy.endswith("find_unused_parameters_true") and partial:
+            raise _FieldError(
+                "trainer.strategy",
+                f"strategy {strategy!r} needs every parameter in every step, but an align stage or a partial "
+                "'trainable' leaves some unused; use ddp_find_unused_parameters_true",
+            )
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def source(self) -> str | None:
+        """The file this run was read from (None for a dict)."""
+        return self._source
+
+    @property
+    def total_steps(self) -> int:
+        return self.trainer.max_steps or sum(s.steps for s in self.stages)
+
+    @property
+    def student_config(self) -> ModelConfig | None:
+        """The student's resolved model config (None when it comes from the init checkpoint)."""
+        return self._student_cfg
+
+    def resolve_path(self, p: str) -> Path:
+        """A path from this run YAML, relative ones taken from the YAML's folder."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self._base_dir / path
+
+    def teacher_src(self) -> str:
+        """The teacher as ``resolve_teacher`` takes it: a path where one exists, else the name as written."""
+        path = self.resolve_path(self.teacher)
+        return str(path) if path.exists() else self.teacher
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(message, path, self._source)
+
+    def stage_at(self, step: int) -> tuple[int, int]:
+        """(stage index, step within that stage) of global optimizer step ``step``."""
+        start = 0
+        for i, s in enumerate(self.stages):
+            if step < start + s.steps:
+                return i, step - start
+            start += s.steps
+        return len(self.stages) - 1, step - (start - self.stages[-1].steps)
+
+    def align_layers(self, i: int, n_layers: int) -> list[int]:
+        stage = self.stages[i]
+        assert isinstance(stage, AlignStage)
+        if stage.layers is None:
+            return list(range(n_layers))
+        try:
+            idx = parse_layer_indices(stage.layers, n_layers)
+        except ValueError as e:
+            raise self.error(f"stages.{i}.layers", str(e)) from None
+        if not idx:
+            raise self.error(f"stages.{i}.layers", f"{stage.layers!r} selects no layer of the {n_layers}-layer student")
+        return idx
+
+
+def load_run_config(src: str | Path | dict[str, Any] | RunConfig) -> RunConfig:
+    """Read and validate a run YAML (path) or dict, including the student's model config.
+
+    Raises :class:`archzoo.ConfigError`, e.g. ``run.yaml: stages.1.kl: Input should be 'forward',
+    'reverse' or 'jsd' (got 'fwd')``.
+    """
+    if isinstance(src, RunConfig):
+        return src
+    source, base = None, Path.cwd()
+    if isinstance(src, str | Path):
+        source = str(src)
+        path = Path(src)
+        if not path.is_file():
+            raise ConfigError("no such file", source=source)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML: {e}".replace("\n", " "), source=source) from None
+        base = path.resolve().parent
+    elif isinstance(src, dict):
+        data = src
+    else:
+        raise ConfigError(f"expected a run YAML path or a dict, got {type(src).__name__}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", source=source)
+    try:
+        run = RunConfig.model_validate(data)
+    except ValidationError as e:
+        path, msg = _first_error(e)
+        path = re.sub(r"^(stages\.\d+)\.(align|kd)\b", r"\1", path)  # pydantic names the union member
+        raise ConfigError(msg, path, source) from None
+    run._source, run._base_dir = source, base
+    run._student_cfg = _student_model_config(run)
+    _check_paths(run)
+    return run
+
+
+def _student_model_config(run: RunConfig) -> ModelConfig | None:
+    cfg = run.student.config
+    if cfg is None:
+        return None
+    if isinstance(cfg, dict):
+        try:
+            model_cfg = load_config(cfg)
+        except ConfigError as e:
+            raise run.error(".".join(p for p in ("student.config", e.path) if p), e.message) from None
+    else:
+        model_cfg = load_config(run.resolve_path(cfg))  # errors name the student YAML itself
+    tl = run.student.teacher_layers
+    if tl is not None and len(tl) != model_cfg.n_layers:
+        raise run.error(
+            "student.teacher_layers", f"lists {len(tl)} layers but the student has n_layers={model_cfg.n_layers}"
+        )
+    return model_cfg
+
+
+def _check_paths(run: RunConfig) -> None:
+    init = run.student.init
+    if init not in ("convert", "random") and not run.resolve_path(init).is_dir():
+        raise run.error("student.init", f"{init!r} is neither 'convert', 'random' nor a checkpoint folder")
+    data = run.data
+    if data.path is not None:
+        path = run.resolve_path(data.path)
+        if not path.exists():
+            raise run.error("data.path", f"{data.path!r}: no such file or folder")
+        suffix = {"text": ".txt", "jsonl": ".jsonl", "parquet": ".parquet"}.get(data.source)
+        if path.is_file() and path.suffix != suffix:
+            want = f"a {suffix} file or a folder" if suffix else "a folder saved with datasets.save_to_disk"
+            raise run.error("data.path", f"source {data.source!r} needs {want}, got {data.path!r}")

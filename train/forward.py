@@ -1,0 +1,58 @@
+"""Forward passes the trainer needs beyond ``model(ids)``: final hidden states and mixer taps."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from archzoo.layers import ForwardContext
+
+
+def final_hidden(model: nn.Module, input_ids: torch.Tensor, n_blocks: int | None = None) -> torch.Tensor:
+    """(B, T) ids -> (B, T, d_model) hidden states after the final norm, without the LM head.
+
+    The same computation as ``ArchZooLM.forward`` (training path, no cache) up to the head, so
+    the losses can build logits chunk by chunk from these and ``model.lm_head.weight``. With
+    ``n_blocks`` only the first blocks run and the un-normalised residual stream comes back.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    ctx = ForwardContext(pos=0)
+    x = model.embed(input_ids)  # (B, T, d)
+    blocks = model.blocks if n_blocks is None else model.blocks[:n_blocks]
+    for block in blocks:
+        x = block(x, None, ctx)
+    return x if n_blocks is not None else model.norm(x)
+
+
+@contextmanager
+def tap_mixers(model: nn.Module, layers: list[int]):
+    """Record each listed block's mixer input (the mixer_norm output) and output during a forward.
+
+    Yields a dict filled by forward hooks: ``{layer: (input (B, T, d), output (B, T, d))}``.
+    """
+    taps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(i: int):
+        def fn(_module, args, output):
+            taps[i] = (args[0], output)
+
+        return fn
+
+    handles = [model.blocks[i].mixer.register_forward_hook(hook(i)) for i in layers]
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def teacher_mixer_io(teacher: nn.Module, input_ids: torch.Tensor, layers: list[int]):
+    """The teacher's mixer inputs and outputs at ``layers`` (teacher indices), running only the
+    blocks up to the deepest one. Returns ``{layer: (input, output)}``."""
+    with tap_mixers(teacher, layers) as taps:
+        final_hidden(teacher, input_ids, n_blocks=max(layers) + 1)
+    return dict(taps)

@@ -1,0 +1,310 @@
+"""DistillModule: a frozen teacher, a trained student, stages chosen by the global step.
+
+Stages (``RunConfig.stages``, in order, each ``steps`` optimizer steps long):
+
+- ``align``: the teacher runs up to the deepest aligned layer with forward hooks recording each
+  mixer's input (its block's ``mixer_norm`` output) and output. Each aligned student mixer gets
+  the teacher's input to the teacher layer it maps to and regresses that layer's mixer output
+  (normalised MSE summed over layers); no full student forward runs. LoLCATs' attention transfer
+  (Zhang et al. 2024) and MOHAWK's hidden-state alignment (Bick et al. 2024).
+- ``kd``: end-to-end logit distillation (chunked, train/losses.py) + ce_weight * next-token CE +
+  aux_weight * ``student.aux_loss`` (MoE balance and z losses).
+
+Each stage names its trainable parameters by globs on the student's parameter names; the others
+get ``requires_grad=False`` for that stage. The optimizer holds every student parameter, so its
+state survives stage changes and resumes exactly; a frozen parameter has no gradient and AdamW
+leaves it alone.
+
+The teacher is kept outside the module's registered children: it is not saved in checkpoints,
+not wrapped by DDP and not cast by Lightning's precision plugin; ``on_fit_start`` moves it to the
+student's device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from fnmatch import fnmatchcase
+
+import lightning as L
+import torch
+from torch import nn
+
+from archzoo.layers import ForwardContext
+
+from .config import AlignStage, KDStage, RunConfig
+from .forward import final_hidden, teacher_mixer_io
+from .losses import align_loss, distill_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the run stops and the last checkpoint stays."""
+
+
+def lr_factor(run: RunConfig, step: int) -> float:
+    """Learning-rate multiplier of optimizer.lr at global optimizer step ``step``.
+
+    Each stage restarts the schedule: linear warmup to the stage's peak (stage.lr or
+    optimizer.lr), then cosine to min_lr_ratio x peak, WSD (constant, then a linear decay over
+    the final ``decay_fraction`` of the stage; Hu et al. 2024), or constant.
+    """
+    opt = run.optimizer
+    i, s = run.stage_at(step)
+    stage = run.stages[i]
+    peak = (stage.lr or opt.lr) / opt.lr
+    warm = opt.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+    n = stage.steps
+    if s < warm:
+        return peak * (s + 1) / (warm + 1)
+    lo = opt.min_lr_ratio
+    if opt.schedule == "constant":
+        return peak
+    if opt.schedule == "cosine":
+        progress = (s - warm) / max(1, n - warm)
+        return peak * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress)))
+    decay_start = max(warm, n - math.ceil(opt.decay_fraction * n))  # wsd
+    if s < decay_start:
+        return peak
+    progress = (s - decay_start + 1) / max(1, n - decay_start)
+    return peak * (1 - (1 - lo) * progress)
+
+
+def param_names(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> every name it has (tied weights have two)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
+class DistillModule(L.LightningModule):
+    def __init__(
+        self, run: RunConfig, teacher: nn.Module, student: nn.Module, default_layer_map: list[int] | None = None
+    ):
+        super().__init__()
+        self.run_cfg = run
+        self.student = student
+        teacher.eval().requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher)  # not a child module: see the module docstring
+        self.layer_map = self._layer_map(default_layer_map)
+        self._stage_idx: int | None = None
+        self._t_prev: float | None = None
+        self._val: dict[str, torch.Tensor] = {}
+        self._trainable = [self._trainable_names(i) for i in range(len(run.stages))]
+
+    # ------------------------------------------------------------------ setup
+
+    def _layer_map(self, default: list[int] | None) -> list[int] | None:
+        """Teacher layer of each student layer (None when no stage aligns layers).
+
+        ``student.teacher_layers`` if the run lists them, else ``default`` (what the converter
+        used), else the same index when both models have as many layers.
+        """
+        s_cfg, t_cfg = self.student.cfg, self.teacher.cfg
+        needs = [i for i, s in enumerate(self.run_cfg.stages) if isinstance(s, AlignStage)]
+        if not needs:
+            return None
+        layer_map = self.run_cfg.student.teacher_layers or default
+        if layer_map is None and s_cfg.n_layers == t_cfg.n_layers:
+            layer_map = list(range(s_cfg.n_layers))
+        if layer_map is None:
+            raise self.run_cfg.error(
+                "student.teacher_layers",
+                f"stage {self.run_cfg.stages[needs[0]].name!r} aligns layers, but the student has {s_cfg.n_layers} "
+                f"and the teacher {t_cfg.n_layers}: list the teacher layer of each student layer",
+            )
+        bad = [k for k in layer_map if not 0 <= k < t_cfg.n_layers]
+        if bad or len(layer_map) != s_cfg.n_layers:
+            raise self.run_cfg.error(
+                "student.teacher_layers",
+                f"{list(layer_map)} must give one teacher layer in [0, {t_cfg.n_layers}) per student layer",
+            )
+        if s_cfg.d_model != t_cfg.d_model:
+            raise self.run_cfg.error(
+                f"stages.{needs[0]}",
+                f"align needs the student's d_model ({s_cfg.d_model}) to equal the teacher's ({t_cfg.d_model})",
+            )
+        return list(layer_map)
+
+    def _trainable_names(self, i: int) -> set[str]:
+        """Names of the student parameters stage ``i`` trains (a tied weight trains if any of its names matches)."""
+        globs = self.run_cfg.stages[i].trainable
+        keep = set()
+        for names in param_names(self.student).values():
+            if any(fnmatchcase(n, g) for n in names for g in globs):
+                keep.update(names)
+        if not keep:
+            raise self.run_cfg.error(f"stages.{i}.trainable", f"{globs} matches no student parameter")
+        return keep
+
+    def _enter_stage(self, i: int) -> None:
+        keep = self._trainable[i]
+        for name, p in self.student.named_parameters():
+            p.requires_grad_(name in keep)
+        self._stage_idx = i
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self.teacher.to(self.device)
+
+    def configure_optimizers(self):
+        opt = self.run_cfg.optimizer
+        names = param_names(self.student)
+        decay, no_decay = [], []
+        for p in self.student.parameters():  # each parameter once
+            n = names[id(p)]
+            skip = p.dim() < 2 or any(fnmatchcase(x, g) for x in n for g in opt.no_decay)
+            (no_decay if skip else decay).append(p)
+        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        # LambdaLR passes the optimizer step count, i.e. the global step.
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(self.run_cfg, step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # --------------------------------------------------------------- training
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        i, _ = self.run_cfg.stage_at(self.global_step)
+        if i != self._stage_idx:
+            self._enter_stage(i)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """batch: (B, L + 1) token rows; inputs are rows[:, :-1], targets rows[:, 1:]."""
+        i, _ = self.run_cfg.stage_at(self.global_step)
+        stage = self.run_cfg.stages[i]
+        if isinstance(stage, AlignStage):
+            loss, parts = self.align_step(batch[:, :-1], self.run_cfg.align_layers(i, self.student.cfg.n_layers))
+        else:
+            loss, parts = self.kd_step(batch[:, :-1], batch[:, 1:], stage)
+        self._check_finite(loss, parts, stage.name)
+        bs = batch.shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, batch_size=bs)
+        self.log("train/stage", float(i), batch_size=bs)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
+        return loss
+
+    def kd_step(
+        self, ids: torch.Tensor, targets: torch.Tensor, stage: KDStage
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """kl_weight * KD divergence + ce_weight * CE + aux_weight * aux. The CE is always computed
+        (from the same logit chunks) and logged, also when its weight is 0."""
+        use_kl = stage.kl_weight > 0
+        h_t = None
+        if use_kl:
+            with torch.no_grad():
+                h_t = final_hidden(self.teacher, ids).flatten(0, 1)  # (B T, d_t)
+        h_s = final_hidden(self.student, ids).flatten(0, 1)  # (B T, d_s)
+        out = distill_loss(
+            h_s,
+            self.student.lm_head.weight,
+            h_t,
+            self.teacher.lm_head.weight if use_kl else None,
+            targets.flatten(),
+            kind=stage.kl,
+            temperature=stage.temperature,
+            beta=stage.jsd_beta,
+            token_chunk=stage.token_chunk,
+            vocab_chunk=stage.vocab_chunk,
+        )
+        aux = self.student.aux_loss
+        loss = stage.aux_weight * aux
+        parts = {"aux": aux.detach(), "ce": out.ce.detach()}
+        if use_kl:
+            loss = loss + stage.kl_weight * out.kl
+            parts["kl"] = out.kl.detach()
+        if stage.ce_weight > 0:
+            loss = loss + stage.ce_weight * out.ce
+        return loss, parts
+
+    def align_step(self, ids: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum over ``layers`` (student indices) of align_loss(student mixer(teacher input), teacher output)."""
+        owners = self.student.state_owners
+        run_layers = sorted(set(layers) | {owners[j] for j in layers})  # CLA members need their leader's K/V
+        io = teacher_mixer_io(self.teacher, ids, sorted({self.layer_map[j] for j in run_layers}))
+        ctx = ForwardContext(pos=0)
+        pairs = []
+        for j in run_layers:
+            x_t, y_t = io[self.layer_map[j]]
+            y_s = self.student.blocks[j].mixer(x_t, None, ctx)  # (B, T, d)
+            if j in layers:
+                pairs.append((y_s, y_t))
+        # Each layer's normaliser, mean(y_t^2), over the global batch: the loss is then the same
+        # function of the same rows on one device or on many.
+        norms = torch.stack([y_t.to(torch.promote_types(y_t.dtype, torch.float32)).pow(2).mean() for _, y_t in pairs])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            norms = self.trainer.strategy.reduce(norms, reduce_op="mean")
+        loss = sum(align_loss(y_s, y_t, norm) for (y_s, y_t), norm in zip(pairs, norms, strict=True))
+        return loss, {"align": loss.detach()}
+
+    def _check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], stage: str) -> None:
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # every rank must stop together
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {self.global_step} (stage {stage!r}: {detail}); the run stops "
+                "and the last checkpoint is kept. Lower the learning rate, raise gradient clipping, or check the data."
+            )
+
+    def on_train_start(self) -> None:
+        self._t_prev = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
+        now = time.perf_counter()
+        bs = batch.shape[0]
+        if self._t_prev is not None:
+            tokens_per_s = batch[:, :-1].numel() * self.trainer.world_size / max(now - self._t_prev, 1e-9)
+            self.log("train/tokens_per_s", tokens_per_s, batch_size=bs)
+            if isinstance(self.run_cfg.stages[self.run_cfg.stage_at(self.global_step - 1)[0]], KDStage):
+                self.log("train/model_tflops", self._kd_flops_per_token * tokens_per_s / 1e12, batch_size=bs)
+        if self.device.type == "cuda":
+            self.log("train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, batch_size=bs)
+        self._t_prev = now
+
+    @property
+    def _kd_flops_per_token(self) -> float:
+        """Model FLOPs of one KD token: 6 N (student forward + backward) + 2 N (teacher forward), N the
+        parameters in matmuls (the LM head included, the embedding lookup not; attention scores and
+        MoE routing left out, all MoE experts counted, so an upper bound for MoE students)."""
+
+        def n_matmul(m: nn.Module) -> int:
+            return m.num_parameters(exclude_embeddings=True) + m.lm_head.weight.numel()
+
+        return 6.0 * n_matmul(self.student) + 2.0 * n_matmul(self.teacher)
+
+    # ------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        ids, targets = batch[:, :-1], batch[:, 1:].flatten()
+        h_t = final_hidden(self.teacher, ids).flatten(0, 1)
+        h_s = final_hidden(self.student, ids).flatten(0, 1)
+        s = distill_loss(h_s, self.student.lm_head.weight, h_t, self.teacher.lm_head.weight, targets)
+        t = distill_loss(h_t, self.teacher.lm_head.weight, targets=targets)
+        sums = {
+            "kl": s.kl * s.n_tokens,
+            "ce": s.ce * s.n_targets,
+            "ce_teacher": t.ce * t.n_targets,
+            "tokens": torch.tensor(float(s.n_tokens), device=ids.device),
+            "targets": torch.tensor(float(s.n_targets), device=ids.device),
+        }
+        for k, v in sums.items():
+            self._val[k] = self._val.get(k, 0) + v.detach().double()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        tot = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val.items()}
+        ce, ce_t = tot["ce"] / tot["targets"], tot["ce_teacher"] / tot["targets"]
+        self.log("val/kl", (tot["kl"] / tot["tokens"]).float(), prog_bar=True)
+        self.log("val/ce", ce.float())
+        self.log("val/ppl", ce.exp().float(), prog_bar=True)
+        self.log("val/ppl_teacher", ce_t.exp().float())
+        self._t_prev = time.perf_counter()  # keep validation out of tokens/s

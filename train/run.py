@@ -1,0 +1,339 @@
+"""``run_distill``: one run YAML -> a Lightning fit writing everything under ``output_dir``.
+
+output_dir/run.yaml                 the run config as given
+output_dir/checkpoints/last.ckpt    full training state (``--resume`` continues from it)
+output_dir/student/                 the student, ``save_pretrained`` (every export.every_n_steps
+                                    and at the end; written atomically)
+output_dir/logs/metrics.csv         train/loss, train/kl, train/ce, train/aux, train/align,
+                                    train/tokens_per_s, train/lr, val/* (CSVLogger)
+output_dir/logs/tensorboard/        with logging.tensorboard: true
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import warnings
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from archzoo.config import ConfigError
+
+from .config import RunConfig, load_run_config
+from .data import DistillDataModule
+from .module import DistillModule
+
+RESUME_KEYS = ("teacher", "student", "data", "seed")  # must not change between a run and its resumption
+
+
+class ExportStudent(Callback):
+    """``student.save_pretrained(path)`` every ``every_n_steps`` optimizer steps and at the end of training."""
+
+    def __init__(self, path: Path, every_n_steps: int | None):
+        self.path, self.every = path, every_n_steps
+        self._last: int | None = None
+
+    def _export(self, trainer: L.Trainer, module: DistillModule) -> None:
+        if trainer.global_step != self._last and trainer.is_global_zero:
+            module.student.save_pretrained(self.path)
+        self._last = trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every and step > 0 and step % self.every == 0 and step != self._last:
+            self._export(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self._export(trainer, module)
+
+
+class FinishRun(Callback):
+    """At the last optimizer step: validate (via ``should_stop``, which makes Lightning run the
+    validation loop for this batch) and save ``last.ckpt`` if the periodic checkpoint missed it."""
+
+    def __init__(self, last: Path, every_n_steps: int):
+        self.last, self.every = last, every_n_steps
+        self._done = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._done or step < trainer.max_steps:
+            return
+        self._done = True
+        trainer.should_stop = True
+        if step % self.every:  # ModelCheckpoint saves at multiples of every, right after this hook
+            trainer.save_checkpoint(self.last, weights_only=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file beside the target, then os.replace: a crash never leaves a
+    half-written last.ckpt where a good one was."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class PrintProgress(Callback):
+    """One line per ``log_every_n_steps`` on stdout, for logs that are not a terminal."""
+
+    KEYS = {
+        "align": ("train/loss", "train/align", "train/lr", "train/tokens_per_s"),
+        "kd": ("train/loss", "train/kl", "train/ce", "train/aux", "train/lr", "train/tokens_per_s"),
+    }
+
+    def __init__(self, every: int, total: int):
+        self.every, self.total, self._last = every, total, -1
+
+    @staticmethod
+    def _fmt(metrics: dict[str, Any], keys) -> str:
+        out = []
+        for k in keys:
+            if k in metrics:
+                out.append(f"{k.split('/', 1)[1]} {float(metrics[k]):.4g}")
+        return "  ".join(out)
+
+    def on_train_start(self, trainer, module) -> None:
+        self._last = trainer.global_step  # nothing to print before the first step (of this run or resumption)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step != self._last and (step % self.every == 0 or step == self.total):
+            self._last = step
+            stage = module.run_cfg.stages[module.run_cfg.stage_at(max(step - 1, 0))[0]]
+            line = self._fmt(trainer.callback_metrics, self.KEYS[stage.type])
+            print(f"step {step}/{self.total} [{stage.name}]  {line}", flush=True)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking:
+            return
+        keys = [k for k in trainer.callback_metrics if k.startswith("val/")]
+        print(f"step {trainer.global_step} validation  {self._fmt(trainer.callback_metrics, keys)}", flush=True)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_student(run: RunConfig, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The student as ``student.init`` says: converted from the teacher, random, or a checkpoint."""
+    import archzoo
+
+    init = run.student.init
+    cfg = run.student_config
+    if init == "random":
+        torch.manual_seed(run.seed)
+        student = archzoo.build_model(cfg)
+    elif init == "convert":
+        try:
+            from archzoo.convert import convert
+        except ImportError as e:
+            raise run.error("student.init", f"init: convert needs archzoo.convert, which failed to import: {e}") from e
+        if "layers" in run.student.convert:
+            raise run.error("student.convert.layers", "set student.teacher_layers instead (align stages use it too)")
+        options = dict(run.student.convert)
+        if run.student.teacher_layers is not None:
+            options["layers"] = list(run.student.teacher_layers)
+        try:
+            student = convert(teacher, cfg, **options)
+        except ValueError as e:
+            raise run.error("student", f"cannot convert the teacher into this student: {e}") from None
+    else:
+        student = archzoo.from_pretrained(run.resolve_path(init))
+        if cfg is not None and student.cfg.to_dict() != cfg.to_dict():
+            raise run.error("student.config", f"differs from the config of the init checkpoint {init!r}; omit one")
+    student = student.float().train()
+    if getattr(student, "tokenizer", None) is None:
+        student.tokenizer = getattr(teacher, "tokenizer", None)
+    return student
+
+
+def default_layer_map(run: RunConfig, n_teacher: int, n_student: int) -> list[int] | None:
+    """Teacher layer of each student layer where the run does not list them (None: cannot tell)."""
+    if n_teacher == n_student:
+        return list(range(n_student))
+    if run.student.init == "convert":
+        from archzoo.convert import default_layer_map as convert_map
+
+        return convert_map(n_teacher, n_student)
+    return None
+
+
+def _loggers(run: RunConfig, out: Path, resume_step: int | None):
+    csv_logger = CSVLogger(save_dir=str(out), name="logs", version="")
+    if resume_step is not None:
+        _replay_metrics(csv_logger, out / "logs" / "metrics.csv", resume_step)
+    loggers = [csv_logger]
+    if run.logging.tensorboard:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="logs", version="tensorboard"))
+    return loggers
+
+
+def _check_environment(run: RunConfig) -> None:
+    """What the run needs beyond archzoo's own dependencies, checked before the teacher loads."""
+    if run.logging.tensorboard and not (find_spec("tensorboard") or find_spec("tensorboardX")):
+        raise run.error("logging.tensorboard", "needs the tensorboard package (pip install tensorboard)")
+
+
+def _replay_metrics(logger: CSVLogger, path: Path, resume_step: int) -> None:
+    """Keep the rows a resumed run had logged up to its checkpoint in the one metrics.csv."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    path.unlink()  # CSVLogger would delete it anyway, with a warning
+    for row in rows:
+        step = int(row.pop("step"))
+        if step >= resume_step:
+            continue
+        metrics = {k: float(v) for k, v in row.items() if v not in ("", None)}
+        if metrics:
+            logger.log_metrics(metrics, step)
+
+
+def _progress(run: RunConfig) -> tuple[list[Callback], bool]:
+    want = run.trainer.enable_progress_bar
+    tty = sys.stdout.isatty()
+    if want is None:
+        want = tty
+    if want and tty:
+        return [RichProgressBar()], True
+    if want:
+        return [], True  # Lightning's default (tqdm) bar
+    return [PrintProgress(run.trainer.log_every_n_steps, run.total_steps)], False
+
+
+def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> L.Trainer:
+    t = run.trainer
+    every = run.checkpoint.every_n_steps
+    ckpt = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        every_n_train_steps=every,
+        save_top_k=0,
+        monitor=None,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    progress, bar = _progress(run)
+    callbacks = [
+        ckpt,
+        FinishRun(out / "checkpoints" / "last.ckpt", every),
+        ExportStudent(out / "student", run.export.every_n_steps),
+        *progress,
+    ]
+    kw: dict[str, Any] = dict(
+        max_steps=run.total_steps,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm,
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        deterministic=t.deterministic,
+        default_root_dir=str(out),
+        logger=_loggers(run, out, resume_step),
+        callbacks=callbacks,
+        enable_progress_bar=bar,
+        use_distributed_sampler=False,  # DistillDataModule shards by rank itself
+        plugins=[AtomicCheckpointIO()],
+    )
+    if t.val_check_interval is not None:
+        kw["val_check_interval"] = t.val_check_interval
+    if t.limit_val_batches is not None:
+        kw["limit_val_batches"] = t.limit_val_batches
+    if run.data.val_fraction == 0:
+        kw["limit_val_batches"] = 0
+    return L.Trainer(**kw)
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def _check_output_dir(run: RunConfig, out: Path, resume: bool) -> Path | None:
+    last = out / "checkpoints" / "last.ckpt"
+    saved = out / "run.yaml"
+    if not resume:
+        if last.exists():  # a run.yaml alone is an attempt that stopped before its first checkpoint
+            raise ConfigError(
+                "already holds a run; pass --resume to continue it, or choose another --output-dir", source=str(out)
+            )
+        return None
+    if not last.exists():
+        raise ConfigError("no checkpoint to resume from (checkpoints/last.ckpt is missing)", source=str(out))
+    if saved.exists():
+        before = yaml.safe_load(saved.read_text()) or {}
+        now = _run_dict(run)
+        changed = [k for k in RESUME_KEYS if before.get(k) != now.get(k)]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} differ from the run being resumed ({saved}); start a new --output-dir",
+                source=run.source,
+            )
+    return last
+
+
+def _run_dict(run: RunConfig) -> dict[str, Any]:
+    return run.model_dump(mode="json")
+
+
+def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Path, resume: bool = False) -> dict:
+    """Distil the run's student from its teacher; returns the final metrics and the output paths.
+
+    ``resume=True`` continues exactly from ``output_dir/checkpoints/last.ckpt`` (same data order,
+    optimizer and schedule state); the run config's teacher, student, data and seed must not change.
+    """
+    from archzoo.teacher import resolve_teacher
+
+    run = load_run_config(config_path)
+    _check_environment(run)
+    out = Path(output_dir)
+    resume_step = None
+    if rank_zero_only.rank == 0:
+        ckpt_path = _check_output_dir(run, out, resume)
+        if ckpt_path is not None:
+            resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / "run.yaml").write_text(yaml.safe_dump(_run_dict(run), sort_keys=False))
+    else:  # a DDP child re-running the command: rank 0 has checked and prepared output_dir
+        ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
+
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    teacher = resolve_teacher(run.teacher_src())
+    student = build_student(run, teacher)
+    module = DistillModule(run, teacher, student, default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers))
+    data = DistillDataModule(run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size)
+    trainer = build_trainer(run, out, resume_step)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {
+        "metrics": metrics,
+        "global_step": trainer.global_step,
+        "is_global_zero": trainer.is_global_zero,
+        "student": str(out / "student"),
+        "checkpoint": str(out / "checkpoints" / "last.ckpt"),
+        "metrics_csv": str(out / "logs" / "metrics.csv"),
+    }
