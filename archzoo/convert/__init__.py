@@ -9,7 +9,7 @@ the method it follows. A student with fewer layers takes a subset of the teacher
 Options (all optional):
     layers          teacher layer index for each student layer
     seed            RNG seed for whatever a converter initialises randomly (default 0)
-    cla_share       'first' (default: the group leader keeps its own K/V projection) or 'mean'
+    cla_share       'mean' (default: the leader's K/V projection is the mean of its group's) or 'first'
     mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs
     moe_noise       relative std of the noise added to upcycled experts (default 0.01)
 Unknown options are an error, not ignored.
@@ -38,7 +38,7 @@ CONVERTERS: dict[str, str] = {
 DEFAULT_OPTIONS: dict[str, Any] = {
     "layers": None,
     "seed": 0,
-    "cla_share": "first",
+    "cla_share": "mean",
     "mla_rope": "high",
     "moe_noise": 0.01,
 }
@@ -159,12 +159,17 @@ def _convert_ffn(tblock, block, i: int, ctx: ConvertContext) -> None:
         raise ValueError(f"layer {i}: no FFN converter for {type(dst).__name__}")
 
 
-def copy_linear(dst: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+def copy_linear(
+    dst: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None, notes: list[str] | None = None
+) -> None:
+    """Copy a projection; a teacher bias the student layer cannot hold is reported in ``notes``."""
     if dst.weight.shape != weight.shape:
         raise ValueError(f"shape {tuple(weight.shape)} does not fit {tuple(dst.weight.shape)}")
     dst.weight.copy_(weight)
     if dst.bias is not None:
         dst.bias.copy_(bias if bias is not None else torch.zeros_like(dst.bias))
+    elif bias is not None and bool(bias.any()) and notes is not None:
+        notes.append("a teacher projection bias was dropped: the student layer has no bias (set qkv_bias: true)")
 
 
 class _CallableModule(types.ModuleType):

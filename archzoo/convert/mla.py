@@ -90,9 +90,10 @@ def convert_mla(src, dst, i: int, ctx: ConvertContext) -> None:
     stacked = torch.cat([wk[:, drop], wv], dim=1).reshape(n_kv * (dn + D), d)  # per kv head [k_nope; v]
     U, S, Vh = torch.linalg.svd(stacked, full_matrices=False)
     k = min(r, S.numel())
-    down = torch.zeros(r, d, dtype=f32)
+    dev = src.k_proj.weight.device
+    down = torch.zeros(r, d, dtype=f32, device=dev)
     down[:k] = Vh[:k]
-    up = torch.zeros(n_kv * (dn + D), r, dtype=f32)
+    up = torch.zeros(n_kv * (dn + D), r, dtype=f32, device=dev)
     up[:, :k] = U[:, :k] * S[:k]
     up = up.view(n_kv, dn + D, r).repeat_interleave(H // n_kv, dim=0)  # (H, dn + dv, r)
     k_rope = wk[:, keep].mean(0)  # (dr, d), shared by every head
