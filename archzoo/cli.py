@@ -101,7 +101,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     table.add_column("config")
     table.add_column("params", justify="right")
     table.add_column("layers")
-    table.add_column("cache/token", justify="right")
+    table.add_column("cache @1 token", justify="right")
     for n in lengths:
         table.add_column(f"cache @{n if n < 1024 else str(n // 1024) + 'k'}", justify="right")
     for r in rows:
