@@ -53,7 +53,6 @@ def test_invariant_on_cuda(path, dtype):
 BF16_KNOWN = {
     "moe": "top-k routing flips under bf16 rounding, so whole expert outputs change (1.8e-1)",
     "jamba": "top-k routing flips under bf16 rounding (5.5e-2)",
-    "s4": "S4D's bf16 path loses precision (1.3e-1): open, see docs",
 }
 
 

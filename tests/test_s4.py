@@ -225,3 +225,26 @@ def test_cuda_matches_cpu():
     inc = torch.cat(inc, dim=1).cpu()
     assert rel_err(out, ref) < 1e-4, f"CUDA S4D output: rel err {rel_err(out, ref):.2e}"
     assert rel_err(inc, ref) < 1e-4, f"CUDA S4D prefill + decode: rel err {rel_err(inc, ref):.2e}"
+
+
+def test_bf16_cast_keeps_the_spectrum_in_fp32():
+    """model.to(bfloat16) would round A_im (up to pi * d_state / 2) to 3 digits; S4D keeps it fp32."""
+    import yaml
+
+    from archzoo import build_model
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "models" / "s4.yaml").read_text())
+    data["init_std"] = 0.1
+    torch.manual_seed(0)
+    model = build_model(data).eval()
+    ref = build_model(data).eval()
+    ref.load_state_dict(model.state_dict())
+    ref = ref.double()
+    model = model.to(torch.bfloat16)
+    mixer = model.blocks[0].mixer
+    assert mixer.A_im.dtype == torch.float32 and mixer.o_proj.weight.dtype == torch.bfloat16
+    ids = torch.randint(0, data["vocab_size"], (2, 64))
+    with torch.no_grad():
+        out, exp = model(ids).double(), ref(ids)
+    err = ((out - exp).norm() / exp.norm()).item()
+    assert err < 3e-2, f"bf16 S4D model logits: relative error {err:.3e}"

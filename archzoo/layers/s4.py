@@ -59,6 +59,19 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class S4D(nn.Module):
     no_weight_decay_names = ("A_log_re", "A_im", "B", "log_dt", "D")
+    # The spectrum stays in fp32 when the model is cast to a 16-bit dtype: bf16 keeps 3 digits, and
+    # A_im (up to pi * d_state / 2) then drifts by whole radians over a sequence (measured: 1.3e-1
+    # relative error of a bf16 model's logits on an H100). The layer computes in fp32 anyway.
+    fp32_params = ("log_dt", "A_log_re", "A_im", "B", "C", "D")
+
+    def _apply(self, fn, recurse=True):
+        keep = {n: p.data for n in self.fp32_params if (p := getattr(self, n, None)) is not None}
+        super()._apply(fn, recurse)
+        for name, old in keep.items():
+            p = getattr(self, name)
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = old.to(device=p.device, dtype=torch.float32)
+        return self
 
     def __init__(self, cfg: S4Config, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
         super().__init__()
