@@ -36,3 +36,11 @@ def test_cache_table_matches_inspect():
         assert _fmt_bytes(r["cache_bytes_per_token"]) == per_token, name
         assert _fmt_bytes(r["cache_bytes"]["4096"]) == at4k, name
         assert _fmt_bytes(r["cache_bytes"]["32768"]) == at32k, name
+
+
+def test_python_example_runs(tmp_path, monkeypatch):
+    code = re.search(r"```python\n(.*?)```", README, flags=re.S).group(1)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
