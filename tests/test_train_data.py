@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from archzoo.train.config import load_run_config
-from archzoo.train.data import DistillDataModule, StreamBatchSampler
 
 import archzoo.data
+from archzoo.train.config import load_run_config
+from archzoo.train.data import DistillDataModule, StreamBatchSampler
 
 
 class CharTokenizer:
@@ -121,3 +121,15 @@ def test_too_few_validation_blocks_for_the_devices():
     dm = _module({"source": "random", "block_len": 8, "n_blocks": 10, "val_fraction": 0.1}, vocab_size=256)
     with pytest.raises(archzoo.ConfigError, match="1 validation blocks cannot be shared by 2 devices"):
         _attach(dm, world=2).val_dataloader()
+
+
+def test_mqar_source():
+    dm = _module(
+        {"source": "mqar", "block_len": 47, "n_blocks": 20, "mqar_kv_pairs": 6, "val_fraction": 0.1}, vocab_size=128
+    )
+    rows = torch.cat([dm.train_rows, dm.val_rows])
+    assert rows.shape == (20, 48)
+    inputs, _ = archzoo.data.mqar_examples(20, 128, 48, 6, seed=0)
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, inputs.tolist()))
+    with pytest.raises(archzoo.ConfigError, match="mqar_kv_pairs"):
+        _module({"source": "mqar", "block_len": 10, "n_blocks": 2, "mqar_kv_pairs": 6}, vocab_size=128)

@@ -111,7 +111,7 @@ StageConfig = Annotated[AlignStage | KDStage, Field(discriminator="type")]
 
 
 class DataConfig(_Strict):
-    source: Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "random"]
+    source: Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "random", "mqar"]
     path: str | None = Field(default=None, description="file or folder for text | jsonl | parquet | datasets")
     text_field: str = Field(default="text", description="column / key holding the text (jsonl, parquet, datasets)")
     split: str | None = Field(default=None, description="split of a saved DatasetDict (source: datasets)")
@@ -123,7 +123,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(default=0.05, ge=0, lt=1, description="fraction of blocks held out for validation")
     max_val_blocks: int | None = Field(default=64, gt=0)
     max_tokens: int | None = Field(default=None, gt=0, description="stop tokenising after this many tokens")
-    n_blocks: int = Field(default=256, gt=0, description="blocks of uniform random tokens (source: random)")
+    n_blocks: int = Field(default=256, gt=0, description="blocks of uniform random tokens or MQAR examples")
+    mqar_kv_pairs: int = Field(default=8, gt=0, description="key-value pairs per MQAR example (source: mqar)")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

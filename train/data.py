@@ -114,6 +114,19 @@ class DistillDataModule(L.LightningDataModule):
                 raise ValueError("source 'random' needs vocab_size")
             g = torch.Generator().manual_seed(cfg.seed)
             return torch.randint(self.vocab_size, (cfg.n_blocks, cfg.block_len + 1), generator=g)
+        if cfg.source == "mqar":
+            # Zoology's MQAR in the student's vocabulary; rows of block_len + 1 tokens.
+            from archzoo.data import mqar_examples
+
+            if self.vocab_size is None:
+                raise ValueError("source 'mqar' needs vocab_size")
+            try:
+                inputs, _ = mqar_examples(
+                    cfg.n_blocks, self.vocab_size, cfg.block_len + 1, cfg.mqar_kv_pairs, seed=cfg.seed
+                )
+            except ValueError as e:
+                raise self.run_cfg.error("data.mqar_kv_pairs", str(e)) from None
+            return inputs
         if self.tokenizer is None:
             raise self.run_cfg.error("data.source", f"source {cfg.source!r} needs a teacher with a tokenizer")
         from archzoo import data
