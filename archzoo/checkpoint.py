@@ -72,7 +72,7 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     # Non-persistent buffers (RoPE frequencies) were created on meta; rebuild them for real.
-    _rebuild_buffers(model, device)
+    rebuild_buffers(model, device)
     if dtype is not None:
         model.to(dtype)
     tok = path / "tokenizer"
@@ -83,7 +83,8 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
     return model.eval()
 
 
-def _rebuild_buffers(model, device) -> None:
+def rebuild_buffers(model, device) -> None:
+    """Recreate non-persistent buffers (RoPE frequencies) of a model built on the meta device."""
     from .layers.rope import RotaryEmbedding
 
     for m in model.modules():

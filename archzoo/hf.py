@@ -406,7 +406,7 @@ def from_hf(
 
 
 def _build(cfg: ModelConfig, hf_state, dtype, device, tokenizer):
-    from .checkpoint import _rebuild_buffers
+    from .checkpoint import rebuild_buffers
     from .model import ArchZooLM
 
     device = torch.device(device or "cpu")
@@ -422,6 +422,6 @@ def _build(cfg: ModelConfig, hf_state, dtype, device, tokenizer):
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
-    _rebuild_buffers(model, device)
+    rebuild_buffers(model, device)
     model.tokenizer = tokenizer
     return model.eval()
