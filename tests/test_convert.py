@@ -16,7 +16,7 @@ from archzoo.convert.mla import rope_dims
 from archzoo.layers import ForwardContext
 from archzoo.layers.rope import RotaryEmbedding, apply_rope
 
-from conftest import assert_close, f64_model
+from conftest import assert_close, f64_model, rel_err
 
 H, D, DM = 4, 8, 32  # teacher heads, head_dim, d_model
 
@@ -188,6 +188,32 @@ def test_mla_full_rank_reproduces_mqa_teacher():
     s = convert(t, student_cfg(t.cfg.to_dict(), mixer=MLA_FULL))  # kv_lora_rank 12 = dn + D: full
     tok = ids()
     assert_close("MLA logits vs teacher", logits(s, tok), logits(t, tok), 1e-10)
+
+
+def test_mla_shared_rope_key_absorbs_each_groups_phase():
+    """GQA teacher whose K/V heads' RoPE rows differ by a complex scale per frequency (a phase and
+    a gain): the shared key plus per-group query phases is exact, where a mean of the heads is not."""
+    t = teacher(2)
+    dr = MLA_FULL["qk_rope_head_dim"]
+    keep, drop = rope_dims(D, dr, "high")
+    half = dr // 2
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for block in t.blocks:
+            block.mixer.q_proj.weight.view(H, D, DM)[:, drop] = 0
+            wk = block.mixer.k_proj.weight.view(2, D, DM)
+            k0 = torch.complex(wk[0, keep[:half]], wk[0, keep[half:]])  # (dr/2, d)
+            c = torch.polar(
+                0.5 + torch.rand(half, 1, generator=gen, dtype=torch.float64),
+                6.3 * torch.rand(half, 1, generator=gen, dtype=torch.float64),
+            )
+            wk[1, keep[:half]], wk[1, keep[half:]] = (c * k0).real, (c * k0).imag
+    cfg = {**MLA_FULL, "kv_lora_rank": 2 * (MLA_FULL["qk_nope_head_dim"] + D)}  # full rank for 2 K/V heads
+    s = convert(t, student_cfg(t.cfg.to_dict(), mixer=cfg), mla_rope_key="svd")
+    tok = ids()
+    assert_close("MLA from GQA with phase-related RoPE keys", logits(s, tok), logits(t, tok), 1e-10)
+    mean = convert(t, student_cfg(t.cfg.to_dict(), mixer=cfg))
+    assert rel_err(logits(mean, tok), logits(t, tok)) > 1e-3, "the default mean of the heads is not exact here"
 
 
 def test_mla_full_rank_k_nope_is_teacher_key():

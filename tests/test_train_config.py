@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import yaml
-from archzoo.train.config import load_run_config
 
 import archzoo
+from archzoo.train.config import load_run_config
 
 from conftest import ROOT
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from archzoo.train.losses import align_loss, distill_loss, token_divergence
 
 from conftest import assert_close

@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
+
+import archzoo
+from archzoo.layers import ForwardContext
 from archzoo.train.config import load_run_config
 from archzoo.train.evaluation import evaluate
 from archzoo.train.forward import final_hidden, teacher_mixer_io
 from archzoo.train.losses import align_loss, token_divergence
 from archzoo.train.module import DistillModule, lr_factor
-
-import archzoo
-from archzoo.layers import ForwardContext
 
 from conftest import assert_close
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from archzoo.train.module import DistillModule, NonFiniteLossError
-from archzoo.train.run import run_distill
 
 import archzoo
+from archzoo.train.module import DistillModule, NonFiniteLossError
+from archzoo.train.run import run_distill
 
 from conftest import ROOT, assert_close
 

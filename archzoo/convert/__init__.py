@@ -11,6 +11,7 @@ Options (all optional):
     seed            RNG seed for whatever a converter initialises randomly (default 0)
     cla_share       'mean' (default: the leader's K/V projection is the mean of its group's) or 'first'
     mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs
+    mla_rope_key    'mean' (default) or 'svd': how the K/V heads' RoPE rows become one shared key
     moe_noise       relative std of the noise added to upcycled experts (default 0.01)
 Unknown options are an error, not ignored.
 """
@@ -40,6 +41,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "seed": 0,
     "cla_share": "mean",
     "mla_rope": "high",
+    "mla_rope_key": "mean",
     "moe_noise": 0.01,
 }
 

@@ -2,11 +2,12 @@
 Mixture-of-Experts from Dense Checkpoints").
 
 Every routed expert starts as a copy of the dense MLP plus small Gaussian noise (relative std
-``moe_noise``, default 0.01) so experts can specialise; shared experts are copies. With shared experts, every expert's output projection is scaled by
-1 / (1 + n_shared) so that routed + shared outputs add up to the dense MLP's. The
-router is new: N(0, 0.02 / sqrt(d_model))-small, so routing starts near uniform. With the router's
-top-k probabilities renormalised (``norm_topk_prob``), the upcycled layer's output at start equals
-the dense MLP's up to the noise, whatever the routing.
+``moe_noise``, default 0.01) so experts can specialise; shared experts are copies. With shared
+experts, every expert's output projection is scaled by 1 / (1 + n_shared) so that routed and
+shared outputs add up to the dense MLP's. The router is new: N(0, 0.02 / sqrt(d_model))-small,
+so routing starts near uniform. With the router's top-k probabilities renormalised
+(``norm_topk_prob``), the upcycled layer's output at start equals the dense MLP's up to the
+noise, whatever the routing.
 """
 
 from __future__ import annotations
