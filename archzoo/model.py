@@ -96,8 +96,20 @@ class ArchZooLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab). With a cache: prefill or decode from ``cache.seq_len``."""
+        return self.lm_head(self.hidden_states(input_ids, cache))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, cache: Cache | None = None, n_blocks: int | None = None
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T, d_model) after the final norm, without the LM head.
+
+        The trainer builds logits from these chunk by chunk. With ``n_blocks`` only the first
+        blocks run and the residual stream before the final norm comes back (no cache then).
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if n_blocks is not None and cache is not None:
+            raise ValueError("n_blocks runs part of the model, which a cache cannot follow")
         B, T = input_ids.shape
         pos = 0
         if cache is not None:
@@ -109,12 +121,13 @@ class ArchZooLM(nn.Module):
                     f"cache holds {cache.capacity} tokens; {pos} seen + {T} new exceeds it (new_cache(max_seq_len=...))"
                 )
         ctx = ForwardContext(pos=pos)
-        x = self.embed(input_ids)
-        for i, block in enumerate(self.blocks):
+        x = self.embed(input_ids)  # (B, T, d)
+        blocks = self.blocks if n_blocks is None else self.blocks[:n_blocks]
+        for i, block in enumerate(blocks):
             x = block(x, cache.layers[i] if cache is not None else None, ctx)
         if cache is not None:
             cache.seq_len = pos + T
-        return self.lm_head(self.norm(x))
+        return x if n_blocks is not None else self.norm(x)
 
     @property
     def aux_loss(self) -> torch.Tensor:

@@ -7,24 +7,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from archzoo.layers import ForwardContext
-
 
 def final_hidden(model: nn.Module, input_ids: torch.Tensor, n_blocks: int | None = None) -> torch.Tensor:
-    """(B, T) ids -> (B, T, d_model) hidden states after the final norm, without the LM head.
-
-    The same computation as ``ArchZooLM.forward`` (training path, no cache) up to the head, so
-    the losses can build logits chunk by chunk from these and ``model.lm_head.weight``. With
-    ``n_blocks`` only the first blocks run and the un-normalised residual stream comes back.
-    """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-    ctx = ForwardContext(pos=0)
-    x = model.embed(input_ids)  # (B, T, d)
-    blocks = model.blocks if n_blocks is None else model.blocks[:n_blocks]
-    for block in blocks:
-        x = block(x, None, ctx)
-    return x if n_blocks is not None else model.norm(x)
+    """(B, T) ids -> (B, T, d_model) hidden states after the final norm, without the LM head
+    (``ArchZooLM.hidden_states``); with ``n_blocks``, the residual stream after the first blocks."""
+    return model.hidden_states(input_ids, n_blocks=n_blocks)
 
 
 @contextmanager
