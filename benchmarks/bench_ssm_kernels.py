@@ -207,6 +207,11 @@ def main() -> None:
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
+    ap.add_argument(
+        "--scan-config",
+        default=None,
+        help='JSON {"fwd": {...}, "bwd": {...}} overriding the scan\'s CUDA_CONFIG (e.g. a tuner\'s result)',
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
@@ -215,7 +220,10 @@ def main() -> None:
 
     import archzoo.kernels as K
     from archzoo.kernels.causal_conv1d import get_backend
+    from archzoo.kernels.selective_scan import triton as scan_triton
 
+    if args.scan_config:
+        scan_triton.CONFIG_OVERRIDE.update(json.loads(args.scan_config))
     peers = _peers()
     lengths = [int(s) for s in args.lengths.split(",")]
     b, d, n, W = args.batch, args.dim, args.dstate, args.width
@@ -238,6 +246,9 @@ def main() -> None:
         "triton": triton.__version__,
         "python": platform.python_version(),
         "shape": {"b": b, "d": d, "n": n, "width": W, "dtype": "bfloat16"},
+        "archzoo_scan_config": {
+            k: {**v, **scan_triton.CONFIG_OVERRIDE.get(k, {})} for k, v in scan_triton.CUDA_CONFIG.items()
+        },
         "peers": {k: ("ok" if not isinstance(v, str) else v) for k, v in peers.items()},
         "selective_scan": {},
         "causal_conv1d": {},

@@ -1,17 +1,33 @@
-"""Sweep block sizes / warps of the Triton selective scan on one GPU (helps pick scan_config's defaults).
+"""Sweep block sizes, warps and code-path flags of the Triton selective scan on one GPU.
 
-python benchmarks/tune_ssm_kernels.py --length 4096
+    python benchmarks/tune_ssm_kernels.py --length 4096 --out results/tune.json
+
+Times the inference forward (no checkpoints) and, separately, the backward kernel alone (from the
+checkpoints of a forward with the same BLOCK_L), at Mamba's configuration (D, z, delta_bias,
+softplus, B / C (b, n, l)), and reports each compiled kernel's registers and spills, which is
+where the backward's cost hides. The winners go into ``CUDA_CONFIG`` in
+``archzoo/kernels/selective_scan/triton.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import torch
 import triton.testing
 
 from archzoo.kernels.selective_scan import triton as T
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",")]
+
+
+def _regs(key: str) -> tuple[int, int]:
+    k = T.LAST_COMPILED.get(key)
+    return getattr(k, "n_regs", -1), getattr(k, "n_spills", -1)
 
 
 def main() -> None:
@@ -20,44 +36,89 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--length", type=int, default=4096)
-    ap.add_argument("--block-d", default="1,2,4,8")
-    ap.add_argument("--block-l", default="128,256,512,1024")
-    ap.add_argument("--warps", default="4,8")
-    ap.add_argument("--per-thread", default="8,32", help="keep configs with BLOCK_D*BLOCK_L/(32*warps) in this range")
+    ap.add_argument("--which", default="fwd,bwd")
+    ap.add_argument("--fwd-block-d", default="1,2,4,8")
+    ap.add_argument("--fwd-block-l", default="256,512,1024")
+    ap.add_argument("--bwd-block-d", default="1,2,4,8,16")
+    ap.add_argument("--bwd-block-l", default="32,64,128,256")
+    ap.add_argument("--warps", default="1,2,4")
+    ap.add_argument("--fwd-per-thread", default="8,32", help="keep BLOCK_D*BLOCK_L/(32*warps) in this range")
+    ap.add_argument("--bwd-per-thread", default="4,16")
+    ap.add_argument("--rep", type=int, default=25, help="do_bench rep (ms)")
+    ap.add_argument("--shard", default="0/1", help="I/K: run every K-th config from the I-th (parallel compiles)")
+    ap.add_argument("--compile-only", action="store_true", help="launch each config once (fills Triton's cache)")
+    ap.add_argument("--device", default="cuda", help="cpu only checks this script (under TRITON_INTERPRET=1)")
+    ap.add_argument("--out", default=None, help="write every row as JSON here")
     args = ap.parse_args()
     b, d, n, L = args.batch, args.dim, args.dstate, args.length
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt)
+    g = torch.Generator(device=args.device).manual_seed(0)
+    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device=args.device, generator=g).to(dt)
     u, delta, z = r(b, d, L), (0.5 * r(b, d, L, dt=torch.float32) - 4).to(torch.bfloat16), r(b, d, L)
     A, B, C = -torch.exp(0.5 * r(d, n, dt=torch.float32)), r(b, n, L), r(b, n, L)
     D, bias = r(d, dt=torch.float32), 0.1 * r(d, dt=torch.float32)
     gout = r(b, d, L)
-    rows = []
-    for bd, bl, nw in itertools.product(*(map(int, s.split(",")) for s in (args.block_d, args.block_l, args.warps))):
-        lo, hi = map(int, args.per_thread.split(","))
-        if not lo <= bd * bl // (32 * nw) <= hi:
-            continue
-        cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
-        T.CONFIG_OVERRIDE.clear()
-        T.CONFIG_OVERRIDE.update(fwd=cfg, bwd=cfg)
-        try:
-            with torch.no_grad():
-                fwd = triton.testing.do_bench(lambda: T.selective_scan_fn(u, delta, A, B, C, D, z, bias, True),
-                                              warmup=5, rep=30, return_mode="median")  # fmt: skip
-            with torch.no_grad():  # the backward kernel alone, from saved checkpoints
-                _, _, ckpt, y = T._scan_forward(u, delta, A, B, C, D, z, bias, None, True, True, False)
-            bwd = triton.testing.do_bench(
-                lambda ck=ckpt, y=y: T._scan_backward(u, delta, A, B, C, D, z, bias, ck, y, gout, None, True, False),
-                warmup=5, rep=30, return_mode="median",
-            )  # fmt: skip
-            del ckpt, y
-        except Exception as e:  # a config the compiler rejects (e.g. out of resources)
-            print(f"{cfg}: failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}", flush=True)
-            continue
-        rows.append((fwd, bwd, cfg))
-        print(f"BLOCK_D={bd:3d} BLOCK_L={bl:4d} warps={nw}: fwd {fwd:.3f} ms  bwd-kernel {bwd:.3f} ms", flush=True)
-    print("\nbest fwd:", min(rows, key=lambda x: x[0]))
-    print("best bwd:", min(rows, key=lambda x: x[1]))
+
+    def bench(fn) -> float:
+        if args.compile_only:
+            fn()
+            return 0.0
+        return triton.testing.do_bench(fn, warmup=5, rep=args.rep, return_mode="median")
+
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+
+    which = args.which.split(",")
+    fwd_variants, bwd_variants = [(True, False), (False, False)], [(True, False), (False, True)]  # (PREFETCH, RELOAD)
+    grids = {
+        "fwd": (_ints(args.fwd_block_d), _ints(args.fwd_block_l), _ints(args.fwd_per_thread), fwd_variants),
+        "bwd": (_ints(args.bwd_block_d), _ints(args.bwd_block_l), _ints(args.bwd_per_thread), bwd_variants),
+    }
+    shard, n_shards = map(int, args.shard.split("/"))
+    todo = []
+    for key in which:
+        bds, bls, (lo, hi), variants = grids[key]
+        for bd, bl, nw, (pf, rl) in itertools.product(bds, bls, _ints(args.warps), variants):
+            if lo <= bd * bl // (32 * nw) <= hi:
+                todo.append((key, bd, bl, nw, pf, rl))
+    for j, (key, bd, bl, nw, pf, rl) in enumerate(todo):
+        if j % n_shards == shard:
+            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, PREFETCH=pf, RELOAD=rl)
+            T.CONFIG_OVERRIDE.clear()
+            T.CONFIG_OVERRIDE.update(fwd=cfg, bwd=cfg)
+            row = dict(kernel=key, length=L, **cfg)
+            try:
+                with torch.no_grad():
+                    if key == "fwd":
+                        row["ms"] = bench(
+                            lambda: T._scan_forward(u, delta, A, B, C, D, z, bias, None, True, False, False)
+                        )
+                    else:
+                        _, _, ckpt, y = T._scan_forward(u, delta, A, B, C, D, z, bias, None, True, True, False)
+                        row["fwd_ckpt_ms"] = bench(
+                            lambda: T._scan_forward(u, delta, A, B, C, D, z, bias, None, True, True, False)
+                        )
+                        row["regs_fwd_ckpt"], row["spills_fwd_ckpt"] = _regs("fwd")
+                        row["ms"] = bench(
+                            lambda ck=ckpt, y=y: T._scan_backward(
+                                u, delta, A, B, C, D, z, bias, ck, y, gout, None, True, False
+                            )
+                        )
+                        del ckpt, y
+                row["regs"], row["spills"] = _regs(key)
+            except Exception as e:  # a config the compiler rejects (e.g. out of resources)
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            record(row)
+    for key in which:
+        ok = [x for x in rows if x["kernel"] == key and "ms" in x]
+        if ok:
+            best = min(ok, key=lambda x: x["ms"] + x.get("fwd_ckpt_ms", 0.0))
+            print(f"best {key}: {json.dumps(best)}")
 
 
 if __name__ == "__main__":

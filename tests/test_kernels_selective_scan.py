@@ -221,3 +221,14 @@ def test_dispatch_reports_backend(monkeypatch):
         got = K.selective_scan_fn(*args)
         assert K.last_backend("selective_scan_fn") == "triton"
         assert rel_err(got, ref) < 1e-5, "out"
+
+
+@pytest.mark.parametrize("prefetch,reload", [(False, True), (False, False), (True, True)])
+def test_scan_code_path_variants(monkeypatch, prefetch, reload):
+    """The kernels' register-pressure variants (scan_config flags) compute the same thing."""
+    monkeypatch.setattr(
+        T, "CONFIG_OVERRIDE", {"fwd": {"PREFETCH": prefetch}, "bwd": {"PREFETCH": prefetch, "RELOAD": reload}}
+    )
+    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES["full"]
+    ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
+    _compare(ins, sp, last, tol=1e-4)

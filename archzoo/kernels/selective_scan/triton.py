@@ -84,7 +84,7 @@ def _scan_fwd_kernel(
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, STORE_Y: tl.constexpr, STORE_LAST: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    PREFETCH: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """out (and the pre-gate y, when STORE_Y) share out's strides s_o_*."""
     pid_b = tl.program_id(0).to(tl.int64)
@@ -128,16 +128,23 @@ def _scan_fwd_kernel(
             y = Dv[:, None] * u
         else:
             y = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
-        A_nx, B_nx, C_nx = _load_state_params(
-            A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
-            s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
-        )  # fmt: skip
-        for i in range(0, n):
-            A_i, B_i, C_i = A_nx, B_nx, C_nx
-            A_nx, B_nx, C_nx = _load_state_params(  # prefetch the next state's parameters (wraps at the end)
-                A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+        if PREFETCH:
+            A_nx, B_nx, C_nx = _load_state_params(
+                A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
                 s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
             )  # fmt: skip
+        for i in range(0, n):
+            if PREFETCH:
+                A_i, B_i, C_i = A_nx, B_nx, C_nx
+                A_nx, B_nx, C_nx = _load_state_params(  # prefetch the next state's parameters (wraps at the end)
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
+            else:
+                A_i, B_i, C_i = _load_state_params(
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
             a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])  # exp(dt A) as exp2
             ca, cb = tl.associative_scan((a, x * B_i), 1, _fwd_combine)
             h = ca * _column(H, offs_n, i)[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of state i
@@ -175,11 +182,13 @@ def _scan_bwd_kernel(
     s_dC_b, s_dC_g, s_dC_n, s_dC_l,
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr, STORE_DH0: tl.constexpr,
+    HAS_DLAST: tl.constexpr, STORE_DH0: tl.constexpr, PREFETCH: tl.constexpr, RELOAD: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C)
-    are written as per-batch partials (b, d, [n]) fp32; dB / dC of shape (b, [g,] n, l) get fp32 atomics."""
+    are written as per-batch partials (b, d, [n]) fp32; dB / dC of shape (b, [g,] n, l) get fp32 atomics.
+    PREFETCH loads the next state's B / C rows during the current state; RELOAD re-reads u and delta
+    after the state loop instead of keeping them live in registers through it (register pressure)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -255,16 +264,23 @@ def _scan_bwd_kernel(
             dy = dy * zz * sig
         dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
         ddt = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
-        A_nx, B_nx, C_nx = _load_state_params(
-            A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
-            s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
-        )  # fmt: skip
-        for i in range(0, n):
-            A_i, B_i, C_i = A_nx, B_nx, C_nx
+        if PREFETCH:
             A_nx, B_nx, C_nx = _load_state_params(
-                A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+                A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
                 s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
             )  # fmt: skip
+        for i in range(0, n):
+            if PREFETCH:
+                A_i, B_i, C_i = A_nx, B_nx, C_nx
+                A_nx, B_nx, C_nx = _load_state_params(
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, (i + 1) % n, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
+            else:
+                A_i, B_i, C_i = _load_state_params(
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
             a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])
             b = x * B_i
             ca, cb = tl.associative_scan((a, b), 1, _fwd_combine)
@@ -279,19 +295,31 @@ def _scan_bwd_kernel(
             ddt += w * A_i[:, None]
             dA_acc += tl.where(offs_n[None, :] == i, tl.sum(w * dt, axis=1)[:, None], 0.0)
             if VAR_B:
-                tl.atomic_add(dB_row + i * s_dB_n + offs_t * s_dB_l, tl.sum(g * x, axis=0), mask=mask_t)
+                tl.atomic_add(dB_row + i * s_dB_n + offs_t * s_dB_l, tl.sum(g * x, axis=0), mask=mask_t, sem="relaxed")
             else:
                 dB_acc += tl.where(offs_n[None, :] == i, tl.sum(g * x, axis=1)[:, None], 0.0)
             if VAR_C:
-                tl.atomic_add(dC_row + i * s_dC_n + offs_t * s_dC_l, tl.sum(h * dy, axis=0), mask=mask_t)
+                tl.atomic_add(dC_row + i * s_dC_n + offs_t * s_dC_l, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
             else:
                 dC_acc += tl.where(offs_n[None, :] == i, tl.sum(h * dy, axis=1)[:, None], 0.0)
+        if RELOAD:
+            u = tl.load(
+                u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0
+            ).to(ACC)
         ddt += u * dx
         du = dx * dt
         if HAS_D:
             du += dy * Dv[:, None]
             dD_acc += tl.sum(dy * u, axis=1)
         if SOFTPLUS:
+            if RELOAD:
+                r = tl.load(
+                    dt_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + offs_t[None, :] * s_dt_l,
+                    mask=mask_dt,
+                    other=0.0,
+                ).to(ACC)
+                if HAS_BIAS:
+                    r = r + bias[:, None]
             ddt = ddt * tl.sigmoid(r)
         ddt = tl.where(mask_dt, ddt, 0.0)
         if HAS_BIAS:
@@ -398,8 +426,11 @@ def _block_d(d: int, groups: int, cap: int) -> int:
     return _pow2_divisor(d // groups, cap)
 
 
-# Tuning hook (benchmarks/tune_ssm_kernels.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}.
+# Tuning hook (benchmarks/tune_ssm_kernels.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps",
+# optional "PREFETCH" (bool), "RELOAD" (bool, backward only)}}.
 CONFIG_OVERRIDE: dict[str, dict] = {}
+# The last compiled kernel launched for "fwd" / "bwd" (its n_regs / n_spills are reported by the tuner).
+LAST_COMPILED: dict[str, object] = {}
 # Defaults on CUDA, from benchmarks/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, l=4096, bf16):
 # one warp per program, so the scans and row reductions stay inside a warp, and many programs per SM.
 CUDA_CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1), "bwd": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1)}
@@ -412,10 +443,11 @@ def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: tor
     callers take care of that.
     """
     block_n = _next_pow2(n)
-    if device.type != "cuda":
-        return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=8, num_warps=1)
     key = "bwd" if backward else "fwd"
-    cfg = CONFIG_OVERRIDE.get(key) or CUDA_CONFIG[key]
+    if device.type != "cuda":  # the code-path flags of an override apply here too (tests cover them)
+        flags = {k: v for k, v in CONFIG_OVERRIDE.get(key, {}).items() if k in ("PREFETCH", "RELOAD")}
+        return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=8, num_warps=1, **flags)
+    cfg = {**CUDA_CONFIG[key], **CONFIG_OVERRIDE.get(key, {})}
     # short sequences: a smaller chunk wastes less work on padding
     block_l = min(cfg["BLOCK_L"], max(16, _next_pow2(L)))
     return dict(cfg, BLOCK_D=_block_d(d, groups, cfg["BLOCK_D"]), BLOCK_N=block_n, BLOCK_L=block_l)
@@ -458,7 +490,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     zz = z if z is not None else u
     dummy = out
     grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    _scan_fwd_kernel[grid](
+    LAST_COMPILED["fwd"] = _scan_fwd_kernel[grid](
         u, delta, A, B, C,
         D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
         h0 if h0 is not None else dummy, out, y if y is not None else dummy,
@@ -468,7 +500,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
         *A.stride(), *sB, *sC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_Y=store_y, STORE_LAST=store_last,
-        ACC=_tl_dtype(cdt),
+        PREFETCH=cfg.get("PREFETCH", True), ACC=_tl_dtype(cdt),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
     return out, hlast, ckpt, y
@@ -501,7 +533,7 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     yy = y if y is not None else u
     dummy = dA
     grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    _scan_bwd_kernel[grid](
+    LAST_COMPILED["bwd"] = _scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy, ckpt, yy, dout, dlast if dlast is not None else dummy,
         du, ddelta, dz if dz is not None else dummy, dA, dB, dC,
@@ -511,7 +543,7 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
         *A.stride(), *sB, *sC, *sdB, *sdC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_DLAST=dlast is not None, STORE_DH0=need_dh0,
-        ACC=_tl_dtype(f32["dtype"]),
+        PREFETCH=cfg.get("PREFETCH", True), RELOAD=cfg.get("RELOAD", False), ACC=_tl_dtype(f32["dtype"]),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
     return (
