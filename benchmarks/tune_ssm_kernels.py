@@ -36,12 +36,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--length", type=int, default=4096)
+    ap.add_argument("--top", type=int, default=0, help="with --from-json: only time the top K configs of that file")
+    ap.add_argument("--from-json", default=None, help="a previous --out file whose best configs to re-time")
     ap.add_argument("--which", default="fwd,bwd")
-    ap.add_argument("--fwd-block-d", default="1,2,4,8")
+    ap.add_argument("--fwd-block-d", default="1,2,4")
     ap.add_argument("--fwd-block-l", default="256,512,1024")
-    ap.add_argument("--bwd-block-d", default="1,2,4,8,16")
-    ap.add_argument("--bwd-block-l", default="32,64,128,256")
-    ap.add_argument("--warps", default="1,2,4")
+    ap.add_argument("--bwd-block-d", default="1,2,4,8")
+    ap.add_argument("--bwd-block-l", default="64,128,256,512")
+    ap.add_argument("--warps", default="1,2")
     ap.add_argument("--fwd-per-thread", default="8,32", help="keep BLOCK_D*BLOCK_L/(32*warps) in this range")
     ap.add_argument("--bwd-per-thread", default="4,16")
     ap.add_argument("--rep", type=int, default=25, help="do_bench rep (ms)")
@@ -74,7 +76,9 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
 
     which = args.which.split(",")
-    fwd_variants, bwd_variants = [(True, False), (False, False)], [(True, False), (False, True)]  # (PREFETCH, RELOAD)
+    # (PREFETCH, RELOAD, PAIR): see scan_config's flags
+    fwd_variants = [(True, False, False), (False, False, False), (False, False, True)]
+    bwd_variants = [(True, False, False), (False, True, False), (False, True, True), (False, False, True)]
     grids = {
         "fwd": (_ints(args.fwd_block_d), _ints(args.fwd_block_l), _ints(args.fwd_per_thread), fwd_variants),
         "bwd": (_ints(args.bwd_block_d), _ints(args.bwd_block_l), _ints(args.bwd_per_thread), bwd_variants),
@@ -83,12 +87,20 @@ def main() -> None:
     todo = []
     for key in which:
         bds, bls, (lo, hi), variants = grids[key]
-        for bd, bl, nw, (pf, rl) in itertools.product(bds, bls, _ints(args.warps), variants):
+        for bd, bl, nw, (pf, rl, pair) in itertools.product(bds, bls, _ints(args.warps), variants):
             if lo <= bd * bl // (32 * nw) <= hi:
-                todo.append((key, bd, bl, nw, pf, rl))
-    for j, (key, bd, bl, nw, pf, rl) in enumerate(todo):
+                todo.append((key, bd, bl, nw, pf, rl, pair))
+    if args.from_json:  # re-time the best --top configs per kernel of an earlier sweep (e.g. at another length)
+        with open(args.from_json) as f:
+            prev = [x for x in json.load(f) if "ms" in x and x["kernel"] in which]
+        todo = []
+        for key in which:
+            best = sorted((x for x in prev if x["kernel"] == key), key=lambda x: x["ms"] + x.get("fwd_ckpt_ms", 0.0))
+            cols = ("BLOCK_D", "BLOCK_L", "num_warps", "PREFETCH", "RELOAD", "PAIR")
+            todo += [(key, *(x.get(c, False) for c in cols)) for x in best[: args.top or len(best)]]
+    for j, (key, bd, bl, nw, pf, rl, pair) in enumerate(todo):
         if j % n_shards == shard:
-            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, PREFETCH=pf, RELOAD=rl)
+            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, PREFETCH=pf, RELOAD=rl, PAIR=pair)
             T.CONFIG_OVERRIDE.clear()
             T.CONFIG_OVERRIDE.update(fwd=cfg, bwd=cfg)
             row = dict(kernel=key, length=L, **cfg)

@@ -79,6 +79,7 @@ CASES = {
     "grouped": (1, 8, 11, 4, "group", 2, True, False, True, True, True, True),
     "grouped_odd": (2, 6, 9, 2, "group", 2, False, True, False, False, False, True),
     "const_bc": (2, 6, 10, 3, "const", 1, True, True, False, True, True, True),
+    "const_bc_even_n": (2, 6, 10, 4, "const", 1, True, True, True, True, True, True),
     "bare": (1, 3, 17, 5, "var", 1, False, False, False, False, False, False),
     "block_multiple": (1, 4, 16, 4, "var", 1, True, False, True, False, False, True),
 }
@@ -223,12 +224,15 @@ def test_dispatch_reports_backend(monkeypatch):
         assert rel_err(got, ref) < 1e-5, "out"
 
 
-@pytest.mark.parametrize("prefetch,reload", [(False, True), (False, False), (True, True)])
-def test_scan_code_path_variants(monkeypatch, prefetch, reload):
-    """The kernels' register-pressure variants (scan_config flags) compute the same thing."""
-    monkeypatch.setattr(
-        T, "CONFIG_OVERRIDE", {"fwd": {"PREFETCH": prefetch}, "bwd": {"PREFETCH": prefetch, "RELOAD": reload}}
-    )
-    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES["full"]
+@pytest.mark.parametrize(
+    "prefetch,reload,pair,case",
+    [(False, True, False, "full"), (False, False, False, "full"), (True, True, False, "full"),
+     (False, True, True, "const_bc_even_n"), (False, False, True, "grouped")],
+)  # fmt: skip
+def test_scan_code_path_variants(monkeypatch, prefetch, reload, pair, case):
+    """The kernels' variants (scan_config flags: prefetch, reload, two states per iteration) agree."""
+    flags = {"PREFETCH": prefetch, "PAIR": pair}
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": flags, "bwd": {**flags, "RELOAD": reload}})
+    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES[case]
     ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
     _compare(ins, sp, last, tol=1e-4)

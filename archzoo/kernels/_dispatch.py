@@ -84,5 +84,5 @@ def last_backend(op: str) -> str | None:
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
     devs = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devs.values())) > 1:
+    if len(devs) > 1 and len(set(devs.values())) > 1:
         raise ValueError(f"all tensors must be on one device, got {', '.join(f'{k}: {v}' for k, v in devs.items())}")

@@ -15,7 +15,7 @@ def _float(name: str, t: torch.Tensor) -> None:
 
 
 def _shape(name: str, t: torch.Tensor | None, shape: tuple[int, ...], what: str) -> None:
-    if t is not None and tuple(t.shape) != shape:
+    if t is not None and t.shape != shape:  # torch.Size compares with a tuple
         raise ValueError(f"{name} must have shape {what} = {shape}, got {tuple(t.shape)}")
 
 

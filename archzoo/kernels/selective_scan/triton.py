@@ -52,6 +52,50 @@ def _column(tile, offs, i):
 
 
 @triton.jit
+def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, offs_l, BLOCK_L: tl.constexpr):
+    """One state's scan over a chunk: -> (its y contribution C h, the state at the chunk's last step)."""
+    a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])  # exp(dt A) as exp2
+    ca, cb = tl.associative_scan((a, x * B_i), 1, _fwd_combine)
+    h = ca * h0_i[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of this state
+    h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+    return h * C_i, h_end
+
+
+@triton.jit
+def _bwd_state(dt, x, dt_nx, dy, A_i, B_i, C_i, h0_i, g1_i):
+    """One state's recompute + adjoint over a chunk: -> (h, g = dL/dh, w = g_t a_t h_{t-1}), each (BLOCK_D, BLOCK_L)."""
+    a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])
+    b = x * B_i
+    ca, cb = tl.associative_scan((a, b), 1, _fwd_combine)
+    h = ca * h0_i[:, None] + cb  # h_t, recomputed
+    a_nx = tl.exp2(dt_nx * (A_i * 1.4426950408889634)[:, None])  # a_{t+1}
+    pa, pv = tl.associative_scan((a_nx, dy * C_i), 1, _rev_combine, reverse=True)
+    g = pv + pa * g1_i[:, None]  # dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}
+    return h, g, g * (h - b)
+
+
+@triton.jit
+def _bwd_grads(i, h, g, w, dt, x, dy, A_i, B_i, offs_n, offs_l, offs_t, mask_t,
+               G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l,
+               VAR_B: tl.constexpr, VAR_C: tl.constexpr):  # fmt: skip
+    """Fold state i's (h, g, w) into the carries and gradients; dB / dC rows of (b, [g,] n, l) go out by atomics."""
+    g_start = tl.sum(tl.where(offs_l[None, :] == 0, g, 0.0), axis=1)
+    G = tl.where(offs_n[None, :] == i, g_start[:, None], G)
+    dx += g * B_i
+    ddt += w * A_i[:, None]
+    dA_acc += tl.where(offs_n[None, :] == i, tl.sum(w * dt, axis=1)[:, None], 0.0)
+    if VAR_B:
+        tl.atomic_add(dB_row + i * s_dB_n + offs_t * s_dB_l, tl.sum(g * x, axis=0), mask=mask_t, sem="relaxed")
+    else:
+        dB_acc += tl.where(offs_n[None, :] == i, tl.sum(g * x, axis=1)[:, None], 0.0)
+    if VAR_C:
+        tl.atomic_add(dC_row + i * s_dC_n + offs_t * s_dC_l, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
+    else:
+        dC_acc += tl.where(offs_n[None, :] == i, tl.sum(h * dy, axis=1)[:, None], 0.0)
+    return G, dx, ddt, dA_acc, dB_acc, dC_acc
+
+
+@triton.jit
 def _load_state_params(A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
                        s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l,
                        VAR_B: tl.constexpr, VAR_C: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
@@ -84,7 +128,8 @@ def _scan_fwd_kernel(
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, STORE_Y: tl.constexpr, STORE_LAST: tl.constexpr,
-    PREFETCH: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    PREFETCH: tl.constexpr, STATES: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """out (and the pre-gate y, when STORE_Y) share out's strides s_o_*."""
     pid_b = tl.program_id(0).to(tl.int64)
@@ -133,7 +178,7 @@ def _scan_fwd_kernel(
                 A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
                 s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
             )  # fmt: skip
-        for i in range(0, n):
+        for i in range(0, n, STATES):  # STATES (1 or 2, n % STATES == 0) independent scans per iteration: ILP
             if PREFETCH:
                 A_i, B_i, C_i = A_nx, B_nx, C_nx
                 A_nx, B_nx, C_nx = _load_state_params(  # prefetch the next state's parameters (wraps at the end)
@@ -145,12 +190,18 @@ def _scan_fwd_kernel(
                     A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
-            a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])  # exp(dt A) as exp2
-            ca, cb = tl.associative_scan((a, x * B_i), 1, _fwd_combine)
-            h = ca * _column(H, offs_n, i)[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of state i
-            y += h * C_i
-            h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+            if STATES == 2:
+                A_j, B_j, C_j = _load_state_params(
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, i + 1, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
+                yc_j, end_j = _fwd_state(dt, x, A_j, B_j, C_j, _column(H, offs_n, i + 1), offs_l, BLOCK_L)
+            yc, h_end = _fwd_state(dt, x, A_i, B_i, C_i, _column(H, offs_n, i), offs_l, BLOCK_L)
+            y += yc
             H = tl.where(offs_n[None, :] == i, h_end[:, None], H)
+            if STATES == 2:
+                y += yc_j
+                H = tl.where(offs_n[None, :] == i + 1, end_j[:, None], H)
         o_offs = pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_t[None, :] * s_o_l
         if STORE_Y:
             tl.store(y_ptr + o_offs, y.to(y_ptr.dtype.element_ty), mask=mask_dt)
@@ -168,7 +219,7 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, y_ptr, dout_ptr, dlast_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    d, L, n, n_chunks, d_per_group,
+    d, L, n, n_chunks, d_per_group, s_part_b,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -183,6 +234,7 @@ def _scan_bwd_kernel(
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, STORE_DH0: tl.constexpr, PREFETCH: tl.constexpr, RELOAD: tl.constexpr,
+    STATES: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C)
@@ -269,7 +321,7 @@ def _scan_bwd_kernel(
                 A_ptr, B_ptr, C_ptr, B_row, C_row, 0, offs_d, offs_t, mask_d, mask_t,
                 s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
             )  # fmt: skip
-        for i in range(0, n):
+        for i in range(0, n, STATES):
             if PREFETCH:
                 A_i, B_i, C_i = A_nx, B_nx, C_nx
                 A_nx, B_nx, C_nx = _load_state_params(
@@ -281,27 +333,24 @@ def _scan_bwd_kernel(
                     A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mask_d, mask_t,
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
-            a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])
-            b = x * B_i
-            ca, cb = tl.associative_scan((a, b), 1, _fwd_combine)
-            h = ca * _column(H0, offs_n, i)[:, None] + cb  # h_t, recomputed
-            a_nx = tl.exp2(dt_nx * (A_i * 1.4426950408889634)[:, None])  # a_{t+1}
-            pa, pv = tl.associative_scan((a_nx, dy * C_i), 1, _rev_combine, reverse=True)
-            g = pv + pa * _column(G, offs_n, i)[:, None]  # dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}
-            g_start = tl.sum(tl.where(offs_l[None, :] == 0, g, 0.0), axis=1)
-            G = tl.where(offs_n[None, :] == i, g_start[:, None], G)
-            dx += g * B_i
-            w = g * (h - b)  # g_t a_t h_{t-1}
-            ddt += w * A_i[:, None]
-            dA_acc += tl.where(offs_n[None, :] == i, tl.sum(w * dt, axis=1)[:, None], 0.0)
-            if VAR_B:
-                tl.atomic_add(dB_row + i * s_dB_n + offs_t * s_dB_l, tl.sum(g * x, axis=0), mask=mask_t, sem="relaxed")
-            else:
-                dB_acc += tl.where(offs_n[None, :] == i, tl.sum(g * x, axis=1)[:, None], 0.0)
-            if VAR_C:
-                tl.atomic_add(dC_row + i * s_dC_n + offs_t * s_dC_l, tl.sum(h * dy, axis=0), mask=mask_t, sem="relaxed")
-            else:
-                dC_acc += tl.where(offs_n[None, :] == i, tl.sum(h * dy, axis=1)[:, None], 0.0)
+            if STATES == 2:
+                A_j, B_j, C_j = _load_state_params(
+                    A_ptr, B_ptr, C_ptr, B_row, C_row, i + 1, offs_d, offs_t, mask_d, mask_t,
+                    s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
+                )  # fmt: skip
+                h_j, g_j, w_j = _bwd_state(
+                    dt, x, dt_nx, dy, A_j, B_j, C_j, _column(H0, offs_n, i + 1), _column(G, offs_n, i + 1)
+                )
+            h, g, w = _bwd_state(dt, x, dt_nx, dy, A_i, B_i, C_i, _column(H0, offs_n, i), _column(G, offs_n, i))
+            G, dx, ddt, dA_acc, dB_acc, dC_acc = _bwd_grads(
+                i, h, g, w, dt, x, dy, A_i, B_i, offs_n, offs_l, offs_t, mask_t,
+                G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l, VAR_B, VAR_C,
+            )  # fmt: skip
+            if STATES == 2:
+                G, dx, ddt, dA_acc, dB_acc, dC_acc = _bwd_grads(
+                    i + 1, h_j, g_j, w_j, dt, x, dy, A_j, B_j, offs_n, offs_l, offs_t, mask_t,
+                    G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l, VAR_B, VAR_C,
+                )  # fmt: skip
         if RELOAD:
             u = tl.load(
                 u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0
@@ -327,16 +376,16 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + g_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dt)
         tl.store(ddt_ptr + g_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
 
-    part = pid_b * d * n + dn_offs  # per-batch partials (b, d, n)
+    part = pid_b * s_part_b + dn_offs  # per-batch partials: rows of one (b, ...) buffer
     tl.store(dA_ptr + part, dA_acc, mask=mask_dn)
     if not VAR_B:
         tl.store(dB_ptr + part, dB_acc, mask=mask_dn)
     if not VAR_C:
         tl.store(dC_ptr + part, dC_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(dD_ptr + pid_b * d + offs_d, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + pid_b * s_part_b + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * d + offs_d, dbias_acc, mask=mask_d)
+        tl.store(dbias_ptr + pid_b * s_part_b + offs_d, dbias_acc, mask=mask_d)
     if STORE_DH0:  # dL/dh_{-1} = a_0 g_0
         r0 = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(ACC)
         if HAS_BIAS:
@@ -344,7 +393,7 @@ def _scan_bwd_kernel(
         if SOFTPLUS:
             r0 = _softplus(r0)
         A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
-        tl.store(dh0_ptr + part, tl.exp(r0[:, None] * A.to(ACC)) * G, mask=mask_dn)
+        tl.store(dh0_ptr + pid_b * d * n + dn_offs, tl.exp(r0[:, None] * A.to(ACC)) * G, mask=mask_dn)
 
 
 @triton.jit
@@ -445,7 +494,7 @@ def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: tor
     block_n = _next_pow2(n)
     key = "bwd" if backward else "fwd"
     if device.type != "cuda":  # the code-path flags of an override apply here too (tests cover them)
-        flags = {k: v for k, v in CONFIG_OVERRIDE.get(key, {}).items() if k in ("PREFETCH", "RELOAD")}
+        flags = {k: v for k, v in CONFIG_OVERRIDE.get(key, {}).items() if k in ("PREFETCH", "RELOAD", "PAIR")}
         return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=8, num_warps=1, **flags)
     cfg = {**CUDA_CONFIG[key], **CONFIG_OVERRIDE.get(key, {})}
     # short sequences: a smaller chunk wastes less work on padding
@@ -479,6 +528,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     if store_ckpt:  # the backward re-reads these checkpoints: use its chunk length
         cfg = dict(cfg, BLOCK_L=scan_config(d, n, L, groups, True, u.device)["BLOCK_L"])
     n_chunks = _cdiv(L, cfg["BLOCK_L"])
+    states = 2 if cfg.get("PAIR", False) and n % 2 == 0 else 1
     out = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     store_y = store_ckpt and z is not None
     y = torch.empty_like(out) if store_y else None
@@ -500,7 +550,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
         *A.stride(), *sB, *sC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_Y=store_y, STORE_LAST=store_last,
-        PREFETCH=cfg.get("PREFETCH", True), ACC=_tl_dtype(cdt),
+        PREFETCH=cfg.get("PREFETCH", True) and states == 1, STATES=states, ACC=_tl_dtype(cdt),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
     return out, hlast, ckpt, y
@@ -514,47 +564,63 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     n_chunks = ckpt.shape[1]
     if n_chunks != _cdiv(L, cfg["BLOCK_L"]):
         raise RuntimeError("selective scan: the checkpoints were written with another chunk length")
+    states = 2 if cfg.get("PAIR", False) and n % 2 == 0 else 1
     f32 = dict(device=u.device, dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout))
     du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
     dz = torch.empty((b, d, L), device=u.device, dtype=z.dtype) if z is not None else None
-    dA = torch.empty((b, d, n), **f32)
     var_b, sB = _bc_view(B)
     var_c, sC = _bc_view(C)
-    # dB / dC: fp32 atomics into (b, [g,] n, l) when variable, else per-batch partials (b, d, n)
-    dB = torch.zeros(B.shape, **f32) if var_b else torch.empty((b, d, n), **f32)
-    dC = torch.zeros(C.shape, **f32) if var_c else torch.empty((b, d, n), **f32)
+    # Few host ops around the kernel (at l ~ 1k their launch latency shows): the per-batch partials of
+    # the per-channel gradients (dA, dD, dbias and a (d, n) dB / dC) share one buffer summed once, and
+    # the fp32 atomic targets of a variable dB / dC share one zeroed buffer.
+    parts = [("dA", d * n), ("dB", 0 if var_b else d * n), ("dC", 0 if var_c else d * n)]
+    parts += [("dD", d if D is not None else 0), ("dbias", d if delta_bias is not None else 0)]
+    partial = torch.empty((b, sum(k for _, k in parts)), **f32)
+    views, o = {}, 0
+    for name, k in parts:
+        views[name] = partial[:, o : o + k] if k else None
+        o += k
+    n_var = (B.numel() if var_b else 0) + (C.numel() if var_c else 0)
+    atom = torch.zeros(n_var, **f32) if n_var else None
+    dB = atom[: B.numel()].view(B.shape) if var_b else views["dB"]
+    dC = atom[atom.numel() - C.numel() :].view(C.shape) if var_c else views["dC"]
+    dA, dD, dbias = views["dA"], views["dD"], views["dbias"]
     sdB = _bc_view(dB)[1] if var_b else (0, 0, 0, 0)
     sdC = _bc_view(dC)[1] if var_c else (0, 0, 0, 0)
-    dD = torch.empty((b, d), **f32) if D is not None else None
-    dbias = torch.empty((b, d), **f32) if delta_bias is not None else None
     dh0 = torch.empty((b, d, n), **f32) if need_dh0 else None
     zz = z if z is not None else u
     yy = y if y is not None else u
-    dummy = dA
+    dummy = partial
     grid = (b, _cdiv(d, cfg["BLOCK_D"]))
     LAST_COMPILED["bwd"] = _scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy, ckpt, yy, dout, dlast if dlast is not None else dummy,
         du, ddelta, dz if dz is not None else dummy, dA, dB, dC,
         dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0 if dh0 is not None else dummy,
-        d, L, n, n_chunks, d // groups,
+        d, L, n, n_chunks, d // groups, partial.stride(0),
         *u.stride(), *delta.stride(), *zz.stride(), *yy.stride(), *dout.stride(), *du.stride(),
         *A.stride(), *sB, *sC, *sdB, *sdC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_DLAST=dlast is not None, STORE_DH0=need_dh0,
-        PREFETCH=cfg.get("PREFETCH", True), RELOAD=cfg.get("RELOAD", False), ACC=_tl_dtype(f32["dtype"]),
+        PREFETCH=cfg.get("PREFETCH", True) and states == 1, RELOAD=cfg.get("RELOAD", False), STATES=states,
+        ACC=_tl_dtype(f32["dtype"]),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
+    tot, o = partial.sum(0), 0
+    sums = {}
+    for name, k in parts:
+        sums[name] = tot[o : o + k] if k else None
+        o += k
     return (
         du,
         ddelta,
-        dA.sum(0).to(A.dtype),
-        (dB if var_b else dB.sum(0)).to(B.dtype),
-        (dC if var_c else dC.sum(0)).to(C.dtype),
-        dD.sum(0).to(D.dtype) if D is not None else None,
+        sums["dA"].view(d, n).to(A.dtype),
+        (dB if var_b else sums["dB"].view(d, n)).to(B.dtype),
+        (dC if var_c else sums["dC"].view(d, n)).to(C.dtype),
+        sums["dD"].to(D.dtype) if D is not None else None,
         dz,
-        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        sums["dbias"].to(delta_bias.dtype) if delta_bias is not None else None,
         dh0,
     )
 
