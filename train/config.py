@@ -165,6 +165,9 @@ class OptimizerConfig(_Strict):
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+# What Lightning's ModelParallelStrategy, which runs strategy 'fsdp', accepts: not 16-mixed (it would
+# need a sharded gradient scaler) nor 64-true.
+FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
 class TrainerConfig(_Strict):
@@ -174,7 +177,10 @@ class TrainerConfig(_Strict):
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     num_nodes: int = Field(default=1, gt=0)
-    strategy: str = "auto"
+    strategy: str = Field(
+        default="auto",
+        description="auto, single_device, ddp* or fsdp (FSDP2: sharded student, full checkpoints; train/sharding.py)",
+    )
     precision: Literal[PRECISIONS] = "32-true"  # type: ignore[valid-type]
     accumulate_grad_batches: int = Field(default=1, gt=0)
     gradient_clip_val: float | None = Field(default=1.0, gt=0)
@@ -191,14 +197,29 @@ class TrainerConfig(_Strict):
     def _strategy(cls, v: str) -> str:
         from lightning.pytorch.strategies import StrategyRegistry
 
-        # Sharding strategies (fsdp, deepspeed) rename and flatten the student's parameters, which
-        # stage freezing by name and the student export rely on; they are refused, not half-run.
+        # 'fsdp' here is FSDP2 (torch's fully_shard under Lightning's ModelParallelStrategy,
+        # train/sharding.py), not the FSDP1 strategy Lightning registers under that name. The other
+        # sharding strategies (fsdp_cpu_offload, deepspeed*) flatten the student's parameters, which
+        # stage freezing by name and the student export rely on: they are refused, not half-run.
         known = ["auto", *StrategyRegistry.available_strategies()]
-        supported = [s for s in known if s in ("auto", "single_device") or s.startswith("ddp")]
+        supported = [s for s in known if s in ("auto", "single_device") or s.startswith("ddp")] + ["fsdp"]
         if v not in supported:
-            what = "not supported by the distillation trainer" if v in known else "unknown"
-            raise ValueError(f"strategy {v!r} is {what}; expected one of {', '.join(supported)}")
+            if v in known:
+                raise ValueError(
+                    f"strategy {v!r} is not supported by the distillation trainer (for sharded training use "
+                    f"'fsdp'); expected one of {', '.join(supported)}"
+                )
+            raise ValueError(f"strategy {v!r} is unknown; expected one of {', '.join(supported)}")
         return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerConfig:
+        if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
+            raise _field(
+                "precision",
+                f"{self.precision!r} does not work with strategy 'fsdp'; expected one of {', '.join(FSDP_PRECISIONS)}",
+            )
+        return self
 
 
 class ExportConfig(_Strict):

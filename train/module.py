@@ -16,8 +16,11 @@ state survives stage changes and resumes exactly; a frozen parameter has no grad
 leaves it alone.
 
 The teacher is kept outside the module's registered children: it is not saved in checkpoints,
-not wrapped by DDP and not cast by Lightning's precision plugin; ``on_fit_start`` moves it to the
-student's device.
+not wrapped by DDP or sharded by FSDP and not cast by Lightning's precision plugin; ``on_fit_start``
+moves it to the student's device.
+
+With ``trainer.strategy: fsdp``, ``configure_model`` shards the student with FSDP2 (train/sharding.py
+says how and why); the steps below run unchanged on the shards.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from archzoo.layers import ForwardContext
 from .config import AlignStage, KDStage, RunConfig
 from .forward import final_hidden, teacher_mixer_io
 from .losses import align_loss, distill_loss
+from .sharding import FSDP2Strategy, gathered, init_root, is_sharded, reshard, shard_student
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,10 +83,17 @@ def param_names(model: nn.Module) -> dict[int, list[str]]:
 
 class DistillModule(L.LightningModule):
     def __init__(
-        self, run: RunConfig, teacher: nn.Module, student: nn.Module, default_layer_map: list[int] | None = None
+        self,
+        run: RunConfig,
+        teacher: nn.Module,
+        student: nn.Module,
+        default_layer_map: list[int] | None = None,
+        start_step: int = 0,
     ):
+        """``start_step``: the global step the fit starts from (a resumed run's checkpoint step)."""
         super().__init__()
         self.run_cfg = run
+        self.start_step = start_step
         self.student = student
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "teacher", teacher)  # not a child module: see the module docstring
@@ -138,13 +149,35 @@ class DistillModule(L.LightningModule):
         return keep
 
     def _enter_stage(self, i: int) -> None:
+        if is_sharded(self.student):
+            # A unit still gathered (the root after forward) would show its gathered parameters below
+            # and keep them; resharded, the flags land on the shards and the next all-gather copies them.
+            reshard(self.student)
         keep = self._trainable[i]
         for name, p in self.student.named_parameters():
             p.requires_grad_(name in keep)
         self._stage_idx = i
 
+    def configure_model(self) -> None:
+        """Under ``FSDP2Strategy``: enter the stage of ``start_step``, then shard the student over the
+        data-parallel mesh (once).
+
+        The stage comes first because a resumed checkpoint holds no optimizer state for parameters
+        frozen so far, and torch's sharded optimizer loader (``set_optimizer_state_dict``) requires
+        one for every parameter with ``requires_grad``. (Not so under DDP, which would leave a
+        parameter frozen when it wraps the model out of its gradient all-reduce for good.)
+        """
+        if isinstance(self.trainer.strategy, FSDP2Strategy) and not is_sharded(self.student):
+            self._enter_stage(self.run_cfg.stage_at(self.start_step)[0])
+            shard_student(self.student, self.trainer.strategy.device_mesh["data_parallel"])
+
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
+
+    def on_train_start(self) -> None:
+        if is_sharded(self.student):
+            init_root(self.student)
+        self._t_prev = time.perf_counter()
 
     def on_validation_start(self) -> None:
         self.teacher.to(self.device)
@@ -178,11 +211,11 @@ class DistillModule(L.LightningModule):
             loss, parts = self.align_step(batch[:, :-1], self.run_cfg.align_layers(i, self.student.cfg.n_layers))
         else:
             loss, parts = self.kd_step(batch[:, :-1], batch[:, 1:], stage)
-        self._check_finite(loss, parts, stage.name)
+        logged = self._global_mean({"loss": loss.detach(), **parts})
+        self._check_finite(logged, stage.name)
         bs = batch.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        for k, v in parts.items():
-            self.log(f"train/{k}", v, batch_size=bs)
+        for k, v in logged.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
         self.log("train/stage", float(i), batch_size=bs)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=bs)
         return loss
@@ -200,7 +233,7 @@ class DistillModule(L.LightningModule):
         h_s = final_hidden(self.student, ids).flatten(0, 1)  # (B T, d_s)
         out = distill_loss(
             h_s,
-            self.student.lm_head.weight,
+            self._student_head(),
             h_t,
             self.teacher.lm_head.weight if use_kl else None,
             targets.flatten(),
@@ -240,19 +273,29 @@ class DistillModule(L.LightningModule):
         loss = sum(align_loss(y_s, y_t, norm) for (y_s, y_t), norm in zip(pairs, norms, strict=True))
         return loss, {"align": loss.detach()}
 
-    def _check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], stage: str) -> None:
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:  # every rank must stop together
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        if bad:
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+    def _student_head(self) -> torch.Tensor:
+        """The student's LM-head weight after ``final_hidden(self.student, ...)``: under FSDP the root
+        unit keeps it gathered after forward (train/sharding.py), and gradients reach its shards."""
+        return gathered(self.student.lm_head.weight, "student lm_head.weight")
+
+    def _global_mean(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``values`` (detached scalars) averaged over the ranks in one all-reduce. Every rank holds an
+        equal share of the global batch and each value is a per-token (or per-layer) mean, so these are
+        the values one device would log for the whole batch; a non-finite value on any rank stays so."""
+        if self.trainer.world_size == 1:
+            return values
+        dtype = torch.promote_types(values["loss"].dtype, torch.float32)
+        mean = self.trainer.strategy.reduce(torch.stack([v.to(dtype) for v in values.values()]), reduce_op="mean")
+        return dict(zip(values, mean.unbind(), strict=True))
+
+    def _check_finite(self, logged: dict[str, torch.Tensor], stage: str) -> None:
+        """``logged``: the loss and its parts averaged over the ranks, so every rank stops together."""
+        if not bool(torch.isfinite(logged["loss"])):
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in logged.items() if k != "loss")
             raise NonFiniteLossError(
                 f"non-finite training loss at step {self.global_step} (stage {stage!r}: {detail}); the run stops "
                 "and the last checkpoint is kept. Lower the learning rate, raise gradient clipping, or check the data."
             )
-
-    def on_train_start(self) -> None:
-        self._t_prev = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         now = time.perf_counter()
@@ -286,7 +329,7 @@ class DistillModule(L.LightningModule):
         ids, targets = batch[:, :-1], batch[:, 1:].flatten()
         h_t = final_hidden(self.teacher, ids).flatten(0, 1)
         h_s = final_hidden(self.student, ids).flatten(0, 1)
-        s = distill_loss(h_s, self.student.lm_head.weight, h_t, self.teacher.lm_head.weight, targets)
+        s = distill_loss(h_s, self._student_head(), h_t, self.teacher.lm_head.weight, targets)
         t = distill_loss(h_t, self.teacher.lm_head.weight, targets=targets)
         sums = {
             "kl": s.kl * s.n_tokens,

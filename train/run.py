@@ -1,9 +1,10 @@
 """``run_distill``: one run YAML -> a Lightning fit writing everything under ``output_dir``.
 
 output_dir/run.yaml                 the run config as given
-output_dir/checkpoints/last.ckpt    full training state (``--resume`` continues from it)
+output_dir/checkpoints/last.ckpt    full training state (``--resume`` continues from it); one
+                                    file, gathered by rank 0 under FSDP too
 output_dir/student/                 the student, ``save_pretrained`` (every export.every_n_steps
-                                    and at the end; written atomically)
+                                    and at the end; written atomically by rank 0, full tensors)
 output_dir/logs/metrics.csv         train/loss, train/kl, train/ce, train/aux, train/align,
                                     train/tokens_per_s, train/lr, val/* (CSVLogger)
 output_dir/logs/tensorboard/        with logging.tensorboard: true
@@ -32,20 +33,23 @@ from archzoo.config import ConfigError
 from .config import RunConfig, load_run_config
 from .data import DistillDataModule
 from .module import DistillModule
+from .sharding import FSDP2Strategy, is_sharded, save_student
 
 RESUME_KEYS = ("teacher", "student", "data", "seed")  # must not change between a run and its resumption
 
 
 class ExportStudent(Callback):
-    """``student.save_pretrained(path)`` every ``every_n_steps`` optimizer steps and at the end of training."""
+    """``student.save_pretrained(path)`` every ``every_n_steps`` optimizer steps and at the end of training.
+
+    Rank 0 writes; a sharded student is first gathered to full tensors, which every rank takes part in."""
 
     def __init__(self, path: Path, every_n_steps: int | None):
         self.path, self.every = path, every_n_steps
         self._last: int | None = None
 
     def _export(self, trainer: L.Trainer, module: DistillModule) -> None:
-        if trainer.global_step != self._last and trainer.is_global_zero:
-            module.student.save_pretrained(self.path)
+        if trainer.global_step != self._last and (trainer.is_global_zero or is_sharded(module.student)):
+            save_student(module.student, self.path, trainer.is_global_zero)
         self._last = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -242,7 +246,7 @@ def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> 
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=FSDP2Strategy() if t.strategy == "fsdp" else t.strategy,
         precision=t.precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
@@ -307,23 +311,24 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
     run = load_run_config(config_path)
     _check_environment(run)
     out = Path(output_dir)
-    resume_step = None
     if rank_zero_only.rank == 0:
         ckpt_path = _check_output_dir(run, out, resume)
-        if ckpt_path is not None:
-            resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             (out / "run.yaml").write_text(yaml.safe_dump(_run_dict(run), sort_keys=False))
-    else:  # a DDP child re-running the command: rank 0 has checked and prepared output_dir
+    else:  # a DDP / FSDP child re-running the command: rank 0 has checked and prepared output_dir
         ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
+    start_step = 0
+    if ckpt_path is not None:
+        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
 
     L.seed_everything(run.seed, workers=True, verbose=False)
     teacher = resolve_teacher(run.teacher_src())
     student = build_student(run, teacher)
-    module = DistillModule(run, teacher, student, default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers))
+    layer_map = default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers)
+    module = DistillModule(run, teacher, student, layer_map, start_step=start_step)
     data = DistillDataModule(run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size)
-    trainer = build_trainer(run, out, resume_step)
+    trainer = build_trainer(run, out, start_step if ckpt_path is not None and rank_zero_only.rank == 0 else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
