@@ -207,6 +207,7 @@ def main() -> None:
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
+    ap.add_argument("--ops", default="scan,conv", help="which ops to time: scan, conv (comma-separated)")
     ap.add_argument(
         "--scan-config",
         default=None,
@@ -254,14 +255,16 @@ def main() -> None:
         "causal_conv1d": {},
     }
     for L in lengths:
-        results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len)
-        print(f"selective_scan l={L}: done", flush=True)
-        results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W)
-        print(f"causal_conv1d l={L}: done", flush=True)
+        if "scan" in args.ops:
+            results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len)
+            print(f"selective_scan l={L}: done", flush=True)
+        if "conv" in args.ops:
+            results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W)
+            print(f"causal_conv1d l={L}: done", flush=True)
         # Written after every length, so a run cut short by a time limit still leaves its rows.
         print(
             json.dumps(
-                {"l": L, "selective_scan": results["selective_scan"][L], "causal_conv1d": results["causal_conv1d"][L]}
+                {"l": L, "selective_scan": results["selective_scan"].get(L), "causal_conv1d": results["causal_conv1d"].get(L)}
             ),
             flush=True,
         )
