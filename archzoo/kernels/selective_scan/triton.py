@@ -480,9 +480,16 @@ def _block_d(d: int, groups: int, cap: int) -> int:
 CONFIG_OVERRIDE: dict[str, dict] = {}
 # The last compiled kernel launched for "fwd" / "bwd" (its n_regs / n_spills are reported by the tuner).
 LAST_COMPILED: dict[str, object] = {}
-# Defaults on CUDA, from benchmarks/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, l=4096, bf16):
+# Defaults on CUDA, from benchmarks/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, bf16; swept at
+# l=4096, the best re-timed at 1024 and 16384, then side by side in benchmarks/bench_ssm_kernels.py):
 # one warp per program, so the scans and row reductions stay inside a warp, and many programs per SM.
-CUDA_CONFIG = {"fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1), "bwd": dict(BLOCK_D=4, BLOCK_L=128, num_warps=1)}
+# The backward runs one channel per program and two states per iteration (PAIR: two independent
+# scans give the scheduler work while the other waits on its shuffles), 128 regs and no spills;
+# at l=1k..16k it beat the best one-state configurations by 3-10% end to end.
+CUDA_CONFIG = {
+    "fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1, PREFETCH=True),
+    "bwd": dict(BLOCK_D=1, BLOCK_L=128, num_warps=1, PREFETCH=False, RELOAD=False, PAIR=True),
+}
 
 
 def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
