@@ -80,6 +80,76 @@ def test_conv_matches_naive(case):
     _compare(_inputs(b, d, L, W, bias, init, torch.float32, DEV), act, final, tol=1e-5)
 
 
+@pytest.mark.parametrize("W", range(2, 9))
+def test_conv_every_width_with_initial_states(W):
+    """Every width, initial_states and its gradient; l not a multiple of the block, d not a multiple of BLOCK_D."""
+    b, L = 1 + W % 2, 9 + W
+    _compare(_inputs(b, 5, L, W, W % 3 != 0, True, torch.float32, DEV), "silu" if W % 2 else None, True, tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "L,W", [(1, 4), (7, 8), (8, 2), (17, 3)], ids=lambda v: str(v)
+)  # fmt: skip
+def test_conv_lengths_around_the_group(L, W):
+    """Lengths below, at and just past the 8-step group and the (interpreter's) 16-step tile, l < W included."""
+    _compare(_inputs(1, 5, L, W, True, True, torch.float32, DEV), "silu", False, tol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)], ids=["fp16", "bf16"])
+def test_conv_half_precision(dtype, tol):
+    """16-bit inputs (one 16-byte vector per group), compared with the fp32 reference on the same values."""
+    _compare(_inputs(1, 5, 21, 4, True, True, dtype, DEV), "silu", True, tol=tol)
+
+
+def test_conv_strided_grad_and_initial_states():
+    """A strided dout (the conv output read through a transpose) and a non-contiguous initial_states slice."""
+    ins = _inputs(2, 5, 19, 4, True, False, torch.float32, DEV)
+    gen = torch.Generator().manual_seed(2)
+    ins["initial_states"] = torch.randn(2, 5, 4, generator=gen).to(DEV)[..., 1:]  # Mamba's state[..., 1:]
+    r = torch.randn(2, 19, 5, generator=gen).to(DEV)
+    grads = {}
+    for name, fn in (("ref", naive_causal_conv1d_fn), ("got", T.causal_conv1d_fn)):
+        leaf = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
+        out = fn(leaf["x"], leaf["weight"], leaf["bias"], initial_states=leaf["initial_states"], activation="silu")
+        (out.transpose(1, 2) * r).sum().backward()  # dout arrives with strides (l d, 1, d)
+        grads[name] = {"out": out, **{f"d{k}": v.grad for k, v in leaf.items()}}
+    for k, ref in grads["ref"].items():
+        err = rel_err(grads["got"][k], ref)
+        assert err < 1e-5, f"{k}: relative error {err:.2e}"
+
+
+def test_conv_only_x_needs_grad_and_no_grad():
+    """Frozen weights (only dx needed) and the no-grad path give the reference values."""
+    ins = _inputs(2, 5, 13, 3, True, True, torch.float32, DEV)
+    kw = dict(initial_states=ins["initial_states"], activation="silu")
+    x = ins["x"].clone().requires_grad_(True)
+    out = T.causal_conv1d_fn(x, ins["weight"], ins["bias"], **kw)
+    out.sum().backward()
+    xr = ins["x"].clone().requires_grad_(True)
+    ref = naive_causal_conv1d_fn(xr, ins["weight"], ins["bias"], **kw)
+    ref.sum().backward()
+    assert rel_err(out, ref) < 1e-5, "out"
+    assert rel_err(x.grad, xr.grad) < 1e-5, "dx"
+    with torch.no_grad():
+        got = T.causal_conv1d_fn(x, ins["weight"], ins["bias"], **kw)
+    assert not got.requires_grad and rel_err(got, ref) < 1e-5, "out under no_grad"
+
+
+@pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
+def test_conv_config_override(monkeypatch, block):
+    """CONFIG_OVERRIDE reaches both kernels: other tile shapes give the same results."""
+    bd, bl, nw = block
+    cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+
+
+def test_conv_config_override_rejects_bad_block(monkeypatch):
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": dict(BLOCK_L=12)})
+    with pytest.raises(ValueError, match="BLOCK_L"):
+        T.causal_conv1d_fn(torch.randn(1, 2, 20, device=DEV), torch.randn(2, 4, device=DEV))
+
+
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
@@ -93,6 +163,32 @@ def test_conv_matches_naive_bf16_gpu(case):
 @pytest.mark.parametrize("W", [2, 4, 7])
 def test_conv_long_gpu(W):
     _compare(_inputs(2, 300, 2000, W, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64], ids=["fp16", "fp32", "fp64"])
+def test_conv_dtypes_gpu(dtype):
+    """Each dtype twice at the tuned tiles (the second call reuses the compiled kernel), with dinitial_states."""
+    tol = {torch.float16: 5e-3, torch.float32: 1e-5, torch.float64: 1e-5}[dtype]
+    for L in (4096, 1000):  # a multiple of the tile, and not even of the 8-step group
+        _compare(_inputs(2, 72, L, 4, True, True, dtype, "cuda"), "silu", True, tol=tol)
+
+
+@gpu
+@needs_cuda
+def test_conv_launch_cache_gpu(monkeypatch):
+    """A launch from the cache (second call of a shape) is bit-identical to one through Triton's launcher."""
+    ins = _inputs(2, 72, 1024, 4, True, True, torch.bfloat16, "cuda")
+    monkeypatch.setattr(T, "FAST_LAUNCH", False)
+    ref = _run(T.causal_conv1d_fn, ins, "silu", True)
+    monkeypatch.setattr(T, "FAST_LAUNCH", True)
+    monkeypatch.setattr(T, "_LAUNCH_CACHE", {})
+    for attempt in ("miss", "hit"):
+        got = _run(T.causal_conv1d_fn, ins, "silu", True)
+        for name in ref:
+            assert torch.equal(got[name], ref[name]), f"{name} ({attempt})"
+    assert len(T._LAUNCH_CACHE) == 2, "one entry each for the forward and the backward"
 
 
 def test_conv_float64():

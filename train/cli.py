@@ -29,9 +29,21 @@ def distill_cli(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"error: {args.config}: {e}", file=sys.stderr)
         return 1
+    finally:
+        _close_process_group()
     if result["is_global_zero"]:
         print(json.dumps({"global_step": result["global_step"], "student": result["student"], **result["metrics"]}))
     return 0
+
+
+def _close_process_group() -> None:
+    """Destroy the process group a distributed strategy opened (Lightning leaves it open): a
+    ProcessGroupNCCL destructed at interpreter exit can hang the process after the run is done, which
+    is what an FSDP run on the H100 did (the run finished, then the process did not exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,147 +1,271 @@
 """Triton depthwise causal conv1d (H3 / Mamba short conv; arXiv:2212.14052, arXiv:2312.00752): forward,
 backward and decode update, for widths 2..8.
 
-- Forward: one program per (batch, BLOCK_D channels, BLOCK_L steps); the W taps are W shifted tile
-  loads (the overlap hits L1), bias and SiLU fused; ``initial_states`` supplies x at t < 0.
-- Backward: the same grid; for each of the W output positions t = p + j that read x[p] the kernel
-  recomputes the pre-activation (so nothing but x is saved), forms dpre = dout * silu'(pre) and
-  adds w[W-1-j] * dpre to dx[p]. dweight / dbias are reduced over the block's steps in registers
-  and written as per-block partials that the host sums. With ``initial_states`` the grid also
-  covers the W-1 positions before 0 and writes their gradient to dinitial_states.
+Both sequence kernels use one grid, (batch, BLOCK_D channels, BLOCK_L steps), and one data layout:
+a program views its tile as (BLOCK_D, G, V) with V = 8 consecutive steps per *group*. A group is
+loaded and stored whole, as 16-byte aligned vectors (one in bf16 / fp16, two in fp32, four in fp64;
+the vector index is the outermost axis of the loaded tile, which keeps a group inside one thread),
+and split into its 8 steps in registers (``tl.split``; nothing moves through shared memory). Since
+W - 1 <= 7 < V, every tap of a step lies in its own group or the one before (forward) or, for the
+backward's adjoint taps, the one after. The neighbour groups are loaded again as whole aligned
+groups and hit L1 / L2, so DRAM traffic is one read of each input and one write of each output.
+Why: the kernels this replaces loaded each tap as a tile shifted by 1..W-1 steps, which is
+misaligned and compiled to 2-byte scalar loads (3 of 4 taps at W = 4); their backward also
+round-tripped dpre through a per-program fp32 scratch tile with two barriers and spilled registers.
+
+- Forward: out[t] = act(bias + sum_k w[k] x[t - (W-1) + k]); x at t < 0 comes from
+  ``initial_states`` (read only by the first tile, behind a runtime branch).
+- Backward: dpre[t] = dout[t] * act'(pre[t]) is recomputed from x (nothing but the inputs is saved)
+  at the group's steps and the first W-1 steps of the next group, then
+  dx[p] = sum_k w[k] dpre[p + (W-1) - k]. dweight / dbias are reduced over the tile in registers
+  and written as one row of fp32 partials per program, (b * l-tiles, d * (W + 1)); the host sums
+  the rows in one op (deterministic: no atomics). When ``initial_states`` needs a gradient the
+  tiles start V steps early, so the first tile also covers t in [-(W-1), 0) and writes those dx to
+  dinitial_states.
 - Update: one program per (batch, BLOCK_D channels) reads the conv state (state_len >= W-1) and
   the new inputs, writes the outputs, then shifts the state in place.
+
+Host path (it dominates at short l): the forward is validation, one allocation and one launch, and
+skips autograd when no input needs a gradient; the backward is two allocations, one launch and the
+one sum. Launches go through a small cache of compiled kernels (``_launch``), which skips Triton's
+per-call argument specialisation. Block sizes and warps come from ``CUDA_CONFIG`` (tuned with
+``benchmarks/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
+keeps the last compiled kernel per key.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_activation, check_fn, check_update, compute_dtype
+from ._checks import check_activation, check_fn, check_update
+
+V = tl.constexpr(8)  # steps per group: one 16-byte vector of bf16, and W - 1 <= 7 < V
 
 
 @triton.jit
-def _x_at(x_ptr, init_ptr, pid_b, offs_d, mask_d, p, L,
-          s_x_b, s_x_d, s_x_l, s_i_b, s_i_d, s_i_k,
-          W: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
-    """x[b, offs_d, p] as ACC (BLOCK_D, BLOCK_L); p < 0 reads initial_states[..., p + W - 1] (or 0)."""
-    m = mask_d[:, None] & ((p >= 0) & (p < L))[None, :]
-    v = tl.load(x_ptr + pid_b * s_x_b + offs_d[:, None] * s_x_d + p[None, :] * s_x_l, mask=m, other=0.0)
-    v = v.to(ACC)
+def _split8(v):
+    """(BD, G, 8) -> the 8 tensors v[:, :, i] (BD, G); the last axis is in-thread, so no data moves."""
+    v = tl.reshape(v, (v.shape[0], v.shape[1], 2, 2, 2))  # i = 4a + 2b + c
+    c0, c1 = tl.split(v)
+    c0b0, c0b1 = tl.split(c0)
+    c1b0, c1b1 = tl.split(c1)
+    e0, e4 = tl.split(c0b0)
+    e2, e6 = tl.split(c0b1)
+    e1, e5 = tl.split(c1b0)
+    e3, e7 = tl.split(c1b1)
+    return e0, e1, e2, e3, e4, e5, e6, e7
+
+
+@triton.jit
+def _join8(e):
+    """Inverse of _split8: a tuple of 8 (BD, G) tensors -> (BD, G, 8)."""
+    a = tl.join(tl.join(e[0], e[4]), tl.join(e[2], e[6]))  # [.., a, b] = e[4a + 2b]
+    b = tl.join(tl.join(e[1], e[5]), tl.join(e[3], e[7]))
+    v = tl.join(a, b)  # [.., a, b, c] = e[4a + 2b + c]
+    return tl.reshape(v, (v.shape[0], v.shape[1], 8))
+
+
+@triton.jit
+def _vec_steps(start, G: tl.constexpr, H: tl.constexpr):
+    """Steps start + g V + i of G groups, laid out (H, 1, G, V / H): a group is H vectors of 16 bytes. The
+    vector index is the outermost axis so that the compiler keeps a group's vectors in one thread."""
+    VH: tl.constexpr = V // H
+    h = (tl.arange(0, H) * VH)[:, None, None, None]
+    return start + h + (tl.arange(0, G) * V)[None, None, :, None] + tl.arange(0, VH)[None, None, None, :]
+
+
+@triton.jit
+def _load_groups(row, s_l, start, lo, hi, shift, mask_d, G: tl.constexpr, ACC: tl.constexpr):
+    """row[(u + shift) * s_l] at the steps u = start + g V + i with lo <= u < hi (else 0) as ACC (BD, G, V);
+    row: (BD,) pointers."""
+    H: tl.constexpr = row.dtype.element_ty.primitive_bitwidth // 16  # 16-byte vectors per group
+    u = _vec_steps(start, G, H)
+    m = mask_d[None, :, None, None] & (u >= lo) & (u < hi)
+    v = tl.load(row[None, :, None, None] + (u + shift) * s_l, mask=m, other=0.0)
+    return tl.reshape(tl.permute(v, (1, 2, 0, 3)), (row.shape[0], G, V)).to(ACC)
+
+
+@triton.jit
+def _store_groups(row, start, lo, hi, shift, mask_d, v, G: tl.constexpr):
+    """Inverse of _load_groups for a contiguous row: row[u + shift] = v (BD, G, V) at the steps lo <= u < hi."""
+    H: tl.constexpr = row.dtype.element_ty.primitive_bitwidth // 16
+    v = tl.permute(tl.reshape(v, (row.shape[0], G, H, V // H)), (2, 0, 1, 3))
+    u = _vec_steps(start, G, H)
+    m = mask_d[None, :, None, None] & (u >= lo) & (u < hi)
+    tl.store(row[None, :, None, None] + (u + shift), v.to(row.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G: tl.constexpr, W: tl.constexpr,
+            HAS_INIT: tl.constexpr, ACC: tl.constexpr):  # fmt: skip
+    """x at the steps of G groups from ``start`` as ACC (BD, G, V). Steps u < 0 read
+    initial_states[..., u + W - 1] (zeros before it) in the tiles that can reach them (``first``, a
+    runtime flag: the other tiles skip those scalar loads)."""
+    v = _load_groups(x_row, s_x_l, start, 0, L, 0, mask_d, G, ACC)
     if HAS_INIT:
-        q = p + (W - 1)
-        mi = mask_d[:, None] & ((p < 0) & (q >= 0))[None, :]
-        vi = tl.load(init_ptr + pid_b * s_i_b + offs_d[:, None] * s_i_d + q[None, :] * s_i_k, mask=mi, other=0.0)
-        v += vi.to(ACC)
+        if first:  # same layout as the x groups, so the branch adds no layout conversion
+            v += _load_groups(i_row, 1, start, -(W - 1), 0, W - 1, mask_d, G, ACC)
     return v
+
+
+@triton.jit
+def _weights(w_ptr, offs_d, mask_d, W: tl.constexpr, ACC: tl.constexpr):
+    """The taps as a tuple of 8 (BD, 1) tensors (zeros past W - 1); weight is contiguous (d, W)."""
+    return (
+        tl.load(w_ptr + offs_d * W + 0, mask=mask_d, other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 1, mask=mask_d, other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 2, mask=mask_d & (W > 2), other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 3, mask=mask_d & (W > 3), other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 4, mask=mask_d & (W > 4), other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 5, mask=mask_d & (W > 5), other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 6, mask=mask_d & (W > 6), other=0.0).to(ACC)[:, None],
+        tl.load(w_ptr + offs_d * W + 7, mask=mask_d & (W > 7), other=0.0).to(ACC)[:, None],
+    )
+
+
+# Step i (-V <= i) of the group tuple X = (group before, this group[, group after]) is
+# X[(i + V) // V][(i + V) % V], written out inline with V = 8 (a constexpr name cannot be rebound in an
+# unrolled loop, and under the interpreter a helper call re-patches triton.language, which is slow).
+
+
+@triton.jit
+def _out(X, w, bias, j: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr):
+    """act(bias + sum_k w[k] x[j - (W-1) + k]) at step j of this group."""
+    acc = bias
+    for k in tl.static_range(W):
+        acc += w[k] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # step j - (W-1) + k
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    return acc
+
+
+@triton.jit
+def _dpre(X, D, w, bias, m: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr):
+    """dout * act'(pre) at step m of this group (m >= V: the next group); D = (dout here, dout next)."""
+    g = D[m // 8][m % 8]  # V = 8
+    if SILU:
+        pre = bias
+        for k in tl.static_range(W):
+            pre += w[k] * X[(m - W + 9 + k) // 8][(m - W + 9 + k) % 8]
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return g
+
+
+@triton.jit
+def _dx(P, w, j: tl.constexpr, W: tl.constexpr):
+    """dx at step j of this group from the dpre tuple P (steps 0 .. 2V-1): sum_k w[k] dpre[j + (W-1) - k]."""
+    acc = w[0] * P[j + W - 1]
+    for k in tl.static_range(1, W):
+        acc += w[k] * P[j + W - 1 - k]
+    return acc
 
 
 @triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr,
-    d, L,
-    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_i_b, s_i_d, s_i_k, s_o_b, s_o_d, s_o_l,
+    d, L, s_x_b, s_x_d, s_x_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
+    """out (b, d, L) contiguous; weight contiguous (d, W); initial_states contiguous (b, d, W-1)."""
+    G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < d
+    start = pid_l * BLOCK_L
+    x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
+    i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
+    first = start < V  # the group before the tile reaches t < 0
+    X = (
+        _split8(_load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)),
+        _split8(_load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)),
+    )
+    w = _weights(w_ptr, offs_d, mask_d, W, ACC)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
-        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC) + bias[:, None]
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
     else:
-        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
-    for k in tl.static_range(W):
-        wk = tl.load(w_ptr + offs_d * s_w_d + k * s_w_k, mask=mask_d, other=0.0).to(ACC)
-        xk = _x_at(x_ptr, init_ptr, pid_b, offs_d, mask_d, offs_t - (W - 1) + k, L,
-                   s_x_b, s_x_d, s_x_l, s_i_b, s_i_d, s_i_k, W, HAS_INIT, ACC)  # fmt: skip
-        acc += wk[:, None] * xk
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    mask = mask_d[:, None] & (offs_t < L)[None, :]
-    o_ptrs = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d + offs_t[None, :] * s_o_l
-    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        bias = tl.zeros((BLOCK_D, 1), dtype=ACC)
+    out = _join8((
+        _out(X, w, bias, 0, W, SILU), _out(X, w, bias, 1, W, SILU), _out(X, w, bias, 2, W, SILU),
+        _out(X, w, bias, 3, W, SILU), _out(X, w, bias, 4, W, SILU), _out(X, w, bias, 5, W, SILU),
+        _out(X, w, bias, 6, W, SILU), _out(X, w, bias, 7, W, SILU),
+    ))  # fmt: skip
+    _store_groups(out_ptr + (pid_b * d + offs_d) * L, start, 0, L, 0, mask_d, out, G)
 
 
 @triton.jit
 def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, dw_ptr, dbias_ptr, scratch_ptr,
-    d, L, n_seg, blocks_per_prog,
-    s_x_b, s_x_d, s_x_l, s_w_d, s_w_k, s_i_b, s_i_d, s_i_k, s_do_b, s_do_d, s_do_l, s_dx_b, s_dx_d, s_dx_l,
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr,
+    d, L, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """Each program walks ``blocks_per_prog`` blocks of OWN = BLOCK_L - (W - 1) positions p. For a block it
-    computes dpre = dout * act'(pre) once per step over a BLOCK_L tile (its OWN steps plus the W - 1 after),
-    parks it in a private fp32 scratch tile, and reads it back shifted: dx[p] = sum_j w[W-1-j] dpre[p+j].
-    dw (b, n_seg, d, W) and dbias (b, n_seg, d) are fp32 partials summed by the host."""
-    OWN: tl.constexpr = BLOCK_L - (W - 1)
+    """dx (b, d, L) and dinit (b, d, W-1) contiguous; part (b * n_l, d * (W + HAS_BIAS)) fp32 rows of
+    partials, each [dweight (d, W) flattened, dbias (d,)]."""
+    G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    pid_s = tl.program_id(2)
+    pid_l = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs = tl.arange(0, BLOCK_L)
     mask_d = offs_d < d
-    own = offs < OWN
+    start = pid_l * BLOCK_L
+    if DINIT:  # the first tile also covers [-V, 0)
+        start -= V
+    x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
+    i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
+    first = start < V  # the tile's groups (with the one before) reach t < 0
+    X = (
+        _split8(_load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)),
+        _split8(_load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)),
+        _split8(_load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)),
+    )
+    g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
+    D = (
+        _split8(_load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)),
+        _split8(_load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)),
+    )
+    w = _weights(w_ptr, offs_d, mask_d, W, ACC)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
-    scratch = scratch_ptr + ((pid_b * n_seg + pid_s) * d + offs_d[:, None]) * BLOCK_L  # (BLOCK_D, 1) row starts
-    dbias_acc = tl.zeros((BLOCK_D,), dtype=ACC)
-    dw_acc = tl.zeros((BLOCK_D, 8), dtype=ACC)  # column k: dweight[:, k] (W <= 8)
-    offs_k = tl.arange(0, 8)
-    first = -(W - 1) if DINIT else 0  # with dinit the blocks also cover the W-1 steps before 0
-    for blk in range(0, blocks_per_prog):
-        t = first + (pid_s * blocks_per_prog + blk) * OWN + offs  # (BLOCK_L,) steps of the tile
-        valid = mask_d[:, None] & ((t >= 0) & (t < L))[None, :]
-        dpre = tl.load(
-            dout_ptr + pid_b * s_do_b + offs_d[:, None] * s_do_d + t[None, :] * s_do_l, mask=valid, other=0.0
-        ).to(ACC)
-        if SILU:
-            if HAS_BIAS:
-                pre = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC) + bias[:, None]
-            else:
-                pre = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
-            for k in tl.static_range(W):
-                wk = tl.load(w_ptr + offs_d * s_w_d + k * s_w_k, mask=mask_d, other=0.0).to(ACC)
-                xk = _x_at(x_ptr, init_ptr, pid_b, offs_d, mask_d, t - (W - 1) + k, L,
-                           s_x_b, s_x_d, s_x_l, s_i_b, s_i_d, s_i_k, W, HAS_INIT, ACC)  # fmt: skip
-                pre += wk[:, None] * xk
-            sig = tl.sigmoid(pre)
-            dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
-        dpre_own = tl.where(own[None, :], dpre, 0.0)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(dpre_own, axis=1)
-        for k in tl.static_range(W):
-            xk = _x_at(x_ptr, init_ptr, pid_b, offs_d, mask_d, t - (W - 1) + k, L,
-                       s_x_b, s_x_d, s_x_l, s_i_b, s_i_d, s_i_k, W, HAS_INIT, ACC)  # fmt: skip
-            dw_acc += tl.where(offs_k[None, :] == k, tl.sum(dpre_own * xk, axis=1)[:, None], 0.0)
-        tl.store(scratch + offs[None, :], dpre, mask=mask_d[:, None])
-        tl.debug_barrier()
-        dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=ACC)
-        for j in tl.static_range(W):
-            wj = tl.load(w_ptr + offs_d * s_w_d + (W - 1 - j) * s_w_k, mask=mask_d, other=0.0).to(ACC)
-            dj = tl.load(scratch + (offs + j)[None, :], mask=mask_d[:, None] & (offs + j < BLOCK_L)[None, :], other=0.0)
-            dx += wj[:, None] * dj
-        tl.debug_barrier()  # the next block overwrites the scratch tile
-        m = mask_d[:, None] & (own & (t >= 0) & (t < L))[None, :]
-        dx_ptrs = dx_ptr + pid_b * s_dx_b + offs_d[:, None] * s_dx_d + t[None, :] * s_dx_l
-        tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=m)
-        if DINIT:
-            q = t + (W - 1)
-            mi = mask_d[:, None] & (own & (t < 0) & (q >= 0))[None, :]
-            di_ptrs = dinit_ptr + pid_b * (d * (W - 1)) + offs_d[:, None] * (W - 1) + q[None, :]
-            tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=mi)
-    part = (pid_b * n_seg + pid_s) * d + offs_d
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
+    else:
+        bias = tl.zeros((BLOCK_D, 1), dtype=ACC)
+    # dpre at the 8 steps of this group and the next group's (only the first W - 1 of those are used)
+    P = (
+        _dpre(X, D, w, bias, 0, W, SILU), _dpre(X, D, w, bias, 1, W, SILU), _dpre(X, D, w, bias, 2, W, SILU),
+        _dpre(X, D, w, bias, 3, W, SILU), _dpre(X, D, w, bias, 4, W, SILU), _dpre(X, D, w, bias, 5, W, SILU),
+        _dpre(X, D, w, bias, 6, W, SILU), _dpre(X, D, w, bias, 7, W, SILU), _dpre(X, D, w, bias, 8, W, SILU),
+        _dpre(X, D, w, bias, 9, W, SILU), _dpre(X, D, w, bias, 10, W, SILU), _dpre(X, D, w, bias, 11, W, SILU),
+        _dpre(X, D, w, bias, 12, W, SILU), _dpre(X, D, w, bias, 13, W, SILU), _dpre(X, D, w, bias, 14, W, SILU),
+        _dpre(X, D, w, bias, 15, W, SILU),
+    )  # fmt: skip
+    dx = _join8((
+        _dx(P, w, 0, W), _dx(P, w, 1, W), _dx(P, w, 2, W), _dx(P, w, 3, W),
+        _dx(P, w, 4, W), _dx(P, w, 5, W), _dx(P, w, 6, W), _dx(P, w, 7, W),
+    ))  # fmt: skip
+    _store_groups(dx_ptr + (pid_b * d + offs_d) * L, start, 0, L, 0, mask_d, dx, G)
+    if DINIT:
+        if first:  # dx at t in [-(W-1), 0) is the gradient of initial_states[..., t + W - 1]
+            t = (start + (tl.arange(0, G) * V)[:, None] + tl.arange(0, V)[None, :])[None, :, :]  # (1, G, V)
+            di_ptrs = dinit_ptr + ((pid_b * d + offs_d) * (W - 1))[:, None, None] + (t + (W - 1))
+            tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=mask_d[:, None, None] & (t < 0) & (t >= 1 - W))
+    # dweight[k] = sum_t dpre[t] x[t - (W-1) + k] and dbias = sum_t dpre[t] over this tile's steps
+    NB: tl.constexpr = 1 if HAS_BIAS else 0
+    part = part_ptr + (pid_b * tl.num_programs(2) + pid_l) * (d * (W + NB))
+    for k in tl.static_range(W):
+        acc = tl.zeros((BLOCK_D, G), dtype=ACC)
+        for j in tl.static_range(V):
+            acc += P[j] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # dpre[j] x[j - (W-1) + k]
+        tl.store(part + offs_d * W + k, tl.sum(acc, axis=1), mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + part, dbias_acc, mask=mask_d)
-    tl.store(dw_ptr + part[:, None] * W + offs_k[None, :], dw_acc, mask=mask_d[:, None] & (offs_k < W)[None, :])
+        acc = P[0]
+        for j in tl.static_range(1, V):
+            acc += P[j]
+        tl.store(part + d * W + offs_d, tl.sum(acc, axis=1), mask=mask_d)
 
 
 @triton.jit
@@ -196,77 +320,128 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def _tl_dtype(*tensors: torch.Tensor | None):
+_V = 8  # V on the host
+# Tuning hook (benchmarks/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}; applies
+# on CUDA and under the interpreter alike.
+CONFIG_OVERRIDE: dict[str, dict] = {}
+# The last compiled kernel launched for "fwd" / "bwd" (the tuner reports its n_regs / n_spills).
+LAST_COMPILED: dict[str, object] = {}
+# Defaults on CUDA. BLOCK_L: a power of two >= V; each thread holds BLOCK_D * BLOCK_L / (V * 32 * num_warps)
+# groups (at least 1, or the tile repeats across threads).
+# Tuned on an H100 (benchmarks/tune_causal_conv1d.py --lengths 1024,4096,16384; b=4, d=2048, width 4,
+# bf16): one channel per program and long tiles; the winners at l=4k / 16k (l=1k is host-bound).
+CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4)}
+# Under the interpreter: small tiles, so the tests cover several tiles and channel blocks.
+INTERPRET_CONFIG = {"fwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1), "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1)}
+
+
+def conv_config(key: str, L: int, cuda: bool) -> dict:
+    """Blocks and warps of the "fwd" / "bwd" kernel at length L; BLOCK_L shrinks for short sequences."""
+    cfg = CUDA_CONFIG[key] if cuda else INTERPRET_CONFIG[key]
+    over = CONFIG_OVERRIDE.get(key)
+    if over:
+        cfg = {**cfg, **over}
+        bl = cfg["BLOCK_L"]
+        if bl < _V or bl & (bl - 1):
+            raise ValueError(f"CONFIG_OVERRIDE[{key!r}]['BLOCK_L'] must be a power of two >= {_V}, got {bl}")
+    if L < cfg["BLOCK_L"]:  # one tile either way; a smaller one wastes less on masked steps
+        cfg = {**cfg, "BLOCK_L": max(_V, _next_pow2(L))}
+    return cfg
+
+
+# Launch cache. Triton's JITFunction.run re-derives every argument's specialisation and reads its knobs on
+# each call: tens of microseconds of Python per launch, a large part of the conv's host time at small l. A
+# compiled kernel is a function of the constexprs and num_warps, the integer arguments' values, the dtypes
+# and 16-byte alignment of the pointers, and the device; keyed on all of these, a hit launches the compiled
+# kernel directly (CompiledKernel[grid], with every argument, constexprs included, in signature order), and
+# a miss goes through Triton, which compiles or finds the kernel and returns it. Set FAST_LAUNCH = False to
+# launch through Triton every time.
+FAST_LAUNCH = True
+_LAUNCH_CACHE: dict[tuple, object] = {}
+_LAUNCH_CACHE_MAX = 4096  # distinct shapes kept (inference sees many lengths); cleared when full
+
+
+def _launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_warps: int, device: int):
+    """kernel[grid](*ptrs, *ints, <constexpr params> = consts, num_warps=num_warps) -> the compiled kernel (None
+    under the interpreter); the kernel's parameters are the tensors, then the integers, then the constexprs."""
+    key = None
+    if FAST_LAUNCH:
+        key = (kernel, num_warps, device, consts, ints, tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in ptrs]))
+        compiled = _LAUNCH_CACHE.get(key)
+        if compiled is not None:
+            compiled[grid](*ptrs, *ints, *consts)
+            return compiled
+    names = kernel.arg_names[len(ptrs) + len(ints) :]
+    compiled = kernel[grid](*ptrs, *ints, **dict(zip(names, consts, strict=True)), num_warps=num_warps)
+    if key is not None and compiled is not None:
+        if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
+            _LAUNCH_CACHE.clear()
+        _LAUNCH_CACHE[key] = compiled
+    return compiled
+
+
+def _acc(*tensors: torch.Tensor | None):
     """Accumulation dtype of the kernels: fp32, or fp64 when an input is fp64."""
-    return tl.float64 if compute_dtype(*tensors) == torch.float64 else tl.float32
+    return tl.float64 if any(t is not None and t.dtype is torch.float64 for t in tensors) else tl.float32
 
 
-def conv_config(d: int, L: int, W: int, device: torch.device) -> dict:
-    if device.type != "cuda":  # interpreter: small tiles so tests cover several blocks
-        return dict(BLOCK_D=4, BLOCK_L=8 if W <= 4 else 16, num_warps=1)
-    return dict(BLOCK_D=16, BLOCK_L=256, num_warps=4)
+def _conv_forward(x, weight, bias, init, silu: bool, acc) -> torch.Tensor:
+    """x (b, d, L) any strides; weight (d, W) and init (b, d, W-1) contiguous -> out (b, d, L) contiguous."""
+    b, d, L = x.shape
+    cfg = conv_config("fwd", L, x.is_cuda)
+    out = torch.empty((b, d, L), device=x.device, dtype=x.dtype)
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
+    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, out)
+    consts = (weight.shape[1], bias is not None, init is not None, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
+    ints = (d, L, *x.stride())
+    LAST_COMPILED["fwd"] = _launch(_conv_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
+    return out
 
 
-@functools.lru_cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+def _conv_backward(x, weight, bias, init, dout, silu: bool, acc, need_dinit: bool):
+    """-> dx, dweight, dbias (or None), dinit (or None); dout (b, d, L) any strides.
+
+    Host work: the outputs' allocations, one launch and one sum over the rows of partials."""
+    b, d, L = x.shape
+    W = weight.shape[1]
+    cfg = conv_config("bwd", L, x.is_cuda)
+    need_dinit = need_dinit and init is not None
+    n_l = _cdiv(L + _V if need_dinit else L, cfg["BLOCK_L"])
+    dev = x.device
+    dx = torch.empty((b, d, L), device=dev, dtype=x.dtype)
+    dinit = torch.empty((b, d, W - 1), device=dev, dtype=init.dtype) if need_dinit else None
+    cols = d * (W + 1) if bias is not None else d * W
+    part = torch.empty((b * n_l, cols), device=dev, dtype=torch.float64 if acc is tl.float64 else torch.float32)
+    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, dout, dx,
+            dx if dinit is None else dinit, part)  # fmt: skip
+    ints = (d, L, *x.stride(), *dout.stride())
+    consts = (W, bias is not None, init is not None, need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]), n_l)
+    LAST_COMPILED["bwd"] = _launch(_conv_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
+    s = part.sum(0)  # [dweight (d, W) flattened, dbias (d,)]
+    dw = s.as_strided((d, W), (W, 1))
+    if dw.dtype != weight.dtype:
+        dw = dw.to(weight.dtype)
+    db = None
+    if bias is not None:
+        db = s.as_strided((d,), (1,), d * W)
+        if db.dtype != bias.dtype:
+            db = db.to(bias.dtype)
+    return dx, dw, db, dinit
 
 
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, init, silu):
-        b, d, L = x.shape
-        W = weight.shape[1]
-        cfg = conv_config(d, L, W, x.device)
-        out = torch.empty((b, d, L), device=x.device, dtype=x.dtype)
-        ii = init if init is not None else x
-        grid = (b, _cdiv(d, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
-        _conv_fwd_kernel[grid](
-            x, weight, bias if bias is not None else weight, ii, out,
-            d, L,
-            *x.stride(), *weight.stride(), *ii.stride(), *out.stride(),
-            W=W, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, ACC=_tl_dtype(x, weight, bias, init),
-            BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
-        )  # fmt: skip
+    def forward(ctx, x, weight, bias, init, silu, acc):
         ctx.save_for_backward(x, weight, bias, init)
-        ctx.silu = silu
-        return out
+        ctx.silu, ctx.acc = silu, acc
+        return _conv_forward(x, weight, bias, init, silu, acc)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, bias, init = ctx.saved_tensors
-        b, d, L = x.shape
-        W = weight.shape[1]
-        cfg = conv_config(d, L, W, x.device)
-        dinit_needed = init is not None and ctx.needs_input_grad[3]
-        span = L + (W - 1 if dinit_needed else 0)
-        own = cfg["BLOCK_L"] - (W - 1)
-        n_blocks = _cdiv(span, own)
-        d_blocks = _cdiv(d, cfg["BLOCK_D"])
-        # programs walk several blocks each so the per-program scratch tile stays small; ~4 programs per SM
-        n_seg = max(1, min(n_blocks, _cdiv(4 * _num_sms(x.device), b * d_blocks)))
-        blocks_per_prog = _cdiv(n_blocks, n_seg)
-        n_seg = _cdiv(n_blocks, blocks_per_prog)
-        f32 = dict(device=x.device, dtype=compute_dtype(x, weight, bias, init, dout))
-        dx = torch.empty((b, d, L), device=x.device, dtype=x.dtype)
-        dinit = torch.empty((b, d, W - 1), device=x.device, dtype=init.dtype) if dinit_needed else None
-        dw = torch.empty((b, n_seg, d, W), **f32)
-        dbias = torch.empty((b, n_seg, d), **f32) if bias is not None else None
-        scratch = torch.empty((b, n_seg, d, cfg["BLOCK_L"]), **f32)
-        ii = init if init is not None else x
-        grid = (b, d_blocks, n_seg)
-        _conv_bwd_kernel[grid](
-            x, weight, bias if bias is not None else weight, ii, dout, dx,
-            dinit if dinit is not None else dx, dw, dbias if dbias is not None else dw, scratch,
-            d, L, n_seg, blocks_per_prog,
-            *x.stride(), *weight.stride(), *ii.stride(), *dout.stride(), *dx.stride(),
-            W=W, HAS_BIAS=bias is not None, HAS_INIT=init is not None, DINIT=dinit_needed, SILU=ctx.silu,
-            ACC=_tl_dtype(x, weight, bias, init, dout),
-            BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
-        )  # fmt: skip
-        dweight = dw.sum((0, 1)).to(weight.dtype)
-        dbias = dbias.sum((0, 1)).to(bias.dtype) if bias is not None else None
-        return dx, dweight, dbias, dinit, None
+        dx, dw, db, dinit = _conv_backward(x, weight, bias, init, dout, ctx.silu, ctx.acc, ctx.needs_input_grad[3])
+        return dx, dw, db, dinit, None, None
 
 
 def causal_conv1d_fn(
@@ -285,12 +460,24 @@ def causal_conv1d_fn(
     (b, d, l) in x's dtype, and with ``return_final_states`` the last w - 1 inputs (b, d, w - 1).
     """
     b, d, L, W = check_fn(x, weight, bias, seq_idx, initial_states, final_states_out, activation)
-    silu = check_activation(activation)
-    init = initial_states.contiguous() if initial_states is not None else None
+    silu = activation is not None
+    init = initial_states
+    if init is not None and not init.is_contiguous():
+        init = init.contiguous()
+    if not weight.is_contiguous():
+        weight = weight.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
+    acc = _acc(x, weight, bias, init)
     if L == 0:
         out = x.new_empty(x.shape)
-    else:
-        out = _CausalConv1dFn.apply(x, weight, bias, init, silu)
+    elif torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or (init is not None and init.requires_grad)
+    ):  # fmt: skip
+        out = _CausalConv1dFn.apply(x, weight, bias, init, silu, acc)
+    else:  # nothing to differentiate: skip autograd's bookkeeping
+        out = _conv_forward(x, weight, bias, init, silu, acc)
     if not return_final_states:
         return out
     # the last w - 1 inputs, differentiable through plain indexing
@@ -324,7 +511,7 @@ def causal_conv1d_update(
         x3, conv_state, weight, bias if bias is not None else weight, out,
         d, S, s,
         *x3.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
-        W=W, HAS_BIAS=bias is not None, SILU=silu, ACC=_tl_dtype(x3, conv_state, weight, bias),
+        W=W, HAS_BIAS=bias is not None, SILU=silu, ACC=_acc(x3, conv_state, weight, bias),
         BLOCK_D=block_d, BLOCK_S=_next_pow2(S),
         num_warps=1 if x.device.type != "cuda" else 2,
     )  # fmt: skip
