@@ -264,7 +264,11 @@ def main() -> None:
         # Written after every length, so a run cut short by a time limit still leaves its rows.
         print(
             json.dumps(
-                {"l": L, "selective_scan": results["selective_scan"].get(L), "causal_conv1d": results["causal_conv1d"].get(L)}
+                {
+                    "l": L,
+                    "selective_scan": results["selective_scan"].get(L),
+                    "causal_conv1d": results["causal_conv1d"].get(L),
+                }
             ),
             flush=True,
         )
