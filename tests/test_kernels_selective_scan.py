@@ -236,3 +236,17 @@ def test_scan_code_path_variants(monkeypatch, prefetch, reload, pair, case):
     b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES[case]
     ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
     _compare(ins, sp, last, tol=1e-4)
+
+
+def test_scan_pair_with_odd_n_is_logged(monkeypatch, caplog):
+    """PAIR needs an even d_state; an odd one runs one state per iteration and says so, once."""
+    from archzoo.kernels import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": {"PAIR": True}, "bwd": {"PAIR": True}})
+    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES["full"]  # n = 3
+    ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
+    with caplog.at_level("WARNING", logger="archzoo.kernels"):
+        _compare(ins, sp, last, tol=1e-4)
+    hits = [r for r in caplog.records if "PAIR needs an even d_state" in r.getMessage()]
+    assert len(hits) == 1, [r.getMessage() for r in caplog.records]

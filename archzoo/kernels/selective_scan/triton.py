@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import once
 from ._checks import check_scan, check_update, compute_dtype
 
 
@@ -509,6 +510,16 @@ def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: tor
     return dict(cfg, BLOCK_D=_block_d(d, groups, cfg["BLOCK_D"]), BLOCK_N=block_n, BLOCK_L=block_l)
 
 
+def _states_per_iteration(cfg: dict, n: int) -> int:
+    """2 when the config asks for PAIR and n is even; an odd n runs one state per iteration, logged once."""
+    if not cfg.get("PAIR", False):
+        return 1
+    if n % 2:
+        once("scan_pair_odd_n", f"selective scan: PAIR needs an even d_state, got n={n}; one state per iteration")
+        return 1
+    return 2
+
+
 def _bc_view(t: torch.Tensor) -> tuple[bool, tuple[int, int, int, int]]:
     """-> (variable, strides (s_b, s_g, s_n, s_l)); for a (d, n) tensor the 'group' index is the channel."""
     if t.dim() == 2:
@@ -535,7 +546,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     if store_ckpt:  # the backward re-reads these checkpoints: use its chunk length
         cfg = dict(cfg, BLOCK_L=scan_config(d, n, L, groups, True, u.device)["BLOCK_L"])
     n_chunks = _cdiv(L, cfg["BLOCK_L"])
-    states = 2 if cfg.get("PAIR", False) and n % 2 == 0 else 1
+    states = _states_per_iteration(cfg, n)
     out = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     store_y = store_ckpt and z is not None
     y = torch.empty_like(out) if store_y else None
@@ -571,7 +582,7 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     n_chunks = ckpt.shape[1]
     if n_chunks != _cdiv(L, cfg["BLOCK_L"]):
         raise RuntimeError("selective scan: the checkpoints were written with another chunk length")
-    states = 2 if cfg.get("PAIR", False) and n % 2 == 0 else 1
+    states = _states_per_iteration(cfg, n)
     f32 = dict(device=u.device, dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout))
     du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
