@@ -54,25 +54,38 @@ def save_pretrained(model, path: str | Path) -> None:
     atomic_write_dir(path, fill)
 
 
-def from_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load a folder written by ``save_pretrained``."""
+def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.device | None = None):
+    """An ``ArchZooLM`` of ``cfg`` that takes the tensors of ``state`` as its parameters (no copy).
+
+    Built on the meta device, so no random init is computed and thrown away; a tied head shares the
+    embedding. A missing tensor raises ``ValueError`` naming it (the first five).
+    """
     from .model import ArchZooLM
 
-    path = Path(path)
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise ConfigError(f"not an archzoo checkpoint: {name} is missing", source=str(path))
-    cfg = load_config(path / CONFIG)
     with torch.device("meta"):
         model = ArchZooLM(cfg)
-    state = load_file(str(path / WEIGHTS), device=str(device or "cpu"))
+    expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(f"the checkpoint lacks tensors: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
     if cfg.tie_embeddings:
-        state["lm_head.weight"] = state["embed.weight"]
+        state = {**state, "lm_head.weight": state["embed.weight"]}
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     # Non-persistent buffers (RoPE frequencies) were created on meta; rebuild them for real.
     rebuild_buffers(model, device)
+    return model
+
+
+def from_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a folder written by ``save_pretrained``."""
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise ConfigError(f"not an archzoo checkpoint: {name} is missing", source=str(path))
+    cfg = load_config(path / CONFIG)
+    model = model_from_state(cfg, load_file(str(path / WEIGHTS), device=str(device or "cpu")), device)
     if dtype is not None:
         model.to(dtype)
     tok = path / "tokenizer"

@@ -368,6 +368,16 @@ def load_config(src: str | Path | dict[str, Any] | ModelConfig) -> ModelConfig:
     """
     if isinstance(src, ModelConfig):
         return src
+    data, source = read_mapping(src, "a YAML path, a dict or a ModelConfig")
+    return _validate(data, source)
+
+
+def read_mapping(src: str | Path | dict[str, Any], expected: str) -> tuple[dict[str, Any], str | None]:
+    """The top-level mapping of a YAML file (path) or a dict, and the file name for error messages.
+
+    Shared by every config loader (model configs here, run configs in the trainer), so a missing
+    file, bad YAML or a non-mapping reads the same everywhere: ``ConfigError`` naming the file.
+    """
     source = None
     if isinstance(src, str | Path):
         source = str(src)
@@ -381,10 +391,10 @@ def load_config(src: str | Path | dict[str, Any] | ModelConfig) -> ModelConfig:
     elif isinstance(src, dict):
         data = src
     else:
-        raise ConfigError(f"expected a YAML path, a dict or a ModelConfig, got {type(src).__name__}")
+        raise ConfigError(f"expected {expected}, got {type(src).__name__}")
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", source=source)
-    return _validate(data, source)
+    return data, source
 
 
 def _validate(data: dict[str, Any], source: str | None) -> ModelConfig:

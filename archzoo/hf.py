@@ -406,22 +406,10 @@ def from_hf(
 
 
 def _build(cfg: ModelConfig, hf_state, dtype, device, tokenizer):
-    from .checkpoint import rebuild_buffers
-    from .model import ArchZooLM
+    from .checkpoint import model_from_state
 
     device = torch.device(device or "cpu")
     state = {k: v.to(device=device, dtype=dtype) for k, v in state_from_hf(hf_state, cfg).items()}
-    with torch.device("meta"):
-        model = ArchZooLM(cfg)
-    expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
-    missing = sorted(expected - set(state))
-    if missing:
-        raise ValueError(f"the checkpoint lacks tensors: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
-    if cfg.tie_embeddings:
-        state["lm_head.weight"] = state["embed.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    rebuild_buffers(model, device)
+    model = model_from_state(cfg, state, device)
     model.tokenizer = tokenizer
     return model.eval()

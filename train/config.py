@@ -15,10 +15,17 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from archzoo.config import ConfigError, ModelConfig, _FieldError, _first_error, load_config, parse_layer_indices
+from archzoo.config import (
+    ConfigError,
+    ModelConfig,
+    _FieldError,
+    _first_error,
+    load_config,
+    parse_layer_indices,
+    read_mapping,
+)
 
 
 class _Strict(BaseModel):
@@ -334,23 +341,8 @@ def load_run_config(src: str | Path | dict[str, Any] | RunConfig) -> RunConfig:
     """
     if isinstance(src, RunConfig):
         return src
-    source, base = None, Path.cwd()
-    if isinstance(src, str | Path):
-        source = str(src)
-        path = Path(src)
-        if not path.is_file():
-            raise ConfigError("no such file", source=source)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML: {e}".replace("\n", " "), source=source) from None
-        base = path.resolve().parent
-    elif isinstance(src, dict):
-        data = src
-    else:
-        raise ConfigError(f"expected a run YAML path or a dict, got {type(src).__name__}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", source=source)
+    data, source = read_mapping(src, "a run YAML path or a dict")
+    base = Path(src).resolve().parent if source is not None else Path.cwd()
     try:
         run = RunConfig.model_validate(data)
     except ValidationError as e:
