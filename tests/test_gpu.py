@@ -49,22 +49,15 @@ def test_invariant_on_cuda(path, dtype):
         assert cache.nbytes() == archzoo.cache_bytes(model.cfg, 2, T, dtype)
 
 
-# Measured on an H100 (tests/test_gpu.py, 2026-11-23): bf16 against the fp64 CPU reference.
-BF16_KNOWN = {
-    "moe": "top-k routing flips under bf16 rounding, so whole expert outputs change (1.8e-1)",
-    "jamba": "top-k routing flips under bf16 rounding (5.5e-2)",
-}
+# Routed models in bf16: top-k routing flips under bf16 rounding, so whole expert outputs change and
+# the error against the fp64 reference is larger than rounding alone. Measured on an H100
+# (tests/test_gpu.py, 2026-11-23): moe 1.8e-1, jamba 5.5e-2. The bound is twice that: it still fails
+# for a wrong expert dispatch or mixer (errors of order 1), which an xfail would not.
+BF16_ROUTED_TOL = {"moe": 0.36, "jamba": 0.11}
 
 
-def _cases():
-    for path in MODEL_CONFIGS:
-        yield pytest.param(path, torch.float32, id=f"{path.stem}-fp32")
-        reason = BF16_KNOWN.get(path.stem)
-        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
-        yield pytest.param(path, torch.bfloat16, id=f"{path.stem}-bf16", marks=marks)
-
-
-@pytest.mark.parametrize("path,dtype", _cases())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
 def test_cuda_matches_cpu_fp64(path, dtype):
     model = _model(path, dtype)
     ref = _model(path, torch.float32).cpu().double()
@@ -72,7 +65,8 @@ def test_cuda_matches_cpu_fp64(path, dtype):
     with torch.no_grad():
         out = model(ids).float().cpu()
         exp = ref(ids.cpu()).float()
-    assert_close(f"{path.stem} {dtype} cuda vs cpu fp64", out, exp, TOL[dtype])
+    tol = BF16_ROUTED_TOL.get(path.stem, TOL[dtype]) if dtype == torch.bfloat16 else TOL[dtype]
+    assert_close(f"{path.stem} {dtype} cuda vs cpu fp64", out, exp, tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
