@@ -3,7 +3,8 @@
     python benchmarks/tune_ssm_kernels.py --length 4096 --out results/tune.json
 
 Times the inference forward (no checkpoints) and, separately, the backward kernel alone (from the
-checkpoints of a forward with the same BLOCK_L), at Mamba's configuration (D, z, delta_bias,
+checkpoints of the default forward, which stores them every backward BLOCK_L steps; its time with
+those checkpoints is reported as fwd_ckpt_ms), at Mamba's configuration (D, z, delta_bias,
 softplus, B / C (b, n, l)), and reports each compiled kernel's registers and spills, which is
 where the backward's cost hides. The winners go into ``CUDA_CONFIG`` in
 ``archzoo/kernels/selective_scan/triton.py``.
@@ -76,9 +77,10 @@ def main() -> None:
                 json.dump(rows, f, indent=1)
 
     which = args.which.split(",")
-    # (PREFETCH, RELOAD, PAIR): see scan_config's flags
-    fwd_variants = [(True, False, False), (False, False, False), (False, False, True)]
-    bwd_variants = [(True, False, False), (False, True, False), (False, True, True), (False, False, True)]
+    # (PREFETCH, RELOAD, PAIR, MIRROR): see scan_config's flags
+    fwd_variants = [(True, False, False, False), (False, False, False, False), (False, False, True, False)]
+    bwd_variants = [(True, False, False, True), (False, False, True, True), (False, True, True, True),
+                    (False, False, True, False)]  # fmt: skip
     grids = {
         "fwd": (_ints(args.fwd_block_d), _ints(args.fwd_block_l), _ints(args.fwd_per_thread), fwd_variants),
         "bwd": (_ints(args.bwd_block_d), _ints(args.bwd_block_l), _ints(args.bwd_per_thread), bwd_variants),
@@ -87,22 +89,22 @@ def main() -> None:
     todo = []
     for key in which:
         bds, bls, (lo, hi), variants = grids[key]
-        for bd, bl, nw, (pf, rl, pair) in itertools.product(bds, bls, _ints(args.warps), variants):
+        for bd, bl, nw, (pf, rl, pair, mirror) in itertools.product(bds, bls, _ints(args.warps), variants):
             if lo <= bd * bl // (32 * nw) <= hi:
-                todo.append((key, bd, bl, nw, pf, rl, pair))
+                todo.append((key, bd, bl, nw, pf, rl, pair, mirror))
     if args.from_json:  # re-time the best --top configs per kernel of an earlier sweep (e.g. at another length)
         with open(args.from_json) as f:
             prev = [x for x in json.load(f) if "ms" in x and x["kernel"] in which]
         todo = []
         for key in which:
             best = sorted((x for x in prev if x["kernel"] == key), key=lambda x: x["ms"] + x.get("fwd_ckpt_ms", 0.0))
-            cols = ("BLOCK_D", "BLOCK_L", "num_warps", "PREFETCH", "RELOAD", "PAIR")
+            cols = ("BLOCK_D", "BLOCK_L", "num_warps", "PREFETCH", "RELOAD", "PAIR", "MIRROR")
             todo += [(key, *(x.get(c, False) for c in cols)) for x in best[: args.top or len(best)]]
-    for j, (key, bd, bl, nw, pf, rl, pair) in enumerate(todo):
+    for j, (key, bd, bl, nw, pf, rl, pair, mirror) in enumerate(todo):
         if j % n_shards == shard:
-            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, PREFETCH=pf, RELOAD=rl, PAIR=pair)
+            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, PREFETCH=pf, RELOAD=rl, PAIR=pair, MIRROR=mirror)
             T.CONFIG_OVERRIDE.clear()
-            T.CONFIG_OVERRIDE.update(fwd=cfg, bwd=cfg)
+            T.CONFIG_OVERRIDE[key] = cfg  # a backward row runs after the default forward
             row = dict(kernel=key, length=L, **cfg)
             try:
                 with torch.no_grad():

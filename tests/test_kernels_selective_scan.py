@@ -225,14 +225,26 @@ def test_dispatch_reports_backend(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "prefetch,reload,pair,case",
-    [(False, True, False, "full"), (False, False, False, "full"), (True, True, False, "full"),
-     (False, True, True, "const_bc_even_n"), (False, False, True, "grouped")],
+    "prefetch,reload,pair,mirror,case",
+    [(False, True, False, True, "full"), (False, False, False, False, "full"), (True, True, False, True, "full"),
+     (False, True, True, False, "const_bc_even_n"), (False, False, True, True, "grouped"),
+     (False, False, True, False, "grouped")],
 )  # fmt: skip
-def test_scan_code_path_variants(monkeypatch, prefetch, reload, pair, case):
-    """The kernels' variants (scan_config flags: prefetch, reload, two states per iteration) agree."""
+def test_scan_code_path_variants(monkeypatch, prefetch, reload, pair, mirror, case):
+    """The kernels' variants (scan_config flags: prefetch, reload, two states per iteration, the adjoint over
+    time-reversed operands) agree."""
     flags = {"PREFETCH": prefetch, "PAIR": pair}
-    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": flags, "bwd": {**flags, "RELOAD": reload}})
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": flags, "bwd": {**flags, "RELOAD": reload, "MIRROR": mirror}})
+    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES[case]
+    ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
+    _compare(ins, sp, last, tol=1e-4)
+
+
+@pytest.mark.parametrize("fwd_l,bwd_l,case", [(32, 8, "full"), (16, 16, "grouped"), (64, 16, "bare"), (32, 8, "l1")])
+def test_scan_checkpoints_inside_forward_chunks(monkeypatch, fwd_l, bwd_l, case):
+    """The forward stores a checkpoint every bwd_l steps inside its own fwd_l-step chunks (and at the chunk
+    starts when they are equal): gradients match for lengths that end inside a sub-chunk or a chunk."""
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": {"BLOCK_L": fwd_l}, "bwd": {"BLOCK_L": bwd_l}})
     b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES[case]
     ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
     _compare(ins, sp, last, tol=1e-4)

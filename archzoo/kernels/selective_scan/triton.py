@@ -47,31 +47,63 @@ def _rev_combine(a_r, b_r, a_l, b_l):
 
 
 @triton.jit
+def _reverse(t):
+    """t[:, ::-1] of a (BLOCK_D, BLOCK_L) tile. A gather along the time axis: when a warp holds whole rows,
+    Triton 3.6 lowers it to one shuffle per register (lane k <-> lane 31 - k, registers reversed), where
+    tl.flip's xor butterfly costs five and a reverse=True scan flips every operand and result."""
+    L: tl.constexpr = t.shape[1]
+    idx = L - 1 - tl.arange(0, L)
+    return tl.gather(t, tl.broadcast_to(idx[None, :], t.shape), 1)
+
+
+@triton.jit
 def _column(tile, offs, i):
     """tile[:, i] for a small (BLOCK_D, BLOCK_N) tile (offs = arange over its columns)."""
     return tl.sum(tl.where(offs[None, :] == i, tile, 0.0), axis=1)
 
 
 @triton.jit
-def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, offs_l, BLOCK_L: tl.constexpr):
-    """One state's scan over a chunk: -> (its y contribution C h, the state at the chunk's last step)."""
+def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, offs_l, ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d,
+               BLOCK_L: tl.constexpr, CKPT_L: tl.constexpr):  # fmt: skip
+    """One state's scan over a chunk: -> (its y contribution C h, the state at the chunk's last step).
+    With CKPT_L < BLOCK_L it also stores the state after every CKPT_L steps inside the chunk as checkpoints
+    ck_first + 1, ... of ck_ptr ((n_ckpt, d, n) of this batch row): the backward reads them at its own,
+    shorter chunk length while the forward keeps its long chunks."""
     a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])  # exp(dt A) as exp2
     ca, cb = tl.associative_scan((a, x * B_i), 1, _fwd_combine)
     h = ca * h0_i[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of this state
-    h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+    if CKPT_L < BLOCK_L:
+        S: tl.constexpr = BLOCK_L // CKPT_L
+        offs_c = tl.arange(0, CKPT_L)
+        offs_s = tl.arange(0, S)
+        hs = tl.reshape(h, (h.shape[0], S, CKPT_L))
+        ends = tl.sum(tl.where(offs_c[None, None, :] == CKPT_L - 1, hs, 0.0), axis=2)  # (BLOCK_D, S)
+        k = ck_first + 1 + offs_s  # ends[:, s] is the state before sub-chunk k
+        mask = mask_d[:, None] & ((offs_s < S - 1) & (k < n_ckpt))[None, :]
+        tl.store(ck_ptr + k[None, :] * d * n + offs_d[:, None] * n + i, ends, mask=mask)
+        h_end = tl.sum(tl.where(offs_s[None, :] == S - 1, ends, 0.0), axis=1)
+    else:
+        h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
     return h * C_i, h_end
 
 
 @triton.jit
-def _bwd_state(dt, x, dt_nx, dy, A_i, B_i, C_i, h0_i, g1_i):
-    """One state's recompute + adjoint over a chunk: -> (h, g = dL/dh, w = g_t a_t h_{t-1}), each (BLOCK_D, BLOCK_L)."""
+def _bwd_state(dt, x, dt_nx, dyc, A_i, B_i, h0_i, g1_i, MIRROR: tl.constexpr):
+    """One state's recompute + adjoint over a chunk: -> (h, g = dL/dh, w = g_t a_t h_{t-1}), each (BLOCK_D, BLOCK_L)
+    in time order. dyc = dy_t C_t (in time order) and dt_nx (the step size one step ahead; in reverse time order
+    with MIRROR) feed the adjoint. With MIRROR the adjoint runs as a forward scan over reversed operands and
+    g is reversed back (see _reverse)."""
     a = tl.exp2(dt * (A_i * 1.4426950408889634)[:, None])
     b = x * B_i
     ca, cb = tl.associative_scan((a, b), 1, _fwd_combine)
     h = ca * h0_i[:, None] + cb  # h_t, recomputed
     a_nx = tl.exp2(dt_nx * (A_i * 1.4426950408889634)[:, None])  # a_{t+1}
-    pa, pv = tl.associative_scan((a_nx, dy * C_i), 1, _rev_combine, reverse=True)
-    g = pv + pa * g1_i[:, None]  # dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}
+    if MIRROR:  # column j is step e - j: g(j) = a_nx(j) g(j - 1) + dyc(j) runs forward in j
+        pa, pv = tl.associative_scan((a_nx, _reverse(dyc)), 1, _fwd_combine)
+        g = _reverse(pv + pa * g1_i[:, None])
+    else:
+        pa, pv = tl.associative_scan((a_nx, dyc), 1, _rev_combine, reverse=True)
+        g = pv + pa * g1_i[:, None]  # dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}
     return h, g, g * (h - b)
 
 
@@ -118,7 +150,7 @@ def _load_state_params(A_ptr, B_ptr, C_ptr, B_row, C_row, i, offs_d, offs_t, mas
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, y_ptr, hlast_ptr, ckpt_ptr,
-    d, L, n, n_chunks, d_per_group,
+    d, L, n, n_chunks, n_ckpt, d_per_group,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -130,9 +162,10 @@ def _scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, STORE_Y: tl.constexpr, STORE_LAST: tl.constexpr,
     PREFETCH: tl.constexpr, STATES: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CKPT_L: tl.constexpr,
 ):  # fmt: skip
-    """out (and the pre-gate y, when STORE_Y) share out's strides s_o_*."""
+    """out (and the pre-gate y, when STORE_Y) share out's strides s_o_*. With STORE_CKPT the state before
+    every CKPT_L steps (a divisor of BLOCK_L) goes to ckpt (b, n_ckpt, d, n)."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -153,12 +186,15 @@ def _scan_fwd_kernel(
     else:
         H = tl.zeros((BLOCK_D, BLOCK_N), dtype=ACC)
 
+    ck_ptr = ckpt_ptr + pid_b * n_ckpt * d * n
+    CK_L: tl.constexpr = CKPT_L if STORE_CKPT else BLOCK_L  # no checkpoints: no sub-chunk work
     for chunk in range(0, n_chunks):
         offs_t = chunk * BLOCK_L + offs_l
         mask_t = offs_t < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
+        ck_first = chunk * (BLOCK_L // CK_L)
         if STORE_CKPT:
-            tl.store(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, H, mask=mask_dn)
+            tl.store(ck_ptr + ck_first * d * n + dn_offs, H, mask=mask_dn)
         u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0)
         u = u.to(ACC)
         dt = tl.load(
@@ -196,8 +232,14 @@ def _scan_fwd_kernel(
                     A_ptr, B_ptr, C_ptr, B_row, C_row, i + 1, offs_d, offs_t, mask_d, mask_t,
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
-                yc_j, end_j = _fwd_state(dt, x, A_j, B_j, C_j, _column(H, offs_n, i + 1), offs_l, BLOCK_L)
-            yc, h_end = _fwd_state(dt, x, A_i, B_i, C_i, _column(H, offs_n, i), offs_l, BLOCK_L)
+                yc_j, end_j = _fwd_state(
+                    dt, x, A_j, B_j, C_j, _column(H, offs_n, i + 1), offs_l,
+                    ck_ptr, ck_first, n_ckpt, d, n, i + 1, offs_d, mask_d, BLOCK_L, CK_L,
+                )  # fmt: skip
+            yc, h_end = _fwd_state(
+                dt, x, A_i, B_i, C_i, _column(H, offs_n, i), offs_l,
+                ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d, BLOCK_L, CK_L,
+            )  # fmt: skip
             y += yc
             H = tl.where(offs_n[None, :] == i, h_end[:, None], H)
             if STATES == 2:
@@ -235,13 +277,16 @@ def _scan_bwd_kernel(
     VAR_B: tl.constexpr, VAR_C: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr, STORE_DH0: tl.constexpr, PREFETCH: tl.constexpr, RELOAD: tl.constexpr,
-    STATES: tl.constexpr,
+    STATES: tl.constexpr, MIRROR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C)
     are written as per-batch partials (b, d, [n]) fp32; dB / dC of shape (b, [g,] n, l) get fp32 atomics.
     PREFETCH loads the next state's B / C rows during the current state; RELOAD re-reads u and delta
-    after the state loop instead of keeping them live in registers through it (register pressure)."""
+    after the state loop instead of keeping them live in registers through it (register pressure).
+    MIRROR runs the adjoint as a forward scan over time-reversed operands and reverses g back (_reverse):
+    Triton 3.6 lowers a reverse=True scan by flipping its two operands and two results with five butterfly
+    shuffles per register each; MIRROR's three reversals cost one shuffle per register each."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -275,7 +320,7 @@ def _scan_bwd_kernel(
         offs_t = chunk * BLOCK_L + offs_l
         mask_t = offs_t < L
         mask_dt = mask_d[:, None] & mask_t[None, :]
-        H0 = tl.load(ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + dn_offs, mask=mask_dn, other=0.0)
+        ckpt_row = ckpt_ptr + (pid_b * n_chunks + chunk) * d * n + offs_d * n  # + i: state i's checkpoint
         u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_t[None, :] * s_u_l, mask=mask_dt, other=0.0)
         u = u.to(ACC)
         r = tl.load(
@@ -299,6 +344,8 @@ def _scan_bwd_kernel(
         if SOFTPLUS:
             dt_nx = _softplus(dt_nx)
         dt_nx = tl.where(mask_nx, dt_nx, 0.0)
+        if MIRROR:  # the adjoint's scan runs in reverse time order (_bwd_state)
+            dt_nx = _reverse(dt_nx)
         dy = tl.load(
             dout_ptr + pid_b * s_do_b + offs_d[:, None] * s_do_d + offs_t[None, :] * s_do_l, mask=mask_dt, other=0.0
         ).to(ACC)
@@ -339,10 +386,10 @@ def _scan_bwd_kernel(
                     A_ptr, B_ptr, C_ptr, B_row, C_row, i + 1, offs_d, offs_t, mask_d, mask_t,
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
-                h_j, g_j, w_j = _bwd_state(
-                    dt, x, dt_nx, dy, A_j, B_j, C_j, _column(H0, offs_n, i + 1), _column(G, offs_n, i + 1)
-                )
-            h, g, w = _bwd_state(dt, x, dt_nx, dy, A_i, B_i, C_i, _column(H0, offs_n, i), _column(G, offs_n, i))
+                h0_j = tl.load(ckpt_row + i + 1, mask=mask_d, other=0.0)
+                h_j, g_j, w_j = _bwd_state(dt, x, dt_nx, dy * C_j, A_j, B_j, h0_j, _column(G, offs_n, i + 1), MIRROR)
+            h0_i = tl.load(ckpt_row + i, mask=mask_d, other=0.0)
+            h, g, w = _bwd_state(dt, x, dt_nx, dy * C_i, A_i, B_i, h0_i, _column(G, offs_n, i), MIRROR)
             G, dx, ddt, dA_acc, dB_acc, dC_acc = _bwd_grads(
                 i, h, g, w, dt, x, dy, A_i, B_i, offs_n, offs_l, offs_t, mask_t,
                 G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l, VAR_B, VAR_C,
@@ -486,11 +533,19 @@ LAST_COMPILED: dict[str, object] = {}
 # one warp per program, so the scans and row reductions stay inside a warp, and many programs per SM.
 # The backward runs one channel per program and two states per iteration (PAIR: two independent
 # scans give the scheduler work while the other waits on its shuffles), 128 regs and no spills;
-# at l=1k..16k it beat the best one-state configurations by 3-10% end to end.
+# at l=1k..16k it beat the best one-state configurations by 3-10% end to end. MIRROR (the adjoint as a
+# forward scan over reversed operands) cut the backward kernel's shuffles per state pair from 242 to 102
+# (benchmarks/sm90_compile.py) and its time at l=4k from about 2.5 to 1.91 ms (0.56 / 6.96 ms at 1k /
+# 16k); with MIRROR on, this configuration was still the best of the sweep (1-2 channels, 64-256 steps,
+# 1-2 warps, PAIR, RELOAD) at all three lengths. The forward keeps its 512-step chunks when it stores
+# checkpoints for a backward with shorter ones (0.71 ms at 4k, where 128-step chunks took 0.8-0.9).
 CUDA_CONFIG = {
     "fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1, PREFETCH=True),
-    "bwd": dict(BLOCK_D=1, BLOCK_L=128, num_warps=1, PREFETCH=False, RELOAD=False, PAIR=True),
+    "bwd": dict(BLOCK_D=1, BLOCK_L=128, num_warps=1, PREFETCH=False, RELOAD=False, PAIR=True, MIRROR=True),
 }
+
+
+_FLAGS = ("PREFETCH", "RELOAD", "PAIR", "MIRROR")  # code-path switches of CUDA_CONFIG (the rest are sizes)
 
 
 def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
@@ -501,9 +556,12 @@ def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: tor
     """
     block_n = _next_pow2(n)
     key = "bwd" if backward else "fwd"
-    if device.type != "cuda":  # the code-path flags of an override apply here too (tests cover them)
-        flags = {k: v for k, v in CONFIG_OVERRIDE.get(key, {}).items() if k in ("PREFETCH", "RELOAD", "PAIR")}
-        return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=8, num_warps=1, **flags)
+    if device.type != "cuda":  # the CUDA code path (its flags, an override's too) on small blocks: tests run it
+        over = CONFIG_OVERRIDE.get(key, {})
+        flags = {k: v for k, v in {**CUDA_CONFIG[key], **over}.items() if k in _FLAGS}
+        # the forward's chunk twice the backward's, as on CUDA: checkpoints inside a chunk are exercised
+        block_l = over.get("BLOCK_L", 8 if backward else 16)
+        return dict(BLOCK_D=_block_d(d, groups, 4), BLOCK_N=block_n, BLOCK_L=block_l, num_warps=1, **flags)
     cfg = {**CUDA_CONFIG[key], **CONFIG_OVERRIDE.get(key, {})}
     # short sequences: a smaller chunk wastes less work on padding
     block_l = min(cfg["BLOCK_L"], max(16, _next_pow2(L)))
@@ -543,16 +601,19 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     n = A.shape[1]
     groups = _groups(B, C, 4)
     cfg = scan_config(d, n, L, groups, False, u.device)
-    if store_ckpt:  # the backward re-reads these checkpoints: use its chunk length
-        cfg = dict(cfg, BLOCK_L=scan_config(d, n, L, groups, True, u.device)["BLOCK_L"])
+    # The backward re-reads the checkpoints at its own (shorter) chunk length; the forward keeps its chunks
+    # and stores the state every ckpt_l steps inside them (both are powers of two).
+    ckpt_l = scan_config(d, n, L, groups, True, u.device)["BLOCK_L"] if store_ckpt else cfg["BLOCK_L"]
+    cfg = dict(cfg, BLOCK_L=max(cfg["BLOCK_L"], ckpt_l))
     n_chunks = _cdiv(L, cfg["BLOCK_L"])
+    n_ckpt = _cdiv(L, ckpt_l)
     states = _states_per_iteration(cfg, n)
     out = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
     store_y = store_ckpt and z is not None
     y = torch.empty_like(out) if store_y else None
     cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
     hlast = torch.empty((b, d, n), device=u.device, dtype=cdt) if store_last else None
-    ckpt = torch.empty((b, n_chunks, d, n), device=u.device, dtype=cdt) if store_ckpt else None
+    ckpt = torch.empty((b, n_ckpt, d, n), device=u.device, dtype=cdt) if store_ckpt else None
     var_b, sB = _bc_view(B)
     var_c, sC = _bc_view(C)
     zz = z if z is not None else u
@@ -563,13 +624,14 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
         D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
         h0 if h0 is not None else dummy, out, y if y is not None else dummy,
         hlast if hlast is not None else dummy, ckpt if ckpt is not None else dummy,
-        d, L, n, n_chunks, d // groups,
+        d, L, n, n_chunks, n_ckpt, d // groups,
         *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
         *A.stride(), *sB, *sC,
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_Y=store_y, STORE_LAST=store_last,
         PREFETCH=cfg.get("PREFETCH", True) and states == 1, STATES=states, ACC=_tl_dtype(cdt),
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], CKPT_L=ckpt_l,
+        num_warps=cfg["num_warps"],
     )  # fmt: skip
     return out, hlast, ckpt, y
 
@@ -622,7 +684,7 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
         VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=softplus, HAS_DLAST=dlast is not None, STORE_DH0=need_dh0,
         PREFETCH=cfg.get("PREFETCH", True) and states == 1, RELOAD=cfg.get("RELOAD", False), STATES=states,
-        ACC=_tl_dtype(f32["dtype"]),
+        MIRROR=cfg.get("MIRROR", False), ACC=_tl_dtype(f32["dtype"]),
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
     tot, o = partial.sum(0), 0
