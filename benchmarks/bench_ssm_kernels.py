@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from collections.abc import Callable
 
 import torch
@@ -65,7 +66,17 @@ def _measure(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None =
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     ms = triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none, return_mode="median")
-    return {"ms": ms, "peak_mib": peak}
+    # Host time: the wall time of issuing one call while the GPU runs behind (no synchronisation inside the
+    # loop); where it exceeds the GPU time the call is host-bound and do_bench's figure is this one.
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        for t in grad_to_none or ():
+            t.grad = None
+        fn()
+    host = (time.perf_counter() - t0) / 20 * 1e3
+    torch.cuda.synchronize()
+    return {"ms": ms, "peak_mib": peak, "host_ms": host}
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -112,6 +123,7 @@ def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max
             fb = _measure(lambda call=call: call(grads).backward(gout), grad_to_none=list(grads.values()))
             res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
             res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
+            res[name].update({"fwd_host_ms": fwd["host_ms"], "fwdbwd_host_ms": fb["host_ms"]})
         except torch.cuda.OutOfMemoryError as e:
             res[name] = {"status": f"out of memory ({str(e).splitlines()[0]})"}
         torch.cuda.empty_cache()
@@ -140,6 +152,7 @@ def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int) -> dict
         fb = _measure(lambda fn=fn: fn(xg, wg, bg).backward(gout), grad_to_none=[xg, wg, bg])
         res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
         res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
+        res[name].update({"fwd_host_ms": fwd["host_ms"], "fwdbwd_host_ms": fb["host_ms"]})
     if "archzoo" in outs:
         for peer in ("causal_conv1d", "F.conv1d"):
             if peer in outs:
@@ -164,14 +177,14 @@ def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int) -> di
             res[f"selective_state_update/{name}"] = {"status": fn}
             continue
         m = _measure(lambda fn=fn: fn(state, x, dt, A, B, C, D, z, bias, True))
-        res[f"selective_state_update/{name}"] = {"status": "ok", "ms": m["ms"]}
+        res[f"selective_state_update/{name}"] = {"status": "ok", "ms": m["ms"], "host_ms": m["host_ms"]}
     cupd = {"archzoo": causal_conv1d_update, "causal_conv1d": peers["causal_conv1d_update"]}
     for name, fn in cupd.items():
         if isinstance(fn, str):
             res[f"causal_conv1d_update/{name}"] = {"status": fn}
             continue
         m = _measure(lambda fn=fn: fn(x, conv_state, w, cb, "silu"))
-        res[f"causal_conv1d_update/{name}"] = {"status": "ok", "ms": m["ms"]}
+        res[f"causal_conv1d_update/{name}"] = {"status": "ok", "ms": m["ms"], "host_ms": m["host_ms"]}
     return res
 
 
@@ -180,8 +193,8 @@ def _fmt_ms(r: dict, key: str) -> str:
 
 
 def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
-    head = "| l | impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB fwd / fwd+bwd |"
-    lines = [f"\n## {title}", head, "|---|---|---|---|---|---|---|"]
+    head = "| l | impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB fwd / fwd+bwd | host ms fwd / fwd+bwd |"
+    lines = [f"\n## {title}", head, "|---|---|---|---|---|---|---|---|"]
     for L, res in rows.items():
         mine = res.get(ours, {})
         for name, r in res.items():
@@ -190,10 +203,12 @@ def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
                 both = r.get("status") == "ok" and mine.get("status") == "ok"
                 return f"{r[k] / mine[k]:.2f}" if both else "-"
 
-            peak = f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}" if r.get("status") == "ok" else "-"
+            ok = r.get("status") == "ok"
+            peak = f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}" if ok else "-"
+            host = f"{r['fwd_host_ms']:.3f} / {r['fwdbwd_host_ms']:.3f}" if ok else "-"
             lines.append(
                 f"| {L} | {name} | {_fmt_ms(r, 'fwd_ms')} | {_fmt_ms(r, 'fwdbwd_ms')} | {ratio('fwd_ms')} "
-                f"| {ratio('fwdbwd_ms')} | {peak} |"
+                f"| {ratio('fwdbwd_ms')} | {peak} | {host} |"
             )
     return "\n".join(lines)
 
@@ -290,7 +305,8 @@ def main() -> None:
                  results["causal_conv1d"]))  # fmt: skip
     print(f"\n## decode step (b={b}, d={d})")
     for k, r in results["decode"].items():
-        print(f"| {k} | {_fmt_ms(r, 'ms')} ms |")
+        host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
+        print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
     print(f"\nwrote {args.out}")
 
 

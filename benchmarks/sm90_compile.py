@@ -37,24 +37,17 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 _OPS = ("SHFL", "MUFU", "BAR", "LDG", "STG", "LDS", "STS", "RED", "ATOM", "FFMA", "FMUL", "FADD", "LDL", "STL", "BRA")
 
 
-class _Recorder:
-    """Stands in for a @triton.jit kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
-
-    def __init__(self, fn, name: str, calls: list):
-        self.fn, self.name, self.calls = fn, name, calls
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((self.name, self.fn, grid, args, kwargs))
-
-        return launch
-
-
 @contextmanager
-def record_launches(module, names: list[str]):
-    """Replace module.<name> kernels by recorders for the duration; yields the list of recorded calls."""
+def record_launches(module):
+    """Replace ``module.launch`` (archzoo.kernels._launch.launch) by a recorder for the duration; yields the
+    list of recorded calls (kernel, grid, positional args, keyword args) in ``kernel[grid](...)`` form."""
     calls: list = []
-    with mock.patch.multiple(module, **{n: _Recorder(getattr(module, n), n, calls) for n in names}):
+
+    def recorder(kernel, grid, ptrs, ints, consts, num_warps, device):
+        names = kernel.arg_names[len(ptrs) + len(ints) :]
+        calls.append((kernel, grid, (*ptrs, *ints), {**dict(zip(names, consts, strict=True)), "num_warps": num_warps}))
+
+    with mock.patch.object(module, "launch", recorder):
         yield calls
 
 
@@ -124,13 +117,13 @@ def _scan_calls(b: int, d: int, L: int, n: int, config: dict) -> list:
     with (
         mock.patch.object(st, "scan_config", lambda *a: real(*a[:-1], cuda)),
         mock.patch.dict(st.CONFIG_OVERRIDE, config, clear=True),
-        record_launches(st, ["_scan_fwd_kernel", "_scan_bwd_kernel"]) as calls,
+        record_launches(st) as calls,
     ):
         _, _, ckpt, y = st._scan_forward(u, delta, A, B, C, D, z, bias, None, True, store_ckpt=True, store_last=False)
         st._scan_forward(u, delta, A, B, C, D, z, bias, None, True, store_ckpt=False, store_last=False)
         st._scan_backward(u, delta, A, B, C, D, z, bias, ckpt, y, torch.randn_like(u), None, True, False)
     names = ["fwd (with checkpoints)", "fwd (inference)", "bwd"]
-    return [(nm, *c[1:]) for nm, c in zip(names, calls, strict=True)]
+    return [(nm, *c) for nm, c in zip(names, calls, strict=True)]
 
 
 def main() -> None:

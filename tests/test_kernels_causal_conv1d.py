@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import archzoo.kernels as K
+from archzoo.kernels import _launch
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.causal_conv1d import naive_causal_conv1d_fn, naive_causal_conv1d_update
 
@@ -180,15 +181,15 @@ def test_conv_dtypes_gpu(dtype):
 def test_conv_launch_cache_gpu(monkeypatch):
     """A launch from the cache (second call of a shape) is bit-identical to one through Triton's launcher."""
     ins = _inputs(2, 72, 1024, 4, True, True, torch.bfloat16, "cuda")
-    monkeypatch.setattr(T, "FAST_LAUNCH", False)
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", False)
     ref = _run(T.causal_conv1d_fn, ins, "silu", True)
-    monkeypatch.setattr(T, "FAST_LAUNCH", True)
-    monkeypatch.setattr(T, "_LAUNCH_CACHE", {})
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", True)
+    monkeypatch.setattr(_launch, "_LAUNCH_CACHE", {})
     for attempt in ("miss", "hit"):
         got = _run(T.causal_conv1d_fn, ins, "silu", True)
         for name in ref:
             assert torch.equal(got[name], ref[name]), f"{name} ({attempt})"
-    assert len(T._LAUNCH_CACHE) == 2, "one entry each for the forward and the backward"
+    assert len(_launch._LAUNCH_CACHE) == 2, "one entry each for the forward and the backward"
 
 
 def test_conv_float64():
@@ -276,3 +277,91 @@ def test_dispatch_reports_backend(monkeypatch):
         assert rel_err(got, ref) < 1e-6, "out"
     with pytest.raises(ValueError, match="backend"):
         K.causal_conv1d.set_backend("cudnn")
+
+
+def _update_inputs(b, d, W, state_len, dtype, device, steps=3, s=None, seed=0):
+    """Decode inputs as Mamba passes them: x a (b, d) slice of in_proj's (b, 2d) output (or (b, d, s) channel-last
+    when s is given), weight conv1d.weight.squeeze(1), bias, and a conv_state."""
+    gen = torch.Generator().manual_seed(seed)
+    if s is None:
+        xs = [torch.randn(b, 2 * d, generator=gen).to(device, dtype)[:, :d] for _ in range(steps)]
+    else:
+        xs = [torch.randn(b, s, d, generator=gen).to(device, dtype).transpose(1, 2) for _ in range(steps)]
+    w = (torch.randn(d, 1, W, generator=gen) / W**0.5).to(device, dtype).squeeze(1)
+    bias = torch.randn(d, generator=gen).to(device, dtype)
+    state = torch.randn(b, d, state_len, generator=gen).to(device, dtype)
+    return xs, w, bias, state
+
+
+@pytest.mark.parametrize("s", [None, 3], ids=["2d_slice", "3d_channel_last"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+def test_update_strided_x_steps(s, dtype, tol):
+    """Several steps from strided x (Mamba's in_proj slice, a channel-last chunk) match the naive update."""
+    xs, w, bias, state = _update_inputs(2, 5, 4, 4, dtype, DEV, s=s)
+    s_ref, s_got = state.clone(), state.clone()
+    for t, x in enumerate(xs):
+        ref = naive_causal_conv1d_update(x, s_ref, w, bias, "silu")
+        got = T.causal_conv1d_update(x, s_got, w, bias, "silu")
+        assert got.shape == x.shape and got.dtype == dtype, f"out shape / dtype (step {t})"
+        assert got.is_contiguous(), f"out layout (step {t})"
+        assert rel_err(got, ref) < tol, f"out (step {t})"
+        assert rel_err(s_got, s_ref) < tol, f"conv_state (step {t})"
+
+
+@pytest.mark.parametrize("fn", ["triton", "naive"])
+def test_update_bad_inputs_name_the_argument(fn):
+    f = T.causal_conv1d_update if fn == "triton" else naive_causal_conv1d_update
+    b, d, W = 2, 4, 4
+    x, st, w, bias = torch.randn(b, d), torch.randn(b, d, W), torch.randn(d, W), torch.randn(d)
+    cases = [
+        ("x must have shape", (torch.randn(b, d, 1, 1), st, w, bias, None)),
+        ("x must be a float", (x.long(), st, w, bias, None)),
+        ("weight must have shape", (x, st, torch.randn(d + 1, W), bias, None)),
+        ("weight must have shape", (x, st, torch.randn(d * W), bias, None)),
+        ("weight width", (x, st, torch.randn(d, 9), bias, None)),
+        ("weight must be a float", (x, st, w.int(), bias, None)),
+        ("bias must have shape", (x, st, w, torch.randn(d + 1), None)),
+        ("bias must have shape", (x, st, w, torch.randn(1, d), None)),
+        ("bias must be a float", (x, st, w, bias.int(), None)),
+        ("activation", (x, st, w, bias, "relu")),
+        ("conv_state must have shape", (x, torch.randn(b, d), w, bias, None)),
+        ("conv_state must have shape", (x, torch.randn(b + 1, d, W), w, bias, None)),
+        ("conv_state must have shape", (x, torch.randn(b, d + 1, W), w, bias, None)),
+        ("conv_state must have shape", (x, torch.randn(b, d, W - 2), w, bias, None)),
+        ("conv_state must be a float", (x, st.int(), w, bias, None)),
+        ("one device", (x, st, w, bias.to("meta"), None)),
+    ]
+    for match, args in cases:
+        with pytest.raises(ValueError, match=match):
+            f(*args)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("hook", [False, True], ids=["no_hook", "launch_hook"])
+@pytest.mark.parametrize("s", [None, 2], ids=["2d", "3d"])
+def test_update_launch_cache_gpu(monkeypatch, s, hook):
+    """Decode steps with different x from the launch cache (a miss, then hits) are bit-identical to launches
+    through Triton's launcher, and match the naive update; with a launch hook set, every launch calls it."""
+    from triton import knobs
+
+
+    seen = []
+    if hook:
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: seen.append(metadata))
+    xs, w, bias, state = _update_inputs(4, 200, 4, 4, torch.bfloat16, "cuda", steps=3, s=s)
+    got = {}
+    for fast in (False, True):
+        monkeypatch.setattr(_launch, "FAST_LAUNCH", fast)
+        monkeypatch.setattr(_launch, "_LAUNCH_CACHE", {})
+        st = state.clone()
+        got[fast] = [T.causal_conv1d_update(x, st, w, bias, "silu") for x in xs] + [st]
+        assert len(_launch._LAUNCH_CACHE) == (1 if fast else 0), f"cache entries (FAST_LAUNCH={fast})"
+    assert len(seen) == (2 * len(xs) if hook else 0), "launch hook calls"
+    names = [f"out (step {t})" for t in range(len(xs))] + ["conv_state"]
+    for name, a, r in zip(names, got[True], got[False], strict=True):
+        assert torch.equal(a, r), name
+    st = state.float()
+    ref = [naive_causal_conv1d_update(x.float(), st, w.float(), bias.float(), "silu") for x in xs] + [st]
+    for name, a, r in zip(names, got[True], ref, strict=True):
+        assert rel_err(a, r) < 1e-2, name

@@ -262,3 +262,33 @@ def test_scan_pair_with_odd_n_is_logged(monkeypatch, caplog):
         _compare(ins, sp, last, tol=1e-4)
     hits = [r for r in caplog.records if "PAIR needs an even d_state" in r.getMessage()]
     assert len(hits) == 1, [r.getMessage() for r in caplog.records]
+
+
+@gpu
+@needs_cuda
+def test_scan_launch_cache_gpu(monkeypatch):
+    """Scan forward+backward and the decode step through the launch cache (archzoo.kernels._launch) give the
+    same results as through Triton's launcher, on a second call too (the cache hit); to round-off, as the
+    fp32 atomics of dB / dC add in any order."""
+    from archzoo.kernels import _launch
+
+    ins = _inputs(2, 64, 300, 16, "var", 1, True, True, True, True, torch.bfloat16, "cuda")
+    got = {}
+    for fast in (False, True, True):
+        monkeypatch.setattr(_launch, "FAST_LAUNCH", fast)
+        leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in ins.items() if v is not None}
+        args = [leaves.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        out, last = T.selective_scan_fn(*args, True, True, initial_state=leaves.get("initial_state"))
+        (out.float().square().sum() + last.sum()).backward()
+        state = torch.zeros(2, 64, 16, device="cuda")
+        step = T.selective_state_update(state, args[0][..., 0], args[1][..., 0], args[2], args[3][..., 0],
+                                        args[4][..., 0], args[5], args[6][..., 0], args[7], True)  # fmt: skip
+        res = [out, last, step, state] + [leaves[k].grad for k in sorted(leaves)]
+        if fast not in got:
+            got[fast] = res
+        for name, a, b in zip(["out", "last", "step", "state", *sorted(leaves)], got[fast], res, strict=True):
+            tol = 1e-3 if name in ("B", "C") else 0.0  # fp32 atomics in any order, then rounded to bf16
+            assert rel_err(b, a) <= tol, f"{name}: a second call differs (FAST_LAUNCH={fast})"
+    for name, a, b in zip(["out", "last", "step", "state", *sorted(leaves)], got[False], got[True], strict=True):
+        tol = 1e-3 if name in ("B", "C") else 0.0
+        assert rel_err(b, a) <= tol, f"{name}: FAST_LAUNCH changes the result"

@@ -30,7 +30,7 @@ def _weight(weight: torch.Tensor, d: int, bias: torch.Tensor | None) -> int:
         raise ValueError(f"weight width must be in {MIN_WIDTH}..{MAX_WIDTH}, got {w}")
     if bias is not None:
         _float("bias", bias)
-        if tuple(bias.shape) != (d,):
+        if bias.dim() != 1 or bias.shape[0] != d:
             raise ValueError(f"bias must have shape (d,) = ({d},), got {tuple(bias.shape)}")
     return w
 
@@ -55,21 +55,38 @@ def check_fn(x, weight, bias, seq_idx, initial_states, final_states_out, activat
 
 
 def check_update(x, conv_state, weight, bias, activation) -> tuple[int, int, int, int, int]:
-    """Validate causal_conv1d_update inputs (x already 3-D); returns (b, d, s, width, state_len)."""
-    if x.dim() != 3:
+    """Validate causal_conv1d_update inputs, x (b, d) or (b, d, s); returns (b, d, s, width, state_len).
+
+    This runs at every decode step, so it compares ints, dtypes and devices and builds nothing unless it raises.
+    """
+    nd = x.dim()
+    if nd == 3:
+        b, d, s = x.shape
+    elif nd == 2:
+        b, d = x.shape
+        s = 1
+    else:
         raise ValueError(f"x must have shape (b, d) or (b, d, s), got {tuple(x.shape)}")
     _float("x", x)
-    b, d, s = x.shape
     w = _weight(weight, d, bias)
-    check_activation(activation)
+    if activation is not None:
+        check_activation(activation)
     _float("conv_state", conv_state)
-    if conv_state.dim() != 3 or conv_state.shape[:2] != (b, d) or conv_state.shape[2] < w - 1:
+    if conv_state.dim() != 3:
+        state_len = -1
+    else:
+        sb, sd, state_len = conv_state.shape
+        if sb != b or sd != d:
+            state_len = -1
+    if state_len < w - 1:
         raise ValueError(
             f"conv_state must have shape (b, d, state_len) = ({b}, {d}, >= width - 1 = {w - 1}), "
             f"got {tuple(conv_state.shape)}"
         )
-    check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
-    return b, d, s, w, conv_state.shape[2]
+    dev = x.device
+    if conv_state.device != dev or weight.device != dev or (bias is not None and bias.device != dev):
+        check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    return b, d, s, w, state_len
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

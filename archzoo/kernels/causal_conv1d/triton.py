@@ -27,9 +27,10 @@ round-tripped dpre through a per-program fp32 scratch tile with two barriers and
 
 Host path (it dominates at short l): the forward is validation, one allocation and one launch, and
 skips autograd when no input needs a gradient; the backward is two allocations, one launch and the
-one sum. Launches go through a small cache of compiled kernels (``_launch``), which skips Triton's
-per-call argument specialisation. Block sizes and warps come from ``CUDA_CONFIG`` (tuned with
-``benchmarks/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
+one sum; the update (decode) is validation by a few int compares, one allocation and one launch.
+Launches go through the shared cache of compiled kernels (``archzoo.kernels._launch.launch``), which
+skips Triton's per-call argument specialisation. Block sizes and warps come from ``CUDA_CONFIG``
+(tuned with ``benchmarks/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
 keeps the last compiled kernel per key.
 """
 
@@ -39,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_activation, check_fn, check_update
+from .._launch import launch
+from ._checks import check_fn, check_update
 
 V = tl.constexpr(8)  # steps per group: one 16-byte vector of bf16, and W - 1 <= 7 < V
 
@@ -324,7 +326,7 @@ _V = 8  # V on the host
 # Tuning hook (benchmarks/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}; applies
 # on CUDA and under the interpreter alike.
 CONFIG_OVERRIDE: dict[str, dict] = {}
-# The last compiled kernel launched for "fwd" / "bwd" (the tuner reports its n_regs / n_spills).
+# The last compiled kernel launched for "fwd" / "bwd" / "update" (the tuner reports its n_regs / n_spills).
 LAST_COMPILED: dict[str, object] = {}
 # Defaults on CUDA. BLOCK_L: a power of two >= V; each thread holds BLOCK_D * BLOCK_L / (V * 32 * num_warps)
 # groups (at least 1, or the tile repeats across threads).
@@ -349,37 +351,6 @@ def conv_config(key: str, L: int, cuda: bool) -> dict:
     return cfg
 
 
-# Launch cache. Triton's JITFunction.run re-derives every argument's specialisation and reads its knobs on
-# each call: tens of microseconds of Python per launch, a large part of the conv's host time at small l. A
-# compiled kernel is a function of the constexprs and num_warps, the integer arguments' values, the dtypes
-# and 16-byte alignment of the pointers, and the device; keyed on all of these, a hit launches the compiled
-# kernel directly (CompiledKernel[grid], with every argument, constexprs included, in signature order), and
-# a miss goes through Triton, which compiles or finds the kernel and returns it. Set FAST_LAUNCH = False to
-# launch through Triton every time.
-FAST_LAUNCH = True
-_LAUNCH_CACHE: dict[tuple, object] = {}
-_LAUNCH_CACHE_MAX = 4096  # distinct shapes kept (inference sees many lengths); cleared when full
-
-
-def _launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_warps: int, device: int):
-    """kernel[grid](*ptrs, *ints, <constexpr params> = consts, num_warps=num_warps) -> the compiled kernel (None
-    under the interpreter); the kernel's parameters are the tensors, then the integers, then the constexprs."""
-    key = None
-    if FAST_LAUNCH:
-        key = (kernel, num_warps, device, consts, ints, tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in ptrs]))
-        compiled = _LAUNCH_CACHE.get(key)
-        if compiled is not None:
-            compiled[grid](*ptrs, *ints, *consts)
-            return compiled
-    names = kernel.arg_names[len(ptrs) + len(ints) :]
-    compiled = kernel[grid](*ptrs, *ints, **dict(zip(names, consts, strict=True)), num_warps=num_warps)
-    if key is not None and compiled is not None:
-        if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
-            _LAUNCH_CACHE.clear()
-        _LAUNCH_CACHE[key] = compiled
-    return compiled
-
-
 def _acc(*tensors: torch.Tensor | None):
     """Accumulation dtype of the kernels: fp32, or fp64 when an input is fp64."""
     return tl.float64 if any(t is not None and t.dtype is torch.float64 for t in tensors) else tl.float32
@@ -394,7 +365,7 @@ def _conv_forward(x, weight, bias, init, silu: bool, acc) -> torch.Tensor:
     ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, out)
     consts = (weight.shape[1], bias is not None, init is not None, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
     ints = (d, L, *x.stride())
-    LAST_COMPILED["fwd"] = _launch(_conv_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
+    LAST_COMPILED["fwd"] = launch(_conv_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
     return out
 
 
@@ -417,7 +388,7 @@ def _conv_backward(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     ints = (d, L, *x.stride(), *dout.stride())
     consts = (W, bias is not None, init is not None, need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
     grid = (b, _cdiv(d, cfg["BLOCK_D"]), n_l)
-    LAST_COMPILED["bwd"] = _launch(_conv_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
+    LAST_COMPILED["bwd"] = launch(_conv_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
     s = part.sum(0)  # [dweight (d, W) flattened, dbias (d,)]
     dw = s.as_strided((d, W), (W, 1))
     if dw.dtype != weight.dtype:
@@ -499,20 +470,30 @@ def causal_conv1d_update(
     """Decode step(s) in Triton; ``conv_state`` (b, d, state_len >= w - 1) is updated IN PLACE.
 
     x (b, d) or (b, d, s). Returns out with x's shape and dtype. Not differentiable.
+
+    The host path is the decode step's cost (the kernel itself takes a few microseconds): validation by
+    int and dtype compares, one allocation and a cached launch; a 2-D x is passed with its strides (no
+    unsqueeze / squeeze views).
     """
-    squeeze = x.dim() == 2
-    x3 = x.unsqueeze(-1) if squeeze else x
-    b, d, s, W, S = check_update(x3, conv_state, weight, bias, activation)
-    silu = check_activation(activation)
-    out = torch.empty((b, d, s), device=x.device, dtype=x.dtype)
-    block_d = 4 if x.device.type != "cuda" else 64
-    grid = (b, _cdiv(d, block_d))
-    _conv_update_kernel[grid](
-        x3, conv_state, weight, bias if bias is not None else weight, out,
-        d, S, s,
-        *x3.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
-        W=W, HAS_BIAS=bias is not None, SILU=silu, ACC=_acc(x3, conv_state, weight, bias),
-        BLOCK_D=block_d, BLOCK_S=_next_pow2(S),
-        num_warps=1 if x.device.type != "cuda" else 2,
-    )  # fmt: skip
-    return out.squeeze(-1) if squeeze else out
+    b, d, s, W, S = check_update(x, conv_state, weight, bias, activation)
+    f64 = torch.float64
+    wide = x.dtype is f64 or conv_state.dtype is f64 or weight.dtype is f64 or (bias is not None and bias.dtype is f64)
+    if x.dim() == 2:
+        out = torch.empty((b, d), device=x.device, dtype=x.dtype)
+        s_x_b, s_x_d = x.stride()
+        s_x_l = 1  # what unsqueeze(-1) gives; the kernel reads only step 0
+    else:
+        out = torch.empty((b, d, s), device=x.device, dtype=x.dtype)
+        s_x_b, s_x_d, s_x_l = x.stride()
+    s_s_b, s_s_d, s_s_k = conv_state.stride()
+    s_w_d, s_w_k = weight.stride()
+    cuda = x.is_cuda
+    block_d = 64 if cuda else 4
+    ptrs = (x, conv_state, weight, weight if bias is None else bias, out)
+    ints = (d, S, s, s_x_b, s_x_d, s_x_l, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, d * s, s, 1)  # out: contiguous (b, d, s)
+    consts = (W, bias is not None, activation is not None, tl.float64 if wide else tl.float32, block_d,
+              1 << (S - 1).bit_length())  # fmt: skip
+    grid = (b, (d + block_d - 1) // block_d, 1)
+    LAST_COMPILED["update"] = launch(_conv_update_kernel, grid, ptrs, ints, consts, 2 if cuda else 1, x.get_device())
+    return out
+

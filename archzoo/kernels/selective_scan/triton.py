@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import once
+from .._launch import launch
 from ._checks import check_scan, check_update, compute_dtype
 
 
@@ -57,9 +58,18 @@ def _reverse(t):
 
 
 @triton.jit
-def _column(tile, offs, i):
-    """tile[:, i] for a small (BLOCK_D, BLOCK_N) tile (offs = arange over its columns)."""
+def _column_sum(tile, offs, i):
+    """tile[:, i] as a masked row sum (offs = arange over the columns): the backward's carries, where the gather
+    of _column measured 1.5x slower on the H100 (Triton 3.6) although it issues fewer shuffles."""
     return tl.sum(tl.where(offs[None, :] == i, tile, 0.0), axis=1)
+
+
+@triton.jit
+def _column(tile, i):
+    """tile[:, i] of a 2-D tile (i a scalar). A gather: one shuffle per register where a warp holds the rows
+    (Triton 3.6), where a masked row sum takes a butterfly of five."""
+    idx = tl.full((tile.shape[0], 1), i, tl.int32)
+    return tl.reshape(tl.gather(tile, idx, 1), (tile.shape[0],))
 
 
 @triton.jit
@@ -74,16 +84,13 @@ def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, offs_l, ck_ptr, ck_first, n_ckpt, d, 
     h = ca * h0_i[:, None] + cb  # (BLOCK_D, BLOCK_L): h_t of this state
     if CKPT_L < BLOCK_L:
         S: tl.constexpr = BLOCK_L // CKPT_L
-        offs_c = tl.arange(0, CKPT_L)
         offs_s = tl.arange(0, S)
-        hs = tl.reshape(h, (h.shape[0], S, CKPT_L))
-        ends = tl.sum(tl.where(offs_c[None, None, :] == CKPT_L - 1, hs, 0.0), axis=2)  # (BLOCK_D, S)
+        ends_idx = tl.broadcast_to(((offs_s + 1) * CKPT_L - 1)[None, :], (h.shape[0], S))
+        ends = tl.gather(h, ends_idx, 1)  # (BLOCK_D, S): the state after each sub-chunk
         k = ck_first + 1 + offs_s  # ends[:, s] is the state before sub-chunk k
         mask = mask_d[:, None] & ((offs_s < S - 1) & (k < n_ckpt))[None, :]
         tl.store(ck_ptr + k[None, :] * d * n + offs_d[:, None] * n + i, ends, mask=mask)
-        h_end = tl.sum(tl.where(offs_s[None, :] == S - 1, ends, 0.0), axis=1)
-    else:
-        h_end = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+    h_end = _column(h, BLOCK_L - 1)
     return h * C_i, h_end
 
 
@@ -112,7 +119,7 @@ def _bwd_grads(i, h, g, w, dt, x, dy, A_i, B_i, offs_n, offs_l, offs_t, mask_t,
                G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l,
                VAR_B: tl.constexpr, VAR_C: tl.constexpr):  # fmt: skip
     """Fold state i's (h, g, w) into the carries and gradients; dB / dC rows of (b, [g,] n, l) go out by atomics."""
-    g_start = tl.sum(tl.where(offs_l[None, :] == 0, g, 0.0), axis=1)
+    g_start = tl.sum(tl.where(offs_l[None, :] == 0, g, 0.0), axis=1)  # a gather here measured slower (H100)
     G = tl.where(offs_n[None, :] == i, g_start[:, None], G)
     dx += g * B_i
     ddt += w * A_i[:, None]
@@ -233,11 +240,11 @@ def _scan_fwd_kernel(
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
                 yc_j, end_j = _fwd_state(
-                    dt, x, A_j, B_j, C_j, _column(H, offs_n, i + 1), offs_l,
+                    dt, x, A_j, B_j, C_j, _column(H, i + 1), offs_l,
                     ck_ptr, ck_first, n_ckpt, d, n, i + 1, offs_d, mask_d, BLOCK_L, CK_L,
                 )  # fmt: skip
             yc, h_end = _fwd_state(
-                dt, x, A_i, B_i, C_i, _column(H, offs_n, i), offs_l,
+                dt, x, A_i, B_i, C_i, _column(H, i), offs_l,
                 ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d, BLOCK_L, CK_L,
             )  # fmt: skip
             y += yc
@@ -387,9 +394,11 @@ def _scan_bwd_kernel(
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
                 h0_j = tl.load(ckpt_row + i + 1, mask=mask_d, other=0.0)
-                h_j, g_j, w_j = _bwd_state(dt, x, dt_nx, dy * C_j, A_j, B_j, h0_j, _column(G, offs_n, i + 1), MIRROR)
+                h_j, g_j, w_j = _bwd_state(
+                    dt, x, dt_nx, dy * C_j, A_j, B_j, h0_j, _column_sum(G, offs_n, i + 1), MIRROR
+                )
             h0_i = tl.load(ckpt_row + i, mask=mask_d, other=0.0)
-            h, g, w = _bwd_state(dt, x, dt_nx, dy * C_i, A_i, B_i, h0_i, _column(G, offs_n, i), MIRROR)
+            h, g, w = _bwd_state(dt, x, dt_nx, dy * C_i, A_i, B_i, h0_i, _column_sum(G, offs_n, i), MIRROR)
             G, dx, ddt, dA_acc, dB_acc, dC_acc = _bwd_grads(
                 i, h, g, w, dt, x, dy, A_i, B_i, offs_n, offs_l, offs_t, mask_t,
                 G, dx, ddt, dA_acc, dB_acc, dC_acc, dB_row, dC_row, s_dB_n, s_dB_l, s_dC_n, s_dC_l, VAR_B, VAR_C,
@@ -540,7 +549,7 @@ LAST_COMPILED: dict[str, object] = {}
 # 1-2 warps, PAIR, RELOAD) at all three lengths. The forward keeps its 512-step chunks when it stores
 # checkpoints for a backward with shorter ones (0.71 ms at 4k, where 128-step chunks took 0.8-0.9).
 CUDA_CONFIG = {
-    "fwd": dict(BLOCK_D=2, BLOCK_L=512, num_warps=1, PREFETCH=True),
+    "fwd": dict(BLOCK_D=1, BLOCK_L=512, num_warps=1, PREFETCH=True),
     "bwd": dict(BLOCK_D=1, BLOCK_L=128, num_warps=1, PREFETCH=False, RELOAD=False, PAIR=True, MIRROR=True),
 }
 
@@ -619,20 +628,22 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     zz = z if z is not None else u
     dummy = out
     grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    LAST_COMPILED["fwd"] = _scan_fwd_kernel[grid](
+    ptrs = (
         u, delta, A, B, C,
         D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
         h0 if h0 is not None else dummy, out, y if y is not None else dummy,
         hlast if hlast is not None else dummy, ckpt if ckpt is not None else dummy,
-        d, L, n, n_chunks, n_ckpt, d // groups,
-        *u.stride(), *delta.stride(), *zz.stride(), *out.stride(),
-        *A.stride(), *sB, *sC,
-        VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_H0=h0 is not None, STORE_CKPT=store_ckpt, STORE_Y=store_y, STORE_LAST=store_last,
-        PREFETCH=cfg.get("PREFETCH", True) and states == 1, STATES=states, ACC=_tl_dtype(cdt),
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], CKPT_L=ckpt_l,
-        num_warps=cfg["num_warps"],
     )  # fmt: skip
+    ints = (
+        d, L, n, n_chunks, n_ckpt, d // groups,
+        *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
+    )  # fmt: skip
+    consts = (
+        var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, h0 is not None,
+        store_ckpt, store_y, store_last, cfg.get("PREFETCH", True) and states == 1, states, _tl_dtype(cdt),
+        cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"], ckpt_l,
+    )  # fmt: skip
+    LAST_COMPILED["fwd"] = launch(_scan_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
     return out, hlast, ckpt, y
 
 
@@ -673,20 +684,23 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     yy = y if y is not None else u
     dummy = partial
     grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    LAST_COMPILED["bwd"] = _scan_bwd_kernel[grid](
+    ptrs = (
         u, delta, A, B, C, D if D is not None else dummy, zz,
         delta_bias if delta_bias is not None else dummy, ckpt, yy, dout, dlast if dlast is not None else dummy,
         du, ddelta, dz if dz is not None else dummy, dA, dB, dC,
         dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0 if dh0 is not None else dummy,
+    )  # fmt: skip
+    ints = (
         d, L, n, n_chunks, d // groups, partial.stride(0),
         *u.stride(), *delta.stride(), *zz.stride(), *yy.stride(), *dout.stride(), *du.stride(),
         *A.stride(), *sB, *sC, *sdB, *sdC,
-        VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=softplus, HAS_DLAST=dlast is not None, STORE_DH0=need_dh0,
-        PREFETCH=cfg.get("PREFETCH", True) and states == 1, RELOAD=cfg.get("RELOAD", False), STATES=states,
-        MIRROR=cfg.get("MIRROR", False), ACC=_tl_dtype(f32["dtype"]),
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"],
     )  # fmt: skip
+    consts = (
+        var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, dlast is not None, need_dh0,
+        cfg.get("PREFETCH", True) and states == 1, cfg.get("RELOAD", False), states, cfg.get("MIRROR", False),
+        _tl_dtype(f32["dtype"]), cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"],
+    )  # fmt: skip
+    LAST_COMPILED["bwd"] = launch(_scan_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
     tot, o = partial.sum(0), 0
     sums = {}
     for name, k in parts:
@@ -790,20 +804,22 @@ def selective_state_update(
     b, d, n = check_update(state, x, dt, A, B, C, D, z, dt_bias)
     groups = _groups(B, C, 3)
     block_n = _next_pow2(n)
-    block_d = _block_d(d, groups, 4 if state.device.type != "cuda" else max(1, 2048 // block_n))
+    cuda = state.is_cuda
+    block_d = _block_d(d, groups, max(1, 2048 // block_n) if cuda else 4)
     out = torch.empty((b, d), device=x.device, dtype=x.dtype)
     sB = (B.stride(0), 0, B.stride(1)) if B.dim() == 2 else B.stride()
     sC = (C.stride(0), 0, C.stride(1)) if C.dim() == 2 else C.stride()
     zz = z if z is not None else x
     dummy = x
     grid = (b, _cdiv(d, block_d))
-    _state_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else dummy, zz, dt_bias if dt_bias is not None else dummy, out,
+    ptrs = (state, x, dt, A, B, C, D if D is not None else dummy, zz, dt_bias if dt_bias is not None else dummy, out)
+    ints = (
         d, n, d // groups,
-        *state.stride(), *x.stride(), *dt.stride(), *zz.stride(), *out.stride(),
-        *A.stride(), *sB, *sC,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        ACC=_tl_dtype(compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)),
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4 if state.device.type == "cuda" else 1,
+        *state.stride(), *x.stride(), *dt.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
     )  # fmt: skip
+    consts = (
+        D is not None, z is not None, dt_bias is not None, dt_softplus,
+        _tl_dtype(compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)), block_d, block_n,
+    )  # fmt: skip
+    launch(_state_update_kernel, grid, ptrs, ints, consts, 4 if cuda else 1, state.get_device())
     return out

@@ -1,0 +1,59 @@
+"""Where the selective scan's host time goes: torch.profiler over forward+backward on one GPU.
+
+    python benchmarks/profile_scan_host.py --length 1024
+
+At short lengths forward+backward is bound by the host (bench_ssm_kernels.py's host column); this
+prints the CPU self time per op and Python function (top rows) for archzoo and, when installed,
+mamba_ssm, so the two host paths can be compared op by op.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from archzoo.kernels.selective_scan import triton as T
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    b, d, n, L = 4, 2048, 16, args.length
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt).requires_grad_(True)
+    u, delta, z, B, C = r(b, d, L), r(b, d, L), r(b, d, L), r(b, n, L), r(b, n, L)
+    A, D, bias = r(d, n, dt=torch.float32), r(d, dt=torch.float32), r(d, dt=torch.float32)
+    gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
+    impls = {"archzoo": T.selective_scan_fn}
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        impls["mamba_ssm"] = selective_scan_fn
+    except Exception as e:  # noqa: BLE001
+        print(f"mamba_ssm: not installed ({type(e).__name__})")
+    leaves = (u, delta, z, B, C, A, D, bias)
+    for name, fn in impls.items():
+
+        def step(fn=fn):
+            for t in leaves:
+                t.grad = None
+            fn(u, delta, A, B, C, D, z, bias, True).backward(gout)
+
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU], with_stack=False) as prof:
+            for _ in range(args.iters):
+                step()
+            torch.cuda.synchronize()
+        print(f"\n## {name}: l={L}, {args.iters} forward+backward calls (CPU self time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    main()

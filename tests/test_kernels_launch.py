@@ -1,0 +1,197 @@
+"""The shared launch cache (archzoo/kernels/_launch.py), on CPU: Triton's launcher is replaced by a recorder.
+
+``launch`` keys a compiled kernel on everything Triton specialises on; these tests check that a
+change in any of those is a miss, that an identical call is a hit that calls the compiled kernel
+directly with every argument in signature order, that FAST_LAUNCH = False and the interpreter
+(Triton returns None) leave the cache alone, and that bad arguments raise ValueError naming the
+parameter. The compiled launch itself is checked on a GPU in test_kernels_causal_conv1d.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+from triton import knobs  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from archzoo.kernels import _launch  # noqa: E402
+
+
+@triton.jit
+def _scale(x_ptr, y_ptr, n, m, BLOCK: tl.constexpr, DOUBLE: tl.constexpr):
+    """y[:n] = x[:n] * (2 if DOUBLE else 1) + m."""
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + o, mask=o < n)
+    if DOUBLE:
+        v = v * 2
+    tl.store(y_ptr + o, v + m, mask=o < n)
+
+
+@triton.jit
+def _misordered(x_ptr, BLOCK: tl.constexpr, n):
+    tl.store(x_ptr + tl.arange(0, BLOCK), tl.zeros((BLOCK,), dtype=tl.float32), mask=tl.arange(0, BLOCK) < n)
+
+
+class _Compiled:
+    """Stands in for a CompiledKernel: records the direct launches, through ``run`` (no launch hook set) or
+    through ``[grid]`` (a hook set)."""
+
+    function, packed_metadata = "function", "packed_metadata"
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def run(self, gx, gy, gz, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook, *args):
+        assert (stream, function, packed_metadata) == ("stream", "function", "packed_metadata")
+        assert launch_metadata is None and enter_hook is None and exit_hook is None, "no metadata, no hooks"
+        self.log.append(("direct", (gx, gy, gz), args))
+
+    def __getitem__(self, grid):
+        return lambda *args: self.log.append(("grid", grid, args))
+
+
+@pytest.fixture
+def rec(monkeypatch):
+    """Fresh cache, FAST_LAUNCH on, and _scale's Triton launcher replaced by a recorder returning a _Compiled
+    (or None once ``rec.compiled_none`` is set, as under the interpreter)."""
+    monkeypatch.setattr(_launch, "_LAUNCH_CACHE", {})
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", True)
+    monkeypatch.setattr(_launch, "_stream", lambda: "stream")  # no CUDA driver here
+
+    class Rec:
+        def __init__(self):
+            self.log, self.compiled_none = [], False
+
+        def triton_calls(self):
+            return [e for e in self.log if e[0] == "triton"]
+
+        def direct_calls(self):
+            return [e for e in self.log if e[0] != "triton"]
+
+    r = Rec()
+
+    def run(*args, grid, warmup, **kwargs):
+        r.log.append(("triton", grid, args, kwargs))
+        return None if r.compiled_none else _Compiled(r.log)
+
+    monkeypatch.setattr(_scale, "run", run)  # JITFunction[grid](...) calls self.run
+    return r
+
+
+def _args(dtype=torch.float32, offset=0, n=32, m=0, block=16, double=True, num_warps=1, device=-1):
+    x = torch.zeros(64, dtype=dtype)[offset:]
+    y = torch.zeros(64, dtype=dtype)
+    return dict(kernel=_scale, grid=(2,), ptrs=(x, y), ints=(n, m), consts=(block, double), num_warps=num_warps,
+                device=device)  # fmt: skip
+
+
+def test_miss_goes_through_triton_then_hit_launches_compiled(rec):
+    a = _args()
+    first = _launch.launch(**a)
+    assert len(rec.triton_calls()) == 1 and not rec.direct_calls(), "first call: a miss"
+    _, grid, args, kwargs = rec.triton_calls()[0]
+    assert args == (*a["ptrs"], *a["ints"]), "pointers then ints, positional"
+    assert kwargs == {"BLOCK": 16, "DOUBLE": True, "num_warps": 1}, "constexprs by name, and num_warps"
+    second = _launch.launch(**_args())  # new tensors, same dtypes / alignment / values
+    assert second is first, "the cached compiled kernel"
+    assert len(rec.triton_calls()) == 1, "second call: a hit"
+    (how, grid, args), = rec.direct_calls()  # fmt: skip
+    assert how == "direct", "no launch hook set: the binary launcher, without metadata"
+    assert grid == (2, 1, 1), "grid padded to 3 entries"
+    assert len(args) == 6 and args[2:] == (32, 0, 16, True), "every argument in signature order"
+    assert len(_launch._LAUNCH_CACHE) == 1
+
+
+def test_hit_with_a_launch_hook_goes_through_compiled_grid(rec, monkeypatch):
+    """A launch hook (a profiler) is honoured: the hit goes through CompiledKernel[grid], which calls it."""
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: None)
+    _launch.launch(**_args())
+    _launch.launch(**_args())
+    (how, grid, args), = rec.direct_calls()  # fmt: skip
+    assert how == "grid" and grid == (2, 1, 1) and len(args) == 6
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(dtype=torch.float16), dict(offset=1), dict(n=33), dict(m=1), dict(block=32),
+        dict(double=False), dict(num_warps=2), dict(device=0),
+    ],
+    ids=["dtype", "misaligned", "int_value", "int_one", "constexpr", "constexpr_bool",
+         "num_warps", "device"],
+)  # fmt: skip
+def test_key_changes_with_every_specialisation(rec, change):
+    _launch.launch(**_args())
+    _launch.launch(**_args(**change))
+    assert len(rec.triton_calls()) == 2, f"{change}: must be a miss"
+    assert len(_launch._LAUNCH_CACHE) == 2, f"{change}: two entries"
+
+
+def test_key_holds_alignment_not_address(rec):
+    """Another 16-byte aligned offset is a hit; 4 bytes off is a miss."""
+    _launch.launch(**_args(offset=0))
+    _launch.launch(**_args(offset=4))  # 16 bytes into fp32 storage
+    assert len(rec.triton_calls()) == 1, "aligned offset: a hit"
+    _launch.launch(**_args(offset=1))
+    assert len(rec.triton_calls()) == 2, "4-byte offset: a miss"
+
+
+def test_fast_launch_off_bypasses_the_cache(rec, monkeypatch):
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", False)
+    for _ in range(3):
+        _launch.launch(**_args())
+    assert len(rec.triton_calls()) == 3 and not rec.direct_calls(), "every call through Triton"
+    assert not _launch._LAUNCH_CACHE, "nothing cached"
+
+
+def test_no_compiled_kernel_is_not_cached(rec):
+    """Under the interpreter Triton returns None: every call goes through it and nothing is kept."""
+    rec.compiled_none = True
+    assert _launch.launch(**_args()) is None
+    assert _launch.launch(**_args()) is None
+    assert len(rec.triton_calls()) == 2 and not _launch._LAUNCH_CACHE
+
+
+def test_interpreter_runs_and_caches_nothing(monkeypatch):
+    """The same kernel through Triton's interpreter: right values, nothing cached."""
+    monkeypatch.setattr(_launch, "_LAUNCH_CACHE", {})
+    kernel = InterpretedFunction(_scale.fn)
+    x, y = torch.arange(20.0), torch.zeros(20)
+    for m in (3, 5):
+        got = _launch.launch(kernel, (2,), (x, y), (20, m), (16, True), 1, -1)
+        assert got is None, "the interpreter compiles nothing"
+        assert torch.equal(y, 2 * x + m), f"y (m={m})"
+    assert not _launch._LAUNCH_CACHE
+
+
+def test_cache_cleared_when_full(rec, monkeypatch):
+    monkeypatch.setattr(_launch, "_LAUNCH_CACHE_MAX", 2)
+    for n in (20, 21, 22):
+        _launch.launch(**_args(n=n))
+    assert len(_launch._LAUNCH_CACHE) == 1, "cleared at the third key, which is then stored"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "slow"])
+def test_none_pointer_is_refused(rec, monkeypatch, fast):
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", fast)
+    a = _args()
+    a["ptrs"] = (a["ptrs"][0], None)
+    with pytest.raises(ValueError, match="'y_ptr' must be a tensor.*not None"):
+        _launch.launch(**a)
+    assert not rec.triton_calls()
+
+
+def test_bad_ints_and_layout_are_refused(rec):
+    with pytest.raises(ValueError, match="'m' must be a Python int"):
+        _launch.launch(**_args(m=True))
+    a = _args()
+    a["consts"] = (16,)
+    with pytest.raises(ValueError, match="takes 6 arguments"):
+        _launch.launch(**a)
+    x = torch.zeros(8)
+    with pytest.raises(ValueError, match="'BLOCK' is out of place"):
+        _launch.launch(_misordered, (1,), (x,), (8,), (8,), 1, -1)
+    assert not rec.triton_calls()
