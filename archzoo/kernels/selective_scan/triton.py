@@ -557,12 +557,27 @@ CUDA_CONFIG = {
 _FLAGS = ("PREFETCH", "RELOAD", "PAIR", "MIRROR")  # code-path switches of CUDA_CONFIG (the rest are sizes)
 
 
+_CONFIGS: dict[tuple, dict] = {}  # scan_config's answers (host time at short l); keyed on the override too
+
+
 def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
     """Block sizes and warps: small blocks under the interpreter (tests), tuned ones on CUDA.
 
     The backward must use the forward's BLOCK_L when it reads the forward's checkpoints; the
-    callers take care of that.
+    callers take care of that. Answers are memoised per shape and CONFIG_OVERRIDE (not CUDA_CONFIG:
+    clear ``_CONFIGS`` after editing it at run time).
     """
+    over = tuple((k, tuple(sorted(v.items()))) for k, v in CONFIG_OVERRIDE.items()) if CONFIG_OVERRIDE else ()
+    key = (d, n, L, groups, backward, device.type == "cuda", over)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) > 4096:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = _scan_config(d, n, L, groups, backward, device)
+    return cfg
+
+
+def _scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
     block_n = _next_pow2(n)
     key = "bwd" if backward else "fwd"
     if device.type != "cuda":  # the CUDA code path (its flags, an override's too) on small blocks: tests run it
@@ -657,23 +672,31 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
         raise RuntimeError("selective scan: the checkpoints were written with another chunk length")
     states = _states_per_iteration(cfg, n)
     f32 = dict(device=u.device, dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout))
-    du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
-    ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
-    dz = torch.empty((b, d, L), device=u.device, dtype=z.dtype) if z is not None else None
+    # Few host ops before the kernel (at l ~ 1k forward+backward waits on the host; every op before this
+    # launch delays it): du, ddelta (and dz) share one allocation when their dtypes agree; the per-batch
+    # partials of the per-channel gradients (dA, dD, dbias and a (d, n) dB / dC) and the fp32 atomic
+    # targets of a variable dB / dC share one zeroed buffer; the partials are summed once afterwards.
+    grads = 3 if z is not None else 2
+    if delta.dtype == u.dtype and (z is None or z.dtype == u.dtype):
+        g3 = torch.empty((grads, b, d, L), device=u.device, dtype=u.dtype)
+        du, ddelta, dz = g3[0], g3[1], (g3[2] if z is not None else None)
+    else:
+        du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
+        ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
+        dz = torch.empty((b, d, L), device=u.device, dtype=z.dtype) if z is not None else None
     var_b, sB = _bc_view(B)
     var_c, sC = _bc_view(C)
-    # Few host ops around the kernel (at l ~ 1k their launch latency shows): the per-batch partials of
-    # the per-channel gradients (dA, dD, dbias and a (d, n) dB / dC) share one buffer summed once, and
-    # the fp32 atomic targets of a variable dB / dC share one zeroed buffer.
     parts = [("dA", d * n), ("dB", 0 if var_b else d * n), ("dC", 0 if var_c else d * n)]
     parts += [("dD", d if D is not None else 0), ("dbias", d if delta_bias is not None else 0)]
-    partial = torch.empty((b, sum(k for _, k in parts)), **f32)
+    width = sum(k for _, k in parts)
+    n_var = (B.numel() if var_b else 0) + (C.numel() if var_c else 0)
+    buf = torch.zeros(b * width + n_var, **f32)
+    partial = buf[: b * width].view(b, width)
     views, o = {}, 0
     for name, k in parts:
         views[name] = partial[:, o : o + k] if k else None
         o += k
-    n_var = (B.numel() if var_b else 0) + (C.numel() if var_c else 0)
-    atom = torch.zeros(n_var, **f32) if n_var else None
+    atom = buf[b * width :] if n_var else None
     dB = atom[: B.numel()].view(B.shape) if var_b else views["dB"]
     dC = atom[atom.numel() - C.numel() :].view(C.shape) if var_c else views["dC"]
     dA, dD, dbias = views["dA"], views["dD"], views["dbias"]
@@ -706,6 +729,9 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     for name, k in parts:
         sums[name] = tot[o : o + k] if k else None
         o += k
+    if var_b and var_c and B.dtype == C.dtype and B.dtype != atom.dtype:  # one conversion for both
+        atom = atom.to(B.dtype)
+        dB, dC = atom[: B.numel()].view(B.shape), atom[atom.numel() - C.numel() :].view(C.shape)
     return (
         du,
         ddelta,
