@@ -73,7 +73,7 @@ def _column(tile, i):
 
 
 @triton.jit
-def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, offs_l, ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d,
+def _fwd_state(dt, x, A_i, B_i, C_i, h0_i, ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d,
                BLOCK_L: tl.constexpr, CKPT_L: tl.constexpr):  # fmt: skip
     """One state's scan over a chunk: -> (its y contribution C h, the state at the chunk's last step).
     With CKPT_L < BLOCK_L it also stores the state after every CKPT_L steps inside the chunk as checkpoints
@@ -240,11 +240,11 @@ def _scan_fwd_kernel(
                     s_A_d, s_A_n, s_B_g, s_B_n, s_B_l, s_C_g, s_C_n, s_C_l, VAR_B, VAR_C, ACC,
                 )  # fmt: skip
                 yc_j, end_j = _fwd_state(
-                    dt, x, A_j, B_j, C_j, _column(H, i + 1), offs_l,
+                    dt, x, A_j, B_j, C_j, _column(H, i + 1),
                     ck_ptr, ck_first, n_ckpt, d, n, i + 1, offs_d, mask_d, BLOCK_L, CK_L,
                 )  # fmt: skip
             yc, h_end = _fwd_state(
-                dt, x, A_i, B_i, C_i, _column(H, i), offs_l,
+                dt, x, A_i, B_i, C_i, _column(H, i),
                 ck_ptr, ck_first, n_ckpt, d, n, i, offs_d, mask_d, BLOCK_L, CK_L,
             )  # fmt: skip
             y += yc
