@@ -292,3 +292,19 @@ def test_scan_launch_cache_gpu(monkeypatch):
     for name, a, b in zip(["out", "last", "step", "state", *sorted(leaves)], got[False], got[True], strict=True):
         tol = 1e-3 if name in ("B", "C") else 0.0
         assert rel_err(b, a) <= tol, f"{name}: FAST_LAUNCH changes the result"
+
+
+def test_scan_config_adjustments_are_logged(monkeypatch, caplog):
+    """A forward chunk shorter than the backward's, and PREFETCH asked for with PAIR, are changed and said so."""
+    from archzoo.kernels import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    over = {"fwd": {"BLOCK_L": 8, "PAIR": True, "PREFETCH": True}, "bwd": {"BLOCK_L": 16}}
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", over)
+    b, d, L, n, bc, g, D, z, bias, sp, h0, last = CASES["const_bc_even_n"]
+    ins = _inputs(b, d, L, n, bc, g, D, z, bias, h0, torch.float32, DEV)
+    with caplog.at_level("WARNING", logger="archzoo.kernels"):
+        _compare(ins, sp, last, tol=1e-4)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("forward BLOCK_L=8 is below the backward's 16" in m for m in msgs), msgs
+    assert any("PREFETCH does not combine with PAIR" in m for m in msgs), msgs

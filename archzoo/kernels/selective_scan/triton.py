@@ -602,6 +602,17 @@ def _states_per_iteration(cfg: dict, n: int) -> int:
     return 2
 
 
+def _prefetch(cfg: dict, states: int) -> bool:
+    """PREFETCH applies to one state per iteration; a config asking for it with PAIR runs without, logged once."""
+    if not cfg.get("PREFETCH", True):
+        return False
+    if states == 2:
+        if "PREFETCH" in cfg:
+            once("scan_prefetch_pair", "selective scan: PREFETCH does not combine with PAIR; running without")
+        return False
+    return True
+
+
 def _bc_view(t: torch.Tensor) -> tuple[bool, tuple[int, int, int, int]]:
     """-> (variable, strides (s_b, s_g, s_n, s_l)); for a (d, n) tensor the 'group' index is the channel."""
     if t.dim() == 2:
@@ -628,6 +639,9 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     # The backward re-reads the checkpoints at its own (shorter) chunk length; the forward keeps its chunks
     # and stores the state every ckpt_l steps inside them (both are powers of two).
     ckpt_l = scan_config(d, n, L, groups, True, u.device)["BLOCK_L"] if store_ckpt else cfg["BLOCK_L"]
+    if cfg["BLOCK_L"] < ckpt_l:
+        once("scan_fwd_block_l", f"selective scan: forward BLOCK_L={cfg['BLOCK_L']} is below the backward's "
+             f"{ckpt_l}; the forward that stores checkpoints runs {ckpt_l}-step chunks")  # fmt: skip
     cfg = dict(cfg, BLOCK_L=max(cfg["BLOCK_L"], ckpt_l))
     n_chunks = _cdiv(L, cfg["BLOCK_L"])
     n_ckpt = _cdiv(L, ckpt_l)
@@ -655,7 +669,7 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     )  # fmt: skip
     consts = (
         var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, h0 is not None,
-        store_ckpt, store_y, store_last, cfg.get("PREFETCH", True) and states == 1, states, _tl_dtype(cdt),
+        store_ckpt, store_y, store_last, _prefetch(cfg, states), states, _tl_dtype(cdt),
         cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"], ckpt_l,
     )  # fmt: skip
     LAST_COMPILED["fwd"] = launch(_scan_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
@@ -720,7 +734,7 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     )  # fmt: skip
     consts = (
         var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, dlast is not None, need_dh0,
-        cfg.get("PREFETCH", True) and states == 1, cfg.get("RELOAD", False), states, cfg.get("MIRROR", False),
+        _prefetch(cfg, states), cfg.get("RELOAD", False), states, cfg.get("MIRROR", False),
         _tl_dtype(f32["dtype"]), cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"],
     )  # fmt: skip
     LAST_COMPILED["bwd"] = launch(_scan_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
