@@ -345,7 +345,6 @@ def test_update_launch_cache_gpu(monkeypatch, s, hook):
     through Triton's launcher, and match the naive update; with a launch hook set, every launch calls it."""
     from triton import knobs
 
-
     seen = []
     if hook:
         monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda metadata: seen.append(metadata))

@@ -195,3 +195,70 @@ def test_bad_ints_and_layout_are_refused(rec):
     with pytest.raises(ValueError, match="'BLOCK' is out of place"):
         _launch.launch(_misordered, (1,), (x,), (8,), (8,), 1, -1)
     assert not rec.triton_calls()
+
+
+def _site(checked=None, **kw):
+    a = _args(**kw)
+    site = _launch.Site(a["kernel"], a["grid"], a["ints"], a["consts"], a["num_warps"], a["device"], checked)
+    return site, a["ptrs"]
+
+
+def test_site_keeps_the_compiled_kernel_and_calls_it_with_no_key(rec):
+    """A Site's first launch goes through launch (a miss: Triton); later ones call the kept kernel directly,
+    with every argument in signature order, and never consult launch's cache."""
+    site, ptrs = _site()
+    first = _launch.launch_site(site, ptrs)
+    assert site.compiled is first and len(rec.triton_calls()) == 1
+    _launch._LAUNCH_CACHE.clear()  # a direct site launch does not need it
+    _, new_ptrs = _site()
+    assert _launch.launch_site(site, new_ptrs) is first
+    assert len(rec.triton_calls()) == 1, "second call: no Triton"
+    (how, grid, args), = rec.direct_calls()  # fmt: skip
+    assert how == "direct" and grid == (2, 1, 1)
+    assert args == (*new_ptrs, 32, 0, 16, True), "the new tensors, then the site's ints and constexprs"
+
+
+def test_site_unaligned_pointer_goes_through_launch_and_keeps_the_aligned_kernel(rec):
+    """A pointer 4 bytes off is specialised differently by Triton: it goes through launch (its own key);
+    the kernel kept for aligned pointers stays, and is used again for the next aligned call."""
+    site, ptrs = _site()
+    kept = _launch.launch_site(site, ptrs)
+    _, odd = _site(offset=1)
+    _launch.launch_site(site, odd)
+    assert len(rec.triton_calls()) == 2, "misaligned: a miss in launch's cache, through Triton"
+    assert site.compiled is kept
+    _launch.launch_site(site, _site()[1])
+    assert len(rec.triton_calls()) == 2 and rec.direct_calls()[-1][0] == "direct"
+
+
+def test_site_checks_only_the_leading_pointers_it_is_told_to(rec):
+    """``checked=1``: the caller vouches for the rest (its own allocations); only x's alignment is read."""
+    site, ptrs = _site(checked=1)
+    _launch.launch_site(site, ptrs)
+    y_odd = torch.zeros(65)[1:]
+    _launch.launch_site(site, (ptrs[0], y_odd))
+    assert len(rec.triton_calls()) == 1, "y is not checked: the kept kernel"
+    x_odd = torch.zeros(65)[1:]
+    _launch.launch_site(site, (x_odd, ptrs[1]))
+    assert len(rec.triton_calls()) == 2, "x is checked: through launch"
+
+
+def test_site_through_a_patched_launch_and_with_fast_launch_off(rec, monkeypatch):
+    """``via`` sees the launches a site does not do itself: every one with FAST_LAUNCH off or no compiled
+    kernel (the interpreter)."""
+    seen = []
+
+    def via(*args):
+        seen.append(args)
+        return _launch.launch(*args)
+
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", False)
+    site, ptrs = _site()
+    for _ in range(2):
+        _launch.launch_site(site, ptrs, via)
+    assert len(seen) == 2 and site.compiled is None and len(rec.triton_calls()) == 2
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", True)
+    rec.compiled_none = True
+    for _ in range(2):
+        assert _launch.launch_site(site, ptrs, via) is None
+    assert len(seen) == 4 and site.compiled is None

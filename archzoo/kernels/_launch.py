@@ -17,6 +17,11 @@ included, in signature order, and a miss goes through Triton, which compiles or 
 returns it. Under Triton's interpreter nothing is compiled (Triton returns None) and nothing is cached.
 Set ``FAST_LAUNCH = False`` to launch through Triton every time.
 
+A ``Site`` goes one step further for a caller that plans its launches (the selective scan, whose
+forward+backward at short l is bound by the host): its grid, integers, constexprs, warps and device are
+fixed, so ``launch_site`` keeps the kernel compiled for 16-byte aligned pointers on the site and, while
+the pointers stay aligned, calls it with no key at all.
+
 The direct launch does what ``CompiledKernel[grid](*args)`` does in Triton 3.x (call the binary launcher
 ``CompiledKernel.run`` on the current device's current stream) less the launch metadata and hook calls:
 with no launch hook set it passes None for them, which on an H100 host takes the launch from 14 to
@@ -81,6 +86,44 @@ def launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_war
             _LAUNCH_CACHE.clear()
         _KERNELS[key[0]] = kernel
         _LAUNCH_CACHE[key] = compiled
+    return compiled
+
+
+class Site:
+    """One launch whose grid, integers, constexprs, warps and device are fixed: only the tensors change.
+
+    ``checked``: how many leading pointers may arrive unaligned (the caller's inputs); the caller vouches
+    that the rest (buffers it allocates, and views of them at offsets it checked) are 16-byte aligned on
+    CUDA, where the caching allocator aligns every block to 512 bytes. None checks them all."""
+
+    __slots__ = ("kernel", "grid", "ints", "consts", "num_warps", "device", "checked", "compiled")
+
+    def __init__(self, kernel, grid: tuple, ints: tuple, consts: tuple, num_warps: int, device: int,
+                 checked: int | None = None):  # fmt: skip
+        self.kernel, self.grid, self.ints, self.consts = kernel, (*grid, 1, 1)[:3], ints, consts
+        self.num_warps, self.device, self.checked, self.compiled = num_warps, device, checked, None
+
+
+def launch_site(site: Site, ptrs: tuple, via=None):
+    """Launch ``site`` with the tensors ``ptrs`` -> the compiled kernel (None under the interpreter).
+
+    The first call, and any call with a pointer that is not 16-byte aligned (Triton compiles another
+    kernel for it), goes through ``via`` (default ``launch``; callers pass their module's name for it,
+    so a test or tool that patches that name sees every launch). The kernel it returns for aligned
+    pointers is kept on the site and called directly afterwards, while ``FAST_LAUNCH`` holds.
+    """
+    aligned = all(t.data_ptr() % 16 == 0 for t in ptrs[: site.checked])
+    compiled = site.compiled
+    if compiled is not None and aligned and FAST_LAUNCH:
+        if _no_launch_hooks():
+            compiled.run(site.grid[0], site.grid[1], site.grid[2], _stream(), compiled.function,
+                         compiled.packed_metadata, None, None, None, *ptrs, *site.ints, *site.consts)  # fmt: skip
+        else:
+            compiled[site.grid](*ptrs, *site.ints, *site.consts)
+        return compiled
+    compiled = (via or launch)(site.kernel, site.grid, ptrs, site.ints, site.consts, site.num_warps, site.device)
+    if aligned and FAST_LAUNCH:
+        site.compiled = compiled
     return compiled
 
 

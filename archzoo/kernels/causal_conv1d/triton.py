@@ -496,4 +496,3 @@ def causal_conv1d_update(
     grid = (b, (d + block_d - 1) // block_d, 1)
     LAST_COMPILED["update"] = launch(_conv_update_kernel, grid, ptrs, ints, consts, 2 if cuda else 1, x.get_device())
     return out
-

@@ -13,8 +13,10 @@ Design (docs/kernels.md has the long form):
   each state's h from that checkpoint, and runs the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} as a
   reverse associative scan (a_{t+1} comes from a second, shifted load of delta).
 - Per-channel parameter gradients (A, D, delta_bias, and B / C when they are (d, n)) are summed in
-  registers and written once per program; gradients of B / C of shape (b, [g,] n, l) are summed
-  over the program's channels and added with fp32 atomics.
+  registers and added once per program with fp32 atomics (the batch's programs share them);
+  gradients of B / C of shape (b, [g,] n, l) are summed over the program's channels and added with
+  fp32 atomics. Sums by atomics are not bitwise reproducible run to run (as in mamba_ssm's CUDA
+  backward); the host path (see _Plan) is short because nothing is left to reduce after the kernel.
 Inputs may be fp32, bf16 or fp16, and the state and all arithmetic are fp32; with an fp64 input
 everything runs in fp64 instead (ACC), so float64 models keep float64 accuracy.
 """
@@ -26,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import once
-from .._launch import launch
+from .._launch import Site, launch, launch_site
 from ._checks import check_scan, check_update, compute_dtype
 
 
@@ -269,7 +271,7 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, y_ptr, dout_ptr, dlast_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    d, L, n, n_chunks, d_per_group, s_part_b,
+    d, L, n, n_chunks, d_per_group,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
     s_z_b, s_z_d, s_z_l,
@@ -287,8 +289,8 @@ def _scan_bwd_kernel(
     STATES: tl.constexpr, MIRROR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C)
-    are written as per-batch partials (b, d, [n]) fp32; dB / dC of shape (b, [g,] n, l) get fp32 atomics.
+    """du, ddelta, dz (b, d, l) share the strides s_g_*; dA / dD / dbias (and dB / dC for (d, n) B / C),
+    contiguous, and dB / dC of shape (b, [g,] n, l) are fp32 (or fp64) atomic targets the host zeroes.
     PREFETCH loads the next state's B / C rows during the current state; RELOAD re-reads u and delta
     after the state loop instead of keeping them live in registers through it (register pressure).
     MIRROR runs the adjoint as a forward scan over time-reversed operands and reverses g back (_reverse):
@@ -433,16 +435,16 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + g_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dt)
         tl.store(ddt_ptr + g_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_dt)
 
-    part = pid_b * s_part_b + dn_offs  # per-batch partials: rows of one (b, ...) buffer
-    tl.store(dA_ptr + part, dA_acc, mask=mask_dn)
+    # per-channel gradients, summed over the batch by fp32 atomics (b programs add into each channel block)
+    tl.atomic_add(dA_ptr + dn_offs, dA_acc, mask=mask_dn, sem="relaxed")
     if not VAR_B:
-        tl.store(dB_ptr + part, dB_acc, mask=mask_dn)
+        tl.atomic_add(dB_ptr + dn_offs, dB_acc, mask=mask_dn, sem="relaxed")
     if not VAR_C:
-        tl.store(dC_ptr + part, dC_acc, mask=mask_dn)
+        tl.atomic_add(dC_ptr + dn_offs, dC_acc, mask=mask_dn, sem="relaxed")
     if HAS_D:
-        tl.store(dD_ptr + pid_b * s_part_b + offs_d, dD_acc, mask=mask_d)
+        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * s_part_b + offs_d, dbias_acc, mask=mask_d)
+        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
     if STORE_DH0:  # dL/dh_{-1} = a_0 g_0
         r0 = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(ACC)
         if HAS_BIAS:
@@ -560,15 +562,18 @@ _FLAGS = ("PREFETCH", "RELOAD", "PAIR", "MIRROR")  # code-path switches of CUDA_
 _CONFIGS: dict[tuple, dict] = {}  # scan_config's answers (host time at short l); keyed on the override too
 
 
+def _override_key() -> tuple:
+    return tuple((k, tuple(sorted(v.items()))) for k, v in CONFIG_OVERRIDE.items())
+
+
 def scan_config(d: int, n: int, L: int, groups: int, backward: bool, device: torch.device) -> dict:
     """Block sizes and warps: small blocks under the interpreter (tests), tuned ones on CUDA.
 
     The backward must use the forward's BLOCK_L when it reads the forward's checkpoints; the
     callers take care of that. Answers are memoised per shape and CONFIG_OVERRIDE (not CUDA_CONFIG:
-    clear ``_CONFIGS`` after editing it at run time).
+    clear ``_CONFIGS`` and ``_PLANS`` after editing it at run time).
     """
-    over = tuple((k, tuple(sorted(v.items()))) for k, v in CONFIG_OVERRIDE.items()) if CONFIG_OVERRIDE else ()
-    key = (d, n, L, groups, backward, device.type == "cuda", over)
+    key = (d, n, L, groups, backward, device.type == "cuda", _override_key() if CONFIG_OVERRIDE else ())
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if len(_CONFIGS) > 4096:
@@ -613,13 +618,18 @@ def _prefetch(cfg: dict, states: int) -> bool:
     return True
 
 
+def _bc_strides(dim: int, strides: tuple) -> tuple[bool, tuple[int, int, int, int]]:
+    """-> (variable, strides (s_b, s_g, s_n, s_l)) of a B / C (or its gradient) with ``dim`` dims and these
+    strides; for a (d, n) tensor the 'group' index is the channel."""
+    if dim == 2:
+        return False, (0, strides[0], strides[1], 0)
+    if dim == 3:  # (b, n, l)
+        return True, (strides[0], 0, strides[1], strides[2])
+    return True, tuple(strides)
+
+
 def _bc_view(t: torch.Tensor) -> tuple[bool, tuple[int, int, int, int]]:
-    """-> (variable, strides (s_b, s_g, s_n, s_l)); for a (d, n) tensor the 'group' index is the channel."""
-    if t.dim() == 2:
-        return False, (0, t.stride(0), t.stride(1), 0)
-    if t.dim() == 3:  # (b, n, l)
-        return True, (t.stride(0), 0, t.stride(1), t.stride(2))
-    return True, tuple(t.stride())
+    return _bc_strides(t.dim(), t.stride())
 
 
 def _groups(B: torch.Tensor, C: torch.Tensor, grouped_dim: int) -> int:
@@ -630,8 +640,30 @@ def _groups(B: torch.Tensor, C: torch.Tensor, grouped_dim: int) -> int:
     return max(gb, gc)
 
 
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt, store_last):
-    """-> out, last state or None, checkpoints or None, pre-gate y or None (saved for dz)."""
+def _contig_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty(shape) gets."""
+    return torch.empty(shape, device="meta").stride()
+
+
+# Host path. At l ~ 1k the scan's forward+backward is bound by the host (bench_ssm_kernels.py's host
+# column), so what does not change between calls is worked out once: a forward or backward *site*
+# holds a launch's grid, integer and constexpr arguments (a _launch.Site, which keeps the compiled
+# kernel), and the shapes of the buffers to allocate; a _Plan holds the validated signature's sites.
+# A call then allocates, launches and returns views.
+
+
+class _FwdSite:
+    __slots__ = ("site", "out_shape", "store_y", "hlast_shape", "ckpt_shape", "cdt")
+
+
+class _BwdSite:
+    # grads: (count, b, d, l) for du / ddelta (/ dz) in one buffer, or None (separate, mixed dtypes);
+    # acc_sizes: the zeroed fp32 (fp64) buffer's parts in order dA, dB, dC, dD, dbias (0 when absent);
+    # finish: per part, (shape, dtype to convert to or None); var_tail: convert dB / dC (b, [g,] n, l) at once
+    __slots__ = ("site", "grads", "acc", "acc_sizes", "finish", "var_tail", "dh0_shape")
+
+
+def _forward_site(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt, store_last) -> _FwdSite:
     b, d, L = u.shape
     n = A.shape[1]
     groups = _groups(B, C, 4)
@@ -646,37 +678,55 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt,
     n_chunks = _cdiv(L, cfg["BLOCK_L"])
     n_ckpt = _cdiv(L, ckpt_l)
     states = _states_per_iteration(cfg, n)
-    out = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
-    store_y = store_ckpt and z is not None
-    y = torch.empty_like(out) if store_y else None
-    cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
-    hlast = torch.empty((b, d, n), device=u.device, dtype=cdt) if store_last else None
-    ckpt = torch.empty((b, n_ckpt, d, n), device=u.device, dtype=cdt) if store_ckpt else None
+    fs = _FwdSite()
+    fs.out_shape = (b, d, L)
+    fs.store_y = store_ckpt and z is not None
+    fs.cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, h0)
+    fs.hlast_shape = (b, d, n) if store_last else None
+    fs.ckpt_shape = (b, n_ckpt, d, n) if store_ckpt else None
     var_b, sB = _bc_view(B)
     var_c, sC = _bc_view(C)
     zz = z if z is not None else u
-    dummy = out
-    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    ptrs = (
-        u, delta, A, B, C,
-        D if D is not None else dummy, zz, delta_bias if delta_bias is not None else dummy,
-        h0 if h0 is not None else dummy, out, y if y is not None else dummy,
-        hlast if hlast is not None else dummy, ckpt if ckpt is not None else dummy,
-    )  # fmt: skip
     ints = (
         d, L, n, n_chunks, n_ckpt, d // groups,
-        *u.stride(), *delta.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
+        *u.stride(), *delta.stride(), *zz.stride(), *_contig_strides(fs.out_shape), *A.stride(), *sB, *sC,
     )  # fmt: skip
     consts = (
         var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, h0 is not None,
-        store_ckpt, store_y, store_last, _prefetch(cfg, states), states, _tl_dtype(cdt),
+        store_ckpt, fs.store_y, store_last, _prefetch(cfg, states), states, _tl_dtype(fs.cdt),
         cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"], ckpt_l,
     )  # fmt: skip
-    LAST_COMPILED["fwd"] = launch(_scan_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
+    # the first 9 pointers are the inputs; the rest are fresh allocations
+    fs.site = Site(_scan_fwd_kernel, grid, ints, consts, cfg["num_warps"], u.get_device(), checked=9)
+    return fs
+
+
+def _run_forward(fs: _FwdSite, u, delta, A, B, C, D, z, delta_bias, h0):
+    """-> out, last state or None, checkpoints or None, pre-gate y or None (saved for dz)."""
+    dev = u.device
+    out = torch.empty(fs.out_shape, device=dev, dtype=u.dtype)
+    y = torch.empty(fs.out_shape, device=dev, dtype=u.dtype) if fs.store_y else None
+    hlast = torch.empty(fs.hlast_shape, device=dev, dtype=fs.cdt) if fs.hlast_shape else None
+    ckpt = torch.empty(fs.ckpt_shape, device=dev, dtype=fs.cdt) if fs.ckpt_shape else None
+    dummy = out
+    ptrs = (
+        u, delta, A, B, C,
+        dummy if D is None else D, u if z is None else z, dummy if delta_bias is None else delta_bias,
+        dummy if h0 is None else h0, out, dummy if y is None else y,
+        dummy if hlast is None else hlast, dummy if ckpt is None else ckpt,
+    )  # fmt: skip
+    LAST_COMPILED["fwd"] = launch_site(fs.site, ptrs, launch)
     return out, hlast, ckpt, y
 
 
-def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, softplus, need_dh0):
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt, store_last):
+    """One forward launch, its site built for this call (the tuner's entry; selective_scan_fn plans)."""
+    fs = _forward_site(u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt, store_last)
+    return _run_forward(fs, u, delta, A, B, C, D, z, delta_bias, h0)
+
+
+def _backward_site(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, softplus, need_dh0) -> _BwdSite:
     b, d, L = u.shape
     n = A.shape[1]
     groups = _groups(B, C, 4)
@@ -685,78 +735,100 @@ def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     if n_chunks != _cdiv(L, cfg["BLOCK_L"]):
         raise RuntimeError("selective scan: the checkpoints were written with another chunk length")
     states = _states_per_iteration(cfg, n)
-    f32 = dict(device=u.device, dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout))
-    # Few host ops before the kernel (at l ~ 1k forward+backward waits on the host; every op before this
-    # launch delays it): du, ddelta (and dz) share one allocation when their dtypes agree; the per-batch
-    # partials of the per-channel gradients (dA, dD, dbias and a (d, n) dB / dC) and the fp32 atomic
-    # targets of a variable dB / dC share one zeroed buffer; the partials are summed once afterwards.
-    grads = 3 if z is not None else 2
-    if delta.dtype == u.dtype and (z is None or z.dtype == u.dtype):
-        g3 = torch.empty((grads, b, d, L), device=u.device, dtype=u.dtype)
-        du, ddelta, dz = g3[0], g3[1], (g3[2] if z is not None else None)
-    else:
-        du = torch.empty((b, d, L), device=u.device, dtype=u.dtype)
-        ddelta = torch.empty((b, d, L), device=u.device, dtype=delta.dtype)
-        dz = torch.empty((b, d, L), device=u.device, dtype=z.dtype) if z is not None else None
+    acc = compute_dtype(u, delta, A, B, C, D, z, delta_bias, dout)
+    bs = _BwdSite()
+    bs.acc = acc
+    # du, ddelta (and dz) share one allocation when their dtypes agree.
+    count = 3 if z is not None else 2
+    same = delta.dtype == u.dtype and (z is None or z.dtype == u.dtype)
+    bs.grads = (count, b, d, L) if same else None
+    # The per-channel gradients (dA, dD, dbias, a (d, n) dB / dC) are atomic targets summed over the
+    # batch, and so is a variable dB / dC (over channels): all in one zeroed buffer, one zero fill, in the
+    # order dA, dD, dbias, dB, dC (a part is empty when its input is None). Parts whose offsets are not
+    # 16-byte aligned (odd shapes) are correct but launch through launch()'s key every call.
     var_b, sB = _bc_view(B)
     var_c, sC = _bc_view(C)
-    parts = [("dA", d * n), ("dB", 0 if var_b else d * n), ("dC", 0 if var_c else d * n)]
-    parts += [("dD", d if D is not None else 0), ("dbias", d if delta_bias is not None else 0)]
-    width = sum(k for _, k in parts)
-    n_var = (B.numel() if var_b else 0) + (C.numel() if var_c else 0)
-    buf = torch.zeros(b * width + n_var, **f32)
-    partial = buf[: b * width].view(b, width)
-    views, o = {}, 0
-    for name, k in parts:
-        views[name] = partial[:, o : o + k] if k else None
-        o += k
-    atom = buf[b * width :] if n_var else None
-    dB = atom[: B.numel()].view(B.shape) if var_b else views["dB"]
-    dC = atom[atom.numel() - C.numel() :].view(C.shape) if var_c else views["dC"]
-    dA, dD, dbias = views["dA"], views["dD"], views["dbias"]
-    sdB = _bc_view(dB)[1] if var_b else (0, 0, 0, 0)
-    sdC = _bc_view(dC)[1] if var_c else (0, 0, 0, 0)
-    dh0 = torch.empty((b, d, n), **f32) if need_dh0 else None
+    bs.acc_sizes = (
+        d * n, d if D is not None else 0, d if delta_bias is not None else 0,
+        B.numel() if var_b else d * n, C.numel() if var_c else d * n,
+    )  # fmt: skip
+    conv = lambda t: None if t.dtype == acc else t.dtype  # noqa: E731
+    # a variable dB and dC converted to one dtype are converted at once: the buffer's tail
+    bs.var_tail = conv(B) if var_b and var_c and B.dtype == C.dtype else None
+    bs.finish = (  # (shape to view as, or None: already (d,); dtype to convert to, or None)
+        ((d, n), conv(A)),
+        (None, conv(D)) if D is not None else None,
+        (None, conv(delta_bias)) if delta_bias is not None else None,
+        (B.shape, None if bs.var_tail else conv(B)),
+        (C.shape, None if bs.var_tail else conv(C)),
+    )  # fmt: skip
+    bs.dh0_shape = (b, d, n) if need_dh0 else None
+    g_strides = _contig_strides((b, d, L))
+    sdB = _bc_strides(B.dim(), _contig_strides(B.shape))[1] if var_b else (0, 0, 0, 0)
+    sdC = _bc_strides(C.dim(), _contig_strides(C.shape))[1] if var_c else (0, 0, 0, 0)
     zz = z if z is not None else u
     yy = y if y is not None else u
-    dummy = partial
-    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
-    ptrs = (
-        u, delta, A, B, C, D if D is not None else dummy, zz,
-        delta_bias if delta_bias is not None else dummy, ckpt, yy, dout, dlast if dlast is not None else dummy,
-        du, ddelta, dz if dz is not None else dummy, dA, dB, dC,
-        dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0 if dh0 is not None else dummy,
-    )  # fmt: skip
     ints = (
-        d, L, n, n_chunks, d // groups, partial.stride(0),
-        *u.stride(), *delta.stride(), *zz.stride(), *yy.stride(), *dout.stride(), *du.stride(),
+        d, L, n, n_chunks, d // groups,
+        *u.stride(), *delta.stride(), *zz.stride(), *yy.stride(), *dout.stride(), *g_strides,
         *A.stride(), *sB, *sC, *sdB, *sdC,
     )  # fmt: skip
     consts = (
         var_b, var_c, D is not None, z is not None, delta_bias is not None, softplus, dlast is not None, need_dh0,
         _prefetch(cfg, states), cfg.get("RELOAD", False), states, cfg.get("MIRROR", False),
-        _tl_dtype(f32["dtype"]), cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"],
+        _tl_dtype(acc), cfg["BLOCK_D"], cfg["BLOCK_N"], cfg["BLOCK_L"],
     )  # fmt: skip
-    LAST_COMPILED["bwd"] = launch(_scan_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], u.get_device())
-    tot, o = partial.sum(0), 0
-    sums = {}
-    for name, k in parts:
-        sums[name] = tot[o : o + k] if k else None
-        o += k
-    if var_b and var_c and B.dtype == C.dtype and B.dtype != atom.dtype:  # one conversion for both
-        atom = atom.to(B.dtype)
-        dB, dC = atom[: B.numel()].view(B.shape), atom[atom.numel() - C.numel() :].view(C.shape)
-    return (
-        du,
-        ddelta,
-        sums["dA"].view(d, n).to(A.dtype),
-        (dB if var_b else sums["dB"].view(d, n)).to(B.dtype),
-        (dC if var_c else sums["dC"].view(d, n)).to(C.dtype),
-        sums["dD"].to(D.dtype) if D is not None else None,
-        dz,
-        sums["dbias"].to(delta_bias.dtype) if delta_bias is not None else None,
-        dh0,
-    )
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]))
+    # the first 12 pointers are inputs (or the forward's buffers); the rest are fresh allocations or views
+    # of them, whose offsets are checked here
+    offsets = [i * b * d * L * u.element_size() for i in range(count)] if same else [0]
+    offsets += [sum(bs.acc_sizes[:i]) * ckpt.element_size() for i in range(5)]
+    checked = 12 if all(o % 16 == 0 for o in offsets) else None
+    bs.site = Site(_scan_bwd_kernel, grid, ints, consts, cfg["num_warps"], u.get_device(), checked=checked)
+    return bs
+
+
+def _run_backward(bs: _BwdSite, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast):
+    """-> du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 (None for an absent input)."""
+    dev = u.device
+    if bs.grads is not None:
+        g = torch.empty(bs.grads, device=dev, dtype=u.dtype).unbind(0)
+        du, ddelta, dz = g if z is not None else (*g, None)
+    else:
+        du = torch.empty(u.shape, device=dev, dtype=u.dtype)
+        ddelta = torch.empty(u.shape, device=dev, dtype=delta.dtype)
+        dz = torch.empty(u.shape, device=dev, dtype=z.dtype) if z is not None else None
+    buf = torch.zeros(sum(bs.acc_sizes), device=dev, dtype=bs.acc)
+    parts = buf.split_with_sizes(bs.acc_sizes)
+    dh0 = torch.empty(bs.dh0_shape, device=dev, dtype=bs.acc) if bs.dh0_shape else None
+    dummy = buf
+    ptrs = (
+        u, delta, A, B, C, dummy if D is None else D, u if z is None else z,
+        dummy if delta_bias is None else delta_bias, ckpt, u if y is None else y, dout,
+        dummy if dlast is None else dlast, du, ddelta, dummy if dz is None else dz,
+        parts[0], parts[3], parts[4], parts[1], parts[2], dummy if dh0 is None else dh0,
+    )  # fmt: skip
+    LAST_COMPILED["bwd"] = launch_site(bs.site, ptrs, launch)
+    if bs.var_tail is not None:
+        nb, nc = bs.acc_sizes[3:]
+        parts = (*parts[:3], *buf[buf.numel() - nb - nc :].to(bs.var_tail).split_with_sizes((nb, nc)))
+    dA, dD, dbias, dB, dC = (_finish(p, f) for p, f in zip(parts, bs.finish, strict=True))
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
+
+
+def _finish(part: torch.Tensor, how: tuple | None) -> torch.Tensor | None:
+    if how is None:
+        return None
+    shape, dtype = how
+    if shape is not None:
+        part = part.view(shape)
+    return part if dtype is None else part.to(dtype)
+
+
+def _scan_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, softplus, need_dh0):
+    """One backward launch, its site built for this call (the tuner's entry; selective_scan_fn plans)."""
+    bs = _backward_site(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, softplus, need_dh0)
+    return _run_backward(bs, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast)
 
 
 def _contig_last(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -766,36 +838,75 @@ def _contig_last(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.contiguous()
 
 
+def _sig(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+class _Plan:
+    """A validated selective_scan_fn signature (the inputs' shapes, strides, dtypes and devices, the flags,
+    CONFIG_OVERRIDE) and its sites: forward by whether checkpoints are stored, backward by dout's strides
+    and whether dlast / dh0 take part. Built on the first call with the signature; kept in _PLANS."""
+
+    __slots__ = ("cdt", "softplus", "return_last", "copy", "h0_dtype", "fwd", "bwd")
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_PLANS_MAX = 4096  # distinct signatures kept (inference sees many lengths); cleared when full
+
+
+def _plan(key: tuple, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, return_last) -> _Plan:
+    check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    p = _Plan()
+    p.cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    p.softplus, p.return_last = softplus, return_last
+    p.copy = any(t is not None and t.stride(-1) != 1 for t in (u, delta, z))
+    p.h0_dtype = initial_state.dtype if initial_state is not None else None
+    p.fwd, p.bwd = [None, None], {}
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[key] = p
+    return p
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, return_last_state):
-        u, delta, z = _contig_last(u), _contig_last(delta), _contig_last(z)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, plan):
+        if plan.copy:
+            u, delta, z = _contig_last(u), _contig_last(delta), _contig_last(z)
         need_grad = any(ctx.needs_input_grad[:9])
-        out, hlast, ckpt, y = _scan_forward(
-            u, delta, A, B, C, D, z, delta_bias, h0, softplus, store_ckpt=need_grad, store_last=return_last_state
-        )
+        fs = plan.fwd[need_grad]
+        if fs is None:
+            fs = plan.fwd[need_grad] = _forward_site(
+                u, delta, A, B, C, D, z, delta_bias, h0, plan.softplus, need_grad, plan.return_last
+            )
+        out, hlast, ckpt, y = _run_forward(fs, u, delta, A, B, C, D, z, delta_bias, h0)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt, y)
-        ctx.softplus = softplus
-        ctx.return_last_state = return_last_state
-        ctx.has_h0 = h0 is not None
-        ctx.h0_dtype = h0.dtype if h0 is not None else None
-        return (out, hlast) if return_last_state else out
+        ctx.plan = plan
+        return (out, hlast) if plan.return_last else out
 
     @staticmethod
     def backward(ctx, dout, *rest):
         u, delta, A, B, C, D, z, delta_bias, ckpt, y = ctx.saved_tensors
-        dlast = rest[0] if ctx.return_last_state else None
-        dout = _contig_last(dout)
+        plan = ctx.plan
+        dlast = rest[0] if plan.return_last else None
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
         if dlast is not None:
             dlast = dlast.to(ckpt.dtype).contiguous()
-        need_dh0 = ctx.has_h0 and ctx.needs_input_grad[8]
-        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _scan_backward(
-            u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, ctx.softplus, need_dh0
+        need_dh0 = plan.h0_dtype is not None and ctx.needs_input_grad[8]
+        key = (dout.stride(), dlast is not None, need_dh0)
+        bs = plan.bwd.get(key)
+        if bs is None:
+            bs = plan.bwd[key] = _backward_site(
+                u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, plan.softplus, need_dh0
+            )
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = _run_backward(
+            bs, u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast
         )
         if dh0 is not None:
-            dh0 = dh0.to(ctx.h0_dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
+            dh0 = dh0.to(plan.h0_dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None
 
 
 def selective_scan_fn(
@@ -817,15 +928,22 @@ def selective_scan_fn(
     initial_state (b, d, n). Returns out (b, d, l) in u's dtype (and the final state (b, d, n) in fp32, or
     fp64 when an input is fp64).
     """
-    check_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    h0 = initial_state.to(cdt).contiguous() if initial_state is not None else None
+    over = _override_key() if CONFIG_OVERRIDE else ()
+    key = (
+        _sig(u), _sig(delta), _sig(A), _sig(B), _sig(C), _sig(D), _sig(z), _sig(delta_bias), _sig(initial_state),
+        bool(delta_softplus), bool(return_last_state), over,
+    )  # fmt: skip
+    plan = _PLANS.get(key)
+    if plan is None:  # validates: a signature is planned only once it passed
+        plan = _plan(key, u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                     bool(return_last_state))  # fmt: skip
+    h0 = initial_state.to(plan.cdt).contiguous() if initial_state is not None else None
     if u.shape[-1] == 0:
         out = u.new_empty(u.shape)
         if not return_last_state:
             return out
-        return out, h0.clone() if h0 is not None else u.new_zeros((*u.shape[:2], A.shape[1]), dtype=cdt)
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, return_last_state)
+        return out, h0.clone() if h0 is not None else u.new_zeros((*u.shape[:2], A.shape[1]), dtype=plan.cdt)
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, plan)
 
 
 def selective_state_update(
