@@ -350,7 +350,7 @@ def test_scan_plan_unaligned_inputs_gpu(monkeypatch):
     for off in (0, 1, 0, 1):
         res = {}
         for fn, dt in ((T.selective_scan_fn, torch.bfloat16), (naive_selective_scan_fn, torch.float32)):
-            rows = {k: ins[k].to(dt).requires_grad_(True) for k in ("u", "delta", "z")}
+            rows = {k: ins[k].to(dt, copy=True).requires_grad_(True) for k in ("u", "delta", "z")}
             v = {k: t[..., off : off + L] for k, t in rows.items()}
             assert (v["u"].data_ptr() % 16 == 0) == (off == 0)
             B, C = (ins[k][..., off : off + L].to(dt) for k in ("B", "C"))
