@@ -2,7 +2,8 @@
 
     python benchmarks/bench_ssm_kernels.py --out results/ssm_kernels.json
 
-Times (median of ``triton.testing.do_bench``) forward and forward+backward of
+Times (median of ``triton.testing.do_bench``; the implementations interleaved over --rounds rounds, the
+median round kept, see _interleaved) forward and forward+backward of
 - the selective scan at b=4, d=2048, n=16, bf16, l in {1k, 4k, 16k}, Mamba's configuration
   (D skip, SiLU(z) gate, delta_bias, softplus; B, C (b, n, l)): archzoo Triton vs mamba_ssm's CUDA
   ``selective_scan_fn`` and its PyTorch ``selective_scan_ref``;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -54,18 +56,22 @@ def _peers() -> dict[str, object]:
     return peers
 
 
-def _measure(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> dict:
-    """Median time (ms) by do_bench, and the peak memory one call allocates beyond what exists already (MiB)."""
-    import triton.testing
-
-    fn()  # compile / warm up
+def _peak_mib(fn: Callable[[], object]) -> float:
+    """The peak memory one call allocates beyond what exists already (MiB); the first call compiles / warms up."""
+    fn()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    ms = triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none, return_mode="median")
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _time(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> tuple[float, float]:
+    """-> (median ms by do_bench, host ms per call)."""
+    import triton.testing
+
+    ms = triton.testing.do_bench(fn, warmup=25, rep=ROUND_MS, grad_to_none=grad_to_none, return_mode="median")
     # Host time: the wall time of issuing one call while the GPU runs behind (no synchronisation inside the
     # loop); where it exceeds the GPU time the call is host-bound and do_bench's figure is this one.
     torch.cuda.synchronize()
@@ -76,7 +82,29 @@ def _measure(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None =
         fn()
     host = (time.perf_counter() - t0) / 20 * 1e3
     torch.cuda.synchronize()
-    return {"ms": ms, "peak_mib": peak, "host_ms": host}
+    return ms, host
+
+
+ROUNDS = 5  # --rounds
+ROUND_MS = 200  # do_bench's measuring time per call and round
+
+
+def _interleaved(calls: dict, rounds: int) -> dict:
+    """Time each of ``calls`` ({key: (fn, grad_to_none)}) in turn, ``rounds`` times over (a, b, a, b, ...).
+
+    Why: where a call is bound by the host (the scan's forward+backward at l=1k, the conv's at short l), its
+    time follows the machine's CPU, which drifts over seconds (clock, other tenants): two implementations
+    timed one after the other can differ by that drift alone. Interleaved, drift reaches both alike; each
+    key gets the median of its rounds, and the rounds themselves are kept."""
+    per = {k: ([], []) for k in calls}
+    for _ in range(rounds):
+        for k, (fn, grads) in calls.items():
+            ms, host = _time(fn, grads)
+            per[k][0].append(ms)
+            per[k][1].append(host)
+    return {
+        k: {"ms": statistics.median(m), "host_ms": statistics.median(h), "rounds_ms": m} for k, (m, h) in per.items()
+    }
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -99,12 +127,13 @@ def _scan_inputs(b: int, d: int, L: int, n: int, dtype: torch.dtype) -> dict[str
     )
 
 
-def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max_len: int) -> dict:
+def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max_len: int, rounds: int) -> dict:
     ins = _scan_inputs(b, d, L, n, torch.bfloat16)
     grads = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}
     gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
     res: dict[str, dict] = {}
     outs: dict[str, torch.Tensor] = {}
+    calls: dict[tuple[str, str], tuple] = {}
     for name, fn in impls.items():
         if isinstance(fn, str):
             res[name] = {"status": fn}
@@ -116,24 +145,38 @@ def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max
         def call(t: dict[str, torch.Tensor], fn=fn) -> torch.Tensor:
             return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True)
 
-        try:
+        def fwd(call=call) -> torch.Tensor:
             with torch.no_grad():
-                outs[name] = call(ins)
-                fwd = _measure(lambda call=call: call(ins))
-            fb = _measure(lambda call=call: call(grads).backward(gout), grad_to_none=list(grads.values()))
-            res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
-            res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
-            res[name].update({"fwd_host_ms": fwd["host_ms"], "fwdbwd_host_ms": fb["host_ms"]})
+                return call(ins)
+
+        fb = lambda call=call: call(grads).backward(gout)  # noqa: E731
+        try:
+            outs[name] = fwd()
+            res[name] = {"status": "ok", "fwd_peak_mib": _peak_mib(fwd), "fwdbwd_peak_mib": _peak_mib(fb)}
         except torch.cuda.OutOfMemoryError as e:
             res[name] = {"status": f"out of memory ({str(e).splitlines()[0]})"}
+            continue
+        calls[name, "fwd"] = (fwd, None)
+        calls[name, "fwdbwd"] = (fb, list(grads.values()))
         torch.cuda.empty_cache()
+    # the PyTorch reference takes seconds per call: one round, apart
+    slow = {k: v for k, v in calls.items() if k[0] == "mamba_ssm_ref"}
+    timed = _interleaved({k: v for k, v in calls.items() if k not in slow}, rounds)
+    timed.update(_interleaved(slow, 1))
+    _fold(res, timed)
     ref = next((outs[k] for k in ("mamba_ssm", "mamba_ssm_ref") if k in outs), None)
     if ref is not None and "archzoo" in outs:
         res["archzoo"]["rel_err_vs_peer"] = _rel(outs["archzoo"].float(), ref.float())
     return res
 
 
-def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int) -> dict:
+def _fold(res: dict, timed: dict) -> None:
+    """Put _interleaved's {(impl, "fwd" | "fwdbwd"): timing} into res[impl] as fwd_ms, fwd_host_ms, fwd_rounds_ms..."""
+    for (name, mode), t in timed.items():
+        res[name].update({f"{mode}_ms": t["ms"], f"{mode}_host_ms": t["host_ms"], f"{mode}_rounds_ms": t["rounds_ms"]})
+
+
+def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int, rounds: int) -> dict:
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(b, d, L, device="cuda", generator=g).to(torch.bfloat16)
     w = torch.randn(d, W, device="cuda", generator=g) / W**0.5
@@ -142,17 +185,22 @@ def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int) -> dict
     xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, bias))
     res: dict[str, dict] = {}
     outs: dict[str, torch.Tensor] = {}
+    calls: dict[tuple[str, str], tuple] = {}
     for name, fn in impls.items():
         if isinstance(fn, str):
             res[name] = {"status": fn}
             continue
-        with torch.no_grad():
-            outs[name] = fn(x, w, bias)
-            fwd = _measure(lambda fn=fn: fn(x, w, bias))
-        fb = _measure(lambda fn=fn: fn(xg, wg, bg).backward(gout), grad_to_none=[xg, wg, bg])
-        res[name] = {"status": "ok", "fwd_ms": fwd["ms"], "fwd_peak_mib": fwd["peak_mib"]}
-        res[name].update({"fwdbwd_ms": fb["ms"], "fwdbwd_peak_mib": fb["peak_mib"]})
-        res[name].update({"fwd_host_ms": fwd["host_ms"], "fwdbwd_host_ms": fb["host_ms"]})
+
+        def fwd(fn=fn) -> torch.Tensor:
+            with torch.no_grad():
+                return fn(x, w, bias)
+
+        fb = lambda fn=fn: fn(xg, wg, bg).backward(gout)  # noqa: E731
+        outs[name] = fwd()
+        res[name] = {"status": "ok", "fwd_peak_mib": _peak_mib(fwd), "fwdbwd_peak_mib": _peak_mib(fb)}
+        calls[name, "fwd"] = (fwd, None)
+        calls[name, "fwdbwd"] = (fb, [xg, wg, bg])
+    _fold(res, _interleaved(calls, rounds))
     if "archzoo" in outs:
         for peer in ("causal_conv1d", "F.conv1d"):
             if peer in outs:
@@ -160,7 +208,7 @@ def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int) -> dict
     return res
 
 
-def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int) -> dict:
+def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int, rounds: int) -> dict:
     from archzoo.kernels import causal_conv1d_update, selective_state_update
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -171,20 +219,23 @@ def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int) -> di
     B, C = r(b, n), r(b, n)
     conv_state, w, cb = r(b, d, W), r(d, W, dt=torch.float32), r(d, dt=torch.float32)
     res: dict[str, dict] = {}
+    calls = {}
     upd = {"archzoo": selective_state_update, "mamba_ssm (triton)": peers["mamba_ssm_update"]}
     for name, fn in upd.items():
         if isinstance(fn, str):
             res[f"selective_state_update/{name}"] = {"status": fn}
-            continue
-        m = _measure(lambda fn=fn: fn(state, x, dt, A, B, C, D, z, bias, True))
-        res[f"selective_state_update/{name}"] = {"status": "ok", "ms": m["ms"], "host_ms": m["host_ms"]}
+        else:
+            calls[f"selective_state_update/{name}"] = (lambda fn=fn: fn(state, x, dt, A, B, C, D, z, bias, True), None)
     cupd = {"archzoo": causal_conv1d_update, "causal_conv1d": peers["causal_conv1d_update"]}
     for name, fn in cupd.items():
         if isinstance(fn, str):
             res[f"causal_conv1d_update/{name}"] = {"status": fn}
-            continue
-        m = _measure(lambda fn=fn: fn(x, conv_state, w, cb, "silu"))
-        res[f"causal_conv1d_update/{name}"] = {"status": "ok", "ms": m["ms"], "host_ms": m["host_ms"]}
+        else:
+            calls[f"causal_conv1d_update/{name}"] = (lambda fn=fn: fn(x, conv_state, w, cb, "silu"), None)
+    for fn, _ in calls.values():
+        fn()  # compile
+    for k, t in _interleaved(calls, rounds).items():
+        res[k] = {"status": "ok", "ms": t["ms"], "host_ms": t["host_ms"], "rounds_ms": t["rounds_ms"]}
     return res
 
 
@@ -193,22 +244,29 @@ def _fmt_ms(r: dict, key: str) -> str:
 
 
 def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
-    head = "| l | impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB fwd / fwd+bwd | host ms fwd / fwd+bwd |"
-    lines = [f"\n## {title}", head, "|---|---|---|---|---|---|---|---|"]
+    head = (
+        "| l | impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | fwd+bwd x per round | peak MiB fwd / fwd+bwd "
+        "| host ms fwd / fwd+bwd |"
+    )
+    lines = [f"\n## {title}", head, "|---|---|---|---|---|---|---|---|---|"]
     for L, res in rows.items():
         mine = res.get(ours, {})
         for name, r in res.items():
+            both = r.get("status") == "ok" and mine.get("status") == "ok"
 
-            def ratio(k: str, r: dict = r, mine: dict = mine) -> str:
-                both = r.get("status") == "ok" and mine.get("status") == "ok"
+            def ratio(k: str, r: dict = r, mine: dict = mine, both: bool = both) -> str:
                 return f"{r[k] / mine[k]:.2f}" if both else "-"
 
+            per_round = "-"
+            if both and r.get("fwdbwd_rounds_ms") and len(r["fwdbwd_rounds_ms"]) == len(mine["fwdbwd_rounds_ms"]):
+                x = [p / m for p, m in zip(r["fwdbwd_rounds_ms"], mine["fwdbwd_rounds_ms"], strict=True)]
+                per_round = f"{min(x):.2f}-{max(x):.2f}"
             ok = r.get("status") == "ok"
             peak = f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}" if ok else "-"
             host = f"{r['fwd_host_ms']:.3f} / {r['fwdbwd_host_ms']:.3f}" if ok else "-"
             lines.append(
                 f"| {L} | {name} | {_fmt_ms(r, 'fwd_ms')} | {_fmt_ms(r, 'fwdbwd_ms')} | {ratio('fwd_ms')} "
-                f"| {ratio('fwdbwd_ms')} | {peak} | {host} |"
+                f"| {ratio('fwdbwd_ms')} | {per_round} | {peak} | {host} |"
             )
     return "\n".join(lines)
 
@@ -223,6 +281,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
     ap.add_argument("--ops", default="scan,conv", help="which ops to time: scan, conv (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
     ap.add_argument(
         "--scan-config",
         default=None,
@@ -262,6 +321,7 @@ def main() -> None:
         "triton": triton.__version__,
         "python": platform.python_version(),
         "shape": {"b": b, "d": d, "n": n, "width": W, "dtype": "bfloat16"},
+        "rounds": args.rounds,
         "archzoo_scan_config": {
             k: {**v, **scan_triton.CONFIG_OVERRIDE.get(k, {})} for k, v in scan_triton.CUDA_CONFIG.items()
         },
@@ -271,10 +331,10 @@ def main() -> None:
     }
     for L in lengths:
         if "scan" in args.ops:
-            results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len)
+            results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len, args.rounds)
             print(f"selective_scan l={L}: done", flush=True)
         if "conv" in args.ops:
-            results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W)
+            results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W, args.rounds)
             print(f"causal_conv1d l={L}: done", flush=True)
         # Written after every length, so a run cut short by a time limit still leaves its rows.
         print(
@@ -291,7 +351,7 @@ def main() -> None:
             json.dump(results, f, indent=2)
     results["conv_backend_archzoo"] = {"setting": get_backend(), "last_ran": K.last_backend("causal_conv1d_fn")}
     results["scan_backend_archzoo"] = K.last_backend("selective_scan_fn")
-    results["decode"] = bench_decode(peers, b, d, n, W)
+    results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 

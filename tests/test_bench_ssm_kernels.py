@@ -9,15 +9,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from benchmarks.bench_ssm_kernels import _table  # noqa: E402
 
 
-def _ok(fwd: float, fb: float) -> dict:
+def _ok(fwd: float, fb: float, rounds: list[float] | None = None) -> dict:
     return dict(status="ok", fwd_ms=fwd, fwdbwd_ms=fb, fwd_peak_mib=16.0, fwdbwd_peak_mib=80.0,
-                fwd_host_ms=0.05, fwdbwd_host_ms=0.3)  # fmt: skip
+                fwd_host_ms=0.05, fwdbwd_host_ms=0.3, fwdbwd_rounds_ms=rounds or [fb])  # fmt: skip
 
 
 def test_table_ratios_host_times_and_missing_peers():
-    rows = {1024: {"archzoo": _ok(0.2, 0.8), "peer": _ok(0.3, 0.4), "absent": {"status": "not installed (x)"}}}
+    rows = {
+        1024: {
+            "archzoo": _ok(0.2, 0.8, [0.8, 0.8, 1.0]),
+            "peer": _ok(0.3, 0.4, [0.4, 1.2, 0.5]),
+            "absent": {"status": "not installed (x)"},
+        }
+    }
     text = _table("scan", rows)
     lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| 1024")}
     assert "| 1.50 | 0.50 |" in lines["peer"], lines["peer"]  # peer ms / ours: above 1, ours is faster
+    assert "| 0.50-1.50 |" in lines["peer"], "per-round ratios, round by round"
     assert "0.050 / 0.300" in lines["archzoo"]
-    assert "not installed" in lines["absent"] and lines["absent"].rstrip().endswith("| - | - | - | - |")
+    assert "not installed" in lines["absent"] and lines["absent"].rstrip().endswith("| - | - | - | - | - |")
