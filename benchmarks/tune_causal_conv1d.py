@@ -3,8 +3,8 @@
     python benchmarks/tune_causal_conv1d.py --lengths 1024,4096,16384 --out results/tune_conv.json
 
 Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the forward without
-autograd and the backward alone (``_conv_backward``: the kernel plus its one reduction of the
-dweight / dbias partials), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
+autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
+which adds to them by atomics), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
 BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range. Reports each compiled kernel's
 registers / spills and the bandwidth it reaches (the forward moves x in and out once, the backward
 reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in

@@ -25,9 +25,11 @@ round-tripped dpre through a per-program fp32 scratch tile with two barriers and
 - Update: one program per (batch, BLOCK_D channels) reads the conv state (state_len >= W-1) and
   the new inputs, writes the outputs, then shifts the state in place.
 
-Host path (it dominates at short l): the forward is validation, one allocation and one launch, and
-skips autograd when no input needs a gradient; the backward is two allocations, one launch and the
-one sum; the update (decode) is validation by a few int compares, one allocation and one launch.
+Host path (it dominates at short l): validation and launch arguments are planned once per signature;
+the forward is then one allocation and one launch, and skips autograd when no input needs a gradient;
+the backward is two allocations (one zeroed, the weight / bias sums, which the programs add to by
+atomics: not bitwise reproducible run to run) and one launch; the update (decode) is validation by a few
+int compares, one allocation and one launch.
 Launches go through the shared cache of compiled kernels (``archzoo.kernels._launch.launch``), which
 skips Triton's per-call argument specialisation. Block sizes and warps come from ``CUDA_CONFIG``
 (tuned with ``benchmarks/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
@@ -40,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._launch import launch
+from .._launch import Site, launch, launch_site
 from ._checks import check_fn, check_update
 
 V = tl.constexpr(8)  # steps per group: one 16-byte vector of bf16, and W - 1 <= 7 < V
@@ -207,8 +209,8 @@ def _conv_bwd_kernel(
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """dx (b, d, L) and dinit (b, d, W-1) contiguous; part (b * n_l, d * (W + HAS_BIAS)) fp32 rows of
-    partials, each [dweight (d, W) flattened, dbias (d,)]."""
+    """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
+    zeroed by the host, to which every (batch, tile) program adds its sums by atomics."""
     G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -256,18 +258,16 @@ def _conv_bwd_kernel(
             di_ptrs = dinit_ptr + ((pid_b * d + offs_d) * (W - 1))[:, None, None] + (t + (W - 1))
             tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=mask_d[:, None, None] & (t < 0) & (t >= 1 - W))
     # dweight[k] = sum_t dpre[t] x[t - (W-1) + k] and dbias = sum_t dpre[t] over this tile's steps
-    NB: tl.constexpr = 1 if HAS_BIAS else 0
-    part = part_ptr + (pid_b * tl.num_programs(2) + pid_l) * (d * (W + NB))
     for k in tl.static_range(W):
         acc = tl.zeros((BLOCK_D, G), dtype=ACC)
         for j in tl.static_range(V):
             acc += P[j] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # dpre[j] x[j - (W-1) + k]
-        tl.store(part + offs_d * W + k, tl.sum(acc, axis=1), mask=mask_d)
+        tl.atomic_add(part_ptr + offs_d * W + k, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
     if HAS_BIAS:
         acc = P[0]
         for j in tl.static_range(1, V):
             acc += P[j]
-        tl.store(part + d * W + offs_d, tl.sum(acc, axis=1), mask=mask_d)
+        tl.atomic_add(part_ptr + d * W + offs_d, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
 
 
 @triton.jit
@@ -356,63 +356,130 @@ def _acc(*tensors: torch.Tensor | None):
     return tl.float64 if any(t is not None and t.dtype is torch.float64 for t in tensors) else tl.float32
 
 
-def _conv_forward(x, weight, bias, init, silu: bool, acc) -> torch.Tensor:
-    """x (b, d, L) any strides; weight (d, W) and init (b, d, W-1) contiguous -> out (b, d, L) contiguous."""
+# Host path. At short l forward+backward is bound by the host, so what does not change between calls is
+# worked out once per signature (the inputs' shapes, strides, dtypes and devices, the activation): the
+# validation, and the launches' grids, integer and constexpr arguments (_launch.Site, which also keeps the
+# compiled kernel). A call then allocates, launches and returns views. The tuner's entries _conv_forward /
+# _conv_backward build their sites per call.
+
+
+class _ConvPlan:
+    __slots__ = ("silu", "acc", "width", "fwd", "bwd")
+
+
+_PLANS: dict[tuple, _ConvPlan] = {}
+_PLANS_MAX = 4096  # distinct signatures kept; cleared when full
+
+
+def _sig(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _forward_site(x, weight, bias, init, silu: bool, acc) -> Site:
     b, d, L = x.shape
     cfg = conv_config("fwd", L, x.is_cuda)
-    out = torch.empty((b, d, L), device=x.device, dtype=x.dtype)
     grid = (b, _cdiv(d, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
-    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, out)
     consts = (weight.shape[1], bias is not None, init is not None, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
-    ints = (d, L, *x.stride())
-    LAST_COMPILED["fwd"] = launch(_conv_fwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
+    # pointers x, weight, bias, init are the caller's (checked for alignment); out is a fresh allocation
+    return Site(_conv_fwd_kernel, grid, (d, L, *x.stride()), consts, cfg["num_warps"], x.get_device(), checked=4)
+
+
+def _run_forward(site: Site, x, weight, bias, init) -> torch.Tensor:
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, out)
+    LAST_COMPILED["fwd"] = launch_site(site, ptrs, launch)
     return out
 
 
-def _conv_backward(x, weight, bias, init, dout, silu: bool, acc, need_dinit: bool):
-    """-> dx, dweight, dbias (or None), dinit (or None); dout (b, d, L) any strides.
+def _conv_forward(x, weight, bias, init, silu: bool, acc) -> torch.Tensor:
+    """x (b, d, L) any strides; weight (d, W) and init (b, d, W-1) contiguous -> out (b, d, L) contiguous."""
+    return _run_forward(_forward_site(x, weight, bias, init, silu, acc), x, weight, bias, init)
 
-    Host work: the outputs' allocations, one launch and one sum over the rows of partials."""
+
+class _BwdSite:
+    __slots__ = ("site", "n_l", "need_dinit", "cols", "acc_dtype")
+
+
+def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: bool) -> _BwdSite:
     b, d, L = x.shape
     W = weight.shape[1]
     cfg = conv_config("bwd", L, x.is_cuda)
-    need_dinit = need_dinit and init is not None
-    n_l = _cdiv(L + _V if need_dinit else L, cfg["BLOCK_L"])
-    dev = x.device
-    dx = torch.empty((b, d, L), device=dev, dtype=x.dtype)
-    dinit = torch.empty((b, d, W - 1), device=dev, dtype=init.dtype) if need_dinit else None
-    cols = d * (W + 1) if bias is not None else d * W
-    part = torch.empty((b * n_l, cols), device=dev, dtype=torch.float64 if acc is tl.float64 else torch.float32)
-    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, dout, dx,
-            dx if dinit is None else dinit, part)  # fmt: skip
+    bs = _BwdSite()
+    bs.need_dinit = need_dinit and init is not None
+    bs.n_l = _cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"])
+    bs.cols = d * (W + 1) if bias is not None else d * W
+    bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, *x.stride(), *dout.stride())
-    consts = (W, bias is not None, init is not None, need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
-    grid = (b, _cdiv(d, cfg["BLOCK_D"]), n_l)
-    LAST_COMPILED["bwd"] = launch(_conv_bwd_kernel, grid, ptrs, ints, consts, cfg["num_warps"], x.get_device())
-    s = part.sum(0)  # [dweight (d, W) flattened, dbias (d,)]
-    dw = s.as_strided((d, W), (W, 1))
+    consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
+    grid = (b, _cdiv(d, cfg["BLOCK_D"]), bs.n_l)
+    # pointers x, weight, bias, init, dout are the caller's (checked); dx, dinit and the sums are fresh
+    bs.site = Site(_conv_bwd_kernel, grid, ints, consts, cfg["num_warps"], x.get_device(), checked=5)
+    return bs
+
+
+def _run_backward(bs: _BwdSite, x, weight, bias, init, dout):
+    """-> dx, dweight, dbias (or None), dinit (or None)."""
+    d, W = weight.shape
+    dev = x.device
+    dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    dinit = torch.empty(init.shape, device=dev, dtype=init.dtype) if bs.need_dinit else None
+    sums = torch.zeros(bs.cols, device=dev, dtype=bs.acc_dtype)  # [dweight (d, W) flattened, dbias (d,)]
+    ptrs = (x, weight, weight if bias is None else bias, x if init is None else init, dout, dx,
+            dx if dinit is None else dinit, sums)  # fmt: skip
+    LAST_COMPILED["bwd"] = launch_site(bs.site, ptrs, launch)
+    dw = sums.as_strided((d, W), (W, 1))
     if dw.dtype != weight.dtype:
         dw = dw.to(weight.dtype)
     db = None
     if bias is not None:
-        db = s.as_strided((d,), (1,), d * W)
+        db = sums.as_strided((d,), (1,), d * W)
         if db.dtype != bias.dtype:
             db = db.to(bias.dtype)
     return dx, dw, db, dinit
 
 
+def _conv_backward(x, weight, bias, init, dout, silu: bool, acc, need_dinit: bool):
+    """-> dx, dweight, dbias (or None), dinit (or None); dout (b, d, L) any strides.
+
+    Host work: the outputs' allocations (the sums zeroed) and one launch."""
+    bs = _backward_site(x, weight, bias, init, dout, silu, acc, need_dinit)
+    return _run_backward(bs, x, weight, bias, init, dout)
+
+
+def _plan(key, x, weight, bias, seq_idx, initial_states, final_states_out, activation) -> _ConvPlan:
+    check_fn(x, weight, bias, seq_idx, initial_states, final_states_out, activation)
+    p = _ConvPlan()
+    p.silu = activation is not None
+    p.width = weight.shape[1]
+    p.acc = _acc(x, weight, bias, initial_states)
+    p.fwd, p.bwd = None, {}
+    if key is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = p
+    return p
+
+
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, init, silu, acc):
+    def forward(ctx, x, weight, bias, init, plan):
         ctx.save_for_backward(x, weight, bias, init)
-        ctx.silu, ctx.acc = silu, acc
-        return _conv_forward(x, weight, bias, init, silu, acc)
+        ctx.plan = plan
+        if plan.fwd is None:
+            plan.fwd = _forward_site(x, weight, bias, init, plan.silu, plan.acc)
+        return _run_forward(plan.fwd, x, weight, bias, init)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, bias, init = ctx.saved_tensors
-        dx, dw, db, dinit = _conv_backward(x, weight, bias, init, dout, ctx.silu, ctx.acc, ctx.needs_input_grad[3])
-        return dx, dw, db, dinit, None, None
+        plan = ctx.plan
+        need_dinit = ctx.needs_input_grad[3]
+        key = (dout.stride(), need_dinit)
+        bs = plan.bwd.get(key)
+        if bs is None:
+            bs = plan.bwd[key] = _backward_site(x, weight, bias, init, dout, plan.silu, plan.acc, need_dinit)
+        dx, dw, db, dinit = _run_backward(bs, x, weight, bias, init, dout)
+        return dx, dw, db, dinit, None
 
 
 def causal_conv1d_fn(
@@ -430,8 +497,6 @@ def causal_conv1d_fn(
     x (b, d, l); weight (d, w), 2 <= w <= 8; bias (d,); initial_states (b, d, w - 1). Returns out
     (b, d, l) in x's dtype, and with ``return_final_states`` the last w - 1 inputs (b, d, w - 1).
     """
-    b, d, L, W = check_fn(x, weight, bias, seq_idx, initial_states, final_states_out, activation)
-    silu = activation is not None
     init = initial_states
     if init is not None and not init.is_contiguous():
         init = init.contiguous()
@@ -439,19 +504,29 @@ def causal_conv1d_fn(
         weight = weight.contiguous()
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
-    acc = _acc(x, weight, bias, init)
+    # a signature is planned once it passed validation; an activation that is not a string is refused there
+    key = None
+    if seq_idx is None and (activation is None or isinstance(activation, str)):
+        key = (_sig(x), _sig(weight), _sig(bias), _sig(init), _sig(final_states_out), activation)
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is None:
+        plan = _plan(key, x, weight, bias, seq_idx, init, final_states_out, activation)
+    b, d, L = x.shape
     if L == 0:
         out = x.new_empty(x.shape)
     elif torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         or (init is not None and init.requires_grad)
     ):  # fmt: skip
-        out = _CausalConv1dFn.apply(x, weight, bias, init, silu, acc)
+        out = _CausalConv1dFn.apply(x, weight, bias, init, plan)
     else:  # nothing to differentiate: skip autograd's bookkeeping
-        out = _conv_forward(x, weight, bias, init, silu, acc)
+        if plan.fwd is None:
+            plan.fwd = _forward_site(x, weight, bias, init, plan.silu, plan.acc)
+        out = _run_forward(plan.fwd, x, weight, bias, init)
     if not return_final_states:
         return out
     # the last w - 1 inputs, differentiable through plain indexing
+    W = plan.width
     pre = init if init is not None else x.new_zeros((b, d, W - 1))
     final = torch.cat([pre.to(x.dtype), x[:, :, max(0, L - (W - 1)) :]], dim=-1)[:, :, -(W - 1) :]
     if final_states_out is not None:
