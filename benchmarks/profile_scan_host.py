@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from bench_ssm_kernels import _scan_inputs  # the benchmark's inputs (this folder is on sys.path)
 from torch.profiler import ProfilerActivity, profile
 
 from archzoo.kernels.selective_scan import triton as T
@@ -24,10 +25,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     b, d, n, L = 4, 2048, 16, args.length
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt).requires_grad_(True)
-    u, delta, z, B, C = r(b, d, L), r(b, d, L), r(b, d, L), r(b, n, L), r(b, n, L)
-    A, D, bias = r(d, n, dt=torch.float32), r(d, dt=torch.float32), r(d, dt=torch.float32)
+    ins = {k: v.requires_grad_(True) for k, v in _scan_inputs(b, d, L, n, torch.bfloat16).items()}
+    u, delta, A, B, C, D, z, bias = (ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
     gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
     impls = {"archzoo": T.selective_scan_fn}
     try:

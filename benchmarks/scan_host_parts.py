@@ -13,6 +13,7 @@ import argparse
 import time
 
 import torch
+from bench_ssm_kernels import _scan_inputs  # the benchmark's inputs (this folder is on sys.path)
 
 from archzoo.kernels import _launch
 from archzoo.kernels.selective_scan import triton as T
@@ -35,10 +36,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1024)
     args = ap.parse_args()
     b, d, n, L = 4, 2048, 16, args.length
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt).requires_grad_(True)
-    u, delta, z, B, C = r(b, d, L), r(b, d, L), r(b, d, L), r(b, n, L), r(b, n, L)
-    A, D, bias = -torch.rand(d, n, device="cuda").requires_grad_(True), r(d, dt=torch.float32), r(d, dt=torch.float32)
+    ins = {k: v.requires_grad_(True) for k, v in _scan_inputs(b, d, L, n, torch.bfloat16).items()}
+    u, delta, A, B, C, D, z, bias = (ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
     gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
     leaves = (u, delta, z, B, C, A, D, bias)
     fn = T.selective_scan_fn
