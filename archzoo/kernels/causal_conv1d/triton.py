@@ -18,8 +18,9 @@ round-tripped dpre through a per-program fp32 scratch tile with two barriers and
 - Backward: dpre[t] = dout[t] * act'(pre[t]) is recomputed from x (nothing but the inputs is saved)
   at the group's steps and the first W-1 steps of the next group, then
   dx[p] = sum_k w[k] dpre[p + (W-1) - k]. dweight / dbias are reduced over the tile in registers
-  and written as one row of fp32 partials per program, (b * l-tiles, d * (W + 1)); the host sums
-  the rows in one op (deterministic: no atomics). When ``initial_states`` needs a gradient the
+  and added per program to one zeroed fp32 buffer by relaxed atomics (not bitwise reproducible;
+  until the host path was planned they were rows of partials the host summed, one more op on a
+  path that is host-bound at short l). When ``initial_states`` needs a gradient the
   tiles start V steps early, so the first tile also covers t in [-(W-1), 0) and writes those dx to
   dinitial_states.
 - Update: one program per (batch, BLOCK_D channels) reads the conv state (state_len >= W-1) and
@@ -331,8 +332,12 @@ LAST_COMPILED: dict[str, object] = {}
 # Defaults on CUDA. BLOCK_L: a power of two >= V; each thread holds BLOCK_D * BLOCK_L / (V * 32 * num_warps)
 # groups (at least 1, or the tile repeats across threads).
 # Tuned on an H100 (benchmarks/tune_causal_conv1d.py --lengths 1024,4096,16384; b=4, d=2048, width 4,
-# bf16): one channel per program and long tiles; the winners at l=4k / 16k (l=1k is host-bound).
-CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4)}
+# bf16): one channel per program and long tiles; the winners at l=4k / 16k (l=1k is host-bound). The
+# backward was swept again once its sums became atomics (benchmarks/device/kernels10.sh, tiles up to 8192
+# steps, docs/results/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
+# 16k, 1024 steps on 2 warps (0.342 ms at 16k, 2.36 TB/s) level with 2048 on 4 warps (0.341) and ahead of
+# the former 1024 on 4 warps (0.367); longer tiles, with four groups per thread (160+ registers), were slower.
+CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1), "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1)}
 
