@@ -782,7 +782,7 @@ def _backward_site(u, delta, A, B, C, D, z, delta_bias, ckpt, y, dout, dlast, so
     # the first 12 pointers are inputs (or the forward's buffers); the rest are fresh allocations or views
     # of them, whose offsets are checked here
     offsets = [i * b * d * L * u.element_size() for i in range(count)] if same else [0]
-    offsets += [sum(bs.acc_sizes[:i]) * ckpt.element_size() for i in range(5)]
+    offsets += [sum(bs.acc_sizes[:i]) * acc.itemsize for i in range(5)]
     checked = 12 if all(o % 16 == 0 for o in offsets) else None
     bs.site = Site(_scan_bwd_kernel, grid, ints, consts, cfg["num_warps"], u.get_device(), checked=checked)
     return bs
