@@ -54,6 +54,21 @@ def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _time_last(linear: nn.Linear, x2: torch.Tensor, B: int, T: int, bias: bool = True) -> torch.Tensor:
+    """``linear`` over the rows of x2 (B*T, in) -> (B, out, T) with time the unit stride.
+
+    Computed as weight @ x2^T, an (out, B*T) matrix seen as (B, out, T) without a copy, as mamba_ssm's
+    Mamba lays it out. ``linear(x).transpose(1, 2)`` has time at stride ``out`` instead: the scan then
+    copies u / delta / z to make time contiguous and the conv reads x channel-last, one extra pass over
+    each operand per call in a layer bound by memory traffic. (FSDP shards the mixer as one unit, so its
+    linears' weights are whole inside its forward.)"""
+    if bias and linear.bias is not None:
+        y = torch.addmm(linear.bias[:, None], linear.weight, x2.t())
+    else:
+        y = linear.weight @ x2.t()
+    return y.view(y.shape[0], B, T).permute(1, 0, 2)
+
+
 class Mamba(nn.Module):
     no_weight_decay_names = ("A_log", "D", "dt_proj.bias")
 
@@ -128,7 +143,7 @@ class Mamba(nn.Module):
             # the sequence path below, which leaves the buffers free of autograd history.
             return self._step(x[:, 0], state)[:, None]
         R, N = self.dt_rank, self.d_state
-        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, Di, T) each
+        xs, z = _time_last(self.in_proj, x.reshape(B * T, d), B, T).chunk(2, dim=1)  # (B, Di, T) each
         weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
         # Initial states: none at position 0; later, copies (a kernel may save its inputs for backward,
         # and the buffers are overwritten below).
@@ -143,7 +158,7 @@ class Mamba(nn.Module):
             )
             state["conv"].copy_(conv_final.detach())
         dt, Bm, Cm = self.x_proj(xs.transpose(1, 2)).split([R, N, N], dim=-1)  # (B, T, R), (B, T, N) x2
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, Di, T); the bias goes in the scan
+        dt = _time_last(self.dt_proj, dt.reshape(B * T, R), B, T, bias=False)  # (B, Di, T); bias: in the scan
         out = selective_scan_fn(
             xs,
             dt,
