@@ -49,11 +49,11 @@ def main() -> None:
             for name, fn in layouts.items():
                 M._time_last = fn
 
-                def fwd():
+                def fwd(x=x):
                     with torch.no_grad():
                         m(x, None, ForwardContext())
 
-                fb = lambda: m(x, None, ForwardContext()).backward(g)  # noqa: E731
+                fb = lambda x=x, g=g: m(x, None, ForwardContext()).backward(g)  # noqa: E731
                 grads = [x, *m.parameters()]
                 res[name][0].append(triton.testing.do_bench(fwd, warmup=10, rep=100, return_mode="median"))
                 res[name][1].append(triton.testing.do_bench(fb, warmup=10, rep=100, grad_to_none=grads,
