@@ -6,7 +6,8 @@ layout, on one GPU in one process (interleaved rounds, as bench_ssm_kernels.py).
 "time-last" (archzoo.layers.mamba._time_last): in_proj and dt_proj computed as weight @ x^T, seen as
 (B, Di, T) with time the unit stride, so the scan copies none of u / delta / z. "transposed" (the former
 layout): linear(x).transpose(1, 2), time at stride Di, which the scan copies to make time contiguous
-and the conv reads channel-last. bf16 weights and activations; prints ms per call and the ratio.
+and the conv reads channel-last. "B/C rows" (archzoo.layers.mamba._rows): B and C copied to contiguous
+(B, N, T); "strided": x_proj's output seen through a transpose. bf16 weights and activations.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def _transposed(linear, x2, B, T, bias=True):
     return y.view(B, T, -1).transpose(1, 2)
 
 
+def _strided_rows(t):
+    return t.transpose(1, 2)
+
+
 def main() -> None:
     import triton.testing
 
@@ -38,7 +43,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     m = M.Mamba(MambaConfig(d_state=16, d_conv=4, expand=2), args.d_model).cuda().to(torch.bfloat16)
-    layouts = {"time-last": M._time_last, "transposed": _transposed}
+    layouts = {  # name: (projection layout, B / C layout)
+        "time-last, B/C rows": (M._time_last, M._rows),
+        "time-last, B/C strided": (M._time_last, _strided_rows),
+        "transposed, B/C strided (before)": (_transposed, _strided_rows),
+    }
     print(f"device: {torch.cuda.get_device_name()}; d_model={args.d_model} (d_inner {m.d_inner}), b={args.batch}, bf16")
     print("| l | layout | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
     for L in (int(s) for s in args.lengths.split(",")):
@@ -46,8 +55,8 @@ def main() -> None:
         g = torch.randn_like(x)
         res = {k: ([], []) for k in layouts}
         for _ in range(args.rounds):
-            for name, fn in layouts.items():
-                M._time_last = fn
+            for name, (proj, rows) in layouts.items():
+                M._time_last, M._rows = proj, rows
 
                 def fwd(x=x):
                     with torch.no_grad():
@@ -58,7 +67,7 @@ def main() -> None:
                 res[name][0].append(triton.testing.do_bench(fwd, warmup=10, rep=100, return_mode="median"))
                 res[name][1].append(triton.testing.do_bench(fb, warmup=10, rep=100, grad_to_none=grads,
                                                             return_mode="median"))  # fmt: skip
-        M._time_last = layouts["time-last"]
+        M._time_last, M._rows = layouts["time-last, B/C rows"]
         for name, (f, fb) in res.items():
             print(f"| {L} | {name} | {statistics.median(f):.3f} | {statistics.median(fb):.3f} |")
 

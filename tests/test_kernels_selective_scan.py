@@ -382,7 +382,7 @@ def test_scan_config_adjustments_are_logged(monkeypatch, caplog):
 @pytest.mark.skipif(DEV != "cpu", reason="the interpreter run; on a GPU test_mamba.py::test_cuda_matches_cpu covers it")
 def test_mamba_layer_feeds_the_kernels_time_contiguous_operands(monkeypatch):
     """The Mamba layer hands the conv and the scan (b, d, l) operands whose time axis is the unit stride
-    (so the scan copies none of u / delta / z), and on the Triton kernels (interpreter) it matches the
+    (so the scan copies none of u / delta / z, and reads B / C rows coalesced), and on the Triton kernels (interpreter) it matches the
     naive path: output and every gradient."""
     from archzoo.config import MambaConfig
     from archzoo.layers import ForwardContext
@@ -392,7 +392,7 @@ def test_mamba_layer_feeds_the_kernels_time_contiguous_operands(monkeypatch):
     scan_fn, conv_fn = M.selective_scan_fn, M.causal_conv1d_fn
 
     def scan(u, delta, A, B, C, D=None, z=None, **kw):
-        seen["scan"] = (u.stride(-1), delta.stride(-1), z.stride(-1))
+        seen["scan"] = (u.stride(-1), delta.stride(-1), z.stride(-1), B.stride(-1), C.stride(-1))
         return scan_fn(u, delta, A, B, C, D, z, **kw)
 
     def conv(x, *args, **kw):
@@ -413,6 +413,6 @@ def test_mamba_layer_feeds_the_kernels_time_contiguous_operands(monkeypatch):
         out.square().sum().backward()
         assert K.last_backend("selective_scan_fn") == ("triton" if interp == "1" else "naive")
         res[interp] = [("out", out), ("x", xx.grad)] + [(k, p.grad) for k, p in m.named_parameters()]
-    assert seen["scan"] == (1, 1, 1) and seen["conv"] == 1, seen
+    assert seen["scan"] == (1, 1, 1, 1, 1) and seen["conv"] == 1, seen
     for (name, got), (_, ref) in zip(res["1"], res["0"], strict=True):
         assert rel_err(got, ref) < 1e-4, f"{name}: relative error {rel_err(got, ref):.2e}"

@@ -54,6 +54,14 @@ def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, T, N) -> (B, N, T) contiguous, as mamba_ssm's Mamba makes B and C. The scan reads a state's
+    row along time; seen through a transpose, consecutive steps lie N + N + dt_rank elements apart in
+    x_proj's output and every load touches another sector. The copy moves B * T * N elements, d_inner / N
+    times fewer than u."""
+    return t.transpose(1, 2).contiguous()
+
+
 def _time_last(linear: nn.Linear, x2: torch.Tensor, B: int, T: int, bias: bool = True) -> torch.Tensor:
     """``linear`` over the rows of x2 (B*T, in) -> (B, out, T) with time the unit stride.
 
@@ -163,8 +171,8 @@ class Mamba(nn.Module):
             xs,
             dt,
             self._A(),
-            Bm.transpose(1, 2),  # (B, N, T)
-            Cm.transpose(1, 2),
+            _rows(Bm),  # (B, N, T)
+            _rows(Cm),
             D=self.D,
             z=z,
             delta_bias=self.dt_proj.bias,
