@@ -123,7 +123,7 @@ def test_scan_float64():
 
 
 def test_scan_strided_inputs():
-    """Non-contiguous u / delta (time not the unit stride) and (b, l, n)-strided B / C."""
+    """Non-contiguous u / delta (time not the unit stride) and (b, l, n)-strided B / C (copied to rows)."""
     b, d, L, n = 2, 5, 13, 3
     ins = _inputs(b, d, L, n, "var", 1, True, True, True, True, torch.float32, DEV)
     ins["u"] = ins["u"].transpose(1, 2).contiguous().transpose(1, 2)

@@ -859,7 +859,11 @@ def _plan(key: tuple, u, delta, A, B, C, D, z, delta_bias, initial_state, softpl
     p = _Plan()
     p.cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     p.softplus, p.return_last = softplus, return_last
-    p.copy = any(t is not None and t.stride(-1) != 1 for t in (u, delta, z))
+    # time not the unit stride: u / delta / z are copied (coalesced tile loads), and so is a variable B / C,
+    # whose state rows would otherwise load one sector per step (b * n * l elements, d / n times fewer than u)
+    p.copy = any(t is not None and t.stride(-1) != 1 for t in (u, delta, z)) or any(
+        t.dim() >= 3 and t.stride(-1) != 1 for t in (B, C)
+    )
     p.h0_dtype = initial_state.dtype if initial_state is not None else None
     p.fwd, p.bwd = [None, None], {}
     if len(_PLANS) >= _PLANS_MAX:
@@ -873,6 +877,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, plan):
         if plan.copy:
             u, delta, z = _contig_last(u), _contig_last(delta), _contig_last(z)
+            B = _contig_last(B) if B.dim() >= 3 else B
+            C = _contig_last(C) if C.dim() >= 3 else C
         need_grad = any(ctx.needs_input_grad[:9])
         fs = plan.fwd[need_grad]
         if fs is None:
