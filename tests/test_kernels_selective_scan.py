@@ -122,8 +122,11 @@ def test_scan_float64():
     assert rel_err(last, ref_last) < 1e-12, "last_state"
 
 
-def test_scan_strided_inputs():
-    """Non-contiguous u / delta (time not the unit stride) and (b, l, n)-strided B / C (copied to rows)."""
+def test_scan_strided_inputs(monkeypatch, caplog):
+    """Non-contiguous u / delta (time not the unit stride) and (b, l, n)-strided B / C: copied to rows, said
+    once."""
+    from archzoo.kernels import _dispatch
+
     b, d, L, n = 2, 5, 13, 3
     ins = _inputs(b, d, L, n, "var", 1, True, True, True, True, torch.float32, DEV)
     ins["u"] = ins["u"].transpose(1, 2).contiguous().transpose(1, 2)
@@ -131,7 +134,11 @@ def test_scan_strided_inputs():
     ins["B"] = ins["B"].transpose(1, 2).contiguous().transpose(1, 2)
     ins["C"] = ins["C"].transpose(1, 2).contiguous().transpose(1, 2)
     assert ins["u"].stride(-1) != 1 and ins["B"].stride(-1) != 1
-    _compare(ins, True, True, tol=1e-4)
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    with caplog.at_level("WARNING", logger="archzoo.kernels"):
+        _compare(ins, True, True, tol=1e-4)
+    msgs = [r.getMessage() for r in caplog.records if "copied on every call" in r.getMessage()]
+    assert len(msgs) == 1 and "u, delta, B, C have time" in msgs[0], msgs
 
 
 def test_scan_chunked_prefill_continues():
@@ -382,8 +389,8 @@ def test_scan_config_adjustments_are_logged(monkeypatch, caplog):
 @pytest.mark.skipif(DEV != "cpu", reason="the interpreter run; on a GPU test_mamba.py::test_cuda_matches_cpu covers it")
 def test_mamba_layer_feeds_the_kernels_time_contiguous_operands(monkeypatch):
     """The Mamba layer hands the conv and the scan (b, d, l) operands whose time axis is the unit stride
-    (so the scan copies none of u / delta / z, and reads B / C rows coalesced), and on the Triton kernels (interpreter) it matches the
-    naive path: output and every gradient."""
+    (so the scan copies none of u / delta / z, and reads B / C rows coalesced), and on the Triton kernels
+    (interpreter) it matches the naive path: output and every gradient."""
     from archzoo.config import MambaConfig
     from archzoo.layers import ForwardContext
     from archzoo.layers import mamba as M

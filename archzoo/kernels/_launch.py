@@ -42,6 +42,8 @@ import torch
 from triton import knobs
 from triton.runtime.driver import driver
 
+from ._dispatch import once
+
 FAST_LAUNCH = True
 _LAUNCH_CACHE: dict[tuple, object] = {}
 _LAUNCH_CACHE_MAX = 4096  # distinct keys kept (inference sees many lengths); cleared when full
@@ -124,6 +126,11 @@ def launch_site(site: Site, ptrs: tuple, via=None):
     compiled = (via or launch)(site.kernel, site.grid, ptrs, site.ints, site.consts, site.num_warps, site.device)
     if aligned and FAST_LAUNCH:
         site.compiled = compiled
+    elif not aligned and compiled is not None:  # said once: a slower kernel and a slower host path
+        bad = [site.kernel.arg_names[i] for i, t in enumerate(ptrs[: site.checked]) if t.data_ptr() % 16]
+        once(f"unaligned:{site.kernel.fn.__name__}", f"{site.kernel.fn.__name__}: pointer argument(s) {bad} are "
+             "not 16-byte aligned (a view at an odd offset?); Triton compiles a kernel without vector loads for "
+             "them and each such call goes through the keyed launch cache")  # fmt: skip
     return compiled
 
 

@@ -861,9 +861,15 @@ def _plan(key: tuple, u, delta, A, B, C, D, z, delta_bias, initial_state, softpl
     p.softplus, p.return_last = softplus, return_last
     # time not the unit stride: u / delta / z are copied (coalesced tile loads), and so is a variable B / C,
     # whose state rows would otherwise load one sector per step (b * n * l elements, d / n times fewer than u)
-    p.copy = any(t is not None and t.stride(-1) != 1 for t in (u, delta, z)) or any(
-        t.dim() >= 3 and t.stride(-1) != 1 for t in (B, C)
-    )
+    copied = [k for k, t in (("u", u), ("delta", delta), ("z", z)) if t is not None and t.stride(-1) != 1]
+    copied += [k for k, t in (("B", B), ("C", C)) if t.dim() >= 3 and t.stride(-1) != 1]
+    p.copy = bool(copied)
+    if copied:  # said once per layout: an extra pass over each on every call
+        msg = (
+            f"selective scan: {', '.join(copied)} have time (the last axis) at a stride other than 1 and are "
+            "copied on every call; pass them with time contiguous to skip the copy"
+        )
+        once(f"scan_copy:{copied}", msg)
     p.h0_dtype = initial_state.dtype if initial_state is not None else None
     p.fwd, p.bwd = [None, None], {}
     if len(_PLANS) >= _PLANS_MAX:
