@@ -33,6 +33,7 @@ import time
 
 import torch
 import triton.language as tl
+from _tuning import Rows, make_bench  # this folder is on sys.path
 
 from archzoo.kernels.causal_conv1d import triton as T
 
@@ -139,22 +140,9 @@ def main() -> None:
     weight = torch.randn(d, W, device=args.device, generator=g) / W**0.5
     bias = torch.randn(d, device=args.device, generator=g)
 
-    def bench(fn) -> float:
-        if args.compile_only:
-            fn()
-            return 0.0
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=5, rep=args.rep, return_mode="median")
-
-    rows: list[dict] = []
-
-    def record(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+    bench = make_bench(args.compile_only, args.rep)
+    rows = Rows(args.out)
+    record = rows.record
 
     grids = {
         "fwd": (_ints(args.fwd_block_d), _ints(args.fwd_block_l), _ints(args.fwd_groups)),
@@ -200,7 +188,7 @@ def main() -> None:
             record(_e2e(b, d, L, weight, bias, dtype, args.device, bench, args.layout, g))
     for key in which:
         for L in lengths:
-            ok = [r for r in rows if r["kernel"] == key and r["length"] == L and r.get("ms", 0) > 0]
+            ok = [r for r in rows.rows if r["kernel"] == key and r["length"] == L and r.get("ms", 0) > 0]
             if ok:
                 print(f"best {key} l={L}: {json.dumps(min(ok, key=lambda r: r['ms']))}")
 

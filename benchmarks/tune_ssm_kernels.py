@@ -17,7 +17,7 @@ import itertools
 import json
 
 import torch
-import triton.testing
+from _tuning import Rows, make_bench  # this folder is on sys.path
 
 from archzoo.kernels.selective_scan import triton as T
 
@@ -61,20 +61,9 @@ def main() -> None:
     D, bias = r(d, dt=torch.float32), 0.1 * r(d, dt=torch.float32)
     gout = r(b, d, L)
 
-    def bench(fn) -> float:
-        if args.compile_only:
-            fn()
-            return 0.0
-        return triton.testing.do_bench(fn, warmup=5, rep=args.rep, return_mode="median")
-
-    rows: list[dict] = []
-
-    def record(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+    bench = make_bench(args.compile_only, args.rep)
+    rows = Rows(args.out)
+    record = rows.record
 
     which = args.which.split(",")
     # (PREFETCH, RELOAD, PAIR, MIRROR): see scan_config's flags
@@ -129,7 +118,7 @@ def main() -> None:
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             record(row)
     for key in which:
-        ok = [x for x in rows if x["kernel"] == key and "ms" in x]
+        ok = [x for x in rows.rows if x["kernel"] == key and "ms" in x]
         if ok:
             best = min(ok, key=lambda x: x["ms"] + x.get("fwd_ckpt_ms", 0.0))
             print(f"best {key}: {json.dumps(best)}")
