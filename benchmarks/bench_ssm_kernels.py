@@ -127,6 +127,26 @@ def _scan_inputs(b: int, d: int, L: int, n: int, dtype: torch.dtype) -> dict[str
     )
 
 
+SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # selective_scan_fn's order
+
+
+def scan_leaves(L: int, b: int = 4, d: int = 2048, n: int = 16) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """-> (the benchmark's scan inputs as leaves needing gradients, in selective_scan_fn's order; dout)."""
+    ins = _scan_inputs(b, d, L, n, torch.bfloat16)
+    return tuple(ins[k].requires_grad_(True) for k in SCAN_ARGS), torch.randn(b, d, L, device="cuda").to(torch.bfloat16)
+
+
+def scan_fwdbwd(fn: Callable, args: tuple[torch.Tensor, ...], gout: torch.Tensor) -> Callable[[], None]:
+    """-> step(): reset the leaves' gradients, then fn's forward (softplus on) and backward, as timed here."""
+
+    def step() -> None:
+        for t in args:
+            t.grad = None
+        fn(*args, True).backward(gout)
+
+    return step
+
+
 def bench_scan(impls: dict[str, object], b: int, d: int, L: int, n: int, ref_max_len: int, rounds: int) -> dict:
     ins = _scan_inputs(b, d, L, n, torch.bfloat16)
     grads = {k: v.detach().clone().requires_grad_(True) for k, v in ins.items()}

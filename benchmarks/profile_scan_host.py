@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_ssm_kernels import _scan_inputs  # the benchmark's inputs (this folder is on sys.path)
+from bench_ssm_kernels import scan_fwdbwd, scan_leaves  # the benchmark's inputs (this folder is on sys.path)
 from torch.profiler import ProfilerActivity, profile
 
 from archzoo.kernels.selective_scan import triton as T
@@ -24,10 +24,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
-    b, d, n, L = 4, 2048, 16, args.length
-    ins = {k: v.requires_grad_(True) for k, v in _scan_inputs(b, d, L, n, torch.bfloat16).items()}
-    u, delta, A, B, C, D, z, bias = (ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
-    gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
+    leaves, gout = scan_leaves(args.length)
     impls = {"archzoo": T.selective_scan_fn}
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -35,14 +32,8 @@ def main() -> None:
         impls["mamba_ssm"] = selective_scan_fn
     except Exception as e:  # noqa: BLE001
         print(f"mamba_ssm: not installed ({type(e).__name__})")
-    leaves = (u, delta, z, B, C, A, D, bias)
     for name, fn in impls.items():
-
-        def step(fn=fn):
-            for t in leaves:
-                t.grad = None
-            fn(u, delta, A, B, C, D, z, bias, True).backward(gout)
-
+        step = scan_fwdbwd(fn, leaves, gout)
         for _ in range(5):
             step()
         torch.cuda.synchronize()
@@ -50,7 +41,7 @@ def main() -> None:
             for _ in range(args.iters):
                 step()
             torch.cuda.synchronize()
-        print(f"\n## {name}: l={L}, {args.iters} forward+backward calls (CPU self time)")
+        print(f"\n## {name}: l={args.length}, {args.iters} forward+backward calls (CPU self time)")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
 
 

@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from bench_ssm_kernels import _scan_inputs  # the benchmark's inputs (this folder is on sys.path)
+from bench_ssm_kernels import scan_fwdbwd, scan_leaves  # the benchmark's inputs (this folder is on sys.path)
 
 from archzoo.kernels import _launch
 from archzoo.kernels.selective_scan import triton as T
@@ -36,16 +36,10 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1024)
     args = ap.parse_args()
     b, d, n, L = 4, 2048, 16, args.length
-    ins = {k: v.requires_grad_(True) for k, v in _scan_inputs(b, d, L, n, torch.bfloat16).items()}
-    u, delta, A, B, C, D, z, bias = (ins[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"))
-    gout = torch.randn(b, d, L, device="cuda", dtype=torch.bfloat16)
-    leaves = (u, delta, z, B, C, A, D, bias)
+    leaves, gout = scan_leaves(L, b, d, n)
+    u, delta, A, B, C, D, z, bias = leaves
     fn = T.selective_scan_fn
-
-    def step():
-        for t in leaves:
-            t.grad = None
-        fn(u, delta, A, B, C, D, z, bias, True).backward(gout)
+    step = scan_fwdbwd(fn, leaves, gout)
 
     def fwd_grad():
         fn(u, delta, A, B, C, D, z, bias, True)
@@ -93,12 +87,7 @@ def main() -> None:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_fn
 
-        def mstep():
-            for t in leaves:
-                t.grad = None
-            mamba_fn(u, delta, A, B, C, D, z, bias, True).backward(gout)
-
-        pieces["mamba_ssm fwd+bwd"] = mstep
+        pieces["mamba_ssm fwd+bwd"] = scan_fwdbwd(mamba_fn, leaves, gout)
     except Exception as e:  # noqa: BLE001
         print(f"mamba_ssm: not installed ({type(e).__name__})")
     for name, f in pieces.items():

@@ -2,8 +2,7 @@
 # then sweep the selective scan's blocks / warps / code-path flags at l=4k (compiles in 4 parallel
 # shards first, then times every config in one process). Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/device.txt
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a $OUT/device.txt
 timeout 150 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py tests/test_kernels_causal_conv1d.py > $OUT/kernel_tests.log 2>&1; tail -2 $OUT/kernel_tests.log

@@ -2,8 +2,7 @@
 # then the selective-scan sweep at l=4k (parallel compiles first) and its best configs re-timed at
 # 1k and 16k, then the causal-conv1d sweep. Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/device.txt
 timeout 150 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py > $OUT/kernel_tests.log 2>&1; tail -2 $OUT/kernel_tests.log
 pids=""

@@ -1,8 +1,7 @@
 # GPU call (kernels, part 3): peer builds in the background, the GPU conv tests, the conv sweep
 # (parallel compiles first). Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 timeout 120 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_causal_conv1d.py > $OUT/conv_tests.log 2>&1; tail -2 $OUT/conv_tests.log
 pids=""
 for i in 0 1 2 3; do timeout 200 python3 benchmarks/tune_causal_conv1d.py --compile-only --shard $i/4 > $OUT/cc_$i.log 2>&1 & pids="$pids $!"; done

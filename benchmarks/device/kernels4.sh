@@ -3,8 +3,7 @@
 # which stores its checkpoints every backward chunk inside its own 512-step chunks; the best ten
 # re-timed at 1k and 16k. Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/device.txt
 timeout 150 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py > $OUT/kernel_tests.log 2>&1; tail -2 $OUT/kernel_tests.log
 SWEEP="--which bwd --bwd-block-d 1,2 --bwd-block-l 64,128,256 --warps 1,2 --bwd-per-thread 2,8"

@@ -4,7 +4,7 @@
 # Carry .whl and .big/g1; then run the side-by-side benchmark in the next call while the machine is warm.
 source benchmarks/device/setup.sh || exit 1
 mkdir -p /root/peerlogs /tmp/logs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 timeout 200 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py tests/test_kernels_causal_conv1d.py \
   tests/test_kernels_launch.py > $OUT/kernel_tests.log 2>&1; tail -3 $OUT/kernel_tests.log
 SWEEP="--which fwd,bwd --fwd-block-d 1,2 --fwd-block-l 512,1024 --warps 1 --fwd-per-thread 8,32 --bwd-block-d 1 --bwd-block-l 64,128,256 --bwd-per-thread 2,8"

@@ -2,8 +2,7 @@
 # (benchmarks/profile_scan_host.py, before the peers exist: archzoo alone), then the side-by-side
 # benchmark once the peers are built. Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 timeout 60 python3 benchmarks/profile_scan_host.py --length 1024 > $OUT/profile_1k.log 2>&1; head -40 $OUT/profile_1k.log
 for i in $(seq 1 100); do [ -f /root/peerlogs/build_status ] && break; sleep 5; done; cat /root/peerlogs/build_status
 timeout 60 python3 benchmarks/profile_scan_host.py --length 1024 > $OUT/profile_1k_peers.log 2>&1

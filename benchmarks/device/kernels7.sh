@@ -2,9 +2,8 @@
 # then the side-by-side benchmark once both peers are built (build_status ends with "done").
 # Carry .whl and .big/g1.
 source benchmarks/device/setup.sh || exit 1
-mkdir -p /root/peerlogs
-[ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+bash benchmarks/device/peers.sh start
 timeout 200 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py tests/test_kernels_causal_conv1d.py \
   tests/test_kernels_launch.py tests/test_mamba.py tests/test_s4.py > $OUT/kernel_tests.log 2>&1; tail -2 $OUT/kernel_tests.log
-for i in $(seq 1 110); do grep -q done /root/peerlogs/build_status 2>/dev/null && break; sleep 5; done; cat /root/peerlogs/build_status
+bash benchmarks/device/peers.sh wait
 timeout 200 python3 benchmarks/bench_ssm_kernels.py --out $OUT/ssm_kernels_h100.json > $OUT/bench.log 2>&1; sed -n '/^device:/,$p' $OUT/bench.log

@@ -3,14 +3,13 @@
 #   bash benchmarks/device/kernels9.sh bench   # (next call, machine still warm) waits for the peers, benchmarks
 # Carry .whl and .big/g1.
 source benchmarks/device/setup.sh > /tmp/setup.log 2>&1 || { tail /tmp/setup.log; exit 1; }
-mkdir -p /root/peerlogs
 if [ "$1" = tests ]; then
-  [ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+  bash benchmarks/device/peers.sh start
   timeout 240 pytest -q -m gpu -p no:cacheprovider tests/test_kernels_selective_scan.py tests/test_kernels_causal_conv1d.py \
     tests/test_kernels_launch.py tests/test_mamba.py tests/test_s4.py > $OUT/kernel_tests.log 2>&1; tail -3 $OUT/kernel_tests.log
   timeout 120 python3 benchmarks/scan_host_parts.py --length 1024 > $OUT/scan_host_parts.log 2>&1; cat $OUT/scan_host_parts.log
 else
-  for i in $(seq 1 110); do grep -q done /root/peerlogs/build_status 2>/dev/null && break; sleep 5; done; cat /root/peerlogs/build_status
+  bash benchmarks/device/peers.sh wait
   timeout 300 python3 benchmarks/bench_ssm_kernels.py --out $OUT/ssm_kernels_h100.json > /tmp/bench.log 2>&1; sed -n '/^device:/,$p' /tmp/bench.log
   timeout 100 python3 benchmarks/bench_ssm_kernels.py --ops scan,conv --lengths 1024 --ref-max-len 0 \
     --out $OUT/ssm_kernels_h100_l1024_repeat.json > /tmp/rep.log 2>&1; grep -E "^\| 1024" /tmp/rep.log
