@@ -4,8 +4,25 @@ it once under --compile-only (which fills Triton's cache for parallel compile sh
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options both tuners take: timing, sharded compiles, device, output."""
+    ap.add_argument("--rep", type=int, default=25, help="do_bench rep (ms)")
+    ap.add_argument("--shard", default="0/1", help="I/K: run every K-th config from the I-th (parallel compiles)")
+    ap.add_argument("--compile-only", action="store_true", help="launch each config once (fills Triton's cache)")
+    ap.add_argument("--device", default="cuda", help="cpu only checks this script (under TRITON_INTERPRET=1)")
+    ap.add_argument("--out", default=None, help="write every row as JSON here")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda needs a CUDA GPU (smoke-test with --device cpu and TRITON_INTERPRET=1)")
 
 
 def make_bench(compile_only: bool, rep: int) -> Callable[[Callable[[], object]], float]:

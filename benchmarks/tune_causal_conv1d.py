@@ -33,7 +33,7 @@ import time
 
 import torch
 import triton.language as tl
-from _tuning import Rows, make_bench  # this folder is on sys.path
+from _tuning import Rows, add_common_args, check_device, make_bench  # this folder is on sys.path
 
 from archzoo.kernels.causal_conv1d import triton as T
 
@@ -124,14 +124,9 @@ def main() -> None:
     ap.add_argument("--warps", default="2,4,8")
     ap.add_argument("--fwd-groups", default="1,4", help="keep groups per thread in this range (inclusive)")
     ap.add_argument("--bwd-groups", default="1,2")
-    ap.add_argument("--rep", type=int, default=25, help="do_bench rep (ms)")
-    ap.add_argument("--shard", default="0/1", help="I/K: run every K-th config from the I-th (parallel compiles)")
-    ap.add_argument("--compile-only", action="store_true", help="launch each config once (fills Triton's cache)")
-    ap.add_argument("--device", default="cuda", help="cpu only checks this script (under TRITON_INTERPRET=1)")
-    ap.add_argument("--out", default=None, help="write every row as JSON here")
+    add_common_args(ap)
     args = ap.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda needs a CUDA GPU (smoke-test with --device cpu and TRITON_INTERPRET=1)")
+    check_device(args.device)
     b, d, W = args.batch, args.dim, args.width
     dtype = _DTYPES[args.dtype]
     lengths = _ints(args.lengths)

@@ -17,7 +17,7 @@ import itertools
 import json
 
 import torch
-from _tuning import Rows, make_bench  # this folder is on sys.path
+from _tuning import Rows, add_common_args, check_device, make_bench  # this folder is on sys.path
 
 from archzoo.kernels.selective_scan import triton as T
 
@@ -47,12 +47,9 @@ def main() -> None:
     ap.add_argument("--warps", default="1,2")
     ap.add_argument("--fwd-per-thread", default="8,32", help="keep BLOCK_D*BLOCK_L/(32*warps) in this range")
     ap.add_argument("--bwd-per-thread", default="4,16")
-    ap.add_argument("--rep", type=int, default=25, help="do_bench rep (ms)")
-    ap.add_argument("--shard", default="0/1", help="I/K: run every K-th config from the I-th (parallel compiles)")
-    ap.add_argument("--compile-only", action="store_true", help="launch each config once (fills Triton's cache)")
-    ap.add_argument("--device", default="cuda", help="cpu only checks this script (under TRITON_INTERPRET=1)")
-    ap.add_argument("--out", default=None, help="write every row as JSON here")
+    add_common_args(ap)
     args = ap.parse_args()
+    check_device(args.device)
     b, d, n, L = args.batch, args.dim, args.dstate, args.length
     g = torch.Generator(device=args.device).manual_seed(0)
     r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device=args.device, generator=g).to(dt)
