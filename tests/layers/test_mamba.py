@@ -14,7 +14,7 @@ from archzoo.config import MambaConfig
 from archzoo.layers import ForwardContext
 from archzoo.layers.mamba import Mamba
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 SPLITS = [[13], [1] * 13, [5, 1, 1, 4, 2], [1, 7, 1, 1, 3], [6, 3, 4]]
 
 

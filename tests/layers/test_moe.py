@@ -14,7 +14,7 @@ from archzoo.config import MoEConfig
 from archzoo.layers.mlp import SwiGLU
 from archzoo.layers.moe import MoE
 
-MOE_YAML = Path(__file__).resolve().parents[1] / "configs" / "models" / "moe.yaml"
+MOE_YAML = Path(__file__).resolve().parents[2] / "configs" / "models" / "moe.yaml"
 D = 16
 
 

@@ -14,7 +14,7 @@ from archzoo.config import S4Config
 from archzoo.layers import ForwardContext
 from archzoo.layers.s4 import S4D
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 INITS = ["lin", "inv", "real"]
 SPLITS = [[17], [1] * 17, [6, 1, 1, 5, 4], [1, 9, 1, 1, 5], [8, 9]]
 
@@ -233,7 +233,7 @@ def test_bf16_cast_keeps_the_spectrum_in_fp32():
 
     from archzoo import build_model
 
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "models" / "s4.yaml").read_text())
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "models" / "s4.yaml").read_text())
     data["init_std"] = 0.1
     torch.manual_seed(0)
     model = build_model(data).eval()

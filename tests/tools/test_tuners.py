@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = {
     "tune_ssm_kernels.py": "--length 16 --batch 1 --dim 2 --dstate 2 --fwd-block-d 1 --fwd-block-l 16 "
     "--bwd-block-d 1 --bwd-block-l 16 --warps 1 --fwd-per-thread 0,64 --bwd-per-thread 0,64",

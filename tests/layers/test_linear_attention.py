@@ -17,7 +17,7 @@ from archzoo.layers.linear_attention import LinearAttention
 
 from conftest import assert_close, f64_model, load_yaml, requires_cuda
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 MAPS = list(FEATURE_MAPS)
 
 
