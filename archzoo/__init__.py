@@ -3,7 +3,8 @@
 from . import convert  # a callable module: archzoo.convert(teacher, student_cfg, **options)
 from .cache import Cache, LayerState, cache_bytes
 from .checkpoint import from_pretrained
-from .config import ConfigError, ModelConfig, load_config
+from .config import ModelConfig, load_config
+from .errors import ConfigError, FetchError, UserError
 from .model import ArchZooLM, build_model
 
 __version__ = "0.1.0"
@@ -22,6 +23,8 @@ __all__ = [
     "ArchZooLM",
     "Cache",
     "ConfigError",
+    "FetchError",
+    "UserError",
     "LayerState",
     "ModelConfig",
     "build_model",

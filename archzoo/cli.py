@@ -12,11 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from .config import ConfigError
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit status 2."""
+from .errors import ConfigError, UserError
 
 
 def _fmt_bytes(n: float) -> str:

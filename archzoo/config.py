@@ -20,16 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A config that cannot work. ``str(err)`` is ``<file>: <field.path>: <message>``."""
-
-    def __init__(self, message: str, path: str = "", source: str | None = None):
-        self.message = message
-        self.path = path
-        self.source = source
-        parts = [p for p in (source, path) if p]
-        super().__init__(": ".join([*parts, message]))
+from .errors import ConfigError
 
 
 class _FieldError(ValueError):

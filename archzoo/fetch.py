@@ -16,15 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cli import UserError
-
-
-class FetchError(UserError):
-    """A pinned file could not be fetched or failed its checksum (the CLI prints one line, exit 2)."""
-
-
-class NoNetworkError(FetchError):
-    """pip could not reach the package index."""
+from .errors import FetchError, NoNetworkError
 
 
 # pip output that means the index was not reachable at all (as opposed to a bad requirement).

@@ -16,7 +16,7 @@ SUITES = ("kernels", "conversion")
 
 
 def bench_cli(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
 
     name, extra = args.config, list(getattr(args, "extra", []) or [])
     if name == "conversion":

@@ -8,7 +8,7 @@ import yaml
 
 
 def parse_options(items: list[str]) -> dict:
-    from ..cli import UserError
+    from ..errors import UserError
 
     out = {}
     for item in items:
@@ -20,7 +20,7 @@ def parse_options(items: list[str]) -> dict:
 
 
 def convert_cli(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..teacher import resolve_teacher
     from . import convert
 
