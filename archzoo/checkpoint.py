@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from .config import ConfigError, load_config
 
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+ALIGNMENT = 64  # bytes; what torch's CPU allocator gives (CUDA's gives 512)
 
 
 def atomic_write_dir(target: Path, fill) -> None:
@@ -55,10 +56,14 @@ def save_pretrained(model, path: str | Path) -> None:
 
 
 def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.device | None = None):
-    """An ``ArchZooLM`` of ``cfg`` that takes the tensors of ``state`` as its parameters (no copy).
+    """An ``ArchZooLM`` of ``cfg`` whose parameters are the tensors of ``state``, each in storage it owns.
 
     Built on the meta device, so no random init is computed and thrown away; a tied head shares the
-    embedding. A missing tensor raises ``ValueError`` naming it (the first five).
+    embedding. A tensor that already owns contiguous, ``ALIGNMENT``-aligned storage of its own size is
+    taken as is; any other (a view into a safetensors file or buffer, aligned to 8 bytes only) is
+    copied, so a reloaded model runs the same CPU kernels on the same addresses' alignment as the
+    model that was saved and reproduces its logits bit for bit. A missing tensor raises
+    ``ValueError`` naming it (the first five).
     """
     from .model import ArchZooLM
 
@@ -68,6 +73,7 @@ def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.de
     missing = sorted(expected - set(state))
     if missing:
         raise ValueError(f"the checkpoint lacks tensors: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
+    state = {k: owned(v) for k, v in state.items()}
     if cfg.tie_embeddings:
         state = {**state, "lm_head.weight": state["embed.weight"]}
     model.load_state_dict(state, strict=True, assign=True)
@@ -76,6 +82,25 @@ def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.de
     # Non-persistent buffers (RoPE frequencies) were created on meta; rebuild them for real.
     rebuild_buffers(model, device)
     return model
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it owns contiguous storage of exactly its size at an ``ALIGNMENT``-byte address, else such a copy.
+
+    Tensors that ``safetensors`` loads are views into the file's buffer at 8-byte offsets: not
+    resizable (so not owned) and often off the 64-byte grid, where CPU kernels take another vector
+    path and round differently in the last bit.
+    """
+    storage = t.untyped_storage()
+    if (
+        t.is_contiguous()
+        and t.storage_offset() == 0
+        and storage.nbytes() == t.nbytes
+        and storage.resizable()
+        and t.data_ptr() % ALIGNMENT == 0
+    ):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
