@@ -1,0 +1,100 @@
+"""Causal conv1d, backward kernel: dpre recomputed from x, dx by the adjoint taps, dweight / dbias summed per
+tile and added by atomics (the step indexing of the group tuples is explained at the end of _layout.py).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._layout import V, _join8, _load_groups, _load_x, _split8, _store_groups, _weights
+
+
+@triton.jit
+def _dpre(X, D, w, bias, m: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr):
+    """dout * act'(pre) at step m of this group (m >= V: the next group); D = (dout here, dout next)."""
+    g = D[m // 8][m % 8]  # V = 8
+    if SILU:
+        pre = bias
+        for k in tl.static_range(W):
+            pre += w[k] * X[(m - W + 9 + k) // 8][(m - W + 9 + k) % 8]
+        s = tl.sigmoid(pre)
+        g = g * s * (1.0 + pre * (1.0 - s))
+    return g
+
+
+@triton.jit
+def _dx(P, w, j: tl.constexpr, W: tl.constexpr):
+    """dx at step j of this group from the dpre tuple P (steps 0 .. 2V-1): sum_k w[k] dpre[j + (W-1) - k]."""
+    acc = w[0] * P[j + W - 1]
+    for k in tl.static_range(1, W):
+        acc += w[k] * P[j + W - 1 - k]
+    return acc
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr,
+    d, L, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
+    zeroed by the host, to which every (batch, tile) program adds its sums by atomics."""
+    G: tl.constexpr = BLOCK_L // V
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < d
+    start = pid_l * BLOCK_L
+    if DINIT:  # the first tile also covers [-V, 0)
+        start -= V
+    x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
+    i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
+    first = start < V  # the tile's groups (with the one before) reach t < 0
+    X = (
+        _split8(_load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)),
+        _split8(_load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)),
+        _split8(_load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)),
+    )
+    g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
+    D = (
+        _split8(_load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)),
+        _split8(_load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)),
+    )
+    w = _weights(w_ptr, offs_d, mask_d, W, ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
+    else:
+        bias = tl.zeros((BLOCK_D, 1), dtype=ACC)
+    # dpre at the 8 steps of this group and the next group's (only the first W - 1 of those are used)
+    P = (
+        _dpre(X, D, w, bias, 0, W, SILU), _dpre(X, D, w, bias, 1, W, SILU), _dpre(X, D, w, bias, 2, W, SILU),
+        _dpre(X, D, w, bias, 3, W, SILU), _dpre(X, D, w, bias, 4, W, SILU), _dpre(X, D, w, bias, 5, W, SILU),
+        _dpre(X, D, w, bias, 6, W, SILU), _dpre(X, D, w, bias, 7, W, SILU), _dpre(X, D, w, bias, 8, W, SILU),
+        _dpre(X, D, w, bias, 9, W, SILU), _dpre(X, D, w, bias, 10, W, SILU), _dpre(X, D, w, bias, 11, W, SILU),
+        _dpre(X, D, w, bias, 12, W, SILU), _dpre(X, D, w, bias, 13, W, SILU), _dpre(X, D, w, bias, 14, W, SILU),
+        _dpre(X, D, w, bias, 15, W, SILU),
+    )  # fmt: skip
+    dx = _join8((
+        _dx(P, w, 0, W), _dx(P, w, 1, W), _dx(P, w, 2, W), _dx(P, w, 3, W),
+        _dx(P, w, 4, W), _dx(P, w, 5, W), _dx(P, w, 6, W), _dx(P, w, 7, W),
+    ))  # fmt: skip
+    _store_groups(dx_ptr + (pid_b * d + offs_d) * L, start, 0, L, 0, mask_d, dx, G)
+    if DINIT:
+        if first:  # dx at t in [-(W-1), 0) is the gradient of initial_states[..., t + W - 1]
+            t = (start + (tl.arange(0, G) * V)[:, None] + tl.arange(0, V)[None, :])[None, :, :]  # (1, G, V)
+            di_ptrs = dinit_ptr + ((pid_b * d + offs_d) * (W - 1))[:, None, None] + (t + (W - 1))
+            tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=mask_d[:, None, None] & (t < 0) & (t >= 1 - W))
+    # dweight[k] = sum_t dpre[t] x[t - (W-1) + k] and dbias = sum_t dpre[t] over this tile's steps
+    for k in tl.static_range(W):
+        acc = tl.zeros((BLOCK_D, G), dtype=ACC)
+        for j in tl.static_range(V):
+            acc += P[j] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # dpre[j] x[j - (W-1) + k]
+        tl.atomic_add(part_ptr + offs_d * W + k, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        acc = P[0]
+        for j in tl.static_range(1, V):
+            acc += P[j]
+        tl.atomic_add(part_ptr + d * W + offs_d, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
