@@ -15,34 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ModelConfig, load_config
-
-
-class LayerState:
-    """The named buffers of one layer, e.g. ``k``/``v`` for attention or ``conv``/``ssm`` for Mamba."""
-
-    def __init__(self, **buffers: torch.Tensor):
-        self.buffers: dict[str, torch.Tensor] = buffers
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.buffers[name]
-
-    def __setitem__(self, name: str, value: torch.Tensor) -> None:
-        self.buffers[name] = value
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.buffers.values())
-
-    def zero_(self) -> LayerState:
-        for t in self.buffers.values():
-            t.zero_()
-        return self
-
-    def __repr__(self) -> str:
-        inner = ", ".join(
-            f"{k}={tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for k, v in self.buffers.items()
-        )
-        return f"LayerState({inner})"
+from .config import load_config
+from .families import mixer_family
+from .layers import state_owners
+from .layers.base import LayerState, dtype_bytes
 
 
 @dataclass
@@ -79,32 +55,23 @@ class Cache:
         return len(self.layers)
 
 
-def dtype_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def cache_bytes(cfg, batch_size: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
     """Analytic cache size of ``cfg`` for ``batch_size`` sequences of ``seq_len`` tokens.
 
     Equals ``build_model(cfg).new_cache(batch_size, seq_len, dtype).nbytes()``.
     """
-    from .layers import mixer_class, state_owners
+    return sum(cache_bytes_per_layer(cfg, batch_size, seq_len, dtype))
 
+
+def cache_bytes_per_layer(cfg, batch_size: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> list[int]:
+    """``cache_bytes`` layer by layer; 0 for a layer that reads another layer's state (CLA)."""
     cfg = load_config(cfg)
     owners = state_owners(cfg)
-    total = 0
+    sizes = []
     for i, block in enumerate(cfg.blocks):
-        if owners[i] != i:
-            continue  # reads another layer's state (CLA)
-        total += mixer_class(block.mixer.type).state_bytes(block.mixer, cfg.d_model, batch_size, seq_len, dtype)
-    return total
+        layer = mixer_family(block.mixer.type).layer
+        sizes.append(layer.state_bytes(block.mixer, cfg.d_model, batch_size, seq_len, dtype) if owners[i] == i else 0)
+    return sizes
 
 
-def cache_bytes_per_layer(cfg: ModelConfig, batch_size: int, seq_len: int, dtype: torch.dtype) -> list[int]:
-    from .layers import mixer_class, state_owners
-
-    owners = state_owners(cfg)
-    return [
-        mixer_class(b.mixer.type).state_bytes(b.mixer, cfg.d_model, batch_size, seq_len, dtype) if owners[i] == i else 0
-        for i, b in enumerate(cfg.blocks)
-    ]
+__all__ = ["Cache", "LayerState", "cache_bytes", "cache_bytes_per_layer", "dtype_bytes"]

@@ -45,6 +45,7 @@ def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", b
 
     from .cache import cache_bytes, cache_bytes_per_layer
     from .config import load_config
+    from .families import ffn_family, mixer_family
     from .model import ArchZooLM
 
     cfg = load_config(src)
@@ -53,13 +54,10 @@ def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", b
         model = ArchZooLM(cfg)
     pattern = []
     for i, b in enumerate(cfg.blocks):
-        m = b.mixer
-        tag = {"attention": "A", "mla": "L", "linear_attention": "N", "s4": "S", "mamba": "M"}[m.type]
-        if m.type == "attention" and m.window is not None:
-            tag = "W"
+        tag = mixer_family(b.mixer.type).letter_for(b.mixer)
         if model.state_owners[i] != i:
             tag = tag.lower()  # shares another layer's cache (CLA)
-        pattern.append(tag + ("E" if b.ffn.type == "moe" else ""))
+        pattern.append(tag + ffn_family(b.ffn.type).letter_for(b.ffn))
     per_token_a = cache_bytes(cfg, batch_size, 1, dtype)
     per_layer = cache_bytes_per_layer(cfg, batch_size, max(lengths), dtype)
     return {

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .errors import FetchError, NoNetworkError
 
-
 # pip output that means the index was not reachable at all (as opposed to a bad requirement).
 _NETWORK_MARKERS = (
     "NewConnectionError",

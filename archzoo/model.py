@@ -10,7 +10,8 @@ from torch import nn
 
 from .cache import Cache
 from .config import ModelConfig, load_config
-from .layers import ForwardContext, ffn_class, mixer_class, state_owners
+from .families import ffn_family, mixer_family
+from .layers import ForwardContext, state_owners
 from .layers.norm import RMSNorm
 from .sampling import sample_next
 
@@ -21,12 +22,13 @@ class Block(nn.Module):
         block = cfg.blocks[layer_idx]
         self.layer_idx = layer_idx
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = mixer_class(block.mixer.type)(block.mixer, cfg.d_model, layer_idx, kv_source)
-        if block.ffn.type == "none":
+        self.mixer = mixer_family(block.mixer.type).layer(block.mixer, cfg.d_model, layer_idx, kv_source)
+        ffn = ffn_family(block.ffn.type).layer
+        if ffn is None:
             self.ffn_norm, self.ffn = None, None
         else:
             self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.ffn = ffn_class(block.ffn.type).from_config(block.ffn, cfg.d_model)
+            self.ffn = ffn.from_config(block.ffn, cfg.d_model)
 
     def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
         x = x + self.mixer(self.mixer_norm(x), state, ctx)
@@ -85,7 +87,7 @@ class ArchZooLM(nn.Module):
         device = device or ref.device
         layers = [b.mixer.new_state(batch_size, max_seq_len, dtype, device) for b in self.blocks]
         bounded = all(
-            mixer_class(blk.mixer.type).bounded_state(blk.mixer)
+            mixer_family(blk.mixer.type).layer.bounded_state(blk.mixer)
             and (getattr(blk.mixer, "window", None) or 0) <= max_seq_len
             for i, blk in enumerate(self.cfg.blocks)
             if self.state_owners[i] == i

@@ -55,7 +55,7 @@ _DELETE = object()
 
 BAD = [
     ("kv heads not dividing", _set("mixer.n_kv_heads", 3), "mixer.n_kv_heads", "must divide n_heads=4"),
-    ("unknown mixer", _set("mixer.type", "mamab"), "mixer", "unknown type 'mamab'; expected one of"),
+    ("unknown mixer", _set("mixer.type", "mamab"), "mixer.type", "unknown mixer 'mamab'; expected one of attention, mla"),
     ("misspelt key", _set("mixer.windw", 8), "mixer.windw", "unknown key"),
     ("window < 1", _set("mixer.window", 0), "mixer.window", "greater than or equal to 1"),
     ("cla_group < 1", _set("mixer.cla_group", 0), "mixer.cla_group", "greater than or equal to 1"),
@@ -68,7 +68,7 @@ BAD = [
     ),
     ("odd head_dim", _set("mixer.head_dim", 7), "mixer.head_dim", "must be even"),
     ("missing ffn", _set("ffn", _DELETE), "ffn", "required key is missing"),
-    ("unknown ffn", _set("ffn.type", "glu"), "ffn", "unknown type 'glu'"),
+    ("unknown ffn", _set("ffn.type", "glu"), "ffn.type", "unknown ffn 'glu'; expected one of swiglu, moe, none"),
     ("override out of range", _set("layers", [{"at": [9], "mixer": {"type": "mamba"}}]), "layers.0.at", "out of range"),
     ("empty slice", _set("layers", [{"at": "5:", "mixer": {"window": 4}}]), "layers.0.at", "selects no layer"),
     ("bad slice", _set("layers", [{"at": "a:b", "mixer": {"window": 4}}]), "layers.0.at", "not a slice"),

@@ -19,6 +19,7 @@ _EXPORTS = {
     "DistillDataModule": "data",
     "distill_loss": "losses",
     "evaluate": "evaluation",
+    "param_groups": "optim",
 }
 
 __all__ = list(_EXPORTS)

@@ -15,31 +15,24 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from archzoo.config import (
     ConfigError,
+    FieldError,
     ModelConfig,
-    _FieldError,
-    _first_error,
+    Strict,
+    field_error,
+    first_error,
     load_config,
     parse_layer_indices,
     read_mapping,
 )
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _field(name: str, message: str) -> _FieldError:
-    return _FieldError(name, message, absolute=False)
-
-
 # ----------------------------------------------------------------------------- student
 
 
-class StudentConfig(_Strict):
+class StudentConfig(Strict):
     """The student's architecture and how its weights start."""
 
     config: str | dict[str, Any] | None = Field(
@@ -58,16 +51,18 @@ class StudentConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> StudentConfig:
         if self.config is None and self.init in ("convert", "random"):
-            raise _field("config", f"required when init is {self.init!r} (only a checkpoint carries its own config)")
+            raise field_error(
+                "config", f"required when init is {self.init!r} (only a checkpoint carries its own config)"
+            )
         if self.convert and self.init != "convert":
-            raise _field("convert", f"converter options need init: convert, not init: {self.init!r}")
+            raise field_error("convert", f"converter options need init: convert, not init: {self.init!r}")
         return self
 
 
 # ------------------------------------------------------------------------------ stages
 
 
-class _StageBase(_Strict):
+class _StageBase(Strict):
     name: str = Field(min_length=1)
     steps: int = Field(gt=0, description="optimizer steps of this stage")
     lr: float | None = Field(default=None, gt=0, description="peak learning rate; default optimizer.lr")
@@ -108,7 +103,7 @@ class KDStage(_StageBase):
     @model_validator(mode="after")
     def _check(self) -> KDStage:
         if self.kl_weight == 0 and self.ce_weight == 0:
-            raise _field("kl_weight", "kl_weight and ce_weight are both 0: the stage would train nothing")
+            raise field_error("kl_weight", "kl_weight and ce_weight are both 0: the stage would train nothing")
         return self
 
 
@@ -117,7 +112,7 @@ StageConfig = Annotated[AlignStage | KDStage, Field(discriminator="type")]
 # -------------------------------------------------------------------------------- rest
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "random", "mqar"]
     path: str | None = Field(default=None, description="file or folder for text | jsonl | parquet | datasets")
     text_field: str = Field(default="text", description="column / key holding the text (jsonl, parquet, datasets)")
@@ -137,15 +132,15 @@ class DataConfig(_Strict):
     def _check(self) -> DataConfig:
         needs_path = self.source in ("text", "jsonl", "parquet", "datasets")
         if needs_path and self.path is None:
-            raise _field("path", f"source {self.source!r} needs a path")
+            raise field_error("path", f"source {self.source!r} needs a path")
         if not needs_path and self.path is not None:
-            raise _field("path", f"source {self.source!r} takes no path")
+            raise field_error("path", f"source {self.source!r} takes no path")
         if self.split is not None and self.source != "datasets":
-            raise _field("split", f"only a saved `datasets` folder has splits, not source {self.source!r}")
+            raise field_error("split", f"only a saved `datasets` folder has splits, not source {self.source!r}")
         return self
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     """AdamW (Loshchilov & Hutter 2019); linear warmup then cosine, WSD (Hu et al. 2024) or constant,
     restarted at every stage."""
 
@@ -159,8 +154,9 @@ class OptimizerConfig(_Strict):
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     decay_fraction: float = Field(default=0.2, gt=0, le=1, description="wsd: final fraction of a stage spent decaying")
     no_decay: list[str] = Field(
-        default_factory=lambda: ["*.A_log", "*.D", "*.A_log_re", "*.A_im", "*.log_dt"],
-        description="globs of parameters without weight decay, besides every 1-D parameter (norms, biases)",
+        default_factory=list,
+        description="globs of further parameters without weight decay, besides every 1-D parameter (norms, "
+        "biases) and those the layers mark (_no_weight_decay / no_weight_decay_names)",
     )
 
     @field_validator("betas")
@@ -177,7 +173,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
-class TrainerConfig(_Strict):
+class TrainerConfig(Strict):
     """Keys passed to ``lightning.Trainer`` (only these; anything else is an error)."""
 
     max_steps: int | None = Field(default=None, gt=0, description="default: the sum of the stages' steps")
@@ -222,28 +218,28 @@ class TrainerConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
         if self.strategy == "fsdp" and self.precision not in FSDP_PRECISIONS:
-            raise _field(
+            raise field_error(
                 "precision",
                 f"{self.precision!r} does not work with strategy 'fsdp'; expected one of {', '.join(FSDP_PRECISIONS)}",
             )
         return self
 
 
-class ExportConfig(_Strict):
+class ExportConfig(Strict):
     every_n_steps: int | None = Field(
         default=None, gt=0, description="also export the student every n steps; always at the end"
     )
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     every_n_steps: int = Field(default=100, gt=0, description="save checkpoints/last.ckpt every n optimizer steps")
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     tensorboard: bool = False
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     teacher: str = Field(min_length=1, description="fetch name (smollm2-135m), HF folder, .gguf file or checkpoint")
     student: StudentConfig
     data: DataConfig
@@ -264,17 +260,17 @@ class RunConfig(_Strict):
         names = [s.name for s in self.stages]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise _FieldError(f"stages.{i}.name", f"stage name {name!r} is used twice")
+                raise FieldError(f"stages.{i}.name", f"stage name {name!r} is used twice")
         total = sum(s.steps for s in self.stages)
         if self.trainer.max_steps is not None and self.trainer.max_steps > total:
-            raise _FieldError(
+            raise FieldError(
                 "trainer.max_steps",
                 f"max_steps={self.trainer.max_steps} exceeds the stages' {total} steps; add steps to a stage",
             )
         strategy = self.trainer.strategy
         partial = any(s.type == "align" or s.trainable != ["*"] for s in self.stages)
         if strategy.startswith("ddp") and not strategy.endswith("find_unused_parameters_true") and partial:
-            raise _FieldError(
+            raise FieldError(
                 "trainer.strategy",
                 f"strategy {strategy!r} needs every parameter in every step, but an align stage or a partial "
                 "'trainable' leaves some unused; use ddp_find_unused_parameters_true",
@@ -346,7 +342,7 @@ def load_run_config(src: str | Path | dict[str, Any] | RunConfig) -> RunConfig:
     try:
         run = RunConfig.model_validate(data)
     except ValidationError as e:
-        path, msg = _first_error(e)
+        path, msg = first_error(e)
         path = re.sub(r"^(stages\.\d+)\.(align|kd)\b", r"\1", path)  # pydantic names the union member
         raise ConfigError(msg, path, source) from None
     run._source, run._base_dir = source, base

@@ -38,6 +38,7 @@ from archzoo.layers import ForwardContext
 from .config import AlignStage, KDStage, RunConfig
 from .forward import final_hidden, teacher_mixer_io
 from .losses import align_loss, distill_loss
+from .optim import param_groups
 from .sharding import FSDP2Strategy, gathered, init_root, is_sharded, reshard, shard_student
 
 
@@ -184,13 +185,7 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.run_cfg.optimizer
-        names = param_names(self.student)
-        decay, no_decay = [], []
-        for p in self.student.parameters():  # each parameter once
-            n = names[id(p)]
-            skip = p.dim() < 2 or any(fnmatchcase(x, g) for x in n for g in opt.no_decay)
-            (no_decay if skip else decay).append(p)
-        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.student, opt.weight_decay, opt.no_decay)
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
         # LambdaLR passes the optimizer step count, i.e. the global step.
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(self.run_cfg, step))

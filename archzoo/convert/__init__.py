@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +29,28 @@ import torch
 
 from ..config import ModelConfig, load_config
 
-CONVERTERS: dict[str, str] = {
+# One initialiser per family of ``archzoo.families``, keyed by the same names (a test fails if a
+# family has none). Values are "module:function" paths, imported on first use, or callables.
+# A mixer converter is ``f(teacher_mixer, student_mixer, layer, ctx)``; an FFN converter is
+# ``f(teacher_block, student_block, layer, ctx)`` and fills the block's FFN and its norm.
+CONVERTERS: dict[str, str | Callable] = {
     "attention": "archzoo.convert.attention:convert_attention",
     "mla": "archzoo.convert.mla:convert_mla",
     "linear_attention": "archzoo.convert.linear_attention:convert_linear_attention",
     "mamba": "archzoo.convert.mamba:convert_mamba",
     "s4": "archzoo.convert.s4:convert_s4",
 }
+FFN_CONVERTERS: dict[str, str | Callable] = {
+    "swiglu": "archzoo.convert.ffn:copy_swiglu",
+    "moe": "archzoo.convert.moe:convert_moe",
+    "none": "archzoo.convert.ffn:no_ffn",
+}
+
+
+def register_converter(kind: str, name: str, fn: Callable) -> None:
+    """Initialise ``kind`` ('mixer' or 'ffn') family ``name`` with ``fn`` (signatures above)."""
+    (CONVERTERS if kind == "mixer" else FFN_CONVERTERS)[name] = fn
+
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "layers": None,
@@ -74,10 +90,14 @@ def default_layer_map(n_teacher: int, n_student: int) -> list[int]:
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
 
 
-def _converter(family: str):
-    if family not in CONVERTERS:
-        raise ValueError(f"no converter for mixer {family!r}; converters exist for {', '.join(CONVERTERS)}")
-    module, attr = CONVERTERS[family].split(":")
+def _converter(kind: str, family: str) -> Callable:
+    registry = CONVERTERS if kind == "mixer" else FFN_CONVERTERS
+    if family not in registry:
+        raise ValueError(f"no converter for {kind} {family!r}; converters exist for {', '.join(registry)}")
+    target = registry[family]
+    if callable(target):
+        return target
+    module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -117,9 +137,8 @@ def convert(teacher, student_cfg: ModelConfig | dict | str, **options: Any):
     for i, block in enumerate(student.blocks):
         tblock = teacher.blocks[layer_map[i]]
         block.mixer_norm.weight.copy_(tblock.mixer_norm.weight)
-        _converter(cfg.blocks[i].mixer.type)(tblock.mixer, block.mixer, i, ctx)
-        if block.ffn is not None:
-            _convert_ffn(tblock, block, i, ctx)
+        _converter("mixer", cfg.blocks[i].mixer.type)(tblock.mixer, block.mixer, i, ctx)
+        _converter("ffn", cfg.blocks[i].ffn.type)(tblock, block, i, ctx)
     student.tokenizer = getattr(teacher, "tokenizer", None)
     student.convert_notes = ctx.notes
     return student
@@ -135,30 +154,6 @@ def _adapt_config(cfg: ModelConfig, teacher, layer_map: list[int], opts: dict[st
         if block.mixer.type == "mla":
             changed |= adapt_mla_config(data, i, block.mixer, teacher.blocks[layer_map[i]].mixer, opts)
     return load_config(data) if changed else cfg
-
-
-def _convert_ffn(tblock, block, i: int, ctx: ConvertContext) -> None:
-    from ..layers.mlp import SwiGLU
-    from ..layers.moe import MoE
-
-    src, dst = tblock.ffn, block.ffn
-    if src is None:
-        raise ValueError(f"student layer {i} has an FFN but teacher layer {ctx.layer_map[i]} has none")
-    if not isinstance(src, SwiGLU):
-        raise ValueError(f"teacher layer {ctx.layer_map[i]}: only a dense SwiGLU FFN can be converted from")
-    block.ffn_norm.weight.copy_(tblock.ffn_norm.weight)
-    if isinstance(dst, SwiGLU):
-        if dst.gate_proj.weight.shape != src.gate_proj.weight.shape:
-            raise ValueError(
-                f"layer {i}: student d_ff {dst.gate_proj.out_features} != teacher d_ff {src.gate_proj.out_features}"
-            )
-        dst.load_state_dict(src.state_dict())
-    elif isinstance(dst, MoE):
-        from .moe import upcycle
-
-        upcycle(src, dst, ctx)
-    else:
-        raise ValueError(f"layer {i}: no FFN converter for {type(dst).__name__}")
 
 
 def copy_linear(
@@ -184,4 +179,12 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["CONVERTERS", "ConvertContext", "convert", "copy_linear", "default_layer_map"]
+__all__ = [
+    "CONVERTERS",
+    "FFN_CONVERTERS",
+    "ConvertContext",
+    "convert",
+    "copy_linear",
+    "default_layer_map",
+    "register_converter",
+]

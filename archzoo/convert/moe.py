@@ -15,6 +15,14 @@ from __future__ import annotations
 import torch
 
 from . import ConvertContext
+from .ffn import teacher_dense_ffn
+
+
+def convert_moe(tblock, block, i: int, ctx: ConvertContext) -> None:
+    """The FFN converter of the ``moe`` family: the teacher's dense SwiGLU upcycled into the experts."""
+    src = teacher_dense_ffn(tblock, i, ctx)
+    block.ffn_norm.weight.copy_(tblock.ffn_norm.weight)
+    upcycle(src, block.ffn, ctx)
 
 
 def upcycle(src, dst, ctx: ConvertContext) -> None:

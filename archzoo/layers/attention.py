@@ -12,13 +12,45 @@ and CLA all go through the same code.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..cache import LayerState, dtype_bytes
-from ..config import AttentionConfig
+from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .rope import RotaryEmbedding, apply_rope
+
+
+class AttentionConfig(LayerConfig):
+    """Softmax attention: MHA (n_kv_heads = n_heads), GQA, MQA (n_kv_heads = 1), sliding window, CLA."""
+
+    type: Literal["attention"] = "attention"
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int | None = Field(default=None, gt=0, description="default n_heads (MHA)")
+    head_dim: int | None = Field(default=None, gt=0, description="default d_model / n_heads")
+    rope_theta: float = Field(default=10000.0, gt=0)
+    window: int | None = Field(default=None, ge=1, description="sliding window in tokens; null = global")
+    cla_group: int = Field(default=1, ge=1, description="layers per group sharing the first one's K/V")
+    qkv_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AttentionConfig:
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise field_error("n_kv_heads", f"n_kv_heads={kv} must divide n_heads={self.n_heads}")
+        return self
+
+    def check_dims(self, d_model: int) -> None:
+        if self.head_dim is None and d_model % self.n_heads:
+            raise field_error("n_heads", f"d_model={d_model} is not divisible by n_heads={self.n_heads}; set head_dim")
+        hd = self.head_dim or d_model // self.n_heads
+        if hd % 2:
+            raise field_error("head_dim", f"head_dim={hd} must be even (RoPE rotates pairs)")
+
+    def pattern_letter(self, letter: str) -> str:
+        return "W" if self.window is not None else letter
 
 
 def attend(
@@ -163,3 +195,31 @@ class Attention(nn.Module):
         kb[:, :, idx] = k[:, :, -n:].detach().to(kb.dtype)
         vb[:, :, idx] = v[:, :, -n:].detach().to(vb.dtype)
         return keys, values, k_pos
+
+
+def _kv_signature(m: AttentionConfig, d_model: int) -> tuple:
+    return (m.n_kv_heads or m.n_heads, m.head_dim or d_model // m.n_heads, m.window, m.rope_theta)
+
+
+def state_owners(cfg) -> list[int]:
+    """For each layer, the index of the layer whose state it uses (itself unless CLA shares one).
+
+    Cross-layer attention (Brandon et al., 2024): attention layers, in model order, form groups
+    of ``cla_group``; every member reads the K/V of the group's first layer, which alone holds
+    cache. A group closes early where the K/V geometry (KV heads, head dim, window, RoPE base)
+    changes, so members can always read their leader's buffers. Layers of other families sit
+    outside groups and do not break them.
+    """
+    owners = list(range(cfg.n_layers))
+    leader, size, sig = None, 0, None
+    for i, block in enumerate(cfg.blocks):
+        m = block.mixer
+        if not isinstance(m, AttentionConfig):
+            continue
+        s = _kv_signature(m, cfg.d_model)
+        if leader is not None and size < cfg.blocks[leader].mixer.cla_group and s == sig:
+            owners[i] = leader
+            size += 1
+        else:
+            leader, size, sig = i, 1, s
+    return owners

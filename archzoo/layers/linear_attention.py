@@ -16,13 +16,35 @@ applied as for the others; it is then not guaranteed positive and can blow up wh
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..cache import LayerState, dtype_bytes
-from ..config import LinearAttentionConfig
 from ..kernels.linear_attention import linear_attention
+from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .feature_maps import build_feature_map, feature_map_dim
+
+FeatureMap = Literal["identity", "elu", "relu", "taylor", "hedgehog"]
+
+
+class LinearAttentionConfig(LayerConfig):
+    """Causal linear attention phi(q) (sum phi(k) v^T) / phi(q) (sum phi(k)); BASED uses feature_map=taylor."""
+
+    type: Literal["linear_attention"] = "linear_attention"
+    n_heads: int = Field(gt=0)
+    head_dim: int | None = Field(default=None, gt=0, description="value head dim; default d_model / n_heads")
+    feature_map: FeatureMap = "elu"
+    feature_dim: int | None = Field(
+        default=None, gt=0, description="query/key dim fed to the feature map; default head_dim"
+    )
+    chunk_size: int = Field(default=64, gt=0, description="chunk length of the parallel (training) form")
+    eps: float = Field(default=1e-6, gt=0)
+
+    def check_dims(self, d_model: int) -> None:
+        if self.head_dim is None and d_model % self.n_heads:
+            raise field_error("n_heads", f"d_model={d_model} is not divisible by n_heads={self.n_heads}; set head_dim")
 
 
 def _dims(cfg: LinearAttentionConfig, d_model: int) -> tuple[int, int, int]:

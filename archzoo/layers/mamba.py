@@ -39,14 +39,45 @@ are not), so decode belongs under ``torch.no_grad()``.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..cache import LayerState, dtype_bytes
-from ..config import MambaConfig, mamba_dims
 from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
+from .base import LayerConfig, LayerState, dtype_bytes, field_error
+
+
+class MambaConfig(LayerConfig):
+    """The Mamba (selective SSM) block."""
+
+    type: Literal["mamba"] = "mamba"
+    d_state: int = Field(default=16, gt=0)
+    d_conv: int = Field(default=4, ge=2, le=8, description="depthwise causal conv width (2..8)")
+    expand: float = Field(default=2, gt=0)
+    dt_rank: int | None = Field(default=None, gt=0, description="default ceil(d_model / 16)")
+    dt_min: float = Field(default=1e-3, gt=0)
+    dt_max: float = Field(default=1e-1, gt=0)
+    dt_init_floor: float = Field(default=1e-4, gt=0)
+    conv_bias: bool = True
+    bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> MambaConfig:
+        if self.dt_min > self.dt_max:
+            raise field_error("dt_min", f"dt_min={self.dt_min} must not exceed dt_max={self.dt_max}")
+        return self
+
+    def check_dims(self, d_model: int) -> None:
+        if int(self.expand * d_model) < 1:
+            raise field_error("expand", f"expand={self.expand} gives an empty inner dimension")
+
+
+def mamba_dims(d_model: int, m: MambaConfig) -> tuple[int, int]:
+    """(d_inner, dt_rank) of a Mamba block."""
+    return int(m.expand * d_model), m.dt_rank or math.ceil(d_model / 16)
 
 
 def ssm_state_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -15,14 +15,38 @@ Two equivalent ways to attend:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..cache import LayerState, dtype_bytes
-from ..config import MLAConfig
 from .attention import attend
+from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
+
+
+class MLAConfig(LayerConfig):
+    """Multi-head latent attention (DeepSeek-V2) with a decoupled, head-shared RoPE key."""
+
+    type: Literal["mla"] = "mla"
+    n_heads: int = Field(gt=0)
+    q_lora_rank: int | None = Field(default=None, gt=0, description="null = full-rank query projection")
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    kv_norm: bool = Field(default=True, description="RMSNorm on the latent (DeepSeek-V2); off keeps conversion exact")
+
+    @model_validator(mode="after")
+    def _check(self) -> MLAConfig:
+        if self.qk_rope_head_dim % 2:
+            raise field_error(
+                "qk_rope_head_dim", f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)"
+            )
+        return self
 
 
 class MLA(nn.Module):

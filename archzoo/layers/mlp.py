@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from .base import LayerConfig
+
+
+class SwiGLUConfig(LayerConfig):
+    type: Literal["swiglu"] = "swiglu"
+    d_ff: int = Field(gt=0)
+
+
+class NoFFNConfig(LayerConfig):
+    type: Literal["none"] = "none"
 
 
 class SwiGLU(nn.Module):

@@ -15,13 +15,36 @@ slice and scatters the weighted results back with ``index_add``; no Python loop 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import MoEConfig
+from .base import LayerConfig, field_error
 from .mlp import SwiGLU
+
+
+class MoEConfig(LayerConfig):
+    """Top-k softmax-routed experts (SwiGLU each); capacity limits act in training only by default."""
+
+    type: Literal["moe"] = "moe"
+    n_experts: int = Field(gt=0)
+    top_k: int = Field(default=2, gt=0)
+    d_ff: int = Field(gt=0)
+    capacity_factor: float | None = Field(default=1.25, gt=0, description="null = dropless")
+    capacity_at_inference: bool = Field(default=False, description="apply capacity in eval mode too")
+    aux_loss_coef: float = Field(default=1e-2, ge=0)
+    z_loss_coef: float = Field(default=1e-3, ge=0)
+    n_shared_experts: int = Field(default=0, ge=0)
+    norm_topk_prob: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> MoEConfig:
+        if self.top_k > self.n_experts:
+            raise field_error("top_k", f"top_k={self.top_k} must not exceed n_experts={self.n_experts}")
+        return self
 
 
 class StackedLinear(nn.Module):

@@ -43,13 +43,30 @@ init only); we use the convolution, which is exact and parallel.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from ..cache import LayerState, dtype_bytes
-from ..config import S4Config
+from .base import LayerConfig, LayerState, dtype_bytes, field_error
+
+
+class S4Config(LayerConfig):
+    """S4D: a diagonal state-space layer with input-independent step sizes."""
+
+    type: Literal["s4"] = "s4"
+    d_state: int = Field(default=64, gt=0)
+    init: Literal["lin", "inv", "real"] = "lin"
+    dt_min: float = Field(default=1e-3, gt=0)
+    dt_max: float = Field(default=1e-1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> S4Config:
+        if self.dt_min > self.dt_max:
+            raise field_error("dt_min", f"dt_min={self.dt_min} must not exceed dt_max={self.dt_max}")
+        return self
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:

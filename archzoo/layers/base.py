@@ -1,0 +1,96 @@
+"""What every layer family shares: the config base class, the per-layer cache state and the
+forward context. Nothing here knows any family; ``archzoo.families`` registers them.
+
+A family's config model lives beside its layer (``layers/<family>.py``) and derives from
+``LayerConfig``: pydantic with ``extra="forbid"``, so a misspelt key is an error, and frozen, so a
+resolved config can be shared. ``check_dims`` runs the checks that need the model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class FieldError(ValueError):
+    """A config error whose user-facing field path is known.
+
+    ``absolute=False``: ``path`` is relative to the model being validated (a key of that layer's
+    config); the loader prefixes where that config sits in the YAML (``mixer``, ``layers.2.mixer``).
+    """
+
+    def __init__(self, path: str, message: str, absolute: bool = True):
+        self.path, self.message, self.absolute = path, message, absolute
+        super().__init__(message)
+
+
+def field_error(name: str, message: str) -> FieldError:
+    """An error about one key of the config being validated."""
+    return FieldError(name, message, absolute=False)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LayerConfig(Strict):
+    """Base of every mixer / FFN config. Subclasses declare ``type: Literal["<family name>"]``."""
+
+    type: str
+
+    def check_dims(self, d_model: int) -> None:
+        """Raise ``field_error(key, message)`` when this config cannot work at width ``d_model``."""
+
+    def pattern_letter(self, letter: str) -> str:
+        """The letter ``archzoo inspect`` shows for this layer; a family's variant may differ (``W``)."""
+        return letter
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class LayerState:
+    """The named buffers of one layer, e.g. ``k``/``v`` for attention or ``conv``/``ssm`` for Mamba."""
+
+    def __init__(self, **buffers: torch.Tensor):
+        self.buffers: dict[str, torch.Tensor] = buffers
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.buffers[name]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self.buffers[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.buffers
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.buffers.values())
+
+    def zero_(self) -> LayerState:
+        for t in self.buffers.values():
+            t.zero_()
+        return self
+
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{k}={tuple(v.shape)}:{str(v.dtype).removeprefix('torch.')}" for k, v in self.buffers.items()
+        )
+        return f"LayerState({inner})"
+
+
+@dataclass
+class ForwardContext:
+    """What the layers of one forward call share.
+
+    pos: absolute position of the first new token (the cache's ``seq_len``, 0 without a cache).
+    shared: state produced in this call by a layer for the layers that read it (CLA group
+    members read their leader's keys and values from here).
+    """
+
+    pos: int = 0
+    shared: dict[int, Any] = field(default_factory=dict)
