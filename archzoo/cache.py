@@ -11,7 +11,6 @@ Layers that keep no state (a CLA layer that reads its group leader's K/V, an FFN
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
@@ -21,32 +20,77 @@ from .layers import state_owners
 from .layers.base import LayerState, dtype_bytes
 
 
-@dataclass
 class Cache:
-    """Per-layer inference state of an ``ArchZooLM``.
+    """Per-layer inference state of an ``ArchZooLM``, and how many tokens each row holds.
 
-    ``seq_len`` counts the tokens seen so far. ``max_seq_len`` bounds layers whose state grows
-    (global attention, MLA); a cache with only bounded layers (sliding window, recurrent) accepts
-    any length, and ``capacity`` is then ``None``.
+    ``lengths`` (B,) is a device tensor: row ``b`` holds its sequence's first ``lengths[b]`` tokens,
+    from position 0 (no left padding), so a batch may hold prompts of different lengths. The model
+    reads and advances it on the device, never on the host, which keeps a decode step capturable
+    (DESIGN.md, decode contract). ``seq_len`` is a convenience for users (the longest row; reading it
+    synchronises with the device) and is never read inside a step.
+
+    ``max_seq_len`` bounds layers whose state grows (global attention, MLA); a cache with only
+    bounded layers (sliding window, recurrent) accepts any length, and ``capacity`` is then ``None``.
+    ``nbytes`` counts the layers' state, which ``cache_bytes`` predicts; the (B,) int64 lengths are
+    bookkeeping and not counted.
     """
 
-    layers: list[LayerState | None]
-    batch_size: int
-    max_seq_len: int
-    capacity: int | None
-    seq_len: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+    def __init__(
+        self,
+        layers: list[LayerState | None],
+        batch_size: int,
+        max_seq_len: int,
+        capacity: int | None,
+        device: torch.device | str | None = None,
+    ):
+        self.layers = layers
+        self.batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self.capacity = capacity
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # Host-side upper bound of ``lengths``, kept by eager forwards (no synchronisation) so they can
+        # refuse to overrun ``capacity`` with a clear error. A compiled or captured step does not update
+        # it: ``generate`` checks its whole budget before it starts.
+        self.host_max_len = 0
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens in the longest row (a host synchronisation)."""
+        return int(self.lengths.max()) if self.batch_size else 0
+
+    @seq_len.setter
+    def seq_len(self, value: int) -> None:
+        self.lengths.fill_(value)
+        self.host_max_len = value
 
     def nbytes(self) -> int:
-        """Bytes of every tensor the cache holds."""
+        """Bytes of every layer's state (K/V buffers, latents, recurrent states)."""
         return sum(s.nbytes() for s in self.layers if s is not None)
 
     def reset(self) -> Cache:
+        """Empty every row: zero the buffers (recurrent states start from zero) and the lengths."""
         for s in self.layers:
             if s is not None:
                 s.zero_()
-        self.seq_len = 0
+        self.lengths.zero_()
+        self.host_max_len = 0
         return self
+
+    def rows(self, index: int | slice) -> Cache:
+        """A view of some rows: its buffers and lengths are views into this cache's, so writing through
+        it fills these rows (``generate`` prefills prompts of different lengths row by row this way)."""
+        sl = slice(index, index + 1) if isinstance(index, int) else index
+        layers = [None if s is None else LayerState(**{k: v[sl] for k, v in s.buffers.items()}) for s in self.layers]
+        view = Cache.__new__(Cache)
+        view.layers, view.max_seq_len, view.capacity = layers, self.max_seq_len, self.capacity
+        view.lengths = self.lengths[sl]
+        view.batch_size = view.lengths.shape[0]
+        view.host_max_len = self.host_max_len
+        return view
+
+    @property
+    def device(self) -> torch.device:
+        return self.lengths.device
 
     def __iter__(self) -> Iterator[LayerState | None]:
         return iter(self.layers)

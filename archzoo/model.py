@@ -92,12 +92,18 @@ class ArchZooLM(nn.Module):
             for i, blk in enumerate(self.cfg.blocks)
             if self.state_owners[i] == i
         )
-        return Cache(layers, batch_size, max_seq_len, capacity=None if bounded else max_seq_len)
+        return Cache(layers, batch_size, max_seq_len, capacity=None if bounded else max_seq_len, device=device)
 
     # --------------------------------------------------------------- forward
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, vocab). With a cache: prefill or decode from ``cache.seq_len``."""
+        """input_ids (B, T) -> logits (B, T, vocab). With a cache: row b continues from ``cache.lengths[b]``.
+
+        One new token per row (T = 1) without gradients is the decode step: positions come from the
+        cache's device tensor ``lengths``, buffers are written by index and nothing depends on a host
+        value, so ``torch.compile(step, fullgraph=True)`` compiles it once and a CUDA graph can replay
+        it. Longer inputs (a prefill) read the rows' common length on the host.
+        """
         return self.lm_head(self.hidden_states(input_ids, cache))
 
     def hidden_states(
@@ -113,23 +119,39 @@ class ArchZooLM(nn.Module):
         if n_blocks is not None and cache is not None:
             raise ValueError("n_blocks runs part of the model, which a cache cannot follow")
         B, T = input_ids.shape
-        pos = 0
-        if cache is not None:
-            pos = cache.seq_len
-            if B != cache.batch_size:
-                raise ValueError(f"input batch {B} does not match the cache's batch_size {cache.batch_size}")
-            if cache.capacity is not None and pos + T > cache.capacity:
-                raise ValueError(
-                    f"cache holds {cache.capacity} tokens; {pos} seen + {T} new exceeds it (new_cache(max_seq_len=...))"
-                )
-        ctx = ForwardContext(pos=pos)
+        ctx = ForwardContext(pos=0) if cache is None else self._context(cache, B, T)
         x = self.embed(input_ids)  # (B, T, d)
         blocks = self.blocks if n_blocks is None else self.blocks[:n_blocks]
         for i, block in enumerate(blocks):
             x = block(x, cache.layers[i] if cache is not None else None, ctx)
         if cache is not None:
-            cache.seq_len = pos + T
+            cache.lengths.add_(T)
         return x if n_blocks is not None else self.norm(x)
+
+    def _context(self, cache: Cache, B: int, T: int) -> ForwardContext:
+        if B != cache.batch_size:
+            raise ValueError(f"input batch {B} does not match the cache's batch_size {cache.batch_size}")
+        if T == 1 and not torch.is_grad_enabled():
+            if not torch.compiler.is_compiling():  # eager: check the host's bound (no synchronisation)
+                self._check_capacity(cache, cache.host_max_len, T)
+                cache.host_max_len += T
+            return ForwardContext(pos=None, lengths=cache.lengths)
+        lengths = cache.lengths.tolist()  # a prefill, or a step with gradients: positions on the host
+        if len(set(lengths)) > 1:
+            raise ValueError(
+                f"the cache's rows hold different lengths {lengths}; several tokens at once need rows of one "
+                "length (prefill rows separately through cache.rows(b), then decode one token per row)"
+            )
+        self._check_capacity(cache, lengths[0], T)
+        cache.host_max_len = lengths[0] + T
+        return ForwardContext(pos=lengths[0], lengths=cache.lengths)
+
+    @staticmethod
+    def _check_capacity(cache: Cache, seen: int, T: int) -> None:
+        if cache.capacity is not None and seen + T > cache.capacity:
+            raise ValueError(
+                f"cache holds {cache.capacity} tokens; {seen} seen + {T} new exceeds it (new_cache(max_seq_len=...))"
+            )
 
     @property
     def aux_loss(self) -> torch.Tensor:

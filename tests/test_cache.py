@@ -78,8 +78,10 @@ def test_mla_formula(T):
 def test_mla_cache_holds_latent_and_rope_key_only():
     model = archzoo.build_model(next(p for p in MODEL_CONFIGS if p.stem == "mla"))
     cache = model.new_cache(2, 10)
-    for state in cache.layers:
-        assert set(state.buffers) == {"c_kv", "k_rope"}
+    m = model.cfg.mixer
+    for state in cache.layers:  # one row per token: [latent c_kv | shared RoPE key]
+        assert set(state.buffers) == {"latent"}
+        assert state["latent"].shape == (2, 10, m.kv_lora_rank + m.qk_rope_head_dim)
 
 
 def test_buffers_are_static_during_decode():

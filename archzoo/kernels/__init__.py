@@ -5,14 +5,18 @@ Dispatch (DESIGN.md): Triton for CUDA tensors, and for CPU tensors when ``TRITON
 ``last_backend(op)`` names the backend that ran ``op`` last.
 """
 
+from ._capture import causal_conv1d_update, selective_state_update  # traceable in a compiled decode step
 from ._dispatch import last_backend
-from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-from .selective_scan import selective_scan_fn, selective_state_update
+from .causal_conv1d import causal_conv1d_fn
+from .linear_attention import linear_attention, linear_attention_update
+from .selective_scan import selective_scan_fn
 
 __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "last_backend",
+    "linear_attention",
+    "linear_attention_update",
     "selective_scan_fn",
     "selective_state_update",
 ]

@@ -83,6 +83,38 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=gqa)
 
 
+def attend_cached(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Attention over a static cache buffer with a per-row mask: the decode step's form.
+
+    q (B, H, T, D); k (B, Hkv, S, D); v (B, Hkv, S, Dv); visible (B, T, S) bool. Returns (B, H, T, Dv).
+    GQA without repeating K/V: the H / Hkv query heads of each KV head are folded into the query axis,
+    so the kernel reads every cached key once (``enable_gqa`` would copy K/V per query head on the
+    paths that take a mask).
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    q = q.reshape(B, Hkv, G * T, D)  # head h = kv * G + g, as repeat_interleave orders them
+    if T == 1:
+        mask = visible[:, None]  # (B, 1, 1, S), broadcast over the G query rows
+    else:
+        mask = visible[:, None, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, Hkv, G*T, Dv)
+    return o.reshape(B, H, T, v.shape[-1])
+
+
+def ring_slot_positions(last: torch.Tensor, slots: int) -> torch.Tensor:
+    """(B,) position of each row's newest token -> (B, slots) position each ring slot holds (-1: empty).
+
+    Slot ``s`` holds the latest position ``p <= last`` with ``p % slots == s``.
+    """
+    s = torch.arange(slots, device=last.device)
+    p = last[:, None] - torch.remainder(last[:, None] - s, slots)
+    return torch.where(p >= 0, p, -1)
+
+
 def ring_positions(pos: int, slots: int, device: torch.device) -> torch.Tensor:
     """Absolute position held by each ring-buffer slot after ``pos`` tokens (-1 where empty)."""
     s = torch.arange(slots, device=device)
@@ -139,6 +171,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
         B, T, _ = x.shape
+        if ctx.decoding:
+            return self._decode(x, state, ctx)
         q_pos = torch.arange(ctx.pos, ctx.pos + T, device=x.device)
         cos, sin = self.rope(q_pos, x.dtype)
         q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (B,H,T,D)
@@ -153,6 +187,54 @@ class Attention(nn.Module):
         k, v, k_pos = kv
         o = attend(q, k, v, q_pos, k_pos, self.window)  # (B,H,T,D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _decode(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        """A capturable step: positions from ``ctx.lengths`` (B,), K/V written by index, attention over
+        the whole static buffer with a per-row mask. No host value decides anything here."""
+        B, T, _ = x.shape
+        q_pos = ctx.positions(T, x.device)  # (B, T)
+        cos, sin = self.rope(q_pos, x.dtype)  # (B, T, D)
+        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
+        if self.owns_kv:
+            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
+            v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            kv = self._write_step(apply_rope(k, cos, sin), v, q_pos, state)
+            ctx.shared[self.layer_idx] = kv
+        else:
+            kv = ctx.shared[self.kv_source]
+        keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty
+        visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+        if self.window is not None:
+            visible &= k_pos[:, None, :] > q_pos[:, :, None] - self.window
+        o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), visible)  # (B, H, T, D)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _write_step(self, k, v, q_pos, state: LayerState):
+        """Write a step's K/V (B, Hkv, T, D) at positions q_pos (B, T); return keys, values, key positions."""
+        kb, vb = state["k"], state["v"]
+        B, Hkv, T, _ = k.shape
+        slots = kb.shape[2]
+        rows = torch.arange(B, device=k.device)[:, None, None]
+        heads = torch.arange(Hkv, device=k.device)[None, :, None]
+        if self.window is None:
+            idx = (rows, heads, q_pos[:, None, :])
+            kb.index_put_(idx, k.detach().to(kb.dtype))
+            vb.index_put_(idx, v.detach().to(vb.dtype))
+            return kb, vb, torch.arange(slots, device=k.device).expand(B, slots)
+        if T == 1:  # the slot it overwrites held position pos - W, already outside the window
+            idx = (rows, heads, torch.remainder(q_pos, slots)[:, None, :])
+            kb.index_put_(idx, k.detach().to(kb.dtype))
+            vb.index_put_(idx, v.detach().to(vb.dtype))
+            return kb, vb, ring_slot_positions(q_pos[:, -1], slots)
+        # Several tokens: an earlier one may need a slot a later one overwrites, so attend over the
+        # old ring plus the new keys, then write the last min(T, W) of them.
+        k_pos = torch.cat([ring_slot_positions(q_pos[:, 0] - 1, slots), q_pos], dim=1)  # (B, W + T)
+        keys, values = torch.cat([kb.to(k.dtype), k], dim=2), torch.cat([vb.to(v.dtype), v], dim=2)
+        n = min(T, slots)
+        idx = (rows, heads, torch.remainder(q_pos[:, -n:], slots)[:, None, :])
+        kb.index_put_(idx, k[:, :, -n:].detach().to(kb.dtype))
+        vb.index_put_(idx, v[:, :, -n:].detach().to(vb.dtype))
+        return keys, values, k_pos
 
     def _with_cache(self, k, v, q_pos, state: LayerState | None, pos: int):
         """Write new K/V into the cache; return the keys, values and key positions to attend over.

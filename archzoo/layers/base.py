@@ -87,10 +87,27 @@ class LayerState:
 class ForwardContext:
     """What the layers of one forward call share.
 
-    pos: absolute position of the first new token (the cache's ``seq_len``, 0 without a cache).
+    pos: absolute position of the first new token when the host knows it and every row shares it
+        (0 without a cache; a prefill); ``None`` in a decode step, which must not depend on host
+        values: the layers then read the positions from ``lengths``.
+    lengths: (B,) device tensor, tokens each row of the cache held before this call (None without
+        a cache). Row ``b``'s new tokens sit at positions ``lengths[b] + t``.
     shared: state produced in this call by a layer for the layers that read it (CLA group
-    members read their leader's keys and values from here).
+        members read their leader's keys and values from here).
     """
 
-    pos: int = 0
+    pos: int | None = 0
+    lengths: torch.Tensor | None = None
     shared: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def decoding(self) -> bool:
+        """True in a capturable step: positions live on the device (``lengths``), not on the host."""
+        return self.pos is None
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Positions of the new tokens: (B, T) from ``lengths`` in a decode step, else (T,) from ``pos``."""
+        steps = torch.arange(T, device=device)
+        if self.pos is None:
+            return self.lengths[:, None] + steps
+        return steps + self.pos

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..kernels.linear_attention import linear_attention
+from ..kernels.linear_attention import linear_attention, linear_attention_update
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .feature_maps import build_feature_map, feature_map_dim
 
@@ -103,6 +103,10 @@ class LinearAttention(nn.Module):
         q = self.q_map(self.q_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
         k = self.k_map(self.k_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
         v = self.v_proj(x).view(B, T, H, self.head_dim)  # (B, T, H, Dv)
+        if ctx.decoding and T == 1 and not torch.is_grad_enabled():
+            # A capturable step: the recurrence on the state, in place (not the chunked form).
+            o = linear_attention_update(state["S"], state["z"], q[:, 0], k[:, 0], v[:, 0], eps=self.cfg.eps)
+            return self.o_proj(o.reshape(B, 1, H * self.head_dim))
         # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
         initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
         if initial is not None and torch.is_grad_enabled():

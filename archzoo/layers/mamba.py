@@ -177,7 +177,7 @@ class Mamba(nn.Module):
             raise ValueError(f"x has {d} features, expected d_model={self.d_model}")
         if state is not None and ctx.pos == 0:
             state.zero_()  # a sequence starts at position 0 whatever the buffers held
-        if state is not None and T == 1 and not torch.is_grad_enabled():
+        if state is not None and T == 1 and not torch.is_grad_enabled():  # decode: no host value read
             # The in-place update kernels are for inference; with gradients on, one token takes
             # the sequence path below, which leaves the buffers free of autograd history.
             return self._step(x[:, 0], state)[:, None]
@@ -187,7 +187,7 @@ class Mamba(nn.Module):
         # Initial states: none at position 0; later, copies (a kernel may save its inputs for backward,
         # and the buffers are overwritten below).
         conv0 = ssm0 = None
-        if state is not None and ctx.pos > 0:
+        if state is not None and (ctx.decoding or ctx.pos > 0):
             conv0, ssm0 = state["conv"].clone(), state["ssm"].clone()
         if state is None:
             xs = causal_conv1d_fn(xs, weight, self.conv1d.bias, activation="silu")
@@ -226,6 +226,4 @@ class Mamba(nn.Module):
         y = selective_state_update(
             state["ssm"], xs, dt, self._A(), Bm, Cm, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
         )
-        for buf in state.buffers.values():
-            buf.detach_()  # the kernels wrote values that carry autograd history; the cache keeps none
-        return self.o_proj(y)
+        return self.o_proj(y)  # called without gradients only, so the buffers carry no autograd history

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .attention import attend
+from .attention import attend, attend_cached
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
@@ -79,10 +79,9 @@ class MLA(nn.Module):
         return batch_size * seq_len * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes(dtype)
 
     def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState:
-        return LayerState(
-            c_kv=torch.zeros(batch_size, max_seq_len, self.r, dtype=dtype, device=device),
-            k_rope=torch.zeros(batch_size, max_seq_len, self.dr, dtype=dtype, device=device),
-        )
+        # One buffer per token row: [c_kv (r) | k_rope (dr)]. Absorbed decode attends with the whole row
+        # as its key and the first r columns as its value, both read in place: no per-step concatenation.
+        return LayerState(latent=torch.zeros(batch_size, max_seq_len, self.r + self.dr, dtype=dtype, device=device))
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.q_lora_rank:
@@ -91,6 +90,8 @@ class MLA(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
         B, T, _ = x.shape
+        if ctx.decoding:
+            return self._decode(x, state, ctx)
         pos = ctx.pos
         q_pos = torch.arange(pos, pos + T, device=x.device)
         cos, sin = self.rope(q_pos, x.dtype)
@@ -104,15 +105,15 @@ class MLA(nn.Module):
         k_pos = None
         if state is not None:
             # Buffers never carry autograd history; with gradients on, new entries join by concatenation.
-            state["c_kv"][:, pos : pos + T] = c_kv.detach().to(state["c_kv"].dtype)
-            state["k_rope"][:, pos : pos + T] = k_rope.detach().to(state["k_rope"].dtype)
+            buf = state["latent"]
+            buf[:, pos : pos + T] = torch.cat([c_kv, k_rope], dim=-1).detach().to(buf.dtype)
             if pos > 0:
-                if torch.is_grad_enabled() and c_kv.requires_grad:
-                    c_kv = torch.cat([state["c_kv"][:, :pos].to(x.dtype), c_kv], dim=1)
-                    k_rope = torch.cat([state["k_rope"][:, :pos].to(x.dtype), k_rope], dim=1)
+                old = buf[:, :pos] if torch.is_grad_enabled() and c_kv.requires_grad else buf[:, : pos + T]
+                c_old, r_old = old.to(x.dtype).split([self.r, self.dr], dim=-1)
+                if old.shape[1] == pos:
+                    c_kv, k_rope = torch.cat([c_old, c_kv], dim=1), torch.cat([r_old, k_rope], dim=1)
                 else:
-                    c_kv = state["c_kv"][:, : pos + T].to(x.dtype)
-                    k_rope = state["k_rope"][:, : pos + T].to(x.dtype)
+                    c_kv, k_rope = c_old, r_old
                 k_pos = torch.arange(pos + T, device=x.device)
         absorb = self.absorb if self.absorb is not None else (state is not None and pos > 0)
         if absorb:
@@ -120,6 +121,30 @@ class MLA(nn.Module):
         else:
             o = self._decompressed(q_nope, q_rope, c_kv, k_rope, q_pos, k_pos)
         return self.o_proj(o)
+
+    def _decode(self, x: torch.Tensor, state: LayerState, ctx) -> torch.Tensor:
+        """A capturable step in absorbed form: the latent row written by index at each row's position,
+        attention over the whole static buffer (key = [c_kv | k_rope], value = c_kv, both views) with a
+        per-row length mask, then W_uv and the output projection."""
+        B, T, _ = x.shape
+        q_pos = ctx.positions(T, x.device)  # (B, T)
+        cos, sin = self.rope(q_pos, x.dtype)  # (B, T, dr)
+        q = self._queries(x).view(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
+        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin)
+        c_kv, k_rope = self.kv_a_proj(x).split([self.r, self.dr], dim=-1)
+        row = torch.cat([self.kv_a_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1)  # (B, T, r + dr)
+        buf = state["latent"]
+        rows = torch.arange(B, device=x.device)[:, None]
+        buf.index_put_((rows, q_pos), row.detach().to(buf.dtype))
+        S = buf.shape[1]
+        visible = torch.arange(S, device=x.device)[None, None, :] <= q_pos[:, :, None]  # (B, T, S)
+        w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
+        q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn])
+        keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
+        o_lat = attend_cached(torch.cat([q_lat, q_rope], dim=-1), keys, keys[..., : self.r], visible, self.scale)
+        o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :])  # (B, T, H, dv)
+        return self.o_proj(o.reshape(B, T, self.n_heads * self.dv))
 
     def _decompressed(self, q_nope, q_rope, c_kv, k_rope, q_pos, k_pos) -> torch.Tensor:
         B, H, T, _ = q_nope.shape

@@ -125,6 +125,35 @@ class MoE(nn.Module):
             norm_topk_prob=cfg.norm_topk_prob,
         )
 
+    # Up to this many tokens (a decode step's batch), inference takes the static-shape path: no sort,
+    # no host synchronisation, so the step can be captured. Longer inputs dispatch by sorting.
+    STATIC_MAX_TOKENS = 512
+
+    def _static(self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor) -> torch.Tensor:
+        """Dropless routing with static shapes, for decode. x (N, D); top_p, top_e (N, K).
+
+        Few assignments (N * K < E): gather each token's K experts' weights, reading only those.
+        Otherwise: every expert on every token, weighted by a dense (N, E) gate that is zero off the
+        top-k, so each expert's weights are read once. No ``aux_loss`` / ``last_stats`` update: this
+        path runs only without gradients, inside a decode step.
+        """
+        N, E, K = x.shape[0], self.n_experts, self.top_k
+        w = top_p.to(x.dtype)
+        if N * K < E:
+            g = self.gate_proj.weight[top_e]  # (N, K, F, D)
+            u = self.up_proj.weight[top_e]
+            d = self.down_proj.weight[top_e]  # (N, K, D, F)
+            h = F.silu(torch.einsum("nd,nkfd->nkf", x, g)) * torch.einsum("nd,nkfd->nkf", x, u)
+            out = torch.einsum("nkf,nkdf,nk->nd", h, d, w)
+        else:
+            gate = x.new_zeros(N, E).scatter_(1, top_e, w)  # (N, E)
+            h = F.silu(torch.einsum("nd,efd->enf", x, self.gate_proj.weight))
+            h = h * torch.einsum("nd,efd->enf", x, self.up_proj.weight)  # (E, N, F)
+            out = torch.einsum("enf,edf,ne->nd", h, self.down_proj.weight, gate)
+        for shared in self.shared_experts:
+            out = out + shared(x)
+        return out
+
     def capacity(self, n_tokens: int) -> int | None:
         """Per-expert assignment limit for a forward over ``n_tokens`` tokens; None when dropless now."""
         if self.capacity_factor is None or not (self.training or self.capacity_at_inference):
@@ -148,6 +177,9 @@ class MoE(nn.Module):
         top_p, top_e = probs.topk(K, dim=-1)  # (N, K), (N, K)
         if self.norm_topk_prob:
             top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+
+        if not torch.is_grad_enabled() and self.capacity(N) is None and N <= self.STATIC_MAX_TOKENS:
+            return self._static(x, top_p, top_e).reshape(shape)
 
         # Assignments in priority order: all first choices in token order, then all second choices ...
         expert_flat = top_e.t().reshape(-1)  # (K*N,)

@@ -16,8 +16,8 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (T,) -> cos, sin (T, dim), computed in fp32 and cast to ``dtype``."""
-        freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        """positions (T,) or (B, T) -> cos, sin (..., dim), computed in fp32 and cast to ``dtype``."""
+        freqs = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -28,5 +28,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (..., T, D) with cos/sin (T, D) broadcast over the leading dims."""
+    """x (B, H, T, D) or (B, T, D) with cos/sin (T, D), or per row (B, T, D) from (B, T) positions."""
+    if cos.dim() == 3 and x.dim() == 4:
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): the same angles for every head
     return x * cos + rotate_half(x) * sin

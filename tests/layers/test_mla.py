@@ -41,8 +41,12 @@ def test_decode_uses_absorbed_path_and_matches():
         model(ids[:, :6], cache=cache)
         calls = []
         mixer = model.blocks[0].mixer
-        orig = mixer._absorbed
-        mixer._absorbed = lambda *a: calls.append(1) or orig(*a)
+        orig = mixer._decode  # the decode step: absorbed attention over the cached latent rows
+        mixer._decode = lambda *a: calls.append(1) or orig(*a)
         step = model(ids[:, 6:7], cache=cache)
-    assert calls, "decode did not take the absorbed path"
+        assert calls, "decode did not take the absorbed decode step"
+        nope = model.blocks[0].mixer.kv_b_proj
+        nope.register_forward_hook(lambda *a: calls.append("decompressed"))
+        model(ids[:, 7:8], cache=cache)
+    assert "decompressed" not in calls, "a decode step up-projected the latent cache"
     assert_close("mla decode logits", step, full[:, 6:7], 1e-10)

@@ -86,6 +86,30 @@ def naive_linear_attention(
     return o.to(out_dtype), ((S, z) if output_final_state else None)
 
 
+def naive_linear_attention_update(
+    S: torch.Tensor,
+    z: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    normalize: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """One decode step of the recurrence; ``S`` (B, H, F, Dv) and ``z`` (B, H, F) are updated IN PLACE.
+
+    q, k (B, H, F) feature-mapped; v (B, H, Dv). Returns o (B, H, Dv) in q's dtype: the same as one
+    step of :func:`naive_linear_attention` from the state (S, z). Not differentiable.
+    """
+    acc = S.dtype
+    qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
+    S.add_(kf[..., :, None] * vf[..., None, :])
+    z.add_(kf.to(z.dtype))
+    o = torch.einsum("bhf,bhfd->bhd", qf, S)
+    if normalize:
+        o = o / ((qf * z.to(acc)).sum(-1, keepdim=True) + eps)
+    return o.to(q.dtype)
+
+
 def chunk_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -1,0 +1,84 @@
+"""The decode-step kernels as PyTorch custom ops, so a compiled step keeps them whole.
+
+``torch.compile`` cannot trace the Triton launcher (its plan cache, its once-logs), and a graph break
+inside a decode step would split the CUDA graph. Registered as custom ops (``archzoo::...``) the
+update kernels are opaque nodes to the compiler: it calls them as they are, and a CUDA graph
+captures their launches. Eager calls skip the op layer and go straight to the dispatcher.
+
+The ops mutate their state argument in place (declared in ``mutates_args``) and return a new tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .causal_conv1d import causal_conv1d_update as _conv_update
+from .selective_scan import selective_state_update as _state_update
+
+
+@torch.library.custom_op("archzoo::selective_state_update", mutates_args=("state",))
+def _state_update_op(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus).clone()
+
+
+@_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("archzoo::causal_conv1d_update", mutates_args=("conv_state",))
+def _conv_update_op(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+) -> torch.Tensor:
+    return _conv_update(x, conv_state, weight, bias, activation).clone()
+
+
+@_conv_update_op.register_fake
+def _(x, conv_state, weight, bias, activation):
+    return torch.empty_like(x)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """mamba_ssm's ``selective_state_update`` (see ``archzoo.kernels.selective_scan``); traceable."""
+    if torch.compiler.is_compiling():
+        return _state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """causal-conv1d's ``causal_conv1d_update`` (see ``archzoo.kernels.causal_conv1d``); traceable."""
+    if torch.compiler.is_compiling():
+        return _conv_update_op(x, conv_state, weight, bias, activation)
+    return _conv_update(x, conv_state, weight, bias, activation)

@@ -1,0 +1,64 @@
+"""The decode contract: one token per row through the cache is a capturable step for every family.
+
+``torch.compile(step, fullgraph=True)`` must trace the whole step (no graph break: the kernel
+launcher, MoE routing and the recurrent updates included), compile it once, and not recompile over
+64 consecutive steps; its logits equal the eager step's. The compiler backend here is dynamo with
+eager execution (``CompileCounter``): it checks tracing and guards, which is what can break; the
+GPU test runs inductor and CUDA graphs on the SmolLM2-sized students.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+from conftest import MODEL_CONFIGS, assert_close, f64_model
+
+STEPS = 64
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_compiled_step_traces_once_and_matches_eager(path):
+    model = f64_model(path).float()
+    B, prompt = 2, 5
+    ids = torch.randint(0, model.cfg.vocab_size, (B, prompt + STEPS))
+    cache = model.new_cache(B, prompt + STEPS, dtype=torch.float32)
+    with torch.no_grad():
+        model(ids[:, :prompt], cache=cache)
+        eager_cache = copy.deepcopy(cache)
+        counter = CompileCounter()
+        step = torch.compile(lambda t: model(t, cache=cache), backend=counter, fullgraph=True)
+        for i in range(prompt, prompt + STEPS):
+            out = step(ids[:, i : i + 1])
+            ref = model(ids[:, i : i + 1], cache=eager_cache)
+            assert_close(f"{path.stem} step {i} logits", out, ref, 1e-5)
+    assert counter.frame_count == 1, f"{path.stem}: compiled {counter.frame_count} times over {STEPS} steps"
+    assert torch.equal(cache.lengths, torch.full((B,), prompt + STEPS)), "lengths advance on the device"
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_rows_of_different_lengths_decode_as_if_alone(path):
+    """Each row of a batch holds its own prompt from position 0; a step continues each at its own length."""
+    model = f64_model(path)
+    lens = [3, 7]
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    cache = model.new_cache(2, 12)
+    with torch.no_grad():
+        for b, n in enumerate(lens):
+            model(ids[b : b + 1, :n], cache=cache.rows(b))
+        assert cache.lengths.tolist() == lens
+        steps = [model(torch.stack([ids[0, 3 + t], ids[1, 7 + t]])[:, None], cache=cache) for t in range(4)]
+        for b, n in enumerate(lens):
+            alone = model(ids[b : b + 1, : n + 4])[0, n:]  # (4, V)
+            got = torch.cat([s[b] for s in steps])
+            assert_close(f"{path.stem} row {b}", got, alone, 1e-10)
