@@ -11,9 +11,10 @@ from torch import nn
 from .cache import Cache
 from .config import ModelConfig, load_config
 from .families import ffn_family, mixer_family
+from .generation import DecodePool
+from .generation import generate as _generate
 from .layers import ForwardContext, state_owners
 from .layers.norm import RMSNorm
-from .sampling import sample_next
 
 
 class Block(nn.Module):
@@ -48,6 +49,8 @@ class ArchZooLM(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.tokenizer = None  # set by importers (from_hf); saved with save_pretrained
+        self.decode_pool = DecodePool()  # captured decode steps of generate(), per batch size and length bucket
+        self.last_generate_stats: dict = {}
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -167,43 +170,48 @@ class ArchZooLM(nn.Module):
 
     # -------------------------------------------------------------- generate
 
+    compile_backend = "inductor"  # torch.compile backend of generate's step; tests use "eager" on CPU
+
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | list,
         max_new_tokens: int,
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample up to ``max_new_tokens`` after a batch of equal-length prompts, through the cache.
+        attention_mask: torch.Tensor | None = None,
+        compile: bool | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Sample up to ``max_new_tokens`` after each prompt, through the cache; temperature 0 is greedy.
 
-        temperature 0 is greedy. A sequence that emitted ``eos_token_id`` keeps emitting it;
-        generation stops early once every sequence has. Returns (B, T + new).
+        ``input_ids``: a (B, T) tensor of prompts (returns (B, T + new)); with ``attention_mask`` (B, T)
+        the prompts are the tokens where the mask is 1, of any lengths (returns (B, T + new), each row
+        its prompt then its tokens, padded at the end with ``pad_token_id``, default the first EOS id or
+        0); or a list of prompts (returns a list). A row that emitted ``eos_token_id`` stops (in a
+        tensor it keeps emitting EOS); generation ends early once every row has.
+
+        ``compile`` (default: on for CUDA): the decode step is compiled and captured in a CUDA graph,
+        cached per batch size and length bucket (see ``archzoo.generation``); the first call for a
+        new shape pays the compile, reported in ``self.last_generate_stats`` with the prefill and
+        decode times.
         """
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        B, T = input_ids.shape
-        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-        eos_t = torch.tensor(eos, device=input_ids.device, dtype=input_ids.dtype)
-        cache = self.new_cache(B, T + max_new_tokens)
-        out = [input_ids]
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        logits = self(input_ids, cache=cache)[:, -1]
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            if eos:
-                nxt = torch.where(done, eos_t[0], nxt)
-                done |= torch.isin(nxt, eos_t)
-            out.append(nxt[:, None])
-            if eos and bool(done.all()):
-                break
-            logits = self(nxt[:, None], cache=cache)[:, -1]
-        return torch.cat(out, dim=1)
+        return _generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            eos_token_id,
+            generator,
+            attention_mask,
+            compile,
+            pad_token_id,
+        )
 
     # ---------------------------------------------------------------- saving
 

@@ -1,4 +1,9 @@
-"""Next-token sampling: greedy, temperature, top-k, top-p (nucleus)."""
+"""Next-token sampling: greedy, temperature, top-k, top-p (nucleus).
+
+Every branch depends only on the arguments, never on tensor values, and the draw is an
+exponential race (``argmax(p / E)`` with ``E ~ Exp(1)``, which picks token i with probability p_i)
+rather than ``torch.multinomial``: the whole function runs inside a captured decode step.
+"""
 
 from __future__ import annotations
 
@@ -33,4 +38,5 @@ def sample_next(
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)

@@ -1,0 +1,266 @@
+"""``ArchZooLM.generate``: batched decoding through the cache, with a captured step on CUDA.
+
+The fast path is gpt-fast's: a prefill through the ordinary forward, then one decode step per token
+whose shapes never change, compiled (``torch.compile(fullgraph=True)``, inductor fuses the small
+ops) and captured in a CUDA graph that is replayed once per token. We capture with
+``torch.cuda.CUDAGraph`` ourselves rather than ``mode="reduce-overhead"``: the step mutates the cache
+in place, and the cache's buffers are inputs to the step, not module buffers, which inductor's
+CUDA-graph trees decline to capture ("mutated inputs"); our own capture also keeps sampling, the
+EOS bookkeeping and the write of each new token into the output inside the same graph, so a step
+costs one graph launch and no host synchronisation.
+
+Graphs hold the addresses of their buffers, so a captured step lives with its cache. Caches are
+allocated in length buckets (the next power of two of prompt + new tokens, at least 256), and a
+graph is kept per (batch size, bucket, dtype, sampling settings, EOS ids): a new prompt length
+within the bucket reuses it. The pool keeps the ``GRAPHS_KEPT`` most recently used; ``clear()``
+frees them. The first call for a key pays the compile and capture, reported in
+``model.last_generate_stats["compile_s"]``, never hidden.
+
+Prompts of different lengths: each row's cache holds its own prompt from position 0 (no left
+padding) and the cache's per-row ``lengths`` say how far; rows are prefilled one at a time through
+``cache.rows(b)`` views, then decode together.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .cache import Cache
+from .sampling import sample_next
+
+GRAPHS_KEPT = 4
+MIN_BUCKET = 256
+EARLY_STOP_EVERY = 16  # steps between the host's looks at "has every row emitted EOS?"
+
+
+def bucket_length(n: int) -> int:
+    """Cache length for ``n`` tokens: the next power of two, at least ``MIN_BUCKET``."""
+    return max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+@dataclass
+class _Step:
+    """Static tensors one decode step reads and writes, and (when captured) its graph."""
+
+    cache: Cache
+    token: torch.Tensor  # (B, 1) the latest token of each row; the step replaces it with the next
+    done: torch.Tensor  # (B,) bool: the row has emitted an EOS id
+    out: torch.Tensor  # (B, cache length) generated tokens, written by index
+    index: torch.Tensor  # () long: column of ``out`` the next step writes
+    eos: torch.Tensor | None = None  # (n,) EOS ids
+    fn: object = None  # the (compiled) step function
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class DecodePool:
+    """Captured decode steps of one model, keyed by their shapes and settings (LRU)."""
+
+    def __init__(self):
+        self.entries: OrderedDict[tuple, _Step] = OrderedDict()
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def normalise_prompts(
+    input_ids: torch.Tensor | Sequence, attention_mask: torch.Tensor | None, device: torch.device
+) -> tuple[list[torch.Tensor], str]:
+    """-> one 1-D LongTensor per row, and the form the caller used ('tensor', 'masked' or 'list')."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            return list(input_ids.to(device)), "tensor"
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have input_ids' shape {tuple(input_ids.shape)}"
+            )
+        rows = [ids[m.bool()] for ids, m in zip(input_ids.to(device), attention_mask.to(device), strict=True)]
+        form = "masked"
+    else:
+        if attention_mask is not None:
+            raise ValueError("attention_mask goes with a padded (batch, seq) tensor, not a list of prompts")
+        rows = [torch.as_tensor(r, dtype=torch.long, device=device).reshape(-1) for r in input_ids]
+        form = "list"
+    if not rows:
+        raise ValueError("no prompts given")
+    empty = [i for i, r in enumerate(rows) if r.numel() == 0]
+    if empty:
+        raise ValueError(f"prompt(s) {empty} are empty; every row needs at least one token")
+    return rows, form
+
+
+def _step_fn(model, s: _Step, eos: torch.Tensor | None, temperature, top_k, top_p, generator):
+    def step() -> None:
+        logits = model(s.token, cache=s.cache)[:, -1]
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos is not None:
+            nxt = torch.where(s.done, eos[0], nxt)
+            s.done |= torch.isin(nxt, eos)
+        s.out.index_copy_(1, s.index.view(1), nxt[:, None])
+        s.index.add_(1)
+        s.token.copy_(nxt[:, None])
+
+    return step
+
+
+def generate(
+    model,
+    input_ids: torch.Tensor | Sequence,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+    compile: bool | None = None,
+    pad_token_id: int | None = None,
+):
+    """See ``ArchZooLM.generate``."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = model.embed.weight.device
+    rows, form = normalise_prompts(input_ids, attention_mask, device)
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    B, lens = len(rows), [int(r.numel()) for r in rows]
+    compile = device.type == "cuda" if compile is None else compile
+    graphs = compile and device.type == "cuda"
+    if generator is not None and compile:
+        raise ValueError(
+            "generator= needs compile=False: a compiled, captured step draws from the default generator "
+            "(seed it with torch.manual_seed)"
+        )
+    total = max(lens) + max_new_tokens
+    stats = {"batch_size": B, "prompt_len": max(lens), "new_tokens": 0, "compile_s": 0.0}
+    stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
+
+    s, stats["compile_s"] = _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, compile, graphs)
+    cache = s.cache
+    if cache.capacity is not None and total > cache.capacity:
+        raise ValueError(f"{max(lens)} prompt + {max_new_tokens} new tokens exceed the cache's {cache.capacity}")
+    stats["cache_bytes"] = cache.nbytes()
+
+    t0 = _now(device)
+    if len(set(lens)) == 1:
+        logits = model(torch.stack(rows), cache=cache)[:, -1]
+    else:
+        logits = torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
+    stats["prefill_s"] = _now(device) - t0
+
+    t0 = _now(device)
+    n = 0
+    if max_new_tokens > 0:
+        first = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_ids:
+            s.done.copy_(torch.isin(first, s.eos))
+        s.out[:, 0] = first
+        s.token.copy_(first[:, None])
+        s.index.fill_(1)
+        n = 1
+        cache.host_max_len = max(lens)
+        while n < max_new_tokens:
+            if eos_ids and n % EARLY_STOP_EVERY == 0 and bool(s.done.all()):
+                break
+            if s.graph is not None:
+                s.graph.replay()
+            else:
+                s.fn()
+            n += 1
+    stats["decode_s"] = _now(device) - t0
+    stats["new_tokens"] = n
+    model.last_generate_stats = stats
+    return _assemble(rows, s.out[:, :n], form, input_ids, eos_ids, pad_token_id)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, compile, graphs) -> tuple[_Step, float]:
+    """A ready step for these settings (a pooled one when compiling), and the seconds spent compiling it."""
+    dev, dtype = model.embed.weight.device, model.embed.weight.dtype
+    length = bucket_length(total) if compile else total
+    key = (B, length, dtype, str(dev), temperature, top_k, top_p, tuple(eos_ids))
+    pool: DecodePool = model.decode_pool
+    if compile and key in pool.entries:
+        pool.entries.move_to_end(key)
+        s = pool.entries[key]
+        _reset(s)
+        return s, 0.0
+    t0 = _now(dev)
+    cache = model.new_cache(B, length)
+    s = _Step(
+        cache=cache,
+        token=torch.zeros(B, 1, dtype=torch.long, device=dev),
+        done=torch.zeros(B, dtype=torch.bool, device=dev),
+        out=torch.zeros(B, length, dtype=torch.long, device=dev),
+        index=torch.zeros((), dtype=torch.long, device=dev),
+        eos=torch.tensor(eos_ids, dtype=torch.long, device=dev) if eos_ids else None,
+    )
+    fn = _step_fn(model, s, s.eos, temperature, top_k, top_p, generator)
+    if compile:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        fn = torch.compile(fn, fullgraph=True, dynamic=False, backend=model.compile_backend)
+    s.fn = fn
+    if graphs:
+        s.graph = _capture(fn, dev)
+    elif compile:
+        fn()  # compile now, so that compiling is not counted as decoding
+    if compile:
+        _reset(s)
+        pool.entries[key] = s
+        while len(pool.entries) > GRAPHS_KEPT:
+            pool.entries.popitem(last=False)
+    return s, (_now(dev) - t0 if compile else 0.0)
+
+
+def _capture(fn, device) -> torch.cuda.CUDAGraph:
+    """Warm ``fn`` up on a side stream (compile, autotune, first launches), then capture one call."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    return graph
+
+
+def _reset(s: _Step) -> None:
+    s.cache.reset()
+    s.token.zero_()
+    s.done.zero_()
+    s.out.zero_()
+    s.index.zero_()
+
+
+def _assemble(rows, new: torch.Tensor, form: str, input_ids, eos_ids: list[int], pad_token_id: int | None):
+    """Prompt + generated tokens in the caller's form."""
+    if form == "tensor":
+        return torch.cat([input_ids.to(new.device), new], dim=1)
+    out = []
+    for r, gen in zip(rows, new, strict=True):
+        if eos_ids:
+            hits = torch.isin(gen, torch.tensor(eos_ids, device=gen.device)).nonzero()
+            if hits.numel():
+                gen = gen[: int(hits[0]) + 1]
+        out.append(torch.cat([r, gen]))
+    if form == "list":
+        return out
+    pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    width = input_ids.shape[1] + new.shape[1]
+    padded = torch.full((len(out), width), pad, dtype=torch.long, device=new.device)
+    for b, seq in enumerate(out):
+        padded[b, : seq.numel()] = seq
+    return padded
