@@ -2,6 +2,7 @@
 
 - ``kernels``: the SSM kernel benchmark (benchmarks/bench_ssm_kernels.py) on one GPU.
 - ``conversion``: held-out quality right after conversion (archzoo.bench.conversion).
+- ``decode``: decode speed against the memory roofline and HF ``generate`` (archzoo.bench.decode).
 The YAML-driven Pareto report (configs/bench/) is not built yet; a YAML path says so.
 """
 
@@ -12,7 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "conversion")
+SUITES = ("kernels", "conversion", "decode")
 
 
 def bench_cli(args: argparse.Namespace) -> int:
@@ -23,6 +24,10 @@ def bench_cli(args: argparse.Namespace) -> int:
         from .conversion import main
 
         return main(extra)
+    if name == "decode":
+        from .decode import main as decode_main
+
+        return decode_main(extra)
     if name == "kernels":
         script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ssm_kernels.py"
         if not script.is_file():

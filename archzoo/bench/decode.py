@@ -1,0 +1,883 @@
+"""``archzoo bench decode``: decode speed against the memory roofline, beside Hugging Face ``generate``.
+
+    archzoo bench decode configs/students/teacher.yaml configs/students/mla.yaml smollm2-135m \
+        --batch-sizes 1,16,64 --prompt-lens 128,4096 --new-tokens 256 --dtype bf16 --baseline hf --out DIR
+
+A MODEL is a model YAML (random weights, seeded), a saved student folder (``from_pretrained``) or
+a teacher: a built-in name, a ``.gguf`` file or a Hugging Face folder (``resolve_teacher``). For
+each model x batch size x prompt length x implementation: random prompts (seeded, the same for
+every implementation), greedy, no EOS, so each row generates exactly ``--new-tokens`` tokens;
+``--warmup`` untimed calls (they compile / capture: their compile seconds are reported), then
+``--repeat`` timed calls, of which the median decode time is reported.
+
+Implementations: ``archzoo`` (``model.generate``), and with ``--baseline hf`` for Llama-shaped
+models ``hf-dynamic`` (transformers ``generate``, dynamic cache) and ``hf-static``
+(``cache_implementation="static"``, which transformers compiles on CUDA).
+
+Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set by ``generate``)
+when the model has it, else the wall time of the synchronised call minus that of a call making no
+token; for the HF rows, a logits processor that notes the time of the first step, right after the
+prefill (row field ``timing`` says which).
+
+Writes ``DIR/decode.json`` (atomically, after every row) and ``DIR/decode.md``. Bad input (an
+unknown model, bad sizes, a length beyond what a model holds, CUDA asked for but absent) raises
+``UserError`` before anything is written. A combination that does not fit in GPU memory is
+skipped with the reason in its row; a failure of one row is recorded in its ``error`` field and
+the run goes on (exit status 1 at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import inspect
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..cache import cache_bytes
+from ..config import load_config
+from ..errors import UserError
+
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+IMPLEMENTATIONS = ("archzoo", "hf-dynamic", "hf-static")
+BASELINES = ("hf",)
+RECOMPILE_LIMIT = 64  # every (batch size, length) is a new shape for torch.compile; dynamo's default of 8 runs out
+
+FORMULAS = {
+    "tokens_per_s": "batch_size * new_tokens / decode_s",
+    "ms_per_token": "decode_s / new_tokens * 1000 (one decode step of the whole batch)",
+    "prefill_ms": "prefill_s * 1000 (the prompt's forward pass, first token's logits)",
+    "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "
+    "(the HF rows hold the same K/V)",
+    "weight_bytes": "sum of parameter bytes, a tied embedding / head counted once",
+    "step_bytes": "weight_bytes + archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens // 2, dtype): what one "
+    "decode step must read at the mean length (attention reads its K/V up to the current position; a bounded state, "
+    "sliding window or recurrent, reads its fixed size; every weight is counted, also all MoE experts and the whole "
+    "embedding, so the figure is an upper bound for MoE at small batch and for an untied embedding)",
+    "hbm_fraction": "step_bytes / (decode_s / new_tokens) / bandwidth.bytes_per_s",
+    "bandwidth.bytes_per_s": "bytes read + written by a device-to-device copy (dst.copy_(src)) / its time, "
+    "best of several rounds (CUDA events on a GPU, perf_counter on the CPU)",
+    "compile_s": "seconds the warm-up call(s) spent compiling / capturing: generate's own figure when it reports one, "
+    "else warm-up wall time minus the median timed call's",
+    "peak_memory_bytes": "torch.cuda.max_memory_allocated over the row (reset before its warm-up); null on the CPU",
+}
+
+
+@dataclass
+class ModelSource:
+    """One MODEL argument, resolved far enough to check it without loading weights."""
+
+    arg: str
+    kind: str  # yaml | checkpoint | teacher
+    cfg: object | None = None  # ModelConfig where it is cheap to read
+    max_len: int | None = None  # most tokens the model holds (prompt + new), where known
+    max_len_from: str = ""
+
+
+# --------------------------------------------------------------------------- input
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+def parse_sizes(flag: str, text: str | Sequence[int]) -> list[int]:
+    """``"1,16,64"`` -> [1, 16, 64]; anything but positive integers is a ``UserError`` naming the flag."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in items:
+        try:
+            value = int(str(item).strip())
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
+    return out
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: {device!r} is not a device; expected cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {device!r}: expected cpu or cuda[:N]")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UserError(
+                f"--device {device}: CUDA is not available (torch {torch.__version__}, {build}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def _hf_context(folder: Path) -> int | None:
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # from_hf reports a broken config.json when it loads the folder
+    n = raw.get("max_position_embeddings")
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def _gguf_context(path: Path) -> int | None:
+    """``<arch>.context_length`` from a GGUF header (needs the ``gguf`` package, as reading the file does)."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        arch = reader.fields["general.architecture"]
+        arch = bytes(arch.parts[arch.data[0]]).decode()
+        field = reader.fields.get(f"{arch}.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    except Exception:  # no gguf package, or a file from_hf will refuse with its own message
+        return None
+
+
+def resolve_source(arg: str) -> ModelSource:
+    """Which kind of MODEL ``arg`` is; ``UserError`` (``ConfigError`` for a bad YAML) when it is none."""
+    from ..teacher import TEACHERS
+
+    path = Path(arg).expanduser()
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return ModelSource(arg, "yaml", load_config(path))
+    if path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file():
+        return ModelSource(arg, "checkpoint", load_config(path / "config.yaml"))
+    if path.is_dir() and (path / "config.json").is_file():
+        n = _hf_context(path)
+        return ModelSource(arg, "teacher", None, n, "max_position_embeddings in config.json" if n else "")
+    if path.is_file() and path.suffix == ".gguf":
+        n = _gguf_context(path)
+        return ModelSource(arg, "teacher", None, n, "context_length in the GGUF header" if n else "")
+    if arg in TEACHERS and not path.exists():
+        return ModelSource(arg, "teacher")
+    what = "no such file or folder" if not path.exists() else "not a model"
+    raise UserError(
+        f"{arg}: {what}; expected a model YAML, a saved student folder (config.yaml + model.safetensors), "
+        f"a teacher name ({', '.join(TEACHERS)}), a .gguf file or a Hugging Face folder (config.json)"
+    )
+
+
+def _check_length(src: ModelSource, prompt_len: int, new_tokens: int) -> None:
+    need = prompt_len + new_tokens
+    if src.max_len is not None and need > src.max_len:
+        raise UserError(
+            f"{src.arg}: a {prompt_len}-token prompt + {new_tokens} new tokens = {need} tokens; "
+            f"the model holds {src.max_len} ({src.max_len_from})"
+        )
+
+
+def _model_limit(model) -> tuple[int | None, str]:
+    """A length limit the model itself declares, if any (``max_seq_len`` on the model or its config)."""
+    for owner, name in ((model, "model"), (getattr(model, "cfg", None), "config")):
+        for attr in ("max_seq_len", "max_position_embeddings"):
+            n = getattr(owner, attr, None)
+            if isinstance(n, int) and n > 0:
+                return n, f"{name}.{attr}"
+    return None, ""
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_model(src: ModelSource, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """The ArchZooLM of ``src`` in ``dtype`` on ``device`` (a YAML gets seeded random weights)."""
+    if src.kind == "yaml":
+        from ..model import build_model
+
+        torch.manual_seed(seed)
+        model = build_model(src.cfg)  # built on the CPU: the same weights whatever the device
+        return model.to(device=device, dtype=dtype).eval()
+    if src.kind == "checkpoint":
+        from ..checkpoint import from_pretrained
+
+        return from_pretrained(src.arg, device=device, dtype=dtype).eval()
+    from ..teacher import TEACHERS, fetch_teacher, resolve_teacher
+
+    model = resolve_teacher(src.arg, dtype=dtype, device=device).eval()
+    if src.max_len is None and src.arg in TEACHERS:
+        src.max_len = _gguf_context(fetch_teacher(src.arg))  # found, not fetched again: resolve_teacher did that
+        src.max_len_from = "context_length in the GGUF header"
+    return model
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of every parameter, each storage once (a tied embedding and head count once)."""
+    seen, total = set(), 0
+    for p in module.parameters():
+        key = (p.device, p.data_ptr(), p.nbytes) if p.device.type != "meta" else id(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += p.numel() * p.element_size()
+    return total
+
+
+def hf_reason(model) -> str | None:
+    """Why no Hugging Face model can be built from ``model`` (None when one can)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return "transformers is not installed"
+    from ..hf import to_hf_config
+
+    try:
+        to_hf_config(model.cfg)
+    except ValueError as e:
+        return f"not Llama-shaped ({str(e).removeprefix('to_hf_config: ')})"
+    return None
+
+
+def build_hf(model, dtype: torch.dtype, device: torch.device):
+    from ..hf import to_hf
+
+    return to_hf(model).to(device=device, dtype=dtype).eval()
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_bandwidth(device: str | torch.device, nbytes: int | None = None, rounds: int = 5) -> dict:
+    """Memory bandwidth of a large copy on ``device``: (bytes read + written) / time, best of ``rounds``.
+
+    ``nbytes`` defaults to 1 GiB on a GPU (halved until it fits) and 128 MiB on the CPU.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    nbytes = nbytes or (2**30 if cuda else 2**27)
+    while True:
+        try:
+            src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+            dst = torch.empty_like(src)
+            break
+        except torch.OutOfMemoryError:
+            if nbytes <= 2**24:
+                raise
+            nbytes //= 2
+    copies = 10 if cuda else 2
+    for _ in range(2):
+        dst.copy_(src)
+    best = math.inf
+    for _ in range(rounds):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(copies):
+                dst.copy_(src)
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            for _ in range(copies):
+                dst.copy_(src)
+            seconds = time.perf_counter() - t0
+        best = min(best, seconds)
+    del src, dst
+    if cuda:
+        torch.cuda.empty_cache()
+    return {
+        "bytes_per_s": 2 * nbytes * copies / best,
+        "copy_bytes": nbytes,
+        "method": f"dst.copy_(src) of {nbytes / 2**20:.0f} MiB, {copies} copies, best of {rounds} rounds, "
+        + ("CUDA events" if cuda else "perf_counter"),
+    }
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _fresh_stats(model, before: object, before_copy: dict | None) -> dict | None:
+    stats = getattr(model, "last_generate_stats", None)
+    if not isinstance(stats, dict) or "decode_s" not in stats:
+        return None
+    if stats is before and dict(stats) == before_copy:
+        return None  # not updated by this call
+    return stats
+
+
+def run_archzoo(
+    model, ids: torch.Tensor, new_tokens: int, compile: bool | None, warmup: int, repeat: int, device: torch.device
+) -> dict:
+    """Warm-up then timed ``model.generate`` calls -> the measured fields of one row."""
+    kwargs: dict = {"eos_token_id": None}
+    if compile is not None:
+        kwargs["compile"] = compile
+    prompt_len = ids.shape[1]
+
+    def call() -> tuple[torch.Tensor, float, dict | None]:
+        before = getattr(model, "last_generate_stats", None)
+        before_copy = dict(before) if isinstance(before, dict) else None
+        out, wall = _timed(lambda: model.generate(ids, new_tokens, **kwargs), device)
+        return out, wall, _fresh_stats(model, before, before_copy)
+
+    warm = [call() for _ in range(warmup)]
+    runs = [call() for _ in range(repeat)]
+    out = {"timing": "generate stats" if all(r[2] is not None for r in runs) else "wall"}
+    for o, _, stats in warm + runs:
+        got = o.shape[1] - prompt_len
+        per_row = stats.get("new_tokens") if stats else None
+        if got != new_tokens or (per_row is not None and any(int(n) != new_tokens for n in _as_list(per_row))):
+            raise RuntimeError(f"generate made {per_row if per_row is not None else got} new tokens, not {new_tokens}")
+    if out["timing"] == "generate stats":
+        decode = [float(r[2]["decode_s"]) for r in runs]
+        i = decode.index(statistics.median_low(decode))
+        stats = runs[i][2]
+        out.update(
+            decode_s=decode[i],
+            prefill_s=float(stats["prefill_s"]),
+            compile_s=sum(float(w[2].get("compile_s", 0.0)) for w in warm if w[2] is not None),
+            backend=stats.get("backend"),
+            cache_bytes_allocated=stats.get("cache_bytes"),
+            decode_s_runs=decode,
+        )
+        recompiled = sum(float(r[2].get("compile_s", 0.0)) for r in runs)
+        if recompiled > 0:
+            out["note"] = f"timed calls spent {recompiled:.2f} s compiling"
+        if any(w[2] is None for w in warm):
+            out["compile_s"] = None
+    else:
+        # No stats from generate: its wall time minus that of a generate call making no token (its prefill).
+        prefill = statistics.median(
+            _timed(lambda: model.generate(ids, 0, **kwargs), device)[1] for _ in range(max(repeat, 3))
+        )
+        can_compile = "compile" in inspect.signature(model.generate).parameters
+        asked = compile if compile is not None else device.type == "cuda"  # generate's documented default
+        out.update(
+            _wall_split([r[1] for r in runs], [w[1] for w in warm], prefill, can_compile and asked),
+            backend="compiled" if can_compile and asked else "eager",
+        )
+        if can_compile:
+            out["note"] = "; ".join(x for x in (out.get("note"), "generate reports no stats: backend as asked") if x)
+    return out
+
+
+def _wall_split(walls: list[float], warm: list[float], prefill_s: float, compiles: bool) -> dict:
+    """Decode seconds from wall times of whole generate calls and of their prefill alone.
+
+    ``compile_s`` is the warm-up calls' excess over a timed call where the call compiles, else 0.
+    A decode time that does not exceed the prefill's (timing noise on a busy host) is left out.
+    """
+    wall = statistics.median_low(walls)
+    out = {
+        "prefill_s": prefill_s,
+        "compile_s": (max(sum(warm) - len(warm) * wall, 0.0) if warm else None) if compiles else 0.0,
+        "decode_s_runs": [w - prefill_s for w in walls],
+        "decode_s": wall - prefill_s,
+    }
+    if out["decode_s"] <= 0:
+        out["decode_s"] = None
+        out["note"] = f"a whole call ({wall:.4f} s) took no longer than its prefill ({prefill_s:.4f} s): timing noise"
+    return out
+
+
+def _as_list(x) -> list:
+    if isinstance(x, torch.Tensor):
+        return x.flatten().tolist()
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+@torch.no_grad()
+def run_hf(
+    hf, ids: torch.Tensor, new_tokens: int, static: bool, warmup: int, repeat: int, device: torch.device
+) -> dict:
+    """Warm-up then timed transformers ``generate`` calls -> the measured fields of one row.
+
+    A logits processor notes the (synchronised) time of its first call, right after the prefill, so
+    prefill and decode are split inside the same call; it does nothing on later steps.
+    """
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class PrefillClock(LogitsProcessor):
+        at: float | None = None
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if self.at is None:
+                _sync(device)
+                self.at = time.perf_counter()
+            return scores
+
+    gen = hf.generation_config
+    pad = next((t for t in (gen.pad_token_id, gen.eos_token_id) if t is not None), 0)
+    kwargs = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad[0] if isinstance(pad, list) else pad,
+    )
+    if static:
+        kwargs["cache_implementation"] = "static"
+
+    def call() -> tuple[float, float]:
+        clock = PrefillClock()
+        _sync(device)
+        t0 = time.perf_counter()
+        o = hf.generate(ids, logits_processor=LogitsProcessorList([clock]), **kwargs)
+        _sync(device)
+        wall = time.perf_counter() - t0
+        if o.shape[1] - ids.shape[1] != new_tokens:
+            raise RuntimeError(f"transformers generate made {o.shape[1] - ids.shape[1]} new tokens, not {new_tokens}")
+        return wall, clock.at - t0
+
+    warm = [call() for _ in range(warmup)]
+    runs = [call() for _ in range(repeat)]
+    decode = [wall - prefill for wall, prefill in runs]
+    i = decode.index(statistics.median_low(decode))
+    compiled = static and getattr(hf, "_compiled_call", None) is not None
+    return {
+        "timing": "prefill clock",
+        "backend": "compiled" if compiled else "eager",
+        "decode_s": decode[i],
+        "prefill_s": runs[i][1],
+        "decode_s_runs": decode,
+        "compile_s": max(sum(w for w, _ in warm) - warmup * runs[i][0], 0.0) if compiled else 0.0,
+        "note": f"attn {getattr(hf.config, '_attn_implementation', '?')}",
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _prompts(vocab_size: int, batch_size: int, prompt_len: int, seed: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + batch_size * 10_007 + prompt_len)
+    return torch.randint(0, vocab_size, (batch_size, prompt_len), generator=g).to(device)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("triton", "transformers"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def _set_recompile_limit() -> int | None:
+    try:
+        import torch._dynamo.config as dyn
+    except ImportError:
+        return None
+    name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+    setattr(dyn, name, max(getattr(dyn, name), RECOMPILE_LIMIT))
+    return getattr(dyn, name)
+
+
+def run_decode_bench(
+    models: Sequence[str],
+    batch_sizes: Sequence[int] | str = (1, 16, 64),
+    prompt_lens: Sequence[int] | str = (128, 4096),
+    new_tokens: int = 256,
+    dtype: str | torch.dtype = "bf16",
+    device: str = "cuda",
+    baseline: str | None = None,
+    out_dir: str | Path = "decode-bench",
+    compile: bool | None = None,
+    warmup: int = 1,
+    repeat: int = 1,
+    seed: int = 0,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
+
+    Returns the rows. Every check on the input runs before anything is written.
+    """
+    batch_sizes = parse_sizes("--batch-sizes", batch_sizes)
+    prompt_lens = parse_sizes("--prompt-lens", prompt_lens)
+    if new_tokens < 1:
+        raise UserError(f"--new-tokens: expected a positive integer, got {new_tokens}")
+    if warmup < 0 or repeat < 1:
+        raise UserError(f"--warmup must be >= 0 and --repeat >= 1, got {warmup} and {repeat}")
+    if baseline not in (None, *BASELINES):
+        raise UserError(f"--baseline: unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
+    if not models:
+        raise UserError("bench decode: give at least one MODEL")
+    if compile is not None:
+        from ..model import ArchZooLM
+
+        if "compile" not in inspect.signature(ArchZooLM.generate).parameters:
+            flag = "--compile" if compile else "--no-compile"
+            raise UserError(f"{flag}: this archzoo's model.generate has no compile option (it decodes eagerly)")
+    dt = parse_dtype(dtype)
+    dev = check_device(device)
+    sources = [resolve_source(m) for m in models]
+    for src in sources:
+        _check_length(src, max(prompt_lens), new_tokens)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a folder")
+
+    recompile_limit = _set_recompile_limit()
+    meta = {
+        "benchmark": "decode",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or "archzoo bench decode " + " ".join(shlex.quote(m) for m in models),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})",
+        "device_type": dev.type,
+        "cpu_threads": torch.get_num_threads(),
+        **_versions(),
+        "dtype": dtype_name(dt),
+        "batch_sizes": batch_sizes,
+        "prompt_lens": prompt_lens,
+        "new_tokens": new_tokens,
+        "warmup": warmup,
+        "repeat": repeat,
+        "seed": seed,
+        "compile": compile,
+        "baseline": baseline,
+        "dynamo_recompile_limit": recompile_limit,
+    }
+    log(f"bench decode: measuring {dev.type} memory bandwidth")
+    meta["bandwidth"] = measure_bandwidth(dev)
+    meta["formulas"] = FORMULAS
+    log(f"bench decode: {meta['device']}, {meta['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s (copy)")
+    rows: list[dict] = []
+
+    for src in sources:
+        _bench_model(src, rows, meta, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, out_dir, compile,
+                     warmup, repeat, seed, log)  # fmt: skip
+    write_results(out_dir, meta, rows)
+    return rows
+
+
+def _bench_model(src, rows, meta, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, out_dir, compile,
+                 warmup, repeat, seed, log) -> None:  # fmt: skip
+    impls = ["archzoo", "hf-dynamic", "hf-static"] if baseline == "hf" else ["archzoo"]
+    combos = [(b, p, impl) for b in batch_sizes for p in prompt_lens for impl in impls]
+    log(f"bench decode: loading {src.arg}")
+    try:
+        model = load_model(src, dt, dev, seed)
+        if src.max_len is None:
+            src.max_len, src.max_len_from = _model_limit(model)
+        _check_length(src, max(prompt_lens), new_tokens)
+    except torch.OutOfMemoryError:
+        model = None
+    if model is None:
+        _free(dev)
+        for b, p, impl in combos:
+            rows.append(_base_row(src, impl, b, p, new_tokens, dt) | {"skipped": "the model does not fit in memory"})
+        write_results(out_dir, meta, rows)
+        return
+    cfg = model.cfg
+    wbytes = weight_bytes(model)
+    hf, hf_skip = None, None
+    if baseline == "hf":
+        hf_skip = hf_reason(model)
+    for b, p, impl in combos:
+        row = _base_row(src, impl, b, p, new_tokens, dt)
+        row["parameters"] = model.num_parameters()
+        row["cache_bytes"] = cache_bytes(cfg, b, p + new_tokens, dt)
+        row["weight_bytes"] = wbytes
+        row["step_bytes"] = wbytes + cache_bytes(cfg, b, p + new_tokens // 2, dt)
+        rows.append(row)
+        if impl != "archzoo" and hf_skip:
+            row["skipped"] = hf_skip
+            write_results(out_dir, meta, rows)
+            continue
+        ids = _prompts(cfg.vocab_size, b, p, seed, dev)
+        oom = False
+        pool = getattr(model, "decode_pool", None)
+        if pool is not None and hasattr(pool, "clear"):
+            pool.clear()  # the previous rows' captured steps and caches: free them, so peak memory is this row's
+        _free(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            if impl == "archzoo":
+                row.update(run_archzoo(model, ids, new_tokens, compile, warmup, repeat, dev))
+            else:
+                if hf is None:
+                    log(f"bench decode: building the transformers model of {src.arg}")
+                    hf = build_hf(model, dt, dev)
+                    row["weight_bytes_hf"] = weight_bytes(hf)
+                row.update(run_hf(hf, ids, new_tokens, impl == "hf-static", warmup, repeat, dev))
+        except torch.OutOfMemoryError:
+            oom = True
+        except Exception as e:  # one failed row is reported, the others still run
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            row["error"] = f"{type(e).__name__}: {first}"
+            print(f"bench decode: {src.arg} {impl} batch {b} prompt {p}: {row['error']}", file=sys.stderr)
+        if oom:
+            row["skipped"] = f"out of {dev.type} memory"
+            if hf is not None and hasattr(hf, "_cache"):
+                hf._cache = None  # transformers keeps the static cache on the model
+            _free(dev)
+        if dev.type == "cuda":
+            row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(dev)
+        _finish_row(row, meta["bandwidth"]["bytes_per_s"], new_tokens)
+        log(_progress(row))
+        write_results(out_dir, meta, rows)
+    del model, hf
+    _free(dev)
+
+
+def _base_row(src: ModelSource, impl: str, batch_size: int, prompt_len: int, new_tokens: int, dt) -> dict:
+    return {
+        "model": src.arg,
+        "source": src.kind,
+        "implementation": impl,
+        "backend": None,
+        "batch_size": batch_size,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "dtype": dtype_name(dt),
+        "tokens_per_s": None,
+        "ms_per_token": None,
+        "prefill_ms": None,
+        "decode_s": None,
+        "cache_bytes": None,
+        "weight_bytes": None,
+        "step_bytes": None,
+        "peak_memory_bytes": None,
+        "hbm_fraction": None,
+        "compile_s": None,
+        "timing": None,
+    }
+
+
+def _finish_row(row: dict, bandwidth: float, new_tokens: int) -> None:
+    prefill_s = row.pop("prefill_s", None)
+    if row.get("skipped") or row.get("error"):
+        return
+    if prefill_s is not None:
+        row["prefill_ms"] = prefill_s * 1e3
+    if row.get("decode_s") is None:
+        return
+    step_s = row["decode_s"] / new_tokens
+    row["tokens_per_s"] = row["batch_size"] * new_tokens / row["decode_s"]
+    row["ms_per_token"] = step_s * 1e3
+    row["hbm_fraction"] = row["step_bytes"] / step_s / bandwidth
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _progress(row: dict) -> str:
+    head = f"{row['model']} {row['implementation']} batch {row['batch_size']} prompt {row['prompt_len']}:"
+    if row.get("skipped"):
+        return f"{head} skipped: {row['skipped']}"
+    if row.get("error"):
+        return f"{head} error: {row['error']}"
+    if row.get("tokens_per_s") is None:
+        return f"{head} {row.get('note')}"
+    return (
+        f"{head} {row['tokens_per_s']:,.0f} tokens/s, {row['ms_per_token']:.2f} ms/step, "
+        f"{100 * row['hbm_fraction']:.1f}% of bandwidth ({row['backend']}, compile {row['compile_s'] or 0:.1f} s)"
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_results(out_dir: str | Path, meta: dict, rows: list[dict]) -> None:
+    """``decode.json`` and ``decode.md`` in ``out_dir``, each written to a temporary file and moved in place."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "decode.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    _atomic_write(out_dir / "decode.md", markdown(meta, rows))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+MD_COLUMNS = (
+    "model",
+    "impl",
+    "backend",
+    "batch",
+    "prompt",
+    "new",
+    "tokens/s",
+    "ms/step",
+    "prefill ms",
+    "cache",
+    "weights",
+    "peak memory",
+    "bandwidth",
+    "compile s",
+    "note",
+)
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    """One table row per measurement, the command and the run's setting above it."""
+    bw = meta.get("bandwidth", {}).get("bytes_per_s")
+    lines = [
+        "# archzoo bench decode",
+        "",
+        f"    {meta['command']}",
+        "",
+        f"{meta['device']}; torch {meta['torch']}, triton {meta.get('triton') or '-'}, "
+        f"transformers {meta.get('transformers') or '-'}; {meta['dtype']}; {meta['date']}.",
+        f"Measured bandwidth: {_fmt(bw and bw / 1e9, ',.0f')} GB/s ({meta.get('bandwidth', {}).get('method', '-')}).",
+        f"{meta['new_tokens']} new tokens per row, greedy, no EOS; {meta['warmup']} warm-up and {meta['repeat']} "
+        "timed call(s), the median reported.",
+        "",
+        "| " + " | ".join(MD_COLUMNS) + " |",
+        "|" + "|".join("---" if c in ("model", "impl", "backend", "note") else "--:" for c in MD_COLUMNS) + "|",
+    ]
+    for r in rows:
+        note = r.get("note") or ""
+        if r.get("skipped"):
+            note = f"skipped: {r['skipped']}"
+        elif r.get("error"):
+            note = f"error: {r['error']}"
+        elif r.get("timing") == "wall":
+            note = "; ".join(x for x in (note, "wall timing") if x)
+        cells = [
+            r["model"],
+            r["implementation"],
+            r.get("backend") or "-",
+            str(r["batch_size"]),
+            str(r["prompt_len"]),
+            str(r["new_tokens"]),
+            _fmt(r.get("tokens_per_s"), ",.0f"),
+            _fmt(r.get("ms_per_token"), ".3f"),
+            _fmt(r.get("prefill_ms"), ".1f"),
+            _fmt_bytes(r.get("cache_bytes")),
+            _fmt_bytes(r.get("weight_bytes")),
+            _fmt_bytes(r.get("peak_memory_bytes")),
+            _fmt(r.get("hbm_fraction") and 100 * r["hbm_fraction"], ".1f") + ("%" if r.get("hbm_fraction") else ""),
+            _fmt(r.get("compile_s"), ".1f"),
+            note.replace("|", "/"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Formulas:", ""]
+    lines += [f"- `{k}` = {v}" for k, v in meta.get("formulas", FORMULAS).items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line ``UserError``s (exit 2 through the archzoo CLI)."""
+
+    def error(self, message: str):
+        raise UserError(f"bench decode: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="archzoo bench decode", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "models", nargs="+", metavar="MODEL", help="model YAML, student folder, teacher name, .gguf, HF folder"
+    )
+    p.add_argument("--batch-sizes", default="1,16,64", help="comma-separated (default 1,16,64)")
+    p.add_argument("--prompt-lens", default="128,4096", help="comma-separated prompt lengths (default 128,4096)")
+    p.add_argument("--new-tokens", type=int, default=256, help="tokens generated per row (default 256)")
+    p.add_argument("--dtype", default="bf16", help="bf16 (default), fp16, fp32")
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    p.add_argument("--baseline", default=None, choices=BASELINES, help="hf: add transformers generate rows")
+    p.add_argument(
+        "--compile",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="pass compile=True/False to model.generate (default: generate's own default, on for CUDA)",
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; they compile)")
+    p.add_argument("--repeat", type=int, default=1, help="timed calls; the median is reported (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and prompts (default 0)")
+    p.add_argument("--out", required=True, help="output folder: decode.json and decode.md")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    rows = run_decode_bench(
+        args.models,
+        args.batch_sizes,
+        args.prompt_lens,
+        args.new_tokens,
+        args.dtype,
+        args.device,
+        args.baseline,
+        args.out,
+        compile=args.compile,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        seed=args.seed,
+        command="archzoo bench decode " + shlex.join(argv),
+    )
+    out = Path(args.out)
+    print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        print(f"bench decode: {len(failed)} row(s) failed; see their 'error' field", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
