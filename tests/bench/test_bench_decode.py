@@ -1,0 +1,140 @@
+"""``archzoo bench decode`` end to end on tiny configs on the CPU: the files, their fields, the errors.
+
+No timing is asserted: only that the figures are there and follow the formulas the JSON states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import archzoo
+from archzoo.cli import main
+
+from conftest import ROOT
+
+GQA = str(ROOT / "configs" / "models" / "gqa.yaml")
+MAMBA = str(ROOT / "configs" / "models" / "mamba.yaml")
+TINY = ["--device", "cpu", "--dtype", "fp32", "--prompt-lens", "8", "--new-tokens", "4"]
+FIELDS = (
+    "model implementation backend batch_size prompt_len new_tokens tokens_per_s ms_per_token prefill_ms cache_bytes "
+    "weight_bytes step_bytes peak_memory_bytes hbm_fraction compile_s timing"
+).split()
+
+
+def _bench(out, *args: str) -> tuple[int, dict]:
+    rc = main(["bench", "decode", *args, "--out", str(out)])
+    return rc, json.loads((out / "decode.json").read_text())
+
+
+def _check_measured(row: dict, bandwidth: float) -> None:
+    """A measured row: every figure present and consistent with the formulas."""
+    name = f"{row['model']} {row['implementation']} B={row['batch_size']}"
+    assert not row.get("error") and not row.get("skipped"), name
+    assert row["prefill_ms"] > 0 and row["compile_s"] >= 0, name
+    if row["decode_s"] is None:  # a call no longer than its prefill on a busy host: said, not hidden
+        assert "timing noise" in row["note"], name
+        return
+    b, n, s = row["batch_size"], row["new_tokens"], row["decode_s"]
+    assert math.isclose(row["tokens_per_s"], b * n / s), name
+    assert math.isclose(row["ms_per_token"], s / n * 1e3), name
+    assert math.isclose(row["hbm_fraction"], row["step_bytes"] / (s / n) / bandwidth), name
+
+
+def test_bench_decode_tiny_models_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    rc, res = _bench(out, GQA, MAMBA, *TINY, "--batch-sizes", "1,2")
+    assert rc == 0
+    for key in ("device", "torch", "triton", "date", "command", "formulas", "bandwidth", "rows"):
+        assert key in res, key
+    assert res["command"].startswith("archzoo bench decode ") and "--batch-sizes 1,2" in res["command"]
+    assert "hbm_fraction" in res["formulas"] and "step_bytes" in res["formulas"]
+    bandwidth = res["bandwidth"]["bytes_per_s"]
+    assert bandwidth > 0
+    rows = res["rows"]
+    assert [(r["model"], r["batch_size"]) for r in rows] == [(GQA, 1), (GQA, 2), (MAMBA, 1), (MAMBA, 2)]
+    for r in rows:
+        assert all(k in r for k in FIELDS), sorted(set(FIELDS) - set(r))
+        assert r["implementation"] == "archzoo" and r["prompt_len"] == 8 and r["new_tokens"] == 4
+        assert r["peak_memory_bytes"] is None  # CPU
+        cfg = archzoo.load_config(r["model"])
+        assert r["cache_bytes"] == archzoo.cache_bytes(cfg, r["batch_size"], 8 + 4, torch.float32)
+        model = archzoo.build_model(cfg)
+        assert r["weight_bytes"] == 4 * model.num_parameters()  # fp32, the tied head once
+        assert r["step_bytes"] == r["weight_bytes"] + archzoo.cache_bytes(cfg, r["batch_size"], 8 + 2, torch.float32)
+        _check_measured(r, bandwidth)
+
+    md = (out / "decode.md").read_text()
+    assert md.startswith("# archzoo bench decode")
+    assert res["command"] in md
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert "tokens/s" in table[0] and len(table) == 2 + len(rows)
+    assert not [p.name for p in out.iterdir() if p.name not in ("decode.json", "decode.md")], "temporary files left"
+
+
+def test_bench_decode_hf_baseline(tmp_path):
+    """A Hugging Face folder as the teacher: its archzoo row and both HF rows; a Mamba YAML: HF rows skipped."""
+    pytest.importorskip("transformers")
+    from archzoo.hf import to_hf
+
+    torch.manual_seed(0)
+    hf_dir = tmp_path / "hf-gqa"
+    to_hf(archzoo.build_model(GQA)).save_pretrained(hf_dir)
+    out = tmp_path / "out"
+    rc, res = _bench(out, str(hf_dir), MAMBA, *TINY, "--batch-sizes", "1", "--baseline", "hf")
+    assert rc == 0
+    rows = {(r["model"], r["implementation"]): r for r in res["rows"]}
+    assert len(rows) == len(res["rows"]) == 6
+    for impl in ("archzoo", "hf-dynamic", "hf-static"):
+        row = rows[(str(hf_dir), impl)]
+        assert row["source"] == "teacher"
+        _check_measured(row, res["bandwidth"]["bytes_per_s"])
+    for impl in ("hf-dynamic", "hf-static"):
+        assert "not Llama-shaped" in rows[(MAMBA, impl)]["skipped"]
+        assert rows[(MAMBA, impl)]["tokens_per_s"] is None
+    assert "skipped: not Llama-shaped" in (out / "decode.md").read_text()
+
+    # A prompt + new tokens beyond the folder's max_position_embeddings: refused before anything is written.
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 10}))
+    _assert_refused(tmp_path / "long", [str(hf_dir), *TINY], "holds 10")
+
+
+def _assert_refused(out, args: list[str], message: str) -> None:
+    import io
+    from contextlib import redirect_stderr
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = main(["bench", "decode", *args, "--out", str(out)])
+    lines = err.getvalue().strip().splitlines()
+    assert rc == 2, err.getvalue()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not out.exists(), "nothing may be written for bad input"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no/such/model.yaml", *TINY], "no/such/model.yaml: no such file or folder"),
+        (["not-a-teacher", *TINY], "a teacher name (smollm2-135m)"),
+        ([str(ROOT / "configs"), *TINY], "not a model"),
+        ([GQA, *TINY, "--batch-sizes", "1,x"], "--batch-sizes: expected comma-separated positive integers"),
+        ([GQA, *TINY, "--prompt-lens", "0"], "--prompt-lens: expected comma-separated positive integers"),
+        ([GQA, *TINY, "--new-tokens", "0"], "--new-tokens"),
+        ([GQA, *TINY, "--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
+        ([GQA, *TINY, "--device", "tpu"], "--device"),
+        ([GQA, *TINY, "--baseline", "vllm"], "--baseline"),
+        ([*TINY], "MODEL"),
+    ],
+)
+def test_bench_decode_bad_input(tmp_path, args, message):
+    _assert_refused(tmp_path / "out", args, message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_bench_decode_cuda_without_cuda(tmp_path):
+    _assert_refused(tmp_path / "out", [GQA, "--device", "cuda"], "CUDA is not available")
