@@ -303,19 +303,19 @@ def _run_dict(run: RunConfig) -> dict[str, Any]:
 def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Path, resume: bool = False) -> dict:
     """Distil the run's student from its teacher; returns the final metrics and the output paths.
 
+    Everything a user can get wrong is checked before anything is written: the run config and the
+    student's model config, the output folder, the teacher (loaded), the student (built or converted),
+    the stages against both models and the data (loaded and packed). Only then does rank 0 create
+    ``output_dir`` and write ``run.yaml``.
+
     ``resume=True`` continues exactly from ``output_dir/checkpoints/last.ckpt`` (same data order,
     optimizer and schedule state); the run config's teacher, student, data and seed must not change.
     """
-    from archzoo.teacher import resolve_teacher
-
     run = load_run_config(config_path)
     _check_environment(run)
     out = Path(output_dir)
     if rank_zero_only.rank == 0:
         ckpt_path = _check_output_dir(run, out, resume)
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (out / "run.yaml").write_text(yaml.safe_dump(_run_dict(run), sort_keys=False))
     else:  # a DDP / FSDP child re-running the command: rank 0 has checked and prepared output_dir
         ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
     start_step = 0
@@ -323,11 +323,11 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
         start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
 
     L.seed_everything(run.seed, workers=True, verbose=False)
-    teacher = resolve_teacher(run.teacher_src())
-    student = build_student(run, teacher)
-    layer_map = default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers)
-    module = DistillModule(run, teacher, student, layer_map, start_step=start_step)
-    data = DistillDataModule(run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size)
+    module, data = _prepare(run, start_step)
+    if rank_zero_only.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / "run.yaml").write_text(yaml.safe_dump(_run_dict(run), sort_keys=False))
     trainer = build_trainer(run, out, start_step if ckpt_path is not None and rank_zero_only.rank == 0 else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -342,3 +342,29 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
         "metrics_csv": str(out / "logs" / "metrics.csv"),
     }
+
+
+def _prepare(run: RunConfig, start_step: int) -> tuple[DistillModule, DistillDataModule]:
+    """The teacher, the student, the module and the data rows, each checked; nothing is written.
+
+    A source that cannot be read (a teacher file transformers or gguf refuses, a JSONL line that is
+    not JSON) becomes a ``ConfigError`` naming the run YAML's field, so the CLI prints one line."""
+    from archzoo.teacher import resolve_teacher
+
+    try:
+        teacher = resolve_teacher(run.teacher_src())
+    except ConfigError:
+        raise
+    except (ValueError, ImportError) as e:
+        raise run.error("teacher", f"{run.teacher}: {e}") from None
+    student = build_student(run, teacher)
+    layer_map = default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers)
+    module = DistillModule(run, teacher, student, layer_map, start_step=start_step)
+    data = DistillDataModule(run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size)
+    try:
+        data.setup("fit")  # load, tokenise and pack now (fit's own setup call then finds the rows ready)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise run.error("data.path" if run.data.path is not None else "data", str(e)) from None
+    return module, data

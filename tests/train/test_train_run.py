@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,51 @@ def test_ddp_two_cpu_processes_match_one_process(teacher_dir, tmp_path):
     b = archzoo.from_pretrained(tmp_path / "ddp" / "student")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert_close(f"DDP {name}", q, p, 1e-5)
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "to be or not that is the question".split()
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}, "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+BAD_RUNS = {  # what is wrong -> (run overrides, where the error line points)
+    "teacher name": (lambda d: {"teacher": "smollm9"}, "not a teacher name"),
+    "teacher file": (lambda d: {"teacher": str(d / "junk.gguf")}, "not a GGUF file"),
+    "data path": (lambda d: {"data": {"source": "jsonl", "path": "missing.jsonl"}}, "data.path: 'missing.jsonl'"),
+    "data content": (lambda d: {"data": {"source": "jsonl", "path": "bad.jsonl"}}, "data.path: .*not valid JSON"),
+    "student config": (
+        lambda d: {"student": {"config": {**STUDENT, "mixer": {"type": "attention", "n_heads": 4, "n_kv_heads": 3}}}},
+        "student.config.mixer",
+    ),
+    "stage globs": (
+        lambda d: {"stages": [{"name": "kd", "type": "kd", "steps": 2, "trainable": ["nothing.*"]}]},
+        "stages.0.trainable",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_a_bad_run_exits_2_before_writing_anything(tmp_path, capsys, case):
+    """Config, teacher, student, stages and data are all checked before the output folder is created."""
+    from archzoo.cli import main
+
+    teacher = archzoo.build_model(TEACHER)
+    teacher.tokenizer = _word_tokenizer()  # text sources need one
+    teacher.save_pretrained(tmp_path / "teacher")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    (tmp_path / "bad.jsonl").write_text('{"text": "to be or not to be"}\nthat is the question\n')
+    over, message = BAD_RUNS[case]
+    cfg = _config(tmp_path / "teacher", **over(tmp_path))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main(["distill", str(tmp_path / "run.yaml"), "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists(), f"{case}: wrote {sorted(p.name for p in out.rglob('*'))} before failing"
