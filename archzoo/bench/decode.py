@@ -784,6 +784,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"{meta['new_tokens']} new tokens per row, greedy, no EOS; {meta['warmup']} warm-up and {meta['repeat']} "
         "timed call(s), the median reported.",
         "",
+        "## Summary: tokens/s (fraction of the measured bandwidth)",
+        "",
+        *summary_table(meta, rows),
+        "",
+        "## Every measurement",
+        "",
         "| " + " | ".join(MD_COLUMNS) + " |",
         "|" + "|".join("---" if c in ("model", "impl", "backend", "note") else "--:" for c in MD_COLUMNS) + "|",
     ]
@@ -816,6 +822,38 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines += ["", "Formulas:", ""]
     lines += [f"- `{k}` = {v}" for k, v in meta.get("formulas", FORMULAS).items()]
     return "\n".join(lines) + "\n"
+
+
+def _short_names(models: list[str]) -> dict[str, str]:
+    """``configs/students/mla.yaml`` -> ``mla`` where the short names stay distinct, else the argument."""
+    short = {m: Path(m).stem if Path(m).suffix in (".yaml", ".yml", ".gguf") else Path(m).name or m for m in models}
+    return short if len(set(short.values())) == len(short) else {m: m for m in models}
+
+
+def summary_table(meta: dict, rows: list[dict]) -> list[str]:
+    """One line per model x implementation, one column per (batch size, prompt length): 'tokens/s (HBM %)'."""
+    combos = [(b, p) for b in meta["batch_sizes"] for p in meta["prompt_lens"]]
+    keys = list(dict.fromkeys((r["model"], r["implementation"]) for r in rows))
+    names = _short_names(list(dict.fromkeys(m for m, _ in keys)))
+    cells = {(r["model"], r["implementation"], r["batch_size"], r["prompt_len"]): r for r in rows}
+    lines = [
+        "| model | impl | " + " | ".join(f"B={b} P={p}" for b, p in combos) + " |",
+        "|---|---|" + "--:|" * len(combos),
+    ]
+    for model, impl in keys:
+        out = []
+        for b, p in combos:
+            r = cells.get((model, impl, b, p))
+            if r is None:
+                out.append("")
+            elif r.get("skipped") or r.get("error"):
+                out.append("skipped" if r.get("skipped") else "error")
+            elif r.get("tokens_per_s") is None:
+                out.append("-")
+            else:
+                out.append(f"{r['tokens_per_s']:,.0f} ({100 * r['hbm_fraction']:.0f}%)")
+        lines.append(f"| {names[model]} | {impl} | " + " | ".join(out) + " |")
+    return lines
 
 
 # --------------------------------------------------------------------------- CLI

@@ -70,8 +70,11 @@ def test_bench_decode_tiny_models_on_cpu(tmp_path):
     md = (out / "decode.md").read_text()
     assert md.startswith("# archzoo bench decode")
     assert res["command"] in md
-    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    summary, full = md.split("## Every measurement")
+    table = [ln for ln in full.splitlines() if ln.startswith("|")]
     assert "tokens/s" in table[0] and len(table) == 2 + len(rows)
+    pivot = [ln for ln in summary.splitlines() if ln.startswith("|")]
+    assert "B=1 P=8 | B=2 P=8 |" in pivot[0] and [ln.split("|")[1].strip() for ln in pivot[2:]] == ["gqa", "mamba"]
     assert not [p.name for p in out.iterdir() if p.name not in ("decode.json", "decode.md")], "temporary files left"
 
 
