@@ -546,7 +546,7 @@ def run_decode_bench(
             raise UserError(f"{flag}: this archzoo's model.generate has no compile option (it decodes eagerly)")
     dt = parse_dtype(dtype)
     dev = check_device(device)
-    sources = [resolve_source(m) for m in models]
+    sources = [resolve_source(m) for m in dict.fromkeys(models)]  # a model named twice is measured once
     for src in sources:
         _check_length(src, max(prompt_lens), new_tokens)
     out_dir = Path(out_dir)
