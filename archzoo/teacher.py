@@ -157,17 +157,6 @@ def resolve_teacher(src, dtype=None, device=None):
 # --------------------------------------------------------------------------------- CLI
 
 
-def add_teacher_parser(sub: argparse._SubParsersAction) -> None:
-    """``archzoo teacher fetch NAME [--cache-dir DIR]`` and ``archzoo teacher list``."""
-    t = sub.add_parser("teacher", help="fetch a built-in teacher")
-    tsub = t.add_subparsers(dest="teacher_command", required=True)
-    tf = tsub.add_parser("fetch", help="download / locate a teacher and print its path")
-    tf.add_argument("name", help=f"teacher name: {', '.join(TEACHERS)}")
-    tf.add_argument("--cache-dir", default=None, help="folder for fetched teachers (default <cache>/teachers)")
-    tsub.add_parser("list", help="list the built-in teachers")
-    t.set_defaults(func=teacher_cli)
-
-
 def teacher_cli(args: argparse.Namespace) -> int:
     """``archzoo teacher fetch NAME``: print the teacher file's path. ``archzoo teacher list``: the names."""
     command = getattr(args, "teacher_command", "fetch")

@@ -13,13 +13,6 @@ import sys
 from collections.abc import Sequence
 
 
-def add_distill_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("config", help="run YAML (configs/distill/...)")
-    p.add_argument("--output-dir", required=True, help="checkpoints, exported student, logs")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
-    return p
-
-
 def distill_cli(args: argparse.Namespace) -> int:
     from .module import NonFiniteLossError
     from .run import run_distill
