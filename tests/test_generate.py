@@ -35,10 +35,19 @@ def test_eos_stops_and_pads():
     free = model.generate(prompt, 10)
     eos = int(free[0, 6])  # the third token sequence 0 produces
     out = model.generate(prompt, 10, eos_token_id=eos)
-    row = out[0, 4:].tolist()
-    first = row.index(eos)
-    assert all(t == eos for t in row[first:]), "a finished sequence keeps emitting eos"
-    assert out.shape[1] <= 14
+    expected, ends = free.clone(), []
+    for b in range(2):
+        hits = (free[b, 4:] == eos).nonzero()
+        if hits.numel():
+            end = 4 + int(hits[0]) + 1  # the row's tokens up to and including its first eos
+            expected[b, end:] = eos  # a finished sequence keeps emitting eos
+            ends.append(end)
+    width = out.shape[1]
+    if len(ends) == 2:  # every row finished: generation may stop early, never before the last eos
+        assert max(ends) <= width <= 14, f"width {width}, last eos at {max(ends) - 1}"
+    else:
+        assert width == 14, "a row still running gets all max_new_tokens"
+    assert torch.equal(out, expected[:, :width]), "tokens before eos as without eos, eos after it"
 
 
 def test_sampling_options():
