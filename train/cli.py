@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 
 def distill_cli(args: argparse.Namespace) -> int:
+    """Run the distillation; rank 0 ends with one JSON line: the final step, the student folder and the
+    run's summary (the last step's losses and validation metrics; ``train/tokens_per_s`` and
+    ``train/model_tflops`` as medians over the run's steps, ``train/model_flops`` the total, see train/run.py)."""
     from .module import NonFiniteLossError
     from .run import run_distill
 

@@ -26,7 +26,6 @@ says how and why); the steps below run unchanged on the shards.
 from __future__ import annotations
 
 import math
-import time
 from fnmatch import fnmatchcase
 
 import lightning as L
@@ -100,7 +99,7 @@ class DistillModule(L.LightningModule):
         object.__setattr__(self, "teacher", teacher)  # not a child module: see the module docstring
         self.layer_map = self._layer_map(default_layer_map)
         self._stage_idx: int | None = None
-        self._t_prev: float | None = None
+        self._flops: dict[int, float] = {}
         self._val: dict[str, torch.Tensor] = {}
         self._trainable = [self._trainable_names(i) for i in range(len(run.stages))]
 
@@ -178,7 +177,6 @@ class DistillModule(L.LightningModule):
     def on_train_start(self) -> None:
         if is_sharded(self.student):
             init_root(self.student)
-        self._t_prev = time.perf_counter()
 
     def on_validation_start(self) -> None:
         self.teacher.to(self.device)
@@ -293,27 +291,40 @@ class DistillModule(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
-        now = time.perf_counter()
-        bs = batch.shape[0]
-        if self._t_prev is not None:
-            tokens_per_s = batch[:, :-1].numel() * self.trainer.world_size / max(now - self._t_prev, 1e-9)
-            self.log("train/tokens_per_s", tokens_per_s, batch_size=bs)
-            if isinstance(self.run_cfg.stages[self.run_cfg.stage_at(self.global_step - 1)[0]], KDStage):
-                self.log("train/model_tflops", self._kd_flops_per_token * tokens_per_s / 1e12, batch_size=bs)
+        # Throughput and model FLOP/s are logged by train/run.py's StepThroughput callback, which times
+        # each step before the checkpoint and export callbacks run.
         if self.device.type == "cuda":
-            self.log("train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, batch_size=bs)
-        self._t_prev = now
+            self.log(
+                "train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, batch_size=batch.shape[0]
+            )
 
-    @property
-    def _kd_flops_per_token(self) -> float:
-        """Model FLOPs of one KD token: 6 N (student forward + backward) + 2 N (teacher forward), N the
-        parameters in matmuls (the LM head included, the embedding lookup not; attention scores and
-        MoE routing left out, all MoE experts counted, so an upper bound for MoE students)."""
+    def model_flops_per_token(self, stage_index: int) -> float:
+        """Model FLOPs of one training token in stage ``stage_index``, by the 6N rule: 2 FLOPs per
+        parameter and token forward, 4 backward, N counting the parameters of matmuls (every block and
+        the LM head; not the embedding lookup; attention scores and MoE routing left out, every MoE
+        expert counted, so an upper bound for MoE students).
 
-        def n_matmul(m: nn.Module) -> int:
-            return m.num_parameters(exclude_embeddings=True) + m.lm_head.weight.numel()
-
-        return 6.0 * n_matmul(self.student) + 2.0 * n_matmul(self.teacher)
+        - kd: 6 N_student + 2 N_teacher (the teacher's forward; left out when kl_weight is 0, as the
+          teacher does not run then).
+        - align: 2 x the teacher's blocks up to the deepest mapped layer (forward only) + 6 x the student
+          mixers that run (the aligned ones and the CLA leaders they read).
+        """
+        if stage_index not in self._flops:
+            stage = self.run_cfg.stages[stage_index]
+            if isinstance(stage, KDStage):
+                flops = 6.0 * _matmul_params(self.student)
+                if stage.kl_weight > 0:
+                    flops += 2.0 * _matmul_params(self.teacher)
+            else:
+                layers = self.run_cfg.align_layers(stage_index, self.student.cfg.n_layers)
+                owners = self.student.state_owners
+                run_layers = set(layers) | {owners[j] for j in layers}
+                deepest = max(self.layer_map[j] for j in run_layers)
+                teacher = sum(_n_params(self.teacher.blocks[i]) for i in range(deepest + 1))
+                student = sum(_n_params(self.student.blocks[j].mixer) for j in run_layers)
+                flops = 2.0 * teacher + 6.0 * student
+            self._flops[stage_index] = flops
+        return self._flops[stage_index]
 
     # ------------------------------------------------------------- validation
 
@@ -345,4 +356,14 @@ class DistillModule(L.LightningModule):
         self.log("val/ce", ce.float())
         self.log("val/ppl", ce.exp().float(), prog_bar=True)
         self.log("val/ppl_teacher", ce_t.exp().float())
-        self._t_prev = time.perf_counter()  # keep validation out of tokens/s
+
+
+def _n_params(m: nn.Module) -> int:
+    """Parameters of ``m``, a shared (tied) one once; global sizes under FSDP (a DTensor's numel)."""
+    return sum(p.numel() for p in m.parameters())
+
+
+def _matmul_params(model: nn.Module) -> int:
+    """Parameters a token's forward multiplies by: all but the embedding table, the LM head included (also
+    when it is tied to the embedding: the lookup costs no FLOPs, the head's matmul does)."""
+    return model.num_parameters(exclude_embeddings=True) + model.lm_head.weight.numel()

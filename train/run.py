@@ -6,15 +6,26 @@ output_dir/checkpoints/last.ckpt    full training state (``--resume`` continues 
 output_dir/student/                 the student, ``save_pretrained`` (every export.every_n_steps
                                     and at the end; written atomically by rank 0, full tensors)
 output_dir/logs/metrics.csv         train/loss, train/kl, train/ce, train/aux, train/align,
-                                    train/tokens_per_s, train/lr, val/* (CSVLogger)
+                                    train/tokens_per_s, train/model_tflops, train/lr, val/* (CSVLogger)
 output_dir/logs/tensorboard/        with logging.tensorboard: true
+
+Throughput (``StepThroughput``): each optimizer step is timed from its first micro-batch's start to
+the end of its optimizer step (synchronised on CUDA), before the checkpoint and export callbacks
+run; loading the batch, validation and checkpoint / export writes fall outside. ``train/tokens_per_s``
+is the step's tokens over all devices / that time; ``train/model_tflops`` the step's model FLOPs
+(``DistillModule.model_flops_per_token``: 6 N_student + 2 N_teacher per KD token) / that time. The
+run's summary (``run_distill``'s metrics, the line ``archzoo distill`` prints) holds the medians of
+both over the run's steps and ``train/model_flops``, the model FLOPs of all its steps.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import statistics
 import sys
+import time
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
@@ -27,6 +38,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from archzoo.config import ConfigError
 
@@ -88,6 +100,97 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+
+class StepThroughput(Callback):
+    """``train/tokens_per_s`` and ``train/model_tflops`` of every optimizer step, and the run's medians.
+
+    It must run before the callbacks that write checkpoints or the student (``build_trainer`` puts it
+    first; Lightning runs ModelCheckpoint last), so that a step's time ends before their writes. Under
+    gradient accumulation a step's time is the sum over its micro-batches."""
+
+    def __init__(self) -> None:
+        self.tokens_per_s: list[float] = []  # one per optimizer step of this fit
+        self.model_tflops: list[float] = []
+        self.model_flops = 0.0
+        self._start = 0.0
+        self._step = -1
+        self._time = 0.0
+        self._tokens = 0
+        self._flops = 0.0
+
+    @staticmethod
+    def _sync(module) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._sync(module)
+        self._start = time.perf_counter()
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._sync(module)
+        self._time += time.perf_counter() - self._start
+        tokens = batch[:, :-1].numel() * trainer.world_size
+        stage = module.run_cfg.stage_at(self._step)[0]
+        self._tokens += tokens
+        self._flops += module.model_flops_per_token(stage) * tokens
+        if trainer.global_step == self._step:  # accumulating: the optimizer step has not run yet
+            return
+        tokens_per_s = self._tokens / max(self._time, 1e-9)
+        tflops = self._flops / max(self._time, 1e-9) / 1e12
+        self.tokens_per_s.append(tokens_per_s)
+        self.model_tflops.append(tflops)
+        self.model_flops += self._flops
+        module.log("train/tokens_per_s", tokens_per_s, batch_size=batch.shape[0])
+        module.log("train/model_tflops", tflops, batch_size=batch.shape[0])
+        self._time, self._tokens, self._flops = 0.0, 0, 0.0
+
+    def summary(self) -> dict[str, float]:
+        """Medians over this fit's optimizer steps, and the model FLOPs of all of them."""
+        if not self.tokens_per_s:
+            return {}
+        return {
+            "train/tokens_per_s": statistics.median(self.tokens_per_s),
+            "train/model_tflops": statistics.median(self.model_tflops),
+            "train/model_flops": self.model_flops,
+        }
+
+
+class RunSummary(Callback):
+    """What the run trains, printed once at the start in place of Lightning's model summary (whose FLOPs
+    column needs an ``example_input_array`` and read 0): parameters and model FLOPs per token."""
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, module) -> None:
+        run, student, teacher = module.run_cfg, module.student, module.teacher
+        tokens = run.data.batch_size * run.data.block_len * trainer.world_size * run.trainer.accumulate_grad_batches
+
+        def count(n: float) -> str:
+            return get_human_readable_count(int(n)).strip()
+
+        stages = ", ".join(f"{st.name} {count(module.model_flops_per_token(i))}" for i, st in enumerate(run.stages))
+        print(
+            f"student {type(student).__name__}: {count(student.num_parameters())} parameters; "
+            f"teacher {type(teacher).__name__}: {count(teacher.num_parameters())} (frozen, not checkpointed)\n"
+            f"model FLOPs per token: {stages} (kd: 6 N_student + 2 N_teacher, N = matmul parameters); "
+            f"{tokens} tokens per optimizer step",
+            flush=True,
+        )
+
+
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ... try installing litlogger / litmodels ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_lightning_tips() -> None:
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # Lightning's rank_zero_info
+    if not any(isinstance(f, _NoLightningTips) for f in log.filters):
+        log.addFilter(_NoLightningTips())
 
 
 class PrintProgress(Callback):
@@ -235,6 +338,8 @@ def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> 
     )
     progress, bar = _progress(run)
     callbacks = [
+        StepThroughput(),  # first: a step's time ends before the callbacks below write anything
+        RunSummary(),
         ckpt,
         FinishRun(out / "checkpoints" / "last.ckpt", every),
         ExportStudent(out / "student", run.export.every_n_steps),
@@ -258,6 +363,7 @@ def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> 
         logger=_loggers(run, out, resume_step),
         callbacks=callbacks,
         enable_progress_bar=bar,
+        enable_model_summary=False,  # RunSummary prints parameters and model FLOPs instead
         use_distributed_sampler=False,  # DistillDataModule shards by rank itself
         plugins=[AtomicCheckpointIO()],
     )
@@ -267,6 +373,7 @@ def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> 
         kw["limit_val_batches"] = t.limit_val_batches
     if run.data.val_fraction == 0:
         kw["limit_val_batches"] = 0
+    _quiet_lightning_tips()
     return L.Trainer(**kw)
 
 
@@ -333,7 +440,9 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # the last step's values
+    (throughput,) = (cb for cb in trainer.callbacks if isinstance(cb, StepThroughput))
+    metrics.update(throughput.summary())  # medians over the steps, total model FLOPs
     return {
         "metrics": metrics,
         "global_step": trainer.global_step,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 import archzoo
 from archzoo.train.module import DistillModule, NonFiniteLossError
@@ -207,3 +210,46 @@ def test_a_bad_run_exits_2_before_writing_anything(tmp_path, capsys, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists(), f"{case}: wrote {sorted(p.name for p in out.rglob('*'))} before failing"
+
+
+def test_summary_reports_median_step_throughput_and_model_flops(teacher_dir, tmp_path):
+    """The line ``archzoo distill`` ends with holds the median of the per-step tokens/s in metrics.csv (not
+    the last step's, which a checkpoint write used to slow down) and the run's model FLOPs (6N rule);
+    Lightning's litlogger tip and its FLOPs-less model summary are not printed."""
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(_config(teacher_dir)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "archzoo", "distill", str(cfg_path), "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "Tip:" not in output and "litlogger" not in output, "Lightning's advertising line"
+    assert "Total FLOPs" not in output and "Total Flops" not in output, "Lightning's model summary (FLOPs 0)"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    with open(tmp_path / "out" / "logs" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/tokens_per_s")]
+    per_step = [float(r["train/tokens_per_s"]) for r in rows]
+    assert len(per_step) == 8, "one value per optimizer step"
+    assert summary["train/tokens_per_s"] == pytest.approx(statistics.median(per_step), rel=1e-5)
+    tflops = [float(r["train/model_tflops"]) for r in rows]
+    assert summary["train/model_tflops"] == pytest.approx(statistics.median(tflops), rel=1e-5)
+
+    teacher, student = archzoo.from_pretrained(teacher_dir), archzoo.build_model(STUDENT)
+
+    def matmul(m) -> int:  # every parameter but the embedding table, the LM head once
+        return m.num_parameters(exclude_embeddings=True) + m.lm_head.weight.numel()
+
+    align = 2 * sum(p.numel() for p in teacher.blocks.parameters())
+    align += 6 * sum(p.numel() for b in student.blocks for p in b.mixer.parameters())
+    kd = 6 * matmul(student) + 2 * matmul(teacher)  # kl_weight 1: the teacher runs
+    tokens = 4 * 16  # batch_size x block_len per optimizer step
+    assert summary["train/model_flops"] == pytest.approx((3 * align + 5 * kd) * tokens, rel=1e-9)
+    count = get_human_readable_count
+    assert f"model FLOPs per token: align {count(align).strip()}, kd {count(kd).strip()}" in proc.stdout
