@@ -88,26 +88,61 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from pathlib import Path
 
-    table = Table(title=f"archzoo inspect ({args.dtype}, batch {args.batch_size})")
-    table.add_column("config")
-    table.add_column("params", justify="right")
-    table.add_column("layers")
-    table.add_column("cache @1 token", justify="right")
-    for n in lengths:
-        table.add_column(f"cache @{n if n < 1024 else str(n // 1024) + 'k'}", justify="right")
-    for r in rows:
-        table.add_row(
-            r["config"],
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    def config_lines(src: str) -> list[str]:
+        """The file name, then its folder (relative to the cwd where it lies below it)."""
+        path = Path(src)
+        try:
+            folder = str(path.parent.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            folder = str(path.parent)
+        return [path.name] if folder == "." else [path.name, f"{folder}/"]
+
+    heads = ["params", "cache\n@1 token", *(f"cache\n@{n if n < 1024 else str(n // 1024) + 'k'}" for n in lengths)]
+    numbers = [
+        [
             f"{r['parameters'] / 1e6:.2f}M",
-            r["layer_pattern"],
             _fmt_bytes(r["cache_bytes_per_token"]),
             *[_fmt_bytes(r["cache_bytes"][str(n)]) for n in lengths],
-        )
-    console = Console(width=max(120, Console().width))
-    console.print(table)
+        ]
+        for r in rows
+    ]
+    configs = [config_lines(src) for src in args.configs]
+
+    def make_table(config_width: int) -> Table:
+        """The config column ``config_width`` wide, folding the folders; numbers never wrap (each column
+        as wide as its widest value)."""
+        table = Table(title=f"archzoo inspect ({args.dtype}, batch {args.batch_size})")
+        table.add_column("config", width=config_width, overflow="fold")
+        for i, head in enumerate(heads):
+            width = max(len(line) for line in [*head.splitlines(), *(row[i] for row in numbers)])
+            table.add_column(head, justify="right", no_wrap=True, min_width=width)
+            if i == 0:
+                table.add_column("layers", min_width=len("layers"))
+        for lines, r, row in zip(configs, rows, numbers, strict=True):
+            cell = Text(lines[0])
+            if len(lines) > 1:
+                cell.append("\n" + lines[1], style="dim")
+            table.add_row(cell, row[0], r["layer_pattern"], *row[1:])
+        return table
+
+    # The terminal's width (COLUMNS when set), or the table's least width where that is wider. The
+    # config column takes what the other columns leave, never less than its longest file name, so no
+    # file name and no number is ever cut; only the folders fold.
+    console = Console()
+    name_width = max(len(lines[0]) for lines in configs)
+    need = Measurement.get(console, console.options.update_width(1 << 16), make_table(name_width)).minimum
+    widest = max(len(line) for lines in configs for line in lines)
+    config_width = min(widest, name_width + max(0, console.width - need))
+    if need > console.width:
+        console = Console(width=need)
+    console.print(make_table(config_width))
     console.print(f"layer pattern: {PATTERN_KEY}", style="dim")
     return 0
 

@@ -1,20 +1,37 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
-from archzoo.cli import main
+from archzoo.cli import _fmt_bytes, main
 
 from conftest import MODEL_CONFIGS
 
 
-def test_inspect_table(capsys):
-    assert main(["inspect", *map(str, MODEL_CONFIGS)]) == 0
-    out = capsys.readouterr().out
-    for p in MODEL_CONFIGS:
-        assert p.name in out
-    assert "cache @4k" in out and "cache @32k" in out
+def test_inspect_table(capsys, monkeypatch, tmp_path):
+    """At 80 columns, with a config at a 150-character folder and from a cwd that deep, every file name
+    is in the table whole, and so is every number; the table fits the terminal."""
+    deep = tmp_path / ("x" * 150)
+    deep.mkdir()
+    copy = deep / "gqa-copy.yaml"
+    shutil.copy(next(p for p in MODEL_CONFIGS if p.stem == "gqa"), copy)
+    configs = [*MODEL_CONFIGS, copy]
+    monkeypatch.setenv("COLUMNS", "80")
+    for cwd in (tmp_path, deep):
+        monkeypatch.chdir(cwd)
+        assert main(["inspect", *map(str, configs)]) == 0
+        out = capsys.readouterr().out
+        assert max(len(line) for line in out.splitlines()) <= 80, "wider than the terminal"
+        assert "@4k" in out and "@32k" in out
+        for p in configs:
+            assert p.name in out, f"{p.name} is not in the table (cwd {len(str(cwd))} characters long)"
+            assert main(["inspect", str(p), "--json"]) == 0
+            r = json.loads(capsys.readouterr().out)
+            cells = [f"{r['parameters'] / 1e6:.2f}M", *(_fmt_bytes(r["cache_bytes"][n]) for n in ("4096", "32768"))]
+            for cell in cells:
+                assert f" {cell} " in out, f"{p.name}: {cell} is cut"
 
 
 def test_inspect_json(capsys):
