@@ -128,6 +128,9 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.layer_idx = layer_idx
         self.kv_source = layer_idx if kv_source is None else kv_source
+        # A plain bool, not a property over the two ints: a compiled decode step then guards on this
+        # flag alone, and every layer of a model shares one compiled block (regional compilation).
+        self.owns_kv = self.kv_source == self.layer_idx
         self.n_heads = cfg.n_heads
         self.n_kv_heads = cfg.n_kv_heads or cfg.n_heads
         self.head_dim = cfg.head_dim or d_model // cfg.n_heads
@@ -138,10 +141,6 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
-
-    @property
-    def owns_kv(self) -> bool:
-        return self.kv_source == self.layer_idx
 
     # ------------------------------------------------------------------ state
 
@@ -199,9 +198,9 @@ class Attention(nn.Module):
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
             v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
             kv = self._write_step(apply_rope(k, cos, sin), v, q_pos, state)
-            ctx.shared[self.layer_idx] = kv
+            ctx.shared["cla_kv"] = kv  # members follow their leader: the latest one
         else:
-            kv = ctx.shared[self.kv_source]
+            kv = ctx.shared["cla_kv"]
         keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty
         visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
         if self.window is not None:
