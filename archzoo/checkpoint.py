@@ -1,58 +1,21 @@
-"""save_pretrained / from_pretrained: model.safetensors + config.yaml (+ tokenizer), written atomically.
+"""from_pretrained: an ``ArchZooLM`` from a folder that ``save_pretrained`` wrote (``archzoo.saving``).
 
-Files are written into a temporary folder beside the target and swapped in with ``os.replace``,
-so a crash mid-save never leaves a half-written checkpoint where a good one was.
+The folder holds model.safetensors + config.yaml (+ tokenizer/). Loading builds the model on the
+meta device and takes the saved tensors as its parameters, in storage it owns.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ConfigError, load_config
+from .model import ArchZooLM
+from .saving import CONFIG, WEIGHTS, atomic_write_dir, save_pretrained
 
-WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 ALIGNMENT = 64  # bytes; what torch's CPU allocator gives (CUDA's gives 512)
-
-
-def atomic_write_dir(target: Path, fill) -> None:
-    """Call ``fill(tmpdir)`` then move each file it wrote into ``target`` atomically."""
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target))
-    try:
-        fill(tmp)
-        for item in tmp.iterdir():
-            dest = target / item.name
-            if item.is_dir():
-                if dest.exists():
-                    shutil.rmtree(dest)
-                os.replace(item, dest)
-            else:
-                os.replace(item, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def save_pretrained(model, path: str | Path) -> None:
-    path = Path(path)
-    tied = model.cfg.tie_embeddings
-    state = {
-        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")
-    }
-
-    def fill(tmp: Path) -> None:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "archzoo": "1"})
-        (tmp / CONFIG).write_text(yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
-        if getattr(model, "tokenizer", None) is not None:
-            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-
-    atomic_write_dir(path, fill)
 
 
 def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.device | None = None):
@@ -65,8 +28,6 @@ def model_from_state(cfg, state: dict[str, torch.Tensor], device: str | torch.de
     model that was saved and reproduces its logits bit for bit. A missing tensor raises
     ``ValueError`` naming it (the first five).
     """
-    from .model import ArchZooLM
-
     with torch.device("meta"):
         model = ArchZooLM(cfg)
     expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
@@ -134,3 +95,6 @@ def rebuild_buffers(model, device) -> None:
     for name, buf in model.named_buffers():
         if buf.is_meta:
             raise RuntimeError(f"buffer {name} was not restored from {WEIGHTS}")
+
+
+__all__ = ["CONFIG", "WEIGHTS", "atomic_write_dir", "from_pretrained", "model_from_state", "save_pretrained"]

@@ -15,6 +15,7 @@ from .generation import DecodePool
 from .generation import generate as _generate
 from .layers import ForwardContext, state_owners
 from .layers.norm import RMSNorm
+from .saving import save_pretrained
 
 
 class Block(nn.Module):
@@ -241,8 +242,6 @@ class ArchZooLM(nn.Module):
         return n
 
     def save_pretrained(self, path: str | Path) -> None:
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, path)
 
 

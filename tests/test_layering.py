@@ -20,7 +20,7 @@ ROWS: list[tuple[str, ...]] = [
     ("archzoo.layers",),
     ("archzoo.families",),
     ("archzoo.config",),
-    ("archzoo.model", "archzoo.cache", "archzoo.sampling", "archzoo.generation"),
+    ("archzoo.model", "archzoo.cache", "archzoo.sampling", "archzoo.generation", "archzoo.saving"),
     (
         "archzoo.convert",
         "archzoo.hf",

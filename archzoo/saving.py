@@ -1,0 +1,52 @@
+"""save_pretrained: model.safetensors + config.yaml (+ tokenizer/), written atomically.
+
+Files are written into a temporary folder beside the target and swapped in with ``os.replace``,
+so a crash mid-save never leaves a half-written checkpoint where a good one was. The reader,
+``from_pretrained``, is in ``archzoo.checkpoint`` (it builds a model; this module needs none).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from safetensors.torch import save_file
+
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+
+
+def atomic_write_dir(target: Path, fill) -> None:
+    """Call ``fill(tmpdir)`` then move each file it wrote into ``target`` atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target))
+    try:
+        fill(tmp)
+        for item in tmp.iterdir():
+            dest = target / item.name
+            if item.is_dir():
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(item, dest)
+            else:
+                os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained(model, path: str | Path) -> None:
+    path = Path(path)
+    tied = model.cfg.tie_embeddings
+    state = {
+        k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")
+    }
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "archzoo": "1"})
+        (tmp / CONFIG).write_text(yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
+        if getattr(model, "tokenizer", None) is not None:
+            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+
+    atomic_write_dir(path, fill)
