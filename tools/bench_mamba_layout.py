@@ -1,7 +1,7 @@
 """The Mamba layer's forward+backward with its projections laid out for the kernels, against the former
-layout, on one GPU in one process (interleaved rounds, as bench_ssm_kernels.py).
+layout, on one GPU in one process (interleaved rounds, as ``archzoo bench kernels``).
 
-    python benchmarks/bench_mamba_layout.py
+    python tools/bench_mamba_layout.py
 
 "time-last" (archzoo.layers.mamba._time_last): in_proj and dt_proj computed as weight @ x^T, seen as
 (B, Di, T) with time the unit stride, so the scan copies none of u / delta / z. "transposed" (the former

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the CUDA peers the kernel benchmark compares against (mamba_ssm's selective scan and the
 # causal-conv1d package) from their PyPI sdists, for sm_90 (H100/H200) only, into the current
-# Python. Usage: benchmarks/build_peers.sh DIR_WITH_SDISTS LOG_DIR   (run it under setsid: ~10 min)
+# Python. Usage: tools/build_peers.sh DIR_WITH_SDISTS LOG_DIR   (run it under setsid: ~10 min)
 #
 # Two changes to their build, made here and not upstream: the -gencode list is cut to sm_90 (the
 # sdists build ~10 architectures), and mamba_ssm's __init__ imports only the selective-scan

@@ -1,6 +1,6 @@
 """Held-out quality of a distillation run, before (right after conversion) and after training.
 
-    python benchmarks/eval_distill.py configs/distill/smollm2-mla.yaml runs/smollm2-mla --out before_after.json
+    python tools/eval_distill.py configs/distill/smollm2-mla.yaml runs/smollm2-mla --out before_after.json
 
 Perplexity and KL(teacher || student) per token on the held-out Shakespeare works (never trained on),
 plus throughput and peak memory read from the run's metrics.csv.
@@ -20,7 +20,7 @@ def main() -> None:
     from archzoo import convert, from_pretrained
     from archzoo.bench.conversion import heldout_blocks
     from archzoo.teacher import resolve_teacher
-    from archzoo.train.config import _student_model_config, load_run_config
+    from archzoo.train.config import load_run_config
     from archzoo.train.evaluation import evaluate
 
     p = argparse.ArgumentParser()
@@ -33,7 +33,7 @@ def main() -> None:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = resolve_teacher(run.teacher, dtype=torch.float32).to(dev)
     blocks = heldout_blocks(teacher.tokenizer, 512, args.max_blocks)
-    student_cfg = _student_model_config(run)
+    student_cfg = run.student_config  # the student's model config, resolved by load_run_config
     layers = run.student.teacher_layers
     before = evaluate(teacher, convert(teacher, student_cfg, **({"layers": layers} if layers else {})).to(dev), blocks)
     after = evaluate(teacher, from_pretrained(Path(args.run_dir) / "student", device=dev).float(), blocks)

@@ -1,7 +1,7 @@
 """Host (Python) time per ``causal_conv1d_update`` call: the decode step, before and after its lean host path.
 
-    python benchmarks/host_overhead.py                 # CPU tensors, the GPU launch mocked out (no GPU needed)
-    python benchmarks/host_overhead.py --device cuda   # the real thing on a GPU
+    python tools/host_overhead.py                 # CPU tensors, the GPU launch mocked out (no GPU needed)
+    python tools/host_overhead.py --device cuda   # the real thing on a GPU
 
 At Mamba's decode shape (b=4, d=2048, width 4, bf16, x a (b, d) slice of the in_proj output, as in
 ``archzoo/layers/mamba.py``) it times, per call:

@@ -1,8 +1,8 @@
 """Where the selective scan's host time goes: torch.profiler over forward+backward on one GPU.
 
-    python benchmarks/profile_scan_host.py --length 1024
+    python tools/profile_scan_host.py --length 1024
 
-At short lengths forward+backward is bound by the host (bench_ssm_kernels.py's host column); this
+At short lengths forward+backward is bound by the host (the host column of ``archzoo bench kernels``); this
 prints the CPU self time per op and Python function (top rows) for archzoo and, when installed,
 mamba_ssm, so the two host paths can be compared op by op.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_ssm_kernels import scan_fwdbwd, scan_leaves  # the benchmark's inputs (this folder is on sys.path)
 from torch.profiler import ProfilerActivity, profile
 
+from archzoo.bench.kernels import scan_fwdbwd, scan_leaves  # the kernel benchmark's inputs
 from archzoo.kernels.selective_scan import triton as T
 
 

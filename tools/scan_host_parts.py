@@ -1,6 +1,6 @@
 """Host time of the pieces of one selective-scan forward+backward on one GPU (b=4, d=2048, n=16, bf16).
 
-    python benchmarks/scan_host_parts.py --length 1024
+    python tools/scan_host_parts.py --length 1024
 
 Each piece is issued many times in a loop with the GPU left to run behind (no synchronisation inside
 the loop), and the wall time per issue is reported (the minimum over rounds): what the Python and the
@@ -13,8 +13,8 @@ import argparse
 import time
 
 import torch
-from bench_ssm_kernels import scan_fwdbwd, scan_leaves  # the benchmark's inputs (this folder is on sys.path)
 
+from archzoo.bench.kernels import scan_fwdbwd, scan_leaves  # the kernel benchmark's inputs
 from archzoo.kernels import _launch
 from archzoo.kernels.selective_scan import triton as T
 

@@ -10,8 +10,8 @@ with the CUDA configuration), and each argument is specialised the way Triton's 
 (ints equal to 1 become constants, 16-divisible ints and pointers get the divisibility hint), so the
 compiled kernel is the one the GPU would run. Use the Triton version of the GPU machine (3.6 there):
 
-    python benchmarks/sm90_compile.py --op scan --l 4096
-    python benchmarks/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
+    python tools/sm90_compile.py --op scan --l 4096
+    python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
 """
 
 from __future__ import annotations

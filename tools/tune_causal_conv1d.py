@@ -1,6 +1,6 @@
 """Sweep block sizes and warps of the Triton causal conv1d (forward and backward) on one GPU.
 
-    python benchmarks/tune_causal_conv1d.py --lengths 1024,4096,16384 --out results/tune_conv.json
+    python tools/tune_causal_conv1d.py --lengths 1024,4096,16384 --out results/tune_conv.json
 
 Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the forward without
 autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
@@ -12,15 +12,15 @@ reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in
 
 Compile in parallel first (Triton's cache keeps the binaries), then time in one process:
 
-    for i in 0 1 2 3; do python benchmarks/tune_causal_conv1d.py --compile-only --shard $i/4 & done; wait
-    python benchmarks/tune_causal_conv1d.py --out results/tune_conv.json
+    for i in 0 1 2 3; do python tools/tune_causal_conv1d.py --compile-only --shard $i/4 & done; wait
+    python tools/tune_causal_conv1d.py --out results/tune_conv.json
 
 Add ``--e2e`` (``--which ''`` for nothing else) to time the public op through autograd as
-``bench_ssm_kernels.py`` does, with the host time per call next to the wall time per call.
+``archzoo bench kernels`` does, with the host time per call next to the wall time per call.
 
 Smoke check without a GPU (Triton's interpreter, tiny shapes):
 
-    TRITON_INTERPRET=1 python benchmarks/tune_causal_conv1d.py --device cpu --compile-only \\
+    TRITON_INTERPRET=1 python tools/tune_causal_conv1d.py --device cpu --compile-only \\
         --batch 1 --dim 8 --lengths 64 --e2e
 """
 
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument(
         "--e2e",
         action="store_true",
-        help="also time the public causal_conv1d_fn (fwd, fwd+bwd through autograd, as bench_ssm_kernels.py) at "
+        help="also time the public causal_conv1d_fn (fwd, fwd+bwd through autograd, as archzoo bench kernels) at "
         "the defaults or --config, with the host time per call, to tell launch-bound from GPU-bound",
     )
     ap.add_argument("--config", default=None, help='JSON {"fwd": {...}, "bwd": {...}} for --e2e (else CUDA_CONFIG)')

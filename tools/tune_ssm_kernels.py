@@ -1,6 +1,6 @@
 """Sweep block sizes, warps and code-path flags of the Triton selective scan on one GPU.
 
-    python benchmarks/tune_ssm_kernels.py --length 4096 --out results/tune.json
+    python tools/tune_ssm_kernels.py --length 4096 --out results/tune.json
 
 Times the inference forward (no checkpoints) and, separately, the backward kernel alone (from the
 checkpoints of the default forward, which stores them every backward BLOCK_L steps; its time with

@@ -1,6 +1,6 @@
 """``archzoo bench NAME``: the benchmark entry points that exist so far.
 
-- ``kernels``: the SSM kernel benchmark (benchmarks/bench_ssm_kernels.py) on one GPU.
+- ``kernels``: the SSM kernel benchmark against mamba_ssm / causal-conv1d on one GPU (archzoo.bench.kernels).
 - ``conversion``: held-out quality right after conversion (archzoo.bench.conversion).
 - ``decode``: decode speed against the memory roofline and HF ``generate`` (archzoo.bench.decode).
 The YAML-driven Pareto report (configs/bench/) is not built yet; a YAML path says so.
@@ -9,9 +9,6 @@ The YAML-driven Pareto report (configs/bench/) is not built yet; a YAML path say
 from __future__ import annotations
 
 import argparse
-import runpy
-import sys
-from pathlib import Path
 
 SUITES = ("kernels", "conversion", "decode")
 
@@ -29,10 +26,7 @@ def bench_cli(args: argparse.Namespace) -> int:
 
         return decode_main(extra)
     if name == "kernels":
-        script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ssm_kernels.py"
-        if not script.is_file():
-            raise UserError(f"{script}: no such file (the kernel benchmark runs from a source checkout)")
-        sys.argv = [str(script), *extra]
-        runpy.run_path(str(script), run_name="__main__")
-        return 0
+        from .kernels import main as kernels_main
+
+        return kernels_main(extra)
     raise UserError(f"{name}: unknown benchmark; expected one of {', '.join(SUITES)} (YAML suites are not built yet)")

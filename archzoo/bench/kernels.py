@@ -1,6 +1,6 @@
 """Benchmark archzoo's Triton SSM kernels against their public peers on one GPU, in one process.
 
-    python benchmarks/bench_ssm_kernels.py --out results/ssm_kernels.json
+    archzoo bench kernels --out results/ssm_kernels.json
 
 Times (median of ``triton.testing.do_bench``; the implementations interleaved over --rounds rounds, the
 median round kept, see _interleaved) forward and forward+backward of
@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..errors import UserError
 
 NOT_INSTALLED = "not installed"
 
@@ -229,7 +231,7 @@ def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int, rounds:
 
 
 def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int, rounds: int) -> dict:
-    from archzoo.kernels import causal_conv1d_update, selective_state_update
+    from ..kernels import causal_conv1d_update, selective_state_update
 
     g = torch.Generator(device="cuda").manual_seed(0)
     r = lambda *s, dt=torch.bfloat16: torch.randn(*s, device="cuda", generator=g).to(dt)
@@ -291,8 +293,9 @@ def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """``archzoo bench kernels [options]``; argv defaults to sys.argv[1:]. -> exit status."""
+    ap = argparse.ArgumentParser(prog="archzoo bench kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--lengths", default="1024,4096,16384")
     ap.add_argument("--batch", type=int, default=4)
@@ -307,15 +310,15 @@ def main() -> None:
         default=None,
         help='JSON {"fwd": {...}, "bwd": {...}} overriding the scan\'s CUDA_CONFIG (e.g. a tuner\'s result)',
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("error: this benchmark needs a CUDA GPU")
+        raise UserError("the kernel benchmark needs a CUDA GPU")
 
     import triton
 
-    import archzoo.kernels as K
-    from archzoo.kernels.causal_conv1d import get_backend
-    from archzoo.kernels.selective_scan import triton as scan_triton
+    from .. import kernels as K
+    from ..kernels.causal_conv1d import get_backend
+    from ..kernels.selective_scan import triton as scan_triton
 
     if args.scan_config:
         scan_triton.CONFIG_OVERRIDE.update(json.loads(args.scan_config))
@@ -388,7 +391,8 @@ def main() -> None:
         host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
         print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
     print(f"\nwrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

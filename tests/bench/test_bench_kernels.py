@@ -1,12 +1,13 @@
-"""benchmarks/bench_ssm_kernels.py: the report table (the timings themselves need a GPU)."""
+"""archzoo.bench.kernels (``archzoo bench kernels``): the report table and the CLI's dispatch (the timings
+themselves need a GPU)."""
 
 from __future__ import annotations
 
-import os
-import sys
+import pytest
+import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from benchmarks.bench_ssm_kernels import _table  # noqa: E402
+from archzoo.bench.kernels import _table
+from archzoo.cli import main
 
 
 def _ok(fwd: float, fb: float, rounds: list[float] | None = None) -> dict:
@@ -28,3 +29,20 @@ def test_table_ratios_host_times_and_missing_peers():
     assert "| 0.50-1.50 |" in lines["peer"], "per-round ratios, round by round"
     assert "0.050 / 0.300" in lines["archzoo"]
     assert "not installed" in lines["absent"] and lines["absent"].rstrip().endswith("| - | - | - | - | - |")
+
+
+def test_cli_dispatches_kernels_to_the_library_module(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "kernels", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: archzoo bench kernels") and "--scan-config" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_cli_kernels_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert main(["bench", "kernels", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the kernel benchmark needs a CUDA GPU", err
+    assert not out.exists()

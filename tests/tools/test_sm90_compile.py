@@ -1,4 +1,4 @@
-"""benchmarks/sm90_compile.py: the scan's CUDA kernels compile for sm_90 without a GPU (ptxas ships with Triton)."""
+"""tools/sm90_compile.py: the scan's CUDA kernels compile for sm_90 without a GPU (ptxas ships with Triton)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
 def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real JIT, not the interpreter
-    cmd = [sys.executable, "benchmarks/sm90_compile.py", "--b", "1", "--d", "64", "--l", "256", "--n", "4"]
+    cmd = [sys.executable, "tools/sm90_compile.py", "--b", "1", "--d", "64", "--l", "256", "--n", "4"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()

@@ -1,5 +1,5 @@
 """The two tuners run end to end on CPU under Triton's interpreter (--device cpu --compile-only, tiny
-shapes): the shared timing and recording (benchmarks/_tuning.py) and every row they write."""
+shapes): the shared timing and recording (tools/_tuning.py) and every row they write."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 TINY = {
     "tune_ssm_kernels.py": "--length 16 --batch 1 --dim 2 --dstate 2 --fwd-block-d 1 --fwd-block-l 16 "
     "--bwd-block-d 1 --bwd-block-l 16 --warps 1 --fwd-per-thread 0,64 --bwd-per-thread 0,64",
@@ -24,7 +24,7 @@ TINY = {
 @pytest.mark.parametrize("script", list(TINY))
 def test_tuner_runs_and_records_every_row(script, tmp_path):
     out = tmp_path / "rows.json"
-    cmd = [sys.executable, str(BENCH / script), "--device", "cpu", "--compile-only", *TINY[script].split()]
+    cmd = [sys.executable, str(TOOLS / script), "--device", "cpu", "--compile-only", *TINY[script].split()]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     res = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

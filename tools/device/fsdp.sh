@@ -6,12 +6,12 @@
 #  3. fsdp_summary.json: both loss curves, their largest relative gap, and the FSDP student loaded with
 #     archzoo.from_pretrained on one device against the plain run's student.
 # Everything lands in $OUT. Budget: under 5 minutes (each step under `timeout`).
-# Run from the repository root: bash benchmarks/device/fsdp.sh (it sources benchmarks/device/setup.sh itself).
-source benchmarks/device/setup.sh || exit 1
+# Run from the repository root: bash tools/device/fsdp.sh (it sources tools/device/setup.sh itself).
+source tools/device/setup.sh || exit 1
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee $OUT/env.txt
 nvidia-smi -L | tee -a $OUT/env.txt
 
-[ -n "$SKIP_PYTEST" ] || timeout 120 pytest -q -m gpu -p no:cacheprovider tests/test_train_fsdp.py > $OUT/pytest_fsdp_gpu.log 2>&1
+[ -n "$SKIP_PYTEST" ] || timeout 120 pytest -q -m gpu -p no:cacheprovider tests/train/test_train_fsdp.py > $OUT/pytest_fsdp_gpu.log 2>&1
 echo "pytest gpu fsdp rc=$?"; tail -3 $OUT/pytest_fsdp_gpu.log
 
 python3 - <<'EOF'

@@ -1,12 +1,12 @@
 # The peers (mamba-ssm, causal-conv1d) on the GPU machine, shared by the device scripts:
-#   bash benchmarks/device/peers.sh start   # build in the background from .big/g1, unless a build ran already
-#   bash benchmarks/device/peers.sh wait    # wait (up to about 9 minutes) for build_status to say "done"; print it
-# The build (benchmarks/build_peers.sh) takes about 8 minutes on a fresh machine and survives between calls
+#   bash tools/device/peers.sh start   # build in the background from .big/g1, unless a build ran already
+#   bash tools/device/peers.sh wait    # wait (up to about 9 minutes) for build_status to say "done"; print it
+# The build (tools/build_peers.sh) takes about 8 minutes on a fresh machine and survives between calls
 # while the machine stays warm (setsid).
 mkdir -p /root/peerlogs
 case "$1" in
   start)
-    [ -f /root/peerlogs/build_status ] || setsid nohup bash benchmarks/build_peers.sh .big/g1 /root/peerlogs \
+    [ -f /root/peerlogs/build_status ] || setsid nohup bash tools/build_peers.sh .big/g1 /root/peerlogs \
       > /root/peerlogs/out 2>&1 < /dev/null &
     ;;
   wait)

@@ -1,6 +1,6 @@
 # Sourced at the start of every call on the GPU machine (no network there): pure-Python wheels
 # carried in .whl/, the project installed editable, the archzoo cache (Shakespeare texts, teacher)
-# under /root/archzoo-cache. Usage: source benchmarks/device/setup.sh
+# under /root/archzoo-cache. Usage: source tools/device/setup.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 ARCHZOO_CACHE=/root/archzoo-cache TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > /tmp/pip-e.log 2>&1 || { tail -20 /tmp/pip-e.log; return 1; }

@@ -33,7 +33,7 @@ atomics: not bitwise reproducible run to run) and one launch; the update (decode
 int compares, one allocation and one launch.
 Launches go through the shared cache of compiled kernels (``archzoo.kernels._launch.launch``), which
 skips Triton's per-call argument specialisation. Block sizes and warps come from ``CUDA_CONFIG``
-(tuned with ``benchmarks/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
+(tuned with ``tools/tune_causal_conv1d.py``), overridable through ``CONFIG_OVERRIDE``; ``LAST_COMPILED``
 keeps the last compiled kernel per key.
 
 Files: ``_layout.py`` (the group layout both sequence kernels share), ``_fwd.py`` (forward kernel),
@@ -63,16 +63,16 @@ def _next_pow2(x: int) -> int:
 
 
 _V = 8  # V on the host
-# Tuning hook (benchmarks/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}; applies
+# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}; applies
 # on CUDA and under the interpreter alike.
 CONFIG_OVERRIDE: dict[str, dict] = {}
 # The last compiled kernel launched for "fwd" / "bwd" / "update" (the tuner reports its n_regs / n_spills).
 LAST_COMPILED: dict[str, object] = {}
 # Defaults on CUDA. BLOCK_L: a power of two >= V; each thread holds BLOCK_D * BLOCK_L / (V * 32 * num_warps)
 # groups (at least 1, or the tile repeats across threads).
-# Tuned on an H100 (benchmarks/tune_causal_conv1d.py --lengths 1024,4096,16384; b=4, d=2048, width 4,
+# Tuned on an H100 (tools/tune_causal_conv1d.py --lengths 1024,4096,16384; b=4, d=2048, width 4,
 # bf16): one channel per program and long tiles; the winners at l=4k / 16k (l=1k is host-bound). The
-# backward was swept again once its sums became atomics (benchmarks/device/kernels10.sh, tiles up to 8192
+# backward was swept again once its sums became atomics (tools/device/kernels10.sh, tiles up to 8192
 # steps, docs/results/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
 # 16k, 1024 steps on 2 warps (0.342 ms at 16k, 2.36 TB/s) level with 2048 on 4 warps (0.341) and ahead of
 # the former 1024 on 4 warps (0.367); longer tiles, with four groups per thread (160+ registers), were slower.

@@ -49,19 +49,19 @@ from ._host import (
 )
 from ._update import _state_update_kernel
 
-# Tuning hook (benchmarks/tune_ssm_kernels.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps",
+# Tuning hook (tools/tune_ssm_kernels.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps",
 # optional "PREFETCH" (bool), "RELOAD" (bool, backward only)}}.
 CONFIG_OVERRIDE: dict[str, dict] = {}
 # The last compiled kernel launched for "fwd" / "bwd" (its n_regs / n_spills are reported by the tuner).
 LAST_COMPILED: dict[str, object] = {}
-# Defaults on CUDA, from benchmarks/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, bf16; swept at
-# l=4096, the best re-timed at 1024 and 16384, then side by side in benchmarks/bench_ssm_kernels.py):
+# Defaults on CUDA, from tools/tune_ssm_kernels.py on an H100 (b=4, d=2048, n=16, bf16; swept at
+# l=4096, the best re-timed at 1024 and 16384, then side by side in archzoo bench kernels):
 # one warp per program, so the scans and row reductions stay inside a warp, and many programs per SM.
 # The backward runs one channel per program and two states per iteration (PAIR: two independent
 # scans give the scheduler work while the other waits on its shuffles), 128 regs and no spills;
 # at l=1k..16k it beat the best one-state configurations by 3-10% end to end. MIRROR (the adjoint as a
 # forward scan over reversed operands) cut the backward kernel's shuffles per state pair from 242 to 102
-# (benchmarks/sm90_compile.py) and its time at l=4k from about 2.5 to 1.91 ms (0.56 / 6.96 ms at 1k /
+# (tools/sm90_compile.py) and its time at l=4k from about 2.5 to 1.91 ms (0.56 / 6.96 ms at 1k /
 # 16k); with MIRROR on, this configuration was still the best of the sweep (1-2 channels, 64-256 steps,
 # 1-2 warps, PAIR, RELOAD) at all three lengths. The forward keeps its 512-step chunks when it stores
 # checkpoints for a backward with shorter ones (0.71 ms at 4k, where 128-step chunks took 0.8-0.9).
