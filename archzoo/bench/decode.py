@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -577,83 +578,131 @@ def run_decode_bench(
     meta["bandwidth"] = measure_bandwidth(dev)
     meta["formulas"] = FORMULAS
     log(f"bench decode: {meta['device']}, {meta['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s (copy)")
-    rows: list[dict] = []
-
+    run = _Run(
+        meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
+    )
     for src in sources:
-        _bench_model(src, rows, meta, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, out_dir, compile,
-                     warmup, repeat, seed, log)  # fmt: skip
-    write_results(out_dir, meta, rows)
-    return rows
+        _bench_model(src, run)
+    write_results(out_dir, meta, run.rows)
+    return run.rows
 
 
-def _bench_model(src, rows, meta, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, out_dir, compile,
-                 warmup, repeat, seed, log) -> None:  # fmt: skip
-    impls = ["archzoo", "hf-dynamic", "hf-static"] if baseline == "hf" else ["archzoo"]
-    combos = [(b, p, impl) for b in batch_sizes for p in prompt_lens for impl in impls]
+@dataclass
+class _Run:
+    """The settings of one run and the rows measured so far."""
+
+    meta: dict
+    rows: list[dict]
+    out_dir: Path
+    batch_sizes: list[int]
+    prompt_lens: list[int]
+    new_tokens: int
+    dtype: torch.dtype
+    device: torch.device
+    baseline: str | None
+    compile: bool | None
+    warmup: int
+    repeat: int
+    seed: int
+    log: Callable[[str], None]
+
+    def write(self) -> None:
+        write_results(self.out_dir, self.meta, self.rows)
+
+
+def _bench_model(src: ModelSource, run: _Run) -> None:
+    """Every row of one model: the archzoo rows, then (``--baseline hf``) the HF rows with only the HF model loaded."""
+    dt, dev, new_tokens, log = run.dtype, run.device, run.new_tokens, run.log
+    combos = [(b, p) for b in run.batch_sizes for p in run.prompt_lens]
+    impls = IMPLEMENTATIONS if run.baseline == "hf" else IMPLEMENTATIONS[:1]
     log(f"bench decode: loading {src.arg}")
     try:
-        model = load_model(src, dt, dev, seed)
-        if src.max_len is None:
-            src.max_len, src.max_len_from = _model_limit(model)
-        _check_length(src, max(prompt_lens), new_tokens)
+        model = load_model(src, dt, dev, run.seed)
     except torch.OutOfMemoryError:
         model = None
     if model is None:
         _free(dev)
-        for b, p, impl in combos:
-            rows.append(_base_row(src, impl, b, p, new_tokens, dt) | {"skipped": "the model does not fit in memory"})
-        write_results(out_dir, meta, rows)
+        for impl in impls:
+            for b, p in combos:
+                run.rows.append(
+                    _base_row(src, impl, b, p, new_tokens, dt) | {"skipped": "the model does not fit in memory"}
+                )
+        run.write()
         return
-    cfg = model.cfg
-    wbytes = weight_bytes(model)
-    hf, hf_skip = None, None
-    if baseline == "hf":
-        hf_skip = hf_reason(model)
-    for b, p, impl in combos:
+    if src.max_len is None:
+        src.max_len, src.max_len_from = _model_limit(model)
+    _check_length(src, max(run.prompt_lens), new_tokens)
+    cfg, params = model.cfg, model.num_parameters()
+
+    def new_row(impl: str, b: int, p: int, wbytes: int) -> dict:
         row = _base_row(src, impl, b, p, new_tokens, dt)
-        row["parameters"] = model.num_parameters()
-        row["cache_bytes"] = cache_bytes(cfg, b, p + new_tokens, dt)
-        row["weight_bytes"] = wbytes
-        row["step_bytes"] = wbytes + cache_bytes(cfg, b, p + new_tokens // 2, dt)
-        rows.append(row)
-        if impl != "archzoo" and hf_skip:
-            row["skipped"] = hf_skip
-            write_results(out_dir, meta, rows)
-            continue
-        ids = _prompts(cfg.vocab_size, b, p, seed, dev)
-        oom = False
-        pool = getattr(model, "decode_pool", None)
-        if pool is not None and hasattr(pool, "clear"):
-            pool.clear()  # the previous rows' captured steps and caches: free them, so peak memory is this row's
+        row.update(
+            parameters=params,
+            cache_bytes=cache_bytes(cfg, b, p + new_tokens, dt),
+            weight_bytes=wbytes,
+            step_bytes=wbytes + cache_bytes(cfg, b, p + new_tokens // 2, dt),
+        )
+        run.rows.append(row)
+        return row
+
+    def measure(row: dict, fn: Callable[[torch.Tensor], dict]) -> None:
+        ids = _prompts(cfg.vocab_size, row["batch_size"], row["prompt_len"], run.seed, dev)
         _free(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
+        oom = False
         try:
-            if impl == "archzoo":
-                row.update(run_archzoo(model, ids, new_tokens, compile, warmup, repeat, dev))
-            else:
-                if hf is None:
-                    log(f"bench decode: building the transformers model of {src.arg}")
-                    hf = build_hf(model, dt, dev)
-                    row["weight_bytes_hf"] = weight_bytes(hf)
-                row.update(run_hf(hf, ids, new_tokens, impl == "hf-static", warmup, repeat, dev))
+            row.update(fn(ids))
         except torch.OutOfMemoryError:
-            oom = True
+            oom = True  # handled below, once the exception no longer holds the row's tensors
         except Exception as e:  # one failed row is reported, the others still run
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            row["error"] = f"{type(e).__name__}: {first}"
-            print(f"bench decode: {src.arg} {impl} batch {b} prompt {p}: {row['error']}", file=sys.stderr)
+            row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
         if oom:
             row["skipped"] = f"out of {dev.type} memory"
-            if hf is not None and hasattr(hf, "_cache"):
-                hf._cache = None  # transformers keeps the static cache on the model
-            _free(dev)
         if dev.type == "cuda":
             row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(dev)
-        _finish_row(row, meta["bandwidth"]["bytes_per_s"], new_tokens)
+        _finish_row(row, run.meta["bandwidth"]["bytes_per_s"], new_tokens)
         log(_progress(row))
-        write_results(out_dir, meta, rows)
-    del model, hf
+        run.write()
+
+    kw = dict(new_tokens=new_tokens, warmup=run.warmup, repeat=run.repeat, device=dev)
+    wbytes = weight_bytes(model)
+    pool = getattr(model, "decode_pool", None)
+    for b, p in combos:
+        if pool is not None and hasattr(pool, "clear"):
+            pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
+        measure(new_row("archzoo", b, p, wbytes), partial(run_archzoo, model, **kw, compile=run.compile))
+    if pool is not None and hasattr(pool, "clear"):
+        pool.clear()
+    if run.baseline != "hf":
+        model = None
+        _free(dev)
+        return
+
+    hf, skip, error = None, hf_reason(model), None
+    if skip is None:
+        log(f"bench decode: building the transformers model of {src.arg}")
+        try:
+            hf = build_hf(model, dt, dev)
+        except torch.OutOfMemoryError:
+            skip = "the transformers model does not fit in memory"
+        except Exception as e:
+            error = f"to_hf: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    model = pool = None  # the HF rows run with the transformers model alone in memory
+    _free(dev)
+    hf_bytes = weight_bytes(hf) if hf is not None else wbytes
+    for b, p in combos:
+        for impl in IMPLEMENTATIONS[1:]:
+            row = new_row(impl, b, p, hf_bytes)
+            if hf is None:
+                row["skipped" if skip else "error"] = skip or error
+                log(_progress(row))
+                run.write()
+                continue
+            measure(row, partial(run_hf, hf, **kw, static=impl == "hf-static"))
+            if hasattr(hf, "_cache"):
+                hf._cache = None  # transformers keeps the static cache on the model: free it for the next row
+    hf = None
     _free(dev)
 
 
