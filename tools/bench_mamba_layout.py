@@ -8,7 +8,7 @@ layout, on one GPU in one process (interleaved rounds, as ``archzoo bench kernel
 layout): linear(x).transpose(1, 2), time at stride Di, which the scan copies to make time contiguous
 and the conv reads channel-last. "B/C rows" (archzoo.layers.mamba._rows): B and C copied to contiguous
 (B, N, T); "strided": x_proj's output seen through a transpose, which selective_scan_fn now copies to
-rows itself (before it did, strided rows cost the layer 2-4x: docs/results/bench_mamba_layout_h100.md).
+rows itself (before it did, strided rows cost the layer 2-4x: docs/results/kernels/bench_mamba_layout_h100.md).
 bf16 weights and activations.
 """
 

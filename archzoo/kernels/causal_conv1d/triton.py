@@ -73,7 +73,7 @@ LAST_COMPILED: dict[str, object] = {}
 # Tuned on an H100 (tools/tune_causal_conv1d.py --lengths 1024,4096,16384; b=4, d=2048, width 4,
 # bf16): one channel per program and long tiles; the winners at l=4k / 16k (l=1k is host-bound). The
 # backward was swept again once its sums became atomics (tools/device/kernels10.sh, tiles up to 8192
-# steps, docs/results/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
+# steps, docs/results/kernels/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
 # 16k, 1024 steps on 2 warps (0.342 ms at 16k, 2.36 TB/s) level with 2048 on 4 warps (0.341) and ahead of
 # the former 1024 on 4 warps (0.367); longer tiles, with four groups per thread (160+ registers), were slower.
 CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
