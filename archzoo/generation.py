@@ -178,6 +178,7 @@ def generate(
             n += 1
     stats["decode_s"] = _now(device) - t0
     stats["new_tokens"] = n
+    stats["decode_steps"] = max(n - 1, 0)  # forward steps in decode_s: the first token comes from the prefill
     model.last_generate_stats = stats
     return _assemble(rows, s.out[:, :n], form, input_ids, eos_ids, pad_token_id)
 
