@@ -70,6 +70,14 @@ class DecodePool:
     def clear(self) -> None:
         self.entries.clear()
 
+    # Captured graphs and their caches belong to one model's weights on one device: a copy of the
+    # model (deepcopy, pickling for a worker) starts with an empty pool.
+    def __deepcopy__(self, memo) -> DecodePool:
+        return DecodePool()
+
+    def __getstate__(self) -> dict:
+        return {"entries": OrderedDict()}
+
 
 def normalise_prompts(
     input_ids: torch.Tensor | Sequence, attention_mask: torch.Tensor | None, device: torch.device

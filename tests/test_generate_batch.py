@@ -82,3 +82,17 @@ def test_bad_input_is_a_clear_error():
         model(torch.ones(1, 4, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="cache holds 4 tokens; 4 seen \\+ 1 new exceeds it"):
             model(torch.ones(1, 1, dtype=torch.long), cache=cache)
+
+
+def test_a_copied_model_starts_with_an_empty_decode_pool(monkeypatch):
+    import copy
+    import pickle
+
+    torch._dynamo.reset()
+    model = f64_model(PATHS[0])
+    monkeypatch.setattr(type(model), "compile_backend", "eager")
+    model.generate(torch.randint(0, model.cfg.vocab_size, (1, 4)), 3, compile=True)
+    assert len(model.decode_pool.entries) == 1
+    assert len(copy.deepcopy(model).decode_pool.entries) == 0
+    assert len(pickle.loads(pickle.dumps(model.decode_pool)).entries) == 0
+    torch._dynamo.reset()
