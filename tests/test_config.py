@@ -55,7 +55,7 @@ _DELETE = object()
 
 BAD = [
     ("kv heads not dividing", _set("mixer.n_kv_heads", 3), "mixer.n_kv_heads", "must divide n_heads=4"),
-    ("unknown mixer", _set("mixer.type", "mamab"), "mixer.type", "unknown mixer 'mamab'; expected one of attention, mla"),
+    ("unknown mixer", _set("mixer.type", "mamab"), "mixer.type", "unknown mixer 'mamab'; expected one of attention"),
     ("misspelt key", _set("mixer.windw", 8), "mixer.windw", "unknown key"),
     ("window < 1", _set("mixer.window", 0), "mixer.window", "greater than or equal to 1"),
     ("cla_group < 1", _set("mixer.cla_group", 0), "mixer.cla_group", "greater than or equal to 1"),
