@@ -83,24 +83,32 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=gqa)
 
 
+def step_mask(visible: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """visible (B, T, S) bool -> the additive mask ``attend_cached`` takes: (B, 1, 1, S) for one token,
+    else (B, 1, groups * T, S) (each KV head's ``groups`` query heads folded into the query axis);
+    0 where visible, -inf elsewhere, in the attention's dtype. Built once per step and shared by
+    the layers (``ForwardContext.memoised``), so SDPA gets a ready float mask and no layer converts one.
+    """
+    B, T, S = visible.shape
+    if T > 1:
+        visible = visible[:, None].expand(B, groups, T, S).reshape(B, groups * T, S)
+    zero = torch.zeros((), dtype=dtype, device=visible.device)
+    return torch.where(visible, zero, torch.full_like(zero, float("-inf")))[:, None]
+
+
 def attend_cached(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
     """Attention over a static cache buffer with a per-row mask: the decode step's form.
 
-    q (B, H, T, D); k (B, Hkv, S, D); v (B, Hkv, S, Dv); visible (B, T, S) bool. Returns (B, H, T, Dv).
-    GQA without repeating K/V: the H / Hkv query heads of each KV head are folded into the query axis,
-    so the kernel reads every cached key once (``enable_gqa`` would copy K/V per query head on the
-    paths that take a mask).
+    q (B, H, T, D); k (B, Hkv, S, D); v (B, Hkv, S, Dv); mask from ``step_mask`` (additive).
+    Returns (B, H, T, Dv). GQA without repeating K/V: the H / Hkv query heads of each KV head are
+    folded into the query axis, so the kernel reads every cached key once (``enable_gqa`` would copy
+    K/V per query head on the paths that take a mask).
     """
     B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    G = H // Hkv
-    q = q.reshape(B, Hkv, G * T, D)  # head h = kv * G + g, as repeat_interleave orders them
-    if T == 1:
-        mask = visible[:, None]  # (B, 1, 1, S), broadcast over the G query rows
-    else:
-        mask = visible[:, None, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, (H // Hkv) * T, D)  # head h = kv * G + g, as repeat_interleave orders them
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, Hkv, G*T, Dv)
     return o.reshape(B, H, T, v.shape[-1])
 
@@ -202,10 +210,16 @@ class Attention(nn.Module):
         else:
             kv = ctx.shared["cla_kv"]
         keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty
-        visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
-        if self.window is not None:
-            visible &= k_pos[:, None, :] > q_pos[:, :, None] - self.window
-        o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), visible)  # (B, H, T, D)
+
+        def mask() -> torch.Tensor:
+            visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+            if self.window is not None:
+                visible &= k_pos[:, None, :] > q_pos[:, :, None] - self.window
+            return step_mask(visible, self.n_heads // self.n_kv_heads, q.dtype)
+
+        G = self.n_heads // self.n_kv_heads
+        key = ("attention_mask", keys.shape[2], self.window, G, q.dtype)  # the same for every layer alike
+        o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), ctx.memoised(key, mask))  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _write_step(self, k, v, q_pos, state: LayerState):

@@ -94,11 +94,20 @@ class ForwardContext:
         a cache). Row ``b``'s new tokens sit at positions ``lengths[b] + t``.
     shared: state produced in this call by a layer for the layers that read it (CLA group
         members read their leader's keys and values from here).
+    memo: tensors derived from the positions alone, shared by the layers (``memoised``).
     """
 
     pos: int | None = 0
     lengths: torch.Tensor | None = None
-    shared: dict[int, Any] = field(default_factory=dict)
+    shared: dict[Any, Any] = field(default_factory=dict)
+    memo: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def memoised(self, key: tuple, build) -> torch.Tensor:
+        """``build()`` once per forward call for ``key``: what every layer alike needs (a decode step's
+        attention mask), computed by the first layer and read by the others."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return self.memo[key]
 
     @property
     def decoding(self) -> bool:

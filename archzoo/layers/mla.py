@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .attention import attend, attend_cached
+from .attention import attend, attend_cached, step_mask
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
@@ -138,11 +138,16 @@ class MLA(nn.Module):
         rows = torch.arange(B, device=x.device)[:, None]
         buf.index_put_((rows, q_pos), row.detach().to(buf.dtype))
         S = buf.shape[1]
-        visible = torch.arange(S, device=x.device)[None, None, :] <= q_pos[:, :, None]  # (B, T, S)
+
+        def mask() -> torch.Tensor:
+            visible = torch.arange(S, device=x.device)[None, None, :] <= q_pos[:, :, None]  # (B, T, S)
+            return step_mask(visible, self.n_heads, x.dtype)
+
         w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
         q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn])
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
-        o_lat = attend_cached(torch.cat([q_lat, q_rope], dim=-1), keys, keys[..., : self.r], visible, self.scale)
+        mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
+        o_lat = attend_cached(torch.cat([q_lat, q_rope], dim=-1), keys, keys[..., : self.r], mask, self.scale)
         o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :])  # (B, T, H, dv)
         return self.o_proj(o.reshape(B, T, self.n_heads * self.dv))
 
