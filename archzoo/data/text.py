@@ -175,7 +175,8 @@ def mean_nll(model, token_blocks: torch.Tensor, batch_size: int = 8) -> float:
             rows = token_blocks[i : i + batch_size].to(device)
             out = model(rows[:, :-1])
             logits = getattr(out, "logits", out)  # (b, L, V)
-            nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 or wider, never narrower
+            nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum")
             total += nll.item()
             count += rows[:, 1:].numel()
     finally:
