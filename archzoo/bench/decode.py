@@ -14,9 +14,8 @@ Implementations: ``archzoo`` (``model.generate``), and with ``--baseline hf`` fo
 models ``hf-dynamic`` (transformers ``generate``, dynamic cache) and ``hf-static``
 (``cache_implementation="static"``, which transformers compiles on CUDA).
 
-Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set by ``generate``)
-when the model has it, else the wall time of the synchronised call minus that of a call making no
-token; for the HF rows, a logits processor that notes the time of the first step, right after the
+Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set by ``generate``); for
+the HF rows, a logits processor that notes the time of the first step, right after the
 prefill (row field ``timing`` says which).
 
 Writes ``DIR/decode.json`` (atomically, after every row) and ``DIR/decode.md``. Bad input (an
@@ -31,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import inspect
 import json
 import math
 import os
@@ -78,8 +76,8 @@ FORMULAS = {
     "hbm_fraction": "step_bytes / (decode_s / new_tokens) / bandwidth.bytes_per_s",
     "bandwidth.bytes_per_s": "bytes read + written by a device-to-device copy (dst.copy_(src)) / its time, "
     "best of several rounds (CUDA events on a GPU, perf_counter on the CPU)",
-    "compile_s": "seconds the warm-up call(s) spent compiling / capturing: generate's own figure when it reports one, "
-    "else warm-up wall time minus the median timed call's",
+    "compile_s": "seconds the warm-up call(s) spent compiling / capturing: generate's own figure for archzoo rows, "
+    "warm-up wall time minus the median timed call's for hf-static",
     "peak_memory_bytes": "torch.cuda.max_memory_allocated over the row (reset before its warm-up); null on the CPU",
 }
 
@@ -332,94 +330,43 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, floa
     return out, time.perf_counter() - t0
 
 
-def _fresh_stats(model, before: object, before_copy: dict | None) -> dict | None:
-    stats = getattr(model, "last_generate_stats", None)
-    if not isinstance(stats, dict) or "decode_s" not in stats:
-        return None
-    if stats is before and dict(stats) == before_copy:
-        return None  # not updated by this call
-    return stats
-
-
 def run_archzoo(
     model, ids: torch.Tensor, new_tokens: int, compile: bool | None, warmup: int, repeat: int, device: torch.device
 ) -> dict:
-    """Warm-up then timed ``model.generate`` calls -> the measured fields of one row."""
+    """Warm-up then timed ``model.generate`` calls -> the measured fields of one row.
+
+    The times are ``generate``'s own (``model.last_generate_stats``: prefill, the decode loop
+    synchronised at both ends, and the compile / capture of a new shape).
+    """
     kwargs: dict = {"eos_token_id": None}
     if compile is not None:
         kwargs["compile"] = compile
-    prompt_len = ids.shape[1]
 
-    def call() -> tuple[torch.Tensor, float, dict | None]:
-        before = getattr(model, "last_generate_stats", None)
-        before_copy = dict(before) if isinstance(before, dict) else None
-        out, wall = _timed(lambda: model.generate(ids, new_tokens, **kwargs), device)
-        return out, wall, _fresh_stats(model, before, before_copy)
+    def call() -> dict:
+        out = model.generate(ids, new_tokens, **kwargs)
+        stats = dict(model.last_generate_stats)
+        if out.shape[1] - ids.shape[1] != new_tokens or stats["new_tokens"] != new_tokens:
+            raise RuntimeError(f"generate made {stats['new_tokens']} new tokens, not {new_tokens}")
+        return stats
 
     warm = [call() for _ in range(warmup)]
     runs = [call() for _ in range(repeat)]
-    out = {"timing": "generate stats" if all(r[2] is not None for r in runs) else "wall"}
-    for o, _, stats in warm + runs:
-        got = o.shape[1] - prompt_len
-        per_row = stats.get("new_tokens") if stats else None
-        if got != new_tokens or (per_row is not None and any(int(n) != new_tokens for n in _as_list(per_row))):
-            raise RuntimeError(f"generate made {per_row if per_row is not None else got} new tokens, not {new_tokens}")
-    if out["timing"] == "generate stats":
-        decode = [float(r[2]["decode_s"]) for r in runs]
-        i = decode.index(statistics.median_low(decode))
-        stats = runs[i][2]
-        out.update(
-            decode_s=decode[i],
-            prefill_s=float(stats["prefill_s"]),
-            compile_s=sum(float(w[2].get("compile_s", 0.0)) for w in warm if w[2] is not None),
-            backend=stats.get("backend"),
-            cache_bytes_allocated=stats.get("cache_bytes"),
-            decode_s_runs=decode,
-        )
-        recompiled = sum(float(r[2].get("compile_s", 0.0)) for r in runs)
-        if recompiled > 0:
-            out["note"] = f"timed calls spent {recompiled:.2f} s compiling"
-        if any(w[2] is None for w in warm):
-            out["compile_s"] = None
-    else:
-        # No stats from generate: its wall time minus that of a generate call making no token (its prefill).
-        prefill = statistics.median(
-            _timed(lambda: model.generate(ids, 0, **kwargs), device)[1] for _ in range(max(repeat, 3))
-        )
-        can_compile = "compile" in inspect.signature(model.generate).parameters
-        asked = compile if compile is not None else device.type == "cuda"  # generate's documented default
-        out.update(
-            _wall_split([r[1] for r in runs], [w[1] for w in warm], prefill, can_compile and asked),
-            backend="compiled" if can_compile and asked else "eager",
-        )
-        if can_compile:
-            out["note"] = "; ".join(x for x in (out.get("note"), "generate reports no stats: backend as asked") if x)
-    return out
-
-
-def _wall_split(walls: list[float], warm: list[float], prefill_s: float, compiles: bool) -> dict:
-    """Decode seconds from wall times of whole generate calls and of their prefill alone.
-
-    ``compile_s`` is the warm-up calls' excess over a timed call where the call compiles, else 0.
-    A decode time that does not exceed the prefill's (timing noise on a busy host) is left out.
-    """
-    wall = statistics.median_low(walls)
+    decode = [float(r["decode_s"]) for r in runs]
+    stats = runs[decode.index(statistics.median_low(decode))]
     out = {
-        "prefill_s": prefill_s,
-        "compile_s": (max(sum(warm) - len(warm) * wall, 0.0) if warm else None) if compiles else 0.0,
-        "decode_s_runs": [w - prefill_s for w in walls],
-        "decode_s": wall - prefill_s,
+        "timing": "generate stats",
+        "decode_s": float(stats["decode_s"]),
+        "decode_steps": stats.get("decode_steps"),
+        "prefill_s": float(stats["prefill_s"]),
+        "compile_s": sum(float(w["compile_s"]) for w in warm),
+        "backend": stats["backend"],
+        "cache_bytes_allocated": stats["cache_bytes"],
+        "decode_s_runs": decode,
     }
-    if out["decode_s"] <= 0:
-        out["decode_s"] = None
-        out["note"] = f"a whole call ({wall:.4f} s) took no longer than its prefill ({prefill_s:.4f} s): timing noise"
+    recompiled = sum(float(r["compile_s"]) for r in runs)
+    if recompiled > 0:
+        out["note"] = f"timed calls spent {recompiled:.2f} s compiling"
     return out
-
-
-def _as_list(x) -> list:
-    if isinstance(x, torch.Tensor):
-        return x.flatten().tolist()
-    return list(x) if isinstance(x, list | tuple) else [x]
 
 
 @torch.no_grad()
@@ -539,12 +486,6 @@ def run_decode_bench(
         raise UserError(f"--baseline: unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
     if not models:
         raise UserError("bench decode: give at least one MODEL")
-    if compile is not None:
-        from ..model import ArchZooLM
-
-        if "compile" not in inspect.signature(ArchZooLM.generate).parameters:
-            flag = "--compile" if compile else "--no-compile"
-            raise UserError(f"{flag}: this archzoo's model.generate has no compile option (it decodes eagerly)")
     dt = parse_dtype(dtype)
     dev = check_device(device)
     sources = [resolve_source(m) for m in dict.fromkeys(models)]  # a model named twice is measured once
@@ -848,8 +789,6 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             note = f"skipped: {r['skipped']}"
         elif r.get("error"):
             note = f"error: {r['error']}"
-        elif r.get("timing") == "wall":
-            note = "; ".join(x for x in (note, "wall timing") if x)
         cells = [
             r["model"],
             r["implementation"],
