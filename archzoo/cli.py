@@ -196,12 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = dsub.add_parser("generate", help="sample texts from a teacher into JSONL (batched, through the cache)")
     gen.add_argument("--teacher", default="smollm2-135m", help="teacher name, HF folder, .gguf file or checkpoint")
     gen.add_argument("--out", required=True, help="output .jsonl")
-    gen.add_argument("--n", type=int, default=64, help="number of texts")
+    gen.add_argument("--n", type=int, default=None, help="number of texts (default 64 unless --size-tokens)")
+    gen.add_argument("--size-tokens", type=int, default=None, help="stop once the texts hold this many tokens")
     gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--batch-size", type=int, default=64, help="prompts decoded together, one per row")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--prompts", default=None, help="text file, one prompt per line (default: BOS only)")
+    gen.add_argument("--prompts", default=None, help="text file, one prompt per line (default: built-in prompts)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default=None)
     gen.set_defaults(func=_lazy("archzoo.data.generate", "generate_cli"))
@@ -219,9 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
     d.set_defaults(func=_lazy("archzoo.train.cli", "distill_cli"))
 
-    b = sub.add_parser("bench", help="benchmarks: decode speed, kernels, quality after conversion")
-    b.add_argument("config", help="decode | kernels | conversion (`archzoo bench decode --help` for its options)")
-    b.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    b = sub.add_parser(
+        "bench",
+        help="benchmarks: the Pareto report of a suite YAML, decode speed, kernels, quality after conversion",
+        description="archzoo bench SUITE.yaml --out DIR [--resume] [--only NAME...]: the Pareto report (results.json, "
+        "report.md, report.html, PNG charts); --resume skips models whose inputs are unchanged, --only measures "
+        "only the named models.\narchzoo bench decode | kernels | conversion ...: the other benchmarks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument(
+        "config",
+        help="a suite YAML (configs/bench/*.yaml), or decode | kernels | conversion (`archzoo bench decode --help`)",
+    )
+    b.add_argument("extra", nargs=argparse.REMAINDER, help="for a suite: --out DIR [--resume] [--only NAME...]")
     b.set_defaults(func=_lazy("archzoo.bench.cli", "bench_cli"))
     return p
 

@@ -1,0 +1,294 @@
+"""PNG charts of the Pareto report (matplotlib, Agg): cache bytes per token against quality and speed.
+
+Each chart has one point per model, the teacher as a red star, the points on the Pareto frontier
+filled and the frontier drawn as a step line (the best quality reachable at each cost), and every
+point labelled with its display name. Labels are placed by a small greedy search over offsets
+around each point that avoids the labels already placed, the markers and the axes' edges; points
+closer than a few pixels share one label ("gqa / moe").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+FRONTIER_COLOR = "#1f5fa8"
+DOMINATED_COLOR = "#8a8a8a"
+TEACHER_COLOR = "#c62828"
+
+
+def fmt_bytes(n: float) -> str:
+    """2048 -> '2 KiB', 1536 -> '1.5 KiB', 300 -> '300 B'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" or float(n).is_integer() else f"{n:.3g} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def fmt_count(n: float) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:.3g}"
+
+
+@dataclass
+class Point:
+    name: str
+    x: float
+    y: float
+    teacher: bool
+    frontier: bool
+
+
+def _staircase(ax, pts: list[Point], x_higher_better: bool, xlim: tuple[float, float]) -> None:
+    front = sorted((p for p in pts if p.frontier), key=lambda p: p.x)
+    if not front:
+        return
+    xs, ys = [p.x for p in front], [p.y for p in front]
+    if x_higher_better:  # best quality at speed >= x: the level of a point extends left to the previous one
+        xs, ys = [xlim[0], *xs], [ys[0], *ys]
+        where = "pre"
+    else:  # best quality at cost <= x: the level of a point extends right to the next one
+        xs, ys = [*xs, xlim[1]], [*ys, ys[-1]]
+        where = "post"
+    ax.step(xs, ys, where=where, color=FRONTIER_COLOR, lw=1.8, alpha=0.75, zorder=2, label="Pareto frontier")
+
+
+def _clusters(ax, pts: list[Point], px: float = 9.0) -> list[list[Point]]:
+    """Points closer than ``px`` pixels on screen share one label."""
+    disp = ax.transData.transform([(p.x, p.y) for p in pts])
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(disp):
+        for g in groups:
+            gx, gy = disp[g[0]]
+            if math.hypot(x - gx, y - gy) < px:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return [[pts[i] for i in g] for g in groups]
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0) * max(h, 0)
+
+
+def place_labels(ax, pts: list[Point], fontsize: float = 8.5) -> list:
+    """Annotate every point (clusters once), avoiding other labels, markers and the axes' edges."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    disp = ax.transData.transform([(p.x, p.y) for p in pts])
+    r = 6 * fig.dpi / 72  # marker half-size in pixels
+    taken = [Bbox.from_extents(x - r, y - r, x + r, y + r) for x, y in disp]
+    base = [(7, 5, "left", "bottom"), (7, -5, "left", "top"), (-7, 5, "right", "bottom"), (-7, -5, "right", "top")]
+    base += [(0, 9, "center", "bottom"), (0, -9, "center", "top")]
+    base += [(10, 0, "left", "center"), (-10, 0, "right", "center")]
+    cands = [(dx * k, dy * k, ha, va) for k in (1, 2.2, 3.6, 5.2) for dx, dy, ha, va in base]
+    texts = []
+    groups = sorted(_clusters(ax, pts), key=lambda g: (not any(p.teacher for p in g), -len(g), g[0].x))
+    for group in groups:
+        anchor = group[0]
+        label = " / ".join(p.name for p in group)
+        weight = "bold" if any(p.teacher for p in group) else "normal"
+        best, best_cost = None, math.inf
+        for i, (dx, dy, ha, va) in enumerate(cands):
+            t = ax.annotate(
+                label,
+                (anchor.x, anchor.y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=fontsize,
+                fontweight=weight,
+                zorder=5,
+            )
+            bb = t.get_window_extent(renderer).expanded(1.04, 1.1)
+            outside = max(frame.x0 - bb.x0, 0) + max(bb.x1 - frame.x1, 0)
+            outside += max(frame.y0 - bb.y0, 0) + max(bb.y1 - frame.y1, 0)
+            cost = sum(_overlap(bb, o) for o in taken) + 1e6 * outside + i * 0.5
+            t.remove()
+            if cost < best_cost:
+                best, best_cost = (dx, dy, ha, va, bb), cost
+            if cost <= i * 0.5:
+                break
+        dx, dy, ha, va, bb = best
+        far = math.hypot(dx, dy) > 12
+        t = ax.annotate(
+            label,
+            (anchor.x, anchor.y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=fontsize,
+            fontweight=weight,
+            zorder=5,
+            color=TEACHER_COLOR if weight == "bold" else "#222222",
+            arrowprops=dict(arrowstyle="-", color="#999999", lw=0.6, shrinkA=0, shrinkB=4) if far else None,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75),
+        )
+        taken.append(bb)
+        texts.append(t)
+    return texts
+
+
+def _log_bytes_axis(ax, label: str, xlim: tuple[float, float]) -> None:
+    ax.set_xscale("log", base=2)
+    doublings = math.log2(xlim[1] / xlim[0])
+    narrow = ax.get_position().width * ax.figure.get_figwidth() < 6
+    base = 4 if narrow and doublings > 7 else 2  # every other power of two where ticks would touch
+    ax.xaxis.set_major_locator(LogLocator(base=base, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_bytes(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
+
+
+def _padded(values: Sequence[float], log: bool, pad: float) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if log:
+        lo, hi = math.log2(lo), math.log2(hi)
+        span = max(hi - lo, 1.0)
+        return 2 ** (lo - pad * span), 2 ** (hi + pad * span)
+    span = (hi - lo) or max(abs(hi) * 0.1, 1e-3)
+    return lo - pad * span, hi + pad * span
+
+
+def scatter(
+    ax,
+    pts: list[Point],
+    xlabel: str,
+    ylabel: str,
+    x_bytes: bool = True,
+    x_higher_better: bool = False,
+    y_log: bool | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> None:
+    """One panel: points, frontier, labels, axes. ``pts`` carry their frontier membership."""
+    if not pts:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        return
+    xs, ys = [p.x for p in pts], [p.y for p in pts]
+    xlim = _padded(xs, True, 0.12)
+    if x_bytes:
+        _log_bytes_axis(ax, xlabel, xlim)
+    else:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+    if y_log is None:
+        y_log = min(ys) > 0 and max(ys) / min(ys) > 20
+    if y_log:
+        ax.set_yscale("log")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*(ylim or _padded(ys, y_log, 0.12)))
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", color="#e4e4e4", lw=0.8)
+    ax.set_axisbelow(True)
+    _staircase(ax, pts, x_higher_better, xlim)
+    for kind, sel, style in (
+        ("on the frontier", lambda p: p.frontier and not p.teacher, dict(c=FRONTIER_COLOR, s=46, marker="o")),
+        (
+            "dominated",
+            lambda p: not p.frontier and not p.teacher,
+            dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=46, marker="o", linewidths=1.4),
+        ),
+        ("teacher", lambda p: p.teacher, dict(c=TEACHER_COLOR, s=150, marker="*")),
+    ):
+        sub = [p for p in pts if sel(p)]
+        if sub:
+            ax.scatter([p.x for p in sub], [p.y for p in sub], zorder=4, label=kind, **style)
+    place_labels(ax, pts)
+
+
+def legend_below(ax) -> None:
+    """The legend under the axes, where it cannot cover a point."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8.5, frameon=False)
+
+
+def save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def cache_chart(
+    path: Path,
+    rows: list[dict],
+    get: Callable[[dict], float | None],
+    frontier: Sequence[str],
+    title: str,
+    ylabel: str,
+    cache_context: int,
+    dtype: str,
+    y_log: bool | None = None,
+) -> Path:
+    """Cache bytes per token (log x) against one quality metric, frontier drawn."""
+    pts = [Point(r["name"], r["cache_bytes_per_token"], get(r), r["teacher"], r["name"] in frontier) for r in rows]
+    pts = [p for p in pts if p.y is not None and p.x > 0]
+    fig, ax = plt.subplots(figsize=(8.4, 5.6))
+    xlabel = f"KV-cache / state bytes per token at {cache_context:,} tokens ({dtype}, batch 1, log scale)"
+    scatter(ax, pts, xlabel, ylabel, y_log=y_log)
+    ax.set_title(title, fontsize=12, loc="left")
+    legend_below(ax)
+    return save(fig, path)
+
+
+def mqar_chart(
+    path: Path, rows: list[dict], name: str, fronts: dict[str, list[str]], cache_context: int, dtype: str
+) -> Path:
+    """MQAR accuracy against cache bytes per token, one panel per number of key-value pairs."""
+    pairs = list(rows[0]["mqar"][name]) if rows else []
+    fig, axes = plt.subplots(1, max(len(pairs), 1), figsize=(5.2 * max(len(pairs), 1), 4.8), sharey=True, squeeze=False)
+    for ax, n in zip(axes[0], pairs, strict=False):
+        front = fronts.get(f"mqar/{name}/{n}", [])
+        pts = [
+            Point(r["name"], r["cache_bytes_per_token"], r["mqar"][name][n], r["teacher"], r["name"] in front)
+            for r in rows
+        ]
+        xlabel = f"cache bytes per token at {cache_context:,} ({dtype}, log)"
+        scatter(ax, pts, xlabel, "", y_log=False, ylim=(-0.04, 1.04))
+        ax.set_title(f"{n} key-value pairs", fontsize=10)
+    axes[0][0].set_ylabel("MQAR accuracy (higher is better)")
+    legend_below(axes[0][0])
+    fig.suptitle(f"Associative recall ({name}) against cache size", fontsize=12, x=0.01, ha="left")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def speed_chart(path: Path, rows: list[dict], text_set: str, decode: dict) -> Path:
+    """Decode tokens/s (log x) against perplexity; the frontier is faster and lower."""
+    from .pareto import pareto
+
+    pts0 = [(r["name"], r.get("decode_tokens_per_s"), r["ppl"].get(text_set), r["teacher"]) for r in rows]
+    pts0 = [p for p in pts0 if p[1] and p[2] is not None]
+    front = set(pareto([(n, -x, y) for n, x, y, _ in pts0]))
+    pts = [Point(n, x, y, t, n in front) for n, x, y, t in pts0]
+    fig, ax = plt.subplots(figsize=(8.4, 5.6))
+    xlabel = (
+        f"decode tokens/s (batch {decode['batch_size']}, {decode['prompt_len']:,}-token prompts, "
+        f"{decode['new_tokens']} new tokens; log scale, higher is better)"
+    )
+    scatter(ax, pts, xlabel, f"perplexity on {text_set} (lower is better)", x_bytes=False, x_higher_better=True)
+    ax.set_title(f"Decode speed against perplexity ({text_set})", fontsize=12, loc="left")
+    legend_below(ax)
+    return save(fig, path)

@@ -1,0 +1,253 @@
+"""The Pareto report's files: ``results.json``, ``report.md``, ``report.html`` and the PNG charts.
+
+``results.json`` (``schema_version`` 1): the run's settings, device and versions at the top level,
+``rows`` (one per model, teacher first, each with ``on_frontier`` per quality metric), ``frontier``
+(metric -> names of the non-dominated models) and ``missing`` (suite models with no current row).
+Quality metrics are ``ppl/<set>`` and ``kl/<set>`` (lower is better) and ``mqar/<set>/<pairs>``
+(higher is better); the cost is ``cache_bytes_per_token`` (lower is better).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .charts import cache_chart, fmt_bytes, mqar_chart, speed_chart
+from .decode import _atomic_write
+from .pareto import frontiers
+
+METRIC_HELP = {
+    "ppl": "perplexity (lower is better)",
+    "kl": "KL(teacher || model), nats per token (lower is better)",
+    "mqar": "MQAR accuracy (higher is better)",
+}
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> dict:
+    """Every output file from the stored rows; returns the results.json content."""
+    names = [r["name"] for r in rows]
+    rows = sorted(rows, key=lambda r: order.index(r["name"]))
+    fronts = frontiers(rows)
+    for r in rows:
+        r["on_frontier"] = {k: r["name"] in v for k, v in fronts.items()}
+    results = {
+        **meta,
+        "rows": rows,
+        "frontier": fronts,
+        "missing": [n for n in order if n not in names],
+        "charts": [],
+    }
+    charts = make_charts(out, results) if rows else []
+    results["charts"] = [c.name for c in charts]
+    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    _atomic_write(out / "report.md", markdown(results))
+    _atomic_write(out / "report.html", html_page(results, out))
+    return results
+
+
+def make_charts(out: Path, res: dict) -> list[Path]:
+    rows, fronts, s = res["rows"], res["frontier"], res["settings"]
+    ctx, dtype = s["cache_context"], res["dtype"]
+    text_sets = list(rows[0]["ppl"])
+    paths = []
+    for t in text_sets:
+        paths.append(
+            cache_chart(
+                out / f"cache_vs_ppl_{_slug(t)}.png",
+                rows,
+                lambda r, t=t: r["ppl"].get(t),
+                fronts[f"ppl/{t}"],
+                f"Perplexity on {t} against cache size",
+                f"perplexity on {t} (lower is better)",
+                ctx,
+                dtype,
+            )
+        )
+        paths.append(
+            cache_chart(
+                out / f"cache_vs_kl_{_slug(t)}.png",
+                rows,
+                lambda r, t=t: r["kl"].get(t),
+                fronts[f"kl/{t}"],
+                f"KL(teacher || model) on {t} against cache size",
+                "KL(teacher || model), nats/token (lower is better)",
+                ctx,
+                dtype,
+                y_log=False,
+            )
+        )
+    for m in rows[0]["mqar"]:
+        paths.append(mqar_chart(out / f"cache_vs_mqar_{_slug(m)}.png", rows, m, fronts, ctx, dtype))
+    if text_sets:
+        paths.append(speed_chart(out / f"speed_vs_ppl_{_slug(text_sets[0])}.png", rows, text_sets[0], s["decode"]))
+    return paths
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def _f(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows of cells) for every table of the report; a cell marked '*' is on the frontier."""
+    rows, s = res["rows"], res["settings"]
+    if not rows:
+        return []
+    ctx, d = s["cache_context"], s["decode"]
+    lengths = list(rows[0]["cache_bytes"])
+    head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
+    head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
+    main = []
+    for r in rows:
+        main.append(
+            [
+                r["name"] + (" (teacher)" if r["teacher"] else ""),
+                f"{r['parameters'] / 1e6:.2f}M",
+                fmt_bytes(r["cache_bytes_per_token"]),
+                *(fmt_bytes(r["cache_bytes"][n]) for n in lengths),
+                _f(r.get("decode_tokens_per_s"), ",.0f"),
+                _f(r.get("prefill_tokens_per_s"), ",.0f"),
+                fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
+            ]
+        )
+    out = [("Cache size and speed", head, main)]
+    q_head, q_rows = ["model", "cache/token"], [[r["name"], fmt_bytes(r["cache_bytes_per_token"])] for r in rows]
+    for t in rows[0]["ppl"]:
+        q_head += [f"ppl {t}", f"KL {t}"]
+        for cells, r in zip(q_rows, rows, strict=True):
+            cells.append(_f(r["ppl"][t], ".3f") + (" *" if r["on_frontier"][f"ppl/{t}"] else ""))
+            cells.append(_f(r["kl"][t], ".4f") + (" *" if r["on_frontier"][f"kl/{t}"] else ""))
+    for m, by in rows[0]["mqar"].items():
+        for n in by:
+            q_head.append(f"MQAR {m} {n} pairs")
+            for cells, r in zip(q_rows, rows, strict=True):
+                cells.append(_f(r["mqar"][m][n], ".3f") + (" *" if r["on_frontier"][f"mqar/{m}/{n}"] else ""))
+    out.append(("Quality (* = on the Pareto frontier of cache bytes per token and that metric)", q_head, q_rows))
+    p_head = ["model", "source", "kind", "config hash", "run folder", "tokens trained", "measured in"]
+    p_rows = [
+        [
+            r["name"],
+            r["source"],
+            r["kind"],
+            r["provenance"].get("config_hash") or "-",
+            r["provenance"].get("run_dir") or "-",
+            _f(r["provenance"].get("tokens_trained"), ","),
+            f"{r['seconds']:.1f} s",
+        ]
+        for r in rows
+    ]
+    out.append(("Provenance", p_head, p_rows))
+    return out
+
+
+def _setting_lines(res: dict) -> list[str]:
+    s, v = res["settings"], res["versions"]
+    d = s["decode"]
+    vers = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    return [
+        f"- command: `{res['command']}`",
+        f"- date: {res['date']}; device: {res['device']}, {res['dtype']}; {vers}",
+        f"- teacher: {s['teacher']['name']} ({s['teacher']['source']})",
+        f"- cache bytes per token: total cache bytes of one sequence at {s['cache_context']:,} tokens / "
+        f"{s['cache_context']:,} (`model.new_cache(1, L).nbytes()`, equal to `archzoo.cache_bytes`)",
+        f"- decode: batch {d['batch_size']}, {d['prompt_len']:,}-token random prompts, {d['new_tokens']} new tokens "
+        f"(greedy), warm-up {d['warmup']}, timed {d['repeat']}, compile {d['compile']}; tokens/s = batch x new tokens "
+        "/ decode seconds, prefill tokens/s = batch x prompt / prefill seconds",
+        *(f"- evaluation set `{k}`: {desc}" for k, desc in res["eval_sets"].items()),
+    ]
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Pareto report: {res['suite']}", "", *_setting_lines(res), ""]
+    if res["missing"]:
+        lines += [f"Not measured yet: {', '.join(res['missing'])}.", ""]
+    for title, head, rows in tables(res):
+        lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    if res["charts"]:
+        lines += ["## Charts", ""]
+        lines += [f"![{c}]({c})" for c in res["charts"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
+  const key = r => { const t = r.cells[col].dataset.v ?? r.cells[col].textContent; const n = parseFloat(t);
+                     return isNaN(n) ? t : n; };
+  const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  rows.sort((a, b) => { const x = key(a), y = key(b); const c = x < y ? -1 : x > y ? 1 : 0;
+                        return dir === 'asc' ? c : -c; });
+  rows.forEach(r => body.appendChild(r));
+}));
+"""
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; cursor: pointer; user-select: none; }
+th:hover { background: #e6eefa; } td:first-child, th:first-child { text-align: left; }
+td.front { background: #e6eefa; font-weight: 600; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+
+def _sort_key(cell: str) -> str:
+    """The number a cell sorts by: bytes with units in bytes, '1,234' as 1234; text as is."""
+    c = cell.rstrip(" *").replace(",", "")
+    units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    parts = c.split()
+    try:
+        if len(parts) == 2 and parts[1] in units:
+            return repr(float(parts[0]) * units[parts[1]])
+        if c.endswith("M"):
+            return repr(float(c[:-1]) * 1e6)
+        return repr(float(c))
+    except ValueError:
+        return c
+
+
+def html_page(res: dict, out: Path) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Pareto report: {e(res['suite'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>Pareto report: {e(res['suite'])}</h1><ul>",
+    ]
+    for line in _setting_lines(res):
+        text = e(line.removeprefix("- "))
+        parts.append("<li>" + text.replace("`", "") + "</li>")
+    parts.append("</ul><p>Click a column header to sort the table by it.</p>")
+    if res["missing"]:
+        parts.append(f"<p>Not measured yet: {e(', '.join(res['missing']))}.</p>")
+    for title, head, rows in tables(res):
+        parts.append(f"<h2>{e(title)}</h2><table class='sortable'><thead><tr>")
+        parts += [f"<th>{e(h)}</th>" for h in head]
+        parts.append("</tr></thead><tbody>")
+        for row in rows:
+            cells = []
+            for c in row:
+                cls = " class='front'" if c.endswith(" *") else ""
+                cells.append(f"<td{cls} data-v='{e(_sort_key(c))}'>{e(c)}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</tbody></table>")
+    if res["charts"]:
+        parts.append("<h2>Charts</h2>")
+    for c in res["charts"]:
+        data = base64.b64encode((out / c).read_bytes()).decode()
+        parts.append(f"<figure><img alt='{e(c)}' src='data:image/png;base64,{data}'><figcaption>{e(c)}</figcaption>")
+        parts.append("</figure>")
+    parts.append(f"<script>{SORT_JS}</script></body></html>\n")
+    return "".join(parts)

@@ -1,0 +1,557 @@
+"""The Pareto benchmark suite: ``archzoo bench configs/bench/<suite>.yaml --out DIR``.
+
+A suite YAML names a teacher, the models to compare, the evaluation sets, the context lengths at
+which cache sizes are taken, the decode settings, the device and the dtype (``Suite`` below). Each
+model gets one row: parameters, cache bytes (per token at ``cache_context`` and in total at every
+``context_lengths`` entry, from ``model.new_cache(1, L).nbytes()``, checked equal to
+``archzoo.cache_bytes``), perplexity and KL(teacher || model) per text set (``archzoo.eval.evaluate``,
+the same token blocks for every model), MQAR accuracy, decode / prefill tokens/s (``model.generate``
+timed as ``archzoo bench decode`` times it), peak memory (CUDA) and provenance.
+
+Rows are written to ``DIR/rows/<name>.json`` as each model finishes (atomically), together with the
+hash of the model's inputs and of the suite's settings; ``--resume`` skips a model whose hashes are
+unchanged. Every input is checked before the first model is measured (models resolved, vocabularies
+against the teacher's, evaluation sets built), so bad input exits 2 with one line and loses nothing.
+Relative paths in a suite are taken from the current directory, like every other path on the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..cache import cache_bytes
+from ..config import first_error, load_config, read_mapping
+from ..errors import ConfigError, UserError
+from ..layers.base import Strict, field_error
+from .decode import DTYPES, _atomic_write, _prompts, _versions, check_device, dtype_name, run_archzoo, weight_bytes
+
+SCHEMA_VERSION = 1
+
+# ------------------------------------------------------------------------------ schema
+
+
+class ModelSpec(Strict):
+    name: str = Field(min_length=1, description="display name in tables and charts")
+    source: str = Field(
+        min_length=1, description="model YAML (seeded random weights), saved student folder or distill run folder"
+    )
+
+
+class TeacherSpec(Strict):
+    name: str = Field(default="teacher", min_length=1)
+    source: str = Field(min_length=1, description="teacher name, .gguf file, HF folder, saved folder or model YAML")
+
+
+class TextSet(Strict):
+    name: str = Field(min_length=1)
+    block_len: int = Field(default=512, gt=0, description="tokens per scored block (targets shifted by one)")
+    max_blocks: int = Field(default=64, gt=0)
+    seed: int = 0
+
+
+class ShakespeareSet(TextSet):
+    """The held-out Shakespeare works (``archzoo.data.HELDOUT_WORKS``), never trained on."""
+
+    type: Literal["shakespeare"] = "shakespeare"
+    edition: Literal["all", "modern", "folio"] = "modern"
+
+
+class FileSet(TextSet):
+    """A user's text: a .txt / .jsonl / .parquet file or folder (``archzoo.data.load_texts``)."""
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+    text_field: str = "text"
+
+
+class RandomTokensSet(TextSet):
+    """Uniformly random token ids: no text needed (tiny suites whose teacher has no tokenizer)."""
+
+    type: Literal["random_tokens"] = "random_tokens"
+
+
+class MQARSet(Strict):
+    """Multi-query associative recall (``archzoo.data.mqar_examples``) at several numbers of pairs."""
+
+    type: Literal["mqar"] = "mqar"
+    name: str = Field(default="mqar", min_length=1)
+    num_kv_pairs: list[int] = Field(default=[4, 8, 16], min_length=1)
+    seq_len: int = Field(default=256, gt=0)
+    n_examples: int = Field(default=64, gt=0)
+    seed: int = 0
+
+    @field_validator("num_kv_pairs")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"every number of pairs must be >= 1, got {v}")
+        return v
+
+
+EvalSet = Annotated[ShakespeareSet | FileSet | RandomTokensSet | MQARSet, Field(discriminator="type")]
+
+
+class DecodeSettings(Strict):
+    batch_size: int = Field(default=64, gt=0)
+    prompt_len: int = Field(default=4096, gt=0)
+    new_tokens: int = Field(default=128, gt=0)
+    warmup: int = Field(default=1, ge=0)
+    repeat: int = Field(default=1, gt=0)
+    compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
+
+
+class Suite(Strict):
+    name: str = Field(default="suite", min_length=1)
+    teacher: TeacherSpec
+    models: list[ModelSpec] = Field(min_length=1)
+    eval: list[EvalSet] = Field(min_length=1)
+    tokenizer: Literal["teacher", "bytes"] = Field(
+        default="teacher", description="teacher: the teacher's own; bytes: UTF-8 bytes as ids 0-255, EOS 256"
+    )
+    context_lengths: list[int] = Field(default=[4096, 32768], min_length=1)
+    cache_context: int = Field(default=4096, gt=0, description="the length at which bytes per token are taken")
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    device: str = "cuda"
+    dtype: str = "bf16"
+    seed: int = Field(default=0, description="seeds random weights of model YAMLs, prompts and random sets")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; expected one of {', '.join(DTYPES)}")
+        return v
+
+    @field_validator("context_lengths")
+    @classmethod
+    def _lengths(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"every context length must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> Suite:
+        seen = {self.teacher.name}
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise field_error(f"models.{i}.name", f"{m.name!r} is used twice (the teacher counts)")
+            seen.add(m.name)
+        sets = set()
+        for i, e in enumerate(self.eval):
+            if e.name in sets:
+                raise field_error(f"eval.{i}.name", f"{e.name!r} is used twice")
+            sets.add(e.name)
+        if not any(not isinstance(e, MQARSet) for e in self.eval):
+            raise field_error("eval", "needs at least one text set (shakespeare, file or random_tokens)")
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def settings_hash(self) -> str:
+        """Everything but the model list: a row measured under another hash is measured again."""
+        return _hash(self.model_dump(mode="json", exclude={"models", "name"}))
+
+
+def load_suite(src: str | Path | dict[str, Any]) -> Suite:
+    """A suite YAML (path) or dict -> ``Suite``; ``ConfigError`` naming the file and the field path."""
+    data, source = read_mapping(src, "a suite YAML path or a dict")
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as e:
+        path, msg = first_error(e)
+        raise ConfigError(msg, path, source) from None
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@dataclass
+class Resolved:
+    """One model of the suite, resolved without loading weights where that is cheap."""
+
+    name: str
+    source: str
+    kind: str  # yaml | checkpoint | run | teacher
+    path: Path | None = None  # the folder / file the weights come from
+    cfg: Any = None
+    run_dir: Path | None = None
+    is_teacher: bool = False
+    provenance: dict = field(default_factory=dict)
+
+    def inputs_hash(self, settings: str) -> str:
+        weights = None
+        if self.path is not None:
+            f = self.path / "model.safetensors" if self.path.is_dir() else self.path
+            if f.is_file():
+                st = f.stat()
+                weights = [st.st_size, st.st_mtime_ns]
+        cfg = self.cfg.to_dict() if self.cfg is not None else None
+        return _hash({"source": self.source, "cfg": cfg, "weights": weights, "teacher": self.is_teacher, "s": settings})
+
+
+def _is_saved(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
+
+
+def resolve_model(spec: ModelSpec, where: str) -> Resolved:
+    """A model YAML, a saved student folder or a distill run folder (its ``student/``); ``UserError`` otherwise."""
+    path = Path(spec.source).expanduser()
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return Resolved(spec.name, spec.source, "yaml", path, load_config(path))
+    if _is_saved(path):
+        return Resolved(spec.name, spec.source, "checkpoint", path, load_config(path / "config.yaml"))
+    if path.is_dir() and _is_saved(path / "student"):
+        res = Resolved(spec.name, spec.source, "run", path / "student", load_config(path / "student" / "config.yaml"))
+        res.run_dir = path
+        res.provenance["tokens_trained"] = tokens_trained(path)
+        return res
+    what = "no such file or folder" if not path.exists() else "not a model"
+    raise UserError(
+        f"{where} ({spec.name}): {spec.source}: {what}; expected a model YAML, a saved student folder "
+        "(config.yaml + model.safetensors) or a distill run folder (with student/)"
+    )
+
+
+def tokens_trained(run_dir: Path) -> int | None:
+    """Training tokens of a distill run folder: the last logged step x tokens per step (run.yaml), or None."""
+    import csv
+
+    import yaml
+
+    metrics, run_yaml = run_dir / "logs" / "metrics.csv", run_dir / "run.yaml"
+    if not metrics.is_file() or not run_yaml.is_file():
+        return None
+    try:
+        run = yaml.safe_load(run_yaml.read_text()) or {}
+        data, trainer = run.get("data") or {}, run.get("trainer") or {}
+        per_step = int(data["batch_size"]) * int(data["block_len"])
+        per_step *= int(trainer.get("accumulate_grad_batches") or 1) * int(trainer.get("devices") or 1)
+        with open(metrics) as f:
+            steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")]
+    except (KeyError, ValueError, TypeError, yaml.YAMLError, OSError):
+        return None
+    return (max(steps) + 1) * per_step if steps else None
+
+
+def resolve_teacher_spec(spec: TeacherSpec) -> Resolved:
+    path = Path(spec.source).expanduser()
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        return Resolved(spec.name, spec.source, "yaml", path, load_config(path), is_teacher=True)
+    if _is_saved(path):
+        return Resolved(spec.name, spec.source, "checkpoint", path, load_config(path / "config.yaml"), is_teacher=True)
+    return Resolved(spec.name, spec.source, "teacher", path if path.exists() else None, is_teacher=True)
+
+
+def load(res: Resolved, dtype: torch.dtype, device: torch.device, seed: int):
+    """The ArchZooLM of ``res`` in ``dtype`` on ``device``; a YAML gets seeded random weights (built on the CPU)."""
+    if res.kind == "yaml":
+        from ..model import build_model
+
+        torch.manual_seed(seed)
+        return build_model(res.cfg).to(device=device, dtype=dtype).eval()
+    if res.kind in ("checkpoint", "run"):
+        from ..checkpoint import from_pretrained
+
+        return from_pretrained(res.path, device=device, dtype=dtype).eval()
+    from ..teacher import resolve_teacher
+
+    try:
+        return resolve_teacher(res.source, dtype=dtype, device=device).eval()
+    except ConfigError as e:
+        raise UserError(f"teacher ({res.name}): {e}") from None
+
+
+# ------------------------------------------------------------------------------ evaluation sets
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0-255, EOS 256: text sets for a teacher without a tokenizer."""
+
+    eos_token_id = 256
+
+    def __call__(self, texts: Sequence[str], **_: Any) -> dict[str, list[list[int]]]:
+        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+
+
+@dataclass
+class Prepared:
+    """An evaluation set turned into tensors, the same for every model."""
+
+    name: str
+    kind: str  # text | mqar
+    blocks: torch.Tensor | None = None  # (N, block_len + 1)
+    mqar: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    describe: str = ""
+
+
+def prepare_sets(suite: Suite, vocab_size: int, tokenizer) -> list[Prepared]:
+    """Every evaluation set as token blocks / MQAR examples; ``UserError`` naming the set or file on bad input."""
+    from ..data import load_texts, mqar_examples, pack_blocks, shakespeare_texts, tokenize_texts
+
+    if suite.tokenizer == "bytes":
+        if vocab_size < 257:
+            raise UserError(f"tokenizer: bytes needs a vocabulary of at least 257 ids; the teacher has {vocab_size}")
+        tokenizer = ByteTokenizer()
+    out = []
+    for i, s in enumerate(suite.eval):
+        where = f"eval.{i} ({s.name})"
+        if isinstance(s, MQARSet):
+            p = Prepared(s.name, "mqar", describe=f"MQAR, {s.n_examples} sequences of {s.seq_len} tokens")
+            for n in s.num_kv_pairs:
+                try:
+                    p.mqar[n] = mqar_examples(s.n_examples, vocab_size, s.seq_len, n, seed=s.seed)
+                except ValueError as e:
+                    raise UserError(f"{where}: {e}") from None
+            out.append(p)
+            continue
+        if isinstance(s, RandomTokensSet):
+            g = torch.Generator().manual_seed(s.seed)
+            blocks = torch.randint(0, vocab_size, (s.max_blocks, s.block_len + 1), generator=g)
+            out.append(Prepared(s.name, "text", blocks, describe="uniformly random token ids"))
+            continue
+        if tokenizer is None:
+            raise UserError(f"{where}: the teacher has no tokenizer; set `tokenizer: bytes` or use random_tokens")
+        if isinstance(s, ShakespeareSet):
+            label, texts = f"Shakespeare held-out works ({s.edition})", shakespeare_texts("heldout", s.edition)
+        else:
+            label = s.path
+            try:
+                texts = load_texts(s.path, s.text_field)
+            except (ValueError, ImportError) as e:
+                raise UserError(f"{where}: {e}") from None
+            except FileNotFoundError:
+                raise UserError(f"{where}: {s.path}: no such file or folder") from None
+        tokens = tokenize_texts(texts, tokenizer)
+        if tokens.numel() and int(tokens.max()) >= vocab_size:
+            raise UserError(f"{where}: {label}: token id {int(tokens.max())} is outside the vocabulary of {vocab_size}")
+        if tokens.numel() - 1 < s.block_len:
+            raise UserError(
+                f"{where}: {label}: {'empty' if tokens.numel() <= 1 else f'only {tokens.numel()} tokens'}; "
+                f"one block needs {s.block_len} + 1 (lower block_len or give more text)"
+            )
+        blocks = pack_blocks(tokens, s.block_len, seed=s.seed, max_blocks=s.max_blocks)
+        out.append(Prepared(s.name, "text", blocks, describe=f"{label}, {blocks.shape[0]} blocks of {s.block_len}"))
+    return out
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def measure(
+    res: Resolved,
+    model,
+    teacher,
+    suite: Suite,
+    sets: list[Prepared],
+    device: torch.device,
+    stage: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """One row: every figure of one loaded model (see the module docstring)."""
+    from ..eval import evaluate, mqar_accuracy
+
+    dt = suite.torch_dtype
+    cfg = model.cfg
+    row: dict[str, Any] = {
+        "name": res.name,
+        "teacher": res.is_teacher,
+        "source": res.source,
+        "kind": res.kind,
+        "parameters": model.num_parameters(),
+        "weight_bytes": weight_bytes(model),
+    }
+    stage("cache")
+    lengths = sorted(set(suite.context_lengths) | {suite.cache_context})
+    totals = {}
+    for n in lengths:
+        measured = model.new_cache(1, n, dtype=dt, device="meta").nbytes()
+        analytic = cache_bytes(cfg, 1, n, dt)
+        if measured != analytic:
+            raise RuntimeError(f"{res.name}: new_cache(1, {n}).nbytes() = {measured} != cache_bytes = {analytic}")
+        totals[str(n)] = measured
+    row["cache_bytes"] = {k: v for k, v in totals.items() if int(k) in suite.context_lengths}
+    row["cache_bytes_per_token"] = totals[str(suite.cache_context)] / suite.cache_context
+    row["ppl"], row["kl"], row["mqar"] = {}, {}, {}
+    for s in sets:
+        if s.kind == "text":
+            stage(f"eval {s.name}")
+            r = evaluate(None if res.is_teacher else teacher, model, s.blocks)
+            row["ppl"][s.name] = r["ppl_student"]
+            row["kl"][s.name] = 0.0 if res.is_teacher else r["kl"]
+        else:
+            stage(f"mqar {s.name}")
+            row["mqar"][s.name] = {str(n): mqar_accuracy(model, x, y) for n, (x, y) in s.mqar.items()}
+    stage("decode")
+    row.update(_decode(model, suite, device))
+    return row
+
+
+def _decode(model, suite: Suite, device: torch.device) -> dict:
+    d = suite.decode
+    ids = _prompts(model.cfg.vocab_size, d.batch_size, d.prompt_len, suite.seed, device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) - weight_bytes(model)
+    r = run_archzoo(model, ids, d.new_tokens, d.compile, d.warmup, d.repeat, device)
+    out = {
+        "decode_tokens_per_s": d.batch_size * d.new_tokens / r["decode_s"] if r.get("decode_s") else None,
+        "prefill_tokens_per_s": d.batch_size * d.prompt_len / r["prefill_s"] if r.get("prefill_s") else None,
+        "decode_backend": r.get("backend"),
+        "decode_timing": r.get("timing"),
+        "compile_s": r.get("compile_s"),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) - base if cuda else None,
+    }
+    if r.get("note"):
+        out["decode_note"] = r["note"]
+    return out
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def _row_path(out: Path, name: str) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return out / "rows" / f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:6]}.json"
+
+
+def _read_row(out: Path, name: str) -> dict | None:
+    p = _row_path(out, name)
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def run_suite(
+    suite_path: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    only: Sequence[str] | None = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Measure every model of the suite (or those named in ``only``) and write the report; returns results.json."""
+    from .report import write_report
+
+    suite = load_suite(suite_path)
+    out = Path(out_dir)
+    device = check_device(suite.device)
+    dt = suite.torch_dtype
+    names = [suite.teacher.name, *(m.name for m in suite.models)]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(f"--only: no model named {', '.join(map(repr, unknown))}; the suite has {', '.join(names)}")
+    # Resolve and check everything before the first measurement.
+    teacher_res = resolve_teacher_spec(suite.teacher)
+    students = [resolve_model(m, f"models.{i}") for i, m in enumerate(suite.models)]
+    teacher = load(teacher_res, dt, device, suite.seed)
+    teacher_res.cfg = teacher.cfg
+    if teacher_res.kind == "teacher" and teacher_res.path is not None:
+        teacher_res.provenance["file"] = str(teacher_res.path)
+    vocab = teacher.cfg.vocab_size
+    for i, r in enumerate(students):
+        if r.cfg.vocab_size != vocab:
+            raise UserError(
+                f"models.{i} ({r.name}): {r.source}: vocabulary of {r.cfg.vocab_size} tokens; "
+                f"the teacher ({teacher_res.name}) has {vocab}: KL and perplexity need the same tokens"
+            )
+    sets = prepare_sets(suite, vocab, getattr(teacher, "tokenizer", None))
+    settings = suite.settings_hash()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite.name,
+        "suite_file": str(suite_path),
+        "command": command or f"archzoo bench {suite_path} --out {out_dir}",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": dtype_name(dt),
+        "versions": _versions(),
+        "settings": suite.model_dump(mode="json", exclude={"models"}),
+        "settings_hash": settings,
+        "eval_sets": {s.name: s.describe for s in sets},
+    }
+    todo = [teacher_res, *students]
+    plan = []
+    for r in todo:
+        h = r.inputs_hash(settings)
+        stored = _read_row(out, r.name)
+        selected = only is None or r.name in only
+        fresh = stored is not None and stored.get("inputs_hash") == h
+        plan.append((r, h, selected and not (resume and fresh)))
+    try:
+        _measure_all(plan, teacher, suite, sets, device, out, progress)
+    finally:
+        rows = []
+        for r, h, _ in plan:
+            stored = _read_row(out, r.name)
+            if stored is not None and stored.get("inputs_hash") == h:
+                rows.append(stored)
+        results = write_report(out, meta, rows, [r.name for r, _, _ in plan])
+    return results
+
+
+def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    dt = suite.torch_dtype
+    n_todo = sum(todo for _, _, todo in plan)
+    console = Console(stderr=True, quiet=not show)
+    for r, _, todo in plan:
+        if not todo:
+            console.print(f"[dim]{r.name}: unchanged, kept from {out / 'rows'}[/dim]")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        models = bar.add_task("models", total=n_todo)
+        for r, h, todo in plan:
+            if not todo:
+                continue
+            task = bar.add_task(f"  {r.name}: load", total=len(sets) + 2)
+
+            def stage(name: str, r=r, task=task) -> None:
+                bar.update(task, description=f"  {r.name}: {name}", advance=1)
+
+            t0 = time.perf_counter()
+            model = teacher if r.is_teacher else load(r, dt, device, suite.seed)
+            try:
+                row = measure(r, model, teacher, suite, sets, device, stage)
+            finally:
+                if not r.is_teacher:
+                    del model
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            row["provenance"] = {
+                "config_hash": _hash(r.cfg.to_dict()) if r.cfg is not None else None,
+                "run_dir": str(r.run_dir) if r.run_dir else None,
+                "tokens_trained": None,
+                **r.provenance,
+            }
+            row["inputs_hash"] = h
+            row["seconds"] = time.perf_counter() - t0
+            (out / "rows").mkdir(exist_ok=True)
+            _atomic_write(_row_path(out, r.name), json.dumps(row, indent=2) + "\n")
+            bar.update(task, description=f"  {r.name}: done", completed=len(sets) + 2)
+            bar.advance(models)
