@@ -1,0 +1,200 @@
+"""``archzoo bench SUITE.yaml``: the tiny suite end to end on the CPU, resume, and bad input.
+
+The suite runs as configs/bench/tiny-cpu.yaml does, except that its Shakespeare set is replaced by a
+local text file (no download in CI). The outputs are checked against the library: cache bytes equal
+``archzoo.cache_bytes``, frontier points are non-dominated and every other point is dominated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+import archzoo
+from archzoo.bench.pareto import pareto
+from archzoo.bench.suite import load_suite
+from archzoo.cli import main
+
+from conftest import ROOT
+
+TINY = ROOT / "configs" / "bench" / "tiny-cpu.yaml"
+TEXT = (ROOT / "docs" / "architecture.md").read_text() * 2  # ~17k bytes of English: 8 blocks of 128 fit
+
+
+def _suite(tmp_path, models: list[str] | None = None, **changes) -> tuple:
+    """tiny-cpu.yaml with a local text file instead of Shakespeare; ``models`` keeps only those names."""
+    data = yaml.safe_load(TINY.read_text())
+    text = tmp_path / "heldout.txt"
+    text.write_text(TEXT)
+    data["eval"][0] = {"type": "file", "name": "text", "path": str(text), "block_len": 128, "max_blocks": 8}
+    if models is not None:
+        data["models"] = [m for m in data["models"] if m["name"] in models]
+    data.update(changes)
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path, data
+
+
+def _bench(*args) -> int:
+    return main(["bench", *map(str, args), "--quiet"])
+
+
+def _dominated(p, others, higher: bool) -> bool:
+    s = -1 if higher else 1
+    return any(x <= p[1] and s * y <= s * p[2] and (x < p[1] or s * y < s * p[2]) for _, x, y in others)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)  # the suite's model paths are relative to the repository root
+        path, data = _suite(tmp)
+        out = tmp / "out"
+        assert _bench(path, "--out", out) == 0
+    return out, data
+
+
+def test_tiny_suite_outputs(tiny):
+    out, data = tiny
+    for name in ("results.json", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema_version"] == 1 and res["missing"] == []
+    names = [r["name"] for r in res["rows"]]
+    assert names == [data["teacher"]["name"], *(m["name"] for m in data["models"])]
+    assert res["rows"][0]["teacher"] and res["rows"][0]["kl"] == {"text": 0.0, "random": 0.0}
+    assert len(res["charts"]) == 6
+    for c in res["charts"]:
+        png = (out / c).read_bytes()
+        assert png.startswith(b"\x89PNG"), c
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
+    assert "<script>" in page and "sortable" in page
+    md = (out / "report.md").read_text()
+    assert "archzoo bench" in md and "| gqa |" in md and "torch" in md
+
+
+def test_tiny_suite_agrees_with_the_library(tiny):
+    out, data = tiny
+    res = json.loads((out / "results.json").read_text())
+    sources = {data["teacher"]["name"]: data["teacher"]["source"], **{m["name"]: m["source"] for m in data["models"]}}
+    for r in res["rows"]:
+        cfg = archzoo.load_config(ROOT / sources[r["name"]])
+        for n, b in r["cache_bytes"].items():
+            assert b == archzoo.cache_bytes(cfg, 1, int(n), torch.float32), (r["name"], n)
+        assert r["cache_bytes_per_token"] == archzoo.cache_bytes(cfg, 1, 4096, torch.float32) / 4096, r["name"]
+        assert r["parameters"] > 0 and r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0, r["name"]
+        assert r["peak_memory_bytes"] is None  # CPU
+        for s in ("text", "random"):
+            assert math.isfinite(r["ppl"][s]) and r["ppl"][s] > 1 and r["kl"][s] >= 0, (r["name"], s)
+        assert set(r["mqar"]["mqar"]) == {"4", "16"} and all(0 <= a <= 1 for a in r["mqar"]["mqar"].values())
+        assert len(r["provenance"]["config_hash"]) == 16
+    # Frontier: every member non-dominated, every other point dominated.
+    assert set(res["frontier"]) == {"ppl/text", "kl/text", "ppl/random", "kl/random", "mqar/mqar/4", "mqar/mqar/16"}
+    for key, front in res["frontier"].items():
+        kind, _, rest = key.partition("/")
+        higher = kind == "mqar"
+        get = (lambda r: r["mqar"]["mqar"][rest.split("/")[1]]) if higher else (lambda r: r[kind][rest])
+        pts = [(r["name"], r["cache_bytes_per_token"], get(r)) for r in res["rows"]]
+        assert front, key
+        for p in pts:
+            others = [q for q in pts if q[0] != p[0]]
+            assert _dominated(p, others, higher) == (p[0] not in front), (key, p[0])
+            row = next(r for r in res["rows"] if r["name"] == p[0])
+            assert row["on_frontier"][key] == (p[0] in front)
+
+
+def test_pareto():
+    pts = [("a", 1, 5), ("b", 2, 3), ("c", 2, 4), ("d", 4, 3), ("e", 8, 1), ("f", 8, 1)]
+    assert pareto(pts) == ["a", "b", "e", "f"]  # ties on both axes: neither dominates the other
+    assert pareto(pts, higher_is_better=True) == ["a"]
+
+
+def test_resume_and_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path, data = _suite(tmp_path, ["gqa", "mamba"])
+    out = tmp_path / "out"
+    assert _bench(path, "--out", out) == 0
+    rows = {p.name: p.read_text() for p in (out / "rows").iterdir()}
+    assert len(rows) == 3
+    assert _bench(path, "--out", out, "--resume") == 0  # nothing changed: nothing measured
+    assert {p.name: p.read_text() for p in (out / "rows").iterdir()} == rows
+    assert _bench(path, "--out", out, "--only", "gqa") == 0  # only gqa measured again
+    after = {p.name: p.read_text() for p in (out / "rows").iterdir()}
+    changed = [n for n in rows if after[n] != rows[n]]
+    assert len(changed) == 1 and changed[0].startswith("gqa")
+    # A changed suite setting changes every model's inputs: --resume measures them all again.
+    path, _ = _suite(tmp_path, ["gqa", "mamba"], decode={**data["decode"], "new_tokens": 3})
+    assert _bench(path, "--out", out, "--resume") == 0
+    again = {p.name: p.read_text() for p in (out / "rows").iterdir()}
+    assert all(again[n] != after[n] for n in rows)
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 3
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_input_exits_2_and_keeps_rows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    path, data = _suite(tmp_path, ["gqa"])
+    out = tmp_path / "out"
+    assert _bench(path, "--out", out) == 0
+    before = {p.name: p.read_text() for p in (out / "rows").iterdir()}
+    capsys.readouterr()
+
+    def bad(**changes) -> str:
+        p = tmp_path / "bad.yaml"
+        p.write_text(yaml.safe_dump({**data, **changes}, sort_keys=False))
+        assert _bench(p, "--out", out) == 2
+        assert {q.name: q.read_text() for q in (out / "rows").iterdir()} == before  # nothing measured is lost
+        return _error(capsys)
+
+    models = data["models"]
+    msg = bad(models=[*models, {"name": "ghost", "source": "configs/models/nope.yaml"}])
+    assert "ghost" in msg and "configs/models/nope.yaml" in msg and "no such file" in msg
+    small = tmp_path / "small-vocab.yaml"
+    small.write_text((ROOT / "configs/models/gqa.yaml").read_text().replace("vocab_size: 512", "vocab_size: 256"))
+    msg = bad(models=[*models, {"name": "small", "source": str(small)}])
+    assert "small" in msg and "vocabulary of 256" in msg and "512" in msg
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    msg = bad(eval=[{"type": "file", "name": "e", "path": str(empty), "block_len": 16}])
+    assert str(empty) in msg and "empty" in msg
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be.")
+    msg = bad(eval=[{"type": "file", "name": "s", "path": str(short), "block_len": 64}])
+    assert str(short) in msg and "64 + 1" in msg
+    msg = bad(eval=[{"type": "file", "name": "m", "path": str(tmp_path / "missing.jsonl")}])
+    assert "missing.jsonl" in msg and "no such file" in msg
+    assert _bench(path, "--out", out, "--only", "nobody") == 2
+    assert "nobody" in _error(capsys)
+
+
+def test_schema_errors_name_the_file_and_field(tmp_path):
+    data = yaml.safe_load(TINY.read_text())
+    cases = [
+        ({**data, "decode": {**data["decode"], "batch_sise": 2}}, "decode.batch_sise", "unknown key"),
+        ({**data, "eval": [{"type": "wikitext", "name": "w"}]}, "eval.0", "wikitext"),
+        ({**data, "models": [{"name": "x"}]}, "models.0.source", "missing"),
+        ({**data, "dtype": "fp8"}, "dtype", "fp8"),
+        ({**data, "models": [*data["models"], {"name": "gqa", "source": "a.yaml"}]}, "models.11.name", "twice"),
+    ]
+    for i, (d, field, what) in enumerate(cases):
+        p = tmp_path / f"s{i}.yaml"
+        p.write_text(yaml.safe_dump(d))
+        with pytest.raises(archzoo.ConfigError) as e:
+            load_suite(p)
+        assert str(e.value).startswith(f"{p}: {field}") and what in str(e.value), str(e.value)
+
+
+def test_shipped_suites_parse():
+    for p in sorted((ROOT / "configs" / "bench").glob("*.yaml")):
+        load_suite(p)
