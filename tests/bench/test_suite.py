@@ -99,8 +99,10 @@ def test_tiny_suite_agrees_with_the_library(tiny):
     for key, front in res["frontier"].items():
         kind, _, rest = key.partition("/")
         higher = kind == "mqar"
-        get = (lambda r: r["mqar"]["mqar"][rest.split("/")[1]]) if higher else (lambda r: r[kind][rest])
-        pts = [(r["name"], r["cache_bytes_per_token"], get(r)) for r in res["rows"]]
+        pts = [
+            (r["name"], r["cache_bytes_per_token"], r["mqar"]["mqar"][rest.split("/")[1]] if higher else r[kind][rest])
+            for r in res["rows"]
+        ]
         assert front, key
         for p in pts:
             others = [q for q in pts if q[0] != p[0]]
