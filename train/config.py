@@ -28,6 +28,7 @@ from archzoo.config import (
     parse_layer_indices,
     read_mapping,
 )
+from archzoo.data.sources import SourceConfig, SourceFields, SourceType, check_path, check_source_fields
 
 # ----------------------------------------------------------------------------- student
 
@@ -112,32 +113,43 @@ StageConfig = Annotated[AlignStage | KDStage, Field(discriminator="type")]
 # -------------------------------------------------------------------------------- rest
 
 
-class DataConfig(Strict):
-    source: Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "random", "mqar"]
-    path: str | None = Field(default=None, description="file or folder for text | jsonl | parquet | datasets")
-    text_field: str = Field(default="text", description="column / key holding the text (jsonl, parquet, datasets)")
-    split: str | None = Field(default=None, description="split of a saved DatasetDict (source: datasets)")
-    edition: Literal["all", "modern", "folio"] = Field(default="all", description="Shakespeare edition(s)")
+class DataConfig(SourceFields):
+    """One source (``source`` and its keys at this level), or a weighted mixture (``sources``, each
+    an ``archzoo.data.sources.SourceConfig``); then how the blocks are cut, batched and held out."""
+
+    source: SourceType | None = Field(default=None, description="one source; or give `sources`")
+    sources: list[SourceConfig] | None = Field(default=None, min_length=1, description="a weighted mixture")
     block_len: int = Field(default=512, ge=1, description="input tokens per packed block (rows hold block_len + 1)")
     batch_size: int = Field(default=8, gt=0, description="blocks per micro-batch per device")
-    seed: int = 0
     num_workers: int = Field(default=0, ge=0)
-    val_fraction: float = Field(default=0.05, ge=0, lt=1, description="fraction of blocks held out for validation")
-    max_val_blocks: int | None = Field(default=64, gt=0)
-    max_tokens: int | None = Field(default=None, gt=0, description="stop tokenising after this many tokens")
-    n_blocks: int = Field(default=256, gt=0, description="blocks of uniform random tokens or MQAR examples")
-    mqar_kv_pairs: int = Field(default=8, gt=0, description="key-value pairs per MQAR example (source: mqar)")
+    val_fraction: float = Field(
+        default=0.05, ge=0, lt=1, description="fraction of each source's blocks held out for validation"
+    )
+    max_val_blocks: int | None = Field(default=64, gt=0, description="validation blocks in all (shared by the sources)")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        needs_path = self.source in ("text", "jsonl", "parquet", "datasets")
-        if needs_path and self.path is None:
-            raise field_error("path", f"source {self.source!r} needs a path")
-        if not needs_path and self.path is not None:
-            raise field_error("path", f"source {self.source!r} takes no path")
-        if self.split is not None and self.source != "datasets":
-            raise field_error("split", f"only a saved `datasets` folder has splits, not source {self.source!r}")
+        if self.source is None and self.sources is None:
+            raise field_error("source", "give `source` (one corpus) or `sources` (a weighted mixture)")
+        if self.sources is not None:
+            if self.source is not None:
+                raise field_error("sources", "give either `source` or `sources`, not both")
+            for key in sorted(self.model_fields_set & set(SourceFields.model_fields) - {"seed"}):
+                raise field_error(key, "with `sources`, set it inside each source")
+            return self
+        check_source_fields(self.source, self)
         return self
+
+    def source_list(self) -> list[SourceConfig]:
+        """The sources as a list: the single-source form is one source of weight 1 (its seed: ``seed``)."""
+        if self.sources is not None:
+            return list(self.sources)
+        fields = {k: getattr(self, k) for k in SourceFields.model_fields}
+        return [SourceConfig(source=self.source, **fields)]
+
+    @property
+    def mixture(self) -> bool:
+        return self.sources is not None
 
 
 class OptimizerConfig(Strict):
@@ -344,11 +356,23 @@ def load_run_config(src: str | Path | dict[str, Any] | RunConfig) -> RunConfig:
     except ValidationError as e:
         path, msg = first_error(e)
         path = re.sub(r"^(stages\.\d+)\.(align|kd)\b", r"\1", path)  # pydantic names the union member
+        msg = _name_source(data, path, msg)
         raise ConfigError(msg, path, source) from None
     run._source, run._base_dir = source, base
     run._student_cfg = _student_model_config(run)
     _check_paths(run)
     return run
+
+
+def _name_source(data: dict[str, Any], path: str, msg: str) -> str:
+    """An error inside ``data.sources.<i>`` names that source in its message (its name or type)."""
+    m = re.match(r"^data\.sources\.(\d+)\b", path)
+    sources = (data.get("data") or {}).get("sources") if isinstance(data.get("data"), dict) else None
+    if m is None or not isinstance(sources, list) or int(m[1]) >= len(sources):
+        return msg
+    item = sources[int(m[1])]
+    label = (item.get("name") or item.get("source")) if isinstance(item, dict) else None
+    return f"{label}: {msg}" if isinstance(label, str) else msg
 
 
 def _student_model_config(run: RunConfig) -> ModelConfig | None:
@@ -375,11 +399,12 @@ def _check_paths(run: RunConfig) -> None:
     if init not in ("convert", "random") and not run.resolve_path(init).is_dir():
         raise run.error("student.init", f"{init!r} is neither 'convert', 'random' nor a checkpoint folder")
     data = run.data
-    if data.path is not None:
-        path = run.resolve_path(data.path)
-        if not path.exists():
-            raise run.error("data.path", f"{data.path!r}: no such file or folder")
-        suffix = {"text": ".txt", "jsonl": ".jsonl", "parquet": ".parquet"}.get(data.source)
-        if path.is_file() and path.suffix != suffix:
-            want = f"a {suffix} file or a folder" if suffix else "a folder saved with datasets.save_to_disk"
-            raise run.error("data.path", f"source {data.source!r} needs {want}, got {data.path!r}")
+    if not data.mixture:
+        problem = check_path(data.source_list()[0], run._base_dir)
+        if problem is not None:
+            raise run.error("data.path", problem)
+        return
+    for i, spec in enumerate(data.source_list()):
+        problem = check_path(spec, run._base_dir)
+        if problem is not None:
+            raise run.error(f"data.sources.{i}.path", f"{spec.name or spec.source}: {problem}")

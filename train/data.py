@@ -1,11 +1,14 @@
 """DistillDataModule: token rows from the run's data config, in an order fixed by the seed.
 
 Rows are (block_len + 1) tokens overlapping their neighbour by one (``archzoo.data.pack_blocks``):
-inputs ``rows[:, :-1]``, next-token targets ``rows[:, 1:]``. Sources: the built-in Shakespeare
-corpus (its ``train`` split only; the held-out works are kept for evaluation), local text /
-JSONL / Parquet files or a saved ``datasets`` folder (``archzoo.data.load_texts``), tokenised
-with the teacher's tokenizer; and ``random`` (uniform tokens of the student's vocabulary, for
-tests). A ``val_fraction`` of the rows, chosen by the seed, is held out for validation.
+inputs ``rows[:, :-1]``, next-token targets ``rows[:, 1:]``. Each source of the run
+(``archzoo.data.sources``: the Shakespeare training split, text the teacher generates, local text /
+JSONL / Parquet files or a saved ``datasets`` folder, tokenised with the teacher's tokenizer;
+``random`` and ``mqar`` for tests) is packed on its own, and a ``val_fraction`` of its rows, chosen
+by the seed, is held out for validation (``val_rows_by_source``; ``max_val_blocks`` is shared by the
+sources). The training rows of a mixture are one pass of the weighted mixture
+(``archzoo.data.sources.mix_rows``: as many rows as the sources hold together, each source's share
+in proportion to its weight); a single source's rows are used as they are.
 
 Training order is a pure function of (seed, micro-batch index, rank): the row stream is one
 seeded permutation of the training rows per pass, and micro-batch k on rank r of W takes stream
@@ -19,6 +22,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from archzoo.data.sources import describe, mix_rows, source_blocks, split_heldout
 
 from .config import RunConfig
 
@@ -79,79 +84,73 @@ class _StepLoader(DataLoader):
 
 
 class DistillDataModule(L.LightningDataModule):
-    def __init__(self, run: RunConfig, tokenizer=None, vocab_size: int | None = None):
+    def __init__(self, run: RunConfig, tokenizer=None, vocab_size: int | None = None, teacher=None):
         super().__init__()
         self.run_cfg = run
         self.cfg = run.data
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.teacher = teacher  # for teacher_generated sources
         self.train_rows: torch.Tensor | None = None
         self.val_rows: torch.Tensor | None = None
+        self.val_rows_by_source: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ rows
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        rows = self._all_rows()  # (N, block_len + 1)
-        n = rows.shape[0]
-        n_val = 0
-        if self.cfg.val_fraction > 0:
-            n_val = max(1, round(self.cfg.val_fraction * n))
-            if self.cfg.max_val_blocks is not None:
-                n_val = min(n_val, self.cfg.max_val_blocks)
-        if n - n_val < 1:
-            raise self.run_cfg.error(
-                "data", f"{n} blocks of {self.cfg.block_len + 1} tokens leave none for training after validation"
-            )
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))
-        self.val_rows, self.train_rows = rows[perm[:n_val]], rows[perm[n_val:]]
-
-    def _all_rows(self) -> torch.Tensor:
         cfg = self.cfg
-        if cfg.source == "random":
-            if self.vocab_size is None:
-                raise ValueError("source 'random' needs vocab_size")
-            g = torch.Generator().manual_seed(cfg.seed)
-            return torch.randint(self.vocab_size, (cfg.n_blocks, cfg.block_len + 1), generator=g)
-        if cfg.source == "mqar":
-            # Zoology's MQAR in the student's vocabulary; rows of block_len + 1 tokens.
-            from archzoo.data import mqar_examples
-
-            if self.vocab_size is None:
-                raise ValueError("source 'mqar' needs vocab_size")
+        specs = cfg.source_list()
+        cap = None if cfg.max_val_blocks is None else max(1, cfg.max_val_blocks // len(specs))
+        train, val = [], {}
+        for i, spec in enumerate(specs):
+            rows = self._source_rows(i, spec)  # (N_i, block_len + 1)
             try:
-                inputs, _ = mqar_examples(
-                    cfg.n_blocks, self.vocab_size, cfg.block_len + 1, cfg.mqar_kv_pairs, seed=cfg.seed
-                )
+                t, v = split_heldout(rows, cfg.val_fraction, cap, cfg.seed)
             except ValueError as e:
-                raise self.run_cfg.error("data.mqar_kv_pairs", str(e)) from None
-            return inputs
-        if self.tokenizer is None:
-            raise self.run_cfg.error("data.source", f"source {cfg.source!r} needs a teacher with a tokenizer")
-        from archzoo import data
+                raise self._error(i, spec, "data", str(e)) from None
+            train.append(t)
+            val[(spec.name or f"{i}:{spec.source}") if cfg.mixture else "val"] = v
+        self.val_rows_by_source = val
+        self.val_rows = torch.cat(list(val.values()))
+        self.train_rows = mix_rows(train, [s.weight for s in specs], cfg.seed)
 
-        if cfg.source == "shakespeare":
-            texts = data.shakespeare_texts("train", cfg.edition)  # never the held-out works
-        else:
-            texts = data.load_texts(self.run_cfg.resolve_path(cfg.path), cfg.text_field, cfg.split)
-        tokens = self._tokenize(texts, data)
+    def _error(self, i: int, spec, single_path: str, message: str):
+        if not self.cfg.mixture:
+            return self.run_cfg.error(single_path, message)
+        return self.run_cfg.error(f"data.sources.{i}", f"{describe(spec)}: {message}")
+
+    def _source_rows(self, i: int, spec) -> torch.Tensor:
+        cfg = self.cfg
+        if spec.source not in ("random", "mqar") and self.tokenizer is None:
+            field = "data.source" if not cfg.mixture else f"data.sources.{i}.source"
+            raise self.run_cfg.error(field, f"source {spec.source!r} needs a teacher with a tokenizer")
+        if spec.source in ("random", "mqar") and self.vocab_size is None:
+            raise ValueError(f"source {spec.source!r} needs vocab_size")
+        if spec.source == "teacher_generated" and self.teacher is None:
+            raise self._error(i, spec, "data.source", "source 'teacher_generated' needs the teacher (pass teacher=)")
         try:
-            return data.pack_blocks(tokens, cfg.block_len)
+            return source_blocks(
+                spec,
+                cfg.block_len,
+                tokenizer=self.tokenizer,
+                vocab_size=self.vocab_size,
+                teacher=self.teacher,
+                base_dir=self.run_cfg._base_dir,
+            )
         except ValueError as e:
-            raise self.run_cfg.error("data.block_len", str(e)) from None
-
-    def _tokenize(self, texts: list[str], data) -> torch.Tensor:
-        if self.cfg.max_tokens is None:
-            return data.tokenize_texts(texts, self.tokenizer)
-        parts, count = [], 0
-        for text in texts:  # documents in order until max_tokens
-            ids = data.tokenize_texts([text], self.tokenizer)
-            parts.append(ids)
-            count += ids.numel()
-            if count >= self.cfg.max_tokens:
-                break
-        return torch.cat(parts)[: self.cfg.max_tokens]
+            if spec.source == "mqar":
+                raise self._error(i, spec, "data.mqar_kv_pairs", str(e)) from None
+            if "do not fill one block" in str(e):
+                raise self._error(i, spec, "data.block_len", str(e)) from None
+            if not cfg.mixture:
+                raise
+            raise self._error(i, spec, "", str(e)) from None
+        except FileNotFoundError as e:
+            if not cfg.mixture:
+                raise
+            raise self._error(i, spec, "", str(e)) from None
 
     # --------------------------------------------------------------- loaders
 

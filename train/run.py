@@ -469,7 +469,9 @@ def _prepare(run: RunConfig, start_step: int) -> tuple[DistillModule, DistillDat
     student = build_student(run, teacher)
     layer_map = default_layer_map(run, teacher.cfg.n_layers, student.cfg.n_layers)
     module = DistillModule(run, teacher, student, layer_map, start_step=start_step)
-    data = DistillDataModule(run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size)
+    data = DistillDataModule(
+        run, tokenizer=getattr(teacher, "tokenizer", None), vocab_size=student.cfg.vocab_size, teacher=teacher
+    )
     try:
         data.setup("fit")  # load, tokenise and pack now (fit's own setup call then finds the rows ready)
     except ConfigError:
