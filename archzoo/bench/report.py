@@ -109,7 +109,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     for r in rows:
         main.append(
             [
-                r["name"] + (" (teacher)" if r["teacher"] else ""),
+                r["name"] + (" ★" if r["teacher"] else ""),
                 f"{r['parameters'] / 1e6:.2f}M",
                 fmt_bytes(r["cache_bytes_per_token"]),
                 *(fmt_bytes(r["cache_bytes"][n]) for n in lengths),
@@ -118,7 +118,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
             ]
         )
-    out = [("Cache size and speed", head, main)]
+    out = [("Cache size and speed (★ = the teacher)", head, main)]
     q_head, q_rows = ["model", "cache/token"], [[r["name"], fmt_bytes(r["cache_bytes_per_token"])] for r in rows]
     for t in rows[0]["ppl"]:
         q_head += [f"ppl {t}", f"KL {t}"]
