@@ -65,7 +65,7 @@ def _staircase(ax, pts: list[Point], x_higher_better: bool, xlim: tuple[float, f
     ax.step(xs, ys, where=where, color=FRONTIER_COLOR, lw=1.8, alpha=0.75, zorder=2, label="Pareto frontier")
 
 
-def _clusters(ax, pts: list[Point], px: float = 9.0) -> list[list[Point]]:
+def _clusters(ax, pts: list[Point], px: float = 6.0) -> list[list[Point]]:
     """Points closer than ``px`` pixels on screen share one label."""
     disp = ax.transData.transform([(p.x, p.y) for p in pts])
     groups: list[list[int]] = []
