@@ -23,22 +23,6 @@ def _fmt_bytes(n: float) -> str:
     raise AssertionError
 
 
-def _parse_dtype(name: str):
-    import torch
-
-    table = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-    }
-    if name not in table:
-        raise UserError(f"--dtype: unknown dtype {name!r}; expected one of {', '.join(table)}")
-    return table[name]
-
-
 def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", batch_size: int = 1) -> dict:
     """What ``archzoo inspect`` reports for one config, as a JSON-able dict."""
     import torch
@@ -49,7 +33,9 @@ def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", b
     from .model import ArchZooLM
 
     cfg = load_config(src)
-    dtype = _parse_dtype(dtype_name)
+    from .bench.decode import parse_dtype  # one table of the dtype names every command accepts
+
+    dtype = parse_dtype(dtype_name)
     with torch.device("meta"):
         model = ArchZooLM(cfg)
     pattern = []
