@@ -5,7 +5,8 @@ Dispatch (DESIGN.md): Triton for CUDA tensors, and for CPU tensors when ``TRITON
 ``last_backend(op)`` names the backend that ran ``op`` last.
 """
 
-from ._capture import causal_conv1d_update, selective_state_update  # traceable in a compiled decode step
+# traceable in a compiled decode step (custom ops)
+from ._capture import causal_conv1d_update, decode_attention, decode_attention_ring, selective_state_update
 from ._dispatch import last_backend
 from .causal_conv1d import causal_conv1d_fn
 from .linear_attention import linear_attention, linear_attention_update
@@ -14,6 +15,8 @@ from .selective_scan import selective_scan_fn
 __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_update",
+    "decode_attention",
+    "decode_attention_ring",
     "last_backend",
     "linear_attention",
     "linear_attention_update",

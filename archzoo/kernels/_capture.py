@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 from .causal_conv1d import causal_conv1d_update as _conv_update
+from .decode_attention import decode_attention as _decode_attention
+from .decode_attention import decode_attention_ring as _decode_attention_ring
 from .selective_scan import selective_state_update as _state_update
 
 
@@ -82,3 +84,50 @@ def causal_conv1d_update(
     if torch.compiler.is_compiling():
         return _conv_update_op(x, conv_state, weight, bias, activation)
     return _conv_update(x, conv_state, weight, bias, activation)
+
+
+@torch.library.custom_op("archzoo::decode_attention", mutates_args=())
+def _decode_attention_op(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    if window is None:
+        return _decode_attention(q, k_cache, v_cache, lengths, scale)
+    return _decode_attention_ring(q, k_cache, v_cache, lengths, window, scale)
+
+
+@_decode_attention_op.register_fake
+def _(q, k_cache, v_cache, lengths, scale, window):
+    return q.new_empty((*q.shape[:2], v_cache.shape[3]))
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of one query token per row over its cache's valid length (see ``archzoo.kernels.decode_attention``);
+    traceable."""
+    if torch.compiler.is_compiling():
+        return _decode_attention_op(q, k_cache, v_cache, lengths, scale, None)
+    return _decode_attention(q, k_cache, v_cache, lengths, scale)
+
+
+def decode_attention_ring(
+    q: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Sliding-window decode over a ring buffer (see ``archzoo.kernels.decode_attention``); traceable."""
+    if torch.compiler.is_compiling():
+        return _decode_attention_op(q, k_ring, v_ring, lengths, scale, window)
+    return _decode_attention_ring(q, k_ring, v_ring, lengths, window, scale)

@@ -1,0 +1,78 @@
+"""Decode attention: one query token per row over a static K/V cache, each row up to its own length.
+
+``decode_attention(q, k_cache, v_cache, lengths, scale=None)`` for a global cache, and the sibling
+``decode_attention_ring(q, k_ring, v_ring, lengths, window, scale=None)`` for a sliding window's ring
+buffer (a separate function; the same Triton kernel). Dispatch: the Triton kernels (``triton.py``,
+flash-decoding) for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the naive fp32
+reference (``naive.py``) otherwise. ``archzoo.kernels.last_backend(name)`` says which one ran.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import record, use_triton
+from ._checks import check_decode, check_window
+from .naive import naive_decode_attention, naive_decode_attention_ring
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Softmax attention of one query token per row over the first ``lengths[b]`` positions of its cache.
+
+    q (B, H, D); k_cache (B, H_kv, T_max, D); v_cache (B, H_kv, T_max, Dv); lengths (B,) integer tensor on
+    the same device. H must be a multiple of H_kv: query head h reads KV head h // (H / H_kv) (GQA; K/V are
+    never repeated). scale defaults to D ** -0.5. Returns (B, H, Dv) in q's dtype, computed in fp32.
+
+    Positions at or past ``lengths[b]`` are never read (they may hold anything, NaN included). Lengths are
+    read on the device, never on the host (the call is CUDA-graph capturable), so they are not checked:
+    values above T_max act as T_max, negative ones as 0, and a row of length 0 returns zeros.
+    q, k_cache and v_cache share one dtype: float16, bfloat16 or float32; head dims 1..256.
+    """
+    check_decode(q, k_cache, v_cache, lengths)
+    if use_triton(q, k_cache, v_cache, lengths):
+        from .triton import _run
+
+        record("decode_attention", "triton")
+        return _run(q, k_cache, v_cache, lengths, scale, 0, False)
+    record("decode_attention", "naive")
+    return naive_decode_attention(q, k_cache, v_cache, lengths, scale)
+
+
+def decode_attention_ring(
+    q: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``decode_attention`` over a sliding window's ring buffer (the layout of ``layers/attention.py``).
+
+    k_ring (B, H_kv, slots, D), v_ring (B, H_kv, slots, Dv); lengths (B,) counts the tokens each row has seen,
+    the current one included, so its newest position is last = lengths[b] - 1. Slot s holds the latest
+    position p <= last with p % slots == s, and is attended to when p >= 0 and p > last - window.
+    window is a Python int >= 1 (a layer's constant). Otherwise as ``decode_attention``.
+    """
+    check_decode(q, k_ring, v_ring, lengths, "k_ring", "v_ring")
+    check_window(window)
+    if use_triton(q, k_ring, v_ring, lengths):
+        from .triton import _run
+
+        record("decode_attention_ring", "triton")
+        return _run(q, k_ring, v_ring, lengths, scale, window, True)
+    record("decode_attention_ring", "naive")
+    return naive_decode_attention_ring(q, k_ring, v_ring, lengths, window, scale)
+
+
+__all__ = [
+    "decode_attention",
+    "decode_attention_ring",
+    "naive_decode_attention",
+    "naive_decode_attention_ring",
+]

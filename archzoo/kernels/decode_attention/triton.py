@@ -1,0 +1,274 @@
+"""Decode attention in Triton: flash-decoding (split-K over the cache length), GQA by head groups.
+
+Two kernels, two launches per call:
+
+- ``_split_kernel``, grid (B, H_kv, n_splits). Program (b, j, s) owns positions [s * chunk, (s + 1) * chunk)
+  of row b's cache and *all* G = H / H_kv query heads of KV head j: it loads each (BLOCK_T, D) tile of K and V
+  once and multiplies it with the group's (G, D) queries (``tl.dot``, G padded to 16), keeping an online
+  softmax (running max m, sum l, accumulator acc) in fp32. It walks only up to the row's valid length, so a
+  program whose chunk starts at or beyond it reads nothing and writes nothing; positions at or past the length
+  are masked out of every load (they may hold garbage or NaN). It writes its (m, l, acc) to a workspace.
+  With one split (``SINGLE``) it normalises and writes the output itself and the second launch is skipped.
+- ``_combine_kernel``, grid (B, H): merges the partials of the splits that ran (their count follows from the
+  row's length, read on the device) with the usual rescaling by exp(m_s - max m). A row that saw nothing
+  (length 0) gets zeros.
+
+The number of splits is planned on the host from the shape alone (T_max, B, H_kv, the SM count), never from
+``lengths``: no ``.item()``, no synchronisation, so a call can be captured in a CUDA graph; lengths are read
+by the kernels. ``lengths`` beyond T_max are clamped to it, negative ones count as 0.
+
+The ring variant (``decode_attention_ring``) is the same kernel with ``RING``: slot t holds position
+p = last - ((last - t) mod slots), last = lengths[b] - 1, visible when p > last - window (and written: t <
+lengths[b]). It reads min(lengths[b], slots) slots.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._launch import launch
+from ._checks import check_decode, check_window
+
+LOG2E = 1.4426950408889634
+
+# Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
+# PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
+CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128)
+# Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
+INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2)
+# Overrides of either (tests, tuners); "N_SPLITS" forces the split count. Clear _PLANS after editing.
+CONFIG_OVERRIDE: dict = {}
+
+
+@triton.jit
+def _split_kernel(
+    q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, ml_ptr, acc_ptr,
+    H, G, T, D, DV, chunk, window,
+    s_qb, s_qh, s_qd,
+    s_kb, s_kh, s_kt, s_kd,
+    s_vb, s_vh, s_vt, s_vd,
+    s_ob, s_oh, s_od,
+    QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    kv = tl.program_id(1)
+    sp = tl.program_id(2)
+    n_splits = tl.num_programs(2)
+    length = tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0)
+    n_valid = tl.minimum(length, T)  # positions (ring: slots) that may be read
+    last = length - 1
+    start = sp * chunk
+    end = tl.minimum(start + chunk, n_valid)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    mask_g = offs_g < G
+    heads = kv * G + offs_g
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_dv = offs_dv < DV
+    q = tl.load(
+        q_ptr + b * s_qb + heads[:, None] * s_qh + offs_d[None, :] * s_qd,
+        mask=mask_g[:, None] & mask_d[None, :],
+        other=0.0,
+    )  # (BLOCK_G, BLOCK_D)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b * s_kb + kv * s_kh
+    v_base = v_ptr + b * s_vb + kv * s_vh
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max of the scores, in log2 units
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
+    for t0 in range(start, end, BLOCK_T):  # empty when the chunk starts at or past the row's length
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        vis = offs_t < end
+        if RING:
+            pos = last - (last - offs_t) % T  # last >= offs_t wherever vis holds
+            vis = vis & (pos > last - window)
+        k = tl.load(k_base + offs_t[:, None] * s_kt + offs_d[None, :] * s_kd, mask=vis[:, None] & mask_d[None, :],
+                    other=0.0)  # fmt: skip
+        if DOT_F32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * QK_SCALE  # (BLOCK_G, BLOCK_T)
+        s = tl.where(vis[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a ring tile may be wholly outside the window
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + offs_t[:, None] * s_vt + offs_dv[None, :] * s_vd, mask=vis[:, None] & mask_dv[None, :],
+                    other=0.0)  # fmt: skip
+        pv = p.to(v.dtype)  # flash attention's rounding of p to the inputs' dtype
+        if DOT_F32:
+            pv, v = pv.to(tl.float32), v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(pv, v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    if SINGLE:
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # length 0: acc = 0 -> zeros
+        tl.store(out_ptr + b * s_ob + heads[:, None] * s_oh + offs_dv[None, :] * s_od,
+                 o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_dv[None, :])  # fmt: skip
+    elif start < n_valid:
+        row = (b * H + heads) * n_splits + sp  # workspace (B, H, n_splits, [2 | DV]), contiguous
+        tl.store(ml_ptr + row * 2, m_i, mask=mask_g)
+        tl.store(ml_ptr + row * 2 + 1, l_i, mask=mask_g)
+        tl.store(acc_ptr + row[:, None] * DV + offs_dv[None, :], acc, mask=mask_g[:, None] & mask_dv[None, :])
+
+
+@triton.jit
+def _combine_kernel(
+    len_ptr, out_ptr, ml_ptr, acc_ptr,
+    H, T, DV, chunk, n_splits,
+    s_ob, s_oh, s_od,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)
+    n_used = tl.cdiv(n_valid, chunk)  # the splits that wrote partials
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < n_used
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_dv = offs_dv < DV
+    row = (b * H + h) * n_splits + offs_s
+    m = tl.load(ml_ptr + row * 2, mask=mask_s, other=float("-inf"))
+    l = tl.load(ml_ptr + row * 2 + 1, mask=mask_s, other=0.0)  # noqa: E741
+    m_max = tl.max(m, axis=0)
+    w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # 0 for unused splits
+    denom = tl.sum(l * w, axis=0)
+    acc = tl.load(acc_ptr + row[:, None] * DV + offs_dv[None, :], mask=mask_s[:, None] & mask_dv[None, :], other=0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(out_ptr + b * s_ob + h * s_oh + offs_dv * s_od, o.to(out_ptr.dtype.element_ty), mask=mask_dv)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _config(device: torch.device) -> dict:
+    base = CUDA_CONFIG if device.type == "cuda" else INTERPRET_CONFIG
+    return {**base, **CONFIG_OVERRIDE}
+
+
+def split_plan(B: int, Hkv: int, T: int, device: torch.device) -> tuple[int, int, int]:
+    """-> (n_splits, chunk, BLOCK_T) for a cache of T_max = T positions; a function of the shape only.
+
+    Enough splits that B * H_kv * n_splits fills PROGRAMS_PER_SM programs per SM, at most MAX_SPLITS and at
+    most one per BLOCK_T tile; chunk (positions per split) is a whole number of tiles.
+    """
+    cfg = _config(device)
+    block_t = cfg["BLOCK_T"]
+    n_blocks = max(1, _cdiv(T, block_t))
+    if "N_SPLITS" in cfg:
+        n = cfg["N_SPLITS"]
+    else:
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if (
+            device.type == "cuda") else cfg["SM_COUNT"]  # fmt: skip
+        n = _cdiv(sms * cfg["PROGRAMS_PER_SM"], max(1, B * Hkv))
+    n = max(1, min(n, n_blocks, cfg["MAX_SPLITS"]))
+    per = _cdiv(n_blocks, n)  # tiles per split
+    return _cdiv(n_blocks, per), per * block_t, block_t
+
+
+class _Plan:
+    """What a call signature needs besides the tensors: grids, integer and constexpr arguments."""
+
+    __slots__ = ("B", "H", "Dv", "n_splits", "split_grid", "split_ints", "split_consts", "warps", "comb_ints",
+                 "comb_consts")  # fmt: skip
+
+
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, scale, ring,
+           tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+    p = _PLANS.get(key)
+    if p is not None:
+        return p
+    B, H, D = q.shape
+    _, Hkv, T, _ = k.shape
+    Dv = v.shape[3]
+    n_splits, chunk, block_t = split_plan(B, Hkv, T, q.device)
+    scale = D**-0.5 if scale is None else float(scale)
+    # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (garbage, checked on 16x16 tiles): there,
+    # and only there, the bf16 operands are widened to fp32 for the dot (after the same rounding of p).
+    dot_f32 = q.device.type != "cuda" and q.dtype == torch.bfloat16
+    p = _Plan()
+    p.B, p.H, p.Dv, p.n_splits = B, H, Dv, n_splits
+    p.split_grid = (B, Hkv, n_splits)
+    p.split_ints = (H, H // Hkv, T, D, Dv, chunk)
+    p.split_consts = (
+        scale * LOG2E, ring, n_splits == 1, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
+        max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
+    )  # fmt: skip
+    p.warps = _config(q.device)["num_warps"]
+    p.comb_ints = (H, T, Dv, chunk, n_splits)
+    p.comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(Dv)))
+    if len(_PLANS) > 1024:
+        _PLANS.clear()
+    _PLANS[key] = p
+    return p
+
+
+def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torch.Tensor:
+    """The launches, without validation (the dispatcher validated)."""
+    p = _plan(q, k, v, scale, ring)
+    out = torch.empty((p.B, p.H, p.Dv), device=q.device, dtype=q.dtype)
+    dev = q.get_device()
+    if p.n_splits == 1:
+        ml = acc = out  # unused
+    else:
+        ml = torch.empty((p.B, p.H, p.n_splits, 2), device=q.device, dtype=torch.float32)
+        acc = torch.empty((p.B, p.H, p.n_splits, p.Dv), device=q.device, dtype=torch.float32)
+    ints = (*p.split_ints, window, *q.stride(), *k.stride(), *v.stride(), *out.stride())
+    launch(_split_kernel, p.split_grid, (q, k, v, lengths, out, ml, acc), ints, p.split_consts, p.warps, dev)
+    if p.n_splits > 1:
+        launch(_combine_kernel, (p.B, p.H), (lengths, out, ml, acc), (*p.comb_ints, *out.stride()), p.comb_consts,
+               p.warps, dev)  # fmt: skip
+    return out
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Flash-decoding in Triton; same semantics as ``naive_decode_attention`` (see the module docstring)."""
+    check_decode(q, k_cache, v_cache, lengths)
+    return _run(q, k_cache, v_cache, lengths, scale, 0, False)
+
+
+def decode_attention_ring(
+    q: torch.Tensor,
+    k_ring: torch.Tensor,
+    v_ring: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Sliding-window decode over a ring buffer in Triton; same semantics as ``naive_decode_attention_ring``."""
+    check_decode(q, k_ring, v_ring, lengths, "k_ring", "v_ring")
+    check_window(window)
+    return _run(q, k_ring, v_ring, lengths, scale, window, True)
+
+
+__all__ = ["decode_attention", "decode_attention_ring", "split_plan"]

@@ -1,0 +1,242 @@
+"""Decode attention: the naive reference against SDPA, the Triton kernels against the naive reference.
+
+Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (small shapes; 16-position
+tiles, so lengths and T_max that are not multiples of a tile are exercised, and the split count is forced
+to 1 and to several). Every position a row may not see holds NaN, so reading one shows in the output.
+Outputs are compared by relative error (RMS of the difference over RMS of the reference).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.decode_attention import naive_decode_attention, naive_decode_attention_ring
+from archzoo.layers.attention import ring_slot_positions
+
+from conftest import requires_cuda
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.decode_attention.triton")
+T = _mods[0] if _mods else None
+needs_triton = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _inputs(B, H, Hkv, Tm, D, Dv, lengths, dtype=torch.float32, device="cpu", seed=0):
+    """q, k, v with NaN at every position >= lengths[b] (a ring passes its own garbage)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, D, generator=gen)
+    k = torch.randn(B, Hkv, Tm, D, generator=gen)
+    v = torch.randn(B, Hkv, Tm, Dv, generator=gen)
+    lengths = torch.tensor(lengths)
+    beyond = torch.arange(Tm)[None, :] >= lengths[:, None]  # (B, T)
+    k = k.masked_fill(beyond[:, None, :, None], float("nan"))
+    v = v.masked_fill(beyond[:, None, :, None], float("nan"))
+    return *(t.to(device, dtype) for t in (q, k, v)), lengths.to(device)
+
+
+def _sdpa(q, k, v, visible, scale=None):
+    """Row by row: SDPA over the visible positions only (sliced out, so garbage is never touched)."""
+    B, H, _ = q.shape
+    G = H // k.shape[1]
+    out = torch.zeros(B, H, v.shape[3], dtype=torch.float64)
+    for b in range(B):
+        idx = visible[b].nonzero().flatten().cpu()
+        if idx.numel() == 0:
+            continue
+        kb = k[b][:, idx].double().repeat_interleave(G, dim=0)  # (H, n, D)
+        vb = v[b][:, idx].double().repeat_interleave(G, dim=0)
+        out[b] = F.scaled_dot_product_attention(q[b].double()[:, None], kb, vb, scale=scale)[:, 0]
+    return out
+
+
+def _visible(lengths, Tm):
+    return torch.arange(Tm)[None, :] < lengths.cpu()[:, None]
+
+
+def _ring_visible(lengths, slots, window):
+    """From the attention layer's own ring layout (``ring_slot_positions``)."""
+    last = lengths.cpu().long() - 1
+    pos = ring_slot_positions(last, slots)  # (B, slots), -1 where empty
+    return (pos >= 0) & (pos > last[:, None] - window)
+
+
+def _assert(name, got, ref, tol):
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite output (a masked position was read)"
+    err = rel_err(got.cpu(), ref.cpu())
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+# (B, H, Hkv, T_max, D, Dv, lengths): rows of different lengths, a length of 1 and of 0, lengths and
+# T_max that are not multiples of the 16-position tile, GQA groups of 1, 3 and 9, head dims 64 and 80.
+CASES = {
+    "g3_d64": (4, 6, 2, 45, 64, 64, [45, 1, 17, 0]),
+    "g1_d80": (2, 3, 3, 37, 80, 80, [37, 16]),
+    "g9_d64": (2, 9, 1, 40, 64, 64, [1, 39]),
+    "g3_d80_dv64": (3, 9, 3, 33, 80, 64, [32, 0, 7]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_naive_matches_sdpa(case):
+    B, H, Hkv, Tm, D, Dv, lengths = CASES[case]
+    q, k, v, L = _inputs(B, H, Hkv, Tm, D, Dv, lengths)
+    _assert("out", naive_decode_attention(q, k, v, L, 0.3), _sdpa(q, k, v, _visible(L, Tm), 0.3), 1e-6)
+    out = naive_decode_attention(q, k, v, L)
+    _assert("out (default scale)", out, _sdpa(q, k, v, _visible(L, Tm)), 1e-6)
+    assert out[L == 0].eq(0).all(), "a row of length 0 must give zeros"
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [None, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_naive(case, dtype, splits, monkeypatch):
+    if splits is not None:
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", splits)
+    B, H, Hkv, Tm, D, Dv, lengths = CASES[case]
+    q, k, v, L = _inputs(B, H, Hkv, Tm, D, Dv, lengths, dtype, DEV)
+    got = T.decode_attention(q, k, v, L)
+    assert got.dtype == dtype
+    ref = naive_decode_attention(*(t.float() for t in (q, k, v)), L)  # bf16 inputs, fp32 arithmetic
+    _assert(f"out[{dtype}, splits={splits}]", got.float(), ref, TOL[dtype])
+    assert got[L == 0].eq(0).all(), "a row of length 0 must give zeros"
+    n = T.split_plan(B, Hkv, Tm, q.device)[0]
+    assert n == (splits or n)
+
+
+@needs_triton
+def test_triton_fp16_and_strided():
+    """fp16, and K/V as a (B, T, H_kv, D) buffer viewed as (B, H_kv, T, D): strides, not copies."""
+    B, H, Hkv, Tm, D = 2, 4, 2, 21, 32
+    q, k, v, L = _inputs(B, H, Hkv, Tm, D, D, [21, 5], torch.float16, DEV)
+    k, v = k.transpose(1, 2).contiguous().transpose(1, 2), v.transpose(1, 2).contiguous().transpose(1, 2)
+    _assert("out", T.decode_attention(q, k, v, L, 0.2).float(), naive_decode_attention(q, k, v, L, 0.2).float(), 5e-3)
+
+
+# (B, H, Hkv, slots, D, window, lengths): empty slots, a full ring, several wraps, window <, = and > slots.
+RING_CASES = {
+    "window_lt_slots": (3, 6, 2, 40, 64, 7, [100, 3, 20]),
+    "window_eq_slots": (3, 3, 1, 24, 80, 24, [24, 1, 61]),
+    "window_gt_slots": (2, 9, 3, 20, 64, 50, [45, 19]),
+}
+
+
+def _ring_inputs(case, dtype, seed=0):
+    B, H, Hkv, slots, D, window, lengths = RING_CASES[case]
+    q, k, v, L = _inputs(B, H, Hkv, slots, D, D, [slots] * B, dtype, DEV, seed)
+    L = torch.tensor(lengths, device=DEV)
+    hidden = ~_ring_visible(L, slots, window)[:, None, :, None].to(DEV)
+    k, v = k.masked_fill(hidden, float("nan")), v.masked_fill(hidden, float("nan"))  # empty or outside the window
+    return q, k, v, L, window
+
+
+@pytest.mark.parametrize("case", RING_CASES)
+def test_naive_ring_matches_ring_layout(case):
+    q, k, v, L, window = _ring_inputs(case, torch.float32)
+    ref = _sdpa(q, k, v, _ring_visible(L, k.shape[2], window))
+    _assert("out", naive_decode_attention_ring(q, k, v, L, window), ref, 1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [None, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", RING_CASES)
+def test_triton_ring_matches_naive(case, dtype, splits, monkeypatch):
+    if splits is not None:
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", splits)
+    q, k, v, L, window = _ring_inputs(case, dtype)
+    got = T.decode_attention_ring(q, k, v, L, window)
+    ref = naive_decode_attention_ring(*(t.float() for t in (q, k, v)), L, window)
+    _assert(f"out[{dtype}, splits={splits}]", got.float(), ref, TOL[dtype])
+
+
+@needs_triton
+def test_split_plan_depends_on_shape_only():
+    dev = torch.device(DEV)
+    for B, Hkv, Tm in [(1, 1, 1), (1, 3, 45), (4, 2, 16), (64, 3, 8192), (1, 3, 8192)]:
+        n, chunk, block = T.split_plan(B, Hkv, Tm, dev)
+        assert chunk % block == 0 and n * chunk >= Tm > (n - 1) * chunk, (B, Hkv, Tm, n, chunk)
+    assert T.split_plan(1, 1, 8192, dev)[0] > 1, "a long cache at batch 1 must be split"
+
+
+def test_dispatch(monkeypatch):
+    q, k, v, L = _inputs(2, 4, 2, 20, 32, 32, [20, 3])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ref = naive_decode_attention(q, k, v, L)
+    assert torch.equal(K.decode_attention(q, k, v, L), ref)
+    assert K.last_backend("decode_attention") == "naive"
+    K.decode_attention_ring(q, k, v, L, 5)
+    assert K.last_backend("decode_attention_ring") == "naive"
+    if _skip is None and DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        _assert("out", K.decode_attention(q, k, v, L), ref, 1e-5)
+        assert K.last_backend("decode_attention") == "triton"
+
+
+def test_traceable():
+    """A compiled step keeps the op whole (a custom op): fullgraph tracing must not break on it."""
+    q, k, v, L = _inputs(2, 4, 2, 20, 32, 32, [20, 3])
+
+    def step(q, k, v, L):
+        return K.decode_attention(q, k, v, L) + K.decode_attention_ring(q, k, v, L, 4)
+
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, L)
+    ref = naive_decode_attention(q, k, v, L) + naive_decode_attention_ring(q, k, v, L, 4)
+    _assert("out", got, ref, 1e-6)
+
+
+def test_bad_input():
+    q, k, v, L = _inputs(2, 4, 2, 20, 32, 16, [20, 3])
+    bad = [
+        (dict(q=q[0]), r"q must be a \(B, H, D\)"),
+        (dict(k=k[:, :, :, :16]), r"k_cache must have shape \(B, H_kv, T_max, D\) = \(2, H_kv, T_max, 32\)"),
+        (dict(k=k[:1]), "k_cache must have shape"),
+        (dict(v=v[:, :, :5]), r"v_cache must have shape \(B, H_kv, T_max, Dv\) = \(2, 2, 20, Dv\)"),
+        (dict(v=v[0]), "v_cache must be a"),
+        (dict(q=q[:, :3]), "multiple of k_cache's H_kv=2"),
+        (dict(L=L[:1]), r"lengths must be a \(B,\) = \(2,\) tensor"),
+        (dict(L=L.float()), "lengths must be an integer tensor"),
+        (dict(q=q.double(), k=k.double(), v=v.double()), "q must be float16, bfloat16 or float32"),
+        (dict(k=k.half()), "must share a dtype"),
+    ]
+    for change, msg in bad:
+        a = {**dict(q=q, k=k, v=v, L=L), **change}
+        with pytest.raises(ValueError, match=msg):
+            K.decode_attention(a["q"], a["k"], a["v"], a["L"])
+    with pytest.raises(ValueError, match="k_ring must have shape"):
+        K.decode_attention_ring(q, k[:, :, :, :16], v, L, 4)
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        K.decode_attention_ring(q, k, v, L, 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("D", [64, 96, 128, 256])
+def test_cuda_bf16_long(D):
+    """bf16 at a decode-sized cache: rows of different lengths in a long buffer, GQA 9/3."""
+    lengths = [4096, 1, 1000, 0, 8191, 3000]
+    q, k, v, L = _inputs(6, 9, 3, 8192, D, D, lengths, torch.bfloat16, "cuda")
+    got = T.decode_attention(q, k, v, L)
+    _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    """The call captures in a CUDA graph; new lengths written in place are picked up on replay."""
+    q, k, v, L = _inputs(4, 9, 3, 2048, 64, 64, [2048] * 4, torch.bfloat16, "cuda")
+    k, v = k.nan_to_num(), v.nan_to_num()
+    L = torch.tensor([100, 2048, 1, 0], device="cuda")
+    T.decode_attention(q, k, v, L)  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = T.decode_attention(q, k, v, L)
+    for lengths in ([100, 2048, 1, 0], [7, 500, 2047, 64]):
+        L.copy_(torch.tensor(lengths))
+        g.replay()
+        _assert(f"out{lengths}", out.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
