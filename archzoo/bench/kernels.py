@@ -10,6 +10,10 @@ median round kept, see _interleaved) forward and forward+backward of
 - the causal conv1d (width 4, SiLU) at the same b, d, l: archzoo Triton vs the causal-conv1d
   package and ``F.conv1d``;
 - the decode steps (``selective_state_update``, ``causal_conv1d_update``) at b=4, d=2048;
+- with ``--ops decode_attention``: ``archzoo.kernels.decode_attention`` at B in {1, 64}, 9 query / 3 KV
+  heads, D=64, every row 4k valid positions in an 8k buffer, bf16, against SDPA over the whole buffer with
+  a length mask (the decode step's form today), SDPA over the sliced valid length, and FlexAttention
+  with a length block mask; with the fraction of the copy bandwidth reached (valid K/V bytes / time);
 and the peak extra memory of one call. Peers that are not importable are listed as
 'not installed' in the table and the JSON. Prints a table with ratios (peer time / ours, so > 1
 means archzoo is faster) and writes every number to --out.
@@ -261,6 +265,70 @@ def bench_decode(peers: dict[str, object], b: int, d: int, n: int, W: int, round
     return res
 
 
+def bench_decode_attention(rounds: int, batches: tuple[int, ...] = (1, 64), H: int = 9, Hkv: int = 3, D: int = 64,
+                           length: int = 4096, T_max: int = 8192) -> dict:  # fmt: skip
+    """decode_attention vs SDPA (masked whole buffer, sliced valid length) vs FlexAttention, per batch size.
+
+    Times by do_bench (CUDA events), interleaved as the other ops. ``hbm_fraction`` = bytes of valid K/V
+    (B * H_kv * length * (D + Dv) * 2) / time / the copy bandwidth of ``measure_bandwidth``.
+    """
+    from .decode import measure_bandwidth
+
+    bw = measure_bandwidth("cuda")
+    out: dict = {"bandwidth": bw, "shape": dict(H=H, H_kv=Hkv, D=D, length=length, T_max=T_max, dtype="bfloat16")}
+    for B in batches:
+        out[B] = _decode_attention_row(B, H, Hkv, D, length, T_max, rounds, bw["bytes_per_s"])
+    return out
+
+
+def _decode_attention_row(B: int, H: int, Hkv: int, D: int, length: int, T_max: int, rounds: int, bw: float) -> dict:
+    from ..kernels import decode_attention, last_backend
+    from ..kernels.decode_attention import triton as attn_triton
+    from ..layers.attention import attend_cached
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, H, D, device="cuda", generator=g).to(torch.bfloat16)
+    k = torch.randn(B, Hkv, T_max, D, device="cuda", generator=g).to(torch.bfloat16)
+    v = torch.randn(B, Hkv, T_max, D, device="cuda", generator=g).to(torch.bfloat16)
+    lengths = torch.full((B,), length, device="cuda", dtype=torch.int32)
+    mask = torch.where(torch.arange(T_max, device="cuda") < lengths[:, None], 0.0, float("-inf"))
+    mask = mask.to(torch.bfloat16)[:, None, None, :]  # (B, 1, 1, T_max) additive, as step_mask builds it
+    ks, vs = k[:, :, :length], v[:, :, :length]
+    impls: dict[str, object] = {
+        "archzoo": lambda: decode_attention(q, k, v, lengths),
+        "sdpa_masked_buffer": lambda: attend_cached(q[:, :, None], k, v, mask)[:, :, 0],
+        "sdpa_sliced_length": lambda: attend_cached(q[:, :, None], ks, vs, None)[:, :, 0],  # no mask,
+    }
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+        bm = create_block_mask(lambda b, h, qi, kv: kv < lengths[b], B, None, 1, T_max, device="cuda")
+        impls["flex_attention"] = lambda: flex(q[:, :, None], k, v, block_mask=bm, enable_gqa=True)[:, :, 0]
+        impls["flex_attention"]()
+    except Exception as e:  # flex's decode path varies across torch versions: report it, do not fail
+        impls["flex_attention"] = f"error ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    res: dict = {}
+    outs: dict = {}
+    calls = {}
+    for name, fn in impls.items():
+        if isinstance(fn, str):
+            res[name] = {"status": fn}
+            continue
+        outs[name] = fn()  # compile / warm up
+        calls[name] = (fn, None)
+    nbytes = B * Hkv * length * 2 * D * 2  # the valid K and V, bf16
+    for name, t in _interleaved(calls, rounds).items():
+        res[name] = {"status": "ok", "ms": t["ms"], "host_ms": t["host_ms"], "rounds_ms": t["rounds_ms"],
+                     "valid_kv_bytes": nbytes, "hbm_fraction": nbytes / (t["ms"] / 1e3) / bw}  # fmt: skip
+    for name in outs:
+        if name != "sdpa_sliced_length":
+            res[name]["rel_err_vs_sdpa_sliced"] = _rel(outs[name].float(), outs["sdpa_sliced_length"].float())
+    res["archzoo"]["backend"] = last_backend("decode_attention")
+    res["archzoo"]["split_plan"] = list(attn_triton.split_plan(B, Hkv, T_max, q.device))
+    return res
+
+
 def _fmt_ms(r: dict, key: str) -> str:
     return f"{r[key]:.3f}" if r.get("status") == "ok" else r["status"].split(" (")[0]
 
@@ -303,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
-    ap.add_argument("--ops", default="scan,conv", help="which ops to time: scan, conv (comma-separated)")
+    ap.add_argument("--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention (comma-separated)")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
     ap.add_argument(
         "--scan-config",
@@ -375,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     results["conv_backend_archzoo"] = {"setting": get_backend(), "last_ran": K.last_backend("causal_conv1d_fn")}
     results["scan_backend_archzoo"] = K.last_backend("selective_scan_fn")
     results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
+    if "decode_attention" in args.ops:
+        results["decode_attention"] = bench_decode_attention(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
@@ -390,6 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     for k, r in results["decode"].items():
         host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
         print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
+    for B, res in results.get("decode_attention", {}).items():
+        if not isinstance(B, int):
+            continue
+        ours = res["archzoo"]
+        print(f"\n## decode_attention B={B} (9/3 heads, D=64, 4k valid of 8k, bf16; x = impl ms / archzoo ms)")
+        for k, r in res.items():
+            ok = r.get("status") == "ok" and ours.get("status") == "ok"
+            x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
+            hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
+            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
     print(f"\nwrote {args.out}")
     return 0
 
