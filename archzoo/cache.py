@@ -80,13 +80,31 @@ class Cache:
         """A view of some rows: its buffers and lengths are views into this cache's, so writing through
         it fills these rows (``generate`` prefills prompts of different lengths row by row this way)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
-        layers = [None if s is None else LayerState(**{k: v[sl] for k, v in s.buffers.items()}) for s in self.layers]
+        layers = [
+            None if s is None else LayerState(s.by_length, **{k: v[sl] for k, v in s.buffers.items()})
+            for s in self.layers
+        ]
         view = Cache.__new__(Cache)
         view.layers, view.max_seq_len, view.capacity = layers, self.max_seq_len, self.capacity
         view.lengths = self.lengths[sl]
         view.batch_size = view.lengths.shape[0]
         view.host_max_len = self.host_max_len
         return view
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """True when some layer holds a buffer that lowering ``lengths`` cannot rewind (see ``LayerState``)."""
+        return any(s is not None and s.needs_snapshot for s in self.layers)
+
+    def snapshot(self) -> list[dict[str, torch.Tensor] | None]:
+        """Copies of every buffer that cannot be rewound by length; ``restore`` writes them back.
+        ``lengths`` is not part of it: the caller sets the lengths it rewinds to."""
+        return [None if s is None else s.snapshot() for s in self.layers]
+
+    def restore(self, snapshot: list[dict[str, torch.Tensor] | None]) -> None:
+        for s, snap in zip(self.layers, snapshot, strict=True):
+            if s is not None:
+                s.restore(snap)
 
     @property
     def device(self) -> torch.device:

@@ -36,6 +36,7 @@ import torch
 
 from .cache import Cache
 from .sampling import sample_next
+from .speculative import check_draft, speculative_generate
 
 GRAPHS_KEPT = 4
 MIN_BUCKET = 256
@@ -133,6 +134,8 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     compile: bool | None = None,
     pad_token_id: int | None = None,
+    draft=None,
+    num_draft_tokens: int = 4,
 ):
     """See ``ArchZooLM.generate``."""
     if max_new_tokens < 0:
@@ -141,7 +144,7 @@ def generate(
     rows, form = normalise_prompts(input_ids, attention_mask, device)
     eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     B, lens = len(rows), [int(r.numel()) for r in rows]
-    compile = device.type == "cuda" if compile is None else compile
+    compile = device.type == "cuda" if compile is None and draft is None else bool(compile)
     graphs = compile and device.type == "cuda"
     if generator is not None and compile:
         raise ValueError(
@@ -150,6 +153,16 @@ def generate(
         )
     total = max(lens) + max_new_tokens
     stats = {"batch_size": B, "prompt_len": max(lens), "new_tokens": 0, "compile_s": 0.0}
+    if draft is not None:  # speculative decoding (archzoo.speculative): eager, nothing captured
+        check_draft(model, draft, num_draft_tokens)
+        if compile:
+            raise ValueError("speculative decoding runs eagerly (nothing captured yet): leave compile=None with draft=")
+        stats["backend"] = "speculative"
+        new = speculative_generate(
+            model, draft, rows, max_new_tokens, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator, stats
+        )
+        model.last_generate_stats = stats
+        return _assemble(rows, new[:, :max_new_tokens], form, input_ids, eos_ids, pad_token_id)
     stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
 
     s, stats["compile_s"] = _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, compile, graphs)

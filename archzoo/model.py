@@ -202,6 +202,8 @@ class ArchZooLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         compile: bool | None = None,
         pad_token_id: int | None = None,
+        draft: ArchZooLM | None = None,
+        num_draft_tokens: int = 4,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Sample up to ``max_new_tokens`` after each prompt, through the cache; temperature 0 is greedy.
 
@@ -215,6 +217,12 @@ class ArchZooLM(nn.Module):
         cached per batch size and length bucket (see ``archzoo.generation``); the first call for a
         new shape pays the compile, reported in ``self.last_generate_stats`` with the prefill and
         decode times.
+
+        ``draft`` (a model of the zoo with the same vocabulary and tokenizer): speculative decoding
+        (``archzoo.speculative``). The draft proposes ``num_draft_tokens`` tokens one at a time, this
+        model verifies them in one forward and keeps the longest agreeing prefix plus its own next
+        token: greedy output equals this model's own, sampling follows its distribution. Eager (no
+        ``compile``); ``last_generate_stats`` then reports the acceptance rate and tokens per verify.
         """
         return _generate(
             self,
@@ -228,6 +236,8 @@ class ArchZooLM(nn.Module):
             attention_mask,
             compile,
             pad_token_id,
+            draft,
+            num_draft_tokens,
         )
 
     # ---------------------------------------------------------------- saving

@@ -20,7 +20,14 @@ ROWS: list[tuple[str, ...]] = [
     ("archzoo.layers",),
     ("archzoo.families",),
     ("archzoo.config",),
-    ("archzoo.model", "archzoo.cache", "archzoo.sampling", "archzoo.generation", "archzoo.saving"),
+    (
+        "archzoo.model",
+        "archzoo.cache",
+        "archzoo.sampling",
+        "archzoo.generation",
+        "archzoo.speculative",
+        "archzoo.saving",
+    ),
     (
         "archzoo.convert",
         "archzoo.hf",

@@ -170,8 +170,11 @@ class Attention(nn.Module):
         if not self.owns_kv:
             return None
         shape = (batch_size, self.n_kv_heads, self.cache_slots(self.cfg, max_seq_len), self.head_dim)
+        # A global layer's K/V rewind by length; a ring buffer overwrites slots, so it needs a snapshot.
         return LayerState(
-            k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device)
+            by_length=("k", "v") if self.window is None else (),
+            k=torch.zeros(shape, dtype=dtype, device=device),
+            v=torch.zeros(shape, dtype=dtype, device=device),
         )
 
     # ---------------------------------------------------------------- forward

@@ -54,10 +54,18 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 
 
 class LayerState:
-    """The named buffers of one layer, e.g. ``k``/``v`` for attention or ``conv``/``ssm`` for Mamba."""
+    """The named buffers of one layer, e.g. ``k``/``v`` for attention or ``conv``/``ssm`` for Mamba.
 
-    def __init__(self, **buffers: torch.Tensor):
+    ``by_length`` names the buffers indexed by position whose entries beyond a row's length are never
+    read (global attention K/V, MLA latents): forgetting tokens there means lowering ``Cache.lengths``.
+    Every other buffer (a ring buffer that overwrites slots, a recurrent state) cannot be rewound by
+    index; speculative decoding keeps a ``snapshot`` of those and ``restore``s it. The default, no
+    name, is the safe one for a new family: everything is snapshotted.
+    """
+
+    def __init__(self, by_length: tuple[str, ...] | frozenset[str] = (), **buffers: torch.Tensor):
         self.buffers: dict[str, torch.Tensor] = buffers
+        self.by_length: frozenset[str] = frozenset(by_length)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.buffers[name]
@@ -75,6 +83,20 @@ class LayerState:
         for t in self.buffers.values():
             t.zero_()
         return self
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """True when some buffer cannot be rewound by lowering the row lengths."""
+        return any(name not in self.by_length for name in self.buffers)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of the buffers that cannot be rewound by length (empty when all can)."""
+        return {k: v.clone() for k, v in self.buffers.items() if k not in self.by_length}
+
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        """Write a ``snapshot`` back in place (the buffers keep their addresses)."""
+        for k, v in snapshot.items():
+            self.buffers[k].copy_(v)
 
     def __repr__(self) -> str:
         inner = ", ".join(

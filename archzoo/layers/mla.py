@@ -81,7 +81,9 @@ class MLA(nn.Module):
     def new_state(self, batch_size: int, max_seq_len: int, dtype: torch.dtype, device) -> LayerState:
         # One buffer per token row: [c_kv (r) | k_rope (dr)]. Absorbed decode attends with the whole row
         # as its key and the first r columns as its value, both read in place: no per-step concatenation.
-        return LayerState(latent=torch.zeros(batch_size, max_seq_len, self.r + self.dr, dtype=dtype, device=device))
+        # Written at each token's position and masked beyond a row's length: rewound by length.
+        shape = (batch_size, max_seq_len, self.r + self.dr)
+        return LayerState(by_length=("latent",), latent=torch.zeros(shape, dtype=dtype, device=device))
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.q_lora_rank:

@@ -1,0 +1,231 @@
+"""Speculative decoding (archzoo.speculative): greedy output equals the target's own for every family,
+whatever the draft; caches after rollback equal those of a run that never saw the refused tokens;
+speculative sampling follows the target's distribution; bad drafts get one clear error."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import archzoo
+from archzoo.speculative import accept, probabilities, speculative_generate
+
+from conftest import MODEL_CONFIGS, f64_model, load_yaml
+
+FAMILIES = {p.stem: p for p in MODEL_CONFIGS}
+PROMPT_LENS = (5, 9, 3)  # rows of different lengths: per-row positions throughout
+
+
+def noisy_copy(model, scale: float, seed: int = 1):
+    """The target with perturbed weights: a draft that agrees often but not always (partial acceptance)."""
+    draft = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return draft
+
+
+class ConstantHead(nn.Module):
+    """An LM head whose logits always pick ``token``: a draft that is always wrong (or always right
+    where the target happens to pick it)."""
+
+    def __init__(self, vocab: int, token: int):
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*x.shape[:-1], self.vocab, dtype=x.dtype, device=x.device)
+        logits[..., self.token] = 10.0
+        return logits
+
+
+def constant_draft(token: int = 0):
+    draft = f64_model(FAMILIES["mha"], seed=7)
+    draft.lm_head = ConstantHead(draft.cfg.vocab_size, token)
+    return draft
+
+
+def prompts(seed: int = 0, lens=PROMPT_LENS):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 512, (n,), generator=g) for n in lens]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_equals_target_for_every_family(family):
+    target = f64_model(FAMILIES[family])
+    other = f64_model(FAMILIES["mamba" if family != "mamba" else "swa"], seed=1)  # another family, random
+    rows = prompts()
+    ref = target.generate(rows, 24, compile=False)
+    drafts = {
+        "noisy copy": (noisy_copy(target, 0.005), 3),  # partial acceptance: rollback at every depth
+        "other family": (other, 2),
+        "always wrong": (constant_draft(), 3),
+        "always right": (target, 4),
+    }
+    rates = {}
+    for name, (draft, k) in drafts.items():
+        out = target.generate(rows, 24, draft=draft, num_draft_tokens=k)
+        for b, (r, o) in enumerate(zip(ref, out, strict=True)):
+            assert torch.equal(r, o), f"{family}, draft {name}, k={k}: row {b} differs\n{r}\n{o}"
+        rates[name] = target.last_generate_stats["row_acceptance_rate"]
+    assert rates["always right"] == 1.0, rates
+    assert rates["always wrong"] < 0.1, rates
+    assert 0.0 < rates["noisy copy"] < 1.0, f"{family}: the noisy draft should be partly accepted: {rates}"
+
+
+def test_greedy_same_length_batch_tensor_and_eos():
+    target = f64_model(FAMILIES["jamba"])
+    draft = noisy_copy(target, 0.005)
+    ids = torch.randint(0, 512, (3, 6), generator=torch.Generator().manual_seed(3))
+    ref = target.generate(ids, 20, compile=False)
+    out = target.generate(ids, 20, draft=draft, num_draft_tokens=3)
+    assert torch.equal(ref, out)
+    eos = int(ref[0, 10])  # a token row 0 emits: it stops there
+    ref = target.generate(list(ids), 20, eos_token_id=eos, compile=False)
+    out = target.generate(list(ids), 20, eos_token_id=eos, draft=draft, num_draft_tokens=3)
+    assert all(torch.equal(r, o) for r, o in zip(ref, out, strict=True)), (ref, out)
+
+
+def _reference_cache(model, rows, generated: torch.Tensor, n_tokens: int, length: int):
+    """A cache that saw each prompt and then ``generated[:, :n_tokens]`` one decode step at a time."""
+    cache = model.new_cache(len(rows), length)
+    for b, r in enumerate(rows):
+        model(r[None], cache=cache.rows(b))
+    for t in range(n_tokens):
+        model(generated[:, t : t + 1], cache=cache)
+    return cache
+
+
+def _assert_caches_equal(spec, ref, lens: torch.Tensor, what: str):
+    assert torch.equal(spec.lengths, ref.lengths), f"{what}: lengths {spec.lengths} != {ref.lengths}"
+    for i, (s, r) in enumerate(zip(spec.layers, ref.layers, strict=True)):
+        if s is None:
+            continue
+        for name, buf in s.buffers.items():
+            for b in range(buf.shape[0]):
+                got, want = buf[b], r[name][b]
+                if name in s.by_length:  # beyond a row's length the buffer holds stale entries, masked
+                    got, want = got[..., : int(lens[b]), :], want[..., : int(lens[b]), :]
+                err = (got - want).abs().max().item()
+                assert err < 1e-9, f"{what}: layer {i} buffer {name} row {b}: max abs diff {err:.3g}"
+
+
+@pytest.mark.parametrize("family", ["swa", "based", "jamba", "s4", "mla"])
+def test_rollback_leaves_caches_as_if_refused_tokens_were_never_seen(family):
+    target = f64_model(FAMILIES[family])
+    draft = noisy_copy(target, 0.003)
+    rows = prompts(seed=5)
+    k, new = 3, 30  # past the 16-token windows of swa / based
+    length = max(PROMPT_LENS) + new + k + 1
+    caches = (target.new_cache(3, length), draft.new_cache(3, length))
+    stats = {}
+    with torch.no_grad():
+        out = speculative_generate(target, draft, rows, new, k, 0.0, None, None, [], None, stats, caches=caches)
+        assert 0 < stats["acceptance_rate"] < 1, stats
+        base = torch.tensor(PROMPT_LENS)
+        tcache, dcache = caches
+        # the target holds every generated token but the last; the draft the same, or one fewer after a
+        # round that accepted all k (it never read d_k)
+        n_t = int(tcache.lengths[0] - base[0])
+        n_d = int(dcache.lengths[0] - base[0])
+        assert n_t == out.shape[1] - 1 and n_d in (n_t, n_t - 1), (n_t, n_d, out.shape)
+        _assert_caches_equal(tcache, _reference_cache(target, rows, out, n_t, length), base + n_t, f"{family} target")
+        _assert_caches_equal(dcache, _reference_cache(draft, rows, out, n_d, length), base + n_d, f"{family} draft")
+
+
+def tiny_vocab_model(family: str, vocab: int, seed: int):
+    data = load_yaml(FAMILIES[family])
+    data.update(vocab_size=vocab, d_model=32, n_layers=2, init_std=0.5)
+    data.pop("layers", None)
+    if data["mixer"]["type"] == "attention":
+        data["mixer"].update(n_heads=2, n_kv_heads=1)
+    elif data["mixer"]["type"] == "mamba":
+        data["mixer"].update(d_state=4)
+    data["ffn"] = {"type": "swiglu", "d_ff": 64}
+    torch.manual_seed(seed)
+    return archzoo.build_model(data).double().eval()
+
+
+def total_variation(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    return 0.5 * (counts.double() / counts.sum() - probs).abs().sum().item()
+
+
+def test_accept_rule_emits_the_targets_distribution():
+    """The verify rule alone: the token each row emits at the first position is distributed as p_1,
+    whatever q; and given the first was accepted, the second as p_2."""
+    V, k, N = 6, 2, 200_000
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(2 * torch.randn(1, k + 1, V, generator=g, dtype=torch.float64), -1).expand(N, -1, -1)
+    q = torch.softmax(2 * torch.randn(1, k, V, generator=g, dtype=torch.float64), -1).expand(N, -1, -1)
+    drafted = torch.stack([torch.multinomial(q[:, j], 1, replacement=True, generator=g)[:, 0] for j in range(k)], 1)
+    n, nxt = accept(p, drafted, q, g)
+    first = torch.where(n > 0, drafted[:, 0], nxt[:, 0])
+    counts = torch.bincount(first, minlength=V)
+    tv = total_variation(counts, p[0, 0])
+    assert tv < 0.01, f"first token: TV {tv:.4f} from p_1 (q is {total_variation(counts, q[0, 0]):.3f} away)"
+    sel = n > 0
+    second = torch.where(n[sel] > 1, drafted[sel, 1], nxt[sel, 1])
+    tv = total_variation(torch.bincount(second, minlength=V), p[0, 1])
+    assert tv < 0.01, f"second token: TV {tv:.4f} from p_2"
+
+
+def test_speculative_sampling_matches_target_distribution():
+    """End to end through generate (top-k too): the second and third new tokens, which pass through
+    the accept / reject rule with the batch-minimum policy, follow the target's exact marginals."""
+    V, N, top_k = 8, 6000, 6
+    target = tiny_vocab_model("gqa", V, seed=0)
+    draft = tiny_vocab_model("mamba", V, seed=1)
+    prompt = torch.tensor([[1, 5, 2]])
+    g = torch.Generator().manual_seed(1234)
+    out = target.generate(
+        prompt.expand(N, -1), 3, temperature=1.0, top_k=top_k, generator=g, draft=draft, num_draft_tokens=2
+    )
+    stats = target.last_generate_stats
+    assert 0.05 < stats["row_acceptance_rate"] < 0.95, stats
+    with torch.no_grad():
+        p1 = probabilities(target(prompt)[0, -1], 1.0, top_k, None)  # (V,)
+        seq2 = torch.cat([prompt.expand(V, -1), torch.arange(V)[:, None]], 1)
+        p2_given = probabilities(target(seq2)[:, -1], 1.0, top_k, None)  # (V, V)
+        p2 = p1 @ p2_given
+        seq3 = torch.cat([seq2.repeat_interleave(V, 0), torch.arange(V).repeat(V)[:, None]], 1)
+        p3 = (p1[:, None] * p2_given).reshape(-1) @ probabilities(target(seq3)[:, -1], 1.0, top_k, None)
+        q2 = probabilities(draft(seq2)[:, -1], 1.0, top_k, None)
+    new = out[:, 3:]
+    for j, want in ((1, p2), (2, p3)):
+        tv = total_variation(torch.bincount(new[:, j], minlength=V), want)
+        assert tv < 0.035, f"token {j + 1}: TV {tv:.4f} from the target's marginal"
+    # the test can tell: the draft's own next-token distribution is far from the target's
+    assert 0.5 * (p1 @ (q2 - p2_given).abs()).sum() > 0.1
+
+
+def test_bad_drafts_and_arguments():
+    target = f64_model(FAMILIES["gqa"])
+    rows = torch.zeros(1, 4, dtype=torch.long)
+    other_vocab = tiny_vocab_model("gqa", 64, seed=0)
+    with pytest.raises(ValueError, match="vocab_size 64 differs from the target's 512"):
+        target.generate(rows, 4, draft=other_vocab)
+    for k in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="num_draft_tokens must be an integer >= 1"):
+            target.generate(rows, 4, draft=target, num_draft_tokens=k)
+    with pytest.raises(ValueError, match="draft must be an ArchZooLM"):
+        target.generate(rows, 4, draft=object())
+    with pytest.raises(ValueError, match="compile"):
+        target.generate(rows, 4, draft=target, compile=True)
+    draft = f64_model(FAMILIES["mqa"])
+    target.tokenizer, draft.tokenizer = _Tok({"a": 0}), _Tok({"b": 0})
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        target.generate(rows, 4, draft=draft)
+    draft.tokenizer = _Tok({"a": 0})
+    assert target.generate(rows, 4, draft=draft).shape == (1, 8)
+
+
+class _Tok:
+    def __init__(self, vocab):
+        self.vocab = vocab
+
+    def get_vocab(self):
+        return self.vocab
