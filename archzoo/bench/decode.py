@@ -14,6 +14,11 @@ Implementations: ``archzoo`` (``model.generate``), and with ``--baseline hf`` fo
 models ``hf-dynamic`` (transformers ``generate``, dynamic cache) and ``hf-static``
 (``cache_implementation="static"``, which transformers compiles on CUDA).
 
+Speculative rows (``--draft STUDENT --num-draft-tokens 2,4,8``): implementation ``speculative``,
+``model.generate(ids, N, draft=student, num_draft_tokens=k)`` for each k after the model's own rows,
+with ``acceptance_rate``, ``accepted_per_verify``, ``tokens_per_verify`` and ``speedup`` (tokens/s over
+the ``archzoo`` row of the same shape in this run).
+
 Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set by ``generate``); for
 the HF rows, a logits processor that notes the time of the first step, right after the
 prefill (row field ``timing`` says which).
@@ -60,12 +65,18 @@ DTYPES = {
 }
 IMPLEMENTATIONS = ("archzoo", "hf-dynamic", "hf-static")
 BASELINES = ("hf",)
+SPECULATIVE = "speculative"  # the implementation name of --draft rows
+SPECULATIVE_STATS = ("acceptance_rate", "row_acceptance_rate", "accepted_per_verify", "tokens_per_verify")
 RECOMPILE_LIMIT = 64  # every (batch size, length) is a new shape for torch.compile; dynamo's default of 8 runs out
 
 FORMULAS = {
     "tokens_per_s": "batch_size * new_tokens / decode_s",
     "ms_per_token": "decode_s / new_tokens * 1000 (one decode step of the whole batch)",
     "prefill_ms": "prefill_s * 1000 (the prompt's forward pass, first token's logits)",
+    "acceptance_rate": "speculative rows: draft tokens kept / draft tokens proposed (k per verify step)",
+    "accepted_per_verify": "speculative rows: draft tokens kept per verify step (the batch keeps its rows' minimum)",
+    "tokens_per_verify": "speculative rows: accepted_per_verify + 1 (the target's own token)",
+    "speedup": "speculative rows: tokens_per_s / tokens_per_s of the archzoo row of the same shape",
     "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "
     "(the HF rows hold the same K/V)",
     "weight_bytes": "sum of parameter bytes, a tied embedding / head counted once",
@@ -331,7 +342,15 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, floa
 
 
 def run_archzoo(
-    model, ids: torch.Tensor, new_tokens: int, compile: bool | None, warmup: int, repeat: int, device: torch.device
+    model,
+    ids: torch.Tensor,
+    new_tokens: int,
+    compile: bool | None,
+    warmup: int,
+    repeat: int,
+    device: torch.device,
+    draft=None,
+    num_draft_tokens: int = 4,
 ) -> dict:
     """Warm-up then timed ``model.generate`` calls -> the measured fields of one row.
 
@@ -341,6 +360,9 @@ def run_archzoo(
     kwargs: dict = {"eos_token_id": None}
     if compile is not None:
         kwargs["compile"] = compile
+    if draft is not None:  # speculative decoding runs eagerly: generate's compile flag stays unset
+        kwargs.update(draft=draft, num_draft_tokens=num_draft_tokens)
+        kwargs.pop("compile", None)
 
     def call() -> dict:
         out = model.generate(ids, new_tokens, **kwargs)
@@ -363,6 +385,9 @@ def run_archzoo(
         "cache_bytes_allocated": stats["cache_bytes"],
         "decode_s_runs": decode,
     }
+    if draft is not None:
+        for key in SPECULATIVE_STATS:
+            out[key] = stats.get(key)
     recompiled = sum(float(r["compile_s"]) for r in runs)
     if recompiled > 0:
         out["note"] = f"timed calls spent {recompiled:.2f} s compiling"
@@ -471,10 +496,14 @@ def run_decode_bench(
     seed: int = 0,
     command: str | None = None,
     log: Callable[[str], None] = print,
+    draft: str | None = None,
+    num_draft_tokens: Sequence[int] | str | None = None,
 ) -> list[dict]:
     """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
 
-    Returns the rows. Every check on the input runs before anything is written.
+    With ``draft`` (a MODEL argument: YAML, student folder, teacher) each model also gets
+    ``speculative`` rows, one per ``num_draft_tokens`` value. Returns the rows. Every check on the
+    input runs before anything is written.
     """
     batch_sizes = parse_sizes("--batch-sizes", batch_sizes)
     prompt_lens = parse_sizes("--prompt-lens", prompt_lens)
@@ -486,10 +515,14 @@ def run_decode_bench(
         raise UserError(f"--baseline: unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
     if not models:
         raise UserError("bench decode: give at least one MODEL")
+    if num_draft_tokens is not None and draft is None:
+        raise UserError("--num-draft-tokens: goes with --draft STUDENT")
+    num_draft_tokens = parse_sizes("--num-draft-tokens", (4,) if num_draft_tokens is None else num_draft_tokens)
     dt = parse_dtype(dtype)
     dev = check_device(device)
     sources = [resolve_source(m) for m in dict.fromkeys(models)]  # a model named twice is measured once
-    for src in sources:
+    draft_src = resolve_source(draft) if draft is not None else None
+    for src in sources + ([draft_src] if draft_src else []):
         _check_length(src, max(prompt_lens), new_tokens)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -514,6 +547,8 @@ def run_decode_bench(
         "compile": compile,
         "baseline": baseline,
         "dynamo_recompile_limit": recompile_limit,
+        "draft": draft,
+        "num_draft_tokens": num_draft_tokens if draft is not None else None,
     }
     log(f"bench decode: measuring {dev.type} memory bandwidth")
     meta["bandwidth"] = measure_bandwidth(dev)
@@ -522,6 +557,7 @@ def run_decode_bench(
     run = _Run(
         meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
     )
+    run.draft, run.num_draft_tokens = draft_src, num_draft_tokens
     for src in sources:
         _bench_model(src, run)
     write_results(out_dir, meta, run.rows)
@@ -546,6 +582,8 @@ class _Run:
     repeat: int
     seed: int
     log: Callable[[str], None]
+    draft: ModelSource | None = None
+    num_draft_tokens: list[int] | None = None
 
     def write(self) -> None:
         write_results(self.out_dir, self.meta, self.rows)
@@ -615,6 +653,8 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
         measure(new_row("archzoo", b, p, wbytes), partial(run_archzoo, model, **kw, compile=run.compile))
     if pool is not None and hasattr(pool, "clear"):
         pool.clear()
+    if run.draft is not None:
+        _speculative_rows(model, src, run, combos, new_row, measure, kw)
     if run.baseline != "hf":
         model = None
         _free(dev)
@@ -645,6 +685,36 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
                 hf._cache = None  # transformers keeps the static cache on the model: free it for the next row
     hf = None
     _free(dev)
+
+
+def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measure, kw: dict) -> None:
+    """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k and shape."""
+    run.log(f"bench decode: loading the draft {run.draft.arg}")
+    own = {
+        (r["batch_size"], r["prompt_len"]): r
+        for r in run.rows
+        if r["model"] == src.arg and r["implementation"] == "archzoo"
+    }
+    draft, error = None, None
+    try:
+        draft = load_model(run.draft, run.dtype, run.device, run.seed)
+    except torch.OutOfMemoryError:
+        error = "the draft does not fit in memory"
+    for b, p in combos:
+        for k in run.num_draft_tokens:
+            row = new_row(SPECULATIVE, b, p, weight_bytes(model) + (weight_bytes(draft) if draft is not None else 0))
+            row.update(draft=run.draft.arg, num_draft_tokens=k)
+            if draft is None:
+                row["skipped"] = error
+                run.write()
+                continue
+            measure(row, partial(run_archzoo, model, **kw, compile=None, draft=draft, num_draft_tokens=k))
+            base = own.get((b, p), {}).get("tokens_per_s")
+            if row.get("tokens_per_s") and base:
+                row["speedup"] = row["tokens_per_s"] / base
+                run.write()
+    draft = None
+    _free(run.device)
 
 
 def _base_row(src: ModelSource, impl: str, batch_size: int, prompt_len: int, new_tokens: int, dt) -> dict:
@@ -789,9 +859,14 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             note = f"skipped: {r['skipped']}"
         elif r.get("error"):
             note = f"error: {r['error']}"
+        elif r["implementation"] == SPECULATIVE and r.get("acceptance_rate") is not None:
+            spec = f"k={r['num_draft_tokens']}, acceptance {r['acceptance_rate']:.2f}, "
+            spec += f"{r['tokens_per_verify']:.2f} tokens/verify"
+            spec += f", {r['speedup']:.2f}x" if r.get("speedup") else ""
+            note = f"{spec}; {note}" if note else spec
         cells = [
             r["model"],
-            r["implementation"],
+            _impl(r),
             r.get("backend") or "-",
             str(r["batch_size"]),
             str(r["prompt_len"]),
@@ -812,6 +887,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _impl(row: dict) -> str:
+    """The implementation as the tables show it: a speculative row with its draft length."""
+    k = row.get("num_draft_tokens")
+    return row["implementation"] if k is None else f"{row['implementation']} k={k}"
+
+
 def _short_names(models: list[str]) -> dict[str, str]:
     """``configs/students/mla.yaml`` -> ``mla`` where the short names stay distinct, else the argument."""
     short = {m: Path(m).stem if Path(m).suffix in (".yaml", ".yml", ".gguf") else Path(m).name or m for m in models}
@@ -821,9 +902,9 @@ def _short_names(models: list[str]) -> dict[str, str]:
 def summary_table(meta: dict, rows: list[dict]) -> list[str]:
     """One line per model x implementation, one column per (batch size, prompt length): 'tokens/s (HBM %)'."""
     combos = [(b, p) for b in meta["batch_sizes"] for p in meta["prompt_lens"]]
-    keys = list(dict.fromkeys((r["model"], r["implementation"]) for r in rows))
+    keys = list(dict.fromkeys((r["model"], _impl(r)) for r in rows))
     names = _short_names(list(dict.fromkeys(m for m, _ in keys)))
-    cells = {(r["model"], r["implementation"], r["batch_size"], r["prompt_len"]): r for r in rows}
+    cells = {(r["model"], _impl(r), r["batch_size"], r["prompt_len"]): r for r in rows}
     lines = [
         "| model | impl | " + " | ".join(f"B={b} P={p}" for b, p in combos) + " |",
         "|---|---|" + "--:|" * len(combos),
@@ -874,6 +955,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; they compile)")
     p.add_argument("--repeat", type=int, default=1, help="timed calls; the median is reported (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and prompts (default 0)")
+    p.add_argument("--draft", default=None, metavar="STUDENT", help="add speculative rows with this draft MODEL")
+    p.add_argument(
+        "--num-draft-tokens", default=None, help="comma-separated draft lengths k of the speculative rows (default 4)"
+    )
     p.add_argument("--out", required=True, help="output folder: decode.json and decode.md")
     return p
 
@@ -895,6 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeat=args.repeat,
         seed=args.seed,
         command="archzoo bench decode " + shlex.join(argv),
+        draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens,
     )
     out = Path(args.out)
     print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")

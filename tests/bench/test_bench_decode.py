@@ -132,6 +132,9 @@ def _assert_refused(out, args: list[str], message: str) -> None:
         ([GQA, *TINY, "--device", "tpu"], "--device"),
         ([GQA, *TINY, "--baseline", "vllm"], "--baseline"),
         ([*TINY], "MODEL"),
+        ([GQA, *TINY, "--num-draft-tokens", "2"], "--num-draft-tokens: goes with --draft"),
+        ([GQA, *TINY, "--draft", MAMBA, "--num-draft-tokens", "0"], "--num-draft-tokens: expected"),
+        ([GQA, *TINY, "--draft", "no/such/draft.yaml"], "no/such/draft.yaml: no such file or folder"),
     ],
 )
 def test_bench_decode_bad_input(tmp_path, args, message):
@@ -141,3 +144,31 @@ def test_bench_decode_bad_input(tmp_path, args, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
 def test_bench_decode_cuda_without_cuda(tmp_path):
     _assert_refused(tmp_path / "out", [GQA, "--device", "cuda"], "CUDA is not available")
+
+
+def test_bench_decode_speculative_rows(tmp_path):
+    """--draft adds one speculative row per k and shape, with acceptance and the speed-up over the target alone."""
+    out = tmp_path / "out"
+    rc, res = _bench(out, GQA, *TINY, "--batch-sizes", "1,2", "--draft", MAMBA, "--num-draft-tokens", "1,3")
+    assert rc == 0
+    assert res["draft"] == MAMBA and res["num_draft_tokens"] == [1, 3]
+    rows = res["rows"]
+    assert [(r["implementation"], r["batch_size"], r.get("num_draft_tokens")) for r in rows] == [
+        ("archzoo", 1, None),
+        ("archzoo", 2, None),
+        ("speculative", 1, 1),
+        ("speculative", 1, 3),
+        ("speculative", 2, 1),
+        ("speculative", 2, 3),
+    ]
+    bandwidth = res["bandwidth"]["bytes_per_s"]
+    own = {r["batch_size"]: r for r in rows if r["implementation"] == "archzoo"}
+    for r in rows[2:]:
+        _check_measured(r, bandwidth)
+        assert r["backend"] == "speculative" and r["draft"] == MAMBA
+        assert 0.0 <= r["acceptance_rate"] <= 1.0
+        assert math.isclose(r["tokens_per_verify"], r["accepted_per_verify"] + 1)
+        if r["decode_s"] is not None and own[r["batch_size"]]["decode_s"] is not None:
+            assert math.isclose(r["speedup"], r["tokens_per_s"] / own[r["batch_size"]]["tokens_per_s"])
+    md = (out / "decode.md").read_text()
+    assert "| speculative k=3 |" in md and "tokens/verify" in md
