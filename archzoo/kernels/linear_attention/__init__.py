@@ -1,7 +1,8 @@
 """Causal linear attention on feature-mapped queries and keys, fla's ``[B, T, H, D]`` layout.
 
-``linear_attention`` is what layers call; ``naive_linear_attention`` (one step per token) is the
-reference that ``chunk_linear_attention`` (the chunked parallel form) is tested against.
+``linear_attention`` is what layers call: the Triton kernel (``triton.py``) for CUDA tensors and for CPU
+tensors under ``TRITON_INTERPRET=1``, the chunked PyTorch form (``chunk_linear_attention``) otherwise.
+``naive_linear_attention`` (one step per token) is the reference both are tested against.
 ``archzoo.kernels.last_backend("linear_attention")`` says which one ran.
 """
 
@@ -35,14 +36,36 @@ def linear_attention(
 ) -> tuple[torch.Tensor, State | None]:
     """o_t = phi(q_t) S_t / (phi(q_t) z_t + eps) for q, k (B, T, H, F), v (B, T, H, Dv).
 
-    See :func:`chunk_linear_attention` for the arguments. There is no Triton kernel for this op
-    yet: every device runs the chunked PyTorch form, and where the dispatch rule would pick
-    Triton (CUDA tensors, or ``TRITON_INTERPRET=1``) that is logged once.
+    See :func:`chunk_linear_attention` for the arguments. Dispatch: the Triton kernel (``triton.py``,
+    chunked forward and backward) for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the
+    chunked PyTorch form otherwise, and for inputs the kernel does not take (float64, or q, k, v of
+    different dtypes), with the reason logged once. ``last_backend("linear_attention")`` says which ran.
     """
     S0, z0 = initial_state if initial_state is not None else (None, None)
-    reason = "no Triton kernel for linear_attention yet" if use_triton(q, k, v, S0, z0) else None
-    record("linear_attention", "chunk", reason)
+    if use_triton(q, k, v, S0, z0):
+        reason = _triton_unsupported(q, k, v)
+        if reason is None:
+            from .triton import linear_attention as triton_linear_attention
+
+            record("linear_attention", "triton")
+            return triton_linear_attention(
+                q, k, v, initial_state, output_final_state, normalize, eps, chunk_size=chunk_size
+            )
+        record("linear_attention", "chunk", reason)
+    else:
+        record("linear_attention", "chunk")
     return chunk_linear_attention(q, k, v, initial_state, output_final_state, normalize, eps, chunk_size=chunk_size)
+
+
+def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Triton kernel cannot take these inputs, or None when it can."""
+    if q.dtype == torch.float64:
+        return "float64 inputs run the chunked PyTorch form in float64 (the Triton kernel computes in fp32)"
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"the Triton kernel takes float32, bfloat16 or float16 inputs, not {q.dtype}"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"the Triton kernel needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    return None
 
 
 def linear_attention_update(

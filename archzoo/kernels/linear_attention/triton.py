@@ -1,0 +1,294 @@
+"""Causal linear attention in Triton: the chunked form, forward and backward (fla's ``[B, T, H, D]`` layout).
+
+Same signature and semantics as :func:`archzoo.kernels.linear_attention.naive.chunk_linear_attention`:
+
+    S_t = S_0 + sum_{s<=t} k_s v_s^T,  z_t = z_0 + sum_{s<=t} k_s,  o_t = q_t S_t / (q_t z_t + eps)
+
+**Forward.** One program per (value block of ``BV`` columns, batch * head) walks the sequence in chunks of
+``BT`` positions, carrying the state slice S (F, BV) and z (F) in fp32 registers. Per chunk:
+A = tril(q k^T) (BT, BT); o = q S + A v; den = q z + rowsum(A) + eps; then S += k^T v, z += colsum(k).
+The whole feature dim F sits in one block (the normaliser needs all of it).
+
+**Backward.** Nothing but the inputs, o and den (B, H, T) fp32 is saved; the states are recomputed.
+With dnum = do / den and dden = -(do . o) / den (zero without normalisation), G = tril(dnum v^T + dden):
+
+    dq = dnum S_prev^T + dden z_prev^T + G k               (forward loop, S recomputed from S_0)
+    dk = v dS^T + dz + G^T q;  dv = k dS + A^T dnum        (reverse loop over chunks)
+    dS += q^T dnum;  dz += q^T dden                        (dS, dz start at the final state's gradient)
+
+and dS_0, dz_0 are dS, dz after the first chunk. dq and dk are sums over value blocks: each block writes its
+partial to an fp32 buffer (NV, B, T, H, F) that the host sums; the dden / dz terms are added by block 0 only.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import triton_interpreting
+from .naive import State, _check
+
+MAX_BLOCK_V = 64  # value columns per program (tests lower it so several value blocks run)
+NUM_WARPS = 4
+
+
+@triton.jit
+def _mm(a, b, LOWP: tl.constexpr):
+    """a @ b with fp32 accumulation: bf16/fp16 MMAs for low-precision inputs, exact fp32 otherwise."""
+    if LOWP:
+        return tl.dot(a, b)
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, s0_ptr, z0_ptr, st_ptr, zt_ptr, den_ptr,
+    T, H, F, DV, eps,
+    BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_S0: tl.constexpr, STORE_FINAL: tl.constexpr, NORMALIZE: tl.constexpr, STORE_DEN: tl.constexpr,
+    LOWP: tl.constexpr,
+):  # fmt: skip
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    DT = q_ptr.dtype.element_ty
+    rt = tl.arange(0, BT)
+    rf = tl.arange(0, BF)
+    rv = i_v * BV + tl.arange(0, BV)
+    mf = rf < F
+    mv = rv < DV
+    qk_base = (i_b * T * H + i_h) * F  # (b, t, h, f) at ((b T + t) H + h) F + f
+    v_base = (i_b * T * H + i_h) * DV
+    s_off = i_bh * F * DV + rf[:, None] * DV + rv[None, :]
+    ms = mf[:, None] & mv[None, :]
+    S = tl.zeros([BF, BV], dtype=tl.float32)
+    z = tl.zeros([BF], dtype=tl.float32)
+    if HAS_S0:
+        S += tl.load(s0_ptr + s_off, mask=ms, other=0.0)
+        z += tl.load(z0_ptr + i_bh * F + rf, mask=mf, other=0.0)
+    causal = rt[:, None] >= rt[None, :]
+    for t0 in range(0, T, BT):
+        t = t0 + rt
+        mt = t < T
+        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
+        m_qk = mt[:, None] & mf[None, :]
+        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
+        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
+        v = tl.load(v_ptr + v_base + t[:, None] * (H * DV) + rv[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        if not LOWP:
+            q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
+        A = tl.where(causal, _mm(q, tl.trans(k), LOWP), 0.0)  # (BT, BT)
+        o = _mm(q, S.to(q.dtype), LOWP) + _mm(A.to(v.dtype), v, LOWP)  # (BT, BV)
+        if NORMALIZE:
+            den = tl.sum(q.to(tl.float32) * z[None, :], 1) + tl.sum(A, 1) + eps  # (BT,)
+            o = o / den[:, None]
+            if STORE_DEN:
+                tl.store(den_ptr + i_bh * T + t, den, mask=mt & (rt * 0 + i_v == 0))
+        tl.store(o_ptr + v_base + t[:, None] * (H * DV) + rv[None, :], o.to(DT), mask=mt[:, None] & mv[None, :])
+        S += _mm(tl.trans(k), v, LOWP)
+        z += tl.sum(k.to(tl.float32), 0)
+    if STORE_FINAL:
+        tl.store(st_ptr + s_off, S, mask=ms)
+        tl.store(zt_ptr + i_bh * F + rf, z, mask=mf & (rf * 0 + i_v == 0))
+
+
+@triton.jit
+def _bwd_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, den_ptr, delta_ptr, s0_ptr, z0_ptr, dst_ptr, dzt_ptr,
+    dq_ptr, dk_ptr, dv_ptr, ds0_ptr, dz0_ptr,
+    T, H, F, DV, N_QK,
+    BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_DFINAL: tl.constexpr, NORMALIZE: tl.constexpr, LOWP: tl.constexpr,
+):  # fmt: skip
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rt = tl.arange(0, BT)
+    rf = tl.arange(0, BF)
+    rv = i_v * BV + tl.arange(0, BV)
+    mf = rf < F
+    mv = rv < DV
+    firstf = (i_v == 0).to(tl.float32)  # the dden / dz terms are counted once, by value block 0
+    qk_base = (i_b * T * H + i_h) * F
+    v_base = (i_b * T * H + i_h) * DV
+    part = i_v.to(tl.int64) * N_QK  # this block's slice of the (NV, B, T, H, F) partial dq / dk buffers
+    s_off = i_bh * F * DV + rf[:, None] * DV + rv[None, :]
+    ms = mf[:, None] & mv[None, :]
+    causal = rt[:, None] >= rt[None, :]
+
+    # ---- forward over chunks: dq, with S and z recomputed from the initial state
+    S = tl.zeros([BF, BV], dtype=tl.float32)
+    z = tl.zeros([BF], dtype=tl.float32)
+    if HAS_S0:
+        S += tl.load(s0_ptr + s_off, mask=ms, other=0.0)
+        z += tl.load(z0_ptr + i_bh * F + rf, mask=mf, other=0.0)
+    for t0 in range(0, T, BT):
+        t = t0 + rt
+        mt = t < T
+        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
+        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
+        m_qk = mt[:, None] & mf[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
+        v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
+        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
+            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den * firstf
+            dnum = dnum / den[:, None]
+        else:
+            dden = tl.zeros([BT], dtype=tl.float32)
+        if not LOWP:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        G = tl.where(causal, _mm(dnum.to(v.dtype), tl.trans(v), LOWP) + dden[:, None], 0.0)  # (BT, BT)
+        dq = _mm(dnum.to(v.dtype), tl.trans(S).to(v.dtype), LOWP) + dden[:, None] * z[None, :]
+        dq += _mm(G.to(k.dtype), k, LOWP)
+        tl.store(dq_ptr + part + qk_off, dq, mask=m_qk)
+        S += _mm(tl.trans(k), v, LOWP)
+        z += tl.sum(k.to(tl.float32), 0)
+
+    # ---- reverse over chunks: dk, dv, carrying the state's gradient (dS, dz)
+    dS = tl.zeros([BF, BV], dtype=tl.float32)
+    dz = tl.zeros([BF], dtype=tl.float32)
+    if HAS_DFINAL:
+        dS += tl.load(dst_ptr + s_off, mask=ms, other=0.0)
+        dz += tl.load(dzt_ptr + i_bh * F + rf, mask=mf, other=0.0) * firstf
+    n_chunks = tl.cdiv(T, BT)
+    for i in range(0, n_chunks):
+        t = (n_chunks - 1 - i) * BT + rt
+        mt = t < T
+        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
+        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
+        m_qk = mt[:, None] & mf[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
+        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
+        v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
+        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
+            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den * firstf
+            dnum = dnum / den[:, None]
+        else:
+            dden = tl.zeros([BT], dtype=tl.float32)
+        if not LOWP:
+            q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
+        dnum_l = dnum.to(v.dtype)
+        A = tl.where(causal, _mm(q, tl.trans(k), LOWP), 0.0)  # (BT, BT)
+        G = tl.where(causal, _mm(dnum_l, tl.trans(v), LOWP) + dden[:, None], 0.0)
+        dv = _mm(k, dS.to(k.dtype), LOWP) + _mm(tl.trans(A).to(v.dtype), dnum_l, LOWP)
+        dk = _mm(v, tl.trans(dS).to(v.dtype), LOWP) + dz[None, :] + _mm(tl.trans(G).to(q.dtype), q, LOWP)
+        tl.store(dv_ptr + v_off, dv, mask=m_v)
+        tl.store(dk_ptr + part + qk_off, dk, mask=m_qk)
+        dS += _mm(tl.trans(q), dnum_l, LOWP)
+        dz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
+    tl.store(ds0_ptr + s_off, dS, mask=ms)
+    tl.store(dz0_ptr + i_bh * F + rf, dz, mask=mf & (rf * 0 + i_v == 0))
+
+
+def _blocks(F: int, Dv: int, chunk_size: int) -> tuple[int, int, int]:
+    """(BT, BF, BV): chunk length and feature / value tiles, powers of two >= 16 (tl.dot's minimum)."""
+    BT = max(16, min(128, triton.next_power_of_2(chunk_size)))
+    BF = max(16, triton.next_power_of_2(F))
+    BV = max(16, min(MAX_BLOCK_V, triton.next_power_of_2(Dv)))
+    return BT, BF, BV
+
+
+def _lowp(dtype: torch.dtype) -> bool:
+    # Triton's interpreter computes tl.dot of bf16 operands wrongly (see docs/kernels.md, decode attention):
+    # there the tiles are widened to fp32 before every product; compiled, bf16 / fp16 tiles go to the MMAs.
+    return dtype in (torch.bfloat16, torch.float16) and not triton_interpreting()
+
+
+class _LinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, S0, z0, output_final_state, normalize, eps, chunk_size):
+        B, T, H, F = q.shape
+        Dv = v.shape[-1]
+        BT, BF, BV = _blocks(F, Dv, chunk_size)
+        NV = triton.cdiv(Dv, BV)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        has_s0 = S0 is not None
+        s0 = S0.detach().float().contiguous() if has_s0 else None
+        z0c = z0.detach().float().contiguous() if has_s0 else None
+        o = torch.empty_like(v)
+        ST = q.new_empty(B, H, F, Dv, dtype=torch.float32) if output_final_state else None
+        zT = q.new_empty(B, H, F, dtype=torch.float32) if output_final_state else None
+        store_den = normalize  # den (B, H, T) fp32 is what the backward needs besides the inputs and o
+        den = q.new_empty(B, H, T, dtype=torch.float32) if store_den else None
+        _fwd_kernel[(NV, B * H)](
+            q, k, v, o, s0 if has_s0 else o, z0c if has_s0 else o, ST if output_final_state else o,
+            zT if output_final_state else o, den if store_den else o,
+            T, H, F, Dv, float(eps),
+            BT=BT, BF=BF, BV=BV, HAS_S0=has_s0, STORE_FINAL=output_final_state, NORMALIZE=normalize,
+            STORE_DEN=store_den, LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, o, den, s0, z0c)
+        ctx.cfg = (normalize, BT, BF, BV, NV, has_s0, None if S0 is None else (S0.dtype, z0.dtype))
+        return o, ST, zT
+
+    @staticmethod
+    def backward(ctx, do, dST, dzT):
+        q, k, v, o, den, s0, z0 = ctx.saved_tensors
+        normalize, BT, BF, BV, NV, has_s0, s0_dtypes = ctx.cfg
+        B, T, H, F = q.shape
+        Dv = v.shape[-1]
+        do = do.contiguous()
+        has_dfinal = dST is not None or dzT is not None
+        if has_dfinal:
+            dST = torch.zeros(B, H, F, Dv, device=q.device) if dST is None else dST.float().contiguous()
+            dzT = torch.zeros(B, H, F, device=q.device) if dzT is None else dzT.float().contiguous()
+        delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous() if normalize else None  # (B, H, T)
+        dq = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
+        dk = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
+        dv = q.new_empty(B, T, H, Dv, dtype=torch.float32)
+        ds0 = q.new_empty(B, H, F, Dv, dtype=torch.float32)
+        dz0 = q.new_empty(B, H, F, dtype=torch.float32)
+        _bwd_kernel[(NV, B * H)](
+            q, k, v, do, den if normalize else do, delta if normalize else do, s0 if has_s0 else do,
+            z0 if has_s0 else do, dST if has_dfinal else do, dzT if has_dfinal else do,
+            dq, dk, dv, ds0, dz0,
+            T, H, F, Dv, B * T * H * F,
+            BT=BT, BF=BF, BV=BV, HAS_S0=has_s0, HAS_DFINAL=has_dfinal, NORMALIZE=normalize,
+            LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
+        )  # fmt: skip
+        dq = dq.sum(0) if NV > 1 else dq[0]
+        dk = dk.sum(0) if NV > 1 else dk[0]
+        dS0 = dz0_out = None
+        if has_s0:
+            dS0, dz0_out = ds0.to(s0_dtypes[0]), dz0.to(s0_dtypes[1])
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dS0, dz0_out, None, None, None, None
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: State | None = None,
+    output_final_state: bool = False,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    *,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, State | None]:
+    """Triton chunked linear attention: o_t = phi(q_t) S_t / (phi(q_t) z_t + eps), differentiable.
+
+    q, k (B, T, H, F) feature-mapped; v (B, T, H, Dv); q, k, v share one dtype (fp32, bf16 or fp16).
+    initial_state (S (B, H, F, Dv), z (B, H, F)) or None for zeros. ``chunk_size`` is rounded up to a
+    power of two in [16, 128] (it changes rounding, not the result). Returns o (B, T, H, Dv) in q's dtype
+    and, with ``output_final_state``, the final state (S, z) in fp32; gradients reach q, k, v and both
+    parts of initial_state.
+    """
+    _check(q, k, v, initial_state, eps)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"q must be float32, bfloat16 or float16 for the Triton kernel, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    S0, z0 = initial_state if initial_state is not None else (None, None)
+    o, ST, zT = _LinearAttention.apply(q, k, v, S0, z0, output_final_state, normalize, eps, chunk_size)
+    return o, ((ST, zT) if output_final_state else None)
