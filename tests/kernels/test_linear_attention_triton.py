@@ -162,3 +162,13 @@ def test_bad_input():
         TL.linear_attention(q, k, v[:, :3])
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         TL.linear_attention(q, k, v, chunk_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalize", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_long_gpu(dtype, normalize):
+    """Compiled on the GPU (bf16 / fp16 MMAs, fp32 as tf32x3) at a layer's shape: many chunks, F = Dv = 64."""
+    q, k, v, state = _inputs(2, 1000, 4, 64, 64, True, dtype)
+    _compare(q, k, v, state, True, normalize, 64, TOL[dtype])
