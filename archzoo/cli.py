@@ -33,7 +33,7 @@ def inspect_config(src: str, lengths: Sequence[int], dtype_name: str = "bf16", b
     from .model import ArchZooLM
 
     cfg = load_config(src)
-    from .bench.decode import parse_dtype  # one table of the dtype names every command accepts
+    from .bench.common import parse_dtype  # one table of the dtype names every command accepts
 
     dtype = parse_dtype(dtype_name)
     with torch.device("meta"):

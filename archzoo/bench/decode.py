@@ -36,13 +36,10 @@ import argparse
 import datetime
 import gc
 import json
-import math
-import os
 import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,43 +51,22 @@ import torch
 from ..cache import cache_bytes
 from ..config import load_config
 from ..errors import UserError
+from .common import (
+    atomic_write,
+    check_device,
+    dtype_name,
+    library_versions,
+    measure_bandwidth,
+    parse_dtype,
+    random_prompts,
+    sync,
+    weight_bytes,
+)
+from .decode_report import FORMULAS, SPECULATIVE, SPECULATIVE_STATS, markdown
 
-DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 IMPLEMENTATIONS = ("archzoo", "hf-dynamic", "hf-static")
 BASELINES = ("hf",)
-SPECULATIVE = "speculative"  # the implementation name of --draft rows
-SPECULATIVE_STATS = ("acceptance_rate", "row_acceptance_rate", "accepted_per_verify", "tokens_per_verify")
 RECOMPILE_LIMIT = 64  # every (batch size, length) is a new shape for torch.compile; dynamo's default of 8 runs out
-
-FORMULAS = {
-    "tokens_per_s": "batch_size * new_tokens / decode_s",
-    "ms_per_token": "decode_s / new_tokens * 1000 (one decode step of the whole batch)",
-    "prefill_ms": "prefill_s * 1000 (the prompt's forward pass, first token's logits)",
-    "acceptance_rate": "speculative rows: draft tokens kept / draft tokens proposed (k per verify step)",
-    "accepted_per_verify": "speculative rows: draft tokens kept per verify step (the batch keeps its rows' minimum)",
-    "tokens_per_verify": "speculative rows: accepted_per_verify + 1 (the target's own token)",
-    "speedup": "speculative rows: tokens_per_s / tokens_per_s of the archzoo row of the same shape",
-    "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "
-    "(the HF rows hold the same K/V)",
-    "weight_bytes": "sum of parameter bytes, a tied embedding / head counted once",
-    "step_bytes": "weight_bytes + archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens // 2, dtype): what one "
-    "decode step must read at the mean length (attention reads its K/V up to the current position; a bounded state, "
-    "sliding window or recurrent, reads its fixed size; every weight is counted, also all MoE experts and the whole "
-    "embedding, so the figure is an upper bound for MoE at small batch and for an untied embedding)",
-    "hbm_fraction": "step_bytes / (decode_s / new_tokens) / bandwidth.bytes_per_s",
-    "bandwidth.bytes_per_s": "bytes read + written by a device-to-device copy (dst.copy_(src)) / its time, "
-    "best of several rounds (CUDA events on a GPU, perf_counter on the CPU)",
-    "compile_s": "seconds the warm-up call(s) spent compiling / capturing: generate's own figure for archzoo rows, "
-    "warm-up wall time minus the median timed call's for hf-static",
-    "peak_memory_bytes": "torch.cuda.max_memory_allocated over the row (reset before its warm-up); null on the CPU",
-}
 
 
 @dataclass
@@ -105,18 +81,6 @@ class ModelSource:
 
 
 # --------------------------------------------------------------------------- input
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise UserError(f"--dtype: unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
 
 
 def parse_sizes(flag: str, text: str | Sequence[int]) -> list[int]:
@@ -135,24 +99,6 @@ def parse_sizes(flag: str, text: str | Sequence[int]) -> list[int]:
     if not out:
         raise UserError(f"{flag}: expected comma-separated positive integers, got {text!r}")
     return out
-
-
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device: {device!r} is not a device; expected cpu or cuda[:N]") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device: {device!r}: expected cpu or cuda[:N]")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise UserError(
-                f"--device {device}: CUDA is not available (torch {torch.__version__}, {build}); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
 
 
 def _hf_context(folder: Path) -> int | None:
@@ -245,18 +191,6 @@ def load_model(src: ModelSource, dtype: torch.dtype, device: torch.device, seed:
     return model
 
 
-def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every parameter, each storage once (a tied embedding and head count once)."""
-    seen, total = set(), 0
-    for p in module.parameters():
-        key = (p.device, p.data_ptr(), p.nbytes) if p.device.type != "meta" else id(p)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += p.numel() * p.element_size()
-    return total
-
-
 def hf_reason(model) -> str | None:
     """Why no Hugging Face model can be built from ``model`` (None when one can)."""
     try:
@@ -279,66 +213,6 @@ def build_hf(model, dtype: torch.dtype, device: torch.device):
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_bandwidth(device: str | torch.device, nbytes: int | None = None, rounds: int = 5) -> dict:
-    """Memory bandwidth of a large copy on ``device``: (bytes read + written) / time, best of ``rounds``.
-
-    ``nbytes`` defaults to 1 GiB on a GPU (halved until it fits) and 128 MiB on the CPU.
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    nbytes = nbytes or (2**30 if cuda else 2**27)
-    while True:
-        try:
-            src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
-            dst = torch.empty_like(src)
-            break
-        except torch.OutOfMemoryError:
-            if nbytes <= 2**24:
-                raise
-            nbytes //= 2
-    copies = 10 if cuda else 2
-    for _ in range(2):
-        dst.copy_(src)
-    best = math.inf
-    for _ in range(rounds):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(copies):
-                dst.copy_(src)
-            end.record()
-            end.synchronize()
-            seconds = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            for _ in range(copies):
-                dst.copy_(src)
-            seconds = time.perf_counter() - t0
-        best = min(best, seconds)
-    del src, dst
-    if cuda:
-        torch.cuda.empty_cache()
-    return {
-        "bytes_per_s": 2 * nbytes * copies / best,
-        "copy_bytes": nbytes,
-        "method": f"dst.copy_(src) of {nbytes / 2**20:.0f} MiB, {copies} copies, best of {rounds} rounds, "
-        + ("CUDA events" if cuda else "perf_counter"),
-    }
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - t0
 
 
 def run_archzoo(
@@ -410,7 +284,7 @@ def run_hf(
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             if self.at is None:
-                _sync(device)
+                sync(device)
                 self.at = time.perf_counter()
             return scores
 
@@ -428,10 +302,10 @@ def run_hf(
 
     def call() -> tuple[float, float]:
         clock = PrefillClock()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         o = hf.generate(ids, logits_processor=LogitsProcessorList([clock]), **kwargs)
-        _sync(device)
+        sync(device)
         wall = time.perf_counter() - t0
         if o.shape[1] - ids.shape[1] != new_tokens:
             raise RuntimeError(f"transformers generate made {o.shape[1] - ids.shape[1]} new tokens, not {new_tokens}")
@@ -454,21 +328,6 @@ def run_hf(
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _prompts(vocab_size: int, batch_size: int, prompt_len: int, seed: int, device: torch.device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + batch_size * 10_007 + prompt_len)
-    return torch.randint(0, vocab_size, (batch_size, prompt_len), generator=g).to(device)
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("triton", "transformers"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
 
 
 def _set_recompile_limit() -> int | None:
@@ -536,7 +395,7 @@ def run_decode_bench(
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'cpu'})",
         "device_type": dev.type,
         "cpu_threads": torch.get_num_threads(),
-        **_versions(),
+        **library_versions(),
         "dtype": dtype_name(dt),
         "batch_sizes": batch_sizes,
         "prompt_lens": prompt_lens,
@@ -625,7 +484,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
         return row
 
     def measure(row: dict, fn: Callable[[torch.Tensor], dict]) -> None:
-        ids = _prompts(cfg.vocab_size, row["batch_size"], row["prompt_len"], run.seed, dev)
+        ids = random_prompts(cfg.vocab_size, row["batch_size"], row["prompt_len"], run.seed, dev)
         _free(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -782,147 +641,8 @@ def write_results(out_dir: str | Path, meta: dict, rows: list[dict]) -> None:
     """``decode.json`` and ``decode.md`` in ``out_dir``, each written to a temporary file and moved in place."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "decode.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    _atomic_write(out_dir / "decode.md", markdown(meta, rows))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-MD_COLUMNS = (
-    "model",
-    "impl",
-    "backend",
-    "batch",
-    "prompt",
-    "new",
-    "tokens/s",
-    "ms/step",
-    "prefill ms",
-    "cache",
-    "weights",
-    "peak memory",
-    "bandwidth",
-    "compile s",
-    "note",
-)
-
-
-def markdown(meta: dict, rows: list[dict]) -> str:
-    """One table row per measurement, the command and the run's setting above it."""
-    bw = meta.get("bandwidth", {}).get("bytes_per_s")
-    lines = [
-        "# archzoo bench decode",
-        "",
-        f"    {meta['command']}",
-        "",
-        f"{meta['device']}; torch {meta['torch']}, triton {meta.get('triton') or '-'}, "
-        f"transformers {meta.get('transformers') or '-'}; {meta['dtype']}; {meta['date']}.",
-        f"Measured bandwidth: {_fmt(bw and bw / 1e9, ',.0f')} GB/s ({meta.get('bandwidth', {}).get('method', '-')}).",
-        f"{meta['new_tokens']} new tokens per row, greedy, no EOS; {meta['warmup']} warm-up and {meta['repeat']} "
-        "timed call(s), the median reported.",
-        "",
-        "## Summary: tokens/s (fraction of the measured bandwidth)",
-        "",
-        *summary_table(meta, rows),
-        "",
-        "## Every measurement",
-        "",
-        "| " + " | ".join(MD_COLUMNS) + " |",
-        "|" + "|".join("---" if c in ("model", "impl", "backend", "note") else "--:" for c in MD_COLUMNS) + "|",
-    ]
-    for r in rows:
-        note = r.get("note") or ""
-        if r.get("skipped"):
-            note = f"skipped: {r['skipped']}"
-        elif r.get("error"):
-            note = f"error: {r['error']}"
-        elif r["implementation"] == SPECULATIVE and r.get("acceptance_rate") is not None:
-            spec = f"k={r['num_draft_tokens']}, acceptance {r['acceptance_rate']:.2f}, "
-            spec += f"{r['tokens_per_verify']:.2f} tokens/verify"
-            spec += f", {r['speedup']:.2f}x" if r.get("speedup") else ""
-            note = f"{spec}; {note}" if note else spec
-        cells = [
-            r["model"],
-            _impl(r),
-            r.get("backend") or "-",
-            str(r["batch_size"]),
-            str(r["prompt_len"]),
-            str(r["new_tokens"]),
-            _fmt(r.get("tokens_per_s"), ",.0f"),
-            _fmt(r.get("ms_per_token"), ".3f"),
-            _fmt(r.get("prefill_ms"), ".1f"),
-            _fmt_bytes(r.get("cache_bytes")),
-            _fmt_bytes(r.get("weight_bytes")),
-            _fmt_bytes(r.get("peak_memory_bytes")),
-            _fmt(r.get("hbm_fraction") and 100 * r["hbm_fraction"], ".1f") + ("%" if r.get("hbm_fraction") else ""),
-            _fmt(r.get("compile_s"), ".1f"),
-            note.replace("|", "/"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Formulas:", ""]
-    lines += [f"- `{k}` = {v}" for k, v in meta.get("formulas", FORMULAS).items()]
-    return "\n".join(lines) + "\n"
-
-
-def _impl(row: dict) -> str:
-    """The implementation as the tables show it: a speculative row with its draft length."""
-    k = row.get("num_draft_tokens")
-    return row["implementation"] if k is None else f"{row['implementation']} k={k}"
-
-
-def _short_names(models: list[str]) -> dict[str, str]:
-    """``configs/students/mla.yaml`` -> ``mla`` where the short names stay distinct, else the argument."""
-    short = {m: Path(m).stem if Path(m).suffix in (".yaml", ".yml", ".gguf") else Path(m).name or m for m in models}
-    return short if len(set(short.values())) == len(short) else {m: m for m in models}
-
-
-def summary_table(meta: dict, rows: list[dict]) -> list[str]:
-    """One line per model x implementation, one column per (batch size, prompt length): 'tokens/s (HBM %)'."""
-    combos = [(b, p) for b in meta["batch_sizes"] for p in meta["prompt_lens"]]
-    keys = list(dict.fromkeys((r["model"], _impl(r)) for r in rows))
-    names = _short_names(list(dict.fromkeys(m for m, _ in keys)))
-    cells = {(r["model"], _impl(r), r["batch_size"], r["prompt_len"]): r for r in rows}
-    lines = [
-        "| model | impl | " + " | ".join(f"B={b} P={p}" for b, p in combos) + " |",
-        "|---|---|" + "--:|" * len(combos),
-    ]
-    for model, impl in keys:
-        out = []
-        for b, p in combos:
-            r = cells.get((model, impl, b, p))
-            if r is None:
-                out.append("")
-            elif r.get("skipped") or r.get("error"):
-                out.append("skipped" if r.get("skipped") else "error")
-            elif r.get("tokens_per_s") is None:
-                out.append("-")
-            else:
-                out.append(f"{r['tokens_per_s']:,.0f} ({100 * r['hbm_fraction']:.0f}%)")
-        lines.append(f"| {names[model]} | {impl} | " + " | ".join(out) + " |")
-    return lines
+    atomic_write(out_dir / "decode.json", json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    atomic_write(out_dir / "decode.md", markdown(meta, rows))
 
 
 # --------------------------------------------------------------------------- CLI

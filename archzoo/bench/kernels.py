@@ -272,7 +272,7 @@ def bench_decode_attention(rounds: int, batches: tuple[int, ...] = (1, 64), H: i
     Times by do_bench (CUDA events), interleaved as the other ops. ``hbm_fraction`` = bytes of valid K/V
     (B * H_kv * length * (D + Dv) * 2) / time / the copy bandwidth of ``measure_bandwidth``.
     """
-    from .decode import measure_bandwidth
+    from .common import measure_bandwidth
 
     bw = measure_bandwidth("cuda")
     out: dict = {"bandwidth": bw, "shape": dict(H=H, H_kv=Hkv, D=D, length=length, T_max=T_max, dtype="bfloat16")}

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .charts import cache_chart, fmt_bytes, mqar_chart, speed_chart
-from .decode import _atomic_write
+from .common import atomic_write
 from .pareto import frontiers
 
 METRIC_HELP = {
@@ -45,9 +45,9 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
     }
     charts = make_charts(out, results) if rows else []
     results["charts"] = [c.name for c in charts]
-    _atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _atomic_write(out / "report.md", markdown(results))
-    _atomic_write(out / "report.html", html_page(results, out))
+    atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write(out / "report.md", markdown(results))
+    atomic_write(out / "report.html", html_page(results, out))
     return results
 
 

@@ -32,7 +32,8 @@ from ..cache import cache_bytes
 from ..config import first_error, load_config, read_mapping
 from ..errors import ConfigError, UserError
 from ..layers.base import Strict, field_error
-from .decode import DTYPES, _atomic_write, _prompts, _versions, check_device, dtype_name, run_archzoo, weight_bytes
+from .common import DTYPES, atomic_write, check_device, dtype_name, library_versions, random_prompts, weight_bytes
+from .decode import run_archzoo
 
 SCHEMA_VERSION = 1
 
@@ -407,7 +408,7 @@ def measure(
 
 def _decode(model, suite: Suite, device: torch.device) -> dict:
     d = suite.decode
-    ids = _prompts(model.cfg.vocab_size, d.batch_size, d.prompt_len, suite.seed, device)
+    ids = random_prompts(model.cfg.vocab_size, d.batch_size, d.prompt_len, suite.seed, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -488,7 +489,7 @@ def run_suite(
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": dtype_name(dt),
-        "versions": _versions(),
+        "versions": library_versions(),
         "settings": suite.model_dump(mode="json", exclude={"models"}),
         "settings_hash": settings,
         "eval_sets": {s.name: s.describe for s in sets},
@@ -552,6 +553,6 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
             row["inputs_hash"] = h
             row["seconds"] = time.perf_counter() - t0
             (out / "rows").mkdir(exist_ok=True)
-            _atomic_write(_row_path(out, r.name), json.dumps(row, indent=2) + "\n")
+            atomic_write(_row_path(out, r.name), json.dumps(row, indent=2) + "\n")
             bar.update(task, description=f"  {r.name}: done", completed=len(sets) + 2)
             bar.advance(models)
