@@ -8,6 +8,7 @@ Output, final state (S, z) and every gradient (q, k, v, initial S and z) are com
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import pytest
@@ -172,3 +173,16 @@ def test_long_gpu(dtype, normalize):
     """Compiled on the GPU (bf16 / fp16 MMAs, fp32 as tf32x3) at a layer's shape: many chunks, F = Dv = 64."""
     q, k, v, state = _inputs(2, 1000, 4, 64, 64, True, dtype)
     _compare(q, k, v, state, True, normalize, 64, TOL[dtype])
+
+
+def test_wide_feature_maps_take_the_chunked_form(monkeypatch):
+    """A feature dim above MAX_FEATURE (BASED's Taylor map: 273) does not fit one tile: chunked form, reason given."""
+    LA = importlib.import_module("archzoo.kernels.linear_attention")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    F = LA.MAX_FEATURE + 1
+    q, k, v, state = _inputs(1, 5, 1, F, 4, True, torch.float32)
+    ref, _ = naive_linear_attention(q, k, v, state)
+    assert rel_err(K.linear_attention(q, k, v, state)[0], ref) < 1e-5
+    assert K.last_backend("linear_attention") == "chunk"
+    assert "feature dim" in LA._triton_unsupported(q, k, v)

@@ -8,8 +8,6 @@ tensors under ``TRITON_INTERPRET=1``, the chunked PyTorch form (``chunk_linear_a
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .._dispatch import record, use_triton
@@ -41,8 +39,7 @@ def linear_attention(
     See :func:`chunk_linear_attention` for the arguments. Dispatch: the Triton kernel (``triton.py``,
     chunked forward and backward) for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the
     chunked PyTorch form otherwise, and for inputs the kernel does not take (float64, or q, k, v of
-    different dtypes), with the reason logged once. On CUDA the kernel is opt-in
-    (``ARCHZOO_LINEAR_ATTENTION_TRITON=1``) until it has been validated on a GPU; the reason is logged.
+    different dtypes, or a feature dim above ``triton.MAX_FEATURE``), with the reason logged once.
     ``last_backend("linear_attention")`` says which ran.
     """
     S0, z0 = initial_state if initial_state is not None else (None, None)
@@ -61,15 +58,17 @@ def linear_attention(
     return chunk_linear_attention(q, k, v, initial_state, output_final_state, normalize, eps, chunk_size=chunk_size)
 
 
-# The kernel passes its tests in Triton's CPU interpreter but has not yet run on a GPU (issue 19). Until a
-# GPU session has run its tests and the fla comparison, CUDA tensors take it only when asked for.
-GPU_OPT_IN = "ARCHZOO_LINEAR_ATTENTION_TRITON"
+# The kernel holds a chunk's whole feature dim in one tile (the normaliser needs all of it), so its shared
+# memory grows with F: BASED's Taylor map (1 + F + F^2 = 273 features at F = 16) asked for 784 KiB of the
+# H200's 227 KiB. Such feature maps take the chunked PyTorch form (cuBLAS GEMMs) until a kernel tiles F.
+MAX_FEATURE = 128
 
 
 def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
     """Why the Triton kernel cannot take these inputs, or None when it can."""
-    if q.is_cuda and os.environ.get(GPU_OPT_IN, "0") in ("", "0"):
-        return f"the Triton kernel is not yet validated on a GPU; set {GPU_OPT_IN}=1 to use it"
+    if q.shape[-1] > MAX_FEATURE:
+        return (f"feature dim {q.shape[-1]} > {MAX_FEATURE}: the Triton kernel keeps all features of a chunk in one "
+                "tile, which does not fit shared memory; the chunked PyTorch form runs")
     if q.dtype == torch.float64:
         return "float64 inputs run the chunked PyTorch form in float64 (the Triton kernel computes in fp32)"
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
