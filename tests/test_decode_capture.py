@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from conftest import MODEL_CONFIGS, assert_close, f64_model
+from conftest import MODEL_CONFIGS, TRITON_SKIP, assert_close, f64_model
 
 STEPS = 64
 
@@ -62,3 +62,43 @@ def test_rows_of_different_lengths_decode_as_if_alone(path):
             alone = model(ids[b : b + 1, : n + 4])[0, n:]  # (4, V)
             got = torch.cat([s[b] for s in steps])
             assert_close(f"{path.stem} row {b}", got, alone, 1e-10)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
+    """Where the Triton kernels run (here: the interpreter), a one-token step of a softmax or MLA layer runs
+    ``decode_attention``: rows of different lengths, ring buffers and CLA give the masked-SDPA step's logits,
+    eagerly and traced (the kernel is a custom op: no graph break, one compile)."""
+    import archzoo.kernels as K
+    from archzoo.layers import attention
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = f64_model(path).float()
+    kinds = {blk.mixer.__class__.__name__ for blk in model.blocks}
+    if not kinds & {"Attention", "MLA"}:
+        pytest.skip(f"{path.stem}: no softmax attention")
+    if "Mamba" in kinds:
+        pytest.skip(f"{path.stem}: its Mamba layers take minutes in the interpreter; its attention is tested alone")
+    lens, steps = [3, 9], 6
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 9 + steps), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(2, 9 + steps, dtype=torch.float32)
+    with torch.no_grad():
+        for b, n in enumerate(lens):
+            model(ids[b : b + 1, :n], cache=cache.rows(b))
+        ref_cache = copy.deepcopy(cache)
+        counter = CompileCounter()
+        step = torch.compile(lambda t: model(t, cache=cache), backend=counter, fullgraph=True)
+        for t in range(steps):
+            tok = torch.stack([ids[0, 3 + t], ids[1, 9 + t]])[:, None]
+            K._dispatch.record("decode_attention", "none")
+            K._dispatch.record("decode_attention_ring", "none")
+            got = model(tok, cache=cache) if t % 2 else step(tok)
+            ran = {K.last_backend("decode_attention"), K.last_backend("decode_attention_ring")}
+            if t % 2:
+                assert "triton" in ran, f"{path.stem}: the eager step did not run the decode kernel ({ran})"
+            monkeypatch.setattr(attention, "DECODE_ATTENTION", "sdpa")
+            ref = model(tok, cache=ref_cache)
+            monkeypatch.setattr(attention, "DECODE_ATTENTION", "kernel")
+            assert_close(f"{path.stem} step {t}", got, ref, 1e-5)
+    assert counter.frame_count == 1, f"{path.stem}: compiled {counter.frame_count} times"

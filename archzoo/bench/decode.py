@@ -10,7 +10,9 @@ every implementation), greedy, no EOS, so each row generates exactly ``--new-tok
 ``--warmup`` untimed calls (they compile / capture: their compile seconds are reported), then
 ``--repeat`` timed calls, of which the median decode time is reported.
 
-Implementations: ``archzoo`` (``model.generate``), and with ``--baseline hf`` for Llama-shaped
+Implementations: ``archzoo`` (``model.generate``; with ``--decode-attention kernel,sdpa`` also
+``archzoo-sdpa``, the same step with masked SDPA in place of the decode-attention kernel), and with
+``--baseline hf`` for Llama-shaped
 models ``hf-dynamic`` (transformers ``generate``, dynamic cache) and ``hf-static``
 (``cache_implementation="static"``, which transformers compiles on CUDA).
 
@@ -42,7 +44,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -51,6 +54,7 @@ import torch
 from ..cache import cache_bytes
 from ..config import load_config
 from ..errors import UserError
+from ..layers import attention as attention_layer
 from .common import (
     atomic_write,
     check_device,
@@ -81,6 +85,32 @@ class ModelSource:
 
 
 # --------------------------------------------------------------------------- input
+
+
+# ``--decode-attention``: the form a one-token step's softmax / MLA attention runs where the Triton
+# kernels run (``archzoo.layers.attention.DECODE_ATTENTION``), and the implementation name of its rows.
+FORM_IMPLEMENTATION = {"kernel": "archzoo", "sdpa": "archzoo-sdpa"}
+
+
+def parse_forms(text: Sequence[str] | str) -> list[str]:
+    forms = [f.strip() for f in text.split(",")] if isinstance(text, str) else list(text)
+    bad = [f for f in forms if f not in FORM_IMPLEMENTATION]
+    if not forms or bad:
+        raise UserError(
+            f"--decode-attention: expected a comma-separated list of {', '.join(FORM_IMPLEMENTATION)}, got {text!r}"
+        )
+    return list(dict.fromkeys(forms))
+
+
+@contextmanager
+def decode_attention_form(form: str):
+    """Run the decode step's attention in ``form`` ("kernel" or "sdpa") inside the block."""
+    old = attention_layer.DECODE_ATTENTION
+    attention_layer.DECODE_ATTENTION = form
+    try:
+        yield
+    finally:
+        attention_layer.DECODE_ATTENTION = old
 
 
 def parse_sizes(flag: str, text: str | Sequence[int]) -> list[int]:
@@ -357,6 +387,7 @@ def run_decode_bench(
     log: Callable[[str], None] = print,
     draft: str | None = None,
     num_draft_tokens: Sequence[int] | str | None = None,
+    decode_attention: Sequence[str] | str = ("kernel",),
 ) -> list[dict]:
     """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
 
@@ -377,6 +408,7 @@ def run_decode_bench(
     if num_draft_tokens is not None and draft is None:
         raise UserError("--num-draft-tokens: goes with --draft STUDENT")
     num_draft_tokens = parse_sizes("--num-draft-tokens", (4,) if num_draft_tokens is None else num_draft_tokens)
+    forms = parse_forms(decode_attention)
     dt = parse_dtype(dtype)
     dev = check_device(device)
     sources = [resolve_source(m) for m in dict.fromkeys(models)]  # a model named twice is measured once
@@ -408,6 +440,7 @@ def run_decode_bench(
         "dynamo_recompile_limit": recompile_limit,
         "draft": draft,
         "num_draft_tokens": num_draft_tokens if draft is not None else None,
+        "decode_attention": forms,
     }
     log(f"bench decode: measuring {dev.type} memory bandwidth")
     meta["bandwidth"] = measure_bandwidth(dev)
@@ -416,7 +449,7 @@ def run_decode_bench(
     run = _Run(
         meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
     )
-    run.draft, run.num_draft_tokens = draft_src, num_draft_tokens
+    run.draft, run.num_draft_tokens, run.forms = draft_src, num_draft_tokens, forms
     for src in sources:
         _bench_model(src, run)
     write_results(out_dir, meta, run.rows)
@@ -443,6 +476,7 @@ class _Run:
     log: Callable[[str], None]
     draft: ModelSource | None = None
     num_draft_tokens: list[int] | None = None
+    forms: list[str] = field(default_factory=lambda: ["kernel"])
 
     def write(self) -> None:
         write_results(self.out_dir, self.meta, self.rows)
@@ -507,9 +541,13 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
     wbytes = weight_bytes(model)
     pool = getattr(model, "decode_pool", None)
     for b, p in combos:
-        if pool is not None and hasattr(pool, "clear"):
-            pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
-        measure(new_row("archzoo", b, p, wbytes), partial(run_archzoo, model, **kw, compile=run.compile))
+        for form in run.forms:  # side by side: the decode-attention kernel and masked SDPA, same process
+            if pool is not None and hasattr(pool, "clear"):
+                pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
+            row = new_row(FORM_IMPLEMENTATION[form], b, p, wbytes)
+            row["decode_attention"] = form
+            with decode_attention_form(form):
+                measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
     if pool is not None and hasattr(pool, "clear"):
         pool.clear()
     if run.draft is not None:
@@ -679,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-draft-tokens", default=None, help="comma-separated draft lengths k of the speculative rows (default 4)"
     )
+    p.add_argument(
+        "--decode-attention",
+        default="kernel",
+        help="the one-token step's attention: kernel (default; archzoo.kernels.decode_attention), sdpa (masked "
+        "SDPA over the whole buffer), or kernel,sdpa for both side by side (rows archzoo / archzoo-sdpa)",
+    )
     p.add_argument("--out", required=True, help="output folder: decode.json and decode.md")
     return p
 
@@ -702,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command="archzoo bench decode " + shlex.join(argv),
         draft=args.draft,
         num_draft_tokens=args.num_draft_tokens,
+        decode_attention=args.decode_attention,
     )
     out = Path(args.out)
     print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")

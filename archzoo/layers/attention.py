@@ -8,6 +8,12 @@ group leader put in ``ctx.shared`` during the same forward call.
 ``attend`` is the one function a fused kernel replaces: it takes absolute positions for the
 queries and keys and builds the causal / window mask from them, so prefill, decode, ring buffers
 and CLA all go through the same code.
+
+The captured decode step (``ctx.decoding``) of one token per row runs ``archzoo.kernels.decode_attention``
+(or its ring sibling) where the Triton kernels run: it reads each row's valid length only, split over the
+length so a long cache fills the GPU. Masked SDPA over the whole static buffer stays the form for
+several tokens (a speculative verify step), for other devices, and for the side-by-side measurement
+(``DECODE_ATTENTION``).
 """
 
 from __future__ import annotations
@@ -19,8 +25,29 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..kernels import decode_attention, decode_attention_ring
+from ..kernels._dispatch import interpret_mode
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .rope import RotaryEmbedding, apply_rope
+
+# Which attention a one-token decode step runs where the Triton kernels run: "kernel" (flash-decoding over
+# each row's valid length) or "sdpa" (masked SDPA over the whole static buffer, what every device runs).
+# ``archzoo bench decode --decode-attention kernel,sdpa`` switches it to measure both in one process; a
+# compiled step guards on it, so a change recompiles rather than replaying the other form.
+DECODE_ATTENTION = "kernel"
+DECODE_KERNEL_MAX_DIM = 256  # the kernel's largest head dim (MLA's latent key is r + d_rope wide)
+
+
+def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True when a one-token decode step of q (B, H, 1, D) over cache k should run the decode kernel."""
+    return (
+        DECODE_ATTENTION == "kernel"
+        and q.shape[2] == 1
+        and q.dtype == k.dtype
+        and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and max(q.shape[-1], k.shape[-1]) <= DECODE_KERNEL_MAX_DIM
+        and (q.is_cuda or (q.device.type == "cpu" and interpret_mode()))  # where the Triton kernels run
+    )
 
 
 class AttentionConfig(LayerConfig):
@@ -213,6 +240,13 @@ class Attention(nn.Module):
         else:
             kv = ctx.shared["cla_kv"]
         keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty
+        if use_decode_kernel(q, keys):
+            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)  # tokens seen, this one included
+            if self.window is None:
+                o = decode_attention(q[:, :, 0], keys, values, lengths)  # (B, H, D)
+            else:
+                o = decode_attention_ring(q[:, :, 0], keys, values, lengths, self.window)
+            return self.o_proj(o.reshape(B, 1, self.n_heads * self.head_dim))
 
         def mask() -> torch.Tensor:
             visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)

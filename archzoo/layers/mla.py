@@ -21,7 +21,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from .attention import attend, attend_cached, step_mask
+from ..kernels import decode_attention
+from .attention import attend, attend_cached, step_mask, use_decode_kernel
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
@@ -146,10 +147,14 @@ class MLA(nn.Module):
             return step_mask(visible, self.n_heads, x.dtype)
 
         w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
-        q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn])
+        q_lat = torch.cat([torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn]), q_rope], dim=-1)
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
-        mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
-        o_lat = attend_cached(torch.cat([q_lat, q_rope], dim=-1), keys, keys[..., : self.r], mask, self.scale)
+        if use_decode_kernel(q_lat, keys):  # MQA over the latent: key [c_kv | k_rope], value c_kv, read in place
+            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)
+            o_lat = decode_attention(q_lat[:, :, 0], keys, keys[..., : self.r], lengths, self.scale)[:, :, None]
+        else:
+            mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
+            o_lat = attend_cached(q_lat, keys, keys[..., : self.r], mask, self.scale)
         o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :])  # (B, T, H, dv)
         return self.o_proj(o.reshape(B, T, self.n_heads * self.dv))
 

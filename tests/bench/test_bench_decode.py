@@ -119,6 +119,17 @@ def _assert_refused(out, args: list[str], message: str) -> None:
     assert not out.exists(), "nothing may be written for bad input"
 
 
+def test_bench_decode_attention_forms_side_by_side(tmp_path):
+    """--decode-attention kernel,sdpa: one row per form and shape, the form restored afterwards."""
+    from archzoo.layers import attention
+
+    rc, res = _bench(tmp_path / "out", GQA, *TINY, "--decode-attention", "kernel,sdpa")
+    assert rc == 0 and res["decode_attention"] == ["kernel", "sdpa"]
+    pairs = [(r["implementation"], r["decode_attention"]) for r in res["rows"]]
+    assert pairs == [("archzoo", "kernel"), ("archzoo-sdpa", "sdpa")] * (len(pairs) // 2) and pairs
+    assert attention.DECODE_ATTENTION == "kernel"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -135,6 +146,7 @@ def _assert_refused(out, args: list[str], message: str) -> None:
         ([GQA, *TINY, "--num-draft-tokens", "2"], "--num-draft-tokens: goes with --draft"),
         ([GQA, *TINY, "--draft", MAMBA, "--num-draft-tokens", "0"], "--num-draft-tokens: expected"),
         ([GQA, *TINY, "--draft", "no/such/draft.yaml"], "no/such/draft.yaml: no such file or folder"),
+        ([GQA, *TINY, "--decode-attention", "kernel,flash"], "--decode-attention: expected a comma-separated list"),
     ],
 )
 def test_bench_decode_bad_input(tmp_path, args, message):
