@@ -52,6 +52,9 @@ class Cache:
         # refuse to overrun ``capacity`` with a clear error. A compiled or captured step does not update
         # it: ``generate`` checks its whole budget before it starts.
         self.host_max_len = 0
+        # Decode steps through this cache read the layers' fused projection copies (layers/fused.py);
+        # whoever sets it keeps them fresh with ArchZooLM.refresh_fused() (generate does).
+        self.fused_weights = False
 
     @property
     def seq_len(self) -> int:
@@ -89,6 +92,7 @@ class Cache:
         view.lengths = self.lengths[sl]
         view.batch_size = view.lengths.shape[0]
         view.host_max_len = self.host_max_len
+        view.fused_weights = self.fused_weights
         return view
 
     @property

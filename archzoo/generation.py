@@ -164,6 +164,7 @@ def generate(
         model.last_generate_stats = stats
         return _assemble(rows, new[:, :max_new_tokens], form, input_ids, eos_ids, pad_token_id)
     stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
+    model.refresh_fused()  # before any capture: the steps read the fused projection copies (layers/fused.py)
 
     s, stats["compile_s"] = _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, compile, graphs)
     cache = s.cache
@@ -223,6 +224,7 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
         return s, 0.0
     t0 = _now(dev)
     cache = model.new_cache(B, length)
+    cache.fused_weights = True
     s = _Step(
         cache=cache,
         token=torch.zeros(B, 1, dtype=torch.long, device=dev),

@@ -35,7 +35,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
         x = x + self.mixer(self.mixer_norm(x), state, ctx)
         if self.ffn is not None:
-            x = x + self.ffn(self.ffn_norm(x))
+            h = self.ffn_norm(x)
+            fused = getattr(self.ffn, "fused", None) if ctx.fused else None
+            x = x + (self.ffn(h) if fused is None else self.ffn.forward_fused(h))
         return x
 
 
@@ -142,7 +144,7 @@ class ArchZooLM(nn.Module):
             if not torch.compiler.is_compiling():  # eager: check the host's bound (no synchronisation)
                 self._check_capacity(cache, cache.host_max_len, T)
                 cache.host_max_len += T
-            return ForwardContext(pos=None, lengths=cache.lengths)
+            return ForwardContext(pos=None, lengths=cache.lengths, fused=cache.fused_weights)
         lengths = cache.lengths.tolist()  # a prefill, or a step with gradients: positions on the host
         if len(set(lengths)) > 1:
             raise ValueError(
@@ -186,6 +188,14 @@ class ArchZooLM(nn.Module):
         if self.step_blocks is None or self._step_backend != backend:
             self.step_blocks = [torch.compile(b, fullgraph=True, dynamic=False, backend=backend) for b in self.blocks]
             self._step_backend = backend
+
+    def refresh_fused(self) -> None:
+        """Make or refresh the layers' fused projection copies (``archzoo/layers/fused.py``) that decode
+        steps read when their cache has ``fused_weights`` set; cheap when nothing changed."""
+        for m in self.modules():
+            fused = getattr(m, "fused", None)
+            if fused is not None:
+                fused.refresh()
 
     compile_backend = "inductor"  # torch.compile backend of generate's step; tests use "eager" on CPU
 

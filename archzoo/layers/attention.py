@@ -28,6 +28,7 @@ from torch import nn
 from ..kernels import decode_attention, decode_attention_ring
 from ..kernels._dispatch import interpret_mode
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .fused import FusedLinears
 from .rope import RotaryEmbedding, apply_rope
 
 # Which attention a one-token decode step runs where the Triton kernels run: "kernel" (flash-decoding over
@@ -175,6 +176,8 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
             self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
+        # Q|K|V in one GEMM for decode steps (layers/fused.py); a CLA member projects Q alone.
+        self.fused = FusedLinears(self.q_proj, self.k_proj, self.v_proj) if self.owns_kv else None
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
 
     # ------------------------------------------------------------------ state
@@ -231,10 +234,15 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, D)
-        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
+        if ctx.fused and self.fused is not None:
+            q, k, v = self.fused(x)
+        else:
+            q = self.q_proj(x)
+            k, v = (self.k_proj(x), self.v_proj(x)) if self.owns_kv else (None, None)
+        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         if self.owns_kv:
-            k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
-            v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
+            v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
             kv = self._write_step(apply_rope(k, cos, sin), v, q_pos, state)
             ctx.shared["cla_kv"] = kv  # members follow their leader: the latest one
         else:

@@ -123,6 +123,7 @@ class ForwardContext:
     lengths: torch.Tensor | None = None
     shared: dict[Any, Any] = field(default_factory=dict)
     memo: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    fused: bool = False  # a decode step that reads the layers' fused projections (layers/fused.py)
 
     def memoised(self, key: tuple, build) -> torch.Tensor:
         """``build()`` once per forward call for ``key``: what every layer alike needs (a decode step's

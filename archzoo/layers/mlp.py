@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from .base import LayerConfig
+from .fused import FusedLinears
 
 
 class SwiGLUConfig(LayerConfig):
@@ -27,6 +28,7 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
         self.up_proj = nn.Linear(d_model, d_ff, bias=False)
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+        self.fused = FusedLinears(self.gate_proj, self.up_proj)  # gate|up in one GEMM for decode steps
 
     @classmethod
     def from_config(cls, cfg, d_model: int) -> SwiGLU:
@@ -34,3 +36,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same through the fused gate|up copy (a decode step; see ``layers/fused.py``)."""
+        gate, up = self.fused(x)
+        return self.down_proj(F.silu(gate) * up)

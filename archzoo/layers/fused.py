@@ -1,0 +1,71 @@
+"""One GEMM where a layer has several projections of the same input, for the decode step.
+
+At batch 1 a decode step is a few hundred small kernels and their launches, not memory traffic:
+the teacher's block ran 7 GEMMs (Q, K, V, O, gate, up, down). ``FusedLinears`` holds a
+concatenated *copy* of some ``nn.Linear`` weights (Q|K|V, gate|up) so the step runs one GEMM for
+them. The parameters stay as they are (checkpoints, converters, the trainer and the HF export see
+the usual names), and only the decode step of ``generate`` reads the copy.
+
+Why a copy and not fused parameters: renaming the parameters would change every checkpoint and
+converter, and views of one parameter do not survive ``module.to(...)``. The price is the copy's
+memory (the teacher: 72M parameters, 144 MB in bf16) while the model decodes; a step reads the copy
+instead of the originals, so its traffic does not grow.
+
+Freshness: ``refresh()`` runs outside any compiled or captured region (``generate`` calls
+``ArchZooLM.refresh_fused()`` before each call). It compares each source weight's storage, dtype
+and version counter (bumped by every in-place update: an optimizer step, ``load_state_dict``) with
+what it copied, and recopies into the same tensor when only the values changed, so a captured CUDA
+graph keeps reading the right address. Code that runs decode steps itself opts in per cache
+(``cache.fused_weights = True``) and calls ``refresh_fused()`` after changing weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FusedLinears:
+    """A refreshable concatenation of ``linears``' weights (and biases) along the output dim."""
+
+    def __init__(self, *linears: nn.Linear):
+        if len({lin.bias is None for lin in linears}) != 1 or len({lin.in_features for lin in linears}) != 1:
+            raise ValueError("FusedLinears: the linears need one input width, and biases on all or none")
+        self.linears = linears
+        self.sizes = tuple(lin.out_features for lin in linears)
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        self._signature: tuple | None = None
+
+    def _sources(self) -> list[torch.Tensor]:
+        ws = [lin.weight for lin in self.linears]
+        return ws + ([lin.bias for lin in self.linears] if self.linears[0].bias is not None else [])
+
+    @torch.no_grad()
+    def refresh(self) -> bool:
+        """Recopy the weights if any changed since the last copy; True when it copied."""
+        src = self._sources()
+        sig = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in src)
+        if sig == self._signature:
+            return False
+        ws = [lin.weight for lin in self.linears]
+        if self.weight is None or self.weight.dtype != ws[0].dtype or self.weight.device != ws[0].device:
+            self.weight = torch.cat(ws)
+            self.bias = torch.cat([lin.bias for lin in self.linears]) if self.linears[0].bias is not None else None
+        else:  # in place: a captured graph reads this address
+            torch.cat(ws, out=self.weight)
+            if self.bias is not None:
+                torch.cat([lin.bias for lin in self.linears], out=self.bias)
+        self._signature = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in src)
+        return True
+
+    def release(self) -> None:
+        """Drop the copy (its memory); the next ``refresh`` makes it again."""
+        self.weight = self.bias = self._signature = None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (..., d_in) -> one output per source linear, as views of one GEMM's result."""
+        if self.weight is None:
+            raise RuntimeError("FusedLinears: refresh() has not run (ArchZooLM.refresh_fused())")
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

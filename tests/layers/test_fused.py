@@ -1,0 +1,109 @@
+"""Fused projection copies (archzoo/layers/fused.py): Q|K|V and gate|up in one GEMM for decode steps.
+
+A decode step through a cache with ``fused_weights`` set gives the unfused step's logits for every
+family; the copies follow in-place weight updates, new storage and dtype changes; ``generate``
+keeps them fresh, so it returns what an uncached argmax loop returns after the weights changed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounter
+
+from archzoo.layers.fused import FusedLinears
+
+from conftest import MODEL_CONFIGS, assert_close, f64_model
+
+GQA = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+
+
+def _fused_count(model) -> int:
+    return sum(getattr(m, "fused", None) is not None for m in model.modules())
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_fused_decode_steps_match_unfused(path):
+    model = f64_model(path)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(2, 12)
+    with torch.no_grad():
+        model(ids[:, :6], cache=cache)
+        fused = copy.deepcopy(cache)
+        fused.fused_weights = True
+        model.refresh_fused()
+        for t in range(6, 12):
+            ref = model(ids[:, t : t + 1], cache=cache)
+            got = model(ids[:, t : t + 1], cache=fused)
+            assert_close(f"{path.stem} step {t}", got, ref, 1e-12)
+    if path.stem in ("gqa", "mha", "swa", "cla"):
+        assert _fused_count(model) > 0, "attention and SwiGLU layers carry fused copies"
+
+
+def test_copies_follow_weight_changes():
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 4, bias=True), nn.Linear(8, 6, bias=True)
+    f = FusedLinears(a, b)
+    x = torch.randn(3, 8)
+
+    def check(what):
+        ya, yb = f(x)
+        assert_close(f"{what}: a", ya, a(x), 1e-6)
+        assert_close(f"{what}: b", yb, b(x), 1e-6)
+
+    with pytest.raises(RuntimeError, match="refresh"):
+        f(x)
+    assert f.refresh() and not f.refresh(), "a second refresh with nothing changed copies nothing"
+    check("first copy")
+    address = f.weight.data_ptr()
+    with torch.no_grad():
+        a.weight.mul_(2)  # an optimizer-style in-place update
+        b.bias.add_(1)
+    assert f.refresh() and f.weight.data_ptr() == address, "an in-place update is recopied in place"
+    check("after an in-place update")
+    b.weight = nn.Parameter(torch.randn(6, 8))  # new storage
+    assert f.refresh()
+    check("after new storage")
+    a.double(), b.double()
+    assert f.refresh() and f.weight.dtype == torch.float64
+    ya, _ = f(x.double())
+    assert_close("after .double()", ya, a(x.double()), 1e-12)
+    with pytest.raises(ValueError, match="one input width"):
+        FusedLinears(a, nn.Linear(5, 4))
+    with pytest.raises(ValueError, match="biases on all or none"):
+        FusedLinears(a, nn.Linear(8, 4, bias=False))
+
+
+def test_generate_sees_weight_updates(monkeypatch):
+    """Weights updated in place between calls (a training step): the pooled, fused step follows."""
+    model = f64_model(GQA)
+    monkeypatch.setattr(type(model), "compile_backend", "eager")  # dynamo tracing, no codegen on CPU
+    prompt = torch.randint(0, model.cfg.vocab_size, (2, 5))
+    model.generate(prompt, 8, compile=True)  # pools a compiled step reading the fused copies
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.3)
+        ids = prompt
+        for _ in range(8):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(model.generate(prompt, 8, compile=True), ids)
+
+
+def test_fused_step_compiles_once():
+    torch._dynamo.reset()
+    model = f64_model(GQA).float()
+    cache = model.new_cache(2, 40, dtype=torch.float32)
+    cache.fused_weights = True
+    model.refresh_fused()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 40))
+    counter = CompileCounter()
+    with torch.no_grad():
+        model(ids[:, :4], cache=cache)
+        step = torch.compile(lambda t: model(t, cache=cache), backend=counter, fullgraph=True)
+        for t in range(4, 20):
+            step(ids[:, t : t + 1])
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
