@@ -1,0 +1,88 @@
+"""Where a decode step's time goes on the GPU: the kernels one step of ``generate`` launches, their count and
+GPU time, against the captured step's replay time. Not a benchmark of record (``archzoo bench decode`` is).
+
+    python tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 --out prof.json
+
+It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
+step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
+and times ``--steps`` graph replays. Kernels are grouped by name; the JSON has every group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import archzoo
+
+
+def profile_step(config: str, batch: int, prompt: int, steps: int, attention: str) -> dict:
+    from archzoo.layers import attention as attention_layer
+
+    attention_layer.DECODE_ATTENTION = attention
+    torch.manual_seed(0)
+    model = archzoo.build_model(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, model.cfg.vocab_size, (batch, prompt), device="cuda")
+    model.generate(ids, 2 * steps + 8, eos_token_id=None)  # compile + capture, fill a cache
+    (s,) = list(model.decode_pool.entries.values())
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        s.graph.replay()
+    torch.cuda.synchronize()
+    replay_ms = (time.perf_counter() - t0) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            s.fn()
+        torch.cuda.synchronize()
+    groups: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            groups[ev.name].append(ev.device_time_total / 1e3)  # ms
+    rows = sorted(
+        ({"kernel": k[:160], "per_step": len(v) / steps, "ms_per_step": sum(v) / steps} for k, v in groups.items()),
+        key=lambda r: -r["ms_per_step"],
+    )
+    return {
+        "config": config,
+        "batch": batch,
+        "prompt": prompt,
+        "decode_attention": attention,
+        "replay_ms_per_step": replay_ms,
+        "kernels_per_step": sum(r["per_step"] for r in rows),
+        "kernel_ms_per_step": sum(r["ms_per_step"] for r in rows),
+        "kernels": rows,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--batch", default="1")
+    p.add_argument("--prompt", default="128")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--attention", default="kernel", help="kernel, sdpa or kernel,sdpa")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    out = []
+    for config in args.configs:
+        for b in map(int, args.batch.split(",")):
+            for n in map(int, args.prompt.split(",")):
+                for form in args.attention.split(","):
+                    r = profile_step(config, b, n, args.steps, form)
+                    out.append(r)
+                    print(f"\n{config} B={b} P={n} {form}: replay {r['replay_ms_per_step']:.3f} ms/step, "
+                          f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time")
+                    for k in r["kernels"][:12]:
+                        print(f"  {k['ms_per_step']:.4f} ms  x{k['per_step']:.0f}  {k['kernel'][:110]}")
+                    with open(args.out, "w") as f:
+                        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
