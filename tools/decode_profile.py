@@ -31,6 +31,7 @@ def profile_step(config: str, batch: int, prompt: int, steps: int, attention: st
     model.generate(ids, 2 * steps + 8, eos_token_id=None)  # compile + capture, fill a cache
     (s,) = list(model.decode_pool.entries.values())
     torch.cuda.synchronize()
+    torch.set_grad_enabled(False)  # as in generate: a step with gradients enabled is not a decode step
     t0 = time.perf_counter()
     for _ in range(steps):
         s.graph.replay()
