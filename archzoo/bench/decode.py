@@ -452,6 +452,9 @@ def run_decode_bench(
     run.draft, run.num_draft_tokens, run.forms = draft_src, num_draft_tokens, forms
     for src in sources:
         _bench_model(src, run)
+        # The freed model's compiled blocks stay in dynamo's cache of the shared Block.forward code and
+        # count toward the recompile limit: 16 models x 4 shapes hit it. Start each model afresh.
+        torch._dynamo.reset()
     write_results(out_dir, meta, run.rows)
     return run.rows
 
