@@ -190,8 +190,9 @@ class ArchZooLM(nn.Module):
             self._step_backend = backend
 
     def refresh_fused(self) -> None:
-        """Make or refresh the layers' fused projection copies (``archzoo/layers/fused.py``) that decode
-        steps read when their cache has ``fused_weights`` set; cheap when nothing changed."""
+        """Make or refresh what decode steps derive from the weights once (``archzoo/layers/fused.py``: the
+        fused projection copies, S4D's discretised spectrum), read by steps whose cache has
+        ``fused_weights`` set; cheap when nothing changed."""
         for m in self.modules():
             fused = getattr(m, "fused", None)
             if fused is not None:

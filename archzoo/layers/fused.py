@@ -11,6 +11,10 @@ converter, and views of one parameter do not survive ``module.to(...)``. The pri
 memory (the teacher: 72M parameters, 144 MB in bf16) while the model decodes; a step reads the copy
 instead of the originals, so its traffic does not grow.
 
+The same holds for other values a step can derive from the weights once: S4D's discretised spectrum
+(``layers/s4.py:DiscretizedS4``). Each such object sits on its layer as ``fused`` and has a
+``refresh()``; ``ArchZooLM.refresh_fused()`` refreshes them all.
+
 Freshness: ``refresh()`` runs outside any compiled or captured region (``generate`` calls
 ``ArchZooLM.refresh_fused()`` before each call). It compares each source weight's storage, dtype
 and version counter (bumped by every in-place update: an optimizer step, ``load_state_dict``) with

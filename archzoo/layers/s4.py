@@ -111,6 +111,7 @@ class S4D(nn.Module):
         self.C = nn.Parameter(torch.empty(H, M, *c))
         self.D = nn.Parameter(torch.empty(H))
         self.o_proj = nn.Linear(H, H, bias=False)
+        self.fused = DiscretizedS4(self)  # the decode step's dA, dB, C, made once (layers/fused.py)
         for name in self.no_weight_decay_names:
             p = getattr(self, name)
             if p is not None:
@@ -197,7 +198,9 @@ class S4D(nn.Module):
         u = x.transpose(1, 2).to(cdt)  # (B, H, T)
         if state is not None and ctx.pos == 0:
             state.zero_()  # a sequence starts at position 0 whatever the buffers held
-        if state is not None and T == 1:
+        if state is not None and T == 1 and ctx.fused:
+            y = self._step_real(u[..., 0], state["ssm"], cdt)[..., None]  # (B, H, 1)
+        elif state is not None and T == 1:
             y = self._step(u[..., 0], self._state_view(state), cdt)[..., None]  # (B, H, 1)
         else:
             y = self._conv(u, cdt)
@@ -231,9 +234,65 @@ class S4D(nn.Module):
         h.copy_(hT.detach().to(h.dtype))
         return y
 
+    def _step_real(self, u: torch.Tensor, s: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+        """``_step`` from the precomputed dA = exp(dtA), dB, C (``DiscretizedS4``), in real arithmetic: complex
+        modes as (re, im) pairs, so the compiler fuses the step into a couple of kernels (it does not
+        generate code for complex tensors: each complex op was a kernel of its own, about 20 per layer)."""
+        d = self.fused
+        dA, dB, C = d.dA.to(cdt), d.dB.to(cdt), d.C.to(cdt)
+        u = u[..., None]  # (B, H, 1)
+        if not self.is_complex:
+            h = dA * s.to(cdt) + dB * u
+            s.copy_(h.to(s.dtype))
+            return (C * h).sum(-1)
+        h = s.view(*s.shape[:2], self.n_modes, 2).to(cdt)  # (B, H, M, 2)
+        hr, hi = h[..., 0], h[..., 1]
+        nr = dA[..., 0] * hr - dA[..., 1] * hi + dB[..., 0] * u
+        ni = dA[..., 0] * hi + dA[..., 1] * hr + dB[..., 1] * u
+        s.copy_(torch.stack([nr, ni], dim=-1).view(s.shape).to(s.dtype))
+        return 2 * (C[..., 0] * nr - C[..., 1] * ni).sum(-1)
+
     def _step(self, u: torch.Tensor, h: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
         """One token: u (B, H); h (B, H, M) updated in place; returns the SSM output (B, H) without D."""
         dtA, dB, C = self.discretize(cdt)
         h_new = torch.exp(dtA) * h.to(dtA.dtype, copy=True) + dB * u[..., None]
         h.copy_(h_new.detach().to(h.dtype))
         return self._out((C * h_new).sum(-1))
+
+
+class DiscretizedS4:
+    """The decode step's discretised spectrum of one ``S4D`` layer, made by ``refresh()`` outside the step.
+
+    ``S4D.discretize`` derives dA, dB from the parameters with complex exponentials; a decode step did
+    that every token. This holds dA = exp(dt A), dB and C (complex ones as (..., 2) real pairs) in the
+    parameters' dtype (fp32 or wider), recomputed in place when a parameter changes (the freshness rule
+    of ``layers/fused.py``; ``ArchZooLM.refresh_fused`` calls it).
+    """
+
+    def __init__(self, layer: S4D):
+        self.layer = [layer]  # a list: not registered as a submodule, no reference cycle in the module tree
+        self.dA = self.dB = self.C = None
+        self._signature: tuple | None = None
+
+    def _sources(self) -> list[torch.Tensor]:
+        m = self.layer[0]
+        return [p for p in (m.log_dt, m.A_log_re, m.A_im, m.B, m.C) if p is not None]
+
+    @torch.no_grad()
+    def refresh(self) -> bool:
+        sig = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in self._sources())
+        if sig == self._signature:
+            return False
+        m = self.layer[0]
+        dtype = torch.promote_types(m.log_dt.dtype, torch.float32)
+        dtA, dB, C = m.discretize(dtype)
+        dA = torch.exp(dtA)
+        new = [torch.view_as_real(t) if m.is_complex else t for t in (dA, dB, C)]
+        if self.dA is not None and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                                       for a, b in zip((self.dA, self.dB, self.C), new)):  # fmt: skip
+            for old, t in zip((self.dA, self.dB, self.C), new):
+                old.copy_(t)  # in place: a captured graph reads these addresses
+        else:
+            self.dA, self.dB, self.C = (t.contiguous() for t in new)
+        self._signature = sig
+        return True

@@ -16,18 +16,18 @@ from torch._dynamo.testing import CompileCounter
 
 from archzoo.layers.fused import FusedLinears
 
-from conftest import MODEL_CONFIGS, assert_close, f64_model
+from conftest import MODEL_CONFIGS, assert_close, f64_model, load_yaml
 
 GQA = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+S4 = next(p for p in MODEL_CONFIGS if p.stem == "s4")
 
 
 def _fused_count(model) -> int:
     return sum(getattr(m, "fused", None) is not None for m in model.modules())
 
 
-@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
-def test_fused_decode_steps_match_unfused(path):
-    model = f64_model(path)
+def _compare_steps(src, name: str) -> object:
+    model = f64_model(src)
     ids = torch.randint(0, model.cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     cache = model.new_cache(2, 12)
     with torch.no_grad():
@@ -38,9 +38,23 @@ def test_fused_decode_steps_match_unfused(path):
         for t in range(6, 12):
             ref = model(ids[:, t : t + 1], cache=cache)
             got = model(ids[:, t : t + 1], cache=fused)
-            assert_close(f"{path.stem} step {t}", got, ref, 1e-12)
-    if path.stem in ("gqa", "mha", "swa", "cla"):
-        assert _fused_count(model) > 0, "attention and SwiGLU layers carry fused copies"
+            assert_close(f"{name} step {t}", got, ref, 1e-12)
+    return model
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_fused_decode_steps_match_unfused(path):
+    model = _compare_steps(path, path.stem)
+    if path.stem in ("gqa", "mha", "swa", "cla", "s4"):
+        assert _fused_count(model) > 0, "attention, SwiGLU and S4D layers carry decode copies"
+
+
+@pytest.mark.parametrize("init", ["real", "inv"])
+def test_s4d_fused_step_for_each_init(init):
+    """S4D's fused step (precomputed dA, dB, C; complex modes as real pairs) for the real and complex inits."""
+    data = load_yaml(S4)
+    data["mixer"] = {**data["mixer"], "init": init}
+    _compare_steps(data, f"s4 {init}")
 
 
 def test_copies_follow_weight_changes():
@@ -77,9 +91,11 @@ def test_copies_follow_weight_changes():
         FusedLinears(a, nn.Linear(8, 4, bias=False))
 
 
-def test_generate_sees_weight_updates(monkeypatch):
-    """Weights updated in place between calls (a training step): the pooled, fused step follows."""
-    model = f64_model(GQA)
+@pytest.mark.parametrize("path", [GQA, S4], ids=lambda p: p.stem)
+def test_generate_sees_weight_updates(path, monkeypatch):
+    """Weights updated in place between calls (a training step): the pooled, fused step follows
+    (Q|K|V and gate|up copies; S4D's discretised spectrum)."""
+    model = f64_model(path)
     monkeypatch.setattr(type(model), "compile_backend", "eager")  # dynamo tracing, no codegen on CPU
     prompt = torch.randint(0, model.cfg.vocab_size, (2, 5))
     model.generate(prompt, 8, compile=True)  # pools a compiled step reading the fused copies
