@@ -36,7 +36,7 @@ from .rope import RotaryEmbedding, apply_rope
 # ``archzoo bench decode --decode-attention kernel,sdpa`` switches it to measure both in one process; a
 # compiled step guards on it, so a change recompiles rather than replaying the other form.
 DECODE_ATTENTION = "kernel"
-DECODE_KERNEL_MAX_DIM = 256  # the kernel's largest head dim (MLA's latent key is r + d_rope wide)
+DECODE_KERNEL_MAX_DIM = 512  # the kernel's largest head dim (MLA's latent key is r + d_rope wide)
 
 
 def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:

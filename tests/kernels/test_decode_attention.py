@@ -79,6 +79,7 @@ CASES = {
     "g1_d80": (2, 3, 3, 37, 80, 80, [37, 16]),
     "g9_d64": (2, 9, 1, 40, 64, 64, [1, 39]),
     "g3_d80_dv64": (3, 9, 3, 33, 80, 64, [32, 0, 7]),
+    "mla_d288_dv256": (2, 9, 1, 20, 288, 256, [20, 5]),  # MLA absorbed at rank 256: latent + RoPE key
 }
 
 
@@ -163,6 +164,8 @@ def test_split_plan_depends_on_shape_only():
         n, chunk, block = T.split_plan(B, Hkv, Tm, dev)
         assert chunk % block == 0 and n * chunk >= Tm > (n - 1) * chunk, (B, Hkv, Tm, n, chunk)
     assert T.split_plan(1, 1, 8192, dev)[0] > 1, "a long cache at batch 1 must be split"
+    wide = T.split_plan(1, 1, 8192, dev, 288)[2]
+    assert wide == min(T._config(dev)["BLOCK_T"], T.WIDE_BLOCK_T), "head dims above 256 take narrower tiles"
 
 
 def test_dispatch(monkeypatch):
@@ -216,11 +219,12 @@ def test_bad_input():
 
 
 @requires_cuda
-@pytest.mark.parametrize("D", [64, 96, 128, 256])
-def test_cuda_bf16_long(D):
-    """bf16 at a decode-sized cache: rows of different lengths in a long buffer, GQA 9/3."""
+@pytest.mark.parametrize("D, Dv, Hkv", [(64, 64, 3), (96, 96, 3), (128, 128, 3), (256, 256, 3), (288, 256, 1)])
+def test_cuda_bf16_long(D, Dv, Hkv):
+    """bf16 at a decode-sized cache: rows of different lengths in a long buffer, GQA 9/3; and MLA's absorbed
+    shape at rank 256 (one latent head, key = 256 latent + 32 RoPE dims, value = the latent)."""
     lengths = [4096, 1, 1000, 0, 8191, 3000]
-    q, k, v, L = _inputs(6, 9, 3, 8192, D, D, lengths, torch.bfloat16, "cuda")
+    q, k, v, L = _inputs(6, 9, Hkv, 8192, D, Dv, lengths, torch.bfloat16, "cuda")
     got = T.decode_attention(q, k, v, L)
     _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
 

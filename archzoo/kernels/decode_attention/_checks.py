@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = 512
 
 
 def check_decode(

@@ -42,6 +42,7 @@ CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128)
 INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2)
 # Overrides of either (tests, tuners); "N_SPLITS" forces the split count. Clear _PLANS after editing.
 CONFIG_OVERRIDE: dict = {}
+WIDE_BLOCK_T = 32  # positions per tile for head dims in (256, 512]
 
 
 @triton.jit
@@ -166,14 +167,17 @@ def _config(device: torch.device) -> dict:
     return {**base, **CONFIG_OVERRIDE}
 
 
-def split_plan(B: int, Hkv: int, T: int, device: torch.device) -> tuple[int, int, int]:
+def split_plan(B: int, Hkv: int, T: int, device: torch.device, head_dim: int = 0) -> tuple[int, int, int]:
     """-> (n_splits, chunk, BLOCK_T) for a cache of T_max = T positions; a function of the shape only.
+
+    Head dims above 256 (MLA's latent key: rank + RoPE dim, e.g. 256 + 32) take tiles of at most
+    WIDE_BLOCK_T positions, so the pipelined K and V tiles still fit in shared memory.
 
     Enough splits that B * H_kv * n_splits fills PROGRAMS_PER_SM programs per SM, at most MAX_SPLITS and at
     most one per BLOCK_T tile; chunk (positions per split) is a whole number of tiles.
     """
     cfg = _config(device)
-    block_t = cfg["BLOCK_T"]
+    block_t = cfg["BLOCK_T"] if head_dim <= 256 else min(cfg["BLOCK_T"], WIDE_BLOCK_T)
     n_blocks = max(1, _cdiv(T, block_t))
     if "N_SPLITS" in cfg:
         n = cfg["N_SPLITS"]
@@ -205,7 +209,7 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
     B, H, D = q.shape
     _, Hkv, T, _ = k.shape
     Dv = v.shape[3]
-    n_splits, chunk, block_t = split_plan(B, Hkv, T, q.device)
+    n_splits, chunk, block_t = split_plan(B, Hkv, T, q.device, max(D, Dv))
     scale = D**-0.5 if scale is None else float(scale)
     # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (garbage, checked on 16x16 tiles): there,
     # and only there, the bf16 operands are widened to fp32 for the dot (after the same rounding of p).
