@@ -74,6 +74,16 @@ class FileSet(TextSet):
     text_field: str = "text"
 
 
+class HeldoutSet(TextSet):
+    """A built-in held-out set of ``archzoo.data.heldout`` that no training source contains: ``python-docs``
+    (the Python documentation's topic help, human-written, shipped with Python) or ``teacher-heldout``
+    (the teacher's samples from the held-out prompts; generated once and cached, needs the teacher's
+    tokenizer)."""
+
+    type: Literal["heldout"] = "heldout"
+    set: Literal["python-docs", "teacher-heldout"]
+
+
 class RandomTokensSet(TextSet):
     """Uniformly random token ids: no text needed (tiny suites whose teacher has no tokenizer)."""
 
@@ -98,7 +108,7 @@ class MQARSet(Strict):
         return v
 
 
-EvalSet = Annotated[ShakespeareSet | FileSet | RandomTokensSet | MQARSet, Field(discriminator="type")]
+EvalSet = Annotated[ShakespeareSet | FileSet | HeldoutSet | RandomTokensSet | MQARSet, Field(discriminator="type")]
 
 
 class DecodeSettings(Strict):
@@ -305,9 +315,12 @@ class Prepared:
     describe: str = ""
 
 
-def prepare_sets(suite: Suite, vocab_size: int, tokenizer) -> list[Prepared]:
-    """Every evaluation set as token blocks / MQAR examples; ``UserError`` naming the set or file on bad input."""
-    from ..data import load_texts, mqar_examples, pack_blocks, shakespeare_texts, tokenize_texts
+def prepare_sets(suite: Suite, vocab_size: int, tokenizer, teacher=None) -> list[Prepared]:
+    """Every evaluation set as token blocks / MQAR examples; ``UserError`` naming the set or file on bad input.
+
+    ``teacher`` (the loaded teacher) is needed by a ``teacher-heldout`` set only, which it generates.
+    """
+    from ..data import heldout_texts, load_texts, mqar_examples, pack_blocks, shakespeare_texts, tokenize_texts
 
     if suite.tokenizer == "bytes":
         if vocab_size < 257:
@@ -334,6 +347,14 @@ def prepare_sets(suite: Suite, vocab_size: int, tokenizer) -> list[Prepared]:
             raise UserError(f"{where}: the teacher has no tokenizer; set `tokenizer: bytes` or use random_tokens")
         if isinstance(s, ShakespeareSet):
             label, texts = f"Shakespeare held-out works ({s.edition})", shakespeare_texts("heldout", s.edition)
+        elif isinstance(s, HeldoutSet):
+            label = s.set
+            if s.set == "teacher-heldout" and suite.tokenizer != "teacher":
+                raise UserError(f"{where}: teacher-heldout is the teacher's own text: it needs `tokenizer: teacher`")
+            try:
+                texts = heldout_texts(s.set, teacher=teacher, seed=s.seed)
+            except ValueError as e:
+                raise UserError(f"{where}: {e}") from None
         else:
             label = s.path
             try:
@@ -478,7 +499,7 @@ def run_suite(
                 f"models.{i} ({r.name}): {r.source}: vocabulary of {r.cfg.vocab_size} tokens; "
                 f"the teacher ({teacher_res.name}) has {vocab}: KL and perplexity need the same tokens"
             )
-    sets = prepare_sets(suite, vocab, getattr(teacher, "tokenizer", None))
+    sets = prepare_sets(suite, vocab, getattr(teacher, "tokenizer", None), teacher)
     settings = suite.settings_hash()
     out.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -176,8 +176,22 @@ def test_bad_input_exits_2_and_keeps_rows(tmp_path, monkeypatch, capsys):
     assert str(short) in msg and "64 + 1" in msg
     msg = bad(eval=[{"type": "file", "name": "m", "path": str(tmp_path / "missing.jsonl")}])
     assert "missing.jsonl" in msg and "no such file" in msg
+    msg = bad(eval=[{"type": "heldout", "name": "t", "set": "teacher-heldout"}])
+    assert "eval.0 (t)" in msg and "tokenizer: teacher" in msg
     assert _bench(path, "--out", out, "--only", "nobody") == 2
     assert "nobody" in _error(capsys)
+
+
+def test_builtin_heldout_set(tmp_path):
+    """``type: heldout, set: python-docs``: the Python documentation's topic help, in evenly spread blocks."""
+    from archzoo.bench.suite import prepare_sets
+
+    path, data = _suite(tmp_path, ["gqa"])
+    data["eval"] = [{"type": "heldout", "name": "docs", "set": "python-docs", "block_len": 64, "max_blocks": 4}]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (p,) = prepare_sets(load_suite(path), 512, None)
+    assert p.kind == "text" and p.blocks.shape == (4, 65) and "python-docs" in p.describe
+    assert int(p.blocks.max()) < 257, "bytes tokenizer: ids 0-255 and EOS 256"
 
 
 def test_schema_errors_name_the_file_and_field(tmp_path):
