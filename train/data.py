@@ -173,12 +173,28 @@ class DistillDataModule(L.LightningDataModule):
             persistent_workers=self.cfg.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    @property
+    def val_names(self) -> list[str]:
+        """One name per validation loader: the sources of a mixture (``val/<name>/...`` metrics), else none."""
+        return list(self.val_rows_by_source) if self.cfg.mixture else []
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The held-out rows; for a mixture one loader per source (its held-out split), so each source's
+        perplexity and KL are logged apart, besides the totals."""
         trainer = self.trainer
         n_val = self.val_rows.shape[0]
         if 0 < n_val < trainer.world_size:
             raise self.run_cfg.error(
                 "data.val_fraction", f"{n_val} validation blocks cannot be shared by {trainer.world_size} devices"
             )
-        rows = self.val_rows[trainer.global_rank :: trainer.world_size]
-        return DataLoader(_Rows(rows), batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers)
+        parts = list(self.val_rows_by_source.values()) if self.cfg.mixture else [self.val_rows]
+        loaders = [
+            DataLoader(
+                _Rows(rows[trainer.global_rank :: trainer.world_size]),
+                batch_size=self.cfg.batch_size,
+                shuffle=False,
+                num_workers=self.cfg.num_workers,
+            )
+            for rows in parts
+        ]
+        return loaders if self.cfg.mixture else loaders[0]

@@ -26,6 +26,7 @@ says how and why); the steps below run unchanged on the shards.
 from __future__ import annotations
 
 import math
+import re
 from fnmatch import fnmatchcase
 
 import lightning as L
@@ -331,7 +332,7 @@ class DistillModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = {}
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
         ids, targets = batch[:, :-1], batch[:, 1:].flatten()
         h_t = final_hidden(self.teacher, ids).flatten(0, 1)
         h_s = final_hidden(self.student, ids).flatten(0, 1)
@@ -345,17 +346,43 @@ class DistillModule(L.LightningModule):
             "targets": torch.tensor(float(s.n_targets), device=ids.device),
         }
         for k, v in sums.items():
-            self._val[k] = self._val.get(k, 0) + v.detach().double()
+            self._val[(dataloader_idx, k)] = self._val.get((dataloader_idx, k), 0) + v.detach().double()
+
+    _VAL_SUMS = ("kl", "ce", "ce_teacher", "tokens", "targets")
 
     def on_validation_epoch_end(self) -> None:
+        """Totals over every held-out row as ``val/kl``, ``val/ppl``...; for a mixture also per source,
+        ``val/<source>/kl``, ``val/<source>/ppl``, ``val/<source>/ppl_teacher``. Every rank reduces the same
+        keys in the same order (zeros where its shard of a source was empty)."""
         if not self._val:
             return
-        tot = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val.items()}
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "val_names", None) or [])
+        n_loaders = max(len(names), 1 + max(i for i, _ in self._val))
+        dev = next(iter(self._val.values())).device
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        per = [
+            {k: self.trainer.strategy.reduce(self._val.get((i, k), zero).clone(), reduce_op="sum") for k in self._VAL_SUMS}
+            for i in range(n_loaders)
+        ]  # fmt: skip
+        total = {k: sum(p[k] for p in per) for k in self._VAL_SUMS}
+        self._log_val("val", total, prog_bar=True)
+        if len(names) > 1:
+            for name, sums in zip(names, per, strict=False):
+                self._log_val(f"val/{metric_name(name)}", sums, prog_bar=False)
+
+    def _log_val(self, prefix: str, tot: dict, prog_bar: bool) -> None:
+        if float(tot["targets"]) == 0:
+            return
         ce, ce_t = tot["ce"] / tot["targets"], tot["ce_teacher"] / tot["targets"]
-        self.log("val/kl", (tot["kl"] / tot["tokens"]).float(), prog_bar=True)
-        self.log("val/ce", ce.float())
-        self.log("val/ppl", ce.exp().float(), prog_bar=True)
-        self.log("val/ppl_teacher", ce_t.exp().float())
+        self.log(f"{prefix}/kl", (tot["kl"] / tot["tokens"]).float(), prog_bar=prog_bar, add_dataloader_idx=False)
+        self.log(f"{prefix}/ce", ce.float(), add_dataloader_idx=False)
+        self.log(f"{prefix}/ppl", ce.exp().float(), prog_bar=prog_bar, add_dataloader_idx=False)
+        self.log(f"{prefix}/ppl_teacher", ce_t.exp().float(), add_dataloader_idx=False)
+
+
+def metric_name(source: str) -> str:
+    """A source's name as a metric path segment: letters, digits, '-', '_' and '.' kept, the rest '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_") or "source"
 
 
 def _n_params(m: nn.Module) -> int:

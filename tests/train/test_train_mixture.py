@@ -109,6 +109,13 @@ def test_a_teacher_generated_mixture_distills(workdir):
     result = run_distill(workdir / "run.yaml", workdir / "out")
     assert result["global_step"] == 3
     assert len(list((workdir / "cache" / "corpora").glob("*.jsonl"))) == 1, "generated once, cached"
+    # Validation per source (its held-out split) besides the totals.
+    import csv
+
+    rows = list(csv.DictReader((workdir / "out" / "logs" / "metrics.csv").open()))
+    for key in ("val/ppl", "val/kl", "val/0_teacher_generated/ppl", "val/0_teacher_generated/kl", "val/1_text/ppl",
+                "val/1_text/ppl_teacher"):  # fmt: skip
+        assert any(r.get(key) for r in rows), f"{key} not logged"
 
 
 BAD_MIXTURES = {  # what is wrong -> (sources, where the one error line points and what it names)
