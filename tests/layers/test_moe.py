@@ -253,3 +253,19 @@ def test_yaml_is_the_tiny_config():
     assert (cfg.mixer.type, cfg.mixer.n_heads, cfg.mixer.n_kv_heads) == ("attention", 4, 2)
     f = cfg.ffn
     assert (f.type, f.n_experts, f.top_k, f.d_ff, f.capacity_factor, f.n_shared_experts) == ("moe", 8, 2, 128, 1.25, 0)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4])
+def test_static_decode_path_matches_naive(top_k):
+    """No gradients, few tokens: the static path (top-k by max reductions, gathered experts) gives the naive sums."""
+    from archzoo.layers.moe import topk_by_max
+
+    moe = make_moe(top_k=top_k).eval()
+    for n in (1, 3, 40):  # gathered experts (N K < E) and every expert with a dense gate
+        x = torch.randn(n, 1, D, dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_err(moe(x), naive_moe(moe, x)) < 1e-12, f"{n} tokens, top-{top_k}"
+    probs = torch.randn(9, 8, dtype=torch.float64).softmax(-1)
+    v, i = topk_by_max(probs, top_k)
+    ref_v, ref_i = probs.topk(top_k, dim=-1)
+    assert torch.equal(i, ref_i) and torch.equal(v, ref_v)
