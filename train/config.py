@@ -237,6 +237,24 @@ class TrainerConfig(Strict):
         return self
 
 
+class SpeedConfig(Strict):
+    """Throughput levers of the trainer, each on its own so that each can be measured against its absence
+    (``tools/device/train_levers.sh``). None of them changes what is trained beyond rounding."""
+
+    compile: bool = Field(
+        default=False, description="torch.compile each student and teacher block (regional: blocks alike share code)"
+    )
+    compile_backend: str = Field(default="inductor", description="torch.compile backend (tests: eager, aot_eager)")
+    teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="the frozen teacher's weights; auto: the precision's 16-bit type under *-mixed / *-true "
+        "(autocast would recast its fp32 weights at every matmul of every step), else fp32",
+    )
+    fused_adamw: bool | None = Field(
+        default=None, description="torch's fused AdamW kernel; null: on when every parameter is on CUDA, unsharded"
+    )
+
+
 class ExportConfig(Strict):
     every_n_steps: int | None = Field(
         default=None, gt=0, description="also export the student every n steps; always at the end"
@@ -258,6 +276,7 @@ class RunConfig(Strict):
     stages: list[StageConfig] = Field(min_length=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -173,19 +173,45 @@ class DistillModule(L.LightningModule):
             shard_student(self.student, self.trainer.strategy.device_mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
+        self.teacher.to(self.device, self.teacher_dtype())
+        self._compile_blocks()
+
+    def teacher_dtype(self) -> torch.dtype | None:
+        """``speed.teacher_dtype``: None keeps the teacher's own dtype (auto outside 16-bit precisions)."""
+        choice = self.run_cfg.speed.teacher_dtype
+        if choice == "auto":
+            precision = self.run_cfg.trainer.precision
+            choice = "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else None
+        return {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+    def _compile_blocks(self) -> None:
+        """``speed.compile``: ``Module.compile`` on each student block, and on each teacher block when no
+        stage aligns layers (the align stage hooks into the teacher's blocks every step, which a compiled
+        block would recompile for). Parameter names do not change (in-place ``compile``)."""
+        speed = self.run_cfg.speed
+        if not speed.compile or getattr(self, "_compiled", False):
+            return
+        teacher = not any(isinstance(s, AlignStage) for s in self.run_cfg.stages)
+        for model in (self.student, self.teacher) if teacher else (self.student,):
+            for block in model.blocks:
+                block.compile(backend=speed.compile_backend)
+        self._compiled = True
 
     def on_train_start(self) -> None:
         if is_sharded(self.student):
             init_root(self.student)
 
     def on_validation_start(self) -> None:
-        self.teacher.to(self.device)
+        self.teacher.to(self.device, self.teacher_dtype())
 
     def configure_optimizers(self):
         opt = self.run_cfg.optimizer
         groups = param_groups(self.student, opt.weight_decay, opt.no_decay)
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        fused = self.run_cfg.speed.fused_adamw
+        if fused is None:  # torch's fused kernel: one launch for all parameters, where it applies
+            params = [p for g in groups for p in g["params"]]
+            fused = bool(params) and all(p.is_cuda for p in params) and not is_sharded(self.student)
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused or None)
         # LambdaLR passes the optimizer step count, i.e. the global step.
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(self.run_cfg, step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -56,7 +56,7 @@ def _config(teacher_dir: Path, **over) -> dict:
         "export": {"every_n_steps": 4},
     }
     for key, value in over.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
 
 
@@ -253,3 +253,31 @@ def test_summary_reports_median_step_throughput_and_model_flops(teacher_dir, tmp
     assert summary["train/model_flops"] == pytest.approx((3 * align + 5 * kd) * tokens, rel=1e-9)
     count = get_human_readable_count
     assert f"model FLOPs per token: align {count(align).strip()}, kd {count(kd).strip()}" in proc.stdout
+
+
+def test_speed_levers_keep_the_losses(teacher_dir, tmp_path, monkeypatch):
+    """speed.compile (dynamo with the eager backend here: tracing, no codegen) and fused_adamw=False keep every
+    loss of a plain run; teacher_dtype puts the frozen teacher in that dtype for the fit."""
+    plain = tmp_path / "plain"
+    run_distill(_config(teacher_dir), plain)
+    levers = tmp_path / "levers"
+    seen = {}
+    orig = DistillModule.kd_step
+
+    def spy(self, ids, targets, stage):
+        seen["teacher"] = self.teacher.embed.weight.dtype
+        seen["compiled"] = getattr(self.student.blocks[0], "_compiled_call_impl", None) is not None
+        return orig(self, ids, targets, stage)
+
+    monkeypatch.setattr(DistillModule, "kd_step", spy)
+    torch._dynamo.reset()
+    run_distill(_config(teacher_dir, speed={"compile": True, "compile_backend": "eager", "fused_adamw": False}), levers)
+    torch._dynamo.reset()
+    assert seen == {"teacher": torch.float32, "compiled": True}
+    want, got = _losses(plain / "logs" / "metrics.csv"), _losses(levers / "logs" / "metrics.csv")
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"train/loss at step {step}"
+    run_distill(_config(teacher_dir, speed={"teacher_dtype": "fp16"}, stages=[{"name": "kd", "type": "kd", "steps": 2}]),
+                tmp_path / "half")  # fmt: skip
+    assert seen["teacher"] == torch.float16

@@ -1,0 +1,107 @@
+"""The trainer's throughput levers measured one by one on one GPU (issue 16, item 5), in one process.
+
+    python tools/train_levers.py configs/distill/smollm2-mla.yaml --steps 40 --out levers.json
+
+Each variant runs the run YAML's student and teacher for ``--steps`` KD steps on random token rows of the
+run's block length (the data's content does not change the speed, and no corpus is generated), starting from
+the same converted student, and reports the median tokens/s, model TFLOP/s and MFU of its steps (the
+trainer's own ``StepThroughput``: a median over the steps, so the first steps that compile do not count
+once ``--steps`` is well above them). Variants (``--variants``, comma-separated):
+
+- ``base``: the run as configured, every lever off (teacher fp32 under autocast, foreach AdamW, eager);
+- ``teacher_bf16``: ``speed.teacher_dtype: bf16``;
+- ``fused_adamw``: ``speed.fused_adamw: true``;
+- ``compile``: ``speed.compile: true`` (regional, student and teacher blocks);
+- ``all``: the three together;
+- ``all_b32``, ``all_b64``: the three with micro-batch 32 / 64 (same tokens per step budget per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from archzoo.train.run import run_distill
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
+
+VARIANTS = {
+    "base": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": False}, None),
+    "teacher_bf16": ({"teacher_dtype": "bf16", "fused_adamw": False, "compile": False}, None),
+    "fused_adamw": ({"teacher_dtype": "fp32", "fused_adamw": True, "compile": False}, None),
+    "compile": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": True}, None),
+    "all": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, None),
+    "all_b32": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, 32),
+    "all_b64": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, 64),
+}
+
+
+def variant_config(run: dict, base_dir: Path, speed: dict, batch: int | None, steps: int) -> dict:
+    cfg = copy.deepcopy(run)
+    student = cfg["student"]
+    if isinstance(student.get("config"), str):
+        student["config"] = str((base_dir / student["config"]).resolve())
+    data = cfg["data"]
+    cfg["data"] = {
+        "source": "random",
+        "block_len": data.get("block_len", 512),
+        "batch_size": batch or data.get("batch_size", 16),
+        "n_blocks": (batch or data.get("batch_size", 16)) * (steps + 4),
+        "val_fraction": 0,
+        "num_workers": data.get("num_workers", 0),
+    }
+    cfg["stages"] = [{"name": "kd", "type": "kd", "steps": steps, "kl": "forward", "ce_weight": 0.0}]
+    cfg["speed"] = speed
+    cfg["trainer"] = {**cfg.get("trainer", {}), "val_check_interval": None, "log_every_n_steps": 1}
+    cfg["trainer"].pop("max_steps", None)
+    cfg["checkpoint"] = {"every_n_steps": 10 * steps}
+    cfg["export"] = {}
+    return cfg
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    path = Path(args.run)
+    run = yaml.safe_load(path.read_text())
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    rows = []
+    for v in args.variants.split(","):
+        speed, batch = VARIANTS[v]
+        row = {"variant": v, "speed": speed, "batch_size": batch or run["data"].get("batch_size", 16)}
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = variant_config(run, path.parent, speed, batch, args.steps)
+            t0 = time.perf_counter()
+            try:
+                res = run_distill(cfg, Path(tmp) / "out")
+                m = res.get("metrics", res)
+                row.update(
+                    tokens_per_s=m.get("train/tokens_per_s"),
+                    model_tflops=m.get("train/model_tflops"),
+                    wall_s=time.perf_counter() - t0,
+                )
+                if peak and row["model_tflops"]:
+                    row["mfu"] = row["model_tflops"] / peak
+            except Exception as e:  # report the variant and go on
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        Path(args.out).write_text(json.dumps({"device": name, "run": str(path), "steps": args.steps, "rows": rows},
+                                             indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
