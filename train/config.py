@@ -246,9 +246,10 @@ class SpeedConfig(Strict):
     )
     compile_backend: str = Field(default="inductor", description="torch.compile backend (tests: eager, aot_eager)")
     teacher_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto",
-        description="the frozen teacher's weights; auto: the precision's 16-bit type under *-mixed / *-true "
-        "(autocast would recast its fp32 weights at every matmul of every step), else fp32",
+        default="fp32",
+        description="the frozen teacher's weights: fp32 (the default until the 16-bit teacher's effect on "
+        "quality is measured), bf16, fp16, or auto: the precision's 16-bit type under *-mixed / *-true "
+        "(autocast recasts fp32 weights at every matmul of every step), else fp32",
     )
     fused_adamw: bool | None = Field(
         default=None, description="torch's fused AdamW kernel; null: on when every parameter is on CUDA, unsharded"

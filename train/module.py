@@ -177,12 +177,12 @@ class DistillModule(L.LightningModule):
         self._compile_blocks()
 
     def teacher_dtype(self) -> torch.dtype | None:
-        """``speed.teacher_dtype``: None keeps the teacher's own dtype (auto outside 16-bit precisions)."""
+        """``speed.teacher_dtype`` as a torch dtype (auto: the precision's 16-bit type, else fp32)."""
         choice = self.run_cfg.speed.teacher_dtype
         if choice == "auto":
             precision = self.run_cfg.trainer.precision
-            choice = "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else None
-        return {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+            choice = "bf16" if precision.startswith("bf16") else "fp16" if precision.startswith("16") else "fp32"
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
     def _compile_blocks(self) -> None:
         """``speed.compile``: ``Module.compile`` on each student block, and on each teacher block when no
