@@ -63,13 +63,27 @@ class _Step:
 
 
 class DecodePool:
-    """Captured decode steps of one model, keyed by their shapes and settings (LRU)."""
+    """Captured decode steps of one model, keyed by their shapes and settings (LRU).
+
+    A captured graph reads the weights at the addresses they had when it was captured. ``weights`` is the
+    signature of those addresses (``weight_addresses``); when the model's tensors moved (``load_state_dict(...,
+    assign=True)``, ``.to()`` there and back, a parameter replaced), every entry is dropped and the next
+    call captures anew. Values changed in place need nothing: the graph reads them.
+    """
 
     def __init__(self):
         self.entries: OrderedDict[tuple, _Step] = OrderedDict()
+        self.weights: int | None = None
 
     def clear(self) -> None:
         self.entries.clear()
+        self.weights = None
+
+    def check_weights(self, model) -> None:
+        sig = weight_addresses(model)
+        if sig != self.weights:
+            self.entries.clear()
+            self.weights = sig
 
     # Captured graphs and their caches belong to one model's weights on one device: a copy of the
     # model (deepcopy, pickling for a worker) starts with an empty pool.
@@ -78,6 +92,11 @@ class DecodePool:
 
     def __getstate__(self) -> dict:
         return {"entries": OrderedDict()}
+
+
+def weight_addresses(model) -> int:
+    """A hash of where every parameter and buffer of ``model`` lives (storage address, dtype, device)."""
+    return hash(tuple((t.data_ptr(), t.dtype, t.device) for t in (*model.parameters(), *model.buffers())))
 
 
 def normalise_prompts(
@@ -217,6 +236,8 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     length = bucket_length(total) if compile else total
     key = (B, length, dtype, str(dev), temperature, top_k, top_p, tuple(eos_ids))
     pool: DecodePool = model.decode_pool
+    if compile:
+        pool.check_weights(model)
     if compile and key in pool.entries:
         pool.entries.move_to_end(key)
         s = pool.entries[key]

@@ -7,6 +7,8 @@ import torch
 
 from conftest import MODEL_CONFIGS, f64_model
 
+GQA = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+
 FAMILIES = ["gqa", "swa", "mla", "based", "mamba", "s4", "moe", "jamba", "cla"]
 PATHS = [p for p in MODEL_CONFIGS if p.stem in FAMILIES]
 
@@ -96,3 +98,24 @@ def test_a_copied_model_starts_with_an_empty_decode_pool(monkeypatch):
     assert len(copy.deepcopy(model).decode_pool.entries) == 0
     assert len(pickle.loads(pickle.dumps(model.decode_pool)).entries) == 0
     torch._dynamo.reset()
+
+
+def test_pool_recaptures_when_the_weights_move(monkeypatch):
+    """A pooled step reads the weights where they were; new storage (load_state_dict(assign=True)) drops the pool."""
+    import copy
+
+    model = f64_model(GQA)
+    monkeypatch.setattr(type(model), "compile_backend", "eager")
+    prompt = torch.randint(0, model.cfg.vocab_size, (2, 5))
+    model.generate(prompt, 6, compile=True)
+    (first,) = model.decode_pool.entries.values()
+    model.generate(prompt, 6, compile=True)
+    assert list(model.decode_pool.entries.values()) == [first], "same weights: the pooled step is reused"
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.7)
+    model.load_state_dict(other.state_dict(), assign=True)
+    out = model.generate(prompt, 6, compile=True)
+    assert first not in model.decode_pool.entries.values(), "moved weights: captured anew"
+    assert torch.equal(out, other.generate(prompt, 6, compile=False))
