@@ -329,6 +329,71 @@ def _decode_attention_row(B: int, H: int, Hkv: int, D: int, length: int, T_max: 
     return res
 
 
+def bench_linear_attention_update(rounds: int, batches: tuple[int, ...] = (1, 64)) -> dict:
+    """One linear-attention decode step: archzoo's Triton update against the PyTorch update (eager, and
+    compiled as a decode step compiled it before the kernel) and fla's ``fused_recurrent_linear_attn`` (T = 1,
+    when installed), without normalisation on every side (fla's recurrent form has none), bf16 q / k / v, fp32
+    state. Shapes: fla's benchmark shape (8 heads, F = Dv = 64) and BASED's (273 Taylor features, Dv = 64).
+    ``hbm_fraction``: the state read and written once (2 x B x H x F x Dv x 4 bytes) / time / copy bandwidth.
+    """
+    from .common import measure_bandwidth
+
+    bw = measure_bandwidth("cuda")
+    out: dict = {"bandwidth": bw}
+    for label, H, F, Dv in (("h8_f64_dv64", 8, 64, 64), ("based_h9_f273_dv64", 9, 273, 64)):
+        for B in batches:
+            out[f"{label}_b{B}"] = _la_update_row(B, H, F, Dv, rounds, bw["bytes_per_s"])
+    return out
+
+
+def _la_update_row(B: int, H: int, F: int, Dv: int, rounds: int, bw: float) -> dict:
+    from ..kernels import last_backend, linear_attention_update
+    from ..kernels.linear_attention import naive_linear_attention_update
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (torch.rand(B, H, F, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
+    v = torch.randn(B, H, Dv, device="cuda", generator=g).to(torch.bfloat16)
+    S = torch.randn(B, H, F, Dv, device="cuda", generator=g)
+    z = torch.rand(B, H, F, device="cuda", generator=g)
+    compiled = torch.compile(naive_linear_attention_update, fullgraph=True)
+    impls: dict[str, object] = {
+        "archzoo": lambda: linear_attention_update(S, z, q, k, v, False),
+        "pytorch": lambda: naive_linear_attention_update(S, z, q, k, v, False),
+        "pytorch_compiled": lambda: compiled(S, z, q, k, v, False),
+    }
+    try:
+        from fla.ops.linear_attn import fused_recurrent_linear_attn
+
+        S_fla = S.clone()
+
+        def fla_step():
+            o, _ = fused_recurrent_linear_attn(q[:, None], k[:, None], v[:, None], scale=1.0, initial_state=S_fla,
+                                               output_final_state=True, normalize=False)  # fmt: skip
+            return o[:, 0]
+
+        impls["fla_fused_recurrent"] = fla_step
+    except ImportError as e:
+        impls["fla_fused_recurrent"] = f"not installed ({e})"
+    res: dict = {"shape": dict(B=B, H=H, F=F, Dv=Dv)}
+    calls = {}
+    for name, fn in impls.items():
+        if isinstance(fn, str):
+            res[name] = {"status": fn}
+            continue
+        try:
+            fn()  # compile / warm up
+        except Exception as e:  # a peer whose API differs in this version: report it, do not fail
+            res[name] = {"status": f"error ({type(e).__name__}: {str(e)[:200]})"}
+            continue
+        calls[name] = (fn, None)
+    nbytes = 2 * B * H * F * Dv * 4
+    for name, t in _interleaved(calls, rounds).items():
+        res[name] = {"status": "ok", "ms": t["ms"], "host_ms": t["host_ms"], "rounds_ms": t["rounds_ms"],
+                     "state_bytes_rw": nbytes, "hbm_fraction": nbytes / (t["ms"] / 1e3) / bw}  # fmt: skip
+    res["archzoo"]["backend"] = last_backend("linear_attention_update")
+    return res
+
+
 def _fmt_ms(r: dict, key: str) -> str:
     return f"{r[key]:.3f}" if r.get("status") == "ok" else r["status"].split(" (")[0]
 
@@ -371,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dstate", type=int, default=16)
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
-    ap.add_argument("--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention (comma-separated)")
+    ap.add_argument(
+        "--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention, la_update (comma-separated)"
+    )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
     ap.add_argument(
         "--scan-config",
@@ -445,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
     if "decode_attention" in args.ops:
         results["decode_attention"] = bench_decode_attention(args.rounds)
+    if "la_update" in args.ops:
+        results["linear_attention_update"] = bench_linear_attention_update(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
@@ -466,6 +535,18 @@ def main(argv: list[str] | None = None) -> int:
         ours = res["archzoo"]
         print(f"\n## decode_attention B={B} (9/3 heads, D=64, 4k valid of 8k, bf16; x = impl ms / archzoo ms)")
         for k, r in res.items():
+            ok = r.get("status") == "ok" and ours.get("status") == "ok"
+            x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
+            hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
+            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
+    for label, res in results.get("linear_attention_update", {}).items():
+        if label == "bandwidth":
+            continue
+        ours = res["archzoo"]
+        print(f"\n## linear_attention_update {label} (T=1, no normalisation; x = impl ms / archzoo ms)")
+        for k, r in res.items():
+            if k == "shape":
+                continue
             ok = r.get("status") == "ok" and ours.get("status") == "ok"
             x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
             hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""

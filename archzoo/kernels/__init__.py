@@ -6,10 +6,16 @@ Dispatch (DESIGN.md): Triton for CUDA tensors, and for CPU tensors when ``TRITON
 """
 
 # traceable in a compiled decode step (custom ops)
-from ._capture import causal_conv1d_update, decode_attention, decode_attention_ring, selective_state_update
+from ._capture import (
+    causal_conv1d_update,
+    decode_attention,
+    decode_attention_ring,
+    linear_attention_update,
+    selective_state_update,
+)
 from ._dispatch import last_backend
 from .causal_conv1d import causal_conv1d_fn
-from .linear_attention import linear_attention, linear_attention_update
+from .linear_attention import linear_attention
 from .selective_scan import selective_scan_fn
 
 __all__ = [

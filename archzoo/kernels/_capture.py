@@ -15,6 +15,7 @@ import torch
 from .causal_conv1d import causal_conv1d_update as _conv_update
 from .decode_attention import decode_attention as _decode_attention
 from .decode_attention import decode_attention_ring as _decode_attention_ring
+from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
 
 
@@ -131,3 +132,31 @@ def decode_attention_ring(
     if torch.compiler.is_compiling():
         return _decode_attention_op(q, k_ring, v_ring, lengths, scale, window)
     return _decode_attention_ring(q, k_ring, v_ring, lengths, window, scale)
+
+
+@torch.library.custom_op("archzoo::linear_attention_update", mutates_args=("S", "z"))
+def _la_update_op(
+    S: torch.Tensor, z: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalize: bool, eps: float
+) -> torch.Tensor:
+    return _la_update(S, z, q, k, v, normalize, eps)  # a new tensor: o never aliases the state
+
+
+@_la_update_op.register_fake
+def _(S, z, q, k, v, normalize, eps):
+    return q.new_empty((*q.shape[:2], v.shape[2]))
+
+
+def linear_attention_update(
+    S: torch.Tensor,
+    z: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    normalize: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """One linear-attention decode step, the state updated in place (see
+    ``archzoo.kernels.linear_attention.linear_attention_update``); traceable."""
+    if torch.compiler.is_compiling():
+        return _la_update_op(S, z, q, k, v, normalize, eps)
+    return _la_update(S, z, q, k, v, normalize, eps)

@@ -22,7 +22,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..kernels.linear_attention import linear_attention, linear_attention_update
+from ..kernels import linear_attention_update  # traceable (a custom op) in a compiled decode step
+from ..kernels.linear_attention import linear_attention
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .feature_maps import build_feature_map, feature_map_dim
 

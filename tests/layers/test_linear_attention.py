@@ -15,7 +15,7 @@ from archzoo.layers import ForwardContext
 from archzoo.layers.feature_maps import FEATURE_MAPS, TaylorExp, build_feature_map, feature_map_dim
 from archzoo.layers.linear_attention import LinearAttention
 
-from conftest import assert_close, f64_model, load_yaml, requires_cuda
+from conftest import TRITON_SKIP, assert_close, f64_model, load_yaml, requires_cuda
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 MAPS = list(FEATURE_MAPS)
@@ -291,3 +291,32 @@ def test_based_config_pattern():
         archzoo.load_config(
             {**model_dict("linear"), "mixer": {"type": "linear_attention", "n_heads": 4, "feature_map": "exp"}}
         )
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@pytest.mark.parametrize("name", ["linear", "based"])
+def test_decode_step_through_the_triton_update(name, monkeypatch):
+    """Where the Triton kernels run (here: the interpreter), a decode step's recurrence is the fused update
+    kernel: the logits and the state equal those of the PyTorch update, step by step."""
+    import copy
+
+    import archzoo.kernels as K
+    from conftest import MODEL_CONFIGS
+
+    model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == name)).float()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(2, 10, dtype=torch.float32)
+    with torch.no_grad():
+        model(ids[:, :5], cache=cache)
+        ref_cache = copy.deepcopy(cache)
+        for t in range(5, 10):
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+            got = model(ids[:, t : t + 1], cache=cache)
+            assert K.last_backend("linear_attention_update") == "triton"
+            monkeypatch.delenv("TRITON_INTERPRET")
+            ref = model(ids[:, t : t + 1], cache=ref_cache)
+            assert K.last_backend("linear_attention_update") == "naive"
+            assert_close(f"{name} step {t}", got, ref, 1e-5)
+    for a, b in zip(cache.layers, ref_cache.layers, strict=True):
+        for key in a.buffers if a is not None else ():
+            assert_close(f"{name} state {key}", a[key], b[key], 1e-5)

@@ -90,10 +90,37 @@ def linear_attention_update(
     """One decode step: ``S += k v^T``, ``z += k`` IN PLACE, then ``o = q S / (q z + eps)``.
 
     q, k (B, H, F); v (B, H, Dv); S (B, H, F, Dv) and z (B, H, F) the recurrent state (fp32 or wider).
-    Returns o (B, H, Dv). The step is a few small element-wise ops and one batched matvec; under
-    ``torch.compile`` they fuse, so it runs the reference form on every device (no Triton kernel yet,
-    which ``last_backend`` says as "naive").
+    Returns o (B, H, Dv) in q's dtype. Dispatch: the Triton kernel (``recurrent.py``: the state read
+    once and written once) for CUDA tensors and under ``TRITON_INTERPRET=1`` with an fp32 state; the
+    reference form otherwise (a float64 state, say), with the reason logged once. Inside
+    ``torch.compile`` call ``archzoo.kernels.linear_attention_update`` (a custom op) instead.
     """
-    if not torch.compiler.is_compiling():
+    _check_update(S, z, q, k, v, eps)
+    if use_triton(S, z, q, k, v):
+        from .recurrent import linear_attention_update as triton_update
+        from .recurrent import unsupported
+
+        reason = unsupported(S, z, q, k, v)
+        if reason is None:
+            record("linear_attention_update", "triton")
+            return triton_update(S, z, q, k, v, normalize, eps)
+        record("linear_attention_update", "naive", reason)
+    else:
         record("linear_attention_update", "naive")
     return naive_linear_attention_update(S, z, q, k, v, normalize, eps)
+
+
+def _check_update(S, z, q, k, v, eps: float) -> None:
+    if q.dim() != 3:
+        raise ValueError(f"q must be (B, H, F), got shape {tuple(q.shape)}")
+    B, H, F = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be (B, H, Dv) with (B, H) = {(B, H)}, got {tuple(v.shape)}")
+    if tuple(S.shape) != (B, H, F, v.shape[2]):
+        raise ValueError(f"S must be (B, H, F, Dv) = {(B, H, F, v.shape[2])}, got {tuple(S.shape)}")
+    if tuple(z.shape) != (B, H, F):
+        raise ValueError(f"z must be (B, H, F) = {(B, H, F)}, got {tuple(z.shape)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
