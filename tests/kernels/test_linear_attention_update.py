@@ -140,3 +140,29 @@ def test_cuda_based_shape(dtype):
     got = R.linear_attention_update(S, z, q, k, v)
     ref = naive_linear_attention_update(S_ref, z_ref, q, k, v)
     assert rel_err(got.float(), ref.float()) < TOL[dtype] and rel_err(S, S_ref) < 1e-6 and rel_err(z, z_ref) < 1e-6
+
+
+@needs_triton
+def test_a_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
+    """Should the kernel fail to compile on a device, the reference form runs from then on, the reason logged."""
+    import importlib
+
+    import triton
+
+    LA = importlib.import_module("archzoo.kernels.linear_attention")
+
+    def broken(*a, **k):
+        raise triton.OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(R, "linear_attention_update", broken)
+    monkeypatch.setattr(LA, "_UPDATE_FAILED", {})
+    q, k, v = _step_inputs(1, 2, 6, 5, torch.float32, 0, "cpu")
+    S, z = _state(1, 2, 6, 5, 0, "cpu")
+    S_ref, z_ref = S.clone(), z.clone()
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        got = K.linear_attention_update(S, z, q, k, v)
+    assert K.last_backend("linear_attention_update") == "naive"
+    assert any("did not compile" in r.getMessage() for r in caplog.records)
+    ref = naive_linear_attention_update(S_ref, z_ref, q, k, v)
+    assert rel_err(got, ref) < 1e-6 and rel_err(S, S_ref) < 1e-6
