@@ -394,6 +394,40 @@ def _la_update_row(B: int, H: int, F: int, Dv: int, rounds: int, bw: float) -> d
     return res
 
 
+def bench_window_attention(rounds: int, B: int = 4, H: int = 9, Hkv: int = 3, D: int = 64, T: int = 16384,
+                           window: int = 512) -> dict:  # fmt: skip
+    """Sliding-window attention over a whole sequence (training, prefill): archzoo's (FlexAttention with a
+    causal + window block mask, ``layers/window.py``) against full causal SDPA (flash; what the window saves
+    over) and SDPA with the boolean window mask (the reference), forward and forward+backward, bf16."""
+    from ..kernels import last_backend
+    from ..layers.window import sdpa_window, window_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+    k, v = (torch.randn(B, Hkv, T, D, device="cuda", generator=g).to(torch.bfloat16).requires_grad_() for _ in "kv")
+    do = torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16)
+    impls = {
+        "archzoo": lambda: window_attention(q, k, v, window),
+        "sdpa_causal_full": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+        "sdpa_window_mask": lambda: sdpa_window(q, k, v, window),
+    }
+    res: dict = {"shape": dict(B=B, H=H, H_kv=Hkv, D=D, T=T, window=window, dtype="bfloat16")}
+    fwd, both = {}, {}
+    for name, fn in impls.items():
+        try:
+            fn().backward(do)  # compile / warm up
+        except Exception as e:  # report the variant, go on
+            res[name] = {"status": f"error ({type(e).__name__}: {str(e)[:200]})"}
+            continue
+        fwd[name] = (lambda fn=fn: fn(), None)
+        both[name] = (lambda fn=fn: fn().backward(do), [q, k, v])
+    t_fwd, t_both = _interleaved(fwd, rounds), _interleaved(both, rounds)
+    for name in fwd:
+        res[name] = {"status": "ok", "fwd_ms": t_fwd[name]["ms"], "fwdbwd_ms": t_both[name]["ms"]}
+    res["archzoo"] = {**res.get("archzoo", {}), "backend": last_backend("sliding_window_attention")}
+    return res
+
+
 def _fmt_ms(r: dict, key: str) -> str:
     return f"{r[key]:.3f}" if r.get("status") == "ok" else r["status"].split(" (")[0]
 
@@ -437,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
     ap.add_argument(
-        "--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention, la_update (comma-separated)"
+        "--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention, la_update, swa (comma-separated)"
     )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
     ap.add_argument(
@@ -514,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         results["decode_attention"] = bench_decode_attention(args.rounds)
     if "la_update" in args.ops:
         results["linear_attention_update"] = bench_linear_attention_update(args.rounds)
+    if "swa" in args.ops:
+        results["window_attention"] = bench_window_attention(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
@@ -551,6 +587,17 @@ def main(argv: list[str] | None = None) -> int:
             x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
             hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
             print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
+    if "window_attention" in results:
+        res = results["window_attention"]
+        ours = res.get("archzoo", {})
+        print(f"\n## window attention {res['shape']} (x = impl ms / archzoo ms; archzoo ran {ours.get('backend')})")
+        for k, r in res.items():
+            if k == "shape":
+                continue
+            ok = r.get("status") == "ok" and ours.get("status") == "ok"
+            xs = f" x{r['fwd_ms'] / ours['fwd_ms']:.2f} / x{r['fwdbwd_ms'] / ours['fwdbwd_ms']:.2f}" if ok else ""
+            ms = f"{r['fwd_ms']:.3f} / {r['fwdbwd_ms']:.3f} ms" if r.get("status") == "ok" else r.get("status", "")
+            print(f"| {k} | fwd / fwd+bwd {ms}{xs} |")
     print(f"\nwrote {args.out}")
     return 0
 

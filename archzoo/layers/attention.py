@@ -30,6 +30,7 @@ from ..kernels._dispatch import interpret_mode
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .fused import FusedLinears
 from .rope import RotaryEmbedding, apply_rope
+from .window import window_attention
 
 # Which attention a one-token decode step runs where the Triton kernels run: "kernel" (flash-decoding over
 # each row's valid length) or "sdpa" (masked SDPA over the whole static buffer, what every device runs).
@@ -103,8 +104,8 @@ def attend(
     if k_pos is None and (window is None or window >= T):
         # The common training / prefill case: SDPA's own causal mask selects its fused kernels.
         return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale, enable_gqa=gqa)
-    if k_pos is None:
-        k_pos = q_pos
+    if k_pos is None:  # a whole sequence under a window shorter than it: FlexAttention on CUDA (window.py)
+        return window_attention(q, k, v, window, scale)
     visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
     if window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - window
