@@ -1,4 +1,4 @@
-"""Sliding-window attention over a whole sequence (training, prefill) through PyTorch's FlexAttention.
+"""Sliding-window attention over a whole sequence (training) through PyTorch's FlexAttention.
 
 SDPA with a boolean window mask computes every query-key pair and discards most of them: its cost
 grows with T^2 whatever the window. FlexAttention takes a block mask (causal and within ``window``)
@@ -6,8 +6,10 @@ and skips the blocks outside it, so the cost grows with T x window. GQA runs wit
 (``enable_gqa``). The compiled kernel is made once per (length, window, device) (``torch.compile`` of
 ``flex_attention``, block masks cached), forward and backward.
 
-Where: CUDA tensors. SDPA with the mask stays the reference and the path everywhere else (FlexAttention
-has no backward on the CPU), and the fallback: should FlexAttention fail to compile on a device, SDPA
+Where: CUDA tensors with gradients on (training). A prefill (no gradients) keeps SDPA with the mask: its
+length changes with every prompt, and each new length would compile a new kernel. SDPA with the mask
+stays the reference and the path everywhere else (FlexAttention has no backward on the CPU), and the
+fallback: should FlexAttention fail to compile on a device, SDPA
 runs from then on, the reason logged once. ``archzoo.kernels.last_backend("sliding_window_attention")``
 says which ran ("flex" or "sdpa").
 """
@@ -45,10 +47,13 @@ def window_attention(q, k, v, window: int, scale: float | None = None) -> torch.
     """Causal attention of each position over the ``window`` latest positions (itself included).
 
     q (B, H, T, D); k, v (B, Hkv, T, D) / (B, Hkv, T, Dv), H a multiple of Hkv. Returns (B, H, T, Dv).
-    FlexAttention on CUDA (see the module docstring), SDPA with a mask elsewhere.
+    FlexAttention on CUDA when training (see the module docstring), SDPA with a mask elsewhere.
     """
     dev = q.device.type
-    use_flex = (q.is_cuda or (FLEX_ON_CPU and not torch.is_grad_enabled())) and dev not in _FAILED
+    # Training only: a prefill's length changes with every prompt, and each new length would compile a new
+    # kernel (seconds), where SDPA with the mask needs none; a training run's length is its block length.
+    use_flex = ((q.is_cuda and torch.is_grad_enabled()) or (FLEX_ON_CPU and not torch.is_grad_enabled())) and (
+        dev not in _FAILED)  # fmt: skip
     if use_flex:
         try:
             out = _flex(q, k, v, window, scale)

@@ -52,8 +52,8 @@ def test_cpu_with_gradients_takes_sdpa(monkeypatch):
     assert K.last_backend("sliding_window_attention") == "sdpa"
 
 
-def test_a_model_prefills_through_flex(monkeypatch):
-    """The SWA model's full forward (prompt longer than its window) takes FlexAttention and gives SDPA's logits."""
+def test_a_model_forward_through_flex(monkeypatch):
+    """The SWA model's full forward (longer than its window) through FlexAttention gives SDPA's logits."""
     model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == "swa")).float()
     window = model.cfg.blocks[0].mixer.window
     ids = torch.randint(0, model.cfg.vocab_size, (2, 3 * window + 5))
