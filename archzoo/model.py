@@ -185,9 +185,13 @@ class ArchZooLM(nn.Module):
         per row, no gradients) use them; prefill and training run the plain blocks.
         """
         backend = backend or self.compile_backend
-        if self.step_blocks is None or self._step_backend != backend:
-            self.step_blocks = [torch.compile(b, fullgraph=True, dynamic=False, backend=backend) for b in self.blocks]
-            self._step_backend = backend
+        options = dict(self.compile_options) if backend == "inductor" and self.compile_options else None
+        setting = (backend, tuple(sorted((options or {}).items())))
+        if self.step_blocks is None or self._step_backend != setting:
+            self.step_blocks = [
+                torch.compile(b, fullgraph=True, dynamic=False, backend=backend, options=options) for b in self.blocks
+            ]
+            self._step_backend = setting
 
     def refresh_fused(self) -> None:
         """Make or refresh what decode steps derive from the weights once (``archzoo/layers/fused.py``: the
@@ -199,6 +203,10 @@ class ArchZooLM(nn.Module):
                 fused.refresh()
 
     compile_backend = "inductor"  # torch.compile backend of generate's step; tests use "eager" on CPU
+    # Inductor options of generate's step (e.g. {"coordinate_descent_tuning": True, "max_autotune": True}:
+    # slower compiles, tuned kernels); set on an instance, or per run with `bench decode --inductor-options`.
+    # Changing them recompiles the step blocks; clear ``decode_pool`` so no step captured before is replayed.
+    compile_options: dict = {}
 
     @torch.no_grad()
     def generate(

@@ -102,6 +102,30 @@ def parse_forms(text: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(forms))
 
 
+def parse_inductor_options(text: Sequence[dict] | str | None) -> list[dict]:
+    """``--inductor-options``: option sets separated by ';', each KEY=VALUE pairs separated by ',' (values
+    1 / 0 / true / false / integers / strings; an empty set is inductor's defaults), e.g.
+    ``";coordinate_descent_tuning=1;max_autotune=1,coordinate_descent_tuning=1"``."""
+    if text is None:
+        return [{}]
+    if not isinstance(text, str):
+        return [dict(d) for d in text] or [{}]
+    import torch._inductor.config as inductor_config
+
+    sets = []
+    for part in text.split(";"):
+        opts: dict = {}
+        for item in filter(None, (s.strip() for s in part.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key or not hasattr(inductor_config, key):
+                raise UserError(f"--inductor-options: {item!r} is not KEY=VALUE with KEY an inductor config option")
+            v = value.strip()
+            low = v.lower()
+            opts[key] = True if low in ("1", "true") else False if low in ("0", "false") else int(v) if v.isdigit() else v
+        sets.append(opts)
+    return sets
+
+
 @contextmanager
 def decode_attention_form(form: str):
     """Run the decode step's attention in ``form`` ("kernel" or "sdpa") inside the block."""
@@ -388,6 +412,7 @@ def run_decode_bench(
     draft: str | None = None,
     num_draft_tokens: Sequence[int] | str | None = None,
     decode_attention: Sequence[str] | str = ("kernel",),
+    inductor_options: Sequence[dict] | str | None = None,
 ) -> list[dict]:
     """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
 
@@ -409,6 +434,7 @@ def run_decode_bench(
         raise UserError("--num-draft-tokens: goes with --draft STUDENT")
     num_draft_tokens = parse_sizes("--num-draft-tokens", (4,) if num_draft_tokens is None else num_draft_tokens)
     forms = parse_forms(decode_attention)
+    option_sets = parse_inductor_options(inductor_options)
     dt = parse_dtype(dtype)
     dev = check_device(device)
     sources = [resolve_source(m) for m in dict.fromkeys(models)]  # a model named twice is measured once
@@ -441,6 +467,7 @@ def run_decode_bench(
         "draft": draft,
         "num_draft_tokens": num_draft_tokens if draft is not None else None,
         "decode_attention": forms,
+        "inductor_options": option_sets,
     }
     log(f"bench decode: measuring {dev.type} memory bandwidth")
     meta["bandwidth"] = measure_bandwidth(dev)
@@ -449,7 +476,7 @@ def run_decode_bench(
     run = _Run(
         meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
     )
-    run.draft, run.num_draft_tokens, run.forms = draft_src, num_draft_tokens, forms
+    run.draft, run.num_draft_tokens, run.forms, run.option_sets = draft_src, num_draft_tokens, forms, option_sets
     for src in sources:
         _bench_model(src, run)
         # The freed model's compiled blocks stay in dynamo's cache of the shared Block.forward code and
@@ -480,6 +507,7 @@ class _Run:
     draft: ModelSource | None = None
     num_draft_tokens: list[int] | None = None
     forms: list[str] = field(default_factory=lambda: ["kernel"])
+    option_sets: list[dict] = field(default_factory=lambda: [{}])
 
     def write(self) -> None:
         write_results(self.out_dir, self.meta, self.rows)
@@ -544,13 +572,18 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
     wbytes = weight_bytes(model)
     pool = getattr(model, "decode_pool", None)
     for b, p in combos:
-        for form in run.forms:  # side by side: the decode-attention kernel and masked SDPA, same process
-            if pool is not None and hasattr(pool, "clear"):
-                pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
-            row = new_row(FORM_IMPLEMENTATION[form], b, p, wbytes)
-            row["decode_attention"] = form
-            with decode_attention_form(form):
-                measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
+        # side by side in one process: the decode-attention kernel and masked SDPA, and inductor option sets
+        for options in run.option_sets:
+            model.compile_options = options
+            for form in run.forms:
+                if pool is not None and hasattr(pool, "clear"):
+                    pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
+                row = new_row(FORM_IMPLEMENTATION[form], b, p, wbytes)
+                row["decode_attention"] = form
+                if options:
+                    row["inductor_options"] = options
+                with decode_attention_form(form):
+                    measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
     if pool is not None and hasattr(pool, "clear"):
         pool.clear()
     if run.draft is not None:
@@ -726,6 +759,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the one-token step's attention: kernel (default; archzoo.kernels.decode_attention), sdpa (masked "
         "SDPA over the whole buffer), or kernel,sdpa for both side by side (rows archzoo / archzoo-sdpa)",
     )
+    p.add_argument(
+        "--inductor-options",
+        default=None,
+        help="inductor option sets for the compiled step, side by side: sets separated by ';', KEY=VALUE pairs by "
+        "',' (an empty set: the defaults), e.g. ';coordinate_descent_tuning=1'",
+    )
     p.add_argument("--out", required=True, help="output folder: decode.json and decode.md")
     return p
 
@@ -750,6 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         draft=args.draft,
         num_draft_tokens=args.num_draft_tokens,
         decode_attention=args.decode_attention,
+        inductor_options=args.inductor_options,
     )
     out = Path(args.out)
     print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")

@@ -122,9 +122,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 
 def _impl(row: dict) -> str:
-    """The implementation as the tables show it: a speculative row with its draft length."""
+    """The implementation as the tables show it: a speculative row with its draft length, a row compiled with
+    inductor options with them."""
     k = row.get("num_draft_tokens")
-    return row["implementation"] if k is None else f"{row['implementation']} k={k}"
+    name = row["implementation"] if k is None else f"{row['implementation']} k={k}"
+    opts = row.get("inductor_options")
+    return name if not opts else name + " [" + ",".join(f"{a}={b}" for a, b in opts.items()) + "]"
 
 
 def _short_names(models: list[str]) -> dict[str, str]:

@@ -130,6 +130,18 @@ def test_bench_decode_attention_forms_side_by_side(tmp_path):
     assert attention.DECODE_ATTENTION == "kernel"
 
 
+def test_bench_decode_inductor_option_sets(tmp_path):
+    """--inductor-options: one row per option set and shape, the set in the row and in the table's label."""
+    from archzoo.bench.decode import parse_inductor_options
+
+    assert parse_inductor_options(";coordinate_descent_tuning=1,max_autotune=false") == [
+        {}, {"coordinate_descent_tuning": True, "max_autotune": False}]  # fmt: skip
+    rc, res = _bench(tmp_path / "out", GQA, *TINY, "--batch-sizes", "1", "--inductor-options", ";max_autotune=0")
+    assert rc == 0 and res["inductor_options"] == [{}, {"max_autotune": False}]
+    assert [r.get("inductor_options") for r in res["rows"]] == [None, {"max_autotune": False}]
+    assert "archzoo [max_autotune=False]" in (tmp_path / "out" / "decode.md").read_text()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -147,6 +159,7 @@ def test_bench_decode_attention_forms_side_by_side(tmp_path):
         ([GQA, *TINY, "--draft", MAMBA, "--num-draft-tokens", "0"], "--num-draft-tokens: expected"),
         ([GQA, *TINY, "--draft", "no/such/draft.yaml"], "no/such/draft.yaml: no such file or folder"),
         ([GQA, *TINY, "--decode-attention", "kernel,flash"], "--decode-attention: expected a comma-separated list"),
+        ([GQA, *TINY, "--inductor-options", "fast_please=1"], "--inductor-options: 'fast_please=1' is not KEY=VALUE"),
     ],
 )
 def test_bench_decode_bad_input(tmp_path, args, message):
