@@ -105,6 +105,9 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
     head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
+    sp = s.get("speculative")
+    if sp:
+        head += [f"draft acceptance (k={sp['num_draft_tokens']})"]
     main = []
     for r in rows:
         main.append(
@@ -116,6 +119,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 _f(r.get("decode_tokens_per_s"), ",.0f"),
                 _f(r.get("prefill_tokens_per_s"), ",.0f"),
                 fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
+                *([_f(r.get("draft_acceptance_rate"), ".1%")] if sp else []),
             ]
         )
     out = [("Cache size and speed (★ = the teacher)", head, main)]

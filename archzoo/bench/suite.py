@@ -120,6 +120,16 @@ class DecodeSettings(Strict):
     compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
 
 
+class SpeculativeSettings(Strict):
+    """Each student as a speculative draft for the teacher (``generate(draft=...)``): greedy, on prompts cut
+    from the first text evaluation set; the acceptance rate and tokens per verify step go in its row."""
+
+    num_draft_tokens: int = Field(default=4, gt=0)
+    prompts: int = Field(default=8, gt=0, description="prompts: the first blocks of the first text set")
+    prompt_len: int = Field(default=64, gt=0, description="tokens per prompt (at most the set's block_len + 1)")
+    new_tokens: int = Field(default=64, gt=0)
+
+
 class Suite(Strict):
     name: str = Field(default="suite", min_length=1)
     teacher: TeacherSpec
@@ -131,6 +141,9 @@ class Suite(Strict):
     context_lengths: list[int] = Field(default=[4096, 32768], min_length=1)
     cache_context: int = Field(default=4096, gt=0, description="the length at which bytes per token are taken")
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    speculative: SpeculativeSettings | None = Field(
+        default_factory=SpeculativeSettings, description="students as drafts for the teacher; null: not measured"
+    )
     device: str = "cuda"
     dtype: str = "bf16"
     seed: int = Field(default=0, description="seeds random weights of model YAMLs, prompts and random sets")
@@ -424,7 +437,26 @@ def measure(
             row["mqar"][s.name] = {str(n): mqar_accuracy(model, x, y) for n, (x, y) in s.mqar.items()}
     stage("decode")
     row.update(_decode(model, suite, device))
+    if suite.speculative is not None and not res.is_teacher:
+        stage("draft")
+        row.update(_draft(teacher, model, suite, sets, device))
     return row
+
+
+def _draft(teacher, model, suite: Suite, sets: list[Prepared], device: torch.device) -> dict:
+    """``model`` drafting for ``teacher``: greedy speculative decoding on prompts from the first text set."""
+    sp = suite.speculative
+    text = next((s for s in sets if s.kind == "text"), None)
+    if text is None:
+        return {"draft_acceptance_rate": None, "draft_note": "no text evaluation set to take prompts from"}
+    prompts = text.blocks[: sp.prompts, : sp.prompt_len].to(device)
+    teacher.generate(prompts, sp.new_tokens, eos_token_id=None, draft=model, num_draft_tokens=sp.num_draft_tokens)
+    stats = teacher.last_generate_stats
+    return {
+        "draft_num_draft_tokens": sp.num_draft_tokens,
+        "draft_acceptance_rate": stats.get("acceptance_rate"),
+        "draft_tokens_per_verify": stats.get("tokens_per_verify"),
+    }
 
 
 def _decode(model, suite: Suite, device: torch.device) -> dict:

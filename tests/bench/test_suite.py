@@ -77,6 +77,12 @@ def test_tiny_suite_outputs(tiny):
     assert "<script>" in page and "sortable" in page
     md = (out / "report.md").read_text()
     assert "archzoo bench" in md and "| gqa |" in md and "torch" in md
+    # every student drafted for the teacher (speculative decoding on prompts from the first text set)
+    assert "draft acceptance (k=4)" in md
+    teacher, *students = res["rows"]
+    assert "draft_acceptance_rate" not in teacher
+    for r in students:
+        assert 0.0 <= r["draft_acceptance_rate"] <= 1.0 and r["draft_tokens_per_verify"] >= 1.0, r["name"]
 
 
 def test_tiny_suite_agrees_with_the_library(tiny):
