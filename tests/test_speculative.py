@@ -229,3 +229,33 @@ class _Tok:
 
     def get_vocab(self):
         return self.vocab
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_verify_step_traces_once(path):
+    """The verify forward, a (B, k+1) step through the cache at each row's own position, traces whole
+    (``fullgraph``) and once over rounds whose lengths move by rollbacks, and equals the eager forward:
+    the shape a captured speculative round would replay (issue 20, item 2)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from archzoo.speculative import _forward
+
+    torch._dynamo.reset()
+    model = f64_model(path).float()
+    k, B = 3, 2
+    ids = torch.randint(0, model.cfg.vocab_size, (B, 40), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(B, 40, dtype=torch.float32)
+    with torch.no_grad():
+        for b, n in enumerate((4, 6)):  # rows at different lengths
+            model(ids[b : b + 1, :n], cache=cache.rows(b))
+        counter = CompileCounter()
+        verify = torch.compile(lambda x: _forward(model, x, cache), backend=counter, fullgraph=True)
+        for r in range(4):
+            x = ids[:, 10 + 4 * r : 10 + 4 * r + k + 1]
+            before = copy.deepcopy(cache)
+            got = verify(x)
+            ref = _forward(model, x, before)
+            assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5), f"{path.stem} round {r}"
+            cache.lengths.sub_(r % 3)  # a rollback: lengths move back on the device (by-length buffers)
+    torch._dynamo.reset()
+    assert counter.frame_count == 1, f"{path.stem}: compiled {counter.frame_count} times"
