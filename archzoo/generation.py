@@ -165,18 +165,20 @@ def generate(
     B, lens = len(rows), [int(r.numel()) for r in rows]
     compile = device.type == "cuda" if compile is None and draft is None else bool(compile)
     graphs = compile and device.type == "cuda"
-    if generator is not None and compile:
+    if generator is not None and compile and draft is None:
         raise ValueError(
             "generator= needs compile=False: a compiled, captured step draws from the default generator "
             "(seed it with torch.manual_seed)"
         )
     total = max(lens) + max_new_tokens
     stats = {"batch_size": B, "prompt_len": max(lens), "new_tokens": 0, "compile_s": 0.0}
-    if draft is not None:  # speculative decoding (archzoo.speculative): eager, nothing captured
+    if draft is not None:  # speculative decoding (archzoo.speculative): nothing captured yet
         check_draft(model, draft, num_draft_tokens)
-        if compile:
-            raise ValueError("speculative decoding runs eagerly (nothing captured yet): leave compile=None with draft=")
-        stats["backend"] = "speculative"
+        if compile:  # both models' steps compiled by block; each new step length compiles on first use
+            _allow_recompiles()
+            model.compile_step_blocks()
+            draft.compile_step_blocks()
+        stats["backend"] = "speculative_compiled" if compile else "speculative"
         new = speculative_generate(
             model, draft, rows, max_new_tokens, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator, stats
         )
@@ -256,10 +258,7 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     )
     fn = _step_fn(model, s, s.eos, temperature, top_k, top_p, generator)
     if compile:
-        # Each (batch, bucket) shape compiles the blocks once more: allow more than dynamo's default 8.
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+        _allow_recompiles()
         model.compile_step_blocks()
     s.fn = fn
     if graphs:
@@ -272,6 +271,13 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
         while len(pool.entries) > GRAPHS_KEPT:
             pool.entries.popitem(last=False)
     return s, (_now(dev) - t0 if compile else 0.0)
+
+
+def _allow_recompiles() -> None:
+    """Each (batch, bucket) shape compiles the blocks once more: allow more than dynamo's default 8."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
 
 
 def _capture(fn, device) -> torch.cuda.CUDAGraph:

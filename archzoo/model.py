@@ -240,8 +240,10 @@ class ArchZooLM(nn.Module):
         ``draft`` (a model of the zoo with the same vocabulary and tokenizer): speculative decoding
         (``archzoo.speculative``). The draft proposes ``num_draft_tokens`` tokens one at a time, this
         model verifies them in one forward and keeps the longest agreeing prefix plus its own next
-        token: greedy output equals this model's own, sampling follows its distribution. Eager (no
-        ``compile``); ``last_generate_stats`` then reports the acceptance rate and tokens per verify.
+        token: greedy output equals this model's own, sampling follows its distribution. Eager by
+        default; ``compile=True`` compiles both models' steps by block (the draft's one-token steps and
+        the verify forward), nothing captured in a CUDA graph yet. ``last_generate_stats`` then reports
+        the acceptance rate and tokens per verify.
         """
         return _generate(
             self,

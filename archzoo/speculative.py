@@ -28,8 +28,10 @@ ring buffers, linear-attention ``S``/``z``, S4D ``ssm``, Mamba ``conv``/``ssm``)
 
 Multi-token forwards here use per-row positions (``_forward``: the decode context, positions from
 ``cache.lengths``, with T > 1), which the layers' decode paths support, so prompts of different
-lengths need no padding. Everything runs eagerly; the draft's one-token steps use the model's
-compiled step blocks when ``compile_step_blocks`` was called, nothing is captured in a CUDA graph.
+lengths need no padding. With ``generate(..., compile=True)`` both models' forwards (the draft's
+one-token steps, the verify and replay forwards) run their step blocks compiled by
+``compile_step_blocks`` (one graph per block kind and step length); otherwise eagerly. Nothing is
+captured in a CUDA graph yet.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def _forward(model, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
         return model(ids, cache=cache)  # the ordinary (compilable) decode step
     ctx = ForwardContext(pos=None, lengths=cache.lengths)  # per-row positions from the device lengths
     x = model.embed(ids)  # (B, T, d)
-    for block, state in zip(model.blocks, cache.layers, strict=True):
+    blocks = model.step_blocks or model.blocks  # compiled by block when generate(compile=True) asked for it
+    for block, state in zip(blocks, cache.layers, strict=True):
         x = block(x, state, ctx)
     cache.lengths.add_(ids.shape[1])
     return model.lm_head(model.norm(x))

@@ -213,8 +213,6 @@ def test_bad_drafts_and_arguments():
             target.generate(rows, 4, draft=target, num_draft_tokens=k)
     with pytest.raises(ValueError, match="draft must be an ArchZooLM"):
         target.generate(rows, 4, draft=object())
-    with pytest.raises(ValueError, match="compile"):
-        target.generate(rows, 4, draft=target, compile=True)
     draft = f64_model(FAMILIES["mqa"])
     target.tokenizer, draft.tokenizer = _Tok({"a": 0}), _Tok({"b": 0})
     with pytest.raises(ValueError, match="tokenizer differs"):
@@ -259,3 +257,22 @@ def test_verify_step_traces_once(path):
             cache.lengths.sub_(r % 3)  # a rollback: lengths move back on the device (by-length buffers)
     torch._dynamo.reset()
     assert counter.frame_count == 1, f"{path.stem}: compiled {counter.frame_count} times"
+
+
+@pytest.mark.parametrize("family", ["mha", "mamba", "jamba"])
+def test_compiled_speculative_equals_eager(family, monkeypatch):
+    """generate(draft=, compile=True): both models' forwards through their compiled step blocks (dynamo with the
+    eager backend here: tracing, no codegen), greedy tokens equal to the eager speculative run and to the target."""
+    target = f64_model(FAMILIES[family])
+    draft = noisy_copy(target, 0.005)
+    for m in (target, draft):
+        monkeypatch.setattr(type(m), "compile_backend", "eager")
+    rows = prompts()
+    ref = target.generate(rows, 20, compile=False)
+    torch._dynamo.reset()
+    out = target.generate(rows, 20, draft=draft, num_draft_tokens=3, compile=True)
+    assert target.last_generate_stats["backend"] == "speculative_compiled"
+    assert target.step_blocks is not None and draft.step_blocks is not None
+    for b, (r, o) in enumerate(zip(ref, out, strict=True)):
+        assert torch.equal(r, o), f"{family}: row {b} differs"
+    torch._dynamo.reset()

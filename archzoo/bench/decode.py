@@ -288,9 +288,8 @@ def run_archzoo(
     kwargs: dict = {"eos_token_id": None}
     if compile is not None:
         kwargs["compile"] = compile
-    if draft is not None:  # speculative decoding runs eagerly: generate's compile flag stays unset
+    if draft is not None:  # speculative: eager unless --compile (then both models' steps compiled by block)
         kwargs.update(draft=draft, num_draft_tokens=num_draft_tokens)
-        kwargs.pop("compile", None)
 
     def call() -> dict:
         out = model.generate(ids, new_tokens, **kwargs)
