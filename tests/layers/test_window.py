@@ -16,6 +16,9 @@ from archzoo.layers import window as W
 
 from conftest import MODEL_CONFIGS, assert_close, f64_model, requires_cuda
 
+# The CPU path runs FlexAttention uncompiled on purpose (a reference check, not a speed path).
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
 
 def _qkv(B, H, Hkv, T, D, Dv, dtype=torch.float32, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
