@@ -105,6 +105,8 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
     head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
+    grid = list(rows[0].get("decode_grid") or {})[1:]  # the primary is the column before
+    head += [f"decode tok/s ({g.replace(',', ', ')})" for g in grid]
     sp = s.get("speculative")
     if sp:
         head += [f"draft acceptance (k={sp['num_draft_tokens']})"]
@@ -119,6 +121,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 _f(r.get("decode_tokens_per_s"), ",.0f"),
                 _f(r.get("prefill_tokens_per_s"), ",.0f"),
                 fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
+                *(_f((r.get("decode_grid") or {}).get(g), ",.0f") for g in grid),
                 *([_f(r.get("draft_acceptance_rate"), ".1%")] if sp else []),
             ]
         )

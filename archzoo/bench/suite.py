@@ -112,12 +112,32 @@ EvalSet = Annotated[ShakespeareSet | FileSet | HeldoutSet | RandomTokensSet | MQ
 
 
 class DecodeSettings(Strict):
+    """The decode measurement. ``batch_size`` x ``prompt_len`` is the one the speed chart plots;
+    ``batch_sizes`` x ``prompt_lens``, when given, are also measured (each combination once, the
+    primary among them), each a column of the report."""
+
     batch_size: int = Field(default=64, gt=0)
     prompt_len: int = Field(default=4096, gt=0)
+    batch_sizes: list[int] = Field(default_factory=list, description="more batch sizes (with prompt_lens)")
+    prompt_lens: list[int] = Field(default_factory=list, description="more prompt lengths (with batch_sizes)")
     new_tokens: int = Field(default=128, gt=0)
     warmup: int = Field(default=1, ge=0)
     repeat: int = Field(default=1, gt=0)
     compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
+
+    @field_validator("batch_sizes", "prompt_lens")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError(f"every size must be >= 1, got {v}")
+        return v
+
+    def grid(self) -> list[tuple[int, int]]:
+        """Every (batch, prompt) to measure, the primary first."""
+        bs = self.batch_sizes or [self.batch_size]
+        ps = self.prompt_lens or [self.prompt_len]
+        extra = [(b, p) for b in bs for p in ps if (b, p) != (self.batch_size, self.prompt_len)]
+        return [(self.batch_size, self.prompt_len), *extra]
 
 
 class SpeculativeSettings(Strict):
@@ -460,8 +480,20 @@ def _draft(teacher, model, suite: Suite, sets: list[Prepared], device: torch.dev
 
 
 def _decode(model, suite: Suite, device: torch.device) -> dict:
+    """The primary decode measurement's fields, and ``decode_grid`` {"B=..,P=..": tokens/s} over the grid."""
     d = suite.decode
-    ids = random_prompts(model.cfg.vocab_size, d.batch_size, d.prompt_len, suite.seed, device)
+    grid = d.grid()
+    out = _decode_one(model, suite, device, *grid[0])
+    if len(grid) > 1:
+        out["decode_grid"] = {f"B={grid[0][0]},P={grid[0][1]}": out["decode_tokens_per_s"]}
+        for b, p in grid[1:]:
+            out["decode_grid"][f"B={b},P={p}"] = _decode_one(model, suite, device, b, p)["decode_tokens_per_s"]
+    return out
+
+
+def _decode_one(model, suite: Suite, device: torch.device, batch_size: int, prompt_len: int) -> dict:
+    d = suite.decode
+    ids = random_prompts(model.cfg.vocab_size, batch_size, prompt_len, suite.seed, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -469,8 +501,8 @@ def _decode(model, suite: Suite, device: torch.device) -> dict:
         base = torch.cuda.memory_allocated(device) - weight_bytes(model)
     r = run_archzoo(model, ids, d.new_tokens, d.compile, d.warmup, d.repeat, device)
     out = {
-        "decode_tokens_per_s": d.batch_size * d.new_tokens / r["decode_s"] if r.get("decode_s") else None,
-        "prefill_tokens_per_s": d.batch_size * d.prompt_len / r["prefill_s"] if r.get("prefill_s") else None,
+        "decode_tokens_per_s": batch_size * d.new_tokens / r["decode_s"] if r.get("decode_s") else None,
+        "prefill_tokens_per_s": batch_size * prompt_len / r["prefill_s"] if r.get("prefill_s") else None,
         "decode_backend": r.get("backend"),
         "decode_timing": r.get("timing"),
         "compile_s": r.get("compile_s"),

@@ -188,6 +188,24 @@ def test_bad_input_exits_2_and_keeps_rows(tmp_path, monkeypatch, capsys):
     assert "nobody" in _error(capsys)
 
 
+def test_decode_grid(tmp_path, monkeypatch):
+    """decode.batch_sizes x decode.prompt_lens: every combination measured once (the primary among them), each
+    a column of the report; the primary stays the chart's figure."""
+    monkeypatch.chdir(ROOT)
+    path, data = _suite(tmp_path, ["gqa"], speculative=None)
+    data["decode"] = {**data["decode"], "batch_sizes": [1, 2], "prompt_lens": [32]}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_suite(path).decode.grid() == [(2, 32), (1, 32)]
+    out = tmp_path / "out"
+    assert _bench(path, "--out", out) == 0
+    res = json.loads((out / "results.json").read_text())
+    for r in res["rows"]:
+        assert list(r["decode_grid"]) == ["B=2,P=32", "B=1,P=32"]
+        assert r["decode_grid"]["B=2,P=32"] == r["decode_tokens_per_s"]
+    md = (out / "report.md").read_text()
+    assert "decode tok/s (B=1, P=32)" in md and "draft acceptance" not in md
+
+
 def test_builtin_heldout_set(tmp_path):
     """``type: heldout, set: python-docs``: the Python documentation's topic help, in evenly spread blocks."""
     from archzoo.bench.suite import prepare_sets
