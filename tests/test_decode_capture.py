@@ -91,10 +91,11 @@ def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
         step = torch.compile(lambda t: model(t, cache=cache), backend=counter, fullgraph=True)
         for t in range(steps):
             tok = torch.stack([ids[0, 3 + t], ids[1, 9 + t]])[:, None]
-            K._dispatch.record("decode_attention", "none")
-            K._dispatch.record("decode_attention_ring", "none")
+            ops = ("decode_attention", "decode_attention_ring", "decode_attention_mla")
+            for op in ops:
+                K._dispatch.record(op, "none")
             got = model(tok, cache=cache) if t % 2 else step(tok)
-            ran = {K.last_backend("decode_attention"), K.last_backend("decode_attention_ring")}
+            ran = {K.last_backend(op) for op in ops}
             if t % 2:
                 assert "triton" in ran, f"{path.stem}: the eager step did not run the decode kernel ({ran})"
             monkeypatch.setattr(attention, "DECODE_ATTENTION", "sdpa")

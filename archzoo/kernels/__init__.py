@@ -9,6 +9,7 @@ Dispatch (DESIGN.md): Triton for CUDA tensors, and for CPU tensors when ``TRITON
 from ._capture import (
     causal_conv1d_update,
     decode_attention,
+    decode_attention_mla,
     decode_attention_ring,
     linear_attention_update,
     selective_state_update,
@@ -22,6 +23,7 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "decode_attention",
+    "decode_attention_mla",
     "decode_attention_ring",
     "last_backend",
     "linear_attention",

@@ -14,6 +14,7 @@ import torch
 
 from .causal_conv1d import causal_conv1d_update as _conv_update
 from .decode_attention import decode_attention as _decode_attention
+from .decode_attention import decode_attention_mla as _decode_attention_mla
 from .decode_attention import decode_attention_ring as _decode_attention_ring
 from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
@@ -160,3 +161,24 @@ def linear_attention_update(
     if torch.compiler.is_compiling():
         return _la_update_op(S, z, q, k, v, normalize, eps)
     return _la_update(S, z, q, k, v, normalize, eps)
+
+
+@torch.library.custom_op("archzoo::decode_attention_mla", mutates_args=())
+def _decode_attention_mla_op(
+    q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, rank: int, scale: float | None
+) -> torch.Tensor:
+    return _decode_attention_mla(q, latent, lengths, rank, scale)
+
+
+@_decode_attention_mla_op.register_fake
+def _(q, latent, lengths, rank, scale):
+    return q.new_empty((*q.shape[:2], rank))
+
+
+def decode_attention_mla(
+    q: torch.Tensor, latent: torch.Tensor, lengths: torch.Tensor, rank: int, scale: float | None = None
+) -> torch.Tensor:
+    """MLA's absorbed decode attention (see ``archzoo.kernels.decode_attention.decode_attention_mla``); traceable."""
+    if torch.compiler.is_compiling():
+        return _decode_attention_mla_op(q, latent, lengths, rank, scale)
+    return _decode_attention_mla(q, latent, lengths, rank, scale)

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..kernels import decode_attention
+from ..kernels import decode_attention_mla
 from .attention import attend, attend_cached, step_mask, use_decode_kernel
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .norm import RMSNorm
@@ -149,9 +149,9 @@ class MLA(nn.Module):
         w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
         q_lat = torch.cat([torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn]), q_rope], dim=-1)
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
-        if use_decode_kernel(q_lat, keys):  # MQA over the latent: key [c_kv | k_rope], value c_kv, read in place
+        if use_decode_kernel(q_lat, keys):  # one latent head: key [c_kv | k_rope], value c_kv, each row read once
             lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)
-            o_lat = decode_attention(q_lat[:, :, 0], keys, keys[..., : self.r], lengths, self.scale)[:, :, None]
+            o_lat = decode_attention_mla(q_lat[:, :, 0], keys[:, 0], lengths, self.r, self.scale)[:, :, None]
         else:
             mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
             o_lat = attend_cached(q_lat, keys, keys[..., : self.r], mask, self.scale)

@@ -70,8 +70,39 @@ def decode_attention_ring(
     return naive_decode_attention_ring(q, k_ring, v_ring, lengths, window, scale)
 
 
+def decode_attention_mla(
+    q: torch.Tensor,
+    latent: torch.Tensor,
+    lengths: torch.Tensor,
+    rank: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """MLA's absorbed decode attention: every query head over one shared latent head, read once per position.
+
+    q (B, H, R + DR): absorbed queries ``[q_lat | q_rope]``; latent (B, T_max, R + DR): the cache rows
+    ``[c_kv | k_rope]``; rank R. The key of position t is its row, the value its first R columns. Returns
+    (B, H, R), in q's dtype, over each row's first ``lengths[b]`` positions (as ``decode_attention``: never
+    read beyond, a length of 0 gives zeros). Equal to ``decode_attention(q, latent[:, None], latent[:, None,
+    :, :R], lengths, scale)``, without reading each row twice or padding R + DR as one dim (``mla.py``).
+    """
+    if latent.dim() != 3:
+        raise ValueError(f"latent must be a (B, T_max, R + DR) tensor, got shape {tuple(latent.shape)}")
+    if not isinstance(rank, int) or not 1 <= rank <= min(latent.shape[2], 512):
+        raise ValueError(f"rank must be an int in 1..min(latent width {latent.shape[2]}, 512), got {rank!r}")
+    k, v = latent[:, None], latent[:, None, :, :rank]
+    check_decode(q, k, v, lengths, "latent", "latent[..., :rank]")
+    if use_triton(q, latent, lengths):
+        from .mla import decode_attention_mla as triton_mla
+
+        record("decode_attention_mla", "triton")
+        return triton_mla(q, latent, lengths, rank, scale)
+    record("decode_attention_mla", "naive")
+    return naive_decode_attention(q, k, v, lengths, scale)
+
+
 __all__ = [
     "decode_attention",
+    "decode_attention_mla",
     "decode_attention_ring",
     "naive_decode_attention",
     "naive_decode_attention_ring",
