@@ -329,6 +329,44 @@ def _decode_attention_row(B: int, H: int, Hkv: int, D: int, length: int, T_max: 
     return res
 
 
+def bench_mla_decode(rounds: int, batches: tuple[int, ...] = (1, 64), H: int = 9, length: int = 4096,
+                     T_max: int = 8192) -> dict:  # fmt: skip
+    """MLA's absorbed decode attention at ranks 64 / 128 / 256 (+ RoPE 32): ``decode_attention_mla`` (the latent
+    read once, key in two parts) against ``decode_attention`` over the latent as one MQA head (key = the row,
+    value = its first R columns, read again) and masked SDPA over the whole buffer (the step's form before
+    the kernels). ``hbm_fraction``: the valid latent rows read once / time / copy bandwidth."""
+    from ..kernels import decode_attention, decode_attention_mla
+    from ..layers.attention import attend_cached
+    from .common import measure_bandwidth
+
+    bw = measure_bandwidth("cuda")
+    out: dict = {"bandwidth": bw}
+    for R in (64, 128, 256):
+        for B in batches:
+            DR, D = 32, R + 32
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q = torch.randn(B, H, D, device="cuda", generator=g).to(torch.bfloat16)
+            lat = torch.randn(B, T_max, D, device="cuda", generator=g).to(torch.bfloat16)
+            L = torch.full((B,), length, device="cuda", dtype=torch.int32)
+            mask = torch.where(torch.arange(T_max, device="cuda") < L[:, None], 0.0, float("-inf"))
+            mask = mask.to(torch.bfloat16)[:, None, None, :]
+            k, v = lat[:, None], lat[:, None, :, :R]
+            impls = {
+                "archzoo_mla": lambda: decode_attention_mla(q, lat, L, R),
+                "decode_attention_mqa": lambda: decode_attention(q, k, v, L),
+                "sdpa_masked_buffer": lambda: attend_cached(q[:, :, None], k, v, mask)[:, :, 0],
+            }
+            res: dict = {"shape": dict(B=B, H=H, R=R, DR=DR, length=length, T_max=T_max)}
+            outs = {name: fn() for name, fn in impls.items()}
+            nbytes = B * length * D * 2
+            for name, t in _interleaved({n: (fn, None) for n, fn in impls.items()}, rounds).items():
+                res[name] = {"status": "ok", "ms": t["ms"], "host_ms": t["host_ms"], "rounds_ms": t["rounds_ms"],
+                             "hbm_fraction": nbytes / (t["ms"] / 1e3) / bw["bytes_per_s"],
+                             "rel_err_vs_mqa": _rel(outs[name].float(), outs["decode_attention_mqa"].float())}  # fmt: skip
+            out[f"r{R}_b{B}"] = res
+    return out
+
+
 def bench_linear_attention_update(rounds: int, batches: tuple[int, ...] = (1, 64)) -> dict:
     """One linear-attention decode step: archzoo's Triton update against the PyTorch update (eager, and
     compiled as a decode step compiled it before the kernel) and fla's ``fused_recurrent_linear_attn`` (T = 1,
@@ -471,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
     ap.add_argument(
-        "--ops", default="scan,conv", help="ops to time: scan, conv, decode_attention, la_update, swa (comma-separated)"
+        "--ops",
+        default="scan,conv",
+        help="ops to time: scan, conv, decode_attention, mla, la_update, swa (comma-separated)",
     )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
     ap.add_argument(
@@ -546,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
     if "decode_attention" in args.ops:
         results["decode_attention"] = bench_decode_attention(args.rounds)
+    if "mla" in args.ops.split(","):
+        results["mla_decode"] = bench_mla_decode(args.rounds)
     if "la_update" in args.ops:
         results["linear_attention_update"] = bench_linear_attention_update(args.rounds)
     if "swa" in args.ops:
@@ -575,6 +617,16 @@ def main(argv: list[str] | None = None) -> int:
             x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
             hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
             print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
+    for label, res in results.get("mla_decode", {}).items():
+        if label == "bandwidth":
+            continue
+        ours = res["archzoo_mla"]
+        print(f"\n## MLA decode {label} (rank + RoPE 32, 9 heads, 4k valid of 8k, bf16; x = impl ms / archzoo_mla ms)")
+        for k, r in res.items():
+            if k == "shape":
+                continue
+            x = f" x{r['ms'] / ours['ms']:.2f}" if r.get("status") == "ok" else ""
+            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x} {r.get('hbm_fraction', 0):.0%} of copy bandwidth |")
     for label, res in results.get("linear_attention_update", {}).items():
         if label == "bandwidth":
             continue
