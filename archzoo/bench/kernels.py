@@ -498,6 +498,19 @@ def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
     return "\n".join(lines)
 
 
+def _print_ms_rows(title: str, res: dict, ours_key: str) -> None:
+    """One table of ``{impl: {status, ms, hbm_fraction}}``: ms, the ratio to ``ours_key`` and the bandwidth."""
+    ours = res[ours_key]
+    print(f"\n## {title}; x = impl ms / {ours_key} ms")
+    for k, r in res.items():
+        if k == "shape":
+            continue
+        ok = r.get("status") == "ok"
+        x = f" x{r['ms'] / ours['ms']:.2f}" if ok and ours.get("status") == "ok" else ""
+        hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if ok and "hbm_fraction" in r else ""
+        print(f"| {k} | {r['ms']:.3f} ms{x}{hbm} |" if ok else f"| {k} | {r.get('status')} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``archzoo bench kernels [options]``; argv defaults to sys.argv[1:]. -> exit status."""
     ap = argparse.ArgumentParser(prog="archzoo bench kernels", description=__doc__.split("\n\n")[0])
@@ -608,37 +621,14 @@ def main(argv: list[str] | None = None) -> int:
         host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
         print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
     for B, res in results.get("decode_attention", {}).items():
-        if not isinstance(B, int):
-            continue
-        ours = res["archzoo"]
-        print(f"\n## decode_attention B={B} (9/3 heads, D=64, 4k valid of 8k, bf16; x = impl ms / archzoo ms)")
-        for k, r in res.items():
-            ok = r.get("status") == "ok" and ours.get("status") == "ok"
-            x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
-            hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
-            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
+        if isinstance(B, int):
+            _print_ms_rows(f"decode_attention B={B} (9/3 heads, D=64, 4k valid of 8k, bf16)", res, "archzoo")
     for label, res in results.get("mla_decode", {}).items():
-        if label == "bandwidth":
-            continue
-        ours = res["archzoo_mla"]
-        print(f"\n## MLA decode {label} (rank + RoPE 32, 9 heads, 4k valid of 8k, bf16; x = impl ms / archzoo_mla ms)")
-        for k, r in res.items():
-            if k == "shape":
-                continue
-            x = f" x{r['ms'] / ours['ms']:.2f}" if r.get("status") == "ok" else ""
-            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x} {r.get('hbm_fraction', 0):.0%} of copy bandwidth |")
+        if label != "bandwidth":
+            _print_ms_rows(f"MLA decode {label} (rank + RoPE 32, 9 heads, 4k valid of 8k, bf16)", res, "archzoo_mla")
     for label, res in results.get("linear_attention_update", {}).items():
-        if label == "bandwidth":
-            continue
-        ours = res["archzoo"]
-        print(f"\n## linear_attention_update {label} (T=1, no normalisation; x = impl ms / archzoo ms)")
-        for k, r in res.items():
-            if k == "shape":
-                continue
-            ok = r.get("status") == "ok" and ours.get("status") == "ok"
-            x = f" x{r['ms'] / ours['ms']:.2f}" if ok else ""
-            hbm = f" {r['hbm_fraction']:.0%} of copy bandwidth" if r.get("status") == "ok" else ""
-            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{x}{hbm} |")
+        if label != "bandwidth":
+            _print_ms_rows(f"linear_attention_update {label} (T=1, no normalisation)", res, "archzoo")
     if "window_attention" in results:
         res = results["window_attention"]
         ours = res.get("archzoo", {})
