@@ -12,8 +12,9 @@ once ``--steps`` is well above them). Variants (``--variants``, comma-separated)
 - ``teacher_bf16``: ``speed.teacher_dtype: bf16``;
 - ``fused_adamw``: ``speed.fused_adamw: true``;
 - ``compile``: ``speed.compile: true`` (regional, student and teacher blocks);
-- ``all``: the three together;
-- ``all_b32``, ``all_b64``: the three with micro-batch 32 / 64 (same tokens per step budget per row).
+- ``sync10``: ``speed.sync_every: 10`` (the host waits for the device every 10 steps, not twice a step);
+- ``all``: the four together;
+- ``all_b32``, ``all_b64``: the four with micro-batch 32 / 64.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ VARIANTS = {
     "teacher_bf16": ({"teacher_dtype": "bf16", "fused_adamw": False, "compile": False}, None),
     "fused_adamw": ({"teacher_dtype": "fp32", "fused_adamw": True, "compile": False}, None),
     "compile": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": True}, None),
-    "all": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, None),
-    "all_b32": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, 32),
-    "all_b64": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True}, 64),
+    "sync10": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": False, "sync_every": 10}, None),
+    "all": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, None),
+    "all_b32": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, 32),
+    "all_b64": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, 64),
 }
 
 

@@ -254,6 +254,13 @@ class SpeedConfig(Strict):
     fused_adamw: bool | None = Field(
         default=None, description="torch's fused AdamW kernel; null: on when every parameter is on CUDA, unsharded"
     )
+    sync_every: int = Field(
+        default=1,
+        gt=0,
+        description="the host waits for the device every n optimizer steps, not every step: tokens/s and TFLOP/s "
+        "become averages over n steps, and a non-finite loss is caught at the end of the window, before any "
+        "checkpoint or export (which check first)",
+    )
 
 
 class ExportConfig(Strict):

@@ -102,6 +102,8 @@ class DistillModule(L.LightningModule):
         self._stage_idx: int | None = None
         self._flops: dict[int, float] = {}
         self._val: dict[str, torch.Tensor] = {}
+        # speed.sync_every > 1: per set of logged parts, the first non-finite step and its values, on the device
+        self._bad: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._trainable = [self._trainable_names(i) for i in range(len(run.stages))]
 
     # ------------------------------------------------------------------ setup
@@ -232,7 +234,10 @@ class DistillModule(L.LightningModule):
         else:
             loss, parts = self.kd_step(batch[:, :-1], batch[:, 1:], stage)
         logged = self._global_mean({"loss": loss.detach(), **parts})
-        self._check_finite(logged, stage.name)
+        if self.run_cfg.speed.sync_every == 1:
+            self._check_finite(logged, stage.name)
+        else:
+            self._watch_finite(logged)
         bs = batch.shape[0]
         for k, v in logged.items():
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
@@ -308,14 +313,43 @@ class DistillModule(L.LightningModule):
         mean = self.trainer.strategy.reduce(torch.stack([v.to(dtype) for v in values.values()]), reduce_op="mean")
         return dict(zip(values, mean.unbind(), strict=True))
 
-    def _check_finite(self, logged: dict[str, torch.Tensor], stage: str) -> None:
+    def _check_finite(self, logged: dict[str, torch.Tensor], stage: str, step: int | None = None) -> None:
         """``logged``: the loss and its parts averaged over the ranks, so every rank stops together."""
         if not bool(torch.isfinite(logged["loss"])):
             detail = ", ".join(f"{k}={float(v):.4g}" for k, v in logged.items() if k != "loss")
+            step = self.global_step if step is None else step
             raise NonFiniteLossError(
-                f"non-finite training loss at step {self.global_step} (stage {stage!r}: {detail}); the run stops "
+                f"non-finite training loss at step {step} (stage {stage!r}: {detail}); the run stops "
                 "and the last checkpoint is kept. Lower the learning rate, raise gradient clipping, or check the data."
             )
+
+    def _watch_finite(self, logged: dict[str, torch.Tensor]) -> None:
+        """``speed.sync_every`` > 1: note the first step with a non-finite loss on the device (no host wait);
+        ``check_finite_now`` raises for it at the window's end and before any checkpoint or export."""
+        loss = logged["loss"]
+        vals = torch.stack([v.detach().float().reshape(()) for v in logged.values()])
+        keys = tuple(logged)  # the parts differ by stage type: one record per set of parts
+        if keys not in self._bad:
+            self._bad[keys] = (torch.full((), -1, dtype=torch.long, device=loss.device), torch.zeros_like(vals))
+        step_t, bad_vals = self._bad[keys]
+        first = ~torch.isfinite(loss) & (step_t < 0)
+        self._bad[keys] = (torch.where(first, torch.full_like(step_t, self.global_step), step_t),
+                           torch.where(first, vals, bad_vals))  # fmt: skip
+        if (self.global_step + 1) % self.run_cfg.speed.sync_every == 0:
+            self.check_finite_now()
+
+    def check_finite_now(self) -> None:
+        """Raise ``NonFiniteLossError`` for the first non-finite loss noted by ``_watch_finite`` (a host wait)."""
+        found = [(int(step_t), keys, bad_vals) for keys, (step_t, bad_vals) in self._bad.items()]
+        found = sorted(f for f in found if f[0] >= 0)
+        if not found:
+            return
+        step, keys, bad_vals = found[0]
+        stage = self.run_cfg.stages[self.run_cfg.stage_at(step)[0]].name
+        self._check_finite({k: torch.tensor(v) for k, v in zip(keys, bad_vals.tolist(), strict=True)}, stage, step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite_now()  # never write a checkpoint after a diverged step (sync_every > 1)
 
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         # Throughput and model FLOP/s are logged by train/run.py's StepThroughput callback, which times

@@ -60,6 +60,7 @@ class ExportStudent(Callback):
         self._last: int | None = None
 
     def _export(self, trainer: L.Trainer, module: DistillModule) -> None:
+        module.check_finite_now()  # a diverged student is not exported (sync_every > 1)
         if trainer.global_step != self._last and (trainer.is_global_zero or is_sharded(module.student)):
             save_student(module.student, self.path, trainer.is_global_zero)
         self._last = trainer.global_step
@@ -107,10 +108,18 @@ class StepThroughput(Callback):
 
     It must run before the callbacks that write checkpoints or the student (``build_trainer`` puts it
     first; Lightning runs ModelCheckpoint last), so that a step's time ends before their writes. Under
-    gradient accumulation a step's time is the sum over its micro-batches."""
+    gradient accumulation a step's time is the sum over its micro-batches.
 
-    def __init__(self) -> None:
-        self.tokens_per_s: list[float] = []  # one per optimizer step of this fit
+    ``sync_every`` > 1 (``speed.sync_every``): the host waits for the device only at the end of a window of
+    that many steps (or earlier, at a step that checkpoints or exports, so their writes stay outside the
+    timing); each window logs its average and counts once in the medians."""
+
+    def __init__(self, sync_every: int = 1, stops: tuple[int | None, ...] = ()) -> None:
+        self.sync_every = sync_every
+        self.stops = tuple(s for s in stops if s)  # steps at multiples of these close a window
+        self._open = False
+        self._steps = 0
+        self.tokens_per_s: list[float] = []  # one per optimizer step of this fit (per window with sync_every > 1)
         self.model_tflops: list[float] = []
         self.model_flops = 0.0
         self._start = 0.0
@@ -125,19 +134,33 @@ class StepThroughput(Callback):
             torch.cuda.synchronize(module.device)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._sync(module)
-        self._start = time.perf_counter()
+        if not self._open:
+            self._sync(module)
+            self._start = time.perf_counter()
+            self._open = True
         self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self._sync(module)
-        self._time += time.perf_counter() - self._start
         tokens = batch[:, :-1].numel() * trainer.world_size
         stage = module.run_cfg.stage_at(self._step)[0]
         self._tokens += tokens
         self._flops += module.model_flops_per_token(stage) * tokens
+        if self.sync_every == 1:  # every micro-batch timed on its own: gaps between them are not counted
+            self._sync(module)
+            self._time += time.perf_counter() - self._start
+            self._open = False
         if trainer.global_step == self._step:  # accumulating: the optimizer step has not run yet
             return
+        self._steps += 1
+        step = trainer.global_step
+        if self.sync_every > 1:
+            closes = self._steps >= self.sync_every or step >= (trainer.max_steps or step)
+            if not (closes or any(step % s == 0 for s in self.stops)):
+                return
+            self._sync(module)
+            self._time = time.perf_counter() - self._start
+            self._open = False
+        self._steps = 0
         tokens_per_s = self._tokens / max(self._time, 1e-9)
         tflops = self._flops / max(self._time, 1e-9) / 1e12
         self.tokens_per_s.append(tokens_per_s)
@@ -338,7 +361,8 @@ def build_trainer(run: RunConfig, out: Path, resume_step: int | None = None) -> 
     )
     progress, bar = _progress(run)
     callbacks = [
-        StepThroughput(),  # first: a step's time ends before the callbacks below write anything
+        # first: a step's time ends before the callbacks below write anything
+        StepThroughput(run.speed.sync_every, (every, run.export.every_n_steps)),
         RunSummary(),
         ckpt,
         FinishRun(out / "checkpoints" / "last.ckpt", every),

@@ -281,3 +281,29 @@ def test_speed_levers_keep_the_losses(teacher_dir, tmp_path, monkeypatch):
     run_distill(_config(teacher_dir, speed={"teacher_dtype": "fp16"}, stages=[{"name": "kd", "type": "kd", "steps": 2}]),
                 tmp_path / "half")  # fmt: skip
     assert seen["teacher"] == torch.float16
+
+
+def test_sync_every_waits_per_window_and_still_stops_before_a_diverged_checkpoint(teacher_dir, tmp_path, monkeypatch):
+    """speed.sync_every = 4: the same losses as waiting every step; throughput logged per window; a NaN at step 4
+    is caught before the checkpoint of step 6 is written, so the last checkpoint is still step 3's."""
+    plain, windowed = tmp_path / "plain", tmp_path / "windowed"
+    run_distill(_config(teacher_dir), plain)
+    run_distill(_config(teacher_dir, speed={"sync_every": 4}), windowed)
+    want, got = _losses(plain / "logs" / "metrics.csv"), _losses(windowed / "logs" / "metrics.csv")
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
+    with open(windowed / "logs" / "metrics.csv", newline="") as f:
+        timed = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/tokens_per_s")]
+    assert len(timed) < 8, f"throughput per window, not per step: logged at steps {timed}"
+
+    kd_step = DistillModule.kd_step
+
+    def poisoned(self, ids, targets, stage):
+        loss, parts = kd_step(self, ids, targets, stage)
+        return (loss * float("nan"), parts) if self.global_step == 4 else (loss, parts)
+
+    monkeypatch.setattr(DistillModule, "kd_step", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 4 \(stage 'kd'"):
+        run_distill(_config(teacher_dir, export={"every_n_steps": None}, speed={"sync_every": 4}), out)
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert not (out / "student").exists(), "a diverged student is not exported as the result"
