@@ -175,6 +175,9 @@ class DistillModule(L.LightningModule):
             shard_student(self.student, self.trainer.strategy.device_mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
+        for model in (self.student, self.teacher):  # decode copies from an earlier generate: memory, not state
+            if hasattr(model, "release_fused"):
+                model.release_fused()
         self.teacher.to(self.device, self.teacher_dtype())
         self._compile_blocks()
 

@@ -296,3 +296,7 @@ class DiscretizedS4:
             self.dA, self.dB, self.C = (t.contiguous() for t in new)
         self._signature = sig
         return True
+
+    def release(self) -> None:
+        """Drop the precomputed tensors; the next ``refresh`` makes them again."""
+        self.dA = self.dB = self.C = self._signature = None

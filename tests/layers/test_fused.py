@@ -123,3 +123,16 @@ def test_fused_step_compiles_once():
             step(ids[:, t : t + 1])
     assert counter.frame_count == 1
     torch._dynamo.reset()
+
+
+def test_release_frees_the_copies_and_generate_makes_them_again(monkeypatch):
+    model = f64_model(S4)
+    monkeypatch.setattr(type(model), "compile_backend", "eager")
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, 4))
+    out = model.generate(prompt, 5, compile=True)
+    held = [m.fused for m in model.modules() if getattr(m, "fused", None) is not None]
+    assert held and all(getattr(f, "weight", None) is not None or getattr(f, "dA", None) is not None for f in held)
+    model.release_fused()
+    assert not model.decode_pool.entries
+    assert all(getattr(f, "weight", None) is None and getattr(f, "dA", None) is None for f in held)
+    assert torch.equal(model.generate(prompt, 5, compile=True), out)
