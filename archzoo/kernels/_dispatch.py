@@ -20,6 +20,28 @@ log = logging.getLogger("archzoo.kernels")
 
 _LAST_BACKEND: dict[str, str] = {}
 _LOGGED: set[tuple[str, str]] = set()
+# (op, device type) -> why its Triton kernel does not run there: it failed to compile (try_kernel).
+_FAILED: dict[tuple[str, str], str] = {}
+_NO_RESULT = object()
+
+
+def kernel_failed(op: str, device_type: str) -> str | None:
+    """Why ``op``'s Triton kernel is off on this device type (it failed to compile before), or None."""
+    return _FAILED.get((op, device_type))
+
+
+def try_kernel(op: str, device_type: str, run):
+    """``run()`` -> its result; or, when the Triton kernel fails to compile there (registers, shared memory:
+    before any launch, so nothing was written), ``None``, and the op's kernel stays off on that device type for
+    the rest of the process (``kernel_failed``), the reason logged once by the caller's ``record``. For kernels
+    tested in the interpreter but not on every GPU: the caller then runs a form that is."""
+    import triton
+
+    try:
+        return run()
+    except (triton.CompilationError, triton.OutOfResources) as e:
+        _FAILED[(op, device_type)] = f"its Triton kernel did not compile here ({type(e).__name__}: {e})"
+        return None
 
 
 @functools.cache

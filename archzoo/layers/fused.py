@@ -30,6 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def signature(tensors) -> tuple:
+    """Where each tensor lives and how often it was changed in place: equal signatures, equal contents."""
+    return tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)
+
+
 class FusedLinears:
     """A refreshable concatenation of ``linears``' weights (and biases) along the output dim."""
 
@@ -50,7 +55,7 @@ class FusedLinears:
     def refresh(self) -> bool:
         """Recopy the weights if any changed since the last copy; True when it copied."""
         src = self._sources()
-        sig = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in src)
+        sig = signature(src)
         if sig == self._signature:
             return False
         ws = [lin.weight for lin in self.linears]
@@ -61,7 +66,7 @@ class FusedLinears:
             torch.cat(ws, out=self.weight)
             if self.bias is not None:
                 torch.cat([lin.bias for lin in self.linears], out=self.bias)
-        self._signature = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in src)
+        self._signature = signature(src)
         return True
 
     def release(self) -> None:

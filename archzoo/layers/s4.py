@@ -51,6 +51,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .fused import signature
 
 
 class S4Config(LayerConfig):
@@ -280,7 +281,7 @@ class DiscretizedS4:
 
     @torch.no_grad()
     def refresh(self) -> bool:
-        sig = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in self._sources())
+        sig = signature(self._sources())
         if sig == self._signature:
             return False
         m = self.layer[0]

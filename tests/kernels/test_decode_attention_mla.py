@@ -98,18 +98,16 @@ def test_cuda_rank_256():
 @needs_triton
 def test_a_kernel_that_does_not_compile_falls_back(monkeypatch):
     """Should the MLA kernel fail to compile on a device, decode_attention over the latent as MQA runs."""
-    import importlib
-
     import triton
 
-    D = importlib.import_module("archzoo.kernels.decode_attention")
+    from archzoo.kernels import _dispatch
 
     def broken(*a, **kw):
         raise triton.OutOfResources(300_000, 232_448, "shared memory")
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(M, "decode_attention_mla", broken)
-    monkeypatch.setattr(D, "_MLA_FAILED", {})
+    monkeypatch.setattr(_dispatch, "_FAILED", {})
     q, latent, L = _inputs(2, 9, 20, 16, 8, [20, 5])
     got = K.decode_attention_mla(q, latent, L, 16)
     assert K.last_backend("decode_attention_mla") == "triton-mqa"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import record, use_triton
+from .._dispatch import kernel_failed, record, try_kernel, use_triton
 from ._checks import check_decode, check_window
 from .naive import naive_decode_attention, naive_decode_attention_ring
 
@@ -92,29 +92,21 @@ def decode_attention_mla(
     k, v = latent[:, None], latent[:, None, :, :rank]
     check_decode(q, k, v, lengths, "latent", "latent[..., :rank]")
     if use_triton(q, latent, lengths):
-        import triton
-
         from .mla import decode_attention_mla as triton_mla
         from .triton import _run
 
-        failed = _MLA_FAILED.get(q.device.type)
-        if failed is None:
-            try:
-                out = triton_mla(q, latent, lengths, rank, scale)
-            except (triton.CompilationError, triton.OutOfResources) as e:
-                failed = _MLA_FAILED[q.device.type] = f"the MLA kernel did not compile here ({type(e).__name__}: {e})"
-            else:
+        dev = q.device.type
+        if not kernel_failed("decode_attention_mla", dev):
+            out = try_kernel("decode_attention_mla", dev, lambda: triton_mla(q, latent, lengths, rank, scale))
+            if out is not None:
                 record("decode_attention_mla", "triton")
                 return out
-        record("decode_attention_mla", "triton-mqa", failed)  # decode_attention over the latent as MQA
+        # The MLA kernel is tested in the interpreter; where it does not compile, decode_attention over the
+        # latent as one MQA head (the same result, each row read twice) runs, the reason logged once.
+        record("decode_attention_mla", "triton-mqa", kernel_failed("decode_attention_mla", dev))
         return _run(q, k, v, lengths, scale, 0, False)
     record("decode_attention_mla", "naive")
     return naive_decode_attention(q, k, v, lengths, scale)
-
-
-# The MLA kernel is tested in the interpreter; should it fail to compile on a device, decode_attention over the
-# latent as one MQA head (the same result, each row read twice) runs from then on, the reason logged once.
-_MLA_FAILED: dict[str, str] = {}
 
 
 __all__ = [

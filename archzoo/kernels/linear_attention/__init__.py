@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import record, use_triton
+from .._dispatch import kernel_failed, record, try_kernel, use_triton
 from .naive import State, chunk_linear_attention, naive_linear_attention, naive_linear_attention_update
 
 __all__ = [
@@ -97,30 +97,22 @@ def linear_attention_update(
     """
     _check_update(S, z, q, k, v, eps)
     if use_triton(S, z, q, k, v):
-        import triton
-
         from .recurrent import linear_attention_update as triton_update
         from .recurrent import unsupported
 
-        reason = unsupported(S, z, q, k, v) or _UPDATE_FAILED.get(q.device.type)
-        if reason is None:
-            try:
-                out = triton_update(S, z, q, k, v, normalize, eps)
-            except (triton.CompilationError, triton.OutOfResources) as e:  # before any launch: S, z untouched
-                _UPDATE_FAILED[q.device.type] = f"the Triton update did not compile here ({type(e).__name__}: {e})"
-                reason = _UPDATE_FAILED[q.device.type]
-            else:
-                record("linear_attention_update", "triton")
+        op, dev = "linear_attention_update", q.device.type
+        reason = unsupported(S, z, q, k, v) or kernel_failed(op, dev)
+        if reason is None:  # tested in the interpreter; where it does not compile, the reference form runs
+            out = try_kernel(op, dev, lambda: triton_update(S, z, q, k, v, normalize, eps))
+            if out is not None:
+                record(op, "triton")
                 return out
-        record("linear_attention_update", "naive", reason)
+            reason = kernel_failed(op, dev)
+        record(op, "naive", reason)
     else:
         record("linear_attention_update", "naive")
     return naive_linear_attention_update(S, z, q, k, v, normalize, eps)
 
-
-# The decode kernel is tested in the interpreter; should it fail to compile on a device (registers, shared
-# memory), the step falls back to the reference form for the rest of the process, the reason logged once.
-_UPDATE_FAILED: dict[str, str] = {}
 
 
 def _check_update(S, z, q, k, v, eps: float) -> None:
