@@ -103,3 +103,23 @@ def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
             monkeypatch.setattr(attention, "DECODE_ATTENTION", "kernel")
             assert_close(f"{path.stem} step {t}", got, ref, 1e-5)
     assert counter.frame_count == 1, f"{path.stem}: compiled {counter.frame_count} times"
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+def test_a_step_the_decode_kernel_cannot_take_says_why(monkeypatch, caplog):
+    """Where the kernels run, a cache whose dtype differs from the step's takes masked SDPA, and says so."""
+    import logging
+
+    import archzoo.kernels as K
+    from archzoo.kernels import _dispatch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == "gqa")).float()
+    cache = model.new_cache(1, 8, dtype=torch.float64)  # fp64 buffers, fp32 step
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 3))
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        model(ids[:, :2], cache=cache)
+        model(ids[:, 2:], cache=cache)
+    assert K.last_backend("decode_attention") == "sdpa"
+    assert any("the cache holds torch.float64" in r.getMessage() for r in caplog.records)

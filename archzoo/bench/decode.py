@@ -54,6 +54,7 @@ import torch
 from ..cache import cache_bytes
 from ..config import load_config
 from ..errors import UserError
+from ..kernels._dispatch import forget, last_backend
 from ..layers import attention as attention_layer
 from .common import (
     atomic_write,
@@ -90,6 +91,7 @@ class ModelSource:
 # ``--decode-attention``: the form a one-token step's softmax / MLA attention runs where the Triton
 # kernels run (``archzoo.layers.attention.DECODE_ATTENTION``), and the implementation name of its rows.
 FORM_IMPLEMENTATION = {"kernel": "archzoo", "sdpa": "archzoo-sdpa"}
+ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_mla")
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:
@@ -581,8 +583,13 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
                 row["decode_attention"] = form
                 if options:
                     row["inductor_options"] = options
+                forget(*ATTENTION_OPS)
                 with decode_attention_form(form):
                     measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
+                # which decode attention really ran (the custom ops record it when they run; SDPA records
+                # nothing inside a compiled step): none of the kernels means masked SDPA
+                ran = {op: last_backend(op) for op in ATTENTION_OPS if last_backend(op)}
+                row["attention_backend"] = ran or "sdpa"
     if pool is not None and hasattr(pool, "clear"):
         pool.clear()
     if run.draft is not None:

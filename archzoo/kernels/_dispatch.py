@@ -99,6 +99,12 @@ def record(op: str, backend: str, reason: str | None = None) -> None:
         log.warning("archzoo.kernels.%s: using backend '%s' (%s)", op, backend, reason)
 
 
+def forget(*ops: str) -> None:
+    """Clear what ``last_backend`` says of ``ops`` (a benchmark row then reads only what its own calls ran)."""
+    for op in ops:
+        _LAST_BACKEND.pop(op, None)
+
+
 def last_backend(op: str) -> str | None:
     """Backend that ran ``op`` most recently in this process: 'triton', 'naive', 'causal_conv1d', or None."""
     return _LAST_BACKEND.get(op)

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels import decode_attention, decode_attention_ring
-from ..kernels._dispatch import interpret_mode
+from ..kernels._dispatch import interpret_mode, record
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .fused import FusedLinears
 from .rope import RotaryEmbedding, apply_rope
@@ -41,15 +41,26 @@ DECODE_KERNEL_MAX_DIM = 512  # the kernel's largest head dim (MLA's latent key i
 
 
 def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True when a one-token decode step of q (B, H, 1, D) over cache k should run the decode kernel."""
-    return (
-        DECODE_ATTENTION == "kernel"
-        and q.shape[2] == 1
-        and q.dtype == k.dtype
-        and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and max(q.shape[-1], k.shape[-1]) <= DECODE_KERNEL_MAX_DIM
-        and (q.is_cuda or (q.device.type == "cpu" and interpret_mode()))  # where the Triton kernels run
-    )
+    """True when a one-token decode step of q (B, H, 1, D) over cache k should run the decode kernel.
+
+    Where the kernels run but these tensors do not fit them, masked SDPA runs and the reason is logged once
+    (``last_backend("decode_attention") == "sdpa"``) on an eager step; a compiled step cannot log while it is
+    traced, so ``archzoo bench decode`` reports the attention that ran in each row (``attention_backend``).
+    """
+    if DECODE_ATTENTION != "kernel" or q.shape[2] != 1:
+        return False
+    if not (q.is_cuda or (q.device.type == "cpu" and interpret_mode())):  # where the Triton kernels run
+        return False
+    reason = None
+    if q.dtype != k.dtype:
+        reason = f"the cache holds {k.dtype} and the step computes in {q.dtype}"
+    elif q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        reason = f"the decode kernel takes fp16, bf16 or fp32, not {q.dtype}"
+    elif max(q.shape[-1], k.shape[-1]) > DECODE_KERNEL_MAX_DIM:
+        reason = f"head dim {max(q.shape[-1], k.shape[-1])} > {DECODE_KERNEL_MAX_DIM}, the decode kernel's widest"
+    if reason is not None and not torch.compiler.is_compiling():
+        record("decode_attention", "sdpa", reason)
+    return reason is None
 
 
 class AttentionConfig(LayerConfig):

@@ -61,13 +61,25 @@ def window_attention(q, k, v, window: int, scale: float | None = None) -> torch.
             raise
         except Exception as e:  # a compile failure, before anything ran: fall back for good, say why
             _FAILED[dev] = f"FlexAttention failed here ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-            record("sliding_window_attention", "sdpa", _FAILED[dev])
+            _note("sdpa", _FAILED[dev])
         else:
-            record("sliding_window_attention", "flex")
+            _note("flex")
             return out
+    elif dev in _FAILED:
+        _note("sdpa", _FAILED[dev])
+    elif q.is_cuda:
+        _note("sdpa", "a prefill (no gradients) takes SDPA with the window mask: FlexAttention would compile anew "
+                      "for every prompt length")  # fmt: skip
     else:
-        record("sliding_window_attention", "sdpa", _FAILED.get(dev))
+        _note("sdpa")
     return sdpa_window(q, k, v, window, scale)
+
+
+def _note(backend: str, reason: str | None = None) -> None:
+    """``last_backend("sliding_window_attention")``, the reason logged once; not while tracing (a compiled
+    training step would break its graph at the host-side record)."""
+    if not torch.compiler.is_compiling():
+        record("sliding_window_attention", backend, reason)
 
 
 def _flex(q, k, v, window: int, scale: float | None) -> torch.Tensor:

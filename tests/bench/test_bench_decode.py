@@ -125,6 +125,7 @@ def test_bench_decode_attention_forms_side_by_side(tmp_path):
 
     rc, res = _bench(tmp_path / "out", GQA, *TINY, "--decode-attention", "kernel,sdpa")
     assert rc == 0 and res["decode_attention"] == ["kernel", "sdpa"]
+    assert all(r["attention_backend"] == "sdpa" for r in res["rows"]), "on the CPU no decode kernel runs"
     pairs = [(r["implementation"], r["decode_attention"]) for r in res["rows"]]
     assert pairs == [("archzoo", "kernel"), ("archzoo-sdpa", "sdpa")] * (len(pairs) // 2) and pairs
     assert attention.DECODE_ATTENTION == "kernel"
