@@ -259,7 +259,7 @@ class Attention(nn.Module):
             ctx.shared["cla_kv"] = kv  # members follow their leader: the latest one
         else:
             kv = ctx.shared["cla_kv"]
-        keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty
+        keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty; or None
         if use_decode_kernel(q, keys):
             lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)  # tokens seen, this one included
             if self.window is None:
@@ -269,9 +269,10 @@ class Attention(nn.Module):
             return self.o_proj(o.reshape(B, 1, self.n_heads * self.head_dim))
 
         def mask() -> torch.Tensor:
-            visible = (k_pos[:, None, :] <= q_pos[:, :, None]) & (k_pos[:, None, :] >= 0)
+            kp = k_pos if k_pos is not None else self._slot_positions(q_pos, keys.shape[2])
+            visible = (kp[:, None, :] <= q_pos[:, :, None]) & (kp[:, None, :] >= 0)
             if self.window is not None:
-                visible &= k_pos[:, None, :] > q_pos[:, :, None] - self.window
+                visible &= kp[:, None, :] > q_pos[:, :, None] - self.window
             return step_mask(visible, self.n_heads // self.n_kv_heads, q.dtype)
 
         G = self.n_heads // self.n_kv_heads
@@ -279,8 +280,17 @@ class Attention(nn.Module):
         o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), ctx.memoised(key, mask))  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
+    def _slot_positions(self, q_pos: torch.Tensor, slots: int) -> torch.Tensor:
+        """(B, slots) absolute position each buffer slot holds after a one-token step at q_pos (B, 1), -1 where
+        empty: the slot index itself for a global buffer, the ring's layout for a window."""
+        if self.window is None:
+            return torch.arange(slots, device=q_pos.device).expand(q_pos.shape[0], slots)
+        return ring_slot_positions(q_pos[:, -1], slots)
+
     def _write_step(self, k, v, q_pos, state: LayerState):
-        """Write a step's K/V (B, Hkv, T, D) at positions q_pos (B, T); return keys, values, key positions."""
+        """Write a step's K/V (B, Hkv, T, D) at positions q_pos (B, T); return keys, values and the key positions
+        (B, S), or None where they follow from the buffer itself (``_slot_positions``): the decode kernel
+        needs none, so a step that runs it builds none."""
         kb, vb = state["k"], state["v"]
         B, Hkv, T, _ = k.shape
         slots = kb.shape[2]
@@ -290,12 +300,12 @@ class Attention(nn.Module):
             idx = (rows, heads, q_pos[:, None, :])
             kb.index_put_(idx, k.detach().to(kb.dtype))
             vb.index_put_(idx, v.detach().to(vb.dtype))
-            return kb, vb, torch.arange(slots, device=k.device).expand(B, slots)
+            return kb, vb, None  # positions: the slots' own indices (_slot_positions), built only if a mask needs them
         if T == 1:  # the slot it overwrites held position pos - W, already outside the window
             idx = (rows, heads, torch.remainder(q_pos, slots)[:, None, :])
             kb.index_put_(idx, k.detach().to(kb.dtype))
             vb.index_put_(idx, v.detach().to(vb.dtype))
-            return kb, vb, ring_slot_positions(q_pos[:, -1], slots)
+            return kb, vb, None  # positions: from each row's newest one (_slot_positions), only if a mask needs them
         # Several tokens: an earlier one may need a slot a later one overwrites, so attend over the
         # old ring plus the new keys, then write the last min(T, W) of them.
         k_pos = torch.cat([ring_slot_positions(q_pos[:, 0] - 1, slots), q_pos], dim=1)  # (B, W + T)
