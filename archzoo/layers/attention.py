@@ -27,6 +27,7 @@ from torch import nn
 
 from ..kernels import decode_attention, decode_attention_ring
 from ..kernels._dispatch import interpret_mode, record
+from ..kernels.decode_attention._checks import MAX_HEAD_DIM
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .fused import FusedLinears
 from .rope import RotaryEmbedding, apply_rope
@@ -37,7 +38,7 @@ from .window import window_attention
 # ``archzoo bench decode --decode-attention kernel,sdpa`` switches it to measure both in one process; a
 # compiled step guards on it, so a change recompiles rather than replaying the other form.
 DECODE_ATTENTION = "kernel"
-DECODE_KERNEL_MAX_DIM = 512  # the kernel's largest head dim (MLA's latent key is r + d_rope wide)
+DECODE_KERNEL_MAX_DIM = MAX_HEAD_DIM  # the kernel's widest head (MLA's latent key is r + d_rope wide)
 
 
 def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
