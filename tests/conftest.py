@@ -59,3 +59,8 @@ def _one_thread():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# Tests that run a kernel on CPU tensors through Triton's interpreter: on a GPU machine Triton was imported
+# compiled, so they cannot run there (the GPU tests cover the same kernels on CUDA tensors).
+interpreter_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="runs Triton's interpreter on CPU tensors; a CUDA machine imports Triton compiled"
+)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from conftest import MODEL_CONFIGS, TRITON_SKIP, assert_close, f64_model
+from conftest import MODEL_CONFIGS, TRITON_SKIP, assert_close, f64_model, interpreter_only
 
 STEPS = 64
 
@@ -66,6 +66,7 @@ def test_rows_of_different_lengths_decode_as_if_alone(path):
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+@interpreter_only
 def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
     """Where the Triton kernels run (here: the interpreter), a one-token step of a softmax or MLA layer runs
     ``decode_attention``: rows of different lengths, ring buffers and CLA give the masked-SDPA step's logits,
@@ -106,6 +107,7 @@ def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
 
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
 def test_a_step_the_decode_kernel_cannot_take_says_why(monkeypatch, caplog):
     """Where the kernels run, a cache whose dtype differs from the step's takes masked SDPA, and says so."""
     import logging

@@ -15,7 +15,7 @@ import archzoo.kernels as K
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.decode_attention import naive_decode_attention
 
-from conftest import requires_cuda
+from conftest import interpreter_only, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.decode_attention.triton", "archzoo.kernels.decode_attention.mla")
 T, M = _mods if _mods else (None, None)
@@ -64,6 +64,7 @@ def test_matches_reference(case, dtype, splits, monkeypatch):
 
 
 @needs_triton
+@interpreter_only
 def test_dispatch_and_trace(monkeypatch):
     q, latent, L = _inputs(2, 9, 20, 16, 8, [20, 5])
     assert rel_err(K.decode_attention_mla(q, latent, L, 16), _ref(q, latent, L, 16)) < 1e-6
@@ -96,6 +97,7 @@ def test_cuda_rank_256():
 
 
 @needs_triton
+@interpreter_only
 def test_a_kernel_that_does_not_compile_falls_back(monkeypatch):
     """Should the MLA kernel fail to compile on a device, decode_attention over the latent as MQA runs."""
     import triton

@@ -17,6 +17,7 @@ import torch
 import archzoo.kernels as K
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.linear_attention import naive_linear_attention
+from conftest import interpreter_only
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.linear_attention.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -175,6 +176,7 @@ def test_long_gpu(dtype, normalize):
     _compare(q, k, v, state, True, normalize, 64, TOL[dtype])
 
 
+@interpreter_only
 def test_wide_feature_maps_take_the_chunked_form(monkeypatch):
     """A feature dim above MAX_FEATURE (BASED's Taylor map: 273) does not fit one tile: chunked form, reason given."""
     LA = importlib.import_module("archzoo.kernels.linear_attention")

@@ -18,7 +18,7 @@ import archzoo.kernels as K
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.linear_attention import naive_linear_attention_update
 
-from conftest import requires_cuda
+from conftest import interpreter_only, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.linear_attention.recurrent")
 R = _mods[0] if _mods else None
@@ -86,6 +86,7 @@ def test_strided_inputs():
 
 
 @needs_triton
+@interpreter_only
 def test_dispatch(monkeypatch, caplog):
     from archzoo.kernels import _dispatch
 
@@ -143,6 +144,7 @@ def test_cuda_based_shape(dtype):
 
 
 @needs_triton
+@interpreter_only
 def test_a_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
     """Should the kernel fail to compile on a device, the reference form runs from then on, the reason logged."""
     import triton
