@@ -17,6 +17,7 @@ import torch
 import archzoo.kernels as K
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.linear_attention import naive_linear_attention
+
 from conftest import interpreter_only
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.linear_attention.triton")

@@ -301,6 +301,7 @@ def test_decode_step_through_the_triton_update(name, monkeypatch):
     import copy
 
     import archzoo.kernels as K
+
     from conftest import MODEL_CONFIGS
 
     model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == name)).float()

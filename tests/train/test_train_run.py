@@ -278,7 +278,7 @@ def test_speed_levers_keep_the_losses(teacher_dir, tmp_path, monkeypatch):
     assert sorted(got) == sorted(want)
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"train/loss at step {step}"
-    run_distill(_config(teacher_dir, speed={"teacher_dtype": "fp16"}, stages=[{"name": "kd", "type": "kd", "steps": 2}]),
+    run_distill(_config(teacher_dir, speed={"teacher_dtype": "fp16"}, stages=[{"name": "kd", "type": "kd", "steps": 2}]),  # noqa: E501
                 tmp_path / "half")  # fmt: skip
     assert seen["teacher"] == torch.float16
 
