@@ -1,4 +1,4 @@
-"""Benchmark archzoo's Triton SSM kernels against their public peers on one GPU, in one process.
+"""Benchmark archzoo's kernels against their public peers on one GPU, in one process.
 
     archzoo bench kernels --out results/ssm_kernels.json
 
@@ -14,7 +14,14 @@ median round kept, see _interleaved) forward and forward+backward of
   heads, D=64, every row 4k valid positions in an 8k buffer, bf16, against SDPA over the whole buffer with
   a length mask (the decode step's form today), SDPA over the sliced valid length, and FlexAttention
   with a length block mask; with the fraction of the copy bandwidth reached (valid K/V bytes / time);
-and the peak extra memory of one call. Peers that are not importable are listed as
+- with ``--ops la``: chunked linear attention (``archzoo.kernels.linear_attention``) against fla's
+  ``chunk_linear_attn``, both without and both with normalisation, B=4, H=8, F=Dv=64, bf16;
+- with ``--ops based``: BASED (Taylor map of 16 dims to 273 features, then ``linear_attention``, as the
+  layer runs it) against fla's ``parallel_based``, B=4, H=8, value dim 64, bf16;
+- with ``--ops moe``: the MoE layer (d_model 576, d_ff 1536, 8 experts, top-2, 4,096 tokens, train mode)
+  with grouped-GEMM dispatch and with the per-expert loop, against a dense SwiGLU of the same active FLOPs;
+and the peak extra memory of one call. Without a GPU only la, based and moe run, at tiny shapes (a smoke
+run whose times mean nothing; ``--tiny`` does the same on a GPU). Peers that are not importable are listed as
 'not installed' in the table and the JSON. Prints a table with ratios (peer time / ours, so > 1
 means archzoo is faster) and writes every number to --out.
 """
@@ -22,6 +29,7 @@ means archzoo is faster) and writes every number to --out.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -95,7 +103,18 @@ ROUNDS = 5  # --rounds
 ROUND_MS = 200  # do_bench's measuring time per call and round
 
 
-def _interleaved(calls: dict, rounds: int) -> dict:
+def _time_cpu(fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> tuple[float, float]:
+    """-> (ms of one call by the wall clock, the same as host ms): the CPU smoke run's timer (tiny shapes, where a
+    time says only that the call ran)."""
+    for t in grad_to_none or ():
+        t.grad = None
+    t0 = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - t0) * 1e3
+    return ms, ms
+
+
+def _interleaved(calls: dict, rounds: int, device: str = "cuda") -> dict:
     """Time each of ``calls`` ({key: (fn, grad_to_none)}) in turn, ``rounds`` times over (a, b, a, b, ...).
 
     Why: where a call is bound by the host (the scan's forward+backward at l=1k, the conv's at short l), its
@@ -105,7 +124,7 @@ def _interleaved(calls: dict, rounds: int) -> dict:
     per = {k: ([], []) for k in calls}
     for _ in range(rounds):
         for k, (fn, grads) in calls.items():
-            ms, host = _time(fn, grads)
+            ms, host = (_time if device == "cuda" else _time_cpu)(fn, grads)
             per[k][0].append(ms)
             per[k][1].append(host)
     return {
@@ -352,9 +371,9 @@ def bench_mla_decode(rounds: int, batches: tuple[int, ...] = (1, 64), H: int = 9
             mask = mask.to(torch.bfloat16)[:, None, None, :]
             k, v = lat[:, None], lat[:, None, :, :R]
             impls = {
-                "archzoo_mla": lambda: decode_attention_mla(q, lat, L, R),
-                "decode_attention_mqa": lambda: decode_attention(q, k, v, L),
-                "sdpa_masked_buffer": lambda: attend_cached(q[:, :, None], k, v, mask)[:, :, 0],
+                "archzoo_mla": lambda q=q, lat=lat, L=L, R=R: decode_attention_mla(q, lat, L, R),
+                "decode_attention_mqa": lambda q=q, k=k, v=v, L=L: decode_attention(q, k, v, L),
+                "sdpa_masked_buffer": lambda q=q, k=k, v=v, m=mask: attend_cached(q[:, :, None], k, v, m)[:, :, 0],
             }
             res: dict = {"shape": dict(B=B, H=H, R=R, DR=DR, length=length, T_max=T_max)}
             outs = {name: fn() for name, fn in impls.items()}
@@ -362,7 +381,8 @@ def bench_mla_decode(rounds: int, batches: tuple[int, ...] = (1, 64), H: int = 9
             for name, t in _interleaved({n: (fn, None) for n, fn in impls.items()}, rounds).items():
                 res[name] = {"status": "ok", "ms": t["ms"], "host_ms": t["host_ms"], "rounds_ms": t["rounds_ms"],
                              "hbm_fraction": nbytes / (t["ms"] / 1e3) / bw["bytes_per_s"],
-                             "rel_err_vs_mqa": _rel(outs[name].float(), outs["decode_attention_mqa"].float())}  # fmt: skip
+                             "rel_err_vs_mqa": _rel(outs[name].float(),
+                                                    outs["decode_attention_mqa"].float())}  # fmt: skip
             out[f"r{R}_b{B}"] = res
     return out
 
@@ -378,9 +398,9 @@ def bench_linear_attention_update(rounds: int, batches: tuple[int, ...] = (1, 64
 
     bw = measure_bandwidth("cuda")
     out: dict = {"bandwidth": bw}
-    for label, H, F, Dv in (("h8_f64_dv64", 8, 64, 64), ("based_h9_f273_dv64", 9, 273, 64)):
+    for label, H, n_feat, Dv in (("h8_f64_dv64", 8, 64, 64), ("based_h9_f273_dv64", 9, 273, 64)):
         for B in batches:
-            out[f"{label}_b{B}"] = _la_update_row(B, H, F, Dv, rounds, bw["bytes_per_s"])
+            out[f"{label}_b{B}"] = _la_update_row(B, H, n_feat, Dv, rounds, bw["bytes_per_s"])
     return out
 
 
@@ -466,8 +486,322 @@ def bench_window_attention(rounds: int, B: int = 4, H: int = 9, Hkv: int = 3, D:
     return res
 
 
+# ---------------------------------------------------------------- issue 19: la, based, moe (forward, forward+backward)
+
+TINY_LENGTHS = (64, 100)  # la / based on the CPU or with --tiny: 100 is not a multiple of the chunk
+LA_TARGET = 1.1  # issue 19: fla ms / archzoo ms at least this on every cell
+MOE_TARGET = 1.3  # issue 19: grouped ms / dense ms at most this, forward and forward+backward
+# Dense bf16 tensor-core peak (SXM, no sparsity) by a part of the device's name; bf16_peak_fraction is left out
+# for devices not listed here.
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+
+
+def _bf16_peak(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
+
+
+def _error(e: BaseException) -> str:
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"error ({type(e).__name__}: {first})"
+
+
+def _fwd_fwdbwd(impls: dict[str, object], leaves: list[torch.Tensor], gout: torch.Tensor, rounds: int,
+                device: str) -> tuple[dict, dict]:  # fmt: skip
+    """Forward (no grad) and forward+backward (``fn().backward(gout)``, the leaves' gradients reset before each
+    call) of each of ``impls`` ({name: fn() -> output, or a status string}), timed interleaved.
+
+    -> ({name: row}, {name: forward output}). A row: status, fwd_ms / fwdbwd_ms (+ host ms and the rounds, as
+    _fold puts them) and, on a GPU, the peak extra MiB of one call. An implementation that fails is reported
+    ("error (...)"), as is a backward that fails (``fwdbwd_status``, its forward still timed), never raised."""
+    res: dict[str, dict] = {}
+    outs: dict[str, torch.Tensor] = {}
+    calls: dict[tuple[str, str], tuple] = {}
+    for name, fn in impls.items():
+        if isinstance(fn, str):
+            res[name] = {"status": fn}
+            continue
+
+        def fwd(fn=fn) -> torch.Tensor:
+            with torch.no_grad():
+                return fn()
+
+        def fb(fn=fn) -> None:
+            fn().backward(gout)
+
+        try:
+            outs[name] = fwd()  # compile / warm up
+        except Exception as e:  # a peer whose API differs in this version, out of memory: report it, go on
+            res[name] = {"status": _error(e)}
+            continue
+        row = res[name] = {"status": "ok"}
+        calls[name, "fwd"] = (fwd, None)
+        try:
+            fb()
+            calls[name, "fwdbwd"] = (fb, leaves)
+        except Exception as e:
+            row["fwdbwd_status"] = _error(e)
+        for t in leaves:
+            t.grad = None
+        if device == "cuda":
+            row["fwd_peak_mib"] = _peak_mib(fwd)
+            row["fwdbwd_peak_mib"] = _peak_mib(fb) if (name, "fwdbwd") in calls else None
+            torch.cuda.empty_cache()
+    _fold(res, _interleaved(calls, rounds, device))
+    return res, outs
+
+
+def _fla(name: str) -> object:
+    """``fla.ops.<module>.<fn>`` for name "module.fn", or "fla not installed (...)"."""
+    module, fn = name.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(f"fla.ops.{module}"), fn)
+    except Exception as e:  # ImportError; or fla present but broken against this torch / triton
+        return f"fla not installed ({type(e).__name__}: {e})"
+
+
+def _ratio(num: dict, den: dict, key: str) -> float | None:
+    ok = num.get("status") == "ok" and den.get("status") == "ok" and key in num and key in den
+    return num[key] / den[key] if ok else None
+
+
+def _la_inputs(B: int, T: int, H: int, F: int, Dv: int, device: str, positive: bool):
+    """q, k (B, T, H, F) (elu + 1 of a normal when ``positive``: feature-mapped already, so q . z > 0 and the
+    normalised form is well conditioned; a normal otherwise), v (B, T, H, Dv), bf16 leaves needing gradients,
+    and the fixed output gradient (B, T, H, Dv)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
+    qk = [torch.nn.functional.elu(r(B, T, H, F)) + 1.0 if positive else r(B, T, H, F) for _ in "qk"]
+    q, k = (t.to(torch.bfloat16).requires_grad_() for t in qk)
+    v = r(B, T, H, Dv).to(torch.bfloat16).requires_grad_()
+    return q, k, v, r(B, T, H, Dv).to(torch.bfloat16)
+
+
+def _io_fraction(row: dict, fwd_bytes: int, fwdbwd_bytes: int, bw: float) -> None:
+    """Put hbm_fraction_fwd / _fwdbwd (the least traffic / time / copy bandwidth) into an ok row."""
+    for mode, nbytes in (("fwd", fwd_bytes), ("fwdbwd", fwdbwd_bytes)):
+        if row.get("status") == "ok" and f"{mode}_ms" in row:
+            row[f"hbm_fraction_{mode}"] = nbytes / (row[f"{mode}_ms"] / 1e3) / bw
+
+
+def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: int = 4, H: int = 8,
+                           F: int = 64, Dv: int = 64) -> dict:  # fmt: skip
+    """Chunked linear attention over a sequence: ``archzoo.kernels.linear_attention`` (the Triton kernel on CUDA;
+    ``backend`` in its row says what ran) against fla's ``chunk_linear_attn`` (scale=1.0: archzoo has no scale),
+    both without normalisation and both with it, on the same bf16 inputs already feature-mapped (q, k = elu + 1
+    of a normal). Forward (no grad) and forward+backward (``o.backward(do)``, do fixed). In the archzoo row:
+    ``fla_over_ours_fwd`` / ``_fwdbwd`` = fla ms / archzoo ms (issue 19's target: >= 1.1 on every cell), the
+    forward's relative error against fla's, and ``hbm_fraction_*``: the least traffic (forward: q, k, v read
+    and o written once; forward+backward adds q, k, v, do read and dq, dk, dv written, all bf16) / time / copy
+    bandwidth."""
+    from ..kernels import last_backend, linear_attention
+    from ..kernels._dispatch import forget
+    from .common import measure_bandwidth
+
+    bw = measure_bandwidth(device, nbytes=None if device == "cuda" else 2**24)
+    fla = _fla("linear_attn.chunk_linear_attn")
+    out: dict = {
+        "shape": dict(B=B, H=H, F=F, Dv=Dv, T=list(lengths), dtype="bfloat16", q_k="elu(randn) + 1", scale=1.0),
+        "target": f"fla_ms / archzoo_ms >= {LA_TARGET} on every cell",
+        "bandwidth": bw,
+        "fla": "ok" if not isinstance(fla, str) else fla,
+        "normalize_false": {},
+        "normalize_true": {},
+    }
+    tok = B * H * 2  # bytes per position and feature of one bf16 (B, T, H, .) tensor
+    for normalize in (False, True):
+        for T in lengths:
+            q, k, v, do = _la_inputs(B, T, H, F, Dv, device, positive=True)
+            args = (q, k, v)
+            impls: dict[str, object] = {"archzoo": lambda a=args, n=normalize: linear_attention(*a, normalize=n)[0]}
+            impls["fla_chunk_linear_attn"] = fla if isinstance(fla, str) else (
+                lambda a=args, n=normalize, fla=fla: fla(*a, scale=1.0, normalize=n)[0])  # fmt: skip
+            forget("linear_attention")
+            res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
+            ours, peer = res["archzoo"], res["fla_chunk_linear_attn"]
+            ours["backend"] = last_backend("linear_attention")
+            for mode in ("fwd", "fwdbwd"):
+                ours[f"fla_over_ours_{mode}"] = _ratio(peer, ours, f"{mode}_ms")
+            if "fla_chunk_linear_attn" in outs and "archzoo" in outs:
+                ours["rel_err_vs_fla"] = _rel(outs["archzoo"].float(), outs["fla_chunk_linear_attn"].float())
+            fwd_bytes = T * tok * (2 * F + 2 * Dv)
+            for row in res.values():
+                _io_fraction(row, fwd_bytes, fwd_bytes + T * tok * (4 * F + 3 * Dv), bw["bytes_per_s"])
+            out[f"normalize_{str(normalize).lower()}"][T] = res
+    return out
+
+
+def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: int = 4, H: int = 8,
+                feature_dim: int = 16, Dv: int = 64) -> dict:  # fmt: skip
+    """BASED's linear attention as archzoo's layer runs it: the Taylor feature map (``layers/feature_maps.py``,
+    16 dims -> 1 + 16 + 256 = 273 features) on q and k, then ``archzoo.kernels.linear_attention`` (normalised,
+    the layer's eps and chunk_size), against fla's ``parallel_based`` (its default scale 16^-0.5 and use_norm:
+    the same function, phi(q).phi(k) = 1 + s + s^2 / 2 with s = q.k / 4), forward and forward+backward (the
+    feature map's backward included). 273 features exceed the Triton kernel's ``MAX_FEATURE``, so ours runs the
+    chunked PyTorch form: ``backend`` and ``backend_note`` in its row say so. Ratio as for ``la``; inputs: q, k
+    normal (B, T, H, 16), v normal (B, T, H, 64), bf16."""
+    from ..kernels import last_backend, linear_attention
+    from ..kernels._dispatch import forget
+    from ..kernels.linear_attention import MAX_FEATURE
+    from ..layers.feature_maps import build_feature_map, feature_map_dim
+    from ..layers.linear_attention import LinearAttentionConfig
+    from .common import measure_bandwidth
+
+    cfg = LinearAttentionConfig(n_heads=H, head_dim=Dv, feature_map="taylor", feature_dim=feature_dim)
+    q_map = build_feature_map("taylor", H, feature_dim)
+    k_map = build_feature_map("taylor", H, feature_dim)
+    n_feat = feature_map_dim("taylor", feature_dim)
+    bw = measure_bandwidth(device, nbytes=None if device == "cuda" else 2**24)
+    fla = _fla("based.parallel_based")
+    out: dict = {
+        "shape": dict(
+            B=B,
+            H=H,
+            feature_dim=feature_dim,
+            features=n_feat,
+            Dv=Dv,
+            T=list(lengths),
+            dtype="bfloat16",
+            eps=cfg.eps,
+            chunk_size=cfg.chunk_size,
+        ),  # fmt: skip
+        "target": f"fla_ms / archzoo_ms >= {LA_TARGET} on every cell",
+        "bandwidth": bw,
+        "fla": "ok" if not isinstance(fla, str) else fla,
+        "rows": {},
+    }
+    tok = B * H * 2
+    for T in lengths:
+        q, k, v, do = _la_inputs(B, T, H, feature_dim, Dv, device, positive=False)
+
+        def ours(q=q, k=k, v=v) -> torch.Tensor:  # (B, T, H, Dv), as LinearAttention.forward
+            o, _ = linear_attention(q_map(q), k_map(k), v, eps=cfg.eps, chunk_size=cfg.chunk_size)
+            return o
+
+        impls: dict[str, object] = {"archzoo": ours}
+        impls["fla_parallel_based"] = fla if isinstance(fla, str) else (
+            lambda a=(q, k, v), fla=fla: fla(*a, use_norm=True))  # fmt: skip
+        forget("linear_attention")
+        res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
+        mine, peer = res["archzoo"], res["fla_parallel_based"]
+        mine["backend"] = last_backend("linear_attention")
+        if n_feat > MAX_FEATURE:
+            mine["backend_note"] = (f"{n_feat} features after the Taylor map; the Triton kernel takes at most "
+                                    f"{MAX_FEATURE}, so linear_attention runs its chunked PyTorch form")  # fmt: skip
+        for mode in ("fwd", "fwdbwd"):
+            mine[f"fla_over_ours_{mode}"] = _ratio(peer, mine, f"{mode}_ms")
+        if "fla_parallel_based" in outs and "archzoo" in outs:
+            mine["rel_err_vs_fla"] = _rel(outs["archzoo"].float(), outs["fla_parallel_based"].float())
+        fwd_bytes = T * tok * (2 * feature_dim + 2 * Dv)
+        for row in res.values():
+            _io_fraction(row, fwd_bytes, fwd_bytes + T * tok * (4 * feature_dim + 3 * Dv), bw["bytes_per_s"])
+        out["rows"][T] = res
+    return out
+
+
+def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: int = 576, d_ff: int = 1536,
+              n_experts: int = 8, top_k: int = 2) -> dict:  # fmt: skip
+    """The MoE layer (``layers/moe.py``; MoEConfig's defaults otherwise: capacity factor 1.25, in train mode, so
+    capacity limits act as in training) on ``n_tokens`` tokens, bf16, forward (no grad) and forward+backward
+    (``out.backward(dout)``; the balance and z losses are not backpropagated), with its grouped-GEMM dispatch
+    and with its per-expert loop (``archzoo.layers.moe.DISPATCH`` set to "grouped" / "loop" around each call and
+    restored; ``MoE.last_dispatch`` recorded), against a dense SwiGLU of hidden ``top_k * d_ff`` (one SwiGLU
+    with the active FLOPs of the top_k experts, not top_k SwiGLUs). Each row: ``over_dense_fwd`` /
+    ``_fwdbwd`` = its ms / the dense ms (issue 19: grouped <= 1.3), and ``bf16_peak_fraction_*``: the dense
+    layer's FLOPs (2 x 3 GEMMs x tokens x d_model x top_k * d_ff forward, 3x that forward+backward; the MoE's
+    router and dropped assignments not counted) / time / the device's dense bf16 peak. Without the DISPATCH
+    switch in ``layers/moe.py`` the loop (the layer's only path) runs and grouped is 'unavailable'."""
+    from ..layers import moe as moe_mod
+    from ..layers.mlp import SwiGLU
+    from ..layers.moe import MoE, MoEConfig
+
+    torch.manual_seed(0)
+    layer = MoE.from_config(MoEConfig(n_experts=n_experts, top_k=top_k, d_ff=d_ff), d_model)
+    layer = layer.to(device=device, dtype=torch.bfloat16).train()
+    dense = SwiGLU(d_model, top_k * d_ff).to(device=device, dtype=torch.bfloat16).train()
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n_tokens, d_model, device=device, generator=g).to(torch.bfloat16).requires_grad_()
+    dout = torch.randn(n_tokens, d_model, device=device, generator=g).to(torch.bfloat16)
+    has_switch = hasattr(moe_mod, "DISPATCH")
+
+    def dispatched(mode: str) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            old = moe_mod.DISPATCH
+            moe_mod.DISPATCH = mode
+            try:
+                return layer(x)
+            finally:
+                moe_mod.DISPATCH = old
+
+        return call
+
+    no_switch = "unavailable (archzoo.layers.moe has no DISPATCH switch yet)"
+    impls: dict[str, object] = {
+        "archzoo_grouped": dispatched("grouped") if has_switch else no_switch,
+        "archzoo_loop": dispatched("loop") if has_switch else (lambda: layer(x)),
+        f"dense_swiglu_{top_k * d_ff}": lambda: dense(x),
+    }
+    dispatch: dict[str, object] = {}
+    for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
+        fn = impls[name]
+        if isinstance(fn, str):
+            continue
+        try:
+            with torch.no_grad():
+                fn()
+        except Exception:  # _fwd_fwdbwd reports it
+            continue
+        if not has_switch:
+            dispatch[name] = "loop (the layer's only path)"
+        else:
+            dispatch[name] = getattr(layer, "last_dispatch", "unknown (MoE has no last_dispatch attribute yet)")
+    leaves = [x, *layer.parameters(), *dense.parameters()]
+    res, outs = _fwd_fwdbwd(impls, leaves, dout, rounds, device)
+    dname = f"dense_swiglu_{top_k * d_ff}"
+    flops = 2 * 3 * n_tokens * d_model * top_k * d_ff
+    peak = _bf16_peak(device)
+    for name, row in res.items():
+        if name in dispatch:
+            row["last_dispatch"] = dispatch[name]
+        for mode, f in (("fwd", flops), ("fwdbwd", 3 * flops)):
+            row[f"over_dense_{mode}"] = _ratio(row, res[dname], f"{mode}_ms")
+            if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
+                row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
+    if "archzoo_grouped" in outs and "archzoo_loop" in outs:
+        res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
+    stats = layer.last_stats
+    return {
+        "shape": dict(tokens=n_tokens, d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=top_k, dtype="bfloat16"),
+        "capacity": dict(
+            mode="train (capacity limits act, as in training)",
+            factor=layer.capacity_factor,
+            per_expert=layer.capacity(n_tokens),
+            drop_fraction=float(stats["drop_fraction"]) if stats else None,
+        ),  # fmt: skip
+        "dense_reference": f"one SwiGLU({d_model}, {top_k * d_ff}): top_k x d_ff hidden, the active FLOPs of "
+        f"{top_k} experts of d_ff {d_ff}",
+        "target": f"archzoo_grouped ms / dense ms <= {MOE_TARGET}, forward and forward+backward",
+        "dispatch_switch": has_switch,
+        "bf16_peak_flops": peak,
+        "rows": {n_tokens: res},
+    }
+
+
 def _fmt_ms(r: dict, key: str) -> str:
-    return f"{r[key]:.3f}" if r.get("status") == "ok" else r["status"].split(" (")[0]
+    if r.get("status") != "ok":
+        return r["status"].split(" (")[0]
+    if key not in r:  # this mode did not run (a peer without a backward, say): its own status, else "-"
+        return r.get(f"{key.removesuffix('_ms')}_status", "-").split(" (")[0]
+    return f"{r[key]:.3f}"
+
+
+def _pair(r: dict, a: str, b: str, fmt: str) -> str:
+    """``r[a] / r[b]`` as "x / y" with fmt, "-" for a missing or None value; "-" for a row not ok."""
+    if r.get("status") != "ok":
+        return "-"
+    return " / ".join(format(r[k], fmt) if r.get(k) is not None else "-" for k in (a, b))
 
 
 def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
@@ -482,15 +816,15 @@ def _table(title: str, rows: dict[int, dict], ours: str = "archzoo") -> str:
             both = r.get("status") == "ok" and mine.get("status") == "ok"
 
             def ratio(k: str, r: dict = r, mine: dict = mine, both: bool = both) -> str:
-                return f"{r[k] / mine[k]:.2f}" if both else "-"
+                return f"{r[k] / mine[k]:.2f}" if both and k in r and k in mine else "-"
 
             per_round = "-"
-            if both and r.get("fwdbwd_rounds_ms") and len(r["fwdbwd_rounds_ms"]) == len(mine["fwdbwd_rounds_ms"]):
-                x = [p / m for p, m in zip(r["fwdbwd_rounds_ms"], mine["fwdbwd_rounds_ms"], strict=True)]
+            mine_rounds = mine.get("fwdbwd_rounds_ms") or []
+            if both and r.get("fwdbwd_rounds_ms") and len(r["fwdbwd_rounds_ms"]) == len(mine_rounds):
+                x = [p / m for p, m in zip(r["fwdbwd_rounds_ms"], mine_rounds, strict=True)]
                 per_round = f"{min(x):.2f}-{max(x):.2f}"
-            ok = r.get("status") == "ok"
-            peak = f"{r['fwd_peak_mib']:.0f} / {r['fwdbwd_peak_mib']:.0f}" if ok else "-"
-            host = f"{r['fwd_host_ms']:.3f} / {r['fwdbwd_host_ms']:.3f}" if ok else "-"
+            peak = _pair(r, "fwd_peak_mib", "fwdbwd_peak_mib", ".0f")
+            host = _pair(r, "fwd_host_ms", "fwdbwd_host_ms", ".3f")
             lines.append(
                 f"| {L} | {name} | {_fmt_ms(r, 'fwd_ms')} | {_fmt_ms(r, 'fwdbwd_ms')} | {ratio('fwd_ms')} "
                 f"| {ratio('fwdbwd_ms')} | {per_round} | {peak} | {host} |"
@@ -511,31 +845,9 @@ def _print_ms_rows(title: str, res: dict, ours_key: str) -> None:
         print(f"| {k} | {r['ms']:.3f} ms{x}{hbm} |" if ok else f"| {k} | {r.get('status')} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``archzoo bench kernels [options]``; argv defaults to sys.argv[1:]. -> exit status."""
-    ap = argparse.ArgumentParser(prog="archzoo bench kernels", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="JSON file to write")
-    ap.add_argument("--lengths", default="1024,4096,16384")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--dstate", type=int, default=16)
-    ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
-    ap.add_argument(
-        "--ops",
-        default="scan,conv",
-        help="ops to time: scan, conv, decode_attention, mla, la_update, swa (comma-separated)",
-    )
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
-    ap.add_argument(
-        "--scan-config",
-        default=None,
-        help='JSON {"fwd": {...}, "bwd": {...}} overriding the scan\'s CUDA_CONFIG (e.g. a tuner\'s result)',
-    )
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise UserError("the kernel benchmark needs a CUDA GPU")
-
+def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
+    """The ops other than la / based / moe (they need a GPU); writes args.out as it goes and prints their tables.
+    -> the results, to which main adds the other ops."""
     import triton
 
     from .. import kernels as K
@@ -545,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scan_config:
         scan_triton.CONFIG_OVERRIDE.update(json.loads(args.scan_config))
     peers = _peers()
-    lengths = [int(s) for s in args.lengths.split(",")]
+    lengths = [int(s) for s in (args.lengths or DEFAULT_LENGTHS).split(",")]
     b, d, n, W = args.batch, args.dim, args.dstate, args.width
     scan_impls = {
         "archzoo": K.selective_scan_fn,
@@ -575,10 +887,10 @@ def main(argv: list[str] | None = None) -> int:
         "causal_conv1d": {},
     }
     for L in lengths:
-        if "scan" in args.ops:
+        if "scan" in ops:
             results["selective_scan"][L] = bench_scan(scan_impls, b, d, L, n, args.ref_max_len, args.rounds)
             print(f"selective_scan l={L}: done", flush=True)
-        if "conv" in args.ops:
+        if "conv" in ops:
             results["causal_conv1d"][L] = bench_conv(conv_impls, b, d, L, W, args.rounds)
             print(f"causal_conv1d l={L}: done", flush=True)
         # Written after every length, so a run cut short by a time limit still leaves its rows.
@@ -594,16 +906,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
-    results["conv_backend_archzoo"] = {"setting": get_backend(), "last_ran": K.last_backend("causal_conv1d_fn")}
-    results["scan_backend_archzoo"] = K.last_backend("selective_scan_fn")
-    results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
-    if "decode_attention" in args.ops:
+    ssm = "scan" in ops or "conv" in ops
+    if ssm:  # the SSM decode steps go with the SSM ops
+        results["conv_backend_archzoo"] = {"setting": get_backend(), "last_ran": K.last_backend("causal_conv1d_fn")}
+        results["scan_backend_archzoo"] = K.last_backend("selective_scan_fn")
+        results["decode"] = bench_decode(peers, b, d, n, W, args.rounds)
+    if "decode_attention" in ops:
         results["decode_attention"] = bench_decode_attention(args.rounds)
-    if "mla" in args.ops.split(","):
+    if "mla" in ops:
         results["mla_decode"] = bench_mla_decode(args.rounds)
-    if "la_update" in args.ops:
+    if "la_update" in ops:
         results["linear_attention_update"] = bench_linear_attention_update(args.rounds)
-    if "swa" in args.ops:
+    if "swa" in ops:
         results["window_attention"] = bench_window_attention(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
@@ -613,13 +927,16 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in results["peers"].items():
         if v != "ok":
             print(f"peer {k}: {v}")
-    print(_table("selective_scan_fn (D, z, delta_bias, softplus)", results["selective_scan"]))
-    print(_table(f"causal_conv1d_fn (width {W}, silu; archzoo backend: {results['conv_backend_archzoo']})",
-                 results["causal_conv1d"]))  # fmt: skip
-    print(f"\n## decode step (b={b}, d={d})")
-    for k, r in results["decode"].items():
-        host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
-        print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
+    if "scan" in ops:
+        print(_table("selective_scan_fn (D, z, delta_bias, softplus)", results["selective_scan"]))
+    if "conv" in ops:
+        print(_table(f"causal_conv1d_fn (width {W}, silu; archzoo backend: {results['conv_backend_archzoo']})",
+                     results["causal_conv1d"]))  # fmt: skip
+    if ssm:
+        print(f"\n## decode step (b={b}, d={d})")
+        for k, r in results["decode"].items():
+            host = f" (host {r['host_ms']:.3f} ms)" if r.get("status") == "ok" else ""
+            print(f"| {k} | {_fmt_ms(r, 'ms')} ms{host} |")
     for B, res in results.get("decode_attention", {}).items():
         if isinstance(B, int):
             _print_ms_rows(f"decode_attention B={B} (9/3 heads, D=64, 4k valid of 8k, bf16)", res, "archzoo")
@@ -640,8 +957,130 @@ def main(argv: list[str] | None = None) -> int:
             xs = f" x{r['fwd_ms'] / ours['fwd_ms']:.2f} / x{r['fwdbwd_ms'] / ours['fwdbwd_ms']:.2f}" if ok else ""
             ms = f"{r['fwd_ms']:.3f} / {r['fwdbwd_ms']:.3f} ms" if r.get("status") == "ok" else r.get("status", "")
             print(f"| {k} | fwd / fwd+bwd {ms}{xs} |")
+    return results
+
+
+DEFAULT_LENGTHS = "1024,4096,16384"
+OPS = ("scan", "conv", "decode_attention", "mla", "la_update", "swa", "la", "based", "moe")
+CPU_OPS = ("la", "based", "moe")  # the ops that also run without a GPU (tiny shapes, a smoke run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``archzoo bench kernels [options]``; argv defaults to sys.argv[1:]. -> exit status."""
+    ap = argparse.ArgumentParser(prog="archzoo bench kernels", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument(
+        "--lengths", default=None, help=f"sequence lengths of scan, conv, la, based (default {DEFAULT_LENGTHS}; "
+        f"la and based with --tiny: {','.join(map(str, TINY_LENGTHS))})"
+    )  # fmt: skip
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--dstate", type=int, default=16)
+    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--ref-max-len", type=int, default=1024, help="skip mamba_ssm's PyTorch reference above this")
+    ap.add_argument(
+        "--ops",
+        default="scan,conv",
+        help="ops to time, comma-separated: scan, conv, decode_attention, mla, la_update, swa, la (chunked linear "
+        "attention vs fla chunk_linear_attn), based (BASED vs fla parallel_based), moe (MoE grouped and loop "
+        "dispatch vs dense SwiGLU); without a GPU only la, based, moe, at tiny shapes",
+    )
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds per call (median kept)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="la, based, moe at tiny shapes (a smoke run; implied without a GPU)"
+    )
+    ap.add_argument(
+        "--scan-config",
+        default=None,
+        help='JSON {"fwd": {...}, "bwd": {...}} overriding the scan\'s CUDA_CONFIG (e.g. a tuner\'s result)',
+    )
+    args = ap.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown or not ops:
+        what = f"unknown op {unknown[0]!r}" if unknown else "no op"
+        raise UserError(f"--ops {args.ops!r}: {what}; expected a comma-separated list of {', '.join(OPS)}")
+    cuda = torch.cuda.is_available()
+    if not cuda and any(o not in CPU_OPS for o in ops):
+        raise UserError(f"the kernel benchmark needs a CUDA GPU (without one only --ops {','.join(CPU_OPS)} run, "
+                        "at tiny shapes)")  # fmt: skip
+    device, tiny = ("cuda", args.tiny) if cuda else ("cpu", True)
+    if cuda and any(o not in CPU_OPS for o in ops):
+        results = _bench_gpu_ops(args, ops)
+    else:
+        results = {
+            "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or 'cpu'})",
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "python": platform.python_version(),
+            "rounds": args.rounds,
+        }
+    results["tiny"] = tiny
+    results["fla"] = _version("fla")
+    default = ",".join(map(str, TINY_LENGTHS)) if tiny else DEFAULT_LENGTHS
+    la_lengths = tuple(int(s) for s in (args.lengths or default).split(","))
+    small = dict(B=1, H=2, F=16, Dv=16) if tiny else {}
+    if "la" in ops:
+        results["linear_attention"] = bench_linear_attention(args.rounds, la_lengths, device, **small)
+        _write(args.out, results)
+    if "based" in ops:
+        small_based = dict(B=1, H=2, Dv=16) if tiny else {}
+        results["based"] = bench_based(args.rounds, la_lengths, device, **small_based)
+        _write(args.out, results)
+    if "moe" in ops:
+        small_moe = dict(n_tokens=128, d_model=64, d_ff=96) if tiny else {}
+        results["moe"] = bench_moe(args.rounds, device, **small_moe)
+    _write(args.out, results)
+    _print_issue19(results)
     print(f"\nwrote {args.out}")
     return 0
+
+
+def _version(module: str) -> str:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception as e:
+        return f"not installed ({type(e).__name__}: {e})"
+
+
+def _write(path: str, results: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+def _print_issue19(results: dict) -> None:
+    """The tables of la, based and moe, where they ran."""
+    if any(k in results for k in ("linear_attention", "based", "moe")) and "shape" not in results:
+        print(f"\ndevice: {results['device']}; torch {results['torch']}; triton {results['triton']}")
+    if results.get("tiny"):
+        print("tiny shapes (a smoke run: the times say only that each call ran)")
+    la = results.get("linear_attention")
+    for norm in ("false", "true") if la else ():
+        print(_table(f"linear_attention normalize={norm.title()} {la['shape']}; x = impl ms / archzoo ms "
+                     f"(fla / archzoo >= {LA_TARGET} is issue 19's target); fla: {la['fla'].split(' (')[0]}",
+                     la[f"normalize_{norm}"]))  # fmt: skip
+        _print_backends(la[f"normalize_{norm}"])
+    based = results.get("based")
+    if based:
+        print(_table(f"BASED {based['shape']}; x = impl ms / archzoo ms (target fla / archzoo >= {LA_TARGET}); "
+                     f"fla: {based['fla'].split(' (')[0]}", based["rows"]))  # fmt: skip
+        _print_backends(based["rows"])
+    moe = results.get("moe")
+    if moe:
+        print(_table(f"MoE {moe['shape']}, capacity {moe['capacity']}; x = impl ms / dense ms (target: grouped <= "
+                     f"{MOE_TARGET}); dense = {moe['dense_reference']}", moe["rows"],
+                     ours=next(k for k in next(iter(moe["rows"].values())) if k.startswith("dense"))))  # fmt: skip
+        for name, r in next(iter(moe["rows"].values())).items():
+            if "last_dispatch" in r:
+                print(f"{name}: dispatch ran: {r['last_dispatch']}")
+
+
+def _print_backends(rows: dict) -> None:
+    for L, res in rows.items():
+        r = res.get("archzoo", {})
+        fla = ", ".join(f"{m} {r[f'fla_over_ours_{m}']:.2f}x" for m in ("fwd", "fwdbwd")
+                        if r.get(f"fla_over_ours_{m}") is not None)  # fmt: skip
+        print(f"T={L}: archzoo backend {r.get('backend')}" + (f"; fla / archzoo {fla}" if fla else ""))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ second choices, and so on; an assignment over capacity is dropped and adds nothi
 residual carries the token). Losses: Switch's load-balancing loss and the router z-loss of
 ST-MoE (Zoph et al., 2022). Shared experts, always applied, follow DeepSeekMoE (Dai et al., 2024).
 
-Dispatch sorts the (token, expert) assignments by expert, runs each expert on its contiguous
-slice and scatters the weighted results back with ``index_add``; no Python loop over tokens.
+Dispatch sorts the (token, expert) assignments by expert (stably, so priority order holds inside each
+expert's slice) and runs the experts on the sorted rows in one of two ways (``DISPATCH``): one grouped GEMM
+per projection (gate, up, down) over all rows, with the group offsets on the device, so nothing waits for
+the host; or a Python loop over the experts' slices, whose sizes the host must read first. Decode steps
+(few tokens, no gradients) take a third, static-shape path. ``MoE.last_dispatch`` names the one that ran.
 """
 
 from __future__ import annotations
@@ -22,8 +25,20 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..kernels._dispatch import once
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
+
+# How the sorted path (training, long inputs) runs the experts: "auto" takes the grouped GEMM where it fits
+# the inputs and otherwise the per-expert loop, logging why once; "grouped" takes the grouped GEMM or raises
+# ValueError saying why it cannot; "loop" takes the per-expert loop. The static decode path is chosen by
+# token count, whatever this says. Each forward records the path it took in ``MoE.last_dispatch``.
+DISPATCH = "auto"
+DISPATCHES = ("auto", "grouped", "loop")
+
+# PyTorch's grouped matrix multiply: public as torch.nn.functional.grouped_mm in newer releases, private
+# torch._grouped_mm before; None where this torch has neither.
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 class MoEConfig(LayerConfig):
@@ -109,6 +124,7 @@ class MoE(nn.Module):
         self.shared_experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_shared_experts))
         self.aux_loss: torch.Tensor | None = None  # set by every forward
         self.last_stats: dict[str, torch.Tensor | int | None] = {}
+        self.last_dispatch: str | None = None  # "grouped" | "loop" | "static": the path the last forward took
 
     @classmethod
     def from_config(cls, cfg: MoEConfig, d_model: int) -> MoE:
@@ -187,33 +203,43 @@ class MoE(nn.Module):
             top_p = top_p / top_p.sum(dim=-1, keepdim=True)
 
         if static:
+            self.last_dispatch = "static"
             return self._static(x, top_p, top_e).reshape(shape)
 
         # Assignments in priority order: all first choices in token order, then all second choices ...
         expert_flat = top_e.t().reshape(-1)  # (K*N,)
         weight_flat = top_p.t().reshape(-1).to(x.dtype)  # (K*N,)
         token_flat = torch.arange(N, device=x.device).repeat(K)  # (K*N,)
-        load = torch.bincount(expert_flat, minlength=E)  # (E,)
+        # Counted by scatter, not bincount: bincount sizes its output from the data, a host sync on CUDA.
+        load = expert_flat.new_zeros(E).scatter_add_(0, expert_flat, torch.ones_like(expert_flat))  # (E,)
 
         # Stable sort by expert keeps priority order inside each expert's slice, so the first
         # `capacity` assignments of a slice are the ones that fit.
         order = torch.argsort(expert_flat, stable=True)  # (K*N,)
         capacity = self.capacity(N)
+        keep = None
         if capacity is None:
             kept = load
         else:
             start = torch.cumsum(load, 0) - load  # (E,)
             rank = torch.arange(K * N, device=x.device) - start[expert_flat[order]]  # (K*N,) place in its expert
-            order = order[rank < capacity]
+            keep = rank < capacity  # (K*N,) in sorted order
             kept = load.clamp(max=capacity)
-        tokens = token_flat[order]  # (M,) kept assignments grouped by expert
-        xs = x[tokens]  # (M, D)
-        ws = weight_flat[order]  # (M,)
 
-        ys = [self.expert(chunk, e) for e, chunk in enumerate(xs.split(kept.tolist())) if chunk.shape[0]]
-        out = x.new_zeros(N, self.d_model)
-        if ys:
-            out = out.index_add(0, tokens, torch.cat(ys) * ws[:, None])  # (N, D)
+        if self._use_grouped(x):
+            self.last_dispatch = "grouped"
+            out = self._grouped(x, order, keep, weight_flat, load)
+        else:
+            self.last_dispatch = "loop"
+            if keep is not None:
+                order = order[keep]
+            tokens = token_flat[order]  # (M,) kept assignments grouped by expert
+            xs = x[tokens]  # (M, D)
+            ws = weight_flat[order]  # (M,)
+            ys = [self.expert(chunk, e) for e, chunk in enumerate(xs.split(kept.tolist())) if chunk.shape[0]]
+            out = x.new_zeros(N, self.d_model)
+            if ys:
+                out = out.index_add(0, tokens, torch.cat(ys) * ws[:, None])  # (N, D)
         for shared in self.shared_experts:
             out = out + shared(x)
 
@@ -230,6 +256,58 @@ class MoE(nn.Module):
         }
         return out.reshape(shape)
 
+    def _use_grouped(self, x: torch.Tensor) -> bool:
+        """Whether this forward's experts run as grouped GEMMs, by ``DISPATCH`` and ``grouped_mm_unfit``."""
+        if DISPATCH not in DISPATCHES:
+            raise ValueError(f"archzoo.layers.moe.DISPATCH must be one of {', '.join(DISPATCHES)}; got {DISPATCH!r}")
+        if DISPATCH == "loop" or x.shape[0] == 0:  # no tokens: nothing to multiply either way
+            return False
+        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        reason = grouped_mm_unfit(x, weights, compute_dtype(x), self.top_k)
+        if reason is None:
+            return True
+        if DISPATCH == "grouped":
+            raise ValueError(f"MoE: DISPATCH='grouped', but torch's grouped GEMM cannot run these experts: {reason}")
+        if not torch.compiler.is_compiling():  # a traced forward cannot log (a graph break); last_dispatch says it
+            once("moe_dispatch", f"MoE experts run as a per-expert loop, not grouped GEMMs: {reason}")
+        return False
+
+    def _grouped(
+        self,
+        x: torch.Tensor,
+        order: torch.Tensor,
+        keep: torch.Tensor | None,
+        weight_flat: torch.Tensor,
+        load: torch.Tensor,
+    ) -> torch.Tensor:
+        """Routed experts as one grouped GEMM per projection over the assignments sorted by expert -> (N, D).
+
+        x (N, D); order (K*N,) the assignments (index k*N + token) sorted stably by expert; keep (K*N,) whether
+        each sorted assignment is within its expert's capacity (None: all are); weight_flat (K*N,) the routing
+        weights by assignment; load (E,) assignments per expert. No host synchronisation: shapes depend on N and
+        K alone, and the group ends are a device tensor.
+
+        A dropped assignment stays in its expert's group with routing weight zero, so the group offsets are the
+        cumulative loads and the last one is K*N, the row count. Rows past the last offset are not written by
+        grouped_mm, neither in the output nor in the input's gradient (uninitialised memory, NaN included, on
+        the CPU here), so sorting the drops to the end would need a mask on the expert input and output to keep
+        that memory out of the result and of x's gradient. The cost: the dropped rows' FLOPs, ``drop_fraction``
+        of the whole, small at the usual capacity factors.
+        """
+        N, D, K = x.shape[0], self.d_model, self.top_k
+        dtype = compute_dtype(x)
+        offs = torch.cumsum(load, 0).to(torch.int32)  # (E,) end of each expert's rows
+        xs = x[order % N].to(dtype)  # (K*N, D) rows grouped by expert
+        wg, wu, wd = (p.weight.to(dtype).transpose(-2, -1) for p in (self.gate_proj, self.up_proj, self.down_proj))
+        h = F.silu(_grouped_mm(xs, wg, offs=offs)) * _grouped_mm(xs, wu, offs=offs)  # (K*N, F)
+        ys = _grouped_mm(h, wd, offs=offs)  # (K*N, D)
+        ws = weight_flat[order]  # (K*N,)
+        if keep is not None:
+            ws = ws * keep  # over capacity: weight 0, nothing reaches the output or any gradient
+        contrib = ys * ws[:, None]  # (K*N, D) in x's dtype (autocast: ys in the autocast dtype)
+        # Back to assignment order (a permutation: no atomics, deterministic), then each token's K choices summed.
+        return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)
+
     def _losses(
         self, logits: torch.Tensor, probs: torch.Tensor, load: torch.Tensor, n_tokens: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +322,64 @@ class MoE(nn.Module):
         return balance, z
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the expert projections compute in: autocast's where it is on (as ``F.linear`` would), else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def grouped_mm_unfit(
+    x: torch.Tensor, weights: tuple[torch.Tensor, ...], dtype: torch.dtype, top_k: int = 1
+) -> str | None:
+    """Why torch's grouped GEMM cannot run these experts, or None when it can.
+
+    x (N, D) the tokens; weights the stacked projections (E, out, in) in the order gate, up, down; dtype the one
+    they compute in (``compute_dtype``). The constraints, from torch's checks (GroupedMMUtils.h, GroupedBlas.cpp,
+    and the shape function that torch.compile traces with):
+    - fp32, bf16 or fp16 (no fp64); on CUDA only bf16 runs the kernel (CUTLASS, compute capability 9.x / 10.x,
+      not ROCm), the rest a per-group loop that copies the offsets to the host; at most 1024 experts (one thread
+      per group prepares the problem sizes);
+    - under torch.compile only bf16: the shape function rejects other dtypes;
+    - every operand's leading stride a multiple of 16 bytes, so d_model and d_ff multiples of 16 / itemsize
+      (8 in bf16, 4 in fp32), and on CUDA 16-byte aligned data pointers;
+    - int32 group offsets: fewer than 2**31 rows.
+    """
+    if _grouped_mm is None:
+        return f"torch {torch.__version__} has neither torch.nn.functional.grouped_mm nor torch._grouped_mm"
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"grouped_mm takes float32, bfloat16 or float16, not {dtype}"
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        return f"x is {x.dtype} and the expert weights compute in {dtype}"
+    if x.device.type == "cuda":
+        if torch.version.hip is not None:
+            return "on ROCm grouped_mm's kernel is not checked here"
+        if dtype != torch.bfloat16:
+            return f"on CUDA grouped_mm runs its kernel in bfloat16 only; {dtype} takes a loop that syncs with the host"
+        major = torch.cuda.get_device_properties(x.device).major
+        if major not in (9, 10):
+            return f"grouped_mm's CUDA kernel needs compute capability 9.x or 10.x, this GPU is {major}.x"
+        if weights[0].shape[0] > 1024:
+            return f"grouped_mm's CUDA kernel takes at most 1024 groups, got {weights[0].shape[0]} experts"
+    elif x.device.type != "cpu":
+        return f"grouped_mm is used on CPU and CUDA here, not {x.device.type}"
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return f"torch.compile traces grouped_mm in bfloat16 only (its shape function rejects {dtype})"
+    align = 16 // dtype.itemsize
+    d_ff, d_model = weights[0].shape[-2:]
+    for name, size in (("d_model", d_model), ("d_ff", d_ff)):
+        if size % align:
+            return f"{name}={size} is not a multiple of {align}: grouped_mm needs 16-byte row strides ({dtype})"
+    for name, w in zip(("gate_proj", "up_proj", "down_proj"), weights, strict=True):
+        if w.stride(-1) != 1 or w.stride(-2) % align or w.stride(-2) < w.shape[-1]:
+            return f"{name}.weight has strides {w.stride()}; grouped_mm needs rows contiguous and 16-byte aligned"
+        if x.is_cuda and (w.storage_offset() * w.element_size()) % 16:
+            return f"{name}.weight does not start on a 16-byte boundary"
+    if x.shape[0] * top_k >= 2**31:
+        return f"{x.shape[0] * top_k} assignments overflow grouped_mm's int32 offsets"
+    return None
+
+
 def topk_by_max(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``probs.topk(k, dim=-1)`` as k rounds of max-and-mask: (values, indices), largest first. For a small k
     it compiles to one fused kernel where ``topk`` sorts; ties go to the lowest index in each round."""
@@ -255,4 +391,3 @@ def topk_by_max(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         idx.append(i)
         p = p.scatter(-1, i[..., None], float("-inf"))
     return torch.stack(vals, dim=-1), torch.stack(idx, dim=-1)
-

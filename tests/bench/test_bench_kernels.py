@@ -1,13 +1,18 @@
-"""archzoo.bench.kernels (``archzoo bench kernels``): the report table and the CLI's dispatch (the timings
-themselves need a GPU)."""
+"""archzoo.bench.kernels (``archzoo bench kernels``): the report table, the CLI's dispatch, and the ops that also
+run on the CPU at tiny shapes (la, based, moe; the other timings need a GPU)."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
 
 import pytest
 import torch
 
-from archzoo.bench.kernels import _table
+from archzoo.bench.kernels import OPS, _table, bench_moe
 from archzoo.cli import main
+
+from conftest import TRITON_SKIP, interpreter_only
 
 
 def _ok(fwd: float, fb: float, rounds: list[float] | None = None) -> dict:
@@ -44,5 +49,102 @@ def test_cli_kernels_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "k.json"
     assert main(["bench", "kernels", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: the kernel benchmark needs a CUDA GPU", err
+    assert err.startswith("error: the kernel benchmark needs a CUDA GPU (") and "\n" not in err, err
+    assert "la,based,moe" in err, "says what runs without a GPU"
     assert not out.exists()
+
+
+def test_cli_kernels_unknown_op_lists_the_valid_ones(tmp_path, capsys):
+    assert main(["bench", "kernels", "--ops", "la,lla", "--out", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown op 'lla'" in err and "la_update" in err and "moe" in err, err
+
+
+def test_help_lists_every_op(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "kernels", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for op in OPS:
+        assert op in out, op
+    assert "--tiny" in out
+
+
+FLA = importlib.util.find_spec("fla") is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run; a GPU runs the real shapes")
+def test_la_based_moe_run_on_the_cpu_at_tiny_shapes(tmp_path, capsys):
+    """``--ops la,based,moe`` without a GPU: tiny shapes, every archzoo row timed, its backend recorded, fla's
+    rows say it is missing, the MoE's grouped side runs or says why not, JSON and tables written."""
+    out = tmp_path / "k.json"
+    assert main(["bench", "kernels", "--ops", "la,based,moe", "--rounds", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["tiny"] is True and res["device"].startswith("cpu")
+    la = res["linear_attention"]
+    assert set(la["normalize_false"]) == set(la["normalize_true"]) == {"64", "100"}
+    for norm in ("normalize_false", "normalize_true"):
+        for T, cell in la[norm].items():
+            ours = cell["archzoo"]
+            assert ours["status"] == "ok" and ours["fwd_ms"] > 0 and ours["fwdbwd_ms"] > 0, (norm, T, ours)
+            assert ours["backend"] in ("chunk", "triton"), ours
+            assert 0 < ours["hbm_fraction_fwd"] and 0 < ours["hbm_fraction_fwdbwd"]
+            if not FLA:
+                assert cell["fla_chunk_linear_attn"]["status"].startswith("fla not installed"), cell
+                assert ours["fla_over_ours_fwd"] is None and ours["fla_over_ours_fwdbwd"] is None
+    based = res["based"]
+    assert based["shape"]["features"] == 273
+    for T, cell in based["rows"].items():
+        ours = cell["archzoo"]
+        assert ours["status"] == "ok" and ours["fwdbwd_ms"] > 0, (T, ours)
+        assert ours["backend"] == "chunk" and "273 features" in ours["backend_note"], ours  # F > MAX_FEATURE
+        if not FLA:
+            assert cell["fla_parallel_based"]["status"].startswith("fla not installed"), cell
+    moe = res["moe"]
+    assert moe["capacity"]["mode"].startswith("train") and moe["capacity"]["factor"] == 1.25
+    rows = moe["rows"]["128"]
+    dense = rows["dense_swiglu_192"]  # top_k x d_ff = 2 x 96 hidden
+    assert dense["status"] == "ok" and dense["over_dense_fwd"] == 1.0
+    assert rows["archzoo_loop"]["status"] == "ok" and rows["archzoo_loop"]["over_dense_fwdbwd"] > 0
+    assert rows["archzoo_grouped"]["status"] == "ok" or not moe["dispatch_switch"], rows["archzoo_grouped"]
+    if not moe["dispatch_switch"]:
+        assert rows["archzoo_grouped"]["status"].startswith("unavailable"), rows["archzoo_grouped"]
+    for title in ("## linear_attention normalize=False", "## linear_attention normalize=True", "## BASED", "## MoE"):
+        assert title in text, title
+    if not FLA:
+        assert "| fla_chunk_linear_attn | fla not installed | fla not installed |" in text
+
+
+def test_moe_sets_the_dispatch_switch_around_each_side_and_restores_it(monkeypatch):
+    """Each timed MoE call runs under its side's DISPATCH value, which is put back after the call (whether or
+    not layers/moe.py has the switch yet: here it is given one)."""
+    from archzoo.layers import moe as moe_mod
+
+    monkeypatch.setattr(moe_mod, "DISPATCH", "auto", raising=False)
+    seen = []
+    forward = moe_mod.MoE.forward
+
+    def spy(self, x):
+        seen.append(moe_mod.DISPATCH)
+        return forward(self, x)
+
+    monkeypatch.setattr(moe_mod.MoE, "forward", spy)
+    res = bench_moe(1, "cpu", n_tokens=32, d_model=16, d_ff=24)
+    assert res["dispatch_switch"] is True
+    assert {"grouped", "loop"} <= set(seen) and "auto" not in seen, seen
+    assert moe_mod.DISPATCH == "auto"
+    assert res["rows"][32]["archzoo_loop"]["status"] == "ok"
+    assert "last_dispatch" in res["rows"][32]["archzoo_loop"]
+
+
+@interpreter_only
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
+def test_la_takes_the_triton_kernel_under_the_interpreter(tmp_path, monkeypatch):
+    """With TRITON_INTERPRET=1 (Triton imported interpreted by conftest) the la rows record the Triton kernel."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "k.json"
+    assert main(["bench", "kernels", "--ops", "la", "--lengths", "40", "--rounds", "1", "--out", str(out)]) == 0
+    la = json.loads(out.read_text())["linear_attention"]
+    for norm in ("normalize_false", "normalize_true"):
+        ours = la[norm]["40"]["archzoo"]
+        assert ours["status"] == "ok" and ours["backend"] == "triton", ours
