@@ -289,10 +289,10 @@ class MoE(nn.Module):
 
         A dropped assignment stays in its expert's group with routing weight zero, so the group offsets are the
         cumulative loads and the last one is K*N, the row count. Rows past the last offset are not written by
-        grouped_mm, neither in the output nor in the input's gradient (uninitialised memory, NaN included, on
-        the CPU here), so sorting the drops to the end would need a mask on the expert input and output to keep
-        that memory out of the result and of x's gradient. The cost: the dropped rows' FLOPs, ``drop_fraction``
-        of the whole, small at the usual capacity factors.
+        grouped_mm, neither in the output nor in the input's gradient (uninitialised memory: NaN and 1e29 seen on
+        the CPU, inf in pytorch/torchtitan#1237), so sorting the drops past the end would need masks (``where``)
+        on the expert input and output to keep that memory out of the result and of x's gradient. The cost: the
+        dropped rows' FLOPs, ``drop_fraction`` of the whole, small at the usual capacity factors.
         """
         N, D, K = x.shape[0], self.d_model, self.top_k
         dtype = compute_dtype(x)
@@ -303,7 +303,7 @@ class MoE(nn.Module):
         ys = _grouped_mm(h, wd, offs=offs)  # (K*N, D)
         ws = weight_flat[order]  # (K*N,)
         if keep is not None:
-            ws = ws * keep  # over capacity: weight 0, nothing reaches the output or any gradient
+            ws = ws * keep  # over capacity: weight 0, so the row adds 0 to the output and gets 0 gradient
         contrib = ys * ws[:, None]  # (K*N, D) in x's dtype (autocast: ys in the autocast dtype)
         # Back to assignment order (a permutation: no atomics, deterministic), then each token's K choices summed.
         return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)
@@ -349,11 +349,11 @@ def grouped_mm_unfit(
         return f"torch {torch.__version__} has neither torch.nn.functional.grouped_mm nor torch._grouped_mm"
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"grouped_mm takes float32, bfloat16 or float16, not {dtype}"
-    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-        return f"x is {x.dtype} and the expert weights compute in {dtype}"
+    if not torch.is_autocast_enabled(x.device.type) and any(w.dtype != x.dtype for w in weights):
+        return f"x is {x.dtype} and the expert weights {weights[0].dtype} (no autocast)"
     if x.device.type == "cuda":
         if torch.version.hip is not None:
-            return "on ROCm grouped_mm's kernel is not checked here"
+            return "not tried on ROCm (grouped_mm's CK kernel covers gfx942 / gfx950; other GPUs loop on the host)"
         if dtype != torch.bfloat16:
             return f"on CUDA grouped_mm runs its kernel in bfloat16 only; {dtype} takes a loop that syncs with the host"
         major = torch.cuda.get_device_properties(x.device).major
@@ -371,7 +371,7 @@ def grouped_mm_unfit(
         if size % align:
             return f"{name}={size} is not a multiple of {align}: grouped_mm needs 16-byte row strides ({dtype})"
     for name, w in zip(("gate_proj", "up_proj", "down_proj"), weights, strict=True):
-        if w.stride(-1) != 1 or w.stride(-2) % align or w.stride(-2) < w.shape[-1]:
+        if w.stride(-1) != 1 or w.stride(-2) % align or w.stride(-2) < w.shape[-1] or w.stride(0) % align:
             return f"{name}.weight has strides {w.stride()}; grouped_mm needs rows contiguous and 16-byte aligned"
         if x.is_cuda and (w.storage_offset() * w.element_size()) % 16:
             return f"{name}.weight does not start on a 16-byte boundary"

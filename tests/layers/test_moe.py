@@ -1,18 +1,26 @@
-"""MoE FFN: routing against a per-token reference, capacity drops, statistics, losses, and the model invariant."""
+"""MoE FFN: routing against a per-token reference, capacity drops, statistics, losses, and the model invariant;
+the sorted path's grouped GEMMs against its per-expert loop."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import archzoo
+import archzoo.layers.moe as moe_mod
 from archzoo.config import MoEConfig
+from archzoo.kernels import _dispatch
 from archzoo.layers.mlp import SwiGLU
 from archzoo.layers.moe import MoE
+
+from conftest import assert_close
 
 MOE_YAML = Path(__file__).resolve().parents[2] / "configs" / "models" / "moe.yaml"
 D = 16
@@ -265,7 +273,204 @@ def test_static_decode_path_matches_naive(top_k):
         x = torch.randn(n, 1, D, dtype=torch.float64)
         with torch.no_grad():
             assert rel_err(moe(x), naive_moe(moe, x)) < 1e-12, f"{n} tokens, top-{top_k}"
+            assert moe.last_dispatch == "static"
     probs = torch.randn(9, 8, dtype=torch.float64).softmax(-1)
     v, i = topk_by_max(probs, top_k)
     ref_v, ref_i = probs.topk(top_k, dim=-1)
     assert torch.equal(i, ref_i) and torch.equal(v, ref_v)
+
+
+# The sorted path's two dispatches: one grouped GEMM per projection ("grouped") and the per-expert loop ("loop").
+
+
+def grouped_mm_skip(dtype: torch.dtype) -> str | None:
+    """Why this torch's CPU grouped_mm cannot be tested in ``dtype``, or None."""
+    if moe_mod._grouped_mm is None:
+        return f"torch {torch.__version__} has no grouped_mm"
+    try:
+        moe_mod._grouped_mm(
+            torch.ones(8, 8, dtype=dtype), torch.ones(2, 8, 8, dtype=dtype), offs=torch.tensor([3, 8]).int()
+        )
+    except RuntimeError as e:
+        return f"this torch's CPU grouped_mm does not take {dtype}: {e}"
+    return None
+
+
+def uneven_moe(dtype: torch.dtype, top_k: int, capacity_factor: float | None, d_model: int = D, d_ff: int = 24) -> MoE:
+    """Four experts, loads far apart: every token carries feature 0 in [2, 4], which the router scores +1, +0.5, 0
+    and -10 for experts 0..3, so expert 3 gets no token and expert 0 the most. Top-1 keeps the raw probability
+    (no renormalisation to 1), so the router's gradient also flows through the routing weights."""
+    moe = MoE(
+        d_model, 4, d_ff, top_k=top_k, capacity_factor=capacity_factor, norm_topk_prob=top_k > 1,
+        aux_loss_coef=0.1, z_loss_coef=0.01,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(0.0, 0.3)
+        moe.router.weight[:, 0] = torch.tensor([1.0, 0.5, 0.0, -10.0])
+    return moe.train().to(dtype)
+
+
+def uneven_tokens(n: int, d_model: int = D) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (1, n, d_model) for ``uneven_moe`` and an fp32 output gradient of its shape."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, n, d_model, generator=gen)
+    x[..., 0] = 2 + 2 * torch.rand(1, n, generator=gen)
+    return x, torch.randn(1, n, d_model, generator=gen)
+
+
+def run_moe(moe: MoE, x: torch.Tensor, g: torch.Tensor, dispatch: str, monkeypatch) -> dict[str, torch.Tensor]:
+    """Output and every gradient of sum(out * g) + aux_loss under ``DISPATCH = dispatch``."""
+    monkeypatch.setattr(moe_mod, "DISPATCH", dispatch)
+    moe.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    out = moe(x)
+    ((out * g.to(out.dtype)).sum() + moe.aux_loss).backward()
+    return {"out": out.detach(), "grad x": x.grad} | {f"grad {n}": p.grad for n, p in moe.named_parameters()}
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 1.0], ids=["dropless", "drops"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_grouped_matches_loop(dtype, top_k, capacity_factor, monkeypatch):
+    """Output and every gradient (x, router, gate/up/down) of the grouped GEMMs equal the loop's, and both the
+    fp64 loop's; with an idle expert, uneven loads, capacity drops, 37 tokens; aux loss and stats unchanged."""
+    if why := grouped_mm_skip(dtype):
+        pytest.skip(why)
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(dtype, top_k, capacity_factor)
+    loop = run_moe(moe, x.to(dtype), g, "loop", monkeypatch)
+    loop_stats, loop_aux = moe.last_stats, moe.aux_loss.detach()
+    assert moe.last_dispatch == "loop"
+    grouped = run_moe(moe, x.to(dtype), g, "grouped", monkeypatch)
+    assert moe.last_dispatch == "grouped"
+    stats = moe.last_stats
+    assert stats["load"][3] == 0 and stats["load"][0] > stats["load"][1] > 0, f"loads {stats['load'].tolist()}"
+    assert (stats["tokens_dropped"] > 0) == (capacity_factor is not None)
+    for key in ("tokens_dropped", "load", "drop_fraction", "balance_loss", "z_loss"):
+        assert torch.equal(stats[key], loop_stats[key]), key
+    assert stats["capacity"] == loop_stats["capacity"] and torch.equal(moe.aux_loss, loop_aux), "aux_loss"
+
+    ref_moe = uneven_moe(torch.float64, top_k, capacity_factor)
+    ref = run_moe(ref_moe, x.double(), g, "loop", monkeypatch)
+    assert torch.equal(ref_moe.last_stats["load"], stats["load"]), "the fp64 reference routes differently"
+    tol, ref_tol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-2, 3e-2)
+    for name, value in grouped.items():
+        assert_close(f"{name} grouped vs loop ({dtype})", value, loop[name], tol)
+        assert_close(f"{name} grouped vs fp64 loop ({dtype})", value, ref[name], ref_tol)
+
+
+class OpLog(TorchDispatchMode):
+    """The ATen ops a block runs; an index by a boolean mask is logged as ``aten.index[bool]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            name += "[bool]"
+        self.ops.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+# Ops whose output size comes from the data (or that read a value on the host): on CUDA each waits for the device.
+HOST_SYNC_OPS = {
+    "aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.masked_select", "aten.bincount",
+    "aten.unique", "aten._unique2", "aten.unique_consecutive", "aten.repeat_interleave", "aten.index[bool]",
+    "aten.split_with_sizes",
+}  # fmt: skip
+
+
+def test_grouped_path_reads_nothing_on_the_host(monkeypatch):
+    """Forward and backward of the grouped path, capacity drops included, run no op that synchronises."""
+    if why := grouped_mm_skip(torch.float32):
+        pytest.skip(why)
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    logs = {}
+    for dispatch in ("grouped", "loop"):
+        with OpLog() as log:
+            run_moe(moe, x, g, dispatch, monkeypatch)
+        logs[dispatch] = log.ops
+    assert "aten._grouped_mm" in logs["grouped"]
+    assert not logs["grouped"] & HOST_SYNC_OPS, f"grouped path runs {sorted(logs['grouped'] & HOST_SYNC_OPS)}"
+    assert {"aten.index[bool]", "aten.split_with_sizes"} <= logs["loop"], "the detector sees the loop's syncs"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "d_model", "d_ff", "reason"),
+    [
+        (torch.float64, 16, 24, "not torch.float64"),
+        (torch.float32, 16, 30, "d_ff=30 is not a multiple of 4"),
+        (torch.bfloat16, 12, 24, "d_model=12 is not a multiple of 8"),
+    ],
+    ids=["fp64", "fp32-d_ff30", "bf16-d_model12"],
+)
+def test_auto_falls_back_to_the_loop_and_says_why(dtype, d_model, d_ff, reason, monkeypatch, caplog):
+    """Shapes or dtypes grouped_mm cannot take: "auto" runs the loop and logs the reason once; "grouped" raises."""
+    if dtype != torch.float64 and (why := grouped_mm_skip(dtype)):
+        pytest.skip(why)
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    x, g = uneven_tokens(21, d_model)
+    moe = uneven_moe(dtype, 2, 1.0, d_model, d_ff)
+    loop = run_moe(moe, x.to(dtype), g, "loop", monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        for _ in range(2):
+            auto = run_moe(moe, x.to(dtype), g, "auto", monkeypatch)
+            assert moe.last_dispatch == "loop"
+    logged = [r.getMessage() for r in caplog.records if reason in r.getMessage()]
+    assert len(logged) == 1 and "per-expert loop" in logged[0], caplog.text
+    for name, value in auto.items():
+        assert torch.equal(value, loop[name]), name
+    monkeypatch.setattr(moe_mod, "DISPATCH", "grouped")
+    with pytest.raises(ValueError, match=f"DISPATCH='grouped'.*{reason}"):
+        moe(x.to(dtype))
+    monkeypatch.setattr(moe_mod, "DISPATCH", "fast")
+    with pytest.raises(ValueError, match="auto, grouped, loop; got 'fast'"):
+        moe(x.to(dtype))
+
+
+def test_grouped_under_autocast_matches_loop(monkeypatch):
+    """fp32 weights under bf16 autocast: the grouped GEMMs run in bf16, as the loop's F.linear does."""
+    if why := grouped_mm_skip(torch.bfloat16):
+        pytest.skip(why)
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    runs = {}
+    for dispatch in ("loop", "grouped"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs[dispatch] = run_moe(moe, x, g, dispatch, monkeypatch)
+        assert moe.last_dispatch == dispatch
+    for name, value in runs["grouped"].items():
+        assert_close(f"{name} grouped vs loop (bf16 autocast)", value, runs["loop"][name], 1e-2)
+
+
+def test_grouped_forward_compiles_without_graph_break(monkeypatch):
+    """torch.compile(fullgraph=True) traces the grouped forward with capacity drops (no data-dependent shape or
+    host read) and its backward; both match eager. bf16: torch traces grouped_mm in bf16 only."""
+    if why := grouped_mm_skip(torch.bfloat16):
+        pytest.skip(why)
+    torch._dynamo.reset()
+    x, g = uneven_tokens(37)
+    x, g = x.bfloat16(), g.bfloat16()
+    moe = uneven_moe(torch.bfloat16, 2, 1.0)
+    eager = run_moe(moe, x, g, "grouped", monkeypatch)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(moe, backend=counter, fullgraph=True)
+    try:
+        for _ in range(2):  # the second call reuses the graph
+            moe.zero_grad()
+            xc = x.clone().requires_grad_()
+            moe.last_dispatch = None
+            out = compiled(xc)
+            ((out * g).sum() + moe.aux_loss).backward()
+            assert moe.last_dispatch == "grouped" and moe.last_stats["tokens_dropped"] > 0
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times"
+    got = {"out": out.detach(), "grad x": xc.grad} | {f"grad {n}": p.grad for n, p in moe.named_parameters()}
+    for name, value in got.items():
+        assert_close(f"{name} compiled vs eager", value, eager[name], 1e-2)
