@@ -25,7 +25,8 @@ Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set b
 the HF rows, a logits processor that notes the time of the first step, right after the
 prefill (row field ``timing`` says which).
 
-Writes ``DIR/decode.json`` (atomically, after every row) and ``DIR/decode.md``. Bad input (an
+Writes ``DIR/decode.json`` (atomically, after every row), ``DIR/decode.md`` and, at the end,
+``DIR/decode.png`` (tokens/s against cache bytes per token, ``decode_chart.py``). Bad input (an
 unknown model, bad sizes, a length beyond what a model holds, CUDA asked for but absent) raises
 ``UserError`` before anything is written. A combination that does not fit in GPU memory is
 skipped with the reason in its row; a failure of one row is recorded in its ``error`` field and
@@ -38,6 +39,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -123,7 +125,9 @@ def parse_inductor_options(text: Sequence[dict] | str | None) -> list[dict]:
                 raise UserError(f"--inductor-options: {item!r} is not KEY=VALUE with KEY an inductor config option")
             v = value.strip()
             low = v.lower()
-            opts[key] = True if low in ("1", "true") else False if low in ("0", "false") else int(v) if v.isdigit() else v
+            opts[key] = (
+                True if low in ("1", "true") else False if low in ("0", "false") else int(v) if v.isdigit() else v
+            )
         sets.append(opts)
     return sets
 
@@ -484,6 +488,7 @@ def run_decode_bench(
         # count toward the recompile limit: 16 models x 4 shapes hit it. Start each model afresh.
         torch._dynamo.reset()
     write_results(out_dir, meta, run.rows)
+    write_chart(out_dir, meta, run.rows)
     return run.rows
 
 
@@ -725,6 +730,22 @@ def write_results(out_dir: str | Path, meta: dict, rows: list[dict]) -> None:
     atomic_write(out_dir / "decode.md", markdown(meta, rows))
 
 
+def write_chart(out_dir: str | Path, meta: dict, rows: list[dict]) -> Path | None:
+    """``decode.png`` (``decode_chart``: tokens/s against cache bytes per token) once the run is done, written
+    to a temporary file and moved in place; None when no row measured a speed."""
+    from .decode_chart import decode_chart
+
+    out_dir = Path(out_dir)
+    tmp = out_dir / ".decode.tmp.png"
+    try:
+        if decode_chart(tmp, meta, rows) is None:
+            return None
+        os.replace(tmp, out_dir / "decode.png")
+        return out_dir / "decode.png"
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -771,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="inductor option sets for the compiled step, side by side: sets separated by ';', KEY=VALUE pairs by "
         "',' (an empty set: the defaults), e.g. ';coordinate_descent_tuning=1'",
     )
-    p.add_argument("--out", required=True, help="output folder: decode.json and decode.md")
+    p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p
 
 

@@ -75,7 +75,10 @@ def test_bench_decode_tiny_models_on_cpu(tmp_path):
     assert "tokens/s" in table[0] and len(table) == 2 + len(rows)
     pivot = [ln for ln in summary.splitlines() if ln.startswith("|")]
     assert "B=1 P=8 | B=2 P=8 |" in pivot[0] and [ln.split("|")[1].strip() for ln in pivot[2:]] == ["gqa", "mamba"]
-    assert not [p.name for p in out.iterdir() if p.name not in ("decode.json", "decode.md")], "temporary files left"
+    assert not [p.name for p in out.iterdir() if p.name not in ("decode.json", "decode.md", "decode.png")], (
+        "temporary files left"
+    )
+    assert (out / "decode.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_decode_hf_baseline(tmp_path):

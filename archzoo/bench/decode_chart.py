@@ -1,0 +1,117 @@
+"""``decode.png``: what a smaller cache buys in decode speed, from ``archzoo bench decode``'s rows.
+
+One panel per (batch size, prompt length) of the run, at most four (the largest batch and prompt first,
+where the cache matters most): x is the cache's bytes per token at that length (``cache_bytes`` over
+batch x (prompt + new tokens), log scale), y the decode tokens/s of the archzoo rows (the default attention
+form, no speculative or inductor-option variants). The frontier is the models that no other beats on both
+(a smaller or equal cache and at least the speed). A model whose short name is ``teacher`` or that was
+given as a teacher name / GGUF / HF folder is drawn as the teacher.
+
+    python -m archzoo.bench.decode_chart DIR/decode.json OUT.png [--cells 64x4096,1x4096] [--skip draft-8l]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .charts import Point, place_labels, plt, save, scatter
+from .decode_report import _short_names
+from .pareto import pareto
+
+MAX_PANELS = 4
+
+
+def _plain(row: dict) -> bool:
+    """An archzoo row of the default form that measured something."""
+    return (
+        row.get("implementation") == "archzoo"
+        and row.get("num_draft_tokens") is None
+        and not row.get("inductor_options")
+        and row.get("tokens_per_s")
+        and row.get("cache_bytes")
+    )
+
+
+def _is_teacher(row: dict, short: str) -> bool:
+    return short == "teacher" or row.get("source") in ("teacher", "gguf", "hf")
+
+
+def decode_chart(
+    path: str | Path,
+    meta: dict,
+    rows: list[dict],
+    cells: Sequence[tuple[int, int]] | None = None,
+    skip: Sequence[str] = (),
+) -> Path | None:
+    """Write the chart to ``path``; None (nothing written) when no row has a speed. ``cells``: the (batch size,
+    prompt length) panels, in order (default: the run's, largest first, at most four); ``skip``: short model
+    names to leave out (a draft of another size, say)."""
+    rows = [r for r in rows if _plain(r)]
+    names = _short_names(list(dict.fromkeys(r["model"] for r in rows)))
+    rows = [r for r in rows if names[r["model"]] not in skip]
+    have = {(r["batch_size"], r["prompt_len"]) for r in rows}
+    if cells is None:
+        cells = sorted(have, key=lambda c: (-c[0], -c[1]))[:MAX_PANELS]
+    cells = [c for c in cells if c in have]
+    if not cells:
+        return None
+    ncol = min(len(cells), 2)
+    nrow = (len(cells) + 1) // 2
+    fig, axes = plt.subplots(nrow, ncol, figsize=(7.6 * ncol, 5.4 * nrow), squeeze=False)
+    dtype = meta.get("dtype", "")
+    placed = []
+    for ax, (B, P) in zip(axes.flat, cells, strict=False):
+        sel = [r for r in rows if (r["batch_size"], r["prompt_len"]) == (B, P)]
+        per_token = {names[r["model"]]: r["cache_bytes"] / (B * (P + r["new_tokens"])) for r in sel}
+        speed = {names[r["model"]]: r["tokens_per_s"] for r in sel}
+        front = set(pareto([(n, per_token[n], speed[n]) for n in speed], higher_is_better=True))
+        pts = [Point(n, per_token[n], speed[n], _is_teacher(r, n), n in front) for n, r in
+               ((names[r["model"]], r) for r in sel)]  # fmt: skip
+        new = sel[0]["new_tokens"]
+        scatter(ax, pts, f"cache bytes per token at {P + new:,} tokens ({dtype}, log scale)",
+                "decode tokens/s (higher is better)", y_log=False)  # fmt: skip
+        ax.set_ylim(bottom=0)
+        placed.append((ax, pts))
+        ax.set_title(f"batch {B}, {P:,}-token prompts, {new} new tokens", fontsize=11, loc="left")
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    device = meta.get("device", "")
+    fig.suptitle(f"Decode speed against cache size ({device}, archzoo bench decode)", fontsize=12, x=0.01,
+                 ha="left")  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    for ax, pts in placed:  # the layout moved the axes: place the labels again in their final pixels
+        for t in list(ax.texts):
+            t.remove()
+        place_labels(ax, pts)
+    return save(fig, Path(path))
+
+
+def _cells(text: str) -> list[tuple[int, int]]:
+    try:
+        return [(int(b), int(p)) for b, p in (c.lower().split("x") for c in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxPROMPT[,...], e.g. 64x4096, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m archzoo.bench.decode_chart", description=__doc__.split("\n\n")[0])
+    ap.add_argument("decode_json", type=Path, help="a decode.json of archzoo bench decode")
+    ap.add_argument("out", type=Path, help="the PNG to write")
+    ap.add_argument("--cells", type=_cells, default=None, help="panels as BATCHxPROMPT, comma-separated")
+    ap.add_argument("--skip", default="", help="short model names to leave out, comma-separated")
+    args = ap.parse_args(argv)
+    if not args.decode_json.is_file():
+        ap.error(f"{args.decode_json}: no such file")
+    data = json.loads(args.decode_json.read_text())
+    out = decode_chart(args.out, data, data.get("rows", []), args.cells, [s for s in args.skip.split(",") if s])
+    print(out or "no measured archzoo rows in those cells: nothing written")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

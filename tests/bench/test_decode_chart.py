@@ -1,0 +1,67 @@
+"""decode.png: tokens/s against cache bytes per token from bench decode rows (no GPU, synthetic rows)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archzoo.bench import decode_chart as DC
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(model, B, P, tps, cache, **kw):
+    return dict(model=f"configs/students/{model}.yaml", source="yaml", implementation="archzoo", batch_size=B,
+                prompt_len=P, new_tokens=8, tokens_per_s=tps, cache_bytes=cache, **kw)  # fmt: skip
+
+
+ROWS = [
+    _row("teacher", 2, 16, 100.0, 9000),
+    _row("mqa", 2, 16, 150.0, 3000),
+    _row("based", 2, 16, 120.0, 500),
+    _row("slow", 2, 16, 90.0, 6000),
+    _row("teacher", 1, 16, 50.0, 4500),
+    _row("mqa", 1, 16, 55.0, 1500),
+    _row("teacher", 2, 16, 300.0, 9000, num_draft_tokens=4),  # speculative: not a point
+    _row("mqa", 2, 16, None, 3000, error="boom"),  # failed: not a point
+]
+
+
+def test_points_frontier_and_panels(tmp_path, monkeypatch):
+    seen = []
+    real = DC.scatter
+
+    def spy(ax, pts, *a, **kw):
+        seen.append({p.name: (p.x, p.y, p.teacher, p.frontier) for p in pts})
+        return real(ax, pts, *a, **kw)
+
+    monkeypatch.setattr(DC, "scatter", spy)
+    out = DC.decode_chart(tmp_path / "d.png", {"dtype": "bf16", "device": "cpu"}, ROWS)
+    assert out.read_bytes()[:8] == PNG
+    big, small = seen  # the largest batch first
+    assert set(big) == {"teacher", "mqa", "based", "slow"}
+    assert big["mqa"] == (3000 / (2 * 24), 150.0, False, True)  # bytes over batch x (prompt + new)
+    assert big["teacher"][2] and not big["teacher"][3]  # the teacher, beaten by mqa (smaller and faster)
+    assert big["based"][3] and not big["slow"][3]
+    assert set(small) == {"teacher", "mqa"}
+
+
+def test_cells_and_skip(tmp_path):
+    assert DC.decode_chart(tmp_path / "a.png", {}, ROWS, cells=[(1, 16)], skip=["mqa"]).is_file()
+    assert DC.decode_chart(tmp_path / "b.png", {}, ROWS, cells=[(64, 4096)]) is None  # no such cell
+    assert DC.decode_chart(tmp_path / "c.png", {}, [r for r in ROWS if r.get("error")]) is None
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_cli(tmp_path, capsys):
+    src = tmp_path / "decode.json"
+    src.write_text(json.dumps({"dtype": "bf16", "device": "cpu", "rows": ROWS}))
+    assert DC.main([str(src), str(tmp_path / "o.png"), "--cells", "2x16,1x16", "--skip", "slow"]) == 0
+    assert (tmp_path / "o.png").read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit) as e:
+        DC.main([str(src), str(tmp_path / "x.png"), "--cells", "2by16"])
+    assert e.value.code == 2 and "BATCHxPROMPT" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        DC.main([str(tmp_path / "missing.json"), str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
