@@ -42,7 +42,7 @@ def _set(cfg: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--batches", default="64,1")
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--t-max", type=int, default=8192)
     ap.add_argument("--which", default="gqa,mla")
