@@ -3,9 +3,10 @@
 # a different prompt per row, batch 256, through the captured decode step; the texts come back under $OUT.
 source tools/device/setup.sh || exit 1
 ls -la /root/archzoo-cache/teachers/ | tail -4
-/usr/bin/time -v timeout 150 python3 -m archzoo data generate --teacher smollm2-135m --out $OUT/gen/teacher_2m.jsonl \
+t0=$(date +%s.%N)
+timeout 150 python3 -m archzoo data generate --teacher smollm2-135m --out $OUT/gen/teacher_2m.jsonl \
     --size-tokens 2000000 --batch-size 256 --max-new-tokens 256 --seed 0 > $OUT/gen.log 2>&1; echo "gen rc=$?"
-grep -E "Elapsed|Maximum resident" $OUT/gen.log; tail -5 $OUT/gen.log | grep -v Elapsed
+echo "wall $(echo "$(date +%s.%N) - $t0" | bc) s (process start, teacher load and compile included)"; tail -5 $OUT/gen.log
 python3 - <<'PY'
 import json, os
 p = os.environ["OUT"] + "/gen/teacher_2m.jsonl"
