@@ -424,7 +424,10 @@ class DistillModule(L.LightningModule):
         dev = next(iter(self._val.values())).device
         zero = torch.zeros((), dtype=torch.float64, device=dev)
         per = [
-            {k: self.trainer.strategy.reduce(self._val.get((i, k), zero).clone(), reduce_op="sum") for k in self._VAL_SUMS}
+            {
+                k: self.trainer.strategy.reduce(self._val.get((i, k), zero).clone(), reduce_op="sum")
+                for k in self._VAL_SUMS
+            }
             for i in range(n_loaders)
         ]  # fmt: skip
         total = {k: sum(p[k] for p in per) for k in self._VAL_SUMS}

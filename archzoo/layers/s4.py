@@ -290,8 +290,8 @@ class DiscretizedS4:
         dA = torch.exp(dtA)
         new = [torch.view_as_real(t) if m.is_complex else t for t in (dA, dB, C)]
         if self.dA is not None and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
-                                       for a, b in zip((self.dA, self.dB, self.C), new)):  # fmt: skip
-            for old, t in zip((self.dA, self.dB, self.C), new):
+                                       for a, b in zip((self.dA, self.dB, self.C), new, strict=True)):  # fmt: skip
+            for old, t in zip((self.dA, self.dB, self.C), new, strict=True):
                 old.copy_(t)  # in place: a captured graph reads these addresses
         else:
             self.dA, self.dB, self.C = (t.contiguous() for t in new)

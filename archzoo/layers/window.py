@@ -60,7 +60,8 @@ def window_attention(q, k, v, window: int, scale: float | None = None) -> torch.
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # a compile failure, before anything ran: fall back for good, say why
-            _FAILED[dev] = f"FlexAttention failed here ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            _FAILED[dev] = f"FlexAttention failed here ({type(e).__name__}: {first})"
             _note("sdpa", _FAILED[dev])
         else:
             _note("flex")

@@ -32,7 +32,8 @@ def decode_attention(
     Positions at or past ``lengths[b]`` are never read (they may hold anything, NaN included). Lengths are
     read on the device, never on the host (the call is CUDA-graph capturable), so they are not checked:
     values above T_max act as T_max, negative ones as 0, and a row of length 0 returns zeros.
-    q, k_cache and v_cache share one dtype: float16, bfloat16 or float32; head dims 1..512 (above 256 in tiles of 32 positions).
+    q, k_cache and v_cache share one dtype: float16, bfloat16 or float32; head dims 1..512 (above 256 in
+    tiles of 32 positions).
     """
     check_decode(q, k_cache, v_cache, lengths)
     if use_triton(q, k_cache, v_cache, lengths):

@@ -10,8 +10,8 @@ is 64 x 273 x 64 fp32 values per head). Here one program per batch * head walks 
 blocks of ``BV`` (one block for Dv <= 64) and, in each, the feature dim in tiles of ``BF``: it loads a
 tile of S once, adds k v^T, stores it and accumulates q . S into o, so S is read once and written once.
 The normaliser needs z before its update and every value block needs the normaliser, so z is written
-after the last block, by the same program (programs of one head in parallel would race on z). The state stays in fp32; q, k, v (fp32,
-bf16 or fp16) are widened to it.
+after the last block, by the same program (programs of one head in parallel would race on z). The state
+stays in fp32; q, k, v (fp32, bf16 or fp16) are widened to it.
 """
 
 from __future__ import annotations
