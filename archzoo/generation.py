@@ -175,7 +175,6 @@ def generate(
     if draft is not None:  # speculative decoding (archzoo.speculative): nothing captured yet
         check_draft(model, draft, num_draft_tokens)
         if compile:  # both models' steps compiled by block; each new step length compiles on first use
-            _allow_recompiles()
             model.compile_step_blocks()
             draft.compile_step_blocks()
         stats["backend"] = "speculative_compiled" if compile else "speculative"
@@ -258,7 +257,6 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     )
     fn = _step_fn(model, s, s.eos, temperature, top_k, top_p, generator)
     if compile:
-        _allow_recompiles()
         model.compile_step_blocks()
     s.fn = fn
     if graphs:
@@ -273,8 +271,9 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     return s, (_now(dev) - t0 if compile else 0.0)
 
 
-def _allow_recompiles() -> None:
-    """Each (batch, bucket) shape compiles the blocks once more: allow more than dynamo's default 8."""
+def allow_recompiles() -> None:
+    """Each (batch, bucket) shape and each model compiles the blocks once more (they share ``Block.forward``'s
+    code object, whose compiled entries dynamo caps at 8 by default): allow 64."""
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))

@@ -11,7 +11,7 @@ from torch import nn
 from .cache import Cache
 from .config import ModelConfig, load_config
 from .families import ffn_family, mixer_family
-from .generation import DecodePool
+from .generation import DecodePool, allow_recompiles
 from .generation import generate as _generate
 from .layers import ForwardContext, state_owners
 from .layers.norm import RMSNorm
@@ -184,6 +184,7 @@ class ArchZooLM(nn.Module):
         where compiling the whole step took 30-65 s per shape on an H200. Only decode steps (one token
         per row, no gradients) use them; prefill and training run the plain blocks.
         """
+        allow_recompiles()  # else the 9th model or shape compiled in one process fails (fullgraph=True)
         backend = backend or self.compile_backend
         options = dict(self.compile_options) if backend == "inductor" and self.compile_options else None
         setting = (backend, tuple(sorted((options or {}).items())))

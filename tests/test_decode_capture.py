@@ -125,3 +125,23 @@ def test_a_step_the_decode_kernel_cannot_take_says_why(monkeypatch, caplog):
         model(ids[:, 2:], cache=cache)
     assert K.last_backend("decode_attention") == "sdpa"
     assert any("the cache holds torch.float64" in r.getMessage() for r in caplog.records)
+
+
+def test_many_models_compile_their_steps_in_one_process(monkeypatch):
+    """Every model's blocks share ``Block.forward``'s code object, whose compiled entries dynamo caps (8 by default;
+    2 here): ``compile_step_blocks`` raises the cap, so the Nth model in one process still compiles (on the H200 the
+    9th student's step failed with FailOnRecompileLimitHit under fullgraph=True before it did)."""
+    import archzoo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    for path in MODEL_CONFIGS[:5]:
+        torch.manual_seed(0)
+        model = archzoo.build_model(path).eval()
+        ids = torch.randint(0, model.cfg.vocab_size, (1, 5))
+        with torch.no_grad():
+            cache = model.new_cache(1, 8)
+            model(ids[:, :4], cache=cache)
+            model.compile_step_blocks(backend="eager")
+            model(ids[:, 4:], cache=cache)
+    torch._dynamo.reset()
