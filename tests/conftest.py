@@ -15,6 +15,7 @@ TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
     "archzoo.kernels.selective_scan.triton",
     "archzoo.kernels.causal_conv1d.triton",
     "archzoo.kernels.decode_attention.triton",
+    "archzoo.kernels.decode_linear.triton",
     "archzoo.kernels.linear_attention.triton",
 )
 

@@ -18,6 +18,10 @@ median round kept, see _interleaved) forward and forward+backward of
   ``chunk_linear_attn``, both without and both with normalisation, B=4, H=8, F=Dv=64, bf16;
 - with ``--ops based``: BASED (Taylor map of 16 dims to 273 features, then ``linear_attention``, as the
   layer runs it) against fla's ``parallel_based``, B=4, H=8, value dim 64, bf16;
+- with ``--ops gemv``: the decode GEMV ``archzoo.kernels.decode_linear`` (RMSNorm fused for Q|K|V and gate|up)
+  at the teacher's four projections, M in {1, 16}, bf16, against ``F.linear`` (cuBLAS) and RMSNorm + ``F.linear``
+  compiled by inductor, timed in CUDA graphs over weights cycled through HBM (see bench_gemv), with the
+  fraction of the copy bandwidth reached (weight bytes / time);
 - with ``--ops moe``: the MoE layer (d_model 576, d_ff 1536, 8 experts, top-2, 4,096 tokens, train mode)
   with grouped-GEMM dispatch and with the per-expert loop, against a dense SwiGLU of the same active FLOPs;
 and the peak extra memory of one call. Without a GPU only la, based and moe run, at tiny shapes (a smoke
@@ -486,6 +490,123 @@ def bench_window_attention(rounds: int, B: int = 4, H: int = 9, Hkv: int = 3, D:
     return res
 
 
+# The teacher's (SmolLM2-135M) four projections of a decode step: name -> (N, K, RMSNorm before it).
+GEMV_SHAPES = {
+    "qkv": (960, 576, True),
+    "o": (576, 576, False),
+    "gate_up": (3072, 576, True),
+    "down": (576, 1536, False),
+}
+GEMV_ROTATE_BYTES = 256 * 2**20  # weights a timed graph cycles through: several times the L2 (50 MB on an H200)
+GEMV_REPLAYS = 20  # graph replays per timing
+
+
+def bench_gemv(rounds: int, batches: tuple[int, ...] = (1, 16), eps: float = 1e-5) -> dict:
+    """The decode GEMV at the teacher's four projections (the norm fused for Q|K|V and gate|up), M in ``batches``,
+    bf16: ``decode_linear`` against ``F.linear`` alone (cuBLAS; the norm not counted) and against RMSNorm +
+    ``F.linear`` compiled by inductor (``torch.compile``, default mode, fullgraph).
+
+    Timed in CUDA graphs, as a captured decode step runs them: each implementation is captured as a chain of
+    calls over distinct copies of the weight (``GEMV_ROTATE_BYTES`` in all, so each call reads its weight from HBM
+    as it would behind 29 other layers, not from L2), the graph replayed ``GEMV_REPLAYS`` times between CUDA
+    events; ms per call = that time / (replays x copies), the gaps between kernels in a graph included. The
+    implementations are interleaved over ``rounds`` rounds, the median kept. ``host_ms``: the host's time to
+    issue one eager call (perf_counter, the GPU running behind). ``hbm_fraction``: weight bytes / time / the copy
+    bandwidth of ``measure_bandwidth``.
+    """
+    from .common import measure_bandwidth
+
+    bw = measure_bandwidth("cuda")
+    timing = (f"CUDA graph of one call per weight copy ({GEMV_ROTATE_BYTES // 2**20} MiB of weights cycled), "
+              f"{GEMV_REPLAYS} replays, CUDA events, median of interleaved rounds")  # fmt: skip
+    out: dict = {"bandwidth": bw, "timing": timing}
+    for name, (N, Kd, norm) in GEMV_SHAPES.items():
+        for M in batches:
+            out[f"{name}_m{M}"] = _gemv_row(M, N, Kd, norm, eps, rounds, bw["bytes_per_s"])
+    return out
+
+
+def _capture_chain(fn: Callable, ws: list[torch.Tensor]) -> torch.cuda.CUDAGraph:
+    """Warm ``fn`` up on a side stream (compile, first launches), then capture ``fn(w)`` for every w of ``ws``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(ws[0])
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in ws:
+            fn(w)
+    torch.cuda.synchronize()
+    return graph
+
+
+def _gemv_row(M: int, N: int, Kd: int, norm: bool, eps: float, rounds: int, bw: float) -> dict:
+    from ..kernels import _dispatch, decode_linear, last_backend
+    from ..kernels.decode_linear import rms_norm, torch_decode_linear
+    from ..kernels.decode_linear import triton as gemv_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    wbytes = N * Kd * 2
+    copies = max(2, -(-GEMV_ROTATE_BYTES // wbytes))
+    ws = [(torch.randn(N, Kd, device="cuda", generator=g) / Kd**0.5).to(torch.bfloat16) for _ in range(copies)]
+    x = torch.randn(M, Kd, device="cuda", generator=g).to(torch.bfloat16)
+    nw = (0.5 + torch.rand(Kd, device="cuda", generator=g)).to(torch.bfloat16) if norm else None
+
+    def norm_linear(w: torch.Tensor) -> torch.Tensor:
+        return F.linear(rms_norm(x, nw, eps) if norm else x, w)
+
+    compiled = torch.compile(norm_linear, fullgraph=True, dynamic=False)
+    impls: dict[str, Callable] = {
+        "archzoo": lambda w: decode_linear(x, w, nw, eps),
+        "cublas_f_linear": lambda w: F.linear(x, w),  # the GEMM alone: with a norm, it skips the norm's work
+        "inductor_norm_linear" if norm else "inductor_linear": compiled,
+    }
+    res: dict = {"shape": dict(M=M, N=N, K=Kd, norm=norm, dtype="bfloat16", weight_bytes=wbytes, copies=copies)}
+    ref = torch_decode_linear(x, ws[0], nw, eps)  # RMSNorm then F.linear, eager
+    graphs = {}
+    _dispatch.forget("decode_linear")
+    for name, fn in impls.items():
+        try:
+            y = fn(ws[0])  # compile / warm up
+            graphs[name] = _capture_chain(fn, ws)
+        except Exception as e:  # report the row, go on
+            res[name] = {"status": _error(e)}
+            continue
+        res[name] = {"status": "ok"}
+        if name != "cublas_f_linear" or not norm:  # the same function as the reference
+            res[name]["rel_err_vs_unfused"] = _rel(y.float(), ref.float())
+        if name == "archzoo":
+            res[name]["backend"] = last_backend("decode_linear")
+    per: dict[str, list[float]] = {name: [] for name in graphs}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            graph.replay()  # warm
+            start.record()
+            for _ in range(GEMV_REPLAYS):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            per[name].append(start.elapsed_time(end) / (GEMV_REPLAYS * copies))
+    for name, ms in per.items():
+        fn = impls[name]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for w in ws[:50]:
+            fn(w)
+        host = (time.perf_counter() - t0) / min(50, copies) * 1e3
+        torch.cuda.synchronize()
+        med = statistics.median(ms)
+        res[name].update(ms=med, rounds_ms=ms, host_ms=host, hbm_fraction=wbytes / (med / 1e3) / bw)
+    if res["archzoo"].get("status") == "ok":
+        res["archzoo"]["plan"] = gemv_triton.launch_plan(M, N, Kd, x.device)
+    del graphs
+    torch.cuda.empty_cache()
+    return res
+
+
 # ---------------------------------------------------------------- issue 19: la, based, moe (forward, forward+backward)
 
 TINY_LENGTHS = (64, 100)  # la / based on the CPU or with --tiny: 100 is not a multiple of the chunk
@@ -919,6 +1040,8 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
         results["linear_attention_update"] = bench_linear_attention_update(args.rounds)
     if "swa" in ops:
         results["window_attention"] = bench_window_attention(args.rounds)
+    if "gemv" in ops:
+        results["gemv"] = bench_gemv(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
@@ -943,6 +1066,9 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
     for label, res in results.get("mla_decode", {}).items():
         if label != "bandwidth":
             _print_ms_rows(f"MLA decode {label} (rank + RoPE 32, 9 heads, 4k valid of 8k, bf16)", res, "archzoo_mla")
+    for label, res in results.get("gemv", {}).items():
+        if label not in ("bandwidth", "timing"):
+            _print_ms_rows(f"decode GEMV {label} {res['shape']} (CUDA graph, weights from HBM)", res, "archzoo")
     for label, res in results.get("linear_attention_update", {}).items():
         if label != "bandwidth":
             _print_ms_rows(f"linear_attention_update {label} (T=1, no normalisation)", res, "archzoo")
@@ -961,7 +1087,7 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
 
 
 DEFAULT_LENGTHS = "1024,4096,16384"
-OPS = ("scan", "conv", "decode_attention", "mla", "la_update", "swa", "la", "based", "moe")
+OPS = ("scan", "conv", "decode_attention", "mla", "la_update", "swa", "gemv", "la", "based", "moe")
 CPU_OPS = ("la", "based", "moe")  # the ops that also run without a GPU (tiny shapes, a smoke run)
 
 
@@ -981,7 +1107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ops",
         default="scan,conv",
-        help="ops to time, comma-separated: scan, conv, decode_attention, mla, la_update, swa, la (chunked linear "
+        help="ops to time, comma-separated: scan, conv, decode_attention, mla, la_update, swa, gemv (decode GEMV "
+        "with fused RMSNorm at the teacher's projections vs cuBLAS and inductor), la (chunked linear "
         "attention vs fla chunk_linear_attn), based (BASED vs fla parallel_based), moe (MoE grouped and loop "
         "dispatch vs dense SwiGLU); without a GPU only la, based, moe, at tiny shapes",
     )

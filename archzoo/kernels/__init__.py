@@ -11,6 +11,7 @@ from ._capture import (
     decode_attention,
     decode_attention_mla,
     decode_attention_ring,
+    decode_linear,
     linear_attention_update,
     selective_state_update,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "decode_attention",
     "decode_attention_mla",
     "decode_attention_ring",
+    "decode_linear",
     "last_backend",
     "linear_attention",
     "linear_attention_update",

@@ -16,6 +16,7 @@ from .causal_conv1d import causal_conv1d_update as _conv_update
 from .decode_attention import decode_attention as _decode_attention
 from .decode_attention import decode_attention_mla as _decode_attention_mla
 from .decode_attention import decode_attention_ring as _decode_attention_ring
+from .decode_linear import decode_linear as _decode_linear
 from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
 
@@ -182,3 +183,28 @@ def decode_attention_mla(
     if torch.compiler.is_compiling():
         return _decode_attention_mla_op(q, latent, lengths, rank, scale)
     return _decode_attention_mla(q, latent, lengths, rank, scale)
+
+
+@torch.library.custom_op("archzoo::decode_linear", mutates_args=())
+def _decode_linear_op(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    return _decode_linear(x, weight, norm_weight, eps)  # a new tensor, never a view of an input
+
+
+@_decode_linear_op.register_fake
+def _(x, weight, norm_weight, eps):
+    from .decode_linear._checks import check_decode_linear
+
+    M, _, N = check_decode_linear(x, weight, norm_weight, eps)  # bad shapes fail at trace time, as in eager
+    return x.new_empty((M, N))
+
+
+def decode_linear(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """A projection of a few rows with the RMSNorm before it fused in (see
+    ``archzoo.kernels.decode_linear.decode_linear``); traceable."""
+    if torch.compiler.is_compiling():
+        return _decode_linear_op(x, weight, norm_weight, float(eps))
+    return _decode_linear(x, weight, norm_weight, eps)

@@ -1,0 +1,67 @@
+"""Decode GEMV: a projection of a few rows, with the RMSNorm before it fused in (issue 18, item 3).
+
+``decode_linear(x, weight, norm_weight=None, eps=1e-5)`` = ``F.linear(RMSNorm(x), weight)`` for the decode step's
+M = batch rows. Dispatch: the Triton kernel (``triton.py``: every weight element read once, split-K when the rows
+of weight alone would not fill the GPU) for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the
+naive reference (``naive.py``) otherwise. Inputs the kernel does not take (M > 16, float64) run the unfused
+PyTorch form (``torch_decode_linear``: the norm, then ``F.linear``), the reason logged once.
+``archzoo.kernels.last_backend("decode_linear")`` says which one ran: 'triton', 'torch' or 'naive'.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import kernel_failed, record, try_kernel, use_triton
+from ._checks import check_decode_linear
+from .naive import naive_decode_linear, rms_norm, torch_decode_linear
+
+MAX_M = 16  # = triton.MAX_M (not imported from there: that would import Triton)
+
+
+def decode_linear(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """``(RMSNorm(x) * norm_weight if norm_weight is given else x) @ weight.T``, in x's dtype, computed in fp32.
+
+    x (M, K), any strides; weight (N, K), nn.Linear's layout (row-major: the kernel's loads run along K);
+    norm_weight (K,) or None; eps the norm's epsilon (``ModelConfig.norm_eps``). Returns (M, N), contiguous, in
+    x's dtype. The norm is ``layers/norm.py``'s ``RMSNorm`` with the same roundings: the rms in fp32, x * rstd
+    rounded to x's dtype, times norm_weight in their promoted dtype. x and weight share a dtype: float16,
+    bfloat16 or float32 (float64 runs the PyTorch form); norm_weight any of these.
+
+    The kernel takes 1 <= M <= 16 (decode batches); larger M is a GEMM, left to cuBLAS (``F.linear``), with
+    the reason logged once. No host synchronisation: the call can be captured in a CUDA graph. Inside
+    ``torch.compile`` call ``archzoo.kernels.decode_linear`` (a custom op) instead.
+    """
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps)
+    op = "decode_linear"
+    if use_triton(x, weight, norm_weight):
+        dev = x.device.type
+        reason = _unsupported(M, x, norm_weight) or kernel_failed(op, dev)
+        if reason is None:  # tested in the interpreter; where it does not compile, the PyTorch form runs
+            from .triton import _run
+
+            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps))
+            if out is not None:
+                record(op, "triton")
+                return out
+            reason = kernel_failed(op, dev)
+        record(op, "torch", reason)
+        return torch_decode_linear(x, weight, norm_weight, eps)
+    record(op, "naive")
+    return naive_decode_linear(x, weight, norm_weight, eps)
+
+
+def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> str | None:
+    """Why the Triton kernel does not take these inputs, or None when it does."""
+    if M > MAX_M:
+        return f"M={M} rows > {MAX_M}: a GEMM, not a decode GEMV; the norm and F.linear (cuBLAS) run"
+    if M == 0:
+        return "M=0 rows: nothing to compute; F.linear returns the empty result"
+    if x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype == torch.float64):
+        return "float64 inputs: the kernel computes in fp32; the norm and F.linear run in float64"
+    return None
+
+
+__all__ = ["MAX_M", "decode_linear", "naive_decode_linear", "rms_norm", "torch_decode_linear"]

@@ -1,0 +1,50 @@
+"""Decode GEMV, the PyTorch forms: the fp32 reference and the unfused form the model runs today.
+
+``naive_decode_linear`` is the reference the Triton kernel is tested against; ``torch_decode_linear`` is what
+the dispatcher falls back to for inputs the kernel does not take (M > 16, float64): the norm as the model's
+``RMSNorm`` module, then ``F.linear`` (cuBLAS on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_decode_linear
+
+
+def rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``layers/norm.py``'s ``RMSNorm.forward``, step for step: the rms in fp32 (``x.float()``, so a float64 x is
+    normalised in fp32 too), the normalised x rounded back to x's dtype, then ``norm_weight *`` it (in the two
+    dtypes' promoted dtype: bf16 x with bf16 weights stays bf16)."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return norm_weight * xf.to(dtype)
+
+
+def _normed(x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return x if norm_weight is None else rms_norm(x, norm_weight, eps)
+
+
+def naive_decode_linear(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """``(rms_norm(x) * norm_weight if norm_weight is given else x) @ weight.T``, the product in fp32 (float64 for
+    float64 inputs), returned in x's dtype. x (M, K), weight (N, K), norm_weight (K,) -> (M, N)."""
+    check_decode_linear(x, weight, norm_weight, eps)
+    h = _normed(x, norm_weight, eps)
+    ct = torch.promote_types(x.dtype, torch.float32)
+    return (h.to(ct) @ weight.to(ct).T).to(x.dtype)
+
+
+def torch_decode_linear(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """The unfused form: ``rms_norm`` (when norm_weight is given) then ``F.linear`` in the inputs' dtype (in the
+    promoted dtype where the norm's output differs from weight's), returned in x's dtype. No validation."""
+    h = _normed(x, norm_weight, eps)
+    if h.dtype != weight.dtype:
+        ct = torch.promote_types(h.dtype, weight.dtype)
+        h, weight = h.to(ct), weight.to(ct)
+    return F.linear(h, weight).to(x.dtype)

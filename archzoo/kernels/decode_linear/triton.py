@@ -1,0 +1,292 @@
+"""Decode GEMV in Triton: y = (RMSNorm(x) * norm_weight, or x) @ weight.T for a few rows x (M <= 16).
+
+At decode sizes the weights are nearly all the bytes (the teacher's Q|K|V: 1.1 MB of weights, 1.2 KB of x at
+M = 1), so the kernel is built to read every weight element exactly once, with loads along K (weight's
+contiguous dim, 16 bytes a thread), and to start enough programs that every SM has loads in flight.
+
+Two kernels:
+
+- ``_gemv_kernel``, grid (n_blocks, n_splits). Program (j, s) owns rows [j * BLOCK_N, (j + 1) * BLOCK_N) of
+  weight and columns [s * chunk, (s + 1) * chunk) of K: it reads that (BLOCK_N, chunk) slice of weight once, in
+  (BLOCK_N, BLOCK_K) tiles, and the matching (M, chunk) slice of x. With ``HAS_NORM`` it first computes the rms
+  of each of the M rows over the *whole* K itself (x is tiny and sits in L2; every program recomputes it, in
+  fp32), so a split program normalises its K slice with the full row's rms: the result does not depend on the
+  split. The norm repeats ``RMSNorm``'s roundings (``naive.rms_norm``): x * rstd rounded to x's dtype, times
+  norm_weight rounded to their promoted dtype. Products accumulate in fp32:
+  - M < ``DOT_MIN_M``: element-wise products into an fp32 (BLOCK_M, BLOCK_N, BLOCK_K) accumulator (a 2-D
+    (BLOCK_N, BLOCK_K) one at M = 1, the plain GEMV form), reduced over K once at the end;
+  - M >= ``DOT_MIN_M``: ``tl.dot`` with M padded to 16 (at M = 16 the element-wise form would need 16 FMAs per
+    weight element, as many as the CUDA cores do per byte the HBM delivers; the tensor cores make it free).
+    bf16 / fp16 operands go to the MMA as they are (the products are exact in fp32); fp32 operands, and a norm
+    whose output is wider than weight's dtype, use fp32 with ``input_precision="ieee"`` (no TF32).
+  With one split the program writes y in x's dtype; with several it writes its fp32 partial to a workspace
+  (n_splits, M, N).
+- ``_reduce_kernel``, grid over M * N: sums the splits' partials in split order (a fixed order, so the result
+  is the same from run to run and eager equals compiled) and writes y. Skipped with one split.
+
+Why a second pass and not fp32 atomics into the output: atomics add the splits in whatever order they finish,
+so the low bits change from run to run (the decode invariants compare a compiled step with an eager one), and
+they need a zeroed fp32 buffer and a cast afterwards: two launches as well.
+
+The plan (``launch_plan``) is a function of (M, N, K) and the device only: BLOCK_N starts at ``BLOCK_N`` and is
+halved (down to ``MIN_BLOCK_N``; 16 on the ``tl.dot`` path) while the N blocks are fewer than ``PROGRAMS_PER_SM``
+programs per SM; if they are still fewer than ``SPLIT_BELOW_PER_SM`` per SM, K is split into enough chunks to
+reach that many programs (at most ``MAX_SPLITS``, chunks a multiple of ``SPLIT_ALIGN``). BLOCK_K covers a
+program's whole chunk where the accumulator fits ``MAX_TILE`` elements, so a program issues its loads at once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._launch import launch
+from ._checks import check_decode_linear
+
+MAX_M = 16  # rows the kernel takes; larger M is a GEMM for cuBLAS (the dispatcher says so)
+
+# Sizes on CUDA (first guesses, not yet run on a GPU; a tuner sets CONFIG_OVERRIDE):
+# BLOCK_N / MIN_BLOCK_N: rows of weight per program, halved down to the minimum while programs are few;
+# MAX_BLOCK_K: K per tile at most; MAX_TILE: BLOCK_M * BLOCK_N * BLOCK_K at most on the element-wise path (its fp32
+# accumulator: 8192 elements are 64 registers a thread at 4 warps), BLOCK_N * BLOCK_K on the tl.dot path;
+# DOT_MIN_M: from this M on, tl.dot; PROGRAMS_PER_SM: the programs aimed at; SPLIT_BELOW_PER_SM: split K only
+# when the N blocks are fewer than this many per SM (a split costs a second launch); MAX_SPLITS, SPLIT_ALIGN:
+# at most this many splits, chunks a multiple of this many K columns (aligned, vectorised loads).
+CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
+                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, num_warps=4)  # fmt: skip
+# Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
+# K tiles per program and the split are all exercised at K, N below 100.
+INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
+                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, num_warps=1)  # fmt: skip
+# Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
+# split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
+CONFIG_OVERRIDE: dict = {}
+
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _round(v, DTYPE: tl.constexpr):
+    """v (fp32) rounded to DTYPE's precision, to nearest even, kept in fp32. bf16 by its bits (exact for finite
+    values; NaN stays NaN): Triton 3.9's interpreter truncates fp32 -> bf16 casts, so tests could not check the
+    norm's roundings otherwise; on a GPU it costs a few integer ops per element of x or y (not of weight)."""
+    if DTYPE == tl.bfloat16:
+        b = v.to(tl.uint32, bitcast=True)
+        r = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    elif DTYPE == tl.float16:
+        r = v.to(tl.float16).to(tl.float32)
+    else:
+        r = v
+    return r
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr,
+    M, N, K, chunk,
+    s_xm, s_xk, s_wn, s_wk, s_nk,
+    HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_kb = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + offs_m[:, None] * s_xm
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * s_wn  # (BLOCK_N, 1): N * K may pass 2**31
+    k_start = pid_k * chunk
+    k_end = tl.minimum(k_start + chunk, K)
+
+    if HAS_NORM:  # the rms of each row over the whole K, whatever this program's slice
+        ss = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + offs_kb
+            xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+            xt = xt.to(tl.float32)
+            ss += tl.sum(xt * xt, axis=1)
+        rstd = tl.math.rsqrt(ss / K + EPS)
+
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    elif BLOCK_M == 1:
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + offs_kb
+        mask_k = offs_k < k_end
+        h = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        h = h.to(tl.float32)  # (BLOCK_M, BLOCK_K)
+        if HAS_NORM:  # RMSNorm's roundings: x * rstd to x's dtype, then * norm_weight to the promoted dtype
+            nw = tl.load(nw_ptr + offs_k * s_nk, mask=mask_k, other=0.0).to(tl.float32)
+            h = _round(h * rstd[:, None], x_ptr.dtype.element_ty)
+            h = _round(h * nw[None, :], H_DTYPE)
+        w = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        if USE_DOT:
+            if DOT_F32:
+                acc += tl.dot(h, tl.trans(w.to(tl.float32)), input_precision=DOT_PRECISION)
+            else:
+                acc += tl.dot(h.to(w.dtype), tl.trans(w))
+        elif BLOCK_M == 1:
+            acc += w.to(tl.float32) * tl.reshape(h, [BLOCK_K])[None, :]
+        else:
+            acc += h[:, None, :] * w.to(tl.float32)[None, :, :]
+    if USE_DOT:
+        y = acc
+    elif BLOCK_M == 1:
+        y = tl.reshape(tl.sum(acc, axis=1), [1, BLOCK_N])
+    else:
+        y = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
+
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT:  # workspace (n_splits, M, N), fp32, contiguous
+        tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], y, mask=mask)
+    else:  # out (M, N), contiguous
+        y = _round(y, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
+        tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
+
+
+@triton.jit
+def _reduce_kernel(part_ptr, out_ptr, MN, S, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask = offs < MN
+    offs_s = tl.arange(0, BLOCK_S)
+    p = tl.load(part_ptr + offs_s[:, None] * MN + offs[None, :], mask=(offs_s < S)[:, None] & mask[None, :],
+                other=0.0)  # fmt: skip
+    y = _round(tl.sum(p, axis=0), out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, y, mask=mask)
+
+
+REDUCE_BLOCK = 256  # outputs per program of the reduction
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _prev_pow2(x: int) -> int:
+    return 1 << max(0, x.bit_length() - 1)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _config(device: torch.device) -> dict:
+    base = CUDA_CONFIG if device.type == "cuda" else INTERPRET_CONFIG
+    return {**base, **CONFIG_OVERRIDE}
+
+
+def launch_plan(M: int, N: int, K: int, device: torch.device) -> dict:
+    """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
+    a function of the shape and the device only (see the module docstring)."""
+    cfg = _config(device)
+    use_dot = M >= cfg["DOT_MIN_M"]
+    block_m = max(16, _next_pow2(M)) if use_dot else _next_pow2(M)
+    if device.type == "cuda":
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        sms = cfg["SM_COUNT"]
+    target = sms * cfg["PROGRAMS_PER_SM"]
+    min_bn = max(16, cfg["MIN_BLOCK_N"]) if use_dot else cfg["MIN_BLOCK_N"]
+    block_n = max(min_bn, min(cfg["BLOCK_N"], _next_pow2(N)))
+    while block_n > min_bn and _cdiv(N, block_n) < target:
+        block_n //= 2
+    n_blocks = _cdiv(N, block_n)
+    align = cfg["SPLIT_ALIGN"]
+    if "SPLIT_K" in cfg:
+        want = cfg["SPLIT_K"]
+    elif n_blocks < cfg["SPLIT_BELOW_PER_SM"] * sms:
+        want = min(_cdiv(target, n_blocks), cfg["MAX_SPLITS"])
+    else:
+        want = 1
+    want = max(1, min(want, _cdiv(K, align)))
+    chunk = _cdiv(_cdiv(K, want), align) * align
+    n_splits = _cdiv(K, chunk)
+    per_k = block_n if use_dot else block_m * block_n  # accumulator / weight-tile elements per K column
+    block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
+                chunk=chunk, use_dot=use_dot, num_warps=cfg["num_warps"])  # fmt: skip
+
+
+class _Plan:
+    """What a call signature needs besides the tensors: shapes, grids, integer and constexpr arguments."""
+
+    __slots__ = ("M", "N", "n_splits", "grid", "ints", "consts", "warps", "red_grid", "red_ints", "red_consts")
+
+
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> _Plan:
+    nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps,
+           tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+    p = _PLANS.get(key)
+    if p is not None:
+        return p
+    M, K = x.shape
+    N = weight.shape[0]
+    lp = launch_plan(M, N, K, x.device)
+    h_dtype = x.dtype if norm_weight is None else torch.promote_types(x.dtype, norm_weight.dtype)
+    # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (see decode_attention/triton.py): there,
+    # and only there, bf16 operands are widened to fp32 for the dot. fp32, or a norm output wider than weight's
+    # dtype, always takes the fp32 dot.
+    dot_f32 = x.dtype == torch.float32 or h_dtype != x.dtype or (x.device.type != "cuda" and x.dtype == torch.bfloat16)
+    p = _Plan()
+    p.M, p.N, p.n_splits = M, N, lp["n_splits"]
+    p.grid = (lp["n_blocks"], lp["n_splits"])
+    p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
+              else 0)  # fmt: skip
+    p.consts = (
+        norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, lp["use_dot"], dot_f32,
+        "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
+    )  # fmt: skip
+    p.warps = lp["num_warps"]
+    p.red_grid = (_cdiv(M * N, REDUCE_BLOCK),)
+    p.red_ints = (M * N, lp["n_splits"])
+    p.red_consts = (max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK)
+    if len(_PLANS) > 1024:
+        _PLANS.clear()
+    _PLANS[key] = p
+    return p
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """The launches, without validation (the dispatcher validated; 1 <= M <= MAX_M, fp16 / bf16 / fp32)."""
+    p = _plan(x, weight, norm_weight, eps)
+    out = torch.empty((p.M, p.N), device=x.device, dtype=x.dtype)
+    part = torch.empty((p.n_splits, p.M, p.N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
+    dev = x.get_device()
+    nw = norm_weight if norm_weight is not None else x  # unused (HAS_NORM off): a dummy tensor, never None
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part), p.ints, p.consts, p.warps, dev)
+    if p.n_splits > 1:
+        launch(_reduce_kernel, p.red_grid, (part, out), p.red_ints, p.red_consts, p.warps, dev)
+    return out
+
+
+def decode_linear(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """The Triton GEMV; same semantics as ``naive_decode_linear`` for 1 <= M <= 16 and fp16 / bf16 / fp32."""
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps)
+    if not 1 <= M <= MAX_M or x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype ==
+                                                              torch.float64):  # fmt: skip
+        raise ValueError(f"the Triton kernel takes 1..{MAX_M} rows in float16, bfloat16 or float32, got M={M}, "
+                         f"x {x.dtype}, norm_weight {None if norm_weight is None else norm_weight.dtype}")  # fmt: skip
+    return _run(x, weight, norm_weight, eps)
+
+
+__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]

@@ -1,0 +1,287 @@
+"""Decode GEMV with fused RMSNorm: the naive reference against the model's RMSNorm + F.linear, the Triton kernel
+against the naive reference.
+
+Without a GPU the kernel runs on CPU tensors in Triton's interpreter with tiny tiles (``INTERPRET_CONFIG``: at
+most 32 columns a tile, a pretend GPU of 4 SMs), so K and N off the tiles, several K tiles per program, the
+halving of BLOCK_N and the split-K pass are all exercised at K, N below 100. Outputs are compared by relative
+error (RMS of the difference over RMS of the reference). The kernel repeats RMSNorm's roundings, so in the
+interpreter bf16 matches the reference to the bit; the tolerances leave room for a GPU's summation order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.decode_linear import naive_decode_linear, rms_norm, torch_decode_linear
+from archzoo.layers.norm import RMSNorm
+
+from conftest import interpreter_only, requires_cuda
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.decode_linear.triton")
+T = _mods[0] if _mods else None
+needs_triton = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-6, torch.bfloat16: 2e-3, torch.float16: 2e-3}
+
+
+def _inputs(M, Kd, N, dtype=torch.float32, norm=True, device="cpu", seed=0, norm_dtype=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, Kd, generator=g) * 3.0
+    w = torch.randn(N, Kd, generator=g) / Kd**0.5
+    nw = 0.5 + torch.rand(Kd, generator=g) if norm else None
+    nw = nw.to(device, norm_dtype or dtype) if norm else None
+    return x.to(device, dtype), w.to(device, dtype), nw
+
+
+def _assert(name, got, ref, tol):
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert got.dtype == ref.dtype, f"{name}: dtype {got.dtype} != {ref.dtype}"
+    err = rel_err(got.float().cpu(), ref.float().cpu())
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+def test_naive_is_the_models_rmsnorm_then_linear():
+    """rms_norm is RMSNorm.forward to the bit (bf16, and a float64 x normalised in fp32 as the module does);
+    the naive GEMV is F.linear of it in float64, rounded to x's dtype."""
+    x, w, nw = _inputs(3, 40, 7, torch.bfloat16)
+    norm = RMSNorm(40, eps=1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(nw)
+        assert torch.equal(rms_norm(x, nw, 1e-6), norm(x)), "rms_norm must round where RMSNorm rounds"
+        norm64 = RMSNorm(40, eps=1e-6).double()
+        norm64.weight.copy_(nw)
+        assert torch.equal(rms_norm(x.double(), nw.double(), 1e-6), norm64(x.double()))
+        ref = F.linear(norm(x).double(), w.double())
+    _assert("naive", naive_decode_linear(x, w, nw, 1e-6), ref.to(torch.bfloat16), 2e-3)
+    _assert("naive, no norm", naive_decode_linear(x, w), F.linear(x.double(), w.double()).bfloat16(), 2e-3)
+    x64, w64, nw64 = (t.double() for t in (x, w, nw))
+    _assert("naive f64", naive_decode_linear(x64, w64, nw64, 1e-6), F.linear(norm64(x64), w64), 1e-12)
+    _assert("torch form", torch_decode_linear(x, w, nw, 1e-6), naive_decode_linear(x, w, nw, 1e-6), 2e-3)
+
+
+# (K, N): K and N off the tiles, N below one block (5), N over several blocks (70), K over several tiles (100).
+CASES = {"k37_n5": (37, 5), "k100_n33": (100, 33), "k37_n70": (37, 70)}
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "plain"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("M", [1, 3, 16])
+def test_triton_matches_naive(M, case, norm, dtype):
+    """The default plan: M = 1 (2-D GEMV accumulator), 3 (element-wise, rows padded to 4), 16 (tl.dot)."""
+    Kd, N = CASES[case]
+    x, w, nw = _inputs(M, Kd, N, dtype, norm, DEV)
+    got = T.decode_linear(x, w, nw, 1e-5)
+    _assert(f"y[M={M}, {case}, norm={norm}, {dtype}]", got, naive_decode_linear(x, w, nw, 1e-5), TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("dot", [False, True], ids=["elementwise", "dot"])
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_forced_split_k(splits, dot, monkeypatch):
+    """Split K 1, 2, 3 ways (each split normalises its slice with the whole row's rms), on both product paths;
+    the result does not depend on the split beyond fp32 round-off, and repeats to the bit. (bf16 with a split
+    is in test_triton_matches_naive: the default plan splits K=37, N=5 three ways.)"""
+    dtype = torch.float32
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", splits)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "DOT_MIN_M", 1 if dot else 17)
+    M, Kd, N = 3, 100, 33
+    x, w, nw = _inputs(M, Kd, N, dtype, True, DEV)
+    plan = T.launch_plan(M, N, Kd, x.device)
+    align = T._config(x.device)["SPLIT_ALIGN"]
+    assert plan["n_splits"] == min(splits, -(-Kd // align)) and plan["use_dot"] == dot, plan
+    n, chunk = plan["n_splits"], plan["chunk"]
+    assert chunk % align == 0 and n * chunk >= Kd > (n - 1) * chunk, plan
+    got = T.decode_linear(x, w, nw)
+    _assert(f"y[splits={splits}, dot={dot}, {dtype}]", got, naive_decode_linear(x, w, nw), TOL[dtype])
+    assert torch.equal(got, T.decode_linear(x, w, nw)), "two calls must agree to the bit"
+
+
+@needs_triton
+def test_strided_inputs():
+    """x as a column slice of a wider buffer and as a transposed view; norm_weight as a stepped slice."""
+    M, Kd, N = 3, 37, 33
+    x, w, nw = _inputs(M, Kd, N, torch.float32, True, DEV)
+    wide = torch.zeros(M, 2 * Kd + 3, device=DEV)
+    wide[:, 3 : 3 + Kd] = x
+    xs = wide[:, 3 : 3 + Kd]  # stride (2K + 3, 1), offset 3
+    xt = x.t().contiguous().t()  # stride (1, M)
+    nws = torch.zeros(2 * Kd, device=DEV)
+    nws[::2] = nw
+    ref = naive_decode_linear(x, w, nw)
+    _assert("x column slice", T.decode_linear(xs, w, nw), ref, 1e-6)
+    _assert("x transposed", T.decode_linear(xt, w, nw), ref, 1e-6)
+    _assert("norm_weight stepped", T.decode_linear(x, w, nws[::2]), ref, 1e-6)
+
+
+@needs_triton
+def test_mixed_norm_dtype():
+    """fp32 norm weights with bf16 x: the norm's output is fp32 (torch's promotion), the dot takes fp32."""
+    x, w, nw = _inputs(16, 37, 33, torch.bfloat16, True, DEV, norm_dtype=torch.float32)
+    _assert("y", T.decode_linear(x, w, nw), naive_decode_linear(x, w, nw), 2e-3)
+
+
+def _plan_on(monkeypatch, sms: int):
+    """launch_plan with CUDA_CONFIG on a pretend GPU of ``sms`` SMs (no GPU needed)."""
+    monkeypatch.setattr(T, "_sm_count", lambda index: sms)
+    dev = torch.device("cuda", 0)
+    return lambda M, N, Kd: T.launch_plan(M, N, Kd, dev)
+
+
+@needs_triton
+def test_plan_on_the_teachers_shapes(monkeypatch):
+    """CUDA_CONFIG on an H200 (132 SMs) at the teacher's projections: at M = 1 rows of weight alone fill the GPU
+    (BLOCK_N halved, no split, one launch); at M = 16 (tl.dot, BLOCK_N >= 16) the narrow ones split K."""
+    plan = _plan_on(monkeypatch, 132)
+    shapes = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
+    for name, (N, Kd) in shapes.items():
+        p1 = plan(1, N, Kd)
+        assert p1["n_splits"] == 1 and p1["n_blocks"] >= 132 and not p1["use_dot"], (name, p1)
+        assert p1["BLOCK_N"] * p1["BLOCK_K"] <= T.CUDA_CONFIG["MAX_TILE"], (name, p1)
+        p16 = plan(16, N, Kd)
+        assert p16["use_dot"] and p16["BLOCK_N"] >= 16 and p16["n_blocks"] * p16["n_splits"] >= 132, (name, p16)
+        assert p16["n_splits"] * p16["chunk"] >= Kd > (p16["n_splits"] - 1) * p16["chunk"], (name, p16)
+    assert plan(1, 576, 576)["BLOCK_K"] == 1024, "a program's whole K in one tile: its loads issue at once"
+
+
+@needs_triton
+def test_plan_policy_in_the_interpreter_config(monkeypatch):
+    dev = torch.device("cpu")
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {})
+    small = T.launch_plan(1, 5, 37, dev)  # 1 block of 8 < 8 programs: halve to 2, then 3 blocks < 4 SMs: split
+    assert small["BLOCK_N"] == 2 and small["n_blocks"] == 3 and small["n_splits"] == 3, small
+    wide = T.launch_plan(1, 70, 37, dev)  # 9 blocks of 8 >= 8 programs: as it is, no split
+    assert wide["BLOCK_N"] == 8 and wide["n_splits"] == 1, wide
+    dot = T.launch_plan(16, 5, 100, dev)
+    assert dot["use_dot"] and dot["BLOCK_M"] == 16 and dot["BLOCK_N"] == 16 and dot["n_splits"] == 4, dot
+
+
+@interpreter_only
+@needs_triton
+def test_dispatch_and_fallback_reasons(monkeypatch, caplog):
+    from archzoo.kernels import _dispatch
+
+    x, w, nw = _inputs(3, 37, 33)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert torch.equal(K.decode_linear(x, w, nw), naive_decode_linear(x, w, nw))
+    assert K.last_backend("decode_linear") == "naive"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _assert("triton", K.decode_linear(x, w, nw), naive_decode_linear(x, w, nw), 1e-6)
+    assert K.last_backend("decode_linear") == "triton"
+    for what, (xx, ww, nn), reason in [
+        ("M > 16", _inputs(17, 37, 33), "M=17 rows > 16"),
+        ("float64", _inputs(3, 37, 33, torch.float64), "float64 inputs"),
+    ]:
+        monkeypatch.setattr(_dispatch, "_LOGGED", set())
+        with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+            got = K.decode_linear(xx, ww, nn)
+        assert K.last_backend("decode_linear") == "torch", what
+        assert any(reason in r.getMessage() for r in caplog.records), f"{what}: the reason is logged"
+        _assert(what, got, naive_decode_linear(xx, ww, nn), 1e-6)
+        caplog.clear()
+
+
+@interpreter_only
+@needs_triton
+def test_a_kernel_that_does_not_compile_falls_back(monkeypatch, caplog):
+    import triton
+
+    from archzoo.kernels import _dispatch
+
+    def broken(*a, **k):
+        raise triton.OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(T, "_run", broken)
+    monkeypatch.setattr(_dispatch, "_FAILED", {})
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    x, w, nw = _inputs(1, 37, 5)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        got = K.decode_linear(x, w, nw)
+    assert K.last_backend("decode_linear") == "torch"
+    assert any("did not compile" in r.getMessage() for r in caplog.records)
+    _assert("y", got, naive_decode_linear(x, w, nw), 1e-6)
+
+
+def test_traced_through_the_custom_op(monkeypatch):
+    """A compiled step keeps the call whole: one graph (fullgraph), each call run by archzoo::decode_linear."""
+    from archzoo.kernels import _capture
+
+    x, w, nw = _inputs(2, 37, 33)
+    w2 = torch.randn(5, 33)
+    calls = []
+    inner = _capture._decode_linear
+    monkeypatch.setattr(_capture, "_decode_linear", lambda *a: calls.append(a) or inner(*a))
+
+    def step(x, w, nw, w2):
+        return K.decode_linear(K.decode_linear(x, w, nw, 1e-6), w2)
+
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(x, w, nw, w2)
+    _assert("y", got, naive_decode_linear(naive_decode_linear(x, w, nw, 1e-6), w2), 1e-6)
+    assert len(calls) == 2, "each call goes through the custom op"
+    assert calls[0][3] == 1e-6 and calls[1][2] is None
+
+
+def test_bad_input():
+    x, w, nw = _inputs(2, 37, 33)
+    bad = [
+        (dict(x=x[0]), r"x must be an \(M, K\) tensor, got shape \(37,\)"),
+        (dict(x=x[None]), r"x must be an \(M, K\) tensor, got shape \(1, 2, 37\)"),
+        (dict(w=w[0]), r"weight must be an \(N, K\) tensor"),
+        (dict(w=w[:, :36]), r"weight must have shape \(N, K\) = \(N, 37\) to match x \(2, 37\), got \(33, 36\)"),
+        (dict(nw=nw[:36]), r"norm_weight must have shape \(K,\) = \(37,\), got \(36,\)"),
+        (dict(x=x.long(), w=w.long()), "x must be float16, bfloat16, float32 or float64, got torch.int64"),
+        (dict(w=w.half()), "x and weight must share a dtype"),
+        (dict(eps=-1.0), "eps must be a number >= 0"),
+        (dict(x=x[:, :0], w=w[:, :0], nw=None), "K and N must be >= 1"),
+    ]
+    for change, msg in bad:
+        a = {**dict(x=x, w=w, nw=nw, eps=1e-5), **change}
+        with pytest.raises(ValueError, match=msg):
+            K.decode_linear(a["x"], a["w"], a["nw"], a["eps"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_bench_gemv_without_a_gpu_says_so(tmp_path, capsys):
+    """``archzoo bench kernels --ops gemv`` is GPU-only: the one-line exit-2 message of the other GPU ops."""
+    from archzoo.cli import main
+
+    out = tmp_path / "k.json"
+    assert main(["bench", "kernels", "--ops", "gemv", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the kernel benchmark needs a CUDA GPU (") and "\n" not in err, err
+    assert not out.exists()
+
+
+# The teacher's (SmolLM2-135M) four projections of a decode step: (N, K, with the norm before it).
+TEACHER = {"qkv": (960, 576, True), "o": (576, 576, False), "gate_up": (3072, 576, True), "down": (576, 1536, False)}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("proj", TEACHER)
+def test_cuda_teacher_shapes_bf16(proj, M):
+    """bf16 at the teacher's projections against the unfused form (RMSNorm, then cuBLAS's F.linear); repeats to
+    the bit, and replays the same in a CUDA graph."""
+    N, Kd, norm = TEACHER[proj]
+    x, w, nw = _inputs(M, Kd, N, torch.bfloat16, norm, "cuda")
+    got = K.decode_linear(x, w, nw)
+    assert K.last_backend("decode_linear") == "triton"
+    _assert(f"{proj} M={M} vs F.linear", got, torch_decode_linear(x, w, nw), 5e-3)
+    _assert(f"{proj} M={M} vs naive", got, naive_decode_linear(x, w, nw), 2e-3)
+    assert torch.equal(got, K.decode_linear(x, w, nw)), "two calls must agree to the bit"
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = K.decode_linear(x, w, nw)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
