@@ -145,3 +145,41 @@ def test_many_models_compile_their_steps_in_one_process(monkeypatch):
             model.compile_step_blocks(backend="eager")
             model(ids[:, 4:], cache=cache)
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+def test_gemv_step_matches_cublas_step(monkeypatch):
+    """``layers.fused.DECODE_LINEAR = "kernel"``: a decode step that reads the fused copies runs Q|K|V, O, gate|up
+    and down through ``decode_linear`` and gives F.linear's logits, eagerly and traced through the custom op."""
+    import archzoo
+    import archzoo.kernels as K
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+    torch.manual_seed(0)
+    model = archzoo.build_model(path).float().eval()
+    model.refresh_fused()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    caches = []
+    for _ in range(2):
+        c = model.new_cache(2, 12, dtype=torch.float32)
+        c.fused_weights = True
+        caches.append(c)
+    with torch.no_grad():
+        for c in caches:
+            model(ids[:, :5], cache=c)
+        counter = CompileCounter()
+        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
+        for t in range(5, 7):  # one traced step, one eager
+            tok = ids[:, t : t + 1]
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+            K._dispatch.record("decode_linear", "none")
+            got = step(tok) if t % 2 else model(tok, cache=caches[0])
+            if not t % 2:
+                assert K.last_backend("decode_linear") == "triton"
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+            ref = model(tok, cache=caches[1])
+            assert_close(f"step {t}", got, ref, 1e-5)
+    assert counter.frame_count == 1

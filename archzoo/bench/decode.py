@@ -58,6 +58,7 @@ from ..config import load_config
 from ..errors import UserError
 from ..kernels._dispatch import forget, last_backend
 from ..layers import attention as attention_layer
+from ..layers import fused as fused_layer
 from .common import (
     atomic_write,
     check_device,
@@ -94,6 +95,29 @@ class ModelSource:
 # kernels run (``archzoo.layers.attention.DECODE_ATTENTION``), and the implementation name of its rows.
 FORM_IMPLEMENTATION = {"kernel": "archzoo", "sdpa": "archzoo-sdpa"}
 ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_mla")
+
+
+# ``--decode-linear``: how the step's projections run (``archzoo.layers.fused.DECODE_LINEAR``); a row of the
+# GEMV kernel gets "-gemv" after its implementation name.
+LINEARS = ("cublas", "kernel")
+
+
+def parse_linears(text: Sequence[str] | str) -> list[str]:
+    items = [f.strip() for f in text.split(",")] if isinstance(text, str) else list(text)
+    if not items or any(f not in LINEARS for f in items):
+        raise UserError(f"--decode-linear: expected a comma-separated list of {', '.join(LINEARS)}, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+@contextmanager
+def decode_linear_form(form: str):
+    """Run the decode step's projections as ``form`` ("cublas" or "kernel")."""
+    old = fused_layer.DECODE_LINEAR
+    fused_layer.DECODE_LINEAR = form
+    try:
+        yield
+    finally:
+        fused_layer.DECODE_LINEAR = old
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:
@@ -418,6 +442,7 @@ def run_decode_bench(
     num_draft_tokens: Sequence[int] | str | None = None,
     decode_attention: Sequence[str] | str = ("kernel",),
     inductor_options: Sequence[dict] | str | None = None,
+    decode_linear: Sequence[str] | str = ("cublas",),
 ) -> list[dict]:
     """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
 
@@ -439,6 +464,7 @@ def run_decode_bench(
         raise UserError("--num-draft-tokens: goes with --draft STUDENT")
     num_draft_tokens = parse_sizes("--num-draft-tokens", (4,) if num_draft_tokens is None else num_draft_tokens)
     forms = parse_forms(decode_attention)
+    linears = parse_linears(decode_linear)
     option_sets = parse_inductor_options(inductor_options)
     dt = parse_dtype(dtype)
     dev = check_device(device)
@@ -472,6 +498,7 @@ def run_decode_bench(
         "draft": draft,
         "num_draft_tokens": num_draft_tokens if draft is not None else None,
         "decode_attention": forms,
+        "decode_linear": linears,
         "inductor_options": option_sets,
     }
     log(f"bench decode: measuring {dev.type} memory bandwidth")
@@ -482,6 +509,7 @@ def run_decode_bench(
         meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
     )
     run.draft, run.num_draft_tokens, run.forms, run.option_sets = draft_src, num_draft_tokens, forms, option_sets
+    run.linears = linears
     for src in sources:
         _bench_model(src, run)
         # The freed model's compiled blocks stay in dynamo's cache of the shared Block.forward code and
@@ -513,6 +541,7 @@ class _Run:
     draft: ModelSource | None = None
     num_draft_tokens: list[int] | None = None
     forms: list[str] = field(default_factory=lambda: ["kernel"])
+    linears: list[str] = field(default_factory=lambda: ["cublas"])
     option_sets: list[dict] = field(default_factory=lambda: [{}])
 
     def write(self) -> None:
@@ -581,16 +610,20 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
         # side by side in one process: the decode-attention kernel and masked SDPA, and inductor option sets
         for options in run.option_sets:
             model.compile_options = options
-            for form in run.forms:
+            for form, lin in [(f, ln) for f in run.forms for ln in run.linears]:
                 if pool is not None and hasattr(pool, "clear"):
                     pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
-                row = new_row(FORM_IMPLEMENTATION[form], b, p, wbytes)
+                impl = FORM_IMPLEMENTATION[form] + ("-gemv" if lin == "kernel" else "")
+                row = new_row(impl, b, p, wbytes)
                 row["decode_attention"] = form
+                row["decode_linear"] = lin
                 if options:
                     row["inductor_options"] = options
-                forget(*ATTENTION_OPS)
-                with decode_attention_form(form):
+                forget(*ATTENTION_OPS, "decode_linear")
+                with decode_attention_form(form), decode_linear_form(lin):
                     measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
+                if lin == "kernel":  # what the projections really ran (the custom op records it when it runs)
+                    row["linear_backend"] = last_backend("decode_linear") or "none"
                 # which decode attention really ran (the custom ops record it when they run; SDPA records
                 # nothing inside a compiled step): none of the kernels means masked SDPA
                 ran = {op: last_backend(op) for op in ATTENTION_OPS if last_backend(op)}
@@ -792,6 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inductor option sets for the compiled step, side by side: sets separated by ';', KEY=VALUE pairs by "
         "',' (an empty set: the defaults), e.g. ';coordinate_descent_tuning=1'",
     )
+    p.add_argument(
+        "--decode-linear",
+        default="cublas",
+        help="the step's projections: cublas (default; F.linear), kernel (archzoo.kernels.decode_linear, a Triton "
+        "GEMV for up to 16 rows), or cublas,kernel side by side (rows archzoo / archzoo-gemv)",
+    )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p
 
@@ -817,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_draft_tokens=args.num_draft_tokens,
         decode_attention=args.decode_attention,
         inductor_options=args.inductor_options,
+        decode_linear=args.decode_linear,
     )
     out = Path(args.out)
     print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")

@@ -29,7 +29,7 @@ from ..kernels import decode_attention, decode_attention_ring
 from ..kernels._dispatch import interpret_mode, record
 from ..kernels.decode_attention._checks import MAX_HEAD_DIM
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
-from .fused import FusedLinears
+from .fused import FusedLinears, decode_project
 from .rope import RotaryEmbedding, apply_rope
 from .window import window_attention
 
@@ -267,7 +267,7 @@ class Attention(nn.Module):
                 o = decode_attention(q[:, :, 0], keys, values, lengths)  # (B, H, D)
             else:
                 o = decode_attention_ring(q[:, :, 0], keys, values, lengths, self.window)
-            return self.o_proj(o.reshape(B, 1, self.n_heads * self.head_dim))
+            return self._out(o.reshape(B, 1, self.n_heads * self.head_dim), ctx)
 
         def mask() -> torch.Tensor:
             kp = k_pos if k_pos is not None else self._slot_positions(q_pos, keys.shape[2])
@@ -279,7 +279,12 @@ class Attention(nn.Module):
         G = self.n_heads // self.n_kv_heads
         key = ("attention_mask", keys.shape[2], self.window, G, q.dtype)  # the same for every layer alike
         o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), ctx.memoised(key, mask))  # (B, H, T, D)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self._out(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim), ctx)
+
+    def _out(self, o: torch.Tensor, ctx) -> torch.Tensor:
+        """The output projection of a decode step: through ``decode_project`` where the step reads the fused
+        copies (``generate``'s), else ``o_proj`` itself."""
+        return decode_project(o, self.o_proj.weight, self.o_proj.bias) if ctx.fused else self.o_proj(o)
 
     def _slot_positions(self, q_pos: torch.Tensor, slots: int) -> torch.Tensor:
         """(B, slots) absolute position each buffer slot holds after a one-token step at q_pos (B, 1), -1 where

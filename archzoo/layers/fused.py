@@ -29,6 +29,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import decode_linear
+from ..kernels.decode_linear import MAX_M  # not .triton: importing Triton here would fix its mode for the tests
+
+# How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
+# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits. cuBLAS
+# read the teacher's weights at ~470 GB/s at batch 1 on an H200 (docs/decode.md); the GEMV is measured against it
+# with ``archzoo bench decode --decode-linear cublas,kernel`` before it becomes the default.
+DECODE_LINEAR = "cublas"
+
+
+def decode_project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T (+ bias) for a decode step: ``F.linear``, or ``decode_linear`` when
+    ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one dtype, at most 16 rows; it runs its Triton
+    kernel on CUDA and under Triton's interpreter, its reference form elsewhere)."""
+    if DECODE_LINEAR == "kernel" and bias is None and x.dtype == weight.dtype:
+        rows = x.numel() // x.shape[-1]
+        if 1 <= rows <= MAX_M:
+            return decode_linear(x.reshape(rows, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
 
 def signature(tensors) -> tuple:
     """Where each tensor lives and how often it was changed in place: equal signatures, equal contents."""
@@ -77,4 +97,4 @@ class FusedLinears:
         """x (..., d_in) -> one output per source linear, as views of one GEMM's result."""
         if self.weight is None:
             raise RuntimeError("FusedLinears: refresh() has not run (ArchZooLM.refresh_fused())")
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return decode_project(x, self.weight, self.bias).split(self.sizes, dim=-1)

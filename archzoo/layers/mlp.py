@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from .base import LayerConfig
-from .fused import FusedLinears
+from .fused import FusedLinears, decode_project
 
 
 class SwiGLUConfig(LayerConfig):
@@ -40,4 +40,4 @@ class SwiGLU(nn.Module):
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same through the fused gate|up copy (a decode step; see ``layers/fused.py``)."""
         gate, up = self.fused(x)
-        return self.down_proj(F.silu(gate) * up)
+        return decode_project(F.silu(gate) * up, self.down_proj.weight)

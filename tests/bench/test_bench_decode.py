@@ -134,6 +134,20 @@ def test_bench_decode_attention_forms_side_by_side(tmp_path):
     assert attention.DECODE_ATTENTION == "kernel"
 
 
+def test_bench_decode_linear_forms_side_by_side(tmp_path):
+    """--decode-linear cublas,kernel: one row per form and shape (archzoo / archzoo-gemv), what the projections ran
+    recorded, the setting restored afterwards."""
+    from archzoo.layers import fused
+
+    rc, res = _bench(tmp_path / "out", GQA, *TINY, "--batch-sizes", "1", "--decode-linear", "cublas,kernel")
+    assert rc == 0 and res["decode_linear"] == ["cublas", "kernel"]
+    pairs = [(r["implementation"], r["decode_linear"]) for r in res["rows"]]
+    assert pairs == [("archzoo", "cublas"), ("archzoo-gemv", "kernel")] * (len(pairs) // 2) and pairs
+    gemv = [r for r in res["rows"] if r["decode_linear"] == "kernel"]
+    assert all(r["linear_backend"] in ("naive", "triton") for r in gemv), gemv  # the CPU: no Triton unless interpreted
+    assert fused.DECODE_LINEAR == "cublas"
+
+
 def test_bench_decode_inductor_option_sets(tmp_path):
     """--inductor-options: one row per option set and shape, the set in the row and in the table's label."""
     from archzoo.bench.decode import parse_inductor_options
@@ -163,6 +177,7 @@ def test_bench_decode_inductor_option_sets(tmp_path):
         ([GQA, *TINY, "--draft", MAMBA, "--num-draft-tokens", "0"], "--num-draft-tokens: expected"),
         ([GQA, *TINY, "--draft", "no/such/draft.yaml"], "no/such/draft.yaml: no such file or folder"),
         ([GQA, *TINY, "--decode-attention", "kernel,flash"], "--decode-attention: expected a comma-separated list"),
+        ([GQA, *TINY, "--decode-linear", "cublas,gemm"], "--decode-linear: expected a comma-separated list"),
         ([GQA, *TINY, "--inductor-options", "fast_please=1"], "--inductor-options: 'fast_please=1' is not KEY=VALUE"),
     ],
 )
