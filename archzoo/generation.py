@@ -23,6 +23,10 @@ frees them. The first call for a key pays the compile and capture, reported in
 Prompts of different lengths: each row's cache holds its own prompt from position 0 (no left
 padding) and the cache's per-row ``lengths`` say how far; rows are prefilled one at a time through
 ``cache.rows(b)`` views, then decode together.
+
+Speculative decoding (``draft=``) runs ``archzoo.speculative``'s static round instead of the step; with
+``compile=True`` the round is pooled here too (``_get_round``, under keys of its own) and, on CUDA for a target
+that rewinds by length, captured whole in one graph by the same ``_capture``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 
 from .cache import Cache
 from .sampling import sample_next
-from .speculative import check_draft, speculative_generate
+from .speculative import SpeculativeRound, cache_length, check_draft, speculative_generate
 
 GRAPHS_KEPT = 4
 MIN_BUCKET = 256
@@ -172,15 +176,28 @@ def generate(
         )
     total = max(lens) + max_new_tokens
     stats = {"batch_size": B, "prompt_len": max(lens), "new_tokens": 0, "compile_s": 0.0}
-    if draft is not None:  # speculative decoding (archzoo.speculative): nothing captured yet
+    if draft is not None:  # speculative decoding (archzoo.speculative): a captured round on CUDA
         check_draft(model, draft, num_draft_tokens)
+        if generator is not None and compile:
+            raise ValueError(
+                "generator= needs compile=False: a compiled, captured speculative round draws from the default "
+                "generator (seed it with torch.manual_seed)"
+            )
         if compile:  # both models' steps compiled by block; each new step length compiles on first use
             model.compile_step_blocks()
             draft.compile_step_blocks()
-        stats["backend"] = "speculative_compiled" if compile else "speculative"
-        new = speculative_generate(
-            model, draft, rows, max_new_tokens, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator, stats
+        model.refresh_fused()  # before any capture: the steps read the fused projection copies
+        draft.refresh_fused()
+        need = cache_length(max(lens), max_new_tokens, num_draft_tokens)
+        state, stats["compile_s"] = _get_round(
+            model, draft, B, need, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator, compile, graphs
         )
+        captured = "speculative_cuda_graph" if state.graph is not None else "speculative_compiled"
+        stats["backend"] = captured if compile else "speculative"
+        new = speculative_generate(
+            model, draft, rows, max_new_tokens, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator,
+            stats, state=state,
+        )  # fmt: skip
         model.last_generate_stats = stats
         return _assemble(rows, new[:, :max_new_tokens], form, input_ids, eos_ids, pad_token_id)
     stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
@@ -269,6 +286,51 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
         while len(pool.entries) > GRAPHS_KEPT:
             pool.entries.popitem(last=False)
     return s, (_now(dev) - t0 if compile else 0.0)
+
+
+def _get_round(
+    model, draft, B, total, k, temperature, top_k, top_p, eos_ids, generator, compile, graphs
+) -> tuple[SpeculativeRound, float]:
+    """A speculative round for these settings, and the seconds spent compiling / capturing it.
+
+    With ``compile`` it is pooled in the target's ``decode_pool`` beside the plain decode steps, under a key of
+    its own (``"speculative"``, batch size, length bucket, k, dtype, device, sampling settings, EOS ids, the
+    draft and where its weights live): the entry holds both caches, so it is reused only for the same draft.
+    On CUDA a round whose target rewinds by length is captured whole in one CUDA graph (``_capture``: warmed up
+    on a side stream, which compiles the blocks, then captured); a target that replays after a rollback reads
+    the host every round and runs uncaptured.
+    """
+    dev, dtype = model.embed.weight.device, model.embed.weight.dtype
+    length = bucket_length(total) if compile else total
+
+    def build() -> SpeculativeRound:
+        caches = (model.new_cache(B, length), draft.new_cache(B, length))
+        return SpeculativeRound(model, draft, caches, k, temperature, top_k, top_p, eos_ids, generator)
+
+    if not compile:
+        return build(), 0.0
+    pool: DecodePool = model.decode_pool
+    pool.check_weights(model)
+    draft_sig = weight_addresses(draft)
+    settings = (temperature, top_k, top_p, tuple(eos_ids))
+    key = ("speculative", B, length, k, dtype, str(dev), *settings, id(draft), draft_sig)
+    for old in [e for e in pool.entries if e[0] == "speculative" and e[-2] == id(draft) and e[-1] != draft_sig]:
+        del pool.entries[old]  # rounds captured before the draft's weights moved
+    if key in pool.entries:
+        pool.entries.move_to_end(key)
+        return pool.entries[key], 0.0
+    t0 = _now(dev)
+    state = build()
+    state.limit.fill_(1)  # warm-up rounds run from empty caches; rows freeze after one round
+    if graphs and not state.replay:
+        state.graph = _capture(state.round, dev)
+    else:
+        state.round()  # compile now, so that compiling is not counted as decoding
+    state.reset()
+    pool.entries[key] = state
+    while len(pool.entries) > GRAPHS_KEPT:
+        pool.entries.popitem(last=False)
+    return state, _now(dev) - t0
 
 
 def allow_recompiles() -> None:

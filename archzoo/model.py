@@ -251,9 +251,11 @@ class ArchZooLM(nn.Module):
         (``archzoo.speculative``). The draft proposes ``num_draft_tokens`` tokens one at a time, this
         model verifies them in one forward and keeps the longest agreeing prefix plus its own next
         token: greedy output equals this model's own, sampling follows its distribution. Eager by
-        default; ``compile=True`` compiles both models' steps by block (the draft's one-token steps and
-        the verify forward), nothing captured in a CUDA graph yet. ``last_generate_stats`` then reports
-        the acceptance rate and tokens per verify.
+        default; ``compile=True`` compiles both models' steps by block and, on CUDA where this model's
+        cache rewinds by length (attention, MLA), captures a whole round (the draft's k+1 one-token steps,
+        the (B, k+1) verify forward, acceptance and rollback) in one CUDA graph, pooled like the plain
+        step (``archzoo.speculative``; not yet run on a GPU). ``last_generate_stats`` then reports the
+        acceptance rate and tokens per verify.
         """
         return _generate(
             self,

@@ -1,6 +1,8 @@
 """Speculative decoding (archzoo.speculative): greedy output equals the target's own for every family,
 whatever the draft; caches after rollback equal those of a run that never saw the refused tokens;
-speculative sampling follows the target's distribution; bad drafts get one clear error."""
+speculative sampling follows the target's distribution; bad drafts get one clear error. The static round's
+capture properties (no host read, traced whole, rounds past the end, pooling, CUDA) are in
+test_speculative_capture.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 import archzoo
+from archzoo import speculative
 from archzoo.speculative import accept, probabilities, speculative_generate
 
 from conftest import MODEL_CONFIGS, f64_model, load_yaml
@@ -90,51 +93,84 @@ def test_greedy_same_length_batch_tensor_and_eos():
     assert all(torch.equal(r, o) for r, o in zip(ref, out, strict=True)), (ref, out)
 
 
-def _reference_cache(model, rows, generated: torch.Tensor, n_tokens: int, length: int):
-    """A cache that saw each prompt and then ``generated[:, :n_tokens]`` one decode step at a time."""
-    cache = model.new_cache(len(rows), length)
-    for b, r in enumerate(rows):
-        model(r[None], cache=cache.rows(b))
-    for t in range(n_tokens):
-        model(generated[:, t : t + 1], cache=cache)
+def _reference_cache(model, prompt: torch.Tensor, generated: torch.Tensor, length: int):
+    """A one-row cache that saw ``prompt`` and then ``generated`` one decode step at a time."""
+    cache = model.new_cache(1, length)
+    model(prompt[None], cache=cache)
+    for t in range(generated.numel()):
+        model(generated[None, t : t + 1], cache=cache)
     return cache
 
 
-def _assert_caches_equal(spec, ref, lens: torch.Tensor, what: str):
-    assert torch.equal(spec.lengths, ref.lengths), f"{what}: lengths {spec.lengths} != {ref.lengths}"
+def _assert_row_equal(spec, b: int, ref, what: str):
+    """Row b of cache ``spec`` equals the one-row cache ``ref``: every buffer, up to the row's length where the
+    buffer rewinds by length (beyond it the buffer holds stale entries, masked)."""
+    n = int(ref.lengths[0])
+    assert int(spec.lengths[b]) == n, f"{what}: length {int(spec.lengths[b])} != {n}"
     for i, (s, r) in enumerate(zip(spec.layers, ref.layers, strict=True)):
         if s is None:
             continue
         for name, buf in s.buffers.items():
-            for b in range(buf.shape[0]):
-                got, want = buf[b], r[name][b]
-                if name in s.by_length:  # beyond a row's length the buffer holds stale entries, masked
-                    got, want = got[..., : int(lens[b]), :], want[..., : int(lens[b]), :]
-                err = (got - want).abs().max().item()
-                assert err < 1e-9, f"{what}: layer {i} buffer {name} row {b}: max abs diff {err:.3g}"
+            got, want = buf[b], r[name][0]
+            if name in s.by_length:
+                got, want = got[..., :n, :], want[..., :n, :]
+            err = (got - want).abs().max().item()
+            assert err < 1e-9, f"{what}: layer {i} buffer {name}: max abs diff {err:.3g}"
 
 
-@pytest.mark.parametrize("family", ["swa", "based", "jamba", "s4", "mla"])
-def test_rollback_leaves_caches_as_if_refused_tokens_were_never_seen(family):
+def windowed(model, window: int):
+    """``model`` (global attention) with a sliding window: the same weights, a ring-buffer cache that needs
+    snapshots, and outputs that differ from the model's once the context passes the window (partial acceptance)."""
+    data = model.cfg.model_dump()
+    data["mixer"] = {**data["mixer"], "window": window}
+    out = archzoo.build_model(data).double().eval()
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+ROLLBACK_CASES = {  # target family -> its draft; swa, based, jamba, s4 replay (batch minimum), mla and gqa do not
+    "swa": lambda t: noisy_copy(t, 0.003),
+    "based": lambda t: noisy_copy(t, 0.003),
+    "jamba": lambda t: noisy_copy(t, 0.003),
+    "s4": lambda t: noisy_copy(t, 0.003),
+    "mla": lambda t: noisy_copy(t, 0.003),
+    "gqa": lambda t: windowed(t, 6),  # rows advance on their own; the draft's ring buffers restored per row
+}
+
+
+@pytest.mark.parametrize("family", sorted(ROLLBACK_CASES))
+@pytest.mark.parametrize("eos", [False, True], ids=["no_eos", "eos"])
+def test_rollback_leaves_caches_as_if_refused_tokens_were_never_seen(family, eos, monkeypatch):
+    """After a run, row b of both caches equals a cache that saw its prompt and its kept tokens one step at a
+    time. With an EOS id that ends one row early (the host looking only every 1000 rounds), the rounds that run
+    past that row's end keep nothing for it."""
+    monkeypatch.setattr(speculative, "SYNC_EVERY", 1000)
     target = f64_model(FAMILIES[family])
-    draft = noisy_copy(target, 0.003)
+    draft = ROLLBACK_CASES[family](target)
     rows = prompts(seed=5)
     k, new = 3, 30  # past the 16-token windows of swa / based
-    length = max(PROMPT_LENS) + new + k + 1
+    eos_ids = []
+    if eos:
+        eos_ids = [int(target.generate(rows[1:2], 12, compile=False)[0][len(rows[1]) + 11])]  # row 1 ends early
+    length = speculative.cache_length(max(PROMPT_LENS), new, k)
     caches = (target.new_cache(3, length), draft.new_cache(3, length))
+    state = speculative.SpeculativeRound(target, draft, caches, k, 0.0, None, None, eos_ids, None)
     stats = {}
     with torch.no_grad():
-        out = speculative_generate(target, draft, rows, new, k, 0.0, None, None, [], None, stats, caches=caches)
+        speculative_generate(target, draft, rows, new, k, 0.0, None, None, eos_ids, None, stats, state=state)
+        out = state.out  # the tokens as generated (the returned ones hold EOS after a row's first EOS)
         assert 0 < stats["acceptance_rate"] < 1, stats
-        base = torch.tensor(PROMPT_LENS)
+        assert stats["target_rollback"] == ("lengths" if family in ("mla", "gqa") else "replay"), stats
         tcache, dcache = caches
-        # the target holds every generated token but the last; the draft the same, or one fewer after a
-        # round that accepted all k (it never read d_k)
-        n_t = int(tcache.lengths[0] - base[0])
-        n_d = int(dcache.lengths[0] - base[0])
-        assert n_t == out.shape[1] - 1 and n_d in (n_t, n_t - 1), (n_t, n_d, out.shape)
-        _assert_caches_equal(tcache, _reference_cache(target, rows, out, n_t, length), base + n_t, f"{family} target")
-        _assert_caches_equal(dcache, _reference_cache(draft, rows, out, n_d, length), base + n_d, f"{family} draft")
+        for b, r in enumerate(rows):
+            n = stats["row_new_tokens"][b]  # both caches hold all but the latest token
+            if not eos:
+                assert n >= new, (b, n, stats["row_new_tokens"])
+            elif b == 1 and stats["target_rollback"] == "lengths":  # rows freeze on their own (replay: together)
+                assert n <= 12 + k, (b, n, stats["row_new_tokens"])
+            kept = out[b, : n - 1]
+            _assert_row_equal(tcache, b, _reference_cache(target, r, kept, length), f"{family} target row {b}")
+            _assert_row_equal(dcache, b, _reference_cache(draft, r, kept, length), f"{family} draft row {b}")
 
 
 def tiny_vocab_model(family: str, vocab: int, seed: int):
@@ -175,7 +211,8 @@ def test_accept_rule_emits_the_targets_distribution():
 
 def test_speculative_sampling_matches_target_distribution():
     """End to end through generate (top-k too): the second and third new tokens, which pass through
-    the accept / reject rule with the batch-minimum policy, follow the target's exact marginals."""
+    the accept / reject rule (each row on its own: the GQA target rewinds by length), follow the target's
+    exact marginals."""
     V, N, top_k = 8, 6000, 6
     target = tiny_vocab_model("gqa", V, seed=0)
     draft = tiny_vocab_model("mamba", V, seed=1)

@@ -685,7 +685,9 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
                 row["skipped"] = error
                 run.write()
                 continue
-            measure(row, partial(run_archzoo, model, **kw, compile=None, draft=draft, num_draft_tokens=k))
+            # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
+            spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
+            measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
             base = own.get((b, p), {}).get("tokens_per_s")
             if row.get("tokens_per_s") and base:
                 row["speedup"] = row["tokens_per_s"] / base

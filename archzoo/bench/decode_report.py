@@ -12,7 +12,10 @@ FORMULAS = {
     "ms_per_token": "decode_s / new_tokens * 1000 (one decode step of the whole batch)",
     "prefill_ms": "prefill_s * 1000 (the prompt's forward pass, first token's logits)",
     "acceptance_rate": "speculative rows: draft tokens kept / draft tokens proposed (k per verify step)",
-    "accepted_per_verify": "speculative rows: draft tokens kept per verify step (the batch keeps its rows' minimum)",
+    "accepted_per_verify": (
+        "speculative rows: draft tokens kept per verify step, averaged over the rows (each row keeps its own; "
+        "a target that replays after a rollback keeps the batch's minimum)"
+    ),
     "tokens_per_verify": "speculative rows: accepted_per_verify + 1 (the target's own token)",
     "speedup": "speculative rows: tokens_per_s / tokens_per_s of the archzoo row of the same shape",
     "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "

@@ -67,8 +67,10 @@ MAX_FEATURE = 128
 def _triton_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
     """Why the Triton kernel cannot take these inputs, or None when it can."""
     if q.shape[-1] > MAX_FEATURE:
-        return (f"feature dim {q.shape[-1]} > {MAX_FEATURE}: the Triton kernel keeps all features of a chunk in one "
-                "tile, which does not fit shared memory; the chunked PyTorch form runs")
+        return (
+            f"feature dim {q.shape[-1]} > {MAX_FEATURE}: the Triton kernel keeps all features of a chunk in one "
+            "tile, which does not fit shared memory; the chunked PyTorch form runs"
+        )
     if q.dtype == torch.float64:
         return "float64 inputs run the chunked PyTorch form in float64 (the Triton kernel computes in fp32)"
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -112,7 +114,6 @@ def linear_attention_update(
     else:
         record("linear_attention_update", "naive")
     return naive_linear_attention_update(S, z, q, k, v, normalize, eps)
-
 
 
 def _check_update(S, z, q, k, v, eps: float) -> None:
