@@ -33,11 +33,18 @@ class Block(nn.Module):
             self.ffn = ffn.from_config(block.ffn, cfg.d_model)
 
     def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x), state, ctx)
+        # A decode step on the fused copies (layers/fused.py) hands the norms to the projections that follow
+        # them, so the decode GEMV can fuse each RMSNorm in; everything else normalises here.
+        if ctx.fused and ctx.decoding and getattr(self.mixer, "TAKES_NORM", False):
+            x = x + self.mixer(x, state, ctx, norm=self.mixer_norm)
+        else:
+            x = x + self.mixer(self.mixer_norm(x), state, ctx)
         if self.ffn is not None:
-            h = self.ffn_norm(x)
             fused = getattr(self.ffn, "fused", None) if ctx.fused else None
-            x = x + (self.ffn(h) if fused is None else self.ffn.forward_fused(h))
+            if fused is None:
+                x = x + self.ffn(self.ffn_norm(x))
+            else:
+                x = x + self.ffn.forward_fused(x, norm=self.ffn_norm)
         return x
 
 

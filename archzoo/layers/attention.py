@@ -222,10 +222,16 @@ class Attention(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm
+    # (``norm=``), so the RMSNorm can run inside the Q|K|V GEMV (``layers/fused.py``).
+    TAKES_NORM = True
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         if ctx.decoding:
-            return self._decode(x, state, ctx)
+            return self._decode(x, state, ctx, norm)
+        if norm is not None:
+            x = norm(x)
         q_pos = torch.arange(ctx.pos, ctx.pos + T, device=x.device)
         cos, sin = self.rope(q_pos, x.dtype)
         q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (B,H,T,D)
@@ -241,15 +247,16 @@ class Attention(nn.Module):
         o = attend(q, k, v, q_pos, k_pos, self.window)  # (B,H,T,D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _decode(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None = None) -> torch.Tensor:
         """A capturable step: positions from ``ctx.lengths`` (B,), K/V written by index, attention over
         the whole static buffer with a per-row mask. No host value decides anything here."""
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, D)
         if ctx.fused and self.fused is not None:
-            q, k, v = self.fused(x)
+            q, k, v = self.fused(x, norm)
         else:
+            x = norm(x) if norm is not None else x
             q = self.q_proj(x)
             k, v = (self.k_proj(x), self.v_proj(x)) if self.owns_kv else (None, None)
         q = apply_rope(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)

@@ -39,15 +39,19 @@ from ..kernels.decode_linear import MAX_M  # not .triton: importing Triton here 
 DECODE_LINEAR = "cublas"
 
 
-def decode_project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., K) @ weight (N, K).T (+ bias) for a decode step: ``F.linear``, or ``decode_linear`` when
-    ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one dtype, at most 16 rows; it runs its Triton
-    kernel on CUDA and under Triton's interpreter, its reference form elsewhere)."""
+def decode_project(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: nn.Module | None = None
+) -> torch.Tensor:
+    """``norm(x)`` (or x) (..., K) @ weight (N, K).T (+ bias) for a decode step: the norm and ``F.linear``, or
+    ``decode_linear`` with the RMSNorm fused in when ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one
+    dtype, at most 16 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
+    elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings."""
     if DECODE_LINEAR == "kernel" and bias is None and x.dtype == weight.dtype:
         rows = x.numel() // x.shape[-1]
         if 1 <= rows <= MAX_M:
-            return decode_linear(x.reshape(rows, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
+            nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
+            return decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(norm(x) if norm is not None else x, weight, bias)
 
 
 def signature(tensors) -> tuple:
@@ -93,8 +97,9 @@ class FusedLinears:
         """Drop the copy (its memory); the next ``refresh`` makes it again."""
         self.weight = self.bias = self._signature = None
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x (..., d_in) -> one output per source linear, as views of one GEMM's result."""
+    def __call__(self, x: torch.Tensor, norm: nn.Module | None = None) -> tuple[torch.Tensor, ...]:
+        """x (..., d_in) -> one output per source linear, as views of one GEMM's result; ``norm`` (an RMSNorm)
+        is applied to x first, fused into the GEMV where ``decode_project`` runs it."""
         if self.weight is None:
             raise RuntimeError("FusedLinears: refresh() has not run (ArchZooLM.refresh_fused())")
-        return decode_project(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return decode_project(x, self.weight, self.bias, norm).split(self.sizes, dim=-1)

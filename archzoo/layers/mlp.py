@@ -37,7 +37,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The same through the fused gate|up copy (a decode step; see ``layers/fused.py``)."""
-        gate, up = self.fused(x)
+    def forward_fused(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """The same through the fused gate|up copy (a decode step; see ``layers/fused.py``), on ``norm(x)`` when a
+        norm is given (the block's, fused into the GEMV where it runs)."""
+        gate, up = self.fused(x, norm)
         return decode_project(F.silu(gate) * up, self.down_proj.weight)
