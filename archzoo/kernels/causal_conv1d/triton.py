@@ -48,19 +48,12 @@ import torch
 import triton.language as tl
 
 from .._launch import Site, launch, launch_site
+from .._sizes import cdiv as _cdiv
+from .._sizes import next_pow2 as _next_pow2
 from ._bwd import _conv_bwd_kernel
 from ._checks import check_fn, check_update
 from ._fwd import _conv_fwd_kernel
 from ._update import _conv_update_kernel
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
 
 _V = 8  # V on the host
 # Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}}; applies

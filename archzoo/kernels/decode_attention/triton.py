@@ -24,13 +24,14 @@ lengths[b]). It reads min(lengths[b], slots) slots.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .._launch import launch
+from .._sizes import cdiv as _cdiv
+from .._sizes import next_pow2 as _next_pow2
+from .._sizes import sm_count as _sm_count
 from ._checks import check_decode, check_window
 
 LOG2E = 1.4426950408889634
@@ -147,19 +148,6 @@ def _combine_kernel(
     acc = tl.load(acc_ptr + row[:, None] * DV + offs_dv[None, :], mask=mask_s[:, None] & mask_dv[None, :], other=0.0)
     o = tl.sum(acc * w[:, None], axis=0) / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + b * s_ob + h * s_oh + offs_dv * s_od, o.to(out_ptr.dtype.element_ty), mask=mask_dv)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _config(device: torch.device) -> dict:

@@ -37,13 +37,15 @@ program's whole chunk where the accumulator fits ``MAX_TILE`` elements, so a pro
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .._launch import launch
+from .._sizes import cdiv as _cdiv
+from .._sizes import next_pow2 as _next_pow2
+from .._sizes import prev_pow2 as _prev_pow2
+from .._sizes import sm_count as _sm_count
 from ._checks import check_decode_linear
 
 MAX_M = 16  # rows the kernel takes; larger M is a GEMM for cuBLAS (the dispatcher says so)
@@ -165,23 +167,6 @@ def _reduce_kernel(part_ptr, out_ptr, MN, S, BLOCK_S: tl.constexpr, BLOCK_R: tl.
 
 
 REDUCE_BLOCK = 256  # outputs per program of the reduction
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-def _prev_pow2(x: int) -> int:
-    return 1 << max(0, x.bit_length() - 1)
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _config(device: torch.device) -> dict:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
+from .._sizes import next_pow2 as _next_pow2
 
 
 def _tl_dtype(dt: torch.dtype):

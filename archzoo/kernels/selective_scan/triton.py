@@ -32,6 +32,8 @@ import torch
 
 from .._dispatch import once
 from .._launch import Site, launch, launch_site
+from .._sizes import cdiv as _cdiv
+from .._sizes import next_pow2 as _next_pow2
 from ._bwd import _scan_bwd_kernel
 from ._checks import check_scan, check_update, compute_dtype
 from ._fwd import _scan_fwd_kernel
@@ -39,11 +41,9 @@ from ._host import (
     _bc_strides,
     _bc_view,
     _block_d,
-    _cdiv,
     _contig_last,
     _contig_strides,
     _groups,
-    _next_pow2,
     _sig,
     _tl_dtype,
 )
