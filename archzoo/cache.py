@@ -140,4 +140,13 @@ def cache_bytes_per_layer(cfg, batch_size: int, seq_len: int, dtype: torch.dtype
     return sizes
 
 
-__all__ = ["Cache", "LayerState", "cache_bytes", "cache_bytes_per_layer", "dtype_bytes"]
+def cache_read_bytes(cfg, batch_size: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Cache bytes a decode step's layers read at ``seq_len`` tokens: each layer reads its state owner's buffers,
+    so a CLA member reads its leader's K/V again (from HBM, unless it is still in L2). Equals ``cache_bytes``
+    for every model without shared state."""
+    cfg = load_config(cfg)
+    sizes = cache_bytes_per_layer(cfg, batch_size, seq_len, dtype)
+    return sum(sizes[owner] for owner in state_owners(cfg))
+
+
+__all__ = ["Cache", "LayerState", "cache_bytes", "cache_bytes_per_layer", "cache_read_bytes", "dtype_bytes"]

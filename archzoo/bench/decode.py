@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache import cache_bytes
+from ..cache import cache_bytes, cache_read_bytes
 from ..config import load_config
 from ..errors import UserError
 from ..kernels._dispatch import forget, last_backend
@@ -578,7 +578,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
             parameters=params,
             cache_bytes=cache_bytes(cfg, b, p + new_tokens, dt),
             weight_bytes=wbytes,
-            step_bytes=wbytes + cache_bytes(cfg, b, p + new_tokens // 2, dt),
+            step_bytes=wbytes + cache_read_bytes(cfg, b, p + new_tokens // 2, dt),
         )
         run.rows.append(row)
         return row

@@ -21,9 +21,10 @@ FORMULAS = {
     "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "
     "(the HF rows hold the same K/V)",
     "weight_bytes": "sum of parameter bytes, a tied embedding / head counted once",
-    "step_bytes": "weight_bytes + archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens // 2, dtype): what one "
-    "decode step must read at the mean length (attention reads its K/V up to the current position; a bounded state, "
-    "sliding window or recurrent, reads its fixed size; every weight is counted, also all MoE experts and the whole "
+    "step_bytes": "weight_bytes + archzoo.cache.cache_read_bytes(cfg, batch_size, prompt_len + new_tokens // 2, "
+    "dtype): what one decode step must read at the mean length (attention reads its K/V up to the current position; a "
+    "bounded state, sliding window or recurrent, reads its fixed size; a CLA member reads its leader's K/V again, "
+    "so shared K/V counts once per reading layer; every weight is counted, also all MoE experts and the whole "
     "embedding, so the figure is an upper bound for MoE at small batch and for an untied embedding)",
     "hbm_fraction": "step_bytes / (decode_s / new_tokens) / bandwidth.bytes_per_s",
     "bandwidth.bytes_per_s": "bytes read + written by a device-to-device copy (dst.copy_(src)) / its time, "

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import archzoo
+from archzoo.cache import cache_read_bytes
 from archzoo.cli import main
 
 from conftest import ROOT
@@ -65,6 +66,7 @@ def test_bench_decode_tiny_models_on_cpu(tmp_path):
         model = archzoo.build_model(cfg)
         assert r["weight_bytes"] == 4 * model.num_parameters()  # fp32, the tied head once
         assert r["step_bytes"] == r["weight_bytes"] + archzoo.cache_bytes(cfg, r["batch_size"], 8 + 2, torch.float32)
+        assert r["step_bytes"] == r["weight_bytes"] + cache_read_bytes(cfg, r["batch_size"], 8 + 2, torch.float32)
         _check_measured(r, bandwidth)
 
     md = (out / "decode.md").read_text()
