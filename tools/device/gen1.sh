@@ -1,7 +1,7 @@
 # GPU call right after kernels11.sh (machine warm, /root kept; carries .big/g2, the rest of the teacher GGUF):
 # the teacher-generated corpus's speed (issue 16, item 2): 2M tokens from the built-in training prompts,
 # a different prompt per row, batch 256, through the captured decode step; kept in /root/gen for spec1.sh (next
-# call, machine warm) and sent back gzipped under $OUT. .big/g2 also carries the Shakespeare cache (setup.sh).
+# call, machine warm) and sent back gzipped under $OUT. .big/g1 (the previous call) carried the Shakespeare cache (setup.sh).
 source tools/device/setup.sh || exit 1
 ls -la /root/archzoo-cache/teachers/ | tail -4
 t0=$(date +%s.%N)
