@@ -232,24 +232,8 @@ def bench_conv(impls: dict[str, object], b: int, d: int, L: int, W: int, rounds:
     bias = torch.randn(d, device="cuda", generator=g)
     gout = torch.randn(b, d, L, device="cuda").to(torch.bfloat16)
     xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, bias))
-    res: dict[str, dict] = {}
-    outs: dict[str, torch.Tensor] = {}
-    calls: dict[tuple[str, str], tuple] = {}
-    for name, fn in impls.items():
-        if isinstance(fn, str):
-            res[name] = {"status": fn}
-            continue
-
-        def fwd(fn=fn) -> torch.Tensor:
-            with torch.no_grad():
-                return fn(x, w, bias)
-
-        fb = lambda fn=fn: fn(xg, wg, bg).backward(gout)  # noqa: E731
-        outs[name] = fwd()
-        res[name] = {"status": "ok", "fwd_peak_mib": _peak_mib(fwd), "fwdbwd_peak_mib": _peak_mib(fb)}
-        calls[name, "fwd"] = (fwd, None)
-        calls[name, "fwdbwd"] = (fb, [xg, wg, bg])
-    _fold(res, _interleaved(calls, rounds))
+    calls = {name: fn if isinstance(fn, str) else (lambda fn=fn: fn(xg, wg, bg)) for name, fn in impls.items()}
+    res, outs = _fwd_fwdbwd(calls, [xg, wg, bg], gout, rounds, "cuda")
     if "archzoo" in outs:
         for peer in ("causal_conv1d", "F.conv1d"):
             if peer in outs:
