@@ -622,8 +622,9 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
                 forget(*ATTENTION_OPS, "decode_linear")
                 with decode_attention_form(form), decode_linear_form(lin):
                     measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
-                if lin == "kernel":  # what the projections really ran (the custom op records it when it runs)
-                    row["linear_backend"] = last_backend("decode_linear") or "none"
+                if lin == "kernel":  # what the projections really ran: the GEMV records itself when it runs; a
+                    # projection that does not fit it records "cublas" eagerly and nothing while traced
+                    row["linear_backend"] = last_backend("decode_linear") or "cublas"
                 # which decode attention really ran (the custom ops record it when they run; SDPA records
                 # nothing inside a compiled step): none of the kernels means masked SDPA
                 ran = {op: last_backend(op) for op in ATTENTION_OPS if last_backend(op)}

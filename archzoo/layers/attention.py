@@ -248,8 +248,9 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def _decode(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None = None) -> torch.Tensor:
-        """A capturable step: positions from ``ctx.lengths`` (B,), K/V written by index, attention over
-        the whole static buffer with a per-row mask. No host value decides anything here."""
+        """A capturable step: positions from ``ctx.lengths`` (B,), K/V written by index, then the decode kernel
+        over each row's valid length (one token a row, where the Triton kernels run) or SDPA over the whole
+        static buffer with a per-row mask. No host value decides anything here."""
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, D)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import decode_linear
-from ..kernels.decode_linear import MAX_M  # not .triton: importing Triton here would fix its mode for the tests
+from ..kernels._dispatch import record
+from ..kernels.decode_linear import MAX_M  # not from .triton: importing Triton here would fix its mode for the tests
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
 # "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits. cuBLAS
@@ -46,11 +47,20 @@ def decode_project(
     ``decode_linear`` with the RMSNorm fused in when ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one
     dtype, at most 16 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
     elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings."""
-    if DECODE_LINEAR == "kernel" and bias is None and x.dtype == weight.dtype:
+    if DECODE_LINEAR == "kernel":
         rows = x.numel() // x.shape[-1]
-        if 1 <= rows <= MAX_M:
+        reason = None
+        if bias is not None:
+            reason = "the projection has a bias"
+        elif x.dtype != weight.dtype:
+            reason = f"the step computes in {x.dtype} and the weights are {weight.dtype}"
+        elif not 1 <= rows <= MAX_M:
+            reason = f"{rows} rows (batch x tokens) > {MAX_M}: a GEMM, not a GEMV"
+        if reason is None:
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
             return decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps).view(*x.shape[:-1], weight.shape[0])
+        if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
+            record("decode_linear", "cublas", f"DECODE_LINEAR='kernel' but F.linear runs: {reason}")
     return F.linear(norm(x) if norm is not None else x, weight, bias)
 
 

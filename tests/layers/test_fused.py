@@ -136,3 +136,30 @@ def test_release_frees_the_copies_and_generate_makes_them_again(monkeypatch):
     assert not model.decode_pool.entries
     assert all(getattr(f, "weight", None) is None and getattr(f, "dA", None) is None for f in held)
     assert torch.equal(model.generate(prompt, 5, compile=True), out)
+
+
+def test_decode_project_says_why_it_does_not_take_the_gemv(monkeypatch, caplog):
+    """DECODE_LINEAR = "kernel": shapes the GEMV takes run it; a projection it cannot take (more than 16 rows, a
+    bias) runs F.linear with the reason recorded and logged, and gives F.linear's result."""
+    import logging
+
+    import archzoo.kernels as K
+    from archzoo.kernels import _dispatch
+    from archzoo.layers import fused
+    from archzoo.layers.norm import RMSNorm
+
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(7, 12, generator=g), torch.randn(7, generator=g)
+    norm = RMSNorm(12)
+    x = torch.randn(2, 1, 12, generator=g)
+    assert_close("fits", fused.decode_project(x, w, None, norm), torch.nn.functional.linear(norm(x), w), 1e-6)
+    assert K.last_backend("decode_linear") in ("naive", "triton")
+    cases = [(torch.randn(17, 1, 12, generator=g), None, "17 rows"), (x, b, "bias")]
+    for xi, bi, why in cases:
+        with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+            got = fused.decode_project(xi, w.to(xi.dtype), bi)
+        assert K.last_backend("decode_linear") == "cublas", why
+        assert_close(why, got, torch.nn.functional.linear(xi, w.to(xi.dtype), bi), 1e-6)
+    assert any("F.linear runs" in r.getMessage() for r in caplog.records), "the reason is logged"

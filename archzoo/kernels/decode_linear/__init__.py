@@ -13,10 +13,8 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import kernel_failed, record, try_kernel, use_triton
-from ._checks import check_decode_linear
+from ._checks import MAX_M, check_decode_linear
 from .naive import naive_decode_linear, rms_norm, torch_decode_linear
-
-MAX_M = 16  # = triton.MAX_M (not imported from there: that would import Triton)
 
 
 def decode_linear(

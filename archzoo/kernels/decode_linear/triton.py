@@ -46,9 +46,7 @@ from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from .._sizes import prev_pow2 as _prev_pow2
 from .._sizes import sm_count as _sm_count
-from ._checks import check_decode_linear
-
-MAX_M = 16  # rows the kernel takes; larger M is a GEMM for cuBLAS (the dispatcher says so)
+from ._checks import MAX_M, check_decode_linear
 
 # Sizes on CUDA (first guesses, not yet run on a GPU; a tuner sets CONFIG_OVERRIDE):
 # BLOCK_N / MIN_BLOCK_N: rows of weight per program, halved down to the minimum while programs are few;
