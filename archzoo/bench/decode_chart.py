@@ -36,7 +36,7 @@ def _plain(row: dict) -> bool:
 
 
 def _is_teacher(row: dict, short: str) -> bool:
-    return short == "teacher" or row.get("source") in ("teacher", "gguf", "hf")
+    return short == "teacher" or row.get("source") == "teacher"  # a teacher name, GGUF or HF folder (resolve_source)
 
 
 def decode_chart(
