@@ -16,6 +16,7 @@ TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
     "archzoo.kernels.causal_conv1d.triton",
     "archzoo.kernels.decode_attention.triton",
     "archzoo.kernels.decode_linear.triton",
+    "archzoo.kernels.kd_loss.triton",
     "archzoo.kernels.linear_attention.triton",
 )
 

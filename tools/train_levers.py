@@ -13,8 +13,9 @@ once ``--steps`` is well above them). Variants (``--variants``, comma-separated)
 - ``fused_adamw``: ``speed.fused_adamw: true``;
 - ``compile``: ``speed.compile: true`` (regional, student and teacher blocks);
 - ``sync10``: ``speed.sync_every: 10`` (the host waits for the device every 10 steps, not twice a step);
-- ``all``: the four together;
-- ``all_b32``, ``all_b64``: the four with micro-batch 32 / 64.
+- ``fused_loss``: ``speed.fused_loss: true`` (the KD loss through ``archzoo.kernels.kd_loss_rows``);
+- ``all``: the five together;
+- ``all_b32``, ``all_b64``: the five with micro-batch 32 / 64.
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from archzoo.train.run import run_distill
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, SXM
 
+_ALL = {"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10, "fused_loss": True}
 VARIANTS = {
     "base": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": False}, None),
     "teacher_bf16": ({"teacher_dtype": "bf16", "fused_adamw": False, "compile": False}, None),
     "fused_adamw": ({"teacher_dtype": "fp32", "fused_adamw": True, "compile": False}, None),
     "compile": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": True}, None),
     "sync10": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": False, "sync_every": 10}, None),
-    "all": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, None),
-    "all_b32": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, 32),
-    "all_b64": ({"teacher_dtype": "bf16", "fused_adamw": True, "compile": True, "sync_every": 10}, 64),
+    "fused_loss": ({"teacher_dtype": "fp32", "fused_adamw": False, "compile": False, "fused_loss": True}, None),
+    "all": ({**_ALL}, None),
+    "all_b32": ({**_ALL}, 32),
+    "all_b64": ({**_ALL}, 64),
 }
 
 

@@ -254,6 +254,12 @@ class SpeedConfig(Strict):
     fused_adamw: bool | None = Field(
         default=None, description="torch's fused AdamW kernel; null: on when every parameter is on CUDA, unsharded"
     )
+    fused_loss: bool = Field(
+        default=False,
+        description="KD stages compute the forward KL and the CE with archzoo.kernels.kd_loss_rows (a Triton kernel "
+        "on CUDA): the logits are read in their dtype, their gradient made in the forward pass, nothing of size "
+        "(tokens, vocabulary) kept in fp32 or rebuilt in the backward pass. Forward KL only, without vocab_chunk",
+    )
     sync_every: int = Field(
         default=1,
         gt=0,
@@ -306,6 +312,22 @@ class RunConfig(Strict):
                 "trainer.max_steps",
                 f"max_steps={self.trainer.max_steps} exceeds the stages' {total} steps; add steps to a stage",
             )
+        if self.speed.fused_loss:
+            for i, st in enumerate(self.stages):
+                if st.type != "kd":
+                    continue
+                if st.kl != "forward":
+                    raise FieldError(
+                        "speed.fused_loss",
+                        f"the fused loss computes the forward KL only, but stage {st.name!r} has kl: {st.kl}; "
+                        "turn fused_loss off or use kl: forward",
+                    )
+                if st.vocab_chunk is not None:
+                    raise FieldError(
+                        f"stages.{i}.vocab_chunk",
+                        "the fused loss streams the vocabulary itself; vocab_chunk is for the unfused loss "
+                        "(lower token_chunk to bound its memory instead)",
+                    )
         strategy = self.trainer.strategy
         partial = any(s.type == "align" or s.trainable != ["*"] for s in self.stages)
         if strategy.startswith("ddp") and not strategy.endswith("find_unused_parameters_true") and partial:

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from archzoo.kernels import kd_loss_rows
+
 Divergence = Literal["forward", "reverse", "jsd"]
 IGNORE_INDEX = -100
 
@@ -145,6 +147,27 @@ def _rows_vocab_chunked(h_s, w_s, h_t, w_t, tgt, T: float, kind: Divergence, bet
     return kl, ce
 
 
+def _check_common(h_s, w_s, h_t, w_t, targets, temperature, beta, token_chunk, vocab_chunk) -> None:
+    """ValueError naming the argument, for ``distill_loss`` and ``fused_distill_loss``."""
+    if h_s.dim() != 2 or w_s.dim() != 2 or h_s.shape[1] != w_s.shape[1]:
+        raise ValueError(f"h_s (N, d) and w_s (V, d) must agree on d, got {tuple(h_s.shape)} and {tuple(w_s.shape)}")
+    if (h_t is None) != (w_t is None):
+        raise ValueError("h_t and w_t come together: pass both or neither")
+    N, V = h_s.shape[0], w_s.shape[0]
+    if h_t is not None and (h_t.shape[0] != N or w_t.shape[0] != V or h_t.shape[1] != w_t.shape[1]):
+        raise ValueError(f"teacher h_t {tuple(h_t.shape)} / w_t {tuple(w_t.shape)} do not match student N={N}, V={V}")
+    if targets is not None and targets.shape != (N,):
+        raise ValueError(f"targets must be (N,) = ({N},), got {tuple(targets.shape)}")
+    if h_t is None and targets is None:
+        raise ValueError("nothing to compute: pass a teacher (h_t, w_t), targets, or both")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < beta < 1:
+        raise ValueError(f"beta must lie in (0, 1), got {beta}")
+    if token_chunk < 1 or (vocab_chunk is not None and vocab_chunk < 1):
+        raise ValueError(f"token_chunk and vocab_chunk must be positive, got {token_chunk} and {vocab_chunk}")
+
+
 # ------------------------------------------------------------------------------ public
 
 
@@ -168,28 +191,10 @@ def distill_loss(
     ids with -100 to ignore. The divergence is computed at ``temperature`` and times T^2; the
     cross-entropy at temperature 1. Both are means per token.
     """
-    if h_s.dim() != 2 or w_s.dim() != 2 or h_s.shape[1] != w_s.shape[1]:
-        raise ValueError(f"h_s (N, d) and w_s (V, d) must agree on d, got {tuple(h_s.shape)} and {tuple(w_s.shape)}")
-    if (h_t is None) != (w_t is None):
-        raise ValueError("h_t and w_t come together: pass both or neither")
+    _check_common(h_s, w_s, h_t, w_t, targets, temperature, beta, token_chunk, vocab_chunk)
     N, V = h_s.shape[0], w_s.shape[0]
     if h_t is not None:
-        if h_t.shape[0] != N or w_t.shape[0] != V or h_t.shape[1] != w_t.shape[1]:
-            raise ValueError(
-                f"teacher h_t {tuple(h_t.shape)} / w_t {tuple(w_t.shape)} do not match student N={N}, V={V}"
-            )
         h_t, w_t = h_t.detach(), w_t.detach()
-    if targets is not None and targets.shape != (N,):
-        raise ValueError(f"targets must be (N,) = ({N},), got {tuple(targets.shape)}")
-    if h_t is None and targets is None:
-        raise ValueError("nothing to compute: pass a teacher (h_t, w_t), targets, or both")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0 < beta < 1:
-        raise ValueError(f"beta must lie in (0, 1), got {beta}")
-    if token_chunk < 1 or (vocab_chunk is not None and vocab_chunk < 1):
-        raise ValueError(f"token_chunk and vocab_chunk must be positive, got {token_chunk} and {vocab_chunk}")
-
     kl_sum = ce_sum = 0
     for a in range(0, N, token_chunk):
         rows = slice(a, a + token_chunk)
@@ -207,6 +212,114 @@ def distill_loss(
         n_tokens=N,
         n_targets=n_targets,
     )
+
+
+# ------------------------------------------------------------------ fused (speed.fused_loss)
+
+
+@dataclass
+class FusedKDLoss:
+    """``loss`` = kl_weight * kl + ce_weight * ce (the only output with a gradient); ``kl`` (None without a
+    teacher) and ``ce`` detached per-token means, for logging. No host synchronisation."""
+
+    loss: torch.Tensor
+    kl: torch.Tensor | None
+    ce: torch.Tensor
+
+
+class _FusedLinearKD(torch.autograd.Function):
+    """Forward: per token chunk, both LM heads' logits, then ``archzoo.kernels.kd_loss_rows`` gives the rows'
+    KL and CE and the gradient of the weighted loss with respect to the student's logits, which is turned at
+    once into the chunk's hidden-state gradient and added into the LM-head gradient. Backward: those two,
+    times the incoming scalar gradient. No logits are kept, and none are rebuilt."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, targets, temperature, kl_weight, ce_weight, token_chunk):
+        N = h_s.shape[0]
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        has_t = h_t is not None
+        dev = h_s.device
+        acc = torch.promote_types(h_s.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+        if targets is not None:
+            n_targets = (targets != IGNORE_INDEX).sum().clamp_min(1).to(acc)  # stays on the device: no sync
+            ce_scale = ce_weight / n_targets
+        else:
+            n_targets, ce_scale = None, torch.zeros((), device=dev, dtype=acc)
+        scales = torch.stack([torch.tensor(kl_weight / N if has_t else 0.0, device=dev, dtype=acc), ce_scale])
+        kl_sum = torch.zeros((), device=dev, dtype=acc)
+        ce_sum = torch.zeros_like(kl_sum)
+        dh = dw = w_c = None
+        for a in range(0, N, token_chunk):
+            rows = slice(a, a + token_chunk)
+            zs = F.linear(h_s[rows], w_s)  # autocast picks the dtype, as the unfused path's matmul
+            zt = F.linear(h_t[rows], w_t) if has_t else None
+            tgt = targets[rows] if targets is not None else None
+            kl, ce, dz = kd_loss_rows(zs, zt, tgt, temperature, scales if need else None)
+            kl_sum, ce_sum = kl_sum + kl.sum(), ce_sum + ce.sum()
+            if need:
+                if w_c is None:  # the grads' matmuls in the logits' dtype, accumulated over chunks in fp32 (or fp64)
+                    w_c, h_c = w_s.to(dz.dtype), h_s.to(dz.dtype)
+                    dh = torch.empty_like(h_s)
+                    dw = torch.zeros(w_s.shape, device=dev, dtype=torch.promote_types(w_s.dtype, torch.float32))
+                dh[rows] = (dz @ w_c).to(dh.dtype)
+                dw += (dz.T @ h_c[rows]).to(dw.dtype)
+        if need and dh is None:  # no tokens
+            dh = torch.zeros_like(h_s)
+            dw = torch.zeros(w_s.shape, device=dev, dtype=torch.promote_types(w_s.dtype, torch.float32))
+        ctx.save_for_backward(dh, dw)
+        ctx.w_dtype = w_s.dtype
+        kl_mean = kl_sum / N if has_t else None
+        ce_mean = ce_sum / n_targets if targets is not None else ce_sum
+        loss = ce_weight * ce_mean if targets is not None else torch.zeros_like(kl_sum)
+        if has_t:
+            loss = loss + kl_weight * kl_mean
+        outs = (loss, kl_mean if has_t else torch.zeros_like(loss), ce_mean)
+        ctx.mark_non_differentiable(outs[1], outs[2])
+        return outs
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_kl, _g_ce):
+        dh, dw = ctx.saved_tensors
+        gh = gw = None
+        if ctx.needs_input_grad[0]:
+            gh = dh * g_loss.to(dh.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = (dw * g_loss.to(dw.dtype)).to(ctx.w_dtype)
+        return gh, gw, None, None, None, None, None, None, None
+
+
+def fused_distill_loss(
+    h_s: torch.Tensor,
+    w_s: torch.Tensor,
+    h_t: torch.Tensor | None = None,
+    w_t: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    kl_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    token_chunk: int = 1024,
+) -> FusedKDLoss:
+    """``distill_loss``'s forward KL and CE with the logit work fused (``speed.fused_loss``), as one weighted loss.
+
+    Same arguments and means as ``distill_loss(kind="forward")``; returns ``kl_weight * kl + ce_weight * ce``
+    with its gradient, and the two means detached. Why: the unfused path runs PyTorch's log_softmax, exp and
+    sums on fp32 (token_chunk, V) tensors, and under checkpointing rebuilds each chunk's logits in the backward
+    pass; here ``archzoo.kernels.kd_loss_rows`` (a Triton kernel on CUDA) reads each chunk's logits in their
+    dtype and writes only their gradient, which the same forward call turns into the hidden-state and LM-head
+    gradients (the gradient is computed before it is asked for, as Liger-Kernel's fused linear losses do).
+    The price: a (N, d_s) and a (V, d_s) fp32 gradient held from forward to backward, and every backward
+    call must be the loss's own (no second-order gradients). Only the forward KL (``kl: forward``).
+    """
+    _check_common(h_s, w_s, h_t, w_t, targets, temperature, 0.5, token_chunk, None)
+    if kl_weight < 0 or ce_weight < 0:
+        raise ValueError(f"kl_weight and ce_weight must be >= 0, got {kl_weight} and {ce_weight}")
+    if h_t is not None:
+        h_t, w_t = h_t.detach(), w_t.detach()
+    loss, kl, ce = _FusedLinearKD.apply(
+        h_s, w_s, h_t, w_t, targets, float(temperature), float(kl_weight), float(ce_weight), int(token_chunk)
+    )
+    return FusedKDLoss(loss=loss, kl=kl if h_t is not None else None, ce=ce)
 
 
 def align_loss(

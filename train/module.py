@@ -37,7 +37,7 @@ from archzoo.layers import ForwardContext
 
 from .config import AlignStage, KDStage, RunConfig
 from .forward import final_hidden, teacher_mixer_io
-from .losses import align_loss, distill_loss
+from .losses import align_loss, distill_loss, fused_distill_loss
 from .optim import param_groups
 from .sharding import FSDP2Strategy, gathered, init_root, is_sharded, reshard, shard_student
 
@@ -259,6 +259,23 @@ class DistillModule(L.LightningModule):
             with torch.no_grad():
                 h_t = final_hidden(self.teacher, ids).flatten(0, 1)  # (B T, d_t)
         h_s = final_hidden(self.student, ids).flatten(0, 1)  # (B T, d_s)
+        aux = self.student.aux_loss
+        if self.run_cfg.speed.fused_loss:
+            fused = fused_distill_loss(
+                h_s,
+                self._student_head(),
+                h_t,
+                self.teacher.lm_head.weight if use_kl else None,
+                targets.flatten(),
+                temperature=stage.temperature,
+                kl_weight=stage.kl_weight,
+                ce_weight=stage.ce_weight,
+                token_chunk=stage.token_chunk,
+            )
+            parts = {"aux": aux.detach(), "ce": fused.ce}
+            if use_kl:
+                parts["kl"] = fused.kl
+            return stage.aux_weight * aux + fused.loss, parts
         out = distill_loss(
             h_s,
             self._student_head(),
@@ -271,7 +288,6 @@ class DistillModule(L.LightningModule):
             token_chunk=stage.token_chunk,
             vocab_chunk=stage.vocab_chunk,
         )
-        aux = self.student.aux_loss
         loss = stage.aux_weight * aux
         parts = {"aux": aux.detach(), "ce": out.ce.detach()}
         if use_kl:

@@ -17,6 +17,7 @@ from ._capture import (
 )
 from ._dispatch import last_backend
 from .causal_conv1d import causal_conv1d_fn
+from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
 from .selective_scan import selective_scan_fn
 
@@ -27,6 +28,7 @@ __all__ = [
     "decode_attention_mla",
     "decode_attention_ring",
     "decode_linear",
+    "kd_loss_rows",
     "last_backend",
     "linear_attention",
     "linear_attention_update",

@@ -33,13 +33,15 @@ GOOD = {
 }
 
 
-def _edit(path: str, value):
+def _edit(path: str, value, *more):
+    """GOOD with ``path`` set to ``value`` (and each further (path, value) pair in ``more``)."""
     data = copy.deepcopy(GOOD)
-    d = data
-    *head, last = path.split(".")
-    for k in head:
-        d = d[int(k)] if k.isdigit() else d.setdefault(k, {})
-    d[last] = value
+    for key, new in ((path, value), *zip(more[::2], more[1::2], strict=True)):
+        d = data
+        *head, last = key.split(".")
+        for k in head:
+            d = d[int(k)] if k.isdigit() else d.setdefault(k, {})
+        d[last] = new
     return data
 
 
@@ -91,6 +93,16 @@ BAD = [
     ("options without convert", _edit("student.convert", {"seed": 1}), "student.convert: converter options need init"),
     ("layer map length", _edit("student.teacher_layers", [0]), "student.teacher_layers: lists 1 layers but"),
     ("missing teacher", _edit("teacher", ""), "teacher: String should have at least 1 character"),
+    (
+        "fused loss, reverse KL",
+        _edit("speed.fused_loss", True, "stages.1.kl", "reverse"),
+        "speed.fused_loss: the fused loss computes the forward KL only, but stage 'kd' has kl: reverse",
+    ),
+    (
+        "fused loss, vocab chunks",
+        _edit("speed.fused_loss", True, "stages.1.vocab_chunk", 64),
+        "stages.1.vocab_chunk: the fused loss streams the vocabulary itself",
+    ),
 ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archzoo.train.losses import align_loss, distill_loss, token_divergence
+from archzoo.train.losses import align_loss, distill_loss, fused_distill_loss, token_divergence
 
 from conftest import assert_close
 
@@ -128,3 +128,69 @@ def test_bad_arguments_name_the_argument():
         distill_loss(h, torch.randn(5, 3), targets=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="kind"):
         token_divergence(h, h, kind="fwd")
+
+
+@pytest.mark.parametrize("token_chunk", [1, 5, 100])
+@pytest.mark.parametrize("teacher,ce_w", [(True, 0.6), (True, 0.0), (False, 1.0)])
+def test_fused_loss_equals_the_unchunked_losses_with_gradients(token_chunk, teacher, ce_w):
+    """speed.fused_loss: the weighted loss, its parts and the gradients of h_s and w_s, in float64 to round-off."""
+    torch.manual_seed(1)
+    N, V, ds, dt = 13, 37, 6, 8
+    h_s = torch.randn(N, ds, dtype=torch.float64, requires_grad=True)
+    w_s = torch.randn(V, ds, dtype=torch.float64, requires_grad=True)
+    h_t, w_t = torch.randn(N, dt, dtype=torch.float64), torch.randn(V, dt, dtype=torch.float64)
+    targets = torch.randint(V, (N,))
+    targets[[2, 9]] = -100
+    T, kl_w = 1.7, 0.8
+    zs = h_s @ w_s.T
+    ref_ce = F.cross_entropy(zs, targets, ignore_index=-100)
+    ref_kl = token_divergence(zs, h_t @ w_t.T, "forward", T).mean() if teacher else None
+    ref = ce_w * ref_ce + (kl_w * ref_kl if teacher else 0)
+    ref_gs, ref_gw = torch.autograd.grad(ref, (h_s, w_s))
+
+    out = fused_distill_loss(h_s, w_s, *((h_t, w_t) if teacher else (None, None)), targets, temperature=T,
+                             kl_weight=kl_w, ce_weight=ce_w, token_chunk=token_chunk)  # fmt: skip
+    assert not out.ce.requires_grad and (out.kl is None) == (not teacher)
+    gs, gw = torch.autograd.grad(3.0 * out.loss, (h_s, w_s))  # the incoming gradient scales the stored ones
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ce, ref_ce.detach(), rtol=1e-12, atol=1e-12)
+    if teacher:
+        torch.testing.assert_close(out.kl, ref_kl.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gs, 3.0 * ref_gs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, 3.0 * ref_gw, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_loss_through_the_triton_kernel(monkeypatch):
+    """The same in fp32 with the Triton kernel (the interpreter on CPU), gradients within fp32 round-off."""
+    from archzoo.kernels._testing import import_triton_kernels
+
+    mods, skip = import_triton_kernels("archzoo.kernels.kd_loss.triton")
+    if skip or torch.cuda.is_available():
+        pytest.skip(skip or "the GPU test covers the kernel on CUDA")
+    import archzoo.kernels as K
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(2)
+    N, V, d = 11, 37, 5
+    h_s = torch.randn(N, d, requires_grad=True)
+    w_s = torch.randn(V, d, requires_grad=True)
+    h_t, w_t, targets = torch.randn(N, d), torch.randn(V, d), torch.randint(V, (N,))
+    ref = distill_loss(h_s, w_s, h_t, w_t, targets, temperature=2.0, token_chunk=4)
+    ref_g = torch.autograd.grad(ref.kl + 0.5 * ref.ce, (h_s, w_s))
+    out = fused_distill_loss(h_s, w_s, h_t, w_t, targets, temperature=2.0, ce_weight=0.5, token_chunk=4)
+    assert K.last_backend("kd_loss_rows") == "triton"
+    g = torch.autograd.grad(out.loss, (h_s, w_s))
+    assert_close("kl", out.kl, ref.kl, 1e-6)
+    assert_close("ce", out.ce, ref.ce, 1e-6)
+    assert_close("grad h_s", g[0], ref_g[0], 1e-5)
+    assert_close("grad w_s", g[1], ref_g[1], 1e-5)
+
+
+def test_fused_loss_without_gradients_and_with_bad_arguments():
+    h, w = torch.randn(4, 3), torch.randn(9, 3)
+    out = fused_distill_loss(h, w, h, w, torch.tensor([1, 2, 3, -100]))
+    assert float(out.kl) == pytest.approx(0.0, abs=1e-6) and not out.loss.requires_grad
+    with pytest.raises(ValueError, match="nothing to compute"):
+        fused_distill_loss(h, w)
+    with pytest.raises(ValueError, match="kl_weight and ce_weight must be >= 0"):
+        fused_distill_loss(h, w, targets=torch.zeros(4, dtype=torch.long), ce_weight=-1.0)

@@ -283,6 +283,22 @@ def test_speed_levers_keep_the_losses(teacher_dir, tmp_path, monkeypatch):
     assert seen["teacher"] == torch.float16
 
 
+def test_fused_loss_keeps_the_losses(teacher_dir, tmp_path):
+    """speed.fused_loss: the KD stage's loss and its logged parts are those of the unfused loss (the reference
+    kd_loss_rows on CPU; tests/kernels/test_kd_loss.py holds the kernel to it)."""
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    run_distill(_config(teacher_dir), plain)
+    run_distill(_config(teacher_dir, speed={"fused_loss": True}), fused)
+    for key in ("train/loss", "train/kl", "train/ce"):
+        with open(plain / "logs" / "metrics.csv", newline="") as f:
+            want = {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+        with open(fused / "logs" / "metrics.csv", newline="") as f:
+            got = {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+        assert sorted(got) == sorted(want) and want, key
+        for step in want:
+            assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"{key} at step {step}"
+
+
 def test_sync_every_waits_per_window_and_still_stops_before_a_diverged_checkpoint(teacher_dir, tmp_path, monkeypatch):
     """speed.sync_every = 4: the same losses as waiting every step; throughput logged per window; a NaN at step 4
     is caught before the checkpoint of step 6 is written, so the last checkpoint is still step 3's."""
