@@ -12,6 +12,8 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
 
     python tools/sm90_compile.py --op scan --l 4096
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
+    python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
+    python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
 """
 
 from __future__ import annotations
@@ -126,9 +128,56 @@ def _scan_calls(b: int, d: int, L: int, n: int, config: dict) -> list:
     return [(nm, *c) for nm, c in zip(names, calls, strict=True)]
 
 
+# The teacher's (SmolLM2-135M) decode projections: name -> (N, K, RMSNorm fused)
+GEMV_SHAPES = {"qkv": (960, 576, True), "o": (576, 576, False), "gate_up": (3072, 576, True), "down": (576, 1536, False)}
+
+
+def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
+    """The decode GEMV's launches at the teacher's projections, planned as on a GPU of ``sms`` SMs (bf16)."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    out = []
+    bf = dict(dtype=torch.bfloat16)
+    for M in ms:
+        for name, (N, K, norm) in GEMV_SHAPES.items():
+            x, w = torch.randn(M, K, **bf), torch.randn(N, K, **bf)
+            nw = torch.randn(K, **bf) if norm else None
+            with (
+                mock.patch.object(gt, "_config", lambda dev: {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
+                record_launches(gt) as calls,
+            ):
+                gt._PLANS.clear()
+                gt._run(x, w, nw, 1e-5)
+            gt._PLANS.clear()
+            for i, (fn, grid, a, kw) in enumerate(calls):
+                if "DOT_F32" in kw and kw["H_DTYPE"] == gt._TL_DTYPE[torch.bfloat16]:
+                    kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens on CPU only)
+                out.append((f"{name} M={M}" + (" reduce" if i else ""), fn, grid, a, kw))
+    return out
+
+
+def _kd_loss_calls(n: int = 1024, V: int = 49152) -> list:
+    """kd_loss_rows' kernel at a 1,024-token chunk of the teacher's vocabulary: bf16 and fp32 logits, with a
+    teacher and targets at T = 1 and 2, forward only (no gradient), and CE only."""
+    from archzoo.kernels.kd_loss import triton as kt
+
+    out = []
+    cfg = kt.CUDA_CONFIG
+    for dt in (torch.bfloat16, torch.float32):
+        zs, zt, g = torch.empty(n, V, dtype=dt), torch.empty(n, V, dtype=dt), torch.empty(n, V, dtype=dt)
+        t, sc, kl, ce = torch.zeros(n, dtype=torch.long), torch.zeros(2), torch.zeros(n), torch.zeros(n)
+        for teacher, targets, need, T in ((1, 1, 1, 1.0), (1, 1, 1, 2.0), (1, 0, 0, 1.0), (0, 1, 1, 1.0)):
+            args = (zs, zt, t, sc, kl, ce, g, V, V, V, V, T, -100)
+            kw = dict(HAS_TEACHER=bool(teacher), HAS_TARGETS=bool(targets), NEED_GRAD=bool(need), SAME_T=T == 1.0,
+                      BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"])  # fmt: skip
+            name = f"{str(dt).split('.')[-1]} teacher={teacher} targets={targets} grad={need} T={T}"
+            out.append((name, kt._kd_rows_kernel, (n,), args, kw))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--op", choices=["scan"], default="scan")
+    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss"], default="scan")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--l", type=int, default=4096)
@@ -136,8 +185,12 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON for the op's CONFIG_OVERRIDE")
     ap.add_argument("--sass", help="write each kernel's SASS to this folder")
     args = ap.parse_args()
-    calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
-    print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
+    if args.op == "scan":
+        calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
+        print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
+    else:
+        calls = _gemv_calls() if args.op == "gemv" else _kd_loss_calls()
+        print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))
         meta = {k: v for k, v in kw.items() if k.isupper() or k == "num_warps"}
