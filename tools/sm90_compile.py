@@ -129,7 +129,12 @@ def _scan_calls(b: int, d: int, L: int, n: int, config: dict) -> list:
 
 
 # The teacher's (SmolLM2-135M) decode projections: name -> (N, K, RMSNorm fused)
-GEMV_SHAPES = {"qkv": (960, 576, True), "o": (576, 576, False), "gate_up": (3072, 576, True), "down": (576, 1536, False)}
+GEMV_SHAPES = {
+    "qkv": (960, 576, True),
+    "o": (576, 576, False),
+    "gate_up": (3072, 576, True),
+    "down": (576, 1536, False),
+}
 
 
 def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
