@@ -70,9 +70,10 @@ class DecodePool:
     """Captured decode steps of one model, keyed by their shapes and settings (LRU).
 
     A captured graph reads the weights at the addresses they had when it was captured. ``weights`` is the
-    signature of those addresses (``weight_addresses``); when the model's tensors moved (``load_state_dict(...,
-    assign=True)``, ``.to()`` there and back, a parameter replaced), every entry is dropped and the next
-    call captures anew. Values changed in place need nothing: the graph reads them.
+    signature of those addresses and of the fused decode copies (``weight_addresses``); when the model's
+    tensors moved (``load_state_dict(..., assign=True)``, ``.to()`` there and back, a parameter replaced, the
+    copies released and made anew), every entry is dropped and the next call captures anew. Values changed
+    in place need nothing: the graph reads them.
     """
 
     def __init__(self):
@@ -99,8 +100,24 @@ class DecodePool:
 
 
 def weight_addresses(model) -> int:
-    """A hash of where every parameter and buffer of ``model`` lives (storage address, dtype, device)."""
-    return hash(tuple((t.data_ptr(), t.dtype, t.device) for t in (*model.parameters(), *model.buffers())))
+    """A hash of where every parameter and buffer of ``model`` lives (storage address, dtype, device), and of
+    the decode copies ``refresh_fused`` made (``layers/fused.py``): a captured step reads those too, and
+    ``release_fused`` frees them without moving a parameter, so the next refresh puts them elsewhere. A draft's
+    copies matter most: its rounds are pooled in the target's pool, which the draft's ``release_fused`` does not
+    clear."""
+    tensors = (*model.parameters(), *model.buffers(), *_fused_tensors(model))
+    return hash(tuple((t.data_ptr(), t.dtype, t.device) for t in tensors))
+
+
+def _fused_tensors(model) -> list[torch.Tensor]:
+    """The tensors every layer's ``fused`` object holds now (none before the first refresh)."""
+    return [
+        v
+        for m in model.modules()
+        if getattr(m, "fused", None) is not None
+        for v in vars(m.fused).values()
+        if isinstance(v, torch.Tensor)
+    ]
 
 
 def normalise_prompts(

@@ -25,6 +25,16 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles its own model's blocks, and every block compiles under one code object
+    (``Block.forward``) whose entries dynamo caps (``allow_recompiles``: 64): eighteen students times two tests,
+    plus what other GPU test files compiled in the same process, would reach the cap."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("path", STUDENTS, ids=lambda p: Path(p).stem)
 def test_compiled_blocks_step_equals_eager_in_fp32(path):
     torch.manual_seed(0)

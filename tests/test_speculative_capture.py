@@ -218,6 +218,31 @@ def test_pooled_round_is_reused(monkeypatch):
     torch._dynamo.reset()
 
 
+def test_pooled_round_dropped_when_the_draft_releases_its_copies(monkeypatch):
+    """The draft's ``release_fused`` frees the fused copies a captured round reads, and the next refresh makes them
+    elsewhere; the round sits in the target's pool, which the draft's release cannot clear, so the pool's key must
+    see the move (``weight_addresses`` covers the copies): the next call builds (captures) a new round instead of
+    replaying one that reads freed memory."""
+    target = f64_model(FAMILIES["gqa"])
+    draft = noisy_copy(target, 0.005)
+    for m in (target, draft):
+        monkeypatch.setattr(type(m), "compile_backend", "eager")
+    torch._dynamo.reset()
+    rows = prompts()
+    ref = target.generate(rows, 8, compile=False)
+    target.generate(rows, 8, draft=draft, num_draft_tokens=3, compile=True)
+    old = next(s for key, s in target.decode_pool.entries.items() if key[0] == "speculative")
+    held = [m.fused.weight for m in draft.modules() if getattr(m, "fused", None) is not None]
+    draft.release_fused()  # ``held`` keeps the old copies' memory, so the new ones surely land elsewhere
+    out = target.generate(rows, 8, draft=draft, num_draft_tokens=3, compile=True)
+    assert target.last_generate_stats["compile_s"] > 0, "a round over the released copies was reused"
+    rounds = [s for key, s in target.decode_pool.entries.items() if key[0] == "speculative"]
+    assert rounds and all(s is not old for s in rounds)
+    assert all(torch.equal(r, o) for r, o in zip(ref, out, strict=True))
+    del held
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------------------------------------ CUDA
 
 
@@ -229,6 +254,17 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
+@pytest.fixture
+def _fresh_dynamo():
+    """Every block of every model compiles under one code object (``Block.forward``), whose compiled entries dynamo
+    caps (``allow_recompiles``: 64); a GPU run of several test files in one process (tests/test_gpu_decode.py's
+    eighteen students first) would otherwise reach the cap here and fail with FailOnRecompileLimitHit, whatever
+    the round does."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _cuda_fp32(model):
     return model.float().cuda()
 
@@ -236,7 +272,7 @@ def _cuda_fp32(model):
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("draft_family", ["mamba", "gqa"])
-def test_captured_speculative_equals_eager_on_cuda(draft_family, _no_tf32):
+def test_captured_speculative_equals_eager_on_cuda(draft_family, _no_tf32, _fresh_dynamo):
     """A teacher-shaped tiny target (GQA, SwiGLU): the round captured in one CUDA graph (inductor blocks) gives the
     eager speculative tokens and the target's own; a second call replays the pooled graph."""
     target = f64_model(FAMILIES["gqa"])
@@ -259,7 +295,7 @@ def test_captured_speculative_equals_eager_on_cuda(draft_family, _no_tf32):
 
 @pytest.mark.gpu
 @requires_cuda
-def test_replaying_target_on_cuda_runs_uncaptured(_no_tf32):
+def test_replaying_target_on_cuda_runs_uncaptured(_no_tf32, _fresh_dynamo):
     target = f64_model(FAMILIES["jamba"])
     target, draft = _cuda_fp32(target), _cuda_fp32(noisy_copy(target, 0.005))
     rows = [r.cuda() for r in prompts()]
@@ -271,7 +307,7 @@ def test_replaying_target_on_cuda_runs_uncaptured(_no_tf32):
 
 @pytest.mark.gpu
 @requires_cuda
-def test_captured_sampling_follows_the_target(_no_tf32):
+def test_captured_sampling_follows_the_target(_no_tf32, _fresh_dynamo):
     """Sampling inside the captured round (default generator): the second new token's marginal is the target's."""
     from test_speculative import probabilities, tiny_vocab_model, total_variation
 
