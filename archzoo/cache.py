@@ -55,6 +55,10 @@ class Cache:
         # Decode steps through this cache read the layers' fused projection copies (layers/fused.py);
         # whoever sets it keeps them fresh with ArchZooLM.refresh_fused() (generate does).
         self.fused_weights = False
+        # Decode steps through this cache run the model's compiled step blocks when it has them
+        # (ArchZooLM.compile_step_blocks). generate clears it for a call that does not compile, so that call
+        # runs the plain blocks even after an earlier one compiled them.
+        self.compiled_blocks = True
 
     @property
     def seq_len(self) -> int:
@@ -93,6 +97,7 @@ class Cache:
         view.batch_size = view.lengths.shape[0]
         view.host_max_len = self.host_max_len
         view.fused_weights = self.fused_weights
+        view.compiled_blocks = self.compiled_blocks
         return view
 
     @property

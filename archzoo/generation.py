@@ -15,10 +15,10 @@ whose shapes never change, compiled and captured in a CUDA graph that is replaye
 
 Graphs hold the addresses of their buffers, so a captured step lives with its cache. Caches are
 allocated in length buckets (the next power of two of prompt + new tokens, at least 256), and a
-graph is kept per (batch size, bucket, dtype, sampling settings, EOS ids): a new prompt length
-within the bucket reuses it. The pool keeps the ``GRAPHS_KEPT`` most recently used; ``clear()``
-frees them. The first call for a key pays the compile and capture, reported in
-``model.last_generate_stats["compile_s"]``, never hidden.
+graph is kept per (batch size, bucket, dtype, sampling settings, EOS ids, ``decode_switches()``): a new
+prompt length within the bucket reuses it, a flipped kernel switch captures anew. The pool keeps the
+``GRAPHS_KEPT`` most recently used; ``clear()`` frees them. The first call for a key pays the compile and
+capture, reported in ``model.last_generate_stats["compile_s"]``, never hidden.
 
 Prompts of different lengths: each row's cache holds its own prompt from position 0 (no left
 padding) and the cache's per-row ``lengths`` say how far; rows are prefilled one at a time through
@@ -27,6 +27,10 @@ padding) and the cache's per-row ``lengths`` say how far; rows are prefilled one
 Speculative decoding (``draft=``) runs ``archzoo.speculative``'s static round instead of the step; with
 ``compile=True`` the round is pooled here too (``_get_round``, under keys of its own) and, on CUDA for a target
 that rewinds by length, captured whole in one graph by the same ``_capture``.
+
+A call whose decode forwards an MoE layer would route by sorting (more than ``MoE.STATIC_MAX_TOKENS`` tokens:
+the batch, or batch x (k+1) in a speculative verify) cannot be compiled whole or captured (``uncapturable``);
+it runs eagerly, the reason logged once and kept in ``last_generate_stats["uncaptured"]``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ from dataclasses import dataclass
 import torch
 
 from .cache import Cache
+from .kernels._dispatch import once
+from .layers import attention as attention_layer
+from .layers import fused as fused_layer
+from .layers.moe import MoE
 from .sampling import sample_next
 from .speculative import SpeculativeRound, cache_length, check_draft, speculative_generate
 
@@ -97,6 +105,50 @@ class DecodePool:
 
     def __getstate__(self) -> dict:
         return {"entries": OrderedDict()}
+
+
+def decode_switches() -> tuple[tuple[str, str], ...]:
+    """The module-level switches that pick the kernels a decode step runs, read while the step is traced; part of
+    every pool key (``_get_step``, ``_get_round``).
+
+    ``layers.fused.DECODE_LINEAR`` (the step's projections: ``F.linear`` or the GEMV kernel) and
+    ``layers.attention.DECODE_ATTENTION`` (softmax and MLA decode attention: the decode kernel or masked SDPA). A
+    captured graph replays the kernels it captured and reads neither again, so a pooled graph captured under one
+    setting would run on after user code flipped it; in the key, a flip captures anew (and flipping back finds the
+    old entry). The compiled blocks need nothing: dynamo guards on the module globals a traced step reads (each
+    switch is read first, wherever a step consults it), so a flip recompiles them; tests hold both.
+    Not here: ``layers.moe.DISPATCH``, read only on MoE's sorted path, which no compiled or captured step takes
+    (``uncapturable``); ``kernels._launch.FAST_LAUNCH``, which changes how the host launches a kernel, not which
+    kernel a graph holds.
+    """
+    return (("DECODE_LINEAR", fused_layer.DECODE_LINEAR), ("DECODE_ATTENTION", attention_layer.DECODE_ATTENTION))
+
+
+def uncapturable(model, rows: int) -> str | None:
+    """Why a decode forward of ``rows`` tokens through ``model`` (a step: the batch; a speculative verify: batch x
+    (k+1)) cannot be compiled whole or captured, or None when it can.
+
+    An MoE layer routes more than ``MoE.STATIC_MAX_TOKENS`` tokens, or any number under a capacity (training mode,
+    ``capacity_at_inference``), by sorting (``MoE.static_unfit``), and its per-expert loop reads the experts'
+    loads on the host (``kept.tolist()``): dynamo cannot trace that into one graph (``fullgraph=True`` fails on the
+    data-dependent split), and inside a CUDA graph capture the read fails with an obscure CUDA error.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, MoE) and (why := m.static_unfit(rows)) is not None:
+            return f"MoE layer {name}: {why}"
+    return None
+
+
+def _run_eagerly(stats: dict, reason: str) -> None:
+    """Record (and log once) why a call that asked to compile runs eagerly instead.
+
+    Eager, not an error: as a speculative target that must replay runs its rounds uncaptured, the call is
+    correct, only slower (past the token limit the batch is large, where the launches a graph saves weigh least);
+    raising would make the default ``compile=None`` fail on CUDA for a batch the model decodes. Eager, not
+    compiled without the graph: the sorted path does not trace whole either. ``backend`` then says "eager" /
+    "speculative" and ``uncaptured`` says why, so a benchmark does not credit a captured step."""
+    stats["uncaptured"] = reason
+    once("generate_uncaptured", f"generate runs this call eagerly, neither compiled nor captured: {reason}")
 
 
 def weight_addresses(model) -> int:
@@ -200,6 +252,15 @@ def generate(
                 "generator= needs compile=False: a compiled, captured speculative round draws from the default "
                 "generator (seed it with torch.manual_seed)"
             )
+        if compile:
+            k1 = num_draft_tokens + 1
+            if why := uncapturable(model, B * k1):
+                why = f"the target's verify forward of batch {B} x (k+1) = {B} x {k1} = {B * k1} tokens: {why}"
+            elif why := uncapturable(draft, B):
+                why = f"the draft's decode steps of batch {B}: {why}"
+            if why:
+                _run_eagerly(stats, why)
+                compile = graphs = False
         if compile:  # both models' steps compiled by block; each new step length compiles on first use
             model.compile_step_blocks()
             draft.compile_step_blocks()
@@ -217,6 +278,9 @@ def generate(
         )  # fmt: skip
         model.last_generate_stats = stats
         return _assemble(rows, new[:, :max_new_tokens], form, input_ids, eos_ids, pad_token_id)
+    if compile and (why := uncapturable(model, B)):
+        _run_eagerly(stats, f"a decode step of batch {B}: {why}")
+        compile = graphs = False
     stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
     model.refresh_fused()  # before any capture: the steps read the fused projection copies (layers/fused.py)
 
@@ -269,7 +333,7 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     """A ready step for these settings (a pooled one when compiling), and the seconds spent compiling it."""
     dev, dtype = model.embed.weight.device, model.embed.weight.dtype
     length = bucket_length(total) if compile else total
-    key = (B, length, dtype, str(dev), temperature, top_k, top_p, tuple(eos_ids))
+    key = (B, length, dtype, str(dev), temperature, top_k, top_p, tuple(eos_ids), decode_switches())
     pool: DecodePool = model.decode_pool
     if compile:
         pool.check_weights(model)
@@ -281,6 +345,7 @@ def _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, co
     t0 = _now(dev)
     cache = model.new_cache(B, length)
     cache.fused_weights = True
+    cache.compiled_blocks = compile  # an eager call runs the plain blocks, even after a compiled call made others
     s = _Step(
         cache=cache,
         token=torch.zeros(B, 1, dtype=torch.long, device=dev),
@@ -311,8 +376,9 @@ def _get_round(
     """A speculative round for these settings, and the seconds spent compiling / capturing it.
 
     With ``compile`` it is pooled in the target's ``decode_pool`` beside the plain decode steps, under a key of
-    its own (``"speculative"``, batch size, length bucket, k, dtype, device, sampling settings, EOS ids, the
-    draft and where its weights live): the entry holds both caches, so it is reused only for the same draft.
+    its own (``"speculative"``, batch size, length bucket, k, dtype, device, sampling settings, EOS ids,
+    ``decode_switches()``, the draft and where its weights live): the entry holds both caches, so it is reused
+    only for the same draft.
     On CUDA a round whose target rewinds by length is captured whole in one CUDA graph (``_capture``: warmed up
     on a side stream, which compiles the blocks, then captured); a target that replays after a rollback reads
     the host every round and runs uncaptured.
@@ -322,6 +388,8 @@ def _get_round(
 
     def build() -> SpeculativeRound:
         caches = (model.new_cache(B, length), draft.new_cache(B, length))
+        for c in caches:
+            c.compiled_blocks = compile  # an eager call runs the plain blocks, even after a compiled call
         return SpeculativeRound(model, draft, caches, k, temperature, top_k, top_p, eos_ids, generator)
 
     if not compile:
@@ -330,7 +398,7 @@ def _get_round(
     pool.check_weights(model)
     draft_sig = weight_addresses(draft)
     settings = (temperature, top_k, top_p, tuple(eos_ids))
-    key = ("speculative", B, length, k, dtype, str(dev), *settings, id(draft), draft_sig)
+    key = ("speculative", B, length, k, dtype, str(dev), *settings, decode_switches(), id(draft), draft_sig)
     for old in [e for e in pool.entries if e[0] == "speculative" and e[-2] == id(draft) and e[-1] != draft_sig]:
         del pool.entries[old]  # rounds captured before the draft's weights moved
     if key in pool.entries:

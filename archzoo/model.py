@@ -136,7 +136,7 @@ class ArchZooLM(nn.Module):
         ctx = ForwardContext(pos=0) if cache is None else self._context(cache, B, T)
         x = self.embed(input_ids)  # (B, T, d)
         blocks = self.blocks if n_blocks is None else self.blocks[:n_blocks]
-        if ctx.decoding and self.step_blocks is not None:
+        if ctx.decoding and self.step_blocks is not None and cache.compiled_blocks:
             blocks = self.step_blocks  # compiled copies of the blocks, for decode steps (see compile_step_blocks)
         for i, block in enumerate(blocks):
             x = block(x, cache.layers[i] if cache is not None else None, ctx)
@@ -252,7 +252,9 @@ class ArchZooLM(nn.Module):
         ``compile`` (default: on for CUDA): the decode step is compiled and captured in a CUDA graph,
         cached per batch size and length bucket (see ``archzoo.generation``); the first call for a
         new shape pays the compile, reported in ``self.last_generate_stats`` with the prefill and
-        decode times.
+        decode times. A call whose MoE layers would route by sorting (a batch, or batch x (k+1) in a
+        speculative verify, past ``MoE.STATIC_MAX_TOKENS``) runs eagerly instead, saying why
+        (``last_generate_stats["uncaptured"]``, logged once); ``compile=False`` runs the plain blocks.
 
         ``draft`` (a model of the zoo with the same vocabulary and tokenizer): speculative decoding
         (``archzoo.speculative``). The draft proposes ``num_draft_tokens`` tokens one at a time, this

@@ -96,7 +96,8 @@ def _forward(model, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
     # per-row positions from the device lengths; the fused projection copies when the cache asks for them
     ctx = ForwardContext(pos=None, lengths=cache.lengths, fused=cache.fused_weights)
     x = model.embed(ids)  # (B, T, d)
-    blocks = model.step_blocks or model.blocks  # compiled by block when generate(compile=True) asked for it
+    # compiled by block when generate(compile=True) asked for it (and the cache lets it: Cache.compiled_blocks)
+    blocks = model.step_blocks if model.step_blocks is not None and cache.compiled_blocks else model.blocks
     for block, state in zip(blocks, cache.layers, strict=True):
         x = block(x, state, ctx)
     cache.lengths.add_(ids.shape[1])

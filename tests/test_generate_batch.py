@@ -119,3 +119,93 @@ def test_pool_recaptures_when_the_weights_move(monkeypatch):
     out = model.generate(prompt, 6, compile=True)
     assert first not in model.decode_pool.entries.values(), "moved weights: captured anew"
     assert torch.equal(out, other.generate(prompt, 6, compile=False))
+
+
+# The switches of ``generation.decode_switches``: (module, value that leaves the kernel off, value that turns it on,
+# the kernel's name in that module, its reference to wrap, whether the switch acts only where the kernels run).
+def _switch(name: str):
+    from archzoo.kernels.decode_attention.naive import naive_decode_attention
+    from archzoo.kernels.decode_linear.naive import naive_decode_linear
+    from archzoo.layers import attention, fused
+
+    return {
+        "DECODE_LINEAR": (fused, "cublas", "kernel", "decode_linear", naive_decode_linear, False),
+        "DECODE_ATTENTION": (attention, "sdpa", "kernel", "decode_attention", naive_decode_attention, True),
+    }[name]
+
+
+@pytest.mark.parametrize("switch", ["DECODE_LINEAR", "DECODE_ATTENTION"])
+def test_a_flipped_decode_switch_gets_its_own_pooled_step(switch, monkeypatch):
+    """A captured graph replays the kernels it was captured with, whatever a switch says later: the pool's key holds
+    ``decode_switches()``, so a flip between two compiled calls builds (on CUDA: captures) a step of its own, and
+    flipping back finds the first again. The tokens follow the switch: the kernel it turns on is replaced by its
+    reference scaled by 1.5, so the two settings decode differently, and the compiled blocks run the current
+    setting's form (dynamo guards on the module global: a flip recompiles)."""
+    from archzoo.generation import decode_switches
+
+    module, off, on, kernel, reference, where_kernels_run = _switch(switch)
+    if where_kernels_run:  # the decode attention's device check: CPU tensors take it under Triton's interpreter
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(module, kernel, lambda *args: 1.5 * reference(*args))
+    torch._dynamo.reset()
+    model = f64_model(GQA).float()  # the decode attention kernel takes fp16 / bf16 / fp32
+    monkeypatch.setattr(type(model), "compile_backend", "eager")
+    prompt = torch.randint(0, model.cfg.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    ref = {}
+    for value in (off, on):
+        monkeypatch.setattr(module, switch, value)
+        ref[value] = model.generate(prompt, 8, compile=False)
+    assert not torch.equal(ref[off], ref[on]), "the scaled kernel should change the tokens"
+    steps = {}
+    for value in (off, on, off):
+        monkeypatch.setattr(module, switch, value)
+        assert (switch, value) in decode_switches()
+        out = model.generate(prompt, 8, compile=True)
+        assert torch.equal(out, ref[value]), f"{switch}={value!r}: compiled tokens differ from eager ones under it"
+        (key, step), *_ = reversed(model.decode_pool.entries.items())  # the entry this call used
+        assert key[-1] == decode_switches(), key
+        if value in steps:
+            assert step is steps[value] and model.last_generate_stats["compile_s"] == 0.0, "flipped back: reused"
+        else:
+            assert model.last_generate_stats["compile_s"] > 0, f"{switch}={value!r}: a step of the other was reused"
+        steps[value] = step
+    assert len(model.decode_pool.entries) == 2
+    torch._dynamo.reset()
+
+
+def test_moe_past_its_static_limit_generates_eagerly_and_says_why(monkeypatch, caplog):
+    """A batch past ``MoE.STATIC_MAX_TOKENS`` routes by sorting, which reads the host (a fullgraph compile fails on
+    it, a CUDA graph capture with an obscure CUDA error): ``generate(compile=True)`` runs that call eagerly, logs
+    why once and says so in ``last_generate_stats``; it is not pooled. A batch within the limit still compiles, and
+    ``compile=False`` after a compiled call runs the plain blocks (the compiled ones cannot take the sorted path)."""
+    import logging
+
+    from archzoo.generation import uncapturable
+    from archzoo.kernels import _dispatch
+    from archzoo.layers.moe import MoE
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(MoE, "STATIC_MAX_TOKENS", 2)
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == "moe"))
+    monkeypatch.setattr(type(model), "compile_backend", "eager")
+    assert uncapturable(model, 2) is None and uncapturable(f64_model(GQA), 100) is None
+    why = "MoE layer blocks.0.ffn: 3 tokens exceed MoE.STATIC_MAX_TOKENS=2, the static path's limit"
+    assert uncapturable(model, 3) == why
+    V = model.cfg.vocab_size
+    small, large = torch.randint(0, V, (2, 5)), torch.randint(0, V, (3, 5))
+    out = model.generate(small, 6, compile=True)
+    assert model.last_generate_stats["backend"] == "compiled" and "uncaptured" not in model.last_generate_stats
+    assert torch.equal(out, model.generate(small, 6, compile=False))
+    ref = model.generate(large, 6, compile=False)  # after a compiled call: the plain blocks
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        for _ in range(2):
+            out = model.generate(large, 6, compile=True)
+            stats = model.last_generate_stats
+            assert stats["backend"] == "eager" and stats["compile_s"] == 0.0, stats
+            assert stats["uncaptured"].startswith("a decode step of batch 3: MoE layer blocks.0.ffn: 3 tokens"), stats
+            assert torch.equal(out, ref)
+    logged = [r.getMessage() for r in caplog.records if "runs this call eagerly" in r.getMessage()]
+    assert len(logged) == 1 and "STATIC_MAX_TOKENS=2" in logged[0], caplog.text
+    assert len(model.decode_pool.entries) == 1, "the eager call is not pooled"
+    torch._dynamo.reset()

@@ -243,6 +243,74 @@ def test_pooled_round_dropped_when_the_draft_releases_its_copies(monkeypatch):
     torch._dynamo.reset()
 
 
+def test_pooled_round_keyed_by_the_decode_switches(monkeypatch):
+    """A captured round replays the kernels it was captured with: flipping ``layers.fused.DECODE_LINEAR`` between
+    two compiled calls builds (on CUDA: captures) a round of its own, flipping back reuses the first, and the tokens
+    are the target's own under each setting (the GEMV replaced by its reference scaled by 1.5, so they differ)."""
+    from archzoo.generation import decode_switches
+    from archzoo.kernels.decode_linear.naive import naive_decode_linear
+    from archzoo.layers import fused
+
+    monkeypatch.setattr(fused, "decode_linear", lambda *args: 1.5 * naive_decode_linear(*args))
+    target = f64_model(FAMILIES["gqa"])
+    draft = noisy_copy(target, 0.005)
+    for m in (target, draft):
+        monkeypatch.setattr(type(m), "compile_backend", "eager")
+    torch._dynamo.reset()
+    rows = prompts()
+    ref = {}
+    for value in ("cublas", "kernel"):
+        monkeypatch.setattr(fused, "DECODE_LINEAR", value)
+        ref[value] = target.generate(rows, 12, compile=False)
+    assert any(not torch.equal(a, b) for a, b in zip(ref["cublas"], ref["kernel"], strict=True))
+    rounds = {}
+    for value in ("cublas", "kernel", "cublas"):
+        monkeypatch.setattr(fused, "DECODE_LINEAR", value)
+        out = target.generate(rows, 12, draft=draft, num_draft_tokens=3, compile=True)
+        assert all(torch.equal(r, o) for r, o in zip(ref[value], out, strict=True)), value
+        (key, state), *_ = reversed(target.decode_pool.entries.items())  # the entry this call used
+        assert key[0] == "speculative" and decode_switches() in key, key
+        if value in rounds:
+            assert state is rounds[value] and target.last_generate_stats["compile_s"] == 0.0, "flipped back: reused"
+        else:
+            assert target.last_generate_stats["compile_s"] > 0, f"DECODE_LINEAR={value!r}: the other's round reused"
+        rounds[value] = state
+    torch._dynamo.reset()
+
+
+def test_moe_verify_past_the_static_limit_runs_eagerly(monkeypatch):
+    """An MoE target whose (B, k+1) verify forward routes more than ``MoE.STATIC_MAX_TOKENS`` tokens by sorting
+    (a host read: neither a fullgraph compile nor a capture can hold it): ``compile=True`` runs that call's rounds
+    eagerly and says why, naming the batch and k; with fewer draft tokens the verify fits and the round compiles.
+    The tokens are the target's own either way."""
+    from archzoo.layers.moe import MoE
+
+    monkeypatch.setattr(MoE, "STATIC_MAX_TOKENS", 6)
+    target = f64_model(FAMILIES["moe"])
+    draft = noisy_copy(target, 0.005)
+    for m in (target, draft):
+        monkeypatch.setattr(type(m), "compile_backend", "eager")
+    torch._dynamo.reset()
+    rows = prompts()  # 3 rows
+    ref = target.generate(rows, 10, compile=False)
+    out = target.generate(rows, 10, draft=draft, num_draft_tokens=1, compile=True)  # verify: 3 x 2 = 6 tokens
+    assert target.last_generate_stats["backend"] == "speculative_compiled"
+    assert all(torch.equal(r, o) for r, o in zip(ref, out, strict=True))
+    out = target.generate(rows, 10, draft=draft, num_draft_tokens=3, compile=True)  # verify: 3 x 4 = 12 tokens
+    stats = target.last_generate_stats
+    assert stats["backend"] == "speculative" and stats["compile_s"] == 0.0, stats
+    why = "the target's verify forward of batch 3 x (k+1) = 3 x 4 = 12 tokens: MoE layer blocks.0.ffn: 12 tokens"
+    assert stats["uncaptured"].startswith(why) and "exceed MoE.STATIC_MAX_TOKENS=6" in stats["uncaptured"], stats
+    assert all(torch.equal(r, o) for r, o in zip(ref, out, strict=True))
+    assert len([key for key in target.decode_pool.entries if key[0] == "speculative"]) == 1, "not pooled"
+    monkeypatch.setattr(MoE, "STATIC_MAX_TOKENS", 2)  # an MoE draft's own steps, batch 3, past the limit
+    gqa = f64_model(FAMILIES["gqa"])
+    out = gqa.generate(rows, 10, draft=target, num_draft_tokens=2, compile=True)
+    assert gqa.last_generate_stats["uncaptured"].startswith("the draft's decode steps of batch 3: MoE layer")
+    assert all(torch.equal(r, o) for r, o in zip(gqa.generate(rows, 10, compile=False), out, strict=True))
+    torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------------------------------------ CUDA
 
 

@@ -145,6 +145,19 @@ class MoE(nn.Module):
     # no host synchronisation, so the step can be captured. Longer inputs dispatch by sorting.
     STATIC_MAX_TOKENS = 512
 
+    def static_unfit(self, n_tokens: int) -> str | None:
+        """Why a forward without gradients over ``n_tokens`` tokens would dispatch by sorting instead of taking the
+        static path, or None when it takes the static path (``forward``'s choice; tests/layers/test_moe.py holds the
+        two together). The sorted path cannot be compiled whole or captured: its per-expert loop reads the experts'
+        loads on the host. ``archzoo.generation`` asks before it compiles or captures a decode step."""
+        capacity = self.capacity(n_tokens)
+        if capacity is not None:
+            why = "training mode" if self.training else "capacity_at_inference=True"
+            return f"a capacity of {capacity} per expert applies ({why}), which only the sorted path enforces"
+        if n_tokens > self.STATIC_MAX_TOKENS:
+            return f"{n_tokens} tokens exceed MoE.STATIC_MAX_TOKENS={self.STATIC_MAX_TOKENS}, the static path's limit"
+        return None
+
     def _static(self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor) -> torch.Tensor:
         """Dropless routing with static shapes, for decode. x (N, D); top_p, top_e (N, K).
 

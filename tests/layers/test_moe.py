@@ -280,6 +280,28 @@ def test_static_decode_path_matches_naive(top_k):
     assert torch.equal(i, ref_i) and torch.equal(v, ref_v)
 
 
+def test_static_unfit_says_when_a_forward_sorts(monkeypatch):
+    """``static_unfit`` (what ``generate`` asks before it compiles or captures a step) agrees with the path a
+    forward without gradients takes, and names the limit: tokens past ``STATIC_MAX_TOKENS``, or a capacity that
+    applies (training mode, ``capacity_at_inference``), which only the sorted path enforces."""
+    monkeypatch.setattr(MoE, "STATIC_MAX_TOKENS", 5)
+    cases = {
+        "eval": make_moe(capacity_factor=1.25).eval(),
+        "training mode": make_moe(capacity_factor=1.25).train(),
+        "capacity_at_inference=True": make_moe(capacity_factor=1.25, capacity_at_inference=True).eval(),
+    }
+    for name, moe in cases.items():
+        for n in (1, 5, 6):
+            why = moe.static_unfit(n)
+            with torch.no_grad():
+                moe(torch.randn(n, D, dtype=torch.float64))
+            assert (why is None) == (moe.last_dispatch == "static"), (name, n, why, moe.last_dispatch)
+            if name != "eval":
+                assert why is not None and name in why and "capacity of" in why, (name, n, why)
+            elif n > 5:
+                assert why == f"{n} tokens exceed MoE.STATIC_MAX_TOKENS=5, the static path's limit"
+
+
 # The sorted path's two dispatches: one grouped GEMM per projection ("grouped") and the per-expert loop ("loop").
 
 
