@@ -18,6 +18,19 @@ from safetensors.torch import save_file
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a reader sees the old
+    file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_dir(target: Path, fill) -> None:
     """Call ``fill(tmpdir)`` then move each file it wrote into ``target`` atomically."""
     target.mkdir(parents=True, exist_ok=True)

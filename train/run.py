@@ -21,6 +21,7 @@ both over the run's steps and ``train/model_flops``, the model FLOPs of all its 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import statistics
@@ -41,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from archzoo.config import ConfigError
+from archzoo.saving import atomic_write
 
 from .config import RunConfig, load_run_config
 from .data import DistillDataModule
@@ -463,11 +465,13 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+        t0 = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        fit_seconds = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # the last step's values
     (throughput,) = (cb for cb in trainer.callbacks if isinstance(cb, StepThroughput))
     metrics.update(throughput.summary())  # medians over the steps, total model FLOPs
-    return {
+    result = {
         "metrics": metrics,
         "global_step": trainer.global_step,
         "is_global_zero": trainer.is_global_zero,
@@ -475,6 +479,39 @@ def run_distill(config_path: str | Path | dict | RunConfig, output_dir: str | Pa
         "checkpoint": str(out / "checkpoints" / "last.ckpt"),
         "metrics_csv": str(out / "logs" / "metrics.csv"),
     }
+    if trainer.is_global_zero:
+        _write_summary(out, run, result, fit_seconds, start_step, trainer.world_size)
+    return result
+
+
+SUMMARY = "summary.json"
+
+
+def _write_summary(
+    out: Path, run: RunConfig, result: dict, fit_seconds: float, start_step: int, world_size: int
+) -> None:
+    """``output_dir/summary.json`` (atomic): what the run ended with, for reports that read run folders
+    (``archzoo bench`` suites give a distilled student's tokens and training time from it). A resumed run
+    appends its fit to ``fits``; ``fit_seconds`` sums them (validation, checkpoint and export writes included,
+    process start-up, data preparation and the teacher's loading not)."""
+    path = out / SUMMARY
+    fits = []
+    if start_step > 0 and path.is_file():
+        try:
+            fits = json.loads(path.read_text()).get("fits", [])
+        except (json.JSONDecodeError, AttributeError):
+            fits = []
+    fits.append({"from_step": start_step, "to_step": result["global_step"], "seconds": fit_seconds})
+    per_step = run.data.batch_size * run.data.block_len * run.trainer.accumulate_grad_batches * world_size
+    summary = {
+        "global_step": result["global_step"],
+        "tokens_per_step": per_step,
+        "tokens_trained": result["global_step"] * per_step,
+        "fit_seconds": sum(f["seconds"] for f in fits),
+        "fits": fits,
+        "metrics": result["metrics"],
+    }
+    atomic_write(path, json.dumps(summary, indent=2) + "\n")
 
 
 def _prepare(run: RunConfig, start_step: int) -> tuple[DistillModule, DistillDataModule]:

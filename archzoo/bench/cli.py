@@ -3,7 +3,8 @@
 - ``kernels``: the SSM kernel benchmark against mamba_ssm / causal-conv1d on one GPU (archzoo.bench.kernels).
 - ``conversion``: held-out quality right after conversion (archzoo.bench.conversion).
 - ``decode``: decode speed against the memory roofline and HF ``generate`` (archzoo.bench.decode).
-- ``SUITE.yaml --out DIR [--resume] [--only NAME...]``: the Pareto report of a suite (archzoo.bench.suite).
+- ``SUITE.yaml --out DIR [--resume] [--only NAME...] [--report-only]``: the Pareto report of a suite
+  (archzoo.bench.suite).
 """
 
 from __future__ import annotations
@@ -48,16 +49,29 @@ def suite_cli(path: str, extra: list[str]) -> int:
     import shlex
     import sys
 
+    from ..errors import UserError
+
     p = _Parser(prog="archzoo bench SUITE.yaml", description="the Pareto report of a benchmark suite")
     p.add_argument("--out", required=True, help="output folder: results.json, report.md, report.html, PNG charts")
     p.add_argument("--resume", action="store_true", help="skip models whose stored row has the same inputs")
     p.add_argument("--only", nargs="+", metavar="NAME", default=None, help="measure only these models (display names)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing, load no model: rewrite the report from the rows stored in DIR/rows (those measured "
+        "under the suite's current settings), e.g. after copying in rows measured on another machine",
+    )
     args = p.parse_args(extra)
-    from .suite import run_suite
+    from .suite import report_from_rows, run_suite
 
     command = shlex.join(["archzoo", "bench", path, *extra])
-    res = run_suite(path, args.out, resume=args.resume, only=args.only, command=command, progress=not args.quiet)
+    if args.report_only:
+        if args.resume or args.only:
+            raise UserError("archzoo bench SUITE.yaml: --report-only measures nothing; drop --resume / --only")
+        res = report_from_rows(path, args.out)
+    else:
+        res = run_suite(path, args.out, resume=args.resume, only=args.only, command=command, progress=not args.quiet)
     print(f"{len(res['rows'])} models -> {args.out}/report.md, report.html, results.json, {len(res['charts'])} charts")
     if res["missing"]:
         print(f"not measured: {', '.join(res['missing'])}", file=sys.stderr)

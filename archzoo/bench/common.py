@@ -5,16 +5,14 @@ Pareto suite both use them)."""
 from __future__ import annotations
 
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..saving import atomic_write  # noqa: F401  (re-exported: the bench modules import it from here)
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -141,14 +139,3 @@ def library_versions() -> dict:
         except ImportError:
             out[name] = None
     return out
-
-
-def atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -33,7 +33,7 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
     """Every output file from the stored rows; returns the results.json content."""
     names = [r["name"] for r in rows]
     rows = sorted(rows, key=lambda r: order.index(r["name"]))
-    fronts = frontiers(rows)
+    fronts = frontiers(charted(rows))
     for r in rows:
         r["on_frontier"] = {k: r["name"] in v for k, v in fronts.items()}
     results = {
@@ -51,8 +51,24 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
     return results
 
 
+def charted(rows: list[dict]) -> list[dict]:
+    """The rows the frontiers and charts are over: all but the converted, untrained 'before' references."""
+    return [r for r in rows if r.get("init") != "convert"]
+
+
+def before_after(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(converted row, trained row) pairs: each trained student (a run or saved folder) with the converted row of
+    the same model config, its starting point."""
+    before = {r["provenance"].get("config_hash"): r for r in rows if r.get("init") == "convert"}
+    return [
+        (before[r["provenance"].get("config_hash")], r)
+        for r in rows
+        if r["kind"] in ("run", "checkpoint") and r["provenance"].get("config_hash") in before
+    ]
+
+
 def make_charts(out: Path, res: dict) -> list[Path]:
-    rows, fronts, s = res["rows"], res["frontier"], res["settings"]
+    rows, fronts, s = charted(res["rows"]), res["frontier"], res["settings"]
     ctx, dtype = s["cache_context"], res["dtype"]
     text_sets = list(rows[0]["ppl"])
     paths = []
@@ -84,7 +100,7 @@ def make_charts(out: Path, res: dict) -> list[Path]:
         )
     for m in rows[0]["mqar"]:
         paths.append(mqar_chart(out / f"cache_vs_mqar_{_slug(m)}.png", rows, m, fronts, ctx, dtype))
-    if text_sets:
+    if text_sets and s.get("decode") and any(r.get("decode_tokens_per_s") for r in rows):
         paths.append(speed_chart(out / f"speed_vs_ppl_{_slug(text_sets[0])}.png", rows, text_sets[0], s["decode"]))
     return paths
 
@@ -101,11 +117,12 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows, s = res["rows"], res["settings"]
     if not rows:
         return []
-    ctx, d = s["cache_context"], s["decode"]
+    ctx, d = s["cache_context"], s.get("decode")
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
-    head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
-    grid = list(rows[0].get("decode_grid") or {})[1:]  # the primary is the column before
+    if d:
+        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
+    grid = next((list(r["decode_grid"])[1:] for r in rows if r.get("decode_grid")), []) if d else []
     head += [f"decode tok/s ({g.replace(',', ', ')})" for g in grid]
     sp = s.get("speculative")
     if sp:
@@ -118,9 +135,15 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 f"{r['parameters'] / 1e6:.2f}M",
                 fmt_bytes(r["cache_bytes_per_token"]),
                 *(fmt_bytes(r["cache_bytes"][n]) for n in lengths),
-                _f(r.get("decode_tokens_per_s"), ",.0f"),
-                _f(r.get("prefill_tokens_per_s"), ",.0f"),
-                fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
+                *(
+                    [
+                        _f(r.get("decode_tokens_per_s"), ",.0f"),
+                        _f(r.get("prefill_tokens_per_s"), ",.0f"),
+                        fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
+                    ]
+                    if d
+                    else []
+                ),
                 *(_f((r.get("decode_grid") or {}).get(g), ",.0f") for g in grid),
                 *([_f(r.get("draft_acceptance_rate"), ".1%")] if sp else []),
             ]
@@ -138,6 +161,9 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             for cells, r in zip(q_rows, rows, strict=True):
                 cells.append(_f(r["mqar"][m][n], ".3f") + (" *" if r["on_frontier"][f"mqar/{m}/{n}"] else ""))
     out.append(("Quality (* = on the Pareto frontier of cache bytes per token and that metric)", q_head, q_rows))
+    pairs = before_after(rows)
+    if pairs:
+        out.append(before_after_table(pairs, rows, lengths))
     p_head = ["model", "source", "kind", "config hash", "run folder", "tokens trained", "measured in"]
     p_rows = [
         [
@@ -155,9 +181,42 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+def before_after_table(pairs: list[tuple[dict, dict]], rows: list[dict], lengths: list[str]) -> tuple:
+    """Distillation: each student converted (before) -> trained (after), with the teacher's figure beside."""
+    teacher = next((r for r in rows if r["teacher"]), None)
+    big = lengths[-1]
+    head = ["model", "params", f"cache @{int(big):,}", "tokens trained", "training time"]
+    texts, mqar = list(rows[0]["ppl"]), list(rows[0]["mqar"])
+    for t in texts:
+        head += [f"ppl {t}: before -> after (/ teacher)", f"KL {t}: before -> after"]
+    head += [f"MQAR {m}: before -> after (teacher), mean over pairs" for m in mqar]
+
+    def mean(r: dict | None, m: str) -> float | None:
+        return sum(r["mqar"][m].values()) / len(r["mqar"][m]) if r is not None and r["mqar"].get(m) else None
+
+    body = []
+    for b, a in pairs:
+        secs = a["provenance"].get("train_seconds")
+        cells = [
+            a["name"],
+            f"{a['parameters'] / 1e6:.2f}M",
+            fmt_bytes(a["cache_bytes"][big]),
+            _f(a["provenance"].get("tokens_trained"), ","),
+            "-" if secs is None else f"{secs / 60:.1f} min",
+        ]
+        for t in texts:
+            ratio = a["ppl"][t] / teacher["ppl"][t] if teacher and teacher["ppl"].get(t) else None
+            cells.append(f"{_f(b['ppl'][t], '.2f')} -> {_f(a['ppl'][t], '.2f')} ({_f(ratio, '.3f')}x)")
+            cells.append(f"{_f(b['kl'][t], '.4f')} -> {_f(a['kl'][t], '.4f')}")
+        for m in mqar:
+            cells.append(f"{_f(mean(b, m), '.3f')} -> {_f(mean(a, m), '.3f')} ({_f(mean(teacher, m), '.3f')})")
+        body.append(cells)
+    return ("Distillation: converted (before) -> trained (after)", head, body)
+
+
 def _setting_lines(res: dict) -> list[str]:
     s, v = res["settings"], res["versions"]
-    d = s["decode"]
+    d = s.get("decode")
     vers = ", ".join(f"{k} {val}" for k, val in v.items() if val)
     return [
         f"- command: `{res['command']}`",
@@ -165,9 +224,23 @@ def _setting_lines(res: dict) -> list[str]:
         f"- teacher: {s['teacher']['name']} ({s['teacher']['source']})",
         f"- cache bytes per token: total cache bytes of one sequence at {s['cache_context']:,} tokens / "
         f"{s['cache_context']:,} (`model.new_cache(1, L).nbytes()`, equal to `archzoo.cache_bytes`)",
-        f"- decode: batch {d['batch_size']}, {d['prompt_len']:,}-token random prompts, {d['new_tokens']} new tokens "
-        f"(greedy), warm-up {d['warmup']}, timed {d['repeat']}, compile {d['compile']}; tokens/s = batch x new tokens "
-        "/ decode seconds, prefill tokens/s = batch x prompt / prefill seconds",
+        *(
+            [
+                f"- decode: batch {d['batch_size']}, {d['prompt_len']:,}-token random prompts, {d['new_tokens']} new "
+                f"tokens (greedy), warm-up {d['warmup']}, timed {d['repeat']}, compile {d['compile']}; tokens/s = "
+                "batch x new tokens / decode seconds, prefill tokens/s = batch x prompt / prefill seconds"
+            ]
+            if d
+            else ["- decode: not measured"]
+        ),
+        *(
+            [
+                f"- decode speeds from `{res['decode_from']['path']}` ({res['decode_from'].get('device')}, "
+                f"{res['decode_from'].get('date')}): measured side by side there, by model name and config"
+            ]
+            if res.get("decode_from")
+            else []
+        ),
         *(f"- evaluation set `{k}`: {desc}" for k, desc in res["eval_sets"].items()),
     ]
 

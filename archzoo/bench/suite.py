@@ -9,10 +9,22 @@ the same token blocks for every model), MQAR accuracy, decode / prefill tokens/s
 timed as ``archzoo bench decode`` times it), peak memory (CUDA) and provenance.
 
 Rows are written to ``DIR/rows/<name>.json`` as each model finishes (atomically), together with the
-hash of the model's inputs and of the suite's settings; ``--resume`` skips a model whose hashes are
-unchanged. Every input is checked before the first model is measured (models resolved, vocabularies
-against the teacher's, evaluation sets built), so bad input exits 2 with one line and loses nothing.
+hash of the model's inputs (its config and the sha256 of its weights file, so the same weights hash the
+same on any machine) and of the suite's settings; ``--resume`` skips a model whose hashes are unchanged.
+Every input is checked before the first model is measured (models resolved, vocabularies against the
+teacher's, evaluation sets built), so bad input exits 2 with one line and loses nothing.
 Relative paths in a suite are taken from the current directory, like every other path on the command line.
+
+Two things serve distillation, whose students are trained on GPU machines that keep nothing between leases:
+
+- ``init: convert`` rows: the teacher converted into a student's architecture, untrained (a distill run
+  YAML as the source gives exactly the student that run starts from). The report pairs each with the trained
+  student of the same config in a "before -> after" table; they stay off the frontiers and charts.
+- Rows accumulate across machines: ``--only`` measures the named models, and a model it leaves out whose
+  source is not on this machine (a run folder trained in an earlier lease) keeps its stored row, carried in
+  ``DIR/rows``. Speeds are not compared across machines: ``decode: null`` with ``decode_from`` takes every
+  row's decode figures from one other run that measured all the architectures side by side (speed does not
+  depend on the weights), matched by model name and config.
 """
 
 from __future__ import annotations
@@ -43,8 +55,27 @@ SCHEMA_VERSION = 1
 class ModelSpec(Strict):
     name: str = Field(min_length=1, description="display name in tables and charts")
     source: str = Field(
-        min_length=1, description="model YAML (seeded random weights), saved student folder or distill run folder"
+        min_length=1,
+        description="model YAML (seeded random weights), saved student folder or distill run folder; with "
+        "init: convert, a model YAML or a distill run YAML",
     )
+    init: Literal["weights", "convert"] = Field(
+        default="weights",
+        description="weights: the source's own (seeded random for a model YAML); convert: archzoo.convert of the "
+        "suite's teacher into the source's architecture, untrained: a distillation's starting point (a distill "
+        "run YAML's student section gives the config, converter options and teacher layers). Such a row is a "
+        "'before' reference: in the tables, the before -> after table, not on the frontiers or charts",
+    )
+    layers: list[int] | None = Field(default=None, description="init: convert: the teacher layer of each layer")
+    convert: dict[str, Any] = Field(default_factory=dict, description="init: convert: options of archzoo.convert")
+
+    @model_validator(mode="after")
+    def _convert_options(self) -> ModelSpec:
+        if self.init != "convert":
+            for key in ("layers", "convert"):
+                if getattr(self, key):
+                    raise field_error(key, f"{key} is for init: convert (the model is converted from the teacher)")
+        return self
 
 
 class TeacherSpec(Strict):
@@ -160,7 +191,15 @@ class Suite(Strict):
     )
     context_lengths: list[int] = Field(default=[4096, 32768], min_length=1)
     cache_context: int = Field(default=4096, gt=0, description="the length at which bytes per token are taken")
-    decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    decode: DecodeSettings | None = Field(
+        default_factory=DecodeSettings, description="the decode measurement; null: none here (see decode_from)"
+    )
+    decode_from: str | None = Field(
+        default=None,
+        description="with decode: null, the results.json (or its folder) of another run of the same models whose "
+        "decode / prefill speeds, peak memory and draft acceptance the report takes, by model name and config: "
+        "speeds measured side by side in one run, quality measured where the trained weights are",
+    )
     speculative: SpeculativeSettings | None = Field(
         default_factory=SpeculativeSettings, description="students as drafts for the teacher; null: not measured"
     )
@@ -201,6 +240,8 @@ class Suite(Strict):
             sets.add(e.name)
         if not any(not isinstance(e, MQARSet) for e in self.eval):
             raise field_error("eval", "needs at least one text set (shakespeare, file or random_tokens)")
+        if self.decode_from is not None and self.decode is not None:
+            raise field_error("decode_from", "give decode (measure here) or decode_from (take it from a run), not both")
         return self
 
     @property
@@ -241,16 +282,37 @@ class Resolved:
     run_dir: Path | None = None
     is_teacher: bool = False
     provenance: dict = field(default_factory=dict)
+    convert_options: dict | None = None  # kind "converted": archzoo.convert's options (layers included)
 
     def inputs_hash(self, settings: str) -> str:
         weights = None
         if self.path is not None:
             f = self.path / "model.safetensors" if self.path.is_dir() else self.path
             if f.is_file():
-                st = f.stat()
-                weights = [st.st_size, st.st_mtime_ns]
+                weights = file_digest(f)
         cfg = self.cfg.to_dict() if self.cfg is not None else None
-        return _hash({"source": self.source, "cfg": cfg, "weights": weights, "teacher": self.is_teacher, "s": settings})
+        return _hash(
+            {"source": self.source, "cfg": cfg, "weights": weights, "teacher": self.is_teacher, "s": settings,
+             **({"convert": self.convert_options} if self.convert_options is not None else {})}
+        )  # fmt: skip
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's bytes (cached per path, size and mtime): a row's inputs hash then names the same
+    weights on every machine, so rows measured on one GPU machine are recognised on the next (a fresh copy of
+    a file has a new mtime, not new bytes)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def _is_saved(path: Path) -> bool:
@@ -258,8 +320,11 @@ def _is_saved(path: Path) -> bool:
 
 
 def resolve_model(spec: ModelSpec, where: str) -> Resolved:
-    """A model YAML, a saved student folder or a distill run folder (its ``student/``); ``UserError`` otherwise."""
+    """A model YAML, a saved student folder or a distill run folder (its ``student/``); with ``init: convert`` a
+    model YAML or a distill run YAML; ``UserError`` otherwise."""
     path = Path(spec.source).expanduser()
+    if spec.init == "convert":
+        return _resolve_converted(spec, path, where)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return Resolved(spec.name, spec.source, "yaml", path, load_config(path))
     if _is_saved(path):
@@ -268,6 +333,7 @@ def resolve_model(spec: ModelSpec, where: str) -> Resolved:
         res = Resolved(spec.name, spec.source, "run", path / "student", load_config(path / "student" / "config.yaml"))
         res.run_dir = path
         res.provenance["tokens_trained"] = tokens_trained(path)
+        res.provenance["train_seconds"] = train_summary(path).get("fit_seconds")
         return res
     what = "no such file or folder" if not path.exists() else "not a model"
     raise UserError(
@@ -276,12 +342,50 @@ def resolve_model(spec: ModelSpec, where: str) -> Resolved:
     )
 
 
+def _resolve_converted(spec: ModelSpec, path: Path, where: str) -> Resolved:
+    """``init: convert``: the architecture (and converter options) from a model YAML, or from a distill run YAML's
+    ``student`` section (its ``config``, ``convert`` and ``teacher_layers``: the student that run starts from)."""
+    import yaml
+
+    if not (path.is_file() and path.suffix in (".yaml", ".yml")):
+        what = "no such file" if not path.exists() else "not a YAML file"
+        raise UserError(f"{where} ({spec.name}): {spec.source}: {what}; init: convert needs a model YAML or a "
+                        "distill run YAML")  # fmt: skip
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{where} ({spec.name}): {spec.source}: not valid YAML ({e})") from None
+    options = dict(spec.convert)
+    layers = spec.layers
+    if isinstance(data, dict) and "student" in data:  # a distill run YAML
+        student = data["student"] if isinstance(data["student"], dict) else {}
+        src = student.get("config")
+        if src is None:
+            raise UserError(f"{where} ({spec.name}): {spec.source}: student.config is missing (the run starts from "
+                            "a checkpoint; give that folder as a source without init: convert)")  # fmt: skip
+        cfg = load_config(path.parent / src if isinstance(src, str) else src)
+        options = {**(student.get("convert") or {}), **options}
+        if layers is None and student.get("teacher_layers") is not None:
+            layers = student["teacher_layers"]
+    else:
+        cfg = load_config(path)
+    if layers is not None:
+        options["layers"] = [int(i) for i in layers]
+    res = Resolved(spec.name, spec.source, "converted", path, cfg)
+    res.convert_options = options
+    return res
+
+
 def tokens_trained(run_dir: Path) -> int | None:
-    """Training tokens of a distill run folder: the last logged step x tokens per step (run.yaml), or None."""
+    """Training tokens of a distill run folder: its summary.json's, else the last logged step x tokens per step
+    (run.yaml), or None."""
     import csv
 
     import yaml
 
+    summary = train_summary(run_dir)
+    if summary.get("tokens_trained") is not None:
+        return int(summary["tokens_trained"])
     metrics, run_yaml = run_dir / "logs" / "metrics.csv", run_dir / "run.yaml"
     if not metrics.is_file() or not run_yaml.is_file():
         return None
@@ -297,6 +401,15 @@ def tokens_trained(run_dir: Path) -> int | None:
     return (max(steps) + 1) * per_step if steps else None
 
 
+def train_summary(run_dir: Path) -> dict:
+    """A distill run folder's ``summary.json`` (``archzoo distill`` writes it at the end), or {}."""
+    try:
+        data = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def resolve_teacher_spec(spec: TeacherSpec) -> Resolved:
     path = Path(spec.source).expanduser()
     if path.is_file() and path.suffix in (".yaml", ".yml"):
@@ -306,8 +419,23 @@ def resolve_teacher_spec(spec: TeacherSpec) -> Resolved:
     return Resolved(spec.name, spec.source, "teacher", path if path.exists() else None, is_teacher=True)
 
 
-def load(res: Resolved, dtype: torch.dtype, device: torch.device, seed: int):
-    """The ArchZooLM of ``res`` in ``dtype`` on ``device``; a YAML gets seeded random weights (built on the CPU)."""
+def load(res: Resolved, dtype: torch.dtype, device: torch.device, seed: int, teacher=None):
+    """The ArchZooLM of ``res`` in ``dtype`` on ``device``; a YAML gets seeded random weights (built on the CPU);
+    a converted model is ``archzoo.convert`` of an fp32 copy of ``teacher`` (as ``archzoo distill`` converts)."""
+    if res.kind == "converted":
+        import copy
+
+        from ..convert import convert
+
+        torch.manual_seed(seed)
+        src = copy.deepcopy(teacher).float()
+        try:
+            model = convert(src, res.cfg, **(res.convert_options or {}))
+        except ValueError as e:
+            raise UserError(f"{res.name}: cannot convert the teacher into {res.source}: {e}") from None
+        finally:
+            del src
+        return model.to(device=device, dtype=dtype).eval()
     if res.kind == "yaml":
         from ..model import build_model
 
@@ -431,6 +559,7 @@ def measure(
         "teacher": res.is_teacher,
         "source": res.source,
         "kind": res.kind,
+        "init": "convert" if res.kind == "converted" else "weights",
         "parameters": model.num_parameters(),
         "weight_bytes": weight_bytes(model),
     }
@@ -455,9 +584,10 @@ def measure(
         else:
             stage(f"mqar {s.name}")
             row["mqar"][s.name] = {str(n): mqar_accuracy(model, x, y) for n, (x, y) in s.mqar.items()}
-    stage("decode")
-    row.update(_decode(model, suite, device))
-    if suite.speculative is not None and not res.is_teacher:
+    if suite.decode is not None:
+        stage("decode")
+        row.update(_decode(model, suite, device))
+    if suite.speculative is not None and not res.is_teacher and res.kind != "converted":
         stage("draft")
         row.update(_draft(teacher, model, suite, sets, device))
     return row
@@ -549,22 +679,35 @@ def run_suite(
         unknown = [n for n in only if n not in names]
         if unknown:
             raise UserError(f"--only: no model named {', '.join(map(repr, unknown))}; the suite has {', '.join(names)}")
-    # Resolve and check everything before the first measurement.
+    # Resolve and check everything before the first measurement. A model left out by --only whose source is not
+    # here (a run folder trained on another machine) keeps its stored row, if one was measured under these settings.
+    settings = suite.settings_hash()
     teacher_res = resolve_teacher_spec(suite.teacher)
-    students = [resolve_model(m, f"models.{i}") for i, m in enumerate(suite.models)]
+    students, kept = [], {}
+    for i, m in enumerate(suite.models):
+        try:
+            students.append(resolve_model(m, f"models.{i}"))
+        except UserError:
+            if not only or m.name in only:
+                raise
+            stored = _read_row(out, m.name)  # left out by --only, its source not here: its stored row, if any
+            if stored is not None and stored.get("settings_hash") == settings:
+                kept[m.name] = stored
+            continue
+    decode_from = _load_decode_from(suite.decode_from) if suite.decode_from else None
     teacher = load(teacher_res, dt, device, suite.seed)
     teacher_res.cfg = teacher.cfg
     if teacher_res.kind == "teacher" and teacher_res.path is not None:
         teacher_res.provenance["file"] = str(teacher_res.path)
     vocab = teacher.cfg.vocab_size
-    for i, r in enumerate(students):
+    for r in students:
         if r.cfg.vocab_size != vocab:
+            i = next(j for j, m in enumerate(suite.models) if m.name == r.name)
             raise UserError(
                 f"models.{i} ({r.name}): {r.source}: vocabulary of {r.cfg.vocab_size} tokens; "
                 f"the teacher ({teacher_res.name}) has {vocab}: KL and perplexity need the same tokens"
             )
     sets = prepare_sets(suite, vocab, getattr(teacher, "tokenizer", None), teacher)
-    settings = suite.settings_hash()
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -588,18 +731,99 @@ def run_suite(
         fresh = stored is not None and stored.get("inputs_hash") == h
         plan.append((r, h, selected and not (resume and fresh)))
     try:
-        _measure_all(plan, teacher, suite, sets, device, out, progress)
+        _measure_all(plan, teacher, suite, sets, device, out, progress, settings)
     finally:
-        rows = []
+        by_name = {}
         for r, h, _ in plan:
             stored = _read_row(out, r.name)
             if stored is not None and stored.get("inputs_hash") == h:
-                rows.append(stored)
-        results = write_report(out, meta, rows, [r.name for r, _, _ in plan])
+                by_name[r.name] = stored
+        by_name.update(kept)
+        rows = [by_name[n] for n in names if n in by_name]
+        if decode_from is not None:
+            _merge_speeds(meta, rows, decode_from)
+        results = write_report(out, meta, rows, names)
     return results
 
 
-def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: bool) -> None:
+def report_from_rows(suite_path: str | Path, out_dir: str | Path) -> dict:
+    """Rewrite DIR's report from the rows stored in DIR/rows, loading no model and measuring nothing: the rows of
+    the suite's models measured under its current settings (rows copied in from other machines included). The run
+    metadata (command, device, versions, evaluation sets) is the last measuring run's, from DIR/results.json."""
+    from .report import write_report
+
+    suite = load_suite(suite_path)
+    out = Path(out_dir)
+    try:
+        meta = json.loads((out / "results.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"--report-only: {out}/results.json is missing: no measuring run has written there") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--report-only: {out}/results.json is not readable ({e})") from None
+    settings = suite.settings_hash()
+    meta = {k: v for k, v in meta.items() if k not in ("rows", "frontier", "missing", "charts")}
+    if meta.get("settings_hash") != settings:
+        raise UserError(f"--report-only: {out}/results.json was written under other suite settings; measure again")
+    names = [suite.teacher.name, *(m.name for m in suite.models)]
+    rows = [r for n in names if (r := _read_row(out, n)) is not None and r.get("settings_hash") == settings]
+    speeds = _load_decode_from(suite.decode_from) if suite.decode_from else None
+    if speeds is not None:
+        _merge_speeds(meta, rows, speeds)
+    return write_report(out, meta, rows, names)
+
+
+# What decode_from takes: speeds depend on the architecture, not the weights. A draft's acceptance depends on the
+# weights, so it is measured where they are (the suite's own ``speculative``), never taken from another run.
+SPEED_FIELDS = ("decode_tokens_per_s", "prefill_tokens_per_s", "decode_backend", "decode_timing", "compile_s",
+                "peak_memory_bytes", "decode_grid", "decode_note")  # fmt: skip
+
+
+def _load_decode_from(src: str) -> dict | None:
+    """The results.json named by ``decode_from`` (the file or its folder); None (a warning) when there is none yet;
+    ``UserError`` naming it when it is not a suite run's results.json."""
+    path = Path(src).expanduser()
+    path = path / "results.json" if path.is_dir() or not path.suffix else path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        # Not measured yet (the speed run comes once, the quality rows student by student): the report says so.
+        import sys
+
+        print(f"warning: decode_from: {path}: no results.json yet; the report shows no decode speeds", file=sys.stderr)
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"decode_from: {path}: not a readable results.json ({e})") from None
+    if not isinstance(data, dict) or "rows" not in data or not (data.get("settings") or {}).get("decode"):
+        raise UserError(f"decode_from: {path}: not the results.json of a suite run that measured decode speeds")
+    data["path"] = str(path)
+    return data
+
+
+def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
+    """Each row's speed fields from the row of the same name in ``speeds`` (a results.json), when its model config
+    is the same; otherwise the row says why it has none (``decode_note``). Converted rows take none. ``meta`` (the
+    report's settings) takes the decode settings those speeds were measured with, and where they come from."""
+    meta["decode_from"] = {k: speeds.get(k) for k in ("path", "date", "device", "command")}
+    meta["settings"]["decode"] = speeds["settings"].get("decode")
+    other = {r["name"]: r for r in speeds["rows"]}
+    for row in rows:
+        src = other.get(row["name"])
+        if row.get("init") == "convert":
+            continue
+        if src is None:
+            row["decode_note"] = f"no row named {row['name']!r} in {speeds['path']}"
+            continue
+        mine, theirs = row["provenance"].get("config_hash"), src.get("provenance", {}).get("config_hash")
+        if mine != theirs:
+            row["decode_note"] = f"{speeds['path']}'s {row['name']!r} has another config ({theirs} != {mine})"
+            continue
+        for k in SPEED_FIELDS:
+            if k in src:
+                row[k] = src[k]
+        row["decode_from"] = speeds["path"]
+
+
+def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: bool, settings: str) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -621,7 +845,7 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
                 bar.update(task, description=f"  {r.name}: {name}", advance=1)
 
             t0 = time.perf_counter()
-            model = teacher if r.is_teacher else load(r, dt, device, suite.seed)
+            model = teacher if r.is_teacher else load(r, dt, device, suite.seed, teacher)
             try:
                 row = measure(r, model, teacher, suite, sets, device, stage)
             finally:
@@ -636,6 +860,7 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
                 **r.provenance,
             }
             row["inputs_hash"] = h
+            row["settings_hash"] = settings
             row["seconds"] = time.perf_counter() - t0
             (out / "rows").mkdir(exist_ok=True)
             atomic_write(_row_path(out, r.name), json.dumps(row, indent=2) + "\n")

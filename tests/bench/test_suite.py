@@ -226,6 +226,13 @@ def test_schema_errors_name_the_file_and_field(tmp_path):
         ({**data, "models": [{"name": "x"}]}, "models.0.source", "missing"),
         ({**data, "dtype": "fp8"}, "dtype", "fp8"),
         ({**data, "models": [*data["models"], {"name": "gqa", "source": "a.yaml"}]}, "models.11.name", "twice"),
+        ({**data, "decode_from": "runs/speed"}, "decode_from", "not both"),
+        (
+            {**data, "models": [{"name": "x", "source": "a.yaml", "convert": {"seed": 1}}]},
+            "models.0.convert",
+            "for init: convert",
+        ),  # fmt: skip
+        ({**data, "models": [{"name": "x", "source": "a.yaml", "init": "random"}]}, "models.0.init", "convert"),
     ]
     for i, (d, field, what) in enumerate(cases):
         p = tmp_path / f"s{i}.yaml"
@@ -238,3 +245,97 @@ def test_schema_errors_name_the_file_and_field(tmp_path):
 def test_shipped_suites_parse():
     for p in sorted((ROOT / "configs" / "bench").glob("*.yaml")):
         load_suite(p)
+
+
+def _saved_run(teacher_yaml, student_yaml, out, summary: dict) -> None:
+    """A distill run folder without training: the converted student, nudged, saved as student/, and a summary.json."""
+    torch.manual_seed(0)  # the suite's seed: the teacher YAML's random weights are the suite's teacher
+    teacher = archzoo.build_model(archzoo.load_config(teacher_yaml))
+    student = archzoo.convert(teacher, archzoo.load_config(student_yaml))
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    student.save_pretrained(out / "student")
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monkeypatch):
+    """init: convert rows (the teacher converted, untrained) are 'before' references: in the tables and the
+    before -> after table, off the frontiers and charts; a converted copy of the teacher's own architecture scores as
+    the teacher; decode: null with decode_from takes speeds from another run by name and config; a run folder that is
+    not here keeps its stored row when --only leaves it out."""
+    monkeypatch.chdir(ROOT)
+    from archzoo.bench.suite import _hash
+
+    run = tmp_path / "run-gqa"
+    _saved_run("configs/models/mha.yaml", "configs/models/gqa.yaml", run, {"tokens_trained": 1234, "fit_seconds": 120})
+    cfg_hash = _hash(archzoo.load_config("configs/models/gqa.yaml").to_dict())
+    speeds = tmp_path / "speeds"
+    speeds.mkdir()
+    decode = {"batch_size": 64, "prompt_len": 4096, "new_tokens": 128, "warmup": 1, "repeat": 1, "compile": None}
+    rows = [
+        {"name": "gqa", "provenance": {"config_hash": cfg_hash}, "decode_tokens_per_s": 123.0},
+        {"name": "teacher (mha)", "provenance": {"config_hash": "other"}, "decode_tokens_per_s": 9.0},
+    ]
+    fake = {"settings": {"decode": decode}, "date": "d", "device": "H200", "rows": rows}
+    (speeds / "results.json").write_text(json.dumps(fake))
+    models = [
+        {"name": "mha (converted)", "source": "configs/models/mha.yaml", "init": "convert"},
+        {"name": "gqa (converted)", "source": "configs/models/gqa.yaml", "init": "convert"},
+        {"name": "gqa", "source": str(run)},
+    ]
+    path, _ = _suite(tmp_path, [], decode=None, decode_from=str(speeds), speculative=None)
+    data = yaml.safe_load(path.read_text())
+    data["models"] = models
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    assert _bench(path, "--out", out) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    teacher, same = rows["teacher (mha)"], rows["mha (converted)"]
+    assert same["init"] == "convert" and same["kind"] == "converted"
+    for t in teacher["ppl"]:
+        assert same["ppl"][t] == pytest.approx(teacher["ppl"][t], rel=1e-4) and same["kl"][t] < 1e-4
+    assert not any(same["on_frontier"].values()) and not any(rows["gqa (converted)"]["on_frontier"].values())
+    assert all("(converted)" not in n for names in res["frontier"].values() for n in names)
+    assert rows["gqa"]["decode_tokens_per_s"] == 123.0 and rows["gqa"]["decode_from"].endswith("results.json")
+    assert "decode_tokens_per_s" not in teacher and "another config" in teacher["decode_note"]
+    assert rows["gqa"]["provenance"]["tokens_trained"] == 1234 and rows["gqa"]["provenance"]["train_seconds"] == 120
+    md = (out / "report.md").read_text()
+    assert "## Distillation: converted (before) -> trained (after)" in md
+    line = next(x for x in md.splitlines() if x.startswith("| gqa |") and "->" in x)
+    assert "1,234" in line and "2.0 min" in line
+    assert any(c.startswith("speed_vs_ppl") for c in res["charts"]), "the speed chart from the other run's speeds"
+    assert "decode speeds from" in md
+    # The run folder is trained on another machine: gone here; --only the rest keeps its row.
+    import shutil
+
+    shutil.rmtree(run)
+    assert _bench(path, "--out", out, "--only", "gqa (converted)") == 0
+    assert "gqa" in {r["name"] for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert _bench(path, "--out", out) == 2, "a missing source that is asked for is still an error"
+    # --report-only: the report from the stored rows alone (rows copied in from elsewhere count), nothing loaded.
+    (out / "report.md").unlink()
+    monkeypatch.setattr("archzoo.bench.suite.load", lambda *a, **k: pytest.fail("--report-only loaded a model"))
+    assert _bench(path, "--out", out, "--report-only") == 0
+    again = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in again["rows"]] == [r["name"] for r in res["rows"]]
+    assert "## Distillation: converted (before) -> trained (after)" in (out / "report.md").read_text()
+    assert _bench(path, "--out", tmp_path / "empty", "--report-only") == 2
+
+
+def test_convert_from_a_distill_run_yaml(tmp_path):
+    """init: convert of a distill run YAML: its student's config, converter options and teacher layers."""
+    from archzoo.bench.suite import ModelSpec, resolve_model
+
+    run = tmp_path / "distill.yaml"
+    run.write_text(yaml.safe_dump({"teacher": "x", "student": {
+        "config": str(ROOT / "configs" / "models" / "gqa.yaml"), "init": "convert", "teacher_layers": [0, 0, 2, 3],
+        "convert": {"seed": 3}}}))  # fmt: skip
+    res = resolve_model(ModelSpec(name="g", source=str(run), init="convert"), "models.0")
+    assert res.kind == "converted" and res.cfg.n_layers == 4
+    assert res.convert_options == {"seed": 3, "layers": [0, 0, 2, 3]}
+    res = resolve_model(ModelSpec(name="g", source=str(run), init="convert", layers=[3, 2, 1, 0]), "models.0")
+    assert res.convert_options["layers"] == [3, 2, 1, 0], "the suite's layers win over the run's"
+    with pytest.raises(Exception, match="layers is for init: convert"):
+        ModelSpec(name="g", source=str(run), layers=[0])

@@ -4,6 +4,7 @@ teacher-generated source, and bad mixtures refused with one line, exit 2 and not
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,33 @@ def test_a_bad_mixture_exits_2_naming_the_source_and_writes_nothing(workdir, cap
 def test_source_or_sources(workdir, data, message):
     with pytest.raises(archzoo.ConfigError, match=re.escape(message)):
         load_run_config(_run(workdir, data))
+
+
+def test_prepare_corpus_tool_fills_the_cache_the_run_reads(workdir, monkeypatch):
+    """tools/prepare_corpus.py builds the run's teacher-generated corpus into the cache and packs it; the run then
+    finds it there (nothing generated again)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from archzoo.data import generate as gen
+    from archzoo.train.run import run_distill
+
+    data = {"sources": [{"source": "teacher_generated", "size_tokens": 300, "max_new_tokens": 8, "seed": 2}],
+            "block_len": 8, "batch_size": 2, "val_fraction": 0.1, "max_val_blocks": 4}  # fmt: skip
+    (workdir / "run.yaml").write_text(yaml.safe_dump(_run(workdir, data, steps=2)))
+    tool = Path(__file__).resolve().parents[2] / "tools" / "prepare_corpus.py"
+    res = subprocess.run([sys.executable, str(tool), str(workdir / "run.yaml"), "--pack", str(workdir / "pack")],
+                         capture_output=True, text=True, env={**os.environ}, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = json.loads(res.stdout.splitlines()[0])
+    assert line["size_tokens"] == 300 and line["texts"] > 0
+    assert list((workdir / "cache" / "corpora").glob("*.jsonl")), "the corpus is in the cache"
+    assert (workdir / "pack" / "corpora.tgz.00").is_file()
+
+    def no_generation(*a, **k):
+        raise AssertionError("the run generated the corpus again")
+
+    monkeypatch.setattr(gen, "generate_texts", no_generation)
+    assert run_distill(workdir / "run.yaml", workdir / "out")["global_step"] == 2

@@ -76,6 +76,9 @@ def test_run_writes_metrics_checkpoint_and_a_loadable_student(teacher_dir, tmp_p
     assert any(r.get("val/ppl") for r in rows) and any(r.get("val/kl") for r in rows)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 8, "the last step is checkpointed even off the every_n_steps grid"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 8 and summary["tokens_trained"] == 8 * 4 * 16 and summary["fit_seconds"] > 0
+    assert summary["metrics"]["train/tokens_per_s"] > 0 and len(summary["fits"]) == 1
     assert not any(k.startswith("teacher") for k in ckpt["state_dict"]), "the teacher is not checkpointed"
     student = archzoo.from_pretrained(out / "student")
     saved = {k[len("student.") :]: v for k, v in ckpt["state_dict"].items()}
@@ -96,6 +99,8 @@ def test_resume_continues_with_the_same_losses(teacher_dir, tmp_path):
     run_distill(_config(teacher_dir), part, resume=True)
     want, got = _losses(full / "logs" / "metrics.csv"), _losses(part / "logs" / "metrics.csv")
     assert sorted(got) == sorted(want) == list(range(8)), "one metrics.csv holds the whole run"
+    fits = json.loads((part / "summary.json").read_text())["fits"]
+    assert [(f["from_step"], f["to_step"]) for f in fits] == [(0, 4), (4, 8)], "summary.json keeps both fits"
     for step in range(8):
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), f"train/loss at step {step}"
     a, b = archzoo.from_pretrained(full / "student"), archzoo.from_pretrained(part / "student")
