@@ -77,8 +77,10 @@ def main() -> None:
                 for form in args.attention.split(","):
                     r = profile_step(config, b, n, args.steps, form)
                     out.append(r)
-                    print(f"\n{config} B={b} P={n} {form}: replay {r['replay_ms_per_step']:.3f} ms/step, "
-                          f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time")
+                    print(
+                        f"\n{config} B={b} P={n} {form}: replay {r['replay_ms_per_step']:.3f} ms/step, "
+                        f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
+                    )
                     for k in r["kernels"][:12]:
                         print(f"  {k['ms_per_step']:.4f} ms  x{k['per_step']:.0f}  {k['kernel'][:110]}")
                     with open(args.out, "w") as f:
