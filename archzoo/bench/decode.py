@@ -689,12 +689,43 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
             # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
             spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
             measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
+            if not row.get("error") and not row.get("skipped"):
+                ids = random_prompts(model.cfg.vocab_size, b, p, run.seed, run.device)
+                try:
+                    row.update(greedy_agreement(model, draft, ids, run.new_tokens, k, spec_compile))
+                except torch.OutOfMemoryError:
+                    row["greedy_note"] = "the agreement check did not fit in memory"
             base = own.get((b, p), {}).get("tokens_per_s")
             if row.get("tokens_per_s") and base:
                 row["speedup"] = row["tokens_per_s"] / base
                 run.write()
     draft = None
     _free(run.device)
+
+
+@torch.no_grad()
+def greedy_agreement(model, draft, ids: torch.Tensor, new_tokens: int, k: int, compile: bool | None) -> dict:
+    """Greedy tokens of ``model`` alone against ``model`` verifying ``draft``'s k-token proposals, on the same
+    prompts and the same compile setting as the timed rows. Exact arithmetic gives the same tokens (tests hold it in
+    float64); in bf16 the (B, k+1) verify forward rounds differently from the one-token step, so where the top two
+    logits are nearly tied the argmax can flip, and from there the row continues differently.
+
+    -> ``greedy_rows_differing`` (rows whose tokens differ anywhere), ``greedy_first_difference`` (per such row, the
+    index of its first differing new token: where the near-tie was), ``greedy_tokens_differing`` (positions that
+    differ in all, the continuations after a flip included)."""
+    kwargs: dict = {"eos_token_id": None}
+    if compile is not None:
+        kwargs["compile"] = compile
+    alone = model.generate(ids, new_tokens, **kwargs)[:, ids.shape[1] :]
+    spec = model.generate(ids, new_tokens, draft=draft, num_draft_tokens=k, **kwargs)[:, ids.shape[1] :]
+    diff = alone != spec
+    rows = diff.any(dim=1)
+    first = [int(torch.nonzero(diff[i])[0]) for i in torch.nonzero(rows).flatten().tolist()]
+    return {
+        "greedy_rows_differing": int(rows.sum()),
+        "greedy_first_difference": first,
+        "greedy_tokens_differing": int(diff.sum()),
+    }
 
 
 def _base_row(src: ModelSource, impl: str, batch_size: int, prompt_len: int, new_tokens: int, dt) -> dict:

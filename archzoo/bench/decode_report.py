@@ -18,6 +18,11 @@ FORMULAS = {
     ),
     "tokens_per_verify": "speculative rows: accepted_per_verify + 1 (the target's own token)",
     "speedup": "speculative rows: tokens_per_s / tokens_per_s of the archzoo row of the same shape",
+    "greedy_rows_differing": (
+        "speculative rows: rows whose greedy tokens differ from the target alone on the same prompts (0 in exact "
+        "arithmetic; in bf16 a near-tie can flip where the (B, k+1) verify rounds unlike the one-token step); "
+        "greedy_first_difference gives each such row's first differing token"
+    ),
     "cache_bytes": "archzoo.cache_bytes(cfg, batch_size, prompt_len + new_tokens, dtype): the analytic cache size "
     "(the HF rows hold the same K/V)",
     "weight_bytes": "sum of parameter bytes, a tied embedding / head counted once",
@@ -101,6 +106,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             spec = f"k={r['num_draft_tokens']}, acceptance {r['acceptance_rate']:.2f}, "
             spec += f"{r['tokens_per_verify']:.2f} tokens/verify"
             spec += f", {r['speedup']:.2f}x" if r.get("speedup") else ""
+            if r.get("greedy_rows_differing") is not None:
+                spec += f", greedy rows differing {r['greedy_rows_differing']}/{r['batch_size']}"
             note = f"{spec}; {note}" if note else spec
         cells = [
             r["model"],

@@ -213,8 +213,11 @@ def test_bench_decode_speculative_rows(tmp_path):
         _check_measured(r, bandwidth)
         assert r["backend"] == "speculative" and r["draft"] == MAMBA
         assert 0.0 <= r["acceptance_rate"] <= 1.0
+        # the greedy check (exactness itself is tests/test_speculative.py's, in float64)
+        n_diff, first = r["greedy_rows_differing"], r["greedy_first_difference"]
+        assert 0 <= n_diff <= r["batch_size"] and len(first) == n_diff and r["greedy_tokens_differing"] >= n_diff
         assert math.isclose(r["tokens_per_verify"], r["accepted_per_verify"] + 1)
         if r["decode_s"] is not None and own[r["batch_size"]]["decode_s"] is not None:
             assert math.isclose(r["speedup"], r["tokens_per_s"] / own[r["batch_size"]]["tokens_per_s"])
     md = (out / "decode.md").read_text()
-    assert "| speculative k=3 |" in md and "tokens/verify" in md
+    assert "| speculative k=3 |" in md and "tokens/verify" in md and "greedy rows differing" in md
