@@ -52,8 +52,11 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
 
 
 def charted(rows: list[dict]) -> list[dict]:
-    """The rows the frontiers and charts are over: all but the converted, untrained 'before' references."""
-    return [r for r in rows if r.get("init") != "convert"]
+    """The rows the frontiers and charts are over: all but the converted, untrained rows whose trained student is in
+    the report too (each is that student's "before", in the before -> after table). A converted row without its
+    trained student (a suite of converted models alone: what conversion keeps) is a point like any other."""
+    before = {id(b) for b, _ in before_after(rows)}
+    return [r for r in rows if id(r) not in before]
 
 
 def before_after(rows: list[dict]) -> list[tuple[dict, dict]]:

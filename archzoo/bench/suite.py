@@ -19,7 +19,7 @@ Two things serve distillation, whose students are trained on GPU machines that k
 
 - ``init: convert`` rows: the teacher converted into a student's architecture, untrained (a distill run
   YAML as the source gives exactly the student that run starts from). The report pairs each with the trained
-  student of the same config in a "before -> after" table; they stay off the frontiers and charts.
+  student of the same config in a "before -> after" table; a paired one stays off the frontiers and charts.
 - Rows accumulate across machines: ``--only`` measures the named models, and a model it leaves out whose
   source is not on this machine (a run folder trained in an earlier lease) keeps its stored row, carried in
   ``DIR/rows``. Speeds are not compared across machines: ``decode: null`` with ``decode_from`` takes every
@@ -63,8 +63,8 @@ class ModelSpec(Strict):
         default="weights",
         description="weights: the source's own (seeded random for a model YAML); convert: archzoo.convert of the "
         "suite's teacher into the source's architecture, untrained: a distillation's starting point (a distill "
-        "run YAML's student section gives the config, converter options and teacher layers). Such a row is a "
-        "'before' reference: in the tables, the before -> after table, not on the frontiers or charts",
+        "run YAML's student section gives the config, converter options and teacher layers). Beside a trained row "
+        "of the same config it is that row's 'before': in the before -> after table, off the frontiers and charts",
     )
     layers: list[int] | None = Field(default=None, description="init: convert: the teacher layer of each layer")
     convert: dict[str, Any] = Field(default_factory=dict, description="init: convert: options of archzoo.convert")
