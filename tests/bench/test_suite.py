@@ -261,9 +261,9 @@ def _saved_run(teacher_yaml, student_yaml, out, summary: dict) -> None:
 
 def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monkeypatch):
     """init: convert rows (the teacher converted, untrained) beside their trained rows are 'before' references: in
-    the before -> after table, off the frontiers and charts; a converted copy of the teacher's own architecture scores as
-    the teacher; decode: null with decode_from takes speeds from another run by name and config; a run folder that is
-    not here keeps its stored row when --only leaves it out."""
+    the before -> after table, off the frontiers and charts; a converted copy of the teacher's own architecture
+    scores as the teacher; decode: null with decode_from takes speeds from another run by name and config; a run
+    folder that is not here keeps its stored row when --only leaves it out."""
     monkeypatch.chdir(ROOT)
     from archzoo.bench.suite import _hash
 
