@@ -846,6 +846,9 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
 
             t0 = time.perf_counter()
             model = teacher if r.is_teacher else load(r, dt, device, suite.seed, teacher)
+            # the loaded model's own config: a conversion may add per-layer settings of the teacher's (RoPE base),
+            # which the trained student's saved config then holds too, so before and after pair by it
+            cfg = getattr(model, "cfg", None) or r.cfg
             try:
                 row = measure(r, model, teacher, suite, sets, device, stage)
             finally:
@@ -854,7 +857,7 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             row["provenance"] = {
-                "config_hash": _hash(r.cfg.to_dict()) if r.cfg is not None else None,
+                "config_hash": _hash(cfg.to_dict()) if cfg is not None else None,
                 "run_dir": str(r.run_dir) if r.run_dir else None,
                 "tokens_trained": None,
                 **r.provenance,

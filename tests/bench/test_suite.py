@@ -279,10 +279,14 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     ]
     fake = {"settings": {"decode": decode}, "date": "d", "device": "H200", "rows": rows}
     (speeds / "results.json").write_text(json.dumps(fake))
+    mla = tmp_path / "run-mla"  # converting into MLA writes the teacher's RoPE base into the student's config
+    _saved_run("configs/models/mha.yaml", "configs/models/mla.yaml", mla, {"tokens_trained": 5})
     models = [
         {"name": "mha (converted)", "source": "configs/models/mha.yaml", "init": "convert"},
         {"name": "gqa (converted)", "source": "configs/models/gqa.yaml", "init": "convert"},
         {"name": "gqa", "source": str(run)},
+        {"name": "mla (converted)", "source": "configs/models/mla.yaml", "init": "convert"},
+        {"name": "mla", "source": str(mla)},
     ]
     path, _ = _suite(tmp_path, [], decode=None, decode_from=str(speeds), speculative=None)
     data = yaml.safe_load(path.read_text())
@@ -307,6 +311,7 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert "## Distillation: converted (before) -> trained (after)" in md
     line = next(x for x in md.splitlines() if x.startswith("| gqa |") and "->" in x)
     assert "1,234" in line and "2.0 min" in line
+    assert any(x.startswith("| mla |") and "->" in x for x in md.splitlines()), "paired by the converted config"
     assert any(c.startswith("speed_vs_ppl") for c in res["charts"]), "the speed chart from the other run's speeds"
     assert "decode speeds from" in md
     # The run folder is trained on another machine: gone here; --only the rest keeps its row.
