@@ -42,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from archzoo.config import ConfigError
+from archzoo.data import resolve_calibration
 from archzoo.saving import atomic_write
 
 from .config import RunConfig, load_run_config
@@ -279,6 +280,10 @@ def build_student(run: RunConfig, teacher: torch.nn.Module) -> torch.nn.Module:
         options = dict(run.student.convert)
         if run.student.teacher_layers is not None:
             options["layers"] = list(run.student.teacher_layers)
+        try:  # a calibration spec becomes its token ids (archzoo.data.calibration), as the benchmark builds them
+            options = resolve_calibration(options, teacher)
+        except ValueError as e:
+            raise run.error("student.convert.calibration", str(e)) from None
         try:
             student = convert(teacher, cfg, **options)
         except ValueError as e:

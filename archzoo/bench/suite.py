@@ -426,11 +426,12 @@ def load(res: Resolved, dtype: torch.dtype, device: torch.device, seed: int, tea
         import copy
 
         from ..convert import convert
+        from ..data import resolve_calibration
 
         torch.manual_seed(seed)
         src = copy.deepcopy(teacher).float()
-        try:
-            model = convert(src, res.cfg, **(res.convert_options or {}))
+        try:  # a calibration spec becomes the tokens archzoo distill builds for it
+            model = convert(src, res.cfg, **resolve_calibration(res.convert_options or {}, src))
         except ValueError as e:
             raise UserError(f"{res.name}: cannot convert the teacher into {res.source}: {e}") from None
         finally:

@@ -13,6 +13,9 @@ Options (all optional):
     mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs
     mla_rope_key    'mean' (default) or 'svd': how the K/V heads' RoPE rows become one shared key
     moe_noise       relative std of the noise added to upcycled experts (default 0.01)
+    calibration     token ids (N, T), or None (default): teacher inputs for the converters that fit to
+                    activations rather than to weights alone. MLA then factorises its K/V projection by an
+                    activation-aware SVD (``convert/mla.py``); the others ignore it. Data-free by default.
 Unknown options are an error, not ignored.
 """
 
@@ -59,6 +62,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "mla_rope": "high",
     "mla_rope_key": "mean",
     "moe_noise": 0.01,
+    "calibration": None,
 }
 
 
@@ -72,6 +76,18 @@ class ConvertContext:
     options: dict[str, Any]
     generator: torch.Generator
     notes: list[str] = field(default_factory=list)
+    _moments: dict[int, torch.Tensor] | None = None
+
+    def input_moment(self, student_layer: int) -> torch.Tensor | None:
+        """E[x x^T] (d, d, float64) of the input the teacher mixer of ``student_layer`` receives (its mixer norm's
+        output) over the ``calibration`` tokens, or None without calibration. Every layer's moment comes from one
+        teacher forward pass, made on the first call."""
+        ids = self.options.get("calibration")
+        if ids is None:
+            return None
+        if self._moments is None:
+            self._moments = _input_moments(self.teacher, ids)
+        return self._moments[self.layer_map[student_layer]]
 
     def teacher_mixer(self, student_layer: int):
         return self.teacher.blocks[self.layer_map[student_layer]].mixer
@@ -80,6 +96,35 @@ class ConvertContext:
         """Student layers that read ``student_layer``'s state (CLA), itself included."""
         owners = self.student.state_owners
         return [i for i, o in enumerate(owners) if o == student_layer]
+
+
+def _input_moments(teacher, ids) -> dict[int, torch.Tensor]:
+    """{teacher layer: E[x x^T]} of every mixer's input over the token ids (N, T), in float64."""
+    ids = torch.as_tensor(ids)
+    if ids.dim() != 2 or ids.numel() == 0 or ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"calibration must be a non-empty (N, T) tensor of token ids, got {tuple(ids.shape)} {ids.dtype}"
+        )
+    if int(ids.min()) < 0 or int(ids.max()) >= teacher.cfg.vocab_size:
+        raise ValueError(f"calibration token ids must lie in [0, {teacher.cfg.vocab_size})")
+    sums: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        def fn(_module, args, _out):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[i] = sums.get(i, 0) + x.T @ x
+
+        return fn
+
+    handles = [b.mixer.register_forward_hook(hook(i)) for i, b in enumerate(teacher.blocks)]
+    try:
+        dev = teacher.embed.weight.device
+        for row in ids.to(dev).split(8):
+            teacher(row)
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: m / ids.numel() for i, m in sums.items()}
 
 
 def default_layer_map(n_teacher: int, n_student: int) -> list[int]:

@@ -67,6 +67,30 @@ def shared_rope_key(wk: torch.Tensor, wq: torch.Tensor, group: int) -> tuple[tor
     return k_rope, q_rope
 
 
+def _factorise(w: torch.Tensor, moment: torch.Tensor | None, i: int, notes: list[str]):
+    """SVD of the stacked K/V projection w (n, d) -> (U, S, Vh) with ``w ~ U S Vh``, truncated by the caller.
+
+    Without calibration: the plain SVD, the best low-rank fit of the weights (Eckart-Young). With the second
+    moment C = E[x x^T] of the layer's inputs (``ConvertContext.input_moment``): the best low-rank fit of the
+    projections' outputs, min E||(w - w') x||^2 = ||(w - w') L||_F^2 with C = L L^T (Cholesky), so the SVD of
+    w L, its right factor mapped back through L^-1 (activation-aware SVD, as SVD-LLM; Wang et al. 2024). The
+    residual stream's few large dimensions then get the rank they need. A small ridge (1e-4 of C's mean
+    diagonal) keeps C invertible. Measured on SmolLM2-135M (KL on 2 held-out python-docs blocks of 512 right
+    after conversion, 8 blocks of 512 Shakespeare training tokens as calibration): rank 64 6.36 -> 3.88 nats,
+    128 5.50 -> 3.46, 256 3.21 -> 3.08."""
+    if moment is None:
+        return torch.linalg.svd(w, full_matrices=False)
+    C = moment.to(w) + 1e-4 * moment.diagonal().mean().to(w) * torch.eye(
+        moment.shape[0], dtype=w.dtype, device=w.device
+    )
+    L = torch.linalg.cholesky(C)
+    U, S, Vh = torch.linalg.svd(w @ L, full_matrices=False)
+    Vh = torch.linalg.solve_triangular(L, Vh, upper=False, left=False)  # Vh L^-1
+    if i == 0:
+        notes.append("MLA K/V factorised by an activation-aware SVD over the calibration tokens")
+    return U, S, Vh
+
+
 def _check_dims(src, m, i: int) -> None:
     D = src.head_dim
     if m.qk_nope_head_dim + m.qk_rope_head_dim != D or m.v_head_dim != D or m.n_heads != src.n_heads:
@@ -123,7 +147,7 @@ def convert_mla(src, dst, i: int, ctx: ConvertContext) -> None:
 
     wv = src.v_proj.weight.to(f32).view(n_kv, D, d)
     stacked = torch.cat([wk[:, drop], wv], dim=1).reshape(n_kv * (dn + D), d)  # per kv head [k_nope; v]
-    U, S, Vh = torch.linalg.svd(stacked, full_matrices=False)
+    U, S, Vh = _factorise(stacked, ctx.input_moment(i), i, ctx.notes)
     k = min(r, S.numel())
     dev = src.k_proj.weight.device
     down = torch.zeros(r, d, dtype=f32, device=dev)

@@ -5,6 +5,7 @@ Sources (``archzoo.data.sources``): ``SourceConfig``, ``parse_sources``, ``sourc
 text sets of ``HELDOUT_TEXT_SETS`` or a path, ``mqar_set`` for ``HELDOUT_MQAR``.
 """
 
+from .calibration import calibration_ids, resolve_calibration
 from .generate import generate_texts, teacher_corpus, write_jsonl
 from .heldout import HELDOUT_MQAR, HELDOUT_TEXT_SETS, heldout_blocks, heldout_texts, mqar_set, python_docs_texts
 from .mqar import mqar_accuracy, mqar_examples
@@ -19,6 +20,7 @@ __all__ = [
     "HELDOUT_WORKS",
     "Prompt",
     "SourceConfig",
+    "calibration_ids",
     "fetch_shakespeare",
     "format_prompt",
     "generate_texts",
@@ -35,6 +37,7 @@ __all__ = [
     "perplexity",
     "prompt_set",
     "python_docs_texts",
+    "resolve_calibration",
     "shakespeare_texts",
     "source_blocks",
     "split_files",

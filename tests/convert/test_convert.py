@@ -89,6 +89,7 @@ MLA_FULL = {
     "v_head_dim": D,
     "kv_norm": False,
 }
+MLA_LOW = {**MLA_FULL, "kv_lora_rank": 5}  # of the 2 x (4 + 8) = 24 K/V dims of a 2-K/V-head teacher
 MAMBA = {"type": "mamba", "d_state": 4, "d_conv": 4, "expand": 1}
 ATTN = {"type": "attention", "n_heads": H, "n_kv_heads": 2, "rope_theta": 10000.0}
 MOE = {"type": "moe", "n_experts": 4, "top_k": 2, "d_ff": 48}
@@ -227,6 +228,62 @@ def test_mla_full_rank_k_nope_is_teacher_key():
         k_nope = dst.kv_b_proj(latent).view(2, -1, H, 4 + D)[..., :4]  # (B, T, H, dn)
         k_teacher = src.k_proj(x).view(2, -1, 2, D)[..., drop].repeat_interleave(2, dim=2)
     assert_close("MLA per-head k_nope vs teacher's unrotated key", k_nope, k_teacher, 1e-10)
+
+
+def test_mla_calibration_full_rank_stays_exact():
+    """The activation-aware factorisation at full rank is exact like the plain one (MQA teacher, queries on the kept
+    RoPE dims), and the converter says it ran."""
+    t = teacher(1)
+    _, drop = rope_dims(D, MLA_FULL["qk_rope_head_dim"], "high")
+    with torch.no_grad():
+        for block in t.blocks:
+            block.mixer.q_proj.weight.view(H, D, DM)[:, drop] = 0
+    s = convert(t, student_cfg(t.cfg.to_dict(), mixer=MLA_FULL), calibration=ids(4, 16, seed=7))
+    tok = ids()
+    assert_close("MLA (activation-aware, full rank) logits vs teacher", logits(s, tok), logits(t, tok), 1e-9)
+    assert any("activation-aware" in n for n in s.convert_notes)
+
+
+def _kv_output_error(t, s, x_tokens) -> float:
+    """Sum over layers of E||[k_nope; v](x) - teacher's||^2 on the teacher's own mixer inputs for these tokens."""
+    inputs = {}
+    hooks = [b.mixer.register_forward_hook(lambda m, a, o, i=i: inputs.__setitem__(i, a[0])) for i, b in
+             enumerate(t.blocks)]  # fmt: skip
+    with torch.no_grad():
+        t(x_tokens)
+    for h in hooks:
+        h.remove()
+    err = 0.0
+    _, drop = rope_dims(D, MLA_LOW["qk_rope_head_dim"], "high")
+    dn = MLA_LOW["qk_nope_head_dim"]
+    for i, (tb, sb) in enumerate(zip(t.blocks, s.blocks, strict=True)):
+        x, src, dst = inputs[i], tb.mixer, sb.mixer
+        with torch.no_grad():
+            kv = dst.kv_b_proj(dst.kv_a_proj(x)[..., : dst.r]).view(*x.shape[:2], H, dn + D)
+            kv = kv[..., ::2, :]  # one head per K/V group
+            ref_k = src.k_proj(x).view(*x.shape[:2], 2, D)[..., drop]
+            ref_v = src.v_proj(x).view(*x.shape[:2], 2, D)
+        err += float((kv[..., :dn] - ref_k).pow(2).sum() + (kv[..., dn:] - ref_v).pow(2).sum())
+    return err
+
+
+def test_mla_calibration_fits_the_projections_outputs_better():
+    """Low rank: on the calibration inputs, the activation-aware factorisation's K/V outputs are closer to the
+    teacher's than the plain SVD's (it minimises exactly that error; the plain SVD minimises the weights' error)."""
+    t = teacher(2)
+    with torch.no_grad():  # inputs with a few large dimensions, as a residual stream has
+        t.embed.weight[:, :3] *= 20.0
+    cal = ids(6, 16, seed=3)
+    cfg = student_cfg(t.cfg.to_dict(), mixer=MLA_LOW)
+    plain, aware = convert(t, cfg), convert(t, cfg, calibration=cal)
+    assert _kv_output_error(t, aware, cal) < 0.9 * _kv_output_error(t, plain, cal)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(0, 3, dtype=torch.long), torch.full((1, 4), 99), torch.ones(2, 3)])
+def test_bad_calibration_is_refused(bad):
+    t = teacher(2)
+    with pytest.raises(ValueError, match="calibration"):
+        convert(t, student_cfg(t.cfg.to_dict(), mixer=MLA_LOW), calibration=bad)
 
 
 # ----------------------------------------------------------------------------- MoE

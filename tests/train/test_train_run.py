@@ -328,3 +328,24 @@ def test_sync_every_waits_per_window_and_still_stops_before_a_diverged_checkpoin
         run_distill(_config(teacher_dir, export={"every_n_steps": None}, speed={"sync_every": 4}), out)
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     assert not (out / "student").exists(), "a diverged student is not exported as the result"
+
+
+def test_convert_calibration_spec_reaches_convert_as_tokens(teacher_dir, tmp_path, monkeypatch):
+    """student.convert.calibration: the spec becomes token ids before archzoo.convert sees it; a spec the teacher
+    cannot serve (no tokenizer here) is one error naming the key, before anything is written."""
+    spec = {"source": "shakespeare", "tokens": 32, "block_len": 8}
+    cfg = _config(teacher_dir, student={"config": STUDENT, "init": "convert", "convert": {"calibration": spec}})
+    with pytest.raises(archzoo.ConfigError, match=r"student\.convert\.calibration: calibration needs the teacher's"):
+        run_distill(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    import archzoo.data.calibration as cal
+
+    seen = {}
+    monkeypatch.setattr(cal, "calibration_ids", lambda spec, teacher: seen.setdefault("ids", torch.zeros(2, 8).long()))
+    import archzoo.convert as conv
+
+    real = conv.convert
+    monkeypatch.setattr(conv, "convert", lambda t, c, **o: seen.setdefault("opts", o) and real(t, c, **o))
+    cfg["stages"] = [{"name": "kd", "type": "kd", "steps": 1}]
+    run_distill(cfg, tmp_path / "ok")
+    assert torch.equal(seen["opts"]["calibration"], seen["ids"])
