@@ -244,6 +244,43 @@ def test_mla_calibration_full_rank_stays_exact():
     assert any("activation-aware" in n for n in s.convert_notes)
 
 
+def test_mqa_calibration_is_exact_for_phase_related_keys_and_equal_values():
+    """GQA -> MQA with calibration: where the two K/V heads' keys differ by a complex scale per RoPE frequency and
+    their values are equal, the fitted merge (shared key, query heads absorbing each group's phase, output refit) is
+    exact, where mean pooling is not."""
+    t = teacher(2)
+    half = D // 2
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for block in t.blocks:
+            wk = block.mixer.k_proj.weight.view(2, D, DM)
+            k0 = torch.complex(wk[0, :half], wk[0, half:])
+            c = torch.polar(0.5 + torch.rand(half, 1, generator=gen, dtype=torch.float64),
+                            6.3 * torch.rand(half, 1, generator=gen, dtype=torch.float64))  # fmt: skip
+            wk[1, :half], wk[1, half:] = (c * k0).real, (c * k0).imag
+            wv = block.mixer.v_proj.weight.view(2, D, DM)
+            wv[1] = wv[0]
+    cfg = student_cfg(t.cfg.to_dict(), mixer={"n_kv_heads": 1})
+    s = convert(t, cfg, calibration=ids(4, 16, seed=7))
+    tok = ids()
+    assert_close("MQA (fitted) logits vs teacher", logits(s, tok), logits(t, tok), 1e-9)
+    assert any("K/V heads merged" in n for n in s.convert_notes)
+    assert rel_err(logits(convert(t, cfg), tok), logits(t, tok)) > 1e-3, "mean pooling is not exact here"
+
+
+def test_mqa_calibration_fits_the_attention_output_better():
+    """A generic GQA teacher: the fitted merge's attention outputs are closer to the teacher's on the calibration
+    inputs than mean pooling's."""
+    t = teacher(2)
+    with torch.no_grad():
+        t.embed.weight[:, :3] *= 20.0
+    cal = ids(6, 16, seed=3)
+    cfg = student_cfg(t.cfg.to_dict(), mixer={"n_kv_heads": 1})
+    plain, fitted = convert(t, cfg), convert(t, cfg, calibration=cal)
+    ref = logits(t, cal)
+    assert rel_err(logits(fitted, cal), ref) < rel_err(logits(plain, cal), ref)
+
+
 def _kv_output_error(t, s, x_tokens) -> float:
     """Sum over layers of E||[k_nope; v](x) - teacher's||^2 on the teacher's own mixer inputs for these tokens."""
     inputs = {}
