@@ -76,7 +76,9 @@ class ConvertContext:
     options: dict[str, Any]
     generator: torch.Generator
     notes: list[str] = field(default_factory=list)
+    fitted: set[int] = field(default_factory=set)  # student layers a converter has already filled (a CLA group's fit)
     _moments: dict[int, torch.Tensor] | None = None
+    _cross: dict[tuple[int, int], torch.Tensor] | None = None
 
     def input_moment(self, student_layer: int) -> torch.Tensor | None:
         """E[x x^T] (d, d, float64) of the input the teacher mixer of ``student_layer`` receives (its mixer norm's
@@ -88,6 +90,17 @@ class ConvertContext:
         if self._moments is None:
             self._moments = _input_moments(self.teacher, ids)
         return self._moments[self.layer_map[student_layer]]
+
+    def cross_moment(self, student_a: int, student_b: int) -> torch.Tensor:
+        """E[x_a x_b^T] (d, d, float64) of the inputs of the teacher mixers of two student layers over the
+        ``calibration`` tokens (a CLA member reads its leader's K/V: its keys are predicted from the leader's input).
+        Every CLA member-leader pair's moment comes from one teacher pass, made on the first call."""
+        if self._cross is None:
+            owners = self.student.state_owners
+            pairs = {(self.layer_map[j], self.layer_map[o]) for j, o in enumerate(owners) if o != j}
+            pairs.add((self.layer_map[student_a], self.layer_map[student_b]))
+            self._cross = _cross_moments(self.teacher, self.options["calibration"], pairs)
+        return self._cross[(self.layer_map[student_a], self.layer_map[student_b])]
 
     def teacher_mixer(self, student_layer: int):
         return self.teacher.blocks[self.layer_map[student_layer]].mixer
@@ -125,6 +138,32 @@ def _input_moments(teacher, ids) -> dict[int, torch.Tensor]:
         for h in handles:
             h.remove()
     return {i: m / ids.numel() for i, m in sums.items()}
+
+
+def _cross_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """{(a, b): E[x_a x_b^T]} of the teacher mixers' inputs over the token ids (N, T), in float64."""
+    ids = torch.as_tensor(ids)
+    wanted = {b for pair in pairs for b in pair}
+    current: dict[int, torch.Tensor] = {}
+    sums: dict[tuple[int, int], torch.Tensor] = {}
+
+    def hook(i):
+        def fn(_module, args, _out):
+            current[i] = args[0].reshape(-1, args[0].shape[-1]).double()
+
+        return fn
+
+    handles = [b.mixer.register_forward_hook(hook(i)) for i, b in enumerate(teacher.blocks) if i in wanted]
+    try:
+        for row in ids.to(teacher.embed.weight.device).split(8):
+            current.clear()
+            teacher(row)
+            for a, b in pairs:
+                sums[(a, b)] = sums.get((a, b), 0) + current[a].T @ current[b]
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v / ids.numel() for k, v in sums.items()}
 
 
 def default_layer_map(n_teacher: int, n_student: int) -> list[int]:

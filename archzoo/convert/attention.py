@@ -10,9 +10,10 @@
   averages the K/V projections of the group's teacher layers, after pooling heads;
   ``'first'`` keeps the leader's own teacher projection. On SmolLM2-135M, CLA2 starts at held-out
   perplexity ~14k with 'mean' against ~150k with 'first' (docs/conversion.md).
-- With ``calibration`` (token ids, ``archzoo.convert``), fewer K/V heads are fitted to the teacher's inputs
-  instead of mean-pooled (``_fit_pooled_kv``): keys by a per-frequency complex rank-1 fit in the whitened input
-  space, each query head absorbing its group's phase; values pooled, each query head's output projection refitted.
+- With ``calibration`` (token ids, ``archzoo.convert``), fewer or shared (CLA) K/V heads are fitted to the
+  teacher's inputs instead of mean-pooled (``_fit_shared_kv``): keys by a per-frequency complex rank-1 fit in the
+  whitened input space, each query head absorbing its group's phase; values pooled, each query head's output
+  projection refitted.
 Query and output projections are otherwise copied: the student keeps every query head.
 """
 
@@ -45,55 +46,70 @@ def _pooled_kv(src, n_dst: int) -> dict[str, torch.Tensor | None]:
     return out
 
 
-def _fit_pooled_kv(src, dst, moment: torch.Tensor) -> None:
-    """Fewer K/V heads, fitted to the teacher's inputs (``calibration``; mean pooling without it).
+def _fit_shared_kv(i: int, dst, ctx: ConvertContext) -> None:
+    """Layer ``i``'s K/V, shared by its CLA group (itself alone outside CLA) and/or with fewer heads than the
+    teacher's, fitted to the teacher's activations over the ``calibration`` tokens (mean pooling without them).
 
-    Each student K/V head serves ``m`` teacher K/V heads (their query heads, ``qpk`` each). With C = E[x x^T] of the
-    layer's inputs and C = L L^T:
+    Every layer j of the group (the leader i and its members) reads K/V computed from the leader's input x_i; the
+    teacher's layer j computed them from its own input x_j. So each reader's teacher K/V projections are taken as
+    maps of x_i: W_j A_j, with A_j = E[x_j x_i^T] E[x_i x_i^T]^-1 the best linear prediction of x_j from x_i (the
+    identity for the leader). Then, with C = E[x_i x_i^T] = L L^T, for each student K/V head (serving ``m`` teacher
+    K/V heads of every reader, ``qpk`` query heads each):
 
-    - Keys: RoPE rotates each pair (i, i + D/2) like a complex number, and a complex scale per frequency commutes
-      with the rotation; so per frequency the group's key rows get their best rank-1 fit ``k_g ~ c_g k`` in the
-      whitened input space (``convert/mla.py``'s ``shared_rope_key`` on ``W L``, mapped back through L^-1): the
-      fit of the keys' values on these inputs, not of the weights. Each query head absorbs its teacher head's
-      ``conj(c_g)``, so its scores stay ``q . (c_g k)``.
-    - Values: the group mean (what minimises the summed output error of the group's value heads), then each query
-      head's slice of the output projection refitted by weighted least squares, O_h' = O_h W_v,g C W'^T
-      (W' C W'^T)^-1: the map from the merged values that best reproduces O_h W_v,g x on these inputs.
+    - Keys: RoPE rotates each pair (k, k + D/2) like a complex number, and a complex scale per frequency commutes
+      with the rotation; so per frequency the served key rows get their best rank-1 fit ``k_g ~ c_g k`` in the
+      whitened input space (``convert/mla.py``'s ``shared_rope_key`` on ``W L``, mapped back through L^-1): a fit
+      of the keys' values on these inputs, not of the weights. Each query head absorbs its teacher head's
+      ``conj(c_g)`` (in its own layer's query projection), so its scores stay ``q . (c_g k)``.
+    - Values: the mean of the served value maps (it minimises their summed output error), then each query head's
+      slice of its layer's output projection refitted by weighted least squares, O_h' = O_h W_g C V'^T
+      (V' C V'^T)^-1: the map from the merged values that best reproduces O_h W_g x_i on these inputs.
 
-    Exact when the group's key heads differ by a complex scale per frequency and its value heads are equal
-    (tests/convert). Measured on SmolLM2-135M, MQA (3 K/V heads into 1), KL on 2 python-docs blocks right after
-    conversion, 8 blocks of Shakespeare as calibration: mean pooling 7.00, the O refit alone 5.28, the fitted keys
-    as well 3.87 (docs/conversion.md)."""
+    Exact when the served key heads differ by a complex scale per frequency and the value heads are equal (one
+    layer, tests/convert). Measured on SmolLM2-135M (docs/distillation.md): MQA, 3 K/V heads into 1, python-docs
+    KL right after conversion 6.98 -> 3.27; CLA2 (pairs of layers) 7.17 -> 3.70."""
     from .mla import shared_rope_key
 
+    members = ctx.group_members(i)
+    src = ctx.teacher_mixer(i)
     H, D, n_src, n_dst = src.n_heads, src.head_dim, src.n_kv_heads, dst.n_kv_heads
     m, qpk = n_src // n_dst, H // n_src
     f64 = torch.float64
     d = src.q_proj.in_features
-    C = moment.to(dtype=f64, device=src.q_proj.weight.device)
+    C = ctx.input_moment(i).to(dtype=f64, device=src.q_proj.weight.device)
     C = C + 1e-4 * C.diagonal().mean() * torch.eye(d, dtype=f64, device=C.device)
     L = torch.linalg.cholesky(C)
-    wk = src.k_proj.weight.to(f64).view(n_src, D, d)
-    wq = src.q_proj.weight.to(f64).view(H, D, d)
-    wv = src.v_proj.weight.to(f64).view(n_src, D, d)
-    wo = src.o_proj.weight.to(f64).view(-1, H, D)
+    readers = []  # (teacher mixer, student mixer, keys as maps of x_i, values as maps of x_i)
+    for j in members:
+        t_j, s_j = ctx.teacher_mixer(j), ctx.student.blocks[j].mixer
+        wk, wv = t_j.k_proj.weight.to(f64), t_j.v_proj.weight.to(f64)
+        if j != i:
+            A = torch.linalg.solve(C, ctx.cross_moment(j, i).to(dtype=f64, device=C.device).T).T  # E[x_j x_i^T] C^-1
+            wk, wv = wk @ A, wv @ A
+        readers.append((t_j, s_j, wk.view(n_src, D, d), wv.view(n_src, D, d)))
     k_new = torch.empty(n_dst, D, d, dtype=f64, device=C.device)
-    q_new = torch.empty(H, D, d, dtype=f64, device=C.device)
-    for j in range(n_dst):
-        ks, qs = slice(j * m, (j + 1) * m), slice(j * m * qpk, (j + 1) * m * qpk)
-        k, q = shared_rope_key(wk[ks] @ L, wq[qs] @ L, qpk)  # (D, d), (m * qpk, D, d), whitened
-        k_new[j] = torch.linalg.solve_triangular(L, k, upper=False, left=False)  # k L^-1
-        q_new[qs] = torch.linalg.solve_triangular(L, q, upper=False, left=False)
-    v_new = wv.view(n_dst, m, D, d).mean(1)  # (n_dst, D, d)
-    o_new = torch.empty_like(wo)
-    for h in range(H):
-        g = h // qpk
-        vj = v_new[g // m]
-        o_new[:, h] = wo[:, h] @ (wv[g] @ C @ vj.T) @ torch.linalg.inv(vj @ C @ vj.T)
-    copy_linear(dst.q_proj, q_new.reshape(H * D, d).to(dst.q_proj.weight.dtype))
+    q_new = [t.q_proj.weight.to(f64).view(H, D, d).clone() for t, _, _, _ in readers]
+    for h in range(n_dst):
+        gs, qs = slice(h * m, (h + 1) * m), slice(h * m * qpk, (h + 1) * m * qpk)
+        wk_all = torch.cat([wk[gs] for _, _, wk, _ in readers])  # (R m, D, d)
+        wq_all = torch.cat([q[qs] for q in q_new])  # (R m qpk, D, d): rows scale, so their input space does not matter
+        k, q = shared_rope_key(wk_all @ L, wq_all, qpk)
+        k_new[h] = torch.linalg.solve_triangular(L, k, upper=False, left=False)  # k L^-1
+        for r, qr in enumerate(q.split(m * qpk)):
+            q_new[r][qs] = qr
+    v_new = torch.stack([wv.view(n_dst, m, D, d) for _, _, _, wv in readers], 1).mean((1, 2))  # (n_dst, D, d)
+    for r, (t_j, s_j, _, wv) in enumerate(readers):
+        wo = t_j.o_proj.weight.to(f64).view(-1, H, D)
+        o_new = torch.empty_like(wo)
+        for h in range(H):
+            g = h // qpk
+            vj = v_new[g // m]
+            o_new[:, h] = wo[:, h] @ (wv[g] @ C @ vj.T) @ torch.linalg.inv(vj @ C @ vj.T)
+        copy_linear(s_j.q_proj, q_new[r].reshape(H * D, d).to(s_j.q_proj.weight.dtype))
+        copy_linear(s_j.o_proj, o_new.reshape(-1, H * D).to(s_j.o_proj.weight.dtype))
+        ctx.fitted.add(members[r])
     copy_linear(dst.k_proj, k_new.reshape(n_dst * D, d).to(dst.k_proj.weight.dtype))
     copy_linear(dst.v_proj, v_new.reshape(n_dst * D, d).to(dst.v_proj.weight.dtype))
-    copy_linear(dst.o_proj, o_new.reshape(-1, H * D).to(dst.o_proj.weight.dtype))
 
 
 def convert_attention(src, dst, i: int, ctx: ConvertContext) -> None:
@@ -108,21 +124,25 @@ def convert_attention(src, dst, i: int, ctx: ConvertContext) -> None:
         )
     if dst.rope.theta != src.rope.theta:
         ctx.notes.append(f"layer {i}: rope_theta {dst.rope.theta} differs from the teacher's {src.rope.theta}")
+    if i in ctx.fitted:
+        return  # a CLA member whose query and output projections its leader's fit set (_fit_shared_kv)
     copy_linear(dst.q_proj, src.q_proj.weight, src.q_proj.bias, ctx.notes)
     copy_linear(dst.o_proj, src.o_proj.weight, src.o_proj.bias)
     if not dst.owns_kv:
         return  # a CLA member reads its leader's K/V
     kv = _pooled_kv(src, dst.n_kv_heads)
     members = ctx.group_members(i)
-    moment = ctx.input_moment(i) if dst.n_kv_heads < src.n_kv_heads and len(members) == 1 else None
-    if moment is not None:
-        biases = [lin.bias for lin in (src.q_proj, src.k_proj, src.v_proj, src.o_proj) if lin.bias is not None]
-        if biases:
+    shared = dst.n_kv_heads < src.n_kv_heads or (len(members) > 1 and ctx.options["cla_share"] == "mean")
+    if shared and ctx.options.get("calibration") is not None:
+        readers = [ctx.teacher_mixer(j) for j in members]
+        if any(lin.bias is not None for t in readers for lin in (t.q_proj, t.k_proj, t.v_proj, t.o_proj)):
             ctx.notes.append(f"layer {i}: projection biases: the K/V heads are mean-pooled, not fitted to activations")
         else:
-            _fit_pooled_kv(src, dst, moment)
-            if i == 0:
-                ctx.notes.append("K/V heads merged to fit the teacher's activations over the calibration tokens")
+            _fit_shared_kv(i, dst, ctx)
+            if "K/V fitted" not in " ".join(ctx.notes):
+                ctx.notes.append(
+                    "K/V fitted to the teacher's activations over the calibration tokens (fewer or shared heads)"
+                )
             return
     if len(members) > 1 and ctx.options["cla_share"] == "mean":
         pooled = [_pooled_kv(ctx.teacher_mixer(j), dst.n_kv_heads) for j in members]
