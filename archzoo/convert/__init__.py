@@ -77,30 +77,32 @@ class ConvertContext:
     generator: torch.Generator
     notes: list[str] = field(default_factory=list)
     fitted: set[int] = field(default_factory=set)  # student layers a converter has already filled (a CLA group's fit)
-    _moments: dict[int, torch.Tensor] | None = None
-    _cross: dict[tuple[int, int], torch.Tensor] | None = None
+    _moments: dict[tuple[int, int], torch.Tensor] | None = None
 
     def input_moment(self, student_layer: int) -> torch.Tensor | None:
         """E[x x^T] (d, d, float64) of the input the teacher mixer of ``student_layer`` receives (its mixer norm's
-        output) over the ``calibration`` tokens, or None without calibration. Every layer's moment comes from one
-        teacher forward pass, made on the first call."""
-        ids = self.options.get("calibration")
-        if ids is None:
+        output) over the ``calibration`` tokens, or None without calibration."""
+        if self.options.get("calibration") is None:
             return None
-        if self._moments is None:
-            self._moments = _input_moments(self.teacher, ids)
-        return self._moments[self.layer_map[student_layer]]
+        t = self.layer_map[student_layer]
+        return self._all_moments()[(t, t)]
 
     def cross_moment(self, student_a: int, student_b: int) -> torch.Tensor:
         """E[x_a x_b^T] (d, d, float64) of the inputs of the teacher mixers of two student layers over the
-        ``calibration`` tokens (a CLA member reads its leader's K/V: its keys are predicted from the leader's input).
-        Every CLA member-leader pair's moment comes from one teacher pass, made on the first call."""
-        if self._cross is None:
+        ``calibration`` tokens (a CLA member reads its leader's K/V: its keys are predicted from the leader's input)."""
+        return self._all_moments((self.layer_map[student_a], self.layer_map[student_b]))[
+            (self.layer_map[student_a], self.layer_map[student_b])
+        ]
+
+    def _all_moments(self, extra: tuple[int, int] | None = None) -> dict[tuple[int, int], torch.Tensor]:
+        """Every layer's moment and every CLA member-leader cross moment, from one teacher pass on first use."""
+        if self._moments is None or (extra is not None and extra not in self._moments):
             owners = self.student.state_owners
             pairs = {(self.layer_map[j], self.layer_map[o]) for j, o in enumerate(owners) if o != j}
-            pairs.add((self.layer_map[student_a], self.layer_map[student_b]))
-            self._cross = _cross_moments(self.teacher, self.options["calibration"], pairs)
-        return self._cross[(self.layer_map[student_a], self.layer_map[student_b])]
+            if extra is not None:
+                pairs.add(extra)
+            self._moments = _input_moments(self.teacher, self.options["calibration"], pairs)
+        return self._moments
 
     def teacher_mixer(self, student_layer: int):
         return self.teacher.blocks[self.layer_map[student_layer]].mixer
@@ -111,8 +113,9 @@ class ConvertContext:
         return [i for i, o in enumerate(owners) if o == student_layer]
 
 
-def _input_moments(teacher, ids) -> dict[int, torch.Tensor]:
-    """{teacher layer: E[x x^T]} of every mixer's input over the token ids (N, T), in float64."""
+def _input_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+    """{(a, b): E[x_a x_b^T]} (float64) of the teacher mixers' inputs over the token ids (N, T), in one teacher
+    pass: (i, i) for every layer, and each pair of ``pairs`` (a CLA member and its leader)."""
     ids = torch.as_tensor(ids)
     if ids.dim() != 2 or ids.numel() == 0 or ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(
@@ -120,30 +123,7 @@ def _input_moments(teacher, ids) -> dict[int, torch.Tensor]:
         )
     if int(ids.min()) < 0 or int(ids.max()) >= teacher.cfg.vocab_size:
         raise ValueError(f"calibration token ids must lie in [0, {teacher.cfg.vocab_size})")
-    sums: dict[int, torch.Tensor] = {}
-
-    def hook(i):
-        def fn(_module, args, _out):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            sums[i] = sums.get(i, 0) + x.T @ x
-
-        return fn
-
-    handles = [b.mixer.register_forward_hook(hook(i)) for i, b in enumerate(teacher.blocks)]
-    try:
-        dev = teacher.embed.weight.device
-        for row in ids.to(dev).split(8):
-            teacher(row)
-    finally:
-        for h in handles:
-            h.remove()
-    return {i: m / ids.numel() for i, m in sums.items()}
-
-
-def _cross_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
-    """{(a, b): E[x_a x_b^T]} of the teacher mixers' inputs over the token ids (N, T), in float64."""
-    ids = torch.as_tensor(ids)
-    wanted = {b for pair in pairs for b in pair}
+    pairs = {(i, i) for i in range(len(teacher.blocks))} | set(pairs)
     current: dict[int, torch.Tensor] = {}
     sums: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -153,7 +133,7 @@ def _cross_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int,
 
         return fn
 
-    handles = [b.mixer.register_forward_hook(hook(i)) for i, b in enumerate(teacher.blocks) if i in wanted]
+    handles = [b.mixer.register_forward_hook(hook(i)) for i, b in enumerate(teacher.blocks)]
     try:
         for row in ids.to(teacher.embed.weight.device).split(8):
             current.clear()

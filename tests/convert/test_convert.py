@@ -244,6 +244,22 @@ def test_mla_calibration_full_rank_stays_exact():
     assert any("activation-aware" in n for n in s.convert_notes)
 
 
+def _spiky_teacher():
+    """A GQA teacher whose inputs have a few large dimensions, as a residual stream has."""
+    t = teacher(2)
+    with torch.no_grad():
+        t.embed.weight[:, :3] *= 20.0
+    return t
+
+
+def _assert_calibration_helps(t, cfg, cal):
+    """Logits on the calibration tokens closer to the teacher's with calibration than without; -> the fitted one."""
+    plain, fitted = convert(t, cfg), convert(t, cfg, calibration=cal)
+    ref = logits(t, cal)
+    assert rel_err(logits(fitted, cal), ref) < rel_err(logits(plain, cal), ref)
+    return fitted
+
+
 def test_mqa_calibration_is_exact_for_phase_related_keys_and_equal_values():
     """GQA -> MQA with calibration: where the two K/V heads' keys differ by a complex scale per RoPE frequency and
     their values are equal, the fitted merge (shared key, query heads absorbing each group's phase, output refit) is
@@ -271,28 +287,18 @@ def test_mqa_calibration_is_exact_for_phase_related_keys_and_equal_values():
 def test_mqa_calibration_fits_the_attention_output_better():
     """A generic GQA teacher: the fitted merge's attention outputs are closer to the teacher's on the calibration
     inputs than mean pooling's."""
-    t = teacher(2)
-    with torch.no_grad():
-        t.embed.weight[:, :3] *= 20.0
-    cal = ids(6, 16, seed=3)
+    t, cal = _spiky_teacher(), ids(6, 16, seed=3)
     cfg = student_cfg(t.cfg.to_dict(), mixer={"n_kv_heads": 1})
-    plain, fitted = convert(t, cfg), convert(t, cfg, calibration=cal)
-    ref = logits(t, cal)
-    assert rel_err(logits(fitted, cal), ref) < rel_err(logits(plain, cal), ref)
+    _assert_calibration_helps(t, cfg, cal)
 
 
 def test_cla_calibration_fits_the_shared_kv_better():
     """CLA2 on a GQA teacher: with calibration the group's shared K/V (members' keys and values predicted from the
     leader's input) and the refitted query / output projections give logits closer to the teacher's than the group
     mean; members keep the projections their leader's fit set."""
-    t = teacher(2)
-    with torch.no_grad():
-        t.embed.weight[:, :3] *= 20.0
-    cal = ids(6, 16, seed=3)
+    t, cal = _spiky_teacher(), ids(6, 16, seed=3)
     cfg = student_cfg(t.cfg.to_dict(), mixer={"cla_group": 2})
-    plain, fitted = convert(t, cfg), convert(t, cfg, calibration=cal)
-    ref = logits(t, cal)
-    assert rel_err(logits(fitted, cal), ref) < rel_err(logits(plain, cal), ref)
+    fitted = _assert_calibration_helps(t, cfg, cal)
     member = fitted.blocks[1].mixer
     assert not member.owns_kv and not torch.equal(member.o_proj.weight, t.blocks[1].mixer.o_proj.weight)
 
@@ -323,9 +329,7 @@ def _kv_output_error(t, s, x_tokens) -> float:
 def test_mla_calibration_fits_the_projections_outputs_better():
     """Low rank: on the calibration inputs, the activation-aware factorisation's K/V outputs are closer to the
     teacher's than the plain SVD's (it minimises exactly that error; the plain SVD minimises the weights' error)."""
-    t = teacher(2)
-    with torch.no_grad():  # inputs with a few large dimensions, as a residual stream has
-        t.embed.weight[:, :3] *= 20.0
+    t = _spiky_teacher()
     cal = ids(6, 16, seed=3)
     cfg = student_cfg(t.cfg.to_dict(), mixer=MLA_LOW)
     plain, aware = convert(t, cfg), convert(t, cfg, calibration=cal)
