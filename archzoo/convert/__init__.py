@@ -101,7 +101,7 @@ class ConvertContext:
             pairs = {(self.layer_map[j], self.layer_map[o]) for j, o in enumerate(owners) if o != j}
             if extra is not None:
                 pairs.add(extra)
-            self._moments = _input_moments(self.teacher, self.options["calibration"], pairs)
+            self._moments = input_moments(self.teacher, self.options["calibration"], pairs)
         return self._moments
 
     def teacher_mixer(self, student_layer: int):
@@ -113,7 +113,7 @@ class ConvertContext:
         return [i for i, o in enumerate(owners) if o == student_layer]
 
 
-def _input_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
+def input_moments(teacher, ids, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
     """{(a, b): E[x_a x_b^T]} (float64) of the teacher mixers' inputs over the token ids (N, T), in one teacher
     pass: (i, i) for every layer, and each pair of ``pairs`` (a CLA member and its leader)."""
     ids = torch.as_tensor(ids)
@@ -250,5 +250,6 @@ __all__ = [
     "convert",
     "copy_linear",
     "default_layer_map",
+    "input_moments",
     "register_converter",
 ]
