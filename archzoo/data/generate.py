@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..fetch import cache_root
+from ..saving import atomic_write
 from .prompts import Prompt, format_prompt, prompt_set
 
 GENERATOR_VERSION = 1  # bump when the texts a key produces change
@@ -200,10 +201,7 @@ def teacher_corpus(
 
 
 def write_jsonl_meta(meta: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta, indent=1))
 
 
 def generate_cli(args) -> int:
