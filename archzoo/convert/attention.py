@@ -133,6 +133,8 @@ def convert_attention(src, dst, i: int, ctx: ConvertContext) -> None:
     kv = _pooled_kv(src, dst.n_kv_heads)
     members = ctx.group_members(i)
     shared = dst.n_kv_heads < src.n_kv_heads or (len(members) > 1 and ctx.options["cla_share"] == "mean")
+    if ctx.options.get("calibration") is not None and len(members) > 1 and ctx.options["cla_share"] == "first":
+        ctx.notes.append(f"layer {i}: cla_share='first' keeps the leader's own K/V; the calibration fits no group")
     if shared and ctx.options.get("calibration") is not None:
         readers = [ctx.teacher_mixer(j) for j in members]
         if any(lin.bias is not None for t in readers for lin in (t.q_proj, t.k_proj, t.v_proj, t.o_proj)):

@@ -299,6 +299,8 @@ def test_cla_calibration_fits_the_shared_kv_better():
     t, cal = _spiky_teacher(), ids(6, 16, seed=3)
     cfg = student_cfg(t.cfg.to_dict(), mixer={"cla_group": 2})
     fitted = _assert_calibration_helps(t, cfg, cal)
+    first = convert(t, cfg, calibration=cal, cla_share="first")
+    assert any("cla_share='first'" in n for n in first.convert_notes), "the unused calibration is said"
     member = fitted.blocks[1].mixer
     assert not member.owns_kv and not torch.equal(member.o_proj.weight, t.blocks[1].mixer.o_proj.weight)
 
