@@ -74,8 +74,7 @@ def naive_linear_attention(
     else:
         S, z = initial_state[0].to(acc), initial_state[1].to(acc)
     out = []
-    for t in range(T):
-        qt, kt, vt = q[:, t], k[:, t], v[:, t]  # (B, H, F), (B, H, F), (B, H, Dv)
+    for qt, kt, vt in zip(q.unbind(1), k.unbind(1), v.unbind(1), strict=True):  # (B, H, F), (B, H, F), (B, H, Dv)
         S = S + kt[..., :, None] * vt[..., None, :]
         z = z + kt
         o = torch.einsum("bhf,bhfd->bhd", qt, S)

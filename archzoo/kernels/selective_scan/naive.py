@@ -14,15 +14,24 @@ import torch.nn.functional as F
 from ._checks import check_scan, check_update, compute_dtype
 
 
-def _expand_bc(t: torch.Tensor, b: int, d: int, length: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """B / C in any accepted layout -> (b, d, n, l) (or (b, d, n) for decode), per channel."""
+def _step_bc(t: torch.Tensor, b: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """B / C of a decode step, (b, n) or grouped (b, g, n) -> (b, d, n), per channel."""
     t = t.to(dtype)
-    if length is not None and t.dim() == 2:  # (d, n): input-independent
-        return t[None, :, :, None].expand(b, d, t.shape[1], length)
-    if t.dim() == (3 if length is not None else 2):  # (b, n, l) / (b, n)
-        return t.unsqueeze(1).expand(b, d, *t.shape[1:])
-    g = t.shape[1]  # (b, g, n, l) / (b, g, n): channel c reads group c // (d / g)
+    if t.dim() == 2:  # (b, n): shared by every channel
+        return t.unsqueeze(1).expand(b, d, t.shape[1])
+    g = t.shape[1]  # (b, g, n): channel c reads group c // (d / g)
     return t.repeat_interleave(d // g, dim=1)
+
+
+def _time_major_bc(t: torch.Tensor, d: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """B / C of a scan -> (l, b, d, n), or (l, 1, d, n) / (l, b, 1, n) that broadcast to it; n contiguous."""
+    t = t.to(dtype)
+    if t.dim() == 2:  # (d, n): input-independent
+        return t[None, None].expand(length, 1, *t.shape)
+    if t.dim() == 3:  # (b, n, l): shared by every channel
+        return t.permute(2, 0, 1).contiguous().unsqueeze(2)
+    g = t.shape[1]  # (b, g, n, l): channel c reads group c // (d / g)
+    return t.permute(3, 0, 1, 2).contiguous().repeat_interleave(d // g, dim=2)
 
 
 def naive_selective_scan_fn(
@@ -52,15 +61,18 @@ def naive_selective_scan_fn(
         dt = dt + delta_bias.to(cdt)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Bx = _expand_bc(B, b, d, length, cdt)  # (b, d, n, l)
-    Cx = _expand_bc(C, b, d, length, cdt)  # (b, d, n, l)
-    dA = torch.exp(dt[:, :, None, :] * A.to(cdt)[None, :, :, None])  # (b, d, n, l)
-    dBu = (dt * uf)[:, :, None, :] * Bx  # (b, d, n, l)
+    # time-major (l, b, d, n), so each step reads contiguous slices; unbind rather than index, so autograd
+    # stacks the per-step gradients once (indexing fills a zero (b, d, n, l) tensor per step and input)
+    Bx = _time_major_bc(B, d, length, cdt)  # (l, b, d or 1, n)
+    Cx = _time_major_bc(C, d, length, cdt)
+    dtT = dt.permute(2, 0, 1)  # (l, b, d)
+    dA = torch.exp(dtT[..., None] * A.to(cdt))  # (l, b, d, n)
+    dBu = (dtT * uf.permute(2, 0, 1))[..., None] * Bx  # (l, b, d, n)
     h = u.new_zeros(b, d, n, dtype=cdt) if initial_state is None else initial_state.to(cdt)
     ys = []
-    for t in range(length):
-        h = dA[..., t] * h + dBu[..., t]
-        ys.append((h * Cx[..., t]).sum(-1))  # (b, d)
+    for dA_t, dBu_t, C_t in zip(dA.unbind(0), dBu.unbind(0), Cx.unbind(0), strict=True):
+        h = dA_t * h + dBu_t
+        ys.append((h * C_t).sum(-1))  # (b, d)
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(b, d, 0)  # (b, d, l)
     if D is not None:
         y = y + D.to(cdt)[:, None] * uf
@@ -94,8 +106,8 @@ def naive_selective_state_update(
         dtf = dtf + dt_bias.to(cdt)
     if dt_softplus:
         dtf = F.softplus(dtf)
-    Bx = _expand_bc(B, b, d, None, cdt)  # (b, d, n)
-    Cx = _expand_bc(C, b, d, None, cdt)  # (b, d, n)
+    Bx = _step_bc(B, b, d, cdt)  # (b, d, n)
+    Cx = _step_bc(C, b, d, cdt)  # (b, d, n)
     h = torch.exp(dtf[..., None] * A.to(cdt)) * state.to(cdt) + (dtf * xf)[..., None] * Bx
     state.copy_(h)
     y = (h * Cx).sum(-1)  # (b, d)
