@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from train.config import load_run_config
+from archzoo.train.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("align_cpu", ROOT / "tools" / "align_cpu.py")
