@@ -162,7 +162,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for n in by:
             q_head.append(f"MQAR {m} {n} pairs")
             for cells, r in zip(q_rows, rows, strict=True):
-                cells.append(_f(r["mqar"][m][n], ".3f") + (" *" if r["on_frontier"][f"mqar/{m}/{n}"] else ""))
+                cells.append(_f(r["mqar"][m][n], ".2%") + (" *" if r["on_frontier"][f"mqar/{m}/{n}"] else ""))
     out.append(("Quality (* = on the Pareto frontier of cache bytes per token and that metric)", q_head, q_rows))
     pairs = before_after(rows)
     if pairs:
@@ -212,7 +212,7 @@ def before_after_table(pairs: list[tuple[dict, dict]], rows: list[dict], lengths
             cells.append(f"{_f(b['ppl'][t], '.2f')} -> {_f(a['ppl'][t], '.2f')} ({_f(ratio, '.3f')}x)")
             cells.append(f"{_f(b['kl'][t], '.4f')} -> {_f(a['kl'][t], '.4f')}")
         for m in mqar:
-            cells.append(f"{_f(mean(b, m), '.3f')} -> {_f(mean(a, m), '.3f')} ({_f(mean(teacher, m), '.3f')})")
+            cells.append(f"{_f(mean(b, m), '.2%')} -> {_f(mean(a, m), '.2%')} ({_f(mean(teacher, m), '.2%')})")
         body.append(cells)
     return ("Distillation: converted (before) -> trained (after)", head, body)
 
