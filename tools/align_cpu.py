@@ -2,6 +2,7 @@
 end-to-end distillation (docs/distillation.md, "After the align stage").
 
     python tools/align_cpu.py mamba jamba-half mla mqa --steps 40 --out runs/align-cpu    # ~6 min a student
+    python tools/align_cpu.py mla --steps 40 --teacher-text 8704 --out runs/align-cpu     # -> runs/align-cpu/mla-mix
     archzoo bench configs/bench/smollm2-aligned-cpu.yaml --out docs/results/distillation/aligned-cpu
 
 For each NAME it reads the GPU run ``configs/distill/smollm2-NAME.yaml`` and keeps its student (architecture,
@@ -25,8 +26,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cpu_run(name: str, steps: int, batch_size: int) -> dict:
-    """The CPU align-only run YAML (as a dict) derived from configs/distill/smollm2-NAME.yaml."""
+def cpu_run(name: str, steps: int, batch_size: int, teacher_text: int = 0) -> dict:
+    """The CPU align-only run YAML (as a dict) derived from configs/distill/smollm2-NAME.yaml.
+
+    ``teacher_text`` > 0: the data are half Shakespeare, half that many tokens of teacher-generated text (8,704 is
+    the calibration corpus the calibrated conversions generate, so it is on the machine already)."""
     src = ROOT / "configs" / "distill" / f"smollm2-{name}.yaml"
     if not src.is_file():
         raise SystemExit(f"{src}: no such run YAML (NAME is the part after smollm2-)")
@@ -37,18 +41,14 @@ def cpu_run(name: str, steps: int, batch_size: int) -> dict:
     aligns = [s for s in run["stages"] if s.get("type") == "align"]
     if not aligns:
         raise SystemExit(f"{src}: has no align stage to run")
+    data = {"source": "shakespeare", "max_tokens": 400_000}
+    if teacher_text > 0:
+        data = {"sources": [{"source": "teacher_generated", "size_tokens": teacher_text, "seed": 0, "weight": 0.5},
+                            {"source": "shakespeare", "weight": 0.5, "max_tokens": 400_000}]}  # fmt: skip
     return {
         "teacher": run["teacher"],
         "student": student,
-        "data": {
-            "source": "shakespeare",
-            "block_len": 512,
-            "batch_size": batch_size,
-            "max_tokens": 400_000,
-            "val_fraction": 0.02,
-            "max_val_blocks": 4,
-            "seed": 0,
-        },
+        "data": {**data, "block_len": 512, "batch_size": batch_size, "val_fraction": 0.02, "max_val_blocks": 4, "seed": 0},
         "stages": [{"name": "align", "type": "align", "steps": steps, "lr": aligns[0]["lr"]}],
         "optimizer": {"lr": aligns[0]["lr"], "warmup_steps": 2, "schedule": "cosine", "weight_decay": 0.0},
         "trainer": {
@@ -67,11 +67,15 @@ def main() -> None:
     p.add_argument("names", nargs="+", help="students: NAME of configs/distill/smollm2-NAME.yaml")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--teacher-text", type=int, default=0,
+                   help="half the data from this many teacher-generated tokens (8704: the calibration corpus); "
+                   "the run goes to OUT/NAME-mix")  # fmt: skip
     p.add_argument("--out", default="runs/align-cpu")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {name: cpu_run(name, args.steps, args.batch_size) for name in args.names}  # all checked first
+    suffix = "-mix" if args.teacher_text > 0 else ""
+    runs = {name + suffix: cpu_run(name, args.steps, args.batch_size, args.teacher_text) for name in args.names}
     for name, run in runs.items():
         if (out / name / "student").is_dir():
             print(f"{name}: {out / name} exists, skipped", flush=True)

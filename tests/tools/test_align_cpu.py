@@ -33,3 +33,9 @@ def test_cpu_run_validates(name):
 def test_unknown_name_is_one_clear_error():
     with pytest.raises(SystemExit, match="smollm2-nope.yaml: no such run YAML"):
         align_cpu.cpu_run("nope", steps=1, batch_size=1)
+
+
+def test_teacher_text_mixture_validates():
+    run = load_run_config(align_cpu.cpu_run("mla", steps=3, batch_size=2, teacher_text=8704))
+    kinds = {s.source: s.weight for s in run.data.sources}
+    assert kinds == {"teacher_generated": 0.5, "shakespeare": 0.5}
