@@ -209,6 +209,24 @@ class DistillModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self.teacher.to(self.device, self.teacher_dtype())
 
+    def _scaled_clipping(self) -> bool:
+        """fp16 mixed precision (a gradient scaler) with gradient clipping on."""
+        t = self.run_cfg.trainer
+        return t.precision.startswith("16") and bool(t.gradient_clip_val)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip here for a fused AdamW, whose step Lightning's mixed-precision plugin refuses to clip before
+        ("performs unscaling of gradients internally"). Without a gradient scaler (bf16-mixed, 32-true) the
+        gradients are already unscaled, so clipping them directly is what the plugin would do; fp16 with
+        clipping never gets a fused AdamW (``configure_optimizers``)."""
+        if not gradient_clip_val or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":  # GradClipAlgorithmType is a str enum
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self):
         opt = self.run_cfg.optimizer
         groups = param_groups(self.student, opt.weight_decay, opt.no_decay)
@@ -216,6 +234,14 @@ class DistillModule(L.LightningModule):
         if fused is None:  # torch's fused kernel: one launch for all parameters, where it applies
             params = [p for g in groups for p in g["params"]]
             fused = bool(params) and all(p.is_cuda for p in params) and not is_sharded(self.student)
+        if fused and self._scaled_clipping():
+            if self.run_cfg.speed.fused_adamw:
+                raise self.run_cfg.error(
+                    "speed.fused_adamw",
+                    "fused AdamW unscales fp16 gradients inside its step, after gradient clipping would run: "
+                    "use bf16-mixed, turn gradient clipping off, or set fused_adamw: false",
+                )
+            fused = False
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused or None)
         # LambdaLR passes the optimizer step count, i.e. the global step.
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(self.run_cfg, step))

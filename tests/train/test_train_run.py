@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import csv
 import json
 import os
@@ -349,3 +350,26 @@ def test_convert_calibration_spec_reaches_convert_as_tokens(teacher_dir, tmp_pat
     cfg["stages"] = [{"name": "kd", "type": "kd", "steps": 1}]
     run_distill(cfg, tmp_path / "ok")
     assert torch.equal(seen["opts"]["calibration"], seen["ids"])
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adamw_with_gradient_clipping(teacher_dir, tmp_path, precision):
+    """A fused AdamW (torch's fused kernel, also on CPU) under mixed precision with gradient clipping: Lightning's
+    plugin refuses to clip before it ("performs unscaling of gradients internally"), which made every GPU run
+    with the default fused_adamw fail at its first step (H200, 2026-12-05). The module clips itself: the run
+    finishes with the losses of the unfused optimizer (float32; bf16 only finishes)."""
+    kw = {"trainer": {"precision": precision, "gradient_clip_val": 0.5}}
+    fused, plain = tmp_path / "fused", tmp_path / "plain"
+    run_distill(_config(teacher_dir, speed={"fused_adamw": True}, **kw), fused)
+    run_distill(_config(teacher_dir, speed={"fused_adamw": False}, **kw), plain)
+    want, got = _losses(plain / "logs" / "metrics.csv"), _losses(fused / "logs" / "metrics.csv")
+    assert sorted(got) == sorted(want) and all(math.isfinite(v) for v in got.values())
+    if precision == "32-true":
+        for step in want:
+            assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), f"train/loss at step {step}"
+
+
+def test_fused_adamw_refuses_fp16_clipping(teacher_dir, tmp_path):
+    cfg = _config(teacher_dir, speed={"fused_adamw": True}, trainer={"precision": "16-mixed", "gradient_clip_val": 1.0})
+    with pytest.raises(archzoo.ConfigError, match="fused_adamw: fused AdamW unscales fp16 gradients"):
+        run_distill(cfg, tmp_path / "run")
