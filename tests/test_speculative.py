@@ -28,7 +28,8 @@ def noisy_copy(model, scale: float, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in draft.parameters():
-            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))  # CPU noise: same on any device
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)  # CPU noise: same on any device
+            p.add_(scale * p.abs().mean() * noise)
     return draft
 
 

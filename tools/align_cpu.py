@@ -48,7 +48,14 @@ def cpu_run(name: str, steps: int, batch_size: int, teacher_text: int = 0) -> di
     return {
         "teacher": run["teacher"],
         "student": student,
-        "data": {**data, "block_len": 512, "batch_size": batch_size, "val_fraction": 0.02, "max_val_blocks": 4, "seed": 0},
+        "data": {
+            **data,
+            "block_len": 512,
+            "batch_size": batch_size,
+            "val_fraction": 0.02,
+            "max_val_blocks": 4,
+            "seed": 0,
+        },
         "stages": [{"name": "align", "type": "align", "steps": steps, "lr": aligns[0]["lr"]}],
         "optimizer": {"lr": aligns[0]["lr"], "warmup_steps": 2, "schedule": "cosine", "weight_decay": 0.0},
         "trainer": {

@@ -328,6 +328,12 @@ class RunConfig(Strict):
                         "the fused loss streams the vocabulary itself; vocab_chunk is for the unfused loss "
                         "(lower token_chunk to bound its memory instead)",
                     )
+        if self.speed.fused_adamw and self.trainer.precision.startswith("16") and self.trainer.gradient_clip_val:
+            raise FieldError(
+                "speed.fused_adamw",
+                "fused AdamW unscales fp16 gradients inside its step, after gradient clipping would run: "
+                "use bf16-mixed, turn gradient clipping off, or set fused_adamw: false",
+            )
         strategy = self.trainer.strategy
         partial = any(s.type == "align" or s.trainable != ["*"] for s in self.stages)
         if strategy.startswith("ddp") and not strategy.endswith("find_unused_parameters_true") and partial:

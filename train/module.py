@@ -31,6 +31,7 @@ from fnmatch import fnmatchcase
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from archzoo.layers import ForwardContext
@@ -234,13 +235,8 @@ class DistillModule(L.LightningModule):
         if fused is None:  # torch's fused kernel: one launch for all parameters, where it applies
             params = [p for g in groups for p in g["params"]]
             fused = bool(params) and all(p.is_cuda for p in params) and not is_sharded(self.student)
-        if fused and self._scaled_clipping():
-            if self.run_cfg.speed.fused_adamw:
-                raise self.run_cfg.error(
-                    "speed.fused_adamw",
-                    "fused AdamW unscales fp16 gradients inside its step, after gradient clipping would run: "
-                    "use bf16-mixed, turn gradient clipping off, or set fused_adamw: false",
-                )
+        if fused and self._scaled_clipping():  # an explicit fused_adamw: true is a config error (train/config.py)
+            rank_zero_info("fused AdamW off: fp16 with gradient clipping needs the gradients unscaled before the step")
             fused = False
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused or None)
         # LambdaLR passes the optimizer step count, i.e. the global step.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import csv
 import json
+import math
 import os
 import re
 import statistics
@@ -370,6 +370,8 @@ def test_fused_adamw_with_gradient_clipping(teacher_dir, tmp_path, precision):
 
 
 def test_fused_adamw_refuses_fp16_clipping(teacher_dir, tmp_path):
+    """Refused when the run is read, before anything is written."""
     cfg = _config(teacher_dir, speed={"fused_adamw": True}, trainer={"precision": "16-mixed", "gradient_clip_val": 1.0})
     with pytest.raises(archzoo.ConfigError, match="fused_adamw: fused AdamW unscales fp16 gradients"):
         run_distill(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
