@@ -16,6 +16,13 @@ once ``--steps`` is well above them). Variants (``--variants``, comma-separated)
 - ``fused_loss``: ``speed.fused_loss: true`` (the KD loss through ``archzoo.kernels.kd_loss_rows``);
 - ``all``: the five together;
 - ``all_b32``, ``all_b64``: the five with micro-batch 32 / 64.
+
+A variant named twice runs twice (``base,...,base``): the spread between the two is the noise to beat.
+``--random-teacher`` builds the teacher from ``configs/students/teacher.yaml`` with random weights (same
+shape, same FLOPs and bytes, so the same speed) and converts the student data-free, so the levers can be
+measured on a machine that does not hold the real teacher's GGUF. ``--profile VARIANT`` runs that variant
+once more under ``torch.profiler`` and writes the top CUDA kernels and the GPU's busy fraction
+(kernel time over wall time) to ``<out>.profile.txt``: where a step's time goes.
 """
 
 from __future__ import annotations
@@ -47,11 +54,16 @@ VARIANTS = {
 }
 
 
-def variant_config(run: dict, base_dir: Path, speed: dict, batch: int | None, steps: int) -> dict:
+def variant_config(
+    run: dict, base_dir: Path, speed: dict, batch: int | None, steps: int, teacher: str | None = None
+) -> dict:
     cfg = copy.deepcopy(run)
     student = cfg["student"]
     if isinstance(student.get("config"), str):
         student["config"] = str((base_dir / student["config"]).resolve())
+    if teacher is not None:  # a random teacher: no text to calibrate on, so the student converts data-free
+        cfg["teacher"] = teacher
+        (student.get("convert") or {}).pop("calibration", None)
     data = cfg["data"]
     cfg["data"] = {
         "source": "random",
@@ -65,6 +77,10 @@ def variant_config(run: dict, base_dir: Path, speed: dict, batch: int | None, st
     cfg["speed"] = speed
     cfg["trainer"] = {**cfg.get("trainer", {}), "val_check_interval": None, "log_every_n_steps": 1}
     cfg["trainer"].pop("max_steps", None)
+    import torch
+
+    if not torch.cuda.is_available():  # a smoke run of the tool itself on a CPU
+        cfg["trainer"].update(accelerator="cpu", precision="32-true")
     cfg["checkpoint"] = {"every_n_steps": 10 * steps}
     cfg["export"] = {}
     return cfg
@@ -76,6 +92,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", required=True)
+    p.add_argument("--random-teacher", action="store_true", help="the teacher's shape with random weights")
+    p.add_argument("--profile", default=None, metavar="VARIANT", help="profile this variant afterwards")
     args = p.parse_args()
     path = Path(args.run)
     run = yaml.safe_load(path.read_text())
@@ -83,12 +101,19 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    names = args.variants.split(",")
+    unknown = [v for v in names + ([args.profile] if args.profile else []) if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}")
+    teacher_dir = tempfile.TemporaryDirectory()
+    teacher = random_teacher(Path(teacher_dir.name)) if args.random_teacher else None
     rows = []
-    for v in args.variants.split(","):
+    for i, v in enumerate(names):
         speed, batch = VARIANTS[v]
-        row = {"variant": v, "speed": speed, "batch_size": batch or run["data"].get("batch_size", 16)}
+        label = v if v not in names[:i] else f"{v}#{names[:i].count(v) + 1}"
+        row = {"variant": label, "speed": speed, "batch_size": batch or run["data"].get("batch_size", 16)}
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = variant_config(run, path.parent, speed, batch, args.steps)
+            cfg = variant_config(run, path.parent, speed, batch, args.steps, teacher)
             t0 = time.perf_counter()
             try:
                 res = run_distill(cfg, Path(tmp) / "out")
@@ -104,8 +129,50 @@ def main() -> None:
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        Path(args.out).write_text(json.dumps({"device": name, "run": str(path), "steps": args.steps, "rows": rows},
-                                             indent=1))  # fmt: skip
+        meta = {"device": name, "run": str(path), "steps": args.steps, "random_teacher": args.random_teacher}
+        Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    if args.profile:
+        speed, batch = VARIANTS[args.profile]
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = variant_config(run, path.parent, speed, batch, max(8, args.steps // 4), teacher)
+            text = profile_run(cfg, Path(tmp) / "out")
+        Path(args.out + ".profile.txt").write_text(f"variant {args.profile}\n{text}")
+        print(text, flush=True)
+
+
+def random_teacher(folder: Path) -> str:
+    """The teacher's shape (configs/students/teacher.yaml) with random weights, saved as an archzoo checkpoint."""
+    import torch
+
+    from archzoo import build_model, load_config
+    from archzoo.checkpoint import save_pretrained
+
+    torch.manual_seed(0)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/students/teacher.yaml")
+    save_pretrained(build_model(cfg), folder / "teacher")
+    return str(folder / "teacher")
+
+
+def profile_run(cfg: dict, out: Path) -> str:
+    """Run ``cfg`` under torch.profiler: the GPU's busy fraction and the top kernels by CUDA time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        res = run_distill(cfg, out)
+    wall = time.perf_counter() - t0
+    m = res.get("metrics", res)
+    steps = cfg["stages"][0]["steps"]
+    step_ms = 1e3 * cfg["data"]["batch_size"] * cfg["data"]["block_len"] / m["train/tokens_per_s"]
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernel_ms = device_us / 1e3 / steps  # setup's kernels (conversion) included: an upper bound per step
+    head = (f"{steps} steps, wall {wall:.1f} s with setup; a step takes {step_ms:.1f} ms (median, under the "
+            f"profiler) and launches at most {kernel_ms:.1f} ms of kernels: the GPU is busy at most "
+            f"{kernel_ms / step_ms:.0%} of a step")  # fmt: skip
+    return head + "\n" + events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
 
 
 if __name__ == "__main__":
