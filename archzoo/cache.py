@@ -100,6 +100,37 @@ class Cache:
         view.compiled_blocks = self.compiled_blocks
         return view
 
+    def empty_rows(self, n: int) -> Cache:
+        """An empty cache of ``n`` rows laid out as this one: the same layers (a state shared by several layers
+        stays shared), buffer shapes past the batch dimension and dtypes, zero lengths."""
+        made: dict[int, LayerState] = {}
+        layers = []
+        for s in self.layers:
+            if s is not None and id(s) not in made:
+                zeros = {k: v.new_zeros((n, *v.shape[1:])) for k, v in s.buffers.items()}
+                made[id(s)] = LayerState(s.by_length, **zeros)
+            layers.append(None if s is None else made[id(s)])
+        out = Cache(layers, n, self.max_seq_len, self.capacity, self.device)
+        out.fused_weights, out.compiled_blocks = self.fused_weights, self.compiled_blocks
+        return out
+
+    def put_rows(self, index: torch.Tensor, other: Cache) -> None:
+        """Copy every row of ``other`` (``empty_rows(len(index))`` after a forward) into rows ``index`` of this
+        cache, buffers and lengths, in place (the buffers keep their addresses)."""
+        if len(other.layers) != len(self.layers) or other.batch_size != index.numel():
+            raise ValueError(
+                f"put_rows: {other.batch_size} rows of {len(other.layers)} layers into {index.numel()} rows of "
+                f"{len(self.layers)} layers"
+            )
+        done: set[int] = set()
+        for s, o in zip(self.layers, other.layers, strict=True):
+            if s is None or id(s) in done:
+                continue
+            done.add(id(s))
+            for k, v in s.buffers.items():
+                v.index_copy_(0, index, o.buffers[k])
+        self.lengths.index_copy_(0, index, other.lengths)
+
     @property
     def needs_snapshot(self) -> bool:
         """True when some layer holds a buffer that lowering ``lengths`` cannot rewind (see ``LayerState``)."""

@@ -21,8 +21,8 @@ prompt length within the bucket reuses it, a flipped kernel switch captures anew
 capture, reported in ``model.last_generate_stats["compile_s"]``, never hidden.
 
 Prompts of different lengths: each row's cache holds its own prompt from position 0 (no left
-padding) and the cache's per-row ``lengths`` say how far; rows are prefilled one at a time through
-``cache.rows(b)`` views, then decode together.
+padding) and the cache's per-row ``lengths`` say how far; the rows of each distinct length are prefilled
+together (``archzoo.prefill``), then all decode together.
 
 Speculative decoding (``draft=``) runs ``archzoo.speculative``'s static round instead of the step; with
 ``compile=True`` the round is pooled here too (``_get_round``, under keys of its own) and, on CUDA for a target
@@ -47,6 +47,7 @@ from .kernels._dispatch import once
 from .layers import attention as attention_layer
 from .layers import fused as fused_layer
 from .layers.moe import MoE
+from .prefill import prefill_rows
 from .sampling import sample_next
 from .speculative import SpeculativeRound, cache_length, check_draft, speculative_generate
 
@@ -291,10 +292,7 @@ def generate(
     stats["cache_bytes"] = cache.nbytes()
 
     t0 = _now(device)
-    if len(set(lens)) == 1:
-        logits = model(torch.stack(rows), cache=cache)[:, -1]
-    else:
-        logits = torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
+    logits = prefill_rows(model, rows, cache)
     stats["prefill_s"] = _now(device) - t0
 
     t0 = _now(device)
@@ -453,13 +451,11 @@ def _assemble(rows, new: torch.Tensor, form: str, input_ids, eos_ids: list[int],
     """Prompt + generated tokens in the caller's form."""
     if form == "tensor":
         return torch.cat([input_ids.to(new.device), new], dim=1)
-    out = []
-    for r, gen in zip(rows, new, strict=True):
-        if eos_ids:
-            hits = torch.isin(gen, torch.tensor(eos_ids, device=gen.device)).nonzero()
-            if hits.numel():
-                gen = gen[: int(hits[0]) + 1]
-        out.append(torch.cat([r, gen]))
+    keep = [new.shape[1]] * len(rows)
+    if eos_ids and new.shape[1]:  # each row up to its first EOS: one look at the device for all rows
+        hit = torch.isin(new, torch.tensor(eos_ids, device=new.device))
+        keep = torch.where(hit.any(1), hit.int().argmax(1) + 1, new.shape[1]).tolist()
+    out = [torch.cat([r, gen[:n]]) for r, gen, n in zip(rows, new, keep, strict=True)]
     if form == "list":
         return out
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)

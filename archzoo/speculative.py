@@ -53,6 +53,7 @@ import torch
 
 from .cache import Cache
 from .layers import ForwardContext
+from .prefill import prefill_rows
 
 # Rounds the host queues at most before it looks again whether every row has emitted an EOS id (without EOS ids
 # it queues exactly the rounds the slowest row still needs, so none run past the end). A run with EOS ids may run
@@ -447,10 +448,8 @@ def _decode(state: SpeculativeRound, max_new_tokens: int, k: int) -> tuple[int, 
 
 
 def _prefill(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
-    """Prompts into ``cache`` (together when of one length, else row by row) -> last logits (B, V)."""
-    if len({int(r.numel()) for r in rows}) == 1:
-        return model(torch.stack(rows), cache=cache)[:, -1]
-    return torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
+    """Prompts into ``cache`` (one forward per distinct length, ``archzoo.prefill``) -> last logits (B, V)."""
+    return prefill_rows(model, rows, cache)
 
 
 def _now(device: torch.device) -> float:

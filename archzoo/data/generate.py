@@ -93,8 +93,9 @@ def generate_texts(
                 eos_token_id=eos,
                 compile=compile,
             )
+            flat, start = torch.cat(out).tolist(), 0  # one copy to the host for the whole batch
             for seq in out:
-                ids = seq.tolist()
+                ids, start = flat[start : start + seq.numel()], start + seq.numel()
                 while ids and ids[-1] == eos:
                     ids.pop()
                 texts.append(tok.decode(ids, skip_special_tokens=False))
