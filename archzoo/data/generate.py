@@ -15,14 +15,24 @@ sampling settings and the device type. A fresh GPU machine therefore rebuilds th
 teacher instead of carrying it. Each text is the formatted prompt (chat template markers kept, so
 the student sees what the teacher saw) followed by the teacher's continuation, without the final EOS
 (``tokenize_texts`` appends one).
+
+A corpus larger than ``SHARD_TOKENS`` is generated in shards of that size, each written atomically to
+``<cache>/corpora/<key>.parts/`` as it completes and found there by a later call: a run cut short (a
+time limit, a lost machine) resumes at the shard in progress instead of starting over, and the corpus
+that results is the same. Shard ``i`` samples with seed ``(seed, i)`` and its own prompt order; shard 0
+is seeded as a corpus of one shard is, so a corpus that fits one shard keeps the key and the texts it
+had before shards existed. The whole corpus is then written as ``<key>.jsonl`` and the parts removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +42,10 @@ from ..fetch import cache_root
 from ..saving import atomic_write
 from .prompts import Prompt, format_prompt, prompt_set
 
+log = logging.getLogger(__name__)
+
 GENERATOR_VERSION = 1  # bump when the texts a key produces change
+SHARD_TOKENS = 2_000_000  # a corpus larger than this is generated (and resumed) shard by shard
 
 
 def generate_texts(
@@ -173,24 +186,41 @@ def teacher_corpus(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # this process's GPU under DDP
     dev = torch.device(device) if device is not None else home
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "split": split}
+    shards = shard_sizes(size_tokens)
+    if len(shards) > 1:  # only a sharded corpus's key names the shard size (one-shard keys stay as they were)
+        settings["shard_tokens"] = SHARD_TOKENS
     key = corpus_key(model, prompts, seed, size_tokens, dev.type, batch_size=batch_size, **settings)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "corpora"
     path = folder / f"{key}.jsonl"
     if path.is_file():
         return path
+    parts = folder / f"{key}.parts"
+    texts: list[str] = []
     model.to(dev)
     try:
-        texts = generate_texts(
-            model,
-            None,
-            max_new_tokens,
-            batch_size,
-            temperature,
-            top_p,
-            prompts=prompts,
-            seed=seed,
-            size_tokens=size_tokens,
-        )
+        for i, n in enumerate(shards):
+            part = parts / f"{i:04d}.jsonl"
+            if len(shards) > 1 and part.is_file():  # done by an earlier, interrupted call
+                texts += [json.loads(line)["text"] for line in part.read_text().splitlines()]
+                continue
+            t0 = time.perf_counter()
+            shard = generate_texts(
+                model,
+                None,
+                max_new_tokens,
+                batch_size,
+                temperature,
+                top_p,
+                prompts=prompts,
+                seed=shard_seed(seed, i),
+                size_tokens=n,
+            )
+            if len(shards) > 1:
+                write_jsonl(shard, part)
+                secs = time.perf_counter() - t0
+                log.info("corpus %s: shard %d/%d, %d tokens in %.1f s (%.0f tokens/s)", key, i + 1, len(shards), n,
+                         secs, n / secs)  # fmt: skip
+            texts += shard
     finally:
         model.to(home)
         if hasattr(model, "decode_pool"):
@@ -198,7 +228,21 @@ def teacher_corpus(
     write_jsonl(texts, path)
     meta = {"texts": len(texts), "size_tokens": size_tokens, "seed": seed, "device": dev.type, **settings}
     write_jsonl_meta(meta, folder / f"{key}.json")
+    shutil.rmtree(parts, ignore_errors=True)
     return path
+
+
+def shard_sizes(size_tokens: int) -> list[int]:
+    """Tokens per shard: ``SHARD_TOKENS`` each, the last one the rest (one shard for a small corpus)."""
+    full, rest = divmod(size_tokens, SHARD_TOKENS)
+    return [SHARD_TOKENS] * full + ([rest] if rest else []) if full else [size_tokens]
+
+
+def shard_seed(seed: int, i: int) -> int:
+    """Shard ``i``'s sampling seed: ``seed`` itself for shard 0 (a one-shard corpus is seeded as before)."""
+    if i == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:7], "little")
 
 
 def write_jsonl_meta(meta: dict, path: Path) -> None:

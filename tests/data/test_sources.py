@@ -237,3 +237,40 @@ def test_mqar_sets(name):
     model = _tiny_teacher()
     acc = archzoo.eval.mqar_accuracy(model, *heldout.mqar_set(name, vocab_size=model.cfg.vocab_size, n_examples=2))
     assert 0.0 <= acc <= 1.0
+
+
+def test_a_large_corpus_is_built_in_shards_and_resumes_where_it_was_cut(tmp_path, monkeypatch):
+    model = _tiny_teacher()
+    kw = {"max_new_tokens": 4, "batch_size": 8}
+    small = gen.teacher_corpus(model, 200, seed=1, cache_dir=tmp_path / "before", **kw)
+    monkeypatch.setattr(gen, "SHARD_TOKENS", 100)
+    assert gen.shard_sizes(250) == [100, 100, 50] and gen.shard_sizes(100) == [100] and gen.shard_sizes(7) == [7]
+    whole = gen.teacher_corpus(model, 250, seed=1, cache_dir=tmp_path / "whole", **kw)
+    texts = archzoo.data.load_texts(whole)
+    assert sum(len(t) + 1 for t in texts) >= 250
+    assert not (whole.parent / f"{whole.stem}.parts").exists(), "the parts go once the corpus is whole"
+    assert json.loads(whole.with_suffix(".json").read_text())["shard_tokens"] == 100
+
+    real, calls = gen.generate_texts, []
+
+    def cut_at_third(*a, **k):  # the machine goes away during the third shard
+        calls.append(k["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "generate_texts", cut_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        gen.teacher_corpus(model, 250, seed=1, cache_dir=tmp_path / "cut", **kw)
+    assert len(list((tmp_path / "cut").glob("*.parts/*.jsonl"))) == 2, "each finished shard is kept"
+    calls.clear()
+    resumed = gen.teacher_corpus(model, 250, seed=1, cache_dir=tmp_path / "cut", **kw)
+    assert len(calls) == 1, "only the shard in progress is generated again"
+    assert archzoo.data.load_texts(resumed) == texts and resumed.name == whole.name
+    # A corpus that fits one shard keeps the key and the texts it had before shards: one generate_texts call
+    # with the corpus's own seed, and a key without a shard size.
+    settings = {"max_new_tokens": 4, "temperature": 1.0, "top_p": 0.95, "split": "train"}
+    key = gen.corpus_key(model, prompts.prompt_set("train"), 1, 200, "cpu", batch_size=8, **settings)
+    assert small.name == f"{key}.jsonl"
+    alone = real(model, None, 4, 8, 1.0, 0.95, prompts=prompts.prompt_set("train"), seed=1, size_tokens=200)
+    assert archzoo.data.load_texts(small) == alone

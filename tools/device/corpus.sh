@@ -5,5 +5,7 @@
 # Carry: .whl, .big/g1, and .big/g2 in the call before (the teacher GGUF comes in two parts; the machine stays warm).
 source tools/device/setup.sh || exit 1
 ls /root/archzoo-cache/teachers/*.gguf || { echo "no teacher: carry .big/g1 and .big/g2 first"; exit 1; }
-timeout 560 python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml --pack $OUT 2>&1 | grep -v Warn | tail -8
+# Cut by the time limit (SIGINT), it packs the finished 2M-token shards: call it again while warm, or carry the parts.
+timeout -s INT ${CORPUS_TIMEOUT:-540} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml --pack $OUT 2>&1 \
+    | grep -E 'shard|size_tokens|interrupted|packed|Error' | tail -16
 ls -la $OUT
