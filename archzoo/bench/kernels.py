@@ -848,6 +848,22 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         "archzoo_loop": dispatched("loop") if has_switch else (lambda: layer(x)),
         f"dense_swiglu_{top_k * d_ff}": lambda: dense(x),
     }
+    if has_switch and torch.device(device).type == "cuda":
+        # As training with speed.compile runs it: the layer compiled (routing, sort, capacity, losses and
+        # statistics fused into few kernels), beside the dense SwiGLU compiled. Eager, the grouped layer is
+        # launch-bound at this size (its host time equals its device time).
+        compiled_layer, compiled_dense = torch.compile(layer), torch.compile(dense)
+
+        def grouped_compiled() -> torch.Tensor:
+            old = moe_mod.DISPATCH
+            moe_mod.DISPATCH = "grouped"
+            try:
+                return compiled_layer(x)
+            finally:
+                moe_mod.DISPATCH = old
+
+        impls["archzoo_grouped_compiled"] = grouped_compiled
+        impls[f"dense_swiglu_{top_k * d_ff}_compiled"] = lambda: compiled_dense(x)
     dispatch: dict[str, object] = {}
     for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
         fn = impls[name]
@@ -872,6 +888,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             row["last_dispatch"] = dispatch[name]
         for mode, f in (("fwd", flops), ("fwdbwd", 3 * flops)):
             row[f"over_dense_{mode}"] = _ratio(row, res[dname], f"{mode}_ms")
+            if name.endswith("_compiled") and f"{dname}_compiled" in res:  # compiled against compiled
+                row[f"over_dense_compiled_{mode}"] = _ratio(row, res[f"{dname}_compiled"], f"{mode}_ms")
             if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if "archzoo_grouped" in outs and "archzoo_loop" in outs:
