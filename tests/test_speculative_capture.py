@@ -369,8 +369,11 @@ def test_replaying_target_on_cuda_runs_uncaptured(_no_tf32, _fresh_dynamo):
     rows = [r.cuda() for r in prompts()]
     alone = target.generate(rows, 20, compile=False)
     out = target.generate(rows, 20, draft=draft, num_draft_tokens=3, compile=True)
-    assert target.last_generate_stats["backend"] == "speculative_compiled"
-    assert all(torch.equal(a, o) for a, o in zip(alone, out, strict=True))
+    stats = target.last_generate_stats
+    assert stats["backend"] == "speculative_compiled", stats
+    for b, (a, o) in enumerate(zip(alone, out, strict=True)):
+        where = (a != o).nonzero()[:1].tolist() if a.shape == o.shape else f"lengths {a.numel()} / {o.numel()}"
+        assert torch.equal(a, o), f"row {b} differs from the target alone (first at {where}); stats {stats}"
 
 
 @pytest.mark.gpu
