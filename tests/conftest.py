@@ -12,6 +12,7 @@ import yaml
 from archzoo.kernels._testing import import_triton_kernels  # noqa: E402
 
 TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
+    "archzoo.kernels.based_attention.triton",
     "archzoo.kernels.selective_scan.triton",
     "archzoo.kernels.causal_conv1d.triton",
     "archzoo.kernels.decode_attention.triton",

@@ -26,6 +26,7 @@ ROWS: list[tuple[str, ...]] = [
         "archzoo.sampling",
         "archzoo.generation",
         "archzoo.speculative",
+        "archzoo.prefill",
         "archzoo.saving",
     ),
     (

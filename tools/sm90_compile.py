@@ -14,6 +14,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
+    python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
 """
 
 from __future__ import annotations
@@ -180,9 +181,27 @@ def _kd_loss_calls(n: int = 1024, V: int = 49152) -> list:
     return out
 
 
+def _based_calls(T: int = 4096, B: int = 4, H: int = 8, d: int = 16, Dv: int = 64) -> list:
+    """BASED attention's forward, dq and dk/dv kernels at the benchmark's shape, in bf16 and fp32."""
+    from archzoo.kernels.based_attention import triton as kb
+
+    out = []
+    BD, BV = kb._tiles(d, Dv)
+    grid = (triton.cdiv(T, kb.BLOCK), B * H)
+    for dt in (torch.bfloat16, torch.float32):
+        q, v = torch.empty(B, T, H, d, dtype=dt), torch.empty(B, T, H, Dv, dtype=dt)
+        den = torch.empty(B, H, T)
+        kw = dict(BLOCK=kb.BLOCK, BD=BD, BV=BV, LOWP=dt != torch.float32, num_warps=kb.NUM_WARPS)
+        name = str(dt).split(".")[-1]
+        out.append((f"fwd {name}", kb._fwd_kernel, grid, (q, q, v, v, den, T, H, d, Dv, 0.25, 1e-6), kw))
+        out.append((f"bwd_dq {name}", kb._bwd_dq_kernel, grid, (q, q, v, v, den, q, T, H, d, Dv, 0.25), kw))
+        out.append((f"bwd_dkdv {name}", kb._bwd_dkdv_kernel, grid, (q, q, v, v, den, q, v, T, H, d, Dv, 0.25), kw))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss"], default="scan")
+    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss", "based"], default="scan")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--l", type=int, default=4096)
@@ -194,7 +213,7 @@ def main() -> None:
         calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
     else:
-        calls = _gemv_calls() if args.op == "gemv" else _kd_loss_calls()
+        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": _based_calls}[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))

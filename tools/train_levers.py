@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--random-teacher", action="store_true", help="the teacher's shape with random weights")
     p.add_argument("--profile", default=None, metavar="VARIANT", help="profile this variant afterwards")
+    p.add_argument("--profile-host", action="store_true", help="also run the variant under cProfile (host time)")
     args = p.parse_args()
     path = Path(args.run)
     run = yaml.safe_load(path.read_text())
@@ -135,7 +136,7 @@ def main() -> None:
         speed, batch = VARIANTS[args.profile]
         with tempfile.TemporaryDirectory() as tmp:
             cfg = variant_config(run, path.parent, speed, batch, max(8, args.steps // 4), teacher)
-            text = profile_run(cfg, Path(tmp) / "out")
+            text = profile_run(cfg, Path(tmp) / "out", args.profile_host)
         Path(args.out + ".profile.txt").write_text(f"variant {args.profile}\n{text}")
         print(text, flush=True)
 
@@ -153,8 +154,10 @@ def random_teacher(folder: Path) -> str:
     return str(folder / "teacher")
 
 
-def profile_run(cfg: dict, out: Path) -> str:
-    """Run ``cfg`` under torch.profiler: the GPU's busy fraction and the top kernels by CUDA time."""
+def profile_run(cfg: dict, out: Path, host: bool = False) -> str:
+    """Run ``cfg`` under torch.profiler: the GPU's busy fraction and the top kernels by CUDA time; with ``host``,
+    once more under cProfile: the Python functions by their own and cumulative time (where a step that no
+    kernel fills spends it; setup included, the per-call counts tell the steps apart)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -172,7 +175,22 @@ def profile_run(cfg: dict, out: Path) -> str:
     head = (f"{steps} steps, wall {wall:.1f} s with setup; a step takes {step_ms:.1f} ms (median, under the "
             f"profiler) and launches at most {kernel_ms:.1f} ms of kernels: the GPU is busy at most "
             f"{kernel_ms / step_ms:.0%} of a step")  # fmt: skip
-    return head + "\n" + events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
+    text = head + "\n" + events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
+    if host:
+        import cProfile
+        import io
+        import pstats
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        prof_py = cProfile.Profile()
+        prof_py.runcall(run_distill, cfg, out)
+        buf = io.StringIO()
+        stats = pstats.Stats(prof_py, stream=buf)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(35)
+        text += "\n\ncProfile (host time, setup included)\n" + buf.getvalue()
+    return text
 
 
 if __name__ == "__main__":

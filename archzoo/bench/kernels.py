@@ -740,16 +740,14 @@ def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = 
 
 def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: int = 4, H: int = 8,
                 feature_dim: int = 16, Dv: int = 64) -> dict:  # fmt: skip
-    """BASED's linear attention as archzoo's layer runs it: the Taylor feature map (``layers/feature_maps.py``,
-    16 dims -> 1 + 16 + 256 = 273 features) on q and k, then ``archzoo.kernels.linear_attention`` (normalised,
-    the layer's eps and chunk_size), against fla's ``parallel_based`` (its default scale 16^-0.5 and use_norm:
-    the same function, phi(q).phi(k) = 1 + s + s^2 / 2 with s = q.k / 4), forward and forward+backward (the
-    feature map's backward included). 273 features exceed the Triton kernel's ``MAX_FEATURE``, so ours runs the
-    chunked PyTorch form: ``backend`` and ``backend_note`` in its row say so. Ratio as for ``la``; inputs: q, k
-    normal (B, T, H, 16), v normal (B, T, H, 64), bf16."""
-    from ..kernels import last_backend, linear_attention
+    """BASED's attention as archzoo's layer runs it from a zero state: ``archzoo.kernels.based_attention`` on the raw
+    q, k (16 dims; the Triton kernel on CUDA, quadratic in T, from the dot products, never expanding the 1 + 16 +
+    256 = 273 Taylor features), and as it ran before that kernel (``archzoo_chunk``: the Taylor map, then
+    ``linear_attention``'s chunked PyTorch form over 273 features), against fla's ``parallel_based`` (its default
+    scale 16^-0.5 and use_norm: the same function, phi(q).phi(k) = 1 + s + s^2 / 2 with s = q.k / 4), forward and
+    forward+backward. Ratio as for ``la``; inputs: q, k normal (B, T, H, 16), v normal (B, T, H, 64), bf16."""
+    from ..kernels import based_attention, last_backend, linear_attention
     from ..kernels._dispatch import forget
-    from ..kernels.linear_attention import MAX_FEATURE
     from ..layers.feature_maps import build_feature_map, feature_map_dim
     from ..layers.linear_attention import LinearAttentionConfig
     from .common import measure_bandwidth
@@ -781,22 +779,23 @@ def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: 
     for T in lengths:
         q, k, v, do = _la_inputs(B, T, H, feature_dim, Dv, device, positive=False)
 
-        def ours(q=q, k=k, v=v) -> torch.Tensor:  # (B, T, H, Dv), as LinearAttention.forward
-            o, _ = linear_attention(q_map(q), k_map(k), v, eps=cfg.eps, chunk_size=cfg.chunk_size)
-            return o
+        def ours(q=q, k=k, v=v) -> torch.Tensor:  # (B, T, H, Dv), as LinearAttention.forward from a zero state
+            return based_attention(q, k, v, eps=cfg.eps, chunk_size=cfg.chunk_size)[0]
 
-        impls: dict[str, object] = {"archzoo": ours}
+        def expanded(q=q, k=k, v=v) -> torch.Tensor:  # the layer's path before the BASED kernel
+            return linear_attention(q_map(q), k_map(k), v, eps=cfg.eps, chunk_size=cfg.chunk_size)[0]
+
+        impls: dict[str, object] = {"archzoo": ours, "archzoo_chunk": expanded}
         impls["fla_parallel_based"] = fla if isinstance(fla, str) else (
             lambda a=(q, k, v), fla=fla: fla(*a, use_norm=True))  # fmt: skip
-        forget("linear_attention")
+        forget("based_attention", "linear_attention")
         res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
         mine, peer = res["archzoo"], res["fla_parallel_based"]
-        mine["backend"] = last_backend("linear_attention")
-        if n_feat > MAX_FEATURE:
-            mine["backend_note"] = (f"{n_feat} features after the Taylor map; the Triton kernel takes at most "
-                                    f"{MAX_FEATURE}, so linear_attention runs its chunked PyTorch form")  # fmt: skip
+        mine["backend"] = last_backend("based_attention")
+        res["archzoo_chunk"]["backend"] = f"linear_attention over {n_feat} features: {last_backend('linear_attention')}"
         for mode in ("fwd", "fwdbwd"):
             mine[f"fla_over_ours_{mode}"] = _ratio(peer, mine, f"{mode}_ms")
+            res["archzoo_chunk"][f"fla_over_ours_{mode}"] = _ratio(peer, res["archzoo_chunk"], f"{mode}_ms")
         if "fla_parallel_based" in outs and "archzoo" in outs:
             mine["rel_err_vs_fla"] = _rel(outs["archzoo"].float(), outs["fla_parallel_based"].float())
         fwd_bytes = T * tok * (2 * feature_dim + 2 * Dv)

@@ -16,12 +16,14 @@ from ._capture import (
     selective_state_update,
 )
 from ._dispatch import last_backend
+from .based_attention import based_attention
 from .causal_conv1d import causal_conv1d_fn
 from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
 from .selective_scan import selective_scan_fn
 
 __all__ = [
+    "based_attention",
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "decode_attention",

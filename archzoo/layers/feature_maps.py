@@ -14,11 +14,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..kernels.based_attention.naive import taylor_features
 
 
 class IdentityMap(nn.Module):
@@ -52,10 +52,7 @@ class TaylorExp(nn.Module):
         return 1 + feature_dim + feature_dim**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.feature_dim
-        x2 = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2 * d)  # (..., d^2)
-        ones = torch.ones_like(x[..., :1])
-        return torch.cat([ones, x / d**0.25, x2], dim=-1)
+        return taylor_features(x)
 
 
 class Hedgehog(nn.Module):

@@ -23,9 +23,10 @@ from pydantic import Field
 from torch import nn
 
 from ..kernels import linear_attention_update  # traceable (a custom op) in a compiled decode step
+from ..kernels.based_attention import based_attention
 from ..kernels.linear_attention import linear_attention
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
-from .feature_maps import build_feature_map, feature_map_dim
+from .feature_maps import TaylorExp, build_feature_map, feature_map_dim
 
 FeatureMap = Literal["identity", "elu", "relu", "taylor", "hedgehog"]
 
@@ -101,20 +102,28 @@ class LinearAttention(nn.Module):
     def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
         B, T, _ = x.shape
         H = self.n_heads
-        q = self.q_map(self.q_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
-        k = self.k_map(self.k_proj(x).view(B, T, H, self.feature_dim))  # (B, T, H, F)
+        q_raw = self.q_proj(x).view(B, T, H, self.feature_dim)  # (B, T, H, d), before the feature map
+        k_raw = self.k_proj(x).view(B, T, H, self.feature_dim)
         v = self.v_proj(x).view(B, T, H, self.head_dim)  # (B, T, H, Dv)
         if ctx.decoding and T == 1 and not torch.is_grad_enabled():
             # A capturable step: the recurrence on the state, in place (not the chunked form).
+            q, k = self.q_map(q_raw), self.k_map(k_raw)  # (B, 1, H, F)
             o = linear_attention_update(state["S"], state["z"], q[:, 0], k[:, 0], v[:, 0], eps=self.cfg.eps)
             return self.o_proj(o.reshape(B, 1, H * self.head_dim))
         # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
         initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
         if initial is not None and torch.is_grad_enabled():
             initial = (initial[0].clone(), initial[1].clone())  # autograd saves them; the cache is updated in place
-        o, final = linear_attention(
-            q, k, v, initial, output_final_state=state is not None, eps=self.cfg.eps, chunk_size=self.cfg.chunk_size
-        )
+        if initial is None and isinstance(self.q_map, TaylorExp) and isinstance(self.k_map, TaylorExp):
+            # BASED from a zero state: from the d-dim dot products, never expanding 1 + d + d^2 features
+            o, final = based_attention(
+                q_raw, k_raw, v, output_final_state=state is not None, eps=self.cfg.eps, chunk_size=self.cfg.chunk_size
+            )
+        else:
+            o, final = linear_attention(
+                self.q_map(q_raw), self.k_map(k_raw), v, initial, output_final_state=state is not None,
+                eps=self.cfg.eps, chunk_size=self.cfg.chunk_size,
+            )  # fmt: skip
         if state is not None:
             state["S"].copy_(final[0].detach())  # the cache never carries autograd history
             state["z"].copy_(final[1].detach())

@@ -1,0 +1,150 @@
+"""BASED attention: the Triton kernel (forward, backward) against the quadratic reference, the reference against
+linear attention over the expanded Taylor features, and the dispatcher's final state against the chunked form's.
+
+Without a GPU the kernel runs on CPU tensors in Triton's interpreter. Awkward shapes: one position, lengths
+not a multiple of the 64-position block and shorter than it, query/key dims that are not a power of two,
+value dims that are not either. Errors are relative (RMS of the difference over RMS of the reference) and
+named per tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.based_attention import final_state, naive_based_attention, taylor_features
+from archzoo.kernels.linear_attention import chunk_linear_attention
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.based_attention.triton")
+TB = _mods[0] if _mods else None
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+SHAPES = [  # (B, T, H, d, Dv)
+    (1, 1, 1, 16, 16),
+    (2, 7, 3, 16, 20),
+    (1, 64, 2, 16, 64),
+    (2, 65, 2, 5, 16),
+    (1, 130, 3, 24, 33),
+]
+
+
+def _inputs(B, T, H, d, Dv, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, d, generator=g)
+    k = torch.randn(B, T, H, d, generator=g)
+    v = torch.randn(B, T, H, Dv, generator=g)
+    return tuple(x.to(DEV, dtype) for x in (q, k, v))
+
+
+def _run(fn, q, k, v):
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    o = fn(*leaves)
+    g = torch.Generator().manual_seed(1)
+    (o.float() * torch.randn(o.shape, generator=g).to(o.device)).sum().backward()
+    return {"o": o.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_reference_is_linear_attention_over_the_taylor_features(shape):
+    q, k, v = (x.cpu().double() for x in _inputs(*shape, torch.float32))
+    want, (S, z) = chunk_linear_attention(taylor_features(q), taylor_features(k), v, None, True, True, 1e-6)
+    assert rel_err(naive_based_attention(q, k, v, 1e-6), want) < 1e-12
+    S2, z2 = final_state(k, v)
+    assert rel_err(S2, S) < 1e-12 and rel_err(z2, z) < 1e-12
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_kernel_matches_the_reference(shape, dtype):
+    q, k, v = _inputs(*shape, dtype)
+    got = _run(lambda *a: TB.based_attention(*a, 1e-6), q, k, v)
+    want = _run(lambda *a: naive_based_attention(*(x.double() for x in a), 1e-6), q, k, v)
+    for name, w in want.items():
+        # Over one position dq and dk are of the order of eps (o = v a / (a + eps)), a difference of two O(1)
+        # terms in any finite precision: there they are measured against an O(1) floor, not their own size.
+        floor = 1.0 if shape[1] == 1 and name in ("dq", "dk") else 0.0
+        err = (got[name].double() - w).pow(2).mean().sqrt() / max(w.pow(2).mean().sqrt().item(), floor)
+        assert err < TOL[dtype], f"{name}: relative error {err:.2e} at {shape} {dtype}"
+
+
+@needs_triton
+def test_kernel_reads_strided_inputs():
+    """q, k, v as views of one fused projection (the layer's q_proj / k_proj outputs are views too)."""
+    B, T, H, d, Dv = 2, 70, 2, 16, 16
+    qkv = torch.randn(B, T, H, 2 * d + Dv, device=DEV)
+    q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+    want = naive_based_attention(q, k, v)
+    assert rel_err(TB.based_attention(q, k, v), want) < TOL[torch.float32]
+
+
+@needs_triton
+def test_dispatcher_runs_the_kernel_and_returns_the_chunked_forms_state(monkeypatch):
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatcher's switch for CPU tensors
+    q, k, v = _inputs(2, 40, 2, 16, 16, torch.float32)
+    o, (S, z) = K.based_attention(q, k, v, output_final_state=True)
+    assert K.last_backend("based_attention") == "triton"
+    want, (S2, z2) = chunk_linear_attention(taylor_features(q), taylor_features(k), v, None, True, True, 1e-6)
+    assert rel_err(o, want) < TOL[torch.float32]
+    assert rel_err(S, S2) < 1e-5 and rel_err(z, z2) < 1e-5
+    # With gradients wanted and a final state asked for, the chunked form runs (its state is differentiable).
+    o, _ = K.based_attention(q.requires_grad_(), k, v, output_final_state=True)
+    assert K.last_backend("based_attention") == "chunk"
+
+
+def test_float64_takes_the_chunked_form():
+    q, k, v = (x.cpu().double() for x in _inputs(1, 9, 2, 16, 16, torch.float32))
+    o, final = K.based_attention(q, k, v)
+    assert final is None and K.last_backend("based_attention") == "chunk"
+    assert rel_err(o, naive_based_attention(q, k, v)) < 1e-12
+
+
+@needs_triton
+def test_refuses_inputs_it_cannot_take():
+    q, k, v = _inputs(1, 4, 1, 16, 16, torch.float32)
+    with pytest.raises(ValueError, match="value dim 200"):
+        TB.based_attention(q, k, torch.randn(1, 4, 1, 200, device=DEV))
+    with pytest.raises(ValueError, match="one dtype"):
+        TB.based_attention(q, k, v.double())
+    with pytest.raises(ValueError, match="k must have q's shape"):
+        TB.based_attention(q, k[..., :8], v)
+
+
+@needs_triton
+def test_based_layer_through_the_kernel_equals_the_chunked_form(monkeypatch):
+    """The BASED model in fp32: logits, parameter gradients, and a prefill's state (what decoding continues from)
+    are the same through the kernel (Triton, the interpreter on CPU) as through the expanded chunked form."""
+    import archzoo
+
+    from conftest import ROOT, load_yaml
+
+    torch.manual_seed(0)
+    model = archzoo.build_model(load_yaml(ROOT / "configs/models/based.yaml")).to(DEV).float()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 70), device=DEV)
+
+    def run(kernel: bool):
+        if DEV == "cpu":
+            monkeypatch.setenv("TRITON_INTERPRET", "1" if kernel else "0")
+        model.zero_grad()
+        logits = model(ids)
+        logits.float().pow(2).mean().backward()
+        backend = K.last_backend("based_attention")
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            cache = model.new_cache(2, 80)
+            model(ids, cache=cache)
+        states = [s for s in cache.layers if s is not None and "S" in s]
+        return logits.detach(), grads, [(s["S"].clone(), s["z"].clone()) for s in states], backend
+
+    lk, gk, sk, bk = run(True)
+    lc, gc, sc, bc = run(False)
+    if DEV == "cpu":
+        assert (bk, bc) == ("triton", "chunk")
+    assert rel_err(lk, lc) < 1e-5
+    for n in gc:
+        assert rel_err(gk[n], gc[n]) < 1e-4, n
+    assert sk and all(rel_err(a, b) < 1e-5 and rel_err(za, zb) < 1e-5 for (a, za), (b, zb) in zip(sk, sc, strict=True))
