@@ -60,13 +60,15 @@ def generate_texts(
     seed: int = 0,
     size_tokens: int | None = None,
     compile: bool | None = None,
+    stats: dict | None = None,
 ) -> list[str]:
     """Sample texts from ``model`` (which needs ``model.tokenizer``), a different prompt per row.
 
     Stops after ``n_texts`` texts or once the texts hold ``size_tokens`` tokens (prompt + continuation
     + one EOS each), whichever is given (both: whichever comes first). ``prompts``: ``Prompt`` s or
     plain strings (default: ``prompt_set("train")``). ``compile`` is passed to ``generate`` (default:
-    on for CUDA).
+    on for CUDA). ``stats``, a dict, receives the seconds spent in prefill, decode and compiling, summed over the
+    batches (from ``last_generate_stats``), and the number of batches.
     """
     tok = getattr(model, "tokenizer", None)
     if tok is None:
@@ -106,6 +108,11 @@ def generate_texts(
                 eos_token_id=eos,
                 compile=compile,
             )
+            if stats is not None:
+                done = getattr(model, "last_generate_stats", {})
+                for k in ("prefill_s", "decode_s", "compile_s"):
+                    stats[k] = stats.get(k, 0.0) + float(done.get(k, 0.0))
+                stats["batches"] = stats.get("batches", 0) + 1
             flat, start = torch.cat(out).tolist(), 0  # one copy to the host for the whole batch
             for seq in out:
                 ids, start = flat[start : start + seq.numel()], start + seq.numel()
@@ -203,7 +210,7 @@ def teacher_corpus(
             if len(shards) > 1 and part.is_file():  # done by an earlier, interrupted call
                 texts += [json.loads(line)["text"] for line in part.read_text().splitlines()]
                 continue
-            t0 = time.perf_counter()
+            t0, st = time.perf_counter(), {}
             shard = generate_texts(
                 model,
                 None,
@@ -214,12 +221,15 @@ def teacher_corpus(
                 prompts=prompts,
                 seed=shard_seed(seed, i),
                 size_tokens=n,
+                stats=st,
             )
             if len(shards) > 1:
                 write_jsonl(shard, part)
                 secs = time.perf_counter() - t0
-                log.info("corpus %s: shard %d/%d, %d tokens in %.1f s (%.0f tokens/s)", key, i + 1, len(shards), n,
-                         secs, n / secs)  # fmt: skip
+                timing = [st.get(k, 0) for k in ("batches", "prefill_s", "decode_s", "compile_s")]
+                msg = "corpus %s: shard %d/%d, %d tokens in %.1f s (%.0f tokens/s; %d batches: prefill %.1f s, "
+                msg += "decode %.1f s, compile %.1f s)"
+                log.info(msg, key, i + 1, len(shards), n, secs, n / secs, *timing)
             texts += shard
     finally:
         model.to(home)
