@@ -723,6 +723,10 @@ def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = 
             impls: dict[str, object] = {"archzoo": lambda a=args, n=normalize: linear_attention(*a, normalize=n)[0]}
             impls["fla_chunk_linear_attn"] = fla if isinstance(fla, str) else (
                 lambda a=args, n=normalize, fla=fla: fla(*a, scale=1.0, normalize=n)[0])  # fmt: skip
+            if device == "cuda" and T >= 16384:
+                # The kernel runs one program per (value block, batch x head), walking the sequence: at B x H = 32
+                # and 32-column value blocks, 64 programs for the H200's 132 SMs. Half-width blocks double them.
+                impls["archzoo_bv16"] = lambda a=args, n=normalize: _with_block_v(16, linear_attention, *a, normalize=n)
             forget("linear_attention")
             res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
             ours, peer = res["archzoo"], res["fla_chunk_linear_attn"]
@@ -736,6 +740,18 @@ def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = 
                 _io_fraction(row, fwd_bytes, fwd_bytes + T * tok * (4 * F + 3 * Dv), bw["bytes_per_s"])
             out[f"normalize_{str(normalize).lower()}"][T] = res
     return out
+
+
+def _with_block_v(bv: int, fn, *args, **kwargs) -> torch.Tensor:
+    """``fn(*args, **kwargs)[0]`` with the linear-attention kernel's value blocks at most ``bv`` columns wide."""
+    from ..kernels.linear_attention import triton as la_triton
+
+    old = la_triton.MAX_BLOCK_V
+    la_triton.MAX_BLOCK_V = bv
+    try:
+        return fn(*args, **kwargs)[0]
+    finally:
+        la_triton.MAX_BLOCK_V = old
 
 
 def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: int = 4, H: int = 8,
