@@ -1,7 +1,7 @@
 # GPU call (prepared 2026-12-05b, not yet run), the first of a session: needs no teacher, so it carries .big/g1 (the
 # teacher's first part) for the next call besides the five pydantic/gguf wheels and fla's two (liger stays home:
 # the carry limit). 1. The BASED kernel's tests on CUDA and its benchmark against fla's parallel_based, and the
-# MoE layer compiled against the dense SwiGLU compiled (issue 19). 2. The speculative capture test that failed on
+# MoE layer compiled against the dense SwiGLU compiled, linear attention at 16k with half-width value blocks (issue 19). 2. The speculative capture test that failed on
 # 2026-12-05, with its message kept (issue 20). 3. A profile of the trainer's base step with host ops (issue 16:
 # where the 160 ms of a 260 ms step that no kernel fills go).
 source tools/device/setup.sh || exit 1
