@@ -232,8 +232,7 @@ class Attention(nn.Module):
             return self._decode(x, state, ctx, norm)
         if norm is not None:
             x = norm(x)
-        q_pos = torch.arange(ctx.pos, ctx.pos + T, device=x.device)
-        cos, sin = self.rope(q_pos, x.dtype)
+        q_pos, cos, sin = self.rope.span(ctx, T, x.device, x.dtype)
         q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)  # (B,H,T,D)
         if self.owns_kv:
             k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)

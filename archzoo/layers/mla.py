@@ -96,8 +96,7 @@ class MLA(nn.Module):
         if ctx.decoding:
             return self._decode(x, state, ctx)
         pos = ctx.pos
-        q_pos = torch.arange(pos, pos + T, device=x.device)
-        cos, sin = self.rope(q_pos, x.dtype)
+        q_pos, cos, sin = self.rope.span(ctx, T, x.device, x.dtype)
         q = self._queries(x).view(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
         q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
         q_rope = apply_rope(q_rope, cos, sin)
