@@ -40,3 +40,19 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     assert len(stats) == kernels, out.stdout
     for line in stats:
         assert "stack=0B" in line and "'STL'" not in line, f"{op}: a kernel spills: {line}"
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
+def test_based_attention_kernels_compile_for_sm90():
+    """BASED attention's forward, dq and dk/dv kernels compile for the GPU in bf16 and fp32 (the interpreter, CI's
+    only other test of them, accepts code the compiler refuses), the bf16 ones (the GPU recipe's) without spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", "based"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    names = [line.split(":")[0] for line in lines if line.startswith(("fwd", "bwd"))]
+    assert names == [f"{k} {d}" for d in ("bfloat16", "float32") for k in ("fwd", "bwd_dq", "bwd_dkdv")], names
+    for i, line in enumerate(lines):
+        if line.startswith(("fwd bfloat16", "bwd_dq bfloat16", "bwd_dkdv bfloat16")):
+            assert "stack=0B" in lines[i + 1] and "'STL'" not in lines[i + 1], f"{line}: spills: {lines[i + 1]}"

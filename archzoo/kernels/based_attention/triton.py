@@ -45,6 +45,16 @@ def _mm(a, b, LOWP: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, rows, r, cols, T, W, LOWP: tl.constexpr):
+    """The tile of a (B, T, H, W) tensor at flat rows ``rows`` (positions ``r``) and columns ``cols``, zero outside
+    the sequence and the width; fp32 unless the MMAs are low-precision."""
+    x = tl.load(ptr + rows[:, None] * W + cols[None, :], mask=(r[:, None] < T) & (cols[None, :] < W), other=0.0)
+    if not LOWP:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, den_ptr,
     T, H, D, DV, scale, eps,
@@ -59,27 +69,19 @@ def _fwd_kernel(
     rd = tl.arange(0, BD)
     rv = tl.arange(0, BV)
     row_m = (i_b * T + rm) * H + i_h  # (BLOCK,) row index into (B, T, H, .)
-    q = tl.load(q_ptr + row_m[:, None] * D + rd[None, :], mask=(rm[:, None] < T) & (rd[None, :] < D), other=0.0)
-    if not LOWP:
-        q = q.to(tl.float32)
+    q = _tile(q_ptr, row_m, rm, rd, T, D, LOWP)
     acc = tl.zeros((BLOCK, BV), dtype=tl.float32)
     den = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, (i_m + 1) * BLOCK, BLOCK):
         rn = start + tl.arange(0, BLOCK)
         row_n = (i_b * T + rn) * H + i_h
-        k = tl.load(k_ptr + row_n[:, None] * D + rd[None, :], mask=(rn[:, None] < T) & (rd[None, :] < D), other=0.0)
-        v = tl.load(v_ptr + row_n[:, None] * DV + rv[None, :], mask=(rn[:, None] < T) & (rv[None, :] < DV), other=0.0)
-        if not LOWP:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _tile(k_ptr, row_n, rn, rd, T, D, LOWP)
+        v = _tile(v_ptr, row_n, rn, rv, T, DV, LOWP)
         s = _mm(q, tl.trans(k), LOWP) * scale
         a = 1.0 + s + 0.5 * s * s
         a = tl.where((rn[None, :] <= rm[:, None]) & (rn[None, :] < T), a, 0.0)
         den += tl.sum(a, 1)
-        if LOWP:
-            acc += _mm(a.to(DT), v, LOWP)
-        else:
-            acc += _mm(a, v, LOWP)
+        acc += _mm(a.to(v.dtype), v, LOWP)  # the weights rounded to the MMA's dtype
     o = acc / (den + eps)[:, None]
     tl.store(o_ptr + row_m[:, None] * DV + rv[None, :], o.to(DT), mask=(rm[:, None] < T) & (rv[None, :] < DV))
     tl.store(den_ptr + i_bh * T + rm, den, mask=rm < T)
@@ -101,28 +103,19 @@ def _bwd_dq_kernel(
     rv = tl.arange(0, BV)
     row_m = (i_b * T + rm) * H + i_h
     in_m = rm[:, None] < T
-    q = tl.load(q_ptr + row_m[:, None] * D + rd[None, :], mask=in_m & (rd[None, :] < D), other=0.0)
-    dnum = tl.load(dnum_ptr + row_m[:, None] * DV + rv[None, :], mask=in_m & (rv[None, :] < DV), other=0.0)
+    q = _tile(q_ptr, row_m, rm, rd, T, D, LOWP)
+    dnum = _tile(dnum_ptr, row_m, rm, rv, T, DV, LOWP)
     dden = tl.load(dden_ptr + i_bh * T + rm, mask=rm < T, other=0.0)
-    if not LOWP:
-        q = q.to(tl.float32)
-        dnum = dnum.to(tl.float32)
     dq = tl.zeros((BLOCK, BD), dtype=tl.float32)
     for start in range(0, (i_m + 1) * BLOCK, BLOCK):
         rn = start + tl.arange(0, BLOCK)
         row_n = (i_b * T + rn) * H + i_h
-        k = tl.load(k_ptr + row_n[:, None] * D + rd[None, :], mask=(rn[:, None] < T) & (rd[None, :] < D), other=0.0)
-        v = tl.load(v_ptr + row_n[:, None] * DV + rv[None, :], mask=(rn[:, None] < T) & (rv[None, :] < DV), other=0.0)
-        if not LOWP:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = _tile(k_ptr, row_n, rn, rd, T, D, LOWP)
+        v = _tile(v_ptr, row_n, rn, rv, T, DV, LOWP)
         s = _mm(q, tl.trans(k), LOWP) * scale
         da = _mm(dnum, tl.trans(v), LOWP) + dden[:, None]
         ds = tl.where((rn[None, :] <= rm[:, None]) & (rn[None, :] < T), da * (1.0 + s), 0.0)
-        if LOWP:
-            dq += _mm(ds.to(DT), k, LOWP)
-        else:
-            dq += _mm(ds, k, LOWP)
+        dq += _mm(ds.to(k.dtype), k, LOWP)
     tl.store(dq_ptr + row_m[:, None] * D + rd[None, :], (dq * scale).to(DT), mask=in_m & (rd[None, :] < D))
 
 
@@ -142,34 +135,23 @@ def _bwd_dkdv_kernel(
     rv = tl.arange(0, BV)
     row_n = (i_b * T + rn) * H + i_h
     in_n = rn[:, None] < T
-    k = tl.load(k_ptr + row_n[:, None] * D + rd[None, :], mask=in_n & (rd[None, :] < D), other=0.0)
-    v = tl.load(v_ptr + row_n[:, None] * DV + rv[None, :], mask=in_n & (rv[None, :] < DV), other=0.0)
-    if not LOWP:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = _tile(k_ptr, row_n, rn, rd, T, D, LOWP)
+    v = _tile(v_ptr, row_n, rn, rv, T, DV, LOWP)
     dk = tl.zeros((BLOCK, BD), dtype=tl.float32)
     dv = tl.zeros((BLOCK, BV), dtype=tl.float32)
     for start in range(i_n * BLOCK, T, BLOCK):
         rm = start + tl.arange(0, BLOCK)
         row_m = (i_b * T + rm) * H + i_h
-        in_m = rm[:, None] < T
-        q = tl.load(q_ptr + row_m[:, None] * D + rd[None, :], mask=in_m & (rd[None, :] < D), other=0.0)
-        dnum = tl.load(dnum_ptr + row_m[:, None] * DV + rv[None, :], mask=in_m & (rv[None, :] < DV), other=0.0)
+        q = _tile(q_ptr, row_m, rm, rd, T, D, LOWP)
+        dnum = _tile(dnum_ptr, row_m, rm, rv, T, DV, LOWP)
         dden = tl.load(dden_ptr + i_bh * T + rm, mask=rm < T, other=0.0)
-        if not LOWP:
-            q = q.to(tl.float32)
-            dnum = dnum.to(tl.float32)
         causal = (rm[None, :] >= rn[:, None]) & (rm[None, :] < T)  # (keys, queries)
         sT = _mm(k, tl.trans(q), LOWP) * scale  # (BLOCK keys, BLOCK queries)
         aT = tl.where(causal, 1.0 + sT + 0.5 * sT * sT, 0.0)
         daT = _mm(v, tl.trans(dnum), LOWP) + dden[None, :]
         dsT = tl.where(causal, daT * (1.0 + sT), 0.0)
-        if LOWP:
-            dv += _mm(aT.to(DT), dnum, LOWP)
-            dk += _mm(dsT.to(DT), q, LOWP)
-        else:
-            dv += _mm(aT, dnum, LOWP)
-            dk += _mm(dsT, q, LOWP)
+        dv += _mm(aT.to(dnum.dtype), dnum, LOWP)
+        dk += _mm(dsT.to(q.dtype), q, LOWP)
     tl.store(dk_ptr + row_n[:, None] * D + rd[None, :], (dk * scale).to(DT), mask=in_n & (rd[None, :] < D))
     tl.store(dv_ptr + row_n[:, None] * DV + rv[None, :], dv.to(DT), mask=in_n & (rv[None, :] < DV))
 
