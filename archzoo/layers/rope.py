@@ -6,14 +6,31 @@ import torch
 from torch import nn
 
 
+def inverse_frequencies(dim: int, theta: float, device=None) -> torch.Tensor:
+    """theta^(-2i / dim) for i < dim / 2, in fp32."""
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+
+
 class RotaryEmbedding(nn.Module):
+    """cos / sin of the rotary angles, computed in fp32 whatever the model's dtype.
+
+    ``inv_freq`` stays fp32 through ``model.to(torch.bfloat16)`` and the like (``_apply``): rounded to bf16, the
+    positions and frequencies give wrong angles past position 256 (bf16 holds integers exactly only up to
+    there), a cosine off by up to 1.8 at position 1,000. Hugging Face's Llama keeps its frequencies in fp32 too.
+    """
+
     def __init__(self, dim: int, theta: float = 10000.0):
         super().__init__()
         if dim % 2:
             raise ValueError(f"RoPE needs an even dimension, got {dim}")
         self.dim, self.theta = dim, theta
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(dim, theta), persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:  # a cast of the module: the frequencies made anew in fp32
+            self.inv_freq = inverse_frequencies(self.dim, self.theta, self.inv_freq.device)
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (T,) or (B, T) -> cos, sin (..., dim), computed in fp32 and cast to ``dtype``."""
