@@ -26,6 +26,7 @@ had before shards existed. The whole corpus is then written as ``<key>.jsonl`` a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -180,12 +181,16 @@ def teacher_corpus(
     top_p: float | None = 0.95,
     device: str | torch.device | None = None,
     cache_dir: str | Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """The JSONL corpus of ``size_tokens`` tokens sampled from ``model`` on the built-in prompts of
     ``split`` ("train" or "heldout"), generated where it is missing (see the module docstring).
 
     ``device`` (default: CUDA when available, else where the model is): where to generate; the model
-    is moved there and back, and its captured decode steps are dropped afterwards.
+    is moved there and back, and its captured decode steps are dropped afterwards. ``dtype``: the weights'
+    dtype while generating (default: bfloat16 on CUDA, where a large batch's decode step is bound by its
+    GEMMs and SmolLM2 was trained in bf16; the model's own elsewhere). Another dtype than the model's
+    generates with a copy (the model's weights are never rounded) and is part of the key.
     """
     prompts = prompt_set(split)
     home = next(model.parameters()).device
@@ -196,6 +201,10 @@ def teacher_corpus(
     shards = shard_sizes(size_tokens)
     if len(shards) > 1:  # only a sharded corpus's key names the shard size (one-shard keys stay as they were)
         settings["shard_tokens"] = SHARD_TOKENS
+    own = next(model.parameters()).dtype
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else own)
+    if dtype != own:  # only then in the key: the keys of corpora generated in the model's dtype stay as they were
+        settings["dtype"] = str(dtype).removeprefix("torch.")
     key = corpus_key(model, prompts, seed, size_tokens, dev.type, batch_size=batch_size, **settings)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "corpora"
     path = folder / f"{key}.jsonl"
@@ -203,7 +212,12 @@ def teacher_corpus(
         return path
     parts = folder / f"{key}.parts"
     texts: list[str] = []
-    model.to(dev)
+    if dtype != own:  # a copy in that dtype (the tokenizer shared, not copied)
+        tok = getattr(model, "tokenizer", None)
+        gen_model = copy.deepcopy(model, {id(tok): tok}).to(dev, dtype)
+        gen_model.step_blocks = None  # compiled anew for the copy's own blocks
+    else:
+        gen_model = model.to(dev)
     try:
         for i, n in enumerate(shards):
             part = parts / f"{i:04d}.jsonl"
@@ -212,7 +226,7 @@ def teacher_corpus(
                 continue
             t0, st = time.perf_counter(), {}
             shard = generate_texts(
-                model,
+                gen_model,
                 None,
                 max_new_tokens,
                 batch_size,
@@ -232,9 +246,11 @@ def teacher_corpus(
                 log.info(msg, key, i + 1, len(shards), n, secs, n / secs, *timing)
             texts += shard
     finally:
-        model.to(home)
+        if gen_model is model:
+            model.to(home)
         if hasattr(model, "decode_pool"):
             model.decode_pool.clear()  # captured graphs hold the addresses of the moved weights
+        del gen_model
     write_jsonl(texts, path)
     meta = {"texts": len(texts), "size_tokens": size_tokens, "seed": seed, "device": dev.type, **settings}
     write_jsonl_meta(meta, folder / f"{key}.json")

@@ -274,3 +274,18 @@ def test_a_large_corpus_is_built_in_shards_and_resumes_where_it_was_cut(tmp_path
     assert small.name == f"{key}.jsonl"
     alone = real(model, None, 4, 8, 1.0, 0.95, prompts=prompts.prompt_set("train"), seed=1, size_tokens=200)
     assert archzoo.data.load_texts(small) == alone
+
+
+def test_a_corpus_generated_in_another_dtype_uses_a_copy_and_its_own_key(tmp_path):
+    """On CUDA the corpus is generated in bf16 by default: from a copy (the teacher's weights are never rounded),
+    under a key of its own. Exercised here on the CPU with the dtype given."""
+    model = _tiny_teacher()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = {"max_new_tokens": 4, "batch_size": 8, "cache_dir": tmp_path}
+    own = gen.teacher_corpus(model, 120, seed=1, **kw)
+    low = gen.teacher_corpus(model, 120, seed=1, dtype=torch.bfloat16, **kw)
+    assert low != own and json.loads(low.with_suffix(".json").read_text())["dtype"] == "bfloat16"
+    assert "dtype" not in json.loads(own.with_suffix(".json").read_text()), "the model's own dtype: key as before"
+    assert sum(len(t) + 1 for t in archzoo.data.load_texts(low)) >= 120
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
