@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .cache import Cache
+from .kernels._dispatch import once
 
 
 def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
@@ -26,6 +27,8 @@ def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
     if len(set(lens)) == 1:
         return model(torch.stack(rows), cache=cache)[:, -1]
     if any(getattr(m, "capacity_at_inference", False) for m in model.modules()):
+        once("prefill_rows", "prompts of different lengths prefill one row at a time: an MoE layer applies capacity "
+             "at inference (capacity_at_inference=True), so its routing depends on the rows it runs with")  # fmt: skip
         return torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
     groups: dict[int, list[int]] = {}
     for b, n in enumerate(lens):
