@@ -3,8 +3,11 @@ speculative round share it).
 
 Each row's cache holds its prompt from position 0 (no left padding), and a forward of several tokens
 needs rows of one length, so rows used to be prefilled one at a time: at batch 512 that is 512 eager
-forwards before the first captured step, the most of what a teacher-generated corpus cost (about 4,000
-tokens/s on an H200). Here the rows of each distinct length go through one forward into a cache of just
+forwards before the first captured step. On an H200 a teacher-generated corpus came at about 4,000 tokens/s,
+a batch's time growing with its rows (9 s for 128, 32 s for 512), and this was the only loop over the rows
+(the split of that time was not recorded; ``tools/bench_generation.py`` records it now).
+
+Here the rows of each distinct length go through one forward into a cache of just
 those rows (``Cache.empty_rows``), copied into theirs (``Cache.put_rows``); a length held by one row
 writes through a view of it (``Cache.rows``), as before. The rows of one length run as a batch, so their
 logits equal the row-by-row ones up to the rounding of a differently shaped matmul.
