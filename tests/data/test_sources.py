@@ -276,10 +276,12 @@ def test_a_large_corpus_is_built_in_shards_and_resumes_where_it_was_cut(tmp_path
     assert archzoo.data.load_texts(small) == alone
 
 
-def test_a_corpus_generated_in_another_dtype_uses_a_copy_and_its_own_key(tmp_path):
+def test_a_corpus_generated_in_another_dtype_uses_a_copy_and_its_own_key(tmp_path, monkeypatch):
     """On CUDA the corpus is generated in bf16 by default: from a copy (the teacher's weights are never rounded),
     under a key of its own. Exercised here on the CPU with the dtype given."""
     model = _tiny_teacher()
+    sampled_by, real = [], gen.generate_texts
+    monkeypatch.setattr(gen, "generate_texts", lambda m, *a, **k: sampled_by.append(m) or real(m, *a, **k))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kw = {"max_new_tokens": 4, "batch_size": 8, "cache_dir": tmp_path}
     own = gen.teacher_corpus(model, 120, seed=1, **kw)
@@ -287,5 +289,7 @@ def test_a_corpus_generated_in_another_dtype_uses_a_copy_and_its_own_key(tmp_pat
     assert low != own and json.loads(low.with_suffix(".json").read_text())["dtype"] == "bfloat16"
     assert "dtype" not in json.loads(own.with_suffix(".json").read_text()), "the model's own dtype: key as before"
     assert sum(len(t) + 1 for t in archzoo.data.load_texts(low)) >= 120
+    assert [next(m.parameters()).dtype for m in sampled_by] == [torch.float32, torch.bfloat16]
+    assert sampled_by[0] is model and sampled_by[1] is not model, "bf16: a copy samples, the model itself does not"
     after = model.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
