@@ -9,7 +9,6 @@ is logged once, never taken silently.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -44,9 +43,14 @@ def try_kernel(op: str, device_type: str, run):
         return None
 
 
-@functools.cache
+# Looked up once at import, not per call: a compiled region that reaches ``use_triton`` (the verify forward of a
+# speculative round, compiled per block) cannot trace ``importlib.util.find_spec`` (dynamo skips it), but it
+# reads a module constant.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def interpret_mode() -> bool:
@@ -56,13 +60,18 @@ def interpret_mode() -> bool:
 def use_triton(*tensors: torch.Tensor | None) -> bool:
     """True when the Triton path applies to these tensors (all on CUDA, or CPU in interpret mode)."""
     ts = [t for t in tensors if t is not None]
+    # Inside a compiled region the mode check (it imports triton.language) is skipped: the eager calls before
+    # compiling made it, and Triton's mode cannot change after its import.
+    check = not torch.compiler.is_compiling()
     if all(t.is_cuda for t in ts):
         if not triton_available():
             raise RuntimeError("archzoo kernels: CUDA tensors need the `triton` package, which is not installed")
-        check_triton_mode(cpu=False)
+        if check:
+            check_triton_mode(cpu=False)
         return True
     if all(t.device.type == "cpu" for t in ts) and interpret_mode() and triton_available():
-        check_triton_mode(cpu=True)
+        if check:
+            check_triton_mode(cpu=True)
         return True
     return False
 

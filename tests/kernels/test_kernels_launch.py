@@ -270,3 +270,31 @@ def test_site_through_a_patched_launch_and_with_fast_launch_off(rec, monkeypatch
     for _ in range(2):
         assert _launch.launch_site(site, ptrs, via) is None
     assert len(seen) == 4 and site.compiled is None
+
+
+def test_backend_choice_traces_inside_a_compiled_region():
+    """A speculative verify forward compiles each block whole, and the block's kernel wrapper asks
+    ``triton_available``: it must be traceable (a module constant), not ``importlib.util.find_spec``, which dynamo
+    refuses (it failed so on the H200, 2026-12-05)."""
+    from archzoo.kernels import _dispatch
+
+    def step(x):
+        return x * 2 if _dispatch.triton_available() else x - 1
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    x = torch.ones(3)
+    assert torch.equal(compiled(x), step(x))
+
+
+def test_use_triton_traces_inside_a_compiled_region(monkeypatch):
+    """The whole backend choice (device test, installed check; the mode check is skipped while compiling) traces
+    without a graph break, in interpreter mode as on CUDA."""
+    from archzoo.kernels import _dispatch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+    def step(x):
+        return x * 2 if _dispatch.use_triton(x) else x - 1
+
+    x = torch.ones(3)
+    assert torch.equal(torch.compile(step, fullgraph=True, backend="eager")(x), step(x))
