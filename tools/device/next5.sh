@@ -1,0 +1,10 @@
+# GPU call 2 of the next session (prepared 2026-12-05, third session; not yet run), right after next4.sh: carries
+# the teacher's first part and the Shakespeare cache (.big/g1) with the five small wheels, and runs what needs no
+# teacher. Issue 18: the decode-attention sweep (target: 1.2x SDPA over the sliced valid length at batch 64 x 4k;
+# 1.14x so far) and a profile of the teacher shape's captured step at batch 1 (how many
+# kernels a step launches and where its ~1 ms goes, against the 2,000 tokens/s target).
+source tools/device/setup.sh || exit 1
+cd tools && timeout 200 python3 tune_decode_attention.py --out $OUT/tune_decode_attention.json > $OUT/tune.log 2>&1
+echo "tune rc=$?"; grep BEST $OUT/tune.log; cd ..
+timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+    --out $OUT/profile_teacher_b1.json > $OUT/profile.log 2>&1; echo "profile rc=$?"; tail -25 $OUT/profile.log
