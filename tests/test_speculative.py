@@ -314,3 +314,34 @@ def test_compiled_speculative_equals_eager(family, monkeypatch):
     for b, (r, o) in enumerate(zip(ref, out, strict=True)):
         assert torch.equal(r, o), f"{family}: row {b} differs"
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", ["mamba", "jamba", "linear", "based"])
+def test_multi_token_decode_forward_runs_the_update_kernels(family, monkeypatch):
+    """A (B, k+1) forward in a decode step (the verify and replay of a recurrent target) goes token by token through
+    the update kernels, never the sequence kernels: a compiled step block (fullgraph) traces the update kernels as
+    custom ops but not the sequence kernels' host launches (on an H200 the Jamba target's verify failed so), and the
+    logits equal those of one-token steps (float64; the projections' products over (B, T) and (B, 1) rows round
+    alike only up to BLAS's blocking)."""
+    from archzoo.layers import linear_attention as la_mod
+    from archzoo.layers import mamba as mamba_mod
+
+    model = f64_model(FAMILIES[family])
+    prompt = torch.randint(0, model.cfg.vocab_size, (2, 6))
+    more = torch.randint(0, model.cfg.vocab_size, (2, 4))
+    with torch.no_grad():
+        one, many = model.new_cache(2, 16), model.new_cache(2, 16)
+        model(prompt, cache=one)
+        model(prompt, cache=many)
+        want = torch.cat([speculative._forward(model, more[:, t : t + 1], one) for t in range(4)], dim=1)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a sequence kernel ran in a decode step")
+
+        for mod, names in ((mamba_mod, ("causal_conv1d_fn", "selective_scan_fn")),
+                           (la_mod, ("linear_attention", "based_attention"))):  # fmt: skip
+            for name in names:
+                monkeypatch.setattr(mod, name, refuse)
+        got = speculative._forward(model, more, many)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(many.lengths, one.lengths)

@@ -15,6 +15,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
+    python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from triton.compiler import ASTSource
 
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # SASS opcodes worth counting (prefix match); STL / LDL are spills
-_OPS = ("SHFL", "MUFU", "BAR", "LDG", "STG", "LDS", "STS", "RED", "ATOM", "FFMA", "FMUL", "FADD", "LDL", "STL", "BRA")
+_OPS = ("SHFL", "MUFU", "BAR", "LDG", "STG", "LDS", "STS", "RED", "ATOM", "FFMA", "FMUL", "FADD", "LDL", "STL", "BRA",
+        "HGMMA", "HMMA", "F2FP", "FSEL", "ISETP", "LDGSTS")  # fmt: skip
 
 
 @contextmanager
@@ -181,21 +183,37 @@ def _kd_loss_calls(n: int = 1024, V: int = 49152) -> list:
     return out
 
 
-def _based_calls(T: int = 4096, B: int = 4, H: int = 8, d: int = 16, Dv: int = 64) -> list:
-    """BASED attention's forward, dq and dk/dv kernels at the benchmark's shape, in bf16 and fp32."""
+def _based_calls(T: int = 4096, B: int = 4, H: int = 8, d: int = 16, Dv: int = 64, all_configs: bool = False) -> list:
+    """BASED attention's forward, dq and dk/dv kernels at the benchmark's shape, in bf16 and fp32: each kernel at
+    its default config (CUDA_DEFAULT, FP32_DEFAULT), or (``all_configs``) at every config its autotuner may pick
+    (CUDA_CONFIGS, FP32_CONFIGS)."""
     from archzoo.kernels.based_attention import triton as kb
 
     out = []
     BD, BV = kb._tiles(d, Dv)
-    grid = (triton.cdiv(T, kb.BLOCK), B * H)
+    tb = triton.next_power_of_2(T)
     for dt in (torch.bfloat16, torch.float32):
         q, v = torch.empty(B, T, H, d, dtype=dt), torch.empty(B, T, H, Dv, dtype=dt)
         den = torch.empty(B, H, T)
-        kw = dict(BLOCK=kb.BLOCK, BD=BD, BV=BV, LOWP=dt != torch.float32, num_warps=kb.NUM_WARPS)
+        consts = dict(D=d, DV=Dv, BD=BD, BV=BV, LOWP=dt != torch.float32)
+        args = {
+            "fwd": (q, q, v, v, den, T, tb, H, 0.25, 1e-6),
+            "bwd_dq": (q, q, v, v, v, den, v, den, q, T, tb, H, 0.25, 1e-6),
+            "bwd_dkdv": (q, q, v, v, den, q, v, T, tb, H, 0.25),
+        }
         name = str(dt).split(".")[-1]
-        out.append((f"fwd {name}", kb._fwd_kernel, grid, (q, q, v, v, den, T, H, d, Dv, 0.25, 1e-6), kw))
-        out.append((f"bwd_dq {name}", kb._bwd_dq_kernel, grid, (q, q, v, v, den, q, T, H, d, Dv, 0.25), kw))
-        out.append((f"bwd_dkdv {name}", kb._bwd_dkdv_kernel, grid, (q, q, v, v, den, q, v, T, H, d, Dv, 0.25), kw))
+        lowp = dt != torch.float32
+        for kname in kb.KERNELS:
+            if all_configs:
+                configs = (kb.CUDA_CONFIGS if lowp else kb.FP32_CONFIGS)[kname]
+            else:
+                configs = [(kb.CUDA_DEFAULT if lowp else kb.FP32_DEFAULT)[kname]]
+            for cfg in configs:
+                rows = cfg["BLOCK_N"] if kname == "bwd_dkdv" else cfg["BLOCK_M"]
+                grid = (triton.cdiv(T, rows), B * H)
+                tag = f" M{cfg['BLOCK_M']} N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}"
+                label = f"{kname} {name}" + (tag if all_configs else "")
+                out.append((label, kb._RAW[kname], grid, args[kname], {**consts, **cfg}))
     return out
 
 
@@ -208,21 +226,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--config", default="{}", help="JSON for the op's CONFIG_OVERRIDE")
     ap.add_argument("--sass", help="write each kernel's SASS to this folder")
+    ap.add_argument("--all-configs", action="store_true", help="based: every autotune config, not the defaults")
     args = ap.parse_args()
     if args.op == "scan":
         calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
     else:
-        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": _based_calls}[args.op]()
+        based = lambda: _based_calls(T=args.l, all_configs=args.all_configs)  # noqa: E731
+        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": based}[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))
-        meta = {k: v for k, v in kw.items() if k.isupper() or k == "num_warps"}
+        meta = {k: v for k, v in kw.items() if k.isupper() or k in ("num_warps", "num_stages")}
         print(f"{name}: grid={grid} {meta}")
         print(f"  regs={rep['regs']} stack={rep['stack']}B shared={rep['shared']}B  {rep['sass']}")
         if args.sass:
             os.makedirs(args.sass, exist_ok=True)
             stem = name.split()[0] + ("_inf" if "inference" in name else "")
+            if args.op == "based":
+                stem = name.replace(" ", "_")
             with open(os.path.join(args.sass, stem + ".sass"), "w") as f:
                 f.write(rep["sass_text"])
 

@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import UserError
 
@@ -761,7 +762,9 @@ def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: 
     256 = 273 Taylor features), and as it ran before that kernel (``archzoo_chunk``: the Taylor map, then
     ``linear_attention``'s chunked PyTorch form over 273 features), against fla's ``parallel_based`` (its default
     scale 16^-0.5 and use_norm: the same function, phi(q).phi(k) = 1 + s + s^2 / 2 with s = q.k / 4), forward and
-    forward+backward. Ratio as for ``la``; inputs: q, k normal (B, T, H, 16), v normal (B, T, H, 64), bf16."""
+    forward+backward. Ratio as for ``la``; inputs: q, k normal (B, T, H, 16), v normal (B, T, H, 64), bf16. Where
+    the kernel ran, ``config`` in the archzoo row: each of its three kernels' tiles, warps and stages at that T and
+    how they were chosen (autotuned on the first call of a length bucket, which the warm-up takes)."""
     from ..kernels import based_attention, last_backend, linear_attention
     from ..kernels._dispatch import forget
     from ..layers.feature_maps import build_feature_map, feature_map_dim
@@ -808,6 +811,10 @@ def bench_based(rounds: int, lengths: tuple[int, ...], device: str = "cuda", B: 
         res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
         mine, peer = res["archzoo"], res["fla_parallel_based"]
         mine["backend"] = last_backend("based_attention")
+        if mine["backend"] == "triton":  # each kernel's config at this T (autotuned above SHORT_T on a GPU)
+            from ..kernels.based_attention.triton import last_configs
+
+            mine["config"] = last_configs(T)
         res["archzoo_chunk"]["backend"] = f"linear_attention over {n_feat} features: {last_backend('linear_attention')}"
         for mode in ("fwd", "fwdbwd"):
             mine[f"fla_over_ours_{mode}"] = _ratio(peer, mine, f"{mode}_ms")
@@ -832,7 +839,15 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     ``_fwdbwd`` = its ms / the dense ms (issue 19: grouped <= 1.3), and ``bf16_peak_fraction_*``: the dense
     layer's FLOPs (2 x 3 GEMMs x tokens x d_model x top_k * d_ff forward, 3x that forward+backward; the MoE's
     router and dropped assignments not counted) / time / the device's dense bf16 peak. Without the DISPATCH
-    switch in ``layers/moe.py`` the loop (the layer's only path) runs and grouped is 'unavailable'."""
+    switch in ``layers/moe.py`` the loop (the layer's only path) runs and grouped is 'unavailable'.
+
+    Also in the eager rows: ``aten_ops_fwd`` / ``_fwdbwd``, the ATen ops one call dispatches (eagerly ~10-20 us
+    of host time each, most of them a kernel launch: the grouped layer is launch-bound at this size). On CUDA: the
+    grouped layer and the dense one compiled (``*_compiled``, fullgraph=True, so a graph break fails the row instead
+    of running eager Python between graphs; ``over_dense_compiled_*``) and compiled with mode="reduce-overhead"
+    (``*_cudagraphs``: CUDA graphs, the host's launch cost gone; ``over_dense_cudagraphs_*``), and ``host_syncs`` in
+    the two eager MoE rows: what torch's sync debug mode reports over one forward+backward ("none" for grouped; the
+    loop reads the experts' loads on the host)."""
     from ..layers import moe as moe_mod
     from ..layers.mlp import SwiGLU
     from ..layers.moe import MoE, MoEConfig
@@ -846,39 +861,28 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     dout = torch.randn(n_tokens, d_model, device=device, generator=g).to(torch.bfloat16)
     has_switch = hasattr(moe_mod, "DISPATCH")
 
-    def dispatched(mode: str) -> Callable[[], torch.Tensor]:
-        def call() -> torch.Tensor:
-            old = moe_mod.DISPATCH
-            moe_mod.DISPATCH = mode
-            try:
-                return layer(x)
-            finally:
-                moe_mod.DISPATCH = old
-
-        return call
-
     no_switch = "unavailable (archzoo.layers.moe has no DISPATCH switch yet)"
+    dname = f"dense_swiglu_{top_k * d_ff}"
     impls: dict[str, object] = {
-        "archzoo_grouped": dispatched("grouped") if has_switch else no_switch,
-        "archzoo_loop": dispatched("loop") if has_switch else (lambda: layer(x)),
-        f"dense_swiglu_{top_k * d_ff}": lambda: dense(x),
+        "archzoo_grouped": _dispatched(moe_mod, layer, x, "grouped") if has_switch else no_switch,
+        "archzoo_loop": _dispatched(moe_mod, layer, x, "loop") if has_switch else (lambda: layer(x)),
+        dname: lambda: dense(x),
     }
+    leaves = [x, *layer.parameters(), *dense.parameters()]
     if has_switch and torch.device(device).type == "cuda":
-        # As training with speed.compile runs it: the layer compiled (routing, sort, capacity, losses and
-        # statistics fused into few kernels), beside the dense SwiGLU compiled. Eager, the grouped layer is
-        # launch-bound at this size (its host time equals its device time).
-        compiled_layer, compiled_dense = torch.compile(layer), torch.compile(dense)
-
-        def grouped_compiled() -> torch.Tensor:
-            old = moe_mod.DISPATCH
-            moe_mod.DISPATCH = "grouped"
-            try:
-                return compiled_layer(x)
-            finally:
-                moe_mod.DISPATCH = old
-
-        impls["archzoo_grouped_compiled"] = grouped_compiled
-        impls[f"dense_swiglu_{top_k * d_ff}_compiled"] = lambda: compiled_dense(x)
+        # As training with speed.compile runs it: the layer compiled whole (routing, sort, capacity, losses fused
+        # into few kernels; fullgraph=True, so a graph break is an error in the row, not eager Python between
+        # graphs), beside the dense SwiGLU compiled the same way.
+        compiled_layer, compiled_dense = torch.compile(layer, fullgraph=True), torch.compile(dense, fullgraph=True)
+        impls["archzoo_grouped_compiled"] = _dispatched(moe_mod, compiled_layer, x, "grouped")
+        impls[f"{dname}_compiled"] = lambda: compiled_dense(x)
+        # Both again in CUDA graphs (mode="reduce-overhead"): one replay per graph, so launches cost the host nothing.
+        # Each call starts a new step (cudagraph_mark_step_begin) and drops the leaves' gradients first, as
+        # zero_grad(set_to_none=True) does, so no gradient from an earlier replay is alive when the graph reruns.
+        graphed_layer = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+        graphed_dense = torch.compile(dense, mode="reduce-overhead", fullgraph=True)
+        impls["archzoo_grouped_cudagraphs"] = _graph_step(_dispatched(moe_mod, graphed_layer, x, "grouped"), leaves)
+        impls[f"{dname}_cudagraphs"] = _graph_step(lambda: graphed_dense(x), leaves)
     dispatch: dict[str, object] = {}
     for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
         fn = impls[name]
@@ -893,9 +897,12 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             dispatch[name] = "loop (the layer's only path)"
         else:
             dispatch[name] = getattr(layer, "last_dispatch", "unknown (MoE has no last_dispatch attribute yet)")
-    leaves = [x, *layer.parameters(), *dense.parameters()]
     res, outs = _fwd_fwdbwd(impls, leaves, dout, rounds, device)
-    dname = f"dense_swiglu_{top_k * d_ff}"
+    for name in ("archzoo_grouped", "archzoo_loop", dname):
+        if res[name].get("status") == "ok":
+            res[name].update(_aten_ops(impls[name], dout, leaves))
+            if device == "cuda" and name != dname:
+                res[name]["host_syncs"] = _host_syncs(impls[name], dout, leaves)
     flops = 2 * 3 * n_tokens * d_model * top_k * d_ff
     peak = _bf16_peak(device)
     for name, row in res.items():
@@ -903,12 +910,15 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             row["last_dispatch"] = dispatch[name]
         for mode, f in (("fwd", flops), ("fwdbwd", 3 * flops)):
             row[f"over_dense_{mode}"] = _ratio(row, res[dname], f"{mode}_ms")
-            if name.endswith("_compiled") and f"{dname}_compiled" in res:  # compiled against compiled
-                row[f"over_dense_compiled_{mode}"] = _ratio(row, res[f"{dname}_compiled"], f"{mode}_ms")
+            for kind in ("compiled", "cudagraphs"):  # compiled against compiled, graphs against graphs
+                if name.endswith(f"_{kind}") and f"{dname}_{kind}" in res:
+                    row[f"over_dense_{kind}_{mode}"] = _ratio(row, res[f"{dname}_{kind}"], f"{mode}_ms")
             if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if "archzoo_grouped" in outs and "archzoo_loop" in outs:
         res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
+    with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
+        impls["archzoo_loop"]()
     stats = layer.last_stats
     return {
         "shape": dict(tokens=n_tokens, d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=top_k, dtype="bfloat16"),
@@ -925,6 +935,73 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         "bf16_peak_flops": peak,
         "rows": {n_tokens: res},
     }
+
+
+def _dispatched(moe_mod, layer: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], torch.Tensor]:
+    """-> call(): ``layer(x)`` with ``archzoo.layers.moe.DISPATCH`` set to ``mode`` around it and restored."""
+
+    def call() -> torch.Tensor:
+        old = moe_mod.DISPATCH
+        moe_mod.DISPATCH = mode
+        try:
+            return layer(x)
+        finally:
+            moe_mod.DISPATCH = old
+
+    return call
+
+
+def _graph_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """-> call(): a CUDA-graph step of ``fn`` (compiled with mode="reduce-overhead"): the leaves' gradients dropped,
+    a new cudagraph step begun, then ``fn()``."""
+
+    def call() -> torch.Tensor:
+        for t in leaves:
+            t.grad = None
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn()
+
+    return call
+
+
+class _AtenOps(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it (as tools/count_step_ops.py does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _aten_ops(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> dict[str, int]:
+    """-> aten_ops_fwd (one ``fn()`` without gradients) and aten_ops_fwdbwd (``fn().backward(gout)``)."""
+    with torch.no_grad(), _AtenOps() as fwd:
+        fn()
+    with _AtenOps() as fb:
+        fn().backward(gout)
+    for t in leaves:
+        t.grad = None
+    return {"aten_ops_fwd": fwd.n, "aten_ops_fwdbwd": fb.n}
+
+
+def _host_syncs(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> str:
+    """What ``torch.cuda.set_sync_debug_mode("error")`` reports over one ``fn().backward(gout)``: "none", or the
+    error of the first call that synchronised with the host."""
+    torch.cuda.synchronize()
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn().backward(gout)
+        return "none"
+    except RuntimeError as e:
+        return _error(e)
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+        for t in leaves:
+            t.grad = None
 
 
 def _fmt_ms(r: dict, key: str) -> str:
@@ -1217,6 +1294,9 @@ def _print_issue19(results: dict) -> None:
         for name, r in next(iter(moe["rows"].values())).items():
             if "last_dispatch" in r:
                 print(f"{name}: dispatch ran: {r['last_dispatch']}")
+            if "aten_ops_fwd" in r:
+                syncs = f"; host syncs: {r['host_syncs']}" if "host_syncs" in r else ""
+                print(f"{name}: ATen ops fwd {r['aten_ops_fwd']}, fwd+bwd {r['aten_ops_fwdbwd']}{syncs}")
 
 
 def _print_backends(rows: dict) -> None:

@@ -9,6 +9,7 @@ is logged once, never taken silently.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -51,6 +52,17 @@ _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 def triton_available() -> bool:
     return _TRITON_INSTALLED
+
+
+@functools.cache
+def outside_graphs(fn):
+    """``fn`` run eagerly where a compiled region calls it: a graph break around the call, not a trace into it.
+
+    For the sequence kernels (training, prefill): autograd Functions whose Triton kernels are launched from the host
+    through ``_launch``, which dynamo cannot trace (and under the interpreter fails on with a hard error, not a
+    graph break). A block compiled by ``speed.compile`` then runs in graphs before and after the kernel. Decode steps
+    compiled whole (``fullgraph``) never reach these: their layers take the update kernels, custom ops."""
+    return torch.compiler.disable(fn, recursive=True)
 
 
 def interpret_mode() -> bool:

@@ -105,11 +105,17 @@ class LinearAttention(nn.Module):
         q_raw = self.q_proj(x).view(B, T, H, self.feature_dim)  # (B, T, H, d), before the feature map
         k_raw = self.k_proj(x).view(B, T, H, self.feature_dim)
         v = self.v_proj(x).view(B, T, H, self.head_dim)  # (B, T, H, Dv)
-        if ctx.decoding and T == 1 and not torch.is_grad_enabled():
-            # A capturable step: the recurrence on the state, in place (not the chunked form).
-            q, k = self.q_map(q_raw), self.k_map(k_raw)  # (B, 1, H, F)
-            o = linear_attention_update(state["S"], state["z"], q[:, 0], k[:, 0], v[:, 0], eps=self.cfg.eps)
-            return self.o_proj(o.reshape(B, 1, H * self.head_dim))
+        if ctx.decoding and not torch.is_grad_enabled():
+            # A capturable step: the recurrence on the state, in place (not the chunked form). A few tokens in a
+            # decode step (speculative decoding's verify and replay forwards) go token by token the same way: a
+            # compiled step block (fullgraph) traces the update as a custom op, where the chunked kernels are
+            # launched from the host, and the target computes exactly what it would decoding alone.
+            q, k = self.q_map(q_raw), self.k_map(k_raw)  # (B, T, H, F)
+            o = torch.stack(
+                [linear_attention_update(state["S"], state["z"], q[:, t], k[:, t], v[:, t], eps=self.cfg.eps)
+                 for t in range(T)], dim=1,
+            )  # fmt: skip
+            return self.o_proj(o.reshape(B, T, H * self.head_dim))
         # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
         initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
         if initial is not None and torch.is_grad_enabled():

@@ -181,6 +181,12 @@ class Mamba(nn.Module):
             # The in-place update kernels are for inference; with gradients on, one token takes
             # the sequence path below, which leaves the buffers free of autograd history.
             return self._step(x[:, 0], state)[:, None]
+        if state is not None and ctx.decoding and not torch.is_grad_enabled():
+            # A few tokens in a decode step (speculative decoding's verify and replay forwards): token by token
+            # through the update kernels, which a compiled step block (fullgraph) traces as custom ops, where the
+            # sequence kernels are launched from the host; and the target then computes exactly what it would
+            # decoding alone.
+            return torch.stack([self._step(x[:, t], state) for t in range(T)], dim=1)
         R, N = self.dt_rank, self.d_state
         xs, z = _time_last(self.in_proj, x.reshape(B * T, d), B, T).chunk(2, dim=1)  # (B, Di, T) each
         weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)

@@ -86,10 +86,10 @@ class MoE(nn.Module):
     """Top-k routed SwiGLU experts plus ``n_shared_experts`` always-on SwiGLUs.
 
     After every forward (None before the first), ``self.aux_loss`` holds the differentiable balance + z loss and
-    ``self.last_stats`` (detached) holds ``tokens_dropped`` (dropped (token, expert) assignments),
-    ``load`` (assignments routed to each expert, before capacity), ``drop_fraction``
-    (``tokens_dropped / (tokens * top_k)``), ``balance_loss``, ``z_loss`` and ``capacity``
-    (``None`` when dropless).
+    ``self.last_stats`` (detached; built when read, from the last forward's loads and losses) holds
+    ``tokens_dropped`` (dropped (token, expert) assignments), ``load`` (assignments routed to each expert, before
+    capacity), ``drop_fraction`` (``tokens_dropped / (tokens * top_k)``), ``balance_loss``, ``z_loss`` and
+    ``capacity`` (``None`` when dropless).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class MoE(nn.Module):
         self.down_proj = StackedLinear(n_experts, d_ff, d_model)  # weight (E, d_model, d_ff)
         self.shared_experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_shared_experts))
         self.aux_loss: torch.Tensor | None = None  # set by every forward
-        self.last_stats: dict[str, torch.Tensor | int | None] = {}
+        self._stats: tuple | None = None  # (load, balance, z, capacity, assignments) of the last sorted forward
         self.last_dispatch: str | None = None  # "grouped" | "loop" | "static": the path the last forward took
 
     @classmethod
@@ -204,10 +204,12 @@ class MoE(nn.Module):
         x = x.reshape(-1, self.d_model)  # (N, D)
         N, E, K = x.shape[0], self.n_experts, self.top_k
 
-        # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy).
-        logits = self.router(x).to(torch.promote_types(x.dtype, torch.float32))  # (N, E)
+        # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy); the dtype as
+        # torch.promote_types(x.dtype, torch.float32) gives it, without that op's dispatch.
+        logits = self.router(x).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (N, E)
         probs = logits.softmax(dim=-1)  # (N, E)
-        static = not torch.is_grad_enabled() and self.capacity(N) is None and N <= self.STATIC_MAX_TOKENS
+        capacity = self.capacity(N)
+        static = not torch.is_grad_enabled() and capacity is None and N <= self.STATIC_MAX_TOKENS
         # A decode step's top-k as K max reductions, which the compiler fuses with the softmax: torch.topk
         # was two sorting kernels per layer (gatherTopK, bitonicSort), 0.25 ms of the MoE student's 1.87 ms
         # step at batch 1 on an H200 (docs/decode.md).
@@ -219,36 +221,34 @@ class MoE(nn.Module):
             self.last_dispatch = "static"
             return self._static(x, top_p, top_e).reshape(shape)
 
-        # Assignments in priority order: all first choices in token order, then all second choices ...
+        # Assignments in priority order, a = k * N + token: all first choices in token order, then all second
+        # choices ... Eagerly the layer is launch-bound at training sizes, so each op counts (tests/layers/test_moe.py
+        # bounds them): one sort gives the order and the sorted experts, and no statistic is computed here.
         expert_flat = top_e.t().reshape(-1)  # (K*N,)
-        weight_flat = top_p.t().reshape(-1).to(x.dtype)  # (K*N,)
-        token_flat = torch.arange(N, device=x.device).repeat(K)  # (K*N,)
+        # Stable sort by expert keeps priority order inside each expert's slice, so the first `capacity`
+        # assignments of a slice are the ones that fit.
+        sorted_e, order = torch.sort(expert_flat, stable=True)  # (K*N,) each
         # Counted by scatter, not bincount: bincount sizes its output from the data, a host sync on CUDA.
         load = expert_flat.new_zeros(E).scatter_add_(0, expert_flat, torch.ones_like(expert_flat))  # (E,)
-
-        # Stable sort by expert keeps priority order inside each expert's slice, so the first
-        # `capacity` assignments of a slice are the ones that fit.
-        order = torch.argsort(expert_flat, stable=True)  # (K*N,)
-        capacity = self.capacity(N)
-        keep = None
-        if capacity is None:
-            kept = load
-        else:
-            start = torch.cumsum(load, 0) - load  # (E,)
-            rank = torch.arange(K * N, device=x.device) - start[expert_flat[order]]  # (K*N,) place in its expert
-            keep = rank < capacity  # (K*N,) in sorted order
-            kept = load.clamp(max=capacity)
+        keep = None  # (K*N,) in sorted order: whether the assignment is within its expert's capacity; None: all are
+        if capacity is not None and capacity < K * N:
+            # Within capacity <=> the assignment `capacity` places before it in sorted order has another expert
+            # (its rank in its expert's slice is < capacity); the first `capacity` assignments always are.
+            keep = F.pad(sorted_e, (capacity, 0), value=-1)[: K * N] != sorted_e
+        tokens = order % max(N, 1)  # (K*N,) each sorted assignment's token ...
+        ws = top_p[tokens, order // max(N, 1)].to(x.dtype)  # (K*N,) ... and its routing weight
 
         if self._use_grouped(x):
             self.last_dispatch = "grouped"
-            out = self._grouped(x, order, keep, weight_flat, load)
+            if keep is not None:
+                ws = ws * keep  # over capacity: weight 0, so the row adds 0 to the output and gets 0 gradient
+            out = self._grouped(x, order, tokens, ws, load)
         else:
             self.last_dispatch = "loop"
+            kept = load if capacity is None else load.clamp(max=capacity)  # (E,) kept assignments per expert
             if keep is not None:
-                order = order[keep]
-            tokens = token_flat[order]  # (M,) kept assignments grouped by expert
+                tokens, ws = tokens[keep], ws[keep]  # (M,) kept assignments grouped by expert
             xs = x[tokens]  # (M, D)
-            ws = weight_flat[order]  # (M,)
             ys = [self.expert(chunk, e) for e, chunk in enumerate(xs.split(kept.tolist())) if chunk.shape[0]]
             out = x.new_zeros(N, self.d_model)
             if ys:
@@ -258,16 +258,25 @@ class MoE(nn.Module):
 
         balance, z = self._losses(logits, probs, load, N)
         self.aux_loss = balance + z
-        dropped = (load - kept).sum()
-        self.last_stats = {
+        self._stats = (load, balance, z, capacity, N * K)  # last_stats builds its dict from these when read
+        return out.reshape(shape)
+
+    @property
+    def last_stats(self) -> dict[str, torch.Tensor | int | None]:
+        """The last sorted forward's routing statistics (see the class docstring), detached; {} before the first.
+        Built when read, so a forward spends no op on them."""
+        if self._stats is None:
+            return {}
+        load, balance, z, capacity, n_assignments = self._stats
+        dropped = (load - (load if capacity is None else load.clamp(max=capacity))).sum()
+        return {
             "tokens_dropped": dropped.detach(),
             "load": load.detach(),
-            "drop_fraction": (dropped.float() / max(N * K, 1)).detach(),
+            "drop_fraction": (dropped.float() / max(n_assignments, 1)).detach(),
             "balance_loss": balance.detach(),
             "z_loss": z.detach(),
             "capacity": capacity,
         }
-        return out.reshape(shape)
 
     def _use_grouped(self, x: torch.Tensor) -> bool:
         """Whether this forward's experts run as grouped GEMMs, by ``DISPATCH`` and ``grouped_mm_unfit``."""
@@ -286,19 +295,14 @@ class MoE(nn.Module):
         return False
 
     def _grouped(
-        self,
-        x: torch.Tensor,
-        order: torch.Tensor,
-        keep: torch.Tensor | None,
-        weight_flat: torch.Tensor,
-        load: torch.Tensor,
+        self, x: torch.Tensor, order: torch.Tensor, tokens: torch.Tensor, ws: torch.Tensor, load: torch.Tensor
     ) -> torch.Tensor:
         """Routed experts as one grouped GEMM per projection over the assignments sorted by expert -> (N, D).
 
-        x (N, D); order (K*N,) the assignments (index k*N + token) sorted stably by expert; keep (K*N,) whether
-        each sorted assignment is within its expert's capacity (None: all are); weight_flat (K*N,) the routing
-        weights by assignment; load (E,) assignments per expert. No host synchronisation: shapes depend on N and
-        K alone, and the group ends are a device tensor.
+        x (N, D); order (K*N,) the assignments (index k*N + token) sorted stably by expert; tokens (K*N,) the token
+        of each sorted assignment; ws (K*N,) its routing weight, zero where it is over its expert's capacity; load
+        (E,) assignments per expert. No host synchronisation: shapes depend on N and K alone, and the group ends
+        are a device tensor.
 
         A dropped assignment stays in its expert's group with routing weight zero, so the group offsets are the
         cumulative loads and the last one is K*N, the row count. Rows past the last offset are not written by
@@ -309,14 +313,11 @@ class MoE(nn.Module):
         """
         N, D, K = x.shape[0], self.d_model, self.top_k
         dtype = compute_dtype(x)
-        offs = torch.cumsum(load, 0).to(torch.int32)  # (E,) end of each expert's rows
-        xs = x[order % N].to(dtype)  # (K*N, D) rows grouped by expert
+        offs = torch.cumsum(load, 0, dtype=torch.int32)  # (E,) end of each expert's rows
+        xs = x[tokens].to(dtype)  # (K*N, D) rows grouped by expert
         wg, wu, wd = (p.weight.to(dtype).transpose(-2, -1) for p in (self.gate_proj, self.up_proj, self.down_proj))
         h = F.silu(_grouped_mm(xs, wg, offs=offs)) * _grouped_mm(xs, wu, offs=offs)  # (K*N, F)
         ys = _grouped_mm(h, wd, offs=offs)  # (K*N, D)
-        ws = weight_flat[order]  # (K*N,)
-        if keep is not None:
-            ws = ws * keep  # over capacity: weight 0, so the row adds 0 to the output and gets 0 gradient
         contrib = ys * ws[:, None]  # (K*N, D) in x's dtype (autocast: ys in the autocast dtype)
         # Back to assignment order (a permutation: no atomics, deterministic), then each token's K choices summed.
         return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)

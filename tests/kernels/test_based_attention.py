@@ -1,10 +1,11 @@
 """BASED attention: the Triton kernel (forward, backward) against the quadratic reference, the reference against
 linear attention over the expanded Taylor features, and the dispatcher's final state against the chunked form's.
 
-Without a GPU the kernel runs on CPU tensors in Triton's interpreter. Awkward shapes: one position, lengths
-not a multiple of the 64-position block and shorter than it, query/key dims that are not a power of two,
-value dims that are not either. Errors are relative (RMS of the difference over RMS of the reference) and
-named per tensor.
+Without a GPU the kernel runs on CPU tensors in Triton's interpreter (at its INTERPRET_CONFIG, 32 x 32 tiles;
+on a GPU these short lengths take CUDA_DEFAULT). Awkward shapes: one position, lengths not a multiple of the
+tiles and shorter than them, query/key dims that are not a power of two, value dims that are not either; and
+tiles of queries and keys of different sizes, each way round. Errors are relative (RMS of the difference over
+RMS of the reference) and named per tensor.
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def _inputs(B, T, H, d, Dv, dtype, seed=0):
     return tuple(x.to(DEV, dtype) for x in (q, k, v))
 
 
+def _check(got, want, shape, dtype, what=""):
+    for name, w in want.items():
+        # Over one position dq and dk are of the order of eps (o = v a / (a + eps)), a difference of two O(1)
+        # terms in any finite precision: there they are measured against an O(1) floor, not their own size.
+        floor = 1.0 if shape[1] == 1 and name in ("dq", "dk") else 0.0
+        err = (got[name].double() - w).pow(2).mean().sqrt() / max(w.pow(2).mean().sqrt().item(), floor)
+        assert err < TOL[dtype], f"{name}: relative error {err:.2e} at {shape} {dtype} {what}"
+
+
 def _run(fn, q, k, v):
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
     o = fn(*leaves)
@@ -63,12 +73,73 @@ def test_kernel_matches_the_reference(shape, dtype):
     q, k, v = _inputs(*shape, dtype)
     got = _run(lambda *a: TB.based_attention(*a, 1e-6), q, k, v)
     want = _run(lambda *a: naive_based_attention(*(x.double() for x in a), 1e-6), q, k, v)
-    for name, w in want.items():
-        # Over one position dq and dk are of the order of eps (o = v a / (a + eps)), a difference of two O(1)
-        # terms in any finite precision: there they are measured against an O(1) floor, not their own size.
-        floor = 1.0 if shape[1] == 1 and name in ("dq", "dk") else 0.0
-        err = (got[name].double() - w).pow(2).mean().sqrt() / max(w.pow(2).mean().sqrt().item(), floor)
-        assert err < TOL[dtype], f"{name}: relative error {err:.2e} at {shape} {dtype}"
+    _check(got, want, shape, dtype)
+
+
+# (BLOCK_M, BLOCK_N) per kernel: more queries than keys per tile, and fewer, in each of the three kernels (dk/dv's
+# programs own BLOCK_N keys). The diagonal then spans two key tiles, or a key tile spans two query tiles.
+OTHER_TILES = {
+    "m32_n16": {"fwd": (32, 16), "bwd_dq": (32, 16), "bwd_dkdv": (32, 16)},
+    "m16_n32": {"fwd": (16, 32), "bwd_dq": (16, 32), "bwd_dkdv": (16, 32)},
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 2, 16, 16), (2, 17, 2, 5, 20), (1, 45, 3, 16, 33), (1, 100, 2, 24, 16)],
+                         ids=str)  # fmt: skip
+@pytest.mark.parametrize("tiles", OTHER_TILES, ids=str)
+def test_kernel_at_other_tiles_matches_the_reference(tiles, shape, dtype, monkeypatch):
+    """Each kernel launched at an explicit config (``CONFIG_OVERRIDE``) whose query and key tiles differ."""
+    override = {k: dict(BLOCK_M=m, BLOCK_N=n, num_warps=4, num_stages=2) for k, (m, n) in OTHER_TILES[tiles].items()}
+    monkeypatch.setattr(TB, "CONFIG_OVERRIDE", override)
+    q, k, v = _inputs(*shape, dtype, seed=3)
+    got = _run(lambda *a: TB.based_attention(*a, 1e-6), q, k, v)
+    ran = TB.last_configs(shape[1])
+    for name, (m, n) in OTHER_TILES[tiles].items():
+        assert ran[name].startswith(f"BLOCK_M={m} BLOCK_N={n} ") and ran[name].endswith("(override)"), ran
+    want = _run(lambda *a: naive_based_attention(*(x.double() for x in a), 1e-6), q, k, v)
+    _check(got, want, shape, dtype, tiles)
+
+
+@needs_triton
+def test_configs_are_tiles_the_kernels_take():
+    """Every config an autotuner or a default may pick: power-of-two tiles of at least 16 (tl.dot's least), one
+    warpgroup or two, a real pipeline depth."""
+    singles = (TB.CUDA_DEFAULT, TB.FP32_DEFAULT, TB.INTERPRET_CONFIG)
+    lists = [TB.CUDA_CONFIGS, TB.FP32_CONFIGS, *({k: [c] for k, c in d.items()} for d in singles)]
+    for configs in lists:
+        assert set(configs) == set(TB.KERNELS)
+        for name, cfgs in configs.items():
+            assert cfgs, name
+            for c in cfgs:
+                assert set(c) == {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"}, (name, c)
+                for b in (c["BLOCK_M"], c["BLOCK_N"]):
+                    assert b >= 16 and b & (b - 1) == 0, (name, c)
+                assert c["num_warps"] in (4, 8) and c["num_stages"] >= 1, (name, c)
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="autotuning times configs on a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_autotuned_kernel_matches_the_reference(dtype, monkeypatch):
+    """Above SHORT_T the kernels are autotuned (here over two configs each, with unequal tiles): the pick is
+    recorded and the outputs are those of the reference."""
+    if dtype == torch.float32:
+        monkeypatch.setattr(TB, "FP32_CONFIGS", {k: v[:2] for k, v in TB.FP32_CONFIGS.items()})
+    else:
+        two = {
+            "fwd": [TB._cfg(64, 32, 4, 2), TB._cfg(128, 64, 8, 2)],
+            "bwd_dq": [TB._cfg(64, 32, 4, 2), TB._cfg(128, 64, 8, 2)],
+            "bwd_dkdv": [TB._cfg(32, 64, 4, 2), TB._cfg(64, 128, 8, 2)],
+        }
+        monkeypatch.setattr(TB, "CUDA_CONFIGS", two)
+    shape = (1, TB.SHORT_T + 45, 2, 16, 64)
+    q, k, v = _inputs(*shape, dtype)
+    got = _run(lambda *a: TB.based_attention(*a, 1e-6), q, k, v)
+    ran = TB.last_configs(shape[1])
+    assert set(ran) == set(TB.KERNELS) and all(c.endswith("(autotuned)") for c in ran.values()), ran
+    want = _run(lambda *a: naive_based_attention(*(x.double() for x in a), 1e-6), q, k, v)
+    _check(got, want, shape, dtype, "autotuned")
 
 
 @needs_triton

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import record, use_triton
+from .._dispatch import outside_graphs, record, use_triton
 from ..linear_attention import State, linear_attention
 from .naive import check_based, naive_based_attention, taylor_features
 
@@ -46,7 +46,7 @@ def based_attention(
             reason = "a final state with gradients (training through a cache) takes the chunked form"
         if reason is None:
             record("based_attention", "triton")
-            o = kernel.based_attention(q, k, v, eps)
+            o = outside_graphs(kernel.based_attention)(q, k, v, eps)
             return o, (final_state(k, v) if output_final_state else None)
         record("based_attention", "chunk", reason)
     else:

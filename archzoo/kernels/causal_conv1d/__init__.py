@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .._dispatch import record, use_triton
+from .._dispatch import outside_graphs, record, use_triton
 from .naive import naive_causal_conv1d_fn, naive_causal_conv1d_update
 
 _BACKENDS = ("triton", "causal_conv1d")
@@ -85,7 +85,7 @@ def causal_conv1d_fn(
             record("causal_conv1d_fn", "triton")
         from .triton import causal_conv1d_fn as fn
 
-        return fn(*args)
+        return outside_graphs(fn)(*args)
     record("causal_conv1d_fn", "naive")
     return naive_causal_conv1d_fn(*args)
 

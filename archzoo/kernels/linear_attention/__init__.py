@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import kernel_failed, record, try_kernel, use_triton
+from .._dispatch import kernel_failed, outside_graphs, record, try_kernel, use_triton
 from .naive import State, chunk_linear_attention, naive_linear_attention, naive_linear_attention_update
 
 __all__ = [
@@ -49,7 +49,7 @@ def linear_attention(
             from .triton import linear_attention as triton_linear_attention
 
             record("linear_attention", "triton")
-            return triton_linear_attention(
+            return outside_graphs(triton_linear_attention)(
                 q, k, v, initial_state, output_final_state, normalize, eps, chunk_size=chunk_size
             )
         record("linear_attention", "chunk", reason)

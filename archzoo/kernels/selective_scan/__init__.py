@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dispatch import record, use_triton
+from .._dispatch import outside_graphs, record, use_triton
 from .naive import naive_selective_scan_fn, naive_selective_state_update
 
 
@@ -39,7 +39,7 @@ def selective_scan_fn(
         from .triton import selective_scan_fn as fn
 
         record("selective_scan_fn", "triton")
-        return fn(*args)
+        return outside_graphs(fn)(*args)
     record("selective_scan_fn", "naive")
     return naive_selective_scan_fn(*args)
 
