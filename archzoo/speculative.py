@@ -41,7 +41,9 @@ caches: both are sized for ``max_new_tokens + 2 (k+1)`` tokens past the longest 
 
 Multi-token forwards use per-row positions (``_forward``: the decode context, positions from
 ``cache.lengths``, with T > 1), which the layers' decode paths support, so prompts of different
-lengths need no padding. With ``generate(..., compile=True)`` both models' forwards run their step blocks
+lengths need no padding. Recurrent layers (Mamba, linear attention, BASED) take such a forward token by token
+through their update kernels: a compiled step block traces those (custom ops) and not the sequence kernels, and
+the target computes what it would decoding alone. With ``generate(..., compile=True)`` both models' forwards run their step blocks
 compiled by ``compile_step_blocks``.
 """
 
