@@ -43,8 +43,8 @@ Multi-token forwards use per-row positions (``_forward``: the decode context, po
 ``cache.lengths``, with T > 1), which the layers' decode paths support, so prompts of different
 lengths need no padding. Recurrent layers (Mamba, linear attention, BASED) take such a forward token by token
 through their update kernels: a compiled step block traces those (custom ops) and not the sequence kernels, and
-the target computes what it would decoding alone. With ``generate(..., compile=True)`` both models' forwards run their step blocks
-compiled by ``compile_step_blocks``.
+the target computes what it would decoding alone. With ``generate(..., compile=True)`` both models' forwards run
+their step blocks compiled by ``compile_step_blocks``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ median round kept, see _interleaved) forward and forward+backward of
   at the teacher's four projections, M in {1, 16}, bf16, against ``F.linear`` (cuBLAS) and RMSNorm + ``F.linear``
   compiled by inductor, timed in CUDA graphs over weights cycled through HBM (see bench_gemv), with the
   fraction of the copy bandwidth reached (weight bytes / time);
+- with ``--ops gqa``: causal SDPA over 8 x 4,096 tokens with 9 query heads and 3 or 1 K/V heads, as
+  ``archzoo.layers.attention.GQA_SDPA`` calls it: ``enable_gqa`` against K/V heads repeated (bench_gqa_sdpa);
 - with ``--ops moe``: the MoE layer (d_model 576, d_ff 1536, 8 experts, top-2, 4,096 tokens, train mode)
   with grouped-GEMM dispatch and with the per-expert loop, against a dense SwiGLU of the same active FLOPs;
 and the peak extra memory of one call. Without a GPU only la, based and moe run, at tiny shapes (a smoke
@@ -472,6 +474,49 @@ def bench_window_attention(rounds: int, B: int = 4, H: int = 9, Hkv: int = 3, D:
     for name in fwd:
         res[name] = {"status": "ok", "fwd_ms": t_fwd[name]["ms"], "fwdbwd_ms": t_both[name]["ms"]}
     res["archzoo"] = {**res.get("archzoo", {}), "backend": last_backend("sliding_window_attention")}
+    return res
+
+
+def bench_gqa_sdpa(rounds: int, B: int = 8, T: int = 4096, H: int = 9, kv_heads: tuple[int, ...] = (3, 1),
+                   D: int = 64) -> dict:  # fmt: skip
+    """Causal attention over a whole sequence with fewer K/V heads than query heads (the teacher's 9 / 3, MQA's
+    9 / 1; training and prefill at the recipe's 8 x 4,096), both ways ``archzoo.layers.attention.GQA_SDPA`` calls
+    SDPA: ``native`` (``enable_gqa=True``) and ``expand`` (K/V heads repeated, equal heads), with ``mha`` (9 K/V
+    heads of its own: the equal-heads kernel without the repeat) beside them; forward and forward+backward, bf16.
+    ``x`` = impl ms / native ms (below 1: faster than native)."""
+    from ..layers import attention as attn
+
+    res: dict = {"shape": dict(B=B, T=T, H=H, D=D, dtype="bfloat16")}
+    for Hkv in kv_heads:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+        k, v = (torch.randn(B, Hkv, T, D, device="cuda", generator=g).to(torch.bfloat16).requires_grad_() for _ in "kv")
+        k9, v9 = (torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16).requires_grad_() for _ in "kv")
+        do = torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16)
+
+        def mode(m: str, q=q, k=k, v=v):
+            def call() -> torch.Tensor:
+                old, attn.GQA_SDPA = attn.GQA_SDPA, m
+                try:
+                    return attn.attend(q, k, v, q_pos=None, k_pos=None)
+                finally:
+                    attn.GQA_SDPA = old
+
+            return call
+
+        def mha(q=q, k9=k9, v9=v9) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k9, v9, is_causal=True)
+
+        impls = {"native": mode("native"), "expand": mode("expand"), "mha": mha}
+        rows, outs = _fwd_fwdbwd(impls, [q, k, v, k9, v9], do, rounds, "cuda")
+        if "native" in outs and "expand" in outs:
+            rows["expand"]["rel_err_vs_native"] = _rel(outs["expand"], outs["native"])
+        for row in rows.values():
+            for key in ("fwd_ms", "fwdbwd_ms"):
+                r = _ratio(row, rows.get("native", {}), key)
+                if r is not None:
+                    row[f"x_{key.removesuffix('_ms')}"] = r
+        res[f"H_kv={Hkv}"] = rows
     return res
 
 
@@ -1136,6 +1181,8 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
         results["window_attention"] = bench_window_attention(args.rounds)
     if "gemv" in ops:
         results["gemv"] = bench_gemv(args.rounds)
+    if "gqa" in ops:
+        results["gqa_sdpa"] = bench_gqa_sdpa(args.rounds)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
 
@@ -1177,11 +1224,21 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
             xs = f" x{r['fwd_ms'] / ours['fwd_ms']:.2f} / x{r['fwdbwd_ms'] / ours['fwdbwd_ms']:.2f}" if ok else ""
             ms = f"{r['fwd_ms']:.3f} / {r['fwdbwd_ms']:.3f} ms" if r.get("status") == "ok" else r.get("status", "")
             print(f"| {k} | fwd / fwd+bwd {ms}{xs} |")
+    if "gqa_sdpa" in results:
+        res = results["gqa_sdpa"]
+        print(f"\n## causal SDPA with fewer K/V heads {res['shape']} (x = impl ms / native ms)")
+        for label, rows in res.items():
+            if label == "shape":
+                continue
+            for k, r in rows.items():
+                ms = f"{r['fwd_ms']:.3f} / {r['fwdbwd_ms']:.3f} ms" if "fwdbwd_ms" in r else r.get("status", "")
+                xs = f" x{r['x_fwd']:.2f} / x{r['x_fwdbwd']:.2f}" if "x_fwdbwd" in r else ""
+                print(f"| {label} | {k} | fwd / fwd+bwd {ms}{xs} |")
     return results
 
 
 DEFAULT_LENGTHS = "1024,4096,16384"
-OPS = ("scan", "conv", "decode_attention", "mla", "la_update", "swa", "gemv", "la", "based", "moe")
+OPS = ("scan", "conv", "decode_attention", "mla", "la_update", "swa", "gemv", "gqa", "la", "based", "moe")
 CPU_OPS = ("la", "based", "moe")  # the ops that also run without a GPU (tiny shapes, a smoke run)
 
 
@@ -1202,7 +1259,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ops",
         default="scan,conv",
         help="ops to time, comma-separated: scan, conv, decode_attention, mla, la_update, swa, gemv (decode GEMV "
-        "with fused RMSNorm at the teacher's projections vs cuBLAS and inductor), la (chunked linear "
+        "with fused RMSNorm at the teacher's projections vs cuBLAS and inductor), gqa (causal SDPA with 3 or 1 "
+        "K/V heads: enable_gqa vs K/V repeated), la (chunked linear "
         "attention vs fla chunk_linear_attn), based (BASED vs fla parallel_based), moe (MoE grouped and loop "
         "dispatch vs dense SwiGLU); without a GPU only la, based, moe, at tiny shapes",
     )

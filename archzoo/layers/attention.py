@@ -38,7 +38,23 @@ from .window import window_attention
 # ``archzoo bench decode --decode-attention kernel,sdpa`` switches it to measure both in one process; a
 # compiled step guards on it, so a change recompiles rather than replaying the other form.
 DECODE_ATTENTION = "kernel"
+# How causal attention over a whole sequence (training, prefill) with fewer K/V heads than query heads calls SDPA:
+# "native" passes ``enable_gqa=True`` (K/V read in place); "expand" repeats each K/V head for its query heads first
+# and calls SDPA with equal heads. Why a switch: on Hopper, torch's SDPA takes cuDNN's fused kernel only for equal
+# heads and FlashAttention-2's for GQA, and in the H200 distillation runs of 2026-12-05 the MQA student trained at
+# 143k tokens/s where MLA (nine full heads) trained at 193k (docs/distillation.md). Which is faster is measured
+# by ``archzoo bench kernels --ops gqa``; "native" stays the default until then.
+GQA_SDPA = "native"
+GQA_SDPA_CHOICES = ("native", "expand")
 DECODE_KERNEL_MAX_DIM = MAX_HEAD_DIM  # the kernel's widest head (MLA's latent key is r + d_rope wide)
+
+
+def gqa_sdpa() -> str:
+    """``GQA_SDPA``, checked."""
+    if GQA_SDPA not in GQA_SDPA_CHOICES:
+        raise ValueError(f"archzoo.layers.attention.GQA_SDPA must be one of {', '.join(GQA_SDPA_CHOICES)}; "
+                         f"got {GQA_SDPA!r}")  # fmt: skip
+    return GQA_SDPA
 
 
 def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -115,6 +131,10 @@ def attend(
     T = q.shape[2]
     if k_pos is None and (window is None or window >= T):
         # The common training / prefill case: SDPA's own causal mask selects its fused kernels.
+        if gqa and T > 1 and gqa_sdpa() == "expand":
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # head h reads kv h // group
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale, enable_gqa=gqa)
     if k_pos is None:  # a whole sequence under a window shorter than it: FlexAttention on CUDA (window.py)
         return window_attention(q, k, v, window, scale)

@@ -10,5 +10,6 @@ timeout 240 python3 -m archzoo bench kernels --ops based,moe --out $OUT/issue19_
 echo "kernels rc=$?"; grep -v Warn $OUT/issue19.log | grep -E '^\||^T=|^#' | tail -30
 timeout 150 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_speculative_capture.py > $OUT/spec_capture.log 2>&1
 echo "spec rc=$?"; grep -E "^FAILED|^E  |passed|failed" $OUT/spec_capture.log | head -12
+timeout 120 python3 -m archzoo bench kernels --ops gqa --out $OUT/gqa_sdpa.json > $OUT/gqa.log 2>&1; echo "gqa rc=$?"; grep -v Warn $OUT/gqa.log | tail -12
 timeout 200 python3 -m archzoo bench kernels --ops la --lengths 16384 --out $OUT/issue19_la16k.json > $OUT/la16k.log 2>&1
 echo "la rc=$?"; grep -v Warn $OUT/la16k.log | grep -E '^\| 16384|^T=' | tail -12
