@@ -14,6 +14,7 @@ from .families import ffn_family, mixer_family
 from .generation import DecodePool, allow_recompiles
 from .generation import generate as _generate
 from .layers import ForwardContext, state_owners
+from .layers import fused as fused_layer
 from .layers.norm import RMSNorm
 from .saving import save_pretrained
 
@@ -43,6 +44,9 @@ class Block(nn.Module):
             fused = getattr(self.ffn, "fused", None) if ctx.fused else None
             if fused is None:
                 x = x + self.ffn(self.ffn_norm(x))
+            elif getattr(fused, "pairs", False) and fused_layer.DECODE_LINEAR == "kernel":
+                # the GEMV's epilogues: SiLU x up after gate|up (interleaved copy), the residual add after down
+                x = fused_layer.swiglu_step(fused, self.ffn.down_proj.weight, x, self.ffn_norm)
             else:
                 x = x + self.ffn.forward_fused(x, norm=self.ffn_norm)
         return x

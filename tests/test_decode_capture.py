@@ -183,3 +183,71 @@ def test_gemv_step_matches_cublas_step(monkeypatch):
             ref = model(tok, cache=caches[1])
             assert_close(f"step {t}", got, ref, 1e-5)
     assert counter.frame_count == 1
+
+
+def _step_graph_ops(model, cache, tok) -> list[str]:
+    """The call_function targets of one traced decode step (fullgraph), as strings."""
+    ops: list[str] = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)(tok)
+    torch._dynamo.reset()
+    return ops
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+def test_gemv_epilogues_step(monkeypatch):
+    """Issue 18: with ``DECODE_LINEAR = "kernel"`` at ``refresh_fused`` the gate|up copy is interleaved and a
+    SwiGLU block's decode step runs gate|up with the SwiGLU epilogue and down with the residual add: the logits
+    equal the cuBLAS step's (a copy refreshed under "cublas", concatenated layout), eagerly and traced, and the
+    traced step holds no silu, and fewer ops a layer than the kernel step on the concatenated copy (before)."""
+    import archzoo
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+    torch.manual_seed(0)
+    ref_model = archzoo.build_model(path).float().eval()
+    model = copy.deepcopy(ref_model)
+    ref_model.refresh_fused()
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+    model.refresh_fused()
+    mlps = [b.ffn for b in model.blocks if getattr(b.ffn, "fused", None) is not None]
+    assert mlps and all(m.fused.pairs for m in mlps) and not any(b.ffn.fused.pairs for b in ref_model.blocks)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    caches = []
+    for _ in range(2):
+        c = model.new_cache(2, 12, dtype=torch.float32)
+        c.fused_weights = True
+        caches.append(c)
+    with torch.no_grad():
+        model(ids[:, :5], cache=caches[0])
+        ref_model(ids[:, :5], cache=caches[1])
+        counter = CompileCounter()
+        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
+        for t in range(5, 7):  # one traced step, one eager
+            tok = ids[:, t : t + 1]
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+            got = step(tok) if t % 2 else model(tok, cache=caches[0])
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+            ref = ref_model(tok, cache=caches[1])
+            assert_close(f"step {t}", got, ref, 1e-5)
+        assert counter.frame_count == 1
+
+        # op counts of one traced step: the interleaved copy (now) against the concatenated one (before)
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+        tok = ids[:, 7:8]
+        now = _step_graph_ops(model, caches[0], tok)
+        before = _step_graph_ops(ref_model, caches[1], tok)  # refreshed under "cublas": gate|up concatenated
+    silu = [op for op in now if "silu" in op]
+    assert not silu, f"the SwiGLU epilogue leaves no silu in the step, found {silu}"
+    assert any("silu" in op for op in before)
+    n_layers = len(mlps)
+    assert len(before) - len(now) >= 3 * n_layers, (len(before), len(now), n_layers)  # silu, mul, add a layer
+    gemv = [op for op in now if "decode_linear" in op]
+    assert len(gemv) == len([op for op in before if "decode_linear" in op])

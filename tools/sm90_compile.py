@@ -140,8 +140,13 @@ GEMV_SHAPES = {
 }
 
 
+# The epilogues the decode step asks for (issue 18): the residual add after O and down, SwiGLU after gate|up.
+GEMV_EPILOGUES = {"o": "residual", "gate_up": "swiglu", "down": "residual"}
+
+
 def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
-    """The decode GEMV's launches at the teacher's projections, planned as on a GPU of ``sms`` SMs (bf16)."""
+    """The decode GEMV's launches at the teacher's projections, planned as on a GPU of ``sms`` SMs (bf16): each
+    plain, and with its decode-step epilogue (``GEMV_EPILOGUES``)."""
     from archzoo.kernels.decode_linear import triton as gt
 
     out = []
@@ -150,17 +155,22 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
         for name, (N, K, norm) in GEMV_SHAPES.items():
             x, w = torch.randn(M, K, **bf), torch.randn(N, K, **bf)
             nw = torch.randn(K, **bf) if norm else None
-            with (
-                mock.patch.object(gt, "_config", lambda dev: {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
-                record_launches(gt) as calls,
-            ):
+            for epi in ("", GEMV_EPILOGUES.get(name, "")) if name in GEMV_EPILOGUES else ("",):
+                res = torch.randn(M, N, **bf) if epi == "residual" else None
+                with (
+                    mock.patch.object(
+                        gt, "_config", lambda dev: {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms}
+                    ),
+                    record_launches(gt) as calls,
+                ):
+                    gt._PLANS.clear()
+                    gt._run(x, w, nw, 1e-5, res, epi == "swiglu")
                 gt._PLANS.clear()
-                gt._run(x, w, nw, 1e-5)
-            gt._PLANS.clear()
-            for i, (fn, grid, a, kw) in enumerate(calls):
-                if "DOT_F32" in kw and kw["H_DTYPE"] == gt._TL_DTYPE[torch.bfloat16]:
-                    kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens on CPU only)
-                out.append((f"{name} M={M}" + (" reduce" if i else ""), fn, grid, a, kw))
+                for i, (fn, grid, a, kw) in enumerate(calls):
+                    if "DOT_F32" in kw and kw["H_DTYPE"] == gt._TL_DTYPE[torch.bfloat16]:
+                        kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens on CPU)
+                    tag = f" {epi}" if epi else ""
+                    out.append((f"{name}{tag} M={M}" + (" reduce" if i else ""), fn, grid, a, kw))
     return out
 
 

@@ -187,24 +187,35 @@ def decode_attention_mla(
 
 @torch.library.custom_op("archzoo::decode_linear", mutates_args=())
 def _decode_linear_op(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    residual: torch.Tensor | None,
+    swiglu: bool,
 ) -> torch.Tensor:
-    return _decode_linear(x, weight, norm_weight, eps)  # a new tensor, never a view of an input
+    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu)  # a new tensor, never a view of an input
 
 
 @_decode_linear_op.register_fake
-def _(x, weight, norm_weight, eps):
+def _(x, weight, norm_weight, eps, residual, swiglu):
     from .decode_linear._checks import check_decode_linear
 
-    M, _, N = check_decode_linear(x, weight, norm_weight, eps)  # bad shapes fail at trace time, as in eager
-    return x.new_empty((M, N))
+    # bad shapes fail at trace time, as in eager
+    M, _, N = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    return x.new_empty((M, N // 2 if swiglu else N))
 
 
 def decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
 ) -> torch.Tensor:
-    """A projection of a few rows with the RMSNorm before it fused in (see
-    ``archzoo.kernels.decode_linear.decode_linear``); traceable."""
+    """A projection of a few rows with the RMSNorm before it fused in, and optionally a residual add or SwiGLU
+    after it (see ``archzoo.kernels.decode_linear.decode_linear``); traceable."""
     if torch.compiler.is_compiling():
-        return _decode_linear_op(x, weight, norm_weight, float(eps))
-    return _decode_linear(x, weight, norm_weight, eps)
+        return _decode_linear_op(x, weight, norm_weight, float(eps), residual, bool(swiglu))
+    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..kernels import decode_linear
 from ..kernels._dispatch import record
-from ..kernels.decode_linear import MAX_M  # not from .triton: importing Triton here would fix its mode for the tests
+from ..kernels.decode_linear import MAX_M, swiglu_pairs  # not .triton: importing Triton would fix its mode for tests
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
 # "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits. cuBLAS
@@ -41,12 +41,20 @@ DECODE_LINEAR = "cublas"
 
 
 def decode_project(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, norm: nn.Module | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm: nn.Module | None = None,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
 ) -> torch.Tensor:
     """``norm(x)`` (or x) (..., K) @ weight (N, K).T (+ bias) for a decode step: the norm and ``F.linear``, or
     ``decode_linear`` with the RMSNorm fused in when ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one
     dtype, at most 16 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
-    elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings."""
+    elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings.
+
+    ``residual`` (..., N): returns ``residual + ...`` (in the GEMV's epilogue: one rounding). ``swiglu``: weight's
+    rows are (gate, up) pairs (``FusedLinears`` with ``pairs``); returns silu(g) * u (..., N // 2)."""
     if DECODE_LINEAR == "kernel":
         rows = x.numel() // x.shape[-1]
         reason = None
@@ -56,12 +64,26 @@ def decode_project(
             reason = f"the step computes in {x.dtype} and the weights are {weight.dtype}"
         elif not 1 <= rows <= MAX_M:
             reason = f"{rows} rows (batch x tokens) > {MAX_M}: a GEMM, not a GEMV"
+        elif residual is not None and residual.dtype != x.dtype:
+            reason = f"the residual is {residual.dtype} and the step computes in {x.dtype}"
         if reason is None:
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
-            return decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps).view(*x.shape[:-1], weight.shape[0])
+            res = residual.reshape(rows, residual.shape[-1]) if residual is not None else None
+            y = decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps, res, swiglu)
+            return y.view(*x.shape[:-1], y.shape[-1])
         if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
             record("decode_linear", "cublas", f"DECODE_LINEAR='kernel' but F.linear runs: {reason}")
-    return F.linear(norm(x) if norm is not None else x, weight, bias)
+    y = F.linear(norm(x) if norm is not None else x, weight, bias)
+    if swiglu:
+        y = swiglu_pairs(y)
+    return y if residual is None else residual + y
+
+
+def swiglu_step(fused: FusedLinears, down_weight: torch.Tensor, x: torch.Tensor, norm: nn.Module | None):
+    """``x + down(silu(gate(norm(x))) * up(norm(x)))`` of a decode step on a ``pairs`` gate|up copy: two GEMVs,
+    the norm fused into the first, SiLU x up into its epilogue, the residual add into the second's; the block's
+    decode path calls it where ``DECODE_LINEAR`` is "kernel" (``Block.forward``)."""
+    return decode_project(decode_project(x, fused.weight, None, norm, swiglu=True), down_weight, residual=x)
 
 
 def signature(tensors) -> tuple:
@@ -70,7 +92,15 @@ def signature(tensors) -> tuple:
 
 
 class FusedLinears:
-    """A refreshable concatenation of ``linears``' weights (and biases) along the output dim."""
+    """A refreshable concatenation of ``linears``' weights (and biases) along the output dim.
+
+    Two linears of one width without biases (a SwiGLU's gate and up) are stored with their rows interleaved
+    ([g0, u0, g1, u1, ...], ``pairs``) where ``DECODE_LINEAR`` is "kernel" when ``refresh`` runs, so the GEMV's
+    SwiGLU epilogue finds each pair in one program (``swiglu_step``); one copy either way. ``__call__`` returns
+    the two outputs in both layouts (strided views for ``pairs``). A refresh under the other setting rebuilds
+    the copy in the other layout, as a new tensor: its address is in the pool keys of captured steps
+    (``generation.weight_addresses``) beside ``DECODE_LINEAR`` itself, so no captured step reads the wrong layout.
+    """
 
     def __init__(self, *linears: nn.Linear):
         if len({lin.bias is None for lin in linears}) != 1 or len({lin.in_features for lin in linears}) != 1:
@@ -80,6 +110,12 @@ class FusedLinears:
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
         self._signature: tuple | None = None
+        self.pairs = False  # the copy's layout: interleaved (gate, up) rows, or concatenated
+
+    def _want_pairs(self) -> bool:
+        lins = self.linears
+        return (DECODE_LINEAR == "kernel" and len(lins) == 2 and lins[0].bias is None
+                and lins[0].out_features == lins[1].out_features)  # fmt: skip
 
     def _sources(self) -> list[torch.Tensor]:
         ws = [lin.weight for lin in self.linears]
@@ -90,12 +126,24 @@ class FusedLinears:
         """Recopy the weights if any changed since the last copy; True when it copied."""
         src = self._sources()
         sig = signature(src)
-        if sig == self._signature:
+        pairs = self._want_pairs()
+        if sig == self._signature and pairs == self.pairs:
             return False
         ws = [lin.weight for lin in self.linears]
-        if self.weight is None or self.weight.dtype != ws[0].dtype or self.weight.device != ws[0].device:
+        remake = self.weight is None or self.pairs != pairs or (self.weight.dtype, self.weight.device) != (
+            ws[0].dtype, ws[0].device)  # fmt: skip
+        if pairs:
+            F_, K = ws[0].shape
+            if remake:
+                self.weight = torch.empty((2 * F_, K), dtype=ws[0].dtype, device=ws[0].device)
+            w = self.weight.view(F_, 2, K)  # in place otherwise: a captured graph reads this address
+            w[:, 0].copy_(ws[0])
+            w[:, 1].copy_(ws[1])
+            self.bias, self.pairs = None, True
+        elif remake:
             self.weight = torch.cat(ws)
             self.bias = torch.cat([lin.bias for lin in self.linears]) if self.linears[0].bias is not None else None
+            self.pairs = False
         else:  # in place: a captured graph reads this address
             torch.cat(ws, out=self.weight)
             if self.bias is not None:
@@ -106,10 +154,12 @@ class FusedLinears:
     def release(self) -> None:
         """Drop the copy (its memory); the next ``refresh`` makes it again."""
         self.weight = self.bias = self._signature = None
+        self.pairs = False
 
     def __call__(self, x: torch.Tensor, norm: nn.Module | None = None) -> tuple[torch.Tensor, ...]:
         """x (..., d_in) -> one output per source linear, as views of one GEMM's result; ``norm`` (an RMSNorm)
         is applied to x first, fused into the GEMV where ``decode_project`` runs it."""
         if self.weight is None:
             raise RuntimeError("FusedLinears: refresh() has not run (ArchZooLM.refresh_fused())")
-        return decode_project(x, self.weight, self.bias, norm).split(self.sizes, dim=-1)
+        y = decode_project(x, self.weight, self.bias, norm)
+        return y.unflatten(-1, (-1, 2)).unbind(-1) if self.pairs else y.split(self.sizes, dim=-1)

@@ -285,3 +285,71 @@ def test_cuda_teacher_shapes_bf16(proj, M):
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
+
+
+# ---------------------------------------------------------------- epilogues: residual add, SwiGLU (issue 18)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("splits", [1, 2, 3])
+@pytest.mark.parametrize("M", [1, 3, 16])
+def test_epilogues_match_naive(M, splits, dtype, monkeypatch):
+    """residual + y (one rounding) and silu(g) * u of interleaved (gate, up) rows, odd F = 35, K = 100 split 1, 2,
+    3 ways (the reduction kernel applies the epilogue), on the 2-D, element-wise and tl.dot paths. bf16 matches
+    the reference to the bit in the interpreter (the SwiGLU repeats the unfused path's roundings)."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", splits)
+    Kd, Fd = 100, 35
+    x, w, nw = _inputs(M, Kd, 2 * Fd, dtype, True, DEV, seed=M + splits)
+    assert T.launch_plan(M, 2 * Fd, Kd, x.device, swiglu=True)["n_splits"] == splits
+    res = (torch.randn(M, 2 * Fd, generator=torch.Generator().manual_seed(1)) * 2).to(DEV, dtype)
+    got = T.decode_linear(x, w, nw, 1e-5, residual=res)
+    _assert(f"residual[M={M}, splits={splits}]", got, naive_decode_linear(x, w, nw, 1e-5, residual=res), TOL[dtype])
+    got = T.decode_linear(x, w, nw, 1e-5, swiglu=True)
+    ref = naive_decode_linear(x, w, nw, 1e-5, swiglu=True)
+    _assert(f"swiglu[M={M}, splits={splits}]", got, ref, TOL[dtype])
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, ref), "bf16 SwiGLU must repeat the unfused roundings"
+    # the unfused path: F.linear's gate and up, F.silu(gate) * up, in x's dtype
+    h = rms_norm(x, nw, 1e-5)
+    unfused = F.silu(naive_decode_linear(h, w[0::2])) * naive_decode_linear(h, w[1::2])
+    _assert(f"swiglu vs unfused[M={M}]", got, unfused, TOL[dtype])
+
+
+@needs_triton
+def test_epilogue_residual_strided_and_dispatch():
+    """A residual that is a column slice of a wider buffer; the dispatcher and the custom op take both epilogues
+    and give the reference's shapes; bad epilogue arguments raise."""
+    M, Kd, N = 3, 37, 10
+    x, w, nw = _inputs(M, Kd, N, torch.float32, True, DEV)
+    wide = torch.randn(M, 2 * N, device=DEV)
+    res = wide[:, 3 : 3 + N]
+    _assert("strided residual", K.decode_linear(x, w, nw, residual=res),
+            naive_decode_linear(x, w, nw, residual=res), 1e-6)  # fmt: skip
+    assert K.decode_linear(x, w, nw, swiglu=True).shape == (M, N // 2)
+    with pytest.raises(ValueError, match="even N"):
+        K.decode_linear(x, w[:9], nw, swiglu=True)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        K.decode_linear(x, w, nw, residual=res[:, :4])
+    with pytest.raises(ValueError, match="cannot be combined"):
+        K.decode_linear(x, w, nw, residual=res, swiglu=True)
+    with pytest.raises(ValueError, match="x's dtype"):
+        K.decode_linear(x, w, nw, residual=res.double())
+    # the fallbacks (float64: the PyTorch form) apply the epilogues too
+    x64, w64, nw64, r64 = (t.double() for t in (x, w, nw, res))
+    _assert("f64 residual", K.decode_linear(x64, w64, nw64, residual=r64),
+            naive_decode_linear(x64, w64, nw64, residual=r64), 1e-12)  # fmt: skip
+    _assert("f64 swiglu", K.decode_linear(x64, w64, nw64, swiglu=True),
+            naive_decode_linear(x64, w64, nw64, swiglu=True), 1e-12)  # fmt: skip
+
+
+def test_custom_op_fake_shapes():
+    """The custom op's fake implementation: (M, N // 2) with swiglu, (M, N) with a residual."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from archzoo.kernels._capture import _decode_linear_op
+
+    with FakeTensorMode():
+        x, w, r = torch.empty(2, 8), torch.empty(6, 8), torch.empty(2, 6)
+        assert _decode_linear_op(x, w, None, 1e-5, None, True).shape == (2, 3)
+        assert _decode_linear_op(x, w, None, 1e-5, r, False).shape == (2, 6)

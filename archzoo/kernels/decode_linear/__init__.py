@@ -14,12 +14,13 @@ import torch
 
 from .._dispatch import kernel_failed, record, try_kernel, use_triton
 from ._checks import MAX_M, check_decode_linear
-from .naive import naive_decode_linear, rms_norm, torch_decode_linear
+from .naive import naive_decode_linear, rms_norm, swiglu_pairs, torch_decode_linear
 
 
 def decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """``(RMSNorm(x) * norm_weight if norm_weight is given else x) @ weight.T``, in x's dtype, computed in fp32.
 
     x (M, K), any strides; weight (N, K), nn.Linear's layout (row-major: the kernel's loads run along K);
@@ -31,8 +32,17 @@ def decode_linear(
     The kernel takes 1 <= M <= 16 (decode batches); larger M is a GEMM, left to cuBLAS (``F.linear``), with
     the reason logged once. No host synchronisation: the call can be captured in a CUDA graph. Inside
     ``torch.compile`` call ``archzoo.kernels.decode_linear`` (a custom op) instead.
+
+    Epilogues (issue 18: the decode step's residual adds and SiLU x up without kernels of their own):
+
+    - ``residual`` (M, N), x's dtype, any strides: returns ``residual + y``, added to the fp32 accumulator before
+      the one rounding (the unfused ``x + linear(h)`` rounds twice: the product, then the sum).
+    - ``swiglu``: weight's rows are the gate and up rows interleaved ([g0, u0, g1, u1, ...], N = 2F); returns
+      (M, F) = silu(g) * u with the unfused path's roundings (g and u rounded to x's dtype, ``F.silu`` of g
+      rounded, the product rounded), so it matches ``F.silu(gate) * up`` up to the exp's last fp32 bit.
+    Not both at once. Under split-K the reduction kernel applies them.
     """
-    M, _, _ = check_decode_linear(x, weight, norm_weight, eps)
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
     op = "decode_linear"
     if use_triton(x, weight, norm_weight):
         dev = x.device.type
@@ -40,15 +50,15 @@ def decode_linear(
         if reason is None:  # tested in the interpreter; where it does not compile, the PyTorch form runs
             from .triton import _run
 
-            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps))
+            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, residual, swiglu))
             if out is not None:
                 record(op, "triton")
                 return out
             reason = kernel_failed(op, dev)
         record(op, "torch", reason)
-        return torch_decode_linear(x, weight, norm_weight, eps)
+        return torch_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
     record(op, "naive")
-    return naive_decode_linear(x, weight, norm_weight, eps)
+    return naive_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
 
 
 def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> str | None:
@@ -62,4 +72,4 @@ def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> s
     return None
 
 
-__all__ = ["MAX_M", "decode_linear", "naive_decode_linear", "rms_norm", "torch_decode_linear"]
+__all__ = ["MAX_M", "decode_linear", "naive_decode_linear", "rms_norm", "swiglu_pairs", "torch_decode_linear"]

@@ -9,9 +9,11 @@ MAX_M = 16  # rows the Triton kernel takes; more is a GEMM, left to cuBLAS
 
 
 def check_decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float
-) -> tuple[int, int, int]:
-    """-> (M, K, N), or ValueError naming the argument and what it must be."""
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> tuple[int, int, int]:  # fmt: skip
+    """-> (M, K, N) (N: weight's rows; the output has N // 2 columns with ``swiglu``), or ValueError naming the
+    argument and what it must be."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"x must be an (M, K) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
     M, K = x.shape
@@ -36,9 +38,21 @@ def check_decode_linear(
         raise ValueError(f"x and weight must share a dtype (as F.linear), got {x.dtype} and {weight.dtype}")
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-    devs = [t.device for t in (x, weight, norm_weight) if t is not None]
-    if len(set(devs)) > 1:
-        names = ("x", "weight", "norm_weight")
-        raise ValueError("x, weight and norm_weight must be on one device, got "
-                         + ", ".join(f"{n}: {d}" for n, d in zip(names, devs, strict=False)))  # fmt: skip
+    if not isinstance(swiglu, bool):
+        raise ValueError(f"swiglu must be a bool, got {swiglu!r}")
+    if swiglu and N % 2:
+        raise ValueError(f"swiglu needs weight's rows as (gate, up) pairs: an even N, got N={N}")
+    if residual is not None:
+        if swiglu:
+            raise ValueError("residual and swiglu cannot be combined (the residual is added to the (M, N) output)")
+        if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != (M, N):
+            raise ValueError(f"residual must have shape (M, N) = ({M}, {N}), got "
+                             f"{tuple(getattr(residual, 'shape', ()))}")  # fmt: skip
+        if residual.dtype != x.dtype:
+            raise ValueError(f"residual must be in x's dtype {x.dtype}, got {residual.dtype}")
+    names = ("x", "weight", "norm_weight", "residual")
+    devs = [(n, t.device) for n, t in zip(names, (x, weight, norm_weight, residual), strict=True) if t is not None]
+    if len({d for _, d in devs}) > 1:
+        raise ValueError("x, weight, norm_weight and residual must be on one device, got "
+                         + ", ".join(f"{n}: {d}" for n, d in devs))  # fmt: skip
     return M, K, N

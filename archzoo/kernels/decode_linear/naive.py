@@ -27,24 +27,44 @@ def _normed(x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> to
     return x if norm_weight is None else rms_norm(x, norm_weight, eps)
 
 
+def swiglu_pairs(y: torch.Tensor) -> torch.Tensor:
+    """(..., 2F) with columns interleaved [g0, u0, g1, u1, ...] -> silu(g) * u (..., F), in y's dtype (the
+    unfused path's roundings: ``F.silu`` of the rounded g, times the rounded u)."""
+    g, u = y.unflatten(-1, (-1, 2)).unbind(-1)
+    return F.silu(g) * u
+
+
 def naive_decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """``(rms_norm(x) * norm_weight if norm_weight is given else x) @ weight.T``, the product in fp32 (float64 for
-    float64 inputs), returned in x's dtype. x (M, K), weight (N, K), norm_weight (K,) -> (M, N)."""
-    check_decode_linear(x, weight, norm_weight, eps)
+    float64 inputs), returned in x's dtype. x (M, K), weight (N, K), norm_weight (K,) -> (M, N).
+
+    ``residual`` (M, N): added to the fp32 product before its one rounding. ``swiglu``: weight's rows are (gate,
+    up) pairs; -> (M, N // 2) = silu(g) * u with g and u rounded to x's dtype first (``swiglu_pairs``)."""
+    check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
     h = _normed(x, norm_weight, eps)
     ct = torch.promote_types(x.dtype, torch.float32)
-    return (h.to(ct) @ weight.to(ct).T).to(x.dtype)
+    y = h.to(ct) @ weight.to(ct).T
+    if residual is not None:
+        y = y + residual.to(ct)
+    y = y.to(x.dtype)
+    return swiglu_pairs(y) if swiglu else y
 
 
 def torch_decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """The unfused form: ``rms_norm`` (when norm_weight is given) then ``F.linear`` in the inputs' dtype (in the
-    promoted dtype where the norm's output differs from weight's), returned in x's dtype. No validation."""
+    promoted dtype where the norm's output differs from weight's), returned in x's dtype; then ``residual +`` it
+    (in x's dtype: a second rounding) or ``swiglu_pairs`` of it. No validation."""
     h = _normed(x, norm_weight, eps)
     if h.dtype != weight.dtype:
         ct = torch.promote_types(h.dtype, weight.dtype)
         h, weight = h.to(ct), weight.to(ct)
-    return F.linear(h, weight).to(x.dtype)
+    y = F.linear(h, weight).to(x.dtype)
+    if residual is not None:
+        y = residual + y
+    return swiglu_pairs(y) if swiglu else y

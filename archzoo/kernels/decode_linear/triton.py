@@ -24,6 +24,10 @@ Two kernels:
 - ``_reduce_kernel``, grid over M * N: sums the splits' partials in split order (a fixed order, so the result
   is the same from run to run and eager equals compiled) and writes y. Skipped with one split.
 
+Epilogues (``HAS_RES``, ``SWIGLU``), applied by whichever kernel writes y: ``residual + y`` added to the fp32 sum
+before the one rounding; or, with weight's rows interleaved (gate, up), the (M, N // 2) silu(g) * u with the unfused
+path's roundings (``_swiglu``). BLOCK_N is a power of 2 >= 2, so a program holds whole pairs.
+
 Why a second pass and not fp32 atomics into the output: atomics add the splits in whatever order they finish,
 so the low bits change from run to run (the decode invariants compare a compiled step with an eager one), and
 they need a zeroed fp32 buffer and a cast afterwards: two launches as well.
@@ -84,11 +88,22 @@ def _round(v, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _swiglu(g, u, DTYPE: tl.constexpr):
+    """silu(g) * u from fp32 accumulators, with the unfused path's roundings (F.linear's g and u in DTYPE, then
+    F.silu in DTYPE, then the product in DTYPE); returns fp32 holding a DTYPE value."""
+    g = _round(g, DTYPE)
+    u = _round(u, DTYPE)
+    s = _round(g / (1.0 + tl.exp(-g)), DTYPE)
+    return _round(s * u, DTYPE)
+
+
+@triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr,
+    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr,
     M, N, K, chunk,
-    s_xm, s_xk, s_wn, s_wk, s_nk,
+    s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -148,20 +163,45 @@ def _gemv_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:  # workspace (n_splits, M, N), fp32, contiguous
         tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], y, mask=mask)
+    elif SWIGLU:  # weight rows interleaved [g0, u0, g1, u1, ...]: out (M, N // 2), contiguous
+        g, u = tl.split(tl.reshape(y, [BLOCK_M, BLOCK_N // 2, 2]))
+        a = _swiglu(g, u, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
+        offs_f = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        F = N // 2
+        tl.store(out_ptr + offs_m[:, None] * F + offs_f[None, :], a, mask=mask_m[:, None] & (offs_f < F)[None, :])
     else:  # out (M, N), contiguous
+        if HAS_RES:  # residual + y in fp32, one rounding
+            r = tl.load(res_ptr + offs_m[:, None] * s_rm + offs_n[None, :] * s_rn, mask=mask, other=0.0)
+            y += r.to(tl.float32)
         y = _round(y, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
 
 
 @triton.jit
-def _reduce_kernel(part_ptr, out_ptr, MN, S, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+def _reduce_kernel(
+    part_ptr, out_ptr, res_ptr, MN, N, S, s_rm, s_rn,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Sums the splits' fp32 partials (n_splits, M, N) in split order and applies the epilogue. Program i owns
+    BLOCK_R outputs: of the (M, N) y, or with SWIGLU of the (M, N // 2) activation (MN = M * N // 2 then)."""
     offs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = offs < MN
     offs_s = tl.arange(0, BLOCK_S)
-    p = tl.load(part_ptr + offs_s[:, None] * MN + offs[None, :], mask=(offs_s < S)[:, None] & mask[None, :],
-                other=0.0)  # fmt: skip
-    y = _round(tl.sum(p, axis=0), out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + offs, y, mask=mask)
+    mask_p = (offs_s < S)[:, None] & mask[None, :]
+    if SWIGLU:  # output (m, f) reads the partials of (m, 2f) and (m, 2f + 1)
+        F = N // 2
+        src = (offs // F) * N + 2 * (offs % F)
+        stride_s = MN * 2  # the partials' (M, N)
+        g = tl.sum(tl.load(part_ptr + offs_s[:, None] * stride_s + src[None, :], mask=mask_p, other=0.0), axis=0)
+        u = tl.sum(tl.load(part_ptr + offs_s[:, None] * stride_s + src[None, :] + 1, mask=mask_p, other=0.0), axis=0)
+        y = _swiglu(g, u, out_ptr.dtype.element_ty)
+    else:
+        y = tl.sum(tl.load(part_ptr + offs_s[:, None] * MN + offs[None, :], mask=mask_p, other=0.0), axis=0)
+        if HAS_RES:
+            r = tl.load(res_ptr + (offs // N) * s_rm + (offs % N) * s_rn, mask=mask, other=0.0)
+            y += r.to(tl.float32)
+        y = _round(y, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 REDUCE_BLOCK = 256  # outputs per program of the reduction
@@ -172,9 +212,10 @@ def _config(device: torch.device) -> dict:
     return {**base, **CONFIG_OVERRIDE}
 
 
-def launch_plan(M: int, N: int, K: int, device: torch.device) -> dict:
+def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = False) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-    a function of the shape and the device only (see the module docstring)."""
+    a function of the shape and the device only (see the module docstring). With ``swiglu`` BLOCK_N is at least 2
+    (a power of 2, so even: a program holds whole (gate, up) pairs)."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     block_m = max(16, _next_pow2(M)) if use_dot else _next_pow2(M)
@@ -184,6 +225,8 @@ def launch_plan(M: int, N: int, K: int, device: torch.device) -> dict:
         sms = cfg["SM_COUNT"]
     target = sms * cfg["PROGRAMS_PER_SM"]
     min_bn = max(16, cfg["MIN_BLOCK_N"]) if use_dot else cfg["MIN_BLOCK_N"]
+    if swiglu:
+        min_bn = max(2, min_bn)
     block_n = max(min_bn, min(cfg["BLOCK_N"], _next_pow2(N)))
     while block_n > min_bn and _cdiv(N, block_n) < target:
         block_n //= 2
@@ -213,63 +256,75 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> _Plan:
+def _plan(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> _Plan:  # fmt: skip
     nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
-    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps,
+    res_key = None if residual is None else residual.stride()
+    key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps, res_key, swiglu,
            tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
     M, K = x.shape
     N = weight.shape[0]
-    lp = launch_plan(M, N, K, x.device)
+    lp = launch_plan(M, N, K, x.device, swiglu)
     h_dtype = x.dtype if norm_weight is None else torch.promote_types(x.dtype, norm_weight.dtype)
     # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (see decode_attention/triton.py): there,
     # and only there, bf16 operands are widened to fp32 for the dot. fp32, or a norm output wider than weight's
     # dtype, always takes the fp32 dot.
     dot_f32 = x.dtype == torch.float32 or h_dtype != x.dtype or (x.device.type != "cuda" and x.dtype == torch.bfloat16)
     p = _Plan()
-    p.M, p.N, p.n_splits = M, N, lp["n_splits"]
+    p.M, p.N, p.n_splits = M, N // 2 if swiglu else N, lp["n_splits"]
     p.grid = (lp["n_blocks"], lp["n_splits"])
+    r_strides = residual.stride() if residual is not None else (0, 0)
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
-              else 0)  # fmt: skip
+              else 0, *r_strides)  # fmt: skip
     p.consts = (
-        norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, lp["use_dot"], dot_f32,
+        norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, residual is not None, swiglu,
+        lp["use_dot"], dot_f32,
         "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
     )  # fmt: skip
     p.warps = lp["num_warps"]
-    p.red_grid = (_cdiv(M * N, REDUCE_BLOCK),)
-    p.red_ints = (M * N, lp["n_splits"])
-    p.red_consts = (max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK)
+    p.red_grid = (_cdiv(M * p.N, REDUCE_BLOCK),)
+    p.red_ints = (M * p.N, N, lp["n_splits"], *r_strides)
+    p.red_consts = (residual is not None, swiglu, max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
     return p
 
 
-def _run(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _run(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """The launches, without validation (the dispatcher validated; 1 <= M <= MAX_M, fp16 / bf16 / fp32)."""
-    p = _plan(x, weight, norm_weight, eps)
+    p = _plan(x, weight, norm_weight, eps, residual, swiglu)
     out = torch.empty((p.M, p.N), device=x.device, dtype=x.dtype)
-    part = torch.empty((p.n_splits, p.M, p.N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
+    N = weight.shape[0]
+    part = torch.empty((p.n_splits, p.M, N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
     dev = x.get_device()
     nw = norm_weight if norm_weight is not None else x  # unused (HAS_NORM off): a dummy tensor, never None
-    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part), p.ints, p.consts, p.warps, dev)
+    res = residual if residual is not None else x  # likewise (HAS_RES off)
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res), p.ints, p.consts, p.warps, dev)
     if p.n_splits > 1:
-        launch(_reduce_kernel, p.red_grid, (part, out), p.red_ints, p.red_consts, p.warps, dev)
+        launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev)
     return out
 
 
 def decode_linear(
-    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
+    residual: torch.Tensor | None = None, swiglu: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """The Triton GEMV; same semantics as ``naive_decode_linear`` for 1 <= M <= 16 and fp16 / bf16 / fp32."""
-    M, _, _ = check_decode_linear(x, weight, norm_weight, eps)
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
     if not 1 <= M <= MAX_M or x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype ==
                                                               torch.float64):  # fmt: skip
         raise ValueError(f"the Triton kernel takes 1..{MAX_M} rows in float16, bfloat16 or float32, got M={M}, "
                          f"x {x.dtype}, norm_weight {None if norm_weight is None else norm_weight.dtype}")  # fmt: skip
-    return _run(x, weight, norm_weight, eps)
+    return _run(x, weight, norm_weight, eps, residual, swiglu)
 
 
 __all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]
