@@ -37,7 +37,10 @@ class Block(nn.Module):
         # A decode step on the fused copies (layers/fused.py) hands the norms to the projections that follow
         # them, so the decode GEMV can fuse each RMSNorm in; everything else normalises here.
         if ctx.fused and ctx.decoding and getattr(self.mixer, "TAKES_NORM", False):
-            x = x + self.mixer(x, state, ctx, norm=self.mixer_norm)
+            if fused_layer.DECODE_LINEAR == "kernel" and getattr(self.mixer, "TAKES_RESIDUAL", False):
+                x = self.mixer(x, state, ctx, norm=self.mixer_norm, residual=x)  # added in the O GEMV's epilogue
+            else:
+                x = x + self.mixer(x, state, ctx, norm=self.mixer_norm)
         else:
             x = x + self.mixer(self.mixer_norm(x), state, ctx)
         if self.ffn is not None:

@@ -243,13 +243,24 @@ class Attention(nn.Module):
     # ---------------------------------------------------------------- forward
 
     # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm
-    # (``norm=``), so the RMSNorm can run inside the Q|K|V GEMV (``layers/fused.py``).
+    # (``norm=``), so the RMSNorm can run inside the Q|K|V GEMV (``layers/fused.py``); with the decode GEMV
+    # (``DECODE_LINEAR == "kernel"``) also the residual (``residual=``), added in the O projection's epilogue.
     TAKES_NORM = True
+    TAKES_RESIDUAL = True
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``norm``: applied to x first (a decode step fuses it into the Q|K|V projection); ``residual``: returned
+        plus it (a decode step adds it in the output projection's epilogue: ``TAKES_RESIDUAL``)."""
         B, T, _ = x.shape
         if ctx.decoding:
-            return self._decode(x, state, ctx, norm)
+            return self._decode(x, state, ctx, norm, residual)
         if norm is not None:
             x = norm(x)
         q_pos, cos, sin = self.rope.span(ctx, T, x.device, x.dtype)
@@ -264,9 +275,17 @@ class Attention(nn.Module):
             kv = ctx.shared[self.kv_source]
         k, v, k_pos = kv
         o = attend(q, k, v, q_pos, k_pos, self.window)  # (B,H,T,D)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return out if residual is None else residual + out
 
-    def _decode(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None = None) -> torch.Tensor:
+    def _decode(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """A capturable step: positions from ``ctx.lengths`` (B,), K/V written by index, then the decode kernel
         over each row's valid length (one token a row, where the Triton kernels run) or SDPA over the whole
         static buffer with a per-row mask. No host value decides anything here."""
@@ -294,7 +313,7 @@ class Attention(nn.Module):
                 o = decode_attention(q[:, :, 0], keys, values, lengths)  # (B, H, D)
             else:
                 o = decode_attention_ring(q[:, :, 0], keys, values, lengths, self.window)
-            return self._out(o.reshape(B, 1, self.n_heads * self.head_dim), ctx)
+            return self._out(o.reshape(B, 1, self.n_heads * self.head_dim), ctx, residual)
 
         def mask() -> torch.Tensor:
             kp = k_pos if k_pos is not None else self._slot_positions(q_pos, keys.shape[2])
@@ -306,12 +325,16 @@ class Attention(nn.Module):
         G = self.n_heads // self.n_kv_heads
         key = ("attention_mask", keys.shape[2], self.window, G, q.dtype)  # the same for every layer alike
         o = attend_cached(q, keys.to(q.dtype), values.to(q.dtype), ctx.memoised(key, mask))  # (B, H, T, D)
-        return self._out(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim), ctx)
+        return self._out(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim), ctx, residual)
 
-    def _out(self, o: torch.Tensor, ctx) -> torch.Tensor:
-        """The output projection of a decode step: through ``decode_project`` where the step reads the fused
-        copies (``generate``'s), else ``o_proj`` itself."""
-        return decode_project(o, self.o_proj.weight, self.o_proj.bias) if ctx.fused else self.o_proj(o)
+    def _out(self, o: torch.Tensor, ctx, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The output projection of a decode step (plus ``residual``): through ``decode_project`` where the step
+        reads the fused copies (``generate``'s; the decode GEMV adds the residual in its epilogue), else
+        ``o_proj`` itself."""
+        if ctx.fused:
+            return decode_project(o, self.o_proj.weight, self.o_proj.bias, residual=residual)
+        out = self.o_proj(o)
+        return out if residual is None else residual + out
 
     def _slot_positions(self, q_pos: torch.Tensor, slots: int) -> torch.Tensor:
         """(B, slots) absolute position each buffer slot holds after a one-token step at q_pos (B, 1), -1 where

@@ -95,11 +95,11 @@ class FusedLinears:
     """A refreshable concatenation of ``linears``' weights (and biases) along the output dim.
 
     Two linears of one width without biases (a SwiGLU's gate and up) are stored with their rows interleaved
-    ([g0, u0, g1, u1, ...], ``pairs``) where ``DECODE_LINEAR`` is "kernel" when ``refresh`` runs, so the GEMV's
-    SwiGLU epilogue finds each pair in one program (``swiglu_step``); one copy either way. ``__call__`` returns
-    the two outputs in both layouts (strided views for ``pairs``). A refresh under the other setting rebuilds
-    the copy in the other layout, as a new tensor: its address is in the pool keys of captured steps
-    (``generation.weight_addresses``) beside ``DECODE_LINEAR`` itself, so no captured step reads the wrong layout.
+    ([g0, u0, g1, u1, ...], ``pairs``), so the decode GEMV's SwiGLU epilogue finds each pair in one program
+    (``swiglu_step``, where ``DECODE_LINEAR`` is "kernel"); ``__call__`` returns the two outputs as strided views
+    of one product for cuBLAS. One layout whatever the switch says: flipping ``DECODE_LINEAR`` then keeps the
+    copy's address, so a pooled captured step of the other setting is found again (its pool key holds the switch
+    and the address).
     """
 
     def __init__(self, *linears: nn.Linear):
@@ -114,8 +114,7 @@ class FusedLinears:
 
     def _want_pairs(self) -> bool:
         lins = self.linears
-        return (DECODE_LINEAR == "kernel" and len(lins) == 2 and lins[0].bias is None
-                and lins[0].out_features == lins[1].out_features)  # fmt: skip
+        return len(lins) == 2 and lins[0].bias is None and lins[0].out_features == lins[1].out_features
 
     def _sources(self) -> list[torch.Tensor]:
         ws = [lin.weight for lin in self.linears]
