@@ -8,3 +8,8 @@ cd tools && timeout 200 python3 tune_decode_attention.py --out $OUT/tune_decode_
 echo "tune rc=$?"; grep BEST $OUT/tune.log; cd ..
 timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
     --out $OUT/profile_teacher_b1.json > $OUT/profile.log 2>&1; echo "profile rc=$?"; tail -25 $OUT/profile.log
+# The decode GEMV with its epilogues (SiLU x up, both residual adds: three kernels a layer fewer) against cuBLAS,
+# same process (issue 18's batch-1 target: 2,000 tokens/s).
+timeout 180 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml --batch-sizes 1,16 \
+    --prompt-lens 128 --new-tokens 128 --decode-linear cublas,kernel --out $OUT/decode_gemv > $OUT/decode.log 2>&1
+echo "decode rc=$?"; grep -E "^\|" $OUT/decode.log | tail -12
