@@ -75,7 +75,7 @@ CUDA_CONFIGS: dict[str, list[dict]] = {
         for m in ((32, 64, 128) if name == "bwd_dkdv" else (64, 128))
         for n in ((64, 128) if name == "bwd_dkdv" else (32, 64, 128))
         for w in (4, 8)
-        for s in (2,)  # the key / query loops pipeline with num_stages=1 of their own: more stages change nothing
+        for s in (2, 3)  # pipelines the long unmasked loop; the diagonal tiles' loop runs with num_stages=1
         if (m, n, w) not in _LEFT_OUT[name]
     ]
     for name in KERNELS
