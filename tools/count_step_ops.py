@@ -10,26 +10,16 @@ it (data-free). Prints each count and its most frequent ops (docs/distillation.m
 from __future__ import annotations
 
 import argparse
-import collections
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-
-class Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
+from archzoo.bench.common import OpCounter
 
 
 def count(fn) -> tuple[int, list]:
-    with Count() as c:
+    with OpCounter() as c:
         fn()
-    return sum(c.ops.values()), c.ops.most_common(6)
+    return c.n, c.ops.most_common(6)
 
 
 def main() -> None:

@@ -4,12 +4,14 @@ Pareto suite both use them)."""
 
 from __future__ import annotations
 
+import collections
 import math
 import platform
 import time
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import UserError
 from ..saving import atomic_write  # noqa: F401  (re-exported: the bench modules import it from here)
@@ -22,6 +24,24 @@ DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
 }
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it, by op (``ops``) and in all (``n``): on the CPU, the ops a GPU
+    would launch eagerly, each with its host cost (``archzoo bench kernels --ops moe``, tools/count_step_ops.py,
+    the MoE layer's op-count test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    @property
+    def n(self) -> int:
+        return sum(self.ops.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:

@@ -44,9 +44,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import UserError
+from .common import OpCounter
 
 NOT_INSTALLED = "not installed"
 
@@ -1009,23 +1009,11 @@ def _graph_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> C
     return call
 
 
-class _AtenOps(TorchDispatchMode):
-    """Counts the ATen ops dispatched inside it (as tools/count_step_ops.py does)."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _aten_ops(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> dict[str, int]:
     """-> aten_ops_fwd (one ``fn()`` without gradients) and aten_ops_fwdbwd (``fn().backward(gout)``)."""
-    with torch.no_grad(), _AtenOps() as fwd:
+    with torch.no_grad(), OpCounter() as fwd:
         fn()
-    with _AtenOps() as fb:
+    with OpCounter() as fb:
         fn().backward(gout)
     for t in leaves:
         t.grad = None

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import archzoo
 import archzoo.layers.moe as moe_mod
+from archzoo.bench.common import OpCounter
 from archzoo.config import MoEConfig
 from archzoo.kernels import _dispatch
 from archzoo.layers.mlp import SwiGLU
@@ -513,24 +514,12 @@ def test_grouped_forward_compiles_without_graph_break(dispatch, monkeypatch):
         assert_close(f"{name} compiled vs eager", value, eager[name], 1e-2)
 
 
-class OpCount(TorchDispatchMode):
-    """How many ATen ops a block dispatches (each one launch and ~10-20 us of host time on a GPU, eagerly)."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
-
-
 # The grouped training step at bench_moe's configuration (bf16, top-2 of 8 experts, capacity factor 1.25 with
-# drops, no shared experts), counted by OpCount on the CPU with torch 2.13: the forward 51 ops without gradients and
+# drops, no shared experts), counted by OpCounter on the CPU with torch 2.13: the forward 51 ops without gradients and
 # 53 with them (autograd's 2 detaches), the backward of the output and aux_loss 86. Before issue 19 these were
 # 71 / 73 / 88 (the statistics built in every forward, token ids by arange + repeat, the routing weights gathered
 # from a transposed copy, promote_types, cumsum twice, a rank per assignment for the capacity test). An op added back
-# fails here; so may a torch upgrade that changes how an op decomposes: recount with OpCount, say why it moved.
+# fails here; so may a torch upgrade that changes how an op decomposes: recount with OpCounter, say why it moved.
 MOE_OPS = {"forward": 51, "forward with gradients": 53, "backward": 86}
 
 
@@ -549,13 +538,13 @@ def test_grouped_training_step_op_count(monkeypatch):
         moe.router.weight[:, 0] = torch.linspace(1, -1, 8)
     g = torch.randn(2, 64, 64, generator=gen).bfloat16()
     counts = {}
-    with torch.no_grad(), OpCount() as c:
+    with torch.no_grad(), OpCounter() as c:
         moe(x)
     counts["forward"] = c.n
-    with OpCount() as c:
+    with OpCounter() as c:
         out = moe(x.requires_grad_())
     counts["forward with gradients"] = c.n
-    with OpCount() as c:
+    with OpCounter() as c:
         torch.autograd.backward([out, moe.aux_loss], [g, torch.ones_like(moe.aux_loss)])
     counts["backward"] = c.n
     assert moe.last_dispatch == "grouped" and moe.last_stats["tokens_dropped"] > 0, moe.last_stats
