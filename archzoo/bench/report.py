@@ -164,6 +164,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             for cells, r in zip(q_rows, rows, strict=True):
                 cells.append(_f(r["mqar"][m][n], ".2%") + (" *" if r["on_frontier"][f"mqar/{m}/{n}"] else ""))
     out.append(("Quality (* = on the Pareto frontier of cache bytes per token and that metric)", q_head, q_rows))
+    out += position_tables(rows)
     pairs = before_after(rows)
     if pairs:
         out.append(before_after_table(pairs, rows, lengths))
@@ -181,6 +182,27 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for r in rows
     ]
     out.append(("Provenance", p_head, p_rows))
+    return out
+
+
+def position_tables(rows: list[dict]) -> list[tuple]:
+    """Per text set, KL(teacher || model) over each range of positions in the scored blocks (``by_position``;
+    rows measured before it was recorded show '-'), with the perplexity in the last range: a student trained on
+    shorter blocks than the report scores drifts from the teacher further into the block. Left out where the
+    blocks give one range only."""
+    out = []
+    sets = {t: b for r in rows for t, b in (r.get("by_position") or {}).items() if len(b) > 1}
+    for t, buckets in sets.items():
+        ranges = [(b["start"], b["end"]) for b in buckets]
+        head = ["model", *(f"KL @ {a:,}-{e:,}" for a, e in ranges), f"ppl @ {ranges[-1][0]:,}-{ranges[-1][1]:,}"]
+        body = []
+        for r in rows:
+            got = {(b["start"], b["end"]): b for b in (r.get("by_position") or {}).get(t, [])}
+            cells = [r["name"] + (" ★" if r["teacher"] else "")]
+            cells += [_f(got[k]["kl"], ".4f") if k in got else "-" for k in ranges]
+            cells.append(_f(got[ranges[-1]]["ppl"], ".3f") if ranges[-1] in got else "-")
+            body.append(cells)
+        out.append((f"KL by position in the block: {t} (tokens from a to b of each block)", head, body))
     return out
 
 

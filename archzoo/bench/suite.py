@@ -5,8 +5,9 @@ which cache sizes are taken, the decode settings, the device and the dtype (``Su
 model gets one row: parameters, cache bytes (per token at ``cache_context`` and in total at every
 ``context_lengths`` entry, from ``model.new_cache(1, L).nbytes()``, checked equal to
 ``archzoo.cache_bytes``), perplexity and KL(teacher || model) per text set (``archzoo.eval.evaluate``,
-the same token blocks for every model), MQAR accuracy, decode / prefill tokens/s (``model.generate``
-timed as ``archzoo bench decode`` times it), peak memory (CUDA) and provenance.
+the same token blocks for every model; also by position in the block, ``by_position``), MQAR accuracy,
+decode / prefill tokens/s (``model.generate`` timed as ``archzoo bench decode`` times it), peak memory
+(CUDA) and provenance.
 
 Rows are written to ``DIR/rows/<name>.json`` as each model finishes (atomically), together with the
 hash of the model's inputs (its config and the sha256 of its weights file, so the same weights hash the
@@ -541,6 +542,13 @@ def prepare_sets(suite: Suite, vocab_size: int, tokenizer, teacher=None) -> list
 # ------------------------------------------------------------------------------ measuring
 
 
+def position_buckets(L: int) -> list[int]:
+    """Edges of the positions a row's ``by_position`` figures are taken over: 0, L/8, L/4, L/2, L (0, 512, 1,024,
+    2,048, 4,096 for 4,096-token blocks), fewer where L is too short to halve. A student that drifts from the
+    teacher with distance (trained on shorter blocks than it is scored on) shows it in the later buckets."""
+    return sorted({0, *(L >> k for k in (3, 2, 1, 0) if L >> k > 0)})
+
+
 def measure(
     res: Resolved,
     model,
@@ -575,13 +583,18 @@ def measure(
         totals[str(n)] = measured
     row["cache_bytes"] = {k: v for k, v in totals.items() if int(k) in suite.context_lengths}
     row["cache_bytes_per_token"] = totals[str(suite.cache_context)] / suite.cache_context
-    row["ppl"], row["kl"], row["mqar"] = {}, {}, {}
+    row["ppl"], row["kl"], row["mqar"], row["by_position"] = {}, {}, {}, {}
     for s in sets:
         if s.kind == "text":
             stage(f"eval {s.name}")
-            r = evaluate(None if res.is_teacher else teacher, model, s.blocks)
+            L = s.blocks.shape[1] - 1
+            r = evaluate(None if res.is_teacher else teacher, model, s.blocks, position_buckets=position_buckets(L))
             row["ppl"][s.name] = r["ppl_student"]
             row["kl"][s.name] = 0.0 if res.is_teacher else r["kl"]
+            row["by_position"][s.name] = [
+                {"start": b["start"], "end": b["end"], "ppl": b["ppl_student"], "kl": 0.0 if res.is_teacher else b["kl"]}
+                for b in r["by_position"]
+            ]
         else:
             stage(f"mqar {s.name}")
             row["mqar"][s.name] = {str(n): mqar_accuracy(model, x, y) for n, (x, y) in s.mqar.items()}

@@ -16,7 +16,7 @@ import yaml
 
 import archzoo
 from archzoo.bench.pareto import pareto
-from archzoo.bench.suite import load_suite
+from archzoo.bench.suite import load_suite, position_buckets
 from archzoo.cli import main
 
 from conftest import ROOT
@@ -77,6 +77,7 @@ def test_tiny_suite_outputs(tiny):
     assert "<script>" in page and "sortable" in page
     md = (out / "report.md").read_text()
     assert "archzoo bench" in md and "| gqa |" in md and "torch" in md
+    assert "## KL by position in the block: text" in md
     # every student drafted for the teacher (speculative decoding on prompts from the first text set)
     assert "draft acceptance (k=4)" in md
     teacher, *students = res["rows"]
@@ -99,6 +100,12 @@ def test_tiny_suite_agrees_with_the_library(tiny):
         for s in ("text", "random"):
             assert math.isfinite(r["ppl"][s]) and r["ppl"][s] > 1 and r["kl"][s] >= 0, (r["name"], s)
         assert set(r["mqar"]["mqar"]) == {"4", "16"} and all(0 <= a <= 1 for a in r["mqar"]["mqar"].values())
+        for s, buckets in r["by_position"].items():  # ranges of one block: together, the set's figures
+            L = buckets[-1]["end"]
+            assert [b["start"] for b in buckets] == position_buckets(L)[:-1] and buckets[0]["start"] == 0
+            kl = sum(b["kl"] * (b["end"] - b["start"]) for b in buckets) / L
+            nll = sum(math.log(b["ppl"]) * (b["end"] - b["start"]) for b in buckets) / L
+            assert kl == pytest.approx(r["kl"][s], rel=1e-9, abs=1e-12) and nll == pytest.approx(math.log(r["ppl"][s]))
         assert len(r["provenance"]["config_hash"]) == 16
     # Frontier: every member non-dominated, every other point dominated.
     assert set(res["frontier"]) == {"ppl/text", "kl/text", "ppl/random", "kl/random", "mqar/mqar/4", "mqar/mqar/16"}
