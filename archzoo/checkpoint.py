@@ -84,11 +84,11 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None, 
 
 def rebuild_buffers(model, device) -> None:
     """Recreate non-persistent buffers (RoPE frequencies) of a model built on the meta device."""
-    from .layers.rope import RotaryEmbedding, inverse_frequencies
+    from .layers.rope import RotaryEmbedding
 
     for m in model.modules():
         if isinstance(m, RotaryEmbedding):
-            m.inv_freq = inverse_frequencies(m.dim, m.theta, device or "cpu")
+            m.inv_freq = m.frequencies(device or "cpu")
         elif hasattr(m, "rebuild_buffers"):
             m.rebuild_buffers(device or "cpu")
     for name, buf in model.named_buffers():

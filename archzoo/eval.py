@@ -7,6 +7,7 @@ gradients, in chunks of tokens, so a teacher's logits over a 49k vocabulary neve
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -33,7 +34,7 @@ def _nll_kl(h: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, h_t, w_t) -> tu
 
 def _check_buckets(edges: Sequence[int], L: int) -> list[int]:
     edges = [int(e) for e in edges]
-    if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[-1] > L:
+    if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in itertools.pairwise(edges)) or edges[-1] > L:
         raise ValueError(
             f"position_buckets must rise from 0 in at least two edges, the last at most the block's {L} inputs; "
             f"got {edges}"
@@ -115,7 +116,7 @@ def evaluate(
 
     out = figures(0, L)
     if edges is not None:
-        out["by_position"] = [{"start": a, "end": b, **figures(a, b)} for a, b in zip(edges, edges[1:])]
+        out["by_position"] = [{"start": a, "end": b, **figures(a, b)} for a, b in itertools.pairwise(edges)]
     return out
 
 

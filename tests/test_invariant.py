@@ -87,3 +87,29 @@ def test_cached_forward_is_differentiable_per_call(path):
     for state in cache.layers:
         for name, t in state.buffers.items() if state is not None else []:
             assert t.grad_fn is None and not t.requires_grad, f"cache buffer {name} carries autograd history"
+
+
+def test_mla_with_per_layer_rope_pairs():
+    """MLA layers with different ``rope_pairs`` (a conversion with mla_rope='norm'): each layer rotates at its own
+    frequencies in the full forward (where one RoPE table per forward is shared by layers that can share it) and
+    in decode steps alike."""
+    import archzoo
+
+    base = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "mla")).to_dict()
+    base["layers"] = [{"at": [0, 2], "mixer": {"type": "mla", "rope_pairs": [1, 5, 9, 15]}},
+                      {"at": [1], "mixer": {"type": "mla", "rope_pairs": [0, 2, 4, 6]}}]  # fmt: skip
+    model = f64_model(base)
+    freqs = [b.mixer.rope.inv_freq for b in model.blocks]
+    assert torch.equal(freqs[0], freqs[2]) and not torch.equal(freqs[0], freqs[1])
+    assert not torch.equal(freqs[3], freqs[0]) and not torch.equal(freqs[3], freqs[1])  # layer 3: the default
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(2, 20)
+        steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, i : i + 1], cache=cache) for i in range(5, 20)]
+        steps = torch.cat(steps, 1)
+        plain = archzoo.build_model({**base, "layers": []}).double()
+        plain.load_state_dict(model.state_dict())
+        other = plain(ids)
+    assert_close("MLA with per-layer rope_pairs: prefill + decode vs full", steps, full, 1e-10)
+    assert (other - full).abs().max() > 1e-3, "the pairs changed nothing: the layers' own frequencies were not used"

@@ -15,7 +15,8 @@ and scores each against the unchanged teacher (KL per token and perplexity) by p
 If a choice costs little in the first 512 positions and much more further on, the pairs it drops carry the
 teacher's long-range position, which a student trained on short blocks never has to replace.
 
-    python tools/rope_pairs_ablation.py --out rope_pairs.json [--blocks 4] [--only high,norm]   # CPU: ~3 min a variant-block
+    python tools/rope_pairs_ablation.py --out rope_pairs.json [--blocks 8] [--only high,norm@24]  # 2 CPU cores: ~20 s
+                                                                       # a block and variant
 """
 
 from __future__ import annotations

@@ -592,7 +592,7 @@ def measure(
             row["ppl"][s.name] = r["ppl_student"]
             row["kl"][s.name] = 0.0 if res.is_teacher else r["kl"]
             row["by_position"][s.name] = [
-                {"start": b["start"], "end": b["end"], "ppl": b["ppl_student"], "kl": 0.0 if res.is_teacher else b["kl"]}
+                {"start": b["start"], "end": b["end"], "ppl": b["ppl_student"], "kl": b["kl"] or 0.0}
                 for b in r["by_position"]
             ]
         else:

@@ -10,7 +10,8 @@ Options (all optional):
     layers          teacher layer index for each student layer
     seed            RNG seed for whatever a converter initialises randomly (default 0)
     cla_share       'mean' (default: the leader's K/V projection is the mean of its group's) or 'first'
-    mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs
+    mla_rope        'high' (default): the decoupled RoPE key keeps the highest-frequency pairs; 'norm': per
+                    layer, the pairs with the largest queries and keys over the ``calibration`` tokens
     mla_rope_key    'mean' (default) or 'svd': how the K/V heads' RoPE rows become one shared key
     moe_noise       relative std of the noise added to upcycled experts (default 0.01)
     calibration     token ids (N, T), or None (default): teacher inputs for the converters that fit to
@@ -96,11 +97,11 @@ class ConvertContext:
 
     def _all_moments(self, extra: tuple[int, int] | None = None) -> dict[tuple[int, int], torch.Tensor]:
         """Every layer's moment and every CLA member-leader cross moment, from one teacher pass on first use."""
-        if self._moments is None or (extra is not None and extra not in self._moments):
-            owners = self.student.state_owners
-            pairs = {(self.layer_map[j], self.layer_map[o]) for j, o in enumerate(owners) if o != j}
-            if extra is not None:
-                pairs.add(extra)
+        owners = self.student.state_owners
+        pairs = {(self.layer_map[j], self.layer_map[o]) for j, o in enumerate(owners) if o != j}
+        if extra is not None:
+            pairs.add(extra)
+        if self._moments is None or not pairs <= self._moments.keys():
             self._moments = input_moments(self.teacher, self.options["calibration"], pairs)
         return self._moments
 
@@ -184,13 +185,13 @@ def convert(teacher, student_cfg: ModelConfig | dict | str, **options: Any):
     layer_map = list(opts["layers"]) if opts["layers"] is not None else default_layer_map(tcfg.n_layers, cfg.n_layers)
     if len(layer_map) != cfg.n_layers or not all(0 <= i < tcfg.n_layers for i in layer_map):
         raise ValueError(f"layers={layer_map} must give one teacher layer in [0, {tcfg.n_layers}) per student layer")
-    cfg = _adapt_config(cfg, teacher, layer_map, opts)
+    cfg, moments = _adapt_config(cfg, teacher, layer_map, opts)
 
     dev, dtype = teacher.embed.weight.device, teacher.embed.weight.dtype
     gen = torch.Generator(device="cpu").manual_seed(int(opts["seed"]))
     torch.manual_seed(int(opts["seed"]))
     student = ArchZooLM(cfg).to(dev, dtype)
-    ctx = ConvertContext(teacher, student, layer_map, opts, gen)
+    ctx = ConvertContext(teacher, student, layer_map, opts, gen, _moments=moments)
 
     student.embed.weight.copy_(teacher.embed.weight)
     if not cfg.tie_embeddings:
@@ -208,16 +209,31 @@ def convert(teacher, student_cfg: ModelConfig | dict | str, **options: Any):
     return student
 
 
-def _adapt_config(cfg: ModelConfig, teacher, layer_map: list[int], opts: dict[str, Any]) -> ModelConfig:
-    """Per-family config adjustments a converter needs to be exact (e.g. MLA's RoPE base)."""
+def _adapt_config(cfg: ModelConfig, teacher, layer_map: list[int], opts: dict[str, Any]):
+    """Per-family config adjustments a converter needs to be exact (e.g. MLA's RoPE base and pairs) -> (config,
+    the calibration moments if computing them was needed here, else None: the converters reuse them)."""
     from .mla import adapt_mla_config
 
     data = cfg.to_dict()
     changed = False
+    moments = None
     for i, block in enumerate(cfg.blocks):
         if block.mixer.type == "mla":
-            changed |= adapt_mla_config(data, i, block.mixer, teacher.blocks[layer_map[i]].mixer, opts)
-    return load_config(data) if changed else cfg
+            tblock = teacher.blocks[layer_map[i]]
+            moment = None
+            if opts.get("mla_rope") == "norm":
+                if opts.get("calibration") is None:
+                    # Scores from the weights alone (inputs of unit variance through the norm's weight) kept only
+                    # 5-14 of the 16 pairs the activations pick per layer on SmolLM2-135M (massive activations).
+                    raise ValueError(
+                        "mla_rope='norm' ranks RoPE pairs by the teacher's query and key sizes on real inputs: "
+                        "pass calibration token ids (convert: calibration: in a distill run YAML)"
+                    )
+                if moments is None:
+                    moments = input_moments(teacher, opts["calibration"], set())
+                moment = moments[(layer_map[i], layer_map[i])]
+            changed |= adapt_mla_config(data, i, block.mixer, tblock.mixer, opts, moment)
+    return (load_config(data) if changed else cfg), moments
 
 
 def copy_linear(

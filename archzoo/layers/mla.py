@@ -15,6 +15,7 @@ Two equivalent ways to attend:
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -39,6 +40,12 @@ class MLAConfig(LayerConfig):
     qk_rope_head_dim: int = Field(gt=0)
     v_head_dim: int = Field(gt=0)
     rope_theta: float = Field(default=10000.0, gt=0)
+    rope_pairs: list[int] | None = Field(
+        default=None,
+        description="null: the decoupled key's RoPE pairs rotate as a qk_rope_head_dim-wide RoPE's do; else "
+        "qk_rope_head_dim / 2 rising pair indices of a RoPE over the whole qk head (qk_nope_head_dim + "
+        "qk_rope_head_dim wide, base rope_theta): the teacher pairs a conversion kept (mla_rope='norm')",
+    )
     kv_norm: bool = Field(default=True, description="RMSNorm on the latent (DeepSeek-V2); off keeps conversion exact")
 
     @model_validator(mode="after")
@@ -47,6 +54,16 @@ class MLAConfig(LayerConfig):
             raise field_error(
                 "qk_rope_head_dim", f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)"
             )
+        p = self.rope_pairs
+        if p is not None:
+            half = (self.qk_nope_head_dim + self.qk_rope_head_dim) // 2
+            rising = all(a < b for a, b in itertools.pairwise(p))
+            if len(p) != self.qk_rope_head_dim // 2 or not rising or p[0] < 0 or p[-1] >= half:
+                raise field_error(
+                    "rope_pairs",
+                    f"rope_pairs must be {self.qk_rope_head_dim // 2} rising pair indices in [0, {half}) "
+                    f"(qk_rope_head_dim / 2 of the (qk_nope_head_dim + qk_rope_head_dim) / 2 pairs), got {p}",
+                )
         return self
 
 
@@ -67,7 +84,7 @@ class MLA(nn.Module):
         self.kv_a_norm = RMSNorm(r) if cfg.kv_norm else nn.Identity()
         self.kv_b_proj = nn.Linear(r, H * (dn + dv), bias=False)  # W_uk and W_uv, per head
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
-        self.rope = RotaryEmbedding(dr, cfg.rope_theta)
+        self.rope = RotaryEmbedding(dr, cfg.rope_theta, cfg.rope_pairs, dn + dr)
         self.scale = (dn + dr) ** -0.5
         self.absorb: bool | None = None  # None: absorbed when decoding over a cache; tests force either path
 

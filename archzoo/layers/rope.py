@@ -6,9 +6,13 @@ import torch
 from torch import nn
 
 
-def inverse_frequencies(dim: int, theta: float, device=None) -> torch.Tensor:
-    """theta^(-2i / dim) for i < dim / 2, in fp32."""
-    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+def inverse_frequencies(dim: int, theta: float, device=None, pairs=None, base_dim: int | None = None) -> torch.Tensor:
+    """theta^(-2i / dim) for i < dim / 2, in fp32; with ``pairs``, theta^(-2 p / base_dim) for p in pairs (a
+    subset of the pairs of a ``base_dim``-wide RoPE: MLA's decoupled key converted from a wider teacher head)."""
+    if pairs is None:
+        return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    p = torch.tensor(list(pairs), dtype=torch.float32, device=device)
+    return 1.0 / (theta ** (2 * p / base_dim))
 
 
 class RotaryEmbedding(nn.Module):
@@ -19,17 +23,28 @@ class RotaryEmbedding(nn.Module):
     there), a cosine off by up to 1.8 at position 1,000. Hugging Face's Llama keeps its frequencies in fp32 too.
     """
 
-    def __init__(self, dim: int, theta: float = 10000.0):
+    def __init__(self, dim: int, theta: float = 10000.0, pairs=None, base_dim: int | None = None):
+        """``pairs`` / ``base_dim``: rotate pair i at the frequency of pair ``pairs[i]`` of a ``base_dim``-wide RoPE
+        (``inverse_frequencies``) instead of pair i of a ``dim``-wide one."""
         super().__init__()
         if dim % 2:
             raise ValueError(f"RoPE needs an even dimension, got {dim}")
-        self.dim, self.theta = dim, theta
-        self.register_buffer("inv_freq", inverse_frequencies(dim, theta), persistent=False)
+        if pairs is not None:
+            pairs = tuple(int(p) for p in pairs)
+            if len(pairs) != dim // 2 or base_dim is None or not all(0 <= p < base_dim // 2 for p in pairs):
+                raise ValueError(f"RoPE of dim {dim} needs {dim // 2} pairs in [0, base_dim / 2), got {pairs} of "
+                                 f"base_dim {base_dim}")  # fmt: skip
+        self.dim, self.theta, self.pairs, self.base_dim = dim, theta, pairs, base_dim
+        self.register_buffer("inv_freq", self.frequencies(None), persistent=False)
+
+    def frequencies(self, device) -> torch.Tensor:
+        """The inverse frequencies (dim / 2,), fp32, made anew (after a cast, or a model built on the meta device)."""
+        return inverse_frequencies(self.dim, self.theta, device, self.pairs, self.base_dim)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         if self.inv_freq.dtype != torch.float32:  # a cast of the module: the frequencies made anew in fp32
-            self.inv_freq = inverse_frequencies(self.dim, self.theta, self.inv_freq.device)
+            self.inv_freq = self.frequencies(self.inv_freq.device)
         return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,13 +57,15 @@ class RotaryEmbedding(nn.Module):
         """The positions ``ctx.pos`` .. ``ctx.pos + T - 1`` (T,) of a forward whose rows share them (training, a
         prefill) and their cos, sin: built by the first layer, read by every other layer of the same rotary
         dim and theta (``ForwardContext.memoised``; the angles do not depend on the layer). Each layer used to
-        build its own: six kernels a layer, about a sixth of a Llama layer's eager forward."""
+        build its own: six kernels a layer, about a sixth of a Llama layer's eager forward. Layers whose pairs
+        differ (MLA converted with ``mla_rope='norm'``) each build their own."""
 
         def build():
             q_pos = torch.arange(ctx.pos, ctx.pos + T, device=device)
             return (q_pos, *self(q_pos, dtype))
 
-        return ctx.memoised(("rope_span", self.dim, self.theta, ctx.pos, T, dtype, device), build)
+        key = ("rope_span", self.dim, self.theta, self.pairs, self.base_dim, ctx.pos, T, dtype, device)
+        return ctx.memoised(key, build)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

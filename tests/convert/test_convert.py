@@ -538,3 +538,40 @@ def test_s4_value_output_path_and_average_kernel(init):
         assert_close("S4D kernel total weight", total, torch.full_like(total, 0.75), 1e-12)
         if init == "lin":  # the real mode A = -1/2: a positive decaying kernel
             assert (dst.kernel(50, torch.float64) > 0).all()
+
+
+def test_mla_norm_rope_keeps_the_pairs_the_queries_use(tmp_path):
+    """MQA teacher whose queries read only two of the four RoPE pairs, and not the two highest: 'norm' finds those
+    pairs in every layer (their queries are the only non-zero ones), gives each layer its own ``rope_pairs``, and
+    MLA at full rank is then exact; 'high' keeps the wrong pairs and is not."""
+    t = teacher(1)
+    pairs = [[1, 3], [0, 2], [2, 3], [1, 3]]
+    with torch.no_grad():
+        for block, keep in zip(t.blocks, pairs, strict=True):
+            drop = [p for p in range(D // 2) if p not in keep]
+            q = block.mixer.q_proj.weight.view(H, D, DM)
+            q[:, drop], q[:, [p + D // 2 for p in drop]] = 0, 0
+    s = convert(t, student_cfg(t.cfg.to_dict(), mixer=MLA_FULL), mla_rope="norm", calibration=ids(4, 16, seed=7))
+    assert [b.mixer.rope_pairs for b in s.cfg.blocks] == pairs
+    assert all(b.mixer.rope_theta == 10000.0 for b in s.cfg.blocks)
+    tok = ids()
+    assert_close("MLA ('norm' pairs, full rank) logits vs teacher", logits(s, tok), logits(t, tok), 1e-9)
+    high = convert(t, student_cfg(t.cfg.to_dict(), mixer=MLA_FULL))
+    assert rel_err(logits(high, tok), logits(t, tok)) > 1e-3, "'high' keeps pairs 0, 1: not the ones used here"
+    # The pairs travel with the saved student: loaded back (built on the meta device, its RoPE frequencies made
+    # anew), it computes the same logits.
+    s.save_pretrained(tmp_path / "s")
+    again = archzoo.from_pretrained(tmp_path / "s").double()
+    assert [b.mixer.rope_pairs for b in again.cfg.blocks] == pairs
+    assert torch.equal(logits(again, tok), logits(s, tok))
+
+
+def test_mla_rope_pairs_must_be_rising_and_in_range():
+    base = {**MLA_FULL, "type": "mla"}
+    for bad in ([0], [2, 1], [1, 1], [0, 4], [-1, 2]):
+        with pytest.raises(ValueError, match="rope_pairs must be 2 rising pair indices in"):
+            archzoo.load_config(student_cfg(teacher_cfg(1), mixer={**base, "rope_pairs": bad}))
+    with pytest.raises(ValueError, match="mla_rope='nope'; supported: 'high', 'norm'"):
+        convert(teacher(1), student_cfg(teacher_cfg(1), mixer=MLA_FULL), mla_rope="nope")
+    with pytest.raises(ValueError, match="mla_rope='norm' ranks RoPE pairs .* pass calibration token ids"):
+        convert(teacher(1), student_cfg(teacher_cfg(1), mixer=MLA_FULL), mla_rope="norm")
