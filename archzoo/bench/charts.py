@@ -275,6 +275,59 @@ def mqar_chart(
     return save(fig, path)
 
 
+def position_chart(path: Path, rows: list[dict], text_set: str) -> Path:
+    """KL(teacher || model) over each range of positions in the scored blocks (``by_position``), one line per model:
+    a student that matches its teacher early in a block and drifts further on (trained on shorter blocks, or
+    missing what carries position at long range) rises to the right."""
+    fig, ax = plt.subplots(figsize=(8.4, 5.2))
+    ranges: list[tuple[int, int]] = []
+    lines = [
+        (r["name"], r["by_position"][text_set])
+        for r in rows
+        if not r["teacher"] and (r.get("by_position") or {}).get(text_set)
+    ]
+    for _, buckets in lines:
+        for b in buckets:
+            if (b["start"], b["end"]) not in ranges:
+                ranges.append((b["start"], b["end"]))
+    ranges.sort()
+    colors = plt.get_cmap("tab10").colors  # dark enough for text; past ten lines the dash style changes
+    ends = []
+    for i, (name, buckets) in enumerate(lines):
+        got = {(b["start"], b["end"]): b["kl"] for b in buckets}
+        xs = [j for j, k in enumerate(ranges) if k in got]
+        ys = [got[ranges[j]] for j in xs]
+        color = colors[i % len(colors)]
+        style = ("-", "--", ":")[i // len(colors) % 3]
+        ax.plot(xs, ys, marker="o", ms=4, lw=1.6, ls=style, color=color, label=name)
+        ends.append((ys[-1], xs[-1], name, color))
+    top = max([y for y, *_ in ends], default=1.0)
+    ax.set_xticks(range(len(ranges)), [f"{fmt_count(a)}-{fmt_count(b)}" for a, b in ranges])
+    ax.set_xlim(-0.2, len(ranges) - 0.35)
+    ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)
+    _end_labels(ax, ends)
+    ax.set_xlabel("positions in the block (tokens from the block's start)")
+    ax.set_ylabel("KL(teacher || model), nats/token (lower is better)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"KL to the teacher by position in the block ({text_set})", fontsize=12, loc="left")
+    legend_below(ax)
+    return save(fig, path)
+
+
+def _end_labels(ax, ends: list[tuple[float, int, str, str]], gap_px: float = 12.5) -> None:
+    """Each line's name right of its last point, pushed apart vertically (in pixels) where they would overlap, with
+    a thin leader to the point when moved."""
+    to_px, to_data = ax.transData, ax.transData.inverted()
+    placed: list[float] = []
+    for y, x, name, color in sorted(ends):
+        px = to_px.transform((x, y))
+        py = max(px[1], placed[-1] + gap_px) if placed else px[1]
+        placed.append(py)
+        ty = to_data.transform((px[0], py))[1]
+        ax.annotate(name, (x, y), xytext=(x + 0.08, ty), fontsize=8, va="center", color=color,
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color=color) if py - px[1] > 2 else None)  # fmt: skip
+
+
 def speed_chart(path: Path, rows: list[dict], text_set: str, decode: dict) -> Path:
     """Decode tokens/s (log x) against perplexity; the frontier is faster and lower."""
     from .pareto import pareto

@@ -14,7 +14,7 @@ import html
 import json
 from pathlib import Path
 
-from .charts import cache_chart, fmt_bytes, mqar_chart, speed_chart
+from .charts import cache_chart, fmt_bytes, mqar_chart, position_chart, speed_chart
 from .common import atomic_write
 from .pareto import frontiers
 
@@ -101,6 +101,9 @@ def make_charts(out: Path, res: dict) -> list[Path]:
                 y_log=False,
             )
         )
+    for t in text_sets:
+        if any(len((r.get("by_position") or {}).get(t, [])) > 1 for r in rows if not r["teacher"]):
+            paths.append(position_chart(out / f"kl_by_position_{_slug(t)}.png", rows, t))
     for m in rows[0]["mqar"]:
         paths.append(mqar_chart(out / f"cache_vs_mqar_{_slug(m)}.png", rows, m, fronts, ctx, dtype))
     if text_sets and s.get("decode") and any(r.get("decode_tokens_per_s") for r in rows):

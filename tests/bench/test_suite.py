@@ -68,12 +68,12 @@ def test_tiny_suite_outputs(tiny):
     names = [r["name"] for r in res["rows"]]
     assert names == [data["teacher"]["name"], *(m["name"] for m in data["models"])]
     assert res["rows"][0]["teacher"] and res["rows"][0]["kl"] == {"text": 0.0, "random": 0.0}
-    assert len(res["charts"]) == 6
+    assert len(res["charts"]) == 8  # + KL by position, one per text set
     for c in res["charts"]:
         png = (out / c).read_bytes()
         assert png.startswith(b"\x89PNG"), c
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") == 8 and "http://" not in page and "https://" not in page
     assert "<script>" in page and "sortable" in page
     md = (out / "report.md").read_text()
     assert "archzoo bench" in md and "| gqa |" in md and "torch" in md
