@@ -15,6 +15,9 @@ and scores each against the unchanged teacher (KL per token and perplexity) by p
 If a choice costs little in the first 512 positions and much more further on, the pairs it drops carry the
 teacher's long-range position, which a student trained on short blocks never has to replace.
 
+With ``--converted`` it scores the MLA students themselves instead, converted (calibrated on 16 x 512 Shakespeare
+tokens) and untrained: ``mla.yaml`` with ``mla_rope`` 'high' and 'norm', and ``mla-rope48.yaml``.
+
     python tools/rope_pairs_ablation.py --out rope_pairs.json [--blocks 8] [--only high,norm@24]  # 2 CPU cores: ~20 s
                                                                        # a block and variant
 """
@@ -111,12 +114,15 @@ def main() -> None:
     p.add_argument("--only", default="high,norm,uniform,low")
     p.add_argument("--blocks", type=int, default=4, help="4,096-token blocks of python-docs")
     p.add_argument("--set", default="python-docs")
+    p.add_argument("--converted", action="store_true", help="score the converted MLA students instead")
     args = p.parse_args()
     torch.manual_seed(0)
     t = resolve_teacher("smollm2-135m")
     t.eval()
     blocks = heldout_blocks(args.set, t.tokenizer, BUCKETS[-1], max_blocks=args.blocks)
     cal = pack_blocks(tokenize_texts(shakespeare_texts("train", "modern")[:40], t.tokenizer), 512)[:8, :512]
+    if args.converted:
+        return converted(t, blocks, args.out)
     out: dict = {"set": args.set, "blocks": int(blocks.shape[0]), "block_len": BUCKETS[-1], "keep": KEEP,
                  "threads": torch.get_num_threads(), "variants": {}}  # fmt: skip
     if os.path.exists(args.out):  # resume
@@ -141,6 +147,27 @@ def main() -> None:
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1)
         os.replace(tmp, args.out)
+
+
+def converted(t, blocks: torch.Tensor, path: str) -> None:
+    import archzoo
+    from archzoo.data import pack_blocks, shakespeare_texts, tokenize_texts
+    from archzoo.eval import evaluate
+
+    cal = pack_blocks(tokenize_texts(shakespeare_texts("train", "modern")[:40], t.tokenizer), 512)[:16, :512]
+    out = {}
+    for name, cfg, opts in [
+        ("mla, mla_rope high", "configs/students/mla.yaml", {}),
+        ("mla, mla_rope norm", "configs/students/mla.yaml", {"mla_rope": "norm"}),
+        ("mla-rope48, mla_rope high", "configs/students/mla-rope48.yaml", {}),
+    ]:
+        t0 = time.time()
+        s = archzoo.convert(t, archzoo.load_config(cfg), calibration=cal, **opts)
+        r = evaluate(t, s, blocks, batch_size=1, position_buckets=BUCKETS)
+        out[name] = {**r, "seconds": time.time() - t0}
+        print(name, round(r["kl"], 3), [round(b["kl"], 3) for b in r["by_position"]], flush=True)
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
