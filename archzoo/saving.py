@@ -18,6 +18,16 @@ from safetensors.torch import save_file
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 
 
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Move a finished temporary file onto ``path`` (``os.replace``: atomic), with the mode a plain ``open`` would
+    have given it: ``mkstemp`` makes files only their owner can read (0600), which a report or corpus that others
+    on the machine read must not keep."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a reader sees the old
     file or the new one, never half of one."""
@@ -25,7 +35,7 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

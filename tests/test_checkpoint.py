@@ -40,3 +40,23 @@ def test_reloaded_tensors_own_aligned_storage(tmp_path, path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(archzoo.ConfigError, match="config.yaml is missing"):
         archzoo.from_pretrained(tmp_path)
+
+
+def test_atomic_writes_keep_the_modes_open_gives(tmp_path):
+    """A report row, a corpus or a config written through a temporary file is as readable as one written with
+    open(): mkstemp's owner-only 0600 does not leak into what others on the machine read."""
+    import os
+
+    from archzoo.data.generate import write_jsonl
+    from archzoo.saving import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        write_jsonl(["x"], tmp_path / "b.jsonl")
+        with open(tmp_path / "c.txt", "w") as f:
+            f.write("plain")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o644, "b.jsonl": 0o644, "c.txt": 0o644}

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from ..fetch import cache_root
-from ..saving import atomic_write
+from ..saving import atomic_write, publish
 from .prompts import Prompt, format_prompt, prompt_set
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def write_jsonl(texts: list[str], path: str | Path) -> Path:
         with os.fdopen(fd, "w") as f:
             for t in texts:
                 f.write(json.dumps({"text": t}) + "\n")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

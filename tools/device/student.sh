@@ -26,3 +26,5 @@ files=($DIR/rows $DIR/results.json $DIR/report.md)
 for s in $STUDENTS; do files+=(runs/smollm2-$s/summary.json runs/smollm2-$s/logs/metrics.csv runs/smollm2-$s/run.yaml); done
 tar czhf $OUT/student_rows.tgz "${files[@]}" 2>/dev/null; ls -la $OUT
 sed -n '/## Distillation/,/^$/p' $DIR/report.md
+awk '/^## KL by position/{p=1} /^## /&&!/KL by position/{p=0} p' $DIR/report.md \
+    | grep -E "^## |^\| model|teacher|^\| ($(echo $STUDENTS | tr ' ' '|'))"
