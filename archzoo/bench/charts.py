@@ -302,7 +302,7 @@ def position_chart(path: Path, rows: list[dict], text_set: str) -> Path:
         ax.plot(xs, ys, marker="o", ms=4, lw=1.6, ls=style, color=color, label=name)
         ends.append((ys[-1], xs[-1], name, color))
     top = max([y for y, *_ in ends], default=1.0)
-    ax.set_xticks(range(len(ranges)), [f"{fmt_count(a)}-{fmt_count(b)}" for a, b in ranges])
+    ax.set_xticks(range(len(ranges)), [f"{a:,}-{b:,}" for a, b in ranges])
     ax.set_xlim(-0.2, len(ranges) - 0.35)
     ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)
     _end_labels(ax, ends)
