@@ -434,27 +434,40 @@ class DistillModule(L.LightningModule):
         self._val = {}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
-        ids, targets = batch[:, :-1], batch[:, 1:].flatten()
-        h_t = final_hidden(self.teacher, ids).flatten(0, 1)
-        h_s = final_hidden(self.student, ids).flatten(0, 1)
-        s = distill_loss(h_s, self._student_head(), h_t, self.teacher.lm_head.weight, targets)
-        t = distill_loss(h_t, self.teacher.lm_head.weight, targets=targets)
-        sums = {
-            "kl": s.kl * s.n_tokens,
-            "ce": s.ce * s.n_targets,
-            "ce_teacher": t.ce * t.n_targets,
-            "tokens": torch.tensor(float(s.n_tokens), device=ids.device),
-            "targets": torch.tensor(float(s.n_targets), device=ids.device),
-        }
+        """Sums of KL, student and teacher CE over the rows, taken over the first and the second half of each
+        block's positions apart (the same work as over the whole: the losses are chunked by token anyway), so the
+        second half's KL is logged too (``kl_far``)."""
+        ids, tgt = batch[:, :-1], batch[:, 1:]
+        L = ids.shape[1]
+        h_t, h_s = final_hidden(self.teacher, ids), final_hidden(self.student, ids)  # (B, L, d)
+        sums: dict[str, torch.Tensor] = {}
+        for far, (a, b) in ((False, (0, L // 2)), (True, (L // 2, L))):
+            if a == b:
+                continue
+            ht, targets = h_t[:, a:b].flatten(0, 1), tgt[:, a:b].flatten()
+            s = distill_loss(h_s[:, a:b].flatten(0, 1), self._student_head(), ht, self.teacher.lm_head.weight, targets)
+            t = distill_loss(ht, self.teacher.lm_head.weight, targets=targets)
+            part = {
+                "kl": s.kl * s.n_tokens,
+                "ce": s.ce * s.n_targets,
+                "ce_teacher": t.ce * t.n_targets,
+                "tokens": torch.tensor(float(s.n_tokens), device=ids.device),
+                "targets": torch.tensor(float(s.n_targets), device=ids.device),
+            }
+            if far:
+                part["kl_far"], part["tokens_far"] = part["kl"], part["tokens"]
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0) + v
         for k, v in sums.items():
             self._val[(dataloader_idx, k)] = self._val.get((dataloader_idx, k), 0) + v.detach().double()
 
-    _VAL_SUMS = ("kl", "ce", "ce_teacher", "tokens", "targets")
+    _VAL_SUMS = ("kl", "ce", "ce_teacher", "tokens", "targets", "kl_far", "tokens_far")
 
     def on_validation_epoch_end(self) -> None:
         """Totals over every held-out row as ``val/kl``, ``val/ppl``...; for a mixture also per source,
-        ``val/<source>/kl``, ``val/<source>/ppl``, ``val/<source>/ppl_teacher``. Every rank reduces the same
-        keys in the same order (zeros where its shard of a source was empty)."""
+        ``val/<source>/kl``, ``val/<source>/ppl``, ``val/<source>/ppl_teacher``; ``val/kl_far``: the KL over the
+        second half of each block's positions (a student that drifts from its teacher with distance shows it there
+        first). Every rank reduces the same keys in the same order (zeros where its shard of a source was empty)."""
         if not self._val:
             return
         names = list(getattr(getattr(self.trainer, "datamodule", None), "val_names", None) or [])
@@ -479,6 +492,8 @@ class DistillModule(L.LightningModule):
             return
         ce, ce_t = tot["ce"] / tot["targets"], tot["ce_teacher"] / tot["targets"]
         self.log(f"{prefix}/kl", (tot["kl"] / tot["tokens"]).float(), prog_bar=prog_bar, add_dataloader_idx=False)
+        if float(tot["tokens_far"]) > 0:
+            self.log(f"{prefix}/kl_far", (tot["kl_far"] / tot["tokens_far"]).float(), add_dataloader_idx=False)
         self.log(f"{prefix}/ce", ce.float(), add_dataloader_idx=False)
         self.log(f"{prefix}/ppl", ce.exp().float(), prog_bar=prog_bar, add_dataloader_idx=False)
         self.log(f"{prefix}/ppl_teacher", ce_t.exp().float(), add_dataloader_idx=False)

@@ -211,3 +211,21 @@ def test_evaluate_matches_full_logits():
     assert out["ppl_teacher"] == pytest.approx(math.exp(ce_t), rel=1e-9)
     assert out["kl"] == pytest.approx(kl.item(), rel=1e-9) and out["tokens"] == 40
     assert student.training and teacher.training, "evaluate restores the models' modes"
+
+
+def test_validation_sums_equal_the_evaluator_and_split_the_far_half():
+    """The trainer's validation (fused, chunked losses over the two halves of each block) gives the library
+    evaluator's KL and perplexities, and its ``kl_far`` is the evaluator's KL over the second half of the positions."""
+    teacher, student = _models()
+    module = DistillModule(_run([{"name": "k", "type": "kd", "steps": 1}]), teacher, student)
+    blocks = torch.randint(64, (3, 10))  # L = 9 inputs: halves of 4 and 5 positions
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module.validation_step(blocks, 0)
+    v = {k: float(val) for (_, k), val in module._val.items()}
+    ref = evaluate(teacher, student, blocks, position_buckets=[0, 4, 9])
+    assert v["kl"] / v["tokens"] == pytest.approx(ref["kl"], rel=1e-9) and v["tokens"] == 27
+    assert math.exp(v["ce"] / v["targets"]) == pytest.approx(ref["ppl_student"], rel=1e-9)
+    assert math.exp(v["ce_teacher"] / v["targets"]) == pytest.approx(ref["ppl_teacher"], rel=1e-9)
+    assert v["kl_far"] / v["tokens_far"] == pytest.approx(ref["by_position"][1]["kl"], rel=1e-9)
+    assert v["tokens_far"] == 15

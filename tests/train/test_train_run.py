@@ -75,6 +75,7 @@ def test_run_writes_metrics_checkpoint_and_a_loadable_student(teacher_dir, tmp_p
     for key in ("train/loss", "train/kl", "train/ce", "train/aux", "train/align", "train/tokens_per_s", "train/lr"):
         assert any(r.get(key) for r in rows), f"metrics.csv has no {key}"
     assert any(r.get("val/ppl") for r in rows) and any(r.get("val/kl") for r in rows)
+    assert any(r.get("val/kl_far") for r in rows), "the KL over the second half of the blocks is logged"
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 8, "the last step is checkpointed even off the every_n_steps grid"
     summary = json.loads((out / "summary.json").read_text())
