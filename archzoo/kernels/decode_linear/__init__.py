@@ -14,7 +14,14 @@ import torch
 
 from .._dispatch import kernel_failed, record, try_kernel, use_triton
 from ._checks import MAX_M, check_decode_linear
-from .naive import naive_decode_linear, rms_norm, swiglu_pairs, torch_decode_linear
+from .naive import (
+    naive_decode_linear,
+    naive_decode_qkv_rope,
+    rms_norm,
+    rope_pair_order,
+    swiglu_pairs,
+    torch_decode_linear,
+)
 
 
 def decode_linear(
@@ -61,6 +68,58 @@ def decode_linear(
     return naive_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
 
 
+def decode_qkv_rope(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, positions: torch.Tensor,
+    inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """An attention layer's decode-step projection in one kernel: ``RMSNorm(x) @ Q|K|V``, RoPE on Q and K at each
+    row's position, K and V written into the caches; returns q (M, n_heads * head_dim) with RoPE applied.
+
+    x (M, K), one token per batch row; weight (N, K), N = (n_heads + 2 n_kv_heads) head_dim, the fused Q|K|V rows
+    in ``rope_pair_order`` (each Q and K head's RoPE pairs on adjacent rows, so one program holds both halves of
+    a pair); positions (M,) integer, the position of each row's token (its slot is ``positions % slots``: a
+    global cache or a sliding window's ring); inv_freq (head_dim / 2,) fp32, the RoPE frequencies; k_cache and
+    v_cache (M, n_kv_heads, slots, head_dim), written in place. The roundings are the unfused step's (the
+    projection, then ``apply_rope`` in x's dtype), so the step computes what it computed without the fusion,
+    bit for bit where ``tl.cos`` / ``tl.sin`` round as torch's do. Where the Triton kernel does not run (no
+    Triton, float64, M > 16), the reference does it in PyTorch (``naive_decode_qkv_rope``).
+    """
+    M, _, N = check_decode_linear(x, weight, norm_weight, eps)
+    D = head_dim
+    if D % 2 or N != (n_heads + 2 * n_kv_heads) * D:
+        raise ValueError(f"weight has {N} rows; Q|K|V of {n_heads} + 2 x {n_kv_heads} heads of an even head_dim "
+                         f"{D} need {(n_heads + 2 * n_kv_heads) * D}")  # fmt: skip
+    want = (M, n_kv_heads, k_cache.shape[2] if k_cache.dim() == 4 else -1, D)
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dim() != 4 or tuple(c.shape) != want or c.device != x.device:
+            raise ValueError(f"{name} must be (M, n_kv_heads, slots, head_dim) = {want} on {x.device}, got "
+                             f"{tuple(c.shape)} on {c.device}")  # fmt: skip
+    if tuple(positions.shape) != (M,) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"positions must be an (M,) = ({M},) integer tensor, got {tuple(positions.shape)} "
+                         f"{positions.dtype}")  # fmt: skip
+    if tuple(inv_freq.shape) != (D // 2,) or inv_freq.dtype != torch.float32:
+        raise ValueError(f"inv_freq must be a ({D // 2},) float32 tensor, got {tuple(inv_freq.shape)} {inv_freq.dtype}")
+    op = "decode_qkv_rope"
+    if use_triton(x, weight, norm_weight):
+        dev = x.device.type
+        reason = _unsupported(M, x, norm_weight) or kernel_failed(op, dev)
+        if reason is None:
+            from .triton import Rope, _run
+
+            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D)
+            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, rope=rope))
+            if out is not None:
+                record(op, "triton")
+                return out
+            reason = kernel_failed(op, dev)
+        record(op, "naive", reason)
+    else:
+        record(op, "naive")
+    args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache)
+    return naive_decode_qkv_rope(x, weight, norm_weight, eps, *args)
+
+
 def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> str | None:
     """Why the Triton kernel does not take these inputs, or None when it does."""
     if M > MAX_M:
@@ -72,4 +131,14 @@ def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> s
     return None
 
 
-__all__ = ["MAX_M", "decode_linear", "naive_decode_linear", "rms_norm", "swiglu_pairs", "torch_decode_linear"]
+__all__ = [
+    "MAX_M",
+    "decode_linear",
+    "decode_qkv_rope",
+    "naive_decode_linear",
+    "naive_decode_qkv_rope",
+    "rms_norm",
+    "rope_pair_order",
+    "swiglu_pairs",
+    "torch_decode_linear",
+]

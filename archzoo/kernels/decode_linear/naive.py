@@ -68,3 +68,45 @@ def torch_decode_linear(
     if residual is not None:
         y = residual + y
     return swiglu_pairs(y) if swiglu else y
+
+
+def rope_pair_order(n_heads: int, n_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """The row order of a Q|K|V weight for ``decode_qkv_rope``: ``weight[order]`` puts each Q and K head's RoPE pair
+    (dims j and j + head_dim / 2, ``apply_rope``'s rotate_half layout) on adjacent rows (2j, 2j + 1); V rows stay.
+    Its inverse (``argsort``) takes the layout back."""
+    D, half = head_dim, head_dim // 2
+    j = torch.arange(half)
+    head = torch.stack([j, j + half], dim=1).flatten()  # [0, D/2, 1, D/2 + 1, ...]
+    rope_rows = torch.cat([h * D + head for h in range(n_heads + n_kv_heads)])
+    return torch.cat([rope_rows, torch.arange((n_heads + n_kv_heads) * D, (n_heads + 2 * n_kv_heads) * D)])
+
+
+def naive_decode_qkv_rope(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, positions: torch.Tensor,
+    inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """The reference of ``decode_qkv_rope``: the projection (``naive_decode_linear`` on the weight's rows put back in
+    order), then RoPE in x's dtype as ``apply_rope`` computes it (cos and sin of the fp32 angles rounded to x's
+    dtype, each product and the sum rounded), K and V written to slot ``positions % slots`` of each row's cache.
+    Returns q (M, n_heads * head_dim)."""
+    D, H, Hkv = head_dim, n_heads, n_kv_heads
+    w = weight[torch.argsort(rope_pair_order(H, Hkv, D).to(weight.device))]
+    y = naive_decode_linear(x, w, norm_weight, eps)  # (M, N) in x's dtype
+    M = x.shape[0]
+    q, k, v = y.split([H * D, Hkv * D, Hkv * D], dim=-1)
+    ang = positions.to(torch.float32)[:, None] * inv_freq.float()[None, :]  # (M, D/2)
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # (M, 1, D)
+
+    def rope(t: torch.Tensor, heads: int) -> torch.Tensor:
+        t = t.view(M, heads, D)
+        t1, t2 = t.chunk(2, dim=-1)
+        return t * cos + torch.cat([-t2, t1], dim=-1) * sin
+
+    q, k = rope(q, H), rope(k, Hkv)
+    slot = positions.long() % k_cache.shape[2]
+    rows = torch.arange(M, device=x.device)
+    k_cache[rows, :, slot] = k.to(k_cache.dtype)
+    v_cache[rows, :, slot] = v.view(M, Hkv, D).to(v_cache.dtype)
+    return q.reshape(M, H * D)

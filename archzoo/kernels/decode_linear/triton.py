@@ -98,12 +98,64 @@ def _swiglu(g, u, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _rope_store(
+    y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
+    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The Q|K|V epilogue (``decode_qkv_rope``): y (BLOCK_M, BLOCK_N) fp32 holds rows (2i, 2i + 1) of the
+    program's block as one pair each: RoPE pair j (dims j and j + HD/2) of a Q or K head, or dims (r, r + 1) of a
+    V head. Q and K pairs are rotated by each row's position with the unfused path's roundings (the projection
+    rounded, cos and sin rounded, each product and the sum rounded, as ``apply_rope`` in x's dtype), then Q is
+    stored in the usual head layout and K, V straight into the caches' slot ``position % slots``."""
+    DT = out_ptr.dtype.element_ty
+    a, b = tl.split(tl.reshape(y, [BLOCK_M, BLOCK_N // 2, 2]))
+    a = _round(a, DT)
+    b = _round(b, DT)
+    n0 = pid_n * BLOCK_N + 2 * tl.arange(0, BLOCK_N // 2)  # the pair's first row
+    valid = n0 < N
+    is_q = n0 < NQ
+    is_v = n0 >= NQ + NK
+    is_k = valid & (~is_q) & (~is_v)
+    r = n0 - tl.where(is_q, 0, tl.where(is_v, NQ + NK, NQ))
+    head = r // HD
+    within = r % HD  # even
+    j = within // 2
+    pos = tl.load(pos_ptr + offs_m, mask=mask_m, other=0)  # (BLOCK_M,)
+    f = tl.load(freq_ptr + j, mask=valid & (~is_v), other=0.0)
+    ang = pos.to(tl.float32)[:, None] * f[None, :]
+    c = _round(tl.cos(ang), DT)
+    s = _round(tl.sin(ang), DT)
+    o1 = _round(_round(a * c, DT) - _round(b * s, DT), DT)
+    o2 = _round(_round(b * c, DT) + _round(a * s, DT), DT)
+    rot = (~is_v)[None, :]
+    o1 = tl.where(rot, o1, a)
+    o2 = tl.where(rot, o2, b)
+    d1 = tl.where(is_v, within, j)
+    d2 = tl.where(is_v, within + 1, j + HD // 2)
+    m2 = mask_m[:, None] & valid[None, :]
+    q_at = out_ptr + offs_m[:, None] * NQ + (head * HD)[None, :]
+    tl.store(q_at + d1[None, :], o1.to(DT), mask=m2 & is_q[None, :])
+    tl.store(q_at + d2[None, :], o2.to(DT), mask=m2 & is_q[None, :])
+    slot = (pos % slots).to(tl.int64)
+    rows = offs_m.to(tl.int64)
+    k_at = kc_ptr + rows[:, None] * s_kb + head[None, :] * s_kh + slot[:, None] * s_kt
+    KT = kc_ptr.dtype.element_ty
+    tl.store(k_at + d1[None, :] * s_kd, o1.to(KT), mask=m2 & is_k[None, :])
+    tl.store(k_at + d2[None, :] * s_kd, o2.to(KT), mask=m2 & is_k[None, :])
+    v_at = vc_ptr + rows[:, None] * s_vb + head[None, :] * s_vh + slot[:, None] * s_vt
+    VT = vc_ptr.dtype.element_ty
+    tl.store(v_at + d1[None, :] * s_vd, o1.to(VT), mask=m2 & is_v[None, :])
+    tl.store(v_at + d2[None, :] * s_vd, o2.to(VT), mask=m2 & is_v[None, :])
+
+
+@triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr,
+    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr,
     M, N, K, chunk,
     s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
+    NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -163,6 +215,9 @@ def _gemv_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:  # workspace (n_splits, M, N), fp32, contiguous
         tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], y, mask=mask)
+    elif ROPE:  # Q|K|V rows, the Q and K heads' by RoPE pair: q -> out (M, NQ), k and v -> the caches
+        _rope_store(y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
+                    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, BLOCK_M, BLOCK_N)  # fmt: skip
     elif SWIGLU:  # weight rows interleaved [g0, u0, g1, u1, ...]: out (M, N // 2), contiguous
         g, u = tl.split(tl.reshape(y, [BLOCK_M, BLOCK_N // 2, 2]))
         a = _swiglu(g, u, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
@@ -212,10 +267,11 @@ def _config(device: torch.device) -> dict:
     return {**base, **CONFIG_OVERRIDE}
 
 
-def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = False) -> dict:
+def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = False, rope: bool = False) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-    a function of the shape and the device only (see the module docstring). With ``swiglu`` BLOCK_N is at least 2
-    (a power of 2, so even: a program holds whole (gate, up) pairs)."""
+    a function of the shape and the device only (see the module docstring). With ``swiglu`` or ``rope`` BLOCK_N is
+    at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K (its epilogue
+    writes the caches; Q|K|V has rows enough to fill the GPU without a split)."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     block_m = max(16, _next_pow2(M)) if use_dot else _next_pow2(M)
@@ -225,14 +281,16 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
         sms = cfg["SM_COUNT"]
     target = sms * cfg["PROGRAMS_PER_SM"]
     min_bn = max(16, cfg["MIN_BLOCK_N"]) if use_dot else cfg["MIN_BLOCK_N"]
-    if swiglu:
+    if swiglu or rope:
         min_bn = max(2, min_bn)
     block_n = max(min_bn, min(cfg["BLOCK_N"], _next_pow2(N)))
     while block_n > min_bn and _cdiv(N, block_n) < target:
         block_n //= 2
     n_blocks = _cdiv(N, block_n)
     align = cfg["SPLIT_ALIGN"]
-    if "SPLIT_K" in cfg:
+    if rope:
+        want = 1
+    elif "SPLIT_K" in cfg:
         want = cfg["SPLIT_K"]
     elif n_blocks < cfg["SPLIT_BELOW_PER_SM"] * sms:
         want = min(_cdiv(target, n_blocks), cfg["MAX_SPLITS"])
@@ -250,7 +308,8 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
 class _Plan:
     """What a call signature needs besides the tensors: shapes, grids, integer and constexpr arguments."""
 
-    __slots__ = ("M", "N", "n_splits", "grid", "ints", "consts", "warps", "red_grid", "red_ints", "red_consts")
+    __slots__ = ("M", "N", "n_splits", "grid", "ints", "consts", "warps", "red_grid", "red_ints", "red_consts",
+                 "rope_ints")  # fmt: skip
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -258,31 +317,34 @@ _PLANS: dict[tuple, _Plan] = {}
 
 def _plan(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None,
 ) -> _Plan:  # fmt: skip
     nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
     res_key = None if residual is None else residual.stride()
+    rope_key = None if rope is None else rope.key()
     key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps, res_key, swiglu,
-           tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
     M, K = x.shape
     N = weight.shape[0]
-    lp = launch_plan(M, N, K, x.device, swiglu)
+    lp = launch_plan(M, N, K, x.device, swiglu, rope is not None)
     h_dtype = x.dtype if norm_weight is None else torch.promote_types(x.dtype, norm_weight.dtype)
     # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (see decode_attention/triton.py): there,
     # and only there, bf16 operands are widened to fp32 for the dot. fp32, or a norm output wider than weight's
     # dtype, always takes the fp32 dot.
     dot_f32 = x.dtype == torch.float32 or h_dtype != x.dtype or (x.device.type != "cuda" and x.dtype == torch.bfloat16)
     p = _Plan()
-    p.M, p.N, p.n_splits = M, N // 2 if swiglu else N, lp["n_splits"]
+    p.M, p.N, p.n_splits = M, N // 2 if swiglu else (rope.n_q if rope is not None else N), lp["n_splits"]
     p.grid = (lp["n_blocks"], lp["n_splits"])
     r_strides = residual.stride() if residual is not None else (0, 0)
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
               else 0, *r_strides)  # fmt: skip
+    p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0)
     p.consts = (
         norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, residual is not None, swiglu,
+        rope is not None,
         lp["use_dot"], dot_f32,
         "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
     )  # fmt: skip
@@ -296,19 +358,40 @@ def _plan(
     return p
 
 
+class Rope:
+    """What the Q|K|V epilogue needs (``decode_qkv_rope``): each row's position (M,), the RoPE inverse frequencies
+    (head_dim / 2,) fp32, the K and V caches (M, n_kv_heads, slots, head_dim), the Q and K widths and head_dim."""
+
+    __slots__ = ("positions", "inv_freq", "k_cache", "v_cache", "n_q", "n_k", "head_dim")
+
+    def __init__(self, positions, inv_freq, k_cache, v_cache, n_q: int, n_k: int, head_dim: int):
+        self.positions, self.inv_freq, self.k_cache, self.v_cache = positions, inv_freq, k_cache, v_cache
+        self.n_q, self.n_k, self.head_dim = n_q, n_k, head_dim
+
+    def key(self) -> tuple:
+        return (self.n_q, self.n_k, self.head_dim, self.k_cache.shape, self.k_cache.stride(), self.k_cache.dtype,
+                self.v_cache.stride(), self.v_cache.dtype, self.positions.dtype)  # fmt: skip
+
+    def ints(self) -> tuple:
+        return (self.n_q, self.n_k, self.head_dim, self.k_cache.shape[2], *self.k_cache.stride(),
+                *self.v_cache.stride())  # fmt: skip
+
+
 def _run(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The launches, without validation (the dispatcher validated; 1 <= M <= MAX_M, fp16 / bf16 / fp32)."""
-    p = _plan(x, weight, norm_weight, eps, residual, swiglu)
+    p = _plan(x, weight, norm_weight, eps, residual, swiglu, rope)
     out = torch.empty((p.M, p.N), device=x.device, dtype=x.dtype)
     N = weight.shape[0]
     part = torch.empty((p.n_splits, p.M, N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
     dev = x.get_device()
     nw = norm_weight if norm_weight is not None else x  # unused (HAS_NORM off): a dummy tensor, never None
     res = residual if residual is not None else x  # likewise (HAS_RES off)
-    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res), p.ints, p.consts, p.warps, dev)
+    rp = (rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache) if rope is not None else (x, x, x, x)
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, *rp), (*p.ints, *p.rope_ints), p.consts, p.warps,
+           dev)  # fmt: skip
     if p.n_splits > 1:
         launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev)
     return out

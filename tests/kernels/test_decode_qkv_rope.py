@@ -1,0 +1,110 @@
+"""The decode step's Q|K|V projection with RoPE and the cache write in its epilogue (``decode_qkv_rope``): the
+reference against the model's unfused step (RMSNorm, F.linear, ``apply_rope``, the cache write by index), the
+Triton kernel (Triton's interpreter on CPU tensors, tiny tiles) against the reference. Awkward shapes: GQA groups
+of 1, 3 and 9 heads, head dims 6 and 8, 1 to 16 rows, positions past the slots (a sliding window's ring)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.decode_linear import (
+    decode_qkv_rope,
+    naive_decode_linear,
+    naive_decode_qkv_rope,
+    rope_pair_order,
+)
+from archzoo.layers.rope import RotaryEmbedding, apply_rope
+
+from conftest import interpreter_only
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.decode_linear.triton")
+needs_triton = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+def _case(M, H, Hkv, D, Kd=20, slots=12, dtype=torch.float32, seed=0, theta=10000.0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(M, Kd, generator=g) * 2).to(dtype)
+    w = (torch.randn((H + 2 * Hkv) * D, Kd, generator=g) / Kd**0.5).to(dtype)
+    nw = (0.5 + torch.rand(Kd, generator=g)).to(dtype)
+    pos = torch.randint(0, 3 * slots, (M,), generator=g)
+    pos[0] = 0
+    rope = RotaryEmbedding(D, theta)
+    kc = torch.randn(M, Hkv, slots, D, generator=g).to(dtype)
+    vc = torch.randn(M, Hkv, slots, D, generator=g).to(dtype)
+    return x, w, nw, pos, rope, kc, vc
+
+
+def _unfused(x, w, nw, pos, rope, kc, vc, H, Hkv, D):
+    """The model's step: RMSNorm + F.linear (naive_decode_linear rounds as it), apply_rope in x's dtype with the
+    layer's cos / sin, K and V written at slot pos % slots."""
+    M = x.shape[0]
+    y = naive_decode_linear(x, w, nw, 1e-5)
+    q, k, v = y.split([H * D, Hkv * D, Hkv * D], dim=-1)
+    cos, sin = rope(pos[:, None], x.dtype)  # (M, 1, D)
+    q = apply_rope(q.view(M, 1, H, D).transpose(1, 2), cos, sin)  # (M, H, 1, D)
+    k = apply_rope(k.view(M, 1, Hkv, D).transpose(1, 2), cos, sin)
+    kc, vc = kc.clone(), vc.clone()
+    rows = torch.arange(M)
+    kc[rows, :, pos % kc.shape[2]] = k[:, :, 0]
+    vc[rows, :, pos % kc.shape[2]] = v.view(M, Hkv, D)
+    return q[:, :, 0].reshape(M, H * D), kc, vc
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("H,Hkv,D", [(3, 3, 8), (3, 1, 6), (9, 1, 8)], ids=["g1", "g3-d6", "g9"])
+def test_reference_is_the_unfused_step(H, Hkv, D, dtype):
+    """The reference, given the weight in ``rope_pair_order``, computes the unfused step to the bit: same q, same
+    cache rows written, nothing else in the caches touched."""
+    M = 4
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype)
+    q_ref, kc_ref, vc_ref = _unfused(x, w, nw, pos, rope, kc, vc, H, Hkv, D)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc2, vc2 = kc.clone(), vc.clone()
+    q = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc2, vc2)
+    assert torch.equal(q, q_ref) and torch.equal(kc2, kc_ref) and torch.equal(vc2, vc_ref)
+
+
+def test_pair_order_is_a_permutation_pairing_rope_halves():
+    order = rope_pair_order(2, 1, 4)  # rows: q0 [0..4), q1 [4..8), k [8..12), v [12..16)
+    assert order.tolist() == [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 13, 14, 15]
+    assert sorted(order.tolist()) == list(range(16))
+
+
+@interpreter_only
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("H,Hkv,D", [(3, 3, 8), (3, 1, 6), (9, 1, 8), (9, 3, 8)], ids=["g1", "g3-d6", "g9", "g3"])
+def test_triton_matches_reference(H, Hkv, D, M, dtype, monkeypatch):
+    """The kernel (element-wise products at M = 1, 3; tl.dot at 16) against the reference: q, and the caches
+    (written rows and untouched ones), with positions past the slots (ring slots) and at 0."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    if dtype == torch.bfloat16:  # every rounding repeated: to the bit (a GPU's cos / sin may differ by an ulp)
+        assert torch.equal(q, q_ref) and torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
+    tol = 1e-6  # fp32: the products summed in another order
+    assert rel_err(q.float(), q_ref.float()) <= tol
+    assert rel_err(kc.float(), kc_ref.float()) <= tol and rel_err(vc.float(), vc_ref.float()) <= tol
+    written = torch.zeros_like(kc, dtype=torch.bool)
+    written[torch.arange(M), :, pos % kc.shape[2]] = True
+    assert torch.equal(kc[~written], kc_ref[~written]) and torch.equal(vc[~written], vc_ref[~written])
+
+
+def test_bad_input_names_the_argument():
+    x, w, nw, pos, rope, kc, vc = _case(2, 3, 1, 8)
+    with pytest.raises(ValueError, match="weight has 40 rows; Q\\|K\\|V of 3 \\+ 2 x 2 heads"):
+        decode_qkv_rope(x, w, nw, 1e-5, pos, rope.inv_freq, 3, 2, 8, kc, vc)
+    with pytest.raises(ValueError, match="k_cache must be"):
+        decode_qkv_rope(x, w, nw, 1e-5, pos, rope.inv_freq, 3, 1, 8, kc[:1], vc)
+    with pytest.raises(ValueError, match="positions must be an \\(M,\\)"):
+        decode_qkv_rope(x, w, nw, 1e-5, pos.float(), rope.inv_freq, 3, 1, 8, kc, vc)
+    with pytest.raises(ValueError, match="inv_freq must be a \\(4,\\) float32"):
+        decode_qkv_rope(x, w, nw, 1e-5, pos, rope.inv_freq.double(), 3, 1, 8, kc, vc)
