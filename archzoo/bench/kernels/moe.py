@@ -1,0 +1,187 @@
+"""Issue 19's MoE layer, grouped-GEMM dispatch and per-expert loop, against a dense SwiGLU of the same active FLOPs,
+forward and forward+backward (without a GPU at tiny shapes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..common import OpCounter
+from ._common import _error, _fwd_fwdbwd, _ratio, _rel
+
+MOE_TARGET = 1.3  # issue 19: grouped ms / dense ms at most this, forward and forward+backward
+# Dense bf16 tensor-core peak (SXM, no sparsity) by a part of the device's name; bf16_peak_fraction is left out
+# for devices not listed here.
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+
+
+def _bf16_peak(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
+
+
+def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: int = 576, d_ff: int = 1536,
+              n_experts: int = 8, top_k: int = 2) -> dict:  # fmt: skip
+    """The MoE layer (``layers/moe.py``; MoEConfig's defaults otherwise: capacity factor 1.25, in train mode, so
+    capacity limits act as in training) on ``n_tokens`` tokens, bf16, forward (no grad) and forward+backward
+    (``out.backward(dout)``; the balance and z losses are not backpropagated), with its grouped-GEMM dispatch
+    and with its per-expert loop (``archzoo.layers.moe.DISPATCH`` set to "grouped" / "loop" around each call and
+    restored; ``MoE.last_dispatch`` recorded), against a dense SwiGLU of hidden ``top_k * d_ff`` (one SwiGLU
+    with the active FLOPs of the top_k experts, not top_k SwiGLUs). Each row: ``over_dense_fwd`` /
+    ``_fwdbwd`` = its ms / the dense ms (issue 19: grouped <= 1.3), and ``bf16_peak_fraction_*``: the dense
+    layer's FLOPs (2 x 3 GEMMs x tokens x d_model x top_k * d_ff forward, 3x that forward+backward; the MoE's
+    router and dropped assignments not counted) / time / the device's dense bf16 peak. Without the DISPATCH
+    switch in ``layers/moe.py`` the loop (the layer's only path) runs and grouped is 'unavailable'.
+
+    Also in the eager rows: ``aten_ops_fwd`` / ``_fwdbwd``, the ATen ops one call dispatches (eagerly ~10-20 us
+    of host time each, most of them a kernel launch: the grouped layer is launch-bound at this size). On CUDA: the
+    grouped layer and the dense one compiled (``*_compiled``, fullgraph=True, so a graph break fails the row instead
+    of running eager Python between graphs; ``over_dense_compiled_*``) and compiled with mode="reduce-overhead"
+    (``*_cudagraphs``: CUDA graphs, the host's launch cost gone; ``over_dense_cudagraphs_*``), and ``host_syncs`` in
+    the two eager MoE rows: what torch's sync debug mode reports over one forward+backward ("none" for grouped; the
+    loop reads the experts' loads on the host)."""
+    from ...layers import moe as moe_mod
+    from ...layers.mlp import SwiGLU
+    from ...layers.moe import MoE, MoEConfig
+
+    torch.manual_seed(0)
+    layer = MoE.from_config(MoEConfig(n_experts=n_experts, top_k=top_k, d_ff=d_ff), d_model)
+    layer = layer.to(device=device, dtype=torch.bfloat16).train()
+    dense = SwiGLU(d_model, top_k * d_ff).to(device=device, dtype=torch.bfloat16).train()
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n_tokens, d_model, device=device, generator=g).to(torch.bfloat16).requires_grad_()
+    dout = torch.randn(n_tokens, d_model, device=device, generator=g).to(torch.bfloat16)
+    has_switch = hasattr(moe_mod, "DISPATCH")
+
+    no_switch = "unavailable (archzoo.layers.moe has no DISPATCH switch yet)"
+    dname = f"dense_swiglu_{top_k * d_ff}"
+    impls: dict[str, object] = {
+        "archzoo_grouped": _dispatched(moe_mod, layer, x, "grouped") if has_switch else no_switch,
+        "archzoo_loop": _dispatched(moe_mod, layer, x, "loop") if has_switch else (lambda: layer(x)),
+        dname: lambda: dense(x),
+    }
+    leaves = [x, *layer.parameters(), *dense.parameters()]
+    if has_switch and torch.device(device).type == "cuda":
+        # As training with speed.compile runs it: the layer compiled whole (routing, sort, capacity, losses fused
+        # into few kernels; fullgraph=True, so a graph break is an error in the row, not eager Python between
+        # graphs), beside the dense SwiGLU compiled the same way.
+        compiled_layer, compiled_dense = torch.compile(layer, fullgraph=True), torch.compile(dense, fullgraph=True)
+        impls["archzoo_grouped_compiled"] = _dispatched(moe_mod, compiled_layer, x, "grouped")
+        impls[f"{dname}_compiled"] = lambda: compiled_dense(x)
+        # Both again in CUDA graphs (mode="reduce-overhead"): one replay per graph, so launches cost the host nothing.
+        # Each call starts a new step (cudagraph_mark_step_begin) and drops the leaves' gradients first, as
+        # zero_grad(set_to_none=True) does, so no gradient from an earlier replay is alive when the graph reruns.
+        graphed_layer = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
+        graphed_dense = torch.compile(dense, mode="reduce-overhead", fullgraph=True)
+        impls["archzoo_grouped_cudagraphs"] = _graph_step(_dispatched(moe_mod, graphed_layer, x, "grouped"), leaves)
+        impls[f"{dname}_cudagraphs"] = _graph_step(lambda: graphed_dense(x), leaves)
+    dispatch: dict[str, object] = {}
+    for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
+        fn = impls[name]
+        if isinstance(fn, str):
+            continue
+        try:
+            with torch.no_grad():
+                fn()
+        except Exception:  # _fwd_fwdbwd reports it
+            continue
+        if not has_switch:
+            dispatch[name] = "loop (the layer's only path)"
+        else:
+            dispatch[name] = getattr(layer, "last_dispatch", "unknown (MoE has no last_dispatch attribute yet)")
+    res, outs = _fwd_fwdbwd(impls, leaves, dout, rounds, device)
+    for name in ("archzoo_grouped", "archzoo_loop", dname):
+        if res[name].get("status") == "ok":
+            res[name].update(_aten_ops(impls[name], dout, leaves))
+            if device == "cuda" and name != dname:
+                res[name]["host_syncs"] = _host_syncs(impls[name], dout, leaves)
+    flops = 2 * 3 * n_tokens * d_model * top_k * d_ff
+    peak = _bf16_peak(device)
+    for name, row in res.items():
+        if name in dispatch:
+            row["last_dispatch"] = dispatch[name]
+        for mode, f in (("fwd", flops), ("fwdbwd", 3 * flops)):
+            row[f"over_dense_{mode}"] = _ratio(row, res[dname], f"{mode}_ms")
+            for kind in ("compiled", "cudagraphs"):  # compiled against compiled, graphs against graphs
+                if name.endswith(f"_{kind}") and f"{dname}_{kind}" in res:
+                    row[f"over_dense_{kind}_{mode}"] = _ratio(row, res[f"{dname}_{kind}"], f"{mode}_ms")
+            if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
+                row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
+    if "archzoo_grouped" in outs and "archzoo_loop" in outs:
+        res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
+    with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
+        impls["archzoo_loop"]()
+    stats = layer.last_stats
+    return {
+        "shape": dict(tokens=n_tokens, d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=top_k, dtype="bfloat16"),
+        "capacity": dict(
+            mode="train (capacity limits act, as in training)",
+            factor=layer.capacity_factor,
+            per_expert=layer.capacity(n_tokens),
+            drop_fraction=float(stats["drop_fraction"]) if stats else None,
+        ),  # fmt: skip
+        "dense_reference": f"one SwiGLU({d_model}, {top_k * d_ff}): top_k x d_ff hidden, the active FLOPs of "
+        f"{top_k} experts of d_ff {d_ff}",
+        "target": f"archzoo_grouped ms / dense ms <= {MOE_TARGET}, forward and forward+backward",
+        "dispatch_switch": has_switch,
+        "bf16_peak_flops": peak,
+        "rows": {n_tokens: res},
+    }
+
+
+def _dispatched(moe_mod, layer: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], torch.Tensor]:
+    """-> call(): ``layer(x)`` with ``archzoo.layers.moe.DISPATCH`` set to ``mode`` around it and restored."""
+
+    def call() -> torch.Tensor:
+        old = moe_mod.DISPATCH
+        moe_mod.DISPATCH = mode
+        try:
+            return layer(x)
+        finally:
+            moe_mod.DISPATCH = old
+
+    return call
+
+
+def _graph_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """-> call(): a CUDA-graph step of ``fn`` (compiled with mode="reduce-overhead"): the leaves' gradients dropped,
+    a new cudagraph step begun, then ``fn()``."""
+
+    def call() -> torch.Tensor:
+        for t in leaves:
+            t.grad = None
+        torch.compiler.cudagraph_mark_step_begin()
+        return fn()
+
+    return call
+
+
+def _aten_ops(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> dict[str, int]:
+    """-> aten_ops_fwd (one ``fn()`` without gradients) and aten_ops_fwdbwd (``fn().backward(gout)``)."""
+    with torch.no_grad(), OpCounter() as fwd:
+        fn()
+    with OpCounter() as fb:
+        fn().backward(gout)
+    for t in leaves:
+        t.grad = None
+    return {"aten_ops_fwd": fwd.n, "aten_ops_fwdbwd": fb.n}
+
+
+def _host_syncs(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> str:
+    """What ``torch.cuda.set_sync_debug_mode("error")`` reports over one ``fn().backward(gout)``: "none", or the
+    error of the first call that synchronised with the host."""
+    torch.cuda.synchronize()
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn().backward(gout)
+        return "none"
+    except RuntimeError as e:
+        return _error(e)
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+        for t in leaves:
+            t.grad = None
