@@ -149,17 +149,23 @@ def test_many_models_compile_their_steps_in_one_process(monkeypatch):
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
-def test_gemv_step_matches_cublas_step(monkeypatch):
-    """``layers.fused.DECODE_LINEAR = "kernel"``: a decode step that reads the fused copies runs Q|K|V, O, gate|up
-    and down through ``decode_linear`` and gives F.linear's logits, eagerly and traced through the custom op."""
+@pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
+def test_gemv_step_matches_cublas_step(monkeypatch, family):
+    """``layers.fused.DECODE_LINEAR = "kernel"``: a decode step that reads the fused copies runs O, gate|up and down
+    through ``decode_linear`` and Q|K|V with RoPE and the cache write through ``decode_qkv_rope``, and gives
+    F.linear's logits, eagerly and traced through the custom ops: global caches, a sliding window's ring (swa: the
+    window is passed within the steps), a CLA member reading its leader's cache."""
     import archzoo
     import archzoo.kernels as K
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+    path = next(p for p in MODEL_CONFIGS if p.stem == family)
+    cfg = archzoo.load_config(path).to_dict()
+    if family == "swa":
+        cfg["mixer"]["window"] = 4  # a ring of 4 slots: the steps at positions 5 and 6 wrap around
     torch.manual_seed(0)
-    model = archzoo.build_model(path).float().eval()
+    model = archzoo.build_model(cfg).float().eval()
     model.refresh_fused()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
     caches = []
@@ -179,9 +185,13 @@ def test_gemv_step_matches_cublas_step(monkeypatch):
             got = step(tok) if t % 2 else model(tok, cache=caches[0])
             if not t % 2:
                 assert K.last_backend("decode_linear") == "triton"
+                assert K.last_backend("decode_qkv_rope") == "triton"
             monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
             ref = model(tok, cache=caches[1])
             assert_close(f"step {t}", got, ref, 1e-5)
+        for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):  # K / V written alike
+            for name in a.buffers if a is not None else ():
+                assert_close(f"layer {i} {name}", a[name], b[name], 1e-5)
     assert counter.frame_count == 1
 
 
@@ -205,7 +215,8 @@ def test_gemv_epilogues_step(monkeypatch):
     """Issue 18: the gate|up copy is interleaved, and with ``DECODE_LINEAR = "kernel"`` a SwiGLU block's decode
     step runs gate|up with the SwiGLU epilogue and down with the residual add: the logits equal the cuBLAS step's
     (a copy stepped under "cublas"), eagerly and traced, and the traced step holds no silu where the cuBLAS step
-    has one a layer, and four GEMV calls a layer (Q|K|V, O, gate|up, down)."""
+    has one a layer, three GEMV calls a layer (O, gate|up, down) and one ``decode_qkv_rope`` (Q|K|V with RoPE and
+    the cache write in its epilogue: no rotate_half left in the step)."""
     import archzoo
     from archzoo.layers import fused
 
@@ -249,7 +260,10 @@ def test_gemv_epilogues_step(monkeypatch):
     assert not silu, f"the SwiGLU epilogue leaves no silu in the step, found {silu}"
     assert sum("silu" in op for op in before) == len(mlps)
     gemv = [op for op in now if "decode_linear" in op]
-    assert len(gemv) == 4 * len(mlps), gemv
+    assert len(gemv) == 3 * len(mlps), gemv
+    assert sum("decode_qkv_rope" in op for op in now) == len(mlps)
+    neg = [op for op in now if "neg" in op]  # rotate_half's, of Q and K in every layer before
+    assert sum("neg" in op for op in before) == 2 * len(mlps) and not neg, neg
 
 
 def test_gemv_step_adds_both_residuals_in_epilogues(monkeypatch):

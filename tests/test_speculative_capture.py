@@ -250,8 +250,11 @@ def test_pooled_round_keyed_by_the_decode_switches(monkeypatch):
     from archzoo.generation import decode_switches
     from archzoo.kernels.decode_linear.naive import naive_decode_linear
     from archzoo.layers import fused
+    from archzoo.layers.attention import Attention
 
     monkeypatch.setattr(fused, "decode_linear", lambda *args: 1.5 * naive_decode_linear(*args))
+    # Q|K|V through the GEMV above too (not decode_qkv_rope, which the scaling would not reach): one model a setting
+    monkeypatch.setattr(Attention, "_qkv_kernel", lambda *args: False)
     target = f64_model(FAMILIES["gqa"])
     draft = noisy_copy(target, 0.005)
     for m in (target, draft):

@@ -171,6 +171,22 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
                         kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens on CPU)
                     tag = f" {epi}" if epi else ""
                     out.append((f"{name}{tag} M={M}" + (" reduce" if i else ""), fn, grid, a, kw))
+        # Q|K|V with RoPE and the K/V cache write in the epilogue (decode_qkv_rope): the teacher's 9 / 3 heads of 64
+        H, Hkv, D, K, slots = 9, 3, 64, 576, 4096
+        x, w, nw = torch.randn(M, K, **bf), torch.randn((H + 2 * Hkv) * D, K, **bf), torch.randn(K, **bf)
+        kc, vc = torch.empty(M, Hkv, slots, D, **bf), torch.empty(M, Hkv, slots, D, **bf)
+        rope = gt.Rope(torch.zeros(M, dtype=torch.long), torch.ones(D // 2), kc, vc, H * D, Hkv * D, D)
+        with (
+            mock.patch.object(gt, "_config", lambda dev: {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
+            record_launches(gt) as calls,
+        ):
+            gt._PLANS.clear()
+            gt._run(x, w, nw, 1e-5, rope=rope)
+        gt._PLANS.clear()
+        for fn, grid, a, kw in calls:
+            if "DOT_F32" in kw:
+                kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}
+            out.append((f"qkv rope+cache M={M}", fn, grid, a, kw))
     return out
 
 

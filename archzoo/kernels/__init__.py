@@ -12,6 +12,7 @@ from ._capture import (
     decode_attention_mla,
     decode_attention_ring,
     decode_linear,
+    decode_qkv_rope,
     linear_attention_update,
     selective_state_update,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "decode_attention_mla",
     "decode_attention_ring",
     "decode_linear",
+    "decode_qkv_rope",
     "kd_loss_rows",
     "last_backend",
     "linear_attention",

@@ -17,6 +17,7 @@ from .decode_attention import decode_attention as _decode_attention
 from .decode_attention import decode_attention_mla as _decode_attention_mla
 from .decode_attention import decode_attention_ring as _decode_attention_ring
 from .decode_linear import decode_linear as _decode_linear
+from .decode_linear import decode_qkv_rope as _decode_qkv_rope
 from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
 
@@ -219,3 +220,47 @@ def decode_linear(
     if torch.compiler.is_compiling():
         return _decode_linear_op(x, weight, norm_weight, float(eps), residual, bool(swiglu))
     return _decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+
+
+@torch.library.custom_op("archzoo::decode_qkv_rope", mutates_args=("k_cache", "v_cache"))
+def _decode_qkv_rope_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    args = (positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache)
+    return _decode_qkv_rope(x, weight, norm_weight, eps, *args)  # a new tensor; the caches written in place
+
+
+@_decode_qkv_rope_op.register_fake
+def _(x, weight, norm_weight, eps, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache):
+    return x.new_empty((x.shape[0], n_heads * head_dim))
+
+
+def decode_qkv_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """An attention layer's decode-step Q|K|V projection with RoPE and the K/V cache write in one kernel (see
+    ``archzoo.kernels.decode_linear.decode_qkv_rope``); traceable (the caches are declared mutated)."""
+    args = (positions, inv_freq, int(n_heads), int(n_kv_heads), int(head_dim), k_cache, v_cache)
+    if torch.compiler.is_compiling():
+        return _decode_qkv_rope_op(x, weight, norm_weight, float(eps), *args)
+    return _decode_qkv_rope(x, weight, norm_weight, eps, *args)

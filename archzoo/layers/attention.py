@@ -25,11 +25,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..kernels import decode_attention, decode_attention_ring
+from ..kernels import decode_attention, decode_attention_ring, decode_qkv_rope
 from ..kernels._dispatch import interpret_mode, record
 from ..kernels.decode_attention._checks import MAX_HEAD_DIM
+from ..kernels.decode_linear import MAX_M
+from . import fused as fused_mod
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .fused import FusedLinears, decode_project
+from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
 from .window import window_attention
 
@@ -210,7 +213,11 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
         # Q|K|V in one GEMM for decode steps (layers/fused.py); a CLA member projects Q alone.
-        self.fused = FusedLinears(self.q_proj, self.k_proj, self.v_proj) if self.owns_kv else None
+        self.fused = (
+            FusedLinears(self.q_proj, self.k_proj, self.v_proj, rope=(self.n_heads, self.n_kv_heads, self.head_dim))
+            if self.owns_kv
+            else None
+        )
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
 
     # ------------------------------------------------------------------ state
@@ -291,6 +298,32 @@ class Attention(nn.Module):
         static buffer with a per-row mask. No host value decides anything here."""
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
+        if self._qkv_kernel(x, state, ctx, norm):  # Q|K|V, RoPE and the cache write: one kernel (issue 18)
+            nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
+            q = decode_qkv_rope(x.reshape(B, -1), self.fused.weight, nw, eps, q_pos[:, 0], self.rope.inv_freq,
+                                self.n_heads, self.n_kv_heads, self.head_dim, state["k"], state["v"])  # fmt: skip
+            q = q.view(B, self.n_heads, 1, self.head_dim)
+            kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
+        else:
+            q, kv = self._qkv_step(x, state, ctx, norm, q_pos)
+        keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty; or None
+        return self._attend_step(q, keys, values, k_pos, q_pos, ctx, residual)
+
+    def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
+        """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
+        (``DECODE_LINEAR == "kernel"``), one token a row, at most 16 rows, no bias, one dtype, and a norm the GEMV
+        fuses (an RMSNorm, or none)."""
+        f = self.fused
+        return (
+            fused_mod.DECODE_LINEAR == "kernel" and ctx.fused and f is not None and f.weight is not None
+            and f.bias is None and state is not None and x.shape[1] == 1 and x.shape[0] <= MAX_M
+            and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
+        )  # fmt: skip
+
+    def _qkv_step(self, x, state, ctx, norm, q_pos):
+        """Q with RoPE (B, H, T, D), and the keys, values and key positions to attend over (the step's K / V written
+        into the cache first): the projections through the fused copy or the layer's own, then ``apply_rope``."""
+        B, T, _ = x.shape
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, D)
         if ctx.fused and self.fused is not None:
             q, k, v = self.fused(x, norm)
@@ -298,7 +331,7 @@ class Attention(nn.Module):
             x = norm(x) if norm is not None else x
             q = self.q_proj(x)
             k, v = (self.k_proj(x), self.v_proj(x)) if self.owns_kv else (None, None)
-        q = apply_rope(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
+        q = apply_rope(q.reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         if self.owns_kv:
             k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B,Hkv,T,D)
             v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -306,7 +339,11 @@ class Attention(nn.Module):
             ctx.shared["cla_kv"] = kv  # members follow their leader: the latest one
         else:
             kv = ctx.shared["cla_kv"]
-        keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty; or None
+        return q, kv
+
+    def _attend_step(self, q, keys, values, k_pos, q_pos, ctx, residual):
+        """The step's attention over the cache and the output projection (see ``_decode``)."""
+        B, _, T, _ = q.shape
         if use_decode_kernel(q, keys):
             lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)  # tokens seen, this one included
             if self.window is None:

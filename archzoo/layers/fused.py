@@ -31,7 +31,7 @@ from torch import nn
 
 from ..kernels import decode_linear
 from ..kernels._dispatch import record
-from ..kernels.decode_linear import MAX_M, swiglu_pairs  # not .triton: importing Triton would fix its mode for tests
+from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not .triton: that fixes Triton's mode
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
 # "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits. cuBLAS
@@ -97,14 +97,21 @@ class FusedLinears:
     Two linears of one width without biases (a SwiGLU's gate and up) are stored with their rows interleaved
     ([g0, u0, g1, u1, ...], ``pairs``), so the decode GEMV's SwiGLU epilogue finds each pair in one program
     (``swiglu_step``, where ``DECODE_LINEAR`` is "kernel"); ``__call__`` returns the two outputs as strided views
-    of one product for cuBLAS. One layout whatever the switch says: flipping ``DECODE_LINEAR`` then keeps the
+    of one product for cuBLAS. An attention layer's Q|K|V (``rope=(n_heads, n_kv_heads, head_dim)``) is stored
+    with each Q and K head's RoPE pairs on adjacent rows (``rope_pair_order``), so ``decode_qkv_rope`` rotates
+    them and writes K / V to the cache in the GEMV's epilogue; ``__call__`` returns Q and K in head order.
+    One layout whatever the switch says: flipping ``DECODE_LINEAR`` then keeps the
     copy's address, so a pooled captured step of the other setting is found again (its pool key holds the switch
     and the address).
     """
 
-    def __init__(self, *linears: nn.Linear):
+    def __init__(self, *linears: nn.Linear, rope: tuple[int, int, int] | None = None):
         if len({lin.bias is None for lin in linears}) != 1 or len({lin.in_features for lin in linears}) != 1:
             raise ValueError("FusedLinears: the linears need one input width, and biases on all or none")
+        if rope is not None and (len(linears) != 3 or sum(lin.out_features for lin in linears) !=
+                                 (rope[0] + 2 * rope[1]) * rope[2] or rope[2] % 2):  # fmt: skip
+            raise ValueError(f"FusedLinears: rope=(n_heads, n_kv_heads, head_dim) {rope} does not fit Q, K, V")
+        self.rope = rope
         self.linears = linears
         self.sizes = tuple(lin.out_features for lin in linears)
         self.weight: torch.Tensor | None = None
@@ -139,6 +146,17 @@ class FusedLinears:
             w[:, 0].copy_(ws[0])
             w[:, 1].copy_(ws[1])
             self.bias, self.pairs = None, True
+        elif self.rope is not None:  # Q|K|V rows in rope_pair_order (decode_qkv_rope), in place when it can
+            order = rope_pair_order(*self.rope).to(ws[0].device)
+            bs = [lin.bias for lin in self.linears] if self.linears[0].bias is not None else None
+            if remake:
+                self.weight = torch.cat(ws)[order]
+                self.bias = torch.cat(bs)[order] if bs is not None else None
+            else:
+                torch.index_select(torch.cat(ws), 0, order, out=self.weight)
+                if bs is not None:
+                    torch.index_select(torch.cat(bs), 0, order, out=self.bias)
+            self.pairs = False
         elif remake:
             self.weight = torch.cat(ws)
             self.bias = torch.cat([lin.bias for lin in self.linears]) if self.linears[0].bias is not None else None
@@ -161,4 +179,9 @@ class FusedLinears:
         if self.weight is None:
             raise RuntimeError("FusedLinears: refresh() has not run (ArchZooLM.refresh_fused())")
         y = decode_project(x, self.weight, self.bias, norm)
+        if self.rope is not None:  # the Q and K rows back in head order (a copy eagerly; compiled, fused away)
+            H, Hkv, D = self.rope
+            n = (H + Hkv) * D
+            qk = y[..., :n].unflatten(-1, (H + Hkv, D // 2, 2)).transpose(-1, -2).flatten(-3)
+            return qk[..., : H * D], qk[..., H * D :], y[..., n:]
         return y.unflatten(-1, (-1, 2)).unbind(-1) if self.pairs else y.split(self.sizes, dim=-1)
