@@ -2,6 +2,7 @@
 GPU time, against the captured step's replay time. Not a benchmark of record (``archzoo bench decode`` is).
 
     python tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 --out prof.json
+        [--decode-linear cublas,kernel]   # the projections through cuBLAS, or the decode GEMV and its epilogues
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -21,10 +22,12 @@ from torch.profiler import ProfilerActivity, profile
 import archzoo
 
 
-def profile_step(config: str, batch: int, prompt: int, steps: int, attention: str) -> dict:
+def profile_step(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str = "cublas") -> dict:
     from archzoo.layers import attention as attention_layer
+    from archzoo.layers import fused
 
     attention_layer.DECODE_ATTENTION = attention
+    fused.DECODE_LINEAR = linear
     torch.manual_seed(0)
     model = archzoo.build_model(config).to("cuda", torch.bfloat16).eval()
     ids = torch.randint(0, model.cfg.vocab_size, (batch, prompt), device="cuda")
@@ -54,6 +57,7 @@ def profile_step(config: str, batch: int, prompt: int, steps: int, attention: st
         "batch": batch,
         "prompt": prompt,
         "decode_attention": attention,
+        "decode_linear": linear,
         "replay_ms_per_step": replay_ms,
         "kernels_per_step": sum(r["per_step"] for r in rows),
         "kernel_ms_per_step": sum(r["ms_per_step"] for r in rows),
@@ -68,17 +72,19 @@ def main() -> None:
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--attention", default="kernel", help="kernel, sdpa or kernel,sdpa")
+    p.add_argument("--decode-linear", default="cublas", help="cublas, kernel or cublas,kernel (DECODE_LINEAR)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []
     for config in args.configs:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):
-                for form in args.attention.split(","):
-                    r = profile_step(config, b, n, args.steps, form)
+                forms = [(f, lin) for f in args.attention.split(",") for lin in args.decode_linear.split(",")]
+                for form, linear in forms:
+                    r = profile_step(config, b, n, args.steps, form, linear)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form}: replay {r['replay_ms_per_step']:.3f} ms/step, "
+                        f"\n{config} B={b} P={n} {form} {linear}: replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )
                     for k in r["kernels"][:12]:

@@ -6,8 +6,9 @@
 source tools/device/setup.sh || exit 1
 cd tools && timeout 200 python3 tune_decode_attention.py --out $OUT/tune_decode_attention.json > $OUT/tune.log 2>&1
 echo "tune rc=$?"; grep BEST $OUT/tune.log; cd ..
-timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
-    --out $OUT/profile_teacher_b1.json > $OUT/profile.log 2>&1; echo "profile rc=$?"; tail -25 $OUT/profile.log
+timeout 240 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+    --decode-linear cublas,kernel --out $OUT/profile_teacher_b1.json > $OUT/profile.log 2>&1
+echo "profile rc=$?"; grep -A8 "replay" $OUT/profile.log | head -40
 # The decode GEMV with its epilogues (SiLU x up, both residual adds: three kernels a layer fewer) against cuBLAS,
 # same process (issue 18's batch-1 target: 2,000 tokens/s).
 timeout 180 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml --batch-sizes 1,16 \
