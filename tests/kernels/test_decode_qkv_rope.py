@@ -18,7 +18,7 @@ from archzoo.kernels.decode_linear import (
 )
 from archzoo.layers.rope import RotaryEmbedding, apply_rope
 
-from conftest import interpreter_only
+from conftest import interpreter_only, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.decode_linear.triton")
 needs_triton = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -108,3 +108,34 @@ def test_bad_input_names_the_argument():
         decode_qkv_rope(x, w, nw, 1e-5, pos.float(), rope.inv_freq, 3, 1, 8, kc, vc)
     with pytest.raises(ValueError, match="inv_freq must be a \\(4,\\) float32"):
         decode_qkv_rope(x, w, nw, 1e-5, pos, rope.inv_freq.double(), 3, 1, 8, kc, vc)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [1, 16])
+def test_cuda_teacher_shape_bf16(M):
+    """bf16 at the teacher's attention (9 / 3 heads of 64, d_model 576), a 4,096-slot cache, positions up to 4,000:
+    against the reference (a GPU's cos / sin and summation order may move a rounding: a tolerance, not the bit),
+    repeating to the bit, and the same in a CUDA graph replay."""
+    H, Hkv, D = 9, 3, 64
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, Kd=576, slots=4096, dtype=torch.bfloat16, theta=100000.0)
+    pos = torch.randint(0, 4000, (M,), generator=torch.Generator().manual_seed(1))
+    x, w, nw, pos, kc, vc = (t.cuda() for t in (x, w, nw, pos, kc, vc))
+    inv = rope.inv_freq.cuda()
+    w_il = w[rope_pair_order(H, Hkv, D).cuda()]
+    kr, vr = kc.clone(), vc.clone()
+    qr = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kr, vr)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    assert rel_err(q.float(), qr.float()) <= 5e-3
+    assert rel_err(kc.float(), kr.float()) <= 5e-3 and rel_err(vc.float(), vr.float()) <= 5e-3
+    kc2, vc2 = kc.clone(), vc.clone()
+    assert torch.equal(q, decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kc2, vc2))
+    assert torch.equal(kc2, kc) and torch.equal(vc2, vc)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kc2, vc2)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, q), "a CUDA-graph replay must give the eager result"

@@ -4,6 +4,10 @@
 # 1.14x so far) and a profile of the teacher shape's captured step at batch 1 (how many
 # kernels a step launches and where its ~1 ms goes, against the 2,000 tokens/s target).
 source tools/device/setup.sh || exit 1
+# The decode GEMV and its epilogues on the GPU first (bf16 against the references; Q|K|V with RoPE and the cache
+# write, new on 2026-12-05, never run on a GPU yet).
+timeout 150 pytest -q -p no:cacheprovider -rf -m gpu tests/kernels/test_decode_qkv_rope.py \
+    tests/kernels/test_decode_linear.py 2>&1 | tail -6
 cd tools && timeout 200 python3 tune_decode_attention.py --out $OUT/tune_decode_attention.json > $OUT/tune.log 2>&1
 echo "tune rc=$?"; grep BEST $OUT/tune.log; cd ..
 timeout 240 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
