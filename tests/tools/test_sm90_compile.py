@@ -28,19 +28,25 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-@pytest.mark.parametrize("op,kernels", [("gemv", 19), ("kd_loss", 8)])
+@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("kd_loss", 8)])
 def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     """The decode GEMV (every teacher projection at M = 1 and 16, the residual and SwiGLU epilogues, its split-K
-    reduce) and kd_loss_rows (each constexpr combination the trainer uses): kernels tested only in the interpreter
-    on CI compile for the GPU."""
+    reduce, Q|K|V with RoPE and the cache write) and kd_loss_rows (each constexpr combination the trainer uses):
+    kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
+    libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
+    the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", op], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=240)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    stats = [line for line in out.stdout.splitlines() if line.strip().startswith("regs=")]
+    lines = out.stdout.splitlines()
+    stats = [(lines[i - 1], line) for i, line in enumerate(lines) if line.strip().startswith("regs=")]
     assert len(stats) == kernels, out.stdout
-    for line in stats:
-        assert "stack=0B" in line and "'STL'" not in line, f"{op}: a kernel spills: {line}"
+    for head, line in stats:
+        if head.startswith("qkv rope"):
+            assert "stack=32B" in line, f"{op}: {head}: more than libdevice's trig table: {line}"
+        else:
+            assert "stack=0B" in line and "'STL'" not in line, f"{op}: a kernel spills: {head}: {line}"
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
