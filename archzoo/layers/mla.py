@@ -25,6 +25,7 @@ from torch import nn
 from ..kernels import decode_attention_mla
 from .attention import attend, attend_cached, step_mask, use_decode_kernel
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .fused import FusedLinears, decode_project
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
 
@@ -85,6 +86,9 @@ class MLA(nn.Module):
         self.kv_b_proj = nn.Linear(r, H * (dn + dv), bias=False)  # W_uk and W_uv, per head
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
         self.rope = RotaryEmbedding(dr, cfg.rope_theta, cfg.rope_pairs, dn + dr)
+        # Q and the latent|RoPE-key projection in one GEMM for decode steps (layers/fused.py), the block's norm
+        # fused into it where the decode GEMV runs; a low-rank query (q_lora_rank) projects through its own path.
+        self.fused = None if cfg.q_lora_rank else FusedLinears(self.q_proj, self.kv_a_proj)
         self.scale = (dn + dr) ** -0.5
         self.absorb: bool | None = None  # None: absorbed when decoding over a cache; tests force either path
 
@@ -108,10 +112,32 @@ class MLA(nn.Module):
             return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
         return self.q_proj(x)
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm, so the
+    # RMSNorm runs inside the Q|latent GEMV, and with the decode GEMV the residual, added in the O projection's
+    # epilogue (as ``Attention``; ``Block.forward``).
+    TAKES_NORM = True
+    TAKES_RESIDUAL = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         if ctx.decoding:
-            return self._decode(x, state, ctx)
+            return self._decode(x, state, ctx, norm, residual)
+        if norm is not None:
+            x = norm(x)
+        out = self._prefill(x, state, ctx)
+        return out if residual is None else residual + out
+
+    def _prefill(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        """Training and prefill (several tokens from ``ctx.pos``): decompressed attention, or absorbed over a
+        cache that already holds tokens."""
+        B, T, _ = x.shape
         pos = ctx.pos
         q_pos, cos, sin = self.rope.span(ctx, T, x.device, x.dtype)
         q = self._queries(x).view(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
@@ -141,17 +167,30 @@ class MLA(nn.Module):
             o = self._decompressed(q_nope, q_rope, c_kv, k_rope, q_pos, k_pos)
         return self.o_proj(o)
 
-    def _decode(self, x: torch.Tensor, state: LayerState, ctx) -> torch.Tensor:
+    def _decode(
+        self,
+        x: torch.Tensor,
+        state: LayerState,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """A capturable step in absorbed form: the latent row written by index at each row's position,
         attention over the whole static buffer (key = [c_kv | k_rope], value = c_kv, both views) with a
-        per-row length mask, then W_uv and the output projection."""
+        per-row length mask, then W_uv and the output projection (plus ``residual``: in its epilogue with the
+        decode GEMV)."""
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, dr)
-        q = self._queries(x).view(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
+        if ctx.fused and self.fused is not None:
+            q, kv = self.fused(x, norm)  # one GEMM (the norm in it, with the decode GEMV)
+        else:
+            x = norm(x) if norm is not None else x
+            q, kv = self._queries(x), self.kv_a_proj(x)
+        q = q.reshape(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
         q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
         q_rope = apply_rope(q_rope, cos, sin)
-        c_kv, k_rope = self.kv_a_proj(x).split([self.r, self.dr], dim=-1)
+        c_kv, k_rope = kv.split([self.r, self.dr], dim=-1)
         row = torch.cat([self.kv_a_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1)  # (B, T, r + dr)
         buf = state["latent"]
         rows = torch.arange(B, device=x.device)[:, None]
@@ -171,8 +210,11 @@ class MLA(nn.Module):
         else:
             mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
             o_lat = attend_cached(q_lat, keys, keys[..., : self.r], mask, self.scale)
-        o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :])  # (B, T, H, dv)
-        return self.o_proj(o.reshape(B, T, self.n_heads * self.dv))
+        o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :]).reshape(B, T, self.n_heads * self.dv)
+        if ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
+            return decode_project(o, self.o_proj.weight, residual=residual)
+        out = self.o_proj(o)
+        return out if residual is None else residual + out
 
     def _decompressed(self, q_nope, q_rope, c_kv, k_rope, q_pos, k_pos) -> torch.Tensor:
         B, H, T, _ = q_nope.shape
