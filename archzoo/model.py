@@ -124,16 +124,31 @@ class ArchZooLM(nn.Module):
         cache's device tensor ``lengths``, buffers are written by index and nothing depends on a host
         value, so ``torch.compile(step, fullgraph=True)`` compiles it once and a CUDA graph can replay
         it. Longer inputs (a prefill) read the rows' common length on the host.
+
+        A decode step on the fused copies with the decode GEMV (``layers.fused.DECODE_LINEAR == "kernel"``) runs
+        the final norm inside the LM head's GEMV: one kernel, reading the head's weights (a fifth of the
+        teacher's bytes) once.
         """
+        if (
+            cache is not None and cache.fused_weights and fused_layer.DECODE_LINEAR == "kernel"
+            and input_ids.dim() == 2 and input_ids.shape[1] == 1 and not torch.is_grad_enabled()
+        ):  # fmt: skip
+            x = self.hidden_states(input_ids, cache, final_norm=False)
+            return fused_layer.decode_project(x, self.lm_head.weight, self.lm_head.bias, norm=self.norm)
         return self.lm_head(self.hidden_states(input_ids, cache))
 
     def hidden_states(
-        self, input_ids: torch.Tensor, cache: Cache | None = None, n_blocks: int | None = None
+        self,
+        input_ids: torch.Tensor,
+        cache: Cache | None = None,
+        n_blocks: int | None = None,
+        final_norm: bool = True,
     ) -> torch.Tensor:
         """input_ids (B, T) -> (B, T, d_model) after the final norm, without the LM head.
 
         The trainer builds logits from these chunk by chunk. With ``n_blocks`` only the first
-        blocks run and the residual stream before the final norm comes back (no cache then).
+        blocks run and the residual stream before the final norm comes back (no cache then);
+        ``final_norm=False`` returns that stream after every block (a decode step's head fuses the norm).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
@@ -149,7 +164,7 @@ class ArchZooLM(nn.Module):
             x = block(x, cache.layers[i] if cache is not None else None, ctx)
         if cache is not None:
             cache.lengths.add_(T)
-        return x if n_blocks is not None else self.norm(x)
+        return x if n_blocks is not None or not final_norm else self.norm(x)
 
     def _context(self, cache: Cache, B: int, T: int) -> ForwardContext:
         if B != cache.batch_size:
