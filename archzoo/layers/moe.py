@@ -343,6 +343,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+@torch.compiler.assume_constant_result
+def _cuda_major(index: int) -> int:
+    """The compute capability's major of CUDA device ``index``: a constant to torch.compile, which cannot trace
+    ``get_device_properties`` (it returns no tensor; on an H100 the compiled MoE row failed on it, 2026-12-05)."""
+    return torch.cuda.get_device_properties(index).major
+
+
 def grouped_mm_unfit(
     x: torch.Tensor, weights: tuple[torch.Tensor, ...], dtype: torch.dtype, top_k: int = 1
 ) -> str | None:
@@ -370,7 +377,7 @@ def grouped_mm_unfit(
             return "not tried on ROCm (grouped_mm's CK kernel covers gfx942 / gfx950; other GPUs loop on the host)"
         if dtype != torch.bfloat16:
             return f"on CUDA grouped_mm runs its kernel in bfloat16 only; {dtype} takes a loop that syncs with the host"
-        major = torch.cuda.get_device_properties(x.device).major
+        major = _cuda_major(x.get_device())
         if major not in (9, 10):
             return f"grouped_mm's CUDA kernel needs compute capability 9.x or 10.x, this GPU is {major}.x"
         if weights[0].shape[0] > 1024:
