@@ -343,11 +343,19 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-@torch.compiler.assume_constant_result
-def _cuda_major(index: int) -> int:
-    """The compute capability's major of CUDA device ``index``: a constant to torch.compile, which cannot trace
-    ``get_device_properties`` (it returns no tensor; on an H100 the compiled MoE row failed on it, 2026-12-05)."""
-    return torch.cuda.get_device_properties(index).major
+_CUDA_MAJOR: dict[int, int] = {}
+
+
+def _cuda_major(index: int) -> int | None:
+    """The compute capability's major of CUDA device ``index``, read outside compiled code and kept: torch.compile
+    cannot trace ``get_device_properties`` (it returns no tensor; on an H100 the compiled MoE rows failed on it,
+    2026-12-05). None inside a compiled forward that no eager call preceded (the check is skipped there; a GPU
+    without the kernel then fails in grouped_mm). No ``torch.compiler.assume_constant_result`` at import: that
+    imports dynamo, and Triton with it, before the tests choose its mode."""
+    major = _CUDA_MAJOR.get(index)
+    if major is None and not torch.compiler.is_compiling():
+        major = _CUDA_MAJOR[index] = torch.cuda.get_device_properties(index).major
+    return major
 
 
 def grouped_mm_unfit(
@@ -378,7 +386,7 @@ def grouped_mm_unfit(
         if dtype != torch.bfloat16:
             return f"on CUDA grouped_mm runs its kernel in bfloat16 only; {dtype} takes a loop that syncs with the host"
         major = _cuda_major(x.get_device())
-        if major not in (9, 10):
+        if major is not None and major not in (9, 10):
             return f"grouped_mm's CUDA kernel needs compute capability 9.x or 10.x, this GPU is {major}.x"
         if weights[0].shape[0] > 1024:
             return f"grouped_mm's CUDA kernel takes at most 1024 groups, got {weights[0].shape[0]} experts"
