@@ -115,6 +115,9 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=4, help="4,096-token blocks of python-docs")
     p.add_argument("--set", default="python-docs")
     p.add_argument("--converted", action="store_true", help="score the converted MLA students instead")
+    p.add_argument("--ranking", action="store_true",
+                   help="print how many of 'norm's pairs per layer the converter's ranking (mla_rope='norm') picks, "
+                        "from the calibration moments and from the weights alone")  # fmt: skip
     args = p.parse_args()
     torch.manual_seed(0)
     t = resolve_teacher("smollm2-135m")
@@ -123,6 +126,8 @@ def main() -> None:
     cal = pack_blocks(tokenize_texts(shakespeare_texts("train", "modern")[:40], t.tokenizer), 512)[:8, :512]
     if args.converted:
         return converted(t, blocks, args.out)
+    if args.ranking:
+        return ranking(t, cal)
     out: dict = {"set": args.set, "blocks": int(blocks.shape[0]), "block_len": BUCKETS[-1], "keep": KEEP,
                  "threads": torch.get_num_threads(), "variants": {}}  # fmt: skip
     if os.path.exists(args.out):  # resume
@@ -147,6 +152,26 @@ def main() -> None:
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1)
         os.replace(tmp, args.out)
+
+
+def ranking(t, cal: torch.Tensor) -> None:
+    """The converter's pair ranking (``convert/mla.py:norm_pairs``: rms over input moments) against this tool's
+    (mean |q| x mean |k| on the activations), per layer: from the calibration moments, and from the weights alone
+    (inputs of unit variance through the mixer norm's weight)."""
+    from archzoo.convert import input_moments
+    from archzoo.convert.mla import norm_pairs
+
+    scores = pair_norm_scores(t, cal)
+    with torch.no_grad():
+        moments = input_moments(t, cal, set())
+    cal_overlap, free_overlap = [], []
+    for i, b in enumerate(t.blocks):
+        ref = set(scores[i].topk(KEEP).indices.tolist())
+        cal_overlap.append(len(ref & set(norm_pairs(b.mixer, moments[(i, i)], KEEP))))
+        free = torch.diag(b.mixer_norm.weight.detach().double() ** 2)
+        free_overlap.append(len(ref & set(norm_pairs(b.mixer, free, KEEP))))
+    print(f"pairs of {KEEP} in common per layer, calibrated: {cal_overlap}")
+    print(f"pairs of {KEEP} in common per layer, weights alone: {free_overlap}")
 
 
 def converted(t, blocks: torch.Tensor, path: str) -> None:
