@@ -53,21 +53,30 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
 
 def charted(rows: list[dict]) -> list[dict]:
     """The rows the frontiers and charts are over: all but the converted, untrained rows whose trained student is in
-    the report too (each is that student's "before", in the before -> after table). A converted row without its
-    trained student (a suite of converted models alone: what conversion keeps) is a point like any other."""
-    before = {id(b) for b, _ in before_after(rows)}
-    return [r for r in rows if id(r) not in before]
+    the report too (each is that student's "before", in the before -> after table; two runs of one student, such
+    as two recipes, share it). A converted row without its trained student (a suite of converted models alone:
+    what conversion keeps) is a point like any other."""
+    trained = {r["provenance"].get("config_hash") for r in rows if r["kind"] in ("run", "checkpoint")}
+    return [r for r in rows if not (r.get("init") == "convert" and r["provenance"].get("config_hash") in trained)]
 
 
 def before_after(rows: list[dict]) -> list[tuple[dict, dict]]:
     """(converted row, trained row) pairs: each trained student (a run or saved folder) with the converted row of
-    the same model config, its starting point."""
-    before = {r["provenance"].get("config_hash"): r for r in rows if r.get("init") == "convert"}
-    return [
-        (before[r["provenance"].get("config_hash")], r)
-        for r in rows
-        if r["kind"] in ("run", "checkpoint") and r["provenance"].get("config_hash") in before
-    ]
+    the same model config, its starting point: the one named "<name> (converted)" where the suite has it (two
+    runs of one config each keep their own), else the first of that config."""
+    converted = [r for r in rows if r.get("init") == "convert"]
+    by_name = {r["name"]: r for r in converted}
+    by_hash: dict = {}
+    for r in converted:
+        by_hash.setdefault(r["provenance"].get("config_hash"), r)
+    pairs = []
+    for r in rows:
+        if r["kind"] not in ("run", "checkpoint"):
+            continue
+        b = by_name.get(f"{r['name']} (converted)") or by_hash.get(r["provenance"].get("config_hash"))
+        if b is not None:
+            pairs.append((b, r))
+    return pairs
 
 
 def make_charts(out: Path, res: dict) -> list[Path]:

@@ -402,7 +402,9 @@ def grouped_mm_unfit(
     for name, w in zip(("gate_proj", "up_proj", "down_proj"), weights, strict=True):
         if w.stride(-1) != 1 or w.stride(-2) % align or w.stride(-2) < w.shape[-1] or w.stride(0) % align:
             return f"{name}.weight has strides {w.stride()}; grouped_mm needs rows contiguous and 16-byte aligned"
-        if x.is_cuda and (w.storage_offset() * w.element_size()) % 16:
+        # Not while compiling: dynamo cannot trace storage_offset() (an int from a tensor method; the compiled MoE
+        # rows failed on it on an H200, 2026-12-05), and the eager calls before a compiled one have checked it.
+        if x.is_cuda and not torch.compiler.is_compiling() and (w.storage_offset() * w.element_size()) % 16:
             return f"{name}.weight does not start on a 16-byte boundary"
     if x.shape[0] * top_k >= 2**31:
         return f"{x.shape[0] * top_k} assignments overflow grouped_mm's int32 offsets"

@@ -353,3 +353,21 @@ def test_convert_from_a_distill_run_yaml(tmp_path):
     assert res.convert_options["layers"] == [3, 2, 1, 0], "the suite's layers win over the run's"
     with pytest.raises(Exception, match="layers is for init: convert"):
         ModelSpec(name="g", source=str(run), layers=[0])
+
+
+def test_two_runs_of_one_config_keep_their_own_before_rows():
+    """Two runs of one student config (two recipes: mqa and mqa-b64) each pair with their own converted row, and
+    neither converted row is charted (on 2026-12-05 the first one was: paired by config hash alone, the second
+    converted row took the place of the first)."""
+    from archzoo.bench.report import before_after, charted
+
+    def row(name, kind, h):
+        return {"name": name, "kind": kind, "init": "convert" if kind == "converted" else "weights",
+                "provenance": {"config_hash": h}}  # fmt: skip
+
+    rows = [row("teacher", "teacher", "t"), row("mqa (converted)", "converted", "h"), row("mqa", "run", "h"),
+            row("mqa-b64 (converted)", "converted", "h"), row("mqa-b64", "run", "h"),
+            row("alone (converted)", "converted", "x"), row("cla2", "run", "c")]  # fmt: skip
+    pairs = {after["name"]: before["name"] for before, after in before_after(rows)}
+    assert pairs == {"mqa": "mqa (converted)", "mqa-b64": "mqa-b64 (converted)"}
+    assert [r["name"] for r in charted(rows)] == ["teacher", "mqa", "mqa-b64", "alone (converted)", "cla2"]

@@ -550,3 +550,24 @@ def test_grouped_training_step_op_count(monkeypatch):
     assert moe.last_dispatch == "grouped" and moe.last_stats["tokens_dropped"] > 0, moe.last_stats
     over = {k: f"{n} > {MOE_OPS[k]}" for k, n in counts.items() if n > MOE_OPS[k]}
     assert not over, f"ATen ops: {over}"
+
+
+def test_grouped_mm_unfit_traces_on_cuda_tensors(monkeypatch):
+    """The CUDA branch of the grouped-GEMM check traces under torch.compile(fullgraph=True): checked on fake CUDA
+    tensors, so a CPU-only machine runs the branch the GPU takes. On an H200 (2026-12-05) the compiled MoE rows of
+    ``archzoo bench kernels --ops moe`` failed on ``storage_offset()`` there, which dynamo cannot trace."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setitem(moe_mod._CUDA_MAJOR, 0, 9)  # as an eager call before the compiled one keeps it
+
+    def fits(x, wg, wu, wd):
+        return x + (1.0 if moe_mod.grouped_mm_unfit(x, (wg, wu, wd), torch.bfloat16, 2) is None else 0.0)
+
+    with FakeTensorMode():
+        x = torch.empty(8, 64, device="cuda", dtype=torch.bfloat16)
+        ws = [torch.empty(4, 128, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+        ws.append(torch.empty(4, 64, 128, device="cuda", dtype=torch.bfloat16))
+        assert moe_mod.grouped_mm_unfit(x, tuple(ws), torch.bfloat16, 2) is None  # eager: it fits
+        torch._dynamo.reset()
+        out = torch.compile(fits, fullgraph=True, backend="eager")(x, *ws)
+        assert out.device.type == "cuda"
