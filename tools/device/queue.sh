@@ -1,0 +1,20 @@
+# Starts a queue of GPU jobs in the background and returns at once; `tools/device/watch.sh` (the next calls, each
+# issued within 30 s of the last, while the machine stays warm) waits on it and brings its results back. Why: one
+# call may run 10 minutes and a cut distill cannot resume in a later lease (the students stay on the machine), so
+# five per-student calls lost a run's tail each time (2026-12-05); a queue runs the lease's whole time, one job
+# after another, and loses at most the job in progress when the lease ends.
+# Usage, in the call that completes the teacher (carry .big/g2 after .big/g3 and .big/g1 calls):
+#   JOBS="distill:draft-8l spec:draft-8l distill:swa speed distill:mqa" bash tools/device/queue.sh
+# Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
+# runs), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4 / 8),
+# speed (issue 17: configs/bench/smollm2.yaml, every architecture's decode speed). Timed jobs (spec, speed) wait
+# for the background scoring first, so nothing else runs on the GPU while they time.
+source tools/device/setup.sh || exit 1
+Q=/root/queue
+if [ -f $Q/pid ] && kill -0 "$(cat $Q/pid)" 2> /dev/null; then echo "a queue is running: $(cat $Q/pid)"; exit 0; fi
+mkdir -p $Q/stage /root/runs /root/suite
+[ -d /root/suite/rows ] || cp -r docs/results/distillation/smollm2/rows /root/suite/  # scored rows kept: --resume
+[ -f /root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "no teacher yet"; exit 1; }
+nohup bash tools/device/queue_run.sh "$JOBS" > $Q/queue.log 2>&1 &
+echo $! > $Q/pid
+sleep 5; echo "queue $(cat $Q/pid) started: $JOBS"; cat $Q/queue.log

@@ -1,0 +1,57 @@
+# The job runner behind tools/device/queue.sh (run there with nohup; not called by hand). Each finished job adds its
+# files to /root/queue/stage, laid out as in the repository (docs/results/...), and re-packs /root/queue/results.tgz,
+# which watch.sh copies back: `tar xzf results.tgz` at the repository root here.
+Q=/root/queue; S=$Q/stage; D=docs/results/distillation/smollm2
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+pack() { ( flock 9; tar czf $Q/results.tgz.tmp -C $S . && mv $Q/results.tgz.tmp $Q/results.tgz ) 9> $Q/pack.lock; }  # the scoring packs too
+score() {  # the suite's rows for student $1, converted and distilled, into /root/suite (outside the copied tree)
+  local s=$1
+  mkdir -p runs && ln -sfn /root/runs/smollm2-$s runs/smollm2-$s
+  timeout ${SCORE_TIMEOUT:-400} python3 -m archzoo bench configs/bench/smollm2-distill.yaml --out /root/suite --resume \
+      --only "SmolLM2-135M (teacher)" "$s (converted)" "$s" --quiet > $Q/score-$s.log 2>&1
+  log "score $s rc=$? $(tail -1 $Q/score-$s.log | cut -c1-120)"
+  mkdir -p $S/$D && cp -r /root/suite/rows $S/$D/ && cp $Q/score-$s.log $S/$D/runs/$s/ 2> /dev/null; pack
+}
+bg=""
+for job in $1; do
+  kind=${job%%:*}; s=${job#*:}
+  case $kind in
+    distill)
+      run=/root/runs/smollm2-$s; resume=""; [ -f $run/checkpoints/last.ckpt ] && resume="--resume"
+      log "distill $s $resume"
+      [ -f $run/summary.json ] || timeout ${DISTILL_TIMEOUT:-900} python3 -m archzoo distill configs/distill/smollm2-$s.yaml \
+          --output-dir $run $resume > $Q/distill-$s.log 2>&1
+      log "distill $s rc=$? $(grep -E '^step' $Q/distill-$s.log | tail -1 | cut -c1-100)"
+      mkdir -p $S/$D/runs/$s
+      cp $Q/distill-$s.log $S/$D/runs/$s/distill.log
+      for f in summary.json logs/metrics.csv run.yaml; do cp $run/$f $S/$D/runs/$s/ 2> /dev/null; done
+      pack
+      [ -n "$bg" ] && wait $bg  # one scoring at a time
+      [ -d $run/student ] && { score $s & bg=$!; } ;;
+    spec)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "spec $s"
+      timeout ${SPEC_TIMEOUT:-300} python3 -m archzoo bench decode smollm2-135m --draft /root/runs/smollm2-$s/student \
+          --num-draft-tokens 2,4,8 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --out $S/docs/results/decode/spec_$s \
+          > $Q/spec-$s.log 2>&1
+      log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
+    speed)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "speed"
+      P=docs/results/pareto-smollm2/speed
+      # rows measured in an earlier lease (brought back and committed) are kept: --resume measures the rest
+      [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
+      timeout ${SPEED_TIMEOUT:-900} python3 -m archzoo bench configs/bench/smollm2.yaml --out /root/speed --resume --quiet \
+          > $Q/speed.log 2>&1 &
+      sp=$!
+      while kill -0 $sp 2> /dev/null; do  # each finished model's row comes back even if the lease ends mid-run
+        sleep 30; mkdir -p $S/$P && cp -r /root/speed/rows $S/$P/ 2> /dev/null && cp $Q/speed.log $S/$P/ && pack
+      done
+      wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
+      mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
+      pack ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, speed)" ;;
+  esac
+done
+[ -n "$bg" ] && wait $bg
+log "queue done"

@@ -1,0 +1,13 @@
+# The calls after tools/device/queue.sh: wait on the queue up to WATCH_S seconds (default 560; set the call's limit
+# a little above it, and below the lease's budget left), copying its results into $OUT as they come, so a call cut
+# by the lease's end still brings back every job finished before it. Here: `tar xzf results.tgz` at the repository
+# root, then `archzoo bench configs/bench/smollm2-distill.yaml --out docs/results/distillation/smollm2 --report-only`.
+Q=/root/queue; end=$(( $(date +%s) + ${WATCH_S:-560} ))
+[ -f $Q/pid ] || { echo "no queue here (the machine was released?)"; exit 1; }
+while kill -0 "$(cat $Q/pid)" 2> /dev/null && [ "$(date +%s)" -lt "$end" ]; do
+  [ -f $Q/results.tgz ] && cp $Q/results.tgz $OUT/ && cp $Q/queue.log $OUT/
+  sleep 10
+done
+[ -f $Q/results.tgz ] && cp $Q/results.tgz $OUT/; cp $Q/queue.log $OUT/
+cat $Q/queue.log; kill -0 "$(cat $Q/pid)" 2> /dev/null && echo "queue still running" || echo "queue finished"
+for f in $Q/distill-*.log; do [ -f "$f" ] && echo "$(basename $f): $(grep -E '^step' $f | tail -1 | cut -c1-90)"; done
