@@ -3,6 +3,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
 
     python tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 --out prof.json
         [--decode-linear cublas,kernel]   # the projections through cuBLAS, or the decode GEMV and its epilogues
+                                          # (kernel-pdl: launched with programmatic dependent launch)
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -23,11 +24,15 @@ import archzoo
 
 
 def profile_step(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str = "cublas") -> dict:
+    from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
-    from archzoo.layers import fused
 
     attention_layer.DECODE_ATTENTION = attention
-    fused.DECODE_LINEAR = linear
+    with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
+        return _profile(config, batch, prompt, steps, attention, linear)
+
+
+def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str) -> dict:
     torch.manual_seed(0)
     model = archzoo.build_model(config).to("cuda", torch.bfloat16).eval()
     ids = torch.randint(0, model.cfg.vocab_size, (batch, prompt), device="cuda")
@@ -72,7 +77,7 @@ def main() -> None:
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--attention", default="kernel", help="kernel, sdpa or kernel,sdpa")
-    p.add_argument("--decode-linear", default="cublas", help="cublas, kernel or cublas,kernel (DECODE_LINEAR)")
+    p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, or several: cublas,kernel")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []

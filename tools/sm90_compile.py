@@ -13,6 +13,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op scan --l 4096
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
+    python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
@@ -39,7 +40,7 @@ from triton.compiler import ASTSource
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # SASS opcodes worth counting (prefix match); STL / LDL are spills
 _OPS = ("SHFL", "MUFU", "BAR", "LDG", "STG", "LDS", "STS", "RED", "ATOM", "FFMA", "FMUL", "FADD", "LDL", "STL", "BRA",
-        "HGMMA", "HMMA", "F2FP", "FSEL", "ISETP", "LDGSTS")  # fmt: skip
+        "HGMMA", "HMMA", "F2FP", "FSEL", "ISETP", "LDGSTS", "ACQBULK", "PREEXIT")  # fmt: skip
 
 
 @contextmanager
@@ -48,9 +49,10 @@ def record_launches(module):
     list of recorded calls (kernel, grid, positional args, keyword args) in ``kernel[grid](...)`` form."""
     calls: list = []
 
-    def recorder(kernel, grid, ptrs, ints, consts, num_warps, device):
+    def recorder(kernel, grid, ptrs, ints, consts, num_warps, device, pdl=False):
         names = kernel.arg_names[len(ptrs) + len(ints) :]
-        calls.append((kernel, grid, (*ptrs, *ints), {**dict(zip(names, consts, strict=True)), "num_warps": num_warps}))
+        kw = {**dict(zip(names, consts, strict=True)), "num_warps": num_warps, **({"launch_pdl": True} if pdl else {})}
+        calls.append((kernel, grid, (*ptrs, *ints), kw))
 
     with mock.patch.object(module, "launch", recorder):
         yield calls
@@ -61,6 +63,7 @@ def compile_call(fn, args: tuple, kwargs: dict, arch: int = 90):
     kwargs = dict(kwargs)
     num_warps = kwargs.pop("num_warps", 4)
     num_stages = kwargs.pop("num_stages", 3)
+    launch_pdl = kwargs.pop("launch_pdl", False)
     names = fn.arg_names
     values = dict(zip(names, args, strict=False))  # kwargs hold the rest
     values.update(kwargs)
@@ -78,7 +81,7 @@ def compile_call(fn, args: tuple, kwargs: dict, arch: int = 90):
         elif attr:
             attrs[(i,)] = BaseBackend.parse_attr(attr)
     src = ASTSource(fn, signature, constexprs, attrs)
-    options = dict(num_warps=num_warps, num_stages=num_stages)
+    options = dict(num_warps=num_warps, num_stages=num_stages, **({"launch_pdl": True} if launch_pdl else {}))
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
@@ -253,7 +256,12 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON for the op's CONFIG_OVERRIDE")
     ap.add_argument("--sass", help="write each kernel's SASS to this folder")
     ap.add_argument("--all-configs", action="store_true", help="based: every autotune config, not the defaults")
+    ap.add_argument("--pdl", action="store_true", help="gemv: launched with PDL (archzoo/kernels/_pdl.py)")
     args = ap.parse_args()
+    if args.pdl:
+        from archzoo.kernels.decode_linear import triton as gt
+
+        gt.pdl_enabled = lambda device: True  # as on an sm_90 GPU with archzoo.kernels._pdl.ENABLED
     if args.op == "scan":
         calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
@@ -263,7 +271,7 @@ def main() -> None:
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))
-        meta = {k: v for k, v in kw.items() if k.isupper() or k in ("num_warps", "num_stages")}
+        meta = {k: v for k, v in kw.items() if k.isupper() or k in ("num_warps", "num_stages", "launch_pdl")}
         print(f"{name}: grid={grid} {meta}")
         print(f"  regs={rep['regs']} stack={rep['stack']}B shared={rep['shared']}B  {rep['sass']}")
         if args.sass:

@@ -98,8 +98,11 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 
 
 # ``--decode-linear``: how the step's projections run (``archzoo.layers.fused.DECODE_LINEAR``); a row of the
-# GEMV kernel gets "-gemv" after its implementation name.
-LINEARS = ("cublas", "kernel")
+# GEMV kernel gets "-gemv" after its implementation name. "kernel-pdl": the same kernels launched with
+# programmatic dependent launch (``archzoo.kernels._pdl``: each GEMV loads its weights while the kernel before
+# finishes), "-gemv-pdl".
+LINEARS = ("cublas", "kernel", "kernel-pdl")
+LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl"}
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -111,13 +114,16 @@ def parse_linears(text: Sequence[str] | str) -> list[str]:
 
 @contextmanager
 def decode_linear_form(form: str):
-    """Run the decode step's projections as ``form`` ("cublas" or "kernel")."""
-    old = fused_layer.DECODE_LINEAR
-    fused_layer.DECODE_LINEAR = form
+    """Run the decode step's projections as ``form`` ("cublas", "kernel" or "kernel-pdl": ``LINEARS``)."""
+    from archzoo.kernels import _pdl
+
+    old, old_pdl = fused_layer.DECODE_LINEAR, _pdl.ENABLED
+    fused_layer.DECODE_LINEAR = "cublas" if form == "cublas" else "kernel"
+    _pdl.ENABLED = form == "kernel-pdl"
     try:
         yield
     finally:
-        fused_layer.DECODE_LINEAR = old
+        fused_layer.DECODE_LINEAR, _pdl.ENABLED = old, old_pdl
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:
@@ -613,7 +619,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
             for form, lin in [(f, ln) for f in run.forms for ln in run.linears]:
                 if pool is not None and hasattr(pool, "clear"):
                     pool.clear()  # the previous row's captured step and cache: freed, so peak memory is this row's
-                impl = FORM_IMPLEMENTATION[form] + ("-gemv" if lin == "kernel" else "")
+                impl = FORM_IMPLEMENTATION[form] + LINEAR_SUFFIX[lin]
                 row = new_row(impl, b, p, wbytes)
                 row["decode_attention"] = form
                 row["decode_linear"] = lin
@@ -622,7 +628,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
                 forget(*ATTENTION_OPS, "decode_linear")
                 with decode_attention_form(form), decode_linear_form(lin):
                     measure(row, partial(run_archzoo, model, **kw, compile=run.compile))
-                if lin == "kernel":  # what the projections really ran: the GEMV records itself when it runs; a
+                if lin != "cublas":  # what the projections really ran: the GEMV records itself when it runs; a
                     # projection that does not fit it records "cublas" eagerly and nothing while traced
                     row["linear_backend"] = last_backend("decode_linear") or "cublas"
                 # which decode attention really ran (the custom ops record it when they run; SDPA records
@@ -863,7 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-linear",
         default="cublas",
         help="the step's projections: cublas (default; F.linear), kernel (archzoo.kernels.decode_linear, a Triton "
-        "GEMV for up to 16 rows), or cublas,kernel side by side (rows archzoo / archzoo-gemv)",
+        "GEMV for up to 16 rows), kernel-pdl (the same, each decode kernel launched with programmatic dependent "
+        "launch), or several side by side, e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
     )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p

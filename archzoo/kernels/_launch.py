@@ -53,9 +53,11 @@ _KERNELS: dict[int, object] = {}
 _LAYOUTS: dict[tuple, tuple] = {}  # (kernel, n_ptrs, n_ints, n_consts) -> (name, parameter names), checked
 
 
-def launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_warps: int, device: int):
+def launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_warps: int, device: int,
+           pdl: bool = False):  # fmt: skip
     """``kernel[grid](*ptrs, *ints, <constexpr params> = consts, num_warps=num_warps)`` -> the compiled kernel
-    (None under the interpreter).
+    (None under the interpreter). ``pdl``: launched with programmatic dependent launch (``launch_pdl=True``,
+    a compile option that the compiled kernel's launcher applies on every call; ``_pdl.py`` says when).
 
     The kernel's parameters must be the tensors, then the integers, then the constexprs, in that order.
     ``ptrs`` are tensors only: ``None`` is refused (Triton compiles a None argument as a constant, which
@@ -68,7 +70,8 @@ def launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_war
     key = None
     if FAST_LAUNCH:
         try:
-            key = (id(kernel), num_warps, device, consts, ints, *[(t.dtype, t.data_ptr() % 16 == 0) for t in ptrs])
+            key = (id(kernel), num_warps, pdl, device, consts, ints,
+                   *[(t.dtype, t.data_ptr() % 16 == 0) for t in ptrs])  # fmt: skip
         except AttributeError:  # a pointer that is not a tensor: say which
             _check_args(kernel, ptrs, ints, consts)
             raise
@@ -82,7 +85,8 @@ def launch(kernel, grid: tuple, ptrs: tuple, ints: tuple, consts: tuple, num_war
             return compiled
     _check_args(kernel, ptrs, ints, consts)
     names = kernel.arg_names[len(ptrs) + len(ints) :]
-    compiled = kernel[grid](*ptrs, *ints, **dict(zip(names, consts, strict=True)), num_warps=num_warps)
+    extra = {"launch_pdl": True} if pdl else {}
+    compiled = kernel[grid](*ptrs, *ints, **dict(zip(names, consts, strict=True)), num_warps=num_warps, **extra)
     if key is not None and compiled is not None:
         if len(_LAUNCH_CACHE) >= _LAUNCH_CACHE_MAX:
             _LAUNCH_CACHE.clear()

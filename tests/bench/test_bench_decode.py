@@ -137,17 +137,20 @@ def test_bench_decode_attention_forms_side_by_side(tmp_path):
 
 
 def test_bench_decode_linear_forms_side_by_side(tmp_path):
-    """--decode-linear cublas,kernel: one row per form and shape (archzoo / archzoo-gemv), what the projections ran
-    recorded, the setting restored afterwards."""
+    """--decode-linear cublas,kernel,kernel-pdl: one row per form and shape (archzoo / archzoo-gemv /
+    archzoo-gemv-pdl), what the projections ran recorded, the settings (PDL's too) restored afterwards."""
+    from archzoo.kernels import _pdl
     from archzoo.layers import fused
 
-    rc, res = _bench(tmp_path / "out", GQA, *TINY, "--batch-sizes", "1", "--decode-linear", "cublas,kernel")
-    assert rc == 0 and res["decode_linear"] == ["cublas", "kernel"]
+    forms = "cublas,kernel,kernel-pdl"
+    rc, res = _bench(tmp_path / "out", GQA, *TINY, "--batch-sizes", "1", "--decode-linear", forms)
+    assert rc == 0 and res["decode_linear"] == forms.split(",")
     pairs = [(r["implementation"], r["decode_linear"]) for r in res["rows"]]
-    assert pairs == [("archzoo", "cublas"), ("archzoo-gemv", "kernel")] * (len(pairs) // 2) and pairs
-    gemv = [r for r in res["rows"] if r["decode_linear"] == "kernel"]
+    want = [("archzoo", "cublas"), ("archzoo-gemv", "kernel"), ("archzoo-gemv-pdl", "kernel-pdl")]
+    assert pairs == want * (len(pairs) // 3) and pairs
+    gemv = [r for r in res["rows"] if r["decode_linear"] != "cublas"]
     assert all(r["linear_backend"] in ("naive", "triton") for r in gemv), gemv  # the CPU: no Triton unless interpreted
-    assert fused.DECODE_LINEAR == "cublas"
+    assert fused.DECODE_LINEAR == "cublas" and _pdl.ENABLED is False
 
 
 def test_bench_decode_inductor_option_sets(tmp_path):

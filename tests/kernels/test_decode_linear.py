@@ -287,6 +287,52 @@ def test_cuda_teacher_shapes_bf16(proj, M):
     assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
 
 
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_pdl_chain_matches_plain_launches(monkeypatch):
+    """Four layers' chain of decode kernels (Q|K|V-sized GEMV with its norm, decode attention, the output GEMV
+    with the residual, the SwiGLU GEMV with its norm, the down GEMV with the residual), launched with
+    programmatic dependent launch (archzoo/kernels/_pdl.py), equals the plain launches to the bit, eagerly and
+    replayed in a CUDA graph (where the programmatic edges are captured). A kernel that read its input before the
+    one before had written it would differ."""
+    from archzoo.kernels import _pdl
+
+    if torch.cuda.get_device_capability()[0] < 9 or not _pdl.HAS_PDL:
+        pytest.skip("PDL needs compute capability 9.0 and a Triton with gdc_wait")
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)
+
+    layers = [dict(wq=rnd(576, 576, scale=0.05), wo=rnd(576, 576, scale=0.05), wgu=rnd(3072, 576, scale=0.05),
+                   wd=rnd(576, 1536, scale=0.05), n1=rnd(576), n2=rnd(576)) for _ in range(4)]  # fmt: skip
+    kc, vc = rnd(1, 3, 1024, 64), rnd(1, 3, 1024, 64)
+    lengths = torch.tensor([700], device="cuda")
+    x0 = rnd(1, 576)
+
+    def chain(x):
+        for p in layers:
+            q = K.decode_linear(x, p["wq"], p["n1"])  # (1, 576): nine heads of 64
+            o = K.decode_attention(q.view(1, 9, 64), kc, vc, lengths).reshape(1, 576)
+            x = K.decode_linear(o, p["wo"], residual=x)
+            a = K.decode_linear(x, p["wgu"], p["n2"], swiglu=True)  # (1, 1536)
+            x = K.decode_linear(a, p["wd"], residual=x)
+        return x
+
+    plain = chain(x0)
+    monkeypatch.setattr(_pdl, "ENABLED", True)
+    pdl = chain(x0)
+    assert K.last_backend("decode_linear") == "triton" and torch.equal(pdl, plain), "PDL changed the result"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(x0)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, plain), "a replay with PDL edges must give the plain result"
+
+
 # ---------------------------------------------------------------- epilogues: residual add, SwiGLU (issue 18)
 
 

@@ -298,3 +298,30 @@ def test_use_triton_traces_inside_a_compiled_region(monkeypatch):
 
     x = torch.ones(3)
     assert torch.equal(torch.compile(step, fullgraph=True, backend="eager")(x), step(x))
+
+
+def test_pdl_launch_passes_the_option_and_is_its_own_key(rec):
+    """launch(..., pdl=True) compiles with launch_pdl=True (the launcher then sets the attribute on every call)
+    and caches under its own key, so a PDL and a plain launch of one kernel never share a compiled kernel."""
+    plain = _launch.launch(**_args())
+    pdl = _launch.launch(**_args(), pdl=True)
+    assert pdl is not plain and len(rec.triton_calls()) == 2
+    assert "launch_pdl" not in rec.triton_calls()[0][3] and rec.triton_calls()[1][3]["launch_pdl"] is True
+    assert _launch.launch(**_args(), pdl=True) is pdl and len(rec.triton_calls()) == 2, "a hit"
+
+
+def test_pdl_off_on_cpu_and_by_default(monkeypatch):
+    """PDL is off by default, and off on the CPU (the interpreter) even when enabled; the decode kernels' plans
+    carry the flag (a plan made with it off is not reused with it on)."""
+    from archzoo.kernels import _pdl
+    from archzoo.kernels.decode_linear import triton as gt
+
+    assert _pdl.ENABLED is False and not _pdl.pdl_enabled(torch.device("cpu"))
+    monkeypatch.setattr(_pdl, "ENABLED", True)
+    assert not _pdl.pdl_enabled(torch.device("cpu")), "never on the CPU"
+    monkeypatch.setattr(gt, "pdl_enabled", lambda device: True)
+    x, w = torch.randn(1, 32), torch.randn(8, 32)
+    gt._PLANS.clear()
+    assert gt._plan(x, w, None, 1e-5).pdl is True
+    monkeypatch.setattr(gt, "pdl_enabled", lambda device: False)
+    assert gt._plan(x, w, None, 1e-5).pdl is False, "the flag is in the plan's key"

@@ -28,15 +28,17 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("kd_loss", 8)])
+@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("gemv --pdl", 21), ("kd_loss", 8)])
 def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     """The decode GEMV (every teacher projection at M = 1 and 16, the residual and SwiGLU epilogues, its split-K
     reduce, Q|K|V with RoPE and the cache write) and kd_loss_rows (each constexpr combination the trainer uses):
     kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
     libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
-    the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else."""
+    the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else.
+    With ``--pdl`` (programmatic dependent launch, archzoo/kernels/_pdl.py) every kernel holds the launch of its
+    dependents and the wait (SASS PREEXIT and ACQBULK) and still does not spill."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", op], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", *op.split()], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=240)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
@@ -47,6 +49,8 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
             assert "stack=32B" in line, f"{op}: {head}: more than libdevice's trig table: {line}"
         else:
             assert "stack=0B" in line and "'STL'" not in line, f"{op}: a kernel spills: {head}: {line}"
+        pdl = "'PREEXIT': 1" in line and "'ACQBULK': 1" in line
+        assert pdl == op.endswith("--pdl"), f"{op}: {head}: griddepcontrol in the SASS: {pdl}: {line}"
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")

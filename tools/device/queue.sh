@@ -7,7 +7,9 @@
 #   JOBS="distill:draft-8l spec:draft-8l distill:swa speed distill:mqa" bash tools/device/queue.sh
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
 # runs), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4 / 8),
-# speed (issue 17: configs/bench/smollm2.yaml, every architecture's decode speed). Timed jobs (spec, speed) wait
+# decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
+# launch side by side at batch 1 and 16), speed (issue 17: configs/bench/smollm2.yaml, every architecture's
+# decode speed). Timed jobs (spec, decode, speed) wait
 # for the background scoring first, so nothing else runs on the GPU while they time.
 source tools/device/setup.sh || exit 1
 Q=/root/queue

@@ -35,6 +35,19 @@ for job in $1; do
           --num-draft-tokens 2,4,8 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
+    decode)  # issue 18: the decode kernels' GPU tests (PDL's included), then cuBLAS, the GEMV and the GEMV with PDL
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "decode"; O=$S/docs/results/decode/pdl; mkdir -p $O
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests/kernels/test_decode_linear.py \
+          tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py > $O/gpu_tests.log 2>&1
+      log "decode tests rc=$? $(tail -1 $O/gpu_tests.log)"
+      timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+          --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
+      log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          configs/students/mla.yaml --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
+          --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1
+      log "decode bench rc=$?"; pack ;;
     speed)
       [ -n "$bg" ] && wait $bg; bg=""
       log "speed"
@@ -50,7 +63,7 @@ for job in $1; do
       wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
       mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
       pack ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, speed)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, speed)" ;;
   esac
 done
 [ -n "$bg" ] && wait $bg

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .._launch import launch
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .triton import LOG2E, _combine_kernel, _config, _next_pow2, split_plan
 
 BLOCK_H = 16  # query heads per program (tl.dot's minimum M)
@@ -33,8 +34,11 @@ def _split_kernel(
     s_lb, s_lt, s_ld,
     s_ob, s_oh, s_od,
     QK_SCALE: tl.constexpr, SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_DR: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_DR: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # q, the latent cache and the lengths are the step's earlier kernels' outputs (triton.py)
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     sp = tl.program_id(2)
@@ -99,8 +103,9 @@ def _plan(q: torch.Tensor, latent: torch.Tensor, rank: int, scale: float | None)
     of Python per layer otherwise (the kernel benchmark at batch 1 timed that, not the kernel)."""
     from .triton import CONFIG_OVERRIDE
 
+    pdl = pdl_enabled(q.device)
     key = (q.shape, q.stride(), latent.shape, latent.stride(), q.dtype, q.device, rank, scale,
-           tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+           tuple(sorted(CONFIG_OVERRIDE.items())), pdl)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
@@ -113,13 +118,13 @@ def _plan(q: torch.Tensor, latent: torch.Tensor, rank: int, scale: float | None)
     single = n_splits == 1
     consts = (
         scale * LOG2E, single, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
-        BLOCK_H, block_t, max(16, _next_pow2(R)), max(16, _next_pow2(DR)),
+        BLOCK_H, block_t, max(16, _next_pow2(R)), max(16, _next_pow2(DR)), pdl,
     )  # fmt: skip
     ints = (H, T, R, DR, chunk, *q.stride(), *latent.stride(), H * R, R, 1)  # out: a fresh contiguous (B, H, R)
     comb_ints = (H, T, R, chunk, n_splits, H * R, R, 1)
-    comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(R)))
+    comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(R)), pdl)
     grid = (B, triton.cdiv(H, BLOCK_H), n_splits)
-    p = (n_splits, single, consts, ints, grid, comb_ints, comb_consts, _config(q.device)["num_warps"])
+    p = (n_splits, single, consts, ints, grid, comb_ints, comb_consts, _config(q.device)["num_warps"], pdl)
     _PLANS[key] = p
     return p
 
@@ -132,7 +137,7 @@ def decode_attention_mla(
     ``lengths[b]`` positions. Inputs are checked by the dispatcher."""
     B, H, _ = q.shape
     R = rank
-    n_splits, single, consts, ints, grid, comb_ints, comb_consts, warps = _plan(q, latent, rank, scale)
+    n_splits, single, consts, ints, grid, comb_ints, comb_consts, warps, pdl = _plan(q, latent, rank, scale)
     out = torch.empty((B, H, R), device=q.device, dtype=q.dtype)
     if single:
         ml = acc = out  # unused
@@ -140,7 +145,7 @@ def decode_attention_mla(
         ml = torch.empty((B, H, n_splits, 2), device=q.device, dtype=torch.float32)
         acc = torch.empty((B, H, n_splits, R), device=q.device, dtype=torch.float32)
     dev = q.get_device()
-    launch(_split_kernel, grid, (q, latent, lengths, out, ml, acc), ints, consts, warps, dev)
+    launch(_split_kernel, grid, (q, latent, lengths, out, ml, acc), ints, consts, warps, dev, pdl)
     if not single:
-        launch(_combine_kernel, (B, H), (lengths, out, ml, acc), comb_ints, comb_consts, warps, dev)
+        launch(_combine_kernel, (B, H), (lengths, out, ml, acc), comb_ints, comb_consts, warps, dev, pdl)
     return out

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .._launch import launch
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from .._sizes import sm_count as _sm_count
@@ -57,7 +58,11 @@ def _split_kernel(
     QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # q, the caches and the lengths are the step's earlier kernels' outputs: wait before any load
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     kv = tl.program_id(1)
     sp = tl.program_id(2)
@@ -129,8 +134,11 @@ def _combine_kernel(
     len_ptr, out_ptr, ml_ptr, acc_ptr,
     H, T, DV, chunk, n_splits,
     s_ob, s_oh, s_od,
-    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)
@@ -182,15 +190,16 @@ class _Plan:
     """What a call signature needs besides the tensors: grids, integer and constexpr arguments."""
 
     __slots__ = ("B", "H", "Dv", "n_splits", "split_grid", "split_ints", "split_consts", "warps", "comb_ints",
-                 "comb_consts")  # fmt: skip
+                 "comb_consts", "pdl")  # fmt: skip
 
 
 _PLANS: dict[tuple, _Plan] = {}
 
 
 def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
+    pdl = pdl_enabled(q.device)
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, scale, ring,
-           tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+           tuple(sorted(CONFIG_OVERRIDE.items())), pdl)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
@@ -208,11 +217,12 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
     p.split_ints = (H, H // Hkv, T, D, Dv, chunk)
     p.split_consts = (
         scale * LOG2E, ring, n_splits == 1, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
-        max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
+        max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)), pdl,
     )  # fmt: skip
+    p.pdl = pdl
     p.warps = _config(q.device)["num_warps"]
     p.comb_ints = (H, T, Dv, chunk, n_splits)
-    p.comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(Dv)))
+    p.comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(Dv)), pdl)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
@@ -230,10 +240,10 @@ def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torc
         ml = torch.empty((p.B, p.H, p.n_splits, 2), device=q.device, dtype=torch.float32)
         acc = torch.empty((p.B, p.H, p.n_splits, p.Dv), device=q.device, dtype=torch.float32)
     ints = (*p.split_ints, window, *q.stride(), *k.stride(), *v.stride(), *out.stride())
-    launch(_split_kernel, p.split_grid, (q, k, v, lengths, out, ml, acc), ints, p.split_consts, p.warps, dev)
+    launch(_split_kernel, p.split_grid, (q, k, v, lengths, out, ml, acc), ints, p.split_consts, p.warps, dev, p.pdl)
     if p.n_splits > 1:
         launch(_combine_kernel, (p.B, p.H), (lengths, out, ml, acc), (*p.comb_ints, *out.stride()), p.comb_consts,
-               p.warps, dev)  # fmt: skip
+               p.warps, dev, p.pdl)  # fmt: skip
     return out
 
 

@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from .._launch import launch
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from .._sizes import prev_pow2 as _prev_pow2
@@ -157,8 +158,10 @@ def _gemv_kernel(
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # the next kernel may launch now: its programs load their weights while this one runs
+        gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -170,6 +173,17 @@ def _gemv_kernel(
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * s_wn  # (BLOCK_N, 1): N * K may pass 2**31
     k_start = pid_k * chunk
     k_end = tl.minimum(k_start + chunk, K)
+    # PDL on the element-wise path (batch 1-7): the first weight tile, which no kernel of the step writes, is
+    # loaded before waiting on the kernel before (it may still be running; at batch 1 the tile is the program's
+    # whole slice up to K = 1,024); x, the residual and the caches are that kernel's outputs (or read by it), so
+    # they come after the wait. The tl.dot path waits first: an early tile there spills and upsets its pipeline.
+    EARLY: tl.constexpr = PDL and not USE_DOT
+    if EARLY:
+        offs_k = k_start + offs_kb
+        w_first = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & (offs_k < k_end)[None, :],
+                          other=0.0)  # fmt: skip
+    if PDL:
+        gdc_wait()
 
     if HAS_NORM:  # the rms of each row over the whole K, whatever this program's slice
         ss = tl.zeros([BLOCK_M], tl.float32)
@@ -195,16 +209,22 @@ def _gemv_kernel(
             nw = tl.load(nw_ptr + offs_k * s_nk, mask=mask_k, other=0.0).to(tl.float32)
             h = _round(h * rstd[:, None], x_ptr.dtype.element_ty)
             h = _round(h * nw[None, :], H_DTYPE)
-        w = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        if EARLY:
+            if k0 == k_start:
+                w_this = w_first
+            else:
+                w_this = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+        else:
+            w_this = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         if USE_DOT:
             if DOT_F32:
-                acc += tl.dot(h, tl.trans(w.to(tl.float32)), input_precision=DOT_PRECISION)
+                acc += tl.dot(h, tl.trans(w_this.to(tl.float32)), input_precision=DOT_PRECISION)
             else:
-                acc += tl.dot(h.to(w.dtype), tl.trans(w))
+                acc += tl.dot(h.to(w_this.dtype), tl.trans(w_this))
         elif BLOCK_M == 1:
-            acc += w.to(tl.float32) * tl.reshape(h, [BLOCK_K])[None, :]
+            acc += w_this.to(tl.float32) * tl.reshape(h, [BLOCK_K])[None, :]
         else:
-            acc += h[:, None, :] * w.to(tl.float32)[None, :, :]
+            acc += h[:, None, :] * w_this.to(tl.float32)[None, :, :]
     if USE_DOT:
         y = acc
     elif BLOCK_M == 1:
@@ -235,10 +255,13 @@ def _gemv_kernel(
 @triton.jit
 def _reduce_kernel(
     part_ptr, out_ptr, res_ptr, MN, N, S, s_rm, s_rn,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Sums the splits' fp32 partials (n_splits, M, N) in split order and applies the epilogue. Program i owns
     BLOCK_R outputs: of the (M, N) y, or with SWIGLU of the (M, N // 2) activation (MN = M * N // 2 then)."""
+    if PDL:  # everything it reads is the kernel before's: nothing to load early
+        gdc_launch_dependents()
+        gdc_wait()
     offs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = offs < MN
     offs_s = tl.arange(0, BLOCK_S)
@@ -309,7 +332,7 @@ class _Plan:
     """What a call signature needs besides the tensors: shapes, grids, integer and constexpr arguments."""
 
     __slots__ = ("M", "N", "n_splits", "grid", "ints", "consts", "warps", "red_grid", "red_ints", "red_consts",
-                 "rope_ints")  # fmt: skip
+                 "rope_ints", "pdl")  # fmt: skip
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -322,8 +345,9 @@ def _plan(
     nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
     res_key = None if residual is None else residual.stride()
     rope_key = None if rope is None else rope.key()
+    pdl = pdl_enabled(x.device)
     key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps, res_key, swiglu,
-           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())))  # fmt: skip
+           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())), pdl)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
@@ -346,12 +370,13 @@ def _plan(
         norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, residual is not None, swiglu,
         rope is not None,
         lp["use_dot"], dot_f32,
-        "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
+        "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"], pdl,
     )  # fmt: skip
+    p.pdl = pdl
     p.warps = lp["num_warps"]
     p.red_grid = (_cdiv(M * p.N, REDUCE_BLOCK),)
     p.red_ints = (M * p.N, N, lp["n_splits"], *r_strides)
-    p.red_consts = (residual is not None, swiglu, max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK)
+    p.red_consts = (residual is not None, swiglu, max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK, pdl)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
@@ -391,9 +416,9 @@ def _run(
     res = residual if residual is not None else x  # likewise (HAS_RES off)
     rp = (rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache) if rope is not None else (x, x, x, x)
     launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, *rp), (*p.ints, *p.rope_ints), p.consts, p.warps,
-           dev)  # fmt: skip
+           dev, p.pdl)  # fmt: skip
     if p.n_splits > 1:
-        launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev)
+        launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev, p.pdl)
     return out
 
 

@@ -1,0 +1,58 @@
+"""Programmatic dependent launch (PDL) for the decode step's kernels: what it is for, and the switch.
+
+At batch 1 a decode step is a chain of small kernels, each of which reads a few megabytes of weights at most:
+on an H100 the teacher's GEMVs took about 4.5 us each for 0.7-3.5 MB, a launch, one round trip to HBM and a
+drain, not bandwidth (docs/decode.md, "The decode GEMV"). With PDL (compute capability 9.0 and later, a
+launch attribute that CUDA graphs keep) a kernel may start while the one before it is still running: each of
+our decode kernels first lets the next one launch (``gdc_launch_dependents``), and a GEMV loads its first
+weight tile, which no kernel of the step writes, before it waits for the kernel before to finish and its
+writes to be visible (``gdc_wait``); everything else it reads (x, the residual, the caches) comes after the
+wait. The weight loads of one kernel then overlap the tail of the one before.
+
+The rule that keeps it correct: a kernel launched with PDL must call ``gdc_wait`` before it touches anything
+an earlier kernel writes or reads-then-overwrites; kernels launched without it (cuBLAS, Inductor's) are
+ordered by the stream as always. Both calls are no-ops in a kernel launched without the attribute.
+
+``ENABLED`` is off by default until a side-by-side run on the GPU says it pays (``archzoo bench decode
+--decode-linear kernel,kernel-pdl``); kernels plan with ``pdl_enabled(device)``, which also needs a Triton that
+has the intrinsics (3.4 and later) and a GPU of compute capability 9.0 or later.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+try:  # Triton >= 3.4; the kernels' PDL constexpr keeps the calls out of the kernel where they are absent
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    HAS_PDL = True
+except ImportError:  # pragma: no cover - an older Triton
+    HAS_PDL = False
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+
+ENABLED = False
+_MAJOR: dict[int, int] = {}
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL: ``ENABLED``, a Triton with the intrinsics, CUDA (not the
+    interpreter, not ROCm) and compute capability 9.0 or later."""
+    if not (ENABLED and HAS_PDL and device.type == "cuda" and torch.version.hip is None):
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major = _MAJOR.get(index)
+    if major is None:
+        major = _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+    return major >= 9
+
+
+__all__ = ["ENABLED", "HAS_PDL", "gdc_launch_dependents", "gdc_wait", "pdl_enabled"]
