@@ -14,6 +14,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
     python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
+    python tools/sm90_compile.py --op la         # linear attention's forward, segment sums and backward
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
@@ -246,9 +247,38 @@ def _based_calls(T: int = 4096, B: int = 4, H: int = 8, d: int = 16, Dv: int = 6
     return out
 
 
+def _la_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) -> list:
+    """Linear attention's forward, segment-sum and backward kernels at the benchmark's shape (bf16, F = Dv = 64,
+    the default tiles), normalised and not; the backward with a start state and an end gradient per segment (the
+    case with the most live registers: 248-250 of 255 on sm_90, so a change that spills shows here)."""
+    from archzoo.kernels.linear_attention import triton as kl
+
+    bf = dict(dtype=torch.bfloat16)
+    BT, BF, BV = kl._blocks(F, Dv, 64)
+    NV, NS = triton.cdiv(Dv, BV), 4
+    q, v, den = torch.empty(B, T, H, F, **bf), torch.empty(B, T, H, Dv, **bf), torch.empty(B, H, T)
+    f32 = lambda *shape: torch.empty(*shape)  # noqa: E731
+    st, z = f32(NS, B, H, F, Dv), f32(NS, B, H, F)
+    tiles = dict(BT=BT, BF=BF, BV=BV, LOWP=True, num_warps=kl.NUM_WARPS)
+    out = []
+    for norm in (True, False):
+        tag = "norm" if norm else "plain"
+        out.append((f"la fwd {tag}", kl._fwd_kernel, (NV, B * H), (q, q, v, v, st, z, st, z, den, T, H, F, Dv, 1e-6),
+                    dict(HAS_S0=True, STORE_FINAL=True, NORMALIZE=norm, STORE_DEN=norm, **tiles)))  # fmt: skip
+        sums_args = (q, q, v, v, den, den, st, z, st, z, T, H, F, Dv, T // NS)
+        sums_consts = dict(NORMALIZE=norm, **tiles)
+        out.append((f"la seg_sums {tag}", kl._seg_sums_kernel, (NV, B * H, NS), sums_args, sums_consts))
+        dqk = f32(NV, B, T, H, F)
+        out.append((f"la bwd {tag}", kl._bwd_kernel, (NV, B * H, NS),
+                    (q, q, v, v, den, den, st, z, st, z, dqk, dqk, f32(B, T, H, Dv), st, z, T, H, F, Dv,
+                     B * T * H * F, T // NS),
+                    dict(HAS_S0=True, HAS_DFINAL=True, NORMALIZE=norm, **tiles)))  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss", "based"], default="scan")
+    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss", "based", "la"], default="scan")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--l", type=int, default=4096)
@@ -267,7 +297,7 @@ def main() -> None:
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
     else:
         based = lambda: _based_calls(T=args.l, all_configs=args.all_configs)  # noqa: E731
-        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": based}[args.op]()
+        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": based, "la": _la_calls}[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))

@@ -106,6 +106,40 @@ def test_matches_naive(case, dtype):
     _compare(q, k, v, state, final, normalize, C, TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("normalize", [True, False], ids=["norm", "plain"])
+@pytest.mark.parametrize("segments", [1, 2, 3, 5])
+def test_backward_segments(segments, normalize, dtype, monkeypatch):
+    """The backward cut into 1, 2, 3 and 5 segments of whole chunks (T = 75, chunks of 16: the last segment
+    short, or holding the short last chunk), with an initial state and the final state's gradient: every output
+    and gradient as the reference, whatever the cut. The segments' start states and end gradients come from the
+    other segments' sums (the module docstring)."""
+    monkeypatch.setattr(TL, "SEGMENTS", segments)
+    used = []
+    real = TL._segments
+    monkeypatch.setattr(TL, "_segments", lambda *a: used.append(real(*a)) or used[-1])
+    q, k, v, state = _inputs(2, 75, 2, 6, 20, True, dtype, seed=segments)
+    _compare(q, k, v, state, True, normalize, 16, TOL[dtype])
+    assert used == [segments]
+
+
+def test_segments_plan():
+    """As many segments as fill PROGRAMS_PER_SM programs a SM, each at least MIN_SEGMENT_CHUNKS chunks (one under
+    the interpreter); never more than the chunks; SEGMENTS overrides."""
+    cuda = torch.device("cuda", 0)
+    import archzoo.kernels._sizes as sizes
+
+    orig = sizes.sm_count
+    try:
+        sizes.sm_count = lambda index: 132
+        assert TL._segments(64, 256, cuda) == 5  # B 4 x H 8 x 2 value blocks at T 16k: 264 / 64 -> 5
+        assert TL._segments(64, 16, cuda) == 2  # 16 chunks: segments of at least 8
+        assert TL._segments(512, 256, cuda) == 1  # the grid already fills the GPU
+    finally:
+        sizes.sm_count = orig
+    assert TL._segments(2, 3, torch.device("cpu")) == 3  # 4 pretend SMs: 8 / 2 -> 4, capped at 3 chunks
+
+
 def test_fp16():
     q, k, v, state = _inputs(2, 29, 2, 6, 10, True, torch.float16)
     _compare(q, k, v, state, True, True, 16, TOL[torch.float16])

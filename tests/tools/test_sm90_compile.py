@@ -28,10 +28,11 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("gemv --pdl", 21), ("kd_loss", 8)])
+@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("gemv --pdl", 21), ("kd_loss", 8), ("la", 6)])
 def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     """The decode GEMV (every teacher projection at M = 1 and 16, the residual and SwiGLU epilogues, its split-K
-    reduce, Q|K|V with RoPE and the cache write) and kd_loss_rows (each constexpr combination the trainer uses):
+    reduce, Q|K|V with RoPE and the cache write), kd_loss_rows (each constexpr combination the trainer uses) and
+    linear attention's three kernels (its backward uses 248-250 of 255 registers):
     kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
     libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
     the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else.

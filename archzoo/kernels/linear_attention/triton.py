@@ -18,6 +18,19 @@ With dnum = do / den and dden = -(do . o) / den (zero without normalisation), G 
 
 and dS_0, dz_0 are dS, dz after the first chunk. dq and dk are sums over value blocks: each block writes its
 partial to an fp32 buffer (NV, B, T, H, F) that the host sums; the dden / dz terms are added by block 0 only.
+
+**Segments (backward).** One program per (value block, batch * head) walks all T / BT chunks twice in a row,
+so at B * H = 32, Dv = 64 (two value blocks) only 64 programs run, each a long chain of small matmuls: at
+T = 16k that backward was 0.80x fla's (H100 and H200, normalised), which splits the sequence. So does ours now:
+the sequence is cut into NS segments of whole chunks, and the two loops above run per (value block, batch *
+head, segment). What a segment needs from the others is linear in the inputs: S, z at its start are S_0, z_0
+plus the sums of k^T v, k over the segments before it, and dS, dz at its end are the final state's gradient
+plus the sums of q^T dnum, q^T dden over the segments after it. A first kernel (``_seg_sums_kernel``, same
+grid) computes each segment's four sums, the host turns them into prefix and suffix sums (``torch.cumsum``, a
+few MB), and the main kernel starts each segment from them; dS_0, dz_0 are the final gradient plus all the
+segments' sums. The cost is one more pass over q, k, v, do (three instead of two), against chains NS times
+shorter. ``_segments`` picks NS from the grid and the SM count (one segment where the grid already fills the
+GPU).
 """
 
 from __future__ import annotations
@@ -31,6 +44,13 @@ from .naive import State, _check
 
 MAX_BLOCK_V = 32  # value columns per program: no spills at F = Dv = 64 in bf16 on sm_90 (64 spills in the backward)
 NUM_WARPS = 4
+# Backward segments (module docstring): enough that the grid holds PROGRAMS_PER_SM programs per SM, each at least
+# MIN_SEGMENT_CHUNKS chunks long. ``SEGMENTS`` forces the count (tests, tuners; capped at one per chunk). Under
+# the interpreter a pretend GPU of INTERPRET_SM_COUNT SMs and one-chunk segments, so tests cross segments.
+PROGRAMS_PER_SM = 2
+MIN_SEGMENT_CHUNKS = 8
+INTERPRET_SM_COUNT = 4
+SEGMENTS: int | None = None
 
 
 @triton.jit
@@ -96,15 +116,78 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _seg_sums_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, den_ptr, delta_ptr, sum_s_ptr, sum_z_ptr, sum_ds_ptr, sum_dz_ptr,
+    T, H, F, DV, SEG,
+    BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, NORMALIZE: tl.constexpr, LOWP: tl.constexpr,
+):  # fmt: skip
+    """Segment ``program_id(2)``'s sums over its chunks: k^T v (F, BV) and colsum k (F), and q^T dnum (F, BV) and
+    q^T dden (F), into buffers (NS, B, H, F, [Dv]) fp32; the z sums by value block 0 only (the same for all)."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2).to(tl.int64)
+    n_bh = tl.num_programs(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rt = tl.arange(0, BT)
+    rf = tl.arange(0, BF)
+    rv = i_v * BV + tl.arange(0, BV)
+    mf = rf < F
+    mv = rv < DV
+    qk_base = (i_b * T * H + i_h) * F
+    v_base = (i_b * T * H + i_h) * DV
+    sS = tl.zeros([BF, BV], dtype=tl.float32)
+    sz = tl.zeros([BF], dtype=tl.float32)
+    sdS = tl.zeros([BF, BV], dtype=tl.float32)
+    sdz = tl.zeros([BF], dtype=tl.float32)
+    for t0 in range(i_s * SEG, tl.minimum(i_s * SEG + SEG, T), BT):
+        t = t0 + rt
+        mt = t < T
+        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
+        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
+        m_qk = mt[:, None] & mf[None, :]
+        m_v = mt[:, None] & mv[None, :]
+        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
+        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
+        v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
+        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
+            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den
+            dnum = dnum / den[:, None]
+            sdz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
+        if not LOWP:
+            q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
+        sS += _mm(tl.trans(k), v, LOWP)
+        sz += tl.sum(k.to(tl.float32), 0)
+        sdS += _mm(tl.trans(q), dnum.to(v.dtype), LOWP)
+    s_off = (i_s * n_bh + i_bh) * F * DV + rf[:, None] * DV + rv[None, :]
+    ms = mf[:, None] & mv[None, :]
+    tl.store(sum_s_ptr + s_off, sS, mask=ms)
+    tl.store(sum_ds_ptr + s_off, sdS, mask=ms)
+    z_off = (i_s * n_bh + i_bh) * F + rf
+    first = mf & (rf * 0 + i_v == 0)
+    tl.store(sum_z_ptr + z_off, sz, mask=first)
+    tl.store(sum_dz_ptr + z_off, sdz, mask=first)
+
+
+@triton.jit
 def _bwd_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, den_ptr, delta_ptr, s0_ptr, z0_ptr, dst_ptr, dzt_ptr,
     dq_ptr, dk_ptr, dv_ptr, ds0_ptr, dz0_ptr,
-    T, H, F, DV, N_QK,
+    T, H, F, DV, N_QK, SEG,
     BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_DFINAL: tl.constexpr, NORMALIZE: tl.constexpr, LOWP: tl.constexpr,
 ):  # fmt: skip
+    """Program (value block, batch * head, segment): the segment's chunks [s SEG, (s + 1) SEG), its start state
+    and end gradient read at segment s of s0 / z0 and dst / dzt ((NS, B, H, F, [Dv]); NS = 1: the initial state
+    and the final state's gradient themselves); each writes dS, dz at its start to ds0 / dz0 (NS, B, H, F, [Dv]),
+    segment 0's being dS_0, dz_0."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2)  # int32, as the positions: registers are tight here (248 of 255 before segments)
+    t_start = i_s * SEG
+    t_end = tl.minimum(t_start + SEG, T)
     i_b = i_bh // H
     i_h = i_bh % H
     rt = tl.arange(0, BT)
@@ -120,13 +203,14 @@ def _bwd_kernel(
     ms = mf[:, None] & mv[None, :]
     causal = rt[:, None] >= rt[None, :]
 
-    # ---- forward over chunks: dq, with S and z recomputed from the initial state
+    # ---- forward over chunks: dq, with S and z recomputed from the segment's start state
     S = tl.zeros([BF, BV], dtype=tl.float32)
     z = tl.zeros([BF], dtype=tl.float32)
-    if HAS_S0:
-        S += tl.load(s0_ptr + s_off, mask=ms, other=0.0)
-        z += tl.load(z0_ptr + i_bh * F + rf, mask=mf, other=0.0)
-    for t0 in range(0, T, BT):
+    if HAS_S0:  # this segment's slice of the per-segment start states
+        seg = i_s.to(tl.int64) * tl.num_programs(1)
+        S += tl.load(s0_ptr + seg * F * DV + s_off, mask=ms, other=0.0)
+        z += tl.load(z0_ptr + seg * F + i_bh * F + rf, mask=mf, other=0.0)
+    for t0 in range(t_start, t_end, BT):
         t = t0 + rt
         mt = t < T
         qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
@@ -155,11 +239,12 @@ def _bwd_kernel(
     dS = tl.zeros([BF, BV], dtype=tl.float32)
     dz = tl.zeros([BF], dtype=tl.float32)
     if HAS_DFINAL:
-        dS += tl.load(dst_ptr + s_off, mask=ms, other=0.0)
-        dz += tl.load(dzt_ptr + i_bh * F + rf, mask=mf, other=0.0) * firstf
-    n_chunks = tl.cdiv(T, BT)
+        seg = i_s.to(tl.int64) * tl.num_programs(1)
+        dS += tl.load(dst_ptr + seg * F * DV + s_off, mask=ms, other=0.0)
+        dz += tl.load(dzt_ptr + seg * F + i_bh * F + rf, mask=mf, other=0.0) * firstf
+    n_chunks = tl.cdiv(t_end - t_start, BT)
     for i in range(0, n_chunks):
-        t = (n_chunks - 1 - i) * BT + rt
+        t = t_start + (n_chunks - 1 - i) * BT + rt
         mt = t < T
         qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
         v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
@@ -186,8 +271,10 @@ def _bwd_kernel(
         tl.store(dk_ptr + part + qk_off, dk, mask=m_qk)
         dS += _mm(tl.trans(q), dnum_l, LOWP)
         dz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
-    tl.store(ds0_ptr + s_off, dS, mask=ms)
-    tl.store(dz0_ptr + i_bh * F + rf, dz, mask=mf & (rf * 0 + i_v == 0))
+    # every segment writes its dS, dz at its start; the host keeps segment 0's (dS_0, dz_0)
+    seg = tl.program_id(2).to(tl.int64) * tl.num_programs(1)
+    tl.store(ds0_ptr + seg * F * DV + s_off, dS, mask=ms)
+    tl.store(dz0_ptr + seg * F + i_bh * F + rf, dz, mask=mf & (rf * 0 + i_v == 0))
 
 
 def _blocks(F: int, Dv: int, chunk_size: int) -> tuple[int, int, int]:
@@ -196,6 +283,23 @@ def _blocks(F: int, Dv: int, chunk_size: int) -> tuple[int, int, int]:
     BF = max(16, triton.next_power_of_2(F))
     BV = max(16, min(MAX_BLOCK_V, triton.next_power_of_2(Dv)))
     return BT, BF, BV
+
+
+def _segments(n_programs: int, n_chunks: int, device: torch.device) -> int:
+    """Backward segments for a grid of ``n_programs`` (value blocks x batch x heads) over ``n_chunks`` chunks:
+    enough for PROGRAMS_PER_SM programs per SM, segments of at least MIN_SEGMENT_CHUNKS chunks (one chunk under
+    the interpreter), ``SEGMENTS`` where set; 1 <= NS <= n_chunks."""
+    if SEGMENTS is not None:
+        return max(1, min(SEGMENTS, n_chunks))
+    if device.type == "cuda":
+        from .._sizes import sm_count
+
+        sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        min_chunks = MIN_SEGMENT_CHUNKS
+    else:
+        sms, min_chunks = INTERPRET_SM_COUNT, 1
+    want = -(-sms * PROGRAMS_PER_SM // max(1, n_programs))
+    return max(1, min(want, n_chunks // min_chunks))
 
 
 def _lowp(dtype: torch.dtype) -> bool:
@@ -246,21 +350,42 @@ class _LinearAttention(torch.autograd.Function):
         dq = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
         dk = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
         dv = q.new_empty(B, T, H, Dv, dtype=torch.float32)
-        ds0 = q.new_empty(B, H, F, Dv, dtype=torch.float32)
-        dz0 = q.new_empty(B, H, F, dtype=torch.float32)
-        _bwd_kernel[(NV, B * H)](
-            q, k, v, do, den if normalize else do, delta if normalize else do, s0 if has_s0 else do,
-            z0 if has_s0 else do, dST if has_dfinal else do, dzT if has_dfinal else do,
+        n_chunks = triton.cdiv(T, BT)
+        NS = _segments(NV * B * H, n_chunks, q.device)
+        SEG = triton.cdiv(n_chunks, NS) * BT  # positions per segment, whole chunks
+        NS = triton.cdiv(T, SEG)
+        ds0 = q.new_empty(NS, B, H, F, Dv, dtype=torch.float32)  # each segment's dS, dz at its start
+        dz0 = q.new_empty(NS, B, H, F, dtype=torch.float32)
+        s_start, z_start, ds_end, dz_end = s0, z0, dST, dzT  # NS = 1: the states themselves
+        if NS > 1:
+            sums = [q.new_empty(NS, B, H, F, *d, dtype=torch.float32) for d in ((Dv,), (), (Dv,), ())]
+            _seg_sums_kernel[(NV, B * H, NS)](
+                q, k, v, do, den if normalize else do, delta if normalize else do, *sums,
+                T, H, F, Dv, SEG, BT=BT, BF=BF, BV=BV, NORMALIZE=normalize, LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
+            )  # fmt: skip
+            s_sum, z_sum, ds_sum, dz_sum = sums
+            s_start = torch.cumsum(s_sum, 0) - s_sum  # the sums of the segments before each
+            z_start = torch.cumsum(z_sum, 0) - z_sum
+            ds_end = ds_sum.sum(0, keepdim=True) - torch.cumsum(ds_sum, 0)  # ... and of those after it
+            dz_end = dz_sum.sum(0, keepdim=True) - torch.cumsum(dz_sum, 0)
+            if has_s0:
+                s_start, z_start = s_start + s0, z_start + z0
+            if has_dfinal:
+                ds_end, dz_end = ds_end + dST, dz_end + dzT
+        seg_start, seg_end = NS > 1 or has_s0, NS > 1 or has_dfinal
+        _bwd_kernel[(NV, B * H, NS)](
+            q, k, v, do, den if normalize else do, delta if normalize else do, s_start if seg_start else do,
+            z_start if seg_start else do, ds_end if seg_end else do, dz_end if seg_end else do,
             dq, dk, dv, ds0, dz0,
-            T, H, F, Dv, B * T * H * F,
-            BT=BT, BF=BF, BV=BV, HAS_S0=has_s0, HAS_DFINAL=has_dfinal, NORMALIZE=normalize,
+            T, H, F, Dv, B * T * H * F, SEG,
+            BT=BT, BF=BF, BV=BV, HAS_S0=seg_start, HAS_DFINAL=seg_end, NORMALIZE=normalize,
             LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
         )  # fmt: skip
         dq = dq.sum(0) if NV > 1 else dq[0]
         dk = dk.sum(0) if NV > 1 else dk[0]
         dS0 = dz0_out = None
         if has_s0:
-            dS0, dz0_out = ds0.to(s0_dtypes[0]), dz0.to(s0_dtypes[1])
+            dS0, dz0_out = ds0[0].to(s0_dtypes[0]), dz0[0].to(s0_dtypes[1])
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dS0, dz0_out, None, None, None, None
 
 
