@@ -15,7 +15,9 @@ once ``--steps`` is well above them). Variants (``--variants``, comma-separated)
 - ``sync10``: ``speed.sync_every: 10`` (the host waits for the device every 10 steps, not twice a step);
 - ``fused_loss``: ``speed.fused_loss: true`` (the KD loss through ``archzoo.kernels.kd_loss_rows``);
 - ``all``: the five together;
-- ``all_b32``, ``all_b64``: the five with micro-batch 32 / 64.
+- ``all_b32``, ``all_b64``: the five with micro-batch 32 / 64;
+- ``asis``: the run's own ``speed`` section and micro-batch (what ``archzoo distill`` would run), e.g. to
+  profile two students' shipped recipes side by side (``--variants asis --profile asis``).
 
 A variant named twice runs twice (``base,...,base``): the spread between the two is the noise to beat.
 ``--random-teacher`` builds the teacher from ``configs/students/teacher.yaml`` with random weights (same
@@ -51,6 +53,7 @@ VARIANTS = {
     "all": ({**_ALL}, None),
     "all_b32": ({**_ALL}, 32),
     "all_b64": ({**_ALL}, 64),
+    "asis": (None, None),
 }
 
 
@@ -74,7 +77,8 @@ def variant_config(
         "num_workers": data.get("num_workers", 0),
     }
     cfg["stages"] = [{"name": "kd", "type": "kd", "steps": steps, "kl": "forward", "ce_weight": 0.0}]
-    cfg["speed"] = speed
+    if speed is not None:  # None: the run's own (``asis``)
+        cfg["speed"] = speed
     cfg["trainer"] = {**cfg.get("trainer", {}), "val_check_interval": None, "log_every_n_steps": 1}
     cfg["trainer"].pop("max_steps", None)
     import torch

@@ -8,7 +8,8 @@
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
 # runs), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4 / 8),
 # decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
-# launch side by side at batch 1 and 16), speed (issue 17: configs/bench/smollm2.yaml, every architecture's
+# launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by
+# tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's
 # decode speed). Timed jobs (spec, decode, speed) wait
 # for the background scoring first, so nothing else runs on the GPU while they time.
 source tools/device/setup.sh || exit 1
