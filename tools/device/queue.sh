@@ -18,6 +18,8 @@ if [ -f $Q/pid ] && kill -0 "$(cat $Q/pid)" 2> /dev/null; then echo "a queue is 
 mkdir -p $Q/stage /root/runs /root/suite
 [ -d /root/suite/rows ] || cp -r docs/results/distillation/smollm2/rows /root/suite/  # scored rows kept: --resume
 [ -f /root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "no teacher yet"; exit 1; }
-nohup bash tools/device/queue_run.sh "$JOBS" > $Q/queue.log 2>&1 &
+echo "$JOBS" > $Q/jobs  # watch.sh restarts the runner from here if the machine's harness ended it with a call
+# its own session, every descriptor off the call's: the call returns at once and the runner outlives it
+setsid nohup bash tools/device/queue_run.sh > $Q/queue.log 2>&1 < /dev/null &
 echo $! > $Q/pid
 sleep 5; echo "queue $(cat $Q/pid) started: $JOBS"; cat $Q/queue.log

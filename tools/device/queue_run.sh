@@ -1,4 +1,5 @@
-# The job runner behind tools/device/queue.sh (run there with nohup; not called by hand). Each finished job adds its
+# The job runner behind tools/device/queue.sh (started there, or restarted by watch.sh, in its own session; not
+# called by hand): the jobs of /root/queue/jobs not yet in /root/queue/done, in order. Each finished job adds its
 # files to /root/queue/stage, laid out as in the repository (docs/results/...), and re-packs /root/queue/results.tgz,
 # which watch.sh copies back: `tar xzf results.tgz` at the repository root here.
 Q=/root/queue; S=$Q/stage; D=docs/results/distillation/smollm2
@@ -13,7 +14,9 @@ score() {  # the suite's rows for student $1, converted and distilled, into /roo
   mkdir -p $S/$D && cp -r /root/suite/rows $S/$D/ && cp $Q/score-$s.log $S/$D/runs/$s/ 2> /dev/null; pack
 }
 bg=""
-for job in $1; do
+touch $Q/done  # jobs finished, one a line: a restarted runner (watch.sh) skips them
+for job in $(cat $Q/jobs); do
+  grep -qxF "$job" $Q/done && continue
   kind=${job%%:*}; s=${job#*:}
   case $kind in
     distill)
@@ -75,6 +78,7 @@ for job in $1; do
       pack ;;
     *) log "unknown job $job (distill:<s>, spec:<s>, decode, trainprof:<s>,<s>, speed)" ;;
   esac
+  echo "$job" >> $Q/done
 done
 [ -n "$bg" ] && wait $bg
 log "queue done"

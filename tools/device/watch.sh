@@ -3,7 +3,14 @@
 # by the lease's end still brings back every job finished before it. Here: `tar xzf results.tgz` at the repository
 # root, then `archzoo bench configs/bench/smollm2-distill.yaml --out docs/results/distillation/smollm2 --report-only`.
 Q=/root/queue; end=$(( $(date +%s) + ${WATCH_S:-560} ))
-[ -f $Q/pid ] || { echo "no queue here (the machine was released?)"; exit 1; }
+[ -f $Q/jobs ] || { echo "no queue here (the machine was released?)"; exit 1; }
+if ! kill -0 "$(cat $Q/pid)" 2> /dev/null && ! grep -q "queue done" $Q/queue.log; then
+  # the runner is gone before its end (a harness that ends a call's processes): start it again; it skips the
+  # jobs done, and a cut distill resumes from its last checkpoint
+  echo "runner not running: restarted"; source tools/device/setup.sh > /dev/null || exit 1
+  setsid nohup bash tools/device/queue_run.sh >> $Q/queue.log 2>&1 < /dev/null &
+  echo $! > $Q/pid
+fi
 while kill -0 "$(cat $Q/pid)" 2> /dev/null && [ "$(date +%s)" -lt "$end" ]; do
   [ -f $Q/results.tgz ] && cp $Q/results.tgz $OUT/ && cp $Q/queue.log $OUT/
   sleep 10
