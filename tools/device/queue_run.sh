@@ -13,24 +13,31 @@ score() {  # the suite's rows for student $1, converted and distilled, into /roo
   log "score $s rc=$? $(tail -1 $Q/score-$s.log | cut -c1-120)"
   mkdir -p $S/$D && cp -r /root/suite/rows $S/$D/ && cp $Q/score-$s.log $S/$D/runs/$s/ 2> /dev/null; pack
 }
+distill_one() {  # distill student $1 (resuming a cut run), its files staged
+  local s=$1 run=/root/runs/smollm2-$1 resume=""
+  [ -f $run/checkpoints/last.ckpt ] && resume="--resume"
+  log "distill $s $resume"
+  [ -f $run/summary.json ] || timeout ${DISTILL_TIMEOUT:-900} python3 -m archzoo distill configs/distill/smollm2-$s.yaml \
+      --output-dir $run $resume > $Q/distill-$s.log 2>&1
+  log "distill $s rc=$? $(grep -E '^step' $Q/distill-$s.log | tail -1 | cut -c1-100)"
+  mkdir -p $S/$D/runs/$s
+  cp $Q/distill-$s.log $S/$D/runs/$s/distill.log
+  for f in summary.json logs/metrics.csv run.yaml; do cp $run/$f $S/$D/runs/$s/ 2> /dev/null; done
+  pack
+}
 bg=""
 touch $Q/done  # jobs finished, one a line: a restarted runner (watch.sh) skips them
 for job in $(cat $Q/jobs); do
   grep -qxF "$job" $Q/done && continue
   kind=${job%%:*}; s=${job#*:}
   case $kind in
-    distill)
-      run=/root/runs/smollm2-$s; resume=""; [ -f $run/checkpoints/last.ckpt ] && resume="--resume"
-      log "distill $s $resume"
-      [ -f $run/summary.json ] || timeout ${DISTILL_TIMEOUT:-900} python3 -m archzoo distill configs/distill/smollm2-$s.yaml \
-          --output-dir $run $resume > $Q/distill-$s.log 2>&1
-      log "distill $s rc=$? $(grep -E '^step' $Q/distill-$s.log | tail -1 | cut -c1-100)"
-      mkdir -p $S/$D/runs/$s
-      cp $Q/distill-$s.log $S/$D/runs/$s/distill.log
-      for f in summary.json logs/metrics.csv run.yaml; do cp $run/$f $S/$D/runs/$s/ 2> /dev/null; done
-      pack
-      [ -n "$bg" ] && wait $bg  # one scoring at a time
-      [ -d $run/student ] && { score $s & bg=$!; } ;;
+    distill)  # distill:a, or distill:a+b to train two students at once on the one GPU (their tokens/s shared)
+      pids=""
+      for one in ${s//+/ }; do distill_one $one & pids="$pids $!"; done
+      wait $pids
+      [ -n "$bg" ] && wait $bg  # one scoring at a time, beside the next job
+      done_s=""; for one in ${s//+/ }; do [ -d /root/runs/smollm2-$one/student ] && done_s="$done_s $one"; done
+      [ -n "$done_s" ] && { ( for one in $done_s; do score $one; done ) & bg=$!; } ;;
     spec)
       [ -n "$bg" ] && wait $bg; bg=""
       log "spec $s"
