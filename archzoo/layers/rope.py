@@ -35,6 +35,7 @@ class RotaryEmbedding(nn.Module):
                 raise ValueError(f"RoPE of dim {dim} needs {dim // 2} pairs in [0, base_dim / 2), got {pairs} of "
                                  f"base_dim {base_dim}")  # fmt: skip
         self.dim, self.theta, self.pairs, self.base_dim = dim, theta, pairs, base_dim
+        self.chosen_pairs = pairs is not None  # what ``span`` reads (a bool: reading the tuple guards on it)
         self.register_buffer("inv_freq", self.frequencies(None), persistent=False)
 
     def frequencies(self, device) -> torch.Tensor:
@@ -64,7 +65,13 @@ class RotaryEmbedding(nn.Module):
             q_pos = torch.arange(ctx.pos, ctx.pos + T, device=device)
             return (q_pos, *self(q_pos, dtype))
 
-        key = ("rope_span", self.dim, self.theta, self.pairs, self.base_dim, ctx.pos, T, dtype, device)
+        if self.chosen_pairs:
+            # Not memoised: a key per layer would grow ``ctx.memo`` by one entry a layer, and a block compiled by
+            # the trainer guards on the memo's keys (and on ``pairs``, read for the key): every layer would
+            # recompile, and past dynamo's limit of 8 train eagerly. Built from ``inv_freq`` alone, the graph is
+            # the same for every layer.
+            return build()
+        key = ("rope_span", self.dim, self.theta, self.base_dim, ctx.pos, T, dtype, device)
         return ctx.memoised(key, build)
 
 
