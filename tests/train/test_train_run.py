@@ -271,16 +271,28 @@ def test_speed_levers_keep_the_losses(teacher_dir, tmp_path, monkeypatch):
     seen = {}
     orig = DistillModule.kd_step
 
+    def compiled(block) -> bool:
+        return getattr(block, "_compiled_call_impl", None) is not None
+
     def spy(self, ids, targets, stage):
         seen["teacher"] = self.teacher.embed.weight.dtype
-        seen["compiled"] = getattr(self.student.blocks[0], "_compiled_call_impl", None) is not None
+        seen["compiled"] = compiled(self.student.blocks[0])
+        seen["teacher_compiled_in_kd"] = all(compiled(b) for b in self.teacher.blocks)
         return orig(self, ids, targets, stage)
 
+    orig_align = DistillModule.align_step
+
+    def align_spy(self, ids, layers):  # the align stage hooks into the teacher's blocks: they stay eager there
+        seen["teacher_compiled_in_align"] = any(compiled(b) for b in self.teacher.blocks)
+        return orig_align(self, ids, layers)
+
     monkeypatch.setattr(DistillModule, "kd_step", spy)
+    monkeypatch.setattr(DistillModule, "align_step", align_spy)
     torch._dynamo.reset()
     run_distill(_config(teacher_dir, speed={"compile": True, "compile_backend": "eager", "fused_adamw": False}), levers)
     torch._dynamo.reset()
-    assert seen == {"teacher": torch.float32, "compiled": True}
+    assert seen == {"teacher": torch.float32, "compiled": True, "teacher_compiled_in_kd": True,
+                    "teacher_compiled_in_align": False}  # fmt: skip
     want, got = _losses(plain / "logs" / "metrics.csv"), _losses(levers / "logs" / "metrics.csv")
     assert sorted(got) == sorted(want)
     for step in want:
