@@ -198,6 +198,16 @@ class DistillModule(L.LightningModule):
         speed = self.run_cfg.speed
         if not speed.compile or getattr(self, "_compiled", False):
             return
+        # Every block of both models runs one code object (``Block.forward``), and dynamo keeps at most
+        # ``recompile_limit`` graphs per code object (8 by default) before it runs the rest eagerly, silently.
+        # The kinds of block (a hybrid's mixers, a CLA leader and member, the first layer) times the modes they
+        # run in (training, validation without gradients) times the two models can pass 8: a Jamba student
+        # with a compiled teacher is about 10.
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # the older name
+        setattr(cfg, name, max(getattr(cfg, name), 64))
         for block in self.student.blocks:
             block.compile(backend=speed.compile_backend)
         self._compiled = True
