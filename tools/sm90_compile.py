@@ -248,9 +248,10 @@ def _based_calls(T: int = 4096, B: int = 4, H: int = 8, d: int = 16, Dv: int = 6
 
 
 def _la_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) -> list:
-    """Linear attention's forward, segment-sum and backward kernels at the benchmark's shape (bf16, F = Dv = 64,
-    the default tiles), normalised and not; the backward with a start state and an end gradient per segment (the
-    case with the most live registers: 248-250 of 255 on sm_90, so a change that spills shows here)."""
+    """Linear attention's forward, segment-sum (the backward's, and the forward's) and backward kernels at the
+    benchmark's shape (bf16, F = Dv = 64, the default tiles), normalised and not, with a start state per segment;
+    the backward with an end gradient too (the case with the most live registers: 248-250 of 255 on sm_90, so a
+    change that spills shows here)."""
     from archzoo.kernels.linear_attention import triton as kl
 
     bf = dict(dtype=torch.bfloat16)
@@ -263,11 +264,15 @@ def _la_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) 
     out = []
     for norm in (True, False):
         tag = "norm" if norm else "plain"
-        out.append((f"la fwd {tag}", kl._fwd_kernel, (NV, B * H), (q, q, v, v, st, z, st, z, den, T, H, F, Dv, 1e-6),
-                    dict(HAS_S0=True, STORE_FINAL=True, NORMALIZE=norm, STORE_DEN=norm, **tiles)))  # fmt: skip
+        out.append((f"la fwd {tag}", kl._fwd_kernel, (NV, B * H, NS),
+                    (q, q, v, v, st, z, st, z, den, T, H, F, Dv, 1e-6, T // NS),
+                    dict(HAS_S0=True, STORE_FINAL=False, NORMALIZE=norm, STORE_DEN=norm, **tiles)))  # fmt: skip
         sums_args = (q, q, v, v, den, den, st, z, st, z, T, H, F, Dv, T // NS)
-        sums_consts = dict(NORMALIZE=norm, **tiles)
+        sums_consts = dict(NORMALIZE=norm, GRAD=True, **tiles)
         out.append((f"la seg_sums {tag}", kl._seg_sums_kernel, (NV, B * H, NS), sums_args, sums_consts))
+        if norm:  # the forward's (no gradient terms; normalisation does not enter it)
+            fwd_consts = dict(NORMALIZE=False, GRAD=False, **tiles)
+            out.append(("la seg_sums fwd", kl._seg_sums_kernel, (NV, B * H, NS), sums_args, fwd_consts))
         dqk = f32(NV, B, T, H, F)
         out.append((f"la bwd {tag}", kl._bwd_kernel, (NV, B * H, NS),
                     (q, q, v, v, den, den, st, z, st, z, dqk, dqk, f32(B, T, H, Dv), st, z, T, H, F, Dv,

@@ -109,18 +109,18 @@ def test_matches_naive(case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("normalize", [True, False], ids=["norm", "plain"])
 @pytest.mark.parametrize("segments", [1, 2, 3, 5])
-def test_backward_segments(segments, normalize, dtype, monkeypatch):
-    """The backward cut into 1, 2, 3 and 5 segments of whole chunks (T = 75, chunks of 16: the last segment
-    short, or holding the short last chunk), with an initial state and the final state's gradient: every output
-    and gradient as the reference, whatever the cut. The segments' start states and end gradients come from the
-    other segments' sums (the module docstring)."""
+def test_segments(segments, normalize, dtype, monkeypatch):
+    """The forward and the backward cut into 1, 2, 3 and 5 segments of whole chunks (T = 75, chunks of 16: the
+    last segment short, or holding the short last chunk), with an initial state, the final state and its
+    gradient: every output and gradient as the reference, whatever the cut. The segments' start states and end
+    gradients come from the other segments' sums (the module docstring)."""
     monkeypatch.setattr(TL, "SEGMENTS", segments)
     used = []
     real = TL._segments
     monkeypatch.setattr(TL, "_segments", lambda *a: used.append(real(*a)) or used[-1])
     q, k, v, state = _inputs(2, 75, 2, 6, 20, True, dtype, seed=segments)
     _compare(q, k, v, state, True, normalize, 16, TOL[dtype])
-    assert used == [segments]
+    assert used == [segments, segments], "the forward's cut, then the backward's"
 
 
 def test_segments_plan():

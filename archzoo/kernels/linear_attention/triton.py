@@ -19,7 +19,7 @@ With dnum = do / den and dden = -(do . o) / den (zero without normalisation), G 
 and dS_0, dz_0 are dS, dz after the first chunk. dq and dk are sums over value blocks: each block writes its
 partial to an fp32 buffer (NV, B, T, H, F) that the host sums; the dden / dz terms are added by block 0 only.
 
-**Segments (backward).** One program per (value block, batch * head) walks all T / BT chunks twice in a row,
+**Segments (backward, and the forward likewise).** One program per (value block, batch * head) walks all T / BT chunks twice in a row,
 so at B * H = 32, Dv = 64 (two value blocks) only 64 programs run, each a long chain of small matmuls: at
 T = 16k that backward was 0.80x fla's (H100 and H200, normalised), which splits the sequence. So does ours now:
 the sequence is cut into NS segments of whole chunks, and the two loops above run per (value block, batch *
@@ -30,7 +30,8 @@ grid) computes each segment's four sums, the host turns them into prefix and suf
 few MB), and the main kernel starts each segment from them; dS_0, dz_0 are the final gradient plus all the
 segments' sums. The cost is one more pass over q, k, v, do (three instead of two), against chains NS times
 shorter. ``_segments`` picks NS from the grid and the SM count (one segment where the grid already fills the
-GPU).
+GPU). The forward does the same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the final
+state on the host.
 """
 
 from __future__ import annotations
@@ -65,13 +66,18 @@ def _mm(a, b, LOWP: tl.constexpr):
 @triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, s0_ptr, z0_ptr, st_ptr, zt_ptr, den_ptr,
-    T, H, F, DV, eps,
+    T, H, F, DV, eps, SEG,
     BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr,
     HAS_S0: tl.constexpr, STORE_FINAL: tl.constexpr, NORMALIZE: tl.constexpr, STORE_DEN: tl.constexpr,
     LOWP: tl.constexpr,
 ):  # fmt: skip
+    """Program (value block, batch * head, segment): positions [s SEG, (s + 1) SEG) from the segment's start
+    state, read at segment s of s0 / z0 ((NS, B, H, F, [Dv]); NS = 1: the initial state itself). STORE_FINAL
+    with one segment only (with several the host sums the final state)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
+    i_s = tl.program_id(2)
+    t_start = i_s * SEG
     i_b = i_bh // H
     i_h = i_bh % H
     DT = q_ptr.dtype.element_ty
@@ -87,10 +93,11 @@ def _fwd_kernel(
     S = tl.zeros([BF, BV], dtype=tl.float32)
     z = tl.zeros([BF], dtype=tl.float32)
     if HAS_S0:
-        S += tl.load(s0_ptr + s_off, mask=ms, other=0.0)
-        z += tl.load(z0_ptr + i_bh * F + rf, mask=mf, other=0.0)
+        seg = i_s.to(tl.int64) * tl.num_programs(1)
+        S += tl.load(s0_ptr + seg * F * DV + s_off, mask=ms, other=0.0)
+        z += tl.load(z0_ptr + seg * F + i_bh * F + rf, mask=mf, other=0.0)
     causal = rt[:, None] >= rt[None, :]
-    for t0 in range(0, T, BT):
+    for t0 in range(t_start, tl.minimum(t_start + SEG, T), BT):
         t = t0 + rt
         mt = t < T
         qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
@@ -120,9 +127,11 @@ def _seg_sums_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, den_ptr, delta_ptr, sum_s_ptr, sum_z_ptr, sum_ds_ptr, sum_dz_ptr,
     T, H, F, DV, SEG,
     BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr, NORMALIZE: tl.constexpr, LOWP: tl.constexpr,
+    GRAD: tl.constexpr,
 ):  # fmt: skip
-    """Segment ``program_id(2)``'s sums over its chunks: k^T v (F, BV) and colsum k (F), and q^T dnum (F, BV) and
-    q^T dden (F), into buffers (NS, B, H, F, [Dv]) fp32; the z sums by value block 0 only (the same for all)."""
+    """Segment ``program_id(2)``'s sums over its chunks: k^T v (F, BV) and colsum k (F), and with GRAD q^T dnum
+    (F, BV) and q^T dden (F), into buffers (NS, B, H, F, [Dv]) fp32; the z sums by value block 0 only (the same
+    for all). Without GRAD (the forward) q and do are not read."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2).to(tl.int64)
@@ -147,28 +156,32 @@ def _seg_sums_kernel(
         v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
         m_qk = mt[:, None] & mf[None, :]
         m_v = mt[:, None] & mv[None, :]
-        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
-        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
-        if NORMALIZE:
-            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
-            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den
-            dnum = dnum / den[:, None]
-            sdz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
         if not LOWP:
-            q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
+            k, v = k.to(tl.float32), v.to(tl.float32)
         sS += _mm(tl.trans(k), v, LOWP)
         sz += tl.sum(k.to(tl.float32), 0)
-        sdS += _mm(tl.trans(q), dnum.to(v.dtype), LOWP)
+        if GRAD:
+            q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
+            dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
+            if NORMALIZE:
+                den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
+                dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den
+                dnum = dnum / den[:, None]
+                sdz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
+            if not LOWP:
+                q = q.to(tl.float32)
+            sdS += _mm(tl.trans(q), dnum.to(v.dtype), LOWP)
     s_off = (i_s * n_bh + i_bh) * F * DV + rf[:, None] * DV + rv[None, :]
     ms = mf[:, None] & mv[None, :]
     tl.store(sum_s_ptr + s_off, sS, mask=ms)
-    tl.store(sum_ds_ptr + s_off, sdS, mask=ms)
     z_off = (i_s * n_bh + i_bh) * F + rf
     first = mf & (rf * 0 + i_v == 0)
     tl.store(sum_z_ptr + z_off, sz, mask=first)
-    tl.store(sum_dz_ptr + z_off, sdz, mask=first)
+    if GRAD:
+        tl.store(sum_ds_ptr + s_off, sdS, mask=ms)
+        tl.store(sum_dz_ptr + z_off, sdz, mask=first)
 
 
 @triton.jit
@@ -324,11 +337,34 @@ class _LinearAttention(torch.autograd.Function):
         zT = q.new_empty(B, H, F, dtype=torch.float32) if output_final_state else None
         store_den = normalize  # den (B, H, T) fp32 is what the backward needs besides the inputs and o
         den = q.new_empty(B, H, T, dtype=torch.float32) if store_den else None
-        _fwd_kernel[(NV, B * H)](
-            q, k, v, o, s0 if has_s0 else o, z0c if has_s0 else o, ST if output_final_state else o,
+        # Segments, as in the backward (module docstring): each starts from S_0 plus the sums of k^T v, k of the
+        # segments before it; the final state is S_0 plus all of them.
+        n_chunks = triton.cdiv(T, BT)
+        NS = _segments(NV * B * H, n_chunks, q.device)
+        SEG = triton.cdiv(n_chunks, NS) * BT
+        NS = triton.cdiv(T, SEG)
+        s_start, z_start = s0, z0c
+        if NS > 1:
+            s_sum, z_sum = (
+                q.new_empty(NS, B, H, F, Dv, dtype=torch.float32),
+                q.new_empty(NS, B, H, F, dtype=torch.float32),
+            )
+            _seg_sums_kernel[(NV, B * H, NS)](
+                q, k, v, v, o, o, s_sum, z_sum, s_sum, z_sum, T, H, F, Dv, SEG,
+                BT=BT, BF=BF, BV=BV, NORMALIZE=False, LOWP=_lowp(q.dtype), GRAD=False, num_warps=NUM_WARPS,
+            )  # fmt: skip
+            s_start, z_start = torch.cumsum(s_sum, 0) - s_sum, torch.cumsum(z_sum, 0) - z_sum
+            if has_s0:
+                s_start, z_start = s_start + s0, z_start + z0c
+            if output_final_state:
+                ST.copy_(s_sum.sum(0) + (s0 if has_s0 else 0))
+                zT.copy_(z_sum.sum(0) + (z0c if has_s0 else 0))
+        seg_start = NS > 1 or has_s0
+        _fwd_kernel[(NV, B * H, NS)](
+            q, k, v, o, s_start if seg_start else o, z_start if seg_start else o, ST if output_final_state else o,
             zT if output_final_state else o, den if store_den else o,
-            T, H, F, Dv, float(eps),
-            BT=BT, BF=BF, BV=BV, HAS_S0=has_s0, STORE_FINAL=output_final_state, NORMALIZE=normalize,
+            T, H, F, Dv, float(eps), SEG,
+            BT=BT, BF=BF, BV=BV, HAS_S0=seg_start, STORE_FINAL=output_final_state and NS == 1, NORMALIZE=normalize,
             STORE_DEN=store_den, LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, den, s0, z0c)
@@ -361,7 +397,8 @@ class _LinearAttention(torch.autograd.Function):
             sums = [q.new_empty(NS, B, H, F, *d, dtype=torch.float32) for d in ((Dv,), (), (Dv,), ())]
             _seg_sums_kernel[(NV, B * H, NS)](
                 q, k, v, do, den if normalize else do, delta if normalize else do, *sums,
-                T, H, F, Dv, SEG, BT=BT, BF=BF, BV=BV, NORMALIZE=normalize, LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
+                T, H, F, Dv, SEG, BT=BT, BF=BF, BV=BV, NORMALIZE=normalize, LOWP=_lowp(q.dtype), GRAD=True,
+                num_warps=NUM_WARPS,
             )  # fmt: skip
             s_sum, z_sum, ds_sum, dz_sum = sums
             s_start = torch.cumsum(s_sum, 0) - s_sum  # the sums of the segments before each
