@@ -57,7 +57,10 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
           configs/students/mla.yaml --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1
-      log "decode bench rc=$?"; pack ;;
+      log "decode bench rc=$?"
+      timeout 200 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 4,8 --prompt-lens 128 \
+          --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench_m4_m8 > $O/bench_m4_m8.log 2>&1
+      log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack ;;
     trainprof)  # issue 16: why MQA and CLA2 train at 122k tokens/s and MLA at 158k: each recipe as shipped, profiled
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/distillation/trainprof; mkdir -p $O
