@@ -35,6 +35,7 @@ it runs eagerly, the reason logged once and kept in ``last_generate_stats["uncap
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -120,9 +121,17 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     switch is read first, wherever a step consults it), so a flip recompiles them; tests hold both.
     Not here: ``layers.moe.DISPATCH``, read only on MoE's sorted path, which no compiled or captured step takes
     (``uncapturable``); ``kernels._launch.FAST_LAUNCH``, which changes how the host launches a kernel, not which
-    kernel a graph holds.
+    kernel a graph holds. With "auto", ``layers.fused.AUTO_MAX_ROWS`` too; and ``kernels._pdl.ENABLED`` (the decode
+    kernels launched with programmatic dependent launch: a launch attribute the captured graph keeps), read from the
+    module only once it is imported (it imports Triton, which ``archzoo`` itself never does at import).
     """
-    return (("DECODE_LINEAR", fused_layer.DECODE_LINEAR), ("DECODE_ATTENTION", attention_layer.DECODE_ATTENTION))
+    pdl = sys.modules.get("archzoo.kernels._pdl")
+    switches = [("DECODE_LINEAR", fused_layer.DECODE_LINEAR), ("DECODE_ATTENTION", attention_layer.DECODE_ATTENTION)]
+    if fused_layer.DECODE_LINEAR == "auto":
+        switches.append(("AUTO_MAX_ROWS", fused_layer.AUTO_MAX_ROWS))
+    if pdl is not None and pdl.ENABLED:
+        switches.append(("PDL", True))
+    return tuple(switches)
 
 
 def uncapturable(model, rows: int) -> str | None:

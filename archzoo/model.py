@@ -36,8 +36,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
         # A decode step on the fused copies (layers/fused.py) hands the norms to the projections that follow
         # them, so the decode GEMV can fuse each RMSNorm in; everything else normalises here.
+        gemv = ctx.fused and ctx.decoding and fused_layer.gemv_for(x.shape[0] * x.shape[1])
         if ctx.fused and ctx.decoding and getattr(self.mixer, "TAKES_NORM", False):
-            if fused_layer.DECODE_LINEAR == "kernel" and getattr(self.mixer, "TAKES_RESIDUAL", False):
+            if gemv and getattr(self.mixer, "TAKES_RESIDUAL", False):
                 x = self.mixer(x, state, ctx, norm=self.mixer_norm, residual=x)  # added in the O GEMV's epilogue
             else:
                 x = x + self.mixer(x, state, ctx, norm=self.mixer_norm)
@@ -47,7 +48,7 @@ class Block(nn.Module):
             fused = getattr(self.ffn, "fused", None) if ctx.fused else None
             if fused is None:
                 x = x + self.ffn(self.ffn_norm(x))
-            elif getattr(fused, "pairs", False) and fused_layer.DECODE_LINEAR == "kernel":
+            elif getattr(fused, "pairs", False) and gemv:
                 # the GEMV's epilogues: SiLU x up after gate|up (interleaved copy), the residual add after down
                 x = fused_layer.swiglu_step(fused, self.ffn.down_proj.weight, x, self.ffn_norm)
             else:
@@ -130,8 +131,8 @@ class ArchZooLM(nn.Module):
         teacher's bytes) once.
         """
         if (
-            cache is not None and cache.fused_weights and fused_layer.DECODE_LINEAR == "kernel"
-            and input_ids.dim() == 2 and input_ids.shape[1] == 1 and not torch.is_grad_enabled()
+            cache is not None and cache.fused_weights and input_ids.dim() == 2 and input_ids.shape[1] == 1
+            and fused_layer.gemv_for(input_ids.shape[0]) and not torch.is_grad_enabled()
         ):  # fmt: skip
             x = self.hidden_states(input_ids, cache, final_norm=False)
             return fused_layer.decode_project(x, self.lm_head.weight, self.lm_head.bias, norm=self.norm)

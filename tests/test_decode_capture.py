@@ -309,3 +309,40 @@ def test_gemv_step_adds_both_residuals_in_epilogues(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert not any(seen_cublas)
     assert sum(seen_kernel) == 2 * model.cfg.n_layers, seen_kernel  # O and down, every layer
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+@pytest.mark.parametrize("max_rows", [1, 2])
+def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
+    """``DECODE_LINEAR = "auto"``: a step of 2 rows runs the GEMV and its epilogues where ``AUTO_MAX_ROWS`` >= 2,
+    F.linear where it is 1, the whole step one way (the sites that fuse a norm or a residual ask ``gemv_for``);
+    the logits are F.linear's either way, and the pool's key holds the setting (``decode_switches``)."""
+    import archzoo
+    import archzoo.kernels as K
+    from archzoo.generation import decode_switches
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    model = archzoo.build_model(archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "gqa"))).float().eval()
+    model.refresh_fused()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    caches = []
+    for _ in range(2):
+        c = model.new_cache(2, 12, dtype=torch.float32)
+        c.fused_weights = True
+        caches.append(c)
+    with torch.no_grad():
+        for c in caches:
+            model(ids[:, :5], cache=c)
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "auto")
+        monkeypatch.setattr(fused, "AUTO_MAX_ROWS", max_rows)
+        assert ("AUTO_MAX_ROWS", max_rows) in decode_switches()
+        K._dispatch.record("decode_linear", "none")
+        K._dispatch.record("decode_qkv_rope", "none")
+        got = model(ids[:, 5:6], cache=caches[0])
+        want = "triton" if max_rows >= 2 else "none"
+        assert K.last_backend("decode_linear") == want and K.last_backend("decode_qkv_rope") == want
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+        assert_close("auto step", got, model(ids[:, 5:6], cache=caches[1]), 1e-5)

@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--attention", default="kernel", help="kernel, sdpa or kernel,sdpa")
-    p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, or several: cublas,kernel")
+    p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []

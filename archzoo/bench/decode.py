@@ -101,8 +101,8 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 # GEMV kernel gets "-gemv" after its implementation name. "kernel-pdl": the same kernels launched with
 # programmatic dependent launch (``archzoo.kernels._pdl``: each GEMV loads its weights while the kernel before
 # finishes), "-gemv-pdl".
-LINEARS = ("cublas", "kernel", "kernel-pdl")
-LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl"}
+LINEARS = ("cublas", "kernel", "kernel-pdl", "auto")
+LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl", "auto": "-auto"}
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -114,11 +114,11 @@ def parse_linears(text: Sequence[str] | str) -> list[str]:
 
 @contextmanager
 def decode_linear_form(form: str):
-    """Run the decode step's projections as ``form`` ("cublas", "kernel" or "kernel-pdl": ``LINEARS``)."""
+    """Run the decode step's projections as ``form`` ("cublas", "kernel", "kernel-pdl" or "auto": ``LINEARS``)."""
     from archzoo.kernels import _pdl
 
     old, old_pdl = fused_layer.DECODE_LINEAR, _pdl.ENABLED
-    fused_layer.DECODE_LINEAR = "cublas" if form == "cublas" else "kernel"
+    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel"}.get(form, form)  # "auto": the GEMV up to AUTO_MAX_ROWS
     _pdl.ENABLED = form == "kernel-pdl"
     try:
         yield
@@ -870,7 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="cublas",
         help="the step's projections: cublas (default; F.linear), kernel (archzoo.kernels.decode_linear, a Triton "
         "GEMV for up to 16 rows), kernel-pdl (the same, each decode kernel launched with programmatic dependent "
-        "launch), or several side by side, e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
+        "launch), auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows, cuBLAS above), or several side by side, "
+        "e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
     )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p

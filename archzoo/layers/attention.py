@@ -320,7 +320,7 @@ class Attention(nn.Module):
         fuses (an RMSNorm, or none)."""
         f = self.fused
         return (
-            fused_mod.DECODE_LINEAR == "kernel" and ctx.fused and f is not None and f.weight is not None
+            fused_mod.gemv_for(x.shape[0] * x.shape[1]) and ctx.fused and f is not None and f.weight is not None
             and f.bias is None and state is not None and x.shape[1] == 1 and x.shape[0] <= MAX_M
             and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
         )  # fmt: skip

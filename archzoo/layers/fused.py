@@ -34,10 +34,22 @@ from ..kernels._dispatch import record
 from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not .triton: that fixes Triton's mode
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
-# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits. cuBLAS
+# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits; "auto" the
+# GEMV for steps of at most AUTO_MAX_ROWS rows and F.linear above (``gemv_for``). cuBLAS
 # read the teacher's weights at ~470 GB/s at batch 1 on an H200 (docs/decode.md); the GEMV is measured against it
 # with ``archzoo bench decode --decode-linear cublas,kernel`` before it becomes the default.
 DECODE_LINEAR = "cublas"
+# "auto": the GEMV up to AUTO_MAX_ROWS rows (batch x tokens) a step, cuBLAS above: on an H100 the GEMV made the
+# teacher's step 1.30x faster at batch 1 and cuBLAS was 1.08x faster at 16 (docs/decode.md); the crossover
+# between them is measured by the queue's ``decode`` job (batch 4 and 8) before "auto" becomes the default.
+AUTO_MAX_ROWS = 8
+
+
+def gemv_for(rows: int) -> bool:
+    """Whether a decode step of ``rows`` rows (batch x tokens) runs its projections through the decode GEMV and its
+    epilogues: ``DECODE_LINEAR`` "kernel", or "auto" with at most ``AUTO_MAX_ROWS`` rows. Every site that fuses a
+    norm or a residual into a projection asks this, so a step is all GEMV or all cuBLAS."""
+    return DECODE_LINEAR == "kernel" or (DECODE_LINEAR == "auto" and rows <= AUTO_MAX_ROWS)
 
 
 def decode_project(
@@ -55,8 +67,8 @@ def decode_project(
 
     ``residual`` (..., N): returns ``residual + ...`` (in the GEMV's epilogue: one rounding). ``swiglu``: weight's
     rows are (gate, up) pairs (``FusedLinears`` with ``pairs``); returns silu(g) * u (..., N // 2)."""
-    if DECODE_LINEAR == "kernel":
-        rows = x.numel() // x.shape[-1]
+    rows = x.numel() // x.shape[-1]
+    if gemv_for(rows):
         reason = None
         if bias is not None:
             reason = "the projection has a bias"
@@ -72,7 +84,7 @@ def decode_project(
             y = decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps, res, swiglu)
             return y.view(*x.shape[:-1], y.shape[-1])
         if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
-            record("decode_linear", "cublas", f"DECODE_LINEAR='kernel' but F.linear runs: {reason}")
+            record("decode_linear", "cublas", f"DECODE_LINEAR={DECODE_LINEAR!r} but F.linear runs: {reason}")
     y = F.linear(norm(x) if norm is not None else x, weight, bias)
     if swiglu:
         y = swiglu_pairs(y)

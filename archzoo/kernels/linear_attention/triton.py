@@ -19,20 +19,18 @@ With dnum = do / den and dden = -(do . o) / den (zero without normalisation), G 
 and dS_0, dz_0 are dS, dz after the first chunk. dq and dk are sums over value blocks: each block writes its
 partial to an fp32 buffer (NV, B, T, H, F) that the host sums; the dden / dz terms are added by block 0 only.
 
-**Segments (backward, and the forward likewise).** One program per (value block, batch * head) walks all T / BT chunks twice in a row,
-so at B * H = 32, Dv = 64 (two value blocks) only 64 programs run, each a long chain of small matmuls: at
-T = 16k that backward was 0.80x fla's (H100 and H200, normalised), which splits the sequence. So does ours now:
-the sequence is cut into NS segments of whole chunks, and the two loops above run per (value block, batch *
-head, segment). What a segment needs from the others is linear in the inputs: S, z at its start are S_0, z_0
-plus the sums of k^T v, k over the segments before it, and dS, dz at its end are the final state's gradient
-plus the sums of q^T dnum, q^T dden over the segments after it. A first kernel (``_seg_sums_kernel``, same
-grid) computes each segment's four sums, the host turns them into prefix and suffix sums (``torch.cumsum``, a
-few MB), and the main kernel starts each segment from them; dS_0, dz_0 are the final gradient plus all the
-segments' sums. The cost is one more pass over q, k, v, do (three instead of two), against chains NS times
-shorter. ``_segments`` picks NS from the grid and the SM count (one segment where the grid already fills the
-GPU). The forward does the same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the final
-state on the host.
-"""
+**Segments (backward, and the forward likewise).** One program per (value block, batch * head) walked all T / BT
+chunks twice in a row, so at B * H = 32, Dv = 64 (two value blocks) only 64 programs run, each a long chain of
+small matmuls: at T = 16k that backward was 0.80x fla's (H100 and H200, normalised), which splits the sequence. So
+does ours now: the sequence is cut into NS segments of whole chunks, and the two loops above run per (value block,
+batch * head, segment). What a segment needs from the others is linear in the inputs: S, z at its start are S_0,
+z_0 plus the sums of k^T v, k over the segments before it, and dS, dz at its end are the final state's gradient
+plus the sums of q^T dnum, q^T dden over the segments after it. A first kernel (``_seg_sums_kernel``, same grid)
+computes each segment's four sums, the host turns them into prefix and suffix sums (``torch.cumsum``, a few MB),
+and the main kernel starts each segment from them; dS_0, dz_0 are the final gradient plus all the segments' sums.
+The cost is one more pass over q, k, v, do (three instead of two), against chains NS times shorter. ``_segments``
+picks NS from the grid and the SM count (one segment where the grid already fills the GPU). The forward does the
+same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the final state on the host."""
 
 from __future__ import annotations
 
