@@ -255,7 +255,17 @@ def _setting_lines(res: dict) -> list[str]:
     s, v = res["settings"], res["versions"]
     d = s.get("decode")
     vers = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    rebuilt = res.get("report_only")
     return [
+        *(
+            [
+                f"- report rebuilt from the stored rows by `{rebuilt['command']}` ({rebuilt['date']}); the rows come "
+                "from one or more measuring runs, each named in the Provenance table; the command and date below "
+                "are the last measuring run's"
+            ]
+            if rebuilt
+            else []
+        ),
         f"- command: `{res['command']}`",
         f"- date: {res['date']}; device: {res['device']}, {res['dtype']}; {vers}",
         f"- teacher: {s['teacher']['name']} ({s['teacher']['source']})",

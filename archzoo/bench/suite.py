@@ -783,6 +783,12 @@ def report_from_rows(suite_path: str | Path, out_dir: str | Path) -> dict:
     speeds = _load_decode_from(suite.decode_from) if suite.decode_from else None
     if speeds is not None:
         _merge_speeds(meta, rows, speeds)
+    # The rows may come from several runs (machines, leases): the header says the report was rebuilt, and that
+    # its command and date are the last measuring run's (each row's own are in the Provenance table).
+    meta["report_only"] = {
+        "command": f"archzoo bench {suite_path} --out {out_dir} --report-only",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
     return write_report(out, meta, rows, names)
 
 

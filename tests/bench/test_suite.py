@@ -334,7 +334,10 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert _bench(path, "--out", out, "--report-only") == 0
     again = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in again["rows"]] == [r["name"] for r in res["rows"]]
-    assert "## Distillation: converted (before) -> trained (after)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Distillation: converted (before) -> trained (after)" in md
+    assert "- report rebuilt from the stored rows by `archzoo bench" in md and "--report-only`" in md, md[:600]
+    assert "report rebuilt from the stored rows" in (out / "report.html").read_text()
     assert _bench(path, "--out", tmp_path / "empty", "--report-only") == 2
 
 
