@@ -121,6 +121,21 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _dnum_dden(do_ptr, den_ptr, delta_ptr, v_off, m_v, row, t, mt, scale, BT: tl.constexpr, NORMALIZE: tl.constexpr):
+    """A chunk's output gradient split as the backward uses it: dnum = do / den (BT, BV) and dden = -(do . o) / den
+    * ``scale`` (BT,) (``delta`` holds do . o; ``scale`` 0 on the value blocks that do not count the dden terms);
+    without normalisation dnum = do and dden = 0. ``row``: the (batch, head)'s offset into den / delta (B, H, T)."""
+    dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
+    if NORMALIZE:
+        den = tl.load(den_ptr + row + t, mask=mt, other=1.0)
+        dden = -tl.load(delta_ptr + row + t, mask=mt, other=0.0) / den * scale
+        dnum = dnum / den[:, None]
+    else:
+        dden = tl.zeros([BT], dtype=tl.float32)
+    return dnum, dden
+
+
+@triton.jit
 def _seg_sums_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, den_ptr, delta_ptr, sum_s_ptr, sum_z_ptr, sum_ds_ptr, sum_dz_ptr,
     T, H, F, DV, SEG,
@@ -162,11 +177,8 @@ def _seg_sums_kernel(
         sz += tl.sum(k.to(tl.float32), 0)
         if GRAD:
             q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
-            dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
-            if NORMALIZE:
-                den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
-                dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den
-                dnum = dnum / den[:, None]
+            dnum, dden = _dnum_dden(do_ptr, den_ptr, delta_ptr, v_off, m_v, i_bh * T, t, mt, 1.0, BT, NORMALIZE)
+            if NORMALIZE:  # dden is zero without normalisation
                 sdz += tl.sum(q.to(tl.float32) * dden[:, None], 0)
             if not LOWP:
                 q = q.to(tl.float32)
@@ -230,13 +242,7 @@ def _bwd_kernel(
         m_v = mt[:, None] & mv[None, :]
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
-        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
-        if NORMALIZE:
-            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
-            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den * firstf
-            dnum = dnum / den[:, None]
-        else:
-            dden = tl.zeros([BT], dtype=tl.float32)
+        dnum, dden = _dnum_dden(do_ptr, den_ptr, delta_ptr, v_off, m_v, i_bh * T, t, mt, firstf, BT, NORMALIZE)
         if not LOWP:
             k, v = k.to(tl.float32), v.to(tl.float32)
         G = tl.where(causal, _mm(dnum.to(v.dtype), tl.trans(v), LOWP) + dden[:, None], 0.0)  # (BT, BT)
@@ -264,13 +270,7 @@ def _bwd_kernel(
         q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
-        dnum = tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
-        if NORMALIZE:
-            den = tl.load(den_ptr + i_bh * T + t, mask=mt, other=1.0)
-            dden = -tl.load(delta_ptr + i_bh * T + t, mask=mt, other=0.0) / den * firstf
-            dnum = dnum / den[:, None]
-        else:
-            dden = tl.zeros([BT], dtype=tl.float32)
+        dnum, dden = _dnum_dden(do_ptr, den_ptr, delta_ptr, v_off, m_v, i_bh * T, t, mt, firstf, BT, NORMALIZE)
         if not LOWP:
             q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
         dnum_l = dnum.to(v.dtype)
