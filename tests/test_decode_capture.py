@@ -147,6 +147,25 @@ def test_many_models_compile_their_steps_in_one_process(monkeypatch):
     torch._dynamo.reset()
 
 
+def _fused_pair(cfg: dict):
+    """A model of ``cfg`` in fp32 with its fused copies, 2 x 8 token ids, and two caches (12 positions, reading the
+    fused copies) each prefilled with the first 5 tokens: one for the step under test, one for the reference."""
+    import archzoo
+
+    torch.manual_seed(0)
+    model = archzoo.build_model(cfg).float().eval()
+    model.refresh_fused()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
+    caches = []
+    with torch.no_grad():
+        for _ in range(2):
+            c = model.new_cache(2, 12, dtype=torch.float32)
+            c.fused_weights = True
+            model(ids[:, :5], cache=c)
+            caches.append(c)
+    return model, ids, caches
+
+
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla", "mla"])
@@ -161,24 +180,13 @@ def test_gemv_step_matches_cublas_step(monkeypatch, family):
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    path = next(p for p in MODEL_CONFIGS if p.stem == family)
-    cfg = archzoo.load_config(path).to_dict()
+    cfg = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == family)).to_dict()
     if family == "swa":
         cfg["mixer"]["window"] = 4  # a ring of 4 slots: the steps at positions 5 and 6 wrap around
     if family == "mla":
         cfg["mixer"]["q_lora_rank"] = None  # as the students: a full-rank query, in the fused Q|latent copy
-    torch.manual_seed(0)
-    model = archzoo.build_model(cfg).float().eval()
-    model.refresh_fused()
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
-    caches = []
-    for _ in range(2):
-        c = model.new_cache(2, 12, dtype=torch.float32)
-        c.fused_weights = True
-        caches.append(c)
+    model, ids, caches = _fused_pair(cfg)
     with torch.no_grad():
-        for c in caches:
-            model(ids[:, :5], cache=c)
         counter = CompileCounter()
         step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
         for t in range(5, 7):  # one traced step, one eager
@@ -324,18 +332,8 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    torch.manual_seed(0)
-    model = archzoo.build_model(archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "gqa"))).float().eval()
-    model.refresh_fused()
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
-    caches = []
-    for _ in range(2):
-        c = model.new_cache(2, 12, dtype=torch.float32)
-        c.fused_weights = True
-        caches.append(c)
+    model, ids, caches = _fused_pair(archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "gqa")).to_dict())
     with torch.no_grad():
-        for c in caches:
-            model(ids[:, :5], cache=c)
         monkeypatch.setattr(fused, "DECODE_LINEAR", "auto")
         monkeypatch.setattr(fused, "AUTO_MAX_ROWS", max_rows)
         assert ("AUTO_MAX_ROWS", max_rows) in decode_switches()
