@@ -126,7 +126,7 @@ class ArchZooLM(nn.Module):
         value, so ``torch.compile(step, fullgraph=True)`` compiles it once and a CUDA graph can replay
         it. Longer inputs (a prefill) read the rows' common length on the host.
 
-        A decode step on the fused copies with the decode GEMV (``layers.fused.DECODE_LINEAR == "kernel"``) runs
+        A decode step on the fused copies with the decode GEMV (``layers.fused.gemv_for``) runs
         the final norm inside the LM head's GEMV: one kernel, reading the head's weights (a fifth of the
         teacher's bytes) once.
         """

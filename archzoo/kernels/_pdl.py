@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from ._dispatch import once
+
 try:  # Triton >= 3.4; the kernels' PDL constexpr keeps the calls out of the kernel where they are absent
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
@@ -46,12 +48,19 @@ _MAJOR: dict[int, int] = {}
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on ``device`` launch with PDL: ``ENABLED``, a Triton with the intrinsics, CUDA (not the
     interpreter, not ROCm) and compute capability 9.0 or later."""
-    if not (ENABLED and HAS_PDL and device.type == "cuda" and torch.version.hip is None):
+    if not ENABLED or device.type != "cuda":  # the interpreter (CPU tensors) never launches with PDL
+        return False
+    if not HAS_PDL or torch.version.hip is not None:
+        once("pdl", f"archzoo.kernels._pdl.ENABLED, but the decode kernels launch without PDL: "
+             f"{'ROCm' if HAS_PDL else 'this Triton has no gdc_wait (3.4 or later has)'}")  # fmt: skip
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     major = _MAJOR.get(index)
     if major is None:
         major = _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+    if major < 9:
+        once("pdl", f"archzoo.kernels._pdl.ENABLED, but the decode kernels launch without PDL: compute capability "
+             f"{major}.x (PDL needs 9.0 or later)")  # fmt: skip
     return major >= 9
 
 

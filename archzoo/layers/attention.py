@@ -251,7 +251,7 @@ class Attention(nn.Module):
 
     # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm
     # (``norm=``), so the RMSNorm can run inside the Q|K|V GEMV (``layers/fused.py``); with the decode GEMV
-    # (``DECODE_LINEAR == "kernel"``) also the residual (``residual=``), added in the O projection's epilogue.
+    # (``fused.gemv_for``) also the residual (``residual=``), added in the O projection's epilogue.
     TAKES_NORM = True
     TAKES_RESIDUAL = True
 
@@ -316,8 +316,8 @@ class Attention(nn.Module):
 
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``DECODE_LINEAR == "kernel"``), one token a row, at most 16 rows, no bias, one dtype, and a norm the GEMV
-        fuses (an RMSNorm, or none)."""
+        (``fused.gemv_for``: "kernel", or "auto" within its rows), one token a row, at most 16 rows, no bias, one
+        dtype, and a norm the GEMV fuses (an RMSNorm, or none)."""
         f = self.fused
         return (
             fused_mod.gemv_for(x.shape[0] * x.shape[1]) and ctx.fused and f is not None and f.weight is not None

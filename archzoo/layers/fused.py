@@ -85,6 +85,8 @@ def decode_project(
             return y.view(*x.shape[:-1], y.shape[-1])
         if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
             record("decode_linear", "cublas", f"DECODE_LINEAR={DECODE_LINEAR!r} but F.linear runs: {reason}")
+    elif DECODE_LINEAR == "auto" and not torch.compiler.is_compiling():
+        record("decode_linear", "cublas", f"DECODE_LINEAR='auto': {rows} rows > AUTO_MAX_ROWS={AUTO_MAX_ROWS}")
     y = F.linear(norm(x) if norm is not None else x, weight, bias)
     if swiglu:
         y = swiglu_pairs(y)

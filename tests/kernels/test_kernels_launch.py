@@ -319,6 +319,13 @@ def test_pdl_off_on_cpu_and_by_default(monkeypatch):
     assert _pdl.ENABLED is False and not _pdl.pdl_enabled(torch.device("cpu"))
     monkeypatch.setattr(_pdl, "ENABLED", True)
     assert not _pdl.pdl_enabled(torch.device("cpu")), "never on the CPU"
+    # asked for where it cannot run: said, not silent
+    monkeypatch.setattr(_pdl, "_MAJOR", {0: 8})
+    warned = []
+    monkeypatch.setattr(_pdl, "once", lambda key, msg: warned.append(msg))
+    assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "compute capability 8.x" in warned[-1]
+    monkeypatch.setattr(_pdl, "HAS_PDL", False)
+    assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "gdc_wait" in warned[-1]
     monkeypatch.setattr(gt, "pdl_enabled", lambda device: True)
     x, w = torch.randn(1, 32), torch.randn(8, 32)
     gt._PLANS.clear()
