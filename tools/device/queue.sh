@@ -3,11 +3,11 @@
 # call may run 10 minutes and a cut distill cannot resume in a later lease (the students stay on the machine), so
 # five per-student calls lost a run's tail each time (2026-12-05); a queue runs the lease's whole time, one job
 # after another, and loses at most the job in progress when the lease ends.
-# Usage, in the call that completes the teacher (carry .big/g2 after .big/g3 and .big/g1 calls):
+# Usage, in the first call (the teacher may come in later calls: the jobs that need it wait for it):
 #   JOBS="distill:draft-8l spec:draft-8l distill:swa speed distill:mqa" bash tools/device/queue.sh
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
 # runs; distill:<a>+<b> trains two students at once on the one GPU), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4 / 8),
-# decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
+# kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by
 # tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's
 # decode speed). Timed jobs (spec, decode, speed) wait
@@ -17,7 +17,7 @@ Q=/root/queue
 if [ -f $Q/pid ] && kill -0 "$(cat $Q/pid)" 2> /dev/null; then echo "a queue is running: $(cat $Q/pid)"; exit 0; fi
 mkdir -p $Q/stage /root/runs /root/suite
 [ -d /root/suite/rows ] || cp -r docs/results/distillation/smollm2/rows /root/suite/  # scored rows kept: --resume
-[ -f /root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "no teacher yet"; exit 1; }
+[ -f /root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf ] || echo "no teacher yet: distill, spec and speed wait for it"
 echo "$JOBS" > $Q/jobs  # watch.sh restarts the runner from here if the machine's harness ended it with a call
 # its own session, every descriptor off the call's: the call returns at once and the runner outlives it
 setsid nohup bash tools/device/queue_run.sh > $Q/queue.log 2>&1 < /dev/null &

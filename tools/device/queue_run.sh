@@ -25,6 +25,11 @@ distill_one() {  # distill student $1 (resuming a cut run), its files staged
   for f in summary.json logs/metrics.csv run.yaml; do cp $run/$f $S/$D/runs/$s/ 2> /dev/null; done
   pack
 }
+need_teacher() {  # the queue may start before the call that completes the teacher: its jobs that need it wait
+  local gguf=/root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf n=0
+  until [ -f $gguf ] || [ $n -ge ${TEACHER_WAIT:-600} ]; do sleep 5; n=$((n + 5)); done
+  [ -f $gguf ] || log "no teacher after ${TEACHER_WAIT:-600} s: $1 will fail"
+}
 bg=""
 touch $Q/done  # jobs finished, one a line: a restarted runner (watch.sh) skips them
 for job in $(cat $Q/jobs); do
@@ -32,6 +37,7 @@ for job in $(cat $Q/jobs); do
   kind=${job%%:*}; s=${job#*:}
   case $kind in
     distill)  # distill:a, or distill:a+b to train two students at once on the one GPU (their tokens/s shared)
+      need_teacher $job
       pids=""
       for one in ${s//+/ }; do distill_one $one & pids="$pids $!"; done
       wait $pids
@@ -39,6 +45,7 @@ for job in $(cat $Q/jobs); do
       done_s=""; for one in ${s//+/ }; do [ -d /root/runs/smollm2-$one/student ] && done_s="$done_s $one"; done
       [ -n "$done_s" ] && { ( for one in $done_s; do score $one; done ) & bg=$!; } ;;
     spec)
+      need_teacher $job
       [ -n "$bg" ] && wait $bg; bg=""
       log "spec $s"
       timeout ${SPEC_TIMEOUT:-300} python3 -m archzoo bench decode smollm2-135m --draft /root/runs/smollm2-$s/student \
@@ -61,6 +68,15 @@ for job in $(cat $Q/jobs); do
       timeout 200 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 4,8 --prompt-lens 128 \
           --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench_m4_m8 > $O/bench_m4_m8.log 2>&1
       log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack ;;
+    kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
+      [ -n "$bg" ] && wait $bg; bg=""
+      O=$S/docs/results/kernels/queue; mkdir -p $O
+      for op in ${s//,/ }; do
+        log "kernels $op"
+        timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops $op --out $O/$op.json > $O/$op.log 2>&1
+        log "kernels $op rc=$?"
+      done
+      pack ;;
     trainprof)  # issue 16: why MQA and CLA2 train at 122k tokens/s and MLA at 158k: each recipe as shipped, profiled
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/distillation/trainprof; mkdir -p $O
@@ -72,6 +88,7 @@ for job in $(cat $Q/jobs); do
       done
       pack ;;
     speed)
+      need_teacher $job
       [ -n "$bg" ] && wait $bg; bg=""
       log "speed"
       P=docs/results/pareto-smollm2/speed
@@ -86,7 +103,7 @@ for job in $(cat $Q/jobs); do
       wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
       mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
       pack ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, trainprof:<s>,<s>, speed)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, kernels:<op>,<op>, trainprof:<s>,<s>, speed)" ;;
   esac
   echo "$job" >> $Q/done
 done
