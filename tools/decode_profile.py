@@ -4,6 +4,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
     python tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 --out prof.json
         [--decode-linear cublas,kernel]   # the projections through cuBLAS, or the decode GEMV and its epilogues
                                           # (kernel-pdl: launched with programmatic dependent launch)
+        [--attention kernel,kernel-2launch]  # the attention kernel's splits merged in it, or by a second kernel
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -27,9 +28,19 @@ def profile_step(config: str, batch: int, prompt: int, steps: int, attention: st
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
 
-    attention_layer.DECODE_ATTENTION = attention
-    with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
-        return _profile(config, batch, prompt, steps, attention, linear)
+    # kernel-2launch: the decode attention kernel with its splits merged by a second kernel, as before the fixup
+    # (archzoo/kernels/decode_attention/triton.py), beside "kernel" in the same process
+    attention_layer.DECODE_ATTENTION = "kernel" if attention == "kernel-2launch" else attention
+    if attention == "kernel-2launch":
+        from archzoo.kernels.decode_attention import triton as attention_kernels
+
+        attention_kernels.CONFIG_OVERRIDE["FIXUP"] = False
+    try:
+        with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
+            return _profile(config, batch, prompt, steps, attention, linear)
+    finally:
+        if attention == "kernel-2launch":
+            attention_kernels.CONFIG_OVERRIDE.pop("FIXUP", None)
 
 
 def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str) -> dict:
@@ -76,7 +87,7 @@ def main() -> None:
     p.add_argument("--batch", default="1")
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--attention", default="kernel", help="kernel, sdpa or kernel,sdpa")
+    p.add_argument("--attention", default="kernel", help="kernel, kernel-2launch, sdpa or several (comma)")
     p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
     p.add_argument("--out", required=True)
     args = p.parse_args()

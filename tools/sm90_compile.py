@@ -14,6 +14,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
     python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
+    python tools/sm90_compile.py --op attn       # decode_attention at the teacher's shape, B = 1 and 64
     python tools/sm90_compile.py --op la         # linear attention's forward, segment sums and backward
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
@@ -194,6 +195,33 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
     return out
 
 
+def _attn_calls(sms: int = 132) -> list:
+    """decode_attention's launches at the teacher's shape (9 query / 3 KV heads of 64, bf16): batch 1 and 64 at a
+    4,096-position cache, the splits' merge by the last program (FIXUP) and by the combine kernel; and the ring."""
+    from archzoo.kernels.decode_attention import triton as at
+
+    out = []
+    bf = dict(dtype=torch.bfloat16)
+    for B, Tm, fixup, ring in [(1, 4096, True, False), (1, 4096, False, False), (64, 4096, True, False),
+                               (1, 512, True, True)]:  # fmt: skip
+        q, k, v = torch.randn(B, 9, 64, **bf), torch.randn(B, 3, Tm, 64, **bf), torch.randn(B, 3, Tm, 64, **bf)
+        L = torch.full((B,), Tm)
+        cfg = {**at.CUDA_CONFIG, "FIXUP": fixup, "SM_COUNT": sms}
+        with (
+            mock.patch.object(at, "_config", lambda dev, cfg=cfg: cfg),
+            mock.patch.object(at, "_counters", lambda dev, n: torch.zeros(n, dtype=torch.int32)),
+            record_launches(at) as calls,
+        ):
+            at._PLANS.clear()
+            at._run(q, k, v, L, None, 512 if ring else 0, ring)
+        at._PLANS.clear()
+        for i, (fn, grid, a, kw) in enumerate(calls):
+            kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None} if "DOT_F32" in kw else kw  # the CUDA rule
+            tag = f"B={B} T={Tm}{' ring' if ring else ''} {'fixup' if fixup else 'two launches'}"
+            out.append((f"{'combine' if i else 'split'} {tag}", fn, grid, a, kw))
+    return out
+
+
 def _kd_loss_calls(n: int = 1024, V: int = 49152) -> list:
     """kd_loss_rows' kernel at a 1,024-token chunk of the teacher's vocabulary: bf16 and fp32 logits, with a
     teacher and targets at T = 1 and 2, forward only (no gradient), and CE only."""
@@ -283,7 +311,7 @@ def _la_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--op", choices=["scan", "gemv", "kd_loss", "based", "la"], default="scan")
+    ap.add_argument("--op", choices=["scan", "gemv", "attn", "kd_loss", "based", "la"], default="scan")
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--l", type=int, default=4096)
@@ -302,7 +330,9 @@ def main() -> None:
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
     else:
         based = lambda: _based_calls(T=args.l, all_configs=args.all_configs)  # noqa: E731
-        calls = {"gemv": _gemv_calls, "kd_loss": _kd_loss_calls, "based": based, "la": _la_calls}[args.op]()
+        calls = {"gemv": _gemv_calls, "attn": _attn_calls, "kd_loss": _kd_loss_calls, "based": based, "la": _la_calls}[
+            args.op
+        ]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))

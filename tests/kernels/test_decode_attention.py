@@ -158,6 +158,30 @@ def test_triton_ring_matches_naive(case, dtype, splits, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("ring", [False, True], ids=["global", "ring"])
+def test_fixup_gives_the_two_launch_bits(ring, monkeypatch):
+    """The merge done by each group's last split program (FIXUP, one launch) equals the combine kernel's (two),
+    bit for bit, over rows of several lengths (0 included); it leaves the arrival counters zero, so a second call
+    (a captured step's next replay) is the same again."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", 3)
+    if ring:
+        q, k, v, L, window = _ring_inputs("window_lt_slots", torch.bfloat16)
+        call = lambda: T.decode_attention_ring(q, k, v, L, window)  # noqa: E731
+    else:
+        B, H, Hkv, Tm, D, Dv, lengths = CASES["g3_d64"]
+        q, k, v, L = _inputs(B, H, Hkv, Tm, D, Dv, lengths, torch.bfloat16, DEV)
+        call = lambda: T.decode_attention(q, k, v, L)  # noqa: E731
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
+    two = call()
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
+    one, again = call(), call()
+    assert T._plan(q, k, v, None, ring).fixup, "the split count forced to 3 must take the fixup"
+    assert torch.equal(one, two), "the fixup's merge must give the combine kernel's bits"
+    assert torch.equal(again, one), "a second call must give the same bits"
+    assert T._COUNTERS[q.device].eq(0).all(), "every counter must be zero again after a call"
+
+
+@needs_triton
 def test_split_plan_depends_on_shape_only():
     dev = torch.device(DEV)
     for B, Hkv, Tm in [(1, 1, 1), (1, 3, 45), (4, 2, 16), (64, 3, 8192), (1, 3, 8192)]:
@@ -227,6 +251,21 @@ def test_cuda_bf16_long(D, Dv, Hkv):
     q, k, v, L = _inputs(6, 9, Hkv, 8192, D, Dv, lengths, torch.bfloat16, "cuda")
     got = T.decode_attention(q, k, v, L)
     _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("Tm, lengths", [(8192, [8192, 1, 5000, 0]), (300, [300, 299, 64, 1])])
+def test_cuda_fixup_matches_combine_kernel(Tm, lengths, monkeypatch):
+    """On the GPU the last program of a group is whichever finishes last: many splits (up to 128), many calls,
+    the fixup's output equal to the two-launch form's every time and the counters zero after."""
+    q, k, v, L = _inputs(4, 9, 3, Tm, 64, 64, lengths, torch.bfloat16, "cuda")
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
+    two = T.decode_attention(q, k, v, L)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
+    for i in range(50):
+        assert torch.equal(T.decode_attention(q, k, v, L), two), f"call {i}: the fixup's bits differ"
+    torch.cuda.synchronize()
+    assert T._COUNTERS[q.device].eq(0).all()
 
 
 @requires_cuda

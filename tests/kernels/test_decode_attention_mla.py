@@ -64,6 +64,22 @@ def test_matches_reference(case, dtype, splits, monkeypatch):
 
 
 @needs_triton
+def test_fixup_gives_the_two_launch_bits(monkeypatch):
+    """The splits merged by each (row, head block)'s last program (one launch) or by the combine kernel (two):
+    the same bits, over two head blocks and a row of length 0; the counters zero after."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", 3)
+    B, H, Tm, R, DR, lengths = CASES["h20_r16_dr16"]
+    q, latent, L = _inputs(B, H, Tm, R, DR, lengths, torch.bfloat16, DEV)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
+    two = M.decode_attention_mla(q, latent, L, R)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
+    one, again = M.decode_attention_mla(q, latent, L, R), M.decode_attention_mla(q, latent, L, R)
+    assert M._plan(q, latent, R, None)[2], "three splits must take the fixup"
+    assert torch.equal(one, two) and torch.equal(again, one)
+    assert T._COUNTERS[q.device].eq(0).all()
+
+
+@needs_triton
 @interpreter_only
 def test_dispatch_and_trace(monkeypatch):
     q, latent, L = _inputs(2, 9, 20, 16, 8, [20, 5])

@@ -61,6 +61,10 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
       log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"
+      timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+          --attention kernel,kernel-2launch --decode-linear kernel-pdl --out $O/profile_teacher_b1_fixup.json \
+          > $O/profile_fixup.log 2>&1
+      log "decode profile fixup rc=$? $(grep replay $O/profile_fixup.log | cut -c1-120)"
       timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
           configs/students/mla.yaml --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1

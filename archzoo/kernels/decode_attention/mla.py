@@ -9,8 +9,9 @@ output, so each position's latent is loaded once and nothing is padded beyond R 
 
 ``_split_kernel``, grid (B, head blocks of ``BLOCK_H``, n_splits): as ``triton._split_kernel`` (flash-
 decoding: an online softmax over a chunk of positions up to the row's length, partials to a workspace) with
-the query heads in blocks instead of GQA groups. The combine is ``triton._combine_kernel``. The split policy
-is ``triton.split_plan`` with the latent's rank as the head dim.
+the query heads in blocks instead of GQA groups. The splits are merged as there: by the last split program of
+each (row, head block) (``FIXUP``, one launch), else by ``triton._combine_kernel``. The split policy is
+``triton.split_plan`` with the latent's rank as the head dim.
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ import triton.language as tl
 
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
-from .triton import LOG2E, _combine_kernel, _config, _next_pow2, split_plan
+from .triton import LOG2E, _combine_head, _combine_kernel, _config, _counters, _next_pow2, split_plan
 
 BLOCK_H = 16  # query heads per program (tl.dot's minimum M)
 
 
 @triton.jit
 def _split_kernel(
-    q_ptr, lat_ptr, len_ptr, out_ptr, ml_ptr, acc_ptr,
+    q_ptr, lat_ptr, len_ptr, out_ptr, ml_ptr, acc_ptr, cnt_ptr,
     H, T, R, DR, chunk,
     s_qb, s_qh, s_qd,
     s_lb, s_lt, s_ld,
     s_ob, s_oh, s_od,
-    QK_SCALE: tl.constexpr, SINGLE: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_DR: tl.constexpr, PDL: tl.constexpr,
+    QK_SCALE: tl.constexpr, SINGLE: tl.constexpr, FIXUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_DR: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # q, the latent cache and the lengths are the step's earlier kernels' outputs (triton.py)
         gdc_launch_dependents()
@@ -93,6 +95,18 @@ def _split_kernel(
         tl.store(ml_ptr + row * 2, m_i, mask=mask_h)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=mask_h)
         tl.store(acc_ptr + row[:, None] * R + offs_r[None, :], acc, mask=mask_h[:, None] & mask_r[None, :])
+        if FIXUP:  # the last split program of (b, head block) merges them (triton.py's module docstring)
+            group = b * tl.num_programs(1) + hb
+            ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")
+            if ticket == tl.cdiv(n_valid, chunk) - 1:
+                tl.store(cnt_ptr + group, 0)
+                for g in range(tl.minimum(BLOCK_H, H - hb * BLOCK_H)):
+                    _combine_head(out_ptr, ml_ptr, acc_ptr, b, hb * BLOCK_H + g, H, R, n_valid, chunk, n_splits,
+                                  s_ob, s_oh, s_od, BLOCK_S, BLOCK_R, True)  # fmt: skip
+    elif FIXUP and sp == 0:  # a row of length 0: zeros
+        zero = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
+        tl.store(out_ptr + b * s_ob + heads[:, None] * s_oh + offs_r[None, :] * s_od,
+                 zero.to(out_ptr.dtype.element_ty), mask=mask_h[:, None] & mask_r[None, :])  # fmt: skip
 
 
 _PLANS: dict[tuple, tuple] = {}
@@ -116,15 +130,16 @@ def _plan(q: torch.Tensor, latent: torch.Tensor, rank: int, scale: float | None)
     scale = D**-0.5 if scale is None else float(scale)
     dot_f32 = q.device.type != "cuda" and q.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot (triton.py)
     single = n_splits == 1
+    fixup = not single and bool(_config(q.device)["FIXUP"])
     consts = (
-        scale * LOG2E, single, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
-        BLOCK_H, block_t, max(16, _next_pow2(R)), max(16, _next_pow2(DR)), pdl,
+        scale * LOG2E, single, fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
+        BLOCK_H, block_t, max(16, _next_pow2(R)), max(16, _next_pow2(DR)), max(2, _next_pow2(n_splits)), pdl,
     )  # fmt: skip
     ints = (H, T, R, DR, chunk, *q.stride(), *latent.stride(), H * R, R, 1)  # out: a fresh contiguous (B, H, R)
     comb_ints = (H, T, R, chunk, n_splits, H * R, R, 1)
     comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(R)), pdl)
     grid = (B, triton.cdiv(H, BLOCK_H), n_splits)
-    p = (n_splits, single, consts, ints, grid, comb_ints, comb_consts, _config(q.device)["num_warps"], pdl)
+    p = (n_splits, single, fixup, consts, ints, grid, comb_ints, comb_consts, _config(q.device)["num_warps"], pdl)
     _PLANS[key] = p
     return p
 
@@ -137,7 +152,7 @@ def decode_attention_mla(
     ``lengths[b]`` positions. Inputs are checked by the dispatcher."""
     B, H, _ = q.shape
     R = rank
-    n_splits, single, consts, ints, grid, comb_ints, comb_consts, warps, pdl = _plan(q, latent, rank, scale)
+    n_splits, single, fixup, consts, ints, grid, comb_ints, comb_consts, warps, pdl = _plan(q, latent, rank, scale)
     out = torch.empty((B, H, R), device=q.device, dtype=q.dtype)
     if single:
         ml = acc = out  # unused
@@ -145,7 +160,8 @@ def decode_attention_mla(
         ml = torch.empty((B, H, n_splits, 2), device=q.device, dtype=torch.float32)
         acc = torch.empty((B, H, n_splits, R), device=q.device, dtype=torch.float32)
     dev = q.get_device()
-    launch(_split_kernel, grid, (q, latent, lengths, out, ml, acc), ints, consts, warps, dev, pdl)
-    if not single:
+    cnt = _counters(q.device, grid[0] * grid[1]) if fixup else out  # unused without the fixup
+    launch(_split_kernel, grid, (q, latent, lengths, out, ml, acc, cnt), ints, consts, warps, dev, pdl)
+    if not single and not fixup:
         launch(_combine_kernel, (B, H), (lengths, out, ml, acc), comb_ints, comb_consts, warps, dev, pdl)
     return out

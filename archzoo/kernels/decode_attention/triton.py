@@ -1,6 +1,6 @@
 """Decode attention in Triton: flash-decoding (split-K over the cache length), GQA by head groups.
 
-Two kernels, two launches per call:
+One launch per call (two with ``FIXUP`` off):
 
 - ``_split_kernel``, grid (B, H_kv, n_splits). Program (b, j, s) owns positions [s * chunk, (s + 1) * chunk)
   of row b's cache and *all* G = H / H_kv query heads of KV head j: it loads each (BLOCK_T, D) tile of K and V
@@ -8,10 +8,18 @@ Two kernels, two launches per call:
   softmax (running max m, sum l, accumulator acc) in fp32. It walks only up to the row's valid length, so a
   program whose chunk starts at or beyond it reads nothing and writes nothing; positions at or past the length
   are masked out of every load (they may hold garbage or NaN). It writes its (m, l, acc) to a workspace.
-  With one split (``SINGLE``) it normalises and writes the output itself and the second launch is skipped.
-- ``_combine_kernel``, grid (B, H): merges the partials of the splits that ran (their count follows from the
-  row's length, read on the device) with the usual rescaling by exp(m_s - max m). A row that saw nothing
-  (length 0) gets zeros.
+  With one split (``SINGLE``) it normalises and writes the output itself.
+- The merge of the splits' partials (``_combine_head``: the usual rescaling by exp(m_s - max m) over the splits
+  that ran, whose count follows from the row's length, read on the device; zeros for a row that saw nothing):
+  - ``FIXUP`` (the default): by the last split program of each (b, j) to finish, as split-K GEMMs do their
+    "fixup". After its stores, each program adds 1 to the group's counter (an atomic with release and acquire
+    semantics, GPU scope); the one that draws the last ticket merges the group's G heads, reading the others'
+    partials through L2, and sets the counter back to zero, so the buffer (``_counters``, one per device, kept
+    between calls) is zero again for the next layer and the next replay of a captured step. Why: at batch 1 a
+    step is launch-bound (30 layers of 6 kernels: docs/decode.md), and the merge's own launch cost more than
+    its work. The result does not depend on which program is last: the merge reads every partial from memory
+    in split order, with the same code as the second kernel, so both forms give the same bits.
+  - Else ``_combine_kernel``, grid (B, H), a second launch.
 
 The number of splits is planned on the host from the shape alone (T_max, B, H_kv, the SM count), never from
 ``lengths``: no ``.item()``, no synchronisation, so a call can be captured in a CUDA graph; lengths are read
@@ -39,26 +47,28 @@ LOG2E = 1.4426950408889634
 
 # Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
 # PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
-CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128)
+CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=True)
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
-INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2)
-# Overrides of either (tests, tuners); "N_SPLITS" forces the split count. Clear _PLANS after editing.
+INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=True)
+# FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch), else by
+# _combine_kernel (two). Overrides of either (tests, tuners); "N_SPLITS" forces the split count. Plans are keyed on
+# CONFIG_OVERRIDE.
 CONFIG_OVERRIDE: dict = {}
 WIDE_BLOCK_T = 32  # positions per tile for head dims in (256, 512]
 
 
 @triton.jit
 def _split_kernel(
-    q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, ml_ptr, acc_ptr,
+    q_ptr, k_ptr, v_ptr, len_ptr, out_ptr, ml_ptr, acc_ptr, cnt_ptr,
     H, G, T, D, DV, chunk, window,
     s_qb, s_qh, s_qd,
     s_kb, s_kh, s_kt, s_kd,
     s_vb, s_vh, s_vt, s_vd,
     s_ob, s_oh, s_od,
-    QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr,
+    QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr, FIXUP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PDL: tl.constexpr,
+    BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # q, the caches and the lengths are the step's earlier kernels' outputs: wait before any load
         gdc_launch_dependents()
@@ -127,6 +137,45 @@ def _split_kernel(
         tl.store(ml_ptr + row * 2, m_i, mask=mask_g)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=mask_g)
         tl.store(acc_ptr + row[:, None] * DV + offs_dv[None, :], acc, mask=mask_g[:, None] & mask_dv[None, :])
+        if FIXUP:  # the last of the group's splits to finish merges them (see the module docstring)
+            group = b * (H // G) + kv
+            ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")  # the stores above go first
+            if ticket == tl.cdiv(n_valid, chunk) - 1:
+                tl.store(cnt_ptr + group, 0)  # zero again for the next call (a captured graph's next replay)
+                for g in range(G):
+                    _combine_head(out_ptr, ml_ptr, acc_ptr, b, kv * G + g, H, DV, n_valid, chunk, n_splits,
+                                  s_ob, s_oh, s_od, BLOCK_S, BLOCK_DV, True)  # fmt: skip
+    elif FIXUP and sp == 0:  # a row of length 0: no split ran, its heads get zeros
+        zero = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
+        tl.store(out_ptr + b * s_ob + heads[:, None] * s_oh + offs_dv[None, :] * s_od,
+                 zero.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_dv[None, :])  # fmt: skip
+
+
+@triton.jit
+def _combine_head(
+    out_ptr, ml_ptr, acc_ptr, b, h, H, DV, n_valid, chunk, n_splits, s_ob, s_oh, s_od,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BYPASS_L1: tl.constexpr,
+):  # fmt: skip
+    """Head h of row b: merges the partials of the splits that ran (their count follows from n_valid) with the
+    usual rescaling by exp(m_s - max m) and writes the output; zeros for a row that saw nothing. One function for
+    the combine kernel and the split kernel's fixup, so both give the same bits. ``BYPASS_L1``: the partials of
+    other programs are read through L2 (``.cg``), never from a stale L1 line."""
+    CACHE: tl.constexpr = ".cg" if BYPASS_L1 else ""
+    n_used = tl.cdiv(n_valid, chunk)  # the splits that wrote partials
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < n_used
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_dv = offs_dv < DV
+    row = (b * H + h) * n_splits + offs_s
+    m = tl.load(ml_ptr + row * 2, mask=mask_s, other=float("-inf"), cache_modifier=CACHE)
+    l = tl.load(ml_ptr + row * 2 + 1, mask=mask_s, other=0.0, cache_modifier=CACHE)  # noqa: E741
+    m_max = tl.max(m, axis=0)
+    w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # 0 for unused splits
+    denom = tl.sum(l * w, axis=0)
+    acc = tl.load(acc_ptr + row[:, None] * DV + offs_dv[None, :], mask=mask_s[:, None] & mask_dv[None, :], other=0.0,
+                  cache_modifier=CACHE)  # fmt: skip
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(out_ptr + b * s_ob + h * s_oh + offs_dv * s_od, o.to(out_ptr.dtype.element_ty), mask=mask_dv)
 
 
 @triton.jit
@@ -142,20 +191,8 @@ def _combine_kernel(
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)
-    n_used = tl.cdiv(n_valid, chunk)  # the splits that wrote partials
-    offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < n_used
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_dv = offs_dv < DV
-    row = (b * H + h) * n_splits + offs_s
-    m = tl.load(ml_ptr + row * 2, mask=mask_s, other=float("-inf"))
-    l = tl.load(ml_ptr + row * 2 + 1, mask=mask_s, other=0.0)  # noqa: E741
-    m_max = tl.max(m, axis=0)
-    w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # 0 for unused splits
-    denom = tl.sum(l * w, axis=0)
-    acc = tl.load(acc_ptr + row[:, None] * DV + offs_dv[None, :], mask=mask_s[:, None] & mask_dv[None, :], other=0.0)
-    o = tl.sum(acc * w[:, None], axis=0) / tl.where(denom > 0, denom, 1.0)
-    tl.store(out_ptr + b * s_ob + h * s_oh + offs_dv * s_od, o.to(out_ptr.dtype.element_ty), mask=mask_dv)
+    _combine_head(out_ptr, ml_ptr, acc_ptr, b, h, H, DV, n_valid, chunk, n_splits, s_ob, s_oh, s_od, BLOCK_S,
+                  BLOCK_DV, False)  # fmt: skip
 
 
 def _config(device: torch.device) -> dict:
@@ -190,7 +227,7 @@ class _Plan:
     """What a call signature needs besides the tensors: grids, integer and constexpr arguments."""
 
     __slots__ = ("B", "H", "Dv", "n_splits", "split_grid", "split_ints", "split_consts", "warps", "comb_ints",
-                 "comb_consts", "pdl")  # fmt: skip
+                 "comb_consts", "pdl", "fixup", "groups")  # fmt: skip
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -213,11 +250,14 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
     dot_f32 = q.device.type != "cuda" and q.dtype == torch.bfloat16
     p = _Plan()
     p.B, p.H, p.Dv, p.n_splits = B, H, Dv, n_splits
+    p.fixup = n_splits > 1 and bool(_config(q.device)["FIXUP"])
+    p.groups = B * Hkv
     p.split_grid = (B, Hkv, n_splits)
     p.split_ints = (H, H // Hkv, T, D, Dv, chunk)
     p.split_consts = (
-        scale * LOG2E, ring, n_splits == 1, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
-        max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)), pdl,
+        scale * LOG2E, ring, n_splits == 1, p.fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None,
+        dot_f32, max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
+        max(2, _next_pow2(n_splits)), pdl,
     )  # fmt: skip
     p.pdl = pdl
     p.warps = _config(q.device)["num_warps"]
@@ -227,6 +267,20 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
         _PLANS.clear()
     _PLANS[key] = p
     return p
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """The fixup's arrival counters: n int32 zeros on ``device``, kept between calls. Each call's kernel leaves
+    them zero (the last program of a group resets its counter), so one buffer serves every layer and every replay
+    of a captured step; calls on one device run one after another (one stream). Grown, never shrunk: the first
+    call of a shape allocates, and the decode engine makes it in its warm-up, before capture."""
+    c = _COUNTERS.get(device)
+    if c is None or c.numel() < n:
+        c = _COUNTERS[device] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
+    return c
 
 
 def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torch.Tensor:
@@ -239,9 +293,11 @@ def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torc
     else:
         ml = torch.empty((p.B, p.H, p.n_splits, 2), device=q.device, dtype=torch.float32)
         acc = torch.empty((p.B, p.H, p.n_splits, p.Dv), device=q.device, dtype=torch.float32)
+    cnt = _counters(q.device, p.groups) if p.fixup else out  # unused without the fixup
     ints = (*p.split_ints, window, *q.stride(), *k.stride(), *v.stride(), *out.stride())
-    launch(_split_kernel, p.split_grid, (q, k, v, lengths, out, ml, acc), ints, p.split_consts, p.warps, dev, p.pdl)
-    if p.n_splits > 1:
+    launch(_split_kernel, p.split_grid, (q, k, v, lengths, out, ml, acc, cnt), ints, p.split_consts, p.warps, dev,
+           p.pdl)  # fmt: skip
+    if p.n_splits > 1 and not p.fixup:
         launch(_combine_kernel, (p.B, p.H), (lengths, out, ml, acc), (*p.comb_ints, *out.stride()), p.comb_consts,
                p.warps, dev, p.pdl)  # fmt: skip
     return out
