@@ -363,6 +363,32 @@ def test_epilogues_match_naive(M, splits, dtype, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("M", [1, 3, 16])
+def test_fixup_gives_the_reduce_kernel_bits(M, monkeypatch):
+    """K split 3 ways: the partials summed by each column block's last split program (FIXUP, one launch) or by
+    _reduce_kernel (two), with no epilogue, the residual and SwiGLU: the same bits, twice; counters zero after."""
+    from archzoo.kernels import _fixup
+
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", 3)
+    Kd, Fd = 100, 35
+    x, w, nw = _inputs(M, Kd, 2 * Fd, torch.bfloat16, True, DEV, seed=M)
+    res = torch.randn(M, 2 * Fd, generator=torch.Generator().manual_seed(1)).to(DEV, torch.bfloat16)
+    calls = {
+        "plain": lambda: T.decode_linear(x, w, nw, 1e-5),
+        "residual": lambda: T.decode_linear(x, w, nw, 1e-5, residual=res),
+        "swiglu": lambda: T.decode_linear(x, w, nw, 1e-5, swiglu=True),
+    }
+    for name, call in calls.items():
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
+        two = call()
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
+        one, again = call(), call()
+        assert torch.equal(one, two), f"{name}: the fixup must give the reduction kernel's bits"
+        assert torch.equal(again, one), f"{name}: a second call must give the same bits"
+    assert _fixup.COUNTERS[x.device].eq(0).all(), "every counter must be zero again after a call"
+
+
+@needs_triton
 def test_epilogue_residual_strided_and_dispatch():
     """A residual that is a column slice of a wider buffer; the dispatcher and the custom op take both epilogues
     and give the reference's shapes; bad epilogue arguments raise."""

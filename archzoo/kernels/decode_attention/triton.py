@@ -14,11 +14,11 @@ One launch per call (two with ``FIXUP`` off):
   - ``FIXUP`` (the default): by the last split program of each (b, j) to finish, as split-K GEMMs do their
     "fixup". After its stores, each program adds 1 to the group's counter (an atomic with release and acquire
     semantics, GPU scope); the one that draws the last ticket merges the group's G heads, reading the others'
-    partials through L2, and sets the counter back to zero, so the buffer (``_counters``, one per device, kept
-    between calls) is zero again for the next layer and the next replay of a captured step. Why: at batch 1 a
-    step is launch-bound (30 layers of 6 kernels: docs/decode.md), and the merge's own launch cost more than
-    its work. The result does not depend on which program is last: the merge reads every partial from memory
-    in split order, with the same code as the second kernel, so both forms give the same bits.
+    partials through L2, and sets the counter back to zero (``kernels/_fixup.py``: one buffer per device, zero
+    again for the next layer and the next replay of a captured step). Why: at batch 1 a step is launch-bound
+    (30 layers of 6 kernels: docs/decode.md), and the merge's own launch cost more than its work. The result
+    does not depend on which program is last: the merge reads every partial from memory in split order, with
+    the same code as the second kernel, so both forms give the same bits.
   - Else ``_combine_kernel``, grid (B, H), a second launch.
 
 The number of splits is planned on the host from the shape alone (T_max, B, H_kv, the SM count), never from
@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._fixup import COUNTERS as _COUNTERS  # noqa: F401 (tests read it)
+from .._fixup import counters as _counters
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv as _cdiv
@@ -267,20 +269,6 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
         _PLANS.clear()
     _PLANS[key] = p
     return p
-
-
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """The fixup's arrival counters: n int32 zeros on ``device``, kept between calls. Each call's kernel leaves
-    them zero (the last program of a group resets its counter), so one buffer serves every layer and every replay
-    of a captured step; calls on one device run one after another (one stream). Grown, never shrunk: the first
-    call of a shape allocates, and the decode engine makes it in its warm-up, before capture."""
-    c = _COUNTERS.get(device)
-    if c is None or c.numel() < n:
-        c = _COUNTERS[device] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
-    return c
 
 
 def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torch.Tensor:

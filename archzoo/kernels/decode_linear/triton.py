@@ -20,17 +20,20 @@ Two kernels:
     bf16 / fp16 operands go to the MMA as they are (the products are exact in fp32); fp32 operands, and a norm
     whose output is wider than weight's dtype, use fp32 with ``input_precision="ieee"`` (no TF32).
   With one split the program writes y in x's dtype; with several it writes its fp32 partial to a workspace
-  (n_splits, M, N).
-- ``_reduce_kernel``, grid over M * N: sums the splits' partials in split order (a fixed order, so the result
-  is the same from run to run and eager equals compiled) and writes y. Skipped with one split.
+  (n_splits, M, N), and (``FIXUP``, the default) the last of a column block's split programs to finish sums the
+  block's partials in split order and writes y (``kernels/_fixup.py``: a ticket from an acq_rel atomic counter):
+  one launch.
+- ``_reduce_kernel``, grid over M * N, with ``FIXUP`` off: the same sum as a second launch. Both sum in split
+  order with a loop (a fixed order, so the result is the same from run to run, eager equals compiled, and the
+  two forms give the same bits).
 
 Epilogues (``HAS_RES``, ``SWIGLU``), applied by whichever kernel writes y: ``residual + y`` added to the fp32 sum
 before the one rounding; or, with weight's rows interleaved (gate, up), the (M, N // 2) silu(g) * u with the unfused
 path's roundings (``_swiglu``). BLOCK_N is a power of 2 >= 2, so a program holds whole pairs.
 
-Why a second pass and not fp32 atomics into the output: atomics add the splits in whatever order they finish,
-so the low bits change from run to run (the decode invariants compare a compiled step with an eager one), and
-they need a zeroed fp32 buffer and a cast afterwards: two launches as well.
+Why a merge in split order and not fp32 atomics into the output: atomics add the splits in whatever order they
+finish, so the low bits change from run to run (the decode invariants compare a compiled step with an eager one),
+and they need a zeroed fp32 buffer and a cast afterwards.
 
 The plan (``launch_plan``) is a function of (M, N, K) and the device only: BLOCK_N starts at ``BLOCK_N`` and is
 halved (down to ``MIN_BLOCK_N``; 16 on the ``tl.dot`` path) while the N blocks are fewer than ``PROGRAMS_PER_SM``
@@ -45,6 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._fixup import counters
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv as _cdiv
@@ -57,15 +61,17 @@ from ._checks import MAX_M, check_decode_linear
 # BLOCK_N / MIN_BLOCK_N: rows of weight per program, halved down to the minimum while programs are few;
 # MAX_BLOCK_K: K per tile at most; MAX_TILE: BLOCK_M * BLOCK_N * BLOCK_K at most on the element-wise path (its fp32
 # accumulator: 8192 elements are 64 registers a thread at 4 warps), BLOCK_N * BLOCK_K on the tl.dot path;
-# DOT_MIN_M: from this M on, tl.dot; PROGRAMS_PER_SM: the programs aimed at; SPLIT_BELOW_PER_SM: split K only
+# DOT_MIN_M: from this M on, tl.dot; FIXUP: split-K's partials summed by the last split program (one launch),
+# else by _reduce_kernel (two); PROGRAMS_PER_SM: the programs aimed at; SPLIT_BELOW_PER_SM: split K only
 # when the N blocks are fewer than this many per SM (a split costs a second launch); MAX_SPLITS, SPLIT_ALIGN:
 # at most this many splits, chunks a multiple of this many K columns (aligned, vectorised loads).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, num_warps=4)  # fmt: skip
+                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=True, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, num_warps=1)  # fmt: skip
+                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=True,
+                        num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
 CONFIG_OVERRIDE: dict = {}
@@ -151,11 +157,11 @@ def _rope_store(
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr,
+    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
     M, N, K, chunk,
     s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
     NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
-    HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr, FIXUP: tl.constexpr,
     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
@@ -234,7 +240,20 @@ def _gemv_kernel(
 
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:  # workspace (n_splits, M, N), fp32, contiguous
-        tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], y, mask=mask)
+        part_at = part_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(part_at + pid_k * M * N, y, mask=mask)
+        if FIXUP:  # the last of the column block's split programs sums them (kernels/_fixup.py)
+            ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            last = ticket == tl.num_programs(1) - 1
+            if last:
+                tl.store(cnt_ptr + pid_n, 0)  # zero again for the next call
+                y = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+                for s in range(tl.num_programs(1)):  # in split order, as _reduce_kernel: the same bits
+                    y += tl.load(part_at + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            mask_m = tl.where(last, mask_m, False)  # only the last program writes y
+            mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT and not FIXUP:
+        pass  # _reduce_kernel writes y
     elif ROPE:  # Q|K|V rows, the Q and K heads' by RoPE pair: q -> out (M, NQ), k and v -> the caches
         _rope_store(y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
                     s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, BLOCK_M, BLOCK_N)  # fmt: skip
@@ -255,7 +274,7 @@ def _gemv_kernel(
 @triton.jit
 def _reduce_kernel(
     part_ptr, out_ptr, res_ptr, MN, N, S, s_rm, s_rn,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Sums the splits' fp32 partials (n_splits, M, N) in split order and applies the epilogue. Program i owns
     BLOCK_R outputs: of the (M, N) y, or with SWIGLU of the (M, N // 2) activation (MN = M * N // 2 then)."""
@@ -264,17 +283,20 @@ def _reduce_kernel(
         gdc_wait()
     offs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = offs < MN
-    offs_s = tl.arange(0, BLOCK_S)
-    mask_p = (offs_s < S)[:, None] & mask[None, :]
     if SWIGLU:  # output (m, f) reads the partials of (m, 2f) and (m, 2f + 1)
         F = N // 2
         src = (offs // F) * N + 2 * (offs % F)
         stride_s = MN * 2  # the partials' (M, N)
-        g = tl.sum(tl.load(part_ptr + offs_s[:, None] * stride_s + src[None, :], mask=mask_p, other=0.0), axis=0)
-        u = tl.sum(tl.load(part_ptr + offs_s[:, None] * stride_s + src[None, :] + 1, mask=mask_p, other=0.0), axis=0)
+        g = tl.zeros([BLOCK_R], tl.float32)
+        u = tl.zeros([BLOCK_R], tl.float32)
+        for s in range(S):  # in split order
+            g += tl.load(part_ptr + s * stride_s + src, mask=mask, other=0.0)
+            u += tl.load(part_ptr + s * stride_s + src + 1, mask=mask, other=0.0)
         y = _swiglu(g, u, out_ptr.dtype.element_ty)
     else:
-        y = tl.sum(tl.load(part_ptr + offs_s[:, None] * MN + offs[None, :], mask=mask_p, other=0.0), axis=0)
+        y = tl.zeros([BLOCK_R], tl.float32)
+        for s in range(S):
+            y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
         if HAS_RES:
             r = tl.load(res_ptr + (offs // N) * s_rm + (offs % N) * s_rn, mask=mask, other=0.0)
             y += r.to(tl.float32)
@@ -332,7 +354,7 @@ class _Plan:
     """What a call signature needs besides the tensors: shapes, grids, integer and constexpr arguments."""
 
     __slots__ = ("M", "N", "n_splits", "grid", "ints", "consts", "warps", "red_grid", "red_ints", "red_consts",
-                 "rope_ints", "pdl")  # fmt: skip
+                 "rope_ints", "pdl", "fixup", "n_blocks")  # fmt: skip
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -361,13 +383,16 @@ def _plan(
     dot_f32 = x.dtype == torch.float32 or h_dtype != x.dtype or (x.device.type != "cuda" and x.dtype == torch.bfloat16)
     p = _Plan()
     p.M, p.N, p.n_splits = M, N // 2 if swiglu else (rope.n_q if rope is not None else N), lp["n_splits"]
+    p.fixup = lp["n_splits"] > 1 and bool(_config(x.device)["FIXUP"])
+    p.n_blocks = lp["n_blocks"]
     p.grid = (lp["n_blocks"], lp["n_splits"])
     r_strides = residual.stride() if residual is not None else (0, 0)
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
               else 0, *r_strides)  # fmt: skip
     p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0)
     p.consts = (
-        norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, residual is not None, swiglu,
+        norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, p.fixup, residual is not None,
+        swiglu,
         rope is not None,
         lp["use_dot"], dot_f32,
         "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"], pdl,
@@ -376,7 +401,7 @@ def _plan(
     p.warps = lp["num_warps"]
     p.red_grid = (_cdiv(M * p.N, REDUCE_BLOCK),)
     p.red_ints = (M * p.N, N, lp["n_splits"], *r_strides)
-    p.red_consts = (residual is not None, swiglu, max(2, _next_pow2(lp["n_splits"])), REDUCE_BLOCK, pdl)
+    p.red_consts = (residual is not None, swiglu, REDUCE_BLOCK, pdl)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
@@ -415,9 +440,10 @@ def _run(
     nw = norm_weight if norm_weight is not None else x  # unused (HAS_NORM off): a dummy tensor, never None
     res = residual if residual is not None else x  # likewise (HAS_RES off)
     rp = (rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache) if rope is not None else (x, x, x, x)
-    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, *rp), (*p.ints, *p.rope_ints), p.consts, p.warps,
-           dev, p.pdl)  # fmt: skip
-    if p.n_splits > 1:
+    cnt = counters(x.device, p.n_blocks) if p.fixup else x  # unused without the fixup
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, *rp, cnt), (*p.ints, *p.rope_ints), p.consts,
+           p.warps, dev, p.pdl)  # fmt: skip
+    if p.n_splits > 1 and not p.fixup:
         launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev, p.pdl)
     return out
 
