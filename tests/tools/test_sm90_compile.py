@@ -28,10 +28,11 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-@pytest.mark.parametrize("op,kernels", [("gemv", 21), ("gemv --pdl", 21), ("kd_loss", 8), ("la", 7)])
+@pytest.mark.parametrize("op,kernels", [("gemv", 16), ("gemv --pdl", 16), ("attn", 5), ("kd_loss", 8), ("la", 7)])
 def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     """The decode GEMV (every teacher projection at M = 1 and 16, the residual and SwiGLU epilogues, its split-K
-    reduce, Q|K|V with RoPE and the cache write), kd_loss_rows (each constexpr combination the trainer uses) and
+    merged by the last program, Q|K|V with RoPE and the cache write), decode attention (its splits merged by the
+    last program, or by the combine kernel), kd_loss_rows (each constexpr combination the trainer uses) and
     linear attention's three kernels (its backward uses 248-250 of 255 registers):
     kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
     libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
@@ -50,6 +51,8 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
             assert "stack=32B" in line, f"{op}: {head}: more than libdevice's trig table: {line}"
         else:
             assert "stack=0B" in line and "'STL'" not in line, f"{op}: a kernel spills: {head}: {line}"
+        fixup = "'FIXUP': True" in head
+        assert fixup == ("'ATOM': 1" in line), f"{op}: {head}: one atomic ticket exactly where the fixup is: {line}"
         pdl = "'PREEXIT': 1" in line and "'ACQBULK': 1" in line
         assert pdl == op.endswith("--pdl"), f"{op}: {head}: griddepcontrol in the SASS: {pdl}: {line}"
 
