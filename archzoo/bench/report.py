@@ -274,8 +274,9 @@ def _setting_lines(res: dict) -> list[str]:
         *(
             [
                 f"- decode: batch {d['batch_size']}, {d['prompt_len']:,}-token random prompts, {d['new_tokens']} new "
-                f"tokens (greedy), warm-up {d['warmup']}, timed {d['repeat']}, compile {d['compile']}; tokens/s = "
-                "batch x new tokens / decode seconds, prefill tokens/s = batch x prompt / prefill seconds"
+                f"tokens (greedy), warm-up {d['warmup']}, timed {d['repeat']}, compile {d['compile']}, projections "
+                f"`{d.get('decode_linear', 'cublas')}`; tokens/s = batch x new tokens / decode seconds, prefill "
+                "tokens/s = batch x prompt / prefill seconds"
             ]
             if d
             else ["- decode: not measured"]

@@ -44,9 +44,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..cache import cache_bytes
 from ..config import first_error, load_config, read_mapping
 from ..errors import ConfigError, UserError
+from ..kernels._dispatch import forget, last_backend
 from ..layers.base import Strict, field_error
 from .common import DTYPES, atomic_write, check_device, dtype_name, library_versions, random_prompts, weight_bytes
-from .decode import run_archzoo
+from .decode import decode_linear_form, run_archzoo
 
 SCHEMA_VERSION = 1
 
@@ -156,6 +157,12 @@ class DecodeSettings(Strict):
     warmup: int = Field(default=1, ge=0)
     repeat: int = Field(default=1, gt=0)
     compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
+    decode_linear: Literal["cublas", "kernel", "kernel-pdl", "auto"] = Field(
+        default="cublas",
+        description="how the step's projections run (archzoo bench decode --decode-linear): cublas (F.linear), "
+        "kernel (the decode GEMV and its epilogues), kernel-pdl (the same with programmatic dependent launch), "
+        "auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows a step, cuBLAS above)",
+    )
 
     @field_validator("batch_sizes", "prompt_lens")
     @classmethod
@@ -643,8 +650,12 @@ def _decode_one(model, suite: Suite, device: torch.device, batch_size: int, prom
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) - weight_bytes(model)
-    r = run_archzoo(model, ids, d.new_tokens, d.compile, d.warmup, d.repeat, device)
+    forget("decode_linear")
+    with decode_linear_form(d.decode_linear):
+        r = run_archzoo(model, ids, d.new_tokens, d.compile, d.warmup, d.repeat, device)
     out = {
+        "decode_linear": d.decode_linear,
+        "linear_backend": last_backend("decode_linear") or "cublas",
         "decode_tokens_per_s": batch_size * d.new_tokens / r["decode_s"] if r.get("decode_s") else None,
         "prefill_tokens_per_s": batch_size * prompt_len / r["prefill_s"] if r.get("prefill_s") else None,
         "decode_backend": r.get("backend"),
@@ -795,7 +806,7 @@ def report_from_rows(suite_path: str | Path, out_dir: str | Path) -> dict:
 # What decode_from takes: speeds depend on the architecture, not the weights. A draft's acceptance depends on the
 # weights, so it is measured where they are (the suite's own ``speculative``), never taken from another run.
 SPEED_FIELDS = ("decode_tokens_per_s", "prefill_tokens_per_s", "decode_backend", "decode_timing", "compile_s",
-                "peak_memory_bytes", "decode_grid", "decode_note")  # fmt: skip
+                "peak_memory_bytes", "decode_grid", "decode_note", "decode_linear", "linear_backend")  # fmt: skip
 
 
 def _load_decode_from(src: str) -> dict | None:

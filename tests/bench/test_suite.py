@@ -200,7 +200,7 @@ def test_decode_grid(tmp_path, monkeypatch):
     a column of the report; the primary stays the chart's figure."""
     monkeypatch.chdir(ROOT)
     path, data = _suite(tmp_path, ["gqa"], speculative=None)
-    data["decode"] = {**data["decode"], "batch_sizes": [1, 2], "prompt_lens": [32]}
+    data["decode"] = {**data["decode"], "batch_sizes": [1, 2], "prompt_lens": [32], "decode_linear": "auto"}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert load_suite(path).decode.grid() == [(2, 32), (1, 32)]
     out = tmp_path / "out"
@@ -209,8 +209,9 @@ def test_decode_grid(tmp_path, monkeypatch):
     for r in res["rows"]:
         assert list(r["decode_grid"]) == ["B=2,P=32", "B=1,P=32"]
         assert r["decode_grid"]["B=2,P=32"] == r["decode_tokens_per_s"]
+        assert r["decode_linear"] == "auto" and r["linear_backend"], "the row says how its projections ran"
     md = (out / "report.md").read_text()
-    assert "decode tok/s (B=1, P=32)" in md and "draft acceptance" not in md
+    assert "decode tok/s (B=1, P=32)" in md and "draft acceptance" not in md and "projections `auto`" in md
 
 
 def test_builtin_heldout_set(tmp_path):
@@ -234,6 +235,7 @@ def test_schema_errors_name_the_file_and_field(tmp_path):
         ({**data, "dtype": "fp8"}, "dtype", "fp8"),
         ({**data, "models": [*data["models"], {"name": "gqa", "source": "a.yaml"}]}, "models.11.name", "twice"),
         ({**data, "decode_from": "runs/speed"}, "decode_from", "not both"),
+        ({**data, "decode": {**data["decode"], "decode_linear": "gemv"}}, "decode.decode_linear", "gemv"),
         (
             {**data, "models": [{"name": "x", "source": "a.yaml", "convert": {"seed": 1}}]},
             "models.0.convert",

@@ -98,7 +98,12 @@ for job in $(cat $Q/jobs); do
       P=docs/results/pareto-smollm2/speed
       # rows measured in an earlier lease (brought back and committed) are kept: --resume measures the rest
       [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
-      timeout ${SPEED_TIMEOUT:-900} python3 -m archzoo bench configs/bench/smollm2.yaml --out /root/speed --resume --quiet \
+      suite=configs/bench/smollm2.yaml  # decode_linear auto: the decode kernels at batch 1, unless their GPU tests failed
+      if grep -qE "[0-9]+ failed|error" $S/docs/results/decode/pdl/gpu_tests.log 2> /dev/null; then
+        sed 's/decode_linear: auto/decode_linear: cublas/' $suite > configs/bench/smollm2-cublas.tmp.yaml; suite=configs/bench/smollm2-cublas.tmp.yaml
+        log "speed: the decode kernels' GPU tests failed: cuBLAS projections"
+      fi
+      timeout ${SPEED_TIMEOUT:-900} python3 -m archzoo bench $suite --out /root/speed --resume --quiet \
           > $Q/speed.log 2>&1 &
       sp=$!
       while kill -0 $sp 2> /dev/null; do  # each finished model's row comes back even if the lease ends mid-run
