@@ -12,7 +12,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
 
     python tools/sm90_compile.py --op scan --l 4096
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
-    python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1 and 16
+    python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1, 16 and 64
     python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
     python tools/sm90_compile.py --op attn       # decode_attention at the teacher's shape, B = 1 and 64
     python tools/sm90_compile.py --op la         # linear attention's forward, segment sums and backward
@@ -149,7 +149,7 @@ GEMV_SHAPES = {
 GEMV_EPILOGUES = {"o": "residual", "gate_up": "swiglu", "down": "residual"}
 
 
-def _gemv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
+def _gemv_calls(ms: tuple[int, ...] = (1, 16, 64), sms: int = 132) -> list:
     """The decode GEMV's launches at the teacher's projections, planned as on a GPU of ``sms`` SMs (bf16): each
     plain, and with its decode-step epilogue (``GEMV_EPILOGUES``)."""
     from archzoo.kernels.decode_linear import triton as gt

@@ -316,7 +316,7 @@ class Attention(nn.Module):
 
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``fused.gemv_for``: "kernel", or "auto" within its rows), one token a row, at most 16 rows, no bias, one
+        (``fused.gemv_for``: "kernel", or "auto" within its rows), one token a row, at most 64 rows, no bias, one
         dtype, and a norm the GEMV fuses (an RMSNorm, or none)."""
         f = self.fused
         return (

@@ -34,7 +34,7 @@ from ..kernels._dispatch import record
 from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not .triton: that fixes Triton's mode
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
-# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 16 rows) on CUDA where it fits; "auto" the
+# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 64 rows) on CUDA where it fits; "auto" the
 # GEMV for steps of at most AUTO_MAX_ROWS rows and F.linear above (``gemv_for``). cuBLAS
 # read the teacher's weights at ~470 GB/s at batch 1 on an H200 (docs/decode.md); the GEMV is measured against it
 # with ``archzoo bench decode --decode-linear cublas,kernel`` before it becomes the default.
@@ -62,7 +62,7 @@ def decode_project(
 ) -> torch.Tensor:
     """``norm(x)`` (or x) (..., K) @ weight (N, K).T (+ bias) for a decode step: the norm and ``F.linear``, or
     ``decode_linear`` with the RMSNorm fused in when ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one
-    dtype, at most 16 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
+    dtype, at most 64 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
     elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings.
 
     ``residual`` (..., N): returns ``residual + ...`` (in the GEMV's epilogue: one rounding). ``swiglu``: weight's

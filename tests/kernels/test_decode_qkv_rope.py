@@ -76,7 +76,7 @@ def test_pair_order_is_a_permutation_pairing_rope_halves():
 @interpreter_only
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("M", [1, 3, 16, 37])
 @pytest.mark.parametrize("H,Hkv,D", [(3, 3, 8), (3, 1, 6), (9, 1, 8), (9, 3, 8)], ids=["g1", "g3-d6", "g9", "g3"])
 def test_triton_matches_reference(H, Hkv, D, M, dtype, monkeypatch):
     """The kernel (element-wise products at M = 1, 3; tl.dot at 16) against the reference: q, and the caches

@@ -156,7 +156,7 @@ def test_decode_project_says_why_it_does_not_take_the_gemv(monkeypatch, caplog):
     x = torch.randn(2, 1, 12, generator=g)
     assert_close("fits", fused.decode_project(x, w, None, norm), torch.nn.functional.linear(norm(x), w), 1e-6)
     assert K.last_backend("decode_linear") in ("naive", "triton")
-    cases = [(torch.randn(17, 1, 12, generator=g), None, "17 rows"), (x, b, "bias")]
+    cases = [(torch.randn(65, 1, 12, generator=g), None, "65 rows"), (x, b, "bias")]
     for xi, bi, why in cases:
         with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
             got = fused.decode_project(xi, w.to(xi.dtype), bi)

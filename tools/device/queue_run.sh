@@ -71,7 +71,11 @@ for job in $(cat $Q/jobs); do
       log "decode bench rc=$?"
       timeout 200 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 4,8 --prompt-lens 128 \
           --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench_m4_m8 > $O/bench_m4_m8.log 2>&1
-      log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack ;;
+      log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
+          --out $O/bench_b64 > $O/bench_b64.log 2>&1
+      log "decode bench 64 rc=$? (the GEMV's tl.dot path at 64 rows against cuBLAS)"; pack ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O

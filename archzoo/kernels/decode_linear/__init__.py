@@ -3,7 +3,7 @@
 ``decode_linear(x, weight, norm_weight=None, eps=1e-5)`` = ``F.linear(RMSNorm(x), weight)`` for the decode step's
 M = batch rows. Dispatch: the Triton kernel (``triton.py``: every weight element read once, split-K when the rows
 of weight alone would not fill the GPU) for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the
-naive reference (``naive.py``) otherwise. Inputs the kernel does not take (M > 16, float64) run the unfused
+naive reference (``naive.py``) otherwise. Inputs the kernel does not take (M > 64, float64) run the unfused
 PyTorch form (``torch_decode_linear``: the norm, then ``F.linear``), the reason logged once.
 ``archzoo.kernels.last_backend("decode_linear")`` says which one ran: 'triton', 'torch' or 'naive'.
 """
@@ -36,7 +36,7 @@ def decode_linear(
     rounded to x's dtype, times norm_weight in their promoted dtype. x and weight share a dtype: float16,
     bfloat16 or float32 (float64 runs the PyTorch form); norm_weight any of these.
 
-    The kernel takes 1 <= M <= 16 (decode batches); larger M is a GEMM, left to cuBLAS (``F.linear``), with
+    The kernel takes 1 <= M <= 64 (decode batches); larger M is a GEMM, left to cuBLAS (``F.linear``), with
     the reason logged once. No host synchronisation: the call can be captured in a CUDA graph. Inside
     ``torch.compile`` call ``archzoo.kernels.decode_linear`` (a custom op) instead.
 
@@ -83,7 +83,7 @@ def decode_qkv_rope(
     v_cache (M, n_kv_heads, slots, head_dim), written in place. The roundings are the unfused step's (the
     projection, then ``apply_rope`` in x's dtype), so the step computes what it computed without the fusion,
     bit for bit where ``tl.cos`` / ``tl.sin`` round as torch's do. Where the Triton kernel does not run (no
-    Triton, float64, M > 16), the reference does it in PyTorch (``naive_decode_qkv_rope``).
+    Triton, float64, M > 64), the reference does it in PyTorch (``naive_decode_qkv_rope``).
     """
     M, _, N = check_decode_linear(x, weight, norm_weight, eps)
     D = head_dim

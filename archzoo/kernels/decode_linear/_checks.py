@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_M = 16  # rows the Triton kernel takes; more is a GEMM, left to cuBLAS
+MAX_M = 64  # rows the Triton kernel takes (batch x tokens of a decode step); more is left to cuBLAS
 
 
 def check_decode_linear(

@@ -1,7 +1,7 @@
 """Decode GEMV, the PyTorch forms: the fp32 reference and the unfused form the model runs today.
 
 ``naive_decode_linear`` is the reference the Triton kernel is tested against; ``torch_decode_linear`` is what
-the dispatcher falls back to for inputs the kernel does not take (M > 16, float64): the norm as the model's
+the dispatcher falls back to for inputs the kernel does not take (M > 64, float64): the norm as the model's
 ``RMSNorm`` module, then ``F.linear`` (cuBLAS on a GPU).
 """
 

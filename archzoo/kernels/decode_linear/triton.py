@@ -1,4 +1,4 @@
-"""Decode GEMV in Triton: y = (RMSNorm(x) * norm_weight, or x) @ weight.T for a few rows x (M <= 16).
+"""Decode GEMV in Triton: y = (RMSNorm(x) * norm_weight, or x) @ weight.T for a few rows x (M <= 64).
 
 At decode sizes the weights are nearly all the bytes (the teacher's Q|K|V: 1.1 MB of weights, 1.2 KB of x at
 M = 1), so the kernel is built to read every weight element exactly once, with loads along K (weight's
@@ -344,7 +344,9 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
     want = max(1, min(want, _cdiv(K, align)))
     chunk = _cdiv(_cdiv(K, want), align) * align
     n_splits = _cdiv(K, chunk)
-    per_k = block_n if use_dot else block_m * block_n  # accumulator / weight-tile elements per K column
+    # elements per K column of the largest tile: the element-wise accumulator (BLOCK_M, BLOCK_N, BLOCK_K); on the
+    # tl.dot path the weight tile (BLOCK_N, BLOCK_K) or x's (BLOCK_M, BLOCK_K), whichever is taller (M up to 64)
+    per_k = max(block_n, block_m) if use_dot else block_m * block_n
     block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
                 chunk=chunk, use_dot=use_dot, num_warps=cfg["num_warps"])  # fmt: skip
@@ -452,7 +454,7 @@ def decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
     residual: torch.Tensor | None = None, swiglu: bool = False,
 ) -> torch.Tensor:  # fmt: skip
-    """The Triton GEMV; same semantics as ``naive_decode_linear`` for 1 <= M <= 16 and fp16 / bf16 / fp32."""
+    """The Triton GEMV; same semantics as ``naive_decode_linear`` for 1 <= M <= 64 and fp16 / bf16 / fp32."""
     M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
     if not 1 <= M <= MAX_M or x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype ==
                                                               torch.float64):  # fmt: skip
