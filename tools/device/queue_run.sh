@@ -58,6 +58,8 @@ for job in $(cat $Q/jobs); do
       timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests/kernels/test_decode_linear.py \
           tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py > $O/gpu_tests.log 2>&1
       log "decode tests rc=$? $(tail -1 $O/gpu_tests.log)"
+      timeout 150 python3 -m archzoo bench kernels --ops decode_attention,gemv --out $O/kernels.json > $O/kernels.log 2>&1
+      log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
       log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"
