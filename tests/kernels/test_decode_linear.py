@@ -266,7 +266,7 @@ TEACHER = {"qkv": (960, 576, True), "o": (576, 576, False), "gate_up": (3072, 57
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("M", [1, 16, 64])
 @pytest.mark.parametrize("proj", TEACHER)
 def test_cuda_teacher_shapes_bf16(proj, M):
     """bf16 at the teacher's projections against the unfused form (RMSNorm, then cuBLAS's F.linear); repeats to

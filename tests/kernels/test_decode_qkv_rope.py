@@ -112,7 +112,7 @@ def test_bad_input_names_the_argument():
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("M", [1, 16, 64])
 def test_cuda_teacher_shape_bf16(M):
     """bf16 at the teacher's attention (9 / 3 heads of 64, d_model 576), a 4,096-slot cache, positions up to 4,000:
     against the reference (a GPU's cos / sin and summation order may move a rounding: a tolerance, not the bit),

@@ -52,32 +52,34 @@ for job in $(cat $Q/jobs); do
           --num-draft-tokens 2,4,8 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
-    decode)  # issue 18: the decode kernels' GPU tests (PDL's included), then cuBLAS, the GEMV and the GEMV with PDL
+    decode)  # issue 18: the decode kernels' GPU tests (PDL's included), then cuBLAS, the GEMV and the GEMV with PDL;
+      # most wanted first, each step's files packed as it ends (a lease may end mid-job)
       [ -n "$bg" ] && wait $bg; bg=""
       log "decode"; O=$S/docs/results/decode/pdl; mkdir -p $O
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests/kernels/test_decode_linear.py \
-          tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py > $O/gpu_tests.log 2>&1
-      log "decode tests rc=$? $(tail -1 $O/gpu_tests.log)"
-      timeout 150 python3 -m archzoo bench kernels --ops decode_attention,gemv --out $O/kernels.json > $O/kernels.log 2>&1
-      log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"
-      timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
-          --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
-      log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"
-      timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
-          --attention kernel,kernel-2launch --decode-linear kernel-pdl --out $O/profile_teacher_b1_fixup.json \
-          > $O/profile_fixup.log 2>&1
-      log "decode profile fixup rc=$? $(grep replay $O/profile_fixup.log | cut -c1-120)"
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -rf -k "cuda or fixup" tests/kernels/test_decode_linear.py \
+          tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py \
+          tests/kernels/test_decode_attention_mla.py > $O/gpu_tests.log 2>&1
+      log "decode tests rc=$? $(tail -1 $O/gpu_tests.log)"; pack
       timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
           configs/students/mla.yaml --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1
-      log "decode bench rc=$?"
-      timeout 200 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 4,8 --prompt-lens 128 \
-          --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench_m4_m8 > $O/bench_m4_m8.log 2>&1
-      log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"
+      log "decode bench rc=$?"; pack
       timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
           --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
           --out $O/bench_b64 > $O/bench_b64.log 2>&1
-      log "decode bench 64 rc=$? (the GEMV's tl.dot path at 64 rows against cuBLAS)"; pack ;;
+      log "decode bench 64 rc=$? (the GEMV's tl.dot path at 64 rows against cuBLAS)"; pack
+      timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+          --attention kernel,kernel-2launch --decode-linear kernel-pdl --out $O/profile_teacher_b1_fixup.json \
+          > $O/profile_fixup.log 2>&1
+      log "decode profile fixup rc=$? $(grep replay $O/profile_fixup.log | cut -c1-120)"; pack
+      timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
+          --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
+      log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"; pack
+      timeout 200 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 4,8 --prompt-lens 128 \
+          --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench_m4_m8 > $O/bench_m4_m8.log 2>&1
+      log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack
+      timeout 150 python3 -m archzoo bench kernels --ops decode_attention,gemv --out $O/kernels.json > $O/kernels.log 2>&1
+      log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"; pack ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O
