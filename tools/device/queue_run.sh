@@ -60,18 +60,21 @@ for job in $(cat $Q/jobs); do
           tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py \
           tests/kernels/test_decode_attention_mla.py > $O/gpu_tests.log 2>&1
       log "decode tests rc=$? $(tail -1 $O/gpu_tests.log)"; pack
-      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
-          configs/students/mla.yaml --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
-          --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1
+      timeout 240 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 1,16 --prompt-lens 128 \
+          --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl --out $O/bench > $O/bench.log 2>&1
       log "decode bench rc=$?"; pack
-      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
-          --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
-          --out $O/bench_b64 > $O/bench_b64.log 2>&1
-      log "decode bench 64 rc=$? (the GEMV's tl.dot path at 64 rows against cuBLAS)"; pack
       timeout 200 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
           --attention kernel,kernel-2launch --decode-linear kernel-pdl --out $O/profile_teacher_b1_fixup.json \
           > $O/profile_fixup.log 2>&1
       log "decode profile fixup rc=$? $(grep replay $O/profile_fixup.log | cut -c1-120)"; pack
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
+          --out $O/bench_b64 > $O/bench_b64.log 2>&1
+      log "decode bench 64 rc=$? (the GEMV's tl.dot path at 64 rows against cuBLAS)"; pack
+      timeout 300 python3 -m archzoo bench decode configs/students/mqa.yaml configs/students/mla.yaml \
+          --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --decode-linear cublas,kernel,kernel-pdl \
+          --out $O/bench_students > $O/bench_students.log 2>&1
+      log "decode bench students rc=$?"; pack
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 1 --prompt 128 \
           --decode-linear cublas,kernel,kernel-pdl --out $O/profile_teacher_b1.json > $O/profile.log 2>&1
       log "decode profile rc=$? $(grep -c replay $O/profile.log) rows"; pack
