@@ -129,8 +129,8 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     switches = [("DECODE_LINEAR", fused_layer.DECODE_LINEAR), ("DECODE_ATTENTION", attention_layer.DECODE_ATTENTION)]
     if fused_layer.DECODE_LINEAR == "auto":
         switches.append(("AUTO_MAX_ROWS", fused_layer.AUTO_MAX_ROWS))
-    if pdl is not None and pdl.ENABLED:
-        switches.append(("PDL", True))
+    if pdl is not None:
+        switches.append(("PDL", pdl.ENABLED))  # None: wherever it can run (the default), True, False
     return tuple(switches)
 
 

@@ -36,7 +36,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, state, ctx: ForwardContext) -> torch.Tensor:
         # A decode step on the fused copies (layers/fused.py) hands the norms to the projections that follow
         # them, so the decode GEMV can fuse each RMSNorm in; everything else normalises here.
-        gemv = ctx.fused and ctx.decoding and fused_layer.gemv_for(x.shape[0] * x.shape[1])
+        gemv = ctx.fused and ctx.decoding and fused_layer.gemv_for(x.shape[0] * x.shape[1], x.device)
         if ctx.fused and ctx.decoding and getattr(self.mixer, "TAKES_NORM", False):
             if gemv and getattr(self.mixer, "TAKES_RESIDUAL", False):
                 x = self.mixer(x, state, ctx, norm=self.mixer_norm, residual=x)  # added in the O GEMV's epilogue
@@ -132,7 +132,7 @@ class ArchZooLM(nn.Module):
         """
         if (
             cache is not None and cache.fused_weights and input_ids.dim() == 2 and input_ids.shape[1] == 1
-            and fused_layer.gemv_for(input_ids.shape[0]) and not torch.is_grad_enabled()
+            and fused_layer.gemv_for(input_ids.shape[0], input_ids.device) and not torch.is_grad_enabled()
         ):  # fmt: skip
             x = self.hidden_states(input_ids, cache, final_norm=False)
             return fused_layer.decode_project(x, self.lm_head.weight, self.lm_head.bias, norm=self.norm)

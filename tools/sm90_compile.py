@@ -176,6 +176,15 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16, 64), sms: int = 132) -> list:
                         kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens on CPU)
                     tag = f" {epi}" if epi else ""
                     out.append((f"{name}{tag} M={M}" + (" reduce" if i else ""), fn, grid, a, kw))
+        if M == 16:  # split-K merged by the last split program (FIXUP, off by default): down with its residual
+            x, w, res = torch.randn(M, 1536, **bf), torch.randn(576, 1536, **bf), torch.randn(M, 576, **bf)
+            cfg = {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms, "FIXUP": True}
+            with mock.patch.object(gt, "_config", lambda dev, cfg=cfg: cfg), record_launches(gt) as calls:
+                gt._PLANS.clear()
+                gt._run(x, w, None, 1e-5, res)
+            gt._PLANS.clear()
+            for fn, grid, a, kw in calls:
+                out.append((f"down residual M={M} fixup", fn, grid, a, {**kw, "DOT_F32": False, "DOT_PRECISION": None}))
         # Q|K|V with RoPE and the K/V cache write in the epilogue (decode_qkv_rope): the teacher's 9 / 3 heads of 64
         H, Hkv, D, K, slots = 9, 3, 64, 576, 4096
         x, w, nw = torch.randn(M, K, **bf), torch.randn((H + 2 * Hkv) * D, K, **bf), torch.randn(K, **bf)

@@ -119,7 +119,9 @@ def decode_linear_form(form: str):
 
     old, old_pdl = fused_layer.DECODE_LINEAR, _pdl.ENABLED
     fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel"}.get(form, form)  # "auto": the GEMV up to AUTO_MAX_ROWS
-    _pdl.ENABLED = form == "kernel-pdl"
+    # kernel-pdl: PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
+    # library's default (PDL wherever it can run)
+    _pdl.ENABLED = {"kernel-pdl": True, "auto": None}.get(form, False)
     try:
         yield
     finally:

@@ -320,9 +320,9 @@ class Attention(nn.Module):
         dtype, and a norm the GEMV fuses (an RMSNorm, or none)."""
         f = self.fused
         return (
-            fused_mod.gemv_for(x.shape[0] * x.shape[1]) and ctx.fused and f is not None and f.weight is not None
-            and f.bias is None and state is not None and x.shape[1] == 1 and x.shape[0] <= MAX_M
-            and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
+            fused_mod.gemv_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
+            and f.weight is not None and f.bias is None and state is not None and x.shape[1] == 1
+            and x.shape[0] <= MAX_M and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
         )  # fmt: skip
 
     def _qkv_step(self, x, state, ctx, norm, q_pos):

@@ -30,26 +30,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import decode_linear
-from ..kernels._dispatch import record
+from ..kernels._dispatch import interpret_mode, record
 from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not .triton: that fixes Triton's mode
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
-# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 64 rows) on CUDA where it fits; "auto" the
-# GEMV for steps of at most AUTO_MAX_ROWS rows and F.linear above (``gemv_for``). cuBLAS
-# read the teacher's weights at ~470 GB/s at batch 1 on an H200 (docs/decode.md); the GEMV is measured against it
-# with ``archzoo bench decode --decode-linear cublas,kernel`` before it becomes the default.
-DECODE_LINEAR = "cublas"
-# "auto": the GEMV up to AUTO_MAX_ROWS rows (batch x tokens) a step, cuBLAS above: on an H100 the GEMV made the
-# teacher's step 1.30x faster at batch 1 and cuBLAS was 1.08x faster at 16 (docs/decode.md); the crossover
-# between them is measured by the queue's ``decode`` job (batch 4 and 8) before "auto" becomes the default.
-AUTO_MAX_ROWS = 8
+# "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 64 rows, its epilogues fused) where it fits;
+# "auto" (the default since 2026-12-05) the GEMV for steps of at most AUTO_MAX_ROWS rows where the Triton kernels
+# run (CUDA; on a CPU only under Triton's interpreter), F.linear otherwise (``gemv_for``).
+# Measured on an H100 in one process each (docs/decode.md, "Decode kernels measured"): the teacher's step with the
+# GEMV and programmatic dependent launch ran 1,614 tokens/s at batch 1 against cuBLAS's 956 (1.69x), 4,304
+# against 4,013 at batch 4 (1.07x), 7,710 against 7,876 at batch 8 (0.98x) and 14,818 against 15,056 at 16; at
+# batch 64 the GEMV's tl.dot path lost (31,491 against 53,017 at 128-token prompts). Hence 4.
+DECODE_LINEAR = "auto"
+AUTO_MAX_ROWS = 4
 
 
-def gemv_for(rows: int) -> bool:
-    """Whether a decode step of ``rows`` rows (batch x tokens) runs its projections through the decode GEMV and its
-    epilogues: ``DECODE_LINEAR`` "kernel", or "auto" with at most ``AUTO_MAX_ROWS`` rows. Every site that fuses a
-    norm or a residual into a projection asks this, so a step is all GEMV or all cuBLAS."""
-    return DECODE_LINEAR == "kernel" or (DECODE_LINEAR == "auto" and rows <= AUTO_MAX_ROWS)
+def gemv_for(rows: int, device: torch.device | None = None) -> bool:
+    """Whether a decode step of ``rows`` rows (batch x tokens) on ``device`` runs its projections through the decode
+    GEMV and its epilogues: ``DECODE_LINEAR`` "kernel"; or "auto" with at most ``AUTO_MAX_ROWS`` rows where the
+    Triton kernels run (CUDA, or CPU under ``TRITON_INTERPRET=1``; elsewhere the GEMV is its fp32 reference, no
+    faster than F.linear). Every site that fuses a norm or a residual into a projection asks this, so a step is
+    all GEMV or all cuBLAS."""
+    if DECODE_LINEAR == "kernel":
+        return True
+    if DECODE_LINEAR != "auto" or rows > AUTO_MAX_ROWS:
+        return False
+    return device is None or device.type == "cuda" or interpret_mode()
 
 
 def decode_project(
@@ -68,7 +74,7 @@ def decode_project(
     ``residual`` (..., N): returns ``residual + ...`` (in the GEMV's epilogue: one rounding). ``swiglu``: weight's
     rows are (gate, up) pairs (``FusedLinears`` with ``pairs``); returns silu(g) * u (..., N // 2)."""
     rows = x.numel() // x.shape[-1]
-    if gemv_for(rows):
+    if gemv_for(rows, x.device):
         reason = None
         if bias is not None:
             reason = "the projection has a bias"
@@ -85,7 +91,7 @@ def decode_project(
             return y.view(*x.shape[:-1], y.shape[-1])
         if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
             record("decode_linear", "cublas", f"DECODE_LINEAR={DECODE_LINEAR!r} but F.linear runs: {reason}")
-    elif DECODE_LINEAR == "auto" and not torch.compiler.is_compiling():
+    elif DECODE_LINEAR == "auto" and rows > AUTO_MAX_ROWS and not torch.compiler.is_compiling():
         record("decode_linear", "cublas", f"DECODE_LINEAR='auto': {rows} rows > AUTO_MAX_ROWS={AUTO_MAX_ROWS}")
     y = F.linear(norm(x) if norm is not None else x, weight, bias)
     if swiglu:

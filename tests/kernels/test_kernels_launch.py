@@ -310,19 +310,27 @@ def test_pdl_launch_passes_the_option_and_is_its_own_key(rec):
     assert _launch.launch(**_args(), pdl=True) is pdl and len(rec.triton_calls()) == 2, "a hit"
 
 
-def test_pdl_off_on_cpu_and_by_default(monkeypatch):
-    """PDL is off by default, and off on the CPU (the interpreter) even when enabled; the decode kernels' plans
-    carry the flag (a plan made with it off is not reused with it on)."""
+def test_pdl_where_it_can_run_by_default_never_on_cpu(monkeypatch):
+    """PDL by default wherever it can run (ENABLED None), silently off where it cannot; never on the CPU (the
+    interpreter), even when asked for; asked for where it cannot run, it says why; the decode kernels' plans carry
+    the flag (a plan made with it off is not reused with it on)."""
     from archzoo.kernels import _pdl
     from archzoo.kernels.decode_linear import triton as gt
 
-    assert _pdl.ENABLED is False and not _pdl.pdl_enabled(torch.device("cpu"))
+    assert _pdl.ENABLED is None and not _pdl.pdl_enabled(torch.device("cpu"))
+    warned = []
+    monkeypatch.setattr(_pdl, "once", lambda key, msg: warned.append(msg))
+    monkeypatch.setattr(_pdl, "_MAJOR", {0: 8})
+    assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and not warned, "the default is silent where PDL cannot run"
+    monkeypatch.setattr(_pdl, "_MAJOR", {0: 9})
+    if _pdl.HAS_PDL and torch.version.hip is None:
+        assert _pdl.pdl_enabled(torch.device("cuda", 0)), "the default launches with PDL where it can"
+    monkeypatch.setattr(_pdl, "ENABLED", False)
+    assert not _pdl.pdl_enabled(torch.device("cuda", 0)), "False: never"
     monkeypatch.setattr(_pdl, "ENABLED", True)
     assert not _pdl.pdl_enabled(torch.device("cpu")), "never on the CPU"
     # asked for where it cannot run: said, not silent
     monkeypatch.setattr(_pdl, "_MAJOR", {0: 8})
-    warned = []
-    monkeypatch.setattr(_pdl, "once", lambda key, msg: warned.append(msg))
     assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "compute capability 8.x" in warned[-1]
     monkeypatch.setattr(_pdl, "HAS_PDL", False)
     assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "gdc_wait" in warned[-1]

@@ -1,6 +1,6 @@
 """Decode attention in Triton: flash-decoding (split-K over the cache length), GQA by head groups.
 
-One launch per call (two with ``FIXUP`` off):
+Two launches per call with several splits (one with ``FIXUP``):
 
 - ``_split_kernel``, grid (B, H_kv, n_splits). Program (b, j, s) owns positions [s * chunk, (s + 1) * chunk)
   of row b's cache and *all* G = H / H_kv query heads of KV head j: it loads each (BLOCK_T, D) tile of K and V
@@ -11,15 +11,19 @@ One launch per call (two with ``FIXUP`` off):
   With one split (``SINGLE``) it normalises and writes the output itself.
 - The merge of the splits' partials (``_combine_head``: the usual rescaling by exp(m_s - max m) over the splits
   that ran, whose count follows from the row's length, read on the device; zeros for a row that saw nothing):
-  - ``FIXUP`` (the default): by the last split program of each (b, j) to finish, as split-K GEMMs do their
+  - ``_combine_kernel``, grid (B, H), a second launch (the default).
+  - ``FIXUP``: by the last split program of each (b, j) to finish, as split-K GEMMs do their
     "fixup". After its stores, each program adds 1 to the group's counter (an atomic with release and acquire
     semantics, GPU scope); the one that draws the last ticket merges the group's G heads, reading the others'
     partials through L2, and sets the counter back to zero (``kernels/_fixup.py``: one buffer per device, zero
     again for the next layer and the next replay of a captured step). Why: at batch 1 a step is launch-bound
-    (30 layers of 6 kernels: docs/decode.md), and the merge's own launch cost more than its work. The result
-    does not depend on which program is last: the merge reads every partial from memory in split order, with
-    the same code as the second kernel, so both forms give the same bits.
-  - Else ``_combine_kernel``, grid (B, H), a second launch.
+    (30 layers of 6 kernels: docs/decode.md), and the merge's own launch looked dearer than its work. The
+    result does not depend on which program is last: the merge reads every partial from memory in split order,
+    with the same code as the second kernel, so both forms give the same bits. Measured on an H100 with PDL
+    (2026-12-05, the teacher's step at batch 1, ``tools/decode_profile.py --attention kernel,kernel-2launch``):
+    the split kernel with the fixup took 5.2 us a layer, against 2.7 + 1.6 us for the two launches (the
+    ticket's fence and atomic, and one program merging the group's heads in turn, sit on the critical path;
+    the combine kernel's launch overlaps under PDL), and the step 0.629 ms against 0.601: so it is off.
 
 The number of splits is planned on the host from the shape alone (T_max, B, H_kv, the SM count), never from
 ``lengths``: no ``.item()``, no synchronisation, so a call can be captured in a CUDA graph; lengths are read
@@ -49,12 +53,12 @@ LOG2E = 1.4426950408889634
 
 # Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
 # PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
-CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=True)
+CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False)
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
-INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=True)
-# FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch), else by
-# _combine_kernel (two). Overrides of either (tests, tuners); "N_SPLITS" forces the split count. Plans are keyed on
-# CONFIG_OVERRIDE.
+INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False)
+# FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch) instead of by
+# _combine_kernel (two; the default: measured faster, see the docstring). Overrides of either (tests, tuners);
+# "N_SPLITS" forces the split count. Plans are keyed on CONFIG_OVERRIDE.
 CONFIG_OVERRIDE: dict = {}
 WIDE_BLOCK_T = 32  # positions per tile for head dims in (256, 512]
 

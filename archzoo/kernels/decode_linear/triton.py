@@ -20,12 +20,12 @@ Two kernels:
     bf16 / fp16 operands go to the MMA as they are (the products are exact in fp32); fp32 operands, and a norm
     whose output is wider than weight's dtype, use fp32 with ``input_precision="ieee"`` (no TF32).
   With one split the program writes y in x's dtype; with several it writes its fp32 partial to a workspace
-  (n_splits, M, N), and (``FIXUP``, the default) the last of a column block's split programs to finish sums the
-  block's partials in split order and writes y (``kernels/_fixup.py``: a ticket from an acq_rel atomic counter):
-  one launch.
-- ``_reduce_kernel``, grid over M * N, with ``FIXUP`` off: the same sum as a second launch. Both sum in split
-  order with a loop (a fixed order, so the result is the same from run to run, eager equals compiled, and the
-  two forms give the same bits).
+  (n_splits, M, N), summed in split order by
+- ``_reduce_kernel``, grid over M * N, a second launch; or, with ``FIXUP``, by the last of a column block's split
+  programs to finish (``kernels/_fixup.py``: a ticket from an acq_rel atomic counter), one launch. ``FIXUP`` is
+  off: decode attention's fixup measured slower than its second launch on an H100 with PDL (docs/decode.md), and
+  this one has not been timed. Both forms sum in split order, unrolled (a fixed order, so the result is the same
+  from run to run, eager equals compiled, and the two forms give the same bits).
 
 Epilogues (``HAS_RES``, ``SWIGLU``), applied by whichever kernel writes y: ``residual + y`` added to the fp32 sum
 before the one rounding; or, with weight's rows interleaved (gate, up), the (M, N // 2) silu(g) * u with the unfused
@@ -57,20 +57,21 @@ from .._sizes import prev_pow2 as _prev_pow2
 from .._sizes import sm_count as _sm_count
 from ._checks import MAX_M, check_decode_linear
 
-# Sizes on CUDA (first guesses, not yet run on a GPU; a tuner sets CONFIG_OVERRIDE):
+# Sizes on CUDA (first guesses, untuned; a tuner sets CONFIG_OVERRIDE):
 # BLOCK_N / MIN_BLOCK_N: rows of weight per program, halved down to the minimum while programs are few;
 # MAX_BLOCK_K: K per tile at most; MAX_TILE: BLOCK_M * BLOCK_N * BLOCK_K at most on the element-wise path (its fp32
 # accumulator: 8192 elements are 64 registers a thread at 4 warps), BLOCK_N * BLOCK_K on the tl.dot path;
-# DOT_MIN_M: from this M on, tl.dot; FIXUP: split-K's partials summed by the last split program (one launch),
-# else by _reduce_kernel (two); PROGRAMS_PER_SM: the programs aimed at; SPLIT_BELOW_PER_SM: split K only
-# when the N blocks are fewer than this many per SM (a split costs a second launch); MAX_SPLITS, SPLIT_ALIGN:
-# at most this many splits, chunks a multiple of this many K columns (aligned, vectorised loads).
+# DOT_MIN_M: from this M on, tl.dot; FIXUP: split-K's partials summed by the last split program (one launch)
+# instead of by _reduce_kernel (two; the default, see the docstring); PROGRAMS_PER_SM: the programs aimed at;
+# SPLIT_BELOW_PER_SM: split K only when the N blocks are fewer than this many per SM (a split costs a second
+# launch); MAX_SPLITS, SPLIT_ALIGN: at most this many splits, chunks a multiple of this many K columns (aligned,
+# vectorised loads). Run on GPUs since (docs/decode.md): batch 1 and 4 win against cuBLAS, 64 loses.
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=True, num_warps=4)  # fmt: skip
+                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=True,
+                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False,
                         num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
@@ -164,7 +165,7 @@ def _gemv_kernel(
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr, FIXUP: tl.constexpr,
     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # the next kernel may launch now: its programs load their weights while this one runs
         gdc_launch_dependents()
@@ -248,8 +249,10 @@ def _gemv_kernel(
             if last:
                 tl.store(cnt_ptr + pid_n, 0)  # zero again for the next call
                 y = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-                for s in range(tl.num_programs(1)):  # in split order, as _reduce_kernel: the same bits
-                    y += tl.load(part_at + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+                for s in tl.static_range(BLOCK_S):  # in split order, as _reduce_kernel (the same bits); unrolled,
+                    # so the loads issue together
+                    y += tl.load(part_at + s * M * N, mask=tl.where(s < tl.num_programs(1), mask, False), other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
             mask_m = tl.where(last, mask_m, False)  # only the last program writes y
             mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT and not FIXUP:
@@ -274,7 +277,7 @@ def _gemv_kernel(
 @triton.jit
 def _reduce_kernel(
     part_ptr, out_ptr, res_ptr, MN, N, S, s_rm, s_rn,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Sums the splits' fp32 partials (n_splits, M, N) in split order and applies the epilogue. Program i owns
     BLOCK_R outputs: of the (M, N) y, or with SWIGLU of the (M, N // 2) activation (MN = M * N // 2 then)."""
@@ -289,14 +292,14 @@ def _reduce_kernel(
         stride_s = MN * 2  # the partials' (M, N)
         g = tl.zeros([BLOCK_R], tl.float32)
         u = tl.zeros([BLOCK_R], tl.float32)
-        for s in range(S):  # in split order
-            g += tl.load(part_ptr + s * stride_s + src, mask=mask, other=0.0)
-            u += tl.load(part_ptr + s * stride_s + src + 1, mask=mask, other=0.0)
+        for s in tl.static_range(BLOCK_S):  # in split order, unrolled (the loads issue together)
+            g += tl.load(part_ptr + s * stride_s + src, mask=tl.where(s < S, mask, False), other=0.0)
+            u += tl.load(part_ptr + s * stride_s + src + 1, mask=tl.where(s < S, mask, False), other=0.0)
         y = _swiglu(g, u, out_ptr.dtype.element_ty)
     else:
         y = tl.zeros([BLOCK_R], tl.float32)
-        for s in range(S):
-            y += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+        for s in tl.static_range(BLOCK_S):
+            y += tl.load(part_ptr + s * MN + offs, mask=tl.where(s < S, mask, False), other=0.0)
         if HAS_RES:
             r = tl.load(res_ptr + (offs // N) * s_rm + (offs % N) * s_rn, mask=mask, other=0.0)
             y += r.to(tl.float32)
@@ -397,13 +400,14 @@ def _plan(
         swiglu,
         rope is not None,
         lp["use_dot"], dot_f32,
-        "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"], pdl,
+        "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
+        _next_pow2(lp["n_splits"]) if lp["n_splits"] > 1 else 1, pdl,
     )  # fmt: skip
     p.pdl = pdl
     p.warps = lp["num_warps"]
     p.red_grid = (_cdiv(M * p.N, REDUCE_BLOCK),)
     p.red_ints = (M * p.N, N, lp["n_splits"], *r_strides)
-    p.red_consts = (residual is not None, swiglu, REDUCE_BLOCK, pdl)
+    p.red_consts = (residual is not None, swiglu, _next_pow2(lp["n_splits"]), REDUCE_BLOCK, pdl)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
