@@ -336,6 +336,7 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
     with torch.no_grad():
         monkeypatch.setattr(fused, "DECODE_LINEAR", "auto")
         monkeypatch.setattr(fused, "AUTO_MAX_ROWS", max_rows)
+        monkeypatch.setattr(fused, "AUTO_DEVICES", ("cuda", "cpu"))  # "auto" itself, under the interpreter
         assert ("AUTO_MAX_ROWS", max_rows) in decode_switches()
         K._dispatch.record("decode_linear", "none")
         K._dispatch.record("decode_qkv_rope", "none")

@@ -30,32 +30,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import decode_linear
-from ..kernels._dispatch import interpret_mode, record
+from ..kernels._dispatch import record
 from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not .triton: that fixes Triton's mode
 
 # How a decode step's projections run (the fused Q|K|V and gate|up copies, O, down): "cublas" is F.linear;
 # "kernel" is ``archzoo.kernels.decode_linear`` (a Triton GEMV for <= 64 rows, its epilogues fused) where it fits;
-# "auto" (the default since 2026-12-05) the GEMV for steps of at most AUTO_MAX_ROWS rows where the Triton kernels
-# run (CUDA; on a CPU only under Triton's interpreter), F.linear otherwise (``gemv_for``).
+# "auto" (the default since 2026-12-05) the GEMV for steps of at most AUTO_MAX_ROWS rows on the devices of
+# AUTO_DEVICES, F.linear otherwise (``gemv_for``).
 # Measured on an H100 in one process each (docs/decode.md, "Decode kernels measured"): the teacher's step with the
 # GEMV and programmatic dependent launch ran 1,614 tokens/s at batch 1 against cuBLAS's 956 (1.69x), 4,304
 # against 4,013 at batch 4 (1.07x), 7,710 against 7,876 at batch 8 (0.98x) and 14,818 against 15,056 at 16; at
 # batch 64 the GEMV's tl.dot path lost (31,491 against 53,017 at 128-token prompts). Hence 4.
 DECODE_LINEAR = "auto"
 AUTO_MAX_ROWS = 4
+# Where "auto" takes the GEMV: CUDA, where it was measured. Not the CPU: there the kernel is its fp32 reference, or
+# Triton's interpreter (a test vehicle, far slower than F.linear). Tests add "cpu" to check "auto" itself.
+AUTO_DEVICES = ("cuda",)
 
 
 def gemv_for(rows: int, device: torch.device | None = None) -> bool:
     """Whether a decode step of ``rows`` rows (batch x tokens) on ``device`` runs its projections through the decode
-    GEMV and its epilogues: ``DECODE_LINEAR`` "kernel"; or "auto" with at most ``AUTO_MAX_ROWS`` rows where the
-    Triton kernels run (CUDA, or CPU under ``TRITON_INTERPRET=1``; elsewhere the GEMV is its fp32 reference, no
-    faster than F.linear). Every site that fuses a norm or a residual into a projection asks this, so a step is
+    GEMV and its epilogues: ``DECODE_LINEAR`` "kernel"; or "auto" with at most ``AUTO_MAX_ROWS`` rows on a device
+    of ``AUTO_DEVICES`` (CUDA). Every site that fuses a norm or a residual into a projection asks this, so a step is
     all GEMV or all cuBLAS."""
     if DECODE_LINEAR == "kernel":
         return True
     if DECODE_LINEAR != "auto" or rows > AUTO_MAX_ROWS:
         return False
-    return device is None or device.type == "cuda" or interpret_mode()
+    return device is None or device.type in AUTO_DEVICES
 
 
 def decode_project(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounter
 
+from archzoo.layers import fused
 from archzoo.layers.fused import FusedLinears
 
 from conftest import MODEL_CONFIGS, assert_close, f64_model, load_yaml
@@ -163,3 +164,16 @@ def test_decode_project_says_why_it_does_not_take_the_gemv(monkeypatch, caplog):
         assert K.last_backend("decode_linear") == "cublas", why
         assert_close(why, got, torch.nn.functional.linear(xi, w.to(xi.dtype), bi), 1e-6)
     assert any("F.linear runs" in r.getMessage() for r in caplog.records), "the reason is logged"
+
+
+def test_auto_takes_the_gemv_on_cuda_up_to_its_rows(monkeypatch):
+    """``DECODE_LINEAR = "auto"`` (the default): the GEMV for steps of at most ``AUTO_MAX_ROWS`` rows on a device of
+    ``AUTO_DEVICES`` (CUDA, where it was measured), F.linear on the CPU and above the rows; "kernel" everywhere."""
+    assert fused.DECODE_LINEAR == "auto" and fused.AUTO_DEVICES == ("cuda",)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    n = fused.AUTO_MAX_ROWS
+    assert fused.gemv_for(n, cuda) and not fused.gemv_for(n + 1, cuda) and not fused.gemv_for(1, cpu)
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+    assert fused.gemv_for(64, cpu) and fused.gemv_for(1, cuda)
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+    assert not fused.gemv_for(1, cuda)
