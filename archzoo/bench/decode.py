@@ -870,10 +870,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decode-linear",
         default="cublas",
-        help="the step's projections: cublas (default; F.linear), kernel (archzoo.kernels.decode_linear, a Triton "
-        "GEMV for up to 16 rows), kernel-pdl (the same, each decode kernel launched with programmatic dependent "
-        "launch), auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows, cuBLAS above), or several side by side, "
-        "e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
+        help="the step's projections: cublas (default here, the baseline; F.linear), kernel "
+        "(archzoo.kernels.decode_linear, a Triton GEMV for up to 64 rows), kernel-pdl (the same, each decode kernel "
+        "launched with programmatic dependent launch), auto (the library's default: the GEMV with PDL up to "
+        "layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), or several side by side, e.g. "
+        "cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
     )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p
