@@ -148,7 +148,12 @@ def test_plan_on_the_teachers_shapes(monkeypatch):
         p16 = plan(16, N, Kd)
         assert p16["use_dot"] and p16["BLOCK_N"] >= 16 and p16["n_blocks"] * p16["n_splits"] >= 132, (name, p16)
         assert p16["n_splits"] * p16["chunk"] >= Kd > (p16["n_splits"] - 1) * p16["chunk"], (name, p16)
+        p64 = plan(64, N, Kd)  # 64 rows: weight blocks of 64 rows, so each program's x serves more weight
+        assert p64["use_dot"] and p64["BLOCK_M"] == 64 and p64["BLOCK_N"] == 64, (name, p64)
+        assert p64["n_splits"] * p64["chunk"] >= Kd and 64 * p64["BLOCK_K"] <= T.CUDA_CONFIG["MAX_TILE"], (name, p64)
     assert plan(1, 576, 576)["BLOCK_K"] == 1024, "a program's whole K in one tile: its loads issue at once"
+    rope = T.launch_plan(64, 960, 576, torch.device("cuda", 0), rope=True)  # never split: 16-row blocks stay
+    assert rope["BLOCK_N"] == 16 and rope["n_splits"] == 1, rope
 
 
 @needs_triton

@@ -66,13 +66,18 @@ from ._checks import MAX_M, check_decode_linear
 # SPLIT_BELOW_PER_SM: split K only when the N blocks are fewer than this many per SM (a split costs a second
 # launch); MAX_SPLITS, SPLIT_ALIGN: at most this many splits, chunks a multiple of this many K columns (aligned,
 # vectorised loads). Run on GPUs since (docs/decode.md): batch 1 and 4 win against cuBLAS, 64 loses.
+# WIDE_M, WIDE_MIN_BLOCK_N: from WIDE_M rows on (tl.dot path, not the Q|K|V+RoPE epilogue, which never splits),
+# BLOCK_N is not halved below WIDE_MIN_BLOCK_N, and split-K fills the GPU instead: every program reads x's rows of
+# its K chunk, so at 64 rows 16-row blocks of weight read x from L2 four times as often as the weight bytes
+# (64 rows lost to cuBLAS with 16-row blocks on an H100; this wider form is not yet timed).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, num_warps=4)  # fmt: skip
+                   SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
+                   num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
-                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False,
-                        num_warps=1)  # fmt: skip
+                        SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
+                        WIDE_MIN_BLOCK_N=16, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
 CONFIG_OVERRIDE: dict = {}
@@ -331,6 +336,8 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
     min_bn = max(16, cfg["MIN_BLOCK_N"]) if use_dot else cfg["MIN_BLOCK_N"]
     if swiglu or rope:
         min_bn = max(2, min_bn)
+    if use_dot and not rope and M >= cfg["WIDE_M"]:
+        min_bn = max(min_bn, cfg["WIDE_MIN_BLOCK_N"])
     block_n = max(min_bn, min(cfg["BLOCK_N"], _next_pow2(N)))
     while block_n > min_bn and _cdiv(N, block_n) < target:
         block_n //= 2
