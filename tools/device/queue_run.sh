@@ -83,6 +83,13 @@ for job in $(cat $Q/jobs); do
       log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack
       timeout 150 python3 -m archzoo bench kernels --ops decode_attention,gemv --out $O/kernels.json > $O/kernels.log 2>&1
       log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"; pack ;;
+    decode64)  # issue 18: the GEMV's 64-row plan (64-row weight blocks, split-K) against cuBLAS, teacher and MQA
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "decode64"; O=$S/docs/results/decode/pdl; mkdir -p $O
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
+          --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
+      log "decode64 rc=$?"; pack ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O
@@ -122,7 +129,7 @@ for job in $(cat $Q/jobs); do
       wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
       mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
       pack ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, kernels:<op>,<op>, trainprof:<s>,<s>, speed)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed)" ;;
   esac
   echo "$job" >> $Q/done
 done
