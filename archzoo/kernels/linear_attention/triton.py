@@ -53,6 +53,16 @@ SEGMENTS: int | None = None
 
 
 @triton.jit
+def _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV):
+    """The (BT, F) q/k and (BT, Dv) v offsets of the chunk of positions t in (B, T, H, .) layouts, with their masks
+    and t's own: (mt, qk_off, v_off, m_qk, m_v). Every kernel here walks chunks this way."""
+    mt = t < T
+    qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
+    v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
+    return mt, qk_off, v_off, mt[:, None] & mf[None, :], mt[:, None] & mv[None, :]
+
+
+@triton.jit
 def _mm(a, b, LOWP: tl.constexpr):
     """a @ b with fp32 accumulation: bf16/fp16 MMAs for low-precision inputs; fp32 ones as tf32x3 (three TF32
     MMAs, about fp32's accuracy; "ieee" lowers to FMAs and spills kilobytes per thread on sm_90)."""
@@ -97,12 +107,10 @@ def _fwd_kernel(
     causal = rt[:, None] >= rt[None, :]
     for t0 in range(t_start, tl.minimum(t_start + SEG, T), BT):
         t = t0 + rt
-        mt = t < T
-        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
-        m_qk = mt[:, None] & mf[None, :]
+        mt, qk_off, v_off, m_qk, m_v = _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV)
         q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
-        v = tl.load(v_ptr + v_base + t[:, None] * (H * DV) + rv[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
         if not LOWP:
             q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
         A = tl.where(causal, _mm(q, tl.trans(k), LOWP), 0.0)  # (BT, BT)
@@ -112,7 +120,7 @@ def _fwd_kernel(
             o = o / den[:, None]
             if STORE_DEN:
                 tl.store(den_ptr + i_bh * T + t, den, mask=mt & (rt * 0 + i_v == 0))
-        tl.store(o_ptr + v_base + t[:, None] * (H * DV) + rv[None, :], o.to(DT), mask=mt[:, None] & mv[None, :])
+        tl.store(o_ptr + v_off, o.to(DT), mask=m_v)
         S += _mm(tl.trans(k), v, LOWP)
         z += tl.sum(k.to(tl.float32), 0)
     if STORE_FINAL:
@@ -164,11 +172,7 @@ def _seg_sums_kernel(
     sdz = tl.zeros([BF], dtype=tl.float32)
     for t0 in range(i_s * SEG, tl.minimum(i_s * SEG + SEG, T), BT):
         t = t0 + rt
-        mt = t < T
-        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
-        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
-        m_qk = mt[:, None] & mf[None, :]
-        m_v = mt[:, None] & mv[None, :]
+        mt, qk_off, v_off, m_qk, m_v = _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
         if not LOWP:
@@ -235,11 +239,7 @@ def _bwd_kernel(
         z += tl.load(z0_ptr + seg * F + i_bh * F + rf, mask=mf, other=0.0)
     for t0 in range(t_start, t_end, BT):
         t = t0 + rt
-        mt = t < T
-        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
-        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
-        m_qk = mt[:, None] & mf[None, :]
-        m_v = mt[:, None] & mv[None, :]
+        mt, qk_off, v_off, m_qk, m_v = _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
         dnum, dden = _dnum_dden(do_ptr, den_ptr, delta_ptr, v_off, m_v, i_bh * T, t, mt, firstf, BT, NORMALIZE)
@@ -262,11 +262,7 @@ def _bwd_kernel(
     n_chunks = tl.cdiv(t_end - t_start, BT)
     for i in range(0, n_chunks):
         t = t_start + (n_chunks - 1 - i) * BT + rt
-        mt = t < T
-        qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
-        v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
-        m_qk = mt[:, None] & mf[None, :]
-        m_v = mt[:, None] & mv[None, :]
+        mt, qk_off, v_off, m_qk, m_v = _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV)
         q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0)
         k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0)
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0)
