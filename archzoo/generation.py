@@ -427,7 +427,8 @@ def _get_round(
 
 def allow_recompiles() -> None:
     """Each (batch, bucket) shape and each model compiles the blocks once more (they share ``Block.forward``'s
-    code object, whose compiled entries dynamo caps at 8 by default): allow 64."""
+    code object, whose compiled entries dynamo caps at 8 by default, running the rest eagerly): allow 64. The
+    trainer's ``speed.compile`` calls it too (its block kinds, modes and two models can pass 8)."""
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))

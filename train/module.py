@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from archzoo.generation import allow_recompiles
 from archzoo.layers import ForwardContext
 
 from .config import AlignStage, KDStage, RunConfig
@@ -203,11 +204,7 @@ class DistillModule(L.LightningModule):
         # The kinds of block (a hybrid's mixers, a CLA leader and member, the first layer) times the modes they
         # run in (training, validation without gradients) times the two models can pass 8: a Jamba student
         # with a compiled teacher is about 10.
-        import torch._dynamo
-
-        cfg = torch._dynamo.config
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # the older name
-        setattr(cfg, name, max(getattr(cfg, name), 64))
+        allow_recompiles()  # 64, as generate does for its step shapes
         for block in self.student.blocks:
             block.compile(backend=speed.compile_backend)
         self._compiled = True

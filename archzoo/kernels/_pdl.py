@@ -13,8 +13,9 @@ The rule that keeps it correct: a kernel launched with PDL must call ``gdc_wait`
 an earlier kernel writes or reads-then-overwrites; kernels launched without it (cuBLAS, Inductor's) are
 ordered by the stream as always. Both calls are no-ops in a kernel launched without the attribute.
 
-``ENABLED``: None (the default since 2026-12-05) launches with PDL wherever it can run and silently without it
-elsewhere; True asks for it (and says once why not where it cannot run); False never. Kernels plan with
+``ENABLED``: None (the default since 2026-12-05) launches with PDL wherever it can run; True asks for it; False
+never. On a CUDA device where it cannot run, either of the first two says why once (a warning), as every fast path
+not taken does (``_dispatch``). Kernels plan with
 ``pdl_enabled(device)``, which needs a Triton that has the intrinsics (3.4 and later), CUDA, and compute capability
 9.0 or later. Measured on an H100 (``archzoo bench decode --decode-linear kernel,kernel-pdl``, one process;
 docs/decode.md): the teacher's step with the decode GEMV at batch 1 ran 1,261 tokens/s without PDL and 1,614
@@ -54,18 +55,21 @@ def pdl_enabled(device: torch.device) -> bool:
     if ENABLED is False or device.type != "cuda":  # the interpreter (CPU tensors) never launches with PDL
         return False
     if not HAS_PDL or torch.version.hip is not None:
-        if ENABLED:
-            once("pdl", f"archzoo.kernels._pdl.ENABLED, but the decode kernels launch without PDL: "
-                 f"{'ROCm' if HAS_PDL else 'this Triton has no gdc_wait (3.4 or later has)'}")  # fmt: skip
+        _without(f"{'ROCm' if HAS_PDL else 'this Triton has no gdc_wait (3.4 or later has)'}")
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     major = _MAJOR.get(index)
     if major is None:
         major = _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
-    if major < 9 and ENABLED:
-        once("pdl", f"archzoo.kernels._pdl.ENABLED, but the decode kernels launch without PDL: compute capability "
-             f"{major}.x (PDL needs 9.0 or later)")  # fmt: skip
+    if major < 9:
+        _without(f"compute capability {major}.x (PDL needs 9.0 or later)")
     return major >= 9
+
+
+def _without(why: str) -> None:
+    """Say once why the decode kernels launch without PDL on CUDA: asked for (``ENABLED`` True) or by default."""
+    asked = "archzoo.kernels._pdl.ENABLED, but " if ENABLED else ""
+    once("pdl", f"{asked}the decode kernels launch without programmatic dependent launch: {why}")
 
 
 __all__ = ["ENABLED", "HAS_PDL", "gdc_launch_dependents", "gdc_wait", "pdl_enabled"]

@@ -69,9 +69,10 @@ def decode_project(
     swiglu: bool = False,
 ) -> torch.Tensor:
     """``norm(x)`` (or x) (..., K) @ weight (N, K).T (+ bias) for a decode step: the norm and ``F.linear``, or
-    ``decode_linear`` with the RMSNorm fused in when ``DECODE_LINEAR`` is "kernel" and the shapes fit (no bias, one
-    dtype, at most 64 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
-    elsewhere). ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings.
+    ``decode_linear`` with the RMSNorm fused in where ``gemv_for`` says so and the shapes fit (no bias, one dtype,
+    at most 64 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
+    elsewhere); a step that asked for the GEMV and does not fit records why (``last_backend("decode_linear")``).
+    ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings.
 
     ``residual`` (..., N): returns ``residual + ...`` (in the GEMV's epilogue: one rounding). ``swiglu``: weight's
     rows are (gate, up) pairs (``FusedLinears`` with ``pairs``); returns silu(g) * u (..., N // 2)."""

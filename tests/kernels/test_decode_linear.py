@@ -359,11 +359,14 @@ def test_epilogues_match_naive(M, splits, dtype, monkeypatch):
     got = T.decode_linear(x, w, nw, 1e-5, swiglu=True)
     ref = naive_decode_linear(x, w, nw, 1e-5, swiglu=True)
     _assert(f"swiglu[M={M}, splits={splits}]", got, ref, TOL[dtype])
-    if dtype == torch.bfloat16:  # the same roundings; only the fp32 sums' order differs (a rare one-ulp flip)
+    if dtype == torch.bfloat16 and M <= 16:
+        assert torch.equal(got, ref), "bf16 SwiGLU must repeat the unfused roundings"
+    elif dtype == torch.bfloat16:  # 64 rows: x's tiles are narrower (BLOCK_K 32 here), so the fp32 sums over K run
+        # in another order than the reference's and an output next to a rounding boundary may flip by one ulp
         off = got != ref
         ulp = ref.float().abs().clamp_min(1e-30) * 2**-7
         assert off.float().mean() <= 1e-3 and ((got.float() - ref.float()).abs() <= ulp)[off].all(), (
-            "bf16 SwiGLU must repeat the unfused roundings"
+            "bf16 SwiGLU must repeat the unfused roundings (at most a rare one-ulp flip from the sum's order)"
         )
     # the unfused path: F.linear's gate and up, F.silu(gate) * up, in x's dtype
     h = rms_norm(x, nw, 1e-5)

@@ -311,9 +311,9 @@ def test_pdl_launch_passes_the_option_and_is_its_own_key(rec):
 
 
 def test_pdl_where_it_can_run_by_default_never_on_cpu(monkeypatch):
-    """PDL by default wherever it can run (ENABLED None), silently off where it cannot; never on the CPU (the
-    interpreter), even when asked for; asked for where it cannot run, it says why; the decode kernels' plans carry
-    the flag (a plan made with it off is not reused with it on)."""
+    """PDL by default wherever it can run (ENABLED None); never on the CPU (the interpreter), even when asked for;
+    on a GPU where it cannot run it says why, by default or asked for; the decode kernels' plans carry the flag (a
+    plan made with it off is not reused with it on)."""
     from archzoo.kernels import _pdl
     from archzoo.kernels.decode_linear import triton as gt
 
@@ -321,7 +321,10 @@ def test_pdl_where_it_can_run_by_default_never_on_cpu(monkeypatch):
     warned = []
     monkeypatch.setattr(_pdl, "once", lambda key, msg: warned.append(msg))
     monkeypatch.setattr(_pdl, "_MAJOR", {0: 8})
-    assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and not warned, "the default is silent where PDL cannot run"
+    assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "compute capability 8.x" in warned[-1], (
+        "by default too, a GPU without PDL says so"
+    )
+    assert "ENABLED" not in warned[-1], "not asked for: the message does not say it was"
     monkeypatch.setattr(_pdl, "_MAJOR", {0: 9})
     if _pdl.HAS_PDL and torch.version.hip is None:
         assert _pdl.pdl_enabled(torch.device("cuda", 0)), "the default launches with PDL where it can"
@@ -332,6 +335,7 @@ def test_pdl_where_it_can_run_by_default_never_on_cpu(monkeypatch):
     # asked for where it cannot run: said, not silent
     monkeypatch.setattr(_pdl, "_MAJOR", {0: 8})
     assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "compute capability 8.x" in warned[-1]
+    assert "ENABLED, but" in warned[-1], "asked for: the message says so"
     monkeypatch.setattr(_pdl, "HAS_PDL", False)
     assert not _pdl.pdl_enabled(torch.device("cuda", 0)) and "gdc_wait" in warned[-1]
     monkeypatch.setattr(gt, "pdl_enabled", lambda device: True)
