@@ -3,6 +3,7 @@
 # files to /root/queue/stage, laid out as in the repository (docs/results/...), and re-packs /root/queue/results.tgz,
 # which watch.sh copies back: `tar xzf results.tgz` at the repository root here.
 Q=/root/queue; S=$Q/stage; D=docs/results/distillation/smollm2
+DEC=$S/docs/results/decode/pdl  # the decode jobs' files (renamed into docs/results/decode/ when indexed)
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 pack() { ( flock 9; tar czf $Q/results.tgz.tmp -C $S . && mv $Q/results.tgz.tmp $Q/results.tgz ) 9> $Q/pack.lock; }  # the scoring packs too
 score() {  # the suite's rows for student $1, converted and distilled, into /root/suite (outside the copied tree)
@@ -55,7 +56,7 @@ for job in $(cat $Q/jobs); do
     decode)  # issue 18: the decode kernels' GPU tests (PDL's included), then cuBLAS, the GEMV and the GEMV with PDL;
       # most wanted first, each step's files packed as it ends (a lease may end mid-job)
       [ -n "$bg" ] && wait $bg; bg=""
-      log "decode"; O=$S/docs/results/decode/pdl; mkdir -p $O
+      log "decode"; O=$DEC; mkdir -p $O
       timeout 240 python3 -m pytest -q -p no:cacheprovider -rf -k "cuda or fixup" tests/kernels/test_decode_linear.py \
           tests/kernels/test_decode_qkv_rope.py tests/kernels/test_decode_attention.py \
           tests/kernels/test_decode_attention_mla.py > $O/gpu_tests.log 2>&1
@@ -85,7 +86,7 @@ for job in $(cat $Q/jobs); do
       log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"; pack ;;
     decode64)  # issue 18: the GEMV's 64-row plan (64-row weight blocks, split-K) against cuBLAS, teacher and MQA
       [ -n "$bg" ] && wait $bg; bg=""
-      log "decode64"; O=$S/docs/results/decode/pdl; mkdir -p $O
+      log "decode64"; O=$DEC; mkdir -p $O
       timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
           --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
           --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
@@ -116,7 +117,7 @@ for job in $(cat $Q/jobs); do
       # rows measured in an earlier lease (brought back and committed) are kept: --resume measures the rest
       [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
       suite=configs/bench/smollm2.yaml  # decode_linear auto: the decode kernels at batch 1, unless their GPU tests failed
-      if grep -qE "[0-9]+ failed|error" "$S/docs/results/decode/pdl/gpu_tests"".log" 2> /dev/null; then
+      if grep -qE "[0-9]+ failed|error" $DEC/gpu_tests.log 2> /dev/null; then
         sed 's/decode_linear: auto/decode_linear: cublas/' $suite > configs/bench/smollm2-cublas.tmp.yaml; suite=configs/bench/smollm2-cublas.tmp.yaml
         log "speed: the decode kernels' GPU tests failed: cuBLAS projections"
       fi
