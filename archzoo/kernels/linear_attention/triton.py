@@ -53,6 +53,18 @@ SEGMENTS: int | None = None
 
 
 @triton.jit
+def _program_layout(i_v, i_bh, T, H, F, DV, BT: tl.constexpr, BF: tl.constexpr, BV: tl.constexpr):
+    """What every kernel here derives from its (value block, batch * head) program: the chunk, feature and value
+    ranges, the feature and value masks, and the row bases of q / k and v in (B, T, H, .) layouts: (rt, rf, rv,
+    mf, mv, qk_base, v_base), (b, t, h, f) living at ((b T + t) H + h) F + f."""
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rf = tl.arange(0, BF)
+    rv = i_v * BV + tl.arange(0, BV)
+    return tl.arange(0, BT), rf, rv, rf < F, rv < DV, (i_b * T * H + i_h) * F, (i_b * T * H + i_h) * DV
+
+
+@triton.jit
 def _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV):
     """The (BT, F) q/k and (BT, Dv) v offsets of the chunk of positions t in (B, T, H, .) layouts, with their masks
     and t's own: (mt, qk_off, v_off, m_qk, m_v). Every kernel here walks chunks this way."""
@@ -86,16 +98,8 @@ def _fwd_kernel(
     i_bh = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2)
     t_start = i_s * SEG
-    i_b = i_bh // H
-    i_h = i_bh % H
     DT = q_ptr.dtype.element_ty
-    rt = tl.arange(0, BT)
-    rf = tl.arange(0, BF)
-    rv = i_v * BV + tl.arange(0, BV)
-    mf = rf < F
-    mv = rv < DV
-    qk_base = (i_b * T * H + i_h) * F  # (b, t, h, f) at ((b T + t) H + h) F + f
-    v_base = (i_b * T * H + i_h) * DV
+    rt, rf, rv, mf, mv, qk_base, v_base = _program_layout(i_v, i_bh, T, H, F, DV, BT, BF, BV)
     s_off = i_bh * F * DV + rf[:, None] * DV + rv[None, :]
     ms = mf[:, None] & mv[None, :]
     S = tl.zeros([BF, BV], dtype=tl.float32)
@@ -157,15 +161,7 @@ def _seg_sums_kernel(
     i_bh = tl.program_id(1).to(tl.int64)
     i_s = tl.program_id(2).to(tl.int64)
     n_bh = tl.num_programs(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rt = tl.arange(0, BT)
-    rf = tl.arange(0, BF)
-    rv = i_v * BV + tl.arange(0, BV)
-    mf = rf < F
-    mv = rv < DV
-    qk_base = (i_b * T * H + i_h) * F
-    v_base = (i_b * T * H + i_h) * DV
+    rt, rf, rv, mf, mv, qk_base, v_base = _program_layout(i_v, i_bh, T, H, F, DV, BT, BF, BV)
     sS = tl.zeros([BF, BV], dtype=tl.float32)
     sz = tl.zeros([BF], dtype=tl.float32)
     sdS = tl.zeros([BF, BV], dtype=tl.float32)
@@ -215,16 +211,8 @@ def _bwd_kernel(
     i_s = tl.program_id(2)  # int32, as the positions: registers are tight here (248 of 255 before segments)
     t_start = i_s * SEG
     t_end = tl.minimum(t_start + SEG, T)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rt = tl.arange(0, BT)
-    rf = tl.arange(0, BF)
-    rv = i_v * BV + tl.arange(0, BV)
-    mf = rf < F
-    mv = rv < DV
+    rt, rf, rv, mf, mv, qk_base, v_base = _program_layout(i_v, i_bh, T, H, F, DV, BT, BF, BV)
     firstf = (i_v == 0).to(tl.float32)  # the dden / dz terms are counted once, by value block 0
-    qk_base = (i_b * T * H + i_h) * F
-    v_base = (i_b * T * H + i_h) * DV
     part = i_v.to(tl.int64) * N_QK  # this block's slice of the (NV, B, T, H, F) partial dq / dk buffers
     s_off = i_bh * F * DV + rf[:, None] * DV + rv[None, :]
     ms = mf[:, None] & mv[None, :]
