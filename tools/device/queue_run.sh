@@ -112,7 +112,7 @@ for job in $(cat $Q/jobs); do
     speed)
       need_teacher $job
       [ -n "$bg" ] && wait $bg; bg=""
-      log "speed"
+      log "speed ($(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2> /dev/null | wc -l) processes on the GPU before it)"
       P=docs/results/pareto-smollm2/speed
       # rows measured in an earlier lease (brought back and committed) are kept: --resume measures the rest
       [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
@@ -130,7 +130,15 @@ for job in $(cat $Q/jobs); do
       wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
       mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
       pack ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed)" ;;
+    corpus)  # issue 16: the distill runs' teacher-generated corpus into the cache, packed in 15 MiB parts that
+      # watch.sh brings back (here: into .big/g3/, so a later lease carries it instead of generating it again)
+      need_teacher $job
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "corpus"; mkdir -p $Q/corpus
+      timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
+          --pack $Q/corpus > $Q/corpus.log 2>&1
+      log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus)" ;;
   esac
   echo "$job" >> $Q/done
 done

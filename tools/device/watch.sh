@@ -16,5 +16,6 @@ while kill -0 "$(cat $Q/pid)" 2> /dev/null && [ "$(date +%s)" -lt "$end" ]; do
   sleep 10
 done
 [ -f $Q/results.tgz ] && cp $Q/results.tgz $OUT/; cp $Q/queue.log $OUT/
+ls $Q/corpus/corpora.tgz.* > /dev/null 2>&1 && cp $Q/corpus/corpora.tgz.* $OUT/  # the corpus job's parts (move into .big/g3/)
 cat $Q/queue.log; kill -0 "$(cat $Q/pid)" 2> /dev/null && echo "queue still running" || echo "queue finished"
 for f in $Q/distill-*.log; do [ -f "$f" ] && echo "$(basename $f): $(grep -E '^step' $f | tail -1 | cut -c1-90)"; done
