@@ -5,6 +5,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--decode-linear cublas,kernel]   # the projections through cuBLAS, or the decode GEMV and its epilogues
                                           # (kernel-pdl: launched with programmatic dependent launch)
         [--attention kernel,kernel-2launch]  # the attention kernel's splits merged in it, or by a second kernel
+        [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -24,7 +25,9 @@ from torch.profiler import ProfilerActivity, profile
 import archzoo
 
 
-def profile_step(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str = "cublas") -> dict:
+def profile_step(
+    config: str, batch: int, prompt: int, steps: int, attention: str, linear: str = "cublas", fold: str = "on"
+) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
 
@@ -35,10 +38,15 @@ def profile_step(config: str, batch: int, prompt: int, steps: int, attention: st
         from archzoo.kernels.decode_attention import triton as attention_kernels
 
         attention_kernels.CONFIG_OVERRIDE["FIXUP"] = False
+    from archzoo.layers import mla_fold
+
+    mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
     try:
         with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
-            return _profile(config, batch, prompt, steps, attention, linear)
+            r = _profile(config, batch, prompt, steps, attention, linear)
+            return {**r, "mla_fold": fold}
     finally:
+        mla_fold.ENABLED = True
         if attention == "kernel-2launch":
             attention_kernels.CONFIG_OVERRIDE.pop("FIXUP", None)
 
@@ -89,18 +97,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--attention", default="kernel", help="kernel, kernel-2launch, sdpa or several (comma)")
     p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
+    p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []
     for config in args.configs:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):
-                forms = [(f, lin) for f in args.attention.split(",") for lin in args.decode_linear.split(",")]
-                for form, linear in forms:
-                    r = profile_step(config, b, n, args.steps, form, linear)
+                forms = [
+                    (f, lin, fold)
+                    for f in args.attention.split(",")
+                    for lin in args.decode_linear.split(",")
+                    for fold in args.mla_fold.split(",")
+                ]
+                for form, linear, fold in forms:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form} {linear}: replay {r['replay_ms_per_step']:.3f} ms/step, "
+                        f"\n{config} B={b} P={n} {form} {linear} fold {fold}: "
+                        f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )
                     for k in r["kernels"][:12]:

@@ -23,9 +23,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels import decode_attention_mla
+from . import mla_fold
 from .attention import attend, attend_cached, step_mask, use_decode_kernel
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .fused import FusedLinears, decode_project
+from .mla_fold import FoldedMLA
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
 
@@ -87,8 +89,12 @@ class MLA(nn.Module):
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
         self.rope = RotaryEmbedding(dr, cfg.rope_theta, cfg.rope_pairs, dn + dr)
         # Q and the latent|RoPE-key projection in one GEMM for decode steps (layers/fused.py), the block's norm
-        # fused into it where the decode GEMV runs; a low-rank query (q_lora_rank) projects through its own path.
-        self.fused = None if cfg.q_lora_rank else FusedLinears(self.q_proj, self.kv_a_proj)
+        # fused into it where the decode GEMV runs, with W_uk folded into Q's copy and W_uv into O's where that
+        # costs few bytes (layers/mla_fold.py); a low-rank query (q_lora_rank) projects through its own path.
+        self.fused = None
+        if not cfg.q_lora_rank:
+            fold = mla_fold.folds(H, d_model, dn, dv, r)
+            self.fused = FoldedMLA(self) if fold else FusedLinears(self.q_proj, self.kv_a_proj)
         self.scale = (dn + dr) ** -0.5
         self.absorb: bool | None = None  # None: absorbed when decoding over a cache; tests force either path
 
@@ -182,14 +188,21 @@ class MLA(nn.Module):
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
         cos, sin = self.rope(q_pos, x.dtype)  # (B, T, dr)
+        folded = ctx.fused and isinstance(self.fused, FoldedMLA)
         if ctx.fused and self.fused is not None:
             q, kv = self.fused(x, norm)  # one GEMM (the norm in it, with the decode GEMV)
         else:
             x = norm(x) if norm is not None else x
             q, kv = self._queries(x), self.kv_a_proj(x)
-        q = q.reshape(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
-        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin)
+        w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
+        if folded:  # the query comes out of the GEMM in the latent space already
+            q = q.reshape(B, T, self.n_heads, self.r + self.dr).transpose(1, 2)  # (B,H,T,r+dr)
+            q_lat, q_rope = q.split([self.r, self.dr], dim=-1)
+        else:
+            q = q.reshape(B, T, self.n_heads, self.dn + self.dr).transpose(1, 2)  # (B,H,T,dn+dr)
+            q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
+            q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn])
+        q_lat = torch.cat([q_lat, apply_rope(q_rope, cos, sin)], dim=-1)
         c_kv, k_rope = kv.split([self.r, self.dr], dim=-1)
         row = torch.cat([self.kv_a_norm(c_kv), apply_rope(k_rope, cos, sin)], dim=-1)  # (B, T, r + dr)
         buf = state["latent"]
@@ -201,8 +214,6 @@ class MLA(nn.Module):
             visible = torch.arange(S, device=x.device)[None, None, :] <= q_pos[:, :, None]  # (B, T, S)
             return step_mask(visible, self.n_heads, x.dtype)
 
-        w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.r)
-        q_lat = torch.cat([torch.einsum("bhtd,hdr->bhtr", q_nope, w[:, : self.dn]), q_rope], dim=-1)
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
         if use_decode_kernel(q_lat, keys):  # one latent head: key [c_kv | k_rope], value c_kv, each row read once
             lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)
@@ -210,6 +221,8 @@ class MLA(nn.Module):
         else:
             mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)
             o_lat = attend_cached(q_lat, keys, keys[..., : self.r], mask, self.scale)
+        if folded:  # W_uv and O in one GEMM
+            return self.fused.project_out(o_lat.transpose(1, 2).reshape(B, T, self.n_heads * self.r), residual)
         o = torch.einsum("bhtr,hvr->bthv", o_lat, w[:, self.dn :]).reshape(B, T, self.n_heads * self.dv)
         if ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
             return decode_project(o, self.o_proj.weight, residual=residual)

@@ -84,6 +84,12 @@ for job in $(cat $Q/jobs); do
       log "decode bench 4,8 rc=$? (where the GEMV stops beating cuBLAS)"; pack
       timeout 150 python3 -m archzoo bench kernels --ops decode_attention,gemv --out $O/kernels.json > $O/kernels.log 2>&1
       log "decode kernels rc=$? (decode_attention against SDPA, one launch now; the GEMV at 1 / 16 rows)"; pack ;;
+    mlafold)  # issue 18: MLA's step with W_uk / W_uv folded into its copies against the unfolded step, one process
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "mlafold"; O=$DEC; mkdir -p $O
+      timeout 300 python3 tools/decode_profile.py configs/students/mla.yaml configs/students/mla-r256.yaml --batch 1,64 \
+          --prompt 128 --decode-linear auto --mla-fold on,off --out $O/profile_mla_fold.json > $O/profile_mla_fold.log 2>&1
+      log "mlafold rc=$? $(grep -c replay $O/profile_mla_fold.log) rows"; pack ;;
     decode64)  # issue 18: the GEMV's 64-row plan (64-row weight blocks, split-K) against cuBLAS, teacher and MQA
       [ -n "$bg" ] && wait $bg; bg=""
       log "decode64"; O=$DEC; mkdir -p $O
@@ -138,7 +144,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold)" ;;
   esac
   echo "$job" >> $Q/done
 done
