@@ -124,17 +124,22 @@ def test_segments(segments, normalize, dtype, monkeypatch):
 
 
 def test_segments_plan():
-    """As many segments as fill PROGRAMS_PER_SM programs a SM, each at least MIN_SEGMENT_CHUNKS chunks (one under
-    the interpreter); never more than the chunks; SEGMENTS overrides."""
+    """The segment count whose grid ends first in waves of PROGRAMS_PER_SM programs a SM, each at least
+    MIN_SEGMENT_CHUNKS chunks (one under the interpreter); never more than the chunks; SEGMENTS overrides."""
     cuda = torch.device("cuda", 0)
     import archzoo.kernels._sizes as sizes
 
     orig = sizes.sm_count
     try:
         sizes.sm_count = lambda index: 132
-        assert TL._segments(64, 256, cuda) == 5  # B 4 x H 8 x 2 value blocks at T 16k: 264 / 64 -> 5
+        # B 4 x H 8 x 2 value blocks at T 16k, 264 slots: 4 segments are one wave of 64 chunks; 5 were 320
+        # programs, two waves of 52 chunks (rounding up to fill the SMs, before)
+        assert TL._segments(64, 256, cuda) == 4
+        assert TL._segments(96, 256, cuda) == 8  # 768 programs, three waves of 32 chunks: 96 (2 segments: 128)
+        assert TL._segments(32, 256, cuda) == 8  # 256 programs, one wave of 32 chunks
         assert TL._segments(64, 16, cuda) == 2  # 16 chunks: segments of at least 8
-        assert TL._segments(512, 256, cuda) == 1  # the grid already fills the GPU
+        assert TL._segments(512, 256, cuda) == 1  # the grid already fills the GPU (two waves; 32 segments: 63
+        # waves of 8 chunks, 504 chunk-times against 512, within the slack)
     finally:
         sizes.sm_count = orig
     assert TL._segments(2, 3, torch.device("cpu")) == 3  # 4 pretend SMs: 8 / 2 -> 4, capped at 3 chunks

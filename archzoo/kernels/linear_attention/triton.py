@@ -43,11 +43,13 @@ from .naive import State, _check
 
 MAX_BLOCK_V = 32  # value columns per program: no spills at F = Dv = 64 in bf16 on sm_90 (64 spills in the backward)
 NUM_WARPS = 4
-# Backward segments (module docstring): enough that the grid holds PROGRAMS_PER_SM programs per SM, each at least
-# MIN_SEGMENT_CHUNKS chunks long. ``SEGMENTS`` forces the count (tests, tuners; capped at one per chunk). Under
-# the interpreter a pretend GPU of INTERPRET_SM_COUNT SMs and one-chunk segments, so tests cross segments.
+# Segments (module docstring, ``_segments``): the count whose grid, in waves of PROGRAMS_PER_SM programs per SM
+# (the backward's 250 registers a thread allow two), ends first, each at least MIN_SEGMENT_CHUNKS chunks long.
+# ``SEGMENTS`` forces the count (tests, tuners; capped at one per chunk). Under the interpreter a pretend GPU of
+# INTERPRET_SM_COUNT SMs and one-chunk segments, so tests cross segments.
 PROGRAMS_PER_SM = 2
 MIN_SEGMENT_CHUNKS = 8
+SEGMENT_SLACK = 1.05
 INTERPRET_SM_COUNT = 4
 SEGMENTS: int | None = None
 
@@ -281,9 +283,16 @@ def _blocks(F: int, Dv: int, chunk_size: int) -> tuple[int, int, int]:
 
 
 def _segments(n_programs: int, n_chunks: int, device: torch.device) -> int:
-    """Backward segments for a grid of ``n_programs`` (value blocks x batch x heads) over ``n_chunks`` chunks:
-    enough for PROGRAMS_PER_SM programs per SM, segments of at least MIN_SEGMENT_CHUNKS chunks (one chunk under
-    the interpreter), ``SEGMENTS`` where set; 1 <= NS <= n_chunks."""
+    """Segments for a grid of ``n_programs`` (value blocks x batch x heads) over ``n_chunks`` chunks: the count
+    whose grid finishes first, counted in waves of PROGRAMS_PER_SM programs a SM, each wave as long as a segment
+    (ceil(NS programs / slots) x ceil(chunks / NS)), segments of at least MIN_SEGMENT_CHUNKS chunks (one chunk
+    under the interpreter), the fewest segments within SEGMENT_SLACK of the best (each segment adds a pass over its
+    chunks for the sums and the host's prefix sums); ``SEGMENTS`` where set; 1 <= NS <= n_chunks.
+
+    Why waves: every program walks its segment's chunks one after another, so a grid's time is its number of
+    waves times a segment's length. At T 16k, B 4, H 8 (64 programs, 256 chunks, 264 slots on an H100) filling
+    the SMs by rounding up gave 5 segments: 320 programs, of which 56 ran in a second wave as long as the first,
+    104 chunk-times where 4 segments (256 programs, one wave of 64 chunks) take 64."""
     if SEGMENTS is not None:
         return max(1, min(SEGMENTS, n_chunks))
     if device.type == "cuda":
@@ -293,8 +302,10 @@ def _segments(n_programs: int, n_chunks: int, device: torch.device) -> int:
         min_chunks = MIN_SEGMENT_CHUNKS
     else:
         sms, min_chunks = INTERPRET_SM_COUNT, 1
-    want = -(-sms * PROGRAMS_PER_SM // max(1, n_programs))
-    return max(1, min(want, n_chunks // min_chunks))
+    slots, programs = sms * PROGRAMS_PER_SM, max(1, n_programs)
+    costs = {ns: -(-ns * programs // slots) * -(-n_chunks // ns) for ns in range(1, max(1, n_chunks // min_chunks) + 1)}
+    best = min(costs.values())
+    return min(ns for ns, c in costs.items() if c <= SEGMENT_SLACK * best)  # the fewest within the slack
 
 
 def _lowp(dtype: torch.dtype) -> bool:
