@@ -284,3 +284,48 @@ def test_cuda_graph_capture():
         L.copy_(torch.tensor(lengths))
         g.replay()
         _assert(f"out{lengths}", out.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
+
+
+@needs_triton
+def test_row_chunk_splits_each_row_by_its_own_length(monkeypatch):
+    """``row_chunk`` (BALANCE): a row's splits share its valid length, ceil(tiles / splits) whole tiles each (at least
+    one); off, the plan's chunk (T_max over the splits) is kept."""
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the test kernel below is decorated
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def chunks(nv_ptr, out_ptr, chunk, n_splits, BLOCK_T: tl.constexpr, BALANCE: tl.constexpr):
+        i = tl.program_id(0)
+        tl.store(out_ptr + i, T.row_chunk(tl.load(nv_ptr + i), chunk, n_splits, BLOCK_T, BALANCE))
+
+    n_valid = torch.tensor([0, 1, 15, 16, 17, 100, 4096, 4097], dtype=torch.int32, device=DEV)
+    for n_splits in (1, 3, 5, 16):
+        out = torch.zeros_like(n_valid)
+        chunks[(len(n_valid),)](n_valid, out, 9999, n_splits, BLOCK_T=16, BALANCE=True)
+        for n, c in zip(n_valid.tolist(), out.tolist(), strict=True):
+            assert c % 16 == 0 and c >= 16, (n, n_splits, c)
+            assert c * n_splits >= n, f"length {n}, {n_splits} splits of {c}: positions left unread"
+            assert c <= max(16, -(-n // n_splits) + 15), f"length {n}, {n_splits} splits of {c}: not balanced"
+            tiles = -(-n // 16)  # the split covering the fewest tiles but the last reads ceil(tiles / n_splits)
+            assert c // 16 == max(1, -(-tiles // n_splits)), f"length {n}, {n_splits} splits of {c}"
+        chunks[(len(n_valid),)](n_valid, out, 9999, n_splits, BLOCK_T=16, BALANCE=False)
+        assert out.eq(9999).all()
+
+
+@needs_triton
+@pytest.mark.parametrize("ring", [False, True], ids=["global", "ring"])
+def test_balanced_splits_equal_the_planned_ones(ring, monkeypatch):
+    """The same attention whether a row's splits follow its length (BALANCE, the default) or T_max: rows of
+    lengths 0, 1, 37 and T_max (a ring's past its slots), forced to 4 splits."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", 4)
+    lengths = [0, 1, 37, 96] if not ring else [0, 1, 37, 150]
+    q, k, v, L = _inputs(4, 6, 2, 96, 16, 8, [min(n, 96) for n in lengths], seed=5)
+    L = torch.tensor(lengths)
+    call = (lambda: T.decode_attention_ring(q, k, v, L, 40)) if ring else (lambda: T.decode_attention(q, k, v, L))
+    balanced = call()
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "BALANCE", False)
+    planned = call()
+    assert not balanced.isnan().any()
+    assert rel_err(balanced, planned) < 1e-6

@@ -42,8 +42,17 @@ def _decode_attention_row(B: int, H: int, Hkv: int, D: int, length: int, T_max: 
     mask = torch.where(torch.arange(T_max, device="cuda") < lengths[:, None], 0.0, float("-inf"))
     mask = mask.to(torch.bfloat16)[:, None, None, :]  # (B, 1, 1, T_max) additive, as step_mask builds it
     ks, vs = k[:, :, :length], v[:, :, :length]
+
+    def planned_splits():  # splits of T_max / n_splits positions, as before each row's own (BALANCE)
+        attn_triton.CONFIG_OVERRIDE["BALANCE"] = False
+        try:
+            return decode_attention(q, k, v, lengths)
+        finally:
+            attn_triton.CONFIG_OVERRIDE.pop("BALANCE", None)
+
     impls: dict[str, object] = {
         "archzoo": lambda: decode_attention(q, k, v, lengths),
+        "archzoo_planned_splits": planned_splits,
         "sdpa_masked_buffer": lambda: attend_cached(q[:, :, None], k, v, mask)[:, :, 0],
         "sdpa_sliced_length": lambda: attend_cached(q[:, :, None], ks, vs, None)[:, :, 0],  # no mask,
     }

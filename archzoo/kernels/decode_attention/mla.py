@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
-from .triton import LOG2E, _combine_head, _combine_kernel, _config, _counters, _next_pow2, split_plan
+from .triton import LOG2E, _combine_head, _combine_kernel, _config, _counters, _next_pow2, row_chunk, split_plan
 
 BLOCK_H = 16  # query heads per program (tl.dot's minimum M)
 
@@ -36,7 +36,7 @@ def _split_kernel(
     s_ob, s_oh, s_od,
     QK_SCALE: tl.constexpr, SINGLE: tl.constexpr, FIXUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_DR: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_DR: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, BALANCE: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # q, the latent cache and the lengths are the step's earlier kernels' outputs (triton.py)
         gdc_launch_dependents()
@@ -47,6 +47,7 @@ def _split_kernel(
     n_splits = tl.num_programs(2)
     length = tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0)
     n_valid = tl.minimum(length, T)
+    chunk = row_chunk(n_valid, chunk, n_splits, BLOCK_T, BALANCE)  # the row's own length over the splits
     start = sp * chunk
     end = tl.minimum(start + chunk, n_valid)
 
@@ -134,10 +135,17 @@ def _plan(q: torch.Tensor, latent: torch.Tensor, rank: int, scale: float | None)
     consts = (
         scale * LOG2E, single, fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None, dot_f32,
         BLOCK_H, block_t, max(16, _next_pow2(R)), max(16, _next_pow2(DR)), max(2, _next_pow2(n_splits)), pdl,
+        bool(_config(q.device)["BALANCE"]),
     )  # fmt: skip
     ints = (H, T, R, DR, chunk, *q.stride(), *latent.stride(), H * R, R, 1)  # out: a fresh contiguous (B, H, R)
     comb_ints = (H, T, R, chunk, n_splits, H * R, R, 1)
-    comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(R)), pdl)
+    comb_consts = (
+        max(2, _next_pow2(n_splits)),
+        max(16, _next_pow2(R)),
+        pdl,
+        block_t,
+        bool(_config(q.device)["BALANCE"]),
+    )
     grid = (B, triton.cdiv(H, BLOCK_H), n_splits)
     p = (n_splits, single, fixup, consts, ints, grid, comb_ints, comb_consts, _config(q.device)["num_warps"], pdl)
     _PLANS[key] = p

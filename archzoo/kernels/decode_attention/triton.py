@@ -53,13 +53,33 @@ LOG2E = 1.4426950408889634
 
 # Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
 # PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
-CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False)
+CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False, BALANCE=True)
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
-INTERPRET_CONFIG = dict(BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False)
+INTERPRET_CONFIG = dict(
+    BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False, BALANCE=True
+)
 # FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch) instead of by
 # _combine_kernel (two; the default: measured faster, see the docstring). Overrides of either (tests, tuners);
 # "N_SPLITS" forces the split count. Plans are keyed on CONFIG_OVERRIDE.
+# BALANCE: each row's splits share that row's valid length (whole tiles of it), not T_max: the split count is
+# planned on the host from T_max (no read of the lengths), so with a cache half full the last splits of every
+# row read nothing and the first do all the work (see row_chunk). Off: the plan's chunk, as before.
 CONFIG_OVERRIDE: dict = {}
+
+
+@triton.jit
+def row_chunk(n_valid, chunk, n_splits, BLOCK_T: tl.constexpr, BALANCE: tl.constexpr):
+    """Positions per split of a row that reads ``n_valid`` positions (slots for a ring). With ``BALANCE`` the
+    row's own length over the ``n_splits`` splits in whole tiles (at least one tile): at batch 64 with 4,096 of
+    8,192 positions valid and 3 splits, ``chunk`` (planned from T_max) gave 2,752 positions to split 0, 1,344
+    to split 1 and none to split 2, where balanced splits read 1,408 / 1,408 / 1,280. Else the plan's ``chunk``.
+    The split kernel and the merge call it alike, so they agree on which splits wrote partials."""
+    if BALANCE:
+        per = tl.cdiv(tl.cdiv(n_valid, n_splits), BLOCK_T) * BLOCK_T
+        return tl.maximum(per, BLOCK_T)
+    return chunk
+
+
 WIDE_BLOCK_T = 32  # positions per tile for head dims in (256, 512]
 
 
@@ -74,7 +94,7 @@ def _split_kernel(
     QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr, FIXUP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_S: tl.constexpr, PDL: tl.constexpr, BALANCE: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # q, the caches and the lengths are the step's earlier kernels' outputs: wait before any load
         gdc_launch_dependents()
@@ -86,6 +106,7 @@ def _split_kernel(
     length = tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0)
     n_valid = tl.minimum(length, T)  # positions (ring: slots) that may be read
     last = length - 1
+    chunk = row_chunk(n_valid, chunk, n_splits, BLOCK_T, BALANCE)
     start = sp * chunk
     end = tl.minimum(start + chunk, n_valid)
 
@@ -189,7 +210,7 @@ def _combine_kernel(
     len_ptr, out_ptr, ml_ptr, acc_ptr,
     H, T, DV, chunk, n_splits,
     s_ob, s_oh, s_od,
-    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, PDL: tl.constexpr, BLOCK_T: tl.constexpr, BALANCE: tl.constexpr,
 ):  # fmt: skip
     if PDL:
         gdc_launch_dependents()
@@ -197,6 +218,7 @@ def _combine_kernel(
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b).to(tl.int32), 0), T)
+    chunk = row_chunk(n_valid, chunk, n_splits, BLOCK_T, BALANCE)
     _combine_head(out_ptr, ml_ptr, acc_ptr, b, h, H, DV, n_valid, chunk, n_splits, s_ob, s_oh, s_od, BLOCK_S,
                   BLOCK_DV, False)  # fmt: skip
 
@@ -263,12 +285,18 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
     p.split_consts = (
         scale * LOG2E, ring, n_splits == 1, p.fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None,
         dot_f32, max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
-        max(2, _next_pow2(n_splits)), pdl,
+        max(2, _next_pow2(n_splits)), pdl, bool(_config(q.device)["BALANCE"]),
     )  # fmt: skip
     p.pdl = pdl
     p.warps = _config(q.device)["num_warps"]
     p.comb_ints = (H, T, Dv, chunk, n_splits)
-    p.comb_consts = (max(2, _next_pow2(n_splits)), max(16, _next_pow2(Dv)), pdl)
+    p.comb_consts = (
+        max(2, _next_pow2(n_splits)),
+        max(16, _next_pow2(Dv)),
+        pdl,
+        block_t,
+        bool(_config(q.device)["BALANCE"]),
+    )
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
@@ -321,4 +349,4 @@ def decode_attention_ring(
     return _run(q, k_ring, v_ring, lengths, scale, window, True)
 
 
-__all__ = ["decode_attention", "decode_attention_ring", "split_plan"]
+__all__ = ["decode_attention", "decode_attention_ring", "row_chunk", "split_plan"]
