@@ -205,18 +205,24 @@ def scatter(
     ax.grid(True, which="major", color="#e4e4e4", lw=0.8)
     ax.set_axisbelow(True)
     _staircase(ax, pts, x_higher_better, xlim)
+    # the frontier's markers above the dominated ones: two models at one point (a student and its variant at the
+    # same cache size) show the frontier's filled marker, not a hollow one over it
     for kind, sel, style in (
-        ("on the frontier", lambda p: p.frontier and not p.teacher, dict(c=FRONTIER_COLOR, s=46, marker="o")),
+        (
+            "on the frontier",
+            lambda p: p.frontier and not p.teacher,
+            dict(c=FRONTIER_COLOR, s=46, marker="o", zorder=4.5),
+        ),
         (
             "dominated",
             lambda p: not p.frontier and not p.teacher,
-            dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=46, marker="o", linewidths=1.4),
+            dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=46, marker="o", linewidths=1.4, zorder=4),
         ),
-        ("teacher", lambda p: p.teacher, dict(c=TEACHER_COLOR, s=150, marker="*")),
+        ("teacher", lambda p: p.teacher, dict(c=TEACHER_COLOR, s=150, marker="*", zorder=4.6)),
     ):
         sub = [p for p in pts if sel(p)]
         if sub:
-            ax.scatter([p.x for p in sub], [p.y for p in sub], zorder=4, label=kind, **style)
+            ax.scatter([p.x for p in sub], [p.y for p in sub], label=kind, **style)
     place_labels(ax, pts)
 
 
