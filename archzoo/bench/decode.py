@@ -70,7 +70,7 @@ from .common import (
     sync,
     weight_bytes,
 )
-from .decode_report import FORMULAS, SPECULATIVE, SPECULATIVE_STATS, markdown
+from .decode_report import FORMULAS, LINEAR_SUFFIX, SPECULATIVE, SPECULATIVE_STATS, markdown
 
 IMPLEMENTATIONS = ("archzoo", "hf-dynamic", "hf-static")
 BASELINES = ("hf",)
@@ -102,7 +102,6 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 # programmatic dependent launch (``archzoo.kernels._pdl``: each GEMV loads its weights while the kernel before
 # finishes), "-gemv-pdl".
 LINEARS = ("cublas", "kernel", "kernel-pdl", "auto")
-LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl", "auto": "-auto"}
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -674,28 +673,34 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
 
 
 def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measure, kw: dict) -> None:
-    """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k and shape."""
+    """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k, shape and
+    ``--decode-linear`` form, each run under that form (the target's verify and the draft's steps alike) and
+    compared with the plain row of the same form (the first attention form's): a speculative row under the GEMV
+    against a cuBLAS plain row would credit the GEMV to the draft."""
     run.log(f"bench decode: loading the draft {run.draft.arg}")
     own = {
-        (r["batch_size"], r["prompt_len"]): r
+        (r["batch_size"], r["prompt_len"], r.get("decode_linear")): r
         for r in run.rows
-        if r["model"] == src.arg and r["implementation"] == "archzoo"
+        if r["model"] == src.arg
+        and r["implementation"].startswith(FORM_IMPLEMENTATION[run.forms[0]])
+        and r.get("decode_attention") == run.forms[0]
+        and not r.get("inductor_options")
     }
     draft, error = None, None
     try:
         draft = load_model(run.draft, run.dtype, run.device, run.seed)
     except torch.OutOfMemoryError:
         error = "the draft does not fit in memory"
-    for b, p in combos:
-        for k in run.num_draft_tokens:
-            row = new_row(SPECULATIVE, b, p, weight_bytes(model) + (weight_bytes(draft) if draft is not None else 0))
-            row.update(draft=run.draft.arg, num_draft_tokens=k)
-            if draft is None:
-                row["skipped"] = error
-                run.write()
-                continue
-            # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
-            spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
+    for (b, p), k, lin in [(c, k, ln) for c in combos for k in run.num_draft_tokens for ln in run.linears]:
+        row = new_row(SPECULATIVE, b, p, weight_bytes(model) + (weight_bytes(draft) if draft is not None else 0))
+        row.update(draft=run.draft.arg, num_draft_tokens=k, decode_linear=lin)
+        if draft is None:
+            row["skipped"] = error
+            run.write()
+            continue
+        # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
+        spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
+        with decode_linear_form(lin):
             measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
             if not row.get("error") and not row.get("skipped"):
                 ids = random_prompts(model.cfg.vocab_size, b, p, run.seed, run.device)
@@ -703,10 +708,10 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
                     row.update(greedy_agreement(model, draft, ids, run.new_tokens, k, spec_compile))
                 except torch.OutOfMemoryError:
                     row["greedy_note"] = "the agreement check did not fit in memory"
-            base = own.get((b, p), {}).get("tokens_per_s")
-            if row.get("tokens_per_s") and base:
-                row["speedup"] = row["tokens_per_s"] / base
-                run.write()
+        base = own.get((b, p, lin), {}).get("tokens_per_s")
+        if row.get("tokens_per_s") and base:
+            row["speedup"] = row["tokens_per_s"] / base
+            run.write()
     draft = None
     _free(run.device)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SPECULATIVE = "speculative"  # the implementation name of --draft rows
+# the suffix a row's implementation name takes for its ``--decode-linear`` form (archzoo, archzoo-gemv, ...)
+LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl", "auto": "-auto"}
 SPECULATIVE_STATS = ("acceptance_rate", "row_acceptance_rate", "accepted_per_verify", "tokens_per_verify")
 FORMULAS = {
     "tokens_per_s": "batch_size * new_tokens / decode_s",
@@ -132,11 +134,16 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _linear_suffix(row: dict) -> str:
+    """A speculative row's projections as the plain rows name theirs (``-gemv``, ``-auto``; nothing for cuBLAS)."""
+    return LINEAR_SUFFIX.get(row.get("decode_linear") or "cublas", "")
+
+
 def _impl(row: dict) -> str:
     """The implementation as the tables show it: a speculative row with its draft length, a row compiled with
     inductor options with them."""
     k = row.get("num_draft_tokens")
-    name = row["implementation"] if k is None else f"{row['implementation']} k={k}"
+    name = row["implementation"] if k is None else f"{row['implementation']}{_linear_suffix(row)} k={k}"
     opts = row.get("inductor_options")
     return name if not opts else name + " [" + ",".join(f"{a}={b}" for a, b in opts.items()) + "]"
 

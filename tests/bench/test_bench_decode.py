@@ -224,3 +224,32 @@ def test_bench_decode_speculative_rows(tmp_path):
             assert math.isclose(r["speedup"], r["tokens_per_s"] / own[r["batch_size"]]["tokens_per_s"])
     md = (out / "decode.md").read_text()
     assert "| speculative k=3 |" in md and "tokens/verify" in md and "greedy rows differing" in md
+
+
+def test_speculative_rows_run_under_each_linear_form(tmp_path, monkeypatch):
+    """With several --decode-linear forms, each speculative row runs under its own form (the draft's steps and the
+    target's verify alike) and its speed-up is over the plain row of that form: before, speculative rows ran
+    under the module's default ("auto": the GEMV at batch 1) while compared with the cuBLAS row."""
+    import archzoo.bench.decode as bd
+    from archzoo.layers import fused
+
+    seen = []
+    real = bd.run_archzoo
+    monkeypatch.setattr(
+        bd,
+        "run_archzoo",
+        lambda *a, **k: seen.append((k.get("draft") is not None, fused.DECODE_LINEAR)) or real(*a, **k),
+    )
+    out = tmp_path / "out"
+    rc, res = _bench(out, GQA, *TINY, "--decode-linear", "cublas,kernel", "--draft", MAMBA, "--num-draft-tokens", "2")
+    assert rc == 0
+    spec = [r for r in res["rows"] if r["implementation"] == "speculative"]
+    assert [r["decode_linear"] for r in spec] == ["cublas", "kernel"] * (len(spec) // 2) and spec
+    assert sorted(set(seen)) == [(False, "cublas"), (False, "kernel"), (True, "cublas"), (True, "kernel")]
+    plain = {(r["batch_size"], r["decode_linear"]): r for r in res["rows"] if r["implementation"].startswith("archzoo")}
+    for r in spec:
+        base = plain[r["batch_size"], r["decode_linear"]]["tokens_per_s"]
+        if r.get("tokens_per_s") and base:
+            assert math.isclose(r["speedup"], r["tokens_per_s"] / base)
+    md = (out / "decode.md").read_text()
+    assert "| speculative k=2 |" in md and "| speculative-gemv k=2 |" in md
