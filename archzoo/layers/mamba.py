@@ -48,6 +48,7 @@ from torch import nn
 
 from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .fused import decode_project
 
 
 class MambaConfig(LayerConfig):
@@ -171,22 +172,50 @@ class Mamba(nn.Module):
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.to(ssm_state_dtype(self.A_log.dtype)))  # (Di, N)
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    # A decode step on the fused copies (``ctx.fused``) hands this layer the block's un-normed input and its norm,
+    # so the RMSNorm runs inside in_proj's decode GEMV, and with the GEMV the residual, added in o_proj's epilogue
+    # (``Block.forward``; ``layers/fused.py``): the step's four projections through the GEMV where it runs, and
+    # the block's norm and residual add launch nothing of their own.
+    TAKES_NORM = True
+    TAKES_RESIDUAL = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, d = x.shape
         if d != self.d_model:
             raise ValueError(f"x has {d} features, expected d_model={self.d_model}")
         if state is not None and ctx.pos == 0:
             state.zero_()  # a sequence starts at position 0 whatever the buffers held
+        fused = bool(getattr(ctx, "fused", False))
         if state is not None and T == 1 and not torch.is_grad_enabled():  # decode: no host value read
             # The in-place update kernels are for inference; with gradients on, one token takes
             # the sequence path below, which leaves the buffers free of autograd history.
-            return self._step(x[:, 0], state)[:, None]
+            res = residual[:, 0] if residual is not None else None
+            return self._step(x[:, 0], state, fused, norm, res)[:, None]
         if state is not None and ctx.decoding and not torch.is_grad_enabled():
             # A few tokens in a decode step (speculative decoding's verify and replay forwards): token by token
             # through the update kernels, which a compiled step block (fullgraph) traces as custom ops, where the
             # sequence kernels are launched from the host; and the target then computes exactly what it would
             # decoding alone.
-            return torch.stack([self._step(x[:, t], state) for t in range(T)], dim=1)
+            steps = [
+                self._step(x[:, t], state, fused, norm, residual[:, t] if residual is not None else None)
+                for t in range(T)
+            ]
+            return torch.stack(steps, dim=1)
+        if norm is not None:
+            x = norm(x)
+        out = self._sequence(x, state, ctx)
+        return out if residual is None else residual + out
+
+    def _sequence(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+        """Training and prefill: the causal conv and the selective scan over the whole sequence."""
+        B, T, d = x.shape
         R, N = self.dt_rank, self.d_state
         xs, z = _time_last(self.in_proj, x.reshape(B * T, d), B, T).chunk(2, dim=1)  # (B, Di, T) each
         weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
@@ -222,14 +251,31 @@ class Mamba(nn.Module):
             state["ssm"].copy_(last.detach())
         return self.o_proj(out.transpose(1, 2))  # (B, T, d_model)
 
-    def _step(self, x: torch.Tensor, state: LayerState) -> torch.Tensor:
-        """One token x (B, d_model) -> (B, d_model); updates ``conv`` and ``ssm`` in place."""
+    def _step(
+        self,
+        x: torch.Tensor,
+        state: LayerState,
+        fused: bool = False,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One token x (B, d_model) -> (B, d_model), ``norm(x)`` first and plus ``residual`` when given; updates
+        ``conv`` and ``ssm`` in place. ``fused``: the projections through ``decode_project`` (the decode GEMV with
+        the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise)."""
         R, N = self.dt_rank, self.d_state
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, Di) each
+
+        def project(t, lin, norm=None, residual=None):
+            if fused:
+                return decode_project(t, lin.weight, lin.bias, norm, residual)
+            y = lin(norm(t) if norm is not None else t)
+            return y if residual is None else residual + y
+
+        xs, z = project(x, self.in_proj, norm).chunk(2, dim=-1)  # (B, Di) each
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, Bm, Cm = self.x_proj(xs).split([R, N, N], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (B, Di)
+        dt, Bm, Cm = project(xs, self.x_proj).split([R, N, N], dim=-1)
+        dt = decode_project(dt, self.dt_proj.weight) if fused else F.linear(dt, self.dt_proj.weight)  # (B, Di)
         y = selective_state_update(
             state["ssm"], xs, dt, self._A(), Bm, Cm, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
         )
-        return self.o_proj(y)  # called without gradients only, so the buffers carry no autograd history
+        # called without gradients only, so the buffers carry no autograd history
+        return project(y, self.o_proj, residual=residual)

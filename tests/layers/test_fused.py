@@ -177,3 +177,38 @@ def test_auto_takes_the_gemv_on_cuda_up_to_its_rows(monkeypatch):
     assert fused.gemv_for(64, cpu) and fused.gemv_for(1, cuda)
     monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
     assert not fused.gemv_for(1, cuda)
+
+
+@pytest.mark.parametrize("family", ["mamba", "jamba"])
+def test_mamba_step_through_the_decode_gemv(family, monkeypatch):
+    """A Mamba layer's decode step on the fused path: in_proj with the block's norm, x_proj, dt_proj and o_proj with
+    the residual through ``decode_project`` (the decode GEMV where it runs: its reference form on this CPU), the
+    same logits as the plain step (jamba: beside attention layers, which take their own fused copies)."""
+    import archzoo.kernels as K
+    from archzoo.layers.mamba import Mamba
+
+    model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == family)).float()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2))
+    caches = [model.new_cache(2, 10, dtype=torch.float32) for _ in range(2)]
+    caches[0].fused_weights = True
+    model.refresh_fused()
+    calls = []
+    for m in model.modules():
+        if isinstance(m, Mamba):
+            real = m._step
+            m._step = lambda *a, real=real, **k: (
+                calls.append((a[2], a[3] is not None, a[4] is not None)) or real(*a, **k)
+            )
+    with torch.no_grad():
+        for c in caches:
+            model(ids[:, :5], cache=c)
+        for t in range(5, 10):
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+            K._dispatch.record("decode_linear", "none")
+            got = model(ids[:, t : t + 1], cache=caches[0])
+            assert K.last_backend("decode_linear") not in ("none", "cublas"), K.last_backend("decode_linear")
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+            ref = model(ids[:, t : t + 1], cache=caches[1])
+            assert_close(f"{family} step {t}", got, ref, 1e-5)
+    assert (True, True, True) in calls, "the fused step hands the norm and the residual to the Mamba layer"
+    assert (False, False, False) in calls, "the plain step normalises and adds the residual in the block"

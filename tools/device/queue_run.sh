@@ -91,6 +91,13 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/mla.yaml configs/students/mla-r256.yaml --batch 1,64 \
           --prompt 128 --decode-linear auto --mla-fold on,off --out $O/profile_mla_fold.json > $O/profile_mla_fold.log 2>&1
       log "mlafold rc=$? $(grep -c replay $O/profile_mla_fold.log) rows"; pack ;;
+    decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
+      # (decodeab:mamba,jamba: their projections through the GEMV since 2026-12-05)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "decodeab $s"; O=$DEC; mkdir -p $O; cfgs=""; for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
+      timeout 300 python3 -m archzoo bench decode $cfgs --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
+          --decode-linear cublas,auto --out $O/bench_ab_${s//,/_} > $O/bench_ab_${s//,/_}.log 2>&1
+      log "decodeab rc=$?"; pack ;;
     decode64)  # issue 18: the GEMV's 64-row plan (64-row weight blocks, split-K) against cuBLAS, teacher and MQA
       [ -n "$bg" ] && wait $bg; bg=""
       log "decode64"; O=$DEC; mkdir -p $O
@@ -145,7 +152,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>)" ;;
   esac
   echo "$job" >> $Q/done
 done
