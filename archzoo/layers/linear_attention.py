@@ -27,6 +27,7 @@ from ..kernels.based_attention import based_attention
 from ..kernels.linear_attention import linear_attention
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
 from .feature_maps import TaylorExp, build_feature_map, feature_map_dim
+from .fused import FusedLinears, decode_project
 
 FeatureMap = Literal["identity", "elu", "relu", "taylor", "hedgehog"]
 
@@ -77,6 +78,9 @@ class LinearAttention(nn.Module):
         # Separate maps for queries and keys (they differ only when learned: hedgehog, as in LoLCATs).
         self.q_map = build_feature_map(cfg.feature_map, H, self.feature_dim)
         self.k_map = build_feature_map(cfg.feature_map, H, self.feature_dim)
+        # Q|K|V in one GEMM for decode steps (layers/fused.py), the block's norm fused into it where the decode GEMV
+        # runs, and the residual in O's epilogue: two launches a layer where the step ran four GEMMs, a norm and an add.
+        self.fused = FusedLinears(self.q_proj, self.k_proj, self.v_proj)
 
     # ------------------------------------------------------------------ state
 
@@ -99,13 +103,32 @@ class LinearAttention(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    # A decode step on the fused copies hands this layer the block's un-normed input and its norm (fused into the
+    # Q|K|V GEMV where the decode GEMV runs) and, with the GEMV, the residual (added in O's epilogue), as
+    # ``Attention`` does (``Block.forward``).
+    TAKES_NORM = True
+    TAKES_RESIDUAL = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         H = self.n_heads
-        q_raw = self.q_proj(x).view(B, T, H, self.feature_dim)  # (B, T, H, d), before the feature map
-        k_raw = self.k_proj(x).view(B, T, H, self.feature_dim)
-        v = self.v_proj(x).view(B, T, H, self.head_dim)  # (B, T, H, Dv)
-        if ctx.decoding and not torch.is_grad_enabled():
+        step = ctx.decoding and not torch.is_grad_enabled()
+        if step and ctx.fused:  # one GEMM (the norm in it, with the decode GEMV)
+            q_raw, k_raw, v = self.fused(x, norm)
+        else:
+            x = norm(x) if norm is not None else x
+            q_raw, k_raw, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q_raw = q_raw.reshape(B, T, H, self.feature_dim)  # (B, T, H, d), before the feature map
+        k_raw = k_raw.reshape(B, T, H, self.feature_dim)
+        v = v.reshape(B, T, H, self.head_dim)  # (B, T, H, Dv)
+        if step:
             # A capturable step: the recurrence on the state, in place (not the chunked form). A few tokens in a
             # decode step (speculative decoding's verify and replay forwards) go token by token the same way: a
             # compiled step block (fullgraph) traces the update as a custom op, where the chunked kernels are
@@ -115,7 +138,11 @@ class LinearAttention(nn.Module):
                 [linear_attention_update(state["S"], state["z"], q[:, t], k[:, t], v[:, t], eps=self.cfg.eps)
                  for t in range(T)], dim=1,
             )  # fmt: skip
-            return self.o_proj(o.reshape(B, T, H * self.head_dim))
+            o = o.reshape(B, T, H * self.head_dim)
+            if ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
+                return decode_project(o, self.o_proj.weight, residual=residual)
+            out = self.o_proj(o)
+            return out if residual is None else residual + out
         # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
         initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
         if initial is not None and torch.is_grad_enabled():
@@ -133,4 +160,5 @@ class LinearAttention(nn.Module):
         if state is not None:
             state["S"].copy_(final[0].detach())  # the cache never carries autograd history
             state["z"].copy_(final[1].detach())
-        return self.o_proj(o.reshape(B, T, H * self.head_dim))
+        out = self.o_proj(o.reshape(B, T, H * self.head_dim))
+        return out if residual is None else residual + out

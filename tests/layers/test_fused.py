@@ -46,8 +46,8 @@ def _compare_steps(src, name: str) -> object:
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
 def test_fused_decode_steps_match_unfused(path):
     model = _compare_steps(path, path.stem)
-    if path.stem in ("gqa", "mha", "swa", "cla", "s4"):
-        assert _fused_count(model) > 0, "attention, SwiGLU and S4D layers carry decode copies"
+    if path.stem in ("gqa", "mha", "swa", "cla", "s4", "linear", "based"):
+        assert _fused_count(model) > 0, "attention, linear attention, SwiGLU and S4D layers carry decode copies"
 
 
 @pytest.mark.parametrize("init", ["real", "inv"])
@@ -179,12 +179,14 @@ def test_auto_takes_the_gemv_on_cuda_up_to_its_rows(monkeypatch):
     assert not fused.gemv_for(1, cuda)
 
 
-@pytest.mark.parametrize("family", ["mamba", "jamba"])
-def test_mamba_step_through_the_decode_gemv(family, monkeypatch):
+@pytest.mark.parametrize("family", ["mamba", "jamba", "based", "linear"])
+def test_recurrent_step_through_the_decode_gemv(family, monkeypatch):
     """A Mamba layer's decode step on the fused path: in_proj with the block's norm, x_proj, dt_proj and o_proj with
     the residual through ``decode_project`` (the decode GEMV where it runs: its reference form on this CPU), the
-    same logits as the plain step (jamba: beside attention layers, which take their own fused copies)."""
+    same logits as the plain step (jamba: beside attention layers, which take their own fused copies); a linear
+    attention (BASED's Taylor map, or ELU) layer's Q|K|V copy with the norm and O with the residual likewise."""
     import archzoo.kernels as K
+    from archzoo.layers.linear_attention import LinearAttention
     from archzoo.layers.mamba import Mamba
 
     model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == family)).float()
@@ -199,6 +201,12 @@ def test_mamba_step_through_the_decode_gemv(family, monkeypatch):
             m._step = lambda *a, real=real, **k: (
                 calls.append((a[2], a[3] is not None, a[4] is not None)) or real(*a, **k)
             )
+        if isinstance(m, LinearAttention):
+            real = m.forward
+            m.forward = lambda x, st, ctx, norm=None, residual=None, real=real: (
+                calls.append((bool(ctx.fused), norm is not None, residual is not None))
+                or real(x, st, ctx, norm, residual)
+            )
     with torch.no_grad():
         for c in caches:
             model(ids[:, :5], cache=c)
@@ -210,5 +218,5 @@ def test_mamba_step_through_the_decode_gemv(family, monkeypatch):
             monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
             ref = model(ids[:, t : t + 1], cache=caches[1])
             assert_close(f"{family} step {t}", got, ref, 1e-5)
-    assert (True, True, True) in calls, "the fused step hands the norm and the residual to the Mamba layer"
+    assert (True, True, True) in calls, "the fused step hands the norm and the residual to the layer"
     assert (False, False, False) in calls, "the plain step normalises and adds the residual in the block"
