@@ -34,6 +34,8 @@ same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -302,10 +304,15 @@ def _segments(n_programs: int, n_chunks: int, device: torch.device) -> int:
         min_chunks = MIN_SEGMENT_CHUNKS
     else:
         sms, min_chunks = INTERPRET_SM_COUNT, 1
-    slots, programs = sms * PROGRAMS_PER_SM, max(1, n_programs)
+    return _wave_segments(sms * PROGRAMS_PER_SM, max(1, n_programs), n_chunks, min_chunks, SEGMENT_SLACK)
+
+
+@functools.lru_cache(maxsize=256)
+def _wave_segments(slots: int, programs: int, n_chunks: int, min_chunks: int, slack: float) -> int:
+    """``_segments``' choice (a loop over the counts: cached, as every call of the op asks it)."""
     costs = {ns: -(-ns * programs // slots) * -(-n_chunks // ns) for ns in range(1, max(1, n_chunks // min_chunks) + 1)}
     best = min(costs.values())
-    return min(ns for ns, c in costs.items() if c <= SEGMENT_SLACK * best)  # the fewest within the slack
+    return min(ns for ns, c in costs.items() if c <= slack * best)  # the fewest within the slack
 
 
 def _lowp(dtype: torch.dtype) -> bool:
