@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .base import LayerConfig, LayerState, dtype_bytes, field_error
-from .fused import signature
+from .fused import decode_project, signature
 
 
 class S4Config(LayerConfig):
@@ -190,10 +190,25 @@ class S4D(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
+    # A decode step on the fused path hands this layer the block's norm (applied here, where the compiler fuses it
+    # into the step's elementwise kernel) and, with the decode GEMV, the residual, added in o_proj's epilogue
+    # (``Block.forward``, ``layers/fused.py``).
+    TAKES_NORM = True
+    TAKES_RESIDUAL = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None,
+        ctx,
+        norm: nn.Module | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, H = x.shape
         if H != self.d_model:
             raise ValueError(f"x has {H} channels, expected d_model={self.d_model}")
+        if norm is not None:
+            x = norm(x)
         cdt = torch.promote_types(x.dtype, self.log_dt.dtype)
         cdt = torch.promote_types(cdt, torch.float32)
         u = x.transpose(1, 2).to(cdt)  # (B, H, T)
@@ -209,7 +224,10 @@ class S4D(nn.Module):
                 y = y + self._continue(u, self._state_view(state), cdt)
         y = y + self.D.to(cdt)[:, None] * u
         y = F.gelu(y).transpose(1, 2).to(x.dtype)  # (B, T, H)
-        return self.o_proj(y)
+        if state is not None and T == 1 and ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
+            return decode_project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
+        out = self.o_proj(y)
+        return out if residual is None else residual + out
 
     def _conv(self, u: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
         """Causal convolution of u (B, H, T) with the kernel, by FFT of length 2T (no wrap-around)."""

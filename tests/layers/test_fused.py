@@ -179,15 +179,17 @@ def test_auto_takes_the_gemv_on_cuda_up_to_its_rows(monkeypatch):
     assert not fused.gemv_for(1, cuda)
 
 
-@pytest.mark.parametrize("family", ["mamba", "jamba", "based", "linear"])
+@pytest.mark.parametrize("family", ["mamba", "jamba", "based", "linear", "s4"])
 def test_recurrent_step_through_the_decode_gemv(family, monkeypatch):
     """A Mamba layer's decode step on the fused path: in_proj with the block's norm, x_proj, dt_proj and o_proj with
     the residual through ``decode_project`` (the decode GEMV where it runs: its reference form on this CPU), the
     same logits as the plain step (jamba: beside attention layers, which take their own fused copies); a linear
-    attention (BASED's Taylor map, or ELU) layer's Q|K|V copy with the norm and O with the residual likewise."""
+    attention (BASED's Taylor map, or ELU) layer's Q|K|V copy with the norm and O with the residual likewise; S4D's
+    o_proj with the residual."""
     import archzoo.kernels as K
     from archzoo.layers.linear_attention import LinearAttention
     from archzoo.layers.mamba import Mamba
+    from archzoo.layers.s4 import S4D
 
     model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == family)).float()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(2))
@@ -201,7 +203,7 @@ def test_recurrent_step_through_the_decode_gemv(family, monkeypatch):
             m._step = lambda *a, real=real, **k: (
                 calls.append((a[2], a[3] is not None, a[4] is not None)) or real(*a, **k)
             )
-        if isinstance(m, LinearAttention):
+        if isinstance(m, (LinearAttention, S4D)):
             real = m.forward
             m.forward = lambda x, st, ctx, norm=None, residual=None, real=real: (
                 calls.append((bool(ctx.fused), norm is not None, residual is not None))

@@ -92,7 +92,7 @@ for job in $(cat $Q/jobs); do
           --prompt 128 --decode-linear auto --mla-fold on,off --out $O/profile_mla_fold.json > $O/profile_mla_fold.log 2>&1
       log "mlafold rc=$? $(grep -c replay $O/profile_mla_fold.log) rows"; pack ;;
     decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
-      # (decodeab:mamba,jamba,based: their projections through the GEMV since 2026-12-05)
+      # (decodeab:mamba,jamba,based,s4: their projections through the GEMV since 2026-12-05)
       [ -n "$bg" ] && wait $bg; bg=""
       log "decodeab $s"; O=$DEC; mkdir -p $O; cfgs=""; for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
       timeout 300 python3 -m archzoo bench decode $cfgs --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 \
