@@ -12,6 +12,15 @@ those rows (``Cache.empty_rows``), copied into theirs (``Cache.put_rows``); a le
 writes through a view of it (``Cache.rows``), as before. The rows of one length run as a batch, so their
 logits equal the row-by-row ones up to the rounding of a differently shaped matmul.
 
+A model whose every cache buffer is indexed by position (``LayerState.by_length``: global attention, MLA, CLA)
+takes the rows in one forward instead, right-padded to the longest: a row's tokens sit at positions 0 .. n-1 and
+attend only to earlier positions, so the pads after them change nothing they compute; the pads' K/V land past the
+row's length, where the decode step masks them and the next token overwrites the first. ``cache.lengths`` is then
+set to each row's own. Only the last real position of each row goes through the LM head. It is taken while the
+padded tokens stay within ``PAD_BUDGET`` times the prompts' own (a corpus batch of 490 prompts of some hundred
+distinct lengths was as many eager forwards). Ring buffers and recurrent states would take the pads in, so those
+models keep one forward per length.
+
 MoE layers that apply capacity at inference (``capacity_at_inference``) route a token depending on the
 batch it runs in; for them the rows stay one forward each, as a single row's full forward would route.
 """
@@ -23,6 +32,8 @@ import torch
 from .cache import Cache
 from .kernels._dispatch import once
 
+PAD_BUDGET = 2.0  # one padded forward while rows x longest <= PAD_BUDGET x the prompts' tokens
+
 
 def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
     """Prompts (1-D LongTensors, one per row of an empty ``cache``) into ``cache`` -> each row's last logits (B, V)."""
@@ -33,6 +44,9 @@ def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
         once("prefill_rows", "prompts of different lengths prefill one row at a time: an MoE layer applies capacity "
              "at inference (capacity_at_inference=True), so its routing depends on the rows it runs with")  # fmt: skip
         return torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
+    by_length = all(s is None or not s.needs_snapshot for s in cache.layers)
+    if by_length and len(rows) * max(lens) <= PAD_BUDGET * sum(lens):
+        return _padded(model, rows, lens, cache)
     groups: dict[int, list[int]] = {}
     for b, n in enumerate(lens):
         groups.setdefault(n, []).append(b)
@@ -49,3 +63,14 @@ def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
             logits = part.new_empty((len(rows), part.shape[-1]))
         logits[members] = part
     return logits
+
+
+def _padded(model, rows: list[torch.Tensor], lens: list[int], cache: Cache) -> torch.Tensor:
+    """Every row in one forward, right-padded to the longest (see the module docstring); -> last logits (B, V)."""
+    L = max(lens)
+    ids = torch.stack([torch.nn.functional.pad(r, (0, L - n), value=0) for r, n in zip(rows, lens, strict=True)])
+    x = model.hidden_states(ids, cache)  # (B, L, d), every row's positions 0 .. L-1 written
+    n = torch.tensor(lens, device=cache.lengths.device)
+    cache.lengths.copy_(n)  # each row's own: its pads' slots are past it, masked, overwritten by its next token
+    last = x[torch.arange(len(rows), device=x.device), (n - 1).to(x.device)]  # (B, d)
+    return model.lm_head(last)

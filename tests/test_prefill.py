@@ -1,4 +1,5 @@
-"""prefill_rows: prompts of different lengths, one forward per distinct length, equal to row by row."""
+"""prefill_rows: prompts of different lengths, one forward per distinct length (or one right-padded forward
+where every buffer is indexed by position), equal to row by row."""
 
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ def test_grouped_prefill_equals_row_by_row(path):
     assert got_cache.lengths.tolist() == list(LENGTHS)
     for i, (g, w) in enumerate(zip(states(got_cache), states(want_cache), strict=True)):
         assert (g is None) == (w is None), f"layer {i}"
+        by_length = got_cache.layers[i].by_length if g is not None else ()
         for k in w or {}:
-            torch.testing.assert_close(g[k], w[k], rtol=1e-12, atol=1e-12, msg=f"layer {i} buffer {k}")
+            if k in by_length:  # indexed by position: equal up to each row's length (a padded prefill writes past it)
+                for b, n in enumerate(LENGTHS):
+                    torch.testing.assert_close(
+                        g[k][b][..., :n, :], w[k][b][..., :n, :], rtol=1e-12, atol=1e-12, msg=f"layer {i} {k} row {b}"
+                    )
+            else:
+                torch.testing.assert_close(g[k], w[k], rtol=1e-12, atol=1e-12, msg=f"layer {i} buffer {k}")
     # The cache goes on decoding as the row-by-row one would.
     step = torch.randint(0, model.cfg.vocab_size, (len(rows), 1))
     with torch.no_grad():
@@ -83,3 +91,29 @@ def test_moe_with_capacity_at_inference_prefills_row_by_row():
     rows = [torch.randint(0, model.cfg.vocab_size, (n,)) for n in LENGTHS]
     want = row_by_row(model, rows, model.new_cache(len(rows), 16))
     torch.testing.assert_close(prefill_rows(model, rows, model.new_cache(len(rows), 16)), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "stem, padded", [("gqa", True), ("mla", True), ("cla", True), ("swa", False), ("mamba", False)]
+)
+def test_one_padded_forward_where_every_buffer_is_indexed_by_position(stem, padded, monkeypatch):
+    """Attention, MLA and CLA caches take the rows in one right-padded forward; a ring buffer or a recurrent state
+    would take the pads in, so those keep one forward per length; too much padding too (PAD_BUDGET)."""
+    import archzoo.prefill as P
+
+    model = f64_model(next(p for p in MODEL_CONFIGS if p.stem == stem))
+    rows = [torch.randint(0, model.cfg.vocab_size, (n,)) for n in LENGTHS]
+    calls = []
+    real = model.hidden_states
+    monkeypatch.setattr(
+        model, "hidden_states", lambda ids, *a, **k: calls.append(tuple(ids.shape)) or real(ids, *a, **k)
+    )
+    with torch.no_grad():
+        prefill_rows(model, rows, model.new_cache(len(rows), 16))
+    assert (calls == [(len(rows), max(LENGTHS))]) == padded, calls
+    if padded:
+        calls.clear()
+        monkeypatch.setattr(P, "PAD_BUDGET", 1.0)  # 7 rows x 8 > 30 prompt tokens: one forward per length
+        with torch.no_grad():
+            prefill_rows(model, rows, model.new_cache(len(rows), 16))
+        assert len(calls) == len(set(LENGTHS)), calls
