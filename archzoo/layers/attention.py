@@ -30,7 +30,7 @@ from ..kernels._dispatch import interpret_mode, record
 from ..kernels.decode_attention._checks import MAX_HEAD_DIM
 from ..kernels.decode_linear import MAX_M
 from . import fused as fused_mod
-from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import FusedLinears, decode_project
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rope
@@ -194,7 +194,7 @@ def ring_positions(pos: int, slots: int, device: torch.device) -> torch.Tensor:
     return torch.where(s < pos, p, torch.full_like(p, -1))
 
 
-class Attention(nn.Module):
+class Attention(TakesNormAndResidual, nn.Module):
     def __init__(self, cfg: AttentionConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
         super().__init__()
         self.cfg = cfg
@@ -249,12 +249,6 @@ class Attention(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm
-    # (``norm=``), so the RMSNorm can run inside the Q|K|V GEMV (``layers/fused.py``); with the decode GEMV
-    # (``fused.gemv_for``) also the residual (``residual=``), added in the O projection's epilogue.
-    TAKES_NORM = True
-    TAKES_RESIDUAL = True
-
     def forward(
         self,
         x: torch.Tensor,
@@ -288,7 +282,7 @@ class Attention(nn.Module):
         k, v, k_pos = kv
         o = attend(q, k, v, q_pos, k_pos, self.window)  # (B,H,T,D)
         out = self.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _decode(
         self,
@@ -376,7 +370,7 @@ class Attention(nn.Module):
         if ctx.fused:
             return decode_project(o, self.o_proj.weight, self.o_proj.bias, residual=residual)
         out = self.o_proj(o)
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _slot_positions(self, q_pos: torch.Tensor, slots: int) -> torch.Tensor:
         """(B, slots) absolute position each buffer slot holds after a one-token step at q_pos (B, 1), -1 where

@@ -105,6 +105,24 @@ class LayerState:
         return f"LayerState({inner})"
 
 
+class TakesNormAndResidual:
+    """A mixer whose decode step takes the block's norm and residual (``Block.forward``): on the fused path
+    (``ctx.fused``) the block hands it the un-normed input and its RMSNorm, and, where the decode GEMV runs
+    (``fused.gemv_for``), the residual too; the mixer returns ``residual + out``. Projecting through
+    ``fused.decode_project`` fuses the norm into the first GEMV and the residual add into the last one's epilogue:
+    at batch 1 a step is bound by its launches, and these are two a layer. Its ``forward`` takes
+    ``(x, state, ctx, norm=None, residual=None)``; elsewhere it applies ``norm`` first and adds ``residual`` last
+    (``with_residual``)."""
+
+    TAKES_NORM = True
+    TAKES_RESIDUAL = True
+
+
+def with_residual(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """``residual + out``, or ``out`` without a residual (a mixer the block did not hand one)."""
+    return out if residual is None else residual + out
+
+
 @dataclass
 class ForwardContext:
     """What the layers of one forward call share.

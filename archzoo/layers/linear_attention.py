@@ -25,7 +25,7 @@ from torch import nn
 from ..kernels import linear_attention_update  # traceable (a custom op) in a compiled decode step
 from ..kernels.based_attention import based_attention
 from ..kernels.linear_attention import linear_attention
-from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .feature_maps import TaylorExp, build_feature_map, feature_map_dim
 from .fused import FusedLinears, decode_project
 
@@ -62,7 +62,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(TakesNormAndResidual, nn.Module):
     def __init__(self, cfg: LinearAttentionConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
         super().__init__()
         if kv_source is not None and kv_source != layer_idx:
@@ -103,12 +103,6 @@ class LinearAttention(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    # A decode step on the fused copies hands this layer the block's un-normed input and its norm (fused into the
-    # Q|K|V GEMV where the decode GEMV runs) and, with the GEMV, the residual (added in O's epilogue), as
-    # ``Attention`` does (``Block.forward``).
-    TAKES_NORM = True
-    TAKES_RESIDUAL = True
-
     def forward(
         self,
         x: torch.Tensor,
@@ -142,7 +136,7 @@ class LinearAttention(nn.Module):
             if ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
                 return decode_project(o, self.o_proj.weight, residual=residual)
             out = self.o_proj(o)
-            return out if residual is None else residual + out
+            return with_residual(out, residual)
         # A cache at position 0 starts from zeros whatever its buffers hold (as attention overwrites).
         initial = None if state is None or ctx.pos == 0 else (state["S"], state["z"])
         if initial is not None and torch.is_grad_enabled():
@@ -161,4 +155,4 @@ class LinearAttention(nn.Module):
             state["S"].copy_(final[0].detach())  # the cache never carries autograd history
             state["z"].copy_(final[1].detach())
         out = self.o_proj(o.reshape(B, T, H * self.head_dim))
-        return out if residual is None else residual + out
+        return with_residual(out, residual)

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
-from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project
 
 
@@ -109,7 +109,7 @@ def _time_last(linear: nn.Linear, x2: torch.Tensor, B: int, T: int, bias: bool =
     return y.view(y.shape[0], B, T).permute(1, 0, 2)
 
 
-class Mamba(nn.Module):
+class Mamba(TakesNormAndResidual, nn.Module):
     no_weight_decay_names = ("A_log", "D", "dt_proj.bias")
 
     def __init__(self, cfg: MambaConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
@@ -172,13 +172,6 @@ class Mamba(nn.Module):
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.to(ssm_state_dtype(self.A_log.dtype)))  # (Di, N)
 
-    # A decode step on the fused copies (``ctx.fused``) hands this layer the block's un-normed input and its norm,
-    # so the RMSNorm runs inside in_proj's decode GEMV, and with the GEMV the residual, added in o_proj's epilogue
-    # (``Block.forward``; ``layers/fused.py``): the step's four projections through the GEMV where it runs, and
-    # the block's norm and residual add launch nothing of their own.
-    TAKES_NORM = True
-    TAKES_RESIDUAL = True
-
     def forward(
         self,
         x: torch.Tensor,
@@ -192,7 +185,7 @@ class Mamba(nn.Module):
             raise ValueError(f"x has {d} features, expected d_model={self.d_model}")
         if state is not None and ctx.pos == 0:
             state.zero_()  # a sequence starts at position 0 whatever the buffers held
-        fused = bool(getattr(ctx, "fused", False))
+        fused = bool(ctx.fused)
         if state is not None and T == 1 and not torch.is_grad_enabled():  # decode: no host value read
             # The in-place update kernels are for inference; with gradients on, one token takes
             # the sequence path below, which leaves the buffers free of autograd history.
@@ -211,7 +204,7 @@ class Mamba(nn.Module):
         if norm is not None:
             x = norm(x)
         out = self._sequence(x, state, ctx)
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _sequence(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
         """Training and prefill: the causal conv and the selective scan over the whole sequence."""
@@ -264,18 +257,17 @@ class Mamba(nn.Module):
         the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise)."""
         R, N = self.dt_rank, self.d_state
 
-        def project(t, lin, norm=None, residual=None):
+        def project(t, weight, bias=None, norm=None, residual=None):
             if fused:
-                return decode_project(t, lin.weight, lin.bias, norm, residual)
-            y = lin(norm(t) if norm is not None else t)
-            return y if residual is None else residual + y
+                return decode_project(t, weight, bias, norm, residual)
+            return with_residual(F.linear(norm(t) if norm is not None else t, weight, bias), residual)
 
-        xs, z = project(x, self.in_proj, norm).chunk(2, dim=-1)  # (B, Di) each
+        xs, z = project(x, self.in_proj.weight, self.in_proj.bias, norm).chunk(2, dim=-1)  # (B, Di) each
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, Bm, Cm = project(xs, self.x_proj).split([R, N, N], dim=-1)
-        dt = decode_project(dt, self.dt_proj.weight) if fused else F.linear(dt, self.dt_proj.weight)  # (B, Di)
+        dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
+        dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)
         y = selective_state_update(
             state["ssm"], xs, dt, self._A(), Bm, Cm, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
         )
         # called without gradients only, so the buffers carry no autograd history
-        return project(y, self.o_proj, residual=residual)
+        return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)

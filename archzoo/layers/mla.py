@@ -25,7 +25,7 @@ from torch import nn
 from ..kernels import decode_attention_mla
 from . import mla_fold
 from .attention import attend, attend_cached, step_mask, use_decode_kernel
-from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import FusedLinears, decode_project
 from .mla_fold import FoldedMLA
 from .norm import RMSNorm
@@ -70,7 +70,7 @@ class MLAConfig(LayerConfig):
         return self
 
 
-class MLA(nn.Module):
+class MLA(TakesNormAndResidual, nn.Module):
     def __init__(self, cfg: MLAConfig, d_model: int, layer_idx: int = 0, kv_source: int | None = None):
         super().__init__()
         self.cfg = cfg
@@ -118,12 +118,6 @@ class MLA(nn.Module):
             return self.q_b_proj(self.q_a_norm(self.q_a_proj(x)))
         return self.q_proj(x)
 
-    # A decode step that reads the fused copies hands this layer the block's un-normed input and its norm, so the
-    # RMSNorm runs inside the Q|latent GEMV, and with the decode GEMV the residual, added in the O projection's
-    # epilogue (as ``Attention``; ``Block.forward``).
-    TAKES_NORM = True
-    TAKES_RESIDUAL = True
-
     def forward(
         self,
         x: torch.Tensor,
@@ -138,7 +132,7 @@ class MLA(nn.Module):
         if norm is not None:
             x = norm(x)
         out = self._prefill(x, state, ctx)
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _prefill(self, x: torch.Tensor, state: LayerState | None, ctx) -> torch.Tensor:
         """Training and prefill (several tokens from ``ctx.pos``): decompressed attention, or absorbed over a
@@ -227,7 +221,7 @@ class MLA(nn.Module):
         if ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
             return decode_project(o, self.o_proj.weight, residual=residual)
         out = self.o_proj(o)
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _decompressed(self, q_nope, q_rope, c_kv, k_rope, q_pos, k_pos) -> torch.Tensor:
         B, H, T, _ = q_nope.shape

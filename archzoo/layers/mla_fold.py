@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels._dispatch import once
 from .fused import decode_project, signature
 
 # Fold while a layer's folded copies exceed the weights they replace by at most this many bytes (see above).
@@ -36,8 +37,16 @@ ENABLED = True
 
 
 def folds(n_heads: int, d_model: int, dn: int, dv: int, r: int) -> bool:
-    """Whether an MLA layer of these shapes (a full-rank query) decodes with folded copies (bf16 bytes)."""
-    return ENABLED and fold_extra_bytes(n_heads, d_model, dn, dv, r, 2) <= FOLD_MAX_EXTRA_BYTES
+    """Whether an MLA layer of these shapes (a full-rank query) decodes with folded copies (bf16 bytes); a layer
+    too large for it says once why it keeps the unfolded step."""
+    if not ENABLED:
+        return False
+    extra = fold_extra_bytes(n_heads, d_model, dn, dv, r, 2)
+    if extra > FOLD_MAX_EXTRA_BYTES:
+        once("mla_fold", f"MLA decode keeps W_uk and W_uv unfolded: folded copies would read {extra / 2**20:.0f} MiB "
+             f"more a layer in bf16 (> FOLD_MAX_EXTRA_BYTES = {FOLD_MAX_EXTRA_BYTES >> 20} MiB)")  # fmt: skip
+        return False
+    return True
 
 
 def fold_extra_bytes(n_heads: int, d_model: int, dn: int, dv: int, r: int, itemsize: int) -> int:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from .base import LayerConfig, LayerState, dtype_bytes, field_error
+from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project, signature
 
 
@@ -75,7 +75,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class S4D(nn.Module):
+class S4D(TakesNormAndResidual, nn.Module):
     no_weight_decay_names = ("A_log_re", "A_im", "B", "log_dt", "D")
     # The spectrum stays in fp32 when the model is cast to a 16-bit dtype: bf16 keeps 3 digits, and
     # A_im (up to pi * d_state / 2) then drifts by whole radians over a sequence (measured: 1.3e-1
@@ -190,12 +190,6 @@ class S4D(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    # A decode step on the fused path hands this layer the block's norm (applied here, where the compiler fuses it
-    # into the step's elementwise kernel) and, with the decode GEMV, the residual, added in o_proj's epilogue
-    # (``Block.forward``, ``layers/fused.py``).
-    TAKES_NORM = True
-    TAKES_RESIDUAL = True
-
     def forward(
         self,
         x: torch.Tensor,
@@ -227,7 +221,7 @@ class S4D(nn.Module):
         if state is not None and T == 1 and ctx.fused:  # the decode GEMV where it runs, the residual in its epilogue
             return decode_project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
         out = self.o_proj(y)
-        return out if residual is None else residual + out
+        return with_residual(out, residual)
 
     def _conv(self, u: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
         """Causal convolution of u (B, H, T) with the kernel, by FFT of length 2T (no wrap-around)."""

@@ -119,7 +119,8 @@ def test_folded_copies_follow_weight_changes():
         FoldedMLA(f64_model(MLA).blocks[0].mixer)
 
 
-def test_layers_whose_folded_copies_would_be_large_stay_unfolded():
+def test_layers_whose_folded_copies_would_be_large_stay_unfolded(caplog, monkeypatch):
+    from archzoo.kernels import _dispatch
     from archzoo.layers.fused import FusedLinears
     from archzoo.layers.mla_fold import FOLD_MAX_EXTRA_BYTES, fold_extra_bytes
 
@@ -128,7 +129,10 @@ def test_layers_whose_folded_copies_would_be_large_stay_unfolded():
         assert fold_extra_bytes(9, 576, 64, 64, r, 2) <= FOLD_MAX_EXTRA_BYTES
     # DeepSeek-V2's attention (128 heads, d 5120, dn = dv = 128, r = 512): about 1 GB more a layer
     assert fold_extra_bytes(128, 5120, 128, 128, 512, 2) > 100 * FOLD_MAX_EXTRA_BYTES
-    model = _full_rank_query_mla(n_heads=64, kv_lora_rank=1024)  # a tiny d_model, but 64 x 1024 folded rows
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())  # said once a process: this test wants to see it said
+    with caplog.at_level("WARNING"):
+        model = _full_rank_query_mla(n_heads=64, kv_lora_rank=1024)  # a tiny d_model, but 64 x 1024 folded rows
+    assert "keeps W_uk and W_uv unfolded" in caplog.text and "FOLD_MAX_EXTRA_BYTES" in caplog.text
     mixer = model.blocks[0].mixer
     assert fold_extra_bytes(64, model.cfg.d_model, mixer.dn, mixer.dv, 1024, 2) > FOLD_MAX_EXTRA_BYTES
     assert isinstance(mixer.fused, FusedLinears), "a layer above the limit keeps the unfolded step's copy"
