@@ -334,6 +334,55 @@ def _end_labels(ax, ends: list[tuple[float, int, str, str]], gap_px: float = 12.
                     arrowprops=dict(arrowstyle="-", lw=0.5, color=color) if py - px[1] > 2 else None)  # fmt: skip
 
 
+def panels_chart(path: Path, panels: list[tuple[str, str, list[Point]]], ylabel: str, title: str) -> Path:
+    """Decode tokens/s (linear y from 0) against cache bytes per token (log x), one panel per (panel title, x-axis
+    label, points), two a row, one legend below and ``title`` above; labels are placed after the layout settles."""
+    ncol = min(len(panels), 2)
+    nrow = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(nrow, ncol, figsize=(7.6 * ncol, 5.4 * nrow), squeeze=False)
+    placed = []
+    for ax, (sub, xlabel, pts) in zip(axes.flat, panels, strict=False):
+        scatter(ax, pts, xlabel, ylabel, y_log=False)
+        ax.set_ylim(bottom=0)
+        ax.set_title(sub, fontsize=11, loc="left")
+        placed.append((ax, pts))
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title, fontsize=12, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    for ax, pts in placed:  # the layout moved the axes: place the labels again in their final pixels
+        for t in list(ax.texts):
+            t.remove()
+        place_labels(ax, pts)
+    return save(fig, Path(path))
+
+
+def cache_speed_chart(
+    path: Path, rows: list[dict], cells: Sequence[str], cache_context: int, dtype: str, device: str
+) -> Path | None:
+    """The suite's decode tokens/s at each grid cell ("B=64,P=4096") against cache bytes per token, one panel a
+    cell; the frontier is a smaller cache and a higher speed. None (nothing written) when no cell has a speed."""
+    from .pareto import pareto
+
+    panels = []
+    for cell in cells:
+        got = [(r, (r.get("decode_grid") or {}).get(cell)) for r in rows]
+        got = [(r, v) for r, v in got if v and r["cache_bytes_per_token"] > 0]
+        if not got:
+            continue
+        front = set(pareto([(r["name"], r["cache_bytes_per_token"], v) for r, v in got], higher_is_better=True))
+        pts = [Point(r["name"], r["cache_bytes_per_token"], v, r["teacher"], r["name"] in front) for r, v in got]
+        b, p = (part.split("=")[1] for part in cell.split(","))
+        xlabel = f"KV-cache / state bytes per token at {cache_context:,} tokens ({dtype}, log scale)"
+        panels.append((f"batch {b}, {int(p):,}-token prompts", xlabel, pts))
+    if not panels:
+        return None
+    title = f"Decode speed against cache size ({device})"
+    return panels_chart(path, panels, "decode tokens/s (higher is better)", title)
+
+
 def speed_chart(path: Path, rows: list[dict], text_set: str, decode: dict) -> Path:
     """Decode tokens/s (log x) against perplexity; the frontier is faster and lower."""
     from .pareto import pareto

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from .charts import Point, place_labels, plt, save, scatter
+from .charts import Point, panels_chart
 from .decode_report import _short_names
 from .pareto import pareto
 
@@ -58,12 +58,9 @@ def decode_chart(
     cells = [c for c in cells if c in have]
     if not cells:
         return None
-    ncol = min(len(cells), 2)
-    nrow = (len(cells) + 1) // 2
-    fig, axes = plt.subplots(nrow, ncol, figsize=(7.6 * ncol, 5.4 * nrow), squeeze=False)
     dtype = meta.get("dtype", "")
-    placed = []
-    for ax, (B, P) in zip(axes.flat, cells, strict=False):
+    panels = []
+    for B, P in cells:
         sel = [r for r in rows if (r["batch_size"], r["prompt_len"]) == (B, P)]
         per_token = {names[r["model"]]: r["cache_bytes"] / (B * (P + r["new_tokens"])) for r in sel}
         speed = {names[r["model"]]: r["tokens_per_s"] for r in sel}
@@ -71,24 +68,10 @@ def decode_chart(
         pts = [Point(n, per_token[n], speed[n], _is_teacher(r, n), n in front) for n, r in
                ((names[r["model"]], r) for r in sel)]  # fmt: skip
         new = sel[0]["new_tokens"]
-        scatter(ax, pts, f"cache bytes per token at {P + new:,} tokens ({dtype}, log scale)",
-                "decode tokens/s (higher is better)", y_log=False)  # fmt: skip
-        ax.set_ylim(bottom=0)
-        placed.append((ax, pts))
-        ax.set_title(f"batch {B}, {P:,}-token prompts, {new} new tokens", fontsize=11, loc="left")
-    for ax in list(axes.flat)[len(cells) :]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    device = meta.get("device", "")
-    fig.suptitle(f"Decode speed against cache size ({device}, archzoo bench decode)", fontsize=12, x=0.01,
-                 ha="left")  # fmt: skip
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    for ax, pts in placed:  # the layout moved the axes: place the labels again in their final pixels
-        for t in list(ax.texts):
-            t.remove()
-        place_labels(ax, pts)
-    return save(fig, Path(path))
+        xlabel = f"cache bytes per token at {P + new:,} tokens ({dtype}, log scale)"
+        panels.append((f"batch {B}, {P:,}-token prompts, {new} new tokens", xlabel, pts))
+    title = f"Decode speed against cache size ({meta.get('device', '')}, archzoo bench decode)"
+    return panels_chart(Path(path), panels, "decode tokens/s (higher is better)", title)
 
 
 def _cells(text: str) -> list[tuple[int, int]]:

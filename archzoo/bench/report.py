@@ -14,7 +14,7 @@ import html
 import json
 from pathlib import Path
 
-from .charts import cache_chart, fmt_bytes, mqar_chart, position_chart, speed_chart
+from .charts import cache_chart, cache_speed_chart, fmt_bytes, mqar_chart, position_chart, speed_chart
 from .common import atomic_write
 from .pareto import frontiers
 
@@ -45,10 +45,22 @@ def write_report(out: Path, meta: dict, rows: list[dict], order: list[str]) -> d
     }
     charts = make_charts(out, results) if rows else []
     results["charts"] = [c.name for c in charts]
+    for old in _previous_charts(out):  # a chart the report no longer draws would be left behind, stale
+        if old not in results["charts"]:
+            (out / old).unlink(missing_ok=True)
     atomic_write(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write(out / "report.md", markdown(results))
     atomic_write(out / "report.html", html_page(results, out))
     return results
+
+
+def _previous_charts(out: Path) -> list[str]:
+    """The chart files the last report in ``out`` listed (none when there is no readable one)."""
+    try:
+        names = json.loads((out / "results.json").read_text()).get("charts", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and n.endswith(".png") and "/" not in n]
 
 
 def charted(rows: list[dict]) -> list[dict]:
@@ -79,11 +91,26 @@ def before_after(rows: list[dict]) -> list[tuple[dict, dict]]:
     return pairs
 
 
+def speed_cells(res: dict) -> list[str]:
+    """The decode grid cells the cache-against-speed chart shows: the suite's primary cell (batch x prompt) and,
+    where the grid has batch 1, its shortest prompt (where the weights, not the cache, bound the step)."""
+    grid = next((list(r["decode_grid"]) for r in res["rows"] if r.get("decode_grid")), [])
+    ones = [g for g in grid[1:] if g.startswith("B=1,")]
+    return grid[:1] + sorted(ones, key=lambda g: int(g.split("P=")[1]))[:1]
+
+
 def make_charts(out: Path, res: dict) -> list[Path]:
     rows, fronts, s = charted(res["rows"]), res["frontier"], res["settings"]
     ctx, dtype = s["cache_context"], res["dtype"]
-    text_sets = list(rows[0]["ppl"])
     paths = []
+    cells = speed_cells(res)
+    if cells:
+        device = (res.get("decode_from") or {}).get("device") or res.get("device", "")  # where the speeds are from
+        p = cache_speed_chart(out / "cache_vs_speed.png", rows, cells, ctx, dtype, device)
+        paths += [p] if p is not None else []
+    if not s.get("report_quality", True):
+        return paths
+    text_sets = list(rows[0]["ppl"])
     for t in text_sets:
         paths.append(
             cache_chart(
@@ -136,7 +163,9 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
     if d:
-        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "prefill tok/s", "peak memory"]
+        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "x teacher", "prefill tok/s"]
+        head += ["peak memory"]
+    base = next((r.get("decode_tokens_per_s") for r in rows if r["teacher"]), None)
     grid = next((list(r["decode_grid"])[1:] for r in rows if r.get("decode_grid")), []) if d else []
     head += [f"decode tok/s ({g.replace(',', ', ')})" for g in grid]
     sp = s.get("speculative")
@@ -153,6 +182,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 *(
                     [
                         _f(r.get("decode_tokens_per_s"), ",.0f"),
+                        _f(r["decode_tokens_per_s"] / base if base and r.get("decode_tokens_per_s") else None, ".2f"),
                         _f(r.get("prefill_tokens_per_s"), ",.0f"),
                         fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
                     ]
@@ -164,6 +194,28 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ]
         )
     out = [("Cache size and speed (★ = the teacher)", head, main)]
+    if s.get("report_quality", True):  # false: random weights, whose quality is noise
+        out += quality_tables(rows, lengths)
+    p_head = ["model", "source", "kind", "config hash", "run folder", "tokens trained", "measured in"]
+    p_rows = [
+        [
+            r["name"],
+            r["source"],
+            r["kind"],
+            r["provenance"].get("config_hash") or "-",
+            r["provenance"].get("run_dir") or "-",
+            _f(r["provenance"].get("tokens_trained"), ","),
+            f"{r['seconds']:.1f} s",
+        ]
+        for r in rows
+    ]
+    out.append(("Provenance", p_head, p_rows))
+    return out
+
+
+def quality_tables(rows: list[dict], lengths: list[str]) -> list[tuple]:
+    """The quality table (perplexity, KL, MQAR; '*' on the frontier), KL by position, before -> after."""
+    out = []
     q_head, q_rows = ["model", "cache/token"], [[r["name"], fmt_bytes(r["cache_bytes_per_token"])] for r in rows]
     for t in rows[0]["ppl"]:
         q_head += [f"ppl {t}", f"KL {t}"]
@@ -180,20 +232,6 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     pairs = before_after(rows)
     if pairs:
         out.append(before_after_table(pairs, rows, lengths))
-    p_head = ["model", "source", "kind", "config hash", "run folder", "tokens trained", "measured in"]
-    p_rows = [
-        [
-            r["name"],
-            r["source"],
-            r["kind"],
-            r["provenance"].get("config_hash") or "-",
-            r["provenance"].get("run_dir") or "-",
-            _f(r["provenance"].get("tokens_trained"), ","),
-            f"{r['seconds']:.1f} s",
-        ]
-        for r in rows
-    ]
-    out.append(("Provenance", p_head, p_rows))
     return out
 
 
@@ -289,7 +327,11 @@ def _setting_lines(res: dict) -> list[str]:
             if res.get("decode_from")
             else []
         ),
-        *(f"- evaluation set `{k}`: {desc}" for k, desc in res["eval_sets"].items()),
+        *(
+            (f"- evaluation set `{k}`: {desc}" for k, desc in res["eval_sets"].items())
+            if s.get("report_quality", True)
+            else ["- quality: not shown (`report_quality: false`: the models' weights are random; a speed run)"]
+        ),
     ]
 
 

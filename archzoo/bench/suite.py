@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..cache import cache_bytes
-from ..config import first_error, load_config, read_mapping
+from ..config import ModelConfig, first_error, load_config, read_mapping
 from ..errors import ConfigError, UserError
 from ..kernels._dispatch import forget, last_backend
 from ..layers.base import Strict, field_error
@@ -214,6 +214,12 @@ class Suite(Strict):
     device: str = "cuda"
     dtype: str = "bf16"
     seed: int = Field(default=0, description="seeds random weights of model YAMLs, prompts and random sets")
+    report_quality: bool = Field(
+        default=True,
+        description="false: a speed run of random weights; the report leaves out the quality tables and charts "
+        "(still measured: a suite needs a text set) and shows cache size against speed. Not part of the settings "
+        "hash: it changes what is shown, not what is measured",
+    )
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -258,7 +264,7 @@ class Suite(Strict):
 
     def settings_hash(self) -> str:
         """Everything but the model list: a row measured under another hash is measured again."""
-        return _hash(self.model_dump(mode="json", exclude={"models", "name"}))
+        return _hash(self.model_dump(mode="json", exclude={"models", "name", "report_quality"}))
 
 
 def load_suite(src: str | Path | dict[str, Any]) -> Suite:
@@ -795,6 +801,7 @@ def report_from_rows(suite_path: str | Path, out_dir: str | Path) -> dict:
         raise UserError(f"--report-only: {out}/results.json was written under other suite settings; measure again")
     names = [suite.teacher.name, *(m.name for m in suite.models)]
     rows = [r for n in names if (r := _read_row(out, n)) is not None and r.get("settings_hash") == settings]
+    meta["settings"]["report_quality"] = suite.report_quality  # what is shown: the suite file's, not the run's
     speeds = _load_decode_from(suite.decode_from) if suite.decode_from else None
     if speeds is not None:
         _merge_speeds(meta, rows, speeds)
@@ -834,6 +841,26 @@ def _load_decode_from(src: str) -> dict | None:
     return data
 
 
+# Config fields that set values, not shapes or the work of a step: a converted student keeps the teacher's RoPE base
+# and picks which of its rotary pairs to keep (per layer overrides), so its config hash differs from its YAML's
+# while its decode step is the same computation.
+VALUE_FIELDS = frozenset({"rope_pairs", "rope_theta", "init_std", "norm_eps"})
+
+
+def shape_of(cfg: ModelConfig) -> dict:
+    """The config's shape: its top-level sizes and each layer's resolved block (overrides applied), without
+    ``VALUE_FIELDS`` at any depth; two configs of the same shape decode at the same speed, however their layer
+    overrides are written."""
+
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in VALUE_FIELDS}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    top = {k: v for k, v in cfg.to_dict().items() if k not in ("mixer", "ffn", "layers")}
+    return strip({**top, "blocks": [b.model_dump(mode="json") for b in cfg.blocks]})
+
+
 def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
     """Each row's speed fields from the row of the same name in ``speeds`` (a results.json), when its model config
     is the same; otherwise the row says why it has none (``decode_note``). Converted rows take none. ``meta`` (the
@@ -848,10 +875,17 @@ def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
         if src is None:
             row["decode_note"] = f"no row named {row['name']!r} in {speeds['path']}"
             continue
-        mine, theirs = row["provenance"].get("config_hash"), src.get("provenance", {}).get("config_hash")
+        # the same shape where both rows record it (rows scored before 2026-12-05 have only the config hash)
+        key = (
+            "shape_hash"
+            if row["provenance"].get("shape_hash") and src.get("provenance", {}).get("shape_hash")
+            else "config_hash"
+        )
+        mine, theirs = row["provenance"].get(key), src.get("provenance", {}).get(key)
         if mine != theirs:
-            row["decode_note"] = f"{speeds['path']}'s {row['name']!r} has another config ({theirs} != {mine})"
+            row["decode_note"] = f"{speeds['path']}'s {row['name']!r} has another config ({key} {theirs} != {mine})"
             continue
+        row.pop("decode_note", None)
         for k in SPEED_FIELDS:
             if k in src:
                 row[k] = src[k]
@@ -893,6 +927,7 @@ def _measure_all(plan, teacher, suite: Suite, sets, device, out: Path, show: boo
                         torch.cuda.empty_cache()
             row["provenance"] = {
                 "config_hash": _hash(cfg.to_dict()) if cfg is not None else None,
+                "shape_hash": _hash(shape_of(cfg)) if cfg is not None else None,
                 "run_dir": str(r.run_dir) if r.run_dir else None,
                 "tokens_trained": None,
                 **r.provenance,

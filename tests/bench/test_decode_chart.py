@@ -30,13 +30,13 @@ ROWS = [
 
 def test_points_frontier_and_panels(tmp_path, monkeypatch):
     seen = []
-    real = DC.scatter
+    real = DC.panels_chart
 
-    def spy(ax, pts, *a, **kw):
-        seen.append({p.name: (p.x, p.y, p.teacher, p.frontier) for p in pts})
-        return real(ax, pts, *a, **kw)
+    def spy(path, panels, *a, **kw):
+        seen.extend({p.name: (p.x, p.y, p.teacher, p.frontier) for p in pts} for _, _, pts in panels)
+        return real(path, panels, *a, **kw)
 
-    monkeypatch.setattr(DC, "scatter", spy)
+    monkeypatch.setattr(DC, "panels_chart", spy)
     out = DC.decode_chart(tmp_path / "d.png", {"dtype": "bf16", "device": "cpu"}, ROWS)
     assert out.read_bytes()[:8] == PNG
     big, small = seen  # the largest batch first

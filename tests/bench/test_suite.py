@@ -218,6 +218,34 @@ def test_decode_grid(tmp_path, monkeypatch):
     assert "decode tok/s (B=1, P=32)" in md and "draft acceptance" not in md and "projections `auto`" in md
 
 
+def test_speed_run_report_without_quality(tmp_path, monkeypatch):
+    """report_quality: false (a speed run of random weights) changes what the report shows, not what it measures:
+    --report-only takes it from the suite file under the same settings hash, the quality tables and charts go
+    (their files too), and the cache-against-speed chart stays, a panel for the primary cell and batch 1."""
+    monkeypatch.chdir(ROOT)
+    path, data = _suite(tmp_path, ["gqa"], speculative=None)
+    data["decode"] = {**data["decode"], "batch_sizes": [2, 1], "prompt_lens": [32]}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "out"
+    assert _bench(path, "--out", out) == 0
+    before = json.loads((out / "results.json").read_text())
+    assert "cache_vs_speed.png" in before["charts"] and any(c.startswith("cache_vs_ppl") for c in before["charts"])
+    assert "## Quality" in (out / "report.md").read_text()
+    hash_before = load_suite(path).settings_hash()
+    path.write_text(yaml.safe_dump({**data, "report_quality": False}, sort_keys=False))
+    assert load_suite(path).settings_hash() == hash_before
+    assert _bench(path, "--report-only", "--out", out) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["charts"] == ["cache_vs_speed.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["cache_vs_speed.png"], "stale quality charts removed"
+    md = (out / "report.md").read_text()
+    assert "## Quality" not in md and "KL by position" not in md and "quality: not shown" in md
+    assert "| x teacher |" in md and "## Provenance" in md
+    from archzoo.bench.report import speed_cells
+
+    assert speed_cells(res) == ["B=2,P=32", "B=1,P=32"]
+
+
 def test_builtin_heldout_set(tmp_path):
     """``type: heldout, set: python-docs``: the Python documentation's topic help, in evenly spread blocks."""
     from archzoo.bench.suite import prepare_sets
@@ -278,17 +306,20 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     scores as the teacher; decode: null with decode_from takes speeds from another run by name and config; a run
     folder that is not here keeps its stored row when --only leaves it out."""
     monkeypatch.chdir(ROOT)
-    from archzoo.bench.suite import _hash
+    from archzoo.bench.suite import _hash, shape_of
 
     run = tmp_path / "run-gqa"
     _saved_run("configs/models/mha.yaml", "configs/models/gqa.yaml", run, {"tokens_trained": 1234, "fit_seconds": 120})
     cfg_hash = _hash(archzoo.load_config("configs/models/gqa.yaml").to_dict())
+    mla_shape = _hash(shape_of(archzoo.load_config("configs/models/mla.yaml")))
     speeds = tmp_path / "speeds"
     speeds.mkdir()
     decode = {"batch_size": 64, "prompt_len": 4096, "new_tokens": 128, "warmup": 1, "repeat": 1, "compile": None}
     rows = [
         {"name": "gqa", "provenance": {"config_hash": cfg_hash}, "decode_tokens_per_s": 123.0},
         {"name": "teacher (mha)", "provenance": {"config_hash": "other"}, "decode_tokens_per_s": 9.0},
+        # the YAML's MLA: conversion changes its RoPE base (values, not shapes): the same shape, its speed taken
+        {"name": "mla", "provenance": {"config_hash": "yaml", "shape_hash": mla_shape}, "decode_tokens_per_s": 77.0},
     ]
     fake = {"settings": {"decode": decode}, "date": "d", "device": "H200", "rows": rows}
     (speeds / "results.json").write_text(json.dumps(fake))
@@ -319,6 +350,8 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert any("mha (converted)" in names for names in res["frontier"].values())
     assert rows["gqa"]["decode_tokens_per_s"] == 123.0 and rows["gqa"]["decode_from"].endswith("results.json")
     assert "decode_tokens_per_s" not in teacher and "another config" in teacher["decode_note"]
+    assert rows["mla"]["provenance"]["config_hash"] != _hash(archzoo.load_config("configs/models/mla.yaml").to_dict())
+    assert rows["mla"]["decode_tokens_per_s"] == 77.0, "a converted student decodes as its YAML's shape"
     assert rows["gqa"]["provenance"]["tokens_trained"] == 1234 and rows["gqa"]["provenance"]["train_seconds"] == 120
     md = (out / "report.md").read_text()
     assert "## Distillation: converted (before) -> trained (after)" in md
@@ -345,6 +378,19 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert "- report rebuilt from the stored rows by `archzoo bench" in md and "--report-only`" in md, md[:600]
     assert "report rebuilt from the stored rows" in (out / "report.html").read_text()
     assert _bench(path, "--out", tmp_path / "empty", "--report-only") == 2
+
+
+def test_shape_of_drops_values_not_shapes():
+    """Overrides that restate the base, or set only RoPE values, leave the shape; a size override does not."""
+    from archzoo.bench.suite import shape_of
+
+    base = archzoo.load_config("configs/models/mla.yaml").to_dict()
+    same = {**base, "norm_eps": 1e-6, "layers": [{"at": [0], "mixer": {"type": "mla", "rope_theta": 5e5}}]}
+    other = {**base, "layers": [{"at": [1], "mixer": {"kv_lora_rank": 16}}]}
+    shape = shape_of(archzoo.load_config(base))
+    assert shape_of(archzoo.load_config(same)) == shape
+    assert shape_of(archzoo.load_config(other)) != shape
+    assert "rope_theta" not in str(shape) and "kv_lora_rank" in str(shape)
 
 
 def test_convert_from_a_distill_run_yaml(tmp_path):
