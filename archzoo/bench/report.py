@@ -163,7 +163,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
     if d:
-        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "x teacher", "prefill tok/s"]
+        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "x teacher", "HBM", "prefill tok/s"]
         head += ["peak memory"]
     base = next((r.get("decode_tokens_per_s") for r in rows if r["teacher"]), None)
     grid = next((list(r["decode_grid"])[1:] for r in rows if r.get("decode_grid")), []) if d else []
@@ -183,6 +183,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     [
                         _f(r.get("decode_tokens_per_s"), ",.0f"),
                         _f(r["decode_tokens_per_s"] / base if base and r.get("decode_tokens_per_s") else None, ".2f"),
+                        _f(hbm_fraction(r, d), ".0%"),
                         _f(r.get("prefill_tokens_per_s"), ",.0f"),
                         fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
                     ]
@@ -211,6 +212,21 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
     out.append(("Provenance", p_head, p_rows))
     return out
+
+
+def hbm_fraction(row: dict, decode: dict) -> float | None:
+    """The fraction of the measured copy bandwidth one decode step reads at in the primary cell: the step's bytes
+    (every weight, each layer's cache to the mean length) x steps per second / bandwidth; None for rows measured
+    before the suite recorded them."""
+    cell = f"B={decode['batch_size']},P={decode['prompt_len']}"
+    step, bw, tok_s = (
+        (row.get("decode_step_bytes") or {}).get(cell),
+        row.get("decode_bandwidth"),
+        row.get("decode_tokens_per_s"),
+    )
+    if not (step and bw and tok_s):
+        return None
+    return step * tok_s / decode["batch_size"] / bw
 
 
 def quality_tables(rows: list[dict], lengths: list[str]) -> list[tuple]:

@@ -41,12 +41,21 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..cache import cache_bytes
+from ..cache import cache_bytes, cache_read_bytes
 from ..config import ModelConfig, first_error, load_config, read_mapping
 from ..errors import ConfigError, UserError
 from ..kernels._dispatch import forget, last_backend
 from ..layers.base import Strict, field_error
-from .common import DTYPES, atomic_write, check_device, dtype_name, library_versions, random_prompts, weight_bytes
+from .common import (
+    DTYPES,
+    atomic_write,
+    check_device,
+    dtype_name,
+    library_versions,
+    measure_bandwidth,
+    random_prompts,
+    weight_bytes,
+)
 from .decode import decode_linear_form, run_archzoo
 
 SCHEMA_VERSION = 1
@@ -649,7 +658,25 @@ def _decode(model, suite: Suite, device: torch.device) -> dict:
         out["decode_grid"] = {f"B={grid[0][0]},P={grid[0][1]}": out["decode_tokens_per_s"]}
         for b, p in grid[1:]:
             out["decode_grid"][f"B={b},P={p}"] = _decode_one(model, suite, device, b, p)["decode_tokens_per_s"]
+    # what one step reads at each cell (every weight once, each layer's cache up to the mean length, as
+    # `archzoo bench decode` counts it) and the copy bandwidth of this run's device: the report's HBM fraction
+    new, dt = d.new_tokens, suite.torch_dtype
+    out["decode_step_bytes"] = {
+        f"B={b},P={p}": weight_bytes(model) + cache_read_bytes(model.cfg, b, p + new // 2, dt) for b, p in grid
+    }
+    out["decode_bandwidth"] = _bandwidth(device)
     return out
+
+
+_BANDWIDTH: dict[str, float] = {}
+
+
+def _bandwidth(device: torch.device) -> float:
+    """The device's copy bandwidth in bytes/s, measured once a process (``measure_bandwidth``)."""
+    key = str(device)
+    if key not in _BANDWIDTH:
+        _BANDWIDTH[key] = measure_bandwidth(device)["bytes_per_s"]
+    return _BANDWIDTH[key]
 
 
 def _decode_one(model, suite: Suite, device: torch.device, batch_size: int, prompt_len: int) -> dict:
@@ -817,7 +844,8 @@ def report_from_rows(suite_path: str | Path, out_dir: str | Path) -> dict:
 # What decode_from takes: speeds depend on the architecture, not the weights. A draft's acceptance depends on the
 # weights, so it is measured where they are (the suite's own ``speculative``), never taken from another run.
 SPEED_FIELDS = ("decode_tokens_per_s", "prefill_tokens_per_s", "decode_backend", "decode_timing", "compile_s",
-                "peak_memory_bytes", "decode_grid", "decode_note", "decode_linear", "linear_backend")  # fmt: skip
+                "peak_memory_bytes", "decode_grid", "decode_note", "decode_linear", "linear_backend",
+                "decode_step_bytes", "decode_bandwidth")  # fmt: skip
 
 
 def _load_decode_from(src: str) -> dict | None:

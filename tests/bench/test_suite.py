@@ -214,8 +214,17 @@ def test_decode_grid(tmp_path, monkeypatch):
         assert list(r["decode_grid"]) == ["B=2,P=32", "B=1,P=32"]
         assert r["decode_grid"]["B=2,P=32"] == r["decode_tokens_per_s"]
         assert r["decode_linear"] == "auto" and r["linear_backend"], "the row says how its projections ran"
+        assert list(r["decode_step_bytes"]) == ["B=2,P=32", "B=1,P=32"] and r["decode_bandwidth"] > 0
+        cfg = archzoo.load_config(r["source"]) if not r["teacher"] else None
+        if cfg is not None:  # every weight once and the cache to the mean length, as bench decode counts it
+            dt = load_suite(path).torch_dtype
+            want = r["weight_bytes"] + archzoo.cache.cache_read_bytes(
+                cfg, 1, 32 + data["decode"]["new_tokens"] // 2, dt
+            )
+            assert r["decode_step_bytes"]["B=1,P=32"] == want
     md = (out / "report.md").read_text()
     assert "decode tok/s (B=1, P=32)" in md and "draft acceptance" not in md and "projections `auto`" in md
+    assert "| HBM |" in md and "| x teacher |" in md
 
 
 def test_speed_run_report_without_quality(tmp_path, monkeypatch):
