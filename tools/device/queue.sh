@@ -11,7 +11,7 @@
 # GEMV's 64-row plan against cuBLAS), decodeab:<s>,<s> (students, cuBLAS against auto projections), mlafold (MLA's
 # folded decode copies against the unfolded ones), corpus (the distill runs' corpus, its parts brought back), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by
-# tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's
+# tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's (speed:fresh: no committed row kept)
 # decode speed). Timed jobs (spec, decode, speed) wait
 # for the background scoring first, so nothing else runs on the GPU while they time.
 source tools/device/setup.sh || exit 1

@@ -129,7 +129,8 @@ for job in $(cat $Q/jobs); do
       log "speed ($(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2> /dev/null | wc -l) processes on the GPU before it)"
       P=docs/results/pareto-smollm2/speed
       # rows measured in an earlier lease (brought back and committed) are kept: --resume measures the rest
-      [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
+      # (speed:fresh measures every row again: the committed rows predate a field the report shows)
+      [ -d /root/speed/rows ] || { mkdir -p /root/speed; [ "$s" != fresh ] && [ -d $P/rows ] && cp -r $P/rows /root/speed/; }
       suite=configs/bench/smollm2.yaml  # decode_linear auto: the decode kernels at batch 1, unless their GPU tests failed
       if grep -qE "[0-9]+ failed|error" $DEC/gpu_tests.log 2> /dev/null; then
         sed 's/decode_linear: auto/decode_linear: cublas/' $suite > configs/bench/smollm2-cublas.tmp.yaml; suite=configs/bench/smollm2-cublas.tmp.yaml
