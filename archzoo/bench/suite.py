@@ -866,6 +866,17 @@ def _load_decode_from(src: str) -> dict | None:
     if not isinstance(data, dict) or "rows" not in data or not (data.get("settings") or {}).get("decode"):
         raise UserError(f"decode_from: {path}: not the results.json of a suite run that measured decode speeds")
     data["path"] = str(path)
+    for row in data["rows"]:  # rows measured before shape hashes: a model YAML here that hashes the same gives it
+        prov = row.setdefault("provenance", {})
+        src = Path(str(row.get("source", "")))
+        if prov.get("shape_hash") or src.suffix not in (".yaml", ".yml") or not src.is_file():
+            continue
+        try:
+            cfg = load_config(src)
+        except Exception:  # noqa: BLE001 - not a model config (or no longer one): that row keeps its config hash
+            continue
+        if _hash(cfg.to_dict()) == prov.get("config_hash"):
+            prov["shape_hash"] = _hash(shape_of(cfg))
     return data
 
 
@@ -896,12 +907,20 @@ def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
     meta["decode_from"] = {k: speeds.get(k) for k in ("path", "date", "device", "command")}
     meta["settings"]["decode"] = speeds["settings"].get("decode")
     other = {r["name"]: r for r in speeds["rows"]}
+    by_key: dict = {}  # a variant of one architecture under another name (a recipe experiment) decodes as it does
+    for r in speeds["rows"]:
+        for key in ("shape_hash", "config_hash"):
+            if r.get("provenance", {}).get(key):
+                by_key.setdefault((key, r["provenance"][key]), r)
     for row in rows:
+        prov = row["provenance"]
         src = other.get(row["name"])
+        for key in ("shape_hash", "config_hash"):
+            src = src or by_key.get((key, prov.get(key)))
         if row.get("init") == "convert":
             continue
         if src is None:
-            row["decode_note"] = f"no row named {row['name']!r} in {speeds['path']}"
+            row["decode_note"] = f"no row named {row['name']!r} or of its shape in {speeds['path']}"
             continue
         # the same shape where both rows record it (rows scored before 2026-12-05 have only the config hash)
         key = (

@@ -338,6 +338,7 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
         {"name": "mha (converted)", "source": "configs/models/mha.yaml", "init": "convert"},
         {"name": "gqa (converted)", "source": "configs/models/gqa.yaml", "init": "convert"},
         {"name": "gqa", "source": str(run)},
+        {"name": "gqa-again", "source": str(run)},  # a recipe variant under another name: gqa's speeds, by config
         {"name": "mla (converted)", "source": "configs/models/mla.yaml", "init": "convert"},
         {"name": "mla", "source": str(mla)},
     ]
@@ -361,6 +362,7 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert "decode_tokens_per_s" not in teacher and "another config" in teacher["decode_note"]
     assert rows["mla"]["provenance"]["config_hash"] != _hash(archzoo.load_config("configs/models/mla.yaml").to_dict())
     assert rows["mla"]["decode_tokens_per_s"] == 77.0, "a converted student decodes as its YAML's shape"
+    assert rows["gqa-again"]["decode_tokens_per_s"] == 123.0
     assert rows["gqa"]["provenance"]["tokens_trained"] == 1234 and rows["gqa"]["provenance"]["train_seconds"] == 120
     md = (out / "report.md").read_text()
     assert "## Distillation: converted (before) -> trained (after)" in md
