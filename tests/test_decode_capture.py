@@ -147,6 +147,25 @@ def test_many_models_compile_their_steps_in_one_process(monkeypatch):
     torch._dynamo.reset()
 
 
+def _gemv_cfg(family: str) -> dict:
+    """``family``'s reference config, smaller where only the decode GEMV's time in Triton's interpreter (programs x
+    K tiles) grows with it: d_model 64, d_ff 96, a vocabulary of 64, 2 layers (swa: a windowed layer and the global
+    one; cla: a leader and its member). The attention keeps its heads and head_dim 32 (MLA its dims), so Q|K|V with
+    RoPE and the decode attention see the reference's shapes, and every GEMV the reference's kind of plan (2 rows
+    element-wise, 8-row blocks, no split, several K tiles; 8-12x fewer programs and tiles)."""
+    import archzoo
+
+    cfg = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == family)).to_dict()
+    cfg.update(vocab_size=64, d_model=64, n_layers=2)
+    cfg["ffn"]["d_ff"] = 96
+    if cfg["mixer"]["type"] == "attention":
+        cfg["mixer"]["head_dim"] = 32  # d_model / n_heads of the reference
+    for override in cfg["layers"]:  # swa: the global layer, the last one
+        assert override["at"] == [3], override
+        override["at"] = [1]
+    return cfg
+
+
 def _fused_pair(cfg: dict):
     """A model of ``cfg`` in fp32 with its fused copies, 2 x 8 token ids, and two caches (12 positions, reading the
     fused copies) each prefilled with the first 5 tokens: one for the step under test, one for the reference."""
@@ -175,12 +194,11 @@ def test_gemv_step_matches_cublas_step(monkeypatch, family):
     F.linear's logits, eagerly and traced through the custom ops: global caches, a sliding window's ring (swa: the
     window is passed within the steps), a CLA member reading its leader's cache; MLA's Q|latent copy with the norm
     fused in and its O projection with the residual."""
-    import archzoo
     import archzoo.kernels as K
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    cfg = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == family)).to_dict()
+    cfg = _gemv_cfg(family)
     if family == "swa":
         cfg["mixer"]["window"] = 4  # a ring of 4 slots: the steps at positions 5 and 6 wrap around
     if family == "mla":
@@ -233,9 +251,8 @@ def test_gemv_epilogues_step(monkeypatch):
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
     torch.manual_seed(0)
-    ref_model = archzoo.build_model(path).float().eval()
+    ref_model = archzoo.build_model(_gemv_cfg("gqa")).float().eval()
     model = copy.deepcopy(ref_model)
     ref_model.refresh_fused()
     monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
@@ -326,13 +343,12 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
     """``DECODE_LINEAR = "auto"``: a step of 2 rows runs the GEMV and its epilogues where ``AUTO_MAX_ROWS`` >= 2,
     F.linear where it is 1, the whole step one way (the sites that fuse a norm or a residual ask ``gemv_for``);
     the logits are F.linear's either way, and the pool's key holds the setting (``decode_switches``)."""
-    import archzoo
     import archzoo.kernels as K
     from archzoo.generation import decode_switches
     from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    model, ids, caches = _fused_pair(archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "gqa")).to_dict())
+    model, ids, caches = _fused_pair(_gemv_cfg("gqa"))
     with torch.no_grad():
         monkeypatch.setattr(fused, "DECODE_LINEAR", "auto")
         monkeypatch.setattr(fused, "AUTO_MAX_ROWS", max_rows)

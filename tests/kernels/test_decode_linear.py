@@ -378,11 +378,13 @@ def test_epilogues_match_naive(M, splits, dtype, monkeypatch):
 @pytest.mark.parametrize("M", [1, 3, 16, 37])
 def test_fixup_gives_the_reduce_kernel_bits(M, monkeypatch):
     """K split 3 ways: the partials summed by each column block's last split program (FIXUP, one launch) or by
-    _reduce_kernel (two), with no epilogue, the residual and SwiGLU: the same bits, twice; counters zero after."""
+    _reduce_kernel (two), with no epilogue, the residual and SwiGLU: the same bits, twice; counters zero after.
+    K = 40: splits of 16, 16 and 8 columns, one K tile each (several tiles a split, and K = 100, are in
+    test_epilogues_match_naive and test_forced_split_k; the merge does not depend on them)."""
     from archzoo.kernels import _fixup
 
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", 3)
-    Kd, Fd = 100, 35
+    Kd, Fd = 40, 35
     x, w, nw = _inputs(M, Kd, 2 * Fd, torch.bfloat16, True, DEV, seed=M)
     res = torch.randn(M, 2 * Fd, generator=torch.Generator().manual_seed(1)).to(DEV, torch.bfloat16)
     calls = {
@@ -390,6 +392,8 @@ def test_fixup_gives_the_reduce_kernel_bits(M, monkeypatch):
         "residual": lambda: T.decode_linear(x, w, nw, 1e-5, residual=res),
         "swiglu": lambda: T.decode_linear(x, w, nw, 1e-5, swiglu=True),
     }
+    plan = T.launch_plan(M, 2 * Fd, Kd, x.device)
+    assert (plan["n_splits"], plan["chunk"]) == (3, 16) and plan["n_blocks"] > 1, plan
     for name, call in calls.items():
         monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
         two = call()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import triton
@@ -12,12 +13,44 @@ import triton
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
+# The tool's runs by key: each is a CPU-bound process of its own (Triton's compiler, ptxas), 4-20 s on CI.
+SCAN_ARGS = ["--b", "1", "--d", "64", "--l", "256", "--n", "4"]
+OPS = {"gemv": 37, "gemv --pdl": 37, "attn": 5, "kd_loss": 8, "la": 7}
+RUNS = {"scan": SCAN_ARGS, **{f"--op {op}": ["--op", *op.split()] for op in OPS}, "--op based": ["--op", "based"]}
+UNPARAMETRISED = {
+    "test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them": "scan",
+    "test_based_attention_kernels_compile_for_sm90": "--op based",
+}
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real JIT, not the interpreter
+    return subprocess.run([sys.executable, "tools/sm90_compile.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sm90(request):
+    """key -> the tool's finished run. The runs of the tests selected in this module start together, as many at a
+    time as there are CPUs, longest first (the two GEMV runs): on CI's two cores the module takes about half the
+    sum of its runs. Each test still reads only its own run's output."""
+    keys = []
+    for item in request.session.items:
+        if item.module is not request.module:
+            continue
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        key = f"--op {params['op']}" if "op" in params else UNPARAMETRISED.get(item.originalname)
+        if key is not None and key not in keys:
+            keys.append(key)
+    keys.sort(key=lambda k: "gemv" not in k)  # stable: the two long runs first
+    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
+        runs = {k: pool.submit(_run, RUNS[k]) for k in keys}
+        yield lambda key: (runs[key] if key in runs else pool.submit(_run, RUNS[key])).result()
+
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real JIT, not the interpreter
-    cmd = [sys.executable, "tools/sm90_compile.py", "--b", "1", "--d", "64", "--l", "256", "--n", "4"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them(sm90):
+    out = sm90("scan")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     bwd = lines.index(next(x for x in lines if x.startswith("bwd:")))
@@ -28,8 +61,8 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them():
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-@pytest.mark.parametrize("op,kernels", [("gemv", 37), ("gemv --pdl", 37), ("attn", 5), ("kd_loss", 8), ("la", 7)])
-def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
+@pytest.mark.parametrize("op,kernels", list(OPS.items()))
+def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels, sm90):
     """The decode GEMV (every teacher projection at M = 1, 16 and 64, the residual and SwiGLU epilogues, its split-K
     merged by the last program, Q|K|V with RoPE and the cache write), decode attention (its splits merged by the
     last program, or by the combine kernel), kd_loss_rows (each constexpr combination the trainer uses) and
@@ -39,9 +72,7 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
     the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else.
     With ``--pdl`` (programmatic dependent launch, archzoo/kernels/_pdl.py) every kernel holds the launch of its
     dependents and the wait (SASS PREEXIT and ACQBULK) and still does not spill."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", *op.split()], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    out = sm90(f"--op {op}")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     stats = [(lines[i - 1], line) for i, line in enumerate(lines) if line.strip().startswith("regs=")]
@@ -58,12 +89,10 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels):
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "ptxas")), reason="this Triton wheel carries no ptxas")
-def test_based_attention_kernels_compile_for_sm90():
+def test_based_attention_kernels_compile_for_sm90(sm90):
     """BASED attention's forward, dq and dk/dv kernels compile for the GPU in bf16 and fp32 (the interpreter, CI's
     only other test of them, accepts code the compiler refuses), the bf16 ones (the GPU recipe's) without spills."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "tools/sm90_compile.py", "--op", "based"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    out = sm90("--op based")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     names = [line.split(":")[0] for line in lines if line.startswith(("fwd", "bwd"))]
