@@ -900,6 +900,14 @@ def shape_of(cfg: ModelConfig) -> dict:
     return strip({**top, "blocks": [b.model_dump(mode="json") for b in cfg.blocks]})
 
 
+def _same_measured_shape(row: dict, src: dict) -> bool:
+    """For rows stored before shape hashes (their config hashes differ by values such as a converted student's RoPE
+    pairs): the same name, parameter count, weight bytes and cache bytes at every length. Rows scored since carry
+    ``shape_hash`` and never come here."""
+    same = ("name", "parameters", "weight_bytes", "cache_bytes")
+    return not row["provenance"].get("shape_hash") and all(row.get(k) == src.get(k) is not None for k in same)
+
+
 def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
     """Each row's speed fields from the row of the same name in ``speeds`` (a results.json), when its model config
     is the same; otherwise the row says why it has none (``decode_note``). Converted rows take none. ``meta`` (the
@@ -929,7 +937,7 @@ def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
             else "config_hash"
         )
         mine, theirs = row["provenance"].get(key), src.get("provenance", {}).get(key)
-        if mine != theirs:
+        if mine != theirs and not (key == "config_hash" and _same_measured_shape(row, src)):
             row["decode_note"] = f"{speeds['path']}'s {row['name']!r} has another config ({key} {theirs} != {mine})"
             continue
         row.pop("decode_note", None)

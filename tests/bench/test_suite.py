@@ -404,6 +404,26 @@ def test_shape_of_drops_values_not_shapes():
     assert "rope_theta" not in str(shape) and "kv_lora_rank" in str(shape)
 
 
+def test_stored_rows_without_shape_hashes_match_by_what_was_measured():
+    """Rows stored before shape hashes: a config hash that differs (a converted MLA's RoPE pairs) still takes the
+    speeds of the row of the same name when parameters, weight bytes and cache bytes all agree; not otherwise."""
+    from archzoo.bench.suite import _merge_speeds
+
+    def row(**kw):
+        base = {"name": "mla", "parameters": 10, "weight_bytes": 20, "cache_bytes": {"4096": 30}}
+        return {**base, "provenance": {"config_hash": "converted"}, **kw}
+
+    speeds = {"path": "speeds", "settings": {"decode": {}}, "rows": [
+        {**row(), "provenance": {"config_hash": "yaml"}, "decode_tokens_per_s": 5.0}]}  # fmt: skip
+    same, other = row(), row(parameters=11)
+    _merge_speeds({"settings": {}}, [same, other], speeds)
+    assert same["decode_tokens_per_s"] == 5.0 and "decode_note" not in same
+    assert "decode_tokens_per_s" not in other and "another config" in other["decode_note"]
+    new = row(provenance={"config_hash": "converted", "shape_hash": "s"})  # rows scored since: their hash decides
+    _merge_speeds({"settings": {}}, [new], speeds)
+    assert "decode_tokens_per_s" not in new
+
+
 def test_convert_from_a_distill_run_yaml(tmp_path):
     """init: convert of a distill run YAML: its student's config, converter options and teacher layers."""
     from archzoo.bench.suite import ModelSpec, resolve_model
