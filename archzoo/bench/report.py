@@ -162,9 +162,10 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     ctx, d = s["cache_context"], s.get("decode")
     lengths = list(rows[0]["cache_bytes"])
     head = ["model", "params", f"cache/token @{ctx:,}", *(f"cache @{int(n):,}" for n in lengths)]
+    hbm = bool(d) and any(hbm_fraction(r, d) is not None for r in rows)  # rows measured before it: no column
     if d:
-        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "x teacher", "HBM", "prefill tok/s"]
-        head += ["peak memory"]
+        head += [f"decode tok/s (B={d['batch_size']}, P={d['prompt_len']})", "x teacher"]
+        head += ["HBM"] * hbm + ["prefill tok/s", "peak memory"]
     base = next((r.get("decode_tokens_per_s") for r in rows if r["teacher"]), None)
     grid = next((list(r["decode_grid"])[1:] for r in rows if r.get("decode_grid")), []) if d else []
     head += [f"decode tok/s ({g.replace(',', ', ')})" for g in grid]
@@ -183,7 +184,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     [
                         _f(r.get("decode_tokens_per_s"), ",.0f"),
                         _f(r["decode_tokens_per_s"] / base if base and r.get("decode_tokens_per_s") else None, ".2f"),
-                        _f(hbm_fraction(r, d), ".0%"),
+                        *([_f(hbm_fraction(r, d), ".0%")] if hbm else []),
                         _f(r.get("prefill_tokens_per_s"), ",.0f"),
                         fmt_bytes(r["peak_memory_bytes"]) if r.get("peak_memory_bytes") is not None else "-",
                     ]
