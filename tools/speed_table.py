@@ -17,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from archzoo.cache import cache_read_bytes
+from archzoo.bench.common import DTYPES
+from archzoo.cache import cache_bytes, cache_read_bytes
 from archzoo.config import load_config
 
 TEACHER_SHAPE = "configs/students/teacher.yaml"  # the teacher row's source is a teacher name: its shape is this
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads(args.results.read_text())
     bw = json.loads(args.bandwidth.read_text())["bandwidth"]["bytes_per_s"]
     d = res["settings"]["decode"]
+    dt = DTYPES[res["dtype"]]
     new = d["new_tokens"]
     rows = res["rows"]
     cells = list(next(r["decode_grid"] for r in rows if r.get("decode_grid")))
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(head) + " |\n|---|" + "--:|" * (len(head) - 2) + "---|")
     for r in rows:
         cfg = load_config(TEACHER_SHAPE if r["teacher"] else r["source"])
+        ctx = res["settings"]["cache_context"]
+        if cache_bytes(cfg, 1, ctx, dt) / ctx != r["cache_bytes_per_token"]:  # the row's model, not another
+            raise SystemExit(f"{r['name']}: {TEACHER_SHAPE if r['teacher'] else r['source']} has another cache size")
         cells_out = []
         for c in cells:
             tok_s = (r.get("decode_grid") or {}).get(c)
@@ -54,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             if not tok_s:
                 cells_out.append("-")
                 continue
-            step_bytes = r["weight_bytes"] + cache_read_bytes(cfg, b, p + new // 2)
+            step_bytes = r["weight_bytes"] + cache_read_bytes(cfg, b, p + new // 2, dt)
             frac = step_bytes * tok_s / b / bw
             cells_out.append(f"{tok_s:,.0f} ({frac:.0%})")
         up = r["decode_grid"][primary] / teacher["decode_grid"][primary]
-        fixed = pb / r["decode_grid"][short] - cache_read_bytes(cfg, pb, sp + new // 2) / bw
-        bound = t_step / (fixed + cache_read_bytes(cfg, pb, pp + new // 2) / bw)
+        fixed = pb / r["decode_grid"][short] - cache_read_bytes(cfg, pb, sp + new // 2, dt) / bw
+        bound = t_step / (fixed + cache_read_bytes(cfg, pb, pp + new // 2, dt) / bw)
         ratio = teacher["cache_bytes_per_token"] / r["cache_bytes_per_token"]
         goal = "" if r["teacher"] else f"{ratio:.2f}x -> {args.target * ratio:.2f}x"
         kib = r["cache_bytes_per_token"] / 1024

@@ -873,7 +873,7 @@ def _load_decode_from(src: str) -> dict | None:
             continue
         try:
             cfg = load_config(src)
-        except Exception:  # noqa: BLE001 - not a model config (or no longer one): that row keeps its config hash
+        except (ConfigError, ValueError):  # not a model config (or no longer one): that row keeps its config hash
             continue
         if _hash(cfg.to_dict()) == prov.get("config_hash"):
             prov["shape_hash"] = _hash(shape_of(cfg))
@@ -909,8 +909,11 @@ def _same_measured_shape(row: dict, src: dict) -> bool:
 
 
 def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
-    """Each row's speed fields from the row of the same name in ``speeds`` (a results.json), when its model config
-    is the same; otherwise the row says why it has none (``decode_note``). Converted rows take none. ``meta`` (the
+    """Each row's speed fields from a row of ``speeds`` (a results.json): the one of the same name, else one of the
+    same shape hash, else of the same config hash (a recipe variant of one architecture). It is taken when the two
+    have the same shape (shape hashes where both rows have them; else config hashes, or for rows stored before
+    shape hashes the same name, parameters, weight and cache bytes); otherwise the row says why it has none
+    (``decode_note``). Converted rows take none. ``meta`` (the
     report's settings) takes the decode settings those speeds were measured with, and where they come from."""
     meta["decode_from"] = {k: speeds.get(k) for k in ("path", "date", "device", "command")}
     meta["settings"]["decode"] = speeds["settings"].get("decode")
@@ -937,10 +940,13 @@ def _merge_speeds(meta: dict, rows: list[dict], speeds: dict) -> None:
             else "config_hash"
         )
         mine, theirs = row["provenance"].get(key), src.get("provenance", {}).get(key)
-        if mine != theirs and not (key == "config_hash" and _same_measured_shape(row, src)):
+        measured = mine != theirs and key == "config_hash" and _same_measured_shape(row, src)
+        if mine != theirs and not measured:
             row["decode_note"] = f"{speeds['path']}'s {row['name']!r} has another config ({key} {theirs} != {mine})"
             continue
         row.pop("decode_note", None)
+        # how the speeds were matched, in the row: a row of another name, or by its measured sizes
+        row["decode_match"] = f"{src['name']!r} by " + ("name, parameters and cache bytes" if measured else key)
         for k in SPEED_FIELDS:
             if k in src:
                 row[k] = src[k]

@@ -362,7 +362,8 @@ def test_converted_rows_before_after_and_speeds_from_another_run(tmp_path, monke
     assert "decode_tokens_per_s" not in teacher and "another config" in teacher["decode_note"]
     assert rows["mla"]["provenance"]["config_hash"] != _hash(archzoo.load_config("configs/models/mla.yaml").to_dict())
     assert rows["mla"]["decode_tokens_per_s"] == 77.0, "a converted student decodes as its YAML's shape"
-    assert rows["gqa-again"]["decode_tokens_per_s"] == 123.0
+    again = rows["gqa-again"]
+    assert again["decode_tokens_per_s"] == 123.0 and again["decode_match"] == "'gqa' by config_hash"
     assert rows["gqa"]["provenance"]["tokens_trained"] == 1234 and rows["gqa"]["provenance"]["train_seconds"] == 120
     md = (out / "report.md").read_text()
     assert "## Distillation: converted (before) -> trained (after)" in md
@@ -418,6 +419,7 @@ def test_stored_rows_without_shape_hashes_match_by_what_was_measured():
     same, other = row(), row(parameters=11)
     _merge_speeds({"settings": {}}, [same, other], speeds)
     assert same["decode_tokens_per_s"] == 5.0 and "decode_note" not in same
+    assert same["decode_match"] == "'mla' by name, parameters and cache bytes"
     assert "decode_tokens_per_s" not in other and "another config" in other["decode_note"]
     new = row(provenance={"config_hash": "converted", "shape_hash": "s"})  # rows scored since: their hash decides
     _merge_speeds({"settings": {}}, [new], speeds)
