@@ -49,6 +49,7 @@ class Point:
     y: float
     teacher: bool
     frontier: bool
+    clipped: bool = False  # drawn at the top edge: its value is far above the others' (``clip_far_above``)
 
 
 def _staircase(ax, pts: list[Point], x_higher_better: bool, xlim: tuple[float, float]) -> None:
@@ -215,10 +216,15 @@ def scatter(
         ),
         (
             "dominated",
-            lambda p: not p.frontier and not p.teacher,
+            lambda p: not p.frontier and not p.teacher and not p.clipped,
             dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=46, marker="o", linewidths=1.4, zorder=4),
         ),
         ("teacher", lambda p: p.teacher, dict(c=TEACHER_COLOR, s=150, marker="*", zorder=4.6)),
+        (
+            "off the scale (value in its label)",
+            lambda p: p.clipped,
+            dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=52, marker="^", linewidths=1.4, zorder=4),
+        ),
     ):
         sub = [p for p in pts if sel(p)]
         if sub:
@@ -237,6 +243,29 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+CLIP_SPREAD = 3.0  # a chart's scale ends at min + CLIP_SPREAD x (75th percentile - min) of its values
+
+
+def clip_far_above(pts: list[Point], spread: float = CLIP_SPREAD) -> list[Point]:
+    """For a lower-is-better chart: points far above the rest (dominated ones only, never the teacher or the
+    frontier) moved to just above the highest kept one and marked ``clipped``, their value in their label.
+    Why: one untrained or badly-trained model at 15x the teacher's perplexity squeezed every other student into
+    the bottom tenth of the chart, where the differences the chart is for (1.0x against 1.2x) could not be read."""
+    ys = sorted(p.y for p in pts)
+    if len(ys) < 4:
+        return pts
+    lo, q3 = ys[0], ys[(3 * (len(ys) - 1)) // 4]
+    cut = lo + spread * (q3 - lo)
+    far = [p for p in pts if p.y > cut and not p.frontier and not p.teacher]
+    if not far:
+        return pts
+    kept = [p for p in pts if p not in far]
+    top = max(p.y for p in kept)
+    edge = top + 0.1 * ((top - min(p.y for p in kept)) or abs(top) or 1.0)
+    moved = [Point(f"{p.name} ({p.y:.3g}, off scale)", p.x, edge, False, False, clipped=True) for p in far]
+    return kept + moved
+
+
 def cache_chart(
     path: Path,
     rows: list[dict],
@@ -250,10 +279,10 @@ def cache_chart(
 ) -> Path:
     """Cache bytes per token (log x) against one quality metric, frontier drawn."""
     pts = [Point(r["name"], r["cache_bytes_per_token"], get(r), r["teacher"], r["name"] in frontier) for r in rows]
-    pts = [p for p in pts if p.y is not None and p.x > 0]
+    pts = clip_far_above([p for p in pts if p.y is not None and p.x > 0])
     fig, ax = plt.subplots(figsize=(8.4, 5.6))
     xlabel = f"KV-cache / state bytes per token at {cache_context:,} tokens ({dtype}, batch 1, log scale)"
-    scatter(ax, pts, xlabel, ylabel, y_log=y_log)
+    scatter(ax, pts, xlabel, ylabel, y_log=False if any(p.clipped for p in pts) else y_log)
     ax.set_title(title, fontsize=12, loc="left")
     legend_below(ax)
     return save(fig, path)
