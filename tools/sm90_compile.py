@@ -16,9 +16,11 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
     python tools/sm90_compile.py --op attn       # decode_attention at the teacher's shape, B = 1 and 64
     python tools/sm90_compile.py --op la         # linear attention's forward, segment sums and backward
+    python tools/sm90_compile.py --op la_cp      # linear attention's chunk-parallel backward (normalize=False)
     python tools/sm90_compile.py --op kd_loss    # kd_loss_rows at a 1,024-token chunk of a 49k vocabulary
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
+    python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
 """
 
 from __future__ import annotations
@@ -318,9 +320,65 @@ def _la_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) 
     return out
 
 
+def _la_cp_calls(T: int = 1024, B: int = 4, H: int = 8, F: int = 64, Dv: int = 64) -> list:
+    """Linear attention's chunk-parallel backward (normalize=False, ``chunk_parallel.py``) at the benchmark's shape:
+    the state chains (h, dh) and the per-chunk gradients, default tiles, with S_0, dS_T and dz_T (the most live
+    values), in bf16 (states stored in bf16) and fp32 (tf32x3, fp32 states)."""
+    from archzoo.kernels.linear_attention import chunk_parallel as cp
+
+    BT, NC = 64, triton.cdiv(T, 64)
+    BK, BVs = min(cp.STATE_BLOCK_F, F), min(cp.STATE_BLOCK_V, Dv)
+    BF = triton.next_power_of_2(F)
+    f32 = lambda *shape: torch.empty(*shape)  # noqa: E731
+    out = []
+    for dt in (torch.bfloat16, torch.float32):
+        q, v = torch.empty(B, T, H, F, dtype=dt), torch.empty(B, T, H, Dv, dtype=dt)
+        h = torch.empty(B, H, NC, F, Dv, dtype=dt)
+        st, z = f32(B, H, F, Dv), f32(B, H, F)
+        lowp = dt != torch.float32
+        name = str(dt).split(".")[-1]
+        tiles = triton.cdiv(F, BK) * triton.cdiv(Dv, BVs)
+        out.append((f"la_cp states {name}", cp._states_kernel, (tiles, B * H, 2),
+                    (q, q, v, v, st, st, h, h, st, T, H, F, Dv, NC),
+                    dict(BT=BT, BK=BK, BV=BVs, HAS_S0=True, HAS_DST=True, STORE_DS0=True, LOWP=lowp,
+                         num_warps=cp.STATE_WARPS)))  # fmt: skip
+        block_v, warps, stages = cp.GRAD_TILES[lowp]
+        out.append((f"la_cp grads {name}", cp._grads_kernel, (NC, B * H),
+                    (q, q, v, v, h, h, z, q, q, v, T, H, F, Dv, NC),
+                    dict(BT=BT, BF=BF, BV=min(block_v, triton.next_power_of_2(Dv)), HAS_DZT=True, LOWP=lowp,
+                         num_warps=warps, num_stages=stages)))  # fmt: skip
+    return out
+
+
+def _mamba_step_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132, config: dict | None = None) -> list:
+    """The fused Mamba decode step (``archzoo.kernels.mamba_step``) at the SmolLM2-sized students' Mamba layers
+    (d_inner 576, d_state 16, dt_rank 36, d_conv 4; bf16 activations, fp32 SSM state), planned as on a GPU of
+    ``sms`` SMs at batch 1 and 16 (several splits: the arrival ticket in the SASS), and with one split."""
+    from archzoo.kernels.mamba_step import triton as mt
+
+    d, n, r, w = 576, 16, 36, 4
+    bf = dict(dtype=torch.bfloat16)
+    out = []
+    for M, splits in [*((m, None) for m in ms), (1, 1)]:
+        xz = torch.randn(M, 2 * d, **bf)
+        args = (xz[:, :d], torch.randn(M, d, w - 1, **bf), torch.randn(M, d, n), torch.randn(d, w, **bf),
+                torch.randn(d, **bf), torch.randn(r + 2 * n, d, **bf), torch.randn(d, r, **bf), -torch.rand(d, n),
+                torch.randn(d, **bf), xz[:, d:], torch.randn(d, **bf))  # fmt: skip
+        cfg = {**mt.CUDA_CONFIG, **(config or {}), "SM_COUNT": sms}
+        with mock.patch.object(mt, "_config", lambda dev, cfg=cfg: cfg), record_launches(mt) as calls:
+            mt._PLANS.clear()
+            mt.mamba_decode_step(*args, splits=splits)
+        mt._PLANS.clear()
+        for fn, grid, a, kw in calls:
+            out.append((f"mamba_step B={M}" + (" one split" if splits == 1 else ""), fn, grid, a, kw))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--op", choices=["scan", "gemv", "attn", "kd_loss", "based", "la"], default="scan")
+    ap.add_argument(
+        "--op", choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step"], default="scan"
+    )
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--l", type=int, default=4096)
@@ -339,9 +397,15 @@ def main() -> None:
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")
     else:
         based = lambda: _based_calls(T=args.l, all_configs=args.all_configs)  # noqa: E731
-        calls = {"gemv": _gemv_calls, "attn": _attn_calls, "kd_loss": _kd_loss_calls, "based": based, "la": _la_calls}[
-            args.op
-        ]()
+        calls = {
+            "gemv": _gemv_calls,
+            "attn": _attn_calls,
+            "kd_loss": _kd_loss_calls,
+            "based": based,
+            "la": _la_calls,
+            "la_cp": _la_cp_calls,
+            "mamba_step": lambda: _mamba_step_calls(config=json.loads(args.config)),
+        }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
         rep = report(compile_call(fn, a, kw))

@@ -30,18 +30,37 @@ computes each segment's four sums, the host turns them into prefix and suffix su
 and the main kernel starts each segment from them; dS_0, dz_0 are the final gradient plus all the segments' sums.
 The cost is one more pass over q, k, v, do (three instead of two), against chains NS times shorter. ``_segments``
 picks NS from the grid and the SM count (one segment where the grid already fills the GPU). The forward does the
-same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the final state on the host."""
+same with the k^T v, k sums alone (``GRAD`` off: q and do unread), and sums the final state on the host.
+
+**Chunk-parallel backward (normalize=False; ``chunk_parallel.py``).** Even cut into segments, the backward above
+is a chain: each program walks its segment's chunks twice, with 250 registers a thread (two programs a SM), so at
+B 4, T 16k, H 8, F = Dv = 64 (bf16) it took 1.35 ms against fla's 0.84 ms (H100) while every other cell was
+ahead. Without normalisation dq, dk, dv of a chunk depend on the rest of the sequence only through two
+(F, Dv) matrices: the state before the chunk, h_c, and the gradient reaching the state after it, dh_c. So a
+first kernel walks the chunks with one k^T v (and, beside it, one q^T do in reverse) per step and stores every
+h_c and dh_c, and a second runs one program per (chunk, batch * head) with no chain at all. The price is
+materialising them: NC x F x Dv values per batch * head each, in fp32 256 chunks x 64 x 64 x 4 B x 32 = 128 MiB
+at that shape (stored in the MMAs' dtype: 64 MiB each in bf16; ``chunk_parallel.py`` says why that loses
+nothing). With normalisation the chunk's gradient also needs the per-position denominators' terms through z,
+and the segmented backward already meets its target there, so it stays. ``BACKWARD`` picks: "segmented" (the
+default until a GPU has timed both), "chunk_parallel" (normalize=False only; the normalised form keeps the
+segmented one, logged once), or "auto" (chunk_parallel for normalize=False from AUTO_MIN_CHUNKS chunks on). The
+choice is made in the forward and kept for its backward; ``last_backward()`` says what the latest forward chose."""
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
+from .chunk_parallel import chunk_parallel_backward
 from .naive import State, _check
+
+log = logging.getLogger("archzoo.kernels")
 
 MAX_BLOCK_V = 32  # value columns per program: no spills at F = Dv = 64 in bf16 on sm_90 (64 spills in the backward)
 NUM_WARPS = 4
@@ -54,6 +73,13 @@ MIN_SEGMENT_CHUNKS = 8
 SEGMENT_SLACK = 1.05
 INTERPRET_SM_COUNT = 4
 SEGMENTS: int | None = None
+# The backward (module docstring): "segmented", "chunk_parallel" (normalize=False only) or "auto" (chunk_parallel
+# for normalize=False from AUTO_MIN_CHUNKS chunks on; a guess until a GPU times both: 128 chunks = T 8k at 64).
+BACKWARDS = ("segmented", "chunk_parallel", "auto")
+BACKWARD = "segmented"
+AUTO_MIN_CHUNKS = 128
+_last_backward: str | None = None
+_NOTED: set[str] = set()
 
 
 @triton.jit
@@ -315,6 +341,24 @@ def _wave_segments(slots: int, programs: int, n_chunks: int, min_chunks: int, sl
     return min(ns for ns, c in costs.items() if c <= slack * best)  # the fewest within the slack
 
 
+def _choose_backward(normalize: bool, n_chunks: int) -> str:
+    """The backward a forward of ``n_chunks`` chunks will run, by ``BACKWARD`` (module docstring)."""
+    if BACKWARD not in BACKWARDS:
+        raise ValueError(f"unknown linear attention BACKWARD {BACKWARD!r}; expected one of {', '.join(BACKWARDS)}")
+    if BACKWARD == "segmented" or normalize:
+        if BACKWARD == "chunk_parallel" and "normalize" not in _NOTED:
+            _NOTED.add("normalize")
+            log.warning("linear attention: the chunk_parallel backward takes normalize=False only; "
+                        "normalize=True runs the segmented backward")  # fmt: skip
+        return "segmented"
+    return "chunk_parallel" if BACKWARD == "chunk_parallel" or n_chunks >= AUTO_MIN_CHUNKS else "segmented"
+
+
+def last_backward() -> str | None:
+    """The backward ("segmented" or "chunk_parallel") that the latest forward chose for its backward, or None."""
+    return _last_backward
+
+
 def _lowp(dtype: torch.dtype) -> bool:
     # Triton's interpreter computes tl.dot of bf16 operands wrongly (see docs/kernels.md, decode attention):
     # there the tiles are widened to fp32 before every product; compiled, bf16 / fp16 tiles go to the MMAs.
@@ -367,14 +411,16 @@ class _LinearAttention(torch.autograd.Function):
             BT=BT, BF=BF, BV=BV, HAS_S0=seg_start, STORE_FINAL=output_final_state and NS == 1, NORMALIZE=normalize,
             STORE_DEN=store_den, LOWP=_lowp(q.dtype), num_warps=NUM_WARPS,
         )  # fmt: skip
+        global _last_backward
+        _last_backward = backward = _choose_backward(normalize, n_chunks)
         ctx.save_for_backward(q, k, v, o, den, s0, z0c)
-        ctx.cfg = (normalize, BT, BF, BV, NV, has_s0, None if S0 is None else (S0.dtype, z0.dtype))
+        ctx.cfg = (normalize, BT, BF, BV, NV, has_s0, None if S0 is None else (S0.dtype, z0.dtype), backward)
         return o, ST, zT
 
     @staticmethod
     def backward(ctx, do, dST, dzT):
         q, k, v, o, den, s0, z0 = ctx.saved_tensors
-        normalize, BT, BF, BV, NV, has_s0, s0_dtypes = ctx.cfg
+        normalize, BT, BF, BV, NV, has_s0, s0_dtypes, backward = ctx.cfg
         B, T, H, F = q.shape
         Dv = v.shape[-1]
         do = do.contiguous()
@@ -382,6 +428,13 @@ class _LinearAttention(torch.autograd.Function):
         if has_dfinal:
             dST = torch.zeros(B, H, F, Dv, device=q.device) if dST is None else dST.float().contiguous()
             dzT = torch.zeros(B, H, F, device=q.device) if dzT is None else dzT.float().contiguous()
+        if backward == "chunk_parallel":  # normalize=False (_choose_backward): z reaches nothing but z_T
+            dq, dk, dv, ds0 = chunk_parallel_backward(q, k, v, do.to(v.dtype), s0, dST, dzT, BT, _lowp(q.dtype))
+            dS0 = dz0_out = None
+            if has_s0:
+                dS0 = ds0.to(s0_dtypes[0])
+                dz0_out = (dzT if has_dfinal else torch.zeros_like(z0)).to(s0_dtypes[1])
+            return dq, dk, dv, dS0, dz0_out, None, None, None, None
         delta = (do.float() * o.float()).sum(-1).transpose(1, 2).contiguous() if normalize else None  # (B, H, T)
         dq = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
         dk = q.new_empty(NV, B, T, H, F, dtype=torch.float32)
