@@ -118,12 +118,13 @@ class FileSet(TextSet):
 
 class HeldoutSet(TextSet):
     """A built-in held-out set of ``archzoo.data.heldout`` that no training source contains: ``python-docs``
-    (the Python documentation's topic help, human-written, shipped with Python) or ``teacher-heldout``
-    (the teacher's samples from the held-out prompts; generated once and cached, needs the teacher's
-    tokenizer)."""
+    (the Python documentation's topic help, human-written, shipped with Python), ``teacher-heldout``
+    (the teacher's samples from the held-out prompts) or ``teacher-long-heldout`` (the teacher's long samples,
+    up to 1,536 tokens, from the held-out prompts of the plain-text registers); the teacher's sets are
+    generated once and cached, and need the teacher's tokenizer."""
 
     type: Literal["heldout"] = "heldout"
-    set: Literal["python-docs", "teacher-heldout"]
+    set: Literal["python-docs", "teacher-heldout", "teacher-long-heldout"]
 
 
 class RandomTokensSet(TextSet):
@@ -503,7 +504,8 @@ class Prepared:
 def prepare_sets(suite: Suite, vocab_size: int, tokenizer, teacher=None) -> list[Prepared]:
     """Every evaluation set as token blocks / MQAR examples; ``UserError`` naming the set or file on bad input.
 
-    ``teacher`` (the loaded teacher) is needed by a ``teacher-heldout`` set only, which it generates.
+    ``teacher`` (the loaded teacher) is needed by a ``teacher-heldout`` / ``teacher-long-heldout`` set only,
+    which it generates.
     """
     from ..data import heldout_texts, load_texts, mqar_examples, pack_blocks, shakespeare_texts, tokenize_texts
 
@@ -534,8 +536,8 @@ def prepare_sets(suite: Suite, vocab_size: int, tokenizer, teacher=None) -> list
             label, texts = f"Shakespeare held-out works ({s.edition})", shakespeare_texts("heldout", s.edition)
         elif isinstance(s, HeldoutSet):
             label = s.set
-            if s.set == "teacher-heldout" and suite.tokenizer != "teacher":
-                raise UserError(f"{where}: teacher-heldout is the teacher's own text: it needs `tokenizer: teacher`")
+            if s.set in ("teacher-heldout", "teacher-long-heldout") and suite.tokenizer != "teacher":
+                raise UserError(f"{where}: {s.set} is the teacher's own text: it needs `tokenizer: teacher`")
             try:
                 texts = heldout_texts(s.set, teacher=teacher, seed=s.seed)
             except ValueError as e:

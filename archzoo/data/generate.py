@@ -11,8 +11,9 @@ seed, settings) tuple gives the same texts again on the same kind of device.
 ``teacher_corpus`` is the cached form: the corpus of ``size_tokens`` tokens is generated where it
 is missing and written atomically to ``<cache>/corpora/<key>.jsonl`` (with ``<key>.json`` saying
 what it holds), the key hashing the teacher's weights, the prompt set, the seed, the size, the
-sampling settings and the device type. A fresh GPU machine therefore rebuilds the corpus from the
-teacher instead of carrying it. Each text is the formatted prompt (chat template markers kept, so
+sampling settings and the device type (and the registers, where a caller chose them: a corpus of the default
+prompt set keeps the key it had before registers could be chosen). A fresh GPU machine therefore rebuilds the
+corpus from the teacher instead of carrying it. Each text is the formatted prompt (chat template markers kept, so
 the student sees what the teacher saw) followed by the teacher's continuation, without the final EOS
 (``tokenize_texts`` appends one).
 
@@ -41,7 +42,7 @@ import torch
 
 from ..fetch import cache_root
 from ..saving import atomic_write, publish
-from .prompts import Prompt, format_prompt, prompt_set
+from .prompts import Prompt, check_registers, format_prompt, prompt_set
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,13 @@ def teacher_corpus(
     device: str | torch.device | None = None,
     cache_dir: str | Path | None = None,
     dtype: torch.dtype | None = None,
+    registers: Sequence[str] | None = None,
 ) -> Path:
     """The JSONL corpus of ``size_tokens`` tokens sampled from ``model`` on the built-in prompts of
     ``split`` ("train" or "heldout"), generated where it is missing (see the module docstring).
+
+    ``registers``: the prompt registers to sample from (``archzoo.data.prompts.prompt_set``; default: the
+    default set). Given, they are part of the key, in ``REGISTERS`` order; not given, the key is as before.
 
     ``device`` (default: CUDA when available, else where the model is): where to generate; the model
     is moved there and back, and its captured decode steps are dropped afterwards. ``dtype``: the weights'
@@ -192,12 +197,16 @@ def teacher_corpus(
     GEMMs and SmolLM2 was trained in bf16; the model's own elsewhere). Another dtype than the model's
     generates with a copy (the model's weights are never rounded) and is part of the key.
     """
-    prompts = prompt_set(split)
+    if registers is not None:
+        registers = check_registers(registers)
+    prompts = prompt_set(split, registers)
     home = next(model.parameters()).device
     if device is None and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # this process's GPU under DDP
     dev = torch.device(device) if device is not None else home
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "split": split}
+    if registers is not None:  # only when chosen: the keys of corpora from the default set stay as they were
+        settings["registers"] = list(registers)
     shards = shard_sizes(size_tokens)
     if len(shards) > 1:  # only a sharded corpus's key names the shard size (one-shard keys stay as they were)
         settings["shard_tokens"] = SHARD_TOKENS

@@ -1,14 +1,21 @@
 """The built-in prompt set of the teacher-generated corpus: wide and varied, written for archzoo.
 
-Eight registers, so that the corpus samples the teacher's whole distribution rather than one kind
-of text: everyday questions, science, instructions, dialogue, code, lists and tables (all sent as a
+Eight registers in the default set, so that the corpus samples the teacher's whole distribution rather than
+one kind of text: everyday questions, science, instructions, dialogue, code, lists and tables (all sent as a
 user turn through the teacher's chat template when it has one), and story / article / letter
 openings and encyclopedic openings (plain text the teacher continues, no template).
 
+Registers outside the default set (``EXTRA_REGISTERS``) are used only where asked for by name
+(``prompt_set(split, registers=[...])``, a ``teacher_generated`` source's ``registers``), so that adding one
+changes neither ``prompt_set("train")`` nor ``prompt_set("heldout")``, which every existing corpus key and
+the held-out teacher set hash: ``technical``, openings of long technical and reference documents (manuals,
+READMEs, API reference pages, how-to guides, specifications, troubleshooting pages, release notes, policies)
+of invented products and libraries, continued as plain text.
+
 The held-out part is fixed by a rule, not by chance: within each register, sort the prompts by
 ``sha256("archzoo-prompts:" + prompt)`` and hold out the first ``HELDOUT_FRACTION`` (at least two).
-Training corpora only ever use ``prompt_set("train")``; the held-out teacher samples
-(``archzoo.data.heldout``) use ``prompt_set("heldout")``, so no evaluation text comes from a prompt
+Training corpora only ever use the ``"train"`` split; the held-out teacher samples
+(``archzoo.data.heldout``) use the ``"heldout"`` split, so no evaluation text comes from a prompt
 that training saw.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -323,6 +331,48 @@ _REGISTERS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# Registers outside the default set: in a prompt set only when named (see the module docstring). Adding one
+# here leaves prompt_set("train") / prompt_set("heldout"), and so every existing corpus key, unchanged.
+_EXTRA_REGISTERS: dict[str, tuple[str, str]] = {
+    "technical": (
+        "text",
+        """
+        Tessellate 2.3 User Guide. Chapter 1: Introduction. Tessellate is a command-line tool that splits
+        README: quillmark. quillmark renders Markdown documents to paginated PDF files, with a table of contents and
+        API Reference: Ledgerline client library, version 4. Class LedgerClient. Opens a connection to a server that
+        Mooring Queue Administrator's Manual. Section 3: Configuring Brokers. Each broker in a cluster reads its
+        Release Notes for Orrery 5.0. This release changes the default storage engine, removes the options that
+        Troubleshooting Guide, KX-40 Cordless Drill. If the drill does not start when you press the trigger, check
+        Brightwell BW-900 Combination Microwave Oven: Operating Instructions. Important safety instructions.
+        Hardware Reference Manual: the Finch-32 Microcontroller Board. 1. Overview. The Finch-32 is a low-power
+        Standard Operating Procedure LAB-017: Preparing Buffered Saline Solutions. 1. Purpose. This procedure
+        Laboratory Manual, Experiment 6: The Specific Heat Capacity of a Metal. Objective. In this experiment you will
+        Northgate Credit Union Member Handbook. Section 2: Savings and Checking Accounts. Interest on savings is
+        Expense Reimbursement Policy, Alder & Vine Ltd. 1. Scope. This policy applies to all employees and contractors
+        Riverside Municipal Library Data Retention Policy. Article 1. Definitions. In this policy, the following terms
+        Terms of Service for the Puffin Photo App. 1. Acceptance of Terms. By creating an account, you agree that
+        Specification: the Wren Binary Log Format, Version 2. Status of this document. This document defines
+        Plover Sensor Messaging Protocol 1.1. 1. Introduction. Plover is a small request-response protocol for
+        How to Set Up a Home Backup Server with a Bramble NAS. This guide walks you through installing the drives,
+        Getting Started with Cobalt Notebooks. This tutorial shows you how to create your first notebook, connect it
+        Installation Guide: Solstice SH-200 Solar Inverter. Warning: only a qualified electrician may install this unit.
+        Zephyrine AP-3 Air Purifier Owner's Manual. Thank you for choosing the AP-3. This manual explains how to
+        Configuration Reference: Lattice Web Server. Every setting can be given in the configuration file, lattice.toml,
+        skein(1) manual page. NAME: skein - synchronise folders between machines. SYNOPSIS: skein [options] SRC DEST.
+        Troubleshooting Beacon VPN Client Connection Errors. If the client reports "Handshake timed out", the causes are
+        Firmware Release Notes, Larkspur Network Switch Series, version 3.8.1. New features: support for
+        Migrating from Version 2 to Version 3 of the Pipit Embedded Database. Version 3 introduces a new file format,
+        Instructions for Use: Clearview Digital Thermometer. Intended use. The Clearview thermometer is intended for
+        Maintenance Schedule and Service Guide for the Tern E-Cargo Bike. Regular maintenance keeps your bike safe and
+        Facilities Handbook, Building C: Fire Safety and Evacuation Procedures. 1. General. Everyone who works in
+        Policy Wording: Home Contents Insurance. Section A: What is covered. We will pay for loss of or damage to
+        Runbook: Restoring the Orders Database from a Nightly Snapshot. Audience: on-call engineers. Before you begin,
+        Design Document: Rate Limiting for the Marigold Public API. Background. Clients of the Marigold API today
+        Sparrow 8-Channel Audio Mixer: Quick Start and Reference Manual. Front panel overview. The front panel is
+        """,
+    ),
+}
+
 Kind = Literal["chat", "text"]
 Split = Literal["train", "heldout", "all"]
 
@@ -338,7 +388,22 @@ def _parse(block: str) -> list[str]:
     return [line.strip() for line in block.strip().splitlines() if line.strip()]
 
 
-REGISTERS: tuple[str, ...] = tuple(_REGISTERS)
+DEFAULT_REGISTERS: tuple[str, ...] = tuple(_REGISTERS)  # prompt_set(split) with no registers: these
+EXTRA_REGISTERS: tuple[str, ...] = tuple(_EXTRA_REGISTERS)  # only where named
+REGISTERS: tuple[str, ...] = DEFAULT_REGISTERS + EXTRA_REGISTERS
+
+
+def check_registers(registers) -> tuple[str, ...]:
+    """A selection of registers -> the same registers once each, in ``REGISTERS`` order (so the order a
+    user wrote them in names the same prompt set). Raises ``ValueError`` naming an unknown register and the
+    valid ones, or an empty selection."""
+    registers = list(registers)
+    if not registers:
+        raise ValueError(f"registers is empty; give at least one of {', '.join(REGISTERS)}")
+    for r in registers:
+        if r not in REGISTERS:
+            raise ValueError(f"unknown register {r!r}; expected one of {', '.join(REGISTERS)}")
+    return tuple(r for r in REGISTERS if r in registers)
 
 
 def _heldout(prompts: list[str]) -> set[str]:
@@ -346,12 +411,18 @@ def _heldout(prompts: list[str]) -> set[str]:
     return set(order[: max(2, math.ceil(HELDOUT_FRACTION * len(prompts)))])
 
 
-def prompt_set(split: Split = "train") -> list[Prompt]:
-    """The built-in prompts of one split, register by register in the order written."""
+def prompt_set(split: Split = "train", registers: Sequence[str] | None = None) -> list[Prompt]:
+    """The built-in prompts of one split, register by register in the order written.
+
+    ``registers``: which registers (any of ``REGISTERS``, in any order; see ``check_registers``); ``None``
+    means the default set, ``DEFAULT_REGISTERS``, which leaves out ``EXTRA_REGISTERS``.
+    """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+    chosen = DEFAULT_REGISTERS if registers is None else check_registers(registers)
     out = []
-    for register, (kind, block) in _REGISTERS.items():
+    for register in chosen:
+        kind, block = _REGISTERS.get(register) or _EXTRA_REGISTERS[register]
         prompts = _parse(block)
         held = _heldout(prompts)
         out += [Prompt(register, kind, p) for p in prompts if split == "all" or (p in held) == (split == "heldout")]

@@ -8,8 +8,8 @@ so neither imports the other. Source types:
 - ``text`` | ``jsonl`` | ``parquet`` | ``datasets``: a user's local file or folder (``path``,
   ``text_field``, ``split``), read by ``archzoo.data.load_texts``.
 - ``teacher_generated``: text the teacher samples from the built-in training prompts
-  (``archzoo.data.teacher_corpus``; ``size_tokens``, ``seed`` and the sampling settings), cached and
-  regenerated where missing.
+  (``archzoo.data.teacher_corpus``; ``size_tokens``, ``seed``, the sampling settings and optionally
+  ``registers``, the prompt registers to sample from), cached and regenerated where missing.
 - ``random`` (uniform tokens, for tests) and ``mqar`` (Zoology's recall task): ``n_blocks`` rows.
 
 The public API, small on purpose::
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ..config import ConfigError, Strict, field_error, first_error
+from .prompts import check_registers
 from .text import load_texts, pack_blocks, tokenize_texts
 
 SourceType = Literal["shakespeare", "text", "jsonl", "parquet", "datasets", "teacher_generated", "random", "mqar"]
@@ -54,6 +55,16 @@ class SourceFields(Strict):
     temperature: float = Field(default=1.0, gt=0, description="teacher_generated: sampling temperature")
     top_p: float | None = Field(default=0.95, gt=0, le=1, description="teacher_generated: nucleus sampling")
     generate_batch_size: int = Field(default=128, gt=0, description="teacher_generated: prompts decoded together")
+    registers: list[str] | None = Field(
+        default=None,
+        description="teacher_generated: the prompt registers to sample from (archzoo.data.prompts.REGISTERS); "
+        "default: the default set, which leaves out the extra registers",
+    )
+
+    @field_validator("registers")
+    @classmethod
+    def _known_registers(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else list(check_registers(v))  # REGISTERS order: the order written is no matter
 
 
 def check_source_fields(source: str, fields: SourceFields) -> None:
@@ -65,6 +76,8 @@ def check_source_fields(source: str, fields: SourceFields) -> None:
         raise field_error("path", f"source {source!r} takes no path")
     if fields.split is not None and source != "datasets":
         raise field_error("split", f"only a saved `datasets` folder has splits, not source {source!r}")
+    if fields.registers is not None and source != "teacher_generated":
+        raise field_error("registers", f"only source 'teacher_generated' has prompt registers, not {source!r}")
 
 
 class SourceConfig(SourceFields):
@@ -87,7 +100,8 @@ def describe(spec: SourceConfig) -> str:
     if spec.path is not None:
         return f"{spec.source} {spec.path!r}"
     if spec.source == "teacher_generated":
-        return f"teacher_generated ({spec.size_tokens} tokens, seed {spec.seed})"
+        chosen = f", registers {', '.join(spec.registers)}" if spec.registers is not None else ""
+        return f"teacher_generated ({spec.size_tokens} tokens, seed {spec.seed}{chosen})"
     return spec.source
 
 
@@ -147,6 +161,7 @@ def source_texts(spec: SourceConfig, teacher=None, base_dir: Path | None = None)
             batch_size=spec.generate_batch_size,
             temperature=spec.temperature,
             top_p=spec.top_p,
+            registers=spec.registers,
         )
         return load_texts(path)
     if spec.source in PATH_SOURCES:

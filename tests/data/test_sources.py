@@ -123,11 +123,13 @@ def test_prompt_set_is_wide_and_its_heldout_part_disjoint():
     assert len(everything) >= 200 and len(everything) == len(train) + len(held)
     assert {p.text for p in train}.isdisjoint(p.text for p in held)
     assert len({p.text for p in everything}) == len(everything), "no prompt twice"
-    for register in prompts.REGISTERS:
-        assert sum(p.register == register for p in held) >= 2, register
-        assert sum(p.register == register for p in train) >= 20, register
+    assert {p.register for p in everything} == set(prompts.DEFAULT_REGISTERS), "extra registers only when named"
     assert {p.kind for p in everything} == {"chat", "text"}
     assert held == prompts.prompt_set("heldout"), "the split is a rule, not a draw"
+    wide_train, wide_held = (prompts.prompt_set(s, prompts.REGISTERS) for s in ("train", "heldout"))
+    for register in prompts.REGISTERS:
+        assert sum(p.register == register for p in wide_held) >= 2, register
+        assert sum(p.register == register for p in wide_train) >= 20, register
 
 
 def test_format_prompt_uses_the_chat_template_for_chat_prompts():

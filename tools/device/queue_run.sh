@@ -43,7 +43,11 @@ for job in $(cat $Q/jobs); do
       for one in ${s//+/ }; do distill_one $one & pids="$pids $!"; done
       wait $pids
       [ -n "$bg" ] && wait $bg  # one scoring at a time, beside the next job
-      done_s=""; for one in ${s//+/ }; do [ -d /root/runs/smollm2-$one/student ] && done_s="$done_s $one"; done
+      done_s=""  # scored here: the distilled students of the distillation suite (the -long ones by the `long` job)
+      for one in ${s//+/ }; do
+        [ -d /root/runs/smollm2-$one/student ] && grep -qF "runs/smollm2-$one}" configs/bench/smollm2-distill.yaml \
+          && done_s="$done_s $one"
+      done
       [ -n "$done_s" ] && { ( for one in $done_s; do score $one; done ) & bg=$!; } ;;
     spec)
       need_teacher $job
@@ -145,6 +149,20 @@ for job in $(cat $Q/jobs); do
       wait $sp; log "speed rc=$? $(tail -1 $Q/speed.log | cut -c1-120)"
       mkdir -p $S/$P && cp -r /root/speed/. $S/$P/ && cp $Q/speed.log $S/$P/
       pack ;;
+    long)  # issue 16: the long-document test (configs/bench/smollm2-long.yaml), after distill:swa-long+mla-long
+      need_teacher $job
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "long"; L=docs/results/distillation/long; mkdir -p /root/long
+      only="SmolLM2-135M (teacher)"  # the students distilled in this lease (none is kept between leases)
+      for r in swa mla swa-long mla-long; do
+        [ -d /root/runs/smollm2-$r/student ] || continue
+        mkdir -p runs && ln -sfn /root/runs/smollm2-$r runs/smollm2-$r; only="$only|$r"
+      done
+      IFS='|' read -ra names <<< "$only"
+      timeout ${LONG_TIMEOUT:-600} python3 -m archzoo bench configs/bench/smollm2-long.yaml --out /root/long --resume \
+          --only "${names[@]}" --quiet > $Q/long.log 2>&1
+      log "long rc=$? $(tail -1 $Q/long.log | cut -c1-120)"
+      mkdir -p $S/$L && cp -r /root/long/. $S/$L/ && cp $Q/long.log $S/$L/; pack ;;
     corpus)  # issue 16: the distill runs' teacher-generated corpus into the cache, packed in 15 MiB parts that
       # watch.sh brings back (here: into .big/g3/, so a later lease carries it instead of generating it again)
       need_teacher $job
@@ -153,7 +171,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long)" ;;
   esac
   echo "$job" >> $Q/done
 done
