@@ -47,6 +47,7 @@ from .cache import Cache
 from .kernels._dispatch import once
 from .layers import attention as attention_layer
 from .layers import fused as fused_layer
+from .layers import mamba as mamba_layer
 from .layers.moe import MoE
 from .prefill import prefill_rows
 from .sampling import sample_next
@@ -114,7 +115,8 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     every pool key (``_get_step``, ``_get_round``).
 
     ``layers.fused.DECODE_LINEAR`` (the step's projections: ``F.linear`` or the GEMV kernel) and
-    ``layers.attention.DECODE_ATTENTION`` (softmax and MLA decode attention: the decode kernel or masked SDPA). A
+    ``layers.attention.DECODE_ATTENTION`` (softmax and MLA decode attention: the decode kernel or masked SDPA) and
+    ``layers.mamba.FUSED_STEP`` (a Mamba layer's conv update .. state update as one kernel or four). A
     captured graph replays the kernels it captured and reads neither again, so a pooled graph captured under one
     setting would run on after user code flipped it; in the key, a flip captures anew (and flipping back finds the
     old entry). The compiled blocks need nothing: dynamo guards on the module globals a traced step reads (each
@@ -131,6 +133,7 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
         switches.append(("AUTO_MAX_ROWS", fused_layer.AUTO_MAX_ROWS))
     if pdl is not None:
         switches.append(("PDL", pdl.ENABLED))  # None: wherever it can run (the default), True, False
+    switches.append(("MAMBA_FUSED_STEP", mamba_layer.FUSED_STEP))  # the Mamba step's middle as one kernel or four
     return tuple(switches)
 
 

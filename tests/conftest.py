@@ -19,6 +19,7 @@ TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
     "archzoo.kernels.decode_linear.triton",
     "archzoo.kernels.kd_loss.triton",
     "archzoo.kernels.linear_attention.triton",
+    "archzoo.kernels.mamba_step.triton",
 )
 
 ROOT = Path(__file__).resolve().parents[1]

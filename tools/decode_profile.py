@@ -6,6 +6,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
                                           # (kernel-pdl: launched with programmatic dependent launch)
         [--attention kernel,kernel-2launch]  # the attention kernel's splits merged in it, or by a second kernel
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
+        [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -26,7 +27,14 @@ import archzoo
 
 
 def profile_step(
-    config: str, batch: int, prompt: int, steps: int, attention: str, linear: str = "cublas", fold: str = "on"
+    config: str,
+    batch: int,
+    prompt: int,
+    steps: int,
+    attention: str,
+    linear: str = "cublas",
+    fold: str = "on",
+    mamba_step: str = "fused",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -38,15 +46,18 @@ def profile_step(
         from archzoo.kernels.decode_attention import triton as attention_kernels
 
         attention_kernels.CONFIG_OVERRIDE["FIXUP"] = False
-    from archzoo.layers import mla_fold
+    from archzoo.layers import mamba, mla_fold
 
     mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
+    fused_before, mamba.FUSED_STEP = mamba.FUSED_STEP, mamba_step == "fused"  # read as the step is traced
     try:
         with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
+            torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
-            return {**r, "mla_fold": fold}
+            return {**r, "mla_fold": fold, "mamba_step": mamba_step}
     finally:
         mla_fold.ENABLED = True
+        mamba.FUSED_STEP = fused_before
         if attention == "kernel-2launch":
             attention_kernels.CONFIG_OVERRIDE.pop("FIXUP", None)
 
@@ -98,6 +109,7 @@ def main() -> None:
     p.add_argument("--attention", default="kernel", help="kernel, kernel-2launch, sdpa or several (comma)")
     p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
+    p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []
@@ -109,12 +121,13 @@ def main() -> None:
                     for f in args.attention.split(",")
                     for lin in args.decode_linear.split(",")
                     for fold in args.mla_fold.split(",")
+                    for ms in args.mamba_step.split(",")
                 ]
-                for form, linear, fold in forms:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold)
+                for form, linear, fold, ms in forms:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form} {linear} fold {fold}: "
+                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )

@@ -21,6 +21,7 @@ from .based_attention import based_attention
 from .causal_conv1d import causal_conv1d_fn
 from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
+from .mamba_step import mamba_decode_step
 from .selective_scan import selective_scan_fn
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "last_backend",
     "linear_attention",
     "linear_attention_update",
+    "mamba_decode_step",
     "selective_scan_fn",
     "selective_state_update",
 ]

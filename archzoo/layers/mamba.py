@@ -10,7 +10,9 @@ spaces", arXiv:2312.00752, Sec. 3.4 and Fig. 3).
 
 The convolution and the scan go through ``archzoo.kernels`` (``causal_conv1d_fn`` /
 ``causal_conv1d_update``, ``selective_scan_fn`` / ``selective_state_update``, with the
-causal-conv1d and mamba_ssm signatures).
+causal-conv1d and mamba_ssm signatures). A decode step on the fused path (``FUSED_STEP``) runs the conv update,
+x_proj, dt_proj and the state update as one kernel instead (``mamba_decode_step``, issue 18: at batch 1 the
+step is bound by launches).
 
 Initialisation (``init_weights``, the reference implementation's): ``A = -exp(A_log)`` with
 ``A_log[c, n] = log(n + 1)`` (S4D-Real), ``D = 1``, the dt bias the inverse softplus of a ``dt``
@@ -46,9 +48,24 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..kernels import causal_conv1d_fn, causal_conv1d_update, selective_scan_fn, selective_state_update
+from ..kernels import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    mamba_decode_step,
+    selective_scan_fn,
+    selective_state_update,
+)
+from ..kernels._dispatch import record
+from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project
+
+# A decode step on the fused path (``fused``: the cache reads the decode copies, as ``generate``'s does) runs the
+# conv update, x_proj, dt_proj and the state update as one kernel (``archzoo.kernels.mamba_decode_step``) where it
+# runs (CUDA, or CPU under TRITON_INTERPRET=1; d_state and dt_rank within its limits); False: the four kernels as
+# before (a benchmark compares both in one process). Read while a step is traced: dynamo guards on it. Off until a
+# GPU has run its tests and timed it against the four kernels (tools/device/PLAN.md, the queue's `mambastep` job).
+FUSED_STEP = False
 
 
 class MambaConfig(LayerConfig):
@@ -254,7 +271,9 @@ class Mamba(TakesNormAndResidual, nn.Module):
     ) -> torch.Tensor:
         """One token x (B, d_model) -> (B, d_model), ``norm(x)`` first and plus ``residual`` when given; updates
         ``conv`` and ``ssm`` in place. ``fused``: the projections through ``decode_project`` (the decode GEMV with
-        the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise)."""
+        the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise), and with ``FUSED_STEP``
+        everything between in_proj and o_proj in one kernel where it runs (``mamba_decode_step``), the reason
+        recorded where it does not (``last_backend("mamba_decode_step")``: 'unfused')."""
         R, N = self.dt_rank, self.d_state
 
         def project(t, weight, bias=None, norm=None, residual=None):
@@ -263,6 +282,17 @@ class Mamba(TakesNormAndResidual, nn.Module):
             return with_residual(F.linear(norm(t) if norm is not None else t, weight, bias), residual)
 
         xs, z = project(x, self.in_proj.weight, self.in_proj.bias, norm).chunk(2, dim=-1)  # (B, Di) each
+        if fused and FUSED_STEP:
+            weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
+            why = fused_step_reason(xs, state["conv"], state["ssm"], weight, self.x_proj.weight, self.dt_proj.weight)
+            if why is None:  # the conv update, x_proj, dt_proj and the state update in one kernel
+                y = mamba_decode_step(
+                    xs, state["conv"], state["ssm"], weight, self.conv1d.bias, self.x_proj.weight,
+                    self.dt_proj.weight, self._A(), D=self.D, z=z, dt_bias=self.dt_proj.bias,
+                )  # fmt: skip
+                return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
+            if not torch.compiler.is_compiling():  # a traced step cannot log
+                record("mamba_decode_step", "unfused", None if why is NO_TRITON_DEVICE else why)
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
         dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)

@@ -95,6 +95,16 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/mla.yaml configs/students/mla-r256.yaml --batch 1,64 \
           --prompt 128 --decode-linear auto --mla-fold on,off --out $O/profile_mla_fold.json > $O/profile_mla_fold.log 2>&1
       log "mlafold rc=$? $(grep -c replay $O/profile_mla_fold.log) rows"; pack ;;
+    mambastep)  # issue 18: the Mamba hybrids' step with the fused middle (mamba_decode_step) against the four kernels
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "mambastep"; O=$DEC; mkdir -p $O
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -rf -k "cuda or gpu" tests/kernels/test_mamba_step.py \
+          > $O/mamba_step_gpu_tests.log 2>&1
+      log "mambastep tests rc=$? $(tail -1 $O/mamba_step_gpu_tests.log)"; pack
+      timeout 400 python3 tools/decode_profile.py configs/students/mamba.yaml configs/students/mamba-quarter.yaml \
+          --batch 1,16 --prompt 128 --decode-linear auto --mamba-step fused,unfused --out $O/profile_mamba_step.json \
+          > $O/profile_mamba_step.log 2>&1
+      log "mambastep rc=$? $(grep -c replay $O/profile_mamba_step.log) rows"; pack ;;
     decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
       # (decodeab:mamba,jamba,based,s4: their projections through the GEMV since 2026-12-05)
       [ -n "$bg" ] && wait $bg; bg=""
@@ -171,7 +181,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep)" ;;
   esac
   echo "$job" >> $Q/done
 done
