@@ -51,7 +51,9 @@ GRAD_TILES = {True: (32, 4, 1), False: (32, 8, 1)}
 
 @triton.jit
 def _dot(a, b, LOWP: tl.constexpr):
-    """a @ b with fp32 accumulation: bf16 / fp16 MMAs for low-precision tiles, fp32 ones as tf32x3 (as triton.py)."""
+    """a @ b with fp32 accumulation: bf16 / fp16 MMAs for low-precision tiles; fp32 ones as tf32x3 (three TF32
+    MMAs, about fp32's accuracy; "ieee" lowers to FMAs and spills kilobytes per thread on sm_90). triton.py's
+    kernels use it too (as ``_mm``)."""
     if LOWP:
         return tl.dot(a, b)
     return tl.dot(a, b, input_precision="tf32x3")

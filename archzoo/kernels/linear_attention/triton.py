@@ -57,6 +57,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import triton_interpreting
+from .chunk_parallel import _dot as _mm  # one a @ b for both backwards
 from .chunk_parallel import chunk_parallel_backward
 from .naive import State, _check
 
@@ -102,15 +103,6 @@ def _chunk_at(t, qk_base, v_base, rf, rv, mf, mv, T, H, F, DV):
     qk_off = qk_base + t[:, None] * (H * F) + rf[None, :]
     v_off = v_base + t[:, None] * (H * DV) + rv[None, :]
     return mt, qk_off, v_off, mt[:, None] & mf[None, :], mt[:, None] & mv[None, :]
-
-
-@triton.jit
-def _mm(a, b, LOWP: tl.constexpr):
-    """a @ b with fp32 accumulation: bf16/fp16 MMAs for low-precision inputs; fp32 ones as tf32x3 (three TF32
-    MMAs, about fp32's accuracy; "ieee" lowers to FMAs and spills kilobytes per thread on sm_90)."""
-    if LOWP:
-        return tl.dot(a, b)
-    return tl.dot(a, b, input_precision="tf32x3")
 
 
 @triton.jit
