@@ -9,10 +9,11 @@ residual carries the token). Losses: Switch's load-balancing loss and the router
 ST-MoE (Zoph et al., 2022). Shared experts, always applied, follow DeepSeekMoE (Dai et al., 2024).
 
 Dispatch sorts the (token, expert) assignments by expert (stably, so priority order holds inside each
-expert's slice) and runs the experts on the sorted rows in one of two ways (``DISPATCH``): one grouped GEMM
-per projection (gate, up, down) over all rows, with the group offsets on the device, so nothing waits for
-the host; or a Python loop over the experts' slices, whose sizes the host must read first. Decode steps
-(few tokens, no gradients) take a third, static-shape path. ``MoE.last_dispatch`` names the one that ran.
+expert's slice; a sort or a counting sort, ``ROUTE``) and runs the experts on the sorted rows in one of two
+ways (``DISPATCH``): one grouped GEMM per projection (gate, up, down) over all rows, with the group offsets
+on the device, so nothing waits for the host; or a Python loop over the experts' slices, whose sizes the
+host must read first. Decode steps (few tokens, no gradients) take a third, static-shape path.
+``MoE.last_dispatch`` names the one that ran.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from .mlp import SwiGLU
 # token count, whatever this says. Each forward records the path it took in ``MoE.last_dispatch``.
 DISPATCH = "auto"
 DISPATCHES = ("auto", "grouped", "loop")
+# How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
+# "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a
+# one-hot, its running sum along the assignments and two scatters: elementwise ops and one scan, which
+# torch.compile fuses). "sort" until a GPU has timed both (archzoo bench kernels --ops moe: the *_count rows).
+ROUTE = "sort"
+ROUTES = ("sort", "count")
 
 # PyTorch's grouped matrix multiply: public as torch.nn.functional.grouped_mm in newer releases, private
 # torch._grouped_mm before; None where this torch has neither.
@@ -225,11 +232,9 @@ class MoE(nn.Module):
         # choices ... Eagerly the layer is launch-bound at training sizes, so each op counts (tests/layers/test_moe.py
         # bounds them): one sort gives the order and the sorted experts, and no statistic is computed here.
         expert_flat = top_e.t().reshape(-1)  # (K*N,)
-        # Stable sort by expert keeps priority order inside each expert's slice, so the first `capacity`
-        # assignments of a slice are the ones that fit.
-        sorted_e, order = torch.sort(expert_flat, stable=True)  # (K*N,) each
-        # Counted by scatter, not bincount: bincount sizes its output from the data, a host sync on CUDA.
-        load = expert_flat.new_zeros(E).scatter_add_(0, expert_flat, torch.ones_like(expert_flat))  # (E,)
+        # Stable by expert keeps priority order inside each expert's slice, so the first `capacity` assignments
+        # of a slice are the ones that fit.
+        sorted_e, order, load = sort_by_expert(expert_flat, E)  # (K*N,), (K*N,), (E,)
         keep = None  # (K*N,) in sorted order: whether the assignment is within its expert's capacity; None: all are
         if capacity is not None and capacity < K * N:
             # Within capacity <=> the assignment `capacity` places before it in sorted order has another expert
@@ -334,6 +339,27 @@ class MoE(nn.Module):
             balance = self.aux_loss_coef * self.n_experts * (f * P).sum()
             z = self.z_loss_coef * torch.logsumexp(logits, dim=-1).square().mean()
         return balance, z
+
+
+def sort_by_expert(expert: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assignments' experts (A,) int64 -> (sorted experts (A,), order (A,), load (n_experts,)): ``order`` the
+    stable sort's permutation (``sorted = expert[order]``), ``load`` the assignments per expert. ``ROUTE`` picks
+    how: a stable ``torch.sort``, or a counting sort (each assignment's slot = the start of its expert's slice +
+    the assignments of that expert before it, a running sum over a one-hot (n_experts, A); then ``order`` by
+    scattering each assignment's index to its slot). Same results, no host synchronisation either way. Load is
+    counted by scatter or sum, not bincount, which sizes its output from the data (a host sync on CUDA)."""
+    if ROUTE not in ROUTES:
+        raise ValueError(f"archzoo.layers.moe.ROUTE must be one of {', '.join(ROUTES)}; got {ROUTE!r}")
+    if ROUTE == "sort" or expert.numel() == 0:
+        sorted_e, order = torch.sort(expert, stable=True)
+        load = expert.new_zeros(n_experts).scatter_add_(0, expert, torch.ones_like(expert))
+        return sorted_e, order, load
+    onehot = (expert[None, :] == torch.arange(n_experts, device=expert.device)[:, None]).to(expert.dtype)  # (E, A)
+    seen = onehot.cumsum(1)  # (E, A) assignments of each expert up to and including each position
+    load = seen[:, -1]  # (E,)
+    slot = (load.cumsum(0) - load)[expert] + seen.gather(0, expert[None]).squeeze(0) - 1  # (A,) its sorted position
+    order = torch.empty_like(expert).scatter_(0, slot, torch.arange(expert.numel(), device=expert.device))
+    return expert.new_empty(expert.shape).scatter_(0, slot, expert), order, load
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

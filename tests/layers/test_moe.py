@@ -384,6 +384,44 @@ def test_grouped_matches_loop(dtype, top_k, capacity_factor, monkeypatch):
         assert_close(f"{name} grouped vs fp64 loop ({dtype})", value, ref[name], ref_tol)
 
 
+@pytest.mark.parametrize(
+    "n,experts", [(1, 3), (37, 4), (100, 1), (2 * 4096, 8), (513, 64)], ids=lambda v: str(v)
+)  # fmt: skip
+def test_count_route_is_the_stable_sort(n, experts, monkeypatch):
+    """ROUTE="count" gives the stable sort's sorted experts, permutation and loads, bit for bit: skewed loads,
+    idle experts, one expert, one assignment."""
+    gen = torch.Generator().manual_seed(n)
+    expert = (torch.rand(n, generator=gen) ** 3 * experts).long().clamp(max=experts - 1)  # skewed to expert 0
+    out = {}
+    for route in ("sort", "count"):
+        monkeypatch.setattr(moe_mod, "ROUTE", route)
+        out[route] = moe_mod.sort_by_expert(expert, experts)
+    for name, a, b in zip(("sorted", "order", "load"), out["sort"], out["count"], strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), f"{name}: count route {b[:16].tolist()} sort {a[:16].tolist()}"
+    monkeypatch.setattr(moe_mod, "ROUTE", "radix")
+    with pytest.raises(ValueError, match="ROUTE must be one of sort, count; got 'radix'"):
+        moe_mod.sort_by_expert(expert, experts)
+
+
+@pytest.mark.parametrize("dispatch", ["grouped", "loop"])
+def test_count_route_layer_matches_sort(dispatch, monkeypatch):
+    """The whole layer with drops under ROUTE="count": output, every gradient, aux loss and stats equal the sort's."""
+    if dispatch == "grouped" and (why := grouped_mm_skip(torch.float32)):
+        pytest.skip(why)
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    res = {}
+    for route in ("sort", "count"):
+        monkeypatch.setattr(moe_mod, "ROUTE", route)
+        res[route] = run_moe(moe, x, g, dispatch, monkeypatch), moe.last_stats, moe.aux_loss.detach()
+    (a, sa, la), (b, sb, lb) = res["sort"], res["count"]
+    assert sa["tokens_dropped"] > 0 and torch.equal(la, lb)
+    for key in ("tokens_dropped", "load", "drop_fraction", "balance_loss", "z_loss"):
+        assert torch.equal(sa[key], sb[key]), key
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 class OpLog(TorchDispatchMode):
     """The ATen ops a block runs; an index by a boolean mask is logged as ``aten.index[bool]``."""
 
@@ -407,10 +445,13 @@ HOST_SYNC_OPS = {
 }  # fmt: skip
 
 
-def test_grouped_path_reads_nothing_on_the_host(monkeypatch):
-    """Forward and backward of the grouped path, capacity drops included, run no op that synchronises."""
+@pytest.mark.parametrize("route", moe_mod.ROUTES)
+def test_grouped_path_reads_nothing_on_the_host(route, monkeypatch):
+    """Forward and backward of the grouped path, capacity drops included, run no op that synchronises (either
+    ROUTE)."""
     if why := grouped_mm_skip(torch.float32):
         pytest.skip(why)
+    monkeypatch.setattr(moe_mod, "ROUTE", route)
     x, g = uneven_tokens(37)
     moe = uneven_moe(torch.float32, 2, 1.0)
     logs = {}
@@ -471,15 +512,16 @@ def test_grouped_under_autocast_matches_loop(monkeypatch):
         assert_close(f"{name} grouped vs loop (bf16 autocast)", value, runs["loop"][name], 1e-2)
 
 
-@pytest.mark.parametrize("dispatch", ["auto", "grouped"])
-def test_grouped_forward_compiles_without_graph_break(dispatch, monkeypatch):
+@pytest.mark.parametrize(("dispatch", "route"), [("auto", "sort"), ("grouped", "sort"), ("grouped", "count")])
+def test_grouped_forward_compiles_without_graph_break(dispatch, route, monkeypatch):
     """torch.compile(fullgraph=True) traces the training forward with capacity drops (no data-dependent shape or
     host read), under the default DISPATCH ("auto", as training runs it) and "grouped" (as bench_moe runs it), with
     gradients and without (bench_moe's forward rows); output, statistics and every gradient match eager.
-    bf16: torch traces grouped_mm in bf16 only."""
+    bf16: torch traces grouped_mm in bf16 only. The counting sort (ROUTE="count") traces the same way."""
     if why := grouped_mm_skip(torch.bfloat16):
         pytest.skip(why)
     torch._dynamo.reset()
+    monkeypatch.setattr(moe_mod, "ROUTE", route)
     x, g = uneven_tokens(37)
     x, g = x.bfloat16(), g.bfloat16()
     moe = uneven_moe(torch.bfloat16, 2, 1.0)

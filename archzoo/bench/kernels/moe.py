@@ -78,6 +78,10 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         graphed_dense = torch.compile(dense, mode="reduce-overhead", fullgraph=True)
         impls["archzoo_grouped_cudagraphs"] = _graph_step(_dispatched(moe_mod, graphed_layer, x, "grouped"), leaves)
         impls[f"{dname}_cudagraphs"] = _graph_step(lambda: graphed_dense(x), leaves)
+        if hasattr(moe_mod, "ROUTE"):  # the counting sort (ROUTE="count") beside the stable torch.sort, compiled
+            for name, fn in (("compiled", compiled_layer), ("cudagraphs", graphed_layer)):
+                call = _dispatched(moe_mod, fn, x, "grouped", route="count")
+                impls[f"archzoo_grouped_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
     dispatch: dict[str, object] = {}
     for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
         fn = impls[name]
@@ -110,6 +114,10 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
                     row[f"over_dense_{kind}_{mode}"] = _ratio(row, res[f"{dname}_{kind}"], f"{mode}_ms")
             if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
+    if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
+        for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", f"{dname}_compiled"):
+            if res.get(name, {}).get("status") == "ok":
+                res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
     if "archzoo_grouped" in outs and "archzoo_loop" in outs:
         res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
     with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
@@ -132,16 +140,23 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     }
 
 
-def _dispatched(moe_mod, layer: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], torch.Tensor]:
-    """-> call(): ``layer(x)`` with ``archzoo.layers.moe.DISPATCH`` set to ``mode`` around it and restored."""
+def _dispatched(
+    moe_mod, layer: torch.nn.Module, x: torch.Tensor, mode: str, route: str | None = None
+) -> Callable[[], torch.Tensor]:
+    """-> call(): ``layer(x)`` with ``archzoo.layers.moe.DISPATCH`` set to ``mode`` (and ``ROUTE`` to ``route``,
+    when given) around it and restored. A compiled layer guards on both, so each setting has its own graph."""
 
     def call() -> torch.Tensor:
-        old = moe_mod.DISPATCH
+        old = moe_mod.DISPATCH, getattr(moe_mod, "ROUTE", None)
         moe_mod.DISPATCH = mode
+        if route is not None:
+            moe_mod.ROUTE = route
         try:
             return layer(x)
         finally:
-            moe_mod.DISPATCH = old
+            moe_mod.DISPATCH = old[0]
+            if route is not None:
+                moe_mod.ROUTE = old[1]
 
     return call
 
@@ -157,6 +172,34 @@ def _graph_step(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> C
         return fn()
 
     return call
+
+
+def _kernel_profile(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor], calls: int = 10,
+                    top: int = 12) -> dict:  # fmt: skip
+    """``fn().backward(gout)`` ``calls`` times under torch.profiler (CUDA kernels only) -> the device time per call
+    (``device_us``), the kernels launched per call, and the ``top`` kernels by device time: name (cut to 90
+    characters), us per call, launches per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn().backward(gout)  # warm: compiled, autotuned
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            for t in leaves:
+                t.grad = None
+            fn().backward(gout)
+        torch.cuda.synchronize()
+    for t in leaves:
+        t.grad = None
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    return {
+        "device_us": round(sum(e.self_device_time_total for e in kernels) / calls, 1),
+        "launches": round(sum(e.count for e in kernels) / calls, 1),
+        "top": [
+            (e.key[:90], round(e.self_device_time_total / calls, 1), round(e.count / calls, 1)) for e in kernels[:top]
+        ],
+    }
 
 
 def _aten_ops(fn: Callable[[], torch.Tensor], gout: torch.Tensor, leaves: list[torch.Tensor]) -> dict[str, int]:
