@@ -32,6 +32,7 @@ ROWS: list[tuple[str, ...]] = [
     (
         "archzoo.convert",
         "archzoo.hf",
+        "archzoo.gguf_file",
         "archzoo.checkpoint",
         "archzoo.data",
         "archzoo.eval",
