@@ -42,7 +42,11 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     of running eager Python between graphs; ``over_dense_compiled_*``) and compiled with mode="reduce-overhead"
     (``*_cudagraphs``: CUDA graphs, the host's launch cost gone; ``over_dense_cudagraphs_*``), and ``host_syncs`` in
     the two eager MoE rows: what torch's sync debug mode reports over one forward+backward ("none" for grouped; the
-    loop reads the experts' loads on the host)."""
+    loop reads the experts' loads on the host). Also on CUDA: the grouped layer compiled and in CUDA graphs again
+    with the counting sort (``archzoo_grouped_count_*``, ``archzoo.layers.moe.ROUTE="count"``), and in the compiled
+    rows ``kernels_fwdbwd``: torch.profiler's count of one forward+backward's kernels (device us, launches, the top
+    kernels by device time; its error instead, should the profiler fail), which says where the time over the dense
+    layer's goes."""
     from ...layers import moe as moe_mod
     from ...layers.mlp import SwiGLU
     from ...layers.moe import MoE, MoEConfig
@@ -78,10 +82,10 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         graphed_dense = torch.compile(dense, mode="reduce-overhead", fullgraph=True)
         impls["archzoo_grouped_cudagraphs"] = _graph_step(_dispatched(moe_mod, graphed_layer, x, "grouped"), leaves)
         impls[f"{dname}_cudagraphs"] = _graph_step(lambda: graphed_dense(x), leaves)
-        if hasattr(moe_mod, "ROUTE"):  # the counting sort (ROUTE="count") beside the stable torch.sort, compiled
-            for name, fn in (("compiled", compiled_layer), ("cudagraphs", graphed_layer)):
-                call = _dispatched(moe_mod, fn, x, "grouped", route="count")
-                impls[f"archzoo_grouped_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
+        # The counting sort (ROUTE="count") beside the stable torch.sort, compiled and in graphs.
+        for name, fn in (("compiled", compiled_layer), ("cudagraphs", graphed_layer)):
+            call = _dispatched(moe_mod, fn, x, "grouped", route="count")
+            impls[f"archzoo_grouped_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
     dispatch: dict[str, object] = {}
     for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
         fn = impls[name]
@@ -117,7 +121,10 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
         for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", f"{dname}_compiled"):
             if res.get(name, {}).get("status") == "ok":
-                res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
+                try:  # a profiler failure is the row's note, not the end of the op's other rows
+                    res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
+                except Exception as e:
+                    res[name]["kernels_fwdbwd"] = {"error": _error(e)}
     if "archzoo_grouped" in outs and "archzoo_loop" in outs:
         res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
     with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
