@@ -1,6 +1,6 @@
 """What the benchmarks share: dtype names, device checks, weight bytes, the measured copy bandwidth,
-synchronised timing, seeded prompts, library versions and atomic writes (``bench decode`` and the
-Pareto suite both use them)."""
+synchronised timing, seeded random prompts and windows of real text, library versions and atomic writes
+(``bench decode`` and the Pareto suite both use them)."""
 
 from __future__ import annotations
 
@@ -149,6 +149,20 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 def random_prompts(vocab_size: int, batch_size: int, prompt_len: int, seed: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + batch_size * 10_007 + prompt_len)
     return torch.randint(0, vocab_size, (batch_size, prompt_len), generator=g).to(device)
+
+
+def text_prompts(stream: torch.Tensor, batch_size: int, prompt_len: int, device: torch.device) -> torch.Tensor:
+    """``batch_size`` windows of ``prompt_len`` tokens of a token stream (N,), spread evenly over it, one per row.
+
+    Windows overlap where the stream holds fewer than ``batch_size * prompt_len`` tokens, so any batch fits a
+    stream of at least ``prompt_len`` tokens; they are distinct wherever the stream is longer than that. The same
+    arguments give the same prompts, so every implementation of a shape decodes the same text.
+    """
+    n = int(stream.numel())
+    if n < prompt_len:
+        raise UserError(f"--prompts: the text holds {n} tokens, fewer than a {prompt_len}-token prompt")
+    starts = torch.linspace(0, n - prompt_len, batch_size).round().long() if batch_size > 1 else torch.zeros(1).long()
+    return torch.stack([stream[s : s + prompt_len] for s in starts.tolist()]).to(device)
 
 
 def library_versions() -> dict:

@@ -6,7 +6,8 @@
 A MODEL is a model YAML (random weights, seeded), a saved student folder (``from_pretrained``) or
 a teacher: a built-in name, a ``.gguf`` file or a Hugging Face folder (``resolve_teacher``). For
 each model x batch size x prompt length x implementation: random prompts (seeded, the same for
-every implementation), greedy, no EOS, so each row generates exactly ``--new-tokens`` tokens;
+every implementation; ``--prompts python-docs`` or another held-out text set or file: windows of real text, one
+per row, tokenized by the model's tokenizer), greedy, no EOS, so each row generates exactly ``--new-tokens`` tokens;
 ``--warmup`` untimed calls (they compile / capture: their compile seconds are reported), then
 ``--repeat`` timed calls, of which the median decode time is reported.
 
@@ -19,7 +20,8 @@ models ``hf-dynamic`` (transformers ``generate``, dynamic cache) and ``hf-static
 Speculative rows (``--draft STUDENT --num-draft-tokens 2,4,8``): implementation ``speculative``,
 ``model.generate(ids, N, draft=student, num_draft_tokens=k)`` for each k after the model's own rows,
 with ``acceptance_rate``, ``accepted_per_verify``, ``tokens_per_verify`` and ``speedup`` (tokens/s over
-the ``archzoo`` row of the same shape in this run).
+the ``archzoo`` row of the same shape in this run). Give them real text (``--prompts``): acceptance is a
+property of the text, and on random token ids both models continue noise.
 
 Timing: ``model.last_generate_stats`` (compile / prefill / decode seconds, set by ``generate``); for
 the HF rows, a logits processor that notes the time of the first step, right after the
@@ -64,11 +66,13 @@ from .common import (
     parse_dtype,
     random_prompts,
     sync,
+    text_prompts,
     weight_bytes,
 )
 from .decode_input import (
     ATTENTION_OPS,
     FORM_IMPLEMENTATION,
+    RANDOM_PROMPTS,
     ModelSource,
     _check_length,
     _gguf_context,
@@ -78,6 +82,7 @@ from .decode_input import (
     parse_forms,
     parse_inductor_options,
     parse_linears,
+    parse_prompts,
     parse_sizes,
     resolve_source,
 )
@@ -280,6 +285,7 @@ def run_decode_bench(
     decode_attention: Sequence[str] | str = ("kernel",),
     inductor_options: Sequence[dict] | str | None = None,
     decode_linear: Sequence[str] | str = ("cublas",),
+    prompts: str = "random",
 ) -> list[dict]:
     """Measure every model x batch size x prompt length x implementation; write decode.json / decode.md.
 
@@ -309,6 +315,7 @@ def run_decode_bench(
     draft_src = resolve_source(draft) if draft is not None else None
     for src in sources + ([draft_src] if draft_src else []):
         _check_length(src, max(prompt_lens), new_tokens)
+    prompts = parse_prompts(prompts, sources)  # the targets tokenize; a draft reads its target's token ids
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a folder")
@@ -329,6 +336,7 @@ def run_decode_bench(
         "warmup": warmup,
         "repeat": repeat,
         "seed": seed,
+        "prompts": prompts,
         "compile": compile,
         "baseline": baseline,
         "dynamo_recompile_limit": recompile_limit,
@@ -346,7 +354,7 @@ def run_decode_bench(
         meta, [], out_dir, batch_sizes, prompt_lens, new_tokens, dt, dev, baseline, compile, warmup, repeat, seed, log
     )
     run.draft, run.num_draft_tokens, run.forms, run.option_sets = draft_src, num_draft_tokens, forms, option_sets
-    run.linears = linears
+    run.linears, run.prompts = linears, prompts
     for src in sources:
         _bench_model(src, run)
         # The freed model's compiled blocks stay in dynamo's cache of the shared Block.forward code and
@@ -380,6 +388,7 @@ class _Run:
     forms: list[str] = field(default_factory=lambda: ["kernel"])
     linears: list[str] = field(default_factory=lambda: ["cublas"])
     option_sets: list[dict] = field(default_factory=lambda: [{}])
+    prompts: str = "random"
 
     def write(self) -> None:
         write_results(self.out_dir, self.meta, self.rows)
@@ -408,10 +417,18 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
         src.max_len, src.max_len_from = _model_limit(model)
     _check_length(src, max(run.prompt_lens), new_tokens)
     cfg, params = model.cfg, model.num_parameters()
+    stream = None if run.prompts == RANDOM_PROMPTS else text_stream(model, run.prompts, run.seed)
+
+    def prompt_ids(b: int, p: int) -> torch.Tensor:
+        """The prompts of a (batch, length) shape: the same for every implementation of it."""
+        if stream is None:
+            return random_prompts(cfg.vocab_size, b, p, run.seed, dev)
+        return text_prompts(stream, b, p, dev)
 
     def new_row(impl: str, b: int, p: int, wbytes: int) -> dict:
         row = _base_row(src, impl, b, p, new_tokens, dt)
         row.update(
+            prompts=run.prompts,
             parameters=params,
             cache_bytes=cache_bytes(cfg, b, p + new_tokens, dt),
             weight_bytes=wbytes,
@@ -421,7 +438,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
         return row
 
     def measure(row: dict, fn: Callable[[torch.Tensor], dict]) -> None:
-        ids = random_prompts(cfg.vocab_size, row["batch_size"], row["prompt_len"], run.seed, dev)
+        ids = prompt_ids(row["batch_size"], row["prompt_len"])
         _free(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -469,7 +486,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
     if pool is not None and hasattr(pool, "clear"):
         pool.clear()
     if run.draft is not None:
-        _speculative_rows(model, src, run, combos, new_row, measure, kw)
+        _speculative_rows(model, src, run, combos, new_row, measure, kw, prompt_ids)
     if run.baseline != "hf":
         model = None
         _free(dev)
@@ -502,7 +519,7 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
     _free(dev)
 
 
-def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measure, kw: dict) -> None:
+def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measure, kw: dict, prompt_ids) -> None:
     """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k, shape and
     ``--decode-linear`` form, each run under that form (the target's verify and the draft's steps alike) and
     compared with the plain row of the same form (the first attention form's): a speculative row under the GEMV
@@ -533,7 +550,7 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
         with decode_linear_form(lin):
             measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
             if not row.get("error") and not row.get("skipped"):
-                ids = random_prompts(model.cfg.vocab_size, b, p, run.seed, run.device)
+                ids = prompt_ids(b, p)
                 try:
                     row.update(greedy_agreement(model, draft, ids, run.new_tokens, k, spec_compile))
                 except torch.OutOfMemoryError:
@@ -544,6 +561,21 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
             run.write()
     draft = None
     _free(run.device)
+
+
+def text_stream(model, name: str, seed: int) -> torch.Tensor:
+    """``--prompts NAME``: the held-out text set or file ``NAME`` as one token stream of ``model``'s tokenizer
+    (a ``teacher-*`` set is sampled from ``model`` itself, cached as ``archzoo.data.heldout`` says)."""
+    from ..data.heldout import heldout_texts
+    from ..data.text import tokenize_texts
+
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise UserError(f"--prompts {name}: the model has no tokenizer; use --prompts random")
+    try:
+        return tokenize_texts(heldout_texts(name, teacher=model, seed=seed), tokenizer)
+    except ValueError as e:
+        raise UserError(f"--prompts {name}: {e}") from None
 
 
 @torch.no_grad()
@@ -686,6 +718,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; they compile)")
     p.add_argument("--repeat", type=int, default=1, help="timed calls; the median is reported (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and prompts (default 0)")
+    p.add_argument(
+        "--prompts",
+        default=RANDOM_PROMPTS,
+        help="random (default: seeded token ids) or real text cut into one window per row: a held-out set "
+        "(python-docs, shakespeare-heldout, teacher-heldout, teacher-long-heldout) or a text / JSONL / Parquet file "
+        "or folder, tokenized by the model's tokenizer; speculative rows want real text",
+    )
     p.add_argument("--draft", default=None, metavar="STUDENT", help="add speculative rows with this draft MODEL")
     p.add_argument(
         "--num-draft-tokens", default=None, help="comma-separated draft lengths k of the speculative rows (default 4)"
@@ -737,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         decode_attention=args.decode_attention,
         inductor_options=args.inductor_options,
         decode_linear=args.decode_linear,
+        prompts=args.prompts,
     )
     out = Path(args.out)
     print(f"bench decode: {len(rows)} rows -> {out / 'decode.json'}, {out / 'decode.md'}")

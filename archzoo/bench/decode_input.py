@@ -193,3 +193,36 @@ def _model_limit(model) -> tuple[int | None, str]:
             if isinstance(n, int) and n > 0:
                 return n, f"{name}.{attr}"
     return None, ""
+
+
+# ``--prompts``: "random" (seeded token ids, the default: speed does not depend on the text) or real text, a
+# held-out set of ``archzoo.data.heldout`` or a user's file, cut into one window per row (``common.text_prompts``).
+# Speculative rows need real text: how often a draft agrees with its target is a property of the text, and on
+# random token ids both models continue noise.
+RANDOM_PROMPTS = "random"
+
+
+def parse_prompts(name: str, sources: Sequence[ModelSource]) -> str:
+    """``--prompts`` checked before anything is written: ``random``, a held-out set name or a path, and a tokenizer
+    for every MODEL that will read text (a model YAML has none; a student folder has one if saved with it)."""
+    if name == RANDOM_PROMPTS:
+        return name
+    from ..data.heldout import HELDOUT_TEXT_SETS
+
+    if name not in HELDOUT_TEXT_SETS and not Path(name).expanduser().exists():
+        raise UserError(
+            f"--prompts {name!r}: expected {RANDOM_PROMPTS}, a held-out text set ({', '.join(HELDOUT_TEXT_SETS)}) "
+            "or a text / JSONL / Parquet file or folder"
+        )
+    for src in sources:
+        if src.kind == "yaml":
+            raise UserError(
+                f"--prompts {name}: {src.arg} is a model YAML (random weights, no tokenizer); text prompts need a "
+                "teacher or a student folder saved with its tokenizer, or use --prompts random"
+            )
+        if src.kind == "checkpoint" and not (Path(src.arg).expanduser() / "tokenizer").is_dir():
+            raise UserError(
+                f"--prompts {name}: the student folder {src.arg} has no tokenizer/ (it was saved without one); "
+                "use --prompts random"
+            )
+    return name

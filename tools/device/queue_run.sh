@@ -55,6 +55,7 @@ for job in $(cat $Q/jobs); do
       log "spec $s"
       timeout ${SPEC_TIMEOUT:-300} python3 -m archzoo bench decode smollm2-135m --draft /root/runs/smollm2-$s/student \
           --num-draft-tokens 2,4,8 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --decode-linear cublas,auto \
+          --prompts ${SPEC_PROMPTS:-teacher-heldout} \
           --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
