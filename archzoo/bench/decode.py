@@ -538,6 +538,9 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
         draft = load_model(run.draft, run.dtype, run.device, run.seed)
     except torch.OutOfMemoryError:
         error = "the draft does not fit in memory"
+    # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
+    spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
+    draft_ms: dict = {}  # (b, p, lin) -> the draft's own step alone: what k+1 of them cost in a round
     for (b, p), k, lin in [(c, k, ln) for c in combos for k in run.num_draft_tokens for ln in run.linears]:
         row = new_row(SPECULATIVE, b, p, weight_bytes(model) + (weight_bytes(draft) if draft is not None else 0))
         row.update(draft=run.draft.arg, num_draft_tokens=k, decode_linear=lin)
@@ -545,8 +548,8 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
             row["skipped"] = error
             run.write()
             continue
-        # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
-        spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
+        if (b, p, lin) not in draft_ms:
+            draft_ms[b, p, lin] = _draft_step_ms(draft, prompt_ids(b, p), lin, spec_compile, kw)
         with decode_linear_form(lin):
             measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
             if not row.get("error") and not row.get("skipped"):
@@ -555,12 +558,31 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
                     row.update(greedy_agreement(model, draft, ids, run.new_tokens, k, spec_compile))
                 except torch.OutOfMemoryError:
                     row["greedy_note"] = "the agreement check did not fit in memory"
-        base = own.get((b, p, lin), {}).get("tokens_per_s")
-        if row.get("tokens_per_s") and base:
-            row["speedup"] = row["tokens_per_s"] / base
-            run.write()
+        base = own.get((b, p, lin), {})
+        if row.get("tokens_per_s") and base.get("tokens_per_s"):
+            row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+        if row.get("decode_s") and row.get("verify_steps"):  # where a round's time goes
+            row["round_ms"] = row["decode_s"] * 1e3 / row["verify_steps"]
+            row["draft_ms_per_step"] = draft_ms[b, p, lin]
+            if draft_ms[b, p, lin] is not None and base.get("ms_per_token"):
+                row["round_rest_ms"] = row["round_ms"] - (k + 1) * draft_ms[b, p, lin] - base["ms_per_token"]
+        run.write()
     draft = None
     _free(run.device)
+
+
+def _draft_step_ms(draft, ids: torch.Tensor, lin: str, compile: bool | None, kw: dict) -> float | None:
+    """The draft's own decode step at this shape and ``--decode-linear`` form, decoding alone (None if it fails)."""
+    pool = getattr(draft, "decode_pool", None)
+    try:
+        with decode_linear_form(lin):
+            r = run_archzoo(draft, ids, **kw, compile=compile)
+        return r["decode_s"] / kw["new_tokens"] * 1e3 if r.get("decode_s") else None
+    except Exception:  # the speculative row still runs; its decomposition is left out
+        return None
+    finally:
+        if pool is not None and hasattr(pool, "clear"):
+            pool.clear()  # its captured step and cache: freed before the rounds are captured
 
 
 def text_stream(model, name: str, seed: int) -> torch.Tensor:

@@ -8,7 +8,13 @@ from pathlib import Path
 SPECULATIVE = "speculative"  # the implementation name of --draft rows
 # the suffix a row's implementation name takes for its ``--decode-linear`` form (archzoo, archzoo-gemv, ...)
 LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl", "auto": "-auto"}
-SPECULATIVE_STATS = ("acceptance_rate", "row_acceptance_rate", "accepted_per_verify", "tokens_per_verify")
+SPECULATIVE_STATS = (
+    "acceptance_rate",
+    "row_acceptance_rate",
+    "accepted_per_verify",
+    "tokens_per_verify",
+    "verify_steps",
+)
 FORMULAS = {
     "tokens_per_s": "batch_size * new_tokens / decode_s",
     "ms_per_token": "decode_s / new_tokens * 1000 (one decode step of the whole batch)",
@@ -20,6 +26,12 @@ FORMULAS = {
     ),
     "tokens_per_verify": "speculative rows: accepted_per_verify + 1 (the target's own token)",
     "speedup": "speculative rows: tokens_per_s / tokens_per_s of the archzoo row of the same shape",
+    "round_ms": "speculative rows: decode_s * 1000 / verify_steps (one round: k+1 draft steps, the verify, the rest)",
+    "draft_ms_per_step": "speculative rows: ms_per_token of the draft decoding alone at the same shape and form",
+    "round_rest_ms": (
+        "speculative rows: round_ms - (k+1) * draft_ms_per_step - ms_per_token of the target alone: what the "
+        "(B, k+1) verify costs beyond one target step, plus acceptance, rollback and snapshots"
+    ),
     "greedy_rows_differing": (
         "speculative rows: rows whose greedy tokens differ from the target alone on the same prompts (0 in exact "
         "arithmetic; in bf16 a near-tie can flip where the (B, k+1) verify rounds unlike the one-token step); "
@@ -108,6 +120,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             spec = f"k={r['num_draft_tokens']}, acceptance {r['acceptance_rate']:.2f}, "
             spec += f"{r['tokens_per_verify']:.2f} tokens/verify"
             spec += f", {r['speedup']:.2f}x" if r.get("speedup") else ""
+            if r.get("round_ms") is not None and r.get("draft_ms_per_step") is not None:
+                spec += f", round {r['round_ms']:.3f} ms = {r['num_draft_tokens'] + 1} x {r['draft_ms_per_step']:.3f}"
+                spec += " draft" + (f" + target + {r['round_rest_ms']:.3f}" if r.get("round_rest_ms") else "")
             if r.get("greedy_rows_differing") is not None:
                 spec += f", greedy rows differing {r['greedy_rows_differing']}/{r['batch_size']}"
             note = f"{spec}; {note}" if note else spec

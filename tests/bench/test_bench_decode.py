@@ -222,8 +222,14 @@ def test_bench_decode_speculative_rows(tmp_path):
         assert math.isclose(r["tokens_per_verify"], r["accepted_per_verify"] + 1)
         if r["decode_s"] is not None and own[r["batch_size"]]["decode_s"] is not None:
             assert math.isclose(r["speedup"], r["tokens_per_s"] / own[r["batch_size"]]["tokens_per_s"])
+            # where a round's time goes: k+1 draft steps (the draft timed alone), one target step, the rest
+            assert r["verify_steps"] >= 1 and math.isclose(r["round_ms"], r["decode_s"] * 1e3 / r["verify_steps"])
+            k, base = r["num_draft_tokens"], own[r["batch_size"]]["ms_per_token"]
+            assert r["draft_ms_per_step"] > 0
+            assert math.isclose(r["round_rest_ms"], r["round_ms"] - (k + 1) * r["draft_ms_per_step"] - base)
     md = (out / "decode.md").read_text()
     assert "| speculative k=3 |" in md and "tokens/verify" in md and "greedy rows differing" in md
+    assert "round " in md and " draft" in md
 
 
 def test_speculative_rows_run_under_each_linear_form(tmp_path, monkeypatch):

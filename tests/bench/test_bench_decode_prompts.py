@@ -69,7 +69,8 @@ def test_text_prompts_reach_every_row_and_the_draft(tmp_path, student, monkeypat
     assert res["prompts"] == str(text) and {r["prompts"] for r in res["rows"]} == {str(text)}
     stream = archzoo.data.tokenize_texts([text.read_text()], _word_tokenizer())
     want = text_prompts(stream, 2, 8, torch.device("cpu"))
-    assert len(seen) == 2 and all(torch.equal(ids, want) for ids in seen)  # the plain row, the speculative row
+    # the plain row, the draft timed alone, the speculative row
+    assert len(seen) == 3 and all(torch.equal(ids, want) for ids in seen)
     assert not torch.equal(want[0], want[1])  # one window per row, not one prompt repeated
     assert (want != 0).all()  # words of the text (and its end), no <unk>
 
