@@ -100,6 +100,17 @@ def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, l
     }
 
 
+def forms_of(attention: str, linear: str, fold: str, mamba_step: str) -> list[tuple[str, str, str, str]]:
+    """Every (attention, decode linear, MLA fold, Mamba step) combination of the comma-separated flags."""
+    return [
+        (f, lin, fo, ms)
+        for f in attention.split(",")
+        for lin in linear.split(",")
+        for fo in fold.split(",")
+        for ms in mamba_step.split(",")
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("configs", nargs="+")
@@ -116,13 +127,7 @@ def main() -> None:
     for config in args.configs:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):
-                forms = [
-                    (f, lin, fold)
-                    for f in args.attention.split(",")
-                    for lin in args.decode_linear.split(",")
-                    for fold in args.mla_fold.split(",")
-                    for ms in args.mamba_step.split(",")
-                ]
+                forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 for form, linear, fold, ms in forms:
                     r = profile_step(config, b, n, args.steps, form, linear, fold, ms)
                     out.append(r)

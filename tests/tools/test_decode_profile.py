@@ -1,0 +1,23 @@
+"""tools/decode_profile.py's flags -> the forms it profiles (the profile itself needs a GPU). The GPU queue's
+`mambastep` job once failed here, after the tests, on a three-item tuple unpacked into four names."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("decode_profile", ROOT / "tools" / "decode_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_flag_combination_is_one_form():
+    forms = _tool().forms_of("kernel", "auto", "on", "fused,unfused")
+    assert forms == [("kernel", "auto", "on", "fused"), ("kernel", "auto", "on", "unfused")]
+    forms = _tool().forms_of("kernel,sdpa", "cublas,kernel", "on,off", "fused")
+    assert len(forms) == 8 and all(len(f) == 4 for f in forms) and len(set(forms)) == 8
