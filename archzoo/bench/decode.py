@@ -28,7 +28,8 @@ the HF rows, a logits processor that notes the time of the first step, right aft
 prefill (row field ``timing`` says which).
 
 Writes ``DIR/decode.json`` (atomically, after every row), ``DIR/decode.md`` and, at the end,
-``DIR/decode.png`` (tokens/s against cache bytes per token, ``decode_chart.py``). Bad input (an
+``DIR/decode.png`` (tokens/s against cache bytes per token, ``decode_chart.py``; with ``--draft`` also
+``DIR/decode_spec.png``, ``spec_chart.py``). Bad input (an
 unknown model, bad sizes, a length beyond what a model holds, CUDA asked for but absent) raises
 ``UserError`` before anything is written. A combination that does not fit in GPU memory is
 skipped with the reason in its row; a failure of one row is recorded in its ``error`` field and
@@ -695,19 +696,23 @@ def write_results(out_dir: str | Path, meta: dict, rows: list[dict]) -> None:
 
 
 def write_chart(out_dir: str | Path, meta: dict, rows: list[dict]) -> Path | None:
-    """``decode.png`` (``decode_chart``: tokens/s against cache bytes per token) once the run is done, written
-    to a temporary file and moved in place; None when no row measured a speed."""
+    """``decode.png`` (``decode_chart``: tokens/s against cache bytes per token) once the run is done, and with
+    speculative rows ``decode_spec.png`` (``spec_chart``: the target alone against each draft length), each
+    written to a temporary file and moved in place; returns decode.png, None when no row measured a speed."""
     from .decode_chart import decode_chart
+    from .spec_chart import spec_chart
 
     out_dir = Path(out_dir)
-    tmp = out_dir / ".decode.tmp.png"
-    try:
-        if decode_chart(tmp, meta, rows) is None:
-            return None
-        os.replace(tmp, out_dir / "decode.png")
-        return out_dir / "decode.png"
-    finally:
-        tmp.unlink(missing_ok=True)
+    written = None
+    for name, draw in (("decode.png", decode_chart), ("decode_spec.png", spec_chart)):
+        tmp = out_dir / f".{name}.tmp.png"
+        try:
+            if draw(tmp, meta, rows) is not None:
+                os.replace(tmp, out_dir / name)
+                written = written or out_dir / name
+        finally:
+            tmp.unlink(missing_ok=True)
+    return written
 
 
 # --------------------------------------------------------------------------- CLI

@@ -39,9 +39,14 @@ DISPATCHES = ("auto", "grouped", "loop")
 # How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
 # "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a
 # one-hot, its running sum along the assignments and two scatters: elementwise ops and one scan, which
-# torch.compile fuses). "sort" until a GPU has timed both (archzoo bench kernels --ops moe: the *_count rows).
-ROUTE = "sort"
-ROUTES = ("sort", "count")
+# torch.compile fuses), or "auto" (the default): "count" where torch.compile traces the layer, "sort" eagerly. Timed
+# side by side (H100, 4,096 tokens, 8 experts, top-2, bf16; archzoo bench kernels --ops moe,
+# docs/results/kernels/moe_h100_count.*), "count" took 0.260 / 0.634 ms forward / forward+backward under CUDA graphs
+# against the sort's 0.317 / 0.700, and 0.388 / 1.383 compiled against 0.450 / 1.470: the eight radix-sort kernels
+# (49 us of the compiled forward+backward's 630) give way to one fused scan and two scatters. Eagerly each op is a
+# launch of its own, and the counting sort dispatches 16 more than the sort (67 against 51 in the forward).
+ROUTE = "auto"
+ROUTES = ("auto", "sort", "count")
 
 # PyTorch's grouped matrix multiply: public as torch.nn.functional.grouped_mm in newer releases, private
 # torch._grouped_mm before; None where this torch has neither.
@@ -344,14 +349,16 @@ class MoE(nn.Module):
 def sort_by_expert(expert: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Assignments' experts (A,) int64 -> (sorted experts (A,), order (A,), load (n_experts,)): ``order`` the
     stable sort's permutation (``sorted = expert[order]``), ``load`` the assignments per expert. ``ROUTE`` picks
-    how: a stable ``torch.sort``, or a counting sort (each assignment's slot = the start of its expert's slice +
-    the assignments of that expert before it, a running sum over a one-hot (n_experts, A); then ``order`` by
-    scattering each assignment's index to its slot). Same results, no host synchronisation either way. The
-    counting sort holds n_experts x A int64 (4 MiB at 8 experts and 65,536 assignments): it is for few experts. Load is
-    counted by scatter or sum, not bincount, which sizes its output from the data (a host sync on CUDA)."""
+    how (``"auto"``: the counting sort under torch.compile, the sort eagerly): a stable ``torch.sort``, or a
+    counting sort (each assignment's slot = the start of its expert's slice + the assignments of that expert before
+    it, a running sum over a one-hot (n_experts, A); then ``order`` by scattering each assignment's index to its
+    slot). Same results, no host synchronisation either way. The counting sort holds n_experts x A int64 (4 MiB at
+    8 experts and 65,536 assignments): it is for few experts. Load is counted by scatter or sum, not bincount,
+    which sizes its output from the data (a host sync on CUDA)."""
     if ROUTE not in ROUTES:
         raise ValueError(f"archzoo.layers.moe.ROUTE must be one of {', '.join(ROUTES)}; got {ROUTE!r}")
-    if ROUTE == "sort" or expert.numel() == 0:
+    route = ("count" if torch.compiler.is_compiling() else "sort") if ROUTE == "auto" else ROUTE
+    if route == "sort" or expert.numel() == 0:
         sorted_e, order = torch.sort(expert, stable=True)
         load = expert.new_zeros(n_experts).scatter_add_(0, expert, torch.ones_like(expert))
         return sorted_e, order, load

@@ -230,6 +230,12 @@ def test_bench_decode_speculative_rows(tmp_path):
     md = (out / "decode.md").read_text()
     assert "| speculative k=3 |" in md and "tokens/verify" in md and "greedy rows differing" in md
     assert "round " in md and " draft" in md
+    # the chart of what the draft buys (decode.png, tokens/s against cache bytes, has one target here)
+    assert (out / "decode_spec.png").stat().st_size > 10_000
+
+    from archzoo.bench.spec_chart import spec_chart
+
+    assert spec_chart(tmp_path / "none.png", res, rows[:2]) is None and not (tmp_path / "none.png").exists()
 
 
 def test_speculative_rows_run_under_each_linear_form(tmp_path, monkeypatch):

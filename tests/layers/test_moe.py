@@ -399,8 +399,25 @@ def test_count_route_is_the_stable_sort(n, experts, monkeypatch):
     for name, a, b in zip(("sorted", "order", "load"), out["sort"], out["count"], strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), f"{name}: count route {b[:16].tolist()} sort {a[:16].tolist()}"
     monkeypatch.setattr(moe_mod, "ROUTE", "radix")
-    with pytest.raises(ValueError, match="ROUTE must be one of sort, count; got 'radix'"):
+    with pytest.raises(ValueError, match="ROUTE must be one of auto, sort, count; got 'radix'"):
         moe_mod.sort_by_expert(expert, experts)
+
+
+def test_auto_route_counts_when_compiled_and_sorts_eagerly(monkeypatch):
+    """ROUTE="auto" (the default): the counting sort where torch.compile traces (fused there: faster on an H100),
+    the stable sort eagerly (16 fewer launches); the same results either way."""
+    assert moe_mod.ROUTE == "auto"
+    expert = torch.tensor([2, 0, 1, 2, 2, 0])
+    ran = {}
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        with OpLog() as log:
+            out = moe_mod.sort_by_expert(expert, 3)
+        ran[compiling] = out, log.ops
+    assert "aten.sort" in ran[False][1] and "aten.cumsum" not in ran[False][1]
+    assert "aten.cumsum" in ran[True][1] and "aten.sort" not in ran[True][1]
+    for a, b in zip(ran[False][0], ran[True][0], strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dispatch", ["grouped", "loop"])

@@ -125,6 +125,11 @@ for job in $(cat $Q/jobs); do
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O
       for op in ${s//,/ }; do
+        if [ "$op" = la ]; then  # the chunk-parallel backward's GPU tests first: BACKWARD flips only when they pass
+          timeout 300 python3 -m pytest -q -p no:cacheprovider -rf -k "gpu" tests/kernels/test_linear_attention_chunk_parallel.py \
+              tests/kernels/test_linear_attention_triton.py > $O/la_gpu_tests.log 2>&1
+          log "kernels la gpu tests rc=$? $(tail -1 $O/la_gpu_tests.log)"
+        fi
         log "kernels $op"
         timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops $op --out $O/$op.json > $O/$op.log 2>&1
         log "kernels $op rc=$?"; pack  # each op's files come back even if the lease ends before the next

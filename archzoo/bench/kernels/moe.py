@@ -42,8 +42,9 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     of running eager Python between graphs; ``over_dense_compiled_*``) and compiled with mode="reduce-overhead"
     (``*_cudagraphs``: CUDA graphs, the host's launch cost gone; ``over_dense_cudagraphs_*``), and ``host_syncs`` in
     the two eager MoE rows: what torch's sync debug mode reports over one forward+backward ("none" for grouped; the
-    loop reads the experts' loads on the host). Also on CUDA: the grouped layer compiled and in CUDA graphs again
-    with the counting sort (``archzoo_grouped_count_*``, ``archzoo.layers.moe.ROUTE="count"``), and in the compiled
+    loop reads the experts' loads on the host). Also on CUDA: the grouped layer eager, compiled and in CUDA graphs
+    again with the counting sort (``archzoo_grouped_count*``, ``archzoo.layers.moe.ROUTE="count"``; the other
+    compiled and graphed rows take the stable sort, which ``ROUTE="auto"`` takes only eagerly), and in the compiled
     rows ``kernels_fwdbwd``: torch.profiler's count of one forward+backward's kernels (device us, launches, the top
     kernels by device time; its error instead, should the profiler fail), which says where the time over the dense
     layer's goes."""
@@ -73,16 +74,20 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         # into few kernels; fullgraph=True, so a graph break is an error in the row, not eager Python between
         # graphs), beside the dense SwiGLU compiled the same way.
         compiled_layer, compiled_dense = torch.compile(layer, fullgraph=True), torch.compile(dense, fullgraph=True)
-        impls["archzoo_grouped_compiled"] = _dispatched(moe_mod, compiled_layer, x, "grouped")
+        # the compiled and graphed rows take the stable sort (ROUTE="auto" would count there), the *_count rows count
+        impls["archzoo_grouped_compiled"] = _dispatched(moe_mod, compiled_layer, x, "grouped", route="sort")
         impls[f"{dname}_compiled"] = lambda: compiled_dense(x)
         # Both again in CUDA graphs (mode="reduce-overhead"): one replay per graph, so launches cost the host nothing.
         # Each call starts a new step (cudagraph_mark_step_begin) and drops the leaves' gradients first, as
         # zero_grad(set_to_none=True) does, so no gradient from an earlier replay is alive when the graph reruns.
         graphed_layer = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
         graphed_dense = torch.compile(dense, mode="reduce-overhead", fullgraph=True)
-        impls["archzoo_grouped_cudagraphs"] = _graph_step(_dispatched(moe_mod, graphed_layer, x, "grouped"), leaves)
+        impls["archzoo_grouped_cudagraphs"] = _graph_step(
+            _dispatched(moe_mod, graphed_layer, x, "grouped", route="sort"), leaves
+        )
         impls[f"{dname}_cudagraphs"] = _graph_step(lambda: graphed_dense(x), leaves)
-        # The counting sort (ROUTE="count") beside the stable torch.sort, compiled and in graphs.
+        # The counting sort (ROUTE="count") beside the stable torch.sort: eager, compiled and in graphs.
+        impls["archzoo_grouped_count"] = _dispatched(moe_mod, layer, x, "grouped", route="count")
         for name, fn in (("compiled", compiled_layer), ("cudagraphs", graphed_layer)):
             call = _dispatched(moe_mod, fn, x, "grouped", route="count")
             impls[f"archzoo_grouped_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
