@@ -362,3 +362,34 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
         assert K.last_backend("decode_qkv_rope") == ("triton" if max_rows >= 2 else "none")
         monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
         assert_close("auto step", got, model(ids[:, 5:6], cache=caches[1]), 1e-5)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@pytest.mark.parametrize("stem", ["gqa", "cla", "mla"])
+@interpreter_only
+def test_verify_forward_through_the_decode_kernel_matches_sdpa(stem, monkeypatch):
+    """A speculative verify's (B, k+1) forward over caches of rows of different lengths: through the decode kernel
+    (several query tokens a row, each to its own causal bound) as through masked SDPA, logits and caches alike.
+    MLA keeps SDPA for several tokens a row (its latent kernel takes one)."""
+    import archzoo.kernels as K
+    from archzoo.layers import attention
+    from archzoo.speculative import _forward
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    path = next(p for p in MODEL_CONFIGS if p.stem == stem)
+    model = f64_model(path).float()
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(2, 24, dtype=torch.float32)
+    with torch.no_grad():
+        for b, n in enumerate((4, 11)):
+            model(ids[b : b + 1, :n], cache=cache.rows(b))
+        ref_cache = copy.deepcopy(cache)
+        verify = ids[:, 12:15]  # three tokens a row, as k = 2 verifies
+        K._dispatch.record("decode_attention", "none")
+        got = _forward(model, verify, cache)
+        ran = K.last_backend("decode_attention")
+        monkeypatch.setattr(attention, "DECODE_ATTENTION", "sdpa")
+        ref = _forward(model, verify, ref_cache)
+    assert ran == ("none" if stem == "mla" else "triton"), f"{stem}: the verify ran {ran}"
+    assert_close(f"{stem} verify logits", got, ref, 1e-5)
+    assert torch.equal(cache.lengths, ref_cache.lengths)

@@ -521,18 +521,16 @@ def _bench_model(src: ModelSource, run: _Run) -> None:
 
 
 def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measure, kw: dict, prompt_ids) -> None:
-    """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k, shape and
-    ``--decode-linear`` form, each run under that form (the target's verify and the draft's steps alike) and
-    compared with the plain row of the same form (the first attention form's): a speculative row under the GEMV
-    against a cuBLAS plain row would credit the GEMV to the draft."""
+    """``speculative`` rows: ``model`` verifying the drafts of ``run.draft``, one row per k, shape, ``--decode-linear``
+    form and ``--decode-attention`` form, each run under those forms (the target's verify and the draft's steps
+    alike) and compared with the plain row of the same forms: a speculative row under the GEMV against a cuBLAS
+    plain row would credit the GEMV to the draft. ``--decode-attention kernel,sdpa`` times the (B, k+1) verify
+    through the decode-attention kernel (several query tokens a row) against masked SDPA over the buffer."""
     run.log(f"bench decode: loading the draft {run.draft.arg}")
     own = {
-        (r["batch_size"], r["prompt_len"], r.get("decode_linear")): r
+        (r["batch_size"], r["prompt_len"], r.get("decode_linear"), r.get("decode_attention")): r
         for r in run.rows
-        if r["model"] == src.arg
-        and r["implementation"].startswith(FORM_IMPLEMENTATION[run.forms[0]])
-        and r.get("decode_attention") == run.forms[0]
-        and not r.get("inductor_options")
+        if r["model"] == src.arg and r.get("decode_attention") in run.forms and not r.get("inductor_options")
     }
     draft, error = None, None
     try:
@@ -542,16 +540,18 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
     # as the plain rows it is compared with: compiled and captured on CUDA unless --no-compile
     spec_compile = run.compile if run.compile is not None else run.device.type == "cuda"
     draft_ms: dict = {}  # (b, p, lin) -> the draft's own step alone: what k+1 of them cost in a round
-    for (b, p), k, lin in [(c, k, ln) for c in combos for k in run.num_draft_tokens for ln in run.linears]:
+    cells = [(c, k, ln, f) for c in combos for k in run.num_draft_tokens for ln in run.linears for f in run.forms]
+    for (b, p), k, lin, form in cells:
         row = new_row(SPECULATIVE, b, p, weight_bytes(model) + (weight_bytes(draft) if draft is not None else 0))
-        row.update(draft=run.draft.arg, num_draft_tokens=k, decode_linear=lin)
+        row.update(draft=run.draft.arg, num_draft_tokens=k, decode_linear=lin, decode_attention=form)
         if draft is None:
             row["skipped"] = error
             run.write()
             continue
-        if (b, p, lin) not in draft_ms:
-            draft_ms[b, p, lin] = _draft_step_ms(draft, prompt_ids(b, p), lin, spec_compile, kw)
-        with decode_linear_form(lin):
+        if (b, p, lin, form) not in draft_ms:
+            with decode_attention_form(form):
+                draft_ms[b, p, lin, form] = _draft_step_ms(draft, prompt_ids(b, p), lin, spec_compile, kw)
+        with decode_attention_form(form), decode_linear_form(lin):
             measure(row, partial(run_archzoo, model, **kw, compile=spec_compile, draft=draft, num_draft_tokens=k))
             if not row.get("error") and not row.get("skipped"):
                 ids = prompt_ids(b, p)
@@ -559,14 +559,14 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
                     row.update(greedy_agreement(model, draft, ids, run.new_tokens, k, spec_compile))
                 except torch.OutOfMemoryError:
                     row["greedy_note"] = "the agreement check did not fit in memory"
-        base = own.get((b, p, lin), {})
+        base = own.get((b, p, lin, form), {})
         if row.get("tokens_per_s") and base.get("tokens_per_s"):
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
         if row.get("decode_s") and row.get("verify_steps"):  # where a round's time goes
             row["round_ms"] = row["decode_s"] * 1e3 / row["verify_steps"]
-            row["draft_ms_per_step"] = draft_ms[b, p, lin]
-            if draft_ms[b, p, lin] is not None and base.get("ms_per_token"):
-                row["round_rest_ms"] = row["round_ms"] - (k + 1) * draft_ms[b, p, lin] - base["ms_per_token"]
+            dms = row["draft_ms_per_step"] = draft_ms[b, p, lin, form]
+            if dms is not None and base.get("ms_per_token"):
+                row["round_rest_ms"] = row["round_ms"] - (k + 1) * dms - base["ms_per_token"]
         run.write()
     draft = None
     _free(run.device)

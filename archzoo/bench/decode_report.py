@@ -150,8 +150,10 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 
 def _linear_suffix(row: dict) -> str:
-    """A speculative row's projections as the plain rows name theirs (``-gemv``, ``-auto``; nothing for cuBLAS)."""
-    return LINEAR_SUFFIX.get(row.get("decode_linear") or "cublas", "")
+    """A speculative row's attention and projections as the plain rows name theirs (``-sdpa`` where the verify and
+    the draft's steps ran masked SDPA; ``-gemv``, ``-auto``; nothing for the decode kernel and cuBLAS)."""
+    attention = "-sdpa" if row.get("decode_attention") == "sdpa" else ""
+    return attention + LINEAR_SUFFIX.get(row.get("decode_linear") or "cublas", "")
 
 
 def _impl(row: dict) -> str:

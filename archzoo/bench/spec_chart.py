@@ -32,16 +32,15 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
         return None
     target = spec[0]["model"]
     plain = {
-        (r["batch_size"], r["prompt_len"], r.get("decode_linear") or "cublas"): r
+        (r["batch_size"], r["prompt_len"], _form(r)): r
         for r in rows
         if r["model"] == target
         and r.get("implementation", "").startswith("archzoo")
-        and r.get("decode_attention", "kernel") == "kernel"
         and not r.get("inductor_options")
         and _measured(r)
     }
     cells = sorted({(r["batch_size"], r["prompt_len"]) for r in spec}, key=lambda c: (c[0], c[1]))[:MAX_PANELS]
-    forms = list(dict.fromkeys(r.get("decode_linear") or "cublas" for r in spec))
+    forms = list(dict.fromkeys(_form(r) for r in spec))
     ks = sorted({r["num_draft_tokens"] for r in spec})
     fig, axes = plt.subplots(1, len(cells), figsize=(6.2 * len(cells), 4.6), squeeze=False)
     width = 0.8 / len(forms)
@@ -50,7 +49,7 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
         for i, form in enumerate(forms):
             base = plain.get((B, P, form))
             x0 = i * width - 0.4 + width / 2
-            name = FORM_NAMES.get(form, form)
+            name = _form_name(form)
             if base is not None:
                 ax.bar(x0, base["tokens_per_s"], width * 0.9, color="#636363", label=None)
                 ax.axhline(base["tokens_per_s"], color="#636363", ls="--", lw=0.8)
@@ -59,7 +58,7 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
                 top = max(top, base["tokens_per_s"])
             for j, k in enumerate(ks, start=1):
                 r = next((s for s in spec if (s["batch_size"], s["prompt_len"], s["num_draft_tokens"]) == (B, P, k)
-                          and (s.get("decode_linear") or "cublas") == form), None)  # fmt: skip
+                          and _form(s) == form), None)  # fmt: skip
                 if r is None:
                     continue
                 x, tps = j + x0, r["tokens_per_s"]
@@ -87,7 +86,7 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for _, c in PARTS] + [plt.Rectangle((0, 0), 1, 1, color="#636363")]
     labels = [f"round time: {label}" for label, _ in PARTS] + ["target alone"]
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8.5, frameon=False, bbox_to_anchor=(0.5, -0.04))
-    bars = " | ".join(FORM_NAMES.get(f, f) for f in forms)
+    bars = " | ".join(_form_name(f) for f in forms)
     draft = Path(str(spec[0].get("draft", "")))
     draft_name = draft.parent.name if draft.name == "student" else draft.name  # a distill run's student folder
     fig.suptitle(f"Speculative decoding: {Path(target).name} verifying draft {draft_name} ({meta.get('device', '')}; "
@@ -95,6 +94,16 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
                  "on each bar its speed-up over the target alone", fontsize=10, x=0.01, ha="left")  # fmt: skip
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return save(fig, Path(path))
+
+
+def _form(row: dict) -> tuple[str, str]:
+    """(projections, attention) a row ran under."""
+    return row.get("decode_linear") or "cublas", row.get("decode_attention") or "kernel"
+
+
+def _form_name(form: tuple[str, str]) -> str:
+    lin, att = form
+    return FORM_NAMES.get(lin, lin) + (" + SDPA" if att == "sdpa" else "")
 
 
 def _parts(row: dict, base: dict | None) -> tuple[float, float, float] | None:

@@ -106,7 +106,7 @@ def _decode_attention_op(
 
 @_decode_attention_op.register_fake
 def _(q, k_cache, v_cache, lengths, scale, window):
-    return q.new_empty((*q.shape[:2], v_cache.shape[3]))
+    return q.new_empty((*q.shape[:-1], v_cache.shape[3]))  # (B, H, Dv), or (B, H, Q, Dv) for Q tokens a row
 
 
 def decode_attention(
@@ -116,8 +116,8 @@ def decode_attention(
     lengths: torch.Tensor,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of one query token per row over its cache's valid length (see ``archzoo.kernels.decode_attention``);
-    traceable."""
+    """Attention of one query token per row (or Q of them, q (B, H, Q, D)) over its cache's valid length (see
+    ``archzoo.kernels.decode_attention``); traceable."""
     if torch.compiler.is_compiling():
         return _decode_attention_op(q, k_cache, v_cache, lengths, scale, None)
     return _decode_attention(q, k_cache, v_cache, lengths, scale)

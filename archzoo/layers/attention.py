@@ -27,7 +27,7 @@ from torch import nn
 
 from ..kernels import decode_attention, decode_attention_ring, decode_qkv_rope
 from ..kernels._dispatch import interpret_mode, record
-from ..kernels.decode_attention._checks import MAX_HEAD_DIM
+from ..kernels.decode_attention._checks import MAX_HEAD_DIM, MAX_QUERIES
 from ..kernels.decode_linear import MAX_M
 from . import fused as fused_mod
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
@@ -60,14 +60,15 @@ def gqa_sdpa() -> str:
     return GQA_SDPA
 
 
-def use_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True when a one-token decode step of q (B, H, 1, D) over cache k should run the decode kernel.
+def use_decode_kernel(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> bool:
+    """True when a decode step of q (B, H, T, D) over cache k should run the decode kernel: one token a row, or
+    up to ``MAX_QUERIES`` tokens a row (a speculative verify) over a global cache (a ring takes one token a row).
 
     Where the kernels run but these tensors do not fit them, masked SDPA runs and the reason is logged once
     (``last_backend("decode_attention") == "sdpa"``) on an eager step; a compiled step cannot log while it is
     traced, so ``archzoo bench decode`` reports the attention that ran in each row (``attention_backend``).
     """
-    if DECODE_ATTENTION != "kernel" or q.shape[2] != 1:
+    if DECODE_ATTENTION != "kernel" or q.shape[2] > (1 if window is not None else MAX_QUERIES):
         return False
     if not (q.is_cuda or (q.device.type == "cpu" and interpret_mode())):  # where the Triton kernels run
         return False
@@ -343,13 +344,16 @@ class Attention(TakesNormAndResidual, nn.Module):
     def _attend_step(self, q, keys, values, k_pos, q_pos, ctx, residual):
         """The step's attention over the cache and the output projection (see ``_decode``)."""
         B, _, T, _ = q.shape
-        if use_decode_kernel(q, keys):
-            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)  # tokens seen, this one included
-            if self.window is None:
+        if use_decode_kernel(q, keys, self.window):
+            # tokens seen, the step's last included; with T tokens a row (a verify) token i sees T - 1 - i fewer
+            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, -1] + 1)
+            if self.window is not None:
+                o = decode_attention_ring(q[:, :, 0], keys, values, lengths, self.window)  # (B, H, D)
+            elif T == 1:
                 o = decode_attention(q[:, :, 0], keys, values, lengths)  # (B, H, D)
             else:
-                o = decode_attention_ring(q[:, :, 0], keys, values, lengths, self.window)
-            return self._out(o.reshape(B, 1, self.n_heads * self.head_dim), ctx, residual)
+                o = decode_attention(q, keys, values, lengths).transpose(1, 2)  # (B, H, T, D) -> (B, T, H, D)
+            return self._out(o.reshape(B, T, self.n_heads * self.head_dim), ctx, residual)
 
         def mask() -> torch.Tensor:
             kp = k_pos if k_pos is not None else self._slot_positions(q_pos, keys.shape[2])

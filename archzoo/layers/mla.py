@@ -209,8 +209,10 @@ class MLA(TakesNormAndResidual, nn.Module):
             return step_mask(visible, self.n_heads, x.dtype)
 
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
-        if use_decode_kernel(q_lat, keys):  # one latent head: key [c_kv | k_rope], value c_kv, each row read once
-            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, 0] + 1)
+        # one latent head: key [c_kv | k_rope], value c_kv, each row read once; one token a row (a verify's several
+        # take the masked SDPA below)
+        if T == 1 and use_decode_kernel(q_lat, keys):
+            lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, -1] + 1)
             o_lat = decode_attention_mla(q_lat[:, :, 0], keys[:, 0], lengths, self.r, self.scale)[:, :, None]
         else:
             mask = ctx.memoised(("mla_mask", S, self.n_heads, x.dtype), mask)

@@ -265,3 +265,21 @@ def test_speculative_rows_run_under_each_linear_form(tmp_path, monkeypatch):
             assert math.isclose(r["speedup"], r["tokens_per_s"] / base)
     md = (out / "decode.md").read_text()
     assert "| speculative k=2 |" in md and "| speculative-gemv k=2 |" in md
+
+
+def test_speculative_rows_under_each_attention_form(tmp_path):
+    """--decode-attention kernel,sdpa: a speculative row per attention form (the verify and the draft's steps under
+    it), each compared with the plain row of the same form."""
+    out = tmp_path / "out"
+    rc, res = _bench(out, GQA, *TINY, "--batch-sizes", "1", "--decode-attention", "kernel,sdpa", "--draft", MAMBA,
+                     "--num-draft-tokens", "2")  # fmt: skip
+    assert rc == 0
+    spec = [r for r in res["rows"] if r["implementation"] == "speculative"]
+    assert [r["decode_attention"] for r in spec] == ["kernel", "sdpa"]
+    plain = {r["decode_attention"]: r for r in res["rows"] if r["implementation"].startswith("archzoo")}
+    for r in spec:
+        base = plain[r["decode_attention"]]
+        if r.get("tokens_per_s") and base.get("tokens_per_s"):
+            assert math.isclose(r["speedup"], r["tokens_per_s"] / base["tokens_per_s"])
+    md = (out / "decode.md").read_text()
+    assert "| speculative k=2 |" in md and "| speculative-sdpa k=2 |" in md

@@ -217,6 +217,9 @@ def test_traceable():
     got = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, L)
     ref = naive_decode_attention(q, k, v, L) + naive_decode_attention_ring(q, k, v, L, 4)
     _assert("out", got, ref, 1e-6)
+    qm = torch.randn(2, 4, 3, 32, generator=torch.Generator().manual_seed(5))  # a verify's three tokens a row
+    got = torch.compile(K.decode_attention, fullgraph=True, backend="aot_eager")(qm, k, v, L)
+    _assert("out, three tokens a row", got, naive_decode_attention(qm, k, v, L), 1e-6)
 
 
 def test_bad_input():
@@ -329,3 +332,70 @@ def test_balanced_splits_equal_the_planned_ones(ring, monkeypatch):
     planned = call()
     assert not balanced.isnan().any()
     assert rel_err(balanced, planned) < 1e-6
+
+
+# Several query tokens a row (a speculative verify): (B, H, Hkv, T_max, D, Q, lengths). Row lengths count the
+# tokens up to the last query; a row shorter than Q has queries that see nothing (zeros); GQA groups 1, 3 and 9.
+MULTI_CASES = {
+    "g3_q3": (3, 6, 2, 45, 64, 3, [45, 2, 17]),
+    "g1_q5": (2, 3, 3, 37, 32, 5, [37, 16]),
+    "g9_q2": (2, 9, 1, 40, 64, 2, [1, 39]),
+    "g3_q9": (1, 9, 3, 33, 16, 9, [20]),
+}
+
+
+def _multi_inputs(B, H, Hkv, Tm, D, Q, lengths, dtype=torch.float32, device="cpu"):
+    gen = torch.Generator().manual_seed(Q)
+    _, k, v, L = _inputs(B, H, Hkv, Tm, D, D, lengths, dtype, device)
+    q = torch.randn(B, H, Q, D, generator=gen).to(device, dtype)
+    return q, k, v, L
+
+
+@pytest.mark.parametrize("case", MULTI_CASES)
+def test_naive_multi_query_matches_sdpa(case):
+    """Query i of a row sees positions [0, length - (Q - 1 - i)): each against SDPA over just those positions."""
+    B, H, Hkv, Tm, D, Q, lengths = MULTI_CASES[case]
+    q, k, v, L = _multi_inputs(B, H, Hkv, Tm, D, Q, lengths)
+    out = naive_decode_attention(q, k, v, L)
+    assert out.shape == (B, H, Q, D)
+    for i in range(Q):
+        Li = (L - (Q - 1 - i)).clamp(min=0)
+        _assert(f"query {i}", out[:, :, i], _sdpa(q[:, :, i], k, v, _visible(Li, Tm)), 1e-6)
+        assert out[:, :, i][Li == 0].eq(0).all(), "a query that sees nothing gives zeros"
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [None, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", MULTI_CASES)
+def test_triton_multi_query_matches_naive(case, dtype, splits, monkeypatch):
+    """The Q tokens folded into the head group, each masked to its own causal bound; splits that end before a
+    query's bound hand it nothing, and a query whose row is too short for it gets zeros."""
+    if splits is not None:
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", splits)
+    B, H, Hkv, Tm, D, Q, lengths = MULTI_CASES[case]
+    q, k, v, L = _multi_inputs(B, H, Hkv, Tm, D, Q, lengths, dtype, DEV)
+    got = T.decode_attention(q, k, v, L)
+    assert got.shape == (B, H, Q, D) and got.dtype == dtype
+    ref = naive_decode_attention(*(t.float() for t in (q, k, v)), L)
+    _assert(f"out[{dtype}, splits={splits}]", got.float(), ref, TOL[dtype])
+    one = T.decode_attention(q[:, :, -1], k, v, L)  # the last query is the one-token call's
+    _assert("last query", got[:, :, -1].float(), one.float(), 1e-6 if dtype == torch.float32 else TOL[dtype])
+
+
+def test_multi_query_bad_input():
+    q, k, v, L = _multi_inputs(1, 3, 1, 8, 16, 2, [8])
+    with pytest.raises(ValueError, match="1..16 query tokens a row, got Q=17"):
+        K.decode_attention(q[:, :, :1].expand(1, 3, 17, 16), k, v, L)
+    with pytest.raises(ValueError, match="decode_attention_ring takes one query token a row"):
+        K.decode_attention_ring(q, k, v, L, 4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("Q", [3, 5, 9])
+def test_cuda_bf16_multi_query(Q):
+    """bf16 on the GPU: a verify's Q tokens a row over a long buffer, GQA 9/3, rows shorter and longer than Q."""
+    lengths = [4096, 2, 1000, 8191]
+    q, k, v, L = _multi_inputs(4, 9, 3, 8192, 64, Q, lengths, torch.bfloat16, "cuda")
+    got = T.decode_attention(q, k, v, L)
+    _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)

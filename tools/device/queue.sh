@@ -6,13 +6,15 @@
 # Usage, in the first call (the teacher may come in later calls: the jobs that need it wait for it):
 #   JOBS="distill:draft-8l spec:draft-8l distill:swa speed distill:mqa" bash tools/device/queue.sh
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
-# runs; distill:<a>+<b> trains two students at once on the one GPU), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4 / 8),
+# runs; distill:<a>+<b> trains two students at once on the one GPU), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4, the verify
+# through the decode-attention kernel and through masked SDPA),
 # kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/), decode64 (issue 18: the
 # GEMV's 64-row plan against cuBLAS), decodeab:<s>,<s> (students, cuBLAS against auto projections), mlafold (MLA's
 # folded decode copies against the unfolded ones), corpus (the distill runs' corpus, its parts brought back), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by
 # tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's (speed:fresh: no committed row kept)
-# decode speed). Timed jobs (spec, decode, speed) wait
+# decode speed), gputests (the GPU tests of kernels built on the CPU since: chunk-parallel linear attention, decode
+# attention with several queries a row, the fused Mamba step; into docs/results/gpu-tests/). Timed jobs (spec, decode, speed) wait
 # for the background scoring first, so nothing else runs on the GPU while they time.
 source tools/device/setup.sh || exit 1
 Q=/root/queue

@@ -53,9 +53,11 @@ for job in $(cat $Q/jobs); do
       need_teacher $job
       [ -n "$bg" ] && wait $bg; bg=""
       log "spec $s"
+      # the verify through the decode-attention kernel (several query tokens a row) against masked SDPA, under the
+      # library's projections (the eleventh session's run compared cuBLAS and auto: docs/decode.md)
       timeout ${SPEC_TIMEOUT:-300} python3 -m archzoo bench decode smollm2-135m --draft /root/runs/smollm2-$s/student \
-          --num-draft-tokens 2,4,8 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --decode-linear cublas,auto \
-          --prompts ${SPEC_PROMPTS:-teacher-heldout} \
+          --num-draft-tokens 2,4 --batch-sizes 1,16 --prompt-lens 128 --new-tokens 128 --decode-linear auto \
+          --decode-attention kernel,sdpa --prompts ${SPEC_PROMPTS:-teacher-heldout} \
           --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
@@ -96,6 +98,18 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/mla.yaml configs/students/mla-r256.yaml --batch 1,64 \
           --prompt 128 --decode-linear auto --mla-fold on,off --out $O/profile_mla_fold.json > $O/profile_mla_fold.log 2>&1
       log "mlafold rc=$? $(grep -c replay $O/profile_mla_fold.log) rows"; pack ;;
+    gputests)  # the GPU tests of the kernels built on the CPU since the last lease (no teacher needed): linear
+      # attention's chunk-parallel backward (its BACKWARD default waits on them), the decode-attention kernel with
+      # several query tokens a row (a speculative verify), the fused Mamba decode step (FUSED_STEP waits on them)
+      [ -n "$bg" ] && wait $bg; bg=""
+      O=$S/docs/results/gpu-tests; mkdir -p $O; F=$O/gpu_tests_$(date +%Y-%m-%d)_queue.log
+      log "gputests"
+      timeout 400 python3 -m pytest -q -p no:cacheprovider -rfs -k "gpu or cuda" \
+          tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
+          tests/kernels/test_decode_attention.py > $F 2>&1
+      log "gputests kernels rc=$? $(tail -1 $F)"
+      timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs tests/kernels/test_mamba_step.py >> $F 2>&1
+      log "gputests mamba_step rc=$? $(tail -1 $F)"; pack ;;
     mambastep)  # issue 18: the Mamba hybrids' step with the fused middle (mamba_decode_step) against the four kernels
       [ -n "$bg" ] && wait $bg; bg=""
       log "mambastep"; O=$DEC; mkdir -p $O
@@ -188,7 +202,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests)" ;;
   esac
   echo "$job" >> $Q/done
 done

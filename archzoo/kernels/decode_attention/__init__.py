@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import kernel_failed, record, try_kernel, use_triton
-from ._checks import check_decode, check_window
+from ._checks import check_decode, check_one_query, check_window
 from .naive import naive_decode_attention, naive_decode_attention_ring
 
 
@@ -34,6 +34,10 @@ def decode_attention(
     values above T_max act as T_max, negative ones as 0, and a row of length 0 returns zeros.
     q, k_cache and v_cache share one dtype: float16, bfloat16 or float32; head dims 1..512 (above 256 in
     tiles of 32 positions).
+
+    Several query tokens a row (a speculative verify, a short chunk): q (B, H, Q, D) with Q <= 16, the row's Q
+    newest tokens, the last at position lengths[b] - 1, each attending causally: query i sees positions
+    [0, lengths[b] - (Q - 1 - i)). Returns (B, H, Q, Dv). The kernel reads each K/V tile once for all Q.
     """
     check_decode(q, k_cache, v_cache, lengths)
     if use_triton(q, k_cache, v_cache, lengths):
@@ -61,6 +65,7 @@ def decode_attention_ring(
     window is a Python int >= 1 (a layer's constant). Otherwise as ``decode_attention``.
     """
     check_decode(q, k_ring, v_ring, lengths, "k_ring", "v_ring")
+    check_one_query(q, "decode_attention_ring")
     check_window(window)
     if use_triton(q, k_ring, v_ring, lengths):
         from .triton import _run
@@ -92,6 +97,7 @@ def decode_attention_mla(
         raise ValueError(f"rank must be an int in 1..min(latent width {latent.shape[2]}, 512), got {rank!r}")
     k, v = latent[:, None], latent[:, None, :, :rank]
     check_decode(q, k, v, lengths, "latent", "latent[..., :rank]")
+    check_one_query(q, "decode_attention_mla")
     if use_triton(q, latent, lengths):
         from .mla import decode_attention_mla as triton_mla
         from .triton import _run

@@ -6,6 +6,7 @@ import torch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 512
+MAX_QUERIES = 16  # query tokens a row in the multi-query form (a speculative verify: k+1 of them)
 
 
 def check_decode(
@@ -16,10 +17,13 @@ def check_decode(
     kname: str = "k_cache",
     vname: str = "v_cache",
 ) -> tuple[int, int, int, int, int, int]:
-    """-> (B, H, Hkv, T, D, Dv), or ValueError naming the tensor and the expected shape."""
-    if not isinstance(q, torch.Tensor) or q.dim() != 3:
-        raise ValueError(f"q must be a (B, H, D) tensor, got shape {tuple(getattr(q, 'shape', ()))}")
-    B, H, D = q.shape
+    """-> (B, H, Hkv, T, D, Dv), or ValueError naming the tensor and the expected shape. q is (B, H, D), or
+    (B, H, Q, D) with 1 <= Q <= MAX_QUERIES consecutive query tokens a row (``multi`` callers only)."""
+    if not isinstance(q, torch.Tensor) or q.dim() not in (3, 4):
+        raise ValueError(f"q must be a (B, H, D) or (B, H, Q, D) tensor, got shape {tuple(getattr(q, 'shape', ()))}")
+    if q.dim() == 4 and not 1 <= q.shape[2] <= MAX_QUERIES:
+        raise ValueError(f"q (B, H, Q, D) holds 1..{MAX_QUERIES} query tokens a row, got Q={q.shape[2]}")
+    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
     for name, t in ((kname, k), (vname, v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a (B, H_kv, T_max, D) tensor, got shape {tuple(getattr(t, 'shape', ()))}")
@@ -49,6 +53,12 @@ def check_decode(
         raise ValueError(f"q, {kname}, {vname} and lengths must be on one device, got "
                          f"{q.device}, {k.device}, {v.device}, {lengths.device}")  # fmt: skip
     return B, H, Hkv, T, D, Dv
+
+
+def check_one_query(q: torch.Tensor, fn: str) -> None:
+    """The forms that take one query token a row (the ring, MLA's latent) refuse (B, H, Q, D)."""
+    if q.dim() != 3:
+        raise ValueError(f"{fn} takes one query token a row: q (B, H, D), got shape {tuple(q.shape)}")
 
 
 def check_window(window: int) -> None:

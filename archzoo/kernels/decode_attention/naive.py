@@ -33,9 +33,16 @@ def naive_decode_attention(
     """Softmax attention of q (B, H, D) over positions [0, lengths[b]) of k_cache / v_cache (B, Hkv, T_max, D / Dv).
 
     Query head h reads KV head h // (H / Hkv). Lengths are clamped to [0, T_max]; a row of length 0 gives 0.
+    q (B, H, Q, D): Q consecutive query tokens a row, the last at position lengths[b] - 1; query i sees positions
+    [0, lengths[b] - (Q - 1 - i)) -> (B, H, Q, Dv).
     """
     T = k_cache.shape[2]
-    visible = torch.arange(T, device=q.device)[None, :] < lengths.to(q.device).long()[:, None]  # (B, T)
+    lengths = lengths.to(q.device).long()
+    if q.dim() == 4:
+        Q = q.shape[2]
+        outs = [naive_decode_attention(q[:, :, i], k_cache, v_cache, lengths - (Q - 1 - i), scale) for i in range(Q)]
+        return torch.stack(outs, dim=2)
+    visible = torch.arange(T, device=q.device)[None, :] < lengths[:, None]  # (B, T)
     return _attend(q, k_cache, v_cache, visible, scale)
 
 

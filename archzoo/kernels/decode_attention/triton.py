@@ -47,7 +47,7 @@ from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from .._sizes import sm_count as _sm_count
-from ._checks import check_decode, check_window
+from ._checks import check_decode, check_one_query, check_window
 
 LOG2E = 1.4426950408889634
 
@@ -94,7 +94,7 @@ def _split_kernel(
     QK_SCALE: tl.constexpr, RING: tl.constexpr, SINGLE: tl.constexpr, FIXUP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_S: tl.constexpr, PDL: tl.constexpr, BALANCE: tl.constexpr,
+    BLOCK_S: tl.constexpr, PDL: tl.constexpr, BALANCE: tl.constexpr, NQ: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # q, the caches and the lengths are the step's earlier kernels' outputs: wait before any load
         gdc_launch_dependents()
@@ -113,6 +113,8 @@ def _split_kernel(
     offs_g = tl.arange(0, BLOCK_G)
     mask_g = offs_g < G
     heads = kv * G + offs_g
+    if NQ > 1:  # NQ query tokens a row, folded into the group (head h, token i -> h * NQ + i): token i's bound
+        q_end = length - (NQ - 1) + offs_g % NQ  # (BLOCK_G,) positions < q_end are visible to that query
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -141,7 +143,10 @@ def _split_kernel(
         if DOT_F32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * QK_SCALE  # (BLOCK_G, BLOCK_T)
-        s = tl.where(vis[None, :], s, float("-inf"))
+        if NQ > 1:
+            s = tl.where(vis[None, :] & (offs_t[None, :] < q_end[:, None]), s, float("-inf"))
+        else:
+            s = tl.where(vis[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a ring tile may be wholly outside the window
         alpha = tl.exp2(m_i - m_safe)
@@ -261,14 +266,14 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
+def _plan(q, k, v, scale: float | None, ring: bool, nq: int = 1) -> _Plan:
     pdl = pdl_enabled(q.device)
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, q.device, scale, ring,
-           tuple(sorted(CONFIG_OVERRIDE.items())), pdl)  # fmt: skip
+           tuple(sorted(CONFIG_OVERRIDE.items())), pdl, nq)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
-    B, H, D = q.shape
+    B, H, D = q.shape  # H: heads x query tokens (nq of them a head, folded by _run)
     _, Hkv, T, _ = k.shape
     Dv = v.shape[3]
     n_splits, chunk, block_t = split_plan(B, Hkv, T, q.device, max(D, Dv))
@@ -285,7 +290,7 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
     p.split_consts = (
         scale * LOG2E, ring, n_splits == 1, p.fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None,
         dot_f32, max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
-        max(2, _next_pow2(n_splits)), pdl, bool(_config(q.device)["BALANCE"]),
+        max(2, _next_pow2(n_splits)), pdl, bool(_config(q.device)["BALANCE"]), nq,
     )  # fmt: skip
     p.pdl = pdl
     p.warps = _config(q.device)["num_warps"]
@@ -304,8 +309,20 @@ def _plan(q, k, v, scale: float | None, ring: bool) -> _Plan:
 
 
 def _run(q, k, v, lengths, scale: float | None, window: int, ring: bool) -> torch.Tensor:
-    """The launches, without validation (the dispatcher validated)."""
-    p = _plan(q, k, v, scale, ring)
+    """The launches, without validation (the dispatcher validated). q (B, H, Q, D), Q query tokens a row: folded
+    into the head axis (head h, token i -> h * Q + i, so a KV head's group holds its G heads' Q tokens each and
+    its K/V tiles are read once for all of them), each token masked to its own causal bound in the kernel."""
+    if q.dim() == 4:
+        B, H, Q, D = q.shape
+        if Q == 1:
+            return _run(q[:, :, 0], k, v, lengths, scale, window, ring).unsqueeze(2)
+        out = _run_folded(q.reshape(B, H * Q, D), k, v, lengths, scale, window, ring, Q)
+        return out.view(B, H, Q, out.shape[-1])
+    return _run_folded(q, k, v, lengths, scale, window, ring, 1)
+
+
+def _run_folded(q, k, v, lengths, scale: float | None, window: int, ring: bool, nq: int) -> torch.Tensor:
+    p = _plan(q, k, v, scale, ring, nq)
     out = torch.empty((p.B, p.H, p.Dv), device=q.device, dtype=q.dtype)
     dev = q.get_device()
     if p.n_splits == 1:
@@ -345,6 +362,7 @@ def decode_attention_ring(
 ) -> torch.Tensor:
     """Sliding-window decode over a ring buffer in Triton; same semantics as ``naive_decode_attention_ring``."""
     check_decode(q, k_ring, v_ring, lengths, "k_ring", "v_ring")
+    check_one_query(q, "decode_attention_ring")
     check_window(window)
     return _run(q, k_ring, v_ring, lengths, scale, window, True)
 
