@@ -61,6 +61,17 @@ for job in $(cat $Q/jobs); do
           --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
+    specbig)  # issue 20 where a draft should pay: batch 64 x 4,096-token prompts, the teacher bound by reading its
+      # K/V (3.4 ms a step on an H100), a student with a small cache as the draft (SWA: 1.5-1.7 ms a step there, and
+      # it agrees with the teacher 84-88% of the time at k = 4 in the distillation suite)
+      need_teacher $job
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "specbig $s"
+      timeout ${SPEC_TIMEOUT:-400} python3 -m archzoo bench decode smollm2-135m --draft /root/runs/smollm2-$s/student \
+          --num-draft-tokens 2,4,6 --batch-sizes 64 --prompt-lens 4096 --new-tokens 128 --decode-linear auto \
+          --prompts ${SPEC_PROMPTS:-teacher-heldout} --out $S/docs/results/decode/specbig_$s \
+          > $Q/specbig-$s.log 2>&1
+      log "specbig $s rc=$?"; cp $Q/specbig-$s.log $S/docs/results/decode/specbig_$s/ 2> /dev/null; pack ;;
     decode)  # issue 18: the decode kernels' GPU tests (PDL's included), then cuBLAS, the GEMV and the GEMV with PDL;
       # most wanted first, each step's files packed as it ends (a lease may end mid-job)
       [ -n "$bg" ] && wait $bg; bg=""
@@ -202,7 +213,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>)" ;;
   esac
   echo "$job" >> $Q/done
 done
