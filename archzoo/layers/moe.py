@@ -48,6 +48,14 @@ DISPATCHES = ("auto", "grouped", "loop")
 ROUTE = "auto"
 ROUTES = ("auto", "sort", "count")
 
+# How the grouped path runs gate and up: "separate" (two grouped GEMMs of N = d_ff each) or "fused" (one of
+# N = 2 * d_ff over the two weights concatenated in the forward, the dense SwiGLU's shape; the concatenation copies
+# both weights once a forward, and their gradients are the halves of one). "separate" until a GPU has timed both
+# (archzoo bench kernels --ops moe: the *_gu rows): on an H100 the nine grouped-GEMM launches of a compiled
+# forward + backward took 381 us where the dense layer's nine GEMMs of the same FLOPs took 227 (docs/kernels.md).
+GATE_UP = "separate"
+GATE_UPS = ("separate", "fused")
+
 # PyTorch's grouped matrix multiply: public as torch.nn.functional.grouped_mm in newer releases, private
 # torch._grouped_mm before; None where this torch has neither.
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -325,8 +333,16 @@ class MoE(nn.Module):
         dtype = compute_dtype(x)
         offs = torch.cumsum(load, 0, dtype=torch.int32)  # (E,) end of each expert's rows
         xs = x[tokens].to(dtype)  # (K*N, D) rows grouped by expert
-        wg, wu, wd = (p.weight.to(dtype).transpose(-2, -1) for p in (self.gate_proj, self.up_proj, self.down_proj))
-        h = F.silu(_grouped_mm(xs, wg, offs=offs)) * _grouped_mm(xs, wu, offs=offs)  # (K*N, F)
+        wd = self.down_proj.weight.to(dtype).transpose(-2, -1)  # (E, F, D)
+        if GATE_UP not in GATE_UPS:
+            raise ValueError(f"archzoo.layers.moe.GATE_UP must be one of {', '.join(GATE_UPS)}; got {GATE_UP!r}")
+        if GATE_UP == "fused":  # one grouped GEMM of N = 2F: gate's F columns, then up's
+            wgu = torch.cat([self.gate_proj.weight, self.up_proj.weight], dim=1).to(dtype).transpose(-2, -1)
+            g, u = _grouped_mm(xs, wgu, offs=offs).chunk(2, dim=-1)  # (K*N, F) each
+            h = F.silu(g) * u
+        else:
+            wg, wu = (p.weight.to(dtype).transpose(-2, -1) for p in (self.gate_proj, self.up_proj))  # (E, D, F)
+            h = F.silu(_grouped_mm(xs, wg, offs=offs)) * _grouped_mm(xs, wu, offs=offs)  # (K*N, F)
         ys = _grouped_mm(h, wd, offs=offs)  # (K*N, D)
         contrib = ys * ws[:, None]  # (K*N, D) in x's dtype (autocast: ys in the autocast dtype)
         # Back to assignment order (a permutation: no atomics, deterministic), then each token's K choices summed.

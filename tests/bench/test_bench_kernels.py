@@ -154,3 +154,19 @@ def test_la_takes_the_triton_kernel_under_the_interpreter(tmp_path, monkeypatch)
     for norm in ("normalize_false", "normalize_true"):
         ours = la[norm]["40"]["archzoo"]
         assert ours["status"] == "ok" and ours["backend"] == "triton", ours
+
+
+def test_moe_rows_set_their_switches_for_the_call_only():
+    """A MoE bench row's switches (DISPATCH, ROUTE, GATE_UP) hold during its call and are as they were after."""
+    from archzoo.bench.kernels.moe import _dispatched
+    from archzoo.layers import moe as moe_mod
+
+    before = moe_mod.DISPATCH, moe_mod.ROUTE, moe_mod.GATE_UP
+    seen = []
+    call = _dispatched(moe_mod, lambda x: seen.append((moe_mod.DISPATCH, moe_mod.ROUTE, moe_mod.GATE_UP)) or x,
+                       torch.zeros(1), "grouped", route="count", gate_up="fused")  # fmt: skip
+    call()
+    _dispatched(moe_mod, lambda x: seen.append((moe_mod.DISPATCH, moe_mod.ROUTE, moe_mod.GATE_UP)) or x,
+                torch.zeros(1), "loop")()  # fmt: skip
+    assert seen == [("grouped", "count", "fused"), ("loop", *before[1:])]
+    assert (moe_mod.DISPATCH, moe_mod.ROUTE, moe_mod.GATE_UP) == before

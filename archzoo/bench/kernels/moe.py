@@ -44,7 +44,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     the two eager MoE rows: what torch's sync debug mode reports over one forward+backward ("none" for grouped; the
     loop reads the experts' loads on the host). Also on CUDA: the grouped layer eager, compiled and in CUDA graphs
     again with the counting sort (``archzoo_grouped_count*``, ``archzoo.layers.moe.ROUTE="count"``; the other
-    compiled and graphed rows take the stable sort, which ``ROUTE="auto"`` takes only eagerly), and in the compiled
+    compiled and graphed rows take the stable sort, which ``ROUTE="auto"`` takes only eagerly), with gate and up as
+    one grouped GEMM too (``archzoo_grouped_count_gu_*``, ``GATE_UP="fused"``), and in the compiled
     rows ``kernels_fwdbwd``: torch.profiler's count of one forward+backward's kernels (device us, launches, the top
     kernels by device time; its error instead, should the profiler fail), which says where the time over the dense
     layer's goes."""
@@ -91,6 +92,9 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         for name, fn in (("compiled", compiled_layer), ("cudagraphs", graphed_layer)):
             call = _dispatched(moe_mod, fn, x, "grouped", route="count")
             impls[f"archzoo_grouped_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
+            # and gate and up as one grouped GEMM of N = 2 d_ff (GATE_UP="fused"), beside the count rows
+            call = _dispatched(moe_mod, fn, x, "grouped", route="count", gate_up="fused")
+            impls[f"archzoo_grouped_count_gu_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
     dispatch: dict[str, object] = {}
     for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
         fn = impls[name]
@@ -124,7 +128,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             if peak and row.get("status") == "ok" and f"{mode}_ms" in row:
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
-        for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", f"{dname}_compiled"):
+        for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", "archzoo_grouped_count_gu_compiled",
+                     f"{dname}_compiled"):  # fmt: skip
             if res.get(name, {}).get("status") == "ok":
                 try:  # a profiler failure is the row's note, not the end of the op's other rows
                     res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
@@ -153,22 +158,27 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
 
 
 def _dispatched(
-    moe_mod, layer: torch.nn.Module, x: torch.Tensor, mode: str, route: str | None = None
+    moe_mod,
+    layer: torch.nn.Module,
+    x: torch.Tensor,
+    mode: str,
+    route: str | None = None,
+    gate_up: str | None = None,
 ) -> Callable[[], torch.Tensor]:
     """-> call(): ``layer(x)`` with ``archzoo.layers.moe.DISPATCH`` set to ``mode`` (and ``ROUTE`` to ``route``,
-    when given) around it and restored. A compiled layer guards on both, so each setting has its own graph."""
+    ``GATE_UP`` to ``gate_up``, when given) around it and restored. A compiled layer guards on all three, so each
+    setting has its own graph."""
+    switches = {"DISPATCH": mode, "ROUTE": route, "GATE_UP": gate_up}
 
     def call() -> torch.Tensor:
-        old = moe_mod.DISPATCH, getattr(moe_mod, "ROUTE", None)
-        moe_mod.DISPATCH = mode
-        if route is not None:
-            moe_mod.ROUTE = route
+        old = {k: getattr(moe_mod, k, None) for k, v in switches.items() if v is not None}
+        for k in old:
+            setattr(moe_mod, k, switches[k])
         try:
             return layer(x)
         finally:
-            moe_mod.DISPATCH = old[0]
-            if route is not None:
-                moe_mod.ROUTE = old[1]
+            for k, v in old.items():
+                setattr(moe_mod, k, v)
 
     return call
 
