@@ -88,7 +88,7 @@ class Cache:
         it fills these rows (``generate`` prefills prompts of different lengths row by row this way)."""
         sl = slice(index, index + 1) if isinstance(index, int) else index
         layers = [
-            None if s is None else LayerState(s.by_length, **{k: v[sl] for k, v in s.buffers.items()})
+            None if s is None else LayerState(s.by_length, s.ring, **{k: v[sl] for k, v in s.buffers.items()})
             for s in self.layers
         ]
         view = Cache.__new__(Cache)
@@ -108,7 +108,7 @@ class Cache:
         for s in self.layers:
             if s is not None and id(s) not in made:
                 zeros = {k: v.new_zeros((n, *v.shape[1:])) for k, v in s.buffers.items()}
-                made[id(s)] = LayerState(s.by_length, **zeros)
+                made[id(s)] = LayerState(s.by_length, s.ring, **zeros)
             layers.append(None if s is None else made[id(s)])
         out = Cache(layers, n, self.max_seq_len, self.capacity, self.device)
         out.fused_weights, out.compiled_blocks = self.fused_weights, self.compiled_blocks

@@ -22,7 +22,9 @@ ring buffers, linear-attention ``S``/``z``, S4D ``ssm``, Mamba ``conv``/``ssm``)
 
 - draft: static snapshot slots (``_Slots``): slot ``i`` holds those buffers after the round's first ``i``
   tokens, ``i = 0 .. k``. Rollback picks each row's slot by a device index (a gather, no host read) and sets
-  the lengths; keeping all ``k+1`` keeps the current state.
+  the lengths; keeping all ``k+1`` keeps the current state. A ring buffer (``LayerState.ring``) keeps only
+  the k+1 slots the round overwrites (``_RingSlots``), saved before the first step and scattered back for the
+  refused positions; the target's rings likewise around the verify.
 - target whose every buffer rewinds by length (pure attention / MLA, the teacher): ``lengths = before + n_b + 1``
   on the device. Nothing else: this is the captured path.
 - target with buffers that need a copy (recurrent, sliding window, hybrids): one snapshot before the verify;
@@ -164,22 +166,65 @@ def accept(
     return n, nxt
 
 
+class _RingSlots:
+    """The slots a round overwrites in a cache's ring buffers (``LayerState.ring``: (B, H, slots, D), position p in
+    slot p % slots), saved before the round writes and put back for the positions it refuses: ``n`` positions a
+    row from its length at the round's start, (B, H, n, D) a buffer, where a whole snapshot would copy every slot
+    (a window of 128 at batch 64 and 30 layers: 189 MB a copy, ``n`` copies a round). Rings with fewer slots than
+    ``n`` (a position would overwrite one the same round wrote) are left to ``_Slots``."""
+
+    def __init__(self, cache: Cache, n: int):
+        self.n = n
+        self.pairs = [
+            (buf, buf.new_empty((buf.shape[0], buf.shape[1], n, buf.shape[3])))
+            for s in cache.layers
+            if s is not None
+            for name, buf in s.buffers.items()
+            if name in s.ring and name not in s.by_length and buf.shape[2] >= n
+        ]
+
+    def _index(self, buf: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """(B,) first position -> (B, H, n, D) gather / scatter index of the slots of positions start .. start+n-1."""
+        B, H, S, D = buf.shape
+        slots = torch.remainder(start[:, None] + torch.arange(self.n, device=start.device), S)  # (B, n)
+        return slots[:, None, :, None].expand(B, H, self.n, D)
+
+    def save(self, start: torch.Tensor) -> None:
+        for buf, saved in self.pairs:
+            saved.copy_(buf.gather(2, self._index(buf, start)))
+
+    def restore(self, start: torch.Tensor, keep: torch.Tensor) -> None:
+        """Row b keeps positions start .. start + keep[b] - 1 as written; the slots of the later ones get back
+        what they held before the round."""
+        refused = (torch.arange(self.n, device=keep.device)[None, :] >= keep[:, None])[:, None, :, None]  # (B,1,n,1)
+        for buf, saved in self.pairs:
+            index = self._index(buf, start)
+            buf.scatter_(2, index, torch.where(refused, saved, buf.gather(2, index)))
+
+    def owns(self, buf: torch.Tensor) -> bool:
+        return any(b is buf for b, _ in self.pairs)
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for _, s in self.pairs)
+
+
 class _Slots:
-    """Static copies of a cache's buffers that lowering ``lengths`` cannot rewind (``LayerState.by_length``).
+    """Static copies of a cache's buffers that lowering ``lengths`` cannot rewind (``LayerState.by_length``), but
+    for the ring buffers a ``_RingSlots`` (``rings``) keeps by their overwritten slots.
 
     ``n`` slots per buffer, stacked: (n, *buffer.shape); every buffer is batch-first (``Cache.rows`` relies on
     it too). ``save(i)`` copies the buffers into slot i; ``restore(slot)`` writes back, row b from slot
     ``slot[b]`` (a device index: a gather, no host read), and keeps row b's current state where ``slot[b] >= n``.
     """
 
-    def __init__(self, cache: Cache, n: int):
+    def __init__(self, cache: Cache, n: int, rings: _RingSlots | None = None):
         self.n = n
         self.pairs = [
             (buf, torch.empty((n, *buf.shape), dtype=buf.dtype, device=buf.device))
             for s in cache.layers
             if s is not None
             for name, buf in s.buffers.items()
-            if name not in s.by_length
+            if name not in s.by_length and not (rings is not None and rings.owns(buf))
         ]
 
     def save(self, i: int) -> None:
@@ -239,8 +284,12 @@ class SpeculativeRound:
         # the batch minimum, rounds in which some row kept tokens
         self.counts = torch.zeros(4, dtype=torch.long, device=dev)
         self.eos = torch.tensor(eos_ids, dtype=torch.long, device=dev) if eos_ids else None
-        self.dslots = _Slots(dcache, k + 1) if dcache.needs_snapshot else None
-        self.tslots = _Slots(tcache, 1) if self.replay else None
+        # Ring buffers: their k+1 overwritten slots a round; everything else that cannot rewind by length, whole.
+        self.drings, self.trings = _RingSlots(dcache, k + 1), _RingSlots(tcache, k + 1)
+        self.dslots = _Slots(dcache, k + 1, self.drings) if dcache.needs_snapshot else None
+        self.tslots = _Slots(tcache, 1, self.trings) if self.replay else None
+        self.dslots = self.dslots if self.dslots is not None and self.dslots.pairs else None
+        self.tslots = self.tslots if self.tslots is not None and self.tslots.pairs else None
         # Host bound of each cache's longest row at a round's start, for the eager capacity guard of one-token
         # forwards (``ArchZooLM._context`` reads and advances ``Cache.host_max_len``). The real lengths move on
         # the device by rollbacks the host never reads, so each round sets the worst case the cache allows:
@@ -250,8 +299,8 @@ class SpeculativeRound:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def nbytes(self) -> int:
-        """Bytes of the snapshot slots (both caches' own are ``Cache.nbytes``)."""
-        return sum(s.nbytes() for s in (self.dslots, self.tslots) if s is not None)
+        """Bytes of the snapshot slots and saved ring slots (both caches' own are ``Cache.nbytes``)."""
+        return sum(s.nbytes() for s in (self.dslots, self.tslots, self.drings, self.trings) if s is not None)
 
     def reset(self) -> None:
         for c in (self.tcache, self.dcache):
@@ -294,7 +343,9 @@ class SpeculativeRound:
         active = (~self.done).any().expand(B) if self.replay else ~self.done
         t_before, d_before = tcache.lengths.clone(), dcache.lengths.clone()
 
-        # 1. the draft reads [t, d_1 .. d_k]: k+1 one-token steps, snapshot slot i after its first i tokens
+        # 1. the draft reads [t, d_1 .. d_k]: k+1 one-token steps, snapshot slot i after its first i tokens (its
+        # rings: the k+1 slots the steps overwrite, saved first)
+        self.drings.save(d_before)
         token, drafted, qs = self.last[:, None], [], []
         for j in range(k + 1):
             if self.dslots is not None:
@@ -310,6 +361,7 @@ class SpeculativeRound:
         # 2. the target verifies all k in one (B, k+1) forward
         if self.tslots is not None:
             self.tslots.save(0)
+        self.trings.save(t_before)
         verify_in = torch.cat([self.last[:, None], drafted], dim=1)  # (B, k+1)
         p = self._probs(_forward(model, verify_in, tcache))  # (B, k+1, V)
         n_b, nxt = accept(p, drafted, None if self.temperature == 0.0 else torch.stack(qs, dim=1), self.generator)
@@ -325,10 +377,12 @@ class SpeculativeRound:
         dcache.lengths.copy_(d_before + keep)
         if self.dslots is not None:
             self.dslots.restore(keep)  # slot keep; keep == k+1 keeps the current state
+        self.drings.restore(d_before, keep)
         if self.replay:
             self._replay_target(keep, t_before, verify_in)
         else:
             tcache.lengths.copy_(t_before + keep)
+            self.trings.restore(t_before, keep)
 
         # 5. outputs [d_1 .. d_m, new] at each row's offset; a frozen row writes back what its columns hold
         emitted = torch.cat([drafted, new[:, None]], dim=1).scatter(1, m[:, None], new[:, None])  # (B, k+1)
@@ -352,7 +406,9 @@ class SpeculativeRound:
         n = int(keep[0])
         if n == self.k + 1:
             return  # everything kept: the verify forward left the cache as it should be
-        self.tslots.restore(torch.zeros_like(keep))
+        if self.tslots is not None:
+            self.tslots.restore(torch.zeros_like(keep))
+        self.trings.restore(t_before, torch.zeros_like(keep))  # the verify's slots as before it; the replay rewrites
         self.tcache.lengths.copy_(t_before)
         if n > 0:
             self.tcache.host_max_len = self.bound

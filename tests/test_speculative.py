@@ -145,9 +145,28 @@ def test_rollback_leaves_caches_as_if_refused_tokens_were_never_seen(family, eos
     """After a run, row b of both caches equals a cache that saw its prompt and its kept tokens one step at a
     time. With an EOS id that ends one row early (the host looking only every 1000 rounds), the rounds that run
     past that row's end keep nothing for it."""
-    monkeypatch.setattr(speculative, "SYNC_EVERY", 1000)
     target = f64_model(FAMILIES[family])
-    draft = ROLLBACK_CASES[family](target)
+    _check_rollback(family, target, ROLLBACK_CASES[family](target), eos, monkeypatch)
+
+
+@pytest.mark.parametrize("window", [6, 3], ids=["ring_slots", "narrow_ring_whole"])
+def test_ring_draft_rollback_by_slots_or_whole(window, monkeypatch):
+    """A sliding-window draft's ring buffers are rolled back by the k+1 slots a round overwrites (``_RingSlots``)
+    when the ring has at least k+1 slots, and by whole snapshots (``_Slots``) when a round would overwrite a slot
+    it wrote itself (window 3 < k+1 = 4); either way the caches end as if the refused tokens were never seen."""
+    target = f64_model(FAMILIES["gqa"])
+    draft = windowed(target, window)
+    state = speculative.SpeculativeRound(target, draft, (target.new_cache(1, 64), draft.new_cache(1, 64)), 3,
+                                         0.0, None, None, [], None)  # fmt: skip
+    n_rings = len(state.drings.pairs)
+    assert (n_rings > 0, state.dslots is None) == (window >= 4, window >= 4), (n_rings, state.dslots)
+    if window >= 4:  # the saved slots: k+1 positions a ring, not the ring
+        assert state.nbytes() == sum(b[:, :, :4].numel() * b.element_size() for b, _ in state.drings.pairs)
+    _check_rollback("gqa", target, draft, False, monkeypatch)
+
+
+def _check_rollback(family: str, target, draft, eos: bool, monkeypatch) -> None:
+    monkeypatch.setattr(speculative, "SYNC_EVERY", 1000)
     rows = prompts(seed=5)
     k, new = 3, 30  # past the 16-token windows of swa / based
     eos_ids = []

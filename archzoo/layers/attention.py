@@ -241,9 +241,11 @@ class Attention(TakesNormAndResidual, nn.Module):
         if not self.owns_kv:
             return None
         shape = (batch_size, self.n_kv_heads, self.cache_slots(self.cfg, max_seq_len), self.head_dim)
-        # A global layer's K/V rewind by length; a ring buffer overwrites slots, so it needs a snapshot.
+        # A global layer's K/V rewind by length; a ring buffer overwrites slots (position p in slot p % slots), so
+        # a rollback restores the slots it overwrote.
         return LayerState(
             by_length=("k", "v") if self.window is None else (),
+            ring=("k", "v") if self.window is not None else (),
             k=torch.zeros(shape, dtype=dtype, device=device),
             v=torch.zeros(shape, dtype=dtype, device=device),
         )

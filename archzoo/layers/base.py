@@ -61,11 +61,19 @@ class LayerState:
     Every other buffer (a ring buffer that overwrites slots, a recurrent state) cannot be rewound by
     index; speculative decoding keeps a ``snapshot`` of those and ``restore``s it. The default, no
     name, is the safe one for a new family: everything is snapshotted.
+
+    ``ring`` names, among the others, the ring buffers (B, H, slots, D) that hold position p in slot p % slots and
+    are written one slot per position: a rollback of the positions after some p needs only the slots they
+    overwrote, so speculative decoding keeps those few slots, not the whole buffer (``speculative._RingSlots``).
     """
 
-    def __init__(self, by_length: tuple[str, ...] | frozenset[str] = (), **buffers: torch.Tensor):
+    def __init__(
+        self, by_length: tuple[str, ...] | frozenset[str] = (), ring: tuple[str, ...] | frozenset[str] = (),
+        **buffers: torch.Tensor,
+    ):  # fmt: skip
         self.buffers: dict[str, torch.Tensor] = buffers
         self.by_length: frozenset[str] = frozenset(by_length)
+        self.ring: frozenset[str] = frozenset(ring)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.buffers[name]
