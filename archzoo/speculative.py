@@ -25,9 +25,10 @@ ring buffers, linear-attention ``S``/``z``, S4D ``ssm``, Mamba ``conv``/``ssm``)
   the lengths; keeping all ``k+1`` keeps the current state. A ring buffer (``LayerState.ring``) keeps only
   the k+1 slots the round overwrites (``_RingSlots``), saved before the first step and scattered back for the
   refused positions; the target's rings likewise around the verify.
-- target whose every buffer rewinds by length (pure attention / MLA, the teacher): ``lengths = before + n_b + 1``
-  on the device. Nothing else: this is the captured path.
-- target with buffers that need a copy (recurrent, sliding window, hybrids): one snapshot before the verify;
+- target whose every buffer rewinds by length or by ring slots (attention, MLA, sliding windows; the teacher):
+  ``lengths = before + n_b + 1`` on the device, and the refused positions' ring slots put back. Nothing else:
+  this is the captured path.
+- target with buffers that need a copy (recurrent states, hybrids): one snapshot before the verify;
   rollback restores it and replays the kept ``[t, d_1 .. d_n]`` in one (B, n+1) forward. That forward's length
   depends on the data, so the host reads ``n`` every round, and a multi-token forward advances every row alike,
   so the batch keeps ``n = min_b n_b`` (a row that accepted more gives its accepted ``d_{n+1}``): still the
@@ -274,7 +275,6 @@ class SpeculativeRound:
         # Both models' decode steps read the fused projection copies, as generate's step does; the caller keeps
         # them fresh (ArchZooLM.refresh_fused).
         tcache.fused_weights = dcache.fused_weights = True
-        self.replay = tcache.needs_snapshot  # the target cannot rewind by length: restore + replay, batch minimum
         self.last = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) latest committed token, in neither cache
         self.out = torch.zeros(B, self.length, dtype=torch.long, device=dev)  # generated tokens, written by offset
         self.n_out = torch.zeros(B, dtype=torch.long, device=dev)  # (B,) tokens row b has generated
@@ -286,10 +286,13 @@ class SpeculativeRound:
         self.eos = torch.tensor(eos_ids, dtype=torch.long, device=dev) if eos_ids else None
         # Ring buffers: their k+1 overwritten slots a round; everything else that cannot rewind by length, whole.
         self.drings, self.trings = _RingSlots(dcache, k + 1), _RingSlots(tcache, k + 1)
-        self.dslots = _Slots(dcache, k + 1, self.drings) if dcache.needs_snapshot else None
-        self.tslots = _Slots(tcache, 1, self.trings) if self.replay else None
-        self.dslots = self.dslots if self.dslots is not None and self.dslots.pairs else None
-        self.tslots = self.tslots if self.tslots is not None and self.tslots.pairs else None
+        dslots, tslots = _Slots(dcache, k + 1, self.drings), _Slots(tcache, 1, self.trings)
+        self.dslots = dslots if dslots.pairs else None
+        # A target with buffers that neither rewind by length nor by ring slots (recurrent states, a ring narrower
+        # than k+1): restore its snapshot and replay the kept tokens, the batch's minimum. Attention, MLA and
+        # sliding windows roll back per row on the device.
+        self.replay = bool(tslots.pairs)
+        self.tslots = tslots if self.replay else None
         # Host bound of each cache's longest row at a round's start, for the eager capacity guard of one-token
         # forwards (``ArchZooLM._context`` reads and advances ``Cache.host_max_len``). The real lengths move on
         # the device by rollbacks the host never reads, so each round sets the worst case the cache allows:

@@ -129,7 +129,7 @@ def windowed(model, window: int):
     return out
 
 
-ROLLBACK_CASES = {  # target family -> its draft; swa, based, jamba, s4 replay (batch minimum), mla and gqa do not
+ROLLBACK_CASES = {  # target family -> its draft; based, jamba, s4 replay (batch minimum), mla, gqa and swa do not
     "swa": lambda t: noisy_copy(t, 0.003),
     "based": lambda t: noisy_copy(t, 0.003),
     "jamba": lambda t: noisy_copy(t, 0.003),
@@ -180,7 +180,7 @@ def _check_rollback(family: str, target, draft, eos: bool, monkeypatch) -> None:
         speculative_generate(target, draft, rows, new, k, 0.0, None, None, eos_ids, None, stats, state=state)
         out = state.out  # the tokens as generated (the returned ones hold EOS after a row's first EOS)
         assert 0 < stats["acceptance_rate"] < 1, stats
-        assert stats["target_rollback"] == ("lengths" if family in ("mla", "gqa") else "replay"), stats
+        assert stats["target_rollback"] == ("lengths" if family in ("mla", "gqa", "swa") else "replay"), stats
         tcache, dcache = caches
         for b, r in enumerate(rows):
             n = stats["row_new_tokens"][b]  # both caches hold all but the latest token

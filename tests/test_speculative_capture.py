@@ -102,10 +102,11 @@ def test_round_reads_nothing_on_the_host(draft_family, settings, no_host_reads):
         assert int(state.n_out.min()) >= 4  # each round advanced every row
 
 
-@pytest.mark.parametrize("target_family", ["mha", "mqa", "cla", "mla", "moe"])
+@pytest.mark.parametrize("target_family", ["mha", "mqa", "cla", "mla", "moe", "swa"])
 def test_every_length_rewound_target_reads_nothing_on_the_host(target_family, no_host_reads):
     """The other targets that rewind by length (the captured path): their (B, k+1) verify forward, MoE routing
-    and MLA's absorbed decode included, reads nothing on the host either."""
+    and MLA's absorbed decode included, reads nothing on the host either; a sliding window's ring buffers roll
+    back by the slots the verify overwrote, so it is one of them."""
     target = f64_model(FAMILIES[target_family])
     with torch.no_grad():
         state = started_round(target, f64_model(FAMILIES["mamba"], seed=3), 3, 20, temperature=1.0)
