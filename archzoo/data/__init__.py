@@ -1,4 +1,5 @@
-"""Corpora, tokenisation + packing, data sources and mixtures, held-out sets, MQAR, and teacher-generated text.
+"""Corpora, tokenisation + packing, data sources and mixtures, held-out sets, MQAR, passkey retrieval, and
+teacher-generated text.
 
 Sources (``archzoo.data.sources``): ``SourceConfig``, ``parse_sources``, ``source_blocks``,
 ``split_heldout``, ``mix_rows``. Held-out sets (``archzoo.data.heldout``): ``heldout_blocks`` for the
@@ -9,6 +10,7 @@ from .calibration import calibration_ids, resolve_calibration
 from .generate import generate_texts, teacher_corpus, write_jsonl
 from .heldout import HELDOUT_MQAR, HELDOUT_TEXT_SETS, heldout_blocks, heldout_texts, mqar_set, python_docs_texts
 from .mqar import mqar_accuracy, mqar_examples
+from .passkey import passkey_accuracy, passkey_examples
 from .prompts import Prompt, format_prompt, prompt_set
 from .shakespeare import HELDOUT_WORKS, fetch_shakespeare, shakespeare_texts, split_files
 from .sources import SourceConfig, mix_rows, parse_sources, source_blocks, split_heldout
@@ -33,6 +35,8 @@ __all__ = [
     "mqar_examples",
     "mqar_set",
     "pack_blocks",
+    "passkey_accuracy",
+    "passkey_examples",
     "parse_sources",
     "perplexity",
     "prompt_set",

@@ -61,6 +61,19 @@ for job in $(cat $Q/jobs); do
           --out $S/docs/results/decode/spec_$s \
           > $Q/spec-$s.log 2>&1
       log "spec $s rc=$?"; cp $Q/spec-$s.log $S/docs/results/decode/spec_$s/ 2> /dev/null; pack ;;
+    passkey)  # passkey retrieval by prompt length for the teacher and this lease's students (tools/eval_passkey.py):
+      # the recall test the teacher passes; passkey:all takes every distilled student on the machine
+      need_teacher $job
+      [ -n "$bg" ] && wait $bg; bg=""
+      O=$S/docs/results/distillation/passkey; mkdir -p $O; students=""
+      for d in /root/runs/smollm2-*/student; do
+        one=${d#/root/runs/smollm2-}; one=${one%/student}
+        { [ "$s" = all ] || [[ ",$s," == *",$one,"* ]]; } && students="$students $d"
+      done
+      log "passkey$students"
+      timeout ${PASSKEY_TIMEOUT:-300} python3 tools/eval_passkey.py smollm2-135m $students --lengths 1024,2048,4096 \
+          --examples 32 --out $O/passkey.json > $O/passkey.log 2>&1
+      log "passkey rc=$? $(tail -1 $O/passkey.log | cut -c1-120)"; pack ;;
     specbig)  # issue 20 where a draft should pay: batch 64 x 4,096-token prompts, the teacher bound by reading its
       # K/V (3.4 ms a step on an H100), a student with a small cache as the draft (SWA: 1.5-1.7 ms a step there, and
       # it agrees with the teacher 84-88% of the time at k = 4 in the distillation suite)
@@ -213,7 +226,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
