@@ -370,7 +370,7 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
 def test_verify_forward_through_the_decode_kernel_matches_sdpa(stem, monkeypatch):
     """A speculative verify's (B, k+1) forward over caches of rows of different lengths: through the decode kernel
     (several query tokens a row, each to its own causal bound) as through masked SDPA, logits and caches alike.
-    MLA keeps SDPA for several tokens a row (its latent kernel takes one)."""
+    MLA keeps SDPA for several tokens a row (its latent kernel takes one), and says so."""
     import archzoo.kernels as K
     from archzoo.layers import attention
     from archzoo.speculative import _forward
@@ -390,6 +390,33 @@ def test_verify_forward_through_the_decode_kernel_matches_sdpa(stem, monkeypatch
         ran = K.last_backend("decode_attention")
         monkeypatch.setattr(attention, "DECODE_ATTENTION", "sdpa")
         ref = _forward(model, verify, ref_cache)
-    assert ran == ("none" if stem == "mla" else "triton"), f"{stem}: the verify ran {ran}"
+    assert ran == ("sdpa" if stem == "mla" else "triton"), f"{stem}: the verify ran {ran}"
     assert_close(f"{stem} verify logits", got, ref, 1e-5)
     assert torch.equal(cache.lengths, ref_cache.lengths)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+@pytest.mark.parametrize(
+    "T, window, one_token, says",
+    [(17, None, None, "17 tokens a row: the decode kernel takes at most 16"),
+     (3, 8, None, "3 tokens a row: the ring decode kernel takes one"),
+     (2, None, "MLA latent", "2 tokens a row: the MLA latent decode kernel takes one")],
+)  # fmt: skip
+def test_several_tokens_a_row_the_kernels_cannot_take_say_why(T, window, one_token, says, monkeypatch, caplog):
+    """Where the kernels run, a decode forward of more tokens a row than a kernel takes runs masked SDPA and logs
+    why, once; up to 16 over a global cache takes the kernel."""
+    import logging
+
+    import archzoo.kernels as K
+    from archzoo.kernels import _dispatch
+    from archzoo.layers.attention import use_decode_kernel
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    k = torch.zeros(1, 1, 32, 8)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        assert not use_decode_kernel(torch.zeros(1, 2, T, 8), k, window, one_token)
+    assert K.last_backend("decode_attention") == "sdpa"
+    assert any(says in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert use_decode_kernel(torch.zeros(1, 2, 16, 8), k)

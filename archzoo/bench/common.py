@@ -161,7 +161,7 @@ def text_prompts(stream: torch.Tensor, batch_size: int, prompt_len: int, device:
     n = int(stream.numel())
     if n < prompt_len:
         raise UserError(f"--prompts: the text holds {n} tokens, fewer than a {prompt_len}-token prompt")
-    starts = torch.linspace(0, n - prompt_len, batch_size).round().long() if batch_size > 1 else torch.zeros(1).long()
+    starts = torch.linspace(0, n - prompt_len, batch_size).round().long()  # one start (0) for a batch of 1
     return torch.stack([stream[s : s + prompt_len] for s in starts.tolist()]).to(device)
 
 

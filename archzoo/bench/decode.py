@@ -562,9 +562,12 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
         base = own.get((b, p, lin, form), {})
         if row.get("tokens_per_s") and base.get("tokens_per_s"):
             row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+        dms, why = draft_ms[b, p, lin, form]
+        if why:
+            row["draft_step_note"] = why
         if row.get("decode_s") and row.get("verify_steps"):  # where a round's time goes
             row["round_ms"] = row["decode_s"] * 1e3 / row["verify_steps"]
-            dms = row["draft_ms_per_step"] = draft_ms[b, p, lin, form]
+            row["draft_ms_per_step"] = dms
             if dms is not None and base.get("ms_per_token"):
                 row["round_rest_ms"] = row["round_ms"] - (k + 1) * dms - base["ms_per_token"]
         run.write()
@@ -572,15 +575,18 @@ def _speculative_rows(model, src: ModelSource, run: _Run, combos, new_row, measu
     _free(run.device)
 
 
-def _draft_step_ms(draft, ids: torch.Tensor, lin: str, compile: bool | None, kw: dict) -> float | None:
-    """The draft's own decode step at this shape and ``--decode-linear`` form, decoding alone (None if it fails)."""
+def _draft_step_ms(draft, ids: torch.Tensor, lin: str, compile: bool | None, kw: dict) -> tuple[float | None, str]:
+    """The draft's own decode step at this shape and ``--decode-linear`` form, decoding alone, in ms, or None and
+    why not (the speculative rows still run; their ``draft_step_note`` says why their round is not split)."""
     pool = getattr(draft, "decode_pool", None)
     try:
         with decode_linear_form(lin):
             r = run_archzoo(draft, ids, **kw, compile=compile)
-        return r["decode_s"] / kw["new_tokens"] * 1e3 if r.get("decode_s") else None
-    except Exception:  # the speculative row still runs; its decomposition is left out
-        return None
+        if not r.get("decode_s"):
+            return None, f"the draft alone measured no decode time ({r.get('note') or 'no note'})"
+        return r["decode_s"] / kw["new_tokens"] * 1e3, ""
+    except Exception as e:
+        return None, f"the draft alone failed: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
     finally:
         if pool is not None and hasattr(pool, "clear"):
             pool.clear()  # its captured step and cache: freed before the rounds are captured

@@ -123,6 +123,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             if r.get("round_ms") is not None and r.get("draft_ms_per_step") is not None:
                 spec += f", round {r['round_ms']:.3f} ms = {r['num_draft_tokens'] + 1} x {r['draft_ms_per_step']:.3f}"
                 spec += " draft" + (f" + target + {r['round_rest_ms']:.3f}" if r.get("round_rest_ms") else "")
+            if r.get("draft_step_note"):
+                spec += f", round not split: {r['draft_step_note']}"
             if r.get("greedy_rows_differing") is not None:
                 spec += f", greedy rows differing {r['greedy_rows_differing']}/{r['batch_size']}"
             note = f"{spec}; {note}" if note else spec

@@ -89,6 +89,13 @@ class RandomTokensSet(TextSet):
     type: Literal["random_tokens"] = "random_tokens"
 
 
+def all_positive(v: list[int], what: str) -> list[int]:
+    """A list-of-sizes field's check: every entry >= 1, or one error naming the field's unit."""
+    if any(n < 1 for n in v):
+        raise ValueError(f"every {what} must be >= 1, got {v}")
+    return v
+
+
 class MQARSet(Strict):
     """Multi-query associative recall (``archzoo.data.mqar_examples``) at several numbers of pairs."""
 
@@ -102,9 +109,7 @@ class MQARSet(Strict):
     @field_validator("num_kv_pairs")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError(f"every number of pairs must be >= 1, got {v}")
-        return v
+        return all_positive(v, "number of pairs")
 
 
 EvalSet = Annotated[ShakespeareSet | FileSet | HeldoutSet | RandomTokensSet | MQARSet, Field(discriminator="type")]
@@ -202,9 +207,7 @@ class Suite(Strict):
     @field_validator("context_lengths")
     @classmethod
     def _lengths(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError(f"every context length must be >= 1, got {v}")
-        return v
+        return all_positive(v, "context length")
 
     @model_validator(mode="after")
     def _names(self) -> Suite:

@@ -60,20 +60,28 @@ def gqa_sdpa() -> str:
     return GQA_SDPA
 
 
-def use_decode_kernel(q: torch.Tensor, k: torch.Tensor, window: int | None = None) -> bool:
+def use_decode_kernel(
+    q: torch.Tensor, k: torch.Tensor, window: int | None = None, one_token: str | None = None
+) -> bool:
     """True when a decode step of q (B, H, T, D) over cache k should run the decode kernel: one token a row, or
-    up to ``MAX_QUERIES`` tokens a row (a speculative verify) over a global cache (a ring takes one token a row).
+    up to ``MAX_QUERIES`` tokens a row (a speculative verify) over a global cache. A ring (``window``) and the
+    kernel ``one_token`` names (MLA's latent form) take one token a row.
 
     Where the kernels run but these tensors do not fit them, masked SDPA runs and the reason is logged once
     (``last_backend("decode_attention") == "sdpa"``) on an eager step; a compiled step cannot log while it is
     traced, so ``archzoo bench decode`` reports the attention that ran in each row (``attention_backend``).
     """
-    if DECODE_ATTENTION != "kernel" or q.shape[2] > (1 if window is not None else MAX_QUERIES):
+    if DECODE_ATTENTION != "kernel":
         return False
     if not (q.is_cuda or (q.device.type == "cpu" and interpret_mode())):  # where the Triton kernels run
         return False
     reason = None
-    if q.dtype != k.dtype:
+    one_token = one_token or ("ring" if window is not None else None)
+    if one_token is not None and q.shape[2] > 1:
+        reason = f"{q.shape[2]} tokens a row: the {one_token} decode kernel takes one"
+    elif q.shape[2] > MAX_QUERIES:
+        reason = f"{q.shape[2]} tokens a row: the decode kernel takes at most {MAX_QUERIES}"
+    elif q.dtype != k.dtype:
         reason = f"the cache holds {k.dtype} and the step computes in {q.dtype}"
     elif q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         reason = f"the decode kernel takes fp16, bf16 or fp32, not {q.dtype}"

@@ -210,8 +210,8 @@ class MLA(TakesNormAndResidual, nn.Module):
 
         keys = buf.to(x.dtype)[:, None]  # (B, 1, S, r + dr): one head shared by all
         # one latent head: key [c_kv | k_rope], value c_kv, each row read once; one token a row (a verify's several
-        # take the masked SDPA below)
-        if T == 1 and use_decode_kernel(q_lat, keys):
+        # take the masked SDPA below, the reason logged once)
+        if use_decode_kernel(q_lat, keys, one_token="MLA latent"):
             lengths = ctx.memoised(("decode_lengths",), lambda: q_pos[:, -1] + 1)
             o_lat = decode_attention_mla(q_lat[:, :, 0], keys[:, 0], lengths, self.r, self.scale)[:, :, None]
         else:

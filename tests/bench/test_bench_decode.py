@@ -283,3 +283,24 @@ def test_speculative_rows_under_each_attention_form(tmp_path):
             assert math.isclose(r["speedup"], r["tokens_per_s"] / base["tokens_per_s"])
     md = (out / "decode.md").read_text()
     assert "| speculative k=2 |" in md and "| speculative-sdpa k=2 |" in md
+
+
+def test_speculative_row_says_why_its_round_is_not_split(tmp_path, monkeypatch):
+    """When the draft alone cannot be timed, the speculative row still runs and says why its round has no split."""
+    import archzoo.bench.decode as bd
+
+    real = bd.run_archzoo
+
+    def run(model, ids, **kw):
+        if kw.get("draft") is None and model.cfg.mixer.type == "mamba":  # the draft decoding alone
+            raise RuntimeError("boom")
+        return real(model, ids, **kw)
+
+    monkeypatch.setattr(bd, "run_archzoo", run)
+    out = tmp_path / "out"
+    rc, res = _bench(out, GQA, *TINY, "--batch-sizes", "1", "--draft", MAMBA, "--num-draft-tokens", "2")
+    assert rc == 0
+    (spec,) = [r for r in res["rows"] if r["implementation"] == "speculative"]
+    assert spec.get("draft_ms_per_step") is None and "round_rest_ms" not in spec
+    assert spec["draft_step_note"] == "the draft alone failed: RuntimeError: boom"
+    assert "round not split: the draft alone failed" in (out / "decode.md").read_text()

@@ -65,15 +65,15 @@ for job in $(cat $Q/jobs); do
       # the recall test the teacher passes; passkey:all takes every distilled student on the machine
       need_teacher $job
       [ -n "$bg" ] && wait $bg; bg=""
-      O=$S/docs/results/distillation/passkey; mkdir -p $O; students=""
+      O=$S/docs/results/distillation; mkdir -p $O; students=""  # passkey_queue.* (renamed when indexed)
       for d in /root/runs/smollm2-*/student; do
         one=${d#/root/runs/smollm2-}; one=${one%/student}
         { [ "$s" = all ] || [[ ",$s," == *",$one,"* ]]; } && students="$students $d"
       done
       log "passkey$students"
       timeout ${PASSKEY_TIMEOUT:-300} python3 tools/eval_passkey.py smollm2-135m $students --lengths 1024,2048,4096 \
-          --examples 32 --out $O/passkey.json > $O/passkey.log 2>&1
-      log "passkey rc=$? $(tail -1 $O/passkey.log | cut -c1-120)"; pack ;;
+          --examples 32 --out $O/passkey_queue.json > $O/passkey_queue.log 2>&1
+      log "passkey rc=$? $(tail -1 $O/passkey_queue.log | cut -c1-120)"; pack ;;
     specbig)  # issue 20 where a draft should pay: batch 64 x 4,096-token prompts, the teacher bound by reading its
       # K/V (3.4 ms a step on an H100), a student with a small cache as the draft (SWA: 1.5-1.7 ms a step there, and
       # it agrees with the teacher 84-88% of the time at k = 4 in the distillation suite)
