@@ -21,6 +21,12 @@ padded tokens stay within ``PAD_BUDGET`` times the prompts' own (a corpus batch 
 forwards, one per distinct length, 11-16 s of a 38 s shard on an H200: docs/distillation.md). Ring buffers and
 recurrent states would take the pads in, so those models keep one forward per length.
 
+Only each row's last position goes through the LM head, in every path: the prompts' whole logits are what the
+prefill would otherwise keep, 64 rows x 4,096 positions x 49,152 entries = 25.8 GB in bf16 for the teacher, most of
+the 36 GiB peak of the Pareto speed run's batch-64 rows and what kept speculative rows at k = 4 and 6 out of an
+H100's memory there (``docs/results/decode/specbig_h100_swa-w128.md``). A prompt of one token takes the model's
+forward (its decode step), as before.
+
 MoE layers that apply capacity at inference (``capacity_at_inference``) route a token depending on the
 batch it runs in; for them the rows stay one forward each, as a single row's full forward would route.
 """
@@ -39,11 +45,11 @@ def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
     """Prompts (1-D LongTensors, one per row of an empty ``cache``) into ``cache`` -> each row's last logits (B, V)."""
     lens = [int(r.numel()) for r in rows]
     if len(set(lens)) == 1:
-        return model(torch.stack(rows), cache=cache)[:, -1]
+        return _last_logits(model, torch.stack(rows), cache)
     if any(getattr(m, "capacity_at_inference", False) for m in model.modules()):
         once("prefill_rows", "prompts of different lengths prefill one row at a time: an MoE layer applies capacity "
              "at inference (capacity_at_inference=True), so its routing depends on the rows it runs with")  # fmt: skip
-        return torch.cat([model(r[None], cache=cache.rows(b))[:, -1] for b, r in enumerate(rows)])
+        return torch.cat([_last_logits(model, r[None], cache.rows(b)) for b, r in enumerate(rows)])
     by_length = all(s is None or not s.needs_snapshot for s in cache.layers)
     if by_length and len(rows) * max(lens) <= PAD_BUDGET * sum(lens):
         return _padded(model, rows, lens, cache)
@@ -54,15 +60,23 @@ def prefill_rows(model, rows: list[torch.Tensor], cache: Cache) -> torch.Tensor:
     for members in groups.values():
         if len(members) == 1:
             b = members[0]
-            part = model(rows[b][None], cache=cache.rows(b))[:, -1]
+            part = _last_logits(model, rows[b][None], cache.rows(b))
         else:
             sub = cache.empty_rows(len(members))
-            part = model(torch.stack([rows[b] for b in members]), cache=sub)[:, -1]
+            part = _last_logits(model, torch.stack([rows[b] for b in members]), sub)
             cache.put_rows(torch.tensor(members, device=cache.device), sub)
         if logits is None:
             logits = part.new_empty((len(rows), part.shape[-1]))
         logits[members] = part
     return logits
+
+
+def _last_logits(model, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """``ids`` (B, T) through ``model`` into ``cache`` -> the last position's logits (B, V), the LM head applied to
+    that position only (a one-token input takes the model's forward: its decode step)."""
+    if ids.shape[1] == 1:
+        return model(ids, cache=cache)[:, -1]
+    return model.lm_head(model.hidden_states(ids, cache)[:, -1])
 
 
 def _padded(model, rows: list[torch.Tensor], lens: list[int], cache: Cache) -> torch.Tensor:

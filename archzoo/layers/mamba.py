@@ -63,8 +63,9 @@ from .fused import decode_project
 # A decode step on the fused path (``fused``: the cache reads the decode copies, as ``generate``'s does) runs the
 # conv update, x_proj, dt_proj and the state update as one kernel (``archzoo.kernels.mamba_decode_step``) where it
 # runs (CUDA, or CPU under TRITON_INTERPRET=1; d_state and dt_rank within its limits); False: the four kernels as
-# before (a benchmark compares both in one process). Read while a step is traced: dynamo guards on it. Off until a
-# GPU has run its tests and timed it against the four kernels (tools/device/PLAN.md, the queue's `mambastep` job).
+# before (a benchmark compares both in one process). Read while a step is traced: dynamo guards on it. Off: on an
+# H100 its GPU tests passed but it lost the A/B at batch 1 (0.918 against 0.827 ms a step for the Mamba hybrid,
+# 1.086 against 0.930 for mamba-quarter) and tied at 16 (docs/kernels.md, "The Mamba decode step in one kernel").
 FUSED_STEP = False
 
 

@@ -261,13 +261,22 @@ def test_cuda_bf16_long(D, Dv, Hkv):
 @pytest.mark.parametrize("Tm, lengths", [(8192, [8192, 1, 5000, 0]), (300, [300, 299, 64, 1])])
 def test_cuda_fixup_matches_combine_kernel(Tm, lengths, monkeypatch):
     """On the GPU the last program of a group is whichever finishes last: many splits (up to 128), many calls,
-    the fixup's output equal to the two-launch form's every time and the counters zero after."""
+    the fixup's output the same bits every time (whichever program merged), within one bf16 rounding of the
+    two-launch form's, and the counters zero after. The merge is one function (``_combine_head``) compiled into
+    two kernels, which may round differently: on an H100 (2026-12-06) the 8,192-position case differed in its bits
+    from the two-launch form's (docs/results/gpu-tests/gpu_tests_2026-12-06_h100.log), where in the sixth session
+    it had not; FIXUP is off by default."""
     q, k, v, L = _inputs(4, 9, 3, Tm, 64, 64, lengths, torch.bfloat16, "cuda")
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
     two = T.decode_attention(q, k, v, L)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
-    for i in range(50):
-        assert torch.equal(T.decode_attention(q, k, v, L), two), f"call {i}: the fixup's bits differ"
+    first = T.decode_attention(q, k, v, L)
+    diff = (first.float() - two.float()).abs()
+    torch.testing.assert_close(first, two, rtol=2**-7, atol=1e-5, msg=lambda m: (
+        f"fixup against the two-launch form: {int(diff.gt(0).sum())} of {diff.numel()} values differ, "
+        f"largest {float(diff.max()):.3g}\n{m}"))  # fmt: skip
+    for i in range(49):
+        assert torch.equal(T.decode_attention(q, k, v, L), first), f"call {i + 1}: the fixup's bits changed"
     torch.cuda.synchronize()
     assert T._COUNTERS[q.device].eq(0).all()
 

@@ -160,13 +160,13 @@ def test_backward_switch(monkeypatch, caplog):
 
 
 def test_bench_row_sets_the_switch_for_its_call_only(monkeypatch):
-    """``archzoo bench kernels --ops la``'s archzoo_chunkpar row: BACKWARD is "chunk_parallel" during its call
+    """``archzoo bench kernels --ops la``'s archzoo_segmented row: BACKWARD is "segmented" during its call
     and as it was after; the choice its forward made is noted for the row (and the plain row's, left as it is)."""
     import archzoo.kernels as K
     from archzoo.bench.kernels import linear
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the dispatch takes the kernel for CPU tensors
-    monkeypatch.setattr(TL, "BACKWARD", "segmented")
+    monkeypatch.setattr(TL, "BACKWARD", "auto")
     monkeypatch.setattr(linear, "_BACKWARD_RAN", {})
     q, k, v, _ = _inputs(1, 5, 1, 3, 4, False, torch.float32)
     seen = []
@@ -175,7 +175,7 @@ def test_bench_row_sets_the_switch_for_its_call_only(monkeypatch):
         seen.append(TL.BACKWARD)
         return K.linear_attention(*a, normalize=normalize)
 
-    linear._with_backward("chunk_parallel", op, q, k, v)
+    linear._with_backward("segmented", op, q, k, v)
     linear._with_backward(None, op, q, k, v)
-    assert seen == ["chunk_parallel", "segmented"] and TL.BACKWARD == "segmented"
-    assert linear._BACKWARD_RAN == {"archzoo_chunkpar": "chunk_parallel", "archzoo": "segmented"}
+    assert seen == ["segmented", "auto"] and TL.BACKWARD == "auto"
+    assert linear._BACKWARD_RAN == {"archzoo_segmented": "segmented", "archzoo": "chunk_parallel"}

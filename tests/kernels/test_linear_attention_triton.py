@@ -129,7 +129,9 @@ def test_segments(segments, normalize, dtype, monkeypatch):
     """The forward and the backward cut into 1, 2, 3 and 5 segments of whole chunks (T = 75, chunks of 16: the
     last segment short, or holding the short last chunk), with an initial state, the final state and its
     gradient: every output and gradient as the reference, whatever the cut. The segments' start states and end
-    gradients come from the other segments' sums (the module docstring)."""
+    gradients come from the other segments' sums (the module docstring). The segmented backward is forced: the
+    default takes the chunk-parallel one for normalize=False (test_linear_attention_chunk_parallel.py)."""
+    monkeypatch.setattr(TL, "BACKWARD", "segmented")
     monkeypatch.setattr(TL, "SEGMENTS", segments)
     used = []
     real = TL._segments

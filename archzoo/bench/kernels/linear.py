@@ -49,9 +49,10 @@ def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = 
     ``fla_over_ours_fwd`` / ``_fwdbwd`` = fla ms / archzoo ms (issue 19's target: >= 1.1 on every cell), the
     forward's relative error against fla's, and ``hbm_fraction_*``: the least traffic (forward: q, k, v read
     and o written once; forward+backward adds q, k, v, do read and dq, dk, dv written, all bf16) / time / copy
-    bandwidth. Without normalisation, at every T, ``archzoo_chunkpar``: the same op with the kernel's
-    chunk-parallel backward (``linear_attention.triton.BACKWARD = "chunk_parallel"``), so both backwards are
-    timed in one process; ``backward`` in the archzoo rows says which ran (None where the PyTorch form ran)."""
+    bandwidth. Without normalisation, at every T, ``archzoo_segmented``: the same op with the kernel's segmented
+    backward (``linear_attention.triton.BACKWARD = "segmented"``; the default takes the chunk-parallel one there), so
+    both backwards are timed in one process; ``backward`` in the archzoo rows says which ran (None where the PyTorch
+    form ran)."""
     from ...kernels import last_backend, linear_attention
     from ...kernels._dispatch import forget
     from ..common import measure_bandwidth
@@ -80,13 +81,13 @@ def bench_linear_attention(rounds: int, lengths: tuple[int, ...], device: str = 
                 # The kernel runs one program per (value block, batch x head), walking the sequence: at B x H = 32
                 # and 32-column value blocks, 64 programs for the H200's 132 SMs. Half-width blocks double them.
                 impls["archzoo_bv16"] = lambda a=args, n=normalize: _with_block_v(16, linear_attention, *a, normalize=n)
-            if not normalize:  # the chunk-parallel backward (unnormalised only), whatever BACKWARD says
-                impls["archzoo_chunkpar"] = lambda a=args: _with_backward("chunk_parallel", linear_attention, *a)
+            if not normalize:  # the segmented backward (the default's other choice), whatever BACKWARD says
+                impls["archzoo_segmented"] = lambda a=args: _with_backward("segmented", linear_attention, *a)
             forget("linear_attention")
             res, outs = _fwd_fwdbwd(impls, [q, k, v], do, rounds, device)
             ours, peer = res["archzoo"], res["fla_chunk_linear_attn"]
             ours["backend"] = last_backend("linear_attention")
-            for name in ("archzoo", "archzoo_chunkpar"):
+            for name in ("archzoo", "archzoo_segmented"):
                 if name in res:  # the backward the kernel's forward chose (none where the PyTorch form ran)
                     res[name].update(backend=ours["backend"], backward=_BACKWARD_RAN.get(name))
             for mode in ("fwd", "fwdbwd"):
@@ -106,7 +107,7 @@ _BACKWARD_RAN: dict[str, str | None] = {}  # bench row -> the backward its lates
 def _with_backward(backward: str | None, fn, *args, normalize: bool = False) -> torch.Tensor:
     """``fn(*args, normalize=normalize)[0]`` with the linear-attention kernel's ``BACKWARD`` set to ``backward``
     for the call (None: left as it is; the forward makes the choice and keeps it for its backward), noting the
-    choice in ``_BACKWARD_RAN`` under its bench row ("archzoo" for None, "archzoo_chunkpar" otherwise) where the
+    choice in ``_BACKWARD_RAN`` under its bench row ("archzoo" for None, "archzoo_segmented" otherwise) where the
     Triton kernel ran (only then is its module imported, for None)."""
     from ...kernels import last_backend
 
@@ -125,7 +126,7 @@ def _with_backward(backward: str | None, fn, *args, normalize: bool = False) -> 
         from ...kernels.linear_attention import triton as la_triton
 
         ran = la_triton.last_backward()
-    _BACKWARD_RAN["archzoo" if backward is None else "archzoo_chunkpar"] = ran
+    _BACKWARD_RAN["archzoo" if backward is None else "archzoo_segmented"] = ran
     return out
 
 

@@ -19,7 +19,9 @@ Two launches per call with several splits (one with ``FIXUP``):
     again for the next layer and the next replay of a captured step). Why: at batch 1 a step is launch-bound
     (30 layers of 6 kernels: docs/decode.md), and the merge's own launch looked dearer than its work. The
     result does not depend on which program is last: the merge reads every partial from memory in split order,
-    with the same code as the second kernel, so both forms give the same bits. Measured on an H100 with PDL
+    with the same code as the second kernel, so both do the same arithmetic (the same bits under the interpreter and,
+    in the sixth session, on an H100; on 2026-12-06, after ``BALANCE``, the H100's 8,192-position case differed from
+    the two-launch form's bits, each call still giving the same ones). Measured on an H100 with PDL
     (2026-12-05, the teacher's step at batch 1, ``tools/decode_profile.py --attention kernel,kernel-2launch``):
     the split kernel with the fixup took 5.2 us a layer, against 2.7 + 1.6 us for the two launches (the
     ticket's fence and atomic, and one program merging the group's heads in turn, sit on the critical path;
@@ -188,9 +190,10 @@ def _combine_head(
     out_ptr, ml_ptr, acc_ptr, b, h, H, DV, n_valid, chunk, n_splits, s_ob, s_oh, s_od,
     BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BYPASS_L1: tl.constexpr,
 ):  # fmt: skip
-    """Head h of row b: merges the partials of the splits that ran (their count follows from n_valid) with the
-    usual rescaling by exp(m_s - max m) and writes the output; zeros for a row that saw nothing. One function for
-    the combine kernel and the split kernel's fixup, so both give the same bits. ``BYPASS_L1``: the partials of
+    """Head h of row b: merges the partials of the splits that ran (their count follows from n_valid) with the usual
+    rescaling by exp(m_s - max m) and writes the output; zeros for a row that saw nothing. One function for the combine
+    kernel and the split kernel's fixup, so both do the same arithmetic (the interpreter gives the same bits; compiled
+    into two kernels they may round differently: tests/kernels/test_decode_attention.py). ``BYPASS_L1``: the partials of
     other programs are read through L2 (``.cg``), never from a stale L1 line."""
     CACHE: tl.constexpr = ".cg" if BYPASS_L1 else ""
     n_used = tl.cdiv(n_valid, chunk)  # the splits that wrote partials

@@ -42,9 +42,9 @@ h_c and dh_c, and a second runs one program per (chunk, batch * head) with no ch
 materialising them: NC x F x Dv values per batch * head each, in fp32 256 chunks x 64 x 64 x 4 B x 32 = 128 MiB
 at that shape (stored in the MMAs' dtype: 64 MiB each in bf16; ``chunk_parallel.py`` says why that loses
 nothing). With normalisation the chunk's gradient also needs the per-position denominators' terms through z,
-and the segmented backward already meets its target there, so it stays. ``BACKWARD`` picks: "segmented" (the
-default until a GPU has timed both), "chunk_parallel" (normalize=False only; the normalised form keeps the
-segmented one, logged once), or "auto" (chunk_parallel for normalize=False from AUTO_MIN_CHUNKS chunks on). The
+and the segmented backward already meets its target there, so it stays. ``BACKWARD`` picks: "segmented" (the default
+until an H100 timed both), "chunk_parallel" (normalize=False only; the normalised form keeps the segmented one, logged
+once), or "auto" (chunk_parallel for normalize=False from AUTO_MIN_CHUNKS chunks on: the default, from one chunk). The
 choice is made in the forward and kept for its backward; ``last_backward()`` says what the latest forward chose."""
 
 from __future__ import annotations
@@ -75,10 +75,12 @@ SEGMENT_SLACK = 1.05
 INTERPRET_SM_COUNT = 4
 SEGMENTS: int | None = None
 # The backward (module docstring): "segmented", "chunk_parallel" (normalize=False only) or "auto" (chunk_parallel
-# for normalize=False from AUTO_MIN_CHUNKS chunks on; a guess until a GPU times both: 128 chunks = T 8k at 64).
+# for normalize=False from AUTO_MIN_CHUNKS chunks on). "auto" from one chunk: on an H100 the chunk-parallel
+# backward was 1.7-1.9x the segmented one at T 1k / 4k / 16k and its GPU gradient tests passed
+# (docs/kernels.md, docs/results/kernels/la_h100_chunkpar.*, docs/results/gpu-tests/gpu_tests_2026-12-06_h100.log).
 BACKWARDS = ("segmented", "chunk_parallel", "auto")
-BACKWARD = "segmented"
-AUTO_MIN_CHUNKS = 128
+BACKWARD = "auto"
+AUTO_MIN_CHUNKS = 1
 _last_backward: str | None = None
 _NOTED: set[str] = set()
 
