@@ -58,6 +58,7 @@ import torch
 
 from .cache import Cache
 from .layers import ForwardContext
+from .layers import fused as fused_layer
 from .prefill import prefill_rows
 
 # Rounds the host queues at most before it looks again whether every row has emitted an EOS id (without EOS ids
@@ -107,6 +108,8 @@ def _forward(model, ids: torch.Tensor, cache: Cache) -> torch.Tensor:
     for block, state in zip(blocks, cache.layers, strict=True):
         x = block(x, state, ctx)
     cache.lengths.add_(ids.shape[1])
+    if cache.fused_weights:  # as the one-token step's head: the final norm in the decode GEMV where it runs
+        return fused_layer.decode_project(x, model.lm_head.weight, model.lm_head.bias, norm=model.norm)
     return model.lm_head(model.norm(x))
 
 

@@ -365,6 +365,37 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
 
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+@pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
+def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family):
+    """A speculative verify's (2, 3) forward on the fused copies with the decode GEMV: Q|K|V, RoPE and the K/V write
+    in one kernel for each row's 3 tokens (``decode_qkv_rope(tokens_per_row=3)``) where the cache is global (a
+    ring keeps the unfused write: a later token could overwrite a slot an earlier one reads), and the LM head with
+    the final norm through the GEMV, as the one-token step's: the logits and caches F.linear's."""
+    import archzoo.kernels as K
+    from archzoo.layers import fused
+    from archzoo.speculative import _forward
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model, ids, caches = _fused_pair(_gemv_cfg(family))
+    with torch.no_grad():
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+        K._dispatch.record("decode_qkv_rope", "none")
+        got = _forward(model, ids[:, 5:8], caches[0])
+        qkv = K.last_backend("decode_qkv_rope")
+        head = K.last_backend("decode_linear")
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+        want = _forward(model, ids[:, 5:8], caches[1])
+    assert qkv == "triton", f"{family}: the verify's Q|K|V ran {qkv}"  # swa and cla: their global leader layer
+    assert head == "triton", f"{family}: the verify's LM head ran {head}"
+    assert_close(f"{family} verify logits", got, want, 1e-5)
+    for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):
+        for name in a.buffers if a is not None else ():
+            assert_close(f"{family} layer {i} {name}", a[name], b[name], 1e-5)
+    assert torch.equal(caches[0].lengths, caches[1].lengths)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @pytest.mark.parametrize("stem", ["gqa", "cla", "mla"])
 @interpreter_only
 def test_verify_forward_through_the_decode_kernel_matches_sdpa(stem, monkeypatch):

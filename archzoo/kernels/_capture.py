@@ -235,13 +235,16 @@ def _decode_qkv_rope_op(
     head_dim: int,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    tokens_per_row: int = 1,
 ) -> torch.Tensor:
     args = (positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache)
-    return _decode_qkv_rope(x, weight, norm_weight, eps, *args)  # a new tensor; the caches written in place
+    # a new tensor; the caches written in place
+    return _decode_qkv_rope(x, weight, norm_weight, eps, *args, tokens_per_row=tokens_per_row)
 
 
 @_decode_qkv_rope_op.register_fake
-def _(x, weight, norm_weight, eps, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache):
+def _(x, weight, norm_weight, eps, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache,
+      tokens_per_row=1):  # fmt: skip
     return x.new_empty((x.shape[0], n_heads * head_dim))
 
 
@@ -257,10 +260,12 @@ def decode_qkv_rope(
     head_dim: int,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    tokens_per_row: int = 1,
 ) -> torch.Tensor:
     """An attention layer's decode-step Q|K|V projection with RoPE and the K/V cache write in one kernel (see
-    ``archzoo.kernels.decode_linear.decode_qkv_rope``); traceable (the caches are declared mutated)."""
-    args = (positions, inv_freq, int(n_heads), int(n_kv_heads), int(head_dim), k_cache, v_cache)
+    ``archzoo.kernels.decode_linear.decode_qkv_rope``; ``tokens_per_row`` tokens a cache row); traceable (the
+    caches are declared mutated)."""
+    args = (positions, inv_freq, int(n_heads), int(n_kv_heads), int(head_dim), k_cache, v_cache, int(tokens_per_row))
     if torch.compiler.is_compiling():
         return _decode_qkv_rope_op(x, weight, norm_weight, float(eps), *args)
-    return _decode_qkv_rope(x, weight, norm_weight, eps, *args)
+    return _decode_qkv_rope(x, weight, norm_weight, eps, *args[:-1], tokens_per_row=args[-1])

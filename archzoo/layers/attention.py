@@ -310,9 +310,10 @@ class Attention(TakesNormAndResidual, nn.Module):
         q_pos = ctx.positions(T, x.device)  # (B, T)
         if self._qkv_kernel(x, state, ctx, norm):  # Q|K|V, RoPE and the cache write: one kernel (issue 18)
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
-            q = decode_qkv_rope(x.reshape(B, -1), self.fused.weight, nw, eps, q_pos[:, 0], self.rope.inv_freq,
-                                self.n_heads, self.n_kv_heads, self.head_dim, state["k"], state["v"])  # fmt: skip
-            q = q.view(B, self.n_heads, 1, self.head_dim)
+            q = decode_qkv_rope(x.reshape(B * T, -1), self.fused.weight, nw, eps, q_pos.reshape(-1),
+                                self.rope.inv_freq, self.n_heads, self.n_kv_heads, self.head_dim, state["k"],
+                                state["v"], tokens_per_row=T)  # fmt: skip
+            q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
         else:
             q, kv = self._qkv_step(x, state, ctx, norm, q_pos)
@@ -321,13 +322,16 @@ class Attention(TakesNormAndResidual, nn.Module):
 
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``fused.gemv_for``: "kernel", or "auto" within its rows), one token a row, at most 64 rows, no bias, one
-        dtype, and a norm the GEMV fuses (an RMSNorm, or none)."""
+        (``fused.gemv_for``: "kernel", or "auto" within its rows), at most 64 rows (batch x tokens), no bias, one
+        dtype, and a norm the GEMV fuses (an RMSNorm, or none). One token a row, or several (a speculative verify's
+        (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite a slot an
+        earlier one still reads."""
         f = self.fused
         return (
             fused_mod.gemv_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
-            and f.weight is not None and f.bias is None and state is not None and x.shape[1] == 1
-            and x.shape[0] <= MAX_M and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
+            and f.weight is not None and f.bias is None and state is not None
+            and (x.shape[1] == 1 or self.window is None) and x.shape[0] * x.shape[1] <= MAX_M
+            and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
         )  # fmt: skip
 
     def _qkv_step(self, x, state, ctx, norm, q_pos):

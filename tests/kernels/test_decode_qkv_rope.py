@@ -98,6 +98,62 @@ def test_triton_matches_reference(H, Hkv, D, M, dtype, monkeypatch):
     assert torch.equal(kc[~written], kc_ref[~written]) and torch.equal(vc[~written], vc_ref[~written])
 
 
+def _several(B, T, H, Hkv, D, dtype, seed):
+    """B cache rows of T consecutive tokens each (a speculative verify's (B, T) forward): x (B*T, K) row-major by
+    cache row, each row's positions consecutive from its own start, caches (B, Hkv, slots, D)."""
+    x, w, nw, _, rope, kc, vc = _case(B * T, H, Hkv, D, dtype=dtype, seed=seed, slots=16)
+    start = torch.tensor([0, 5, 9][:B])
+    pos = (start[:, None] + torch.arange(T)[None, :]).reshape(-1)
+    return x, w, nw, pos, rope, kc[:B].clone(), vc[:B].clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,T", [(1, 3), (2, 3), (3, 5)])
+def test_reference_with_several_tokens_a_row(B, T, dtype):
+    """tokens_per_row = T: the reference equals T one-token calls, token t of every row at its own position,
+    each writing its own slot of its row's cache."""
+    H, Hkv, D = 3, 1, 8
+    x, w, nw, pos, rope, kc, vc = _several(B, T, H, Hkv, D, dtype, seed=B * 10 + T)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref, qs = kc.clone(), vc.clone(), []
+    for t in range(T):
+        rows = torch.arange(B) * T + t
+        qs.append(naive_decode_qkv_rope(x[rows], w_il, nw, 1e-5, pos[rows], rope.inv_freq, H, Hkv, D, kc_ref, vc_ref))
+    q_ref = torch.stack(qs, dim=1).reshape(B * T, -1)  # back to row-major by cache row
+    q = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc, tokens_per_row=T)
+    tol = 0 if dtype == torch.bfloat16 else 1e-6  # fp32: a matmul of B*T rows rounds unlike one of B
+    for name, got, want in (("q", q, q_ref), ("k_cache", kc, kc_ref), ("v_cache", vc, vc_ref)):
+        assert rel_err(got.float(), want.float()) <= tol, name
+
+
+@interpreter_only
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,T", [(1, 3), (2, 3), (3, 5)])
+def test_triton_with_several_tokens_a_row(B, T, dtype, monkeypatch):
+    """The kernel with tokens_per_row = T against the reference: q and both caches, written slots and the rest."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    H, Hkv, D = 9, 3, 8
+    x, w, nw, pos, rope, kc, vc = _several(B, T, H, Hkv, D, dtype, seed=B + T)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref, tokens_per_row=T)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc, tokens_per_row=T)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    tol = 0 if dtype == torch.bfloat16 else 1e-6
+    assert rel_err(q.float(), q_ref.float()) <= tol
+    assert rel_err(kc.float(), kc_ref.float()) <= tol and rel_err(vc.float(), vc_ref.float()) <= tol
+
+
+def test_several_tokens_a_row_bad_input():
+    x, w, nw, pos, rope, kc, vc = _several(2, 3, 3, 1, 8, torch.float32, seed=0)
+    w_il = w[rope_pair_order(3, 1, 8)]
+    with pytest.raises(ValueError, match="tokens_per_row must be a positive int dividing M=6, got 4"):
+        decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, 3, 1, 8, kc, vc, tokens_per_row=4)
+    with pytest.raises(ValueError, match="k_cache must be \\(M // tokens_per_row"):
+        decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, 3, 1, 8, kc, vc, tokens_per_row=2)
+
+
 def test_bad_input_names_the_argument():
     x, w, nw, pos, rope, kc, vc = _case(2, 3, 1, 8)
     with pytest.raises(ValueError, match="weight has 40 rows; Q\\|K\\|V of 3 \\+ 2 x 2 heads"):

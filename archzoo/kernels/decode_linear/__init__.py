@@ -71,30 +71,36 @@ def decode_linear(
 def decode_qkv_rope(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, positions: torch.Tensor,
     inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    v_cache: torch.Tensor, tokens_per_row: int = 1,
 ) -> torch.Tensor:  # fmt: skip
     """An attention layer's decode-step projection in one kernel: ``RMSNorm(x) @ Q|K|V``, RoPE on Q and K at each
     row's position, K and V written into the caches; returns q (M, n_heads * head_dim) with RoPE applied.
 
-    x (M, K), one token per batch row; weight (N, K), N = (n_heads + 2 n_kv_heads) head_dim, the fused Q|K|V rows
-    in ``rope_pair_order`` (each Q and K head's RoPE pairs on adjacent rows, so one program holds both halves of
-    a pair); positions (M,) integer, the position of each row's token (its slot is ``positions % slots``: a
-    global cache or a sliding window's ring); inv_freq (head_dim / 2,) fp32, the RoPE frequencies; k_cache and
-    v_cache (M, n_kv_heads, slots, head_dim), written in place. The roundings are the unfused step's (the
-    projection, then ``apply_rope`` in x's dtype), so the step computes what it computed without the fusion,
-    bit for bit where ``tl.cos`` / ``tl.sin`` round as torch's do. Where the Triton kernel does not run (no
-    Triton, float64, M > 64), the reference does it in PyTorch (``naive_decode_qkv_rope``).
+    x (M, K), one token per batch row, or ``tokens_per_row`` tokens a row (a speculative verify's (B, k+1) forward: x's
+    rows are each cache row's tokens in order, M = B x tokens_per_row); weight (N, K), N = (n_heads + 2 n_kv_heads)
+    head_dim, the fused Q|K|V rows in ``rope_pair_order`` (each Q and K head's RoPE pairs on adjacent rows, so one
+    program holds both halves of a pair); positions (M,) integer, the position of each row's token (its slot is
+    ``positions % slots``: a global cache or a sliding window's ring); inv_freq (head_dim / 2,) fp32, the RoPE
+    frequencies; k_cache and v_cache (M // tokens_per_row, n_kv_heads, slots, head_dim), written in place (with several
+    tokens a row, a ring narrower than them would have a token overwrite a slot an earlier one of the row still needs:
+    the attention layer passes only global caches then). The roundings are the unfused step's (the projection, then
+    ``apply_rope`` in x's dtype), so the step computes what it computed without the fusion, bit for bit where ``tl.cos``
+    / ``tl.sin`` round as torch's do. Where the Triton kernel does not run (no Triton, float64, M > 64), the reference
+    does it in PyTorch (``naive_decode_qkv_rope``).
     """
     M, _, N = check_decode_linear(x, weight, norm_weight, eps)
     D = head_dim
     if D % 2 or N != (n_heads + 2 * n_kv_heads) * D:
         raise ValueError(f"weight has {N} rows; Q|K|V of {n_heads} + 2 x {n_kv_heads} heads of an even head_dim "
                          f"{D} need {(n_heads + 2 * n_kv_heads) * D}")  # fmt: skip
-    want = (M, n_kv_heads, k_cache.shape[2] if k_cache.dim() == 4 else -1, D)
+    T = tokens_per_row
+    if not isinstance(T, int) or T < 1 or M % T:
+        raise ValueError(f"tokens_per_row must be a positive int dividing M={M}, got {T!r}")
+    want = (M // T, n_kv_heads, k_cache.shape[2] if k_cache.dim() == 4 else -1, D)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dim() != 4 or tuple(c.shape) != want or c.device != x.device:
-            raise ValueError(f"{name} must be (M, n_kv_heads, slots, head_dim) = {want} on {x.device}, got "
-                             f"{tuple(c.shape)} on {c.device}")  # fmt: skip
+            raise ValueError(f"{name} must be (M // tokens_per_row, n_kv_heads, slots, head_dim) = {want} on "
+                             f"{x.device}, got {tuple(c.shape)} on {c.device}")  # fmt: skip
     if tuple(positions.shape) != (M,) or positions.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"positions must be an (M,) = ({M},) integer tensor, got {tuple(positions.shape)} "
                          f"{positions.dtype}")  # fmt: skip
@@ -107,7 +113,7 @@ def decode_qkv_rope(
         if reason is None:
             from .triton import Rope, _run
 
-            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D)
+            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
             out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, rope=rope))
             if out is not None:
                 record(op, "triton")
@@ -116,7 +122,7 @@ def decode_qkv_rope(
         record(op, "naive", reason)
     else:
         record(op, "naive")
-    args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache)
+    args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T)
     return naive_decode_qkv_rope(x, weight, norm_weight, eps, *args)
 
 

@@ -84,12 +84,12 @@ def rope_pair_order(n_heads: int, n_kv_heads: int, head_dim: int) -> torch.Tenso
 def naive_decode_qkv_rope(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, positions: torch.Tensor,
     inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+    v_cache: torch.Tensor, tokens_per_row: int = 1,
 ) -> torch.Tensor:  # fmt: skip
     """The reference of ``decode_qkv_rope``: the projection (``naive_decode_linear`` on the weight's rows put back in
     order), then RoPE in x's dtype as ``apply_rope`` computes it (cos and sin of the fp32 angles rounded to x's
-    dtype, each product and the sum rounded), K and V written to slot ``positions % slots`` of each row's cache.
-    Returns q (M, n_heads * head_dim)."""
+    dtype, each product and the sum rounded), K and V written to slot ``positions % slots`` of cache row
+    ``m // tokens_per_row`` (x's rows are the cache rows' tokens in order). Returns q (M, n_heads * head_dim)."""
     D, H, Hkv = head_dim, n_heads, n_kv_heads
     w = weight[torch.argsort(rope_pair_order(H, Hkv, D).to(weight.device))]
     y = naive_decode_linear(x, w, norm_weight, eps)  # (M, N) in x's dtype
@@ -106,7 +106,7 @@ def naive_decode_qkv_rope(
 
     q, k = rope(q, H), rope(k, Hkv)
     slot = positions.long() % k_cache.shape[2]
-    rows = torch.arange(M, device=x.device)
+    rows = torch.arange(M, device=x.device) // tokens_per_row
     k_cache[rows, :, slot] = k.to(k_cache.dtype)
     v_cache[rows, :, slot] = v.view(M, Hkv, D).to(v_cache.dtype)
     return q.reshape(M, H * D)

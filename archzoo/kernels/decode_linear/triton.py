@@ -113,13 +113,14 @@ def _swiglu(g, u, DTYPE: tl.constexpr):
 @triton.jit
 def _rope_store(
     y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
-    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """The Q|K|V epilogue (``decode_qkv_rope``): y (BLOCK_M, BLOCK_N) fp32 holds rows (2i, 2i + 1) of the
     program's block as one pair each: RoPE pair j (dims j and j + HD/2) of a Q or K head, or dims (r, r + 1) of a
     V head. Q and K pairs are rotated by each row's position with the unfused path's roundings (the projection
     rounded, cos and sin rounded, each product and the sum rounded, as ``apply_rope`` in x's dtype), then Q is
-    stored in the usual head layout and K, V straight into the caches' slot ``position % slots``."""
+    stored in the usual head layout and K, V straight into the caches' slot ``position % slots`` of cache row
+    m // TOK (TOK tokens a cache row: a speculative verify's)."""
     DT = out_ptr.dtype.element_ty
     a, b = tl.split(tl.reshape(y, [BLOCK_M, BLOCK_N // 2, 2]))
     a = _round(a, DT)
@@ -150,7 +151,7 @@ def _rope_store(
     tl.store(q_at + d1[None, :], o1.to(DT), mask=m2 & is_q[None, :])
     tl.store(q_at + d2[None, :], o2.to(DT), mask=m2 & is_q[None, :])
     slot = (pos % slots).to(tl.int64)
-    rows = offs_m.to(tl.int64)
+    rows = offs_m.to(tl.int64) // TOK
     k_at = kc_ptr + rows[:, None] * s_kb + head[None, :] * s_kh + slot[:, None] * s_kt
     KT = kc_ptr.dtype.element_ty
     tl.store(k_at + d1[None, :] * s_kd, o1.to(KT), mask=m2 & is_k[None, :])
@@ -166,7 +167,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
     M, N, K, chunk,
     s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
-    NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
+    NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK,
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr, FIXUP: tl.constexpr,
     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -264,7 +265,7 @@ def _gemv_kernel(
         pass  # _reduce_kernel writes y
     elif ROPE:  # Q|K|V rows, the Q and K heads' by RoPE pair: q -> out (M, NQ), k and v -> the caches
         _rope_store(y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
-                    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, BLOCK_M, BLOCK_N)  # fmt: skip
+                    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK, BLOCK_M, BLOCK_N)  # fmt: skip
     elif SWIGLU:  # weight rows interleaved [g0, u0, g1, u1, ...]: out (M, N // 2), contiguous
         g, u = tl.split(tl.reshape(y, [BLOCK_M, BLOCK_N // 2, 2]))
         a = _swiglu(g, u, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
@@ -401,7 +402,7 @@ def _plan(
     r_strides = residual.stride() if residual is not None else (0, 0)
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
               else 0, *r_strides)  # fmt: skip
-    p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+    p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1)
     p.consts = (
         norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, p.fixup, residual is not None,
         swiglu,
@@ -423,21 +424,22 @@ def _plan(
 
 class Rope:
     """What the Q|K|V epilogue needs (``decode_qkv_rope``): each row's position (M,), the RoPE inverse frequencies
-    (head_dim / 2,) fp32, the K and V caches (M, n_kv_heads, slots, head_dim), the Q and K widths and head_dim."""
+    (head_dim / 2,) fp32, the K and V caches (M // tokens, n_kv_heads, slots, head_dim), the Q and K widths,
+    head_dim, and the tokens a cache row (1 in a step, k+1 in a speculative verify)."""
 
-    __slots__ = ("positions", "inv_freq", "k_cache", "v_cache", "n_q", "n_k", "head_dim")
+    __slots__ = ("positions", "inv_freq", "k_cache", "v_cache", "n_q", "n_k", "head_dim", "tokens")
 
-    def __init__(self, positions, inv_freq, k_cache, v_cache, n_q: int, n_k: int, head_dim: int):
+    def __init__(self, positions, inv_freq, k_cache, v_cache, n_q: int, n_k: int, head_dim: int, tokens: int = 1):
         self.positions, self.inv_freq, self.k_cache, self.v_cache = positions, inv_freq, k_cache, v_cache
-        self.n_q, self.n_k, self.head_dim = n_q, n_k, head_dim
+        self.n_q, self.n_k, self.head_dim, self.tokens = n_q, n_k, head_dim, tokens
 
     def key(self) -> tuple:
         return (self.n_q, self.n_k, self.head_dim, self.k_cache.shape, self.k_cache.stride(), self.k_cache.dtype,
-                self.v_cache.stride(), self.v_cache.dtype, self.positions.dtype)  # fmt: skip
+                self.v_cache.stride(), self.v_cache.dtype, self.positions.dtype, self.tokens)  # fmt: skip
 
     def ints(self) -> tuple:
         return (self.n_q, self.n_k, self.head_dim, self.k_cache.shape[2], *self.k_cache.stride(),
-                *self.v_cache.stride())  # fmt: skip
+                *self.v_cache.stride(), self.tokens)  # fmt: skip
 
 
 def _run(
