@@ -11,6 +11,15 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
 and times ``--steps`` graph replays. Kernels are grouped by name; the JSON has every group.
+
+    python tools/decode_profile.py configs/students/teacher.yaml --draft configs/students/swa-w128.yaml \
+        --num-draft-tokens 2 --batch 64 --prompt 4096 --decode-linear auto --out round.json
+
+profiles a speculative round instead (``archzoo.speculative``): the target and the draft, both random, the
+round captured as ``generate(draft=...)`` captures it, then ``--steps`` replays timed and ``--steps`` rounds
+under the profiler. A round's work has static shapes, so random weights cost what trained ones do (only the
+tokens differ); the kernel table says where a round's time goes beyond its k+1 draft steps and one target step
+(``round_rest_ms`` of ``archzoo bench decode``).
 """
 
 from __future__ import annotations
@@ -75,18 +84,7 @@ def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, l
         s.graph.replay()
     torch.cuda.synchronize()
     replay_ms = (time.perf_counter() - t0) / steps * 1e3
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            s.fn()
-        torch.cuda.synchronize()
-    groups: dict[str, list[float]] = collections.defaultdict(list)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            groups[ev.name].append(ev.device_time_total / 1e3)  # ms
-    rows = sorted(
-        ({"kernel": k[:160], "per_step": len(v) / steps, "ms_per_step": sum(v) / steps} for k, v in groups.items()),
-        key=lambda r: -r["ms_per_step"],
-    )
+    rows = _kernel_table(s.fn, steps, torch.device("cuda"))
     return {
         "config": config,
         "batch": batch,
@@ -98,6 +96,80 @@ def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, l
         "kernel_ms_per_step": sum(r["ms_per_step"] for r in rows),
         "kernels": rows,
     }
+
+
+def profile_round(
+    config: str, draft_config: str, batch: int, prompt: int, k: int, steps: int, linear: str = "auto",
+    device: str = "cuda",
+) -> dict:  # fmt: skip
+    """One speculative round of ``config`` verifying ``draft_config`` (k draft tokens), captured on CUDA as
+    ``generate`` captures it: replay time and the kernels of ``steps`` rounds (see the module docstring)."""
+    from archzoo.bench.decode import decode_linear_form
+
+    with decode_linear_form(linear), torch.no_grad():  # as in generate: no gradients in a decode round
+        torch._dynamo.reset()
+        return _profile_round(config, draft_config, batch, prompt, k, steps, linear, torch.device(device))
+
+
+def _profile_round(config, draft_config, batch, prompt, k, steps, linear, dev) -> dict:
+    from archzoo.generation import _get_round
+    from archzoo.speculative import speculative_generate
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = archzoo.build_model(config).to(dev, dtype).eval()
+    draft = archzoo.build_model(draft_config).to(dev, dtype).eval()
+    rows = list(torch.randint(0, model.cfg.vocab_size, (batch, prompt), device=dev))
+    new = 2 * steps + 8
+    cuda = dev.type == "cuda"
+    total = prompt + new + 2 * (k + 1)
+    state, _ = _get_round(model, draft, batch, total, k, 0.0, None, None, [], None, cuda, cuda)
+    speculative_generate(model, draft, rows, new, k, 0.0, None, None, [], None, {}, state=state)  # caches filled
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state.step()  # the captured round's replay on CUDA
+    _sync(dev)
+    replay_ms = (time.perf_counter() - t0) / steps * 1e3
+    rows_ = _kernel_table(state.round, steps, dev)
+    return {
+        "config": config,
+        "draft": draft_config,
+        "num_draft_tokens": k,
+        "batch": batch,
+        "prompt": prompt,
+        "decode_linear": linear,
+        "captured": state.graph is not None,
+        "replay_ms_per_round": replay_ms,
+        "kernels_per_round": sum(r["per_step"] for r in rows_),
+        "kernel_ms_per_round": sum(r["ms_per_step"] for r in rows_),
+        "kernels": rows_,
+    }
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _kernel_table(fn, steps: int, dev: torch.device) -> list[dict]:
+    """``fn`` run ``steps`` times under the profiler -> its GPU kernels (CPU ops on the CPU) grouped by name, count
+    and milliseconds per call, largest first."""
+    cuda = dev.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        _sync(dev)
+    groups: dict[str, list[float]] = collections.defaultdict(list)
+    want = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    for ev in prof.events():
+        if ev.device_type == want and (cuda or ev.name.startswith("aten::")):
+            t = ev.device_time_total if cuda else ev.self_cpu_time_total
+            groups[ev.name].append(t / 1e3)  # ms
+    return sorted(
+        ({"kernel": k[:160], "per_step": len(v) / steps, "ms_per_step": sum(v) / steps} for k, v in groups.items()),
+        key=lambda r: -r["ms_per_step"],
+    )
 
 
 def forms_of(attention: str, linear: str, fold: str, mamba_step: str) -> list[tuple[str, str, str, str]]:
@@ -121,9 +193,26 @@ def main() -> None:
     p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
+    p.add_argument("--draft", help="a draft's config: profile a speculative round of each config verifying it")
+    p.add_argument("--num-draft-tokens", type=int, default=2, help="k, with --draft")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = []
+    if args.draft:
+        for config in args.configs:
+            for b in map(int, args.batch.split(",")):
+                for n in map(int, args.prompt.split(",")):
+                    for linear in args.decode_linear.split(","):
+                        r = profile_round(config, args.draft, b, n, args.num_draft_tokens, args.steps, linear)
+                        out.append(r)
+                        print(f"\n{config} <- {args.draft} k={args.num_draft_tokens} B={b} P={n} {linear}: replay "
+                              f"{r['replay_ms_per_round']:.3f} ms/round, {r['kernels_per_round']:.0f} kernels, "
+                              f"{r['kernel_ms_per_round']:.3f} ms of kernel time")  # fmt: skip
+                        for k in r["kernels"][:16]:
+                            print(f"  {k['ms_per_step']:.4f} ms  x{k['per_step']:.0f}  {k['kernel'][:110]}")
+                        with open(args.out, "w") as f:
+                            json.dump(out, f, indent=1)
+        return
     for config in args.configs:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):

@@ -195,3 +195,28 @@ def test_cuda_teacher_shape_bf16(M):
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, q), "a CUDA-graph replay must give the eager result"
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("B,T", [(1, 3), (1, 5), (16, 3)])
+def test_cuda_several_tokens_a_row_bf16(B, T):
+    """A speculative verify's Q|K|V at the teacher's attention shape in bf16: B cache rows of T consecutive tokens,
+    against the reference (a tolerance: a GPU's cos / sin), the rows' other slots untouched."""
+    H, Hkv, D = 9, 3, 64
+    g = torch.Generator().manual_seed(B * T)
+    x = torch.randn(B * T, 576, generator=g).to(torch.bfloat16).cuda()
+    w = (torch.randn((H + 2 * Hkv) * D, 576, generator=g) / 24).to(torch.bfloat16).cuda()
+    nw = (0.5 + torch.rand(576, generator=g)).to(torch.bfloat16).cuda()
+    start = torch.randint(0, 4000, (B,), generator=g)
+    pos = (start[:, None] + torch.arange(T)[None, :]).reshape(-1).cuda()
+    kc = torch.randn(B, Hkv, 4096, D, generator=g).to(torch.bfloat16).cuda()
+    vc = torch.randn(B, Hkv, 4096, D, generator=g).to(torch.bfloat16).cuda()
+    inv = RotaryEmbedding(D, 100000.0).inv_freq.cuda()
+    w_il = w[rope_pair_order(H, Hkv, D).cuda()]
+    kr, vr = kc.clone(), vc.clone()
+    qr = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kr, vr, tokens_per_row=T)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, inv, H, Hkv, D, kc, vc, tokens_per_row=T)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    assert rel_err(q.float(), qr.float()) <= 5e-3
+    assert rel_err(kc.float(), kr.float()) <= 5e-3 and rel_err(vc.float(), vr.float()) <= 5e-3

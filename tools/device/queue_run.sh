@@ -130,7 +130,7 @@ for job in $(cat $Q/jobs); do
       log "gputests"
       timeout 400 python3 -m pytest -q -p no:cacheprovider -rfs -k "gpu or cuda" \
           tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
-          tests/kernels/test_decode_attention.py > $F 2>&1
+          tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py > $F 2>&1
       log "gputests kernels rc=$? $(tail -1 $F)"
       timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs tests/kernels/test_mamba_step.py >> $F 2>&1
       log "gputests mamba_step rc=$? $(tail -1 $F)"; pack ;;
@@ -145,6 +145,15 @@ for job in $(cat $Q/jobs); do
           --batch 1,16 --prompt 128 --decode-linear auto --mamba-step fused,unfused --out $O/profile_mamba_step.json \
           > $O/profile_mamba_step.log 2>&1
       log "mambastep rc=$? $(grep -c replay $O/profile_mamba_step.log) rows"; pack ;;
+    specprof)  # issue 20: where a speculative round's time goes (tools/decode_profile.py --draft), random weights (a
+      # round's shapes are static, so no teacher and no distilled draft are needed): the teacher shape verifying
+      # configs/students/<s>.yaml at k = 2, batch 1 x 128 and 64 x 4,096 (specprof:swa-w128 is specbig's pair)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "specprof $s"; O=$DEC; mkdir -p $O
+      timeout 400 python3 tools/decode_profile.py configs/students/teacher.yaml --draft configs/students/$s.yaml \
+          --num-draft-tokens 2 --batch 1,64 --prompt 128,4096 --decode-linear auto --steps 10 \
+          --out $O/profile_spec_round_$s.json > $O/profile_spec_round_$s.log 2>&1
+      log "specprof $s rc=$? $(grep -c 'ms/round' $O/profile_spec_round_$s.log) rows"; pack ;;
     decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
       # (decodeab:mamba,jamba,based,s4: their projections through the GEMV since 2026-12-05)
       [ -n "$bg" ] && wait $bg; bg=""
@@ -226,7 +235,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
