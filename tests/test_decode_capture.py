@@ -366,6 +366,39 @@ def test_auto_linear_takes_the_gemv_up_to_its_rows(monkeypatch, max_rows):
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
+@pytest.mark.parametrize("family", ["gqa", "swa"])
+def test_auto_qkv_takes_the_qkv_kernel_past_the_gemv_rows(monkeypatch, family):
+    """``QKV_MAX_ROWS`` above ``AUTO_MAX_ROWS`` ("auto-qkv" in bench decode): a 2-row step with AUTO_MAX_ROWS 1
+    runs Q|K|V, RoPE and the cache write as one ``decode_qkv_rope`` and every other projection through F.linear;
+    logits and caches are the cuBLAS step's, and the pool key holds the setting."""
+    import archzoo.kernels as K
+    from archzoo.bench.decode_input import decode_linear_form
+    from archzoo.generation import decode_switches
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model, ids, caches = _fused_pair(_gemv_cfg(family))
+    monkeypatch.setattr(fused, "AUTO_DEVICES", ("cuda", "cpu"))  # "auto" itself, under the interpreter
+    monkeypatch.setattr(fused, "AUTO_MAX_ROWS", 1)
+    with torch.no_grad():
+        with decode_linear_form("auto-qkv"):
+            assert ("QKV_MAX_ROWS", 64) in decode_switches() and fused.DECODE_LINEAR == "auto"
+            K._dispatch.record("decode_qkv_rope", "none")
+            K._dispatch.record("decode_linear", "none")
+            got = model(ids[:, 5:6], cache=caches[0])
+            assert K.last_backend("decode_qkv_rope") == "triton"
+            assert K.last_backend("decode_linear") == "cublas"  # O, gate|up, down and the head: 2 rows > 1
+        assert fused.QKV_MAX_ROWS is None and ("QKV_MAX_ROWS", None) in decode_switches()  # restored
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+        want = model(ids[:, 5:6], cache=caches[1])
+    assert_close(f"{family} auto-qkv step", got, want, 1e-5)
+    for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):
+        for name in a.buffers if a is not None else ():
+            assert_close(f"{family} layer {i} {name}", a[name], b[name], 1e-5)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
 def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family):
     """A speculative verify's (2, 3) forward on the fused copies with the decode GEMV: Q|K|V, RoPE and the K/V write

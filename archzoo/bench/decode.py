@@ -780,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the step's projections: cublas (default here, the baseline; F.linear), kernel "
         "(archzoo.kernels.decode_linear, a Triton GEMV for up to 64 rows), kernel-pdl (the same, each decode kernel "
         "launched with programmatic dependent launch), auto (the library's default: the GEMV with PDL up to "
-        "layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), or several side by side, e.g. "
+        "layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), auto-qkv (auto, and every attention layer's "
+        "Q|K|V with RoPE and the cache write as one GEMV kernel up to 64 rows), or several side by side, e.g. "
         "cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
     )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")

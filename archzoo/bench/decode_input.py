@@ -37,8 +37,9 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 # ``--decode-linear``: how the step's projections run (``archzoo.layers.fused.DECODE_LINEAR``); a row of the
 # GEMV kernel gets "-gemv" after its implementation name. "kernel-pdl": the same kernels launched with
 # programmatic dependent launch (``archzoo.kernels._pdl``: each GEMV loads its weights while the kernel before
-# finishes), "-gemv-pdl".
-LINEARS = ("cublas", "kernel", "kernel-pdl", "auto")
+# finishes), "-gemv-pdl". "auto-qkv": "auto" with every attention layer's Q|K|V, RoPE and cache write through
+# ``decode_qkv_rope`` up to 64 rows (``layers.fused.QKV_MAX_ROWS``), the other projections as "auto" has them.
+LINEARS = ("cublas", "kernel", "kernel-pdl", "auto", "auto-qkv")
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -50,18 +51,23 @@ def parse_linears(text: Sequence[str] | str) -> list[str]:
 
 @contextmanager
 def decode_linear_form(form: str):
-    """Run the decode step's projections as ``form`` ("cublas", "kernel", "kernel-pdl" or "auto": ``LINEARS``)."""
+    """Run the decode step's projections as ``form`` (``LINEARS``: "cublas", "kernel", "kernel-pdl", "auto" or
+    "auto-qkv")."""
     from archzoo.kernels import _pdl
+    from archzoo.kernels.decode_linear import MAX_M
 
-    old, old_pdl = fused_layer.DECODE_LINEAR, _pdl.ENABLED
-    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel"}.get(form, form)  # "auto": the GEMV up to AUTO_MAX_ROWS
+    old, old_pdl, old_qkv = fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS
+    # "auto": the GEMV up to AUTO_MAX_ROWS; "auto-qkv" also Q|K|V with RoPE and the cache write up to 64 rows
+    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel", "auto-qkv": "auto"}.get(form, form)
+    if form == "auto-qkv":
+        fused_layer.QKV_MAX_ROWS = MAX_M
     # kernel-pdl: PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
     # library's default (PDL wherever it can run)
-    _pdl.ENABLED = {"kernel-pdl": True, "auto": None}.get(form, False)
+    _pdl.ENABLED = {"kernel-pdl": True, "auto": None, "auto-qkv": None}.get(form, False)
     try:
         yield
     finally:
-        fused_layer.DECODE_LINEAR, _pdl.ENABLED = old, old_pdl
+        fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS = old, old_pdl, old_qkv
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:

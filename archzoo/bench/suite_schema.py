@@ -128,7 +128,7 @@ class DecodeSettings(Strict):
     warmup: int = Field(default=1, ge=0)
     repeat: int = Field(default=1, gt=0)
     compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
-    decode_linear: Literal["cublas", "kernel", "kernel-pdl", "auto"] = Field(
+    decode_linear: Literal["cublas", "kernel", "kernel-pdl", "auto", "auto-qkv"] = Field(
         default="cublas",
         description="how the step's projections run (archzoo bench decode --decode-linear): cublas (F.linear), "
         "kernel (the decode GEMV and its epilogues), kernel-pdl (the same with programmatic dependent launch), "

@@ -322,13 +322,13 @@ class Attention(TakesNormAndResidual, nn.Module):
 
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``fused.gemv_for``: "kernel", or "auto" within its rows), at most 64 rows (batch x tokens), no bias, one
+        (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x tokens), no bias, one
         dtype, and a norm the GEMV fuses (an RMSNorm, or none). One token a row, or several (a speculative verify's
         (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite a slot an
         earlier one still reads."""
         f = self.fused
         return (
-            fused_mod.gemv_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
+            fused_mod.qkv_kernel_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
             and f.weight is not None and f.bias is None and state is not None
             and (x.shape[1] == 1 or self.window is None) and x.shape[0] * x.shape[1] <= MAX_M
             and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))

@@ -46,6 +46,13 @@ AUTO_MAX_ROWS = 4
 # Where "auto" takes the GEMV: CUDA, where it was measured. Not the CPU: there the kernel is its fp32 reference, or
 # Triton's interpreter (a test vehicle, far slower than F.linear). Tests add "cpu" to check "auto" itself.
 AUTO_DEVICES = ("cuda",)
+# Under "auto", an attention layer's Q|K|V with RoPE and the K/V cache write (``decode_qkv_rope``, one launch
+# for what cuBLAS's step does in four or five) up to QKV_MAX_ROWS rows, even where its other projections take
+# F.linear (more than AUTO_MAX_ROWS rows). At 16 rows the whole GEMV step tied cuBLAS's on an H100 (14,818
+# against 15,056 tokens/s): fewer launches, slower products. Taking only the Q|K|V launch, whose fusion saves the
+# most kernels, is the experiment ``archzoo bench decode --decode-linear auto-qkv`` (QKV_MAX_ROWS 64) runs;
+# None (the default) keeps it with the other projections (AUTO_MAX_ROWS) until it has been timed.
+QKV_MAX_ROWS: int | None = None
 
 
 def gemv_for(rows: int, device: torch.device | None = None) -> bool:
@@ -56,6 +63,16 @@ def gemv_for(rows: int, device: torch.device | None = None) -> bool:
     if DECODE_LINEAR == "kernel":
         return True
     if DECODE_LINEAR != "auto" or rows > AUTO_MAX_ROWS:
+        return False
+    return device is None or device.type in AUTO_DEVICES
+
+
+def qkv_kernel_for(rows: int, device: torch.device | None = None) -> bool:
+    """Whether a decode step of ``rows`` rows runs an attention layer's Q|K|V through ``decode_qkv_rope``: where
+    ``gemv_for`` says so, or under "auto" within ``QKV_MAX_ROWS`` (when set) on a device of ``AUTO_DEVICES``."""
+    if gemv_for(rows, device):
+        return True
+    if DECODE_LINEAR != "auto" or QKV_MAX_ROWS is None or rows > QKV_MAX_ROWS:
         return False
     return device is None or device.type in AUTO_DEVICES
 

@@ -154,6 +154,14 @@ for job in $(cat $Q/jobs); do
           --num-draft-tokens 2 --batch 1,64 --prompt 128,4096 --decode-linear auto --steps 10 \
           --out $O/profile_spec_round_$s.json > $O/profile_spec_round_$s.log 2>&1
       log "specprof $s rc=$? $(grep -c 'ms/round' $O/profile_spec_round_$s.log) rows"; pack ;;
+    qkvab)  # issue 18 at batch 16 / 64: the step's Q|K|V, RoPE and cache write as one decode_qkv_rope launch (the
+      # GEMV kernel) with the other projections on cuBLAS ("auto-qkv"), against "auto"; the teacher shape and MQA
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "qkvab"; O=$DEC; mkdir -p $O
+      timeout 400 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 16,64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear auto,auto-qkv \
+          --out $O/bench_qkvab > $O/bench_qkvab.log 2>&1
+      log "qkvab rc=$?"; pack ;;
     decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
       # (decodeab:mamba,jamba,based,s4: their projections through the GEMV since 2026-12-05)
       [ -n "$bg" ] && wait $bg; bg=""
@@ -235,7 +243,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, qkvab, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
