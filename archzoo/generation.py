@@ -122,10 +122,10 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     old entry). The compiled blocks need nothing: dynamo guards on the module globals a traced step reads (each
     switch is read first, wherever a step consults it), so a flip recompiles them; tests hold both.
     Not here: ``layers.moe.DISPATCH``, read only on MoE's sorted path, which no compiled or captured step takes
-    (``uncapturable``); ``kernels._launch.FAST_LAUNCH``, which changes how the host launches a kernel, not which
-    kernel a graph holds. With "auto", ``layers.fused.AUTO_MAX_ROWS`` and ``QKV_MAX_ROWS`` too; and ``kernels._pdl.ENABLED`` (the decode
-    kernels launched with programmatic dependent launch: a launch attribute the captured graph keeps), read from the
-    module only once it is imported (it imports Triton, which ``archzoo`` itself never does at import).
+    (``uncapturable``); ``kernels._launch.FAST_LAUNCH``, which changes how the host launches a kernel, not which kernel
+    a graph holds. With "auto", ``layers.fused.AUTO_MAX_ROWS`` and ``QKV_MAX_ROWS`` too; and ``kernels._pdl.ENABLED``
+    (the decode kernels launched with programmatic dependent launch: a launch attribute the captured graph keeps), read
+    from the module only once it is imported (it imports Triton, which ``archzoo`` itself never does at import).
     """
     pdl = sys.modules.get("archzoo.kernels._pdl")
     switches = [("DECODE_LINEAR", fused_layer.DECODE_LINEAR), ("DECODE_ATTENTION", attention_layer.DECODE_ATTENTION)]

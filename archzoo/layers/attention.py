@@ -322,10 +322,10 @@ class Attention(TakesNormAndResidual, nn.Module):
 
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x tokens), no bias, one
-        dtype, and a norm the GEMV fuses (an RMSNorm, or none). One token a row, or several (a speculative verify's
-        (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite a slot an
-        earlier one still reads."""
+        (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x
+        tokens), no bias, one dtype, and a norm the GEMV fuses (an RMSNorm, or none). One token a row, or several (a
+        speculative verify's (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite
+        a slot an earlier one still reads."""
         f = self.fused
         return (
             fused_mod.qkv_kernel_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
