@@ -225,6 +225,49 @@ def test_gemv_step_matches_cublas_step(monkeypatch, family):
     assert counter.frame_count == 1
 
 
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+def test_gemv_step_takes_the_mamba_biases(monkeypatch):
+    """A Mamba layer with biased in_proj and o_proj (the Mamba and Jamba students' ``bias: true``): the decode GEMV
+    adds each bias in its epilogue (in_proj with the block's norm fused in, o_proj with the residual), where these
+    two projections ran through cuBLAS before; the step's logits and states are F.linear's, eagerly and traced."""
+    import archzoo
+    import archzoo.kernels as K
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "mamba")).to_dict()
+    cfg.update(vocab_size=64, d_model=64, n_layers=2)
+    cfg["mixer"]["bias"] = True
+    cfg["mixer"]["expand"] = 1
+    model, ids, caches = _fused_pair(cfg)
+    with torch.no_grad():
+        for layer in model.blocks:  # non-zero biases, so that a dropped one shows
+            for lin in (layer.mixer.in_proj, layer.mixer.o_proj):
+                lin.bias.copy_(torch.randn_like(lin.bias))
+        model.refresh_fused()
+        biased = []
+        real = fused.decode_linear
+        monkeypatch.setattr(fused, "decode_linear", lambda *a: biased.append(a[6] is not None) or real(*a))
+        counter = CompileCounter()
+        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
+        for t in range(5, 7):  # one traced step, one eager
+            tok = ids[:, t : t + 1]
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+            K._dispatch.record("decode_linear", "none")
+            biased.clear()
+            got = step(tok) if t % 2 else model(tok, cache=caches[0])
+            if not t % 2:
+                assert K.last_backend("decode_linear") == "triton"
+                assert sum(biased) == 2 * cfg["n_layers"], biased  # in_proj and o_proj, each layer, on the GEMV
+            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+            assert_close(f"mamba step {t}", got, model(tok, cache=caches[1]), 1e-5)
+        for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):
+            for name in a.buffers:
+                assert_close(f"layer {i} {name}", a[name], b[name], 1e-5)
+    assert counter.frame_count == 1
+
+
 def _step_graph_ops(model, cache, tok) -> list[str]:
     """The call_function targets of one traced decode step (fullgraph), as strings."""
     ops: list[str] = []

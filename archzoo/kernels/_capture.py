@@ -194,16 +194,18 @@ def _decode_linear_op(
     eps: float,
     residual: torch.Tensor | None,
     swiglu: bool,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu)  # a new tensor, never a view of an input
+    # a new tensor, never a view of an input
+    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
 
 
 @_decode_linear_op.register_fake
-def _(x, weight, norm_weight, eps, residual, swiglu):
+def _(x, weight, norm_weight, eps, residual, swiglu, bias=None):
     from .decode_linear._checks import check_decode_linear
 
     # bad shapes fail at trace time, as in eager
-    M, _, N = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    M, _, N = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
     return x.new_empty((M, N // 2 if swiglu else N))
 
 
@@ -214,12 +216,13 @@ def decode_linear(
     eps: float = 1e-5,
     residual: torch.Tensor | None = None,
     swiglu: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A projection of a few rows with the RMSNorm before it fused in, and optionally a residual add or SwiGLU
-    after it (see ``archzoo.kernels.decode_linear.decode_linear``); traceable."""
+    """A projection of a few rows with the RMSNorm before it fused in, and optionally a bias, a residual add or
+    SwiGLU after it (see ``archzoo.kernels.decode_linear.decode_linear``); traceable."""
     if torch.compiler.is_compiling():
-        return _decode_linear_op(x, weight, norm_weight, float(eps), residual, bool(swiglu))
-    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+        return _decode_linear_op(x, weight, norm_weight, float(eps), residual, bool(swiglu), bias)
+    return _decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
 
 
 @torch.library.custom_op("archzoo::decode_qkv_rope", mutates_args=("k_cache", "v_cache"))

@@ -86,7 +86,8 @@ def decode_project(
     swiglu: bool = False,
 ) -> torch.Tensor:
     """``norm(x)`` (or x) (..., K) @ weight (N, K).T (+ bias) for a decode step: the norm and ``F.linear``, or
-    ``decode_linear`` with the RMSNorm fused in where ``gemv_for`` says so and the shapes fit (no bias, one dtype,
+    ``decode_linear`` with the RMSNorm fused in where ``gemv_for`` says so and the shapes fit (a bias in its
+    epilogue, not with ``swiglu``; one dtype,
     at most 64 rows; it runs its Triton kernel on CUDA and under Triton's interpreter, its reference form
     elsewhere); a step that asked for the GEMV and does not fit records why (``last_backend("decode_linear")``).
     ``norm``: an ``RMSNorm`` (its ``weight`` and ``eps``); the kernel repeats its roundings.
@@ -96,8 +97,10 @@ def decode_project(
     rows = x.numel() // x.shape[-1]
     if gemv_for(rows, x.device):
         reason = None
-        if bias is not None:
-            reason = "the projection has a bias"
+        if bias is not None and swiglu:
+            reason = "a SwiGLU pair with a bias"
+        elif bias is not None and bias.dtype != x.dtype:
+            reason = f"the bias is {bias.dtype} and the step computes in {x.dtype}"
         elif x.dtype != weight.dtype:
             reason = f"the step computes in {x.dtype} and the weights are {weight.dtype}"
         elif not 1 <= rows <= MAX_M:
@@ -107,7 +110,7 @@ def decode_project(
         if reason is None:
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
             res = residual.reshape(rows, residual.shape[-1]) if residual is not None else None
-            y = decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps, res, swiglu)
+            y = decode_linear(x.reshape(rows, x.shape[-1]), weight, nw, eps, res, swiglu, bias)
             return y.view(*x.shape[:-1], y.shape[-1])
         if not torch.compiler.is_compiling():  # a traced step cannot log; bench decode reports linear_backend
             record("decode_linear", "cublas", f"DECODE_LINEAR={DECODE_LINEAR!r} but F.linear runs: {reason}")

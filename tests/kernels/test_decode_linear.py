@@ -441,3 +441,80 @@ def test_custom_op_fake_shapes():
         x, w, r = torch.empty(2, 8), torch.empty(6, 8), torch.empty(2, 6)
         assert _decode_linear_op(x, w, None, 1e-5, None, True).shape == (2, 3)
         assert _decode_linear_op(x, w, None, 1e-5, r, False).shape == (2, 6)
+
+
+# ---------------------------------------------------------------- bias (the Mamba layers' in_proj and o_proj)
+
+
+def test_naive_bias_is_f_linears():
+    """The reference with a bias is F.linear(norm(x), w, b) in float64, rounded once; the PyTorch form is F.linear
+    with the bias in x's dtype."""
+    x, w, nw = _inputs(3, 40, 7, torch.float32)
+    b = torch.randn(7, generator=torch.Generator().manual_seed(2))
+    ref = F.linear(rms_norm(x, nw, 1e-5).double(), w.double(), b.double()).float()
+    _assert("naive bias", naive_decode_linear(x, w, nw, 1e-5, bias=b), ref, 1e-6)
+    _assert("torch bias", torch_decode_linear(x, w, nw, 1e-5, bias=b), ref, 1e-6)
+    res = torch.randn(3, 7)
+    _assert("naive bias + residual", naive_decode_linear(x, w, nw, 1e-5, residual=res, bias=b), ref + res, 1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("residual", [False, True], ids=["bias", "bias+residual"])
+def test_bias_matches_naive(M, splits, residual, dtype, monkeypatch):
+    """bias (and a residual after it) in the epilogue, K = 100 split 1 or 3 ways (the reduction kernel adds it
+    then), on the 2-D, element-wise and tl.dot paths; bf16 to the bit in the interpreter up to 16 rows."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", splits)
+    Kd, N = 100, 70
+    x, w, nw = _inputs(M, Kd, N, dtype, True, DEV, seed=M + splits)
+    g = torch.Generator().manual_seed(3)
+    b = torch.randn(N, generator=g).to(DEV, dtype)
+    res = (torch.randn(M, N, generator=g) * 2).to(DEV, dtype) if residual else None
+    got = T.decode_linear(x, w, nw, 1e-5, residual=res, bias=b)
+    ref = naive_decode_linear(x, w, nw, 1e-5, residual=res, bias=b)
+    _assert(f"bias[M={M}, splits={splits}, residual={residual}]", got, ref, TOL[dtype])
+    if dtype == torch.bfloat16:
+        assert torch.equal(got, ref), "bf16 with a bias must round once, as the reference"
+
+
+@needs_triton
+def test_bias_with_the_fixup_and_through_the_dispatcher(monkeypatch):
+    """The fixup adds the bias as the reduction kernel does (same bits); the dispatcher and the custom op pass it
+    on; bad bias arguments raise, naming the bias."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", 3)
+    x, w, nw = _inputs(3, 40, 70, torch.bfloat16, True, DEV, seed=5)
+    b = torch.randn(70, generator=torch.Generator().manual_seed(4)).to(DEV, torch.bfloat16)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", False)
+    two = T.decode_linear(x, w, nw, 1e-5, bias=b)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", True)
+    assert torch.equal(T.decode_linear(x, w, nw, 1e-5, bias=b), two)
+    assert torch.equal(K.decode_linear(x, w, nw, 1e-5, None, False, b), two)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        K.decode_linear(x, w, nw, bias=b[:5])
+    with pytest.raises(ValueError, match="bias must be in x's dtype"):
+        K.decode_linear(x, w, nw, bias=b.float())
+    with pytest.raises(ValueError, match="bias and swiglu cannot be combined"):
+        K.decode_linear(x, w, nw, bias=b, swiglu=True)
+    x64, w64, nw64, b64 = (t.double() for t in (x, w, nw, b))  # float64: the PyTorch form, with the bias
+    _assert("f64 bias", K.decode_linear(x64, w64, nw64, bias=b64), naive_decode_linear(x64, w64, nw64, bias=b64),
+            1e-12)  # fmt: skip
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [1, 16])
+@pytest.mark.parametrize("shape", [(576, 1152), (576, 576)], ids=["mamba_in_proj", "mamba_o_proj"])
+def test_cuda_bias_bf16(shape, M):
+    """bf16 at the Mamba students' biased projections (in_proj with the norm, o_proj with the residual): against
+    the reference, and the same bits on a second call."""
+    Kd, N = shape
+    x, w, nw = _inputs(M, Kd, N, torch.bfloat16, True, "cuda", seed=M)
+    g = torch.Generator().manual_seed(7)
+    b = torch.randn(N, generator=g).to("cuda", torch.bfloat16)
+    res = torch.randn(M, N, generator=g).to("cuda", torch.bfloat16)
+    got = K.decode_linear(x, w, nw, 1e-5, res, False, b)
+    assert K.last_backend("decode_linear") == "triton"
+    _assert(f"cuda bias[{shape}, M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, res, False, b), 2e-3)
+    assert torch.equal(got, K.decode_linear(x, w, nw, 1e-5, res, False, b))

@@ -130,7 +130,8 @@ for job in $(cat $Q/jobs); do
       log "gputests"
       timeout 400 python3 -m pytest -q -p no:cacheprovider -rfs -k "gpu or cuda" \
           tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
-          tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py > $F 2>&1
+          tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
+          tests/kernels/test_decode_linear.py > $F 2>&1
       log "gputests kernels rc=$? $(tail -1 $F)"
       timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs tests/kernels/test_mamba_step.py >> $F 2>&1
       log "gputests mamba_step rc=$? $(tail -1 $F)"; pack ;;

@@ -26,7 +26,7 @@ from .naive import (
 
 def decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``(RMSNorm(x) * norm_weight if norm_weight is given else x) @ weight.T``, in x's dtype, computed in fp32.
 
@@ -48,8 +48,10 @@ def decode_linear(
       (M, F) = silu(g) * u with the unfused path's roundings (g and u rounded to x's dtype, ``F.silu`` of g
       rounded, the product rounded), so it matches ``F.silu(gate) * up`` up to the exp's last fp32 bit.
     Not both at once. Under split-K the reduction kernel applies them.
+    - ``bias`` (N,), x's dtype: added to the fp32 accumulator (before the residual), as ``F.linear``'s bias (the
+      Mamba layers' in_proj and o_proj have one); not with ``swiglu``.
     """
-    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
     op = "decode_linear"
     if use_triton(x, weight, norm_weight):
         dev = x.device.type
@@ -57,15 +59,15 @@ def decode_linear(
         if reason is None:  # tested in the interpreter; where it does not compile, the PyTorch form runs
             from .triton import _run
 
-            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, residual, swiglu))
+            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, residual, swiglu, bias=bias))
             if out is not None:
                 record(op, "triton")
                 return out
             reason = kernel_failed(op, dev)
         record(op, "torch", reason)
-        return torch_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+        return torch_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
     record(op, "naive")
-    return naive_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    return naive_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
 
 
 def decode_qkv_rope(

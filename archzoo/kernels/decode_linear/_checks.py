@@ -10,7 +10,7 @@ MAX_M = 64  # rows the Triton kernel takes (batch x tokens of a decode step); mo
 
 def check_decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, bias: torch.Tensor | None = None,
 ) -> tuple[int, int, int]:  # fmt: skip
     """-> (M, K, N) (N: weight's rows; the output has N // 2 columns with ``swiglu``), or ValueError naming the
     argument and what it must be."""
@@ -50,9 +50,17 @@ def check_decode_linear(
                              f"{tuple(getattr(residual, 'shape', ()))}")  # fmt: skip
         if residual.dtype != x.dtype:
             raise ValueError(f"residual must be in x's dtype {x.dtype}, got {residual.dtype}")
-    names = ("x", "weight", "norm_weight", "residual")
-    devs = [(n, t.device) for n, t in zip(names, (x, weight, norm_weight, residual), strict=True) if t is not None]
+    if bias is not None:
+        if swiglu:
+            raise ValueError("bias and swiglu cannot be combined (the gate and up rows carry no bias here)")
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (N,):
+            raise ValueError(f"bias must have shape (N,) = ({N},), got {tuple(getattr(bias, 'shape', ()))}")
+        if bias.dtype != x.dtype:
+            raise ValueError(f"bias must be in x's dtype {x.dtype} (as F.linear), got {bias.dtype}")
+    names = ("x", "weight", "norm_weight", "residual", "bias")
+    devs = [(n, t.device) for n, t in zip(names, (x, weight, norm_weight, residual, bias), strict=True)
+            if t is not None]  # fmt: skip
     if len({d for _, d in devs}) > 1:
-        raise ValueError("x, weight, norm_weight and residual must be on one device, got "
+        raise ValueError("x, weight, norm_weight, residual and bias must be on one device, got "
                          + ", ".join(f"{n}: {d}" for n, d in devs))  # fmt: skip
     return M, K, N

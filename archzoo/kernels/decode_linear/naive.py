@@ -36,17 +36,20 @@ def swiglu_pairs(y: torch.Tensor) -> torch.Tensor:
 
 def naive_decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """``(rms_norm(x) * norm_weight if norm_weight is given else x) @ weight.T``, the product in fp32 (float64 for
     float64 inputs), returned in x's dtype. x (M, K), weight (N, K), norm_weight (K,) -> (M, N).
 
-    ``residual`` (M, N): added to the fp32 product before its one rounding. ``swiglu``: weight's rows are (gate,
-    up) pairs; -> (M, N // 2) = silu(g) * u with g and u rounded to x's dtype first (``swiglu_pairs``)."""
-    check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    ``bias`` (N,): added to the fp32 product (as F.linear's epilogue does). ``residual`` (M, N): added after it,
+    before the one rounding. ``swiglu``: weight's rows are (gate, up) pairs; -> (M, N // 2) = silu(g) * u with g
+    and u rounded to x's dtype first (``swiglu_pairs``)."""
+    check_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
     h = _normed(x, norm_weight, eps)
     ct = torch.promote_types(x.dtype, torch.float32)
     y = h.to(ct) @ weight.to(ct).T
+    if bias is not None:
+        y = y + bias.to(ct)
     if residual is not None:
         y = y + residual.to(ct)
     y = y.to(x.dtype)
@@ -55,7 +58,7 @@ def naive_decode_linear(
 
 def torch_decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The unfused form: ``rms_norm`` (when norm_weight is given) then ``F.linear`` in the inputs' dtype (in the
     promoted dtype where the norm's output differs from weight's), returned in x's dtype; then ``residual +`` it
@@ -64,7 +67,8 @@ def torch_decode_linear(
     if h.dtype != weight.dtype:
         ct = torch.promote_types(h.dtype, weight.dtype)
         h, weight = h.to(ct), weight.to(ct)
-    y = F.linear(h, weight).to(x.dtype)
+        bias = bias.to(ct) if bias is not None else None
+    y = F.linear(h, weight, bias).to(x.dtype)
     if residual is not None:
         y = residual + y
     return swiglu_pairs(y) if swiglu else y

@@ -27,9 +27,10 @@ Two kernels:
   this one has not been timed. Both forms sum in split order, unrolled (a fixed order, so the result is the same
   from run to run, eager equals compiled, and the two forms give the same bits).
 
-Epilogues (``HAS_RES``, ``SWIGLU``), applied by whichever kernel writes y: ``residual + y`` added to the fp32 sum
-before the one rounding; or, with weight's rows interleaved (gate, up), the (M, N // 2) silu(g) * u with the unfused
-path's roundings (``_swiglu``). BLOCK_N is a power of 2 >= 2, so a program holds whole pairs.
+Epilogues (``HAS_BIAS``, ``HAS_RES``, ``SWIGLU``), applied by whichever kernel writes y: ``bias`` (F.linear's) and
+``residual + y`` added to the fp32 sum, in that order, before the one rounding; or, with weight's rows interleaved
+(gate, up), the (M, N // 2) silu(g) * u with the unfused path's roundings (``_swiglu``). BLOCK_N is a power of
+2 >= 2, so a program holds whole pairs.
 
 Why a merge in split order and not fp32 atomics into the output: atomics add the splits in whatever order they
 finish, so the low bits change from run to run (the decode invariants compare a compiled step with an eager one),
@@ -164,12 +165,12 @@ def _rope_store(
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
+    x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, b_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
     M, N, K, chunk,
     s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
     NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK,
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr, FIXUP: tl.constexpr,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
+    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
@@ -273,6 +274,8 @@ def _gemv_kernel(
         F = N // 2
         tl.store(out_ptr + offs_m[:, None] * F + offs_f[None, :], a, mask=mask_m[:, None] & (offs_f < F)[None, :])
     else:  # out (M, N), contiguous
+        if HAS_BIAS:  # F.linear's bias, in fp32 before the rounding (and before the residual)
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if HAS_RES:  # residual + y in fp32, one rounding
             r = tl.load(res_ptr + offs_m[:, None] * s_rm + offs_n[None, :] * s_rn, mask=mask, other=0.0)
             y += r.to(tl.float32)
@@ -282,8 +285,9 @@ def _gemv_kernel(
 
 @triton.jit
 def _reduce_kernel(
-    part_ptr, out_ptr, res_ptr, MN, N, S, s_rm, s_rn,
-    HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    part_ptr, out_ptr, res_ptr, b_ptr, MN, N, S, s_rm, s_rn,
+    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_R: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Sums the splits' fp32 partials (n_splits, M, N) in split order and applies the epilogue. Program i owns
     BLOCK_R outputs: of the (M, N) y, or with SWIGLU of the (M, N // 2) activation (MN = M * N // 2 then)."""
@@ -306,6 +310,8 @@ def _reduce_kernel(
         y = tl.zeros([BLOCK_R], tl.float32)
         for s in tl.static_range(BLOCK_S):
             y += tl.load(part_ptr + s * MN + offs, mask=tl.where(s < S, mask, False), other=0.0)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
         if HAS_RES:
             r = tl.load(res_ptr + (offs // N) * s_rm + (offs % N) * s_rn, mask=mask, other=0.0)
             y += r.to(tl.float32)
@@ -375,14 +381,14 @@ _PLANS: dict[tuple, _Plan] = {}
 
 def _plan(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
-    residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None,
+    residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None, bias: bool = False,
 ) -> _Plan:  # fmt: skip
     nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
     res_key = None if residual is None else residual.stride()
     rope_key = None if rope is None else rope.key()
     pdl = pdl_enabled(x.device)
     key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps, res_key, swiglu,
-           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())), pdl)  # fmt: skip
+           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())), pdl, bias)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
@@ -405,7 +411,7 @@ def _plan(
     p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1)
     p.consts = (
         norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, p.fixup, residual is not None,
-        swiglu,
+        bias, swiglu,
         rope is not None,
         lp["use_dot"], dot_f32,
         "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
@@ -415,7 +421,7 @@ def _plan(
     p.warps = lp["num_warps"]
     p.red_grid = (_cdiv(M * p.N, REDUCE_BLOCK),)
     p.red_ints = (M * p.N, N, lp["n_splits"], *r_strides)
-    p.red_consts = (residual is not None, swiglu, _next_pow2(lp["n_splits"]), REDUCE_BLOCK, pdl)
+    p.red_consts = (residual is not None, bias, swiglu, _next_pow2(lp["n_splits"]), REDUCE_BLOCK, pdl)
     if len(_PLANS) > 1024:
         _PLANS.clear()
     _PLANS[key] = p
@@ -445,35 +451,37 @@ class Rope:
 def _run(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
     residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The launches, without validation (the dispatcher validated; 1 <= M <= MAX_M, fp16 / bf16 / fp32)."""
-    p = _plan(x, weight, norm_weight, eps, residual, swiglu, rope)
+    p = _plan(x, weight, norm_weight, eps, residual, swiglu, rope, bias is not None)
     out = torch.empty((p.M, p.N), device=x.device, dtype=x.dtype)
     N = weight.shape[0]
     part = torch.empty((p.n_splits, p.M, N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
     dev = x.get_device()
     nw = norm_weight if norm_weight is not None else x  # unused (HAS_NORM off): a dummy tensor, never None
     res = residual if residual is not None else x  # likewise (HAS_RES off)
+    b = bias if bias is not None else x  # likewise (HAS_BIAS off)
     rp = (rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache) if rope is not None else (x, x, x, x)
     cnt = counters(x.device, p.n_blocks) if p.fixup else x  # unused without the fixup
-    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, *rp, cnt), (*p.ints, *p.rope_ints), p.consts,
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, b, *rp, cnt), (*p.ints, *p.rope_ints), p.consts,
            p.warps, dev, p.pdl)  # fmt: skip
     if p.n_splits > 1 and not p.fixup:
-        launch(_reduce_kernel, p.red_grid, (part, out, res), p.red_ints, p.red_consts, p.warps, dev, p.pdl)
+        launch(_reduce_kernel, p.red_grid, (part, out, res, b), p.red_ints, p.red_consts, p.warps, dev, p.pdl)
     return out
 
 
 def decode_linear(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None, eps: float = 1e-5,
-    residual: torch.Tensor | None = None, swiglu: bool = False,
+    residual: torch.Tensor | None = None, swiglu: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The Triton GEMV; same semantics as ``naive_decode_linear`` for 1 <= M <= 64 and fp16 / bf16 / fp32."""
-    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu)
+    M, _, _ = check_decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
     if not 1 <= M <= MAX_M or x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype ==
                                                               torch.float64):  # fmt: skip
         raise ValueError(f"the Triton kernel takes 1..{MAX_M} rows in float16, bfloat16 or float32, got M={M}, "
                          f"x {x.dtype}, norm_weight {None if norm_weight is None else norm_weight.dtype}")  # fmt: skip
-    return _run(x, weight, norm_weight, eps, residual, swiglu)
+    return _run(x, weight, norm_weight, eps, residual, swiglu, bias=bias)
 
 
 __all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]
