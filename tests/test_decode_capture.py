@@ -454,14 +454,20 @@ def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     model, ids, caches = _fused_pair(_gemv_cfg(family))
+    traced_cache = copy.deepcopy(caches[0])
     with torch.no_grad():
         monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
         K._dispatch.record("decode_qkv_rope", "none")
         got = _forward(model, ids[:, 5:8], caches[0])
         qkv = K.last_backend("decode_qkv_rope")
         head = K.last_backend("decode_linear")
+        counter = CompileCounter()  # traced whole: decode_qkv_rope's custom op with tokens_per_row
+        traced = torch.compile(lambda t: _forward(model, t, traced_cache), backend=counter, fullgraph=True)(ids[:, 5:8])
         monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
         want = _forward(model, ids[:, 5:8], caches[1])
+    assert counter.frame_count == 1
+    assert_close(f"{family} traced verify logits", traced, got, 1e-6)
+    assert torch.equal(traced_cache.lengths, caches[0].lengths)
     assert qkv == "triton", f"{family}: the verify's Q|K|V ran {qkv}"  # swa and cla: their global leader layer
     assert head == "triton", f"{family}: the verify's LM head ran {head}"
     assert_close(f"{family} verify logits", got, want, 1e-5)
