@@ -4,7 +4,9 @@ One panel per (batch size, prompt length) of the run, at most four: for each ``-
 the target decoding alone and one per draft length k, in tokens/s, with the target alone as a dashed line. Each
 speculative bar says its speed-up over that line, the acceptance rate and the tokens a verify step emits; where
 the row has them, the bar is split into where a round's time goes (the k+1 draft steps, one target step and the
-rest: the verify beyond a one-token step, acceptance and rollback), so a draft that does not pay shows why.
+rest: the verify beyond a one-token step, acceptance and rollback), so a draft that does not pay shows why. A k
+whose row of a panel was skipped or failed (out of memory at batch 64 x 4k, say) keeps its place, with the reason
+written where its bar would stand.
 
 ``decode.png`` (tokens/s against cache bytes) says nothing here: a speculative run has one target and one cache.
 """
@@ -17,7 +19,7 @@ from .charts import plt, save
 from .decode_report import SPECULATIVE
 
 MAX_PANELS = 4
-FORM_NAMES = {"cublas": "cuBLAS", "kernel": "GEMV", "kernel-pdl": "GEMV + PDL", "auto": "auto"}
+FORM_NAMES = {"cublas": "cuBLAS", "kernel": "GEMV", "kernel-pdl": "GEMV + PDL", "auto": "auto", "auto-qkv": "auto-qkv"}
 PARTS = (("draft steps", "#9ecae1"), ("target step", "#3182bd"), ("verify extra + bookkeeping", "#fdae6b"))
 
 
@@ -41,7 +43,9 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
     }
     cells = sorted({(r["batch_size"], r["prompt_len"]) for r in spec}, key=lambda c: (c[0], c[1]))[:MAX_PANELS]
     forms = list(dict.fromkeys(_form(r) for r in spec))
-    ks = sorted({r["num_draft_tokens"] for r in spec})
+    unmeasured = [r for r in rows if r.get("implementation") == SPECULATIVE and not _measured(r)
+                  and (r["batch_size"], r["prompt_len"]) in cells and r.get("num_draft_tokens")]  # fmt: skip
+    ks = sorted({r["num_draft_tokens"] for r in spec + unmeasured})
     fig, axes = plt.subplots(1, len(cells), figsize=(6.2 * len(cells), 4.6), squeeze=False)
     width = 0.8 / len(forms)
     for ax, (B, P) in zip(axes[0], cells, strict=True):
@@ -60,6 +64,11 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
                 r = next((s for s in spec if (s["batch_size"], s["prompt_len"], s["num_draft_tokens"]) == (B, P, k)
                           and _form(s) == form), None)  # fmt: skip
                 if r is None:
+                    miss = next((u for u in unmeasured if (u["batch_size"], u["prompt_len"], u["num_draft_tokens"])
+                                 == (B, P, k) and _form(u) == form), None)  # fmt: skip
+                    if miss is not None:  # where its bar would stand, why it has none
+                        ax.annotate(_why(miss), (j + x0, 0), xytext=(0, 4), textcoords="offset points", ha="center",
+                                    va="bottom", rotation=90, fontsize=8, color="#b2182b")  # fmt: skip
                     continue
                 x, tps = j + x0, r["tokens_per_s"]
                 top = max(top, tps)
@@ -75,10 +84,14 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
                     ax.annotate(f"{r['speedup']:.2f}x", (x, tps), ha="center", va="bottom", fontsize=7.5)
         ticks = ["alone"]
         for k in ks:  # acceptance is the draft's and the text's, about the same under either form: the first's
-            r = next((s for s in spec if (s["batch_size"], s["prompt_len"], s["num_draft_tokens"]) == (B, P, k)), {})
+            r = next((s for s in spec if (s["batch_size"], s["prompt_len"], s["num_draft_tokens"]) == (B, P, k)), None)
+            if r is None:
+                ticks.append(f"k = {k}\nnot measured")
+                continue
             ticks.append(f"k = {k}\nacceptance {r.get('acceptance_rate') or 0:.2f}\n"
                          f"{r.get('tokens_per_verify') or 0:.2f} tokens/verify")  # fmt: skip
         ax.set_xticks(range(len(ks) + 1), ticks, fontsize=8)
+        ax.set_xlim(-0.6, len(ks) + 0.6)  # a k without a bar keeps its place
         ax.set_ylim(0, top * 1.35 if top else 1)
         ax.set_ylabel("decode tokens/s (higher is better)")
         ax.set_title(f"batch {B}, {P:,}-token prompts, {spec[0]['new_tokens']} new tokens", fontsize=10, loc="left")
@@ -94,6 +107,13 @@ def spec_chart(path: str | Path, meta: dict, rows: list[dict]) -> Path | None:
                  "on each bar its speed-up over the target alone", fontsize=10, x=0.01, ha="left")  # fmt: skip
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return save(fig, Path(path))
+
+
+def _why(row: dict) -> str:
+    """A skipped or failed row's reason, short enough to stand in a bar's place."""
+    text = str(row.get("skipped") or row.get("error") or "not measured")
+    text = text.removeprefix("skipped: ")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _form(row: dict) -> tuple[str, str]:

@@ -236,6 +236,12 @@ def test_bench_decode_speculative_rows(tmp_path):
     from archzoo.bench.spec_chart import spec_chart
 
     assert spec_chart(tmp_path / "none.png", res, rows[:2]) is None and not (tmp_path / "none.png").exists()
+    # a k whose row was skipped (out of memory at 64 x 4k on an H100) keeps its place, its reason in the bar's
+    skipped = dict(rows[3], tokens_per_s=None, skipped="out of cuda memory", num_draft_tokens=5)
+    assert spec_chart(tmp_path / "skip.png", res, rows + [skipped]).stat().st_size > 10_000
+    from archzoo.bench.spec_chart import _why
+
+    assert _why(skipped) == "out of cuda memory" and _why({"error": "x" * 60}).endswith("...")
 
 
 def test_speculative_rows_run_under_each_linear_form(tmp_path, monkeypatch):
