@@ -5,6 +5,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--decode-linear cublas,kernel]   # the projections through cuBLAS, or the decode GEMV and its epilogues
                                           # (kernel-pdl: launched with programmatic dependent launch)
         [--attention kernel,kernel-2launch]  # the attention kernel's splits merged in it, or by a second kernel
+        [--attention kernel,kernel-long-splits]  # at least 4 tiles a split: a short cache, one split, no merge
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
 
@@ -49,12 +50,13 @@ def profile_step(
     from archzoo.layers import attention as attention_layer
 
     # kernel-2launch: the decode attention kernel with its splits merged by a second kernel, as before the fixup
-    # (archzoo/kernels/decode_attention/triton.py), beside "kernel" in the same process
-    attention_layer.DECODE_ATTENTION = "kernel" if attention == "kernel-2launch" else attention
-    if attention == "kernel-2launch":
-        from archzoo.kernels.decode_attention import triton as attention_kernels
+    # (archzoo/kernels/decode_attention/triton.py), beside "kernel" in the same process; kernel-long-splits: at
+    # least 4 tiles a split (MIN_SPLIT_TILES), so a short cache takes one split and no merge
+    overrides = {"kernel-2launch": {"FIXUP": False}, "kernel-long-splits": {"MIN_SPLIT_TILES": 4}}.get(attention, {})
+    attention_layer.DECODE_ATTENTION = "kernel" if overrides else attention
+    from archzoo.kernels.decode_attention import triton as attention_kernels
 
-        attention_kernels.CONFIG_OVERRIDE["FIXUP"] = False
+    attention_kernels.CONFIG_OVERRIDE.update(overrides)
     from archzoo.layers import mamba, mla_fold
 
     mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
@@ -67,8 +69,8 @@ def profile_step(
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
-        if attention == "kernel-2launch":
-            attention_kernels.CONFIG_OVERRIDE.pop("FIXUP", None)
+        for key in overrides:
+            attention_kernels.CONFIG_OVERRIDE.pop(key, None)
 
 
 def _profile(config: str, batch: int, prompt: int, steps: int, attention: str, linear: str) -> dict:
@@ -189,7 +191,8 @@ def main() -> None:
     p.add_argument("--batch", default="1")
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--attention", default="kernel", help="kernel, kernel-2launch, sdpa or several (comma)")
+    p.add_argument("--attention", default="kernel",
+                   help="kernel, kernel-2launch, kernel-long-splits, sdpa or several (comma)")  # fmt: skip
     p.add_argument("--decode-linear", default="cublas", help="cublas, kernel, kernel-pdl, auto or several")
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")

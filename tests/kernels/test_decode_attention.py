@@ -193,6 +193,21 @@ def test_split_plan_depends_on_shape_only():
     assert wide == min(T._config(dev)["BLOCK_T"], T.WIDE_BLOCK_T), "head dims above 256 take narrower tiles"
 
 
+@needs_triton
+def test_min_split_tiles_takes_fewer_longer_splits(monkeypatch):
+    """MIN_SPLIT_TILES: at least that many tiles a split, so a short cache at batch 1 takes one split (no merge) and
+    a long one keeps several; the output is the reference's either way (interpreter: 16-position tiles)."""
+    dev = torch.device(DEV)
+    block = T._config(dev)["BLOCK_T"]
+    assert T.split_plan(1, 1, 4 * block, dev)[0] == 4  # one tile a split: programs are few at batch 1
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "MIN_SPLIT_TILES", 4)
+    assert T.split_plan(1, 1, 4 * block, dev)[0] == 1
+    n, chunk, _ = T.split_plan(1, 1, 16 * block, dev)
+    assert (n, chunk) == (4, 4 * block)
+    q, k, v, L = _inputs(2, 9, 3, 4 * block, 32, 32, [4 * block, 5])
+    _assert("one split", T.decode_attention(q, k, v, L), naive_decode_attention(q, k, v, L), 1e-5)
+
+
 def test_dispatch(monkeypatch):
     q, k, v, L = _inputs(2, 4, 2, 20, 32, 32, [20, 3])
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

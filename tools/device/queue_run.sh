@@ -163,6 +163,14 @@ for job in $(cat $Q/jobs); do
           --batch-sizes 16,64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear auto,auto-qkv \
           --out $O/bench_qkvab > $O/bench_qkvab.log 2>&1
       log "qkvab rc=$?"; pack ;;
+    attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
+      # merge launch) against one tile a split, the teacher shape and MQA, 128- and 4,096-token prompts
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "attnsplit"; O=$DEC; mkdir -p $O
+      timeout 400 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch 1,16 --prompt 128,4096 --decode-linear auto --attention kernel,kernel-long-splits --steps 20 \
+          --out $O/profile_attnsplit.json > $O/profile_attnsplit.log 2>&1
+      log "attnsplit rc=$? $(grep -c replay $O/profile_attnsplit.log) rows"; pack ;;
     decodeab)  # issue 18: students' decode steps with cuBLAS projections against the decode GEMV ("auto"), one process
       # (decodeab:mamba,jamba,based,s4: their projections through the GEMV since 2026-12-05)
       [ -n "$bg" ] && wait $bg; bg=""
@@ -244,7 +252,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, qkvab, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done

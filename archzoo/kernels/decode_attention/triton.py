@@ -55,11 +55,19 @@ LOG2E = 1.4426950408889634
 
 # Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
 # PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
-CUDA_CONFIG = dict(BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False, BALANCE=True)
+CUDA_CONFIG = dict(
+    BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False, BALANCE=True, MIN_SPLIT_TILES=1
+)
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
 INTERPRET_CONFIG = dict(
-    BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False, BALANCE=True
-)
+    BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False, BALANCE=True,
+    MIN_SPLIT_TILES=1,
+)  # fmt: skip
+# MIN_SPLIT_TILES: at least this many tiles of T_max a split. At batch 1 with a short cache (the teacher's step at
+# 128-token prompts: a 256-position buffer, 4 splits of one tile) the split kernel took 2.7 us and the merge's
+# launch 1.6 us a layer on an H100 (docs/decode.md): one split of 4 tiles needs no merge (the program normalises
+# its own output). 1 (every tile its own split where programs are few) until a GPU has timed 4 beside it:
+# ``tools/decode_profile.py --attention kernel,kernel-long-splits``.
 # FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch) instead of by
 # _combine_kernel (two; the default: measured faster, see the docstring). Overrides of either (tests, tuners);
 # "N_SPLITS" forces the split count. Plans are keyed on CONFIG_OVERRIDE.
@@ -243,7 +251,7 @@ def split_plan(B: int, Hkv: int, T: int, device: torch.device, head_dim: int = 0
     WIDE_BLOCK_T positions, so the pipelined K and V tiles still fit in shared memory.
 
     Enough splits that B * H_kv * n_splits fills PROGRAMS_PER_SM programs per SM, at most MAX_SPLITS and at
-    most one per BLOCK_T tile; chunk (positions per split) is a whole number of tiles.
+    most one per MIN_SPLIT_TILES BLOCK_T tiles; chunk (positions per split) is a whole number of tiles.
     """
     cfg = _config(device)
     block_t = cfg["BLOCK_T"] if head_dim <= 256 else min(cfg["BLOCK_T"], WIDE_BLOCK_T)
@@ -254,7 +262,7 @@ def split_plan(B: int, Hkv: int, T: int, device: torch.device, head_dim: int = 0
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if (
             device.type == "cuda") else cfg["SM_COUNT"]  # fmt: skip
         n = _cdiv(sms * cfg["PROGRAMS_PER_SM"], max(1, B * Hkv))
-    n = max(1, min(n, n_blocks, cfg["MAX_SPLITS"]))
+    n = max(1, min(n, _cdiv(n_blocks, cfg.get("MIN_SPLIT_TILES", 1)), cfg["MAX_SPLITS"]))
     per = _cdiv(n_blocks, n)  # tiles per split
     return _cdiv(n_blocks, per), per * block_t, block_t
 
