@@ -34,8 +34,14 @@ from .mlp import SwiGLU
 # the inputs and otherwise the per-expert loop, logging why once; "grouped" takes the grouped GEMM or raises
 # ValueError saying why it cannot; "loop" takes the per-expert loop. The static decode path is chosen by
 # token count, whatever this says. Each forward records the path it took in ``MoE.last_dispatch``.
+# "padded" (where a capacity applies: training): each expert's kept assignments in a (capacity, D) slab of one
+# (n_experts, capacity, D) tensor, and one batched GEMM per projection over it (torch.bmm: the dense GEMM's
+# efficiency, at capacity_factor times the FLOPs); without a capacity it takes "auto"'s path. Why try it: on an
+# H100 the grouped GEMMs ran 8 groups of ~1,024 rows at 60% of one dense GEMM's efficiency (docs/kernels.md), and
+# a capacity-padded batch is GShard's and Switch's own dispatch. Opt-in until a GPU has timed it beside the
+# grouped rows (archzoo bench kernels --ops moe: archzoo_padded_*).
 DISPATCH = "auto"
-DISPATCHES = ("auto", "grouped", "loop")
+DISPATCHES = ("auto", "grouped", "loop", "padded")
 # How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
 # "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a
 # one-hot, its running sum along the assignments and two scatters: elementwise ops and one scan, which
@@ -256,7 +262,10 @@ class MoE(nn.Module):
         tokens = order % max(N, 1)  # (K*N,) each sorted assignment's token ...
         ws = top_p[tokens, order // max(N, 1)].to(x.dtype)  # (K*N,) ... and its routing weight
 
-        if self._use_grouped(x):
+        if DISPATCH == "padded" and capacity is not None and N > 0:
+            self.last_dispatch = "padded"
+            out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
+        elif self._use_grouped(x):
             self.last_dispatch = "grouped"
             if keep is not None:
                 ws = ws * keep  # over capacity: weight 0, so the row adds 0 to the output and gets 0 gradient
@@ -346,6 +355,35 @@ class MoE(nn.Module):
         ys = _grouped_mm(h, wd, offs=offs)  # (K*N, D)
         contrib = ys * ws[:, None]  # (K*N, D) in x's dtype (autocast: ys in the autocast dtype)
         # Back to assignment order (a permutation: no atomics, deterministic), then each token's K choices summed.
+        return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)
+
+    def _padded(
+        self, x: torch.Tensor, sorted_e: torch.Tensor, order: torch.Tensor, tokens: torch.Tensor, ws: torch.Tensor,
+        load: torch.Tensor, capacity: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """Routed experts over capacity-padded slabs -> (N, D) (``DISPATCH = "padded"``, a capacity applying).
+
+        Each sorted assignment's rank in its expert's slice (its priority order) is its row in that expert's slab
+        of ``capacity`` rows: the kept ones (rank < capacity, the same set the other paths keep) are copied there,
+        the dropped ones to one spare row past the slabs, which no GEMM reads; rows an expert does not fill stay
+        zero. Then one ``torch.bmm`` per projection over (E, capacity, .), the SwiGLU between, and each
+        assignment's output read back from its row (the spare row is zero, so a dropped one adds nothing, and its
+        input gets no gradient), weighted, back in assignment order and summed over the K choices. Static shapes
+        (E x capacity rows, capacity from the token count), no host read."""
+        N, D, K, E = x.shape[0], self.d_model, self.top_k, self.n_experts
+        dtype = compute_dtype(x)
+        start = torch.cumsum(load, 0) - load  # (E,) each expert's first sorted position
+        rank = torch.arange(K * N, device=x.device) - start[sorted_e]  # (K*N,) place in its expert's slice
+        spare = E * capacity
+        row = torch.where(rank < capacity, sorted_e * capacity + rank, spare)  # (K*N,) its slab row, or the spare
+        slabs = x.new_zeros(spare + 1, D, dtype=dtype).index_copy(0, row, x[tokens].to(dtype))  # (E*C + 1, D)
+        xs = slabs[:spare].view(E, capacity, D)
+        # (E, F, D), (E, F, D), (E, D, F)
+        wg, wu, wd = (p.weight.to(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
+        h = F.silu(torch.bmm(xs, wg.transpose(1, 2))) * torch.bmm(xs, wu.transpose(1, 2))  # (E, C, F)
+        ys = torch.bmm(h, wd.transpose(1, 2)).reshape(spare, D)  # (E*C, D)
+        ys = torch.cat([ys, ys.new_zeros(1, D)])  # the spare row: zero
+        contrib = ys[row] * ws[:, None]  # (K*N, D); a dropped assignment reads the spare row
         return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)
 
     def _losses(

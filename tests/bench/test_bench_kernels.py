@@ -115,6 +115,8 @@ def test_la_based_moe_run_on_the_cpu_at_tiny_shapes(tmp_path, capsys):
         assert grouped["last_dispatch"] == "grouped" and grouped["rel_err_vs_loop"] < 2e-2, grouped
     else:  # a torch without a grouped GEMM on this CPU: the layer says why, and the row carries it
         assert "grouped GEMM cannot run" in grouped["status"], grouped
+    padded = rows["archzoo_padded"]  # capacity-padded slabs: torch.bmm, on every device
+    assert padded["status"] == "ok" and padded["last_dispatch"] == "padded" and padded["rel_err_vs_loop"] < 2e-2, padded
     for title in ("## linear_attention normalize=False", "## linear_attention normalize=True", "## BASED", "## MoE"):
         assert title in text, title
     if not FLA:

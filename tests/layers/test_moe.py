@@ -530,7 +530,7 @@ def test_auto_falls_back_to_the_loop_and_says_why(dtype, d_model, d_ff, reason, 
     with pytest.raises(ValueError, match=f"DISPATCH='grouped'.*{reason}"):
         moe(x.to(dtype))
     monkeypatch.setattr(moe_mod, "DISPATCH", "fast")
-    with pytest.raises(ValueError, match="auto, grouped, loop; got 'fast'"):
+    with pytest.raises(ValueError, match="auto, grouped, loop, padded; got 'fast'"):
         moe(x.to(dtype))
 
 
@@ -650,3 +650,55 @@ def test_grouped_mm_unfit_traces_on_cuda_tensors(monkeypatch):
         torch._dynamo.reset()
         out = torch.compile(fits, fullgraph=True, backend="eager")(x, *ws)
         assert out.device.type == "cuda"
+
+
+@pytest.mark.parametrize("route", ["sort", "count"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_padded_matches_loop(dtype, top_k, route, monkeypatch):
+    """DISPATCH="padded" (capacity-padded slabs, one bmm per projection): output and every gradient equal the
+    loop's with capacity drops, an idle expert and uneven loads (37 tokens; fp64 to round-off), statistics and aux
+    loss unchanged; without a capacity (inference) it takes the other paths."""
+    monkeypatch.setattr(moe_mod, "ROUTE", route)
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(dtype, top_k, 1.0)
+    loop = run_moe(moe, x.to(dtype), g.to(dtype), "loop", monkeypatch)
+    loop_stats, loop_aux = moe.last_stats, moe.aux_loss.detach()
+    padded = run_moe(moe, x.to(dtype), g.to(dtype), "padded", monkeypatch)
+    assert moe.last_dispatch == "padded" and moe.last_stats["tokens_dropped"] > 0
+    for key in ("tokens_dropped", "load", "drop_fraction", "balance_loss", "z_loss"):
+        assert torch.equal(moe.last_stats[key], loop_stats[key]), key
+    assert torch.equal(moe.aux_loss, loop_aux)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for name, value in padded.items():
+        assert_close(f"{name} padded vs loop ({dtype})", value, loop[name], tol)
+    moe.eval()
+    monkeypatch.setattr(moe_mod, "DISPATCH", "padded")
+    with torch.no_grad():
+        moe(x.to(dtype))
+    assert moe.last_dispatch != "padded", "no capacity at inference: padded has no slab size"
+
+
+def test_padded_reads_nothing_on_the_host_and_compiles_whole(monkeypatch):
+    """The padded path's forward and backward run no op that synchronises, and torch.compile(fullgraph=True)
+    traces it once (counting sort) with the eager output and gradients."""
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    with OpLog() as log:
+        eager = run_moe(moe, x, g, "padded", monkeypatch)
+    assert "aten.bmm" in log.ops and not log.ops & HOST_SYNC_OPS, sorted(log.ops & HOST_SYNC_OPS)
+    torch._dynamo.reset()
+    monkeypatch.setattr(moe_mod, "DISPATCH", "padded")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(moe, backend=counter, fullgraph=True)
+    try:
+        moe.zero_grad()
+        xc = x.clone().requires_grad_()
+        out = compiled(xc)
+        ((out * g).sum() + moe.aux_loss).backward()
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 1 and moe.last_dispatch == "padded"
+    got = {"out": out.detach(), "grad x": xc.grad} | {f"grad {n}": p.grad for n, p in moe.named_parameters()}
+    for name, value in got.items():
+        assert_close(f"{name} compiled vs eager", value, eager[name], 1e-5)

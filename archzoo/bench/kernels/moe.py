@@ -45,7 +45,9 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     loop reads the experts' loads on the host). Also on CUDA: the grouped layer eager, compiled and in CUDA graphs
     again with the counting sort (``archzoo_grouped_count*``, ``archzoo.layers.moe.ROUTE="count"``; the other
     compiled and graphed rows take the stable sort, which ``ROUTE="auto"`` takes only eagerly), with gate and up as
-    one grouped GEMM too (``archzoo_grouped_count_gu_*``, ``GATE_UP="fused"``), and in the compiled
+    one grouped GEMM too (``archzoo_grouped_count_gu_*``, ``GATE_UP="fused"``); the capacity-padded dispatch
+    (``archzoo_padded`` everywhere, ``archzoo_padded_count_*`` compiled and graphed on CUDA: ``DISPATCH="padded"``,
+    each expert's kept rows in a slab of ``capacity`` rows, one ``torch.bmm`` per projection); and in the compiled
     rows ``kernels_fwdbwd``: torch.profiler's count of one forward+backward's kernels (device us, launches, the top
     kernels by device time; its error instead, should the profiler fail), which says where the time over the dense
     layer's goes."""
@@ -69,6 +71,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         "archzoo_loop": _dispatched(moe_mod, layer, x, "loop") if has_switch else (lambda: layer(x)),
         dname: lambda: dense(x),
     }
+    if "padded" in getattr(moe_mod, "DISPATCHES", ()):  # capacity-padded slabs, one bmm per projection
+        impls["archzoo_padded"] = _dispatched(moe_mod, layer, x, "padded")
     leaves = [x, *layer.parameters(), *dense.parameters()]
     if has_switch and torch.device(device).type == "cuda":
         # As training with speed.compile runs it: the layer compiled whole (routing, sort, capacity, losses fused
@@ -95,8 +99,13 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             # and gate and up as one grouped GEMM of N = 2 d_ff (GATE_UP="fused"), beside the count rows
             call = _dispatched(moe_mod, fn, x, "grouped", route="count", gate_up="fused")
             impls[f"archzoo_grouped_count_gu_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
+            # and the capacity-padded slabs (DISPATCH="padded": one torch.bmm per projection, no grouped GEMM)
+            call = _dispatched(moe_mod, fn, x, "padded", route="count")
+            impls[f"archzoo_padded_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
     dispatch: dict[str, object] = {}
-    for name in ("archzoo_grouped", "archzoo_loop"):  # which path each side took, and the drops (same routing)
+    for name in ("archzoo_grouped", "archzoo_loop", "archzoo_padded"):  # the path each took, and the drops
+        if name not in impls:
+            continue
         fn = impls[name]
         if isinstance(fn, str):
             continue
@@ -129,14 +138,15 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
         for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", "archzoo_grouped_count_gu_compiled",
-                     f"{dname}_compiled"):  # fmt: skip
+                     "archzoo_padded_count_compiled", f"{dname}_compiled"):  # fmt: skip
             if res.get(name, {}).get("status") == "ok":
                 try:  # a profiler failure is the row's note, not the end of the op's other rows
                     res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
                 except Exception as e:
                     res[name]["kernels_fwdbwd"] = {"error": _error(e)}
-    if "archzoo_grouped" in outs and "archzoo_loop" in outs:
-        res["archzoo_grouped"]["rel_err_vs_loop"] = _rel(outs["archzoo_grouped"].float(), outs["archzoo_loop"].float())
+    for name in ("archzoo_grouped", "archzoo_padded"):
+        if name in outs and "archzoo_loop" in outs:
+            res[name]["rel_err_vs_loop"] = _rel(outs[name].float(), outs["archzoo_loop"].float())
     with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
         impls["archzoo_loop"]()
     stats = layer.last_stats
