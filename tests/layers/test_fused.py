@@ -140,8 +140,9 @@ def test_release_frees_the_copies_and_generate_makes_them_again(monkeypatch):
 
 
 def test_decode_project_says_why_it_does_not_take_the_gemv(monkeypatch, caplog):
-    """DECODE_LINEAR = "kernel": shapes the GEMV takes run it; a projection it cannot take (more than 16 rows, a
-    bias) runs F.linear with the reason recorded and logged, and gives F.linear's result."""
+    """DECODE_LINEAR = "kernel": shapes the GEMV takes run it, a bias too (in its epilogue); a projection it cannot
+    take (more than 64 rows, a SwiGLU pair with a bias) runs F.linear with the reason recorded and logged, and gives
+    F.linear's result."""
     import logging
 
     import archzoo.kernels as K
@@ -157,13 +158,20 @@ def test_decode_project_says_why_it_does_not_take_the_gemv(monkeypatch, caplog):
     x = torch.randn(2, 1, 12, generator=g)
     assert_close("fits", fused.decode_project(x, w, None, norm), torch.nn.functional.linear(norm(x), w), 1e-6)
     assert K.last_backend("decode_linear") in ("naive", "triton")
-    cases = [(torch.randn(65, 1, 12, generator=g), None, "65 rows"), (x, b, "bias")]
-    for xi, bi, why in cases:
-        with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
-            got = fused.decode_project(xi, w.to(xi.dtype), bi)
-        assert K.last_backend("decode_linear") == "cublas", why
-        assert_close(why, got, torch.nn.functional.linear(xi, w.to(xi.dtype), bi), 1e-6)
-    assert any("F.linear runs" in r.getMessage() for r in caplog.records), "the reason is logged"
+    got = fused.decode_project(x, w, b, norm)  # a bias: the GEMV's epilogue
+    assert K.last_backend("decode_linear") in ("naive", "triton")
+    assert_close("bias", got, torch.nn.functional.linear(norm(x), w, b), 1e-6)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        got = fused.decode_project(torch.randn(65, 1, 12, generator=g), w, None)
+    assert K.last_backend("decode_linear") == "cublas", "65 rows"
+    w8, b8 = torch.randn(8, 12, generator=g), torch.randn(8, generator=g)
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())  # logged once per (op, backend): let the second reason log
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        got = fused.decode_project(x, w8, b8, swiglu=True)
+    assert K.last_backend("decode_linear") == "cublas", "a SwiGLU pair with a bias"
+    assert_close("swiglu with a bias", got, fused.swiglu_pairs(torch.nn.functional.linear(x, w8, b8)), 1e-6)
+    reasons = [r.getMessage() for r in caplog.records if "F.linear runs" in r.getMessage()]
+    assert any("65 rows" in m for m in reasons) and any("SwiGLU pair with a bias" in m for m in reasons), reasons
 
 
 def test_auto_takes_the_gemv_on_cuda_up_to_its_rows(monkeypatch):
