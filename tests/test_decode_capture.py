@@ -195,7 +195,6 @@ def test_gemv_step_matches_cublas_step(monkeypatch, family):
     window is passed within the steps), a CLA member reading its leader's cache; MLA's Q|latent copy with the norm
     fused in and its O projection with the residual."""
     import archzoo.kernels as K
-    from archzoo.layers import fused
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     cfg = _gemv_cfg(family)
@@ -204,25 +203,41 @@ def test_gemv_step_matches_cublas_step(monkeypatch, family):
     if family == "mla":
         cfg["mixer"]["q_lora_rank"] = None  # as the students: a full-rank query, in the fused Q|latent copy
     model, ids, caches = _fused_pair(cfg)
+
+    def ran():
+        assert K.last_backend("decode_linear") == "triton"
+        if family != "mla":
+            assert K.last_backend("decode_qkv_rope") == "triton"
+
     with torch.no_grad():
-        counter = CompileCounter()
-        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
-        for t in range(5, 7):  # one traced step, one eager
-            tok = ids[:, t : t + 1]
-            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
-            K._dispatch.record("decode_linear", "none")
-            got = step(tok) if t % 2 else model(tok, cache=caches[0])
-            if not t % 2:
-                assert K.last_backend("decode_linear") == "triton"
-                if family != "mla":
-                    assert K.last_backend("decode_qkv_rope") == "triton"
-            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
-            ref = model(tok, cache=caches[1])
-            assert_close(f"step {t}", got, ref, 1e-5)
-        for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):  # K / V written alike
-            for name in a.buffers if a is not None else ():
-                assert_close(f"layer {i} {name}", a[name], b[name], 1e-5)
+        counter = _kernel_steps_against_cublas(model, ids, caches, monkeypatch, after_eager=ran)
     assert counter.frame_count == 1
+
+
+def _kernel_steps_against_cublas(model, ids, caches, monkeypatch, before=None, after_eager=None) -> CompileCounter:
+    """Two decode steps (positions 5 and 6: one traced whole, one eager) under ``DECODE_LINEAR = "kernel"`` on
+    ``caches[0]``, each against the cuBLAS step on ``caches[1]``: logits, then every buffer of every layer.
+    ``before()`` runs before each kernel step, ``after_eager()`` after the eager one (what it ran)."""
+    import archzoo.kernels as K
+    from archzoo.layers import fused
+
+    counter = CompileCounter()
+    step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
+    for t in range(5, 7):
+        tok = ids[:, t : t + 1]
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+        K._dispatch.record("decode_linear", "none")
+        if before is not None:
+            before()
+        got = step(tok) if t % 2 else model(tok, cache=caches[0])
+        if not t % 2 and after_eager is not None:
+            after_eager()
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+        assert_close(f"step {t}", got, model(tok, cache=caches[1]), 1e-5)
+    for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):  # buffers written alike
+        for name in a.buffers if a is not None else ():
+            assert_close(f"layer {i} {name}", a[name], b[name], 1e-5)
+    return counter
 
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
@@ -249,22 +264,12 @@ def test_gemv_step_takes_the_mamba_biases(monkeypatch):
         biased = []
         real = fused.decode_linear
         monkeypatch.setattr(fused, "decode_linear", lambda *a: biased.append(a[6] is not None) or real(*a))
-        counter = CompileCounter()
-        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=counter, fullgraph=True)
-        for t in range(5, 7):  # one traced step, one eager
-            tok = ids[:, t : t + 1]
-            monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
-            K._dispatch.record("decode_linear", "none")
-            biased.clear()
-            got = step(tok) if t % 2 else model(tok, cache=caches[0])
-            if not t % 2:
-                assert K.last_backend("decode_linear") == "triton"
-                assert sum(biased) == 2 * cfg["n_layers"], biased  # in_proj and o_proj, each layer, on the GEMV
-            monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
-            assert_close(f"mamba step {t}", got, model(tok, cache=caches[1]), 1e-5)
-        for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):
-            for name in a.buffers:
-                assert_close(f"layer {i} {name}", a[name], b[name], 1e-5)
+
+        def ran():
+            assert K.last_backend("decode_linear") == "triton"
+            assert sum(biased) == 2 * cfg["n_layers"], biased  # in_proj and o_proj, each layer, on the GEMV
+
+        counter = _kernel_steps_against_cublas(model, ids, caches, monkeypatch, before=biased.clear, after_eager=ran)
     assert counter.frame_count == 1
 
 
