@@ -448,22 +448,29 @@ def test_auto_qkv_takes_the_qkv_kernel_past_the_gemv_rows(monkeypatch, family):
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
-def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family):
+def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family, caplog):
     """A speculative verify's (2, 3) forward on the fused copies with the decode GEMV: Q|K|V, RoPE and the K/V write
     in one kernel for each row's 3 tokens (``decode_qkv_rope(tokens_per_row=3)``) where the cache is global (a
     ring keeps the unfused write: a later token could overwrite a slot an earlier one reads), and the LM head with
-    the final norm through the GEMV, as the one-token step's: the logits and caches F.linear's."""
+    the final norm through the GEMV, as the one-token step's: the logits and caches F.linear's. The ring's layer
+    says why it keeps the unfused write."""
+    import logging
+
     import archzoo.kernels as K
     from archzoo.layers import fused
     from archzoo.speculative import _forward
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
     model, ids, caches = _fused_pair(_gemv_cfg(family))
     traced_cache = copy.deepcopy(caches[0])
     with torch.no_grad():
         monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
         K._dispatch.record("decode_qkv_rope", "none")
-        got = _forward(model, ids[:, 5:8], caches[0])
+        with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+            got = _forward(model, ids[:, 5:8], caches[0])
+        ring_said = any("tokens a row into a ring buffer" in r.getMessage() for r in caplog.records)
+        assert ring_said == (family == "swa"), [r.getMessage() for r in caplog.records]
         qkv = K.last_backend("decode_qkv_rope")
         head = K.last_backend("decode_linear")
         counter = CompileCounter()  # traced whole: decode_qkv_rope's custom op with tokens_per_row

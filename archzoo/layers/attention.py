@@ -327,12 +327,18 @@ class Attention(TakesNormAndResidual, nn.Module):
         speculative verify's (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite
         a slot an earlier one still reads."""
         f = self.fused
-        return (
+        fits = (
             fused_mod.qkv_kernel_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
-            and f.weight is not None and f.bias is None and state is not None
-            and (x.shape[1] == 1 or self.window is None) and x.shape[0] * x.shape[1] <= MAX_M
+            and f.weight is not None and f.bias is None and state is not None and x.shape[0] * x.shape[1] <= MAX_M
             and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
         )  # fmt: skip
+        if fits and x.shape[1] > 1 and self.window is not None:
+            if not torch.compiler.is_compiling():  # a traced step cannot log
+                why = (f"{x.shape[1]} tokens a row into a ring buffer: Q|K|V, RoPE and the cache write run apart (a "
+                       "later token could overwrite a slot an earlier one reads)")  # fmt: skip
+                record("decode_qkv_rope", "unfused", why)
+            return False
+        return fits
 
     def _qkv_step(self, x, state, ctx, norm, q_pos):
         """Q with RoPE (B, H, T, D), and the keys, values and key positions to attend over (the step's K / V written

@@ -262,6 +262,9 @@ class MoE(nn.Module):
         tokens = order % max(N, 1)  # (K*N,) each sorted assignment's token ...
         ws = top_p[tokens, order // max(N, 1)].to(x.dtype)  # (K*N,) ... and its routing weight
 
+        if DISPATCH == "padded" and (capacity is None or N == 0) and not torch.compiler.is_compiling():
+            once("moe_padded", "MoE: DISPATCH='padded' sizes its slabs by the capacity, and this forward has none "
+                 "(capacity_factor None, or inference without capacity_at_inference): auto's path runs")  # fmt: skip
         if DISPATCH == "padded" and capacity is not None and N > 0:
             self.last_dispatch = "padded"
             out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
@@ -366,24 +369,25 @@ class MoE(nn.Module):
         Each sorted assignment's rank in its expert's slice (its priority order) is its row in that expert's slab
         of ``capacity`` rows: the kept ones (rank < capacity, the same set the other paths keep) are copied there,
         the dropped ones to one spare row past the slabs, which no GEMM reads; rows an expert does not fill stay
-        zero. Then one ``torch.bmm`` per projection over (E, capacity, .), the SwiGLU between, and each
-        assignment's output read back from its row (the spare row is zero, so a dropped one adds nothing, and its
-        input gets no gradient), weighted, back in assignment order and summed over the K choices. Static shapes
-        (E x capacity rows, capacity from the token count), no host read."""
+        zero. Then one ``torch.bmm`` per projection over (E, capacity, .), the SwiGLU between, and each kept
+        assignment's output read back from its row, weighted, back in assignment order and summed over the K
+        choices; a dropped one reads row 0 with weight 0 (it adds nothing and its input gets no gradient), as the
+        grouped path weights its drops. Static shapes (E x capacity rows, capacity from the token count), no host
+        read."""
         N, D, K, E = x.shape[0], self.d_model, self.top_k, self.n_experts
         dtype = compute_dtype(x)
         start = torch.cumsum(load, 0) - load  # (E,) each expert's first sorted position
         rank = torch.arange(K * N, device=x.device) - start[sorted_e]  # (K*N,) place in its expert's slice
         spare = E * capacity
-        row = torch.where(rank < capacity, sorted_e * capacity + rank, spare)  # (K*N,) its slab row, or the spare
+        kept = rank < capacity  # (K*N,) the same set the other paths keep
+        row = torch.where(kept, sorted_e * capacity + rank, spare)  # (K*N,) its slab row, or the spare
         slabs = x.new_zeros(spare + 1, D, dtype=dtype).index_copy(0, row, x[tokens].to(dtype))  # (E*C + 1, D)
         xs = slabs[:spare].view(E, capacity, D)
         # (E, F, D), (E, F, D), (E, D, F)
         wg, wu, wd = (p.weight.to(dtype) for p in (self.gate_proj, self.up_proj, self.down_proj))
         h = F.silu(torch.bmm(xs, wg.transpose(1, 2))) * torch.bmm(xs, wu.transpose(1, 2))  # (E, C, F)
         ys = torch.bmm(h, wd.transpose(1, 2)).reshape(spare, D)  # (E*C, D)
-        ys = torch.cat([ys, ys.new_zeros(1, D)])  # the spare row: zero
-        contrib = ys[row] * ws[:, None]  # (K*N, D); a dropped assignment reads the spare row
+        contrib = ys[torch.where(kept, row, 0)] * (ws * kept)[:, None]  # (K*N, D); a dropped one: weight 0
         return contrib.new_zeros(K * N, D).index_copy(0, order, contrib).view(K, N, D).sum(0)  # (N, D)
 
     def _losses(

@@ -672,11 +672,21 @@ def test_padded_matches_loop(dtype, top_k, route, monkeypatch):
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     for name, value in padded.items():
         assert_close(f"{name} padded vs loop ({dtype})", value, loop[name], tol)
-    moe.eval()
-    monkeypatch.setattr(moe_mod, "DISPATCH", "padded")
-    with torch.no_grad():
-        moe(x.to(dtype))
-    assert moe.last_dispatch != "padded", "no capacity at inference: padded has no slab size"
+
+
+def test_padded_without_a_capacity_takes_autos_path_and_says_so(monkeypatch, caplog):
+    """A dropless training forward (capacity_factor None) has no slab size: auto's path runs, and the log says why."""
+    import logging
+
+    from archzoo.kernels import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, None)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        run_moe(moe, x, g, "padded", monkeypatch)
+    assert moe.last_dispatch in ("grouped", "loop")
+    assert any("DISPATCH='padded'" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_padded_reads_nothing_on_the_host_and_compiles_whole(monkeypatch):
