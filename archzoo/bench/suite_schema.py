@@ -15,6 +15,7 @@ from ..config import first_error, read_mapping
 from ..errors import ConfigError
 from ..layers.base import Strict, field_error
 from .common import DTYPES
+from .decode_input import LINEARS  # --decode-linear's forms, named in one place
 
 SCHEMA_VERSION = 1
 
@@ -128,11 +129,12 @@ class DecodeSettings(Strict):
     warmup: int = Field(default=1, ge=0)
     repeat: int = Field(default=1, gt=0)
     compile: bool | None = Field(default=None, description="passed to generate(compile=...); null: on for CUDA")
-    decode_linear: Literal["cublas", "kernel", "kernel-pdl", "auto", "auto-qkv"] = Field(
+    decode_linear: Literal[LINEARS] = Field(
         default="cublas",
         description="how the step's projections run (archzoo bench decode --decode-linear): cublas (F.linear), "
         "kernel (the decode GEMV and its epilogues), kernel-pdl (the same with programmatic dependent launch), "
-        "auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows a step, cuBLAS above)",
+        "auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows a step, cuBLAS above), auto-qkv (auto, and Q|K|V "
+        "with RoPE and the cache write as one GEMV kernel up to 64 rows)",
     )
 
     @field_validator("batch_sizes", "prompt_lens")
