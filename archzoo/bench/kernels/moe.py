@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from ...generation import allow_recompiles
 from ..common import OpCounter
 from ._common import _error, _fwd_fwdbwd, _ratio, _rel
 
@@ -75,6 +76,9 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         impls["archzoo_padded"] = _dispatched(moe_mod, layer, x, "padded")
     leaves = [x, *layer.parameters(), *dense.parameters()]
     if has_switch and torch.device(device).type == "cuda":
+        # Every (DISPATCH, ROUTE, GATE_UP, grad mode) the rows below run is one more compiled entry of MoE.forward;
+        # past dynamo's default 8 the rest failed with FailOnRecompileLimitHit (fullgraph=True; H100, 2026-12-06).
+        allow_recompiles()
         # As training with speed.compile runs it: the layer compiled whole (routing, sort, capacity, losses fused
         # into few kernels; fullgraph=True, so a graph break is an error in the row, not eager Python between
         # graphs), beside the dense SwiGLU compiled the same way.
