@@ -14,6 +14,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op scan --config '{"fwd": {"BLOCK_L": 256}}'
     python tools/sm90_compile.py --op gemv       # the decode GEMV at the teacher's projections, M = 1, 16 and 64
     python tools/sm90_compile.py --op gemv --pdl # the same launched with PDL (griddepcontrol in the SASS)
+    python tools/sm90_compile.py --op gemv --pdl --config '{"L2_PREFETCH": true}'  # ... and the L2 prefetch
     python tools/sm90_compile.py --op attn       # decode_attention at the teacher's shape, B = 1 and 64
     python tools/sm90_compile.py --op la         # linear attention's forward, segment sums and backward
     python tools/sm90_compile.py --op la_cp      # linear attention's chunk-parallel backward (normalize=False)
@@ -44,7 +45,7 @@ from triton.compiler import ASTSource
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # SASS opcodes worth counting (prefix match); STL / LDL are spills
 _OPS = ("SHFL", "MUFU", "BAR", "LDG", "STG", "LDS", "STS", "RED", "ATOM", "FFMA", "FMUL", "FADD", "LDL", "STL", "BRA",
-        "HGMMA", "HMMA", "F2FP", "FSEL", "ISETP", "LDGSTS", "ACQBULK", "PREEXIT")  # fmt: skip
+        "HGMMA", "HMMA", "F2FP", "FSEL", "ISETP", "LDGSTS", "ACQBULK", "PREEXIT", "CCTL")  # fmt: skip
 
 
 @contextmanager
@@ -392,6 +393,10 @@ def main() -> None:
         from archzoo.kernels.decode_linear import triton as gt
 
         gt.pdl_enabled = lambda device: True  # as on an sm_90 GPU with archzoo.kernels._pdl.ENABLED
+    if args.op == "gemv":  # e.g. --config '{"L2_PREFETCH": true}' (with --pdl)
+        from archzoo.kernels.decode_linear import triton as gt
+
+        gt.CONFIG_OVERRIDE.update(json.loads(args.config))
     if args.op == "scan":
         calls = _scan_calls(args.b, args.d, args.l, args.n, json.loads(args.config))
         print(f"triton {triton.__version__}, sm_90, b={args.b} d={args.d} l={args.l} n={args.n}")

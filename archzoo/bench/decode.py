@@ -779,10 +779,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="cublas",
         help="the step's projections: cublas (default here, the baseline; F.linear), kernel "
         "(archzoo.kernels.decode_linear, a Triton GEMV for up to 64 rows), kernel-pdl (the same, each decode kernel "
-        "launched with programmatic dependent launch), auto (the library's default: the GEMV with PDL up to "
-        "layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), auto-qkv (auto, and every attention layer's "
-        "Q|K|V with RoPE and the cache write as one GEMV kernel up to 64 rows), or several side by side, e.g. "
-        "cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
+        "launched with programmatic dependent launch), kernel-pdl-l2 (kernel-pdl, and each GEMV of 8 rows or more "
+        "asking L2 for its weights before it waits on the kernel before), auto (the library's default: the GEMV "
+        "with PDL up to layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), auto-qkv (auto, and every "
+        "attention layer's Q|K|V with RoPE and the cache write as one GEMV kernel up to 64 rows), or several side "
+        "by side, e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",
     )
     p.add_argument("--out", required=True, help="output folder: decode.json, decode.md and decode.png")
     return p

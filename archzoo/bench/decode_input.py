@@ -39,7 +39,9 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 # programmatic dependent launch (``archzoo.kernels._pdl``: each GEMV loads its weights while the kernel before
 # finishes), "-gemv-pdl". "auto-qkv": "auto" with every attention layer's Q|K|V, RoPE and cache write through
 # ``decode_qkv_rope`` up to 64 rows (``layers.fused.QKV_MAX_ROWS``), the other projections as "auto" has them.
-LINEARS = ("cublas", "kernel", "kernel-pdl", "auto", "auto-qkv")
+# "kernel-pdl-l2": "kernel-pdl" with the GEMV's L2 prefetch on its tl.dot path (8 rows and more: each program asks
+# L2 for its weight slice before it waits on the kernel before; ``decode_linear.triton.CUDA_CONFIG["L2_PREFETCH"]``).
+LINEARS = ("cublas", "kernel", "kernel-pdl", "kernel-pdl-l2", "auto", "auto-qkv")
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -51,23 +53,31 @@ def parse_linears(text: Sequence[str] | str) -> list[str]:
 
 @contextmanager
 def decode_linear_form(form: str):
-    """Run the decode step's projections as ``form`` (``LINEARS``: "cublas", "kernel", "kernel-pdl", "auto" or
-    "auto-qkv")."""
+    """Run the decode step's projections as ``form`` (``LINEARS``: "cublas", "kernel", "kernel-pdl",
+    "kernel-pdl-l2", "auto" or "auto-qkv")."""
     from archzoo.kernels import _pdl
     from archzoo.kernels.decode_linear import MAX_M
+    from archzoo.kernels.decode_linear import triton as gemv
 
     old, old_pdl, old_qkv = fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS
+    old_l2 = gemv.CONFIG_OVERRIDE.get("L2_PREFETCH")
     # "auto": the GEMV up to AUTO_MAX_ROWS; "auto-qkv" also Q|K|V with RoPE and the cache write up to 64 rows
-    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel", "auto-qkv": "auto"}.get(form, form)
+    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel", "kernel-pdl-l2": "kernel", "auto-qkv": "auto"}.get(form, form)
     if form == "auto-qkv":
         fused_layer.QKV_MAX_ROWS = MAX_M
-    # kernel-pdl: PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
+    if form == "kernel-pdl-l2":  # the GEMV's plans are keyed on CONFIG_OVERRIDE: no cache to clear
+        gemv.CONFIG_OVERRIDE["L2_PREFETCH"] = True
+    # kernel-pdl(-l2): PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
     # library's default (PDL wherever it can run)
-    _pdl.ENABLED = {"kernel-pdl": True, "auto": None, "auto-qkv": None}.get(form, False)
+    _pdl.ENABLED = {"kernel-pdl": True, "kernel-pdl-l2": True, "auto": None, "auto-qkv": None}.get(form, False)
     try:
         yield
     finally:
         fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS = old, old_pdl, old_qkv
+        if old_l2 is None:
+            gemv.CONFIG_OVERRIDE.pop("L2_PREFETCH", None)
+        else:
+            gemv.CONFIG_OVERRIDE["L2_PREFETCH"] = old_l2
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 SPECULATIVE = "speculative"  # the implementation name of --draft rows
 # the suffix a row's implementation name takes for its ``--decode-linear`` form (archzoo, archzoo-gemv, ...)
-LINEAR_SUFFIX = {"cublas": "", "kernel": "-gemv", "kernel-pdl": "-gemv-pdl", "auto": "-auto", "auto-qkv": "-auto-qkv"}
+LINEAR_SUFFIX = {
+    "cublas": "",
+    "kernel": "-gemv",
+    "kernel-pdl": "-gemv-pdl",
+    "kernel-pdl-l2": "-gemv-pdl-l2",
+    "auto": "-auto",
+    "auto-qkv": "-auto-qkv",
+}
 SPECULATIVE_STATS = (
     "acceptance_rate",
     "row_acceptance_rate",

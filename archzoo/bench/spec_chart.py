@@ -19,7 +19,14 @@ from .charts import plt, save
 from .decode_report import SPECULATIVE
 
 MAX_PANELS = 4
-FORM_NAMES = {"cublas": "cuBLAS", "kernel": "GEMV", "kernel-pdl": "GEMV + PDL", "auto": "auto", "auto-qkv": "auto-qkv"}
+FORM_NAMES = {
+    "cublas": "cuBLAS",
+    "kernel": "GEMV",
+    "kernel-pdl": "GEMV + PDL",
+    "kernel-pdl-l2": "GEMV + PDL + L2 prefetch",
+    "auto": "auto",
+    "auto-qkv": "auto-qkv",
+}
 PARTS = (("draft steps", "#9ecae1"), ("target step", "#3182bd"), ("verify extra + bookkeeping", "#fdae6b"))
 
 

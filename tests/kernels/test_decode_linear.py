@@ -338,6 +338,73 @@ def test_cuda_pdl_chain_matches_plain_launches(monkeypatch):
         assert torch.equal(out, plain), "a replay with PDL edges must give the plain result"
 
 
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [8, 16, 64])
+def test_cuda_l2_prefetch_matches_plain(M, monkeypatch):
+    """The GEMV's L2 prefetch (``CUDA_CONFIG["L2_PREFETCH"]``: with PDL on the tl.dot path each program asks L2 for
+    its weight slice before it waits on the kernel before) changes no bit: a chain of the teacher's four
+    projections with their epilogues over three layers, plain launches against PDL with the prefetch, eagerly and
+    replayed in a CUDA graph."""
+    from archzoo.kernels import _pdl
+    from archzoo.kernels.decode_linear import triton as gt
+
+    if torch.cuda.get_device_capability()[0] < 9 or not _pdl.HAS_PDL:
+        pytest.skip("PDL needs compute capability 9.0 and a Triton with gdc_wait")
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)
+
+    layers = [dict(wq=rnd(960, 576, scale=0.05), wo=rnd(576, 960, scale=0.05), wgu=rnd(3072, 576, scale=0.05),
+                   wd=rnd(576, 1536, scale=0.05), n1=rnd(576), n2=rnd(576)) for _ in range(3)]  # fmt: skip
+    x0 = rnd(M, 576)
+
+    def chain(x):
+        for p in layers:
+            q = K.decode_linear(x, p["wq"], p["n1"])  # (M, 960)
+            x = K.decode_linear(q, p["wo"], residual=x)
+            a = K.decode_linear(x, p["wgu"], p["n2"], swiglu=True)  # (M, 1536)
+            x = K.decode_linear(a, p["wd"], residual=x)
+        return x
+
+    plain = chain(x0)
+    monkeypatch.setattr(_pdl, "ENABLED", True)
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "L2_PREFETCH", True)
+    got = chain(x0)
+    assert K.last_backend("decode_linear") == "triton" and torch.equal(got, plain), "the prefetch changed the result"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(x0)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, plain), "a replay with the prefetch must give the plain result"
+
+
+def test_l2_prefetch_is_planned_only_with_pdl_on_the_dot_path(monkeypatch):
+    """``L2_PREFETCH`` reaches the kernel only where it can pay and run: launched with PDL (CUDA, compute
+    capability 9.0) and on the tl.dot path (M >= DOT_MIN_M); never under the interpreter (no inline PTX there)."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    def planned(M, pdl):
+        monkeypatch.setattr(gt, "pdl_enabled", lambda device: pdl)
+        x, w = torch.randn(M, 64), torch.randn(48, 64)
+        p = gt._plan(x, w, None, 1e-5)
+        gt._PLANS.clear()
+        names = gt._gemv_kernel.arg_names[-len(p.consts) :]
+        return dict(zip(names, p.consts, strict=True))
+
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "L2_PREFETCH", True)
+    assert planned(16, True)["L2_PREFETCH"] and planned(16, True)["PF_LINE"] == 32  # fp32: 32 elements a line
+    assert not planned(3, True)["L2_PREFETCH"], "the element-wise path loads its first tile early instead"
+    assert not planned(16, False)["L2_PREFETCH"], "without PDL there is nothing to overlap"
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "L2_PREFETCH", False)
+    assert not planned(16, True)["L2_PREFETCH"]
+    assert gt.CUDA_CONFIG["L2_PREFETCH"] is False and gt.INTERPRET_CONFIG["L2_PREFETCH"] is False
+
+
 # ---------------------------------------------------------------- epilogues: residual add, SwiGLU (issue 18)
 
 

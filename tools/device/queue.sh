@@ -8,7 +8,9 @@
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
 # runs; distill:<a>+<b> trains two students at once on the one GPU), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4, the verify
 # through the decode-attention kernel and through masked SDPA),
-# kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/), decode64 (issue 18: the
+# kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/), l2ab (issue 18: the
+# GEMV at batch 8-64 with PDL, with and without its L2 prefetch, beside auto), stepprof:<s>,<s> (issue 18: a
+# student's step at batch 1 / 16 profiled kernel by kernel), decode64 (issue 18: the
 # GEMV's 64-row plan against cuBLAS), decodeab:<s>,<s> (students, cuBLAS against auto projections), mlafold (MLA's
 # folded decode copies against the unfolded ones), corpus (the distill runs' corpus, its parts brought back), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by

@@ -71,14 +71,19 @@ from ._checks import MAX_M, check_decode_linear
 # BLOCK_N is not halved below WIDE_MIN_BLOCK_N, and split-K fills the GPU instead: every program reads x's rows of
 # its K chunk, so at 64 rows 16-row blocks of weight read x from L2 four times as often as the weight bytes
 # (64 rows lost to cuBLAS with 16-row blocks on an H100; this wider form is not yet timed).
+# L2_PREFETCH: with PDL on the tl.dot path (M >= DOT_MIN_M), each program asks L2 for its weight slice (one
+# `prefetch.global.L2::evict_last` a 128-byte line, no registers held) before it waits on the kernel before, so
+# the slice streams in from HBM while that kernel finishes and the products after the wait read it from L2. The
+# element-wise path (M < DOT_MIN_M) already loads its first tile early (below); the dot path cannot (an early
+# tile spills). Off by default until timed: `archzoo bench decode --decode-linear kernel-pdl,kernel-pdl-l2`.
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   num_warps=4)  # fmt: skip
+                   L2_PREFETCH=False, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
-                        WIDE_MIN_BLOCK_N=16, num_warps=1)  # fmt: skip
+                        WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
 CONFIG_OVERRIDE: dict = {}
@@ -163,6 +168,23 @@ def _rope_store(
     tl.store(v_at + d2[None, :] * s_vd, o2.to(VT), mask=m2 & is_v[None, :])
 
 
+PF_COLS: tl.constexpr = tl.constexpr(16)  # lines a row each prefetch instruction batch covers
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 for the 128-byte line of each address (``prefetch.global.L2::evict_last``, sm_80 and later): no
+    data comes back to the program and nothing waits on it. CUDA only (the interpreter cannot run inline PTX)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;",
+        "=r,l",
+        [ptrs],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, b_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
@@ -173,6 +195,7 @@ def _gemv_kernel(
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
+    L2_PREFETCH: tl.constexpr = False, PF_LINE: tl.constexpr = 64,
 ):  # fmt: skip
     if PDL:  # the next kernel may launch now: its programs load their weights while this one runs
         gdc_launch_dependents()
@@ -196,6 +219,11 @@ def _gemv_kernel(
         offs_k = k_start + offs_kb
         w_first = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & (offs_k < k_end)[None, :],
                           other=0.0)  # fmt: skip
+    if L2_PREFETCH:  # (PDL, tl.dot path) this program's weight slice into L2 while the kernel before finishes
+        pf_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * s_wn  # masked rows: the last row again
+        for k0 in range(k_start, k_end, PF_COLS * PF_LINE):
+            pf_k = tl.minimum(k0 + tl.arange(0, PF_COLS) * PF_LINE, k_end - 1)  # one address a 128-byte line
+            _prefetch_l2(pf_rows + pf_k[None, :] * s_wk)
     if PDL:
         gdc_wait()
 
@@ -416,6 +444,9 @@ def _plan(
         lp["use_dot"], dot_f32,
         "ieee" if dot_f32 else None, lp["BLOCK_M"], lp["BLOCK_N"], lp["BLOCK_K"],
         _next_pow2(lp["n_splits"]) if lp["n_splits"] > 1 else 1, pdl,
+        # L2_PREFETCH: only launched with PDL (so on CUDA; nothing to overlap without it), on the tl.dot path
+        pdl and lp["use_dot"] and bool(_config(x.device)["L2_PREFETCH"]),
+        128 // weight.element_size(),
     )  # fmt: skip
     p.pdl = pdl
     p.warps = lp["num_warps"]
