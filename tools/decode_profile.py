@@ -8,6 +8,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--attention kernel,kernel-long-splits]  # at least 4 tiles a split: a short cache, one split, no merge
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
+        [--moe-experts reductions,kernel] # a few tokens' MoE experts as compiled reductions, or two Triton kernels
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -45,6 +46,7 @@ def profile_step(
     linear: str = "cublas",
     fold: str = "on",
     mamba_step: str = "fused",
+    moe_experts: str | None = None,
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -61,14 +63,19 @@ def profile_step(
 
     mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
     fused_before, mamba.FUSED_STEP = mamba.FUSED_STEP, mamba_step == "fused"  # read as the step is traced
+    from archzoo.layers import moe
+
+    experts_before = moe.DECODE_EXPERTS
+    moe.DECODE_EXPERTS = moe_experts or experts_before  # None: the library's default
     try:
         with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
-            return {**r, "mla_fold": fold, "mamba_step": mamba_step}
+            return {**r, "mla_fold": fold, "mamba_step": mamba_step, "moe_experts": moe.DECODE_EXPERTS}
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
+        moe.DECODE_EXPERTS = experts_before
         for key in overrides:
             attention_kernels.CONFIG_OVERRIDE.pop(key, None)
 
@@ -197,6 +204,8 @@ def main() -> None:
                    help="cublas, kernel, kernel-pdl, kernel-pdl-l2, auto, auto-qkv or several")  # fmt: skip
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
+    p.add_argument("--moe-experts", default=None,
+                   help="reductions, kernel or both: MoE experts of a few tokens (moe.DECODE_EXPERTS)")  # fmt: skip
     p.add_argument("--draft", help="a draft's config: profile a speculative round of each config verifying it")
     p.add_argument("--num-draft-tokens", type=int, default=2, help="k, with --draft")
     p.add_argument("--out", required=True)
@@ -221,11 +230,12 @@ def main() -> None:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
-                for form, linear, fold, ms in forms:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms)
+                experts = args.moe_experts.split(",") if args.moe_experts else [None]
+                for (form, linear, fold, ms), ex in ((f, e) for f in forms for e in experts):
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms}: "
+                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms} moe {r['moe_experts']}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )

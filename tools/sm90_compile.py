@@ -22,6 +22,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op based      # BASED attention's three kernels, d 16, Dv 64, bf16 and fp32
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
+    python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
 """
 
 from __future__ import annotations
@@ -207,6 +208,27 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16, 64), sms: int = 132) -> list:
     return out
 
 
+def _moe_step_calls(sms: int = 132) -> list:
+    """moe_decode_experts' two launches at the Jamba / MoE students' shapes (d_model 576, d_ff 1,536, top-2, bf16):
+    4 and 8 experts, 1 and 3 tokens."""
+    from archzoo.kernels.moe_step import triton as mt
+
+    out = []
+    bf = dict(dtype=torch.bfloat16)
+    for E, N in ((4, 1), (8, 1), (8, 3)):
+        x, g, u = torch.randn(N, 576, **bf), torch.randn(E, 1536, 576, **bf), torch.randn(E, 1536, 576, **bf)
+        d, e, w = torch.randn(E, 576, 1536, **bf), torch.zeros(N, 2, dtype=torch.long), torch.rand(N, 2, **bf)
+        with (
+            mock.patch.object(mt, "_config", lambda dev: {**mt.CUDA_CONFIG, **mt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
+            mock.patch.object(mt, "down_block_n", lambda n, dm, dev: 4 if n == 1 else 16),
+            record_launches(mt) as calls,
+        ):
+            mt.moe_decode_experts(x, g, u, d, e, w)
+        for name, (fn, grid, a, kw) in zip(("gate_up", "down"), calls, strict=True):
+            out.append((f"moe {name} E={E} N={N}", fn, grid, a, kw))
+    return out
+
+
 def _attn_calls(sms: int = 132) -> list:
     """decode_attention's launches at the teacher's shape (9 query / 3 KV heads of 64, bf16): batch 1 and 64 at a
     4,096-position cache, the splits' merge by the last program (FIXUP) and by the combine kernel; and the ring."""
@@ -378,7 +400,9 @@ def _mamba_step_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132, config: dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--op", choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step"], default="scan"
+        "--op",
+        choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step", "moe_step"],
+        default="scan",
     )
     ap.add_argument("--b", type=int, default=4)
     ap.add_argument("--d", type=int, default=2048)
@@ -410,6 +434,7 @@ def main() -> None:
             "la": _la_calls,
             "la_cp": _la_cp_calls,
             "mamba_step": lambda: _mamba_step_calls(config=json.loads(args.config)),
+            "moe_step": _moe_step_calls,
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels._dispatch import once
+from ..kernels.moe_step import moe_decode_experts, naive_moe_decode_experts
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
 
@@ -42,6 +43,15 @@ from .mlp import SwiGLU
 # grouped rows (archzoo bench kernels --ops moe: archzoo_padded_*).
 DISPATCH = "auto"
 DISPATCHES = ("auto", "grouped", "loop", "padded")
+# How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:
+# "reductions" (the default) the gathered rows as elementwise products and sums, which torch.compile fuses into
+# reductions; "kernel" ``archzoo.kernels.moe_decode_experts``, one Triton launch for gate and up with SiLU x up and
+# one for down with the routing weights and the sum over choices (the layer's roundings). Why try it: on an H100
+# the Jamba student's batch-1 step took 0.35 ms more than the Mamba hybrid's, 23 us for each of its 15 MoE layers,
+# where reading the two chosen experts' 10.6 MB takes 3.5 us at the copy bandwidth. "reductions" until a GPU has
+# timed both (tools/decode_profile.py --moe-experts reductions,kernel).
+DECODE_EXPERTS = "reductions"
+DECODE_EXPERTS_FORMS = ("reductions", "kernel")
 # How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
 # "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a
 # one-hot, its running sum along the assignments and two scatters: elementwise ops and one scan, which
@@ -195,15 +205,12 @@ class MoE(nn.Module):
         N, E, K = x.shape[0], self.n_experts, self.top_k
         w = top_p.to(x.dtype)
         if N * K < E:
-            # Products summed, not einsums: compiled, each projection is one reduction that loads the chosen
-            # experts' rows by index. An einsum lowers to a batched GEMM, which first copies the gathered
-            # weights out (0.18 ms of the MoE student's 1.87 ms step at batch 1 on an H200, docs/decode.md).
-            g = self.gate_proj.weight[top_e]  # (N, K, F, D)
-            u = self.up_proj.weight[top_e]
-            d = self.down_proj.weight[top_e]  # (N, K, D, F)
-            xd = x[:, None, None, :]  # (N, 1, 1, D)
-            h = F.silu((xd * g).sum(-1)) * (xd * u).sum(-1)  # (N, K, F)
-            out = ((h * w[..., None])[:, :, None, :] * d).sum(-1).sum(1)  # (N, K, D) -> (N, D)
+            if DECODE_EXPERTS not in DECODE_EXPERTS_FORMS:
+                forms = ", ".join(DECODE_EXPERTS_FORMS)
+                raise ValueError(f"archzoo.layers.moe.DECODE_EXPERTS must be one of {forms}; got {DECODE_EXPERTS!r}")
+            # "reductions": the gather form in PyTorch, which the compiled step fuses into reductions
+            experts = moe_decode_experts if DECODE_EXPERTS == "kernel" else naive_moe_decode_experts
+            out = experts(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, top_e, w)
         else:
             gate = x.new_zeros(N, E).scatter_(1, top_e, w)  # (N, E)
             h = F.silu(torch.einsum("nd,efd->enf", x, self.gate_proj.weight))

@@ -134,7 +134,7 @@ for job in $(cat $Q/jobs); do
         timeout 400 python3 -m pytest -q -p no:cacheprovider -rfs -k "gpu or cuda" \
             tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
-            tests/kernels/test_decode_linear.py >> $F 2>&1
+            tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py >> $F 2>&1
         rc=$?; [ $rc -eq 2 ] && [ $try -eq 1 ] && { log "gputests: collection failed, again in 20 s"; sleep 20; continue; }
         break
       done
@@ -185,8 +185,9 @@ for job in $(cat $Q/jobs); do
       [ -n "$bg" ] && wait $bg; bg=""
       log "stepprof $s"; O=$DEC; mkdir -p $O; cfgs=""
       for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
-      timeout 300 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
-          --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
+      # the library's Mamba step (four kernels: FUSED_STEP off), and the MoE experts both ways (DECODE_EXPERTS)
+      timeout 400 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
+          --mamba-step unfused --moe-experts reductions,kernel --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
       log "stepprof rc=$? $(grep replay $O/profile_stepprof.log | cut -c1-60 | tr '\n' ';')"; pack ;;
     attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
       # merge launch) against one tile a split, the teacher shape and MQA, 128- and 4,096-token prompts

@@ -1,0 +1,34 @@
+"""Argument checks of ``moe_decode_experts`` (eager and at trace time)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_experts(
+    x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, top_e: torch.Tensor,
+    top_w: torch.Tensor,
+) -> tuple[int, int, int, int, int]:  # fmt: skip
+    """-> (N, D, E, F, K); ValueError naming the argument that does not fit."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x.shape)}")
+    N, D = x.shape
+    if gate_w.dim() != 3 or gate_w.shape[2] != D:
+        raise ValueError(f"gate_w must be (n_experts, d_ff, d_model={D}), got {tuple(gate_w.shape)}")
+    E, F, _ = gate_w.shape
+    if tuple(up_w.shape) != (E, F, D):
+        raise ValueError(f"up_w must be (n_experts, d_ff, d_model) = {(E, F, D)} as gate_w, got {tuple(up_w.shape)}")
+    if tuple(down_w.shape) != (E, D, F):
+        raise ValueError(f"down_w must be (n_experts, d_model, d_ff) = {(E, D, F)}, got {tuple(down_w.shape)}")
+    if top_e.dim() != 2 or top_e.shape[0] != N or top_e.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"top_e must be ({N}, top_k) int32 / int64, got {tuple(top_e.shape)} {top_e.dtype}")
+    K = top_e.shape[1]
+    if tuple(top_w.shape) != (N, K) or not top_w.is_floating_point():
+        raise ValueError(f"top_w must be ({N}, {K}) floating point as top_e, got {tuple(top_w.shape)} {top_w.dtype}")
+    for name, t in (("gate_w", gate_w), ("up_w", up_w), ("down_w", down_w)):
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    devices = {t.device for t in (x, gate_w, up_w, down_w, top_e, top_w)}
+    if len(devices) != 1:
+        raise ValueError(f"x, the expert weights, top_e and top_w must share a device, got {sorted(map(str, devices))}")
+    return N, D, E, F, K

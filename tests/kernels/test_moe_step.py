@@ -1,0 +1,192 @@
+"""The decode step's routed MoE experts in two launches (``moe_decode_experts``) against the naive reference (the
+MoE layer's own gather form) in fp64 and in the inputs' dtype, on awkward shapes (d_model and d_ff not multiples of
+the tiles, one token, top-1 and top-2, two tokens on the same expert); the dispatch; the custom op under
+``torch.compile``; and an MoE layer's decode output with ``DECODE_EXPERTS`` "kernel" against "reductions". Without
+a GPU the kernels run in Triton's interpreter on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archzoo.kernels as K
+from archzoo.kernels import _dispatch
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.moe_step import naive_moe_decode_experts
+from archzoo.layers import moe as moe_mod
+
+from conftest import interpreter_only, requires_cuda
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.moe_step.triton")
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+T = _mods[0] if _mods else None
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(N, D, F, E, top_k, dtype, seed=0, device=DEV):
+    g = torch.Generator().manual_seed(seed)
+    rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = rn(N, D)
+    gate, up, down = rn(E, F, D) / D**0.5, rn(E, F, D) / D**0.5, rn(E, D, F) / F**0.5
+    top_e = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(N)])
+    if N > 1:
+        top_e[1, 0] = top_e[0, 0]  # two tokens on one expert
+    top_w = torch.rand(N, top_k, generator=g).softmax(-1)
+    t = [x, gate, up, down]
+    return [v.to(device, dtype) for v in t] + [top_e.to(device), top_w.to(device, dtype)]
+
+
+def _check(name, got, want, tol):
+    err = rel_err(got, want)
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+CASES = [  # N, D, F, E, top_k, dtype
+    (1, 40, 56, 4, 2, torch.float32),
+    (1, 40, 56, 8, 1, torch.float32),
+    (3, 24, 72, 8, 2, torch.float32),
+    (1, 40, 56, 4, 2, torch.bfloat16),
+    (2, 33, 40, 8, 2, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}-D{}-F{}-E{}-k{}-{}".format(*c[:5], str(c[5])[6:]))
+def test_matches_reference(case):
+    """The kernels' output against the reference in fp64 (the truth) and in the inputs' dtype (the layer's
+    roundings: bf16 between the projections)."""
+    *shape, dtype = case
+    args = _inputs(*shape, dtype)
+    got = T.moe_decode_experts(*args)
+    assert got.shape == (shape[0], shape[1]) and got.dtype == dtype
+    exact = naive_moe_decode_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    layer = naive_moe_decode_experts(*args)  # the layer's form in the inputs' dtype (bf16 products rounded too)
+    if dtype == torch.float32:
+        _check("out vs fp64 reference", got.double(), exact, 2e-6)
+        _check("out vs reference in its dtype", got, layer, 2e-6)
+    else:  # bf16 roundings between the projections, to nearest even: as close to the truth as the layer's form
+        _check("out vs fp64 reference", got.double(), exact, 8e-3)
+        _check("out vs reference in its dtype", got, layer, 1e-2)
+        assert rel_err(got.double(), exact) <= 1.25 * rel_err(layer.double(), exact) + 1e-3
+
+
+def test_strided_x_and_int32_experts(monkeypatch):
+    """x a strided view (a column slice of a wider tensor) and int32 expert indices, with several tiles a row."""
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", dict(BLOCK_D=8, DOWN_BLOCK_F=8))
+    x, g, u, d, e, w = _inputs(2, 40, 56, 8, 2, torch.float32)
+    wide = torch.randn(2, 100, device=DEV)
+    wide[:, 30:70] = x
+    got = T.moe_decode_experts(wide[:, 30:70], g, u, d, e.int(), w)
+    _check("strided x", got, naive_moe_decode_experts(x, g, u, d, e, w), 2e-6)
+
+
+def test_down_blocks_fill_the_gpu():
+    """The down kernel's rows a program halve while its programs are few (batch 1), not below the minimum."""
+    cfg = T.INTERPRET_CONFIG  # 4 "SMs", 2 programs each
+    assert T.down_block_n(1, 64, torch.device("cpu")) == max(cfg["DOWN_MIN_BLOCK_N"], 8)
+    assert T.down_block_n(16, 64, torch.device("cpu")) == cfg["DOWN_BLOCK_N"]
+
+
+def test_bad_input():
+    x, g, u, d, e, w = _inputs(2, 16, 24, 4, 2, torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="down_w must be"):
+        K.moe_decode_experts(x, g, u, d.transpose(1, 2), e, w)
+    with pytest.raises(ValueError, match="top_w must be"):
+        K.moe_decode_experts(x, g, u, d, e, w[:, :1])
+    with pytest.raises(ValueError, match="top_e must be"):
+        K.moe_decode_experts(x, g, u, d, e.float(), w)
+    with pytest.raises(ValueError, match="gate_w must have x's dtype"):
+        K.moe_decode_experts(x, g.double(), u, d, e, w)
+
+
+@interpreter_only
+def test_dispatch_and_the_custom_op(monkeypatch):
+    """CPU tensors: the naive reference without the interpreter, the kernels with it; float64 always the reference;
+    under torch.compile(fullgraph=True) the custom op, with the eager result."""
+    args = _inputs(1, 40, 56, 4, 2, torch.float32, device="cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ref = K.moe_decode_experts(*args)
+    assert K.last_backend("moe_decode_experts") == "naive"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    got = K.moe_decode_experts(*args)
+    assert K.last_backend("moe_decode_experts") == "triton"
+    _check("interpreted vs naive", got, ref, 2e-6)
+    K.moe_decode_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    assert K.last_backend("moe_decode_experts") == "naive"
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    traced = torch.compile(lambda *a: K.moe_decode_experts(*a) * 2, backend=backend, fullgraph=True)(*args)
+    torch._dynamo.reset()
+    assert any("moe_decode_experts" in t for t in targets), targets
+    _check("traced", traced, 2 * got, 2e-6)
+
+
+@interpreter_only
+@pytest.mark.parametrize("n_experts, top_k, tokens", [(4, 2, 1), (8, 2, 3)])
+def test_layer_decode_kernel_matches_reductions(n_experts, top_k, tokens, monkeypatch):
+    """An MoE layer's decode output (no gradients, few tokens: the static gather branch) with
+    ``DECODE_EXPERTS = "kernel"`` equals the "reductions" form, and the kernel ran; an unknown form is an error."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = moe_mod.MoEConfig(type="moe", n_experts=n_experts, top_k=top_k, d_ff=48)
+    torch.manual_seed(0)
+    layer = moe_mod.MoE.from_config(cfg, 40).eval()
+    x = torch.randn(tokens, 1, 40)
+    with torch.no_grad():
+        ref = layer(x)
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "kernel")
+        _dispatch.record("moe_decode_experts", "none")
+        got = layer(x)
+        assert K.last_backend("moe_decode_experts") == "triton" and layer.last_dispatch == "static"
+        _check("layer, kernel vs reductions", got, ref, 2e-6)
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
+        with pytest.raises(ValueError, match="DECODE_EXPERTS must be one of reductions, kernel"):
+            layer(x)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("n_experts, tokens", [(4, 1), (8, 1), (8, 3)])
+def test_cuda_student_shapes_bf16(n_experts, tokens):
+    """bf16 at the Jamba / MoE students' shapes (d_model 576, d_ff 1,536, top-2): against the fp64 reference and
+    the layer's bf16 form; two calls agree to the bit, and a CUDA-graph replay gives the eager result."""
+    args = _inputs(tokens, 576, 1536, n_experts, 2, torch.bfloat16, device="cuda")
+    got = K.moe_decode_experts(*args)
+    assert K.last_backend("moe_decode_experts") == "triton"
+    exact = naive_moe_decode_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    _check("vs fp64", got.double(), exact, 1e-2)
+    _check("vs the layer's bf16 form", got, naive_moe_decode_experts(*args), 1e-2)
+    assert torch.equal(got, K.moe_decode_experts(*args)), "two calls must agree to the bit"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = K.moe_decode_experts(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
+
+
+@interpreter_only
+def test_moe_model_generates_the_same_tokens(monkeypatch):
+    """Greedy generation of a tiny MoE model at batch 1 (its steps take the static gather branch): the same tokens
+    with ``DECODE_EXPERTS`` "kernel" (the kernels ran) and "reductions"."""
+    import archzoo
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = dict(vocab_size=64, d_model=40, n_layers=2, tie_embeddings=True,
+               mixer=dict(type="attention", n_heads=2, n_kv_heads=1, head_dim=16),
+               ffn=dict(type="moe", n_experts=4, top_k=2, d_ff=48))  # fmt: skip
+    torch.manual_seed(0)
+    model = archzoo.build_model(cfg).eval()
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for form in ("kernel", "reductions"):
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", form)
+        _dispatch.record("moe_decode_experts", "none")
+        out[form] = model.generate(prompt, 6)
+        assert K.last_backend("moe_decode_experts") == ("triton" if form == "kernel" else "none")
+    assert torch.equal(out["kernel"], out["reductions"]), f"{out['kernel'].tolist()} != {out['reductions'].tolist()}"
