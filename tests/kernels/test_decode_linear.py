@@ -302,15 +302,7 @@ def test_cuda_pdl_chain_matches_plain_launches(monkeypatch):
     one before had written it would differ."""
     from archzoo.kernels import _pdl
 
-    if torch.cuda.get_device_capability()[0] < 9 or not _pdl.HAS_PDL:
-        pytest.skip("PDL needs compute capability 9.0 and a Triton with gdc_wait")
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)
-
-    layers = [dict(wq=rnd(576, 576, scale=0.05), wo=rnd(576, 576, scale=0.05), wgu=rnd(3072, 576, scale=0.05),
-                   wd=rnd(576, 1536, scale=0.05), n1=rnd(576), n2=rnd(576)) for _ in range(4)]  # fmt: skip
+    rnd, layers = _pdl_chain_layers(4, q_rows=576)
     kc, vc = rnd(1, 3, 1024, 64), rnd(1, 3, 1024, 64)
     lengths = torch.tensor([700], device="cuda")
     x0 = rnd(1, 576)
@@ -328,6 +320,29 @@ def test_cuda_pdl_chain_matches_plain_launches(monkeypatch):
     monkeypatch.setattr(_pdl, "ENABLED", True)
     pdl = chain(x0)
     assert K.last_backend("decode_linear") == "triton" and torch.equal(pdl, plain), "PDL changed the result"
+    _assert_replays_give(chain, x0, plain, "a replay with PDL edges must give the plain result")
+
+
+def _pdl_chain_layers(n_layers, q_rows):
+    """Skips without PDL (compute capability 9.0, a Triton with gdc_wait); -> (rnd, layers): a bf16 random-tensor
+    maker and ``n_layers`` layers of the teacher's projections (Q|K|V of ``q_rows`` rows, O back to d_model 576,
+    gate|up 3,072 interleaved, down 1,536 -> 576) with their norms' weights."""
+    from archzoo.kernels import _pdl
+
+    if torch.cuda.get_device_capability()[0] < 9 or not _pdl.HAS_PDL:
+        pytest.skip("PDL needs compute capability 9.0 and a Triton with gdc_wait")
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)
+
+    layers = [dict(wq=rnd(q_rows, 576, scale=0.05), wo=rnd(576, q_rows, scale=0.05), wgu=rnd(3072, 576, scale=0.05),
+                   wd=rnd(576, 1536, scale=0.05), n1=rnd(576), n2=rnd(576)) for _ in range(n_layers)]  # fmt: skip
+    return rnd, layers
+
+
+def _assert_replays_give(chain, x0, want, message):
+    """``chain(x0)`` captured in a CUDA graph and replayed three times gives ``want`` to the bit each time."""
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -335,7 +350,7 @@ def test_cuda_pdl_chain_matches_plain_launches(monkeypatch):
     for _ in range(3):
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(out, plain), "a replay with PDL edges must give the plain result"
+        assert torch.equal(out, want), message
 
 
 @pytest.mark.gpu
@@ -349,15 +364,7 @@ def test_cuda_l2_prefetch_matches_plain(M, monkeypatch):
     from archzoo.kernels import _pdl
     from archzoo.kernels.decode_linear import triton as gt
 
-    if torch.cuda.get_device_capability()[0] < 9 or not _pdl.HAS_PDL:
-        pytest.skip("PDL needs compute capability 9.0 and a Triton with gdc_wait")
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)
-
-    layers = [dict(wq=rnd(960, 576, scale=0.05), wo=rnd(576, 960, scale=0.05), wgu=rnd(3072, 576, scale=0.05),
-                   wd=rnd(576, 1536, scale=0.05), n1=rnd(576), n2=rnd(576)) for _ in range(3)]  # fmt: skip
+    rnd, layers = _pdl_chain_layers(3, q_rows=960)
     x0 = rnd(M, 576)
 
     def chain(x):
@@ -373,14 +380,7 @@ def test_cuda_l2_prefetch_matches_plain(M, monkeypatch):
     monkeypatch.setitem(gt.CONFIG_OVERRIDE, "L2_PREFETCH", True)
     got = chain(x0)
     assert K.last_backend("decode_linear") == "triton" and torch.equal(got, plain), "the prefetch changed the result"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = chain(x0)
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, plain), "a replay with the prefetch must give the plain result"
+    _assert_replays_give(chain, x0, plain, "a replay with the prefetch must give the plain result")
 
 
 def test_l2_prefetch_is_planned_only_with_pdl_on_the_dot_path(monkeypatch):
