@@ -190,3 +190,41 @@ def test_moe_model_generates_the_same_tokens(monkeypatch):
         out[form] = model.generate(prompt, 6)
         assert K.last_backend("moe_decode_experts") == ("triton" if form == "kernel" else "none")
     assert torch.equal(out["kernel"], out["reductions"]), f"{out['kernel'].tolist()} != {out['reductions'].tolist()}"
+
+
+@interpreter_only
+def test_compiled_step_traces_once_with_the_kernel(monkeypatch):
+    """``torch.compile(step, fullgraph=True)`` of a tiny MoE model's decode step at batch 1 traces once over
+    consecutive steps with ``DECODE_EXPERTS = "kernel"`` (the custom op in the graph, once a layer), with the eager
+    step's logits (the decode contract, tests/test_decode_capture.py)."""
+    import copy
+
+    import archzoo
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "kernel")
+    torch._dynamo.reset()
+    cfg = dict(vocab_size=64, d_model=40, n_layers=2, tie_embeddings=True,
+               mixer=dict(type="attention", n_heads=2, n_kv_heads=1, head_dim=16),
+               ffn=dict(type="moe", n_experts=4, top_k=2, d_ff=48))  # fmt: skip
+    torch.manual_seed(1)
+    model = archzoo.build_model(cfg).eval()
+    ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(1, 9, dtype=torch.float32)
+    graphs: list[list[str]] = []
+
+    def backend(gm, example_inputs):
+        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
+        return gm.forward
+
+    with torch.no_grad():
+        model(ids[:, :5], cache=cache)
+        ref_cache = copy.deepcopy(cache)
+        step = torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)
+        for i in range(5, 9):
+            got = step(ids[:, i : i + 1])
+            ref = model(ids[:, i : i + 1], cache=ref_cache)
+            _check(f"step {i} logits", got, ref, 1e-5)
+    torch._dynamo.reset()
+    assert len(graphs) == 1, f"{len(graphs)} graphs: one over the 4 steps"
+    assert sum("moe_decode_experts" in op for op in graphs[0]) == 2, graphs[0]
