@@ -201,7 +201,7 @@ def main() -> None:
     p.add_argument("--attention", default="kernel",
                    help="kernel, kernel-2launch, kernel-long-splits, sdpa or several (comma)")  # fmt: skip
     p.add_argument("--decode-linear", default="cublas",
-                   help="cublas, kernel, kernel-pdl, kernel-pdl-l2, auto, auto-qkv or several")  # fmt: skip
+                   help="cublas, kernel, kernel-pdl[-l2][-m16], auto, auto-qkv or several")  # fmt: skip
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
     p.add_argument("--moe-experts", default=None,

@@ -780,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the step's projections: cublas (default here, the baseline; F.linear), kernel "
         "(archzoo.kernels.decode_linear, a Triton GEMV for up to 64 rows), kernel-pdl (the same, each decode kernel "
         "launched with programmatic dependent launch), kernel-pdl-l2 (kernel-pdl, and each GEMV of 8 rows or more "
-        "asking L2 for its weights before it waits on the kernel before), auto (the library's default: the GEMV "
+        "asking L2 for its weights before it waits on the kernel before), kernel-pdl-m16 (kernel-pdl with x's rows "
+        "in tiles of 16 a program), kernel-pdl-l2-m16 (both), auto (the library's default: the GEMV "
         "with PDL up to layers.fused.AUTO_MAX_ROWS rows on CUDA, cuBLAS above), auto-qkv (auto, and every "
         "attention layer's Q|K|V with RoPE and the cache write as one GEMV kernel up to 64 rows), or several side "
         "by side, e.g. cublas,kernel,kernel-pdl (rows archzoo / -gemv / -gemv-pdl)",

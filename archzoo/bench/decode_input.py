@@ -41,7 +41,15 @@ ATTENTION_OPS = ("decode_attention", "decode_attention_ring", "decode_attention_
 # ``decode_qkv_rope`` up to 64 rows (``layers.fused.QKV_MAX_ROWS``), the other projections as "auto" has them.
 # "kernel-pdl-l2": "kernel-pdl" with the GEMV's L2 prefetch on its tl.dot path (8 rows and more: each program asks
 # L2 for its weight slice before it waits on the kernel before; ``decode_linear.triton.CUDA_CONFIG["L2_PREFETCH"]``).
-LINEARS = ("cublas", "kernel", "kernel-pdl", "kernel-pdl-l2", "auto", "auto-qkv")
+# "kernel-pdl-m16": "kernel-pdl" with x's rows in tiles of 16 a program on the tl.dot path (``M_TILE``: at 64 rows
+# four times the programs); "kernel-pdl-l2-m16" both.
+LINEARS = ("cublas", "kernel", "kernel-pdl", "kernel-pdl-l2", "kernel-pdl-m16", "kernel-pdl-l2-m16", "auto", "auto-qkv")
+# the GEMV configuration each form sets (``decode_linear.triton.CONFIG_OVERRIDE``; the plans are keyed on it)
+GEMV_OVERRIDES = {
+    "kernel-pdl-l2": {"L2_PREFETCH": True},
+    "kernel-pdl-m16": {"M_TILE": 16},
+    "kernel-pdl-l2-m16": {"L2_PREFETCH": True, "M_TILE": 16},
+}
 
 
 def parse_linears(text: Sequence[str] | str) -> list[str]:
@@ -53,31 +61,28 @@ def parse_linears(text: Sequence[str] | str) -> list[str]:
 
 @contextmanager
 def decode_linear_form(form: str):
-    """Run the decode step's projections as ``form`` (``LINEARS``: "cublas", "kernel", "kernel-pdl",
-    "kernel-pdl-l2", "auto" or "auto-qkv")."""
+    """Run the decode step's projections as ``form`` (one of ``LINEARS``)."""
     from archzoo.kernels import _pdl
     from archzoo.kernels.decode_linear import MAX_M
     from archzoo.kernels.decode_linear import triton as gemv
 
     old, old_pdl, old_qkv = fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS
-    old_l2 = gemv.CONFIG_OVERRIDE.get("L2_PREFETCH")
+    old_gemv = dict(gemv.CONFIG_OVERRIDE)
+    pdl_form = form.startswith("kernel-pdl")
     # "auto": the GEMV up to AUTO_MAX_ROWS; "auto-qkv" also Q|K|V with RoPE and the cache write up to 64 rows
-    fused_layer.DECODE_LINEAR = {"kernel-pdl": "kernel", "kernel-pdl-l2": "kernel", "auto-qkv": "auto"}.get(form, form)
+    fused_layer.DECODE_LINEAR = "kernel" if pdl_form else {"auto-qkv": "auto"}.get(form, form)
     if form == "auto-qkv":
         fused_layer.QKV_MAX_ROWS = MAX_M
-    if form == "kernel-pdl-l2":  # the GEMV's plans are keyed on CONFIG_OVERRIDE: no cache to clear
-        gemv.CONFIG_OVERRIDE["L2_PREFETCH"] = True
-    # kernel-pdl(-l2): PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
+    gemv.CONFIG_OVERRIDE.update(GEMV_OVERRIDES.get(form, {}))  # the GEMV's plans are keyed on it: no cache to clear
+    # kernel-pdl*: PDL asked for; kernel and cublas: without it (the rows it is measured against); auto: the
     # library's default (PDL wherever it can run)
-    _pdl.ENABLED = {"kernel-pdl": True, "kernel-pdl-l2": True, "auto": None, "auto-qkv": None}.get(form, False)
+    _pdl.ENABLED = True if pdl_form else {"auto": None, "auto-qkv": None}.get(form, False)
     try:
         yield
     finally:
         fused_layer.DECODE_LINEAR, _pdl.ENABLED, fused_layer.QKV_MAX_ROWS = old, old_pdl, old_qkv
-        if old_l2 is None:
-            gemv.CONFIG_OVERRIDE.pop("L2_PREFETCH", None)
-        else:
-            gemv.CONFIG_OVERRIDE["L2_PREFETCH"] = old_l2
+        gemv.CONFIG_OVERRIDE.clear()
+        gemv.CONFIG_OVERRIDE.update(old_gemv)
 
 
 def parse_forms(text: Sequence[str] | str) -> list[str]:

@@ -12,6 +12,8 @@ LINEAR_SUFFIX = {
     "kernel": "-gemv",
     "kernel-pdl": "-gemv-pdl",
     "kernel-pdl-l2": "-gemv-pdl-l2",
+    "kernel-pdl-m16": "-gemv-pdl-m16",
+    "kernel-pdl-l2-m16": "-gemv-pdl-l2-m16",
     "auto": "-auto",
     "auto-qkv": "-auto-qkv",
 }

@@ -24,6 +24,8 @@ FORM_NAMES = {
     "kernel": "GEMV",
     "kernel-pdl": "GEMV + PDL",
     "kernel-pdl-l2": "GEMV + PDL + L2 prefetch",
+    "kernel-pdl-m16": "GEMV + PDL, 16-row tiles",
+    "kernel-pdl-l2-m16": "GEMV + PDL + L2 prefetch, 16-row tiles",
     "auto": "auto",
     "auto-qkv": "auto-qkv",
 }

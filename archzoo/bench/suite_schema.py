@@ -134,6 +134,7 @@ class DecodeSettings(Strict):
         description="how the step's projections run (archzoo bench decode --decode-linear): cublas (F.linear), "
         "kernel (the decode GEMV and its epilogues), kernel-pdl (the same with programmatic dependent launch), "
         "kernel-pdl-l2 (kernel-pdl, and each GEMV of 8 rows or more prefetching its weights into L2), "
+        "kernel-pdl-m16 (kernel-pdl with x's rows in tiles of 16 a program), kernel-pdl-l2-m16 (both), "
         "auto (the GEMV up to layers.fused.AUTO_MAX_ROWS rows a step, cuBLAS above), auto-qkv (auto, and Q|K|V "
         "with RoPE and the cache write as one GEMV kernel up to 64 rows)",
     )

@@ -144,17 +144,17 @@ def test_bench_decode_linear_forms_side_by_side(tmp_path):
     from archzoo.kernels.decode_linear import triton as gemv_triton
     from archzoo.layers import fused
 
-    forms = "cublas,kernel,kernel-pdl,kernel-pdl-l2"
+    forms = "cublas,kernel,kernel-pdl,kernel-pdl-l2,kernel-pdl-l2-m16"
     rc, res = _bench(tmp_path / "out", GQA, *TINY, "--batch-sizes", "1", "--decode-linear", forms)
     assert rc == 0 and res["decode_linear"] == forms.split(",")
     pairs = [(r["implementation"], r["decode_linear"]) for r in res["rows"]]
     want = [("archzoo", "cublas"), ("archzoo-gemv", "kernel"), ("archzoo-gemv-pdl", "kernel-pdl"),
-            ("archzoo-gemv-pdl-l2", "kernel-pdl-l2")]  # fmt: skip
-    assert pairs == want * (len(pairs) // 4) and pairs
+            ("archzoo-gemv-pdl-l2", "kernel-pdl-l2"), ("archzoo-gemv-pdl-l2-m16", "kernel-pdl-l2-m16")]  # fmt: skip
+    assert pairs == want * (len(pairs) // 5) and pairs
     gemv = [r for r in res["rows"] if r["decode_linear"] != "cublas"]
     assert all(r["linear_backend"] in ("naive", "triton") for r in gemv), gemv  # the CPU: no Triton unless interpreted
     assert fused.DECODE_LINEAR == "auto" and _pdl.ENABLED is None, "the library's defaults restored"
-    assert "L2_PREFETCH" not in gemv_triton.CONFIG_OVERRIDE, "the GEMV's configuration restored"
+    assert not gemv_triton.CONFIG_OVERRIDE, "the GEMV's configuration restored"
 
 
 def test_bench_decode_inductor_option_sets(tmp_path):

@@ -442,6 +442,32 @@ def test_epilogues_match_naive(M, splits, dtype, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("splits, fixup", [(1, False), (3, False), (3, True)], ids=["1split", "3splits", "fixup"])
+@pytest.mark.parametrize("M", [37, 64])
+def test_row_tiles_match_naive(M, splits, fixup, dtype, monkeypatch):
+    """x's rows in tiles of 16 a program on the tl.dot path (``M_TILE``: 3 and 4 row blocks, the last ragged at 37),
+    with the norm, the residual, SwiGLU and a bias, K split 1 or 3 ways (the reduction kernel, or the fixup with a
+    counter a row block and column block), against the reference."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "M_TILE", 16)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", splits)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "FIXUP", fixup)
+    Kd, Fd = 100, 35
+    plan = T.launch_plan(M, 2 * Fd, Kd, torch.device(DEV))
+    assert plan["m_blocks"] == -(-M // 16) and plan["BLOCK_M"] == 16 and plan["n_splits"] == splits
+    x, w, nw = _inputs(M, Kd, 2 * Fd, dtype, True, DEV, seed=M + splits)
+    g = torch.Generator().manual_seed(1)
+    res = (torch.randn(M, 2 * Fd, generator=g) * 2).to(DEV, dtype)
+    b = torch.randn(2 * Fd, generator=g).to(DEV, dtype)
+    tol = TOL[dtype] * (4 if dtype == torch.bfloat16 else 1)  # bf16: a rare one-ulp flip from the sum's order
+    got = T.decode_linear(x, w, nw, 1e-5, residual=res, bias=b)
+    _assert(f"norm+bias+residual[M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, residual=res, bias=b), tol)
+    got = T.decode_linear(x, w, nw, 1e-5, swiglu=True)
+    _assert(f"swiglu[M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, swiglu=True), tol)
+    assert T.launch_plan(M, 2 * Fd, Kd, torch.device(DEV))["m_blocks"] > 1
+
+
+@needs_triton
 @pytest.mark.parametrize("M", [1, 3, 16, 37])
 def test_fixup_gives_the_reduce_kernel_bits(M, monkeypatch):
     """K split 3 ways: the partials summed by each column block's last split program (FIXUP, one launch) or by

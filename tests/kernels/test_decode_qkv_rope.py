@@ -98,6 +98,30 @@ def test_triton_matches_reference(H, Hkv, D, M, dtype, monkeypatch):
     assert torch.equal(kc[~written], kc_ref[~written]) and torch.equal(vc[~written], vc_ref[~written])
 
 
+@interpreter_only
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("M", [37, 64])
+def test_triton_in_row_tiles_matches_reference(M, dtype, monkeypatch):
+    """x's rows in tiles of 16 a program (``M_TILE``; 3 and 4 row blocks, the last ragged at 37): q and the caches
+    as the reference writes them, every row's positions and cache rows its own."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "M_TILE", 16)
+    H, Hkv, D = 9, 3, 8
+    assert gt.launch_plan(M, (H + 2 * Hkv) * D, 64, torch.device("cpu"), rope=True)["m_blocks"] == -(-M // 16)
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: a sum next to a rounding boundary may flip one ulp
+    assert rel_err(q.float(), q_ref.float()) <= tol
+    assert rel_err(kc.float(), kc_ref.float()) <= tol and rel_err(vc.float(), vc_ref.float()) <= tol
+
+
 def _several(B, T, H, Hkv, D, dtype, seed):
     """B cache rows of T consecutive tokens each (a speculative verify's (B, T) forward): x (B*T, K) row-major by
     cache row, each row's positions consecutive from its own start, caches (B, Hkv, slots, D)."""

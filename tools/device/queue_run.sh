@@ -170,14 +170,19 @@ for job in $(cat $Q/jobs); do
           --out $O/bench_qkvab > $O/bench_qkvab.log 2>&1
       log "qkvab rc=$?"; pack ;;
     l2ab)  # issue 18 at batch 8-64: the GEMV on the tl.dot path with PDL, with and without asking L2 for its weights
-      # before it waits on the kernel before (CUDA_CONFIG["L2_PREFETCH"]), beside "auto" (cuBLAS from 5 rows on);
-      # then the teacher's step at batch 16 profiled both ways (kernel time a launch)
+      # before it waits on the kernel before (CUDA_CONFIG["L2_PREFETCH"]), beside "auto" (cuBLAS from 5 rows on); at
+      # 64 rows with x in tiles of 16 rows a program (M_TILE); then the teacher's step at batch 16 profiled both ways
       [ -n "$bg" ] && wait $bg; bg=""
       log "l2ab"; O=$DEC; mkdir -p $O
-      timeout 400 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
-          --batch-sizes 8,16,64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear auto,kernel-pdl,kernel-pdl-l2 \
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 8,16 --prompt-lens 128 --new-tokens 128 --decode-linear auto,kernel-pdl,kernel-pdl-l2 \
           --out $O/bench_l2ab > $O/bench_l2ab.log 2>&1
       log "l2ab rc=$?"
+      # batch 64: x's rows in tiles of 16 a program (M_TILE), with and without the prefetch, beside auto (cuBLAS)
+      timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 \
+          --decode-linear auto,kernel-pdl,kernel-pdl-m16,kernel-pdl-l2-m16 --out $O/bench_m16 > $O/bench_m16.log 2>&1
+      log "l2ab m16 rc=$?"
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 16 --prompt 128 \
           --decode-linear kernel-pdl,kernel-pdl-l2 --out $O/profile_l2ab.json > $O/profile_l2ab.log 2>&1
       log "l2ab profile rc=$? $(grep -c replay $O/profile_l2ab.log) rows"; pack ;;

@@ -76,14 +76,18 @@ from ._checks import MAX_M, check_decode_linear
 # the slice streams in from HBM while that kernel finishes and the products after the wait read it from L2. The
 # element-wise path (M < DOT_MIN_M) already loads its first tile early (below); the dot path cannot (an early
 # tile spills). Off by default until timed: `archzoo bench decode --decode-linear kernel-pdl,kernel-pdl-l2`.
+# M_TILE: on the tl.dot path, rows of x a program takes (None: all of them, one row block). At 64 rows one block
+# gives Q|K|V with RoPE (never split along K) 60 programs for 132 SMs, each reading all 64 rows of x; tiles of 16
+# rows give 240, each reading the weight rows again from L2 (cuBLAS tiles its batch-64 GEMVs 8 rows at a time).
+# Off until timed: `archzoo bench decode --decode-linear kernel-pdl,kernel-pdl-m16` (the queue's l2ab job).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=False, num_warps=4)  # fmt: skip
+                   L2_PREFETCH=False, M_TILE=None, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
-                        WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, num_warps=1)  # fmt: skip
+                        WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
 CONFIG_OVERRIDE: dict = {}
@@ -201,7 +205,8 @@ def _gemv_kernel(
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
+    pid_m = tl.program_id(2)  # row block (M_TILE; 0 when one block takes all rows)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -279,10 +284,11 @@ def _gemv_kernel(
         part_at = part_ptr + offs_m[:, None] * N + offs_n[None, :]
         tl.store(part_at + pid_k * M * N, y, mask=mask)
         if FIXUP:  # the last of the column block's split programs sums them (kernels/_fixup.py)
-            ticket = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            cnt_at = cnt_ptr + pid_m * tl.num_programs(0) + pid_n  # one counter a (row block, column block)
+            ticket = tl.atomic_add(cnt_at, 1, sem="acq_rel", scope="gpu")
             last = ticket == tl.num_programs(1) - 1
             if last:
-                tl.store(cnt_ptr + pid_n, 0)  # zero again for the next call
+                tl.store(cnt_at, 0)  # zero again for the next call
                 y = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
                 for s in tl.static_range(BLOCK_S):  # in split order, as _reduce_kernel (the same bits); unrolled,
                     # so the loads issue together
@@ -362,16 +368,19 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
     writes the caches; Q|K|V has rows enough to fill the GPU without a split)."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
-    block_m = max(16, _next_pow2(M)) if use_dot else _next_pow2(M)
+    m_tile = cfg.get("M_TILE")
+    rows = min(M, m_tile) if use_dot and m_tile else M  # rows of x a program takes
+    block_m = max(16, _next_pow2(rows)) if use_dot else _next_pow2(M)
+    m_blocks = _cdiv(M, block_m) if use_dot and m_tile else 1
     if device.type == "cuda":
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:
         sms = cfg["SM_COUNT"]
-    target = sms * cfg["PROGRAMS_PER_SM"]
+    target = _cdiv(sms * cfg["PROGRAMS_PER_SM"], m_blocks)  # column blocks aimed at, per row block
     min_bn = max(16, cfg["MIN_BLOCK_N"]) if use_dot else cfg["MIN_BLOCK_N"]
     if swiglu or rope:
         min_bn = max(2, min_bn)
-    if use_dot and not rope and M >= cfg["WIDE_M"]:
+    if use_dot and not rope and rows >= cfg["WIDE_M"]:
         min_bn = max(min_bn, cfg["WIDE_MIN_BLOCK_N"])
     block_n = max(min_bn, min(cfg["BLOCK_N"], _next_pow2(N)))
     while block_n > min_bn and _cdiv(N, block_n) < target:
@@ -394,7 +403,7 @@ def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = Fal
     per_k = max(block_n, block_m) if use_dot else block_m * block_n
     block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
-                chunk=chunk, use_dot=use_dot, num_warps=cfg["num_warps"])  # fmt: skip
+                chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"])  # fmt: skip
 
 
 class _Plan:
@@ -431,8 +440,8 @@ def _plan(
     p = _Plan()
     p.M, p.N, p.n_splits = M, N // 2 if swiglu else (rope.n_q if rope is not None else N), lp["n_splits"]
     p.fixup = lp["n_splits"] > 1 and bool(_config(x.device)["FIXUP"])
-    p.n_blocks = lp["n_blocks"]
-    p.grid = (lp["n_blocks"], lp["n_splits"])
+    p.n_blocks = lp["n_blocks"] * lp["m_blocks"]  # column-block groups: the fixup's counters
+    p.grid = (lp["n_blocks"], lp["n_splits"], lp["m_blocks"])
     r_strides = residual.stride() if residual is not None else (0, 0)
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
               else 0, *r_strides)  # fmt: skip
