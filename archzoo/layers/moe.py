@@ -245,8 +245,11 @@ class MoE(nn.Module):
         static = not torch.is_grad_enabled() and capacity is None and N <= self.STATIC_MAX_TOKENS
         # A decode step's top-k as K max reductions, which the compiler fuses with the softmax: torch.topk
         # was two sorting kernels per layer (gatherTopK, bitonicSort), 0.25 ms of the MoE student's 1.87 ms
-        # step at batch 1 on an H200 (docs/decode.md).
-        top_p, top_e = topk_by_max(probs, K) if static and K <= 4 else probs.topk(K, dim=-1)  # (N, K), (N, K)
+        # step at batch 1 on an H200 (docs/decode.md). So in any compiled forward too (training with
+        # speed.compile: the same two kernels, 18 us of the compiled layer's 576 us forward + backward at 4,096
+        # tokens on an H100, docs/results/kernels/moe_h100_padded.json); eagerly the K rounds would be 3K launches.
+        by_max = K <= 4 and (static or torch.compiler.is_compiling())
+        top_p, top_e = topk_by_max(probs, K) if by_max else probs.topk(K, dim=-1)  # (N, K), (N, K)
         if self.norm_topk_prob:
             top_p = top_p / top_p.sum(dim=-1, keepdim=True)
 

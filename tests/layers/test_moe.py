@@ -712,3 +712,23 @@ def test_padded_reads_nothing_on_the_host_and_compiles_whole(monkeypatch):
     got = {"out": out.detach(), "grad x": xc.grad} | {f"grad {n}": p.grad for n, p in moe.named_parameters()}
     for name, value in got.items():
         assert_close(f"{name} compiled vs eager", value, eager[name], 1e-5)
+
+
+def test_compiled_forward_takes_top_k_by_max_reductions():
+    """Where torch.compile traces the layer (training with speed.compile), the top-k is K max reductions, not
+    torch.topk (two sorting kernels a layer on CUDA); eagerly it stays torch.topk. Same choices either way."""
+    torch._dynamo.reset()
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    x, _ = uneven_tokens(37)
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
+        return gm.forward
+
+    try:
+        out = torch.compile(moe, backend=backend)(x)
+    finally:
+        torch._dynamo.reset()
+    assert targets and not [t for t in targets if "topk" in t], targets
+    assert_close("compiled vs eager", out, moe(x), 1e-6)
