@@ -545,3 +545,41 @@ def test_several_tokens_a_row_the_kernels_cannot_take_say_why(T, window, one_tok
     assert K.last_backend("decode_attention") == "sdpa"
     assert any(says in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert use_decode_kernel(torch.zeros(1, 2, 16, 8), k)
+
+
+def test_regional_step_computes_positions_once():
+    """A decode step computes its new tokens' positions once a forward call (``ForwardContext.positions`` memoised),
+    not once an attention layer: computed in each layer they were a kernel of their own per layer in the step,
+    between the PDL-launched GEMVs (docs/decode.md). With the blocks compiled one by one (``compile_step_blocks``,
+    as ``generate`` does) the first attention block's graph computes them and the later blocks' graph reads them
+    (one arange fewer there); the steps equal the eager ones."""
+    from archzoo.layers.base import ForwardContext
+
+    lengths = torch.tensor([3, 7])
+    ctx = ForwardContext(pos=None, lengths=lengths)
+    first = ctx.positions(2, lengths.device)
+    assert ctx.positions(2, lengths.device) is first and torch.equal(first, torch.tensor([[3, 4], [7, 8]]))
+    assert ForwardContext(pos=4).positions(2, lengths.device).tolist() == [4, 5]
+
+    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+    model = f64_model(path).float()
+    graphs: list[list[str]] = []
+
+    def backend(gm, example_inputs):
+        graphs.append([str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")])
+        return gm.forward
+
+    model.compile_step_blocks(backend=backend)
+    B, prompt, steps = 2, 5, 3
+    ids = torch.randint(0, model.cfg.vocab_size, (B, prompt + steps))
+    cache = model.new_cache(B, prompt + steps, dtype=torch.float32)
+    with torch.no_grad():
+        model(ids[:, :prompt], cache=cache)
+        eager_cache = copy.deepcopy(cache)
+        eager_cache.compiled_blocks = False
+        for i in range(prompt, prompt + steps):
+            out = model(ids[:, i : i + 1], cache=cache)
+            ref = model(ids[:, i : i + 1], cache=eager_cache)
+            assert_close(f"step {i} logits", out, ref, 1e-5)
+    aranges = [sum("arange" in t for t in g) for g in graphs]
+    assert len(graphs) == 2 and aranges[1] < aranges[0], f"aranges in the block graphs: {aranges}"

@@ -164,8 +164,13 @@ class ForwardContext:
         return self.pos is None
 
     def positions(self, T: int, device: torch.device) -> torch.Tensor:
-        """Positions of the new tokens: (B, T) from ``lengths`` in a decode step, else (T,) from ``pos``."""
-        steps = torch.arange(T, device=device)
+        """Positions of the new tokens: (B, T) from ``lengths`` in a decode step, else (T,) from ``pos``.
+
+        In a decode step once per forward call (``memoised``), not once per attention layer: computed in each layer
+        it was a kernel of its own in every compiled block (``lengths[:, None] + arange``, 30 a step for the
+        teacher), which, launched without PDL between the down GEMV of one layer and the Q|K|V GEMV of the next,
+        also kept the second from loading its weights while the first finished (docs/decode.md)."""
         if self.pos is None:
-            return self.lengths[:, None] + steps
-        return steps + self.pos
+            lengths = self.lengths
+            return self.memoised(("positions", T, device), lambda: lengths[:, None] + torch.arange(T, device=device))
+        return torch.arange(T, device=device) + self.pos
