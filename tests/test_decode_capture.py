@@ -583,3 +583,27 @@ def test_regional_step_computes_positions_once():
             assert_close(f"step {i} logits", out, ref, 1e-5)
     aranges = [sum("arange" in t for t in g) for g in graphs]
     assert len(graphs) == 2 and aranges[1] < aranges[0], f"aranges in the block graphs: {aranges}"
+
+
+def test_update_ops_return_their_kernels_outputs_without_a_copy(monkeypatch):
+    """The Mamba step's update ops (custom ops mutating their state) return the kernel's new tensor as it is, with
+    no device copy (a ``clone()`` a call was two ``Memcpy DtoD`` a Mamba layer in every decode step); only an output
+    that shares memory with an input is copied, since a custom op may not return an alias."""
+    from archzoo.kernels import _capture
+
+    g = torch.Generator().manual_seed(0)
+    b, d, n = 2, 8, 4
+    state, x, dt = torch.randn(b, d, n, generator=g), torch.randn(b, d, generator=g), torch.rand(b, d, generator=g)
+    A, B, C = -torch.rand(d, n, generator=g), torch.randn(b, n, generator=g), torch.randn(b, n, generator=g)
+    clones = []
+    real_clone = torch.Tensor.clone
+    monkeypatch.setattr(torch.Tensor, "clone", lambda t, *a, **k: clones.append(t) or real_clone(t, *a, **k))
+    out = _capture._state_update_op(state, x, dt, A, B, C, None, None, None, False)
+    conv_state, w = torch.randn(b, d, 3, generator=g), torch.randn(d, 4, generator=g)
+    y = _capture._conv_update_op(x, conv_state, w, None, "silu")
+    assert not clones, f"{len(clones)} copies of kernel outputs"
+    for t in (out, y):
+        assert all(t.untyped_storage().data_ptr() != i.untyped_storage().data_ptr() for i in (state, x, conv_state))
+    monkeypatch.setattr(_capture, "_conv_update", lambda x, *args: x)  # an update that returned its input
+    aliased = _capture._conv_update_op(x, conv_state, w, None, "silu")
+    assert len(clones) == 1 and torch.equal(aliased, x) and aliased.untyped_storage().data_ptr() != x.data_ptr()

@@ -22,6 +22,17 @@ from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
 
 
+def _fresh(out: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
+    """``out``, or a copy where it shares memory with an input: a custom op may not return an alias of one. The
+    kernels return new tensors, so no copy runs: the ``clone()`` these ops made always was a device-to-device copy
+    of each output, two a Mamba layer in every decode step (31 ``Memcpy DtoD`` in the Mamba student's batch-1 step
+    on an H100, docs/results/decode/profile_h100_mamba_step_ab.log), each also a break in the PDL chain."""
+    ptr = out.untyped_storage().data_ptr()
+    if any(t is not None and t.untyped_storage().data_ptr() == ptr for t in inputs):
+        return out.clone()
+    return out
+
+
 @torch.library.custom_op("archzoo::selective_state_update", mutates_args=("state",))
 def _state_update_op(
     state: torch.Tensor,
@@ -35,7 +46,7 @@ def _state_update_op(
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
 ) -> torch.Tensor:
-    return _state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus).clone()
+    return _fresh(_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus), state, x, dt, B, C, z)
 
 
 @_state_update_op.register_fake
@@ -51,7 +62,7 @@ def _conv_update_op(
     bias: torch.Tensor | None,
     activation: str | None,
 ) -> torch.Tensor:
-    return _conv_update(x, conv_state, weight, bias, activation).clone()
+    return _fresh(_conv_update(x, conv_state, weight, bias, activation), x, conv_state)
 
 
 @_conv_update_op.register_fake

@@ -58,7 +58,7 @@ from ..kernels import (
 from ..kernels._dispatch import record
 from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
-from .fused import decode_project
+from .fused import decode_project, signature
 
 # A decode step on the fused path (``fused``: the cache reads the decode copies, as ``generate``'s does) runs the
 # conv update, x_proj, dt_proj and the state update as one kernel (``archzoo.kernels.mamba_decode_step``) where it
@@ -148,6 +148,7 @@ class Mamba(TakesNormAndResidual, nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self.dt_proj.bias._no_weight_decay = True
+        self.fused = DecodeA(self)  # the decode step's A = -exp(A_log), made once (layers/fused.py's freshness rule)
         self.init_weights()
 
     @torch.no_grad()
@@ -189,6 +190,11 @@ class Mamba(TakesNormAndResidual, nn.Module):
 
     def _A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.to(ssm_state_dtype(self.A_log.dtype)))  # (Di, N)
+
+    def _step_A(self, fused: bool) -> torch.Tensor:
+        """A for a decode step: on the fused path the copy ``refresh_fused`` made (computed in the step it was an
+        Inductor kernel a layer, between the PDL-launched kernels: 15 a step in the Mamba hybrid's), else now."""
+        return self.fused.A if fused and self.fused.A is not None else self._A()
 
     def forward(
         self,
@@ -289,7 +295,7 @@ class Mamba(TakesNormAndResidual, nn.Module):
             if why is None:  # the conv update, x_proj, dt_proj and the state update in one kernel
                 y = mamba_decode_step(
                     xs, state["conv"], state["ssm"], weight, self.conv1d.bias, self.x_proj.weight,
-                    self.dt_proj.weight, self._A(), D=self.D, z=z, dt_bias=self.dt_proj.bias,
+                    self.dt_proj.weight, self._step_A(fused), D=self.D, z=z, dt_bias=self.dt_proj.bias,
                 )  # fmt: skip
                 return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
             if not torch.compiler.is_compiling():  # a traced step cannot log
@@ -298,7 +304,45 @@ class Mamba(TakesNormAndResidual, nn.Module):
         dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
         dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)
         y = selective_state_update(
-            state["ssm"], xs, dt, self._A(), Bm, Cm, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True
+            state["ssm"],
+            xs,
+            dt,
+            self._step_A(fused),
+            Bm,
+            Cm,
+            D=self.D,
+            z=z,
+            dt_bias=self.dt_proj.bias,
+            dt_softplus=True,
         )
         # called without gradients only, so the buffers carry no autograd history
         return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
+
+
+class DecodeA:
+    """A Mamba layer's A = -exp(A_log) for its decode steps, made by ``refresh()`` outside them (in place when it
+    changes, as ``layers/fused.py``'s copies: a captured graph reads its address; ``ArchZooLM.refresh_fused``
+    calls it). Read only by steps whose cache has ``fused_weights`` set."""
+
+    def __init__(self, layer: Mamba):
+        self.layer = [layer]  # a list: not registered as a submodule, no reference cycle in the module tree
+        self.A: torch.Tensor | None = None
+        self._signature: tuple | None = None
+
+    @torch.no_grad()
+    def refresh(self) -> bool:
+        m = self.layer[0]
+        sig = signature([m.A_log])
+        if sig == self._signature:
+            return False
+        new = m._A()
+        if self.A is not None and (self.A.shape, self.A.dtype, self.A.device) == (new.shape, new.dtype, new.device):
+            self.A.copy_(new)
+        else:
+            self.A = new.contiguous()
+        self._signature = sig
+        return True
+
+    def release(self) -> None:
+        """Drop the copy; the next ``refresh`` makes it again."""
+        self.A = self._signature = None

@@ -228,3 +228,38 @@ def test_cuda_matches_cpu():
         outs += [mc(x[:, t : t + 1].cuda(), state, ForwardContext(pos=t)) for t in range(30, 37)]
     inc = torch.cat(outs, dim=1).cpu()
     assert rel_err(inc, ref) < 1e-4, f"CUDA mamba prefill + decode: rel err {rel_err(inc, ref):.2e}"
+
+
+def test_decode_A_made_once_and_kept_fresh():
+    """``DecodeA`` (the decode step's A = -exp(A_log), made by ``refresh_fused`` outside the step): equal to ``_A()``,
+    updated in place when A_log changes (a captured graph reads its address), unchanged otherwise, released on
+    demand; a step on the fused path reads it and gives the step that computes A itself, and its compiled graph
+    holds no ``exp`` of A_log (it was an Inductor kernel a layer in every decode step)."""
+    m = make_layer(seed=3)
+    assert m.fused.A is None and m.fused.refresh() and not m.fused.refresh()
+    assert torch.equal(m.fused.A, m._A())
+    address = m.fused.A.data_ptr()
+    with torch.no_grad():
+        m.A_log.add_(0.25)
+    assert m.fused.refresh() and m.fused.A.data_ptr() == address and torch.equal(m.fused.A, m._A())
+    x = torch.randn(2, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    states = [m.new_state(2, 8, torch.float64, "cpu") for _ in range(2)]
+    with torch.no_grad():
+        y_fused = m._step(x, states[0], fused=True)
+        y_plain = m._step(x, states[1], fused=False)
+    assert torch.equal(y_fused, y_plain) and torch.equal(states[0]["ssm"], states[1]["ssm"])
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            torch.compile(lambda t: m._step(t, states[0], fused=True), backend=backend, fullgraph=True)(x)
+    finally:
+        torch._dynamo.reset()
+    assert targets and not [t for t in targets if "exp" in t and "expand" not in t], targets
+    m.fused.release()
+    assert m.fused.A is None
