@@ -560,6 +560,12 @@ def test_regional_step_computes_positions_once():
     first = ctx.positions(2, lengths.device)
     assert ctx.positions(2, lengths.device) is first and torch.equal(first, torch.tensor([[3, 4], [7, 8]]))
     assert ForwardContext(pos=4).positions(2, lengths.device).tolist() == [4, 5]
+    from archzoo.layers import base
+
+    with pytest.MonkeyPatch.context() as mp:  # the form before, kept for the A/B (tools/decode_profile.py --once)
+        mp.setattr(base, "ONCE_A_STEP", False)
+        again = ForwardContext(pos=None, lengths=lengths)
+        assert again.positions(2, lengths.device) is not again.positions(2, lengths.device)
 
     path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
     model = f64_model(path).float()
@@ -604,6 +610,11 @@ def test_update_ops_return_their_kernels_outputs_without_a_copy(monkeypatch):
     assert not clones, f"{len(clones)} copies of kernel outputs"
     for t in (out, y):
         assert all(t.untyped_storage().data_ptr() != i.untyped_storage().data_ptr() for i in (state, x, conv_state))
+    monkeypatch.setattr(_capture, "COPY_OUTPUTS", True)  # the form before (tools/decode_profile.py --once off)
+    _capture._conv_update_op(x, conv_state, w, None, "silu")
+    assert len(clones) == 1
+    monkeypatch.setattr(_capture, "COPY_OUTPUTS", False)
+    clones.clear()
     monkeypatch.setattr(_capture, "_conv_update", lambda x, *args: x)  # an update that returned its input
     aliased = _capture._conv_update_op(x, conv_state, w, None, "silu")
     assert len(clones) == 1 and torch.equal(aliased, x) and aliased.untyped_storage().data_ptr() != x.data_ptr()

@@ -9,6 +9,8 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
         [--moe-experts reductions,kernel] # a few tokens' MoE experts as compiled reductions, or two Triton kernels
+        [--once on,off]                   # a step's positions and Mamba's A made once (layers.base.ONCE_A_STEP,
+                                          # and the update ops' outputs not copied), or in every layer as before
 
 It builds the model (random weights, bf16), lets ``generate`` compile and capture its step, then runs the
 step's Python function (the compiled blocks, not the graph) under ``torch.profiler`` for ``--steps`` steps,
@@ -47,6 +49,7 @@ def profile_step(
     fold: str = "on",
     mamba_step: str = "fused",
     moe_experts: str | None = None,
+    once: str = "on",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -67,15 +70,20 @@ def profile_step(
 
     experts_before = moe.DECODE_EXPERTS
     moe.DECODE_EXPERTS = moe_experts or experts_before  # None: the library's default
+    from archzoo.kernels import _capture
+    from archzoo.layers import base
+
+    base.ONCE_A_STEP, _capture.COPY_OUTPUTS = once == "on", once != "on"  # read as the step is traced
     try:
         with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
-            return {**r, "mla_fold": fold, "mamba_step": mamba_step, "moe_experts": moe.DECODE_EXPERTS}
+            return {**r, "mla_fold": fold, "mamba_step": mamba_step, "moe_experts": moe.DECODE_EXPERTS, "once": once}
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
         moe.DECODE_EXPERTS = experts_before
+        base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
             attention_kernels.CONFIG_OVERRIDE.pop(key, None)
 
@@ -204,6 +212,7 @@ def main() -> None:
                    help="cublas, kernel, kernel-pdl[-l2][-m16], auto, auto-qkv or several")  # fmt: skip
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
+    p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument("--moe-experts", default=None,
                    help="reductions, kernel or both: MoE experts of a few tokens (moe.DECODE_EXPERTS)")  # fmt: skip
     p.add_argument("--draft", help="a draft's config: profile a speculative round of each config verifying it")
@@ -231,11 +240,13 @@ def main() -> None:
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                for (form, linear, fold, ms), ex in ((f, e) for f in forms for e in experts):
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex)
+                combos = [(f, e, o) for f in forms for e in experts for o in args.once.split(",")]
+                for (form, linear, fold, ms), ex, once in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms} moe {r['moe_experts']}: "
+                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms} moe {r['moe_experts']} "
+                        f"once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )

@@ -131,6 +131,13 @@ def with_residual(out: torch.Tensor, residual: torch.Tensor | None) -> torch.Ten
     return out if residual is None else residual + out
 
 
+# What a decode step derives from its positions or its weights alone is made once, not in every layer: the new
+# tokens' positions once a forward call (``ForwardContext.positions``), a Mamba layer's A once a refresh of the
+# fused copies (``layers/mamba.py:DecodeA``). Each was an Inductor kernel a layer between the PDL-launched decode
+# kernels (docs/decode.md). False: the form before, for the A/B (``tools/decode_profile.py --once on,off``).
+ONCE_A_STEP = True
+
+
 @dataclass
 class ForwardContext:
     """What the layers of one forward call share.
@@ -170,6 +177,8 @@ class ForwardContext:
         it was a kernel of its own in every compiled block (``lengths[:, None] + arange``, 30 a step for the
         teacher), which, launched without PDL between the down GEMV of one layer and the Q|K|V GEMV of the next,
         also kept the second from loading its weights while the first finished (docs/decode.md)."""
+        if self.pos is None and not ONCE_A_STEP:  # the form before (A/B: tools/decode_profile.py --once off)
+            return self.lengths[:, None] + torch.arange(T, device=device)
         if self.pos is None:
             lengths = self.lengths
             return self.memoised(("positions", T, device), lambda: lengths[:, None] + torch.arange(T, device=device))

@@ -57,6 +57,7 @@ from ..kernels import (
 )
 from ..kernels._dispatch import record
 from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
+from . import base
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project, signature
 
@@ -194,7 +195,7 @@ class Mamba(TakesNormAndResidual, nn.Module):
     def _step_A(self, fused: bool) -> torch.Tensor:
         """A for a decode step: on the fused path the copy ``refresh_fused`` made (computed in the step it was an
         Inductor kernel a layer, between the PDL-launched kernels: 15 a step in the Mamba hybrid's), else now."""
-        return self.fused.A if fused and self.fused.A is not None else self._A()
+        return self.fused.A if fused and self.fused.A is not None and base.ONCE_A_STEP else self._A()
 
     def forward(
         self,

@@ -186,11 +186,16 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 16 --prompt 128 \
           --decode-linear kernel-pdl,kernel-pdl-l2 --out $O/profile_l2ab.json > $O/profile_l2ab.log 2>&1
       log "l2ab profile rc=$? $(grep -c replay $O/profile_l2ab.log) rows"; pack ;;
-    stepprof)  # issue 18: where a student's batch-1 step goes, kernel by kernel (stepprof:jamba,moe)
+    stepprof)  # issue 18: where a student's batch-1 step goes, kernel by kernel (stepprof:jamba,moe): the teacher and
+      # the Mamba hybrid with a step's per-layer constants made once and as before (--once), then the given students
+      # with the MoE experts both ways (DECODE_EXPERTS); the library's Mamba step (four kernels: FUSED_STEP off)
       [ -n "$bg" ] && wait $bg; bg=""
       log "stepprof $s"; O=$DEC; mkdir -p $O; cfgs=""
       for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
-      # the library's Mamba step (four kernels: FUSED_STEP off), and the MoE experts both ways (DECODE_EXPERTS)
+      timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mamba.yaml \
+          --batch 1 --prompt 128 --decode-linear auto --mamba-step unfused --once on,off \
+          --out $O/profile_once.json > $O/profile_once.log 2>&1
+      log "stepprof once rc=$? $(grep replay $O/profile_once.log | sed 's/.*once/once/' | cut -c1-40 | tr '\n' ';')"
       timeout 400 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
           --mamba-step unfused --moe-experts reductions,kernel --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
       log "stepprof rc=$? $(grep replay $O/profile_stepprof.log | cut -c1-60 | tr '\n' ';')"; pack ;;
