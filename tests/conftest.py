@@ -38,6 +38,34 @@ def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) ->
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
 
 
+def recording_backend(graphs: list, ops: tuple[str, ...] = ("call_function",)):
+    """A torch.compile backend that appends each graph dynamo compiles, as the targets of its ``ops`` nodes, to
+    ``graphs`` and runs it as traced (what was traced, and how often, without compiling anything)."""
+
+    def backend(gm, example_inputs):
+        graphs.append([str(node.target) for node in gm.graph.nodes if node.op in ops])
+        return gm.forward
+
+    return backend
+
+
+def compiled_steps(model, ids: torch.Tensor, cache, prompt: int, backend, before_step=None):
+    """Prefill ``ids[:, :prompt]`` into ``cache``, then each later token as a decode step twice: through
+    ``torch.compile(fullgraph=True)`` of the model on ``cache`` (with ``backend``) and eagerly on a copy of the cache.
+    Yields (i, compiled logits, eager logits, the eager cache) a step, without gradients; ``before_step(i)`` first."""
+    import copy
+
+    with torch.no_grad():
+        model(ids[:, :prompt], cache=cache)
+        ref_cache = copy.deepcopy(cache)
+        step = torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)
+        for i in range(prompt, ids.shape[1]):
+            if before_step is not None:
+                before_step(i)
+            got = step(ids[:, i : i + 1])
+            yield i, got, model(ids[:, i : i + 1], cache=ref_cache), ref_cache
+
+
 def load_yaml(path: Path | str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 

@@ -73,6 +73,18 @@ def test_pair_order_is_a_permutation_pairing_rope_halves():
     assert sorted(order.tolist()) == list(range(16))
 
 
+def _kernel_and_reference(M, H, Hkv, D, dtype):
+    """decode_qkv_rope's kernel and the reference on one case (``_case``, seed M), each on its own caches: q,
+    q_ref, the K caches, the V caches, and the positions written."""
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    return q, q_ref, kc, kc_ref, vc, vc_ref, pos
+
+
 @interpreter_only
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -82,12 +94,7 @@ def test_triton_matches_reference(H, Hkv, D, M, dtype, monkeypatch):
     """The kernel (element-wise products at M = 1, 3; tl.dot at 16) against the reference: q, and the caches
     (written rows and untouched ones), with positions past the slots (ring slots) and at 0."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
-    w_il = w[rope_pair_order(H, Hkv, D)]
-    kc_ref, vc_ref = kc.clone(), vc.clone()
-    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
-    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
-    assert K.last_backend("decode_qkv_rope") == "triton"
+    q, q_ref, kc, kc_ref, vc, vc_ref, pos = _kernel_and_reference(M, H, Hkv, D, dtype)
     if dtype == torch.bfloat16:  # every rounding repeated: to the bit (a GPU's cos / sin may differ by an ulp)
         assert torch.equal(q, q_ref) and torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
     tol = 1e-6  # fp32: the products summed in another order
@@ -111,12 +118,7 @@ def test_triton_in_row_tiles_matches_reference(M, dtype, monkeypatch):
     monkeypatch.setitem(gt.CONFIG_OVERRIDE, "M_TILE", 16)
     H, Hkv, D = 9, 3, 8
     assert gt.launch_plan(M, (H + 2 * Hkv) * D, 64, torch.device("cpu"), rope=True)["m_blocks"] == -(-M // 16)
-    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
-    w_il = w[rope_pair_order(H, Hkv, D)]
-    kc_ref, vc_ref = kc.clone(), vc.clone()
-    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
-    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
-    assert K.last_backend("decode_qkv_rope") == "triton"
+    q, q_ref, kc, kc_ref, vc, vc_ref, _ = _kernel_and_reference(M, H, Hkv, D, dtype)
     tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: a sum next to a rounding boundary may flip one ulp
     assert rel_err(q.float(), q_ref.float()) <= tol
     assert rel_err(kc.float(), kc_ref.float()) <= tol and rel_err(vc.float(), vc_ref.float()) <= tol

@@ -8,7 +8,6 @@ interpreter on CPU tensors (tiny shapes: d_inner 40 and 24, not powers of two).
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import pytest
@@ -24,7 +23,7 @@ from archzoo.kernels.mamba_step import naive_mamba_decode_step
 from archzoo.kernels.selective_scan import naive_selective_scan_fn, naive_selective_state_update
 from archzoo.layers import mamba as mamba_mod
 
-from conftest import interpreter_only
+from conftest import compiled_steps, interpreter_only, recording_backend
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.mamba_step.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -270,21 +269,13 @@ def test_compiled_step_traces_once_with_the_fused_op(monkeypatch):
     cache.fused_weights = True
     graphs: list[list[str]] = []  # the call_function targets of each graph dynamo compiled (CompileCounter's count)
 
-    def backend(gm, example_inputs):
-        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
-        return gm.forward
+    def switch(i):  # the last step with the switch off
+        monkeypatch.setattr(mamba_mod, "FUSED_STEP", i < 8)
 
-    with torch.no_grad():
-        model(ids[:, :5], cache=cache)
-        ref_cache = copy.deepcopy(cache)
-        step = torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)
-        for i in range(5, 9):
-            monkeypatch.setattr(mamba_mod, "FUSED_STEP", i < 8)  # the last step with the switch off
-            got = step(ids[:, i : i + 1])
-            ref = model(ids[:, i : i + 1], cache=ref_cache)
-            _check(f"step {i} logits", got, ref, 1e-5)
-            for name in ("conv", "ssm"):
-                _check(f"step {i} {name} state", cache.layers[1][name], ref_cache.layers[1][name], 1e-5)
+    for i, got, ref, ref_cache in compiled_steps(model, ids, cache, 5, recording_backend(graphs), switch):
+        _check(f"step {i} logits", got, ref, 1e-5)
+        for name in ("conv", "ssm"):
+            _check(f"step {i} {name} state", cache.layers[1][name], ref_cache.layers[1][name], 1e-5)
     torch._dynamo.reset()
     assert len(graphs) == 2, f"{len(graphs)} graphs: one over the 3 fused steps, one after the flip"
     fused, unfused = graphs

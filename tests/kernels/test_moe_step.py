@@ -16,7 +16,7 @@ from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.moe_step import naive_moe_decode_experts
 from archzoo.layers import moe as moe_mod
 
-from conftest import interpreter_only, requires_cuda
+from conftest import compiled_steps, interpreter_only, recording_backend, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.moe_step.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -174,14 +174,8 @@ def test_cuda_student_shapes_bf16(n_experts, tokens):
 def test_moe_model_generates_the_same_tokens(monkeypatch):
     """Greedy generation of a tiny MoE model at batch 1 (its steps take the static gather branch): the same tokens
     with ``DECODE_EXPERTS`` "kernel" (the kernels ran) and "reductions"."""
-    import archzoo
-
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    cfg = dict(vocab_size=64, d_model=40, n_layers=2, tie_embeddings=True,
-               mixer=dict(type="attention", n_heads=2, n_kv_heads=1, head_dim=16),
-               ffn=dict(type="moe", n_experts=4, top_k=2, d_ff=48))  # fmt: skip
-    torch.manual_seed(0)
-    model = archzoo.build_model(cfg).eval()
+    model = _tiny_moe_model(seed=0)
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
     out = {}
     for form in ("kernel", "reductions"):
@@ -197,34 +191,26 @@ def test_compiled_step_traces_once_with_the_kernel(monkeypatch):
     """``torch.compile(step, fullgraph=True)`` of a tiny MoE model's decode step at batch 1 traces once over
     consecutive steps with ``DECODE_EXPERTS = "kernel"`` (the custom op in the graph, once a layer), with the eager
     step's logits (the decode contract, tests/test_decode_capture.py)."""
-    import copy
-
-    import archzoo
-
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "kernel")
     torch._dynamo.reset()
-    cfg = dict(vocab_size=64, d_model=40, n_layers=2, tie_embeddings=True,
-               mixer=dict(type="attention", n_heads=2, n_kv_heads=1, head_dim=16),
-               ffn=dict(type="moe", n_experts=4, top_k=2, d_ff=48))  # fmt: skip
-    torch.manual_seed(1)
-    model = archzoo.build_model(cfg).eval()
+    model = _tiny_moe_model(seed=1)
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
     cache = model.new_cache(1, 9, dtype=torch.float32)
     graphs: list[list[str]] = []
-
-    def backend(gm, example_inputs):
-        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
-        return gm.forward
-
-    with torch.no_grad():
-        model(ids[:, :5], cache=cache)
-        ref_cache = copy.deepcopy(cache)
-        step = torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)
-        for i in range(5, 9):
-            got = step(ids[:, i : i + 1])
-            ref = model(ids[:, i : i + 1], cache=ref_cache)
-            _check(f"step {i} logits", got, ref, 1e-5)
+    for i, got, ref, _ in compiled_steps(model, ids, cache, 5, recording_backend(graphs)):
+        _check(f"step {i} logits", got, ref, 1e-5)
     torch._dynamo.reset()
     assert len(graphs) == 1, f"{len(graphs)} graphs: one over the 4 steps"
     assert sum("moe_decode_experts" in op for op in graphs[0]) == 2, graphs[0]
+
+
+def _tiny_moe_model(seed: int):
+    """Two attention layers with MoE feed-forwards (4 experts, top-2): a batch-1 step takes the gather branch."""
+    import archzoo
+
+    cfg = dict(vocab_size=64, d_model=40, n_layers=2, tie_embeddings=True,
+               mixer=dict(type="attention", n_heads=2, n_kv_heads=1, head_dim=16),
+               ffn=dict(type="moe", n_experts=4, top_k=2, d_ff=48))  # fmt: skip
+    torch.manual_seed(seed)
+    return archzoo.build_model(cfg).eval()
