@@ -618,3 +618,30 @@ def test_update_ops_return_their_kernels_outputs_without_a_copy(monkeypatch):
     monkeypatch.setattr(_capture, "_conv_update", lambda x, *args: x)  # an update that returned its input
     aliased = _capture._conv_update_op(x, conv_state, w, None, "silu")
     assert len(clones) == 1 and torch.equal(aliased, x) and aliased.untyped_storage().data_ptr() != x.data_ptr()
+
+
+def test_pool_key_holds_every_step_switch(monkeypatch):
+    """A captured step replays the kernels it captured: each switch a traced step reads is in the pool's key, so a
+    flip captures anew instead of replaying the other form (the MoE decode experts, the made-once constants)."""
+    from archzoo.generation import decode_switches
+    from archzoo.kernels import _capture
+    from archzoo.layers import base, moe
+
+    before = decode_switches()
+    for module, name, value in ((moe, "DECODE_EXPERTS", "kernel"), (base, "ONCE_A_STEP", False),
+                                (_capture, "COPY_OUTPUTS", True)):  # fmt: skip
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(module, name, value)
+            assert decode_switches() != before, f"{name} is not in the pool's key"
+    assert decode_switches() == before
+
+
+def test_every_decode_linear_form_has_its_names():
+    """Each ``--decode-linear`` form has its row suffix, its chart name and, for the GEMV forms, its overrides
+    (three tables of one list: a form added to one and not the others would fail at a row)."""
+    from archzoo.bench.decode_input import GEMV_OVERRIDES, LINEARS
+    from archzoo.bench.decode_report import LINEAR_SUFFIX
+    from archzoo.bench.spec_chart import FORM_NAMES
+
+    assert set(LINEAR_SUFFIX) == set(LINEARS) and set(FORM_NAMES) == set(LINEARS)
+    assert set(GEMV_OVERRIDES) <= set(LINEARS) and len(set(LINEAR_SUFFIX.values())) == len(LINEARS)

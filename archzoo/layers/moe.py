@@ -203,11 +203,11 @@ class MoE(nn.Module):
         path runs only without gradients, inside a decode step.
         """
         N, E, K = x.shape[0], self.n_experts, self.top_k
+        if DECODE_EXPERTS not in DECODE_EXPERTS_FORMS:  # checked whichever branch runs: a typo never passes silently
+            forms = ", ".join(DECODE_EXPERTS_FORMS)
+            raise ValueError(f"archzoo.layers.moe.DECODE_EXPERTS must be one of {forms}; got {DECODE_EXPERTS!r}")
         w = top_p.to(x.dtype)
         if N * K < E:
-            if DECODE_EXPERTS not in DECODE_EXPERTS_FORMS:
-                forms = ", ".join(DECODE_EXPERTS_FORMS)
-                raise ValueError(f"archzoo.layers.moe.DECODE_EXPERTS must be one of {forms}; got {DECODE_EXPERTS!r}")
             # "reductions": the gather form in PyTorch, which the compiled step fuses into reductions
             experts = moe_decode_experts if DECODE_EXPERTS == "kernel" else naive_moe_decode_experts
             out = experts(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, top_e, w)

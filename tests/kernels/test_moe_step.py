@@ -82,9 +82,11 @@ def test_strided_x_and_int32_experts(monkeypatch):
 
 def test_down_blocks_fill_the_gpu():
     """The down kernel's rows a program halve while its programs are few (batch 1), not below the minimum."""
-    cfg = T.INTERPRET_CONFIG  # 4 "SMs", 2 programs each
-    assert T.down_block_n(1, 64, torch.device("cpu")) == max(cfg["DOWN_MIN_BLOCK_N"], 8)
-    assert T.down_block_n(16, 64, torch.device("cpu")) == cfg["DOWN_BLOCK_N"]
+    cfg = T.INTERPRET_CONFIG  # 4 "SMs", 2 programs each: 8 programs aimed at
+    assert (cfg["DOWN_BLOCK_N"], cfg["DOWN_MIN_BLOCK_N"]) == (8, 2)
+    assert T.down_block_n(1, 16, torch.device("cpu")) == 2, "2 programs of 8 rows -> 8 of 2: halved twice"
+    assert T.down_block_n(1, 40, torch.device("cpu")) == 4, "5 programs of 8 rows -> 10 of 4"
+    assert T.down_block_n(16, 64, torch.device("cpu")) == 8, "128 programs already: not halved"
 
 
 def test_bad_input():

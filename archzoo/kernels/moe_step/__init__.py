@@ -25,12 +25,17 @@ OP = "moe_decode_experts"
 
 def _run(x, gate_w, up_w, down_w, top_e, top_w):
     N, _, _, _, K = check_experts(x, gate_w, up_w, down_w, top_e, top_w)
-    if use_triton(x, gate_w, up_w, down_w, top_e, top_w) and x.dtype != torch.float64 and N * K > 0:
-        from .triton import moe_decode_experts as fn
+    if use_triton(x, gate_w, up_w, down_w, top_e, top_w):
+        why = ("float64 inputs: the kernels compute in fp32" if x.dtype == torch.float64
+               else "no assignments: nothing to compute" if N * K == 0 else None)  # fmt: skip
+        if why is None:
+            from .triton import moe_decode_experts as fn
 
-        record(OP, "triton")
-        return fn(x, gate_w, up_w, down_w, top_e, top_w)
-    record(OP, "naive")
+            record(OP, "triton")
+            return fn(x, gate_w, up_w, down_w, top_e, top_w)
+        record(OP, "naive", why)  # where the kernels run, the reason they did not is logged once
+    else:
+        record(OP, "naive")
     return naive_moe_decode_experts(x, gate_w, up_w, down_w, top_e, top_w)
 
 
