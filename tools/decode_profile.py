@@ -8,6 +8,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--attention kernel,kernel-long-splits]  # at least 4 tiles a split: a short cache, one split, no merge
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
+                                          # (default: the library's, FUSED_STEP)
         [--moe-experts reductions,kernel] # a few tokens' MoE experts as compiled reductions, or two Triton kernels
         [--once on,off]                   # a step's positions and Mamba's A made once (layers.base.ONCE_A_STEP,
                                           # and the update ops' outputs not copied), or in every layer as before
@@ -47,7 +48,7 @@ def profile_step(
     attention: str,
     linear: str = "cublas",
     fold: str = "on",
-    mamba_step: str = "fused",
+    mamba_step: str = "library",
     moe_experts: str | None = None,
     once: str = "on",
 ) -> dict:
@@ -65,7 +66,8 @@ def profile_step(
     from archzoo.layers import mamba, mla_fold
 
     mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
-    fused_before, mamba.FUSED_STEP = mamba.FUSED_STEP, mamba_step == "fused"  # read as the step is traced
+    fused_before = mamba.FUSED_STEP  # "library": as the library has it (off); read as the step is traced
+    mamba.FUSED_STEP = fused_before if mamba_step == "library" else mamba_step == "fused"
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -78,7 +80,8 @@ def profile_step(
         with decode_linear_form(linear):  # kernel-pdl: the decode kernels launched with PDL (archzoo/kernels/_pdl.py)
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
-            return {**r, "mla_fold": fold, "mamba_step": mamba_step, "moe_experts": moe.DECODE_EXPERTS, "once": once}
+            step = "fused" if mamba.FUSED_STEP else "unfused"
+            return {**r, "mla_fold": fold, "mamba_step": step, "moe_experts": moe.DECODE_EXPERTS, "once": once}
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
@@ -211,7 +214,8 @@ def main() -> None:
     p.add_argument("--decode-linear", default="cublas",
                    help="cublas, kernel, kernel-pdl[-l2][-m16], auto, auto-qkv or several")  # fmt: skip
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
-    p.add_argument("--mamba-step", default="fused", help="fused, unfused or both: Mamba's step middle as one kernel")
+    p.add_argument("--mamba-step", default="library",
+                   help="fused, unfused or both: the Mamba step as one kernel (default: the library's)")  # fmt: skip
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument("--moe-experts", default=None,
                    help="reductions, kernel or both: MoE experts of a few tokens (moe.DECODE_EXPERTS)")  # fmt: skip
@@ -245,8 +249,8 @@ def main() -> None:
                     r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once)
                     out.append(r)
                     print(
-                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {ms} moe {r['moe_experts']} "
-                        f"once {once}: "
+                        f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
+                        f"moe {r['moe_experts']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )
