@@ -129,6 +129,14 @@ def swiglu_step(fused: FusedLinears, down_weight: torch.Tensor, x: torch.Tensor,
     return decode_project(decode_project(x, fused.weight, None, norm, swiglu=True), down_weight, residual=x)
 
 
+def keep_address(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """A derived tensor refreshed: ``new``'s values written at ``old``'s address where ``old`` has its shape, dtype
+    and device (a captured graph reads that address), else ``new`` itself, contiguous."""
+    if old is not None and (old.shape, old.dtype, old.device) == (new.shape, new.dtype, new.device):
+        return old.copy_(new)
+    return new.contiguous()
+
+
 def signature(tensors) -> tuple:
     """Where each tensor lives and how often it was changed in place: equal signatures, equal contents."""
     return tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)

@@ -59,7 +59,7 @@ from ..kernels._dispatch import record
 from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
 from . import base
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
-from .fused import decode_project, signature
+from .fused import decode_project, keep_address, signature
 
 # A decode step on the fused path (``fused``: the cache reads the decode copies, as ``generate``'s does) runs the
 # conv update, x_proj, dt_proj and the state update as one kernel (``archzoo.kernels.mamba_decode_step``) where it
@@ -336,11 +336,7 @@ class DecodeA:
         sig = signature([m.A_log])
         if sig == self._signature:
             return False
-        new = m._A()
-        if self.A is not None and (self.A.shape, self.A.dtype, self.A.device) == (new.shape, new.dtype, new.device):
-            self.A.copy_(new)
-        else:
-            self.A = new.contiguous()
+        self.A = keep_address(self.A, m._A())
         self._signature = sig
         return True
 

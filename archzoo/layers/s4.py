@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
-from .fused import decode_project, signature
+from .fused import decode_project, keep_address, signature
 
 
 class S4Config(LayerConfig):
@@ -301,12 +301,8 @@ class DiscretizedS4:
         dtA, dB, C = m.discretize(dtype)
         dA = torch.exp(dtA)
         new = [torch.view_as_real(t) if m.is_complex else t for t in (dA, dB, C)]
-        if self.dA is not None and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
-                                       for a, b in zip((self.dA, self.dB, self.C), new, strict=True)):  # fmt: skip
-            for old, t in zip((self.dA, self.dB, self.C), new, strict=True):
-                old.copy_(t)  # in place: a captured graph reads these addresses
-        else:
-            self.dA, self.dB, self.C = (t.contiguous() for t in new)
+        # in place where they fit: a captured graph reads these addresses
+        self.dA, self.dB, self.C = (keep_address(o, t) for o, t in zip((self.dA, self.dB, self.C), new, strict=True))
         self._signature = sig
         return True
 
