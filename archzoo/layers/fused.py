@@ -40,9 +40,13 @@ from ..kernels.decode_linear import MAX_M, rope_pair_order, swiglu_pairs  # not 
 # Measured on an H100 in one process each (docs/decode.md, "Decode kernels measured"): the teacher's step with the
 # GEMV and programmatic dependent launch ran 1,614 tokens/s at batch 1 against cuBLAS's 956 (1.69x), 4,304
 # against 4,013 at batch 4 (1.07x), 7,710 against 7,876 at batch 8 (0.98x) and 14,818 against 15,056 at 16; at
-# batch 64 the GEMV's tl.dot path lost (31,491 against 53,017 at 128-token prompts). Hence 4.
+# batch 64 the GEMV's tl.dot path lost (31,491 against 53,017 at 128-token prompts). Hence 4, until the GEMV's
+# L2 prefetch (decode_linear.triton, CUDA_CONFIG["L2_PREFETCH"]): on an H200 (2026-12-06, one process,
+# docs/results/decode/decode_h200_l2ab.md) the GEMV with PDL and the prefetch ran the teacher shape at 8,690 / 16,314
+# tokens/s at batch 8 / 16 against cuBLAS's 8,281 / 16,058 (MQA 8,959 / 17,237 against 8,348 / 15,664), and lost at
+# 64 (decode_h200_m16.md: 33,425 against 48,071). Hence 16.
 DECODE_LINEAR = "auto"
-AUTO_MAX_ROWS = 4
+AUTO_MAX_ROWS = 16
 # Where "auto" takes the GEMV: CUDA, where it was measured. Not the CPU: there the kernel is its fp32 reference, or
 # Triton's interpreter (a test vehicle, far slower than F.linear). Tests add "cpu" to check "auto" itself.
 AUTO_DEVICES = ("cuda",)

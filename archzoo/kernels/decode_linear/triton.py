@@ -75,14 +75,17 @@ from ._checks import MAX_M, check_decode_linear
 # `prefetch.global.L2::evict_last` a 128-byte line, no registers held) before it waits on the kernel before, so
 # the slice streams in from HBM while that kernel finishes and the products after the wait read it from L2. The
 # element-wise path (M < DOT_MIN_M) already loads its first tile early (below); the dot path cannot (an early
-# tile spills). Off by default until timed: `archzoo bench decode --decode-linear kernel-pdl,kernel-pdl-l2`.
+# tile spills). On since 2026-12-06: on an H200 the teacher shape's step with it ran 8,690 / 16,314 tokens/s at
+# batch 8 / 16 against 8,474 / 16,044 without (MQA 8,959 / 17,237 against 8,825 / 16,859), one process
+# (`archzoo bench decode --decode-linear auto,kernel-pdl,kernel-pdl-l2`, docs/results/decode/decode_h200_l2ab.md).
 # M_TILE: on the tl.dot path, rows of x a program takes (None: all of them, one row block). At 64 rows one block
 # gives Q|K|V with RoPE (never split along K) 60 programs for 132 SMs, each reading all 64 rows of x; tiles of 16
 # rows give 240, each reading the weight rows again from L2 (cuBLAS tiles its batch-64 GEMVs 8 rows at a time).
-# Off until timed: `archzoo bench decode --decode-linear kernel-pdl,kernel-pdl-m16` (the queue's l2ab job).
+# Off: it lost on an H200 (teacher shape at 64 x 128: 33,253 tokens/s against 38,978 with one row block, and cuBLAS
+# 48,071; docs/results/decode/decode_h200_m16.md), so the tl.dot path at 64 rows stays behind cuBLAS.
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=False, M_TILE=None, num_warps=4)  # fmt: skip
+                   L2_PREFETCH=True, M_TILE=None, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
