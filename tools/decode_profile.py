@@ -9,7 +9,8 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
                                           # (default: the library's, FUSED_STEP)
-        [--moe-experts reductions,kernel] # a few tokens' MoE experts as compiled reductions, or two Triton kernels
+        [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
+                                          # or the routing and the experts in two kernels
         [--once on,off]                   # a step's positions and Mamba's A made once (layers.base.ONCE_A_STEP,
                                           # and the update ops' outputs not copied), or in every layer as before
 
@@ -217,8 +218,11 @@ def main() -> None:
     p.add_argument("--mamba-step", default="library",
                    help="fused, unfused or both: the Mamba step as one kernel (default: the library's)")  # fmt: skip
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
-    p.add_argument("--moe-experts", default=None,
-                   help="reductions, kernel or both: MoE experts of a few tokens (moe.DECODE_EXPERTS)")  # fmt: skip
+    p.add_argument(
+        "--moe-experts",
+        default=None,
+        help="reductions, kernel, fused, or several comma-separated: a few tokens' MoE (moe.DECODE_EXPERTS)",
+    )
     p.add_argument("--draft", help="a draft's config: profile a speculative round of each config verifying it")
     p.add_argument("--num-draft-tokens", type=int, default=2, help="k, with --draft")
     p.add_argument("--out", required=True)

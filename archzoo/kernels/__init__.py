@@ -22,7 +22,7 @@ from .causal_conv1d import causal_conv1d_fn
 from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
 from .mamba_step import mamba_decode_step
-from .moe_step import moe_decode_experts
+from .moe_step import moe_decode_experts, moe_decode_step
 from .selective_scan import selective_scan_fn
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "linear_attention_update",
     "mamba_decode_step",
     "moe_decode_experts",
+    "moe_decode_step",
     "selective_scan_fn",
     "selective_state_update",
 ]

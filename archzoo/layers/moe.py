@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels._dispatch import once
-from ..kernels.moe_step import moe_decode_experts, naive_moe_decode_experts
+from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, topk_by_max
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
 
@@ -49,9 +49,16 @@ DISPATCHES = ("auto", "grouped", "loop", "padded")
 # one for down with the routing weights and the sum over choices (the layer's roundings). Why try it: on an H100
 # the Jamba student's batch-1 step took 0.35 ms more than the Mamba hybrid's, 23 us for each of its 15 MoE layers,
 # where reading the two chosen experts' 10.6 MB takes 3.5 us at the copy bandwidth. "reductions" until a GPU has
-# timed both (tools/decode_profile.py --moe-experts reductions,kernel).
+# timed both (tools/decode_profile.py --moe-experts reductions,kernel). "kernel" lost on an H200 (Jamba's batch-1
+# step 0.886 -> 1.009 ms, 356 -> 371 kernels: the routing stayed Inductor's kernels around an opaque op, no PDL;
+# docs/decode.md). "fused": ``archzoo.kernels.moe_decode_step``, routing and experts together in two Triton kernels
+# launched with PDL: the first computes each token's router logits, softmax, top-k (max passes, ties to the lowest
+# index) and renormalisation itself, then its expert's SiLU(gate) x up rows; the second down with the routing
+# weights and the sum over choices. forward picks it before the router, so the step has no router GEMV and no
+# routing kernels (per MoE layer about 8 kernels -> 2, plus the shared experts'). Untimed: tools/decode_profile.py
+# --moe-experts reductions,fused on the next GPU lease.
 DECODE_EXPERTS = "reductions"
-DECODE_EXPERTS_FORMS = ("reductions", "kernel")
+DECODE_EXPERTS_FORMS = ("reductions", "kernel", "fused")
 # How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
 # "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a
 # one-hot, its running sum along the assignments and two scatters: elementwise ops and one scan, which
@@ -203,12 +210,11 @@ class MoE(nn.Module):
         path runs only without gradients, inside a decode step.
         """
         N, E, K = x.shape[0], self.n_experts, self.top_k
-        if DECODE_EXPERTS not in DECODE_EXPERTS_FORMS:  # checked whichever branch runs: a typo never passes silently
-            forms = ", ".join(DECODE_EXPERTS_FORMS)
-            raise ValueError(f"archzoo.layers.moe.DECODE_EXPERTS must be one of {forms}; got {DECODE_EXPERTS!r}")
+        _check_decode_experts()  # checked whichever branch runs: a typo never passes silently
         w = top_p.to(x.dtype)
         if N * K < E:
-            # "reductions": the gather form in PyTorch, which the compiled step fuses into reductions
+            # "reductions": the gather form in PyTorch, which the compiled step fuses into reductions ("fused" never
+            # comes here: forward runs its routing and experts in moe_decode_step)
             experts = moe_decode_experts if DECODE_EXPERTS == "kernel" else naive_moe_decode_experts
             out = experts(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, top_e, w)
         else:
@@ -236,13 +242,22 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, self.d_model)  # (N, D)
         N, E, K = x.shape[0], self.n_experts, self.top_k
+        capacity = self.capacity(N)
+        static = not torch.is_grad_enabled() and capacity is None and N <= self.STATIC_MAX_TOKENS
+        if static and _check_decode_experts() == "fused" and N * K < E:
+            # A few tokens' routing and chosen experts in two kernels (DECODE_EXPERTS), the router's product included:
+            # the same sequence as below and _static's gather branch, top-k by max passes whatever K.
+            self.last_dispatch = "static"
+            out = moe_decode_step(x, self.router.weight, self.router.bias, self.gate_proj.weight, self.up_proj.weight,
+                                  self.down_proj.weight, K, self.norm_topk_prob)  # fmt: skip
+            for shared in self.shared_experts:
+                out = out + shared(x)
+            return out.reshape(shape)
 
         # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy); the dtype as
         # torch.promote_types(x.dtype, torch.float32) gives it, without that op's dispatch.
         logits = self.router(x).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (N, E)
         probs = logits.softmax(dim=-1)  # (N, E)
-        capacity = self.capacity(N)
-        static = not torch.is_grad_enabled() and capacity is None and N <= self.STATIC_MAX_TOKENS
         # A decode step's top-k as K max reductions, which the compiler fuses with the softmax: torch.topk
         # was two sorting kernels per layer (gatherTopK, bitonicSort), 0.25 ms of the MoE student's 1.87 ms
         # step at batch 1 on an H200 (docs/decode.md). So in any compiled forward too (training with
@@ -513,14 +528,9 @@ def grouped_mm_unfit(
     return None
 
 
-def topk_by_max(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``probs.topk(k, dim=-1)`` as k rounds of max-and-mask: (values, indices), largest first. For a small k
-    it compiles to one fused kernel where ``topk`` sorts; ties go to the lowest index in each round."""
-    vals, idx = [], []
-    p = probs
-    for _ in range(k):
-        v, i = p.max(dim=-1)
-        vals.append(v)
-        idx.append(i)
-        p = p.scatter(-1, i[..., None], float("-inf"))
-    return torch.stack(vals, dim=-1), torch.stack(idx, dim=-1)
+def _check_decode_experts() -> str:
+    """``DECODE_EXPERTS``, or ValueError listing the forms."""
+    if DECODE_EXPERTS not in DECODE_EXPERTS_FORMS:
+        forms = ", ".join(DECODE_EXPERTS_FORMS)
+        raise ValueError(f"archzoo.layers.moe.DECODE_EXPERTS must be one of {forms}; got {DECODE_EXPERTS!r}")
+    return DECODE_EXPERTS

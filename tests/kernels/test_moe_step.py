@@ -1,8 +1,10 @@
 """The decode step's routed MoE experts in two launches (``moe_decode_experts``) against the naive reference (the
 MoE layer's own gather form) in fp64 and in the inputs' dtype, on awkward shapes (d_model and d_ff not multiples of
 the tiles, one token, top-1 and top-2, two tokens on the same expert); the dispatch; the custom op under
-``torch.compile``; and an MoE layer's decode output with ``DECODE_EXPERTS`` "kernel" against "reductions". Without
-a GPU the kernels run in Triton's interpreter on CPU tensors.
+``torch.compile``; and an MoE layer's decode output with ``DECODE_EXPERTS`` "kernel" against "reductions". The same
+for routing and experts together (``moe_decode_step``, ``DECODE_EXPERTS`` "fused"): output and routing against the
+layer's sequence, ties in the router's logits as ``topk_by_max`` breaks them. Without a GPU the kernels run in
+Triton's interpreter on CPU tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import archzoo.kernels as K
 from archzoo.kernels import _dispatch
 from archzoo.kernels._testing import import_triton_kernels, rel_err
-from archzoo.kernels.moe_step import naive_moe_decode_experts
+from archzoo.kernels.moe_step import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, topk_by_max
 from archzoo.layers import moe as moe_mod
 
 from conftest import compiled_steps, interpreter_only, recording_backend, requires_cuda
@@ -145,8 +147,8 @@ def test_layer_decode_kernel_matches_reductions(n_experts, top_k, tokens, monkey
         got = layer(x)
         assert K.last_backend("moe_decode_experts") == "triton" and layer.last_dispatch == "static"
         _check("layer, kernel vs reductions", got, ref, 2e-6)
-        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
-        with pytest.raises(ValueError, match="DECODE_EXPERTS must be one of reductions, kernel"):
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fuse")
+        with pytest.raises(ValueError, match="DECODE_EXPERTS must be one of reductions, kernel, fused"):
             layer(x)
 
 
@@ -175,36 +177,245 @@ def test_cuda_student_shapes_bf16(n_experts, tokens):
 @interpreter_only
 def test_moe_model_generates_the_same_tokens(monkeypatch):
     """Greedy generation of a tiny MoE model at batch 1 (its steps take the static gather branch): the same tokens
-    with ``DECODE_EXPERTS`` "kernel" (the kernels ran) and "reductions"."""
+    with ``DECODE_EXPERTS`` "kernel" and "fused" (their kernels ran) as with "reductions"."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = _tiny_moe_model(seed=0)
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
     out = {}
-    for form in ("kernel", "reductions"):
+    ops = {"kernel": "moe_decode_experts", "fused": "moe_decode_step"}
+    for form in ("kernel", "fused", "reductions"):
         monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", form)
-        _dispatch.record("moe_decode_experts", "none")
+        for op in ops.values():
+            _dispatch.record(op, "none")
         out[form] = model.generate(prompt, 6)
-        assert K.last_backend("moe_decode_experts") == ("triton" if form == "kernel" else "none")
-    assert torch.equal(out["kernel"], out["reductions"]), f"{out['kernel'].tolist()} != {out['reductions'].tolist()}"
+        for f, op in ops.items():
+            assert K.last_backend(op) == ("triton" if f == form else "none"), (form, op)
+    for form in ("kernel", "fused"):
+        assert torch.equal(out[form], out["reductions"]), (
+            f"{form}: {out[form].tolist()} != {out['reductions'].tolist()}"
+        )
 
 
 @interpreter_only
-def test_compiled_step_traces_once_with_the_kernel(monkeypatch):
+@pytest.mark.parametrize("form, op", [("kernel", "moe_decode_experts"), ("fused", "moe_decode_step")])
+def test_compiled_step_traces_once_with_the_kernel(form, op, monkeypatch):
     """``torch.compile(step, fullgraph=True)`` of a tiny MoE model's decode step at batch 1 traces once over
-    consecutive steps with ``DECODE_EXPERTS = "kernel"`` (the custom op in the graph, once a layer), with the eager
-    step's logits (the decode contract, tests/test_decode_capture.py)."""
+    consecutive steps with ``DECODE_EXPERTS = "kernel"`` or "fused" (the custom op in the graph, once a layer; with
+    "fused" no router product or routing ops besides it), with the eager step's logits (the decode contract,
+    tests/test_decode_capture.py)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "kernel")
+    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", form)
     torch._dynamo.reset()
     model = _tiny_moe_model(seed=1)
     ids = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
     cache = model.new_cache(1, 9, dtype=torch.float32)
     graphs: list[list[str]] = []
-    for i, got, ref, _ in compiled_steps(model, ids, cache, 5, recording_backend(graphs)):
+    calls = ("call_function", "call_method")
+    for i, got, ref, _ in compiled_steps(model, ids, cache, 5, recording_backend(graphs, calls)):
         _check(f"step {i} logits", got, ref, 1e-5)
     torch._dynamo.reset()
     assert len(graphs) == 1, f"{len(graphs)} graphs: one over the 4 steps"
-    assert sum("moe_decode_experts" in op for op in graphs[0]) == 2, graphs[0]
+    assert sum(op in t for t in graphs[0]) == 2, graphs[0]
+    routing = {"softmax", "max", "scatter"}  # the router's softmax and topk_by_max's passes (method calls)
+    # "kernel": the routing is traced around the op; "fused": it is inside the op
+    assert (routing <= set(graphs[0])) == (form == "kernel"), graphs[0]
+
+
+# ---- moe_decode_step: the routing and the experts together ("fused") ----
+
+
+def _step_inputs(N, D, F, E, top_k, dtype, bias=False, seed=0, device=DEV):
+    """x, router_w, router_b (or None), gate_w, up_w, down_w: router logits of order 1, so the routing varies."""
+    x, gate, up, down = _inputs(N, D, F, E, top_k, dtype, seed, device)[:4]
+    g = torch.Generator().manual_seed(seed + 1)
+    router_w = (torch.randn(E, D, generator=g) * (2 / D**0.5)).to(device, dtype)
+    router_b = (0.5 * torch.randn(E, generator=g)).to(device, dtype) if bias else None
+    return x, router_w, router_b, gate, up, down
+
+
+STEP_CASES = [  # N, D, F, E, top_k, norm_topk_prob, bias, dtype
+    (1, 40, 56, 4, 2, True, False, torch.float32),
+    (1, 40, 56, 8, 1, True, False, torch.float32),
+    (3, 24, 72, 8, 2, False, True, torch.float32),
+    (3, 33, 40, 8, 1, False, False, torch.float32),
+    (1, 40, 56, 8, 2, False, True, torch.float32),
+    (3, 40, 56, 4, 1, True, True, torch.float32),
+    (1, 40, 56, 4, 2, True, True, torch.bfloat16),
+    (3, 33, 40, 8, 2, True, False, torch.bfloat16),
+    (3, 24, 72, 8, 1, False, True, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    "case", STEP_CASES, ids=lambda c: "N{}-D{}-F{}-E{}-k{}-norm{:d}-bias{:d}-{}".format(*c[:7], str(c[7])[6:])
+)
+def test_step_matches_reference(case):
+    """Routing and experts in the two kernels against the layer's sequence (``naive_moe_decode_step``): the same
+    experts, the routing weights to fp32 round-off, the output as ``moe_decode_experts``' against the fp64 truth (the
+    experts in fp64 with the kernels' routing) and against the reference in the inputs' dtype."""
+    N, D, F, E, k, norm, bias, dtype = case
+    args = _step_inputs(N, D, F, E, k, dtype, bias)
+    got, top_w, top_e = T.moe_decode_step_routing(*args, k, norm)
+    assert got.shape == (N, D) and got.dtype == dtype
+    assert top_w.dtype == torch.float32 and top_e.dtype == torch.int32
+    ref_p, ref_e = naive_moe_route(*args[:3], k, norm)
+    assert torch.equal(top_e.long(), ref_e), f"experts {top_e.tolist()} != {ref_e.tolist()}"
+    _check("routing weights", top_w, ref_p, 1e-6)
+    ref = naive_moe_decode_step(*args, k, norm)
+    x, _, _, gate, up, down = args
+    exact = naive_moe_decode_experts(*(a.double() for a in (x, gate, up, down)), ref_e, top_w.to(dtype).double())
+    if dtype == torch.float32:
+        _check("out vs fp64 experts", got.double(), exact, 2e-6)
+        _check("out vs reference in its dtype", got, ref, 2e-6)
+    else:
+        _check("out vs fp64 experts", got.double(), exact, 8e-3)
+        _check("out vs reference in its dtype", got, ref, 1e-2)
+        assert rel_err(got.double(), exact) <= 1.25 * rel_err(ref.double(), exact) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_ties_go_to_the_lowest_index(dtype):
+    """Equal router logits (equal router rows): each max pass takes the lowest index, as ``topk_by_max``. Experts 2
+    and 5 tie for first and 1 and 6 for third; all-zero logits take experts 0, 1, 2 (uniform weights)."""
+    N, D, F, E, k = 3, 24, 40, 8, 3
+    x, router_w, _, gate, up, down = _step_inputs(N, D, F, E, k, torch.float32)
+    router_w = 0.1 * router_w
+    x[2] = 0.0  # token 2: every logit 0
+    for hi, lo, boost in ((5, 2, 1.0), (6, 1, 0.5)):
+        router_w[lo] = router_w[lo] + boost * x[0] / x[0].norm() ** 2
+        router_w[hi] = router_w[lo]
+    args = [a.to(dtype) for a in (x, router_w)]
+    args = [*args, None, *(a.to(dtype) for a in (gate, up, down))]
+    got, top_w, top_e = T.moe_decode_step_routing(*args, k, True)
+    logits = torch.nn.functional.linear(args[0], args[1]).float()
+    assert logits[0, 2] == logits[0, 5] and logits[0, 1] == logits[0, 6], "the test's ties"
+    _, want = topk_by_max(logits.softmax(-1), k)
+    assert top_e[0].tolist() == [2, 5, 1] and top_e[2].tolist() == [0, 1, 2]
+    assert torch.equal(top_e.long(), want), f"{top_e.tolist()} != topk_by_max's {want.tolist()}"
+    assert torch.equal(top_w[2], torch.full((k,), 1 / k)), top_w[2].tolist()
+    _check("out with ties", got, naive_moe_decode_step(*args, k, True), 2e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_step_strided_x_several_tiles(monkeypatch):
+    """x a column slice of a wider tensor, a router wider than one tile (E = 8: 8 columns a tile of 64 elements)."""
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", dict(BLOCK_D=8, DOWN_BLOCK_F=8))
+    x, rw, rb, g, u, d = _step_inputs(2, 40, 56, 8, 2, torch.float32, bias=True)
+    assert T.router_block(8, 40, torch.device("cpu")) == (8, 16)
+    wide = torch.randn(2, 100, device=DEV)
+    wide[:, 30:70] = x
+    got = T.moe_decode_step(wide[:, 30:70], rw, rb, g, u, d, 2, True)
+    _check("strided x", got, naive_moe_decode_step(x, rw, rb, g, u, d, 2, True), 2e-6)
+
+
+def test_step_bad_input():
+    x, rw, rb, g, u, d = _step_inputs(2, 16, 24, 4, 2, torch.float32, bias=True, device="cpu")
+    with pytest.raises(ValueError, match="router_w must be"):
+        K.moe_decode_step(x, rw.t(), rb, g, u, d, 2, True)
+    with pytest.raises(ValueError, match="router_b must be"):
+        K.moe_decode_step(x, rw, rb[:3], g, u, d, 2, True)
+    with pytest.raises(ValueError, match="gate_w must be"):
+        K.moe_decode_step(x, rw, rb, g[:3], u, d, 2, True)
+    with pytest.raises(ValueError, match="down_w must be"):
+        K.moe_decode_step(x, rw, rb, g, u, d.transpose(1, 2), 2, True)
+    with pytest.raises(ValueError, match="top_k must be"):
+        K.moe_decode_step(x, rw, rb, g, u, d, 5, True)
+    with pytest.raises(ValueError, match="router_w must have x's dtype"):
+        K.moe_decode_step(x, rw.double(), rb, g, u, d, 2, True)
+
+
+@interpreter_only
+def test_step_dispatch_and_the_custom_op(monkeypatch):
+    """CPU tensors: the naive reference without the interpreter, the kernels with it; float64 and no tokens the
+    reference; under torch.compile(fullgraph=True) the custom op (router bias None too), with the eager result."""
+    args = _step_inputs(1, 40, 56, 4, 2, torch.float32, bias=True, device="cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ref = K.moe_decode_step(*args, 2, True)
+    assert K.last_backend("moe_decode_step") == "naive"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    got = K.moe_decode_step(*args, 2, True)
+    assert K.last_backend("moe_decode_step") == "triton"
+    _check("interpreted vs naive", got, ref, 2e-6)
+    K.moe_decode_step(*[a.double() if a is not None else a for a in args], 2, True)
+    assert K.last_backend("moe_decode_step") == "naive"
+    assert K.moe_decode_step(args[0][:0], *args[1:], 2, True).shape == (0, 40)
+    assert K.last_backend("moe_decode_step") == "naive"
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    fn = lambda *a: K.moe_decode_step(*a, 2, True) * 2  # noqa: E731
+    traced = torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    no_bias = torch.compile(fn, backend=backend, fullgraph=True)(args[0], args[1], None, *args[3:])
+    torch._dynamo.reset()
+    assert sum("moe_decode_step" in t for t in targets) == 2, targets
+    _check("traced", traced, 2 * got, 2e-6)
+    _check("traced, no bias", no_bias, 2 * naive_moe_decode_step(args[0], args[1], None, *args[3:], 2, True), 2e-6)
+
+
+@interpreter_only
+@pytest.mark.parametrize(
+    "n_experts, top_k, tokens, norm, shared", [(4, 2, 1, True, 0), (8, 2, 3, False, 1), (8, 1, 3, True, 0)]
+)
+def test_layer_decode_fused_matches_reductions(n_experts, top_k, tokens, norm, shared, monkeypatch):
+    """An MoE layer's decode output (no gradients, few tokens) with ``DECODE_EXPERTS = "fused"`` equals "reductions"
+    in fp32, the routing and experts in moe_decode_step (the kernels ran; shared experts added after); with
+    N x top_k >= n_experts the static path's dense branch runs as before, not the kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = moe_mod.MoEConfig(type="moe", n_experts=n_experts, top_k=top_k, d_ff=48, norm_topk_prob=norm,
+                            n_shared_experts=shared)  # fmt: skip
+    torch.manual_seed(0)
+    layer = moe_mod.MoE.from_config(cfg, 40).eval()
+    with torch.no_grad():
+        layer.router.weight.mul_(8)  # logits of a few units: routing weights far from uniform
+        x = torch.randn(tokens, 1, 40)
+        ref = layer(x)
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
+        _dispatch.record("moe_decode_step", "none")
+        got = layer(x)
+        assert K.last_backend("moe_decode_step") == "triton" and layer.last_dispatch == "static"
+        _check("layer, fused vs reductions", got, ref, 2e-6)
+        _dispatch.record("moe_decode_step", "none")
+        many = torch.randn(n_experts, 1, 40)  # N x top_k >= n_experts: every expert on every token
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "reductions")
+        want = layer(many)
+        monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
+        _check("layer, dense branch", layer(many), want, 0.0)
+        assert K.last_backend("moe_decode_step") == "none"
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("n_experts, tokens", [(4, 1), (8, 1), (8, 3)])
+def test_cuda_step_student_shapes_bf16(n_experts, tokens, monkeypatch):
+    """``moe_decode_step`` in bf16 at the Jamba / MoE students' shapes (d_model 576, d_ff 1,536, top-2, weights
+    renormalised): the layer's experts and weights, the output against the fp64 experts and the layer's bf16 form;
+    two calls agree to the bit, a CUDA-graph replay gives the eager result, and so does a launch without PDL."""
+    from archzoo.kernels import _pdl
+
+    args = _step_inputs(tokens, 576, 1536, n_experts, 2, torch.bfloat16, device="cuda")
+    got = K.moe_decode_step(*args, 2, True)
+    assert K.last_backend("moe_decode_step") == "triton"
+    out, top_w, top_e = T.moe_decode_step_routing(*args, 2, True)
+    ref_p, ref_e = naive_moe_route(*args[:3], 2, True)
+    assert torch.equal(top_e.long(), ref_e), f"experts {top_e.tolist()} != {ref_e.tolist()}"
+    _check("routing weights", top_w, ref_p, 1e-5)
+    x, _, _, gate, up, down = args
+    exact = naive_moe_decode_experts(*(a.double() for a in (x, gate, up, down)), ref_e, top_w.to(x.dtype).double())
+    _check("vs fp64", got.double(), exact, 1e-2)
+    _check("vs the layer's bf16 form", got, naive_moe_decode_step(*args, 2, True), 1e-2)
+    assert torch.equal(got, out) and torch.equal(got, K.moe_decode_step(*args, 2, True)), "calls must agree to the bit"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = K.moe_decode_step(*args, 2, True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, got), "a CUDA-graph replay must give the eager result"
+    monkeypatch.setattr(_pdl, "ENABLED", False)
+    assert torch.equal(K.moe_decode_step(*args, 2, True), got), "without PDL: the same bits"
 
 
 def _tiny_moe_model(seed: int):

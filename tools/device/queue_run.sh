@@ -197,7 +197,7 @@ for job in $(cat $Q/jobs); do
           --out $O/profile_once.json > $O/profile_once.log 2>&1
       log "stepprof once rc=$? $(grep replay $O/profile_once.log | sed 's/.*once/once/' | cut -c1-40 | tr '\n' ';')"
       timeout 400 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
-          --mamba-step unfused --moe-experts reductions,kernel --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
+          --mamba-step unfused --moe-experts reductions,fused --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
       log "stepprof rc=$? $(grep replay $O/profile_stepprof.log | cut -c1-60 | tr '\n' ';')"; pack ;;
     attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
       # merge launch) against one tile a split, the teacher shape and MQA, 128- and 4,096-token prompts
@@ -221,6 +221,19 @@ for job in $(cat $Q/jobs); do
           --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
           --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
       log "decode64 rc=$?"; pack ;;
+    gemvtune)  # issue 18: the decode GEMV's CUDA_CONFIG swept at 16 and 8 rows (tools/tune_gemv.py), the teacher's
+      # four projections with their step epilogues, against the default plan and cuBLAS; compiled first in 8 shards
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "gemvtune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
+      for i in 0 1 2 3 4 5 6 7; do
+        timeout 240 python3 tools/tune_gemv.py --rows 16,8 --compile-only --shard $i/8 > $Q/gemvtune_compile_$i.log 2>&1 &
+        pids="$pids $!"
+      done
+      wait $pids
+      cat $Q/gemvtune_compile_*.log > $O/gemv_tune_compile.log
+      log "gemvtune compiled $(grep -c ': ok (' $O/gemv_tune_compile.log) plans"
+      timeout 300 python3 tools/tune_gemv.py --rows 16,8 --out $O/gemv_tune.json > $O/gemv_tune.log 2>&1
+      log "gemvtune rc=$? $(grep -m1 within $O/gemv_tune.log | cut -c1-120)"; pack ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O

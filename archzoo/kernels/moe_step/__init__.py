@@ -1,4 +1,5 @@
-"""A decode step's routed MoE experts in two launches: ``moe_decode_experts`` (issue 18, the MoE students' steps).
+"""A decode step's routed MoE experts in two launches: ``moe_decode_experts``, and with the routing,
+``moe_decode_step`` (issue 18, the MoE students' steps).
 
 For a few tokens (a decode step: N x top_k assignments fewer than the experts), each token's chosen experts only:
     h_{n,k}  = SiLU(gate_{e(n,k)} x_n) * up_{e(n,k)} x_n              (F,) per assignment
@@ -10,6 +11,12 @@ tensors under ``TRITON_INTERPRET=1``; the naive reference (``naive.py``, the lay
 and for float64. ``archzoo.kernels.last_backend("moe_decode_experts")`` says which ran: 'triton' or 'naive'.
 Inside ``torch.compile`` the call is a custom op (``archzoo::moe_decode_experts``), so a compiled decode step
 traces it whole and a CUDA graph captures its launches.
+
+``moe_decode_step`` is the MoE layer's whole routed part for a few tokens: the router (x @ router_w.T + router_b in
+x's dtype, then fp32), softmax, top-k by max passes, ``norm_topk_prob``, then the experts as above; the same two
+launches, the first computing each token's routing before its expert rows (``triton.py``), both launched with
+programmatic dependent launch where ``archzoo.kernels._pdl.pdl_enabled``. Same dispatch (``naive_moe_decode_step``
+where the kernels do not run), ``last_backend("moe_decode_step")``, and custom op ``archzoo::moe_decode_step``.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import record, use_triton
-from ._checks import check_experts
-from .naive import naive_moe_decode_experts
+from ._checks import check_experts, check_step
+from .naive import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, topk_by_max
 
 OP = "moe_decode_experts"
+STEP_OP = "moe_decode_step"
 
 
 def _run(x, gate_w, up_w, down_w, top_e, top_w):
@@ -72,4 +80,57 @@ def moe_decode_experts(
     return _run(x, gate_w, up_w, down_w, top_e, top_w)
 
 
-__all__ = ["OP", "moe_decode_experts", "naive_moe_decode_experts"]
+def _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob):
+    N, _, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k)
+    if use_triton(x, router_w, router_b, gate_w, up_w, down_w):
+        why = ("float64 inputs: the kernels compute in fp32" if x.dtype == torch.float64
+               else "no tokens: nothing to compute" if N == 0 else None)  # fmt: skip
+        if why is None:
+            from .triton import moe_decode_step as fn
+
+            record(STEP_OP, "triton")
+            return fn(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+        record(STEP_OP, "naive", why)  # where the kernels run, the reason they did not is logged once
+    else:
+        record(STEP_OP, "naive")
+    return naive_moe_decode_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+
+
+@torch.library.custom_op("archzoo::moe_decode_step", mutates_args=())
+def _step_op(
+    x: torch.Tensor,
+    router_w: torch.Tensor,
+    router_b: torch.Tensor | None,
+    gate_w: torch.Tensor,
+    up_w: torch.Tensor,
+    down_w: torch.Tensor,
+    top_k: int,
+    norm_topk_prob: bool,
+) -> torch.Tensor:
+    return _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)  # a new tensor in every path
+
+
+@_step_op.register_fake
+def _(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob):
+    N, D, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k)  # bad shapes fail at trace time
+    return x.new_empty((N, D))
+
+
+def moe_decode_step(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+) -> torch.Tensor:  # fmt: skip
+    """A MoE layer's routed part for a few tokens (module docstring): routing and the chosen experts. x (N, D), any
+    strides; router_w (E, D) and router_b (E,) or None, the router ``nn.Linear``'s; gate_w, up_w (E, F, D) and down_w
+    (E, D, F), the stacked expert weights; all in x's dtype. top_k in 1..E; norm_topk_prob: the K routing weights
+    divided by their sum. Returns (N, D) in x's dtype: the routing in fp32 (fp64 for fp64 x) from logits rounded to
+    x's dtype, top-k ties to the lowest index (``topk_by_max``), the weights rounded to x's dtype, the experts with
+    ``moe_decode_experts``' roundings. No host synchronisation (a CUDA graph can capture it); traceable by
+    ``torch.compile``; not differentiable (a decode step). ValueError on bad shapes, naming the argument."""
+    if torch.compiler.is_compiling():
+        return _step_op(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+    return _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+
+
+__all__ = ["OP", "STEP_OP", "moe_decode_experts", "moe_decode_step", "naive_moe_decode_experts",
+           "naive_moe_decode_step", "naive_moe_route", "topk_by_max"]  # fmt: skip

@@ -32,3 +32,35 @@ def check_experts(
     if len(devices) != 1:
         raise ValueError(f"x, the expert weights, top_e and top_w must share a device, got {sorted(map(str, devices))}")
     return N, D, E, F, K
+
+
+def check_step(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int,
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """Arguments of ``moe_decode_step`` -> (N, D, E, F); ValueError naming the argument that does not fit."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x.shape)}")
+    N, D = x.shape
+    if router_w.dim() != 2 or router_w.shape[1] != D:
+        raise ValueError(f"router_w must be (n_experts, d_model={D}), got {tuple(router_w.shape)}")
+    E = router_w.shape[0]
+    if router_b is not None and tuple(router_b.shape) != (E,):
+        raise ValueError(f"router_b must be (n_experts,) = ({E},) or None, got {tuple(router_b.shape)}")
+    if gate_w.dim() != 3 or gate_w.shape[0] != E or gate_w.shape[2] != D:
+        raise ValueError(f"gate_w must be (n_experts={E}, d_ff, d_model={D}), got {tuple(gate_w.shape)}")
+    F = gate_w.shape[1]
+    if tuple(up_w.shape) != (E, F, D):
+        raise ValueError(f"up_w must be (n_experts, d_ff, d_model) = {(E, F, D)} as gate_w, got {tuple(up_w.shape)}")
+    if tuple(down_w.shape) != (E, D, F):
+        raise ValueError(f"down_w must be (n_experts, d_model, d_ff) = {(E, D, F)}, got {tuple(down_w.shape)}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= E:
+        raise ValueError(f"top_k must be an int in 1..n_experts={E}, got {top_k!r}")
+    named = [("router_w", router_w), ("router_b", router_b), ("gate_w", gate_w), ("up_w", up_w), ("down_w", down_w)]
+    for name, t in named:
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+    devices = {t.device for _, t in [("x", x), *named] if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"x, the router and the expert weights must share a device, got {sorted(map(str, devices))}")
+    return N, D, E, F

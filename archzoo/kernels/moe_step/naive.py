@@ -1,9 +1,13 @@
-"""Reference for ``moe_decode_experts``: the routed experts of a few tokens, each reading only its chosen experts.
+"""References for the decode step's MoE ops: ``naive_moe_decode_experts`` (the routed experts of a few tokens, each
+reading only its chosen experts) and ``naive_moe_decode_step`` (the router, its softmax and top-k, then those experts).
 
-The same products and roundings as ``archzoo.layers.moe.MoE._static``'s gather branch (which the MoE layer ran
-before this kernel, and still runs where no Triton kernel does): per token and choice, the expert's gate and up
+The same products and roundings as ``archzoo.layers.moe.MoE``: ``_static``'s gather branch (which the MoE layer ran
+before these kernels, and still runs where no Triton kernel does): per token and choice, the expert's gate and up
 rows against x, rounded to x's dtype, SiLU(gate) x up rounded; then each choice's output as its down rows against
-that product times the routing weight, and the choices summed.
+that product times the routing weight, and the choices summed. The routing as ``MoE.forward`` computes it on its
+static path: the router's ``F.linear`` in x's dtype, the logits in fp32 (fp64 for fp64 x), softmax, the top-k as K
+max passes (``topk_by_max``, which the layer imports from here) and, with ``norm_topk_prob``, the K weights divided
+by their sum.
 """
 
 from __future__ import annotations
@@ -26,3 +30,38 @@ def naive_moe_decode_experts(
     xd = x[:, None, None, :]  # (N, 1, 1, D)
     h = F.silu((xd * g).sum(-1)) * (xd * u).sum(-1)  # (N, K, F)
     return ((h * w[..., None])[:, :, None, :] * d).sum(-1).sum(1)  # (N, K, D) -> (N, D)
+
+
+def topk_by_max(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``probs.topk(k, dim=-1)`` as k rounds of max-and-mask: (values, indices), largest first. For a small k
+    it compiles to one fused kernel where ``topk`` sorts; ties go to the lowest index in each round."""
+    vals, idx = [], []
+    p = probs
+    for _ in range(k):
+        v, i = p.max(dim=-1)
+        vals.append(v)
+        idx.append(i)
+        p = p.scatter(-1, i[..., None], float("-inf"))
+    return torch.stack(vals, dim=-1), torch.stack(idx, dim=-1)
+
+
+def naive_moe_route(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, top_k: int, norm_topk_prob: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (N, D); router_w (E, D); router_b (E,) or None -> (top_p (N, K) fp32 / fp64 for fp64 x, top_e (N, K) int64):
+    ``MoE.forward``'s routing on its static path (top-k by max passes: ties to the lowest index)."""
+    logits = F.linear(x, router_w, router_b).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    top_p, top_e = topk_by_max(logits.softmax(dim=-1), top_k)  # (N, K), (N, K)
+    if norm_topk_prob:
+        top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+    return top_p, top_e
+
+
+def naive_moe_decode_step(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+) -> torch.Tensor:  # fmt: skip
+    """x (N, D); router_w (E, D); router_b (E,) or None; gate_w, up_w (E, F, D); down_w (E, D, F) -> (N, D) in x's
+    dtype: the routing (``naive_moe_route``), then the chosen experts with the weights in x's dtype."""
+    top_p, top_e = naive_moe_route(x, router_w, router_b, top_k, norm_topk_prob)
+    return naive_moe_decode_experts(x, gate_w, up_w, down_w, top_e, top_p.to(x.dtype))

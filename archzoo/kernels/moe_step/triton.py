@@ -1,4 +1,5 @@
-"""Triton kernels of ``moe_decode_experts``: a decode step's routed experts as two GEMV-like launches.
+"""Triton kernels of ``moe_decode_experts`` and ``moe_decode_step``: a decode step's routed experts (and its
+routing) as two GEMV-like launches.
 
 - ``_gate_up_kernel``, grid (F / BLOCK_F, N * K): program (j, a) takes assignment a = token n's k-th choice, reads
   its expert index, and computes rows [j * BLOCK_F, (j + 1) * BLOCK_F) of that expert's gate and up projections
@@ -11,6 +12,24 @@
 Only the chosen experts' rows are read (2 of 8 experts at top-2: a quarter of the routed weights); each weight
 element once per assignment. What the compiled reductions of ``MoE._static`` did in PyTorch, in two launches that
 read the weights along d_model / d_ff as the decode GEMV does.
+
+``moe_decode_step`` (the layer's ``DECODE_EXPERTS = "fused"``) takes the routing in too, so a MoE layer's decode step
+is these two launches and nothing else (the router's GEMV, softmax and top-k were four kernels of their own):
+- ``_route_gate_up_kernel``, grid (F / BLOCK_F, N * K) as ``_gate_up_kernel``: program (j, a) first computes token
+  n's routing itself: the router logits x[n] @ router_w.T (+ bias) as fp32 sums rounded to x's dtype (``F.linear``'s
+  output, which the layer then widens to fp32), their softmax in fp32, the top-K by K max passes (ties to the lowest
+  index, as ``topk_by_max``), with ``NORM`` the K weights divided by their sum. E x D is a few thousand products
+  (8 x 576 at the students' shapes), recomputed by every program of the token rather than passed between
+  launches: each computes the same bits (same code, same tiles, same order). Then assignment a's expert, and
+  ``_gate_up_kernel``'s rows of SiLU(gate) x up. The programs with j == 0 write their assignment's routing weight
+  (fp32) and expert (int32) to (N, K) buffers;
+- ``_down_kernel`` reads those (written once, by one kernel: the down launch cannot pick other experts than the ones
+  h was computed for, as a second recomputation with other tiles might on a near tie) and h, as for
+  ``moe_decode_experts``.
+PDL (``_pdl.py``), where ``pdl_enabled``: both kernels first let the next launch (``gdc_launch_dependents``); the
+first loads its first router tile (a parameter, which no kernel of the step writes) before ``gdc_wait``, then x and
+everything else after it; the expert rows it reads depend on the routing, so they come after too. The down kernel
+reads only the first kernel's outputs (h, the routing) and weights chosen by them: it waits first.
 """
 
 from __future__ import annotations
@@ -20,17 +39,21 @@ import triton
 import triton.language as tl
 
 from .._launch import launch
-from .._sizes import sm_count
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
+from .._sizes import next_pow2, prev_pow2, sm_count
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
 
 # BLOCK_F x BLOCK_D: the gate-up program's weight tiles (two fp32 accumulators of that size: 64 registers a thread
 # at 4 warps); DOWN_BLOCK_N x DOWN_BLOCK_F the down program's; DOWN_BLOCK_N halved down to DOWN_MIN_BLOCK_N while the
 # programs are fewer than PROGRAMS_PER_SM a multiprocessor (batch 1: d_model / 16 = 36 programs for 132 SMs).
+# ROUTER_TILE: moe_decode_step's router tile, next_pow2(E) x d_model columns, at most this many elements (one fp32
+# accumulator: 16 registers a thread at 4 warps; E = 8 reads d_model 576 in three tiles of 256); it is dead before
+# the gate-up accumulators are live.
 CUDA_CONFIG = dict(BLOCK_F=16, BLOCK_D=256, DOWN_BLOCK_N=16, DOWN_MIN_BLOCK_N=4, DOWN_BLOCK_F=256, PROGRAMS_PER_SM=2,
-                   num_warps=4)  # fmt: skip
+                   ROUTER_TILE=2048, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): small tiles, so several tiles a row and masked edges run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_F=8, BLOCK_D=16, DOWN_BLOCK_N=8, DOWN_MIN_BLOCK_N=2, DOWN_BLOCK_F=16, PROGRAMS_PER_SM=2,
-                        SM_COUNT=4, num_warps=1)  # fmt: skip
+                        ROUTER_TILE=64, SM_COUNT=4, num_warps=1)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -66,12 +89,98 @@ def _gate_up_kernel(
 
 
 @triton.jit
+def _route_gate_up_kernel(
+    x_ptr, rw_ptr, rb_ptr, g_ptr, u_ptr, h_ptr, tw_ptr, te_ptr,
+    D, F, E,
+    s_xn, s_xd, s_re, s_rd, s_rb, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
+    TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    if PDL:  # the down kernel may launch now; it waits for this one to finish before it reads anything
+        gdc_launch_dependents()
+    pid_f = tl.program_id(0)
+    a = tl.program_id(1)  # assignment: token a // TOP_K, its (a % TOP_K)-th choice
+    n = a // TOP_K
+    ka = a % TOP_K
+    DT = h_ptr.dtype.element_ty
+    offs_e = tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    offs_r = tl.arange(0, BLOCK_R)
+    r_rows = rw_ptr + offs_e[:, None] * s_re
+    if PDL:  # the router's first tile (a parameter: no kernel of the step writes it) while the kernel before ends
+        r_first = tl.load(r_rows + offs_r[None, :] * s_rd, mask=mask_e[:, None] & (offs_r < D)[None, :], other=0.0)
+        gdc_wait()  # x is the kernel before's output; h and the routing buffers may be memory it still reads
+
+    # Router logits in fp32, rounded to x's dtype as F.linear's output (bias added before the rounding)
+    acc_r = tl.zeros([BLOCK_E, BLOCK_R], tl.float32)
+    for d0 in range(0, D, BLOCK_R):
+        offs_d = d0 + offs_r
+        mask_d = offs_d < D
+        xv = tl.load(x_ptr + n * s_xn + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+        if PDL:
+            if d0 == 0:
+                rt = r_first
+            else:
+                rt = tl.load(r_rows + offs_d[None, :] * s_rd, mask=mask_e[:, None] & mask_d[None, :], other=0.0)
+        else:
+            rt = tl.load(r_rows + offs_d[None, :] * s_rd, mask=mask_e[:, None] & mask_d[None, :], other=0.0)
+        acc_r += rt.to(tl.float32) * xv[None, :]
+    logits = tl.sum(acc_r, axis=1)  # (BLOCK_E,)
+    if HAS_BIAS:
+        logits += tl.load(rb_ptr + offs_e * s_rb, mask=mask_e, other=0.0).to(tl.float32)
+    logits = tl.where(mask_e, _round(logits, DT), float("-inf"))
+    # softmax in fp32 (padded experts: exp(-inf) = 0), IEEE division as torch's
+    ex = tl.exp(logits - tl.max(logits, axis=0))
+    p = tl.where(mask_e, tl.math.div_rn(ex, tl.sum(ex, axis=0)), float("-inf"))
+    # top-K as K max passes, ties to the lowest index (topk_by_max); this assignment's choice kept
+    for k in tl.static_range(TOP_K):
+        v = tl.max(p, axis=0)
+        i = tl.minimum(tl.min(tl.where(p == v, offs_e, BLOCK_E), axis=0), E - 1)  # NaN logits: a valid index still
+        if k == 0:
+            total = v
+            e = i
+            w = v
+        else:
+            total += v  # the K weights summed in order, as top_p.sum(-1)
+            e = tl.where(ka == k, i, e)
+            w = tl.where(ka == k, v, w)
+        p = tl.where(offs_e == i, float("-inf"), p)
+    if NORM:
+        w = tl.math.div_rn(w, total)
+    tl.store(tw_ptr + a, w, mask=pid_f == 0)  # the routing for the down kernel: one writer an assignment
+    tl.store(te_ptr + a, e, mask=pid_f == 0)
+
+    # Rows [pid_f * BLOCK_F, ...) of SiLU(gate) x up of expert e against x[n], as _gate_up_kernel
+    e = e.to(tl.int64)
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    mask_f = offs_f < F
+    g_rows = g_ptr + e * s_ge + offs_f.to(tl.int64)[:, None] * s_gf
+    u_rows = u_ptr + e * s_ue + offs_f.to(tl.int64)[:, None] * s_uf
+    acc_g = tl.zeros([BLOCK_F, BLOCK_D], tl.float32)
+    acc_u = tl.zeros([BLOCK_F, BLOCK_D], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        xv = tl.load(x_ptr + n * s_xn + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+        m2 = mask_f[:, None] & mask_d[None, :]
+        gt = tl.load(g_rows + offs_d[None, :] * s_gd, mask=m2, other=0.0).to(tl.float32)
+        ut = tl.load(u_rows + offs_d[None, :] * s_ud, mask=m2, other=0.0).to(tl.float32)
+        acc_g += gt * xv[None, :]
+        acc_u += ut * xv[None, :]
+    h = _swiglu(tl.sum(acc_g, axis=1), tl.sum(acc_u, axis=1), DT)
+    tl.store(h_ptr + a.to(tl.int64) * F + offs_f, h.to(DT), mask=mask_f)
+
+
+@triton.jit
 def _down_kernel(
     h_ptr, d_ptr, e_ptr, w_ptr, out_ptr,
     D, F,
     s_de, s_dd, s_df, s_en, s_ek, s_wn, s_wk, s_on, s_od,
-    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # h and the routing are the kernel before's, and the down rows it reads depend on them: wait first
+        gdc_launch_dependents()
+        gdc_wait()
     pid = tl.program_id(0)
     n = tl.program_id(1)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -130,8 +239,55 @@ def moe_decode_experts(
     bn = down_block_n(N, D, x.device)
     launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out),
            (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride()),
-           (K, bn, cfg["DOWN_BLOCK_F"]), cfg["num_warps"], dev)  # fmt: skip
+           (K, bn, cfg["DOWN_BLOCK_F"], False), cfg["num_warps"], dev)  # fmt: skip
     return out
 
 
-__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "down_block_n", "moe_decode_experts"]
+def router_block(E: int, D: int, device: torch.device) -> tuple[int, int]:
+    """-> (BLOCK_E, BLOCK_R): the router tile of ``moe_decode_step``, next_pow2(E) experts by at most ROUTER_TILE /
+    BLOCK_E columns of d_model (a power of 2, at least 16, no wider than d_model needs)."""
+    block_e = max(2, next_pow2(E))
+    return block_e, max(16, min(next_pow2(D), prev_pow2(max(1, _config(device)["ROUTER_TILE"] // block_e))))
+
+
+def moe_decode_step_routing(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``moe_decode_step``'s two launches -> (out (N, D) in x's dtype, top_w (N, K) fp32, top_e (N, K) int32): the
+    output and the routing the first kernel computed (the dispatcher checked the arguments; N >= 1, fp16 / bf16 /
+    fp32)."""
+    N, D = x.shape
+    E, F, _ = gate_w.shape
+    K = top_k
+    cfg = _config(x.device)
+    dev = x.get_device() if x.is_cuda else 0
+    pdl = pdl_enabled(x.device)
+    h = torch.empty((N * K, F), device=x.device, dtype=x.dtype)
+    top_w = torch.empty((N, K), device=x.device, dtype=torch.float32)
+    top_e = torch.empty((N, K), device=x.device, dtype=torch.int32)
+    block_e, block_r = router_block(E, D, x.device)
+    rb = router_b if router_b is not None else router_w  # unused without HAS_BIAS: a dummy tensor, never None
+    launch(_route_gate_up_kernel, (triton.cdiv(F, cfg["BLOCK_F"]), N * K),
+           (x, router_w, rb, gate_w, up_w, h, top_w, top_e),
+           (D, F, E, *x.stride(), *router_w.stride(), rb.stride(0), *gate_w.stride(), *up_w.stride()),
+           (K, router_b is not None, bool(norm_topk_prob), block_e, block_r, cfg["BLOCK_F"], cfg["BLOCK_D"], pdl),
+           cfg["num_warps"], dev, pdl)  # fmt: skip
+    out = torch.empty((N, D), device=x.device, dtype=x.dtype)
+    bn = down_block_n(N, D, x.device)
+    launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out),
+           (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride()),
+           (K, bn, cfg["DOWN_BLOCK_F"], pdl), cfg["num_warps"], dev, pdl)  # fmt: skip
+    return out, top_w, top_e
+
+
+def moe_decode_step(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+) -> torch.Tensor:  # fmt: skip
+    """The two launches -> out (N, D) (``moe_decode_step_routing`` without the routing)."""
+    return moe_decode_step_routing(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)[0]
+
+
+__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "down_block_n", "moe_decode_experts",
+           "moe_decode_step", "moe_decode_step_routing", "router_block"]  # fmt: skip
