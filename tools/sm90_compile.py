@@ -209,8 +209,8 @@ def _gemv_calls(ms: tuple[int, ...] = (1, 16, 64), sms: int = 132) -> list:
 
 
 def _moe_step_calls(sms: int = 132) -> list:
-    """moe_decode_experts' two launches at the Jamba / MoE students' shapes (d_model 576, d_ff 1,536, top-2, bf16):
-    4 and 8 experts, 1 and 3 tokens."""
+    """moe_decode_experts' two launches and moe_decode_step's two (the routing in the first; PDL) at the Jamba / MoE
+    students' shapes (d_model 576, d_ff 1,536, top-2, bf16): 4 and 8 experts, 1 and 3 tokens."""
     from archzoo.kernels.moe_step import triton as mt
 
     out = []
@@ -225,6 +225,17 @@ def _moe_step_calls(sms: int = 132) -> list:
         ):
             mt.moe_decode_experts(x, g, u, d, e, w)
         for name, (fn, grid, a, kw) in zip(("gate_up", "down"), calls, strict=True):
+            out.append((f"moe {name} E={E} N={N}", fn, grid, a, kw))
+        # moe_decode_step (DECODE_EXPERTS "fused"): the routing in the first kernel, both launched with PDL
+        r = torch.randn(E, 576, **bf)
+        with (
+            mock.patch.object(mt, "_config", lambda dev: {**mt.CUDA_CONFIG, **mt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
+            mock.patch.object(mt, "down_block_n", lambda n, dm, dev: 4 if n == 1 else 16),
+            mock.patch.object(mt, "pdl_enabled", lambda dev: True),
+            record_launches(mt) as calls,
+        ):
+            mt.moe_decode_step_routing(x, r, None, g, u, d, 2, False)
+        for name, (fn, grid, a, kw) in zip(("route+gate_up pdl", "down pdl"), calls, strict=True):
             out.append((f"moe {name} E={E} N={N}", fn, grid, a, kw))
     return out
 

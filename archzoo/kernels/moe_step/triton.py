@@ -58,16 +58,13 @@ CONFIG_OVERRIDE: dict = {}
 
 
 @triton.jit
-def _gate_up_kernel(
-    x_ptr, g_ptr, u_ptr, e_ptr, h_ptr,
-    D, F, TOP_K,
-    s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_en, s_ek,
+def _gate_up_rows(
+    x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F,
+    s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
     BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    pid_f = tl.program_id(0)
-    a = tl.program_id(1)  # assignment: token a // TOP_K, its (a % TOP_K)-th choice
-    n = a // TOP_K
-    e = tl.load(e_ptr + n * s_en + (a % TOP_K) * s_ek).to(tl.int64)
+    """Rows [pid_f * BLOCK_F, ...) of SiLU(gate_e x[n]) x up_e x[n] into h[a] (e int64): fp32 sums along d_model;
+    gate, up, SiLU(gate) and the product each rounded to x's dtype (to nearest), as the reference rounds."""
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_f = offs_f < F
     g_rows = g_ptr + e * s_ge + offs_f.to(tl.int64)[:, None] * s_gf
@@ -83,9 +80,24 @@ def _gate_up_kernel(
         ut = tl.load(u_rows + offs_d[None, :] * s_ud, mask=m2, other=0.0).to(tl.float32)
         acc_g += gt * xv[None, :]
         acc_u += ut * xv[None, :]
-    DT = h_ptr.dtype.element_ty  # gate, up, SiLU(gate) and the product each rounded to x's dtype (to nearest)
+    DT = h_ptr.dtype.element_ty
     h = _swiglu(tl.sum(acc_g, axis=1), tl.sum(acc_u, axis=1), DT)
     tl.store(h_ptr + a.to(tl.int64) * F + offs_f, h.to(DT), mask=mask_f)
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, g_ptr, u_ptr, e_ptr, h_ptr,
+    D, F, TOP_K,
+    s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_en, s_ek,
+    BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_f = tl.program_id(0)
+    a = tl.program_id(1)  # assignment: token a // TOP_K, its (a % TOP_K)-th choice
+    n = a // TOP_K
+    e = tl.load(e_ptr + n * s_en + (a % TOP_K) * s_ek).to(tl.int64)
+    _gate_up_rows(x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
+                  BLOCK_F, BLOCK_D)  # fmt: skip
 
 
 @triton.jit
@@ -152,23 +164,8 @@ def _route_gate_up_kernel(
 
     # Rows [pid_f * BLOCK_F, ...) of SiLU(gate) x up of expert e against x[n], as _gate_up_kernel
     e = e.to(tl.int64)
-    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask_f = offs_f < F
-    g_rows = g_ptr + e * s_ge + offs_f.to(tl.int64)[:, None] * s_gf
-    u_rows = u_ptr + e * s_ue + offs_f.to(tl.int64)[:, None] * s_uf
-    acc_g = tl.zeros([BLOCK_F, BLOCK_D], tl.float32)
-    acc_u = tl.zeros([BLOCK_F, BLOCK_D], tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        xv = tl.load(x_ptr + n * s_xn + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
-        m2 = mask_f[:, None] & mask_d[None, :]
-        gt = tl.load(g_rows + offs_d[None, :] * s_gd, mask=m2, other=0.0).to(tl.float32)
-        ut = tl.load(u_rows + offs_d[None, :] * s_ud, mask=m2, other=0.0).to(tl.float32)
-        acc_g += gt * xv[None, :]
-        acc_u += ut * xv[None, :]
-    h = _swiglu(tl.sum(acc_g, axis=1), tl.sum(acc_u, axis=1), DT)
-    tl.store(h_ptr + a.to(tl.int64) * F + offs_f, h.to(DT), mask=mask_f)
+    _gate_up_rows(x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
+                  BLOCK_F, BLOCK_D)  # fmt: skip
 
 
 @triton.jit
