@@ -88,6 +88,20 @@ SPLITS = {
 }
 SYNCS = {"fx0_l2": dict(FIXUP=False, L2_PREFETCH=True), "fx1_l2": dict(FIXUP=True, L2_PREFETCH=True),
          "fx0": dict(FIXUP=False, L2_PREFETCH=False), "fx1": dict(FIXUP=True, L2_PREFETCH=False)}  # fmt: skip
+# From WIDE_M rows on (32; the step at batch 64, where cuBLAS still wins: docs/decode.md) the tl.dot path's tile is
+# set by WIDE_MIN_BLOCK_N (BLOCK_N at least that; 64 in CUDA_CONFIG) and MAX_TILE (BLOCK_K = MAX_TILE / BLOCK_N),
+# and M_TILE splits x's rows into blocks (lost at 16 on an H200; 32 is not timed). Swept only when --rows has such
+# a count, crossed with WIDE_WARPS and WIDE_SPLITS.
+WIDE_TILES = {
+    "wbn32": dict(WIDE_MIN_BLOCK_N=32),
+    "wbn32_bk512": dict(WIDE_MIN_BLOCK_N=32, MAX_TILE=16384),
+    "wbn64_bk256": dict(MAX_TILE=16384),
+    "wbn128": dict(WIDE_MIN_BLOCK_N=128, BLOCK_N=128, MAX_TILE=16384),
+    "wbn64_mt32": dict(M_TILE=32),
+    "wbn32_mt32": dict(WIDE_MIN_BLOCK_N=32, M_TILE=32),
+}
+WIDE_WARPS = (4, 8)
+WIDE_SPLITS = ("pps2", "nosplit", "pps1")
 QUICK = dict(tiles=("bn16", "bn16_bk128"), warps=(4,), splits=("pps2", "nosplit"), syncs=("fx0_l2", "fx1_l2"))
 RTOL, ATOL_OF_MAX = 2**-6, 2**-7  # bf16: |d| <= RTOL |ref| + ATOL_OF_MAX max|ref| element-wise, or wrong
 EST_COMPILE_S = 0.6  # a compile on the H200 host (sm90_compile.py: 37 GEMV kernels in 39 s on 2 shared cores)
@@ -98,19 +112,22 @@ def _pruned(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if gt.CUDA_CONFIG.get(k, object()) != v}
 
 
-def build_grid(quick: bool = False) -> dict[str, dict]:
+def build_grid(quick: bool = False, wide: bool = False) -> dict[str, dict]:
     """-> {name: CONFIG_OVERRIDE}, "default" ({}) first: tile x warps x split policy at CUDA_CONFIG's FIXUP and
-    L2_PREFETCH, then at the default tile and warps every split policy x FIXUP x L2_PREFETCH. Overrides hold only
-    the keys that differ from CUDA_CONFIG; configurations equal to one before are left out."""
+    L2_PREFETCH, then at the default tile and warps every split policy x FIXUP x L2_PREFETCH; with ``wide`` (rows of
+    WIDE_M or more swept, not with ``quick``) also WIDE_TILES x WIDE_WARPS x WIDE_SPLITS. Overrides hold only the
+    keys that differ from CUDA_CONFIG; configurations equal to one before are left out."""
     tiles, warps, splits, syncs = (QUICK[k] for k in ("tiles", "warps", "splits", "syncs")) if quick else (
         tuple(TILES), WARPS, tuple(SPLITS), tuple(SYNCS))  # fmt: skip
     base_sync = _pruned(SYNCS["fx0_l2"])
     points = [(t, w, s, None) for t, w, s in itertools.product(tiles, warps, splits)]
     points += [("bn16", gt.CUDA_CONFIG["num_warps"], s, y) for s, y in itertools.product(splits, syncs)]
+    if wide and not quick:
+        points += [(t, w, s, None) for t, w, s in itertools.product(WIDE_TILES, WIDE_WARPS, WIDE_SPLITS)]
     grid: dict[str, dict] = {"default": {}}
     seen = {()}
     for t, w, s, y in points:
-        cfg = _pruned({**TILES[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync)})
+        cfg = _pruned({**{**TILES, **WIDE_TILES}[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync)})
         key = tuple(sorted(cfg.items()))
         if key in seen:
             continue
@@ -164,7 +181,9 @@ def plan_of(M: int, name: str, cfg: dict, device: torch.device, sms: int = SM_CO
 
 def plan_str(p: dict) -> str:
     """A plan in one word group: tile, programs x splits, warps and flags."""
-    s = f"{p['BLOCK_N']}x{p['BLOCK_K']} {p['n_blocks']}x{p['n_splits']} w{p['num_warps']}"
+    s = f"{p['BLOCK_N']}x{p['BLOCK_K']} {p['n_blocks']}x{p['n_splits']}"
+    s += f"x{p['m_blocks']} row blocks" if p.get("m_blocks", 1) > 1 else ""
+    s += f" w{p['num_warps']}"
     if p["n_splits"] > 1:
         s += " fixup" if p["fixup"] else " +reduce"
     return s + (" l2" if p["l2_prefetch"] else "") + ("" if p["use_dot"] else " elementwise")
@@ -468,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: tune_gemv.py times CUDA graphs and needs a CUDA GPU (--dry-run lists the grid and plans without "
               "one)", file=sys.stderr)  # fmt: skip
         return 2
-    grid = build_grid(args.quick)
+    grid = build_grid(args.quick, wide=max(rows_) >= gt.CUDA_CONFIG["WIDE_M"])
     keys = sorted({k for cfg in grid.values() for k in cfg})
     print(f"{len(grid)} configurations over {', '.join(keys)} at rows {rows_}, shapes {', '.join(shapes)}", flush=True)
     if args.dry_run:

@@ -46,6 +46,22 @@ def test_grid_holds_only_keys_that_differ_from_the_cuda_config(tg):
             "FIXUP", "L2_PREFETCH"} <= swept  # fmt: skip
 
 
+def test_wide_grid_only_where_rows_reach_wide_m(tg, capsys):
+    """Rows of WIDE_M (32) or more add the wide tiles (WIDE_MIN_BLOCK_N, MAX_TILE, M_TILE), whose plans at 64 rows
+    differ from the default's; the grid of a 16-row sweep has none of them."""
+    narrow, wide = tg.build_grid(), tg.build_grid(wide=True)
+    assert set(narrow) < set(wide) and not any("M_TILE" in c or "WIDE_MIN_BLOCK_N" in c for c in narrow.values())
+    assert {"M_TILE", "WIDE_MIN_BLOCK_N"} <= {k for c in wide.values() for k in c}
+    assert tg.build_grid(True, wide=True) == tg.build_grid(True), "--quick stays tiny"
+    cpu = torch.device("cpu")
+    plans = {tg.plan_key(tg.plan_of(64, "gate_up", c, cpu)) for c in wide.values()}
+    assert len(plans) > len({tg.plan_key(tg.plan_of(64, "gate_up", c, cpu)) for c in narrow.values()})
+    row_blocks = tg.plan_of(64, "o", {"M_TILE": 32}, cpu)
+    assert row_blocks["m_blocks"] == 2 and "x2 row blocks" in tg.plan_str(row_blocks)
+    assert tg.main(["--dry-run", "--rows", "64", "--shapes", "o"]) == 0
+    assert f"{len(wide)} configurations over " in capsys.readouterr().out
+
+
 def test_dry_run_plans_as_the_gpu_did(tg, capsys):
     """The default's plans at 16 rows are the ones the H200 chose (docs/results/kernels/gemv_h200.json), and
     CONFIG_OVERRIDE is left as it was."""

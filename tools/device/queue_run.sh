@@ -221,19 +221,21 @@ for job in $(cat $Q/jobs); do
           --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
           --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
       log "decode64 rc=$?"; pack ;;
-    gemvtune)  # issue 18: the decode GEMV's CUDA_CONFIG swept at 16 and 8 rows (tools/tune_gemv.py), the teacher's
-      # four projections with their step epilogues, against the default plan and cuBLAS; compiled first in 8 shards
+    gemvtune)  # issue 18: the decode GEMV's CUDA_CONFIG swept by tools/tune_gemv.py at the rows given (gemvtune:64;
+      # default 16,8), the teacher's four projections with their step epilogues, against the default plan and cuBLAS;
+      # compiled first in 8 shards
       [ -n "$bg" ] && wait $bg; bg=""
-      log "gemvtune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
+      rows=$s; [ "$job" = gemvtune ] && rows=16,8; tag=${rows//,/_}  # s is the job itself without a ":"
+      log "gemvtune $rows"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
       for i in 0 1 2 3 4 5 6 7; do
-        timeout 240 python3 tools/tune_gemv.py --rows 16,8 --compile-only --shard $i/8 > $Q/gemvtune_compile_$i.log 2>&1 &
+        timeout 240 python3 tools/tune_gemv.py --rows $rows --compile-only --shard $i/8 > $Q/gemvtune_compile_$i.log 2>&1 &
         pids="$pids $!"
       done
       wait $pids
-      cat $Q/gemvtune_compile_*.log > $O/gemv_tune_compile.log
-      log "gemvtune compiled $(grep -c ': ok (' $O/gemv_tune_compile.log) plans"
-      timeout 300 python3 tools/tune_gemv.py --rows 16,8 --out $O/gemv_tune.json > $O/gemv_tune.log 2>&1
-      log "gemvtune rc=$? $(grep -m1 within $O/gemv_tune.log | cut -c1-120)"; pack ;;
+      cat $Q/gemvtune_compile_*.log > $O/gemv_tune_${tag}_compile.log
+      log "gemvtune compiled $(grep -c ': ok (' $O/gemv_tune_${tag}_compile.log) plans"
+      timeout 300 python3 tools/tune_gemv.py --rows $rows --out $O/gemv_tune_$tag.json > $O/gemv_tune_$tag.log 2>&1
+      log "gemvtune rc=$? $(grep -m1 within $O/gemv_tune_$tag.log | cut -c1-120)"; pack ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O
