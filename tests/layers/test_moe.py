@@ -652,6 +652,33 @@ def test_grouped_mm_unfit_traces_on_cuda_tensors(monkeypatch):
         assert out.device.type == "cuda"
 
 
+def test_batched_linear_gives_the_weight_gradient_in_the_weights_layout():
+    """``batched_linear`` (the padded path's three products) equals ``bmm(x, w.transpose(1, 2))`` with every gradient
+    to the bit in fp64, passes gradcheck, compiles whole, and returns w's gradient with w's strides: autograd through
+    the transposed view returned a transposed gradient (strides (N*K, 1, N)), which the accumulation into the
+    parameter copied back, a slow transposing copy per expert weight (docs/kernels.md)."""
+    from archzoo.layers.moe import batched_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 11, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    dy = torch.randn(3, 5, 11, dtype=torch.float64, generator=g)
+    ref = torch.bmm(x, w.transpose(1, 2))
+    ref_dx, ref_dw = torch.autograd.grad(ref, (x, w), dy)
+    out = batched_linear(x, w)
+    dx, dw = torch.autograd.grad(out, (x, w), dy)
+    assert torch.equal(out, ref) and torch.equal(dx, ref_dx) and torch.equal(dw, ref_dw)
+    assert dw.stride() == w.stride() and ref_dw.stride() != w.stride(), "the reason for the Function"
+    assert torch.autograd.gradcheck(batched_linear, (x[:, :2, :3].detach().requires_grad_(),
+                                                     w[:, :4, :3].detach().requires_grad_()))  # fmt: skip
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    f = torch.compile(lambda a, b: batched_linear(a, b).sin().sum(), backend=counter, fullgraph=True)
+    f(x, w).backward()
+    assert counter.frame_count == 1 and w.grad.stride() == w.stride()
+    assert torch.allclose(w.grad, torch.autograd.grad(torch.bmm(x, w.transpose(1, 2)).sin().sum(), w)[0])
+
+
 @pytest.mark.parametrize("route", ["sort", "count"])
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
