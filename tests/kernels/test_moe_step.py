@@ -39,6 +39,20 @@ def _inputs(N, D, F, E, top_k, dtype, seed=0, device=DEV):
     return [v.to(device, dtype) for v in t] + [top_e.to(device), top_w.to(device, dtype)]
 
 
+def _traced(*calls):
+    """Each (fn, args) compiled whole and called -> (outputs, the call targets of every graph traced)."""
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    outs = tuple(torch.compile(fn, backend=backend, fullgraph=True)(*args) for fn, args in calls)
+    torch._dynamo.reset()
+    return outs, targets
+
+
 def _check(name, got, want, tol):
     err = rel_err(got, want)
     assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
@@ -117,15 +131,7 @@ def test_dispatch_and_the_custom_op(monkeypatch):
     _check("interpreted vs naive", got, ref, 2e-6)
     K.moe_decode_experts(*[a.double() if a.is_floating_point() else a for a in args])
     assert K.last_backend("moe_decode_experts") == "naive"
-    targets: list[str] = []
-
-    def backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm.forward
-
-    torch._dynamo.reset()
-    traced = torch.compile(lambda *a: K.moe_decode_experts(*a) * 2, backend=backend, fullgraph=True)(*args)
-    torch._dynamo.reset()
+    (traced,), targets = _traced((lambda *a: K.moe_decode_experts(*a) * 2, args))
     assert any("moe_decode_experts" in t for t in targets), targets
     _check("traced", traced, 2 * got, 2e-6)
 
@@ -339,17 +345,8 @@ def test_step_dispatch_and_the_custom_op(monkeypatch):
     assert K.last_backend("moe_decode_step") == "naive"
     assert K.moe_decode_step(args[0][:0], *args[1:], 2, True).shape == (0, 40)
     assert K.last_backend("moe_decode_step") == "naive"
-    targets: list[str] = []
-
-    def backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm.forward
-
-    torch._dynamo.reset()
     fn = lambda *a: K.moe_decode_step(*a, 2, True) * 2  # noqa: E731
-    traced = torch.compile(fn, backend=backend, fullgraph=True)(*args)
-    no_bias = torch.compile(fn, backend=backend, fullgraph=True)(args[0], args[1], None, *args[3:])
-    torch._dynamo.reset()
+    (traced, no_bias), targets = _traced((fn, args), (fn, (args[0], args[1], None, *args[3:])))
     assert sum("moe_decode_step" in t for t in targets) == 2, targets
     _check("traced", traced, 2 * got, 2e-6)
     _check("traced, no bias", no_bias, 2 * naive_moe_decode_step(args[0], args[1], None, *args[3:], 2, True), 2e-6)
