@@ -120,7 +120,7 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     ``layers.fused.DECODE_LINEAR`` (the step's projections: ``F.linear`` or the GEMV kernel) and
     ``layers.attention.DECODE_ATTENTION`` (softmax and MLA decode attention: the decode kernel or masked SDPA) and
     ``layers.mamba.FUSED_STEP`` (a Mamba layer's conv update .. state update as one kernel or four),
-    ``layers.moe.DECODE_EXPERTS`` (a few tokens' MoE experts as compiled reductions or two Triton kernels) and
+    ``layers.moe.DECODE_EXPERTS`` (a few tokens' MoE: compiled reductions, the experts or the routing too in Triton) and
     ``layers.base.ONCE_A_STEP`` with ``kernels._capture.COPY_OUTPUTS`` (per-layer constants made once a step). A
     captured graph replays the kernels it captured and reads neither again, so a pooled graph captured under one
     setting would run on after user code flipped it; in the key, a flip captures anew (and flipping back finds the
@@ -140,7 +140,7 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     if pdl is not None:
         switches.append(("PDL", pdl.ENABLED))  # None: wherever it can run (the default), True, False
     switches.append(("MAMBA_FUSED_STEP", mamba_layer.FUSED_STEP))  # the Mamba step's middle as one kernel or four
-    switches.append(("MOE_DECODE_EXPERTS", moe_layer.DECODE_EXPERTS))  # a few tokens' experts: reductions or kernels
+    switches.append(("MOE_DECODE_EXPERTS", moe_layer.DECODE_EXPERTS))  # a few tokens' MoE: reductions, kernel or fused
     # a step's per-layer constants made once, and the update ops' outputs copied or not (tools/decode_profile.py --once)
     switches.append(("ONCE_A_STEP", (base_layer.ONCE_A_STEP, capture_ops.COPY_OUTPUTS)))
     return tuple(switches)
