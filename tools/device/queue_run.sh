@@ -221,6 +221,13 @@ for job in $(cat $Q/jobs); do
           --batch-sizes 64 --prompt-lens 128,4096 --new-tokens 128 --decode-linear cublas,kernel-pdl \
           --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
       log "decode64 rc=$?"; pack ;;
+    hfpeer)  # issue 18: the teacher's shape against Hugging Face generate (dynamic and static cache) in one process, at
+      # batch 1 / 16 / 64 x 128 and 64 x 4,096: the peer the README's figures are read against
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "hfpeer"; O=$DEC; mkdir -p $O
+      timeout 420 python3 -m archzoo bench decode configs/students/teacher.yaml --batch-sizes 1,16,64 \
+          --prompt-lens 128,4096 --new-tokens 128 --baseline hf --out $O/bench_hf > $O/bench_hf.log 2>&1
+      log "hfpeer rc=$? $(grep -c '| configs' $O/bench_hf/decode.md 2> /dev/null) rows"; pack ;;
     gemvtune)  # issue 18: the decode GEMV's CUDA_CONFIG swept by tools/tune_gemv.py at the rows given (gemvtune:64;
       # default 16,8), the teacher's four projections with their step epilogues, against the default plan and cuBLAS;
       # compiled first in 8 shards
