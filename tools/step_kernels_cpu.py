@@ -4,6 +4,7 @@ launch of its Triton kernel but decode attention with several splits (split and 
 split-K (two), one each with their ``FIXUP`` on; extern GEMMs).
 
     python tools/step_kernels_cpu.py [configs/models/gqa.yaml] [--decode-linear cublas,kernel] [--batch 2]
+    python tools/step_kernels_cpu.py configs/models/moe.yaml --batch 1 --moe-experts reductions,kernel,fused
 
 The model is built with random weights in fp32; a prompt fills the cache, then one decode step is compiled with
 ``torch.compile(backend="inductor", fullgraph=True)`` and its generated code is read. Triton's interpreter runs
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import re
 
@@ -24,13 +26,15 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
 import torch  # noqa: E402
 
 
-def step_code(config: str, linear: str, batch: int) -> str:
+def step_code(config: str, linear: str, batch: int, experts: str | None = None) -> str:
     from torch._inductor.utils import run_and_get_code
 
     import archzoo
-    from archzoo.layers import fused
+    from archzoo.layers import fused, moe
 
     torch.manual_seed(0)
+    if experts is not None:
+        moe.DECODE_EXPERTS = experts  # a few tokens' MoE: compiled reductions, two kernels, or fused with the routing
     model = archzoo.build_model(config).float().eval()
     fused.DECODE_LINEAR = linear
     model.refresh_fused()
@@ -66,16 +70,20 @@ def main() -> None:
     p.add_argument("configs", nargs="*", default=["configs/models/gqa.yaml"])
     p.add_argument("--decode-linear", default="cublas,kernel")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--moe-experts", default=None, help="forms of layers.moe.DECODE_EXPERTS, comma-separated")
     args = p.parse_args()
     import archzoo
 
     for config in args.configs:
         n_layers = archzoo.load_config(config).n_layers
-        for linear in args.decode_linear.split(","):
-            got = launches(step_code(config, linear, args.batch))
-            total = sum(v * (2 if k == "archzoo::decode_attention" else 1) for k, v in got.items())
-            print(f"{config} DECODE_LINEAR={linear}: {total} launches a step ({n_layers} layers; decode attention "
-                  "counted as its two kernels, one with its FIXUP on)")  # fmt: skip
+        for linear, experts in itertools.product(args.decode_linear.split(","), (args.moe_experts or "-").split(",")):
+            experts = None if experts == "-" else experts
+            got = launches(step_code(config, linear, args.batch, experts))
+            two = ("archzoo::decode_attention", "archzoo::moe_decode_experts", "archzoo::moe_decode_step")
+            total = sum(v * (2 if k in two else 1) for k, v in got.items())
+            form = f" DECODE_EXPERTS={experts}" if experts else ""
+            print(f"{config} DECODE_LINEAR={linear}{form}: {total} launches a step ({n_layers} layers; decode "
+                  "attention and the MoE ops counted as their two kernels)")  # fmt: skip
             for k, v in sorted(got.items(), key=lambda kv: -kv[1]):
                 print(f"  {v:4d}  {k}")
 
