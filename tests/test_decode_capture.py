@@ -10,6 +10,7 @@ GPU test runs inductor and CUDA graphs on the SmolLM2-sized students.
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -168,7 +169,11 @@ def _gemv_cfg(family: str) -> dict:
 
 def _fused_pair(cfg: dict):
     """A model of ``cfg`` in fp32 with its fused copies, 2 x 8 token ids, and two caches (12 positions, reading the
-    fused copies) each prefilled with the first 5 tokens: one for the step under test, one for the reference."""
+    fused copies) each prefilled with the first 5 tokens: one for the step under test, one for the reference.
+
+    The prefill runs the PyTorch forms even where the test set ``TRITON_INTERPRET``: both caches start from the
+    same states either way, and these tests are about the decode step; the interpreted selective scan made the
+    Mamba prefill 40 of its test's 50 s."""
     import archzoo
 
     torch.manual_seed(0)
@@ -176,12 +181,17 @@ def _fused_pair(cfg: dict):
     model.refresh_fused()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
     caches = []
-    with torch.no_grad():
-        for _ in range(2):
-            c = model.new_cache(2, 12, dtype=torch.float32)
-            c.fused_weights = True
-            model(ids[:, :5], cache=c)
-            caches.append(c)
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with torch.no_grad():
+            for _ in range(2):
+                c = model.new_cache(2, 12, dtype=torch.float32)
+                c.fused_weights = True
+                model(ids[:, :5], cache=c)
+                caches.append(c)
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
     return model, ids, caches
 
 
