@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from conftest import MODEL_CONFIGS, TRITON_SKIP, assert_close, f64_model, interpreter_only
+from conftest import MODEL_CONFIGS, TRITON_SKIP, assert_close, f64_model, interpreter_only, recording_backend
 
 STEPS = 64
 
@@ -285,16 +285,11 @@ def test_gemv_step_takes_the_mamba_biases(monkeypatch):
 
 def _step_graph_ops(model, cache, tok) -> list[str]:
     """The call_function targets of one traced decode step (fullgraph), as strings."""
-    ops: list[str] = []
-
-    def backend(gm, example_inputs):
-        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm.forward
-
+    graphs: list[list[str]] = []
     torch._dynamo.reset()
-    torch.compile(lambda t: model(t, cache=cache), backend=backend, fullgraph=True)(tok)
+    torch.compile(lambda t: model(t, cache=cache), backend=recording_backend(graphs), fullgraph=True)(tok)
     torch._dynamo.reset()
-    return ops
+    return [t for g in graphs for t in g]
 
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
@@ -580,12 +575,7 @@ def test_regional_step_computes_positions_once():
     path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
     model = f64_model(path).float()
     graphs: list[list[str]] = []
-
-    def backend(gm, example_inputs):
-        graphs.append([str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")])
-        return gm.forward
-
-    model.compile_step_blocks(backend=backend)
+    model.compile_step_blocks(backend=recording_backend(graphs, ("call_function", "call_method")))
     B, prompt, steps = 2, 5, 3
     ids = torch.randint(0, model.cfg.vocab_size, (B, prompt + steps))
     cache = model.new_cache(B, prompt + steps, dtype=torch.float32)

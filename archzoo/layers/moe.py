@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels._dispatch import once
-from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, topk_by_max
+from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
 
@@ -257,16 +257,13 @@ class MoE(nn.Module):
         # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy); the dtype as
         # torch.promote_types(x.dtype, torch.float32) gives it, without that op's dispatch.
         logits = self.router(x).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (N, E)
-        probs = logits.softmax(dim=-1)  # (N, E)
         # A decode step's top-k as K max reductions, which the compiler fuses with the softmax: torch.topk
         # was two sorting kernels per layer (gatherTopK, bitonicSort), 0.25 ms of the MoE student's 1.87 ms
         # step at batch 1 on an H200 (docs/decode.md). So in any compiled forward too (training with
         # speed.compile: the same two kernels, 18 us of the compiled layer's 576 us forward + backward at 4,096
         # tokens on an H100, docs/results/kernels/moe_h100_padded.json); eagerly the K rounds would be 3K launches.
         by_max = K <= 4 and (static or torch.compiler.is_compiling())
-        top_p, top_e = topk_by_max(probs, K) if by_max else probs.topk(K, dim=-1)  # (N, K), (N, K)
-        if self.norm_topk_prob:
-            top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+        probs, top_p, top_e = route(logits, K, self.norm_topk_prob, by_max)  # (N, E), (N, K), (N, K)
 
         if static:
             self.last_dispatch = "static"

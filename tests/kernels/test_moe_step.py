@@ -41,16 +41,12 @@ def _inputs(N, D, F, E, top_k, dtype, seed=0, device=DEV):
 
 def _traced(*calls):
     """Each (fn, args) compiled whole and called -> (outputs, the call targets of every graph traced)."""
-    targets: list[str] = []
-
-    def backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm.forward
-
+    graphs: list[list[str]] = []
+    backend = recording_backend(graphs)
     torch._dynamo.reset()
     outs = tuple(torch.compile(fn, backend=backend, fullgraph=True)(*args) for fn, args in calls)
     torch._dynamo.reset()
-    return outs, targets
+    return outs, [t for g in graphs for t in g]
 
 
 def _check(name, got, want, tol):

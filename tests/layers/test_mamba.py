@@ -14,6 +14,8 @@ from archzoo.config import MambaConfig
 from archzoo.layers import ForwardContext
 from archzoo.layers.mamba import Mamba
 
+from conftest import recording_backend
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 SPLITS = [[13], [1] * 13, [5, 1, 1, 4, 2], [1, 7, 1, 1, 3], [6, 3, 4]]
 
@@ -248,18 +250,15 @@ def test_decode_A_made_once_and_kept_fresh():
         y_fused = m._step(x, states[0], fused=True)
         y_plain = m._step(x, states[1], fused=False)
     assert torch.equal(y_fused, y_plain) and torch.equal(states[0]["ssm"], states[1]["ssm"])
-    targets: list[str] = []
-
-    def backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
-        return gm.forward
-
+    graphs: list[list[str]] = []
+    backend = recording_backend(graphs, ("call_function", "call_method"))
     torch._dynamo.reset()
     try:
         with torch.no_grad():
             torch.compile(lambda t: m._step(t, states[0], fused=True), backend=backend, fullgraph=True)(x)
     finally:
         torch._dynamo.reset()
+    targets = [t for g in graphs for t in g]
     assert targets and not [t for t in targets if "exp" in t and "expand" not in t], targets
     m.fused.release()
     assert m.fused.A is None

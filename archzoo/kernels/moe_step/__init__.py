@@ -25,25 +25,30 @@ import torch
 
 from .._dispatch import record, use_triton
 from ._checks import check_experts, check_step
-from .naive import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, topk_by_max
+from .naive import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, route, topk_by_max
 
 OP = "moe_decode_experts"
 STEP_OP = "moe_decode_step"
 
 
+def _kernels_run(op: str, x: torch.Tensor, empty: bool, *tensors) -> bool:
+    """Whether ``op`` runs its Triton kernels on these tensors; records which backend runs, and where the kernels
+    could run but do not, why (logged once)."""
+    if not use_triton(x, *tensors):
+        record(op, "naive")
+        return False
+    why = ("float64 inputs: the kernels compute in fp32" if x.dtype == torch.float64
+           else "no assignments: nothing to compute" if empty else None)  # fmt: skip
+    record(op, "naive" if why else "triton", why)
+    return why is None
+
+
 def _run(x, gate_w, up_w, down_w, top_e, top_w):
     N, _, _, _, K = check_experts(x, gate_w, up_w, down_w, top_e, top_w)
-    if use_triton(x, gate_w, up_w, down_w, top_e, top_w):
-        why = ("float64 inputs: the kernels compute in fp32" if x.dtype == torch.float64
-               else "no assignments: nothing to compute" if N * K == 0 else None)  # fmt: skip
-        if why is None:
-            from .triton import moe_decode_experts as fn
+    if _kernels_run(OP, x, N * K == 0, gate_w, up_w, down_w, top_e, top_w):
+        from .triton import moe_decode_experts as fn
 
-            record(OP, "triton")
-            return fn(x, gate_w, up_w, down_w, top_e, top_w)
-        record(OP, "naive", why)  # where the kernels run, the reason they did not is logged once
-    else:
-        record(OP, "naive")
+        return fn(x, gate_w, up_w, down_w, top_e, top_w)
     return naive_moe_decode_experts(x, gate_w, up_w, down_w, top_e, top_w)
 
 
@@ -82,17 +87,10 @@ def moe_decode_experts(
 
 def _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob):
     N, _, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k)
-    if use_triton(x, router_w, router_b, gate_w, up_w, down_w):
-        why = ("float64 inputs: the kernels compute in fp32" if x.dtype == torch.float64
-               else "no tokens: nothing to compute" if N == 0 else None)  # fmt: skip
-        if why is None:
-            from .triton import moe_decode_step as fn
+    if _kernels_run(STEP_OP, x, N == 0, router_w, router_b, gate_w, up_w, down_w):
+        from .triton import moe_decode_step as fn
 
-            record(STEP_OP, "triton")
-            return fn(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
-        record(STEP_OP, "naive", why)  # where the kernels run, the reason they did not is logged once
-    else:
-        record(STEP_OP, "naive")
+        return fn(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
     return naive_moe_decode_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
 
 
@@ -133,4 +131,4 @@ def moe_decode_step(
 
 
 __all__ = ["OP", "STEP_OP", "moe_decode_experts", "moe_decode_step", "naive_moe_decode_experts",
-           "naive_moe_decode_step", "naive_moe_route", "topk_by_max"]  # fmt: skip
+           "naive_moe_decode_step", "naive_moe_route", "route", "topk_by_max"]  # fmt: skip

@@ -45,16 +45,26 @@ def topk_by_max(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.stack(vals, dim=-1), torch.stack(idx, dim=-1)
 
 
+def route(
+    logits: torch.Tensor, top_k: int, norm_topk_prob: bool, by_max: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Router logits (N, E) -> (probs (N, E), top_p (N, K), top_e (N, K) int64): softmax, the top-k (by max passes,
+    ties to the lowest index, or ``torch.topk``), with ``norm_topk_prob`` the K weights divided by their sum. The
+    one routing sequence of ``MoE.forward`` and of the decode step's kernels' reference."""
+    probs = logits.softmax(dim=-1)
+    top_p, top_e = topk_by_max(probs, top_k) if by_max else probs.topk(top_k, dim=-1)
+    if norm_topk_prob:
+        top_p = top_p / top_p.sum(dim=-1, keepdim=True)
+    return probs, top_p, top_e
+
+
 def naive_moe_route(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, top_k: int, norm_topk_prob: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, D); router_w (E, D); router_b (E,) or None -> (top_p (N, K) fp32 / fp64 for fp64 x, top_e (N, K) int64):
     ``MoE.forward``'s routing on its static path (top-k by max passes: ties to the lowest index)."""
     logits = F.linear(x, router_w, router_b).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    top_p, top_e = topk_by_max(logits.softmax(dim=-1), top_k)  # (N, K), (N, K)
-    if norm_topk_prob:
-        top_p = top_p / top_p.sum(dim=-1, keepdim=True)
-    return top_p, top_e
+    return route(logits, top_k, norm_topk_prob)[1:]
 
 
 def naive_moe_decode_step(
