@@ -70,7 +70,8 @@ from ._checks import MAX_M, check_decode_linear
 # WIDE_M, WIDE_MIN_BLOCK_N: from WIDE_M rows on (tl.dot path, not the Q|K|V+RoPE epilogue, which never splits),
 # BLOCK_N is not halved below WIDE_MIN_BLOCK_N, and split-K fills the GPU instead: every program reads x's rows of
 # its K chunk, so at 64 rows 16-row blocks of weight read x from L2 four times as often as the weight bytes
-# (64 rows lost to cuBLAS with 16-row blocks on an H100; this wider form is not yet timed).
+# (64 rows lost to cuBLAS with 16-row blocks on an H100; this wider form lost too: 45,134 against 54,733 tokens/s
+# at 64 x 128, docs/results/decode/decode_h100_gemv_wide_b64.md; tools/tune_gemv.py --rows 64 sweeps its tiles).
 # L2_PREFETCH: with PDL on the tl.dot path (M >= DOT_MIN_M), each program asks L2 for its weight slice (one
 # `prefetch.global.L2::evict_last` a 128-byte line, no registers held) before it waits on the kernel before, so
 # the slice streams in from HBM while that kernel finishes and the products after the wait read it from L2. The
