@@ -167,7 +167,10 @@ class MoE(nn.Module):
         self.shared_experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_shared_experts))
         self.aux_loss: torch.Tensor | None = None  # set by every forward
         self._stats: tuple | None = None  # (load, balance, z, capacity, assignments) of the last sorted forward
-        self.last_dispatch: str | None = None  # "grouped" | "loop" | "static": the path the last forward took
+        self.last_dispatch: str | None = None  # "grouped" | "loop" | "padded" | "static": the path the last forward took
+        # The static path's branch: "fused" / "kernel" / "reductions" (DECODE_EXPERTS, taken while N x top_k <
+        # n_experts) or "dense" (every expert on every token, whatever DECODE_EXPERTS says); None off the static path
+        self.last_decode_experts: str | None = None
 
     @classmethod
     def from_config(cls, cfg: MoEConfig, d_model: int) -> MoE:
@@ -216,8 +219,10 @@ class MoE(nn.Module):
             # "reductions": the gather form in PyTorch, which the compiled step fuses into reductions ("fused" never
             # comes here: forward runs its routing and experts in moe_decode_step)
             experts = moe_decode_experts if DECODE_EXPERTS == "kernel" else naive_moe_decode_experts
+            self.last_decode_experts = "kernel" if DECODE_EXPERTS == "kernel" else "reductions"
             out = experts(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, top_e, w)
         else:
+            self.last_decode_experts = "dense"
             gate = x.new_zeros(N, E).scatter_(1, top_e, w)  # (N, E)
             h = F.silu(torch.einsum("nd,efd->enf", x, self.gate_proj.weight))
             h = h * torch.einsum("nd,efd->enf", x, self.up_proj.weight)  # (E, N, F)
@@ -247,7 +252,7 @@ class MoE(nn.Module):
         if static and _check_decode_experts() == "fused" and N * K < E:
             # A few tokens' routing and chosen experts in two kernels (DECODE_EXPERTS), the router's product included:
             # the same sequence as below and _static's gather branch, top-k by max passes whatever K.
-            self.last_dispatch = "static"
+            self.last_dispatch, self.last_decode_experts = "static", "fused"
             out = moe_decode_step(x, self.router.weight, self.router.bias, self.gate_proj.weight, self.up_proj.weight,
                                   self.down_proj.weight, K, self.norm_topk_prob)  # fmt: skip
             for shared in self.shared_experts:
@@ -265,6 +270,7 @@ class MoE(nn.Module):
         by_max = K <= 4 and (static or torch.compiler.is_compiling())
         probs, top_p, top_e = route(logits, K, self.norm_topk_prob, by_max)  # (N, E), (N, K), (N, K)
 
+        self.last_decode_experts = None
         if static:
             self.last_dispatch = "static"
             return self._static(x, top_p, top_e).reshape(shape)

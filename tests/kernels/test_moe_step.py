@@ -369,6 +369,7 @@ def test_layer_decode_fused_matches_reductions(n_experts, top_k, tokens, norm, s
         _dispatch.record("moe_decode_step", "none")
         got = layer(x)
         assert K.last_backend("moe_decode_step") == "triton" and layer.last_dispatch == "static"
+        assert layer.last_decode_experts == "fused"
         _check("layer, fused vs reductions", got, ref, 2e-6)
         _dispatch.record("moe_decode_step", "none")
         many = torch.randn(n_experts, 1, 40)  # N x top_k >= n_experts: every expert on every token
@@ -376,7 +377,7 @@ def test_layer_decode_fused_matches_reductions(n_experts, top_k, tokens, norm, s
         want = layer(many)
         monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
         _check("layer, dense branch", layer(many), want, 0.0)
-        assert K.last_backend("moe_decode_step") == "none"
+        assert K.last_backend("moe_decode_step") == "none" and layer.last_decode_experts == "dense"
 
 
 @pytest.mark.gpu

@@ -275,6 +275,7 @@ def test_static_decode_path_matches_naive(top_k):
         with torch.no_grad():
             assert rel_err(moe(x), naive_moe(moe, x)) < 1e-12, f"{n} tokens, top-{top_k}"
             assert moe.last_dispatch == "static"
+            assert moe.last_decode_experts == ("reductions" if n * top_k < moe.n_experts else "dense"), (n, top_k)
     probs = torch.randn(9, 8, dtype=torch.float64).softmax(-1)
     v, i = topk_by_max(probs, top_k)
     ref_v, ref_i = probs.topk(top_k, dim=-1)
