@@ -167,7 +167,7 @@ class MoE(nn.Module):
         self.shared_experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_shared_experts))
         self.aux_loss: torch.Tensor | None = None  # set by every forward
         self._stats: tuple | None = None  # (load, balance, z, capacity, assignments) of the last sorted forward
-        self.last_dispatch: str | None = None  # "grouped" | "loop" | "padded" | "static": the path the last forward took
+        self.last_dispatch: str | None = None  # "grouped" | "loop" | "padded" | "static": the last forward's path
         # The static path's branch: "fused" / "kernel" / "reductions" (DECODE_EXPERTS, taken while N x top_k <
         # n_experts) or "dense" (every expert on every token, whatever DECODE_EXPERTS says); None off the static path
         self.last_decode_experts: str | None = None
