@@ -8,7 +8,8 @@
 # Jobs: distill:<s> (configs/distill/smollm2-<s>.yaml, then its rows scored in the background while the next job
 # runs; distill:<a>+<b> trains two students at once on the one GPU), spec:<s> (issue 20: the teacher alone beside speculative decoding with distilled <s>, k = 2 / 4, the verify
 # through the decode-attention kernel and through masked SDPA),
-# kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/), l2ab (issue 18: the
+# kernels:moe,la (issue 19: archzoo bench kernels per op, into docs/results/kernels/queue/; kernels:conv waits for
+# convpeer, which builds causal-conv1d from the sdist in .whl/ in the background and brings its wheel back), l2ab (issue 18: the
 # GEMV at batch 8-64 with PDL, with and without its L2 prefetch, beside auto), stepprof:<s>,<s> (issue 18: a
 # student's step at batch 1 / 16 profiled kernel by kernel), decode64 (issue 18: the
 # GEMV's 64-row plan against cuBLAS), gemvtune[:rows] (issue 18: the decode GEMV's CUDA_CONFIG swept at 16 and 8

@@ -243,10 +243,25 @@ for job in $(cat $Q/jobs); do
       log "gemvtune compiled $(grep -c ': ok (' $O/gemv_tune_${tag}_compile.log) plans"
       timeout 300 python3 tools/tune_gemv.py --rows $rows --out $O/gemv_tune_$tag.json > $O/gemv_tune_$tag.log 2>&1
       log "gemvtune rc=$? $(grep -m1 within $O/gemv_tune_$tag.log | cut -c1-120)"; pack ;;
+    convpeer)  # issue 19: causal-conv1d (the conv's peer) built for sm_90 in the background from the sdist carried in
+      # .whl/ (about 4 min on 4 of the 16 cores, beside the next jobs); kernels:conv waits for it. The wheel comes back
+      # in .whl/ (staged there), so a later lease carrying it installs it through setup.sh and builds nothing.
+      if python3 -c "import causal_conv1d" 2> /dev/null; then log "convpeer: causal_conv1d already installed"
+      else
+        mkdir -p /root/peerlogs
+        PEERS=causal_conv1d setsid nohup bash tools/build_peers.sh .whl /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
+        log "convpeer: building causal_conv1d"
+      fi ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O
       for op in ${s//,/ }; do
+        if [ "$op" = conv ] && [ -d /root/peerlogs ]; then  # the convpeer job's build, if one started
+          for i in $(seq 1 ${PEER_WAIT:-120}); do grep -q done /root/peerlogs/build_status 2> /dev/null && break; sleep 5; done
+          log "kernels conv: peer build $(tr '\n' ' ' < /root/peerlogs/build_status 2> /dev/null)"
+          mkdir -p $S/.whl $O && cp /root/peerlogs/wheels/*.whl $S/.whl/ 2> /dev/null
+          cp /root/peerlogs/build_causal_conv1d.log $O/build_causal_conv1d.log 2> /dev/null; pack
+        fi
         if [ "$op" = la ]; then  # the chunk-parallel backward's GPU tests first: BACKWARD flips only when they pass
           timeout 300 python3 -m pytest -q -p no:cacheprovider -rf -k "gpu" tests/kernels/test_linear_attention_chunk_parallel.py \
               tests/kernels/test_linear_attention_triton.py > $O/la_gpu_tests.log 2>&1
