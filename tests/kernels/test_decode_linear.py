@@ -11,6 +11,9 @@ interpreter bf16 matches the reference to the bit; the tolerances leave room for
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -251,6 +254,34 @@ def test_bad_input():
         a = {**dict(x=x, w=w, nw=nw, eps=1e-5), **change}
         with pytest.raises(ValueError, match=msg):
             K.decode_linear(a["x"], a["w"], a["nw"], a["eps"])
+
+
+@needs_triton
+def test_config_from_the_environment(monkeypatch):
+    """ARCHZOO_DECODE_LINEAR_CONFIG (what tools/tune_gemv.py suggests) becomes CONFIG_OVERRIDE at import; a bad one is
+    refused with a message naming the variable and what is wrong."""
+    gt = T
+    assert gt.config_from_env(None) == {} and gt.config_from_env("  ") == {}
+    want = dict(BLOCK_N=32, FIXUP=True, M_TILE=None)
+    assert gt.config_from_env('{"BLOCK_N": 32, "FIXUP": true, "M_TILE": null}') == want
+    for text, msg in [
+        ("{BLOCK_N: 32}", "must be a JSON object of decode GEMV settings"),
+        ("[32]", "must be a JSON object"),
+        ('{"BLOK_N": 32}', r"unknown keys \['BLOK_N'\]"),
+        ('{"BLOCK_N": "32"}', "values must be numbers"),
+    ]:
+        with pytest.raises(ValueError, match=f"ARCHZOO_DECODE_LINEAR_CONFIG.*{msg}|{msg}"):
+            gt.config_from_env(text)
+    code = "from archzoo.kernels.decode_linear import triton as t; print(t.CONFIG_OVERRIDE)"
+    env = {**os.environ, "TRITON_INTERPRET": "1", gt.CONFIG_ENV: '{"BLOCK_N": 32}'}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "{'BLOCK_N': 32}", out.stderr[-2000:]
+    env[gt.CONFIG_ENV] = '{"BLOK_N": 32}'
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "ARCHZOO_DECODE_LINEAR_CONFIG: unknown keys ['BLOK_N']" in out.stderr, out.stderr
+    # the plans follow it: the same plan as setting CONFIG_OVERRIDE by hand
+    monkeypatch.setattr(gt, "CONFIG_OVERRIDE", gt.config_from_env('{"BLOCK_N": 4, "MIN_BLOCK_N": 4}'))
+    assert gt.launch_plan(1, 64, 32, torch.device("cpu"))["BLOCK_N"] == 4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")

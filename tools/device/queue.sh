@@ -14,7 +14,8 @@
 # student's step at batch 1 / 16 profiled kernel by kernel), decode64 (issue 18: the
 # GEMV's 64-row plan against cuBLAS), gemvtune[:rows] (issue 18: the decode GEMV's CUDA_CONFIG swept at 16 and 8
 # rows, or those given (gemvtune:64), by tools/tune_gemv.py against its default plan and cuBLAS, into
-# docs/results/kernels/queue/), decodeab:<s>,<s>
+# docs/results/kernels/queue/), gemvstep[:rows] (the step with gemvtune's suggested configuration, through
+# ARCHZOO_DECODE_LINEAR_CONFIG, against the default, each beside cuBLAS), decodeab:<s>,<s>
 # (students, cuBLAS against auto projections), hfpeer (issue 18: the teacher's shape beside Hugging Face generate), mlafold (MLA's
 # folded decode copies against the unfolded ones), corpus (the distill runs' corpus, its parts brought back), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by

@@ -45,6 +45,9 @@ program's whole chunk where the accumulator fits ``MAX_TILE`` elements, so a pro
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -93,8 +96,33 @@ INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
                         WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
-# split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing.
-CONFIG_OVERRIDE: dict = {}
+# split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing. It starts from the environment
+# variable CONFIG_ENV, a JSON object of such keys (what tools/tune_gemv.py suggests for a GPU), so a configuration
+# tuned for another GPU applies without editing the code, and a process started with it runs the tuned plans.
+CONFIG_ENV = "ARCHZOO_DECODE_LINEAR_CONFIG"
+
+
+def config_from_env(text: str | None) -> dict:
+    """CONFIG_ENV's value -> the override it asks for ({} when unset or empty); ValueError naming what is wrong."""
+    if not text or not text.strip():
+        return {}
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{CONFIG_ENV} must be a JSON object of decode GEMV settings; {text!r}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{CONFIG_ENV} must be a JSON object, e.g. '{{\"BLOCK_N\": 32}}'; got {text!r}")
+    known = set(CUDA_CONFIG) | {"SPLIT_K"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"{CONFIG_ENV}: unknown keys {unknown}; the keys are {sorted(known)}")
+    bad = {k: v for k, v in cfg.items() if not (v is None or isinstance(v, (bool, int, float)))}
+    if bad:
+        raise ValueError(f"{CONFIG_ENV}: values must be numbers, booleans or null; got {bad}")
+    return cfg
+
+
+CONFIG_OVERRIDE: dict = config_from_env(os.environ.get(CONFIG_ENV))
 
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -528,4 +556,4 @@ def decode_linear(
     return _run(x, weight, norm_weight, eps, residual, swiglu, bias=bias)
 
 
-__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]
+__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]
