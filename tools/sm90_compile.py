@@ -23,6 +23,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
     python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
+    python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts forward's five kernels, 4,096 tokens
 """
 
 from __future__ import annotations
@@ -220,7 +221,6 @@ def _moe_step_calls(sms: int = 132) -> list:
         d, e, w = torch.randn(E, 576, 1536, **bf), torch.zeros(N, 2, dtype=torch.long), torch.rand(N, 2, **bf)
         with (
             mock.patch.object(mt, "_config", lambda dev: {**mt.CUDA_CONFIG, **mt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
-            mock.patch.object(mt, "down_block_n", lambda n, dm, dev: 4 if n == 1 else 16),
             record_launches(mt) as calls,
         ):
             mt.moe_decode_experts(x, g, u, d, e, w)
@@ -230,13 +230,33 @@ def _moe_step_calls(sms: int = 132) -> list:
         r = torch.randn(E, 576, **bf)
         with (
             mock.patch.object(mt, "_config", lambda dev: {**mt.CUDA_CONFIG, **mt.CONFIG_OVERRIDE, "SM_COUNT": sms}),
-            mock.patch.object(mt, "down_block_n", lambda n, dm, dev: 4 if n == 1 else 16),
             mock.patch.object(mt, "pdl_enabled", lambda dev: True),
             record_launches(mt) as calls,
         ):
             mt.moe_decode_step_routing(x, r, None, g, u, d, 2, False)
         for name, (fn, grid, a, kw) in zip(("route+gate_up pdl", "down pdl"), calls, strict=True):
             out.append((f"moe {name} E={E} N={N}", fn, grid, a, kw))
+    return out
+
+
+def _moe_grouped_calls(config: dict | None = None) -> list:
+    """moe_grouped_experts' five launches (the plan's count and place, the gate|up and down GEMMs, the sum over the
+    choices) at the issue's shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16)."""
+    from archzoo.kernels.moe_grouped import triton as mg
+
+    N, D, F, E, K = 4096, 576, 1536, 8, 2
+    bf = dict(dtype=torch.bfloat16)
+    x, d = torch.randn(N, D, **bf), torch.randn(E, D, F, **bf)
+    g, u = torch.randn(E, F, D, **bf), torch.randn(E, F, D, **bf)
+    e, w = torch.randint(0, E, (N, K)), torch.rand(N, K, **bf)
+    cfg = {**mg.CUDA_CONFIG, **(config or {})}
+    with mock.patch.object(mg, "_config", lambda dev: cfg), record_launches(mg) as calls:
+        mg.moe_grouped_experts(x, g, u, d, e, w)
+    out = []
+    for name, (fn, grid, a, kw) in zip(("plan count", "plan place", "gate_up", "down", "sum"), calls, strict=True):
+        if "DOT_F32" in kw:
+            kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (the wrapper widens on CPU)
+        out.append((f"moe_grouped {name}", fn, grid, a, kw))
     return out
 
 
@@ -412,7 +432,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--op",
-        choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step", "moe_step"],
+        choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step", "moe_step", "moe_grouped"],
         default="scan",
     )
     ap.add_argument("--b", type=int, default=4)
@@ -446,6 +466,7 @@ def main() -> None:
             "la_cp": _la_cp_calls,
             "mamba_step": lambda: _mamba_step_calls(config=json.loads(args.config)),
             "moe_step": _moe_step_calls,
+            "moe_grouped": lambda: _moe_grouped_calls(config=json.loads(args.config)),
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
@@ -456,7 +477,7 @@ def main() -> None:
         if args.sass:
             os.makedirs(args.sass, exist_ok=True)
             stem = name.split()[0] + ("_inf" if "inference" in name else "")
-            if args.op == "based":
+            if args.op in ("based", "moe_grouped"):
                 stem = name.replace(" ", "_")
             with open(os.path.join(args.sass, stem + ".sass"), "w") as f:
                 f.write(rep["sass_text"])

@@ -22,6 +22,7 @@ from .causal_conv1d import causal_conv1d_fn
 from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
 from .mamba_step import mamba_decode_step
+from .moe_grouped import moe_grouped_experts, naive_moe_grouped_experts
 from .moe_step import moe_decode_experts, moe_decode_step
 from .selective_scan import selective_scan_fn
 
@@ -41,6 +42,8 @@ __all__ = [
     "mamba_decode_step",
     "moe_decode_experts",
     "moe_decode_step",
+    "moe_grouped_experts",
+    "naive_moe_grouped_experts",
     "selective_scan_fn",
     "selective_state_update",
 ]

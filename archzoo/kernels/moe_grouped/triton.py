@@ -1,0 +1,328 @@
+"""Triton kernels of ``moe_grouped_experts``: the routed experts of many tokens (training, prefill) as a plan and two
+grouped GEMMs over the assignments sorted by expert, in five launches.
+
+Assignments are numbered a = k * N + n (token n's k-th choice: all first choices in token order, then the second
+choices ..., the MoE layer's priority order). Each expert's assignments take a segment of sorted rows, in
+assignment order (a stable sort), padded to a multiple of BLOCK_M, so that every block of BLOCK_M rows belongs to
+one expert:
+
+- ``_count_kernel``, grid (n_chunks,): chunk c of BLOCK_A assignments counts its assignments per expert into
+  counts (n_chunks, E) int32.
+- ``_place_kernel``, grid (R / BLOCK_A,): every program sums the counts (each expert's load, and its assignments in
+  the chunks before this program's), lays the padded segments out (an exclusive scan over the experts), and, going
+  through the experts one by one with vectors along its BLOCK_A assignments and rows, writes
+  - ``slot_assignment[r]`` (R,) int32: the assignment at sorted row r, for its chunk's assignments (row = the
+    expert's start + its assignments in earlier chunks + the rank in this chunk, a scan of a 0/1 vector); -1 on the
+    padding rows and the unused tail among its BLOCK_A rows;
+  - ``block_expert[b]`` (R / BLOCK_M,) int32: the expert of the blocks starting in its rows, -1 for unused blocks.
+  R = N * K + E * (BLOCK_M - 1) rounded up to BLOCK_M (and to BLOCK_A for the buffer): a bound on the padded rows
+  that depends on the shapes alone, so no count ever reaches the host and a CUDA graph can capture the launches.
+  Assignment rows and padding rows are disjoint sets, each row written by one program: no atomics, no barrier, the
+  same bits every run. (An (experts x assignments) one-hot tile with a scan along it took twice the registers, and
+  its compared tile left a local-memory bitmask in the SASS.)
+- ``_gate_up_kernel``, grid (used and unused blocks x F / BLOCK_N,), one program a (block, column tile): it reads its
+  block's expert (an unused block does nothing), gathers its rows of x by token (n = a mod N; padding rows read
+  zeros), and runs the gate and the up tiles side by side over d_model (two fp32 accumulators, the x tile loaded
+  once for both), then the epilogue with the reference's roundings: gate and up rounded to x's dtype, SiLU(gate)
+  rounded, the product rounded, times the routing weight top_w[n, k] (rounded to x's dtype) rounded; a zero weight
+  gives exactly 0 (a dropped assignment). Into h (R, F) in x's dtype, every row of a used block (padding rows 0).
+- ``_down_kernel``, same grid over d_model: h's rows of the block against its expert's down rows over d_ff, rounded
+  to x's dtype, stored at row a of y (K * N, D) (padding rows are not stored).
+- ``_sum_kernel``, grid over N * D: out = y viewed (K, N, D) summed over the K choices in fp32, in choice order,
+  rounded once, as the reference sums its rounded choices (no atomics: the same bits every run). Top-1: y is out.
+
+Why this shape (issue 19: the layer's grouped path took 2.0x a dense SwiGLU of the same active FLOPs on an H200, at
+4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16, where 1.3x is the target): that path copies the
+gathered rows of x (K * N rows), runs SiLU x up as a kernel of its own over (K * N, F) twice-read products, permutes
+the output back with an index_copy, and its grouped GEMMs ran at 60% of the dense GEMM's efficiency. Here the gather
+is the first GEMM's row loads, SiLU x up and the routing weight its epilogue, and the permutation the second GEMM's
+row stores; the plan is two small launches of elementwise work and scans, where the layer's counting sort and
+offsets are a dozen PyTorch ops (eagerly each a launch). The routing weight multiplies h before down, as
+``naive_moe_decode_experts`` rounds it (h x w rounded, then down), so the down kernel is a plain GEMM.
+
+The K loops run ``tl.range`` with ``NUM_STAGES`` stages (``_launch.launch`` has no num_stages knob). bf16 / fp16
+operands go to the tensor cores as they are (exact products, fp32 sums); fp32 operands use
+``input_precision="ieee"`` (no TF32), and under Triton's interpreter, which computes ``tl.dot`` of bf16 operands
+wrongly (``decode_attention/triton.py``), every operand is widened to fp32 (``DOT_F32``). Expert ids outside
+0..E-1 are not checked (that would read the device): their assignments are never placed, and their rows of y,
+so the output, are undefined.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._launch import launch
+from .._sizes import cdiv, next_pow2, prev_pow2
+from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
+
+# BLOCK_M: rows of a block (one expert's), shared by the plan and both GEMMs. BLOCK_N x BLOCK_K: the gate-up
+# program's weight tiles (two fp32 accumulators BLOCK_M x BLOCK_N), with num_warps / num_stages; DOWN_BLOCK_N x
+# DOWN_BLOCK_K, DOWN_WARPS, DOWN_STAGES the down program's (d_model 576 = 9 tiles of 64). PLAN_BLOCK: assignments
+# (and sorted rows) a plan program takes, a power of 2 (4,096 tokens at top-2: 8 count programs, 9 place programs);
+# COUNTS_TILE: the (chunks x experts) tile of counts a place program sums at a time, at most this many elements;
+# PLAN_WARPS: the plan's and the sum's warps; SUM_BLOCK: output elements a sum program takes.
+# Timed on an H100 at the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16; CUDA
+# graphs; a dense SwiGLU of hidden 3,072 took 116 us): BLOCK_M 64, 4 warps 176 us; BLOCK_M 128, 8 warps 150 us;
+# BLOCK_N 128 or 4 stages no better. A first sweep, not a tuning.
+CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
+                   DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
+                   SUM_BLOCK=1024)  # fmt: skip
+# Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
+# several plan chunks run at small shapes.
+INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
+                        DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
+                        SUM_BLOCK=64)  # fmt: skip
+CONFIG_OVERRIDE: dict = {}
+
+
+@triton.jit
+def _count_kernel(
+    e_ptr, counts_ptr,
+    N, A, E, s_en, s_ek,
+    BLOCK_A: tl.constexpr,
+):  # fmt: skip
+    """counts[c, e]: the assignments of chunk c (a in [c * BLOCK_A, (c + 1) * BLOCK_A)) on expert e."""
+    c = tl.program_id(0)
+    offs_a = c * BLOCK_A + tl.arange(0, BLOCK_A)
+    ea = tl.load(e_ptr + (offs_a % N) * s_en + (offs_a // N) * s_ek, mask=offs_a < A, other=-1)  # a = k * N + n
+    for e in range(0, E):
+        tl.store(counts_ptr + c * E + e, tl.sum((ea == e).to(tl.int32), axis=0))
+
+
+@triton.jit
+def _place_kernel(
+    e_ptr, counts_ptr, slot_ptr, bexp_ptr,
+    N, A, E, n_chunks, n_blocks, s_en, s_ek,
+    BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Program p: slot_assignment for chunk p's assignments, -1 on the padding rows among rows [p * BLOCK_A, ...),
+    block_expert for the blocks starting there."""
+    p = tl.program_id(0)
+    offs_e = tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    load = tl.zeros([BLOCK_E], tl.int32)  # assignments per expert
+    before = tl.zeros([BLOCK_E], tl.int32)  # ... in the chunks before chunk p
+    for c0 in range(0, n_chunks, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        t = tl.load(counts_ptr + offs_c[:, None] * E + offs_e[None, :], mask=(offs_c < n_chunks)[:, None] & mask_e,
+                    other=0)  # fmt: skip
+        load += tl.sum(t, axis=0)
+        before += tl.sum(tl.where(offs_c[:, None] < p, t, 0), axis=0)
+    padded = (load + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # each expert's rows: a whole number of blocks
+    start = tl.cumsum(padded, axis=0) - padded  # (BLOCK_E,) where its segment starts
+
+    # Expert by expert (1-D vectors along the chunk: a (experts x assignments) tile and its scan took twice the
+    # registers): chunk p's assignments on expert e go to rows start[e] + before[e] + their rank in the chunk
+    # (stable); rows [p * BLOCK_A, ...) outside every segment's assignments are padding or the unused tail (-1);
+    # a block belongs to the last expert whose segment starts at or before it and is not empty (-1 past the last)
+    offs_a = p * BLOCK_A + tl.arange(0, BLOCK_A)
+    ea = tl.load(e_ptr + (offs_a % N) * s_en + (offs_a // N) * s_ek, mask=offs_a < A, other=-1)
+    offs_r = p * BLOCK_A + tl.arange(0, BLOCK_A)  # this program's rows (the same numbers as its assignments)
+    offs_b = p * (BLOCK_A // BLOCK_M) + tl.arange(0, BLOCK_A // BLOCK_M)  # ... and its blocks
+    row = tl.zeros([BLOCK_A], tl.int32)
+    placed = tl.zeros([BLOCK_A], tl.int32)
+    used = tl.zeros([BLOCK_A], tl.int32)
+    blk_e = tl.full([BLOCK_A // BLOCK_M], -1, tl.int32)
+    for e in range(0, E):
+        sel = offs_e == e
+        s_e = tl.sum(tl.where(sel, start, 0), axis=0)
+        n_e = tl.sum(tl.where(sel, load, 0), axis=0)
+        hit = (ea == e).to(tl.int32)
+        row += hit * (s_e + tl.sum(tl.where(sel, before, 0), axis=0) + tl.cumsum(hit, axis=0) - 1)
+        placed += hit
+        used += ((offs_r >= s_e) & (offs_r < s_e + n_e)).to(tl.int32)
+        blk_e = tl.where((offs_b * BLOCK_M >= s_e) & (n_e > 0), e, blk_e)
+    tl.store(slot_ptr + row, offs_a, mask=placed > 0)  # an id outside 0..E-1 (or past A) is not placed
+    tl.store(slot_ptr + offs_r, tl.full([BLOCK_A], -1, tl.int32), mask=used == 0)
+    total = tl.sum(padded, axis=0)
+    tl.store(bexp_ptr + offs_b, tl.where(offs_b * BLOCK_M < total, blk_e, -1), mask=offs_b < n_blocks)
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr,
+    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    n_cols = tl.cdiv(F, BLOCK_N)
+    pid = tl.program_id(0)
+    blk = pid // n_cols  # consecutive programs: one block's column tiles (the same rows of x, the same expert)
+    pid_n = pid % n_cols
+    e = tl.load(bexp_ptr + blk)
+    if e >= 0:
+        DT = h_ptr.dtype.element_ty
+        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
+        valid = a >= 0
+        n = tl.where(valid, a % N, 0)  # token
+        k = tl.where(valid, a // N, 0)  # choice
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < F
+        offs_k = tl.arange(0, BLOCK_K)
+        x_rows = x_ptr + n.to(tl.int64)[:, None] * s_xn  # (BLOCK_M, 1)
+        e64 = e.to(tl.int64)
+        g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gf  # (1, BLOCK_N)
+        u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_uf
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
+            kk = k0 + offs_k
+            if EVEN_K:
+                xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+                gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+                ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_n[None, :], other=0.0)
+            else:
+                mask_k = kk < D
+                xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
+                gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                xt = xt.to(tl.float32)
+                gt = gt.to(tl.float32)
+                ut = ut.to(tl.float32)
+            acc_g = tl.dot(xt, gt, acc_g, input_precision=DOT_PRECISION)
+            acc_u = tl.dot(xt, ut, acc_u, input_precision=DOT_PRECISION)
+        h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
+        wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
+        hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
+        h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * F
+        tl.store(h_rows + offs_n[None, :], hw.to(DT), mask=mask_n[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    h_ptr, d_ptr, slot_ptr, bexp_ptr, y_ptr,
+    D, F, s_de, s_dd, s_df,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    n_cols = tl.cdiv(D, BLOCK_N)
+    pid = tl.program_id(0)
+    blk = pid // n_cols
+    pid_n = pid % n_cols
+    e = tl.load(bexp_ptr + blk)
+    if e >= 0:
+        DT = y_ptr.dtype.element_ty
+        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < D
+        offs_k = tl.arange(0, BLOCK_K)
+        h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * F  # every row of a used block was written (padding: 0)
+        d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_dd
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
+            kk = k0 + offs_k
+            if EVEN_K:
+                ht = tl.load(h_rows + kk[None, :])
+                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
+            else:
+                mask_k = kk < F
+                ht = tl.load(h_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                ht = ht.to(tl.float32)
+                dt = dt.to(tl.float32)
+            acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
+        a = tl.load(slot_ptr + offs_m)
+        y_rows = y_ptr + a.to(tl.int64)[:, None] * D
+        tl.store(y_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sum_kernel(
+    y_ptr, out_ptr,
+    ND,
+    TOP_K: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out = the K choices' outputs y (K, N * D) summed in fp32 in choice order, rounded once (torch's sum over K of
+    the reference; its strided reduction took 12 us at the students' shape on an H100, this about half)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < ND
+    acc = tl.zeros([BLOCK], tl.float32)
+    for k in tl.static_range(TOP_K):
+        acc += tl.load(y_ptr + k * ND + offs, mask=mask, other=0.0).to(tl.float32)
+    DT = out_ptr.dtype.element_ty
+    tl.store(out_ptr + offs, _round(acc, DT).to(DT), mask=mask)
+
+
+def _config(device: torch.device) -> dict:
+    return {**(CUDA_CONFIG if device.type == "cuda" else INTERPRET_CONFIG), **CONFIG_OVERRIDE}
+
+
+def plan_sizes(N: int, K: int, E: int, device: torch.device) -> dict:
+    """The plan's static sizes: ``rows`` R (sorted rows, padding included: N * K + E * (BLOCK_M - 1) rounded up to
+    BLOCK_M), ``blocks`` R / BLOCK_M, ``block_a`` assignments (and rows) a plan program takes (PLAN_BLOCK, at least
+    BLOCK_M), ``chunks`` (count programs), ``place`` (place programs: they cover R rows), ``block_e`` and
+    ``block_c`` (the tile of counts a place program sums at a time: at most COUNTS_TILE elements, or 2 chunks)."""
+    cfg = _config(device)
+    bm = cfg["BLOCK_M"]
+    block_a = max(bm, cfg["PLAN_BLOCK"])
+    if block_a & (block_a - 1) or bm & (bm - 1):
+        raise ValueError(f"moe_grouped: BLOCK_M {bm} and PLAN_BLOCK {block_a} must be powers of 2")
+    block_e = max(2, next_pow2(E))
+    A = N * K
+    rows = cdiv(A + E * (bm - 1), bm) * bm
+    chunks = cdiv(A, block_a)
+    block_c = min(max(2, next_pow2(chunks)), max(2, prev_pow2(max(1, cfg["COUNTS_TILE"] // block_e))))
+    return dict(rows=rows, blocks=rows // bm, block_a=block_a, chunks=chunks, place=cdiv(rows, block_a),
+                block_e=block_e, block_c=block_c)  # fmt: skip
+
+
+def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_e (N, K) int32 / int64 -> (slot_assignment (R,) int32, block_expert (R / BLOCK_M,) int32): the two plan
+    launches (module docstring). Assignment a = k * N + n; -1 on padding rows and unused blocks."""
+    N, K = top_e.shape
+    cfg = _config(top_e.device)
+    s = plan_sizes(N, K, n_experts, top_e.device)
+    dev = top_e.get_device() if top_e.is_cuda else 0
+    counts = torch.empty((s["chunks"], n_experts), device=top_e.device, dtype=torch.int32)
+    slot_assignment = torch.empty(s["place"] * s["block_a"], device=top_e.device, dtype=torch.int32)
+    block_expert = torch.empty(s["blocks"], device=top_e.device, dtype=torch.int32)
+    launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()), (s["block_a"],),
+           cfg["PLAN_WARPS"], dev)  # fmt: skip
+    launch(_place_kernel, (s["place"],), (top_e, counts, slot_assignment, block_expert),
+           (N, N * K, n_experts, s["chunks"], s["blocks"], *top_e.stride()),
+           (s["block_a"], s["block_e"], s["block_c"], cfg["BLOCK_M"]), cfg["PLAN_WARPS"], dev)  # fmt: skip
+    return slot_assignment[: s["rows"]], block_expert
+
+
+def moe_grouped_experts(
+    x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, top_e: torch.Tensor,
+    top_w: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """The plan, the two GEMMs and the sum over the choices (the dispatcher checked the arguments; N * K >= 1,
+    fp16 / bf16 / fp32)."""
+    N, D = x.shape
+    E, F, _ = gate_w.shape
+    K = top_e.shape[1]
+    cfg = _config(x.device)
+    dev = x.get_device() if x.is_cuda else 0
+    bm = cfg["BLOCK_M"]
+    slot_assignment, block_expert = plan(top_e, E)
+    R = slot_assignment.shape[0]
+    # Triton's interpreter computes tl.dot of bf16 operands wrongly: there, and only there, operands go as fp32
+    dot_f32 = x.dtype == torch.float32 or x.device.type != "cuda"
+    common = (cfg["num_stages"], dot_f32, "ieee" if dot_f32 else None)
+    h = torch.empty((R, F), device=x.device, dtype=x.dtype)
+    bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
+    launch(_gate_up_kernel, ((R // bm) * cdiv(F, bn),), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h),
+           (N, D, F, *x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride()),
+           (bm, bn, bk, D % bk == 0, *common), cfg["num_warps"], dev)  # fmt: skip
+    y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
+    bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
+    common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
+    launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, down_w, slot_assignment, block_expert, y),
+           (D, F, *down_w.stride()), (bm, bn, bk, F % bk == 0, *common), cfg["DOWN_WARPS"], dev)  # fmt: skip
+    if K == 1:
+        return y
+    out = torch.empty((N, D), device=x.device, dtype=x.dtype)
+    launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (y, out), (N * D,), (K, cfg["SUM_BLOCK"]),
+           cfg["PLAN_WARPS"], dev)  # fmt: skip
+    return out
+
+
+__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "moe_grouped_experts", "plan", "plan_sizes"]

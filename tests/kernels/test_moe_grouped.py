@@ -1,0 +1,241 @@
+"""The fused MoE experts forward for many tokens (``moe_grouped_experts``) against the naive reference in fp64 and in
+the inputs' dtype, on awkward shapes (one token, token counts and d_model / d_ff not multiples of the blocks, one
+expert, top-1 / 2 / 3, an expert with no tokens, every token on one expert); dropped assignments (weight 0) adding
+exactly 0; the plan (sorted rows padded per expert, the block experts) against a plain sort; the naive reference
+against the decode step's; bad inputs; the dispatch; the custom op under ``torch.compile``. Without a GPU the kernels
+run in Triton's interpreter on CPU tensors, with tiny blocks (4 rows, 8 columns); the GPU tests take the students'
+shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archzoo.kernels as K
+from archzoo.kernels._testing import import_triton_kernels, rel_err
+from archzoo.kernels.moe_grouped import naive_moe_grouped_experts
+from archzoo.kernels.moe_step import naive_moe_decode_experts
+
+from conftest import interpreter_only, recording_backend, requires_cuda
+
+_mods, _skip = import_triton_kernels("archzoo.kernels.moe_grouped.triton")
+pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+T = _mods[0] if _mods else None
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(N, D, F, E, top_k, dtype, seed=0, device=DEV, top_e=None):
+    """x, gate_w, up_w, down_w, top_e (distinct experts a token unless given), top_w (softmax: sums to 1)."""
+    g = torch.Generator().manual_seed(seed)
+    rn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = rn(N, D)
+    gate, up, down = rn(E, F, D) / D**0.5, rn(E, F, D) / D**0.5, rn(E, D, F) / F**0.5
+    if top_e is None:
+        top_e = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(N)])
+    top_w = torch.rand(N, top_k, generator=g).softmax(-1)
+    return [v.to(device, dtype) for v in (x, gate, up, down)] + [top_e.to(device), top_w.to(device, dtype)]
+
+
+def _check(name, got, want, tol):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = rel_err(got, want)
+    assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+def _against_reference(args, dtype, name=""):
+    """The kernels' output against the reference in fp64 (the truth) and in the inputs' dtype (the roundings)."""
+    got = T.moe_grouped_experts(*args)
+    assert got.dtype == dtype
+    exact = naive_moe_grouped_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    ref = naive_moe_grouped_experts(*args)
+    if dtype == torch.float32:
+        _check(f"{name}out vs fp64 reference", got.double(), exact, 2e-6)
+        _check(f"{name}out vs reference in its dtype", got, ref, 2e-6)
+    else:  # bf16 roundings between the projections: as close to the truth as the reference's own
+        _check(f"{name}out vs fp64 reference", got.double(), exact, 8e-3)
+        _check(f"{name}out vs reference in its dtype", got, ref, 1e-2)
+        assert rel_err(got.double(), exact) <= 1.25 * rel_err(ref.double(), exact) + 1e-3
+    return got
+
+
+CASES = [  # N, D, F, E, top_k, dtype
+    (1, 40, 56, 4, 2, torch.float32),  # one token: most blocks unused
+    (13, 20, 36, 4, 2, torch.float32),  # N, D, F not multiples of the blocks
+    (9, 24, 40, 5, 3, torch.float32),  # top-3, experts not a power of 2
+    (7, 16, 24, 1, 1, torch.float32),  # one expert, top-1
+    (13, 20, 36, 4, 2, torch.bfloat16),
+    (6, 24, 40, 5, 3, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}-D{}-F{}-E{}-k{}-{}".format(*c[:5], str(c[5])[6:]))
+def test_matches_reference(case):
+    *shape, dtype = case
+    _against_reference(_inputs(*shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_empty_expert_and_one_expert_for_all(dtype):
+    """Expert 1 of 4 with no tokens (its segment empty: no block), then every token's first choice on expert 2
+    (ten tokens: three blocks of it, the last part padding)."""
+    N, E = 10, 4
+    first = torch.tensor([0, 2, 3, 0, 2, 3, 3, 0, 2, 0])
+    top_e = torch.stack([first, torch.tensor([2, 3, 0, 0])[first]], 1)  # 0 -> 2, 2 -> 3, 3 -> 0: never 1
+    _against_reference(_inputs(N, 20, 36, E, 2, dtype, top_e=top_e), dtype, "no tokens on expert 1: ")
+    all_on_2 = torch.stack([torch.full((N,), 2), torch.arange(N) % 2 * 3], 1)  # second choices on 0 and 3
+    _against_reference(_inputs(N, 20, 36, E, 2, dtype, top_e=all_on_2), dtype, "all on expert 2: ")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_dropped_assignments_add_exactly_zero():
+    """Every second choice on expert 3 with weight 0 (dropped), and expert 3's weights so large that its outputs
+    overflow to inf: the output is the same bits as with expert 3's weights ordinary, and the reference's."""
+    N, D, F, E = 9, 20, 36, 4
+    top_e = torch.stack([torch.arange(N) % 3, torch.full((N,), 3)], 1)
+    x, g, u, d, e, w = _inputs(N, D, F, E, 2, torch.float32, top_e=top_e)
+    w[:, 1] = 0
+    w[:, 0] = torch.rand(N, device=DEV) + 0.5
+    plain = T.moe_grouped_experts(x, g, u, d, e, w)
+    g, u, d = (t.clone() for t in (g, u, d))
+    for t in (g, u, d):
+        t[3] *= 1e30
+    huge = T.moe_grouped_experts(x, g, u, d, e, w)
+    assert torch.isfinite(huge).all() and torch.equal(huge, plain), "a dropped assignment must add exactly 0"
+    _check("dropped vs reference", huge, naive_moe_grouped_experts(x, g, u, d, e, w), 2e-6)
+
+
+def test_strided_x_int32_experts_strided_weights(monkeypatch):
+    """x a column slice of a wider tensor, int32 expert ids, top_w a strided view; BLOCK_K dividing d_model / d_ff
+    (the unmasked loads), then one masked K tile a GEMM (a wider BLOCK_K) with other blocks of rows."""
+    x, g, u, d, e, w = _inputs(11, 24, 40, 4, 2, torch.float32)
+    wide = torch.randn(11, 100, device=DEV)
+    wide[:, 30:54] = x
+    w_wide = torch.zeros(11, 4, device=DEV)
+    w_wide[:, ::2] = w
+    want = naive_moe_grouped_experts(x, g, u, d, e, w)
+    got = T.moe_grouped_experts(wide[:, 30:54], g, u, d, e.int(), w_wide[:, ::2])
+    _check("strided x, int32 ids", got, want, 2e-6)
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", dict(BLOCK_K=32, DOWN_BLOCK_K=64, BLOCK_M=8 if DEV == "cpu" else 128))
+    _check("wide K tiles", T.moe_grouped_experts(x, g, u, d, e, w), want, 2e-6)
+
+
+def _plan_ref(top_e, E, bm):
+    """The plan by a stable sort: (slot_assignment, block_expert) as lists, padding -1."""
+    N, Kc = top_e.shape
+    ea = top_e.t().reshape(-1).tolist()  # a = k * N + n
+    slots, blocks = [], []
+    for e in range(E):
+        seg = [a for a, ee in enumerate(ea) if ee == e]
+        seg += [-1] * (-len(seg) % bm)
+        slots += seg
+        blocks += [e] * (len(seg) // bm)
+    rows = -(-(N * Kc + E * (bm - 1)) // bm) * bm
+    return slots + [-1] * (rows - len(slots)), blocks + [-1] * (rows // bm - len(blocks))
+
+
+@pytest.mark.parametrize("N, E, top_k, block", [(1, 4, 2, 8), (13, 5, 3, 8), (40, 4, 2, 4), (20, 9, 1, 16)])
+def test_plan_sorts_and_pads_by_expert(N, E, top_k, block, monkeypatch):
+    """slot_assignment and block_expert against a stable sort in Python: each expert's assignments in priority
+    order (a = k * N + n), padded to whole blocks, unused rows and blocks -1; over several plan chunks (``block``
+    assignments a program), the counts summed over several tiles of chunks (80 assignments in 20 chunks), 9
+    experts (a padded tile of experts)."""
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", dict(PLAN_BLOCK=block))
+    g = torch.Generator().manual_seed(N)
+    top_e = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(N)])
+    top_e[: N // 2, 0] = E - 1  # unbalanced
+    slots, blocks = T.plan(top_e.to(DEV), E)
+    want_slots, want_blocks = _plan_ref(top_e, E, T._config(torch.device(DEV))["BLOCK_M"])
+    assert slots.tolist() == want_slots
+    assert blocks.tolist() == want_blocks
+
+
+@pytest.mark.parametrize("N, top_k, dtype", [(3, 2, torch.float32), (2, 1, torch.bfloat16), (3, 2, torch.bfloat16)])
+def test_reference_agrees_with_the_decode_reference(N, top_k, dtype):
+    """For a few tokens the loop over the experts computes what ``naive_moe_decode_experts`` does (its bf16 products
+    rounded one by one: the bf16 results differ by that)."""
+    args = _inputs(N, 40, 56, 8, top_k, dtype, device="cpu")
+    _check("grouped vs decode reference", naive_moe_grouped_experts(*args), naive_moe_decode_experts(*args),
+           1e-6 if dtype == torch.float32 else 1e-2)  # fmt: skip
+
+
+def test_bad_input():
+    x, g, u, d, e, w = _inputs(2, 16, 24, 4, 2, torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="x must be"):
+        K.moe_grouped_experts(x[None], g, u, d, e, w)
+    with pytest.raises(ValueError, match="gate_w must be"):
+        K.moe_grouped_experts(x, g[..., :8], u, d, e, w)
+    with pytest.raises(ValueError, match="up_w must be"):
+        K.moe_grouped_experts(x, g, u[:3], d, e, w)
+    with pytest.raises(ValueError, match="down_w must be"):
+        K.moe_grouped_experts(x, g, u, d.transpose(1, 2), e, w)
+    with pytest.raises(ValueError, match="top_e must be"):
+        K.moe_grouped_experts(x, g, u, d, e.float(), w)
+    with pytest.raises(ValueError, match="top_w must be"):
+        K.moe_grouped_experts(x, g, u, d, e, w[:, :1])
+    with pytest.raises(ValueError, match="gate_w must have x's dtype"):
+        K.moe_grouped_experts(x, g.double(), u, d, e, w)
+    with pytest.raises(ValueError, match="gate_w must hold at least one expert"):
+        K.moe_grouped_experts(x, g[:0], u[:0], d[:0], e, w)
+
+
+@interpreter_only
+def test_dispatch_and_the_custom_op(monkeypatch):
+    """CPU tensors: the naive reference without the interpreter, the kernels with it; float64 and no tokens the
+    reference; under torch.compile(fullgraph=True) one graph with the custom op, giving the eager result."""
+    args = _inputs(5, 20, 36, 4, 2, torch.float32, device="cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ref = K.moe_grouped_experts(*args)
+    assert K.last_backend("moe_grouped_experts") == "naive"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    got = K.moe_grouped_experts(*args)
+    assert K.last_backend("moe_grouped_experts") == "triton"
+    _check("interpreted vs naive", got, ref, 2e-6)
+    K.moe_grouped_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    assert K.last_backend("moe_grouped_experts") == "naive"
+    assert K.moe_grouped_experts(*[a[:0] if a.shape[0] == 5 else a for a in args]).shape == (0, 20)
+    assert K.last_backend("moe_grouped_experts") == "naive"
+    graphs: list[list[str]] = []
+    torch._dynamo.reset()
+    traced = torch.compile(lambda *a: K.moe_grouped_experts(*a) * 2, backend=recording_backend(graphs),
+                           fullgraph=True)(*args)  # fmt: skip
+    torch._dynamo.reset()
+    assert len(graphs) == 1 and sum("moe_grouped_experts" in t for t in graphs[0]) == 1, graphs
+    assert K.last_backend("moe_grouped_experts") == "triton"
+    _check("traced", traced, 2 * got, 2e-6)
+
+
+def _students(routing: str, seed: int = 0):
+    """bf16 inputs at the students' shape; routing "random" (distinct experts a token) or "skewed" (every first
+    choice on expert 5, expert 0 unused, a tenth of the second choices dropped)."""
+    N, D, F, E = 4096, 576, 1536, 8
+    top_e = None
+    if routing == "skewed":
+        g = torch.Generator().manual_seed(seed)
+        top_e = torch.stack([torch.full((N,), 5), torch.randint(1, 5, (N,), generator=g)], 1)
+    args = _inputs(N, D, F, E, 2, torch.bfloat16, seed, device="cuda", top_e=top_e)
+    if routing == "skewed":
+        args[5][::10, 1] = 0
+    return args
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("routing", ["random", "skewed"])
+def test_cuda_students_shape_bf16(routing):
+    """At the students' shape: against the fp64 reference and the reference in bf16; two calls agree to the bit, and
+    a CUDA-graph replay gives the eager result (no host synchronisation in the call)."""
+    args = _students(routing)
+    got = K.moe_grouped_experts(*args)
+    assert K.last_backend("moe_grouped_experts") == "triton"
+    exact = naive_moe_grouped_experts(*[a.double() if a.is_floating_point() else a for a in args])
+    _check("vs fp64", got.double(), exact, 1e-2)
+    _check("vs the reference in bf16", got, naive_moe_grouped_experts(*args), 1e-2)
+    assert torch.equal(got, K.moe_grouped_experts(*args)), "two calls must agree to the bit"
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = K.moe_grouped_experts(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
