@@ -49,8 +49,17 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # ROUTER_TILE: moe_decode_step's router tile, next_pow2(E) x d_model columns, at most this many elements (one fp32
 # accumulator: 16 registers a thread at 4 warps; E = 8 reads d_model 576 in three tiles of 256); it is dead before
 # the gate-up accumulators are live.
-CUDA_CONFIG = dict(BLOCK_F=16, BLOCK_D=256, DOWN_BLOCK_N=16, DOWN_MIN_BLOCK_N=4, DOWN_BLOCK_F=256, PROGRAMS_PER_SM=2,
-                   ROUTER_TILE=2048, num_warps=4)  # fmt: skip
+# Each program's rows in one tile (d_model 576 <= BLOCK_D 1024, d_ff 1536 <= DOWN_BLOCK_F 2048, the router's 8 x 576 in
+# one ROUTER_TILE), so its loads are issued at once: a decode step's kernels are latency-bound, and a loop of tiles is
+# one DRAM round trip a tile. Why: on an H100 (fifteenth session, tools/decode_profile.py --moe-experts
+# reductions,fused, docs/results/decode/profile_h100_moe_fused.log) the first configuration (BLOCK_F 16, BLOCK_D 256,
+# DOWN_BLOCK_F 256, ROUTER_TILE 2048: 3 router tiles then 3 gate / up tiles a program, 2 x 6 down tiles) took
+# 8.4 us for routing + gate / up and 10.5 us for down a layer (3.5 MB of the two experts' down rows: 0.33 TB/s),
+# and the MoE student's step 1.164 ms against 1.092 with "reductions". sm_90 (tools/sm90_compile.py --op moe_step):
+# 154 registers for routing + gate / up (as before), 127 for down, no spills; BLOCK_F 4 gives 768 programs at batch 1
+# (2 waves of 3 a multiprocessor). Untimed: the next lease's stepprof:moe.
+CUDA_CONFIG = dict(BLOCK_F=4, BLOCK_D=1024, DOWN_BLOCK_N=4, DOWN_MIN_BLOCK_N=4, DOWN_BLOCK_F=2048, PROGRAMS_PER_SM=2,
+                   ROUTER_TILE=8192, num_warps=4)  # fmt: skip
 # Under the interpreter (tests): small tiles, so several tiles a row and masked edges run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_F=8, BLOCK_D=16, DOWN_BLOCK_N=8, DOWN_MIN_BLOCK_N=2, DOWN_BLOCK_F=16, PROGRAMS_PER_SM=2,
                         ROUTER_TILE=64, SM_COUNT=4, num_warps=1)  # fmt: skip
