@@ -113,10 +113,11 @@ def _pruned(cfg: dict) -> dict:
 
 
 def build_grid(quick: bool = False, wide: bool = False) -> dict[str, dict]:
-    """-> {name: CONFIG_OVERRIDE}, "default" ({}) first: tile x warps x split policy at CUDA_CONFIG's FIXUP and
-    L2_PREFETCH, then at the default tile and warps every split policy x FIXUP x L2_PREFETCH; with ``wide`` (rows of
-    WIDE_M or more swept, not with ``quick``) also WIDE_TILES x WIDE_WARPS x WIDE_SPLITS. Overrides hold only the
-    keys that differ from CUDA_CONFIG; configurations equal to one before are left out."""
+    """-> {name: CONFIG_OVERRIDE}, "default" ({}) and "flat" (EPILOGUE_PLANS off) first, then, each with
+    EPILOGUE_PLANS off (one configuration for all four projections): tile x warps x split policy at CUDA_CONFIG's
+    FIXUP and L2_PREFETCH, then at the default tile and warps every split policy x FIXUP x L2_PREFETCH; with
+    ``wide`` (rows of WIDE_M or more swept, not with ``quick``) also WIDE_TILES x WIDE_WARPS x WIDE_SPLITS. Overrides
+    hold only the keys that differ from CUDA_CONFIG; configurations equal to one before are left out."""
     tiles, warps, splits, syncs = (QUICK[k] for k in ("tiles", "warps", "splits", "syncs")) if quick else (
         tuple(TILES), WARPS, tuple(SPLITS), tuple(SYNCS))  # fmt: skip
     base_sync = _pruned(SYNCS["fx0_l2"])
@@ -124,10 +125,13 @@ def build_grid(quick: bool = False, wide: bool = False) -> dict[str, dict]:
     points += [("bn16", gt.CUDA_CONFIG["num_warps"], s, y) for s, y in itertools.product(splits, syncs)]
     if wide and not quick:
         points += [(t, w, s, None) for t, w, s in itertools.product(WIDE_TILES, WIDE_WARPS, WIDE_SPLITS)]
-    grid: dict[str, dict] = {"default": {}}
-    seen = {()}
+    # "default": CUDA_CONFIG as shipped, its per-epilogue plans included; "flat": without them (one configuration for
+    # every projection, as each point of the grid is)
+    grid: dict[str, dict] = {"default": {}, "flat": {"EPILOGUE_PLANS": False}}
+    seen = {(), (("EPILOGUE_PLANS", False),)}
     for t, w, s, y in points:
-        cfg = _pruned({**{**TILES, **WIDE_TILES}[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync)})
+        cfg = _pruned({**{**TILES, **WIDE_TILES}[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync),
+                       "EPILOGUE_PLANS": False})  # fmt: skip
         key = tuple(sorted(cfg.items()))
         if key in seen:
             continue
@@ -165,14 +169,14 @@ def plan_of(M: int, name: str, cfg: dict, device: torch.device, sms: int = SM_CO
     full = {**gt.CUDA_CONFIG, **cfg}
     if device.type == "cuda":
         with overridden(cfg):
-            lp = gt.launch_plan(M, N, K, device, epi == "swiglu", epi == "rope")
+            lp = gt.launch_plan(M, N, K, device, epi == "swiglu", epi == "rope", epi == "residual")
         pdl = gt.pdl_enabled(device)
     else:
         missing = set(gt.INTERPRET_CONFIG) - set(gt.CUDA_CONFIG) - {"SM_COUNT"}
         if missing:  # every key the CPU's config has must come from CUDA_CONFIG, or the plan mixes the two
             raise RuntimeError(f"CUDA_CONFIG lacks {sorted(missing)}: the dry run cannot plan as on a GPU")
         with overridden({**full, "SM_COUNT": sms}):
-            lp = gt.launch_plan(M, N, K, device, epi == "swiglu", epi == "rope")
+            lp = gt.launch_plan(M, N, K, device, epi == "swiglu", epi == "rope", epi == "residual")
     split = lp["n_splits"] > 1
     fixup = split and bool(full["FIXUP"])
     return {**lp, "fixup": fixup, "l2_prefetch": bool(pdl and lp["use_dot"] and full["L2_PREFETCH"]),

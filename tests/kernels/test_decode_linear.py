@@ -436,6 +436,52 @@ def test_l2_prefetch_is_planned_only_with_pdl_on_the_dot_path(monkeypatch):
     assert gt.CUDA_CONFIG["L2_PREFETCH"] is True and gt.INTERPRET_CONFIG["L2_PREFETCH"] is False  # on where timed
 
 
+@needs_triton
+def test_epilogue_plans_on_the_teachers_shapes(monkeypatch):
+    """EPILOGUE_PLANS (CUDA_CONFIG): at 8-31 rows on the tl.dot path each epilogue takes its EPILOGUE_PLAN keys (the
+    H100 sweep's per-projection winners), nothing else changes: 1 and 64 rows, a projection without an epilogue, and
+    {"EPILOGUE_PLANS": false} plan as the flat configuration."""
+    monkeypatch.setattr(T, "_sm_count", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    shapes = {"rope": (960, 576), "residual": (576, 1536), "swiglu": (3072, 576)}
+    for epi, (N, Kd) in shapes.items():
+        flags = dict(swiglu=epi == "swiglu", rope=epi == "rope", residual=epi == "residual")
+        for M in (8, 16, 31):
+            p = T.launch_plan(M, N, Kd, dev, **flags)
+            want = T.EPILOGUE_PLAN[epi]
+            assert p["BLOCK_K"] == want.get("MAX_BLOCK_K", p["BLOCK_K"]) and p["num_warps"] == want.get("num_warps", 4)
+            assert p["BLOCK_N"] >= want.get("MIN_BLOCK_N", 1), (epi, M, p)
+            monkeypatch.setitem(T.CONFIG_OVERRIDE, "EPILOGUE_PLANS", False)
+            if M < 31:  # (at 31 rows x's 32-row tile already caps Q|K|V's BLOCK_K at 256)
+                assert T.launch_plan(M, N, Kd, dev, **flags) != p, (epi, M, "the plan should differ from the flat one")
+            monkeypatch.delitem(T.CONFIG_OVERRIDE, "EPILOGUE_PLANS")
+        for M in (1, 4, 32, 64):
+            p = T.launch_plan(M, N, Kd, dev, **flags)
+            monkeypatch.setitem(T.CONFIG_OVERRIDE, "EPILOGUE_PLANS", False)
+            assert T.launch_plan(M, N, Kd, dev, **flags) == p, (epi, M)
+            monkeypatch.delitem(T.CONFIG_OVERRIDE, "EPILOGUE_PLANS")
+    assert T.launch_plan(16, 576, 1536, dev) == T.launch_plan(16, 576, 1536, dev, residual=False)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_epilogue_plans_match_naive(dtype, monkeypatch):
+    """The per-epilogue plans (on in the interpreter through CONFIG_OVERRIDE, with the interpreter's small tiles as
+    the base) compute what the reference does: residual, SwiGLU, at 8 and 16 rows, K not a multiple of the tile."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "EPILOGUE_PLANS", True)
+    monkeypatch.setattr(T, "EPILOGUE_PLAN", {"swiglu": dict(BLOCK_N=16, MIN_BLOCK_N=16),
+                                             "residual": dict(MAX_BLOCK_K=16, num_warps=2)})  # fmt: skip
+    Kd, Fd = 100, 35
+    for M in (8, 16):
+        x, w, nw = _inputs(M, Kd, 2 * Fd, dtype, True, DEV, seed=M)
+        assert T.launch_plan(M, 2 * Fd, Kd, x.device, residual=True)["BLOCK_K"] == 16
+        res = torch.randn(M, 2 * Fd, generator=torch.Generator().manual_seed(1)).to(DEV, dtype)
+        got = T.decode_linear(x, w, nw, 1e-5, residual=res)
+        _assert(f"residual[M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, residual=res), TOL[dtype])
+        got = T.decode_linear(x, w, nw, 1e-5, swiglu=True)
+        _assert(f"swiglu[M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, swiglu=True), TOL[dtype])
+
+
 # ---------------------------------------------------------------- epilogues: residual add, SwiGLU (issue 18)
 
 

@@ -87,14 +87,34 @@ from ._checks import MAX_M, check_decode_linear
 # rows give 240, each reading the weight rows again from L2 (cuBLAS tiles its batch-64 GEMVs 8 rows at a time).
 # Off: it lost on an H200 (teacher shape at 64 x 128: 33,253 tokens/s against 38,978 with one row block, and cuBLAS
 # 48,071; docs/results/decode/decode_h200_m16.md), so the tl.dot path at 64 rows stays behind cuBLAS.
+# EPILOGUE_PLANS: on the tl.dot path below WIDE_M rows (a decode step at batch 8-31), the keys of EPILOGUE_PLAN for
+# the projection's epilogue override the ones above and CONFIG_OVERRIDE's ({"EPILOGUE_PLANS": false} turns them off,
+# so an override's keys apply to every projection, as the tuner's flat configurations do).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=True, M_TILE=None, num_warps=4)  # fmt: skip
+                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, num_warps=4)  # fmt: skip
+# The tl.dot path's configuration at 8-31 rows by the projection's epilogue: "rope" (Q|K|V with RoPE and the cache
+# write), "swiglu" (gate|up), "residual" (O, down, and every projection that adds the residual); a projection
+# without an epilogue keeps CUDA_CONFIG. Why per epilogue: no one configuration was within 1% of the best on all
+# four of the teacher's projections (tools/tune_gemv.py --rows 16,8 on an H100, fifteenth session,
+# docs/results/kernels/gemv_tune_h100_16_8.log), and each projection's best differs in the one key that matters
+# for its shape: Q|K|V (never split along K) wants its 576 columns in three pipelined 256-column tiles, not one
+# (7.87 -> 5.21 us at 16 rows); O and down want 64-column tiles on 2 warps (4.33 -> 2.70 and 4.63 -> 3.31 us); gate|up
+# 32-row weight blocks (7.72 -> 6.02 us). Summed over a layer's four at 16 rows: 24.5 -> 17.2 us (cuBLAS 16.3 us,
+# without the norm, RoPE, cache-write, SwiGLU and residual kernels the epilogues save); at 8 rows 24.4 -> 17.7 us.
+# The step at batch 8 / 16 with them is untimed (the queue's gemvstep job times it against {"EPILOGUE_PLANS":
+# false} and cuBLAS).
+EPILOGUE_PLAN = {
+    "rope": dict(MAX_BLOCK_K=256),
+    "swiglu": dict(BLOCK_N=32, MIN_BLOCK_N=32),
+    "residual": dict(MAX_BLOCK_K=64, num_warps=2),
+}
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 4 "SMs", so the halving of BLOCK_N, several
 # K tiles per program and the split are all exercised at K, N below 100.
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
-                        WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, num_warps=1)  # fmt: skip
+                        WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, EPILOGUE_PLANS=False,
+                        num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing. It starts from the environment
 # variable CONFIG_ENV, a JSON object of such keys (what tools/tune_gemv.py suggests for a GPU), so a configuration
@@ -393,13 +413,24 @@ def _config(device: torch.device) -> dict:
     return {**base, **CONFIG_OVERRIDE}
 
 
-def launch_plan(M: int, N: int, K: int, device: torch.device, swiglu: bool = False, rope: bool = False) -> dict:
+def epilogue_of(swiglu: bool = False, rope: bool = False, residual: bool = False) -> str | None:
+    """The EPILOGUE_PLAN key of a projection's epilogue (None: no epilogue)."""
+    return "rope" if rope else "swiglu" if swiglu else "residual" if residual else None
+
+
+def launch_plan(
+    M: int, N: int, K: int, device: torch.device, swiglu: bool = False, rope: bool = False, residual: bool = False
+) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-    a function of the shape and the device only (see the module docstring). With ``swiglu`` or ``rope`` BLOCK_N is
-    at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K (its epilogue
-    writes the caches; Q|K|V has rows enough to fill the GPU without a split)."""
+    a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
+    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
+    (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split). On the tl.dot path below
+    WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
+    epi = epilogue_of(swiglu, rope, residual)
+    if use_dot and cfg.get("EPILOGUE_PLANS") and epi in EPILOGUE_PLAN and M < cfg["WIDE_M"]:
+        cfg = {**cfg, **EPILOGUE_PLAN[epi]}
     m_tile = cfg.get("M_TILE")
     rows = min(M, m_tile) if use_dot and m_tile else M  # rows of x a program takes
     block_m = max(16, _next_pow2(rows)) if use_dot else _next_pow2(M)
@@ -463,7 +494,7 @@ def _plan(
         return p
     M, K = x.shape
     N = weight.shape[0]
-    lp = launch_plan(M, N, K, x.device, swiglu, rope is not None)
+    lp = launch_plan(M, N, K, x.device, swiglu, rope is not None, residual is not None)
     h_dtype = x.dtype if norm_weight is None else torch.promote_types(x.dtype, norm_weight.dtype)
     # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (see decode_attention/triton.py): there,
     # and only there, bf16 operands are widened to fp32 for the dot. fp32, or a norm output wider than weight's
@@ -556,4 +587,5 @@ def decode_linear(
     return _run(x, weight, norm_weight, eps, residual, swiglu, bias=bias)
 
 
-__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "MAX_M", "decode_linear", "launch_plan"]
+__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "EPILOGUE_PLAN", "INTERPRET_CONFIG", "MAX_M",
+           "decode_linear", "epilogue_of", "launch_plan"]  # fmt: skip
