@@ -74,7 +74,15 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     }
     if "padded" in getattr(moe_mod, "DISPATCHES", ()):  # capacity-padded slabs, one bmm per projection
         impls["archzoo_padded"] = _dispatched(moe_mod, layer, x, "padded")
+    # The routed experts fused in Triton (archzoo.kernels.moe_grouped_experts; forward only, no backward yet, so its
+    # forward+backward is reported as an error), routed as the layer routes; dropless (no capacity), so it does the
+    # layer's eval-mode work: every assignment, where the train-mode rows above drop those over capacity.
+    fused = _fused_experts(layer, x)
+    impls["archzoo_fused_experts"] = fused
     leaves = [x, *layer.parameters(), *dense.parameters()]
+    if torch.device(device).type == "cuda":
+        graphed_fused = torch.compile(fused, mode="reduce-overhead", fullgraph=True)
+        impls["archzoo_fused_experts_cudagraphs"] = _graph_step(graphed_fused, leaves)
     if has_switch and torch.device(device).type == "cuda":
         # Every (DISPATCH, ROUTE, GATE_UP, grad mode) the rows below run is one more compiled entry of MoE.forward;
         # past dynamo's default 8 the rest failed with FailOnRecompileLimitHit (fullgraph=True; H100, 2026-12-06).
@@ -169,6 +177,24 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
         "bf16_peak_flops": peak,
         "rows": {n_tokens: res},
     }
+
+
+def _fused_experts(layer, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """x -> the layer's routing (router, softmax, top-k, renormalisation, as MoE.forward) and its routed experts through
+    ``moe_grouped_experts`` (shared experts, if any, added as the layer adds them)."""
+    from ...kernels import moe_grouped_experts
+    from ...kernels.moe_step import route
+
+    def call() -> torch.Tensor:
+        logits = layer.router(x).float()
+        _, top_p, top_e = route(logits, layer.top_k, layer.norm_topk_prob, layer.top_k <= 4)
+        out = moe_grouped_experts(x, layer.gate_proj.weight, layer.up_proj.weight, layer.down_proj.weight, top_e,
+                                  top_p.to(x.dtype))  # fmt: skip
+        for shared in layer.shared_experts:
+            out = out + shared(x)
+        return out
+
+    return call
 
 
 def _dispatched(
