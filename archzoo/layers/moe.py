@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..kernels._dispatch import once
+from ..kernels.moe_grouped import moe_grouped_experts
 from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
@@ -41,8 +42,15 @@ from .mlp import SwiGLU
 # H100 the grouped GEMMs ran 8 groups of ~1,024 rows at 60% of one dense GEMM's efficiency (docs/kernels.md), and
 # a capacity-padded batch is GShard's and Switch's own dispatch. Opt-in until a GPU has timed it beside the
 # grouped rows (archzoo bench kernels --ops moe: archzoo_padded_*).
+# "fused" (fifteenth session, opt-in, untimed in the layer): the routed experts through
+# ``archzoo.kernels.moe_grouped_experts``, the plan, gate|up with the row gather and SiLU x up x weight as its epilogue,
+# down, the sum over the choices, in Triton (the PyTorch reference elsewhere); the capacity's drops as zero routing
+# weights, the statistics and losses as every sorted path has them. Why: on an H100 the kernel's experts took 150 us
+# at the bench's shape against the dense SwiGLU's 116 and the grouped path's 408 (docs/kernels.md). Its routing
+# weight multiplies h before down (the decode reference's rounding), so bf16 outputs differ from "grouped"'s by
+# roundings. Opt-in until a GPU has timed it in the layer (archzoo bench kernels --ops moe: archzoo_fused_experts).
 DISPATCH = "auto"
-DISPATCHES = ("auto", "grouped", "loop", "padded")
+DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
 # How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:
 # "reductions" (the default) the gathered rows as elementwise products and sums, which torch.compile fuses into
 # reductions; "kernel" ``archzoo.kernels.moe_decode_experts``, one Triton launch for gate and up with SiLU x up and
@@ -167,7 +175,7 @@ class MoE(nn.Module):
         self.shared_experts = nn.ModuleList(SwiGLU(d_model, d_ff) for _ in range(n_shared_experts))
         self.aux_loss: torch.Tensor | None = None  # set by every forward
         self._stats: tuple | None = None  # (load, balance, z, capacity, assignments) of the last sorted forward
-        self.last_dispatch: str | None = None  # "grouped" | "loop" | "padded" | "static": the last forward's path
+        self.last_dispatch: str | None = None  # "grouped" | "loop" | "padded" | "fused" | "static": the last path
         # The static path's branch: "fused" / "kernel" / "reductions" (DECODE_EXPERTS, taken while N x top_k <
         # n_experts) or "dense" (every expert on every token, whatever DECODE_EXPERTS says); None off the static path
         self.last_decode_experts: str | None = None
@@ -296,6 +304,9 @@ class MoE(nn.Module):
         if DISPATCH == "padded" and capacity is not None and N > 0:
             self.last_dispatch = "padded"
             out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
+        elif DISPATCH == "fused" and N > 0:
+            self.last_dispatch = "fused"
+            out = self._fused(x, top_p, top_e, order, keep)
         elif self._use_grouped(x):
             self.last_dispatch = "grouped"
             if keep is not None:
@@ -335,6 +346,22 @@ class MoE(nn.Module):
             "z_loss": z.detach(),
             "capacity": capacity,
         }
+
+    def _fused(
+        self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor, order: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Routed experts through ``moe_grouped_experts`` -> (N, D): top_p, top_e (N, K); an assignment over its
+        expert's capacity (``keep`` False, in sorted order) gets weight 0, so it adds 0 and gets 0 gradient. In the
+        compute dtype (autocast's, as F.linear would), the result in x's dtype."""
+        N, K = top_e.shape
+        dtype = compute_dtype(x)
+        w = top_p.to(dtype)  # (N, K)
+        if keep is not None:
+            kept = torch.empty_like(keep).scatter_(0, order, keep)  # (K*N,) in assignment order, a = k * N + token
+            w = w * kept.view(K, N).t().to(dtype)
+        weights = [p.weight if p.weight.dtype == dtype else p.weight.to(dtype)
+                   for p in (self.gate_proj, self.up_proj, self.down_proj)]  # fmt: skip
+        return moe_grouped_experts(x.to(dtype), *weights, top_e, w).to(x.dtype)
 
     def _use_grouped(self, x: torch.Tensor) -> bool:
         """Whether this forward's experts run as grouped GEMMs, by ``DISPATCH`` and ``grouped_mm_unfit``."""

@@ -531,7 +531,7 @@ def test_auto_falls_back_to_the_loop_and_says_why(dtype, d_model, d_ff, reason, 
     with pytest.raises(ValueError, match=f"DISPATCH='grouped'.*{reason}"):
         moe(x.to(dtype))
     monkeypatch.setattr(moe_mod, "DISPATCH", "fast")
-    with pytest.raises(ValueError, match="auto, grouped, loop, padded; got 'fast'"):
+    with pytest.raises(ValueError, match="auto, grouped, loop, padded, fused; got 'fast'"):
         moe(x.to(dtype))
 
 
@@ -700,6 +700,28 @@ def test_padded_matches_loop(dtype, top_k, route, monkeypatch):
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     for name, value in padded.items():
         assert_close(f"{name} padded vs loop ({dtype})", value, loop[name], tol)
+
+
+@pytest.mark.parametrize("capacity_factor", [1.0, None], ids=["drops", "dropless"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_fused_matches_loop(dtype, top_k, capacity_factor, monkeypatch):
+    """DISPATCH="fused" (the experts through moe_grouped_experts; its PyTorch reference on this CPU): output and every
+    gradient equal the loop's, with the capacity's drops as zero weights, an idle expert and uneven loads;
+    statistics and aux loss unchanged."""
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(dtype, top_k, capacity_factor)
+    loop = run_moe(moe, x.to(dtype), g.to(dtype), "loop", monkeypatch)
+    loop_stats, loop_aux = moe.last_stats, moe.aux_loss.detach()
+    fused = run_moe(moe, x.to(dtype), g.to(dtype), "fused", monkeypatch)
+    assert moe.last_dispatch == "fused"
+    assert (moe.last_stats["tokens_dropped"] > 0) == (capacity_factor is not None)
+    for key in ("tokens_dropped", "load", "drop_fraction", "balance_loss", "z_loss"):
+        assert torch.equal(moe.last_stats[key], loop_stats[key]), key
+    assert torch.equal(moe.aux_loss, loop_aux)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    for name, value in fused.items():
+        assert_close(f"{name} fused vs loop ({dtype})", value, loop[name], tol)
 
 
 def test_padded_without_a_capacity_takes_autos_path_and_says_so(monkeypatch, caplog):
