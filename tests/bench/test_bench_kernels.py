@@ -117,6 +117,9 @@ def test_la_based_moe_run_on_the_cpu_at_tiny_shapes(tmp_path, capsys):
         assert "grouped GEMM cannot run" in grouped["status"], grouped
     padded = rows["archzoo_padded"]  # capacity-padded slabs: torch.bmm, on every device
     assert padded["status"] == "ok" and padded["last_dispatch"] == "padded" and padded["rel_err_vs_loop"] < 2e-2, padded
+    layer_fused = rows["archzoo_fused"]  # the layer with DISPATCH="fused": same routing and drops as the loop
+    assert layer_fused["status"] == "ok" and layer_fused["last_dispatch"] == "fused", layer_fused
+    assert layer_fused["rel_err_vs_loop"] < 2e-2, layer_fused
     fused = rows["archzoo_fused_experts"]  # moe_grouped_experts (its naive form here: the CPU, no interpreter)
     assert fused["status"] == "ok" and fused["over_dense_fwd"] > 0, fused
     for title in ("## linear_attention normalize=False", "## linear_attention normalize=True", "## BASED", "## MoE"):

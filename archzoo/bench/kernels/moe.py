@@ -74,6 +74,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     }
     if "padded" in getattr(moe_mod, "DISPATCHES", ()):  # capacity-padded slabs, one bmm per projection
         impls["archzoo_padded"] = _dispatched(moe_mod, layer, x, "padded")
+    if "fused" in getattr(moe_mod, "DISPATCHES", ()):  # the layer with its experts through moe_grouped_experts
+        impls["archzoo_fused"] = _dispatched(moe_mod, layer, x, "fused")
     # The routed experts fused in Triton (archzoo.kernels.moe_grouped_experts; forward only, no backward yet, so its
     # forward+backward is reported as an error), routed as the layer routes; dropless (no capacity), so it does the
     # layer's eval-mode work: every assignment, where the train-mode rows above drop those over capacity.
@@ -114,8 +116,11 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
             # and the capacity-padded slabs (DISPATCH="padded": one torch.bmm per projection, no grouped GEMM)
             call = _dispatched(moe_mod, fn, x, "padded", route="count")
             impls[f"archzoo_padded_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
+            if "fused" in moe_mod.DISPATCHES:  # and the experts in Triton (DISPATCH="fused")
+                call = _dispatched(moe_mod, fn, x, "fused", route="count")
+                impls[f"archzoo_fused_count_{name}"] = _graph_step(call, leaves) if name == "cudagraphs" else call
     dispatch: dict[str, object] = {}
-    for name in ("archzoo_grouped", "archzoo_loop", "archzoo_padded"):  # the path each took, and the drops
+    for name in ("archzoo_grouped", "archzoo_loop", "archzoo_padded", "archzoo_fused"):  # the path each took
         if name not in impls:
             continue
         fn = impls[name]
@@ -150,13 +155,13 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
         for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", "archzoo_grouped_count_gu_compiled",
-                     "archzoo_padded_count_compiled", f"{dname}_compiled"):  # fmt: skip
+                     "archzoo_padded_count_compiled", "archzoo_fused_count_compiled", f"{dname}_compiled"):  # fmt: skip
             if res.get(name, {}).get("status") == "ok":
                 try:  # a profiler failure is the row's note, not the end of the op's other rows
                     res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
                 except Exception as e:
                     res[name]["kernels_fwdbwd"] = {"error": _error(e)}
-    for name in ("archzoo_grouped", "archzoo_padded"):
+    for name in ("archzoo_grouped", "archzoo_padded", "archzoo_fused"):
         if name in outs and "archzoo_loop" in outs:
             res[name]["rel_err_vs_loop"] = _rel(outs[name].float(), outs["archzoo_loop"].float())
     with torch.no_grad():  # the statistics of an eager call (a CUDA graph's outputs are overwritten by its next replay)
