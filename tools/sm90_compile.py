@@ -23,7 +23,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op based --all-configs   # ... at every config their autotuners may pick
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
     python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
-    python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts forward's five kernels, 4,096 tokens
+    python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts' forward and backward, 4,096 tokens
 """
 
 from __future__ import annotations
@@ -240,8 +240,12 @@ def _moe_step_calls(sms: int = 132) -> list:
 
 
 def _moe_grouped_calls(config: dict | None = None) -> list:
-    """moe_grouped_experts' five launches (the plan's count and place, the gate|up and down GEMMs, the sum over the
-    choices) at the issue's shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16)."""
+    """moe_grouped_experts' five forward launches (the plan's count and place, the gate|up and down GEMMs, the sum over
+    the choices), the training forward's gate|up (saving gate and up), and the backward's six (dhw with the SwiGLU
+    backward in its epilogue, the routing weights' gradient summed over d_ff tiles, dx over the assignments and its
+    sum over the choices, the down and the gate|up weight gradients) at the issue's shape (4,096 tokens, d_model 576,
+    d_ff 1,536, 8 experts, top-2, bf16). ``config`` overrides the forward's and the backward's CUDA_CONFIG."""
+    from archzoo.kernels.moe_grouped import backward as mb
     from archzoo.kernels.moe_grouped import triton as mg
 
     N, D, F, E, K = 4096, 576, 1536, 8, 2
@@ -250,10 +254,18 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
     g, u = torch.randn(E, F, D, **bf), torch.randn(E, F, D, **bf)
     e, w = torch.randint(0, E, (N, K)), torch.rand(N, K, **bf)
     cfg = {**mg.CUDA_CONFIG, **(config or {})}
+    bcfg = {**mb.CUDA_CONFIG, **(config or {})}
     with mock.patch.object(mg, "_config", lambda dev: cfg), record_launches(mg) as calls:
         mg.moe_grouped_experts(x, g, u, d, e, w)
+    with mock.patch.object(mg, "_config", lambda dev: cfg), record_launches(mg) as train:
+        out, *saved = mg.moe_grouped_experts(x, g, u, d, e, w, save=True)
+    with mock.patch.object(mb, "_config", lambda dev: bcfg), record_launches(mb) as bwd:
+        mb.moe_grouped_experts_backward(torch.randn(N, D, **bf), x, g, u, d, w, *saved)
+    names = ("plan count", "plan place", "gate_up", "down", "sum")
+    bwd_names = ("bwd dh", "bwd dtop_w sum", "bwd dx", "bwd dx sum", "bwd ddown_w", "bwd dgate_up_w")
+    named = [*zip(names, calls, strict=True), ("gate_up save", train[2]), *zip(bwd_names, bwd, strict=True)]
     out = []
-    for name, (fn, grid, a, kw) in zip(("plan count", "plan place", "gate_up", "down", "sum"), calls, strict=True):
+    for name, (fn, grid, a, kw) in named:
         if "DOT_F32" in kw:
             kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (the wrapper widens on CPU)
         out.append((f"moe_grouped {name}", fn, grid, a, kw))

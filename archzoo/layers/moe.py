@@ -48,7 +48,8 @@ from .mlp import SwiGLU
 # weights, the statistics and losses as every sorted path has them. Why: on an H100 the kernel's experts took 150 us
 # at the bench's shape against the dense SwiGLU's 116 and the grouped path's 408 (docs/kernels.md). Its routing
 # weight multiplies h before down (the decode reference's rounding), so bf16 outputs differ from "grouped"'s by
-# roundings. Opt-in until a GPU has timed it in the layer (archzoo bench kernels --ops moe: archzoo_fused_experts).
+# roundings. Forward and backward (kernels/moe_grouped/backward.py), traced whole by torch.compile. Opt-in until a GPU
+# has timed it in the layer (archzoo bench kernels --ops moe: archzoo_fused, archzoo_fused_count_cudagraphs).
 DISPATCH = "auto"
 DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
 # How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:

@@ -1,10 +1,11 @@
-"""The fused MoE experts forward for many tokens (``moe_grouped_experts``) against the naive reference in fp64 and in
-the inputs' dtype, on awkward shapes (one token, token counts and d_model / d_ff not multiples of the blocks, one
-expert, top-1 / 2 / 3, an expert with no tokens, every token on one expert); dropped assignments (weight 0) adding
-exactly 0; the plan (sorted rows padded per expert, the block experts) against a plain sort; the naive reference
-against the decode step's; bad inputs; the dispatch; the custom op under ``torch.compile``. Without a GPU the kernels
-run in Triton's interpreter on CPU tensors, with tiny blocks (4 rows, 8 columns); the GPU tests take the students'
-shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16).
+"""The fused MoE experts for many tokens (``moe_grouped_experts``), forward and backward, against the naive reference
+(its output, and its gradients by autograd) in fp64 and in the inputs' dtype, on awkward shapes (one token, token
+counts and d_model / d_ff not multiples of the blocks, one expert, top-1 / 2 / 3, an expert with no tokens, every
+token on one expert); dropped assignments (weight 0) adding exactly 0 and taking no gradient; the plan (sorted rows
+padded per expert, the block experts, each expert's block range) against a plain sort; the naive reference against
+the decode step's; bad inputs; the dispatch; the custom ops under ``torch.compile``, forward and backward. Without a
+GPU the kernels run in Triton's interpreter on CPU tensors, with tiny blocks (4 rows, 8 columns); the GPU tests take
+the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16).
 """
 
 from __future__ import annotations
@@ -136,18 +137,22 @@ def _plan_ref(top_e, E, bm):
 
 @pytest.mark.parametrize("N, E, top_k, block", [(1, 4, 2, 8), (13, 5, 3, 8), (40, 4, 2, 4), (20, 9, 1, 16)])
 def test_plan_sorts_and_pads_by_expert(N, E, top_k, block, monkeypatch):
-    """slot_assignment and block_expert against a stable sort in Python: each expert's assignments in priority
-    order (a = k * N + n), padded to whole blocks, unused rows and blocks -1; over several plan chunks (``block``
-    assignments a program), the counts summed over several tiles of chunks (80 assignments in 20 chunks), 9
-    experts (a padded tile of experts)."""
+    """slot_assignment, block_expert and expert_block against a stable sort in Python: each expert's assignments in
+    priority order (a = k * N + n), padded to whole blocks, unused rows and blocks -1, each expert's block range
+    (empty for an idle one); over several plan chunks (``block`` assignments a program), the counts summed over
+    several tiles of chunks (80 assignments in 20 chunks), 9 experts (a padded tile of experts)."""
     monkeypatch.setattr(T, "CONFIG_OVERRIDE", dict(PLAN_BLOCK=block))
     g = torch.Generator().manual_seed(N)
     top_e = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(N)])
     top_e[: N // 2, 0] = E - 1  # unbalanced
-    slots, blocks = T.plan(top_e.to(DEV), E)
-    want_slots, want_blocks = _plan_ref(top_e, E, T._config(torch.device(DEV))["BLOCK_M"])
+    slots, blocks, expert_block = T.plan(top_e.to(DEV), E)
+    bm = T._config(torch.device(DEV))["BLOCK_M"]
+    want_slots, want_blocks = _plan_ref(top_e, E, bm)
     assert slots.tolist() == want_slots
     assert blocks.tolist() == want_blocks
+    used = [b for b in want_blocks if b >= 0]
+    want_range = [sum(b < e for b in used) for e in range(E)] + [len(used)]  # each expert's first block, the end
+    assert expert_block.tolist() == want_range
 
 
 @pytest.mark.parametrize("N, top_k, dtype", [(3, 2, torch.float32), (2, 1, torch.bfloat16), (3, 2, torch.bfloat16)])
@@ -205,6 +210,175 @@ def test_dispatch_and_the_custom_op(monkeypatch):
     _check("traced", traced, 2 * got, 2e-6)
 
 
+GRADS = {0: "x", 1: "gate_w", 2: "up_w", 3: "down_w", 5: "top_w"}  # argument -> name; top_e takes none
+
+
+@pytest.fixture
+def kernels_env(monkeypatch):
+    """``moe_grouped_experts`` dispatches to the kernels here: on CPU tensors under Triton's interpreter."""
+    if DEV == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _grads(fn, args, dout, strided=False):
+    """-> (out, {name: gradient}) of fn(*args) against dout. ``strided``: x a column slice and top_w every second
+    column of wider leaves, top_e int32 (their gradients read back through the views)."""
+    leaves = {i: a.detach().clone().requires_grad_() for i, a in enumerate(args) if i in GRADS}
+    views = dict(leaves)
+    if strided:
+        (N, D), K = args[0].shape, args[5].shape[1]
+        wide = torch.zeros(N, D + 9, dtype=args[0].dtype, device=args[0].device)
+        wide[:, 5 : 5 + D] = args[0]
+        w_wide = torch.zeros(N, 2 * K, dtype=args[5].dtype, device=args[5].device)
+        w_wide[:, ::2] = args[5]
+        leaves[0], leaves[5] = wide.requires_grad_(), w_wide.requires_grad_()
+        views[0], views[5] = wide[:, 5 : 5 + D], w_wide[:, ::2]
+    call = [views.get(i, a) for i, a in enumerate(args)]
+    if strided:
+        call[4] = call[4].int()
+    out = fn(*call)
+    out.backward(dout)
+    grads = {name: leaves[i].grad for i, name in GRADS.items()}
+    if strided:
+        grads["x"], grads["top_w"] = grads["x"][:, 5 : 5 + D], grads["top_w"][:, ::2]
+    return out, grads
+
+
+def _grads_against_reference(args, dtype, name="", strided=False, seed=1):
+    """Every gradient of the kernels (through ``moe_grouped_experts``: the training op, its autograd formula, the
+    backward op) against the reference's by autograd in fp64 (the truth) and in the inputs' dtype; -> the kernels'
+    (out, gradients), each gradient in its input's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    dout = torch.randn(args[0].shape, generator=g).to(DEV, dtype)
+    out, got = _grads(K.moe_grouped_experts, args, dout, strided)
+    assert K.last_backend("moe_grouped_experts") == "triton"
+    assert K.last_backend("moe_grouped_experts_backward") == "triton"
+    _, exact = _grads(naive_moe_grouped_experts, [a.double() if a.is_floating_point() else a for a in args],
+                      dout.double())  # fmt: skip
+    _, ref = _grads(naive_moe_grouped_experts, args, dout)
+    for i, key in GRADS.items():
+        assert got[key].dtype == args[i].dtype, f"{name}d{key}: dtype {got[key].dtype}"
+        if dtype == torch.float32:
+            _check(f"{name}d{key} vs fp64 reference", got[key].double(), exact[key], 2e-6)
+            _check(f"{name}d{key} vs reference in its dtype", got[key], ref[key], 2e-6)
+        else:  # fp32 sums, roundings to bf16 where autograd in bf16 rounds: as close to the truth as the reference
+            _check(f"{name}d{key} vs fp64 reference", got[key].double(), exact[key], 8e-3)
+            _check(f"{name}d{key} vs reference in its dtype", got[key], ref[key], 1e-2)
+            err, ref_err = rel_err(got[key].double(), exact[key]), rel_err(ref[key].double(), exact[key])
+            assert err <= 1.25 * ref_err + 1e-3, f"{name}d{key}: error {err:.2e} vs the reference's {ref_err:.2e}"
+    return out, got
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}-D{}-F{}-E{}-k{}-{}".format(*c[:5], str(c[5])[6:]))
+def test_gradients_match_reference(case, kernels_env):
+    """dx, dgate_w, dup_w, ddown_w and dtop_w on the awkward shapes (one token, N / D / F not multiples of the
+    blocks and tiles, top-1 / 2 / 3, one expert, fp32 and bf16); the second case with x and top_w strided views."""
+    *shape, dtype = case
+    _grads_against_reference(_inputs(*shape, dtype), dtype, strided=shape[0] == 13 and dtype == torch.float32)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_idle_expert_one_expert_for_all_and_dropped(dtype, kernels_env):
+    """Every first choice on expert 2 (three blocks of it), expert 1 idle, the second choices on expert 0 (even
+    tokens) and 3 (odd tokens, all dropped: weight 0). Against the reference; an idle or only-dropped expert's weights
+    get exactly zero gradient, and a dropped assignment's routing weight exactly 0 (the reference's ``torch.where``
+    passes it none) while the others' match. fp32: expert 3's weights so large that its gate and up overflow leave
+    every gradient the same bits."""
+    N, E = 10, 4
+    top_e = torch.stack([torch.full((N,), 2), torch.arange(N) % 2 * 3], 1)
+    args = _inputs(N, 20, 36, E, 2, dtype, top_e=top_e)
+    dropped = (top_e[:, 1] == 3).to(DEV)
+    args[5][:, 1] = torch.where(dropped, 0, args[5][:, 1])
+    _, got = _grads_against_reference(args, dtype, "idle / one expert / dropped: ")
+    for key in ("gate_w", "up_w", "down_w"):
+        assert not got[key][[1, 3]].any(), f"d{key}: an idle or only-dropped expert's gradient must be exactly 0"
+        assert got[key][[0, 2]].abs().amin(dim=(1, 2)).gt(0).any(), f"d{key}: the busy experts' gradients vanished"
+    assert not got["top_w"][:, 1][dropped].any() and got["top_w"][:, 1][~dropped].ne(0).all()
+    if dtype == torch.float32:
+        huge = [a.clone() for a in args]
+        for i in (1, 2, 3):
+            huge[i][3] *= 1e30
+        dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(DEV, dtype)
+        _, got_huge = _grads(K.moe_grouped_experts, huge, dout)
+        for key, value in got.items():
+            assert torch.equal(got_huge[key], value), f"d{key}: a dropped assignment's overflow must not leak"
+
+
+@interpreter_only
+def test_the_layer_with_the_kernels_matches_its_loop(kernels_env, monkeypatch):
+    """MoE with DISPATCH="fused" through the kernels (forward and backward, the interpreter here): output and every
+    gradient, the router's included, as the per-expert loop gives them, with the capacity's drops."""
+    import archzoo.layers.moe as moe_mod
+
+    torch.manual_seed(0)
+    layer = moe_mod.MoE.from_config(moe_mod.MoEConfig(n_experts=4, top_k=2, d_ff=24, capacity_factor=1.0), 16).train()
+    x, g = torch.randn(37, 16), torch.randn(37, 16)
+    res = {}
+    for dispatch in ("loop", "fused"):
+        monkeypatch.setattr(moe_mod, "DISPATCH", dispatch)
+        layer.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = layer(xx)
+        ((out * g).sum() + layer.aux_loss).backward()
+        assert layer.last_dispatch == dispatch and layer.last_stats["tokens_dropped"] > 0
+        res[dispatch] = {"out": out.detach(), "dx": xx.grad} | {n: p.grad for n, p in layer.named_parameters()}
+    assert K.last_backend("moe_grouped_experts") == "triton"
+    for name, want in res["loop"].items():
+        _check(f"layer {name}", res["fused"][name], want, 2e-6)
+
+
+@interpreter_only
+def test_forward_and_backward_compile_whole(monkeypatch):
+    """torch.compile(fullgraph=True) of a function calling ``moe_grouped_experts`` on tensors requiring grad traces
+    one forward graph with the training op and one backward graph with the backward op (AOTAutograd, no
+    inductor), with the eager output and gradients; where the kernels do not run (CPU, no interpreter) the
+    reference is traced into the graphs, also with the eager gradients."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    def recording(graphs: list[str]):  # an AOTAutograd compiler that keeps each graph's node targets
+        def compiler(gm, example_inputs):
+            graphs.append(" ".join(str(n.target) for n in gm.graph.nodes))
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    args = _inputs(5, 12, 20, 3, 2, torch.float32, device="cpu")
+    fn = lambda *a: K.moe_grouped_experts(*a) * 2  # noqa: E731
+    dout = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
+    for interpret, ops in (("1", ("moe_grouped_experts_train", "moe_grouped_experts_backward")), ("0", ("mm", "mm"))):
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+        graphs: dict[str, list[str]] = {"fw": [], "bw": []}
+        backend = aot_autograd(fw_compiler=recording(graphs["fw"]), bw_compiler=recording(graphs["bw"]))
+        torch._dynamo.reset()
+        try:
+            out, got = _grads(torch.compile(fn, backend=backend, fullgraph=True), args, dout)
+        finally:
+            torch._dynamo.reset()
+        assert len(graphs["fw"]) == 1 and len(graphs["bw"]) == 1, graphs
+        assert ops[0] in graphs["fw"][0] and ops[1] in graphs["bw"][0], graphs
+        want_out, want = _grads(fn, args, dout)
+        _check(f"interpret={interpret}: compiled out", out, want_out, 0)
+        for key in got:
+            _check(f"interpret={interpret}: compiled d{key}", got[key], want[key], 0)
+
+
+@interpreter_only
+def test_training_and_backward_ops_pass_opcheck(monkeypatch):
+    """``torch.library.opcheck`` of the training op (with inputs requiring grad: its autograd formula) and the
+    backward op: schema, fake tensors (the saved outputs' shapes, also with dynamic shapes), autograd registration,
+    AOTAutograd's trace against eager (every element of every output defined)."""
+    import archzoo.kernels.moe_grouped as mg
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args = _inputs(5, 8, 8, 3, 2, torch.float32, device="cpu")
+    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
+    torch.library.opcheck(mg._train_op, leaves)
+    saved = mg._train_op(*args)[1:]
+    torch.library.opcheck(mg._backward_op, (torch.randn(5, 8), *args[:4], args[5], *saved))
+
+
 def _students(routing: str, seed: int = 0):
     """bf16 inputs at the students' shape; routing "random" (distinct experts a token) or "skewed" (every first
     choice on expert 5, expert 0 unused, a tenth of the second choices dropped)."""
@@ -239,3 +413,34 @@ def test_cuda_students_shape_bf16(routing):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("routing", ["random", "skewed"])
+def test_cuda_students_shape_bf16_gradients(routing):
+    """At the students' shape: every gradient against the reference's in fp64 and in bf16 (skewed: expert 5 holding
+    half the assignments, expert 0 idle, a tenth of the second choices dropped); a second forward + backward gives
+    the same bits, and a CUDA graph of forward + backward replays the eager output and gradients (no host
+    synchronisation in either)."""
+    args = _students(routing)
+    out, got = _grads_against_reference(args, torch.bfloat16)
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    again_out, again = _grads(K.moe_grouped_experts, args, dout)
+    assert torch.equal(again_out, out) and all(torch.equal(again[k], got[k]) for k in got), "runs must agree"
+    leaves = [a.detach().clone().requires_grad_() if i in GRADS else a for i, a in enumerate(args)]
+    params = [leaves[i] for i in GRADS]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture (autograd's first backward)
+        torch.autograd.grad(K.moe_grouped_experts(*leaves), params, dout)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out = K.moe_grouped_experts(*leaves)
+        graph_grads = torch.autograd.grad(graph_out, params, dout)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(graph_out, out), "a CUDA-graph replay must give the eager output"
+    for key, value in zip(GRADS.values(), graph_grads, strict=True):
+        assert torch.equal(value, got[key]), f"d{key}: a CUDA-graph replay must give the eager gradient"

@@ -1,5 +1,5 @@
 """Triton kernels of ``moe_grouped_experts``: the routed experts of many tokens (training, prefill) as a plan and two
-grouped GEMMs over the assignments sorted by expert, in five launches.
+grouped GEMMs over the assignments sorted by expert, in five launches (the backward's six: ``backward.py``).
 
 Assignments are numbered a = k * N + n (token n's k-th choice: all first choices in token order, then the second
 choices ..., the MoE layer's priority order). Each expert's assignments take a segment of sorted rows, in
@@ -14,7 +14,9 @@ one expert:
   - ``slot_assignment[r]`` (R,) int32: the assignment at sorted row r, for its chunk's assignments (row = the
     expert's start + its assignments in earlier chunks + the rank in this chunk, a scan of a 0/1 vector); -1 on the
     padding rows and the unused tail among its BLOCK_A rows;
-  - ``block_expert[b]`` (R / BLOCK_M,) int32: the expert of the blocks starting in its rows, -1 for unused blocks.
+  - ``block_expert[b]`` (R / BLOCK_M,) int32: the expert of the blocks starting in its rows, -1 for unused blocks;
+  - program 0: ``expert_block[e]`` (E + 1,) int32, expert e's first block, and the used blocks at [E] (the
+    backward's weight gradients loop over an expert's blocks ``expert_block[e] .. expert_block[e + 1]``).
   R = N * K + E * (BLOCK_M - 1) rounded up to BLOCK_M (and to BLOCK_A for the buffer): a bound on the padded rows
   that depends on the shapes alone, so no count ever reaches the host and a CUDA graph can capture the launches.
   Assignment rows and padding rows are disjoint sets, each row written by one program: no atomics, no barrier, the
@@ -25,7 +27,10 @@ one expert:
   zeros), and runs the gate and the up tiles side by side over d_model (two fp32 accumulators, the x tile loaded
   once for both), then the epilogue with the reference's roundings: gate and up rounded to x's dtype, SiLU(gate)
   rounded, the product rounded, times the routing weight top_w[n, k] (rounded to x's dtype) rounded; a zero weight
-  gives exactly 0 (a dropped assignment). Into h (R, F) in x's dtype, every row of a used block (padding rows 0).
+  gives exactly 0 (a dropped assignment). Into h (R, F) in x's dtype, every row of a used block (padding rows 0);
+  with ``SAVE`` (a training forward, ``save=True``) also gate and up rounded into g, u (R, F) for the backward
+  (``backward.py`` says why saved, not recomputed), and zeros in the unused blocks' rows of all three (outputs of a
+  custom op: every element defined).
 - ``_down_kernel``, same grid over d_model: h's rows of the block against its expert's down rows over d_ff, rounded
   to x's dtype, stored at row a of y (K * N, D) (padding rows are not stored).
 - ``_sum_kernel``, grid over N * D: out = y viewed (K, N, D) summed over the K choices in fp32, in choice order,
@@ -94,12 +99,13 @@ def _count_kernel(
 
 @triton.jit
 def _place_kernel(
-    e_ptr, counts_ptr, slot_ptr, bexp_ptr,
+    e_ptr, counts_ptr, slot_ptr, bexp_ptr, eblk_ptr,
     N, A, E, n_chunks, n_blocks, s_en, s_ek,
     BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Program p: slot_assignment for chunk p's assignments, -1 on the padding rows among rows [p * BLOCK_A, ...),
-    block_expert for the blocks starting there."""
+    block_expert for the blocks starting there; program 0 also expert_block (each expert's first block, then the
+    used blocks' count)."""
     p = tl.program_id(0)
     offs_e = tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
@@ -139,14 +145,17 @@ def _place_kernel(
     tl.store(slot_ptr + offs_r, tl.full([BLOCK_A], -1, tl.int32), mask=used == 0)
     total = tl.sum(padded, axis=0)
     tl.store(bexp_ptr + offs_b, tl.where(offs_b * BLOCK_M < total, blk_e, -1), mask=offs_b < n_blocks)
+    if p == 0:
+        tl.store(eblk_ptr + offs_e, start // BLOCK_M, mask=mask_e)
+        tl.store(eblk_ptr + E, total // BLOCK_M)
 
 
 @triton.jit
 def _gate_up_kernel(
-    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr,
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr, gs_ptr, us_ptr,
     N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
 ):  # fmt: skip
     n_cols = tl.cdiv(F, BLOCK_N)
     pid = tl.program_id(0)
@@ -189,8 +198,18 @@ def _gate_up_kernel(
         h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
         wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
         hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
-        h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * F
-        tl.store(h_rows + offs_n[None, :], hw.to(DT), mask=mask_n[None, :])
+        rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
+        tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
+        if SAVE:  # for the backward: gate and up rounded (padding rows 0)
+            tl.store(gs_ptr + rows, _round(acc_g, DT).to(DT), mask=mask_n[None, :])
+            tl.store(us_ptr + rows, _round(acc_u, DT).to(DT), mask=mask_n[None, :])
+    elif SAVE:  # an unused block of the saved outputs: zeros, so that every element of them is defined
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = (blk * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * F + offs_n[None, :]
+        zero = tl.zeros([BLOCK_M, BLOCK_N], h_ptr.dtype.element_ty)
+        tl.store(h_ptr + rows, zero, mask=(offs_n < F)[None, :])
+        tl.store(gs_ptr + rows, zero, mask=(offs_n < F)[None, :])
+        tl.store(us_ptr + rows, zero, mask=(offs_n < F)[None, :])
 
 
 @triton.jit
@@ -272,9 +291,10 @@ def plan_sizes(N: int, K: int, E: int, device: torch.device) -> dict:
                 block_e=block_e, block_c=block_c)  # fmt: skip
 
 
-def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_e (N, K) int32 / int64 -> (slot_assignment (R,) int32, block_expert (R / BLOCK_M,) int32): the two plan
-    launches (module docstring). Assignment a = k * N + n; -1 on padding rows and unused blocks."""
+def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """top_e (N, K) int32 / int64 -> (slot_assignment (R,) int32, block_expert (R / BLOCK_M,) int32, expert_block
+    (E + 1,) int32): the two plan launches (module docstring). Assignment a = k * N + n; -1 on padding rows and
+    unused blocks; expert e's blocks are expert_block[e] .. expert_block[e + 1] - 1 (none for an idle expert)."""
     N, K = top_e.shape
     cfg = _config(top_e.device)
     s = plan_sizes(N, K, n_experts, top_e.device)
@@ -282,47 +302,53 @@ def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tenso
     counts = torch.empty((s["chunks"], n_experts), device=top_e.device, dtype=torch.int32)
     slot_assignment = torch.empty(s["place"] * s["block_a"], device=top_e.device, dtype=torch.int32)
     block_expert = torch.empty(s["blocks"], device=top_e.device, dtype=torch.int32)
+    expert_block = torch.empty(n_experts + 1, device=top_e.device, dtype=torch.int32)
     launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()), (s["block_a"],),
            cfg["PLAN_WARPS"], dev)  # fmt: skip
-    launch(_place_kernel, (s["place"],), (top_e, counts, slot_assignment, block_expert),
+    launch(_place_kernel, (s["place"],), (top_e, counts, slot_assignment, block_expert, expert_block),
            (N, N * K, n_experts, s["chunks"], s["blocks"], *top_e.stride()),
            (s["block_a"], s["block_e"], s["block_c"], cfg["BLOCK_M"]), cfg["PLAN_WARPS"], dev)  # fmt: skip
-    return slot_assignment[: s["rows"]], block_expert
+    return slot_assignment[: s["rows"]], block_expert, expert_block
 
 
 def moe_grouped_experts(
     x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, top_e: torch.Tensor,
-    top_w: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
+    top_w: torch.Tensor, save: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:  # fmt: skip
     """The plan, the two GEMMs and the sum over the choices (the dispatcher checked the arguments; N * K >= 1,
-    fp16 / bf16 / fp32)."""
+    fp16 / bf16 / fp32) -> out (N, D). ``save`` (a forward that the backward follows): -> (out, h, g, u,
+    slot_assignment, block_expert, expert_block), h (R, F) the routed h x w that down took, g and u (R, F) gate and
+    up rounded to x's dtype, by sorted row (padding rows 0), and the plan (``backward.py``)."""
     N, D = x.shape
     E, F, _ = gate_w.shape
     K = top_e.shape[1]
     cfg = _config(x.device)
     dev = x.get_device() if x.is_cuda else 0
     bm = cfg["BLOCK_M"]
-    slot_assignment, block_expert = plan(top_e, E)
+    slot_assignment, block_expert, expert_block = plan(top_e, E)
     R = slot_assignment.shape[0]
     # Triton's interpreter computes tl.dot of bf16 operands wrongly: there, and only there, operands go as fp32
     dot_f32 = x.dtype == torch.float32 or x.device.type != "cuda"
     common = (cfg["num_stages"], dot_f32, "ieee" if dot_f32 else None)
     h = torch.empty((R, F), device=x.device, dtype=x.dtype)
+    gs, us = (torch.empty_like(h), torch.empty_like(h)) if save else (h, h)  # unused pointers when not saving
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
-    launch(_gate_up_kernel, ((R // bm) * cdiv(F, bn),), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h),
+    launch(_gate_up_kernel, ((R // bm) * cdiv(F, bn),),
+           (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
            (N, D, F, *x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, *common), cfg["num_warps"], dev)  # fmt: skip
+           (bm, bn, bk, D % bk == 0, *common, save), cfg["num_warps"], dev)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, down_w, slot_assignment, block_expert, y),
            (D, F, *down_w.stride()), (bm, bn, bk, F % bk == 0, *common), cfg["DOWN_WARPS"], dev)  # fmt: skip
     if K == 1:
-        return y
-    out = torch.empty((N, D), device=x.device, dtype=x.dtype)
-    launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (y, out), (N * D,), (K, cfg["SUM_BLOCK"]),
-           cfg["PLAN_WARPS"], dev)  # fmt: skip
-    return out
+        out = y
+    else:
+        out = torch.empty((N, D), device=x.device, dtype=x.dtype)
+        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (y, out), (N * D,), (K, cfg["SUM_BLOCK"]),
+               cfg["PLAN_WARPS"], dev)  # fmt: skip
+    return (out, h, gs, us, slot_assignment, block_expert, expert_block) if save else out
 
 
 __all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "moe_grouped_experts", "plan", "plan_sizes"]

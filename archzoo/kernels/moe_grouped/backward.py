@@ -1,0 +1,304 @@
+"""Triton kernels of ``moe_grouped_experts``' backward: the forward's plan (its sorted rows, block experts and each
+expert's block range) reused, in six launches, no host synchronisation.
+
+For assignment a (token n = a mod N, choice k = a div N, expert e; rows sorted by expert as in ``triton.py``), with
+g, u, h = SiLU(g) u, hw = h w, y = W_d[e] hw as the forward rounds them (in x's dtype) and dout the output's
+gradient:
+
+- ``_dh_kernel``, grid (used and unused blocks x F / DH_BLOCK_N,), a program a (block, d_ff tile): dhw = dout rows
+  gathered by token against W_d[e] over d_model (an fp32 GEMM, rounded), then the epilogue from the saved g and u:
+  dw partial = sum over the tile of dhw h (fp32, stored by assignment in an (F tiles, K * N) buffer); dh = dhw w,
+  dg = dh u SiLU'(g), du = dh SiLU(g), each rounded as autograd rounds them in x's dtype, into dg, du (R, F) by
+  sorted row. A dropped assignment (weight 0) and a padding row give dg = du = 0 and dw = 0 exactly, whatever g
+  and u hold: a dropped assignment adds exactly 0 in the forward and takes no gradient, as the reference's
+  ``torch.where`` gives it (its routing weight included).
+- ``_dx_kernel``, grid (blocks x D / DX_BLOCK_N,): dg rows against W_g[e] plus du rows against W_u[e] over d_ff,
+  one fp32 accumulator, rounded, stored at row a of dxa (K * N, D); then ``triton._sum_kernel`` sums it over the K
+  choices (the forward's down + sum). Top-1: dxa is dx.
+- ``_dw_sum_kernel``, grid over K * N: dtop_w[n, k] = the F tiles' partials summed in tile order, rounded to top_w's
+  dtype (no atomics: the same bits every run).
+- ``_dweight_kernel`` twice, a program per (expert, output tile) looping over that expert's blocks
+  (``expert_block[e] .. expert_block[e + 1]``, read on the device), BLOCK_M rows a step, fp32 accumulators, the
+  result rounded once and stored in the weight's layout and dtype (an idle expert: zeros):
+  dW_d[e] = sum_a dout_n hw_a^T (dout rows gathered by token, the forward's saved hw rows), and dW_g[e], dW_u[e] =
+  sum_a dg_a x_n^T, du_a x_n^T (two accumulators sharing the gathered x tile).
+
+Saved against recomputed: the forward (``save=True``) writes g and u, rounded, in its gate|up epilogue (R x F x 2
+bytes each: 28 MB apiece at the students' shape, 4,096 tokens x top-2, d_ff 1,536, bf16), and its hw buffer, which
+down reads anyway, is kept. Recomputing g and u would cost the backward the gate|up GEMM again: two more of the
+nine projection-sized GEMMs of forward + backward (22% more FLOPs), against issue 19's target of 1.3x a dense SwiGLU,
+whose own autograd saves g, u, SiLU(g) and h (four tensors of N x K F). h is recomputed from g and u in
+``_dh_kernel``'s epilogue (elementwise, free there).
+
+The operands are in x's dtype as in the forward (``DOT_F32`` widens them under the interpreter and for fp32); an
+unsorted gradient (dout with any strides) is gathered by token like x. Not differentiable again (no double
+backward).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._launch import launch
+from .._sizes import cdiv
+from ..decode_linear.triton import _round
+from .triton import _sum_kernel
+
+# DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
+# program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
+# (DWD_BLOCK_P of d_model x DWD_BLOCK_Q of d_ff), DWGU_* the gate / up gradients' (DWGU_BLOCK_P of d_ff x
+# DWGU_BLOCK_Q of d_model, two accumulators); SUM_BLOCK: elements a sum program takes (dx over K, dtop_w over the
+# tiles). BLOCK_M is the forward plan's. Untimed: the forward's tile shapes, not a tuning.
+CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
+                   DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
+                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4)  # fmt: skip
+# Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
+INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
+                        DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
+                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1)  # fmt: skip
+CONFIG_OVERRIDE: dict = {}
+
+
+@triton.jit
+def _dh_kernel(
+    o_ptr, d_ptr, w_ptr, slot_ptr, bexp_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, dwp_ptr,
+    N, D, F, A, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    n_cols = tl.cdiv(F, BLOCK_N)
+    pid = tl.program_id(0)
+    blk = pid // n_cols
+    pid_n = pid % n_cols
+    e = tl.load(bexp_ptr + blk)
+    if e >= 0:
+        DT = dg_ptr.dtype.element_ty
+        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
+        valid = a >= 0
+        n = tl.where(valid, a % N, 0)
+        k = tl.where(valid, a // N, 0)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # d_ff columns
+        mask_n = offs_n < F
+        offs_k = tl.arange(0, BLOCK_K)  # d_model
+        o_rows = o_ptr + n.to(tl.int64)[:, None] * s_on  # (BLOCK_M, 1) dout rows by token
+        d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_df  # (1, BLOCK_N) of W_d[e]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
+            kk = k0 + offs_k
+            if EVEN_K:
+                ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+                dt = tl.load(d_cols + kk[:, None] * s_dd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+            else:
+                mask_k = kk < D
+                ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None] & mask_k[None, :], other=0.0)
+                dt = tl.load(d_cols + kk[:, None] * s_dd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                ot = ot.to(tl.float32)
+                dt = dt.to(tl.float32)
+            acc = tl.dot(ot, dt, acc, input_precision=DOT_PRECISION)
+        dhw = _round(acc, DT)
+        rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
+        g = tl.load(g_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-g))
+        s = _round(g * sig, DT)  # SiLU(g) as the forward rounds it
+        h = _round(s * u, DT)
+        wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
+        keep = (wk != 0.0)[:, None]  # padding rows and dropped assignments: no gradient at all
+        dw = tl.sum(tl.where(keep, dhw * h, 0.0), axis=1)  # (BLOCK_M,) this tile's part of <dhw, h>
+        tl.store(dwp_ptr + pid_n.to(tl.int64) * A + a, dw, mask=valid)
+        dh = _round(dhw * wk[:, None], DT)
+        dg = tl.where(keep, _round(_round(dh * u, DT) * (sig * (1.0 + g * (1.0 - sig))), DT), 0.0)
+        du = tl.where(keep, _round(dh * s, DT), 0.0)
+        tl.store(dg_ptr + rows, dg.to(DT), mask=mask_n[None, :])  # every row of a used block (padding: 0)
+        tl.store(du_ptr + rows, du.to(DT), mask=mask_n[None, :])
+
+
+@triton.jit
+def _dx_kernel(
+    dg_ptr, du_ptr, g_ptr, u_ptr, slot_ptr, bexp_ptr, dxa_ptr,
+    D, F, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    n_cols = tl.cdiv(D, BLOCK_N)
+    pid = tl.program_id(0)
+    blk = pid // n_cols
+    pid_n = pid % n_cols
+    e = tl.load(bexp_ptr + blk)
+    if e >= 0:
+        DT = dxa_ptr.dtype.element_ty
+        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # d_model columns
+        mask_n = offs_n < D
+        offs_k = tl.arange(0, BLOCK_K)  # d_ff
+        r_rows = offs_m.to(tl.int64)[:, None] * F
+        e64 = e.to(tl.int64)
+        g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gd  # (1, BLOCK_N) of W_g[e]^T
+        u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_ud
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
+            kk = k0 + offs_k
+            if EVEN_K:
+                dgt = tl.load(dg_ptr + r_rows + kk[None, :])  # (BLOCK_M, BLOCK_K)
+                dut = tl.load(du_ptr + r_rows + kk[None, :])
+                gt = tl.load(g_cols + kk[:, None] * s_gf, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+                ut = tl.load(u_cols + kk[:, None] * s_uf, mask=mask_n[None, :], other=0.0)
+            else:
+                mask_k = kk < F
+                dgt = tl.load(dg_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                dut = tl.load(du_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                gt = tl.load(g_cols + kk[:, None] * s_gf, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                ut = tl.load(u_cols + kk[:, None] * s_uf, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                dgt = dgt.to(tl.float32)
+                dut = dut.to(tl.float32)
+                gt = gt.to(tl.float32)
+                ut = ut.to(tl.float32)
+            acc = tl.dot(dgt, gt, acc, input_precision=DOT_PRECISION)
+            acc = tl.dot(dut, ut, acc, input_precision=DOT_PRECISION)
+        a = tl.load(slot_ptr + offs_m)
+        dx_rows = dxa_ptr + a.to(tl.int64)[:, None] * D
+        tl.store(dx_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _dw_sum_kernel(
+    dwp_ptr, out_ptr,
+    A, N, T, s_on, s_ok,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out[n, k] = the T tiles' partials of assignment a = k * N + n, summed in fp32 in tile order, rounded once."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # assignments: int32 (_checks.MAX_ROWS)
+    mask = offs < A
+    acc = tl.zeros([BLOCK], tl.float32)
+    parts = dwp_ptr + offs
+    for _ in range(0, T):
+        acc += tl.load(parts, mask=mask, other=0.0)
+        parts += A  # the next tile's (pointer arithmetic: 64-bit)
+    DT = out_ptr.dtype.element_ty
+    tl.store(out_ptr + (offs % N) * s_on + (offs // N) * s_ok, _round(acc, DT).to(DT), mask=mask)
+
+
+@triton.jit
+def _dweight_kernel(
+    a_ptr, a2_ptr, b_ptr, slot_ptr, eblk_ptr, o_ptr, o2_ptr,
+    N, P, Q, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
+    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, GATHER_A: tl.constexpr,
+    GATHER_B: tl.constexpr, TWO: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """o[e] (P, Q) = sum over expert e's sorted rows r of A[r]^T B[r] (and o2[e] of A2[r]^T B[r] where TWO): A, A2
+    rows (P columns) and B rows (Q columns) either by sorted row (R rows, every row of a used block written) or
+    gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype."""
+    n_p = tl.cdiv(P, BLOCK_P)
+    n_q = tl.cdiv(Q, BLOCK_Q)
+    pid = tl.program_id(0)
+    e = pid // (n_p * n_q)  # consecutive programs: one expert, one P tile (the same A rows), its Q tiles
+    pid_p = (pid // n_q) % n_p
+    pid_q = pid % n_q
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask_p = offs_p < P
+    mask_q = offs_q < Q
+    b0 = tl.load(eblk_ptr + e)
+    b1 = tl.load(eblk_ptr + e + 1)
+    acc = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
+    acc2 = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
+    for blk in tl.range(b0, b1, num_stages=NUM_STAGES):
+        offs_r = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        a = tl.load(slot_ptr + offs_r)
+        valid = a >= 0
+        n = tl.where(valid, a % N, 0)
+        ra = (n if GATHER_A else offs_r).to(tl.int64)
+        rb = (n if GATHER_B else offs_r).to(tl.int64)
+        mask_a = mask_p[:, None] & valid[None, :] if GATHER_A else mask_p[:, None]
+        mask_b = valid[:, None] & mask_q[None, :] if GATHER_B else mask_q[None, :]
+        a_t = a_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap  # (BLOCK_P, BLOCK_M): A^T
+        at = tl.load(a_t, mask=mask_a, other=0.0)
+        bt = tl.load(b_ptr + rb[:, None] * s_br + offs_q[None, :] * s_bq, mask=mask_b, other=0.0)  # (BLOCK_M, Q)
+        if DOT_F32:
+            at = at.to(tl.float32)
+            bt = bt.to(tl.float32)
+        acc = tl.dot(at, bt, acc, input_precision=DOT_PRECISION)
+        if TWO:
+            a2t = tl.load(a2_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
+            if DOT_F32:
+                a2t = a2t.to(tl.float32)
+            acc2 = tl.dot(a2t, bt, acc2, input_precision=DOT_PRECISION)
+    DT = o_ptr.dtype.element_ty
+    mask = mask_p[:, None] & mask_q[None, :]
+    e64 = e.to(tl.int64)
+    o_tile = e64 * s_oe + offs_p.to(tl.int64)[:, None] * s_op + offs_q.to(tl.int64)[None, :] * s_oq
+    tl.store(o_ptr + o_tile, _round(acc, DT).to(DT), mask=mask)
+    if TWO:
+        o2_tile = e64 * s_o2e + offs_p.to(tl.int64)[:, None] * s_o2p + offs_q.to(tl.int64)[None, :] * s_o2q
+        tl.store(o2_ptr + o2_tile, _round(acc2, DT).to(DT), mask=mask)
+
+
+def _config(device: torch.device) -> dict:
+    return {**(CUDA_CONFIG if device.type == "cuda" else INTERPRET_CONFIG), **CONFIG_OVERRIDE}
+
+
+def moe_grouped_experts_backward(
+    dout: torch.Tensor, x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor,
+    top_w: torch.Tensor, h: torch.Tensor, g: torch.Tensor, u: torch.Tensor, slot_assignment: torch.Tensor,
+    block_expert: torch.Tensor, expert_block: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """dout (N, D), the forward's arguments and what ``triton.moe_grouped_experts(..., save=True)`` returned besides
+    out -> (dx (N, D), dgate_w, dup_w, ddown_w (each in its weight's layout and dtype), dtop_w (N, K) in top_w's
+    dtype); the six launches of the module docstring. N * K >= 1, fp16 / bf16 / fp32."""
+    N, D = x.shape
+    E, F, _ = gate_w.shape
+    K = top_w.shape[1]
+    A = N * K
+    R = slot_assignment.shape[0]
+    bm = R // block_expert.shape[0]  # the plan's BLOCK_M
+    cfg = _config(x.device)
+    dev = x.get_device() if x.is_cuda else 0
+    dot_f32 = x.dtype == torch.float32 or x.device.type != "cuda"  # as the forward (triton.py)
+    prec = "ieee" if dot_f32 else None
+    plan = (slot_assignment, block_expert)
+
+    dg, du = torch.empty_like(g), torch.empty_like(u)  # (R, F) by sorted row
+    bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
+    n_tiles = cdiv(F, bn)
+    dwp = torch.empty((n_tiles, A), device=x.device, dtype=torch.float32)  # <dhw, h> per d_ff tile
+    launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
+           (N, D, F, A, *dout.stride(), *down_w.stride(), *top_w.stride()),
+           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec), cfg["DH_WARPS"], dev)  # fmt: skip
+    dtop_w = torch.empty_like(top_w)
+    launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),
+           (cfg["SUM_BLOCK"],), cfg["SUM_WARPS"], dev)  # fmt: skip
+
+    dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
+    bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
+    launch(_dx_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
+           (D, F, *gate_w.stride(), *up_w.stride()),
+           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec), cfg["DX_WARPS"], dev)  # fmt: skip
+    if K == 1:
+        dx = dxa
+    else:
+        dx = torch.empty((N, D), device=x.device, dtype=x.dtype)
+        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"]),
+               cfg["SUM_WARPS"], dev)  # fmt: skip
+
+    ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
+    bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
+    launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
+           (dout, dout, h, slot_assignment, expert_block, ddown_w, ddown_w),
+           (N, D, F, *dout.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
+           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec), cfg["DWD_WARPS"], dev)  # fmt: skip
+    dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
+    bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
+    launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
+           (dg, du, x, slot_assignment, expert_block, dgate_w, dup_w),
+           (N, F, D, F, 1, *x.stride(), *dgate_w.stride(), *dup_w.stride()),
+           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec), cfg["DWGU_WARPS"], dev)  # fmt: skip
+    return dx, dgate_w, dup_w, ddown_w, dtop_w
+
+
+__all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "moe_grouped_experts_backward"]
