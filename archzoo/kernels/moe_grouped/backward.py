@@ -44,7 +44,7 @@ import triton.language as tl
 from .._launch import launch
 from .._sizes import cdiv
 from ..decode_linear.triton import _round
-from .triton import _sum_kernel
+from .triton import _block_and_tile, _sum_kernel
 
 # DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
 # program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
@@ -68,11 +68,7 @@ def _dh_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    n_cols = tl.cdiv(F, BLOCK_N)
-    pid = tl.program_id(0)
-    blk = pid // n_cols
-    pid_n = pid % n_cols
-    e = tl.load(bexp_ptr + blk)
+    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
         offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -124,11 +120,7 @@ def _dx_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    n_cols = tl.cdiv(D, BLOCK_N)
-    pid = tl.program_id(0)
-    blk = pid // n_cols
-    pid_n = pid % n_cols
-    e = tl.load(bexp_ptr + blk)
+    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(D, BLOCK_N))
     if e >= 0:
         DT = dxa_ptr.dtype.element_ty
         offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -151,17 +151,22 @@ def _place_kernel(
 
 
 @triton.jit
+def _block_and_tile(bexp_ptr, n_cols):
+    """A GEMM program's (row block, column tile, the block's expert or -1): consecutive programs take one block's
+    column tiles (the same rows, the same expert)."""
+    pid = tl.program_id(0)
+    blk = pid // n_cols
+    return blk, pid % n_cols, tl.load(bexp_ptr + blk)
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr, gs_ptr, us_ptr,
     N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
 ):  # fmt: skip
-    n_cols = tl.cdiv(F, BLOCK_N)
-    pid = tl.program_id(0)
-    blk = pid // n_cols  # consecutive programs: one block's column tiles (the same rows of x, the same expert)
-    pid_n = pid % n_cols
-    e = tl.load(bexp_ptr + blk)
+    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         DT = h_ptr.dtype.element_ty
         offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -219,11 +224,7 @@ def _down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    n_cols = tl.cdiv(D, BLOCK_N)
-    pid = tl.program_id(0)
-    blk = pid // n_cols
-    pid_n = pid % n_cols
-    e = tl.load(bexp_ptr + blk)
+    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(D, BLOCK_N))
     if e >= 0:
         DT = y_ptr.dtype.element_ty
         offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
