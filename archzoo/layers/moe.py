@@ -46,7 +46,8 @@ from .mlp import SwiGLU
 # ``archzoo.kernels.moe_grouped_experts``, the plan, gate|up with the row gather and SiLU x up x weight as its epilogue,
 # down, the sum over the choices, in Triton (the PyTorch reference elsewhere); the capacity's drops as zero routing
 # weights, the statistics and losses as every sorted path has them. Why: on an H100 the kernel's experts took 150 us
-# at the bench's shape against the dense SwiGLU's 116 and the grouped path's 408 (docs/kernels.md). Its routing
+# at the bench's shape against the dense SwiGLU's 116 and the grouped path's 408, by an uncommitted script, once
+# (docs/kernels.md says so; archzoo bench kernels --ops moe times it reproducibly). Its routing
 # weight multiplies h before down (the decode reference's rounding), so bf16 outputs differ from "grouped"'s by
 # roundings. Forward and backward (kernels/moe_grouped/backward.py), traced whole by torch.compile. Opt-in until a GPU
 # has timed it in the layer (archzoo bench kernels --ops moe: archzoo_fused, archzoo_fused_count_cudagraphs).
@@ -296,18 +297,20 @@ class MoE(nn.Module):
             # Within capacity <=> the assignment `capacity` places before it in sorted order has another expert
             # (its rank in its expert's slice is < capacity); the first `capacity` assignments always are.
             keep = F.pad(sorted_e, (capacity, 0), value=-1)[: K * N] != sorted_e
-        tokens = order % max(N, 1)  # (K*N,) each sorted assignment's token ...
-        ws = top_p[tokens, order // max(N, 1)].to(x.dtype)  # (K*N,) ... and its routing weight
+        fused = DISPATCH == "fused" and N > 0  # takes top_p, top_e and keep as they are: no gather of them here
+        if not fused:
+            tokens = order % max(N, 1)  # (K*N,) each sorted assignment's token ...
+            ws = top_p[tokens, order // max(N, 1)].to(x.dtype)  # (K*N,) ... and its routing weight
 
         if DISPATCH == "padded" and (capacity is None or N == 0) and not torch.compiler.is_compiling():
             once("moe_padded", "MoE: DISPATCH='padded' sizes its slabs by the capacity, and this forward has none "
                  "(capacity_factor None, or inference without capacity_at_inference): auto's path runs")  # fmt: skip
-        if DISPATCH == "padded" and capacity is not None and N > 0:
-            self.last_dispatch = "padded"
-            out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
-        elif DISPATCH == "fused" and N > 0:
+        if fused:
             self.last_dispatch = "fused"
             out = self._fused(x, top_p, top_e, order, keep)
+        elif DISPATCH == "padded" and capacity is not None and N > 0:
+            self.last_dispatch = "padded"
+            out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
         elif self._use_grouped(x):
             self.last_dispatch = "grouped"
             if keep is not None:

@@ -92,13 +92,12 @@ def _train_op(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Te
 @_train_op.register_fake
 def _(x, gate_w, up_w, down_w, top_e, top_w):
     N, D, E, F, K = check_grouped(x, gate_w, up_w, down_w, top_e, top_w)
-    from .triton import _config
+    from .triton import plan_sizes
 
-    bm = _config(x.device)["BLOCK_M"]
-    B = (N * K + E * (bm - 1) + bm - 1) // bm  # triton.plan_sizes' rows / BLOCK_M
+    s = plan_sizes(N, K, E, x.device)  # the sizes the kernels' plan allocates
     i32 = dict(device=x.device, dtype=torch.int32)
-    return (x.new_empty((N, D)), *(x.new_empty((B * bm, F)) for _ in range(3)), torch.empty(B * bm, **i32),
-            torch.empty(B, **i32), torch.empty(E + 1, **i32))  # fmt: skip
+    return (x.new_empty((N, D)), *(x.new_empty((s["rows"], F)) for _ in range(3)), torch.empty(s["rows"], **i32),
+            torch.empty(s["blocks"], **i32), torch.empty(E + 1, **i32))  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output) -> None:
