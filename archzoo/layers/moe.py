@@ -54,7 +54,7 @@ from .mlp import SwiGLU
 DISPATCH = "auto"
 DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
 # How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:
-# "reductions" (the default) the gathered rows as elementwise products and sums, which torch.compile fuses into
+# "reductions" the gathered rows as elementwise products and sums, which torch.compile fuses into
 # reductions; "kernel" ``archzoo.kernels.moe_decode_experts``, one Triton launch for gate and up with SiLU x up and
 # one for down with the routing weights and the sum over choices (the layer's roundings). Why try it: on an H100
 # the Jamba student's batch-1 step took 0.35 ms more than the Mamba hybrid's, 23 us for each of its 15 MoE layers,
@@ -65,9 +65,12 @@ DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
 # launched with PDL: the first computes each token's router logits, softmax, top-k (max passes, ties to the lowest
 # index) and renormalisation itself, then its expert's SiLU(gate) x up rows; the second down with the routing
 # weights and the sum over choices. forward picks it before the router, so the step has no router GEMV and no
-# routing kernels (per MoE layer about 8 kernels -> 2, plus the shared experts'). Untimed: tools/decode_profile.py
-# --moe-experts reductions,fused on the next GPU lease.
-DECODE_EXPERTS = "reductions"
+# routing kernels (per MoE layer about 8 kernels -> 2, plus the shared experts'). The default since it won on an
+# H100 (sixteenth session, once each program's rows were one tile: tools/decode_profile.py --moe-experts
+# reductions,fused, docs/results/decode/profile_h100_stepprof_onetile.log): at batch 1 the MoE student's step
+# 1.080 -> 0.888 ms (368 -> 248 kernels), Jamba's 0.938 -> 0.848; batch 16 takes the dense branch either way.
+# Off CUDA the same sequence runs as PyTorch (naive_moe_decode_step), equal to "reductions" (tests/layers/test_moe.py).
+DECODE_EXPERTS = "fused"
 DECODE_EXPERTS_FORMS = ("reductions", "kernel", "fused")
 # How the sorted path orders the assignments by expert (the same permutation either way, see sort_by_expert):
 # "sort" a stable torch.sort (radix / bitonic sorting kernels), "count" a counting sort over the few experts (a

@@ -264,18 +264,22 @@ def test_yaml_is_the_tiny_config():
     assert (f.type, f.n_experts, f.top_k, f.d_ff, f.capacity_factor, f.n_shared_experts) == ("moe", 8, 2, 128, 1.25, 0)
 
 
+@pytest.mark.parametrize("form", ["reductions", "fused"])
 @pytest.mark.parametrize("top_k", [1, 2, 3, 4])
-def test_static_decode_path_matches_naive(top_k):
-    """No gradients, few tokens: the static path (top-k by max reductions, gathered experts) gives the naive sums."""
+def test_static_decode_path_matches_naive(top_k, form, monkeypatch):
+    """No gradients, few tokens: the static path (top-k by max reductions, gathered experts; with DECODE_EXPERTS
+    "fused", the default, routing and experts in moe_decode_step) gives the naive sums."""
     from archzoo.kernels.moe_step import topk_by_max
+    from archzoo.layers import moe as moe_mod
 
+    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", form)
     moe = make_moe(top_k=top_k).eval()
     for n in (1, 3, 40):  # gathered experts (N K < E) and every expert with a dense gate
         x = torch.randn(n, 1, D, dtype=torch.float64)
         with torch.no_grad():
             assert rel_err(moe(x), naive_moe(moe, x)) < 1e-12, f"{n} tokens, top-{top_k}"
             assert moe.last_dispatch == "static"
-            assert moe.last_decode_experts == ("reductions" if n * top_k < moe.n_experts else "dense"), (n, top_k)
+            assert moe.last_decode_experts == (form if n * top_k < moe.n_experts else "dense"), (n, top_k)
     probs = torch.randn(9, 8, dtype=torch.float64).softmax(-1)
     v, i = topk_by_max(probs, top_k)
     ref_v, ref_i = probs.topk(top_k, dim=-1)

@@ -1,4 +1,4 @@
-"""The two tuners run end to end on CPU under Triton's interpreter (--device cpu --compile-only, tiny
+"""The tuners run end to end on CPU under Triton's interpreter (--device cpu --compile-only, tiny
 shapes): the shared timing and recording (tools/_tuning.py) and every row they write."""
 
 from __future__ import annotations
@@ -32,3 +32,21 @@ def test_tuner_runs_and_records_every_row(script, tmp_path):
     printed = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert rows and len(printed) == len(rows), "each row printed once and written to --out"
     assert {r["kernel"] for r in rows} == {"fwd", "bwd"}
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "key"),
+    [("tune_moe_grouped.py", "--shard 0/7", "group"), ("tune_moe_step.py", "--batch 1 --shard 0/3", "us_per_layer")],
+)
+def test_moe_tuner_runs_and_records_every_row(script, args, key, tmp_path):
+    """The MoE tuners (the fused experts' tiles, the decode step's) on tiny shapes: the default's row first, then
+    every configuration of the shard, each printed once and written to --out."""
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(TOOLS / script), "--device", "cpu", "--quick", "--compile-only", *args.split()]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    printed = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert len(rows) == 2 and len(printed) == len(rows), rows
+    assert rows[0]["config"] == {} and all(key in r and "error" not in r for r in rows), rows

@@ -1,0 +1,236 @@
+"""Sweep ``archzoo.kernels.moe_grouped_experts``' tiles (issue 19's MoE shape: 4,096 tokens, d_model 576, d_ff 1,536,
+8 experts, top-2, bf16) one kernel at a time, each timed in CUDA graphs beside the default, with the dense SwiGLU of
+the same active FLOPs (hidden 3,072) in the same process: which tiles to put in ``CUDA_CONFIG`` (triton.py for the
+forward's, backward.py for the backward's).
+
+    python tools/tune_moe_grouped.py [--tokens 4096] [--out moe_grouped_tune.json]
+    python tools/tune_moe_grouped.py --compile-only --shard 0/8   # fill Triton's cache in parallel first
+    TRITON_INTERPRET=1 python tools/tune_moe_grouped.py --device cpu --quick   # checks this script only
+
+Each row varies one kernel's tiles (``group``) from the defaults: the forward's groups (``BLOCK_M``, ``gate_up``,
+``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
+``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. Last,
+a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the dense peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _tuning import Rows, add_common_args, check_device  # noqa: E402  (this folder is on sys.path)
+
+# (name, keys, candidate tuples); the first tuple of each group is the shipped default (checked at start)
+GROUPS = {
+    "gate_up": (
+        ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+        [
+            (64, 64, 8, 3),
+            (128, 64, 8, 3),
+            (64, 128, 8, 3),
+            (128, 32, 8, 4),
+            (64, 64, 4, 3),
+            (128, 64, 4, 4),
+            (64, 32, 4, 4),
+            (128, 128, 8, 2),
+            (32, 64, 4, 3),
+            (64, 64, 8, 4),
+        ],
+    ),
+    "down": (
+        ("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES"),
+        [
+            (64, 64, 8, 3),
+            (64, 128, 8, 3),
+            (128, 64, 8, 3),
+            (32, 64, 4, 4),
+            (64, 64, 4, 3),
+            (64, 128, 4, 3),
+            (128, 128, 8, 2),
+            (32, 128, 4, 3),
+            (64, 32, 4, 4),
+            (192, 64, 8, 3),
+        ],
+    ),
+    "dh": (
+        ("DH_BLOCK_N", "DH_BLOCK_K", "DH_WARPS", "DH_STAGES"),
+        [
+            (64, 64, 8, 3),
+            (128, 64, 8, 3),
+            (64, 128, 8, 3),
+            (32, 64, 4, 4),
+            (64, 64, 4, 3),
+            (128, 64, 4, 4),
+            (64, 32, 4, 4),
+            (128, 128, 8, 2),
+            (32, 128, 4, 3),
+        ],
+    ),
+    "dx": (
+        ("DX_BLOCK_N", "DX_BLOCK_K", "DX_WARPS", "DX_STAGES"),
+        [
+            (64, 64, 8, 3),
+            (64, 128, 8, 3),
+            (128, 64, 8, 3),
+            (32, 64, 4, 4),
+            (64, 64, 4, 3),
+            (64, 128, 4, 3),
+            (128, 128, 8, 2),
+            (32, 128, 4, 3),
+            (64, 32, 4, 4),
+        ],
+    ),
+    "dwd": (
+        ("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"),
+        [
+            (64, 128, 4, 3),
+            (64, 64, 4, 3),
+            (128, 64, 8, 3),
+            (128, 128, 8, 3),
+            (64, 128, 8, 3),
+            (128, 128, 8, 2),
+            (64, 64, 4, 4),
+            (32, 128, 4, 3),
+            (64, 256, 8, 2),
+        ],
+    ),
+    "dwgu": (
+        ("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"),
+        [
+            (128, 64, 8, 3),
+            (64, 64, 4, 3),
+            (128, 128, 8, 3),
+            (64, 128, 4, 3),
+            (128, 64, 4, 3),
+            (128, 128, 8, 2),
+            (256, 64, 8, 3),
+            (64, 64, 4, 4),
+            (128, 32, 4, 4),
+        ],
+    ),
+    "BLOCK_M": (("BLOCK_M",), [(128,), (64,)]),
+}
+FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
+
+
+def configs(quick: bool) -> list[tuple[str, dict]]:
+    out = [("default", {})]
+    for group, (keys, tuples) in GROUPS.items():
+        for t in tuples[1 : 3 if quick else None]:
+            out.append((group, dict(zip(keys, t, strict=True))))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(ap)
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--quick", action="store_true", help="two candidates a group (a smoke test)")
+    a = ap.parse_args()
+    check_device(a.device)
+    import torch
+    import torch.nn.functional as F_
+
+    from archzoo.kernels.moe_grouped import backward as B
+    from archzoo.kernels.moe_grouped import triton as T
+
+    for group, (keys, tuples) in GROUPS.items():  # the first candidate of a group is the shipped default
+        src = T.CUDA_CONFIG if keys[0] in T.CUDA_CONFIG else B.CUDA_CONFIG
+        if a.device == "cuda" and tuple(src[k] for k in keys) != tuples[0]:
+            print(f"note: {group}'s default is {tuple(src[k] for k in keys)}, not {tuples[0]}")
+    dev, dt = torch.device(a.device), torch.bfloat16 if a.device == "cuda" else torch.float32
+    N, D, Fd, E, K = (a.tokens, 576, 1536, 8, 2) if not a.quick or a.device == "cuda" else (37, 24, 40, 4, 2)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g) * s).to(dev, dt)
+
+    x, gate_w, up_w, down_w = rnd(N, D), rnd(E, Fd, D, s=D**-0.5), rnd(E, Fd, D, s=D**-0.5), rnd(E, D, Fd, s=Fd**-0.5)
+    probs = torch.randn(N, E, generator=g).softmax(-1)
+    top_p, top_e = probs.topk(K, dim=-1)
+    top_w, top_e = (top_p / top_p.sum(-1, keepdim=True)).to(dev, dt), top_e.to(dev)
+    dout = rnd(N, D)
+
+    def bench(fn) -> float:
+        if a.compile_only:
+            fn()
+            return 0.0
+        if a.device != "cuda":
+            fn()
+            return float("nan")
+        import triton.testing
+
+        fn()  # compiled before the capture
+        torch.cuda.synchronize()
+        return triton.testing.do_bench_cudagraph(fn, rep=a.rep, return_mode="median")
+
+    rows = Rows(a.out)
+    shard, n_shards = (int(v) for v in a.shard.split("/"))
+    base_fwd = base_bwd = None
+    for i, (group, over) in enumerate(configs(a.quick)):
+        if i % n_shards != shard and not (i == 0 and not a.compile_only):
+            continue
+        T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
+        for k, v in over.items():
+            (T.CONFIG_OVERRIDE if k in T.CUDA_CONFIG else B.CONFIG_OVERRIDE)[k] = v
+        try:
+            saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+            fwd = bwd = None
+            if group in FORWARD_GROUPS or group == "default":
+                fwd = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True))
+            if group not in FORWARD_GROUPS or group == "BLOCK_M":
+                bwd = bench(lambda: B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *saved[1:]))  # noqa: B023
+        except Exception as e:  # a tile the compiler refuses (shared memory): its row says so, the sweep goes on
+            rows.record(dict(group=group, config=over, error=f"{type(e).__name__}: {str(e)[:160]}"))
+            continue
+        if group == "default":
+            base_fwd, base_bwd = fwd, bwd
+        row = dict(group=group, config=over, fwd_ms=None if fwd is None else round(fwd, 4),
+                   bwd_ms=None if bwd is None else round(bwd, 4))  # fmt: skip
+        if not a.compile_only:
+            if fwd is not None and base_fwd:
+                row["fwd_vs_default"] = round(fwd / base_fwd, 3)
+            if bwd is not None and base_bwd:
+                row["bwd_vs_default"] = round(bwd / base_bwd, 3)
+        rows.record(row)
+    T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
+    if a.compile_only or a.device != "cuda":
+        return
+
+    # the peer: a dense SwiGLU of hidden K x d_ff, forward and forward + backward (eager; bench kernels has graphs)
+    w1, w3 = (rnd(K * Fd, D, s=D**-0.5).requires_grad_() for _ in range(2))
+    w2 = rnd(D, K * Fd, s=(K * Fd) ** -0.5).requires_grad_()
+    xg = x.detach().clone().requires_grad_()
+
+    def dense():
+        return F_.linear(F_.silu(F_.linear(xg, w1)) * F_.linear(xg, w3), w2)
+
+    import triton.testing
+
+    with torch.no_grad():
+        d_fwd = triton.testing.do_bench(dense, rep=a.rep, return_mode="median")
+    d_fb = triton.testing.do_bench(lambda: dense().backward(dout), rep=a.rep, return_mode="median",
+                                   grad_to_none=[xg, w1, w2, w3])  # fmt: skip
+    rows.record(dict(group="dense_swiglu_eager", fwd_ms=round(d_fwd, 4), fwd_bwd_ms=round(d_fb, 4)))
+
+    # what each launch of the default forward + backward takes
+    from torch.profiler import ProfilerActivity, profile
+
+    saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            s = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+            B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *s[1:])
+        torch.cuda.synchronize()
+    per = {}
+    for ev in prof.key_averages():
+        if ev.device_type.name == "CUDA" and ev.count:
+            per[ev.key] = round(ev.device_time_total / 10 / 1000, 4)  # ms per forward + backward
+    rows.record(dict(group="profile_default_ms", kernels=dict(sorted(per.items(), key=lambda kv: -kv[1]))))
+
+
+if __name__ == "__main__":
+    main()
