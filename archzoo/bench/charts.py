@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 FRONTIER_COLOR = "#1f5fa8"
 DOMINATED_COLOR = "#8a8a8a"
 TEACHER_COLOR = "#c62828"
+PEER_COLOR = "#6a3d9a"
 
 
 def fmt_bytes(n: float) -> str:
@@ -50,6 +51,7 @@ class Point:
     teacher: bool
     frontier: bool
     clipped: bool = False  # drawn at the top edge: its value is far above the others' (``clip_far_above``)
+    peer: bool = False  # another implementation of a model (Hugging Face generate, say): a reference, off the frontier
 
 
 def _staircase(ax, pts: list[Point], x_higher_better: bool, xlim: tuple[float, float]) -> None:
@@ -216,10 +218,15 @@ def scatter(
         ),
         (
             "dominated",
-            lambda p: not p.frontier and not p.teacher and not p.clipped,
+            lambda p: not p.frontier and not p.teacher and not p.clipped and not p.peer,
             dict(facecolors="white", edgecolors=DOMINATED_COLOR, s=46, marker="o", linewidths=1.4, zorder=4),
         ),
-        ("teacher", lambda p: p.teacher, dict(c=TEACHER_COLOR, s=150, marker="*", zorder=4.6)),
+        ("teacher", lambda p: p.teacher and not p.peer, dict(c=TEACHER_COLOR, s=150, marker="*", zorder=4.6)),
+        (
+            "peer (another implementation)",
+            lambda p: p.peer,
+            dict(facecolors="white", edgecolors=PEER_COLOR, s=50, marker="D", linewidths=1.4, zorder=4.4),
+        ),
         (
             "off the scale (value in its label)",
             lambda p: p.clipped,

@@ -5,7 +5,9 @@ where the cache matters most): x is the cache's bytes per token at that length (
 batch x (prompt + new tokens), log scale), y the decode tokens/s of the archzoo rows (the default attention
 form, no speculative or inductor-option variants). The frontier is the models that no other beats on both
 (a smaller or equal cache and at least the speed). A model whose short name is ``teacher`` or that was
-given as a teacher name / GGUF / HF folder is drawn as the teacher.
+given as a teacher name / GGUF / HF folder is drawn as the teacher. The peers' rows (``--baseline hf``: Hugging
+Face ``generate`` with its dynamic and static caches) are drawn beside them as hollow diamonds named
+"model (implementation)", off the frontier: the reference a reader compares archzoo's speed with.
 
     python -m archzoo.bench.decode_chart DIR/decode.json OUT.png [--cells 64x4096,1x4096] [--skip draft-8l]
 """
@@ -35,6 +37,12 @@ def _plain(row: dict) -> bool:
     )
 
 
+def _peer(row: dict) -> bool:
+    """A peer's row (an implementation other than archzoo's, e.g. "hf-static") that measured something."""
+    impl = row.get("implementation") or ""
+    return not impl.startswith("archzoo") and bool(row.get("tokens_per_s")) and bool(row.get("cache_bytes"))
+
+
 def _is_teacher(row: dict, short: str) -> bool:
     return short == "teacher" or row.get("source") == "teacher"  # a teacher name, GGUF or HF folder (resolve_source)
 
@@ -49,9 +57,11 @@ def decode_chart(
     """Write the chart to ``path``; None (nothing written) when no row has a speed. ``cells``: the (batch size,
     prompt length) panels, in order (default: the run's, largest first, at most four); ``skip``: short model
     names to leave out (a draft of another size, say)."""
+    peers = [r for r in rows if _peer(r)]
     rows = [r for r in rows if _plain(r)]
-    names = _short_names(list(dict.fromkeys(r["model"] for r in rows)))
+    names = _short_names(list(dict.fromkeys(r["model"] for r in rows + peers)))
     rows = [r for r in rows if names[r["model"]] not in skip]
+    peers = [r for r in peers if names[r["model"]] not in skip]
     have = {(r["batch_size"], r["prompt_len"]) for r in rows}
     if cells is None:
         cells = sorted(have, key=lambda c: (-c[0], -c[1]))[:MAX_PANELS]
@@ -67,6 +77,11 @@ def decode_chart(
         front = set(pareto([(n, per_token[n], speed[n]) for n in speed], higher_is_better=True))
         pts = [Point(n, per_token[n], speed[n], _is_teacher(r, n), n in front) for n, r in
                ((names[r["model"]], r) for r in sel)]  # fmt: skip
+        for r in peers:
+            if (r["batch_size"], r["prompt_len"]) == (B, P):
+                n = names[r["model"]]
+                x = r["cache_bytes"] / (B * (P + r["new_tokens"]))
+                pts.append(Point(f"{n} ({r['implementation']})", x, r["tokens_per_s"], False, False, peer=True))
         new = sel[0]["new_tokens"]
         xlabel = f"cache bytes per token at {P + new:,} tokens ({dtype}, log scale)"
         panels.append((f"batch {B}, {P:,}-token prompts, {new} new tokens", xlabel, pts))

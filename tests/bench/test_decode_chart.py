@@ -11,8 +11,8 @@ from archzoo.bench import decode_chart as DC
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _row(model, B, P, tps, cache, **kw):
-    return dict(model=f"configs/students/{model}.yaml", source="yaml", implementation="archzoo", batch_size=B,
+def _row(model, B, P, tps, cache, implementation="archzoo", **kw):
+    return dict(model=f"configs/students/{model}.yaml", source="yaml", implementation=implementation, batch_size=B,
                 prompt_len=P, new_tokens=8, tokens_per_s=tps, cache_bytes=cache, **kw)  # fmt: skip
 
 
@@ -45,6 +45,32 @@ def test_points_frontier_and_panels(tmp_path, monkeypatch):
     assert big["teacher"][2] and not big["teacher"][3]  # the teacher, beaten by mqa (smaller and faster)
     assert big["based"][3] and not big["slow"][3]
     assert set(small) == {"teacher", "mqa"}
+
+
+def test_peers_are_drawn_off_the_frontier(tmp_path, monkeypatch):
+    """--baseline hf rows: a hollow point per peer, named "model (implementation)", never on the frontier, even
+    where it would beat an archzoo row; a peer alone in a cell draws no panel (nothing of archzoo's to compare)."""
+    seen = []
+    real = DC.panels_chart
+
+    def spy(path, panels, *a, **kw):
+        seen.extend({p.name: p for p in pts} for _, _, pts in panels)
+        return real(path, panels, *a, **kw)
+
+    monkeypatch.setattr(DC, "panels_chart", spy)
+    peers = [
+        _row("teacher", 2, 16, 30.0, 9000, implementation="hf-static"),
+        _row("teacher", 2, 16, 999.0, 100, implementation="hf-dynamic"),  # faster and smaller: still no frontier
+        _row("teacher", 8, 16, 5.0, 9000, implementation="hf-static"),  # no archzoo row in this cell
+    ]
+    out = DC.decode_chart(tmp_path / "d.png", {"dtype": "bf16", "device": "cpu"}, ROWS + peers)
+    assert out.read_bytes()[:8] == PNG
+    big = seen[0]
+    assert len(seen) == 2, "no panel for the peer-only cell"
+    p = big["teacher (hf-static)"]
+    assert p.peer and not p.frontier and not p.teacher and (p.x, p.y) == (9000 / (2 * 24), 30.0)
+    assert big["teacher (hf-dynamic)"].peer and not big["teacher (hf-dynamic)"].frontier
+    assert big["based"].frontier and big["mqa"].frontier, "the frontier is archzoo's rows alone"
 
 
 def test_cells_and_skip(tmp_path):
