@@ -43,23 +43,26 @@ from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import next_pow2, prev_pow2, sm_count
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
 
-# BLOCK_F x BLOCK_D: the gate-up program's weight tiles (two fp32 accumulators of that size: 64 registers a thread
-# at 4 warps); DOWN_BLOCK_N x DOWN_BLOCK_F the down program's; DOWN_BLOCK_N halved down to DOWN_MIN_BLOCK_N while the
-# programs are fewer than PROGRAMS_PER_SM a multiprocessor (batch 1: d_model / 16 = 36 programs for 132 SMs).
-# ROUTER_TILE: moe_decode_step's router tile, next_pow2(E) x d_model columns, at most this many elements (one fp32
-# accumulator: 16 registers a thread at 4 warps; E = 8 reads d_model 576 in three tiles of 256); it is dead before
-# the gate-up accumulators are live.
-# Each program's rows in one tile (d_model 576 <= BLOCK_D 1024, d_ff 1536 <= DOWN_BLOCK_F 2048, the router's 8 x 576 in
-# one ROUTER_TILE), so its loads are issued at once: a decode step's kernels are latency-bound, and a loop of tiles is
-# one DRAM round trip a tile. Why: on an H100 (fifteenth session, tools/decode_profile.py --moe-experts
-# reductions,fused, docs/results/decode/profile_h100_moe_fused.log) the first configuration (BLOCK_F 16, BLOCK_D 256,
-# DOWN_BLOCK_F 256, ROUTER_TILE 2048: 3 router tiles then 3 gate / up tiles a program, 2 x 6 down tiles) took
-# 8.4 us for routing + gate / up and 10.5 us for down a layer (3.5 MB of the two experts' down rows: 0.33 TB/s),
-# and the MoE student's step 1.164 ms against 1.092 with "reductions". sm_90 (tools/sm90_compile.py --op moe_step):
-# 154 registers for routing + gate / up (as before), 127 for down, no spills; BLOCK_F 4 gives 768 programs at batch 1
-# (2 waves of 3 a multiprocessor). Untimed: the next lease's stepprof:moe.
-CUDA_CONFIG = dict(BLOCK_F=4, BLOCK_D=1024, DOWN_BLOCK_N=4, DOWN_MIN_BLOCK_N=4, DOWN_BLOCK_F=2048, PROGRAMS_PER_SM=2,
-                   ROUTER_TILE=8192, num_warps=4)  # fmt: skip
+# BLOCK_F x BLOCK_D: the gate-up program's weight tiles (two fp32 accumulators of that size: 32 registers a thread
+# at 16 x 256 on 8 warps); DOWN_BLOCK_N x DOWN_BLOCK_F the down program's; DOWN_BLOCK_N halved down to
+# DOWN_MIN_BLOCK_N while the programs are fewer than PROGRAMS_PER_SM a multiprocessor (batch 1: d_model / 16 = 36
+# programs for 132 SMs). ROUTER_TILE: moe_decode_step's router tile, next_pow2(E) x d_model columns, at most this
+# many elements (E = 8 reads d_model 576 in one tile of 8 x 1,024); it is dead before the gate-up accumulators are live.
+# How these were chosen, on an H100:
+# - Fifteenth session (tools/decode_profile.py --moe-experts reductions,fused, profile_h100_moe_fused.log): with the
+#   down program looping over 2 x 6 tiles of d_ff (DOWN_BLOCK_F 256) and the router over 3 tiles, down took 10.5 us
+#   a layer for 3.5 MB (0.33 TB/s: one DRAM round trip a tile) and the fused step lost to "reductions" (MoE 1.164
+#   against 1.092 ms). So the down program's rows and the router became one tile each (DOWN_BLOCK_F 2,048,
+#   ROUTER_TILE 8,192), their loads issued at once.
+# - Sixteenth session: the fused step then won (MoE's batch-1 step 1.080 -> 0.888 ms,
+#   profile_h100_stepprof_onetile.log).
+#   tools/tune_moe_step.py (a 30-layer stack in one CUDA graph, docs/results/kernels/moe_step_tune_h100.json) then
+#   put the gate / up tiles at BLOCK_F 16 x BLOCK_D 256 on 8 warps: 12.9 us a layer against 16.0 for BLOCK_F 4 x
+#   1,024 on 4 warps (192 programs instead of 768, the router recomputed by a quarter as many); every other down tile
+#   was slower. The MoE student at batch 1: 1,137 -> 1,251 tokens/s (archzoo bench decode --decode-linear auto,
+#   docs/results/decode/b1_moestep_h100_default.md and b1_moestep_h100_tuned.md); Jamba (4 experts) 1,200 -> 1,202.
+CUDA_CONFIG = dict(BLOCK_F=16, BLOCK_D=256, DOWN_BLOCK_N=4, DOWN_MIN_BLOCK_N=4, DOWN_BLOCK_F=2048, PROGRAMS_PER_SM=2,
+                   ROUTER_TILE=8192, num_warps=8)  # fmt: skip
 # Under the interpreter (tests): small tiles, so several tiles a row and masked edges run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_F=8, BLOCK_D=16, DOWN_BLOCK_N=8, DOWN_MIN_BLOCK_N=2, DOWN_BLOCK_F=16, PROGRAMS_PER_SM=2,
                         ROUTER_TILE=64, SM_COUNT=4, num_warps=1)  # fmt: skip
