@@ -46,7 +46,9 @@ class Block(nn.Module):
             x = x + self.mixer(self.mixer_norm(x), state, ctx)
         if self.ffn is not None:
             fused = getattr(self.ffn, "fused", None) if ctx.fused else None
-            if fused is None:
+            if ctx.fused and ctx.decoding and getattr(self.ffn, "TAKES_NORM", False):
+                x = self.ffn(x, norm=self.ffn_norm, residual=x)  # MoE: the norm and the add in its decode kernels
+            elif fused is None:
                 x = x + self.ffn(self.ffn_norm(x))
             elif getattr(fused, "pairs", False) and gemv:
                 # the GEMV's epilogues: SiLU x up after gate|up (interleaved copy), the residual add after down

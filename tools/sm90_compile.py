@@ -234,7 +234,9 @@ def _moe_step_calls(sms: int = 132) -> list:
             record_launches(mt) as calls,
         ):
             mt.moe_decode_step_routing(x, r, None, g, u, d, 2, False)
-        for name, (fn, grid, a, kw) in zip(("route+gate_up pdl", "down pdl"), calls, strict=True):
+            mt.moe_decode_step_routing(x, r, None, g, u, d, 2, False, torch.ones(576, **bf), 1e-5, x)  # the block's
+        names = ("route+gate_up pdl", "down pdl", "norm+route+gate_up pdl", "down+residual pdl")  # norm and add
+        for name, (fn, grid, a, kw) in zip(names, calls, strict=True):
             out.append((f"moe {name} E={E} N={N}", fn, grid, a, kw))
     return out
 

@@ -3,6 +3,8 @@ the MoE student's layers (d_model 576, d_ff 1,536, 8 experts, top-2, bf16), a st
 their own weights (read from HBM, as in a step: 1.3 GB for 30 layers, far beyond L2), each layer's input the last
 one's output plus a residual add (a dependency chain, as in the step), captured in one CUDA graph. Per layer: the
 time, and the fraction of the copy bandwidth its bytes (the two chosen experts' rows and the router) would take.
+Each layer takes the block's RMSNorm and residual add inside its kernels, as a decode step runs it (``--unfused``:
+around them, as before).
 
     python tools/tune_moe_step.py [--batch 1,4] [--out moe_step_tune.json]
     python tools/tune_moe_step.py --compile-only --shard 0/8   # fill Triton's cache in parallel first
@@ -46,6 +48,9 @@ def main() -> None:
     ap.add_argument("--batch", default="1,4", help="tokens a step, comma-separated")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="six configurations (a smoke test)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="the layer's input normalised and the residual added outside the kernels, as before they took "
+                         "the block's norm and add")  # fmt: skip
     a = ap.parse_args()
     check_device(a.device)
     import torch
@@ -62,6 +67,7 @@ def main() -> None:
 
     layers = [(rnd(E, D, s=D**-0.5), rnd(E, Fd, D, s=D**-0.5), rnd(E, Fd, D, s=D**-0.5), rnd(E, D, Fd, s=Fd**-0.5))
               for _ in range(L)]  # fmt: skip
+    nw = (1 + 0.1 * torch.randn(D, generator=g)).to(dev, dt)  # the block's RMSNorm weight
     moved = (E * D + K * 3 * Fd * D) * (2 if dt == torch.bfloat16 else 4)  # bytes a layer reads (one token)
     copy_bw = None
     if a.device == "cuda" and not a.compile_only:  # the copy bandwidth, measured here: device-to-device, 1 GiB
@@ -86,7 +92,12 @@ def main() -> None:
             def stack(x0=x0):
                 x = x0
                 for rw, gw, uw, dw in layers:
-                    x = x + moe_decode_step(x, rw, None, gw, uw, dw, K, True)
+                    if a.unfused:  # an RMSNorm and an add around the kernels (PyTorch's)
+                        h = x.float()
+                        h = nw * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dt)
+                        x = x + moe_decode_step(h, rw, None, gw, uw, dw, K, True)
+                    else:  # the block's norm and residual add inside the two kernels, as a decode step runs them
+                        x = moe_decode_step(x, rw, None, gw, uw, dw, K, True, nw, 1e-5, x)
                 return x
 
             try:

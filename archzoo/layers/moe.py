@@ -31,6 +31,7 @@ from ..kernels.moe_grouped import moe_grouped_experts
 from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
+from .norm import RMSNorm
 
 # How the sorted path (training, long inputs) runs the experts: "auto" takes the grouped GEMM where it fits
 # the inputs and otherwise the per-expert loop, logging why once; "grouped" takes the grouped GEMM or raises
@@ -254,15 +255,49 @@ class MoE(nn.Module):
         """Routed expert ``e`` (a SwiGLU) on x (n, d_model) -> (n, d_model)."""
         return self.down_proj(F.silu(self.gate_proj(x, e)) * self.up_proj(x, e), e)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # The block may hand its pre-norm and residual to forward (a decode step on the fused path: model.Block), so that
+    # the fused decode step takes them into its two kernels: two kernels a layer fewer (the norm, the add).
+    TAKES_NORM = True
+
+    def _fused_step(self, N: int) -> bool:
+        """Whether a forward of N tokens takes the fused decode step (DECODE_EXPERTS "fused": static, N x top_k <
+        n_experts)."""
+        static = not torch.is_grad_enabled() and self.capacity(N) is None and N <= self.STATIC_MAX_TOKENS
+        return static and _check_decode_experts() == "fused" and N * self.top_k < self.n_experts
+
+    def forward(
+        self, x: torch.Tensor, norm: nn.Module | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (..., d_model) -> (..., d_model). ``norm`` (the block's pre-norm) is applied to x first and ``residual``
+        (x's shape) added to the output: ``residual + moe(norm(x))``, the block's FFN sublayer. On the fused decode
+        step (no shared experts, an ``RMSNorm`` in x's dtype) both run inside its kernels; elsewhere as modules."""
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
+        if norm is None and residual is None:
+            return self._forward(x)
+        if residual is not None and residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        fits = not self.shared_experts and (
+            norm is None or (isinstance(norm, RMSNorm) and norm.weight.dtype == x.dtype)
+        )
+        if fits and self._fused_step(x.numel() // self.d_model):
+            self.last_dispatch, self.last_decode_experts = "static", "fused"
+            D = self.d_model
+            out = moe_decode_step(x.reshape(-1, D), self.router.weight, self.router.bias, self.gate_proj.weight,
+                                  self.up_proj.weight, self.down_proj.weight, self.top_k, self.norm_topk_prob,
+                                  None if norm is None else norm.weight, 1e-5 if norm is None else norm.eps,
+                                  None if residual is None else residual.reshape(-1, D))  # fmt: skip
+            return out.reshape(x.shape)
+        out = self._forward(x if norm is None else norm(x))
+        return out if residual is None else residual + out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.d_model)  # (N, D)
         N, E, K = x.shape[0], self.n_experts, self.top_k
         capacity = self.capacity(N)
         static = not torch.is_grad_enabled() and capacity is None and N <= self.STATIC_MAX_TOKENS
-        if static and _check_decode_experts() == "fused" and N * K < E:
+        if self._fused_step(N):
             # A few tokens' routing and chosen experts in two kernels (DECODE_EXPERTS), the router's product included:
             # the same sequence as below and _static's gather branch, top-k by max passes whatever K.
             self.last_dispatch, self.last_decode_experts = "static", "fused"

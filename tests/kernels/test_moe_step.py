@@ -275,6 +275,46 @@ def test_step_matches_reference(case):
         assert rel_err(got.double(), exact) <= 1.25 * rel_err(ref.double(), exact) + 1e-3
 
 
+@pytest.mark.parametrize(
+    "N, D, E, top_k, dtype, residual, one_tile",
+    [(1, 40, 4, 2, torch.float32, True, False), (3, 33, 8, 2, torch.float32, False, False),
+     (3, 37, 8, 3, torch.float32, True, True), (1, 40, 8, 2, torch.bfloat16, True, True),
+     (3, 33, 4, 1, torch.bfloat16, True, False)],
+)  # fmt: skip
+def test_step_with_the_blocks_norm_and_residual(N, D, E, top_k, dtype, residual, one_tile, monkeypatch):
+    """``norm_weight`` / ``residual``: the block's RMSNorm of x computed in the first kernel and its residual add in
+    the second equal ``residual + moe_decode_step(RMSNorm(x))`` (the reference's two extra kernels): the same
+    experts chosen; fp32 to round-off, bf16 to its rounding (d_model off the tiles, several tokens, top-1/2/3). The
+    rms from its own pass over x (several router tiles a row) and from the router's one tile (``one_tile``: the
+    students' shapes on a GPU)."""
+    from archzoo.kernels.decode_linear.naive import rms_norm
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "ROUTER_TILE", 1024 if one_tile else 64)
+    assert (T.router_block(E, D, torch.device(DEV))[1] >= D) == one_tile
+    args = _step_inputs(N, D, 48, E, top_k, dtype, bias=True)
+    x = args[0] * 3.0  # a residual stream of larger scale than the normed input
+    g = torch.Generator().manual_seed(7)
+    nw = (1 + 0.2 * torch.randn(D, generator=g)).to(DEV, dtype)
+    res = torch.randn(N, D, generator=g).to(DEV, dtype) if residual else None
+    got, _, top_e = T.moe_decode_step_routing(x, *args[1:], top_k, True, nw, 1e-5, res)
+    normed = rms_norm(x, nw, 1e-5)
+    assert torch.equal(top_e.long(), naive_moe_route(normed, *args[1:3], top_k, True)[1])
+    want = naive_moe_decode_step(normed, *args[1:], top_k, True)
+    want = want if res is None else res + want
+    _check("norm + residual fused vs outside", got, want, 2e-6 if dtype == torch.float32 else 1e-2)
+    naive = naive_moe_decode_step(x, *args[1:], top_k, True, nw, 1e-5, res)
+    _check("naive with norm + residual vs outside", naive, want, 0.0)
+    assert torch.equal(K.moe_decode_step(x, *args[1:], top_k, True, nw, 1e-5, res), got)
+    assert K.last_backend("moe_decode_step") == "triton"
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        K.moe_decode_step(x, *args[1:], top_k, True, nw[:-1], 1e-5, res)
+    with pytest.raises(ValueError, match="residual must be"):
+        K.moe_decode_step(x, *args[1:], top_k, True, nw, 1e-5, x[:, :-1])
+    with pytest.raises(ValueError, match="norm_weight must have x's dtype"):
+        K.moe_decode_step(x, *args[1:], top_k, True, nw.double(), 1e-5, res)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_step_ties_go_to_the_lowest_index(dtype):
     """Equal router logits (equal router rows): each max pass takes the lowest index, as ``topk_by_max``. Experts 2
@@ -380,6 +420,37 @@ def test_layer_decode_fused_matches_reductions(n_experts, top_k, tokens, norm, s
         assert K.last_backend("moe_decode_step") == "none" and layer.last_decode_experts == "dense"
 
 
+@pytest.mark.parametrize("shared, dtype", [(0, torch.float32), (1, torch.float32), (0, torch.bfloat16)])
+def test_layer_takes_the_blocks_norm_and_residual(shared, dtype, monkeypatch):
+    """``MoE(x, norm=, residual=)`` (what model.Block hands it on a fused decode step) equals ``residual +
+    MoE(norm(x))``: inside moe_decode_step's kernels without shared experts, as modules with them (the shared
+    experts' sum would change the additions' order); a training forward as modules, differentiable."""
+    from archzoo.layers.norm import RMSNorm
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "fused")
+    cfg = moe_mod.MoEConfig(type="moe", n_experts=8, top_k=2, d_ff=48, n_shared_experts=shared)
+    torch.manual_seed(0)
+    layer = moe_mod.MoE.from_config(cfg, 40).eval().to(dtype)
+    norm = RMSNorm(40).to(dtype)
+    with torch.no_grad():
+        layer.router.weight.mul_(8)
+        norm.weight.copy_(1 + 0.2 * torch.randn(40))
+        x, res = 3 * torch.randn(1, 1, 40, dtype=dtype), torch.randn(1, 1, 40, dtype=dtype)
+        want = res + layer(norm(x))
+        _dispatch.record("moe_decode_step", "none")
+        got = layer(x, norm=norm, residual=res)
+        assert K.last_backend("moe_decode_step") == "triton" and layer.last_decode_experts == "fused"
+        _check("norm + residual in the layer", got, want, 2e-6 if dtype == torch.float32 else 1e-2)
+        _check("residual alone", layer(x, residual=res), res + layer(x), 2e-6 if dtype == torch.float32 else 1e-2)
+        with pytest.raises(ValueError, match="residual must have x's shape"):
+            layer(x, norm=norm, residual=res[..., :-1])
+    xg = x.clone().requires_grad_()  # a training forward: modules, differentiable
+    out = layer(xg, norm=norm, residual=res)
+    out.sum().backward()
+    assert xg.grad is not None and layer.last_decode_experts is None
+
+
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("n_experts, tokens", [(4, 1), (8, 1), (8, 3)])
@@ -410,6 +481,24 @@ def test_cuda_step_student_shapes_bf16(n_experts, tokens, monkeypatch):
     assert torch.equal(replayed, got), "a CUDA-graph replay must give the eager result"
     monkeypatch.setattr(_pdl, "ENABLED", False)
     assert torch.equal(K.moe_decode_step(*args, 2, True), got), "without PDL: the same bits"
+    monkeypatch.setattr(_pdl, "ENABLED", True)
+    # the block's RMSNorm and residual add inside the two kernels: residual + step(RMSNorm(x)), graph-replayable
+    from archzoo.kernels.decode_linear.naive import rms_norm
+
+    g = torch.Generator().manual_seed(3)
+    xs = 3 * x
+    nw = (1 + 0.2 * torch.randn(576, generator=g)).to("cuda", torch.bfloat16)
+    res = torch.randn(tokens, 576, generator=g).to("cuda", torch.bfloat16)
+    fused = K.moe_decode_step(xs, *args[1:], 2, True, nw, 1e-5, res)
+    _check(
+        "norm + residual inside", fused, res + naive_moe_decode_step(rms_norm(xs, nw, 1e-5), *args[1:], 2, True), 1e-2
+    )
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = K.moe_decode_step(xs, *args[1:], 2, True, nw, 1e-5, res)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, fused), "norm + residual: a CUDA-graph replay must give the eager result"
 
 
 def _tiny_moe_model(seed: int):

@@ -85,13 +85,14 @@ def moe_decode_experts(
     return _run(x, gate_w, up_w, down_w, top_e, top_w)
 
 
-def _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob):
-    N, _, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k)
-    if _kernels_run(STEP_OP, x, N == 0, router_w, router_b, gate_w, up_w, down_w):
+def _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight, eps, residual):
+    N, _, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_weight, residual)
+    if _kernels_run(STEP_OP, x, N == 0, router_w, router_b, gate_w, up_w, down_w, norm_weight, residual):
         from .triton import moe_decode_step as fn
 
-        return fn(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
-    return naive_moe_decode_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+        return fn(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight, eps, residual)
+    return naive_moe_decode_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight,
+                                 eps, residual)  # fmt: skip
 
 
 @torch.library.custom_op("archzoo::moe_decode_step", mutates_args=())
@@ -104,19 +105,25 @@ def _step_op(
     down_w: torch.Tensor,
     top_k: int,
     norm_topk_prob: bool,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)  # a new tensor in every path
+    # a new tensor in every path
+    return _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight, eps, residual)
 
 
 @_step_op.register_fake
-def _(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob):
-    N, D, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k)  # bad shapes fail at trace time
+def _(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight=None, eps=1e-5, residual=None):
+    # bad shapes fail at trace time
+    N, D, _, _ = check_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_weight, residual)
     return x.new_empty((N, D))
 
 
 def moe_decode_step(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool, norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """A MoE layer's routed part for a few tokens (module docstring): routing and the chosen experts. x (N, D), any
     strides; router_w (E, D) and router_b (E,) or None, the router ``nn.Linear``'s; gate_w, up_w (E, F, D) and down_w
@@ -124,10 +131,16 @@ def moe_decode_step(
     divided by their sum. Returns (N, D) in x's dtype: the routing in fp32 (fp64 for fp64 x) from logits rounded to
     x's dtype, top-k ties to the lowest index (``topk_by_max``), the weights rounded to x's dtype, the experts with
     ``moe_decode_experts``' roundings. No host synchronisation (a CUDA graph can capture it); traceable by
-    ``torch.compile``; not differentiable (a decode step). ValueError on bad shapes, naming the argument."""
+    ``torch.compile``; not differentiable (a decode step). ValueError on bad shapes, naming the argument.
+
+    The block's pre-norm and residual add can come in too (two kernels fewer a layer): with ``norm_weight`` (D,) in
+    x's dtype, x is the residual stream and the layer's input is ``RMSNorm(x)`` (eps; the norm's roundings, as
+    ``decode_linear`` fuses it), computed by the first kernel; with ``residual`` (N, D) in x's dtype the result is
+    ``residual + experts``, added by the second (fp32 sum, one rounding: ``x + moe(...)`` in x's dtype)."""
+    args = (x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight, eps, residual)
     if torch.compiler.is_compiling():
-        return _step_op(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
-    return _run_step(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)
+        return _step_op(*args)
+    return _run_step(*args)
 
 
 __all__ = ["OP", "STEP_OP", "moe_decode_experts", "moe_decode_step", "naive_moe_decode_experts",

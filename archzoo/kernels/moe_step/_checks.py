@@ -36,7 +36,7 @@ def check_experts(
 
 def check_step(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int,
+    down_w: torch.Tensor, top_k: int, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
 ) -> tuple[int, int, int, int]:  # fmt: skip
     """Arguments of ``moe_decode_step`` -> (N, D, E, F); ValueError naming the argument that does not fit."""
     if x.dim() != 2:
@@ -56,11 +56,17 @@ def check_step(
         raise ValueError(f"down_w must be (n_experts, d_model, d_ff) = {(E, D, F)}, got {tuple(down_w.shape)}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= E:
         raise ValueError(f"top_k must be an int in 1..n_experts={E}, got {top_k!r}")
-    named = [("router_w", router_w), ("router_b", router_b), ("gate_w", gate_w), ("up_w", up_w), ("down_w", down_w)]
+    if norm_weight is not None and tuple(norm_weight.shape) != (D,):
+        raise ValueError(f"norm_weight must be (d_model,) = ({D},) or None, got {tuple(norm_weight.shape)}")
+    if residual is not None and tuple(residual.shape) != (N, D):
+        raise ValueError(f"residual must be (tokens, d_model) = {(N, D)} as x, or None, got {tuple(residual.shape)}")
+    named = [("router_w", router_w), ("router_b", router_b), ("gate_w", gate_w), ("up_w", up_w), ("down_w", down_w),
+             ("norm_weight", norm_weight), ("residual", residual)]  # fmt: skip
     for name, t in named:
         if t is not None and t.dtype != x.dtype:
             raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
     devices = {t.device for _, t in [("x", x), *named] if t is not None}
     if len(devices) != 1:
-        raise ValueError(f"x, the router and the expert weights must share a device, got {sorted(map(str, devices))}")
+        raise ValueError(f"x, the router, the expert weights, norm_weight and residual must share a device, got "
+                         f"{sorted(map(str, devices))}")  # fmt: skip
     return N, D, E, F

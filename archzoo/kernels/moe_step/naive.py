@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..decode_linear.naive import rms_norm
+
 
 def naive_moe_decode_experts(
     x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, top_e: torch.Tensor,
@@ -69,9 +71,15 @@ def naive_moe_route(
 
 def naive_moe_decode_step(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool, norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """x (N, D); router_w (E, D); router_b (E,) or None; gate_w, up_w (E, F, D); down_w (E, D, F) -> (N, D) in x's
-    dtype: the routing (``naive_moe_route``), then the chosen experts with the weights in x's dtype."""
+    dtype: the routing (``naive_moe_route``), then the chosen experts with the weights in x's dtype. With
+    ``norm_weight`` the layer's input is ``RMSNorm(x)`` first (``rms_norm``, eps); with ``residual`` (N, D) the
+    result is ``residual + experts`` (the block's residual add, one rounding)."""
+    if norm_weight is not None:
+        x = rms_norm(x, norm_weight, eps)
     top_p, top_e = naive_moe_route(x, router_w, router_b, top_k, norm_topk_prob)
-    return naive_moe_decode_experts(x, gate_w, up_w, down_w, top_e, top_p.to(x.dtype))
+    out = naive_moe_decode_experts(x, gate_w, up_w, down_w, top_e, top_p.to(x.dtype))
+    return out if residual is None else residual + out

@@ -26,6 +26,10 @@ is these two launches and nothing else (the router's GEMV, softmax and top-k wer
 - ``_down_kernel`` reads those (written once, by one kernel: the down launch cannot pick other experts than the ones
   h was computed for, as a second recomputation with other tiles might on a near tie) and h, as for
   ``moe_decode_experts``.
+With ``norm_weight`` (model.Block hands the MoE layer its pre-norm on a fused decode step) the first kernel also
+computes the RMSNorm of x[n] (its rms in one pass over the row, then each tile of x normalised as it is read, with
+``RMSNorm``'s roundings), so the router and the experts see the normalised input; with ``residual`` the down kernel
+adds the block's residual (x + moe in x's dtype, one rounding). Two kernels fewer a MoE layer (the norm, the add).
 PDL (``_pdl.py``), where ``pdl_enabled``: both kernels first let the next launch (``gdc_launch_dependents``); the
 first loads its first router tile (a parameter, which no kernel of the step writes) before ``gdc_wait``, then x and
 everything else after it; the expert rows it reads depend on the routing, so they come after too. The down kernel
@@ -70,13 +74,34 @@ CONFIG_OVERRIDE: dict = {}
 
 
 @triton.jit
+def _rstd(x_ptr, n, s_xn, s_xd, D, EPS: tl.constexpr, BLOCK: tl.constexpr):
+    """1 / rms of x[n] over d_model in fp32, as ``RMSNorm`` computes it (the mean of squares plus eps)."""
+    ss = tl.zeros([BLOCK], tl.float32)
+    for d0 in range(0, D, BLOCK):
+        offs = d0 + tl.arange(0, BLOCK)
+        xv = tl.load(x_ptr + n * s_xn + offs * s_xd, mask=offs < D, other=0.0).to(tl.float32)
+        ss += xv * xv
+    return tl.math.rsqrt(tl.sum(ss, axis=0) / D + EPS)
+
+
+@triton.jit
+def _normed(xv, rstd, nw_ptr, s_nd, offs_d, mask_d, DT: tl.constexpr):
+    """RMSNorm's roundings on a tile of x (fp32 values of x's dtype): x * rstd rounded to x's dtype, then times the
+    norm's weight (x's dtype too), rounded again (``decode_linear.naive.rms_norm``)."""
+    nw = tl.load(nw_ptr + offs_d * s_nd, mask=mask_d, other=0.0).to(tl.float32)
+    return _round(_round(xv * rstd, DT) * nw, DT)
+
+
+@triton.jit
 def _gate_up_rows(
     x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F,
     s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
     BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    nw_ptr, s_nd, rstd, HAS_NORM: tl.constexpr,
 ):  # fmt: skip
     """Rows [pid_f * BLOCK_F, ...) of SiLU(gate_e x[n]) x up_e x[n] into h[a] (e int64): fp32 sums along d_model;
-    gate, up, SiLU(gate) and the product each rounded to x's dtype (to nearest), as the reference rounds."""
+    gate, up, SiLU(gate) and the product each rounded to x's dtype (to nearest), as the reference rounds. With
+    HAS_NORM x[n] is first RMSNorm'd (``_normed``: its rstd given)."""
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     mask_f = offs_f < F
     g_rows = g_ptr + e * s_ge + offs_f.to(tl.int64)[:, None] * s_gf
@@ -87,6 +112,8 @@ def _gate_up_rows(
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
         xv = tl.load(x_ptr + n * s_xn + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_NORM:
+            xv = _normed(xv, rstd, nw_ptr, s_nd, offs_d, mask_d, h_ptr.dtype.element_ty)
         m2 = mask_f[:, None] & mask_d[None, :]
         gt = tl.load(g_rows + offs_d[None, :] * s_gd, mask=m2, other=0.0).to(tl.float32)
         ut = tl.load(u_rows + offs_d[None, :] * s_ud, mask=m2, other=0.0).to(tl.float32)
@@ -109,16 +136,17 @@ def _gate_up_kernel(
     n = a // TOP_K
     e = tl.load(e_ptr + n * s_en + (a % TOP_K) * s_ek).to(tl.int64)
     _gate_up_rows(x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
-                  BLOCK_F, BLOCK_D)  # fmt: skip
+                  BLOCK_F, BLOCK_D, x_ptr, 0, 1.0, False)  # fmt: skip
 
 
 @triton.jit
 def _route_gate_up_kernel(
-    x_ptr, rw_ptr, rb_ptr, g_ptr, u_ptr, h_ptr, tw_ptr, te_ptr,
+    x_ptr, rw_ptr, rb_ptr, g_ptr, u_ptr, h_ptr, tw_ptr, te_ptr, nw_ptr,
     D, F, E,
-    s_xn, s_xd, s_re, s_rd, s_rb, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
+    s_xn, s_xd, s_re, s_rd, s_rb, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_nd,
     TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    HAS_NORM: tl.constexpr, EPS: tl.constexpr, ONE_TILE: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # the down kernel may launch now; it waits for this one to finish before it reads anything
         gdc_launch_dependents()
@@ -135,12 +163,21 @@ def _route_gate_up_kernel(
         r_first = tl.load(r_rows + offs_r[None, :] * s_rd, mask=mask_e[:, None] & (offs_r < D)[None, :], other=0.0)
         gdc_wait()  # x is the kernel before's output; h and the routing buffers may be memory it still reads
 
+    # The block's RMSNorm of x[n]: its rms, then each tile of x normalised as it is read. Where one router tile holds
+    # the whole row (ONE_TILE: d_model <= BLOCK_R), the rms comes from that tile's load: no pass of its own before it.
+    rstd = tl.full([], 1.0, tl.float32)
+    if HAS_NORM and not ONE_TILE:
+        rstd = _rstd(x_ptr, n, s_xn, s_xd, D, EPS, BLOCK_R)
     # Router logits in fp32, rounded to x's dtype as F.linear's output (bias added before the rounding)
     acc_r = tl.zeros([BLOCK_E, BLOCK_R], tl.float32)
     for d0 in range(0, D, BLOCK_R):
         offs_d = d0 + offs_r
         mask_d = offs_d < D
         xv = tl.load(x_ptr + n * s_xn + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_NORM:
+            if ONE_TILE:
+                rstd = tl.math.rsqrt(tl.sum(xv * xv, axis=0) / D + EPS)
+            xv = _normed(xv, rstd, nw_ptr, s_nd, offs_d, mask_d, DT)
         if PDL:
             if d0 == 0:
                 rt = r_first
@@ -177,15 +214,16 @@ def _route_gate_up_kernel(
     # Rows [pid_f * BLOCK_F, ...) of SiLU(gate) x up of expert e against x[n], as _gate_up_kernel
     e = e.to(tl.int64)
     _gate_up_rows(x_ptr, g_ptr, u_ptr, h_ptr, e, n, a, pid_f, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
-                  BLOCK_F, BLOCK_D)  # fmt: skip
+                  BLOCK_F, BLOCK_D, nw_ptr, s_nd, rstd, HAS_NORM)  # fmt: skip
 
 
 @triton.jit
 def _down_kernel(
-    h_ptr, d_ptr, e_ptr, w_ptr, out_ptr,
+    h_ptr, d_ptr, e_ptr, w_ptr, out_ptr, r_ptr,
     D, F,
-    s_de, s_dd, s_df, s_en, s_ek, s_wn, s_wk, s_on, s_od,
+    s_de, s_dd, s_df, s_en, s_ek, s_wn, s_wk, s_on, s_od, s_rn, s_rd,
     TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, PDL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # h and the routing are the kernel before's, and the down rows it reads depend on them: wait first
         gdc_launch_dependents()
@@ -209,7 +247,10 @@ def _down_kernel(
             dt = tl.load(d_rows + offs_f[None, :] * s_df, mask=mask_n[:, None] & mask_f[None, :], other=0.0)
             acc += dt.to(tl.float32) * hw[None, :]
         total += _round(tl.sum(acc, axis=1), DT)  # each choice's output rounded, as the reference's
-    tl.store(out_ptr + n * s_on + offs_n * s_od, _round(total, DT).to(DT), mask=mask_n)
+    out = _round(total, DT)
+    if HAS_RESIDUAL:  # the block's residual add: x + moe(x) in x's dtype (an fp32 sum, rounded once)
+        out = _round(tl.load(r_ptr + n * s_rn + offs_n * s_rd, mask=mask_n, other=0.0).to(tl.float32) + out, DT)
+    tl.store(out_ptr + n * s_on + offs_n * s_od, out.to(DT), mask=mask_n)
 
 
 def _config(device: torch.device) -> dict:
@@ -246,9 +287,9 @@ def moe_decode_experts(
            (cfg["BLOCK_F"], cfg["BLOCK_D"]), cfg["num_warps"], dev)  # fmt: skip
     out = torch.empty((N, D), device=x.device, dtype=x.dtype)
     bn = down_block_n(N, D, x.device)
-    launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out),
-           (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride()),
-           (K, bn, cfg["DOWN_BLOCK_F"], False), cfg["num_warps"], dev)  # fmt: skip
+    launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out, out),
+           (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride(), *out.stride()),
+           (K, bn, cfg["DOWN_BLOCK_F"], False, False), cfg["num_warps"], dev)  # fmt: skip
     return out
 
 
@@ -261,11 +302,13 @@ def router_block(E: int, D: int, device: torch.device) -> tuple[int, int]:
 
 def moe_decode_step_routing(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool, norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5, residual: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """``moe_decode_step``'s two launches -> (out (N, D) in x's dtype, top_w (N, K) fp32, top_e (N, K) int32): the
     output and the routing the first kernel computed (the dispatcher checked the arguments; N >= 1, fp16 / bf16 /
-    fp32)."""
+    fp32). ``norm_weight`` / ``eps``: the block's RMSNorm of x inside the first kernel; ``residual``: added by the
+    second."""
     N, D = x.shape
     E, F, _ = gate_w.shape
     K = top_k
@@ -277,25 +320,30 @@ def moe_decode_step_routing(
     top_e = torch.empty((N, K), device=x.device, dtype=torch.int32)
     block_e, block_r = router_block(E, D, x.device)
     rb = router_b if router_b is not None else router_w  # unused without HAS_BIAS: a dummy tensor, never None
+    nw = norm_weight if norm_weight is not None else router_w  # unused without HAS_NORM: a dummy tensor
     launch(_route_gate_up_kernel, (triton.cdiv(F, cfg["BLOCK_F"]), N * K),
-           (x, router_w, rb, gate_w, up_w, h, top_w, top_e),
-           (D, F, E, *x.stride(), *router_w.stride(), rb.stride(0), *gate_w.stride(), *up_w.stride()),
-           (K, router_b is not None, bool(norm_topk_prob), block_e, block_r, cfg["BLOCK_F"], cfg["BLOCK_D"], pdl),
+           (x, router_w, rb, gate_w, up_w, h, top_w, top_e, nw),
+           (D, F, E, *x.stride(), *router_w.stride(), rb.stride(0), *gate_w.stride(), *up_w.stride(), nw.stride(0)),
+           (K, router_b is not None, bool(norm_topk_prob), block_e, block_r, cfg["BLOCK_F"], cfg["BLOCK_D"], pdl,
+            norm_weight is not None, float(eps), block_r >= D),
            cfg["num_warps"], dev, pdl)  # fmt: skip
     out = torch.empty((N, D), device=x.device, dtype=x.dtype)
     bn = down_block_n(N, D, x.device)
-    launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out),
-           (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride()),
-           (K, bn, cfg["DOWN_BLOCK_F"], pdl), cfg["num_warps"], dev, pdl)  # fmt: skip
+    res = residual if residual is not None else out  # unused without HAS_RESIDUAL
+    launch(_down_kernel, (triton.cdiv(D, bn), N), (h, down_w, top_e, top_w, out, res),
+           (D, F, *down_w.stride(), *top_e.stride(), *top_w.stride(), *out.stride(), *res.stride()),
+           (K, bn, cfg["DOWN_BLOCK_F"], pdl, residual is not None), cfg["num_warps"], dev, pdl)  # fmt: skip
     return out, top_w, top_e
 
 
 def moe_decode_step(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool,
+    down_w: torch.Tensor, top_k: int, norm_topk_prob: bool, norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-5, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The two launches -> out (N, D) (``moe_decode_step_routing`` without the routing)."""
-    return moe_decode_step_routing(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob)[0]
+    return moe_decode_step_routing(x, router_w, router_b, gate_w, up_w, down_w, top_k, norm_topk_prob, norm_weight,
+                                   eps, residual)[0]  # fmt: skip
 
 
 __all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "down_block_n", "moe_decode_experts",
