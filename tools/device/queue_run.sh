@@ -263,6 +263,27 @@ for job in $(cat $Q/jobs); do
       log "gemvtune compiled $(grep -c ': ok (' $O/gemv_tune_${tag}_compile.log) plans"
       timeout 300 python3 tools/tune_gemv.py --rows $rows --out $O/gemv_tune_$tag.json > $O/gemv_tune_$tag.log 2>&1
       log "gemvtune rc=$? $(grep -m1 within $O/gemv_tune_$tag.log | cut -c1-120)"; pack ;;
+    moesteptune)  # issue 18: moe_decode_step's tiles over a 30-layer stack (tools/tune_moe_step.py, the block's norm and
+      # add inside the kernels), batch 1 and 4, compiled first in 8 shards
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "moesteptune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
+      for i in 0 1 2 3 4 5 6 7; do
+        timeout 120 python3 tools/tune_moe_step.py --compile-only --layers 2 --shard $i/8 > $Q/moestep_compile_$i.log 2>&1 &
+        pids="$pids $!"
+      done
+      wait $pids
+      timeout 240 python3 tools/tune_moe_step.py --batch 1,4 --out $O/moe_step_tune.json > $O/moe_step_tune.log 2>&1
+      log "moesteptune rc=$?"; pack ;;
+    moegroupedtune)  # issue 19: moe_grouped_experts' tiles, one kernel at a time (tools/tune_moe_grouped.py)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "moegroupedtune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
+      for i in 0 1 2 3 4 5 6 7; do
+        timeout 150 python3 tools/tune_moe_grouped.py --compile-only --shard $i/8 > $Q/moegrouped_compile_$i.log 2>&1 &
+        pids="$pids $!"
+      done
+      wait $pids
+      timeout 240 python3 tools/tune_moe_grouped.py --out $O/moe_grouped_tune.json > $O/moe_grouped_tune.log 2>&1
+      log "moegroupedtune rc=$?"; pack ;;
     convpeer)  # issue 19: causal-conv1d (the conv's peer) built for sm_90 in the background from the sdist carried in
       # .whl/ (about 4 min on 4 of the 16 cores, beside the next jobs); kernels:conv waits for it. The wheel comes back
       # in .whl/ (staged there), so a later lease carrying it installs it through setup.sh and builds nothing.
@@ -279,7 +300,7 @@ for job in $(cat $Q/jobs); do
         if [ "$op" = conv ] && [ -d /root/peerlogs ]; then  # the convpeer job's build, if one started
           for i in $(seq 1 ${PEER_WAIT:-120}); do grep -q done /root/peerlogs/build_status 2> /dev/null && break; sleep 5; done
           log "kernels conv: peer build $(tr '\n' ' ' < /root/peerlogs/build_status 2> /dev/null)"
-          mkdir -p $S/.whl $O && cp /root/peerlogs/wheels/*.whl $S/.whl/ 2> /dev/null
+          mkdir -p $O  # the wheel (25 MB) comes back in 15 MB parts through watch.sh, not in results.tgz (16 MiB a file)
           cp /root/peerlogs/build_causal_conv1d.log $O/build_causal_conv1d.log 2> /dev/null; pack
         fi
         if [ "$op" = la ]; then  # the chunk-parallel backward's GPU tests first: BACKWARD flips only when they pass

@@ -17,5 +17,10 @@ while kill -0 "$(cat $Q/pid)" 2> /dev/null && [ "$(date +%s)" -lt "$end" ]; do
 done
 [ -f $Q/results.tgz ] && cp $Q/results.tgz $OUT/; cp $Q/queue.log $OUT/
 ls $Q/corpus/corpora.tgz.* > /dev/null 2>&1 && cp $Q/corpus/corpora.tgz.* $OUT/  # the corpus job's parts (move into .big/g3/)
+# a peer wheel the convpeer job built, in 15 MB parts (cat wheel_NAME.part_* > .whl/NAME here)
+for w in /root/peerlogs/wheels/*.whl; do
+  [ -f "$w" ] && [ ! -f /root/peerlogs/sent_$(basename $w) ] && split -b 15M "$w" "$OUT/wheel_$(basename $w).part_" \
+    && touch /root/peerlogs/sent_$(basename $w)
+done
 cat $Q/queue.log; kill -0 "$(cat $Q/pid)" 2> /dev/null && echo "queue still running" || echo "queue finished"
 for f in $Q/distill-*.log; do [ -f "$f" ] && echo "$(basename $f): $(grep -E '^step' $f | tail -1 | cut -c1-90)"; done
