@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import argmax_rows
+
 
 def sample_next(
     logits: torch.Tensor,
@@ -24,8 +26,8 @@ def sample_next(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
+    if temperature == 0.0:  # argmax_rows: torch.argmax's result, in two short kernels on a GPU (kernels/argmax)
+        return argmax_rows(logits)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -39,4 +41,4 @@ def sample_next(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
+    return argmax_rows(probs / race)

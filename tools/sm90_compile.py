@@ -442,11 +442,37 @@ def _mamba_step_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132, config: dic
     return out
 
 
+def _argmax_calls() -> list:
+    """argmax_rows' two launches (the chunks' maxima, then each row's) over the students' vocabulary, bf16."""
+    from archzoo.kernels.argmax import triton as at
+
+    out = []
+    for B in (1, 64):
+        x = torch.randn(B, 49152, dtype=torch.bfloat16)
+        with mock.patch.object(at, "_config", lambda dev: at.CUDA_CONFIG), record_launches(at) as calls:
+            at.argmax_rows(x)
+        for name, (fn, grid, a, kw) in zip(("chunks", "rows"), calls, strict=True):
+            out.append((f"argmax {name} B={B}", fn, grid, a, kw))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--op",
-        choices=["scan", "gemv", "attn", "kd_loss", "based", "la", "la_cp", "mamba_step", "moe_step", "moe_grouped"],
+        choices=[
+            "scan",
+            "gemv",
+            "attn",
+            "kd_loss",
+            "based",
+            "la",
+            "la_cp",
+            "mamba_step",
+            "moe_step",
+            "moe_grouped",
+            "argmax",
+        ],  # fmt: skip
         default="scan",
     )
     ap.add_argument("--b", type=int, default=4)
@@ -481,6 +507,7 @@ def main() -> None:
             "mamba_step": lambda: _mamba_step_calls(config=json.loads(args.config)),
             "moe_step": _moe_step_calls,
             "moe_grouped": lambda: _moe_grouped_calls(config=json.loads(args.config)),
+            "argmax": _argmax_calls,
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

@@ -17,6 +17,7 @@ from ._capture import (
     selective_state_update,
 )
 from ._dispatch import last_backend
+from .argmax import argmax_rows
 from .based_attention import based_attention
 from .causal_conv1d import causal_conv1d_fn
 from .kd_loss import kd_loss_rows
@@ -27,6 +28,7 @@ from .moe_step import moe_decode_experts, moe_decode_step
 from .selective_scan import selective_scan_fn
 
 __all__ = [
+    "argmax_rows",
     "based_attention",
     "causal_conv1d_fn",
     "causal_conv1d_update",

@@ -15,7 +15,7 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 
 # The tool's runs by key: each is a CPU-bound process of its own (Triton's compiler, ptxas), 4-20 s on CI.
 SCAN_ARGS = ["--b", "1", "--d", "64", "--l", "256", "--n", "4"]
-OPS = {"gemv": 38, "gemv --pdl": 38, "attn": 5, "kd_loss": 8, "la": 7, "moe_grouped": 12}
+OPS = {"gemv": 38, "gemv --pdl": 38, "attn": 5, "kd_loss": 8, "la": 7, "moe_grouped": 12, "argmax": 4}
 RUNS = {"scan": SCAN_ARGS, **{f"--op {op}": ["--op", *op.split()] for op in OPS}, "--op based": ["--op", "based"]}
 UNPARAMETRISED = {
     "test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them": "scan",
