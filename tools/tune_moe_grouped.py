@@ -22,94 +22,27 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _tuning import Rows, add_common_args, check_device  # noqa: E402  (this folder is on sys.path)
 
-# (name, keys, candidate tuples); the first tuple of each group is the shipped default (checked at start)
+# Candidate tiles (rows of output x K step, warps, stages). Each group's list starts with its shipped default (checked
+# at start); the GEMMs over d_model (gate|up, dh) and those producing d_model columns (down, dx) share their lists.
+_OVER_D = [(64, 64, 8, 3), (128, 64, 8, 3), (64, 128, 8, 3), (128, 32, 8, 4), (64, 64, 4, 3), (128, 64, 4, 4),
+           (64, 32, 4, 4), (128, 128, 8, 2), (32, 64, 4, 3), (64, 64, 8, 4)]  # fmt: skip
+_TO_D = [(64, 64, 8, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 4), (64, 64, 4, 3), (64, 128, 4, 3),
+         (128, 128, 8, 2), (32, 128, 4, 3), (64, 32, 4, 4), (192, 64, 8, 3)]  # fmt: skip
+_WEIGHTS = [(64, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2),
+            (64, 64, 4, 4), (32, 128, 4, 3), (128, 64, 4, 3), (256, 64, 8, 3), (128, 32, 4, 4)]  # fmt: skip
+
+
+def _first(default: tuple, tiles: list) -> list:
+    return [default, *(t for t in tiles if t != default)]
+
+
 GROUPS = {
-    "gate_up": (
-        ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-        [
-            (64, 64, 8, 3),
-            (128, 64, 8, 3),
-            (64, 128, 8, 3),
-            (128, 32, 8, 4),
-            (64, 64, 4, 3),
-            (128, 64, 4, 4),
-            (64, 32, 4, 4),
-            (128, 128, 8, 2),
-            (32, 64, 4, 3),
-            (64, 64, 8, 4),
-        ],
-    ),
-    "down": (
-        ("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES"),
-        [
-            (64, 64, 8, 3),
-            (64, 128, 8, 3),
-            (128, 64, 8, 3),
-            (32, 64, 4, 4),
-            (64, 64, 4, 3),
-            (64, 128, 4, 3),
-            (128, 128, 8, 2),
-            (32, 128, 4, 3),
-            (64, 32, 4, 4),
-            (192, 64, 8, 3),
-        ],
-    ),
-    "dh": (
-        ("DH_BLOCK_N", "DH_BLOCK_K", "DH_WARPS", "DH_STAGES"),
-        [
-            (64, 64, 8, 3),
-            (128, 64, 8, 3),
-            (64, 128, 8, 3),
-            (32, 64, 4, 4),
-            (64, 64, 4, 3),
-            (128, 64, 4, 4),
-            (64, 32, 4, 4),
-            (128, 128, 8, 2),
-            (32, 128, 4, 3),
-        ],
-    ),
-    "dx": (
-        ("DX_BLOCK_N", "DX_BLOCK_K", "DX_WARPS", "DX_STAGES"),
-        [
-            (64, 64, 8, 3),
-            (64, 128, 8, 3),
-            (128, 64, 8, 3),
-            (32, 64, 4, 4),
-            (64, 64, 4, 3),
-            (64, 128, 4, 3),
-            (128, 128, 8, 2),
-            (32, 128, 4, 3),
-            (64, 32, 4, 4),
-        ],
-    ),
-    "dwd": (
-        ("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"),
-        [
-            (64, 128, 4, 3),
-            (64, 64, 4, 3),
-            (128, 64, 8, 3),
-            (128, 128, 8, 3),
-            (64, 128, 8, 3),
-            (128, 128, 8, 2),
-            (64, 64, 4, 4),
-            (32, 128, 4, 3),
-            (64, 256, 8, 2),
-        ],
-    ),
-    "dwgu": (
-        ("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"),
-        [
-            (128, 64, 8, 3),
-            (64, 64, 4, 3),
-            (128, 128, 8, 3),
-            (64, 128, 4, 3),
-            (128, 64, 4, 3),
-            (128, 128, 8, 2),
-            (256, 64, 8, 3),
-            (64, 64, 4, 4),
-            (128, 32, 4, 4),
-        ],
-    ),
+    "gate_up": (("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), _OVER_D),
+    "down": (("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES"), _TO_D),
+    "dh": (("DH_BLOCK_N", "DH_BLOCK_K", "DH_WARPS", "DH_STAGES"), _OVER_D),
+    "dx": (("DX_BLOCK_N", "DX_BLOCK_K", "DX_WARPS", "DX_STAGES"), _TO_D),
+    "dwd": (("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"), _first((64, 128, 4, 3), _WEIGHTS)),
+    "dwgu": (("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"), _first((128, 64, 8, 3), _WEIGHTS)),
     "BLOCK_M": (("BLOCK_M",), [(128,), (64,)]),
 }
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
