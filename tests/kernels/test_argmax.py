@@ -68,6 +68,8 @@ def test_dispatch_falls_back_and_checks(small_chunks):
     assert K.last_backend("argmax_rows") == "naive"
     with pytest.raises(ValueError, match="x must be \\(rows, values\\)"):
         K.argmax_rows(torch.randn(50, device=DEV))
+    with pytest.raises(ValueError, match="longer than"):
+        K.argmax_rows(torch.empty(1, 2**24 + 1, dtype=torch.bfloat16, device=DEV))
     with pytest.raises(ValueError, match="floating point"):
         K.argmax_rows(torch.ones(2, 5, dtype=torch.long, device=DEV))
 

@@ -17,7 +17,8 @@ from .._dispatch import record, use_triton
 from .naive import naive_argmax_rows
 
 OP = "argmax_rows"
-MAX_LEN = 2**31 - 2  # the kernels' int32 indices, below their "no index" marker
+MAX_LEN = 2**24  # values a row: vocabularies are far shorter; it keeps the chunks a row within a launch grid's y and
+# one tile of the second kernel (4,096 chunks of 4,096 on a GPU), and the indices within int32
 
 
 def _check(x: torch.Tensor) -> None:
