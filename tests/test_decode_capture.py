@@ -74,8 +74,12 @@ def test_decode_kernel_step_matches_sdpa_step(path, monkeypatch):
     eagerly and traced (the kernel is a custom op: no graph break, one compile)."""
     import archzoo.kernels as K
     from archzoo.layers import attention
+    from archzoo.layers import moe as moe_mod
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # The attention is under test here. The MoE decode step's kernels ("fused", the default) have their own tests
+    # (tests/kernels/test_moe_step.py); interpreted at this model's shapes they took three minutes of CI.
+    monkeypatch.setattr(moe_mod, "DECODE_EXPERTS", "reductions")
     model = f64_model(path).float()
     kinds = {blk.mixer.__class__.__name__ for blk in model.blocks}
     if not kinds & {"Attention", "MLA"}:
