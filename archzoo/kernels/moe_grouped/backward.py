@@ -12,8 +12,9 @@ gradient:
   sorted row. A dropped assignment (weight 0) and a padding row give dg = du = 0 and dw = 0 exactly, whatever g
   and u hold: a dropped assignment adds exactly 0 in the forward and takes no gradient, as the reference's
   ``torch.where`` gives it (its routing weight included).
-- ``_dx_kernel``, grid (blocks x D / DX_BLOCK_N,): dg rows against W_g[e] plus du rows against W_u[e] over d_ff,
-  one fp32 accumulator, rounded, stored at row a of dxa (K * N, D); then ``triton._sum_kernel`` sums it over the K
+- dx: the forward's ``triton._down_kernel`` with its second operand pair (grid blocks x D / DX_BLOCK_N): dg rows
+  against W_g[e] plus du rows against W_u[e] over d_ff, one fp32 accumulator, rounded, stored at row a of dxa
+  (K * N, D); then ``triton._sum_kernel`` sums it over the K
   choices (the forward's down + sum). Top-1: dxa is dx.
 - ``_dw_sum_kernel``, grid over K * N: dtop_w[n, k] = the F tiles' partials summed in tile order, rounded to top_w's
   dtype (no atomics: the same bits every run).
@@ -44,7 +45,7 @@ import triton.language as tl
 from .._launch import launch
 from .._sizes import cdiv
 from ..decode_linear.triton import _round
-from .triton import _block_and_tile, _sum_kernel
+from .triton import _block_and_tile, _down_kernel, _sum_kernel
 
 # DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
 # program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
@@ -111,50 +112,6 @@ def _dh_kernel(
         du = tl.where(keep, _round(dh * s, DT), 0.0)
         tl.store(dg_ptr + rows, dg.to(DT), mask=mask_n[None, :])  # every row of a used block (padding: 0)
         tl.store(du_ptr + rows, du.to(DT), mask=mask_n[None, :])
-
-
-@triton.jit
-def _dx_kernel(
-    dg_ptr, du_ptr, g_ptr, u_ptr, slot_ptr, bexp_ptr, dxa_ptr,
-    D, F, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):  # fmt: skip
-    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(D, BLOCK_N))
-    if e >= 0:
-        DT = dxa_ptr.dtype.element_ty
-        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # d_model columns
-        mask_n = offs_n < D
-        offs_k = tl.arange(0, BLOCK_K)  # d_ff
-        r_rows = offs_m.to(tl.int64)[:, None] * F
-        e64 = e.to(tl.int64)
-        g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gd  # (1, BLOCK_N) of W_g[e]^T
-        u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_ud
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
-            kk = k0 + offs_k
-            if EVEN_K:
-                dgt = tl.load(dg_ptr + r_rows + kk[None, :])  # (BLOCK_M, BLOCK_K)
-                dut = tl.load(du_ptr + r_rows + kk[None, :])
-                gt = tl.load(g_cols + kk[:, None] * s_gf, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-                ut = tl.load(u_cols + kk[:, None] * s_uf, mask=mask_n[None, :], other=0.0)
-            else:
-                mask_k = kk < F
-                dgt = tl.load(dg_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                dut = tl.load(du_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                gt = tl.load(g_cols + kk[:, None] * s_gf, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                ut = tl.load(u_cols + kk[:, None] * s_uf, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            if DOT_F32:
-                dgt = dgt.to(tl.float32)
-                dut = dut.to(tl.float32)
-                gt = gt.to(tl.float32)
-                ut = ut.to(tl.float32)
-            acc = tl.dot(dgt, gt, acc, input_precision=DOT_PRECISION)
-            acc = tl.dot(dut, ut, acc, input_precision=DOT_PRECISION)
-        a = tl.load(slot_ptr + offs_m)
-        dx_rows = dxa_ptr + a.to(tl.int64)[:, None] * D
-        tl.store(dx_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -268,9 +225,10 @@ def moe_grouped_experts_backward(
 
     dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
     bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
-    launch(_dx_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
-           (D, F, *gate_w.stride(), *up_w.stride()),
-           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec), cfg["DX_WARPS"], dev)  # fmt: skip
+    gs, us = gate_w.stride(), up_w.stride()  # (E, F, D): the d_model columns are the kernel's n, d_ff its k
+    launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
+           (D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
+           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True), cfg["DX_WARPS"], dev)  # fmt: skip
     if K == 1:
         dx = dxa
     else:

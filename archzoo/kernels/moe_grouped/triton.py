@@ -32,7 +32,8 @@ one expert:
   (``backward.py`` says why saved, not recomputed), and zeros in the unused blocks' rows of all three (outputs of a
   custom op: every element defined).
 - ``_down_kernel``, same grid over d_model: h's rows of the block against its expert's down rows over d_ff, rounded
-  to x's dtype, stored at row a of y (K * N, D) (padding rows are not stored).
+  to x's dtype, stored at row a of y (K * N, D) (padding rows are not stored). The backward's dx is the same
+  kernel with a second operand pair in its accumulator (``TWO``).
 - ``_sum_kernel``, grid over N * D: out = y viewed (K, N, D) summed over the K choices in fp32, in choice order,
   rounded once, as the reference sums its rounded choices (no atomics: the same bits every run). Top-1: y is out.
 
@@ -219,11 +220,14 @@ def _gate_up_kernel(
 
 @triton.jit
 def _down_kernel(
-    h_ptr, d_ptr, slot_ptr, bexp_ptr, y_ptr,
-    D, F, s_de, s_dd, s_df,
+    h_ptr, h2_ptr, d_ptr, d2_ptr, slot_ptr, bexp_ptr, y_ptr,
+    D, F, s_de, s_dd, s_df, s_d2e, s_d2d, s_d2f,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TWO: tl.constexpr,
 ):  # fmt: skip
+    """y[a] (row a = slot_assignment of each sorted row) = the block's rows of h (R, F) against its expert's W_d
+    (E, D, F, any strides) over d_ff, rounded once; with TWO also + h2's rows against W_d2 in the same fp32
+    accumulator (the backward's dx = dg W_g + du W_u, ``backward.py``)."""
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(D, BLOCK_N))
     if e >= 0:
         DT = y_ptr.dtype.element_ty
@@ -231,22 +235,35 @@ def _down_kernel(
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < D
         offs_k = tl.arange(0, BLOCK_K)
-        h_rows = h_ptr + offs_m.to(tl.int64)[:, None] * F  # every row of a used block was written (padding: 0)
-        d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_dd
+        r_rows = offs_m.to(tl.int64)[:, None] * F  # every row of a used block was written (padding: 0)
+        e64 = e.to(tl.int64)
+        d_cols = d_ptr + e64 * s_de + offs_n.to(tl.int64)[None, :] * s_dd  # (1, BLOCK_N) of W_d[e]^T
+        d2_cols = d2_ptr + e64 * s_d2e + offs_n.to(tl.int64)[None, :] * s_d2d
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
             kk = k0 + offs_k
             if EVEN_K:
-                ht = tl.load(h_rows + kk[None, :])
+                ht = tl.load(h_ptr + r_rows + kk[None, :])
                 dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
             else:
                 mask_k = kk < F
-                ht = tl.load(h_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                ht = tl.load(h_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
                 dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             if DOT_F32:
                 ht = ht.to(tl.float32)
                 dt = dt.to(tl.float32)
             acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
+            if TWO:
+                if EVEN_K:
+                    h2t = tl.load(h2_ptr + r_rows + kk[None, :])
+                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_n[None, :], other=0.0)
+                else:
+                    h2t = tl.load(h2_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                if DOT_F32:
+                    h2t = h2t.to(tl.float32)
+                    d2t = d2t.to(tl.float32)
+                acc = tl.dot(h2t, d2t, acc, input_precision=DOT_PRECISION)
         a = tl.load(slot_ptr + offs_m)
         y_rows = y_ptr + a.to(tl.int64)[:, None] * D
         tl.store(y_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
@@ -341,8 +358,9 @@ def moe_grouped_experts(
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
-    launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, down_w, slot_assignment, block_expert, y),
-           (D, F, *down_w.stride()), (bm, bn, bk, F % bk == 0, *common), cfg["DOWN_WARPS"], dev)  # fmt: skip
+    launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, h, down_w, down_w, slot_assignment, block_expert, y),
+           (D, F, *down_w.stride(), *down_w.stride()), (bm, bn, bk, F % bk == 0, *common, False), cfg["DOWN_WARPS"],
+           dev)  # fmt: skip
     if K == 1:
         out = y
     else:
