@@ -26,6 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted((ROOT / "configs" / "models").glob("*.yaml"))
 
 
+def graph_replayed(fn):
+    """``fn()`` (already run eagerly, so its kernels are compiled) captured in a CUDA graph and replayed once ->
+    (its output, the graph: keep the graph while the output is read, its memory is the graph's pool)."""
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out, graph
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """RMS of the difference over RMS of the reference."""
     out, ref = out.double(), ref.double()

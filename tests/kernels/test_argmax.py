@@ -11,7 +11,7 @@ import archzoo.kernels as K
 from archzoo.kernels._testing import import_triton_kernels
 from archzoo.sampling import sample_next
 
-from conftest import requires_cuda
+from conftest import graph_replayed, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.argmax.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -101,9 +101,5 @@ def test_cuda_vocab_rows(B):
         got = K.argmax_rows(x)
         assert K.last_backend("argmax_rows") == "triton"
         assert torch.equal(got, x.argmax(-1))
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            replayed = K.argmax_rows(x)
-        graph.replay()
-        torch.cuda.synchronize()
+        replayed, _graph = graph_replayed(lambda x=x: K.argmax_rows(x))
         assert torch.equal(replayed, got)

@@ -18,7 +18,7 @@ from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.moe_grouped import naive_moe_grouped_experts
 from archzoo.kernels.moe_step import naive_moe_decode_experts
 
-from conftest import interpreter_only, recording_backend, requires_cuda
+from conftest import graph_replayed, interpreter_only, recording_backend, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.moe_grouped.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -406,12 +406,7 @@ def test_cuda_students_shape_bf16(routing):
     _check("vs fp64", got.double(), exact, 1e-2)
     _check("vs the reference in bf16", got, naive_moe_grouped_experts(*args), 1e-2)
     assert torch.equal(got, K.moe_grouped_experts(*args)), "two calls must agree to the bit"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = K.moe_grouped_experts(*args)
-    graph.replay()
-    torch.cuda.synchronize()
+    out, _graph = graph_replayed(lambda: K.moe_grouped_experts(*args))
     assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
 
 

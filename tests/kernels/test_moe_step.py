@@ -18,7 +18,7 @@ from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.moe_step import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, topk_by_max
 from archzoo.layers import moe as moe_mod
 
-from conftest import compiled_steps, interpreter_only, recording_backend, requires_cuda
+from conftest import compiled_steps, graph_replayed, interpreter_only, recording_backend, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.moe_step.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -167,12 +167,7 @@ def test_cuda_student_shapes_bf16(n_experts, tokens):
     _check("vs fp64", got.double(), exact, 1e-2)
     _check("vs the layer's bf16 form", got, naive_moe_decode_experts(*args), 1e-2)
     assert torch.equal(got, K.moe_decode_experts(*args)), "two calls must agree to the bit"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = K.moe_decode_experts(*args)
-    graph.replay()
-    torch.cuda.synchronize()
+    out, _graph = graph_replayed(lambda: K.moe_decode_experts(*args))
     assert torch.equal(out, got), "a CUDA-graph replay must give the eager result"
 
 
@@ -472,12 +467,7 @@ def test_cuda_step_student_shapes_bf16(n_experts, tokens, monkeypatch):
     _check("vs fp64", got.double(), exact, 1e-2)
     _check("vs the layer's bf16 form", got, naive_moe_decode_step(*args, 2, True), 1e-2)
     assert torch.equal(got, out) and torch.equal(got, K.moe_decode_step(*args, 2, True)), "calls must agree to the bit"
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = K.moe_decode_step(*args, 2, True)
-    graph.replay()
-    torch.cuda.synchronize()
+    replayed, _graph = graph_replayed(lambda: K.moe_decode_step(*args, 2, True))
     assert torch.equal(replayed, got), "a CUDA-graph replay must give the eager result"
     monkeypatch.setattr(_pdl, "ENABLED", False)
     assert torch.equal(K.moe_decode_step(*args, 2, True), got), "without PDL: the same bits"
@@ -493,11 +483,7 @@ def test_cuda_step_student_shapes_bf16(n_experts, tokens, monkeypatch):
     _check(
         "norm + residual inside", fused, res + naive_moe_decode_step(rms_norm(xs, nw, 1e-5), *args[1:], 2, True), 1e-2
     )
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        replayed = K.moe_decode_step(xs, *args[1:], 2, True, nw, 1e-5, res)
-    graph.replay()
-    torch.cuda.synchronize()
+    replayed, _graph = graph_replayed(lambda: K.moe_decode_step(xs, *args[1:], 2, True, nw, 1e-5, res))
     assert torch.equal(replayed, fused), "norm + residual: a CUDA-graph replay must give the eager result"
 
 
