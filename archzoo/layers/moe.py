@@ -277,10 +277,15 @@ class MoE(nn.Module):
             return self._forward(x)
         if residual is not None and residual.shape != x.shape:
             raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-        fits = not self.shared_experts and (
-            norm is None or (isinstance(norm, RMSNorm) and norm.weight.dtype == x.dtype)
-        )
-        if fits and self._fused_step(x.numel() // self.d_model):
+        why = None  # why the fused step, where it runs, cannot take the block's norm and add
+        if self.shared_experts:
+            why = "its shared experts' sum comes before the residual add"
+        elif norm is not None and not (isinstance(norm, RMSNorm) and norm.weight.dtype == x.dtype):
+            why = f"the norm is a {type(norm).__name__} in {getattr(norm, 'weight', x).dtype}, the input {x.dtype}"
+        fused = self._fused_step(x.numel() // self.d_model)
+        if fused and why is not None and not torch.compiler.is_compiling():  # visible, once: the kernels run without
+            once("moe_block_norm", f"MoE decode step: the block's norm and add run outside its kernels: {why}")
+        if fused and why is None:
             self.last_dispatch, self.last_decode_experts = "static", "fused"
             D = self.d_model
             out = moe_decode_step(x.reshape(-1, D), self.router.weight, self.router.bias, self.gate_proj.weight,

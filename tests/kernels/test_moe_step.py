@@ -416,7 +416,7 @@ def test_layer_decode_fused_matches_reductions(n_experts, top_k, tokens, norm, s
 
 
 @pytest.mark.parametrize("shared, dtype", [(0, torch.float32), (1, torch.float32), (0, torch.bfloat16)])
-def test_layer_takes_the_blocks_norm_and_residual(shared, dtype, monkeypatch):
+def test_layer_takes_the_blocks_norm_and_residual(shared, dtype, monkeypatch, caplog):
     """``MoE(x, norm=, residual=)`` (what model.Block hands it on a fused decode step) equals ``residual +
     MoE(norm(x))``: inside moe_decode_step's kernels without shared experts, as modules with them (the shared
     experts' sum would change the additions' order); a training forward as modules, differentiable."""
@@ -434,8 +434,11 @@ def test_layer_takes_the_blocks_norm_and_residual(shared, dtype, monkeypatch):
         x, res = 3 * torch.randn(1, 1, 40, dtype=dtype), torch.randn(1, 1, 40, dtype=dtype)
         want = res + layer(norm(x))
         _dispatch.record("moe_decode_step", "none")
-        got = layer(x, norm=norm, residual=res)
+        with caplog.at_level("WARNING", logger="archzoo.kernels"):
+            got = layer(x, norm=norm, residual=res)
         assert K.last_backend("moe_decode_step") == "triton" and layer.last_decode_experts == "fused"
+        outside = "the block's norm and add run outside its kernels: its shared experts' sum" in caplog.text
+        assert outside == bool(shared), caplog.text  # the fallback says why
         _check("norm + residual in the layer", got, want, 2e-6 if dtype == torch.float32 else 1e-2)
         _check("residual alone", layer(x, residual=res), res + layer(x), 2e-6 if dtype == torch.float32 else 1e-2)
         with pytest.raises(ValueError, match="residual must have x's shape"):
