@@ -24,6 +24,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
     python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
     python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts' forward and backward, 4,096 tokens
+    python tools/sm90_compile.py --op conv --l 16384 --config '{"bwd": {"HALO": 1}}'  # the causal conv's kernels
 """
 
 from __future__ import annotations
@@ -442,6 +443,24 @@ def _mamba_step_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132, config: dic
     return out
 
 
+def _conv_calls(b: int, d: int, L: int, config: dict) -> list:
+    """The causal conv's forward and backward at Mamba's shape (width 4, bias, SiLU, bf16), planned with the CUDA
+    configuration and ``config`` (its CONFIG_OVERRIDE)."""
+    from archzoo.kernels.causal_conv1d import triton as ct
+
+    x, dout = torch.randn(b, d, L, dtype=torch.bfloat16), torch.randn(b, d, L, dtype=torch.bfloat16)
+    w, bias = torch.randn(d, 4), torch.randn(d)
+    real = ct.conv_config
+    with (
+        mock.patch.object(ct, "conv_config", lambda key, L, cuda: real(key, L, True)),
+        mock.patch.dict(ct.CONFIG_OVERRIDE, config, clear=True),
+        record_launches(ct) as calls,
+    ):
+        ct._conv_forward(x, w, bias, None, True, ct.tl.float32)
+        ct._conv_backward(x, w, bias, None, dout, True, ct.tl.float32, False)
+    return [(nm, *c) for nm, c in zip(("conv fwd", "conv bwd"), calls, strict=True)]
+
+
 def _argmax_calls() -> list:
     """argmax_rows' two launches (the chunks' maxima, then each row's) over the students' vocabulary, bf16."""
     from archzoo.kernels.argmax import triton as at
@@ -472,6 +491,7 @@ def main() -> None:
             "moe_step",
             "moe_grouped",
             "argmax",
+            "conv",
         ],  # fmt: skip
         default="scan",
     )
@@ -508,6 +528,7 @@ def main() -> None:
             "moe_step": _moe_step_calls,
             "moe_grouped": lambda: _moe_grouped_calls(config=json.loads(args.config)),
             "argmax": _argmax_calls,
+            "conv": lambda: _conv_calls(args.b, args.d, args.l, json.loads(args.config)),
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

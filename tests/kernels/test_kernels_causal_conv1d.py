@@ -136,13 +136,25 @@ def test_conv_only_x_needs_grad_and_no_grad():
     assert not got.requires_grad and rel_err(got, ref) < 1e-5, "out under no_grad"
 
 
+@pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
 @pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
-def test_conv_config_override(monkeypatch, block):
-    """CONFIG_OVERRIDE reaches both kernels: other tile shapes give the same results."""
+def test_conv_config_override(monkeypatch, block, halo):
+    """CONFIG_OVERRIDE reaches both kernels: other tile shapes, and either way of reaching the neighbour groups
+    (HALO), give the same results."""
     bd, bl, nw = block
-    cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+    cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo)
     monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
     _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+
+
+@pytest.mark.parametrize("W", [2, 4, 8])
+@pytest.mark.parametrize("L", [1, 8, 16, 17, 40])
+def test_conv_loaded_halo_with_initial_states(monkeypatch, L, W):
+    """The loaded halo (HALO 0, the GPU default until measured otherwise; the interpreter's default gathers) on
+    the awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
+    cfg = dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=0)
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    _compare(_inputs(2, 5, L, W, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
 def test_conv_config_override_rejects_bad_block(monkeypatch):
@@ -386,3 +398,18 @@ def test_update_launch_cache_gpu(monkeypatch, s, hook):
     ref = [naive_causal_conv1d_update(x.float(), st, w.float(), bias.float(), "silu") for x in xs] + [st]
     for name, a, r in zip(names, got[True], ref, strict=True):
         assert rel_err(a, r) < 1e-2, name
+
+
+def test_config_from_env_parses_and_names_what_is_wrong():
+    """CONFIG_ENV (a tuned configuration for a process) is parsed once; bad values name the key at fault."""
+    assert T.config_from_env(None) == {} and T.config_from_env("  ") == {}
+    assert T.config_from_env('{"bwd": {"HALO": 1, "BLOCK_L": 2048}}') == {"bwd": {"HALO": 1, "BLOCK_L": 2048}}
+    for text, match in (
+        ("{", "JSON object"),
+        ('{"update": {}}', "'fwd' and / or 'bwd'"),
+        ('{"bwd": {"HALLO": 1}}', r"\['bwd'\]"),
+        ('{"fwd": {"HALO": true}}', "non-negative integers"),
+        ('{"fwd": {"BLOCK_L": -8}}', "non-negative integers"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            T.config_from_env(text)

@@ -31,6 +31,7 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
 
     from ... import kernels as K
     from ...kernels.causal_conv1d import get_backend
+    from ...kernels.causal_conv1d import triton as conv_triton
     from ...kernels.selective_scan import triton as scan_triton
 
     if args.scan_config:
@@ -60,6 +61,10 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
         "rounds": args.rounds,
         "archzoo_scan_config": {
             k: {**v, **scan_triton.CONFIG_OVERRIDE.get(k, {})} for k, v in scan_triton.CUDA_CONFIG.items()
+        },
+        # the conv's tiles as this process runs them (CUDA_CONFIG with conv_triton.CONFIG_ENV's override)
+        "archzoo_conv_config": {
+            k: {**v, **conv_triton.CONFIG_OVERRIDE.get(k, {})} for k, v in conv_triton.CUDA_CONFIG.items()
         },
         "peers": {k: ("ok" if not isinstance(v, str) else v) for k, v in peers.items()},
         "selective_scan": {},
@@ -113,8 +118,9 @@ def _bench_gpu_ops(args: argparse.Namespace, ops: list[str]) -> dict:
     if "scan" in ops:
         print(_table("selective_scan_fn (D, z, delta_bias, softplus)", results["selective_scan"]))
     if "conv" in ops:
-        print(_table(f"causal_conv1d_fn (width {W}, silu; archzoo backend: {results['conv_backend_archzoo']})",
-                     results["causal_conv1d"]))  # fmt: skip
+        title = (f"causal_conv1d_fn (width {W}, silu; archzoo backend: {results['conv_backend_archzoo']}; "
+                 f"tiles: {results['archzoo_conv_config']})")  # fmt: skip
+        print(_table(title, results["causal_conv1d"]))
     if ssm:
         print(f"\n## decode step (b={b}, d={d})")
         for k, r in results["decode"].items():
