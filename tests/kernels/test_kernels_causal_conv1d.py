@@ -136,14 +136,20 @@ def test_conv_only_x_needs_grad_and_no_grad():
     assert not got.requires_grad and rel_err(got, ref) < 1e-5, "out under no_grad"
 
 
+def _override(monkeypatch, cfg: dict) -> None:
+    """Both kernels at ``cfg``, with no plan kept from an earlier test (a signature is planned once, so an override
+    would not reach a signature seen before it)."""
+    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    monkeypatch.setattr(T, "_PLANS", {})
+
+
 @pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
 @pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
 def test_conv_config_override(monkeypatch, block, halo):
     """CONFIG_OVERRIDE reaches both kernels: other tile shapes, and either way of reaching the neighbour groups
     (HALO), give the same results."""
     bd, bl, nw = block
-    cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo)
-    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
     _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
@@ -152,8 +158,7 @@ def test_conv_config_override(monkeypatch, block, halo):
 def test_conv_loaded_halo_with_initial_states(monkeypatch, L, W):
     """The loaded halo (HALO 0, the GPU default until measured otherwise; the interpreter's default gathers) on
     the awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
-    cfg = dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=0)
-    monkeypatch.setattr(T, "CONFIG_OVERRIDE", {"fwd": cfg, "bwd": cfg})
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=0))
     _compare(_inputs(2, 5, L, W, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
@@ -176,6 +181,18 @@ def test_conv_matches_naive_bf16_gpu(case):
 @pytest.mark.parametrize("W", [2, 4, 7])
 def test_conv_long_gpu(W):
     _compare(_inputs(2, 300, 2000, W, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
+@pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
+def test_conv_halo_gpu(monkeypatch, halo, tiles):
+    """Either HALO at the tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of
+    the group, d not a multiple of BLOCK_D."""
+    bd, bl, nw = tiles
+    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
+    _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
 
 
 @gpu

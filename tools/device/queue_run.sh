@@ -134,7 +134,8 @@ for job in $(cat $Q/jobs); do
         timeout 400 python3 -m pytest -q -p no:cacheprovider -rfs -k "gpu or cuda" \
             tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
-            tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py >> $F 2>&1
+            tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py \
+            tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py >> $F 2>&1
         rc=$?; [ $rc -eq 2 ] && [ $try -eq 1 ] && { log "gputests: collection failed, again in 20 s"; sleep 20; continue; }
         break
       done
