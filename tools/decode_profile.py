@@ -8,6 +8,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--attention kernel,kernel-long-splits]  # at least 4 tiles a split: a short cache, one split, no merge
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
+        [--mamba-fold on,off]             # Mamba layers' x_proj and dt_proj folded into one decode copy, or not
                                           # (default: the library's, FUSED_STEP)
         [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
                                           # or the routing and the experts in two kernels
@@ -52,6 +53,7 @@ def profile_step(
     mamba_step: str = "library",
     moe_experts: str | None = None,
     once: str = "on",
+    mamba_fold: str = "on",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -69,6 +71,8 @@ def profile_step(
     mla_fold.ENABLED = fold == "on"  # read as the model is built (layers/mla_fold.py)
     fused_before = mamba.FUSED_STEP  # "library": as the library has it (off); read as the step is traced
     mamba.FUSED_STEP = fused_before if mamba_step == "library" else mamba_step == "fused"
+    fold_dt_before = mamba.FOLD_DT  # read when generate refreshes the decode copies
+    mamba.FOLD_DT = mamba_fold == "on"
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -82,10 +86,12 @@ def profile_step(
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
             step = "fused" if mamba.FUSED_STEP else "unfused"
-            return {**r, "mla_fold": fold, "mamba_step": step, "moe_experts": moe.DECODE_EXPERTS, "once": once}
+            return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold,
+                    "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
+        mamba.FOLD_DT = fold_dt_before
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -217,6 +223,7 @@ def main() -> None:
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")
     p.add_argument("--mamba-step", default="library",
                    help="fused, unfused or both: the Mamba step as one kernel (default: the library's)")  # fmt: skip
+    p.add_argument("--mamba-fold", default="on", help="on, off or both: Mamba's x_proj and dt_proj folded (FOLD_DT)")
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -248,12 +255,14 @@ def main() -> None:
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                combos = [(f, e, o) for f in forms for e in experts for o in args.once.split(",")]
-                for (form, linear, fold, ms), ex, once in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once)
+                combos = [(f, e, o, mf) for f in forms for e in experts for o in args.once.split(",")
+                          for mf in args.mamba_fold.split(",")]  # fmt: skip
+                for (form, linear, fold, ms), ex, once, mf in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf)
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
+                        f"mamba fold {mf} "
                         f"moe {r['moe_experts']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"

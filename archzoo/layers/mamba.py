@@ -68,6 +68,21 @@ from .fused import decode_project, keep_address, signature
 # H100 its GPU tests passed but it lost the A/B at batch 1 (0.918 against 0.827 ms a step for the Mamba hybrid,
 # 1.086 against 0.930 for mamba-quarter) and tied at 16 (docs/kernels.md, "The Mamba decode step in one kernel").
 FUSED_STEP = False
+# The decode step's x_proj and dt_proj as one projection (``DecodeA.xdt``: [W_dt W_x,dt ; W_x,B ; W_x,C], made by
+# ``refresh_fused`` in fp32 and rounded once): dt is linear in x_proj's first dt_rank outputs, so the two GEMVs
+# of a step (and the split-K reduce that x_proj's 2 N + dt_rank outputs need) become one. It reads
+# (d_inner + 2 N) d_inner weights instead of (dt_rank + 2 N) d_inner + d_inner dt_rank: 0.58 MB more a layer at
+# the students' shapes (d_inner 576, N 16, dt_rank 36), about 0.2 us at 3 TB/s, against two launches of 1-3 us
+# (docs/decode.md). Large d_inner would read far more, hence FOLD_DT_MAX_EXTRA_BYTES; False: every step unfolded.
+FOLD_DT = True
+FOLD_DT_MAX_EXTRA_BYTES = 4 << 20
+
+
+def fold_dt_extra_bytes(d_inner: int, d_state: int, dt_rank: int, itemsize: int) -> int:
+    """Bytes a step reads more with x_proj and dt_proj folded into one weight than with the two."""
+    folded = (d_inner + 2 * d_state) * d_inner
+    unfolded = (dt_rank + 2 * d_state) * d_inner + d_inner * dt_rank
+    return (folded - unfolded) * itemsize
 
 
 class MambaConfig(LayerConfig):
@@ -302,8 +317,11 @@ class Mamba(TakesNormAndResidual, nn.Module):
             if not torch.compiler.is_compiling():  # a traced step cannot log
                 record("mamba_decode_step", "unfused", None if why is NO_TRITON_DEVICE else why)
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
-        dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
-        dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)
+        if fused and self.fused.xdt is not None:  # x_proj and dt_proj folded (FOLD_DT): one projection
+            dt, Bm, Cm = project(xs, self.fused.xdt).split([self.d_inner, N, N], dim=-1)
+        else:
+            dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
+            dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)
         y = selective_state_update(
             state["ssm"],
             xs,
@@ -321,25 +339,42 @@ class Mamba(TakesNormAndResidual, nn.Module):
 
 
 class DecodeA:
-    """A Mamba layer's A = -exp(A_log) for its decode steps, made by ``refresh()`` outside them (in place when it
-    changes, as ``layers/fused.py``'s copies: a captured graph reads its address; ``ArchZooLM.refresh_fused``
-    calls it). Read only by steps whose cache has ``fused_weights`` set."""
+    """A Mamba layer's decode copies, made by ``refresh()`` outside the steps (in place when they change, as
+    ``layers/fused.py``'s copies: a captured graph reads their addresses; ``ArchZooLM.refresh_fused`` calls it):
+    ``A`` = -exp(A_log), and with ``FOLD_DT`` (within ``FOLD_DT_MAX_EXTRA_BYTES``) ``xdt``, x_proj and dt_proj as
+    one (d_inner + 2 d_state, d_inner) weight giving [dt before its bias | B | C]. Read only by steps whose cache
+    has ``fused_weights`` set."""
 
     def __init__(self, layer: Mamba):
         self.layer = [layer]  # a list: not registered as a submodule, no reference cycle in the module tree
         self.A: torch.Tensor | None = None
+        self.xdt: torch.Tensor | None = None
         self._signature: tuple | None = None
+
+    def folds(self) -> bool:
+        m = self.layer[0]
+        extra = fold_dt_extra_bytes(m.d_inner, m.d_state, m.dt_rank, m.x_proj.weight.element_size())
+        return FOLD_DT and extra <= FOLD_DT_MAX_EXTRA_BYTES
 
     @torch.no_grad()
     def refresh(self) -> bool:
         m = self.layer[0]
-        sig = signature([m.A_log])
+        fold = self.folds()
+        src = [m.A_log, m.x_proj.weight, m.dt_proj.weight] if fold else [m.A_log]
+        sig = (fold, signature(src))
         if sig == self._signature:
             return False
         self.A = keep_address(self.A, m._A())
+        if fold:
+            wx, wdt = m.x_proj.weight, m.dt_proj.weight
+            acc = torch.promote_types(wx.dtype, torch.float32)  # fp32 product, fp64 for an fp64 model
+            xdt = torch.cat([wdt.to(acc) @ wx[: m.dt_rank].to(acc), wx[m.dt_rank :].to(acc)])
+            self.xdt = keep_address(self.xdt, xdt.to(wx.dtype))
+        else:
+            self.xdt = None
         self._signature = sig
         return True
 
     def release(self) -> None:
-        """Drop the copy; the next ``refresh`` makes it again."""
-        self.A = self._signature = None
+        """Drop the copies; the next ``refresh`` makes them again."""
+        self.A = self.xdt = self._signature = None

@@ -227,6 +227,8 @@ def test_recurrent_step_through_the_decode_gemv(family, monkeypatch):
             assert K.last_backend("decode_linear") not in ("none", "cublas"), K.last_backend("decode_linear")
             monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
             ref = model(ids[:, t : t + 1], cache=caches[1])
-            assert_close(f"{family} step {t}", got, ref, 1e-5)
+            # 3e-5: the fused Mamba step reads x_proj and dt_proj folded into one weight (mamba.FOLD_DT), whose
+            # fp32 product rounds otherwise than the two projections do
+            assert_close(f"{family} step {t}", got, ref, 3e-5)
     assert (True, True, True) in calls, "the fused step hands the norm and the residual to the layer"
     assert (False, False, False) in calls, "the plain step normalises and adds the residual in the block"

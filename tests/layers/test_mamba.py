@@ -249,7 +249,8 @@ def test_decode_A_made_once_and_kept_fresh():
     with torch.no_grad():
         y_fused = m._step(x, states[0], fused=True)
         y_plain = m._step(x, states[1], fused=False)
-    assert torch.equal(y_fused, y_plain) and torch.equal(states[0]["ssm"], states[1]["ssm"])
+    # the fused step also reads x_proj and dt_proj folded into one weight (FOLD_DT): the same values to rounding
+    assert rel_err(y_fused, y_plain) < 1e-12 and rel_err(states[0]["ssm"], states[1]["ssm"]) < 1e-12
     graphs: list[list[str]] = []
     backend = recording_backend(graphs, ("call_function", "call_method"))
     torch._dynamo.reset()
@@ -262,3 +263,38 @@ def test_decode_A_made_once_and_kept_fresh():
     assert targets and not [t for t in targets if "exp" in t and "expand" not in t], targets
     m.fused.release()
     assert m.fused.A is None
+
+
+def test_decode_folds_x_proj_and_dt_proj(monkeypatch):
+    """``FOLD_DT``: the decode copy ``xdt`` is [W_dt W_x,dt ; W_x,B ; W_x,C] (one projection for a step's dt, B, C),
+    remade in place when x_proj or dt_proj changes in place; a fused step through it gives the unfolded step's
+    output and state (fp64: to rounding); large layers and FOLD_DT off keep the two projections."""
+    import archzoo.layers.mamba as mamba_mod
+
+    m = make_layer(seed=4)
+    assert m.fused.refresh()
+    R = m.dt_rank
+    wx, wdt = m.x_proj.weight, m.dt_proj.weight
+    assert torch.allclose(m.fused.xdt, torch.cat([wdt @ wx[:R], wx[R:]]), rtol=0, atol=1e-14)
+    address = m.fused.xdt.data_ptr()
+    with torch.no_grad():
+        m.dt_proj.weight.mul_(1.5)
+    assert m.fused.refresh() and m.fused.xdt.data_ptr() == address
+    assert torch.allclose(m.fused.xdt[: m.d_inner], m.dt_proj.weight @ wx[:R], rtol=0, atol=1e-14)
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    states = [m.new_state(3, 8, torch.float64, "cpu") for _ in range(2)]
+    with torch.no_grad():
+        for _ in range(3):
+            y_fold = m._step(x, states[0], fused=True)
+            y_plain = m._step(x, states[1], fused=False)
+            assert rel_err(y_fold, y_plain) < 1e-12
+    assert rel_err(states[0]["ssm"], states[1]["ssm"]) < 1e-12
+    monkeypatch.setattr(mamba_mod, "FOLD_DT", False)
+    assert m.fused.refresh() and m.fused.xdt is None  # the fold's switch is part of the copies' signature
+    monkeypatch.setattr(mamba_mod, "FOLD_DT", True)
+    assert m.fused.refresh() and m.fused.xdt is not None
+    # d_inner 5,120, N 16, dt_rank 160 (a 2.8B Mamba): folding would read about 50 MB more a layer in bf16
+    assert mamba_mod.fold_dt_extra_bytes(5120, 16, 160, 2) > mamba_mod.FOLD_DT_MAX_EXTRA_BYTES
+    assert 0 < mamba_mod.fold_dt_extra_bytes(576, 16, 36, 2) < 1 << 20
+    monkeypatch.setattr(mamba_mod, "FOLD_DT_MAX_EXTRA_BYTES", 0)
+    assert m.fused.refresh() and m.fused.xdt is None

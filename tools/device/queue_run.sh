@@ -187,6 +187,14 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml --batch 16 --prompt 128 \
           --decode-linear kernel-pdl,kernel-pdl-l2 --out $O/profile_l2ab.json > $O/profile_l2ab.log 2>&1
       log "l2ab profile rc=$? $(grep -c replay $O/profile_l2ab.log) rows"; pack ;;
+    mambafold)  # issue 18: the Mamba layers' step with x_proj and dt_proj folded into one decode copy (mamba.FOLD_DT)
+      # against the two projections, one process (mambafold:jamba,mamba), batch 1 and 16
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "mambafold $s"; O=$DEC; mkdir -p $O; cfgs=""
+      for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
+      timeout 300 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
+          --mamba-fold on,off --out $O/profile_mambafold.json > $O/profile_mambafold.log 2>&1
+      log "mambafold rc=$? $(grep replay $O/profile_mambafold.log | sed 's/ kernel auto.*mamba fold/ fold/' | cut -c1-90 | tr '\n' ';')"; pack ;;
     stepprof)  # issue 18: where a student's batch-1 step goes, kernel by kernel (stepprof:jamba,moe): the teacher and
       # the Mamba hybrid with a step's per-layer constants made once and as before (--once), then the given students
       # with the MoE experts both ways (DECODE_EXPERTS); the library's Mamba step (four kernels: FUSED_STEP off)
