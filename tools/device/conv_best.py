@@ -1,7 +1,7 @@
 """Print, as ARCHZOO_CAUSAL_CONV1D_CONFIG's JSON, each causal conv kernel's fastest configuration at one length
 from a tools/tune_causal_conv1d.py result (the queue's convtune job runs the op with it against its peer).
 
-    python tools/device/conv_best.py docs/results/kernels/queue/conv_tune.json 16384
+    python tools/device/conv_best.py docs/results/kernels/conv_tune_h100.json 16384
 """
 
 from __future__ import annotations
