@@ -6,7 +6,8 @@ Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the fo
 autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
 which adds to them by atomics), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
 BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range, each with the neighbour groups loaded
-again or gathered from the tile (``--halo 0,1``). Reports each compiled kernel's
+again or gathered from the tile (``--halo 0,1``), and the backward with one or more tiles a program
+(``--tiles 1,4,16``). Reports each compiled kernel's
 registers / spills and the bandwidth it reaches (the forward moves x in and out once, the backward
 reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in
 ``archzoo/kernels/causal_conv1d/triton.py``.
@@ -126,6 +127,7 @@ def main() -> None:
     ap.add_argument(
         "--halo", default="0,1", help="HALO values: 0 loads the neighbour groups again, 1 gathers them from the tile"
     )
+    ap.add_argument("--tiles", default="1", help="the backward's TILES values (consecutive tiles a program walks)")
     ap.add_argument("--fwd-groups", default="1,4", help="keep groups per thread in this range (inclusive)")
     ap.add_argument("--bwd-groups", default="1,2")
     add_common_args(ap)
@@ -151,17 +153,20 @@ def main() -> None:
     which = [k for k in args.which.split(",") if k]
     for key in which:
         bds, bls, (lo, hi) = grids[key]
-        for bd, bl, nw, halo in itertools.product(bds, bls, _ints(args.warps), _ints(args.halo)):
+        tiles = _ints(args.tiles) if key == "bwd" else [None]
+        for bd, bl, nw, halo, nt in itertools.product(bds, bls, _ints(args.warps), _ints(args.halo), tiles):
             if lo * 256 * nw <= bd * bl <= hi * 256 * nw:  # groups per thread = bd * bl / (8 * 32 * nw)
-                todo.append((key, bd, bl, nw, halo))
+                todo.append((key, bd, bl, nw, halo, nt))
     shard, n_shards = map(int, args.shard.split("/"))
     for L in lengths:  # compile-only runs every length too: BLOCK_L shrinks for l < BLOCK_L (another kernel)
         x, gout = (_input(b, d, L, args.layout, dtype, args.device, g) for _ in range(2))
         moved = {"fwd": 2 * x.numel() * x.element_size(), "bwd": 3 * x.numel() * x.element_size()}
-        for j, (key, bd, bl, nw, halo) in enumerate(todo):
+        for j, (key, bd, bl, nw, halo, nt) in enumerate(todo):
             if j % n_shards != shard:
                 continue
             cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo)
+            if nt is not None:
+                cfg["TILES"] = nt
             T.CONFIG_OVERRIDE.clear()
             T.CONFIG_OVERRIDE[key] = cfg
             row = dict(kernel=key, length=L, layout=args.layout, **cfg, groups_per_thread=bd * bl / (256 * nw))

@@ -143,14 +143,35 @@ def _override(monkeypatch, cfg: dict) -> None:
     monkeypatch.setattr(T, "_PLANS", {})
 
 
+@pytest.mark.parametrize("tiles", [1, 3], ids=["tiles1", "tiles3"])
 @pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
 @pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
-def test_conv_config_override(monkeypatch, block, halo):
-    """CONFIG_OVERRIDE reaches both kernels: other tile shapes, and either way of reaching the neighbour groups
-    (HALO), give the same results."""
+def test_conv_config_override(monkeypatch, block, halo, tiles):
+    """CONFIG_OVERRIDE reaches both kernels: other tile shapes, either way of reaching the neighbour groups (HALO)
+    and the backward's tiles a program (TILES: 3 tiles of 8 steps over l = 19 + V with dinit, and a program
+    whose tiles all lie past the end at 32 steps) give the same results."""
     bd, bl, nw = block
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": tiles}
     _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+
+
+@pytest.mark.parametrize("tiles", [1, 2, 5])
+@pytest.mark.parametrize("L", [1, 16, 47, 64])
+def test_conv_backward_tiles_a_program(monkeypatch, L, tiles):
+    """TILES (the backward walking consecutive tiles a program, its weight and bias sums kept in registers across
+    them): every gradient as with one tile, dinitial_states included, l from one step to several programs."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, HALO=0))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": tiles}
+    _compare(_inputs(2, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+
+
+def test_conv_tiles_override_is_checked(monkeypatch):
+    for cfg, key in (({"bwd": dict(TILES=0)}, "bwd"), ({"fwd": dict(TILES=2)}, "fwd")):
+        _override(monkeypatch, {})
+        monkeypatch.setattr(T, "CONFIG_OVERRIDE", cfg)
+        with pytest.raises(ValueError, match="TILES"):
+            T.conv_config(key, 64, False)
 
 
 @pytest.mark.parametrize("W", [2, 4, 8])
@@ -189,9 +210,12 @@ def test_conv_long_gpu(W):
 @pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
 def test_conv_halo_gpu(monkeypatch, halo, tiles):
     """Either HALO at the tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of
-    the group, d not a multiple of BLOCK_D."""
+    the group, d not a multiple of BLOCK_D; the backward with one tile a program and with four."""
     bd, bl, nw = tiles
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
+    _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+    monkeypatch.setattr(T, "_PLANS", {})
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4}
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
 
 

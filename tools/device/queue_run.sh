@@ -302,12 +302,12 @@ for job in $(cat $Q/jobs); do
         PEERS=causal_conv1d setsid nohup bash tools/build_peers.sh .whl /root/peerlogs > /root/peerlogs/out 2>&1 < /dev/null &
         log "convpeer: building causal_conv1d"
       fi ;;
-    convtune)  # issue 19: the causal conv's tiles and HALO (its neighbour groups loaded again, or gathered from the
-      # tile) swept at 4k and 16k (tools/tune_causal_conv1d.py, compiled first in 8 shards), then the op against
-      # causal-conv1d in one process each: with HALO 1 on the default tiles, and with each kernel's 16k winner
+    convtune)  # issue 19: the causal conv backward's tiles and TILES (consecutive tiles a program) swept at 4k and 16k
+      # (tools/tune_causal_conv1d.py, compiled first in 8 shards; CONV_SWEEP overrides its arguments: the seventeenth
+      # session's first lease swept HALO with them), then the op against causal-conv1d with the 16k winner
       [ -n "$bg" ] && wait $bg; bg=""
       log "convtune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      SWEEP="--lengths 4096,16384 --fwd-block-d 1,2 --fwd-block-l 1024,2048,4096 --bwd-block-d 1,2 --bwd-block-l 512,1024,2048,4096 --warps 2,4,8 --fwd-groups 1,4 --bwd-groups 1,4"
+      SWEEP=${CONV_SWEEP:-"--which bwd --lengths 4096,16384 --bwd-block-d 1 --bwd-block-l 512,1024,2048 --warps 2,4 --bwd-groups 1,4 --halo 0 --tiles 1,2,4,8,16"}
       for i in 0 1 2 3 4 5 6 7; do
         timeout 200 python3 tools/tune_causal_conv1d.py $SWEEP --compile-only --shard $i/8 > $Q/conv_compile_$i.log 2>&1 &
         pids="$pids $!"
@@ -316,8 +316,8 @@ for job in $(cat $Q/jobs); do
       timeout 240 python3 tools/tune_causal_conv1d.py $SWEEP --rep 50 --out $O/conv_tune.json > $O/conv_tune.log 2>&1
       log "convtune rc=$? $(grep -c '^best' $O/conv_tune.log) bests"; pack
       best=$(python3 tools/device/conv_best.py $O/conv_tune.json 16384)
-      for cfg in '{"fwd": {"HALO": 1}, "bwd": {"HALO": 1}}' "$best"; do
-        n=$([ "$cfg" = "$best" ] && echo best || echo halo1)
+      for cfg in "$best"; do
+        n=best
         log "kernels conv ($n: $cfg)"
         ARCHZOO_CAUSAL_CONV1D_CONFIG="$cfg" timeout 200 python3 -m archzoo bench kernels --ops conv \
             --out $O/conv_$n.json > $O/conv_$n.log 2>&1

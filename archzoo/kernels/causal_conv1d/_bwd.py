@@ -33,74 +33,120 @@ def _dx(P, w, j: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
+def _tap(P, X, k: tl.constexpr, W: tl.constexpr):
+    """sum over this group's steps j of dpre[j] x[j - (W-1) + k] (BD, G): tap k's share of dweight."""
+    acc = P[0] * X[(9 - W + k) // 8][(9 - W + k) % 8]
+    for j in tl.static_range(1, V):
+        acc += P[j] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # dpre[j] x[j - (W-1) + k]
+    return acc
+
+
+@triton.jit
 def _conv_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr,
     d, L, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HALO: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HALO: tl.constexpr, TILES: tl.constexpr,
 ):  # fmt: skip
     """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
     zeroed by the host, to which every (batch, tile) program adds its sums by atomics. HALO: the groups before and
     after each group (x) and after it (dout) are loaded again as whole tiles shifted by V (0: x read 3 times, dout
-    twice, the repeats from L1 / L2), or gathered from the tile, with only the tile's edge groups loaded (1)."""
+    twice, the repeats from L1 / L2), or gathered from the tile, with only the tile's edge groups loaded (1).
+    TILES: consecutive tiles a program walks, summing dweight / dbias in registers over all of them before its one
+    cross-thread reduction and atomic add a tap (1: a program a tile)."""
     G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < d
-    start = pid_l * BLOCK_L
-    if DINIT:  # the first tile also covers [-V, 0)
-        start -= V
     x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
     i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
-    first = start < V  # the tile's groups (with the one before) reach t < 0
     g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
-    xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
-    dc = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
-    if HALO:  # the edge tiles load one group a row: the steps inside [start, start + BLOCK_L) are masked off
-        edge = _load_x(x_row, s_x_l, i_row, start - V, tl.minimum(start, L), mask_d, first, G, W, HAS_INIT, ACC)
-        xp = _neighbours(xc, edge, G, False)
-        xn = _neighbours(xc, _load_groups(x_row, s_x_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
-        dn = _neighbours(dc, _load_groups(g_row, s_g_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
-    else:
-        xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
-        xn = _load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)
-        dn = _load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)
-    X = (_split8(xp), _split8(xc), _split8(xn))
-    D = (_split8(dc), _split8(dn))
     w = _weights(w_ptr, offs_d, mask_d, W, ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
     else:
         bias = tl.zeros((BLOCK_D, 1), dtype=ACC)
-    # dpre at the 8 steps of this group and the next group's (only the first W - 1 of those are used)
-    P = (
-        _dpre(X, D, w, bias, 0, W, SILU), _dpre(X, D, w, bias, 1, W, SILU), _dpre(X, D, w, bias, 2, W, SILU),
-        _dpre(X, D, w, bias, 3, W, SILU), _dpre(X, D, w, bias, 4, W, SILU), _dpre(X, D, w, bias, 5, W, SILU),
-        _dpre(X, D, w, bias, 6, W, SILU), _dpre(X, D, w, bias, 7, W, SILU), _dpre(X, D, w, bias, 8, W, SILU),
-        _dpre(X, D, w, bias, 9, W, SILU), _dpre(X, D, w, bias, 10, W, SILU), _dpre(X, D, w, bias, 11, W, SILU),
-        _dpre(X, D, w, bias, 12, W, SILU), _dpre(X, D, w, bias, 13, W, SILU), _dpre(X, D, w, bias, 14, W, SILU),
-        _dpre(X, D, w, bias, 15, W, SILU),
-    )  # fmt: skip
-    dx = _join8((
-        _dx(P, w, 0, W), _dx(P, w, 1, W), _dx(P, w, 2, W), _dx(P, w, 3, W),
-        _dx(P, w, 4, W), _dx(P, w, 5, W), _dx(P, w, 6, W), _dx(P, w, 7, W),
-    ))  # fmt: skip
-    _store_groups(dx_ptr + (pid_b * d + offs_d) * L, start, 0, L, 0, mask_d, dx, G)
-    if DINIT:
-        if first:  # dx at t in [-(W-1), 0) is the gradient of initial_states[..., t + W - 1]
-            t = (start + (tl.arange(0, G) * V)[:, None] + tl.arange(0, V)[None, :])[None, :, :]  # (1, G, V)
-            di_ptrs = dinit_ptr + ((pid_b * d + offs_d) * (W - 1))[:, None, None] + (t + (W - 1))
-            tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=mask_d[:, None, None] & (t < 0) & (t >= 1 - W))
-    # dweight[k] = sum_t dpre[t] x[t - (W-1) + k] and dbias = sum_t dpre[t] over this tile's steps
-    for k in tl.static_range(W):
-        acc = tl.zeros((BLOCK_D, G), dtype=ACC)
-        for j in tl.static_range(V):
-            acc += P[j] * X[(j - W + 9 + k) // 8][(j - W + 9 + k) % 8]  # dpre[j] x[j - (W-1) + k]
-        tl.atomic_add(part_ptr + offs_d * W + k, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
+    # this program's dweight[k] (a0 .. a7, k < W) and dbias (ab) sums, per thread until the end
+    a0 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a1 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a2 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a3 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a4 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a5 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a6 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    a7 = tl.zeros((BLOCK_D, G), dtype=ACC)
+    ab = tl.zeros((BLOCK_D, G), dtype=ACC)
+    for i in range(TILES):  # tiles past the end are masked whole: they add zeros
+        start = (pid_l * TILES + i) * BLOCK_L
+        if DINIT:  # the first tile also covers [-V, 0)
+            start -= V
+        first = start < V  # the tile's groups (with the one before) reach t < 0
+        xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
+        dc = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
+        if HALO:  # the edge tiles load one group a row: the steps inside [start, start + BLOCK_L) are masked off
+            edge = _load_x(x_row, s_x_l, i_row, start - V, tl.minimum(start, L), mask_d, first, G, W, HAS_INIT, ACC)
+            xp = _neighbours(xc, edge, G, False)
+            xn = _neighbours(xc, _load_groups(x_row, s_x_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
+            dn = _neighbours(dc, _load_groups(g_row, s_g_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
+        else:
+            xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
+            xn = _load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)
+            dn = _load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)
+        X = (_split8(xp), _split8(xc), _split8(xn))
+        D = (_split8(dc), _split8(dn))
+        # dpre at the 8 steps of this group and the next group's (only the first W - 1 of those are used)
+        P = (
+            _dpre(X, D, w, bias, 0, W, SILU), _dpre(X, D, w, bias, 1, W, SILU), _dpre(X, D, w, bias, 2, W, SILU),
+            _dpre(X, D, w, bias, 3, W, SILU), _dpre(X, D, w, bias, 4, W, SILU), _dpre(X, D, w, bias, 5, W, SILU),
+            _dpre(X, D, w, bias, 6, W, SILU), _dpre(X, D, w, bias, 7, W, SILU), _dpre(X, D, w, bias, 8, W, SILU),
+            _dpre(X, D, w, bias, 9, W, SILU), _dpre(X, D, w, bias, 10, W, SILU), _dpre(X, D, w, bias, 11, W, SILU),
+            _dpre(X, D, w, bias, 12, W, SILU), _dpre(X, D, w, bias, 13, W, SILU), _dpre(X, D, w, bias, 14, W, SILU),
+            _dpre(X, D, w, bias, 15, W, SILU),
+        )  # fmt: skip
+        dx = _join8((
+            _dx(P, w, 0, W), _dx(P, w, 1, W), _dx(P, w, 2, W), _dx(P, w, 3, W),
+            _dx(P, w, 4, W), _dx(P, w, 5, W), _dx(P, w, 6, W), _dx(P, w, 7, W),
+        ))  # fmt: skip
+        _store_groups(dx_ptr + (pid_b * d + offs_d) * L, start, 0, L, 0, mask_d, dx, G)
+        if DINIT:
+            if first:  # dx at t in [-(W-1), 0) is the gradient of initial_states[..., t + W - 1]
+                t = (start + (tl.arange(0, G) * V)[:, None] + tl.arange(0, V)[None, :])[None, :, :]  # (1, G, V)
+                di_ptrs = dinit_ptr + ((pid_b * d + offs_d) * (W - 1))[:, None, None] + (t + (W - 1))
+                di_mask = mask_d[:, None, None] & (t < 0) & (t >= 1 - W)
+                tl.store(di_ptrs, dx.to(dinit_ptr.dtype.element_ty), mask=di_mask)
+        # dweight[k] = sum_t dpre[t] x[t - (W-1) + k] and dbias = sum_t dpre[t] over this tile's steps
+        a0 += _tap(P, X, 0, W)
+        a1 += _tap(P, X, 1, W)
+        if W > 2:
+            a2 += _tap(P, X, 2, W)
+        if W > 3:
+            a3 += _tap(P, X, 3, W)
+        if W > 4:
+            a4 += _tap(P, X, 4, W)
+        if W > 5:
+            a5 += _tap(P, X, 5, W)
+        if W > 6:
+            a6 += _tap(P, X, 6, W)
+        if W > 7:
+            a7 += _tap(P, X, 7, W)
+        if HAS_BIAS:
+            ab += P[0] + P[1] + P[2] + P[3] + P[4] + P[5] + P[6] + P[7]
+    part = part_ptr + offs_d * W
+    tl.atomic_add(part + 0, tl.sum(a0, axis=1), mask=mask_d, sem="relaxed")
+    tl.atomic_add(part + 1, tl.sum(a1, axis=1), mask=mask_d, sem="relaxed")
+    if W > 2:
+        tl.atomic_add(part + 2, tl.sum(a2, axis=1), mask=mask_d, sem="relaxed")
+    if W > 3:
+        tl.atomic_add(part + 3, tl.sum(a3, axis=1), mask=mask_d, sem="relaxed")
+    if W > 4:
+        tl.atomic_add(part + 4, tl.sum(a4, axis=1), mask=mask_d, sem="relaxed")
+    if W > 5:
+        tl.atomic_add(part + 5, tl.sum(a5, axis=1), mask=mask_d, sem="relaxed")
+    if W > 6:
+        tl.atomic_add(part + 6, tl.sum(a6, axis=1), mask=mask_d, sem="relaxed")
+    if W > 7:
+        tl.atomic_add(part + 7, tl.sum(a7, axis=1), mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        acc = P[0]
-        for j in tl.static_range(1, V):
-            acc += P[j]
-        tl.atomic_add(part_ptr + d * W + offs_d, tl.sum(acc, axis=1), mask=mask_d, sem="relaxed")
+        tl.atomic_add(part_ptr + d * W + offs_d, tl.sum(ab, axis=1), mask=mask_d, sem="relaxed")

@@ -59,12 +59,13 @@ from ._fwd import _conv_fwd_kernel
 from ._update import _conv_update_kernel
 
 _V = 8  # V on the host
-# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps", "HALO"}}; applies
+# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps", "HALO"}, and
+# "TILES" for "bwd"}; applies
 # on CUDA and under the interpreter alike. It starts from the environment variable CONFIG_ENV (the same JSON), so a
 # process started with a tuned configuration runs it: plans are made once per signature, so an override set after
 # a signature's first call does not reach that signature.
 CONFIG_ENV = "ARCHZOO_CAUSAL_CONV1D_CONFIG"
-_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "HALO"}
+_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "HALO", "TILES"}
 
 
 def config_from_env(text: str | None) -> dict[str, dict]:
@@ -100,15 +101,18 @@ LAST_COMPILED: dict[str, object] = {}
 CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
 # HALO (0 when absent): how a group's neighbour groups reach it. 0 loads them again as whole tiles shifted by one
 # group (x is read 2x in the forward, 3x in the backward and dout 2x; the repeats hit L1 / L2, so DRAM reads each
-# once, but at 16k steps the L2 traffic is 5x the tensor); 1 gathers them from the tile through shared memory
-# (_layout._neighbours) and loads only the tile's edge groups. Written in the seventeenth session for the 16k
-# forward + backward cell (0.91x causal-conv1d on an H100); 0 stays the default until the GPU sweep
-# (tools/tune_causal_conv1d.py --halo 0,1) says otherwise.
-# Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and the gathered halo
-# (the tests run the loaded one through CONFIG_OVERRIDE).
+# once); 1 gathers them from the tile through shared memory (_layout._neighbours) and loads only the tile's edge
+# groups. Measured on an H100 (seventeenth session, docs/results/kernels/conv_h100_halo1.log, conv_tune_h100.log):
+# 1 lost everywhere (16k forward + backward 0.834 against 0.549 ms), so 0 stays.
+# TILES (backward, 1 when absent): consecutive tiles a program walks, summing dweight / dbias in registers across
+# them, so a row's programs do TILES times fewer cross-thread reductions and atomic adds (causal-conv1d's backward
+# walks a whole row in one block). Written in the seventeenth session for the 16k forward + backward cell (0.88x
+# causal-conv1d on an H100); 1 stays the default until the sweep (tools/tune_causal_conv1d.py --tiles) says otherwise.
+# Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, the gathered halo and two
+# tiles a backward program (the tests run the loaded halo and one tile through CONFIG_OVERRIDE).
 INTERPRET_CONFIG = {
     "fwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=1),
-    "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=1),
+    "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=1, TILES=2),
 }
 
 
@@ -121,6 +125,8 @@ def conv_config(key: str, L: int, cuda: bool) -> dict:
         bl = cfg["BLOCK_L"]
         if bl < _V or bl & (bl - 1):
             raise ValueError(f"CONFIG_OVERRIDE[{key!r}]['BLOCK_L'] must be a power of two >= {_V}, got {bl}")
+        if cfg.get("TILES", 1) < 1 or (key == "fwd" and "TILES" in cfg):
+            raise ValueError(f"CONFIG_OVERRIDE[{key!r}]['TILES'] must be >= 1, and only 'bwd' takes it; got {cfg}")
     if L < cfg["BLOCK_L"]:  # one tile either way; a smaller one wastes less on masked steps
         cfg = {**cfg, "BLOCK_L": max(_V, _next_pow2(L))}
     return cfg
@@ -182,12 +188,13 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     cfg = conv_config("bwd", L, x.is_cuda)
     bs = _BwdSite()
     bs.need_dinit = need_dinit and init is not None
-    bs.n_l = _cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"])
+    tiles = cfg.get("TILES", 1)
+    bs.n_l = _cdiv(_cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"]), tiles)
     bs.cols = d * (W + 1) if bias is not None else d * W
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, *x.stride(), *dout.stride())
     consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"],
-              cfg.get("HALO", 0))  # fmt: skip
+              cfg.get("HALO", 0), tiles)  # fmt: skip
     grid = (b, _cdiv(d, cfg["BLOCK_D"]), bs.n_l)
     # pointers x, weight, bias, init, dout are the caller's (checked); dx, dinit and the sums are fresh
     bs.site = Site(_conv_bwd_kernel, grid, ints, consts, cfg["num_warps"], x.get_device(), checked=5)
