@@ -9,6 +9,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
         [--mamba-fold on,off]             # Mamba layers' x_proj and dt_proj folded into one decode copy, or not
+        [--update-pdl on,off]             # the conv / state update kernels launched with PDL, or not
                                           # (default: the library's, FUSED_STEP)
         [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
                                           # or the routing and the experts in two kernels
@@ -54,6 +55,7 @@ def profile_step(
     moe_experts: str | None = None,
     once: str = "on",
     mamba_fold: str = "on",
+    update_pdl: str = "on",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -73,6 +75,9 @@ def profile_step(
     mamba.FUSED_STEP = fused_before if mamba_step == "library" else mamba_step == "fused"
     fold_dt_before = mamba.FOLD_DT  # read when generate refreshes the decode copies
     mamba.FOLD_DT = mamba_fold == "on"
+    from archzoo.kernels import _pdl
+
+    _pdl.UPDATE_KERNELS = update_pdl == "on"  # read as the step is captured
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -86,12 +91,13 @@ def profile_step(
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
             step = "fused" if mamba.FUSED_STEP else "unfused"
-            return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold,
+            return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold, "update_pdl": update_pdl,
                     "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
         mamba.FOLD_DT = fold_dt_before
+        _pdl.UPDATE_KERNELS = True
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -224,6 +230,7 @@ def main() -> None:
     p.add_argument("--mamba-step", default="library",
                    help="fused, unfused or both: the Mamba step as one kernel (default: the library's)")  # fmt: skip
     p.add_argument("--mamba-fold", default="on", help="on, off or both: Mamba's x_proj and dt_proj folded (FOLD_DT)")
+    p.add_argument("--update-pdl", default="on", help="on, off or both: the SSM update kernels launched with PDL")
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -255,14 +262,14 @@ def main() -> None:
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                combos = [(f, e, o, mf) for f in forms for e in experts for o in args.once.split(",")
-                          for mf in args.mamba_fold.split(",")]  # fmt: skip
-                for (form, linear, fold, ms), ex, once, mf in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf)
+                combos = [(f, e, o, mf, up) for f in forms for e in experts for o in args.once.split(",")
+                          for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")]  # fmt: skip
+                for (form, linear, fold, ms), ex, once, mf, up in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up)
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
-                        f"mamba fold {mf} "
+                        f"mamba fold {mf} update pdl {up} "
                         f"moe {r['moe_experts']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"

@@ -46,6 +46,10 @@ except ImportError:  # pragma: no cover - an older Triton
 
 
 ENABLED: bool | None = None
+# The SSM decode steps' update kernels (causal_conv1d_update, selective_state_update) join the PDL chain where
+# ``pdl_enabled`` holds (seventeenth session: between a Mamba layer's GEMVs they were the two kernels launched
+# without it); False launches them without it, for an A/B in one process (tools/decode_profile.py --update-pdl).
+UPDATE_KERNELS = True
 _MAJOR: dict[int, int] = {}
 
 

@@ -454,3 +454,23 @@ def test_config_from_env_parses_and_names_what_is_wrong():
     ):
         with pytest.raises(ValueError, match=match):
             T.config_from_env(text)
+
+
+@pytest.mark.parametrize("update_kernels", [True, False])
+def test_update_kernels_join_the_pdl_chain(monkeypatch, update_kernels):
+    """causal_conv1d_update and selective_state_update launch with PDL where ``pdl_enabled`` holds (their kernels
+    take PDL as a constexpr), unless ``_pdl.UPDATE_KERNELS`` is off; launches recorded, not run."""
+    from archzoo.kernels import _pdl
+    from archzoo.kernels.selective_scan import triton as ST
+
+    monkeypatch.setattr(_pdl, "UPDATE_KERNELS", update_kernels)
+    seen = []
+    for mod in (T, ST):
+        monkeypatch.setattr(mod, "pdl_enabled", lambda device: True)
+        monkeypatch.setattr(
+            mod, "launch", lambda k, grid, p, i, consts, nw, dev, pdl=False: seen.append((consts[-1], pdl))
+        )
+    T.causal_conv1d_update(torch.randn(2, 6), torch.randn(2, 6, 3), torch.randn(6, 4), torch.randn(6), "silu")
+    ST.selective_state_update(torch.randn(2, 6, 4), torch.randn(2, 6), torch.randn(2, 6), -torch.rand(6, 4),
+                              torch.randn(2, 4), torch.randn(2, 4), D=torch.randn(6), dt_softplus=True)  # fmt: skip
+    assert seen == [(update_kernels, update_kernels)] * 2

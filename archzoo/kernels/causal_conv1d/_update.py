@@ -6,6 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._pdl import gdc_launch_dependents, gdc_wait
+
 
 @triton.jit
 def _conv_update_kernel(
@@ -13,9 +15,13 @@ def _conv_update_kernel(
     d, S, s,
     s_x_b, s_x_d, s_x_l, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, s_o_b, s_o_d, s_o_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Index q in the virtual sequence cat(state, x) of length S + s: q < S reads the state, else x[q - S]."""
+    """Index q in the virtual sequence cat(state, x) of length S + s: q < S reads the state, else x[q - S].
+    PDL (archzoo/kernels/_pdl.py): launched with programmatic dependent launch in a decode step; the next kernel
+    may launch at once, and only the bias (a weight no kernel of the step writes) is read before the wait."""
+    if PDL:
+        gdc_launch_dependents()
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -24,6 +30,8 @@ def _conv_update_kernel(
     s_row = state_ptr + pid_b * s_s_b + offs_d * s_s_d
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)
+    if PDL:  # x and the state may have been written by the kernels before this one
+        gdc_wait()
     for j in range(0, s):
         if HAS_BIAS:
             acc = bias

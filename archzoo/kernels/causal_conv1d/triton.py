@@ -50,7 +50,9 @@ import os
 import torch
 import triton.language as tl
 
+from .. import _pdl
 from .._launch import Site, launch, launch_site
+from .._pdl import pdl_enabled
 from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from ._bwd import _conv_bwd_kernel
@@ -350,8 +352,10 @@ def causal_conv1d_update(
     block_d = 64 if cuda else 4
     ptrs = (x, conv_state, weight, weight if bias is None else bias, out)
     ints = (d, S, s, s_x_b, s_x_d, s_x_l, s_s_b, s_s_d, s_s_k, s_w_d, s_w_k, d * s, s, 1)  # out: contiguous (b, d, s)
+    pdl = _pdl.UPDATE_KERNELS and pdl_enabled(x.device)  # a decode step's chain (archzoo/kernels/_pdl.py)
     consts = (W, bias is not None, activation is not None, tl.float64 if wide else tl.float32, block_d,
-              1 << (S - 1).bit_length())  # fmt: skip
+              1 << (S - 1).bit_length(), pdl)  # fmt: skip
     grid = (b, (d + block_d - 1) // block_d, 1)
-    LAST_COMPILED["update"] = launch(_conv_update_kernel, grid, ptrs, ints, consts, 2 if cuda else 1, x.get_device())
+    LAST_COMPILED["update"] = launch(_conv_update_kernel, grid, ptrs, ints, consts, 2 if cuda else 1, x.get_device(),
+                                     pdl)  # fmt: skip
     return out

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import _pdl
 from .._dispatch import once
 from .._launch import Site, launch, launch_site
+from .._pdl import pdl_enabled
 from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from ._bwd import _scan_bwd_kernel
@@ -464,9 +466,10 @@ def selective_state_update(
         d, n, d // groups,
         *state.stride(), *x.stride(), *dt.stride(), *zz.stride(), *out.stride(), *A.stride(), *sB, *sC,
     )  # fmt: skip
+    pdl = _pdl.UPDATE_KERNELS and pdl_enabled(state.device)  # a decode step's chain (archzoo/kernels/_pdl.py)
     consts = (
         D is not None, z is not None, dt_bias is not None, dt_softplus,
-        _tl_dtype(compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)), block_d, block_n,
+        _tl_dtype(compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)), block_d, block_n, pdl,
     )  # fmt: skip
-    launch(_state_update_kernel, grid, ptrs, ints, consts, 4 if cuda else 1, state.get_device())
+    launch(_state_update_kernel, grid, ptrs, ints, consts, 4 if cuda else 1, state.get_device(), pdl)
     return out
