@@ -55,7 +55,7 @@ def profile_step(
     moe_experts: str | None = None,
     once: str = "on",
     mamba_fold: str = "on",
-    update_pdl: str = "on",
+    update_pdl: str = "library",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -77,7 +77,8 @@ def profile_step(
     mamba.FOLD_DT = mamba_fold == "on"
     from archzoo.kernels import _pdl
 
-    _pdl.UPDATE_KERNELS = update_pdl == "on"  # read as the step is captured
+    update_before = _pdl.UPDATE_KERNELS  # "library": as the library has it; read as the step is captured
+    _pdl.UPDATE_KERNELS = update_before if update_pdl == "library" else update_pdl == "on"
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -91,13 +92,14 @@ def profile_step(
             torch._dynamo.reset()  # the step is traced again under this form
             r = _profile(config, batch, prompt, steps, attention, linear)
             step = "fused" if mamba.FUSED_STEP else "unfused"
-            return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold, "update_pdl": update_pdl,
+            return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold,
+                    "update_pdl": "on" if _pdl.UPDATE_KERNELS else "off",
                     "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
         mamba.FOLD_DT = fold_dt_before
-        _pdl.UPDATE_KERNELS = True
+        _pdl.UPDATE_KERNELS = update_before
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -230,7 +232,8 @@ def main() -> None:
     p.add_argument("--mamba-step", default="library",
                    help="fused, unfused or both: the Mamba step as one kernel (default: the library's)")  # fmt: skip
     p.add_argument("--mamba-fold", default="on", help="on, off or both: Mamba's x_proj and dt_proj folded (FOLD_DT)")
-    p.add_argument("--update-pdl", default="on", help="on, off or both: the SSM update kernels launched with PDL")
+    p.add_argument("--update-pdl", default="library",
+                   help="on, off or both: the SSM update kernels with PDL (default: the library's)")  # fmt: skip
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -269,7 +272,7 @@ def main() -> None:
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
-                        f"mamba fold {mf} update pdl {up} "
+                        f"mamba fold {mf} update pdl {r['update_pdl']} "
                         f"moe {r['moe_experts']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"

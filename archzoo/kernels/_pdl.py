@@ -47,9 +47,11 @@ except ImportError:  # pragma: no cover - an older Triton
 
 ENABLED: bool | None = None
 # The SSM decode steps' update kernels (causal_conv1d_update, selective_state_update) join the PDL chain where
-# ``pdl_enabled`` holds (seventeenth session: between a Mamba layer's GEMVs they were the two kernels launched
-# without it); False launches them without it, for an A/B in one process (tools/decode_profile.py --update-pdl).
-UPDATE_KERNELS = True
+# ``pdl_enabled`` holds and this is True. Between a Mamba layer's PDL-launched GEMVs they are the two kernels
+# launched without it, so the GEMV after each cannot load its weights early. Built in the seventeenth session on
+# the CPU (tests of the launches; sm_90 compiles); off until a GPU has run their tests and the A/B
+# (tools/decode_profile.py --update-pdl on,off, the queue's `updatepdl` job).
+UPDATE_KERNELS = False
 _MAJOR: dict[int, int] = {}
 
 
