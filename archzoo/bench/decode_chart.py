@@ -2,8 +2,10 @@
 
 One panel per (batch size, prompt length) of the run, at most four (the largest batch and prompt first,
 where the cache matters most): x is the cache's bytes per token at that length (``cache_bytes`` over
-batch x (prompt + new tokens), log scale), y the decode tokens/s of the archzoo rows (the default attention
-form, no speculative or inductor-option variants). The frontier is the models that no other beats on both
+batch x (prompt + new tokens), log scale), y the decode tokens/s of each model's fastest archzoo row (no
+speculative or inductor-option variants). Where the run had several projection forms (``--decode-linear
+cublas,auto``), a point whose row is not the plain "archzoo" form carries the form in its name, "jamba (auto)".
+The frontier is the models that no other beats on both
 (a smaller or equal cache and at least the speed). A model whose short name is ``teacher`` or that was
 given as a teacher name / GGUF / HF folder is drawn as the teacher. The peers' rows (``--baseline hf``: Hugging
 Face ``generate`` with its dynamic and static caches) are drawn beside them as hollow diamonds named
@@ -27,14 +29,32 @@ MAX_PANELS = 4
 
 
 def _plain(row: dict) -> bool:
-    """An archzoo row of the default form that measured something."""
+    """An archzoo row (any projection form: "archzoo", "archzoo-auto", ...; no speculative or inductor-option
+    variant) that measured something."""
     return (
-        row.get("implementation") == "archzoo"
+        (row.get("implementation") or "").startswith("archzoo")
         and row.get("num_draft_tokens") is None
         and not row.get("inductor_options")
-        and row.get("tokens_per_s")
-        and row.get("cache_bytes")
+        and bool(row.get("tokens_per_s"))
+        and bool(row.get("cache_bytes"))
     )
+
+
+def _fastest(rows: list[dict]) -> list[dict]:
+    """Each (model, batch, prompt)'s fastest archzoo row, in the rows' order: a run with several projection forms
+    (``--decode-linear cublas,auto``) draws each model once, at the best it reached (the table has every row)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["batch_size"], r["prompt_len"])
+        if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
+            best[key] = r
+    return [r for r in rows if best[(r["model"], r["batch_size"], r["prompt_len"])] is r]
+
+
+def _label(name: str, row: dict, forms: int) -> str:
+    """The point's name; with the form ("auto" for "archzoo-auto") where the run had several."""
+    impl = row["implementation"]
+    return f"{name} ({impl.removeprefix('archzoo-')})" if forms > 1 and impl != "archzoo" else name
 
 
 def _peer(row: dict) -> bool:
@@ -59,6 +79,8 @@ def decode_chart(
     names to leave out (a draft of another size, say)."""
     peers = [r for r in rows if _peer(r)]
     rows = [r for r in rows if _plain(r)]
+    forms = len({r["implementation"] for r in rows})
+    rows = _fastest(rows)
     names = _short_names(list(dict.fromkeys(r["model"] for r in rows + peers)))
     rows = [r for r in rows if names[r["model"]] not in skip]
     peers = [r for r in peers if names[r["model"]] not in skip]
@@ -75,7 +97,7 @@ def decode_chart(
         per_token = {names[r["model"]]: r["cache_bytes"] / (B * (P + r["new_tokens"])) for r in sel}
         speed = {names[r["model"]]: r["tokens_per_s"] for r in sel}
         front = set(pareto([(n, per_token[n], speed[n]) for n in speed], higher_is_better=True))
-        pts = [Point(n, per_token[n], speed[n], _is_teacher(r, n), n in front) for n, r in
+        pts = [Point(_label(n, r, forms), per_token[n], speed[n], _is_teacher(r, n), n in front) for n, r in
                ((names[r["model"]], r) for r in sel)]  # fmt: skip
         for r in peers:
             if (r["batch_size"], r["prompt_len"]) == (B, P):

@@ -91,3 +91,35 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         DC.main([str(tmp_path / "missing.json"), str(tmp_path / "x.png")])
     assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_several_projection_forms_draw_each_model_at_its_fastest(tmp_path, monkeypatch):
+    """A run with --decode-linear cublas,auto (implementations "archzoo" and "archzoo-auto"): each model once, at
+    its faster form, named with the form where that is not plain "archzoo"; the y axis leaves room above it."""
+    rows = [
+        _row("jamba", 1, 16, 1001.0, 900),
+        _row("jamba", 1, 16, 1487.0, 900, implementation="archzoo-auto"),
+        _row("mamba", 1, 16, 1800.0, 700),
+        _row("mamba", 1, 16, 985.0, 700, implementation="archzoo-auto"),
+    ]
+    seen, ylims = [], []
+    real = DC.panels_chart
+
+    def spy(path, panels, *a, **kw):
+        seen.extend({p.name: p.y for p in pts} for _, _, pts in panels)
+        return real(path, panels, *a, **kw)
+
+    from archzoo.bench import charts
+
+    real_scatter = charts.scatter
+
+    def scatter_spy(ax, pts, *a, **kw):
+        real_scatter(ax, pts, *a, **kw)
+        ylims.append(ax)
+
+    monkeypatch.setattr(DC, "panels_chart", spy)
+    monkeypatch.setattr(charts, "scatter", scatter_spy)
+    assert DC.decode_chart(tmp_path / "d.png", {}, rows).read_bytes().startswith(PNG)
+    assert seen == [{"jamba (auto)": 1487.0, "mamba": 1800.0}]
+    (ax,) = ylims
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1800.0 * 1.1 - 1e-6
