@@ -66,3 +66,22 @@ def test_captured_generate_matches_eager_in_fp32(path):
     again = model.generate(prompts, 12, compile=True)  # replays the pooled graph
     assert model.last_generate_stats["compile_s"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(again, captured, strict=True))
+
+
+@pytest.mark.parametrize("name", ["mamba", "jamba"])
+def test_ssm_updates_launched_with_pdl_decode_as_without(name, monkeypatch):
+    """The conv and state update kernels in the PDL chain (``_pdl.UPDATE_KERNELS``; off by default until this and
+    the A/B have run on a GPU): captured greedy decoding in bf16 gives the tokens it gives with them outside the
+    chain. A kernel reading its inputs before ``gdc_wait`` would race the GEMV before it and change tokens."""
+    from archzoo.kernels import _pdl
+
+    def decode(update: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(_pdl, "UPDATE_KERNELS", update)
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = archzoo.build_model(ROOT / "configs" / "students" / f"{name}.yaml").to("cuda", torch.bfloat16).eval()
+        prompts = [torch.randint(0, model.cfg.vocab_size, (n,), device="cuda") for n in (5, 17, 9)]
+        return model.generate(prompts, 48, compile=True)
+
+    without, with_pdl = decode(False), decode(True)
+    assert all(torch.equal(a, b) for a, b in zip(with_pdl, without, strict=True))

@@ -140,6 +140,8 @@ for job in $(cat $Q/jobs); do
         break
       done
       log "gputests kernels rc=$rc $(tail -1 $F)"
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -rfs -k pdl tests/test_gpu_decode.py >> $F 2>&1
+      log "gputests decode pdl rc=$? $(tail -1 $F)"
       timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs tests/kernels/test_mamba_step.py >> $F 2>&1
       log "gputests mamba_step rc=$? $(tail -1 $F)"; pack ;;
     mambastep)  # issue 18: the Mamba hybrids' step with the fused middle (mamba_decode_step) against the four kernels
