@@ -100,7 +100,11 @@ LAST_COMPILED: dict[str, object] = {}
 # steps, docs/results/kernels/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
 # 16k, 1024 steps on 2 warps (0.342 ms at 16k, 2.36 TB/s) level with 2048 on 4 warps (0.341) and ahead of
 # the former 1024 on 4 warps (0.367); longer tiles, with four groups per thread (160+ registers), were slower.
-CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=2048, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
+# The forward was swept again in the seventeenth session (docs/results/kernels/conv_tune_h100.json, one process):
+# 4,096 steps on 4 warps (four groups a thread) took 0.1924 / 0.0513 ms at 16k / 4k against 0.1962 / 0.0527 for
+# 2,048 on 4 warps; 4,096 on 8 warps (0.1916 / 0.0510) is level there but leaves half its threads idle at 1k (the
+# tile shrinks to 1,024 steps: 0.63x causal-conv1d, conv_h100_best.log), where 4 warps run as before.
+CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
 # HALO (0 when absent): how a group's neighbour groups reach it. 0 loads them again as whole tiles shifted by one
 # group (x is read 2x in the forward, 3x in the backward and dout 2x; the repeats hit L1 / L2, so DRAM reads each
 # once); 1 gathers them from the tile through shared memory (_layout._neighbours) and loads only the tile's edge
