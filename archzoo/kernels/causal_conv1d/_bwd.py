@@ -68,7 +68,8 @@ def _conv_bwd_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
     else:
         bias = tl.zeros((BLOCK_D, 1), dtype=ACC)
-    # this program's dweight[k] (a0 .. a7, k < W) and dbias (ab) sums, per thread until the end
+    # this program's dweight[k] (a0 .. a7, k < W) and dbias (ab) sums, per thread until the end; named one by one
+    # (and updated and added under `if W > k`, pruned at compile time) because a loop carries tensors, not a tuple
     a0 = tl.zeros((BLOCK_D, G), dtype=ACC)
     a1 = tl.zeros((BLOCK_D, G), dtype=ACC)
     a2 = tl.zeros((BLOCK_D, G), dtype=ACC)
