@@ -24,7 +24,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
     python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
     python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts' forward and backward, 4,096 tokens
-    python tools/sm90_compile.py --op conv --l 16384 --config '{"bwd": {"HALO": 1}}'  # the causal conv's kernels
+    python tools/sm90_compile.py --op conv --l 16384 --config '{"bwd": {"TILES": 4}}'  # the causal conv's kernels
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@
 Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the forward without
 autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
 which adds to them by atomics), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
-BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range, each with the neighbour groups loaded
-again or gathered from the tile (``--halo 0,1``), and the backward with one or more tiles a program
-(``--tiles 1,4,16``). Reports each compiled kernel's
+BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range, and the backward with one or more tiles a
+program (``--tiles 1,4,16``). Reports each compiled kernel's
 registers / spills and the bandwidth it reaches (the forward moves x in and out once, the backward
 reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in
 ``archzoo/kernels/causal_conv1d/triton.py``.
@@ -124,9 +123,6 @@ def main() -> None:
     ap.add_argument("--bwd-block-d", default="1,2,4,8")
     ap.add_argument("--bwd-block-l", default="128,256,512,1024")
     ap.add_argument("--warps", default="2,4,8")
-    ap.add_argument(
-        "--halo", default="0,1", help="HALO values: 0 loads the neighbour groups again, 1 gathers them from the tile"
-    )
     ap.add_argument("--tiles", default="1", help="the backward's TILES values (consecutive tiles a program walks)")
     ap.add_argument("--fwd-groups", default="1,4", help="keep groups per thread in this range (inclusive)")
     ap.add_argument("--bwd-groups", default="1,2")
@@ -154,17 +150,17 @@ def main() -> None:
     for key in which:
         bds, bls, (lo, hi) = grids[key]
         tiles = _ints(args.tiles) if key == "bwd" else [None]
-        for bd, bl, nw, halo, nt in itertools.product(bds, bls, _ints(args.warps), _ints(args.halo), tiles):
+        for bd, bl, nw, nt in itertools.product(bds, bls, _ints(args.warps), tiles):
             if lo * 256 * nw <= bd * bl <= hi * 256 * nw:  # groups per thread = bd * bl / (8 * 32 * nw)
-                todo.append((key, bd, bl, nw, halo, nt))
+                todo.append((key, bd, bl, nw, nt))
     shard, n_shards = map(int, args.shard.split("/"))
     for L in lengths:  # compile-only runs every length too: BLOCK_L shrinks for l < BLOCK_L (another kernel)
         x, gout = (_input(b, d, L, args.layout, dtype, args.device, g) for _ in range(2))
         moved = {"fwd": 2 * x.numel() * x.element_size(), "bwd": 3 * x.numel() * x.element_size()}
-        for j, (key, bd, bl, nw, halo, nt) in enumerate(todo):
+        for j, (key, bd, bl, nw, nt) in enumerate(todo):
             if j % n_shards != shard:
                 continue
-            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo)
+            cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
             if nt is not None:
                 cfg["TILES"] = nt
             T.CONFIG_OVERRIDE.clear()

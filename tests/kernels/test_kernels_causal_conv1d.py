@@ -144,14 +144,13 @@ def _override(monkeypatch, cfg: dict) -> None:
 
 
 @pytest.mark.parametrize("tiles", [1, 3], ids=["tiles1", "tiles3"])
-@pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
 @pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
-def test_conv_config_override(monkeypatch, block, halo, tiles):
-    """CONFIG_OVERRIDE reaches both kernels: other tile shapes, either way of reaching the neighbour groups (HALO)
-    and the backward's tiles a program (TILES: 3 tiles of 8 steps over l = 19 + V with dinit, and a program
-    whose tiles all lie past the end at 32 steps) give the same results."""
+def test_conv_config_override(monkeypatch, block, tiles):
+    """CONFIG_OVERRIDE reaches both kernels: other tile shapes and the backward's tiles a program (TILES: 3 tiles of
+    8 steps over l = 19 + V with dinit, and a program whose tiles all lie past the end at 32 steps) give the same
+    results."""
     bd, bl, nw = block
-    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
+    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": tiles}
     _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
@@ -161,7 +160,7 @@ def test_conv_config_override(monkeypatch, block, halo, tiles):
 def test_conv_backward_tiles_a_program(monkeypatch, L, tiles):
     """TILES (the backward walking consecutive tiles a program, its weight and bias sums kept in registers across
     them): every gradient as with one tile, dinitial_states included, l from one step to several programs."""
-    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, HALO=0))
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": tiles}
     _compare(_inputs(2, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
@@ -176,10 +175,11 @@ def test_conv_tiles_override_is_checked(monkeypatch):
 
 @pytest.mark.parametrize("W", [2, 4, 8])
 @pytest.mark.parametrize("L", [1, 8, 16, 17, 40])
-def test_conv_loaded_halo_with_initial_states(monkeypatch, L, W):
-    """The loaded halo (HALO 0, the GPU default until measured otherwise; the interpreter's default gathers) on
-    the awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
-    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=0))
+def test_conv_one_tile_a_program_with_initial_states(monkeypatch, L, W):
+    """The backward with one tile a program (TILES 1, the CUDA default; the interpreter's default walks two) on the
+    awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=16, num_warps=1))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 1}
     _compare(_inputs(2, 5, L, W, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
@@ -206,13 +206,12 @@ def test_conv_long_gpu(W):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("halo", [0, 1], ids=["halo_loaded", "halo_gathered"])
 @pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
-def test_conv_halo_gpu(monkeypatch, halo, tiles):
-    """Either HALO at the tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of
-    the group, d not a multiple of BLOCK_D; the backward with one tile a program and with four."""
+def test_conv_tiles_gpu(monkeypatch, tiles):
+    """The tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of the group, d not a
+    multiple of BLOCK_D; the backward with one tile a program and with four."""
     bd, bl, nw = tiles
-    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, HALO=halo))
+    _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
     monkeypatch.setattr(T, "_PLANS", {})
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4}
@@ -444,12 +443,12 @@ def test_update_launch_cache_gpu(monkeypatch, s, hook):
 def test_config_from_env_parses_and_names_what_is_wrong():
     """CONFIG_ENV (a tuned configuration for a process) is parsed once; bad values name the key at fault."""
     assert T.config_from_env(None) == {} and T.config_from_env("  ") == {}
-    assert T.config_from_env('{"bwd": {"HALO": 1, "BLOCK_L": 2048}}') == {"bwd": {"HALO": 1, "BLOCK_L": 2048}}
+    assert T.config_from_env('{"bwd": {"TILES": 4, "BLOCK_L": 2048}}') == {"bwd": {"TILES": 4, "BLOCK_L": 2048}}
     for text, match in (
         ("{", "JSON object"),
         ('{"update": {}}', "'fwd' and / or 'bwd'"),
-        ('{"bwd": {"HALLO": 1}}', r"\['bwd'\]"),
-        ('{"fwd": {"HALO": true}}', "non-negative integers"),
+        ('{"bwd": {"TILE": 1}}', r"\['bwd'\]"),
+        ('{"bwd": {"TILES": true}}', "non-negative integers"),
         ('{"fwd": {"BLOCK_L": -8}}', "non-negative integers"),
     ):
         with pytest.raises(ValueError, match=match):

@@ -59,10 +59,10 @@ def test_conv_best_picks_each_kernels_fastest_row_at_the_length():
     spec = importlib.util.spec_from_file_location("conv_best", TOOLS / "device" / "conv_best.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    row = lambda k, L, ms, halo: dict(kernel=k, length=L, ms=ms, BLOCK_D=1, BLOCK_L=1024, num_warps=2, HALO=halo)  # noqa: E731
-    rows = [row("bwd", 16384, 0.30, 0), row("bwd", 16384, 0.25, 1), row("bwd", 4096, 0.01, 0),
-            row("fwd", 16384, 0.2, 0), {"kernel": "fwd", "length": 16384, "error": "out of resources"}]  # fmt: skip
+    row = lambda k, L, ms, **kw: dict(kernel=k, length=L, ms=ms, BLOCK_D=1, BLOCK_L=1024, num_warps=2, **kw)  # noqa: E731
+    rows = [row("bwd", 16384, 0.30, TILES=1), row("bwd", 16384, 0.25, TILES=4), row("bwd", 4096, 0.01, TILES=1),
+            row("fwd", 16384, 0.2), {"kernel": "fwd", "length": 16384, "error": "out of resources"}]  # fmt: skip
     got = mod.best(rows, 16384)
-    assert got == {"bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2, HALO=1),
-                   "fwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2, HALO=0)}  # fmt: skip
+    assert got == {"bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2, TILES=4),
+                   "fwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}  # fmt: skip
     assert mod.best(rows, 1024) == {}

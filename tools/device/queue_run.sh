@@ -314,10 +314,10 @@ for job in $(cat $Q/jobs); do
       fi ;;
     convtune)  # issue 19: the causal conv backward's tiles and TILES (consecutive tiles a program) swept at 4k and 16k
       # (tools/tune_causal_conv1d.py, compiled first in 8 shards; CONV_SWEEP overrides its arguments: the seventeenth
-      # session's first lease swept HALO with them), then the op against causal-conv1d with the 16k winner
+      # session's first lease swept the gathered halo, since taken out), then the op against causal-conv1d with the 16k winner
       [ -n "$bg" ] && wait $bg; bg=""
       log "convtune"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      SWEEP=${CONV_SWEEP:-"--which bwd --lengths 4096,16384 --bwd-block-d 1 --bwd-block-l 512,1024,2048 --warps 2,4 --bwd-groups 1,4 --halo 0 --tiles 1,2,4,8,16"}
+      SWEEP=${CONV_SWEEP:-"--which bwd --lengths 4096,16384 --bwd-block-d 1 --bwd-block-l 512,1024,2048 --warps 2,4 --bwd-groups 1,4 --tiles 1,2,4,8,16"}
       for i in 0 1 2 3 4 5 6 7; do
         timeout 200 python3 tools/tune_causal_conv1d.py $SWEEP --compile-only --shard $i/8 > $Q/conv_compile_$i.log 2>&1 &
         pids="$pids $!"

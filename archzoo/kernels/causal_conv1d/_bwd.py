@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._layout import V, _join8, _load_groups, _load_x, _neighbours, _split8, _store_groups, _weights
+from ._layout import V, _join8, _load_groups, _load_x, _split8, _store_groups, _weights
 
 
 @triton.jit
@@ -46,14 +46,14 @@ def _conv_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr,
     d, L, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HALO: tl.constexpr, TILES: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr,
 ):  # fmt: skip
     """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
-    zeroed by the host, to which every (batch, tile) program adds its sums by atomics. HALO: the groups before and
-    after each group (x) and after it (dout) are loaded again as whole tiles shifted by V (0: x read 3 times, dout
-    twice, the repeats from L1 / L2), or gathered from the tile, with only the tile's edge groups loaded (1).
-    TILES: consecutive tiles a program walks, summing dweight / dbias in registers over all of them before its one
-    cross-thread reduction and atomic add a tap (1: a program a tile)."""
+    zeroed by the host, to which every program adds its sums by atomics. The groups before and after each group
+    (x) and after it (dout) are loaded again as whole tiles shifted by V, from L1 / L2 (gathering them from the tile
+    through shared memory instead lost, docs/kernels.md). TILES: consecutive tiles a program walks, summing dweight
+    / dbias in registers over all of them before its one cross-thread reduction and atomic add a tap (1: a program a
+    tile)."""
     G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -84,17 +84,11 @@ def _conv_bwd_kernel(
         if DINIT:  # the first tile also covers [-V, 0)
             start -= V
         first = start < V  # the tile's groups (with the one before) reach t < 0
+        xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
         xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
+        xn = _load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)
         dc = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
-        if HALO:  # the edge tiles load one group a row: the steps inside [start, start + BLOCK_L) are masked off
-            edge = _load_x(x_row, s_x_l, i_row, start - V, tl.minimum(start, L), mask_d, first, G, W, HAS_INIT, ACC)
-            xp = _neighbours(xc, edge, G, False)
-            xn = _neighbours(xc, _load_groups(x_row, s_x_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
-            dn = _neighbours(dc, _load_groups(g_row, s_g_l, start + V, start + BLOCK_L, L, 0, mask_d, G, ACC), G, True)
-        else:
-            xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
-            xn = _load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)
-            dn = _load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)
+        dn = _load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)
         X = (_split8(xp), _split8(xc), _split8(xn))
         D = (_split8(dc), _split8(dn))
         # dpre at the 8 steps of this group and the next group's (only the first W - 1 of those are used)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._layout import V, _join8, _load_x, _neighbours, _split8, _store_groups, _weights
+from ._layout import V, _join8, _load_x, _split8, _store_groups, _weights
 
 
 @triton.jit
@@ -26,10 +26,9 @@ def _conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr,
     d, L, s_x_b, s_x_d, s_x_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, HALO: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """out (b, d, L) contiguous; weight contiguous (d, W); initial_states contiguous (b, d, W-1). HALO: the group
-    before each group is loaded again as a whole tile shifted by V (0), or gathered from the tile (1, _neighbours)."""
+    """out (b, d, L) contiguous; weight contiguous (d, W); initial_states contiguous (b, d, W-1)."""
     G: tl.constexpr = BLOCK_L // V
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -40,12 +39,8 @@ def _conv_fwd_kernel(
     x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
     i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
     first = start < V  # the group before the tile reaches t < 0
+    xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)  # the group before, again
     xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
-    if HALO:  # only the group before the tile is loaded: steps >= start are masked off
-        edge = _load_x(x_row, s_x_l, i_row, start - V, tl.minimum(start, L), mask_d, first, G, W, HAS_INIT, ACC)
-        xp = _neighbours(xc, edge, G, False)
-    else:
-        xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
     X = (_split8(xp), _split8(xc))
     w = _weights(w_ptr, offs_d, mask_d, W, ACC)
     if HAS_BIAS:

@@ -77,23 +77,6 @@ def _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G: tl.constexpr, W: tl
 
 
 @triton.jit
-def _neighbours(tile, edge, G: tl.constexpr, AFTER: tl.constexpr):
-    """The group before (AFTER False) or after (AFTER True) each group of ``tile`` (BD, G, V), taken from the tile
-    itself by a gather along the group axis (the groups of one program cross threads, so this goes through shared
-    memory, not L1 / L2); the one neighbour outside the tile comes from ``edge``, a tile of the same layout loaded
-    with every other group masked off (one group of memory traffic a row instead of G)."""
-    g = tl.arange(0, G)[None, :, None]
-    if AFTER:
-        src = tl.minimum(g + 1, G - 1)
-        outside = g == G - 1
-    else:
-        src = tl.maximum(g - 1, 0)
-        outside = g == 0
-    idx = tl.broadcast_to(src, tile.shape)
-    return tl.where(outside, edge, tl.gather(tile, idx, 1))
-
-
-@triton.jit
 def _weights(w_ptr, offs_d, mask_d, W: tl.constexpr, ACC: tl.constexpr):
     """The taps as a tuple of 8 (BD, 1) tensors (zeros past W - 1); weight is contiguous (d, W)."""
     return (

@@ -61,13 +61,13 @@ from ._fwd import _conv_fwd_kernel
 from ._update import _conv_update_kernel
 
 _V = 8  # V on the host
-# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps", "HALO"}, and
-# "TILES" for "bwd"}; applies
+# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}, and "TILES"
+# for "bwd"}; applies
 # on CUDA and under the interpreter alike. It starts from the environment variable CONFIG_ENV (the same JSON), so a
 # process started with a tuned configuration runs it: plans are made once per signature, so an override set after
 # a signature's first call does not reach that signature.
 CONFIG_ENV = "ARCHZOO_CAUSAL_CONV1D_CONFIG"
-_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "HALO", "TILES"}
+_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES"}
 
 
 def config_from_env(text: str | None) -> dict[str, dict]:
@@ -77,7 +77,7 @@ def config_from_env(text: str | None) -> dict[str, dict]:
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f'{CONFIG_ENV} must be a JSON object like \'{{"bwd": {{"HALO": 1}}}}\'; {e}') from None
+        raise ValueError(f'{CONFIG_ENV} must be a JSON object like \'{{"bwd": {{"TILES": 4}}}}\'; {e}') from None
     if not isinstance(cfg, dict) or not set(cfg) <= {"fwd", "bwd"}:
         raise ValueError(f"{CONFIG_ENV} must be a JSON object with the keys 'fwd' and / or 'bwd'; got {text!r}")
     for key, sub in cfg.items():
@@ -105,20 +105,19 @@ LAST_COMPILED: dict[str, object] = {}
 # 2,048 on 4 warps; 4,096 on 8 warps (0.1916 / 0.0510) is level there but leaves half its threads idle at 1k (the
 # tile shrinks to 1,024 steps: 0.63x causal-conv1d, conv_h100_best.log), where 4 warps run as before.
 CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
-# HALO (0 when absent): how a group's neighbour groups reach it. 0 loads them again as whole tiles shifted by one
-# group (x is read 2x in the forward, 3x in the backward and dout 2x; the repeats hit L1 / L2, so DRAM reads each
-# once); 1 gathers them from the tile through shared memory (_layout._neighbours) and loads only the tile's edge
-# groups. Measured on an H100 (seventeenth session, docs/results/kernels/conv_h100_halo1.log, conv_tune_h100.log):
-# 1 lost everywhere (16k forward + backward 0.834 against 0.549 ms), so 0 stays.
+# Tried and taken out (seventeenth session): the neighbour groups gathered from the tile through shared memory
+# (tl.gather) instead of loaded again; it lost everywhere on an H100 (16k forward + backward 0.834 against 0.549 ms,
+# docs/results/kernels/conv_h100_halo1.log, conv_tune_h100.log; docs/kernels.md), so the re-reads, which hit L1 / L2,
+# are not what holds the backward under the copy rate.
 # TILES (backward, 1 when absent): consecutive tiles a program walks, summing dweight / dbias in registers across
 # them, so a row's programs do TILES times fewer cross-thread reductions and atomic adds (causal-conv1d's backward
 # walks a whole row in one block). Written in the seventeenth session for the 16k forward + backward cell (0.88x
 # causal-conv1d on an H100); 1 stays the default until the sweep (tools/tune_causal_conv1d.py --tiles) says otherwise.
-# Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, the gathered halo and two
-# tiles a backward program (the tests run the loaded halo and one tile through CONFIG_OVERRIDE).
+# Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
+# program (the tests run one tile through CONFIG_OVERRIDE).
 INTERPRET_CONFIG = {
-    "fwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=1),
-    "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, HALO=1, TILES=2),
+    "fwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1),
+    "bwd": dict(BLOCK_D=4, BLOCK_L=16, num_warps=1, TILES=2),
 }
 
 
@@ -166,8 +165,7 @@ def _forward_site(x, weight, bias, init, silu: bool, acc) -> Site:
     b, d, L = x.shape
     cfg = conv_config("fwd", L, x.is_cuda)
     grid = (b, _cdiv(d, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
-    consts = (weight.shape[1], bias is not None, init is not None, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"],
-              cfg.get("HALO", 0))  # fmt: skip
+    consts = (weight.shape[1], bias is not None, init is not None, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"])
     # pointers x, weight, bias, init are the caller's (checked for alignment); out is a fresh allocation
     return Site(_conv_fwd_kernel, grid, (d, L, *x.stride()), consts, cfg["num_warps"], x.get_device(), checked=4)
 
@@ -199,8 +197,7 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     bs.cols = d * (W + 1) if bias is not None else d * W
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, *x.stride(), *dout.stride())
-    consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"],
-              cfg.get("HALO", 0), tiles)  # fmt: skip
+    consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"], tiles)
     grid = (b, _cdiv(d, cfg["BLOCK_D"]), bs.n_l)
     # pointers x, weight, bias, init, dout are the caller's (checked); dx, dinit and the sums are fresh
     bs.site = Site(_conv_bwd_kernel, grid, ints, consts, cfg["num_warps"], x.get_device(), checked=5)
