@@ -10,6 +10,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
         [--mamba-fold on,off]             # Mamba layers' x_proj and dt_proj folded into one decode copy, or not
         [--update-pdl on,off]             # the conv / state update kernels launched with PDL, or not
+        [--in-proj-conv on,off]           # Mamba's in_proj and conv update as one GEMV, or two kernels
                                           # (default: the library's, FUSED_STEP)
         [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
                                           # or the routing and the experts in two kernels
@@ -56,6 +57,7 @@ def profile_step(
     once: str = "on",
     mamba_fold: str = "on",
     update_pdl: str = "library",
+    in_proj_conv: str = "library",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -79,6 +81,8 @@ def profile_step(
 
     update_before = _pdl.UPDATE_KERNELS  # "library": as the library has it; read as the step is captured
     _pdl.UPDATE_KERNELS = update_before if update_pdl == "library" else update_pdl == "on"
+    conv_before = mamba.IN_PROJ_CONV  # likewise, read as the step is traced
+    mamba.IN_PROJ_CONV = conv_before if in_proj_conv == "library" else in_proj_conv == "on"
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -94,12 +98,14 @@ def profile_step(
             step = "fused" if mamba.FUSED_STEP else "unfused"
             return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold,
                     "update_pdl": "on" if _pdl.UPDATE_KERNELS else "off",
+                    "in_proj_conv": "on" if mamba.IN_PROJ_CONV else "off",
                     "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
         mamba.FUSED_STEP = fused_before
         mamba.FOLD_DT = fold_dt_before
         _pdl.UPDATE_KERNELS = update_before
+        mamba.IN_PROJ_CONV = conv_before
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -234,6 +240,8 @@ def main() -> None:
     p.add_argument("--mamba-fold", default="on", help="on, off or both: Mamba's x_proj and dt_proj folded (FOLD_DT)")
     p.add_argument("--update-pdl", default="library",
                    help="on, off or both: the SSM update kernels with PDL (default: the library's)")  # fmt: skip
+    p.add_argument("--in-proj-conv", default="library",
+                   help="on, off or both: in_proj and conv update as one GEMV (default: the library's)")  # fmt: skip
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -265,14 +273,15 @@ def main() -> None:
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                combos = [(f, e, o, mf, up) for f in forms for e in experts for o in args.once.split(",")
-                          for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")]  # fmt: skip
-                for (form, linear, fold, ms), ex, once, mf, up in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up)
+                combos = [(f, e, o, mf, up, ic) for f in forms for e in experts for o in args.once.split(",")
+                          for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")
+                          for ic in args.in_proj_conv.split(",")]  # fmt: skip
+                for (form, linear, fold, ms), ex, once, mf, up, ic in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic)
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
-                        f"mamba fold {mf} update pdl {r['update_pdl']} "
+                        f"mamba fold {mf} update pdl {r['update_pdl']} in_proj conv {r['in_proj_conv']} "
                         f"moe {r['moe_experts']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"

@@ -24,6 +24,7 @@ compiled kernel is the one the GPU would run. Use the Triton version of the GPU 
     python tools/sm90_compile.py --op mamba_step # the fused Mamba decode step at the students' shape, B = 1 and 16
     python tools/sm90_compile.py --op moe_step   # the MoE decode experts' two kernels at the students' shapes
     python tools/sm90_compile.py --op moe_grouped  # the fused MoE experts' forward and backward, 4,096 tokens
+    python tools/sm90_compile.py --op gemv_conv  # Mamba's in_proj with its conv step in the epilogue, M = 1 and 16
     python tools/sm90_compile.py --op conv --l 16384 --config '{"bwd": {"TILES": 4}}'  # the causal conv's kernels
 """
 
@@ -443,6 +444,29 @@ def _mamba_step_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132, config: dic
     return out
 
 
+def _gemv_conv_calls(ms: tuple[int, ...] = (1, 16), sms: int = 132) -> list:
+    """``decode_linear_conv`` at the students' Mamba in_proj (576 -> 2 x 576, the block's norm, bias, width-4 conv
+    with bias), bf16, planned as on a GPU of ``sms`` SMs."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    out = []
+    bf = dict(dtype=torch.bfloat16)
+    cfg = {**gt.CUDA_CONFIG, **gt.CONFIG_OVERRIDE, "SM_COUNT": sms}
+    for M in ms:
+        x, w, nw = torch.randn(M, 576, **bf), torch.randn(1152, 576, **bf), torch.rand(576, **bf)
+        b, state = torch.randn(1152, **bf), torch.randn(M, 576, 3, **bf)
+        cw, cb = torch.randn(576, 4, **bf), torch.randn(576, **bf)
+        with mock.patch.object(gt, "_config", lambda dev: cfg), record_launches(gt) as calls:
+            gt._PLANS.clear()
+            gt.decode_linear_conv(x, w, nw, 1e-5, b, state, cw, cb)
+        gt._PLANS.clear()
+        for fn, grid, a, kw in calls:
+            if "DOT_F32" in kw:
+                kw = {**kw, "DOT_F32": False, "DOT_PRECISION": None}  # the CUDA rule (_plan widens bf16 on CPU)
+            out.append((f"in_proj+conv M={M}", fn, grid, a, kw))
+    return out
+
+
 def _conv_calls(b: int, d: int, L: int, config: dict) -> list:
     """The causal conv's forward and backward at Mamba's shape (width 4, bias, SiLU, bf16), planned with the CUDA
     configuration and ``config`` (its CONFIG_OVERRIDE)."""
@@ -492,6 +516,7 @@ def main() -> None:
             "moe_grouped",
             "argmax",
             "conv",
+            "gemv_conv",
         ],  # fmt: skip
         default="scan",
     )
@@ -529,6 +554,7 @@ def main() -> None:
             "moe_grouped": lambda: _moe_grouped_calls(config=json.loads(args.config)),
             "argmax": _argmax_calls,
             "conv": lambda: _conv_calls(args.b, args.d, args.l, json.loads(args.config)),
+            "gemv_conv": _gemv_conv_calls,
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

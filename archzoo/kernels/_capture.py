@@ -17,6 +17,7 @@ from .decode_attention import decode_attention as _decode_attention
 from .decode_attention import decode_attention_mla as _decode_attention_mla
 from .decode_attention import decode_attention_ring as _decode_attention_ring
 from .decode_linear import decode_linear as _decode_linear
+from .decode_linear import decode_linear_conv as _decode_linear_conv
 from .decode_linear import decode_qkv_rope as _decode_qkv_rope
 from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
@@ -236,6 +237,44 @@ def decode_linear(
     if torch.compiler.is_compiling():
         return _decode_linear_op(x, weight, norm_weight, float(eps), residual, bool(swiglu), bias)
     return _decode_linear(x, weight, norm_weight, eps, residual, swiglu, bias)
+
+
+@torch.library.custom_op("archzoo::decode_linear_conv", mutates_args=("conv_state",))
+def _decode_linear_conv_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    bias: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    # a new tensor; the conv state written in place
+    return _decode_linear_conv(x, weight, norm_weight, eps, bias, conv_state, conv_weight, conv_bias)
+
+
+@_decode_linear_conv_op.register_fake
+def _(x, weight, norm_weight, eps, bias, conv_state, conv_weight, conv_bias):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def decode_linear_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    bias: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A Mamba layer's decode-step in_proj with its conv step in the GEMV's epilogue (see
+    ``archzoo.kernels.decode_linear.decode_linear_conv``); traceable (the conv state is declared mutated)."""
+    args = (x, weight, norm_weight, float(eps), bias, conv_state, conv_weight, conv_bias)
+    if torch.compiler.is_compiling():
+        return _decode_linear_conv_op(*args)
+    return _decode_linear_conv(*args)
 
 
 @torch.library.custom_op("archzoo::decode_qkv_rope", mutates_args=("k_cache", "v_cache"))

@@ -51,6 +51,7 @@ from torch import nn
 from ..kernels import (
     causal_conv1d_fn,
     causal_conv1d_update,
+    decode_linear_conv,
     mamba_decode_step,
     selective_scan_fn,
     selective_state_update,
@@ -58,6 +59,7 @@ from ..kernels import (
 from ..kernels._dispatch import record
 from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
 from . import base
+from . import fused as fused_mod
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project, keep_address, signature
 
@@ -76,6 +78,13 @@ FUSED_STEP = False
 # (docs/decode.md). Large d_inner would read far more, hence FOLD_DT_MAX_EXTRA_BYTES; False: every step unfolded.
 FOLD_DT = True
 FOLD_DT_MAX_EXTRA_BYTES = 4 << 20
+# The decode step's in_proj and conv update as one launch: the conv step in the GEMV's epilogue
+# (``archzoo.kernels.decode_linear_conv``; each x channel's conv needs only that channel's in_proj output, its W - 1
+# state taps and weights, so the program computing the column does it). Bit for bit the unfused step's values in
+# the interpreter (bf16 included). Where the GEMV runs (``gemv_for``) and the shapes fit; else the two kernels. Off
+# until a GPU has timed it against them (tools/decode_profile.py --in-proj-conv on,off, the queue's `inprojconv`):
+# the conv update took 1.7 us of each Mamba layer's step in Jamba's batch-1 profile (26 a step, 0.045 of 0.678 ms).
+IN_PROJ_CONV = False
 
 
 def fold_dt_extra_bytes(d_inner: int, d_state: int, dt_rank: int, itemsize: int) -> int:
@@ -296,14 +305,20 @@ class Mamba(TakesNormAndResidual, nn.Module):
         ``conv`` and ``ssm`` in place. ``fused``: the projections through ``decode_project`` (the decode GEMV with
         the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise), and with ``FUSED_STEP``
         everything between in_proj and o_proj in one kernel where it runs (``mamba_decode_step``), the reason
-        recorded where it does not (``last_backend("mamba_decode_step")``: 'unfused')."""
-        R, N = self.dt_rank, self.d_state
+        recorded where it does not (``last_backend("mamba_decode_step")``: 'unfused'). With ``IN_PROJ_CONV``
+        in_proj and the conv update run as one GEMV where it fits (``decode_linear_conv``)."""
 
         def project(t, weight, bias=None, norm=None, residual=None):
             if fused:
                 return decode_project(t, weight, bias, norm, residual)
             return with_residual(F.linear(norm(t) if norm is not None else t, weight, bias), residual)
 
+        if fused and IN_PROJ_CONV and self._in_proj_conv_fits(x, state, norm):  # in_proj and the conv step at once
+            nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
+            xz = decode_linear_conv(x, self.in_proj.weight, nw, eps, self.in_proj.bias, state["conv"],
+                                    self.conv1d.weight.squeeze(1), self.conv1d.bias)  # fmt: skip
+            xs, z = xz.chunk(2, dim=-1)
+            return self._after_conv(xs, z, state, fused, residual)
         xs, z = project(x, self.in_proj.weight, self.in_proj.bias, norm).chunk(2, dim=-1)  # (B, Di) each
         if fused and FUSED_STEP:
             weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
@@ -317,6 +332,30 @@ class Mamba(TakesNormAndResidual, nn.Module):
             if not torch.compiler.is_compiling():  # a traced step cannot log
                 record("mamba_decode_step", "unfused", None if why is NO_TRITON_DEVICE else why)
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
+        return self._after_conv(xs, z, state, fused, residual)
+
+    def _in_proj_conv_fits(self, x: torch.Tensor, state: LayerState, norm: nn.Module | None) -> bool:
+        """Whether this decode step's in_proj and conv update can run as one GEMV (``IN_PROJ_CONV``): where the
+        GEMV runs for its rows, in one dtype, with the block's norm an RMSNorm (its weight and eps) or none."""
+        w, conv = self.in_proj.weight, state["conv"]
+        return (
+            x.dim() == 2
+            and fused_mod.gemv_for(x.shape[0], x.device)
+            and 1 <= x.shape[0] <= fused_mod.MAX_M
+            and x.dtype == w.dtype == conv.dtype
+            and (self.in_proj.bias is None or self.in_proj.bias.dtype == x.dtype)
+            and (norm is None or (hasattr(norm, "weight") and hasattr(norm, "eps")))
+        )
+
+    def _after_conv(self, xs, z, state: LayerState, fused: bool, residual: torch.Tensor | None) -> torch.Tensor:
+        """The decode step after the conv: x_proj / dt_proj (or their folded copy), the state update, o_proj."""
+        R, N = self.dt_rank, self.d_state
+
+        def project(t, weight, bias=None, residual=None):
+            if fused:
+                return decode_project(t, weight, bias, None, residual)
+            return with_residual(F.linear(t, weight, bias), residual)
+
         if fused and self.fused.xdt is not None:  # x_proj and dt_proj folded (FOLD_DT): one projection
             dt, Bm, Cm = project(xs, self.fused.xdt).split([self.d_inner, N, N], dim=-1)
         else:

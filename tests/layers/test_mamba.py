@@ -298,3 +298,43 @@ def test_decode_folds_x_proj_and_dt_proj(monkeypatch):
     assert 0 < mamba_mod.fold_dt_extra_bytes(576, 16, 36, 2) < 1 << 20
     monkeypatch.setattr(mamba_mod, "FOLD_DT_MAX_EXTRA_BYTES", 0)
     assert m.fused.refresh() and m.fused.xdt is None
+
+
+def test_decode_in_proj_and_conv_as_one_gemv(monkeypatch):
+    """``IN_PROJ_CONV``: where the decode GEMV runs (DECODE_LINEAR "kernel" here; its reference form on this CPU),
+    the fused step's in_proj and conv update are one ``decode_linear_conv`` call: the same output and states as the
+    two calls, also through a compiled step (fullgraph: the conv state is the custom op's declared mutation)."""
+    import archzoo.kernels as K
+    import archzoo.layers.fused as fused_mod
+    import archzoo.layers.mamba as mamba_mod
+    from archzoo.layers.norm import RMSNorm
+
+    m = make_layer(seed=5, d_model=12).float()
+    m.fused.refresh()
+    norm = RMSNorm(12).float()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    monkeypatch.setattr(fused_mod, "DECODE_LINEAR", "kernel")
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
+    states = [m.new_state(3, 8, torch.float32, "cpu") for _ in range(3)]
+    outs = []
+    for on, st in zip((False, True), states[:2], strict=True):
+        monkeypatch.setattr(mamba_mod, "IN_PROJ_CONV", on)
+        K._dispatch.record("decode_linear_conv", "none")
+        with torch.no_grad():
+            outs.append([m._step(x * (t + 1), st, fused=True, norm=norm) for t in range(3)])
+        assert (K.last_backend("decode_linear_conv") == "none") != on
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    for key in ("conv", "ssm"):
+        assert torch.equal(states[0][key], states[1][key]), key
+    torch._dynamo.reset()
+    try:
+        step = torch.compile(lambda t: m._step(t, states[2], fused=True, norm=norm), fullgraph=True, backend="eager")
+        with torch.no_grad():
+            got = [step(x * (t + 1)) for t in range(3)]
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(got, outs[1], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(states[2]["conv"], states[1]["conv"])

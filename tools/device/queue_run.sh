@@ -135,7 +135,8 @@ for job in $(cat $Q/jobs); do
             tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
             tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py \
-            tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py >> $F 2>&1
+            tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py \
+            tests/kernels/test_decode_linear_conv.py >> $F 2>&1
         rc=$?; [ $rc -eq 2 ] && [ $try -eq 1 ] && { log "gputests: collection failed, again in 20 s"; sleep 20; continue; }
         break
       done
@@ -197,6 +198,14 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
           --mamba-fold on,off --out $O/profile_mambafold.json > $O/profile_mambafold.log 2>&1
       log "mambafold rc=$? $(grep replay $O/profile_mambafold.log | sed 's/ kernel auto.*mamba fold/ fold/' | cut -c1-90 | tr '\n' ';')"; pack ;;
+    inprojconv)  # issue 18: the Mamba layers' in_proj with the conv update in its epilogue (mamba.IN_PROJ_CONV) against
+      # the two kernels, one process (inprojconv:jamba,mamba), batch 1; with the update kernels' PDL both ways
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "inprojconv $s"; O=$DEC; mkdir -p $O; cfgs=""
+      for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
+      timeout 300 python3 tools/decode_profile.py $cfgs --batch 1 --prompt 128 --decode-linear auto \
+          --in-proj-conv on,off --update-pdl on,off --out $O/profile_inprojconv.json > $O/profile_inprojconv.log 2>&1
+      log "inprojconv rc=$? $(grep replay $O/profile_inprojconv.log | sed 's/ kernel auto.*update pdl/ pdl/' | cut -c1-100 | tr '\n' ';')"; pack ;;
     updatepdl)  # issue 18: the Mamba layers' conv and state update kernels launched with PDL against without, one
       # process (updatepdl:jamba,mamba), batch 1
       [ -n "$bg" ] && wait $bg; bg=""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import kernel_failed, record, try_kernel, use_triton
-from ._checks import MAX_M, check_decode_linear
+from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 from .naive import (
     naive_decode_linear,
+    naive_decode_linear_conv,
     naive_decode_qkv_rope,
     rms_norm,
     rope_pair_order,
@@ -128,6 +129,43 @@ def decode_qkv_rope(
     return naive_decode_qkv_rope(x, weight, norm_weight, eps, *args)
 
 
+def decode_linear_conv(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, bias: torch.Tensor | None,
+    conv_state: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """A Mamba layer's decode-step in_proj with its causal conv step in the GEMV's epilogue (issue 18: one launch
+    where the step had two): ``decode_linear(x, weight, norm_weight, eps, bias=bias)``, then its first D =
+    conv_weight.shape[0] columns (the x half) through ``causal_conv1d_update(..., activation="silu")``; the other
+    columns (z) as they are.
+
+    x (M, K), one token a row; conv_state (M, D, W - 1), Mamba's layout, updated in place (the oldest tap dropped,
+    this step's x appended, rounded to the state's dtype); conv_weight (D, W), 2 <= W <= 8; conv_bias (D,) or None.
+    Returns (M, N) in x's dtype. The roundings are the unfused step's (the projection rounded to x's dtype, the conv
+    in fp32 from it, rounded once), so the two agree bit for bit where the kernels' fp32 sums do. Where the Triton
+    kernel does not run (no Triton, float64, M > 64) the reference does it in PyTorch (``naive_decode_linear_conv``).
+    """
+    _, _, N = check_decode_linear(x, weight, norm_weight, eps, bias=bias)
+    check_conv_epilogue(x, N, conv_state, conv_weight, conv_bias)
+    M = x.shape[0]
+    op = "decode_linear_conv"
+    if use_triton(x, weight, norm_weight):
+        dev = x.device.type
+        reason = _unsupported(M, x, norm_weight) or kernel_failed(op, dev)
+        if reason is None:
+            from .triton import Conv, _run
+
+            conv = Conv(conv_state, conv_weight, conv_bias)
+            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, bias=bias, conv=conv))
+            if out is not None:
+                record(op, "triton")
+                return out
+            reason = kernel_failed(op, dev)
+        record(op, "naive", reason)
+    else:
+        record(op, "naive")
+    return naive_decode_linear_conv(x, weight, norm_weight, eps, bias, conv_state, conv_weight, conv_bias)
+
+
 def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> str | None:
     """Why the Triton kernel does not take these inputs, or None when it does."""
     if M > MAX_M:
@@ -142,8 +180,10 @@ def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> s
 __all__ = [
     "MAX_M",
     "decode_linear",
+    "decode_linear_conv",
     "decode_qkv_rope",
     "naive_decode_linear",
+    "naive_decode_linear_conv",
     "naive_decode_qkv_rope",
     "rms_norm",
     "rope_pair_order",

@@ -64,3 +64,29 @@ def check_decode_linear(
         raise ValueError("x, weight, norm_weight, residual and bias must be on one device, got "
                          + ", ".join(f"{n}: {d}" for n, d in devs))  # fmt: skip
     return M, K, N
+
+
+def check_conv_epilogue(
+    x: torch.Tensor, N: int, conv_state: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None
+) -> int:
+    """-> D, the columns that go through the causal conv (Mamba's in_proj: x's D columns, then z's), or ValueError
+    naming the argument: conv_weight (D, W), 2 <= W <= 8, D <= N; conv_state (M, D, W - 1) (Mamba's layout, updated
+    in place); conv_bias (D,) or None; all on x's device."""
+    M = x.shape[0]
+    if not isinstance(conv_weight, torch.Tensor) or conv_weight.dim() != 2 or not 2 <= conv_weight.shape[1] <= 8:
+        raise ValueError(f"conv_weight must be (D, W) with 2 <= W <= 8, got {tuple(getattr(conv_weight, 'shape', ()))}")
+    D, W = conv_weight.shape
+    if D > N:
+        raise ValueError(f"conv_weight has {D} channels, more than the projection's {N} outputs")
+    if not isinstance(conv_state, torch.Tensor) or tuple(conv_state.shape) != (M, D, W - 1):
+        raise ValueError(f"conv_state must be (M, D, W - 1) = ({M}, {D}, {W - 1}), got "
+                         f"{tuple(getattr(conv_state, 'shape', ()))}")  # fmt: skip
+    if conv_state.dtype not in DTYPES[:3] or conv_weight.dtype not in DTYPES[:3]:
+        raise ValueError(f"conv_state and conv_weight must be float16, bfloat16 or float32, got {conv_state.dtype} "
+                         f"and {conv_weight.dtype}")  # fmt: skip
+    if conv_bias is not None and (not isinstance(conv_bias, torch.Tensor) or tuple(conv_bias.shape) != (D,)):
+        raise ValueError(f"conv_bias must have shape (D,) = ({D},), got {tuple(getattr(conv_bias, 'shape', ()))}")
+    for name, t in (("conv_state", conv_state), ("conv_weight", conv_weight), ("conv_bias", conv_bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+    return D

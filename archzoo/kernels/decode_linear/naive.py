@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_decode_linear
+from ..causal_conv1d.naive import naive_causal_conv1d_update
+from ._checks import check_conv_epilogue, check_decode_linear
 
 
 def rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -114,3 +115,16 @@ def naive_decode_qkv_rope(
     k_cache[rows, :, slot] = k.to(k_cache.dtype)
     v_cache[rows, :, slot] = v.view(M, Hkv, D).to(v_cache.dtype)
     return q.reshape(M, H * D)
+
+
+def naive_decode_linear_conv(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, bias: torch.Tensor | None,
+    conv_state: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """``naive_decode_linear``, then its first D = conv_weight.shape[0] columns through one causal conv update step
+    with SiLU (``naive_causal_conv1d_update``: conv_state updated in place); the other columns as they are."""
+    _, _, N = check_decode_linear(x, weight, norm_weight, eps, bias=bias)
+    D = check_conv_epilogue(x, N, conv_state, conv_weight, conv_bias)
+    y = naive_decode_linear(x, weight, norm_weight, eps, bias=bias)
+    xs = naive_causal_conv1d_update(y[:, :D], conv_state, conv_weight, conv_bias, "silu")
+    return torch.cat([xs, y[:, D:]], dim=-1)

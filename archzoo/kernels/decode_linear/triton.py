@@ -59,7 +59,7 @@ from .._sizes import cdiv as _cdiv
 from .._sizes import next_pow2 as _next_pow2
 from .._sizes import prev_pow2 as _prev_pow2
 from .._sizes import sm_count as _sm_count
-from ._checks import MAX_M, check_decode_linear
+from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 
 # Sizes on CUDA (first guesses, untuned; a tuner sets CONFIG_OVERRIDE):
 # BLOCK_N / MIN_BLOCK_N: rows of weight per program, halved down to the minimum while programs are few;
@@ -242,17 +242,48 @@ def _prefetch_l2(ptrs):
 
 
 @triton.jit
+def _conv_epilogue(y, offs_m, mask_m, offs_n, cs_ptr, cw_ptr, cb_ptr, CD, s_cm, s_cn, s_ck,
+                   W: tl.constexpr, HAS_CB: tl.constexpr):  # fmt: skip
+    """Mamba's in_proj -> conv: columns n < CD of y (fp32 holding values rounded to the output dtype, the x half) go
+    through one causal conv step with SiLU, as ``causal_conv1d_update`` computes it (fp32, bias first, the taps
+    oldest first, this step's x last); the state (M, CD, W - 1) shifts by one step, x appended. Every (row, column)
+    belongs to one program (no split-K) and its old taps are read before they are overwritten. Columns >= CD (z)
+    come back as they are."""
+    is_x = offs_n < CD
+    m2 = mask_m[:, None] & is_x[None, :]
+    st = cs_ptr + offs_m.to(tl.int64)[:, None] * s_cm + offs_n[None, :] * s_cn
+    wrow = cw_ptr + offs_n * W
+    if HAS_CB:
+        acc = tl.load(cb_ptr + offs_n, mask=is_x, other=0.0).to(tl.float32)[None, :] + tl.zeros_like(y)
+    else:
+        acc = tl.zeros_like(y)
+    for k in tl.static_range(W - 1):
+        v = tl.load(st + k * s_ck, mask=m2, other=0.0)
+        acc += tl.load(wrow + k, mask=is_x, other=0.0).to(tl.float32)[None, :] * v.to(tl.float32)
+        if k > 0:  # the state shifted: tap k - 1 takes tap k's old value, read above
+            tl.store(st + (k - 1) * s_ck, v, mask=m2)
+    acc += tl.load(wrow + (W - 1), mask=is_x, other=0.0).to(tl.float32)[None, :] * y
+    tl.store(st + (W - 2) * s_ck, y.to(cs_ptr.dtype.element_ty), mask=m2)
+    return tl.where(is_x[None, :], acc * tl.sigmoid(acc), y)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, nw_ptr, out_ptr, part_ptr, res_ptr, b_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, cnt_ptr,
+    cs_ptr, cw_ptr, cb_ptr,
     M, N, K, chunk,
     s_xm, s_xk, s_wn, s_wk, s_nk, s_rm, s_rn,
     NQ, NK, HD, slots, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK,
+    CD, s_cm, s_cn, s_ck,
     HAS_NORM: tl.constexpr, EPS: tl.constexpr, H_DTYPE: tl.constexpr, SPLIT: tl.constexpr, FIXUP: tl.constexpr,
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, ROPE: tl.constexpr,
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-    L2_PREFETCH: tl.constexpr = False, PF_LINE: tl.constexpr = 64,
+    L2_PREFETCH: tl.constexpr = False, PF_LINE: tl.constexpr = 64, CONV_W: tl.constexpr = 0,
+    CONV_BIAS: tl.constexpr = False,
 ):  # fmt: skip
+    """CONV_W > 0 (with cs / cw / cb, CD and the state's strides): Mamba's in_proj with its conv step in the epilogue
+    (``_conv_epilogue``; the plan never splits K then)."""
     if PDL:  # the next kernel may launch now: its programs load their weights while this one runs
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
@@ -365,7 +396,12 @@ def _gemv_kernel(
         if HAS_RES:  # residual + y in fp32, one rounding
             r = tl.load(res_ptr + offs_m[:, None] * s_rm + offs_n[None, :] * s_rn, mask=mask, other=0.0)
             y += r.to(tl.float32)
-        y = _round(y, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty)  # exact: already rounded
+        y = _round(y, out_ptr.dtype.element_ty)
+        if CONV_W > 0:  # in_proj's x half through the conv step, from its rounded values (as the unfused step)
+            y = _conv_epilogue(y, offs_m, mask_m, offs_n, cs_ptr, cw_ptr, cb_ptr, CD, s_cm, s_cn, s_ck, CONV_W,
+                               CONV_BIAS)  # fmt: skip
+            y = _round(y, out_ptr.dtype.element_ty)  # the conv's output (z's columns: already rounded)
+        y = y.to(out_ptr.dtype.element_ty)  # exact: already rounded
         tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], y, mask=mask)
 
 
@@ -419,13 +455,21 @@ def epilogue_of(swiglu: bool = False, rope: bool = False, residual: bool = False
 
 
 def launch_plan(
-    M: int, N: int, K: int, device: torch.device, swiglu: bool = False, rope: bool = False, residual: bool = False
+    M: int,
+    N: int,
+    K: int,
+    device: torch.device,
+    swiglu: bool = False,
+    rope: bool = False,
+    residual: bool = False,
+    conv: bool = False,
 ) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-    a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
-    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
-    (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split). On the tl.dot path below
-    WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
+        a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
+        ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
+        (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split), nor does ``conv`` (its
+    epilogue rewrites the conv state: Mamba's in_proj has 2 d_inner rows). On the tl.dot path below
+        WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     epi = epilogue_of(swiglu, rope, residual)
@@ -450,7 +494,7 @@ def launch_plan(
         block_n //= 2
     n_blocks = _cdiv(N, block_n)
     align = cfg["SPLIT_ALIGN"]
-    if rope:
+    if rope or conv:
         want = 1
     elif "SPLIT_K" in cfg:
         want = cfg["SPLIT_K"]
@@ -482,19 +526,21 @@ _PLANS: dict[tuple, _Plan] = {}
 def _plan(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
     residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None, bias: bool = False,
+    conv: Conv | None = None,
 ) -> _Plan:  # fmt: skip
     nw_key = None if norm_weight is None else (norm_weight.dtype, norm_weight.stride())
     res_key = None if residual is None else residual.stride()
     rope_key = None if rope is None else rope.key()
+    conv_key = None if conv is None else conv.key()
     pdl = pdl_enabled(x.device)
     key = (x.shape, x.stride(), weight.shape, weight.stride(), x.dtype, nw_key, x.device, eps, res_key, swiglu,
-           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())), pdl, bias)  # fmt: skip
+           rope_key, tuple(sorted(CONFIG_OVERRIDE.items())), pdl, bias, conv_key)  # fmt: skip
     p = _PLANS.get(key)
     if p is not None:
         return p
     M, K = x.shape
     N = weight.shape[0]
-    lp = launch_plan(M, N, K, x.device, swiglu, rope is not None, residual is not None)
+    lp = launch_plan(M, N, K, x.device, swiglu, rope is not None, residual is not None, conv is not None)
     h_dtype = x.dtype if norm_weight is None else torch.promote_types(x.dtype, norm_weight.dtype)
     # Triton 3.9's interpreter computes tl.dot of bf16 operands wrongly (see decode_attention/triton.py): there,
     # and only there, bf16 operands are widened to fp32 for the dot. fp32, or a norm output wider than weight's
@@ -509,6 +555,7 @@ def _plan(
     p.ints = (M, N, K, lp["chunk"], *x.stride(), *weight.stride(), norm_weight.stride(0) if norm_weight is not None
               else 0, *r_strides)  # fmt: skip
     p.rope_ints = rope.ints() if rope is not None else (0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1)
+    p.rope_ints += conv.ints() if conv is not None else (0, 0, 0, 0)  # then CD and the conv state's strides
     p.consts = (
         norm_weight is not None, float(eps), _TL_DTYPE[h_dtype], lp["n_splits"] > 1, p.fixup, residual is not None,
         bias, swiglu,
@@ -519,6 +566,7 @@ def _plan(
         # L2_PREFETCH: only launched with PDL (so on CUDA; nothing to overlap without it), on the tl.dot path
         pdl and lp["use_dot"] and bool(_config(x.device)["L2_PREFETCH"]),
         128 // weight.element_size(),
+        conv.width if conv is not None else 0, conv is not None and conv.bias is not None,
     )  # fmt: skip
     p.pdl = pdl
     p.warps = lp["num_warps"]
@@ -551,13 +599,30 @@ class Rope:
                 *self.v_cache.stride(), self.tokens)  # fmt: skip
 
 
+class Conv:
+    """What Mamba's in_proj -> conv epilogue needs: the conv state (M, D, W - 1), updated in place, the conv weight
+    (D, W) contiguous and its bias (D,) or None; the first D output columns go through the conv step."""
+
+    __slots__ = ("state", "weight", "bias", "width")
+
+    def __init__(self, state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.state, self.weight, self.bias, self.width = state, weight.contiguous(), bias, weight.shape[1]
+
+    def key(self) -> tuple:
+        return (self.state.shape, self.state.stride(), self.state.dtype, self.weight.shape, self.weight.dtype,
+                None if self.bias is None else self.bias.dtype)  # fmt: skip
+
+    def ints(self) -> tuple:
+        return (self.weight.shape[0], *self.state.stride())
+
+
 def _run(
     x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
     residual: torch.Tensor | None = None, swiglu: bool = False, rope: Rope | None = None,
-    bias: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None, conv: Conv | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The launches, without validation (the dispatcher validated; 1 <= M <= MAX_M, fp16 / bf16 / fp32)."""
-    p = _plan(x, weight, norm_weight, eps, residual, swiglu, rope, bias is not None)
+    p = _plan(x, weight, norm_weight, eps, residual, swiglu, rope, bias is not None, conv)
     out = torch.empty((p.M, p.N), device=x.device, dtype=x.dtype)
     N = weight.shape[0]
     part = torch.empty((p.n_splits, p.M, N), device=x.device, dtype=torch.float32) if p.n_splits > 1 else out
@@ -567,8 +632,11 @@ def _run(
     b = bias if bias is not None else x  # likewise (HAS_BIAS off)
     rp = (rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache) if rope is not None else (x, x, x, x)
     cnt = counters(x.device, p.n_blocks) if p.fixup else x  # unused without the fixup
-    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, b, *rp, cnt), (*p.ints, *p.rope_ints), p.consts,
-           p.warps, dev, p.pdl)  # fmt: skip
+    cp = (x, x, x)  # unused without the conv epilogue
+    if conv is not None:
+        cp = (conv.state, conv.weight, conv.bias if conv.bias is not None else conv.weight)
+    launch(_gemv_kernel, p.grid, (x, weight, nw, out, part, res, b, *rp, cnt, *cp), (*p.ints, *p.rope_ints),
+           p.consts, p.warps, dev, p.pdl)  # fmt: skip
     if p.n_splits > 1 and not p.fixup:
         launch(_reduce_kernel, p.red_grid, (part, out, res, b), p.red_ints, p.red_consts, p.warps, dev, p.pdl)
     return out
@@ -587,5 +655,19 @@ def decode_linear(
     return _run(x, weight, norm_weight, eps, residual, swiglu, bias=bias)
 
 
-__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "EPILOGUE_PLAN", "INTERPRET_CONFIG", "MAX_M",
-           "decode_linear", "epilogue_of", "launch_plan"]  # fmt: skip
+def decode_linear_conv(
+    x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float, bias: torch.Tensor | None,
+    conv_state: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """The Triton GEMV with Mamba's conv step in its epilogue; same semantics as ``naive_decode_linear_conv``."""
+    M, _, N = check_decode_linear(x, weight, norm_weight, eps, bias=bias)
+    check_conv_epilogue(x, N, conv_state, conv_weight, conv_bias)
+    if not 1 <= M <= MAX_M or x.dtype == torch.float64 or (norm_weight is not None and norm_weight.dtype ==
+                                                              torch.float64):  # fmt: skip
+        raise ValueError(f"the Triton kernel takes 1..{MAX_M} rows in float16, bfloat16 or float32, got M={M}, "
+                         f"x {x.dtype}, norm_weight {None if norm_weight is None else norm_weight.dtype}")  # fmt: skip
+    return _run(x, weight, norm_weight, eps, bias=bias, conv=Conv(conv_state, conv_weight, conv_bias))
+
+
+__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "EPILOGUE_PLAN", "INTERPRET_CONFIG", "MAX_M", "Conv",
+           "decode_linear", "decode_linear_conv", "epilogue_of", "launch_plan"]  # fmt: skip
