@@ -109,24 +109,16 @@ def decode_qkv_rope(
                          f"{positions.dtype}")  # fmt: skip
     if tuple(inv_freq.shape) != (D // 2,) or inv_freq.dtype != torch.float32:
         raise ValueError(f"inv_freq must be a ({D // 2},) float32 tensor, got {tuple(inv_freq.shape)} {inv_freq.dtype}")
-    op = "decode_qkv_rope"
-    if use_triton(x, weight, norm_weight):
-        dev = x.device.type
-        reason = _unsupported(M, x, norm_weight) or kernel_failed(op, dev)
-        if reason is None:
-            from .triton import Rope, _run
 
-            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
-            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, rope=rope))
-            if out is not None:
-                record(op, "triton")
-                return out
-            reason = kernel_failed(op, dev)
-        record(op, "naive", reason)
-    else:
-        record(op, "naive")
+    def kernel():
+        from .triton import Rope, _run
+
+        rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
+        return _run(x, weight, norm_weight, eps, rope=rope)
+
     args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T)
-    return naive_decode_qkv_rope(x, weight, norm_weight, eps, *args)
+    return _kernel_or_reference("decode_qkv_rope", x, weight, norm_weight, kernel,
+                                lambda: naive_decode_qkv_rope(x, weight, norm_weight, eps, *args))  # fmt: skip
 
 
 def decode_linear_conv(
@@ -146,16 +138,26 @@ def decode_linear_conv(
     """
     _, _, N = check_decode_linear(x, weight, norm_weight, eps, bias=bias)
     check_conv_epilogue(x, N, conv_state, conv_weight, conv_bias)
-    M = x.shape[0]
-    op = "decode_linear_conv"
+
+    def kernel():
+        from .triton import Conv, _run
+
+        return _run(x, weight, norm_weight, eps, bias=bias, conv=Conv(conv_state, conv_weight, conv_bias))
+
+    args = (x, weight, norm_weight, eps, bias, conv_state, conv_weight, conv_bias)
+    return _kernel_or_reference("decode_linear_conv", x, weight, norm_weight, kernel,
+                                lambda: naive_decode_linear_conv(*args))  # fmt: skip
+
+
+def _kernel_or_reference(op: str, x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None,
+                         kernel, reference) -> torch.Tensor:  # fmt: skip
+    """``kernel()`` (the Triton kernel) where it runs and takes these inputs, else ``reference()`` (its PyTorch
+    reference), the backend and why recorded for ``last_backend(op)``: 'triton' or 'naive'."""
     if use_triton(x, weight, norm_weight):
         dev = x.device.type
-        reason = _unsupported(M, x, norm_weight) or kernel_failed(op, dev)
+        reason = _unsupported(x.shape[0], x, norm_weight) or kernel_failed(op, dev)
         if reason is None:
-            from .triton import Conv, _run
-
-            conv = Conv(conv_state, conv_weight, conv_bias)
-            out = try_kernel(op, dev, lambda: _run(x, weight, norm_weight, eps, bias=bias, conv=conv))
+            out = try_kernel(op, dev, kernel)
             if out is not None:
                 record(op, "triton")
                 return out
@@ -163,7 +165,7 @@ def decode_linear_conv(
         record(op, "naive", reason)
     else:
         record(op, "naive")
-    return naive_decode_linear_conv(x, weight, norm_weight, eps, bias, conv_state, conv_weight, conv_bias)
+    return reference()
 
 
 def _unsupported(M: int, x: torch.Tensor, norm_weight: torch.Tensor | None) -> str | None:
