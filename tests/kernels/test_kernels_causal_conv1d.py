@@ -155,8 +155,7 @@ def test_conv_config_override(monkeypatch, block, tiles):
     _compare(_inputs(1, 3, 19, 5, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
-@pytest.mark.parametrize("tiles", [1, 2, 5])
-@pytest.mark.parametrize("L", [1, 16, 47, 64])
+@pytest.mark.parametrize("L, tiles", [(1, 2), (16, 5), (47, 2), (47, 5), (64, 1)])
 def test_conv_backward_tiles_a_program(monkeypatch, L, tiles):
     """TILES (the backward walking consecutive tiles a program, its weight and bias sums kept in registers across
     them): every gradient as with one tile, dinitial_states included, l from one step to several programs."""
@@ -173,8 +172,7 @@ def test_conv_tiles_override_is_checked(monkeypatch):
             T.conv_config(key, 64, False)
 
 
-@pytest.mark.parametrize("W", [2, 4, 8])
-@pytest.mark.parametrize("L", [1, 8, 16, 17, 40])
+@pytest.mark.parametrize("L, W", [(1, 4), (8, 8), (16, 2), (17, 8), (40, 4)])
 def test_conv_one_tile_a_program_with_initial_states(monkeypatch, L, W):
     """The backward with one tile a program (TILES 1, the CUDA default; the interpreter's default walks two) on the
     awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
