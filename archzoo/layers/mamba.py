@@ -62,6 +62,7 @@ from . import base
 from . import fused as fused_mod
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project, keep_address, signature
+from .norm import RMSNorm
 
 # A decode step on the fused path (``fused``: the cache reads the decode copies, as ``generate``'s does) runs the
 # conv update, x_proj, dt_proj and the state update as one kernel (``archzoo.kernels.mamba_decode_step``) where it
@@ -336,7 +337,8 @@ class Mamba(TakesNormAndResidual, nn.Module):
 
     def _in_proj_conv_fits(self, x: torch.Tensor, state: LayerState, norm: nn.Module | None) -> bool:
         """Whether this decode step's in_proj and conv update can run as one GEMV (``IN_PROJ_CONV``): where the
-        GEMV runs for its rows, in one dtype, with the block's norm an RMSNorm (its weight and eps) or none."""
+        GEMV runs for its rows, in one dtype, with the block's norm an ``RMSNorm`` (the kernel repeats its roundings)
+        or none."""
         w, conv = self.in_proj.weight, state["conv"]
         return (
             x.dim() == 2
@@ -344,7 +346,7 @@ class Mamba(TakesNormAndResidual, nn.Module):
             and 1 <= x.shape[0] <= fused_mod.MAX_M
             and x.dtype == w.dtype == conv.dtype
             and (self.in_proj.bias is None or self.in_proj.bias.dtype == x.dtype)
-            and (norm is None or (hasattr(norm, "weight") and hasattr(norm, "eps")))
+            and (norm is None or isinstance(norm, RMSNorm))
         )
 
     def _after_conv(self, xs, z, state: LayerState, fused: bool, residual: torch.Tensor | None) -> torch.Tensor:
