@@ -56,7 +56,7 @@ from ..kernels import (
     selective_scan_fn,
     selective_state_update,
 )
-from ..kernels._dispatch import record
+from ..kernels._dispatch import once, record
 from ..kernels.mamba_step import NO_TRITON_DEVICE, fused_step_reason
 from . import base
 from . import fused as fused_mod
@@ -85,6 +85,8 @@ FOLD_DT_MAX_EXTRA_BYTES = 4 << 20
 # the interpreter (bf16 included). Where the GEMV runs (``gemv_for``) and the shapes fit; else the two kernels. Off
 # until a GPU has timed it against them (tools/decode_profile.py --in-proj-conv on,off, the queue's `inprojconv`):
 # the conv update took 1.7 us of each Mamba layer's step in Jamba's batch-1 profile (26 a step, 0.045 of 0.678 ms).
+# Where it runs it takes the place of FUSED_STEP's kernel (which does the conv itself); where it does not fit, the
+# step records why (``last_backend("decode_linear_conv")``: 'unfused').
 IN_PROJ_CONV = False
 
 
@@ -307,20 +309,19 @@ class Mamba(TakesNormAndResidual, nn.Module):
         the norm and the residual in its epilogues where it runs, ``F.linear`` otherwise), and with ``FUSED_STEP``
         everything between in_proj and o_proj in one kernel where it runs (``mamba_decode_step``), the reason
         recorded where it does not (``last_backend("mamba_decode_step")``: 'unfused'). With ``IN_PROJ_CONV``
-        in_proj and the conv update run as one GEMV where it fits (``decode_linear_conv``)."""
-
-        def project(t, weight, bias=None, norm=None, residual=None):
-            if fused:
-                return decode_project(t, weight, bias, norm, residual)
-            return with_residual(F.linear(norm(t) if norm is not None else t, weight, bias), residual)
-
-        if fused and IN_PROJ_CONV and self._in_proj_conv_fits(x, state, norm):  # in_proj and the conv step at once
-            nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
-            xz = decode_linear_conv(x, self.in_proj.weight, nw, eps, self.in_proj.bias, state["conv"],
-                                    self.conv1d.weight.squeeze(1), self.conv1d.bias)  # fmt: skip
-            xs, z = xz.chunk(2, dim=-1)
-            return self._after_conv(xs, z, state, fused, residual)
-        xs, z = project(x, self.in_proj.weight, self.in_proj.bias, norm).chunk(2, dim=-1)  # (B, Di) each
+        in_proj and the conv update run as one GEMV where it fits (``decode_linear_conv``), the reason recorded
+        where it does not."""
+        if fused and IN_PROJ_CONV:
+            why = self._in_proj_conv_reason(x, state, norm)
+            if why is None:  # in_proj and the conv step at once
+                nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
+                xz = decode_linear_conv(x, self.in_proj.weight, nw, eps, self.in_proj.bias, state["conv"],
+                                        self.conv1d.weight.squeeze(1), self.conv1d.bias)  # fmt: skip
+                xs, z = xz.chunk(2, dim=-1)
+                return self._after_conv(xs, z, state, fused, residual)
+            if not torch.compiler.is_compiling():  # a traced step cannot log
+                record("decode_linear_conv", "unfused", why)
+        xs, z = self._project(x, self.in_proj.weight, fused, self.in_proj.bias, norm).chunk(2, dim=-1)  # (B, Di) each
         if fused and FUSED_STEP:
             weight = self.conv1d.weight.squeeze(1)  # (Di, d_conv)
             why = fused_step_reason(xs, state["conv"], state["ssm"], weight, self.x_proj.weight, self.dt_proj.weight)
@@ -329,40 +330,47 @@ class Mamba(TakesNormAndResidual, nn.Module):
                     xs, state["conv"], state["ssm"], weight, self.conv1d.bias, self.x_proj.weight,
                     self.dt_proj.weight, self._step_A(fused), D=self.D, z=z, dt_bias=self.dt_proj.bias,
                 )  # fmt: skip
-                return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
+                return self._project(y, self.o_proj.weight, fused, self.o_proj.bias, residual=residual)
             if not torch.compiler.is_compiling():  # a traced step cannot log
                 record("mamba_decode_step", "unfused", None if why is NO_TRITON_DEVICE else why)
         xs = causal_conv1d_update(xs, state["conv"], self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu")
         return self._after_conv(xs, z, state, fused, residual)
 
-    def _in_proj_conv_fits(self, x: torch.Tensor, state: LayerState, norm: nn.Module | None) -> bool:
-        """Whether this decode step's in_proj and conv update can run as one GEMV (``IN_PROJ_CONV``): where the
-        GEMV runs for its rows, in one dtype, with the block's norm an ``RMSNorm`` (the kernel repeats its roundings)
+    @staticmethod
+    def _project(t, weight, fused: bool, bias=None, norm=None, residual=None) -> torch.Tensor:
+        """A decode step's projection: ``decode_project`` (the decode GEMV and its epilogues where it runs) on the
+        fused path, else the norm, ``F.linear`` and the residual add."""
+        if fused:
+            return decode_project(t, weight, bias, norm, residual)
+        return with_residual(F.linear(norm(t) if norm is not None else t, weight, bias), residual)
+
+    def _in_proj_conv_reason(self, x: torch.Tensor, state: LayerState, norm: nn.Module | None) -> str | None:
+        """Why this decode step's in_proj and conv update cannot run as one GEMV (``IN_PROJ_CONV``), None when they
+        can: the GEMV must run for its rows, in one dtype, behind an ``RMSNorm`` (the kernel repeats its roundings)
         or none."""
-        w, conv = self.in_proj.weight, state["conv"]
-        return (
-            x.dim() == 2
-            and fused_mod.gemv_for(x.shape[0], x.device)
-            and 1 <= x.shape[0] <= fused_mod.MAX_M
-            and x.dtype == w.dtype == conv.dtype
-            and (self.in_proj.bias is None or self.in_proj.bias.dtype == x.dtype)
-            and (norm is None or isinstance(norm, RMSNorm))
-        )
+        w, conv, rows = self.in_proj.weight, state["conv"], x.shape[0]
+        if x.dim() != 2:
+            return f"x is {tuple(x.shape)}: one token a row, (batch, d_model), is what the kernel takes"
+        if not fused_mod.gemv_for(rows, x.device) or not 1 <= rows <= fused_mod.MAX_M:
+            return f"the decode GEMV does not run for {rows} rows on {x.device} (DECODE_LINEAR, AUTO_MAX_ROWS)"
+        if not x.dtype == w.dtype == conv.dtype or (
+            self.in_proj.bias is not None and self.in_proj.bias.dtype != x.dtype
+        ):
+            return f"x {x.dtype}, in_proj {w.dtype}, the conv state {conv.dtype}: one dtype is needed"
+        if norm is not None and not isinstance(norm, RMSNorm):
+            return f"the block's norm is {type(norm).__name__}, not the RMSNorm the kernel repeats"
+        return None
 
     def _after_conv(self, xs, z, state: LayerState, fused: bool, residual: torch.Tensor | None) -> torch.Tensor:
         """The decode step after the conv: x_proj / dt_proj (or their folded copy), the state update, o_proj."""
         R, N = self.dt_rank, self.d_state
-
-        def project(t, weight, bias=None, residual=None):
-            if fused:
-                return decode_project(t, weight, bias, None, residual)
-            return with_residual(F.linear(t, weight, bias), residual)
+        project = self._project
 
         if fused and self.fused.xdt is not None:  # x_proj and dt_proj folded (FOLD_DT): one projection
-            dt, Bm, Cm = project(xs, self.fused.xdt).split([self.d_inner, N, N], dim=-1)
+            dt, Bm, Cm = project(xs, self.fused.xdt, fused).split([self.d_inner, N, N], dim=-1)
         else:
-            dt, Bm, Cm = project(xs, self.x_proj.weight).split([R, N, N], dim=-1)
-            dt = project(dt, self.dt_proj.weight)  # (B, Di); its bias goes in the state update (dt_bias)
+            dt, Bm, Cm = project(xs, self.x_proj.weight, fused).split([R, N, N], dim=-1)
+            dt = project(dt, self.dt_proj.weight, fused)  # (B, Di); its bias goes in the state update (dt_bias)
         y = selective_state_update(
             state["ssm"],
             xs,
@@ -376,7 +384,7 @@ class Mamba(TakesNormAndResidual, nn.Module):
             dt_softplus=True,
         )
         # called without gradients only, so the buffers carry no autograd history
-        return project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
+        return project(y, self.o_proj.weight, fused, self.o_proj.bias, residual=residual)
 
 
 class DecodeA:
@@ -393,9 +401,18 @@ class DecodeA:
         self._signature: tuple | None = None
 
     def folds(self) -> bool:
+        """Whether this layer's decode steps read x_proj and dt_proj folded (FOLD_DT); a layer too large for it says
+        once why it keeps the two."""
+        if not FOLD_DT:
+            return False
         m = self.layer[0]
         extra = fold_dt_extra_bytes(m.d_inner, m.d_state, m.dt_rank, m.x_proj.weight.element_size())
-        return FOLD_DT and extra <= FOLD_DT_MAX_EXTRA_BYTES
+        if extra > FOLD_DT_MAX_EXTRA_BYTES:
+            cap = FOLD_DT_MAX_EXTRA_BYTES >> 20
+            more = f"{extra / 2**20:.1f} MiB more a layer (> FOLD_DT_MAX_EXTRA_BYTES = {cap} MiB)"
+            once("mamba_fold_dt", f"Mamba decode keeps x_proj and dt_proj unfolded: the folded copy would read {more}")
+            return False
+        return True
 
     @torch.no_grad()
     def refresh(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -265,7 +266,7 @@ def test_decode_A_made_once_and_kept_fresh():
     assert m.fused.A is None
 
 
-def test_decode_folds_x_proj_and_dt_proj(monkeypatch):
+def test_decode_folds_x_proj_and_dt_proj(monkeypatch, caplog):
     """``FOLD_DT``: the decode copy ``xdt`` is [W_dt W_x,dt ; W_x,B ; W_x,C] (one projection for a step's dt, B, C),
     remade in place when x_proj or dt_proj changes in place; a fused step through it gives the unfolded step's
     output and state (fp64: to rounding); large layers and FOLD_DT off keep the two projections."""
@@ -297,7 +298,9 @@ def test_decode_folds_x_proj_and_dt_proj(monkeypatch):
     assert mamba_mod.fold_dt_extra_bytes(5120, 16, 160, 2) > mamba_mod.FOLD_DT_MAX_EXTRA_BYTES
     assert 0 < mamba_mod.fold_dt_extra_bytes(576, 16, 36, 2) < 1 << 20
     monkeypatch.setattr(mamba_mod, "FOLD_DT_MAX_EXTRA_BYTES", 0)
-    assert m.fused.refresh() and m.fused.xdt is None
+    with caplog.at_level(logging.WARNING):
+        assert m.fused.refresh() and m.fused.xdt is None
+    assert "keeps x_proj and dt_proj unfolded" in caplog.text  # said once, not silent
 
 
 def test_decode_in_proj_and_conv_as_one_gemv(monkeypatch):
@@ -338,3 +341,8 @@ def test_decode_in_proj_and_conv_as_one_gemv(monkeypatch):
     for a, b in zip(got, outs[1], strict=True):
         assert torch.equal(a, b)
     assert torch.equal(states[2]["conv"], states[1]["conv"])
+    # where it does not fit, the two kernels run and the step says why: here a norm other than RMSNorm
+    with torch.no_grad():
+        m._step(x, m.new_state(3, 8, torch.float32, "cpu"), fused=True, norm=torch.nn.LayerNorm(12))
+    assert K.last_backend("decode_linear_conv") == "unfused"
+    assert "LayerNorm" in m._in_proj_conv_reason(x, states[0], torch.nn.LayerNorm(12))
