@@ -50,7 +50,7 @@ ENABLED: bool | None = None
 # ``pdl_enabled`` holds and this is True. Between a Mamba layer's PDL-launched GEMVs they are the two kernels
 # launched without it, so the GEMV after each cannot load its weights early. Built in the seventeenth session on
 # the CPU (tests of the launches; sm_90 compiles); off until a GPU has run their tests and the A/B
-# (tools/decode_profile.py --update-pdl on,off, the queue's `updatepdl` job).
+# (tools/decode_profile.py --update-pdl on,off, the queue's `inprojconv` job).
 UPDATE_KERNELS = False
 _MAJOR: dict[int, int] = {}
 

@@ -446,8 +446,9 @@ def test_config_from_env_parses_and_names_what_is_wrong():
         ("{", "JSON object"),
         ('{"update": {}}', "'fwd' and / or 'bwd'"),
         ('{"bwd": {"TILE": 1}}', r"\['bwd'\]"),
-        ('{"bwd": {"TILES": true}}', "non-negative integers"),
-        ('{"fwd": {"BLOCK_L": -8}}', "non-negative integers"),
+        ('{"bwd": {"TILES": true}}', "positive integers"),
+        ('{"fwd": {"BLOCK_L": -8}}', "positive integers"),
+        ('{"bwd": {"num_warps": 0}}', "positive integers"),
     ):
         with pytest.raises(ValueError, match=match):
             T.config_from_env(text)

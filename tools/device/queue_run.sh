@@ -206,14 +206,6 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py $cfgs --batch 1 --prompt 128 --decode-linear auto \
           --in-proj-conv on,off --update-pdl on,off --out $O/profile_inprojconv.json > $O/profile_inprojconv.log 2>&1
       log "inprojconv rc=$? $(grep replay $O/profile_inprojconv.log | sed 's/ kernel auto.*update pdl/ pdl/' | cut -c1-100 | tr '\n' ';')"; pack ;;
-    updatepdl)  # issue 18: the Mamba layers' conv and state update kernels launched with PDL against without, one
-      # process (updatepdl:jamba,mamba), batch 1
-      [ -n "$bg" ] && wait $bg; bg=""
-      log "updatepdl $s"; O=$DEC; mkdir -p $O; cfgs=""
-      for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
-      timeout 200 python3 tools/decode_profile.py $cfgs --batch 1 --prompt 128 --decode-linear auto \
-          --update-pdl on,off --out $O/profile_updatepdl.json > $O/profile_updatepdl.log 2>&1
-      log "updatepdl rc=$? $(grep replay $O/profile_updatepdl.log | sed 's/ kernel auto.*update pdl/ pdl/' | cut -c1-80 | tr '\n' ';')"; pack ;;
     stepprof)  # issue 18: where a student's batch-1 step goes, kernel by kernel (stepprof:jamba,moe): the teacher and
       # the Mamba hybrid with a step's per-layer constants made once and as before (--once), then the given students
       # with the MoE experts both ways (DECODE_EXPERTS); the library's Mamba step (four kernels: FUSED_STEP off)

@@ -62,10 +62,9 @@ from ._update import _conv_update_kernel
 
 _V = 8  # V on the host
 # Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}, and "TILES"
-# for "bwd"}; applies
-# on CUDA and under the interpreter alike. It starts from the environment variable CONFIG_ENV (the same JSON), so a
-# process started with a tuned configuration runs it: plans are made once per signature, so an override set after
-# a signature's first call does not reach that signature.
+# for "bwd"}; applies on CUDA and under the interpreter alike. It starts from the environment variable CONFIG_ENV
+# (the same JSON), so a process started with a tuned configuration runs it: plans are made once per signature, so an
+# override set after a signature's first call does not reach that signature.
 CONFIG_ENV = "ARCHZOO_CAUSAL_CONV1D_CONFIG"
 _CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES"}
 
@@ -83,9 +82,9 @@ def config_from_env(text: str | None) -> dict[str, dict]:
     for key, sub in cfg.items():
         if not isinstance(sub, dict) or not set(sub) <= _CONFIG_KEYS:
             raise ValueError(f"{CONFIG_ENV}[{key!r}] must be an object of {sorted(_CONFIG_KEYS)}; got {sub!r}")
-        bad = {k: v for k, v in sub.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        bad = {k: v for k, v in sub.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
-            raise ValueError(f"{CONFIG_ENV}[{key!r}]: values must be non-negative integers; got {bad}")
+            raise ValueError(f"{CONFIG_ENV}[{key!r}]: values must be positive integers; got {bad}")
     return cfg
 
 
