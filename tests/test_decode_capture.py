@@ -256,15 +256,19 @@ def _kernel_steps_against_cublas(model, ids, caches, monkeypatch, before=None, a
 
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
-def test_gemv_step_takes_the_mamba_biases(monkeypatch):
+@pytest.mark.parametrize("in_proj_conv", [False, True])
+def test_gemv_step_takes_the_mamba_biases(monkeypatch, in_proj_conv):
     """A Mamba layer with biased in_proj and o_proj (the Mamba and Jamba students' ``bias: true``): the decode GEMV
-    adds each bias in its epilogue (in_proj with the block's norm fused in, o_proj with the residual), where these
-    two projections ran through cuBLAS before; the step's logits and states are F.linear's, eagerly and traced."""
+    adds each bias in its epilogue (in_proj with the block's norm fused in, alone or with the conv step in its
+    epilogue (``IN_PROJ_CONV``), o_proj with the residual), where these two projections ran through cuBLAS before;
+    the step's logits and states are F.linear's, eagerly and traced."""
     import archzoo
     import archzoo.kernels as K
     from archzoo.layers import fused
+    from archzoo.layers import mamba as mamba_mod
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(mamba_mod, "IN_PROJ_CONV", in_proj_conv)
     cfg = archzoo.load_config(next(p for p in MODEL_CONFIGS if p.stem == "mamba")).to_dict()
     cfg.update(vocab_size=64, d_model=64, n_layers=2)
     cfg["mixer"]["bias"] = True
@@ -278,9 +282,15 @@ def test_gemv_step_takes_the_mamba_biases(monkeypatch):
         biased = []
         real = fused.decode_linear
         monkeypatch.setattr(fused, "decode_linear", lambda *a: biased.append(a[6] is not None) or real(*a))
+        real_conv = mamba_mod.decode_linear_conv
+        monkeypatch.setattr(
+            mamba_mod, "decode_linear_conv", lambda *a: biased.append(a[4] is not None) or real_conv(*a)
+        )
 
         def ran():
             assert K.last_backend("decode_linear") == "triton"
+            if in_proj_conv:
+                assert K.last_backend("decode_linear_conv") == "triton"
             assert sum(biased) == 2 * cfg["n_layers"], biased  # in_proj and o_proj, each layer, on the GEMV
 
         counter = _kernel_steps_against_cublas(model, ids, caches, monkeypatch, before=biased.clear, after_eager=ran)

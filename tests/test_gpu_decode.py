@@ -70,8 +70,8 @@ def test_captured_generate_matches_eager_in_fp32(path):
 
 @pytest.mark.parametrize("name", ["mamba", "jamba"])
 def test_ssm_updates_launched_with_pdl_decode_as_without(name, monkeypatch):
-    """The conv and state update kernels in the PDL chain (``_pdl.UPDATE_KERNELS``; off by default until this and
-    the A/B have run on a GPU): captured greedy decoding in bf16 gives the tokens it gives with them outside the
+    """The conv and state update kernels in the PDL chain (``_pdl.UPDATE_KERNELS``, on by default since this and
+    the A/B ran on an H100): captured greedy decoding in bf16 gives the tokens it gives with them outside the
     chain. A kernel reading its inputs before ``gdc_wait`` would race the GEMV before it and change tokens."""
     from archzoo.kernels import _pdl
 

@@ -82,12 +82,13 @@ FOLD_DT_MAX_EXTRA_BYTES = 4 << 20
 # The decode step's in_proj and conv update as one launch: the conv step in the GEMV's epilogue
 # (``archzoo.kernels.decode_linear_conv``; each x channel's conv needs only that channel's in_proj output, its W - 1
 # state taps and weights, so the program computing the column does it). Bit for bit the unfused step's values in
-# the interpreter (bf16 included). Where the GEMV runs (``gemv_for``) and the shapes fit; else the two kernels. Off
-# until a GPU has timed it against them (tools/decode_profile.py --in-proj-conv on,off, the queue's `inprojconv`):
-# the conv update took 1.7 us of each Mamba layer's step in Jamba's batch-1 profile (26 a step, 0.045 of 0.678 ms).
+# the interpreter (bf16 included). Where the GEMV runs (``gemv_for``) and the shapes fit; else the two kernels.
+# Timed in the eighteenth session (H100, tools/decode_profile.py --in-proj-conv on,off --update-pdl on,off, one
+# process, docs/results/decode/profile_h100_inprojconv.log): Jamba's batch-1 step 0.571 -> 0.548 ms with the update
+# kernels in the PDL chain, 0.679 -> 0.605 without; Mamba 0.496 -> 0.485 and 0.575 -> 0.528. On by default.
 # Where it runs it takes the place of FUSED_STEP's kernel (which does the conv itself); where it does not fit, the
 # step records why (``last_backend("decode_linear_conv")``: 'unfused').
-IN_PROJ_CONV = False
+IN_PROJ_CONV = True
 
 
 def fold_dt_extra_bytes(d_inner: int, d_state: int, dt_rank: int, itemsize: int) -> int:

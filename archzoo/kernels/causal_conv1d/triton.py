@@ -103,7 +103,10 @@ LAST_COMPILED: dict[str, object] = {}
 # 4,096 steps on 4 warps (four groups a thread) took 0.1924 / 0.0513 ms at 16k / 4k against 0.1962 / 0.0527 for
 # 2,048 on 4 warps; 4,096 on 8 warps (0.1916 / 0.0510) is level there but leaves half its threads idle at 1k (the
 # tile shrinks to 1,024 steps: 0.63x causal-conv1d, conv_h100_best.log), where 4 warps run as before.
-CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4), "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=2)}
+CUDA_CONFIG = {
+    "fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4),
+    "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4, TILES=16),
+}
 # Tried and taken out (seventeenth session): the neighbour groups gathered from the tile through shared memory
 # (tl.gather) instead of loaded again; it lost everywhere on an H100 (16k forward + backward 0.834 against 0.549 ms,
 # docs/results/kernels/conv_h100_halo1.log, conv_tune_h100.log; docs/kernels.md), so the re-reads, which hit L1 / L2,
@@ -111,7 +114,11 @@ CUDA_CONFIG = {"fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4), "bwd": dict(BL
 # TILES (backward, 1 when absent): consecutive tiles a program walks, summing dweight / dbias in registers across
 # them, so a row's programs do TILES times fewer cross-thread reductions and atomic adds (causal-conv1d's backward
 # walks a whole row in one block). Written in the seventeenth session for the 16k forward + backward cell (0.88x
-# causal-conv1d on an H100); 1 stays the default until the sweep (tools/tune_causal_conv1d.py --tiles) says otherwise.
+# causal-conv1d on an H100). Swept in the eighteenth (docs/results/kernels/conv_tune_h100_tiles.log, H100, one
+# process): one program a row won at both lengths, 1,024 steps on 4 warps with 16 tiles at 16k (0.297 ms against
+# 0.354 for the former 1,024 on 2 warps, one tile) and with 4 at 4k (0.0888 against 0.0970); a program walking
+# more tiles than its row has pays for the masked ones (16 at 4k: 0.233 ms), so TILES is a cap: ``conv_config``
+# lowers it to the row's tile count (a power of two, one compiled variant per value).
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
 # program (the tests run one tile through CONFIG_OVERRIDE).
 INTERPRET_CONFIG = {
@@ -191,8 +198,9 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     cfg = conv_config("bwd", L, x.is_cuda)
     bs = _BwdSite()
     bs.need_dinit = need_dinit and init is not None
-    tiles = cfg.get("TILES", 1)
-    bs.n_l = _cdiv(_cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"]), tiles)
+    row_tiles = _cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"])
+    tiles = min(cfg.get("TILES", 1), _next_pow2(row_tiles))  # TILES is a cap: no program walks only masked tiles
+    bs.n_l = _cdiv(row_tiles, tiles)
     bs.cols = d * (W + 1) if bias is not None else d * W
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, *x.stride(), *dout.stride())
