@@ -187,8 +187,9 @@ def test_conv_tiles_override_is_checked(monkeypatch):
 
 @pytest.mark.parametrize("L, W", [(1, 4), (8, 8), (16, 2), (17, 8), (40, 4)])
 def test_conv_one_tile_a_program_with_initial_states(monkeypatch, L, W):
-    """The backward with one tile a program (TILES 1, what CUDA runs at l <= 1,024; the interpreter's default walks two) on the
-    awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile boundary."""
+    """The backward with one tile a program (TILES 1, what CUDA runs at l <= 1,024; the interpreter's default walks
+    two) on the awkward lengths, with initial_states and its gradient: a tile of one group, an edge at a tile
+    boundary."""
     _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=16, num_warps=1))
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 1}
     _compare(_inputs(2, 5, L, W, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
