@@ -64,7 +64,8 @@ SM_COUNT = 132  # --dry-run plans for an H100 / H200 (132 SMs) unless --sms says
 OTHER_ROWS = (1, 4, 32, 64)  # row counts whose plans the summary checks a suggestion against (if not swept)
 
 # The grid. Tiles: weight rows a program (BLOCK_N; the tl.dot path never goes below 16) and K a tile, as the
-# keys that give them on the dot path at <= 16 rows; "bn16" is CUDA_CONFIG's own (BLOCK_K 512 there).
+# keys that give them on the dot path at <= 16 rows; "bn16" is CUDA_CONFIG's own (BLOCK_K 512 there); "ew*" the
+# element-wise path at these rows.
 TILES = {
     "bn16": {},
     "bn16_bk64": dict(MAX_BLOCK_K=64),
@@ -74,6 +75,14 @@ TILES = {
     "bn32": dict(BLOCK_N=32, MIN_BLOCK_N=32),  # BLOCK_K 256 within MAX_TILE
     "bn32_bk64": dict(BLOCK_N=32, MIN_BLOCK_N=32, MAX_BLOCK_K=64),
     "bn32_bk128": dict(BLOCK_N=32, MIN_BLOCK_N=32, MAX_BLOCK_K=128),
+    # The element-wise path (no tl.dot) up to 31 rows: never timed at 8-16 rows before the eighteenth session, when
+    # the dot path's gate|up at 16 rows read its 3.5 MB at about 0.6 TB/s (6.0 us; 96 programs of 32 weight rows).
+    # Element-wise, each weight is 16 FMAs at 16 rows (about 1 us of the SMs' FMA rate for gate|up); its
+    # accumulator is (BLOCK_M, BLOCK_N, BLOCK_K), so BLOCK_N x BLOCK_K shrinks by BLOCK_M (MAX_TILE). sm_90: 116-121
+    # registers at 16 rows, no spills (tools/sm90_compile.py --op gemv --config '{"DOT_MIN_M": 32}').
+    "ew": dict(DOT_MIN_M=32),
+    "ew_tile16k": dict(DOT_MIN_M=32, MAX_TILE=16384),
+    "ew_bn8": dict(DOT_MIN_M=32, MIN_BLOCK_N=8),
 }
 WARPS = (2, 4, 8)
 # Split-K policy: K split when the column blocks are fewer than SPLIT_BELOW_PER_SM per SM, into enough chunks for
