@@ -171,10 +171,39 @@ def test_conv_backward_tiles_is_a_cap(monkeypatch, L, want_tiles, want_programs)
     the time of 4 on an H100)."""
     _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 16}
-    ins = _inputs(1, 4, L, 4, True, False, torch.float32, DEV)
+    ins = _inputs(2, 4, L, 4, True, False, torch.float32, DEV)
     x, w = ins["x"], ins["weight"]
     bs = T._backward_site(x, w, ins["bias"], None, torch.ones_like(x), True, T._acc(x), False)
-    assert (bs.site.consts[-1], bs.n_l) == (want_tiles, want_programs)
+    assert (bs.site.consts[-2], bs.n_l) == (want_tiles, want_programs)
+    assert bs.own == (want_programs == 1) and bs.site.grid[0] == (1 if bs.own else 2)  # OWN: a program has the rows
+
+
+@pytest.mark.parametrize("own", [1, 0], ids=["own", "atomics"])
+@pytest.mark.parametrize(
+    "b, d, L, W, bias, init",
+    [(3, 5, 1, 4, True, True), (2, 6, 19, 4, True, True), (1, 3, 40, 3, False, True), (4, 5, 33, 2, True, False)],
+)
+def test_conv_backward_own_channel(monkeypatch, own, b, d, L, W, bias, init):
+    """OWN (one program a channel block over every batch row and tile, its dweight / dbias stored, not added by
+    atomics): every gradient as the reference's, dinitial_states included, with and without bias, at lengths from
+    one step to several tiles a row; the atomic path beside it on the same cases."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": own}
+    _compare(_inputs(b, d, L, W, bias, init, torch.float32, DEV), "silu", True, tol=1e-5)
+
+
+def test_conv_backward_own_channel_dtypes(monkeypatch):
+    """OWN stores the sums in the weight's and the bias' own dtypes (fp64 here, bf16 on the GPU), rounded once,
+    where the atomic path casts its fp32 (fp64) buffer after the kernel (the reference runs in fp32: the tolerance)."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4, "OWN": 1}
+    ins = _inputs(2, 3, 21, 4, True, True, torch.float64, DEV)
+    ins = {k: v.double() for k, v in ins.items()}
+    bs = T._backward_site(ins["x"], ins["weight"], ins["bias"], None, ins["x"], True, T._acc(ins["x"]), False)
+    assert bs.own
+    _, dw, db, _ = T._run_backward(bs, ins["x"], ins["weight"], ins["bias"], None, torch.ones_like(ins["x"]))
+    assert dw.dtype == db.dtype == torch.float64
+    _compare(ins, "silu", False, tol=1e-6)
 
 
 def test_conv_tiles_override_is_checked(monkeypatch):
@@ -221,12 +250,15 @@ def test_conv_long_gpu(W):
 @pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
 def test_conv_tiles_gpu(monkeypatch, tiles):
     """The tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of the group, d not a
-    multiple of BLOCK_D; the backward with one tile a program and with four."""
+    multiple of BLOCK_D; the backward with one tile a program, with four, and with OWN (every tile of a row)."""
     bd, bl, nw = tiles
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
     monkeypatch.setattr(T, "_PLANS", {})
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4}
+    _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+    monkeypatch.setattr(T, "_PLANS", {})  # OWN: a program a channel block over both rows, its sums stored in bf16
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": 1}
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
 
 
@@ -456,6 +488,7 @@ def test_config_from_env_parses_and_names_what_is_wrong():
     """CONFIG_ENV (a tuned configuration for a process) is parsed once; bad values name the key at fault."""
     assert T.config_from_env(None) == {} and T.config_from_env("  ") == {}
     assert T.config_from_env('{"bwd": {"TILES": 4, "BLOCK_L": 2048}}') == {"bwd": {"TILES": 4, "BLOCK_L": 2048}}
+    assert T.config_from_env('{"bwd": {"OWN": 0}}') == {"bwd": {"OWN": 0}}
     for text, match in (
         ("{", "JSON object"),
         ('{"update": {}}', "'fwd' and / or 'bwd'"),
@@ -463,6 +496,8 @@ def test_config_from_env_parses_and_names_what_is_wrong():
         ('{"bwd": {"TILES": true}}', "positive integers"),
         ('{"fwd": {"BLOCK_L": -8}}', "positive integers"),
         ('{"bwd": {"num_warps": 0}}', "positive integers"),
+        ('{"bwd": {"OWN": 2}}', "0 or 1"),
+        ('{"fwd": {"OWN": 1}}', "only 'bwd'"),
     ):
         with pytest.raises(ValueError, match=match):
             T.config_from_env(text)

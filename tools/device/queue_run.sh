@@ -334,6 +334,16 @@ for job in $(cat $Q/jobs); do
             --out $O/conv_$n.json > $O/conv_$n.log 2>&1
         log "kernels conv $n rc=$?"; pack
       done ;;
+    convown)  # issue 19: the conv backward's OWN (a program a channel over every batch row, sums stored, no zeroed
+      # buffer, atomics or casts) against the default, each a process of its own beside causal-conv1d
+      [ -n "$bg" ] && wait $bg; bg=""
+      O=$S/docs/results/kernels/queue; mkdir -p $O
+      for n in own0 own1; do
+        log "kernels conv ($n)"
+        ARCHZOO_CAUSAL_CONV1D_CONFIG="{\"bwd\": {\"OWN\": ${n#own}}}" timeout 200 python3 -m archzoo bench kernels \
+            --ops conv --out $O/conv_$n.json > $O/conv_$n.log 2>&1
+        log "kernels conv $n rc=$? $(grep -E '^\| 16384 \| (archzoo|causal_conv1d) ' $O/conv_$n.log | tr -s ' ' | tr '\n' ';')"; pack
+      done ;;
     kernels)  # issue 19: archzoo bench kernels --ops <a>,<b> (e.g. moe,la), each op's table and JSON
       [ -n "$bg" ] && wait $bg; bg=""
       O=$S/docs/results/kernels/queue; mkdir -p $O

@@ -43,26 +43,25 @@ def _tap(P, X, k: tl.constexpr, W: tl.constexpr):
 
 @triton.jit
 def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr,
-    d, L, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, part_ptr, db_ptr,
+    d, L, n_b, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr, OWN: tl.constexpr,
 ):  # fmt: skip
     """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
     zeroed by the host, to which every program adds its sums by atomics. The groups before and after each group
     (x) and after it (dout) are loaded again as whole tiles shifted by V, from L1 / L2 (gathering them from the tile
     through shared memory instead lost, docs/kernels.md). TILES: consecutive tiles a program walks, summing dweight
     / dbias in registers over all of them before its one cross-thread reduction and atomic add a tap (1: a program a
-    tile)."""
+    tile). n_b: batch rows a program walks (program_id(0) + 0 .. n_b - 1; 1 unless OWN). OWN: the program walks
+    its channels' whole rows in every batch (grid (1, channel blocks, 1), n_b = b), so it holds their complete
+    sums and stores them, rounded once, into part (dweight (d, W), the weight's dtype) and db_ptr (dbias (d,)): no
+    zeroed buffer, no atomics (the same bits every run), no casts after."""
     G: tl.constexpr = BLOCK_L // V
-    pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < d
-    x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
-    i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
-    g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
     w = _weights(w_ptr, offs_d, mask_d, W, ACC)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(ACC)[:, None]
@@ -79,7 +78,12 @@ def _conv_bwd_kernel(
     a6 = tl.zeros((BLOCK_D, G), dtype=ACC)
     a7 = tl.zeros((BLOCK_D, G), dtype=ACC)
     ab = tl.zeros((BLOCK_D, G), dtype=ACC)
-    for i in range(TILES):  # tiles past the end are masked whole: they add zeros
+    for i_all in range(n_b * TILES):  # batch row i_all // TILES, its tile i; tiles past the end add zeros
+        i = i_all % TILES
+        pid_b = tl.program_id(0).to(tl.int64) + i_all // TILES
+        x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
+        i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
+        g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
         start = (pid_l * TILES + i) * BLOCK_L
         if DINIT:  # the first tile also covers [-V, 0)
             start -= V
@@ -128,6 +132,40 @@ def _conv_bwd_kernel(
             a7 += _tap(P, X, 7, W)
         if HAS_BIAS:
             ab += P[0] + P[1] + P[2] + P[3] + P[4] + P[5] + P[6] + P[7]
+    if OWN:
+        _store_sums(part_ptr, db_ptr, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W, HAS_BIAS)
+    else:
+        _add_sums(part_ptr, d, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W, HAS_BIAS)
+
+
+@triton.jit
+def _store_sums(dw_ptr, db_ptr, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W: tl.constexpr,
+                HAS_BIAS: tl.constexpr):  # fmt: skip
+    """OWN: the complete sums of these channels stored in dweight's (dbias') dtype."""
+    DT = dw_ptr.dtype.element_ty
+    part = dw_ptr + offs_d * W
+    tl.store(part + 0, tl.sum(a0, axis=1).to(DT), mask=mask_d)
+    tl.store(part + 1, tl.sum(a1, axis=1).to(DT), mask=mask_d)
+    if W > 2:
+        tl.store(part + 2, tl.sum(a2, axis=1).to(DT), mask=mask_d)
+    if W > 3:
+        tl.store(part + 3, tl.sum(a3, axis=1).to(DT), mask=mask_d)
+    if W > 4:
+        tl.store(part + 4, tl.sum(a4, axis=1).to(DT), mask=mask_d)
+    if W > 5:
+        tl.store(part + 5, tl.sum(a5, axis=1).to(DT), mask=mask_d)
+    if W > 6:
+        tl.store(part + 6, tl.sum(a6, axis=1).to(DT), mask=mask_d)
+    if W > 7:
+        tl.store(part + 7, tl.sum(a7, axis=1).to(DT), mask=mask_d)
+    if HAS_BIAS:
+        tl.store(db_ptr + offs_d, tl.sum(ab, axis=1).to(db_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _add_sums(part_ptr, d, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W: tl.constexpr,
+              HAS_BIAS: tl.constexpr):  # fmt: skip
+    """This program's share of the sums added by atomics to part (zeroed by the host)."""
     part = part_ptr + offs_d * W
     tl.atomic_add(part + 0, tl.sum(a0, axis=1), mask=mask_d, sem="relaxed")
     tl.atomic_add(part + 1, tl.sum(a1, axis=1), mask=mask_d, sem="relaxed")
