@@ -123,8 +123,8 @@ CUDA_CONFIG = {
 # causal-conv1d on an H100). Swept in the eighteenth (docs/results/kernels/conv_tune_h100_tiles.log, H100, one
 # process): one program a row won at both lengths, 1,024 steps on 4 warps with 16 tiles at 16k (0.297 ms against
 # 0.354 for the former 1,024 on 2 warps, one tile) and with 4 at 4k (0.0888 against 0.0970); a program walking
-# more tiles than its row has pays for the masked ones (16 at 4k: 0.233 ms), so TILES is a cap: ``conv_config``
-# lowers it to the row's tile count (a power of two, one compiled variant per value).
+# more tiles than its row has pays for the masked ones (16 at 4k: 0.233 ms), so TILES is a cap: ``_backward_site``
+# shares a row's tiles evenly among the fewest programs it allows (one compiled variant per tiles-a-program value).
 # OWN (backward, 0 when absent): where TILES covers a row (one program a row), one program walks its channels' rows
 # in every batch too and stores their dweight / dbias, rounded once in the weight's dtype: no zeroed fp32 buffer
 # before the kernel and no casts after (three small launches at a few microseconds each, about 1% of the 16k
@@ -211,8 +211,10 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     bs = _BwdSite()
     bs.need_dinit = need_dinit and init is not None
     row_tiles = _cdiv(L + _V if bs.need_dinit else L, cfg["BLOCK_L"])
-    tiles = min(cfg.get("TILES", 1), _next_pow2(row_tiles))  # TILES is a cap: no program walks only masked tiles
-    bs.n_l = _cdiv(row_tiles, tiles)
+    # TILES is a cap: the row's tiles shared evenly by the fewest programs it allows (17 tiles under 16: two programs
+    # of 9, one masked tile, not 16 and 1 + 15 masked)
+    bs.n_l = _cdiv(row_tiles, cfg.get("TILES", 1))
+    tiles = _cdiv(row_tiles, bs.n_l)
     bs.own = bool(cfg.get("OWN", 0)) and bs.n_l == 1  # a program can hold its channels' whole rows
     bs.cols = d * (W + 1) if bias is not None else d * W
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
