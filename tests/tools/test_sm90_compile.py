@@ -43,7 +43,12 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def sm90(request):
     """key -> the tool's finished run. The runs of the tests selected in this module start together, as many at a
     time as there are CPUs, longest first (the two GEMV runs): on CI's two cores the module takes about half the
-    sum of its runs. Each test still reads only its own run's output."""
+    sum of its runs. Each test still reads only its own run's output. Under pytest-xdist (the README's ``-n auto``)
+    each worker runs only its own tests' runs, when they come: every worker sees the whole module's items, so
+    starting them all would compile each run once per worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield lambda key: _run(RUNS[key])
+        return
     keys = []
     for item in request.session.items:
         if item.module is not request.module:
