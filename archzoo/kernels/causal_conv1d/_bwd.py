@@ -132,54 +132,35 @@ def _conv_bwd_kernel(
             a7 += _tap(P, X, 7, W)
         if HAS_BIAS:
             ab += P[0] + P[1] + P[2] + P[3] + P[4] + P[5] + P[6] + P[7]
-    if OWN:
-        _store_sums(part_ptr, db_ptr, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W, HAS_BIAS)
-    else:
-        _add_sums(part_ptr, d, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W, HAS_BIAS)
-
-
-@triton.jit
-def _store_sums(dw_ptr, db_ptr, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W: tl.constexpr,
-                HAS_BIAS: tl.constexpr):  # fmt: skip
-    """OWN: the complete sums of these channels stored in dweight's (dbias') dtype."""
-    DT = dw_ptr.dtype.element_ty
-    part = dw_ptr + offs_d * W
-    tl.store(part + 0, tl.sum(a0, axis=1).to(DT), mask=mask_d)
-    tl.store(part + 1, tl.sum(a1, axis=1).to(DT), mask=mask_d)
-    if W > 2:
-        tl.store(part + 2, tl.sum(a2, axis=1).to(DT), mask=mask_d)
-    if W > 3:
-        tl.store(part + 3, tl.sum(a3, axis=1).to(DT), mask=mask_d)
-    if W > 4:
-        tl.store(part + 4, tl.sum(a4, axis=1).to(DT), mask=mask_d)
-    if W > 5:
-        tl.store(part + 5, tl.sum(a5, axis=1).to(DT), mask=mask_d)
-    if W > 6:
-        tl.store(part + 6, tl.sum(a6, axis=1).to(DT), mask=mask_d)
-    if W > 7:
-        tl.store(part + 7, tl.sum(a7, axis=1).to(DT), mask=mask_d)
-    if HAS_BIAS:
-        tl.store(db_ptr + offs_d, tl.sum(ab, axis=1).to(db_ptr.dtype.element_ty), mask=mask_d)
-
-
-@triton.jit
-def _add_sums(part_ptr, d, offs_d, mask_d, a0, a1, a2, a3, a4, a5, a6, a7, ab, W: tl.constexpr,
-              HAS_BIAS: tl.constexpr):  # fmt: skip
-    """This program's share of the sums added by atomics to part (zeroed by the host)."""
+    # OWN: the complete sums stored in dweight's / dbias' dtype; else this program's share added by atomics to the
+    # host's zeroed buffer (dbias after dweight in it)
     part = part_ptr + offs_d * W
-    tl.atomic_add(part + 0, tl.sum(a0, axis=1), mask=mask_d, sem="relaxed")
-    tl.atomic_add(part + 1, tl.sum(a1, axis=1), mask=mask_d, sem="relaxed")
+    _put(part + 0, a0, mask_d, OWN)
+    _put(part + 1, a1, mask_d, OWN)
     if W > 2:
-        tl.atomic_add(part + 2, tl.sum(a2, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 2, a2, mask_d, OWN)
     if W > 3:
-        tl.atomic_add(part + 3, tl.sum(a3, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 3, a3, mask_d, OWN)
     if W > 4:
-        tl.atomic_add(part + 4, tl.sum(a4, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 4, a4, mask_d, OWN)
     if W > 5:
-        tl.atomic_add(part + 5, tl.sum(a5, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 5, a5, mask_d, OWN)
     if W > 6:
-        tl.atomic_add(part + 6, tl.sum(a6, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 6, a6, mask_d, OWN)
     if W > 7:
-        tl.atomic_add(part + 7, tl.sum(a7, axis=1), mask=mask_d, sem="relaxed")
+        _put(part + 7, a7, mask_d, OWN)
     if HAS_BIAS:
-        tl.atomic_add(part_ptr + d * W + offs_d, tl.sum(ab, axis=1), mask=mask_d, sem="relaxed")
+        if OWN:
+            _put(db_ptr + offs_d, ab, mask_d, OWN)
+        else:
+            _put(part_ptr + d * W + offs_d, ab, mask_d, OWN)
+
+
+@triton.jit
+def _put(ptr, a, mask, OWN: tl.constexpr):
+    """One tap's sum over the threads (BD, G) -> (BD,): stored in ptr's dtype (OWN), or added by an atomic."""
+    s = tl.sum(a, axis=1)
+    if OWN:
+        tl.store(ptr, s.to(ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(ptr, s, mask=mask, sem="relaxed")
