@@ -319,6 +319,8 @@ class Mamba(TakesNormAndResidual, nn.Module):
                 xz = decode_linear_conv(x, self.in_proj.weight, nw, eps, self.in_proj.bias, state["conv"],
                                         self.conv1d.weight.squeeze(1), self.conv1d.bias)  # fmt: skip
                 xs, z = xz.chunk(2, dim=-1)
+                if FUSED_STEP and not torch.compiler.is_compiling():  # its kernel would redo the conv: not taken
+                    record("mamba_decode_step", "unfused", "IN_PROJ_CONV ran the conv step in in_proj's GEMV")
                 return self._after_conv(xs, z, state, fused, residual)
             if not torch.compiler.is_compiling():  # a traced step cannot log
                 record("decode_linear_conv", "unfused", why)

@@ -146,8 +146,8 @@ def _override(monkeypatch, cfg: dict) -> None:
 @pytest.mark.parametrize("tiles", [1, 3], ids=["tiles1", "tiles3"])
 @pytest.mark.parametrize("block", [(2, 8, 1), (8, 32, 2)], ids=["BD2_BL8", "BD8_BL32"])
 def test_conv_config_override(monkeypatch, block, tiles):
-    """CONFIG_OVERRIDE reaches both kernels: other tile shapes and the backward's tiles a program (TILES: 3 tiles of
-    8 steps over l = 19 + V with dinit, and a program whose tiles all lie past the end at 32 steps) give the same
+    """CONFIG_OVERRIDE reaches both kernels: other tile shapes and the backward's tiles a program (TILES 3 as a cap:
+    the 4 tiles of 8 steps over l = 19 + V with dinit as two programs of 2; one tile at 32 steps) give the same
     results."""
     bd, bl, nw = block
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))

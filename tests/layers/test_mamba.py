@@ -326,7 +326,7 @@ def test_decode_in_proj_and_conv_as_one_gemv(monkeypatch):
         K._dispatch.record("decode_linear_conv", "none")
         with torch.no_grad():
             outs.append([m._step(x * (t + 1), st, fused=True, norm=norm) for t in range(3)])
-        assert (K.last_backend("decode_linear_conv") == "none") != on
+        assert K.last_backend("decode_linear_conv") == ("naive" if on else "none")  # the reference, on this CPU
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
     for key in ("conv", "ssm"):
@@ -341,6 +341,12 @@ def test_decode_in_proj_and_conv_as_one_gemv(monkeypatch):
     for a, b in zip(got, outs[1], strict=True):
         assert torch.equal(a, b)
     assert torch.equal(states[2]["conv"], states[1]["conv"])
+    # with FUSED_STEP on too, the in_proj + conv GEMV takes the step and the fused step says why it did not run
+    monkeypatch.setattr(mamba_mod, "FUSED_STEP", True)
+    with torch.no_grad():
+        m._step(x, m.new_state(3, 8, torch.float32, "cpu"), fused=True, norm=norm)
+    assert K.last_backend("mamba_decode_step") == "unfused"
+    monkeypatch.setattr(mamba_mod, "FUSED_STEP", False)
     # where it does not fit, the two kernels run and the step says why: here a norm other than RMSNorm
     with torch.no_grad():
         m._step(x, m.new_state(3, 8, torch.float32, "cpu"), fused=True, norm=torch.nn.LayerNorm(12))

@@ -105,6 +105,7 @@ LAST_COMPILED: dict[str, object] = {}
 # steps, docs/results/kernels/tune_conv_bwd_h100_atomics.json): two groups per thread (72 registers) won at 4k and
 # 16k, 1024 steps on 2 warps (0.342 ms at 16k, 2.36 TB/s) level with 2048 on 4 warps (0.341) and ahead of
 # the former 1024 on 4 warps (0.367); longer tiles, with four groups per thread (160+ registers), were slower.
+# (Since the eighteenth session the backward walks whole rows, 1,024 steps on 4 warps: TILES below.)
 # The forward was swept again in the seventeenth session (docs/results/kernels/conv_tune_h100.json, one process):
 # 4,096 steps on 4 warps (four groups a thread) took 0.1924 / 0.0513 ms at 16k / 4k against 0.1962 / 0.0527 for
 # 2,048 on 4 warps; 4,096 on 8 warps (0.1916 / 0.0510) is level there but leaves half its threads idle at 1k (the

@@ -465,11 +465,11 @@ def launch_plan(
     conv: bool = False,
 ) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-        a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
-        ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
-        (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split), nor does ``conv`` (its
-    epilogue rewrites the conv state: Mamba's in_proj has 2 d_inner rows). On the tl.dot path below
-        WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
+    a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
+    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
+    (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split), nor does ``conv`` (its
+    epilogue rewrites the conv state: Mamba's in_proj has 2 d_inner rows). On the tl.dot path below WIDE_M rows the
+    epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     epi = epilogue_of(swiglu, rope, residual)
