@@ -1,7 +1,7 @@
 """Issue 18's table from a speed run's results.json: per model, tokens/s at each decode cell, the fraction of the
 bandwidth one step reads at, the speed-up over the teacher at the primary cell, its target (80% of the cache
 ratio) and its bound: the step's fixed part (its time at the same batch with the shortest prompt, less that
-cache's read at full bandwidth) plus the primary cell's cache read at full bandwidth.
+cache's read at full bandwidth; printed in ms) plus the primary cell's cache read at full bandwidth.
 
 A step reads every weight once and each layer's cache up to the mean length (``weight_bytes`` +
 ``archzoo.cache.cache_read_bytes`` at prompt + new / 2, as ``archzoo bench decode`` counts it); the suite run
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = list(next(r["decode_grid"] for r in rows if r.get("decode_grid")))
     teacher = next(r for r in rows if r["teacher"])
     primary = cells[0]
-    head = ["model", "cache/token", *(c.replace(",", " ") for c in cells), "speed-up", "bound"]
+    head = ["model", "cache/token", *(c.replace(",", " ") for c in cells), "speed-up", "bound", "fixed ms"]
     head += ["cache ratio -> target"]
     pb, pp = (int(x.split("=")[1]) for x in primary.split(","))
     short = min((c for c in cells if c.startswith(f"B={pb},")), key=lambda c: int(c.split("P=")[1]))
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = teacher["cache_bytes_per_token"] / r["cache_bytes_per_token"]
         goal = "" if r["teacher"] else f"{ratio:.2f}x -> {args.target * ratio:.2f}x"
         kib = r["cache_bytes_per_token"] / 1024
-        print(f"| {r['name']} | {kib:.2f} KiB | " + " | ".join(cells_out) + f" | {up:.2f}x | {bound:.2f}x | {goal} |")
+        tail = f" | {up:.2f}x | {bound:.2f}x | {fixed * 1e3:.2f} | {goal} |"
+        print(f"| {r['name']} | {kib:.2f} KiB | " + " | ".join(cells_out) + tail)
     return 0
 
 

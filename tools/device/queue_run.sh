@@ -212,11 +212,13 @@ for job in $(cat $Q/jobs); do
       [ -n "$bg" ] && wait $bg; bg=""
       log "stepprof $s"; O=$DEC; mkdir -p $O; cfgs=""
       for one in ${s//,/ }; do cfgs="$cfgs configs/students/$one.yaml"; done
-      timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mamba.yaml \
-          --batch 1 --prompt 128 --decode-linear auto --mamba-step unfused --once on,off \
-          --out $O/profile_once.json > $O/profile_once.log 2>&1
-      log "stepprof once rc=$? $(grep replay $O/profile_once.log | sed 's/.*once/once/' | cut -c1-40 | tr '\n' ';')"
-      timeout 400 python3 tools/decode_profile.py $cfgs --batch 1,16 --prompt 128 --decode-linear auto \
+      if [ "${STEPPROF_ONCE:-1}" = 1 ]; then  # STEPPROF_ONCE=0 skips it; STEPPROF_BATCH (1,16) the batch sizes
+        timeout 300 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mamba.yaml \
+            --batch 1 --prompt 128 --decode-linear auto --mamba-step unfused --once on,off \
+            --out $O/profile_once.json > $O/profile_once.log 2>&1
+        log "stepprof once rc=$? $(grep replay $O/profile_once.log | sed 's/.*once/once/' | cut -c1-40 | tr '\n' ';')"
+      fi
+      timeout 400 python3 tools/decode_profile.py $cfgs --batch ${STEPPROF_BATCH:-1,16} --prompt 128 --decode-linear auto \
           --mamba-step unfused --moe-experts reductions,fused --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
       log "stepprof rc=$? $(grep replay $O/profile_stepprof.log | cut -c1-60 | tr '\n' ';')"; pack ;;
     attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
