@@ -6,7 +6,7 @@ Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the fo
 autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
 which adds to them by atomics), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
 BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range, and the backward with one or more tiles a
-program (``--tiles 1,4,16``). Reports each compiled kernel's
+program (``--tiles 1,4,16``), its tile loop pipelined or not (``--stages 0,2,3``). Reports each compiled kernel's
 registers / spills and the bandwidth it reaches (the forward moves x in and out once, the backward
 reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in
 ``archzoo/kernels/causal_conv1d/triton.py``.
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--bwd-block-l", default="128,256,512,1024")
     ap.add_argument("--warps", default="2,4,8")
     ap.add_argument("--tiles", default="1", help="the backward's TILES values (consecutive tiles a program walks)")
+    ap.add_argument("--stages", default="0", help="the backward's STAGES values (0: its tile loop as written)")
     ap.add_argument("--fwd-groups", default="1,4", help="keep groups per thread in this range (inclusive)")
     ap.add_argument("--bwd-groups", default="1,2")
     add_common_args(ap)
@@ -150,19 +151,24 @@ def main() -> None:
     for key in which:
         bds, bls, (lo, hi) = grids[key]
         tiles = _ints(args.tiles) if key == "bwd" else [None]
-        for bd, bl, nw, nt in itertools.product(bds, bls, _ints(args.warps), tiles):
+        stages = [int(v) for v in args.stages.split(",")] if key == "bwd" else [None]  # 0 is a value here
+        for bd, bl, nw, nt, ns in itertools.product(bds, bls, _ints(args.warps), tiles, stages):
             if lo * 256 * nw <= bd * bl <= hi * 256 * nw:  # groups per thread = bd * bl / (8 * 32 * nw)
-                todo.append((key, bd, bl, nw, nt))
+                if ns and nt == 1 and len(tiles) > 1:
+                    continue  # one tile a program: nothing to pipeline
+                todo.append((key, bd, bl, nw, nt, ns))
     shard, n_shards = map(int, args.shard.split("/"))
     for L in lengths:  # compile-only runs every length too: BLOCK_L shrinks for l < BLOCK_L (another kernel)
         x, gout = (_input(b, d, L, args.layout, dtype, args.device, g) for _ in range(2))
         moved = {"fwd": 2 * x.numel() * x.element_size(), "bwd": 3 * x.numel() * x.element_size()}
-        for j, (key, bd, bl, nw, nt) in enumerate(todo):
+        for j, (key, bd, bl, nw, nt, ns) in enumerate(todo):
             if j % n_shards != shard:
                 continue
             cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
             if nt is not None:
                 cfg["TILES"] = nt
+            if ns:
+                cfg["STAGES"] = ns
             T.CONFIG_OVERRIDE.clear()
             T.CONFIG_OVERRIDE[key] = cfg
             row = dict(kernel=key, length=L, layout=args.layout, **cfg, groups_per_thread=bd * bl / (256 * nw))

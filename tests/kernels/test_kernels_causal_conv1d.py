@@ -164,6 +164,20 @@ def test_conv_backward_tiles_a_program(monkeypatch, L, tiles):
     _compare(_inputs(2, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
 
 
+@pytest.mark.parametrize("stages", [2, 3])
+def test_conv_backward_stages(monkeypatch, stages):
+    """STAGES (the backward's tile loop annotated num_stages: the next tile's loads in flight while one computes;
+    the interpreter runs the loop as written, so this checks the annotated kernel's arguments and every gradient;
+    the GPU test runs it pipelined): one step, a tile and a half, several tiles a program and two programs a row."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4, "STAGES": stages}
+    for L in (1, 13, 29, 70):
+        _compare(_inputs(2, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+    ins = _inputs(2, 5, 70, 4, True, False, torch.float32, DEV)
+    bs = T._backward_site(ins["x"], ins["weight"], ins["bias"], None, ins["x"], True, T._acc(ins["x"]), False)
+    assert bs.site.consts[-1] == stages
+
+
 @pytest.mark.parametrize("L, want_tiles, want_programs", [(5, 1, 1), (20, 3, 1), (64, 8, 1), (200, 13, 2)])
 def test_conv_backward_tiles_is_a_cap(monkeypatch, L, want_tiles, want_programs):
     """TILES caps the tiles a backward program walks; a row's tiles are shared evenly by the fewest programs the cap
@@ -174,7 +188,7 @@ def test_conv_backward_tiles_is_a_cap(monkeypatch, L, want_tiles, want_programs)
     ins = _inputs(2, 4, L, 4, True, False, torch.float32, DEV)
     x, w = ins["x"], ins["weight"]
     bs = T._backward_site(x, w, ins["bias"], None, torch.ones_like(x), True, T._acc(x), False)
-    assert (bs.site.consts[-2], bs.n_l) == (want_tiles, want_programs)
+    assert (bs.site.consts[-3], bs.n_l) == (want_tiles, want_programs)
     assert bs.own == (want_programs == 1) and bs.site.grid[0] == (1 if bs.own else 2)  # OWN: a program has the rows
 
 
@@ -250,7 +264,8 @@ def test_conv_long_gpu(W):
 @pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
 def test_conv_tiles_gpu(monkeypatch, tiles):
     """The tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of the group, d not a
-    multiple of BLOCK_D; the backward with one tile a program, with four, and with OWN (every tile of a row)."""
+    multiple of BLOCK_D; the backward with one tile a program, with four, with OWN (every tile of a row) and with
+    its tile loop pipelined (STAGES 2)."""
     bd, bl, nw = tiles
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
@@ -259,6 +274,9 @@ def test_conv_tiles_gpu(monkeypatch, tiles):
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
     monkeypatch.setattr(T, "_PLANS", {})  # OWN: a program a channel block over both rows, its sums stored in bf16
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": 1}
+    _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+    monkeypatch.setattr(T, "_PLANS", {})  # the tile loop pipelined (STAGES): cp.async into shared memory
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": 0, "STAGES": 2}
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
 
 
@@ -489,6 +507,7 @@ def test_config_from_env_parses_and_names_what_is_wrong():
     assert T.config_from_env(None) == {} and T.config_from_env("  ") == {}
     assert T.config_from_env('{"bwd": {"TILES": 4, "BLOCK_L": 2048}}') == {"bwd": {"TILES": 4, "BLOCK_L": 2048}}
     assert T.config_from_env('{"bwd": {"OWN": 0}}') == {"bwd": {"OWN": 0}}
+    assert T.config_from_env('{"bwd": {"STAGES": 0}}') == {"bwd": {"STAGES": 0}}
     for text, match in (
         ("{", "JSON object"),
         ('{"update": {}}', "'fwd' and / or 'bwd'"),
@@ -498,6 +517,8 @@ def test_config_from_env_parses_and_names_what_is_wrong():
         ('{"bwd": {"num_warps": 0}}', "positive integers"),
         ('{"bwd": {"OWN": 2}}', "0 or 1"),
         ('{"fwd": {"OWN": 1}}', "only 'bwd'"),
+        ('{"fwd": {"STAGES": 2}}', "only 'bwd'"),
+        ('{"bwd": {"STAGES": -1}}', "STAGES: 0 or more"),
     ):
         with pytest.raises(ValueError, match=match):
             T.config_from_env(text)

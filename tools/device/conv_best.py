@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-_KEYS = ("BLOCK_D", "BLOCK_L", "num_warps", "TILES")
+_KEYS = ("BLOCK_D", "BLOCK_L", "num_warps", "TILES", "STAGES")
 
 
 def best(rows: list[dict], length: int) -> dict[str, dict]:

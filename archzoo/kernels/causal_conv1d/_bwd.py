@@ -47,6 +47,7 @@ def _conv_bwd_kernel(
     d, L, n_b, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr, OWN: tl.constexpr,
+    STAGES: tl.constexpr,
 ):  # fmt: skip
     """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
     zeroed by the host, to which every program adds its sums by atomics. The groups before and after each group
@@ -56,7 +57,9 @@ def _conv_bwd_kernel(
     tile). n_b: batch rows a program walks (program_id(0) + 0 .. n_b - 1; 1 unless OWN). OWN: the program walks
     its channels' whole rows in every batch (grid (1, channel blocks, 1), n_b = b), so it holds their complete
     sums and stores them, rounded once, into part (dweight (d, W), the weight's dtype) and db_ptr (dbias (d,)): no
-    zeroed buffer, no atomics (the same bits every run), no casts after."""
+    zeroed buffer, no atomics (the same bits every run), no casts after. STAGES: 0, the tile loop as written; k >= 1,
+    the loop annotated num_stages=k (Triton pipelines every load of an annotated loop: tile i + 1's x and dout are
+    in flight, through shared memory, while tile i computes; 1 annotates without pipelining)."""
     G: tl.constexpr = BLOCK_L // V
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
@@ -78,7 +81,8 @@ def _conv_bwd_kernel(
     a6 = tl.zeros((BLOCK_D, G), dtype=ACC)
     a7 = tl.zeros((BLOCK_D, G), dtype=ACC)
     ab = tl.zeros((BLOCK_D, G), dtype=ACC)
-    for i_all in range(n_b * TILES):  # batch row i_all // TILES, its tile i; tiles past the end add zeros
+    # batch row i_all // TILES, its tile i; tiles past the end add zeros
+    for i_all in tl.range(0, n_b * TILES, num_stages=STAGES if STAGES > 0 else None):
         i = i_all % TILES
         pid_b = tl.program_id(0).to(tl.int64) + i_all // TILES
         x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts

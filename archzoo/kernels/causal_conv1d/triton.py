@@ -61,12 +61,14 @@ from ._fwd import _conv_fwd_kernel
 from ._update import _conv_update_kernel
 
 _V = 8  # V on the host
-# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}, and "TILES"
-# for "bwd"}; applies on CUDA and under the interpreter alike. It starts from the environment variable CONFIG_ENV
-# (the same JSON), so a process started with a tuned configuration runs it: plans are made once per signature, so an
-# override set after a signature's first call does not reach that signature.
+# Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}, and "TILES",
+# "OWN", "STAGES" for "bwd"}; applies on CUDA and under the interpreter alike. It starts from the environment
+# variable CONFIG_ENV (the same JSON), so a process started with a tuned configuration runs it: plans are made once
+# per signature, so an override set after a signature's first call does not reach that signature.
 CONFIG_ENV = "ARCHZOO_CAUSAL_CONV1D_CONFIG"
-_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES", "OWN"}
+_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES", "OWN", "STAGES"}
+_BWD_ONLY = ("TILES", "OWN", "STAGES")  # keys only the backward takes
+_MIN = {"OWN": 0, "STAGES": 0}  # the least value a key takes (1 for the others)
 
 
 def config_from_env(text: str | None) -> dict[str, dict]:
@@ -82,15 +84,15 @@ def config_from_env(text: str | None) -> dict[str, dict]:
     for key, sub in cfg.items():
         if not isinstance(sub, dict) or not set(sub) <= _CONFIG_KEYS:
             raise ValueError(f"{CONFIG_ENV}[{key!r}] must be an object of {sorted(_CONFIG_KEYS)}; got {sub!r}")
-        bad = {
-            k: v
-            for k, v in sub.items()
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "OWN" else 1)
-        }
+        bad = {k: v for k, v in sub.items() if isinstance(v, bool) or not isinstance(v, int) or v < _MIN.get(k, 1)}
         if bad:
-            raise ValueError(f"{CONFIG_ENV}[{key!r}]: values must be positive integers (OWN: 0 or 1); got {bad}")
-        if "OWN" in sub and (key == "fwd" or sub["OWN"] > 1):
-            raise ValueError(f"{CONFIG_ENV}[{key!r}]['OWN'] must be 0 or 1, and only 'bwd' takes it; got {sub!r}")
+            raise ValueError(
+                f"{CONFIG_ENV}[{key!r}]: values must be positive integers (OWN: 0 or 1, STAGES: 0 or more); got {bad}"
+            )
+        if "OWN" in sub and sub["OWN"] > 1:
+            raise ValueError(f"{CONFIG_ENV}[{key!r}]['OWN'] must be 0 or 1; got {sub!r}")
+        if key == "fwd" and set(sub) & set(_BWD_ONLY):
+            raise ValueError(f"{CONFIG_ENV}['fwd']: {sorted(set(sub) & set(_BWD_ONLY))} only 'bwd' takes; got {sub!r}")
     return cfg
 
 
@@ -132,6 +134,13 @@ CUDA_CONFIG = {
 # forward + backward, where the cell stands at 0.99x causal-conv1d), no atomics (the same bits every run); b times
 # fewer programs (2,048 at d = 2,048, each walking b x 16 tiles at 16k). Built in the eighteenth session on the
 # CPU, off on CUDA until timed (`ARCHZOO_CAUSAL_CONV1D_CONFIG='{"bwd": {"OWN": 1}}'`, the queue's `convown`).
+# Timed in the nineteenth session on an H200 (docs/results/kernels/conv_h200_2026-12-06i_own*.log): OWN lost at 16k
+# (0.413 against 0.397 ms forward + backward) and won at 1k / 4k by 4-8 us; off.
+# STAGES (backward, 0 when absent): the tile loop annotated num_stages=STAGES, so Triton pipelines its loads (x and
+# dout of the next tiles copied into shared memory by cp.async while one computes: 10 KiB a program at 2 stages,
+# 20 at 3; 56 / 48 registers on sm_90, no spills). Written in the nineteenth session for the H200, where the
+# H100's defaults reach 0.88x causal-conv1d at 16k forward + backward (the backward at 3.2 TB/s against the peer's
+# 3.8); off until timed (`tools/tune_causal_conv1d.py --stages 0,2,3`, the queue's `convtune` with CONV_SWEEP).
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
 # program (the tests run one tile through CONFIG_OVERRIDE); OWN where two tiles cover the row (l <= 32).
 INTERPRET_CONFIG = {
@@ -221,7 +230,7 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, b if bs.own else 1, *x.stride(), *dout.stride())
     consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"], tiles,
-              bs.own)  # fmt: skip
+              bs.own, cfg.get("STAGES", 0))  # fmt: skip
     grid = (1 if bs.own else b, _cdiv(d, cfg["BLOCK_D"]), bs.n_l)
     # pointers x, weight, bias, init, dout are the caller's (checked); dx, dinit and the sums are fresh
     bs.site = Site(_conv_bwd_kernel, grid, ints, consts, cfg["num_warps"], x.get_device(), checked=5)
