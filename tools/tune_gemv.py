@@ -95,8 +95,13 @@ SPLITS = {
     "pps4": dict(PROGRAMS_PER_SM=4),
     "below2": dict(SPLIT_BELOW_PER_SM=2.0),
 }
-SYNCS = {"fx0_l2": dict(FIXUP=False, L2_PREFETCH=True), "fx1_l2": dict(FIXUP=True, L2_PREFETCH=True),
-         "fx0": dict(FIXUP=False, L2_PREFETCH=False), "fx1": dict(FIXUP=True, L2_PREFETCH=False)}  # fmt: skip
+# with FIXUP, Q|K|V with RoPE splits K too (ROPE_SPLIT: its epilogue runs in the last split program)
+SYNCS = {
+    "fx0_l2": dict(FIXUP=False, L2_PREFETCH=True),
+    "fx1_l2": dict(FIXUP=True, ROPE_SPLIT=True, L2_PREFETCH=True),
+    "fx0": dict(FIXUP=False, L2_PREFETCH=False),
+    "fx1": dict(FIXUP=True, ROPE_SPLIT=True, L2_PREFETCH=False),
+}
 # From WIDE_M rows on (32; the step at batch 64, where cuBLAS still wins: docs/decode.md) the tl.dot path's tile is
 # set by WIDE_MIN_BLOCK_N (BLOCK_N at least that; 64 in CUDA_CONFIG) and MAX_TILE (BLOCK_K = MAX_TILE / BLOCK_N),
 # and M_TILE splits x's rows into blocks (lost at 16 on an H200; 32 is not timed). Swept only when --rows has such
@@ -136,8 +141,9 @@ def build_grid(quick: bool = False, wide: bool = False) -> dict[str, dict]:
         points += [(t, w, s, None) for t, w, s in itertools.product(WIDE_TILES, WIDE_WARPS, WIDE_SPLITS)]
     # "default": CUDA_CONFIG as shipped, its per-epilogue plans included; "flat": without them (one configuration for
     # every projection, as each point of the grid is)
-    grid: dict[str, dict] = {"default": {}, "flat": {"EPILOGUE_PLANS": False}}
-    seen = {(), (("EPILOGUE_PLANS", False),)}
+    # "ropesplit": the default with Q|K|V split along K (the other projections' plans unchanged)
+    grid: dict[str, dict] = {"default": {}, "flat": {"EPILOGUE_PLANS": False}, "ropesplit": {"ROPE_SPLIT": True}}
+    seen = {(), (("EPILOGUE_PLANS", False),), (("ROPE_SPLIT", True),)}
     for t, w, s, y in points:
         cfg = _pruned({**{**TILES, **WIDE_TILES}[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync),
                        "EPILOGUE_PLANS": False})  # fmt: skip
@@ -186,10 +192,9 @@ def plan_of(M: int, name: str, cfg: dict, device: torch.device, sms: int = SM_CO
             raise RuntimeError(f"CUDA_CONFIG lacks {sorted(missing)}: the dry run cannot plan as on a GPU")
         with overridden({**full, "SM_COUNT": sms}):
             lp = gt.launch_plan(M, N, K, device, epi == "swiglu", epi == "rope", epi == "residual")
-    split = lp["n_splits"] > 1
-    fixup = split and bool(full["FIXUP"])
-    return {**lp, "fixup": fixup, "l2_prefetch": bool(pdl and lp["use_dot"] and full["L2_PREFETCH"]),
-            "launches": 2 if split and not fixup else 1}  # fmt: skip
+    split = lp["n_splits"] > 1  # lp["fixup"]: FIXUP's, and always for a split Q|K|V with RoPE
+    return {**lp, "l2_prefetch": bool(pdl and lp["use_dot"] and full["L2_PREFETCH"]),
+            "launches": 2 if split and not lp["fixup"] else 1}  # fmt: skip
 
 
 def plan_str(p: dict) -> str:

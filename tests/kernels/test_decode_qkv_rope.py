@@ -194,11 +194,16 @@ def test_bad_input_names_the_argument():
 
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize("rope_split", [False, True], ids=["whole_k", "rope_split"])
 @pytest.mark.parametrize("M", [1, 16, 64])
-def test_cuda_teacher_shape_bf16(M):
+def test_cuda_teacher_shape_bf16(M, rope_split, monkeypatch):
     """bf16 at the teacher's attention (9 / 3 heads of 64, d_model 576), a 4,096-slot cache, positions up to 4,000:
     against the reference (a GPU's cos / sin and summation order may move a rounding: a tolerance, not the bit),
-    repeating to the bit, and the same in a CUDA graph replay."""
+    repeating to the bit, and the same in a CUDA graph replay; with ``ROPE_SPLIT`` too (K split, the last split
+    program's epilogue; its counters reset within the graph)."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "ROPE_SPLIT", rope_split)
     H, Hkv, D = 9, 3, 64
     x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, Kd=576, slots=4096, dtype=torch.bfloat16, theta=100000.0)
     pos = torch.randint(0, 4000, (M,), generator=torch.Generator().manual_seed(1))
@@ -246,3 +251,38 @@ def test_cuda_several_tokens_a_row_bf16(B, T):
     assert K.last_backend("decode_qkv_rope") == "triton"
     assert rel_err(q.float(), qr.float()) <= 5e-3
     assert rel_err(kc.float(), kr.float()) <= 5e-3 and rel_err(vc.float(), vr.float()) <= 5e-3
+
+
+@interpreter_only
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("M", [1, 16])
+def test_triton_split_k_matches_reference(M, dtype, monkeypatch):
+    """``ROPE_SPLIT``: Q|K|V with RoPE split along K (3 ways, the last a short chunk), the last split program of each
+    column block summing the partials and writing q and the caches (the fixup: one launch, no reduce kernel, every
+    counter zero again): q and the caches as the reference's, rows the step did not write untouched; without
+    ``ROPE_SPLIT`` the same call never splits."""
+    from archzoo.kernels import _fixup
+    from archzoo.kernels.decode_linear import triton as gt
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "SPLIT_K", 3)
+    H, Hkv, D, Kd = 9, 3, 8, 40
+    N = (H + 2 * Hkv) * D
+    assert gt.launch_plan(M, N, Kd, torch.device("cpu"), rope=True)["n_splits"] == 1
+    monkeypatch.setitem(gt.CONFIG_OVERRIDE, "ROPE_SPLIT", True)
+    plan = gt.launch_plan(M, N, Kd, torch.device("cpu"), rope=True)
+    assert (plan["n_splits"], plan["fixup"]) == (3, True)
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, Kd=Kd, dtype=dtype, seed=M + 1)
+    w_il = w[rope_pair_order(H, Hkv, D)]
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref)
+    q = decode_qkv_rope(x, w_il, nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_qkv_rope") == "triton"
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # bf16: the split's sum order may flip a rounding by one ulp
+    assert rel_err(q.float(), q_ref.float()) <= tol
+    assert rel_err(kc.float(), kc_ref.float()) <= tol and rel_err(vc.float(), vc_ref.float()) <= tol
+    written = torch.zeros_like(kc, dtype=torch.bool)
+    written[torch.arange(M), :, pos % kc.shape[2]] = True
+    assert torch.equal(kc[~written], kc_ref[~written]) and torch.equal(vc[~written], vc_ref[~written])
+    assert _fixup.COUNTERS[x.device].eq(0).all(), "every counter must be zero again after a call"

@@ -183,3 +183,18 @@ def test_a_tiny_case_sweeps_end_to_end_in_the_interpreter(tg, monkeypatch):
     summary = tg.summarize(rows)
     assert summary["wins_everywhere"] == "default" and set(summary["best"]) == {"tiny_res_m8", "tiny_rope_m8"}
     assert tg.gt.CONFIG_OVERRIDE == {}
+
+
+def test_rope_split_rows_plan_qkv_split_with_one_launch(tg):
+    """The grid's FIXUP rows and "ropesplit" split Q|K|V with RoPE along K at 16 rows (60 column blocks of 16 for
+    the teacher's 960 rows, against 132 SMs), summed by the last split program: one launch; without ROPE_SPLIT it
+    never splits; the other projections' plans are the default's under "ropesplit"."""
+    cpu = torch.device("cpu")
+    grid = tg.build_grid()
+    base = tg.plan_of(16, "qkv_rope", grid["default"], cpu)
+    split = tg.plan_of(16, "qkv_rope", grid["ropesplit"], cpu)
+    assert base["n_splits"] == 1 and split["n_splits"] > 1 and split["fixup"] and split["launches"] == 1
+    fixup_rows = [c for c in grid.values() if c.get("FIXUP")]
+    assert fixup_rows and all(c.get("ROPE_SPLIT") for c in fixup_rows)
+    for name in ("o", "gate_up", "down"):
+        assert tg.plan_of(16, name, grid["ropesplit"], cpu) == tg.plan_of(16, name, grid["default"], cpu), name

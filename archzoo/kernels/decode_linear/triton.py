@@ -92,7 +92,7 @@ from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 # so an override's keys apply to every projection, as the tuner's flat configurations do).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, num_warps=4)  # fmt: skip
+                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, ROPE_SPLIT=False, num_warps=4)  # fmt: skip
 # The tl.dot path's configuration at 8-31 rows by the projection's epilogue: "rope" (Q|K|V with RoPE and the cache
 # write), "swiglu" (gate|up), "residual" (O, down, and every projection that adds the residual); a projection
 # without an epilogue keeps CUDA_CONFIG. Why per epilogue: no one configuration was within 1% of the best on all
@@ -104,6 +104,12 @@ CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, D
 # without the norm, RoPE, cache-write, SwiGLU and residual kernels the epilogues save); at 8 rows 24.4 -> 17.7 us.
 # The step at batch 8 / 16 with them is untimed (the queue's gemvstep job times it against {"EPILOGUE_PLANS":
 # false} and cuBLAS).
+# ROPE_SPLIT: Q|K|V with RoPE splits K as the other projections do, the last split program of each column block
+# summing the partials and writing q and the caches (one launch, FIXUP's ticket; the reduce kernel has no RoPE). Why:
+# at 8-31 rows the tl.dot path's column blocks are 16 wide, so the teacher's 960 Q|K|V rows make 60 programs for
+# 132 SMs, and Q|K|V with RoPE took 5.5 us at 16 rows against cuBLAS's 3.7 (without RoPE and the cache write) on an
+# H200 (docs/results/kernels/gemv_tune_h200_m16_ew.log). Built in the nineteenth session on the CPU; off until timed
+# (the tuner's FIXUP rows split Q|K|V with it; `ARCHZOO_DECODE_LINEAR_CONFIG='{"ROPE_SPLIT": true}'` for a step).
 EPILOGUE_PLAN = {
     "rope": dict(MAX_BLOCK_K=256),
     "swiglu": dict(BLOCK_N=32, MIN_BLOCK_N=32),
@@ -114,7 +120,7 @@ EPILOGUE_PLAN = {
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
                         WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, EPILOGUE_PLANS=False,
-                        num_warps=1)  # fmt: skip
+                        ROPE_SPLIT=False, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing. It starts from the environment
 # variable CONFIG_ENV, a JSON object of such keys (what tools/tune_gemv.py suggests for a GPU), so a configuration
@@ -466,9 +472,10 @@ def launch_plan(
 ) -> dict:
     """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
     a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
-    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` never splits K
-    (its epilogue writes the caches; Q|K|V has rows enough to fill the GPU without a split), nor does ``conv`` (its
-    epilogue rewrites the conv state: Mamba's in_proj has 2 d_inner rows). On the tl.dot path below WIDE_M rows the
+    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` splits K only
+    with ``ROPE_SPLIT``, its partials then summed by the last split program of a column block (``fixup``), which runs
+    the epilogue that writes the caches; ``conv`` never splits (its epilogue rewrites the conv state: Mamba's in_proj
+    has 2 d_inner rows). On the tl.dot path below WIDE_M rows the
     epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
@@ -494,7 +501,7 @@ def launch_plan(
         block_n //= 2
     n_blocks = _cdiv(N, block_n)
     align = cfg["SPLIT_ALIGN"]
-    if rope or conv:
+    if conv or (rope and not cfg["ROPE_SPLIT"]):
         want = 1
     elif "SPLIT_K" in cfg:
         want = cfg["SPLIT_K"]
@@ -509,8 +516,10 @@ def launch_plan(
     # tl.dot path the weight tile (BLOCK_N, BLOCK_K) or x's (BLOCK_M, BLOCK_K), whichever is taller (M up to 64)
     per_k = max(block_n, block_m) if use_dot else block_m * block_n
     block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
+    # split-K's partials summed by the last split program (FIXUP), always for RoPE (_reduce_kernel has no RoPE)
+    fixup = n_splits > 1 and bool(cfg["FIXUP"] or rope)
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
-                chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"])  # fmt: skip
+                chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"], fixup=fixup)  # fmt: skip
 
 
 class _Plan:
@@ -548,7 +557,7 @@ def _plan(
     dot_f32 = x.dtype == torch.float32 or h_dtype != x.dtype or (x.device.type != "cuda" and x.dtype == torch.bfloat16)
     p = _Plan()
     p.M, p.N, p.n_splits = M, N // 2 if swiglu else (rope.n_q if rope is not None else N), lp["n_splits"]
-    p.fixup = lp["n_splits"] > 1 and bool(_config(x.device)["FIXUP"])
+    p.fixup = lp["fixup"]
     p.n_blocks = lp["n_blocks"] * lp["m_blocks"]  # column-block groups: the fixup's counters
     p.grid = (lp["n_blocks"], lp["n_splits"], lp["m_blocks"])
     r_strides = residual.stride() if residual is not None else (0, 0)
