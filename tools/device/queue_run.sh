@@ -248,7 +248,7 @@ for job in $(cat $Q/jobs); do
       # and with gemvtune's suggestion if it made one, each process with cuBLAS beside it: teacher and MQA at batch 8 /
       # 16 x 128 (gemvstep:64: 64 x 128)
       [ -n "$bg" ] && wait $bg; bg=""
-      rows=$s; [ "$job" = gemvstep ] && rows=16,8; tag=${rows//,/_}; O=$S/docs/results/kernels/queue
+      rows=$s; [ "$job" = gemvstep ] && rows=16,8; tag=${rows//,/_}; O=$S/docs/results/kernels/queue; mkdir -p $DEC
       sugg=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); s=next((r for r in d if r.get('summary')), {}).get('suggested_override'); print(json.dumps(s, separators=(',', ':')) if s else '')" \
           $O/gemv_tune_$tag.json 2> /dev/null)
       log "gemvstep $rows: suggested ${sugg:-none}"

@@ -140,7 +140,9 @@ CUDA_CONFIG = {
 # dout of the next tiles copied into shared memory by cp.async while one computes: 10 KiB a program at 2 stages,
 # 20 at 3; 56 / 48 registers on sm_90, no spills). Written in the nineteenth session for the H200, where the
 # H100's defaults reach 0.88x causal-conv1d at 16k forward + backward (the backward at 3.2 TB/s against the peer's
-# 3.8); off until timed (`tools/tune_causal_conv1d.py --stages 0,2,3`, the queue's `convtune` with CONV_SWEEP).
+# 3.8). Timed on an H100 in the same session (docs/results/kernels/conv_tune_h100_stages.log, one process): it lost
+# at every tile, 16k 0.334 (3 stages) / 0.339 (2) against 0.291 ms unpipelined at the default tile, 4k 0.094 /
+# 0.098 against 0.088; off. Not yet timed on an H200 (`tools/tune_causal_conv1d.py --stages 0,2,3`).
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
 # program (the tests run one tile through CONFIG_OVERRIDE); OWN where two tiles cover the row (l <= 32).
 INTERPRET_CONFIG = {

@@ -108,8 +108,10 @@ CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, D
 # summing the partials and writing q and the caches (one launch, FIXUP's ticket; the reduce kernel has no RoPE). Why:
 # at 8-31 rows the tl.dot path's column blocks are 16 wide, so the teacher's 960 Q|K|V rows make 60 programs for
 # 132 SMs, and Q|K|V with RoPE took 5.5 us at 16 rows against cuBLAS's 3.7 (without RoPE and the cache write) on an
-# H200 (docs/results/kernels/gemv_tune_h200_m16_ew.log). Built in the nineteenth session on the CPU; off until timed
-# (the tuner's FIXUP rows split Q|K|V with it; `ARCHZOO_DECODE_LINEAR_CONFIG='{"ROPE_SPLIT": true}'` for a step).
+# H200 (docs/results/kernels/gemv_tune_h200_m16_ew.log). Timed in the nineteenth session in a step on an H100 (the
+# teacher, cuBLAS beside it, each setting its own process; docs/results/decode/ropesplit_h100_*.md): it lost, 17,944
+# -> 17,672 tokens/s at batch 16 and 9,501 -> 9,162 at 8 (the ticket's atomics and the partials' round trip cost more
+# than the idle SMs did); off. The tuner's FIXUP rows split Q|K|V with it, for a per-projection view on other GPUs.
 EPILOGUE_PLAN = {
     "rope": dict(MAX_BLOCK_K=256),
     "swiglu": dict(BLOCK_N=32, MIN_BLOCK_N=32),
