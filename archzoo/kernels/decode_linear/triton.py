@@ -102,8 +102,8 @@ CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, D
 # (7.87 -> 5.21 us at 16 rows); O and down want 64-column tiles on 2 warps (4.33 -> 2.70 and 4.63 -> 3.31 us); gate|up
 # 32-row weight blocks (7.72 -> 6.02 us). Summed over a layer's four at 16 rows: 24.5 -> 17.2 us (cuBLAS 16.3 us,
 # without the norm, RoPE, cache-write, SwiGLU and residual kernels the epilogues save); at 8 rows 24.4 -> 17.7 us.
-# The step at batch 8 / 16 with them is untimed (the queue's gemvstep job times it against {"EPILOGUE_PLANS":
-# false} and cuBLAS).
+# In the step at batch 16 they took the teacher from 16,410 to 17,768 tokens/s on an H100 (sixteenth session) and
+# from 16,370 to 17,894 on an H200 (nineteenth; docs/results/decode/gemvstep_h200_m16_*.md), cuBLAS beside each.
 # ROPE_SPLIT: Q|K|V with RoPE splits K as the other projections do, the last split program of each column block
 # summing the partials and writing q and the caches (one launch, FIXUP's ticket; the reduce kernel has no RoPE). Why:
 # at 8-31 rows the tl.dot path's column blocks are 16 wide, so the teacher's 960 Q|K|V rows make 60 programs for
@@ -472,13 +472,14 @@ def launch_plan(
     residual: bool = False,
     conv: bool = False,
 ) -> dict:
-    """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, num_warps} for x (M, K) and weight (N, K);
-    a function of the shape, the epilogue and the device only (see the module docstring). With ``swiglu`` or
-    ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope`` splits K only
-    with ``ROPE_SPLIT``, its partials then summed by the last split program of a column block (``fixup``), which runs
-    the epilogue that writes the caches; ``conv`` never splits (its epilogue rewrites the conv state: Mamba's in_proj
-    has 2 d_inner rows). On the tl.dot path below WIDE_M rows the
-    epilogue's EPILOGUE_PLAN keys apply where EPILOGUE_PLANS is on."""
+    """-> {BLOCK_M, BLOCK_N, BLOCK_K, n_blocks, n_splits, chunk, use_dot, m_blocks, num_warps, fixup} for x (M, K)
+    and weight (N, K); a function of the shape, the epilogue and the device only (see the module docstring). With
+    ``swiglu`` or ``rope`` BLOCK_N is at least 2 (a power of 2, so even: a program holds whole row pairs); ``rope``
+    splits K only with ``ROPE_SPLIT``, its partials then summed by the last split program of a column block, which
+    runs the epilogue that writes the caches; ``conv`` never splits (its epilogue rewrites the conv state: Mamba's
+    in_proj has 2 d_inner rows). On the tl.dot path below WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where
+    EPILOGUE_PLANS is on. ``fixup``: split-K's partials summed by the last split program (FIXUP, or RoPE's split)
+    rather than by the reduce kernel's second launch."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     epi = epilogue_of(swiglu, rope, residual)
