@@ -29,6 +29,11 @@ if [ -f $Q/pid ] && kill -0 "$(cat $Q/pid)" 2> /dev/null; then echo "a queue is 
 mkdir -p $Q/stage /root/runs /root/suite
 [ -d /root/suite/rows ] || cp -r docs/results/distillation/smollm2/rows /root/suite/  # scored rows kept: --resume
 [ -f /root/archzoo-cache/teachers/SmolLM2-135M-Instruct.Q4_1.gguf ] || echo "no teacher yet: distill, spec and speed wait for it"
+# a job done by an earlier queue on this machine is skipped (the runner's resume list): say so, or FRESH=1 runs it again
+[ "${FRESH:-0}" = 1 ] && rm -f $Q/done
+for j in $JOBS; do
+  grep -qxF "$j" $Q/done 2> /dev/null && echo "skipped: $j (done by an earlier queue on this machine; FRESH=1 runs it again)"
+done
 echo "$JOBS" > $Q/jobs  # watch.sh restarts the runner from here if the machine's harness ended it with a call
 # its own session, every descriptor off the call's: the call returns at once and the runner outlives it
 setsid nohup bash tools/device/queue_run.sh > $Q/queue.log 2>&1 < /dev/null &
