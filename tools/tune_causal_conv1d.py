@@ -151,11 +151,11 @@ def main() -> None:
     for key in which:
         bds, bls, (lo, hi) = grids[key]
         tiles = _ints(args.tiles) if key == "bwd" else [None]
-        stages = [int(v) for v in args.stages.split(",")] if key == "bwd" else [None]  # 0 is a value here
+        stages = _ints(args.stages) if key == "bwd" else [None]
         for bd, bl, nw, nt, ns in itertools.product(bds, bls, _ints(args.warps), tiles, stages):
             if lo * 256 * nw <= bd * bl <= hi * 256 * nw:  # groups per thread = bd * bl / (8 * 32 * nw)
-                if ns and nt == 1 and len(tiles) > 1:
-                    continue  # one tile a program: nothing to pipeline
+                if ns and nt == 1:
+                    continue  # one tile a program: a loop of one iteration, nothing to pipeline
                 todo.append((key, bd, bl, nw, nt, ns))
     shard, n_shards = map(int, args.shard.split("/"))
     for L in lengths:  # compile-only runs every length too: BLOCK_L shrinks for l < BLOCK_L (another kernel)

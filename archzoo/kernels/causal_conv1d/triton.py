@@ -135,7 +135,7 @@ CUDA_CONFIG = {
 # fewer programs (2,048 at d = 2,048, each walking b x 16 tiles at 16k). Built in the eighteenth session on the
 # CPU, off on CUDA until timed (`ARCHZOO_CAUSAL_CONV1D_CONFIG='{"bwd": {"OWN": 1}}'`, the queue's `convown`).
 # Timed in the nineteenth session on an H200 (docs/results/kernels/conv_h200_2026-12-06i_own*.log): OWN lost at 16k
-# (0.413 against 0.397 ms forward + backward) and won at 1k / 4k by 4-8 us; off.
+# (0.413 against 0.397 ms forward + backward) and won at 1k / 4k by 7 / 4 us; off.
 # STAGES (backward, 0 when absent): the tile loop annotated num_stages=STAGES, so Triton pipelines its loads (x and
 # dout of the next tiles copied into shared memory by cp.async while one computes: 10 KiB a program at 2 stages,
 # 20 at 3; 56 / 48 registers on sm_90, no spills). Written in the nineteenth session for the H200, where the
