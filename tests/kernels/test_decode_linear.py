@@ -688,3 +688,71 @@ def test_cuda_bias_bf16(shape, M):
     assert K.last_backend("decode_linear") == "triton"
     _assert(f"cuda bias[{shape}, M={M}]", got, naive_decode_linear(x, w, nw, 1e-5, res, False, b), 2e-3)
     assert torch.equal(got, K.decode_linear(x, w, nw, 1e-5, res, False, b))
+
+
+@needs_triton
+@pytest.mark.parametrize("M", [1, 5, 16, 37])
+@pytest.mark.parametrize("Kd", [16, 40, 100])
+def test_norm_unroll_gives_the_loops_bits(M, Kd, monkeypatch):
+    """``NORM_UNROLL``: the norm's sum of squares in an unrolled loop over its K tiles gives the loop's bits (the
+    same tiles summed in the same order), with no epilogue, a split K with the residual, and SwiGLU, in bf16 and
+    fp32; K of one tile (16), of two with a masked tail (40) and of four (100, 32-column tiles); M on the
+    element-wise path (1, 5) and the tl.dot path (16, 37)."""
+    for dtype in (torch.bfloat16, torch.float32):
+        x, w, nw = _inputs(M, Kd, 2 * 35, dtype, True, DEV, seed=M + Kd)
+        res = torch.randn(M, 2 * 35, generator=torch.Generator().manual_seed(2)).to(DEV, dtype)
+        calls = {
+            "plain": lambda: T.decode_linear(x, w, nw, 1e-5),
+            "split+residual": lambda: T.decode_linear(x, w, nw, 1e-5, residual=res),
+            "swiglu": lambda: T.decode_linear(x, w, nw, 1e-5, swiglu=True),
+        }
+        for name, call in calls.items():
+            monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", 2 if name == "split+residual" else 1)
+            monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 0)
+            loop = call()
+            monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 8)
+            plan = T.launch_plan(M, 2 * 35, Kd, x.device)
+            assert plan["norm_tiles"] == -(-Kd // plan["BLOCK_K"]) > 0, plan
+            got = call()
+            assert torch.equal(got, loop), f"{name} {dtype} M={M} K={Kd}: unrolled {rel_err(got, loop):.2e} off"
+            _assert(f"{name} {dtype}", got, naive_decode_linear(x, w, nw, 1e-5, **(
+                {"residual": res} if "residual" in name else {"swiglu": name == "swiglu"})), TOL[dtype])  # fmt: skip
+
+
+def test_norm_unroll_plans_only_what_it_may(monkeypatch):
+    """The plan unrolls the norm where K takes at most NORM_UNROLL tiles (0 otherwise, and without a norm the
+    kernel gets 0 whatever the plan says); off in both shipped configurations until a GPU has timed it."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    assert gt.CUDA_CONFIG["NORM_UNROLL"] == 0 and gt.INTERPRET_CONFIG["NORM_UNROLL"] == 0
+    monkeypatch.setattr(gt, "CONFIG_OVERRIDE", {"NORM_UNROLL": 3})
+    cpu = torch.device("cpu")
+    assert gt.launch_plan(16, 48, 96, cpu)["norm_tiles"] == 3  # 32-column tiles
+    assert gt.launch_plan(16, 48, 100, cpu)["norm_tiles"] == 0  # four tiles: a loop
+    monkeypatch.setattr(gt, "pdl_enabled", lambda device: False)
+    x, w = torch.randn(16, 96), torch.randn(48, 96)
+    for nw, want in ((None, 0), (torch.ones(96), 3)):
+        p = gt._plan(x, w, nw, 1e-5)
+        gt._PLANS.clear()
+        consts = dict(zip(gt._gemv_kernel.arg_names[-len(p.consts) :], p.consts, strict=True))
+        assert consts["NORM_TILES"] == want and consts["HAS_NORM"] == (nw is not None), consts
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [1, 8, 16])
+def test_cuda_norm_unroll_matches_the_loop(M, monkeypatch):
+    """On the GPU in bf16: the teacher's normed projections (Q|K|V 960 x 576, gate|up 3,072 x 576 with SwiGLU) give
+    the same bits with the norm's tiles unrolled as with the loop."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    g = torch.Generator(device="cuda").manual_seed(M)
+    x = torch.randn(M, 576, device="cuda", generator=g).bfloat16()
+    nw = (0.5 + torch.rand(576, device="cuda", generator=g)).bfloat16()
+    for N, swiglu in ((960, False), (3072, True)):
+        w = (torch.randn(N, 576, device="cuda", generator=g) / 24).bfloat16()
+        monkeypatch.setitem(gt.CONFIG_OVERRIDE, "NORM_UNROLL", 0)
+        loop = K.decode_linear(x, w, nw, swiglu=swiglu)
+        monkeypatch.setitem(gt.CONFIG_OVERRIDE, "NORM_UNROLL", 8)
+        got = K.decode_linear(x, w, nw, swiglu=swiglu)
+        assert K.last_backend("decode_linear") == "triton" and torch.equal(got, loop), f"N={N}: bits differ"

@@ -92,7 +92,16 @@ from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 # so an override's keys apply to every projection, as the tuner's flat configurations do).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, ROPE_SPLIT=False, num_warps=4)  # fmt: skip
+                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, ROPE_SPLIT=False, NORM_UNROLL=0,
+                   num_warps=4)  # fmt: skip
+# NORM_UNROLL: a norm's sum of squares (HAS_NORM: every program computes its rows' rms over the whole K first) in
+# an unrolled loop where K takes at most this many BLOCK_K tiles, else a loop (0, the default: always a loop). Why:
+# the loop's tiles are loaded one after the other, each an L2 round trip before the products can start (Triton
+# software-pipelines only loops that feed tl.dot), and at 16 rows the two normed projections are the two that lose
+# to cuBLAS (on an H200, gemv_tune_h200_m16_ew.log: Q|K|V with RoPE 5.49 us against 3.70, gate|up 6.11 against
+# 4.10, each in 3 tiles of 256; O and down, without a norm, win: 2.70 against 3.65, 3.16 against 5.08). Unrolled,
+# the three loads are independent and issue together. Built in the twentieth session on the CPU; off until timed
+# (the queue's gemvstep "normunroll" step, tools/tune_gemv.py's "normunroll" row).
 # The tl.dot path's configuration at 8-31 rows by the projection's epilogue: "rope" (Q|K|V with RoPE and the cache
 # write), "swiglu" (gate|up), "residual" (O, down, and every projection that adds the residual); a projection
 # without an epilogue keeps CUDA_CONFIG. Why per epilogue: no one configuration was within 1% of the best on all
@@ -122,7 +131,7 @@ EPILOGUE_PLAN = {
 INTERPRET_CONFIG = dict(BLOCK_N=8, MIN_BLOCK_N=2, MAX_BLOCK_K=32, MAX_TILE=2048, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                         SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=4, SPLIT_ALIGN=16, SM_COUNT=4, FIXUP=False, WIDE_M=32,
                         WIDE_MIN_BLOCK_N=16, L2_PREFETCH=False, M_TILE=None, EPILOGUE_PLANS=False,
-                        ROPE_SPLIT=False, num_warps=1)  # fmt: skip
+                        ROPE_SPLIT=False, NORM_UNROLL=0, num_warps=1)  # fmt: skip
 # Overrides of either (tests, tuners): any key above, and "SPLIT_K" to force the split count (capped at one
 # split per SPLIT_ALIGN columns). Plans are keyed on it, so no cache needs clearing. It starts from the environment
 # variable CONFIG_ENV, a JSON object of such keys (what tools/tune_gemv.py suggests for a GPU), so a configuration
@@ -288,10 +297,11 @@ def _gemv_kernel(
     USE_DOT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
     L2_PREFETCH: tl.constexpr = False, PF_LINE: tl.constexpr = 64, CONV_W: tl.constexpr = 0,
-    CONV_BIAS: tl.constexpr = False,
+    CONV_BIAS: tl.constexpr = False, NORM_TILES: tl.constexpr = 0,
 ):  # fmt: skip
     """CONV_W > 0 (with cs / cw / cb, CD and the state's strides): Mamba's in_proj with its conv step in the epilogue
-    (``_conv_epilogue``; the plan never splits K then)."""
+    (``_conv_epilogue``; the plan never splits K then). NORM_TILES > 0 (``NORM_UNROLL``): the norm's K tiles, the
+    loop over them unrolled."""
     if PDL:  # the next kernel may launch now: its programs load their weights while this one runs
         gdc_launch_dependents()
     pid_n = tl.program_id(0)
@@ -325,11 +335,20 @@ def _gemv_kernel(
 
     if HAS_NORM:  # the rms of each row over the whole K, whatever this program's slice
         ss = tl.zeros([BLOCK_M], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + offs_kb
-            xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-            xt = xt.to(tl.float32)
-            ss += tl.sum(xt * xt, axis=1)
+        if NORM_TILES > 0:  # unrolled: the tiles' loads are independent, so they issue together (one round trip)
+            for t in tl.static_range(NORM_TILES):
+                offs_k = t * BLOCK_K + offs_kb
+                xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :],
+                             other=0.0)  # fmt: skip
+                xt = xt.to(tl.float32)
+                ss += tl.sum(xt * xt, axis=1)
+        else:  # a loop: each tile's load waits for the one before (Triton pipelines only loops that feed tl.dot)
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + offs_kb
+                xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :],
+                             other=0.0)  # fmt: skip
+                xt = xt.to(tl.float32)
+                ss += tl.sum(xt * xt, axis=1)
         rstd = tl.math.rsqrt(ss / K + EPS)
 
     if USE_DOT:
@@ -479,7 +498,8 @@ def launch_plan(
     runs the epilogue that writes the caches; ``conv`` never splits (its epilogue rewrites the conv state: Mamba's
     in_proj has 2 d_inner rows). On the tl.dot path below WIDE_M rows the epilogue's EPILOGUE_PLAN keys apply where
     EPILOGUE_PLANS is on. ``fixup``: split-K's partials summed by the last split program (FIXUP, or RoPE's split)
-    rather than by the reduce kernel's second launch."""
+    rather than by the reduce kernel's second launch. ``norm_tiles``: the norm's K tiles where NORM_UNROLL unrolls
+    them (0: a loop)."""
     cfg = _config(device)
     use_dot = M >= cfg["DOT_MIN_M"]
     epi = epilogue_of(swiglu, rope, residual)
@@ -521,8 +541,11 @@ def launch_plan(
     block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
     # split-K's partials summed by the last split program (FIXUP), always for RoPE (_reduce_kernel has no RoPE)
     fixup = n_splits > 1 and bool(cfg["FIXUP"] or rope)
+    # the norm's sum of squares over the whole K in NORM_TILES unrolled tiles (0: a loop), where they are few enough
+    norm_tiles = _cdiv(K, block_k) if _cdiv(K, block_k) <= cfg.get("NORM_UNROLL", 0) else 0
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
-                chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"], fixup=fixup)  # fmt: skip
+                chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"], fixup=fixup,
+                norm_tiles=norm_tiles)  # fmt: skip
 
 
 class _Plan:
@@ -579,6 +602,7 @@ def _plan(
         pdl and lp["use_dot"] and bool(_config(x.device)["L2_PREFETCH"]),
         128 // weight.element_size(),
         conv.width if conv is not None else 0, conv is not None and conv.bias is not None,
+        lp["norm_tiles"] if norm_weight is not None else 0,
     )  # fmt: skip
     p.pdl = pdl
     p.warps = lp["num_warps"]
