@@ -691,32 +691,30 @@ def test_cuda_bias_bf16(shape, M):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("M", [1, 5, 16, 37])
 @pytest.mark.parametrize("Kd", [16, 40, 100])
-def test_norm_unroll_gives_the_loops_bits(M, Kd, monkeypatch):
+def test_norm_unroll_gives_the_loops_bits(M, Kd, dtype, monkeypatch):
     """``NORM_UNROLL``: the norm's sum of squares in an unrolled loop over its K tiles gives the loop's bits (the
-    same tiles summed in the same order), with no epilogue, a split K with the residual, and SwiGLU, in bf16 and
-    fp32; K of one tile (16), of two with a masked tail (40) and of four (100, 32-column tiles); M on the
-    element-wise path (1, 5) and the tl.dot path (16, 37)."""
-    for dtype in (torch.bfloat16, torch.float32):
-        x, w, nw = _inputs(M, Kd, 2 * 35, dtype, True, DEV, seed=M + Kd)
-        res = torch.randn(M, 2 * 35, generator=torch.Generator().manual_seed(2)).to(DEV, dtype)
-        calls = {
-            "plain": lambda: T.decode_linear(x, w, nw, 1e-5),
-            "split+residual": lambda: T.decode_linear(x, w, nw, 1e-5, residual=res),
-            "swiglu": lambda: T.decode_linear(x, w, nw, 1e-5, swiglu=True),
-        }
-        for name, call in calls.items():
-            monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", 2 if name == "split+residual" else 1)
-            monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 0)
-            loop = call()
-            monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 8)
-            plan = T.launch_plan(M, 2 * 35, Kd, x.device)
-            assert plan["norm_tiles"] == -(-Kd // plan["BLOCK_K"]) > 0, plan
-            got = call()
-            assert torch.equal(got, loop), f"{name} {dtype} M={M} K={Kd}: unrolled {rel_err(got, loop):.2e} off"
-            _assert(f"{name} {dtype}", got, naive_decode_linear(x, w, nw, 1e-5, **(
-                {"residual": res} if "residual" in name else {"swiglu": name == "swiglu"})), TOL[dtype])  # fmt: skip
+    same tiles summed in the same order), with no epilogue, a split K with the residual, and SwiGLU; K of one tile
+    (16), of two with a masked tail (40) and of four (100, 32-column tiles); M on the element-wise path (1, 5) and
+    the tl.dot path (16, 37)."""
+    x, w, nw = _inputs(M, Kd, 2 * 35, dtype, True, DEV, seed=M + Kd)
+    res = torch.randn(M, 2 * 35, generator=torch.Generator().manual_seed(2)).to(DEV, dtype)
+    for name, kw, splits in (
+        ("plain", {}, 1),
+        ("split+residual", {"residual": res}, 2),
+        ("swiglu", {"swiglu": True}, 1),
+    ):
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "SPLIT_K", splits)
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 0)
+        loop = T.decode_linear(x, w, nw, 1e-5, **kw)
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "NORM_UNROLL", 8)
+        plan = T.launch_plan(M, 2 * 35, Kd, x.device)
+        assert plan["norm_tiles"] == -(-Kd // plan["BLOCK_K"]) > 0, plan
+        got = T.decode_linear(x, w, nw, 1e-5, **kw)
+        assert torch.equal(got, loop), f"{name} M={M} K={Kd}: unrolled {rel_err(got, loop):.2e} off the loop"
+        _assert(name, got, naive_decode_linear(x, w, nw, 1e-5, **kw), TOL[dtype])
 
 
 def test_norm_unroll_plans_only_what_it_may(monkeypatch):
