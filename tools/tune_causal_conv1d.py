@@ -148,6 +148,10 @@ def main() -> None:
     }
     todo = []
     which = [k for k in args.which.split(",") if k]
+    which = ["fwd", "bwd"] if which == ["both"] else which  # "both" is "fwd,bwd"
+    unknown = sorted(set(which) - set(grids))
+    if unknown:
+        ap.error(f"--which: unknown kernels {unknown}; give fwd, bwd, both or ''")
     for key in which:
         bds, bls, (lo, hi) = grids[key]
         tiles = _ints(args.tiles) if key == "bwd" else [None]

@@ -141,11 +141,11 @@ def build_grid(quick: bool = False, wide: bool = False) -> dict[str, dict]:
         points += [(t, w, s, None) for t, w, s in itertools.product(WIDE_TILES, WIDE_WARPS, WIDE_SPLITS)]
     # "default": CUDA_CONFIG as shipped, its per-epilogue plans included; "flat": without them (one configuration for
     # every projection, as each point of the grid is)
-    # "ropesplit": the default with Q|K|V split along K (the other projections' plans unchanged); "normunroll": the
-    # default with the norm's K tiles unrolled (NORM_UNROLL)
+    # "ropesplit": the default with Q|K|V split along K (the other projections' plans unchanged); "normloop": the
+    # default with the norm's K tiles in a loop (NORM_UNROLL 0, as before the twentieth session)
     grid: dict[str, dict] = {"default": {}, "flat": {"EPILOGUE_PLANS": False}, "ropesplit": {"ROPE_SPLIT": True},
-                             "normunroll": {"NORM_UNROLL": 8}}  # fmt: skip
-    seen = {(), (("EPILOGUE_PLANS", False),), (("ROPE_SPLIT", True),), (("NORM_UNROLL", 8),)}
+                             "normloop": {"NORM_UNROLL": 0}}  # fmt: skip
+    seen = {(), (("EPILOGUE_PLANS", False),), (("ROPE_SPLIT", True),), (("NORM_UNROLL", 0),)}
     for t, w, s, y in points:
         cfg = _pruned({**{**TILES, **WIDE_TILES}[t], "num_warps": w, **SPLITS[s], **(SYNCS[y] if y else base_sync),
                        "EPILOGUE_PLANS": False})  # fmt: skip

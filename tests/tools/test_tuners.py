@@ -17,7 +17,7 @@ TINY = {
     "tune_ssm_kernels.py": "--length 16 --batch 1 --dim 2 --dstate 2 --fwd-block-d 1 --fwd-block-l 16 "
     "--bwd-block-d 1 --bwd-block-l 16 --warps 1 --fwd-per-thread 0,64 --bwd-per-thread 0,64",
     "tune_causal_conv1d.py": "--lengths 16 --batch 1 --dim 4 --fwd-block-d 4 --fwd-block-l 16 --bwd-block-d 4 "
-    "--bwd-block-l 16 --warps 1 --fwd-groups 0,8 --bwd-groups 0,8",
+    "--bwd-block-l 16 --warps 1 --fwd-groups 0,8 --bwd-groups 0,8 --which both",  # "both": the queue's convtune
 }
 
 
@@ -50,6 +50,13 @@ def test_moe_tuner_runs_and_records_every_row(script, args, key, tmp_path):
     printed = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert len(rows) == 2 and len(printed) == len(rows), rows
     assert rows[0]["config"] == {} and all(key in r and "error" not in r for r in rows), rows
+
+
+def test_conv_tuner_names_an_unknown_kernel():
+    """--which takes fwd, bwd, both or '': anything else is an error naming it, before any kernel runs."""
+    cmd = [sys.executable, str(TOOLS / "tune_causal_conv1d.py"), "--device", "cpu", "--compile-only", "--which", "bwdd"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert res.returncode == 2 and "unknown kernels ['bwdd']" in res.stderr, res.stderr[-2000:]
 
 
 def test_conv_best_picks_each_kernels_fastest_row_at_the_length():

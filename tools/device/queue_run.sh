@@ -244,22 +244,22 @@ for job in $(cat $Q/jobs); do
           --out $O/bench_b64_wide > $O/bench_b64_wide.log 2>&1
       log "decode64 rc=$?"; pack ;;
     gemvstep)  # issue 18: the step as shipped (the GEMV's per-epilogue plans at 8-31 rows), without them ("flat",
-      # ARCHZOO_DECODE_LINEAR_CONFIG={"EPILOGUE_PLANS":false}), with the norm's K tiles unrolled ("normunroll",
-      # {"NORM_UNROLL":8}) and with gemvtune's suggestion if it made one, each process with cuBLAS beside it: teacher
+      # ARCHZOO_DECODE_LINEAR_CONFIG={"EPILOGUE_PLANS":false}), with the norm's K tiles in a loop ("normloop",
+      # {"NORM_UNROLL":0}: before the twentieth session) and with gemvtune's suggestion if it made one, each process with cuBLAS beside it: teacher
       # and MQA at batch 8 / 16 x 128 (gemvstep:64: 64 x 128). GEMVSTEP_BATCH overrides the batch sizes (1,8,16),
-      # GEMVSTEP_VARIANTS the steps ("default normunroll")
+      # GEMVSTEP_VARIANTS the steps ("default normloop")
       [ -n "$bg" ] && wait $bg; bg=""
       rows=$s; [ "$job" = gemvstep ] && rows=16,8; tag=${rows//,/_}; O=$S/docs/results/kernels/queue; mkdir -p $DEC
       sugg=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); s=next((r for r in d if r.get('summary')), {}).get('suggested_override'); print(json.dumps(s, separators=(',', ':')) if s else '')" \
           $O/gemv_tune_$tag.json 2> /dev/null)
       log "gemvstep $rows: suggested ${sugg:-none}"
       bs=${GEMVSTEP_BATCH:-8,16}; [ "$rows" = 64 ] && bs=64
-      for v in ${GEMVSTEP_VARIANTS:-default flat normunroll tuned}; do
+      for v in ${GEMVSTEP_VARIANTS:-default flat normloop tuned}; do
         [ $v = tuned ] && [ -z "$sugg" ] && continue
         [ $v = flat ] && [ "$rows" = 64 ] && continue  # the per-epilogue plans apply below 32 rows only
         ( env=""; [ $v = tuned ] && env="ARCHZOO_DECODE_LINEAR_CONFIG=$sugg"
           [ $v = flat ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"EPILOGUE_PLANS":false}'
-          [ $v = normunroll ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"NORM_UNROLL":8}'
+          [ $v = normloop ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"NORM_UNROLL":0}'
           env $env timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
               --batch-sizes $bs --prompt-lens 128 --new-tokens 128 --decode-linear cublas,auto \
               --out $DEC/gemvstep_${tag}_$v > $DEC/gemvstep_${tag}_$v.log 2>&1

@@ -92,16 +92,18 @@ from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 # so an override's keys apply to every projection, as the tuner's flat configurations do).
 CUDA_CONFIG = dict(BLOCK_N=16, MIN_BLOCK_N=4, MAX_BLOCK_K=1024, MAX_TILE=8192, DOT_MIN_M=8, PROGRAMS_PER_SM=2,
                    SPLIT_BELOW_PER_SM=1.0, MAX_SPLITS=16, SPLIT_ALIGN=64, FIXUP=False, WIDE_M=32, WIDE_MIN_BLOCK_N=64,
-                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, ROPE_SPLIT=False, NORM_UNROLL=0,
+                   L2_PREFETCH=True, M_TILE=None, EPILOGUE_PLANS=True, ROPE_SPLIT=False, NORM_UNROLL=8,
                    num_warps=4)  # fmt: skip
 # NORM_UNROLL: a norm's sum of squares (HAS_NORM: every program computes its rows' rms over the whole K first) in
-# an unrolled loop where K takes at most this many BLOCK_K tiles, else a loop (0, the default: always a loop). Why:
+# an unrolled loop where K takes 2 to this many BLOCK_K tiles, else a loop (0: always a loop). Why:
 # the loop's tiles are loaded one after the other, each an L2 round trip before the products can start (Triton
 # software-pipelines only loops that feed tl.dot), and at 16 rows the two normed projections are the two that lose
 # to cuBLAS (on an H200, gemv_tune_h200_m16_ew.log: Q|K|V with RoPE 5.49 us against 3.70, gate|up 6.11 against
 # 4.10, each in 3 tiles of 256; O and down, without a norm, win: 2.70 against 3.65, 3.16 against 5.08). Unrolled,
-# the three loads are independent and issue together. Built in the twentieth session on the CPU; off until timed
-# (the queue's gemvstep "normunroll" step, tools/tune_gemv.py's "normunroll" row).
+# the three loads are independent and issue together (one tile stays the loop: one load either way). Timed in the
+# twentieth session in a step on an H100, each setting its own process with cuBLAS beside it
+# (docs/results/decode/normunroll_h100_run2_*.md): the teacher 17,986 -> 18,356 tokens/s at batch 16, MQA 18,947 ->
+# 19,515, batch 1 level (2,094 / 2,087); on since. tools/tune_gemv.py's grid has a "normloop" row (the loop).
 # The tl.dot path's configuration at 8-31 rows by the projection's epilogue: "rope" (Q|K|V with RoPE and the cache
 # write), "swiglu" (gate|up), "residual" (O, down, and every projection that adds the residual); a projection
 # without an epilogue keeps CUDA_CONFIG. Why per epilogue: no one configuration was within 1% of the best on all
@@ -541,8 +543,9 @@ def launch_plan(
     block_k = max(16, min(cfg["MAX_BLOCK_K"], _prev_pow2(max(1, cfg["MAX_TILE"] // per_k)), _next_pow2(chunk)))
     # split-K's partials summed by the last split program (FIXUP), always for RoPE (_reduce_kernel has no RoPE)
     fixup = n_splits > 1 and bool(cfg["FIXUP"] or rope)
-    # the norm's sum of squares over the whole K in NORM_TILES unrolled tiles (0: a loop), where they are few enough
-    norm_tiles = _cdiv(K, block_k) if _cdiv(K, block_k) <= cfg.get("NORM_UNROLL", 0) else 0
+    # the norm's sum of squares over the whole K in NORM_TILES unrolled tiles (0: a loop), where there are 2 to
+    # NORM_UNROLL (one tile is one load either way)
+    norm_tiles = _cdiv(K, block_k) if 2 <= _cdiv(K, block_k) <= cfg.get("NORM_UNROLL", 0) else 0
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, n_blocks=n_blocks, n_splits=n_splits,
                 chunk=chunk, use_dot=use_dot, m_blocks=m_blocks, num_warps=cfg["num_warps"], fixup=fixup,
                 norm_tiles=norm_tiles)  # fmt: skip
