@@ -20,6 +20,7 @@ TRITON_KERNELS, TRITON_SKIP = import_triton_kernels(
     "archzoo.kernels.kd_loss.triton",
     "archzoo.kernels.linear_attention.triton",
     "archzoo.kernels.mamba_step.triton",
+    "archzoo.kernels.s4_step.triton",
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,6 +14,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
                                           # (default: the library's, FUSED_STEP)
         [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
                                           # or the routing and the experts in two kernels
+        [--s4-step kernel,compiled]       # S4D layers' norm .. GELU as one kernel (s4.FUSED_STEP), or compiled ops
         [--once on,off]                   # a step's positions and Mamba's A made once (layers.base.ONCE_A_STEP,
                                           # and the update ops' outputs not copied), or in every layer as before
 
@@ -58,6 +59,7 @@ def profile_step(
     mamba_fold: str = "on",
     update_pdl: str = "library",
     in_proj_conv: str = "library",
+    s4_step: str = "library",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -83,6 +85,10 @@ def profile_step(
     _pdl.UPDATE_KERNELS = update_before if update_pdl == "library" else update_pdl == "on"
     conv_before = mamba.IN_PROJ_CONV  # likewise, read as the step is traced
     mamba.IN_PROJ_CONV = conv_before if in_proj_conv == "library" else in_proj_conv == "on"
+    from archzoo.layers import s4
+
+    s4_before = s4.FUSED_STEP  # likewise: S4D's step as one kernel ("kernel") or the compiled ops ("compiled")
+    s4.FUSED_STEP = s4_before if s4_step == "library" else s4_step == "kernel"
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -99,6 +105,7 @@ def profile_step(
             return {**r, "mla_fold": fold, "mamba_step": step, "mamba_fold": mamba_fold,
                     "update_pdl": "on" if _pdl.UPDATE_KERNELS else "off",
                     "in_proj_conv": "on" if mamba.IN_PROJ_CONV else "off",
+                    "s4_step": "kernel" if s4.FUSED_STEP else "compiled",
                     "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
@@ -106,6 +113,7 @@ def profile_step(
         mamba.FOLD_DT = fold_dt_before
         _pdl.UPDATE_KERNELS = update_before
         mamba.IN_PROJ_CONV = conv_before
+        s4.FUSED_STEP = s4_before
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -242,6 +250,11 @@ def main() -> None:
                    help="on, off or both: the SSM update kernels with PDL (default: the library's)")  # fmt: skip
     p.add_argument("--in-proj-conv", default="library",
                    help="on, off or both: in_proj and conv update as one GEMV (default: the library's)")  # fmt: skip
+    p.add_argument(
+        "--s4-step",
+        default="library",
+        help="kernel, compiled or both: S4D's step as one kernel or compiled ops (default: the library's)",
+    )
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -275,14 +288,14 @@ def main() -> None:
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
                 combos = [(f, e, o, mf, up, ic) for f in forms for e in experts for o in args.once.split(",")
                           for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")
-                          for ic in args.in_proj_conv.split(",")]  # fmt: skip
-                for (form, linear, fold, ms), ex, once, mf, up, ic in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic)
+                          for ic in args.in_proj_conv.split(",") for s4s in args.s4_step.split(",")]  # fmt: skip
+                for (form, linear, fold, ms), ex, once, mf, up, ic, s4s in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic, s4s)
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
                         f"mamba fold {mf} update pdl {r['update_pdl']} in_proj conv {r['in_proj_conv']} "
-                        f"moe {r['moe_experts']} once {once}: "
+                        f"moe {r['moe_experts']} s4 step {r['s4_step']} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )

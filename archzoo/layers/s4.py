@@ -50,8 +50,16 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..kernels import s4d_decode_step
 from .base import LayerConfig, LayerState, TakesNormAndResidual, dtype_bytes, field_error, with_residual
 from .fused import decode_project, keep_address, signature
+
+# A decode step on the fused path (the precomputed spectrum, ``DiscretizedS4``) runs the block's norm, the diagonal
+# update, D and GELU as one kernel (``archzoo.kernels.s4d_decode_step``: Triton on CUDA, its reference, these same
+# ops, elsewhere) instead of the ops below, which torch.compile made three kernels of (8.6 us an S4 layer at batch 1
+# on an H100, for 295 KB of state: docs/decode.md, "Twentieth session"). Built in the twentieth session on the CPU;
+# off until a GPU has timed it (tools/decode_profile.py --s4-step kernel,compiled).
+FUSED_STEP = False
 
 
 class S4Config(LayerConfig):
@@ -201,6 +209,11 @@ class S4D(TakesNormAndResidual, nn.Module):
         B, T, H = x.shape
         if H != self.d_model:
             raise ValueError(f"x has {H} channels, expected d_model={self.d_model}")
+        if FUSED_STEP and state is not None and T == 1 and ctx.fused:  # pos is None: no zeroing to do
+            d = self.fused
+            nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
+            y = s4d_decode_step(x[:, 0], nw, eps, state["ssm"], d.dA, d.dB, d.C, self.D)[:, None]
+            return decode_project(y, self.o_proj.weight, self.o_proj.bias, residual=residual)
         if norm is not None:
             x = norm(x)
         cdt = torch.promote_types(x.dtype, self.log_dt.dtype)

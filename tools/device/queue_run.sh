@@ -221,6 +221,15 @@ for job in $(cat $Q/jobs); do
       timeout 400 python3 tools/decode_profile.py $cfgs --batch ${STEPPROF_BATCH:-1,16} --prompt 128 --decode-linear auto \
           --mamba-step unfused --moe-experts reductions,fused --out $O/profile_stepprof.json > $O/profile_stepprof.log 2>&1
       log "stepprof rc=$? $(grep replay $O/profile_stepprof.log | cut -c1-60 | tr '\n' ';')"; pack ;;
+    s4step)  # issue 18: S4D's decode step as one kernel (s4.FUSED_STEP, archzoo.kernels.s4d_decode_step) against the
+      # compiled ops, one process, batch 1 / 16 / 64 x 128; its GPU tests first
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "s4step"; O=$DEC; mkdir -p $O
+      timeout 200 python3 -m pytest -q -m gpu tests/kernels/test_s4_step.py -p no:cacheprovider > $O/s4step_gpu_tests.log 2>&1
+      log "s4step gpu tests rc=$? $(tail -1 $O/s4step_gpu_tests.log)"
+      timeout 300 python3 tools/decode_profile.py configs/students/s4.yaml --batch ${S4STEP_BATCH:-1,16,64} --prompt 128 \
+          --decode-linear auto --s4-step kernel,compiled --out $O/profile_s4step.json > $O/profile_s4step.log 2>&1
+      log "s4step rc=$? $(grep replay $O/profile_s4step.log | sed 's/ kernel auto.*s4 step/ s4/' | cut -c1-90 | tr '\n' ';')"; pack ;;
     attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
       # merge launch) against one tile a split, the teacher shape and MQA, 128- and 4,096-token prompts
       [ -n "$bg" ] && wait $bg; bg=""
