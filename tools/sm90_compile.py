@@ -499,6 +499,25 @@ def _argmax_calls() -> list:
     return out
 
 
+def _s4_step_calls() -> list:
+    """s4d_decode_step at the S4D student's shape (576 channels, 32 complex modes, bf16 x and norm weight, fp32 state
+    and spectrum), launched with PDL as on an sm_90 GPU, batch 1 and 64."""
+    from archzoo.kernels.s4_step import triton as st
+
+    out = []
+    for B in (1, 64):
+        x, nw = torch.randn(B, 576, dtype=torch.bfloat16), torch.ones(576, dtype=torch.bfloat16)
+        state, spec = torch.randn(B, 576, 64), [torch.randn(576, 32, 2) for _ in range(3)]
+        with (
+            mock.patch.object(st, "_config", lambda dev: st.CUDA_CONFIG),
+            mock.patch.object(st, "pdl_enabled", lambda dev: True),
+            record_launches(st) as calls,
+        ):
+            st.s4d_decode_step(x, nw, 1e-5, state, *spec, torch.randn(576))
+        out += [(f"s4_step B={B}", *c) for c in calls]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -517,6 +536,7 @@ def main() -> None:
             "argmax",
             "conv",
             "gemv_conv",
+            "s4_step",
         ],  # fmt: skip
         default="scan",
     )
@@ -555,6 +575,7 @@ def main() -> None:
             "argmax": _argmax_calls,
             "conv": lambda: _conv_calls(args.b, args.d, args.l, json.loads(args.config)),
             "gemv_conv": _gemv_conv_calls,
+            "s4_step": _s4_step_calls,
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
