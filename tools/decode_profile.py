@@ -6,6 +6,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
                                           # (kernel-pdl: launched with programmatic dependent launch)
         [--attention kernel,kernel-2launch]  # the attention kernel's splits merged in it, or by a second kernel
         [--attention kernel,kernel-long-splits]  # at least 4 tiles a split: a short cache, one split, no merge
+        [--attention kernel,kernel-single]  # a buffer of up to 256 positions in one tile: one split, no merge
         [--mla-fold on,off]               # MLA layers with W_uk / W_uv folded into their copies, or not
         [--mamba-step fused,unfused]      # Mamba layers' conv update .. state update as one kernel, or four
         [--mamba-fold on,off]             # Mamba layers' x_proj and dt_proj folded into one decode copy, or not
@@ -67,7 +68,9 @@ def profile_step(
     # kernel-2launch: the decode attention kernel with its splits merged by a second kernel, as before the fixup
     # (archzoo/kernels/decode_attention/triton.py), beside "kernel" in the same process; kernel-long-splits: at
     # least 4 tiles a split (MIN_SPLIT_TILES), so a short cache takes one split and no merge
-    overrides = {"kernel-2launch": {"FIXUP": False}, "kernel-long-splits": {"MIN_SPLIT_TILES": 4}}.get(attention, {})
+    # kernel-single: a buffer of up to 256 positions in one split of one tile (SINGLE_MAX_T): no loop, no merge
+    overrides = {"kernel-2launch": {"FIXUP": False}, "kernel-long-splits": {"MIN_SPLIT_TILES": 4},
+                 "kernel-single": {"SINGLE_MAX_T": 256}}.get(attention, {})  # fmt: skip
     attention_layer.DECODE_ATTENTION = "kernel" if overrides else attention
     from archzoo.kernels.decode_attention import triton as attention_kernels
 
@@ -239,7 +242,7 @@ def main() -> None:
     p.add_argument("--prompt", default="128")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--attention", default="kernel",
-                   help="kernel, kernel-2launch, kernel-long-splits, sdpa or several (comma)")  # fmt: skip
+                   help="kernel, kernel-2launch, kernel-long-splits, kernel-single, sdpa or several")  # fmt: skip
     p.add_argument("--decode-linear", default="cublas",
                    help="cublas, kernel, kernel-pdl[-l2][-m16], auto, auto-qkv or several")  # fmt: skip
     p.add_argument("--mla-fold", default="on", help="on, off or both (on,off): MLA's W_uk / W_uv folded or not")

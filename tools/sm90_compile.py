@@ -276,18 +276,19 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
     return out
 
 
-def _attn_calls(sms: int = 132) -> list:
+def _attn_calls(sms: int = 132, config: dict | None = None) -> list:
     """decode_attention's launches at the teacher's shape (9 query / 3 KV heads of 64, bf16): batch 1 and 64 at a
-    4,096-position cache, the splits' merge by the last program (FIXUP) and by the combine kernel; and the ring."""
+    4,096-position cache, the splits' merge by the last program (FIXUP) and by the combine kernel; the ring; batch 16
+    at the bench's 256-position buffer. ``config``: keys over CUDA_CONFIG (e.g. SINGLE_MAX_T)."""
     from archzoo.kernels.decode_attention import triton as at
 
     out = []
     bf = dict(dtype=torch.bfloat16)
     for B, Tm, fixup, ring in [(1, 4096, True, False), (1, 4096, False, False), (64, 4096, True, False),
-                               (1, 512, True, True)]:  # fmt: skip
+                               (1, 512, True, True), (16, 256, False, False)]:  # fmt: skip
         q, k, v = torch.randn(B, 9, 64, **bf), torch.randn(B, 3, Tm, 64, **bf), torch.randn(B, 3, Tm, 64, **bf)
         L = torch.full((B,), Tm)
-        cfg = {**at.CUDA_CONFIG, "FIXUP": fixup, "SM_COUNT": sms}
+        cfg = {**at.CUDA_CONFIG, "FIXUP": fixup, "SM_COUNT": sms, **(config or {})}
         with (
             mock.patch.object(at, "_config", lambda dev, cfg=cfg: cfg),
             mock.patch.object(at, "_counters", lambda dev, n: torch.zeros(n, dtype=torch.int32)),
@@ -564,7 +565,7 @@ def main() -> None:
         based = lambda: _based_calls(T=args.l, all_configs=args.all_configs)  # noqa: E731
         calls = {
             "gemv": _gemv_calls,
-            "attn": _attn_calls,
+            "attn": lambda: _attn_calls(config=json.loads(args.config)),
             "kd_loss": _kd_loss_calls,
             "based": based,
             "la": _la_calls,

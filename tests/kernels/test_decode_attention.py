@@ -145,11 +145,14 @@ def test_naive_ring_matches_ring_layout(case):
 
 
 @needs_triton
-@pytest.mark.parametrize("splits", [None, 2])
+@pytest.mark.parametrize("splits", [None, 2, "single"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", RING_CASES)
 def test_triton_ring_matches_naive(case, dtype, splits, monkeypatch):
-    if splits is not None:
+    """ "single": the ring in one tile of next_pow2(slots) (SINGLE_MAX_T), no merge."""
+    if splits == "single":
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "SINGLE_MAX_T", 64)
+    elif splits is not None:
         monkeypatch.setitem(T.CONFIG_OVERRIDE, "N_SPLITS", splits)
     q, k, v, L, window = _ring_inputs(case, dtype)
     got = T.decode_attention_ring(q, k, v, L, window)
@@ -206,6 +209,27 @@ def test_min_split_tiles_takes_fewer_longer_splits(monkeypatch):
     assert (n, chunk) == (4, 4 * block)
     q, k, v, L = _inputs(2, 9, 3, 4 * block, 32, 32, [4 * block, 5])
     _assert("one split", T.decode_attention(q, k, v, L), naive_decode_attention(q, k, v, L), 1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", ["g3_d64", "g1_d80", "g9_d64", "g3_d80_dv64"])
+def test_single_tile_for_short_caches(case, dtype, monkeypatch):
+    """SINGLE_MAX_T: a buffer of at most that many positions takes one split of one tile of next_pow2(T_max) (one
+    program a row and KV head, no merge), on the cases' rows of different lengths, 0 and 1, T_max off the tiles and
+    GQA groups of 1, 3 and 9; a longer buffer keeps its splits; MLA's wide heads keep theirs."""
+    B, H, Hkv, Tm, D, Dv, lengths = CASES[case]
+    dev = torch.device(DEV)
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SINGLE_MAX_T", 64)
+    n, chunk, block = T.split_plan(B, Hkv, Tm, dev, max(D, Dv))
+    assert (n, chunk, block) == (1, 64, 64), (n, chunk, block)
+    assert T.split_plan(1, 1, 65, dev)[0] > 1, "a buffer past SINGLE_MAX_T is split as before"
+    assert T.split_plan(1, 1, 20, dev, 288)[2] == min(T._config(dev)["BLOCK_T"], T.WIDE_BLOCK_T)
+    q, k, v, L = _inputs(B, H, Hkv, Tm, D, Dv, lengths, dtype, DEV)
+    got = T.decode_attention(q, k, v, L)
+    ref = naive_decode_attention(*(t.float() for t in (q, k, v)), L)
+    _assert(f"single tile [{dtype}]", got.float(), ref, TOL[dtype])
+    assert got[L == 0].eq(0).all(), "a row of length 0 must give zeros"
 
 
 def test_dispatch(monkeypatch):
@@ -268,6 +292,20 @@ def test_cuda_bf16_long(D, Dv, Hkv):
     shape at rank 256 (one latent head, key = 256 latent + 32 RoPE dims, value = the latent)."""
     lengths = [4096, 1, 1000, 0, 8191, 3000]
     q, k, v, L = _inputs(6, 9, Hkv, 8192, D, Dv, lengths, torch.bfloat16, "cuda")
+    got = T.decode_attention(q, k, v, L)
+    _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("B", [1, 16, 64])
+def test_cuda_single_tile_bf16(B, monkeypatch):
+    """SINGLE_MAX_T 256 at the bench's 256-position buffer (128-token prompts), GQA 9/3, bf16: one tile a (row, KV
+    head), rows of different lengths."""
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "SINGLE_MAX_T", 256)
+    lengths = [(129 + 37 * b) % 257 for b in range(B)]
+    q, k, v, L = _inputs(B, 9, 3, 256, 64, 64, lengths, torch.bfloat16, "cuda")
+    assert T.split_plan(B, 3, 256, q.device)[:2] == (1, 256)
     got = T.decode_attention(q, k, v, L)
     _assert("out", got.float(), naive_decode_attention(q.float(), k.float(), v.float(), L), 2e-2)
 

@@ -56,13 +56,22 @@ LOG2E = 1.4426950408889634
 # Sizes on CUDA (not yet tuned on a GPU): BLOCK_T positions per tile, warps, and the split policy: aim for
 # PROGRAMS_PER_SM programs per SM over (B, H_kv, splits), at most MAX_SPLITS splits of at least one tile.
 CUDA_CONFIG = dict(
-    BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False, BALANCE=True, MIN_SPLIT_TILES=1
-)
+    BLOCK_T=64, num_warps=4, PROGRAMS_PER_SM=4, MAX_SPLITS=128, FIXUP=False, BALANCE=True, MIN_SPLIT_TILES=1,
+    SINGLE_MAX_T=0,
+)  # fmt: skip
 # Under the interpreter (tests): tiny tiles and a pretend GPU of 2 "SMs", so several splits are exercised.
 INTERPRET_CONFIG = dict(
     BLOCK_T=16, num_warps=1, PROGRAMS_PER_SM=4, MAX_SPLITS=16, SM_COUNT=2, FIXUP=False, BALANCE=True,
-    MIN_SPLIT_TILES=1,
+    MIN_SPLIT_TILES=1, SINGLE_MAX_T=0,
 )  # fmt: skip
+# SINGLE_MAX_T: a buffer of at most this many positions (T_max, the captured step's cache) takes one split of one
+# tile covering it (BLOCK_T = next_pow2(T_max)): one program a (row, KV head) that loads its whole K and V at once,
+# normalises its own output and needs no merge. 0 (the default): off until timed. Why: with a short cache the
+# step's attention is two launches of latency, not bytes (H100, teacher at batch 16 x 128, a 256-position buffer:
+# split 3.9 us + merge 1.9 us a layer for 0.8 MB, docs/results/decode/profile_h100_stepprof_b1_16_64.log), and the
+# one-split form tried before (MIN_SPLIT_TILES 4: four 64-position tiles in a loop) paid the loop's round trips
+# what it saved on the merge (docs/decode.md). ``tools/decode_profile.py --attention kernel,kernel-single``
+# times it (256).
 # MIN_SPLIT_TILES: at least this many tiles of T_max a split. At batch 1 with a short cache (the teacher's step at
 # 128-token prompts: a 256-position buffer, 4 splits of one tile) the split kernel took 2.7 us and the merge's
 # launch 1.6 us a layer on an H100 (docs/decode.md): one split of 4 tiles needs no merge (the program normalises
@@ -247,6 +256,9 @@ def _config(device: torch.device) -> dict:
 def split_plan(B: int, Hkv: int, T: int, device: torch.device, head_dim: int = 0) -> tuple[int, int, int]:
     """-> (n_splits, chunk, BLOCK_T) for a cache of T_max = T positions; a function of the shape only.
 
+    A buffer of at most SINGLE_MAX_T positions (head dims up to 256) takes one split of one tile of next_pow2(T)
+    positions: one program a (row, KV head), no loop and no merge.
+
     Head dims above 256 (MLA's latent key: rank + RoPE dim, e.g. 256 + 32) take tiles of at most
     WIDE_BLOCK_T positions, so the pipelined K and V tiles still fit in shared memory.
 
@@ -255,6 +267,10 @@ def split_plan(B: int, Hkv: int, T: int, device: torch.device, head_dim: int = 0
     """
     cfg = _config(device)
     block_t = cfg["BLOCK_T"] if head_dim <= 256 else min(cfg["BLOCK_T"], WIDE_BLOCK_T)
+    single = cfg.get("SINGLE_MAX_T", 0)
+    if T <= single and head_dim <= 256 and "N_SPLITS" not in cfg:  # one split, one tile: no loop, no merge
+        wide = max(block_t, _next_pow2(T))
+        return 1, wide, wide
     n_blocks = max(1, _cdiv(T, block_t))
     if "N_SPLITS" in cfg:
         n = cfg["N_SPLITS"]
