@@ -230,6 +230,17 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/s4.yaml --batch ${S4STEP_BATCH:-1,16,64} --prompt 128 \
           --decode-linear auto --s4-step kernel,compiled --out $O/profile_s4step.json > $O/profile_s4step.log 2>&1
       log "s4step rc=$? $(grep replay $O/profile_s4step.log | sed 's/ kernel auto.*s4 step/ s4/' | cut -c1-90 | tr '\n' ';')"; pack ;;
+    attnsingle)  # issue 18: decode attention with a short buffer in one tile (SINGLE_MAX_T 256: no loop, no merge)
+      # against the splits and the merge, one process, teacher and MQA at batch 1 / 16 / 64 x 128; its GPU test first
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "attnsingle"; O=$DEC; mkdir -p $O
+      timeout 200 python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k single -p no:cacheprovider \
+          > $O/attnsingle_gpu_tests.log 2>&1
+      log "attnsingle gpu tests rc=$? $(tail -1 $O/attnsingle_gpu_tests.log)"
+      timeout 400 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch ${ATTNSINGLE_BATCH:-1,16,64} --prompt 128 --decode-linear auto --attention kernel,kernel-single \
+          --out $O/profile_attnsingle.json > $O/profile_attnsingle.log 2>&1
+      log "attnsingle rc=$? $(grep replay $O/profile_attnsingle.log | sed 's/ auto fold.*replay/ replay/' | cut -c1-90 | tr '\n' ';')"; pack ;;
     attnsplit)  # issue 18 at batch 1: decode attention with at least 4 tiles a split (a short cache: one split, no
       # merge launch) against one tile a split, the teacher shape and MQA, 128- and 4,096-token prompts
       [ -n "$bg" ] && wait $bg; bg=""
