@@ -114,6 +114,7 @@ def _split_kernel(
     DOT_PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_S: tl.constexpr, PDL: tl.constexpr, BALANCE: tl.constexpr, NQ: tl.constexpr,
+    LOOP_STAGES: tl.constexpr = None,
 ):  # fmt: skip
     if PDL:  # q, the caches and the lengths are the step's earlier kernels' outputs: wait before any load
         gdc_launch_dependents()
@@ -151,7 +152,9 @@ def _split_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max of the scores, in log2 units
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_DV], tl.float32)
-    for t0 in range(start, end, BLOCK_T):  # empty when the chunk starts at or past the row's length
+    # empty when the chunk starts at or past the row's length. LOOP_STAGES: None, Triton's software pipelining; 1 for
+    # a plan of one tile a program (SINGLE_MAX_T), whose one iteration has nothing to overlap (no staging buffers)
+    for t0 in tl.range(start, end, BLOCK_T, num_stages=LOOP_STAGES):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         vis = offs_t < end
         if RING:
@@ -318,6 +321,7 @@ def _plan(q, k, v, scale: float | None, ring: bool, nq: int = 1) -> _Plan:
         scale * LOG2E, ring, n_splits == 1, p.fixup, "ieee" if q.dtype == torch.float32 or dot_f32 else None,
         dot_f32, max(16, _next_pow2(H // Hkv)), block_t, max(16, _next_pow2(D)), max(16, _next_pow2(Dv)),
         max(2, _next_pow2(n_splits)), pdl, bool(_config(q.device)["BALANCE"]), nq,
+        1 if n_splits == 1 and chunk == block_t else None,  # one tile a program: no pipelining
     )  # fmt: skip
     p.pdl = pdl
     p.warps = _config(q.device)["num_warps"]
