@@ -230,6 +230,15 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/s4.yaml --batch ${S4STEP_BATCH:-1,16,64} --prompt 128 \
           --decode-linear auto --s4-step kernel,compiled --out $O/profile_s4step.json > $O/profile_s4step.log 2>&1
       log "s4step rc=$? $(grep replay $O/profile_s4step.log | sed 's/ kernel auto.*s4 step/ s4/' | cut -c1-90 | tr '\n' ';')"; pack ;;
+    autotune64)  # issue 18: the batch-64 step (cuBLAS's GEMMs, Inductor's element-wise kernels: the fixed part of every
+      # 64 x 4k speed-up) compiled with Inductor's max-autotune (Triton GEMM templates, which may take the norm-free
+      # epilogues: SiLU x up, the residual adds) beside the defaults, one process, teacher and MQA at 64 x 128
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "autotune64"; O=$DEC; mkdir -p $O
+      timeout 540 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch-sizes 64 --prompt-lens 128 --new-tokens 128 --decode-linear auto \
+          --inductor-options ";max_autotune=1,coordinate_descent_tuning=1" --out $O/autotune64 > $O/autotune64.log 2>&1
+      log "autotune64 rc=$? $(grep -h '| configs' $O/autotune64/decode.md 2> /dev/null | cut -c1-110 | tr '\n' ' ')"; pack ;;
     attnsingle)  # issue 18: decode attention with a short buffer in one tile (SINGLE_MAX_T 256: no loop, no merge)
       # against the splits and the merge, one process, teacher and MQA at batch 1 / 16 / 64 x 128; its GPU test first
       [ -n "$bg" ] && wait $bg; bg=""
