@@ -62,6 +62,20 @@ def recording_backend(graphs: list, ops: tuple[str, ...] = ("call_function",)):
     return backend
 
 
+def generates_alike(model, prompts: torch.Tensor, monkeypatch, module, switch: str, op: str, new: int = 6) -> None:
+    """``model.generate(prompts, new)`` with ``module.<switch>`` on (``op``'s Triton kernel must run) and off (``op``
+    must not run): the same greedy tokens."""
+    from archzoo.kernels import _dispatch, last_backend
+
+    out = {}
+    for on in (True, False):
+        monkeypatch.setattr(module, switch, on)
+        _dispatch.record(op, "none")
+        out[on] = model.generate(prompts, new)
+        assert last_backend(op) == ("triton" if on else "none"), f"{switch}={on}: {op} ran {last_backend(op)}"
+    assert torch.equal(out[True], out[False]), f"{switch} on {out[True].tolist()} != off {out[False].tolist()}"
+
+
 def compiled_steps(model, ids: torch.Tensor, cache, prompt: int, backend, before_step=None):
     """Prefill ``ids[:, :prompt]`` into ``cache``, then each later token as a decode step twice: through
     ``torch.compile(fullgraph=True)`` of the model on ``cache`` (with ``backend``) and eagerly on a copy of the cache.

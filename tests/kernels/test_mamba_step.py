@@ -23,7 +23,7 @@ from archzoo.kernels.mamba_step import naive_mamba_decode_step
 from archzoo.kernels.selective_scan import naive_selective_scan_fn, naive_selective_state_update
 from archzoo.layers import mamba as mamba_mod
 
-from conftest import compiled_steps, interpreter_only, recording_backend
+from conftest import compiled_steps, generates_alike, interpreter_only, recording_backend
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.mamba_step.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -245,15 +245,8 @@ def _hybrid(monkeypatch, seed: int = 0):
 def test_hybrid_generates_the_same_tokens_fused_or_not(monkeypatch):
     """Greedy generation (its decode steps read the fused copies) gives the same tokens with ``FUSED_STEP`` on (the
     kernel ran) and off (the unfused kernels ran)."""
-    model = _hybrid(monkeypatch)
     prompts = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
-    out = {}
-    for on in (True, False):
-        monkeypatch.setattr(mamba_mod, "FUSED_STEP", on)
-        _dispatch.record("mamba_decode_step", "none")
-        out[on] = model.generate(prompts, 6)
-        assert K.last_backend("mamba_decode_step") == ("triton" if on else "none"), K.last_backend("mamba_decode_step")
-    assert torch.equal(out[True], out[False]), f"fused {out[True].tolist()} != unfused {out[False].tolist()}"
+    generates_alike(_hybrid(monkeypatch), prompts, monkeypatch, mamba_mod, "FUSED_STEP", "mamba_decode_step")
 
 
 @interpreter_only

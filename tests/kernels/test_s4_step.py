@@ -8,6 +8,7 @@ CPU tensors.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,11 @@ import torch
 
 import archzoo
 import archzoo.kernels as K
-from archzoo.kernels import _dispatch
 from archzoo.kernels._testing import import_triton_kernels, rel_err
 from archzoo.kernels.s4_step import naive_s4d_decode_step
 from archzoo.layers import s4 as s4_mod
 
-from conftest import compiled_steps, interpreter_only, recording_backend, requires_cuda
+from conftest import compiled_steps, generates_alike, interpreter_only, recording_backend, requires_cuda
 
 _mods, _skip = import_triton_kernels("archzoo.kernels.s4_step.triton")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
@@ -101,23 +101,22 @@ def test_norm_weight_wider_than_x_and_strided_x():
     _check("state", t["state"], ref["state"], 1e-6)
 
 
-def test_cpu_without_the_interpreter_takes_the_reference(monkeypatch):
-    """CPU tensors without TRITON_INTERPRET: the reference, recorded without a warning."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    t = _inputs(2, 8, 2, True, True, torch.float32, device="cpu")
+@pytest.mark.parametrize("why", ["cpu", "float64"])
+def test_the_reference_where_the_kernel_does_not_run(why, monkeypatch, caplog):
+    """CPU tensors without TRITON_INTERPRET (nothing to warn about) and fp64 inputs (the kernel computes in fp32):
+    the reference, its values and state."""
+    if why == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    t = _inputs(2, 8, 2, True, True, torch.float32, device="cpu" if why == "cpu" else DEV)
+    if why == "float64":
+        t = {k: v.double() if v is not None else None for k, v in t.items()}
     ref = {k: v.clone() if v is not None else None for k, v in t.items()}
-    got = _call(K.s4d_decode_step, t)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        got = _call(K.s4d_decode_step, t)
     assert K.last_backend("s4d_decode_step") == "naive"
     assert torch.equal(got, _call(naive_s4d_decode_step, ref)) and torch.equal(t["state"], ref["state"])
-
-
-def test_float64_takes_the_reference():
-    t = _inputs(2, 8, 2, True, True, torch.float64)
-    t = {k: v.double() if v is not None else None for k, v in t.items()}
-    ref = {k: v.clone() if v is not None else None for k, v in t.items()}
-    got = _call(K.s4d_decode_step, t)
-    assert K.last_backend("s4d_decode_step") == "naive"
-    assert torch.equal(got, _call(naive_s4d_decode_step, ref)) and torch.equal(t["state"], ref["state"])
+    if why == "cpu":
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
 
 
 def test_bad_input():
@@ -160,15 +159,8 @@ def _s4_model():
 def test_model_generates_the_same_tokens_fused_or_not(monkeypatch):
     """Greedy generation (its decode steps on the fused path) gives the same tokens with ``FUSED_STEP`` on (the
     kernel ran) and off (the compiled ops)."""
-    model = _s4_model()
     prompts = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
-    out = {}
-    for on in (True, False):
-        monkeypatch.setattr(s4_mod, "FUSED_STEP", on)
-        _dispatch.record("s4d_decode_step", "none")
-        out[on] = model.generate(prompts, 6)
-        assert K.last_backend("s4d_decode_step") == ("triton" if on else "none"), K.last_backend("s4d_decode_step")
-    assert torch.equal(out[True], out[False]), f"fused {out[True].tolist()} != unfused {out[False].tolist()}"
+    generates_alike(_s4_model(), prompts, monkeypatch, s4_mod, "FUSED_STEP", "s4d_decode_step")
 
 
 @interpreter_only
