@@ -500,9 +500,9 @@ def _argmax_calls() -> list:
     return out
 
 
-def _s4_step_calls() -> list:
+def _s4_step_calls(pdl: bool = False) -> list:
     """s4d_decode_step at the S4D student's shape (576 channels, 32 complex modes, bf16 x and norm weight, fp32 state
-    and spectrum), launched with PDL as on an sm_90 GPU, batch 1 and 64."""
+    and spectrum), batch 1 and 64; with ``pdl`` launched with PDL, as on an sm_90 GPU (--pdl)."""
     from archzoo.kernels.s4_step import triton as st
 
     out = []
@@ -511,7 +511,7 @@ def _s4_step_calls() -> list:
         state, spec = torch.randn(B, 576, 64), [torch.randn(576, 32, 2) for _ in range(3)]
         with (
             mock.patch.object(st, "_config", lambda dev: st.CUDA_CONFIG),
-            mock.patch.object(st, "pdl_enabled", lambda dev: True),
+            mock.patch.object(st, "pdl_enabled", lambda dev: pdl),
             record_launches(st) as calls,
         ):
             st.s4d_decode_step(x, nw, 1e-5, state, *spec, torch.randn(576))
@@ -548,7 +548,7 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON for the op's CONFIG_OVERRIDE")
     ap.add_argument("--sass", help="write each kernel's SASS to this folder")
     ap.add_argument("--all-configs", action="store_true", help="based: every autotune config, not the defaults")
-    ap.add_argument("--pdl", action="store_true", help="gemv: launched with PDL (archzoo/kernels/_pdl.py)")
+    ap.add_argument("--pdl", action="store_true", help="gemv, s4_step: launched with PDL (archzoo/kernels/_pdl.py)")
     args = ap.parse_args()
     if args.pdl:
         from archzoo.kernels.decode_linear import triton as gt
@@ -576,7 +576,7 @@ def main() -> None:
             "argmax": _argmax_calls,
             "conv": lambda: _conv_calls(args.b, args.d, args.l, json.loads(args.config)),
             "gemv_conv": _gemv_conv_calls,
-            "s4_step": _s4_step_calls,
+            "s4_step": lambda: _s4_step_calls(args.pdl),
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

@@ -18,13 +18,15 @@ SCAN_ARGS = ["--b", "1", "--d", "64", "--l", "256", "--n", "4"]
 OPS = {
     "gemv": 38,
     "gemv --pdl": 38,
-    "attn": 5,
+    "attn": 7,
+    'attn --config {"SINGLE_MAX_T":256}': 6,  # batch 16's 256-position buffer in one tile: no merge kernel
     "kd_loss": 8,
     "la": 7,
     "moe_grouped": 12,
     "argmax": 4,
     "conv": 2,
     "gemv_conv": 2,
+    "s4_step --pdl": 2,
 }
 RUNS = {"scan": SCAN_ARGS, **{f"--op {op}": ["--op", *op.split()] for op in OPS}, "--op based": ["--op", "based"]}
 UNPARAMETRISED = {
@@ -85,7 +87,8 @@ def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels, s
     twelve (the forward's plan, gate|up and down GEMMs and sum over the choices, gate|up saving for the backward,
     and the backward's six: dhw with the SwiGLU backward, the routing weights' sum, dx and its sum, the down and
     gate|up weight gradients, at 4,096 tokens), the causal conv's forward and backward (the backward walking its
-    row's tiles, ``TILES``) and Mamba's decode in_proj with the conv step in its epilogue (M = 1 and 16):
+    row's tiles, ``TILES``), Mamba's decode in_proj with the conv step in its epilogue (M = 1 and 16), decode
+    attention's one-tile plan for short buffers (``SINGLE_MAX_T``) and the S4D decode step (batch 1 and 64):
     kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
     libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
     the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else.
