@@ -51,6 +51,7 @@ from .layers import base as base_layer
 from .layers import fused as fused_layer
 from .layers import mamba as mamba_layer
 from .layers import moe as moe_layer
+from .layers import s4 as s4_layer
 from .layers.moe import MoE
 from .prefill import prefill_rows
 from .sampling import sample_next
@@ -119,7 +120,9 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
 
     ``layers.fused.DECODE_LINEAR`` (the step's projections: ``F.linear`` or the GEMV kernel) and
     ``layers.attention.DECODE_ATTENTION`` (softmax and MLA decode attention: the decode kernel or masked SDPA) and
-    ``layers.mamba.FUSED_STEP`` (a Mamba layer's conv update .. state update as one kernel or four),
+    ``layers.mamba.FUSED_STEP`` (a Mamba layer's conv update .. state update as one kernel or four) and
+    ``IN_PROJ_CONV`` (its in_proj with the conv step in the GEMV's epilogue), ``layers.s4.FUSED_STEP`` (S4D's step as
+    one kernel), ``kernels._pdl.UPDATE_KERNELS`` (the SSM update kernels in the PDL chain),
     ``layers.moe.DECODE_EXPERTS`` (a few tokens' MoE: compiled reductions, the experts or the routing too in Triton) and
     ``layers.base.ONCE_A_STEP`` with ``kernels._capture.COPY_OUTPUTS`` (per-layer constants made once a step). A
     captured graph replays the kernels it captured and reads neither again, so a pooled graph captured under one
@@ -139,7 +142,10 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
         switches.append(("QKV_MAX_ROWS", fused_layer.QKV_MAX_ROWS))
     if pdl is not None:
         switches.append(("PDL", pdl.ENABLED))  # None: wherever it can run (the default), True, False
+        switches.append(("PDL_UPDATE_KERNELS", pdl.UPDATE_KERNELS))  # the SSM update kernels in the PDL chain
     switches.append(("MAMBA_FUSED_STEP", mamba_layer.FUSED_STEP))  # the Mamba step's middle as one kernel or four
+    switches.append(("MAMBA_IN_PROJ_CONV", mamba_layer.IN_PROJ_CONV))  # in_proj with the conv step in its epilogue
+    switches.append(("S4_FUSED_STEP", s4_layer.FUSED_STEP))  # S4D's step as one kernel or the compiled ops
     switches.append(("MOE_DECODE_EXPERTS", moe_layer.DECODE_EXPERTS))  # a few tokens' MoE: reductions, kernel or fused
     # a step's per-layer constants made once, and the update ops' outputs copied or not (tools/decode_profile.py --once)
     switches.append(("ONCE_A_STEP", (base_layer.ONCE_A_STEP, capture_ops.COPY_OUTPUTS)))

@@ -636,14 +636,17 @@ def test_update_ops_return_their_kernels_outputs_without_a_copy(monkeypatch):
 
 def test_pool_key_holds_every_step_switch(monkeypatch):
     """A captured step replays the kernels it captured: each switch a traced step reads is in the pool's key, so a
-    flip captures anew instead of replaying the other form (the MoE decode experts, the made-once constants)."""
+    flip captures anew instead of replaying the other form (the MoE decode experts, the made-once constants, S4D's and
+    Mamba's fused steps, the SSM update kernels' PDL)."""
     from archzoo.generation import decode_switches
-    from archzoo.kernels import _capture
-    from archzoo.layers import base, moe
+    from archzoo.kernels import _capture, _pdl
+    from archzoo.layers import base, mamba, moe, s4
 
     before = decode_switches()
     for module, name, value in ((moe, "DECODE_EXPERTS", "kernel"), (base, "ONCE_A_STEP", False),
-                                (_capture, "COPY_OUTPUTS", True)):  # fmt: skip
+                                (_capture, "COPY_OUTPUTS", True), (s4, "FUSED_STEP", not s4.FUSED_STEP),
+                                (mamba, "IN_PROJ_CONV", not mamba.IN_PROJ_CONV),
+                                (_pdl, "UPDATE_KERNELS", not _pdl.UPDATE_KERNELS)):  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(module, name, value)
             assert decode_switches() != before, f"{name} is not in the pool's key"
