@@ -131,7 +131,8 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     switch is read first, wherever a step consults it), so a flip recompiles them; tests hold both.
     Not here: ``layers.moe.DISPATCH``, read only on MoE's sorted path, which no compiled or captured step takes
     (``uncapturable``); ``kernels._launch.FAST_LAUNCH``, which changes how the host launches a kernel, not which kernel
-    a graph holds. With "auto", ``layers.fused.AUTO_MAX_ROWS`` and ``QKV_MAX_ROWS`` too; and ``kernels._pdl.ENABLED``
+    a graph holds. With "auto", ``layers.fused.AUTO_MAX_ROWS`` and ``QKV_MAX_ROWS`` too; ``ROPE_WRITE_MIN_ROWS``
+    (RoPE and the cache write in one kernel after cuBLAS's Q|K|V); and ``kernels._pdl.ENABLED``
     (the decode kernels launched with programmatic dependent launch: a launch attribute the captured graph keeps), read
     from the module only once it is imported (it imports Triton, which ``archzoo`` itself never does at import).
     """
@@ -140,6 +141,7 @@ def decode_switches() -> tuple[tuple[str, str], ...]:
     if fused_layer.DECODE_LINEAR == "auto":
         switches.append(("AUTO_MAX_ROWS", fused_layer.AUTO_MAX_ROWS))
         switches.append(("QKV_MAX_ROWS", fused_layer.QKV_MAX_ROWS))
+    switches.append(("ROPE_WRITE_MIN_ROWS", fused_layer.ROPE_WRITE_MIN_ROWS))  # RoPE + cache write after F.linear
     if pdl is not None:
         switches.append(("PDL", pdl.ENABLED))  # None: wherever it can run (the default), True, False
         switches.append(("PDL_UPDATE_KERNELS", pdl.UPDATE_KERNELS))  # the SSM update kernels in the PDL chain

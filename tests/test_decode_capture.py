@@ -467,6 +467,37 @@ def test_auto_qkv_takes_the_qkv_kernel_past_the_gemv_rows(monkeypatch, family):
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
+def test_rope_write_after_cublas_matches_the_compiled_ops(monkeypatch, family):
+    """``ROPE_WRITE_MIN_ROWS``: a 2-row step whose projections run F.linear (cuBLAS's path) takes RoPE and the cache
+    write through ``decode_rope_write`` (CLA: its members, which own no K / V, keep the ops); logits and caches
+    are the plain step's; a compiled step traces once with the op, and the pool key holds the setting."""
+    import archzoo.kernels as K
+    from archzoo.generation import decode_switches
+    from archzoo.layers import fused
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model, ids, caches = _fused_pair(_gemv_cfg(family))
+    monkeypatch.setattr(fused, "AUTO_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+    with torch.no_grad():
+        want = model(ids[:, 5:6], cache=caches[1])
+        monkeypatch.setattr(fused, "ROPE_WRITE_MIN_ROWS", 2)
+        assert ("ROPE_WRITE_MIN_ROWS", 2) in decode_switches()
+        K._dispatch.record("decode_rope_write", "none")
+        graphs: list[list[str]] = []
+        step = torch.compile(lambda t: model(t, cache=caches[0]), backend=recording_backend(graphs), fullgraph=True)
+        got = step(ids[:, 5:6])
+    assert K.last_backend("decode_rope_write") == "triton"
+    assert len(graphs) == 1 and any("decode_rope_write" in op for op in graphs[0]), graphs
+    assert_close(f"{family} rope-write step", got, want, 1e-5)
+    for i, (a, b) in enumerate(zip(caches[0].layers, caches[1].layers, strict=True)):
+        for name in a.buffers if a is not None else ():
+            assert_close(f"{family} layer {i} {name}", a[name], b[name], 1e-5)
+
+
+@pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
+@interpreter_only
+@pytest.mark.parametrize("family", ["gqa", "swa", "cla"])
 def test_verify_forward_through_the_gemv_matches_cublas(monkeypatch, family, caplog):
     """A speculative verify's (2, 3) forward on the fused copies with the decode GEMV: Q|K|V, RoPE and the K/V write
     in one kernel for each row's 3 tokens (``decode_qkv_rope(tokens_per_row=3)``) where the cache is global (a
@@ -640,13 +671,14 @@ def test_pool_key_holds_every_step_switch(monkeypatch):
     Mamba's fused steps, the SSM update kernels' PDL)."""
     from archzoo.generation import decode_switches
     from archzoo.kernels import _capture, _pdl
-    from archzoo.layers import base, mamba, moe, s4
+    from archzoo.layers import base, fused, mamba, moe, s4
 
     before = decode_switches()
     for module, name, value in ((moe, "DECODE_EXPERTS", "kernel"), (base, "ONCE_A_STEP", False),
                                 (_capture, "COPY_OUTPUTS", True), (s4, "FUSED_STEP", not s4.FUSED_STEP),
                                 (mamba, "IN_PROJ_CONV", not mamba.IN_PROJ_CONV),
-                                (_pdl, "UPDATE_KERNELS", not _pdl.UPDATE_KERNELS)):  # fmt: skip
+                                (_pdl, "UPDATE_KERNELS", not _pdl.UPDATE_KERNELS),
+                                (fused, "ROPE_WRITE_MIN_ROWS", 17)):  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(module, name, value)
             assert decode_switches() != before, f"{name} is not in the pool's key"

@@ -16,6 +16,7 @@ GPU time, against the captured step's replay time. Not a benchmark of record (``
         [--moe-experts reductions,kernel,fused]  # a few tokens' MoE: compiled reductions, the experts in two kernels,
                                           # or the routing and the experts in two kernels
         [--s4-step kernel,compiled]       # S4D layers' norm .. GELU as one kernel (s4.FUSED_STEP), or compiled ops
+        [--rope-write on,off]             # above the GEMV's rows: RoPE + cache write as one kernel after cuBLAS
         [--once on,off]                   # a step's positions and Mamba's A made once (layers.base.ONCE_A_STEP,
                                           # and the update ops' outputs not copied), or in every layer as before
 
@@ -61,6 +62,7 @@ def profile_step(
     update_pdl: str = "library",
     in_proj_conv: str = "library",
     s4_step: str = "library",
+    rope_write: str = "off",
 ) -> dict:
     from archzoo.bench.decode import decode_linear_form
     from archzoo.layers import attention as attention_layer
@@ -92,6 +94,10 @@ def profile_step(
 
     s4_before = s4.FUSED_STEP  # likewise: S4D's step as one kernel ("kernel") or the compiled ops ("compiled")
     s4.FUSED_STEP = s4_before if s4_step == "library" else s4_step == "kernel"
+    from archzoo.layers import fused
+
+    rw_before = fused.ROPE_WRITE_MIN_ROWS  # "on": RoPE + cache write as one kernel after cuBLAS's Q|K|V (17+ rows)
+    fused.ROPE_WRITE_MIN_ROWS = fused.AUTO_MAX_ROWS + 1 if rope_write == "on" else rw_before
     from archzoo.layers import moe
 
     experts_before = moe.DECODE_EXPERTS
@@ -109,6 +115,7 @@ def profile_step(
                     "update_pdl": "on" if _pdl.UPDATE_KERNELS else "off",
                     "in_proj_conv": "on" if mamba.IN_PROJ_CONV else "off",
                     "s4_step": "kernel" if s4.FUSED_STEP else "compiled",
+                    "rope_write": rope_write,
                     "moe_experts": moe.DECODE_EXPERTS, "once": once}  # fmt: skip
     finally:
         mla_fold.ENABLED = True
@@ -117,6 +124,7 @@ def profile_step(
         _pdl.UPDATE_KERNELS = update_before
         mamba.IN_PROJ_CONV = conv_before
         s4.FUSED_STEP = s4_before
+        fused.ROPE_WRITE_MIN_ROWS = rw_before
         moe.DECODE_EXPERTS = experts_before
         base.ONCE_A_STEP, _capture.COPY_OUTPUTS = True, False
         for key in overrides:
@@ -258,6 +266,8 @@ def main() -> None:
         default="library",
         help="kernel, compiled or both: S4D's step as one kernel or compiled ops (default: the library's)",
     )
+    p.add_argument("--rope-write", default="off",
+                   help="on, off or both: above the GEMV's rows, RoPE + cache write in one kernel")  # fmt: skip
     p.add_argument("--once", default="on", help="on, off or both: a step's per-layer constants made once, or not")
     p.add_argument(
         "--moe-experts",
@@ -291,14 +301,15 @@ def main() -> None:
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
                 combos = [(f, e, o, mf, up, ic) for f in forms for e in experts for o in args.once.split(",")
                           for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")
-                          for ic in args.in_proj_conv.split(",") for s4s in args.s4_step.split(",")]  # fmt: skip
-                for (form, linear, fold, ms), ex, once, mf, up, ic, s4s in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic, s4s)
+                          for ic in args.in_proj_conv.split(",") for s4s in args.s4_step.split(",")
+                          for rw in args.rope_write.split(",")]  # fmt: skip
+                for (form, linear, fold, ms), ex, once, mf, up, ic, s4s, rw in combos:
+                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic, s4s, rw)
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "
                         f"mamba fold {mf} update pdl {r['update_pdl']} in_proj conv {r['in_proj_conv']} "
-                        f"moe {r['moe_experts']} s4 step {r['s4_step']} once {once}: "
+                        f"moe {r['moe_experts']} s4 step {r['s4_step']} rope write {rw} once {once}: "
                         f"replay {r['replay_ms_per_step']:.3f} ms/step, "
                         f"{r['kernels_per_step']:.0f} kernels, {r['kernel_ms_per_step']:.3f} ms of kernel time"
                     )

@@ -500,6 +500,21 @@ def _argmax_calls() -> list:
     return out
 
 
+def _rope_write_calls(pdl: bool = False) -> list:
+    """decode_rope_write at the teacher's shape (9 / 3 heads of 64, bf16, a 256-slot cache) at 17 and 64 rows; with
+    ``pdl`` launched with PDL (--pdl)."""
+    from archzoo.kernels.decode_linear import triton as gt
+
+    out = []
+    for M in (17, 64):
+        y, pos, inv = torch.randn(M, 960, dtype=torch.bfloat16), torch.arange(M), torch.rand(32)
+        kc, vc = (torch.randn(M, 3, 256, 64, dtype=torch.bfloat16) for _ in range(2))
+        with mock.patch.object(gt, "pdl_enabled", lambda dev: pdl), record_launches(gt) as calls:
+            gt.rope_write(y, gt.Rope(pos, inv, kc, vc, 576, 192, 64))
+        out += [(f"rope_write M={M}", *c) for c in calls]
+    return out
+
+
 def _s4_step_calls(pdl: bool = False) -> list:
     """s4d_decode_step at the S4D student's shape (576 channels, 32 complex modes, bf16 x and norm weight, fp32 state
     and spectrum), batch 1 and 64; with ``pdl`` launched with PDL, as on an sm_90 GPU (--pdl)."""
@@ -538,6 +553,7 @@ def main() -> None:
             "conv",
             "gemv_conv",
             "s4_step",
+            "rope_write",
         ],  # fmt: skip
         default="scan",
     )
@@ -548,7 +564,7 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="JSON for the op's CONFIG_OVERRIDE")
     ap.add_argument("--sass", help="write each kernel's SASS to this folder")
     ap.add_argument("--all-configs", action="store_true", help="based: every autotune config, not the defaults")
-    ap.add_argument("--pdl", action="store_true", help="gemv, s4_step: launched with PDL (archzoo/kernels/_pdl.py)")
+    ap.add_argument("--pdl", action="store_true", help="gemv, s4_step, rope_write: launched with PDL")
     args = ap.parse_args()
     if args.pdl:
         from archzoo.kernels.decode_linear import triton as gt
@@ -577,6 +593,7 @@ def main() -> None:
             "conv": lambda: _conv_calls(args.b, args.d, args.l, json.loads(args.config)),
             "gemv_conv": _gemv_conv_calls,
             "s4_step": lambda: _s4_step_calls(args.pdl),
+            "rope_write": lambda: _rope_write_calls(args.pdl),
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:

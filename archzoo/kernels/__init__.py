@@ -14,6 +14,7 @@ from ._capture import (
     decode_linear,
     decode_linear_conv,
     decode_qkv_rope,
+    decode_rope_write,
     linear_attention_update,
     selective_state_update,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "decode_linear",
     "decode_linear_conv",
     "decode_qkv_rope",
+    "decode_rope_write",
     "kd_loss_rows",
     "last_backend",
     "linear_attention",

@@ -19,6 +19,7 @@ from .decode_attention import decode_attention_ring as _decode_attention_ring
 from .decode_linear import decode_linear as _decode_linear
 from .decode_linear import decode_linear_conv as _decode_linear_conv
 from .decode_linear import decode_qkv_rope as _decode_qkv_rope
+from .decode_linear import decode_rope_write as _decode_rope_write
 from .linear_attention import linear_attention_update as _la_update
 from .selective_scan import selective_state_update as _state_update
 
@@ -324,3 +325,43 @@ def decode_qkv_rope(
     if torch.compiler.is_compiling():
         return _decode_qkv_rope_op(x, weight, norm_weight, float(eps), *args)
     return _decode_qkv_rope(x, weight, norm_weight, eps, *args[:-1], tokens_per_row=args[-1])
+
+
+@torch.library.custom_op("archzoo::decode_rope_write", mutates_args=("k_cache", "v_cache"))
+def _decode_rope_write_op(
+    y: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tokens_per_row: int = 1,
+) -> torch.Tensor:
+    # a new tensor; the caches written in place
+    return _decode_rope_write(y, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache, tokens_per_row)
+
+
+@_decode_rope_write_op.register_fake
+def _(y, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache, tokens_per_row=1):
+    return y.new_empty((y.shape[0], n_heads * head_dim))
+
+
+def decode_rope_write(
+    y: torch.Tensor,
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tokens_per_row: int = 1,
+) -> torch.Tensor:
+    """RoPE and the K/V cache write on the fused Q|K|V copy's output, one kernel (see
+    ``archzoo.kernels.decode_linear.decode_rope_write``); traceable (the caches are declared mutated)."""
+    args = (y, positions, inv_freq, int(n_heads), int(n_kv_heads), int(head_dim), k_cache, v_cache, int(tokens_per_row))
+    if torch.compiler.is_compiling():
+        return _decode_rope_write_op(*args)
+    return _decode_rope_write(*args)

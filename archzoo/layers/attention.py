@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..kernels import decode_attention, decode_attention_ring, decode_qkv_rope
+from ..kernels import decode_attention, decode_attention_ring, decode_qkv_rope, decode_rope_write
 from ..kernels._dispatch import interpret_mode, record
 from ..kernels.decode_attention._checks import MAX_HEAD_DIM, MAX_QUERIES
 from ..kernels.decode_linear import MAX_M
@@ -315,6 +315,12 @@ class Attention(TakesNormAndResidual, nn.Module):
                                 state["v"], tokens_per_row=T)  # fmt: skip
             q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
+        elif self._rope_write(x, state, ctx, norm):  # F.linear on the fused copy, then RoPE + cache write: one kernel
+            y = F.linear(norm(x) if norm is not None else x, self.fused.weight)  # (B, T, N): columns in pair order
+            q = decode_rope_write(y.reshape(B * T, -1), q_pos.reshape(-1), self.rope.inv_freq, self.n_heads,
+                                  self.n_kv_heads, self.head_dim, state["k"], state["v"], tokens_per_row=T)  # fmt: skip
+            q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
         else:
             q, kv = self._qkv_step(x, state, ctx, norm, q_pos)
         keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty; or None
@@ -339,6 +345,17 @@ class Attention(TakesNormAndResidual, nn.Module):
                 record("decode_qkv_rope", "unfused", why)
             return False
         return fits
+
+    def _rope_write(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
+        """Whether this step's RoPE and cache write run ``decode_rope_write`` after a plain projection of the fused
+        Q|K|V copy: ``fused.rope_write_for`` its rows, the copy in RoPE-pair order without a bias, one dtype, and
+        the cases ``decode_qkv_rope`` takes (one token a row, or several into a global cache)."""
+        f = self.fused
+        return (
+            fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
+            and f.weight is not None and f.bias is None and f.rope is not None and state is not None
+            and x.dtype == f.weight.dtype and (x.shape[1] == 1 or self.window is None)
+        )  # fmt: skip
 
     def _qkv_step(self, x, state, ctx, norm, q_pos):
         """Q with RoPE (B, H, T, D), and the keys, values and key positions to attend over (the step's K / V written

@@ -57,6 +57,12 @@ AUTO_DEVICES = ("cuda",)
 # most kernels, is the experiment ``archzoo bench decode --decode-linear auto-qkv`` (QKV_MAX_ROWS 64) runs;
 # None (the default) keeps it with the other projections (AUTO_MAX_ROWS) until it has been timed.
 QKV_MAX_ROWS: int | None = None
+# Where an attention layer's Q|K|V is a plain projection of the fused copy (F.linear: cuBLAS above AUTO_MAX_ROWS
+# rows), RoPE and the K/V cache write as one kernel on its output (``decode_rope_write``) from this many rows on, up to
+# any batch; None (the default) leaves them to the compiled ops (two kernels a layer: 2.2 + 1.8 us at batch 64 on an
+# H100, docs/results/decode/profile_h100_stepprof_b1_16_64.log). Built in the twentieth session on the CPU; off until
+# timed (tools/decode_profile.py --rope-write on,off at batch 64).
+ROPE_WRITE_MIN_ROWS: int | None = None
 
 
 def gemv_for(rows: int, device: torch.device | None = None) -> bool:
@@ -67,6 +73,14 @@ def gemv_for(rows: int, device: torch.device | None = None) -> bool:
     if DECODE_LINEAR == "kernel":
         return True
     if DECODE_LINEAR != "auto" or rows > AUTO_MAX_ROWS:
+        return False
+    return device is None or device.type in AUTO_DEVICES
+
+
+def rope_write_for(rows: int, device: torch.device | None = None) -> bool:
+    """Whether a decode step of ``rows`` rows whose Q|K|V is not ``decode_qkv_rope``'s runs RoPE and the cache write
+    through ``decode_rope_write``: ``ROPE_WRITE_MIN_ROWS`` set and reached, on a device of ``AUTO_DEVICES``."""
+    if ROPE_WRITE_MIN_ROWS is None or rows < ROPE_WRITE_MIN_ROWS:
         return False
     return device is None or device.type in AUTO_DEVICES
 

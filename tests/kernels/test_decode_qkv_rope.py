@@ -14,6 +14,7 @@ from archzoo.kernels.decode_linear import (
     decode_qkv_rope,
     naive_decode_linear,
     naive_decode_qkv_rope,
+    naive_decode_rope_write,
     rope_pair_order,
 )
 from archzoo.layers.rope import RotaryEmbedding, apply_rope
@@ -286,3 +287,86 @@ def test_triton_split_k_matches_reference(M, dtype, monkeypatch):
     written[torch.arange(M), :, pos % kc.shape[2]] = True
     assert torch.equal(kc[~written], kc_ref[~written]) and torch.equal(vc[~written], vc_ref[~written])
     assert _fixup.COUNTERS[x.device].eq(0).all(), "every counter must be zero again after a call"
+
+
+# ---------------------------------------------------------- RoPE and the cache write after a projection made elsewhere
+
+
+def _rope_write_case(M, H, Hkv, D, dtype, tokens=1):
+    """y = the fused copy's projection (pair order, rounded to dtype, as F.linear gives it), with decode_qkv_rope's
+    other arguments; caches of M // tokens rows."""
+    x, w, nw, pos, rope, kc, vc = _case(M, H, Hkv, D, dtype=dtype, seed=M)
+    y = naive_decode_linear(x, w[rope_pair_order(H, Hkv, D)], nw, 1e-5)  # (M, N) in pair order
+    kc, vc = kc[: M // tokens].contiguous(), vc[: M // tokens].contiguous()
+    if tokens > 1:  # a row's tokens at consecutive positions, as a speculative verify writes them
+        pos = (torch.arange(M) % tokens) + 5 * (torch.arange(M) // tokens)
+    return y, pos, rope, kc, vc
+
+
+@interpreter_only
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("M,tokens", [(1, 1), (3, 1), (37, 1), (70, 1), (6, 3)])
+@pytest.mark.parametrize("H,Hkv,D", [(3, 3, 8), (3, 1, 6), (9, 1, 8), (9, 3, 8)], ids=["g1", "g3-d6", "g9", "g3"])
+def test_rope_write_matches_reference(H, Hkv, D, M, tokens, dtype, monkeypatch):
+    """``decode_rope_write`` (any M: 70 rows are past the GEMV's 64) against its reference: q and both caches to the
+    bit in bf16 (every rounding repeated), written and untouched slots, ring positions past the slots, several tokens
+    a cache row; and the reference equals ``decode_qkv_rope``'s on the same projection."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    y, pos, rope, kc, vc = _rope_write_case(M, H, Hkv, D, dtype, tokens)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = naive_decode_rope_write(y, pos, rope.inv_freq, H, Hkv, D, kc_ref, vc_ref, tokens)
+    q = K.decode_rope_write(y, pos, rope.inv_freq, H, Hkv, D, kc, vc, tokens_per_row=tokens)
+    assert K.last_backend("decode_rope_write") == "triton"
+    if dtype == torch.bfloat16:
+        assert torch.equal(q, q_ref) and torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
+    assert rel_err(q.float(), q_ref.float()) <= 1e-6
+    assert torch.equal(kc, kc_ref) or rel_err(kc.float(), kc_ref.float()) <= 1e-6
+    assert torch.equal(vc, vc_ref)  # V is copied as it is
+    if tokens == 1:  # the reference is decode_qkv_rope's, on the projection it computes itself
+        x, w, nw, _, _, kc0, vc0 = _case(M, H, Hkv, D, dtype=dtype, seed=M)
+        kc2, vc2 = kc0[:M].clone(), vc0[:M].clone()
+        q2 = naive_decode_qkv_rope(x, w[rope_pair_order(H, Hkv, D)], nw, 1e-5, pos, rope.inv_freq, H, Hkv, D, kc2, vc2)
+        assert torch.equal(q2, q_ref) and torch.equal(kc2, kc_ref) and torch.equal(vc2, vc_ref)
+
+
+def test_rope_write_bad_input():
+    y, pos, rope, kc, vc = _rope_write_case(4, 3, 1, 6, torch.float32)
+    args = (pos, rope.inv_freq, 3, 1, 6, kc, vc)
+    with pytest.raises(ValueError, match="y must be"):
+        K.decode_rope_write(y[0], *args)
+    with pytest.raises(ValueError, match="y has 28 rows"):
+        K.decode_rope_write(y[:, :28], *args)
+    with pytest.raises(ValueError, match="k_cache must be"):
+        K.decode_rope_write(y, pos, rope.inv_freq, 3, 1, 6, kc[:2], vc)
+    with pytest.raises(ValueError, match="tokens_per_row"):
+        K.decode_rope_write(y, *args, tokens_per_row=3)
+
+
+def test_rope_write_float64_is_the_reference():
+    y, pos, rope, kc, vc = _rope_write_case(5, 3, 1, 6, torch.float64)
+    kc2, vc2 = kc.clone(), vc.clone()
+    q = K.decode_rope_write(y, pos, rope.inv_freq, 3, 1, 6, kc, vc)
+    assert K.last_backend("decode_rope_write") == "naive"
+    q2 = naive_decode_rope_write(y, pos, rope.inv_freq, 3, 1, 6, kc2, vc2)
+    assert torch.equal(q, q2) and torch.equal(kc, kc2) and torch.equal(vc, vc2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("M", [17, 64])
+def test_cuda_rope_write_teacher_shape(M):
+    """On the GPU in bf16 at the teacher's shape (9 / 3 heads of 64, a 256-slot cache): q and the caches against the
+    reference (a GPU's cos / sin may differ from torch's by an ulp)."""
+    g = torch.Generator().manual_seed(M)
+    H, Hkv, D = 9, 3, 64
+    y = (torch.randn(M, (H + 2 * Hkv) * D, generator=g)).bfloat16().cuda()
+    pos = torch.randint(0, 600, (M,), generator=g).cuda()
+    inv = RotaryEmbedding(D, 100000.0).inv_freq.cuda()
+    kc, vc = (torch.randn(M, Hkv, 256, D, generator=g).bfloat16().cuda() for _ in range(2))
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q = K.decode_rope_write(y, pos, inv, H, Hkv, D, kc, vc)
+    assert K.last_backend("decode_rope_write") == "triton"
+    q_ref = naive_decode_rope_write(y, pos, inv, H, Hkv, D, kc_ref, vc_ref)
+    assert rel_err(q.float(), q_ref.float()) <= 1e-2 and rel_err(kc.float(), kc_ref.float()) <= 1e-2
+    assert torch.equal(vc, vc_ref)

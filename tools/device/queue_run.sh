@@ -230,6 +230,16 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/s4.yaml --batch ${S4STEP_BATCH:-1,16,64} --prompt 128 \
           --decode-linear auto --s4-step kernel,compiled --out $O/profile_s4step.json > $O/profile_s4step.log 2>&1
       log "s4step rc=$? $(grep replay $O/profile_s4step.log | sed 's/ kernel auto.*s4 step/ s4/' | cut -c1-90 | tr '\n' ';')"; pack ;;
+    ropewrite)  # issue 18: above 16 rows (cuBLAS's Q|K|V), RoPE + the cache write as one kernel (decode_rope_write,
+      # fused.ROPE_WRITE_MIN_ROWS) against the two compiled kernels, one process, teacher and MQA at 32 / 64 x 128
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "ropewrite"; O=$DEC; mkdir -p $O
+      timeout 120 python3 -m pytest -q -m gpu tests/kernels/test_decode_qkv_rope.py -k rope_write -p no:cacheprovider \
+          > $O/ropewrite_gpu_tests.log 2>&1
+      log "ropewrite gpu tests rc=$? $(tail -1 $O/ropewrite_gpu_tests.log)"
+      timeout 400 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mqa.yaml --batch 32,64 \
+          --prompt 128 --decode-linear auto --rope-write on,off --out $O/profile_ropewrite.json > $O/profile_ropewrite.log 2>&1
+      log "ropewrite rc=$? $(grep replay $O/profile_ropewrite.log | sed 's/ auto fold.*rope write/ rw/' | cut -c1-90 | tr '\n' ';')"; pack ;;
     autotune64)  # issue 18: the batch-64 step (cuBLAS's GEMMs, Inductor's element-wise kernels: the fixed part of every
       # 64 x 4k speed-up) compiled with Inductor's max-autotune (Triton GEMM templates, which may take the norm-free
       # epilogues: SiLU x up, the residual adds) beside the defaults, one process, teacher and MQA at 64 x 128

@@ -18,6 +18,7 @@ from .naive import (
     naive_decode_linear,
     naive_decode_linear_conv,
     naive_decode_qkv_rope,
+    naive_decode_rope_write,
     rms_norm,
     rope_pair_order,
     swiglu_pairs,
@@ -92,23 +93,8 @@ def decode_qkv_rope(
     does it in PyTorch (``naive_decode_qkv_rope``).
     """
     M, _, N = check_decode_linear(x, weight, norm_weight, eps)
-    D = head_dim
-    if D % 2 or N != (n_heads + 2 * n_kv_heads) * D:
-        raise ValueError(f"weight has {N} rows; Q|K|V of {n_heads} + 2 x {n_kv_heads} heads of an even head_dim "
-                         f"{D} need {(n_heads + 2 * n_kv_heads) * D}")  # fmt: skip
-    T = tokens_per_row
-    if not isinstance(T, int) or T < 1 or M % T:
-        raise ValueError(f"tokens_per_row must be a positive int dividing M={M}, got {T!r}")
-    want = (M // T, n_kv_heads, k_cache.shape[2] if k_cache.dim() == 4 else -1, D)
-    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.dim() != 4 or tuple(c.shape) != want or c.device != x.device:
-            raise ValueError(f"{name} must be (M // tokens_per_row, n_kv_heads, slots, head_dim) = {want} on "
-                             f"{x.device}, got {tuple(c.shape)} on {c.device}")  # fmt: skip
-    if tuple(positions.shape) != (M,) or positions.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"positions must be an (M,) = ({M},) integer tensor, got {tuple(positions.shape)} "
-                         f"{positions.dtype}")  # fmt: skip
-    if tuple(inv_freq.shape) != (D // 2,) or inv_freq.dtype != torch.float32:
-        raise ValueError(f"inv_freq must be a ({D // 2},) float32 tensor, got {tuple(inv_freq.shape)} {inv_freq.dtype}")
+    D, T = head_dim, tokens_per_row
+    _check_rope(M, N, x.device, positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T, "weight has")
 
     def kernel():
         from .triton import Rope, _run
@@ -119,6 +105,63 @@ def decode_qkv_rope(
     args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T)
     return _kernel_or_reference("decode_qkv_rope", x, weight, norm_weight, kernel,
                                 lambda: naive_decode_qkv_rope(x, weight, norm_weight, eps, *args))  # fmt: skip
+
+
+def decode_rope_write(
+    y: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, tokens_per_row: int = 1,
+) -> torch.Tensor:  # fmt: skip
+    """``decode_qkv_rope``'s RoPE and cache write on a projection made elsewhere: y (M, N) the fused Q|K|V copy's
+    output (``F.linear`` of the normed x on the copy's weight: columns in ``rope_pair_order``), any M. Above 16 rows
+    the decode step projects with cuBLAS, and torch.compile made RoPE and the cache write two kernels a layer; this
+    is one. The same arguments and checks as ``decode_qkv_rope`` (positions, inv_freq, the caches, written in
+    place); returns q (M, n_heads * head_dim) with RoPE, in y's dtype. Float64 runs the reference
+    (``naive_decode_rope_write``)."""
+    if y.dim() != 2 or not y.is_floating_point():
+        raise ValueError(f"y must be a floating-point (M, N) tensor, got {tuple(y.shape)} {y.dtype}")
+    M, N = y.shape
+    D, T = head_dim, tokens_per_row
+    _check_rope(M, N, y.device, positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T, "y has")
+    args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T)
+    op = "decode_rope_write"
+    if use_triton(y, k_cache, v_cache):
+        dev = y.device.type
+        f64 = "float64: the kernel computes in fp32" if y.dtype == torch.float64 else None
+        reason = f64 or kernel_failed(op, dev)
+        if reason is None:
+            from .triton import Rope, rope_write
+
+            yy = y if y.stride(1) == 1 else y.contiguous()
+            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
+            out = try_kernel(op, dev, lambda: rope_write(yy, rope))
+            if out is not None:
+                record(op, "triton")
+                return out
+            reason = kernel_failed(op, dev)
+        record(op, "naive", reason)
+    else:
+        record(op, "naive")
+    return naive_decode_rope_write(y, *args)
+
+
+def _check_rope(M, N, device, positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T, what) -> None:
+    """The RoPE and cache-write arguments of ``decode_qkv_rope`` / ``decode_rope_write``: ValueError naming the bad
+    one."""
+    if D % 2 or N != (n_heads + 2 * n_kv_heads) * D:
+        raise ValueError(f"{what} {N} rows; Q|K|V of {n_heads} + 2 x {n_kv_heads} heads of an even head_dim {D} "
+                         f"need {(n_heads + 2 * n_kv_heads) * D}")  # fmt: skip
+    if not isinstance(T, int) or T < 1 or M % T:
+        raise ValueError(f"tokens_per_row must be a positive int dividing M={M}, got {T!r}")
+    want = (M // T, n_kv_heads, k_cache.shape[2] if k_cache.dim() == 4 else -1, D)
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dim() != 4 or tuple(c.shape) != want or c.device != device:
+            raise ValueError(f"{name} must be (M // tokens_per_row, n_kv_heads, slots, head_dim) = {want} on "
+                             f"{device}, got {tuple(c.shape)} on {c.device}")  # fmt: skip
+    if tuple(positions.shape) != (M,) or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"positions must be an (M,) = ({M},) integer tensor, got {tuple(positions.shape)} "
+                         f"{positions.dtype}")  # fmt: skip
+    if tuple(inv_freq.shape) != (D // 2,) or inv_freq.dtype != torch.float32:
+        raise ValueError(f"inv_freq must be a ({D // 2},) float32 tensor, got {tuple(inv_freq.shape)} {inv_freq.dtype}")
 
 
 def decode_linear_conv(
@@ -184,9 +227,11 @@ __all__ = [
     "decode_linear",
     "decode_linear_conv",
     "decode_qkv_rope",
+    "decode_rope_write",
     "naive_decode_linear",
     "naive_decode_linear_conv",
     "naive_decode_qkv_rope",
+    "naive_decode_rope_write",
     "rms_norm",
     "rope_pair_order",
     "swiglu_pairs",

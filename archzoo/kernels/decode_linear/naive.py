@@ -98,11 +98,26 @@ def naive_decode_qkv_rope(
     D, H, Hkv = head_dim, n_heads, n_kv_heads
     w = weight[torch.argsort(rope_pair_order(H, Hkv, D).to(weight.device))]
     y = naive_decode_linear(x, w, norm_weight, eps)  # (M, N) in x's dtype
-    M = x.shape[0]
+    return _rope_and_write(y, positions, inv_freq, H, Hkv, D, k_cache, v_cache, tokens_per_row)
+
+
+def naive_decode_rope_write(
+    y: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, tokens_per_row: int = 1,
+) -> torch.Tensor:  # fmt: skip
+    """The reference of ``decode_rope_write``: y (M, N), the fused Q|K|V copy's output (its columns in
+    ``rope_pair_order``), put back in head order, then ``naive_decode_qkv_rope``'s RoPE and cache write."""
+    y = y[:, torch.argsort(rope_pair_order(n_heads, n_kv_heads, head_dim).to(y.device))]
+    return _rope_and_write(y, positions, inv_freq, n_heads, n_kv_heads, head_dim, k_cache, v_cache, tokens_per_row)
+
+
+def _rope_and_write(y, positions, inv_freq, H, Hkv, D, k_cache, v_cache, tokens_per_row) -> torch.Tensor:
+    """y (M, N) Q|K|V in head order: RoPE on Q and K in y's dtype, K and V into the caches; returns q (M, H * D)."""
+    M = y.shape[0]
     q, k, v = y.split([H * D, Hkv * D, Hkv * D], dim=-1)
     ang = positions.to(torch.float32)[:, None] * inv_freq.float()[None, :]  # (M, D/2)
     emb = torch.cat([ang, ang], dim=-1)
-    cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # (M, 1, D)
+    cos, sin = emb.cos().to(y.dtype)[:, None], emb.sin().to(y.dtype)[:, None]  # (M, 1, D)
 
     def rope(t: torch.Tensor, heads: int) -> torch.Tensor:
         t = t.view(M, heads, D)
@@ -111,7 +126,7 @@ def naive_decode_qkv_rope(
 
     q, k = rope(q, H), rope(k, Hkv)
     slot = positions.long() % k_cache.shape[2]
-    rows = torch.arange(M, device=x.device) // tokens_per_row
+    rows = torch.arange(M, device=y.device) // tokens_per_row
     k_cache[rows, :, slot] = k.to(k_cache.dtype)
     v_cache[rows, :, slot] = v.view(M, Hkv, D).to(v_cache.dtype)
     return q.reshape(M, H * D)

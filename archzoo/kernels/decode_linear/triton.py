@@ -470,6 +470,46 @@ def _reduce_kernel(
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _rope_write_kernel(
+    y_ptr, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, M, N, s_ym, NQ, NK, HD, slots,
+    s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """``decode_rope_write``: program (j, i) loads rows [i * BLOCK_M, ...) x columns [j * BLOCK_N, ...) of y, the
+    fused Q|K|V copy's output (columns in rope_pair_order, already rounded to y's dtype: cuBLAS's), and runs the
+    Q|K|V GEMV's RoPE + cache-write epilogue on them (``_rope_store``: the same roundings)."""
+    if PDL:  # y is the kernel before's output
+        gdc_launch_dependents()
+        gdc_wait()
+    pid_n = tl.program_id(0)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    y = tl.load(y_ptr + offs_m[:, None] * s_ym + offs_n[None, :], mask=mask_m[:, None] & (offs_n < N)[None, :],
+                other=0.0).to(tl.float32)  # fmt: skip
+    _rope_store(y, pid_n, offs_m, mask_m, out_ptr, pos_ptr, freq_ptr, kc_ptr, vc_ptr, N, NQ, NK, HD, slots,
+                s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, TOK, BLOCK_M, BLOCK_N)  # fmt: skip
+
+
+# decode_rope_write's tile: BLOCK_M rows x BLOCK_N columns (a power of 2, so whole RoPE pairs) a program
+ROPE_WRITE_CONFIG = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4)
+
+
+def rope_write(y: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """The launch of ``_rope_write_kernel`` (the dispatcher validated): y (M, N) with unit column stride -> q (M,
+    rope.n_q) in y's dtype; the caches written."""
+    M, N = y.shape
+    out = torch.empty((M, rope.n_q), device=y.device, dtype=y.dtype)
+    cfg = ROPE_WRITE_CONFIG
+    bm, bn = min(cfg["BLOCK_M"], max(2, _next_pow2(M))), cfg["BLOCK_N"]
+    pdl = pdl_enabled(y.device)
+    grid = (_cdiv(N, bn), _cdiv(M, bm))
+    launch(_rope_write_kernel, grid, (y, out, rope.positions, rope.inv_freq, rope.k_cache, rope.v_cache),
+           (M, N, y.stride(0), *rope.ints()), (bm, bn, pdl), cfg["num_warps"], y.get_device(), pdl)  # fmt: skip
+    return out
+
+
 REDUCE_BLOCK = 256  # outputs per program of the reduction
 
 
@@ -708,5 +748,6 @@ def decode_linear_conv(
     return _run(x, weight, norm_weight, eps, bias=bias, conv=Conv(conv_state, conv_weight, conv_bias))
 
 
-__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "EPILOGUE_PLAN", "INTERPRET_CONFIG", "MAX_M", "Conv",
-           "decode_linear", "decode_linear_conv", "epilogue_of", "launch_plan"]  # fmt: skip
+__all__ = ["CONFIG_ENV", "CONFIG_OVERRIDE", "CUDA_CONFIG", "EPILOGUE_PLAN", "INTERPRET_CONFIG", "MAX_M",
+           "ROPE_WRITE_CONFIG", "Conv", "decode_linear", "decode_linear_conv", "epilogue_of", "launch_plan",
+           "rope_write"]  # fmt: skip
