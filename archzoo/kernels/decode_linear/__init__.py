@@ -123,25 +123,16 @@ def decode_rope_write(
     D, T = head_dim, tokens_per_row
     _check_rope(M, N, y.device, positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T, "y has")
     args = (positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T)
-    op = "decode_rope_write"
-    if use_triton(y, k_cache, v_cache):
-        dev = y.device.type
-        f64 = "float64: the kernel computes in fp32" if y.dtype == torch.float64 else None
-        reason = f64 or kernel_failed(op, dev)
-        if reason is None:
-            from .triton import Rope, rope_write
 
-            yy = y if y.stride(1) == 1 else y.contiguous()
-            rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
-            out = try_kernel(op, dev, lambda: rope_write(yy, rope))
-            if out is not None:
-                record(op, "triton")
-                return out
-            reason = kernel_failed(op, dev)
-        record(op, "naive", reason)
-    else:
-        record(op, "naive")
-    return naive_decode_rope_write(y, *args)
+    def kernel():
+        from .triton import Rope, rope_write
+
+        rope = Rope(positions, inv_freq, k_cache, v_cache, n_heads * D, n_kv_heads * D, D, T)
+        return rope_write(y if y.stride(1) == 1 else y.contiguous(), rope)
+
+    f64 = "float64: the kernel computes in fp32" if y.dtype == torch.float64 else None
+    return _dispatch("decode_rope_write", (y, k_cache, v_cache), f64, kernel,
+                     lambda: naive_decode_rope_write(y, *args))  # fmt: skip
 
 
 def _check_rope(M, N, device, positions, inv_freq, n_heads, n_kv_heads, D, k_cache, v_cache, T, what) -> None:
@@ -196,9 +187,15 @@ def _kernel_or_reference(op: str, x: torch.Tensor, weight: torch.Tensor, norm_we
                          kernel, reference) -> torch.Tensor:  # fmt: skip
     """``kernel()`` (the Triton kernel) where it runs and takes these inputs, else ``reference()`` (its PyTorch
     reference), the backend and why recorded for ``last_backend(op)``: 'triton' or 'naive'."""
-    if use_triton(x, weight, norm_weight):
-        dev = x.device.type
-        reason = _unsupported(x.shape[0], x, norm_weight) or kernel_failed(op, dev)
+    return _dispatch(op, (x, weight, norm_weight), _unsupported(x.shape[0], x, norm_weight), kernel, reference)
+
+
+def _dispatch(op: str, tensors: tuple, unsupported: str | None, kernel, reference) -> torch.Tensor:
+    """``kernel()`` where Triton runs on ``tensors`` and nothing makes them ``unsupported`` (a reason) and the kernel
+    has not failed to compile on this device before, else ``reference()``; the backend and why recorded."""
+    if use_triton(*tensors):
+        dev = tensors[0].device.type
+        reason = unsupported or kernel_failed(op, dev)
         if reason is None:
             out = try_kernel(op, dev, kernel)
             if out is not None:
