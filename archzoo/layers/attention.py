@@ -308,17 +308,17 @@ class Attention(TakesNormAndResidual, nn.Module):
         static buffer with a per-row mask. No host value decides anything here."""
         B, T, _ = x.shape
         q_pos = ctx.positions(T, x.device)  # (B, T)
+        rope = (q_pos.reshape(-1), self.rope.inv_freq, self.n_heads, self.n_kv_heads, self.head_dim, state["k"],
+                state["v"]) if state is not None else None  # fmt: skip
         if self._qkv_kernel(x, state, ctx, norm):  # Q|K|V, RoPE and the cache write: one kernel (issue 18)
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
-            q = decode_qkv_rope(x.reshape(B * T, -1), self.fused.weight, nw, eps, q_pos.reshape(-1),
-                                self.rope.inv_freq, self.n_heads, self.n_kv_heads, self.head_dim, state["k"],
-                                state["v"], tokens_per_row=T)  # fmt: skip
-            q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
+            q = decode_qkv_rope(x.reshape(B * T, -1), self.fused.weight, nw, eps, *rope, tokens_per_row=T)
         elif self._rope_write(x, state, ctx, norm):  # F.linear on the fused copy, then RoPE + cache write: one kernel
             y = F.linear(norm(x) if norm is not None else x, self.fused.weight)  # (B, T, N): columns in pair order
-            q = decode_rope_write(y.reshape(B * T, -1), q_pos.reshape(-1), self.rope.inv_freq, self.n_heads,
-                                  self.n_kv_heads, self.head_dim, state["k"], state["v"], tokens_per_row=T)  # fmt: skip
+            q = decode_rope_write(y.reshape(B * T, -1), *rope, tokens_per_row=T)
+        else:
+            q = None
+        if q is not None:  # the caches written by the kernel
             q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             kv = ctx.shared["cla_kv"] = (state["k"], state["v"], None)
         else:

@@ -182,6 +182,14 @@ def _round(v, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _sum_sq(x_rows, offs_k, s_xk, mask_m, K):
+    """Each row's sum of squares over one K tile of x, in fp32: (BLOCK_M,)."""
+    xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+    xt = xt.to(tl.float32)
+    return tl.sum(xt * xt, axis=1)
+
+
+@triton.jit
 def _swiglu(g, u, DTYPE: tl.constexpr):
     """silu(g) * u from fp32 accumulators, with the unfused path's roundings (F.linear's g and u in DTYPE, then
     F.silu in DTYPE, then the product in DTYPE); returns fp32 holding a DTYPE value."""
@@ -339,18 +347,10 @@ def _gemv_kernel(
         ss = tl.zeros([BLOCK_M], tl.float32)
         if NORM_TILES > 0:  # unrolled: the tiles' loads are independent, so they issue together (one round trip)
             for t in tl.static_range(NORM_TILES):
-                offs_k = t * BLOCK_K + offs_kb
-                xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :],
-                             other=0.0)  # fmt: skip
-                xt = xt.to(tl.float32)
-                ss += tl.sum(xt * xt, axis=1)
+                ss += _sum_sq(x_rows, t * BLOCK_K + offs_kb, s_xk, mask_m, K)
         else:  # a loop: each tile's load waits for the one before (Triton pipelines only loops that feed tl.dot)
             for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + offs_kb
-                xt = tl.load(x_rows + offs_k[None, :] * s_xk, mask=mask_m[:, None] & (offs_k < K)[None, :],
-                             other=0.0)  # fmt: skip
-                xt = xt.to(tl.float32)
-                ss += tl.sum(xt * xt, axis=1)
+                ss += _sum_sq(x_rows, k0 + offs_kb, s_xk, mask_m, K)
         rstd = tl.math.rsqrt(ss / K + EPS)
 
     if USE_DOT:
