@@ -58,6 +58,11 @@ class Block(nn.Module):
         return x
 
 
+def _norm_head(norm: nn.Module, lm_head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The final norm and LM head: what ``ArchZooLM.compile_step_blocks`` compiles for steps on the compiled blocks."""
+    return lm_head(norm(x))
+
+
 class ArchZooLM(nn.Module):
     def __init__(self, cfg: ModelConfig | dict | str | Path):
         super().__init__()
@@ -72,6 +77,7 @@ class ArchZooLM(nn.Module):
         self.decode_pool = DecodePool()  # captured decode steps of generate(), per batch size and length bucket
         self.last_generate_stats: dict = {}
         self.step_blocks: list | None = None  # set by compile_step_blocks
+        self.step_head = None  # the final norm and LM head compiled for decode steps, set by compile_step_blocks
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -138,6 +144,13 @@ class ArchZooLM(nn.Module):
         ):  # fmt: skip
             x = self.hidden_states(input_ids, cache, final_norm=False)
             return fused_layer.decode_project(x, self.lm_head.weight, self.lm_head.bias, norm=self.norm)
+        if (
+            self.step_blocks is not None and self.step_head is not None and cache is not None and cache.compiled_blocks
+            and input_ids.dim() == 2 and input_ids.shape[1] == 1 and not torch.is_grad_enabled()
+        ):  # fmt: skip
+            # a step on the compiled blocks (any rows): the final norm compiled with the head, one kernel before
+            # cuBLAS's GEMM where eagerly it was six (12 us of the teacher's 64-row step on an H100)
+            return self.step_head(self.norm, self.lm_head, self.hidden_states(input_ids, cache, final_norm=False))
         return self.lm_head(self.hidden_states(input_ids, cache))
 
     def hidden_states(
@@ -216,8 +229,10 @@ class ArchZooLM(nn.Module):
 
         Blocks of the same family and shape share one compiled graph (their parameters are inputs,
         not constants), so a 30-layer model compiles once per distinct block, not 30 times: seconds,
-        where compiling the whole step took 30-65 s per shape on an H200. Only decode steps (one token
-        per row, no gradients) use them; prefill and training run the plain blocks.
+        where compiling the whole step took 30-65 s per shape on an H200. The final norm and the LM head
+        are compiled too, for the steps whose head is not the decode GEMV's (above ``layers.fused.AUTO_MAX_ROWS``
+        rows, or without fused copies). Only decode steps (one token per row, no gradients) use them; prefill
+        and training run the plain modules.
         """
         allow_recompiles()  # else the 9th model or shape compiled in one process fails (fullgraph=True)
         backend = backend or self.compile_backend
@@ -227,6 +242,8 @@ class ArchZooLM(nn.Module):
             self.step_blocks = [
                 torch.compile(b, fullgraph=True, dynamic=False, backend=backend, options=options) for b in self.blocks
             ]
+            # the modules are arguments, not closed over: a deep copy of the model calls it with its own
+            self.step_head = torch.compile(_norm_head, fullgraph=True, dynamic=False, backend=backend, options=options)
             self._step_backend = setting
 
     def refresh_fused(self) -> None:

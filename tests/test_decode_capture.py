@@ -632,8 +632,37 @@ def test_regional_step_computes_positions_once():
             out = model(ids[:, i : i + 1], cache=cache)
             ref = model(ids[:, i : i + 1], cache=eager_cache)
             assert_close(f"step {i} logits", out, ref, 1e-5)
-    aranges = [sum("arange" in t for t in g) for g in graphs]
-    assert len(graphs) == 2 and aranges[1] < aranges[0], f"aranges in the block graphs: {aranges}"
+    aranges = [sum("arange" in t for t in g) for g in graphs[:2]]  # graphs[2]: the final norm with the head
+    assert len(graphs) == 3 and aranges[1] < aranges[0], f"aranges in the block graphs: {aranges}"
+
+
+def test_step_head_is_compiled_once_and_a_copy_uses_its_own_weights():
+    """``compile_step_blocks`` compiles the final norm with the LM head for the steps whose head is not the decode
+    GEMV's (eagerly six kernels before cuBLAS's GEMM at 64 rows): one graph for every step, equal to the eager head;
+    the modules are the compiled function's arguments, so a deep copy of the model with other weights gives its own
+    logits, not the original's."""
+    path = next(p for p in MODEL_CONFIGS if p.stem == "gqa")
+    model = f64_model(path).float()
+    graphs: list[list[str]] = []
+    model.compile_step_blocks(backend=recording_backend(graphs, ("call_function", "call_method", "call_module")))
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 8))
+
+    def steps(m, compiled: bool) -> list[torch.Tensor]:
+        cache = m.new_cache(2, 8, dtype=torch.float32)
+        cache.compiled_blocks = compiled
+        with torch.no_grad():
+            m(ids[:, :5], cache=cache)
+            return [m(ids[:, i : i + 1], cache=cache) for i in range(5, 8)]
+
+    for i, (out, ref) in enumerate(zip(steps(model, True), steps(model, False), strict=True)):
+        assert_close(f"step {i} logits", out, ref, 1e-5)
+    assert len(graphs) == 3, f"{len(graphs)} graphs: two block graphs and one head graph expected"
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.norm.weight.mul_(2.0)
+        twin.lm_head.weight.mul_(-1.0)
+    for i, (out, ref) in enumerate(zip(steps(twin, True), steps(twin, False), strict=True)):
+        assert_close(f"the copy's step {i} logits", out, ref, 1e-5)
 
 
 def test_update_ops_return_their_kernels_outputs_without_a_copy(monkeypatch):
@@ -678,7 +707,7 @@ def test_pool_key_holds_every_step_switch(monkeypatch):
                                 (_capture, "COPY_OUTPUTS", True), (s4, "FUSED_STEP", not s4.FUSED_STEP),
                                 (mamba, "IN_PROJ_CONV", not mamba.IN_PROJ_CONV),
                                 (_pdl, "UPDATE_KERNELS", not _pdl.UPDATE_KERNELS),
-                                (fused, "ROPE_WRITE_MIN_ROWS", 17)):  # fmt: skip
+                                (fused, "ROPE_WRITE_MIN_ROWS", None if fused.ROPE_WRITE_MIN_ROWS else 17)):  # fmt: skip
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(module, name, value)
             assert decode_switches() != before, f"{name} is not in the pool's key"

@@ -299,7 +299,7 @@ def main() -> None:
             for n in map(int, args.prompt.split(",")):
                 forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
                 experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                combos = [(f, e, o, mf, up, ic) for f in forms for e in experts for o in args.once.split(",")
+                combos = [(f, e, o, mf, up, ic, s4s, rw) for f in forms for e in experts for o in args.once.split(",")
                           for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")
                           for ic in args.in_proj_conv.split(",") for s4s in args.s4_step.split(",")
                           for rw in args.rope_write.split(",")]  # fmt: skip

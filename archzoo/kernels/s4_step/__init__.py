@@ -69,8 +69,8 @@ def _run(x, norm_weight, eps, state, dA, dB, C, D):
         return naive_s4d_decode_step(x, norm_weight, eps, state, dA, dB, C, D)
     from .triton import s4d_decode_step as fn
 
-    if dA.dim() == 3:  # the kernel reads a pair's (re, im) adjacent
-        dA, dB, C = (t if t.stride(2) == 1 else t.contiguous() for t in (dA, dB, C))
+    if dA.dim() == 3:  # the kernel reads a channel's (re, im) pairs as one contiguous row of 2M
+        dA, dB, C = (t if t.stride(2) == 1 and t.stride(1) == 2 else t.contiguous() for t in (dA, dB, C))
     return fn(x, norm_weight, eps, state, dA, dB, C, D)
 
 

@@ -36,61 +36,69 @@ _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
 
 
 @triton.jit
+def _pairs(rows, offs_k, mask, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The (BLOCK_H, 2 BLOCK_M) tile of (re, im) pairs at ``rows`` (BLOCK_H, 1) + ``offs_k`` -> its (re, im) planes,
+    each (BLOCK_H, BLOCK_M), in fp32."""
+    t = tl.load(rows + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+    return tl.split(tl.reshape(t, (BLOCK_H, BLOCK_M, 2)))
+
+
+@triton.jit
 def _s4d_step_kernel(
     x_ptr, nw_ptr, s_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_ptr,
     H, M, s_xb, s_xh, s_sb, s_sh, s_sm, s_ah, s_am, s_bh, s_bm, s_ch, s_cm,
     EPS: tl.constexpr, HAS_NORM: tl.constexpr, COMPLEX: tl.constexpr, N_DTYPE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_ALL: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """COMPLEX: mode m's (re, im) at m * s_?m and m * s_?m + 1 of state, dA, dB, C (the pair's elements adjacent);
-    real: mode m at m * s_?m."""
+    """COMPLEX: mode m's (re, im) at 2m and 2m + 1 of a channel's state, dA, dB, C (pairs adjacent and modes
+    contiguous; s_?m unused); real: mode m at m * s_?m."""
     if PDL:  # x is the kernel before's output
         gdc_launch_dependents()
         gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
+    # every tile's load first, before the norm's reduction (its barrier), so that they are all in flight together
+    if COMPLEX:  # (BLOCK_H, 2 BLOCK_M) tiles of adjacent (re, im) pairs: contiguous, vector loads
+        offs_k = tl.arange(0, 2 * BLOCK_M)
+        mask = mask_h[:, None] & (offs_k < 2 * M)[None, :]
+        s_at = s_ptr + b * s_sb + offs_h[:, None] * s_sh + offs_k[None, :]
+        hr, hi = _pairs(s_ptr + b * s_sb + offs_h[:, None] * s_sh, offs_k, mask, BLOCK_H, BLOCK_M)
+        ar, ai = _pairs(a_ptr + offs_h[:, None] * s_ah, offs_k, mask, BLOCK_H, BLOCK_M)
+        br, bi = _pairs(b_ptr + offs_h[:, None] * s_bh, offs_k, mask, BLOCK_H, BLOCK_M)
+        cr, ci = _pairs(c_ptr + offs_h[:, None] * s_ch, offs_k, mask, BLOCK_H, BLOCK_M)
+    else:
+        offs_m = tl.arange(0, BLOCK_M)
+        mask = mask_h[:, None] & (offs_m < M)[None, :]
+        s_at = s_ptr + b * s_sb + offs_h[:, None] * s_sh + offs_m[None, :] * s_sm
+        h = tl.load(s_at, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + offs_h[:, None] * s_ah + offs_m[None, :] * s_am, mask=mask, other=0.0).to(tl.float32)
+        bb = tl.load(b_ptr + offs_h[:, None] * s_bh + offs_m[None, :] * s_bm, mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + offs_h[:, None] * s_ch + offs_m[None, :] * s_cm, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(d_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     x_row = x_ptr + b * s_xb
     XDT = x_ptr.dtype.element_ty
     x = tl.load(x_row + offs_h * s_xh, mask=mask_h, other=0.0).to(tl.float32)
     if HAS_NORM:  # RMSNorm over the whole row: fp32 statistics, x * rstd rounded to x's dtype, times the weight
         offs_all = tl.arange(0, BLOCK_ALL)
         xa = tl.load(x_row + offs_all * s_xh, mask=offs_all < H, other=0.0).to(tl.float32)
-        rstd = tl.math.rsqrt(tl.sum(xa * xa, axis=0) / H + EPS)
         nw = tl.load(nw_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(xa * xa, axis=0) / H + EPS)
         u = _round(_round(x * rstd, XDT) * nw, N_DTYPE)
     else:
         u = x
-    offs_m = tl.arange(0, BLOCK_M)
-    mask = mask_h[:, None] & (offs_m < M)[None, :]
-    s_at = s_ptr + b * s_sb + offs_h[:, None] * s_sh + offs_m[None, :] * s_sm
-    a_at = a_ptr + offs_h[:, None] * s_ah + offs_m[None, :] * s_am
-    b_at = b_ptr + offs_h[:, None] * s_bh + offs_m[None, :] * s_bm
-    c_at = c_ptr + offs_h[:, None] * s_ch + offs_m[None, :] * s_cm
     uu = u[:, None]
     if COMPLEX:
-        hr = tl.load(s_at, mask=mask, other=0.0).to(tl.float32)
-        hi = tl.load(s_at + 1, mask=mask, other=0.0).to(tl.float32)
-        ar = tl.load(a_at, mask=mask, other=0.0).to(tl.float32)
-        ai = tl.load(a_at + 1, mask=mask, other=0.0).to(tl.float32)
-        br = tl.load(b_at, mask=mask, other=0.0).to(tl.float32)
-        bi = tl.load(b_at + 1, mask=mask, other=0.0).to(tl.float32)
-        cr = tl.load(c_at, mask=mask, other=0.0).to(tl.float32)
-        ci = tl.load(c_at + 1, mask=mask, other=0.0).to(tl.float32)
         nr = ar * hr - ai * hi + br * uu
         ni = ar * hi + ai * hr + bi * uu
-        tl.store(s_at, nr.to(s_ptr.dtype.element_ty), mask=mask)
-        tl.store(s_at + 1, ni.to(s_ptr.dtype.element_ty), mask=mask)
+        new = tl.reshape(tl.join(nr, ni), (BLOCK_H, 2 * BLOCK_M))  # back to (re, im) pairs
+        tl.store(s_at, new.to(s_ptr.dtype.element_ty), mask=mask)
         y = 2 * tl.sum(cr * nr - ci * ni, axis=1)
     else:
-        h = tl.load(s_at, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(a_at, mask=mask, other=0.0).to(tl.float32)
-        bb = tl.load(b_at, mask=mask, other=0.0).to(tl.float32)
-        c = tl.load(c_at, mask=mask, other=0.0).to(tl.float32)
         h = a * h + bb * uu
         tl.store(s_at, h.to(s_ptr.dtype.element_ty), mask=mask)
         y = tl.sum(c * h, axis=1)
-    y += tl.load(d_ptr + offs_h, mask=mask_h, other=0.0).to(tl.float32) * u
+    y += d * u
     y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))  # GELU, erf form (F.gelu's default)
     YDT = y_ptr.dtype.element_ty
     tl.store(y_ptr + b * H + offs_h, _round(y, YDT).to(YDT), mask=mask_h)
