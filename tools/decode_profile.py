@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import time
 
@@ -243,7 +244,26 @@ def forms_of(attention: str, linear: str, fold: str, mamba_step: str) -> list[tu
     ]
 
 
-def main() -> None:
+def step_settings(args: argparse.Namespace) -> list[dict]:
+    """The flags' every combination, each as ``profile_step``'s keyword arguments (by name: a switch added to one and
+    not the other fails here, on the CPU, not in a GPU queue after its tests)."""
+    axes = {
+        "moe_experts": args.moe_experts.split(",") if args.moe_experts else [None],
+        "once": args.once.split(","),
+        "mamba_fold": args.mamba_fold.split(","),
+        "update_pdl": args.update_pdl.split(","),
+        "in_proj_conv": args.in_proj_conv.split(","),
+        "s4_step": args.s4_step.split(","),
+        "rope_write": args.rope_write.split(","),
+    }
+    names = ("attention", "linear", "fold", "mamba_step", *axes)
+    forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
+    return [
+        dict(zip(names, (*form, *vals), strict=True)) for form in forms for vals in itertools.product(*axes.values())
+    ]
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("configs", nargs="+")
     p.add_argument("--batch", default="1")
@@ -277,7 +297,11 @@ def main() -> None:
     p.add_argument("--draft", help="a draft's config: profile a speculative round of each config verifying it")
     p.add_argument("--num-draft-tokens", type=int, default=2, help="k, with --draft")
     p.add_argument("--out", required=True)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     out = []
     if args.draft:
         for config in args.configs:
@@ -297,14 +321,10 @@ def main() -> None:
     for config in args.configs:
         for b in map(int, args.batch.split(",")):
             for n in map(int, args.prompt.split(",")):
-                forms = forms_of(args.attention, args.decode_linear, args.mla_fold, args.mamba_step)
-                experts = args.moe_experts.split(",") if args.moe_experts else [None]
-                combos = [(f, e, o, mf, up, ic, s4s, rw) for f in forms for e in experts for o in args.once.split(",")
-                          for mf in args.mamba_fold.split(",") for up in args.update_pdl.split(",")
-                          for ic in args.in_proj_conv.split(",") for s4s in args.s4_step.split(",")
-                          for rw in args.rope_write.split(",")]  # fmt: skip
-                for (form, linear, fold, ms), ex, once, mf, up, ic, s4s, rw in combos:
-                    r = profile_step(config, b, n, args.steps, form, linear, fold, ms, ex, once, mf, up, ic, s4s, rw)
+                for kw in step_settings(args):
+                    r = profile_step(config, b, n, args.steps, **kw)
+                    form, linear, fold, mf, rw, once = (kw[k] for k in ("attention", "linear", "fold", "mamba_fold",
+                                                                        "rope_write", "once"))  # fmt: skip
                     out.append(r)
                     print(
                         f"\n{config} B={b} P={n} {form} {linear} fold {fold} mamba step {r['mamba_step']} "

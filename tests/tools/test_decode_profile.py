@@ -33,3 +33,25 @@ def test_a_speculative_round_profiles_on_the_cpu():
     names = {row["kernel"] for row in r["kernels"]}
     assert {"aten::mm", "aten::argmax"} <= names or {"aten::addmm", "aten::argmax"} <= names, sorted(names)[:20]
     assert r["kernels_per_round"] > 0
+
+
+def test_every_setting_binds_to_profile_step():
+    """Each combination of the flags is ``profile_step``'s keyword arguments, every switch with both its values: the
+    queue's `attnsingle`, `s4step` and `ropewrite` jobs once failed on the GPU after their tests, a tuple of six
+    unpacked into eight names."""
+    import inspect
+
+    tool = _tool()
+    args = tool.parser().parse_args(
+        ["m.yaml", "--out", "x.json", "--attention", "kernel,kernel-single", "--s4-step", "kernel,compiled",
+         "--rope-write", "on,off", "--moe-experts", "fused,reductions", "--once", "on,off"]
+    )  # fmt: skip
+    settings = tool.step_settings(args)
+    assert len(settings) == 2 * 2 * 2 * 2 * 2 and len({tuple(s.items()) for s in settings}) == len(settings)
+    sig = inspect.signature(tool.profile_step)
+    for s in settings:
+        sig.bind("m.yaml", 1, 128, 20, **s)
+    both = {"s4_step": {"kernel", "compiled"}, "rope_write": {"on", "off"}, "attention": {"kernel", "kernel-single"},
+            "moe_experts": {"fused", "reductions"}}  # fmt: skip
+    for key, values in both.items():
+        assert {s[key] for s in settings} == values, key
