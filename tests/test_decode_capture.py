@@ -495,6 +495,35 @@ def test_rope_write_after_cublas_matches_the_compiled_ops(monkeypatch, family):
             assert_close(f"{family} layer {i} {name}", a[name], b[name], 1e-5)
 
 
+def test_a_qkv_bias_keeps_the_plain_rope_and_says_why(monkeypatch, caplog):
+    """A Q|K|V with a bias (``qkv_bias``) cannot take ``decode_rope_write`` / ``decode_qkv_rope`` (the kernels take
+    none): the step runs the plain RoPE and cache write, logs why for each op, and gives the plain step's logits."""
+    import logging
+
+    import archzoo.kernels as K
+    from archzoo.layers import fused
+
+    cfg = _gemv_cfg("gqa")
+    cfg["mixer"]["qkv_bias"] = True
+    model, ids, caches = _fused_pair(cfg)
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
+    monkeypatch.setattr(fused, "AUTO_DEVICES", ("cuda", "cpu"))
+    with torch.no_grad():
+        monkeypatch.setattr(fused, "DECODE_LINEAR", "cublas")
+        want = model(ids[:, 5:6], cache=caches[1])
+        settings = {"decode_rope_write": ("ROPE_WRITE_MIN_ROWS", 2), "decode_qkv_rope": ("DECODE_LINEAR", "kernel")}
+        for op, setting in settings.items():
+            monkeypatch.setattr(fused, *setting)
+            K._dispatch.record(op, "none")
+            cache = copy.deepcopy(caches[0])
+            with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+                got = model(ids[:, 5:6], cache=cache)
+            assert K.last_backend(op) == "unfused", op
+            said = [r.getMessage() for r in caplog.records if op in r.getMessage()]
+            assert said and "has a bias" in said[0], said
+            assert_close(f"{op}: the step with a Q|K|V bias", got, want, 1e-4)
+
+
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla"])

@@ -329,33 +329,49 @@ class Attention(TakesNormAndResidual, nn.Module):
     def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
         (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x
-        tokens), no bias, one dtype, and a norm the GEMV fuses (an RMSNorm, or none). One token a row, or several (a
-        speculative verify's (B, k+1) forward) into a global cache: a ring would have a later token of the row overwrite
-        a slot an earlier one still reads."""
-        f = self.fused
-        fits = (
-            fused_mod.qkv_kernel_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
-            and f.weight is not None and f.bias is None and state is not None and x.shape[0] * x.shape[1] <= MAX_M
-            and x.dtype == f.weight.dtype and (norm is None or isinstance(norm, RMSNorm))
-        )  # fmt: skip
-        if fits and x.shape[1] > 1 and self.window is not None:
-            if not torch.compiler.is_compiling():  # a traced step cannot log
-                why = (f"{x.shape[1]} tokens a row into a ring buffer: Q|K|V, RoPE and the cache write run apart (a "
-                       "later token could overwrite a slot an earlier one reads)")  # fmt: skip
-                record("decode_qkv_rope", "unfused", why)
+        tokens), and what ``_unfused_why`` asks (a norm the GEMV fuses: an RMSNorm, or none)."""
+        rows = x.shape[0] * x.shape[1]
+        if not (fused_mod.qkv_kernel_for(rows, x.device) and ctx.fused and self.fused is not None):
             return False
-        return fits
+        why = self._unfused_why(x, state)
+        if why is None and rows > MAX_M:
+            why = f"{rows} rows > {MAX_M}"
+        if why is None and not (norm is None or isinstance(norm, RMSNorm)):
+            why = f"a {type(norm).__name__} before the projection, which the GEMV does not fuse (RMSNorm or none)"
+        return self._take("decode_qkv_rope", why)
 
     def _rope_write(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's RoPE and cache write run ``decode_rope_write`` after a plain projection of the fused
-        Q|K|V copy: ``fused.rope_write_for`` its rows, the copy in RoPE-pair order without a bias, one dtype, and
-        the cases ``decode_qkv_rope`` takes (one token a row, or several into a global cache)."""
+        Q|K|V copy: ``fused.rope_write_for`` its rows, the copy in RoPE-pair order, and what ``_unfused_why`` asks."""
+        if not (fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and self.fused is not None):
+            return False
+        why = self._unfused_why(x, state)
+        if why is None and self.fused.rope is None:
+            why = "the fused Q|K|V copy's columns are not in RoPE-pair order"
+        return self._take("decode_rope_write", why)
+
+    def _unfused_why(self, x: torch.Tensor, state: LayerState | None) -> str | None:
+        """Why Q|K|V's RoPE and cache write cannot run as one kernel on the fused copy (None: they can). No bias, one
+        dtype, a cache; one token a row, or several (a speculative verify's (B, k+1) forward) into a global cache: a
+        ring would have a later token of the row overwrite a slot an earlier one still reads."""
         f = self.fused
-        return (
-            fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and f is not None
-            and f.weight is not None and f.bias is None and f.rope is not None and state is not None
-            and x.dtype == f.weight.dtype and (x.shape[1] == 1 or self.window is None)
-        )  # fmt: skip
+        if f.weight is None or state is None:
+            return "no fused copy or no cache"
+        if f.bias is not None:
+            return "Q|K|V has a bias (the kernels take none)"
+        if x.dtype != f.weight.dtype:
+            return f"the input is {x.dtype} and the fused copy {f.weight.dtype}"
+        if x.shape[1] > 1 and self.window is not None:
+            return (f"{x.shape[1]} tokens a row into a ring buffer (a later token could overwrite a slot an earlier "
+                    "one reads)")  # fmt: skip
+        return None
+
+    @staticmethod
+    def _take(op: str, why: str | None) -> bool:
+        """True where ``why`` is None; else logs it (once, eagerly: a traced step cannot log) with the plain path."""
+        if why is not None and not torch.compiler.is_compiling():
+            record(op, "unfused", f"Q|K|V, RoPE and the cache write run apart: {why}")
+        return why is None
 
     def _qkv_step(self, x, state, ctx, norm, q_pos):
         """Q with RoPE (B, H, T, D), and the keys, values and key positions to attend over (the step's K / V written
