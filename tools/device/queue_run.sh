@@ -136,13 +136,15 @@ for job in $(cat $Q/jobs); do
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
             tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py \
             tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py \
-            tests/kernels/test_decode_linear_conv.py >> $F 2>&1
+            tests/kernels/test_decode_linear_conv.py tests/kernels/test_s4_step.py >> $F 2>&1
         rc=$?; [ $rc -eq 2 ] && [ $try -eq 1 ] && { log "gputests: collection failed, again in 20 s"; sleep 20; continue; }
         break
       done
       log "gputests kernels rc=$rc $(tail -1 $F)"
-      timeout 240 python3 -m pytest -q -p no:cacheprovider -rfs -k pdl tests/test_gpu_decode.py >> $F 2>&1
-      log "gputests decode pdl rc=$? $(tail -1 $F)"
+      # the whole file: every family's compiled step against the eager one with every decode default (twenty-first
+      # session: the compiled head, decode_rope_write and S4D's kernel on; 34 of it passed before a budget ran out)
+      timeout 420 python3 -m pytest -q -p no:cacheprovider -rfs tests/test_gpu_decode.py >> $F 2>&1
+      log "gputests decode rc=$? $(tail -1 $F)"
       timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs tests/kernels/test_mamba_step.py >> $F 2>&1
       log "gputests mamba_step rc=$? $(tail -1 $F)"; pack ;;
     mambastep)  # issue 18: the Mamba hybrids' step with the fused middle (mamba_decode_step) against the four kernels
@@ -286,7 +288,8 @@ for job in $(cat $Q/jobs); do
       # ARCHZOO_DECODE_LINEAR_CONFIG={"EPILOGUE_PLANS":false}), with the norm's K tiles in a loop ("normloop",
       # {"NORM_UNROLL":0}: before the twentieth session) and with gemvtune's suggestion if it made one, each process with cuBLAS beside it: teacher
       # and MQA at batch 8 / 16 x 128 (gemvstep:64: 64 x 128). GEMVSTEP_BATCH overrides the batch sizes (1,8,16),
-      # GEMVSTEP_VARIANTS the steps ("default normloop")
+      # GEMVSTEP_VARIANTS the steps ("default normloop"; "fixup": split-K's partials summed by each column block's last
+      # split program instead of a second launch, never timed in a step: 90 reduce launches, 0.14 ms of batch 16's)
       [ -n "$bg" ] && wait $bg; bg=""
       rows=$s; [ "$job" = gemvstep ] && rows=16,8; tag=${rows//,/_}; O=$S/docs/results/kernels/queue; mkdir -p $DEC
       sugg=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); s=next((r for r in d if r.get('summary')), {}).get('suggested_override'); print(json.dumps(s, separators=(',', ':')) if s else '')" \
@@ -299,6 +302,7 @@ for job in $(cat $Q/jobs); do
         ( env=""; [ $v = tuned ] && env="ARCHZOO_DECODE_LINEAR_CONFIG=$sugg"
           [ $v = flat ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"EPILOGUE_PLANS":false}'
           [ $v = normloop ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"NORM_UNROLL":0}'
+          [ $v = fixup ] && env='ARCHZOO_DECODE_LINEAR_CONFIG={"FIXUP":true}'  # split-K summed by the last program
           env $env timeout 300 python3 -m archzoo bench decode configs/students/teacher.yaml configs/students/mqa.yaml \
               --batch-sizes $bs --prompt-lens 128 --new-tokens 128 --decode-linear cublas,auto \
               --out $DEC/gemvstep_${tag}_$v > $DEC/gemvstep_${tag}_$v.log 2>&1
