@@ -6,7 +6,8 @@ Times, at Mamba's configuration (b=4, d=2048, width 4, bias, SiLU, bf16), the fo
 autograd and the backward alone (``_conv_backward``: the zeroed dweight / dbias sums and the kernel,
 which adds to them by atomics), for every (BLOCK_D, BLOCK_L, num_warps) whose groups per thread,
 BLOCK_D * BLOCK_L / (8 * 32 * num_warps), lies in the given range, and the backward with one or more tiles a
-program (``--tiles 1,4,16``), its tile loop pipelined or not (``--stages 0,2,3``). Reports each compiled kernel's
+program (``--tiles 1,4,16``), its tile loop pipelined or not (``--stages 0,2,3``), the next tile's loads issued
+before a tile computes or not (``--prefetch 0,1``). Reports each compiled kernel's
 registers / spills and the bandwidth it reaches (the forward moves x in and out once, the backward
 reads x and dout and writes dx). The winners go into ``CUDA_CONFIG`` in
 ``archzoo/kernels/causal_conv1d/triton.py``.
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--warps", default="2,4,8")
     ap.add_argument("--tiles", default="1", help="the backward's TILES values (consecutive tiles a program walks)")
     ap.add_argument("--stages", default="0", help="the backward's STAGES values (0: its tile loop as written)")
+    ap.add_argument("--prefetch", default="0", help="the backward's PREFETCH values (1: the next tile's loads first)")
     ap.add_argument("--fwd-groups", default="1,4", help="keep groups per thread in this range (inclusive)")
     ap.add_argument("--bwd-groups", default="1,2")
     add_common_args(ap)
@@ -156,16 +158,19 @@ def main() -> None:
         bds, bls, (lo, hi) = grids[key]
         tiles = _ints(args.tiles) if key == "bwd" else [None]
         stages = _ints(args.stages) if key == "bwd" else [None]
-        for bd, bl, nw, nt, ns in itertools.product(bds, bls, _ints(args.warps), tiles, stages):
+        prefetch = [int(v) for v in args.prefetch.split(",")] if key == "bwd" else [None]
+        for bd, bl, nw, nt, ns, pf in itertools.product(bds, bls, _ints(args.warps), tiles, stages, prefetch):
             if lo * 256 * nw <= bd * bl <= hi * 256 * nw:  # groups per thread = bd * bl / (8 * 32 * nw)
-                if ns and nt == 1:
-                    continue  # one tile a program: a loop of one iteration, nothing to pipeline
-                todo.append((key, bd, bl, nw, nt, ns))
+                if (ns or pf) and nt == 1:
+                    continue  # one tile a program: a loop of one iteration, nothing to pipeline or prefetch
+                if ns and pf:
+                    continue  # two ways of the same thing: each against the plain loop
+                todo.append((key, bd, bl, nw, nt, ns, pf))
     shard, n_shards = map(int, args.shard.split("/"))
     for L in lengths:  # compile-only runs every length too: BLOCK_L shrinks for l < BLOCK_L (another kernel)
         x, gout = (_input(b, d, L, args.layout, dtype, args.device, g) for _ in range(2))
         moved = {"fwd": 2 * x.numel() * x.element_size(), "bwd": 3 * x.numel() * x.element_size()}
-        for j, (key, bd, bl, nw, nt, ns) in enumerate(todo):
+        for j, (key, bd, bl, nw, nt, ns, pf) in enumerate(todo):
             if j % n_shards != shard:
                 continue
             cfg = dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
@@ -173,6 +178,8 @@ def main() -> None:
                 cfg["TILES"] = nt
             if ns:
                 cfg["STAGES"] = ns
+            if pf:
+                cfg["PREFETCH"] = pf
             T.CONFIG_OVERRIDE.clear()
             T.CONFIG_OVERRIDE[key] = cfg
             row = dict(kernel=key, length=L, layout=args.layout, **cfg, groups_per_thread=bd * bl / (256 * nw))

@@ -175,7 +175,23 @@ def test_conv_backward_stages(monkeypatch, stages):
         _compare(_inputs(2, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
     ins = _inputs(2, 5, 70, 4, True, False, torch.float32, DEV)
     bs = T._backward_site(ins["x"], ins["weight"], ins["bias"], None, ins["x"], True, T._acc(ins["x"]), False)
-    assert bs.site.consts[-1] == stages
+    assert bs.site.consts[-2] == stages
+
+
+@pytest.mark.parametrize("own", [0, 1], ids=["atomics", "own"])
+def test_conv_backward_prefetch(monkeypatch, own):
+    """PREFETCH (each tile loads the next tile's x and dout into registers before it computes): every gradient
+    against the reference at one step, a tile and a half, several tiles a program, two programs a row, with and
+    without initial states (dinit: the tiling shifted by V) and bias; under OWN the prefetch crosses into the next
+    batch row and past the last one (masked)."""
+    _override(monkeypatch, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1))
+    T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 4, "PREFETCH": 1, "OWN": own}
+    for L in (1, 13, 29, 70):
+        _compare(_inputs(3, 5, L, 4, True, True, torch.float32, DEV), "silu", True, tol=1e-5)
+    _compare(_inputs(2, 6, 21, 3, False, False, torch.float32, DEV), None, True, tol=1e-5)
+    ins = _inputs(2, 5, 70, 4, True, False, torch.float32, DEV)
+    bs = T._backward_site(ins["x"], ins["weight"], ins["bias"], None, ins["x"], True, T._acc(ins["x"]), False)
+    assert bs.site.consts[-1] is True
 
 
 @pytest.mark.parametrize("L, want_tiles, want_programs", [(5, 1, 1), (20, 3, 1), (64, 8, 1), (200, 13, 2)])
@@ -188,7 +204,7 @@ def test_conv_backward_tiles_is_a_cap(monkeypatch, L, want_tiles, want_programs)
     ins = _inputs(2, 4, L, 4, True, False, torch.float32, DEV)
     x, w = ins["x"], ins["weight"]
     bs = T._backward_site(x, w, ins["bias"], None, torch.ones_like(x), True, T._acc(x), False)
-    assert (bs.site.consts[-3], bs.n_l) == (want_tiles, want_programs)
+    assert (bs.site.consts[-4], bs.n_l) == (want_tiles, want_programs)
     assert bs.own == (want_programs == 1) and bs.site.grid[0] == (1 if bs.own else 2)  # OWN: a program has the rows
 
 
@@ -264,8 +280,8 @@ def test_conv_long_gpu(W):
 @pytest.mark.parametrize("tiles", [(1, 1024, 2), (2, 4096, 4)], ids=["BL1024_w2", "BD2_BL4096_w4"])
 def test_conv_tiles_gpu(monkeypatch, tiles):
     """The tiles the tuner sweeps, bf16, with dinitial_states: l past a tile and not a multiple of the group, d not a
-    multiple of BLOCK_D; the backward with one tile a program, with four, with OWN (every tile of a row) and with
-    its tile loop pipelined (STAGES 2)."""
+    multiple of BLOCK_D; the backward with one tile a program, with four, with OWN (every tile of a row), with
+    its tile loop pipelined (STAGES 2) and with the next tile's loads first (PREFETCH, with and without OWN)."""
     bd, bl, nw = tiles
     _override(monkeypatch, dict(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw))
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
@@ -278,6 +294,10 @@ def test_conv_tiles_gpu(monkeypatch, tiles):
     monkeypatch.setattr(T, "_PLANS", {})  # the tile loop pipelined (STAGES): cp.async into shared memory
     T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": 0, "STAGES": 2}
     _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
+    for own in (0, 1):  # the next tile's loads first (PREFETCH), with OWN across the batch rows
+        monkeypatch.setattr(T, "_PLANS", {})
+        T.CONFIG_OVERRIDE["bwd"] = {**T.CONFIG_OVERRIDE["bwd"], "TILES": 8, "OWN": own, "STAGES": 0, "PREFETCH": 1}
+        _compare(_inputs(2, 37, 5003, 4, True, True, torch.bfloat16, "cuda"), "silu", True, tol=2e-2)
 
 
 @gpu

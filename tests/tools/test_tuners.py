@@ -17,7 +17,8 @@ TINY = {
     "tune_ssm_kernels.py": "--length 16 --batch 1 --dim 2 --dstate 2 --fwd-block-d 1 --fwd-block-l 16 "
     "--bwd-block-d 1 --bwd-block-l 16 --warps 1 --fwd-per-thread 0,64 --bwd-per-thread 0,64",
     "tune_causal_conv1d.py": "--lengths 16 --batch 1 --dim 4 --fwd-block-d 4 --fwd-block-l 16 --bwd-block-d 4 "
-    "--bwd-block-l 16 --warps 1 --fwd-groups 0,8 --bwd-groups 0,8 --which both",  # "both": the queue's convtune
+    "--bwd-block-l 16 --warps 1 --fwd-groups 0,8 --bwd-groups 0,8 --which both --tiles 1,2 --prefetch 0,1",
+    # "both": the queue's convtune; --prefetch 1 with 2 tiles a program runs the PREFETCH kernel
 }
 
 

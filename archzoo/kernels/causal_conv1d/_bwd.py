@@ -47,7 +47,7 @@ def _conv_bwd_kernel(
     d, L, n_b, s_x_b, s_x_d, s_x_l, s_g_b, s_g_d, s_g_l,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, DINIT: tl.constexpr, SILU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr, OWN: tl.constexpr,
-    STAGES: tl.constexpr,
+    STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """dx (b, d, L) and dinit (b, d, W-1) contiguous; part: [dweight (d, W) flattened, dbias (d,)] fp32 (fp64),
     zeroed by the host, to which every program adds its sums by atomics. The groups before and after each group
@@ -59,7 +59,10 @@ def _conv_bwd_kernel(
     sums and stores them, rounded once, into part (dweight (d, W), the weight's dtype) and db_ptr (dbias (d,)): no
     zeroed buffer, no atomics (the same bits every run), no casts after. STAGES: 0, the tile loop as written; k >= 1,
     the loop annotated num_stages=k (Triton pipelines every load of an annotated loop: tile i + 1's x and dout are
-    in flight, through shared memory, while tile i computes; 1 annotates without pipelining)."""
+    in flight, through shared memory, while tile i computes; 1 annotates without pipelining). PREFETCH: the next
+    tile's x and dout (its new bytes) loaded into registers before this tile computes, carried to the next
+    iteration, so the memory works while the ALUs do (no shared memory, which STAGES' pipelining goes through); the
+    tile's shifted loads (the groups before and after) then hit L1 / L2."""
     G: tl.constexpr = BLOCK_L // V
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
@@ -81,21 +84,30 @@ def _conv_bwd_kernel(
     a6 = tl.zeros((BLOCK_D, G), dtype=ACC)
     a7 = tl.zeros((BLOCK_D, G), dtype=ACC)
     ab = tl.zeros((BLOCK_D, G), dtype=ACC)
+    n_all = n_b * TILES
+    if PREFETCH:  # the first tile's x and dout; each iteration then loads the next one's
+        pid_b, start, first, x_row, i_row, g_row = _tile(0, TILES, pid_l, x_ptr, init_ptr, dout_ptr, offs_d, d, s_x_b,
+                                                         s_x_d, s_g_b, s_g_d, W, DINIT, BLOCK_L)  # fmt: skip
+        xc_next = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
+        dc_next = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
     # batch row i_all // TILES, its tile i; tiles past the end add zeros
-    for i_all in tl.range(0, n_b * TILES, num_stages=STAGES if STAGES > 0 else None):
-        i = i_all % TILES
-        pid_b = tl.program_id(0).to(tl.int64) + i_all // TILES
-        x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d  # (BD,) row starts
-        i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
-        g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
-        start = (pid_l * TILES + i) * BLOCK_L
-        if DINIT:  # the first tile also covers [-V, 0)
-            start -= V
-        first = start < V  # the tile's groups (with the one before) reach t < 0
+    for i_all in tl.range(0, n_all, num_stages=STAGES if STAGES > 0 else None):
+        pid_b, start, first, x_row, i_row, g_row = _tile(i_all, TILES, pid_l, x_ptr, init_ptr, dout_ptr, offs_d, d,
+                                                         s_x_b, s_x_d, s_g_b, s_g_d, W, DINIT, BLOCK_L)  # fmt: skip
+        if PREFETCH:
+            xc = xc_next
+            dc = dc_next
+            _, nstart, nfirst, nx_row, ni_row, ng_row = _tile(i_all + 1, TILES, pid_l, x_ptr, init_ptr, dout_ptr,
+                                                              offs_d, d, s_x_b, s_x_d, s_g_b, s_g_d, W, DINIT,
+                                                              BLOCK_L)  # fmt: skip
+            nmask = mask_d & (offs_d * 0 + i_all + 1 < n_all)  # past the last tile (another row under OWN): none
+            xc_next = _load_x(nx_row, s_x_l, ni_row, nstart, L, nmask, nfirst, G, W, HAS_INIT, ACC)
+            dc_next = _load_groups(ng_row, s_g_l, nstart, 0, L, 0, nmask, G, ACC)
+        else:
+            xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
+            dc = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
         xp = _load_x(x_row, s_x_l, i_row, start - V, L, mask_d, first, G, W, HAS_INIT, ACC)
-        xc = _load_x(x_row, s_x_l, i_row, start, L, mask_d, first, G, W, HAS_INIT, ACC)
         xn = _load_x(x_row, s_x_l, i_row, start + V, L, mask_d, first, G, W, HAS_INIT, ACC)
-        dc = _load_groups(g_row, s_g_l, start, 0, L, 0, mask_d, G, ACC)
         dn = _load_groups(g_row, s_g_l, start + V, 0, L, 0, mask_d, G, ACC)
         X = (_split8(xp), _split8(xc), _split8(xn))
         D = (_split8(dc), _split8(dn))
@@ -158,6 +170,22 @@ def _conv_bwd_kernel(
             _put(db_ptr + offs_d, ab, mask_d, OWN)
         else:
             _put(part_ptr + d * W + offs_d, ab, mask_d, OWN)
+
+
+@triton.jit
+def _tile(i_all, TILES: tl.constexpr, pid_l, x_ptr, init_ptr, dout_ptr, offs_d, d, s_x_b, s_x_d, s_g_b, s_g_d,
+          W: tl.constexpr, DINIT: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+    """The program's i_all-th tile: (batch row, first step, whether its groups reach t < 0, the row starts of x,
+    initial_states and dout (BD,))."""
+    pid_b = tl.program_id(0).to(tl.int64) + i_all // TILES
+    start = (pid_l * TILES + i_all % TILES) * BLOCK_L
+    if DINIT:  # the first tile also covers [-V, 0)
+        start -= V
+    first = start < V  # the tile's groups (with the one before) reach t < 0
+    x_row = x_ptr + pid_b * s_x_b + offs_d * s_x_d
+    i_row = init_ptr + (pid_b * d + offs_d) * (W - 1)
+    g_row = dout_ptr + pid_b * s_g_b + offs_d * s_g_d
+    return pid_b, start, first, x_row, i_row, g_row
 
 
 @triton.jit

@@ -62,13 +62,14 @@ from ._update import _conv_update_kernel
 
 _V = 8  # V on the host
 # Tuning hook (tools/tune_causal_conv1d.py): {"fwd" | "bwd": {"BLOCK_D", "BLOCK_L", "num_warps"}, and "TILES",
-# "OWN", "STAGES" for "bwd"}; applies on CUDA and under the interpreter alike. It starts from the environment
-# variable CONFIG_ENV (the same JSON), so a process started with a tuned configuration runs it: plans are made once
-# per signature, so an override set after a signature's first call does not reach that signature.
+# "OWN", "STAGES", "PREFETCH" for "bwd"}; applies on CUDA and under the interpreter alike. It starts from the
+# environment variable CONFIG_ENV (the same JSON), so a process started with a tuned configuration runs it: plans are
+# made once per signature, so an override set after a signature's first call does not reach that signature.
 CONFIG_ENV = "ARCHZOO_CAUSAL_CONV1D_CONFIG"
-_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES", "OWN", "STAGES"}
-_BWD_ONLY = ("TILES", "OWN", "STAGES")  # keys only the backward takes
-_MIN = {"OWN": 0, "STAGES": 0}  # the least value a key takes (1 for the others)
+_CONFIG_KEYS = {"BLOCK_D", "BLOCK_L", "num_warps", "TILES", "OWN", "STAGES", "PREFETCH"}
+_BWD_ONLY = ("TILES", "OWN", "STAGES", "PREFETCH")  # keys only the backward takes
+_MIN = {"OWN": 0, "STAGES": 0, "PREFETCH": 0}  # the least value a key takes (1 for the others)
+_FLAGS = ("OWN", "PREFETCH")  # keys that are 0 or 1
 
 
 def config_from_env(text: str | None) -> dict[str, dict]:
@@ -87,10 +88,12 @@ def config_from_env(text: str | None) -> dict[str, dict]:
         bad = {k: v for k, v in sub.items() if isinstance(v, bool) or not isinstance(v, int) or v < _MIN.get(k, 1)}
         if bad:
             raise ValueError(
-                f"{CONFIG_ENV}[{key!r}]: values must be positive integers (OWN: 0 or 1, STAGES: 0 or more); got {bad}"
+                f"{CONFIG_ENV}[{key!r}]: values must be positive integers (OWN, PREFETCH: 0 or 1, STAGES: 0 or more); "
+                f"got {bad}"
             )
-        if "OWN" in sub and sub["OWN"] > 1:
-            raise ValueError(f"{CONFIG_ENV}[{key!r}]['OWN'] must be 0 or 1; got {sub!r}")
+        for flag in _FLAGS:
+            if flag in sub and sub[flag] > 1:
+                raise ValueError(f"{CONFIG_ENV}[{key!r}][{flag!r}] must be 0 or 1; got {sub!r}")
         if key == "fwd" and set(sub) & set(_BWD_ONLY):
             raise ValueError(f"{CONFIG_ENV}['fwd']: {sorted(set(sub) & set(_BWD_ONLY))} only 'bwd' takes; got {sub!r}")
     return cfg
@@ -143,6 +146,11 @@ CUDA_CONFIG = {
 # 3.8). Timed on an H100 in the same session (docs/results/kernels/conv_tune_h100_stages.log, one process): it lost
 # at every tile, 16k 0.334 (3 stages) / 0.339 (2) against 0.291 ms unpipelined at the default tile, 4k 0.094 /
 # 0.098 against 0.088; off. Not yet timed on an H200 (`tools/tune_causal_conv1d.py --stages 0,2,3`).
+# PREFETCH (backward, 0 when absent): each tile loads the next tile's x and dout (its new bytes) into registers
+# before it computes, so the loads are in flight during the FMAs without STAGES' shared-memory round trip (which lost
+# on the H100); the groups before and after a tile, loaded again, then hit L1 / L2. Written in the twenty-first
+# session, CPU only, for the H200's 16k forward + backward (0.88x causal-conv1d: the backward at 3.2 TB/s against
+# the peer's 3.8, too few bytes in flight); off until timed (`tools/tune_causal_conv1d.py --prefetch 0,1`).
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
 # program (the tests run one tile through CONFIG_OVERRIDE); OWN where two tiles cover the row (l <= 32).
 INTERPRET_CONFIG = {
@@ -232,7 +240,7 @@ def _backward_site(x, weight, bias, init, dout, silu: bool, acc, need_dinit: boo
     bs.acc_dtype = torch.float64 if acc is tl.float64 else torch.float32
     ints = (d, L, b if bs.own else 1, *x.stride(), *dout.stride())
     consts = (W, bias is not None, init is not None, bs.need_dinit, silu, acc, cfg["BLOCK_D"], cfg["BLOCK_L"], tiles,
-              bs.own, cfg.get("STAGES", 0))  # fmt: skip
+              bs.own, cfg.get("STAGES", 0), bool(cfg.get("PREFETCH", 0)))  # fmt: skip
     grid = (1 if bs.own else b, _cdiv(d, cfg["BLOCK_D"]), bs.n_l)
     # pointers x, weight, bias, init, dout are the caller's (checked); dx, dinit and the sums are fresh
     bs.site = Site(_conv_bwd_kernel, grid, ints, consts, cfg["num_warps"], x.get_device(), checked=5)
