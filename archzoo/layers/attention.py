@@ -331,7 +331,7 @@ class Attention(TakesNormAndResidual, nn.Module):
         (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x
         tokens), and what ``_unfused_why`` asks (a norm the GEMV fuses: an RMSNorm, or none)."""
         rows = x.shape[0] * x.shape[1]
-        if not (fused_mod.qkv_kernel_for(rows, x.device) and ctx.fused and self.fused is not None):
+        if not (fused_mod.qkv_kernel_for(rows, x.device) and self._has_copy_and_cache(state, ctx)):
             return False
         why = self._unfused_why(x, state)
         if why is None and rows > MAX_M:
@@ -343,7 +343,7 @@ class Attention(TakesNormAndResidual, nn.Module):
     def _rope_write(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
         """Whether this step's RoPE and cache write run ``decode_rope_write`` after a plain projection of the fused
         Q|K|V copy: ``fused.rope_write_for`` its rows, the copy in RoPE-pair order, and what ``_unfused_why`` asks."""
-        if not (fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and ctx.fused and self.fused is not None):
+        if not (fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and self._has_copy_and_cache(state, ctx)):
             return False
         why = self._unfused_why(x, state)
         if why is None and self.fused.rope is None:
@@ -352,11 +352,9 @@ class Attention(TakesNormAndResidual, nn.Module):
 
     def _unfused_why(self, x: torch.Tensor, state: LayerState | None) -> str | None:
         """Why Q|K|V's RoPE and cache write cannot run as one kernel on the fused copy (None: they can). No bias, one
-        dtype, a cache; one token a row, or several (a speculative verify's (B, k+1) forward) into a global cache: a
+        dtype; one token a row, or several (a speculative verify's (B, k+1) forward) into a global cache: a
         ring would have a later token of the row overwrite a slot an earlier one still reads."""
         f = self.fused
-        if f.weight is None or state is None:
-            return "no fused copy or no cache"
         if f.bias is not None:
             return "Q|K|V has a bias (the kernels take none)"
         if x.dtype != f.weight.dtype:
@@ -365,6 +363,11 @@ class Attention(TakesNormAndResidual, nn.Module):
             return (f"{x.shape[1]} tokens a row into a ring buffer (a later token could overwrite a slot an earlier "
                     "one reads)")  # fmt: skip
         return None
+
+    def _has_copy_and_cache(self, state: LayerState | None, ctx) -> bool:
+        """The fused Q|K|V copy is read (``ctx.fused``) and made (a CLA member has none: it projects Q alone), and
+        there is a cache to write; else the plain ops run, with nothing to log."""
+        return ctx.fused and self.fused is not None and self.fused.weight is not None and state is not None
 
     @staticmethod
     def _take(op: str, why: str | None) -> bool:
