@@ -9,7 +9,9 @@ forward's, backward.py for the backward's).
 
 Each row varies one kernel's tiles (``group``) from the defaults: the forward's groups (``BLOCK_M``, ``gate_up``,
 ``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
-``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. Last,
+``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
+``persistent`` group (the gate-up kernel on a fixed grid walking tiles, for a forward that saves nothing) and the
+default are also timed without ``save`` (``infer_ms``, ``infer_vs_default``). Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the dense peer.
 """
 
@@ -44,8 +46,12 @@ GROUPS = {
     "dwd": (("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"), _first((64, 128, 4, 3), _WEIGHTS)),
     "dwgu": (("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"), _first((128, 64, 8, 3), _WEIGHTS)),
     "BLOCK_M": (("BLOCK_M",), [(128,), (64,)]),
+    # the gate-up forward that saves nothing (inference, prefill) on a fixed grid of k programs an SM, the K loop
+    # flattened across tiles or not: timed as infer_ms (a forward without save), beside the default's
+    "persistent": (("PERSISTENT", "FLATTEN"), [(0, 1), (1, 1), (2, 1), (1, 0)]),
 }
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
+INFER_GROUPS = ("default", "persistent")  # also timed without save
 
 
 def configs(quick: bool) -> list[tuple[str, dict]]:
@@ -101,7 +107,7 @@ def main() -> None:
 
     rows = Rows(a.out)
     shard, n_shards = (int(v) for v in a.shard.split("/"))
-    base_fwd = base_bwd = None
+    base_fwd = base_bwd = base_inf = None
     for i, (group, over) in enumerate(configs(a.quick)):
         if i % n_shards != shard and not (i == 0 and not a.compile_only):
             continue
@@ -110,23 +116,29 @@ def main() -> None:
             (T.CONFIG_OVERRIDE if k in T.CUDA_CONFIG else B.CONFIG_OVERRIDE)[k] = v
         try:
             saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
-            fwd = bwd = None
+            fwd = bwd = inf = None
+            if group in INFER_GROUPS:
+                inf = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w))
             if group in FORWARD_GROUPS or group == "default":
                 fwd = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True))
-            if group not in FORWARD_GROUPS or group == "BLOCK_M":
+            if group not in (*FORWARD_GROUPS, "persistent") or group == "BLOCK_M":
                 bwd = bench(lambda: B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *saved[1:]))  # noqa: B023
         except Exception as e:  # a tile the compiler refuses (shared memory): its row says so, the sweep goes on
             rows.record(dict(group=group, config=over, error=f"{type(e).__name__}: {str(e)[:160]}"))
             continue
         if group == "default":
-            base_fwd, base_bwd = fwd, bwd
+            base_fwd, base_bwd, base_inf = fwd, bwd, inf
         row = dict(group=group, config=over, fwd_ms=None if fwd is None else round(fwd, 4),
                    bwd_ms=None if bwd is None else round(bwd, 4))  # fmt: skip
+        if inf is not None:
+            row["infer_ms"] = round(inf, 4)
         if not a.compile_only:
             if fwd is not None and base_fwd:
                 row["fwd_vs_default"] = round(fwd / base_fwd, 3)
             if bwd is not None and base_bwd:
                 row["bwd_vs_default"] = round(bwd / base_bwd, 3)
+            if inf is not None and base_inf:
+                row["infer_vs_default"] = round(inf / base_inf, 3)
         rows.record(row)
     T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
     if a.compile_only or a.device != "cuda":

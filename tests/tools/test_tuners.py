@@ -37,7 +37,10 @@ def test_tuner_runs_and_records_every_row(script, tmp_path):
 
 @pytest.mark.parametrize(
     ("script", "args", "key"),
-    [("tune_moe_grouped.py", "--shard 0/7", "group"), ("tune_moe_step.py", "--batch 1 --shard 0/3", "us_per_layer")],
+    [
+        ("tune_moe_grouped.py", "--shard 0/14", "group"),  # the default and the first "persistent" row
+        ("tune_moe_step.py", "--batch 1 --shard 0/3", "us_per_layer"),
+    ],
 )
 def test_moe_tuner_runs_and_records_every_row(script, args, key, tmp_path):
     """The MoE tuners (the fused experts' tiles, the decode step's) on tiny shapes: the default's row first, then

@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 
 from .._launch import launch
-from .._sizes import cdiv, next_pow2, prev_pow2
+from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
 
 # BLOCK_M: rows of a block (one expert's), shared by the plan and both GEMMs. BLOCK_N x BLOCK_K: the gate-up
@@ -73,14 +73,21 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # Timed on an H100 at the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16; CUDA
 # graphs; a dense SwiGLU of hidden 3,072 took 116 us): BLOCK_M 64, 4 warps 176 us; BLOCK_M 128, 8 warps 150 us;
 # BLOCK_N 128 or 4 stages no better. A first sweep, not a tuning.
+# PERSISTENT: 0, the gate-up kernel a program a (block, column tile); k >= 1, a forward that saves nothing runs
+# _gate_up_persistent_kernel on k programs an SM, each walking tiles of the used blocks, with FLATTEN (Triton's loop
+# flattening: the next tile's loads pipelined under this tile's epilogue) or not. Why: at d_model 576 a tile's K loop
+# is nine steps of 64, and the forward's gate-up ran at 287 TFLOP/s where cuBLAS's dense GEMMs of the same FLOPs ran
+# at about twice that (docs/kernels.md, "MoE experts as grouped GEMMs"); no tile of the one-tile-a-program kernel
+# paid (tools/tune_moe_grouped.py). Written in the twenty-first session, CPU only; off until timed
+# (CONFIG_OVERRIDE {"PERSISTENT": 1}; the "persistent" group of tools/tune_moe_grouped.py).
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
-                   SUM_BLOCK=1024)  # fmt: skip
+                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
-                        SUM_BLOCK=64)  # fmt: skip
+                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -161,6 +168,56 @@ def _block_and_tile(bexp_ptr, n_cols):
 
 
 @triton.jit
+def _gate_up_tile(
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e,
+    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+):  # fmt: skip
+    """Row block ``blk`` (expert ``e`` >= 0) x column tile ``pid_n`` of h (and with SAVE of g, u)."""
+    DT = h_ptr.dtype.element_ty
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
+    valid = a >= 0
+    n = tl.where(valid, a % N, 0)  # token
+    k = tl.where(valid, a // N, 0)  # choice
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < F
+    offs_k = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + n.to(tl.int64)[:, None] * s_xn  # (BLOCK_M, 1)
+    e64 = e.to(tl.int64)
+    g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gf  # (1, BLOCK_N)
+    u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_uf
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
+        kk = k0 + offs_k
+        if EVEN_K:
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+            gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
+            ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_n[None, :], other=0.0)
+        else:
+            mask_k = kk < D
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
+            gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        if DOT_F32:
+            xt = xt.to(tl.float32)
+            gt = gt.to(tl.float32)
+            ut = ut.to(tl.float32)
+        acc_g = tl.dot(xt, gt, acc_g, input_precision=DOT_PRECISION)
+        acc_u = tl.dot(xt, ut, acc_u, input_precision=DOT_PRECISION)
+    h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
+    wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
+    hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
+    rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
+    tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
+    if SAVE:  # for the backward: gate and up rounded (padding rows 0)
+        tl.store(gs_ptr + rows, _round(acc_g, DT).to(DT), mask=mask_n[None, :])
+        tl.store(us_ptr + rows, _round(acc_u, DT).to(DT), mask=mask_n[None, :])
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr, gs_ptr, us_ptr,
     N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
@@ -169,46 +226,9 @@ def _gate_up_kernel(
 ):  # fmt: skip
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
-        DT = h_ptr.dtype.element_ty
-        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-        a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
-        valid = a >= 0
-        n = tl.where(valid, a % N, 0)  # token
-        k = tl.where(valid, a // N, 0)  # choice
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < F
-        offs_k = tl.arange(0, BLOCK_K)
-        x_rows = x_ptr + n.to(tl.int64)[:, None] * s_xn  # (BLOCK_M, 1)
-        e64 = e.to(tl.int64)
-        g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gf  # (1, BLOCK_N)
-        u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_uf
-        acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
-            kk = k0 + offs_k
-            if EVEN_K:
-                xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
-                gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
-                ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_n[None, :], other=0.0)
-            else:
-                mask_k = kk < D
-                xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
-                gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            if DOT_F32:
-                xt = xt.to(tl.float32)
-                gt = gt.to(tl.float32)
-                ut = ut.to(tl.float32)
-            acc_g = tl.dot(xt, gt, acc_g, input_precision=DOT_PRECISION)
-            acc_u = tl.dot(xt, ut, acc_u, input_precision=DOT_PRECISION)
-        h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
-        wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
-        hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
-        rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
-        tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
-        if SAVE:  # for the backward: gate and up rounded (padding rows 0)
-            tl.store(gs_ptr + rows, _round(acc_g, DT).to(DT), mask=mask_n[None, :])
-            tl.store(us_ptr + rows, _round(acc_u, DT).to(DT), mask=mask_n[None, :])
+        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, s_xn, s_xd,
+                      s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES,
+                      DOT_F32, DOT_PRECISION, SAVE)  # fmt: skip
     elif SAVE:  # an unused block of the saved outputs: zeros, so that every element of them is defined
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = (blk * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * F + offs_n[None, :]
@@ -216,6 +236,28 @@ def _gate_up_kernel(
         tl.store(h_ptr + rows, zero, mask=(offs_n < F)[None, :])
         tl.store(gs_ptr + rows, zero, mask=(offs_n < F)[None, :])
         tl.store(us_ptr + rows, zero, mask=(offs_n < F)[None, :])
+
+
+@triton.jit
+def _gate_up_persistent_kernel(
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, eblk_ptr, h_ptr,
+    N, D, F, E, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr,
+):  # fmt: skip
+    """PERSISTENT (a forward that saves nothing): a fixed grid of programs walks the used blocks' (block, column
+    tile) pairs, their count read from expert_block[E] on the device, consecutive tiles of a program a grid's width
+    apart (one block's column tiles side by side in time, as in ``_gate_up_kernel``); FLATTEN lets Triton pipeline
+    the K loop across the tile boundaries, so the next tile's first loads overlap this tile's epilogue (d_model 576
+    is nine K steps of 64: a tile's own pipeline barely fills)."""
+    n_cols = tl.cdiv(F, BLOCK_N)
+    n_tiles = tl.load(eblk_ptr + E) * n_cols
+    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=FLATTEN):
+        blk = tile // n_cols
+        e = tl.load(bexp_ptr + blk)
+        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, h_ptr, h_ptr, blk, tile % n_cols, e, N, D, F, s_xn,
+                      s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, False)  # fmt: skip
 
 
 @triton.jit
@@ -351,10 +393,16 @@ def moe_grouped_experts(
     h = torch.empty((R, F), device=x.device, dtype=x.dtype)
     gs, us = (torch.empty_like(h), torch.empty_like(h)) if save else (h, h)  # unused pointers when not saving
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
-    launch(_gate_up_kernel, ((R // bm) * cdiv(F, bn),),
-           (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
-           (N, D, F, *x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, *common, save), cfg["num_warps"], dev)  # fmt: skip
+    strides = (*x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride())
+    tiles = (R // bm) * cdiv(F, bn)  # the bound: used and unused blocks
+    if cfg["PERSISTENT"] and not save:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
+        sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
+        launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
+               (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h), (N, D, F, E, *strides),
+               (bm, bn, bk, D % bk == 0, *common, bool(cfg["FLATTEN"])), cfg["num_warps"], dev)  # fmt: skip
+    else:
+        launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
+               (N, D, F, *strides), (bm, bn, bk, D % bk == 0, *common, save), cfg["num_warps"], dev)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
