@@ -10,8 +10,8 @@ forward's, backward.py for the backward's).
 Each row varies one kernel's tiles (``group``) from the defaults: the forward's groups (``BLOCK_M``, ``gate_up``,
 ``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
 ``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
-``persistent`` group (the gate-up kernel on a fixed grid walking tiles, for a forward that saves nothing) and the
-default are also timed without ``save`` (``infer_ms``, ``infer_vs_default``). Last,
+``persistent`` group (the gate-up kernel on a fixed grid walking tiles) and the default are also timed without
+``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill). Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the dense peer.
 """
 
@@ -46,8 +46,8 @@ GROUPS = {
     "dwd": (("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"), _first((64, 128, 4, 3), _WEIGHTS)),
     "dwgu": (("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"), _first((128, 64, 8, 3), _WEIGHTS)),
     "BLOCK_M": (("BLOCK_M",), [(128,), (64,)]),
-    # the gate-up forward that saves nothing (inference, prefill) on a fixed grid of k programs an SM, the K loop
-    # flattened across tiles or not: timed as infer_ms (a forward without save), beside the default's
+    # the gate-up kernel on a fixed grid of k programs an SM, the K loop flattened across tiles or not: the forward
+    # timed with save (fwd_ms) and without (infer_ms), beside the default's
     "persistent": (("PERSISTENT", "FLATTEN"), [(0, 1), (1, 1), (2, 1), (1, 0)]),
 }
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
@@ -119,7 +119,7 @@ def main() -> None:
             fwd = bwd = inf = None
             if group in INFER_GROUPS:
                 inf = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w))
-            if group in FORWARD_GROUPS or group == "default":
+            if group in (*FORWARD_GROUPS, *INFER_GROUPS):
                 fwd = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True))
             if group not in (*FORWARD_GROUPS, "persistent") or group == "BLOCK_M":
                 bwd = bench(lambda: B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *saved[1:]))  # noqa: B023

@@ -79,34 +79,30 @@ def test_matches_reference(case):
 @pytest.mark.parametrize("flatten", [1, 0], ids=["flatten", "nested"])
 @pytest.mark.parametrize("per_sm", [1, 2])
 def test_persistent_gate_up_gives_the_same_bits(monkeypatch, per_sm, flatten):
-    """PERSISTENT (a forward that saves nothing: a fixed grid walking the used blocks' tiles, the count read on the
-    device): the same bits as a program a tile, on the cases above and with an idle expert and every token on one
-    (3 or 6 programs on the interpreter's 3 "SMs", several tiles each, fewer tiles than programs for one token); a
-    forward that saves keeps the plain kernel."""
+    """PERSISTENT (a fixed grid walking the used blocks' tiles, their count read on the device; saving, then zeroing
+    the unused blocks' tiles): the same bits as a program a tile, out and every saved tensor, on the cases above and
+    with an idle expert and every token on one (3 or 6 programs on the interpreter's 3 "SMs", several tiles each,
+    fewer used tiles than programs for one token)."""
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     first = torch.tensor([0, 2, 3, 0, 2, 3, 3, 0, 2, 0])
-    cases.append(
-        _inputs(10, 20, 36, 4, 2, torch.float32, top_e=torch.stack([first, torch.tensor([2, 3, 0, 0])[first]], 1))
-    )
-    cases.append(
-        _inputs(
-            10, 20, 36, 4, 2, torch.bfloat16, top_e=torch.stack([torch.full((10,), 2), torch.arange(10) % 2 * 3], 1)
-        )
-    )
-    want = [T.moe_grouped_experts(*args) for args in cases]
+    idle = torch.stack([first, torch.tensor([2, 3, 0, 0])[first]], 1)
+    one = torch.stack([torch.full((10,), 2), torch.arange(10) % 2 * 3], 1)
+    cases += [
+        _inputs(10, 20, 36, 4, 2, torch.float32, top_e=idle),
+        _inputs(10, 20, 36, 4, 2, torch.bfloat16, top_e=one),
+    ]
+    want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
     launched = []
     real = T.launch
-    monkeypatch.setattr(
-        T, "launch", lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), real(kernel, *a, **k))[1]
-    )
+    monkeypatch.setattr(T, "launch", lambda fn, *a, **k: (launched.append(fn.fn.__name__), real(fn, *a, **k))[1])
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "PERSISTENT", per_sm)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "FLATTEN", flatten)
-    for i, (args, w) in enumerate(zip(cases, want, strict=True)):
-        assert torch.equal(T.moe_grouped_experts(*args), w), f"case {i}"
+    for i, (args, (out, saved)) in enumerate(zip(cases, want, strict=True)):
+        assert torch.equal(T.moe_grouped_experts(*args), out), f"case {i}"
+        for name, got, ref in zip(("out", "h", "g", "u", "slots", "blocks", "expert blocks"),
+                                  T.moe_grouped_experts(*args, save=True), saved, strict=True):  # fmt: skip
+            assert torch.equal(got, ref), f"case {i}, saved {name}"
     assert "_gate_up_persistent_kernel" in launched and "_gate_up_kernel" not in launched
-    launched.clear()
-    T.moe_grouped_experts(*cases[0], save=True)
-    assert "_gate_up_kernel" in launched and "_gate_up_persistent_kernel" not in launched
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -447,13 +443,14 @@ def test_cuda_students_shape_bf16(routing):
 @requires_cuda
 @pytest.mark.parametrize("flatten", [1, 0], ids=["flatten", "nested"])
 def test_cuda_persistent_gate_up_gives_the_same_bits(monkeypatch, flatten):
-    """PERSISTENT at the students' shape in bf16, skewed routing: the same bits as a program a tile, and a CUDA-graph
-    replay gives them (the tile count is read on the device)."""
+    """PERSISTENT at the students' shape in bf16, skewed routing: the same bits as a program a tile (the saving
+    forward's too), and a CUDA-graph replay gives them (the tile count is read on the device)."""
     args = _students("skewed")
-    want = T.moe_grouped_experts(*args)
+    want, saved = T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "PERSISTENT", 1)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "FLATTEN", flatten)
     assert torch.equal(T.moe_grouped_experts(*args), want)
+    assert all(torch.equal(a, b) for a, b in zip(T.moe_grouped_experts(*args, save=True), saved, strict=True))
     out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
     assert torch.equal(out, want)
 

@@ -73,13 +73,13 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # Timed on an H100 at the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16; CUDA
 # graphs; a dense SwiGLU of hidden 3,072 took 116 us): BLOCK_M 64, 4 warps 176 us; BLOCK_M 128, 8 warps 150 us;
 # BLOCK_N 128 or 4 stages no better. A first sweep, not a tuning.
-# PERSISTENT: 0, the gate-up kernel a program a (block, column tile); k >= 1, a forward that saves nothing runs
-# _gate_up_persistent_kernel on k programs an SM, each walking tiles of the used blocks, with FLATTEN (Triton's loop
-# flattening: the next tile's loads pipelined under this tile's epilogue) or not. Why: at d_model 576 a tile's K loop
-# is nine steps of 64, and the forward's gate-up ran at 287 TFLOP/s where cuBLAS's dense GEMMs of the same FLOPs ran
-# at about twice that (docs/kernels.md, "MoE experts as grouped GEMMs"); no tile of the one-tile-a-program kernel
-# paid (tools/tune_moe_grouped.py). Written in the twenty-first session, CPU only; off until timed
-# (CONFIG_OVERRIDE {"PERSISTENT": 1}; the "persistent" group of tools/tune_moe_grouped.py).
+# PERSISTENT: 0, the gate-up kernel a program a (block, column tile); k >= 1, _gate_up_persistent_kernel on k
+# programs an SM, each walking tiles of the used blocks (then, saving, zeroing the unused ones), with FLATTEN
+# (Triton's loop flattening: the next tile's loads pipelined under this tile's epilogue) or not. Why: at d_model 576
+# a tile's K loop is nine steps of 64, and the forward's gate-up ran at 287 TFLOP/s where cuBLAS's dense GEMMs of
+# the same FLOPs ran at about twice that (docs/kernels.md, "MoE experts as grouped GEMMs"); no tile of the
+# one-tile-a-program kernel paid (tools/tune_moe_grouped.py). Written in the twenty-first session, CPU only; off
+# until timed (CONFIG_OVERRIDE {"PERSISTENT": 1}; the "persistent" group of tools/tune_moe_grouped.py).
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
                    SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1)  # fmt: skip
@@ -218,6 +218,17 @@ def _gate_up_tile(
 
 
 @triton.jit
+def _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """An unused block's tile of the saved outputs h, g, u: zeros, so that every element of them is defined."""
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (blk * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * F + offs_n[None, :]
+    zero = tl.zeros([BLOCK_M, BLOCK_N], h_ptr.dtype.element_ty)
+    tl.store(h_ptr + rows, zero, mask=(offs_n < F)[None, :])
+    tl.store(gs_ptr + rows, zero, mask=(offs_n < F)[None, :])
+    tl.store(us_ptr + rows, zero, mask=(offs_n < F)[None, :])
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr, gs_ptr, us_ptr,
     N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
@@ -229,35 +240,34 @@ def _gate_up_kernel(
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, s_xn, s_xd,
                       s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES,
                       DOT_F32, DOT_PRECISION, SAVE)  # fmt: skip
-    elif SAVE:  # an unused block of the saved outputs: zeros, so that every element of them is defined
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rows = (blk * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None] * F + offs_n[None, :]
-        zero = tl.zeros([BLOCK_M, BLOCK_N], h_ptr.dtype.element_ty)
-        tl.store(h_ptr + rows, zero, mask=(offs_n < F)[None, :])
-        tl.store(gs_ptr + rows, zero, mask=(offs_n < F)[None, :])
-        tl.store(us_ptr + rows, zero, mask=(offs_n < F)[None, :])
+    elif SAVE:  # an unused block of the saved outputs
+        _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def _gate_up_persistent_kernel(
-    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, eblk_ptr, h_ptr,
-    N, D, F, E, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, eblk_ptr, h_ptr, gs_ptr, us_ptr,
+    N, D, F, E, n_blocks, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, FLATTEN: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+    FLATTEN: tl.constexpr,
 ):  # fmt: skip
-    """PERSISTENT (a forward that saves nothing): a fixed grid of programs walks the used blocks' (block, column
-    tile) pairs, their count read from expert_block[E] on the device, consecutive tiles of a program a grid's width
-    apart (one block's column tiles side by side in time, as in ``_gate_up_kernel``); FLATTEN lets Triton pipeline
-    the K loop across the tile boundaries, so the next tile's first loads overlap this tile's epilogue (d_model 576
-    is nine K steps of 64: a tile's own pipeline barely fills)."""
+    """PERSISTENT: a fixed grid of programs walks the used blocks' (block, column tile) pairs, their count read from
+    expert_block[E] on the device, consecutive tiles of a program a grid's width apart (one block's column tiles side
+    by side in time, as in ``_gate_up_kernel``); FLATTEN lets Triton pipeline the K loop across the tile boundaries,
+    so the next tile's first loads overlap this tile's epilogue (d_model 576 is nine K steps of 64: a tile's own
+    pipeline barely fills). With SAVE, a second loop zeroes the unused blocks' tiles of h, g and u (of n_blocks)."""
     n_cols = tl.cdiv(F, BLOCK_N)
-    n_tiles = tl.load(eblk_ptr + E) * n_cols
-    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=FLATTEN):
+    n_used = tl.load(eblk_ptr + E) * n_cols
+    for tile in tl.range(tl.program_id(0), n_used, tl.num_programs(0), flatten=FLATTEN):
         blk = tile // n_cols
         e = tl.load(bexp_ptr + blk)
-        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, h_ptr, h_ptr, blk, tile % n_cols, e, N, D, F, s_xn,
-                      s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, False)  # fmt: skip
+        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, tile % n_cols, e, N, D, F,
+                      s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE)  # fmt: skip
+    if SAVE:
+        for tile in range(n_used + tl.program_id(0), n_blocks * n_cols, tl.num_programs(0)):
+            _zero_tile(h_ptr, gs_ptr, us_ptr, tile // n_cols, tile % n_cols, F, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -395,11 +405,12 @@ def moe_grouped_experts(
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     strides = (*x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride())
     tiles = (R // bm) * cdiv(F, bn)  # the bound: used and unused blocks
-    if cfg["PERSISTENT"] and not save:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
+    if cfg["PERSISTENT"]:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
         sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
-               (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h), (N, D, F, E, *strides),
-               (bm, bn, bk, D % bk == 0, *common, bool(cfg["FLATTEN"])), cfg["num_warps"], dev)  # fmt: skip
+               (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h, gs, us),
+               (N, D, F, E, R // bm, *strides), (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"])),
+               cfg["num_warps"], dev)  # fmt: skip
     else:
         launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
                (N, D, F, *strides), (bm, bn, bk, D % bk == 0, *common, save), cfg["num_warps"], dev)  # fmt: skip
