@@ -20,7 +20,8 @@
 # folded decode copies against the unfolded ones), corpus (the distill runs' corpus, its parts brought back), decode (issue 18: the decode kernels' GPU tests, and cuBLAS / the GEMV / the GEMV with programmatic dependent
 # launch side by side at batch 1 and 16), s4step (issue 18: S4D's step as one kernel against the compiled ops, its GPU
 # tests first), attnsingle (issue 18: decode attention's short buffers in one tile against the splits and the
-# merge), autotune64 (issue 18: the batch-64 step with Inductor's max-autotune beside the defaults), ropewrite
+# merge), attnfixup (issue 18: decode attention's splits merged by the last split program, at batch 16 / 64),
+# autotune64 (issue 18: the batch-64 step with Inductor's max-autotune beside the defaults), ropewrite
 # (issue 18: above 16 rows, RoPE + cache write in one kernel after cuBLAS), trainprof:mqa,mla (issue 16: each recipe as shipped, profiled by
 # tools/train_levers.py --variants asis --profile asis), speed (issue 17: configs/bench/smollm2.yaml, every architecture's (speed:fresh: no committed row kept)
 # decode speed), gputests (the GPU tests of kernels built on the CPU since: chunk-parallel linear attention, decode

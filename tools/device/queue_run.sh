@@ -251,6 +251,15 @@ for job in $(cat $Q/jobs); do
           --batch-sizes 64 --prompt-lens 128 --new-tokens 128 --decode-linear auto \
           --inductor-options ";max_autotune=1,coordinate_descent_tuning=1" --out $O/autotune64 > $O/autotune64.log 2>&1
       log "autotune64 rc=$? $(grep -h '| configs' $O/autotune64/decode.md 2> /dev/null | cut -c1-110 | tr '\n' ' ')"; pack ;;
+    attnfixup)  # issue 18: decode attention's splits merged by the last split program (FIXUP) against the merge
+      # kernel, teacher and MQA at batch 16 / 64 x 128 (ATTNFIXUP_BATCH), one process: FIXUP lost at batch 1 under PDL
+      # and was never timed where the step runs cuBLAS's GEMMs (30 merge launches a step)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "attnfixup"; O=$DEC; mkdir -p $O
+      timeout 400 python3 tools/decode_profile.py configs/students/teacher.yaml configs/students/mqa.yaml \
+          --batch ${ATTNFIXUP_BATCH:-16,64} --prompt 128 --decode-linear auto --attention kernel,kernel-fixup \
+          --out $O/profile_attnfixup.json > $O/profile_attnfixup.log 2>&1
+      log "attnfixup rc=$? $(grep replay $O/profile_attnfixup.log | sed 's/ auto fold.*replay/ replay/' | cut -c1-90 | tr '\n' ';')"; pack ;;
     attnsingle)  # issue 18: decode attention with a short buffer in one tile (SINGLE_MAX_T 256: no loop, no merge)
       # against the splits and the merge, one process, teacher and MQA at batch 1 / 16 / 64 x 128; its GPU test first
       [ -n "$bg" ] && wait $bg; bg=""
