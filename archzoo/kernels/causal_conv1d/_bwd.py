@@ -100,7 +100,9 @@ def _conv_bwd_kernel(
             _, nstart, nfirst, nx_row, ni_row, ng_row = _tile(i_all + 1, TILES, pid_l, x_ptr, init_ptr, dout_ptr,
                                                               offs_d, d, s_x_b, s_x_d, s_g_b, s_g_d, W, DINIT,
                                                               BLOCK_L)  # fmt: skip
-            nmask = mask_d & (offs_d * 0 + i_all + 1 < n_all)  # past the last tile (another row under OWN): none
+            # past the last tile (another row under OWN): nothing; compared as a vector (the interpreter refuses a
+            # mask of a vector and a scalar's comparison)
+            nmask = mask_d & (offs_d * 0 + i_all + 1 < n_all)
             xc_next = _load_x(nx_row, s_x_l, ni_row, nstart, L, nmask, nfirst, G, W, HAS_INIT, ACC)
             dc_next = _load_groups(ng_row, s_g_l, nstart, 0, L, 0, nmask, G, ACC)
         else:

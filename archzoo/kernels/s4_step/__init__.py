@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .._dispatch import record, use_triton
-from .naive import naive_rms_norm, naive_s4d_decode_step
+from .naive import naive_s4d_decode_step
 
 OP = "s4d_decode_step"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -118,4 +118,4 @@ def s4d_decode_step(
     return _run(x, norm_weight, eps, state, dA, dB, C, D)
 
 
-__all__ = ["OP", "fused_reason", "naive_rms_norm", "naive_s4d_decode_step", "s4d_decode_step"]
+__all__ = ["OP", "fused_reason", "naive_s4d_decode_step", "s4d_decode_step"]

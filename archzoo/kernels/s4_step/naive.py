@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def naive_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """``RMSNorm`` (``layers/norm.py``) of x (..., H): fp32 statistics, cast back to x's dtype, times the weight
-    (in the promoted dtype); x itself without a weight."""
-    if weight is None:
-        return x
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+from ..decode_linear.naive import rms_norm  # RMSNorm.forward, step for step
 
 
 def naive_s4d_decode_step(
@@ -30,7 +23,7 @@ def naive_s4d_decode_step(
 
     Complex modes (dA, dB, C of shape (H, M, 2), (re, im) pairs; S = 2 M): h = dA h + dB u, y = 2 Re(C . h); real
     ones ((H, M); S = M): y = C . h. In the promoted dtype of x, the spectrum and fp32 (``S4D``'s ``cdt``)."""
-    u = naive_rms_norm(x, norm_weight, eps)
+    u = x if norm_weight is None else rms_norm(x, norm_weight, eps)
     out_dtype = u.dtype
     cdt = torch.promote_types(torch.promote_types(u.dtype, dA.dtype), torch.float32)
     u = u.to(cdt)[..., None]  # (B, H, 1)
