@@ -169,6 +169,21 @@ def uncapturable(model, rows: int) -> str | None:
     return None
 
 
+def explain_unfused(model, B: int, T: int) -> None:
+    """Log (once, on the host) why an attention layer's Q|K|V, RoPE and cache write will run as separate ops in
+    a compiled decode forward of B rows x T tokens where the settings ask for one kernel (a bias, another dtype,
+    a ring buffer, too many rows: ``Attention.step_fusion``). The traced step decides the same from the same host
+    values but cannot log, and a compiled ``generate`` runs no eager step that would. Call after
+    ``refresh_fused`` (before it no layer has its fused copy). The norm is the block's, as a decode step on the
+    fused copies hands it to a mixer that takes it (``model.Block.forward``)."""
+    dtype, device = model.embed.weight.dtype, model.embed.weight.device
+    for m in model.modules():
+        mixer = getattr(m, "mixer", None)
+        if isinstance(mixer, attention_layer.Attention) and mixer.has_fused_copy():
+            norm = m.mixer_norm if getattr(mixer, "TAKES_NORM", False) else None
+            mixer.step_fusion(B, T, dtype, device, norm)
+
+
 def _run_eagerly(stats: dict, reason: str) -> None:
     """Record (and log once) why a call that asked to compile runs eagerly instead.
 
@@ -296,6 +311,9 @@ def generate(
             draft.compile_step_blocks()
         model.refresh_fused()  # before any capture: the steps read the fused projection copies
         draft.refresh_fused()
+        if compile:  # a traced round cannot log why a layer's Q|K|V runs apart: say it here
+            explain_unfused(model, B, num_draft_tokens + 1)
+            explain_unfused(draft, B, 1)
         need = cache_length(max(lens), max_new_tokens, num_draft_tokens)
         state, stats["compile_s"] = _get_round(
             model, draft, B, need, num_draft_tokens, temperature, top_k, top_p, eos_ids, generator, compile, graphs
@@ -313,6 +331,8 @@ def generate(
         compile = graphs = False
     stats["backend"] = "cuda_graph" if graphs else ("compiled" if compile else "eager")
     model.refresh_fused()  # before any capture: the steps read the fused projection copies (layers/fused.py)
+    if compile:  # a traced step cannot log why a layer's Q|K|V runs apart: say it here
+        explain_unfused(model, B, 1)
 
     s, stats["compile_s"] = _get_step(model, B, total, eos_ids, temperature, top_k, top_p, generator, compile, graphs)
     cache = s.cache

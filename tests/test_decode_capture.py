@@ -524,6 +524,55 @@ def test_a_qkv_bias_keeps_the_plain_rope_and_says_why(monkeypatch, caplog):
             assert_close(f"{op}: the step with a Q|K|V bias", got, want, 1e-4)
 
 
+def test_compiled_generate_says_why_qkv_runs_apart_before_it_traces(monkeypatch, caplog):
+    """A traced step cannot log, and ``generate(compile=True)`` runs no eager step: ``explain_unfused`` says on the
+    host, before compiling, why a layer with a Q|K|V bias keeps the plain RoPE and cache write, from the same
+    decision the step makes (``Attention.step_fusion``), for a step's B x 1 and a speculative verify's B x (k+1)."""
+    import logging
+
+    import archzoo.kernels as K
+    from archzoo import generation
+    from archzoo.layers import fused
+
+    cfg = _gemv_cfg("gqa")
+    cfg["mixer"]["qkv_bias"] = True
+    model, ids, _ = _fused_pair(cfg)
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
+    monkeypatch.setattr(fused, "AUTO_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(fused, "ROPE_WRITE_MIN_ROWS", 2)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def explain(m, B, T):
+        calls.append((m, B, T))
+        generation_explain(m, B, T)
+        raise Stop  # the wiring is what this half tests, not compiling on the CPU
+
+    generation_explain = generation.explain_unfused
+    monkeypatch.setattr(generation, "explain_unfused", explain)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"), pytest.raises(Stop):
+        model.generate(ids[:, :4], 3, compile=True)
+    assert calls == [(model, 2, 1)], calls
+    said = [r.getMessage() for r in caplog.records if "decode_rope_write" in r.getMessage()]
+    assert said and "has a bias" in said[0], said
+    assert K.last_backend("decode_rope_write") == "unfused"
+    monkeypatch.setattr(fused, "ROPE_WRITE_MIN_ROWS", 64)  # a verify of 2 x 3 rows: the GEMV's Q|K|V
+    monkeypatch.setattr(fused, "DECODE_LINEAR", "kernel")
+    generation_explain(model, 2, 3)
+    said = [r.getMessage() for r in caplog.records if "decode_qkv_rope" in r.getMessage()]
+    assert said and "has a bias" in said[0], said
+    plain, _, _ = _fused_pair(_gemv_cfg("gqa"))  # without the bias: nothing to say
+    caplog.clear()
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
+    K._dispatch.record("decode_qkv_rope", "none")
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        generation_explain(plain, 2, 3)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert K.last_backend("decode_qkv_rope") == "none"
+
+
 @pytest.mark.skipif(TRITON_SKIP is not None, reason=TRITON_SKIP or "")
 @interpreter_only
 @pytest.mark.parametrize("family", ["gqa", "swa", "cla"])

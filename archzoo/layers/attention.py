@@ -310,10 +310,11 @@ class Attention(TakesNormAndResidual, nn.Module):
         q_pos = ctx.positions(T, x.device)  # (B, T)
         rope = (q_pos.reshape(-1), self.rope.inv_freq, self.n_heads, self.n_kv_heads, self.head_dim, state["k"],
                 state["v"]) if state is not None else None  # fmt: skip
-        if self._qkv_kernel(x, state, ctx, norm):  # Q|K|V, RoPE and the cache write: one kernel (issue 18)
+        op = self.step_fusion(B, T, x.dtype, x.device, norm) if self._has_copy_and_cache(state, ctx) else None
+        if op == "decode_qkv_rope":  # Q|K|V, RoPE and the cache write: one kernel (issue 18)
             nw, eps = (norm.weight, norm.eps) if norm is not None else (None, 1e-5)
             q = decode_qkv_rope(x.reshape(B * T, -1), self.fused.weight, nw, eps, *rope, tokens_per_row=T)
-        elif self._rope_write(x, state, ctx, norm):  # F.linear on the fused copy, then RoPE + cache write: one kernel
+        elif op == "decode_rope_write":  # F.linear on the fused copy, then RoPE + cache write: one kernel
             y = F.linear(norm(x) if norm is not None else x, self.fused.weight)  # (B, T, N): columns in pair order
             q = decode_rope_write(y.reshape(B * T, -1), *rope, tokens_per_row=T)
         else:
@@ -326,52 +327,61 @@ class Attention(TakesNormAndResidual, nn.Module):
         keys, values, k_pos = kv  # k_pos (B, S): absolute position in each key slot, -1 where empty; or None
         return self._attend_step(q, keys, values, k_pos, q_pos, ctx, residual)
 
-    def _qkv_kernel(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
-        """Whether this step's Q|K|V runs ``decode_qkv_rope``: the fused copy in the decode GEMV's setting
-        (``fused.qkv_kernel_for``: "kernel", or "auto" within its rows or QKV_MAX_ROWS), at most 64 rows (batch x
-        tokens), and what ``_unfused_why`` asks (a norm the GEMV fuses: an RMSNorm, or none)."""
-        rows = x.shape[0] * x.shape[1]
-        if not (fused_mod.qkv_kernel_for(rows, x.device) and self._has_copy_and_cache(state, ctx)):
-            return False
-        why = self._unfused_why(x, state)
-        if why is None and rows > MAX_M:
-            why = f"{rows} rows > {MAX_M}"
-        if why is None and not (norm is None or isinstance(norm, RMSNorm)):
-            why = f"a {type(norm).__name__} before the projection, which the GEMV does not fuse (RMSNorm or none)"
-        return self._take("decode_qkv_rope", why)
+    def step_fusion(
+        self, B: int, T: int, dtype: torch.dtype, device: torch.device, norm: nn.Module | None
+    ) -> str | None:
+        """Which one-kernel path a step of B rows x T tokens in ``dtype`` takes for Q|K|V's RoPE and cache write,
+        given the fused copy and a cache: "decode_qkv_rope" (the projection too: ``fused.qkv_kernel_for`` its rows,
+        at most MAX_M of them, a norm the GEMV fuses), "decode_rope_write" (after a plain projection:
+        ``fused.rope_write_for`` its rows, the copy in RoPE-pair order), or None (the plain ops). A path the
+        settings ask for that the layer cannot take is logged with why (once; ``_unfused_why`` has the rest).
 
-    def _rope_write(self, x: torch.Tensor, state: LayerState | None, ctx, norm: nn.Module | None) -> bool:
-        """Whether this step's RoPE and cache write run ``decode_rope_write`` after a plain projection of the fused
-        Q|K|V copy: ``fused.rope_write_for`` its rows, the copy in RoPE-pair order, and what ``_unfused_why`` asks."""
-        if not (fused_mod.rope_write_for(x.shape[0] * x.shape[1], x.device) and self._has_copy_and_cache(state, ctx)):
-            return False
-        why = self._unfused_why(x, state)
-        if why is None and self.fused.rope is None:
-            why = "the fused Q|K|V copy's columns are not in RoPE-pair order"
-        return self._take("decode_rope_write", why)
+        Host values only: the step calls it eagerly and while traced (where it cannot log), and ``generate``
+        calls it before it compiles or captures (``generation.explain_unfused``), so a compiled-only decode
+        says why too."""
+        rows = B * T
+        if fused_mod.qkv_kernel_for(rows, device):
+            why = self._unfused_why(T, dtype)
+            if why is None and rows > MAX_M:
+                why = f"{rows} rows > {MAX_M}"
+            if why is None and not (norm is None or isinstance(norm, RMSNorm)):
+                why = f"a {type(norm).__name__} before the projection, which the GEMV does not fuse (RMSNorm or none)"
+            if self._take("decode_qkv_rope", why):
+                return "decode_qkv_rope"
+        if fused_mod.rope_write_for(rows, device):
+            why = self._unfused_why(T, dtype)
+            if why is None and self.fused.rope is None:
+                why = "the fused Q|K|V copy's columns are not in RoPE-pair order"
+            if self._take("decode_rope_write", why):
+                return "decode_rope_write"
+        return None
 
-    def _unfused_why(self, x: torch.Tensor, state: LayerState | None) -> str | None:
+    def _unfused_why(self, T: int, dtype: torch.dtype) -> str | None:
         """Why Q|K|V's RoPE and cache write cannot run as one kernel on the fused copy (None: they can). No bias, one
         dtype; one token a row, or several (a speculative verify's (B, k+1) forward) into a global cache: a
         ring would have a later token of the row overwrite a slot an earlier one still reads."""
         f = self.fused
         if f.bias is not None:
             return "Q|K|V has a bias (the kernels take none)"
-        if x.dtype != f.weight.dtype:
-            return f"the input is {x.dtype} and the fused copy {f.weight.dtype}"
-        if x.shape[1] > 1 and self.window is not None:
-            return (f"{x.shape[1]} tokens a row into a ring buffer (a later token could overwrite a slot an earlier "
-                    "one reads)")  # fmt: skip
+        if dtype != f.weight.dtype:
+            return f"the input is {dtype} and the fused copy {f.weight.dtype}"
+        if T > 1 and self.window is not None:
+            return f"{T} tokens a row into a ring buffer (a later token could overwrite a slot an earlier one reads)"
         return None
 
+    def has_fused_copy(self) -> bool:
+        """The fused Q|K|V copy is made (a CLA member has none: it projects Q alone; none before ``refresh_fused``)."""
+        return self.fused is not None and self.fused.weight is not None
+
     def _has_copy_and_cache(self, state: LayerState | None, ctx) -> bool:
-        """The fused Q|K|V copy is read (``ctx.fused``) and made (a CLA member has none: it projects Q alone), and
-        there is a cache to write; else the plain ops run, with nothing to log."""
-        return ctx.fused and self.fused is not None and self.fused.weight is not None and state is not None
+        """The fused Q|K|V copy is read (``ctx.fused``) and made, and there is a cache to write; else the plain ops
+        run, with nothing to log."""
+        return ctx.fused and self.has_fused_copy() and state is not None
 
     @staticmethod
     def _take(op: str, why: str | None) -> bool:
-        """True where ``why`` is None; else logs it (once, eagerly: a traced step cannot log) with the plain path."""
+        """True where ``why`` is None; else logs it (once, outside a trace: a traced step cannot log) with the plain
+        path."""
         if why is not None and not torch.compiler.is_compiling():
             record(op, "unfused", f"Q|K|V, RoPE and the cache write run apart: {why}")
         return why is None
