@@ -255,7 +255,7 @@ def test_pooled_round_keyed_by_the_decode_switches(monkeypatch):
 
     monkeypatch.setattr(fused, "decode_linear", lambda *args: 1.5 * naive_decode_linear(*args))
     # Q|K|V through the GEMV above too (not decode_qkv_rope, which the scaling would not reach): one model a setting
-    monkeypatch.setattr(Attention, "_qkv_kernel", lambda *args: False)
+    monkeypatch.setattr(Attention, "step_fusion", lambda *args: None)
     target = f64_model(FAMILIES["gqa"])
     draft = noisy_copy(target, 0.005)
     for m in (target, draft):
