@@ -117,7 +117,7 @@ LAST_COMPILED: dict[str, object] = {}
 # tile shrinks to 1,024 steps: 0.63x causal-conv1d, conv_h100_best.log), where 4 warps run as before.
 CUDA_CONFIG = {
     "fwd": dict(BLOCK_D=1, BLOCK_L=4096, num_warps=4),
-    "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4, TILES=16),
+    "bwd": dict(BLOCK_D=1, BLOCK_L=1024, num_warps=4, TILES=16, PREFETCH=1),
 }
 # Tried and taken out (seventeenth session): the neighbour groups gathered from the tile through shared memory
 # (tl.gather) instead of loaded again; it lost everywhere on an H100 (16k forward + backward 0.834 against 0.549 ms,
@@ -147,10 +147,13 @@ CUDA_CONFIG = {
 # at every tile, 16k 0.334 (3 stages) / 0.339 (2) against 0.291 ms unpipelined at the default tile, 4k 0.094 /
 # 0.098 against 0.088; off. Not yet timed on an H200 (`tools/tune_causal_conv1d.py --stages 0,2,3`).
 # PREFETCH (backward, 0 when absent): each tile loads the next tile's x and dout (its new bytes) into registers
-# before it computes, so the loads are in flight during the FMAs without STAGES' shared-memory round trip (which lost
-# on the H100); the groups before and after a tile, loaded again, then hit L1 / L2. Written in the twenty-first
+# before it computes, so the loads are in flight during the FMAs without STAGES' shared-memory round trip (which
+# lost on the H100); the groups before and after a tile, loaded again, then hit L1 / L2. Written in the twenty-first
 # session, CPU only, for the H200's 16k forward + backward (0.88x causal-conv1d: the backward at 3.2 TB/s against
-# the peer's 3.8, too few bytes in flight); off until timed (`tools/tune_causal_conv1d.py --prefetch 0,1`).
+# the peer's 3.8, too few bytes in flight). Timed in the twenty-second on an H100 at the default tile
+# (docs/results/kernels/conv_tune_h100_2026-12-07h.log, one process): level at 1k (0.0314 ms both), 0.0886 -> 0.0870
+# at 4k, 0.2965 -> 0.2949 at 16k, no loss at any length; on since (its GPU test passed in the same lease:
+# docs/results/gpu-tests/gpu_tests_h100_2026-12-07h.log). Not yet timed on an H200.
 # Under the interpreter: small tiles, so the tests cover several tiles and channel blocks, and two tiles a backward
 # program (the tests run one tile through CONFIG_OVERRIDE); OWN where two tiles cover the row (l <= 32).
 INTERPRET_CONFIG = {

@@ -78,7 +78,9 @@ INTERPRET_CONFIG = dict(
 # its own output). 1 (every tile its own split where programs are few) until a GPU has timed 4 beside it:
 # ``tools/decode_profile.py --attention kernel,kernel-long-splits``.
 # FIXUP: the splits' merge done by the last split program of each (row, KV head) (one launch) instead of by
-# _combine_kernel (two; the default: measured faster, see the docstring). Overrides of either (tests, tuners);
+# _combine_kernel (two; the default: measured faster, see the docstring; in the step on an H100 too, twenty-second
+# session: the teacher 0.865 -> 0.945 ms at batch 16, 1.196 -> 1.198 at 64, MQA 0.835 -> 0.945 and 1.093 -> 1.207,
+# docs/results/decode/attnfixup_h100_2026-12-07h.log). Overrides of either (tests, tuners);
 # "N_SPLITS" forces the split count. Plans are keyed on CONFIG_OVERRIDE.
 # BALANCE: each row's splits share that row's valid length (whole tiles of it), not T_max: the split count is
 # planned on the host from T_max (no read of the lengths), so with a cache half full the last splits of every

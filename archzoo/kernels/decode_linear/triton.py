@@ -66,7 +66,9 @@ from ._checks import MAX_M, check_conv_epilogue, check_decode_linear
 # MAX_BLOCK_K: K per tile at most; MAX_TILE: BLOCK_M * BLOCK_N * BLOCK_K at most on the element-wise path (its fp32
 # accumulator: 8192 elements are 64 registers a thread at 4 warps), BLOCK_N * BLOCK_K on the tl.dot path;
 # DOT_MIN_M: from this M on, tl.dot; FIXUP: split-K's partials summed by the last split program (one launch)
-# instead of by _reduce_kernel (two; the default, see the docstring); PROGRAMS_PER_SM: the programs aimed at;
+# instead of by _reduce_kernel (two; the default, see the docstring: in the teacher's step on an H100 FIXUP lost
+# at batch 8 / 16, 9,664 -> 9,509 and 18,611 -> 17,216 tokens/s, level at 1, twenty-second session,
+# docs/results/decode/gemvstep_h100_2026-12-07h_*.md); PROGRAMS_PER_SM: the programs aimed at;
 # SPLIT_BELOW_PER_SM: split K only when the N blocks are fewer than this many per SM (a split costs a second
 # launch); MAX_SPLITS, SPLIT_ALIGN: at most this many splits, chunks a multiple of this many K columns (aligned,
 # vectorised loads). Run on GPUs since (docs/decode.md): batch 1 and 4 win against cuBLAS, 64 loses.

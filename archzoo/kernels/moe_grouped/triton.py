@@ -78,8 +78,11 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # (Triton's loop flattening: the next tile's loads pipelined under this tile's epilogue) or not. Why: at d_model 576
 # a tile's K loop is nine steps of 64, and the forward's gate-up ran at 287 TFLOP/s where cuBLAS's dense GEMMs of
 # the same FLOPs ran at about twice that (docs/kernels.md, "MoE experts as grouped GEMMs"); no tile of the
-# one-tile-a-program kernel paid (tools/tune_moe_grouped.py). Written in the twenty-first session, CPU only; off
-# until timed (CONFIG_OVERRIDE {"PERSISTENT": 1}; the "persistent" group of tools/tune_moe_grouped.py).
+# one-tile-a-program kernel paid (tools/tune_moe_grouped.py). Written in the twenty-first session, CPU only. Timed
+# in the twenty-second on an H100 (docs/results/kernels/moe_grouped_tune_h100_2026-12-07h.log, one process, the
+# layer's fused-experts forward in CUDA graphs): it lost every way, 0.159 -> 0.197 ms saving (1 program an SM,
+# flattened), 0.202 (2 an SM), 0.184 (1 an SM, nested loops); 0.144 -> 0.180 without saving. Off; kept for other
+# shapes (a longer K loop) and GPUs, with its tests.
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
                    SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1)  # fmt: skip
