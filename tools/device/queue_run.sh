@@ -232,6 +232,12 @@ for job in $(cat $Q/jobs); do
       timeout 300 python3 tools/decode_profile.py configs/students/s4.yaml --batch ${S4STEP_BATCH:-1,16,64} --prompt 128 \
           --decode-linear auto --s4-step kernel,compiled --out $O/profile_s4step.json > $O/profile_s4step.log 2>&1
       log "s4step rc=$? $(grep replay $O/profile_s4step.log | sed 's/ kernel auto.*s4 step/ s4/' | cut -c1-90 | tr '\n' ';')"; pack ;;
+    gridsync)  # issue 18, item 4: a grid-wide barrier in one persistent Triton kernel against a kernel boundary in a
+      # CUDA graph, plain and with PDL (tools/grid_sync_bench.py): what a persistent decode kernel stands on
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "gridsync"; O=$DEC; mkdir -p $O
+      timeout 300 python3 tools/grid_sync_bench.py --out $O/grid_sync.json > $O/grid_sync.log 2>&1
+      log "gridsync rc=$? $(grep '^| [0-9]' $O/grid_sync.log | tr '\n' ';')"; pack ;;
     ropewrite)  # issue 18: above 16 rows (cuBLAS's Q|K|V), RoPE + the cache write as one kernel (decode_rope_write,
       # fused.ROPE_WRITE_MIN_ROWS) against the two compiled kernels, one process, teacher and MQA at 32 / 64 x 128
       [ -n "$bg" ] && wait $bg; bg=""
@@ -474,7 +480,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
