@@ -238,6 +238,12 @@ for job in $(cat $Q/jobs); do
       log "gridsync"; O=$DEC; mkdir -p $O
       timeout 300 python3 tools/grid_sync_bench.py --out $O/grid_sync.json > $O/grid_sync.log 2>&1
       log "gridsync rc=$? $(grep '^| [0-9]' $O/grid_sync.log | tr '\n' ';')"; pack ;;
+    persistmlp)  # issue 18, item 4: every layer's SwiGLU MLP of a 30-layer stack in one persistent kernel (grid barriers
+      # between the stages) against decode_linear's two launches a layer in a graph (tools/persistent_mlp_bench.py)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "persistmlp"; O=$DEC; mkdir -p $O
+      timeout 300 python3 tools/persistent_mlp_bench.py --out $O/persistent_mlp.json > $O/persistent_mlp.log 2>&1
+      log "persistmlp rc=$? $(grep '^| [dp]' $O/persistent_mlp.log | cut -c1-80 | tr '\n' ';')"; pack ;;
     ropewrite)  # issue 18: above 16 rows (cuBLAS's Q|K|V), RoPE + the cache write as one kernel (decode_rope_write,
       # fused.ROPE_WRITE_MIN_ROWS) against the two compiled kernels, one process, teacher and MQA at 32 / 64 x 128
       [ -n "$bg" ] && wait $bg; bg=""
@@ -480,7 +486,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
