@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -37,7 +36,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grid_sync_bench import MAX_SPIN, grid_sync  # noqa: E402
+from grid_sync_bench import MAX_SPIN, _graph_ms, grid_sync  # noqa: E402
 
 
 @triton.jit
@@ -156,23 +155,6 @@ def gemv_stack(x, norm_w, w_gu, w_d, eps: float) -> torch.Tensor:
         h = decode_linear(x, w_gu[layer], norm_w[layer], eps, swiglu=True)
         x = decode_linear(h, w_d[layer], residual=x)
     return x.view(-1)
-
-
-def _graph_ms(fn, reps: int = 30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def _copy_rate(dev) -> float:
