@@ -93,6 +93,23 @@ def compiled_steps(model, ids: torch.Tensor, cache, prompt: int, backend, before
             yield i, got, model(ids[:, i : i + 1], cache=ref_cache), ref_cache
 
 
+def load_tool(name: str):
+    """tools/<name>.py as a module (tools are scripts, not a package); the tools folder is on sys.path while it
+    loads, as when the script runs, so that a tool can import its siblings."""
+    import importlib.util
+    import sys
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    sys.path.insert(0, str(tools))
+    try:
+        spec = importlib.util.spec_from_file_location(name, tools / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(tools))
+    return mod
+
+
 def load_yaml(path: Path | str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 

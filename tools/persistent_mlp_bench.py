@@ -46,6 +46,68 @@ def _rnd(v, DT: tl.constexpr):
 
 
 @triton.jit
+def rms_rstd(x_ptr, eps, D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of x (D,), in fp32 (``RMSNorm``'s rms)."""
+    ss = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in tl.static_range(0, D, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        xv = tl.load(x_ptr + kk, mask=kk < D, other=0.0).to(tl.float32)
+        ss += xv * xv
+    return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
+
+
+@triton.jit
+def normed_rows_dot(x_ptr, nw_ptr, w_ptr, rows, rstd, DT: tl.constexpr, D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """W[rows] @ (x * rstd rounded, times the norm weight, rounded), fp32 (len(rows),): the normed GEMV's rows, its
+    K loop unrolled so that every tile's loads issue together. W (N, D) row-major."""
+    acc = tl.zeros(rows.shape, tl.float32)
+    for k0 in tl.static_range(0, D, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        mk = kk < D
+        xv = tl.load(x_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+        nw = tl.load(nw_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+        xn = _rnd(_rnd(xv * rstd, DT) * nw, DT)
+        w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=mk[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * xn[None, :], axis=1)
+    return acc
+
+
+@triton.jit
+def gate_up_stage(
+    x_ptr, nw_ptr, w_ptr, h_ptr, pid, nprog, eps,
+    DT: tl.constexpr, D: tl.constexpr, F: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h (F,) = silu(g) * u of norm(x), W (2F, D) with gate / up rows interleaved; this program's row tiles."""
+    rstd = rms_rstd(x_ptr, eps, D, BLOCK_K)
+    HALF: tl.constexpr = ROWS // 2
+    for t in tl.range(pid, (2 * F) // ROWS, nprog):
+        acc = normed_rows_dot(x_ptr, nw_ptr, w_ptr, t * ROWS + tl.arange(0, ROWS), rstd, DT, D, BLOCK_K)
+        g, u = tl.split(tl.reshape(acc, (HALF, 2)))
+        g = _rnd(g, DT)
+        s = _rnd(g / (1.0 + tl.exp(-g)), DT)
+        tl.store(h_ptr + t * HALF + tl.arange(0, HALF), _rnd(s * _rnd(u, DT), DT))
+
+
+@triton.jit
+def residual_stage(
+    w_ptr, v_ptr, x_ptr, pid, nprog,
+    DT: tl.constexpr, N: tl.constexpr, K: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """x[rows] += W[rows] @ v (W (N, K), v (K,)), rounded once; this program's row tiles, each reading and writing
+    only its own rows of x."""
+    for t in tl.range(pid, N // ROWS, nprog):
+        rows = t * ROWS + tl.arange(0, ROWS)
+        acc = tl.zeros([ROWS], tl.float32)
+        for k0 in tl.static_range(0, K, BLOCK):
+            kk = k0 + tl.arange(0, BLOCK)
+            mk = kk < K
+            v = tl.load(v_ptr + kk, mask=mk, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None] * K + kk[None, :], mask=mk[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
+        tl.store(x_ptr + rows, (acc + tl.load(x_ptr + rows).to(tl.float32)).to(DT))
+
+
+@triton.jit
 def _mlp_stack_kernel(
     x_ptr, nw_ptr, wgu_ptr, wd_ptr, h_ptr, counter_ptr, flag_ptr,
     n_layers, eps,  # every offset fits int32: the teacher's 30 layers of W_gu are 53M elements
@@ -55,50 +117,16 @@ def _mlp_stack_kernel(
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    HALF: tl.constexpr = ROWS_GU // 2
-    n_gu = (2 * F) // ROWS_GU
-    n_dn = D // ROWS_D
     alive = pid >= 0
     syncs = 0
     for layer in range(0, n_layers):
         if alive:  # stage 1: norm, gate|up, SiLU x up -> h
-            ss = tl.zeros([BLOCK_K], tl.float32)
-            for k0 in tl.static_range(0, D, BLOCK_K):
-                kk = k0 + tl.arange(0, BLOCK_K)
-                xv = tl.load(x_ptr + kk, mask=kk < D, other=0.0).to(tl.float32)
-                ss += xv * xv
-            rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
-            for t in tl.range(pid, n_gu, nprog):
-                rows = t * ROWS_GU + tl.arange(0, ROWS_GU)
-                acc = tl.zeros([ROWS_GU], tl.float32)
-                for k0 in tl.static_range(0, D, BLOCK_K):
-                    kk = k0 + tl.arange(0, BLOCK_K)
-                    mk = kk < D
-                    xv = tl.load(x_ptr + kk, mask=mk, other=0.0).to(tl.float32)
-                    nw = tl.load(nw_ptr + layer * D + kk, mask=mk, other=0.0).to(tl.float32)
-                    xn = _rnd(_rnd(xv * rstd, DT) * nw, DT)
-                    w_tile = wgu_ptr + layer * (2 * F * D) + rows[:, None] * D + kk[None, :]
-                    w = tl.load(w_tile, mask=mk[None, :], other=0.0)
-                    acc += tl.sum(w.to(tl.float32) * xn[None, :], axis=1)
-                g, u = tl.split(tl.reshape(acc, (HALF, 2)))
-                g = _rnd(g, DT)
-                s = _rnd(g / (1.0 + tl.exp(-g)), DT)
-                h = _rnd(s * _rnd(u, DT), DT)
-                tl.store(h_ptr + t * HALF + tl.arange(0, HALF), h)
+            gate_up_stage(x_ptr, nw_ptr + layer * D, wgu_ptr + layer * (2 * F * D), h_ptr, pid, nprog, eps, DT, D, F,
+                          ROWS_GU, BLOCK_K)  # fmt: skip
             syncs += 1
             alive = grid_sync(counter_ptr, syncs * nprog, flag_ptr, POLL_LOAD, MAX_SPIN)
         if alive:  # stage 2: x[rows] += W_d @ h
-            for t in tl.range(pid, n_dn, nprog):
-                rows = t * ROWS_D + tl.arange(0, ROWS_D)
-                acc = tl.zeros([ROWS_D], tl.float32)
-                for f0 in tl.static_range(0, F, BLOCK_F):
-                    ff = f0 + tl.arange(0, BLOCK_F)
-                    mf = ff < F
-                    hv = tl.load(h_ptr + ff, mask=mf, other=0.0)
-                    w = tl.load(wd_ptr + layer * (D * F) + rows[:, None] * F + ff[None, :], mask=mf[None, :], other=0.0)
-                    acc += tl.sum(w.to(tl.float32) * hv[None, :], axis=1)
-                res = tl.load(x_ptr + rows).to(tl.float32)
-                tl.store(x_ptr + rows, (acc + res).to(DT))
+            residual_stage(wd_ptr + layer * (D * F), h_ptr, x_ptr, pid, nprog, DT, D, F, ROWS_D, BLOCK_F)
             syncs += 1
             alive = grid_sync(counter_ptr, syncs * nprog, flag_ptr, POLL_LOAD, MAX_SPIN)
 

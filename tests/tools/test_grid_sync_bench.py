@@ -4,22 +4,16 @@ cannot complete reported by its flag instead of hanging."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from conftest import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "grid_sync_bench.py"
+pytest.importorskip("triton")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("grid_sync_bench", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("grid_sync_bench")
 
 
 @pytest.mark.parametrize("poll_load", [False, True], ids=["atomic-poll", "load-poll"])

@@ -4,26 +4,16 @@ fp32 and bf16, on shapes where every tile loop and K loop runs more than once an
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import load_tool
+
 pytest.importorskip("triton")
-TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def _tool():
-    sys.path.insert(0, str(TOOLS))
-    try:
-        spec = importlib.util.spec_from_file_location("persistent_mlp_bench", TOOLS / "persistent_mlp_bench.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(TOOLS))
-    return mod
+    return load_tool("persistent_mlp_bench")
 
 
 def _case(dtype, L=3, D=24, F=16):

@@ -244,6 +244,12 @@ for job in $(cat $Q/jobs); do
       log "persistmlp"; O=$DEC; mkdir -p $O
       timeout 300 python3 tools/persistent_mlp_bench.py --out $O/persistent_mlp.json > $O/persistent_mlp.log 2>&1
       log "persistmlp rc=$? $(grep '^| [dp]' $O/persistent_mlp.log | cut -c1-80 | tr '\n' ';')"; pack ;;
+    persiststep)  # issue 18, item 4: the teacher-shaped layer stack at batch 1 in one persistent kernel (five grid
+      # barriers a layer) beside archzoo's captured step of that shape (tools/persistent_step_bench.py)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "persiststep"; O=$DEC; mkdir -p $O
+      timeout 400 python3 tools/persistent_step_bench.py --out $O/persistent_step.json > $O/persistent_step.log 2>&1
+      log "persiststep rc=$? $(grep -E '^(persistent|archzoo)' $O/persistent_step.log | cut -c1-90 | tr '\n' ';')"; pack ;;
     ropewrite)  # issue 18: above 16 rows (cuBLAS's Q|K|V), RoPE + the cache write as one kernel (decode_rope_write,
       # fused.ROPE_WRITE_MIN_ROWS) against the two compiled kernels, one process, teacher and MQA at 32 / 64 x 128
       [ -n "$bg" ] && wait $bg; bg=""
@@ -486,7 +492,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
