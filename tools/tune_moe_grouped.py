@@ -10,7 +10,8 @@ forward's, backward.py for the backward's).
 Each row varies one kernel's tiles (``group``) from the defaults: the forward's groups (``BLOCK_M``, ``gate_up``,
 ``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
 ``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
-``persistent`` group (the gate-up kernel on a fixed grid walking tiles) and the default are also timed without
+``persistent`` group (the gate-up kernel on a fixed grid walking tiles), the ``one_dot`` group (gate and up as one
+operand of one tl.dot a K step) and the default are also timed without
 ``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill). Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the dense peer.
 """
@@ -49,9 +50,15 @@ GROUPS = {
     # the gate-up kernel on a fixed grid of k programs an SM, the K loop flattened across tiles or not: the forward
     # timed with save (fwd_ms) and without (infer_ms), beside the default's
     "persistent": (("PERSISTENT", "FLATTEN"), [(0, 1), (1, 1), (2, 1), (1, 0)]),
+    # the gate and up tiles as one operand, one tl.dot a K step (64 x 2 BLOCK_N x 16 MMAs; x's tile read once),
+    # with and without save, beside the default's
+    "one_dot": (
+        ("ONE_DOT", "BLOCK_N", "num_warps", "num_stages"),
+        [(0, 64, 8, 3), (1, 64, 8, 3), (1, 32, 8, 3), (1, 64, 4, 3), (1, 64, 8, 4), (1, 128, 8, 3)],
+    ),
 }
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
-INFER_GROUPS = ("default", "persistent")  # also timed without save
+INFER_GROUPS = ("default", "persistent", "one_dot")  # also timed without save
 
 
 def configs(quick: bool) -> list[tuple[str, dict]]:
@@ -121,7 +128,7 @@ def main() -> None:
                 inf = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w))
             if group in (*FORWARD_GROUPS, *INFER_GROUPS):
                 fwd = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True))
-            if group not in (*FORWARD_GROUPS, "persistent") or group == "BLOCK_M":
+            if group not in (*FORWARD_GROUPS, "persistent", "one_dot") or group == "BLOCK_M":
                 bwd = bench(lambda: B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *saved[1:]))  # noqa: B023
         except Exception as e:  # a tile the compiler refuses (shared memory): its row says so, the sweep goes on
             rows.record(dict(group=group, config=over, error=f"{type(e).__name__}: {str(e)[:160]}"))

@@ -83,14 +83,21 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # layer's fused-experts forward in CUDA graphs): it lost every way, 0.159 -> 0.197 ms saving (1 program an SM,
 # flattened), 0.202 (2 an SM), 0.184 (1 an SM, nested loops); 0.144 -> 0.180 without saving. Off; kept for other
 # shapes (a longer K loop) and GPUs, with its tests.
+# ONE_DOT: the gate and up tiles loaded as one (BLOCK_K, 2 BLOCK_N) operand and multiplied by one tl.dot a K step
+# (_gate_up_one_dot), where the default runs two dots on the same x tile. Why: the two dots compile to 64x64x16 MMAs
+# that each read x's tile from shared memory again; one dot compiles to half as many 64x128x16 MMAs reading it once,
+# with the same 128-bit cp.async loads, shared memory (96 KiB) and registers (119) on sm_90 (python
+# tools/sm90_compile.py --op moe_grouped --config '{"ONE_DOT": 1}'). Taken only where both weights have d_model
+# contiguous. Written in the twenty-second session, CPU only; off until timed (the "one_dot" group of
+# tools/tune_moe_grouped.py).
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
-                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1)  # fmt: skip
+                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
-                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, SM_COUNT=3)  # fmt: skip
+                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -171,26 +178,13 @@ def _block_and_tile(bexp_ptr, n_cols):
 
 
 @triton.jit
-def _gate_up_tile(
-    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e,
-    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+def _gate_up_two_dots(
+    x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Row block ``blk`` (expert ``e`` >= 0) x column tile ``pid_n`` of h (and with SAVE of g, u)."""
-    DT = h_ptr.dtype.element_ty
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
-    valid = a >= 0
-    n = tl.where(valid, a % N, 0)  # token
-    k = tl.where(valid, a // N, 0)  # choice
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < F
+    """The gate and up accumulators (BLOCK_M, BLOCK_N) each, fp32: two tl.dot a K step on x's gathered rows."""
     offs_k = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + n.to(tl.int64)[:, None] * s_xn  # (BLOCK_M, 1)
-    e64 = e.to(tl.int64)
-    g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gf  # (1, BLOCK_N)
-    u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_uf
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
@@ -210,6 +204,71 @@ def _gate_up_tile(
             ut = ut.to(tl.float32)
         acc_g = tl.dot(xt, gt, acc_g, input_precision=DOT_PRECISION)
         acc_u = tl.dot(xt, ut, acc_u, input_precision=DOT_PRECISION)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _gate_up_one_dot(
+    x_rows, g_ptr, u_ptr, valid, pid_n, e64, D, F, s_xd, s_ge, s_gf, s_ue, s_uf,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The same accumulators from one tl.dot a K step: columns [0, BLOCK_N) of the operand are gate's rows of the
+    tile, [BLOCK_N, 2 BLOCK_N) up's (d_model contiguous in both), split after the loop."""
+    c = tl.arange(0, 2 * BLOCK_N)
+    cn = pid_n * BLOCK_N + c % BLOCK_N  # the d_ff row of either weight
+    mask_c = cn < F
+    cols = tl.where((c < BLOCK_N)[None, :], g_ptr + e64 * s_ge + cn.to(tl.int64)[None, :] * s_gf,
+                    u_ptr + e64 * s_ue + cn.to(tl.int64)[None, :] * s_uf)  # (1, 2 BLOCK_N)  # fmt: skip
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, 2 * BLOCK_N], tl.float32)
+    for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
+        kk = k0 + offs_k
+        if EVEN_K:
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)
+            wt = tl.load(cols + kk[:, None], mask=mask_c[None, :], other=0.0)  # (BLOCK_K, 2 BLOCK_N)
+        else:
+            mask_k = kk < D
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
+            wt = tl.load(cols + kk[:, None], mask=mask_k[:, None] & mask_c[None, :], other=0.0)
+        if DOT_F32:
+            xt = xt.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = tl.dot(xt, wt, acc, input_precision=DOT_PRECISION)
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1)))
+
+
+@triton.jit
+def _gate_up_tile(
+    x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e,
+    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+    ONE_DOT: tl.constexpr,
+):  # fmt: skip
+    """Row block ``blk`` (expert ``e`` >= 0) x column tile ``pid_n`` of h (and with SAVE of g, u). ONE_DOT: the gate
+    and up tiles loaded as one (BLOCK_K, 2 BLOCK_N) operand (its columns' pointers from either weight; both with
+    d_model contiguous, s_gd == s_ud == 1, so the loads stay vectorised along K) and multiplied by one tl.dot, so x's
+    tile is read once a K step and the MMA is twice as wide."""
+    DT = h_ptr.dtype.element_ty
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
+    valid = a >= 0
+    n = tl.where(valid, a % N, 0)  # token
+    k = tl.where(valid, a // N, 0)  # choice
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < F
+    x_rows = x_ptr + n.to(tl.int64)[:, None] * s_xn  # (BLOCK_M, 1)
+    e64 = e.to(tl.int64)
+    g_cols = g_ptr + e64 * s_ge + offs_n.to(tl.int64)[None, :] * s_gf  # (1, BLOCK_N)
+    u_cols = u_ptr + e64 * s_ue + offs_n.to(tl.int64)[None, :] * s_uf
+    if ONE_DOT:
+        acc_g, acc_u = _gate_up_one_dot(x_rows, g_ptr, u_ptr, valid, pid_n, e64, D, F, s_xd, s_ge, s_gf, s_ue,
+                                        s_uf, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32,
+                                        DOT_PRECISION)  # fmt: skip
+    else:
+        acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud, BLOCK_M, BLOCK_N,
+                                         BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32, DOT_PRECISION)  # fmt: skip
     h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
     wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
     hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
@@ -237,12 +296,13 @@ def _gate_up_kernel(
     N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+    ONE_DOT: tl.constexpr,
 ):  # fmt: skip
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, s_xn, s_xd,
                       s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES,
-                      DOT_F32, DOT_PRECISION, SAVE)  # fmt: skip
+                      DOT_F32, DOT_PRECISION, SAVE, ONE_DOT)  # fmt: skip
     elif SAVE:  # an unused block of the saved outputs
         _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M, BLOCK_N)
 
@@ -253,7 +313,7 @@ def _gate_up_persistent_kernel(
     N, D, F, E, n_blocks, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
-    FLATTEN: tl.constexpr,
+    FLATTEN: tl.constexpr, ONE_DOT: tl.constexpr,
 ):  # fmt: skip
     """PERSISTENT: a fixed grid of programs walks the used blocks' (block, column tile) pairs, their count read from
     expert_block[E] on the device, consecutive tiles of a program a grid's width apart (one block's column tiles side
@@ -267,7 +327,7 @@ def _gate_up_persistent_kernel(
         e = tl.load(bexp_ptr + blk)
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, tile % n_cols, e, N, D, F,
                       s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE)  # fmt: skip
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT)  # fmt: skip
     if SAVE:
         for tile in range(n_used + tl.program_id(0), n_blocks * n_cols, tl.num_programs(0)):
             _zero_tile(h_ptr, gs_ptr, us_ptr, tile // n_cols, tile % n_cols, F, BLOCK_M, BLOCK_N)
@@ -408,15 +468,17 @@ def moe_grouped_experts(
     bn, bk = cfg["BLOCK_N"], cfg["BLOCK_K"]
     strides = (*x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride())
     tiles = (R // bm) * cdiv(F, bn)  # the bound: used and unused blocks
+    one_dot = bool(cfg["ONE_DOT"]) and gate_w.stride(2) == 1 and up_w.stride(2) == 1  # its loads assume it
     if cfg["PERSISTENT"]:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
         sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
                (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h, gs, us),
-               (N, D, F, E, R // bm, *strides), (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"])),
+               (N, D, F, E, R // bm, *strides), (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot),
                cfg["num_warps"], dev)  # fmt: skip
     else:
         launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
-               (N, D, F, *strides), (bm, bn, bk, D % bk == 0, *common, save), cfg["num_warps"], dev)  # fmt: skip
+               (N, D, F, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot), cfg["num_warps"],
+               dev)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
