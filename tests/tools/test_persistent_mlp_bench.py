@@ -58,3 +58,10 @@ def test_mlp_stack_bad_shapes_say_which():
         m.mlp_stack(x, norm_w, w_gu, w_d, 1e-5, 1, rows_gu=6, rows_d=4)
     with pytest.raises(ValueError, match="do not fit"):
         m.mlp_stack(x[:-1], norm_w, w_gu, w_d, 1e-5, 1)
+
+
+def test_no_cuda_says_so(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert _tool().main([]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().out

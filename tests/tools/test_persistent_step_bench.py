@@ -42,3 +42,10 @@ def test_step_stack_bad_shapes_say_which():
         m.step_stack(st, 3, 1, 5, 1e-5, 1, rows_qkv=6)
     with pytest.raises(ValueError, match="pos"):
         m.step_stack(st, 3, 1, 12, 1e-5, 1, rows_qkv=4)
+
+
+def test_no_cuda_says_so(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert _tool().main([]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().out
