@@ -6,6 +6,8 @@ residual, RMSNorm, gate|up with SiLU x up, down with the residual) in one launch
 (``generate(compile=True)``: 30 layers, the LM head and sampling) and the LM head alone (``decode_linear``), so
 the stack's share of the step is known.
 
+And the same kernel with each stage's weights loaded a stage ahead (``persistent_prefetch.py``), also in this run.
+
 Stages of layer l (programs take tasks pid, pid + P, ...; x (D,) the residual stream):
 
 1. Q|K|V: each program computes x's rms itself, then row tiles of W_qkv (Q and K heads' rows in RoPE-pair order,
@@ -277,19 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name} ({sms} SMs); {L} layers of the teacher's shape at position {args.pos}, bf16, batch 1; "
           f"weights {weight_bytes / 1e6:.0f} MB, K/V read {kv_bytes / 1e6:.1f} MB")  # fmt: skip
     rows = []
-    prep = prepare(st, H, HKV)  # made once: the graphs below time the launch alone
-    for programs in [int(c) for c in args.programs.split(",") if c] or [sms, sms // 2]:
-        out, flag = run_prepared(st, prep, H, HKV, args.pos, eps, programs)
-        diff = (out.float() - want.float()).abs().max().item()
-        ms = None if flag.item() else _graph_ms(lambda p=programs: run_prepared(st, prep, H, HKV, args.pos, eps, p))
-        gbs = None if ms is None else round((weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9)
-        rows.append(
-            dict(
-                form="persistent", programs=programs, ms=ms, gb_per_s=gbs, max_abs_diff=diff, stalled=bool(flag.item())
-            )
-        )
-        print(f"persistent, {programs} programs: {ms if ms is None else round(ms, 4)} ms for the stack, {gbs} GB/s, "
-              f"max abs diff {diff:.3g}{' (a barrier gave up)' if flag.item() else ''}")  # fmt: skip
+    from persistent_prefetch import run_prefetch  # imports this module: here, not at the top
+
+    prep = prepare(st, H, HKV)  # made once: the graphs below time the launch alone (slot pos: the same values)
+    forms = (("persistent", run_prepared), ("persistent, weights a stage ahead", run_prefetch))
+    for form, run in forms:
+        for programs in [int(c) for c in args.programs.split(",") if c] or [sms, sms // 2]:
+            launch = lambda p=programs, r=run: r(st, prep, H, HKV, args.pos, eps, p)  # noqa: E731
+            out, flag = launch()
+            stalled = bool(flag.item())
+            diff = (out.float() - want.float()).abs().max().item()
+            ms = None if stalled else _graph_ms(launch)
+            gbs = None if ms is None else round((weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9)
+            rows.append(dict(form=form, programs=programs, ms=ms, gb_per_s=gbs, max_abs_diff=diff, stalled=stalled))
+            shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
+            print(f"{form}, {programs} programs: {shown}, max abs diff {diff:.3g}")
     if not args.no_model:
         ms, backend = _model_step_ms(args.pos, dev)
         rows.append(dict(form="archzoo step", ms=ms, backend=backend))

@@ -49,3 +49,32 @@ def test_no_cuda_says_so(capsys):
         pytest.skip("has a GPU")
     assert _tool().main([]) == 2
     assert "needs a CUDA device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("H, HKV, pos", [(3, 1, 5), (2, 2, 8)], ids=["gqa3-pos5", "mha-pos8"])
+def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, pos):
+    """``persistent_prefetch``: each stage's first tile loaded a stage ahead, the others in the loop (one program
+    here: every stage has several tiles), against the same reference."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    m, pf = _tool(), load_tool("persistent_prefetch")
+    L, D, HD, F, T_max = 2, 24, 8, 16, 12
+    st = m.make_stack(L, D, H, HKV, HD, F, T_max, pos, dtype, torch.device("cpu"))
+    prep = m.prepare(st, H, HKV)
+    out, flag = pf.run_prefetch(st, prep, H, HKV, pos, 1e-5, 1, rows=(4, 4, 8), block_t=8, num_warps=1)
+    want, kc_ref, vc_ref = m.step_stack_reference(st, H, HKV, pos, 1e-5)
+    assert int(flag) == 0
+    for name, got, ref in (
+        ("x", out, want),
+        ("K cache", prep["kc"][..., prep["inv"]], kc_ref),
+        ("V cache", prep["vc"], vc_ref),
+    ):
+        err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        assert err < tol, f"{name}: relative error {err:.3g}"
+
+
+def test_prefetch_tiles_one_a_program():
+    """At the teacher's shape on 132 programs every stage's tiles fit one a program (so each is prefetched)."""
+    pf = load_tool("persistent_prefetch")
+    assert [pf.rows_for(n, 132) for n in (960, 576, 3072)] == [8, 8, 32]
+    assert [pf.rows_for(n, 66) for n in (960, 576, 3072)] == [16, 16, 64]
