@@ -239,9 +239,10 @@ def step_stack_reference(st: dict, H: int, HKV: int, pos: int, eps: float):
     return x.to(dt), kc, vc
 
 
-def _model_step_ms(pos: int, device) -> tuple[float | None, str]:
+def _model_step_ms(pos: int, device) -> tuple[float | None, float, str]:
     """archzoo's captured decode step at batch 1 of a random-weight model of the teacher's shape, from ``generate``
-    (``decode_s`` over its ``decode_steps``, 64 new tokens after a prompt of ``pos`` - 32), and what ran."""
+    (``decode_s`` over its ``decode_steps``, 64 new tokens after a prompt of ``pos`` - 32), the final norm and LM head
+    alone (``decode_linear`` in a graph, as the step runs them at batch 1), and what ran."""
     import archzoo
 
     cfg = os.path.join(
@@ -254,7 +255,11 @@ def _model_step_ms(pos: int, device) -> tuple[float | None, str]:
         model.generate(prompt, 64, compile=True)
     st = model.last_generate_stats
     steps = st.get("decode_steps") or 0
-    return (st["decode_s"] * 1e3 / steps if steps else None), str(st.get("backend"))
+    from archzoo.kernels import decode_linear
+
+    x = torch.randn(1, model.cfg.d_model, device=device, dtype=torch.bfloat16)
+    head = _graph_ms(lambda: decode_linear(x, model.lm_head.weight, model.norm.weight, model.norm.eps))
+    return (st["decode_s"] * 1e3 / steps if steps else None), head, str(st.get("backend"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
             print(f"{form}, {programs} programs: {shown}, max abs diff {diff:.3g}")
     if not args.no_model:
-        ms, backend = _model_step_ms(args.pos, dev)
-        rows.append(dict(form="archzoo step", ms=ms, backend=backend))
-        print(f"archzoo's decode step of the teacher's shape (stack + head + sampling, {backend}): {ms} ms")
+        ms, head, backend = _model_step_ms(args.pos, dev)
+        rows.append(dict(form="archzoo step", ms=ms, head_ms=head, backend=backend))
+        print(f"archzoo's decode step of the teacher's shape (stack + head + sampling, {backend}): {ms} ms; its final "
+              f"norm and LM head alone {head:.4f} ms")  # fmt: skip
     if args.out:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
