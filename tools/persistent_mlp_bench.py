@@ -36,75 +36,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _persistent_stages import gate_up_stage, residual_stage  # noqa: E402
 from grid_sync_bench import MAX_SPIN, _graph_ms, grid_sync  # noqa: E402
-
-
-@triton.jit
-def _rnd(v, DT: tl.constexpr):
-    """v rounded to DT (as the unfused ops store it), back in fp32."""
-    return v.to(DT).to(tl.float32)
-
-
-@triton.jit
-def rms_rstd(x_ptr, eps, D: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / sqrt(mean(x^2) + eps) of x (D,), in fp32 (``RMSNorm``'s rms)."""
-    ss = tl.zeros([BLOCK_K], tl.float32)
-    for k0 in tl.static_range(0, D, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        xv = tl.load(x_ptr + kk, mask=kk < D, other=0.0).to(tl.float32)
-        ss += xv * xv
-    return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / D + eps)
-
-
-@triton.jit
-def normed_rows_dot(x_ptr, nw_ptr, w_ptr, rows, rstd, DT: tl.constexpr, D: tl.constexpr, BLOCK_K: tl.constexpr):
-    """W[rows] @ (x * rstd rounded, times the norm weight, rounded), fp32 (len(rows),): the normed GEMV's rows, its
-    K loop unrolled so that every tile's loads issue together. W (N, D) row-major."""
-    acc = tl.zeros(rows.shape, tl.float32)
-    for k0 in tl.static_range(0, D, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        mk = kk < D
-        xv = tl.load(x_ptr + kk, mask=mk, other=0.0).to(tl.float32)
-        nw = tl.load(nw_ptr + kk, mask=mk, other=0.0).to(tl.float32)
-        xn = _rnd(_rnd(xv * rstd, DT) * nw, DT)
-        w = tl.load(w_ptr + rows[:, None] * D + kk[None, :], mask=mk[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * xn[None, :], axis=1)
-    return acc
-
-
-@triton.jit
-def gate_up_stage(
-    x_ptr, nw_ptr, w_ptr, h_ptr, pid, nprog, eps,
-    DT: tl.constexpr, D: tl.constexpr, F: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """h (F,) = silu(g) * u of norm(x), W (2F, D) with gate / up rows interleaved; this program's row tiles."""
-    rstd = rms_rstd(x_ptr, eps, D, BLOCK_K)
-    HALF: tl.constexpr = ROWS // 2
-    for t in tl.range(pid, (2 * F) // ROWS, nprog):
-        acc = normed_rows_dot(x_ptr, nw_ptr, w_ptr, t * ROWS + tl.arange(0, ROWS), rstd, DT, D, BLOCK_K)
-        g, u = tl.split(tl.reshape(acc, (HALF, 2)))
-        g = _rnd(g, DT)
-        s = _rnd(g / (1.0 + tl.exp(-g)), DT)
-        tl.store(h_ptr + t * HALF + tl.arange(0, HALF), _rnd(s * _rnd(u, DT), DT))
-
-
-@triton.jit
-def residual_stage(
-    w_ptr, v_ptr, x_ptr, pid, nprog,
-    DT: tl.constexpr, N: tl.constexpr, K: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """x[rows] += W[rows] @ v (W (N, K), v (K,)), rounded once; this program's row tiles, each reading and writing
-    only its own rows of x."""
-    for t in tl.range(pid, N // ROWS, nprog):
-        rows = t * ROWS + tl.arange(0, ROWS)
-        acc = tl.zeros([ROWS], tl.float32)
-        for k0 in tl.static_range(0, K, BLOCK):
-            kk = k0 + tl.arange(0, BLOCK)
-            mk = kk < K
-            v = tl.load(v_ptr + kk, mask=mk, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + rows[:, None] * K + kk[None, :], mask=mk[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * v[None, :], axis=1)
-        tl.store(x_ptr + rows, (acc + tl.load(x_ptr + rows).to(tl.float32)).to(DT))
 
 
 @triton.jit

@@ -15,7 +15,6 @@ that cannot complete ends in seconds with the flag set, its output undefined.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -24,77 +23,19 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _persistent_stages import (  # noqa: E402
+    _attention_stage,
+    _gate_up_tile,
+    _normed,
+    _qkv_tile,
+    _vec,
+    _w_tile,
+    launch_stack,
+    residual_stage_ahead,
+)
 from grid_sync_bench import grid_sync  # noqa: E402
-from persistent_mlp_bench import _rnd  # noqa: E402
-from persistent_step_bench import _attention_stage  # noqa: E402
 
 MAX_SPIN = 1 << 16  # polls before a barrier gives up: 150 of them a step, so a stall ends in seconds
-
-
-@triton.jit
-def _w_tile(w_ptr, t, n_tiles, ROWS: tl.constexpr, K: tl.constexpr, KP: tl.constexpr):
-    """Row tile t of W (N, K) row-major, whole along K (zeros past K, and everywhere where t >= n_tiles)."""
-    kk = tl.arange(0, KP)
-    rows = t * ROWS + tl.arange(0, ROWS)
-    live = rows < n_tiles * ROWS  # the whole tile or none of it
-    return tl.load(w_ptr + rows[:, None] * K + kk[None, :], mask=live[:, None] & (kk < K)[None, :], other=0.0)
-
-
-@triton.jit
-def _vec(v_ptr, K: tl.constexpr, KP: tl.constexpr):
-    kk = tl.arange(0, KP)
-    return tl.load(v_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _normed(x_ptr, nw_ptr, eps, DT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr):
-    """x * rstd rounded, times the norm weight, rounded (``RMSNorm``'s roundings), fp32 (KP,), zeros past K."""
-    x = _vec(x_ptr, K, KP)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / K + eps)
-    return _rnd(_rnd(x * rstd, DT) * _vec(nw_ptr, K, KP), DT)
-
-
-@triton.jit
-def _qkv_tile(
-    w, t, xn, q_ptr, kc, vc, cos_ptr, sin_ptr, pos, T_max,
-    DT: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, ROWS: tl.constexpr,
-):  # fmt: skip
-    """Tile t of Q|K|V (rows in one head): the product rounded, RoPE on Q / K pairs, stored as the stage does."""
-    HALF: tl.constexpr = ROWS // 2
-    r0 = t * ROWS
-    acc = _rnd(tl.sum(w.to(tl.float32) * xn[None, :], axis=1), DT)
-    a, b = tl.split(tl.reshape(acc, (HALF, 2)))
-    p = (r0 % HD) // 2 + tl.arange(0, HALF)
-    c = tl.load(cos_ptr + p)
-    s = tl.load(sin_ptr + p)
-    rot = r0 < (H + HKV) * HD
-    vals = tl.reshape(tl.join(tl.where(rot, _rnd(a * c - b * s, DT), a), tl.where(rot, _rnd(b * c + a * s, DT), b)),
-                      (ROWS,)).to(DT)  # fmt: skip
-    j = r0 % HD + tl.arange(0, ROWS)
-    if r0 < H * HD:
-        tl.store(q_ptr + r0 + tl.arange(0, ROWS), vals)
-    elif r0 < (H + HKV) * HD:
-        tl.store(kc + ((r0 - H * HD) // HD * T_max + pos) * HD + j, vals)
-    else:
-        tl.store(vc + ((r0 - (H + HKV) * HD) // HD * T_max + pos) * HD + j, vals)
-
-
-@triton.jit
-def _residual_tile(w, t, v, x_ptr, DT: tl.constexpr, ROWS: tl.constexpr):
-    """x[rows of tile t] += W_tile @ v, rounded once."""
-    rows = t * ROWS + tl.arange(0, ROWS)
-    acc = tl.sum(w.to(tl.float32) * v[None, :], axis=1)
-    tl.store(x_ptr + rows, (acc + tl.load(x_ptr + rows).to(tl.float32)).to(DT))
-
-
-@triton.jit
-def _gate_up_tile(w, t, xn, h_ptr, DT: tl.constexpr, ROWS: tl.constexpr):
-    """h of tile t's pairs: silu(g) * u with the unfused roundings."""
-    HALF: tl.constexpr = ROWS // 2
-    g, u = tl.split(tl.reshape(tl.sum(w.to(tl.float32) * xn[None, :], axis=1), (HALF, 2)))
-    g = _rnd(g, DT)
-    s = _rnd(g / (1.0 + tl.exp(-g)), DT)
-    tl.store(h_ptr + t * HALF + tl.arange(0, HALF), _rnd(s * _rnd(u, DT), DT))
 
 
 @triton.jit
@@ -133,11 +74,9 @@ def _prefetch_stack_kernel(
         syncs += 1
         grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
         # 3. O with the residual; gate|up's tile loads meanwhile
-        v = _vec(o_ptr, A, AP)
-        if pid < n_d:
-            _residual_tile(wo, pid, v, x_ptr, DT, ROWS_D)
-        for t in tl.range(pid + nprog, n_d, nprog):
-            _residual_tile(_w_tile(wo_ptr + layer * (D * A), t, n_d, ROWS_D, A, AP), t, v, x_ptr, DT, ROWS_D)
+        residual_stage_ahead(
+            wo, wo_ptr + layer * (D * A), _vec(o_ptr, A, AP), x_ptr, pid, nprog, n_d, DT, ROWS_D, A, AP
+        )
         wgu = _w_tile(wgu_ptr + layer * (2 * F * D), pid, n_gu, ROWS_GU, D, DP)
         syncs += 1
         grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
@@ -151,11 +90,9 @@ def _prefetch_stack_kernel(
         syncs += 1
         grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
         # 5. down with the residual; the next layer's Q|K|V tile loads meanwhile (none after the last layer)
-        v = _vec(h_ptr, F, FP)
-        if pid < n_d:
-            _residual_tile(wd, pid, v, x_ptr, DT, ROWS_D)
-        for t in tl.range(pid + nprog, n_d, nprog):
-            _residual_tile(_w_tile(wd_ptr + layer * (D * F), t, n_d, ROWS_D, F, FP), t, v, x_ptr, DT, ROWS_D)
+        residual_stage_ahead(
+            wd, wd_ptr + layer * (D * F), _vec(h_ptr, F, FP), x_ptr, pid, nprog, n_d, DT, ROWS_D, F, FP
+        )
         last = layer + 1 >= n_layers
         wq = _w_tile(wqkv_ptr + (layer + 1) * (NQKV * D), pid + last * n_qkv, n_qkv, ROWS_QKV, D, DP)  # none: masked
         syncs += 1
@@ -176,8 +113,7 @@ def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
                  max_spin: int = MAX_SPIN) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One launch over the stack on ``persistent_step_bench.prepare``'s tensors: (x after it, flag). ``rows``: the
     Q|K|V, O / down and gate|up rows a tile (default: one tile a program, ``rows_for``)."""
-    x, w = st["x"], prep["wqkv"]
-    L, NQKV, D = w.shape
+    L, NQKV, D = prep["wqkv"].shape
     HD = NQKV // (H + 2 * HKV)
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
     rq, rd, rg = rows or (min(rows_for(NQKV, programs), HD), rows_for(D, programs), rows_for(2 * F, programs))
@@ -187,16 +123,6 @@ def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
             f"rows {rd} D = {D}, HKV {HKV} H = {H}, and 0 <= pos {pos} < T_max {T_max}"
         )
     p2 = triton.next_power_of_2
-    out = x.clone()
-    q = torch.empty(H * HD, device=x.device, dtype=x.dtype)
-    o = torch.empty_like(q)
-    h = torch.empty(F, device=x.device, dtype=x.dtype)
-    counter = torch.zeros(1, device=x.device, dtype=torch.int32)
-    flag = torch.zeros(1, device=x.device, dtype=torch.int32)
-    _prefetch_stack_kernel[(programs,)](
-        out, st["n1"], w, prep["kc"], prep["vc"], st["wo"], st["n2"], st["wgu"], st["wd"], q, o, h, st["cos"],
-        st["sin"], counter, flag, L, pos, T_max, eps, 1.0 / math.sqrt(HD),
-        D=D, H=H, HKV=HKV, HD=HD, F=F, ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=p2(D), AP=p2(H * HD), FP=p2(F),
-        BLOCK_T=block_t, MAX_SPIN=max_spin, num_warps=num_warps,
-    )  # fmt: skip
-    return out, flag
+    consts = dict(ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=p2(D), AP=p2(H * HD), FP=p2(F), BLOCK_T=block_t,
+                  MAX_SPIN=max_spin)  # fmt: skip
+    return launch_stack(_prefetch_stack_kernel, st, prep, H, HKV, pos, eps, programs, consts, num_warps)

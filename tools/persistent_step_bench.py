@@ -37,66 +37,15 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _persistent_stages import (  # noqa: E402
+    _attention_stage,
+    _qkv_stage,
+    gate_up_stage,
+    launch_stack,
+    residual_stage,
+)
 from grid_sync_bench import MAX_SPIN, _graph_ms, grid_sync  # noqa: E402
-from persistent_mlp_bench import _rnd, gate_up_stage, normed_rows_dot, residual_stage, rms_rstd  # noqa: E402
-
-
-@triton.jit
-def _qkv_stage(
-    x_ptr, nw_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pid, nprog, pos, T_max, eps,
-    DT: tl.constexpr, D: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """Q|K|V of norm(x), RoPE on Q / K, Q to q, K / V to slot ``pos`` of this layer's caches (HKV, T_max, HD)."""
-    rstd = rms_rstd(x_ptr, eps, D, BLOCK_K)
-    HALF: tl.constexpr = ROWS // 2
-    for t in tl.range(pid, (H + 2 * HKV) * HD // ROWS, nprog):
-        r0 = t * ROWS  # a tile lies in one head (HD % ROWS == 0, checked on the host)
-        acc = _rnd(normed_rows_dot(x_ptr, nw_ptr, w_ptr, r0 + tl.arange(0, ROWS), rstd, DT, D, BLOCK_K), DT)
-        a, b = tl.split(tl.reshape(acc, (HALF, 2)))  # RoPE pairs (i, i + HD / 2) of the head, on adjacent rows
-        p = (r0 % HD) // 2 + tl.arange(0, HALF)
-        c = tl.load(cos_ptr + p)
-        s = tl.load(sin_ptr + p)
-        rot = r0 < (H + HKV) * HD  # Q and K rows; V keeps its values
-        ra = tl.where(rot, _rnd(a * c - b * s, DT), a)
-        rb = tl.where(rot, _rnd(b * c + a * s, DT), b)
-        vals = tl.reshape(tl.join(ra, rb), (ROWS,)).to(DT)
-        j = r0 % HD + tl.arange(0, ROWS)  # the column within the head
-        if r0 < H * HD:
-            tl.store(q_ptr + r0 + tl.arange(0, ROWS), vals)
-        elif r0 < (H + HKV) * HD:
-            tl.store(kc_ptr + ((r0 - H * HD) // HD * T_max + pos) * HD + j, vals)
-        else:
-            tl.store(vc_ptr + ((r0 - (H + HKV) * HD) // HD * T_max + pos) * HD + j, vals)
-
-
-@triton.jit
-def _attention_stage(
-    q_ptr, kc_ptr, vc_ptr, o_ptr, pid, nprog, pos, T_max, scale,
-    DT: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
-    """o[h] = softmax(q[h] . K[g]^T * scale) V[g] over positions 0 .. pos, g = h's KV head; a task a query head."""
-    d = tl.arange(0, HD)
-    for h in tl.range(pid, H, nprog):
-        g = h // (H // HKV)
-        q = tl.load(q_ptr + h * HD + d).to(tl.float32) * scale
-        m = tl.full([1], float("-inf"), tl.float32)
-        den = tl.zeros([1], tl.float32)
-        acc = tl.zeros([HD], tl.float32)
-        for t0 in tl.range(0, pos + 1, BLOCK_T):
-            tt = t0 + tl.arange(0, BLOCK_T)
-            valid = tt <= pos
-            kv = (g * T_max + tt)[:, None] * HD + d[None, :]
-            k = tl.load(kc_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
-            sc = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_T,)
-            m_new = tl.maximum(m, tl.max(sc, axis=0))
-            alpha = tl.exp(m - m_new)
-            pr = tl.exp(sc - m_new)
-            v = tl.load(vc_ptr + kv, mask=valid[:, None], other=0.0).to(tl.float32)
-            acc = acc * alpha + tl.sum(pr[:, None] * v, axis=0)
-            den = den * alpha + tl.sum(pr, axis=0)
-            m = m_new
-        tl.store(o_ptr + h * HD + d, (acc / den).to(DT))
+from persistent_prefetch import run_prefetch  # noqa: E402
 
 
 @triton.jit
@@ -178,26 +127,15 @@ def run_prepared(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
                  num_warps: int = 8, max_spin: int = MAX_SPIN) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One launch over the stack: (x after it, flag: 1 where a barrier gave up). The caches in ``prep`` take slot
     ``pos`` (the same values on every call from the same x, so a replayed graph measures the same work)."""
-    x, w = st["x"], prep["wqkv"]
-    L, NQKV, D = w.shape
+    L, NQKV, D = prep["wqkv"].shape
     HD = NQKV // (H + 2 * HKV)
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
     if HD % rows_qkv or rows_qkv % 2 or (2 * F) % rows_gu or D % rows_d or H % HKV or not 0 <= pos < T_max:
         raise ValueError(f"step_stack: rows_qkv {rows_qkv} (even) must divide head_dim {HD}, rows_gu {rows_gu} 2F, "
                          f"rows_d {rows_d} D = {D}, HKV {HKV} H = {H}, and 0 <= pos {pos} < T_max {T_max}")  # fmt: skip
-    out = x.clone()
-    q = torch.empty(H * HD, device=x.device, dtype=x.dtype)
-    o = torch.empty_like(q)
-    h = torch.empty(F, device=x.device, dtype=x.dtype)
-    counter = torch.zeros(1, device=x.device, dtype=torch.int32)
-    flag = torch.zeros(1, device=x.device, dtype=torch.int32)
-    _step_stack_kernel[(programs,)](
-        out, st["n1"], w, prep["kc"], prep["vc"], st["wo"], st["n2"], st["wgu"], st["wd"], q, o, h, st["cos"],
-        st["sin"], counter, flag, L, pos, T_max, eps, 1.0 / math.sqrt(HD),
-        D=D, H=H, HKV=HKV, HD=HD, F=F, ROWS_QKV=rows_qkv, ROWS_D=rows_d, ROWS_GU=rows_gu, BLOCK_K=block_k,
-        BLOCK_F=block_f, BLOCK_T=block_t, POLL_LOAD=True, MAX_SPIN=max_spin, num_warps=num_warps,
-    )  # fmt: skip
-    return out, flag
+    consts = dict(ROWS_QKV=rows_qkv, ROWS_D=rows_d, ROWS_GU=rows_gu, BLOCK_K=block_k, BLOCK_F=block_f,
+                  BLOCK_T=block_t, POLL_LOAD=True, MAX_SPIN=max_spin)  # fmt: skip
+    return launch_stack(_step_stack_kernel, st, prep, H, HKV, pos, eps, programs, consts, num_warps)
 
 
 def step_stack(st: dict, H: int, HKV: int, pos: int, eps: float, programs: int, **tiles):
@@ -284,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name} ({sms} SMs); {L} layers of the teacher's shape at position {args.pos}, bf16, batch 1; "
           f"weights {weight_bytes / 1e6:.0f} MB, K/V read {kv_bytes / 1e6:.1f} MB")  # fmt: skip
     rows = []
-    from persistent_prefetch import run_prefetch  # imports this module: here, not at the top
-
     prep = prepare(st, H, HKV)  # made once: the graphs below time the launch alone (slot pos: the same values)
     forms = (("persistent", run_prepared), ("persistent, weights a stage ahead", run_prefetch))
     for form, run in forms:
