@@ -138,16 +138,21 @@ def qkv_store(
 def _attention_stage(
     q_ptr, kc_ptr, vc_ptr, o_ptr, pid, nprog, pos, T_max, scale,
     DT: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr,
+    SPLITS: tl.constexpr = 1,
 ):  # fmt: skip
-    """o[h] = softmax(q[h] . K[g]^T * scale) V[g] over positions 0 .. pos, g = h's KV head; a task a query head."""
+    """o[h] = softmax(q[h] . K[g]^T * scale) V[g] over positions 0 .. pos, g = h's KV head; a task a query head, or
+    with SPLITS > 1 a (head, split) pair: split s takes tiles s, s + SPLITS, ... and stores its partial (acc (HD,),
+    max, sum) at o + (h * SPLITS + s) * (HD + 2), for ``merged_attention`` to combine (a split with no tile: max
+    -inf, sum 0)."""
     d = tl.arange(0, HD)
-    for h in tl.range(pid, H, nprog):
+    for task in tl.range(pid, H * SPLITS, nprog):
+        h = task // SPLITS
         g = h // (H // HKV)
         q = tl.load(q_ptr + h * HD + d).to(tl.float32) * scale
         m = tl.full([1], float("-inf"), tl.float32)
         den = tl.zeros([1], tl.float32)
         acc = tl.zeros([HD], tl.float32)
-        for t0 in tl.range(0, pos + 1, BLOCK_T):
+        for t0 in tl.range((task % SPLITS) * BLOCK_T, pos + 1, SPLITS * BLOCK_T):
             tt = t0 + tl.arange(0, BLOCK_T)
             valid = tt <= pos
             kv = (g * T_max + tt)[:, None] * HD + d[None, :]
@@ -160,7 +165,36 @@ def _attention_stage(
             acc = acc * alpha + tl.sum(pr[:, None] * v, axis=0)
             den = den * alpha + tl.sum(pr, axis=0)
             m = m_new
-        tl.store(o_ptr + h * HD + d, (acc / den).to(DT))
+        if SPLITS == 1:
+            tl.store(o_ptr + h * HD + d, (acc / den).to(DT))
+        else:
+            part = o_ptr + task * (HD + 2)
+            tl.store(part + d, acc)
+            tl.store(part + HD + tl.arange(0, 1), m)
+            tl.store(part + HD + 1 + tl.arange(0, 1), den)
+
+
+@triton.jit
+def merged_attention(
+    o_ptr, DT: tl.constexpr, H: tl.constexpr, HD: tl.constexpr, SPLITS: tl.constexpr, AP: tl.constexpr,
+):  # fmt: skip
+    """Attention's output (AP,) fp32, [h * HD + d] (zeros past H * HD), rounded to DT as the one-task form stores it:
+    from its SPLITS partials a head, or read as stored where SPLITS is 1."""
+    i = tl.arange(0, AP)
+    live = i < H * HD
+    if SPLITS == 1:
+        return tl.load(o_ptr + i, mask=live, other=0.0).to(tl.float32)
+    part = o_ptr + (i // HD * SPLITS) * (HD + 2)  # each element's head's first partial
+    mx = tl.full([AP], float("-inf"), tl.float32)
+    for sp in tl.static_range(SPLITS):
+        mx = tl.maximum(mx, tl.load(part + sp * (HD + 2) + HD, mask=live, other=0.0))
+    num = tl.zeros([AP], tl.float32)
+    den = tl.zeros([AP], tl.float32)
+    for sp in tl.static_range(SPLITS):
+        w = tl.exp(tl.load(part + sp * (HD + 2) + HD, mask=live, other=0.0) - mx)
+        num += w * tl.load(part + sp * (HD + 2) + i % HD, mask=live, other=0.0)
+        den += w * tl.load(part + sp * (HD + 2) + HD + 1, mask=live, other=1.0)
+    return tl.where(live, _rnd(num / den, DT), 0.0)
 
 
 @triton.jit
@@ -233,7 +267,8 @@ def launch_stack(kernel, st: dict, prep: dict, H: int, HKV: int, pos: int, eps: 
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
     out = x.clone()
     q = torch.empty(H * HD, device=x.device, dtype=x.dtype)
-    o = torch.empty_like(q)
+    # attention's output, or its partials (SPLITS of them a head, HD + 2 values each), fp32
+    o = torch.empty(H * max(HD, consts.get("SPLITS", 1) * (HD + 2)), device=x.device, dtype=torch.float32)
     h = torch.empty(F, device=x.device, dtype=x.dtype)
     counter = torch.zeros(1, device=x.device, dtype=torch.int32)
     flag = torch.zeros(1, device=x.device, dtype=torch.int32)

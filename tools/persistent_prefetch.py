@@ -7,7 +7,9 @@ A program takes one row tile a stage (tile ``pid``; programs without one idle th
 looped over, loading inline) and holds its next stage's tile in registers, whole along K (K padded to a power of
 two): Q|K|V's before the layer (loaded during the previous layer's down stage), O's during attention, gate|up's
 during O, down's during gate|up. Each stage then reads only its activation vector (x, o or h, from L2) before its
-FMAs. The stages, roundings, layouts and scratch vectors are ``persistent_step_bench``'s; so is the reference.
+FMAs. Attention runs as (head, split) tasks over the cache, their partials merged by every program as O begins
+(at position 255 in tiles of 64: 36 tasks where the plain form has 9, each a quarter as long). The stages,
+roundings, layouts and scratch vectors are ``persistent_step_bench``'s; so is the reference.
 
 A stalled barrier (a grid larger than what is resident) sets the flag and goes on after MAX_SPIN polls, so a run
 that cannot complete ends in seconds with the flag set, its output undefined.
@@ -31,6 +33,7 @@ from _persistent_stages import (  # noqa: E402
     _vec,
     _w_tile,
     launch_stack,
+    merged_attention,
     residual_stage_ahead,
 )
 from grid_sync_bench import grid_sync  # noqa: E402
@@ -44,7 +47,7 @@ def _prefetch_stack_kernel(
     counter_ptr, flag_ptr, n_layers, pos, T_max, eps, scale,
     D: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, F: tl.constexpr, ROWS_QKV: tl.constexpr,
     ROWS_D: tl.constexpr, ROWS_GU: tl.constexpr, DP: tl.constexpr, AP: tl.constexpr, FP: tl.constexpr,
-    BLOCK_T: tl.constexpr, MAX_SPIN: tl.constexpr,
+    BLOCK_T: tl.constexpr, SPLITS: tl.constexpr, MAX_SPIN: tl.constexpr,
 ):  # fmt: skip
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -70,12 +73,22 @@ def _prefetch_stack_kernel(
         syncs += 1
         grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
         # 2. attention
-        _attention_stage(q_ptr, kc, vc, o_ptr, pid, nprog, pos, T_max, scale, DT, H, HKV, HD, BLOCK_T)
+        _attention_stage(q_ptr, kc, vc, o_ptr, pid, nprog, pos, T_max, scale, DT, H, HKV, HD, BLOCK_T, SPLITS)
         syncs += 1
         grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
         # 3. O with the residual; gate|up's tile loads meanwhile
         residual_stage_ahead(
-            wo, wo_ptr + layer * (D * A), _vec(o_ptr, A, AP), x_ptr, pid, nprog, n_d, DT, ROWS_D, A, AP
+            wo,
+            wo_ptr + layer * (D * A),
+            merged_attention(o_ptr, DT, H, HD, SPLITS, AP),
+            x_ptr,
+            pid,
+            nprog,
+            n_d,
+            DT,
+            ROWS_D,
+            A,
+            AP,
         )
         wgu = _w_tile(wgu_ptr + layer * (2 * F * D), pid, n_gu, ROWS_GU, D, DP)
         syncs += 1
@@ -109,10 +122,12 @@ def rows_for(n: int, programs: int, at_least: int = 2) -> int:
 
 
 def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, programs: int,
-                 rows: tuple[int, int, int] | None = None, block_t: int = 64, num_warps: int = 8,
-                 max_spin: int = MAX_SPIN) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                 rows: tuple[int, int, int] | None = None, block_t: int = 64, splits: int | None = None,
+                 num_warps: int = 8, max_spin: int = MAX_SPIN) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One launch over the stack on ``persistent_step_bench.prepare``'s tensors: (x after it, flag). ``rows``: the
-    Q|K|V, O / down and gate|up rows a tile (default: one tile a program, ``rows_for``)."""
+    Q|K|V, O / down and gate|up rows a tile (default: one tile a program, ``rows_for``); ``splits``: attention's
+    splits of the cache a head (default: as many as its tiles of ``block_t`` positions, within the programs), merged
+    by every program at the start of O."""
     L, NQKV, D = prep["wqkv"].shape
     HD = NQKV // (H + 2 * HKV)
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
@@ -123,6 +138,8 @@ def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
             f"rows {rd} D = {D}, HKV {HKV} H = {H}, and 0 <= pos {pos} < T_max {T_max}"
         )
     p2 = triton.next_power_of_2
+    if splits is None:
+        splits = max(1, min(programs // H, triton.cdiv(pos + 1, block_t)))
     consts = dict(ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=p2(D), AP=p2(H * HD), FP=p2(F), BLOCK_T=block_t,
-                  MAX_SPIN=max_spin)  # fmt: skip
+                  SPLITS=splits, MAX_SPIN=max_spin)  # fmt: skip
     return launch_stack(_prefetch_stack_kernel, st, prep, H, HKV, pos, eps, programs, consts, num_warps)
