@@ -53,7 +53,7 @@ def test_no_cuda_says_so(capsys):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("H, HKV, pos, splits", [(3, 1, 5, 1), (2, 2, 8, 1), (3, 1, 9, 3), (2, 2, 4, 4)],
-                         ids=["gqa3-pos5", "mha-pos8", "gqa3-pos9-3-splits", "mha-pos4-4-splits-one-empty"])  # fmt: skip
+                         ids=["gqa3-pos5", "mha-pos8", "gqa3-pos9-3-splits", "mha-pos4-4-splits"])  # fmt: skip
 def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, pos, splits):
     """``persistent_prefetch``: each stage's first tile loaded a stage ahead, the others in the loop (one program
     here: every stage has several tiles), attention in one task a head or in splits of the cache merged in O (tiles
