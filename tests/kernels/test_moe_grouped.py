@@ -106,25 +106,44 @@ def test_persistent_gate_up_gives_the_same_bits(monkeypatch, per_sm, flatten):
 
 
 @pytest.mark.parametrize("persistent", [0, 1], ids=["a-program-a-tile", "persistent"])
-def test_one_dot_gate_up_gives_the_same_values(monkeypatch, persistent):
+def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
     """ONE_DOT (the gate and up tiles as one operand, one tl.dot a K step, split after the loop): out and every
     saved tensor as the two dots give them, on the cases above (d_ff not a multiple of the tile: the masked columns
     of both halves), in either gate|up kernel; weights whose d_model is strided take the two dots (the one operand's
     loads assume it contiguous) and still agree."""
+    import logging
+
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
+    taken = []  # the gate|up launches' ONE_DOT, the last constexpr of either kernel
+    real = T.launch
+    gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
+
+    def launch(fn, grid, ptrs, ints, consts, *a, **k):
+        if fn.fn.__name__ in gate_up:
+            taken.append(consts[-1])
+        return real(fn, grid, ptrs, ints, consts, *a, **k)
+
+    monkeypatch.setattr(T, "launch", launch)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "ONE_DOT", 1)
     monkeypatch.setitem(T.CONFIG_OVERRIDE, "PERSISTENT", persistent)
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
     for i, (args, (out, saved)) in enumerate(zip(cases, want, strict=True)):
         tol = 1e-6 if args[0].dtype == torch.float32 else 0.0  # the interpreter's fp32 products may sum otherwise
         _check(f"case {i} out", T.moe_grouped_experts(*args), out, tol)
         for name, got, ref in zip(("out", "h", "g", "u"), T.moe_grouped_experts(*args, save=True)[:4], saved[:4],
                                   strict=True):  # fmt: skip
             _check(f"case {i} saved {name}", got, ref, tol)
+    assert taken and all(t is True for t in taken), taken  # every call above ran the one dot
     x, gate, up, down, top_e, top_w = cases[1]
     strided = [torch.stack([w, w], -1).flatten(-2)[..., ::2] for w in (gate, up)]  # the same, stride 2
     assert strided[0].stride(2) == 2 and torch.equal(strided[0], gate)
-    _check("strided weights", T.moe_grouped_experts(x, *strided, down, top_e, top_w), want[1][0], 1e-6)
+    taken.clear()
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        _check("strided weights", T.moe_grouped_experts(x, *strided, down, top_e, top_w), want[1][0], 1e-6)
+    assert taken == [False], taken  # the two dots, and it says why
+    said = [r.getMessage() for r in caplog.records]
+    assert any("ONE_DOT asked" in m and "strided" in m for m in said), said
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

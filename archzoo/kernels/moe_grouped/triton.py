@@ -60,6 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import once
 from .._launch import launch
 from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
@@ -469,6 +470,9 @@ def moe_grouped_experts(
     strides = (*x.stride(), *gate_w.stride(), *up_w.stride(), *top_w.stride())
     tiles = (R // bm) * cdiv(F, bn)  # the bound: used and unused blocks
     one_dot = bool(cfg["ONE_DOT"]) and gate_w.stride(2) == 1 and up_w.stride(2) == 1  # its loads assume it
+    if cfg["ONE_DOT"] and not one_dot:
+        once("moe_grouped_one_dot", "moe_grouped_experts: ONE_DOT asked, but the gate / up weights' d_model is "
+             f"strided ({gate_w.stride(2)}, {up_w.stride(2)}): the gate|up runs two dots")  # fmt: skip
     if cfg["PERSISTENT"]:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
         sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
