@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -121,22 +120,12 @@ def run_launches(nprog: int, n: int, pdl: bool, device) -> torch.Tensor:
     return buf
 
 
-def _graph_ms(fn, reps: int = 20) -> float:
-    """Median ms of a CUDA graph of ``fn`` over ``reps`` replays (captured after a warm-up call)."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+def graph_ms(fn) -> float:
+    """Median ms of ``fn`` replayed in a CUDA graph (``triton.testing.do_bench_cudagraph``: about 20 ms of calls
+    unrolled in one graph, ten replays)."""
+    import triton.testing
+
+    return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median")
 
 
 def measure(nprog: int, n: int, device) -> dict:
@@ -150,11 +139,11 @@ def measure(nprog: int, n: int, device) -> dict:
         if stalled:  # not every program was resident: a persistent kernel cannot use this grid
             row[f"{name}_us"] = None
             continue
-        per = [_graph_ms(lambda k=k, pl=poll_load: run_barrier(nprog, k, pl, device)) for k in (0, n)]
+        per = [graph_ms(lambda k=k, pl=poll_load: run_barrier(nprog, k, pl, device)) for k in (0, n)]
         row[f"{name}_us"] = round((per[1] - per[0]) * 1e3 / n, 3)
     for name, pdl in (("launch", False), ("launch_pdl", True)):
         row[f"{name}_ok"] = bool(torch.equal(run_launches(nprog, n, pdl, device), want))
-        per = [_graph_ms(lambda k=k, p=pdl: run_launches(nprog, k, p, device)) for k in (1, n + 1)]
+        per = [graph_ms(lambda k=k, p=pdl: run_launches(nprog, k, p, device)) for k in (1, n + 1)]
         row[f"{name}_us"] = round((per[1] - per[0]) * 1e3 / n, 3)
     return row
 

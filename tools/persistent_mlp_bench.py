@@ -37,7 +37,7 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _persistent_stages import gate_up_stage, residual_stage  # noqa: E402
-from grid_sync_bench import MAX_SPIN, _graph_ms, grid_sync  # noqa: E402
+from grid_sync_bench import MAX_SPIN, graph_ms, grid_sync  # noqa: E402
 
 
 @triton.jit
@@ -122,7 +122,7 @@ def _copy_rate(dev) -> float:
     """Bytes a second a device-to-device copy of 1 GiB reaches (the roofline's measure, docs/decode.md)."""
     a = torch.empty(1 << 29, device=dev, dtype=torch.int16)
     b = torch.empty_like(a)
-    ms = _graph_ms(lambda: b.copy_(a), reps=10)
+    ms = graph_ms(lambda: b.copy_(a))
     return 2 * a.numel() * 2 / (ms * 1e-3)
 
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if flag else 'no'} |")  # fmt: skip
         sys.stdout.flush()
 
-    ms = _graph_ms(lambda: gemv_stack(x, norm_w, w_gu, w_d, eps))
+    ms = graph_ms(lambda: gemv_stack(x, norm_w, w_gu, w_d, eps))
     emit("decode_linear x 2 a layer (graph)", "-", "-", ms, gemv_stack(x, norm_w, w_gu, w_d, eps), False)
     for programs in counts:
         for tile in args.tiles.split(","):
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if flag.item():
                 emit("persistent", programs, tile, float("nan"), out, True)
                 continue
-            ms = _graph_ms(lambda p=programs, a=rg, b=rd: mlp_stack(x, norm_w, w_gu, w_d, eps, p, rows_gu=a, rows_d=b))
+            ms = graph_ms(lambda p=programs, a=rg, b=rd: mlp_stack(x, norm_w, w_gu, w_d, eps, p, rows_gu=a, rows_d=b))
             emit("persistent", programs, tile, ms, out, False)
     if args.out:
         tmp = args.out + ".tmp"

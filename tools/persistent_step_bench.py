@@ -44,7 +44,7 @@ from _persistent_stages import (  # noqa: E402
     launch_stack,
     residual_stage,
 )
-from grid_sync_bench import MAX_SPIN, _graph_ms, grid_sync  # noqa: E402
+from grid_sync_bench import MAX_SPIN, graph_ms, grid_sync  # noqa: E402
 from persistent_prefetch import run_prefetch  # noqa: E402
 
 
@@ -196,7 +196,7 @@ def _model_step_ms(pos: int, device) -> tuple[float | None, float, str]:
     from archzoo.kernels import decode_linear
 
     x = torch.randn(1, model.cfg.d_model, device=device, dtype=torch.bfloat16)
-    head = _graph_ms(lambda: decode_linear(x, model.lm_head.weight, model.norm.weight, model.norm.eps))
+    head = graph_ms(lambda: decode_linear(x, model.lm_head.weight, model.norm.weight, model.norm.eps))
     return (st["decode_s"] * 1e3 / steps if steps else None), head, str(st.get("backend"))
 
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             out, flag = launch()
             stalled = bool(flag.item())
             diff = (out.float() - want.float()).abs().max().item()
-            ms = None if stalled else _graph_ms(launch)
+            ms = None if stalled else graph_ms(launch)
             gbs = None if ms is None else round((weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9)
             rows.append(dict(form=form, programs=programs, ms=ms, gb_per_s=gbs, max_abs_diff=diff, stalled=stalled))
             shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
