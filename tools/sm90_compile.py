@@ -534,6 +534,42 @@ def _s4_step_calls(pdl: bool = False) -> list:
     return out
 
 
+def _persistent_calls() -> list:
+    """The persistent decode kernels of issue 18's item 4 (tools/grid_sync_bench.py, persistent_mlp_bench.py,
+    persistent_step_bench.py, persistent_prefetch.py) at the teacher's shape (30 layers, d_model 576, 9 / 3 heads of
+    64, d_ff 1,536, bf16, the new token at position 255) on 132 programs, with their benchmarks' default tiles."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools import each other
+    import grid_sync_bench as gs
+    import persistent_mlp_bench as pm
+    import persistent_prefetch as pp
+    import persistent_step_bench as ps
+
+    bf = dict(dtype=torch.bfloat16)
+    z = lambda *shape: torch.zeros(*shape, **bf)  # noqa: E731
+    i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
+    L, D, H, HKV, HD, F, P, T = 30, 576, 9, 3, 64, 1536, 132, 256
+    shape = dict(D=D, H=H, HKV=HKV, HD=HD, F=F)
+    stack = (z(D), z(L, D), z(L, (H + 2 * HKV) * HD, D), z(L, HKV, T, HD), z(L, HKV, T, HD), z(L, D, H * HD), z(L, D),
+             z(L, 2 * F, D), z(L, D, F), z(H * HD), torch.zeros(H * 4 * (HD + 2)), z(F), torch.zeros(HD // 2),
+             torch.zeros(HD // 2), i32(1), i32(1), L, T - 1, T, 1e-5, HD**-0.5)  # fmt: skip
+    rq, rd, rg = min(pp.rows_for((H + 2 * HKV) * HD, P), HD), pp.rows_for(D, P), pp.rows_for(2 * F, P)
+    return [
+        ("persistent barrier", gs._barrier_kernel, (P,), (i32(2 * P), i32(1), i32(1), 600),
+         dict(POLL_LOAD=True, MAX_SPIN=gs.MAX_SPIN, num_warps=4)),
+        ("persistent mlp_stack", pm._mlp_stack_kernel, (P,), (z(D), z(L, D), z(L, 2 * F, D), z(L, D, F), z(F), i32(1),
+         i32(1), L, 1e-5), dict(D=D, F=F, ROWS_GU=32, ROWS_D=4, BLOCK_K=128, BLOCK_F=512, POLL_LOAD=True,
+                                MAX_SPIN=pm.MAX_SPIN, num_warps=8)),
+        ("persistent step_stack", ps._step_stack_kernel, (P,), stack,
+         dict(**shape, ROWS_QKV=16, ROWS_D=4, ROWS_GU=32, BLOCK_K=128, BLOCK_F=512, BLOCK_T=64, POLL_LOAD=True,
+              MAX_SPIN=ps.MAX_SPIN, num_warps=8)),
+        ("persistent prefetch_stack", pp._prefetch_stack_kernel, (P,), stack,
+         dict(**shape, ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=1024, AP=1024, FP=2048, BLOCK_T=64, SPLITS=4,
+              MAX_SPIN=pp.MAX_SPIN, num_warps=8)),
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -554,6 +590,7 @@ def main() -> None:
             "gemv_conv",
             "s4_step",
             "rope_write",
+            "persistent",
         ],  # fmt: skip
         default="scan",
     )
@@ -594,6 +631,7 @@ def main() -> None:
             "gemv_conv": _gemv_conv_calls,
             "s4_step": lambda: _s4_step_calls(args.pdl),
             "rope_write": lambda: _rope_write_calls(args.pdl),
+            "persistent": _persistent_calls,
         }[args.op]()
         print(f"triton {triton.__version__}, sm_90, {args.op}")
     for name, fn, grid, a, kw in calls:
@@ -604,7 +642,7 @@ def main() -> None:
         if args.sass:
             os.makedirs(args.sass, exist_ok=True)
             stem = name.split()[0] + ("_inf" if "inference" in name else "")
-            if args.op in ("based", "moe_grouped"):
+            if args.op in ("based", "moe_grouped", "persistent"):
                 stem = name.replace(" ", "_")
             with open(os.path.join(args.sass, stem + ".sass"), "w") as f:
                 f.write(rep["sass_text"])
