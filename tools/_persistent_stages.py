@@ -278,3 +278,17 @@ def launch_stack(kernel, st: dict, prep: dict, H: int, HKV: int, pos: int, eps: 
         D=D, H=H, HKV=HKV, HD=HD, F=F, num_warps=num_warps, **consts,
     )  # fmt: skip
     return out, flag
+
+
+def teacher_shape() -> dict:
+    """The teacher's shape from ``configs/students/teacher.yaml`` (the one place it is written): layers L, d_model D,
+    query / KV heads H / HKV, head_dim HD, d_ff F, the norm's eps and RoPE's theta."""
+    import os
+
+    import archzoo
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = archzoo.load_config(os.path.join(root, "configs", "students", "teacher.yaml"))
+    m = cfg.mixer
+    return dict(L=cfg.n_layers, D=cfg.d_model, H=m.n_heads, HKV=m.n_kv_heads, HD=m.head_dim, F=cfg.ffn.d_ff,
+                eps=cfg.norm_eps, theta=m.rope_theta)  # fmt: skip

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _persistent_stages import gate_up_stage, residual_stage  # noqa: E402
+from _persistent_stages import gate_up_stage, residual_stage, teacher_shape  # noqa: E402
 from grid_sync_bench import MAX_SPIN, graph_ms, grid_sync  # noqa: E402
 
 
@@ -128,9 +128,9 @@ def _copy_rate(dev) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=30)
-    p.add_argument("--d-model", type=int, default=576)
-    p.add_argument("--d-ff", type=int, default=1536)
+    p.add_argument("--layers", type=int, default=None, help="default: the teacher's (configs/students/teacher.yaml)")
+    p.add_argument("--d-model", type=int, default=None, help="default: the teacher's")
+    p.add_argument("--d-ff", type=int, default=None, help="default: the teacher's")
     p.add_argument("--programs", default="", help="comma-separated program counts (default: the SMs, and half)")
     p.add_argument("--tiles", default="32x4,16x4,32x8", help="gate|up rows x down rows a tile, comma-separated")
     p.add_argument("--out", default=None)
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    L, D, F, eps = args.layers, args.d_model, args.d_ff, 1e-5
+    t = teacher_shape()
+    L, D, F, eps = args.layers or t["L"], args.d_model or t["D"], args.d_ff or t["F"], t["eps"]
     bf = dict(device=dev, dtype=torch.bfloat16)
     x = torch.randn(D, **bf)
     norm_w = 1 + 0.1 * torch.randn(L, D, **bf)

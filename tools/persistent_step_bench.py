@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from archzoo.layers.rope import inverse_frequencies
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _persistent_stages import (  # noqa: E402
     _attention_stage,
@@ -43,6 +45,7 @@ from _persistent_stages import (  # noqa: E402
     gate_up_stage,
     launch_stack,
     residual_stage,
+    teacher_shape,
 )
 from grid_sync_bench import MAX_SPIN, graph_ms, grid_sync  # noqa: E402
 from persistent_prefetch import run_prefetch  # noqa: E402
@@ -94,11 +97,12 @@ def pair_order(hd: int) -> torch.Tensor:
     return torch.stack([torch.arange(hd // 2), torch.arange(hd // 2) + hd // 2], dim=1).reshape(-1)
 
 
-def make_stack(L, D, H, HKV, HD, F, T_max, pos, dtype, device, seed=0) -> dict:
-    """Random weights (Q|K|V in head order), caches filled at positions < pos, x, cos / sin at ``pos``."""
+def make_stack(L, D, H, HKV, HD, F, T_max, pos, dtype, device, seed=0, theta: float = 100000.0) -> dict:
+    """Random weights (Q|K|V in head order), caches filled at positions < pos, x, cos / sin at ``pos`` (RoPE of
+    ``theta``, ``archzoo.layers.rope``'s frequencies)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, s=1.0: (torch.randn(*shape, generator=g) * s).to(dtype).to(device)  # noqa: E731
-    inv = 1.0 / (100000.0 ** (torch.arange(0, HD, 2, dtype=torch.float32) / HD))
+    inv = inverse_frequencies(HD, theta)
     ang = pos * inv
     return dict(
         x=r(D), n1=(1 + r(L, D, s=0.1).float()).to(dtype), n2=(1 + r(L, D, s=0.1).float()).to(dtype),
@@ -202,7 +206,7 @@ def _model_step_ms(pos: int, device) -> tuple[float | None, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--layers", type=int, default=None, help="default: the teacher's")
     p.add_argument("--pos", type=int, default=255, help="the new token's position (the cache holds pos before it)")
     p.add_argument("--programs", default="", help="comma-separated program counts (default: the SMs, and half)")
     p.add_argument("--no-model", action="store_true", help="skip archzoo's own step of the teacher's shape")
@@ -212,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         print("persistent_step_bench: needs a CUDA device (tests/tools/test_persistent_step_bench.py: the CPU check)")
         return 2
     dev = torch.device("cuda")
-    L, D, H, HKV, HD, F, eps = args.layers, 576, 9, 3, 64, 1536, 1e-5
-    st = make_stack(L, D, H, HKV, HD, F, args.pos + 1, args.pos, torch.bfloat16, dev)
+    t = teacher_shape()
+    L, D, H, HKV, HD, F, eps = args.layers or t["L"], t["D"], t["H"], t["HKV"], t["HD"], t["F"], t["eps"]
+    st = make_stack(L, D, H, HKV, HD, F, args.pos + 1, args.pos, torch.bfloat16, dev, theta=t["theta"])
     want, _, _ = step_stack_reference(st, H, HKV, args.pos, eps)
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     weight_bytes = sum(st[k].numel() for k in ("wqkv", "wo", "wgu", "wd", "n1", "n2")) * 2

@@ -549,7 +549,10 @@ def _persistent_calls() -> list:
     bf = dict(dtype=torch.bfloat16)
     z = lambda *shape: torch.zeros(*shape, **bf)  # noqa: E731
     i32 = lambda n: torch.zeros(n, dtype=torch.int32)  # noqa: E731
-    L, D, H, HKV, HD, F, P, T = 30, 576, 9, 3, 64, 1536, 132, 256
+    from _persistent_stages import teacher_shape
+
+    t = teacher_shape()
+    L, D, H, HKV, HD, F, P, T = t["L"], t["D"], t["H"], t["HKV"], t["HD"], t["F"], 132, 256
     shape = dict(D=D, H=H, HKV=HKV, HD=HD, F=F)
     stack = (z(D), z(L, D), z(L, (H + 2 * HKV) * HD, D), z(L, HKV, T, HD), z(L, HKV, T, HD), z(L, D, H * HD), z(L, D),
              z(L, 2 * F, D), z(L, D, F), z(H * HD), torch.zeros(H * 4 * (HD + 2)), z(F), torch.zeros(HD // 2),
