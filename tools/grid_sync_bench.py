@@ -38,12 +38,19 @@ MAX_SPIN = 1 << 20  # polls before a wait gives up (far beyond any barrier that 
 
 
 @triton.jit
-def grid_sync(counter_ptr, target, flag_ptr, POLL_LOAD: tl.constexpr, MAX_SPIN: tl.constexpr):
+def grid_arrive(counter_ptr):
+    """This program's arrival at a grid-wide barrier: its threads' stores issued, then made visible (a release) with
+    the counter's increment. Between ``grid_arrive`` and ``grid_wait`` a program may read what no program writes in
+    the meantime (the weights), so those loads overlap the others' arrivals without delaying this one's fence."""
+    tl.debug_barrier()  # this program's threads have issued their stores
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")  # ... and they are visible before the arrival
+
+
+@triton.jit
+def grid_wait(counter_ptr, target, flag_ptr, POLL_LOAD: tl.constexpr, MAX_SPIN: tl.constexpr):
     """Wait until every program of the grid has arrived ``target`` / num_programs times in all (the counter only
     grows, so no reset between barriers). Returns whether it did: a wait that polls MAX_SPIN times sets ``flag``
     and returns False, and its program stops (the others then give up at their next barrier: seconds, not a hang)."""
-    tl.debug_barrier()  # this program's threads have issued their stores
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")  # ... and they are visible before the arrival
     spins = 0
     if POLL_LOAD:
         seen = tl.load(counter_ptr, volatile=True)
@@ -60,6 +67,13 @@ def grid_sync(counter_ptr, target, flag_ptr, POLL_LOAD: tl.constexpr, MAX_SPIN: 
         tl.store(flag_ptr, 1)
     tl.debug_barrier()
     return seen >= target
+
+
+@triton.jit
+def grid_sync(counter_ptr, target, flag_ptr, POLL_LOAD: tl.constexpr, MAX_SPIN: tl.constexpr):
+    """A grid-wide barrier: ``grid_arrive`` then ``grid_wait`` (see there)."""
+    grid_arrive(counter_ptr)
+    return grid_wait(counter_ptr, target, flag_ptr, POLL_LOAD, MAX_SPIN)
 
 
 @triton.jit

@@ -36,9 +36,27 @@ from _persistent_stages import (  # noqa: E402
     merged_attention,
     residual_stage_ahead,
 )
-from grid_sync_bench import grid_sync  # noqa: E402
+from grid_sync_bench import grid_arrive, grid_sync, grid_wait  # noqa: E402
 
 MAX_SPIN = 1 << 16  # polls before a barrier gives up: 150 of them a step, so a stall ends in seconds
+
+
+@triton.jit
+def _arrive_early(counter_ptr, SPLIT_SYNC: tl.constexpr):
+    """With ``SPLIT_SYNC``, arrive at the coming barrier before the next stage's weight tile is loaded: the arrival's
+    release fence then waits for this stage's stores alone, not for the tile's loads from HBM, which run while the
+    other programs arrive. Without it the tile is loaded before the whole barrier."""
+    if SPLIT_SYNC:
+        grid_arrive(counter_ptr)
+
+
+@triton.jit
+def _meet(counter_ptr, target, flag_ptr, ARRIVED: tl.constexpr, MAX_SPIN: tl.constexpr):
+    """The rest of the barrier: the wait alone after ``_arrive_early``, else the whole barrier."""
+    if ARRIVED:
+        grid_wait(counter_ptr, target, flag_ptr, True, MAX_SPIN)
+    else:
+        grid_sync(counter_ptr, target, flag_ptr, True, MAX_SPIN)
 
 
 @triton.jit
@@ -47,7 +65,7 @@ def _prefetch_stack_kernel(
     counter_ptr, flag_ptr, n_layers, pos, T_max, eps, scale,
     D: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, F: tl.constexpr, ROWS_QKV: tl.constexpr,
     ROWS_D: tl.constexpr, ROWS_GU: tl.constexpr, DP: tl.constexpr, AP: tl.constexpr, FP: tl.constexpr,
-    BLOCK_T: tl.constexpr, SPLITS: tl.constexpr, MAX_SPIN: tl.constexpr,
+    BLOCK_T: tl.constexpr, SPLITS: tl.constexpr, MAX_SPIN: tl.constexpr, SPLIT_SYNC: tl.constexpr = False,
 ):  # fmt: skip
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -69,9 +87,10 @@ def _prefetch_stack_kernel(
         for t in tl.range(pid + nprog, n_qkv, nprog):
             w = _w_tile(wqkv_ptr + layer * (NQKV * D), t, n_qkv, ROWS_QKV, D, DP)
             _qkv_tile(w, t, xn, q_ptr, kc, vc, cos_ptr, sin_ptr, pos, T_max, DT, H, HKV, HD, ROWS_QKV)
-        wo = _w_tile(wo_ptr + layer * (D * A), pid, n_d, ROWS_D, A, AP)
         syncs += 1
-        grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
+        _arrive_early(counter_ptr, SPLIT_SYNC)
+        wo = _w_tile(wo_ptr + layer * (D * A), pid, n_d, ROWS_D, A, AP)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
         # 2. attention
         _attention_stage(q_ptr, kc, vc, o_ptr, pid, nprog, pos, T_max, scale, DT, H, HKV, HD, BLOCK_T, SPLITS)
         syncs += 1
@@ -90,26 +109,29 @@ def _prefetch_stack_kernel(
             A,
             AP,
         )
-        wgu = _w_tile(wgu_ptr + layer * (2 * F * D), pid, n_gu, ROWS_GU, D, DP)
         syncs += 1
-        grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
+        _arrive_early(counter_ptr, SPLIT_SYNC)
+        wgu = _w_tile(wgu_ptr + layer * (2 * F * D), pid, n_gu, ROWS_GU, D, DP)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
         # 4. gate|up with the norm and SwiGLU; down's tile loads meanwhile
         xn = _normed(x_ptr, n2_ptr + layer * D, eps, DT, D, DP)
         if pid < n_gu:
             _gate_up_tile(wgu, pid, xn, h_ptr, DT, ROWS_GU)
         for t in tl.range(pid + nprog, n_gu, nprog):
             _gate_up_tile(_w_tile(wgu_ptr + layer * (2 * F * D), t, n_gu, ROWS_GU, D, DP), t, xn, h_ptr, DT, ROWS_GU)
-        wd = _w_tile(wd_ptr + layer * (D * F), pid, n_d, ROWS_D, F, FP)
         syncs += 1
-        grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
+        _arrive_early(counter_ptr, SPLIT_SYNC)
+        wd = _w_tile(wd_ptr + layer * (D * F), pid, n_d, ROWS_D, F, FP)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
         # 5. down with the residual; the next layer's Q|K|V tile loads meanwhile (none after the last layer)
         residual_stage_ahead(
             wd, wd_ptr + layer * (D * F), _vec(h_ptr, F, FP), x_ptr, pid, nprog, n_d, DT, ROWS_D, F, FP
         )
         last = layer + 1 >= n_layers
-        wq = _w_tile(wqkv_ptr + (layer + 1) * (NQKV * D), pid + last * n_qkv, n_qkv, ROWS_QKV, D, DP)  # none: masked
         syncs += 1
-        grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
+        _arrive_early(counter_ptr, SPLIT_SYNC)
+        wq = _w_tile(wqkv_ptr + (layer + 1) * (NQKV * D), pid + last * n_qkv, n_qkv, ROWS_QKV, D, DP)  # none: masked
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
 
 
 def rows_for(n: int, programs: int, at_least: int = 2) -> int:
@@ -123,11 +145,13 @@ def rows_for(n: int, programs: int, at_least: int = 2) -> int:
 
 def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, programs: int,
                  rows: tuple[int, int, int] | None = None, block_t: int = 64, splits: int | None = None,
-                 num_warps: int = 8, max_spin: int = MAX_SPIN) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                 num_warps: int = 8, max_spin: int = MAX_SPIN, split_sync: bool = False,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One launch over the stack on ``persistent_step_bench.prepare``'s tensors: (x after it, flag). ``rows``: the
     Q|K|V, O / down and gate|up rows a tile (default: one tile a program, ``rows_for``); ``splits``: attention's
     splits of the cache a head (default: as many as its tiles of ``block_t`` positions, within the programs), merged
-    by every program at the start of O."""
+    by every program at the start of O; ``split_sync``: arrive at each barrier before loading the next stage's tile
+    (``_arrive_early``), not after."""
     L, NQKV, D = prep["wqkv"].shape
     HD = NQKV // (H + 2 * HKV)
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
@@ -141,5 +165,5 @@ def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
     if splits is None:
         splits = max(1, min(programs // H, triton.cdiv(pos + 1, block_t)))
     consts = dict(ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=p2(D), AP=p2(H * HD), FP=p2(F), BLOCK_T=block_t,
-                  SPLITS=splits, MAX_SPIN=max_spin)  # fmt: skip
+                  SPLITS=splits, MAX_SPIN=max_spin, SPLIT_SYNC=split_sync)  # fmt: skip
     return launch_stack(_prefetch_stack_kernel, st, prep, H, HKV, pos, eps, programs, consts, num_warps)

@@ -27,6 +27,7 @@ PyTorch reference under Triton's interpreter, one program).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -228,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
           f"weights {weight_bytes / 1e6:.0f} MB, K/V read {kv_bytes / 1e6:.1f} MB")  # fmt: skip
     rows = []
     prep = prepare(st, H, HKV)  # made once: the graphs below time the launch alone (slot pos: the same values)
-    forms = (("persistent", run_prepared), ("persistent, weights a stage ahead", run_prefetch))
+    forms = (
+        ("persistent", run_prepared),
+        ("persistent, weights a stage ahead", run_prefetch),
+        ("persistent, weights a stage ahead, arrive first", functools.partial(run_prefetch, split_sync=True)),
+    )
     for form, run in forms:
         for programs in [int(c) for c in args.programs.split(",") if c] or [sms, sms // 2]:
             launch = lambda p=programs, r=run: r(st, prep, H, HKV, args.pos, eps, p)  # noqa: E731

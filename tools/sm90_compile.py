@@ -567,9 +567,9 @@ def _persistent_calls() -> list:
         ("persistent step_stack", ps._step_stack_kernel, (P,), stack,
          dict(**shape, ROWS_QKV=16, ROWS_D=4, ROWS_GU=32, BLOCK_K=128, BLOCK_F=512, BLOCK_T=64, POLL_LOAD=True,
               MAX_SPIN=ps.MAX_SPIN, num_warps=8)),
-        ("persistent prefetch_stack", pp._prefetch_stack_kernel, (P,), stack,
-         dict(**shape, ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=1024, AP=1024, FP=2048, BLOCK_T=64, SPLITS=4,
-              MAX_SPIN=pp.MAX_SPIN, num_warps=8)),
+        *[(f"persistent prefetch_stack{' arrive_first' if split else ''}", pp._prefetch_stack_kernel, (P,), stack,
+           dict(**shape, ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=1024, AP=1024, FP=2048, BLOCK_T=64, SPLITS=4,
+                MAX_SPIN=pp.MAX_SPIN, SPLIT_SYNC=split, num_warps=8)) for split in (False, True)],
     ]  # fmt: skip
 
 

@@ -52,13 +52,16 @@ def test_no_cuda_says_so(capsys):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("H, HKV, pos, splits", [(3, 1, 5, 1), (2, 2, 8, 1), (3, 1, 9, 3), (2, 2, 4, 4)],
-                         ids=["gqa3-pos5", "mha-pos8", "gqa3-pos9-3-splits", "mha-pos4-4-splits"])  # fmt: skip
-def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, pos, splits):
+@pytest.mark.parametrize("H, HKV, pos, splits, split_sync",
+                         [(3, 1, 5, 1, False), (2, 2, 8, 1, False), (3, 1, 9, 3, False), (2, 2, 4, 4, False),
+                          (3, 1, 9, 3, True), (2, 2, 8, 1, True)],
+                         ids=["gqa3-pos5", "mha-pos8", "gqa3-pos9-3-splits", "mha-pos4-4-splits",
+                              "gqa3-pos9-3-splits-arrive-first", "mha-pos8-arrive-first"])  # fmt: skip
+def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, pos, splits, split_sync):
     """``persistent_prefetch``: each stage's first tile loaded a stage ahead, the others in the loop (one program
     here: every stage has several tiles), attention in one task a head or in splits of the cache merged in O (tiles
     of 2 positions; at position 4, three tiles for four splits: the last split has none), against the same
-    reference."""
+    reference; arriving at each barrier before the tile's loads (``split_sync``) or after."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     m, pf = _tool(), load_tool("persistent_prefetch")
     L, D, HD, F, T_max = 2, 24, 8, 16, 12
@@ -66,7 +69,7 @@ def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, p
     prep = m.prepare(st, H, HKV)
     block_t = 8 if splits == 1 else 2
     out, flag = pf.run_prefetch(st, prep, H, HKV, pos, 1e-5, 1, rows=(4, 4, 8), block_t=block_t, splits=splits,
-                                num_warps=1)  # fmt: skip
+                                num_warps=1, split_sync=split_sync)  # fmt: skip
     want, kc_ref, vc_ref = m.step_stack_reference(st, H, HKV, pos, 1e-5)
     assert int(flag) == 0
     for name, got, ref in (
