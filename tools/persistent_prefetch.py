@@ -51,12 +51,12 @@ def _arrive_early(counter_ptr, SPLIT_SYNC: tl.constexpr):
 
 
 @triton.jit
-def _meet(counter_ptr, target, flag_ptr, ARRIVED: tl.constexpr, MAX_SPIN: tl.constexpr):
+def _meet(counter_ptr, target, flag_ptr, ARRIVED: tl.constexpr, POLL_LOAD: tl.constexpr, MAX_SPIN: tl.constexpr):
     """The rest of the barrier: the wait alone after ``_arrive_early``, else the whole barrier."""
     if ARRIVED:
-        grid_wait(counter_ptr, target, flag_ptr, True, MAX_SPIN)
+        grid_wait(counter_ptr, target, flag_ptr, POLL_LOAD, MAX_SPIN)
     else:
-        grid_sync(counter_ptr, target, flag_ptr, True, MAX_SPIN)
+        grid_sync(counter_ptr, target, flag_ptr, POLL_LOAD, MAX_SPIN)
 
 
 @triton.jit
@@ -66,6 +66,7 @@ def _prefetch_stack_kernel(
     D: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, F: tl.constexpr, ROWS_QKV: tl.constexpr,
     ROWS_D: tl.constexpr, ROWS_GU: tl.constexpr, DP: tl.constexpr, AP: tl.constexpr, FP: tl.constexpr,
     BLOCK_T: tl.constexpr, SPLITS: tl.constexpr, MAX_SPIN: tl.constexpr, SPLIT_SYNC: tl.constexpr = False,
+    POLL_LOAD: tl.constexpr = True,
 ):  # fmt: skip
     DT = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -90,11 +91,11 @@ def _prefetch_stack_kernel(
         syncs += 1
         _arrive_early(counter_ptr, SPLIT_SYNC)
         wo = _w_tile(wo_ptr + layer * (D * A), pid, n_d, ROWS_D, A, AP)
-        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, POLL_LOAD, MAX_SPIN)
         # 2. attention
         _attention_stage(q_ptr, kc, vc, o_ptr, pid, nprog, pos, T_max, scale, DT, H, HKV, HD, BLOCK_T, SPLITS)
         syncs += 1
-        grid_sync(counter_ptr, syncs * nprog, flag_ptr, True, MAX_SPIN)
+        grid_sync(counter_ptr, syncs * nprog, flag_ptr, POLL_LOAD, MAX_SPIN)
         # 3. O with the residual; gate|up's tile loads meanwhile
         residual_stage_ahead(
             wo,
@@ -112,7 +113,7 @@ def _prefetch_stack_kernel(
         syncs += 1
         _arrive_early(counter_ptr, SPLIT_SYNC)
         wgu = _w_tile(wgu_ptr + layer * (2 * F * D), pid, n_gu, ROWS_GU, D, DP)
-        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, POLL_LOAD, MAX_SPIN)
         # 4. gate|up with the norm and SwiGLU; down's tile loads meanwhile
         xn = _normed(x_ptr, n2_ptr + layer * D, eps, DT, D, DP)
         if pid < n_gu:
@@ -122,7 +123,7 @@ def _prefetch_stack_kernel(
         syncs += 1
         _arrive_early(counter_ptr, SPLIT_SYNC)
         wd = _w_tile(wd_ptr + layer * (D * F), pid, n_d, ROWS_D, F, FP)
-        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, POLL_LOAD, MAX_SPIN)
         # 5. down with the residual; the next layer's Q|K|V tile loads meanwhile (none after the last layer)
         residual_stage_ahead(
             wd, wd_ptr + layer * (D * F), _vec(h_ptr, F, FP), x_ptr, pid, nprog, n_d, DT, ROWS_D, F, FP
@@ -131,7 +132,7 @@ def _prefetch_stack_kernel(
         syncs += 1
         _arrive_early(counter_ptr, SPLIT_SYNC)
         wq = _w_tile(wqkv_ptr + (layer + 1) * (NQKV * D), pid + last * n_qkv, n_qkv, ROWS_QKV, D, DP)  # none: masked
-        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, MAX_SPIN)
+        _meet(counter_ptr, syncs * nprog, flag_ptr, SPLIT_SYNC, POLL_LOAD, MAX_SPIN)
 
 
 def rows_for(n: int, programs: int, at_least: int = 2) -> int:
@@ -145,13 +146,14 @@ def rows_for(n: int, programs: int, at_least: int = 2) -> int:
 
 def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, programs: int,
                  rows: tuple[int, int, int] | None = None, block_t: int = 64, splits: int | None = None,
-                 num_warps: int = 8, max_spin: int = MAX_SPIN, split_sync: bool = False,
+                 num_warps: int = 8, max_spin: int = MAX_SPIN, split_sync: bool = False, poll_load: bool = True,
                  ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One launch over the stack on ``persistent_step_bench.prepare``'s tensors: (x after it, flag). ``rows``: the
     Q|K|V, O / down and gate|up rows a tile (default: one tile a program, ``rows_for``); ``splits``: attention's
     splits of the cache a head (default: as many as its tiles of ``block_t`` positions, within the programs), merged
     by every program at the start of O; ``split_sync``: arrive at each barrier before loading the next stage's tile
-    (``_arrive_early``), not after."""
+    (``_arrive_early``), not after; ``poll_load``: wait by volatile loads of the counter (else by acquire atomics:
+    ``grid_sync_bench`` times both)."""
     L, NQKV, D = prep["wqkv"].shape
     HD = NQKV // (H + 2 * HKV)
     F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
@@ -165,5 +167,6 @@ def run_prefetch(st: dict, prep: dict, H: int, HKV: int, pos: int, eps: float, p
     if splits is None:
         splits = max(1, min(programs // H, triton.cdiv(pos + 1, block_t)))
     consts = dict(ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=p2(D), AP=p2(H * HD), FP=p2(F), BLOCK_T=block_t,
-                  SPLITS=splits, MAX_SPIN=max_spin, SPLIT_SYNC=split_sync)  # fmt: skip
+                  SPLITS=splits, MAX_SPIN=max_spin, SPLIT_SYNC=split_sync,
+                  POLL_LOAD=poll_load)  # fmt: skip
     return launch_stack(_prefetch_stack_kernel, st, prep, H, HKV, pos, eps, programs, consts, num_warps)

@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         ("persistent", run_prepared),
         ("persistent, weights a stage ahead", run_prefetch),
         ("persistent, weights a stage ahead, arrive first", functools.partial(run_prefetch, split_sync=True)),
+        (
+            "persistent, weights a stage ahead, arrive first, atomic polls",
+            functools.partial(run_prefetch, split_sync=True, poll_load=False),
+        ),
     )
     for form, run in forms:
         for programs in [int(c) for c in args.programs.split(",") if c] or [sms, sms // 2]:

@@ -61,7 +61,8 @@ def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, p
     """``persistent_prefetch``: each stage's first tile loaded a stage ahead, the others in the loop (one program
     here: every stage has several tiles), attention in one task a head or in splits of the cache merged in O (tiles
     of 2 positions; at position 4, three tiles for four splits: the last split has none), against the same
-    reference; arriving at each barrier before the tile's loads (``split_sync``) or after."""
+    reference; arriving at each barrier before the tile's loads (``split_sync``, here with
+    atomic polls) or after."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     m, pf = _tool(), load_tool("persistent_prefetch")
     L, D, HD, F, T_max = 2, 24, 8, 16, 12
@@ -69,7 +70,7 @@ def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, p
     prep = m.prepare(st, H, HKV)
     block_t = 8 if splits == 1 else 2
     out, flag = pf.run_prefetch(st, prep, H, HKV, pos, 1e-5, 1, rows=(4, 4, 8), block_t=block_t, splits=splits,
-                                num_warps=1, split_sync=split_sync)  # fmt: skip
+                                num_warps=1, split_sync=split_sync, poll_load=not split_sync)  # fmt: skip
     want, kc_ref, vc_ref = m.step_stack_reference(st, H, HKV, pos, 1e-5)
     assert int(flag) == 0
     for name, got, ref in (
