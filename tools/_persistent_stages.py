@@ -138,17 +138,17 @@ def qkv_store(
 def _attention_stage(
     q_ptr, kc_ptr, vc_ptr, o_ptr, pid, nprog, pos, T_max, scale,
     DT: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr,
-    SPLITS: tl.constexpr = 1,
+    SPLITS: tl.constexpr = 1, B: tl.constexpr = 1,
 ):  # fmt: skip
-    """o[h] = softmax(q[h] . K[g]^T * scale) V[g] over positions 0 .. pos, g = h's KV head; a task a query head, or
-    with SPLITS > 1 a (head, split) pair: split s takes tiles s, s + SPLITS, ... and stores its partial (acc (HD,),
-    max, sum) at o + (h * SPLITS + s) * (HD + 2), for ``merged_attention`` to combine (a split with no tile: max
-    -inf, sum 0)."""
+    """o[b, h] = softmax(q[b, h] . K[b, g]^T * scale) V[b, g] over positions 0 .. pos, g = h's KV head, for B rows
+    (q (B, H, HD), this layer's caches (B, HKV, T_max, HD)); a task a (row, query head), or with SPLITS > 1 a (row,
+    head, split): split s takes tiles s, s + SPLITS, ... and stores its partial (acc (HD,), max, sum) at o + task *
+    (HD + 2), for ``merged_attention`` to combine (a split with no tile: max -inf, sum 0)."""
     d = tl.arange(0, HD)
-    for task in tl.range(pid, H * SPLITS, nprog):
-        h = task // SPLITS
-        g = h // (H // HKV)
-        q = tl.load(q_ptr + h * HD + d).to(tl.float32) * scale
+    for task in tl.range(pid, B * H * SPLITS, nprog):
+        bh = task // SPLITS  # b * H + h
+        g = (bh // H) * HKV + (bh % H) // (H // HKV)  # b * HKV + the KV head
+        q = tl.load(q_ptr + bh * HD + d).to(tl.float32) * scale
         m = tl.full([1], float("-inf"), tl.float32)
         den = tl.zeros([1], tl.float32)
         acc = tl.zeros([HD], tl.float32)
@@ -166,7 +166,7 @@ def _attention_stage(
             den = den * alpha + tl.sum(pr, axis=0)
             m = m_new
         if SPLITS == 1:
-            tl.store(o_ptr + h * HD + d, (acc / den).to(DT))
+            tl.store(o_ptr + bh * HD + d, (acc / den).to(DT))
         else:
             part = o_ptr + task * (HD + 2)
             tl.store(part + d, acc)
@@ -178,18 +178,28 @@ def _attention_stage(
 def merged_attention(
     o_ptr, DT: tl.constexpr, H: tl.constexpr, HD: tl.constexpr, SPLITS: tl.constexpr, AP: tl.constexpr,
 ):  # fmt: skip
-    """Attention's output (AP,) fp32, [h * HD + d] (zeros past H * HD), rounded to DT as the one-task form stores it:
-    from its SPLITS partials a head, or read as stored where SPLITS is 1."""
-    i = tl.arange(0, AP)
-    live = i < H * HD
+    """Attention's output (AP,) fp32 for one row: ``merged_attention_rows`` of B = 1."""
+    return tl.reshape(merged_attention_rows(o_ptr, 1, DT, H, HD, SPLITS, AP, 1), (AP,))
+
+
+@triton.jit
+def merged_attention_rows(
+    o_ptr, B, DT: tl.constexpr, H: tl.constexpr, HD: tl.constexpr, SPLITS: tl.constexpr, AP: tl.constexpr,
+    BP: tl.constexpr,
+):  # fmt: skip
+    """Attention's output (BP, AP) fp32, [b, h * HD + d] (zeros past B rows and H * HD), rounded to DT as the
+    one-task form stores it: from its SPLITS partials a (row, head), or read as stored where SPLITS is 1."""
+    i = tl.arange(0, AP)[None, :]
+    b = tl.arange(0, BP)[:, None]
+    live = (i < H * HD) & (b < B)
     if SPLITS == 1:
-        return tl.load(o_ptr + i, mask=live, other=0.0).to(tl.float32)
-    part = o_ptr + (i // HD * SPLITS) * (HD + 2)  # each element's head's first partial
-    mx = tl.full([AP], float("-inf"), tl.float32)
+        return tl.load(o_ptr + b * (H * HD) + i, mask=live, other=0.0).to(tl.float32)
+    part = o_ptr + ((b * H + i // HD) * SPLITS) * (HD + 2)  # each element's (row, head)'s first partial
+    mx = tl.full([BP, AP], float("-inf"), tl.float32)
     for sp in tl.static_range(SPLITS):
         mx = tl.maximum(mx, tl.load(part + sp * (HD + 2) + HD, mask=live, other=0.0))
-    num = tl.zeros([AP], tl.float32)
-    den = tl.zeros([AP], tl.float32)
+    num = tl.zeros([BP, AP], tl.float32)
+    den = tl.zeros([BP, AP], tl.float32)
     for sp in tl.static_range(SPLITS):
         w = tl.exp(tl.load(part + sp * (HD + 2) + HD, mask=live, other=0.0) - mx)
         num += w * tl.load(part + sp * (HD + 2) + i % HD, mask=live, other=0.0)
@@ -264,12 +274,13 @@ def launch_stack(kernel, st: dict, prep: dict, H: int, HKV: int, pos: int, eps: 
     x, w = st["x"], prep["wqkv"]
     L, NQKV, D = w.shape
     HD = NQKV // (H + 2 * HKV)
-    F, T_max = st["wd"].shape[2], prep["kc"].shape[2]
+    F, T_max = st["wd"].shape[2], prep["kc"].shape[-2]
+    B = x.numel() // D  # x (D,), or (B, D) for ``persistent_batch``
     out = x.clone()
-    q = torch.empty(H * HD, device=x.device, dtype=x.dtype)
-    # attention's output, or its partials (SPLITS of them a head, HD + 2 values each), fp32
-    o = torch.empty(H * max(HD, consts.get("SPLITS", 1) * (HD + 2)), device=x.device, dtype=torch.float32)
-    h = torch.empty(F, device=x.device, dtype=x.dtype)
+    q = torch.empty(B * H * HD, device=x.device, dtype=x.dtype)
+    # attention's output, or its partials (SPLITS of them a (row, head), HD + 2 values each), fp32
+    o = torch.empty(B * H * max(HD, consts.get("SPLITS", 1) * (HD + 2)), device=x.device, dtype=torch.float32)
+    h = torch.empty(B * F, device=x.device, dtype=x.dtype)
     counter = torch.zeros(1, device=x.device, dtype=torch.int32)
     flag = torch.zeros(1, device=x.device, dtype=torch.int32)
     kernel[(programs,)](

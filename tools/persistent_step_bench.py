@@ -182,17 +182,17 @@ def step_stack_reference(st: dict, H: int, HKV: int, pos: int, eps: float):
     return x.to(dt), kc, vc
 
 
-def _model_step_ms(pos: int, device) -> tuple[float | None, float, str]:
-    """archzoo's captured decode step at batch 1 of a random-weight model of the teacher's shape, from ``generate``
-    (``decode_s`` over its ``decode_steps``, 64 new tokens after a prompt of ``pos`` - 32), the final norm and LM head
-    alone (``decode_linear`` in a graph, as the step runs them at batch 1), and what ran."""
+def _model_step_ms(pos: int, device, batch: int = 1) -> tuple[float | None, float, str]:
+    """archzoo's captured decode step at ``batch`` rows of a random-weight model of the teacher's shape, from
+    ``generate`` (``decode_s`` over its ``decode_steps``, 64 new tokens after prompts of ``pos`` - 32), the final norm
+    and LM head alone (``decode_linear`` in a graph, as the step runs them up to 16 rows), and what ran."""
     import archzoo
 
     cfg = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "students", "teacher.yaml"
     )
     model = archzoo.build_model(cfg).to(device=device, dtype=torch.bfloat16).eval()
-    prompt = torch.randint(0, model.cfg.vocab_size, (1, max(1, pos - 32)), device=device)
+    prompt = torch.randint(0, model.cfg.vocab_size, (batch, max(1, pos - 32)), device=device)
     with torch.no_grad():
         model.generate(prompt, 64, compile=True)  # compiles and captures
         model.generate(prompt, 64, compile=True)
@@ -200,7 +200,7 @@ def _model_step_ms(pos: int, device) -> tuple[float | None, float, str]:
     steps = st.get("decode_steps") or 0
     from archzoo.kernels import decode_linear
 
-    x = torch.randn(1, model.cfg.d_model, device=device, dtype=torch.bfloat16)
+    x = torch.randn(batch, model.cfg.d_model, device=device, dtype=torch.bfloat16)
     head = graph_ms(lambda: decode_linear(x, model.lm_head.weight, model.norm.weight, model.norm.eps))
     return (st["decode_s"] * 1e3 / steps if steps else None), head, str(st.get("backend"))
 

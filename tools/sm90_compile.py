@@ -542,6 +542,7 @@ def _persistent_calls() -> list:
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools import each other
     import grid_sync_bench as gs
+    import persistent_batch as pb
     import persistent_mlp_bench as pm
     import persistent_prefetch as pp
     import persistent_step_bench as ps
@@ -558,6 +559,9 @@ def _persistent_calls() -> list:
              z(L, 2 * F, D), z(L, D, F), z(H * HD), torch.zeros(H * 4 * (HD + 2)), z(F), torch.zeros(HD // 2),
              torch.zeros(HD // 2), i32(1), i32(1), L, T - 1, T, 1e-5, HD**-0.5)  # fmt: skip
     rq, rd, rg = min(pp.rows_for((H + 2 * HKV) * HD, P), HD), pp.rows_for(D, P), pp.rows_for(2 * F, P)
+    B = 16  # persistent_batch.py: the stack for 16 rows of x (caches (L, B, HKV, T, HD))
+    batch_stack = (z(B, D), *stack[1:3], z(L, B, HKV, T, HD), z(L, B, HKV, T, HD), *stack[5:9], z(B * H * HD),
+                   torch.zeros(B * H * HD), z(B * F), *stack[12:])  # fmt: skip
     return [
         ("persistent barrier", gs._barrier_kernel, (P,), (i32(2 * P), i32(1), i32(1), 600),
          dict(POLL_LOAD=True, MAX_SPIN=gs.MAX_SPIN, num_warps=4)),
@@ -569,7 +573,10 @@ def _persistent_calls() -> list:
               MAX_SPIN=ps.MAX_SPIN, num_warps=8)),
         *[(f"persistent prefetch_stack{' arrive_first' if split else ''}", pp._prefetch_stack_kernel, (P,), stack,
            dict(**shape, ROWS_QKV=rq, ROWS_D=rd, ROWS_GU=rg, DP=1024, AP=1024, FP=2048, BLOCK_T=64, SPLITS=4,
-                MAX_SPIN=pp.MAX_SPIN, SPLIT_SYNC=split, num_warps=8)) for split in (False, True)],
+                MAX_SPIN=pp.MAX_SPIN, SPLIT_SYNC=split, POLL_LOAD=not split, num_warps=8)) for split in (False, True)],
+        ("persistent batch_stack", pb._batch_stack_kernel, (P,), batch_stack,
+         dict(**shape, B=16, ROWS_QKV=16, ROWS_D=16, ROWS_GU=32, BP=16, DP=1024, AP=1024, FP=2048, BLOCK_T=64,
+              SPLITS=1, MAX_SPIN=pb.MAX_SPIN, DOT_FP32=False, num_warps=8)),
     ]  # fmt: skip
 
 

@@ -134,14 +134,17 @@ def test_persistent_decode_kernels_compile_for_sm90(sm90):
     compile for the GPU at the teacher's shape: each with its barrier's release (a GPU-scope reduction) and acquire
     (an L1 invalidate). The prefetch form holds its next stage's weight tiles in registers, so it must not spill
     (186 registers with the GPU machine's Triton 3.6, 254 with 3.9); the others may keep a few words on the stack,
-    which varies with Triton's version (3.6: the step stack 8 bytes, the MLP stack none; 3.9: 16 and 8)."""
+    which varies with Triton's version (3.6: the step stack 8 bytes, the MLP stack none; 3.9: 32 and 8)."""
     out = sm90("--op persistent")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     stats = {lines[i - 1].split(":")[0]: line for i, line in enumerate(lines) if line.strip().startswith("regs=")}
-    names = ("barrier", "mlp_stack", "step_stack", "prefetch_stack", "prefetch_stack arrive_first")
+    names = ("barrier", "mlp_stack", "step_stack", "prefetch_stack", "prefetch_stack arrive_first", "batch_stack")
     assert list(stats) == [f"persistent {k}" for k in names], stats
     for head, line in stats.items():
         assert "'RED'" in line and "'CCTL'" in line, f"{head}: no barrier in the SASS: {line}"
         stack = int(line.split("stack=")[1].split("B")[0])
-        assert stack <= (0 if head.startswith("persistent prefetch_stack") else 16), f"{head}: spills: {line}"
+        # the batch form's (B, K) operands and whole-K weight tiles exceed the registers: it spills about 1.2 KB a
+        # thread (3.6 and 3.9), timed as it is (docs/decode.md, "Twenty-third session")
+        limit = 0 if head.startswith("persistent prefetch_stack") else 2048 if "batch" in head else 64
+        assert stack <= limit, f"{head}: spills: {line}"

@@ -250,6 +250,13 @@ for job in $(cat $Q/jobs); do
       log "persiststep"; O=$DEC; mkdir -p $O
       timeout 400 python3 tools/persistent_step_bench.py --out $O/persistent_step.json > $O/persistent_step.log 2>&1
       log "persiststep rc=$? $(grep -E '^(persistent|archzoo)' $O/persistent_step.log | cut -c1-90 | tr '\n' ';')"; pack ;;
+    persistbatch)  # issue 18, item 4 at batch 8 / 16: the teacher-shaped stack for B rows in one persistent kernel
+      # (tl.dot stages) beside archzoo's captured step at that batch (tools/persistent_batch.py)
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "persistbatch"; O=$DEC; mkdir -p $O
+      timeout 400 python3 tools/persistent_batch.py --batch ${PERSISTBATCH_BATCH:-1,8,16} --out $O/persistent_batch.json \
+          > $O/persistent_batch.log 2>&1
+      log "persistbatch rc=$? $(grep -E '^batch' $O/persistent_batch.log | cut -c1-100 | tr '\n' ';')"; pack ;;
     ropewrite)  # issue 18: above 16 rows (cuBLAS's Q|K|V), RoPE + the cache write as one kernel (decode_rope_write,
       # fused.ROPE_WRITE_MIN_ROWS) against the two compiled kernels, one process, teacher and MQA at 32 / 64 x 128
       [ -n "$bg" ] && wait $bg; bg=""
@@ -492,7 +499,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, persistbatch, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done
