@@ -110,6 +110,18 @@ def load_tool(name: str):
     return mod
 
 
+def assert_stack_matches(prep: dict, out, want, kc_ref, vc_ref, tol: float) -> None:
+    """A persistent stack kernel's x and the caches it wrote (``persistent_step_bench.prepare``'s, K back in head
+    order) against the reference's, each by its largest error relative to the reference's largest value."""
+    for name, got, ref in (
+        ("x", out, want),
+        ("K cache", prep["kc"][..., prep["inv"]], kc_ref),
+        ("V cache", prep["vc"], vc_ref),
+    ):
+        err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        assert err < tol, f"{name}: relative error {err:.3g}"
+
+
 def load_yaml(path: Path | str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 

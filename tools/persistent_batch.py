@@ -17,7 +17,6 @@ process. GPU only (tests/tools/test_persistent_batch.py checks it under Triton's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -34,9 +33,16 @@ from _persistent_stages import (  # noqa: E402
     merged_attention_rows,
     teacher_shape,
 )
-from grid_sync_bench import graph_ms, grid_arrive, grid_sync, grid_wait  # noqa: E402
+from grid_sync_bench import grid_arrive, grid_sync, grid_wait  # noqa: E402
 from persistent_prefetch import MAX_SPIN, rows_for  # noqa: E402
-from persistent_step_bench import _model_step_ms, make_stack, prepare, step_stack_reference  # noqa: E402
+from persistent_step_bench import (  # noqa: E402
+    _model_step_ms,
+    make_stack,
+    prepare,
+    step_stack_reference,
+    time_stack,
+    write_json,
+)
 
 MMA_MIN = 16  # tl.dot's smallest M, N and K
 
@@ -267,25 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         kv_bytes = 2 * L * B * HKV * (args.pos + 1) * HD * 2
         for programs in [int(c) for c in args.programs.split(",") if c] or [sms]:
             launch = lambda p=programs, s=st, pr=prep: run_batch(s, pr, H, HKV, args.pos, eps, p)  # noqa: E731
-            out, flag = launch()
-            stalled = bool(flag.item())
-            diff = (out.float() - want.float()).abs().max().item()
-            ms = None if stalled else graph_ms(launch)
-            gbs = None if ms is None else round((weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9)
-            rows.append(dict(form="persistent", batch=B, programs=programs, ms=ms, gb_per_s=gbs, max_abs_diff=diff,
-                             stalled=stalled))  # fmt: skip
-            shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
-            print(f"batch {B}, persistent, {programs} programs: {shown}, max abs diff {diff:.3g}")
+            rows.append(dict(form="persistent", batch=B, programs=programs,
+                             **time_stack(launch, want, weight_bytes + kv_bytes)))  # fmt: skip
+            print(f"batch {B}, persistent, {programs} programs: {rows[-1]['shown']}")
         if not args.no_model:
             ms, head, backend = _model_step_ms(args.pos, dev, batch=B)
             rows.append(dict(form="archzoo step", batch=B, ms=ms, head_ms=head, backend=backend))
             print(f"batch {B}, archzoo's decode step of the teacher's shape (stack + head + sampling, {backend}): "
                   f"{ms} ms; its final norm and LM head alone {head:.4f} ms")  # fmt: skip
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"device": name, "sms": sms, "pos": args.pos, "layers": L, "rows": rows}, f, indent=1)
-        os.replace(tmp, args.out)
+    write_json(args.out, {"device": name, "sms": sms, "pos": args.pos, "layers": L, "rows": rows})
     return 0
 
 

@@ -205,6 +205,26 @@ def _model_step_ms(pos: int, device, batch: int = 1) -> tuple[float | None, floa
     return (st["decode_s"] * 1e3 / steps if steps else None), head, str(st.get("backend"))
 
 
+def time_stack(launch, want: torch.Tensor, nbytes: int) -> dict:
+    """One checked launch of a stack kernel (``launch() -> (x, flag)``) against the reference's x, then its time in a
+    CUDA graph: ms, GB/s over ``nbytes``, max abs diff, stalled, and a line to print."""
+    out, flag = launch()
+    stalled = bool(flag.item())
+    diff = (out.float() - want.float()).abs().max().item()
+    ms = None if stalled else graph_ms(launch)
+    gbs = None if ms is None else round(nbytes / (ms * 1e-3) / 1e9)
+    shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
+    return dict(ms=ms, gb_per_s=gbs, max_abs_diff=diff, stalled=stalled, shown=f"{shown}, max abs diff {diff:.3g}")
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """``payload`` to ``path`` (nothing where None), atomically."""
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=None, help="default: the teacher's")
@@ -241,24 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     for form, run in forms:
         for programs in [int(c) for c in args.programs.split(",") if c] or [sms, sms // 2]:
             launch = lambda p=programs, r=run: r(st, prep, H, HKV, args.pos, eps, p)  # noqa: E731
-            out, flag = launch()
-            stalled = bool(flag.item())
-            diff = (out.float() - want.float()).abs().max().item()
-            ms = None if stalled else graph_ms(launch)
-            gbs = None if ms is None else round((weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9)
-            rows.append(dict(form=form, programs=programs, ms=ms, gb_per_s=gbs, max_abs_diff=diff, stalled=stalled))
-            shown = "stalled (a barrier gave up)" if stalled else f"{ms:.4f} ms for the stack, {gbs} GB/s"
-            print(f"{form}, {programs} programs: {shown}, max abs diff {diff:.3g}")
+            rows.append(dict(form=form, programs=programs, **time_stack(launch, want, weight_bytes + kv_bytes)))
+            print(f"{form}, {programs} programs: {rows[-1]['shown']}")
     if not args.no_model:
         ms, head, backend = _model_step_ms(args.pos, dev)
         rows.append(dict(form="archzoo step", ms=ms, head_ms=head, backend=backend))
         print(f"archzoo's decode step of the teacher's shape (stack + head + sampling, {backend}): {ms} ms; its final "
               f"norm and LM head alone {head:.4f} ms")  # fmt: skip
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"device": name, "sms": sms, "pos": args.pos, "layers": L, "rows": rows}, f, indent=1)
-        os.replace(tmp, args.out)
+    write_json(args.out, {"device": name, "sms": sms, "pos": args.pos, "layers": L, "rows": rows})
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_tool
+from conftest import assert_stack_matches, load_tool
 
 pytest.importorskip("triton")
 
@@ -33,13 +33,7 @@ def test_batch_stack_matches_the_reference(monkeypatch, dtype, tol, B, H, HKV, p
     want, kc_ref, vc_ref = m.batch_reference(st, H, HKV, pos, 1e-5)
     assert int(flag) == 0
     assert out.shape == (B, D)
-    for name, got, ref in (
-        ("x", out, want),
-        ("K cache", prep["kc"][..., prep["inv"]], kc_ref),
-        ("V cache", prep["vc"], vc_ref),
-    ):
-        err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-        assert err < tol, f"{name}: relative error {err:.3g}"
+    assert_stack_matches(prep, out, want, kc_ref, vc_ref, tol)
     assert not torch.equal(prep["vc"][:, :, :, pos], st["vc"][:, :, :, pos])  # slot pos written, every row
     assert torch.equal(prep["vc"][:, :, :, pos + 1 :], st["vc"][:, :, :, pos + 1 :])  # and nothing after it
 

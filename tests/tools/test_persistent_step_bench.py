@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_tool
+from conftest import assert_stack_matches, load_tool
 
 pytest.importorskip("triton")
 
@@ -73,13 +73,7 @@ def test_prefetch_stack_matches_the_reference(monkeypatch, dtype, tol, H, HKV, p
                                 num_warps=1, split_sync=split_sync, poll_load=not split_sync)  # fmt: skip
     want, kc_ref, vc_ref = m.step_stack_reference(st, H, HKV, pos, 1e-5)
     assert int(flag) == 0
-    for name, got, ref in (
-        ("x", out, want),
-        ("K cache", prep["kc"][..., prep["inv"]], kc_ref),
-        ("V cache", prep["vc"], vc_ref),
-    ):
-        err = ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-        assert err < tol, f"{name}: relative error {err:.3g}"
+    assert_stack_matches(prep, out, want, kc_ref, vc_ref, tol)
 
 
 def test_prefetch_tiles_one_a_program():
