@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_stack_matches, load_tool
+from conftest import assert_stack_matches, load_tool, requires_cuda
 
 pytest.importorskip("triton")
 
@@ -59,3 +59,22 @@ def test_no_cuda_says_so(capsys):
         pytest.skip("has a GPU")
     assert _tool().main([]) == 2
     assert "needs a CUDA device" in capsys.readouterr().out
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 16])
+def test_batch_stack_on_the_gpu(B):
+    """Where the barriers and bf16 tl.dot are real (the interpreter runs the dot in fp32): the teacher's shape
+    (3 layers) at B rows on every SM against the reference a row at a time."""
+    m = _tool()
+    t = m.teacher_shape()
+    pos, dev = 255, torch.device("cuda")
+    st = m.make_batch_stack(3, t["D"], t["H"], t["HKV"], t["HD"], t["F"], pos + 1, pos, B, torch.bfloat16, dev,
+                            theta=t["theta"])  # fmt: skip
+    prep = m.prepare(st, t["H"], t["HKV"])
+    programs = torch.cuda.get_device_properties(dev).multi_processor_count
+    out, flag = m.run_batch(st, prep, t["H"], t["HKV"], pos, t["eps"], programs)
+    assert int(flag) == 0
+    want, kc_ref, vc_ref = m.batch_reference(st, t["H"], t["HKV"], pos, t["eps"])
+    assert_stack_matches(prep, out, want, kc_ref, vc_ref, 3e-2)  # bf16's rounding, as under the interpreter

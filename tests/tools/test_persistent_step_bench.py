@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_stack_matches, load_tool
+from conftest import assert_stack_matches, load_tool, requires_cuda
 
 pytest.importorskip("triton")
 
@@ -81,3 +81,25 @@ def test_prefetch_tiles_one_a_program():
     pf = load_tool("persistent_prefetch")
     assert [pf.rows_for(n, 132) for n in (960, 576, 3072)] == [8, 8, 32]
     assert [pf.rows_for(n, 66) for n in (960, 576, 3072)] == [16, 16, 64]
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("split_sync, poll_load", [(False, True), (True, True), (True, False)],
+                         ids=["prefetch", "arrive-first", "arrive-first-atomic-polls"])  # fmt: skip
+def test_prefetch_stack_on_the_gpu(split_sync, poll_load):
+    """Where the barriers are real: the teacher's shape (3 layers) in bf16 on every SM, each program one tile a
+    stage, against the reference; a barrier released early (a program reading a stage's output before every program
+    wrote it) shows as a wrong x, a stalled one as the flag."""
+    m, pf = _tool(), load_tool("persistent_prefetch")
+    t = m.teacher_shape()
+    pos, dev = 255, torch.device("cuda")
+    st = m.make_stack(3, t["D"], t["H"], t["HKV"], t["HD"], t["F"], pos + 1, pos, torch.bfloat16, dev, theta=t["theta"])
+    prep = m.prepare(st, t["H"], t["HKV"])
+    programs = torch.cuda.get_device_properties(dev).multi_processor_count
+    for _ in range(3):  # the same slot each time: the same result, whatever order the programs met in
+        out, flag = pf.run_prefetch(st, prep, t["H"], t["HKV"], pos, t["eps"], programs, split_sync=split_sync,
+                                    poll_load=poll_load)  # fmt: skip
+        assert int(flag) == 0
+        want, kc_ref, vc_ref = m.step_stack_reference(st, t["H"], t["HKV"], pos, t["eps"])
+        assert_stack_matches(prep, out, want, kc_ref, vc_ref, 1e-2)  # the benchmark's runs matched it exactly
