@@ -1,15 +1,16 @@
-"""The persistent layer-stack kernel of ``persistent_step_bench.py`` with each stage's weights loaded one stage ahead:
-what a persistent kernel can do that a chain of launches cannot (docs/decode.md: "What a persistent kernel would have
-to beat": under PDL a kernel waits for the one before with a full-grid fence, so its weight loads cannot start
-earlier than the previous kernel's last program; here they are in flight across the barrier).
+"""The persistent layer-stack kernel of ``persistent_step_bench.py`` with each stage's weights loaded one stage ahead,
+held in registers across the barrier. (archzoo's PDL chain loads early too: the decode GEMV reads its first weight
+tile, or asks L2 for its slice, before ``gdc_wait``; but only once the kernel is resident beside the one before.)
 
 A program takes one row tile a stage (tile ``pid``; programs without one idle through it; tiles beyond the grid are
 looped over, loading inline) and holds its next stage's tile in registers, whole along K (K padded to a power of
-two): Q|K|V's before the layer (loaded during the previous layer's down stage), O's during attention, gate|up's
-during O, down's during gate|up. Each stage then reads only its activation vector (x, o or h, from L2) before its
-FMAs. Attention runs as (head, split) tasks over the cache, their partials merged by every program as O begins
-(at position 255 in tiles of 64: 36 tasks where the plain form has 9, each a quarter as long). The stages,
-roundings, layouts and scratch vectors are ``persistent_step_bench``'s; so is the reference.
+two): Q|K|V's before the layer (loaded at the end of the previous layer's down stage), O's before attention,
+gate|up's after O, down's after gate|up. By default the tile is loaded before the barrier; with ``split_sync`` after
+this program arrives and before it waits, so the arrival's release fence does not wait for the tile's loads. Each
+stage then reads only its activation vector (x, o or h, from L2) before its FMAs. Attention runs as (head, split)
+tasks over the cache, their partials merged by every program as O begins (at position 255 in tiles of 64: 36 tasks
+where the plain form has 9, each a quarter as long). The stages, roundings, layouts and scratch vectors are
+``persistent_step_bench``'s; so is the reference.
 
 A stalled barrier (a grid larger than what is resident) sets the flag and goes on after MAX_SPIN polls, so a run
 that cannot complete ends in seconds with the flag set, its output undefined.

@@ -6,7 +6,9 @@ residual, RMSNorm, gate|up with SiLU x up, down with the residual) in one launch
 (``generate(compile=True)``: 30 layers, the LM head and sampling) and the LM head alone (``decode_linear``), so
 the stack's share of the step is known.
 
-And the same kernel with each stage's weights loaded a stage ahead (``persistent_prefetch.py``), also in this run.
+And the same kernel with each stage's weights loaded a stage ahead (``persistent_prefetch.py``), also in this run:
+loaded before the barrier, after this program's arrival (``split_sync``), and that with the wait polling by
+acquire atomics (``poll_load=False``), the form that beat archzoo's captured step (docs/decode.md).
 
 Stages of layer l (programs take tasks pid, pid + P, ...; x (D,) the residual stream):
 

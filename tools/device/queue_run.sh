@@ -136,7 +136,8 @@ for job in $(cat $Q/jobs); do
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
             tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py \
             tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py \
-            tests/kernels/test_decode_linear_conv.py tests/kernels/test_s4_step.py >> $F 2>&1
+            tests/kernels/test_decode_linear_conv.py tests/kernels/test_s4_step.py \
+            tests/tools/test_persistent_step_bench.py tests/tools/test_persistent_batch.py >> $F 2>&1
         rc=$?; [ $rc -eq 2 ] && [ $try -eq 1 ] && { log "gputests: collection failed, again in 20 s"; sleep 20; continue; }
         break
       done

@@ -90,7 +90,8 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # with the same 128-bit cp.async loads, shared memory (96 KiB) and registers (119) on sm_90 (python
 # tools/sm90_compile.py --op moe_grouped --config '{"ONE_DOT": 1}'). Taken only where both weights have d_model
 # contiguous. Off: timed on an H100 (twenty-third session, docs/results/kernels/moe_grouped_tune_h100_2026-12-07j.log)
-# it was level, 0.989x / 0.976x the default's saving / inference forward: the K loop waits on its loads, not its MMAs.
+# it was level, 0.989x / 0.976x the default's saving / inference forward (not profiled: its loads, not its MMAs,
+# likely set the K loop's pace).
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
                    SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0)  # fmt: skip
