@@ -11,9 +11,11 @@ Each row varies one kernel's tiles (``group``) from the defaults: the forward's 
 ``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
 ``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
 ``persistent`` group (the gate-up kernel on a fixed grid walking tiles), the ``one_dot`` group (gate and up as one
-operand of one tl.dot a K step) and the default are also timed without
-``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill). Last,
-a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the dense peer.
+operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' tile loads through tensor
+descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward) and the
+default are also timed without ``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill). ``--groups
+tma,tma_tiles`` sweeps only those. Last, a kernel-by-kernel profile of the default forward + backward (what each
+launch takes) and of it with every TMA switch on, and the dense peer.
 """
 
 from __future__ import annotations
@@ -57,13 +59,29 @@ GROUPS = {
         [(0, 64, 8, 3), (1, 64, 8, 3), (1, 32, 8, 3), (1, 64, 4, 3), (1, 64, 8, 4), (1, 128, 8, 3)],
     ),
 }
+# the tile loads through tensor descriptors (TMA, archzoo/kernels/_tma.py), each GEMM's switch alone and all of them,
+# timed forward (with and without save) and backward beside the default; then all of them with larger tiles, which
+# the bulk copies may feed where the pointer loads could not
+_TMA = ("TMA", "DOWN_TMA", "DH_TMA", "DX_TMA", "DW_TMA")
+GROUPS["tma"] = (_TMA, [(0, 0, 0, 0, 0), (1, 0, 0, 0, 0), (0, 1, 0, 0, 0), (0, 0, 1, 0, 0), (0, 0, 0, 1, 0),
+                        (0, 0, 0, 0, 1), (1, 1, 1, 1, 1)])  # fmt: skip
+GROUPS["tma_tiles"] = (
+    (*_TMA, "BLOCK_N", "num_stages", "DOWN_BLOCK_N", "DOWN_STAGES", "DX_BLOCK_N", "DX_STAGES", "DH_STAGES"),
+    [(1, 1, 1, 1, 1, 64, 3, 64, 3, 64, 3, 3), (1, 1, 1, 1, 1, 64, 4, 64, 4, 64, 4, 4),
+     (1, 1, 1, 1, 1, 128, 3, 128, 3, 128, 2, 3), (1, 1, 1, 1, 1, 64, 3, 128, 4, 128, 3, 4)],
+)  # fmt: skip
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
-INFER_GROUPS = ("default", "persistent", "one_dot")  # also timed without save
+INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles")  # also timed without save
+ALL_TMA = dict.fromkeys(_TMA, 1)
 
 
-def configs(quick: bool) -> list[tuple[str, dict]]:
+def configs(quick: bool, groups: str | None = None) -> list[tuple[str, dict]]:
+    """("default", {}) then every group's candidates past its first (the default); ``groups``: a comma list of the
+    groups to take (all if None)."""
     out = [("default", {})]
     for group, (keys, tuples) in GROUPS.items():
+        if groups and group not in groups.split(","):
+            continue
         for t in tuples[1 : 3 if quick else None]:
             out.append((group, dict(zip(keys, t, strict=True))))
     return out
@@ -74,6 +92,7 @@ def main() -> None:
     add_common_args(ap)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--quick", action="store_true", help="two candidates a group (a smoke test)")
+    ap.add_argument("--groups", default=None, help=f"comma list of groups to sweep (default all: {', '.join(GROUPS)})")
     a = ap.parse_args()
     check_device(a.device)
     import torch
@@ -82,10 +101,12 @@ def main() -> None:
     from archzoo.kernels.moe_grouped import backward as B
     from archzoo.kernels.moe_grouped import triton as T
 
+    if a.groups and set(a.groups.split(",")) - set(GROUPS):
+        raise SystemExit(f"--groups: unknown {sorted(set(a.groups.split(',')) - set(GROUPS))}; known: {list(GROUPS)}")
+    conf = {**T.CUDA_CONFIG, **B.CUDA_CONFIG}
     for group, (keys, tuples) in GROUPS.items():  # the first candidate of a group is the shipped default
-        src = T.CUDA_CONFIG if keys[0] in T.CUDA_CONFIG else B.CUDA_CONFIG
-        if a.device == "cuda" and tuple(src[k] for k in keys) != tuples[0]:
-            print(f"note: {group}'s default is {tuple(src[k] for k in keys)}, not {tuples[0]}")
+        if a.device == "cuda" and tuple(conf[k] for k in keys) != tuples[0]:
+            print(f"note: {group}'s default is {tuple(conf[k] for k in keys)}, not {tuples[0]}")
     dev, dt = torch.device(a.device), torch.bfloat16 if a.device == "cuda" else torch.float32
     N, D, Fd, E, K = (a.tokens, 576, 1536, 8, 2) if not a.quick or a.device == "cuda" else (37, 24, 40, 4, 2)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -115,7 +136,7 @@ def main() -> None:
     rows = Rows(a.out)
     shard, n_shards = (int(v) for v in a.shard.split("/"))
     base_fwd = base_bwd = base_inf = None
-    for i, (group, over) in enumerate(configs(a.quick)):
+    for i, (group, over) in enumerate(configs(a.quick, a.groups)):
         if i % n_shards != shard and not (i == 0 and not a.compile_only):
             continue
         T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
@@ -128,7 +149,7 @@ def main() -> None:
                 inf = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w))
             if group in (*FORWARD_GROUPS, *INFER_GROUPS):
                 fwd = bench(lambda: T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True))
-            if group not in (*FORWARD_GROUPS, "persistent", "one_dot") or group == "BLOCK_M":
+            if group not in (*FORWARD_GROUPS, "persistent", "one_dot") or group == "BLOCK_M":  # tma*: all three
                 bwd = bench(lambda: B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *saved[1:]))  # noqa: B023
         except Exception as e:  # a tile the compiler refuses (shared memory): its row says so, the sweep goes on
             rows.record(dict(group=group, config=over, error=f"{type(e).__name__}: {str(e)[:160]}"))
@@ -167,21 +188,26 @@ def main() -> None:
                                    grad_to_none=[xg, w1, w2, w3])  # fmt: skip
     rows.record(dict(group="dense_swiglu_eager", fwd_ms=round(d_fwd, 4), fwd_bwd_ms=round(d_fb, 4)))
 
-    # what each launch of the default forward + backward takes
+    # what each launch of the default forward + backward takes, and with every GEMM's loads through TMA
     from torch.profiler import ProfilerActivity, profile
 
-    saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            s = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
-            B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *s[1:])
+    for name, over in (("profile_default_ms", {}), ("profile_all_tma_ms", ALL_TMA)):
+        T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
+        for k, v in over.items():
+            (T.CONFIG_OVERRIDE if k in T.CUDA_CONFIG else B.CONFIG_OVERRIDE)[k] = v
+        saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
         torch.cuda.synchronize()
-    per = {}
-    for ev in prof.key_averages():
-        if ev.device_type.name == "CUDA" and ev.count:
-            per[ev.key] = round(ev.device_time_total / 10 / 1000, 4)  # ms per forward + backward
-    rows.record(dict(group="profile_default_ms", kernels=dict(sorted(per.items(), key=lambda kv: -kv[1]))))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                s = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+                B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *s[1:])
+            torch.cuda.synchronize()
+        per = {}
+        for ev in prof.key_averages():
+            if ev.device_type.name == "CUDA" and ev.count:
+                per[ev.key] = round(ev.device_time_total / 10 / 1000, 4)  # ms per forward + backward
+        rows.record(dict(group=name, kernels=dict(sorted(per.items(), key=lambda kv: -kv[1]))))
+    T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
 
 
 if __name__ == "__main__":

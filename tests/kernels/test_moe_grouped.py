@@ -20,7 +20,9 @@ from archzoo.kernels.moe_step import naive_moe_decode_experts
 
 from conftest import graph_replayed, interpreter_only, recording_backend, requires_cuda
 
-_mods, _skip = import_triton_kernels("archzoo.kernels.moe_grouped.triton")
+# backward.py too: imported here, in the interpreter's mode without a GPU (a kernel module imported later, outside
+# it, would be compiled and could not call the interpreted kernels it imports)
+_mods, _skip = import_triton_kernels("archzoo.kernels.moe_grouped.triton", "archzoo.kernels.moe_grouped.backward")
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 T = _mods[0] if _mods else None
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,13 +117,13 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
 
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
-    taken = []  # the gate|up launches' ONE_DOT, the last constexpr of either kernel
+    taken = []  # the gate|up launches' ONE_DOT, before the three TMA constexprs in either kernel
     real = T.launch
     gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
 
     def launch(fn, grid, ptrs, ints, consts, *a, **k):
         if fn.fn.__name__ in gate_up:
-            taken.append(consts[-1])
+            taken.append(consts[-4])
         return real(fn, grid, ptrs, ints, consts, *a, **k)
 
     monkeypatch.setattr(T, "launch", launch)
@@ -144,6 +146,101 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
     assert taken == [False], taken  # the two dots, and it says why
     said = [r.getMessage() for r in caplog.records]
     assert any("ONE_DOT asked" in m and "strided" in m for m in said), said
+
+
+ALL_TMA = dict(TMA=1, DOWN_TMA=1, DH_TMA=1, DX_TMA=1, DW_TMA=1)
+
+
+def _with_tma(monkeypatch, on: bool) -> None:
+    from archzoo.kernels.moe_grouped import backward as B
+
+    for key, value in ALL_TMA.items():
+        monkeypatch.setitem(T.CONFIG_OVERRIDE if key in T.CUDA_CONFIG else B.CONFIG_OVERRIDE, key, value if on else 0)
+
+
+def _transposed(w):
+    """The same weight with its last two dimensions' order swapped in memory (the other orientation)."""
+    return w.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@interpreter_only
+def test_tma_loads_give_the_same_bits(monkeypatch, kernels_env):
+    """Every GEMM's tiles through tensor descriptors (TMA, DOWN_TMA, DH_TMA, DX_TMA, DW_TMA; ``_tma.py``): out, the
+    saved tensors and every gradient bit for bit as the pointer loads give them, on the cases above (d_model and
+    d_ff off the tiles, so descriptor reads past an edge give zeros; a bf16 d_ff of 36, 72 bytes a row, where no
+    descriptor may be made and the pointer loads run), with the weights in either orientation (d_model or d_ff
+    contiguous), and with descriptors taken wherever the layouts allow."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    cases = [_inputs(*c[:5], c[5]) for c in CASES]
+    x, gate, up, down, top_e, top_w = _inputs(10, 24, 40, 4, 2, torch.bfloat16, seed=3)
+    cases.append([x, _transposed(gate), _transposed(up), _transposed(down), top_e, top_w])
+    taken = []  # (kernel, its TMA constexpr) for every GEMM launch
+    real_t, real_b = T.launch, B.launch
+    at = {"_gate_up_kernel": -3, "_down_kernel": -3, "_dh_kernel": -2, "_dweight_kernel": -1}
+
+    def spy(real):
+        def launch(fn, grid, ptrs, ints, consts, *a, **k):
+            name = fn.fn.__name__
+            if name in at:
+                taken.append((name, consts[at[name]]))
+            return real(fn, grid, ptrs, ints, consts, *a, **k)
+
+        return launch
+
+    monkeypatch.setattr(T, "launch", spy(real_t))
+    monkeypatch.setattr(B, "launch", spy(real_b))
+    for i, args in enumerate(cases):
+        dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
+        results = []
+        for on in (False, True):
+            _with_tma(monkeypatch, on)
+            taken.clear()
+            out, *saved = T.moe_grouped_experts(*args, save=True)
+            grads = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+            results.append((out, *saved[:3], *grads))
+            if on and i not in (1, 4):  # every GEMM read through descriptors: the layouts allow it
+                assert all(t for _, t in taken), (i, taken)
+            if on and i == 1:  # d_model 20, d_ff 36 off the 8-wide K tile: dh and dx (d_model-contiguous weight
+                # operands, K along their rows) keep the pointer loads, the others take descriptors
+                assert [t for _, t in taken] == [True, True, False, False, True, True], taken
+            if on and i == 4:  # bf16 rows of 72 bytes: no descriptor for h, g, u, dg, du
+                assert dict(taken)["_down_kernel"] is False and dict(taken)["_dweight_kernel"] is False, taken
+        names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
+        for name, got, want in zip(names, results[1], results[0], strict=True):
+            assert torch.equal(got, want), f"case {i}: {name} differs with TMA"
+
+
+def test_weight_tma_orientations_and_refusals():
+    """weight_tma: d_model-contiguous and d_ff-contiguous expert stacks and which orientation each takes; refused
+    where a descriptor cannot be made (rows not a multiple of 16 bytes, a strided last dimension, experts not
+    stacked evenly) or where a tile along K could reach the next expert (K off the tile in the N-contiguous
+    orientation)."""
+    w = torch.zeros(4, 40, 24)  # (E, n, k), k contiguous
+    assert T.weight_tma(w, *w.stride(), 40, 24, 8) == (True, True)
+    t = _transposed(w)  # n contiguous
+    assert T.weight_tma(t, *t.stride(), 40, 24, 8) == (True, False)
+    assert T.weight_tma(t, *t.stride(), 40, 24, 16) == (False, False)  # 24 rows of K: a 16-tile reaches expert e+1
+    odd = torch.zeros(4, 40, 36, dtype=torch.bfloat16)  # 72-byte rows
+    assert T.weight_tma(odd, *odd.stride(), 40, 36, 8) == (False, False)
+    strided = torch.zeros(4, 40, 48)[..., ::2]
+    assert T.weight_tma(strided, *strided.stride(), 40, 24, 8) == (False, False)
+    gappy = torch.zeros(4, 48, 24)[:, :40]  # experts 48 rows apart: not one (E n, k) matrix
+    assert T.weight_tma(gappy, *gappy.stride(), 40, 24, 8) == (False, False)
+    one = gappy[:1]
+    assert T.weight_tma(one, *one.stride(), 40, 24, 8) == (True, True)
+
+
+def test_config_env_is_checked(kernels_env):
+    """ARCHZOO_MOE_GROUPED_CONFIG: settings of either CUDA_CONFIG with integer values; anything else is a
+    ValueError that names the variable and what is wrong."""
+    assert T.config_from_env(None) == {} and T.config_from_env(" ") == {}
+    assert T.config_from_env('{"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}') == {"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}
+    for text, said in (('{"TMX": 1}', "unknown settings ['TMX']"), ("[1]", "JSON object"),
+                       ('{"TMA": true}', "integers"), ("TMA=1", "JSON object"), ('{"TMA": -1}', "integers")):  # fmt: skip
+        with pytest.raises(ValueError, match=T.CONFIG_ENV) as e:
+            T.config_from_env(text)
+        assert said in str(e.value), (text, str(e.value))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -494,6 +591,29 @@ def test_cuda_persistent_gate_up_gives_the_same_bits(monkeypatch, flatten):
     assert all(torch.equal(a, b) for a, b in zip(T.moe_grouped_experts(*args, save=True), saved, strict=True))
     out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
     assert torch.equal(out, want)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_tma_loads_give_the_same_values(monkeypatch):
+    """Every TMA switch on at the students' shape in bf16, skewed routing: out, the saved tensors and every gradient
+    as the pointer loads give them (the same fp32 sums in the same order: equal, allowing a last-bit difference
+    should the MMA order differ), and a CUDA-graph replay gives the eager result (the descriptors' scratch comes
+    from the graph's pool)."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    args = _students("skewed")
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    results = []
+    for on in (False, True):
+        _with_tma(monkeypatch, on)
+        out, *saved = T.moe_grouped_experts(*args, save=True)
+        results.append((out, *saved[:3], *B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)))
+    names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
+    for name, got, want in zip(names, results[1], results[0], strict=True):
+        _check(f"{name} with TMA", got, want, 1e-3)
+    out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
+    assert torch.equal(out, T.moe_grouped_experts(*args)), "a CUDA-graph replay must give the eager result"
 
 
 @pytest.mark.gpu

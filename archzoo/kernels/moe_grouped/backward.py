@@ -44,8 +44,9 @@ import triton.language as tl
 
 from .._launch import launch
 from .._sizes import cdiv
+from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round
-from .triton import _block_and_tile, _down_kernel, _sum_kernel
+from .triton import _block_and_tile, _down_kernel, _sum_kernel, _w_desc, _w_tile, env_config, weight_tma
 
 # DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
 # program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
@@ -54,21 +55,27 @@ from .triton import _block_and_tile, _down_kernel, _sum_kernel
 # tiles). BLOCK_M is the forward plan's. Untimed: the forward's tile shapes, not a tuning.
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
-                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4)  # fmt: skip
+                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
+                   DX_TMA=0, DW_TMA=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
-                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1)  # fmt: skip
+                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
+                        DX_TMA=0, DW_TMA=0)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
 @triton.jit
 def _dh_kernel(
     o_ptr, d_ptr, w_ptr, slot_ptr, bexp_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, dwp_ptr,
-    N, D, F, A, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
+    N, D, F, A, E, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    KMAJOR: tl.constexpr,
 ):  # fmt: skip
+    """A (block, d_ff tile) of dhw, then the epilogue (module docstring). TMA: W_d's tiles through a tensor
+    descriptor (``triton._w_desc``: W_d[e] is the (d_model, d_ff) operand, d_ff its N); dout's rows, gathered by
+    token, stay pointer loads."""
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
@@ -82,10 +89,18 @@ def _dh_kernel(
         offs_k = tl.arange(0, BLOCK_K)  # d_model
         o_rows = o_ptr + n.to(tl.int64)[:, None] * s_on  # (BLOCK_M, 1) dout rows by token
         d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_df  # (1, BLOCK_N) of W_d[e]
+        if TMA:
+            d_desc = _w_desc(d_ptr, E, F, D, s_df, s_dd, BLOCK_N, BLOCK_K, KMAJOR)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
             kk = k0 + offs_k
-            if EVEN_K:
+            if TMA:
+                if EVEN_K:
+                    ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None], other=0.0)
+                else:
+                    ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None] & (kk < D)[None, :], other=0.0)
+                dt = _w_tile(d_desc, e, pid_n * BLOCK_N, k0, F, D, KMAJOR)  # zeros past d_model
+            elif EVEN_K:
                 ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
                 dt = tl.load(d_cols + kk[:, None] * s_dd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
             else:
@@ -135,14 +150,16 @@ def _dw_sum_kernel(
 @triton.jit
 def _dweight_kernel(
     a_ptr, a2_ptr, b_ptr, slot_ptr, eblk_ptr, o_ptr, o2_ptr,
-    N, P, Q, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
+    N, P, Q, R, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, GATHER_A: tl.constexpr,
     GATHER_B: tl.constexpr, TWO: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """o[e] (P, Q) = sum over expert e's sorted rows r of A[r]^T B[r] (and o2[e] of A2[r]^T B[r] where TWO): A, A2
     rows (P columns) and B rows (Q columns) either by sorted row (R rows, every row of a used block written) or
-    gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype."""
+    gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype. TMA: the operands
+    by sorted row through tensor descriptors (the host checked their columns contiguous, ``_tma.tma_ok``); the
+    gathered ones stay pointer loads."""
     n_p = tl.cdiv(P, BLOCK_P)
     n_q = tl.cdiv(Q, BLOCK_Q)
     pid = tl.program_id(0)
@@ -157,6 +174,15 @@ def _dweight_kernel(
     b1 = tl.load(eblk_ptr + e + 1)
     acc = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
     acc2 = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
+    A_TMA: tl.constexpr = TMA and not GATHER_A
+    B_TMA: tl.constexpr = TMA and not GATHER_B
+    if A_TMA:
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[R, P], strides=[s_ar, 1], block_shape=[BLOCK_M, BLOCK_P])
+        if TWO:
+            a2_desc = tl.make_tensor_descriptor(a2_ptr, shape=[R, P], strides=[s_ar, 1],
+                                                block_shape=[BLOCK_M, BLOCK_P])  # fmt: skip
+    if B_TMA:
+        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[R, Q], strides=[s_br, 1], block_shape=[BLOCK_M, BLOCK_Q])
     for blk in tl.range(b0, b1, num_stages=NUM_STAGES):
         offs_r = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         a = tl.load(slot_ptr + offs_r)
@@ -166,15 +192,23 @@ def _dweight_kernel(
         rb = (n if GATHER_B else offs_r).to(tl.int64)
         mask_a = mask_p[:, None] & valid[None, :] if GATHER_A else mask_p[:, None]
         mask_b = valid[:, None] & mask_q[None, :] if GATHER_B else mask_q[None, :]
-        a_t = a_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap  # (BLOCK_P, BLOCK_M): A^T
-        at = tl.load(a_t, mask=mask_a, other=0.0)
-        bt = tl.load(b_ptr + rb[:, None] * s_br + offs_q[None, :] * s_bq, mask=mask_b, other=0.0)  # (BLOCK_M, Q)
+        if A_TMA:
+            at = tl.trans(a_desc.load([blk * BLOCK_M, pid_p * BLOCK_P]))  # (BLOCK_P, BLOCK_M): A^T
+        else:
+            at = tl.load(a_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
+        if B_TMA:
+            bt = b_desc.load([blk * BLOCK_M, pid_q * BLOCK_Q])  # (BLOCK_M, BLOCK_Q)
+        else:
+            bt = tl.load(b_ptr + rb[:, None] * s_br + offs_q[None, :] * s_bq, mask=mask_b, other=0.0)
         if DOT_F32:
             at = at.to(tl.float32)
             bt = bt.to(tl.float32)
         acc = tl.dot(at, bt, acc, input_precision=DOT_PRECISION)
         if TWO:
-            a2t = tl.load(a2_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
+            if A_TMA:
+                a2t = tl.trans(a2_desc.load([blk * BLOCK_M, pid_p * BLOCK_P]))
+            else:
+                a2t = tl.load(a2_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
             if DOT_F32:
                 a2t = a2t.to(tl.float32)
             acc2 = tl.dot(a2t, bt, acc2, input_precision=DOT_PRECISION)
@@ -189,7 +223,9 @@ def _dweight_kernel(
 
 
 def _config(device: torch.device) -> dict:
-    return {**(CUDA_CONFIG if device.type == "cuda" else INTERPRET_CONFIG), **CONFIG_OVERRIDE}
+    if device.type != "cuda":
+        return {**INTERPRET_CONFIG, **CONFIG_OVERRIDE}
+    return {**CUDA_CONFIG, **{k: v for k, v in env_config().items() if k in CUDA_CONFIG}, **CONFIG_OVERRIDE}
 
 
 def moe_grouped_experts_backward(
@@ -216,9 +252,13 @@ def moe_grouped_experts_backward(
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
     n_tiles = cdiv(F, bn)
     dwp = torch.empty((n_tiles, A), device=x.device, dtype=torch.float32)  # <dhw, h> per d_ff tile
+    ds = down_w.stride()  # (E, D, F): for dhw the d_ff columns are the kernel's n, d_model its k
+    dh_ok, dh_kmajor = weight_tma(down_w, ds[0], ds[2], ds[1], F, D, bk)
+    dh_tma = bool(cfg["DH_TMA"]) and dh_ok
     launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
-           (N, D, F, A, *dout.stride(), *down_w.stride(), *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec), cfg["DH_WARPS"], dev)  # fmt: skip
+           (N, D, F, A, E, *dout.stride(), *ds, *top_w.stride()),
+           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec, dh_tma, dh_kmajor), cfg["DH_WARPS"],
+           dev)  # fmt: skip
     dtop_w = torch.empty_like(top_w)
     launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),
            (cfg["SUM_BLOCK"],), cfg["SUM_WARPS"], dev)  # fmt: skip
@@ -226,9 +266,15 @@ def moe_grouped_experts_backward(
     dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
     bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
     gs, us = gate_w.stride(), up_w.stride()  # (E, F, D): the d_model columns are the kernel's n, d_ff its k
+    g_ok, kg = weight_tma(gate_w, gs[0], gs[2], gs[1], D, F, bk)
+    u_ok, ku = weight_tma(up_w, us[0], us[2], us[1], D, F, bk)
+    dx_tma = bool(cfg["DX_TMA"]) and g_ok and u_ok and tma_ok(dg, F) and tma_ok(du, F)
+    if (dh_tma or dx_tma) and x.is_cuda:
+        ensure_allocator()
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
-           (D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
-           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True), cfg["DX_WARPS"], dev)  # fmt: skip
+           (R, E, D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
+           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, dx_tma, kg, ku), cfg["DX_WARPS"],
+           dev)  # fmt: skip
     if K == 1:
         dx = dxa
     else:
@@ -236,18 +282,24 @@ def moe_grouped_experts_backward(
         launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"]),
                cfg["SUM_WARPS"], dev)  # fmt: skip
 
+    # DW_TMA: the sorted operands (h for dW_d; dg, du for dW_g, dW_u) through tensor descriptors
+    dw_tma = bool(cfg["DW_TMA"]) and tma_ok(h, F) and tma_ok(dg, F) and tma_ok(du, F)
+    if dw_tma and x.is_cuda:
+        ensure_allocator()
     ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
     bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
            (dout, dout, h, slot_assignment, expert_block, ddown_w, ddown_w),
-           (N, D, F, *dout.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
-           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec), cfg["DWD_WARPS"], dev)  # fmt: skip
+           (N, D, F, R, *dout.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
+           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma), cfg["DWD_WARPS"],
+           dev)  # fmt: skip
     dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
     bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
            (dg, du, x, slot_assignment, expert_block, dgate_w, dup_w),
-           (N, F, D, F, 1, *x.stride(), *dgate_w.stride(), *dup_w.stride()),
-           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec), cfg["DWGU_WARPS"], dev)  # fmt: skip
+           (N, F, D, R, F, 1, *x.stride(), *dgate_w.stride(), *dup_w.stride()),
+           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec, dw_tma), cfg["DWGU_WARPS"],
+           dev)  # fmt: skip
     return dx, dgate_w, dup_w, ddown_w, dtop_w
 
 
