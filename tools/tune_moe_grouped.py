@@ -12,10 +12,11 @@ Each row varies one kernel's tiles (``group``) from the defaults: the forward's 
 ``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
 ``persistent`` group (the gate-up kernel on a fixed grid walking tiles), the ``one_dot`` group (gate and up as one
 operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' tile loads through tensor
-descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward) and the
-default are also timed without ``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill). ``--groups
-tma,tma_tiles`` sweeps only those. Last, a kernel-by-kernel profile of the default forward + backward (what each
-launch takes) and of it with every TMA switch on, and the dense peer.
+descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward), the
+``hw_round`` group (the epilogues' roundings by conversion) and the default are also timed without ``save``
+(``infer_ms``, ``infer_vs_default``: inference, prefill). ``--groups tma,tma_tiles`` sweeps only those. Last,
+a kernel-by-kernel profile of the default forward + backward (what each launch takes) and of it with every TMA
+switch on, and the dense peer.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ GROUPS["tma_tiles"] = (
     [(1, 1, 1, 1, 1, 64, 3, 64, 3, 64, 3, 3), (1, 1, 1, 1, 1, 64, 4, 64, 4, 64, 4, 4),
      (1, 1, 1, 1, 1, 128, 3, 128, 3, 128, 2, 3), (1, 1, 1, 1, 1, 64, 3, 128, 4, 128, 3, 4)],
 )  # fmt: skip
+# the gate|up's and dh's epilogue roundings by conversion (one cvt each way) instead of by bits (five integer ops)
+GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
-INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles")  # also timed without save
+INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round")  # also timed without save
 ALL_TMA = dict.fromkeys(_TMA, 1)
 
 

@@ -117,13 +117,13 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
 
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
-    taken = []  # the gate|up launches' ONE_DOT, before the three TMA constexprs in either kernel
+    taken = []  # the gate|up launches' ONE_DOT, before the TMA constexprs and HW_ROUND in either kernel
     real = T.launch
     gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
 
     def launch(fn, grid, ptrs, ints, consts, *a, **k):
         if fn.fn.__name__ in gate_up:
-            taken.append(consts[-4])
+            taken.append(consts[-5])
         return real(fn, grid, ptrs, ints, consts, *a, **k)
 
     monkeypatch.setattr(T, "launch", launch)
@@ -177,7 +177,7 @@ def test_tma_loads_give_the_same_bits(monkeypatch, kernels_env):
     cases.append([x, _transposed(gate), _transposed(up), _transposed(down), top_e, top_w])
     taken = []  # (kernel, its TMA constexpr) for every GEMM launch
     real_t, real_b = T.launch, B.launch
-    at = {"_gate_up_kernel": -3, "_down_kernel": -3, "_dh_kernel": -2, "_dweight_kernel": -1}
+    at = {"_gate_up_kernel": -4, "_down_kernel": -3, "_dh_kernel": -3, "_dweight_kernel": -1}
 
     def spy(real):
         def launch(fn, grid, ptrs, ints, consts, *a, **k):
@@ -615,6 +615,26 @@ def test_cuda_tma_loads_give_the_same_values(monkeypatch):
         _check(f"{name} with TMA", got, want, 1e-3)
     out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
     assert torch.equal(out, T.moe_grouped_experts(*args)), "a CUDA-graph replay must give the eager result"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_hw_round_gives_the_same_bits(monkeypatch):
+    """HW_ROUND / DH_HW_ROUND (the gate|up's and dh's epilogue roundings by conversion to bf16, round to nearest
+    even, instead of by bits): out, the saved tensors and every gradient bit for bit as the default gives them."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    args = _students("skewed")
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    results = []
+    for on in (0, 1):
+        monkeypatch.setitem(T.CONFIG_OVERRIDE, "HW_ROUND", on)
+        monkeypatch.setitem(B.CONFIG_OVERRIDE, "DH_HW_ROUND", on)
+        out, *saved = T.moe_grouped_experts(*args, save=True)
+        results.append((out, *saved[:3], *B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)))
+    names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
+    for name, got, want in zip(names, results[1], results[0], strict=True):
+        assert torch.equal(got, want), f"{name} differs with HW_ROUND"
 
 
 @pytest.mark.gpu

@@ -387,28 +387,29 @@ for job in $(cat $Q/jobs); do
       wait $pids
       timeout 240 python3 tools/tune_moe_grouped.py --out $O/moe_grouped_tune.json > $O/moe_grouped_tune.log 2>&1
       log "moegroupedtune rc=$?"; pack ;;
-    moetma)  # issue 19: moe_grouped_experts' GEMM tiles through tensor descriptors (TMA; archzoo/kernels/_tma.py): the
-      # GPU tests of the switches, the tune's tma / tma_tiles groups beside the default (one process), then the op
-      # against the dense SwiGLU with the best of them by forward + backward time (ARCHZOO_MOE_GROUPED_CONFIG)
+    moetune)  # issue 19: moe_grouped_experts' switches swept by tools/tune_moe_grouped.py --groups <s> (moetune:tma,tma_tiles:
+      # the GEMM tiles through tensor descriptors; moetune:hw_round: the epilogues' roundings by conversion): the GPU
+      # tests of those switches, the groups beside the default (one process), then the op against the dense SwiGLU with
+      # the best of them by forward + backward time (ARCHZOO_MOE_GROUPED_CONFIG)
       [ -n "$bg" ] && wait $bg; bg=""
-      log "moetma"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "tma" tests/kernels/test_moe_grouped.py \
-          > $O/moe_tma_gpu_tests.log 2>&1
-      log "moetma gpu tests rc=$? $(tail -1 $O/moe_tma_gpu_tests.log)"
+      groups=$s; [ "$s" = "$job" ] && groups=tma,tma_tiles; tag=${groups//,/_}
+      log "moetune $groups"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "tma or hw_round" tests/kernels/test_moe_grouped.py \
+          > $O/moe_${tag}_gpu_tests.log 2>&1
+      log "moetune gpu tests rc=$? $(tail -1 $O/moe_${tag}_gpu_tests.log)"
       for i in 0 1 2 3 4 5 6 7; do
-        timeout 150 python3 tools/tune_moe_grouped.py --groups tma,tma_tiles --compile-only --shard $i/8 \
-            > $Q/moetma_compile_$i.log 2>&1 &
+        timeout 150 python3 tools/tune_moe_grouped.py --groups $groups --compile-only --shard $i/8 \
+            > $Q/moetune_compile_$i.log 2>&1 &
         pids="$pids $!"
       done
       wait $pids
-      timeout 240 python3 tools/tune_moe_grouped.py --groups tma,tma_tiles --out $O/moe_tma_tune.json \
-          > $O/moe_tma_tune.log 2>&1
-      log "moetma tune rc=$?"; pack
-      best=$(python3 -c "import json,sys; rows=[r for r in json.load(open(sys.argv[1])) if r.get('fwd_ms') and r.get('bwd_ms')]; print(json.dumps(min(rows, key=lambda r: r['fwd_ms'] + r['bwd_ms'])['config']))" $O/moe_tma_tune.json 2> /dev/null || echo '{}')
+      timeout 240 python3 tools/tune_moe_grouped.py --groups $groups --out $O/moe_${tag}_tune.json > $O/moe_${tag}_tune.log 2>&1
+      log "moetune tune rc=$?"; pack
+      best=$(python3 -c "import json,sys; rows=[r for r in json.load(open(sys.argv[1])) if r.get('fwd_ms') and r.get('bwd_ms')]; print(json.dumps(min(rows, key=lambda r: r['fwd_ms'] + r['bwd_ms'])['config']))" $O/moe_${tag}_tune.json 2> /dev/null || echo '{}')
       log "kernels moe with $best"
       ARCHZOO_MOE_GROUPED_CONFIG="$best" timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops moe \
-          --out $O/moe_tma.json > $O/moe_tma.log 2>&1
-      log "kernels moe tma rc=$?"; pack ;;
+          --out $O/moe_$tag.json > $O/moe_$tag.log 2>&1
+      log "kernels moe $tag rc=$?"; pack ;;
     convpeer)  # issue 19: causal-conv1d (the conv's peer) built for sm_90 in the background from the sdist carried in
       # .whl/ (about 4 min on 4 of the 16 cores, beside the next jobs); kernels:conv waits for it. The wheel comes back
       # in .whl/ (staged there), so a later lease carrying it installs it through setup.sh and builds nothing.
@@ -522,7 +523,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, persistbatch, moetma, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, persistbatch, moetune:<groups>, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done

@@ -42,11 +42,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import triton_interpreting
 from .._launch import launch
 from .._sizes import cdiv
 from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round
-from .triton import _block_and_tile, _down_kernel, _sum_kernel, _w_desc, _w_tile, env_config, weight_tma
+from .triton import _block_and_tile, _down_kernel, _rnd, _sum_kernel, _w_desc, _w_tile, env_config, weight_tma
 
 # DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
 # program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
@@ -56,12 +57,12 @@ from .triton import _block_and_tile, _down_kernel, _sum_kernel, _w_desc, _w_tile
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
-                   DX_TMA=0, DW_TMA=0)  # fmt: skip
+                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
                         DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
-                        DX_TMA=0, DW_TMA=0)  # fmt: skip
+                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -71,11 +72,11 @@ def _dh_kernel(
     N, D, F, A, E, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-    KMAJOR: tl.constexpr,
+    KMAJOR: tl.constexpr, HW_ROUND: tl.constexpr,
 ):  # fmt: skip
     """A (block, d_ff tile) of dhw, then the epilogue (module docstring). TMA: W_d's tiles through a tensor
     descriptor (``triton._w_desc``: W_d[e] is the (d_model, d_ff) operand, d_ff its N); dout's rows, gathered by
-    token, stay pointer loads."""
+    token, stay pointer loads. HW_ROUND: the epilogue's roundings by conversion (``triton._rnd``)."""
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
@@ -111,20 +112,20 @@ def _dh_kernel(
                 ot = ot.to(tl.float32)
                 dt = dt.to(tl.float32)
             acc = tl.dot(ot, dt, acc, input_precision=DOT_PRECISION)
-        dhw = _round(acc, DT)
+        dhw = _rnd(acc, DT, HW_ROUND)
         rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
         g = tl.load(g_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
         u = tl.load(u_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
         sig = 1.0 / (1.0 + tl.exp(-g))
-        s = _round(g * sig, DT)  # SiLU(g) as the forward rounds it
-        h = _round(s * u, DT)
-        wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
+        s = _rnd(g * sig, DT, HW_ROUND)  # SiLU(g) as the forward rounds it
+        h = _rnd(s * u, DT, HW_ROUND)
+        wk = _rnd(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT, HW_ROUND)
         keep = (wk != 0.0)[:, None]  # padding rows and dropped assignments: no gradient at all
         dw = tl.sum(tl.where(keep, dhw * h, 0.0), axis=1)  # (BLOCK_M,) this tile's part of <dhw, h>
         tl.store(dwp_ptr + pid_n.to(tl.int64) * A + a, dw, mask=valid)
-        dh = _round(dhw * wk[:, None], DT)
-        dg = tl.where(keep, _round(_round(dh * u, DT) * (sig * (1.0 + g * (1.0 - sig))), DT), 0.0)
-        du = tl.where(keep, _round(dh * s, DT), 0.0)
+        dh = _rnd(dhw * wk[:, None], DT, HW_ROUND)
+        dg = tl.where(keep, _rnd(_rnd(dh * u, DT, HW_ROUND) * (sig * (1.0 + g * (1.0 - sig))), DT, HW_ROUND), 0.0)
+        du = tl.where(keep, _rnd(dh * s, DT, HW_ROUND), 0.0)
         tl.store(dg_ptr + rows, dg.to(DT), mask=mask_n[None, :])  # every row of a used block (padding: 0)
         tl.store(du_ptr + rows, du.to(DT), mask=mask_n[None, :])
 
@@ -257,7 +258,8 @@ def moe_grouped_experts_backward(
     dh_tma = bool(cfg["DH_TMA"]) and dh_ok
     launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
            (N, D, F, A, E, *dout.stride(), *ds, *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec, dh_tma, dh_kmajor), cfg["DH_WARPS"],
+           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec, dh_tma, dh_kmajor,
+            bool(cfg["DH_HW_ROUND"]) and not triton_interpreting()), cfg["DH_WARPS"],
            dev)  # fmt: skip
     dtop_w = torch.empty_like(top_w)
     launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),

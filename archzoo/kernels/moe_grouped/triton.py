@@ -64,7 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import once
+from .._dispatch import once, triton_interpreting
 from .._launch import launch
 from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
 from .._tma import ensure_allocator, tma_ok
@@ -99,13 +99,24 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # likely set the K loop's pace).
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
-                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0)  # fmt: skip
+                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
-                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, SM_COUNT=3)  # fmt: skip
+                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0,
+                        SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
+
+
+@triton.jit
+def _rnd(v, DT: tl.constexpr, HW: tl.constexpr):
+    """v (fp32) rounded to DT, kept in fp32: by the hardware's conversion (HW: round to nearest even, one cvt each
+    way) or by ``_round``'s bits (the interpreter's casts truncate); the same values on a GPU."""
+    if HW:
+        return v.to(DT).to(tl.float32)
+    else:
+        return _round(v, DT)
 
 
 @triton.jit
@@ -283,6 +294,7 @@ def _gate_up_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
     ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
+    HW_ROUND: tl.constexpr,
 ):  # fmt: skip
     """Row block ``blk`` (expert ``e`` >= 0) x column tile ``pid_n`` of h (and with SAVE of g, u). ONE_DOT: the gate
     and up tiles loaded as one (BLOCK_K, 2 BLOCK_N) operand (its columns' pointers from either weight; both with
@@ -312,14 +324,26 @@ def _gate_up_tile(
     else:
         acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud, BLOCK_M, BLOCK_N,
                                          BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32, DOT_PRECISION)  # fmt: skip
-    h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
-    wk = _round(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT)  # (BLOCK_M,)
-    hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
     rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
-    tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
-    if SAVE:  # for the backward: gate and up rounded (padding rows 0)
-        tl.store(gs_ptr + rows, _round(acc_g, DT).to(DT), mask=mask_n[None, :])
-        tl.store(us_ptr + rows, _round(acc_u, DT).to(DT), mask=mask_n[None, :])
+    w_raw = tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_M,)
+    if HW_ROUND:  # the same roundings by the hardware's conversion to x's dtype (cvt.rn: to nearest even)
+        g_x, u_x = acc_g.to(DT), acc_u.to(DT)  # gate and up in x's dtype
+        g, u = g_x.to(tl.float32), u_x.to(tl.float32)
+        h = ((g / (1.0 + tl.exp(-g))).to(DT).to(tl.float32) * u).to(DT).to(tl.float32)
+        wk = w_raw.to(DT).to(tl.float32)
+        hw = tl.where(wk[:, None] == 0.0, 0.0, (h * wk[:, None]).to(DT).to(tl.float32))
+        tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
+        if SAVE:
+            tl.store(gs_ptr + rows, g_x, mask=mask_n[None, :])
+            tl.store(us_ptr + rows, u_x, mask=mask_n[None, :])
+    else:
+        h = _swiglu(acc_g, acc_u, DT)  # gate, up, SiLU(gate), the product: each rounded to x's dtype
+        wk = _round(w_raw, DT)
+        hw = tl.where(wk[:, None] == 0.0, 0.0, _round(h * wk[:, None], DT))  # padding, dropped: exactly 0
+        tl.store(h_ptr + rows, hw.to(DT), mask=mask_n[None, :])
+        if SAVE:  # for the backward: gate and up rounded (padding rows 0)
+            tl.store(gs_ptr + rows, _round(acc_g, DT).to(DT), mask=mask_n[None, :])
+            tl.store(us_ptr + rows, _round(acc_u, DT).to(DT), mask=mask_n[None, :])
 
 
 @triton.jit
@@ -340,12 +364,13 @@ def _gate_up_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
     ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
+    HW_ROUND: tl.constexpr,
 ):  # fmt: skip
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, E, s_xn,
                       s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U)  # fmt: skip
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U, HW_ROUND)  # fmt: skip
     elif SAVE:  # an unused block of the saved outputs
         _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M, BLOCK_N)
 
@@ -357,6 +382,7 @@ def _gate_up_persistent_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
     FLATTEN: tl.constexpr, ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
+    HW_ROUND: tl.constexpr,
 ):  # fmt: skip
     """PERSISTENT: a fixed grid of programs walks the used blocks' (block, column tile) pairs, their count read from
     expert_block[E] on the device, consecutive tiles of a program a grid's width apart (one block's column tiles side
@@ -370,7 +396,7 @@ def _gate_up_persistent_kernel(
         e = tl.load(bexp_ptr + blk)
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, tile % n_cols, e, N, D, F, E,
                       s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U)  # fmt: skip
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U, HW_ROUND)  # fmt: skip
     if SAVE:
         for tile in range(n_used + tl.program_id(0), n_blocks * n_cols, tl.num_programs(0)):
             _zero_tile(h_ptr, gs_ptr, us_ptr, tile // n_cols, tile % n_cols, F, BLOCK_M, BLOCK_N)
@@ -620,17 +646,18 @@ def moe_grouped_experts(
     tma_down = bool(cfg["DOWN_TMA"]) and d_ok and tma_ok(h, F)
     if (tma_gu or tma_down) and x.is_cuda:
         ensure_allocator()
-    tma = (tma_gu, kg, ku)
+    # HW_ROUND: the gate|up epilogue's roundings by conversion (CUDA only: Triton's interpreter truncates)
+    gu_flags = (tma_gu, kg, ku, bool(cfg["HW_ROUND"]) and not triton_interpreting())
     if cfg["PERSISTENT"]:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
         sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
                (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h, gs, us),
                (N, D, F, E, R // bm, *strides),
-               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, *tma), cfg["num_warps"],
+               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, *gu_flags), cfg["num_warps"],
                dev)  # fmt: skip
     else:
         launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
-               (N, D, F, E, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, *tma), cfg["num_warps"],
+               (N, D, F, E, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, *gu_flags), cfg["num_warps"],
                dev)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
