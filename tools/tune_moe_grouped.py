@@ -13,8 +13,9 @@ Each row varies one kernel's tiles (``group``) from the defaults: the forward's 
 ``persistent`` group (the gate-up kernel on a fixed grid walking tiles), the ``one_dot`` group (gate and up as one
 operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' tile loads through tensor
 descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward), the
-``hw_round`` group (the epilogues' roundings by conversion) and the default are also timed without ``save``
-(``infer_ms``, ``infer_vs_default``: inference, prefill). ``--groups tma,tma_tiles`` sweeps only those. Last,
+``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group (assignments a plan program), the
+``pdl`` group (programmatic dependent launch) and the default are also timed without ``save`` (``infer_ms``,
+``infer_vs_default``: inference, prefill). ``--groups tma,tma_tiles`` sweeps only those. Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes) and of it with every TMA
 switch on, and the dense peer.
 """
@@ -71,10 +72,16 @@ GROUPS["tma_tiles"] = (
     [(1, 1, 1, 1, 1, 64, 3, 64, 3, 64, 3, 3), (1, 1, 1, 1, 1, 64, 4, 64, 4, 64, 4, 4),
      (1, 1, 1, 1, 1, 128, 3, 128, 3, 128, 2, 3), (1, 1, 1, 1, 1, 64, 3, 128, 4, 128, 3, 4)],
 )  # fmt: skip
+# the plan's assignments a program (its count and place launches: 9 programs each at 1,024, 36 at 256), every GEMM the
+# same (its tiles do not change)
+GROUPS["plan"] = (("PLAN_BLOCK",), [(512,), (1024,), (256,), (128,)])
+# every launch of the forward / backward with programmatic dependent launch (``_pdl.py``)
+GROUPS["pdl"] = (("PDL", "BWD_PDL"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 # the gate|up's and dh's epilogue roundings by conversion (one cvt each way) instead of by bits (five integer ops)
-GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(0, 0), (1, 0), (0, 1), (1, 1)])
+GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(1, 0), (0, 0), (1, 1), (0, 1)])
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
-INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round")  # also timed without save
+# also timed without save
+INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round", "plan", "pdl")
 ALL_TMA = dict.fromkeys(_TMA, 1)
 
 

@@ -117,13 +117,13 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
 
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
-    taken = []  # the gate|up launches' ONE_DOT, before the TMA constexprs and HW_ROUND in either kernel
+    taken = []  # the gate|up launches' ONE_DOT, before the TMA constexprs, HW_ROUND and PDL in either kernel
     real = T.launch
     gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
 
     def launch(fn, grid, ptrs, ints, consts, *a, **k):
         if fn.fn.__name__ in gate_up:
-            taken.append(consts[-5])
+            taken.append(consts[-6])
         return real(fn, grid, ptrs, ints, consts, *a, **k)
 
     monkeypatch.setattr(T, "launch", launch)
@@ -177,7 +177,7 @@ def test_tma_loads_give_the_same_bits(monkeypatch, kernels_env):
     cases.append([x, _transposed(gate), _transposed(up), _transposed(down), top_e, top_w])
     taken = []  # (kernel, its TMA constexpr) for every GEMM launch
     real_t, real_b = T.launch, B.launch
-    at = {"_gate_up_kernel": -4, "_down_kernel": -3, "_dh_kernel": -3, "_dweight_kernel": -1}
+    at = {"_gate_up_kernel": -5, "_down_kernel": -4, "_dh_kernel": -4, "_dweight_kernel": -2}  # before PDL
 
     def spy(real):
         def launch(fn, grid, ptrs, ints, consts, *a, **k):
@@ -615,6 +615,40 @@ def test_cuda_tma_loads_give_the_same_values(monkeypatch):
         _check(f"{name} with TMA", got, want, 1e-3)
     out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
     assert torch.equal(out, T.moe_grouped_experts(*args)), "a CUDA-graph replay must give the eager result"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_pdl_gives_the_same_bits(monkeypatch):
+    """PDL / BWD_PDL (every launch of the forward / backward with programmatic dependent launch, each waiting for the
+    one before before it reads): out, the saved tensors and every gradient bit for bit as without, eagerly and in a
+    CUDA graph of forward + backward replayed twice."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    args = _students("skewed")
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+
+    def run():
+        out, *saved = T.moe_grouped_experts(*args, save=True)
+        return (out, *saved[:3], *B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved))
+
+    want = run()
+    monkeypatch.setitem(T.CONFIG_OVERRIDE, "PDL", 1)
+    monkeypatch.setitem(B.CONFIG_OVERRIDE, "BWD_PDL", 1)
+    assert T.use_pdl(args[0].device)
+    names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
+    for name, got, ref in zip(names, run(), want, strict=True):
+        assert torch.equal(got, ref), f"{name} differs with PDL"
+    run()  # compiled before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed = run()
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for name, got, ref in zip(names, graphed, want, strict=True):
+            assert torch.equal(got, ref), f"{name} differs in a CUDA-graph replay with PDL"
 
 
 @pytest.mark.gpu

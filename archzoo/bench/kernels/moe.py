@@ -155,7 +155,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
                 row[f"bf16_peak_fraction_{mode}"] = f / (row[f"{mode}_ms"] / 1e3) / peak
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
         for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", "archzoo_grouped_count_gu_compiled",
-                     "archzoo_padded_count_compiled", "archzoo_fused_count_compiled", f"{dname}_compiled"):  # fmt: skip
+                     "archzoo_padded_count_compiled", "archzoo_fused_count_compiled", f"{dname}_compiled",
+                     "archzoo_fused_experts_cudagraphs", f"{dname}_cudagraphs"):  # fmt: skip
             if res.get(name, {}).get("status") == "ok":
                 try:  # a profiler failure is the row's note, not the end of the op's other rows
                     res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)

@@ -44,6 +44,7 @@ import triton.language as tl
 
 from .._dispatch import triton_interpreting
 from .._launch import launch
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv
 from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round
@@ -54,15 +55,19 @@ from .triton import _block_and_tile, _down_kernel, _rnd, _sum_kernel, _w_desc, _
 # (DWD_BLOCK_P of d_model x DWD_BLOCK_Q of d_ff), DWGU_* the gate / up gradients' (DWGU_BLOCK_P of d_ff x
 # DWGU_BLOCK_Q of d_model, two accumulators); SUM_BLOCK: elements a sum program takes (dx over K, dtop_w over the
 # tiles). BLOCK_M is the forward plan's. Untimed: the forward's tile shapes, not a tuning.
+# DH_TMA, DX_TMA, DW_TMA: the tile loads through tensor descriptors (triton.py's CUDA_CONFIG says why they are off:
+# dh 0.443 -> 0.460 ms backward, dx 0.460, the weight gradients 0.439, level, on an H100). DH_HW_ROUND: dh's
+# epilogue roundings by conversion (triton.py's HW_ROUND; 11,352 -> 7,051 SASS instructions, the same bits): level
+# (0.443 -> 0.446 ms), as dh runs one program an SM (250 registers) and its epilogue waits on g and u's loads. Off.
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
-                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0)  # fmt: skip
+                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
                         DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
-                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0)  # fmt: skip
+                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -73,10 +78,14 @@ def _dh_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
     KMAJOR: tl.constexpr, HW_ROUND: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """A (block, d_ff tile) of dhw, then the epilogue (module docstring). TMA: W_d's tiles through a tensor
     descriptor (``triton._w_desc``: W_d[e] is the (d_model, d_ff) operand, d_ff its N); dout's rows, gathered by
     token, stay pointer loads. HW_ROUND: the epilogue's roundings by conversion (``triton._rnd``)."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
@@ -135,8 +144,12 @@ def _dw_sum_kernel(
     dwp_ptr, out_ptr,
     A, N, T, s_on, s_ok,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """out[n, k] = the T tiles' partials of assignment a = k * N + n, summed in fp32 in tile order, rounded once."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # assignments: int32 (_checks.MAX_ROWS)
     mask = offs < A
     acc = tl.zeros([BLOCK], tl.float32)
@@ -155,12 +168,16 @@ def _dweight_kernel(
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, GATHER_A: tl.constexpr,
     GATHER_B: tl.constexpr, TWO: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """o[e] (P, Q) = sum over expert e's sorted rows r of A[r]^T B[r] (and o2[e] of A2[r]^T B[r] where TWO): A, A2
     rows (P columns) and B rows (Q columns) either by sorted row (R rows, every row of a used block written) or
     gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype. TMA: the operands
     by sorted row through tensor descriptors (the host checked their columns contiguous, ``_tma.tma_ok``); the
     gathered ones stay pointer loads."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     n_p = tl.cdiv(P, BLOCK_P)
     n_q = tl.cdiv(Q, BLOCK_Q)
     pid = tl.program_id(0)
@@ -248,6 +265,7 @@ def moe_grouped_experts_backward(
     dot_f32 = x.dtype == torch.float32 or x.device.type != "cuda"  # as the forward (triton.py)
     prec = "ieee" if dot_f32 else None
     plan = (slot_assignment, block_expert)
+    pdl = bool(cfg["BWD_PDL"]) and pdl_enabled(x.device)  # as the forward's PDL (triton.use_pdl)
 
     dg, du = torch.empty_like(g), torch.empty_like(u)  # (R, F) by sorted row
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
@@ -259,11 +277,10 @@ def moe_grouped_experts_backward(
     launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
            (N, D, F, A, E, *dout.stride(), *ds, *top_w.stride()),
            (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec, dh_tma, dh_kmajor,
-            bool(cfg["DH_HW_ROUND"]) and not triton_interpreting()), cfg["DH_WARPS"],
-           dev)  # fmt: skip
+            bool(cfg["DH_HW_ROUND"]) and not triton_interpreting(), pdl), cfg["DH_WARPS"], dev, pdl)  # fmt: skip
     dtop_w = torch.empty_like(top_w)
     launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),
-           (cfg["SUM_BLOCK"],), cfg["SUM_WARPS"], dev)  # fmt: skip
+           (cfg["SUM_BLOCK"], pdl), cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
 
     dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
     bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
@@ -275,14 +292,14 @@ def moe_grouped_experts_backward(
         ensure_allocator()
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
            (R, E, D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
-           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, dx_tma, kg, ku), cfg["DX_WARPS"],
-           dev)  # fmt: skip
+           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, dx_tma, kg, ku, pdl), cfg["DX_WARPS"],
+           dev, pdl)  # fmt: skip
     if K == 1:
         dx = dxa
     else:
         dx = torch.empty((N, D), device=x.device, dtype=x.dtype)
-        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"]),
-               cfg["SUM_WARPS"], dev)  # fmt: skip
+        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"], pdl),
+               cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
 
     # DW_TMA: the sorted operands (h for dW_d; dg, du for dW_g, dW_u) through tensor descriptors
     dw_tma = bool(cfg["DW_TMA"]) and tma_ok(h, F) and tma_ok(dg, F) and tma_ok(du, F)
@@ -293,15 +310,15 @@ def moe_grouped_experts_backward(
     launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
            (dout, dout, h, slot_assignment, expert_block, ddown_w, ddown_w),
            (N, D, F, R, *dout.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
-           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma), cfg["DWD_WARPS"],
-           dev)  # fmt: skip
+           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWD_WARPS"],
+           dev, pdl)  # fmt: skip
     dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
     bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
            (dg, du, x, slot_assignment, expert_block, dgate_w, dup_w),
            (N, F, D, R, F, 1, *x.stride(), *dgate_w.stride(), *dup_w.stride()),
-           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec, dw_tma), cfg["DWGU_WARPS"],
-           dev)  # fmt: skip
+           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWGU_WARPS"],
+           dev, pdl)  # fmt: skip
     return dx, dgate_w, dup_w, ddown_w, dtop_w
 
 

@@ -66,6 +66,7 @@ import triton.language as tl
 
 from .._dispatch import once, triton_interpreting
 from .._launch import launch
+from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
 from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
@@ -97,15 +98,30 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # contiguous. Off: timed on an H100 (twenty-third session, docs/results/kernels/moe_grouped_tune_h100_2026-12-07j.log)
 # it was level, 0.989x / 0.976x the default's saving / inference forward (not profiled: its loads, not its MMAs,
 # likely set the K loop's pace).
+# TMA / DOWN_TMA: gate|up's weight tiles / down's operands through tensor descriptors made on the device
+# (``_w_desc``, ``_tma.py``; backward.py's DH_TMA, DX_TMA, DW_TMA likewise). Built and timed in the twenty-fourth
+# session on an H100 (docs/results/kernels/moe_grouped_tune_h100_2026-12-07p.log, one process, CUDA graphs): every
+# switch lost or was level (gate|up alone 0.160 -> 0.172 ms saving forward, down alone 0.163, all five 0.175 forward
+# and 0.443 -> 0.475 backward; with larger tiles or more stages worse). Nsight Compute on the same lease
+# (docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt) had the GEMMs' issue slots 21-36% busy, tensor pipes
+# under 40%, 2-3 programs an SM: latency, not the loads' bandwidth; each program's descriptors (a 128-byte write and a
+# proxy fence each) cost more than the bulk copies saved. Off; kept with their tests for a persistent form.
+# HW_ROUND: the gate|up epilogue's roundings to x's dtype by the conversion instruction (cvt.rn, to nearest even)
+# rather than ``_round``'s integer ops, which the interpreter needs (its casts truncate): the same bits on a GPU
+# (test_cuda_hw_round_gives_the_same_bits), 6,647 -> 4,392 SASS instructions (tools/sm90_compile.py --op
+# moe_grouped); Nsight Compute had the ALU the busiest pipe of the gate|up (35.5%). On since the twenty-fourth
+# session: the saving forward 0.160 -> 0.150 ms, inference 0.144 -> 0.134 on an H100
+# (docs/results/kernels/moe_grouped_tune_h100_2026-12-07r.log). Never under the interpreter.
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
-                   DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=1024, COUNTS_TILE=4096, PLAN_WARPS=4,
-                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0)  # fmt: skip
+                   DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=512, COUNTS_TILE=4096, PLAN_WARPS=4,
+                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=1,
+                   PDL=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
                         SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0,
-                        SM_COUNT=3)  # fmt: skip
+                        PDL=0, SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -124,8 +140,12 @@ def _count_kernel(
     e_ptr, counts_ptr,
     N, A, E, s_en, s_ek,
     BLOCK_A: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """counts[c, e]: the assignments of chunk c (a in [c * BLOCK_A, (c + 1) * BLOCK_A)) on expert e."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     c = tl.program_id(0)
     offs_a = c * BLOCK_A + tl.arange(0, BLOCK_A)
     ea = tl.load(e_ptr + (offs_a % N) * s_en + (offs_a // N) * s_ek, mask=offs_a < A, other=-1)  # a = k * N + n
@@ -138,10 +158,14 @@ def _place_kernel(
     e_ptr, counts_ptr, slot_ptr, bexp_ptr, eblk_ptr,
     N, A, E, n_chunks, n_blocks, s_en, s_ek,
     BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program p: slot_assignment for chunk p's assignments, -1 on the padding rows among rows [p * BLOCK_A, ...),
     block_expert for the blocks starting there; program 0 also expert_block (each expert's first block, then the
     used blocks' count)."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     p = tl.program_id(0)
     offs_e = tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
@@ -365,7 +389,11 @@ def _gate_up_kernel(
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
     ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
     HW_ROUND: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
         _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, E, s_xn,
@@ -383,12 +411,16 @@ def _gate_up_persistent_kernel(
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
     FLATTEN: tl.constexpr, ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
     HW_ROUND: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """PERSISTENT: a fixed grid of programs walks the used blocks' (block, column tile) pairs, their count read from
     expert_block[E] on the device, consecutive tiles of a program a grid's width apart (one block's column tiles side
     by side in time, as in ``_gate_up_kernel``); FLATTEN lets Triton pipeline the K loop across the tile boundaries,
     so the next tile's first loads overlap this tile's epilogue (d_model 576 is nine K steps of 64: a tile's own
     pipeline barely fills). With SAVE, a second loop zeroes the unused blocks' tiles of h, g and u (of n_blocks)."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     n_cols = tl.cdiv(F, BLOCK_N)
     n_used = tl.load(eblk_ptr + E) * n_cols
     for tile in tl.range(tl.program_id(0), n_used, tl.num_programs(0), flatten=FLATTEN):
@@ -431,12 +463,16 @@ def _down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TWO: tl.constexpr,
     TMA: tl.constexpr, KMAJOR: tl.constexpr, KMAJOR2: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """y[a] (row a = slot_assignment of each sorted row) = the block's rows of h (R, F) against its expert's W_d
     (E, D, F, any strides) over d_ff, rounded once; with TWO also + h2's rows against W_d2 in the same fp32
     accumulator (the backward's dx = dg W_g + du W_u, ``backward.py``). TMA: every operand through a tensor
     descriptor (``_tma.py``; the host checked the layouts and EVEN_K), the weights' orientation KMAJOR / KMAJOR2
     (``_w_desc``)."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(D, BLOCK_N))
     if e >= 0:
         DT = y_ptr.dtype.element_ty
@@ -507,9 +543,13 @@ def _sum_kernel(
     y_ptr, out_ptr,
     ND,
     TOP_K: tl.constexpr, BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """out = the K choices' outputs y (K, N * D) summed in fp32 in choice order, rounded once (torch's sum over K of
     the reference; its strided reduction took 12 us at the students' shape on an H100, this about half)."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < ND
     acc = tl.zeros([BLOCK], tl.float32)
@@ -570,6 +610,13 @@ def weight_tma(w: torch.Tensor, s_e: int, s_n: int, s_k: int, n: int, k: int, bl
     return False, False
 
 
+def use_pdl(device: torch.device) -> bool:
+    """Whether the kernels launch with programmatic dependent launch (``PDL`` in CUDA_CONFIG, and ``_pdl``'s rule):
+    each lets the next launch start as its last programs begin, and reads nothing before the launch before it
+    ends (``gdc_wait`` first), so the launches of a forward (or backward) overlap their ends and starts."""
+    return bool(_config(device)["PDL"]) and pdl_enabled(device)
+
+
 def plan_sizes(N: int, K: int, E: int, device: torch.device) -> dict:
     """The plan's static sizes: ``rows`` R (sorted rows, padding included: N * K + E * (BLOCK_M - 1) rounded up to
     BLOCK_M), ``blocks`` R / BLOCK_M, ``block_a`` assignments (and rows) a plan program takes (PLAN_BLOCK, at least
@@ -601,11 +648,12 @@ def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tenso
     slot_assignment = torch.empty(s["place"] * s["block_a"], device=top_e.device, dtype=torch.int32)
     block_expert = torch.empty(s["blocks"], device=top_e.device, dtype=torch.int32)
     expert_block = torch.empty(n_experts + 1, device=top_e.device, dtype=torch.int32)
-    launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()), (s["block_a"],),
-           cfg["PLAN_WARPS"], dev)  # fmt: skip
+    pdl = use_pdl(top_e.device)
+    launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()),
+           (s["block_a"], pdl), cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
     launch(_place_kernel, (s["place"],), (top_e, counts, slot_assignment, block_expert, expert_block),
            (N, N * K, n_experts, s["chunks"], s["blocks"], *top_e.stride()),
-           (s["block_a"], s["block_e"], s["block_c"], cfg["BLOCK_M"]), cfg["PLAN_WARPS"], dev)  # fmt: skip
+           (s["block_a"], s["block_e"], s["block_c"], cfg["BLOCK_M"], pdl), cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
     return slot_assignment[: s["rows"]], block_expert, expert_block
 
 
@@ -624,6 +672,7 @@ def moe_grouped_experts(
     dev = x.get_device() if x.is_cuda else 0
     bm = cfg["BLOCK_M"]
     slot_assignment, block_expert, expert_block = plan(top_e, E)
+    pdl = use_pdl(x.device)
     R = slot_assignment.shape[0]
     # Triton's interpreter computes tl.dot of bf16 operands wrongly: there, and only there, operands go as fp32
     dot_f32 = x.dtype == torch.float32 or x.device.type != "cuda"
@@ -653,24 +702,24 @@ def moe_grouped_experts(
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
                (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h, gs, us),
                (N, D, F, E, R // bm, *strides),
-               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, *gu_flags), cfg["num_warps"],
-               dev)  # fmt: skip
+               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, *gu_flags, pdl),
+               cfg["num_warps"], dev, pdl)  # fmt: skip
     else:
         launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
-               (N, D, F, E, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, *gu_flags), cfg["num_warps"],
-               dev)  # fmt: skip
+               (N, D, F, E, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, *gu_flags, pdl),
+               cfg["num_warps"], dev, pdl)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, h, down_w, down_w, slot_assignment, block_expert, y),
            (R, E, D, F, *down_w.stride(), *down_w.stride()),
-           (bm, bn, bk, F % bk == 0, *common, False, tma_down, kd, kd), cfg["DOWN_WARPS"], dev)  # fmt: skip
+           (bm, bn, bk, F % bk == 0, *common, False, tma_down, kd, kd, pdl), cfg["DOWN_WARPS"], dev, pdl)  # fmt: skip
     if K == 1:
         out = y
     else:
         out = torch.empty((N, D), device=x.device, dtype=x.dtype)
-        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (y, out), (N * D,), (K, cfg["SUM_BLOCK"]),
-               cfg["PLAN_WARPS"], dev)  # fmt: skip
+        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (y, out), (N * D,), (K, cfg["SUM_BLOCK"], pdl),
+               cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
     return (out, h, gs, us, slot_assignment, block_expert, expert_block) if save else out
 
 
