@@ -58,7 +58,9 @@ from .triton import _block_and_tile, _down_kernel, _rnd, _sum_kernel, _w_desc, _
 # DH_TMA, DX_TMA, DW_TMA: the tile loads through tensor descriptors (triton.py's CUDA_CONFIG says why they are off:
 # dh 0.443 -> 0.460 ms backward, dx 0.460, the weight gradients 0.439, level, on an H100). DH_HW_ROUND: dh's
 # epilogue roundings by conversion (triton.py's HW_ROUND; 11,352 -> 7,051 SASS instructions, the same bits): level
-# (0.443 -> 0.446 ms), as dh runs one program an SM (250 registers) and its epilogue waits on g and u's loads. Off.
+# (0.443 -> 0.446 ms): dh runs one program an SM (250 registers; Nsight Compute: 12.5% occupancy, issue slots 36%
+# busy, docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt), so fewer instructions do not shorten it. Off.
+# BWD_PDL: the backward's launches with programmatic dependent launch (triton.py's PDL): level (0.445 -> 0.441 ms). Off.
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,

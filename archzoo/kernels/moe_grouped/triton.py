@@ -74,7 +74,9 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # BLOCK_M: rows of a block (one expert's), shared by the plan and both GEMMs. BLOCK_N x BLOCK_K: the gate-up
 # program's weight tiles (two fp32 accumulators BLOCK_M x BLOCK_N), with num_warps / num_stages; DOWN_BLOCK_N x
 # DOWN_BLOCK_K, DOWN_WARPS, DOWN_STAGES the down program's (d_model 576 = 9 tiles of 64). PLAN_BLOCK: assignments
-# (and sorted rows) a plan program takes, a power of 2 (4,096 tokens at top-2: 8 count programs, 9 place programs);
+# (and sorted rows) a plan program takes, a power of 2 (4,096 tokens at top-2: 16 count programs, 18 place programs;
+# 512 since the twenty-fourth session: 1,024 -> 512 / 256 / 128 took the forward 1% less on an H100, the place
+# launch 5.6 -> 4.3 us, docs/results/kernels/moe_grouped_tune_h100_2026-12-07s.log);
 # COUNTS_TILE: the (chunks x experts) tile of counts a place program sums at a time, at most this many elements;
 # PLAN_WARPS: the plan's and the sum's warps; SUM_BLOCK: output elements a sum program takes.
 # Timed on an H100 at the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16; CUDA
@@ -111,7 +113,13 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 # (test_cuda_hw_round_gives_the_same_bits), 6,647 -> 4,392 SASS instructions (tools/sm90_compile.py --op
 # moe_grouped); Nsight Compute had the ALU the busiest pipe of the gate|up (35.5%). On since the twenty-fourth
 # session: the saving forward 0.160 -> 0.150 ms, inference 0.144 -> 0.134 on an H100
-# (docs/results/kernels/moe_grouped_tune_h100_2026-12-07r.log). Never under the interpreter.
+# (docs/results/kernels/moe_grouped_tune_h100_2026-12-07r.log); Nsight Compute then had the tensor pipe the busiest
+# (36%; docs/results/kernels/moe_grouped_ncu_h100_2026-12-07u.txt). Never under the interpreter.
+# PDL: every launch of the forward with programmatic dependent launch (``use_pdl``; backward.py's BWD_PDL likewise):
+# each lets the next start as its own last programs begin and waits for the one before before it reads anything.
+# Timed on an H100 (twenty-fourth session, docs/results/kernels/moe_grouped_tune_h100_2026-12-07t.log): the saving
+# forward 0.147 -> 0.150 ms, inference 0.132 -> 0.137 (the multi-wave GEMMs gain nothing from an early launch; the
+# waiting programs hold their slots); the backward 0.445 -> 0.441, level. Off, both.
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=512, COUNTS_TILE=4096, PLAN_WARPS=4,
                    SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=1,
