@@ -265,9 +265,15 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
         out, *saved = mg.moe_grouped_experts(x, g, u, d, e, w, save=True)
     with mock.patch.object(mb, "_config", lambda dev: bcfg), record_launches(mb) as bwd:
         mb.moe_grouped_experts_backward(torch.randn(N, D, **bf), x, g, u, d, w, *saved)
+    from archzoo.kernels.moe_grouped import route as mr
+
+    with mock.patch.object(mg, "_config", lambda dev: cfg), mock.patch.object(mr, "INTERPRET_ROUTE", mr.CUDA_ROUTE), \
+            record_launches(mr) as routing:  # fmt: skip
+        mr.route_and_count(x, torch.randn(E, D, **bf), None, K, True)
     names = ("plan count", "plan place", "gate_up", "down", "sum")
     bwd_names = ("bwd dh", "bwd dtop_w sum", "bwd dx", "bwd dx sum", "bwd ddown_w", "bwd dgate_up_w")
-    named = [*zip(names, calls, strict=True), ("gate_up save", train[2]), *zip(bwd_names, bwd, strict=True)]
+    named = [*zip(names, calls, strict=True), ("gate_up save", train[2]), *zip(bwd_names, bwd, strict=True),
+             ("route and count", routing[0])]  # fmt: skip
     out = []
     for name, (fn, grid, a, kw) in named:
         if "DOT_F32" in kw:

@@ -26,6 +26,7 @@ from .kd_loss import kd_loss_rows
 from .linear_attention import linear_attention
 from .mamba_step import mamba_decode_step
 from .moe_grouped import moe_grouped_experts, naive_moe_grouped_experts
+from .moe_grouped.routing import moe_route
 from .moe_step import moe_decode_experts, moe_decode_step
 from .s4_step import s4d_decode_step
 from .selective_scan import selective_scan_fn
@@ -50,6 +51,7 @@ __all__ = [
     "moe_decode_experts",
     "moe_decode_step",
     "moe_grouped_experts",
+    "moe_route",
     "naive_moe_grouped_experts",
     "s4d_decode_step",
     "selective_scan_fn",

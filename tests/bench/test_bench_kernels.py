@@ -122,6 +122,8 @@ def test_la_based_moe_run_on_the_cpu_at_tiny_shapes(tmp_path, capsys):
     assert layer_fused["rel_err_vs_loop"] < 2e-2, layer_fused
     fused = rows["archzoo_fused_experts"]  # moe_grouped_experts (its naive form here: the CPU, no interpreter)
     assert fused["status"] == "ok" and fused["over_dense_fwd"] > 0, fused
+    routed = rows["archzoo_fused_routed"]  # with moe_route's routing (its reference here: no counts)
+    assert routed["status"] == "ok" and routed["over_dense_fwdbwd"] > 0, routed
     for title in ("## linear_attention normalize=False", "## linear_attention normalize=True", "## BASED", "## MoE"):
         assert title in text, title
     if not FLA:

@@ -542,8 +542,8 @@ def test_training_and_backward_ops_pass_opcheck(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     args = _inputs(5, 8, 8, 3, 2, torch.float32, device="cpu")
     leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
-    torch.library.opcheck(mg._train_op, leaves)
-    saved = mg._train_op(*args)[1:]
+    torch.library.opcheck(mg._train_op, (*leaves, None))
+    saved = mg._train_op(*args, None)[1:]
     torch.library.opcheck(mg._backward_op, (torch.randn(5, 8), *args[:4], args[5], *saved))
 
 

@@ -135,6 +135,7 @@ for job in $(cat $Q/jobs); do
             tests/kernels/test_linear_attention_chunk_parallel.py tests/kernels/test_linear_attention_triton.py \
             tests/kernels/test_decode_attention.py tests/kernels/test_decode_qkv_rope.py \
             tests/kernels/test_decode_linear.py tests/kernels/test_moe_step.py tests/kernels/test_moe_grouped.py \
+            tests/kernels/test_moe_route.py \
             tests/kernels/test_argmax.py tests/kernels/test_kernels_causal_conv1d.py \
             tests/kernels/test_decode_linear_conv.py tests/kernels/test_s4_step.py \
             tests/tools/test_persistent_step_bench.py tests/tools/test_persistent_batch.py >> $F 2>&1
@@ -387,6 +388,17 @@ for job in $(cat $Q/jobs); do
       wait $pids
       timeout 240 python3 tools/tune_moe_grouped.py --out $O/moe_grouped_tune.json > $O/moe_grouped_tune.log 2>&1
       log "moegroupedtune rc=$?"; pack ;;
+    moeroute)  # issue 19: moe_route (the routing and the plan's counts in one launch, built in the twenty-fourth
+      # session): its GPU tests, then archzoo bench kernels --ops moe, whose archzoo_fused_routed rows time it beside
+      # the fused experts row (the routing of three launches) and the dense SwiGLU, one process
+      [ -n "$bg" ] && wait $bg; bg=""
+      log "moeroute"; O=$S/docs/results/kernels/queue; mkdir -p $O
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests/kernels/test_moe_route.py \
+          tests/kernels/test_moe_grouped.py > $O/moe_route_gpu_tests.log 2>&1
+      log "moeroute gpu tests rc=$? $(tail -1 $O/moe_route_gpu_tests.log)"
+      timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops moe --out $O/moe_route.json \
+          > $O/moe_route.log 2>&1
+      log "kernels moe (routed) rc=$?"; pack ;;
     moetune)  # issue 19: moe_grouped_experts' switches swept by tools/tune_moe_grouped.py --groups <s> (moetune:tma,tma_tiles:
       # the GEMM tiles through tensor descriptors; moetune:hw_round: the epilogues' roundings by conversion): the GPU
       # tests of those switches, the groups beside the default (one process), then the op against the dense SwiGLU with
@@ -394,7 +406,7 @@ for job in $(cat $Q/jobs); do
       [ -n "$bg" ] && wait $bg; bg=""
       groups=$s; [ "$s" = "$job" ] && groups=tma,tma_tiles; tag=${groups//,/_}
       log "moetune $groups"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "tma or hw_round or pdl" tests/kernels/test_moe_grouped.py \
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "tma or hw_round or pdl or route" tests/kernels/test_moe_grouped.py tests/kernels/test_moe_route.py \
           > $O/moe_${tag}_gpu_tests.log 2>&1
       log "moetune gpu tests rc=$? $(tail -1 $O/moe_${tag}_gpu_tests.log)"
       for i in 0 1 2 3 4 5 6 7; do
@@ -523,7 +535,7 @@ for job in $(cat $Q/jobs); do
       timeout -s INT ${CORPUS_TIMEOUT:-900} python3 tools/prepare_corpus.py configs/distill/smollm2-mla.yaml \
           --pack $Q/corpus > $Q/corpus.log 2>&1
       log "corpus rc=$? $(ls $Q/corpus | tr '\n' ' ')" ;;
-    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, persistbatch, moetune:<groups>, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
+    *) log "unknown job $job (distill:<s>, spec:<s>, decode, decode64, kernels:<op>,<op>, trainprof:<s>,<s>, speed, corpus, mlafold, decodeab:<s>,<s>, long, mambastep, gputests, gridsync, persistmlp, persiststep, persistbatch, moetune:<groups>, moeroute, specbig:<s>, specprof:<s>, qkvab, attnsplit, passkey:<s>,<s>|all)" ;;
   esac
   echo "$job" >> $Q/done
 done

@@ -81,10 +81,16 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     # layer's eval-mode work: every assignment, where the train-mode rows above drop those over capacity.
     fused = _fused_experts(layer, x)
     impls["archzoo_fused_experts"] = fused
+    # The same with the routing and the plan's count in one launch (archzoo.kernels.moe_route), whose counts spare
+    # the plan its count launch
+    routed = _fused_experts(layer, x, routed=True)
+    impls["archzoo_fused_routed"] = routed
     leaves = [x, *layer.parameters(), *dense.parameters()]
     if torch.device(device).type == "cuda":
         graphed_fused = torch.compile(fused, mode="reduce-overhead", fullgraph=True)
         impls["archzoo_fused_experts_cudagraphs"] = _graph_step(graphed_fused, leaves)
+        graphed_routed = torch.compile(routed, mode="reduce-overhead", fullgraph=True)
+        impls["archzoo_fused_routed_cudagraphs"] = _graph_step(graphed_routed, leaves)
     if has_switch and torch.device(device).type == "cuda":
         # Every (DISPATCH, ROUTE, GATE_UP, grad mode) the rows below run is one more compiled entry of MoE.forward;
         # past dynamo's default 8 the rest failed with FailOnRecompileLimitHit (fullgraph=True; H100, 2026-12-06).
@@ -156,7 +162,8 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     if device == "cuda":  # where the compiled layers' device time goes, kernel by kernel
         for name in ("archzoo_grouped_compiled", "archzoo_grouped_count_compiled", "archzoo_grouped_count_gu_compiled",
                      "archzoo_padded_count_compiled", "archzoo_fused_count_compiled", f"{dname}_compiled",
-                     "archzoo_fused_experts_cudagraphs", f"{dname}_cudagraphs"):  # fmt: skip
+                     "archzoo_fused_experts_cudagraphs", "archzoo_fused_routed_cudagraphs",
+                     f"{dname}_cudagraphs"):  # fmt: skip
             if res.get(name, {}).get("status") == "ok":
                 try:  # a profiler failure is the row's note, not the end of the op's other rows
                     res[name]["kernels_fwdbwd"] = _kernel_profile(impls[name], dout, leaves)
@@ -185,17 +192,24 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     }
 
 
-def _fused_experts(layer, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+def _fused_experts(layer, x: torch.Tensor, routed: bool = False) -> Callable[[], torch.Tensor]:
     """x -> the layer's routing (router, softmax, top-k, renormalisation, as MoE.forward) and its routed experts through
-    ``moe_grouped_experts`` (shared experts, if any, added as the layer adds them)."""
-    from ...kernels import moe_grouped_experts
+    ``moe_grouped_experts`` (shared experts, if any, added as the layer adds them). ``routed``: the routing through
+    ``moe_route`` (one launch, with the plan's counts)."""
+    from ...kernels import moe_grouped_experts, moe_route
     from ...kernels.moe_step import route
 
     def call() -> torch.Tensor:
-        logits = layer.router(x).float()
-        _, top_p, top_e = route(logits, layer.top_k, layer.norm_topk_prob, layer.top_k <= 4)
+        counts = None
+        if routed:
+            top_w, top_e, counts = moe_route(x, layer.router.weight, layer.router.bias, layer.top_k,
+                                             layer.norm_topk_prob)  # fmt: skip
+        else:
+            logits = layer.router(x).float()
+            _, top_p, top_e = route(logits, layer.top_k, layer.norm_topk_prob, layer.top_k <= 4)
+            top_w = top_p.to(x.dtype)
         out = moe_grouped_experts(x, layer.gate_proj.weight, layer.up_proj.weight, layer.down_proj.weight, top_e,
-                                  top_p.to(x.dtype))  # fmt: skip
+                                  top_w, counts=counts)  # fmt: skip
         for shared in layer.shared_experts:
             out = out + shared(x)
         return out

@@ -53,22 +53,24 @@ def _kernels_run(x: Tensor, empty: bool, *tensors) -> bool:
     return why is None
 
 
-def _run(x, gate_w, up_w, down_w, top_e, top_w):
+def _run(x, gate_w, up_w, down_w, top_e, top_w, counts=None):
     N, _, _, _, K = check_grouped(x, gate_w, up_w, down_w, top_e, top_w)
     if _kernels_run(x, N * K == 0, gate_w, up_w, down_w, top_e, top_w):
         from .triton import moe_grouped_experts as fn
 
-        return fn(x, gate_w, up_w, down_w, top_e, top_w)
+        return fn(x, gate_w, up_w, down_w, top_e, top_w, counts=counts)
     return naive_moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w)
 
 
 @torch.library.custom_op("archzoo::moe_grouped_experts", mutates_args=())
-def _grouped_op(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor) -> Tensor:
-    return _run(x, gate_w, up_w, down_w, top_e, top_w)  # a new tensor in every path
+def _grouped_op(
+    x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor, counts: Tensor | None
+) -> Tensor:
+    return _run(x, gate_w, up_w, down_w, top_e, top_w, counts)  # a new tensor in every path
 
 
 @_grouped_op.register_fake
-def _(x, gate_w, up_w, down_w, top_e, top_w):
+def _(x, gate_w, up_w, down_w, top_e, top_w, counts):
     N, D, _, _, _ = check_grouped(x, gate_w, up_w, down_w, top_e, top_w)  # bad shapes fail at trace time
     return x.new_empty((N, D))
 
@@ -79,18 +81,20 @@ _Saved = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 @torch.library.custom_op("archzoo::moe_grouped_experts_train", mutates_args=())
-def _train_op(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor) -> _Saved:
+def _train_op(
+    x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor, counts: Tensor | None
+) -> _Saved:
     N, _, _, _, K = check_grouped(x, gate_w, up_w, down_w, top_e, top_w)
     if not _kernels_run(x, N * K == 0, gate_w, up_w, down_w, top_e, top_w):  # moe_grouped_experts never asks
         raise ValueError("archzoo::moe_grouped_experts_train runs the Triton kernels only; where they do not run, "
                          "moe_grouped_experts differentiates the reference")  # fmt: skip
     from .triton import moe_grouped_experts as fn
 
-    return fn(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+    return fn(x, gate_w, up_w, down_w, top_e, top_w, save=True, counts=counts)
 
 
 @_train_op.register_fake
-def _(x, gate_w, up_w, down_w, top_e, top_w):
+def _(x, gate_w, up_w, down_w, top_e, top_w, counts):
     N, D, E, F, K = check_grouped(x, gate_w, up_w, down_w, top_e, top_w)
     from .triton import plan_sizes
 
@@ -104,17 +108,17 @@ def _setup_context(ctx, inputs, output) -> None:
     _, *saved = output
     ctx.mark_non_differentiable(*saved)
     ctx.set_materialize_grads(False)  # the saved outputs take no gradient: no zero tensors made for them
-    ctx.save_for_backward(*inputs, *saved)
+    ctx.save_for_backward(*inputs[:6], *saved)  # not the plan's counts (the saved plan holds what they gave)
 
 
 def _backward(ctx, dout, *_):
     if dout is None:
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     x, gate_w, up_w, down_w, top_e, top_w, *saved = ctx.saved_tensors
     grads = _backward_op(dout, x, gate_w, up_w, down_w, top_w, *saved)
     need = ctx.needs_input_grad
     dx, dgate, dup, ddown, dtop_w = (gr if need[i] else None for i, gr in zip((0, 1, 2, 3, 5), grads, strict=True))
-    return dx, dgate, dup, ddown, None, dtop_w
+    return dx, dgate, dup, ddown, None, dtop_w, None
 
 
 _train_op.register_autograd(_backward, setup_context=_setup_context)
@@ -142,7 +146,7 @@ def _grad_needed(*tensors: Tensor) -> bool:
 
 
 def moe_grouped_experts(
-    x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor
+    x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, top_e: Tensor, top_w: Tensor, counts: Tensor | None = None
 ) -> Tensor:
     """The routed experts of any number of tokens (module docstring). x (N, D), any strides; gate_w, up_w (E, F, D)
     and down_w (E, D, F), the MoE layer's stacked expert weights in x's dtype; top_e (N, K) int32 / int64, each
@@ -151,17 +155,18 @@ def moe_grouped_experts(
     gradient). Returns (N, D) in x's dtype, sums in fp32 with ``naive_moe_decode_experts``' roundings between the
     projections. No host synchronisation, forward or backward (a CUDA graph can capture both); traceable by
     ``torch.compile``; differentiable in x, the three weights and top_w (not twice). ValueError on bad shapes,
-    naming the argument."""
+    naming the argument. ``counts``: the plan's per-chunk expert counts that ``moe_route`` returned with these
+    top_e (its third output), which spare the plan its count launch; ignored where the reference runs."""
     args = (x, gate_w, up_w, down_w, top_e, top_w)
     if _grad_needed(x, gate_w, up_w, down_w, top_w):
         N, _, _, _, K = check_grouped(*args)
         if _why_naive(x, N * K == 0, gate_w, up_w, down_w, top_e, top_w) is None:
-            return _train_op(*args)[0]  # the kernels' forward, saving what their backward needs
+            return _train_op(*args, counts)[0]  # the kernels' forward, saving what their backward needs
         if torch.compiler.is_compiling():
             return naive_moe_grouped_experts(*args)  # traced as PyTorch ops, which autograd differentiates
     elif torch.compiler.is_compiling():
-        return _grouped_op(*args)
-    return _run(*args)  # eagerly: the kernels saving nothing, or the reference (its gradient by autograd)
+        return _grouped_op(*args, counts)
+    return _run(*args, counts)  # eagerly: the kernels saving nothing, or the reference (its gradient by autograd)
 
 
 __all__ = ["BACKWARD_OP", "OP", "moe_grouped_experts", "naive_moe_grouped_experts"]

@@ -123,13 +123,13 @@ from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even,
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=512, COUNTS_TILE=4096, PLAN_WARPS=4,
                    SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=1,
-                   PDL=0)  # fmt: skip
+                   PDL=0, ROUTE_BLOCK=64)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
                         SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0,
-                        PDL=0, SM_COUNT=3)  # fmt: skip
+                        PDL=0, ROUTE_BLOCK=4, SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
 
@@ -166,11 +166,11 @@ def _place_kernel(
     e_ptr, counts_ptr, slot_ptr, bexp_ptr, eblk_ptr,
     N, A, E, n_chunks, n_blocks, s_en, s_ek,
     BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-    PDL: tl.constexpr,
+    RATIO: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Program p: slot_assignment for chunk p's assignments, -1 on the padding rows among rows [p * BLOCK_A, ...),
     block_expert for the blocks starting there; program 0 also expert_block (each expert's first block, then the
-    used blocks' count)."""
+    used blocks' count). counts has RATIO rows a chunk (the routing launch counts finer chunks, ``route.py``)."""
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
@@ -184,7 +184,7 @@ def _place_kernel(
         t = tl.load(counts_ptr + offs_c[:, None] * E + offs_e[None, :], mask=(offs_c < n_chunks)[:, None] & mask_e,
                     other=0)  # fmt: skip
         load += tl.sum(t, axis=0)
-        before += tl.sum(tl.where(offs_c[:, None] < p, t, 0), axis=0)
+        before += tl.sum(tl.where(offs_c[:, None] < p * RATIO, t, 0), axis=0)
     padded = (load + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # each expert's rows: a whole number of blocks
     start = tl.cumsum(padded, axis=0) - padded  # (BLOCK_E,) where its segment starts
 
@@ -629,7 +629,9 @@ def plan_sizes(N: int, K: int, E: int, device: torch.device) -> dict:
     """The plan's static sizes: ``rows`` R (sorted rows, padding included: N * K + E * (BLOCK_M - 1) rounded up to
     BLOCK_M), ``blocks`` R / BLOCK_M, ``block_a`` assignments (and rows) a plan program takes (PLAN_BLOCK, at least
     BLOCK_M), ``chunks`` (count programs), ``place`` (place programs: they cover R rows), ``block_e`` and
-    ``block_c`` (the tile of counts a place program sums at a time: at most COUNTS_TILE elements, or 2 chunks)."""
+    ``block_c`` (the tile of counts a place program sums at a time: at most COUNTS_TILE elements, or 2 chunks);
+    ``route_block`` (ROUTE_BLOCK, at most block_a: assignments a routing program takes, ``route.py``),
+    ``route_chunks`` (its programs, each a row of counts) and ``block_c_route`` (block_c for those rows)."""
     cfg = _config(device)
     bm = cfg["BLOCK_M"]
     block_a = max(bm, cfg["PLAN_BLOCK"])
@@ -639,47 +641,67 @@ def plan_sizes(N: int, K: int, E: int, device: torch.device) -> dict:
     A = N * K
     rows = cdiv(A + E * (bm - 1), bm) * bm
     chunks = cdiv(A, block_a)
-    block_c = min(max(2, next_pow2(chunks)), max(2, prev_pow2(max(1, cfg["COUNTS_TILE"] // block_e))))
+    tile = max(2, prev_pow2(max(1, cfg["COUNTS_TILE"] // block_e)))
+    block_c = min(max(2, next_pow2(chunks)), tile)
+    route_block = min(block_a, cfg["ROUTE_BLOCK"])
+    if route_block & (route_block - 1):
+        raise ValueError(f"moe_grouped: ROUTE_BLOCK {route_block} must be a power of 2")
+    route_chunks = cdiv(A, route_block)
     return dict(rows=rows, blocks=rows // bm, block_a=block_a, chunks=chunks, place=cdiv(rows, block_a),
-                block_e=block_e, block_c=block_c)  # fmt: skip
+                block_e=block_e, block_c=block_c, route_block=route_block, route_chunks=route_chunks,
+                block_c_route=min(max(2, next_pow2(route_chunks)), tile))  # fmt: skip
 
 
-def plan(top_e: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def plan(
+    top_e: torch.Tensor, n_experts: int, counts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """top_e (N, K) int32 / int64 -> (slot_assignment (R,) int32, block_expert (R / BLOCK_M,) int32, expert_block
     (E + 1,) int32): the two plan launches (module docstring). Assignment a = k * N + n; -1 on padding rows and
-    unused blocks; expert e's blocks are expert_block[e] .. expert_block[e + 1] - 1 (none for an idle expert)."""
+    unused blocks; expert e's blocks are expert_block[e] .. expert_block[e + 1] - 1 (none for an idle expert).
+    ``counts``: the count launch's output made elsewhere (``route.route_and_count``, for these top_e and this
+    configuration's chunks): only the place launch runs."""
     N, K = top_e.shape
     cfg = _config(top_e.device)
     s = plan_sizes(N, K, n_experts, top_e.device)
     dev = top_e.get_device() if top_e.is_cuda else 0
-    counts = torch.empty((s["chunks"], n_experts), device=top_e.device, dtype=torch.int32)
+    given = counts is not None
+    ratio = s["block_a"] // s["route_block"] if given else 1  # count rows a chunk
+    rows = s["route_chunks"] if given else s["chunks"]
+    if given and tuple(counts.shape) != (rows, n_experts):
+        raise ValueError(f"counts: shape {tuple(counts.shape)}, where the routing launch's chunks x experts are "
+                         f"{(rows, n_experts)}")  # fmt: skip
+    if not given:
+        counts = torch.empty((s["chunks"], n_experts), device=top_e.device, dtype=torch.int32)
     slot_assignment = torch.empty(s["place"] * s["block_a"], device=top_e.device, dtype=torch.int32)
     block_expert = torch.empty(s["blocks"], device=top_e.device, dtype=torch.int32)
     expert_block = torch.empty(n_experts + 1, device=top_e.device, dtype=torch.int32)
     pdl = use_pdl(top_e.device)
-    launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()),
-           (s["block_a"], pdl), cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
+    if not given:
+        launch(_count_kernel, (s["chunks"],), (top_e, counts), (N, N * K, n_experts, *top_e.stride()),
+               (s["block_a"], pdl), cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
     launch(_place_kernel, (s["place"],), (top_e, counts, slot_assignment, block_expert, expert_block),
-           (N, N * K, n_experts, s["chunks"], s["blocks"], *top_e.stride()),
-           (s["block_a"], s["block_e"], s["block_c"], cfg["BLOCK_M"], pdl), cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
+           (N, N * K, n_experts, rows, s["blocks"], *top_e.stride()),
+           (s["block_a"], s["block_e"], s["block_c_route"] if given else s["block_c"], cfg["BLOCK_M"], ratio, pdl),
+           cfg["PLAN_WARPS"], dev, pdl)  # fmt: skip
     return slot_assignment[: s["rows"]], block_expert, expert_block
 
 
 def moe_grouped_experts(
     x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor, top_e: torch.Tensor,
-    top_w: torch.Tensor, save: bool = False,
+    top_w: torch.Tensor, save: bool = False, counts: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:  # fmt: skip
     """The plan, the two GEMMs and the sum over the choices (the dispatcher checked the arguments; N * K >= 1,
     fp16 / bf16 / fp32) -> out (N, D). ``save`` (a forward that the backward follows): -> (out, h, g, u,
     slot_assignment, block_expert, expert_block), h (R, F) the routed h x w that down took, g and u (R, F) gate and
-    up rounded to x's dtype, by sorted row (padding rows 0), and the plan (``backward.py``)."""
+    up rounded to x's dtype, by sorted row (padding rows 0), and the plan (``backward.py``). ``counts``: the plan's
+    counts from ``route.route_and_count`` (``plan``)."""
     N, D = x.shape
     E, F, _ = gate_w.shape
     K = top_e.shape[1]
     cfg = _config(x.device)
     dev = x.get_device() if x.is_cuda else 0
     bm = cfg["BLOCK_M"]
-    slot_assignment, block_expert, expert_block = plan(top_e, E)
+    slot_assignment, block_expert, expert_block = plan(top_e, E, counts)
     pdl = use_pdl(x.device)
     R = slot_assignment.shape[0]
     # Triton's interpreter computes tl.dot of bf16 operands wrongly: there, and only there, operands go as fp32

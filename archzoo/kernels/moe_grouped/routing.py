@@ -1,0 +1,127 @@
+"""``moe_route``: the MoE layer's routing of many tokens (``MoE.forward``'s router, softmax, top-k by max passes and
+renormalisation) in one Triton launch that also counts the grouped plan's chunks (``route.py`` says why), with its
+gradient in PyTorch.
+
+Custom op ``archzoo::moe_route`` (so ``torch.compile`` traces it whole and a CUDA graph captures it); its autograd
+formula recomputes the logits (one small product) and differentiates the routing the reference's way
+(``_route_backward``): the renormalised weights' gradient into the chosen probabilities, the softmax's backward into
+the logits, rounded to x's dtype as ``F.linear``'s output gradient, then the router's product. Where the kernel does
+not run (float64, no assignments, tensors the Triton path does not take) the reference runs, PyTorch that autograd
+differentiates, and the counts are None.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._dispatch import record, use_triton
+from ..moe_step.naive import naive_moe_route
+
+OP = "moe_route"
+Tensor = torch.Tensor
+
+
+def _check(x: Tensor, router_w: Tensor, router_b: Tensor | None, top_k: int) -> tuple[int, int, int]:
+    """-> (N, D, E); ValueError naming the argument that does not fit."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x.shape)}")
+    N, D = x.shape
+    if router_w.dim() != 2 or router_w.shape[1] != D:
+        raise ValueError(f"router_w must be (n_experts, d_model={D}), got shape {tuple(router_w.shape)}")
+    E = router_w.shape[0]
+    if router_b is not None and tuple(router_b.shape) != (E,):
+        raise ValueError(f"router_b must be ({E},), got shape {tuple(router_b.shape)}")
+    if not 1 <= top_k <= E:
+        raise ValueError(f"top_k must be in 1..{E} (the experts), got {top_k}")
+    if router_w.dtype != x.dtype or (router_b is not None and router_b.dtype != x.dtype):
+        raise ValueError(f"router_w / router_b must have x's dtype {x.dtype}")
+    return N, D, E
+
+
+def reference_route(
+    x: Tensor, router_w: Tensor, router_b: Tensor | None, top_k: int, norm_topk_prob: bool
+) -> tuple[Tensor, Tensor]:
+    """The reference: ``moe_step.naive_moe_route`` (``MoE.forward``'s sequence: logits in x's dtype widened to fp32,
+    or fp64 for fp64 x; softmax; top-k by max passes; renormalised) -> (top_w (N, K) in x's dtype, as the layer
+    hands them to its experts, top_e (N, K) int32)."""
+    top_p, top_e = naive_moe_route(x, router_w, router_b, top_k, norm_topk_prob)
+    return top_p.to(x.dtype), top_e.to(torch.int32)
+
+
+def _route_backward(
+    x: Tensor, router_w: Tensor, router_b: Tensor | None, top_e: Tensor, dtop_w: Tensor, norm: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(dx, drouter_w, drouter_b) from the chosen weights' gradient dtop_w (N, K), as autograd differentiates
+    ``reference_route``: fp32 from the weights back to the logits, then x's dtype through the router's product."""
+    logits = F.linear(x, router_w, router_b).float()
+    probs = logits.softmax(dim=-1)  # (N, E)
+    idx = top_e.long()
+    chosen = probs.gather(-1, idx)  # (N, K)
+    g = dtop_w.float()
+    if norm:  # w_j = p_j / T, T = sum_i p_i: dp_j = g_j / T - sum_i g_i p_i / T^2
+        total = chosen.sum(dim=-1, keepdim=True)
+        g = g / total - (g * chosen).sum(dim=-1, keepdim=True) / (total * total)
+    dprobs = torch.zeros_like(probs).scatter_add_(-1, idx, g)
+    dlogits = (probs * (dprobs - (dprobs * probs).sum(dim=-1, keepdim=True))).to(x.dtype)
+    db = dlogits.sum(dim=0) if router_b is not None else None
+    return dlogits @ router_w, dlogits.t() @ x, db
+
+
+@torch.library.custom_op("archzoo::moe_route", mutates_args=())
+def _route_op(
+    x: Tensor, router_w: Tensor, router_b: Tensor | None, top_k: int, norm_topk_prob: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .route import route_and_count
+
+    return route_and_count(x, router_w, router_b, top_k, norm_topk_prob)
+
+
+@_route_op.register_fake
+def _(x, router_w, router_b, top_k, norm_topk_prob):
+    from .triton import plan_sizes
+
+    N, _, E = _check(x, router_w, router_b, top_k)
+    chunks = plan_sizes(N, top_k, E, x.device)["route_chunks"]
+    i32 = dict(device=x.device, dtype=torch.int32)
+    return x.new_empty((N, top_k)), torch.empty((N, top_k), **i32), torch.empty((chunks, E), **i32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, router_w, router_b, _, norm = inputs
+    _, top_e, counts = output
+    ctx.mark_non_differentiable(top_e, counts)
+    ctx.set_materialize_grads(False)
+    ctx.norm = norm
+    ctx.save_for_backward(x, router_w, router_b, top_e)
+
+
+def _backward(ctx, dtop_w, *_):
+    if dtop_w is None:
+        return None, None, None, None, None
+    x, router_w, router_b, top_e = ctx.saved_tensors
+    dx, dw, db = _route_backward(x, router_w, router_b, top_e, dtop_w, ctx.norm)
+    need = ctx.needs_input_grad
+    return dx if need[0] else None, dw if need[1] else None, db if need[2] else None, None, None
+
+
+_route_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def moe_route(
+    x: Tensor, router_w: Tensor, router_b: Tensor | None, top_k: int, norm_topk_prob: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """x (N, D); router_w (E, D), router_b (E,) or None, in x's dtype -> (top_w (N, K) in x's dtype, top_e (N, K)
+    int32, counts): each token's K experts and their weights as ``MoE.forward`` routes (module docstring), and the
+    grouped plan's per-chunk expert counts for ``moe_grouped_experts(..., counts=counts)`` (None where the reference
+    ran). Differentiable in x, router_w and router_b through top_w. ``last_backend("moe_route")`` says which ran.
+    ValueError on bad shapes, naming the argument."""
+    N, _, _ = _check(x, router_w, router_b, top_k)
+    if use_triton(x, router_w, router_b) and x.dtype != torch.float64 and N > 0:
+        record(OP, "triton")
+        return _route_op(x, router_w, router_b, top_k, bool(norm_topk_prob))
+    record(OP, "naive")
+    return (*reference_route(x, router_w, router_b, top_k, norm_topk_prob), None)
+
+
+__all__ = ["OP", "moe_route", "reference_route"]
