@@ -236,7 +236,7 @@ def test_config_env_is_checked(kernels_env):
     ValueError that names the variable and what is wrong."""
     assert T.config_from_env(None) == {} and T.config_from_env(" ") == {}
     assert T.config_from_env('{"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}') == {"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}
-    bad = [('{"TMX": 1}', "unknown settings ['TMX']"), ("[1]", "JSON object"), ('{"TMA": true}', "integers"),
+    bad = [('{"TMX": 1}', "unknown keys ['TMX']"), ("[1]", "JSON object"), ('{"TMA": true}', "integers"),
            ("TMA=1", "JSON object"), ('{"TMA": -1}', "integers")]  # fmt: skip
     for text, said in bad:
         with pytest.raises(ValueError, match=T.CONFIG_ENV) as e:

@@ -45,13 +45,13 @@ program's whole chunk where the accumulator fits ``MAX_TILE`` elements, so a pro
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .._config_env import json_settings
 from .._fixup import counters
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
@@ -145,18 +145,7 @@ CONFIG_ENV = "ARCHZOO_DECODE_LINEAR_CONFIG"
 
 def config_from_env(text: str | None) -> dict:
     """CONFIG_ENV's value -> the override it asks for ({} when unset or empty); ValueError naming what is wrong."""
-    if not text or not text.strip():
-        return {}
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object of decode GEMV settings; {text!r}: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object, e.g. '{{\"BLOCK_N\": 32}}'; got {text!r}")
-    known = set(CUDA_CONFIG) | {"SPLIT_K"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"{CONFIG_ENV}: unknown keys {unknown}; the keys are {sorted(known)}")
+    cfg = json_settings(text, CONFIG_ENV, "decode GEMV settings", set(CUDA_CONFIG) | {"SPLIT_K"})
     bad = {k: v for k, v in cfg.items() if not (v is None or isinstance(v, (bool, int, float)))}
     if bad:
         raise ValueError(f"{CONFIG_ENV}: values must be numbers, booleans or null; got {bad}")

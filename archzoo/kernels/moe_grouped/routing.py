@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._dispatch import record, use_triton
+from ..moe_step._checks import check_router
 from ..moe_step.naive import naive_moe_route
 
 OP = "moe_route"
@@ -24,14 +25,7 @@ Tensor = torch.Tensor
 
 def _check(x: Tensor, router_w: Tensor, router_b: Tensor | None, top_k: int) -> tuple[int, int, int]:
     """-> (N, D, E); ValueError naming the argument that does not fit."""
-    if x.dim() != 2:
-        raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x.shape)}")
-    N, D = x.shape
-    if router_w.dim() != 2 or router_w.shape[1] != D:
-        raise ValueError(f"router_w must be (n_experts, d_model={D}), got shape {tuple(router_w.shape)}")
-    E = router_w.shape[0]
-    if router_b is not None and tuple(router_b.shape) != (E,):
-        raise ValueError(f"router_b must be ({E},), got shape {tuple(router_b.shape)}")
+    N, D, E = check_router(x, router_w, router_b)
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k must be in 1..{E} (the experts), got {top_k}")
     if router_w.dtype != x.dtype or (router_b is not None and router_b.dtype != x.dtype):

@@ -57,19 +57,20 @@ so the output, are undefined.
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .._config_env import json_settings
 from .._dispatch import once, triton_interpreting
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
 from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
+from ._backward_config import CUDA_CONFIG as BACKWARD_CONFIG
 
 # BLOCK_M: rows of a block (one expert's), shared by the plan and both GEMMs. BLOCK_N x BLOCK_K: the gate-up
 # program's weight tiles (two fp32 accumulators BLOCK_M x BLOCK_N), with num_warps / num_stages; DOWN_BLOCK_N x
@@ -229,56 +230,36 @@ def _block_and_tile(bexp_ptr, n_cols):
 
 @triton.jit
 def _gate_up_two_dots(
-    x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud,
+    x_rows, g_cols, u_cols, g_ptr, u_ptr, valid, mask_n, e, n0, E, D, F, s_xd, s_gf, s_gd, s_uf, s_ud,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
+    KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
 ):  # fmt: skip
-    """The gate and up accumulators (BLOCK_M, BLOCK_N) each, fp32: two tl.dot a K step on x's gathered rows."""
+    """The gate and up accumulators (BLOCK_M, BLOCK_N) each, fp32: two tl.dot a K step on x's gathered rows. TMA:
+    the weight tiles through tensor descriptors (``_w_desc``, zeros past d_model); x's rows, gathered by token, stay
+    pointer loads (sm_90's bulk tensor copy has no row gather)."""
+    if TMA:
+        g_desc = _w_desc(g_ptr, E, F, D, s_gf, s_gd, BLOCK_N, BLOCK_K, KMAJOR_G)
+        u_desc = _w_desc(u_ptr, E, F, D, s_uf, s_ud, BLOCK_N, BLOCK_K, KMAJOR_U)
     offs_k = tl.arange(0, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_k
+        mask_k = kk < D
         if EVEN_K:
             xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+        else:
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
+        if TMA:
+            gt = _w_tile(g_desc, e, n0, k0, F, D, KMAJOR_G)  # (BLOCK_K, BLOCK_N)
+            ut = _w_tile(u_desc, e, n0, k0, F, D, KMAJOR_U)
+        elif EVEN_K:
             gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
             ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_n[None, :], other=0.0)
         else:
-            mask_k = kk < D
-            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
             gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if DOT_F32:
-            xt = xt.to(tl.float32)
-            gt = gt.to(tl.float32)
-            ut = ut.to(tl.float32)
-        acc_g = tl.dot(xt, gt, acc_g, input_precision=DOT_PRECISION)
-        acc_u = tl.dot(xt, ut, acc_u, input_precision=DOT_PRECISION)
-    return acc_g, acc_u
-
-
-@triton.jit
-def _gate_up_tma(
-    x_rows, g_ptr, u_ptr, valid, e, n0, E, D, F, s_xd, s_gf, s_gd, s_uf, s_ud,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, KMAJOR_G: tl.constexpr,
-    KMAJOR_U: tl.constexpr,
-):  # fmt: skip
-    """``_gate_up_two_dots`` with the weight tiles read through tensor descriptors (``_w_desc``); x's rows, gathered
-    by token, stay pointer loads (sm_90's bulk tensor copy has no row gather)."""
-    g_desc = _w_desc(g_ptr, E, F, D, s_gf, s_gd, BLOCK_N, BLOCK_K, KMAJOR_G)
-    u_desc = _w_desc(u_ptr, E, F, D, s_uf, s_ud, BLOCK_N, BLOCK_K, KMAJOR_U)
-    offs_k = tl.arange(0, BLOCK_K)
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
-        kk = k0 + offs_k
-        if EVEN_K:
-            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
-        else:
-            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & (kk < D)[None, :], other=0.0)
-        gt = _w_tile(g_desc, e, n0, k0, F, D, KMAJOR_G)  # (BLOCK_K, BLOCK_N); zeros past d_model
-        ut = _w_tile(u_desc, e, n0, k0, F, D, KMAJOR_U)
         if DOT_F32:
             xt = xt.to(tl.float32)
             gt = gt.to(tl.float32)
@@ -332,7 +313,7 @@ def _gate_up_tile(
     and up tiles loaded as one (BLOCK_K, 2 BLOCK_N) operand (its columns' pointers from either weight; both with
     d_model contiguous, s_gd == s_ud == 1, so the loads stay vectorised along K) and multiplied by one tl.dot, so x's
     tile is read once a K step and the MMA is twice as wide. TMA (not with ONE_DOT): the weight tiles through tensor
-    descriptors (``_gate_up_tma``)."""
+    descriptors (``_gate_up_two_dots``)."""
     DT = h_ptr.dtype.element_ty
     offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
@@ -349,13 +330,10 @@ def _gate_up_tile(
         acc_g, acc_u = _gate_up_one_dot(x_rows, g_ptr, u_ptr, valid, pid_n, e64, D, F, s_xd, s_ge, s_gf, s_ue,
                                         s_uf, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32,
                                         DOT_PRECISION)  # fmt: skip
-    elif TMA:
-        acc_g, acc_u = _gate_up_tma(x_rows, g_ptr, u_ptr, valid, e, pid_n * BLOCK_N, E, D, F, s_xd, s_gf, s_gd, s_uf,
-                                    s_ud, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32, DOT_PRECISION,
-                                    KMAJOR_G, KMAJOR_U)  # fmt: skip
     else:
-        acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud, BLOCK_M, BLOCK_N,
-                                         BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32, DOT_PRECISION)  # fmt: skip
+        acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, g_ptr, u_ptr, valid, mask_n, e, pid_n * BLOCK_N, E, D,
+                                         F, s_xd, s_gf, s_gd, s_uf, s_ud, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                                         NUM_STAGES, DOT_F32, DOT_PRECISION, TMA, KMAJOR_G, KMAJOR_U)  # fmt: skip
     rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
     w_raw = tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_M,)
     if HW_ROUND:  # the same roundings by the hardware's conversion to x's dtype (cvt.rn: to nearest even)
@@ -575,19 +553,7 @@ CONFIG_ENV = "ARCHZOO_MOE_GROUPED_CONFIG"
 
 def config_from_env(text: str | None) -> dict:
     """CONFIG_ENV's value -> its settings ({} when unset or empty); ValueError naming what is wrong."""
-    if not text or not text.strip():
-        return {}
-    from .backward import CUDA_CONFIG as BACKWARD_CONFIG
-
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object like '{{\"TMA\": 1}}'; {e}") from None
-    known = set(CUDA_CONFIG) | set(BACKWARD_CONFIG)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{CONFIG_ENV} must be a JSON object of settings; got {text!r}")
-    if set(cfg) - known:
-        raise ValueError(f"{CONFIG_ENV}: unknown settings {sorted(set(cfg) - known)}; known: {sorted(known)}")
+    cfg = json_settings(text, CONFIG_ENV, "MoE grouped settings", set(CUDA_CONFIG) | set(BACKWARD_CONFIG))
     wrong = {k: v for k, v in cfg.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
     if wrong:
         raise ValueError(f"{CONFIG_ENV}: values must be integers >= 0; got {wrong}")

@@ -34,11 +34,9 @@ def check_experts(
     return N, D, E, F, K
 
 
-def check_step(
-    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
-    down_w: torch.Tensor, top_k: int, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-) -> tuple[int, int, int, int]:  # fmt: skip
-    """Arguments of ``moe_decode_step`` -> (N, D, E, F); ValueError naming the argument that does not fit."""
+def check_router(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None) -> tuple[int, int, int]:
+    """x (N, D), router_w (E, D), router_b (E,) or None -> (N, D, E); ValueError naming the argument that does not
+    fit (``moe_decode_step``'s and ``moe_route``'s)."""
     if x.dim() != 2:
         raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x.shape)}")
     N, D = x.shape
@@ -47,6 +45,15 @@ def check_step(
     E = router_w.shape[0]
     if router_b is not None and tuple(router_b.shape) != (E,):
         raise ValueError(f"router_b must be (n_experts,) = ({E},) or None, got {tuple(router_b.shape)}")
+    return N, D, E
+
+
+def check_step(
+    x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, gate_w: torch.Tensor, up_w: torch.Tensor,
+    down_w: torch.Tensor, top_k: int, norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+) -> tuple[int, int, int, int]:  # fmt: skip
+    """Arguments of ``moe_decode_step`` -> (N, D, E, F); ValueError naming the argument that does not fit."""
+    N, D, E = check_router(x, router_w, router_b)
     if gate_w.dim() != 3 or gate_w.shape[0] != E or gate_w.shape[2] != D:
         raise ValueError(f"gate_w must be (n_experts={E}, d_ff, d_model={D}), got {tuple(gate_w.shape)}")
     F = gate_w.shape[1]

@@ -1,0 +1,26 @@
+"""The tiles and switches of ``moe_grouped_experts``' backward kernels (``backward.py``), apart so that the forward's
+environment hook (``triton.config_from_env``) can check a setting's name against them without importing the backward
+module, which imports the forward's."""
+
+# DH_*: the dhw program's tile (BLOCK_M rows x DH_BLOCK_N of d_ff, DH_BLOCK_K of d_model a step); DX_*: the dx
+# program's (BLOCK_M x DX_BLOCK_N of d_model, DX_BLOCK_K of d_ff a step); DWD_* the down gradient's output tile
+# (DWD_BLOCK_P of d_model x DWD_BLOCK_Q of d_ff), DWGU_* the gate / up gradients' (DWGU_BLOCK_P of d_ff x
+# DWGU_BLOCK_Q of d_model, two accumulators); SUM_BLOCK: elements a sum program takes (dx over K, dtop_w over the
+# tiles). BLOCK_M is the forward plan's. Untimed: the forward's tile shapes, not a tuning.
+# DH_TMA, DX_TMA, DW_TMA: the tile loads through tensor descriptors (triton.py's CUDA_CONFIG says why they are off:
+# dh 0.443 -> 0.460 ms backward, dx 0.460, the weight gradients 0.439, level, on an H100). DH_HW_ROUND: dh's
+# epilogue roundings by conversion (triton.py's HW_ROUND; 11,352 -> 7,051 SASS instructions, the same bits): level
+# (0.443 -> 0.446 ms): dh runs one program an SM (250 registers; Nsight Compute: 12.5% occupancy, issue slots 36%
+# busy, docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt), so fewer instructions do not shorten it. Off.
+# BWD_PDL: the backward's launches with programmatic dependent launch (triton.py's PDL): level (0.445 -> 0.441 ms). Off.
+CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
+                   DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
+                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
+                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
+# Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
+INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
+                        DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
+                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
+                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
+
+__all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]
