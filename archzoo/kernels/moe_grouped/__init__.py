@@ -9,7 +9,8 @@ assignments sorted by expert, each expert's rows padded to whole blocks) and two
 the gather and whose row stores the permutation (``triton.py`` says why; issue 19). Differentiable: the backward
 reuses the forward's plan and the gate and up it saved, in six more launches (``backward.py``); no host
 synchronisation in either (the grid sizes follow N, top_k, the experts and the block sizes), so a CUDA graph
-captures both.
+captures both. ``routing.moe_route`` (exported as ``archzoo.kernels.moe_route``) routes many tokens as the MoE layer
+does and counts the plan's chunks in the same launch; ``moe_grouped_experts(..., counts=)`` then skips the count.
 
 Dispatch: the Triton kernels for CUDA tensors, and for CPU tensors under ``TRITON_INTERPRET=1``; the naive
 reference (``naive.py``, a loop over the experts) otherwise, for float64 and where there are no assignments.
