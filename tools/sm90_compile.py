@@ -247,8 +247,9 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
     """moe_grouped_experts' five forward launches (the plan's count and place, the gate|up and down GEMMs, the sum over
     the choices), the training forward's gate|up (saving gate and up), and the backward's six (dhw with the SwiGLU
     backward in its epilogue, the routing weights' gradient summed over d_ff tiles, dx over the assignments and its
-    sum over the choices, the down and the gate|up weight gradients) at the issue's shape (4,096 tokens, d_model 576,
-    d_ff 1,536, 8 experts, top-2, bf16). ``config`` overrides the forward's and the backward's CUDA_CONFIG."""
+    sum over the choices, the down and the gate|up weight gradients), and ``moe_route``'s routing with the plan's
+    counts, at the issue's shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16). ``config``
+    overrides the forward's and the backward's CUDA_CONFIG."""
     from archzoo.kernels.moe_grouped import backward as mb
     from archzoo.kernels.moe_grouped import triton as mg
 

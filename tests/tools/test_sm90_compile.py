@@ -22,7 +22,7 @@ OPS = {
     'attn --config {"SINGLE_MAX_T":256}': 6,  # batch 16's 256-position buffer in one tile: no merge kernel
     "kd_loss": 8,
     "la": 7,
-    "moe_grouped": 12,
+    "moe_grouped": 13,
     "argmax": 4,
     "conv": 2,
     "gemv_conv": 2,
@@ -85,18 +85,18 @@ def test_scan_kernels_compile_for_sm90_as_the_gpu_would_specialise_them(sm90):
 def test_gemv_and_kd_loss_kernels_compile_for_sm90_without_spills(op, kernels, sm90):
     """The decode GEMV (every teacher projection at M = 1, 16 and 64, the residual and SwiGLU epilogues, its split-K
     merged by the last program, Q|K|V with RoPE and the cache write), decode attention (its splits merged by the
-    last program, or by the combine kernel), kd_loss_rows (each constexpr combination the trainer uses),
-    linear attention's three kernels (its backward uses 248-250 of 255 registers) and the fused MoE experts'
-    twelve (the forward's plan, gate|up and down GEMMs and sum over the choices, gate|up saving for the backward,
-    and the backward's six: dhw with the SwiGLU backward, the routing weights' sum, dx and its sum, the down and
-    gate|up weight gradients, at 4,096 tokens), the causal conv's forward and backward (the backward walking its
-    row's tiles, ``TILES``), Mamba's decode in_proj with the conv step in its epilogue (M = 1 and 16), decode
-    attention's one-tile plan for short buffers (``SINGLE_MAX_T``) and the S4D decode step (batch 1 and 64):
-    kernels tested only in the interpreter on CI compile for the GPU. The RoPE epilogue's 32-byte stack is
-    libdevice's cos / sin slow-path argument reduction (a local table for angles past ~1e5 radians; compiled with
-    the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed there, nowhere else.
-    With ``--pdl`` (programmatic dependent launch, archzoo/kernels/_pdl.py) every kernel holds the launch of its
-    dependents and the wait (SASS PREEXIT and ACQBULK) and still does not spill."""
+    last program, or by the combine kernel), kd_loss_rows (each constexpr combination the trainer uses), linear
+    attention's three kernels (its backward uses 248-250 of 255 registers) and the fused MoE experts' thirteen (the
+    forward's plan, gate|up and down GEMMs and sum over the choices, gate|up saving for the backward, the backward's
+    six: dhw with the SwiGLU backward, the routing weights' sum, dx and its sum, the down and gate|up weight
+    gradients, and ``moe_route``'s routing with the plan's counts, at 4,096 tokens), the causal conv's forward and
+    backward (the backward walking its row's tiles, ``TILES``), Mamba's decode in_proj with the conv step in its
+    epilogue (M = 1 and 16), decode attention's one-tile plan for short buffers (``SINGLE_MAX_T``) and the S4D
+    decode step (batch 1 and 64): kernels tested only in the interpreter on CI compile for the GPU. The RoPE
+    epilogue's 32-byte stack is libdevice's cos / sin slow-path argument reduction (a local table for angles past
+    ~1e5 radians; compiled with the two calls replaced by arithmetic the kernel has no stack), not a spill: allowed
+    there, nowhere else. With ``--pdl`` (programmatic dependent launch, archzoo/kernels/_pdl.py) every kernel holds
+    the launch of its dependents and the wait (SASS PREEXIT and ACQBULK) and still does not spill."""
     out = sm90(f"--op {op}")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
