@@ -273,6 +273,8 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
         mr.route_and_count(x, torch.randn(E, D, **bf), None, K, True)
     names = ("plan count", "plan place", "gate_up", "down", "sum")
     bwd_names = ("bwd dh", "bwd dtop_w sum", "bwd dx", "bwd dx sum", "bwd ddown_w", "bwd dgate_up_w")
+    if bcfg.get("SORTED_DW"):  # x's and dout's rows copied in sorted order before the weight gradients
+        bwd_names = (*bwd_names[:4], "bwd gather rows", *bwd_names[4:])
     named = [*zip(names, calls, strict=True), ("gate_up save", train[2]), *zip(bwd_names, bwd, strict=True),
              ("route and count", routing[0])]  # fmt: skip
     out = []

@@ -15,7 +15,8 @@ operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' 
 descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward), the
 ``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group (assignments a plan program), the
 ``pdl`` group (programmatic dependent launch) and the default are also timed without ``save`` (``infer_ms``,
-``infer_vs_default``: inference, prefill). ``--groups tma,tma_tiles`` sweeps only those. Last,
+``infer_vs_default``: inference, prefill); the ``sorted_dw`` group (the weight gradients on sorted copies of x and
+dout) times the backward. ``--groups tma,tma_tiles`` sweeps only those. Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes) and of it with every TMA
 switch on, and the dense peer.
 """
@@ -75,6 +76,8 @@ GROUPS["tma_tiles"] = (
 # the plan's assignments a program (its count and place launches: 9 programs each at 1,024, 36 at 256), every GEMM the
 # same (its tiles do not change)
 GROUPS["plan"] = (("PLAN_BLOCK",), [(512,), (1024,), (256,), (128,)])
+# the weight gradients reading x's and dout's rows copied in sorted order (one launch) instead of gathering them
+GROUPS["sorted_dw"] = (("SORTED_DW", "DW_TMA"), [(0, 0), (1, 0), (1, 1)])
 # every launch of the forward / backward with programmatic dependent launch (``_pdl.py``)
 GROUPS["pdl"] = (("PDL", "BWD_PDL"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 # the gate|up's and dh's epilogue roundings by conversion (one cvt each way) instead of by bits (five integer ops)

@@ -211,6 +211,27 @@ def test_tma_loads_give_the_same_bits(monkeypatch, kernels_env):
             assert torch.equal(got, want), f"case {i}: {name} differs with TMA"
 
 
+@interpreter_only
+def test_sorted_weight_gradient_rows_give_the_same_bits(monkeypatch, kernels_env):
+    """SORTED_DW (x's and dout's rows copied in sorted order, zeros on padding rows, then the weight gradients
+    reading plain rows): every gradient bit for bit as the gathering loads give it, on the awkward cases (idle
+    experts' blocks, d_model off the copy's column tile), alone and with the descriptors' loads (DW_TMA), which then
+    take the copies too."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    for i, c in enumerate(CASES):
+        args = _inputs(*c[:5], c[5])
+        out, *saved = T.moe_grouped_experts(*args, save=True)
+        dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
+        want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+        for extra in ({}, {"DW_TMA": 1}):
+            monkeypatch.setattr(B, "CONFIG_OVERRIDE", {"SORTED_DW": 1, **extra})
+            got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+            for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
+                assert torch.equal(a, b), f"case {i} {extra}: {name} differs with SORTED_DW"
+            monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})
+
+
 def test_weight_tma_orientations_and_refusals():
     """weight_tma: d_model-contiguous and d_ff-contiguous expert stacks and which orientation each takes; refused
     where a descriptor cannot be made (rows not a multiple of 16 bytes, a strided last dimension, experts not
@@ -649,6 +670,23 @@ def test_cuda_pdl_gives_the_same_bits(monkeypatch):
         torch.cuda.synchronize()
         for name, got, ref in zip(names, graphed, want, strict=True):
             assert torch.equal(got, ref), f"{name} differs in a CUDA-graph replay with PDL"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_sorted_dw_gives_the_same_bits(monkeypatch):
+    """SORTED_DW at the students' shape in bf16, skewed routing: every gradient bit for bit as the gathering loads
+    give it."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    args = _students("skewed")
+    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+    out, *saved = T.moe_grouped_experts(*args, save=True)
+    want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+    monkeypatch.setitem(B.CONFIG_OVERRIDE, "SORTED_DW", 1)
+    got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+    for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
+        assert torch.equal(a, b), f"{name} differs with SORTED_DW"
 
 
 @pytest.mark.gpu

@@ -13,14 +13,25 @@ module, which imports the forward's."""
 # (0.443 -> 0.446 ms): dh runs one program an SM (250 registers; Nsight Compute: 12.5% occupancy, issue slots 36%
 # busy, docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt), so fewer instructions do not shorten it. Off.
 # BWD_PDL: the backward's launches with programmatic dependent launch (triton.py's PDL): level (0.445 -> 0.441 ms). Off.
+# SORTED_DW: x's and dout's rows copied in sorted order by one launch (_gather_rows_kernel, GATHER_BLOCK_D columns a
+# program; 2 x 9.4 MB written at the students' shape), so that the weight gradients, 199 of the backward's 445 us,
+# read plain rows: there each loop step's rows come through the plan's slot indices, and Nsight Compute had their
+# warps waiting on global loads for a third to two fifths of their stalls (twenty-fourth session,
+# docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt). The same sums in the same order: the same bits.
+# Written in the twenty-fourth session on the CPU; off until timed (tools/tune_moe_grouped.py --groups sorted_dw).
+# DWGU_SORTED_STAGES: the gate|up weight gradient's stages with SORTED_DW, where x's tile joins dg's and du's in the
+# pipeline's shared memory (3 stages: 240 KB, over sm_90's 227; 2: 160 KB; tools/sm90_compile.py --op moe_grouped
+# --config '{"SORTED_DW": 1}').
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
-                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
+                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
+                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
                         DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
-                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0)  # fmt: skip
+                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
+                        DWGU_SORTED_STAGES=1)  # fmt: skip
 
 __all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]

@@ -147,6 +147,31 @@ def _dw_sum_kernel(
 
 
 @triton.jit
+def _gather_rows_kernel(
+    x_ptr, o_ptr, slot_ptr, xs_ptr, os_ptr,
+    N, D, s_xn, s_xd, s_on, s_od,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """SORTED_DW: x's and dout's rows in sorted order, xs[r] = x[n], os[r] = dout[n] for sorted row r of assignment
+    a (token n = a mod N), zeros on padding rows; (R, D) each, contiguous, for the weight gradients' plain loads."""
+    if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
+        gdc_launch_dependents()
+        gdc_wait()
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    a = tl.load(slot_ptr + offs_r)
+    valid = a >= 0
+    n = tl.where(valid, a % N, 0).to(tl.int64)
+    mask = valid[:, None] & (offs_d < D)[None, :]
+    out = offs_r.to(tl.int64)[:, None] * D + offs_d[None, :]
+    store = (offs_d < D)[None, :]
+    xv = tl.load(x_ptr + n[:, None] * s_xn + offs_d[None, :] * s_xd, mask=mask, other=0.0)
+    ov = tl.load(o_ptr + n[:, None] * s_on + offs_d[None, :] * s_od, mask=mask, other=0.0)
+    tl.store(xs_ptr + out, xv, mask=store)
+    tl.store(os_ptr + out, ov, mask=store)
+
+
+@triton.jit
 def _dweight_kernel(
     a_ptr, a2_ptr, b_ptr, slot_ptr, eblk_ptr, o_ptr, o2_ptr,
     N, P, Q, R, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
@@ -286,24 +311,39 @@ def moe_grouped_experts_backward(
         launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"], pdl),
                cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
 
-    # DW_TMA: the sorted operands (h for dW_d; dg, du for dW_g, dW_u) through tensor descriptors
+    # SORTED_DW: x's and dout's rows copied in sorted order first (one launch), so that both weight gradients read
+    # plain rows instead of gathering them by token a loop step at a time (_backward_config.py says why)
+    sorted_dw = bool(cfg["SORTED_DW"])
+    if sorted_dw:
+        xs = torch.empty((R, D), device=x.device, dtype=x.dtype)
+        dos = torch.empty((R, D), device=x.device, dtype=dout.dtype)
+        bd = min(cfg["GATHER_BLOCK_D"], triton.next_power_of_2(D))
+        launch(_gather_rows_kernel, (R // bm, cdiv(D, bd)), (x, dout, slot_assignment, xs, dos),
+               (N, D, *x.stride(), *dout.stride()), (bm, bd, pdl), cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
+        a_d, b_gu, gather = dos, xs, False  # dW_d's A and dW_gu's B, by sorted row
+    else:
+        a_d, b_gu, gather = dout, x, True
+    # DW_TMA: the sorted operands (h for dW_d; dg, du for dW_g, dW_u; with SORTED_DW dout's and x's copies too)
+    # through tensor descriptors
     dw_tma = bool(cfg["DW_TMA"]) and tma_ok(h, F) and tma_ok(dg, F) and tma_ok(du, F)
+    if sorted_dw:
+        dw_tma = dw_tma and tma_ok(xs, D) and tma_ok(dos, D)
     if dw_tma and x.is_cuda:
         ensure_allocator()
     ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
     bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
-           (dout, dout, h, slot_assignment, expert_block, ddown_w, ddown_w),
-           (N, D, F, R, *dout.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
-           (bm, bp, bq, True, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWD_WARPS"],
+           (a_d, a_d, h, slot_assignment, expert_block, ddown_w, ddown_w),
+           (N, D, F, R, *a_d.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
+           (bm, bp, bq, gather, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWD_WARPS"],
            dev, pdl)  # fmt: skip
     dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
     bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
-           (dg, du, x, slot_assignment, expert_block, dgate_w, dup_w),
-           (N, F, D, R, F, 1, *x.stride(), *dgate_w.stride(), *dup_w.stride()),
-           (bm, bp, bq, False, True, True, cfg["DWGU_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWGU_WARPS"],
-           dev, pdl)  # fmt: skip
+           (dg, du, b_gu, slot_assignment, expert_block, dgate_w, dup_w),
+           (N, F, D, R, F, 1, *b_gu.stride(), *dgate_w.stride(), *dup_w.stride()),
+           (bm, bp, bq, False, gather, True, cfg["DWGU_SORTED_STAGES"] if sorted_dw else cfg["DWGU_STAGES"], dot_f32,
+            prec, dw_tma, pdl), cfg["DWGU_WARPS"], dev, pdl)  # fmt: skip
     return dx, dgate_w, dup_w, ddown_w, dtop_w
 
 
