@@ -15,8 +15,8 @@ operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' 
 descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward), the
 ``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group (assignments a plan program), the
 ``pdl`` group (programmatic dependent launch) and the default are also timed without ``save`` (``infer_ms``,
-``infer_vs_default``: inference, prefill); the ``sorted_dw`` group (the weight gradients on sorted copies of x and
-dout) times the backward. ``--groups tma,tma_tiles`` sweeps only those. Last,
+``infer_vs_default``: inference, prefill), and so is the ``sorted_dw`` group (the weight gradients on sorted copies
+of x and dout: a backward switch, its forward the default's). ``--groups tma,tma_tiles`` sweeps only those. Last,
 a kernel-by-kernel profile of the default forward + backward (what each launch takes) and of it with every TMA
 switch on, and the dense peer.
 """
@@ -84,7 +84,7 @@ GROUPS["pdl"] = (("PDL", "BWD_PDL"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(1, 0), (0, 0), (1, 1), (0, 1)])
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
-INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round", "plan", "pdl")
+INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round", "plan", "pdl", "sorted_dw")
 ALL_TMA = dict.fromkeys(_TMA, 1)
 
 
