@@ -5,7 +5,7 @@ read its GEMM kernels' counters (where the time goes: tensor pipes, shared memor
     ncu --clock-control none --profile-from-start off --kernel-name regex:"_gate_up|_down|_dh|_dweight" \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats python tools/moe_grouped_ncu.py
-    ARCHZOO_MOE_GROUPED_CONFIG='{"DW_TMA": 1}' ... (any setting of the kernels, as the benchmarks take it)
+    ARCHZOO_MOE_GROUPED_CONFIG='{"SORTED_DW": 1}' ... (any setting of the kernels, as the benchmarks take it)
 """
 
 from __future__ import annotations

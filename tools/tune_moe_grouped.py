@@ -11,14 +11,12 @@ Each row varies one kernel's tiles (``group``) from the defaults: the forward's 
 ``down``) are timed on the forward with ``save=True`` (what training runs), the backward's (``dh``, ``dx``, ``dwd``,
 ``dwgu``) on the backward alone from one saved forward. ``BLOCK_M`` changes the plan, so its rows time both. The
 ``persistent`` group (the gate-up kernel on a fixed grid walking tiles), the ``one_dot`` group (gate and up as one
-operand of one tl.dot a K step), the ``tma`` / ``tma_tiles`` groups (the GEMMs' tile loads through tensor
-descriptors, each GEMM's switch alone and all together, then with larger tiles; forward and backward), the
-``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group (assignments a plan program), the
-``pdl`` group (programmatic dependent launch) and the default are also timed without ``save`` (``infer_ms``,
-``infer_vs_default``: inference, prefill), and so is the ``sorted_dw`` group (the weight gradients on sorted copies
-of x and dout: a backward switch, its forward the default's). ``--groups tma,tma_tiles`` sweeps only those. Last,
-a kernel-by-kernel profile of the default forward + backward (what each launch takes) and of it with every TMA
-switch on, and the dense peer.
+operand of one tl.dot a K step), the ``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group
+(assignments a plan program), the ``pdl`` group (programmatic dependent launch) and the default are also timed without
+``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill), and so is the ``sorted_dw`` group (the weight
+gradients on sorted copies of x and dout: a backward switch, its forward the default's). ``--groups hw_round,pdl``
+sweeps only those. Last, a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the
+dense peer.
 """
 
 from __future__ import annotations
@@ -62,30 +60,18 @@ GROUPS = {
         [(0, 64, 8, 3), (1, 64, 8, 3), (1, 32, 8, 3), (1, 64, 4, 3), (1, 64, 8, 4), (1, 128, 8, 3)],
     ),
 }
-# the tile loads through tensor descriptors (TMA, archzoo/kernels/_tma.py), each GEMM's switch alone and all of them,
-# timed forward (with and without save) and backward beside the default; then all of them with larger tiles, which
-# the bulk copies may feed where the pointer loads could not
-_TMA = ("TMA", "DOWN_TMA", "DH_TMA", "DX_TMA", "DW_TMA")
-GROUPS["tma"] = (_TMA, [(0, 0, 0, 0, 0), (1, 0, 0, 0, 0), (0, 1, 0, 0, 0), (0, 0, 1, 0, 0), (0, 0, 0, 1, 0),
-                        (0, 0, 0, 0, 1), (1, 1, 1, 1, 1)])  # fmt: skip
-GROUPS["tma_tiles"] = (
-    (*_TMA, "BLOCK_N", "num_stages", "DOWN_BLOCK_N", "DOWN_STAGES", "DX_BLOCK_N", "DX_STAGES", "DH_STAGES"),
-    [(1, 1, 1, 1, 1, 64, 3, 64, 3, 64, 3, 3), (1, 1, 1, 1, 1, 64, 4, 64, 4, 64, 4, 4),
-     (1, 1, 1, 1, 1, 128, 3, 128, 3, 128, 2, 3), (1, 1, 1, 1, 1, 64, 3, 128, 4, 128, 3, 4)],
-)  # fmt: skip
 # the plan's assignments a program (its count and place launches: 9 programs each at 1,024, 36 at 256), every GEMM the
 # same (its tiles do not change)
 GROUPS["plan"] = (("PLAN_BLOCK",), [(512,), (1024,), (256,), (128,)])
 # the weight gradients reading x's and dout's rows copied in sorted order (one launch) instead of gathering them
-GROUPS["sorted_dw"] = (("SORTED_DW", "DW_TMA"), [(0, 0), (1, 0), (1, 1)])
+GROUPS["sorted_dw"] = (("SORTED_DW",), [(0,), (1,)])
 # every launch of the forward / backward with programmatic dependent launch (``_pdl.py``)
 GROUPS["pdl"] = (("PDL", "BWD_PDL"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 # the gate|up's and dh's epilogue roundings by conversion (one cvt each way) instead of by bits (five integer ops)
 GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(1, 0), (0, 0), (1, 1), (0, 1)])
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
-INFER_GROUPS = ("default", "persistent", "one_dot", "tma", "tma_tiles", "hw_round", "plan", "pdl", "sorted_dw")
-ALL_TMA = dict.fromkeys(_TMA, 1)
+INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")
 
 
 def configs(quick: bool, groups: str | None = None) -> list[tuple[str, dict]]:
@@ -201,26 +187,21 @@ def main() -> None:
                                    grad_to_none=[xg, w1, w2, w3])  # fmt: skip
     rows.record(dict(group="dense_swiglu_eager", fwd_ms=round(d_fwd, 4), fwd_bwd_ms=round(d_fb, 4)))
 
-    # what each launch of the default forward + backward takes, and with every GEMM's loads through TMA
+    # what each launch of the default forward + backward takes
     from torch.profiler import ProfilerActivity, profile
 
-    for name, over in (("profile_default_ms", {}), ("profile_all_tma_ms", ALL_TMA)):
-        T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
-        for k, v in over.items():
-            (T.CONFIG_OVERRIDE if k in T.CUDA_CONFIG else B.CONFIG_OVERRIDE)[k] = v
-        saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+    saved = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            s = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
+            B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *s[1:])
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                s = T.moe_grouped_experts(x, gate_w, up_w, down_w, top_e, top_w, save=True)
-                B.moe_grouped_experts_backward(dout, x, gate_w, up_w, down_w, top_w, *s[1:])
-            torch.cuda.synchronize()
-        per = {}
-        for ev in prof.key_averages():
-            if ev.device_type.name == "CUDA" and ev.count:
-                per[ev.key] = round(ev.device_time_total / 10 / 1000, 4)  # ms per forward + backward
-        rows.record(dict(group=name, kernels=dict(sorted(per.items(), key=lambda kv: -kv[1]))))
-    T.CONFIG_OVERRIDE.clear(), B.CONFIG_OVERRIDE.clear()
+    per = {}
+    for ev in prof.key_averages():
+        if ev.device_type.name == "CUDA" and ev.count:
+            per[ev.key] = round(ev.device_time_total / 10 / 1000, 4)  # ms per forward + backward
+    rows.record(dict(group="profile_default_ms", kernels=dict(sorted(per.items(), key=lambda kv: -kv[1]))))
 
 
 if __name__ == "__main__":

@@ -117,13 +117,13 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
 
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
     want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
-    taken = []  # the gate|up launches' ONE_DOT, before the TMA constexprs, HW_ROUND and PDL in either kernel
+    taken = []  # the gate|up launches' ONE_DOT, before HW_ROUND and PDL in either kernel
     real = T.launch
     gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
 
     def launch(fn, grid, ptrs, ints, consts, *a, **k):
         if fn.fn.__name__ in gate_up:
-            taken.append(consts[-6])
+            taken.append(consts[-3])
         return real(fn, grid, ptrs, ints, consts, *a, **k)
 
     monkeypatch.setattr(T, "launch", launch)
@@ -148,75 +148,11 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
     assert any("ONE_DOT asked" in m and "strided" in m for m in said), said
 
 
-ALL_TMA = dict(TMA=1, DOWN_TMA=1, DH_TMA=1, DX_TMA=1, DW_TMA=1)
-
-
-def _with_tma(monkeypatch, on: bool) -> None:
-    from archzoo.kernels.moe_grouped import backward as B
-
-    for key, value in ALL_TMA.items():
-        monkeypatch.setitem(T.CONFIG_OVERRIDE if key in T.CUDA_CONFIG else B.CONFIG_OVERRIDE, key, value if on else 0)
-
-
-def _transposed(w):
-    """The same weight with its last two dimensions' order swapped in memory (the other orientation)."""
-    return w.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-@interpreter_only
-def test_tma_loads_give_the_same_bits(monkeypatch, kernels_env):
-    """Every GEMM's tiles through tensor descriptors (TMA, DOWN_TMA, DH_TMA, DX_TMA, DW_TMA; ``_tma.py``): out, the
-    saved tensors and every gradient bit for bit as the pointer loads give them, on the cases above (d_model and
-    d_ff off the tiles, so descriptor reads past an edge give zeros; a bf16 d_ff of 36, 72 bytes a row, where no
-    descriptor may be made and the pointer loads run), with the weights in either orientation (d_model or d_ff
-    contiguous), and with descriptors taken wherever the layouts allow."""
-    from archzoo.kernels.moe_grouped import backward as B
-
-    cases = [_inputs(*c[:5], c[5]) for c in CASES]
-    x, gate, up, down, top_e, top_w = _inputs(10, 24, 40, 4, 2, torch.bfloat16, seed=3)
-    cases.append([x, _transposed(gate), _transposed(up), _transposed(down), top_e, top_w])
-    taken = []  # (kernel, its TMA constexpr) for every GEMM launch
-    real_t, real_b = T.launch, B.launch
-    at = {"_gate_up_kernel": -5, "_down_kernel": -4, "_dh_kernel": -4, "_dweight_kernel": -2}  # before PDL
-
-    def spy(real):
-        def launch(fn, grid, ptrs, ints, consts, *a, **k):
-            name = fn.fn.__name__
-            if name in at:
-                taken.append((name, consts[at[name]]))
-            return real(fn, grid, ptrs, ints, consts, *a, **k)
-
-        return launch
-
-    monkeypatch.setattr(T, "launch", spy(real_t))
-    monkeypatch.setattr(B, "launch", spy(real_b))
-    for i, args in enumerate(cases):
-        dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
-        results = []
-        for on in (False, True):
-            _with_tma(monkeypatch, on)
-            taken.clear()
-            out, *saved = T.moe_grouped_experts(*args, save=True)
-            grads = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
-            results.append((out, *saved[:3], *grads))
-            if on and i not in (1, 4):  # every GEMM read through descriptors: the layouts allow it
-                assert all(t for _, t in taken), (i, taken)
-            if on and i == 1:  # d_model 20, d_ff 36 off the 8-wide K tile: dh and dx (d_model-contiguous weight
-                # operands, K along their rows) keep the pointer loads, the others take descriptors
-                assert [t for _, t in taken] == [True, True, False, False, True, True], taken
-            if on and i == 4:  # bf16 rows of 72 bytes: no descriptor for h, g, u, dg, du
-                assert dict(taken)["_down_kernel"] is False and dict(taken)["_dweight_kernel"] is False, taken
-        names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
-        for name, got, want in zip(names, results[1], results[0], strict=True):
-            assert torch.equal(got, want), f"case {i}: {name} differs with TMA"
-
-
 @interpreter_only
 def test_sorted_weight_gradient_rows_give_the_same_bits(monkeypatch, kernels_env):
     """SORTED_DW (x's and dout's rows copied in sorted order, zeros on padding rows, then the weight gradients
     reading plain rows): every gradient bit for bit as the gathering loads give it, on the awkward cases (idle
-    experts' blocks, d_model off the copy's column tile), alone and with the descriptors' loads (DW_TMA), which then
-    take the copies too."""
+    experts' blocks, d_model off the copy's column tile, one expert, top-3)."""
     from archzoo.kernels.moe_grouped import backward as B
 
     for i, c in enumerate(CASES):
@@ -224,41 +160,21 @@ def test_sorted_weight_gradient_rows_give_the_same_bits(monkeypatch, kernels_env
         out, *saved = T.moe_grouped_experts(*args, save=True)
         dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
         want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
-        for extra in ({}, {"DW_TMA": 1}):
-            monkeypatch.setattr(B, "CONFIG_OVERRIDE", {"SORTED_DW": 1, **extra})
-            got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
-            for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
-                assert torch.equal(a, b), f"case {i} {extra}: {name} differs with SORTED_DW"
-            monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})
-
-
-def test_weight_tma_orientations_and_refusals():
-    """weight_tma: d_model-contiguous and d_ff-contiguous expert stacks and which orientation each takes; refused
-    where a descriptor cannot be made (rows not a multiple of 16 bytes, a strided last dimension, experts not
-    stacked evenly) or where a tile along K could reach the next expert (K off the tile in the N-contiguous
-    orientation)."""
-    w = torch.zeros(4, 40, 24)  # (E, n, k), k contiguous
-    assert T.weight_tma(w, *w.stride(), 40, 24, 8) == (True, True)
-    t = _transposed(w)  # n contiguous
-    assert T.weight_tma(t, *t.stride(), 40, 24, 8) == (True, False)
-    assert T.weight_tma(t, *t.stride(), 40, 24, 16) == (False, False)  # 24 rows of K: a 16-tile reaches expert e+1
-    odd = torch.zeros(4, 40, 36, dtype=torch.bfloat16)  # 72-byte rows
-    assert T.weight_tma(odd, *odd.stride(), 40, 36, 8) == (False, False)
-    strided = torch.zeros(4, 40, 48)[..., ::2]
-    assert T.weight_tma(strided, *strided.stride(), 40, 24, 8) == (False, False)
-    gappy = torch.zeros(4, 48, 24)[:, :40]  # experts 48 rows apart: not one (E n, k) matrix
-    assert T.weight_tma(gappy, *gappy.stride(), 40, 24, 8) == (False, False)
-    one = gappy[:1]
-    assert T.weight_tma(one, *one.stride(), 40, 24, 8) == (True, True)
+        monkeypatch.setattr(B, "CONFIG_OVERRIDE", {"SORTED_DW": 1})
+        got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+        monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})
+        for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
+            assert torch.equal(a, b), f"case {i}: {name} differs with SORTED_DW"
 
 
 def test_config_env_is_checked(kernels_env):
     """ARCHZOO_MOE_GROUPED_CONFIG: settings of either CUDA_CONFIG with integer values; anything else is a
     ValueError that names the variable and what is wrong."""
     assert T.config_from_env(None) == {} and T.config_from_env(" ") == {}
-    assert T.config_from_env('{"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}') == {"TMA": 1, "DX_TMA": 1, "BLOCK_N": 128}
-    bad = [('{"TMX": 1}', "unknown keys ['TMX']"), ("[1]", "JSON object"), ('{"TMA": true}', "integers"),
-           ("TMA=1", "JSON object"), ('{"TMA": -1}', "integers")]  # fmt: skip
+    want = {"PDL": 1, "SORTED_DW": 1, "BLOCK_N": 128}  # a forward key, a backward key, a tile
+    assert T.config_from_env('{"PDL": 1, "SORTED_DW": 1, "BLOCK_N": 128}') == want
+    bad = [('{"PDX": 1}', "unknown keys ['PDX']"), ("[1]", "JSON object"), ('{"PDL": true}', "integers"),
+           ("PDL=1", "JSON object"), ('{"PDL": -1}', "integers")]  # fmt: skip
     for text, said in bad:
         with pytest.raises(ValueError, match=T.CONFIG_ENV) as e:
             T.config_from_env(text)
@@ -613,63 +529,6 @@ def test_cuda_persistent_gate_up_gives_the_same_bits(monkeypatch, flatten):
     assert all(torch.equal(a, b) for a, b in zip(T.moe_grouped_experts(*args, save=True), saved, strict=True))
     out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
     assert torch.equal(out, want)
-
-
-@pytest.mark.gpu
-@requires_cuda
-def test_cuda_tma_loads_give_the_same_values(monkeypatch):
-    """Every TMA switch on at the students' shape in bf16, skewed routing: out, the saved tensors and every gradient
-    as the pointer loads give them (the same fp32 sums in the same order: equal, allowing a last-bit difference
-    should the MMA order differ), and a CUDA-graph replay gives the eager result (the descriptors' scratch comes
-    from the graph's pool)."""
-    from archzoo.kernels.moe_grouped import backward as B
-
-    args = _students("skewed")
-    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-    results = []
-    for on in (False, True):
-        _with_tma(monkeypatch, on)
-        out, *saved = T.moe_grouped_experts(*args, save=True)
-        results.append((out, *saved[:3], *B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)))
-    names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
-    for name, got, want in zip(names, results[1], results[0], strict=True):
-        _check(f"{name} with TMA", got, want, 1e-3)
-    out, _graph = graph_replayed(lambda: T.moe_grouped_experts(*args))
-    assert torch.equal(out, T.moe_grouped_experts(*args)), "a CUDA-graph replay must give the eager result"
-
-
-@pytest.mark.gpu
-@requires_cuda
-def test_cuda_pdl_gives_the_same_bits(monkeypatch):
-    """PDL / BWD_PDL (every launch of the forward / backward with programmatic dependent launch, each waiting for the
-    one before before it reads): out, the saved tensors and every gradient bit for bit as without, eagerly and in a
-    CUDA graph of forward + backward replayed twice."""
-    from archzoo.kernels.moe_grouped import backward as B
-
-    args = _students("skewed")
-    dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-
-    def run():
-        out, *saved = T.moe_grouped_experts(*args, save=True)
-        return (out, *saved[:3], *B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved))
-
-    want = run()
-    monkeypatch.setitem(T.CONFIG_OVERRIDE, "PDL", 1)
-    monkeypatch.setitem(B.CONFIG_OVERRIDE, "BWD_PDL", 1)
-    assert T.use_pdl(args[0].device)
-    names = ("out", "h", "g", "u", "dx", "dgate", "dup", "ddown", "dtop_w")
-    for name, got, ref in zip(names, run(), want, strict=True):
-        assert torch.equal(got, ref), f"{name} differs with PDL"
-    run()  # compiled before the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graphed = run()
-    for _ in range(2):
-        graph.replay()
-        torch.cuda.synchronize()
-        for name, got, ref in zip(names, graphed, want, strict=True):
-            assert torch.equal(got, ref), f"{name} differs in a CUDA-graph replay with PDL"
 
 
 @pytest.mark.gpu

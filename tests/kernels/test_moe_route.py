@@ -8,6 +8,8 @@ tensors; the GPU test takes the students' shape (4,096 tokens, d_model 576, 8 ex
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -97,20 +99,23 @@ def test_route_op_passes_opcheck():
     from archzoo.kernels.moe_grouped import routing
 
     for bias in (False, True):
-        x, w, b = _inputs(13, 20, 4, torch.float32, bias, device="cpu" if DEV == "cpu" else DEV)
+        x, w, b = _inputs(13, 20, 4, torch.float32, bias)
         leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
         torch.library.opcheck(routing._route_op, (*leaves, 2, True))
 
 
-def test_bad_input_and_the_reference_where_the_kernel_does_not_run():
+def test_bad_input_and_the_reference_where_the_kernel_does_not_run(caplog, monkeypatch):
+    monkeypatch.setattr(K._dispatch, "_LOGGED", set())
     x, w, _ = _inputs(5, 8, 4, torch.float32)
     for args, said in (((x[0], w, None, 2), "x must be"), ((x, w[:, :4], None, 2), "router_w must be"),
                        ((x, w, torch.zeros(3), 2), "router_b must be"), ((x, w, None, 5), "top_k must be"),
                        ((x, w.double(), None, 2), "x's dtype")):  # fmt: skip
         with pytest.raises(ValueError, match=said):
             K.moe_route(*args, True)
-    top_w, top_e, counts = K.moe_route(x.double(), w.double(), None, 2, True)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"):
+        top_w, top_e, counts = K.moe_route(x.double(), w.double(), None, 2, True)
     assert K.last_backend("moe_route") == "naive" and counts is None and top_w.dtype == torch.float64
+    assert any("float64" in r.getMessage() for r in caplog.records), "the reference ran without saying why"
 
 
 @pytest.mark.gpu

@@ -399,14 +399,14 @@ for job in $(cat $Q/jobs); do
       timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops moe --out $O/moe_route.json \
           > $O/moe_route.log 2>&1
       log "kernels moe (routed) rc=$?"; pack ;;
-    moetune)  # issue 19: moe_grouped_experts' switches swept by tools/tune_moe_grouped.py --groups <s> (moetune:tma,tma_tiles:
-      # the GEMM tiles through tensor descriptors; moetune:hw_round: the epilogues' roundings by conversion): the GPU
-      # tests of those switches, the groups beside the default (one process), then the op against the dense SwiGLU with
-      # the best of them by forward + backward time (ARCHZOO_MOE_GROUPED_CONFIG)
+    moetune)  # issue 19: moe_grouped_experts' switches swept by tools/tune_moe_grouped.py --groups <s> (moetune:sorted_dw:
+      # the weight gradients on sorted copies of x and dout; moetune:hw_round: the epilogues' roundings by conversion):
+      # the GPU tests of the switches, the groups beside the default (one process), then the op against the dense
+      # SwiGLU with the best of them by forward + backward time (ARCHZOO_MOE_GROUPED_CONFIG)
       [ -n "$bg" ] && wait $bg; bg=""
-      groups=$s; [ "$s" = "$job" ] && groups=tma,tma_tiles; tag=${groups//,/_}
+      groups=$s; [ "$s" = "$job" ] && groups=sorted_dw; tag=${groups//,/_}
       log "moetune $groups"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "tma or hw_round or pdl or route or sorted" tests/kernels/test_moe_grouped.py tests/kernels/test_moe_route.py \
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "hw_round or pdl or route or sorted" tests/kernels/test_moe_grouped.py tests/kernels/test_moe_route.py \
           > $O/moe_${tag}_gpu_tests.log 2>&1
       log "moetune gpu tests rc=$? $(tail -1 $O/moe_${tag}_gpu_tests.log)"
       for i in 0 1 2 3 4 5 6 7; do

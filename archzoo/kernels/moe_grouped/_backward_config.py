@@ -7,8 +7,8 @@ module, which imports the forward's."""
 # (DWD_BLOCK_P of d_model x DWD_BLOCK_Q of d_ff), DWGU_* the gate / up gradients' (DWGU_BLOCK_P of d_ff x
 # DWGU_BLOCK_Q of d_model, two accumulators); SUM_BLOCK: elements a sum program takes (dx over K, dtop_w over the
 # tiles). BLOCK_M is the forward plan's. Untimed: the forward's tile shapes, not a tuning.
-# DH_TMA, DX_TMA, DW_TMA: the tile loads through tensor descriptors (triton.py's CUDA_CONFIG says why they are off:
-# dh 0.443 -> 0.460 ms backward, dx 0.460, the weight gradients 0.439, level, on an H100). DH_HW_ROUND: dh's
+# The tile loads through tensor descriptors were timed and taken out (triton.py's CUDA_CONFIG says why: dh 0.443 ->
+# 0.460 ms backward, dx 0.460, the weight gradients 0.439, level, on an H100). DH_HW_ROUND: dh's
 # epilogue roundings by conversion (triton.py's HW_ROUND; 11,352 -> 7,051 SASS instructions, the same bits): level
 # (0.443 -> 0.446 ms): dh runs one program an SM (250 registers; Nsight Compute: 12.5% occupancy, issue slots 36%
 # busy, docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt), so fewer instructions do not shorten it. Off.
@@ -24,14 +24,14 @@ module, which imports the forward's."""
 # --config '{"SORTED_DW": 1}').
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
-                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4, DH_TMA=0,
-                   DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
+                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4,
+                   DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
                    GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
-                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1, DH_TMA=0,
-                        DX_TMA=0, DW_TMA=0, DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
+                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1,
+                        DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
                         DWGU_SORTED_STAGES=1)  # fmt: skip
 
 __all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]

@@ -46,10 +46,9 @@ from .._dispatch import triton_interpreting
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv
-from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round
 from ._backward_config import CUDA_CONFIG, INTERPRET_CONFIG
-from .triton import _block_and_tile, _down_kernel, _rnd, _sum_kernel, _w_desc, _w_tile, env_config, weight_tma
+from .triton import _block_and_tile, _down_kernel, _rnd, _sum_kernel, env_config
 
 # The tiles and switches (CUDA_CONFIG, INTERPRET_CONFIG) live in _backward_config.py, where triton.py's
 # ARCHZOO_MOE_GROUPED_CONFIG check reads their keys without importing this module.
@@ -59,15 +58,13 @@ CONFIG_OVERRIDE: dict = {}
 @triton.jit
 def _dh_kernel(
     o_ptr, d_ptr, w_ptr, slot_ptr, bexp_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, dwp_ptr,
-    N, D, F, A, E, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
+    N, D, F, A, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-    KMAJOR: tl.constexpr, HW_ROUND: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, HW_ROUND: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
-    """A (block, d_ff tile) of dhw, then the epilogue (module docstring). TMA: W_d's tiles through a tensor
-    descriptor (``triton._w_desc``: W_d[e] is the (d_model, d_ff) operand, d_ff its N); dout's rows, gathered by
-    token, stay pointer loads. HW_ROUND: the epilogue's roundings by conversion (``triton._rnd``)."""
+    """A (block, d_ff tile) of dhw, then the epilogue (module docstring). HW_ROUND: the epilogue's roundings by
+    conversion (``triton._rnd``)."""
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
@@ -84,18 +81,10 @@ def _dh_kernel(
         offs_k = tl.arange(0, BLOCK_K)  # d_model
         o_rows = o_ptr + n.to(tl.int64)[:, None] * s_on  # (BLOCK_M, 1) dout rows by token
         d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_df  # (1, BLOCK_N) of W_d[e]
-        if TMA:
-            d_desc = _w_desc(d_ptr, E, F, D, s_df, s_dd, BLOCK_N, BLOCK_K, KMAJOR)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
             kk = k0 + offs_k
-            if TMA:
-                if EVEN_K:
-                    ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None], other=0.0)
-                else:
-                    ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None] & (kk < D)[None, :], other=0.0)
-                dt = _w_tile(d_desc, e, pid_n * BLOCK_N, k0, F, D, KMAJOR)  # zeros past d_model
-            elif EVEN_K:
+            if EVEN_K:
                 ot = tl.load(o_rows + kk[None, :] * s_od, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
                 dt = tl.load(d_cols + kk[:, None] * s_dd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
             else:
@@ -174,17 +163,14 @@ def _gather_rows_kernel(
 @triton.jit
 def _dweight_kernel(
     a_ptr, a2_ptr, b_ptr, slot_ptr, eblk_ptr, o_ptr, o2_ptr,
-    N, P, Q, R, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
+    N, P, Q, s_ar, s_ap, s_br, s_bq, s_oe, s_op, s_oq, s_o2e, s_o2p, s_o2q,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, GATHER_A: tl.constexpr,
     GATHER_B: tl.constexpr, TWO: tl.constexpr, NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-    PDL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """o[e] (P, Q) = sum over expert e's sorted rows r of A[r]^T B[r] (and o2[e] of A2[r]^T B[r] where TWO): A, A2
     rows (P columns) and B rows (Q columns) either by sorted row (R rows, every row of a used block written) or
-    gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype. TMA: the operands
-    by sorted row through tensor descriptors (the host checked their columns contiguous, ``_tma.tma_ok``); the
-    gathered ones stay pointer loads."""
+    gathered by token (GATHER_*: n = a mod N, padding rows read 0). Rounded once to o's dtype."""
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
@@ -202,15 +188,6 @@ def _dweight_kernel(
     b1 = tl.load(eblk_ptr + e + 1)
     acc = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
     acc2 = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
-    A_TMA: tl.constexpr = TMA and not GATHER_A
-    B_TMA: tl.constexpr = TMA and not GATHER_B
-    if A_TMA:
-        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[R, P], strides=[s_ar, 1], block_shape=[BLOCK_M, BLOCK_P])
-        if TWO:
-            a2_desc = tl.make_tensor_descriptor(a2_ptr, shape=[R, P], strides=[s_ar, 1],
-                                                block_shape=[BLOCK_M, BLOCK_P])  # fmt: skip
-    if B_TMA:
-        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[R, Q], strides=[s_br, 1], block_shape=[BLOCK_M, BLOCK_Q])
     for blk in tl.range(b0, b1, num_stages=NUM_STAGES):
         offs_r = blk * BLOCK_M + tl.arange(0, BLOCK_M)
         a = tl.load(slot_ptr + offs_r)
@@ -220,23 +197,14 @@ def _dweight_kernel(
         rb = (n if GATHER_B else offs_r).to(tl.int64)
         mask_a = mask_p[:, None] & valid[None, :] if GATHER_A else mask_p[:, None]
         mask_b = valid[:, None] & mask_q[None, :] if GATHER_B else mask_q[None, :]
-        if A_TMA:
-            at = tl.trans(a_desc.load([blk * BLOCK_M, pid_p * BLOCK_P]))  # (BLOCK_P, BLOCK_M): A^T
-        else:
-            at = tl.load(a_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
-        if B_TMA:
-            bt = b_desc.load([blk * BLOCK_M, pid_q * BLOCK_Q])  # (BLOCK_M, BLOCK_Q)
-        else:
-            bt = tl.load(b_ptr + rb[:, None] * s_br + offs_q[None, :] * s_bq, mask=mask_b, other=0.0)
+        at = tl.load(a_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)  # (BLOCK_P, M): A^T
+        bt = tl.load(b_ptr + rb[:, None] * s_br + offs_q[None, :] * s_bq, mask=mask_b, other=0.0)  # (M, BLOCK_Q)
         if DOT_F32:
             at = at.to(tl.float32)
             bt = bt.to(tl.float32)
         acc = tl.dot(at, bt, acc, input_precision=DOT_PRECISION)
         if TWO:
-            if A_TMA:
-                a2t = tl.trans(a2_desc.load([blk * BLOCK_M, pid_p * BLOCK_P]))
-            else:
-                a2t = tl.load(a2_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
+            a2t = tl.load(a2_ptr + ra[None, :] * s_ar + offs_p[:, None] * s_ap, mask=mask_a, other=0.0)
             if DOT_F32:
                 a2t = a2t.to(tl.float32)
             acc2 = tl.dot(a2t, bt, acc2, input_precision=DOT_PRECISION)
@@ -281,12 +249,9 @@ def moe_grouped_experts_backward(
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
     n_tiles = cdiv(F, bn)
     dwp = torch.empty((n_tiles, A), device=x.device, dtype=torch.float32)  # <dhw, h> per d_ff tile
-    ds = down_w.stride()  # (E, D, F): for dhw the d_ff columns are the kernel's n, d_model its k
-    dh_ok, dh_kmajor = weight_tma(down_w, ds[0], ds[2], ds[1], F, D, bk)
-    dh_tma = bool(cfg["DH_TMA"]) and dh_ok
     launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
-           (N, D, F, A, E, *dout.stride(), *ds, *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec, dh_tma, dh_kmajor,
+           (N, D, F, A, *dout.stride(), *down_w.stride(), *top_w.stride()),
+           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec,
             bool(cfg["DH_HW_ROUND"]) and not triton_interpreting(), pdl), cfg["DH_WARPS"], dev, pdl)  # fmt: skip
     dtop_w = torch.empty_like(top_w)
     launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),
@@ -295,15 +260,10 @@ def moe_grouped_experts_backward(
     dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
     bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
     gs, us = gate_w.stride(), up_w.stride()  # (E, F, D): the d_model columns are the kernel's n, d_ff its k
-    g_ok, kg = weight_tma(gate_w, gs[0], gs[2], gs[1], D, F, bk)
-    u_ok, ku = weight_tma(up_w, us[0], us[2], us[1], D, F, bk)
-    dx_tma = bool(cfg["DX_TMA"]) and g_ok and u_ok and tma_ok(dg, F) and tma_ok(du, F)
-    if (dh_tma or dx_tma) and x.is_cuda:
-        ensure_allocator()
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
-           (R, E, D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
-           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, dx_tma, kg, ku, pdl), cfg["DX_WARPS"],
-           dev, pdl)  # fmt: skip
+           (D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
+           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, pdl), cfg["DX_WARPS"], dev,
+           pdl)  # fmt: skip
     if K == 1:
         dx = dxa
     else:
@@ -323,27 +283,20 @@ def moe_grouped_experts_backward(
         a_d, b_gu, gather = dos, xs, False  # dW_d's A and dW_gu's B, by sorted row
     else:
         a_d, b_gu, gather = dout, x, True
-    # DW_TMA: the sorted operands (h for dW_d; dg, du for dW_g, dW_u; with SORTED_DW dout's and x's copies too)
-    # through tensor descriptors
-    dw_tma = bool(cfg["DW_TMA"]) and tma_ok(h, F) and tma_ok(dg, F) and tma_ok(du, F)
-    if sorted_dw:
-        dw_tma = dw_tma and tma_ok(xs, D) and tma_ok(dos, D)
-    if dw_tma and x.is_cuda:
-        ensure_allocator()
     ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
     bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
            (a_d, a_d, h, slot_assignment, expert_block, ddown_w, ddown_w),
-           (N, D, F, R, *a_d.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
-           (bm, bp, bq, gather, False, False, cfg["DWD_STAGES"], dot_f32, prec, dw_tma, pdl), cfg["DWD_WARPS"],
-           dev, pdl)  # fmt: skip
+           (N, D, F, *a_d.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
+           (bm, bp, bq, gather, False, False, cfg["DWD_STAGES"], dot_f32, prec, pdl), cfg["DWD_WARPS"], dev,
+           pdl)  # fmt: skip
     dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
     bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
            (dg, du, b_gu, slot_assignment, expert_block, dgate_w, dup_w),
-           (N, F, D, R, F, 1, *b_gu.stride(), *dgate_w.stride(), *dup_w.stride()),
+           (N, F, D, F, 1, *b_gu.stride(), *dgate_w.stride(), *dup_w.stride()),
            (bm, bp, bq, False, gather, True, cfg["DWGU_SORTED_STAGES"] if sorted_dw else cfg["DWGU_STAGES"], dot_f32,
-            prec, dw_tma, pdl), cfg["DWGU_WARPS"], dev, pdl)  # fmt: skip
+            prec, pdl), cfg["DWGU_WARPS"], dev, pdl)  # fmt: skip
     return dx, dgate_w, dup_w, ddown_w, dtop_w
 
 

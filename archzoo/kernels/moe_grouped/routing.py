@@ -111,10 +111,19 @@ def moe_route(
     ran). Differentiable in x, router_w and router_b through top_w. ``last_backend("moe_route")`` says which ran.
     ValueError on bad shapes, naming the argument."""
     N, _, _ = _check(x, router_w, router_b, top_k)
-    if use_triton(x, router_w, router_b) and x.dtype != torch.float64 and N > 0:
+    # where the kernel could run but does not, why (logged once, as moe_grouped_experts does); no reason where the
+    # Triton path does not apply to these tensors at all (the rule's reference)
+    why = None
+    if not use_triton(x, router_w, router_b):
+        why = ""
+    elif x.dtype == torch.float64:
+        why = "float64 inputs: the kernel computes in fp32"
+    elif N == 0:
+        why = "no tokens: nothing to route"
+    if why is None:
         record(OP, "triton")
         return _route_op(x, router_w, router_b, top_k, bool(norm_topk_prob))
-    record(OP, "naive")
+    record(OP, "naive", why or None)
     return (*reference_route(x, router_w, router_b, top_k, norm_topk_prob), None)
 
 

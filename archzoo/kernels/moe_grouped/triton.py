@@ -68,7 +68,6 @@ from .._dispatch import once, triton_interpreting
 from .._launch import launch
 from .._pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .._sizes import cdiv, next_pow2, prev_pow2, sm_count
-from .._tma import ensure_allocator, tma_ok
 from ..decode_linear.triton import _round, _swiglu  # roundings to nearest even, also under the interpreter
 from ._backward_config import CUDA_CONFIG as BACKWARD_CONFIG
 
@@ -101,14 +100,14 @@ from ._backward_config import CUDA_CONFIG as BACKWARD_CONFIG
 # contiguous. Off: timed on an H100 (twenty-third session, docs/results/kernels/moe_grouped_tune_h100_2026-12-07j.log)
 # it was level, 0.989x / 0.976x the default's saving / inference forward (not profiled: its loads, not its MMAs,
 # likely set the K loop's pace).
-# TMA / DOWN_TMA: gate|up's weight tiles / down's operands through tensor descriptors made on the device
-# (``_w_desc``, ``_tma.py``; backward.py's DH_TMA, DX_TMA, DW_TMA likewise). Built and timed in the twenty-fourth
-# session on an H100 (docs/results/kernels/moe_grouped_tune_h100_2026-12-07p.log, one process, CUDA graphs): every
-# switch lost or was level (gate|up alone 0.160 -> 0.172 ms saving forward, down alone 0.163, all five 0.175 forward
-# and 0.443 -> 0.475 backward; with larger tiles or more stages worse). Nsight Compute on the same lease
-# (docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt) had the GEMMs' issue slots 21-36% busy, tensor pipes
-# under 40%, 2-3 programs an SM: latency, not the loads' bandwidth; each program's descriptors (a 128-byte write and a
-# proxy fence each) cost more than the bulk copies saved. Off; kept with their tests for a persistent form.
+# Tile loads through tensor descriptors (TMA: each program made its descriptors on the device, every operand whose
+# rows are not gathered read by bulk copies) were built and timed in the twenty-fourth session on an H100
+# (docs/results/kernels/moe_grouped_tune_h100_2026-12-07p.log, one process, CUDA graphs): every switch lost or was
+# level (gate|up alone 0.160 -> 0.172 ms saving forward, down alone 0.163, all five 0.175 forward and 0.443 -> 0.475
+# backward; larger tiles or more stages worse). Nsight Compute on the same lease
+# (docs/results/kernels/moe_grouped_ncu_h100_2026-12-07q.txt) had the GEMMs' issue slots 21-36% busy and their tensor
+# pipes under 40%, with 2-3 programs an SM: latency, not the loads' bandwidth. Taken out in review, as dead weight;
+# the code and its tests are in commit c6a680f (archzoo/kernels/_tma.py, ``weight_tma``, the TMA constexprs).
 # HW_ROUND: the gate|up epilogue's roundings to x's dtype by the conversion instruction (cvt.rn, to nearest even)
 # rather than ``_round``'s integer ops, which the interpreter needs (its casts truncate): the same bits on a GPU
 # (test_cuda_hw_round_gives_the_same_bits), 6,647 -> 4,392 SASS instructions (tools/sm90_compile.py --op
@@ -123,13 +122,13 @@ from ._backward_config import CUDA_CONFIG as BACKWARD_CONFIG
 # waiting programs hold their slots); the backward 0.445 -> 0.441, level. Off, both.
 CUDA_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3, DOWN_BLOCK_N=64, DOWN_BLOCK_K=64,
                    DOWN_WARPS=8, DOWN_STAGES=3, PLAN_BLOCK=512, COUNTS_TILE=4096, PLAN_WARPS=4,
-                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=1,
+                   SUM_BLOCK=1024, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, HW_ROUND=1,
                    PDL=0, ROUTE_BLOCK=64)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so several blocks an expert, several tiles a row, masked edges and
 # several plan chunks run at small shapes.
 INTERPRET_CONFIG = dict(BLOCK_M=4, BLOCK_N=8, BLOCK_K=8, num_warps=1, num_stages=1, DOWN_BLOCK_N=8, DOWN_BLOCK_K=8,
                         DOWN_WARPS=1, DOWN_STAGES=1, PLAN_BLOCK=8, COUNTS_TILE=16, PLAN_WARPS=1,
-                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, TMA=0, DOWN_TMA=0, HW_ROUND=0,
+                        SUM_BLOCK=64, PERSISTENT=0, FLATTEN=1, ONE_DOT=0, HW_ROUND=0,
                         PDL=0, ROUTE_BLOCK=4, SM_COUNT=3)  # fmt: skip
 CONFIG_OVERRIDE: dict = {}
 
@@ -230,34 +229,23 @@ def _block_and_tile(bexp_ptr, n_cols):
 
 @triton.jit
 def _gate_up_two_dots(
-    x_rows, g_cols, u_cols, g_ptr, u_ptr, valid, mask_n, e, n0, E, D, F, s_xd, s_gf, s_gd, s_uf, s_ud,
+    x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
-    KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
+    NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """The gate and up accumulators (BLOCK_M, BLOCK_N) each, fp32: two tl.dot a K step on x's gathered rows. TMA:
-    the weight tiles through tensor descriptors (``_w_desc``, zeros past d_model); x's rows, gathered by token, stay
-    pointer loads (sm_90's bulk tensor copy has no row gather)."""
-    if TMA:
-        g_desc = _w_desc(g_ptr, E, F, D, s_gf, s_gd, BLOCK_N, BLOCK_K, KMAJOR_G)
-        u_desc = _w_desc(u_ptr, E, F, D, s_uf, s_ud, BLOCK_N, BLOCK_K, KMAJOR_U)
+    """The gate and up accumulators (BLOCK_M, BLOCK_N) each, fp32: two tl.dot a K step on x's gathered rows."""
     offs_k = tl.arange(0, BLOCK_K)
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
         kk = k0 + offs_k
-        mask_k = kk < D
         if EVEN_K:
             xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
-        else:
-            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
-        if TMA:
-            gt = _w_tile(g_desc, e, n0, k0, F, D, KMAJOR_G)  # (BLOCK_K, BLOCK_N)
-            ut = _w_tile(u_desc, e, n0, k0, F, D, KMAJOR_U)
-        elif EVEN_K:
             gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_n[None, :], other=0.0)  # (BLOCK_K, BLOCK_N)
             ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_n[None, :], other=0.0)
         else:
+            mask_k = kk < D
+            xt = tl.load(x_rows + kk[None, :] * s_xd, mask=valid[:, None] & mask_k[None, :], other=0.0)
             gt = tl.load(g_cols + kk[:, None] * s_gd, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
             ut = tl.load(u_cols + kk[:, None] * s_ud, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if DOT_F32:
@@ -303,17 +291,16 @@ def _gate_up_one_dot(
 @triton.jit
 def _gate_up_tile(
     x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e,
-    N, D, F, E, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
-    ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
-    HW_ROUND: tl.constexpr,
+    ONE_DOT: tl.constexpr, HW_ROUND: tl.constexpr,
 ):  # fmt: skip
     """Row block ``blk`` (expert ``e`` >= 0) x column tile ``pid_n`` of h (and with SAVE of g, u). ONE_DOT: the gate
     and up tiles loaded as one (BLOCK_K, 2 BLOCK_N) operand (its columns' pointers from either weight; both with
     d_model contiguous, s_gd == s_ud == 1, so the loads stay vectorised along K) and multiplied by one tl.dot, so x's
-    tile is read once a K step and the MMA is twice as wide. TMA (not with ONE_DOT): the weight tiles through tensor
-    descriptors (``_gate_up_two_dots``)."""
+    tile is read once a K step and the MMA is twice as wide. HW_ROUND: the epilogue's roundings by conversion
+    (``CUDA_CONFIG``)."""
     DT = h_ptr.dtype.element_ty
     offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
@@ -331,9 +318,8 @@ def _gate_up_tile(
                                         s_uf, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32,
                                         DOT_PRECISION)  # fmt: skip
     else:
-        acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, g_ptr, u_ptr, valid, mask_n, e, pid_n * BLOCK_N, E, D,
-                                         F, s_xd, s_gf, s_gd, s_uf, s_ud, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                                         NUM_STAGES, DOT_F32, DOT_PRECISION, TMA, KMAJOR_G, KMAJOR_U)  # fmt: skip
+        acc_g, acc_u = _gate_up_two_dots(x_rows, g_cols, u_cols, valid, mask_n, D, s_xd, s_gd, s_ud, BLOCK_M, BLOCK_N,
+                                         BLOCK_K, EVEN_K, NUM_STAGES, DOT_F32, DOT_PRECISION)  # fmt: skip
     rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
     w_raw = tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_M,)
     if HW_ROUND:  # the same roundings by the hardware's conversion to x's dtype (cvt.rn: to nearest even)
@@ -370,21 +356,19 @@ def _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M: tl.constexpr, BLOC
 @triton.jit
 def _gate_up_kernel(
     x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, bexp_ptr, h_ptr, gs_ptr, us_ptr,
-    N, D, F, E, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
+    N, D, F, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
-    ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
-    HW_ROUND: tl.constexpr,
-    PDL: tl.constexpr,
+    ONE_DOT: tl.constexpr, HW_ROUND: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
     blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
     if e >= 0:
-        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, E, s_xn,
-                      s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U, HW_ROUND)  # fmt: skip
+        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, pid_n, e, N, D, F, s_xn, s_xd,
+                      s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, NUM_STAGES,
+                      DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, HW_ROUND)  # fmt: skip
     elif SAVE:  # an unused block of the saved outputs
         _zero_tile(h_ptr, gs_ptr, us_ptr, blk, pid_n, F, BLOCK_M, BLOCK_N)
 
@@ -395,9 +379,7 @@ def _gate_up_persistent_kernel(
     N, D, F, E, n_blocks, s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
-    FLATTEN: tl.constexpr, ONE_DOT: tl.constexpr, TMA: tl.constexpr, KMAJOR_G: tl.constexpr, KMAJOR_U: tl.constexpr,
-    HW_ROUND: tl.constexpr,
-    PDL: tl.constexpr,
+    FLATTEN: tl.constexpr, ONE_DOT: tl.constexpr, HW_ROUND: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """PERSISTENT: a fixed grid of programs walks the used blocks' (block, column tile) pairs, their count read from
     expert_block[E] on the device, consecutive tiles of a program a grid's width apart (one block's column tiles side
@@ -412,50 +394,25 @@ def _gate_up_persistent_kernel(
     for tile in tl.range(tl.program_id(0), n_used, tl.num_programs(0), flatten=FLATTEN):
         blk = tile // n_cols
         e = tl.load(bexp_ptr + blk)
-        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, tile % n_cols, e, N, D, F, E,
+        _gate_up_tile(x_ptr, g_ptr, u_ptr, w_ptr, slot_ptr, h_ptr, gs_ptr, us_ptr, blk, tile % n_cols, e, N, D, F,
                       s_xn, s_xd, s_ge, s_gf, s_gd, s_ue, s_uf, s_ud, s_wn, s_wk, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
-                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, TMA, KMAJOR_G, KMAJOR_U, HW_ROUND)  # fmt: skip
+                      NUM_STAGES, DOT_F32, DOT_PRECISION, SAVE, ONE_DOT, HW_ROUND)  # fmt: skip
     if SAVE:
         for tile in range(n_used + tl.program_id(0), n_blocks * n_cols, tl.num_programs(0)):
             _zero_tile(h_ptr, gs_ptr, us_ptr, tile // n_cols, tile % n_cols, F, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
-def _w_desc(w_ptr, E, N, K, s_n, s_k, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, KMAJOR: tl.constexpr):
-    """A tensor descriptor over every expert's (N, K) weight at once (``_tma.py``; element (e, n, k) at e s_e + n s_n
-    + k s_k, the host checked s_e = N s_n or K s_k): KMAJOR (s_k = 1) as (E N, K) rows read (BLOCK_N, BLOCK_K) at
-    row e N + n; else (s_n = 1) as (E K, N) rows read (BLOCK_K, BLOCK_N) at row e K + k, which the host takes only
-    with K a multiple of BLOCK_K, so that no tile reaches the next expert's rows along K."""
-    if KMAJOR:
-        return tl.make_tensor_descriptor(w_ptr, shape=[E * N, K], strides=[s_n, 1], block_shape=[BLOCK_N, BLOCK_K])
-    else:
-        return tl.make_tensor_descriptor(w_ptr, shape=[E * K, N], strides=[s_k, 1], block_shape=[BLOCK_K, BLOCK_N])
-
-
-@triton.jit
-def _w_tile(desc, e, n0, k0, N, K, KMAJOR: tl.constexpr):
-    """Expert e's (BLOCK_K, BLOCK_N) weight tile at (k0, n0) through ``_w_desc``'s descriptor. Along N a tile past N
-    reads the next expert's rows (zeros past the last): the kernels never store those columns."""
-    if KMAJOR:
-        return tl.trans(desc.load([e * N + n0, k0]))
-    else:
-        return desc.load([e * K + k0, n0])
-
-
-@triton.jit
 def _down_kernel(
     h_ptr, h2_ptr, d_ptr, d2_ptr, slot_ptr, bexp_ptr, y_ptr,
-    R, E, D, F, s_de, s_dd, s_df, s_d2e, s_d2d, s_d2f,
+    D, F, s_de, s_dd, s_df, s_d2e, s_d2d, s_d2f,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, TWO: tl.constexpr,
-    TMA: tl.constexpr, KMAJOR: tl.constexpr, KMAJOR2: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
     """y[a] (row a = slot_assignment of each sorted row) = the block's rows of h (R, F) against its expert's W_d
     (E, D, F, any strides) over d_ff, rounded once; with TWO also + h2's rows against W_d2 in the same fp32
-    accumulator (the backward's dx = dg W_g + du W_u, ``backward.py``). TMA: every operand through a tensor
-    descriptor (``_tma.py``; the host checked the layouts and EVEN_K), the weights' orientation KMAJOR / KMAJOR2
-    (``_w_desc``)."""
+    accumulator (the backward's dx = dg W_g + du W_u, ``backward.py``)."""
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
@@ -463,62 +420,38 @@ def _down_kernel(
     if e >= 0:
         DT = y_ptr.dtype.element_ty
         offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-        n0 = pid_n * BLOCK_N
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < D
         offs_k = tl.arange(0, BLOCK_K)
+        r_rows = offs_m.to(tl.int64)[:, None] * F  # every row of a used block was written (padding: 0)
+        e64 = e.to(tl.int64)
+        d_cols = d_ptr + e64 * s_de + offs_n.to(tl.int64)[None, :] * s_dd  # (1, BLOCK_N) of W_d[e]^T
+        d2_cols = d2_ptr + e64 * s_d2e + offs_n.to(tl.int64)[None, :] * s_d2d
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        if TMA:
-            h_desc = tl.make_tensor_descriptor(h_ptr, shape=[R, F], strides=[F, 1], block_shape=[BLOCK_M, BLOCK_K])
-            d_desc = _w_desc(d_ptr, E, D, F, s_dd, s_df, BLOCK_N, BLOCK_K, KMAJOR)
+        for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
+            kk = k0 + offs_k
+            if EVEN_K:
+                ht = tl.load(h_ptr + r_rows + kk[None, :])
+                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
+            else:
+                mask_k = kk < F
+                ht = tl.load(h_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            if DOT_F32:
+                ht = ht.to(tl.float32)
+                dt = dt.to(tl.float32)
+            acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
             if TWO:
-                h2_desc = tl.make_tensor_descriptor(h2_ptr, shape=[R, F], strides=[F, 1],
-                                                    block_shape=[BLOCK_M, BLOCK_K])  # fmt: skip
-                d2_desc = _w_desc(d2_ptr, E, D, F, s_d2d, s_d2f, BLOCK_N, BLOCK_K, KMAJOR2)
-            for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
-                ht = h_desc.load([blk * BLOCK_M, k0])
-                dt = _w_tile(d_desc, e, n0, k0, D, F, KMAJOR)
-                if DOT_F32:
-                    ht = ht.to(tl.float32)
-                    dt = dt.to(tl.float32)
-                acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
-                if TWO:
-                    h2t = h2_desc.load([blk * BLOCK_M, k0])
-                    d2t = _w_tile(d2_desc, e, n0, k0, D, F, KMAJOR2)
-                    if DOT_F32:
-                        h2t = h2t.to(tl.float32)
-                        d2t = d2t.to(tl.float32)
-                    acc = tl.dot(h2t, d2t, acc, input_precision=DOT_PRECISION)
-        else:
-            r_rows = offs_m.to(tl.int64)[:, None] * F  # every row of a used block was written (padding: 0)
-            e64 = e.to(tl.int64)
-            d_cols = d_ptr + e64 * s_de + offs_n.to(tl.int64)[None, :] * s_dd  # (1, BLOCK_N) of W_d[e]^T
-            d2_cols = d2_ptr + e64 * s_d2e + offs_n.to(tl.int64)[None, :] * s_d2d
-            for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
-                kk = k0 + offs_k
                 if EVEN_K:
-                    ht = tl.load(h_ptr + r_rows + kk[None, :])
-                    dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
+                    h2t = tl.load(h2_ptr + r_rows + kk[None, :])
+                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_n[None, :], other=0.0)
                 else:
-                    mask_k = kk < F
-                    ht = tl.load(h_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                    dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+                    h2t = tl.load(h2_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
                 if DOT_F32:
-                    ht = ht.to(tl.float32)
-                    dt = dt.to(tl.float32)
-                acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
-                if TWO:
-                    if EVEN_K:
-                        h2t = tl.load(h2_ptr + r_rows + kk[None, :])
-                        d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_n[None, :], other=0.0)
-                    else:
-                        h2t = tl.load(h2_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                        d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_k[:, None] & mask_n[None, :],
-                                      other=0.0)  # fmt: skip
-                    if DOT_F32:
-                        h2t = h2t.to(tl.float32)
-                        d2t = d2t.to(tl.float32)
-                    acc = tl.dot(h2t, d2t, acc, input_precision=DOT_PRECISION)
+                    h2t = h2t.to(tl.float32)
+                    d2t = d2t.to(tl.float32)
+                acc = tl.dot(h2t, d2t, acc, input_precision=DOT_PRECISION)
         a = tl.load(slot_ptr + offs_m)
         y_rows = y_ptr + a.to(tl.int64)[:, None] * D
         tl.store(y_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
@@ -545,7 +478,7 @@ def _sum_kernel(
     tl.store(out_ptr + offs, _round(acc, DT).to(DT), mask=mask)
 
 
-# A process started with ARCHZOO_MOE_GROUPED_CONFIG='{"TMA": 1, "DX_TMA": 1}' (keys of this CUDA_CONFIG or
+# A process started with ARCHZOO_MOE_GROUPED_CONFIG='{"PDL": 1, "SORTED_DW": 1}' (keys of this CUDA_CONFIG or
 # backward.py's, integer values) runs the kernels on CUDA with those settings over the defaults (CONFIG_OVERRIDE,
 # the tuning tools' hook, still wins): how a benchmark times a setting before it becomes the default. Read once.
 CONFIG_ENV = "ARCHZOO_MOE_GROUPED_CONFIG"
@@ -569,19 +502,6 @@ def _config(device: torch.device) -> dict:
     if device.type != "cuda":
         return {**INTERPRET_CONFIG, **CONFIG_OVERRIDE}
     return {**CUDA_CONFIG, **{k: v for k, v in env_config().items() if k in CUDA_CONFIG}, **CONFIG_OVERRIDE}
-
-
-def weight_tma(w: torch.Tensor, s_e: int, s_n: int, s_k: int, n: int, k: int, block_k: int) -> tuple[bool, bool]:
-    """Whether the kernels can read expert weights (E, n, k), element (e, i, j) at e s_e + i s_n + j s_k, through one
-    tensor descriptor (``_w_desc``), and in which orientation -> (usable, KMAJOR): k contiguous with the experts
-    stacked as E n rows; or n contiguous, stacked as E k rows, with k a multiple of block_k (a tile along k never
-    reaches the next expert); each with ``_tma.tma_ok``'s alignment."""
-    one = w.shape[0] == 1
-    if s_k == 1 and (one or s_e == n * s_n) and tma_ok(w, s_n):
-        return True, True
-    if s_n == 1 and (one or s_e == k * s_k) and k % block_k == 0 and tma_ok(w, s_k):
-        return True, False
-    return False, False
 
 
 def use_pdl(device: torch.device) -> bool:
@@ -682,34 +602,24 @@ def moe_grouped_experts(
     if cfg["ONE_DOT"] and not one_dot:
         once("moe_grouped_one_dot", "moe_grouped_experts: ONE_DOT asked, but the gate / up weights' d_model is "
              f"strided ({gate_w.stride(2)}, {up_w.stride(2)}): the gate|up runs two dots")  # fmt: skip
-    # TMA / DOWN_TMA: gate|up's weight tiles / down's operands through tensor descriptors where the layouts allow
-    # it (``_tma.py``, ``weight_tma``); elsewhere the pointer loads
-    g_ok, kg = weight_tma(gate_w, *gate_w.stride(), F, D, bk)
-    u_ok, ku = weight_tma(up_w, *up_w.stride(), F, D, bk)
-    d_ok, kd = weight_tma(down_w, *down_w.stride(), D, F, cfg["DOWN_BLOCK_K"])
-    tma_gu = bool(cfg["TMA"]) and not one_dot and g_ok and u_ok
-    tma_down = bool(cfg["DOWN_TMA"]) and d_ok and tma_ok(h, F)
-    if (tma_gu or tma_down) and x.is_cuda:
-        ensure_allocator()
-    # HW_ROUND: the gate|up epilogue's roundings by conversion (CUDA only: Triton's interpreter truncates)
-    gu_flags = (tma_gu, kg, ku, bool(cfg["HW_ROUND"]) and not triton_interpreting())
+    hw_round = bool(cfg["HW_ROUND"]) and not triton_interpreting()  # the interpreter's casts truncate
     if cfg["PERSISTENT"]:  # a fixed grid over the used blocks' tiles (CUDA_CONFIG says why it is off)
         sms = cfg.get("SM_COUNT") or (sm_count(dev) if x.is_cuda else 1)  # SM_COUNT: the interpreter's pretend GPU
         launch(_gate_up_persistent_kernel, (min(tiles, sms * cfg["PERSISTENT"]),),
                (x, gate_w, up_w, top_w, slot_assignment, block_expert, expert_block, h, gs, us),
                (N, D, F, E, R // bm, *strides),
-               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, *gu_flags, pdl),
+               (bm, bn, bk, D % bk == 0, *common, save, bool(cfg["FLATTEN"]), one_dot, hw_round, pdl),
                cfg["num_warps"], dev, pdl)  # fmt: skip
     else:
         launch(_gate_up_kernel, (tiles,), (x, gate_w, up_w, top_w, slot_assignment, block_expert, h, gs, us),
-               (N, D, F, E, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, *gu_flags, pdl),
+               (N, D, F, *strides), (bm, bn, bk, D % bk == 0, *common, save, one_dot, hw_round, pdl),
                cfg["num_warps"], dev, pdl)  # fmt: skip
     y = torch.empty((K * N, D), device=x.device, dtype=x.dtype)  # each assignment's output, row a = k * N + n
     bn, bk = cfg["DOWN_BLOCK_N"], cfg["DOWN_BLOCK_K"]
     common = (cfg["DOWN_STAGES"], dot_f32, "ieee" if dot_f32 else None)
     launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (h, h, down_w, down_w, slot_assignment, block_expert, y),
-           (R, E, D, F, *down_w.stride(), *down_w.stride()),
-           (bm, bn, bk, F % bk == 0, *common, False, tma_down, kd, kd, pdl), cfg["DOWN_WARPS"], dev, pdl)  # fmt: skip
+           (D, F, *down_w.stride(), *down_w.stride()), (bm, bn, bk, F % bk == 0, *common, False, pdl),
+           cfg["DOWN_WARPS"], dev, pdl)  # fmt: skip
     if K == 1:
         out = y
     else:
@@ -728,5 +638,4 @@ __all__ = [
     "moe_grouped_experts",
     "plan",
     "plan_sizes",
-    "weight_tma",
 ]
