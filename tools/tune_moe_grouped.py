@@ -69,6 +69,12 @@ GROUPS["sorted_dw"] = (("SORTED_DW",), [(0,), (1,)])
 GROUPS["pdl"] = (("PDL", "BWD_PDL"), [(0, 0), (1, 0), (0, 1), (1, 1)])
 # the gate|up's and dh's epilogue roundings by conversion (one cvt each way) instead of by bits (five integer ops)
 GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(1, 0), (0, 0), (1, 1), (0, 1)])
+# the backward tiles that won alone in two sweeps (dx 128 columns 0.961x, dwgu 128 x 128 in 2 stages 0.964x, dh 4
+# stages 0.981x the backward; moe_grouped_tune_h100_2026-12-07h / j), together and in pairs
+GROUPS["bwd_combo"] = (
+    ("DX_BLOCK_N", "DWGU_BLOCK_Q", "DWGU_STAGES", "DH_STAGES"),
+    [(64, 64, 3, 3), (128, 128, 2, 4), (128, 128, 2, 3), (128, 64, 3, 4), (64, 128, 2, 4)],
+)
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
 INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")
