@@ -75,6 +75,14 @@ GROUPS["bwd_combo"] = (
     ("DX_BLOCK_N", "DWGU_BLOCK_Q", "DWGU_STAGES", "DH_STAGES"),
     [(64, 64, 3, 3), (128, 128, 2, 4), (128, 128, 2, 3), (128, 64, 3, 4), (64, 128, 2, 4)],
 )
+# dh's epilogue loads (g, u, the routing weights) issued before its K loop, alone and with 4 stages (bwd_combo's dh)
+GROUPS["dh_prefetch"] = (("DH_PREFETCH", "DH_STAGES"), [(0, 3), (1, 3), (1, 4), (1, 2)])
+# dh's programs on half a plan block's rows (fewer registers, two programs an SM at 4 warps), with and without the
+# epilogue's loads before the K loop
+GROUPS["dh_split"] = (
+    ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "DH_PREFETCH"),
+    [(1, 8, 3, 0), (2, 4, 3, 0), (2, 8, 3, 0), (2, 4, 4, 0), (2, 4, 3, 1), (2, 8, 3, 1), (4, 4, 3, 0)],
+)
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
 INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")

@@ -149,10 +149,17 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
 
 
 @interpreter_only
-def test_sorted_weight_gradient_rows_give_the_same_bits(monkeypatch, kernels_env):
+@pytest.mark.parametrize(
+    "switch",
+    [{"SORTED_DW": 1}, {"DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_PREFETCH": 1}, {"DH_SPLIT": 4}],
+    ids=["sorted_dw", "dh_prefetch", "dh_split2", "dh_split4"],
+)
+def test_backward_switches_give_the_same_bits(monkeypatch, kernels_env, switch):
     """SORTED_DW (x's and dout's rows copied in sorted order, zeros on padding rows, then the weight gradients
-    reading plain rows): every gradient bit for bit as the gathering loads give it, on the awkward cases (idle
-    experts' blocks, d_model off the copy's column tile, one expert, top-3)."""
+    reading plain rows), DH_PREFETCH (dh's epilogue loads before its K loop) and DH_SPLIT (dh's programs on a part
+    of a plan block's rows): every gradient bit for bit as the default gives it, on the awkward cases (idle
+    experts' blocks, d_model off the copy's column tile, d_ff off dh's tile, one expert, top-3).
+    The interpreter's plan blocks are 4 rows: DH_SPLIT 4 runs programs of one row."""
     from archzoo.kernels.moe_grouped import backward as B
 
     for i, c in enumerate(CASES):
@@ -160,11 +167,11 @@ def test_sorted_weight_gradient_rows_give_the_same_bits(monkeypatch, kernels_env
         out, *saved = T.moe_grouped_experts(*args, save=True)
         dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
         want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
-        monkeypatch.setattr(B, "CONFIG_OVERRIDE", {"SORTED_DW": 1})
+        monkeypatch.setattr(B, "CONFIG_OVERRIDE", switch)
         got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
         monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})
         for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
-            assert torch.equal(a, b), f"case {i}: {name} differs with SORTED_DW"
+            assert torch.equal(a, b), f"case {i}: {name} differs with {switch}"
 
 
 def test_config_env_is_checked(kernels_env):
@@ -533,19 +540,24 @@ def test_cuda_persistent_gate_up_gives_the_same_bits(monkeypatch, flatten):
 
 @pytest.mark.gpu
 @requires_cuda
-def test_cuda_sorted_dw_gives_the_same_bits(monkeypatch):
-    """SORTED_DW at the students' shape in bf16, skewed routing: every gradient bit for bit as the gathering loads
-    give it."""
+@pytest.mark.parametrize(
+    "switch",
+    [{"SORTED_DW": 1}, {"DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_WARPS": 4}],
+    ids=["sorted_dw", "dh_prefetch", "dh_split", "dh_split_4warps"],
+)
+def test_cuda_backward_switches_give_the_same_bits(monkeypatch, switch):
+    """SORTED_DW, DH_PREFETCH and DH_SPLIT at the students' shape in bf16, skewed routing: every gradient bit for
+    bit as the default gives it."""
     from archzoo.kernels.moe_grouped import backward as B
 
     args = _students("skewed")
     dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
     out, *saved = T.moe_grouped_experts(*args, save=True)
     want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
-    monkeypatch.setitem(B.CONFIG_OVERRIDE, "SORTED_DW", 1)
+    monkeypatch.setattr(B, "CONFIG_OVERRIDE", switch)
     got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
     for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
-        assert torch.equal(a, b), f"{name} differs with SORTED_DW"
+        assert torch.equal(a, b), f"{name} differs with {switch}"
 
 
 @pytest.mark.gpu

@@ -22,16 +22,26 @@ module, which imports the forward's."""
 # DWGU_SORTED_STAGES: the gate|up weight gradient's stages with SORTED_DW, where x's tile joins dg's and du's in the
 # pipeline's shared memory (3 stages: 240 KB, over sm_90's 227; 2: 160 KB; tools/sm90_compile.py --op moe_grouped
 # --config '{"SORTED_DW": 1}').
+# DH_PREFETCH: dh's epilogue loads (g's and u's tiles, 16 KB each at 128 x 64 bf16, and the routing weights) issued
+# before its K loop: dh runs one program an SM (250 registers), so no other program's GEMM hides the epilogue's wait
+# on those loads, and its K loop is short (d_model 576: 9 steps of 64). The tiles are held in bf16 through the loop
+# (16 registers each a thread at 8 warps). The same loads, the same bits. Written in the twenty-fifth session on the
+# CPU; off until timed (tools/tune_moe_grouped.py --groups dh_prefetch).
+# DH_SPLIT: a dh program takes 1 / DH_SPLIT of a plan block's rows (64 of 128 at 2): its tile and epilogue hold half
+# the registers a thread at the same warps (32 fp32 elements a tensor at 128 x 64 and 8 warps, ten such tensors
+# live in the epilogue: 254-255 registers, tools/sm90_compile.py), so two programs can share an SM at 4 warps, one
+# waiting on its loads while the other computes. W_d's tile is read twice as often (from L2). The same sums: the
+# same bits. Twenty-fifth session, CPU; 1 (off) until timed (tools/tune_moe_grouped.py --groups dh_split).
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4,
                    DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
-                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2)  # fmt: skip
+                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=1)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
                         DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1,
                         DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
-                        DWGU_SORTED_STAGES=1)  # fmt: skip
+                        DWGU_SORTED_STAGES=1, DH_PREFETCH=0, DH_SPLIT=1)  # fmt: skip
 
 __all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]

@@ -61,17 +61,20 @@ def _dh_kernel(
     N, D, F, A, s_on, s_od, s_de, s_dd, s_df, s_wn, s_wk,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, HW_ROUND: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, SPLIT: tl.constexpr,
 ):  # fmt: skip
     """A (block, d_ff tile) of dhw, then the epilogue (module docstring). HW_ROUND: the epilogue's roundings by
-    conversion (``triton._rnd``)."""
+    conversion (``triton._rnd``). PREFETCH: the epilogue's g, u and weight loads issued before the K loop, so that
+    they are in flight during it. SPLIT: a program takes 1 / SPLIT of a plan block's rows (BLOCK_M is the
+    program's rows, the plan's block BLOCK_M * SPLIT), for fewer registers a program (``_backward_config.py``)."""
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
-    blk, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N))
+    sub, pid_n, _ = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N), False)
+    e = tl.load(bexp_ptr + sub // SPLIT)
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
-        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = sub * BLOCK_M + tl.arange(0, BLOCK_M)
         a = tl.load(slot_ptr + offs_m)  # (BLOCK_M,) assignments, -1 on padding rows
         valid = a >= 0
         n = tl.where(valid, a % N, 0)
@@ -81,6 +84,12 @@ def _dh_kernel(
         offs_k = tl.arange(0, BLOCK_K)  # d_model
         o_rows = o_ptr + n.to(tl.int64)[:, None] * s_on  # (BLOCK_M, 1) dout rows by token
         d_cols = d_ptr + e.to(tl.int64) * s_de + offs_n.to(tl.int64)[None, :] * s_df  # (1, BLOCK_N) of W_d[e]
+        rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
+        w_ptrs = w_ptr + n * s_wn + k * s_wk
+        if PREFETCH:
+            g_in = tl.load(g_ptr + rows, mask=mask_n[None, :], other=0.0)
+            u_in = tl.load(u_ptr + rows, mask=mask_n[None, :], other=0.0)
+            w_in = tl.load(w_ptrs, mask=valid, other=0.0)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, D, BLOCK_K, num_stages=NUM_STAGES):
             kk = k0 + offs_k
@@ -96,13 +105,16 @@ def _dh_kernel(
                 dt = dt.to(tl.float32)
             acc = tl.dot(ot, dt, acc, input_precision=DOT_PRECISION)
         dhw = _rnd(acc, DT, HW_ROUND)
-        rows = offs_m.to(tl.int64)[:, None] * F + offs_n[None, :]
-        g = tl.load(g_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + rows, mask=mask_n[None, :], other=0.0).to(tl.float32)
+        if not PREFETCH:
+            g_in = tl.load(g_ptr + rows, mask=mask_n[None, :], other=0.0)
+            u_in = tl.load(u_ptr + rows, mask=mask_n[None, :], other=0.0)
+            w_in = tl.load(w_ptrs, mask=valid, other=0.0)
+        g = g_in.to(tl.float32)
+        u = u_in.to(tl.float32)
         sig = 1.0 / (1.0 + tl.exp(-g))
         s = _rnd(g * sig, DT, HW_ROUND)  # SiLU(g) as the forward rounds it
         h = _rnd(s * u, DT, HW_ROUND)
-        wk = _rnd(tl.load(w_ptr + n * s_wn + k * s_wk, mask=valid, other=0.0).to(tl.float32), DT, HW_ROUND)
+        wk = _rnd(w_in.to(tl.float32), DT, HW_ROUND)
         keep = (wk != 0.0)[:, None]  # padding rows and dropped assignments: no gradient at all
         dw = tl.sum(tl.where(keep, dhw * h, 0.0), axis=1)  # (BLOCK_M,) this tile's part of <dhw, h>
         tl.store(dwp_ptr + pid_n.to(tl.int64) * A + a, dw, mask=valid)
@@ -249,10 +261,16 @@ def moe_grouped_experts_backward(
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
     n_tiles = cdiv(F, bn)
     dwp = torch.empty((n_tiles, A), device=x.device, dtype=torch.float32)  # <dhw, h> per d_ff tile
-    launch(_dh_kernel, ((R // bm) * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
+    split = cfg["DH_SPLIT"]
+    if bm % split or (x.is_cuda and bm // split < 16):  # tl.dot's 16 rows at least (the interpreter: any)
+        raise ValueError(
+            f"DH_SPLIT {split}: the plan's BLOCK_M {bm} must split into whole row tiles (of 16 or more on a GPU)"
+        )
+    launch(_dh_kernel, ((R // bm) * split * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
            (N, D, F, A, *dout.stride(), *down_w.stride(), *top_w.stride()),
-           (bm, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec,
-            bool(cfg["DH_HW_ROUND"]) and not triton_interpreting(), pdl), cfg["DH_WARPS"], dev, pdl)  # fmt: skip
+           (bm // split, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec,
+            bool(cfg["DH_HW_ROUND"]) and not triton_interpreting(), pdl, bool(cfg["DH_PREFETCH"]), split),
+           cfg["DH_WARPS"], dev, pdl)  # fmt: skip
     dtop_w = torch.empty_like(top_w)
     launch(_dw_sum_kernel, (cdiv(A, cfg["SUM_BLOCK"]),), (dwp, dtop_w), (A, N, n_tiles, *dtop_w.stride()),
            (cfg["SUM_BLOCK"], pdl), cfg["SUM_WARPS"], dev, pdl)  # fmt: skip

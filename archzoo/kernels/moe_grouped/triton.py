@@ -219,12 +219,14 @@ def _place_kernel(
 
 
 @triton.jit
-def _block_and_tile(bexp_ptr, n_cols):
-    """A GEMM program's (row block, column tile, the block's expert or -1): consecutive programs take one block's
-    column tiles (the same rows, the same expert)."""
+def _block_and_tile(bexp_ptr, n_cols, LOAD: tl.constexpr = True):
+    """A GEMM program's (row block, column tile, the block's expert or -1; 0 where not LOAD): consecutive programs
+    take one block's column tiles (the same rows, the same expert)."""
     pid = tl.program_id(0)
     blk = pid // n_cols
-    return blk, pid % n_cols, tl.load(bexp_ptr + blk)
+    if LOAD:
+        return blk, pid % n_cols, tl.load(bexp_ptr + blk)
+    return blk, pid % n_cols, 0
 
 
 @triton.jit
