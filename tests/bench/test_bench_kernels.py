@@ -124,6 +124,7 @@ def test_la_based_moe_run_on_the_cpu_at_tiny_shapes(tmp_path, capsys):
     assert fused["status"] == "ok" and fused["over_dense_fwd"] > 0, fused
     routed = rows["archzoo_fused_routed"]  # with moe_route's routing (its reference here: no counts)
     assert routed["status"] == "ok" and routed["over_dense_fwdbwd"] > 0, routed
+    assert moe["whole_graph"] is None, "the whole-graph rows are CUDA graphs: not on the CPU"
     for title in ("## linear_attention normalize=False", "## linear_attention normalize=True", "## BASED", "## MoE"):
         assert title in text, title
     if not FLA:
@@ -179,3 +180,21 @@ def test_moe_rows_set_their_switches_for_the_call_only():
                 torch.zeros(1), "loop")()  # fmt: skip
     assert seen == [("grouped", "count", "fused"), ("loop", *before[1:])]
     assert (moe_mod.DISPATCH, moe_mod.ROUTE, moe_mod.GATE_UP) == before
+
+
+def test_moe_whole_graph_table_prints_ratios_and_failures(capsys):
+    """The MoE's whole-graph rows (forward, forward + backward each one CUDA graph) print as their own table: ms and
+    x the dense layer's, a failed capture by its status."""
+    from archzoo.bench.kernels.tables import _print_issue19
+
+    row = {"status": "ok", "fwd_ms": 0.1, "fwdbwd_ms": 0.4}
+    moe = {"shape": {}, "capacity": {}, "dense_reference": "d", "rows": {8: {"dense_x": row}},
+           "whole_graph": {"dense_x": {**row, "over_dense_fwd": 1.0, "over_dense_fwdbwd": 1.0},
+                           "archzoo_fused_experts": {"status": "ok", "fwd_ms": 0.13, "fwdbwd_ms": 0.6,
+                                                     "over_dense_fwd": 1.3, "over_dense_fwdbwd": 1.5},
+                           "archzoo_fused_routed": {"status": "error (RuntimeError: capture)"}}}  # fmt: skip
+    _print_issue19({"moe": moe, "device": "d", "torch": "t", "triton": "t"})
+    text = capsys.readouterr().out
+    assert "One CUDA graph a call" in text
+    assert "| archzoo_fused_experts | 0.130 | 0.600 | 1.30 | 1.50 |" in text, text
+    assert "| archzoo_fused_routed | error | error | - | - |" in text, text

@@ -85,6 +85,15 @@ def _print_issue19(results: dict) -> None:
         print(_table(f"MoE {moe['shape']}, capacity {moe['capacity']}; x = impl ms / dense ms (target: grouped <= "
                      f"{MOE_TARGET}); dense = {moe['dense_reference']}", moe["rows"],
                      ours=next(k for k in next(iter(moe["rows"].values())) if k.startswith("dense"))))  # fmt: skip
+        if moe.get("whole_graph"):
+            print(
+                "\nOne CUDA graph a call (forward; forward + backward captured whole): no host time on either side; "
+                "x = impl ms / dense ms"
+            )
+            print("| impl | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x |\n|---|---|---|---|---|")
+            for name, r in moe["whole_graph"].items():
+                x = _pair(r, "over_dense_fwd", "over_dense_fwdbwd", ".2f").split(" / ")
+                print(f"| {name} | {_fmt_ms(r, 'fwd_ms')} | {_fmt_ms(r, 'fwdbwd_ms')} | {x[0]} | {x[-1]} |")
         for name, r in next(iter(moe["rows"].values())).items():
             if "last_dispatch" in r:
                 print(f"{name}: dispatch ran: {r['last_dispatch']}")
