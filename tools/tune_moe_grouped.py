@@ -83,6 +83,8 @@ GROUPS["dh_split"] = (
     ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "DH_PREFETCH"),
     [(1, 8, 3, 0), (2, 4, 3, 0), (2, 8, 3, 0), (2, 4, 4, 0), (2, 4, 3, 1), (2, 8, 3, 1), (4, 4, 3, 0)],
 )
+# the backward's down weight gradient (and at 2, dx) on a second stream, beside dh (and the gate|up weight gradient)
+GROUPS["streams"] = (("BWD_STREAMS",), [(0,), (1,), (2,)])
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
 INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")

@@ -542,12 +542,14 @@ def test_cuda_persistent_gate_up_gives_the_same_bits(monkeypatch, flatten):
 @requires_cuda
 @pytest.mark.parametrize(
     "switch",
-    [{"SORTED_DW": 1}, {"DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_WARPS": 4}],
-    ids=["sorted_dw", "dh_prefetch", "dh_split", "dh_split_4warps"],
-)
+    [{"SORTED_DW": 1}, {"DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_PREFETCH": 1}, {"DH_SPLIT": 2, "DH_WARPS": 4},
+     {"BWD_STREAMS": 1}, {"BWD_STREAMS": 2}, {"BWD_STREAMS": 2, "SORTED_DW": 1}],
+    ids=["sorted_dw", "dh_prefetch", "dh_split", "dh_split_4warps", "streams1", "streams2", "streams2_sorted"],
+)  # fmt: skip
 def test_cuda_backward_switches_give_the_same_bits(monkeypatch, switch):
-    """SORTED_DW, DH_PREFETCH and DH_SPLIT at the students' shape in bf16, skewed routing: every gradient bit for
-    bit as the default gives it."""
+    """SORTED_DW, DH_PREFETCH, DH_SPLIT and BWD_STREAMS at the students' shape in bf16, skewed routing: every
+    gradient bit for bit as the default gives it; with BWD_STREAMS, a CUDA graph's replay too (the second stream's
+    work a branch of the graph)."""
     from archzoo.kernels.moe_grouped import backward as B
 
     args = _students("skewed")
@@ -558,6 +560,10 @@ def test_cuda_backward_switches_give_the_same_bits(monkeypatch, switch):
     got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
     for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
         assert torch.equal(a, b), f"{name} differs with {switch}"
+    if "BWD_STREAMS" in switch:
+        graphed, _graph = graph_replayed(lambda: B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved))
+        for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), graphed, want, strict=True):
+            assert torch.equal(a, b), f"{name}: a CUDA-graph replay with {switch} differs"
 
 
 @pytest.mark.gpu

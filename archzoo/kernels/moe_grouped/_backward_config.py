@@ -32,16 +32,21 @@ module, which imports the forward's."""
 # live in the epilogue: 254-255 registers, tools/sm90_compile.py), so two programs can share an SM at 4 warps, one
 # waiting on its loads while the other computes. W_d's tile is read twice as often (from L2). The same sums: the
 # same bits. Twenty-fifth session, CPU; 1 (off) until timed (tools/tune_moe_grouped.py --groups dh_split).
+# BWD_STREAMS: the down weight gradient on a second stream from the backward's start (it reads only dout and the
+# forward's hw), beside dh, which runs one program an SM and leaves the SMs' issue slots two-thirds idle (Nsight
+# Compute, twenty-fourth session); at 2 the dx GEMM and its sum follow it there once dh is done, beside the gate|up
+# weight gradient. A CUDA graph captures the two streams as parallel branches. Twenty-fifth session, CPU (where it is
+# a no-op: no streams); 0 (off) until timed (tools/tune_moe_grouped.py --groups streams).
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4,
                    DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
-                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=1)  # fmt: skip
+                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=1, BWD_STREAMS=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
                         DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1,
                         DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
-                        DWGU_SORTED_STAGES=1, DH_PREFETCH=0, DH_SPLIT=1)  # fmt: skip
+                        DWGU_SORTED_STAGES=1, DH_PREFETCH=0, DH_SPLIT=1, BWD_STREAMS=0)  # fmt: skip
 
 __all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]

@@ -38,6 +38,8 @@ backward).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -257,6 +259,20 @@ def moe_grouped_experts_backward(
     plan = (slot_assignment, block_expert)
     pdl = bool(cfg["BWD_PDL"]) and pdl_enabled(x.device)  # as the forward's PDL (triton.use_pdl)
 
+    # BWD_STREAMS: the down weight gradient (which needs only dout and the forward's hw) on a second stream from the
+    # start, beside dh (one program an SM, latency-bound); at 2 the dx launches follow it there once dh is done,
+    # beside the gate|up weight gradient. The same launches and sums: the same bits (_backward_config.py says why).
+    streams = cfg["BWD_STREAMS"] if x.is_cuda else 0
+    main = torch.cuda.current_stream(x.device) if streams else None
+    side = _side_stream(x.device) if streams else None
+    if streams:
+        side.wait_stream(main)
+    ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
+    sorted_dw = bool(cfg["SORTED_DW"])
+    if not sorted_dw:
+        with torch.cuda.stream(side) if streams else contextlib.nullcontext():
+            _down_weight_grad(dout, h, plan, expert_block, ddown_w, N, D, F, bm, True, cfg, dot_f32, prec, dev, pdl)
+
     dg, du = torch.empty_like(g), torch.empty_like(u)  # (R, F) by sorted row
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
     n_tiles = cdiv(F, bn)
@@ -276,38 +292,32 @@ def moe_grouped_experts_backward(
            (cfg["SUM_BLOCK"], pdl), cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
 
     dxa = torch.empty((A, D), device=x.device, dtype=x.dtype)  # each assignment's part, row a = k * N + n
-    bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
-    gs, us = gate_w.stride(), up_w.stride()  # (E, F, D): the d_model columns are the kernel's n, d_ff its k
-    launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
-           (D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
-           (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, pdl), cfg["DX_WARPS"], dev,
-           pdl)  # fmt: skip
-    if K == 1:
-        dx = dxa
-    else:
-        dx = torch.empty((N, D), device=x.device, dtype=x.dtype)
-        launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"], pdl),
-               cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
+    dx = dxa if K == 1 else torch.empty((N, D), device=x.device, dtype=x.dtype)
+    if streams == 2:
+        side.wait_stream(main)  # dg, du written
+    with torch.cuda.stream(side) if streams == 2 else contextlib.nullcontext():
+        bn, bk = cfg["DX_BLOCK_N"], cfg["DX_BLOCK_K"]
+        gs, us = gate_w.stride(), up_w.stride()  # (E, F, D): the d_model columns are the kernel's n, d_ff its k
+        launch(_down_kernel, ((R // bm) * cdiv(D, bn),), (dg, du, gate_w, up_w, *plan, dxa),
+               (D, F, gs[0], gs[2], gs[1], us[0], us[2], us[1]),
+               (bm, bn, bk, F % bk == 0, cfg["DX_STAGES"], dot_f32, prec, True, pdl), cfg["DX_WARPS"], dev,
+               pdl)  # fmt: skip
+        if K > 1:
+            launch(_sum_kernel, (cdiv(N * D, cfg["SUM_BLOCK"]),), (dxa, dx), (N * D,), (K, cfg["SUM_BLOCK"], pdl),
+                   cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
 
     # SORTED_DW: x's and dout's rows copied in sorted order first (one launch), so that both weight gradients read
     # plain rows instead of gathering them by token a loop step at a time (_backward_config.py says why)
-    sorted_dw = bool(cfg["SORTED_DW"])
     if sorted_dw:
         xs = torch.empty((R, D), device=x.device, dtype=x.dtype)
         dos = torch.empty((R, D), device=x.device, dtype=dout.dtype)
         bd = min(cfg["GATHER_BLOCK_D"], triton.next_power_of_2(D))
         launch(_gather_rows_kernel, (R // bm, cdiv(D, bd)), (x, dout, slot_assignment, xs, dos),
                (N, D, *x.stride(), *dout.stride()), (bm, bd, pdl), cfg["SUM_WARPS"], dev, pdl)  # fmt: skip
-        a_d, b_gu, gather = dos, xs, False  # dW_d's A and dW_gu's B, by sorted row
+        b_gu, gather = xs, False  # dW_gu's B by sorted row
+        _down_weight_grad(dos, h, plan, expert_block, ddown_w, N, D, F, bm, False, cfg, dot_f32, prec, dev, pdl)
     else:
-        a_d, b_gu, gather = dout, x, True
-    ddown_w = torch.empty_like(down_w)  # (E, D, F) = sum dout_n hw_a^T
-    bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
-    launch(_dweight_kernel, (E * cdiv(D, bp) * cdiv(F, bq),),
-           (a_d, a_d, h, slot_assignment, expert_block, ddown_w, ddown_w),
-           (N, D, F, *a_d.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
-           (bm, bp, bq, gather, False, False, cfg["DWD_STAGES"], dot_f32, prec, pdl), cfg["DWD_WARPS"], dev,
-           pdl)  # fmt: skip
+        b_gu, gather = x, True
     dgate_w, dup_w = torch.empty_like(gate_w), torch.empty_like(up_w)  # (E, F, D) = sum dg_a x_n^T, du_a x_n^T
     bp, bq = cfg["DWGU_BLOCK_P"], cfg["DWGU_BLOCK_Q"]
     launch(_dweight_kernel, (E * cdiv(F, bp) * cdiv(D, bq),),
@@ -315,7 +325,34 @@ def moe_grouped_experts_backward(
            (N, F, D, F, 1, *b_gu.stride(), *dgate_w.stride(), *dup_w.stride()),
            (bm, bp, bq, False, gather, True, cfg["DWGU_SORTED_STAGES"] if sorted_dw else cfg["DWGU_STAGES"], dot_f32,
             prec, pdl), cfg["DWGU_WARPS"], dev, pdl)  # fmt: skip
+    if streams:
+        main.wait_stream(side)  # every tensor the side stream touched is alive here: none is freed before the join
     return dx, dgate_w, dup_w, ddown_w, dtop_w
+
+
+def _down_weight_grad(a_d: torch.Tensor, h: torch.Tensor, plan: tuple, expert_block: torch.Tensor,
+                      ddown_w: torch.Tensor, N: int, D: int, F: int, bm: int, gather: bool, cfg: dict, dot_f32: bool,
+                      prec: str | None, dev: int, pdl: bool) -> None:  # fmt: skip
+    """dW_d[e] = sum over expert e's rows of dout_n hw_a^T into ddown_w; ``a_d``: dout, rows gathered by token
+    (``gather``), or its copy in sorted order."""
+    bp, bq = cfg["DWD_BLOCK_P"], cfg["DWD_BLOCK_Q"]
+    launch(_dweight_kernel, (ddown_w.shape[0] * cdiv(D, bp) * cdiv(F, bq),),
+           (a_d, a_d, h, plan[0], expert_block, ddown_w, ddown_w),
+           (N, D, F, *a_d.stride(), F, 1, *ddown_w.stride(), *ddown_w.stride()),
+           (bm, bp, bq, gather, False, False, cfg["DWD_STAGES"], dot_f32, prec, pdl), cfg["DWD_WARPS"], dev,
+           pdl)  # fmt: skip
+
+
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """BWD_STREAMS' second stream on ``device``, one a device for the process (a CUDA graph captures its work as
+    a parallel branch)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _SIDE_STREAMS[index]
 
 
 __all__ = ["CONFIG_OVERRIDE", "CUDA_CONFIG", "INTERPRET_CONFIG", "moe_grouped_experts_backward"]
