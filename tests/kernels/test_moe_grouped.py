@@ -174,6 +174,22 @@ def test_backward_switches_give_the_same_bits(monkeypatch, kernels_env, switch):
             assert torch.equal(a, b), f"case {i}: {name} differs with {switch}"
 
 
+@interpreter_only
+def test_dh_split_that_does_not_divide_the_block_is_refused(monkeypatch, kernels_env):
+    """DH_SPLIT must cut a plan block into whole row tiles: 3 of the interpreter's 4-row blocks is a ValueError that
+    names the setting, raised before any launch."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    args = _inputs(*CASES[0][:5], CASES[0][5])
+    out, *saved = T.moe_grouped_experts(*args, save=True)
+    monkeypatch.setattr(B, "CONFIG_OVERRIDE", {"DH_SPLIT": 3})
+    launched = []
+    monkeypatch.setattr(B, "launch", lambda *a, **k: launched.append(a))
+    with pytest.raises(ValueError, match="DH_SPLIT 3"):
+        B.moe_grouped_experts_backward(torch.ones_like(out), *args[:4], args[5], *saved)
+    assert not launched, "nothing may run before the setting is refused"
+
+
 def test_config_env_is_checked(kernels_env):
     """ARCHZOO_MOE_GROUPED_CONFIG: settings of either CUDA_CONFIG with integer values; anything else is a
     ValueError that names the variable and what is wrong."""

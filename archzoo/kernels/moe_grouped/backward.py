@@ -24,6 +24,9 @@ gradient:
   dW_d[e] = sum_a dout_n hw_a^T (dout rows gathered by token, the forward's saved hw rows), and dW_g[e], dW_u[e] =
   sum_a dg_a x_n^T, du_a x_n^T (two accumulators sharing the gathered x tile).
 
+The down weight gradient is launched first (it needs only dout and hw): with ``BWD_STREAMS`` it runs on a second
+stream beside dh, and at 2 dx follows it there beside the gate|up weight gradient (``_backward_config.py``).
+
 Saved against recomputed: the forward (``save=True``) writes g and u, rounded, in its gate|up epilogue (R x F x 2
 bytes each: 28 MB apiece at the students' shape, 4,096 tokens x top-2, d_ff 1,536, bf16), and its hw buffer, which
 down reads anyway, is kept. Recomputing g and u would cost the backward the gate|up GEMM again: two more of the
@@ -258,6 +261,11 @@ def moe_grouped_experts_backward(
     prec = "ieee" if dot_f32 else None
     plan = (slot_assignment, block_expert)
     pdl = bool(cfg["BWD_PDL"]) and pdl_enabled(x.device)  # as the forward's PDL (triton.use_pdl)
+    split = cfg["DH_SPLIT"]  # checked before any launch: a bad setting writes nothing
+    if bm % split or (x.is_cuda and bm // split < 16):  # tl.dot's 16 rows at least (the interpreter: any)
+        raise ValueError(
+            f"DH_SPLIT {split}: the plan's BLOCK_M {bm} must split into whole row tiles (of 16 or more on a GPU)"
+        )
 
     # BWD_STREAMS: the down weight gradient (which needs only dout and the forward's hw) on a second stream from the
     # start, beside dh (one program an SM, latency-bound); at 2 the dx launches follow it there once dh is done,
@@ -277,11 +285,6 @@ def moe_grouped_experts_backward(
     bn, bk = cfg["DH_BLOCK_N"], cfg["DH_BLOCK_K"]
     n_tiles = cdiv(F, bn)
     dwp = torch.empty((n_tiles, A), device=x.device, dtype=torch.float32)  # <dhw, h> per d_ff tile
-    split = cfg["DH_SPLIT"]
-    if bm % split or (x.is_cuda and bm // split < 16):  # tl.dot's 16 rows at least (the interpreter: any)
-        raise ValueError(
-            f"DH_SPLIT {split}: the plan's BLOCK_M {bm} must split into whole row tiles (of 16 or more on a GPU)"
-        )
     launch(_dh_kernel, ((R // bm) * split * n_tiles,), (dout, down_w, top_w, *plan, g, u, dg, du, dwp),
            (N, D, F, A, *dout.stride(), *down_w.stride(), *top_w.stride()),
            (bm // split, bn, bk, D % bk == 0, cfg["DH_STAGES"], dot_f32, prec,
