@@ -272,9 +272,11 @@ def _moe_grouped_calls(config: dict | None = None) -> list:
             record_launches(mr) as routing:  # fmt: skip
         mr.route_and_count(x, torch.randn(E, D, **bf), None, K, True)
     names = ("plan count", "plan place", "gate_up", "down", "sum")
-    bwd_names = ("bwd dh", "bwd dtop_w sum", "bwd dx", "bwd dx sum", "bwd ddown_w", "bwd dgate_up_w")
-    if bcfg.get("SORTED_DW"):  # x's and dout's rows copied in sorted order before the weight gradients
-        bwd_names = (*bwd_names[:4], "bwd gather rows", *bwd_names[4:])
+    # the backward's launch order: the down weight gradient first (it needs only dout and hw), unless SORTED_DW puts
+    # it after the copy of x's and dout's rows in sorted order
+    bwd_names = ("bwd ddown_w", "bwd dh", "bwd dtop_w sum", "bwd dx", "bwd dx sum", "bwd dgate_up_w")
+    if bcfg.get("SORTED_DW"):
+        bwd_names = (*bwd_names[1:5], "bwd gather rows", "bwd ddown_w", "bwd dgate_up_w")
     named = [*zip(names, calls, strict=True), ("gate_up save", train[2]), *zip(bwd_names, bwd, strict=True),
              ("route and count", routing[0])]  # fmt: skip
     out = []

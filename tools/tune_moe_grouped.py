@@ -14,9 +14,11 @@ Each row varies one kernel's tiles (``group``) from the defaults: the forward's 
 operand of one tl.dot a K step), the ``hw_round`` group (the epilogues' roundings by conversion), the ``plan`` group
 (assignments a plan program), the ``pdl`` group (programmatic dependent launch) and the default are also timed without
 ``save`` (``infer_ms``, ``infer_vs_default``: inference, prefill), and so is the ``sorted_dw`` group (the weight
-gradients on sorted copies of x and dout: a backward switch, its forward the default's). ``--groups hw_round,pdl``
-sweeps only those. Last, a kernel-by-kernel profile of the default forward + backward (what each launch takes), and the
-dense peer.
+gradients on sorted copies of x and dout: a backward switch, its forward the default's). The backward's switches
+``dh_prefetch`` (dh's epilogue loads before its K loop), ``dh_split`` (dh's programs on part of a plan block) and
+``streams`` (the down weight gradient, and dx, on a second stream), and ``bwd_combo`` (three backward tiles that won
+alone, together) time the backward. ``--groups hw_round,pdl`` sweeps only those. Last, a kernel-by-kernel profile
+of the default forward + backward (what each launch takes), and the dense peer.
 """
 
 from __future__ import annotations

@@ -75,8 +75,7 @@ def _dh_kernel(
     if PDL:  # the next launch may start now; all this kernel reads comes after the one before ends (_pdl.py)
         gdc_launch_dependents()
         gdc_wait()
-    sub, pid_n, _ = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N), False)
-    e = tl.load(bexp_ptr + sub // SPLIT)
+    sub, pid_n, e = _block_and_tile(bexp_ptr, tl.cdiv(F, BLOCK_N), SPLIT)
     if e >= 0:
         DT = dg_ptr.dtype.element_ty
         offs_m = sub * BLOCK_M + tl.arange(0, BLOCK_M)

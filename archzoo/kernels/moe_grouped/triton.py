@@ -219,14 +219,13 @@ def _place_kernel(
 
 
 @triton.jit
-def _block_and_tile(bexp_ptr, n_cols, LOAD: tl.constexpr = True):
-    """A GEMM program's (row block, column tile, the block's expert or -1; 0 where not LOAD): consecutive programs
-    take one block's column tiles (the same rows, the same expert)."""
+def _block_and_tile(bexp_ptr, n_cols, SPLIT: tl.constexpr = 1):
+    """A GEMM program's (row tile, column tile, the expert of the row tile's plan block or -1): consecutive programs
+    take one row tile's column tiles (the same rows, the same expert). A row tile is a plan block, or 1 / SPLIT of
+    one (the backward's ``DH_SPLIT``)."""
     pid = tl.program_id(0)
     blk = pid // n_cols
-    if LOAD:
-        return blk, pid % n_cols, tl.load(bexp_ptr + blk)
-    return blk, pid % n_cols, 0
+    return blk, pid % n_cols, tl.load(bexp_ptr + blk // SPLIT)
 
 
 @triton.jit
@@ -405,6 +404,25 @@ def _gate_up_persistent_kernel(
 
 
 @triton.jit
+def _down_step(acc, h_ptr, d_cols, r_rows, kk, mask_n, F, s_df, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):  # fmt: skip
+    """One K step of ``_down_kernel``: acc + h's (BLOCK_M, BLOCK_K) tile at columns kk against the weight's
+    (BLOCK_K, BLOCK_N) tile (``d_cols`` its columns' pointers, ``s_df`` its stride along d_ff); zeros past F unless
+    EVEN_K."""
+    if EVEN_K:
+        ht = tl.load(h_ptr + r_rows + kk[None, :])
+        dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
+    else:
+        mask_k = kk < F
+        ht = tl.load(h_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
+        dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+    if DOT_F32:
+        ht = ht.to(tl.float32)
+        dt = dt.to(tl.float32)
+    return tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _down_kernel(
     h_ptr, h2_ptr, d_ptr, d2_ptr, slot_ptr, bexp_ptr, y_ptr,
     D, F, s_de, s_dd, s_df, s_d2e, s_d2d, s_d2f,
@@ -432,28 +450,9 @@ def _down_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in tl.range(0, F, BLOCK_K, num_stages=NUM_STAGES):
             kk = k0 + offs_k
-            if EVEN_K:
-                ht = tl.load(h_ptr + r_rows + kk[None, :])
-                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_n[None, :], other=0.0)
-            else:
-                mask_k = kk < F
-                ht = tl.load(h_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                dt = tl.load(d_cols + kk[:, None] * s_df, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            if DOT_F32:
-                ht = ht.to(tl.float32)
-                dt = dt.to(tl.float32)
-            acc = tl.dot(ht, dt, acc, input_precision=DOT_PRECISION)
+            acc = _down_step(acc, h_ptr, d_cols, r_rows, kk, mask_n, F, s_df, EVEN_K, DOT_F32, DOT_PRECISION)
             if TWO:
-                if EVEN_K:
-                    h2t = tl.load(h2_ptr + r_rows + kk[None, :])
-                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_n[None, :], other=0.0)
-                else:
-                    h2t = tl.load(h2_ptr + r_rows + kk[None, :], mask=mask_k[None, :], other=0.0)
-                    d2t = tl.load(d2_cols + kk[:, None] * s_d2f, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-                if DOT_F32:
-                    h2t = h2t.to(tl.float32)
-                    d2t = d2t.to(tl.float32)
-                acc = tl.dot(h2t, d2t, acc, input_precision=DOT_PRECISION)
+                acc = _down_step(acc, h2_ptr, d2_cols, r_rows, kk, mask_n, F, s_d2f, EVEN_K, DOT_F32, DOT_PRECISION)
         a = tl.load(slot_ptr + offs_m)
         y_rows = y_ptr + a.to(tl.int64)[:, None] * D
         tl.store(y_rows + offs_n[None, :], _round(acc, DT).to(DT), mask=(a >= 0)[:, None] & mask_n[None, :])
