@@ -47,10 +47,10 @@ def _first(default: tuple, tiles: list) -> list:
 GROUPS = {
     "gate_up": (("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), _OVER_D),
     "down": (("DOWN_BLOCK_N", "DOWN_BLOCK_K", "DOWN_WARPS", "DOWN_STAGES"), _TO_D),
-    "dh": (("DH_BLOCK_N", "DH_BLOCK_K", "DH_WARPS", "DH_STAGES"), _OVER_D),
-    "dx": (("DX_BLOCK_N", "DX_BLOCK_K", "DX_WARPS", "DX_STAGES"), _TO_D),
+    "dh": (("DH_BLOCK_N", "DH_BLOCK_K", "DH_WARPS", "DH_STAGES"), _first((64, 64, 8, 4), _OVER_D)),
+    "dx": (("DX_BLOCK_N", "DX_BLOCK_K", "DX_WARPS", "DX_STAGES"), _first((128, 64, 8, 3), _TO_D)),
     "dwd": (("DWD_BLOCK_P", "DWD_BLOCK_Q", "DWD_WARPS", "DWD_STAGES"), _first((64, 128, 4, 3), _WEIGHTS)),
-    "dwgu": (("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"), _first((128, 64, 8, 3), _WEIGHTS)),
+    "dwgu": (("DWGU_BLOCK_P", "DWGU_BLOCK_Q", "DWGU_WARPS", "DWGU_STAGES"), _first((128, 128, 8, 2), _WEIGHTS)),
     "BLOCK_M": (("BLOCK_M",), [(128,), (64,)]),
     # the gate-up kernel on a fixed grid of k programs an SM, the K loop flattened across tiles or not: the forward
     # timed with save (fwd_ms) and without (infer_ms), beside the default's
@@ -75,18 +75,33 @@ GROUPS["hw_round"] = (("HW_ROUND", "DH_HW_ROUND"), [(1, 0), (0, 0), (1, 1), (0, 
 # stages 0.981x the backward; moe_grouped_tune_h100_2026-12-07h / j), together and in pairs
 GROUPS["bwd_combo"] = (
     ("DX_BLOCK_N", "DWGU_BLOCK_Q", "DWGU_STAGES", "DH_STAGES"),
-    [(64, 64, 3, 3), (128, 128, 2, 4), (128, 128, 2, 3), (128, 64, 3, 4), (64, 128, 2, 4)],
+    [(128, 128, 2, 4), (64, 64, 3, 3), (128, 128, 2, 3), (128, 64, 3, 4), (64, 128, 2, 4)],
 )
 # dh's epilogue loads (g, u, the routing weights) issued before its K loop, alone and with 4 stages (bwd_combo's dh)
-GROUPS["dh_prefetch"] = (("DH_PREFETCH", "DH_STAGES"), [(0, 3), (1, 3), (1, 4), (1, 2)])
+GROUPS["dh_prefetch"] = (("DH_PREFETCH", "DH_STAGES"), [(0, 4), (1, 4), (1, 3), (0, 3)])
 # dh's programs on half a plan block's rows (fewer registers, two programs an SM at 4 warps), with and without the
 # epilogue's loads before the K loop
 GROUPS["dh_split"] = (
     ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "DH_PREFETCH"),
-    [(1, 8, 3, 0), (2, 4, 3, 0), (2, 8, 3, 0), (2, 4, 4, 0), (2, 4, 3, 1), (2, 8, 3, 1), (4, 4, 3, 0)],
+    [(1, 8, 4, 0), (2, 4, 3, 0), (2, 8, 3, 0), (2, 4, 4, 0), (2, 8, 4, 0), (2, 4, 3, 1), (4, 4, 3, 0)],
 )
 # the backward's down weight gradient (and at 2, dx) on a second stream, beside dh (and the gate|up weight gradient)
 GROUPS["streams"] = (("BWD_STREAMS",), [(0,), (1,), (2,)])
+# on top of bwd_combo's tiles (the default since the twenty-sixth session), the switches that won alone there: dh on
+# half a block (0.93x), the second stream (0.95x), the sorted weight-gradient rows (0.99x), together
+GROUPS["stack"] = (
+    ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "BWD_STREAMS", "SORTED_DW"),
+    [
+        (1, 8, 4, 0, 0),
+        (2, 8, 4, 0, 0),
+        (2, 4, 3, 0, 0),
+        (1, 8, 4, 2, 0),
+        (2, 8, 4, 2, 0),
+        (2, 4, 3, 2, 0),
+        (2, 8, 4, 2, 1),
+        (1, 8, 4, 2, 1),
+    ],
+)
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
 INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")

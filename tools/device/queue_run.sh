@@ -417,7 +417,8 @@ for job in $(cat $Q/jobs); do
       wait $pids
       timeout 240 python3 tools/tune_moe_grouped.py --groups $groups --out $O/moe_${tag}_tune.json > $O/moe_${tag}_tune.log 2>&1
       log "moetune tune rc=$?"; pack
-      best=$(python3 -c "import json,sys; rows=[r for r in json.load(open(sys.argv[1])) if r.get('fwd_ms') and r.get('bwd_ms')]; print(json.dumps(min(rows, key=lambda r: r['fwd_ms'] + r['bwd_ms'])['config']))" $O/moe_${tag}_tune.json 2> /dev/null || echo '{}')
+      # a backward-only row (fwd_ms null: its forward is the default's) counts with the default's forward
+      best=$(python3 -c "import json,sys; rows=[r for r in json.load(open(sys.argv[1])) if r.get('bwd_ms')]; f0=rows[0]['fwd_ms']; print(json.dumps(min(rows, key=lambda r: (r.get('fwd_ms') or f0) + r['bwd_ms'])['config']))" $O/moe_${tag}_tune.json 2> /dev/null || echo '{}')
       log "kernels moe with $best"
       ARCHZOO_MOE_GROUPED_CONFIG="$best" timeout ${KERNELS_TIMEOUT:-240} python3 -m archzoo bench kernels --ops moe \
           --out $O/moe_$tag.json > $O/moe_$tag.log 2>&1

@@ -230,13 +230,19 @@ def _whole_graphs(impls: dict[str, Callable[[], torch.Tensor]], leaves: list[tor
                         body()
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # Captured on the warm-up's stream, so that nothing (cuBLAS's workspace for a stream, say) is first
+                # made during the capture; thread-local, so that the autograd engine's worker thread, which runs the
+                # backward's kernels on this stream, is not held to the capturing thread's rules. With the defaults
+                # (torch's own capture stream, global mode) all three captures failed on an H100 (twenty-sixth
+                # session: "operation failed due to a previous error during capture").
+                with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                     kept = body()  # noqa: F841 (the graph's outputs stay alive with it)
                 calls[name, mode] = (lambda graph=graph, kept=kept: graph.replay(), None)
             out[name] = {"status": "ok"}
         except Exception as e:  # a capture that fails is the row's status, not the end of the bench
             out[name] = {"status": _error(e)}
             calls.pop((name, "fwd"), None)
+            calls.pop((name, "fwdbwd"), None)
         torch.cuda.synchronize()
     for (name, mode), t in _interleaved(calls, rounds).items():
         out[name].update({f"{mode}_ms": t["ms"], f"{mode}_rounds_ms": t["rounds_ms"]})

@@ -37,9 +37,12 @@ module, which imports the forward's."""
 # Compute, twenty-fourth session); at 2 the dx GEMM and its sum follow it there once dh is done, beside the gate|up
 # weight gradient. A CUDA graph captures the two streams as parallel branches. Twenty-fifth session, CPU (where it is
 # a no-op: no streams); 0 (off) until timed (tools/tune_moe_grouped.py --groups streams).
-CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=3, DX_BLOCK_N=64, DX_BLOCK_K=64, DX_WARPS=8,
+# The tiles of dx (128 columns), the gate|up weight gradient (128 x 128 in 2 stages) and dh (4 stages) together:
+# the backward 0.452 -> 0.409 ms (0.903x) in one process (H100, twenty-sixth session, tools/tune_moe_grouped.py --groups
+# bwd_combo, docs/results/kernels/moe_grouped_tune_h100_2026-12-07v.log); each had won alone by 2-4% in two sweeps.
+CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=4, DX_BLOCK_N=128, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
-                   DWGU_BLOCK_Q=64, DWGU_WARPS=8, DWGU_STAGES=3, SUM_BLOCK=1024, SUM_WARPS=4,
+                   DWGU_BLOCK_Q=128, DWGU_WARPS=8, DWGU_STAGES=2, SUM_BLOCK=1024, SUM_WARPS=4,
                    DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
                    GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=1, BWD_STREAMS=0)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
