@@ -40,11 +40,14 @@ module, which imports the forward's."""
 # The tiles of dx (128 columns), the gate|up weight gradient (128 x 128 in 2 stages) and dh (4 stages) together:
 # the backward 0.452 -> 0.409 ms (0.903x) in one process (H100, twenty-sixth session, tools/tune_moe_grouped.py --groups
 # bwd_combo, docs/results/kernels/moe_grouped_tune_h100_2026-12-07v.log); each had won alone by 2-4% in two sweeps.
+# On top of them DH_SPLIT 2 (8 warps, 4 stages) with BWD_STREAMS 2: 0.409 -> 0.362 ms (0.885x; the split alone 0.937x,
+# the streams alone 0.961x; SORTED_DW on top 0.364, level), the next call's --groups stack
+# (docs/results/kernels/moe_grouped_tune_h100_2026-12-07w.log).
 CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=4, DX_BLOCK_N=128, DX_BLOCK_K=64, DX_WARPS=8,
                    DX_STAGES=3, DWD_BLOCK_P=64, DWD_BLOCK_Q=128, DWD_WARPS=4, DWD_STAGES=3, DWGU_BLOCK_P=128,
                    DWGU_BLOCK_Q=128, DWGU_WARPS=8, DWGU_STAGES=2, SUM_BLOCK=1024, SUM_WARPS=4,
                    DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
-                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=1, BWD_STREAMS=0)  # fmt: skip
+                   GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=2, BWD_STREAMS=2)  # fmt: skip
 # Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
 INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
                         DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
