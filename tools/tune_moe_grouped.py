@@ -79,29 +79,20 @@ GROUPS["bwd_combo"] = (
 )
 # dh's epilogue loads (g, u, the routing weights) issued before its K loop, alone and with 4 stages (bwd_combo's dh)
 GROUPS["dh_prefetch"] = (("DH_PREFETCH", "DH_STAGES"), [(0, 4), (1, 4), (1, 3), (0, 3)])
-# dh's programs on half a plan block's rows (fewer registers, two programs an SM at 4 warps), with and without the
-# epilogue's loads before the K loop
+# dh's programs on half a plan block's rows (the default since the twenty-sixth session), a whole block, a quarter,
+# 4 warps (two programs an SM), the epilogue's loads before the K loop
 GROUPS["dh_split"] = (
     ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "DH_PREFETCH"),
-    [(1, 8, 4, 0), (2, 4, 3, 0), (2, 8, 3, 0), (2, 4, 4, 0), (2, 8, 4, 0), (2, 4, 3, 1), (4, 4, 3, 0)],
+    [(2, 8, 4, 0), (1, 8, 4, 0), (2, 4, 3, 0), (2, 4, 4, 0), (2, 8, 4, 1), (4, 4, 3, 0)],
 )
 # the backward's down weight gradient (and at 2, dx) on a second stream, beside dh (and the gate|up weight gradient)
-GROUPS["streams"] = (("BWD_STREAMS",), [(0,), (1,), (2,)])
-# on top of bwd_combo's tiles (the default since the twenty-sixth session), the switches that won alone there: dh on
-# half a block (0.93x), the second stream (0.95x), the sorted weight-gradient rows (0.99x), together
+GROUPS["streams"] = (("BWD_STREAMS",), [(2,), (0,), (1,)])
+# on top of bwd_combo's tiles, the switches that won alone there: dh on half a block (0.93x), the second stream
+# (0.95x), the sorted weight-gradient rows (0.99x); the first two together the default since (0.885x, H100)
 GROUPS["stack"] = (
     ("DH_SPLIT", "DH_WARPS", "DH_STAGES", "BWD_STREAMS", "SORTED_DW"),
-    [
-        (1, 8, 4, 0, 0),
-        (2, 8, 4, 0, 0),
-        (2, 4, 3, 0, 0),
-        (1, 8, 4, 2, 0),
-        (2, 8, 4, 2, 0),
-        (2, 4, 3, 2, 0),
-        (2, 8, 4, 2, 1),
-        (1, 8, 4, 2, 1),
-    ],
-)
+    [(2, 8, 4, 2, 0), (1, 8, 4, 0, 0), (2, 8, 4, 0, 0), (1, 8, 4, 2, 0), (2, 4, 3, 2, 0), (2, 8, 4, 2, 1)],
+)  # fmt: skip
 FORWARD_GROUPS = ("gate_up", "down", "BLOCK_M")
 # also timed without save
 INFER_GROUPS = ("default", "persistent", "one_dot", "hw_round", "plan", "pdl", "sorted_dw")

@@ -158,8 +158,8 @@ def test_backward_switches_give_the_same_bits(monkeypatch, kernels_env, switch):
     """SORTED_DW (x's and dout's rows copied in sorted order, zeros on padding rows, then the weight gradients
     reading plain rows), DH_PREFETCH (dh's epilogue loads before its K loop) and DH_SPLIT (dh's programs on a part
     of a plan block's rows): every gradient bit for bit as the default gives it, on the awkward cases (idle
-    experts' blocks, d_model off the copy's column tile, d_ff off dh's tile, one expert, top-3).
-    The interpreter's plan blocks are 4 rows: DH_SPLIT 4 runs programs of one row."""
+    experts' blocks, d_model off the copy's column tile, d_ff off dh's tile, one expert, top-3); DH_SPLIT to fp32's
+    rounding (below). The interpreter's plan blocks are 4 rows: DH_SPLIT 4 runs programs of one row."""
     from archzoo.kernels.moe_grouped import backward as B
 
     for i, c in enumerate(CASES):
@@ -171,6 +171,14 @@ def test_backward_switches_give_the_same_bits(monkeypatch, kernels_env, switch):
         got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
         monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})
         for name, a, b in zip(("dx", "dgate", "dup", "ddown", "dtop_w"), got, want, strict=True):
+            if "DH_SPLIT" in switch:
+                # The interpreter's tl.dot is numpy's matmul, whose order of sums may change with the tile's rows
+                # (BLAS blocking and threads: bit for bit on one machine, an fp32 ulp apart on another, the
+                # twenty-sixth session's); so here to fp32's rounding, and bit for bit on the GPU
+                # (test_cuda_backward_switches_give_the_same_bits).
+                tol = dict(rtol=1e-5, atol=1e-6) if a.dtype == torch.float32 else {}  # bf16: a rounding may flip
+                torch.testing.assert_close(a, b, **tol, msg=f"case {i}: {name} differs with {switch}")
+                continue
             assert torch.equal(a, b), f"case {i}: {name} differs with {switch}"
 
 

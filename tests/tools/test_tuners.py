@@ -38,7 +38,7 @@ def test_tuner_runs_and_records_every_row(script, tmp_path):
 @pytest.mark.parametrize(
     ("script", "args", "key"),
     [
-        ("tune_moe_grouped.py", "--shard 0/18", "group"),  # the default and a one_dot row (35 quick rows in all)
+        ("tune_moe_grouped.py", "--shard 0/18", "group"),  # the default and a plan row (35 quick rows in all)
         ("tune_moe_step.py", "--batch 1 --shard 0/3", "us_per_layer"),
     ],
 )

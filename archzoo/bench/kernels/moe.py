@@ -145,8 +145,11 @@ def bench_moe(rounds: int, device: str = "cuda", n_tokens: int = 4096, d_model: 
     if device == "cuda":  # forward, and forward + backward, each one CUDA graph: no host time in either. First, in a
         # process nothing else has run in yet: after the rows below, every capture failed on an H100 ("operation
         # failed due to a previous error during capture", twenty-sixth session), the same capture alone passing.
-        whole = _whole_graphs({n: impls[n] for n in (dname, "archzoo_fused_experts", "archzoo_fused_routed")}, leaves,
-                              dout, rounds, dname)  # fmt: skip
+        # The layer itself last (its DISPATCH "grouped" and "fused", eager Python captured once; no host sync in
+        # either): which dispatch is fastest by device time, the layer's default to pick (twenty-sixth session: the
+        # reduce-overhead rows of both were host-bound, their host ms equal to their ms).
+        names = (dname, "archzoo_fused_experts", "archzoo_fused_routed", "archzoo_grouped", "archzoo_fused")
+        whole = _whole_graphs({n: impls[n] for n in names if callable(impls.get(n))}, leaves, dout, rounds, dname)
     res, outs = _fwd_fwdbwd(impls, leaves, dout, rounds, device)
     for name in ("archzoo_grouped", "archzoo_loop", dname):
         if res[name].get("status") == "ok":
