@@ -28,6 +28,7 @@ from torch import nn
 
 from ..kernels._dispatch import once
 from ..kernels.moe_grouped import moe_grouped_experts
+from ..kernels.moe_grouped.routing import moe_route
 from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
@@ -54,6 +55,16 @@ from .norm import RMSNorm
 # has timed it in the layer (archzoo bench kernels --ops moe: archzoo_fused, archzoo_fused_count_cudagraphs).
 DISPATCH = "auto"
 DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
+# How DISPATCH="fused" routes: "kernel" ``archzoo.kernels.moe_route`` (the router's product, softmax, top-k and the
+# plan's counts in one Triton launch, the logits for the losses as a second output; the load from its counts, the
+# capacity's drops from each assignment's rank by a running sum over a one-hot: no sort), or "torch" (the router in
+# cuBLAS, the softmax and top-k, a sort by expert; what the other dispatches run). Why "kernel": in one CUDA graph
+# each on an H100 the fused experts' forward took 0.142 ms routed by the kernel against 0.172 routed in torch, the
+# dense SwiGLU of the same FLOPs 0.121 (twenty-sixth session, archzoo bench kernels --ops moe,
+# docs/results/kernels/moe_h100_2026-12-07x.log). The layer's losses and capacity around it are not timed yet.
+# Where the kernel does not take the tensors (x's dtype not the router's, autocast) the "torch" sequence runs.
+FUSED_ROUTE = "kernel"
+FUSED_ROUTES = ("kernel", "torch")
 # How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:
 # "reductions" the gathered rows as elementwise products and sums, which torch.compile fuses into
 # reductions; "kernel" ``archzoo.kernels.moe_decode_experts``, one Triton launch for gate and up with SiLU x up and
@@ -312,6 +323,26 @@ class MoE(nn.Module):
                 out = out + shared(x)
             return out.reshape(shape)
 
+        if self._route_kernel(x, N, static):  # DISPATCH="fused" routed in one launch (FUSED_ROUTE says why)
+            top_w, top_e, counts, logits = moe_route(x, self.router.weight, self.router.bias, K, self.norm_topk_prob,
+                                                     return_logits=True)  # fmt: skip
+            self.last_decode_experts, self.last_dispatch = None, "fused"
+            expert_flat = top_e.t().reshape(-1).long()  # (K*N,) a = k * N + token
+            if counts is not None:  # the kernel's per-chunk counts
+                load = counts.sum(dim=0)
+            else:  # its reference ran (off CUDA)
+                load = expert_flat.new_zeros(E).scatter_add_(0, expert_flat, torch.ones_like(expert_flat))
+            kept = None
+            if capacity is not None and capacity < K * N:
+                kept = assignment_ranks(expert_flat, E) < capacity  # (K*N,) in assignment order
+            out = self._fused(x, top_w, top_e, kept, counts)
+            for shared in self.shared_experts:
+                out = out + shared(x)
+            balance, z = self._losses(logits, logits.softmax(dim=-1), load, N)
+            self.aux_loss = balance + z
+            self._stats = (load, balance, z, capacity, N * K)
+            return out.reshape(shape)
+
         # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy); the dtype as
         # torch.promote_types(x.dtype, torch.float32) gives it, without that op's dispatch.
         logits = self.router(x).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (N, E)
@@ -350,7 +381,10 @@ class MoE(nn.Module):
                  "(capacity_factor None, or inference without capacity_at_inference): auto's path runs")  # fmt: skip
         if fused:
             self.last_dispatch = "fused"
-            out = self._fused(x, top_p, top_e, order, keep)
+            kept = None  # (K*N,) in assignment order, a = k * N + token
+            if keep is not None:
+                kept = torch.empty_like(keep).scatter_(0, order, keep)
+            out = self._fused(x, top_p, top_e, kept)
         elif DISPATCH == "padded" and capacity is not None and N > 0:
             self.last_dispatch = "padded"
             out = self._padded(x, sorted_e, order, tokens, ws, load, capacity)
@@ -394,21 +428,34 @@ class MoE(nn.Module):
             "capacity": capacity,
         }
 
+    def _route_kernel(self, x: torch.Tensor, n_tokens: int, static: bool) -> bool:
+        """Whether this forward routes through ``moe_route`` (``FUSED_ROUTE``): DISPATCH "fused", a sorted forward
+        with tokens, the router's weights in x's dtype and no autocast (the kernel computes in x's dtype)."""
+        if FUSED_ROUTE not in FUSED_ROUTES:
+            raise ValueError(
+                f"archzoo.layers.moe.FUSED_ROUTE must be one of {', '.join(FUSED_ROUTES)}; got {FUSED_ROUTE!r}"
+            )
+        bias = self.router.bias
+        return (DISPATCH == "fused" and FUSED_ROUTE == "kernel" and n_tokens > 0 and not static
+                and self.router.weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
+                and compute_dtype(x) == x.dtype)  # fmt: skip
+
     def _fused(
-        self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor, order: torch.Tensor, keep: torch.Tensor | None
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor, kept: torch.Tensor | None,
+        counts: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Routed experts through ``moe_grouped_experts`` -> (N, D): top_p, top_e (N, K); an assignment over its
-        expert's capacity (``keep`` False, in sorted order) gets weight 0, so it adds 0 and gets 0 gradient. In the
-        compute dtype (autocast's, as F.linear would), the result in x's dtype."""
+        expert's capacity (``kept`` False, (K*N,) in assignment order a = k * N + token) gets weight 0, so it adds 0
+        and gets 0 gradient; ``counts``: ``moe_route``'s, for the plan. In the compute dtype (autocast's, as F.linear
+        would), the result in x's dtype."""
         N, K = top_e.shape
         dtype = compute_dtype(x)
         w = top_p.to(dtype)  # (N, K)
-        if keep is not None:
-            kept = torch.empty_like(keep).scatter_(0, order, keep)  # (K*N,) in assignment order, a = k * N + token
+        if kept is not None:
             w = w * kept.view(K, N).t().to(dtype)
         weights = [p.weight if p.weight.dtype == dtype else p.weight.to(dtype)
                    for p in (self.gate_proj, self.up_proj, self.down_proj)]  # fmt: skip
-        return moe_grouped_experts(x.to(dtype), *weights, top_e, w).to(x.dtype)
+        return moe_grouped_experts(x.to(dtype), *weights, top_e, w, counts=counts).to(x.dtype)
 
     def _use_grouped(self, x: torch.Tensor) -> bool:
         """Whether this forward's experts run as grouped GEMMs, by ``DISPATCH`` and ``grouped_mm_unfit``."""
@@ -559,6 +606,14 @@ def sort_by_expert(expert: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, 
     slot = (load.cumsum(0) - load)[expert] + seen.gather(0, expert[None]).squeeze(0) - 1  # (A,) its sorted position
     order = torch.empty_like(expert).scatter_(0, slot, torch.arange(expert.numel(), device=expert.device))
     return expert.new_empty(expert.shape).scatter_(0, slot, expert), order, load
+
+
+def assignment_ranks(expert: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments' experts (A,) int64 in priority order -> each one's rank among its expert's assignments (A,): how
+    many of the same expert come before it (the counting sort's running sum, ``sort_by_expert``), so the first
+    ``capacity`` of each expert are those with rank < capacity, as the sorted paths keep them."""
+    onehot = (expert[None, :] == torch.arange(n_experts, device=expert.device)[:, None]).to(expert.dtype)  # (E, A)
+    return onehot.cumsum(1).gather(0, expert[None]).squeeze(0) - 1
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

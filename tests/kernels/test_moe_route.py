@@ -93,6 +93,41 @@ def test_gradients_match_autograd_through_the_reference(case):
         assert rel_err(got, want) <= tol, f"{name}: relative error {rel_err(got, want):.2e}"
 
 
+@pytest.mark.parametrize("case", CASES[1:4], ids=IDS[1:4])
+def test_logits_and_their_gradient(case):
+    """``return_logits``: the router's logits as the layer holds them (F.linear in x's dtype, widened to fp32), and the
+    gradients of top_w and the logits together (the layer's losses take the logits) against autograd through the
+    layer's sequence with the same chosen experts; the reference (float64) returns the same four."""
+    from archzoo.kernels.moe_step.naive import route
+
+    N, D, E, k, norm, bias, dtype = case
+    x, w, b = _inputs(N, D, E, dtype, bias)
+    gen = torch.Generator().manual_seed(4)
+    dtop = torch.randn(N, k, generator=gen).to(DEV, dtype)
+    dlog = torch.randn(N, E, generator=gen).to(DEV)
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    top_w, top_e, counts, logits = K.moe_route(*leaves, k, norm, return_logits=True)
+    assert counts is not None and logits.dtype == torch.float32 and logits.shape == (N, E)
+    got = torch.autograd.grad(
+        (top_w.float() * dtop.float()).sum() + (logits * dlog).sum(), [t for t in leaves if t is not None]
+    )
+    ref_leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, w, b)]
+    ref_logits = torch.nn.functional.linear(*ref_leaves).float()
+    probs = ref_logits.softmax(-1)
+    chosen = probs.gather(-1, top_e.long())
+    ref_w = (chosen / chosen.sum(-1, keepdim=True) if norm else chosen).to(dtype)
+    assert rel_err(logits, ref_logits.detach()) <= (1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(top_e.long(), route(ref_logits.detach(), k, norm)[2]) or dtype != torch.float32
+    want = torch.autograd.grad((ref_w.float() * dtop.float()).sum() + (ref_logits * dlog).sum(),
+                               [t for t in ref_leaves if t is not None])  # fmt: skip
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, a, c in zip(("dx", "drouter_w", "drouter_b"), got, want, strict=False):
+        assert rel_err(a, c) <= tol, f"{name}: relative error {rel_err(a, c):.2e}"
+    xd, wd = x.double(), w.double()
+    out = K.moe_route(xd, wd, None, k, norm, return_logits=True)
+    assert len(out) == 4 and out[2] is None and out[3].dtype == torch.float64
+
+
 def test_route_op_passes_opcheck():
     """``torch.library.opcheck`` of the custom op (schema, fake tensors, autograd registration, AOTAutograd's trace
     against eager), with and without a bias."""

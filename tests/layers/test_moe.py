@@ -728,6 +728,49 @@ def test_fused_matches_loop(dtype, top_k, capacity_factor, monkeypatch):
         assert_close(f"{name} fused vs loop ({dtype})", value, loop[name], tol)
 
 
+@pytest.mark.parametrize("capacity_factor", [1.0, None], ids=["drops", "dropless"])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fused_route_kernel_matches_torch_routing(top_k, capacity_factor, monkeypatch):
+    """FUSED_ROUTE="kernel" (moe_route: the routing, the plan's counts and the logits in one launch; here in Triton's
+    interpreter, the experts too) gives FUSED_ROUTE="torch"'s output, every gradient (the router's through the
+    weights and the losses), the statistics and the aux loss, with the capacity's drops and an idle expert; a bad
+    value is a ValueError naming it."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, top_k, capacity_factor)
+    res, stats = {}, {}
+    for mode in ("torch", "kernel"):
+        monkeypatch.setattr(moe_mod, "FUSED_ROUTE", mode)
+        res[mode] = run_moe(moe, x, g, "fused", monkeypatch)
+        stats[mode] = (moe.last_stats, moe.aux_loss.detach())
+        assert moe.last_dispatch == "fused"
+    assert _dispatch.last_backend("moe_route") == "triton"
+    (got, got_aux), (want, want_aux) = stats["kernel"], stats["torch"]
+    assert (want["tokens_dropped"] > 0) == (capacity_factor is not None)
+    for key in ("tokens_dropped", "load", "drop_fraction"):
+        assert torch.equal(got[key], want[key]), key
+    for key in ("balance_loss", "z_loss"):  # the logits' sums in tl.dot's order, not the CPU matmul's
+        assert_close(key, got[key], want[key], 1e-6)
+    assert_close("aux loss", got_aux, want_aux, 1e-6)
+    for name, value in res["kernel"].items():
+        assert_close(f"{name} kernel routing vs torch", value, res["torch"][name], 1e-5)
+    if top_k == 2 and capacity_factor:  # torch.compile traces the kernel's routing whole: one graph, eager's results
+        monkeypatch.setattr(moe_mod, "FUSED_ROUTE", "kernel")
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("aot_eager")
+        try:
+            compiled = run_moe(torch.compile(moe, backend=counter, fullgraph=True), x, g, "fused", monkeypatch)
+        finally:
+            torch._dynamo.reset()
+        assert counter.frame_count == 1
+        for name, value in compiled.items():
+            assert_close(f"{name} compiled vs eager", value, res["kernel"][name.replace("_orig_mod.", "")], 1e-6)
+    monkeypatch.setattr(moe_mod, "FUSED_ROUTE", "fast")
+    with pytest.raises(ValueError, match="FUSED_ROUTE must be one of kernel, torch; got 'fast'"):
+        moe(x)
+
+
 def test_padded_without_a_capacity_takes_autos_path_and_says_so(monkeypatch, caplog):
     """A dropless training forward (capacity_factor None) has no slab size: auto's path runs, and the log says why."""
     import logging

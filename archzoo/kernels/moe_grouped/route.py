@@ -43,8 +43,8 @@ INTERPRET_ROUTE = dict(BLOCK_D=16, ROUTE_WARPS=1)
 
 @triton.jit
 def _route_count_kernel(
-    x_ptr, rw_ptr, rb_ptr, tw_ptr, te_ptr, counts_ptr,
-    N, A, D, E, s_xn, s_xd, s_re, s_rd, s_rb, s_twn, s_twk, s_ten, s_tek,
+    x_ptr, rw_ptr, rb_ptr, tw_ptr, te_ptr, counts_ptr, lg_ptr,
+    N, A, D, E, s_xn, s_xd, s_re, s_rd, s_rb, s_twn, s_twk, s_ten, s_tek, s_lgn,
     TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, HW: tl.constexpr,
 ):  # fmt: skip
@@ -72,6 +72,10 @@ def _route_count_kernel(
     if HAS_BIAS:
         acc += tl.load(rb_ptr + offs_e * s_rb, mask=mask_e, other=0.0).to(tl.float32)[None, :]
     logits = tl.where(mask_e[None, :], _rnd(acc, x_ptr.dtype.element_ty, HW), float("-inf"))
+    # the logits as the layer holds them (x's dtype widened to fp32), for its losses: by the first choices' programs,
+    # each token once
+    first = mask_a & (ka == 0)
+    tl.store(lg_ptr + n.to(tl.int64)[:, None] * s_lgn + offs_e[None, :], logits, mask=first[:, None] & mask_e[None, :])
     # softmax in fp32 (padded experts: exp(-inf) = 0), IEEE division as torch's
     ex = tl.exp(logits - tl.max(logits, axis=1)[:, None])
     p = tl.where(mask_e[None, :], tl.math.div_rn(ex, tl.sum(ex, axis=1)[:, None]), float("-inf"))
@@ -96,10 +100,10 @@ def _route_count_kernel(
 
 def route_and_count(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, top_k: int, norm_topk_prob: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (N, D), router_w (E, D), router_b (E,) or None -> (top_w (N, K) in x's dtype, top_e (N, K) int32, counts
-    (chunks, E) int32 for ``triton.plan``): one launch (module docstring). N * K >= 1; the dispatcher checked the
-    arguments."""
+    (chunks, E) int32 for ``triton.plan``, logits (N, E) fp32: rounded to x's dtype, as the layer's router output
+    widened): one launch (module docstring). N * K >= 1; the dispatcher checked the arguments."""
     N, D = x.shape
     E = router_w.shape[0]
     K = top_k
@@ -109,14 +113,15 @@ def route_and_count(
     top_w = torch.empty((N, K), device=x.device, dtype=x.dtype)
     top_e = torch.empty((N, K), device=x.device, dtype=torch.int32)
     counts = torch.empty((s["route_chunks"], E), device=x.device, dtype=torch.int32)
+    logits = torch.empty((N, E), device=x.device, dtype=torch.float32)
     rb = router_b if router_b is not None else router_w  # unused without HAS_BIAS
     dot_f32 = x.dtype == torch.float32 or not x.is_cuda  # as the experts' kernels (triton.py)
-    launch(_route_count_kernel, (s["route_chunks"],), (x, router_w, rb, top_w, top_e, counts),
-           (N, N * K, D, E, *x.stride(), *router_w.stride(), rb.stride(0), *top_w.stride(), *top_e.stride()),
+    launch(_route_count_kernel, (s["route_chunks"],), (x, router_w, rb, top_w, top_e, counts, logits),
+           (N, N * K, D, E, *x.stride(), *router_w.stride(), rb.stride(0), *top_w.stride(), *top_e.stride(), E),
            (K, router_b is not None, bool(norm_topk_prob), s["route_block"], max(16, next_pow2(E)), cfg["BLOCK_D"],
             dot_f32, "ieee" if dot_f32 else None, bool(_config(x.device)["HW_ROUND"]) and not triton_interpreting()),
            cfg["ROUTE_WARPS"], dev)  # fmt: skip
-    return top_w, top_e, counts
+    return top_w, top_e, counts, logits
 
 
 __all__ = ["CUDA_ROUTE", "INTERPRET_ROUTE", "route_and_count"]
