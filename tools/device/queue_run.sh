@@ -406,7 +406,7 @@ for job in $(cat $Q/jobs); do
       [ -n "$bg" ] && wait $bg; bg=""
       groups=$s; [ "$s" = "$job" ] && groups=sorted_dw; tag=${groups//,/_}
       log "moetune $groups"; O=$S/docs/results/kernels/queue; mkdir -p $O; pids=""
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "hw_round or pdl or route or switches" tests/kernels/test_moe_grouped.py tests/kernels/test_moe_route.py \
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -m gpu -k "hw_round or pdl or route or switches" tests/kernels/test_moe_grouped.py tests/kernels/test_moe_route.py tests/layers/test_moe.py \
           > $O/moe_${tag}_gpu_tests.log 2>&1
       log "moetune gpu tests rc=$? $(tail -1 $O/moe_${tag}_gpu_tests.log)"
       for i in 0 1 2 3 4 5 6 7; do
