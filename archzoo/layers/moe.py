@@ -62,7 +62,8 @@ DISPATCHES = ("auto", "grouped", "loop", "padded", "fused")
 # each on an H100 the fused experts' forward took 0.142 ms routed by the kernel against 0.172 routed in torch, the
 # dense SwiGLU of the same FLOPs 0.121 (twenty-sixth session, archzoo bench kernels --ops moe,
 # docs/results/kernels/moe_h100_2026-12-07x.log). The layer's losses and capacity around it are not timed yet.
-# Where the kernel does not take the tensors (x's dtype not the router's, autocast) the "torch" sequence runs.
+# Where the kernel does not take the tensors (x's dtype not the router's, autocast) the "torch" sequence runs, and
+# the log says why once.
 FUSED_ROUTE = "kernel"
 FUSED_ROUTES = ("kernel", "torch")
 # How a decode step's few tokens (N x top_k < n_experts: the static path's gather branch) run their chosen experts:
@@ -435,10 +436,17 @@ class MoE(nn.Module):
             raise ValueError(
                 f"archzoo.layers.moe.FUSED_ROUTE must be one of {', '.join(FUSED_ROUTES)}; got {FUSED_ROUTE!r}"
             )
+        if DISPATCH != "fused" or FUSED_ROUTE != "kernel" or n_tokens == 0 or static:
+            return False
         bias = self.router.bias
-        return (DISPATCH == "fused" and FUSED_ROUTE == "kernel" and n_tokens > 0 and not static
-                and self.router.weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
-                and compute_dtype(x) == x.dtype)  # fmt: skip
+        why = None
+        if self.router.weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+            why = f"the router's weights are {self.router.weight.dtype}, x is {x.dtype}"
+        elif compute_dtype(x) != x.dtype:
+            why = f"autocast computes in {compute_dtype(x)}, x is {x.dtype}"
+        if why and not torch.compiler.is_compiling():  # a traced forward cannot log (a graph break)
+            once("moe_fused_route", f"MoE: FUSED_ROUTE='kernel', but the routing runs in torch: {why}")
+        return why is None
 
     def _fused(
         self, x: torch.Tensor, top_p: torch.Tensor, top_e: torch.Tensor, kept: torch.Tensor | None,

@@ -117,7 +117,7 @@ def test_logits_and_their_gradient(case):
     chosen = probs.gather(-1, top_e.long())
     ref_w = (chosen / chosen.sum(-1, keepdim=True) if norm else chosen).to(dtype)
     assert rel_err(logits, ref_logits.detach()) <= (1e-6 if dtype == torch.float32 else 1e-2)
-    assert torch.equal(top_e.long(), route(ref_logits.detach(), k, norm)[2]) or dtype != torch.float32
+    assert torch.equal(top_e.long(), route(ref_logits.detach(), k, norm)[2])  # no near-tie at these seeds
     want = torch.autograd.grad((ref_w.float() * dtop.float()).sum() + (ref_logits * dlog).sum(),
                                [t for t in ref_leaves if t is not None])  # fmt: skip
     tol = 1e-5 if dtype == torch.float32 else 2e-2

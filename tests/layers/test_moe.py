@@ -770,6 +770,22 @@ def test_fused_route_kernel_matches_torch_routing(top_k, capacity_factor, monkey
         moe(x)
 
 
+def test_fused_route_kernel_not_taken_says_why(monkeypatch, caplog):
+    """FUSED_ROUTE="kernel" under bf16 autocast over fp32 weights (the kernel computes in x's dtype): the torch
+    routing runs (moe_route is not called), and the log names the two dtypes once."""
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    monkeypatch.setattr(moe_mod, "FUSED_ROUTE", "kernel")
+    called = []
+    monkeypatch.setattr(moe_mod, "moe_route", lambda *a, **k: called.append(a))
+    x, g = uneven_tokens(37)
+    moe = uneven_moe(torch.float32, 2, 1.0)
+    with caplog.at_level(logging.WARNING, logger="archzoo.kernels"), torch.autocast("cpu", dtype=torch.bfloat16):
+        run_moe(moe, x, g, "fused", monkeypatch)
+    assert moe.last_dispatch == "fused" and not called
+    said = [r.getMessage() for r in caplog.records if "FUSED_ROUTE" in r.getMessage()]
+    assert said and "torch.bfloat16" in said[0] and "torch.float32" in said[0], said
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fused_route_kernel_at_the_students_shape(monkeypatch):

@@ -25,8 +25,10 @@ module, which imports the forward's."""
 # DH_PREFETCH: dh's epilogue loads (g's and u's tiles, 16 KB each at 128 x 64 bf16, and the routing weights) issued
 # before its K loop: dh runs one program an SM (250 registers), so no other program's GEMM hides the epilogue's wait
 # on those loads, and its K loop is short (d_model 576: 9 steps of 64). The tiles are held in bf16 through the loop
-# (16 registers each a thread at 8 warps). The same loads, the same bits. Written in the twenty-fifth session on the
-# CPU; off until timed (tools/tune_moe_grouped.py --groups dh_prefetch).
+# (16 registers each a thread at 8 warps). The same loads; the same bits under the interpreter, but on sm_90 dtop_w
+# came out in other bits (the epilogue's products contracted otherwise; the rest bit for bit). Written in the
+# twenty-fifth session on the CPU; timed in the twenty-sixth on an H100: 0.95-0.97x the backward alone, less than
+# DH_SPLIT, so off.
 # DH_SPLIT: a dh program takes 1 / DH_SPLIT of a plan block's rows (64 of 128 at 2): its tile and epilogue hold half
 # the registers a thread at the same warps (32 fp32 elements a tensor at 128 x 64 and 8 warps, ten such tensors
 # live in the epilogue: 254-255 registers, tools/sm90_compile.py), so two programs can share an SM at 4 warps, one

@@ -56,7 +56,7 @@ def _route_backward(
     (the layer's losses; either may be None), as autograd differentiates ``reference_route`` with its logits as a
     second output: fp32 from the weights back to the logits, the two summed there, then x's dtype through the
     router's product."""
-    dl = torch.zeros((x.shape[0], router_w.shape[0]), device=x.device, dtype=torch.float32)
+    dl = None  # (N, E) fp32
     if dtop_w is not None:
         logits = F.linear(x, router_w, router_b).float()
         probs = logits.softmax(dim=-1)  # (N, E)
@@ -69,8 +69,8 @@ def _route_backward(
         dprobs = torch.zeros_like(probs).scatter_add_(-1, idx, g)
         dl = probs * (dprobs - (dprobs * probs).sum(dim=-1, keepdim=True))
     if dlogits_in is not None:
-        dl = dl + dlogits_in.float()
-    dlogits = dl.to(x.dtype)
+        dl = dlogits_in.float() if dl is None else dl + dlogits_in.float()
+    dlogits = dl.to(x.dtype)  # the op's backward is called with one of the two at least
     db = dlogits.sum(dim=0) if router_b is not None else None
     return dlogits @ router_w, dlogits.t() @ x, db
 
