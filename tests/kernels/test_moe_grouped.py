@@ -4,7 +4,7 @@ counts and d_model / d_ff not multiples of the blocks, one expert, top-1 / 2 / 3
 token on one expert); dropped assignments (weight 0) adding exactly 0 and taking no gradient; the plan (sorted rows
 padded per expert, the block experts, each expert's block range) against a plain sort; the naive reference against
 the decode step's; bad inputs; the dispatch; the custom ops under ``torch.compile``, forward and backward. Without a
-GPU the kernels run in Triton's interpreter on CPU tensors, with tiny blocks (4 rows, 8 columns); the GPU tests take
+GPU the kernels run in Triton's interpreter on CPU tensors, with tiny blocks (4 rows, 16 columns); the GPU tests take
 the students' shape (4,096 tokens, d_model 576, d_ff 1,536, 8 experts, top-2, bf16).
 """
 
@@ -78,6 +78,28 @@ def test_matches_reference(case):
     _against_reference(_inputs(*shape, dtype), dtype)
 
 
+_DEFAULTS: dict = {}  # what the default configuration gives, made once a worker: the switch tests compare to it
+
+
+def _default_forward(key, args):
+    """The default configuration's (out, out and saved tensors with save=True) for these inputs, computed once per
+    key and worker (call it before a switch is set)."""
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = (T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True))
+    return _DEFAULTS[key]
+
+
+def _default_backward(i, args, dout):
+    """The default configuration's gradients for CASES[i] with that case's dout, computed once per worker."""
+    from archzoo.kernels.moe_grouped import backward as B
+
+    key = ("backward", i)
+    if key not in _DEFAULTS:
+        _out, *saved = _default_forward(("case", i), args)[1]
+        _DEFAULTS[key] = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+    return _DEFAULTS[key]
+
+
 @pytest.mark.parametrize("flatten", [1, 0], ids=["flatten", "nested"])
 @pytest.mark.parametrize("per_sm", [1, 2])
 def test_persistent_gate_up_gives_the_same_bits(monkeypatch, per_sm, flatten):
@@ -93,7 +115,7 @@ def test_persistent_gate_up_gives_the_same_bits(monkeypatch, per_sm, flatten):
         _inputs(10, 20, 36, 4, 2, torch.float32, top_e=idle),
         _inputs(10, 20, 36, 4, 2, torch.bfloat16, top_e=one),
     ]
-    want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
+    want = [_default_forward(("case" if i < len(CASES) else "persistent", i), a) for i, a in enumerate(cases)]
     launched = []
     real = T.launch
     monkeypatch.setattr(T, "launch", lambda fn, *a, **k: (launched.append(fn.fn.__name__), real(fn, *a, **k))[1])
@@ -116,7 +138,7 @@ def test_one_dot_gate_up_gives_the_same_values(monkeypatch, caplog, persistent):
     import logging
 
     cases = [_inputs(*c[:5], c[5]) for c in CASES]
-    want = [(T.moe_grouped_experts(*args), T.moe_grouped_experts(*args, save=True)) for args in cases]
+    want = [_default_forward(("case", i), args) for i, args in enumerate(cases)]
     taken = []  # the gate|up launches' ONE_DOT, before HW_ROUND and PDL in either kernel
     real = T.launch
     gate_up = ("_gate_up_kernel", "_gate_up_persistent_kernel")
@@ -164,9 +186,9 @@ def test_backward_switches_give_the_same_bits(monkeypatch, kernels_env, switch):
 
     for i, c in enumerate(CASES):
         args = _inputs(*c[:5], c[5])
-        out, *saved = T.moe_grouped_experts(*args, save=True)
+        out, *saved = _default_forward(("case", i), args)[1]
         dout = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(i)).to(args[0].dtype)
-        want = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
+        want = _default_backward(i, args, dout)
         monkeypatch.setattr(B, "CONFIG_OVERRIDE", switch)
         got = B.moe_grouped_experts_backward(dout, *args[:4], args[5], *saved)
         monkeypatch.setattr(B, "CONFIG_OVERRIDE", {})

@@ -50,11 +50,12 @@ CUDA_CONFIG = dict(DH_BLOCK_N=64, DH_BLOCK_K=64, DH_WARPS=8, DH_STAGES=4, DX_BLO
                    DWGU_BLOCK_Q=128, DWGU_WARPS=8, DWGU_STAGES=2, SUM_BLOCK=1024, SUM_WARPS=4,
                    DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0,
                    GATHER_BLOCK_D=64, DWGU_SORTED_STAGES=2, DH_PREFETCH=0, DH_SPLIT=2, BWD_STREAMS=2)  # fmt: skip
-# Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes.
-INTERPRET_CONFIG = dict(DH_BLOCK_N=8, DH_BLOCK_K=8, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=8, DX_BLOCK_K=8, DX_WARPS=1,
-                        DX_STAGES=1, DWD_BLOCK_P=8, DWD_BLOCK_Q=8, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=8,
-                        DWGU_BLOCK_Q=8, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1,
-                        DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=8,
+# Under the interpreter (tests): tiny tiles, so masked edges and several tiles a row run at small shapes (16 columns,
+# as triton.py's INTERPRET_CONFIG says why).
+INTERPRET_CONFIG = dict(DH_BLOCK_N=16, DH_BLOCK_K=16, DH_WARPS=1, DH_STAGES=1, DX_BLOCK_N=16, DX_BLOCK_K=16, DX_WARPS=1,
+                        DX_STAGES=1, DWD_BLOCK_P=16, DWD_BLOCK_Q=16, DWD_WARPS=1, DWD_STAGES=1, DWGU_BLOCK_P=16,
+                        DWGU_BLOCK_Q=16, DWGU_WARPS=1, DWGU_STAGES=1, SUM_BLOCK=64, SUM_WARPS=1,
+                        DH_HW_ROUND=0, BWD_PDL=0, SORTED_DW=0, GATHER_BLOCK_D=16,
                         DWGU_SORTED_STAGES=1, DH_PREFETCH=0, DH_SPLIT=1, BWD_STREAMS=0)  # fmt: skip
 
 __all__ = ["CUDA_CONFIG", "INTERPRET_CONFIG"]
