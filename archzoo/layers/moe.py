@@ -29,7 +29,7 @@ from torch import nn
 from ..kernels._dispatch import once
 from ..kernels.moe_grouped import moe_grouped_experts
 from ..kernels.moe_grouped.routing import moe_route
-from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route
+from ..kernels.moe_step import moe_decode_experts, moe_decode_step, naive_moe_decode_experts, route, router_logits
 from .base import LayerConfig, field_error
 from .mlp import SwiGLU
 from .norm import RMSNorm
@@ -344,9 +344,8 @@ class MoE(nn.Module):
             self._stats = (load, balance, z, capacity, N * K)
             return out.reshape(shape)
 
-        # Router in at least fp32 (bf16 logits make the top-k and the z-loss noisy); the dtype as
-        # torch.promote_types(x.dtype, torch.float32) gives it, without that op's dispatch.
-        logits = self.router(x).to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # (N, E)
+        # Router in at least fp32 (``router_logits`` says why)
+        logits = router_logits(x, self.router.weight, self.router.bias)  # (N, E)
         # A decode step's top-k as K max reductions, which the compiler fuses with the softmax: torch.topk
         # was two sorting kernels per layer (gatherTopK, bitonicSort), 0.25 ms of the MoE student's 1.87 ms
         # step at batch 1 on an H200 (docs/decode.md). So in any compiled forward too (training with
@@ -608,8 +607,7 @@ def sort_by_expert(expert: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, 
         sorted_e, order = torch.sort(expert, stable=True)
         load = expert.new_zeros(n_experts).scatter_add_(0, expert, torch.ones_like(expert))
         return sorted_e, order, load
-    onehot = (expert[None, :] == torch.arange(n_experts, device=expert.device)[:, None]).to(expert.dtype)  # (E, A)
-    seen = onehot.cumsum(1)  # (E, A) assignments of each expert up to and including each position
+    seen = _running_counts(expert, n_experts)
     load = seen[:, -1]  # (E,)
     slot = (load.cumsum(0) - load)[expert] + seen.gather(0, expert[None]).squeeze(0) - 1  # (A,) its sorted position
     order = torch.empty_like(expert).scatter_(0, slot, torch.arange(expert.numel(), device=expert.device))
@@ -620,8 +618,14 @@ def assignment_ranks(expert: torch.Tensor, n_experts: int) -> torch.Tensor:
     """Assignments' experts (A,) int64 in priority order -> each one's rank among its expert's assignments (A,): how
     many of the same expert come before it (the counting sort's running sum, ``sort_by_expert``), so the first
     ``capacity`` of each expert are those with rank < capacity, as the sorted paths keep them."""
-    onehot = (expert[None, :] == torch.arange(n_experts, device=expert.device)[:, None]).to(expert.dtype)  # (E, A)
-    return onehot.cumsum(1).gather(0, expert[None]).squeeze(0) - 1
+    return _running_counts(expert, n_experts).gather(0, expert[None]).squeeze(0) - 1
+
+
+def _running_counts(expert: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Assignments' experts (A,) int64 -> (n_experts, A): each expert's assignments up to and including each
+    position, a running sum over a one-hot (n_experts x A int64: for few experts)."""
+    onehot = (expert[None, :] == torch.arange(n_experts, device=expert.device)[:, None]).to(expert.dtype)
+    return onehot.cumsum(1)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

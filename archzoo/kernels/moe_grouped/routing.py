@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .._dispatch import record, use_triton
 from ..moe_step._checks import check_router
-from ..moe_step.naive import naive_moe_route, route
+from ..moe_step.naive import naive_moe_route, route, router_logits
 
 OP = "moe_route"
 Tensor = torch.Tensor
@@ -143,7 +143,7 @@ def moe_route(
     record(OP, "naive", why or None)
     if not return_logits:
         return (*reference_route(x, router_w, router_b, top_k, norm_topk_prob), None)
-    logits = F.linear(x, router_w, router_b).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    logits = router_logits(x, router_w, router_b)
     _, top_p, top_e = route(logits, top_k, norm_topk_prob)
     return top_p.to(x.dtype), top_e.to(torch.int32), None, logits
 

@@ -25,7 +25,7 @@ import torch
 
 from .._dispatch import record, use_triton
 from ._checks import check_experts, check_step
-from .naive import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, route, topk_by_max
+from .naive import naive_moe_decode_experts, naive_moe_decode_step, naive_moe_route, route, router_logits, topk_by_max
 
 OP = "moe_decode_experts"
 STEP_OP = "moe_decode_step"
@@ -144,4 +144,4 @@ def moe_decode_step(
 
 
 __all__ = ["OP", "STEP_OP", "moe_decode_experts", "moe_decode_step", "naive_moe_decode_experts",
-           "naive_moe_decode_step", "naive_moe_route", "route", "topk_by_max"]  # fmt: skip
+           "naive_moe_decode_step", "naive_moe_route", "route", "router_logits", "topk_by_max"]  # fmt: skip

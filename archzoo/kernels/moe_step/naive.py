@@ -60,13 +60,20 @@ def route(
     return probs, top_p, top_e
 
 
+def router_logits(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None) -> torch.Tensor:
+    """x (N, D); router_w (E, D); router_b (E,) or None -> the router's logits (N, E) as ``MoE.forward`` holds them:
+    the product in x's dtype (autocast's under autocast), widened to fp32 (fp64 for fp64 x), the dtype
+    ``torch.promote_types(x.dtype, torch.float32)`` gives, without that op's dispatch. bf16 logits would make the
+    top-k and the z-loss noisy."""
+    return F.linear(x, router_w, router_b).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
 def naive_moe_route(
     x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor | None, top_k: int, norm_topk_prob: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, D); router_w (E, D); router_b (E,) or None -> (top_p (N, K) fp32 / fp64 for fp64 x, top_e (N, K) int64):
     ``MoE.forward``'s routing on its static path (top-k by max passes: ties to the lowest index)."""
-    logits = F.linear(x, router_w, router_b).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return route(logits, top_k, norm_topk_prob)[1:]
+    return route(router_logits(x, router_w, router_b), top_k, norm_topk_prob)[1:]
 
 
 def naive_moe_decode_step(
